@@ -1,0 +1,450 @@
+//! The audit entry: what is recorded for every lookup, its canonical
+//! encoding, and its hash.
+//!
+//! The encoding is the one thing hashed and stored, so it is defined here,
+//! byte for byte, and never depends on a serialisation library's choices:
+//!
+//! ```text
+//! u8 version (1)
+//! u64 sequence | [16] request id | i64 time (µs since the Unix epoch)
+//! [10] consumer KBO | opt str end user | opt [11] citizen
+//! str dataset | list fields requested | list fields returned | str purpose
+//! opt str authorisation | u8 decision | opt str reason | u8 outcome
+//! opt [10] source KBO | str consumer reference | opt str reference date
+//! [32] previous hash
+//! ```
+//!
+//! where `str` is a u16 big-endian length and UTF-8 bytes, `list` a u16
+//! count of `str`, and `opt` a 0/1 byte before the value. The entry hash is
+//! the RFC 6962 leaf hash `SHA-256(0x00 || encoding)`, so the hash chain of
+//! today and the Merkle tree of tomorrow share their leaves.
+
+use sha2::{Digest, Sha256};
+
+use crate::{Kbo, Niss, RefusalReason};
+
+/// Bytes of a SHA-256 hash.
+pub type Hash = [u8; 32];
+
+/// The hash before the first entry.
+pub const ZERO_HASH: Hash = [0; 32];
+
+/// Longest text kept from a consumer's request in an entry; longer input
+/// is refused at the edge, so this only guards the encoding.
+pub const MAX_TEXT: usize = 256;
+
+/// Why a lookup was refused or failed, as recorded in the log and sent in
+/// `google.rpc.ErrorInfo`. The codes are stable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReasonCode {
+    Refused(RefusalReason),
+    /// The citizen is not a valid national or BIS number.
+    InvalidCitizen,
+    /// Another field of the request is malformed.
+    InvalidArgument,
+    /// The dataset does not exist.
+    UnknownDataset,
+    /// A requested field does not exist in the dataset.
+    UnknownField,
+    /// The caller is not registered as a consumer, or is suspended.
+    NotAConsumer,
+    /// The source holds nothing about the citizen.
+    SubjectNotFound,
+    /// The source could not be reached.
+    SourceUnavailable,
+    /// The source did not answer within the deadline.
+    SourceTimeout,
+    /// The source answered with an error.
+    SourceError,
+}
+
+const SIMPLE_CODES: [(ReasonCode, &str); 9] = [
+    (ReasonCode::InvalidCitizen, "INVALID_CITIZEN"),
+    (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
+    (ReasonCode::UnknownDataset, "UNKNOWN_DATASET"),
+    (ReasonCode::UnknownField, "UNKNOWN_FIELD"),
+    (ReasonCode::NotAConsumer, "NOT_A_CONSUMER"),
+    (ReasonCode::SubjectNotFound, "SUBJECT_NOT_FOUND"),
+    (ReasonCode::SourceUnavailable, "SOURCE_UNAVAILABLE"),
+    (ReasonCode::SourceTimeout, "SOURCE_TIMEOUT"),
+    (ReasonCode::SourceError, "SOURCE_ERROR"),
+];
+
+const REFUSALS: [RefusalReason; 6] = [
+    RefusalReason::NoAuthorisation,
+    RefusalReason::PurposeNotAllowed,
+    RefusalReason::FieldNotAllowed,
+    RefusalReason::AuthorisationNotYetValid,
+    RefusalReason::AuthorisationExpired,
+    RefusalReason::AuthorisationSuspended,
+];
+
+impl ReasonCode {
+    /// The stable code, e.g. `NO_AUTHORISATION`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.code(),
+            other => SIMPLE_CODES
+                .iter()
+                .find(|(c, _)| *c == other)
+                .map_or("UNKNOWN", |(_, s)| s),
+        }
+    }
+
+    /// Parses a stable code.
+    pub fn parse(s: &str) -> Option<Self> {
+        REFUSALS
+            .iter()
+            .find(|r| r.code() == s)
+            .map(|r| Self::Refused(*r))
+            .or_else(|| SIMPLE_CODES.iter().find(|(_, c)| *c == s).map(|(r, _)| *r))
+    }
+}
+
+/// What the broker decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditDecision {
+    Allowed,
+    Refused,
+}
+
+/// What happened to the lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The source answered; the allowed fields were returned.
+    Answered,
+    /// The source holds nothing about the citizen.
+    NoData,
+    /// Refused by the broker; nothing was forwarded.
+    NotForwarded,
+    SourceUnavailable,
+    SourceTimeout,
+    SourceError,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 6] = [
+        Outcome::Answered,
+        Outcome::NoData,
+        Outcome::NotForwarded,
+        Outcome::SourceUnavailable,
+        Outcome::SourceTimeout,
+        Outcome::SourceError,
+    ];
+
+    fn to_byte(self) -> u8 {
+        Self::ALL.iter().position(|o| *o == self).unwrap_or(0) as u8 + 1
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(b).checked_sub(1)?).copied()
+    }
+}
+
+/// An entry as the lookup path fills it in, before the log gives it its
+/// place (sequence) and its link (previous hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub request_id: [u8; 16],
+    /// Microseconds since the Unix epoch, when the broker received the call.
+    pub time_micros: i64,
+    pub consumer: Kbo,
+    pub end_user: Option<String>,
+    pub citizen: Option<Niss>,
+    pub dataset: String,
+    pub fields_requested: Vec<String>,
+    pub fields_returned: Vec<String>,
+    pub purpose: String,
+    pub authorisation: Option<String>,
+    pub decision: AuditDecision,
+    pub reason: Option<ReasonCode>,
+    pub outcome: Outcome,
+    pub source: Option<Kbo>,
+    pub consumer_reference: String,
+    /// ISO date, when the lookup asked for one.
+    pub reference_date: Option<String>,
+}
+
+/// An entry in its place in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEntry {
+    pub sequence: u64,
+    pub previous_hash: Hash,
+    pub record: AuditRecord,
+}
+
+/// Why bytes are not a valid entry encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("audit entry encoding: {0}")]
+pub struct DecodeError(&'static str);
+
+const VERSION: u8 = 1;
+
+impl AuditEntry {
+    /// Appends the canonical encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let r = &self.record;
+        out.push(VERSION);
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&r.request_id);
+        out.extend_from_slice(&r.time_micros.to_be_bytes());
+        out.extend_from_slice(r.consumer.as_bytes());
+        put_opt(out, r.end_user.as_deref(), put_str);
+        put_opt(out, r.citizen.as_ref(), |o, n| {
+            o.extend_from_slice(n.as_bytes())
+        });
+        put_str(out, &r.dataset);
+        put_list(out, &r.fields_requested);
+        put_list(out, &r.fields_returned);
+        put_str(out, &r.purpose);
+        put_opt(out, r.authorisation.as_deref(), put_str);
+        out.push(match r.decision {
+            AuditDecision::Allowed => 1,
+            AuditDecision::Refused => 2,
+        });
+        put_opt(out, r.reason.map(ReasonCode::as_str), put_str);
+        out.push(r.outcome.to_byte());
+        put_opt(out, r.source.as_ref(), |o, k| {
+            o.extend_from_slice(k.as_bytes())
+        });
+        put_str(out, &r.consumer_reference);
+        put_opt(out, r.reference_date.as_deref(), put_str);
+        out.extend_from_slice(&self.previous_hash);
+    }
+
+    /// The canonical encoding.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        self.encode(&mut out);
+        out
+    }
+
+    /// Decodes a canonical encoding, strictly: trailing bytes, unknown codes
+    /// and invalid identifiers are errors.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return Err(DecodeError("unknown version"));
+        }
+        let sequence = u64::from_be_bytes(r.array()?);
+        let request_id = r.array()?;
+        let time_micros = i64::from_be_bytes(r.array()?);
+        let consumer = r.kbo()?;
+        let end_user = r.opt(|r| r.string())?;
+        let citizen = r.opt(|r| {
+            let d: [u8; 11] = r.array()?;
+            let s = std::str::from_utf8(&d).map_err(|_| DecodeError("citizen"))?;
+            Niss::parse(s).map_err(|_| DecodeError("citizen"))
+        })?;
+        let dataset = r.string()?;
+        let fields_requested = r.list()?;
+        let fields_returned = r.list()?;
+        let purpose = r.string()?;
+        let authorisation = r.opt(|r| r.string())?;
+        let decision = match r.u8()? {
+            1 => AuditDecision::Allowed,
+            2 => AuditDecision::Refused,
+            _ => return Err(DecodeError("decision")),
+        };
+        let reason = r.opt(|r| ReasonCode::parse(&r.string()?).ok_or(DecodeError("reason")))?;
+        let outcome = Outcome::from_byte(r.u8()?).ok_or(DecodeError("outcome"))?;
+        let source = r.opt(|r| r.kbo())?;
+        let consumer_reference = r.string()?;
+        let reference_date = r.opt(|r| r.string())?;
+        let previous_hash = r.array()?;
+        if !r.0.is_empty() {
+            return Err(DecodeError("trailing bytes"));
+        }
+        Ok(AuditEntry {
+            sequence,
+            previous_hash,
+            record: AuditRecord {
+                request_id,
+                time_micros,
+                consumer,
+                end_user,
+                citizen,
+                dataset,
+                fields_requested,
+                fields_returned,
+                purpose,
+                authorisation,
+                decision,
+                reason,
+                outcome,
+                source,
+                consumer_reference,
+                reference_date,
+            },
+        })
+    }
+}
+
+/// The RFC 6962 leaf hash of an entry's canonical encoding.
+pub fn entry_hash(encoding: &[u8]) -> Hash {
+    let mut h = Sha256::new();
+    h.update([0u8]);
+    h.update(encoding);
+    h.finalize().into()
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    // Texts are bounded at the edge; the cut here only keeps the length
+    // prefix honest, at a character boundary.
+    let mut end = s.len().min(MAX_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.extend_from_slice(&(end as u16).to_be_bytes());
+    out.extend_from_slice(&s.as_bytes()[..end]);
+}
+
+fn put_list(out: &mut Vec<u8>, items: &[String]) {
+    let n = items.len().min(usize::from(u16::MAX));
+    out.extend_from_slice(&(n as u16).to_be_bytes());
+    for s in &items[..n] {
+        put_str(out, s);
+    }
+}
+
+fn put_opt<T>(out: &mut Vec<u8>, v: Option<T>, put: impl FnOnce(&mut Vec<u8>, T)) {
+    match v {
+        None => out.push(0),
+        Some(v) => {
+            out.push(1);
+            put(out, v);
+        }
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        if self.0.len() < n {
+            return Err(DecodeError("truncated"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.take(1)?[0])
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u16(&mut self) -> Result<usize, DecodeError> {
+        Ok(usize::from(u16::from_be_bytes(self.array()?)))
+    }
+    fn string(&mut self) -> Result<String, DecodeError> {
+        let n = self.u16()?;
+        let b = self.take(n)?;
+        String::from_utf8(b.to_vec()).map_err(|_| DecodeError("text is not UTF-8"))
+    }
+    fn list(&mut self) -> Result<Vec<String>, DecodeError> {
+        let n = self.u16()?;
+        (0..n).map(|_| self.string()).collect()
+    }
+    fn kbo(&mut self) -> Result<Kbo, DecodeError> {
+        let d: [u8; 10] = self.array()?;
+        let s = std::str::from_utf8(&d).map_err(|_| DecodeError("enterprise number"))?;
+        Kbo::parse(s).map_err(|_| DecodeError("enterprise number"))
+    }
+    fn opt<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
+    ) -> Result<Option<T>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => f(self).map(Some),
+            _ => Err(DecodeError("option tag")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(sequence: u64) -> AuditEntry {
+        AuditEntry {
+            sequence,
+            previous_hash: [7; 32],
+            record: AuditRecord {
+                request_id: [1; 16],
+                time_micros: 1_700_000_000_000_000,
+                consumer: Kbo::parse("0566988259").expect("kbo"),
+                end_user: Some("clerk-17".into()),
+                citizen: Some(Niss::parse("93051822361").expect("niss")),
+                dataset: "national_register.residence".into(),
+                fields_requested: vec!["street".into(), "nis_code".into()],
+                fields_returned: vec!["street".into()],
+                purpose: "RIS_ELIGIBILITY".into(),
+                authorisation: Some("BSC/2024/017".into()),
+                decision: AuditDecision::Allowed,
+                reason: None,
+                outcome: Outcome::Answered,
+                source: Some(Kbo::parse("0314595348").expect("kbo")),
+                consumer_reference: "dossier 42".into(),
+                reference_date: Some("2025-01-01".into()),
+            },
+        }
+    }
+
+    #[test]
+    fn encoding_round_trips() {
+        let mut e = sample(42);
+        assert_eq!(AuditEntry::decode(&e.to_bytes()), Ok(e.clone()));
+        e.record.citizen = None;
+        e.record.end_user = None;
+        e.record.decision = AuditDecision::Refused;
+        e.record.reason = Some(ReasonCode::Refused(RefusalReason::FieldNotAllowed));
+        e.record.outcome = Outcome::NotForwarded;
+        e.record.source = None;
+        assert_eq!(AuditEntry::decode(&e.to_bytes()), Ok(e));
+    }
+
+    #[test]
+    fn decoding_is_strict() {
+        let bytes = sample(1).to_bytes();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(AuditEntry::decode(&longer).is_err());
+        assert!(AuditEntry::decode(&bytes[..bytes.len() - 1]).is_err());
+        let mut version = bytes.clone();
+        version[0] = 9;
+        assert!(AuditEntry::decode(&version).is_err());
+    }
+
+    #[test]
+    fn hash_changes_with_any_byte_and_is_a_leaf_hash() {
+        let bytes = sample(1).to_bytes();
+        let h = entry_hash(&bytes);
+        for i in [0, 5, bytes.len() / 2, bytes.len() - 1] {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert_ne!(entry_hash(&b), h, "byte {i}");
+        }
+        let mut plain = Sha256::new();
+        plain.update(&bytes);
+        let plain: Hash = plain.finalize().into();
+        assert_ne!(
+            plain, h,
+            "a leaf hash is domain-separated from a plain hash"
+        );
+    }
+
+    #[test]
+    fn reason_codes_round_trip() {
+        for r in REFUSALS {
+            assert_eq!(ReasonCode::parse(r.code()), Some(ReasonCode::Refused(r)));
+        }
+        for (c, s) in SIMPLE_CODES {
+            assert_eq!(ReasonCode::parse(s), Some(c));
+            assert_eq!(c.as_str(), s);
+        }
+    }
+}

@@ -1,0 +1,95 @@
+//! Semel's storage: the registry (organisations, datasets, authorisations)
+//! and the audit log. This is the only crate that knows sled; the rest of
+//! Semel sees [`Store`], [`Registry`] and [`AuditLog`].
+//!
+//! Layout of a data directory:
+//!
+//! ```text
+//! <data-dir>/db/           sled: registry trees and the audit indexes
+//! <data-dir>/audit/log     the audit log: framed, hash-chained entries
+//! ```
+//!
+//! The audit log file is the truth for the audit; sled holds only indexes
+//! that can be rebuilt from it, so sled's `flush()` (which is
+//! `sync_file_range`, not `fsync`) never decides whether an entry survives.
+
+mod audit;
+mod registry;
+
+use std::path::{Path, PathBuf};
+
+pub use audit::{Appended, AuditError, AuditLog, AuditQuery, ChainReport, StoredEntry};
+pub use registry::Registry;
+
+/// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
+/// `Corrupt` means the data on disk is not what Semel wrote.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{context}: {source}")]
+    Sled {
+        context: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Io { context, source }
+}
+
+pub(crate) fn sled_err(context: impl Into<String>) -> impl FnOnce(sled::Error) -> StoreError {
+    let context = context.into();
+    move |source| StoreError::Sled { context, source }
+}
+
+/// The embedded store of one broker: a sled database and the audit log.
+pub struct Store {
+    registry: Registry,
+    audit: AuditLog,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`, recovering the audit log's
+    /// tail and indexes if the broker stopped abruptly.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db_path: PathBuf = dir.join("db");
+        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let db = sled::Config::new()
+            .path(&db_path)
+            .flush_every_ms(Some(1000))
+            .open()
+            .map_err(sled_err(format!(
+                "open sled database {}",
+                db_path.display()
+            )))?;
+        let registry = Registry::open(db.clone(), db_path)?;
+        let audit = AuditLog::open(&dir.join("audit"), &db)?;
+        Ok(Store { registry, audit })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Stops the audit writer after it has made every accepted entry durable,
+    /// and flushes sled.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.audit.close()?;
+        self.registry.sync()
+    }
+}

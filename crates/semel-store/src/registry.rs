@@ -1,0 +1,162 @@
+//! The registry: organisations, datasets and authorisations in sled trees.
+//!
+//! Values are JSON: the registry is small, read once into memory by the
+//! server and written rarely, so readability on disk beats compactness.
+//! Every write is made durable before it returns.
+
+use std::fs::File;
+use std::path::PathBuf;
+
+use semel_core::{Authorisation, Dataset, Kbo, Organisation};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{StoreError, io_err, sled_err};
+
+/// The registry trees.
+#[derive(Clone)]
+pub struct Registry {
+    db: sled::Db,
+    db_path: PathBuf,
+    organisations: sled::Tree,
+    datasets: sled::Tree,
+    authorisations: sled::Tree,
+    /// Every version of every authorisation, keyed `reference \0 version`.
+    authorisation_history: sled::Tree,
+}
+
+impl Registry {
+    pub(crate) fn open(db: sled::Db, db_path: PathBuf) -> Result<Self, StoreError> {
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(sled_err(format!("open tree {name}")))
+        };
+        Ok(Registry {
+            organisations: tree("organisations")?,
+            datasets: tree("datasets")?,
+            authorisations: tree("authorisations")?,
+            authorisation_history: tree("authorisation_history")?,
+            db,
+            db_path,
+        })
+    }
+
+    /// Stores an organisation (insert or replace).
+    pub fn put_organisation(&self, org: &Organisation) -> Result<(), StoreError> {
+        put(&self.organisations, org.kbo.as_bytes(), org)?;
+        self.sync()
+    }
+
+    pub fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StoreError> {
+        get(&self.organisations, kbo.as_bytes())
+    }
+
+    pub fn organisations(&self) -> Result<Vec<Organisation>, StoreError> {
+        all(&self.organisations)
+    }
+
+    /// Stores a dataset (insert or replace).
+    pub fn put_dataset(&self, dataset: &Dataset) -> Result<(), StoreError> {
+        put(&self.datasets, dataset.name.as_str().as_bytes(), dataset)?;
+        self.sync()
+    }
+
+    pub fn datasets(&self) -> Result<Vec<Dataset>, StoreError> {
+        all(&self.datasets)
+    }
+
+    /// Stores a new version of an authorisation. The version must follow the
+    /// stored one, so two concurrent changes cannot silently overwrite each
+    /// other.
+    pub fn put_authorisation(&self, auth: &Authorisation) -> Result<(), StoreError> {
+        let key = auth.reference.as_str().as_bytes();
+        let current: Option<Authorisation> = get(&self.authorisations, key)?;
+        let expected = current.as_ref().map_or(1, |c| c.version + 1);
+        if auth.version != expected {
+            return Err(StoreError::Conflict(format!(
+                "authorisation {} is at version {}, cannot store version {}",
+                auth.reference,
+                expected - 1,
+                auth.version
+            )));
+        }
+        let mut hkey = key.to_vec();
+        hkey.push(0);
+        hkey.extend_from_slice(&auth.version.to_be_bytes());
+        put(&self.authorisation_history, &hkey, auth)?;
+        put(&self.authorisations, key, auth)?;
+        self.sync()
+    }
+
+    pub fn authorisations(&self) -> Result<Vec<Authorisation>, StoreError> {
+        all(&self.authorisations)
+    }
+
+    /// Every stored version of one authorisation, oldest first.
+    pub fn authorisation_history(&self, reference: &str) -> Result<Vec<Authorisation>, StoreError> {
+        let mut prefix = reference.as_bytes().to_vec();
+        prefix.push(0);
+        self.authorisation_history
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (_, v) = kv.map_err(sled_err("read authorisation history"))?;
+                decode(&v)
+            })
+            .collect()
+    }
+
+    /// Makes every registry write durable: sled's flush writes its log with
+    /// `sync_file_range`, so the data file is then `fsync`ed as well.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(sled_err("flush sled"))?;
+        let data = self.db_path.join("db");
+        if data.exists() {
+            File::open(&data)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(format!("fsync {}", data.display())))?;
+        }
+        Ok(())
+    }
+}
+
+fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt(format!("encode registry record: {e}")))?;
+    tree.insert(key, bytes)
+        .map_err(sled_err("write registry"))?;
+    Ok(())
+}
+
+fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
+    tree.get(key)
+        .map_err(sled_err("read registry"))?
+        .map(|v| decode(&v))
+        .transpose()
+}
+
+fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
+    tree.iter()
+        .map(|kv| {
+            let (_, v) = kv.map_err(sled_err("read registry"))?;
+            decode(&v)
+        })
+        .collect()
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("decode registry record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sled_keeps_its_data_in_a_file_named_db() {
+        // Registry::sync fsyncs `<db>/db` by name: this test fails if a sled
+        // upgrade moves its data elsewhere.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::Store::open(dir.path()).expect("open");
+        store.registry().sync().expect("sync");
+        assert!(dir.path().join("db/db").is_file());
+    }
+}
