@@ -1,1 +1,7 @@
-fn main() {}
+//! End-to-end tests: the real broker and demo sources, started in-process on
+//! port 0 with a temporary data directory, called over mutual TLS.
+
+mod durability;
+mod harness;
+mod lookups;
+mod registry_and_identity;

@@ -5,6 +5,7 @@
 //! in `.ci/run` holds that absence.
 
 mod audit;
+mod clock;
 mod decision;
 mod kbo;
 mod names;
@@ -15,6 +16,7 @@ pub use audit::{
     AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, MAX_TEXT, Outcome, ReasonCode,
     ZERO_HASH, entry_hash,
 };
+pub use clock::brussels_today;
 pub use decision::{Decision, LookupQuestion, Refusal, RefusalReason, decide};
 pub use kbo::{Kbo, KboError};
 pub use names::{AuthorisationRef, DatasetName, FieldName, NameError, PurposeCode};

@@ -11,7 +11,7 @@ use time::{Date, Month};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NissError {
     #[error(
-        "a national number has 11 digits, bare (93051822361) or formatted (93.05.18-223.61); got {0} characters"
+        "a national number has 11 digits, bare (YYMMDDSSSCC) or formatted (YY.MM.DD-SSS.CC); got {0} characters"
     )]
     Length(usize),
     #[error("a national number has only digits, or the formatted form YY.MM.DD-SSS.CC")]

@@ -1,1 +1,23 @@
-//! placeholder
+//! Semel's gRPC edge: the services, the caller's identity from mutual TLS,
+//! the lookup path, clients of the sources, and the demo sources.
+//!
+//! This is the only crate that knows tonic and prost: protobuf messages are
+//! converted to `semel_core` types in [`convert`], and errors become
+//! `tonic::Status` only in [`error::ApiError::into_status`].
+
+mod audit;
+pub mod client;
+pub mod config;
+mod convert;
+pub mod demo;
+pub mod demo_source;
+pub mod error;
+mod lookup;
+pub mod proto;
+mod registry;
+pub mod server;
+pub mod state;
+pub mod tls;
+
+pub use config::Config;
+pub use demo::{Demo, DemoOptions};

@@ -1,1 +1,606 @@
-fn main() {}
+//! `semel`: the broker, its demo, and a command line for lookups, the
+//! registry and the audit log. Thin: it parses arguments, checks the
+//! configuration before binding any port, and calls `semel_server`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use semel_server::client::{
+    AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation,
+};
+use semel_server::{Config, Demo, DemoOptions};
+use serde_json::Value as Json;
+
+#[derive(Parser)]
+#[command(
+    name = "semel",
+    version,
+    about = "Semel: an only-once data-exchange broker for Brussels administrations"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SEMEL_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker with the demo sources and registry on the embedded store.
+    Demo {
+        /// Where the store, the development PKI and demo.json live.
+        #[arg(long, default_value = "semel-data")]
+        data_dir: PathBuf,
+        /// The broker's address.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Seed of the synthetic population.
+        #[arg(long, default_value_t = 20_170_717)]
+        seed: u64,
+        /// At least this many synthetic people.
+        #[arg(long, default_value_t = 10_000)]
+        population: usize,
+    },
+    /// Run the broker alone, from a configuration file.
+    Serve {
+        #[arg(long)]
+        config: PathBuf,
+        /// Check the configuration and exit, without binding any port.
+        #[arg(long)]
+        check_config: bool,
+    },
+    /// Look up data about a citizen, as a consumer organisation.
+    Lookup {
+        #[command(flatten)]
+        conn: Conn,
+        /// National or BIS number, bare or formatted (93.05.18-223.61).
+        #[arg(long)]
+        citizen: String,
+        /// e.g. national_register.residence
+        #[arg(long)]
+        dataset: String,
+        /// Comma-separated field names.
+        #[arg(long, value_delimiter = ',', required = true)]
+        fields: Vec<String>,
+        /// Purpose code, e.g. RIS_ELIGIBILITY.
+        #[arg(long)]
+        purpose: String,
+        /// The data as they stood on this date (YYYY-MM-DD).
+        #[arg(long)]
+        reference_date: Option<String>,
+        /// Your own reference (case number), kept in the audit entry.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Manage organisations, datasets and authorisations (operator).
+    Admin {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Read the audit log (operator).
+    Audit {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+}
+
+/// How to reach the broker: a demo data directory and an organisation, or
+/// explicit files.
+#[derive(Args)]
+struct Conn {
+    /// The demo's data directory (its demo.json names the broker and files).
+    #[arg(
+        long,
+        global = true,
+        default_value = "semel-data",
+        env = "SEMEL_DATA_DIR"
+    )]
+    data_dir: PathBuf,
+    /// Act as this demo organisation: a slug such as cpas-anderlecht, or its enterprise number.
+    #[arg(long = "as", global = true)]
+    as_org: Option<String>,
+    /// Broker address, e.g. https://broker.example:50051 (instead of the demo's).
+    #[arg(long, global = true, requires_all = ["ca", "cert", "key"])]
+    broker: Option<String>,
+    /// CA bundle that the broker's certificate chains to.
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Your organisation's client certificate.
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Its private key.
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Organisations.
+    #[command(subcommand)]
+    Org(OrgCommand),
+    /// Datasets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+    /// Authorisations.
+    #[command(subcommand)]
+    Authorisation(AuthorisationCommand),
+}
+
+#[derive(Subcommand)]
+enum OrgCommand {
+    List,
+    Create {
+        #[arg(long)]
+        kbo: String,
+        #[arg(long)]
+        name: String,
+        /// source, consumer and/or operator, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+    },
+    Suspend {
+        kbo: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Reinstate {
+        kbo: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    List,
+}
+
+#[derive(Subcommand)]
+enum AuthorisationCommand {
+    List {
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+    },
+    Create {
+        #[arg(long)]
+        reference: String,
+        #[arg(long)]
+        consumer: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long, value_delimiter = ',', required = true)]
+        fields: Vec<String>,
+        #[arg(long)]
+        purpose: String,
+        #[arg(long)]
+        legal_basis: String,
+        #[arg(long)]
+        issuing_body: String,
+        /// YYYY-MM-DD
+        #[arg(long)]
+        valid_from: String,
+        /// YYYY-MM-DD; open-ended when omitted.
+        #[arg(long)]
+        valid_until: Option<String>,
+    },
+    Suspend {
+        reference: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    Reinstate {
+        reference: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Entries, newest first.
+    List {
+        #[arg(long)]
+        citizen: Option<String>,
+        /// Consumer enterprise number.
+        #[arg(long)]
+        consumer: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[arg(long)]
+        page_token: Option<String>,
+    },
+    /// Number of entries and hash of the last one.
+    Head,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEMEL_LOG")
+        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn,sled=warn".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Demo {
+            data_dir,
+            listen,
+            seed,
+            population,
+        } => {
+            let opts = DemoOptions {
+                listen,
+                seed,
+                population,
+                ..DemoOptions::new(data_dir)
+            };
+            let demo = Demo::start(opts).await?;
+            print_demo_banner(&demo);
+            demo.run_until(shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve {
+            config,
+            check_config,
+        } => {
+            let config = Config::load(&config)?;
+            if check_config {
+                println!("configuration is valid");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let prepared = semel_server::server::prepare(&config).await?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("bind {}", config.listen))?;
+            semel_server::server::serve_broker(listener, prepared, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Lookup {
+            conn,
+            citizen,
+            dataset,
+            fields,
+            purpose,
+            reference_date,
+            reference,
+        } => {
+            let client = connect(&conn, None).await?;
+            let args = LookupArgs {
+                citizen,
+                dataset,
+                fields,
+                purpose,
+                reference_date,
+                consumer_reference: reference,
+            };
+            Ok(report(conn.json, client.lookup(args).await, print_lookup))
+        }
+        Command::Admin { conn, command } => {
+            let client = connect(&conn, Some("operator")).await?;
+            let result = match command {
+                AdminCommand::Org(OrgCommand::List) => client.list_organisations().await,
+                AdminCommand::Org(OrgCommand::Create { kbo, name, roles }) => {
+                    client.create_organisation(kbo, name, &roles).await
+                }
+                AdminCommand::Org(OrgCommand::Suspend { kbo, reason }) => {
+                    client.set_organisation_suspended(kbo, true, reason).await
+                }
+                AdminCommand::Org(OrgCommand::Reinstate { kbo }) => {
+                    client
+                        .set_organisation_suspended(kbo, false, String::new())
+                        .await
+                }
+                AdminCommand::Dataset(DatasetCommand::List) => client.list_datasets().await,
+                AdminCommand::Authorisation(AuthorisationCommand::List { consumer, dataset }) => {
+                    client.list_authorisations(consumer, dataset).await
+                }
+                AdminCommand::Authorisation(AuthorisationCommand::Create {
+                    reference,
+                    consumer,
+                    dataset,
+                    fields,
+                    purpose,
+                    legal_basis,
+                    issuing_body,
+                    valid_from,
+                    valid_until,
+                }) => {
+                    client
+                        .create_authorisation(NewAuthorisation {
+                            reference,
+                            consumer,
+                            dataset,
+                            fields,
+                            purpose,
+                            legal_basis,
+                            issuing_body,
+                            valid_from,
+                            valid_until,
+                        })
+                        .await
+                }
+                AdminCommand::Authorisation(AuthorisationCommand::Suspend {
+                    reference,
+                    reason,
+                }) => {
+                    client
+                        .set_authorisation_suspended(reference, true, reason)
+                        .await
+                }
+                AdminCommand::Authorisation(AuthorisationCommand::Reinstate { reference }) => {
+                    client
+                        .set_authorisation_suspended(reference, false, String::new())
+                        .await
+                }
+            };
+            Ok(report(conn.json, result, print_value))
+        }
+        Command::Audit { conn, command } => {
+            let client = connect(&conn, Some("operator")).await?;
+            let result = match command {
+                AuditCommand::List {
+                    citizen,
+                    consumer,
+                    limit,
+                    page_token,
+                } => {
+                    client
+                        .audit_list(AuditFilter {
+                            citizen,
+                            consumer,
+                            limit,
+                            page_token,
+                        })
+                        .await
+                }
+                AuditCommand::Head => client.audit_head().await,
+            };
+            Ok(report(conn.json, result, print_audit))
+        }
+    }
+}
+
+async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Client> {
+    let config = match (&conn.broker, &conn.ca, &conn.cert, &conn.key) {
+        (Some(broker), Some(ca), Some(cert), Some(key)) => ClientConfig {
+            broker: broker.clone(),
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        _ => {
+            let who = conn
+                .as_org
+                .as_deref()
+                .or(default_org)
+                .context("say which organisation you act as: --as cpas-anderlecht (or give --broker, --ca, --cert and --key)")?;
+            semel_server::demo::client_config(&conn.data_dir, who)?
+        }
+    };
+    Client::connect(&config).await
+}
+
+fn report(json: bool, result: Result<Json, CallError>, text: fn(&Json)) -> ExitCode {
+    match result {
+        Ok(v) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            } else {
+                text(&v);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&e.to_json()).unwrap_or_default()
+                );
+            } else {
+                let label = match e.code.as_str() {
+                    "PermissionDenied" | "Unauthenticated" => "refused",
+                    "NotFound" => "not found",
+                    _ => "error",
+                };
+                eprintln!("{label}: {e}");
+            }
+            ExitCode::from(3)
+        }
+    }
+}
+
+fn print_lookup(v: &Json) {
+    println!(
+        "allowed by {} · source {} · request {}",
+        v["authorisation_reference"].as_str().unwrap_or(""),
+        v["source_kbo"].as_str().unwrap_or(""),
+        v["request_id"].as_str().unwrap_or("")
+    );
+    if let Some(fields) = v["fields"].as_object() {
+        let width = fields.keys().map(String::len).max().unwrap_or(0);
+        for (k, val) in fields {
+            match val {
+                Json::String(s) => println!("  {k:width$}  {s}"),
+                Json::Array(items) if items.iter().all(Json::is_object) => {
+                    println!("  {k:width$}");
+                    for item in items {
+                        println!("    - {item}");
+                    }
+                }
+                other => println!("  {k:width$}  {other}"),
+            }
+        }
+    }
+}
+
+fn print_value(v: &Json) {
+    match v {
+        Json::Array(items) => {
+            for item in items {
+                println!("{item}");
+            }
+        }
+        other => println!(
+            "{}",
+            serde_json::to_string_pretty(other).unwrap_or_default()
+        ),
+    }
+}
+
+fn print_audit(v: &Json) {
+    let Some(entries) = v["entries"].as_array() else {
+        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return;
+    };
+    for e in entries {
+        let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+        let outcome = if s("reason").is_empty() {
+            s("outcome")
+        } else {
+            format!("{} {}", s("outcome"), s("reason"))
+        };
+        println!(
+            "#{} {} consumer {} citizen {} {} [{}] purpose {} auth {} → {} {}",
+            e["sequence"],
+            s("time"),
+            s("consumer_kbo"),
+            s("citizen"),
+            s("dataset"),
+            e["fields_requested"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Json::as_str)
+                    .collect::<Vec<_>>()
+                    .join(","))
+                .unwrap_or_default(),
+            s("purpose"),
+            if s("authorisation_reference").is_empty() {
+                "-".to_owned()
+            } else {
+                s("authorisation_reference")
+            },
+            s("decision"),
+            outcome
+        );
+    }
+    if let Some(t) = v["next_page_token"].as_str().filter(|t| !t.is_empty()) {
+        println!("(more: --page-token {t})");
+    }
+}
+
+fn print_demo_banner(demo: &Demo) {
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    let semel = match (&exe, &cwd) {
+        (Some(e), Some(c)) => e
+            .strip_prefix(c)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| e.clone()),
+        (Some(e), None) => e.clone(),
+        _ => PathBuf::from("semel"),
+    };
+    let dd = demo.data_dir.display();
+    let flag = match &cwd {
+        Some(c) if demo.data_dir == c.join("semel-data") => String::new(),
+        _ => format!(" --data-dir {dd}"),
+    };
+    let s = semel.display();
+    println!(
+        "\nSemel demo broker listening on https://{addr} (mutual TLS)\n\
+         \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation)\n  population       {people} synthetic people in {households} households\n\
+         \nTry, in another terminal:\n\
+         \n  # a CPAS checks an RIS applicant's residence (allowed)\
+         \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93.05.18-223.61 --dataset national_register.residence --fields street,house_number,postal_code,municipality --purpose RIS_ELIGIBILITY\
+         \n  # ...and the household composition\
+         \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93051822361 --dataset national_register.household --fields household_size,members --purpose RIS_ELIGIBILITY\
+         \n  # a commune asks for more than school enrolment allows (refused: FIELD_NOT_ALLOWED)\
+         \n  {s} lookup{flag} --as commune-schaerbeek --citizen 93051822361 --dataset national_register.residence --fields street,nis_code --purpose SCHOOL_ENROLMENT\
+         \n  # an expired authorisation (refused: AUTHORISATION_EXPIRED)\
+         \n  {s} lookup{flag} --as ville-bruxelles --citizen 85073003328 --dataset spf_finances.taxable_income --fields latest_taxable_income_cents --purpose SOCIAL_HOUSING\
+         \n  # what the audit log recorded about that citizen\
+         \n  {s} audit{flag} list --citizen 93051822361\
+         \n  {s} admin{flag} authorisation list\n\
+         \nStop with Ctrl-C; the state survives a restart.\n",
+        addr = demo.broker_addr,
+        people = demo.population.people.len(),
+        households = demo.population.households.len(),
+    );
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutting down: finishing lookups in flight");
+}

@@ -1,0 +1,187 @@
+//! A development PKI: a CA, a certificate for the broker, and one for each
+//! demo organisation, carrying its enterprise number the way European
+//! organisation certificates do (ETSI EN 319 412-1 organizationIdentifier
+//! `NTRBE-<KBO>`, OID 2.5.4.97).
+//!
+//! For development and tests only: keys are written unencrypted.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use semel_core::Kbo;
+use time::{Duration, OffsetDateTime};
+
+/// OID of organizationIdentifier (ETSI EN 319 412-1).
+pub const ORGANIZATION_IDENTIFIER_OID: [u64; 4] = [2, 5, 4, 97];
+
+/// Why the PKI could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("generate a certificate: {0}")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// File names of one certificate and its key.
+#[derive(Debug, Clone)]
+pub struct CertFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// The development PKI in `<dir>`.
+#[derive(Debug, Clone)]
+pub struct DevPki {
+    pub dir: PathBuf,
+}
+
+/// Someone to issue a certificate to.
+#[derive(Debug, Clone)]
+pub struct Subject<'a> {
+    /// File stem, e.g. the enterprise number or "broker".
+    pub file_stem: &'a str,
+    pub kbo: Kbo,
+    pub name: &'a str,
+}
+
+impl DevPki {
+    pub fn ca_cert(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    /// The files of the certificate issued to `file_stem`.
+    pub fn files(&self, file_stem: &str) -> CertFiles {
+        CertFiles {
+            cert: self.dir.join(format!("{file_stem}.crt")),
+            key: self.dir.join(format!("{file_stem}.key")),
+        }
+    }
+
+    /// Creates the CA and every missing certificate in `dir`. An existing CA
+    /// is kept only if every requested certificate exists too; otherwise
+    /// everything is issued again, so the files always belong together.
+    pub fn ensure(dir: &Path, subjects: &[Subject<'_>]) -> Result<DevPki, PkiError> {
+        let pki = DevPki {
+            dir: dir.to_path_buf(),
+        };
+        let complete = pki.ca_cert().exists()
+            && subjects.iter().all(|s| {
+                let f = pki.files(s.file_stem);
+                f.cert.exists() && f.key.exists()
+            });
+        if complete {
+            return Ok(pki);
+        }
+        fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let now = OffsetDateTime::now_utc();
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name = dn("Semel development CA", None);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        ca.not_before = now - Duration::days(1);
+        ca.not_after = now + Duration::days(3650);
+        let ca_cert = ca.self_signed(&ca_key)?;
+        write(&pki.ca_cert(), &ca_cert.pem())?;
+        write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
+        let issuer = Issuer::new(ca, ca_key);
+        for s in subjects {
+            issue(&pki, &issuer, s, now)?;
+        }
+        Ok(pki)
+    }
+
+    /// Issues one more certificate with the existing CA (`ca.crt`, `ca.key`).
+    pub fn issue(&self, subject: &Subject<'_>) -> Result<CertFiles, PkiError> {
+        let read =
+            |p: PathBuf| fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source });
+        let key = KeyPair::from_pem(&read(self.dir.join("ca.key"))?)?;
+        let issuer = Issuer::from_ca_cert_pem(&read(self.ca_cert())?, key)?;
+        issue(self, &issuer, subject, OffsetDateTime::now_utc())
+    }
+}
+
+fn issue(
+    pki: &DevPki,
+    issuer: &Issuer<'_, KeyPair>,
+    s: &Subject<'_>,
+    now: OffsetDateTime,
+) -> Result<CertFiles, PkiError> {
+    let key = KeyPair::generate()?;
+    let mut p = CertificateParams::default();
+    p.distinguished_name = dn(s.name, Some(s.kbo));
+    p.subject_alt_names = vec![
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ];
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ClientAuth,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    ];
+    // A random serial: certificates issued in the same second must differ.
+    let serial = KeyPair::generate()?
+        .public_key_raw()
+        .iter()
+        .skip(1)
+        .take(16)
+        .copied()
+        .collect::<Vec<u8>>();
+    let mut serial = serial;
+    serial[0] &= 0x7f;
+    p.serial_number = Some(SerialNumber::from_slice(&serial));
+    p.not_before = now - Duration::days(1);
+    p.not_after = now + Duration::days(825);
+    let cert = p.signed_by(&key, issuer)?;
+    let files = pki.files(s.file_stem);
+    write(&files.cert, &cert.pem())?;
+    write(&files.key, &key.serialize_pem())?;
+    Ok(files)
+}
+
+fn dn(name: &str, kbo: Option<Kbo>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CountryName, "BE");
+    dn.push(DnType::OrganizationName, name);
+    dn.push(DnType::CommonName, name);
+    if let Some(kbo) = kbo {
+        dn.push(
+            DnType::CustomDnType(ORGANIZATION_IDENTIFIER_OID.to_vec()),
+            DnValue::Utf8String(format!("NTRBE-{}", kbo.as_str())),
+        );
+    }
+    dn
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), PkiError> {
+    fs::write(path, contents).map_err(|source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    #[cfg(unix)]
+    if path.extension().is_some_and(|e| e == "key") {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|source| {
+            PkiError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}

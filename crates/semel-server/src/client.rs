@@ -1,0 +1,434 @@
+//! A client of the broker for the command line: it speaks gRPC here and
+//! hands the binary plain JSON values and [`CallError`]s, so the binary
+//! never sees tonic or prost.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value as Json, json};
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use crate::proto::{self, value::Kind};
+
+/// Where the broker is and which files identify the caller.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// e.g. `https://127.0.0.1:50051`
+    pub broker: String,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A refused or failed call, with what the broker said.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// The gRPC code, e.g. `PermissionDenied`.
+    pub code: String,
+    pub message: String,
+    /// The `ErrorInfo` reason, e.g. `FIELD_NOT_ALLOWED`.
+    pub reason: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some(r) = &self.reason {
+            write!(f, " ({r})")?;
+        }
+        write!(f, ": {}", self.message)?;
+        for (k, v) in &self.metadata {
+            write!(f, "\n  {k}: {v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl CallError {
+    pub fn to_json(&self) -> Json {
+        json!({"error": {"code": self.code, "reason": self.reason, "message": self.message, "metadata": self.metadata}})
+    }
+}
+
+impl From<tonic::Status> for CallError {
+    fn from(s: tonic::Status) -> Self {
+        let details = s.get_error_details();
+        let info = details.error_info();
+        let mut message = s.message().to_owned();
+        if s.code() == tonic::Code::Unavailable && info.is_none() && message.contains("transport") {
+            message = format!("{message} (is the broker running at that address?)");
+        }
+        CallError {
+            code: format!("{:?}", s.code()),
+            message,
+            reason: info.map(|i| i.reason.clone()),
+            metadata: info
+                .map(|i| i.metadata.clone().into_iter().collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A connected client.
+#[derive(Clone)]
+pub struct Client {
+    channel: Channel,
+}
+
+/// What `semel lookup` asks.
+#[derive(Debug, Clone, Default)]
+pub struct LookupArgs {
+    pub citizen: String,
+    pub dataset: String,
+    pub fields: Vec<String>,
+    pub purpose: String,
+    pub reference_date: Option<String>,
+    pub consumer_reference: Option<String>,
+}
+
+/// Filters of `semel audit list`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub citizen: Option<String>,
+    pub consumer: Option<String>,
+    pub limit: i32,
+    pub page_token: Option<String>,
+}
+
+/// A new authorisation for `semel admin authorisation create`.
+#[derive(Debug, Clone, Default)]
+pub struct NewAuthorisation {
+    pub reference: String,
+    pub consumer: String,
+    pub dataset: String,
+    pub fields: Vec<String>,
+    pub purpose: String,
+    pub legal_basis: String,
+    pub issuing_body: String,
+    pub valid_from: String,
+    pub valid_until: Option<String>,
+}
+
+type CallResult = Result<Json, CallError>;
+
+impl Client {
+    pub async fn connect(config: &ClientConfig) -> anyhow::Result<Client> {
+        let tls = crate::tls::client_tls(&config.ca, &config.cert, &config.key)?;
+        let channel = Endpoint::from_shared(config.broker.clone())
+            .with_context(|| format!("broker address {}", config.broker))?
+            .tls_config(tls)
+            .context("configure TLS")?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .with_context(|| format!("connect to the broker at {}", config.broker))?;
+        Ok(Client { channel })
+    }
+
+    fn registry(&self) -> proto::registry_service_client::RegistryServiceClient<Channel> {
+        proto::registry_service_client::RegistryServiceClient::new(self.channel.clone())
+    }
+
+    pub async fn lookup(&self, args: LookupArgs) -> CallResult {
+        let mut client =
+            proto::lookup_service_client::LookupServiceClient::new(self.channel.clone());
+        let r = client
+            .lookup(proto::LookupRequest {
+                citizen: args.citizen,
+                dataset: args.dataset,
+                fields: args.fields,
+                purpose: args.purpose,
+                reference_date: args.reference_date.unwrap_or_default(),
+                consumer_reference: args.consumer_reference.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        let fields: serde_json::Map<String, Json> = r
+            .fields
+            .iter()
+            .map(|(k, v)| (k.clone(), value_json(v)))
+            .collect();
+        Ok(json!({
+            "request_id": r.request_id,
+            "authorisation_reference": r.authorisation_reference,
+            "source_kbo": r.source_kbo,
+            "fields": sorted(fields),
+        }))
+    }
+
+    pub async fn list_organisations(&self) -> CallResult {
+        let r = self
+            .registry()
+            .list_organisations(proto::ListOrganisationsRequest {})
+            .await?
+            .into_inner();
+        Ok(Json::Array(r.organisations.iter().map(org_json).collect()))
+    }
+
+    pub async fn create_organisation(
+        &self,
+        kbo: String,
+        name: String,
+        roles: &[String],
+    ) -> CallResult {
+        let roles = roles
+            .iter()
+            .map(|r| match r.as_str() {
+                "source" => Ok(proto::OrganisationRole::Source as i32),
+                "consumer" => Ok(proto::OrganisationRole::Consumer as i32),
+                "operator" => Ok(proto::OrganisationRole::Operator as i32),
+                other => Err(CallError {
+                    code: "InvalidArgument".into(),
+                    message: format!("unknown role {other}; use source, consumer or operator"),
+                    reason: None,
+                    metadata: BTreeMap::new(),
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let r = self
+            .registry()
+            .create_organisation(proto::CreateOrganisationRequest {
+                organisation: Some(proto::Organisation {
+                    kbo,
+                    name,
+                    roles,
+                    status: 0,
+                    created_at: None,
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.organisation.as_ref().map(org_json).unwrap_or(Json::Null))
+    }
+
+    pub async fn set_organisation_suspended(
+        &self,
+        kbo: String,
+        suspended: bool,
+        reason: String,
+    ) -> CallResult {
+        let org = if suspended {
+            self.registry()
+                .suspend_organisation(proto::SuspendOrganisationRequest { kbo, reason })
+                .await?
+                .into_inner()
+                .organisation
+        } else {
+            self.registry()
+                .reinstate_organisation(proto::ReinstateOrganisationRequest { kbo })
+                .await?
+                .into_inner()
+                .organisation
+        };
+        Ok(org.as_ref().map(org_json).unwrap_or(Json::Null))
+    }
+
+    pub async fn list_datasets(&self) -> CallResult {
+        let r = self
+            .registry()
+            .list_datasets(proto::ListDatasetsRequest {})
+            .await?
+            .into_inner();
+        Ok(Json::Array(r.datasets.iter().map(dataset_json).collect()))
+    }
+
+    pub async fn list_authorisations(
+        &self,
+        consumer: Option<String>,
+        dataset: Option<String>,
+    ) -> CallResult {
+        let r = self
+            .registry()
+            .list_authorisations(proto::ListAuthorisationsRequest {
+                consumer_kbo: consumer.unwrap_or_default(),
+                dataset: dataset.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok(Json::Array(
+            r.authorisations.iter().map(auth_json).collect(),
+        ))
+    }
+
+    pub async fn create_authorisation(&self, a: NewAuthorisation) -> CallResult {
+        let r = self
+            .registry()
+            .create_authorisation(proto::CreateAuthorisationRequest {
+                authorisation: Some(proto::Authorisation {
+                    reference: a.reference,
+                    consumer_kbo: a.consumer,
+                    dataset: a.dataset,
+                    fields: a.fields,
+                    purpose: a.purpose,
+                    legal_basis: a.legal_basis,
+                    issuing_body: a.issuing_body,
+                    valid_from: a.valid_from,
+                    valid_until: a.valid_until.unwrap_or_default(),
+                    status: 0,
+                    version: 0,
+                    updated_at: None,
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.authorisation
+            .as_ref()
+            .map(auth_json)
+            .unwrap_or(Json::Null))
+    }
+
+    pub async fn set_authorisation_suspended(
+        &self,
+        reference: String,
+        suspended: bool,
+        reason: String,
+    ) -> CallResult {
+        let a = if suspended {
+            self.registry()
+                .suspend_authorisation(proto::SuspendAuthorisationRequest { reference, reason })
+                .await?
+                .into_inner()
+                .authorisation
+        } else {
+            self.registry()
+                .reinstate_authorisation(proto::ReinstateAuthorisationRequest { reference })
+                .await?
+                .into_inner()
+                .authorisation
+        };
+        Ok(a.as_ref().map(auth_json).unwrap_or(Json::Null))
+    }
+
+    pub async fn audit_list(&self, filter: AuditFilter) -> CallResult {
+        let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let r = client
+            .list_audit_entries(proto::ListAuditEntriesRequest {
+                citizen: filter.citizen.unwrap_or_default(),
+                consumer_kbo: filter.consumer.unwrap_or_default(),
+                since: None,
+                until: None,
+                page_size: filter.limit,
+                page_token: filter.page_token.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok(json!({
+            "entries": r.entries.iter().map(audit_json).collect::<Vec<_>>(),
+            "next_page_token": r.next_page_token,
+        }))
+    }
+
+    pub async fn audit_head(&self) -> CallResult {
+        let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let r = client
+            .get_audit_head(proto::GetAuditHeadRequest {})
+            .await?
+            .into_inner();
+        Ok(json!({"size": r.size, "head_hash": hex(&r.head_hash)}))
+    }
+}
+
+fn sorted(m: serde_json::Map<String, Json>) -> Json {
+    let b: BTreeMap<String, Json> = m.into_iter().collect();
+    json!(b)
+}
+
+/// A source value as JSON.
+pub fn value_json(v: &proto::Value) -> Json {
+    match &v.kind {
+        None => Json::Null,
+        Some(Kind::StringValue(s)) | Some(Kind::DateValue(s)) => json!(s),
+        Some(Kind::IntValue(i)) => json!(i),
+        Some(Kind::BoolValue(b)) => json!(b),
+        Some(Kind::RecordValue(r)) => sorted(
+            r.fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect(),
+        ),
+        Some(Kind::ListValue(l)) => Json::Array(l.values.iter().map(value_json).collect()),
+    }
+}
+
+fn enum_name(name: Option<&str>, prefix: &str) -> String {
+    name.map(|n| n.trim_start_matches(prefix).to_lowercase())
+        .unwrap_or_default()
+}
+
+fn org_json(o: &proto::Organisation) -> Json {
+    json!({
+        "kbo": o.kbo,
+        "name": o.name,
+        "roles": o.roles.iter().map(|r| enum_name(proto::OrganisationRole::try_from(*r).ok().map(|r| r.as_str_name()), "ORGANISATION_ROLE_")).collect::<Vec<_>>(),
+        "status": enum_name(proto::OrganisationStatus::try_from(o.status).ok().map(|s| s.as_str_name()), "ORGANISATION_STATUS_"),
+    })
+}
+
+fn dataset_json(d: &proto::Dataset) -> Json {
+    json!({
+        "name": d.name,
+        "source_kbo": d.source_kbo,
+        "description": d.description,
+        "endpoint": d.endpoint,
+        "keeps_history": d.keeps_history,
+        "fields": d.fields.iter().map(|f| json!({"name": f.name, "description": f.description})).collect::<Vec<_>>(),
+    })
+}
+
+fn auth_json(a: &proto::Authorisation) -> Json {
+    json!({
+        "reference": a.reference,
+        "consumer_kbo": a.consumer_kbo,
+        "dataset": a.dataset,
+        "fields": a.fields,
+        "purpose": a.purpose,
+        "legal_basis": a.legal_basis,
+        "issuing_body": a.issuing_body,
+        "valid_from": a.valid_from,
+        "valid_until": a.valid_until,
+        "status": enum_name(proto::AuthorisationStatus::try_from(a.status).ok().map(|s| s.as_str_name()), "AUTHORISATION_STATUS_"),
+        "version": a.version,
+    })
+}
+
+fn audit_json(e: &proto::AuditEntry) -> Json {
+    let time = e
+        .time
+        .as_ref()
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    json!({
+        "sequence": e.sequence,
+        "request_id": e.request_id,
+        "time": time,
+        "consumer_kbo": e.consumer_kbo,
+        "citizen": e.citizen,
+        "dataset": e.dataset,
+        "fields_requested": e.fields_requested,
+        "fields_returned": e.fields_returned,
+        "purpose": e.purpose,
+        "authorisation_reference": e.authorisation_reference,
+        "decision": enum_name(proto::AuditDecision::try_from(e.decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
+        "reason": e.reason,
+        "outcome": enum_name(proto::AuditOutcome::try_from(e.outcome).ok().map(|s| s.as_str_name()), "AUDIT_OUTCOME_"),
+        "source_kbo": e.source_kbo,
+        "consumer_reference": e.consumer_reference,
+        "entry_hash": hex(&e.entry_hash),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

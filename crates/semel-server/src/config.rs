@@ -1,0 +1,150 @@
+//! The broker's configuration file (TOML). Unknown keys are refused, and
+//! every path is checked before any port is bound.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use semel_core::Kbo;
+use serde::Deserialize;
+
+/// `semel serve --config FILE`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the gRPC port (mutual TLS only).
+    pub listen: SocketAddr,
+    /// Directory of the embedded store.
+    pub data_dir: PathBuf,
+    pub tls: TlsSection,
+    /// The organisation running the broker; registered at start if missing.
+    pub operator: OperatorSection,
+    #[serde(default)]
+    pub sources: SourcesSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The broker's certificate chain (PEM). It also identifies the broker to sources.
+    pub cert: PathBuf,
+    /// The broker's private key (PEM).
+    pub key: PathBuf,
+    /// CA bundle that organisations' client certificates must chain to.
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorSection {
+    pub kbo: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesSection {
+    /// How long a source may take to answer one lookup, in milliseconds.
+    #[serde(default = "default_deadline_ms")]
+    pub deadline_ms: u64,
+    /// CA bundle that sources' server certificates must chain to; by
+    /// default `tls.client_ca`.
+    pub ca: Option<PathBuf>,
+}
+
+fn default_deadline_ms() -> u64 {
+    5000
+}
+
+impl Default for SourcesSection {
+    fn default() -> Self {
+        SourcesSection {
+            deadline_ms: default_deadline_ms(),
+            ca: None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads, resolves (relative paths are relative to the file) and checks.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut config.data_dir,
+            &mut config.tls.cert,
+            &mut config.tls.key,
+            &mut config.tls.client_ca,
+        ] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(ca) = config.sources.ca.as_mut().filter(|p| p.is_relative()) {
+            *ca = base.join(&*ca);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks values that parsing cannot.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.operator_kbo()?;
+        anyhow::ensure!(
+            !self.operator.name.trim().is_empty(),
+            "operator.name: must not be empty"
+        );
+        anyhow::ensure!(
+            (10..=120_000).contains(&self.sources.deadline_ms),
+            "sources.deadline_ms: must lie between 10 and 120000, got {}",
+            self.sources.deadline_ms
+        );
+        for (key, p) in [
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ] {
+            anyhow::ensure!(p.is_file(), "{key}: {} is not a readable file", p.display());
+        }
+        if let Some(ca) = &self.sources.ca {
+            anyhow::ensure!(
+                ca.is_file(),
+                "sources.ca: {} is not a readable file",
+                ca.display()
+            );
+        }
+        Ok(())
+    }
+
+    pub fn operator_kbo(&self) -> anyhow::Result<Kbo> {
+        Kbo::parse(&self.operator.kbo).map_err(|e| anyhow::anyhow!("operator.kbo: {e}"))
+    }
+
+    pub fn source_deadline(&self) -> Duration {
+        Duration::from_millis(self.sources.deadline_ms)
+    }
+
+    pub fn sources_ca(&self) -> &Path {
+        self.sources.ca.as_deref().unwrap_or(&self.tls.client_ca)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = toml::from_str::<Config>(
+            "listen = \"127.0.0.1:1\"\ndata_dir = \"d\"\nlisten_port = 3\n[tls]\ncert=\"c\"\nkey=\"k\"\nclient_ca=\"a\"\n[operator]\nkbo=\"0566988259\"\nname=\"x\"\n",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("listen_port"), "{err}");
+    }
+}

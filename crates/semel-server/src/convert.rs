@@ -1,0 +1,373 @@
+//! Conversions between protobuf messages and `semel_core` types, at the
+//! edge. Incoming messages are destructured exhaustively, so a new proto
+//! field is a compile error here rather than a silent drop.
+
+use std::collections::BTreeSet;
+
+use semel_core::{
+    AuditDecision, AuditEntry, Authorisation, AuthorisationRef, AuthorisationStatus, Dataset,
+    DatasetName, FieldDefinition, FieldName, FieldType, Kbo, Organisation, OrganisationStatus,
+    Outcome, PurposeCode, Role,
+};
+use semel_store::StoredEntry;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use time::{Date, OffsetDateTime};
+
+use crate::error::ApiError;
+use crate::proto;
+
+pub const DATE_FORMAT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+
+pub fn parse_date(field: &'static str, s: &str) -> Result<Date, ApiError> {
+    Date::parse(s, DATE_FORMAT).map_err(|_| {
+        ApiError::invalid(
+            field,
+            "INVALID_DATE",
+            format!("{field} must be a date written YYYY-MM-DD"),
+        )
+    })
+}
+
+pub fn format_date(d: Date) -> String {
+    d.format(DATE_FORMAT).unwrap_or_default()
+}
+
+pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    }
+}
+
+pub fn timestamp_micros(micros: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: micros.div_euclid(1_000_000),
+        nanos: (micros.rem_euclid(1_000_000) * 1000) as i32,
+    }
+}
+
+pub fn micros(t: &prost_types::Timestamp) -> i64 {
+    t.seconds
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(t.nanos / 1000))
+}
+
+pub fn parse_kbo(field: &'static str, s: &str) -> Result<Kbo, ApiError> {
+    Kbo::parse(s)
+        .map_err(|e| ApiError::invalid(field, "INVALID_ENTERPRISE_NUMBER", format!("{field}: {e}")))
+}
+
+fn name<T>(field: &'static str, r: Result<T, semel_core::NameError>) -> Result<T, ApiError> {
+    r.map_err(|e| ApiError::invalid(field, "INVALID_ARGUMENT", format!("{field}: {e}")))
+}
+
+fn text(field: &'static str, s: String, max: usize) -> Result<String, ApiError> {
+    let t = s.trim();
+    if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "INVALID_ARGUMENT",
+            format!("{field} must be 1 to {max} characters of text"),
+        ));
+    }
+    Ok(t.to_owned())
+}
+
+// ---- organisations ----
+
+fn role_from_proto(r: i32) -> Result<Role, ApiError> {
+    match proto::OrganisationRole::try_from(r) {
+        Ok(proto::OrganisationRole::Source) => Ok(Role::Source),
+        Ok(proto::OrganisationRole::Consumer) => Ok(Role::Consumer),
+        Ok(proto::OrganisationRole::Operator) => Ok(Role::Operator),
+        _ => Err(ApiError::invalid(
+            "organisation.roles",
+            "INVALID_ARGUMENT",
+            "roles must be SOURCE, CONSUMER or OPERATOR",
+        )),
+    }
+}
+
+fn role_to_proto(r: Role) -> i32 {
+    (match r {
+        Role::Source => proto::OrganisationRole::Source,
+        Role::Consumer => proto::OrganisationRole::Consumer,
+        Role::Operator => proto::OrganisationRole::Operator,
+    }) as i32
+}
+
+/// A new organisation from a create request.
+pub fn organisation_from_proto(
+    p: proto::Organisation,
+    now: OffsetDateTime,
+) -> Result<Organisation, ApiError> {
+    let proto::Organisation {
+        kbo,
+        name,
+        roles,
+        status: _,
+        created_at: _,
+    } = p;
+    let roles: BTreeSet<Role> = roles
+        .into_iter()
+        .map(role_from_proto)
+        .collect::<Result<_, _>>()?;
+    if roles.is_empty() {
+        return Err(ApiError::invalid(
+            "organisation.roles",
+            "INVALID_ARGUMENT",
+            "an organisation needs at least one role",
+        ));
+    }
+    Ok(Organisation {
+        kbo: parse_kbo("organisation.kbo", &kbo)?,
+        name: text("organisation.name", name, 200)?,
+        roles,
+        status: OrganisationStatus::Active,
+        created_at: now,
+    })
+}
+
+pub fn organisation_to_proto(o: &Organisation) -> proto::Organisation {
+    proto::Organisation {
+        kbo: o.kbo.as_str().to_owned(),
+        name: o.name.clone(),
+        roles: o.roles.iter().map(|r| role_to_proto(*r)).collect(),
+        status: match o.status {
+            OrganisationStatus::Active => proto::OrganisationStatus::Active,
+            OrganisationStatus::Suspended => proto::OrganisationStatus::Suspended,
+        } as i32,
+        created_at: Some(timestamp(o.created_at)),
+    }
+}
+
+// ---- datasets ----
+
+fn field_type_from_proto(t: i32) -> Result<FieldType, ApiError> {
+    use proto::FieldType as P;
+    Ok(match P::try_from(t) {
+        Ok(P::String) => FieldType::String,
+        Ok(P::Int) => FieldType::Int,
+        Ok(P::Bool) => FieldType::Bool,
+        Ok(P::Date) => FieldType::Date,
+        Ok(P::Record) => FieldType::Record,
+        Ok(P::List) => FieldType::List,
+        _ => {
+            return Err(ApiError::invalid(
+                "dataset.fields.type",
+                "INVALID_ARGUMENT",
+                "each field needs a type",
+            ));
+        }
+    })
+}
+
+fn field_type_to_proto(t: FieldType) -> i32 {
+    use proto::FieldType as P;
+    (match t {
+        FieldType::String => P::String,
+        FieldType::Int => P::Int,
+        FieldType::Bool => P::Bool,
+        FieldType::Date => P::Date,
+        FieldType::Record => P::Record,
+        FieldType::List => P::List,
+    }) as i32
+}
+
+pub fn dataset_from_proto(p: proto::Dataset) -> Result<Dataset, ApiError> {
+    let proto::Dataset {
+        name: ds_name,
+        source_kbo,
+        description,
+        fields,
+        endpoint,
+        keeps_history,
+    } = p;
+    let mut seen = BTreeSet::new();
+    let fields = fields
+        .into_iter()
+        .map(|f| {
+            let proto::FieldDefinition {
+                name: n,
+                description,
+                r#type,
+            } = f;
+            let n = name("dataset.fields.name", FieldName::new(n))?;
+            if !seen.insert(n.clone()) {
+                return Err(ApiError::invalid(
+                    "dataset.fields",
+                    "INVALID_ARGUMENT",
+                    format!("field {n} is listed twice"),
+                ));
+            }
+            Ok(FieldDefinition {
+                name: n,
+                description: text("dataset.fields.description", description, 500)?,
+                field_type: field_type_from_proto(r#type)?,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if fields.is_empty() {
+        return Err(ApiError::invalid(
+            "dataset.fields",
+            "INVALID_ARGUMENT",
+            "a dataset needs at least one field",
+        ));
+    }
+    if !endpoint.starts_with("https://") {
+        return Err(ApiError::invalid(
+            "dataset.endpoint",
+            "INVALID_ENDPOINT",
+            "the source endpoint must be an https:// address (sources are called over mutual TLS)",
+        ));
+    }
+    Ok(Dataset {
+        name: name("dataset.name", DatasetName::new(ds_name))?,
+        source: parse_kbo("dataset.source_kbo", &source_kbo)?,
+        description: text("dataset.description", description, 500)?,
+        fields,
+        endpoint,
+        keeps_history,
+    })
+}
+
+pub fn dataset_to_proto(d: &Dataset) -> proto::Dataset {
+    proto::Dataset {
+        name: d.name.to_string(),
+        source_kbo: d.source.as_str().to_owned(),
+        description: d.description.clone(),
+        fields: d
+            .fields
+            .iter()
+            .map(|f| proto::FieldDefinition {
+                name: f.name.to_string(),
+                description: f.description.clone(),
+                r#type: field_type_to_proto(f.field_type),
+            })
+            .collect(),
+        endpoint: d.endpoint.clone(),
+        keeps_history: d.keeps_history,
+    }
+}
+
+// ---- authorisations ----
+
+pub fn authorisation_from_proto(
+    p: proto::Authorisation,
+    now: OffsetDateTime,
+) -> Result<Authorisation, ApiError> {
+    let proto::Authorisation {
+        reference,
+        consumer_kbo,
+        dataset,
+        fields,
+        purpose,
+        legal_basis,
+        issuing_body,
+        valid_from,
+        valid_until,
+        status: _,
+        version: _,
+        updated_at: _,
+    } = p;
+    let fields: BTreeSet<FieldName> = fields
+        .into_iter()
+        .map(|f| name("authorisation.fields", FieldName::new(f)))
+        .collect::<Result<_, _>>()?;
+    if fields.is_empty() {
+        return Err(ApiError::invalid(
+            "authorisation.fields",
+            "INVALID_ARGUMENT",
+            "an authorisation allows at least one field",
+        ));
+    }
+    let valid_from = parse_date("authorisation.valid_from", &valid_from)?;
+    let valid_until = if valid_until.is_empty() {
+        None
+    } else {
+        Some(parse_date("authorisation.valid_until", &valid_until)?)
+    };
+    if valid_until.is_some_and(|u| u < valid_from) {
+        return Err(ApiError::invalid(
+            "authorisation.valid_until",
+            "INVALID_ARGUMENT",
+            "valid_until is before valid_from",
+        ));
+    }
+    Ok(Authorisation {
+        reference: name("authorisation.reference", AuthorisationRef::new(reference))?,
+        consumer: parse_kbo("authorisation.consumer_kbo", &consumer_kbo)?,
+        dataset: name("authorisation.dataset", DatasetName::new(dataset))?,
+        fields,
+        purpose: name("authorisation.purpose", PurposeCode::new(purpose))?,
+        legal_basis: text("authorisation.legal_basis", legal_basis, 500)?,
+        issuing_body: text("authorisation.issuing_body", issuing_body, 200)?,
+        valid_from,
+        valid_until,
+        status: AuthorisationStatus::Active,
+        version: 1,
+        updated_at: now,
+    })
+}
+
+pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
+    proto::Authorisation {
+        reference: a.reference.to_string(),
+        consumer_kbo: a.consumer.as_str().to_owned(),
+        dataset: a.dataset.to_string(),
+        fields: a.fields.iter().map(ToString::to_string).collect(),
+        purpose: a.purpose.to_string(),
+        legal_basis: a.legal_basis.clone(),
+        issuing_body: a.issuing_body.clone(),
+        valid_from: format_date(a.valid_from),
+        valid_until: a.valid_until.map(format_date).unwrap_or_default(),
+        status: match a.status {
+            AuthorisationStatus::Active => proto::AuthorisationStatus::Active,
+            AuthorisationStatus::Suspended => proto::AuthorisationStatus::Suspended,
+        } as i32,
+        version: a.version,
+        updated_at: Some(timestamp(a.updated_at)),
+    }
+}
+
+// ---- audit ----
+
+pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
+    let AuditEntry {
+        sequence,
+        previous_hash,
+        record: r,
+    } = &s.entry;
+    proto::AuditEntry {
+        sequence: *sequence,
+        request_id: uuid::Uuid::from_bytes(r.request_id).to_string(),
+        time: Some(timestamp_micros(r.time_micros)),
+        consumer_kbo: r.consumer.as_str().to_owned(),
+        citizen: r.citizen.map(|n| n.as_str().to_owned()).unwrap_or_default(),
+        dataset: r.dataset.clone(),
+        fields_requested: r.fields_requested.clone(),
+        fields_returned: r.fields_returned.clone(),
+        purpose: r.purpose.clone(),
+        authorisation_reference: r.authorisation.clone().unwrap_or_default(),
+        decision: match r.decision {
+            AuditDecision::Allowed => proto::AuditDecision::Allowed,
+            AuditDecision::Refused => proto::AuditDecision::Refused,
+        } as i32,
+        reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        outcome: match r.outcome {
+            Outcome::Answered => proto::AuditOutcome::Answered,
+            Outcome::NoData => proto::AuditOutcome::NoData,
+            Outcome::NotForwarded => proto::AuditOutcome::NotForwarded,
+            Outcome::SourceUnavailable => proto::AuditOutcome::SourceUnavailable,
+            Outcome::SourceTimeout => proto::AuditOutcome::SourceTimeout,
+            Outcome::SourceError => proto::AuditOutcome::SourceError,
+        } as i32,
+        source_kbo: r.source.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+        consumer_reference: r.consumer_reference.clone(),
+        reference_date: r.reference_date.clone().unwrap_or_default(),
+        end_user: r.end_user.clone().unwrap_or_default(),
+        previous_hash: previous_hash.to_vec(),
+        entry_hash: s.hash.to_vec(),
+    }
+}

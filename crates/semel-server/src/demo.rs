@@ -1,0 +1,306 @@
+//! `semel demo`: the broker in front of the three demo sources, with the
+//! demo registry, on the embedded store, all in one process. The end-to-end
+//! tests use the same entry point, on port 0 and a temporary directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use semel_demo::Population;
+use semel_demo::pki::{DevPki, Subject};
+use semel_demo::seed::{self, DemoOrg};
+use semel_store::Store;
+use serde::Serialize;
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::client::ClientConfig;
+use crate::demo_source::DemoSource;
+use crate::server::{self, Prepared};
+use crate::state::{Broker, SourceSettings};
+use crate::tls::{self, TlsFiles};
+
+/// How to run the demo.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub data_dir: PathBuf,
+    /// The broker's address; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub seed: u64,
+    pub population: usize,
+    pub source_deadline: Duration,
+}
+
+impl DemoOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        DemoOptions {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            seed: 20_170_717,
+            population: 10_000,
+            source_deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A running demo.
+pub struct Demo {
+    pub broker_addr: SocketAddr,
+    pub pki: DevPki,
+    pub population: Arc<Population>,
+    pub data_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    broker_task: JoinHandle<anyhow::Result<()>>,
+    source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// What `semel lookup --data-dir` reads to find the broker and the files.
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct DemoManifest {
+    pub broker: String,
+    pub ca: PathBuf,
+    pub organisations: Vec<ManifestOrg>,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize)]
+pub struct ManifestOrg {
+    pub slug: String,
+    pub kbo: String,
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub const MANIFEST: &str = "demo.json";
+
+impl Demo {
+    /// Starts the demo sources and the broker; returns once all listen.
+    pub async fn start(opts: DemoOptions) -> anyhow::Result<Demo> {
+        std::fs::create_dir_all(&opts.data_dir)
+            .with_context(|| format!("create {}", opts.data_dir.display()))?;
+        let data_dir =
+            std::fs::canonicalize(&opts.data_dir).context("resolve the data directory")?;
+        let orgs = seed::organisations();
+        let operator = seed::org("operator").context("demo operator missing")?;
+        let pki = dev_pki(&data_dir.join("pki"), &orgs, &operator)?;
+        let population = Arc::new(Population::generate(opts.seed, opts.population));
+        let (shutdown, rx) = watch::channel(false);
+
+        // The sources, each on a free port with its own certificate.
+        let mut source_tasks = Vec::new();
+        let mut endpoints = std::collections::HashMap::new();
+        for (slug, source) in [
+            (
+                "national-register",
+                DemoSource::national_register(population.clone(), operator.kbo),
+            ),
+            (
+                "spf-finances",
+                DemoSource::spf_finances(population.clone(), operator.kbo),
+            ),
+            ("onem", DemoSource::onem(population.clone(), operator.kbo)),
+        ] {
+            let org = seed::org(slug).context("demo source missing")?;
+            let files = pki.files(org.kbo.as_str());
+            let tls = tls::server_config(&TlsFiles {
+                cert: &files.cert,
+                key: &files.key,
+                client_ca: &pki.ca_cert(),
+            })?;
+            let listener = TcpListener::bind(("127.0.0.1", 0))
+                .await
+                .context("bind a demo source")?;
+            endpoints.insert(
+                slug,
+                format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
+            );
+            source_tasks.push(tokio::spawn(server::serve_source(
+                listener,
+                tls,
+                source.into_service(),
+                wait(rx.clone()),
+            )));
+        }
+
+        // The registry: seeded once, with the sources' current addresses.
+        let store = Store::open(&data_dir.join("store")).context("open the demo store")?;
+        seed_registry(&store, &orgs, |slug| {
+            endpoints.get(slug).cloned().unwrap_or_default()
+        })?;
+
+        let broker_files = pki.files("broker");
+        let tls = tls::server_config(&TlsFiles {
+            cert: &broker_files.cert,
+            key: &broker_files.key,
+            client_ca: &pki.ca_cert(),
+        })?;
+        let source_tls = tls::client_tls(&pki.ca_cert(), &broker_files.cert, &broker_files.key)?;
+        let broker = Broker::new(
+            Arc::new(store),
+            SourceSettings {
+                tls: source_tls,
+                deadline: opts.source_deadline,
+            },
+        )?;
+        let listener = TcpListener::bind(opts.listen)
+            .await
+            .with_context(|| format!("bind the broker on {}", opts.listen))?;
+        let broker_addr = listener.local_addr()?;
+        let broker_task = tokio::spawn(server::serve_broker(
+            listener,
+            Prepared { broker, tls },
+            wait(rx),
+        ));
+
+        let manifest = DemoManifest {
+            broker: format!("https://{broker_addr}"),
+            ca: pki.ca_cert(),
+            organisations: orgs
+                .iter()
+                .map(|o| {
+                    let f = pki.files(o.kbo.as_str());
+                    ManifestOrg {
+                        slug: o.slug.to_owned(),
+                        kbo: o.kbo.as_str().to_owned(),
+                        name: o.name.to_owned(),
+                        cert: f.cert,
+                        key: f.key,
+                    }
+                })
+                .collect(),
+        };
+        std::fs::write(
+            data_dir.join(MANIFEST),
+            serde_json::to_vec_pretty(&manifest)?,
+        )
+        .context("write the demo manifest")?;
+        Ok(Demo {
+            broker_addr,
+            pki,
+            population,
+            data_dir,
+            shutdown,
+            broker_task,
+            source_tasks,
+        })
+    }
+
+    /// The client files of a demo organisation, by slug (e.g. `cpas-anderlecht`).
+    pub fn client(&self, slug: &str) -> anyhow::Result<ClientConfig> {
+        client_config(&self.data_dir, slug)
+    }
+
+    /// Stops accepting calls, lets calls in flight finish, closes the audit
+    /// log and waits for every server.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        self.broker_task.await.context("broker task")??;
+        for t in self.source_tasks {
+            t.await.context("source task")??;
+        }
+        Ok(())
+    }
+
+    /// Waits until the broker stops by itself (an error) or `signal` fires.
+    pub async fn run_until(
+        mut self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tokio::select! {
+            () = signal => self.stop().await,
+            r = &mut self.broker_task => {
+                let _ = self.shutdown.send(true);
+                r.context("broker task")?
+            }
+        }
+    }
+}
+
+/// The client files of a demo organisation, from a demo data directory.
+pub fn client_config(data_dir: &Path, who: &str) -> anyhow::Result<ClientConfig> {
+    let path = data_dir.join(MANIFEST);
+    let manifest: DemoManifest = serde_json::from_slice(
+        &std::fs::read(&path)
+            .with_context(|| format!("read {} (start `semel demo` first)", path.display()))?,
+    )
+    .with_context(|| format!("parse {}", path.display()))?;
+    let digits: String = who.chars().filter(char::is_ascii_digit).collect();
+    let org = manifest
+        .organisations
+        .iter()
+        .find(|o| o.slug == who || (!digits.is_empty() && o.kbo == digits))
+        .with_context(|| {
+            let known: Vec<&str> = manifest
+                .organisations
+                .iter()
+                .map(|o| o.slug.as_str())
+                .collect();
+            format!(
+                "no demo organisation {who}; use one of: {}",
+                known.join(", ")
+            )
+        })?;
+    Ok(ClientConfig {
+        broker: manifest.broker,
+        ca: manifest.ca,
+        cert: org.cert.clone(),
+        key: org.key.clone(),
+    })
+}
+
+fn dev_pki(dir: &Path, orgs: &[DemoOrg], operator: &DemoOrg) -> anyhow::Result<DevPki> {
+    let stems: Vec<String> = orgs.iter().map(|o| o.kbo.as_str().to_owned()).collect();
+    let mut subjects: Vec<Subject<'_>> = orgs
+        .iter()
+        .zip(&stems)
+        .map(|(o, stem)| Subject {
+            file_stem: stem,
+            kbo: o.kbo,
+            name: o.name,
+        })
+        .collect();
+    subjects.push(Subject {
+        file_stem: "broker",
+        kbo: operator.kbo,
+        name: "Semel broker (demo)",
+    });
+    DevPki::ensure(dir, &subjects).context("create the development PKI")
+}
+
+/// Registers the demo organisations and authorisations if missing, and
+/// (re)points the demo datasets at the sources' current addresses.
+fn seed_registry(
+    store: &Store,
+    orgs: &[DemoOrg],
+    endpoint: impl Fn(&str) -> String,
+) -> anyhow::Result<()> {
+    let now = OffsetDateTime::now_utc();
+    let reg = store.registry();
+    for o in orgs {
+        if reg.organisation(&o.kbo)?.is_none() {
+            reg.put_organisation(&o.to_organisation(now))?;
+        }
+    }
+    for d in seed::datasets(endpoint) {
+        reg.put_dataset(&d)?;
+    }
+    let existing: std::collections::BTreeSet<String> = reg
+        .authorisations()?
+        .into_iter()
+        .map(|a| a.reference.to_string())
+        .collect();
+    for a in seed::authorisations(now) {
+        if !existing.contains(a.reference.as_str()) {
+            reg.put_authorisation(&a)?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

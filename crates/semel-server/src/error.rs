@@ -1,0 +1,102 @@
+//! The API's errors, and the one place they become a `tonic::Status`.
+//!
+//! Every error carries a gRPC code, a stable reason code (sent as a
+//! `google.rpc.ErrorInfo` in domain [`DOMAIN`]), a message a person can act
+//! on, and where useful the request field at fault (`google.rpc.BadRequest`)
+//! and metadata such as the request id. Messages never contain a national
+//! number.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The `ErrorInfo` domain of every Semel error.
+pub const DOMAIN: &str = "semel.brussels";
+
+/// An API error, before it becomes a `Status`.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub code: Code,
+    pub reason: &'static str,
+    pub message: String,
+    /// The request field at fault, for `BadRequest`.
+    pub field: Option<&'static str>,
+    pub metadata: Vec<(&'static str, String)>,
+}
+
+impl ApiError {
+    pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            field: None,
+            metadata: Vec::new(),
+        }
+    }
+
+    pub fn invalid(field: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            field: Some(field),
+            ..Self::new(Code::InvalidArgument, reason, message)
+        }
+    }
+
+    pub fn unauthenticated(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::Unauthenticated, reason, message)
+    }
+
+    pub fn denied(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::PermissionDenied, reason, message)
+    }
+
+    pub fn not_found(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::new(Code::NotFound, reason, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(Code::Internal, "INTERNAL", message)
+    }
+
+    pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.metadata.push((key, value.into()));
+        self
+    }
+
+    /// The `Status` a client receives.
+    pub fn into_status(self) -> Status {
+        let metadata: HashMap<String, String> = self
+            .metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
+        if let Some(field) = self.field {
+            details.add_bad_request_violation(field, self.message.clone());
+        }
+        Status::with_error_details(self.code, self.message, details)
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        e.into_status()
+    }
+}
+
+impl From<semel_store::StoreError> for ApiError {
+    fn from(e: semel_store::StoreError) -> Self {
+        // Store errors are logged where they are handled (here), since the
+        // client only gets a generic message.
+        tracing::error!(error = %e, "storage failure");
+        match e {
+            semel_store::StoreError::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
+            _ => ApiError::new(
+                Code::Unavailable,
+                "STORAGE_UNAVAILABLE",
+                "the broker's storage failed; try again later",
+            ),
+        }
+    }
+}

@@ -1,0 +1,409 @@
+//! `LookupService`: the lookup path.
+//!
+//! identify the caller → validate the request → `decide()` → forward to the
+//! source with a deadline → keep only the authorised fields → append the
+//! audit entry and wait until it is durable → answer.
+//!
+//! Each lookup runs on its own task, so a client that disconnects or whose
+//! deadline passes cannot cancel it half-way: the source call finishes or
+//! times out, and the audit entry is always written. Exactly one entry per
+//! lookup that reached the service, allowed or refused.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use semel_core::{
+    AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LookupQuestion, Niss, Outcome,
+    PurposeCode, ReasonCode, Refusal, brussels_today,
+};
+use time::OffsetDateTime;
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{format_date, parse_date};
+use crate::error::ApiError;
+use crate::proto::{self, FetchRequest, LookupRequest, LookupResponse};
+use crate::state::{Broker, Caller, Route};
+
+/// The most fields one lookup may name.
+const MAX_FIELDS: usize = 64;
+/// The longest consumer reference.
+const MAX_REFERENCE: usize = 64;
+
+pub struct LookupService {
+    broker: Arc<Broker>,
+}
+
+impl LookupService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        LookupService { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl proto::lookup_service_server::LookupService for LookupService {
+    async fn lookup(
+        &self,
+        request: Request<LookupRequest>,
+    ) -> Result<Response<LookupResponse>, Status> {
+        let received = OffsetDateTime::now_utc();
+        let caller = self.broker.authenticate(&request)?;
+        let broker = self.broker.clone();
+        let task =
+            tokio::spawn(
+                async move { lookup(&broker, caller, request.into_inner(), received).await },
+            );
+        match task.await {
+            Ok(result) => result.map(Response::new).map_err(ApiError::into_status),
+            Err(e) => {
+                tracing::error!(error = %e, "lookup task failed");
+                Err(
+                    ApiError::internal("the lookup failed inside the broker; it was not answered")
+                        .into_status(),
+                )
+            }
+        }
+    }
+}
+
+/// What the lookup path learnt, for the audit entry.
+struct Trace {
+    citizen: Option<Niss>,
+    authorisation: Option<String>,
+    decision: AuditDecision,
+    reason: Option<ReasonCode>,
+    outcome: Outcome,
+    source: Option<semel_core::Kbo>,
+    fields_returned: Vec<String>,
+    reference_date: Option<String>,
+}
+
+async fn lookup(
+    broker: &Broker,
+    caller: Caller,
+    msg: LookupRequest,
+    received: OffsetDateTime,
+) -> Result<LookupResponse, ApiError> {
+    let request_id = uuid::Uuid::now_v7();
+    let mut trace = Trace {
+        citizen: None,
+        authorisation: None,
+        decision: AuditDecision::Refused,
+        reason: None,
+        outcome: Outcome::NotForwarded,
+        source: None,
+        fields_returned: Vec::new(),
+        reference_date: None,
+    };
+    let result = process(broker, &caller, &msg, request_id, received, &mut trace).await;
+    if let Err(e) = &result
+        && trace.reason.is_none()
+    {
+        trace.reason = ReasonCode::parse(e.reason)
+            .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument));
+    }
+    let record = AuditRecord {
+        request_id: *request_id.as_bytes(),
+        time_micros: (received.unix_timestamp_nanos() / 1000) as i64,
+        consumer: caller.org.kbo,
+        end_user: None,
+        citizen: trace.citizen,
+        dataset: bounded(&msg.dataset, 128),
+        fields_requested: msg
+            .fields
+            .iter()
+            .take(MAX_FIELDS)
+            .map(|f| bounded(f, 64))
+            .collect(),
+        fields_returned: trace.fields_returned,
+        purpose: bounded(&msg.purpose, 64),
+        authorisation: trace.authorisation,
+        decision: trace.decision,
+        reason: trace.reason,
+        outcome: trace.outcome,
+        source: trace.source,
+        consumer_reference: bounded(&msg.consumer_reference, MAX_REFERENCE),
+        reference_date: trace.reference_date,
+    };
+    let decision = record.decision;
+    let reason = record.reason.map(ReasonCode::as_str);
+    if let Err(e) = broker.store().audit().append(record).await {
+        // Fail closed: no answer leaves without its entry.
+        tracing::error!(error = %e, request_id = %request_id, "lookup refused: audit entry not durable");
+        return Err(ApiError::new(
+            Code::Unavailable,
+            "AUDIT_UNAVAILABLE",
+            "the broker cannot record lookups right now, so it answers none; try again later",
+        )
+        .with("request_id", request_id.to_string()));
+    }
+    tracing::info!(
+        request_id = %request_id,
+        consumer = caller.org.kbo.as_str(),
+        dataset = %bounded(&msg.dataset, 128),
+        decision = ?decision,
+        reason = reason.unwrap_or(""),
+        "lookup"
+    );
+    result.map_err(|e| e.with("request_id", request_id.to_string()))
+}
+
+async fn process(
+    broker: &Broker,
+    caller: &Caller,
+    msg: &LookupRequest,
+    request_id: uuid::Uuid,
+    received: OffsetDateTime,
+    trace: &mut Trace,
+) -> Result<LookupResponse, ApiError> {
+    if !caller.org.may_act_as(semel_core::Role::Consumer) {
+        return Err(ApiError::denied(
+            "NOT_A_CONSUMER",
+            "your organisation is not registered as a consumer, so it cannot make lookups",
+        ));
+    }
+    let citizen = Niss::parse(&msg.citizen)
+        .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
+    trace.citizen = Some(citizen);
+    let dataset = DatasetName::new(msg.dataset.clone())
+        .map_err(|e| ApiError::invalid("dataset", "INVALID_ARGUMENT", format!("dataset: {e}")))?;
+    let snapshot = broker.snapshot();
+    let route: Arc<Route> = snapshot.routes.get(&dataset).cloned().ok_or_else(|| {
+        ApiError::not_found(
+            "UNKNOWN_DATASET",
+            format!("there is no dataset named {dataset}; ListDatasets shows the published ones"),
+        )
+        .with("dataset", dataset.to_string())
+    })?;
+    let fields = validate_fields(&msg.fields, &route)?;
+    let purpose = PurposeCode::new(msg.purpose.clone())
+        .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
+    let today = brussels_today(received);
+    if !msg.reference_date.is_empty() {
+        let date = parse_date("reference_date", &msg.reference_date)?;
+        if date > today {
+            return Err(ApiError::invalid(
+                "reference_date",
+                "INVALID_ARGUMENT",
+                "reference_date lies in the future",
+            ));
+        }
+        if date != today && !route.dataset.keeps_history {
+            return Err(ApiError::invalid(
+                "reference_date",
+                "HISTORY_NOT_KEPT",
+                format!("the source of {dataset} keeps no history; leave reference_date empty"),
+            ));
+        }
+        trace.reference_date = Some(format_date(date));
+    }
+    if msg.consumer_reference.chars().count() > MAX_REFERENCE
+        || msg.consumer_reference.chars().any(char::is_control)
+    {
+        return Err(ApiError::invalid(
+            "consumer_reference",
+            "INVALID_ARGUMENT",
+            format!("consumer_reference must be at most {MAX_REFERENCE} printable characters"),
+        ));
+    }
+
+    let question = LookupQuestion {
+        consumer: caller.org.kbo,
+        dataset: &dataset,
+        fields: &fields,
+        purpose: &purpose,
+        today,
+    };
+    let (authorisation, allowed) = match semel_core::decide(
+        &question,
+        snapshot.authorisations_for(caller.org.kbo, &dataset),
+    ) {
+        Decision::Allow {
+            authorisation,
+            fields,
+        } => (authorisation, fields),
+        Decision::Deny(refusal) => {
+            trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
+            trace.reason = Some(ReasonCode::Refused(refusal.reason));
+            return Err(refusal_error(&refusal, &dataset, &purpose));
+        }
+    };
+    drop(snapshot);
+    trace.decision = AuditDecision::Allowed;
+    trace.authorisation = Some(authorisation.to_string());
+    trace.source = Some(route.dataset.source);
+
+    let mut fetch = Request::new(FetchRequest {
+        request_id: request_id.to_string(),
+        dataset: dataset.to_string(),
+        citizen: citizen.as_str().to_owned(),
+        fields: allowed.iter().map(ToString::to_string).collect(),
+        reference_date: trace.reference_date.clone().unwrap_or_default(),
+        consumer_kbo: caller.org.kbo.as_str().to_owned(),
+        purpose: purpose.to_string(),
+        authorisation_reference: authorisation.to_string(),
+    });
+    fetch.set_timeout(broker.source_deadline());
+    if let Ok(v) = request_id.to_string().parse() {
+        fetch.metadata_mut().insert("x-request-id", v);
+    }
+    let deadline = broker.source_deadline();
+    let mut client = route.client.clone();
+    // The client-side timer is the authority: it also covers a source that
+    // accepts the connection and then never answers.
+    let answer = match tokio::time::timeout(deadline, client.fetch(fetch)).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded("source deadline")),
+    };
+    let answer = match answer {
+        Ok(a) => a.into_inner(),
+        Err(status) => return Err(source_error(status, &route, deadline, trace)),
+    };
+    let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
+    let fields: std::collections::HashMap<String, proto::Value> = answer
+        .fields
+        .into_iter()
+        .filter(|(k, _)| allowed.contains(k.as_str()))
+        .collect();
+    let mut returned: Vec<String> = fields.keys().cloned().collect();
+    returned.sort();
+    trace.fields_returned = returned;
+    trace.outcome = Outcome::Answered;
+    Ok(LookupResponse {
+        request_id: request_id.to_string(),
+        authorisation_reference: authorisation.to_string(),
+        source_kbo: route.dataset.source.as_str().to_owned(),
+        fields,
+    })
+}
+
+fn validate_fields(requested: &[String], route: &Route) -> Result<Vec<FieldName>, ApiError> {
+    if requested.is_empty() {
+        return Err(ApiError::invalid(
+            "fields",
+            "INVALID_ARGUMENT",
+            "name at least one field; ask only for what the purpose needs",
+        ));
+    }
+    if requested.len() > MAX_FIELDS {
+        return Err(ApiError::invalid(
+            "fields",
+            "INVALID_ARGUMENT",
+            format!("at most {MAX_FIELDS} fields per lookup"),
+        ));
+    }
+    let mut out = Vec::with_capacity(requested.len());
+    for f in requested {
+        let name = FieldName::new(f.clone())
+            .map_err(|e| ApiError::invalid("fields", "INVALID_ARGUMENT", format!("fields: {e}")))?;
+        if route.dataset.field(name.as_str()).is_none() {
+            return Err(ApiError::invalid(
+                "fields",
+                "UNKNOWN_FIELD",
+                format!("dataset {} has no field {name}", route.dataset.name),
+            )
+            .with("field", name.to_string()));
+        }
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+fn refusal_error(refusal: &Refusal, dataset: &DatasetName, purpose: &PurposeCode) -> ApiError {
+    use semel_core::RefusalReason::*;
+    let auth = refusal
+        .authorisation
+        .as_ref()
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    let message = match refusal.reason {
+        NoAuthorisation => format!("no authorisation allows your organisation to obtain {dataset}"),
+        PurposeNotAllowed => format!(
+            "your organisation's authorisations for {dataset} do not cover purpose {purpose}"
+        ),
+        FieldNotAllowed => format!(
+            "authorisation {auth} does not cover the fields {}; ask only for the fields it allows",
+            refusal
+                .fields_not_allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        AuthorisationNotYetValid => format!("authorisation {auth} is not valid yet"),
+        AuthorisationExpired => format!("authorisation {auth} has expired"),
+        AuthorisationSuspended => format!("authorisation {auth} is suspended"),
+    };
+    let mut e = ApiError::denied(refusal.reason.code(), message);
+    if !auth.is_empty() {
+        e = e.with("authorisation_reference", auth);
+    }
+    if !refusal.fields_not_allowed.is_empty() {
+        e = e.with(
+            "fields_not_allowed",
+            refusal
+                .fields_not_allowed
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+    }
+    e
+}
+
+fn source_error(
+    status: Status,
+    route: &Route,
+    deadline: std::time::Duration,
+    trace: &mut Trace,
+) -> ApiError {
+    let ds = &route.dataset.name;
+    let source = route.dataset.source.as_str().to_owned();
+    let (outcome, err) = match status.code() {
+        Code::NotFound => (
+            Outcome::NoData,
+            ApiError::not_found(
+                "SUBJECT_NOT_FOUND",
+                format!("the source of {ds} holds no data about this citizen"),
+            ),
+        ),
+        Code::DeadlineExceeded | Code::Cancelled => (
+            Outcome::SourceTimeout,
+            ApiError::new(
+                Code::DeadlineExceeded,
+                "SOURCE_TIMEOUT",
+                format!(
+                    "the source of {ds} did not answer within {} ms; try again later",
+                    deadline.as_millis()
+                ),
+            ),
+        ),
+        Code::Unavailable => (
+            Outcome::SourceUnavailable,
+            ApiError::new(
+                Code::Unavailable,
+                "SOURCE_UNAVAILABLE",
+                format!("the source of {ds} cannot be reached; try again later"),
+            ),
+        ),
+        _ => {
+            tracing::warn!(dataset = %ds, source = %source, code = ?status.code(), "source answered with an error");
+            (
+                Outcome::SourceError,
+                ApiError::new(
+                    Code::Unavailable,
+                    "SOURCE_ERROR",
+                    format!("the source of {ds} answered with an error; try again later"),
+                ),
+            )
+        }
+    };
+    trace.outcome = outcome;
+    err.with("source_kbo", source)
+}
+
+fn bounded(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

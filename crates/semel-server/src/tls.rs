@@ -1,0 +1,246 @@
+//! TLS for the broker and the demo sources: server configs that ask for a
+//! client certificate, an accept loop that identifies the peer once per
+//! connection, and client configs for calling sources.
+//!
+//! The peer's identity is read from its verified certificate in exactly one
+//! place, [`PeerIdentity::from_certificate`], at the end of the handshake.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use semel_core::Kbo;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+
+/// What the broker knows of a peer after the handshake.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    pub addr: SocketAddr,
+    /// The verified client certificate, when the peer presented one.
+    pub certificate: Option<PeerCertificate>,
+}
+
+/// A verified client certificate.
+#[derive(Debug, Clone)]
+pub struct PeerCertificate {
+    /// The enterprise number from the certificate's organizationIdentifier
+    /// (`NTRBE-<KBO>`), or why it has none.
+    pub kbo: Result<Kbo, String>,
+    /// SHA-256 of the DER certificate, hex.
+    pub fingerprint: String,
+}
+
+impl PeerIdentity {
+    /// Reads the identity from the end-entity certificate rustls verified.
+    pub fn from_certificate(addr: SocketAddr, der: Option<&CertificateDer<'_>>) -> Self {
+        let certificate = der.map(|der| PeerCertificate {
+            kbo: kbo_from_certificate(der),
+            fingerprint: fingerprint(der),
+        });
+        PeerIdentity { addr, certificate }
+    }
+}
+
+/// OID of organizationIdentifier (ETSI EN 319 412-1).
+const ORGANIZATION_IDENTIFIER: &str = "2.5.4.97";
+
+fn kbo_from_certificate(der: &CertificateDer<'_>) -> Result<Kbo, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|_| "the certificate cannot be parsed".to_owned())?;
+    let value = cert
+        .subject()
+        .iter_attributes()
+        .find(|a| a.attr_type().to_id_string() == ORGANIZATION_IDENTIFIER)
+        .and_then(|a| a.as_str().ok())
+        .ok_or_else(|| "the certificate has no organizationIdentifier".to_owned())?;
+    let digits = value
+        .strip_prefix("NTRBE-")
+        .ok_or_else(|| "the organizationIdentifier is not NTRBE-<enterprise number>".to_owned())?;
+    Kbo::parse(digits)
+        .map_err(|e| format!("the organizationIdentifier's enterprise number is invalid: {e}"))
+}
+
+/// A TLS connection with the peer's identity, as tonic sees it.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    peer: Arc<PeerIdentity>,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = Arc<PeerIdentity>;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Files of a certificate chain and its private key.
+#[derive(Debug, Clone)]
+pub struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    /// CA bundle that client certificates must chain to.
+    pub client_ca: &'a Path,
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A server config: our certificate, and client certificates verified
+/// against the CA bundle. A client without a certificate completes the
+/// handshake, so it can be told clearly (UNAUTHENTICATED) what is missing; a
+/// certificate that does not verify fails the handshake.
+pub fn server_config(files: &TlsFiles<'_>) -> anyhow::Result<Arc<ServerConfig>> {
+    let chain = load_certs(files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(files.key)
+        .with_context(|| format!("read private key {}", files.key.display()))?;
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(files.client_ca)? {
+        roots
+            .add(ca)
+            .with_context(|| format!("add CA from {}", files.client_ca.display()))?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()
+        .context("build the client certificate verifier")?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("choose TLS versions")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .with_context(|| format!("use certificate {}", files.cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("read certificates {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parse certificates {}", path.display()))?;
+    anyhow::ensure!(!certs.is_empty(), "{} holds no certificate", path.display());
+    Ok(certs)
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections, completes TLS handshakes concurrently (a slow
+/// client cannot hold up others) and yields identified connections.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(128);
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let peer = PeerIdentity::from_certificate(
+                            addr,
+                            tls.get_ref().1.peer_certificates().and_then(|c| c.first()),
+                        );
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                inner: tls,
+                                peer: Arc::new(peer),
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::info!(peer = %addr, error = %e, "tls handshake failed"),
+                    Err(_) => tracing::info!(peer = %addr, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A client TLS config for tonic: trust `ca`, present `cert`/`key`.
+pub fn client_tls(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?))
+        .identity(tonic::transport::Identity::from_pem(
+            read(cert)?,
+            read(key)?,
+        )))
+}
+
+fn fingerprint(der: &CertificateDer<'_>) -> String {
+    Sha256::digest(der.as_ref())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,321 @@
+//! Starting a demo, connecting as an organisation, and reading errors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use semel_demo::pki::{DevPki, Subject};
+use semel_server::proto::{
+    self, audit_service_client::AuditServiceClient, lookup_service_client::LookupServiceClient,
+    registry_service_client::RegistryServiceClient,
+};
+use semel_server::{Demo, DemoOptions};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use tonic_types::StatusExt;
+
+pub const ANDERLECHT: &str = "cpas-anderlecht";
+pub const BRUXELLES_CPAS: &str = "cpas-bruxelles";
+pub const SCHAERBEEK: &str = "commune-schaerbeek";
+pub const VILLE: &str = "ville-bruxelles";
+pub const OPERATOR: &str = "operator";
+/// Karim, of the primer's test vectors, in the demo population.
+pub const KARIM: &str = "93051822361";
+pub const JAN: &str = "85073003328";
+
+pub struct TestDemo {
+    pub demo: Option<Demo>,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestDemo {
+    pub async fn start() -> TestDemo {
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            Duration::from_millis(400),
+        )
+        .await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, source_deadline: Duration) -> TestDemo {
+        let mut opts = DemoOptions::new(dir.path());
+        opts.listen = ([127, 0, 0, 1], 0).into();
+        opts.population = 2_000;
+        opts.source_deadline = source_deadline;
+        let demo = Demo::start(opts).await.expect("start the demo");
+        TestDemo {
+            demo: Some(demo),
+            dir,
+        }
+    }
+
+    pub fn demo(&self) -> &Demo {
+        self.demo.as_ref().expect("running")
+    }
+
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(d) = self.demo.take() {
+            d.stop().await.expect("stop the demo");
+        }
+        self.dir
+    }
+
+    pub fn pki(&self) -> &DevPki {
+        &self.demo().pki
+    }
+
+    /// A channel to the broker, authenticated as a demo organisation.
+    pub async fn channel(&self, slug: &str) -> Channel {
+        let c = self.demo().client(slug).expect("client files");
+        self.channel_with(Some((&c.cert, &c.key)), &self.pki().ca_cert())
+            .await
+            .expect("connect")
+    }
+
+    pub async fn channel_with(
+        &self,
+        identity: Option<(&std::path::Path, &std::path::Path)>,
+        ca: &std::path::Path,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(ca).expect("ca")));
+        if let Some((cert, key)) = identity {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(cert).expect("cert"),
+                std::fs::read(key).expect("key"),
+            ));
+        }
+        Endpoint::from_shared(format!("https://{}", self.demo().broker_addr))
+            .expect("uri")
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    pub async fn lookup_client(&self, slug: &str) -> LookupServiceClient<Channel> {
+        LookupServiceClient::new(self.channel(slug).await)
+    }
+
+    pub async fn registry(&self) -> RegistryServiceClient<Channel> {
+        RegistryServiceClient::new(self.channel(OPERATOR).await)
+    }
+
+    pub async fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel(OPERATOR).await)
+    }
+
+    pub async fn audit_size(&self) -> u64 {
+        self.audit()
+            .await
+            .get_audit_head(proto::GetAuditHeadRequest {})
+            .await
+            .expect("head")
+            .into_inner()
+            .size
+    }
+
+    /// Every audit entry, oldest first.
+    pub async fn audit_entries(&self) -> Vec<proto::AuditEntry> {
+        let mut client = self.audit().await;
+        let mut out = Vec::new();
+        let mut token = String::new();
+        loop {
+            let r = client
+                .list_audit_entries(proto::ListAuditEntriesRequest {
+                    page_size: 1000,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner();
+            out.extend(r.entries);
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        out.reverse();
+        out
+    }
+
+    /// Issues a certificate from the demo CA for an organisation.
+    pub fn issue(&self, stem: &str, kbo: &str, name: &str) -> semel_demo::pki::CertFiles {
+        let kbo = semel_core::Kbo::parse(kbo).expect("kbo");
+        self.pki()
+            .issue(&Subject {
+                file_stem: stem,
+                kbo,
+                name,
+            })
+            .expect("issue")
+    }
+}
+
+pub fn lookup(
+    citizen: &str,
+    dataset: &str,
+    fields: &[&str],
+    purpose: &str,
+) -> proto::LookupRequest {
+    proto::LookupRequest {
+        citizen: citizen.into(),
+        dataset: dataset.into(),
+        fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+        purpose: purpose.into(),
+        ..Default::default()
+    }
+}
+
+/// The ErrorInfo of a status: (reason, domain, metadata).
+pub fn error_info(s: &tonic::Status) -> (String, String, HashMap<String, String>) {
+    let d = s.get_error_details();
+    let info = d
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {s:?}"));
+    (
+        info.reason.clone(),
+        info.domain.clone(),
+        info.metadata.clone(),
+    )
+}
+
+/// Asserts a status's code and ErrorInfo reason, and that its message
+/// never repeats a national number.
+#[track_caller]
+pub fn assert_error(s: &tonic::Status, code: tonic::Code, reason: &str) {
+    assert_eq!(s.code(), code, "{s:?}");
+    let (r, domain, _) = error_info(s);
+    assert_eq!(r, reason, "{s:?}");
+    assert_eq!(domain, "semel.brussels");
+    assert!(!s.message().is_empty());
+    for n in [KARIM, JAN, "93.05.18-223.61"] {
+        assert!(
+            !s.message().contains(n),
+            "message leaks a national number: {}",
+            s.message()
+        );
+    }
+}
+
+/// A test source: answers every field it is asked for plus `extra`, after
+/// `delay`.
+#[derive(Clone)]
+pub struct TestSource {
+    pub delay: Duration,
+    pub extra: bool,
+    pub calls: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+#[tonic::async_trait]
+impl proto::source_service_server::SourceService for TestSource {
+    async fn fetch(
+        &self,
+        request: tonic::Request<proto::FetchRequest>,
+    ) -> Result<tonic::Response<proto::FetchResponse>, tonic::Status> {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        let req = request.into_inner();
+        let mut fields: HashMap<String, proto::Value> = req
+            .fields
+            .iter()
+            .map(|f| {
+                (
+                    f.clone(),
+                    proto::Value {
+                        kind: Some(proto::value::Kind::StringValue(format!("value of {f}"))),
+                    },
+                )
+            })
+            .collect();
+        if self.extra {
+            fields.insert(
+                "secret".into(),
+                proto::Value {
+                    kind: Some(proto::value::Kind::StringValue(
+                        "must never reach the consumer".into(),
+                    )),
+                },
+            );
+        }
+        Ok(tonic::Response::new(proto::FetchResponse { fields }))
+    }
+}
+
+/// Starts a test source with the national register's certificate; returns
+/// its https address.
+pub async fn start_test_source(t: &TestDemo, source: TestSource) -> String {
+    let files = t.pki().files(
+        semel_demo::seed::org("national-register")
+            .expect("org")
+            .kbo
+            .as_str(),
+    );
+    let tls = semel_server::tls::server_config(&semel_server::tls::TlsFiles {
+        cert: &files.cert,
+        key: &files.key,
+        client_ca: &t.pki().ca_cert(),
+    })
+    .expect("tls");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(semel_server::server::serve_source(
+        listener,
+        tls,
+        proto::source_service_server::SourceServiceServer::new(source),
+        std::future::pending(),
+    ));
+    format!("https://{addr}")
+}
+
+/// Registers a test source organisation, one dataset `name` with fields
+/// `a`, `b` and `c` at `endpoint`, and an authorisation for CPAS Anderlecht
+/// to get `a` and `b` for purpose TEST.
+pub async fn register_test_dataset(t: &TestDemo, name: &str, endpoint: &str) {
+    let mut reg = t.registry().await;
+    let source_kbo = "0999999922";
+    let _ = reg
+        .create_organisation(proto::CreateOrganisationRequest {
+            organisation: Some(proto::Organisation {
+                kbo: source_kbo.into(),
+                name: "Test source".into(),
+                roles: vec![proto::OrganisationRole::Source as i32],
+                ..Default::default()
+            }),
+        })
+        .await;
+    let field = |n: &str| proto::FieldDefinition {
+        name: n.into(),
+        description: format!("field {n}"),
+        r#type: proto::FieldType::String as i32,
+    };
+    reg.create_dataset(proto::CreateDatasetRequest {
+        dataset: Some(proto::Dataset {
+            name: name.into(),
+            source_kbo: source_kbo.into(),
+            description: "A test dataset".into(),
+            fields: vec![field("a"), field("b"), field("c")],
+            endpoint: endpoint.into(),
+            keeps_history: false,
+        }),
+    })
+    .await
+    .expect("create dataset");
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    reg.create_authorisation(proto::CreateAuthorisationRequest {
+        authorisation: Some(proto::Authorisation {
+            reference: format!("TEST/{name}"),
+            consumer_kbo: anderlecht.as_str().into(),
+            dataset: name.into(),
+            fields: vec!["a".into(), "b".into()],
+            purpose: "TEST".into(),
+            legal_basis: "test".into(),
+            issuing_body: "test".into(),
+            valid_from: "2020-01-01".into(),
+            ..Default::default()
+        }),
+    })
+    .await
+    .expect("create authorisation");
+}

@@ -1,0 +1,270 @@
+//! Identity by mutual TLS, roles, and the registry's RPCs.
+
+use semel_demo::seed::datasets::*;
+use semel_server::proto::{self, registry_service_client::RegistryServiceClient};
+use tonic::Code;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn no_client_certificate_is_unauthenticated() {
+    let t = TestDemo::start().await;
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("TLS without a client certificate");
+    let mut c = proto::lookup_service_client::LookupServiceClient::new(channel);
+    let err = c
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("refused");
+    assert_error(&err, Code::Unauthenticated, "CLIENT_CERTIFICATE_REQUIRED");
+    assert_eq!(t.audit_size().await, 0, "an unknown caller leaves no entry");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_does_not_get_through() {
+    let t = TestDemo::start().await;
+    let other = tempfile::tempdir().expect("tempdir");
+    let kbo = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    let stem = kbo.as_str().to_owned();
+    let pki = semel_demo::pki::DevPki::ensure(
+        other.path(),
+        &[semel_demo::pki::Subject {
+            file_stem: &stem,
+            kbo,
+            name: "Impostor",
+        }],
+    )
+    .expect("other pki");
+    let f = pki.files(&stem);
+    // The impostor trusts the real CA for the server, but its own certificate is not from it.
+    let result = match t
+        .channel_with(Some((&f.cert, &f.key)), &t.pki().ca_cert())
+        .await
+    {
+        Err(_) => None,
+        Ok(channel) => Some(
+            proto::lookup_service_client::LookupServiceClient::new(channel)
+                .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+                .await,
+        ),
+    };
+    assert!(
+        !matches!(result, Some(Ok(_))),
+        "a foreign certificate must not get an answer"
+    );
+    assert_eq!(t.audit_size().await, 0);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_unregistered_organisation_is_unauthenticated() {
+    let t = TestDemo::start().await;
+    let f = t.issue("stranger", "0999999922", "Not registered");
+    let channel = t
+        .channel_with(Some((&f.cert, &f.key)), &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    let err = proto::lookup_service_client::LookupServiceClient::new(channel)
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("refused");
+    assert_error(&err, Code::Unauthenticated, "ORGANISATION_NOT_REGISTERED");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_suspended_organisation_is_refused_on_its_next_call() {
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let req = lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY");
+    c.lookup(req.clone()).await.expect("allowed before");
+    let kbo = semel_demo::seed::org(ANDERLECHT)
+        .expect("org")
+        .kbo
+        .as_str()
+        .to_owned();
+    let mut reg = t.registry().await;
+    let org = reg
+        .suspend_organisation(proto::SuspendOrganisationRequest {
+            kbo: kbo.clone(),
+            reason: "security incident".into(),
+        })
+        .await
+        .expect("suspend")
+        .into_inner()
+        .organisation
+        .expect("org");
+    assert_eq!(org.status, proto::OrganisationStatus::Suspended as i32);
+    // Same connection, next call.
+    assert_error(
+        &c.lookup(req.clone()).await.expect_err("suspended"),
+        Code::PermissionDenied,
+        "ORGANISATION_SUSPENDED",
+    );
+    reg.reinstate_organisation(proto::ReinstateOrganisationRequest { kbo })
+        .await
+        .expect("reinstate");
+    c.lookup(req).await.expect("allowed again");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn roles_are_enforced() {
+    let t = TestDemo::start().await;
+    // A consumer cannot change the registry or read the audit log.
+    let mut reg = RegistryServiceClient::new(t.channel(ANDERLECHT).await);
+    let err = reg
+        .suspend_authorisation(proto::SuspendAuthorisationRequest {
+            reference: "BSC/2024/017".into(),
+            reason: String::new(),
+        })
+        .await
+        .expect_err("denied");
+    assert_error(&err, Code::PermissionDenied, "ROLE_REQUIRED");
+    let mut audit =
+        proto::audit_service_client::AuditServiceClient::new(t.channel(ANDERLECHT).await);
+    let err = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest::default())
+        .await
+        .expect_err("denied");
+    assert_error(&err, Code::PermissionDenied, "ROLE_REQUIRED");
+    // A source cannot make lookups; the refusal is audited.
+    let mut c = t.lookup_client("national-register").await;
+    let err = c
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("denied");
+    assert_error(&err, Code::PermissionDenied, "NOT_A_CONSUMER");
+    let e = t.audit_entries().await.pop().expect("entry");
+    assert_eq!(e.reason, "NOT_A_CONSUMER");
+    // A consumer sees only its own authorisations.
+    let mine = reg
+        .list_authorisations(proto::ListAuthorisationsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .authorisations;
+    let kbo = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    assert!(!mine.is_empty());
+    assert!(mine.iter().all(|a| a.consumer_kbo == kbo.as_str()));
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn suspending_an_authorisation_takes_effect_at_once_and_versions_it() {
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let req = lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY");
+    c.lookup(req.clone()).await.expect("allowed");
+    let mut reg = t.registry().await;
+    let a = reg
+        .suspend_authorisation(proto::SuspendAuthorisationRequest {
+            reference: "BSC/2024/017".into(),
+            reason: "deliberation under review".into(),
+        })
+        .await
+        .expect("suspend")
+        .into_inner()
+        .authorisation
+        .expect("auth");
+    assert_eq!(
+        (a.status, a.version),
+        (proto::AuthorisationStatus::Suspended as i32, 2)
+    );
+    assert_error(
+        &c.lookup(req.clone()).await.expect_err("suspended"),
+        Code::PermissionDenied,
+        "AUTHORISATION_SUSPENDED",
+    );
+    let a = reg
+        .reinstate_authorisation(proto::ReinstateAuthorisationRequest {
+            reference: "BSC/2024/017".into(),
+        })
+        .await
+        .expect("reinstate")
+        .into_inner()
+        .authorisation
+        .expect("auth");
+    assert_eq!(a.version, 3);
+    c.lookup(req).await.expect("allowed again");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn registry_changes_are_validated() {
+    let t = TestDemo::start().await;
+    let mut reg = t.registry().await;
+    let anderlecht = semel_demo::seed::org(ANDERLECHT)
+        .expect("org")
+        .kbo
+        .as_str()
+        .to_owned();
+    let auth = |reference: &str, fields: &[&str]| proto::CreateAuthorisationRequest {
+        authorisation: Some(proto::Authorisation {
+            reference: reference.into(),
+            consumer_kbo: anderlecht.clone(),
+            dataset: IDENTITY.into(),
+            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            purpose: "RIS_ELIGIBILITY".into(),
+            legal_basis: "Loi du 26 mai 2002".into(),
+            issuing_body: "Brussels Supervisory Commission".into(),
+            valid_from: "2026-01-01".into(),
+            ..Default::default()
+        }),
+    };
+    assert_error(
+        &reg.create_authorisation(auth("BSC/2026/900", &["shoe_size"]))
+            .await
+            .expect_err("field"),
+        Code::InvalidArgument,
+        "UNKNOWN_FIELD",
+    );
+    assert_error(
+        &reg.create_authorisation(auth("BSC/2024/017", &["sex"]))
+            .await
+            .expect_err("dup"),
+        Code::AlreadyExists,
+        "ALREADY_EXISTS",
+    );
+    assert_error(
+        &reg.create_authorisation(auth("BSC 2026", &["sex"]))
+            .await
+            .expect_err("ref"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let created = reg
+        .create_authorisation(auth("BSC/2026/900", &["sex"]))
+        .await
+        .expect("create")
+        .into_inner()
+        .authorisation
+        .expect("auth");
+    assert_eq!(
+        (created.version, created.status),
+        (1, proto::AuthorisationStatus::Active as i32)
+    );
+    let err = reg
+        .create_organisation(proto::CreateOrganisationRequest {
+            organisation: Some(proto::Organisation {
+                kbo: "0566988258".into(),
+                name: "Bad".into(),
+                roles: vec![proto::OrganisationRole::Consumer as i32],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect_err("bad kbo");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ENTERPRISE_NUMBER");
+    let err = reg
+        .get_dataset(proto::GetDatasetRequest {
+            name: "nope".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_error(&err, Code::NotFound, "UNKNOWN_DATASET");
+    t.stop().await;
+}
