@@ -5,3 +5,4 @@ mod durability;
 mod harness;
 mod lookups;
 mod registry_and_identity;
+mod serve;

@@ -197,15 +197,26 @@ impl Niss {
         Date::from_calendar_date(self.century() + yy, month, dd).ok()
     }
 
-    /// Builds the register number for a birth date, sex counter and century
-    /// rule, computing the check digits. For the synthetic population and tests.
+    /// Builds the register number for a birth date and day counter,
+    /// computing the check digits (with the rule for births from 2000). For
+    /// the synthetic population and tests.
     pub fn for_birth(birth: Date, counter: u16) -> Option<Self> {
+        Self::build(birth, counter, 0)
+    }
+
+    /// Builds a BIS number: the month carries 40 when the sex is known, 20
+    /// when it is not.
+    pub fn for_bis(birth: Date, counter: u16, sex_known: bool) -> Option<Self> {
+        Self::build(birth, counter, if sex_known { 40 } else { 20 })
+    }
+
+    fn build(birth: Date, counter: u16, month_offset: u8) -> Option<Self> {
         if counter == 0 || counter >= 999 {
             return None;
         }
-        let yy = birth.year().rem_euclid(100) as u64;
+        let yy = u64::try_from(birth.year().rem_euclid(100)).ok()?;
         let first9 = yy * 10_000_000
-            + u64::from(u8::from(birth.month())) * 100_000
+            + u64::from(u8::from(birth.month()) + month_offset) * 100_000
             + u64::from(birth.day()) * 1000
             + u64::from(counter);
         let n = if birth.year() >= 2000 {
@@ -213,9 +224,7 @@ impl Niss {
         } else {
             first9
         };
-        let check = 97 - n % 97;
-        let s = format!("{first9:09}{check:02}");
-        Self::parse(&s).ok()
+        Self::parse(&format!("{first9:09}{:02}", 97 - n % 97)).ok()
     }
 }
 
@@ -399,6 +408,18 @@ mod tests {
         assert_eq!(
             Niss::for_birth(date!(1993 - 05 - 18), 223).map(|n| n.to_string()),
             Some("93.05.18-223.61".to_owned())
+        );
+        assert_eq!(
+            Niss::for_bis(date!(1998 - 07 - 28), 997, true).map(|n| n.as_str().to_owned()),
+            Some("98472899765".to_owned())
+        );
+        assert_eq!(
+            Niss::for_bis(date!(1990 - 03 - 15), 1, false).map(|n| n.as_str().to_owned()),
+            Some("90231500148".to_owned())
+        );
+        assert_eq!(
+            Niss::for_bis(date!(2001 - 09 - 07), 1, true).map(|n| n.as_str().to_owned()),
+            Some("01490700185".to_owned())
         );
     }
 }

@@ -493,7 +493,7 @@ impl Builder {
                 counter += 1;
             }
             let n = if bis {
-                bis_number(birth, counter)
+                Niss::for_bis(birth, counter, true)
             } else {
                 Niss::for_birth(birth, counter)
             };
@@ -796,20 +796,6 @@ impl Builder {
             self.people[idx].residences.clear();
         }
     }
-}
-
-fn bis_number(birth: Date, counter: u16) -> Option<Niss> {
-    let yy = u64::try_from(birth.year().rem_euclid(100)).ok()?;
-    let first9 = yy * 10_000_000
-        + (u64::from(u8::from(birth.month())) + 40) * 100_000
-        + u64::from(birth.day()) * 1000
-        + u64::from(counter);
-    let n = if birth.year() >= 2000 {
-        2_000_000_000 + first9
-    } else {
-        first9
-    };
-    Niss::parse(&format!("{first9:09}{:02}", 97 - n % 97)).ok()
 }
 
 fn other(s: Sex) -> Sex {

@@ -116,7 +116,56 @@ pub struct NewAuthorisation {
     pub valid_until: Option<String>,
 }
 
+/// A new dataset for `semel admin dataset create`; each field is
+/// `name:type:description`.
+#[derive(Debug, Clone, Default)]
+pub struct NewDataset {
+    pub name: String,
+    pub source: String,
+    pub description: String,
+    pub endpoint: String,
+    pub fields: Vec<String>,
+    pub keeps_history: bool,
+}
+
 type CallResult = Result<Json, CallError>;
+
+fn usage(message: String) -> CallError {
+    CallError {
+        code: "InvalidArgument".into(),
+        message,
+        reason: None,
+        metadata: BTreeMap::new(),
+    }
+}
+
+fn field_definition(spec: &str) -> Result<proto::FieldDefinition, CallError> {
+    let mut parts = spec.splitn(3, ':');
+    let (Some(name), Some(kind), Some(description)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(usage(format!(
+            "field {spec:?} must be name:type:description"
+        )));
+    };
+    let r#type = match kind {
+        "string" => proto::FieldType::String,
+        "int" => proto::FieldType::Int,
+        "bool" => proto::FieldType::Bool,
+        "date" => proto::FieldType::Date,
+        "record" => proto::FieldType::Record,
+        "list" => proto::FieldType::List,
+        other => {
+            return Err(usage(format!(
+                "field type {other:?} is not one of string, int, bool, date, record, list"
+            )));
+        }
+    } as i32;
+    Ok(proto::FieldDefinition {
+        name: name.to_owned(),
+        description: description.to_owned(),
+        r#type,
+    })
+}
 
 impl Client {
     pub async fn connect(config: &ClientConfig) -> anyhow::Result<Client> {
@@ -185,12 +234,9 @@ impl Client {
                 "source" => Ok(proto::OrganisationRole::Source as i32),
                 "consumer" => Ok(proto::OrganisationRole::Consumer as i32),
                 "operator" => Ok(proto::OrganisationRole::Operator as i32),
-                other => Err(CallError {
-                    code: "InvalidArgument".into(),
-                    message: format!("unknown role {other}; use source, consumer or operator"),
-                    reason: None,
-                    metadata: BTreeMap::new(),
-                }),
+                other => Err(usage(format!(
+                    "unknown role {other}; use source, consumer or operator"
+                ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
         let r = self
@@ -238,6 +284,29 @@ impl Client {
             .await?
             .into_inner();
         Ok(Json::Array(r.datasets.iter().map(dataset_json).collect()))
+    }
+
+    pub async fn create_dataset(&self, d: NewDataset) -> CallResult {
+        let fields = d
+            .fields
+            .iter()
+            .map(|f| field_definition(f))
+            .collect::<Result<Vec<_>, _>>()?;
+        let r = self
+            .registry()
+            .create_dataset(proto::CreateDatasetRequest {
+                dataset: Some(proto::Dataset {
+                    name: d.name,
+                    source_kbo: d.source,
+                    description: d.description,
+                    fields,
+                    endpoint: d.endpoint,
+                    keeps_history: d.keeps_history,
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.dataset.as_ref().map(dataset_json).unwrap_or(Json::Null))
     }
 
     pub async fn list_authorisations(

@@ -147,4 +147,25 @@ mod tests {
         .unwrap_or_default();
         assert!(err.contains("listen_port"), "{err}");
     }
+
+    #[test]
+    fn the_example_in_deploy_parses_and_names_a_valid_operator() {
+        let text = include_str!("../../../deploy/semel.example.toml");
+        let config: Config = toml::from_str(text).expect("example parses");
+        assert!(config.operator_kbo().is_ok());
+        assert_eq!(config.source_deadline(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_bad_value_is_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("semel.toml");
+        std::fs::write(
+            &path,
+            include_str!("../../../deploy/semel.example.toml").replace("0087654346", "0087654347"),
+        )
+        .expect("write");
+        let err = format!("{:#}", Config::load(&path).expect_err("bad kbo"));
+        assert!(err.contains("operator.kbo"), "{err}");
+    }
 }

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use semel_server::client::{
-    AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation,
+    AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation, NewDataset,
 };
 use semel_server::{Config, Demo, DemoOptions};
 use serde_json::Value as Json;
@@ -174,6 +174,26 @@ enum OrgCommand {
 #[derive(Subcommand)]
 enum DatasetCommand {
     List,
+    /// Register a dataset published by a source organisation.
+    Create {
+        /// e.g. national_register.residence
+        #[arg(long)]
+        name: String,
+        /// Enterprise number of the source.
+        #[arg(long)]
+        source: String,
+        #[arg(long)]
+        description: String,
+        /// The source's SourceService address, https://host:port
+        #[arg(long)]
+        endpoint: String,
+        /// A field, as name:type:description (type: string, int, bool, date, record, list). Repeat for each field.
+        #[arg(long = "field", required = true)]
+        fields: Vec<String>,
+        /// The source answers for past reference dates.
+        #[arg(long)]
+        keeps_history: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -340,6 +360,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .await
                 }
                 AdminCommand::Dataset(DatasetCommand::List) => client.list_datasets().await,
+                AdminCommand::Dataset(DatasetCommand::Create {
+                    name,
+                    source,
+                    description,
+                    endpoint,
+                    fields,
+                    keeps_history,
+                }) => {
+                    client
+                        .create_dataset(NewDataset {
+                            name,
+                            source,
+                            description,
+                            endpoint,
+                            fields,
+                            keeps_history,
+                        })
+                        .await
+                }
                 AdminCommand::Authorisation(AuthorisationCommand::List { consumer, dataset }) => {
                     client.list_authorisations(consumer, dataset).await
                 }
