@@ -5,15 +5,18 @@
 //! Layout of a data directory:
 //!
 //! ```text
-//! <data-dir>/db/           sled: registry trees and the audit indexes
-//! <data-dir>/audit/log     the audit log: framed, hash-chained entries
+//! <data-dir>/db/            sled: the registry
+//! <data-dir>/audit/log      the audit log: framed, hash-chained entries
+//! <data-dir>/audit/ends     where each entry ends (rebuilt from the log)
+//! <data-dir>/audit/index/   entries by citizen and consumer (rebuilt from the log)
 //! ```
 //!
-//! The audit log file is the truth for the audit; sled holds only indexes
-//! that can be rebuilt from it, so sled's `flush()` (which is
-//! `sync_file_range`, not `fsync`) never decides whether an entry survives.
+//! The audit log file is the truth for the audit and is made durable with
+//! `fdatasync`; sled's `flush()` (which is `sync_file_range`, not `fsync`)
+//! never decides whether an entry survives.
 
 mod audit;
+mod postings;
 mod registry;
 
 use std::path::{Path, PathBuf};
@@ -74,7 +77,7 @@ impl Store {
                 db_path.display()
             )))?;
         let registry = Registry::open(db.clone(), db_path)?;
-        let audit = AuditLog::open(&dir.join("audit"), &db)?;
+        let audit = AuditLog::open(&dir.join("audit"))?;
         Ok(Store { registry, audit })
     }
 
