@@ -53,6 +53,8 @@ pub struct Demo {
     pub pki: DevPki,
     pub population: Arc<Population>,
     pub data_dir: PathBuf,
+    /// The demo sources' addresses, by organisation slug.
+    pub source_endpoints: std::collections::BTreeMap<String, String>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -92,7 +94,7 @@ impl Demo {
 
         // The sources, each on a free port with its own certificate.
         let mut source_tasks = Vec::new();
-        let mut endpoints = std::collections::HashMap::new();
+        let mut endpoints = std::collections::BTreeMap::new();
         for (slug, source) in [
             (
                 "national-register",
@@ -115,7 +117,7 @@ impl Demo {
                 .await
                 .context("bind a demo source")?;
             endpoints.insert(
-                slug,
+                slug.to_owned(),
                 format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
             );
             source_tasks.push(tokio::spawn(server::serve_source(
@@ -183,6 +185,7 @@ impl Demo {
             pki,
             population,
             data_dir,
+            source_endpoints: endpoints,
             shutdown,
             broker_task,
             source_tasks,

@@ -6,6 +6,7 @@
 //! `tonic::Status` only in [`error::ApiError::into_status`].
 
 mod audit;
+pub mod bench;
 pub mod client;
 pub mod config;
 mod convert;

@@ -14,6 +14,11 @@ use semel_server::client::{
 use semel_server::{Config, Demo, DemoOptions};
 use serde_json::Value as Json;
 
+/// mimalloc instead of the system allocator: under load glibc's malloc and
+/// free were about a tenth of the broker's CPU (see docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "semel",
@@ -95,6 +100,22 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Measure Semel against a direct call to the source and a null forwarder, in one run.
+    Bench(BenchArgs),
+    /// The system `semel bench` measures (started by it; not for direct use).
+    #[command(hide = true)]
+    BenchServer {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        ready_file: PathBuf,
+        #[arg(long)]
+        seed: u64,
+        #[arg(long)]
+        population: usize,
+        #[arg(long, default_value_t = 0)]
+        preload_audit: u64,
+    },
     /// Read the audit log (operator).
     Audit {
         #[command(flatten)]
@@ -133,6 +154,39 @@ struct Conn {
     key: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Seconds of measurement per target.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of warm-up per target, not measured.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Requests in flight (closed loop: each worker waits for its answer).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the workers share.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Share of lookups Semel must refuse, in percent.
+    #[arg(long, default_value_t = 10)]
+    refused_percent: u64,
+    /// Which targets, in order: direct, null, semel.
+    #[arg(long, value_delimiter = ',', default_value = "direct,null,semel")]
+    targets: Vec<String>,
+    /// Fill the audit log with this many entries before starting the broker.
+    #[arg(long, default_value_t = 0)]
+    preload_audit: u64,
+    /// Keep the system's data here (reused across runs, e.g. a preloaded log); a temporary directory by default.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 10_000)]
+    population: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
     json: bool,
 }
 
@@ -423,6 +477,23 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             Ok(report(conn.json, result, print_value))
         }
+        Command::Bench(args) => bench::run(args).await,
+        Command::BenchServer {
+            data_dir,
+            ready_file,
+            seed,
+            population,
+            preload_audit,
+        } => {
+            let opts = semel_server::bench::BenchServerOptions {
+                data_dir,
+                seed,
+                population,
+                preload_audit,
+            };
+            semel_server::bench::run_bench_server(opts, &ready_file, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Audit { conn, command } => {
             let client = connect(&conn, Some("operator")).await?;
             let result = match command {
@@ -444,6 +515,215 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 AuditCommand::Head => client.audit_head().await,
             };
             Ok(report(conn.json, result, print_audit))
+        }
+    }
+}
+
+mod bench {
+    //! `semel bench`: starts the system under test as a child process, drives
+    //! each target in turn, and reports side by side.
+
+    use std::process::{Command, ExitCode, Stdio};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use semel_server::bench::{
+        BenchAddrs, LoadOptions, LoadReport, Target, memory_kib, run_load, time_citizen_query,
+    };
+
+    pub async fn run(args: super::BenchArgs) -> anyhow::Result<ExitCode> {
+        let targets = args
+            .targets
+            .iter()
+            .map(|t| match t.as_str() {
+                "direct" => Ok(Target::Direct),
+                "null" => Ok(Target::NullForwarder),
+                "semel" => Ok(Target::Semel),
+                other => anyhow::bail!("unknown target {other}; use direct, null or semel"),
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (dir, temporary) = match &args.data_dir {
+            Some(d) => (d.clone(), false),
+            None => (
+                std::env::temp_dir().join(format!("semel-bench-{}", std::process::id())),
+                true,
+            ),
+        };
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let ready = dir.join("bench-ready.json");
+        let _ = std::fs::remove_file(&ready);
+        let log =
+            std::fs::File::create(dir.join("bench-server.log")).context("create the server log")?;
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["bench-server", "--data-dir"])
+            .arg(&dir)
+            .arg("--ready-file")
+            .arg(&ready)
+            .args([
+                "--seed",
+                "20170717",
+                "--population",
+                &args.population.to_string(),
+                "--preload-audit",
+                &args.preload_audit.to_string(),
+            ])
+            .env("SEMEL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start semel bench-server")?;
+        let pid = child.id();
+        let waited = Instant::now();
+        if args.preload_audit > 0 {
+            eprintln!(
+                "preloading the audit log with {} entries (reused when --data-dir is kept)…",
+                args.preload_audit
+            );
+        }
+        let addrs: BenchAddrs = loop {
+            if let Ok(bytes) = std::fs::read(&ready) {
+                break serde_json::from_slice(&bytes)
+                    .context("read the bench server's addresses")?;
+            }
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!(
+                    "the bench server exited ({status}); see {}",
+                    dir.join("bench-server.log").display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        eprintln!(
+            "system under test ready after {:.1} s (broker start {:.0} ms, {} audit entries)",
+            waited.elapsed().as_secs_f64(),
+            addrs.startup_ms,
+            addrs.preloaded_entries
+        );
+        let opts = LoadOptions {
+            concurrency: args.concurrency,
+            connections: args.connections,
+            warmup: Duration::from_secs_f64(args.warmup),
+            duration: Duration::from_secs_f64(args.duration),
+            refused_percent: args.refused_percent,
+        };
+        let mut reports: Vec<LoadReport> = Vec::new();
+        for t in targets {
+            eprintln!(
+                "driving {} for {:.0}+{:.0} s…",
+                t.name(),
+                args.warmup,
+                args.duration
+            );
+            reports.push(run_load(&addrs, t, &opts).await?);
+        }
+        let memory = memory_kib(pid);
+        let query = if addrs.preloaded_entries > 0 {
+            let citizen = semel_demo_citizen();
+            Some(time_citizen_query(&addrs, &citizen, 20).await?)
+        } else {
+            None
+        };
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        let status = child.wait()?;
+        if temporary {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        print(&args, &addrs, &reports, memory, query);
+        if !status.success() {
+            eprintln!("warning: the bench server exited with {status}");
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+
+    fn semel_demo_citizen() -> String {
+        "93051822361".to_owned()
+    }
+
+    fn print(
+        args: &super::BenchArgs,
+        addrs: &BenchAddrs,
+        reports: &[LoadReport],
+        memory: Option<(u64, u64)>,
+        query: Option<(Duration, usize)>,
+    ) {
+        let find = |name: &str| reports.iter().find(|r| r.target == name);
+        let ratios = match (find("semel"), find("null forwarder")) {
+            (Some(s), Some(n)) if n.throughput > 0.0 && n.p99_us > 0 => Some((
+                s.throughput / n.throughput,
+                s.p99_us as f64 / n.p99_us as f64,
+            )),
+            _ => None,
+        };
+        if args.json {
+            let v = serde_json::json!({
+                "concurrency": args.concurrency,
+                "connections": args.connections,
+                "refused_percent": args.refused_percent,
+                "reports": reports,
+                "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
+                "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
+                "audit_entries_at_start": addrs.preloaded_entries,
+                "broker_startup_ms": addrs.startup_ms,
+                "citizen_query": query.map(|(d, n)| serde_json::json!({"best_ms": d.as_secs_f64() * 1000.0, "entries": n})),
+            });
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return;
+        }
+        println!(
+            "\nconcurrency {} over {} connections, {}% refused, {:.0} s per target\n",
+            args.concurrency, args.connections, args.refused_percent, args.duration
+        );
+        println!(
+            "{:<15} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
+            "target",
+            "requests",
+            "req/s",
+            "p50 µs",
+            "p90 µs",
+            "p99 µs",
+            "p999 µs",
+            "max µs",
+            "errors",
+            "refused"
+        );
+        for r in reports {
+            println!(
+                "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
+                r.target,
+                r.requests,
+                r.throughput,
+                r.p50_us,
+                r.p90_us,
+                r.p99_us,
+                r.p999_us,
+                r.max_us,
+                r.errors,
+                r.refused
+            );
+        }
+        if let Some((t, p)) = ratios {
+            println!("\nsemel / null forwarder: throughput {t:.2}×, p99 {p:.2}×");
+        }
+        if let Some((peak, now)) = memory {
+            println!(
+                "server process (broker + sources + null forwarder) resident memory: peak {} MiB, now {} MiB",
+                peak / 1024,
+                now / 1024
+            );
+        }
+        println!(
+            "audit entries when the broker started: {}, broker start {:.0} ms",
+            addrs.preloaded_entries, addrs.startup_ms
+        );
+        if let Some((d, n)) = query {
+            println!(
+                "auditor's query by citizen (best of 20): {:.2} ms, {n} entries",
+                d.as_secs_f64() * 1000.0
+            );
         }
     }
 }

@@ -1,0 +1,489 @@
+//! The load generator behind `semel bench`, and the system it measures.
+//!
+//! `semel bench` starts `semel bench-server` as a child process: the demo
+//! sources, the broker on the embedded store, and a *null forwarder* (the
+//! same transport and the same source, but no checks and no audit). It then
+//! drives, one after the other and with the same closed-loop generator:
+//! (a) the National Register source directly, (b) the null forwarder, and
+//! (c) Semel; and prints throughput, latency percentiles and the ratios.
+//! The machine is shared and noisy, so only ratios measured side by side
+//! are to be trusted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use semel_core::{AuditDecision, AuditRecord, Kbo, Niss, Outcome};
+use semel_demo::Population;
+use semel_demo::seed::{self, datasets};
+use semel_store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Request, Response, Status};
+
+use crate::demo::{Demo, DemoOptions};
+use crate::proto::{
+    self, lookup_service_server::LookupServiceServer, source_service_client::SourceServiceClient,
+};
+use crate::tls::{self, TlsFiles};
+
+/// What `semel bench-server` writes once it listens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BenchAddrs {
+    pub broker: String,
+    pub null_forwarder: String,
+    pub source: String,
+    pub pki_dir: PathBuf,
+    pub seed: u64,
+    pub population: usize,
+    /// Entries in the audit log when the broker started.
+    pub preloaded_entries: u64,
+    /// Time to open the store (recovering the log) and start the broker.
+    pub startup_ms: f64,
+}
+
+/// Options of `semel bench-server`.
+#[derive(Debug, Clone)]
+pub struct BenchServerOptions {
+    pub data_dir: PathBuf,
+    pub seed: u64,
+    pub population: usize,
+    /// Append this many synthetic entries to the audit log before starting
+    /// (skipped if the log already holds at least that many).
+    pub preload_audit: u64,
+}
+
+/// Runs the system under test until `shutdown`; writes the addresses to
+/// `ready_file` once everything listens.
+pub async fn run_bench_server(
+    opts: BenchServerOptions,
+    ready_file: &Path,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let store_dir = opts.data_dir.join("store");
+    let mut preloaded = 0;
+    if opts.preload_audit > 0 {
+        preloaded = preload_audit(&store_dir, opts.preload_audit, opts.seed).await?;
+    }
+    let started = Instant::now();
+    let mut demo_opts = DemoOptions::new(&opts.data_dir);
+    demo_opts.listen = ([127, 0, 0, 1], 0).into();
+    demo_opts.seed = opts.seed;
+    demo_opts.population = opts.population;
+    let demo = Demo::start(demo_opts).await?;
+    let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
+
+    // The null forwarder: the broker's certificate and transport, the same
+    // source, nothing else.
+    let broker_files = demo.pki.files("broker");
+    let server_tls = tls::server_config(&TlsFiles {
+        cert: &broker_files.cert,
+        key: &broker_files.key,
+        client_ca: &demo.pki.ca_cert(),
+    })?;
+    let source_tls = tls::client_tls(&demo.pki.ca_cert(), &broker_files.cert, &broker_files.key)?;
+    let source = demo
+        .source_endpoints
+        .get("national-register")
+        .cloned()
+        .context("national register endpoint")?;
+    let channel = Endpoint::from_shared(source.clone())?
+        .tls_config(source_tls)?
+        .tcp_nodelay(true)
+        .connect_lazy();
+    let null = NullForwarder {
+        client: SourceServiceClient::new(channel),
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let null_addr = listener.local_addr()?;
+    let (stop_null, null_stopped) = tokio::sync::oneshot::channel::<()>();
+    let null_task = tokio::spawn(
+        Server::builder()
+            .add_service(LookupServiceServer::new(null))
+            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), async {
+                let _ = null_stopped.await;
+            }),
+    );
+
+    let addrs = BenchAddrs {
+        broker: format!("https://{}", demo.broker_addr),
+        null_forwarder: format!("https://{null_addr}"),
+        source,
+        pki_dir: demo.pki.dir.clone(),
+        seed: opts.seed,
+        population: opts.population,
+        preloaded_entries: preloaded,
+        startup_ms,
+    };
+    let tmp = ready_file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&addrs)?)?;
+    std::fs::rename(&tmp, ready_file)?;
+    demo.run_until(shutdown).await?;
+    let _ = stop_null.send(());
+    null_task.await??;
+    Ok(())
+}
+
+/// Appends synthetic entries, as many appenders at once as a busy broker
+/// would have, so the log and its indexes look like months of traffic.
+async fn preload_audit(store_dir: &Path, target: u64, seed: u64) -> anyhow::Result<u64> {
+    let store = Arc::new(Store::open(store_dir)?);
+    let have = store.audit().head().0;
+    if have < target {
+        let population = Population::generate(seed, 10_000);
+        let citizens: Arc<Vec<Niss>> = Arc::new(population.people.iter().map(|p| p.niss).collect());
+        let consumers: Arc<Vec<Kbo>> =
+            Arc::new(seed::organisations().iter().map(|o| o.kbo).collect());
+        let remaining = target - have;
+        let tasks = 256u64;
+        let mut handles = Vec::new();
+        for t in 0..tasks {
+            let store = store.clone();
+            let citizens = citizens.clone();
+            let consumers = consumers.clone();
+            let n = remaining / tasks + u64::from(t < remaining % tasks);
+            handles.push(tokio::spawn(async move {
+                let mut x = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                for _ in 0..n {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let record = synthetic_record(&citizens, &consumers, x);
+                    store.audit().append(record).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for h in handles {
+            h.await??;
+        }
+    }
+    let size = store.audit().head().0;
+    Arc::try_unwrap(store)
+        .map_err(|_| anyhow::anyhow!("store still shared"))?
+        .close()?;
+    Ok(size)
+}
+
+fn synthetic_record(citizens: &[Niss], consumers: &[Kbo], x: u64) -> AuditRecord {
+    AuditRecord {
+        request_id: (u128::from(x) << 64 | u128::from(x.rotate_left(17))).to_be_bytes(),
+        time_micros: 1_700_000_000_000_000 + (x % 1_000_000_000) as i64,
+        consumer: consumers[(x % consumers.len() as u64) as usize],
+        end_user: None,
+        citizen: Some(citizens[((x >> 8) % citizens.len() as u64) as usize]),
+        dataset: datasets::RESIDENCE.to_owned(),
+        fields_requested: vec!["street".into(), "postal_code".into()],
+        fields_returned: vec!["postal_code".into(), "street".into()],
+        purpose: "RIS_ELIGIBILITY".into(),
+        authorisation: Some("BSC/2024/017".into()),
+        decision: AuditDecision::Allowed,
+        reason: None,
+        outcome: Outcome::Answered,
+        source: None,
+        consumer_reference: String::new(),
+        reference_date: None,
+    }
+}
+
+/// Forwards lookups to the source without any check and without audit:
+/// the cost of the transport alone.
+struct NullForwarder {
+    client: SourceServiceClient<Channel>,
+}
+
+#[tonic::async_trait]
+impl proto::lookup_service_server::LookupService for NullForwarder {
+    async fn lookup(
+        &self,
+        request: Request<proto::LookupRequest>,
+    ) -> Result<Response<proto::LookupResponse>, Status> {
+        let msg = request.into_inner();
+        let mut client = self.client.clone();
+        let answer = client
+            .fetch(proto::FetchRequest {
+                request_id: String::new(),
+                dataset: msg.dataset,
+                citizen: msg.citizen,
+                fields: msg.fields,
+                reference_date: msg.reference_date,
+                consumer_kbo: String::new(),
+                purpose: msg.purpose,
+                authorisation_reference: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(Response::new(proto::LookupResponse {
+            fields: answer.fields,
+            ..Default::default()
+        }))
+    }
+}
+
+/// Which system the generator drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// The National Register source itself (as the broker would call it).
+    Direct,
+    /// The null forwarder.
+    NullForwarder,
+    /// Semel.
+    Semel,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Direct => "direct source",
+            Target::NullForwarder => "null forwarder",
+            Target::Semel => "semel",
+        }
+    }
+}
+
+/// Options of one load run.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub concurrency: usize,
+    pub connections: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// Share of lookups that Semel must refuse (a purpose the consumer has
+    /// no authorisation for), in percent.
+    pub refused_percent: u64,
+}
+
+/// The result of one load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    pub target: &'static str,
+    pub requests: u64,
+    /// Answers that were not what the request should get.
+    pub errors: u64,
+    /// Expected refusals (Semel only).
+    pub refused: u64,
+    pub seconds: f64,
+    pub throughput: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// Drives `target` with a closed loop: `concurrency` workers over
+/// `connections` HTTP/2 connections, each sending its next request when the
+/// previous one is answered.
+pub async fn run_load(
+    addrs: &BenchAddrs,
+    target: Target,
+    opts: &LoadOptions,
+) -> anyhow::Result<LoadReport> {
+    let population = Population::generate(addrs.seed, addrs.population);
+    let citizens: Arc<Vec<String>> = Arc::new(
+        population
+            .people
+            .iter()
+            .filter(|p| p.in_national_register)
+            .map(|p| p.niss.as_str().to_owned())
+            .collect(),
+    );
+    let (url, who) = match target {
+        Target::Direct => (&addrs.source, "broker".to_owned()),
+        Target::NullForwarder => (&addrs.null_forwarder, consumer_stem()?),
+        Target::Semel => (&addrs.broker, consumer_stem()?),
+    };
+    let ca = addrs.pki_dir.join("ca.crt");
+    let tls = tls::client_tls(
+        &ca,
+        &addrs.pki_dir.join(format!("{who}.crt")),
+        &addrs.pki_dir.join(format!("{who}.key")),
+    )?;
+    let mut channels = Vec::new();
+    for _ in 0..opts.connections.max(1) {
+        let channel = Endpoint::from_shared(url.clone())?
+            .tls_config(tls.clone())?
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .with_context(|| format!("connect to {url}"))?;
+        channels.push(channel);
+    }
+    let recording = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..opts.concurrency {
+        let channel = channels[w % channels.len()].clone();
+        let citizens = citizens.clone();
+        let recording = recording.clone();
+        let stop = stop.clone();
+        let refused_percent = opts.refused_percent;
+        workers.push(tokio::spawn(async move {
+            let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
+            let (mut errors, mut refused) = (0u64, 0u64);
+            let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            let mut lookup =
+                proto::lookup_service_client::LookupServiceClient::new(channel.clone());
+            let mut source = SourceServiceClient::new(channel);
+            while !stop.load(Ordering::Relaxed) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let citizen = citizens[(x % citizens.len() as u64) as usize].clone();
+                let refuse = (x >> 32) % 100 < refused_percent;
+                let purpose = if refuse {
+                    "SCHOOL_ENROLMENT"
+                } else {
+                    "RIS_ELIGIBILITY"
+                };
+                let fields = vec![
+                    "street".to_owned(),
+                    "postal_code".to_owned(),
+                    "municipality".to_owned(),
+                ];
+                let t0 = Instant::now();
+                let outcome = match target {
+                    Target::Direct => source
+                        .fetch(proto::FetchRequest {
+                            request_id: String::new(),
+                            dataset: datasets::RESIDENCE.into(),
+                            citizen,
+                            fields,
+                            reference_date: String::new(),
+                            consumer_kbo: String::new(),
+                            purpose: purpose.into(),
+                            authorisation_reference: String::new(),
+                        })
+                        .await
+                        .map(|_| ()),
+                    _ => lookup
+                        .lookup(proto::LookupRequest {
+                            citizen,
+                            dataset: datasets::RESIDENCE.into(),
+                            fields,
+                            purpose: purpose.into(),
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|_| ()),
+                };
+                let micros = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
+                if !recording.load(Ordering::Relaxed) {
+                    continue;
+                }
+                lat.push(micros);
+                match outcome {
+                    Ok(()) if !(refuse && target == Target::Semel) => {}
+                    Err(s)
+                        if refuse
+                            && target == Target::Semel
+                            && s.code() == tonic::Code::PermissionDenied =>
+                    {
+                        refused += 1
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors, refused)
+        }));
+    }
+    tokio::time::sleep(opts.warmup).await;
+    recording.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(opts.duration).await;
+    recording.store(false, Ordering::Relaxed);
+    let seconds = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let (mut errors, mut refused) = (0, 0);
+    for w in workers {
+        let (lat, e, r) = w.await?;
+        all.extend(lat);
+        errors += e;
+        refused += r;
+    }
+    all.sort_unstable();
+    let pct = |p: f64| -> u64 {
+        if all.is_empty() {
+            return 0;
+        }
+        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
+        u64::from(all[i])
+    };
+    Ok(LoadReport {
+        target: target.name(),
+        requests: all.len() as u64,
+        errors,
+        refused,
+        seconds,
+        throughput: all.len() as f64 / seconds,
+        p50_us: pct(0.50),
+        p90_us: pct(0.90),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        max_us: all.last().map_or(0, |m| u64::from(*m)),
+    })
+}
+
+fn consumer_stem() -> anyhow::Result<String> {
+    Ok(seed::org("cpas-anderlecht")
+        .context("demo consumer")?
+        .kbo
+        .as_str()
+        .to_owned())
+}
+
+/// Peak and current resident memory of a process, in KiB, from /proc.
+pub fn memory_kib(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// Times an auditor's query by citizen against the broker, as the operator.
+pub async fn time_citizen_query(
+    addrs: &BenchAddrs,
+    citizen: &str,
+    rounds: usize,
+) -> anyhow::Result<(Duration, usize)> {
+    let operator = seed::org("operator")
+        .context("operator")?
+        .kbo
+        .as_str()
+        .to_owned();
+    let tls = tls::client_tls(
+        &addrs.pki_dir.join("ca.crt"),
+        &addrs.pki_dir.join(format!("{operator}.crt")),
+        &addrs.pki_dir.join(format!("{operator}.key")),
+    )?;
+    let channel = Endpoint::from_shared(addrs.broker.clone())?
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    let mut client = proto::audit_service_client::AuditServiceClient::new(channel);
+    let mut best = Duration::MAX;
+    let mut found = 0;
+    for _ in 0..rounds.max(1) {
+        let t0 = Instant::now();
+        let r = client
+            .list_audit_entries(proto::ListAuditEntriesRequest {
+                citizen: citizen.to_owned(),
+                page_size: 100,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        best = best.min(t0.elapsed());
+        found = r.entries.len();
+    }
+    Ok((best, found))
+}
