@@ -254,6 +254,9 @@ pub struct LoadOptions {
     /// Share of lookups that Semel must refuse (a purpose the consumer has
     /// no authorisation for), in percent.
     pub refused_percent: u64,
+    /// Stop after this many measured requests instead of after `duration`
+    /// (for instruction counts, which need a fixed amount of work).
+    pub requests: Option<u64>,
 }
 
 /// The result of one load run.
@@ -314,12 +317,17 @@ pub async fn run_load(
     }
     let recording = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(
+        opts.requests.unwrap_or(u64::MAX),
+    ));
     let mut workers = Vec::new();
     for w in 0..opts.concurrency {
         let channel = channels[w % channels.len()].clone();
         let citizens = citizens.clone();
         let recording = recording.clone();
         let stop = stop.clone();
+        let budget = budget.clone();
+        let counted = opts.requests.is_some();
         let refused_percent = opts.refused_percent;
         workers.push(tokio::spawn(async move {
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
@@ -329,6 +337,14 @@ pub async fn run_load(
                 proto::lookup_service_client::LookupServiceClient::new(channel.clone());
             let mut source = SourceServiceClient::new(channel);
             while !stop.load(Ordering::Relaxed) {
+                if counted
+                    && recording.load(Ordering::Relaxed)
+                    && budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_err()
+                {
+                    break;
+                }
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
@@ -393,14 +409,19 @@ pub async fn run_load(
     tokio::time::sleep(opts.warmup).await;
     recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
-    tokio::time::sleep(opts.duration).await;
-    recording.store(false, Ordering::Relaxed);
-    let seconds = started.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
+    if opts.requests.is_none() {
+        tokio::time::sleep(opts.duration).await;
+        recording.store(false, Ordering::Relaxed);
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut all = Vec::new();
     let (mut errors, mut refused) = (0, 0);
+    let mut results = Vec::new();
     for w in workers {
-        let (lat, e, r) = w.await?;
+        results.push(w.await?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    for (lat, e, r) in results {
         all.extend(lat);
         errors += e;
         refused += r;

@@ -126,6 +126,7 @@ async fn lookup(
     };
     let decision = record.decision;
     let reason = record.reason.map(ReasonCode::as_str);
+    let answered = record.outcome == Outcome::Answered;
     if let Err(e) = broker.store().audit().append(record).await {
         // Fail closed: no answer leaves without its entry.
         tracing::error!(error = %e, request_id = %request_id, "lookup refused: audit entry not durable");
@@ -136,14 +137,20 @@ async fn lookup(
         )
         .with("request_id", request_id.to_string()));
     }
-    tracing::info!(
-        request_id = %request_id,
-        consumer = caller.org.kbo.as_str(),
-        dataset = %bounded(&msg.dataset, 128),
-        decision = ?decision,
-        reason = reason.unwrap_or(""),
-        "lookup"
-    );
+    // Every lookup is in the audit log; the operator's log shows those that
+    // did not get an answer (and, at debug level, the others).
+    if answered {
+        tracing::debug!(request_id = %request_id, consumer = caller.org.kbo.as_str(), dataset = %bounded(&msg.dataset, 128), "lookup answered");
+    } else {
+        tracing::info!(
+            request_id = %request_id,
+            consumer = caller.org.kbo.as_str(),
+            dataset = %bounded(&msg.dataset, 128),
+            decision = ?decision,
+            reason = reason.unwrap_or(""),
+            "lookup not answered"
+        );
+    }
     result.map_err(|e| e.with("request_id", request_id.to_string()))
 }
 
@@ -232,8 +239,9 @@ async fn process(
     trace.authorisation = Some(authorisation.to_string());
     trace.source = Some(route.dataset.source);
 
+    let request_id = request_id.to_string();
     let mut fetch = Request::new(FetchRequest {
-        request_id: request_id.to_string(),
+        request_id: request_id.clone(),
         dataset: dataset.to_string(),
         citizen: citizen.as_str().to_owned(),
         fields: allowed.iter().map(ToString::to_string).collect(),
@@ -242,14 +250,14 @@ async fn process(
         purpose: purpose.to_string(),
         authorisation_reference: authorisation.to_string(),
     });
-    fetch.set_timeout(broker.source_deadline());
-    if let Ok(v) = request_id.to_string().parse() {
+    if let Ok(v) = request_id.parse() {
         fetch.metadata_mut().insert("x-request-id", v);
     }
     let deadline = broker.source_deadline();
     let mut client = route.client.clone();
-    // The client-side timer is the authority: it also covers a source that
-    // accepts the connection and then never answers.
+    // The broker's timer is the deadline: it also covers a source that
+    // accepts the connection and never answers. Dropping the call on
+    // timeout resets the HTTP/2 stream, so the source stops working on it.
     let answer = match tokio::time::timeout(deadline, client.fetch(fetch)).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("source deadline")),
@@ -269,7 +277,7 @@ async fn process(
     trace.fields_returned = returned;
     trace.outcome = Outcome::Answered;
     Ok(LookupResponse {
-        request_id: request_id.to_string(),
+        request_id,
         authorisation_reference: authorisation.to_string(),
         source_kbo: route.dataset.source.as_str().to_owned(),
         fields,

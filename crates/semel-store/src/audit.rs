@@ -7,8 +7,6 @@
 //! ```text
 //! log    frames: u32 length | u32 CRC-32 of the payload | payload (big-endian);
 //!        the payload is the entry's canonical encoding (semel_core::AuditEntry).
-//!        The file is preallocated with zeros in large chunks, so a sync
-//!        flushes data only, not a change of file size.
 //! ends   for each entry, the u64 offset just past its frame: entry n lies
 //!        between ends[n-1] and ends[n]. Rebuilt from the log when behind.
 //! ```
@@ -42,8 +40,6 @@ const HEADER: usize = 8;
 const MAX_FRAME: usize = 1 << 20;
 /// The most entries written under one sync.
 const MAX_BATCH: usize = 4096;
-/// The log grows by this much at a time, written as zeros ahead of use.
-const PREALLOCATE: u64 = 16 << 20;
 /// Group commit: a batch smaller than `LINGER_ENOUGH` waits up to `LINGER`
 /// for company before it is synced. On the 2-core development machine this
 /// cut the writer's CPU (mostly the kernel's work per `fdatasync`) enough to
@@ -171,7 +167,6 @@ impl AuditLog {
         }
         let index = Arc::new(PostingIndex::open(&dir.join("index"))?);
         let head = recover(&mut log, &path, &ends, &index)?;
-        let allocated = log.metadata().map_err(io_err("stat audit log"))?.len();
         let log = Arc::new(log);
         let ends = Arc::new(ends);
         let shared = Arc::new(Shared {
@@ -188,7 +183,6 @@ impl AuditLog {
             log: log.clone(),
             shared: shared.clone(),
             head,
-            allocated,
             index_tx,
         };
         let indexer = Indexer {
@@ -416,8 +410,6 @@ struct Writer {
     log: Arc<File>,
     shared: Arc<Shared>,
     head: Head,
-    /// Bytes of the file, zeros past `head.offset`.
-    allocated: u64,
     index_tx: mpsc::Sender<IndexJob>,
 }
 
@@ -501,16 +493,6 @@ impl Writer {
                 hash,
             };
         }
-        if let Err(e) = self.ensure_allocated(head.offset) {
-            let mut pending: Vec<Pending> = Vec::new();
-            self.fail(&mut pending, format!("extend the audit log: {e}"));
-            for (reply, _) in replies {
-                let _ = reply.send(Err(AuditError::Unavailable(format!(
-                    "extend the audit log: {e}"
-                ))));
-            }
-            return;
-        }
         let written = self
             .log
             .write_all_at(frames, start.offset)
@@ -539,25 +521,6 @@ impl Writer {
         }
         // The index follows the log on its own thread.
         let _ = self.index_tx.send(IndexJob { items, head });
-    }
-
-    /// Makes sure the file holds written zeros up to past `needed`, so the
-    /// sync after an append flushes data only.
-    fn ensure_allocated(&mut self, needed: u64) -> std::io::Result<()> {
-        if needed <= self.allocated {
-            return Ok(());
-        }
-        let target = (needed / PREALLOCATE + 1) * PREALLOCATE;
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = self.allocated;
-        while at < target {
-            let n = (target - at).min(zeros.len() as u64);
-            self.log.write_all_at(&zeros[..n as usize], at)?;
-            at += n;
-        }
-        self.log.sync_all()?;
-        self.allocated = target;
-        Ok(())
     }
 }
 
@@ -770,7 +733,8 @@ fn recover(
     }
     if let Some(bad) = damaged {
         // Past the last frame there may be only what an interrupted append
-        // leaves (a partial frame) and the zeros written ahead of use.
+        // leaves: a partial frame, or zeros where a filesystem extended the
+        // file before the data reached the disk.
         let mut rest = Vec::new();
         log.seek(SeekFrom::Start(bad))
             .map_err(io_err("seek audit log"))?;
@@ -811,7 +775,7 @@ fn recover(
 }
 
 enum Tail {
-    /// Only zeros: space written ahead of use.
+    /// Only zeros: an extension whose data never reached the disk.
     Zeros,
     /// A partial frame of this many bytes, then zeros.
     Torn(usize),

@@ -185,6 +185,17 @@ struct BenchArgs {
     data_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 10_000)]
     population: usize,
+    /// Repeat the targets, interleaved, this many times; the ratios are
+    /// reported per round and as a median (paired rounds resist the drift
+    /// of a shared machine better than one long run each).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+    /// Stop each target after this many measured requests instead of after --duration.
+    #[arg(long)]
+    requests: Option<u64>,
+    /// Run the server under this command, e.g. "valgrind --tool=callgrind" (for profiles).
+    #[arg(long)]
+    server_wrapper: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -554,7 +565,21 @@ mod bench {
         let _ = std::fs::remove_file(&ready);
         let log =
             std::fs::File::create(dir.join("bench-server.log")).context("create the server log")?;
-        let mut child = Command::new(std::env::current_exe()?)
+        let exe = std::env::current_exe()?;
+        let wrapper: Vec<&str> = args
+            .server_wrapper
+            .as_deref()
+            .map(|w| w.split_whitespace().collect())
+            .unwrap_or_default();
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = command
             .args(["bench-server", "--data-dir"])
             .arg(&dir)
             .arg("--ready-file")
@@ -606,16 +631,22 @@ mod bench {
             warmup: Duration::from_secs_f64(args.warmup),
             duration: Duration::from_secs_f64(args.duration),
             refused_percent: args.refused_percent,
+            requests: args.requests,
         };
-        let mut reports: Vec<LoadReport> = Vec::new();
-        for t in targets {
-            eprintln!(
-                "driving {} for {:.0}+{:.0} s…",
-                t.name(),
-                args.warmup,
-                args.duration
-            );
-            reports.push(run_load(&addrs, t, &opts).await?);
+        let mut rounds: Vec<Vec<LoadReport>> = Vec::new();
+        for round in 0..args.rounds.max(1) {
+            let mut reports = Vec::new();
+            for t in &targets {
+                eprintln!(
+                    "round {}: driving {} for {}+{} s…",
+                    round + 1,
+                    t.name(),
+                    args.warmup,
+                    args.duration
+                );
+                reports.push(run_load(&addrs, *t, &opts).await?);
+            }
+            rounds.push(reports);
         }
         let memory = memory_kib(pid);
         let query = if addrs.preloaded_entries > 0 {
@@ -632,11 +663,33 @@ mod bench {
         if temporary {
             let _ = std::fs::remove_dir_all(&dir);
         }
-        print(&args, &addrs, &reports, memory, query);
+        print(&args, &addrs, &rounds, memory, query);
         if !status.success() {
             eprintln!("warning: the bench server exited with {status}");
         }
         Ok(ExitCode::SUCCESS)
+    }
+
+    /// Semel's throughput and p99 relative to the null forwarder in one round.
+    fn ratio(reports: &[LoadReport]) -> Option<(f64, f64)> {
+        let find = |name: &str| reports.iter().find(|r| r.target == name);
+        match (find("semel"), find("null forwarder")) {
+            (Some(s), Some(n)) if n.throughput > 0.0 && n.p99_us > 0 => Some((
+                s.throughput / n.throughput,
+                s.p99_us as f64 / n.p99_us as f64,
+            )),
+            _ => None,
+        }
+    }
+
+    fn median(mut v: Vec<f64>) -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(v[n / 2]),
+            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
     }
 
     fn semel_demo_citizen() -> String {
@@ -646,24 +699,21 @@ mod bench {
     fn print(
         args: &super::BenchArgs,
         addrs: &BenchAddrs,
-        reports: &[LoadReport],
+        rounds: &[Vec<LoadReport>],
         memory: Option<(u64, u64)>,
         query: Option<(Duration, usize)>,
     ) {
-        let find = |name: &str| reports.iter().find(|r| r.target == name);
-        let ratios = match (find("semel"), find("null forwarder")) {
-            (Some(s), Some(n)) if n.throughput > 0.0 && n.p99_us > 0 => Some((
-                s.throughput / n.throughput,
-                s.p99_us as f64 / n.p99_us as f64,
-            )),
-            _ => None,
-        };
+        let per_round: Vec<(f64, f64)> = rounds.iter().filter_map(|r| ratio(r)).collect();
+        let ratios = median(per_round.iter().map(|r| r.0).collect())
+            .zip(median(per_round.iter().map(|r| r.1).collect()));
+        let reports: Vec<&LoadReport> = rounds.iter().flatten().collect();
         if args.json {
             let v = serde_json::json!({
                 "concurrency": args.concurrency,
                 "connections": args.connections,
                 "refused_percent": args.refused_percent,
-                "reports": reports,
+                "rounds": rounds,
+                "semel_vs_null_per_round": per_round.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
                 "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
                 "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
                 "audit_entries_at_start": addrs.preloaded_entries,
@@ -690,7 +740,7 @@ mod bench {
             "errors",
             "refused"
         );
-        for r in reports {
+        for r in &reports {
             println!(
                 "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
                 r.target,
@@ -705,8 +755,19 @@ mod bench {
                 r.refused
             );
         }
+        if per_round.len() > 1 {
+            let list: Vec<String> = per_round
+                .iter()
+                .map(|(t, p)| format!("{t:.2}×/{p:.2}×"))
+                .collect();
+            println!(
+                "\nsemel / null forwarder per round (throughput/p99): {}",
+                list.join("  ")
+            );
+        }
         if let Some((t, p)) = ratios {
-            println!("\nsemel / null forwarder: throughput {t:.2}×, p99 {p:.2}×");
+            let what = if per_round.len() > 1 { ", median" } else { "" };
+            println!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
         }
         if let Some((peak, now)) = memory {
             println!(

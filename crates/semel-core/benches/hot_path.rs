@@ -1,0 +1,134 @@
+//! Micro-benchmarks of the pure pieces on the lookup path: identifier
+//! parsing, the decision, and the audit entry's encoding and hash.
+//! `cargo bench -p semel-core`. (The Merkle append comes with the Merkle log.)
+
+use std::collections::BTreeSet;
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use semel_core::*;
+use time::macros::{date, datetime};
+
+fn authorisation(reference: &str, dataset: &str, purpose: &str, fields: &[&str]) -> Authorisation {
+    Authorisation {
+        reference: AuthorisationRef::new(reference).expect("ref"),
+        consumer: Kbo::parse("0212345668").expect("kbo"),
+        dataset: DatasetName::new(dataset).expect("dataset"),
+        fields: fields
+            .iter()
+            .map(|f| FieldName::new(*f).expect("field"))
+            .collect::<BTreeSet<_>>(),
+        purpose: PurposeCode::new(purpose).expect("purpose"),
+        legal_basis: "Loi du 26 mai 2002, art. 19".into(),
+        issuing_body: "Brussels Supervisory Commission".into(),
+        valid_from: date!(2024 - 03 - 01),
+        valid_until: Some(date!(2029 - 12 - 31)),
+        status: AuthorisationStatus::Active,
+        version: 1,
+        updated_at: datetime!(2024-03-01 0:00 UTC),
+    }
+}
+
+fn identifiers(c: &mut Criterion) {
+    c.bench_function("niss_parse_bare", |b| {
+        b.iter(|| Niss::parse(black_box("93051822361")))
+    });
+    c.bench_function("niss_parse_formatted", |b| {
+        b.iter(|| Niss::parse(black_box("93.05.18-223.61")))
+    });
+    c.bench_function("niss_parse_invalid", |b| {
+        b.iter(|| Niss::parse(black_box("93051822362")))
+    });
+    c.bench_function("kbo_parse", |b| {
+        b.iter(|| Kbo::parse(black_box("0212.345.668")))
+    });
+}
+
+fn decision(c: &mut Criterion) {
+    // What the broker hands decide(): the consumer's authorisations for the
+    // dataset (here two, one for another purpose).
+    let auths = vec![
+        authorisation(
+            "BSC/2024/017",
+            "national_register.residence",
+            "RIS_ELIGIBILITY",
+            &[
+                "street",
+                "house_number",
+                "postal_code",
+                "municipality",
+                "nis_code",
+                "resident_since",
+            ],
+        ),
+        authorisation(
+            "BSC/2023/044",
+            "national_register.residence",
+            "SCHOOL_ENROLMENT",
+            &["postal_code", "municipality", "nis_code"],
+        ),
+    ];
+    let dataset = DatasetName::new("national_register.residence").expect("dataset");
+    let fields: Vec<FieldName> = ["street", "postal_code", "municipality"]
+        .iter()
+        .map(|f| FieldName::new(*f).expect("field"))
+        .collect();
+    let allowed = PurposeCode::new("RIS_ELIGIBILITY").expect("purpose");
+    let refused = PurposeCode::new("ENERGY_ALLOWANCE").expect("purpose");
+    let q = |purpose| LookupQuestion {
+        consumer: Kbo::parse("0212345668").expect("kbo"),
+        dataset: &dataset,
+        fields: &fields,
+        purpose,
+        today: date!(2026 - 11 - 22),
+    };
+    c.bench_function("decide_allow", |b| {
+        b.iter(|| decide(black_box(&q(&allowed)), black_box(&auths)))
+    });
+    c.bench_function("decide_refuse", |b| {
+        b.iter(|| decide(black_box(&q(&refused)), black_box(&auths)))
+    });
+}
+
+fn audit(c: &mut Criterion) {
+    let entry = AuditEntry {
+        sequence: 1_234_567,
+        previous_hash: [7; 32],
+        record: AuditRecord {
+            request_id: [1; 16],
+            time_micros: 1_790_000_000_000_000,
+            consumer: Kbo::parse("0212345668").expect("kbo"),
+            end_user: None,
+            citizen: Niss::parse("93051822361").ok(),
+            dataset: "national_register.residence".into(),
+            fields_requested: vec!["street".into(), "postal_code".into(), "municipality".into()],
+            fields_returned: vec!["municipality".into(), "postal_code".into(), "street".into()],
+            purpose: "RIS_ELIGIBILITY".into(),
+            authorisation: Some("BSC/2024/017".into()),
+            decision: AuditDecision::Allowed,
+            reason: None,
+            outcome: Outcome::Answered,
+            source: Kbo::parse("0314595348").ok(),
+            consumer_reference: "RIS-2026-0042".into(),
+            reference_date: None,
+        },
+    };
+    let mut buf = Vec::with_capacity(512);
+    c.bench_function("audit_encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            black_box(&entry).encode(&mut buf);
+            buf.len()
+        })
+    });
+    let bytes = entry.to_bytes();
+    c.bench_function("audit_entry_hash", |b| {
+        b.iter(|| entry_hash(black_box(&bytes)))
+    });
+    c.bench_function("audit_decode", |b| {
+        b.iter(|| AuditEntry::decode(black_box(&bytes)))
+    });
+}
+
+criterion_group!(benches, identifiers, decision, audit);
+criterion_main!(benches);
