@@ -453,3 +453,115 @@ async fn concurrent_lookups_each_leave_exactly_one_chained_entry() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
+    let t = TestDemo::start().await;
+    let mut cpas = t.lookup_client(ANDERLECHT).await;
+    let mut commune = t.lookup_client(SCHAERBEEK).await;
+    cpas.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("allowed");
+    cpas.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("allowed");
+    commune
+        .lookup(lookup(KARIM, RESIDENCE, &["nis_code"], "SCHOOL_ENROLMENT"))
+        .await
+        .expect("allowed");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let ts = |seconds: i64| Some(prost_types::Timestamp { seconds, nanos: 0 });
+    let mut audit = t.audit().await;
+    let count = |req: proto::ListAuditEntriesRequest| {
+        let mut audit = audit.clone();
+        async move {
+            audit
+                .list_audit_entries(req)
+                .await
+                .expect("query")
+                .into_inner()
+                .entries
+                .len()
+        }
+    };
+    let schaerbeek = semel_demo::seed::org(SCHAERBEEK)
+        .expect("org")
+        .kbo
+        .as_str()
+        .to_owned();
+    assert_eq!(
+        count(proto::ListAuditEntriesRequest {
+            citizen: KARIM.into(),
+            ..Default::default()
+        })
+        .await,
+        2
+    );
+    assert_eq!(
+        count(proto::ListAuditEntriesRequest {
+            citizen: "93.05.18-223.61".into(),
+            consumer_kbo: schaerbeek.clone(),
+            ..Default::default()
+        })
+        .await,
+        1
+    );
+    assert_eq!(
+        count(proto::ListAuditEntriesRequest {
+            since: ts(now - 3600),
+            ..Default::default()
+        })
+        .await,
+        3
+    );
+    assert_eq!(
+        count(proto::ListAuditEntriesRequest {
+            since: ts(now + 3600),
+            ..Default::default()
+        })
+        .await,
+        0
+    );
+    assert_eq!(
+        count(proto::ListAuditEntriesRequest {
+            until: ts(now - 3600),
+            ..Default::default()
+        })
+        .await,
+        0
+    );
+    // Paging: two pages of one and two entries, newest first.
+    let first = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            page_size: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(first.entries.len(), 2);
+    assert_eq!(first.entries[0].consumer_kbo, schaerbeek);
+    let second = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+            ..Default::default()
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert_eq!(second.entries.len(), 1);
+    assert!(second.next_page_token.is_empty());
+    let err = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            citizen: "123".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad citizen");
+    assert_error(&err, Code::InvalidArgument, "INVALID_CITIZEN");
+    t.stop().await;
+}

@@ -38,6 +38,9 @@ use crate::{StoreError, io_err};
 const HEADER: usize = 8;
 /// A frame larger than this is damage, not an entry.
 const MAX_FRAME: usize = 1 << 20;
+/// The longest a lookup can take between arriving (its entry's time) and
+/// being appended: far above the largest source deadline (120 s).
+const MAX_APPEND_DELAY_MICROS: i64 = 10 * 60 * 1_000_000;
 /// The most entries written under one sync.
 const MAX_BATCH: usize = 4096;
 /// Group commit: a batch smaller than `LINGER_ENOUGH` waits up to `LINGER`
@@ -252,10 +255,17 @@ impl AuditLog {
         let mut visit = |seq: u64| -> Result<bool, StoreError> {
             let stored = self.read_sequence(seq)?;
             let r = &stored.entry.record;
-            if query.since_micros.is_some_and(|s| r.time_micros < s) {
-                // Newest first, and time grows with the sequence: nothing
-                // older can match either.
+            if query
+                .since_micros
+                .is_some_and(|s| r.time_micros < s.saturating_sub(MAX_APPEND_DELAY_MICROS))
+            {
+                // Newest first: entries are stamped when the lookup arrived
+                // and appended when it ends, so times follow the sequence to
+                // within the longest lookup. Past that, nothing can match.
                 return Ok(false);
+            }
+            if query.since_micros.is_some_and(|s| r.time_micros < s) {
+                return Ok(true);
             }
             if !(query.until_micros.is_some_and(|u| r.time_micros >= u)
                 || query.consumer.is_some_and(|c| c != r.consumer))
@@ -1012,6 +1022,39 @@ mod tests {
             err.to_string().contains(&format!("offset {second}")),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_period_query_finds_entries_appended_out_of_time_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // A slow lookup (arrived at t=50) is appended after a fast one (t=100).
+        for t in [10, 100, 50, 120] {
+            let mut r = record(1, Some("93051822361"));
+            r.time_micros = t * 1_000_000;
+            store.audit().append(r).await.expect("append");
+        }
+        let since = |s: i64, until: Option<i64>| {
+            let q = AuditQuery {
+                since_micros: Some(s * 1_000_000),
+                until_micros: until.map(|u| u * 1_000_000),
+                limit: 10,
+                ..Default::default()
+            };
+            let mut times: Vec<i64> = store
+                .audit()
+                .query(&q)
+                .expect("query")
+                .iter()
+                .map(|e| e.entry.record.time_micros / 1_000_000)
+                .collect();
+            times.sort_unstable();
+            times
+        };
+        assert_eq!(since(80, None), vec![100, 120]);
+        assert_eq!(since(40, None), vec![50, 100, 120]);
+        assert_eq!(since(40, Some(110)), vec![50, 100]);
+        assert_eq!(since(0, Some(60)), vec![10, 50]);
     }
 
     #[tokio::test]
