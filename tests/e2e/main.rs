@@ -6,3 +6,4 @@ mod harness;
 mod lookups;
 mod registry_and_identity;
 mod serve;
+mod standard;

@@ -23,6 +23,8 @@ pub struct ApiError {
     /// The request field at fault, for `BadRequest`.
     pub field: Option<&'static str>,
     pub metadata: Vec<(&'static str, String)>,
+    /// When retrying helps: how long to wait first (`google.rpc.RetryInfo`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
@@ -33,6 +35,7 @@ impl ApiError {
             message: message.into(),
             field: None,
             metadata: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -59,6 +62,16 @@ impl ApiError {
         Self::new(Code::Internal, "INTERNAL", message)
     }
 
+    /// An error that a later retry may not meet: the source or the broker's
+    /// storage is unavailable for now. Lookups change nothing, so retrying
+    /// is always safe.
+    pub fn retryable(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(std::time::Duration::from_secs(1)),
+            ..Self::new(code, reason, message)
+        }
+    }
+
     pub fn with(mut self, key: &'static str, value: impl Into<String>) -> Self {
         self.metadata.push((key, value.into()));
         self
@@ -74,6 +87,9 @@ impl ApiError {
         let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
         if let Some(field) = self.field {
             details.add_bad_request_violation(field, self.message.clone());
+        }
+        if let Some(delay) = self.retry_after {
+            details.set_retry_info(Some(delay));
         }
         Status::with_error_details(self.code, self.message, details)
     }
@@ -92,7 +108,7 @@ impl From<semel_store::StoreError> for ApiError {
         tracing::error!(error = %e, "storage failure");
         match e {
             semel_store::StoreError::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
-            _ => ApiError::new(
+            _ => ApiError::retryable(
                 Code::Unavailable,
                 "STORAGE_UNAVAILABLE",
                 "the broker's storage failed; try again later",

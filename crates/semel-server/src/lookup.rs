@@ -130,7 +130,7 @@ async fn lookup(
     if let Err(e) = broker.store().audit().append(record).await {
         // Fail closed: no answer leaves without its entry.
         tracing::error!(error = %e, request_id = %request_id, "lookup refused: audit entry not durable");
-        return Err(ApiError::new(
+        return Err(ApiError::retryable(
             Code::Unavailable,
             "AUDIT_UNAVAILABLE",
             "the broker cannot record lookups right now, so it answers none; try again later",
@@ -379,7 +379,7 @@ fn source_error(
         ),
         Code::DeadlineExceeded | Code::Cancelled => (
             Outcome::SourceTimeout,
-            ApiError::new(
+            ApiError::retryable(
                 Code::DeadlineExceeded,
                 "SOURCE_TIMEOUT",
                 format!(
@@ -390,7 +390,7 @@ fn source_error(
         ),
         Code::Unavailable => (
             Outcome::SourceUnavailable,
-            ApiError::new(
+            ApiError::retryable(
                 Code::Unavailable,
                 "SOURCE_UNAVAILABLE",
                 format!("the source of {ds} cannot be reached; try again later"),
@@ -400,7 +400,7 @@ fn source_error(
             tracing::warn!(dataset = %ds, source = %source, code = ?status.code(), "source answered with an error");
             (
                 Outcome::SourceError,
-                ApiError::new(
+                ApiError::retryable(
                     Code::Unavailable,
                     "SOURCE_ERROR",
                     format!("the source of {ds} answered with an error; try again later"),

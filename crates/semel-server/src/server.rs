@@ -80,16 +80,65 @@ pub async fn serve_broker(
     let Prepared { broker, tls } = prepared;
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "broker listening (mutual TLS)");
+
+    // grpc.health.v1: overall ("") and per service. Lookups report
+    // NOT_SERVING once the audit log refuses appends (the broker then
+    // answers no lookup), and everything does when shutdown begins, so a
+    // load balancer drains the broker. Health and reflection need no client
+    // certificate: probes and tools can call them.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<LookupServiceServer<LookupService>>()
+        .await;
+    health
+        .set_serving::<RegistryServiceServer<RegistryService>>()
+        .await;
+    health
+        .set_serving::<AuditServiceServer<AuditService>>()
+        .await;
+    let watch = tokio::spawn(watch_audit_health(broker.clone(), health.clone()));
+    // Both reflection versions: older tools speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().context("build reflection (v1)")?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .context("build reflection (v1alpha)")?;
+
+    let draining = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        draining
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        draining
+            .set_not_serving::<LookupServiceServer<LookupService>>()
+            .await;
+    };
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .add_service(LookupServiceServer::new(LookupService::new(broker.clone())))
-        .add_service(RegistryServiceServer::new(RegistryService::new(
-            broker.clone(),
-        )))
-        .add_service(AuditServiceServer::new(AuditService::new(broker.clone())))
+        .add_service(
+            LookupServiceServer::new(LookupService::new(broker.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            RegistryServiceServer::new(RegistryService::new(broker.clone()))
+                .max_decoding_message_size(MAX_REGISTRY_REQUEST),
+        )
+        .add_service(
+            AuditServiceServer::new(AuditService::new(broker.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .context("serve gRPC")?;
+    watch.abort();
     broker
         .store()
         .audit()
@@ -102,6 +151,29 @@ pub async fn serve_broker(
         .context("sync the registry")?;
     tracing::info!("broker stopped; audit log closed");
     Ok(())
+}
+
+/// The largest lookup or audit request the broker reads.
+const MAX_REQUEST: usize = 64 * 1024;
+/// The largest registry request (a dataset with many described fields).
+const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
+
+/// Marks lookups NOT_SERVING once the audit log has failed closed.
+async fn watch_audit_health(broker: Arc<Broker>, health: tonic_health::server::HealthReporter) {
+    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        interval.tick().await;
+        if let Some(why) = broker.store().audit().failure() {
+            tracing::error!(reason = %why, "audit log failed: lookups reported NOT_SERVING");
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<LookupServiceServer<LookupService>>()
+                .await;
+            return;
+        }
+    }
 }
 
 /// Serves one source (a demo source, or a test double).

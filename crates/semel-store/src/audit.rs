@@ -238,6 +238,11 @@ impl AuditLog {
         }
     }
 
+    /// Why the log refuses appends, once a write or sync has failed.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.shared.progress).failed.clone()
+    }
+
     /// The number of durable entries and the hash of the last one.
     pub fn head(&self) -> (u64, Hash) {
         let p = lock(&self.shared.progress);

@@ -1,0 +1,161 @@
+//! The standard gRPC services and details every gRPC user expects:
+//! health, reflection (v1 and v1alpha), RetryInfo, message size limits.
+
+use std::time::Duration;
+
+use semel_demo::seed::datasets::*;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_types::StatusExt;
+
+use crate::harness::*;
+
+#[tokio::test]
+async fn health_answers_without_a_client_certificate() {
+    let t = TestDemo::start().await;
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("TLS without a client certificate");
+    let mut health = HealthClient::new(channel);
+    for service in [
+        "",
+        "semel.v1.LookupService",
+        "semel.v1.RegistryService",
+        "semel.v1.AuditService",
+    ] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service:?}");
+    }
+    let err = health
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(err.code(), Code::NotFound);
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services_in_both_versions() {
+    let t = TestDemo::start().await;
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    {
+        use tonic_reflection::pb::v1::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut client = ServerReflectionClient::new(channel.clone());
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("v1")
+            .into_inner();
+        let msg = stream.message().await.expect("message").expect("response");
+        let Some(MessageResponse::ListServicesResponse(list)) = msg.message_response else {
+            panic!("v1: {msg:?}")
+        };
+        let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+        for want in [
+            "semel.v1.LookupService",
+            "semel.v1.RegistryService",
+            "semel.v1.AuditService",
+            "grpc.health.v1.Health",
+        ] {
+            assert!(
+                names.iter().any(|n| n == want),
+                "v1 lists {want}: {names:?}"
+            );
+        }
+    }
+    {
+        use tonic_reflection::pb::v1alpha::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let mut client = ServerReflectionClient::new(channel);
+        let req = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "semel.v1.LookupService".into(),
+            )),
+        };
+        let mut stream = client
+            .server_reflection_info(tokio_stream::iter(vec![req]))
+            .await
+            .expect("v1alpha")
+            .into_inner();
+        let msg = stream.message().await.expect("message").expect("response");
+        assert!(
+            matches!(msg.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
+            "v1alpha: {msg:?}"
+        );
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn retryable_errors_say_when_to_retry() {
+    let t = TestDemo::start_in(
+        tempfile::tempdir().expect("tempdir"),
+        Duration::from_millis(400),
+    )
+    .await;
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    register_test_dataset(&t, "test.gone", &format!("https://127.0.0.1:{port}")).await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let err = c
+        .lookup(lookup(KARIM, "test.gone", &["a"], "TEST"))
+        .await
+        .expect_err("down");
+    assert_error(&err, Code::Unavailable, "SOURCE_UNAVAILABLE");
+    let retry = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(retry > Duration::ZERO);
+    // A refusal is not retryable: no RetryInfo.
+    let err = c
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "SCHOOL_ENROLMENT"))
+        .await
+        .expect_err("refused");
+    assert!(err.get_error_details().retry_info().is_none());
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_refused_and_the_broker_carries_on() {
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let mut req = lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY");
+    req.consumer_reference = "x".repeat(200 * 1024);
+    let err = c.lookup(req).await.expect_err("too large");
+    assert!(
+        matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted),
+        "{err:?}"
+    );
+    c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("the next lookup is answered");
+    t.stop().await;
+}
