@@ -116,6 +116,8 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         preload_audit: u64,
     },
+    /// Print a shell completion script, e.g. `semel completions bash > /etc/bash_completion.d/semel`.
+    Completions { shell: clap_complete::Shell },
     /// Read the audit log (operator).
     Audit {
         #[command(flatten)]
@@ -489,6 +491,18 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(report(conn.json, result, print_value))
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command, "semel", &mut script);
+            match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                // A reader that stops early (`| head`) is not an error.
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(e).context("write the completion script")
+                }
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
         Command::BenchServer {
             data_dir,
             ready_file,
