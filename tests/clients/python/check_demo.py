@@ -1,0 +1,30 @@
+"""Checks a running demo from Python: an allowed lookup returns exactly the
+asked fields, and a refusal carries its ErrorInfo reason. Run by .ci/run."""
+
+import sys
+
+import grpc
+
+import semel_lookup as client
+
+
+def main(data_dir):
+    pb, pb_grpc = client.generate()
+    stub = pb_grpc.LookupServiceStub(client.channel(data_dir, "cpas-anderlecht"))
+    answer = client.lookup(stub, pb, "93.05.18-223.61", "national_register.residence", ["street", "nis_code"], "RIS_ELIGIBILITY")
+    assert answer["authorisation_reference"] == "BSC/2024/017", answer
+    assert sorted(answer["fields"]) == ["nis_code", "street"], answer
+    assert answer["fields"]["nis_code"] == "21001", answer
+    try:
+        client.lookup(stub, pb, "93051822361", "national_register.residence", ["street"], "SCHOOL_ENROLMENT")
+        sys.exit("a lookup for a purpose without authorisation was answered")
+    except grpc.RpcError as e:
+        reason, metadata = client.error_info(e)
+        assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e.code()
+        assert reason == "PURPOSE_NOT_ALLOWED", reason
+        assert metadata.get("request_id"), metadata
+    print("python client: 2 passed, 0 failed")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "semel-data")
