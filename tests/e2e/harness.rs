@@ -319,3 +319,10 @@ pub async fn register_test_dataset(t: &TestDemo, name: &str, endpoint: &str) {
     .await
     .expect("create authorisation");
 }
+
+/// A port that was free a moment ago and has nobody listening on it now:
+/// the address of a source that is down.
+pub fn unused_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

@@ -324,11 +324,7 @@ async fn a_citizen_the_source_does_not_know_gets_not_found() {
 #[tokio::test]
 async fn a_source_that_is_down_gives_unavailable() {
     let t = TestDemo::start().await;
-    // A port that was free a moment ago and has nobody listening now.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = unused_port();
     register_test_dataset(&t, "test.down", &format!("https://127.0.0.1:{port}")).await;
     let mut c = t.lookup_client(ANDERLECHT).await;
     let err = c

@@ -117,10 +117,7 @@ async fn retryable_errors_say_when_to_retry() {
         Duration::from_millis(400),
     )
     .await;
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
+    let port = unused_port();
     register_test_dataset(&t, "test.gone", &format!("https://127.0.0.1:{port}")).await;
     let mut c = t.lookup_client(ANDERLECHT).await;
     let err = c
