@@ -156,3 +156,72 @@ async fn an_oversized_request_is_refused_and_the_broker_carries_on() {
         .expect("the next lookup is answered");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn metrics_count_lookups_without_personal_data() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = semel_server::DemoOptions::new(dir.path());
+    opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.population = 2_000;
+    opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    let t = TestDemo {
+        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        dir,
+    };
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("allowed");
+    c.lookup(lookup(JAN, RESIDENCE, &["street"], "SCHOOL_ENROLMENT"))
+        .await
+        .expect_err("refused");
+    c.lookup(lookup(
+        JAN,
+        "made.up.by.a.client",
+        &["street"],
+        "RIS_ELIGIBILITY",
+    ))
+    .await
+    .expect_err("unknown dataset");
+
+    let addr = t.demo().metrics_addr.expect("metrics served");
+    let body = {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+            .await
+            .expect("request");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("response");
+        out
+    };
+    assert!(
+        body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
+        "{body}"
+    );
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    let has = |needle: &str| body.lines().any(|l| l.contains(needle));
+    assert!(
+        has(&format!(
+            "semel_lookups_total{{consumer=\"{}\",dataset=\"national_register.residence\",decision=\"allowed\",reason=\"\"}} 1",
+            anderlecht.as_str()
+        )),
+        "{body}"
+    );
+    assert!(has("reason=\"PURPOSE_NOT_ALLOWED\"} 1"), "{body}");
+    assert!(
+        has("dataset=\"unknown\",decision=\"refused\",reason=\"UNKNOWN_DATASET\"} 1"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("made.up.by.a.client"),
+        "a client's made-up name never becomes a label"
+    );
+    assert!(has("semel_audit_entries 3"), "{body}");
+    assert!(has("semel_source_calls_total{source="), "{body}");
+    assert!(has("semel_lookup_duration_seconds_bucket"), "{body}");
+    for n in [KARIM, JAN] {
+        assert!(!body.contains(n), "metrics leak a national number");
+    }
+    t.stop().await;
+}

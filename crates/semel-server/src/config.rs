@@ -22,6 +22,9 @@ pub struct Config {
     pub operator: OperatorSection,
     #[serde(default)]
     pub sources: SourcesSection,
+    /// Address of the Prometheus metrics port (plain HTTP, `/metrics`);
+    /// none when absent.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -33,6 +33,8 @@ pub struct DemoOptions {
     pub seed: u64,
     pub population: usize,
     pub source_deadline: Duration,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl DemoOptions {
@@ -43,6 +45,7 @@ impl DemoOptions {
             seed: 20_170_717,
             population: 10_000,
             source_deadline: Duration::from_secs(5),
+            metrics_listen: None,
         }
     }
 }
@@ -55,6 +58,8 @@ pub struct Demo {
     pub data_dir: PathBuf,
     /// The demo sources' addresses, by organisation slug.
     pub source_endpoints: std::collections::BTreeMap<String, String>,
+    /// Where the metrics are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -152,6 +157,18 @@ impl Demo {
             .await
             .with_context(|| format!("bind the broker on {}", opts.listen))?;
         let broker_addr = listener.local_addr()?;
+        let mut metrics_addr = None;
+        if let Some(addr) = opts.metrics_listen {
+            let listener = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("bind the metrics port {addr}"))?;
+            metrics_addr = Some(listener.local_addr()?);
+            source_tasks.push(tokio::spawn(server::serve_metrics(
+                listener,
+                broker.clone(),
+                wait(rx.clone()),
+            )));
+        }
         let broker_task = tokio::spawn(server::serve_broker(
             listener,
             Prepared { broker, tls },
@@ -186,6 +203,7 @@ impl Demo {
             population,
             data_dir,
             source_endpoints: endpoints,
+            metrics_addr,
             shutdown,
             broker_task,
             source_tasks,

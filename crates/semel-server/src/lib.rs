@@ -14,6 +14,7 @@ pub mod demo;
 pub mod demo_source;
 pub mod error;
 mod lookup;
+pub mod metrics;
 pub mod proto;
 mod registry;
 pub mod server;

@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{format_date, parse_date};
 use crate::error::ApiError;
+use crate::metrics::{DatasetLabel, LookupLabels, SourceLabels};
 use crate::proto::{self, FetchRequest, LookupRequest, LookupResponse};
 use crate::state::{Broker, Caller, Route};
 
@@ -137,6 +138,32 @@ async fn lookup(
         )
         .with("request_id", request_id.to_string()));
     }
+    let dataset_label = match DatasetName::new(msg.dataset.clone()) {
+        Ok(d) if broker.snapshot().routes.contains_key(&d) => d.to_string(),
+        _ => "unknown".to_owned(),
+    };
+    broker
+        .metrics
+        .lookups
+        .get_or_create(&LookupLabels {
+            consumer: caller.org.kbo.as_str().to_owned(),
+            dataset: dataset_label.clone(),
+            decision: match decision {
+                AuditDecision::Allowed => "allowed",
+                AuditDecision::Refused => "refused",
+            },
+            reason: reason.unwrap_or(if answered { "" } else { "OTHER" }),
+        })
+        .inc();
+    broker
+        .metrics
+        .lookup_seconds
+        .get_or_create(&DatasetLabel {
+            dataset: dataset_label,
+        })
+        .observe(crate::metrics::seconds(
+            (OffsetDateTime::now_utc() - received).unsigned_abs(),
+        ));
     // Every lookup is in the audit log; the operator's log shows those that
     // did not get an answer (and, at debug level, the others).
     if answered {
@@ -258,10 +285,36 @@ async fn process(
     // The broker's timer is the deadline: it also covers a source that
     // accepts the connection and never answers. Dropping the call on
     // timeout resets the HTTP/2 stream, so the source stops working on it.
+    let called = std::time::Instant::now();
     let answer = match tokio::time::timeout(deadline, client.fetch(fetch)).await {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("source deadline")),
     };
+    let outcome = match &answer {
+        Ok(_) => "answered",
+        Err(s) => match s.code() {
+            Code::NotFound => "no_data",
+            Code::DeadlineExceeded | Code::Cancelled => "timeout",
+            Code::Unavailable => "unavailable",
+            _ => "error",
+        },
+    };
+    broker
+        .metrics
+        .source_calls
+        .get_or_create(&SourceLabels {
+            source: route.dataset.source.as_str().to_owned(),
+            dataset: dataset.to_string(),
+            outcome,
+        })
+        .inc();
+    broker
+        .metrics
+        .source_seconds
+        .get_or_create(&DatasetLabel {
+            dataset: dataset.to_string(),
+        })
+        .observe(crate::metrics::seconds(called.elapsed()));
     let answer = match answer {
         Ok(a) => a.into_inner(),
         Err(status) => return Err(source_error(status, &route, deadline, trace)),

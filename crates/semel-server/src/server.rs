@@ -153,6 +153,27 @@ pub async fn serve_broker(
     Ok(())
 }
 
+/// Serves the broker's Prometheus metrics (`GET /metrics`, plain HTTP) on
+/// `listener` until `shutdown`.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(url = %crate::metrics::describe(addr), "metrics");
+    }
+    let metrics = broker.metrics.clone();
+    crate::metrics::serve(
+        listener,
+        metrics,
+        move || broker.store().audit().stats(),
+        shutdown,
+    )
+    .await
+    .context("serve metrics")
+}
+
 /// The largest lookup or audit request the broker reads.
 const MAX_REQUEST: usize = 64 * 1024;
 /// The largest registry request (a dataset with many described fields).

@@ -82,6 +82,7 @@ pub struct Broker {
     channels: Mutex<HashMap<String, Channel>>,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Broker {
@@ -92,6 +93,7 @@ impl Broker {
             sources,
             channels: Mutex::new(HashMap::new()),
             admin: tokio::sync::Mutex::new(()),
+            metrics: Arc::default(),
         });
         broker
             .reload()

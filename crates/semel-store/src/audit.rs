@@ -119,6 +119,28 @@ struct Progress {
 struct Shared {
     progress: Mutex<Progress>,
     indexed_changed: Condvar,
+    stats: Counters,
+}
+
+/// Counters for operators (exported as metrics by the server).
+#[derive(Default)]
+struct Counters {
+    submitted: std::sync::atomic::AtomicU64,
+    answered: std::sync::atomic::AtomicU64,
+    syncs: std::sync::atomic::AtomicU64,
+    sync_micros: std::sync::atomic::AtomicU64,
+}
+
+/// What the audit log has done since it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Entries durable in the log (all time).
+    pub entries: u64,
+    /// Entries waiting for the writer or its sync.
+    pub queued: u64,
+    /// Syncs since opening, and the time they took.
+    pub syncs: u64,
+    pub sync_micros: u64,
 }
 
 /// What the indexer needs of one durable entry.
@@ -179,6 +201,7 @@ impl AuditLog {
                 failed: None,
             }),
             indexed_changed: Condvar::new(),
+            stats: Counters::default(),
         });
         let (tx, rx) = mpsc::channel();
         let (index_tx, index_rx) = mpsc::channel();
@@ -221,6 +244,10 @@ impl AuditLog {
         record: AuditRecord,
     ) -> impl std::future::Future<Output = Result<Appended, AuditError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
+        self.shared
+            .stats
+            .submitted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sent = self
             .tx
             .lock()
@@ -235,6 +262,20 @@ impl AuditLog {
                 return Err(AuditError::Closed);
             }
             rx.await.unwrap_or(Err(AuditError::Closed))
+        }
+    }
+
+    /// Counters for operators.
+    pub fn stats(&self) -> AuditStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.shared.stats;
+        let entries = lock(&self.shared.progress).durable.next_sequence;
+        let submitted = c.submitted.load(Relaxed);
+        AuditStats {
+            entries,
+            queued: submitted.saturating_sub(c.answered.load(Relaxed)),
+            syncs: c.syncs.load(Relaxed),
+            sync_micros: c.sync_micros.load(Relaxed),
         }
     }
 
@@ -465,6 +506,10 @@ impl Writer {
     fn write_batch(&mut self, batch: &mut Vec<Pending>, frames: &mut Vec<u8>) {
         let failed = lock(&self.shared.progress).failed.clone();
         if let Some(why) = failed {
+            self.shared
+                .stats
+                .answered
+                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
             for p in batch.drain(..) {
                 let _ = p.reply.send(Err(AuditError::Unavailable(why.clone())));
             }
@@ -508,10 +553,22 @@ impl Writer {
                 hash,
             };
         }
+        let started = std::time::Instant::now();
         let written = self
             .log
             .write_all_at(frames, start.offset)
             .and_then(|()| self.log.sync_data());
+        let stats = &self.shared.stats;
+        stats
+            .syncs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        stats.sync_micros.fetch_add(
+            started.elapsed().as_micros() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        stats
+            .answered
+            .fetch_add(replies.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = written {
             // Fail closed: nobody is told an entry is safe, the partial write
             // is zeroed, and later appends are refused until an operator

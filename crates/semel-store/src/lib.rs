@@ -21,7 +21,7 @@ mod registry;
 
 use std::path::{Path, PathBuf};
 
-pub use audit::{Appended, AuditError, AuditLog, AuditQuery, ChainReport, StoredEntry};
+pub use audit::{Appended, AuditError, AuditLog, AuditQuery, AuditStats, ChainReport, StoredEntry};
 pub use registry::Registry;
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;

@@ -61,6 +61,12 @@ enum Command {
         /// At least this many synthetic people.
         #[arg(long, default_value_t = 10_000)]
         population: usize,
+        /// Where to serve Prometheus metrics (plain HTTP, /metrics).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_listen: SocketAddr,
+        /// Serve no metrics.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Run the broker alone, from a configuration file.
     Serve {
@@ -363,11 +369,14 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             listen,
             seed,
             population,
+            metrics_listen,
+            no_metrics,
         } => {
             let opts = DemoOptions {
                 listen,
                 seed,
                 population,
+                metrics_listen: (!no_metrics).then_some(metrics_listen),
                 ..DemoOptions::new(data_dir)
             };
             let demo = Demo::start(opts).await?;
@@ -385,10 +394,32 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::SUCCESS);
             }
             let prepared = semel_server::server::prepare(&config).await?;
+            let metrics_listener = match config.metrics_listen {
+                Some(addr) => Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("bind the metrics port {addr}"))?,
+                ),
+                None => None,
+            };
             let listener = tokio::net::TcpListener::bind(config.listen)
                 .await
                 .with_context(|| format!("bind {}", config.listen))?;
+            let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+            let metrics = metrics_listener.map(|l| {
+                tokio::spawn(semel_server::server::serve_metrics(
+                    l,
+                    prepared.broker.clone(),
+                    async {
+                        let _ = metrics_stopped.await;
+                    },
+                ))
+            });
             semel_server::server::serve_broker(listener, prepared, shutdown_signal()).await?;
+            let _ = stop_metrics.send(());
+            if let Some(m) = metrics {
+                m.await.context("metrics task")??;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Lookup {
@@ -964,8 +995,12 @@ fn print_demo_banner(demo: &Demo) {
          \n  # what the audit log recorded about that citizen\
          \n  {s} audit{flag} list --citizen 93051822361\
          \n  {s} admin{flag} authorisation list\n\
-         \nStop with Ctrl-C; the state survives a restart.\n",
+         \nStop with Ctrl-C; the state survives a restart.{metrics}\n",
         addr = demo.broker_addr,
+        metrics = demo
+            .metrics_addr
+            .map(|a| format!(" Metrics: http://{a}/metrics"))
+            .unwrap_or_default(),
         people = demo.population.people.len(),
         households = demo.population.households.len(),
     );
