@@ -326,3 +326,22 @@ pub fn unused_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
 }
+
+impl TestDemo {
+    /// A demo with these limits and source deadline.
+    pub async fn start_with(
+        limits: semel_server::limits::LimitSettings,
+        source_deadline: Duration,
+    ) -> TestDemo {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut opts = DemoOptions::new(dir.path());
+        opts.listen = ([127, 0, 0, 1], 0).into();
+        opts.population = 2_000;
+        opts.source_deadline = source_deadline;
+        opts.limits = limits;
+        TestDemo {
+            demo: Some(Demo::start(opts).await.expect("start the demo")),
+            dir,
+        }
+    }
+}

@@ -56,9 +56,18 @@ pub enum ReasonCode {
     SourceTimeout,
     /// The source answered with an error.
     SourceError,
+    /// The consumer exceeded its rate limit.
+    RateLimited,
+    /// The source has as many lookups in flight as it is allowed.
+    SourceBusy,
+    /// The source failed repeatedly; lookups to it fail fast for a while.
+    SourceCircuitOpen,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 9] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 12] = [
+    (ReasonCode::RateLimited, "RATE_LIMITED"),
+    (ReasonCode::SourceBusy, "SOURCE_BUSY"),
+    (ReasonCode::SourceCircuitOpen, "SOURCE_CIRCUIT_OPEN"),
     (ReasonCode::InvalidCitizen, "INVALID_CITIZEN"),
     (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
     (ReasonCode::UnknownDataset, "UNKNOWN_DATASET"),

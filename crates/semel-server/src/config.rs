@@ -25,6 +25,18 @@ pub struct Config {
     /// Address of the Prometheus metrics port (plain HTTP, `/metrics`);
     /// none when absent.
     pub metrics_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Lookups per second each consumer may make; unlimited when absent.
+    pub consumer_lookups_per_second: Option<f64>,
+    /// Lookups a consumer may make at once above that rate (default: one
+    /// second's worth).
+    pub consumer_burst: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +66,27 @@ pub struct SourcesSection {
     /// CA bundle that sources' server certificates must chain to; by
     /// default `tls.client_ca`.
     pub ca: Option<PathBuf>,
+    /// Lookups in flight to one source at most (default 1024).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Consecutive failures that open a source's circuit (default 5).
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long an open circuit fails fast, in milliseconds (default 5000).
+    #[serde(default = "default_breaker_cooldown_ms")]
+    pub breaker_cooldown_ms: u64,
+}
+
+fn default_max_in_flight() -> usize {
+    1024
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+
+fn default_breaker_cooldown_ms() -> u64 {
+    5000
 }
 
 fn default_deadline_ms() -> u64 {
@@ -65,6 +98,9 @@ impl Default for SourcesSection {
         SourcesSection {
             deadline_ms: default_deadline_ms(),
             ca: None,
+            max_in_flight: default_max_in_flight(),
+            breaker_failures: default_breaker_failures(),
+            breaker_cooldown_ms: default_breaker_cooldown_ms(),
         }
     }
 }
@@ -113,6 +149,20 @@ impl Config {
         ] {
             anyhow::ensure!(p.is_file(), "{key}: {} is not a readable file", p.display());
         }
+        if let Some(r) = self.limits.consumer_lookups_per_second {
+            anyhow::ensure!(
+                r > 0.0 && r.is_finite(),
+                "limits.consumer_lookups_per_second: must be a positive number, got {r}"
+            );
+        }
+        anyhow::ensure!(
+            self.sources.max_in_flight >= 1,
+            "sources.max_in_flight: must be at least 1"
+        );
+        anyhow::ensure!(
+            self.sources.breaker_failures >= 1,
+            "sources.breaker_failures: must be at least 1"
+        );
         if let Some(ca) = &self.sources.ca {
             anyhow::ensure!(
                 ca.is_file(),
@@ -129,6 +179,16 @@ impl Config {
 
     pub fn source_deadline(&self) -> Duration {
         Duration::from_millis(self.sources.deadline_ms)
+    }
+
+    pub fn limit_settings(&self) -> crate::limits::LimitSettings {
+        crate::limits::LimitSettings {
+            consumer_rate: self.limits.consumer_lookups_per_second,
+            consumer_burst: self.limits.consumer_burst.unwrap_or(0.0),
+            source_max_in_flight: self.sources.max_in_flight,
+            breaker_failures: self.sources.breaker_failures,
+            breaker_cooldown: Duration::from_millis(self.sources.breaker_cooldown_ms),
+        }
     }
 
     pub fn sources_ca(&self) -> &Path {

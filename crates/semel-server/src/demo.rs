@@ -35,6 +35,7 @@ pub struct DemoOptions {
     pub source_deadline: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    pub limits: crate::limits::LimitSettings,
 }
 
 impl DemoOptions {
@@ -46,6 +47,7 @@ impl DemoOptions {
             population: 10_000,
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
+            limits: crate::limits::LimitSettings::default(),
         }
     }
 }
@@ -151,6 +153,7 @@ impl Demo {
             SourceSettings {
                 tls: source_tls,
                 deadline: opts.source_deadline,
+                limits: opts.limits,
             },
         )?;
         let listener = TcpListener::bind(opts.listen)

@@ -13,6 +13,7 @@ mod convert;
 pub mod demo;
 pub mod demo_source;
 pub mod error;
+pub mod limits;
 mod lookup;
 pub mod metrics;
 pub mod proto;

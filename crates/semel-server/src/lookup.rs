@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{format_date, parse_date};
 use crate::error::ApiError;
+use crate::limits::SourceRefusal;
 use crate::metrics::{DatasetLabel, LookupLabels, SourceLabels};
 use crate::proto::{self, FetchRequest, LookupRequest, LookupResponse};
 use crate::state::{Broker, Caller, Route};
@@ -195,6 +196,22 @@ async fn process(
             "your organisation is not registered as a consumer, so it cannot make lookups",
         ));
     }
+    if let Err(wait) = broker
+        .consumer_limits
+        .admit(caller.org.kbo, std::time::Instant::now())
+    {
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+                format!(
+                    "your organisation exceeded its rate of lookups; retry in {} ms",
+                    wait.as_millis().max(1)
+                ),
+            )
+        });
+    }
     let citizen = Niss::parse(&msg.citizen)
         .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
     trace.citizen = Some(citizen);
@@ -265,6 +282,29 @@ async fn process(
     trace.decision = AuditDecision::Allowed;
     trace.authorisation = Some(authorisation.to_string());
     trace.source = Some(route.dataset.source);
+    // A source at its cap, or whose circuit is open, is not called: its
+    // trouble stays with the lookups that need it.
+    let pass = route.guard.enter(std::time::Instant::now()).map_err(|refusal| {
+        let e = match refusal {
+            SourceRefusal::Busy => ApiError {
+                retry_after: Some(std::time::Duration::from_millis(100)),
+                ..ApiError::new(
+                    Code::ResourceExhausted,
+                    "SOURCE_BUSY",
+                    format!("the source of {dataset} has as many lookups in flight as it may take; retry shortly"),
+                )
+            },
+            SourceRefusal::CircuitOpen(wait) => ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    Code::Unavailable,
+                    "SOURCE_CIRCUIT_OPEN",
+                    format!("the source of {dataset} failed repeatedly; lookups to it fail fast for {} ms", wait.as_millis()),
+                )
+            },
+        };
+        e.with("source_kbo", route.dataset.source.as_str())
+    })?;
 
     let request_id = request_id.to_string();
     let mut fetch = Request::new(FetchRequest {
@@ -315,6 +355,11 @@ async fn process(
             dataset: dataset.to_string(),
         })
         .observe(crate::metrics::seconds(called.elapsed()));
+    route.guard.record(
+        pass,
+        !matches!(outcome, "timeout" | "unavailable"),
+        std::time::Instant::now(),
+    );
     let answer = match answer {
         Ok(a) => a.into_inner(),
         Err(status) => return Err(source_error(status, &route, deadline, trace)),

@@ -49,6 +49,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         SourceSettings {
             tls: source_tls,
             deadline: config.source_deadline(),
+            limits: config.limit_settings(),
         },
     )?;
     Ok(Prepared { broker, tls })

@@ -15,6 +15,7 @@ use semel_store::Store;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ApiError;
+use crate::limits::{ConsumerLimits, LimitSettings, SourceGuard};
 use crate::proto::source_service_client::SourceServiceClient;
 use crate::tls::PeerIdentity;
 
@@ -22,6 +23,8 @@ use crate::tls::PeerIdentity;
 pub struct Route {
     pub dataset: Dataset,
     pub client: SourceServiceClient<Channel>,
+    /// In-flight cap and circuit breaker of the source's endpoint.
+    pub guard: Arc<SourceGuard>,
 }
 
 /// The registry as one consistent, read-only value.
@@ -49,6 +52,7 @@ pub struct SourceSettings {
     pub tls: ClientTlsConfig,
     /// How long a source may take to answer one lookup.
     pub deadline: Duration,
+    pub limits: LimitSettings,
 }
 
 /// The authenticated caller of an RPC.
@@ -80,6 +84,8 @@ pub struct Broker {
     snapshot: ArcSwap<Snapshot>,
     sources: SourceSettings,
     channels: Mutex<HashMap<String, Channel>>,
+    guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
+    pub(crate) consumer_limits: ConsumerLimits,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -87,11 +93,14 @@ pub struct Broker {
 
 impl Broker {
     pub fn new(store: Arc<Store>, sources: SourceSettings) -> anyhow::Result<Arc<Self>> {
+        let consumer_limits = ConsumerLimits::new(&sources.limits);
         let broker = Arc::new(Broker {
             store,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             sources,
             channels: Mutex::new(HashMap::new()),
+            guards: Mutex::new(HashMap::new()),
+            consumer_limits,
             admin: tokio::sync::Mutex::new(()),
             metrics: Arc::default(),
         });
@@ -134,7 +143,21 @@ impl Broker {
                 }
             };
             let client = SourceServiceClient::new(channel);
-            routes.insert(dataset.name.clone(), Arc::new(Route { dataset, client }));
+            let guard = self
+                .guards
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(dataset.endpoint.clone())
+                .or_insert_with(|| Arc::new(SourceGuard::new(&self.sources.limits)))
+                .clone();
+            routes.insert(
+                dataset.name.clone(),
+                Arc::new(Route {
+                    dataset,
+                    client,
+                    guard,
+                }),
+            );
         }
         let mut authorisations = BTreeMap::new();
         let mut by_consumer_dataset: HashMap<(Kbo, DatasetName), Vec<Authorisation>> =

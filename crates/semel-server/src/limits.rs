@@ -1,0 +1,250 @@
+//! Limits that keep one consumer or one source from hurting the others:
+//! a token bucket per consumer, and per source a cap on lookups in flight
+//! and a circuit breaker.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use semel_core::Kbo;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The limits' settings.
+#[derive(Debug, Clone, Copy)]
+pub struct LimitSettings {
+    /// Lookups per second each consumer may make; `None` is unlimited.
+    pub consumer_rate: Option<f64>,
+    /// How many lookups a consumer may make at once above the rate.
+    pub consumer_burst: f64,
+    /// Lookups in flight to one source at most.
+    pub source_max_in_flight: usize,
+    /// Consecutive failures (unreachable or too slow) that open a source's circuit.
+    pub breaker_failures: u32,
+    /// How long an open circuit fails fast before one probe is let through.
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            consumer_rate: None,
+            consumer_burst: 0.0,
+            source_max_in_flight: 1024,
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(5),
+        }
+    }
+}
+
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// A token bucket per consumer.
+pub struct ConsumerLimits {
+    rate: Option<f64>,
+    burst: f64,
+    buckets: Mutex<HashMap<Kbo, Bucket>>,
+}
+
+impl ConsumerLimits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        let burst = settings
+            .consumer_rate
+            .map_or(0.0, |r| settings.consumer_burst.max(r).max(1.0));
+        ConsumerLimits {
+            rate: settings.consumer_rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `consumer`, or says how long until one is there.
+    pub fn admit(&self, consumer: Kbo, now: Instant) -> Result<(), Duration> {
+        let Some(rate) = self.rate else { return Ok(()) };
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = buckets.entry(consumer).or_insert(Bucket {
+            tokens: self.burst,
+            last: now,
+        });
+        b.tokens =
+            (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+/// Why a lookup is not forwarded to its source right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceRefusal {
+    /// As many lookups in flight as allowed.
+    Busy,
+    /// The circuit is open for this much longer.
+    CircuitOpen(Duration),
+}
+
+#[derive(Default)]
+struct Breaker {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// A probe is in flight after the cooldown: others still fail fast.
+    probing: bool,
+}
+
+/// The guard in front of one source.
+pub struct SourceGuard {
+    in_flight: Arc<Semaphore>,
+    breaker: Mutex<Breaker>,
+    failures_to_open: u32,
+    cooldown: Duration,
+}
+
+/// Held while a lookup is at the source.
+pub struct Pass {
+    _permit: OwnedSemaphorePermit,
+    probe: bool,
+}
+
+impl SourceGuard {
+    pub fn new(settings: &LimitSettings) -> Self {
+        SourceGuard {
+            in_flight: Arc::new(Semaphore::new(settings.source_max_in_flight.max(1))),
+            breaker: Mutex::new(Breaker::default()),
+            failures_to_open: settings.breaker_failures.max(1),
+            cooldown: settings.breaker_cooldown,
+        }
+    }
+
+    /// Lets a lookup through to the source, or says why not. Never waits:
+    /// a slow source makes its own consumers wait, not everyone's.
+    pub fn enter(&self, now: Instant) -> Result<Pass, SourceRefusal> {
+        let mut probe = false;
+        {
+            let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(until) = b.open_until {
+                if now < until {
+                    return Err(SourceRefusal::CircuitOpen(until - now));
+                }
+                if b.probing {
+                    return Err(SourceRefusal::CircuitOpen(self.cooldown));
+                }
+                b.probing = true;
+                probe = true;
+            }
+        }
+        match self.in_flight.clone().try_acquire_owned() {
+            Ok(permit) => Ok(Pass {
+                _permit: permit,
+                probe,
+            }),
+            Err(_) => {
+                if probe {
+                    self.breaker
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .probing = false;
+                }
+                Err(SourceRefusal::Busy)
+            }
+        }
+    }
+
+    /// Records how the source did: `reachable` is false when it could not
+    /// be reached or was too slow.
+    pub fn record(&self, pass: Pass, reachable: bool, now: Instant) {
+        let mut b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        if reachable {
+            *b = Breaker::default();
+        } else {
+            b.failures += 1;
+            if pass.probe || b.failures >= self.failures_to_open {
+                if b.open_until.is_none() || pass.probe {
+                    tracing::warn!(failures = b.failures, "source circuit opened");
+                }
+                b.open_until = Some(now + self.cooldown);
+                b.probing = false;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kbo() -> Kbo {
+        Kbo::parse("0212345668").expect("kbo")
+    }
+
+    #[test]
+    fn the_bucket_allows_the_burst_then_the_rate() {
+        let limits = ConsumerLimits::new(&LimitSettings {
+            consumer_rate: Some(2.0),
+            consumer_burst: 3.0,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            limits.admit(kbo(), t0).expect("burst");
+        }
+        let wait = limits.admit(kbo(), t0).expect_err("empty");
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        limits
+            .admit(kbo(), t0 + Duration::from_millis(500))
+            .expect("refilled");
+        assert!(
+            limits
+                .admit(Kbo::parse("0566988259").expect("kbo"), t0)
+                .is_ok(),
+            "buckets are per consumer"
+        );
+        let unlimited = ConsumerLimits::new(&LimitSettings::default());
+        assert!((0..10_000).all(|_| unlimited.admit(kbo(), t0).is_ok()));
+    }
+
+    #[test]
+    fn the_breaker_opens_fails_fast_then_probes() {
+        let g = SourceGuard::new(&LimitSettings {
+            breaker_failures: 2,
+            breaker_cooldown: Duration::from_secs(5),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        for _ in 0..2 {
+            let pass = g.enter(t0).expect("closed");
+            g.record(pass, false, t0);
+        }
+        assert!(matches!(g.enter(t0), Err(SourceRefusal::CircuitOpen(_))));
+        let later = t0 + Duration::from_secs(6);
+        let probe = g.enter(later).expect("one probe after the cooldown");
+        assert!(
+            matches!(g.enter(later), Err(SourceRefusal::CircuitOpen(_))),
+            "only one probe"
+        );
+        g.record(probe, true, later);
+        assert!(g.enter(later).is_ok(), "closed again after a good probe");
+    }
+
+    #[test]
+    fn in_flight_is_capped_without_waiting() {
+        let g = SourceGuard::new(&LimitSettings {
+            source_max_in_flight: 2,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let a = g.enter(t0).expect("first");
+        let _b = g.enter(t0).expect("second");
+        assert_eq!(g.enter(t0).err(), Some(SourceRefusal::Busy));
+        g.record(a, true, t0);
+        assert!(g.enter(t0).is_ok(), "a slot is free again");
+    }
+}
