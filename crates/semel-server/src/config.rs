@@ -108,10 +108,61 @@ impl Default for SourcesSection {
 impl Config {
     /// Reads, resolves (relative paths are relative to the file) and checks.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given: each
+    /// `SEMEL_<KEY>` or `SEMEL_<SECTION>__<KEY>` (e.g. `SEMEL_LISTEN`,
+    /// `SEMEL_SOURCES__DEADLINE_MS`) replaces that key of the file, before
+    /// any check. A value is read as TOML if it parses as a number or a
+    /// boolean, as text otherwise. The command line's own variables
+    /// (`SEMEL_LOG`, `SEMEL_LOG_FORMAT`, `SEMEL_DEMO_DIR`) are skipped.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
-        let mut config: Config =
+        let mut table: toml::Table =
             toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+        let mut applied = Vec::new();
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("SEMEL_") else {
+                continue;
+            };
+            if matches!(key, "LOG" | "LOG_FORMAT" | "DEMO_DIR") {
+                continue;
+            }
+            let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
+            let parsed = value
+                .parse::<i64>()
+                .map(toml::Value::Integer)
+                .or_else(|_| value.parse::<f64>().map(toml::Value::Float))
+                .or_else(|_| value.parse::<bool>().map(toml::Value::Boolean))
+                .unwrap_or_else(|_| toml::Value::String(value.clone()));
+            let (last, sections) = path.split_last().context("empty variable name")?;
+            let mut t = &mut table;
+            for section in sections {
+                t = t
+                    .entry(section.clone())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .with_context(|| format!("{name}: {section} is not a section"))?;
+            }
+            t.insert(last.clone(), parsed);
+            applied.push(name);
+        }
+        let mut config: Config = toml::Value::Table(table).try_into().with_context(|| {
+            if applied.is_empty() {
+                format!("parse config {}", path.display())
+            } else {
+                format!(
+                    "parse config {} with {}",
+                    path.display(),
+                    applied.join(", ")
+                )
+            }
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [
             &mut config.data_dir,
@@ -217,6 +268,54 @@ mod tests {
         let config: Config = toml::from_str(text).expect("example parses");
         assert!(config.operator_kbo().is_ok());
         assert_eq!(config.source_deadline(), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn the_environment_overrides_keys_and_unknown_names_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("semel.toml");
+        let text = include_str!("../../../deploy/semel.example.toml");
+        for f in ["broker.crt", "broker.key", "clients-ca.crt"] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        let text = text
+            .replace("/etc/semel/tls/", "")
+            .replace("/var/lib/semel", "data");
+        std::fs::write(&path, text).expect("write");
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let config = Config::load_with_env(
+            &path,
+            env(&[
+                ("SEMEL_LISTEN", "127.0.0.1:1234"),
+                ("SEMEL_SOURCES__DEADLINE_MS", "250"),
+                ("SEMEL_LIMITS__CONSUMER_LOOKUPS_PER_SECOND", "50.5"),
+                ("SEMEL_LOG", "debug"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .expect("loads");
+        assert_eq!(config.listen, "127.0.0.1:1234".parse().expect("addr"));
+        assert_eq!(config.source_deadline(), Duration::from_millis(250));
+        assert_eq!(config.limits.consumer_lookups_per_second, Some(50.5));
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(&path, env(&[("SEMEL_LISTEN_PORT", "1")])).expect_err("unknown")
+        );
+        assert!(
+            err.contains("listen_port") && err.contains("SEMEL_LISTEN_PORT"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(&path, env(&[("SEMEL_SOURCES__DEADLINE_MS", "1")]))
+                .expect_err("too small")
+        );
+        assert!(err.contains("sources.deadline_ms"), "{err}");
     }
 
     #[test]

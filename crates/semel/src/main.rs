@@ -142,7 +142,7 @@ struct Conn {
         long,
         global = true,
         default_value = "semel-data",
-        env = "SEMEL_DATA_DIR"
+        env = "SEMEL_DEMO_DIR"
     )]
     data_dir: PathBuf,
     /// Act as this demo organisation: a slug such as cpas-anderlecht, or its enterprise number.
