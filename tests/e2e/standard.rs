@@ -225,3 +225,28 @@ async fn metrics_count_lookups_without_personal_data() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn the_health_client_reports_serving() {
+    let t = TestDemo::start().await;
+    let broker = format!("https://{}", t.demo().broker_addr);
+    let ca = t.pki().ca_cert();
+    assert_eq!(
+        semel_server::client::check_health(&broker, &ca, "")
+            .await
+            .expect("health"),
+        "SERVING"
+    );
+    assert_eq!(
+        semel_server::client::check_health(&broker, &ca, "semel.v1.LookupService")
+            .await
+            .expect("health"),
+        "SERVING"
+    );
+    assert!(
+        semel_server::client::check_health(&broker, &ca, "no.such.Service")
+            .await
+            .is_err()
+    );
+    t.stop().await;
+}

@@ -76,6 +76,38 @@ impl From<tonic::Status> for CallError {
     }
 }
 
+/// Asks a broker's `grpc.health.v1` for `service` ("" is the whole broker)
+/// over TLS, without a client certificate, as probes do. Returns the status
+/// name, e.g. `SERVING`.
+pub async fn check_health(
+    broker: &str,
+    ca: &std::path::Path,
+    service: &str,
+) -> anyhow::Result<String> {
+    let ca = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    let channel = Endpoint::from_shared(broker.to_owned())
+        .with_context(|| format!("broker address {broker}"))?
+        .tls_config(tls)
+        .context("configure TLS")?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+        .with_context(|| format!("connect to the broker at {broker}"))?;
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = client
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", CallError::from(s)))?
+        .into_inner()
+        .status();
+    Ok(status.as_str_name().to_owned())
+}
+
 /// A connected client.
 #[derive(Clone)]
 pub struct Client {

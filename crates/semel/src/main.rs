@@ -122,6 +122,21 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         preload_audit: u64,
     },
+    /// Check a broker's health (grpc.health.v1, over TLS, no client certificate): exit 0 when SERVING.
+    Health {
+        /// Broker address; by default the demo's.
+        #[arg(long)]
+        broker: Option<String>,
+        /// CA bundle the broker's certificate chains to; by default the demo's.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// A service name such as semel.v1.LookupService; the whole broker by default.
+        #[arg(long, default_value = "")]
+        service: String,
+        /// The demo's data directory, when --broker and --ca are not given.
+        #[arg(long, default_value = "semel-data", env = "SEMEL_DEMO_DIR")]
+        data_dir: PathBuf,
+    },
     /// Print a shell completion script, e.g. `semel completions bash > /etc/bash_completion.d/semel`.
     Completions { shell: clap_complete::Shell },
     /// Read the audit log (operator).
@@ -522,6 +537,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(report(conn.json, result, print_value))
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Health {
+            broker,
+            ca,
+            service,
+            data_dir,
+        } => {
+            let (broker, ca) = match (broker, ca) {
+                (Some(b), Some(c)) => (b, c),
+                (b, c) => {
+                    let demo = semel_server::demo::client_config(&data_dir, "operator")?;
+                    (b.unwrap_or(demo.broker), c.unwrap_or(demo.ca))
+                }
+            };
+            let status = semel_server::client::check_health(&broker, &ca, &service).await?;
+            println!("{status}");
+            Ok(if status == "SERVING" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -123,6 +123,18 @@ async fn sigkill_during_lookups_loses_no_answered_entry() {
     let audited: HashSet<String> = audited_request_ids(&operator).await.into_iter().collect();
     let missing = answered.difference(&audited).count();
     assert_eq!(missing, 0, "{missing} answered lookups have no audit entry");
+    // The probe command sees it serving.
+    let health = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["health", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("semel health");
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
     // Lookups continue after the restart.
     let consumer = connect(dir.path(), "cpas-anderlecht").await;
     consumer
