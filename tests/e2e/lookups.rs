@@ -561,3 +561,30 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
     assert_error(&err, Code::InvalidArgument, "INVALID_CITIZEN");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_national_number_hidden_in_a_name_is_masked_in_the_error() {
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let err = c
+        .lookup(lookup(
+            KARIM,
+            &format!("x{KARIM}"),
+            &["street"],
+            "RIS_ELIGIBILITY",
+        ))
+        .await
+        .expect_err("unknown dataset");
+    assert_error(&err, Code::NotFound, "UNKNOWN_DATASET");
+    assert!(
+        err.message().contains("<national number>"),
+        "{}",
+        err.message()
+    );
+    let (_, _, metadata) = error_info(&err);
+    assert!(
+        metadata.values().all(|v| !v.contains(KARIM)),
+        "{metadata:?}"
+    );
+    t.stop().await;
+}

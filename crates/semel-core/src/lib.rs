@@ -20,7 +20,7 @@ pub use clock::brussels_today;
 pub use decision::{Decision, LookupQuestion, Refusal, RefusalReason, decide};
 pub use kbo::{Kbo, KboError};
 pub use names::{AuthorisationRef, DatasetName, FieldName, NameError, PurposeCode};
-pub use niss::{Niss, NissError, NissKind, Sex};
+pub use niss::{Niss, NissError, NissKind, Sex, redact_national_numbers};
 pub use registry::{
     Authorisation, AuthorisationStatus, Dataset, FieldDefinition, FieldType, Organisation,
     OrganisationStatus, Role,

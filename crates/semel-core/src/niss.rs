@@ -1,5 +1,6 @@
 //! The national number (NISS/INSZ) and the BIS number: a type that can only hold a valid one.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -228,6 +229,56 @@ impl Niss {
     }
 }
 
+/// Replaces everything in `text` shaped like a national or BIS number
+/// (11 digits standing alone, or `YY.MM.DD-SSS.CC`) with
+/// `<national number>`, valid or not: a mistyped number is personal data
+/// too. Enterprise numbers (10 digits) and request ids are left alone.
+/// For texts that came from outside and are about to be shown or logged.
+pub fn redact_national_numbers(text: &str) -> Cow<'_, str> {
+    const MASK: &str = "<national number>";
+    let b = text.as_bytes();
+    let digit = |i: usize| b.get(i).is_some_and(u8::is_ascii_digit);
+    let formatted_at = |i: usize| {
+        b.len() >= i + 15
+            && (0..15).all(|k| match k {
+                2 | 5 => b[i + k] == b'.',
+                8 => b[i + k] == b'-',
+                12 => b[i + k] == b'.',
+                _ => b[i + k].is_ascii_digit(),
+            })
+            && !digit(i + 15)
+    };
+    let mut out: Option<String> = None;
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if !digit(i) || (i > 0 && digit(i - 1)) {
+            i += 1;
+            continue;
+        }
+        let run = (i..b.len()).take_while(|&j| digit(j)).count();
+        let len = if formatted_at(i) {
+            15
+        } else if run == 11 {
+            11
+        } else {
+            i += run;
+            continue;
+        };
+        let o = out.get_or_insert_with(|| String::with_capacity(text.len()));
+        o.push_str(&text[copied..i]);
+        o.push_str(MASK);
+        i += len;
+        copied = i;
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut o) => {
+            o.push_str(&text[copied..]);
+            Cow::Owned(o)
+        }
+    }
+}
+
 impl fmt::Display for Niss {
     /// The formatted number, `YY.MM.DD-SSS.CC`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -392,6 +443,34 @@ mod tests {
         assert!(Niss::parse(&with_check("930000223")).is_ok());
         assert!(Niss::parse(&with_check("932000223")).is_ok());
         assert!(Niss::parse(&with_check("930500223")).is_ok());
+    }
+
+    #[test]
+    fn national_numbers_are_redacted_from_text() {
+        let cases = [
+            (
+                "no dataset named a93051822361 here",
+                "no dataset named a<national number> here",
+            ),
+            (
+                "93.05.18-223.61 and 93051822362",
+                "<national number> and <national number>",
+            ),
+            (
+                "organisation 0212345668, request 01a2043b-6774-7429-9e4c-0112b86e1846",
+                "organisation 0212345668, request 01a2043b-6774-7429-9e4c-0112b86e1846",
+            ),
+            (
+                "930518223610 is twelve digits",
+                "930518223610 is twelve digits",
+            ),
+            ("nothing here", "nothing here"),
+            ("é85073003328", "é<national number>"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact_national_numbers(input), want, "{input}");
+        }
+        assert!(matches!(redact_national_numbers("plain"), Cow::Borrowed(_)));
     }
 
     #[test]

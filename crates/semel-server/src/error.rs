@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use semel_core::redact_national_numbers;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -78,20 +79,25 @@ impl ApiError {
     }
 
     /// The `Status` a client receives.
+    ///
+    /// Messages and metadata may repeat what the caller sent (a dataset or
+    /// field name); anything shaped like a national number is masked here,
+    /// whatever the caller put in it.
     pub fn into_status(self) -> Status {
         let metadata: HashMap<String, String> = self
             .metadata
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
+            .map(|(k, v)| (k.to_owned(), redact_national_numbers(&v).into_owned()))
             .collect();
+        let message = redact_national_numbers(&self.message).into_owned();
         let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
         if let Some(field) = self.field {
-            details.add_bad_request_violation(field, self.message.clone());
+            details.add_bad_request_violation(field, message.clone());
         }
         if let Some(delay) = self.retry_after {
             details.set_retry_info(Some(delay));
         }
-        Status::with_error_details(self.code, self.message, details)
+        Status::with_error_details(self.code, message, details)
     }
 }
 

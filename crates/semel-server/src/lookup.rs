@@ -75,6 +75,9 @@ struct Trace {
     reason: Option<ReasonCode>,
     outcome: Outcome,
     source: Option<semel_core::Kbo>,
+    /// The dataset, once it is known to exist: the only dataset name that
+    /// goes into metrics and logs (what a client sent may be anything).
+    dataset: Option<DatasetName>,
     fields_returned: Vec<String>,
     reference_date: Option<String>,
 }
@@ -93,6 +96,7 @@ async fn lookup(
         reason: None,
         outcome: Outcome::NotForwarded,
         source: None,
+        dataset: None,
         fields_returned: Vec::new(),
         reference_date: None,
     };
@@ -139,10 +143,10 @@ async fn lookup(
         )
         .with("request_id", request_id.to_string()));
     }
-    let dataset_label = match DatasetName::new(msg.dataset.clone()) {
-        Ok(d) if broker.snapshot().routes.contains_key(&d) => d.to_string(),
-        _ => "unknown".to_owned(),
-    };
+    let dataset_label = trace
+        .dataset
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
     broker
         .metrics
         .lookups
@@ -160,20 +164,22 @@ async fn lookup(
         .metrics
         .lookup_seconds
         .get_or_create(&DatasetLabel {
-            dataset: dataset_label,
+            dataset: dataset_label.clone(),
         })
-        .observe(crate::metrics::seconds(
-            (OffsetDateTime::now_utc() - received).unsigned_abs(),
-        ));
+        .observe(
+            (OffsetDateTime::now_utc() - received)
+                .unsigned_abs()
+                .as_secs_f64(),
+        );
     // Every lookup is in the audit log; the operator's log shows those that
     // did not get an answer (and, at debug level, the others).
     if answered {
-        tracing::debug!(request_id = %request_id, consumer = caller.org.kbo.as_str(), dataset = %bounded(&msg.dataset, 128), "lookup answered");
+        tracing::debug!(request_id = %request_id, consumer = caller.org.kbo.as_str(), dataset = %dataset_label, "lookup answered");
     } else {
         tracing::info!(
             request_id = %request_id,
             consumer = caller.org.kbo.as_str(),
-            dataset = %bounded(&msg.dataset, 128),
+            dataset = %dataset_label,
             decision = ?decision,
             reason = reason.unwrap_or(""),
             "lookup not answered"
@@ -225,6 +231,7 @@ async fn process(
         )
         .with("dataset", dataset.to_string())
     })?;
+    trace.dataset = Some(dataset.clone());
     let fields = validate_fields(&msg.fields, &route)?;
     let purpose = PurposeCode::new(msg.purpose.clone())
         .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
@@ -330,22 +337,19 @@ async fn process(
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("source deadline")),
     };
-    let outcome = match &answer {
-        Ok(_) => "answered",
-        Err(s) => match s.code() {
-            Code::NotFound => "no_data",
-            Code::DeadlineExceeded | Code::Cancelled => "timeout",
-            Code::Unavailable => "unavailable",
-            _ => "error",
-        },
-    };
+    let answer = answer
+        .map(tonic::Response::into_inner)
+        .map_err(|status| source_error(status, &route, deadline, trace));
+    if answer.is_ok() {
+        trace.outcome = Outcome::Answered;
+    }
     broker
         .metrics
         .source_calls
         .get_or_create(&SourceLabels {
             source: route.dataset.source.as_str().to_owned(),
             dataset: dataset.to_string(),
-            outcome,
+            outcome: outcome_label(trace.outcome),
         })
         .inc();
     broker
@@ -354,16 +358,15 @@ async fn process(
         .get_or_create(&DatasetLabel {
             dataset: dataset.to_string(),
         })
-        .observe(crate::metrics::seconds(called.elapsed()));
-    route.guard.record(
-        pass,
-        !matches!(outcome, "timeout" | "unavailable"),
-        std::time::Instant::now(),
+        .observe(called.elapsed().as_secs_f64());
+    let reachable = !matches!(
+        trace.outcome,
+        Outcome::SourceUnavailable | Outcome::SourceTimeout
     );
-    let answer = match answer {
-        Ok(a) => a.into_inner(),
-        Err(status) => return Err(source_error(status, &route, deadline, trace)),
-    };
+    route
+        .guard
+        .record(pass, reachable, std::time::Instant::now());
+    let answer = answer?;
     let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
     let fields: std::collections::HashMap<String, proto::Value> = answer
         .fields
@@ -373,7 +376,6 @@ async fn process(
     let mut returned: Vec<String> = fields.keys().cloned().collect();
     returned.sort();
     trace.fields_returned = returned;
-    trace.outcome = Outcome::Answered;
     Ok(LookupResponse {
         request_id,
         authorisation_reference: authorisation.to_string(),
@@ -508,6 +510,17 @@ fn source_error(
     };
     trace.outcome = outcome;
     err.with("source_kbo", source)
+}
+
+/// The metrics label of what happened at the source.
+fn outcome_label(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Answered => "answered",
+        Outcome::NoData => "no_data",
+        Outcome::SourceTimeout => "timeout",
+        Outcome::SourceUnavailable => "unavailable",
+        Outcome::SourceError | Outcome::NotForwarded => "error",
+    }
 }
 
 fn bounded(s: &str, max: usize) -> String {

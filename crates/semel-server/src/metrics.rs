@@ -4,9 +4,7 @@
 //! codes: never a national number. A dataset name a consumer made up is
 //! counted as `unknown`, so no client can grow the number of series.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
@@ -171,14 +169,4 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-}
-
-/// Seconds as f64, for histograms.
-pub fn seconds(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-/// Address of the metrics port, for logs.
-pub fn describe(addr: SocketAddr) -> String {
-    format!("http://{addr}/metrics")
 }

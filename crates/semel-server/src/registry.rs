@@ -141,7 +141,7 @@ impl Rpc for RegistryService {
         let org = self
             .set_org_status(kbo, OrganisationStatus::Suspended)
             .await?;
-        tracing::warn!(kbo = kbo.as_str(), reason = %msg.reason, "organisation suspended");
+        tracing::warn!(kbo = kbo.as_str(), reason = %semel_core::redact_national_numbers(&msg.reason), "organisation suspended");
         Ok(Response::new(proto::SuspendOrganisationResponse {
             organisation: Some(organisation_to_proto(&org)),
         }))
@@ -347,7 +347,7 @@ impl Rpc for RegistryService {
         let auth = self
             .set_auth_status(msg.reference.clone(), AuthorisationStatus::Suspended)
             .await?;
-        tracing::warn!(reference = %auth.reference, reason = %msg.reason, "authorisation suspended");
+        tracing::warn!(reference = %auth.reference, reason = %semel_core::redact_national_numbers(&msg.reason), "authorisation suspended");
         Ok(Response::new(proto::SuspendAuthorisationResponse {
             authorisation: Some(authorisation_to_proto(&auth)),
         }))

@@ -162,7 +162,7 @@ pub async fn serve_metrics(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(url = %crate::metrics::describe(addr), "metrics");
+        tracing::info!(url = %format!("http://{addr}/metrics"), "metrics");
     }
     let metrics = broker.metrics.clone();
     crate::metrics::serve(

@@ -33,15 +33,17 @@ pub struct Snapshot {
     pub organisations: BTreeMap<Kbo, Arc<Organisation>>,
     pub routes: BTreeMap<DatasetName, Arc<Route>>,
     pub authorisations: BTreeMap<String, Authorisation>,
-    by_consumer_dataset: HashMap<(Kbo, DatasetName), Vec<Authorisation>>,
+    /// Dataset, then consumer: looked up with borrowed keys, no allocation.
+    by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>>,
 }
 
 impl Snapshot {
     /// The authorisations of one consumer for one dataset: the only ones
     /// `decide()` needs to see.
     pub fn authorisations_for(&self, consumer: Kbo, dataset: &DatasetName) -> &[Authorisation] {
-        self.by_consumer_dataset
-            .get(&(consumer, dataset.clone()))
+        self.by_dataset_consumer
+            .get(dataset)
+            .and_then(|by_consumer| by_consumer.get(&consumer))
             .map_or(&[], Vec::as_slice)
     }
 }
@@ -59,7 +61,6 @@ pub struct SourceSettings {
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub org: Arc<Organisation>,
-    pub certificate_fingerprint: String,
 }
 
 impl Caller {
@@ -160,11 +161,13 @@ impl Broker {
             );
         }
         let mut authorisations = BTreeMap::new();
-        let mut by_consumer_dataset: HashMap<(Kbo, DatasetName), Vec<Authorisation>> =
+        let mut by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>> =
             HashMap::new();
         for a in reg.authorisations()? {
-            by_consumer_dataset
-                .entry((a.consumer, a.dataset.clone()))
+            by_dataset_consumer
+                .entry(a.dataset.clone())
+                .or_default()
+                .entry(a.consumer)
                 .or_default()
                 .push(a.clone());
             authorisations.insert(a.reference.as_str().to_owned(), a);
@@ -173,7 +176,7 @@ impl Broker {
             organisations,
             routes,
             authorisations,
-            by_consumer_dataset,
+            by_dataset_consumer,
         }));
         Ok(())
     }
@@ -226,9 +229,6 @@ impl Broker {
                 "your organisation is suspended on this broker; contact the operator",
             ));
         }
-        Ok(Caller {
-            org,
-            certificate_fingerprint: cert.fingerprint.clone(),
-        })
+        Ok(Caller { org })
     }
 }

@@ -5,7 +5,6 @@
 //! The peer's identity is read from its verified certificate in exactly one
 //! place, [`PeerIdentity::from_certificate`], at the end of the handshake.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,7 +17,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use semel_core::Kbo;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -29,7 +27,6 @@ use tonic::transport::server::Connected;
 /// What the broker knows of a peer after the handshake.
 #[derive(Debug, Clone)]
 pub struct PeerIdentity {
-    pub addr: SocketAddr,
     /// The verified client certificate, when the peer presented one.
     pub certificate: Option<PeerCertificate>,
 }
@@ -40,18 +37,15 @@ pub struct PeerCertificate {
     /// The enterprise number from the certificate's organizationIdentifier
     /// (`NTRBE-<KBO>`), or why it has none.
     pub kbo: Result<Kbo, String>,
-    /// SHA-256 of the DER certificate, hex.
-    pub fingerprint: String,
 }
 
 impl PeerIdentity {
     /// Reads the identity from the end-entity certificate rustls verified.
-    pub fn from_certificate(addr: SocketAddr, der: Option<&CertificateDer<'_>>) -> Self {
+    pub fn from_certificate(der: Option<&CertificateDer<'_>>) -> Self {
         let certificate = der.map(|der| PeerCertificate {
             kbo: kbo_from_certificate(der),
-            fingerprint: fingerprint(der),
         });
-        PeerIdentity { addr, certificate }
+        PeerIdentity { certificate }
     }
 }
 
@@ -204,7 +198,6 @@ pub fn incoming(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let peer = PeerIdentity::from_certificate(
-                            addr,
                             tls.get_ref().1.peer_certificates().and_then(|c| c.first()),
                         );
                         let _ = tx
@@ -236,11 +229,4 @@ pub fn client_tls(
             read(cert)?,
             read(key)?,
         )))
-}
-
-fn fingerprint(der: &CertificateDer<'_>) -> String {
-    Sha256::digest(der.as_ref())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -495,12 +495,10 @@ impl Writer {
         }
     }
 
-    fn fail(&self, batch: &mut Vec<Pending>, why: String) {
-        lock(&self.shared.progress).failed = Some(why.clone());
+    /// Fails the log closed: every later append is refused until restart.
+    fn fail(&self, why: String) {
+        lock(&self.shared.progress).failed = Some(why);
         self.shared.indexed_changed.notify_all();
-        for p in batch.drain(..) {
-            let _ = p.reply.send(Err(AuditError::Unavailable(why.clone())));
-        }
     }
 
     fn write_batch(&mut self, batch: &mut Vec<Pending>, frames: &mut Vec<u8>) {
@@ -579,8 +577,7 @@ impl Writer {
                 .log
                 .write_all_at(&vec![0u8; frames.len()], start.offset);
             let why = format!("write or sync the audit log: {e}");
-            let mut none = Vec::new();
-            self.fail(&mut none, why.clone());
+            self.fail(why.clone());
             for (reply, _) in replies {
                 let _ = reply.send(Err(AuditError::Unavailable(why.clone())));
             }

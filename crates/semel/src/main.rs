@@ -731,8 +731,7 @@ mod bench {
         }
         let memory = memory_kib(pid);
         let query = if addrs.preloaded_entries > 0 {
-            let citizen = semel_demo_citizen();
-            Some(time_citizen_query(&addrs, &citizen, 20).await?)
+            Some(time_citizen_query(&addrs, QUERY_CITIZEN, 20).await?)
         } else {
             None
         };
@@ -773,9 +772,8 @@ mod bench {
         }
     }
 
-    fn semel_demo_citizen() -> String {
-        "93051822361".to_owned()
-    }
+    /// A citizen of the demo population with many entries after a preload.
+    const QUERY_CITIZEN: &str = "93051822361";
 
     fn print(
         args: &super::BenchArgs,
