@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use semel_core::UserRole;
+use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
+use semel_server::client::{AuthChannel, with_token};
 use semel_server::proto::{
     self, audit_service_client::AuditServiceClient, lookup_service_client::LookupServiceClient,
     registry_service_client::RegistryServiceClient,
@@ -63,12 +66,47 @@ impl TestDemo {
         &self.demo().pki
     }
 
-    /// A channel to the broker, authenticated as a demo organisation.
-    pub async fn channel(&self, slug: &str) -> Channel {
+    /// A channel to the broker as a person of a demo organisation, with
+    /// every role the organisation's registration allows.
+    pub async fn channel(&self, slug: &str) -> AuthChannel {
+        let org = semel_demo::seed::org(slug).expect("demo org");
+        let token = self.token(slug, &org.user_roles());
+        self.channel_as(slug, &token).await
+    }
+
+    /// A channel with a demo organisation's certificate and this token.
+    pub async fn channel_as(&self, slug: &str, token: &str) -> AuthChannel {
+        with_token(self.raw_channel(slug).await, Some(token)).expect("token")
+    }
+
+    /// A channel with a demo organisation's certificate and no token.
+    pub async fn raw_channel(&self, slug: &str) -> Channel {
         let c = self.demo().client(slug).expect("client files");
         self.channel_with(Some((&c.cert, &c.key)), &self.pki().ca_cert())
             .await
             .expect("connect")
+    }
+
+    /// The demo's development issuer.
+    pub fn issuer(&self) -> DevIssuer {
+        DevIssuer::ensure(&self.pki().dir).expect("issuer")
+    }
+
+    /// A valid token for `demo-user@<slug>` with these roles.
+    pub fn token(&self, slug: &str, roles: &[UserRole]) -> String {
+        let org = semel_demo::seed::org(slug).expect("demo org");
+        self.mint(&TokenRequest {
+            subject: &format!("demo-user@{slug}"),
+            organisation: org.kbo,
+            roles,
+            audience: DEV_AUDIENCE,
+            expires_in: 600,
+            not_before: None,
+        })
+    }
+
+    pub fn mint(&self, req: &TokenRequest<'_>) -> String {
+        self.issuer().mint(req).expect("mint")
     }
 
     pub async fn channel_with(
@@ -91,15 +129,15 @@ impl TestDemo {
             .await
     }
 
-    pub async fn lookup_client(&self, slug: &str) -> LookupServiceClient<Channel> {
+    pub async fn lookup_client(&self, slug: &str) -> LookupServiceClient<AuthChannel> {
         LookupServiceClient::new(self.channel(slug).await)
     }
 
-    pub async fn registry(&self) -> RegistryServiceClient<Channel> {
+    pub async fn registry(&self) -> RegistryServiceClient<AuthChannel> {
         RegistryServiceClient::new(self.channel(OPERATOR).await)
     }
 
-    pub async fn audit(&self) -> AuditServiceClient<Channel> {
+    pub async fn audit(&self) -> AuditServiceClient<AuthChannel> {
         AuditServiceClient::new(self.channel(OPERATOR).await)
     }
 

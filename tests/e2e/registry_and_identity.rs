@@ -123,23 +123,55 @@ async fn roles_are_enforced() {
         })
         .await
         .expect_err("denied");
-    assert_error(&err, Code::PermissionDenied, "ROLE_REQUIRED");
-    let mut audit =
-        proto::audit_service_client::AuditServiceClient::new(t.channel(ANDERLECHT).await);
+    assert_error(&err, Code::PermissionDenied, "ROLE_NOT_PERMITTED");
+    let clerk = t.token(ANDERLECHT, &[semel_core::UserRole::Consumer]);
+    let mut audit = proto::audit_service_client::AuditServiceClient::new(
+        t.channel_as(ANDERLECHT, &clerk).await,
+    );
     let err = audit
         .list_audit_entries(proto::ListAuditEntriesRequest::default())
         .await
         .expect_err("denied");
-    assert_error(&err, Code::PermissionDenied, "ROLE_REQUIRED");
-    // A source cannot make lookups; the refusal is audited.
-    let mut c = t.lookup_client("national-register").await;
+    assert_error(&err, Code::PermissionDenied, "ROLE_NOT_PERMITTED");
+    // The CPAS's own auditor reads the CPAS's entries, and no one else's.
+    let dpo = t.token(ANDERLECHT, &[semel_core::UserRole::Auditor]);
+    let mut audit =
+        proto::audit_service_client::AuditServiceClient::new(t.channel_as(ANDERLECHT, &dpo).await);
+    let own = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest::default())
+        .await
+        .expect("own entries")
+        .into_inner()
+        .entries;
+    let kbo = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    assert!(!own.is_empty());
+    assert!(own.iter().all(|e| e.consumer_kbo == kbo.as_str()));
+    let other = semel_demo::seed::org(SCHAERBEEK).expect("org").kbo;
+    let err = audit
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            consumer_kbo: other.as_str().into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another organisation's entries");
+    assert_error(&err, Code::PermissionDenied, "OTHER_ORGANISATION");
+    // A source's person cannot make lookups, even with a token that says
+    // consumer: the organisation is not registered as one. The refusal is
+    // audited with the person and the citizen.
+    let token = t.token("national-register", &[semel_core::UserRole::Consumer]);
+    let mut c = proto::lookup_service_client::LookupServiceClient::new(
+        t.channel_as("national-register", &token).await,
+    );
     let err = c
         .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect_err("denied");
-    assert_error(&err, Code::PermissionDenied, "NOT_A_CONSUMER");
+    assert_error(&err, Code::PermissionDenied, "ORGANISATION_ROLE_MISSING");
     let e = t.audit_entries().await.pop().expect("entry");
-    assert_eq!(e.reason, "NOT_A_CONSUMER");
+    assert_eq!(e.reason, "ORGANISATION_ROLE_MISSING");
+    assert_eq!(e.end_user, "demo-user@national-register");
+    assert_eq!(e.citizen, KARIM);
+    assert_eq!(e.operation, "semel.v1.LookupService/Lookup");
     // A consumer sees only its own authorisations.
     let mine = reg
         .list_authorisations(proto::ListAuthorisationsRequest::default())

@@ -17,11 +17,13 @@ async fn the_broker_runs_from_a_config_file_and_registers_its_operator() {
     std::fs::write(
         &config_path,
         format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[operator]\nkbo = \"{}\"\nname = \"Test operator\"\n[sources]\ndeadline_ms = 1000\n",
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n[operator]\nkbo = \"{}\"\nname = \"Test operator\"\n[sources]\ndeadline_ms = 1000\n[tokens]\n[[tokens.issuers]]\nissuer = \"{}\"\njwks = {:?}\n",
             broker.cert,
             broker.key,
             pki.ca_cert(),
-            operator.kbo.as_str()
+            operator.kbo.as_str(),
+            semel_demo::issuer::DEV_ISSUER,
+            t.issuer().jwks_file(),
         ),
     )
     .expect("write config");
@@ -48,8 +50,10 @@ async fn the_broker_runs_from_a_config_file_and_registers_its_operator() {
     ));
 
     let connect = |slug: &'static str| {
-        let files = pki.files(semel_demo::seed::org(slug).expect("org").kbo.as_str());
+        let org = semel_demo::seed::org(slug).expect("org");
+        let files = pki.files(org.kbo.as_str());
         let ca = pki.ca_cert();
+        let token = t.token(slug, &org.user_roles());
         async move {
             let tls = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(
@@ -59,13 +63,14 @@ async fn the_broker_runs_from_a_config_file_and_registers_its_operator() {
                     std::fs::read(files.cert).expect("cert"),
                     std::fs::read(files.key).expect("key"),
                 ));
-            tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
                 .expect("uri")
                 .tls_config(tls)
                 .expect("tls")
                 .connect()
                 .await
-                .expect("connect")
+                .expect("connect");
+            semel_server::client::with_token(channel, Some(&token)).expect("token")
         }
     };
     let mut reg =

@@ -97,6 +97,7 @@ fn audit(c: &mut Criterion) {
         record: AuditRecord {
             request_id: [1; 16],
             time_micros: 1_790_000_000_000_000,
+            operation: semel_core::LOOKUP_OPERATION.into(),
             consumer: Kbo::parse("0212345668").expect("kbo"),
             end_user: None,
             citizen: Niss::parse("93051822361").ok(),

@@ -5,9 +5,9 @@
 //! byte for byte, and never depends on a serialisation library's choices:
 //!
 //! ```text
-//! u8 version (1)
+//! u8 version (2)
 //! u64 sequence | [16] request id | i64 time (µs since the Unix epoch)
-//! [10] consumer KBO | opt str end user | opt [11] citizen
+//! str operation | [10] consumer KBO | opt str end user | opt [11] citizen
 //! str dataset | list fields requested | list fields returned | str purpose
 //! opt str authorisation | u8 decision | opt str reason | u8 outcome
 //! opt [10] source KBO | str consumer reference | opt str reference date
@@ -18,6 +18,13 @@
 //! count of `str`, and `opt` a 0/1 byte before the value. The entry hash is
 //! the RFC 6962 leaf hash `SHA-256(0x00 || encoding)`, so the hash chain of
 //! today and the Merkle tree of tomorrow share their leaves.
+//!
+//! `operation` is the gRPC method the entry records, e.g.
+//! `semel.v1.LookupService/Lookup`: a lookup, or another call refused
+//! because of who made it. Version 1 (before `operation` existed, and only
+//! ever lookups) is still decoded.
+
+use std::borrow::Cow;
 
 use sha2::{Digest, Sha256};
 
@@ -46,8 +53,33 @@ pub enum ReasonCode {
     UnknownDataset,
     /// A requested field does not exist in the dataset.
     UnknownField,
-    /// The caller is not registered as a consumer, or is suspended.
-    NotAConsumer,
+    /// The person's role needs a registration the organisation lacks
+    /// (e.g. the consumer role of an organisation not registered as one).
+    OrganisationRoleMissing,
+    /// None of the person's roles may call this RPC.
+    RoleNotPermitted,
+    /// A citizen asked about another citizen.
+    CitizenMismatch,
+    /// The call concerns another organisation than the caller's.
+    OtherOrganisation,
+    /// The organisation is suspended.
+    OrganisationSuspended,
+    /// The client certificate has been revoked.
+    CertificateRevoked,
+    /// The call carried no end-user token.
+    TokenMissing,
+    /// The token is not a well-formed JWT with the required claims.
+    TokenMalformed,
+    TokenExpired,
+    TokenNotYetValid,
+    /// The token is meant for another audience.
+    TokenAudience,
+    /// The token's issuer is not trusted (for this organisation).
+    TokenUntrustedIssuer,
+    /// The token's signature does not verify with its issuer's keys.
+    TokenSignature,
+    /// The token names another organisation than the certificate.
+    TokenOrganisationMismatch,
     /// The source holds nothing about the citizen.
     SubjectNotFound,
     /// The source could not be reached.
@@ -64,7 +96,27 @@ pub enum ReasonCode {
     SourceCircuitOpen,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 12] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 25] = [
+    (ReasonCode::OtherOrganisation, "OTHER_ORGANISATION"),
+    (
+        ReasonCode::OrganisationRoleMissing,
+        "ORGANISATION_ROLE_MISSING",
+    ),
+    (ReasonCode::RoleNotPermitted, "ROLE_NOT_PERMITTED"),
+    (ReasonCode::CitizenMismatch, "CITIZEN_MISMATCH"),
+    (ReasonCode::OrganisationSuspended, "ORGANISATION_SUSPENDED"),
+    (ReasonCode::CertificateRevoked, "CERTIFICATE_REVOKED"),
+    (ReasonCode::TokenMissing, "TOKEN_MISSING"),
+    (ReasonCode::TokenMalformed, "TOKEN_MALFORMED"),
+    (ReasonCode::TokenExpired, "TOKEN_EXPIRED"),
+    (ReasonCode::TokenNotYetValid, "TOKEN_NOT_YET_VALID"),
+    (ReasonCode::TokenAudience, "TOKEN_AUDIENCE"),
+    (ReasonCode::TokenUntrustedIssuer, "TOKEN_UNTRUSTED_ISSUER"),
+    (ReasonCode::TokenSignature, "TOKEN_SIGNATURE"),
+    (
+        ReasonCode::TokenOrganisationMismatch,
+        "TOKEN_ORGANISATION_MISMATCH",
+    ),
     (ReasonCode::RateLimited, "RATE_LIMITED"),
     (ReasonCode::SourceBusy, "SOURCE_BUSY"),
     (ReasonCode::SourceCircuitOpen, "SOURCE_CIRCUIT_OPEN"),
@@ -72,7 +124,6 @@ const SIMPLE_CODES: [(ReasonCode, &str); 12] = [
     (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
     (ReasonCode::UnknownDataset, "UNKNOWN_DATASET"),
     (ReasonCode::UnknownField, "UNKNOWN_FIELD"),
-    (ReasonCode::NotAConsumer, "NOT_A_CONSUMER"),
     (ReasonCode::SubjectNotFound, "SUBJECT_NOT_FOUND"),
     (ReasonCode::SourceUnavailable, "SOURCE_UNAVAILABLE"),
     (ReasonCode::SourceTimeout, "SOURCE_TIMEOUT"),
@@ -157,7 +208,11 @@ pub struct AuditRecord {
     pub request_id: [u8; 16],
     /// Microseconds since the Unix epoch, when the broker received the call.
     pub time_micros: i64,
+    /// The gRPC method, e.g. [`LOOKUP_OPERATION`].
+    pub operation: Cow<'static, str>,
+    /// The calling organisation (the consumer, for a lookup).
     pub consumer: Kbo,
+    /// The person who made the call (the token's `sub`), when known.
     pub end_user: Option<String>,
     pub citizen: Option<Niss>,
     pub dataset: String,
@@ -187,7 +242,10 @@ pub struct AuditEntry {
 #[error("audit entry encoding: {0}")]
 pub struct DecodeError(&'static str);
 
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
+
+/// The operation of a lookup entry.
+pub const LOOKUP_OPERATION: &str = "semel.v1.LookupService/Lookup";
 
 impl AuditEntry {
     /// Appends the canonical encoding to `out`.
@@ -197,6 +255,7 @@ impl AuditEntry {
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&r.request_id);
         out.extend_from_slice(&r.time_micros.to_be_bytes());
+        put_str(out, &r.operation);
         out.extend_from_slice(r.consumer.as_bytes());
         put_opt(out, r.end_user.as_deref(), put_str);
         put_opt(out, r.citizen.as_ref(), |o, n| {
@@ -232,12 +291,18 @@ impl AuditEntry {
     /// and invalid identifiers are errors.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != 1 {
             return Err(DecodeError("unknown version"));
         }
         let sequence = u64::from_be_bytes(r.array()?);
         let request_id = r.array()?;
         let time_micros = i64::from_be_bytes(r.array()?);
+        let operation = if version == 1 {
+            Cow::Borrowed(LOOKUP_OPERATION)
+        } else {
+            Cow::Owned(r.string()?)
+        };
         let consumer = r.kbo()?;
         let end_user = r.opt(|r| r.string())?;
         let citizen = r.opt(|r| {
@@ -270,6 +335,7 @@ impl AuditEntry {
             record: AuditRecord {
                 request_id,
                 time_micros,
+                operation,
                 consumer,
                 end_user,
                 citizen,
@@ -385,6 +451,7 @@ mod tests {
             record: AuditRecord {
                 request_id: [1; 16],
                 time_micros: 1_700_000_000_000_000,
+                operation: LOOKUP_OPERATION.into(),
                 consumer: Kbo::parse("0566988259").expect("kbo"),
                 end_user: Some("clerk-17".into()),
                 citizen: Some(Niss::parse("93051822361").expect("niss")),
@@ -414,6 +481,20 @@ mod tests {
         e.record.outcome = Outcome::NotForwarded;
         e.record.source = None;
         assert_eq!(AuditEntry::decode(&e.to_bytes()), Ok(e));
+    }
+
+    #[test]
+    fn version_1_entries_still_decode_as_lookups() {
+        let e = sample(3);
+        let v2 = e.to_bytes();
+        // Version 1 had no operation: drop its length-prefixed text, which
+        // follows version, sequence, request id and time.
+        let at = 1 + 8 + 16 + 8;
+        let len = 2 + LOOKUP_OPERATION.len();
+        let mut v1 = v2[..at].to_vec();
+        v1[0] = 1;
+        v1.extend_from_slice(&v2[at + len..]);
+        assert_eq!(AuditEntry::decode(&v1), Ok(e));
     }
 
     #[test]

@@ -7,23 +7,25 @@
 mod audit;
 mod clock;
 mod decision;
+mod identity;
 mod kbo;
 mod names;
 mod niss;
 mod registry;
 
 pub use audit::{
-    AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, MAX_TEXT, Outcome, ReasonCode,
-    ZERO_HASH, entry_hash,
+    AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, LOOKUP_OPERATION, MAX_TEXT, Outcome,
+    ReasonCode, ZERO_HASH, entry_hash,
 };
 pub use clock::brussels_today;
 pub use decision::{Decision, LookupQuestion, Refusal, RefusalReason, decide};
+pub use identity::{RoleSet, UserRole};
 pub use kbo::{Kbo, KboError};
 pub use names::{AuthorisationRef, DatasetName, FieldName, NameError, PurposeCode};
 pub use niss::{Niss, NissError, NissKind, Sex, redact_national_numbers};
 pub use registry::{
-    Authorisation, AuthorisationStatus, Dataset, FieldDefinition, FieldType, Organisation,
-    OrganisationStatus, Role,
+    Authorisation, AuthorisationStatus, CertificateId, Dataset, FieldDefinition, FieldType,
+    Organisation, OrganisationStatus, RevokedCertificate, Role,
 };
 
 #[cfg(test)]
@@ -72,6 +74,7 @@ mod robustness {
             record: AuditRecord {
                 request_id: [9; 16],
                 time_micros: 1,
+                operation: crate::LOOKUP_OPERATION.into(),
                 consumer: Kbo::parse("0566988259").expect("kbo"),
                 end_user: None,
                 citizen: Niss::parse("85073003328").ok(),

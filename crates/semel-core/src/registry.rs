@@ -15,8 +15,14 @@ pub enum Role {
     Source,
     /// Performs lookups.
     Consumer,
-    /// Runs the broker: manages the registry, reads the audit log.
+    /// Runs the broker: manages the registry.
     Operator,
+    /// Supervises: its auditors read the whole audit log (a data
+    /// protection authority, the sectoral committee).
+    Auditor,
+    /// Runs a portal where citizens see who consulted their data and manage
+    /// their consents.
+    CitizenPortal,
 }
 
 /// Whether an organisation may call the broker.
@@ -110,4 +116,108 @@ pub struct Authorisation {
     pub version: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+}
+
+/// How a revoked certificate is recognised.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateId {
+    /// SHA-256 of the DER encoding: 64 lowercase hex digits.
+    Sha256(String),
+    /// Serial number: lowercase hex without leading zeros. It matches that
+    /// serial from any trusted CA.
+    Serial(String),
+}
+
+impl CertificateId {
+    /// Parses a fingerprint given as hex, with or without colons.
+    pub fn sha256(text: &str) -> Result<Self, String> {
+        let hex = normalise_hex(text)?;
+        if hex.len() != 64 {
+            return Err(format!(
+                "a SHA-256 fingerprint has 64 hex digits, this one has {}",
+                hex.len()
+            ));
+        }
+        Ok(CertificateId::Sha256(hex))
+    }
+
+    /// Parses a serial number given as hex, with or without colons.
+    pub fn serial(text: &str) -> Result<Self, String> {
+        let hex = normalise_hex(text)?;
+        let trimmed = hex.trim_start_matches('0');
+        let trimmed = if trimmed.is_empty() { "0" } else { trimmed };
+        if trimmed.len() > 40 {
+            return Err("a serial number has at most 20 bytes (40 hex digits)".into());
+        }
+        Ok(CertificateId::Serial(trimmed.to_owned()))
+    }
+
+    /// The serial of a certificate, from its big-endian bytes.
+    pub fn serial_from_bytes(bytes: &[u8]) -> Self {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let trimmed = hex.trim_start_matches('0');
+        CertificateId::Serial(if trimmed.is_empty() { "0" } else { trimmed }.to_owned())
+    }
+
+    /// The fingerprint of a certificate's DER encoding.
+    pub fn sha256_of(digest: &[u8; 32]) -> Self {
+        CertificateId::Sha256(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A stable storage key, e.g. `sha256:ab…` or `serial:1f…`.
+    pub fn key(&self) -> String {
+        match self {
+            CertificateId::Sha256(h) => format!("sha256:{h}"),
+            CertificateId::Serial(h) => format!("serial:{h}"),
+        }
+    }
+}
+
+fn normalise_hex(text: &str) -> Result<String, String> {
+    let hex: String = text
+        .chars()
+        .filter(|c| *c != ':' && !c.is_whitespace())
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    if hex.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(bad) = hex.chars().find(|c| !c.is_ascii_hexdigit()) {
+        return Err(format!("{bad:?} is not a hex digit"));
+    }
+    Ok(hex)
+}
+
+/// A certificate the broker refuses, whatever CA issued it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedCertificate {
+    pub id: CertificateId,
+    pub reason: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+}
+
+#[cfg(test)]
+mod certificate_tests {
+    use super::CertificateId;
+
+    #[test]
+    fn identifiers_are_normalised() {
+        assert_eq!(
+            CertificateId::serial("00:1F:ab"),
+            Ok(CertificateId::Serial("1fab".into()))
+        );
+        assert_eq!(
+            CertificateId::serial_from_bytes(&[0, 0x1f, 0xab]),
+            CertificateId::Serial("1fab".into())
+        );
+        assert!(CertificateId::sha256("ab").is_err());
+        assert!(CertificateId::serial("xyz").is_err());
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(
+            CertificateId::sha256(&fp).map(|c| c.key()),
+            Ok(format!("sha256:{}", "ab".repeat(32)))
+        );
+    }
 }

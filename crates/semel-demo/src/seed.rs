@@ -83,6 +83,18 @@ pub fn organisations() -> Vec<DemoOrg> {
             name: "Ville de Bruxelles",
             roles: &[Role::Consumer],
         },
+        DemoOrg {
+            slug: "irisbox",
+            kbo: kbo(2_476_543),
+            name: "IRISbox – portail citoyen de la Région de Bruxelles-Capitale",
+            roles: &[Role::CitizenPortal],
+        },
+        DemoOrg {
+            slug: "control-commission",
+            kbo: kbo(6_543_210),
+            name: "Commission de contrôle bruxelloise",
+            roles: &[Role::Auditor],
+        },
     ]
 }
 
@@ -92,6 +104,19 @@ pub fn org(slug: &str) -> Option<DemoOrg> {
 }
 
 impl DemoOrg {
+    /// The roles its people get in demo tokens: every role its registration
+    /// allows.
+    pub fn user_roles(&self) -> Vec<semel_core::UserRole> {
+        semel_core::UserRole::ALL
+            .into_iter()
+            .filter(|r| {
+                r.organisation_role()
+                    .is_none_or(|needed| self.roles.contains(&needed))
+            })
+            .filter(|r| *r != semel_core::UserRole::Citizen)
+            .collect()
+    }
+
     pub fn to_organisation(&self, now: OffsetDateTime) -> Organisation {
         Organisation {
             kbo: self.kbo,

@@ -1,14 +1,16 @@
-//! `AuditService`: auditors' view of the log. For now the operator's
-//! organisation reads it; per-person roles (auditor, citizen) come with
-//! end-user identity.
+//! `AuditService`: the auditors' view of the log, and the citizen's.
+//!
+//! An auditor of an organisation registered as auditor (or of the
+//! operator) reads the whole log; an auditor of any other organisation reads
+//! that organisation's own calls. A citizen reads who consulted their data.
 
 use std::sync::Arc;
 
-use semel_core::{Niss, Role};
-use semel_store::AuditQuery;
+use semel_core::{AuditDecision, LOOKUP_OPERATION, Niss, ReasonCode, UserRole};
+use semel_store::{AuditQuery, StoredEntry};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{audit_entry_to_proto, micros, parse_kbo};
+use crate::convert::{audit_entry_to_proto, micros, parse_kbo, timestamp_micros};
 use crate::error::ApiError;
 use crate::proto::{self, audit_service_server::AuditService as Rpc};
 use crate::state::Broker;
@@ -24,6 +26,48 @@ impl AuditService {
     pub fn new(broker: Arc<Broker>) -> Self {
         AuditService { broker }
     }
+
+    async fn query(&self, query: AuditQuery) -> Result<Vec<StoredEntry>, ApiError> {
+        let broker = self.broker.clone();
+        tokio::task::spawn_blocking(move || broker.store().audit().query(&query))
+            .await
+            .map_err(|e| ApiError::internal(format!("audit query failed: {e}")))?
+            .map_err(ApiError::from)
+    }
+}
+
+fn page_limit(page_size: i32) -> Result<usize, ApiError> {
+    match page_size {
+        0 => Ok(DEFAULT_PAGE),
+        n if n < 0 => Err(ApiError::invalid(
+            "page_size",
+            "INVALID_ARGUMENT",
+            "page_size cannot be negative",
+        )),
+        n => Ok((n as usize).min(MAX_PAGE)),
+    }
+}
+
+fn page_start(page_token: &str) -> Result<Option<u64>, ApiError> {
+    if page_token.is_empty() {
+        return Ok(None);
+    }
+    page_token.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::invalid(
+            "page_token",
+            "INVALID_ARGUMENT",
+            "page_token must be copied from a previous response's next_page_token",
+        )
+    })
+}
+
+fn next_page(entries: &[StoredEntry], limit: usize) -> String {
+    match entries.last() {
+        Some(last) if entries.len() == limit && last.entry.sequence > 0 => {
+            last.entry.sequence.to_string()
+        }
+        _ => String::new(),
+    }
 }
 
 #[tonic::async_trait]
@@ -32,9 +76,7 @@ impl Rpc for AuditService {
         &self,
         req: Request<proto::ListAuditEntriesRequest>,
     ) -> Result<Response<proto::ListAuditEntriesResponse>, Status> {
-        self.broker
-            .authenticate(&req)?
-            .require(Role::Operator, "reading the audit log")?;
+        let caller = self.broker.admit(&req).await?;
         let proto::ListAuditEntriesRequest {
             citizen,
             consumer_kbo,
@@ -50,34 +92,30 @@ impl Rpc for AuditService {
                 ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}"))
             })?)
         };
-        let consumer = if consumer_kbo.is_empty() {
+        let mut consumer = if consumer_kbo.is_empty() {
             None
         } else {
             Some(parse_kbo("consumer_kbo", &consumer_kbo)?)
         };
-        let limit = match page_size {
-            0 => DEFAULT_PAGE,
-            n if n < 0 => {
-                return Err(ApiError::invalid(
-                    "page_size",
-                    "INVALID_ARGUMENT",
-                    "page_size cannot be negative",
-                )
-                .into());
+        if !caller.audits_everything() {
+            match consumer {
+                None => consumer = Some(caller.org.kbo),
+                Some(k) if k == caller.org.kbo => {}
+                Some(_) => {
+                    let error = ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "your auditors read your own organisation's entries; leave consumer_kbo empty or set it to your enterprise number",
+                    );
+                    return Err(self
+                        .broker
+                        .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
+                        .await
+                        .into());
+                }
             }
-            n => (n as usize).min(MAX_PAGE),
-        };
-        let before_sequence = if page_token.is_empty() {
-            None
-        } else {
-            Some(page_token.parse::<u64>().map_err(|_| {
-                ApiError::invalid(
-                    "page_token",
-                    "INVALID_ARGUMENT",
-                    "page_token must be copied from a previous response's next_page_token",
-                )
-            })?)
-        };
+        }
+        let limit = page_limit(page_size)?;
+        let before_sequence = page_start(&page_token)?;
         let query = AuditQuery {
             citizen,
             consumer,
@@ -86,17 +124,8 @@ impl Rpc for AuditService {
             before_sequence,
             limit,
         };
-        let broker = self.broker.clone();
-        let entries = tokio::task::spawn_blocking(move || broker.store().audit().query(&query))
-            .await
-            .map_err(|e| ApiError::internal(format!("audit query failed: {e}")))?
-            .map_err(ApiError::from)?;
-        let next_page_token = match entries.last() {
-            Some(last) if entries.len() == limit && last.entry.sequence > 0 => {
-                last.entry.sequence.to_string()
-            }
-            _ => String::new(),
-        };
+        let entries = self.query(query).await?;
+        let next_page_token = next_page(&entries, limit);
         Ok(Response::new(proto::ListAuditEntriesResponse {
             entries: entries.iter().map(audit_entry_to_proto).collect(),
             next_page_token,
@@ -107,13 +136,88 @@ impl Rpc for AuditService {
         &self,
         req: Request<proto::GetAuditHeadRequest>,
     ) -> Result<Response<proto::GetAuditHeadResponse>, Status> {
-        self.broker
-            .authenticate(&req)?
-            .require(Role::Operator, "reading the audit log")?;
+        self.broker.admit(&req).await?;
         let (size, head) = self.broker.store().audit().head();
         Ok(Response::new(proto::GetAuditHeadResponse {
             size,
             head_hash: head.to_vec(),
+        }))
+    }
+
+    async fn list_citizen_accesses(
+        &self,
+        req: Request<proto::ListCitizenAccessesRequest>,
+    ) -> Result<Response<proto::ListCitizenAccessesResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let proto::ListCitizenAccessesRequest {
+            citizen,
+            page_size,
+            page_token,
+        } = req.into_inner();
+        let citizen = Niss::parse(&citizen).map_err(|e| {
+            ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}"))
+        })?;
+        let own = caller.has(UserRole::Citizen) && caller.user.citizen() == Some(citizen);
+        // An auditor who does not audit everything sees the accesses of
+        // their own organisation only.
+        let consumer = if own || caller.audits_everything() {
+            None
+        } else if caller.has(UserRole::Auditor) {
+            Some(caller.org.kbo)
+        } else {
+            let error = ApiError::denied(
+                "CITIZEN_MISMATCH",
+                "a citizen can only see who consulted their own data",
+            );
+            return Err(self
+                .broker
+                .refuse(&caller, error, ReasonCode::CitizenMismatch, None)
+                .await
+                .into());
+        };
+        let limit = page_limit(page_size)?;
+        let entries = self
+            .query(AuditQuery {
+                citizen: Some(citizen),
+                consumer,
+                before_sequence: page_start(&page_token)?,
+                limit,
+                ..AuditQuery::default()
+            })
+            .await?;
+        let next_page_token = next_page(&entries, limit);
+        let snapshot = self.broker.snapshot();
+        let name = |k: &semel_core::Kbo| {
+            snapshot
+                .organisations
+                .get(k)
+                .map(|o| o.name.clone())
+                .unwrap_or_default()
+        };
+        let accesses = entries
+            .iter()
+            .map(|s| &s.entry.record)
+            .filter(|r| r.operation == LOOKUP_OPERATION)
+            .map(|r| proto::CitizenAccess {
+                time: Some(timestamp_micros(r.time_micros)),
+                consumer_kbo: r.consumer.as_str().to_owned(),
+                consumer_name: name(&r.consumer),
+                source_kbo: r.source.map(|k| k.as_str().to_owned()).unwrap_or_default(),
+                source_name: r.source.as_ref().map(name).unwrap_or_default(),
+                dataset: r.dataset.clone(),
+                fields: r.fields_returned.clone(),
+                purpose: r.purpose.clone(),
+                authorisation_reference: r.authorisation.clone().unwrap_or_default(),
+                decision: match r.decision {
+                    AuditDecision::Allowed => proto::AuditDecision::Allowed,
+                    AuditDecision::Refused => proto::AuditDecision::Refused,
+                } as i32,
+                reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(proto::ListCitizenAccessesResponse {
+            accesses,
+            next_page_token,
         }))
     }
 }

@@ -103,9 +103,12 @@ pub async fn run_bench_server(
     let null_task = tokio::spawn(
         Server::builder()
             .add_service(LookupServiceServer::new(null))
-            .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), async {
-                let _ = null_stopped.await;
-            }),
+            .serve_with_incoming_shutdown(
+                tls::incoming(listener, Arc::new(arc_swap::ArcSwap::from(server_tls))),
+                async {
+                    let _ = null_stopped.await;
+                },
+            ),
     );
 
     let addrs = BenchAddrs {
@@ -172,6 +175,7 @@ fn synthetic_record(citizens: &[Niss], consumers: &[Kbo], x: u64) -> AuditRecord
     AuditRecord {
         request_id: (u128::from(x) << 64 | u128::from(x.rotate_left(17))).to_be_bytes(),
         time_micros: 1_700_000_000_000_000 + (x % 1_000_000_000) as i64,
+        operation: semel_core::LOOKUP_OPERATION.into(),
         consumer: consumers[(x % consumers.len() as u64) as usize],
         end_user: None,
         citizen: Some(citizens[((x >> 8) % citizens.len() as u64) as usize]),
@@ -305,6 +309,8 @@ pub async fn run_load(
         &addrs.pki_dir.join(format!("{who}.crt")),
         &addrs.pki_dir.join(format!("{who}.key")),
     )?;
+    // The broker wants a person's token; the other targets ignore it.
+    let token = person_token(&addrs.pki_dir, "cpas-anderlecht")?;
     let mut channels = Vec::new();
     for _ in 0..opts.connections.max(1) {
         let channel = Endpoint::from_shared(url.clone())?
@@ -323,6 +329,7 @@ pub async fn run_load(
     let mut workers = Vec::new();
     for w in 0..opts.concurrency {
         let channel = channels[w % channels.len()].clone();
+        let authed = crate::client::with_token(channel.clone(), Some(&token))?;
         let citizens = citizens.clone();
         let recording = recording.clone();
         let stop = stop.clone();
@@ -333,8 +340,7 @@ pub async fn run_load(
             let mut lat: Vec<u32> = Vec::with_capacity(1 << 16);
             let (mut errors, mut refused) = (0u64, 0u64);
             let mut x = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut lookup =
-                proto::lookup_service_client::LookupServiceClient::new(channel.clone());
+            let mut lookup = proto::lookup_service_client::LookupServiceClient::new(authed);
             let mut source = SourceServiceClient::new(channel);
             while !stop.load(Ordering::Relaxed) {
                 if counted
@@ -449,6 +455,24 @@ pub async fn run_load(
     })
 }
 
+/// A token of the demo issuer for a person of a demo organisation.
+fn person_token(pki_dir: &std::path::Path, slug: &str) -> anyhow::Result<String> {
+    let org = seed::org(slug).with_context(|| format!("demo organisation {slug}"))?;
+    let issuer = semel_demo::issuer::DevIssuer {
+        dir: pki_dir.to_path_buf(),
+        issuer: semel_demo::issuer::DEV_ISSUER.to_owned(),
+        kid: semel_demo::issuer::DEV_KID.to_owned(),
+    };
+    Ok(issuer.mint(&semel_demo::issuer::TokenRequest {
+        subject: &format!("bench@{slug}"),
+        organisation: org.kbo,
+        roles: &org.user_roles(),
+        audience: semel_demo::issuer::DEV_AUDIENCE,
+        expires_in: 24 * 3600,
+        not_before: None,
+    })?)
+}
+
 fn consumer_stem() -> anyhow::Result<String> {
     Ok(seed::org("cpas-anderlecht")
         .context("demo consumer")?
@@ -490,7 +514,10 @@ pub async fn time_citizen_query(
         .tls_config(tls)?
         .connect()
         .await?;
-    let mut client = proto::audit_service_client::AuditServiceClient::new(channel);
+    let token = person_token(&addrs.pki_dir, "control-commission")?;
+    let mut client = proto::audit_service_client::AuditServiceClient::new(
+        crate::client::with_token(channel, Some(&token))?,
+    );
     let mut best = Duration::MAX;
     let mut found = 0;
     for _ in 0..rounds.max(1) {

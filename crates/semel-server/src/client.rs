@@ -22,6 +22,45 @@ pub struct ClientConfig {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The person's token (JWT), sent as `authorization: Bearer ...`.
+    pub token: Option<String>,
+}
+
+/// Adds the person's token to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Bearer> {
+        token
+            .map(|t| {
+                format!("Bearer {}", t.trim())
+                    .parse()
+                    .context("the token is not valid metadata (stray characters?)")
+            })
+            .transpose()
+            .map(Bearer)
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel to the broker that carries a person's token.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Wraps a channel so every call carries `token`.
+pub fn with_token(channel: Channel, token: Option<&str>) -> anyhow::Result<AuthChannel> {
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer::new(token)?,
+    ))
 }
 
 /// A refused or failed call, with what the broker said.
@@ -111,7 +150,7 @@ pub async fn check_health(
 /// A connected client.
 #[derive(Clone)]
 pub struct Client {
-    channel: Channel,
+    channel: AuthChannel,
 }
 
 /// What `semel lookup` asks.
@@ -211,10 +250,12 @@ impl Client {
             .connect()
             .await
             .with_context(|| format!("connect to the broker at {}", config.broker))?;
-        Ok(Client { channel })
+        Ok(Client {
+            channel: with_token(channel, config.token.as_deref())?,
+        })
     }
 
-    fn registry(&self) -> proto::registry_service_client::RegistryServiceClient<Channel> {
+    fn registry(&self) -> proto::registry_service_client::RegistryServiceClient<AuthChannel> {
         proto::registry_service_client::RegistryServiceClient::new(self.channel.clone())
     }
 
@@ -427,6 +468,67 @@ impl Client {
         }))
     }
 
+    /// The citizen's view: who consulted a citizen's data.
+    pub async fn citizen_accesses(&self, citizen: String, limit: i32) -> CallResult {
+        let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let r = client
+            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+                citizen,
+                page_size: limit,
+                page_token: String::new(),
+            })
+            .await?
+            .into_inner();
+        let accesses: Vec<Json> = r
+            .accesses
+            .iter()
+            .map(|a| {
+                json!({
+                    "time": a.time.as_ref().map(timestamp_text),
+                    "consumer_kbo": a.consumer_kbo,
+                    "consumer_name": a.consumer_name,
+                    "source_kbo": a.source_kbo,
+                    "source_name": a.source_name,
+                    "dataset": a.dataset,
+                    "fields": a.fields,
+                    "purpose": a.purpose,
+                    "authorisation": a.authorisation_reference,
+                    "decision": if a.decision == proto::AuditDecision::Allowed as i32 { "allowed" } else { "refused" },
+                    "reason": a.reason,
+                })
+            })
+            .collect();
+        Ok(json!({"accesses": accesses, "next_page_token": r.next_page_token}))
+    }
+
+    /// Revokes a client certificate by fingerprint or serial.
+    pub async fn revoke_certificate(
+        &self,
+        sha256_fingerprint: Option<String>,
+        serial_number: Option<String>,
+        reason: String,
+    ) -> CallResult {
+        let r = self
+            .registry()
+            .revoke_certificate(proto::RevokeCertificateRequest {
+                sha256_fingerprint: sha256_fingerprint.unwrap_or_default(),
+                serial_number: serial_number.unwrap_or_default(),
+                reason,
+            })
+            .await?
+            .into_inner();
+        Ok(r.revoked.as_ref().map(revoked_json).unwrap_or(Json::Null))
+    }
+
+    pub async fn revoked_certificates(&self) -> CallResult {
+        let r = self
+            .registry()
+            .list_revoked_certificates(proto::ListRevokedCertificatesRequest {})
+            .await?
+            .into_inner();
+        Ok(json!({"revoked": r.revoked.iter().map(revoked_json).collect::<Vec<_>>()}))
+    }
+
     pub async fn audit_head(&self) -> CallResult {
         let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
         let r = client
@@ -435,6 +537,15 @@ impl Client {
             .into_inner();
         Ok(json!({"size": r.size, "head_hash": hex(&r.head_hash)}))
     }
+}
+
+fn revoked_json(r: &proto::RevokedCertificate) -> Json {
+    json!({
+        "sha256_fingerprint": r.sha256_fingerprint,
+        "serial_number": r.serial_number,
+        "reason": r.reason,
+        "revoked_at": r.revoked_at.as_ref().map(timestamp_text),
+    })
 }
 
 fn sorted(m: serde_json::Map<String, Json>) -> Json {
@@ -500,21 +611,25 @@ fn auth_json(a: &proto::Authorisation) -> Json {
     })
 }
 
-fn audit_json(e: &proto::AuditEntry) -> Json {
-    let time = e
-        .time
-        .as_ref()
-        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+fn timestamp_text(t: &prost_types::Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.seconds)
+        .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn audit_json(e: &proto::AuditEntry) -> Json {
+    let time = e.time.as_ref().map(timestamp_text).unwrap_or_default();
     json!({
         "sequence": e.sequence,
         "request_id": e.request_id,
         "time": time,
+        "operation": e.operation,
         "consumer_kbo": e.consumer_kbo,
+        "end_user": e.end_user,
         "citizen": e.citizen,
         "dataset": e.dataset,
         "fields_requested": e.fields_requested,

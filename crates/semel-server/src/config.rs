@@ -27,6 +27,49 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     #[serde(default)]
     pub limits: LimitsSection,
+    /// End-user tokens: the audience and the trusted issuers.
+    pub tokens: TokensSection,
+    /// How often the certificate, key, CA bundle and issuers' keys are
+    /// checked for changes, in milliseconds (0: only on SIGHUP).
+    #[serde(default = "default_reload_poll_ms")]
+    pub reload_poll_ms: u64,
+}
+
+fn default_reload_poll_ms() -> u64 {
+    5000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokensSection {
+    /// The `aud` every token must carry (default "semel").
+    #[serde(default = "default_audience")]
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds (default 30, at most 300).
+    #[serde(default = "default_leeway_s")]
+    pub leeway_s: u64,
+    /// The identity providers whose tokens are accepted.
+    pub issuers: Vec<IssuerSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerSection {
+    /// The issuer's `iss`, exactly.
+    pub issuer: String,
+    /// Its public keys, a JWKS file.
+    pub jwks: PathBuf,
+    /// The enterprise numbers it may speak for; any when absent.
+    #[serde(default)]
+    pub organisations: Vec<String>,
+}
+
+fn default_audience() -> String {
+    "semel".into()
+}
+
+fn default_leeway_s() -> u64 {
+    30
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -177,6 +220,11 @@ impl Config {
         if let Some(ca) = config.sources.ca.as_mut().filter(|p| p.is_relative()) {
             *ca = base.join(&*ca);
         }
+        for issuer in &mut config.tokens.issuers {
+            if issuer.jwks.is_relative() {
+                issuer.jwks = base.join(&issuer.jwks);
+            }
+        }
         config.check()?;
         Ok(config)
     }
@@ -221,7 +269,52 @@ impl Config {
                 ca.display()
             );
         }
+        anyhow::ensure!(
+            !self.tokens.audience.trim().is_empty(),
+            "tokens.audience: must not be empty"
+        );
+        anyhow::ensure!(
+            self.tokens.leeway_s <= 300,
+            "tokens.leeway_s: at most 300 seconds, got {}",
+            self.tokens.leeway_s
+        );
+        anyhow::ensure!(
+            !self.tokens.issuers.is_empty(),
+            "tokens.issuers: configure at least one trusted issuer ([[tokens.issuers]]); without one no call can be authorised"
+        );
+        crate::tokens::TokenVerifier::load(&self.token_settings()?)
+            .map_err(|e| anyhow::anyhow!("tokens.issuers: {e:#}"))?;
         Ok(())
+    }
+
+    /// The token settings, with enterprise numbers parsed.
+    pub fn token_settings(&self) -> anyhow::Result<crate::tokens::TokenSettings> {
+        let mut issuers = Vec::new();
+        for (i, s) in self.tokens.issuers.iter().enumerate() {
+            let organisations = s
+                .organisations
+                .iter()
+                .map(|k| {
+                    Kbo::parse(k)
+                        .map_err(|e| anyhow::anyhow!("tokens.issuers[{i}].organisations: {k}: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            issuers.push(crate::tokens::IssuerSettings {
+                issuer: s.issuer.clone(),
+                jwks: s.jwks.clone(),
+                organisations,
+            });
+        }
+        Ok(crate::tokens::TokenSettings {
+            audience: self.tokens.audience.clone(),
+            leeway_s: self.tokens.leeway_s,
+            issuers,
+        })
+    }
+
+    /// The files reloaded on change or SIGHUP.
+    pub fn reload_poll(&self) -> Option<Duration> {
+        (self.reload_poll_ms > 0).then(|| Duration::from_millis(self.reload_poll_ms))
     }
 
     pub fn operator_kbo(&self) -> anyhow::Result<Kbo> {
@@ -251,6 +344,9 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// A public Ed25519 key (RFC 8037's example).
+    const TEST_JWKS: &str = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","alg":"EdDSA","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+
     #[test]
     fn unknown_keys_are_refused_by_name() {
         let err = toml::from_str::<Config>(
@@ -278,8 +374,10 @@ mod tests {
         for f in ["broker.crt", "broker.key", "clients-ca.crt"] {
             std::fs::write(dir.path().join(f), "x").expect("write");
         }
+        std::fs::write(dir.path().join("cpas-anderlecht.jwks.json"), TEST_JWKS).expect("write");
         let text = text
             .replace("/etc/semel/tls/", "")
+            .replace("/etc/semel/issuers/", "")
             .replace("/var/lib/semel", "data");
         std::fs::write(&path, text).expect("write");
         let env = |pairs: &[(&str, &str)]| {
@@ -327,6 +425,7 @@ mod tests {
             include_str!("../../../deploy/semel.example.toml").replace("0087654346", "0087654347"),
         )
         .expect("write");
+        // The enterprise number is checked before any file.
         let err = format!("{:#}", Config::load(&path).expect_err("bad kbo"));
         assert!(err.contains("operator.kbo"), "{err}");
     }

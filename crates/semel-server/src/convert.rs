@@ -81,6 +81,8 @@ fn role_from_proto(r: i32) -> Result<Role, ApiError> {
         Ok(proto::OrganisationRole::Source) => Ok(Role::Source),
         Ok(proto::OrganisationRole::Consumer) => Ok(Role::Consumer),
         Ok(proto::OrganisationRole::Operator) => Ok(Role::Operator),
+        Ok(proto::OrganisationRole::Auditor) => Ok(Role::Auditor),
+        Ok(proto::OrganisationRole::CitizenPortal) => Ok(Role::CitizenPortal),
         _ => Err(ApiError::invalid(
             "organisation.roles",
             "INVALID_ARGUMENT",
@@ -94,6 +96,8 @@ fn role_to_proto(r: Role) -> i32 {
         Role::Source => proto::OrganisationRole::Source,
         Role::Consumer => proto::OrganisationRole::Consumer,
         Role::Operator => proto::OrganisationRole::Operator,
+        Role::Auditor => proto::OrganisationRole::Auditor,
+        Role::CitizenPortal => proto::OrganisationRole::CitizenPortal,
     }) as i32
 }
 
@@ -369,5 +373,6 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         end_user: r.end_user.clone().unwrap_or_default(),
         previous_hash: previous_hash.to_vec(),
         entry_hash: s.hash.to_vec(),
+        operation: r.operation.to_string(),
     }
 }

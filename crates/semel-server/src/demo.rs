@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use semel_demo::Population;
+use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
 use semel_demo::seed::{self, DemoOrg};
 use semel_store::Store;
@@ -20,9 +21,10 @@ use tokio::task::JoinHandle;
 
 use crate::client::ClientConfig;
 use crate::demo_source::DemoSource;
-use crate::server::{self, Prepared};
+use crate::server::{self, Prepared, ReloadFiles, Reloader};
 use crate::state::{Broker, SourceSettings};
 use crate::tls::{self, TlsFiles};
+use crate::tokens::{IssuerSettings, TokenSettings, TokenVerifier};
 
 /// How to run the demo.
 #[derive(Debug, Clone)]
@@ -36,6 +38,8 @@ pub struct DemoOptions {
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     pub limits: crate::limits::LimitSettings,
+    /// How often certificate and key files are checked for changes.
+    pub reload_poll: Option<Duration>,
 }
 
 impl DemoOptions {
@@ -48,6 +52,7 @@ impl DemoOptions {
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
             limits: crate::limits::LimitSettings::default(),
+            reload_poll: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -72,7 +77,15 @@ pub struct Demo {
 pub struct DemoManifest {
     pub broker: String,
     pub ca: PathBuf,
+    /// The development issuer: its `iss`, private key and public JWKS.
+    pub issuer: String,
+    pub issuer_key: PathBuf,
+    pub issuer_jwks: PathBuf,
+    pub audience: String,
     pub organisations: Vec<ManifestOrg>,
+    /// A citizen's token (through the demo citizen portal), to try the
+    /// citizen's view.
+    pub citizen_token: PathBuf,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -82,7 +95,16 @@ pub struct ManifestOrg {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// A token for a person of this organisation with every role its
+    /// registration allows, valid for a day from the demo's start.
+    pub token: PathBuf,
+    pub roles: Vec<String>,
 }
+
+/// How long the tokens the demo writes stay valid.
+const DEMO_TOKEN_SECONDS: i64 = 24 * 3600;
+/// The citizen whose token the demo writes (Karim, of the primer).
+pub const DEMO_CITIZEN: &str = "93051822361";
 
 pub const MANIFEST: &str = "demo.json";
 
@@ -96,6 +118,7 @@ impl Demo {
         let orgs = seed::organisations();
         let operator = seed::org("operator").context("demo operator missing")?;
         let pki = dev_pki(&data_dir.join("pki"), &orgs, &operator)?;
+        let issuer = DevIssuer::ensure(&pki.dir).context("create the development issuer")?;
         let population = Arc::new(Population::generate(opts.seed, opts.population));
         let (shutdown, rx) = watch::channel(false);
 
@@ -142,11 +165,21 @@ impl Demo {
         })?;
 
         let broker_files = pki.files("broker");
-        let tls = tls::server_config(&TlsFiles {
-            cert: &broker_files.cert,
-            key: &broker_files.key,
-            client_ca: &pki.ca_cert(),
-        })?;
+        let files = ReloadFiles {
+            cert: broker_files.cert.clone(),
+            key: broker_files.key.clone(),
+            client_ca: pki.ca_cert(),
+            sources_ca: pki.ca_cert(),
+            tokens: TokenSettings {
+                audience: DEV_AUDIENCE.to_owned(),
+                leeway_s: 30,
+                issuers: vec![IssuerSettings {
+                    issuer: issuer.issuer.clone(),
+                    jwks: issuer.jwks_file(),
+                    organisations: Vec::new(),
+                }],
+            },
+        };
         let source_tls = tls::client_tls(&pki.ca_cert(), &broker_files.cert, &broker_files.key)?;
         let broker = Broker::new(
             Arc::new(store),
@@ -155,7 +188,9 @@ impl Demo {
                 deadline: opts.source_deadline,
                 limits: opts.limits,
             },
+            TokenVerifier::load(&files.tokens)?,
         )?;
+        let reloader = Reloader::new(files, broker.clone())?;
         let listener = TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("bind the broker on {}", opts.listen))?;
@@ -174,26 +209,62 @@ impl Demo {
         }
         let broker_task = tokio::spawn(server::serve_broker(
             listener,
-            Prepared { broker, tls },
+            Prepared {
+                broker,
+                reloader,
+                reload_poll: opts.reload_poll,
+            },
             wait(rx),
         ));
 
+        let tokens_dir = data_dir.join("tokens");
+        std::fs::create_dir_all(&tokens_dir)
+            .with_context(|| format!("create {}", tokens_dir.display()))?;
+        let mut organisations = Vec::new();
+        for o in &orgs {
+            let f = pki.files(o.kbo.as_str());
+            let roles = o.user_roles();
+            let token = tokens_dir.join(format!("{}.jwt", o.slug));
+            let jwt = issuer.mint(&TokenRequest {
+                subject: &format!("demo-user@{}", o.slug),
+                organisation: o.kbo,
+                roles: &roles,
+                audience: DEV_AUDIENCE,
+                expires_in: DEMO_TOKEN_SECONDS,
+                not_before: None,
+            })?;
+            std::fs::write(&token, jwt).with_context(|| format!("write {}", token.display()))?;
+            organisations.push(ManifestOrg {
+                slug: o.slug.to_owned(),
+                kbo: o.kbo.as_str().to_owned(),
+                name: o.name.to_owned(),
+                cert: f.cert,
+                key: f.key,
+                token,
+                roles: roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            });
+        }
+        let portal = seed::org("irisbox").context("demo citizen portal missing")?;
+        let citizen_token = tokens_dir.join("citizen.jwt");
+        let jwt = issuer.mint(&TokenRequest {
+            subject: DEMO_CITIZEN,
+            organisation: portal.kbo,
+            roles: &[semel_core::UserRole::Citizen],
+            audience: DEV_AUDIENCE,
+            expires_in: DEMO_TOKEN_SECONDS,
+            not_before: None,
+        })?;
+        std::fs::write(&citizen_token, jwt)
+            .with_context(|| format!("write {}", citizen_token.display()))?;
         let manifest = DemoManifest {
             broker: format!("https://{broker_addr}"),
             ca: pki.ca_cert(),
-            organisations: orgs
-                .iter()
-                .map(|o| {
-                    let f = pki.files(o.kbo.as_str());
-                    ManifestOrg {
-                        slug: o.slug.to_owned(),
-                        kbo: o.kbo.as_str().to_owned(),
-                        name: o.name.to_owned(),
-                        cert: f.cert,
-                        key: f.key,
-                    }
-                })
-                .collect(),
+            issuer: issuer.issuer.clone(),
+            issuer_key: issuer.key_file(),
+            issuer_jwks: issuer.jwks_file(),
+            audience: DEV_AUDIENCE.to_owned(),
+            organisations,
+            citizen_token,
         };
         std::fs::write(
             data_dir.join(MANIFEST),
@@ -268,11 +339,36 @@ pub fn client_config(data_dir: &Path, who: &str) -> anyhow::Result<ClientConfig>
                 known.join(", ")
             )
         })?;
+    // A fresh token each time, so a demo left running for days still works.
+    let issuer = DevIssuer {
+        dir: manifest
+            .issuer_key
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        issuer: manifest.issuer.clone(),
+        kid: semel_demo::issuer::DEV_KID.to_owned(),
+    };
+    let roles: Vec<semel_core::UserRole> = org
+        .roles
+        .iter()
+        .filter_map(|r| semel_core::UserRole::parse(r))
+        .collect();
+    let kbo = semel_core::Kbo::parse(&org.kbo).context("demo manifest: enterprise number")?;
+    let token = issuer.mint(&TokenRequest {
+        subject: &format!("demo-user@{}", org.slug),
+        organisation: kbo,
+        roles: &roles,
+        audience: &manifest.audience,
+        expires_in: 3600,
+        not_before: None,
+    })?;
     Ok(ClientConfig {
         broker: manifest.broker,
         ca: manifest.ca,
         cert: org.cert.clone(),
         key: org.key.clone(),
+        token: Some(token),
     })
 }
 

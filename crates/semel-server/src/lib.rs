@@ -16,11 +16,13 @@ pub mod error;
 pub mod limits;
 mod lookup;
 pub mod metrics;
+pub mod permissions;
 pub mod proto;
 mod registry;
 pub mod server;
 pub mod state;
 pub mod tls;
+pub mod tokens;
 
 pub use config::Config;
 pub use demo::{Demo, DemoOptions};

@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use semel_core::{
-    AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LookupQuestion, Niss, Outcome,
-    PurposeCode, ReasonCode, Refusal, brussels_today,
+    AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LOOKUP_OPERATION, LookupQuestion,
+    Niss, Organisation, Outcome, PurposeCode, ReasonCode, Refusal, brussels_today,
 };
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
@@ -24,7 +24,8 @@ use crate::error::ApiError;
 use crate::limits::SourceRefusal;
 use crate::metrics::{DatasetLabel, LookupLabels, SourceLabels};
 use crate::proto::{self, FetchRequest, LookupRequest, LookupResponse};
-use crate::state::{Broker, Caller, Route};
+use crate::state::{Broker, Denied, Route};
+use crate::tokens::EndUser;
 
 /// The most fields one lookup may name.
 const MAX_FIELDS: usize = 64;
@@ -48,12 +49,32 @@ impl proto::lookup_service_server::LookupService for LookupService {
         request: Request<LookupRequest>,
     ) -> Result<Response<LookupResponse>, Status> {
         let received = OffsetDateTime::now_utc();
-        let caller = self.broker.authenticate(&request)?;
+        // A lookup refused for who made it is still a lookup: when the
+        // organisation is known it gets its audit entry like any other.
+        let who = match self.broker.authorize(&request) {
+            Ok(caller) => Who {
+                org: caller.org,
+                user: Some(caller.user),
+                denied: None,
+            },
+            Err(denied) => match denied.org.clone() {
+                None => {
+                    tracing::info!(
+                        reason = denied.error.reason,
+                        "lookup refused: caller not identified"
+                    );
+                    return Err(denied.error.into_status());
+                }
+                Some(org) => Who {
+                    org,
+                    user: denied.user.clone(),
+                    denied: Some(denied),
+                },
+            },
+        };
         let broker = self.broker.clone();
         let task =
-            tokio::spawn(
-                async move { lookup(&broker, caller, request.into_inner(), received).await },
-            );
+            tokio::spawn(async move { lookup(&broker, who, request.into_inner(), received).await });
         match task.await {
             Ok(result) => result.map(Response::new).map_err(ApiError::into_status),
             Err(e) => {
@@ -65,6 +86,13 @@ impl proto::lookup_service_server::LookupService for LookupService {
             }
         }
     }
+}
+
+/// Who made the lookup, and whether they were refused for that.
+struct Who {
+    org: Arc<Organisation>,
+    user: Option<Arc<EndUser>>,
+    denied: Option<Box<Denied>>,
 }
 
 /// What the lookup path learnt, for the audit entry.
@@ -84,7 +112,7 @@ struct Trace {
 
 async fn lookup(
     broker: &Broker,
-    caller: Caller,
+    who: Who,
     msg: LookupRequest,
     received: OffsetDateTime,
 ) -> Result<LookupResponse, ApiError> {
@@ -100,7 +128,15 @@ async fn lookup(
         fields_returned: Vec::new(),
         reference_date: None,
     };
-    let result = process(broker, &caller, &msg, request_id, received, &mut trace).await;
+    let Who { org, user, denied } = who;
+    let result = match denied {
+        Some(denied) => {
+            trace.citizen = Niss::parse(&msg.citizen).ok();
+            trace.reason = Some(denied.reason);
+            Err(denied.error)
+        }
+        None => process(broker, &org, &msg, request_id, received, &mut trace).await,
+    };
     if let Err(e) = &result
         && trace.reason.is_none()
     {
@@ -110,8 +146,9 @@ async fn lookup(
     let record = AuditRecord {
         request_id: *request_id.as_bytes(),
         time_micros: (received.unix_timestamp_nanos() / 1000) as i64,
-        consumer: caller.org.kbo,
-        end_user: None,
+        operation: LOOKUP_OPERATION.into(),
+        consumer: org.kbo,
+        end_user: user.map(|u| u.subject.clone()),
         citizen: trace.citizen,
         dataset: bounded(&msg.dataset, 128),
         fields_requested: msg
@@ -151,7 +188,7 @@ async fn lookup(
         .metrics
         .lookups
         .get_or_create(&LookupLabels {
-            consumer: caller.org.kbo.as_str().to_owned(),
+            consumer: org.kbo.as_str().to_owned(),
             dataset: dataset_label.clone(),
             decision: match decision {
                 AuditDecision::Allowed => "allowed",
@@ -174,11 +211,11 @@ async fn lookup(
     // Every lookup is in the audit log; the operator's log shows those that
     // did not get an answer (and, at debug level, the others).
     if answered {
-        tracing::debug!(request_id = %request_id, consumer = caller.org.kbo.as_str(), dataset = %dataset_label, "lookup answered");
+        tracing::debug!(request_id = %request_id, consumer = org.kbo.as_str(), dataset = %dataset_label, "lookup answered");
     } else {
         tracing::info!(
             request_id = %request_id,
-            consumer = caller.org.kbo.as_str(),
+            consumer = org.kbo.as_str(),
             dataset = %dataset_label,
             decision = ?decision,
             reason = reason.unwrap_or(""),
@@ -190,21 +227,15 @@ async fn lookup(
 
 async fn process(
     broker: &Broker,
-    caller: &Caller,
+    org: &Organisation,
     msg: &LookupRequest,
     request_id: uuid::Uuid,
     received: OffsetDateTime,
     trace: &mut Trace,
 ) -> Result<LookupResponse, ApiError> {
-    if !caller.org.may_act_as(semel_core::Role::Consumer) {
-        return Err(ApiError::denied(
-            "NOT_A_CONSUMER",
-            "your organisation is not registered as a consumer, so it cannot make lookups",
-        ));
-    }
     if let Err(wait) = broker
         .consumer_limits
-        .admit(caller.org.kbo, std::time::Instant::now())
+        .admit(org.kbo, std::time::Instant::now())
     {
         return Err(ApiError {
             retry_after: Some(wait),
@@ -265,26 +296,24 @@ async fn process(
     }
 
     let question = LookupQuestion {
-        consumer: caller.org.kbo,
+        consumer: org.kbo,
         dataset: &dataset,
         fields: &fields,
         purpose: &purpose,
         today,
     };
-    let (authorisation, allowed) = match semel_core::decide(
-        &question,
-        snapshot.authorisations_for(caller.org.kbo, &dataset),
-    ) {
-        Decision::Allow {
-            authorisation,
-            fields,
-        } => (authorisation, fields),
-        Decision::Deny(refusal) => {
-            trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
-            trace.reason = Some(ReasonCode::Refused(refusal.reason));
-            return Err(refusal_error(&refusal, &dataset, &purpose));
-        }
-    };
+    let (authorisation, allowed) =
+        match semel_core::decide(&question, snapshot.authorisations_for(org.kbo, &dataset)) {
+            Decision::Allow {
+                authorisation,
+                fields,
+            } => (authorisation, fields),
+            Decision::Deny(refusal) => {
+                trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
+                trace.reason = Some(ReasonCode::Refused(refusal.reason));
+                return Err(refusal_error(&refusal, &dataset, &purpose));
+            }
+        };
     drop(snapshot);
     trace.decision = AuditDecision::Allowed;
     trace.authorisation = Some(authorisation.to_string());
@@ -320,7 +349,7 @@ async fn process(
         citizen: citizen.as_str().to_owned(),
         fields: allowed.iter().map(ToString::to_string).collect(),
         reference_date: trace.reference_date.clone().unwrap_or_default(),
-        consumer_kbo: caller.org.kbo.as_str().to_owned(),
+        consumer_kbo: org.kbo.as_str().to_owned(),
         purpose: purpose.to_string(),
         authorisation_reference: authorisation.to_string(),
     });

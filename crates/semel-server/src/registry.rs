@@ -5,7 +5,10 @@
 
 use std::sync::Arc;
 
-use semel_core::{AuthorisationStatus, Kbo, OrganisationStatus, Role};
+use semel_core::{
+    AuthorisationStatus, CertificateId, Kbo, OrganisationStatus, ReasonCode, RevokedCertificate,
+    Role, UserRole,
+};
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
@@ -21,10 +24,6 @@ pub struct RegistryService {
 impl RegistryService {
     pub fn new(broker: Arc<Broker>) -> Self {
         RegistryService { broker }
-    }
-
-    fn operator<T>(&self, req: &Request<T>, what: &str) -> Result<(), ApiError> {
-        self.broker.authenticate(req)?.require(Role::Operator, what)
     }
 
     /// Runs a registry change under the admin lock, then reloads the snapshot.
@@ -80,7 +79,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreateOrganisationRequest>,
     ) -> Result<Response<proto::CreateOrganisationResponse>, Status> {
-        self.operator(&req, "registering organisations")?;
+        self.broker.admit(&req).await?;
         let org = organisation_from_proto(
             required("organisation", req.into_inner().organisation)?,
             OffsetDateTime::now_utc(),
@@ -104,7 +103,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::GetOrganisationRequest>,
     ) -> Result<Response<proto::GetOrganisationResponse>, Status> {
-        self.broker.authenticate(&req)?;
+        self.broker.admit(&req).await?;
         let kbo = parse_kbo("kbo", &req.get_ref().kbo)?;
         let snapshot = self.broker.snapshot();
         let org = snapshot
@@ -120,7 +119,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ListOrganisationsRequest>,
     ) -> Result<Response<proto::ListOrganisationsResponse>, Status> {
-        self.broker.authenticate(&req)?;
+        self.broker.admit(&req).await?;
         let snapshot = self.broker.snapshot();
         Ok(Response::new(proto::ListOrganisationsResponse {
             organisations: snapshot
@@ -135,7 +134,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::SuspendOrganisationRequest>,
     ) -> Result<Response<proto::SuspendOrganisationResponse>, Status> {
-        self.operator(&req, "suspending organisations")?;
+        self.broker.admit(&req).await?;
         let msg = req.into_inner();
         let kbo = parse_kbo("kbo", &msg.kbo)?;
         let org = self
@@ -151,7 +150,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ReinstateOrganisationRequest>,
     ) -> Result<Response<proto::ReinstateOrganisationResponse>, Status> {
-        self.operator(&req, "reinstating organisations")?;
+        self.broker.admit(&req).await?;
         let kbo = parse_kbo("kbo", &req.get_ref().kbo)?;
         let org = self.set_org_status(kbo, OrganisationStatus::Active).await?;
         tracing::info!(kbo = kbo.as_str(), "organisation reinstated");
@@ -164,8 +163,19 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreateDatasetRequest>,
     ) -> Result<Response<proto::CreateDatasetResponse>, Status> {
-        self.operator(&req, "registering datasets")?;
+        let caller = self.broker.admit(&req).await?;
         let dataset = dataset_from_proto(required("dataset", req.into_inner().dataset)?)?;
+        if !caller.has(UserRole::Admin) && dataset.source != caller.org.kbo {
+            let error = ApiError::denied(
+                "OTHER_ORGANISATION",
+                "a source registers its own datasets only: source_kbo must be your organisation",
+            );
+            return Err(self
+                .broker
+                .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
+                .await
+                .into());
+        }
         let snapshot = self.broker.snapshot();
         match snapshot.organisations.get(&dataset.source) {
             Some(o) if o.roles.contains(&Role::Source) => {}
@@ -201,7 +211,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::GetDatasetRequest>,
     ) -> Result<Response<proto::GetDatasetResponse>, Status> {
-        self.broker.authenticate(&req)?;
+        self.broker.admit(&req).await?;
         let snapshot = self.broker.snapshot();
         let route = snapshot
             .routes
@@ -223,7 +233,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ListDatasetsRequest>,
     ) -> Result<Response<proto::ListDatasetsResponse>, Status> {
-        self.broker.authenticate(&req)?;
+        self.broker.admit(&req).await?;
         let snapshot = self.broker.snapshot();
         Ok(Response::new(proto::ListDatasetsResponse {
             datasets: snapshot
@@ -238,7 +248,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreateAuthorisationRequest>,
     ) -> Result<Response<proto::CreateAuthorisationResponse>, Status> {
-        self.operator(&req, "recording authorisations")?;
+        self.broker.admit(&req).await?;
         let auth = authorisation_from_proto(
             required("authorisation", req.into_inner().authorisation)?,
             OffsetDateTime::now_utc(),
@@ -300,7 +310,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::GetAuthorisationRequest>,
     ) -> Result<Response<proto::GetAuthorisationResponse>, Status> {
-        let caller = self.broker.authenticate(&req)?;
+        let caller = self.broker.admit(&req).await?;
         let snapshot = self.broker.snapshot();
         let reference = &req.get_ref().reference;
         let auth = snapshot
@@ -317,7 +327,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ListAuthorisationsRequest>,
     ) -> Result<Response<proto::ListAuthorisationsResponse>, Status> {
-        let caller = self.broker.authenticate(&req)?;
+        let caller = self.broker.admit(&req).await?;
         let msg = req.into_inner();
         let consumer = if msg.consumer_kbo.is_empty() {
             None
@@ -342,7 +352,7 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::SuspendAuthorisationRequest>,
     ) -> Result<Response<proto::SuspendAuthorisationResponse>, Status> {
-        self.operator(&req, "suspending authorisations")?;
+        self.broker.admit(&req).await?;
         let msg = req.into_inner();
         let auth = self
             .set_auth_status(msg.reference.clone(), AuthorisationStatus::Suspended)
@@ -357,13 +367,87 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ReinstateAuthorisationRequest>,
     ) -> Result<Response<proto::ReinstateAuthorisationResponse>, Status> {
-        self.operator(&req, "reinstating authorisations")?;
+        self.broker.admit(&req).await?;
         let auth = self
             .set_auth_status(req.into_inner().reference, AuthorisationStatus::Active)
             .await?;
         tracing::info!(reference = %auth.reference, "authorisation reinstated");
         Ok(Response::new(proto::ReinstateAuthorisationResponse {
             authorisation: Some(authorisation_to_proto(&auth)),
+        }))
+    }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<proto::RevokeCertificateRequest>,
+    ) -> Result<Response<proto::RevokeCertificateResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let proto::RevokeCertificateRequest {
+            sha256_fingerprint,
+            serial_number,
+            reason,
+        } = req.into_inner();
+        let id = match (sha256_fingerprint.is_empty(), serial_number.is_empty()) {
+            (false, true) => CertificateId::sha256(&sha256_fingerprint).map_err(|e| {
+                ApiError::invalid(
+                    "sha256_fingerprint",
+                    "INVALID_ARGUMENT",
+                    format!("sha256_fingerprint: {e}"),
+                )
+            })?,
+            (true, false) => CertificateId::serial(&serial_number).map_err(|e| {
+                ApiError::invalid(
+                    "serial_number",
+                    "INVALID_ARGUMENT",
+                    format!("serial_number: {e}"),
+                )
+            })?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "sha256_fingerprint",
+                    "INVALID_ARGUMENT",
+                    "give exactly one of sha256_fingerprint and serial_number",
+                )
+                .into());
+            }
+        };
+        let reason = reason.trim().to_owned();
+        if reason.is_empty() || reason.chars().count() > 256 {
+            return Err(ApiError::invalid(
+                "reason",
+                "INVALID_ARGUMENT",
+                "reason is required, at most 256 characters",
+            )
+            .into());
+        }
+        let revoked = RevokedCertificate {
+            id,
+            reason: semel_core::redact_national_numbers(&reason).into_owned(),
+            revoked_at: OffsetDateTime::now_utc(),
+        };
+        let stored = self
+            .change(move |reg| Ok(reg.revoke_certificate(&revoked)?))
+            .await?;
+        tracing::warn!(certificate = %stored.id.key(), by = caller.org.kbo.as_str(), "certificate revoked");
+        Ok(Response::new(proto::RevokeCertificateResponse {
+            revoked: Some(revoked_to_proto(&stored)),
+        }))
+    }
+
+    async fn list_revoked_certificates(
+        &self,
+        req: Request<proto::ListRevokedCertificatesRequest>,
+    ) -> Result<Response<proto::ListRevokedCertificatesResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let broker = self.broker.clone();
+        let mut revoked =
+            tokio::task::spawn_blocking(move || broker.store().registry().revoked_certificates())
+                .await
+                .map_err(|e| ApiError::internal(format!("read revocations failed: {e}")))?
+                .map_err(ApiError::from)?;
+        revoked.sort_by_key(|r| std::cmp::Reverse(r.revoked_at));
+        Ok(Response::new(proto::ListRevokedCertificatesResponse {
+            revoked: revoked.iter().map(revoked_to_proto).collect(),
         }))
     }
 }
@@ -375,7 +459,8 @@ fn visible(
     a: &semel_core::Authorisation,
     snapshot: &crate::state::Snapshot,
 ) -> bool {
-    caller.org.roles.contains(&Role::Operator)
+    caller.has(UserRole::Admin)
+        || caller.audits_everything()
         || a.consumer == caller.org.kbo
         || snapshot
             .routes
@@ -419,5 +504,20 @@ impl RegistryService {
             Ok(auth)
         })
         .await
+    }
+}
+
+fn revoked_to_proto(r: &RevokedCertificate) -> proto::RevokedCertificate {
+    let (sha256_fingerprint, serial_number) = match &r.id {
+        CertificateId::Sha256(h) => (h.clone(), String::new()),
+        CertificateId::Serial(h) => (String::new(), h.clone()),
+    };
+    proto::RevokedCertificate {
+        sha256_fingerprint,
+        serial_number,
+        reason: r.reason.clone(),
+        revoked_at: Some(timestamp_micros(
+            (r.revoked_at.unix_timestamp_nanos() / 1000) as i64,
+        )),
     }
 }

@@ -2,7 +2,11 @@
 //! listener and a shutdown future, so tests bind port 0 and never sleep.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use anyhow::Context;
 use semel_core::{Kbo, Organisation, OrganisationStatus, Role};
@@ -22,22 +26,162 @@ use crate::proto::{
 use crate::registry::RegistryService;
 use crate::state::{Broker, SourceSettings};
 use crate::tls::{self, TlsFiles};
+use crate::tokens::{TokenSettings, TokenVerifier};
 
 /// Everything the broker needs, built and checked before any port is bound.
 pub struct Prepared {
     pub broker: Arc<Broker>,
-    pub tls: Arc<rustls::ServerConfig>,
+    pub reloader: Arc<Reloader>,
+    /// Check the files for changes this often (SIGHUP reloads at any time).
+    pub reload_poll: Option<Duration>,
+}
+
+/// The files the broker can reload while it runs: its certificate and key,
+/// the CA bundles, and the issuers' keys.
+#[derive(Debug, Clone)]
+pub struct ReloadFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub sources_ca: PathBuf,
+    pub tokens: TokenSettings,
+}
+
+impl ReloadFiles {
+    fn paths(&self) -> Vec<&Path> {
+        let mut paths = vec![
+            self.cert.as_path(),
+            self.key.as_path(),
+            self.client_ca.as_path(),
+            self.sources_ca.as_path(),
+        ];
+        paths.extend(self.tokens.issuers.iter().map(|i| i.jwks.as_path()));
+        paths
+    }
+}
+
+/// Reloads certificates and keys without a restart. Nothing is swapped
+/// unless everything loads: a half-written file leaves the running
+/// configuration in place (and is retried on the next change).
+pub struct Reloader {
+    files: ReloadFiles,
+    broker: Arc<Broker>,
+    /// The TLS server config each new connection uses.
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    stamps: Mutex<Vec<Option<(std::time::SystemTime, u64)>>>,
+}
+
+impl Reloader {
+    /// Loads everything once; fails if anything is unusable.
+    pub fn new(files: ReloadFiles, broker: Arc<Broker>) -> anyhow::Result<Arc<Reloader>> {
+        let (tls, _, _) = load_all(&files)?;
+        let stamps = Mutex::new(stamps(&files));
+        Ok(Arc::new(Reloader {
+            files,
+            broker,
+            tls: Arc::new(ArcSwap::from(tls)),
+            stamps,
+        }))
+    }
+
+    /// Reloads every file now.
+    pub fn reload(&self) -> anyhow::Result<()> {
+        let now = stamps(&self.files);
+        let (tls, source_tls, tokens) = load_all(&self.files)?;
+        self.tls.store(tls);
+        self.broker.set_tokens(Arc::new(tokens));
+        self.broker
+            .set_source_tls(source_tls)
+            .map_err(|e| anyhow::anyhow!("reconnect to sources: {}", e.message))?;
+        *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        tracing::info!("certificates, CA bundles and issuers' keys reloaded");
+        Ok(())
+    }
+
+    /// Reloads if a file changed since the last load.
+    pub fn reload_if_changed(&self) -> anyhow::Result<bool> {
+        let now = stamps(&self.files);
+        if *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) == now {
+            return Ok(false);
+        }
+        self.reload().map(|()| true)
+    }
+
+    /// Reloads on SIGHUP, and when a file changes if `poll` is set, until
+    /// the task is dropped.
+    pub async fn watch(self: Arc<Self>, poll: Option<Duration>) {
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            #[cfg(unix)]
+            let hup = async {
+                match hangup.as_mut() {
+                    Some(h) => {
+                        h.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            #[cfg(not(unix))]
+            let hup = std::future::pending::<()>();
+            let result = tokio::select! {
+                () = hup => {
+                    tracing::info!("SIGHUP: reloading certificates and keys");
+                    self.reload().map(|()| true)
+                }
+                _ = tick.tick(), if poll.is_some() => self.reload_if_changed(),
+            };
+            if let Err(e) = result {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; the running certificates and keys stay in use");
+            }
+        }
+    }
+}
+
+fn stamps(files: &ReloadFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
+    files
+        .paths()
+        .into_iter()
+        .map(|p| {
+            std::fs::metadata(p)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())))
+        })
+        .collect()
+}
+
+type Loaded = (
+    Arc<rustls::ServerConfig>,
+    tonic::transport::ClientTlsConfig,
+    TokenVerifier,
+);
+
+fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
+    let tls = tls::server_config(&TlsFiles {
+        cert: &files.cert,
+        key: &files.key,
+        client_ca: &files.client_ca,
+    })?;
+    let source_tls = tls::client_tls(&files.sources_ca, &files.cert, &files.key)?;
+    let tokens = TokenVerifier::load(&files.tokens)?;
+    Ok((tls, source_tls, tokens))
 }
 
 /// Builds the broker from its configuration: TLS, the store (recovering the
 /// audit log if needed) and the operator's registration.
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let tls = tls::server_config(&TlsFiles {
-        cert: &config.tls.cert,
-        key: &config.tls.key,
-        client_ca: &config.tls.client_ca,
-    })?;
-    let source_tls = tls::client_tls(config.sources_ca(), &config.tls.cert, &config.tls.key)?;
+    let files = ReloadFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+        sources_ca: config.sources_ca().to_path_buf(),
+        tokens: config.token_settings()?,
+    };
+    let (_, source_tls, tokens) = load_all(&files)?;
     let dir = config.data_dir.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&dir))
         .await
@@ -51,8 +195,14 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             deadline: config.source_deadline(),
             limits: config.limit_settings(),
         },
+        tokens,
     )?;
-    Ok(Prepared { broker, tls })
+    let reloader = Reloader::new(files, broker.clone())?;
+    Ok(Prepared {
+        broker,
+        reloader,
+        reload_poll: config.reload_poll(),
+    })
 }
 
 /// Registers the operator organisation if it is missing.
@@ -78,7 +228,13 @@ pub async fn serve_broker(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let Prepared { broker, tls } = prepared;
+    let Prepared {
+        broker,
+        reloader,
+        reload_poll,
+    } = prepared;
+    let tls = reloader.tls.clone();
+    let reloading = tokio::spawn(reloader.watch(reload_poll));
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "broker listening (mutual TLS)");
 
@@ -121,6 +277,7 @@ pub async fn serve_broker(
     };
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(crate::permissions::layer())
         .add_service(
             LookupServiceServer::new(LookupService::new(broker.clone()))
                 .max_decoding_message_size(MAX_REQUEST),
@@ -140,6 +297,7 @@ pub async fn serve_broker(
         .await
         .context("serve gRPC")?;
     watch.abort();
+    reloading.abort();
     broker
         .store()
         .audit()
@@ -207,7 +365,10 @@ pub async fn serve_source<S: SourceService>(
 ) -> anyhow::Result<()> {
     Server::builder()
         .add_service(source)
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+        .serve_with_incoming_shutdown(
+            tls::incoming(listener, Arc::new(ArcSwap::from(tls))),
+            shutdown,
+        )
         .await
         .context("serve demo source")
 }

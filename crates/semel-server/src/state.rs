@@ -9,15 +9,18 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use semel_core::{
-    Authorisation, Dataset, DatasetName, Kbo, Organisation, OrganisationStatus, Role,
+    AuditDecision, AuditRecord, Authorisation, CertificateId, Dataset, DatasetName, Kbo, Niss,
+    Organisation, OrganisationStatus, Outcome, ReasonCode, Role, RoleSet, UserRole,
 };
 use semel_store::Store;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ApiError;
 use crate::limits::{ConsumerLimits, LimitSettings, SourceGuard};
+use crate::permissions::{Rpc, Rule};
 use crate::proto::source_service_client::SourceServiceClient;
-use crate::tls::PeerIdentity;
+use crate::tls::{PeerCertificate, PeerIdentity};
+use crate::tokens::{EndUser, TokenError, TokenVerifier};
 
 /// Where a dataset's lookups go.
 pub struct Route {
@@ -35,6 +38,8 @@ pub struct Snapshot {
     pub authorisations: BTreeMap<String, Authorisation>,
     /// Dataset, then consumer: looked up with borrowed keys, no allocation.
     by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>>,
+    /// Revoked certificates, by fingerprint or serial.
+    revoked: std::collections::HashSet<CertificateId>,
 }
 
 impl Snapshot {
@@ -45,6 +50,16 @@ impl Snapshot {
             .get(dataset)
             .and_then(|by_consumer| by_consumer.get(&consumer))
             .map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether a certificate has been revoked, by fingerprint or serial.
+    pub fn is_revoked(&self, cert: &PeerCertificate) -> bool {
+        !self.revoked.is_empty()
+            && (self.revoked.contains(&cert.fingerprint)
+                || cert
+                    .serial
+                    .as_ref()
+                    .is_some_and(|s| self.revoked.contains(s)))
     }
 }
 
@@ -57,26 +72,44 @@ pub struct SourceSettings {
     pub limits: LimitSettings,
 }
 
-/// The authenticated caller of an RPC.
+/// The caller of an RPC, once the certificate, the token and the
+/// permission matrix all agree.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub org: Arc<Organisation>,
+    pub user: Arc<EndUser>,
+    /// The roles the person may exercise here: the token's, bounded by the
+    /// organisation's registration.
+    pub roles: RoleSet,
+    /// The RPC being called.
+    pub rule: &'static Rule,
 }
 
 impl Caller {
-    pub fn require(&self, role: Role, what: &str) -> Result<(), ApiError> {
-        if self.org.roles.contains(&role) {
-            Ok(())
-        } else {
-            Err(ApiError::denied(
-                "ROLE_REQUIRED",
-                format!(
-                    "{what} is for organisations registered with the {role:?} role; yours is not"
-                ),
-            )
-            .with("required_role", format!("{role:?}").to_lowercase()))
-        }
+    pub fn has(&self, role: UserRole) -> bool {
+        self.roles.contains(role)
     }
+
+    /// Whether the caller's auditors read the whole log, rather than their
+    /// own organisation's entries.
+    pub fn audits_everything(&self) -> bool {
+        self.has(UserRole::Auditor)
+            && (self.org.roles.contains(&Role::Auditor) || self.org.roles.contains(&Role::Operator))
+    }
+}
+
+/// A call refused because of who made it: the error for the caller, and
+/// what is known of them for the audit entry.
+#[derive(Debug)]
+pub struct Denied {
+    pub error: ApiError,
+    pub reason: ReasonCode,
+    /// The organisation, when the certificate names a registered one.
+    pub org: Option<Arc<Organisation>>,
+    /// The person, when the token was valid.
+    pub user: Option<Arc<EndUser>>,
+    /// The RPC (`package.Service/Method`).
+    pub operation: &'static str,
 }
 
 /// The broker.
@@ -84,26 +117,36 @@ pub struct Broker {
     store: Arc<Store>,
     snapshot: ArcSwap<Snapshot>,
     sources: SourceSettings,
+    /// The client TLS config for sources (the broker's certificate); it
+    /// changes when certificates are reloaded.
+    source_tls: Mutex<ClientTlsConfig>,
     channels: Mutex<HashMap<String, Channel>>,
     guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
     pub(crate) consumer_limits: ConsumerLimits,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    tokens: ArcSwap<TokenVerifier>,
 }
 
 impl Broker {
-    pub fn new(store: Arc<Store>, sources: SourceSettings) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        store: Arc<Store>,
+        sources: SourceSettings,
+        tokens: TokenVerifier,
+    ) -> anyhow::Result<Arc<Self>> {
         let consumer_limits = ConsumerLimits::new(&sources.limits);
         let broker = Arc::new(Broker {
             store,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            source_tls: Mutex::new(sources.tls.clone()),
             sources,
             channels: Mutex::new(HashMap::new()),
             guards: Mutex::new(HashMap::new()),
             consumer_limits,
             admin: tokio::sync::Mutex::new(()),
             metrics: Arc::default(),
+            tokens: ArcSwap::from_pointee(tokens),
         });
         broker
             .reload()
@@ -172,13 +215,30 @@ impl Broker {
                 .push(a.clone());
             authorisations.insert(a.reference.as_str().to_owned(), a);
         }
+        let revoked = reg
+            .revoked_certificates()?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         self.snapshot.store(Arc::new(Snapshot {
             organisations,
             routes,
             authorisations,
             by_dataset_consumer,
+            revoked,
         }));
         Ok(())
+    }
+
+    /// Uses a new client certificate towards sources: channels are made
+    /// anew; lookups in flight finish on the old ones.
+    pub fn set_source_tls(&self, tls: ClientTlsConfig) -> Result<(), ApiError> {
+        *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.reload()
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
@@ -191,7 +251,12 @@ impl Broker {
         };
         Ok(Endpoint::from_shared(endpoint.to_owned())
             .map_err(bad)?
-            .tls_config(self.sources.tls.clone())
+            .tls_config(
+                self.source_tls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            )
             .map_err(bad)?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
@@ -200,35 +265,250 @@ impl Broker {
             .connect_lazy())
     }
 
-    /// Identifies the caller from its connection's verified certificate and
-    /// the registry. This is the only place a caller's identity is made.
-    pub fn authenticate<T>(&self, request: &tonic::Request<T>) -> Result<Caller, ApiError> {
+    /// Identifies and authorises the caller: the connection's verified
+    /// certificate names the organisation, the token names the person, and
+    /// the permission matrix says whether their roles may call this RPC.
+    /// This is the only place a caller's identity is made.
+    pub fn authorize<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Box<Denied>> {
+        let rule = request.extensions().get::<Rpc>().and_then(|r| r.0);
+        let operation = rule.map_or("unknown", |r| r.method);
+        let deny = |error: ApiError,
+                    reason,
+                    org: Option<&Arc<Organisation>>,
+                    user: Option<&Arc<EndUser>>| {
+            Box::new(Denied {
+                error,
+                reason,
+                org: org.cloned(),
+                user: user.cloned(),
+                operation,
+            })
+        };
         let peer = request.extensions().get::<Arc<PeerIdentity>>();
         let Some(cert) = peer.and_then(|p| p.certificate.as_ref()) else {
-            return Err(ApiError::unauthenticated(
-                "CLIENT_CERTIFICATE_REQUIRED",
-                "present the client certificate issued to your organisation (mutual TLS)",
+            return Err(deny(
+                ApiError::unauthenticated(
+                    "CLIENT_CERTIFICATE_REQUIRED",
+                    "present the client certificate issued to your organisation (mutual TLS)",
+                ),
+                ReasonCode::InvalidArgument,
+                None,
+                None,
             ));
         };
         let kbo = cert.kbo.as_ref().map_err(|why| {
-            ApiError::unauthenticated(
-                "CERTIFICATE_WITHOUT_ORGANISATION",
-                format!("{why}; use a certificate whose subject carries organizationIdentifier NTRBE-<enterprise number>"),
+            deny(
+                ApiError::unauthenticated(
+                    "CERTIFICATE_WITHOUT_ORGANISATION",
+                    format!("{why}; use a certificate whose subject carries organizationIdentifier NTRBE-<enterprise number>"),
+                ),
+                ReasonCode::InvalidArgument,
+                None,
+                None,
             )
         })?;
         let snapshot = self.snapshot();
-        let org = snapshot.organisations.get(kbo).cloned().ok_or_else(|| {
-            ApiError::unauthenticated(
-                "ORGANISATION_NOT_REGISTERED",
-                "your organisation is not registered with this broker; ask the operator to register it",
-            )
-        })?;
-        if org.status == OrganisationStatus::Suspended {
-            return Err(ApiError::denied(
-                "ORGANISATION_SUSPENDED",
-                "your organisation is suspended on this broker; contact the operator",
+        let org = snapshot.organisations.get(kbo);
+        if snapshot.is_revoked(cert) {
+            return Err(deny(
+                ApiError::unauthenticated(
+                    "CERTIFICATE_REVOKED",
+                    "this certificate has been revoked; ask your organisation for its new certificate",
+                ),
+                ReasonCode::CertificateRevoked,
+                org,
+                None,
             ));
         }
-        Ok(Caller { org })
+        let Some(org) = org else {
+            return Err(deny(
+                ApiError::unauthenticated(
+                    "ORGANISATION_NOT_REGISTERED",
+                    "your organisation is not registered with this broker; ask the operator to register it",
+                ),
+                ReasonCode::InvalidArgument,
+                None,
+                None,
+            ));
+        };
+        if org.status == OrganisationStatus::Suspended {
+            return Err(deny(
+                ApiError::denied(
+                    "ORGANISATION_SUSPENDED",
+                    "your organisation is suspended on this broker; contact the operator",
+                ),
+                ReasonCode::OrganisationSuspended,
+                Some(org),
+                None,
+            ));
+        }
+        let tokens = self.tokens.load();
+        let user = bearer(request)
+            .ok_or(TokenError::Missing)
+            .and_then(|t| tokens.verify(t))
+            .map_err(|e| {
+                deny(
+                    ApiError::unauthenticated(e.reason().as_str(), e.message(tokens.audience())),
+                    e.reason(),
+                    Some(org),
+                    None,
+                )
+            })?;
+        if user.organisation != org.kbo {
+            return Err(deny(
+                ApiError::unauthenticated(
+                    "TOKEN_ORGANISATION_MISMATCH",
+                    "the token was issued for another organisation than the one your certificate names; one administration cannot act for another",
+                ),
+                ReasonCode::TokenOrganisationMismatch,
+                Some(org),
+                None,
+            ));
+        }
+        let Some(rule) = rule else {
+            return Err(deny(
+                ApiError::denied("ROLE_NOT_PERMITTED", "this RPC is open to no role"),
+                ReasonCode::RoleNotPermitted,
+                Some(org),
+                Some(&user),
+            ));
+        };
+        let needed: RoleSet = rule.roles.iter().copied().collect();
+        let roles = user.roles.allowed_for(&org.roles);
+        if !roles.intersects(needed) {
+            let (reason, code, message) = if user.roles.intersects(needed) {
+                (
+                    "ORGANISATION_ROLE_MISSING",
+                    ReasonCode::OrganisationRoleMissing,
+                    format!(
+                        "this call needs one of the roles {needed}; your token grants one, but your organisation is not registered for it; ask the operator"
+                    ),
+                )
+            } else {
+                (
+                    "ROLE_NOT_PERMITTED",
+                    ReasonCode::RoleNotPermitted,
+                    format!(
+                        "this call needs one of the roles {needed}; your token grants {}",
+                        if user.roles.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            user.roles.to_string()
+                        }
+                    ),
+                )
+            };
+            return Err(deny(
+                ApiError::denied(reason, message).with("required_roles", needed.to_string()),
+                code,
+                Some(org),
+                Some(&user),
+            ));
+        }
+        Ok(Caller {
+            org: org.clone(),
+            user,
+            roles,
+            rule,
+        })
     }
+
+    /// Like [`Broker::authorize`], for RPCs other than lookups: a refusal
+    /// whose organisation is known is recorded in the audit log.
+    pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<Caller, ApiError> {
+        match self.authorize(request) {
+            Ok(caller) => Ok(caller),
+            Err(denied) => Err(self.record_refusal(*denied, None).await),
+        }
+    }
+
+    /// Records a refused call (when its organisation is known) and returns
+    /// the error to send.
+    pub async fn record_refusal(&self, denied: Denied, citizen: Option<Niss>) -> ApiError {
+        let Denied {
+            error,
+            reason,
+            org,
+            user,
+            operation,
+        } = denied;
+        let Some(org) = org else {
+            tracing::info!(
+                operation,
+                reason = error.reason,
+                "call refused: caller not identified"
+            );
+            return error;
+        };
+        let request_id = uuid::Uuid::now_v7();
+        let record = AuditRecord {
+            request_id: *request_id.as_bytes(),
+            time_micros: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
+            operation: operation.into(),
+            consumer: org.kbo,
+            end_user: user.map(|u| u.subject.clone()),
+            citizen,
+            dataset: String::new(),
+            fields_requested: Vec::new(),
+            fields_returned: Vec::new(),
+            purpose: String::new(),
+            authorisation: None,
+            decision: AuditDecision::Refused,
+            reason: Some(reason),
+            outcome: Outcome::NotForwarded,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+        };
+        if let Err(e) = self.store.audit().append(record).await {
+            tracing::error!(error = %e, "refused call not recorded: audit log unavailable");
+        }
+        tracing::info!(
+            request_id = %request_id,
+            operation,
+            organisation = org.kbo.as_str(),
+            reason = error.reason,
+            "call refused"
+        );
+        error.with("request_id", request_id.to_string())
+    }
+
+    /// Refuses an authorised caller for what they asked (another citizen,
+    /// another organisation), recording the refusal.
+    pub async fn refuse(
+        &self,
+        caller: &Caller,
+        error: ApiError,
+        reason: ReasonCode,
+        citizen: Option<Niss>,
+    ) -> ApiError {
+        let denied = Denied {
+            error,
+            reason,
+            org: Some(caller.org.clone()),
+            user: Some(caller.user.clone()),
+            operation: caller.rule.method,
+        };
+        self.record_refusal(denied, citizen).await
+    }
+
+    /// The token verifier in use.
+    pub fn tokens(&self) -> Arc<TokenVerifier> {
+        self.tokens.load_full()
+    }
+
+    /// Swaps in new issuer keys; calls in flight keep the old ones.
+    pub fn set_tokens(&self, tokens: Arc<TokenVerifier>) {
+        self.tokens.store(tokens);
+    }
+}
+
+/// The token of a request's `authorization: Bearer ...` metadata.
+fn bearer<T>(request: &tonic::Request<T>) -> Option<&str> {
+    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }

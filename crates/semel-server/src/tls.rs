@@ -12,11 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
-use semel_core::Kbo;
+use semel_core::{CertificateId, Kbo};
+use sha2::Digest;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
@@ -37,16 +39,42 @@ pub struct PeerCertificate {
     /// The enterprise number from the certificate's organizationIdentifier
     /// (`NTRBE-<KBO>`), or why it has none.
     pub kbo: Result<Kbo, String>,
+    /// SHA-256 of the DER encoding, as revocations name it.
+    pub fingerprint: CertificateId,
+    /// The serial number, as revocations name it.
+    pub serial: Option<CertificateId>,
 }
 
 impl PeerIdentity {
     /// Reads the identity from the end-entity certificate rustls verified.
     pub fn from_certificate(der: Option<&CertificateDer<'_>>) -> Self {
-        let certificate = der.map(|der| PeerCertificate {
-            kbo: kbo_from_certificate(der),
+        let certificate = der.map(|der| {
+            let digest: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+            PeerCertificate {
+                kbo: kbo_from_certificate(der),
+                fingerprint: CertificateId::sha256_of(&digest),
+                serial: x509_parser::parse_x509_certificate(der.as_ref())
+                    .ok()
+                    .map(|(_, c)| CertificateId::serial_from_bytes(c.raw_serial())),
+            }
         });
         PeerIdentity { certificate }
     }
+}
+
+/// The SHA-256 fingerprint and serial number of the first certificate in a
+/// PEM file, as revocations name them.
+pub fn certificate_ids(path: &Path) -> anyhow::Result<(String, String)> {
+    let certs = load_certs(path)?;
+    let peer = PeerIdentity::from_certificate(certs.first());
+    let cert = peer.certificate.context("no certificate")?;
+    let text = |id: &CertificateId| match id {
+        CertificateId::Sha256(h) | CertificateId::Serial(h) => h.clone(),
+    };
+    Ok((
+        text(&cert.fingerprint),
+        cert.serial.as_ref().map(text).unwrap_or_default(),
+    ))
 }
 
 /// OID of organizationIdentifier (ETSI EN 319 412-1).
@@ -172,12 +200,15 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts TCP connections, completes TLS handshakes concurrently (a slow
 /// client cannot hold up others) and yields identified connections.
+///
+/// Each handshake uses the config `config` holds at that moment, so a
+/// reloaded certificate or CA bundle applies to the next connection while
+/// open connections carry on.
 pub fn incoming(
     listener: TcpListener,
-    config: Arc<ServerConfig>,
+    config: Arc<ArcSwap<ServerConfig>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
-    let acceptor = TlsAcceptor::from(config);
     tokio::spawn(async move {
         loop {
             let (tcp, addr) = tokio::select! {
@@ -192,7 +223,7 @@ pub fn incoming(
                 () = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
+            let acceptor = TlsAcceptor::from(config.load_full());
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {

@@ -893,6 +893,7 @@ mod tests {
         AuditRecord {
             request_id: [i; 16],
             time_micros: 1_700_000_000_000_000 + i64::from(i),
+            operation: semel_core::LOOKUP_OPERATION.into(),
             consumer: Kbo::parse(if i.is_multiple_of(2) {
                 "0566988259"
             } else {

@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use semel_core::{Authorisation, Dataset, Kbo, Organisation};
+use semel_core::{Authorisation, Dataset, Kbo, Organisation, RevokedCertificate};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -23,6 +23,8 @@ pub struct Registry {
     authorisations: sled::Tree,
     /// Every version of every authorisation, keyed `reference \0 version`.
     authorisation_history: sled::Tree,
+    /// Revoked client certificates, keyed by [`semel_core::CertificateId::key`].
+    revoked_certificates: sled::Tree,
 }
 
 impl Registry {
@@ -36,6 +38,7 @@ impl Registry {
             datasets: tree("datasets")?,
             authorisations: tree("authorisations")?,
             authorisation_history: tree("authorisation_history")?,
+            revoked_certificates: tree("revoked_certificates")?,
             db,
             db_path,
         })
@@ -103,6 +106,25 @@ impl Registry {
                 decode(&v)
             })
             .collect()
+    }
+
+    /// Records a revocation; revoking again keeps the first record.
+    /// Returns the stored record.
+    pub fn revoke_certificate(
+        &self,
+        revoked: &RevokedCertificate,
+    ) -> Result<RevokedCertificate, StoreError> {
+        let key = revoked.id.key();
+        if let Some(existing) = get(&self.revoked_certificates, key.as_bytes())? {
+            return Ok(existing);
+        }
+        put(&self.revoked_certificates, key.as_bytes(), revoked)?;
+        self.sync()?;
+        Ok(revoked.clone())
+    }
+
+    pub fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StoreError> {
+        all(&self.revoked_certificates)
     }
 
     /// Makes every registry write durable: sled's flush writes its log with

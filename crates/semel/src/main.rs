@@ -137,6 +137,29 @@ enum Command {
         #[arg(long, default_value = "semel-data", env = "SEMEL_DEMO_DIR")]
         data_dir: PathBuf,
     },
+    /// Development PKI: a CA and organisation certificates (never for production).
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Mint a test token with the development issuer's key (never for production).
+    Token {
+        /// The development PKI directory holding issuer.key (created if missing).
+        #[arg(long, default_value = "semel-data/pki")]
+        dir: PathBuf,
+        /// The person: an identifier, or a citizen's national number.
+        #[arg(long)]
+        sub: String,
+        /// The enterprise number of the person's organisation.
+        #[arg(long)]
+        org: String,
+        /// Comma-separated: admin, consumer, source, auditor, citizen.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 3600)]
+        ttl: i64,
+        #[arg(long, default_value = "semel")]
+        audience: String,
+    },
     /// Print a shell completion script, e.g. `semel completions bash > /etc/bash_completion.d/semel`.
     Completions { shell: clap_complete::Shell },
     /// Read the audit log (operator).
@@ -175,6 +198,9 @@ struct Conn {
     /// Its private key.
     #[arg(long, global = true)]
     key: Option<PathBuf>,
+    /// A file holding the person's token (JWT); the demo mints one when omitted.
+    #[arg(long, global = true, env = "SEMEL_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -225,7 +251,58 @@ struct BenchArgs {
 }
 
 #[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a development CA in DIR (ca.crt, ca.key) if there is none.
+    Init {
+        #[arg(long, default_value = "semel-data/pki")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for an organisation, signed by the CA in DIR:
+    /// writes <stem>.crt and <stem>.key, with organizationIdentifier NTRBE-<KBO>.
+    Issue {
+        #[arg(long, default_value = "semel-data/pki")]
+        dir: PathBuf,
+        /// Enterprise number of the organisation.
+        #[arg(long)]
+        kbo: String,
+        /// Organisation name, for the subject.
+        #[arg(long)]
+        name: String,
+        /// File name stem; the enterprise number by default.
+        #[arg(long)]
+        stem: Option<String>,
+    },
+    /// Create the development token issuer in DIR (issuer.key, issuer.jwks.json) if there is none.
+    Issuer {
+        #[arg(long, default_value = "semel-data/pki")]
+        dir: PathBuf,
+    },
+    /// Print a certificate's SHA-256 fingerprint and serial, as revocations name them.
+    Fingerprint { cert: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum CertCommand {
+    /// Revoke a client certificate: every call made with it is refused from now on.
+    Revoke {
+        /// SHA-256 fingerprint (hex), as `semel pki fingerprint` prints it.
+        #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
+        fingerprint: Option<String>,
+        /// Serial number (hex).
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Revoked certificates, newest first.
+    List,
+}
+
+#[derive(Subcommand)]
 enum AdminCommand {
+    /// Client certificates.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// Organisations.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -340,6 +417,13 @@ enum AuditCommand {
     },
     /// Number of entries and hash of the last one.
     Head,
+    /// Who consulted a citizen's data (as the citizen, or an auditor).
+    Accesses {
+        #[arg(long)]
+        citizen: String,
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+    },
 }
 
 fn main() -> ExitCode {
@@ -460,6 +544,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Admin { conn, command } => {
             let client = connect(&conn, Some("operator")).await?;
             let result = match command {
+                AdminCommand::Cert(CertCommand::Revoke {
+                    fingerprint,
+                    serial,
+                    reason,
+                }) => client.revoke_certificate(fingerprint, serial, reason).await,
+                AdminCommand::Cert(CertCommand::List) => client.revoked_certificates().await,
                 AdminCommand::Org(OrgCommand::List) => client.list_organisations().await,
                 AdminCommand::Org(OrgCommand::Create { kbo, name, roles }) => {
                     client.create_organisation(kbo, name, &roles).await
@@ -537,6 +627,38 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(report(conn.json, result, print_value))
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Pki(command) => dev_pki(command),
+        Command::Token {
+            dir,
+            sub,
+            org,
+            roles,
+            ttl,
+            audience,
+        } => {
+            let org = semel_core::Kbo::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
+            let roles = roles
+                .iter()
+                .map(|r| {
+                    semel_core::UserRole::parse(r).with_context(|| {
+                        format!(
+                            "--roles: {r:?} is not one of admin, consumer, source, auditor, citizen"
+                        )
+                    })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let issuer = semel_demo::issuer::DevIssuer::ensure(&dir)?;
+            let token = issuer.mint(&semel_demo::issuer::TokenRequest {
+                subject: &sub,
+                organisation: org,
+                roles: &roles,
+                audience: &audience,
+                expires_in: ttl,
+                not_before: None,
+            })?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Health {
             broker,
             ca,
@@ -605,6 +727,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .await
                 }
                 AuditCommand::Head => client.audit_head().await,
+                AuditCommand::Accesses { citizen, limit } => {
+                    client.citizen_accesses(citizen, limit).await
+                }
             };
             Ok(report(conn.json, result, print_audit))
         }
@@ -868,6 +993,50 @@ mod bench {
     }
 }
 
+fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
+    use semel_demo::pki::{DevPki, Subject};
+    match command {
+        PkiCommand::Init { dir } => {
+            let pki = DevPki::ensure(&dir, &[])?;
+            println!("CA: {}", pki.ca_cert().display());
+        }
+        PkiCommand::Issue {
+            dir,
+            kbo,
+            name,
+            stem,
+        } => {
+            let kbo = semel_core::Kbo::parse(&kbo).map_err(|e| anyhow::anyhow!("--kbo: {e}"))?;
+            let pki = DevPki::ensure(&dir, &[])?;
+            let stem = stem.unwrap_or_else(|| kbo.as_str().to_owned());
+            let files = pki.issue(&Subject {
+                file_stem: &stem,
+                kbo,
+                name: &name,
+            })?;
+            println!(
+                "certificate: {}\nkey: {}",
+                files.cert.display(),
+                files.key.display()
+            );
+        }
+        PkiCommand::Issuer { dir } => {
+            let issuer = semel_demo::issuer::DevIssuer::ensure(&dir)?;
+            println!(
+                "issuer: {}\nprivate key: {}\npublic keys (JWKS, for [[tokens.issuers]]): {}",
+                issuer.issuer,
+                issuer.key_file().display(),
+                issuer.jwks_file().display()
+            );
+        }
+        PkiCommand::Fingerprint { cert } => {
+            let (fingerprint, serial) = semel_server::tls::certificate_ids(&cert)?;
+            println!("sha256 fingerprint: {fingerprint}\nserial number: {serial}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Client> {
     let config = match (&conn.broker, &conn.ca, &conn.cert, &conn.key) {
         (Some(broker), Some(ca), Some(cert), Some(key)) => ClientConfig {
@@ -875,6 +1044,7 @@ async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Clien
             ca: ca.clone(),
             cert: cert.clone(),
             key: key.clone(),
+            token: None,
         },
         _ => {
             let who = conn
@@ -884,6 +1054,18 @@ async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Clien
                 .context("say which organisation you act as: --as cpas-anderlecht (or give --broker, --ca, --cert and --key)")?;
             semel_server::demo::client_config(&conn.data_dir, who)?
         }
+    };
+    let config = match &conn.token_file {
+        Some(path) => ClientConfig {
+            token: Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("read the token {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+            ),
+            ..config
+        },
+        None => config,
     };
     Client::connect(&config).await
 }

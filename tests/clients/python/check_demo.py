@@ -1,5 +1,6 @@
 """Checks a running demo from Python: an allowed lookup returns exactly the
-asked fields, and a refusal carries its ErrorInfo reason. Run by .ci/run."""
+asked fields, a refusal carries its ErrorInfo reason, and a call without a
+person's token is unauthenticated. Run by .ci/run."""
 
 import sys
 
@@ -23,7 +24,15 @@ def main(data_dir):
         assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e.code()
         assert reason == "PURPOSE_NOT_ALLOWED", reason
         assert metadata.get("request_id"), metadata
-    print("python client: 2 passed, 0 failed")
+    anonymous = pb_grpc.LookupServiceStub(client.channel(data_dir, "cpas-anderlecht", with_token=False))
+    try:
+        client.lookup(anonymous, pb, "93051822361", "national_register.residence", ["street"], "RIS_ELIGIBILITY")
+        sys.exit("a lookup without a token was answered")
+    except grpc.RpcError as e:
+        reason, _ = client.error_info(e)
+        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
+        assert reason == "TOKEN_MISSING", reason
+    print("python client: 3 passed, 0 failed")
 
 
 if __name__ == "__main__":

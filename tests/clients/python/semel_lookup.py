@@ -1,8 +1,9 @@
 """A Semel lookup from Python, with the official grpcio and mutual TLS.
 
 Generates the client code from proto/ at start (grpcio-tools ships protoc),
-reads the demo's demo.json for the broker's address and the certificate of
-the organisation it acts as, and performs one lookup.
+reads the demo's demo.json for the broker's address, the certificate of the
+organisation it acts as and the token of a person there, and performs one
+lookup.
 
     python semel_lookup.py --data-dir semel-data --as cpas-anderlecht \
         --citizen 93.05.18-223.61 --dataset national_register.residence \
@@ -37,8 +38,11 @@ def generate():
     return lookup_pb2, lookup_pb2_grpc
 
 
-def channel(data_dir, who):
-    """A mutual-TLS channel to the demo broker, as the demo organisation `who`."""
+def channel(data_dir, who, with_token=True):
+    """A mutual-TLS channel to the demo broker, as a person of the demo
+    organisation `who`: the organisation's certificate identifies the
+    administration, the token the demo wrote (sent as `authorization: Bearer`
+    on every call) identifies the person."""
     with open(os.path.join(data_dir, "demo.json")) as f:
         demo = json.load(f)
     org = next((o for o in demo["organisations"] if who in (o["slug"], o["kbo"])), None)
@@ -47,6 +51,9 @@ def channel(data_dir, who):
     read = lambda p: open(p, "rb").read()  # noqa: E731
     credentials = grpc.ssl_channel_credentials(
         root_certificates=read(demo["ca"]), private_key=read(org["key"]), certificate_chain=read(org["cert"]))
+    if with_token:
+        token = read(org["token"]).decode().strip()
+        credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(demo["broker"].removeprefix("https://"), credentials)
 
 

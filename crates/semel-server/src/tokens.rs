@@ -1,0 +1,372 @@
+//! End-user tokens: a JWT on every call (`authorization: Bearer ...`) names
+//! the person, their organisation and their roles. It is verified against
+//! the trusted issuers' public keys (a JWKS file per issuer), with the
+//! algorithm pinned by the key: EdDSA (Ed25519) or ES256 (P-256), never
+//! `none`, never HMAC.
+//!
+//! A verified token is cached until it expires, so a back office that sends
+//! the same token on every call pays for one signature check, not one per
+//! lookup. Reloading the keys builds a new verifier with an empty cache.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use semel_core::{Kbo, MAX_TEXT, Niss, ReasonCode, RoleSet, UserRole};
+use serde::Deserialize;
+
+/// The trusted issuers, as configured.
+#[derive(Debug, Clone)]
+pub struct TokenSettings {
+    /// The `aud` every token must carry.
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_s: u64,
+    pub issuers: Vec<IssuerSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerSettings {
+    /// The issuer's `iss`, exactly.
+    pub issuer: String,
+    /// Its public keys (JWKS).
+    pub jwks: PathBuf,
+    /// The organisations it may speak for; any when empty.
+    pub organisations: Vec<Kbo>,
+}
+
+/// The person a verified token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndUser {
+    /// The token's `sub`: a person identifier at the organisation, or a
+    /// citizen's national number.
+    pub subject: String,
+    pub organisation: Kbo,
+    /// Every role the token grants (the organisation's registration bounds
+    /// what it may exercise).
+    pub roles: RoleSet,
+    pub issuer: String,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl EndUser {
+    /// The citizen the token speaks for, when it carries the citizen role.
+    pub fn citizen(&self) -> Option<Niss> {
+        if self.roles.contains(UserRole::Citizen) {
+            Niss::parse(&self.subject).ok()
+        } else {
+            None
+        }
+    }
+}
+
+/// Why a token was refused. Messages say what to do and reveal neither
+/// keys nor which part of a signature failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    Missing,
+    Malformed(&'static str),
+    Expired,
+    NotYetValid,
+    Audience,
+    UntrustedIssuer,
+    IssuerNotForOrganisation,
+    Signature,
+}
+
+impl TokenError {
+    pub fn reason(self) -> ReasonCode {
+        match self {
+            TokenError::Missing => ReasonCode::TokenMissing,
+            TokenError::Malformed(_) => ReasonCode::TokenMalformed,
+            TokenError::Expired => ReasonCode::TokenExpired,
+            TokenError::NotYetValid => ReasonCode::TokenNotYetValid,
+            TokenError::Audience => ReasonCode::TokenAudience,
+            TokenError::UntrustedIssuer | TokenError::IssuerNotForOrganisation => {
+                ReasonCode::TokenUntrustedIssuer
+            }
+            TokenError::Signature => ReasonCode::TokenSignature,
+        }
+    }
+
+    pub fn message(self, audience: &str) -> String {
+        match self {
+            TokenError::Missing => "send the person's token as `authorization: Bearer <JWT>` metadata on every call".into(),
+            TokenError::Malformed(what) => format!("the token is not usable: {what}"),
+            TokenError::Expired => "the token has expired; get a fresh one from your identity provider".into(),
+            TokenError::NotYetValid => "the token is not valid yet (nbf); check the clocks of your identity provider and your server".into(),
+            TokenError::Audience => format!("the token is not meant for this broker; its aud must include \"{audience}\""),
+            TokenError::UntrustedIssuer => "the token's issuer is not one this broker trusts; ask the operator to register your identity provider".into(),
+            TokenError::IssuerNotForOrganisation => "the token's issuer is not trusted to speak for the organisation it names".into(),
+            TokenError::Signature => "the token's signature does not verify with its issuer's published keys".into(),
+        }
+    }
+}
+
+/// One trusted public key.
+struct IssuerKey {
+    kid: Option<String>,
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+struct Issuer {
+    organisations: Vec<Kbo>,
+    keys: Vec<IssuerKey>,
+}
+
+/// Verified tokens kept at most; beyond, expired ones are dropped, then all.
+const CACHE_CAPACITY: usize = 16_384;
+
+/// Verifies tokens against the issuers' keys.
+pub struct TokenVerifier {
+    audience: String,
+    leeway: u64,
+    issuers: HashMap<String, Issuer>,
+    cache: Mutex<HashMap<Box<str>, Arc<EndUser>>>,
+}
+
+/// The claims Semel reads. `exp`, `iss`, `aud` and `sub` are required and
+/// checked by `jsonwebtoken`; `nbf` is checked when present.
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    /// The organisation's enterprise number.
+    org: Option<String>,
+    #[serde(default)]
+    roles: Vec<String>,
+    iss: String,
+    exp: u64,
+}
+
+#[derive(Deserialize)]
+struct Peek {
+    iss: Option<String>,
+}
+
+impl TokenVerifier {
+    /// Reads every issuer's JWKS. A key that is not Ed25519 or P-256, or
+    /// that says it is for another algorithm, fails the load by name.
+    pub fn load(settings: &TokenSettings) -> anyhow::Result<TokenVerifier> {
+        let mut issuers = HashMap::new();
+        for s in &settings.issuers {
+            let keys = load_jwks(&s.jwks, &s.issuer, &settings.audience, settings.leeway_s)
+                .with_context(|| format!("issuer {}: keys {}", s.issuer, s.jwks.display()))?;
+            anyhow::ensure!(
+                issuers
+                    .insert(
+                        s.issuer.clone(),
+                        Issuer {
+                            organisations: s.organisations.clone(),
+                            keys,
+                        },
+                    )
+                    .is_none(),
+                "issuer {} is configured twice",
+                s.issuer
+            );
+        }
+        Ok(TokenVerifier {
+            audience: settings.audience.clone(),
+            leeway: settings.leeway_s,
+            issuers,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
+    /// Verifies a token (without the `Bearer ` prefix).
+    pub fn verify(&self, token: &str) -> Result<Arc<EndUser>, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(user) = cache.get(token) {
+                if now <= user.expires_at.saturating_add(self.leeway) {
+                    return Ok(user.clone());
+                }
+                cache.remove(token);
+                return Err(TokenError::Expired);
+            }
+        }
+        let user = Arc::new(self.verify_uncached(token)?);
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.retain(|_, u| now <= u.expires_at.saturating_add(self.leeway));
+            if cache.len() >= CACHE_CAPACITY {
+                cache.clear();
+            }
+        }
+        cache.insert(token.into(), user.clone());
+        Ok(user)
+    }
+
+    fn verify_uncached(&self, token: &str) -> Result<EndUser, TokenError> {
+        const NOT_A_JWT: TokenError =
+            TokenError::Malformed("it is not a JWT signed with EdDSA or ES256");
+        let header = jsonwebtoken::decode_header(token).map_err(|_| NOT_A_JWT)?;
+        // The issuer is read before the signature is checked only to pick
+        // its keys; nothing else of the payload is trusted before `decode`.
+        let peek: Peek =
+            jsonwebtoken::dangerous::insecure_decode_claims(token).map_err(|_| NOT_A_JWT)?;
+        let iss = peek
+            .iss
+            .ok_or(TokenError::Malformed("it has no iss claim"))?;
+        let issuer = self.issuers.get(&iss).ok_or(TokenError::UntrustedIssuer)?;
+        let key = match &header.kid {
+            Some(kid) => issuer
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid.as_str()))
+                .ok_or(TokenError::Signature)?,
+            None if issuer.keys.len() == 1 => &issuer.keys[0],
+            None => return Err(TokenError::Malformed("its header has no kid")),
+        };
+        if header.alg != key.algorithm {
+            return Err(TokenError::Signature);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &key.key, &key.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                ErrorKind::InvalidAudience => TokenError::Audience,
+                ErrorKind::InvalidIssuer => TokenError::UntrustedIssuer,
+                ErrorKind::MissingRequiredClaim(c) => match c.as_str() {
+                    "sub" => TokenError::Malformed("it has no sub claim"),
+                    "aud" => TokenError::Malformed("it has no aud claim"),
+                    "exp" => TokenError::Malformed("it has no exp claim"),
+                    _ => TokenError::Malformed("a required claim is missing"),
+                },
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidKeyFormat => TokenError::Signature,
+                _ => TokenError::Malformed(
+                    "its claims are not sub, org, roles, iss, aud and exp as expected",
+                ),
+            },
+        )?;
+        let claims = data.claims;
+        if claims.sub.is_empty()
+            || claims.sub.len() > MAX_TEXT
+            || claims.sub.chars().any(char::is_control)
+        {
+            return Err(TokenError::Malformed(
+                "its sub must be 1 to 256 printable characters",
+            ));
+        }
+        let organisation = claims
+            .org
+            .as_deref()
+            .ok_or(TokenError::Malformed(
+                "it has no org claim (the enterprise number)",
+            ))
+            .and_then(|o| {
+                Kbo::parse(o).map_err(|_| {
+                    TokenError::Malformed("its org claim is not a valid enterprise number")
+                })
+            })?;
+        if !issuer.organisations.is_empty() && !issuer.organisations.contains(&organisation) {
+            return Err(TokenError::IssuerNotForOrganisation);
+        }
+        // Unknown role names are ignored: an identity provider may carry
+        // roles of other applications.
+        let roles: RoleSet = claims
+            .roles
+            .iter()
+            .filter_map(|r| UserRole::parse(r))
+            .collect();
+        if roles.contains(UserRole::Citizen) && Niss::parse(&claims.sub).is_err() {
+            return Err(TokenError::Malformed(
+                "a citizen's sub must be their national number",
+            ));
+        }
+        Ok(EndUser {
+            subject: claims.sub,
+            organisation,
+            roles,
+            issuer: claims.iss,
+            expires_at: claims.exp,
+        })
+    }
+}
+
+fn load_jwks(
+    path: &Path,
+    issuer: &str,
+    audience: &str,
+    leeway: u64,
+) -> anyhow::Result<Vec<IssuerKey>> {
+    let text = std::fs::read(path).context("read")?;
+    let set: JwkSet = serde_json::from_slice(&text).context("parse as a JWKS")?;
+    anyhow::ensure!(!set.keys.is_empty(), "the JWKS holds no key");
+    let mut keys = Vec::new();
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        let name = kid.as_deref().unwrap_or("(no kid)");
+        anyhow::ensure!(
+            jwk.common.public_key_use != Some(PublicKeyUse::Encryption),
+            "key {name} is for encryption, not signatures"
+        );
+        let algorithm = match &jwk.algorithm {
+            AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+                let x = base64_url_len(&p.x);
+                anyhow::ensure!(x == Some(32), "key {name}: an Ed25519 x has 32 bytes");
+                Algorithm::EdDSA
+            }
+            AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            _ => anyhow::bail!(
+                "key {name}: only Ed25519 (EdDSA) and P-256 (ES256) public keys are accepted"
+            ),
+        };
+        if let Some(alg) = jwk.common.key_algorithm {
+            let matches = matches!(
+                (alg, algorithm),
+                (KeyAlgorithm::EdDSA, Algorithm::EdDSA) | (KeyAlgorithm::ES256, Algorithm::ES256)
+            );
+            anyhow::ensure!(matches, "key {name}: its alg does not fit its key type");
+        }
+        let key = DecodingKey::from_jwk(jwk).with_context(|| format!("key {name}"))?;
+        let mut validation = Validation::new(algorithm);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.set_issuer(&[issuer]);
+        validation.set_audience(&[audience]);
+        validation.validate_nbf = true;
+        validation.leeway = leeway;
+        keys.push(IssuerKey {
+            kid,
+            algorithm,
+            key,
+            validation,
+        });
+    }
+    if keys.len() > 1 {
+        anyhow::ensure!(
+            keys.iter().all(|k| k.kid.is_some()),
+            "with several keys, every key needs a kid"
+        );
+    }
+    Ok(keys)
+}
+
+/// The decoded length of unpadded base64url text, if it is valid.
+fn base64_url_len(s: &str) -> Option<usize> {
+    let valid = s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    match (valid, s.len() % 4) {
+        (false, _) | (true, 1) => None,
+        (true, r) => Some(s.len() / 4 * 3 + r.saturating_sub(1)),
+    }
+}
