@@ -3,6 +3,7 @@
 
 mod durability;
 mod harness;
+mod identity;
 mod limits;
 mod lookups;
 mod registry_and_identity;

@@ -67,6 +67,8 @@ pub struct Demo {
     pub source_endpoints: std::collections::BTreeMap<String, String>,
     /// Where the metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// Reloads the broker's certificate, CA bundle and issuer keys.
+    pub reloader: Arc<Reloader>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -211,7 +213,7 @@ impl Demo {
             listener,
             Prepared {
                 broker,
-                reloader,
+                reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
             },
             wait(rx),
@@ -278,6 +280,7 @@ impl Demo {
             data_dir,
             source_endpoints: endpoints,
             metrics_addr,
+            reloader,
             shutdown,
             broker_task,
             source_tasks,

@@ -370,3 +370,67 @@ fn base64_url_len(s: &str) -> Option<usize> {
         (true, r) => Some(s.len() / 4 * 3 + r.saturating_sub(1)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(jwks: &str) -> anyhow::Result<TokenVerifier> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("keys.json");
+        std::fs::write(&path, jwks)?;
+        TokenVerifier::load(&TokenSettings {
+            audience: "semel".into(),
+            leeway_s: 30,
+            issuers: vec![IssuerSettings {
+                issuer: "https://idp.example".into(),
+                jwks: path,
+                organisations: Vec::new(),
+            }],
+        })
+    }
+
+    #[test]
+    fn only_signature_keys_of_the_two_curves_are_trusted() {
+        let ed = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        assert!(load(ed).is_ok());
+        for (bad, why) in [
+            (
+                r#"{"keys":[{"kty":"oct","kid":"h","k":"c2VjcmV0"}]}"#,
+                "only Ed25519",
+            ),
+            (
+                r#"{"keys":[{"kty":"RSA","kid":"r","n":"AQAB","e":"AQAB"}]}"#,
+                "only Ed25519",
+            ),
+            (
+                r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"s","x":"AAAA"}]}"#,
+                "32 bytes",
+            ),
+            (
+                r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"e","alg":"ES256","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+                "alg does not fit",
+            ),
+            (r#"{"keys":[]}"#, "no key"),
+        ] {
+            let err = format!("{:#}", load(bad).err().expect("refused"));
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn garbage_is_refused_without_a_panic() {
+        let ed = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+        let v = load(ed).expect("load");
+        for token in [
+            "",
+            ".",
+            "..",
+            "a.b.c",
+            "eyJhbGciOiJFZERTQSJ9.e30.",
+            "Bearer x",
+        ] {
+            assert!(v.verify(token).is_err(), "{token:?}");
+        }
+    }
+}
