@@ -307,8 +307,10 @@ impl Client {
                 "source" => Ok(proto::OrganisationRole::Source as i32),
                 "consumer" => Ok(proto::OrganisationRole::Consumer as i32),
                 "operator" => Ok(proto::OrganisationRole::Operator as i32),
+                "auditor" => Ok(proto::OrganisationRole::Auditor as i32),
+                "citizen_portal" => Ok(proto::OrganisationRole::CitizenPortal as i32),
                 other => Err(usage(format!(
-                    "unknown role {other}; use source, consumer or operator"
+                    "unknown role {other}; use source, consumer, operator, auditor or citizen_portal"
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -322,7 +322,7 @@ enum OrgCommand {
         kbo: String,
         #[arg(long)]
         name: String,
-        /// source, consumer and/or operator, comma-separated.
+        /// source, consumer, operator, auditor and/or citizen_portal, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<String>,
     },
@@ -1138,6 +1138,36 @@ fn print_value(v: &Json) {
 }
 
 fn print_audit(v: &Json) {
+    if let Some(accesses) = v["accesses"].as_array() {
+        if accesses.is_empty() {
+            println!("no one consulted this citizen's data");
+        }
+        for a in accesses {
+            let s = |k: &str| a[k].as_str().unwrap_or("").to_owned();
+            let fields: Vec<&str> = a["fields"]
+                .as_array()
+                .map(|f| f.iter().filter_map(Json::as_str).collect())
+                .unwrap_or_default();
+            let what = if s("decision") == "allowed" {
+                format!(
+                    "received {} from {} ({})",
+                    fields.join(", "),
+                    s("source_name"),
+                    s("dataset")
+                )
+            } else {
+                format!("was refused {} ({})", s("dataset"), s("reason"))
+            };
+            println!(
+                "{} {} ({}) {what}, purpose {}",
+                s("time"),
+                s("consumer_name"),
+                s("consumer_kbo"),
+                s("purpose")
+            );
+        }
+        return;
+    }
     let Some(entries) = v["entries"].as_array() else {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         return;
@@ -1149,8 +1179,13 @@ fn print_audit(v: &Json) {
         } else {
             format!("{} {}", s("outcome"), s("reason"))
         };
+        let by = match (s("end_user").as_str(), s("operation").as_str()) {
+            ("", "semel.v1.LookupService/Lookup") => String::new(),
+            (u, "semel.v1.LookupService/Lookup") => format!(" ({u})"),
+            (u, op) => format!(" ({}) {op}", if u.is_empty() { "-" } else { u }),
+        };
         println!(
-            "#{} {} consumer {} citizen {} {} [{}] purpose {} auth {} → {} {}",
+            "#{} {} consumer {}{by} citizen {} {} [{}] purpose {} auth {} → {} {}",
             e["sequence"],
             s("time"),
             s("consumer_kbo"),
@@ -1198,7 +1233,7 @@ fn print_demo_banner(demo: &Demo) {
     let s = semel.display();
     println!(
         "\nSemel demo broker listening on https://{addr} (mutual TLS)\n\
-         \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation)\n  population       {people} synthetic people in {households} households\n\
+         \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation, issuer.key/issuer.jwks.json)\n  tokens           {dd}/tokens (<organisation>.jwt, citizen.jwt; valid for a day)\n  population       {people} synthetic people in {households} households\n\
          \nTry, in another terminal:\n\
          \n  # a CPAS checks an RIS applicant's residence (allowed)\
          \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93.05.18-223.61 --dataset national_register.residence --fields street,house_number,postal_code,municipality --purpose RIS_ELIGIBILITY\
@@ -1210,6 +1245,8 @@ fn print_demo_banner(demo: &Demo) {
          \n  {s} lookup{flag} --as ville-bruxelles --citizen 85073003328 --dataset spf_finances.taxable_income --fields latest_taxable_income_cents --purpose SOCIAL_HOUSING\
          \n  # what the audit log recorded about that citizen\
          \n  {s} audit{flag} list --citizen 93051822361\
+         \n  # ...and what the citizen sees of it, through the citizen portal\
+         \n  {s} audit{flag} accesses --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
          \n  {s} admin{flag} authorisation list\n\
          \nStop with Ctrl-C; the state survives a restart.{metrics}\n",
         addr = demo.broker_addr,
