@@ -108,11 +108,19 @@ impl Reloader {
     }
 
     /// Reloads on SIGHUP, and when a file changes if `poll` is set, until
-    /// the task is dropped.
-    pub async fn watch(self: Arc<Self>, poll: Option<Duration>) {
+    /// the task is aborted. The SIGHUP handler is installed before this
+    /// returns, so the broker never dies of a SIGHUP once it serves.
+    pub fn watch(self: Arc<Self>, poll: Option<Duration>) -> tokio::task::JoinHandle<()> {
         #[cfg(unix)]
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::spawn(self.watch_loop(poll, hangup))
+    }
+
+    async fn watch_loop(
+        self: Arc<Self>,
+        poll: Option<Duration>,
+        #[cfg(unix)] mut hangup: Option<tokio::signal::unix::Signal>,
+    ) {
         let mut tick = tokio::time::interval(poll.unwrap_or(Duration::from_secs(3600)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -234,7 +242,7 @@ pub async fn serve_broker(
         reload_poll,
     } = prepared;
     let tls = reloader.tls.clone();
-    let reloading = tokio::spawn(reloader.watch(reload_poll));
+    let reloading = reloader.watch(reload_poll);
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "broker listening (mutual TLS)");
 
