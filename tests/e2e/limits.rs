@@ -89,6 +89,76 @@ async fn a_failing_source_opens_its_circuit_and_the_others_carry_on() {
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("other sources answer");
+    // grpc.health.v1 says so per source, within the second.
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let status = |service: String| {
+        let mut health = health.clone();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await
+                .map(|r| r.into_inner().status)
+        }
+    };
+    let failing = semel_server::server::source_health_name(
+        &semel_core::Kbo::parse("0999999922").expect("kbo"),
+    );
+    let register = semel_server::server::source_health_name(
+        &semel_demo::seed::org("national-register").expect("org").kbo,
+    );
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while status(failing.clone()).await.ok() != Some(not_serving) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "source health not updated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(status(register).await.ok(), Some(serving));
+    let _ = health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the broker as a whole");
+    t.stop().await;
+}
+
+#[tokio::test]
+async fn a_consumer_over_its_daily_quota_is_refused_until_midnight() {
+    let limits = LimitSettings {
+        consumer_daily_quota: Some(2),
+        ..Default::default()
+    };
+    let t = TestDemo::start_with(limits, Duration::from_secs(2)).await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let req = lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY");
+    c.lookup(req.clone()).await.expect("first");
+    c.lookup(req.clone()).await.expect("second");
+    let err = c.lookup(req.clone()).await.expect_err("over the quota");
+    assert_error(&err, Code::ResourceExhausted, "QUOTA_EXCEEDED");
+    let wait = err
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(24 * 3600),
+        "{wait:?}"
+    );
+    assert_eq!(
+        t.audit_entries().await.last().map(|e| e.reason.clone()),
+        Some("QUOTA_EXCEEDED".to_owned())
+    );
+    t.lookup_client(BRUXELLES_CPAS)
+        .await
+        .lookup(req)
+        .await
+        .expect("another consumer has its own quota");
     t.stop().await;
 }
 

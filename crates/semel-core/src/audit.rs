@@ -90,13 +90,16 @@ pub enum ReasonCode {
     SourceError,
     /// The consumer exceeded its rate limit.
     RateLimited,
+    /// The consumer used up its daily quota.
+    QuotaExceeded,
     /// The source has as many lookups in flight as it is allowed.
     SourceBusy,
     /// The source failed repeatedly; lookups to it fail fast for a while.
     SourceCircuitOpen,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 25] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 26] = [
+    (ReasonCode::QuotaExceeded, "QUOTA_EXCEEDED"),
     (ReasonCode::OtherOrganisation, "OTHER_ORGANISATION"),
     (
         ReasonCode::OrganisationRoleMissing,

@@ -11,13 +11,29 @@ use time::{Date, Duration, Month, OffsetDateTime, PrimitiveDateTime, Time, Weekd
 /// rule is computed here rather than read from a time-zone database so the
 /// result never depends on the machine's configuration.
 pub fn brussels_today(now: OffsetDateTime) -> Date {
+    let (pdt, offset) = brussels_offset(now);
+    (pdt + Duration::hours(offset)).date()
+}
+
+/// How long from `now` until the next midnight in Brussels (when daily
+/// quotas start again). Clocks change at 01:00 UTC, after midnight in
+/// Brussels, so the offset at that midnight is the one in force now.
+pub fn until_brussels_midnight(now: OffsetDateTime) -> std::time::Duration {
+    let (pdt, offset) = brussels_offset(now);
+    let local = pdt + Duration::hours(offset);
+    let next = local.date().next_day().unwrap_or(Date::MAX).midnight();
+    (next - local).unsigned_abs()
+}
+
+/// `now` in UTC, and the Brussels offset from UTC in hours.
+fn brussels_offset(now: OffsetDateTime) -> (PrimitiveDateTime, i64) {
     let utc = now.to_offset(time::UtcOffset::UTC);
     let year = utc.year();
     let start = last_sunday_1am_utc(year, Month::March);
     let end = last_sunday_1am_utc(year, Month::October);
     let pdt = PrimitiveDateTime::new(utc.date(), utc.time());
     let offset = if pdt >= start && pdt < end { 2 } else { 1 };
-    (pdt + Duration::hours(offset)).date()
+    (pdt, offset)
 }
 
 fn last_sunday_1am_utc(year: i32, month: Month) -> PrimitiveDateTime {
@@ -52,5 +68,13 @@ mod tests {
         for (now, want) in cases {
             assert_eq!(brussels_today(now), want, "{now}");
         }
+    }
+
+    #[test]
+    fn quotas_start_again_at_midnight_in_brussels() {
+        let minutes = |now| until_brussels_midnight(now).as_secs() / 60;
+        assert_eq!(minutes(datetime!(2026-07-14 21:30 UTC)), 30);
+        assert_eq!(minutes(datetime!(2026-12-14 22:30 UTC)), 30);
+        assert_eq!(minutes(datetime!(2026-12-14 23:00 UTC)), 24 * 60);
     }
 }

@@ -17,7 +17,7 @@ pub use audit::{
     AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, LOOKUP_OPERATION, MAX_TEXT, Outcome,
     ReasonCode, ZERO_HASH, entry_hash,
 };
-pub use clock::brussels_today;
+pub use clock::{brussels_today, until_brussels_midnight};
 pub use decision::{Decision, LookupQuestion, Refusal, RefusalReason, decide};
 pub use identity::{RoleSet, UserRole};
 pub use kbo::{Kbo, KboError};

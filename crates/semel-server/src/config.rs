@@ -80,6 +80,9 @@ pub struct LimitsSection {
     /// Lookups a consumer may make at once above that rate (default: one
     /// second's worth).
     pub consumer_burst: Option<f64>,
+    /// Lookups each consumer may make per calendar day (Brussels time);
+    /// unlimited when absent.
+    pub consumer_lookups_per_day: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +258,10 @@ impl Config {
             );
         }
         anyhow::ensure!(
+            self.limits.consumer_lookups_per_day != Some(0),
+            "limits.consumer_lookups_per_day: must be at least 1 (leave it out for no quota)"
+        );
+        anyhow::ensure!(
             self.sources.max_in_flight >= 1,
             "sources.max_in_flight: must be at least 1"
         );
@@ -329,6 +336,7 @@ impl Config {
         crate::limits::LimitSettings {
             consumer_rate: self.limits.consumer_lookups_per_second,
             consumer_burst: self.limits.consumer_burst.unwrap_or(0.0),
+            consumer_daily_quota: self.limits.consumer_lookups_per_day,
             source_max_in_flight: self.sources.max_in_flight,
             breaker_failures: self.sources.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.sources.breaker_cooldown_ms),

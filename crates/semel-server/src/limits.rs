@@ -22,6 +22,9 @@ pub struct LimitSettings {
     pub breaker_failures: u32,
     /// How long an open circuit fails fast before one probe is let through.
     pub breaker_cooldown: Duration,
+    /// Lookups each consumer may make per calendar day (Brussels time);
+    /// `None` is unlimited.
+    pub consumer_daily_quota: Option<u64>,
 }
 
 impl Default for LimitSettings {
@@ -32,6 +35,7 @@ impl Default for LimitSettings {
             source_max_in_flight: 1024,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),
+            consumer_daily_quota: None,
         }
     }
 }
@@ -41,11 +45,14 @@ struct Bucket {
     last: Instant,
 }
 
-/// A token bucket per consumer.
+/// A token bucket per consumer, and a daily quota.
 pub struct ConsumerLimits {
     rate: Option<f64>,
     burst: f64,
     buckets: Mutex<HashMap<Kbo, Bucket>>,
+    daily_quota: Option<u64>,
+    /// Lookups counted today, per consumer.
+    used: Mutex<HashMap<Kbo, (time::Date, u64)>>,
 }
 
 impl ConsumerLimits {
@@ -57,7 +64,29 @@ impl ConsumerLimits {
             rate: settings.consumer_rate,
             burst,
             buckets: Mutex::new(HashMap::new()),
+            daily_quota: settings.consumer_daily_quota,
+            used: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Counts one lookup against `consumer`'s quota for `today`, or says
+    /// the quota is used up. Counts live in memory: a restart starts the
+    /// day's count again.
+    pub fn take_quota(&self, consumer: Kbo, today: time::Date) -> Result<(), u64> {
+        let Some(quota) = self.daily_quota else {
+            return Ok(());
+        };
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let (day, count) = used.entry(consumer).or_insert((today, 0));
+        if *day != today {
+            *day = today;
+            *count = 0;
+        }
+        if *count >= quota {
+            return Err(quota);
+        }
+        *count += 1;
+        Ok(())
     }
 
     /// Takes one token for `consumer`, or says how long until one is there.
@@ -153,6 +182,12 @@ impl SourceGuard {
                 Err(SourceRefusal::Busy)
             }
         }
+    }
+
+    /// Whether the circuit is open (lookups fail fast) at `now`.
+    pub fn is_open(&self, now: Instant) -> bool {
+        let b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
+        b.open_until.is_some_and(|until| now < until || b.probing)
     }
 
     /// Records how the source did: `reachable` is false when it could not

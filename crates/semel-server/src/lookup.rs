@@ -249,6 +249,21 @@ async fn process(
             )
         });
     }
+    let today = brussels_today(received);
+    if let Err(quota) = broker.consumer_limits.take_quota(org.kbo, today) {
+        let wait =
+            semel_core::until_brussels_midnight(received).max(std::time::Duration::from_secs(1));
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                Code::ResourceExhausted,
+                "QUOTA_EXCEEDED",
+                format!(
+                    "your organisation made its {quota} lookups for today; the quota starts again at midnight (Brussels time)"
+                ),
+            )
+        });
+    }
     let citizen = Niss::parse(&msg.citizen)
         .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
     trace.citizen = Some(citizen);
@@ -266,7 +281,6 @@ async fn process(
     let fields = validate_fields(&msg.fields, &route)?;
     let purpose = PurposeCode::new(msg.purpose.clone())
         .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
-    let today = brussels_today(received);
     if !msg.reference_date.is_empty() {
         let date = parse_date("reference_date", &msg.reference_date)?;
         if date > today {

@@ -261,7 +261,7 @@ pub async fn serve_broker(
     health
         .set_serving::<AuditServiceServer<AuditService>>()
         .await;
-    let watch = tokio::spawn(watch_audit_health(broker.clone(), health.clone()));
+    let watch = tokio::spawn(watch_health(broker.clone(), health.clone()));
     // Both reflection versions: older tools speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -346,12 +346,23 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// The largest registry request (a dataset with many described fields).
 const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
 
-/// Marks lookups NOT_SERVING once the audit log has failed closed.
-async fn watch_audit_health(broker: Arc<Broker>, health: tonic_health::server::HealthReporter) {
+/// The health service name of a registered source, e.g.
+/// `semel.source/0314595348`.
+pub fn source_health_name(kbo: &Kbo) -> String {
+    format!("semel.source/{}", kbo.as_str())
+}
+
+/// Keeps `grpc.health.v1` current, every second: lookups are NOT_SERVING
+/// once the audit log has failed closed (and stay so), and each registered
+/// source is NOT_SERVING while its circuit is open.
+async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::HealthReporter) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut audit_failed = false;
+    let mut known: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
     loop {
         interval.tick().await;
-        if let Some(why) = broker.store().audit().failure() {
+        if !audit_failed && let Some(why) = broker.store().audit().failure() {
+            audit_failed = true;
             tracing::error!(reason = %why, "audit log failed: lookups reported NOT_SERVING");
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -359,8 +370,38 @@ async fn watch_audit_health(broker: Arc<Broker>, health: tonic_health::server::H
             health
                 .set_not_serving::<LookupServiceServer<LookupService>>()
                 .await;
-            return;
         }
+        // A source is serving unless the circuit of one of its endpoints is open.
+        let now = std::time::Instant::now();
+        let mut current: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
+        let snapshot = broker.snapshot();
+        for org in snapshot.organisations.values() {
+            if org.roles.contains(&Role::Source) {
+                current.insert(org.kbo, true);
+            }
+        }
+        for route in snapshot.routes.values() {
+            if route.guard.is_open(now) {
+                current.insert(route.dataset.source, false);
+            }
+        }
+        drop(snapshot);
+        for (kbo, serving) in &current {
+            if known.get(kbo) != Some(serving) {
+                let status = if *serving {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health
+                    .set_service_status(source_health_name(kbo), status)
+                    .await;
+            }
+        }
+        for gone in known.keys().filter(|k| !current.contains_key(k)) {
+            health.clear_service_status(&source_health_name(gone)).await;
+        }
+        known = current;
     }
 }
 
