@@ -9,3 +9,4 @@ mod lookups;
 mod registry_and_identity;
 mod serve;
 mod standard;
+mod telemetry;

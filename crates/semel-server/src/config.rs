@@ -33,6 +33,29 @@ pub struct Config {
     /// checked for changes, in milliseconds (0: only on SIGHUP).
     #[serde(default = "default_reload_poll_ms")]
     pub reload_poll_ms: u64,
+    /// OpenTelemetry trace export; none when absent.
+    pub telemetry: Option<TelemetrySection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// The collector's OTLP/gRPC endpoint, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the spans (default "semel").
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Share of traces exported, 0 to 1 (default 1).
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_service_name() -> String {
+    "semel".into()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 fn default_reload_poll_ms() -> u64 {
@@ -289,6 +312,18 @@ impl Config {
             !self.tokens.issuers.is_empty(),
             "tokens.issuers: configure at least one trusted issuer ([[tokens.issuers]]); without one no call can be authorised"
         );
+        if let Some(t) = &self.telemetry {
+            anyhow::ensure!(
+                t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"),
+                "telemetry.otlp_endpoint: must be an http:// or https:// URL, got {:?}",
+                t.otlp_endpoint
+            );
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&t.sample_ratio),
+                "telemetry.sample_ratio: must lie between 0 and 1, got {}",
+                t.sample_ratio
+            );
+        }
         crate::tokens::TokenVerifier::load(&self.token_settings()?)
             .map_err(|e| anyhow::anyhow!("tokens.issuers: {e:#}"))?;
         Ok(())
@@ -317,6 +352,17 @@ impl Config {
             leeway_s: self.tokens.leeway_s,
             issuers,
         })
+    }
+
+    /// Where traces go, if anywhere.
+    pub fn telemetry_settings(&self) -> Option<crate::telemetry::TelemetrySettings> {
+        self.telemetry
+            .as_ref()
+            .map(|t| crate::telemetry::TelemetrySettings {
+                otlp_endpoint: t.otlp_endpoint.clone(),
+                service_name: t.service_name.clone(),
+                sample_ratio: t.sample_ratio,
+            })
     }
 
     /// The files reloaded on change or SIGHUP.

@@ -21,6 +21,7 @@ pub mod proto;
 mod registry;
 pub mod server;
 pub mod state;
+pub mod telemetry;
 pub mod tls;
 pub mod tokens;
 

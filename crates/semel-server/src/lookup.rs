@@ -12,6 +12,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use semel_core::{
     AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LOOKUP_OPERATION, LookupQuestion,
     Niss, Organisation, Outcome, PurposeCode, ReasonCode, Refusal, brussels_today,
@@ -73,8 +75,18 @@ impl proto::lookup_service_server::LookupService for LookupService {
             },
         };
         let broker = self.broker.clone();
-        let task =
-            tokio::spawn(async move { lookup(&broker, who, request.into_inner(), received).await });
+        let span = tracing::info_span!(
+            "lookup",
+            consumer = who.org.kbo.as_str(),
+            request_id = tracing::field::Empty,
+            dataset = tracing::field::Empty,
+            decision = tracing::field::Empty,
+            reason = tracing::field::Empty,
+        );
+        let task = tokio::spawn(
+            async move { lookup(&broker, who, request.into_inner(), received).await }
+                .instrument(span),
+        );
         match task.await {
             Ok(result) => result.map(Response::new).map_err(ApiError::into_status),
             Err(e) => {
@@ -117,6 +129,7 @@ async fn lookup(
     received: OffsetDateTime,
 ) -> Result<LookupResponse, ApiError> {
     let request_id = uuid::Uuid::now_v7();
+    tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let mut trace = Trace {
         citizen: None,
         authorisation: None,
@@ -170,7 +183,27 @@ async fn lookup(
     let decision = record.decision;
     let reason = record.reason.map(ReasonCode::as_str);
     let answered = record.outcome == Outcome::Answered;
-    if let Err(e) = broker.store().audit().append(record).await {
+    let span = tracing::Span::current();
+    if let Some(d) = &trace.dataset {
+        span.record("dataset", d.as_str());
+    }
+    span.record(
+        "decision",
+        match record.decision {
+            AuditDecision::Allowed => "allowed",
+            AuditDecision::Refused => "refused",
+        },
+    );
+    if let Some(r) = record.reason {
+        span.record("reason", r.as_str());
+    }
+    if let Err(e) = broker
+        .store()
+        .audit()
+        .append(record)
+        .instrument(tracing::info_span!("audit.append"))
+        .await
+    {
         // Fail closed: no answer leaves without its entry.
         tracing::error!(error = %e, request_id = %request_id, "lookup refused: audit entry not durable");
         return Err(ApiError::retryable(
@@ -370,13 +403,26 @@ async fn process(
     if let Ok(v) = request_id.parse() {
         fetch.metadata_mut().insert("x-request-id", v);
     }
+    let source_span = tracing::info_span!("source.fetch", source = route.dataset.source.as_str());
+    // The trace continues at the source (W3C traceparent), when traces are exported.
+    for (k, v) in source_span.in_scope(crate::telemetry::trace_headers) {
+        if let (Ok(k), Ok(v)) = (
+            tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
+            v.parse(),
+        ) {
+            fetch.metadata_mut().insert(k, v);
+        }
+    }
     let deadline = broker.source_deadline();
     let mut client = route.client.clone();
     // The broker's timer is the deadline: it also covers a source that
     // accepts the connection and never answers. Dropping the call on
     // timeout resets the HTTP/2 stream, so the source stops working on it.
     let called = std::time::Instant::now();
-    let answer = match tokio::time::timeout(deadline, client.fetch(fetch)).await {
+    let answer = match tokio::time::timeout(deadline, client.fetch(fetch))
+        .instrument(source_span)
+        .await
+    {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("source deadline")),
     };

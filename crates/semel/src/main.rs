@@ -67,6 +67,9 @@ enum Command {
         /// Serve no metrics.
         #[arg(long)]
         no_metrics: bool,
+        /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
+        #[arg(long)]
+        otlp_endpoint: Option<String>,
     },
     /// Run the broker alone, from a configuration file.
     Serve {
@@ -428,7 +431,6 @@ enum AuditCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -437,6 +439,33 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Traces, when asked for: the broker's configuration, or the demo's flag.
+    // A configuration that does not load is reported by `serve` itself.
+    let telemetry = match &cli.command {
+        Command::Serve { config, .. } => Config::load(config)
+            .ok()
+            .and_then(|c| c.telemetry_settings()),
+        Command::Demo { otlp_endpoint, .. } => {
+            otlp_endpoint
+                .as_ref()
+                .map(|e| semel_server::telemetry::TelemetrySettings {
+                    otlp_endpoint: e.clone(),
+                    service_name: "semel".into(),
+                    sample_ratio: 1.0,
+                })
+        }
+        _ => None,
+    };
+    let _telemetry = {
+        let _runtime = runtime.enter();
+        match init_logging(cli.log_format, telemetry.as_ref()) {
+            Ok(guard) => guard,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     match runtime.block_on(run(cli.command)) {
@@ -448,17 +477,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SEMEL_LOG")
-        .unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn,sled=warn".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+/// Logs on stderr and, when configured, trace export. The guard flushes
+/// the traces when `main` ends.
+fn init_logging(
+    format: LogFormat,
+    telemetry: Option<&semel_server::telemetry::TelemetrySettings>,
+) -> anyhow::Result<Option<semel_server::telemetry::TelemetryGuard>> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEMEL_LOG").unwrap_or_else(|_| {
+        "info,h2=warn,tower=warn,hyper=warn,sled=warn,opentelemetry=warn".into()
+    });
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let (otel, guard) = match telemetry {
+        Some(t) => {
+            let (layer, guard) = semel_server::telemetry::otlp_layer(t)?;
+            (Some(layer), Some(guard))
+        }
+        None => (None, None),
+    };
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init(),
     }
+    Ok(guard)
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -470,6 +525,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             population,
             metrics_listen,
             no_metrics,
+            otlp_endpoint: _,
         } => {
             let opts = DemoOptions {
                 listen,
