@@ -18,6 +18,7 @@ mod lookup;
 pub mod metrics;
 pub mod permissions;
 pub mod proto;
+pub mod reference;
 mod registry;
 pub mod server;
 pub mod state;
