@@ -258,8 +258,15 @@ impl Demo {
         })?;
         std::fs::write(&citizen_token, jwt)
             .with_context(|| format!("write {}", citizen_token.display()))?;
+        // Clients on this machine reach a broker listening on all
+        // interfaces through loopback, a name its certificate carries.
+        let reachable = if broker_addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], broker_addr.port()))
+        } else {
+            broker_addr
+        };
         let manifest = DemoManifest {
-            broker: format!("https://{broker_addr}"),
+            broker: format!("https://{reachable}"),
             ca: pki.ca_cert(),
             issuer: issuer.issuer.clone(),
             issuer_key: issuer.key_file(),
