@@ -5,10 +5,12 @@
 //! in `.ci/run` holds that absence.
 
 mod audit;
+pub mod checkpoint;
 mod clock;
 mod decision;
 mod identity;
 mod kbo;
+pub mod merkle;
 mod names;
 mod niss;
 mod registry;
