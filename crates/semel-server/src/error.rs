@@ -114,6 +114,9 @@ impl From<semel_store::StoreError> for ApiError {
         tracing::error!(error = %e, "storage failure");
         match e {
             semel_store::StoreError::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
+            semel_store::StoreError::OutOfRange(m) => {
+                ApiError::new(Code::OutOfRange, "OUT_OF_RANGE", m)
+            }
             _ => ApiError::retryable(
                 Code::Unavailable,
                 "STORAGE_UNAVAILABLE",

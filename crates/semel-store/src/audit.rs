@@ -22,17 +22,19 @@
 //! drops entries.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 
+use semel_core::checkpoint::{Checkpoint, NoteSigner};
 use semel_core::{AuditEntry, AuditRecord, Hash, Kbo, Niss, ZERO_HASH, entry_hash};
 use tokio::sync::oneshot;
 
 use crate::postings::{Key, PostingIndex, citizen_key, consumer_key};
+use crate::tree::{Tree, TreeReader};
 use crate::{StoreError, io_err};
 
 const HEADER: usize = 8;
@@ -117,6 +119,8 @@ struct Progress {
 }
 
 struct Shared {
+    /// The newest signed checkpoint.
+    checkpoint: Mutex<Option<SignedCheckpoint>>,
     progress: Mutex<Progress>,
     indexed_changed: Condvar,
     stats: Counters,
@@ -147,6 +151,8 @@ pub struct AuditStats {
 struct IndexItem {
     sequence: u64,
     end: u64,
+    /// The entry's leaf hash, for the Merkle tree.
+    hash: Hash,
     citizen: Option<Niss>,
     consumer: Kbo,
 }
@@ -164,12 +170,35 @@ pub struct AuditLog {
     log: Arc<File>,
     ends: Arc<File>,
     index: Arc<PostingIndex>,
+    tree: Arc<RwLock<Tree>>,
+    checkpoints_path: PathBuf,
+    verifier_key: Option<String>,
     path: PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// A checkpoint and its signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The C2SP signed note, as served and exported.
+    pub note: String,
+}
+
+/// How the log signs checkpoints.
+pub struct CheckpointSettings {
+    pub signer: NoteSigner,
+    /// Sign when this many entries were added since the last checkpoint...
+    pub every_entries: u64,
+    /// ...or when this much time passed and entries were added.
+    pub every: std::time::Duration,
+}
+
 impl AuditLog {
-    pub(crate) fn open(dir: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        dir: &Path,
+        checkpoints: Option<CheckpointSettings>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let path = dir.join("log");
         let created = !path.exists();
@@ -191,10 +220,16 @@ impl AuditLog {
                 .map_err(io_err(format!("fsync {}", dir.display())))?;
         }
         let index = Arc::new(PostingIndex::open(&dir.join("index"))?);
-        let head = recover(&mut log, &path, &ends, &index)?;
+        let mut tree = Tree::open(&dir.join("tree"))?;
+        let head = recover(&mut log, &path, &ends, &index, &mut tree)?;
+        let tree = Arc::new(RwLock::new(tree));
+        let checkpoints_path = dir.join("checkpoints");
+        let stored = read_checkpoints(&checkpoints_path)?;
+        let verifier_key = checkpoints.as_ref().map(|c| c.signer.verifier_key());
         let log = Arc::new(log);
         let ends = Arc::new(ends);
         let shared = Arc::new(Shared {
+            checkpoint: Mutex::new(stored.last().cloned()),
             progress: Mutex::new(Progress {
                 durable: head,
                 indexed: head.next_sequence,
@@ -211,10 +246,22 @@ impl AuditLog {
             head,
             index_tx,
         };
+        let checkpoint_file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&checkpoints_path)
+            .map_err(io_err(format!("open {}", checkpoints_path.display())))?;
         let indexer = Indexer {
             ends: ends.clone(),
             index: index.clone(),
+            tree: tree.clone(),
             shared: shared.clone(),
+            checkpoints: checkpoints.map(|settings| Checkpointer {
+                last_size: stored.last().map_or(0, |c| c.checkpoint.size),
+                last_time: std::time::Instant::now(),
+                file: checkpoint_file,
+                settings,
+            }),
         };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -232,6 +279,9 @@ impl AuditLog {
             log,
             ends,
             index,
+            tree,
+            checkpoints_path,
+            verifier_key,
             path,
             threads: Mutex::new(threads),
         })
@@ -336,6 +386,70 @@ impl AuditLog {
             Some(key) => self.index.postings(&key, before, visit)?,
         }
         Ok(out)
+    }
+
+    /// The key that verifies this log's checkpoints (`name+hash+key`), when
+    /// checkpoints are signed.
+    pub fn verifier_key(&self) -> Option<&str> {
+        self.verifier_key.as_deref()
+    }
+
+    /// The newest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
+        lock(&self.shared.checkpoint).clone()
+    }
+
+    /// Every signed checkpoint, oldest first.
+    pub fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StoreError> {
+        read_checkpoints(&self.checkpoints_path)
+    }
+
+    /// Waits until the tree holds `size` leaves, or says it never will.
+    fn tree_of(&self, size: u64) -> Result<std::sync::RwLockReadGuard<'_, Tree>, StoreError> {
+        let durable = self.wait_indexed()?;
+        if size > durable {
+            return Err(StoreError::OutOfRange(format!(
+                "the log holds {durable} entries, not {size}"
+            )));
+        }
+        Ok(self.tree.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The root of the tree of the first `size` entries.
+    pub fn root(&self, size: u64) -> Result<Hash, StoreError> {
+        let tree = self.tree_of(size)?;
+        semel_core::merkle::root(&TreeReader(&tree), size)
+    }
+
+    /// Entry `sequence` and its inclusion proof in the tree of `size`
+    /// entries.
+    pub fn inclusion_proof(
+        &self,
+        sequence: u64,
+        size: u64,
+    ) -> Result<(StoredEntry, Vec<Hash>), StoreError> {
+        if sequence >= size {
+            return Err(StoreError::OutOfRange(format!(
+                "entry {sequence} is not in a tree of {size} entries"
+            )));
+        }
+        let proof = {
+            let tree = self.tree_of(size)?;
+            semel_core::merkle::inclusion_proof(&TreeReader(&tree), sequence, size)?
+        };
+        Ok((self.read_sequence(sequence)?, proof))
+    }
+
+    /// The proof that the tree of `old` entries is a prefix of the tree of
+    /// `new` entries.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        if old == 0 || old > new {
+            return Err(StoreError::OutOfRange(format!(
+                "no consistency proof from {old} to {new} entries: the first size must be between 1 and the second"
+            )));
+        }
+        let tree = self.tree_of(new)?;
+        semel_core::merkle::consistency_proof(&TreeReader(&tree), old, new)
     }
 
     /// Reads one entry by sequence.
@@ -535,6 +649,7 @@ impl Writer {
             items.push(IndexItem {
                 sequence: entry.sequence,
                 end,
+                hash,
                 citizen: entry.record.citizen,
                 consumer: entry.record.consumer,
             });
@@ -596,13 +711,66 @@ impl Writer {
 struct Indexer {
     ends: Arc<File>,
     index: Arc<PostingIndex>,
+    tree: Arc<RwLock<Tree>>,
     shared: Arc<Shared>,
+    checkpoints: Option<Checkpointer>,
+}
+
+/// Signs checkpoints every so many entries or so much time.
+struct Checkpointer {
+    settings: CheckpointSettings,
+    file: File,
+    last_size: u64,
+    last_time: std::time::Instant,
+}
+
+impl Checkpointer {
+    fn due(&self, size: u64, closing: bool) -> bool {
+        size > self.last_size
+            && (closing
+                || size - self.last_size >= self.settings.every_entries
+                || self.last_time.elapsed() >= self.settings.every)
+    }
+
+    /// Signs the tree as it is, after making its nodes durable.
+    fn sign(&mut self, tree: &Tree, shared: &Shared) -> Result<(), StoreError> {
+        tree.sync()?;
+        let size = tree.size();
+        let checkpoint = Checkpoint {
+            origin: self.settings.signer.name().to_owned(),
+            size,
+            root: semel_core::merkle::root(&TreeReader(tree), size)?,
+        };
+        let note = self.settings.signer.sign(&checkpoint);
+        let mut frame = (note.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(note.as_bytes());
+        self.file
+            .write_all(&frame)
+            .and_then(|()| self.file.sync_data())
+            .map_err(io_err("write an audit checkpoint"))?;
+        self.last_size = size;
+        self.last_time = std::time::Instant::now();
+        *lock(&shared.checkpoint) = Some(SignedCheckpoint { checkpoint, note });
+        Ok(())
+    }
 }
 
 impl Indexer {
-    fn run(self, rx: mpsc::Receiver<IndexJob>) {
+    fn run(mut self, rx: mpsc::Receiver<IndexJob>) {
         let mut ends = Vec::with_capacity(1 << 15);
-        while let Ok(first) = rx.recv() {
+        let tick = self
+            .checkpoints
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(3600), |c| c.settings.every);
+        loop {
+            let first = match rx.recv_timeout(tick) {
+                Ok(job) => job,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_if_due(false);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let mut jobs = vec![first];
             while let Ok(j) = rx.try_recv() {
                 jobs.push(j);
@@ -616,13 +784,20 @@ impl Indexer {
                 .first()
                 .map_or(head.next_sequence, |i| i.sequence);
             let mut done = Ok(());
-            for item in jobs.iter().flat_map(|j| &j.items) {
-                ends.extend_from_slice(&item.end.to_be_bytes());
+            {
+                let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
+                for item in jobs.iter().flat_map(|j| &j.items) {
+                    ends.extend_from_slice(&item.end.to_be_bytes());
+                    if done.is_ok() {
+                        done = self
+                            .index
+                            .add(item.sequence, &keys(item.citizen.as_ref(), &item.consumer))
+                            .and_then(|()| tree.push(item.hash))
+                            .map_err(|e| e.to_string());
+                    }
+                }
                 if done.is_ok() {
-                    done = self
-                        .index
-                        .add(item.sequence, &keys(item.citizen.as_ref(), &item.consumer))
-                        .map_err(|e| e.to_string());
+                    done = tree.flush().map_err(|e| e.to_string());
                 }
             }
             let done = done.and_then(|()| {
@@ -640,8 +815,52 @@ impl Indexer {
             }
             drop(p);
             self.shared.indexed_changed.notify_all();
+            self.checkpoint_if_due(false);
+        }
+        // Closing: a last checkpoint covers every entry.
+        self.checkpoint_if_due(true);
+    }
+
+    fn checkpoint_if_due(&mut self, closing: bool) {
+        let Some(c) = self.checkpoints.as_mut() else {
+            return;
+        };
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        if c.due(tree.size(), closing)
+            && let Err(e) = c.sign(&tree, &self.shared)
+        {
+            tracing::error!(error = %e, "audit checkpoint not signed; retrying with the next entries");
         }
     }
+}
+
+/// Reads the signed notes of `audit/checkpoints`, oldest first. A partial
+/// last record (an interrupted write) is ignored.
+fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, StoreError> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
+    };
+    let mut out = Vec::new();
+    let mut rest = bytes.as_slice();
+    while rest.len() >= 4 {
+        let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        let Some(note) = rest.get(4..4 + len) else {
+            break;
+        };
+        let note = String::from_utf8(note.to_vec())
+            .map_err(|_| corrupt("an audit checkpoint is not UTF-8"))?;
+        let body = note
+            .split_once("\n\n")
+            .map(|(b, _)| format!("{b}\n"))
+            .ok_or_else(|| corrupt("an audit checkpoint has no signature"))?;
+        let checkpoint = Checkpoint::parse_body(&body)
+            .map_err(|e| corrupt(&format!("an audit checkpoint: {e}")))?;
+        out.push(SignedCheckpoint { checkpoint, note });
+        rest = &rest[4 + len..];
+    }
+    Ok(out)
 }
 
 fn keys(citizen: Option<&Niss>, consumer: &Kbo) -> Vec<Key> {
@@ -725,6 +944,7 @@ fn recover(
     path: &Path,
     ends: &File,
     index: &PostingIndex,
+    tree: &mut Tree,
 ) -> Result<Head, StoreError> {
     let log_len = log.metadata().map_err(io_err("stat audit log"))?.len();
     let truncated = |covered: u64| {
@@ -735,9 +955,10 @@ fn recover(
     };
     let known_ends = ends.metadata().map_err(io_err("stat audit ends"))?.len() / 8;
     let covered = index.covered();
-    // Start from the first entry that the ends or the index have not seen;
-    // the entry before it gives the hash the next one must link to.
-    let start_seq = known_ends.min(covered);
+    let in_tree = tree.size();
+    // Start from the first entry that the ends, the index or the tree have
+    // not seen; the entry before it gives the hash the next one must link to.
+    let start_seq = known_ends.min(covered).min(in_tree);
     let mut head = Head {
         next_sequence: 0,
         offset: 0,
@@ -790,6 +1011,9 @@ fn recover(
             )?;
             indexed += 1;
         }
+        if entry.sequence >= in_tree {
+            tree.push(entry_hash(payload))?;
+        }
         head = Head {
             next_sequence: entry.sequence + 1,
             offset: end,
@@ -797,9 +1021,6 @@ fn recover(
         };
         Ok(true)
     })?;
-    if head.next_sequence < known_ends.max(covered) {
-        return Err(truncated(head.offset));
-    }
     if let Some(bad) = damaged {
         // Past the last frame there may be only what an interrupted append
         // leaves: a partial frame, or zeros where a filesystem extended the
@@ -830,6 +1051,10 @@ fn recover(
             }
         }
     }
+    if head.next_sequence < known_ends.max(covered).max(in_tree) {
+        return Err(truncated(head.offset));
+    }
+    tree.flush()?;
     // Entries from `known_ends` on were pushed to `new_ends`, in order.
     ends.write_all_at(&new_ends, known_ends * 8)
         .and_then(|()| ends.set_len(head.next_sequence * 8))
@@ -1074,6 +1299,7 @@ mod tests {
         bytes[second + HEADER + 3] ^= 0xff;
         std::fs::write(&log, &bytes).expect("write");
         std::fs::remove_dir_all(dir.path().join("audit/index")).expect("remove index");
+        std::fs::remove_dir_all(dir.path().join("audit/tree")).expect("remove tree");
         std::fs::remove_file(dir.path().join("audit/ends")).expect("remove ends");
         let err = Store::open(dir.path())
             .err()
@@ -1134,5 +1360,142 @@ mod tests {
             .err()
             .expect("a truncated log must stop the start");
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod proofs {
+    //! The Merkle tree and checkpoints, checked against independent
+    //! implementations: `ct-merkle` (RFC 6962) and `signed_note` (C2SP).
+
+    use super::*;
+    use crate::{CheckpointSettings, Store};
+    use ct_merkle::mem_backed_tree::MemoryBackedTree;
+    use ct_merkle::{ConsistencyProof, InclusionProof, RootHash};
+    use semel_core::checkpoint::NoteSigner;
+    use sha2_oracle::Sha256;
+
+    fn settings() -> CheckpointSettings {
+        CheckpointSettings {
+            signer: NoteSigner::new(
+                "semel.test/audit",
+                ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+            ),
+            every_entries: 10,
+            every: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    fn record(i: u64) -> AuditRecord {
+        AuditRecord {
+            request_id: [i as u8; 16],
+            time_micros: 1_700_000_000_000_000 + i as i64,
+            operation: semel_core::LOOKUP_OPERATION.into(),
+            consumer: Kbo::parse("0212345668").expect("kbo"),
+            end_user: Some(format!("clerk-{i}")),
+            citizen: None,
+            dataset: "national_register.residence".into(),
+            fields_requested: vec!["street".into()],
+            fields_returned: vec!["street".into()],
+            purpose: "RIS_ELIGIBILITY".into(),
+            authorisation: Some("BSC/2024/017".into()),
+            decision: semel_core::AuditDecision::Allowed,
+            reason: None,
+            outcome: semel_core::Outcome::Answered,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn proofs_and_checkpoints_agree_with_independent_implementations() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_with(dir.path(), Some(settings())).expect("open");
+        for i in 0..23 {
+            store.audit().append(record(i)).await.expect("append");
+        }
+        store.audit().close().expect("close");
+        drop(store);
+        // Reopen: the tree is read, not rebuilt; then grow it.
+        let store = Store::open_with(dir.path(), Some(settings())).expect("reopen");
+        for i in 23..57 {
+            store.audit().append(record(i)).await.expect("append");
+        }
+        let log = store.audit();
+        let size = log.head().0;
+        assert_eq!(size, 57);
+
+        let mut oracle: MemoryBackedTree<Sha256, Vec<u8>> = MemoryBackedTree::new();
+        let mut roots = Vec::new();
+        for seq in 0..size {
+            oracle.push(log.read_sequence(seq).expect("entry").entry.to_bytes());
+            let root = log.root(seq + 1).expect("root");
+            assert_eq!(
+                oracle.root().as_bytes().as_slice(),
+                root.as_slice(),
+                "root of {}",
+                seq + 1
+            );
+            roots.push(RootHash::<Sha256>::new(root.into(), seq + 1));
+        }
+        for (seq, n) in [
+            (0, 1),
+            (0, 57),
+            (13, 14),
+            (31, 32),
+            (32, 57),
+            (56, 57),
+            (40, 50),
+        ] {
+            let (stored, proof) = log.inclusion_proof(seq, n).expect("proof");
+            let flat: Vec<u8> = proof.iter().flatten().copied().collect();
+            roots[n as usize - 1]
+                .verify_inclusion(
+                    &stored.entry.to_bytes(),
+                    seq,
+                    &InclusionProof::<Sha256>::from_bytes(flat),
+                )
+                .unwrap_or_else(|e| panic!("inclusion {seq} in {n}: {e:?}"));
+        }
+        for (old, new) in [(1, 57), (7, 8), (16, 57), (23, 57), (30, 31), (57, 57)] {
+            let proof = log.consistency_proof(old, new).expect("proof");
+            let flat: Vec<u8> = proof.iter().flatten().copied().collect();
+            roots[new as usize - 1]
+                .verify_consistency(
+                    &roots[old as usize - 1],
+                    &ConsistencyProof::<Sha256>::try_from_bytes(flat).expect("proof bytes"),
+                )
+                .unwrap_or_else(|e| panic!("consistency {old} to {new}: {e:?}"));
+        }
+        assert!(matches!(
+            log.inclusion_proof(57, 57),
+            Err(StoreError::OutOfRange(_))
+        ));
+        assert!(matches!(log.root(58), Err(StoreError::OutOfRange(_))));
+
+        // Checkpoints: signed notes any C2SP tool can check.
+        log.close().expect("close");
+        let checkpoints = log.checkpoints().expect("checkpoints");
+        assert!(checkpoints.len() >= 4, "{}", checkpoints.len());
+        assert_eq!(
+            checkpoints.last().map(|c| c.checkpoint.size),
+            Some(57),
+            "a final checkpoint at close"
+        );
+        let verifier = signed_note::StandardVerifier::new(log.verifier_key().expect("key"))
+            .expect("verifier key");
+        let known = signed_note::VerifierList::new(vec![Box::new(verifier)]);
+        let mut previous = 0;
+        for c in &checkpoints {
+            let note = signed_note::Note::from_bytes(c.note.as_bytes()).expect("a signed note");
+            note.verify(&known).expect("signature verifies");
+            assert!(c.checkpoint.size > previous, "checkpoints grow");
+            previous = c.checkpoint.size;
+            assert_eq!(
+                roots[c.checkpoint.size as usize - 1].as_bytes().as_slice(),
+                c.checkpoint.root.as_slice()
+            );
+        }
     }
 }

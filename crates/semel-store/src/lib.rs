@@ -18,10 +18,14 @@
 mod audit;
 mod postings;
 mod registry;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 
-pub use audit::{Appended, AuditError, AuditLog, AuditQuery, AuditStats, ChainReport, StoredEntry};
+pub use audit::{
+    Appended, AuditError, AuditLog, AuditQuery, AuditStats, ChainReport, CheckpointSettings,
+    SignedCheckpoint, StoredEntry,
+};
 pub use registry::Registry;
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
@@ -44,6 +48,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("{0}")]
     Conflict(String),
+    /// A request for something the log does not hold (yet): a tree size
+    /// beyond its end, an entry beyond a checkpoint.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {
@@ -66,6 +74,14 @@ impl Store {
     /// Opens (or creates) the store in `dir`, recovering the audit log's
     /// tail and indexes if the broker stopped abruptly.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, None)
+    }
+
+    /// Like [`Store::open`], signing audit checkpoints as `checkpoints` says.
+    pub fn open_with(
+        dir: &Path,
+        checkpoints: Option<CheckpointSettings>,
+    ) -> Result<Self, StoreError> {
         let db_path: PathBuf = dir.join("db");
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
         let db = sled::Config::new()
@@ -77,7 +93,7 @@ impl Store {
                 db_path.display()
             )))?;
         let registry = Registry::open(db.clone(), db_path)?;
-        let audit = AuditLog::open(&dir.join("audit"))?;
+        let audit = AuditLog::open(&dir.join("audit"), checkpoints)?;
         Ok(Store { registry, audit })
     }
 
