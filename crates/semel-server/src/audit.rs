@@ -220,4 +220,97 @@ impl Rpc for AuditService {
             next_page_token,
         }))
     }
+
+    async fn get_latest_checkpoint(
+        &self,
+        req: Request<proto::GetLatestCheckpointRequest>,
+    ) -> Result<Response<proto::GetLatestCheckpointResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let log = self.broker.store().audit();
+        Ok(Response::new(proto::GetLatestCheckpointResponse {
+            checkpoint: log.latest_checkpoint().map(|c| proto::Checkpoint {
+                origin: c.checkpoint.origin,
+                tree_size: c.checkpoint.size,
+                root_hash: c.checkpoint.root.to_vec(),
+                signed_note: c.note,
+            }),
+            verifier_key: log.verifier_key().unwrap_or_default().to_owned(),
+        }))
+    }
+
+    async fn get_inclusion_proof(
+        &self,
+        req: Request<proto::GetInclusionProofRequest>,
+    ) -> Result<Response<proto::GetInclusionProofResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let proto::GetInclusionProofRequest {
+            sequence,
+            tree_size,
+        } = req.into_inner();
+        let size = match tree_size {
+            0 => self
+                .broker
+                .store()
+                .audit()
+                .latest_checkpoint()
+                .map(|c| c.checkpoint.size)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        tonic::Code::FailedPrecondition,
+                        "NO_CHECKPOINT",
+                        "no checkpoint has been signed yet; give tree_size, or retry shortly",
+                    )
+                })?,
+            n => n,
+        };
+        let broker = self.broker.clone();
+        let (stored, proof) = tokio::task::spawn_blocking(move || {
+            broker.store().audit().inclusion_proof(sequence, size)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("inclusion proof failed: {e}")))?
+        .map_err(ApiError::from)?;
+        if !caller.audits_everything() && stored.entry.record.consumer != caller.org.kbo {
+            let error = ApiError::denied(
+                "OTHER_ORGANISATION",
+                "your auditors prove your own organisation's entries only",
+            );
+            return Err(self
+                .broker
+                .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
+                .await
+                .into());
+        }
+        let mut entry = audit_entry_to_proto(&stored);
+        entry.encoding = stored.entry.to_bytes();
+        Ok(Response::new(proto::GetInclusionProofResponse {
+            entry: Some(entry),
+            tree_size: size,
+            proof: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn get_consistency_proof(
+        &self,
+        req: Request<proto::GetConsistencyProofRequest>,
+    ) -> Result<Response<proto::GetConsistencyProofResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let proto::GetConsistencyProofRequest {
+            first_tree_size,
+            second_tree_size,
+        } = req.into_inner();
+        let broker = self.broker.clone();
+        let proof = tokio::task::spawn_blocking(move || {
+            broker
+                .store()
+                .audit()
+                .consistency_proof(first_tree_size, second_tree_size)
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("consistency proof failed: {e}")))?
+        .map_err(ApiError::from)?;
+        Ok(Response::new(proto::GetConsistencyProofResponse {
+            proof: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
 }

@@ -35,6 +35,45 @@ pub struct Config {
     pub reload_poll_ms: u64,
     /// OpenTelemetry trace export; none when absent.
     pub telemetry: Option<TelemetrySection>,
+    /// Signed checkpoints of the audit log.
+    #[serde(default)]
+    pub audit: AuditSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The Ed25519 key (PKCS#8 PEM) that signs checkpoints; created if
+    /// missing. Default: `<data_dir>/audit-signing.key`.
+    pub signing_key: Option<PathBuf>,
+    /// The log's name in its checkpoints; default
+    /// `semel.brussels/audit/<operator enterprise number>`.
+    pub origin: Option<String>,
+    /// Sign a checkpoint after this many new entries (default 1000)...
+    #[serde(default = "default_checkpoint_entries")]
+    pub checkpoint_every_entries: u64,
+    /// ...or this many milliseconds when there are new entries (default 10000).
+    #[serde(default = "default_checkpoint_ms")]
+    pub checkpoint_every_ms: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            signing_key: None,
+            origin: None,
+            checkpoint_every_entries: default_checkpoint_entries(),
+            checkpoint_every_ms: default_checkpoint_ms(),
+        }
+    }
+}
+
+fn default_checkpoint_entries() -> u64 {
+    1000
+}
+
+fn default_checkpoint_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -246,6 +285,14 @@ impl Config {
         if let Some(ca) = config.sources.ca.as_mut().filter(|p| p.is_relative()) {
             *ca = base.join(&*ca);
         }
+        if let Some(k) = config
+            .audit
+            .signing_key
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *k = base.join(&*k);
+        }
         for issuer in &mut config.tokens.issuers {
             if issuer.jwks.is_relative() {
                 issuer.jwks = base.join(&issuer.jwks);
@@ -312,6 +359,19 @@ impl Config {
             !self.tokens.issuers.is_empty(),
             "tokens.issuers: configure at least one trusted issuer ([[tokens.issuers]]); without one no call can be authorised"
         );
+        anyhow::ensure!(
+            self.audit.checkpoint_every_entries >= 1,
+            "audit.checkpoint_every_entries: must be at least 1"
+        );
+        anyhow::ensure!(
+            self.audit.checkpoint_every_ms >= 100,
+            "audit.checkpoint_every_ms: must be at least 100"
+        );
+        let origin = self.audit_origin()?;
+        anyhow::ensure!(
+            !origin.is_empty() && !origin.contains(char::is_whitespace) && !origin.contains('+'),
+            "audit.origin: must be a name without spaces or '+', got {origin:?}"
+        );
         if let Some(t) = &self.telemetry {
             anyhow::ensure!(
                 t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"),
@@ -351,6 +411,34 @@ impl Config {
             audience: self.tokens.audience.clone(),
             leeway_s: self.tokens.leeway_s,
             issuers,
+        })
+    }
+
+    /// The log's name in its checkpoints.
+    pub fn audit_origin(&self) -> anyhow::Result<String> {
+        Ok(match &self.audit.origin {
+            Some(o) => o.clone(),
+            None => format!("semel.brussels/audit/{}", self.operator_kbo()?.as_str()),
+        })
+    }
+
+    /// The checkpoint signing key's file.
+    pub fn audit_signing_key(&self) -> PathBuf {
+        self.audit
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
+    }
+
+    /// Checkpoint settings, with the signing key loaded (or created).
+    pub fn checkpoint_settings(&self) -> anyhow::Result<semel_store::CheckpointSettings> {
+        let path = self.audit_signing_key();
+        let key = semel_store::load_or_create_signing_key(&path)
+            .with_context(|| format!("audit.signing_key {}", path.display()))?;
+        Ok(semel_store::CheckpointSettings {
+            signer: semel_core::checkpoint::NoteSigner::new(&self.audit_origin()?, key),
+            every_entries: self.audit.checkpoint_every_entries,
+            every: Duration::from_millis(self.audit.checkpoint_every_ms),
         })
     }
 

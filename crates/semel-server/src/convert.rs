@@ -374,5 +374,6 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         previous_hash: previous_hash.to_vec(),
         entry_hash: s.hash.to_vec(),
         operation: r.operation.to_string(),
+        encoding: Vec::new(),
     }
 }

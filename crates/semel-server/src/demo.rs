@@ -40,7 +40,12 @@ pub struct DemoOptions {
     pub limits: crate::limits::LimitSettings,
     /// How often certificate and key files are checked for changes.
     pub reload_poll: Option<Duration>,
+    /// Sign an audit checkpoint after this many entries (or 10 s).
+    pub checkpoint_every_entries: u64,
 }
+
+/// The demo audit log's name in its checkpoints.
+pub const DEMO_ORIGIN: &str = "semel.brussels/audit/demo";
 
 impl DemoOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
@@ -53,6 +58,7 @@ impl DemoOptions {
             metrics_listen: None,
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
+            checkpoint_every_entries: 1000,
         }
     }
 }
@@ -161,7 +167,18 @@ impl Demo {
         }
 
         // The registry: seeded once, with the sources' current addresses.
-        let store = Store::open(&data_dir.join("store")).context("open the demo store")?;
+        let signing_key =
+            semel_store::load_or_create_signing_key(&pki.dir.join("audit-signing.key"))
+                .context("the demo's checkpoint signing key")?;
+        let store = Store::open_with(
+            &data_dir.join("store"),
+            Some(semel_store::CheckpointSettings {
+                signer: semel_core::checkpoint::NoteSigner::new(DEMO_ORIGIN, signing_key),
+                every_entries: opts.checkpoint_every_entries,
+                every: Duration::from_secs(10),
+            }),
+        )
+        .context("open the demo store")?;
         seed_registry(&store, &orgs, |slug| {
             endpoints.get(slug).cloned().unwrap_or_default()
         })?;

@@ -111,17 +111,19 @@ impl From<semel_store::StoreError> for ApiError {
     fn from(e: semel_store::StoreError) -> Self {
         // Store errors are logged where they are handled (here), since the
         // client only gets a generic message.
-        tracing::error!(error = %e, "storage failure");
         match e {
             semel_store::StoreError::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
             semel_store::StoreError::OutOfRange(m) => {
                 ApiError::new(Code::OutOfRange, "OUT_OF_RANGE", m)
             }
-            _ => ApiError::retryable(
-                Code::Unavailable,
-                "STORAGE_UNAVAILABLE",
-                "the broker's storage failed; try again later",
-            ),
+            e => {
+                tracing::error!(error = %e, "storage failure");
+                ApiError::retryable(
+                    Code::Unavailable,
+                    "STORAGE_UNAVAILABLE",
+                    "the broker's storage failed; try again later",
+                )
+            }
         }
     }
 }

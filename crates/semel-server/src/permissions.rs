@@ -49,6 +49,15 @@ pub const RULES: &[Rule] = &[
         "semel.v1.AuditService/ListCitizenAccesses",
         &[Citizen, Auditor],
     ),
+    rule(
+        "semel.v1.AuditService/GetLatestCheckpoint",
+        &[Admin, Auditor],
+    ),
+    rule("semel.v1.AuditService/GetInclusionProof", &[Auditor]),
+    rule(
+        "semel.v1.AuditService/GetConsistencyProof",
+        &[Admin, Auditor],
+    ),
 ];
 
 const fn rule(method: &'static str, roles: &'static [UserRole]) -> Rule {

@@ -191,7 +191,8 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     };
     let (_, source_tls, tokens) = load_all(&files)?;
     let dir = config.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&dir))
+    let checkpoints = config.checkpoint_settings()?;
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, Some(checkpoints)))
         .await
         .context("open the store")?
         .with_context(|| format!("open the store in {}", config.data_dir.display()))?;

@@ -16,9 +16,12 @@
 //! never decides whether an entry survives.
 
 mod audit;
+mod keys;
 mod postings;
 mod registry;
 pub mod tree;
+
+pub use keys::load_or_create_signing_key;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,169 @@
+//! The log that proves itself, over gRPC: signed checkpoints, inclusion and
+//! consistency proofs, checked here with the verifier's functions only
+//! (`semel_core::merkle`, `semel_core::checkpoint`), as an outside auditor
+//! would.
+
+use std::time::Duration;
+
+use semel_core::checkpoint::NoteVerifier;
+use semel_core::merkle::{verify_consistency, verify_inclusion};
+use semel_demo::seed::datasets::*;
+use semel_server::proto::{self, audit_service_client::AuditServiceClient};
+use tonic::Code;
+
+use crate::harness::*;
+
+async fn start() -> TestDemo {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut opts = semel_server::DemoOptions::new(dir.path());
+    opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.population = 2_000;
+    opts.checkpoint_every_entries = 5;
+    TestDemo {
+        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        dir,
+    }
+}
+
+/// Waits for a checkpoint covering at least `size` entries.
+async fn checkpoint_of(
+    auditor: &mut AuditServiceClient<semel_server::client::AuthChannel>,
+    size: u64,
+) -> (proto::Checkpoint, String) {
+    for _ in 0..100 {
+        let r = auditor
+            .get_latest_checkpoint(proto::GetLatestCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if let Some(c) = r.checkpoint.filter(|c| c.tree_size >= size) {
+            return (c, r.verifier_key);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint of {size} entries");
+}
+
+fn hash(bytes: &[u8]) -> [u8; 32] {
+    bytes.try_into().expect("32 bytes")
+}
+
+#[tokio::test]
+async fn checkpoints_and_proofs_verify_without_trusting_the_broker() {
+    let t = start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    for _ in 0..6 {
+        c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("allowed");
+    }
+    let mut auditor = AuditServiceClient::new(t.channel("control-commission").await);
+    let (first, key) = checkpoint_of(&mut auditor, 5).await;
+    let verifier = NoteVerifier::parse(&key).expect("verifier key");
+    let signed = verifier.verify(&first.signed_note).expect("signature");
+    assert_eq!(
+        (signed.size, signed.root.to_vec()),
+        (first.tree_size, first.root_hash.clone())
+    );
+    assert_eq!(signed.origin, semel_server::demo::DEMO_ORIGIN);
+
+    for _ in 0..8 {
+        c.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("allowed");
+    }
+    let (second, _) = checkpoint_of(&mut auditor, first.tree_size + 5).await;
+    let second_signed = verifier.verify(&second.signed_note).expect("signature");
+
+    // Every entry of the second checkpoint is in it.
+    for seq in 0..second.tree_size {
+        let r = auditor
+            .get_inclusion_proof(proto::GetInclusionProofRequest {
+                sequence: seq,
+                tree_size: second.tree_size,
+            })
+            .await
+            .expect("proof")
+            .into_inner();
+        let entry = r.entry.expect("entry");
+        let leaf = semel_core::entry_hash(&entry.encoding);
+        assert_eq!(
+            leaf.to_vec(),
+            entry.entry_hash,
+            "the encoding is the entry's"
+        );
+        let decoded = semel_core::AuditEntry::decode(&entry.encoding).expect("decodes");
+        assert_eq!(decoded.sequence, seq);
+        assert_eq!(
+            decoded
+                .record
+                .citizen
+                .map(|n| n.as_str().to_owned())
+                .unwrap_or_default(),
+            entry.citizen,
+            "the readable fields are the signed ones"
+        );
+        let proof: Vec<[u8; 32]> = r.proof.iter().map(|p| hash(p)).collect();
+        assert!(
+            verify_inclusion(&leaf, seq, second.tree_size, &proof, &second_signed.root),
+            "entry {seq}"
+        );
+        // A proof does not fit another entry.
+        if seq > 0 {
+            assert!(!verify_inclusion(
+                &leaf,
+                seq - 1,
+                second.tree_size,
+                &proof,
+                &second_signed.root
+            ));
+        }
+    }
+    // The second checkpoint extends the first.
+    let proof: Vec<[u8; 32]> = auditor
+        .get_consistency_proof(proto::GetConsistencyProofRequest {
+            first_tree_size: first.tree_size,
+            second_tree_size: second.tree_size,
+        })
+        .await
+        .expect("consistency")
+        .into_inner()
+        .proof
+        .iter()
+        .map(|p| hash(p))
+        .collect();
+    assert!(verify_consistency(
+        first.tree_size,
+        second.tree_size,
+        &signed.root,
+        &second_signed.root,
+        &proof
+    ));
+    assert!(!verify_consistency(
+        first.tree_size,
+        second.tree_size,
+        &second_signed.root,
+        &second_signed.root,
+        &proof
+    ));
+
+    // Beyond the log: OUT_OF_RANGE. Another organisation's auditor: refused.
+    let err = auditor
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            sequence: 0,
+            tree_size: 1_000_000,
+        })
+        .await
+        .expect_err("beyond the log");
+    assert_error(&err, Code::OutOfRange, "OUT_OF_RANGE");
+    let schaerbeek_dpo = t.token(SCHAERBEEK, &[semel_core::UserRole::Auditor]);
+    let err = AuditServiceClient::new(t.channel_as(SCHAERBEEK, &schaerbeek_dpo).await)
+        .get_inclusion_proof(proto::GetInclusionProofRequest {
+            sequence: 0,
+            tree_size: 0,
+        })
+        .await
+        .expect_err("another organisation's entry");
+    assert_error(&err, Code::PermissionDenied, "OTHER_ORGANISATION");
+    t.stop().await;
+}
