@@ -531,6 +531,21 @@ impl Client {
         Ok(json!({"revoked": r.revoked.iter().map(revoked_json).collect::<Vec<_>>()}))
     }
 
+    /// The newest signed checkpoint and the verifier key.
+    pub async fn latest_checkpoint(&self) -> CallResult {
+        let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
+        let r = client
+            .get_latest_checkpoint(proto::GetLatestCheckpointRequest {})
+            .await?
+            .into_inner();
+        Ok(json!({
+            "verifier_key": r.verifier_key,
+            "tree_size": r.checkpoint.as_ref().map(|c| c.tree_size),
+            "root_hash": r.checkpoint.as_ref().map(|c| hex(&c.root_hash)),
+            "signed_note": r.checkpoint.as_ref().map(|c| c.signed_note.clone()),
+        }))
+    }
+
     pub async fn audit_head(&self) -> CallResult {
         let mut client = proto::audit_service_client::AuditServiceClient::new(self.channel.clone());
         let r = client

@@ -836,7 +836,7 @@ impl Indexer {
 
 /// Reads the signed notes of `audit/checkpoints`, oldest first. A partial
 /// last record (an interrupted write) is ignored.
-fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, StoreError> {
+pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -889,7 +889,7 @@ fn check_frame(buf: &[u8]) -> Option<&[u8]> {
 /// Reads frames from `start`, calling `f(offset, payload)` for each valid one
 /// until it returns false. Returns the offset of the first frame that is not
 /// valid (zeros included), if any.
-fn scan(
+pub(crate) fn scan(
     file: &mut File,
     start: u64,
     mut f: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
@@ -1068,7 +1068,7 @@ fn recover(
     Ok(head)
 }
 
-enum Tail {
+pub(crate) enum Tail {
     /// Only zeros: an extension whose data never reached the disk.
     Zeros,
     /// A partial frame of this many bytes, then zeros.
@@ -1076,7 +1076,7 @@ enum Tail {
     Damaged,
 }
 
-fn tail_kind(rest: &[u8]) -> Tail {
+pub(crate) fn tail_kind(rest: &[u8]) -> Tail {
     if rest.iter().all(|&b| b == 0) {
         return Tail::Zeros;
     }

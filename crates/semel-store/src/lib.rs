@@ -20,6 +20,7 @@ mod keys;
 mod postings;
 mod registry;
 pub mod tree;
+pub mod verify;
 
 pub use keys::load_or_create_signing_key;
 

@@ -420,6 +420,35 @@ enum AuditCommand {
     },
     /// Number of entries and hash of the last one.
     Head,
+    /// The newest signed checkpoint (C2SP signed note) and the broker's verifier key.
+    Checkpoint,
+    /// Verify a store's audit log or an export offline: sequence, hash chain, Merkle tree and every signed checkpoint; names the first entry that does not match. Exit 0 only if all holds.
+    Verify {
+        /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
+        #[arg(long, conflicts_with = "export", required_unless_present = "export")]
+        store: Option<PathBuf>,
+        /// A JSON Lines export made with `semel audit export`.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// The broker's verifier key (name+hash+key), as the operator published it.
+        #[arg(long, conflicts_with = "verifier_key_file")]
+        verifier_key: Option<String>,
+        /// A file holding the verifier key.
+        #[arg(long)]
+        verifier_key_file: Option<PathBuf>,
+    },
+    /// Export a store's whole audit log, with its signed checkpoints, for auditors.
+    Export {
+        /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
+        #[arg(long)]
+        store: PathBuf,
+        /// Where to write; standard output when omitted.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// jsonl (verifiable: entries, encodings and checkpoints) or csv (readable fields).
+        #[arg(long, default_value = "jsonl")]
+        format: String,
+    },
     /// Who consulted a citizen's data (as the citizen, or an auditor).
     Accesses {
         #[arg(long)]
@@ -764,6 +793,25 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             semel_server::bench::run_bench_server(opts, &ready_file, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Audit {
+            conn: _,
+            command:
+                AuditCommand::Verify {
+                    store,
+                    export,
+                    verifier_key,
+                    verifier_key_file,
+                },
+        } => audit_verify(store, export, verifier_key, verifier_key_file),
+        Command::Audit {
+            conn: _,
+            command:
+                AuditCommand::Export {
+                    store,
+                    output,
+                    format,
+                },
+        } => audit_export(&store, output.as_deref(), &format),
         Command::Audit { conn, command } => {
             let client = connect(&conn, Some("operator")).await?;
             let result = match command {
@@ -783,6 +831,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .await
                 }
                 AuditCommand::Head => client.audit_head().await,
+                AuditCommand::Checkpoint => client.latest_checkpoint().await,
+                AuditCommand::Verify { .. } | AuditCommand::Export { .. } => {
+                    unreachable!("handled above")
+                }
                 AuditCommand::Accesses { citizen, limit } => {
                     client.citizen_accesses(citizen, limit).await
                 }
@@ -1049,6 +1101,138 @@ mod bench {
     }
 }
 
+/// The verifier key to check checkpoints with: the one given, or (for an
+/// operator checking their own store) the one of the broker's signing key.
+fn verifier_key(
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    store: Option<&Path>,
+) -> anyhow::Result<semel_core::checkpoint::NoteVerifier> {
+    let text = match (key, key_file) {
+        (Some(k), _) => k,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("read the verifier key {}", f.display()))?,
+        (None, None) => {
+            let store = store.context(
+                "give the broker's verifier key with --verifier-key or --verifier-key-file, as the operator published it",
+            )?;
+            let candidates = [
+                store.join("audit-signing.key"),
+                store.join("../pki/audit-signing.key"),
+            ];
+            let path = candidates.iter().find(|p| p.exists()).with_context(|| {
+                format!(
+                    "no --verifier-key given and no signing key found next to {}; give the verifier key with --verifier-key",
+                    store.display()
+                )
+            })?;
+            let key = semel_store::load_or_create_signing_key(path)?;
+            let origin = semel_store::verify::origin_of(&store.join("audit"))?
+                .context("the store has no checkpoint yet; give the verifier key with --key")?;
+            eprintln!(
+                "note: no --verifier-key given; trusting the broker's own signing key {} (an outside auditor passes the published key)",
+                path.display()
+            );
+            semel_core::checkpoint::NoteSigner::new(&origin, key).verifier_key()
+        }
+    };
+    semel_core::checkpoint::NoteVerifier::parse(&text)
+        .map_err(|e| anyhow::anyhow!("the verifier key: {e}"))
+}
+
+fn audit_verify(
+    store: Option<PathBuf>,
+    export: Option<PathBuf>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let verifier = verifier_key(key, key_file, store.as_deref())?;
+    let result = match (&store, &export) {
+        (Some(dir), _) => semel_store::verify::verify_dir(&dir.join("audit"), &verifier),
+        (None, Some(file)) => {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("open the export {}", file.display()))?;
+            semel_store::verify::verify_export(&mut std::io::BufReader::new(f), &verifier)
+        }
+        (None, None) => anyhow::bail!("give --store or --export"),
+    };
+    match result {
+        Ok(r) => {
+            println!(
+                "verified: {} entries, hash chain and Merkle tree intact, {} signed checkpoints (newest covers {} entries), root {}",
+                r.entries,
+                r.checkpoints,
+                r.last_checkpoint
+                    .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                r.root
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("NOT VERIFIED: {e}");
+            Ok(ExitCode::from(4))
+        }
+    }
+}
+
+fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let format = match format {
+        "jsonl" => semel_store::verify::ExportFormat::JsonLines,
+        "csv" => semel_store::verify::ExportFormat::Csv,
+        other => anyhow::bail!("--format {other}: use jsonl or csv"),
+    };
+    let audit = store.join("audit");
+    let log_len = std::fs::metadata(audit.join("log"))
+        .with_context(|| format!("{} holds no audit log", store.display()))?
+        .len();
+    let key = [
+        store.join("audit-signing.key"),
+        store.join("../pki/audit-signing.key"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .and_then(|p| semel_store::load_or_create_signing_key(&p).ok())
+    .zip(semel_store::verify::origin_of(&audit).ok().flatten())
+    .map(|(k, origin)| semel_core::checkpoint::NoteSigner::new(&origin, k).verifier_key());
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(log_len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {msg} ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let n = semel_store::verify::export(
+        &audit,
+        format,
+        key.as_deref(),
+        &mut out,
+        &mut |done, offset| {
+            if done % 4096 == 0 {
+                bar.set_position(offset);
+                bar.set_message(format!("{done} entries"));
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.flush().context("write the export")?;
+    bar.finish_and_clear();
+    eprintln!("exported {n} entries");
+    Ok(ExitCode::SUCCESS)
+}
+
 fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
     use semel_demo::pki::{DevPki, Subject};
     match command {
@@ -1194,6 +1378,14 @@ fn print_value(v: &Json) {
 }
 
 fn print_audit(v: &Json) {
+    if let Some(key) = v["verifier_key"].as_str() {
+        match v["signed_note"].as_str() {
+            Some(note) => print!("{note}"),
+            None => println!("no checkpoint signed yet"),
+        }
+        println!("\nverifier key: {key}");
+        return;
+    }
     if let Some(accesses) = v["accesses"].as_array() {
         if accesses.is_empty() {
             println!("no one consulted this citizen's data");
@@ -1341,4 +1533,14 @@ async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("shutting down: finishing lookups in flight");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_consistent() {
+        // Catches clashing flags (e.g. a subcommand's --key against the
+        // global --key) before a user does.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

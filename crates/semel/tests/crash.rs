@@ -156,4 +156,22 @@ async fn sigkill_during_lookups_loses_no_answered_entry() {
     let store = semel_store::Store::open(&dir.path().join("store")).expect("open the store");
     let report = store.audit().verify_chain().expect("the chain verifies");
     assert_eq!(report.entries as usize, total);
+    drop(store);
+    // The auditors' tool agrees: chain, tree and every signed checkpoint
+    // (one was signed at the clean stop, covering every entry).
+    let verify = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["audit", "verify", "--store"])
+        .arg(dir.path().join("store"))
+        .output()
+        .expect("semel audit verify");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(
+        out.contains(&format!("newest covers {total} entries")),
+        "{out}"
+    );
 }

@@ -1,0 +1,708 @@
+//! Checking an audit log without trusting the broker: every entry decodes,
+//! follows its predecessor in sequence and hash chain, and the Merkle tree
+//! recomputed from the entries has, at every signed checkpoint, the root the
+//! checkpoint signs. On failure the first entry (or checkpoint) that does
+//! not match is named.
+//!
+//! Two inputs: a store's `audit/` directory (the log file and its
+//! checkpoints), and an export written by [`export`] (JSON Lines, which an
+//! outside auditor can check on their own machine).
+
+use std::fs::File;
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use semel_core::checkpoint::{Checkpoint, NoteVerifier, b64};
+use semel_core::merkle::CompactRange;
+use semel_core::{AuditDecision, AuditEntry, Hash, ZERO_HASH, entry_hash};
+use serde_json::{Value, json};
+
+use crate::audit::{Tail, read_checkpoints, scan, tail_kind};
+
+/// What a successful verification covered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub entries: u64,
+    /// Signed checkpoints checked.
+    pub checkpoints: usize,
+    /// The size of the newest checkpoint, if any.
+    pub last_checkpoint: Option<u64>,
+    /// The root of all the entries.
+    pub root: Hash,
+}
+
+/// Where the log stops being what was signed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyFailure {
+    #[error("entry {sequence}: {why}")]
+    Entry { sequence: u64, why: String },
+    #[error("checkpoint of {size} entries: {why}")]
+    Checkpoint { size: u64, why: String },
+    #[error("{0}")]
+    Input(String),
+}
+
+/// Recomputes the chain and the tree entry by entry.
+pub struct LogVerifier {
+    checkpoints: Vec<Checkpoint>,
+    next_checkpoint: usize,
+    /// A checkpoint reached, with the root the entries gave at its size:
+    /// compared once the next entry's link has been checked, so an altered
+    /// entry is named by the chain rather than by the checkpoint.
+    reached: Option<(Checkpoint, u64, Hash)>,
+    expected: u64,
+    previous: Hash,
+    range: CompactRange,
+}
+
+impl LogVerifier {
+    /// Checks every note's signature with `key`, and that the checkpoints
+    /// grow.
+    pub fn new(notes: &[String], key: &NoteVerifier) -> Result<LogVerifier, VerifyFailure> {
+        let mut checkpoints: Vec<Checkpoint> = Vec::new();
+        for note in notes {
+            let c = key.verify(note).map_err(|e| VerifyFailure::Checkpoint {
+                size: first_number(note),
+                why: e.to_string(),
+            })?;
+            if let Some(last) = checkpoints.last()
+                && c.size <= last.size
+            {
+                return Err(VerifyFailure::Checkpoint {
+                    size: c.size,
+                    why: format!(
+                        "it follows a checkpoint of {} entries: checkpoints must grow",
+                        last.size
+                    ),
+                });
+            }
+            checkpoints.push(c);
+        }
+        Ok(LogVerifier {
+            checkpoints,
+            next_checkpoint: 0,
+            reached: None,
+            expected: 0,
+            previous: ZERO_HASH,
+            range: CompactRange::new(),
+        })
+    }
+
+    /// Takes the next entry's canonical encoding.
+    pub fn push(&mut self, encoding: &[u8]) -> Result<AuditEntry, VerifyFailure> {
+        let n = self.expected;
+        let entry = AuditEntry::decode(encoding).map_err(|e| VerifyFailure::Entry {
+            sequence: n,
+            why: format!("cannot be decoded: {e}"),
+        })?;
+        if entry.sequence != n {
+            return Err(VerifyFailure::Entry {
+                sequence: n,
+                why: format!(
+                    "the entry in its place carries sequence {}: entries were removed or reordered",
+                    entry.sequence
+                ),
+            });
+        }
+        if entry.previous_hash != self.previous {
+            return Err(match n {
+                0 => VerifyFailure::Entry {
+                    sequence: 0,
+                    why: "the first entry links to a previous one: the log's beginning was removed"
+                        .into(),
+                },
+                _ => VerifyFailure::Entry {
+                    sequence: n - 1,
+                    why: format!(
+                        "it does not match the hash entry {n} records for it: it was altered"
+                    ),
+                },
+            });
+        }
+        self.check_reached()?;
+        let leaf = entry_hash(encoding);
+        self.range.push(leaf);
+        self.previous = leaf;
+        self.expected += 1;
+        while let Some(c) = self.checkpoints.get(self.next_checkpoint) {
+            if c.size != self.expected {
+                break;
+            }
+            let from = self
+                .next_checkpoint
+                .checked_sub(1)
+                .and_then(|i| self.checkpoints.get(i))
+                .map_or(0, |p| p.size);
+            self.reached = Some((c.clone(), from, self.range.root()));
+            self.next_checkpoint += 1;
+        }
+        Ok(entry)
+    }
+
+    fn check_reached(&mut self) -> Result<(), VerifyFailure> {
+        if let Some((c, from, root)) = self.reached.take()
+            && root != c.root
+        {
+            return Err(VerifyFailure::Checkpoint {
+                size: c.size,
+                why: format!(
+                    "the entries do not produce its signed root: an entry from {from} to {} was altered",
+                    c.size - 1
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks that no checkpoint covers entries the log no longer has.
+    pub fn finish(mut self) -> Result<VerifyReport, VerifyFailure> {
+        self.check_reached()?;
+        if let Some(c) = self.checkpoints.get(self.next_checkpoint) {
+            return Err(VerifyFailure::Checkpoint {
+                size: c.size,
+                why: format!(
+                    "the log ends after {} entries but this checkpoint covers {}: entries were removed from the end",
+                    self.expected, c.size
+                ),
+            });
+        }
+        Ok(VerifyReport {
+            entries: self.expected,
+            checkpoints: self.checkpoints.len(),
+            last_checkpoint: self.checkpoints.last().map(|c| c.size),
+            root: self.range.root(),
+        })
+    }
+}
+
+fn first_number(note: &str) -> u64 {
+    note.lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Verifies a store's audit directory (`<data_dir>/audit`).
+pub fn verify_dir(audit_dir: &Path, key: &NoteVerifier) -> Result<VerifyReport, VerifyFailure> {
+    let notes: Vec<String> = read_checkpoints(&audit_dir.join("checkpoints"))
+        .map_err(|e| VerifyFailure::Input(e.to_string()))?
+        .into_iter()
+        .map(|c| c.note)
+        .collect();
+    let mut verifier = LogVerifier::new(&notes, key)?;
+    let path = audit_dir.join("log");
+    let mut file = File::open(&path)
+        .map_err(|e| VerifyFailure::Input(format!("open {}: {e}", path.display())))?;
+    let mut failure = None;
+    let damaged = scan(&mut file, 0, |_, payload| match verifier.push(payload) {
+        Ok(_) => Ok(true),
+        Err(f) => {
+            failure = Some(f);
+            Ok(false)
+        }
+    })
+    .map_err(|e| VerifyFailure::Input(e.to_string()))?;
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    if let Some(offset) = damaged {
+        let mut rest = Vec::new();
+        use std::io::{Read, Seek, SeekFrom};
+        file.seek(SeekFrom::Start(offset))
+            .and_then(|_| file.read_to_end(&mut rest))
+            .map_err(|e| VerifyFailure::Input(format!("read {}: {e}", path.display())))?;
+        // Zeros after the last frame are a crash's leftovers (the broker
+        // zeroes a torn write at start); anything else is damage.
+        if !matches!(tail_kind(&rest), Tail::Zeros) {
+            return Err(VerifyFailure::Entry {
+                sequence: verifier.expected,
+                why: format!(
+                    "its frame at offset {offset} is damaged (length or checksum): the log was altered"
+                ),
+            });
+        }
+    }
+    verifier.finish()
+}
+
+/// The origin (log name) of a store's checkpoints, if it has any.
+pub fn origin_of(audit_dir: &Path) -> Result<Option<String>, crate::StoreError> {
+    Ok(read_checkpoints(&audit_dir.join("checkpoints"))?
+        .first()
+        .map(|c| c.checkpoint.origin.clone()))
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// One JSON object a line: a header, entries (readable fields and the
+    /// canonical encoding) and the signed checkpoints after the entry that
+    /// completes them. Verifiable with [`verify_export`].
+    JsonLines,
+    /// One row per entry, readable fields only, for spreadsheets.
+    Csv,
+}
+
+/// The readable fields of an entry.
+fn readable(e: &AuditEntry) -> Value {
+    let r = &e.record;
+    json!({
+        "sequence": e.sequence,
+        "time_micros": r.time_micros,
+        "operation": r.operation,
+        "consumer_kbo": r.consumer.as_str(),
+        "end_user": r.end_user,
+        "citizen": r.citizen.map(|n| n.as_str().to_owned()),
+        "dataset": r.dataset,
+        "fields_requested": r.fields_requested,
+        "fields_returned": r.fields_returned,
+        "purpose": r.purpose,
+        "authorisation": r.authorisation,
+        "decision": match r.decision { AuditDecision::Allowed => "allowed", AuditDecision::Refused => "refused" },
+        "reason": r.reason.map(|c| c.as_str()),
+        "source_kbo": r.source.map(|k| k.as_str().to_owned()),
+        "consumer_reference": r.consumer_reference,
+        "reference_date": r.reference_date,
+    })
+}
+
+const CSV_COLUMNS: [&str; 13] = [
+    "sequence",
+    "time_micros",
+    "operation",
+    "consumer_kbo",
+    "end_user",
+    "citizen",
+    "dataset",
+    "fields_returned",
+    "purpose",
+    "authorisation",
+    "decision",
+    "reason",
+    "source_kbo",
+];
+
+fn csv_cell(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// Writes every entry of a store's audit directory (and, in JSON Lines, its
+/// checkpoints) to `out`; `progress(done, total_bytes_read)` is called as
+/// it goes. Returns the number of entries.
+pub fn export(
+    audit_dir: &Path,
+    format: ExportFormat,
+    verifier_key: Option<&str>,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<u64, VerifyFailure> {
+    let io = |e: std::io::Error| VerifyFailure::Input(format!("write the export: {e}"));
+    let checkpoints = read_checkpoints(&audit_dir.join("checkpoints"))
+        .map_err(|e| VerifyFailure::Input(e.to_string()))?;
+    let path = audit_dir.join("log");
+    let mut file = File::open(&path)
+        .map_err(|e| VerifyFailure::Input(format!("open {}: {e}", path.display())))?;
+    match format {
+        ExportFormat::JsonLines => writeln!(
+            out,
+            "{}",
+            json!({
+                "format": "semel-audit-export/1",
+                "origin": checkpoints.first().map(|c| c.checkpoint.origin.clone()),
+                "verifier_key": verifier_key,
+            })
+        )
+        .map_err(io)?,
+        ExportFormat::Csv => writeln!(out, "{}", CSV_COLUMNS.join(",")).map_err(io)?,
+    }
+    let mut count = 0u64;
+    let mut next = checkpoints.iter().peekable();
+    let mut write_error = None;
+    scan(&mut file, 0, |offset, payload| {
+        let entry = AuditEntry::decode(payload)
+            .map_err(|e| crate::StoreError::Corrupt(format!("entry at offset {offset}: {e}")))?;
+        let line = match format {
+            ExportFormat::JsonLines => {
+                let mut v = readable(&entry);
+                v["type"] = json!("entry");
+                v["encoding"] = json!(b64::encode(payload));
+                v.to_string()
+            }
+            ExportFormat::Csv => {
+                let v = readable(&entry);
+                CSV_COLUMNS
+                    .iter()
+                    .map(|c| csv_cell(&v[*c]))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            }
+        };
+        if let Err(e) = writeln!(out, "{line}") {
+            write_error = Some(e);
+            return Ok(false);
+        }
+        count += 1;
+        if format == ExportFormat::JsonLines {
+            while let Some(c) = next.next_if(|c| c.checkpoint.size <= count) {
+                let line = json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note});
+                if let Err(e) = writeln!(out, "{line}") {
+                    write_error = Some(e);
+                    return Ok(false);
+                }
+            }
+        }
+        progress(count, offset);
+        Ok(true)
+    })
+    .map_err(|e| VerifyFailure::Input(e.to_string()))?;
+    if let Some(e) = write_error {
+        return Err(io(e));
+    }
+    Ok(count)
+}
+
+/// Verifies a JSON Lines export with the broker's verifier key, and that
+/// every entry's readable fields are those of its signed encoding.
+pub fn verify_export(
+    input: &mut dyn BufRead,
+    key: &NoteVerifier,
+) -> Result<VerifyReport, VerifyFailure> {
+    let mut lines = Vec::new();
+    for (i, line) in input.lines().enumerate() {
+        let line = line.map_err(|e| VerifyFailure::Input(format!("read the export: {e}")))?;
+        let v: Value = serde_json::from_str(&line)
+            .map_err(|e| VerifyFailure::Input(format!("line {}: not JSON: {e}", i + 1)))?;
+        lines.push(v);
+    }
+    match lines.first().and_then(|h| h["format"].as_str()) {
+        Some("semel-audit-export/1") => {}
+        _ => {
+            return Err(VerifyFailure::Input(
+                "not a Semel audit export (semel-audit-export/1)".into(),
+            ));
+        }
+    }
+    let notes: Vec<String> = lines
+        .iter()
+        .filter(|v| v["type"] == "checkpoint")
+        .filter_map(|v| v["note"].as_str().map(str::to_owned))
+        .collect();
+    let mut verifier = LogVerifier::new(&notes, key)?;
+    for v in lines.iter().filter(|v| v["type"] == "entry") {
+        let sequence = verifier.expected;
+        let encoding = v["encoding"]
+            .as_str()
+            .and_then(b64::decode)
+            .ok_or_else(|| VerifyFailure::Entry {
+                sequence,
+                why: "its encoding is missing or not base64".into(),
+            })?;
+        let entry = verifier.push(&encoding)?;
+        let mut shown = v.clone();
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("type");
+            o.remove("encoding");
+        }
+        let signed = readable(&entry);
+        if shown != signed {
+            let field = signed
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
+                .map_or("?".to_owned(), |(k, _)| k.clone());
+            return Err(VerifyFailure::Entry {
+                sequence,
+                why: format!(
+                    "its readable field {field} differs from its signed encoding: the export was altered"
+                ),
+            });
+        }
+    }
+    verifier.finish()
+}
+
+#[cfg(test)]
+mod tampering {
+    //! Change a byte, delete an entry, reorder two, truncate: verification
+    //! fails every time and says where.
+
+    use super::*;
+    use crate::{CheckpointSettings, Store};
+    use semel_core::checkpoint::NoteSigner;
+
+    const HEADER: usize = 8;
+
+    fn signer() -> NoteSigner {
+        NoteSigner::new(
+            "semel.test/audit",
+            ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
+        )
+    }
+
+    fn key() -> NoteVerifier {
+        NoteVerifier::parse(&signer().verifier_key()).expect("key")
+    }
+
+    fn record(i: u64) -> semel_core::AuditRecord {
+        semel_core::AuditRecord {
+            request_id: [i as u8; 16],
+            time_micros: 1_700_000_000_000_000 + i as i64,
+            operation: semel_core::LOOKUP_OPERATION.into(),
+            consumer: semel_core::Kbo::parse("0212345668").expect("kbo"),
+            end_user: Some(format!("clerk-{i}")),
+            citizen: semel_core::Niss::parse("93051822361").ok(),
+            dataset: "national_register.residence".into(),
+            fields_requested: vec!["street".into()],
+            fields_returned: vec!["street".into()],
+            purpose: "RIS_ELIGIBILITY".into(),
+            authorisation: Some("BSC/2024/017".into()),
+            decision: AuditDecision::Allowed,
+            reason: None,
+            outcome: semel_core::Outcome::Answered,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+        }
+    }
+
+    /// A closed store of 20 entries, checkpoints every 4.
+    fn log() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_with(
+            dir.path(),
+            Some(CheckpointSettings {
+                signer: signer(),
+                every_entries: 4,
+                every: std::time::Duration::from_secs(3600),
+            }),
+        )
+        .expect("open");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        for i in 0..20 {
+            rt.block_on(store.audit().append(record(i)))
+                .expect("append");
+        }
+        store.close().expect("close");
+        dir
+    }
+
+    /// The frames of the log: (offset, total length).
+    fn frames(bytes: &[u8]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while at + HEADER <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4")) as usize;
+            if len == 0 {
+                break;
+            }
+            out.push((at, HEADER + len));
+            at += HEADER + len;
+        }
+        out
+    }
+
+    fn tamper(dir: &Path, f: impl FnOnce(&mut Vec<u8>)) -> Result<VerifyReport, VerifyFailure> {
+        let path = dir.join("audit/log");
+        let mut bytes = std::fs::read(&path).expect("read");
+        f(&mut bytes);
+        std::fs::write(&path, bytes).expect("write");
+        verify_dir(&dir.join("audit"), &key())
+    }
+
+    /// Rewrites a frame's checksum, as a careful forger would.
+    fn fix_crc(bytes: &mut [u8], (at, len): (usize, usize)) {
+        let crc = crc32fast::hash(&bytes[at + HEADER..at + len]);
+        bytes[at + 4..at + 8].copy_from_slice(&crc.to_be_bytes());
+    }
+
+    fn entry_failure(r: Result<VerifyReport, VerifyFailure>) -> (u64, String) {
+        match r {
+            Err(VerifyFailure::Entry { sequence, why }) => (sequence, why),
+            other => panic!("expected an entry to be named, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_untouched_log_verifies() {
+        let dir = log();
+        let report = verify_dir(&dir.path().join("audit"), &key()).expect("verifies");
+        assert_eq!((report.entries, report.last_checkpoint), (20, Some(20)));
+        assert!(report.checkpoints >= 4, "{report:?}");
+        // With another key, nothing verifies.
+        let other = NoteSigner::new(
+            "semel.test/audit",
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        );
+        let other = NoteVerifier::parse(&other.verifier_key()).expect("key");
+        assert!(matches!(
+            verify_dir(&dir.path().join("audit"), &other),
+            Err(VerifyFailure::Checkpoint { .. })
+        ));
+    }
+
+    #[test]
+    fn a_changed_byte_is_found_in_its_entry() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let (at, _) = frames(b)[7];
+            b[at + HEADER + 40] ^= 1;
+        });
+        let (seq, why) = entry_failure(r);
+        assert_eq!(seq, 7, "{why}");
+        assert!(why.contains("checksum"), "{why}");
+    }
+
+    #[test]
+    fn a_changed_byte_with_a_forged_checksum_is_found_in_its_entry() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let frame = frames(b)[7];
+            // The purpose's last letter: still a valid entry.
+            let text = b"RIS_ELIGIBILITY";
+            let at = b[frame.0..frame.0 + frame.1]
+                .windows(text.len())
+                .position(|w| w == text)
+                .expect("purpose")
+                + frame.0
+                + text.len()
+                - 1;
+            b[at] = b'X';
+            fix_crc(b, frame);
+        });
+        let (seq, why) = entry_failure(r);
+        assert_eq!(seq, 7, "{why}");
+        assert!(why.contains("altered"), "{why}");
+    }
+
+    #[test]
+    fn the_last_entry_changed_is_caught_by_its_checkpoint() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let frame = *frames(b).last().expect("frames");
+            let at = frame.0 + HEADER + 30;
+            b[at] ^= 1;
+            fix_crc(b, frame);
+        });
+        match r {
+            Err(VerifyFailure::Checkpoint { size, why }) => {
+                assert_eq!(size, 20, "{why}");
+                assert!(why.contains("to 19 was altered"), "{why}");
+            }
+            // A byte that no longer decodes is named at once.
+            Err(VerifyFailure::Entry { sequence, .. }) => assert_eq!(sequence, 19),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deleted_entry_is_named() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let (at, len) = frames(b)[5];
+            b.drain(at..at + len);
+        });
+        let (seq, why) = entry_failure(r);
+        assert_eq!(seq, 5, "{why}");
+        assert!(why.contains("removed or reordered"), "{why}");
+    }
+
+    #[test]
+    fn two_reordered_entries_are_named() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let f = frames(b);
+            let (a, b_) = (f[9], f[10]);
+            let first = b[a.0..a.0 + a.1].to_vec();
+            let second = b[b_.0..b_.0 + b_.1].to_vec();
+            let mut swapped = second;
+            swapped.extend_from_slice(&first);
+            b.splice(a.0..b_.0 + b_.1, swapped);
+        });
+        let (seq, why) = entry_failure(r);
+        assert_eq!(seq, 9, "{why}");
+    }
+
+    #[test]
+    fn a_truncated_log_is_caught_by_its_last_checkpoint() {
+        let dir = log();
+        let r = tamper(dir.path(), |b| {
+            let (at, _) = frames(b)[15];
+            b.truncate(at);
+        });
+        match r {
+            Err(VerifyFailure::Checkpoint { size, why }) => {
+                // The first checkpoint beyond the 15 entries left.
+                assert!(size > 15, "{why}");
+                assert!(why.contains("ends after 15"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_export_verifies_and_an_edited_one_does_not() {
+        let dir = log();
+        let mut out = Vec::new();
+        let n = export(
+            &dir.path().join("audit"),
+            ExportFormat::JsonLines,
+            Some(&signer().verifier_key()),
+            &mut out,
+            &mut |_, _| {},
+        )
+        .expect("export");
+        assert_eq!(n, 20);
+        let report = verify_export(&mut out.as_slice(), &key()).expect("verifies");
+        assert_eq!(report.entries, 20);
+        assert!(report.checkpoints >= 4);
+        // Someone changes the citizen shown in entry 3.
+        let text = String::from_utf8(out.clone()).expect("utf8");
+        let edited: String = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                if i == 4 {
+                    l.replace("93051822361", "85073003328")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        match verify_export(&mut edited.as_bytes(), &key()) {
+            Err(VerifyFailure::Entry { sequence, why }) => {
+                assert_eq!(sequence, 3);
+                assert!(why.contains("citizen"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // CSV is for reading.
+        let mut csv = Vec::new();
+        export(
+            &dir.path().join("audit"),
+            ExportFormat::Csv,
+            None,
+            &mut csv,
+            &mut |_, _| {},
+        )
+        .expect("csv");
+        let csv = String::from_utf8(csv).expect("utf8");
+        assert_eq!(csv.lines().count(), 21);
+        assert!(csv.starts_with("sequence,time_micros,operation"));
+    }
+}
