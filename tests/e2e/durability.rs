@@ -73,3 +73,58 @@ async fn state_survives_a_restart() {
     assert_eq!(after[..4], before[..]);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_full_disk_fails_closed_no_answer_without_its_entry() {
+    use tonic::Code;
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let req = lookup(
+        KARIM,
+        semel_demo::seed::datasets::RESIDENCE,
+        &["street"],
+        "RIS_ELIGIBILITY",
+    );
+    c.lookup(req.clone())
+        .await
+        .expect("allowed while the disk is fine");
+    let before = t.audit_size().await;
+    t.demo().broker.store().audit().inject_write_failure();
+    let err = c
+        .lookup(req.clone())
+        .await
+        .expect_err("no entry, no answer");
+    assert_error(&err, Code::Unavailable, "AUDIT_UNAVAILABLE");
+    assert!(
+        !err.message().contains("Rue"),
+        "no data leaves with the refusal"
+    );
+    // Every later lookup is refused too, until an operator restarts.
+    let err = c.lookup(req).await.expect_err("still refused");
+    assert_error(&err, Code::Unavailable, "AUDIT_UNAVAILABLE");
+    assert_eq!(t.audit_size().await, before, "nothing half-written");
+    // The health check tells load balancers.
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let mut status = 0;
+    for _ in 0..40 {
+        status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "semel.v1.LookupService".into(),
+            })
+            .await
+            .expect("health")
+            .into_inner()
+            .status;
+        if status == not_serving {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, not_serving);
+    t.stop().await;
+}

@@ -75,6 +75,8 @@ pub struct Demo {
     pub metrics_addr: Option<SocketAddr>,
     /// Reloads the broker's certificate, CA bundle and issuer keys.
     pub reloader: Arc<Reloader>,
+    /// The broker itself (its store, for tests that look behind the API).
+    pub broker: Arc<Broker>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -229,7 +231,7 @@ impl Demo {
         let broker_task = tokio::spawn(server::serve_broker(
             listener,
             Prepared {
-                broker,
+                broker: broker.clone(),
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
             },
@@ -305,6 +307,7 @@ impl Demo {
             source_endpoints: endpoints,
             metrics_addr,
             reloader,
+            broker,
             shutdown,
             broker_task,
             source_tasks,

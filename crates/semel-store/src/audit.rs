@@ -119,6 +119,9 @@ struct Progress {
 }
 
 struct Shared {
+    /// Set by [`AuditLog::inject_write_failure`]: the next write fails as
+    /// a full disk would.
+    inject_failure: std::sync::atomic::AtomicBool,
     /// The newest signed checkpoint.
     checkpoint: Mutex<Option<SignedCheckpoint>>,
     progress: Mutex<Progress>,
@@ -229,6 +232,7 @@ impl AuditLog {
         let log = Arc::new(log);
         let ends = Arc::new(ends);
         let shared = Arc::new(Shared {
+            inject_failure: std::sync::atomic::AtomicBool::new(false),
             checkpoint: Mutex::new(stored.last().cloned()),
             progress: Mutex::new(Progress {
                 durable: head,
@@ -327,6 +331,15 @@ impl AuditLog {
             syncs: c.syncs.load(Relaxed),
             sync_micros: c.sync_micros.load(Relaxed),
         }
+    }
+
+    /// Makes the next write fail as a full disk would (ENOSPC), to test
+    /// that the broker fails closed. Not for production use.
+    #[doc(hidden)]
+    pub fn inject_write_failure(&self) {
+        self.shared
+            .inject_failure
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Why the log refuses appends, once a write or sync has failed.
@@ -667,10 +680,17 @@ impl Writer {
             };
         }
         let started = std::time::Instant::now();
-        let written = self
-            .log
-            .write_all_at(frames, start.offset)
-            .and_then(|()| self.log.sync_data());
+        let written = if self
+            .shared
+            .inject_failure
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            Err(std::io::Error::from_raw_os_error(28)) // ENOSPC
+        } else {
+            self.log
+                .write_all_at(frames, start.offset)
+                .and_then(|()| self.log.sync_data())
+        };
         let stats = &self.shared.stats;
         stats
             .syncs
