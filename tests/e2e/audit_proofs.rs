@@ -167,3 +167,107 @@ async fn checkpoints_and_proofs_verify_without_trusting_the_broker() {
     assert_error(&err, Code::PermissionDenied, "OTHER_ORGANISATION");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn auditors_query_by_person_authorisation_dataset_and_decision_combined() {
+    let t = TestDemo::start().await;
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    let as_person = |sub: &'static str| semel_demo::issuer::TokenRequest {
+        subject: sub,
+        organisation: anderlecht,
+        roles: &[semel_core::UserRole::Consumer],
+        audience: semel_demo::issuer::DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+    };
+    let mut anna = proto::lookup_service_client::LookupServiceClient::new(
+        t.channel_as(ANDERLECHT, &t.mint(&as_person("anna"))).await,
+    );
+    let mut bert = proto::lookup_service_client::LookupServiceClient::new(
+        t.channel_as(ANDERLECHT, &t.mint(&as_person("bert"))).await,
+    );
+    for _ in 0..3 {
+        anna.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("allowed");
+    }
+    anna.lookup(lookup(KARIM, RESIDENCE, &["street"], "SCHOOL_ENROLMENT"))
+        .await
+        .expect_err("refused");
+    bert.lookup(lookup(
+        JAN,
+        HOUSEHOLD,
+        &["household_size"],
+        "RIS_ELIGIBILITY",
+    ))
+    .await
+    .expect("allowed");
+    let mut auditor = AuditServiceClient::new(t.channel("control-commission").await);
+    let query = |q: proto::ListAuditEntriesRequest| {
+        let mut a = auditor.clone();
+        async move { a.list_audit_entries(q).await.expect("query").into_inner() }
+    };
+    let by_anna = query(proto::ListAuditEntriesRequest {
+        end_user: "anna".into(),
+        ..Default::default()
+    })
+    .await
+    .entries;
+    assert_eq!(by_anna.len(), 4);
+    assert!(by_anna.iter().all(|e| e.end_user == "anna"));
+    let refused_anna = query(proto::ListAuditEntriesRequest {
+        end_user: "anna".into(),
+        decision: proto::AuditDecision::Refused as i32,
+        ..Default::default()
+    })
+    .await
+    .entries;
+    assert_eq!(refused_anna.len(), 1);
+    assert_eq!(refused_anna[0].reason, "PURPOSE_NOT_ALLOWED");
+    let household = query(proto::ListAuditEntriesRequest {
+        dataset: HOUSEHOLD.into(),
+        ..Default::default()
+    })
+    .await
+    .entries;
+    assert_eq!(household.len(), 1);
+    assert_eq!(household[0].end_user, "bert");
+    let under = query(proto::ListAuditEntriesRequest {
+        authorisation_reference: "BSC/2024/017".into(),
+        citizen: KARIM.into(),
+        ..Default::default()
+    })
+    .await
+    .entries;
+    assert_eq!(under.len(), 3);
+    // Pages of one, newest first, until the end.
+    let mut token = String::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = query(proto::ListAuditEntriesRequest {
+            end_user: "anna".into(),
+            page_size: 1,
+            page_token: token.clone(),
+            ..Default::default()
+        })
+        .await;
+        seen.extend(page.entries.iter().map(|e| e.sequence));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut sorted = seen.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    assert_eq!(seen, sorted);
+    assert_eq!(seen.len(), 4);
+    let err = auditor
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            decision: 9,
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad decision");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    t.stop().await;
+}

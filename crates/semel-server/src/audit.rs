@@ -84,7 +84,25 @@ impl Rpc for AuditService {
             until,
             page_size,
             page_token,
+            end_user,
+            authorisation_reference,
+            dataset,
+            decision,
         } = req.into_inner();
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        let decision = match proto::AuditDecision::try_from(decision) {
+            Ok(proto::AuditDecision::Allowed) => Some(semel_core::AuditDecision::Allowed),
+            Ok(proto::AuditDecision::Refused) => Some(semel_core::AuditDecision::Refused),
+            Ok(proto::AuditDecision::Unspecified) => None,
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "decision",
+                    "INVALID_ARGUMENT",
+                    "decision must be AUDIT_DECISION_ALLOWED or AUDIT_DECISION_REFUSED",
+                )
+                .into());
+            }
+        };
         let citizen = if citizen.is_empty() {
             None
         } else {
@@ -119,6 +137,10 @@ impl Rpc for AuditService {
         let query = AuditQuery {
             citizen,
             consumer,
+            end_user: text(end_user),
+            authorisation: text(authorisation_reference),
+            dataset: text(dataset),
+            decision,
             since_micros: since.as_ref().map(micros),
             until_micros: until.as_ref().map(micros),
             before_sequence,

@@ -169,6 +169,15 @@ pub struct LookupArgs {
 pub struct AuditFilter {
     pub citizen: Option<String>,
     pub consumer: Option<String>,
+    /// The person (token `sub`).
+    pub end_user: Option<String>,
+    pub authorisation: Option<String>,
+    pub dataset: Option<String>,
+    /// "allowed" or "refused".
+    pub decision: Option<String>,
+    /// RFC 3339 times.
+    pub since: Option<String>,
+    pub until: Option<String>,
     pub limit: i32,
     pub page_token: Option<String>,
 }
@@ -457,10 +466,21 @@ impl Client {
             .list_audit_entries(proto::ListAuditEntriesRequest {
                 citizen: filter.citizen.unwrap_or_default(),
                 consumer_kbo: filter.consumer.unwrap_or_default(),
-                since: None,
-                until: None,
+                since: filter.since.as_deref().map(parse_time).transpose()?,
+                until: filter.until.as_deref().map(parse_time).transpose()?,
                 page_size: filter.limit,
                 page_token: filter.page_token.unwrap_or_default(),
+                end_user: filter.end_user.unwrap_or_default(),
+                authorisation_reference: filter.authorisation.unwrap_or_default(),
+                dataset: filter.dataset.unwrap_or_default(),
+                decision: match filter.decision.as_deref() {
+                    None => proto::AuditDecision::Unspecified,
+                    Some("allowed") => proto::AuditDecision::Allowed,
+                    Some("refused") => proto::AuditDecision::Refused,
+                    Some(other) => {
+                        return Err(usage(format!("--decision {other}: use allowed or refused")));
+                    }
+                } as i32,
             })
             .await?
             .into_inner();
@@ -625,6 +645,20 @@ fn auth_json(a: &proto::Authorisation) -> Json {
         "valid_until": a.valid_until,
         "status": enum_name(proto::AuthorisationStatus::try_from(a.status).ok().map(|s| s.as_str_name()), "AUTHORISATION_STATUS_"),
         "version": a.version,
+    })
+}
+
+/// An RFC 3339 time (e.g. 2026-11-01T00:00:00Z) as a protobuf timestamp.
+fn parse_time(text: &str) -> Result<prost_types::Timestamp, CallError> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .map_err(|e| {
+            usage(format!(
+                "{text}: not an RFC 3339 time such as 2026-11-01T00:00:00Z: {e}"
+            ))
+        })?;
+    Ok(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
     })
 }
 

@@ -33,7 +33,7 @@ use semel_core::checkpoint::{Checkpoint, NoteSigner};
 use semel_core::{AuditEntry, AuditRecord, Hash, Kbo, Niss, ZERO_HASH, entry_hash};
 use tokio::sync::oneshot;
 
-use crate::postings::{Key, PostingIndex, citizen_key, consumer_key};
+use crate::postings::{Key, PostingIndex, citizen_key, consumer_key, text_key};
 use crate::tree::{Tree, TreeReader};
 use crate::{StoreError, io_err};
 
@@ -82,6 +82,12 @@ pub struct StoredEntry {
 pub struct AuditQuery {
     pub citizen: Option<Niss>,
     pub consumer: Option<Kbo>,
+    /// The person (the token's `sub`).
+    pub end_user: Option<String>,
+    /// The authorisation reference.
+    pub authorisation: Option<String>,
+    pub dataset: Option<String>,
+    pub decision: Option<semel_core::AuditDecision>,
     pub since_micros: Option<i64>,
     pub until_micros: Option<i64>,
     /// Only entries with a sequence below this (for paging, newest first).
@@ -156,8 +162,8 @@ struct IndexItem {
     end: u64,
     /// The entry's leaf hash, for the Merkle tree.
     hash: Hash,
-    citizen: Option<Niss>,
-    consumer: Kbo,
+    /// What the entry is found by.
+    keys: Vec<Key>,
 }
 
 /// A batch for the indexer, with the head after its last entry.
@@ -377,17 +383,38 @@ impl AuditLog {
                 return Ok(true);
             }
             if !(query.until_micros.is_some_and(|u| r.time_micros >= u)
-                || query.consumer.is_some_and(|c| c != r.consumer))
+                || query.citizen.is_some_and(|c| Some(c) != r.citizen)
+                || query.consumer.is_some_and(|c| c != r.consumer)
+                || query
+                    .end_user
+                    .as_ref()
+                    .is_some_and(|u| Some(u) != r.end_user.as_ref())
+                || query
+                    .authorisation
+                    .as_ref()
+                    .is_some_and(|a| Some(a) != r.authorisation.as_ref())
+                || query.dataset.as_ref().is_some_and(|d| *d != r.dataset)
+                || query.decision.is_some_and(|d| d != r.decision))
             {
                 out.push(stored);
             }
             Ok(out.len() < query.limit)
         };
-        let key: Option<Key> = match (&query.citizen, &query.consumer) {
-            (Some(n), _) => Some(citizen_key(n)),
-            (None, Some(k)) => Some(consumer_key(k)),
-            (None, None) => None,
-        };
+        // The most selective index the query can use; the other filters
+        // are checked on each candidate.
+        let key: Option<Key> = query
+            .citizen
+            .as_ref()
+            .map(citizen_key)
+            .or_else(|| query.end_user.as_deref().map(|u| text_key(USER, u)))
+            .or_else(|| {
+                query
+                    .authorisation
+                    .as_deref()
+                    .map(|a| text_key(AUTHORISATION, a))
+            })
+            .or_else(|| query.consumer.as_ref().map(consumer_key))
+            .or_else(|| query.dataset.as_deref().map(|d| text_key(DATASET, d)));
         match key {
             None => {
                 for seq in (0..before).rev() {
@@ -663,8 +690,7 @@ impl Writer {
                 sequence: entry.sequence,
                 end,
                 hash,
-                citizen: entry.record.citizen,
-                consumer: entry.record.consumer,
+                keys: keys(&entry.record),
             });
             replies.push((
                 p.reply,
@@ -811,7 +837,7 @@ impl Indexer {
                     if done.is_ok() {
                         done = self
                             .index
-                            .add(item.sequence, &keys(item.citizen.as_ref(), &item.consumer))
+                            .add(item.sequence, &item.keys)
                             .and_then(|()| tree.push(item.hash))
                             .map_err(|e| e.to_string());
                     }
@@ -883,12 +909,28 @@ pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, Sto
     Ok(out)
 }
 
-fn keys(citizen: Option<&Niss>, consumer: &Kbo) -> Vec<Key> {
-    let mut k = Vec::with_capacity(2);
-    if let Some(n) = citizen {
+/// Tags of the text keys.
+const USER: u8 = b'u';
+const AUTHORISATION: u8 = b'a';
+const DATASET: u8 = b'd';
+
+/// The keys an entry is indexed by: citizen, consumer, person,
+/// authorisation and dataset.
+fn keys(r: &AuditRecord) -> Vec<Key> {
+    let mut k = Vec::with_capacity(5);
+    if let Some(n) = &r.citizen {
         k.push(citizen_key(n));
     }
-    k.push(consumer_key(consumer));
+    k.push(consumer_key(&r.consumer));
+    if let Some(u) = &r.end_user {
+        k.push(text_key(USER, u));
+    }
+    if let Some(a) = &r.authorisation {
+        k.push(text_key(AUTHORISATION, a));
+    }
+    if !r.dataset.is_empty() {
+        k.push(text_key(DATASET, &r.dataset));
+    }
     k
 }
 
@@ -1025,10 +1067,7 @@ fn recover(
             new_ends.extend_from_slice(&end.to_be_bytes());
         }
         if entry.sequence >= covered {
-            index.add(
-                entry.sequence,
-                &keys(entry.record.citizen.as_ref(), &entry.record.consumer),
-            )?;
+            index.add(entry.sequence, &keys(&entry.record))?;
             indexed += 1;
         }
         if entry.sequence >= in_tree {

@@ -51,6 +51,18 @@ pub(crate) fn citizen_key(n: &Niss) -> Key {
     k
 }
 
+/// A key for free text (a person, an authorisation, a dataset): a tag
+/// and 88 bits of its SHA-256. A collision only adds candidates, which
+/// queries then filter on the entry itself.
+pub(crate) fn text_key(tag: u8, text: &str) -> Key {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(text.as_bytes());
+    let mut k = [0u8; 12];
+    k[0] = tag;
+    k[1..].copy_from_slice(&digest[..11]);
+    k
+}
+
 pub(crate) fn consumer_key(o: &Kbo) -> Key {
     let mut k = [0u8; 12];
     k[0] = b'o';

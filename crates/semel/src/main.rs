@@ -413,6 +413,23 @@ enum AuditCommand {
         /// Consumer enterprise number.
         #[arg(long)]
         consumer: Option<String>,
+        /// The person (the token's sub) who made the calls.
+        #[arg(long)]
+        person: Option<String>,
+        /// An authorisation reference, e.g. BSC/2024/017.
+        #[arg(long)]
+        authorisation: Option<String>,
+        #[arg(long)]
+        dataset: Option<String>,
+        /// allowed or refused.
+        #[arg(long)]
+        decision: Option<String>,
+        /// From this time on (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<String>,
         #[arg(long, default_value_t = 20)]
         limit: i32,
         #[arg(long)]
@@ -818,6 +835,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 AuditCommand::List {
                     citizen,
                     consumer,
+                    person,
+                    authorisation,
+                    dataset,
+                    decision,
+                    since,
+                    until,
                     limit,
                     page_token,
                 } => {
@@ -825,6 +848,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .audit_list(AuditFilter {
                             citizen,
                             consumer,
+                            end_user: person,
+                            authorisation,
+                            dataset,
+                            decision,
+                            since,
+                            until,
                             limit,
                             page_token,
                         })
