@@ -655,3 +655,71 @@ async fn certificate_works(t: &TestDemo, files: &semel_demo::pki::CertFiles, tok
         Err(s) => s.code() == Code::PermissionDenied,
     }
 }
+
+#[tokio::test]
+async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_date() {
+    let t = TestDemo::start().await;
+    let ville = semel_demo::seed::org(VILLE).expect("org").kbo;
+    let mut reg = t.registry().await;
+    for (reference, until) in [("PJ/2026/001", "2099-12-31"), ("PJ/2020/007", "2021-01-01")] {
+        reg.create_authorisation(proto::CreateAuthorisationRequest {
+            authorisation: Some(proto::Authorisation {
+                reference: reference.into(),
+                consumer_kbo: ville.as_str().into(),
+                dataset: RESIDENCE.into(),
+                fields: vec!["street".into()],
+                purpose: format!("INQUIRY_{}", &reference[3..7]),
+                legal_basis: "Code d'instruction criminelle, art. 46quater".into(),
+                issuing_body: "Juge d'instruction".into(),
+                valid_from: "2020-01-01".into(),
+                confidential_until: until.into(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("authorisation");
+    }
+    let mut c = t.lookup_client(VILLE).await;
+    c.lookup(lookup(KARIM, RESIDENCE, &["street"], "INQUIRY_2026"))
+        .await
+        .expect("the current inquiry");
+    c.lookup(lookup(KARIM, RESIDENCE, &["street"], "INQUIRY_2020"))
+        .await
+        .expect("the old inquiry");
+    let karim = t.mint(&TokenRequest {
+        subject: KARIM,
+        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
+        roles: &[UserRole::Citizen],
+        audience: DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+    });
+    let seen =
+        proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &karim).await)
+            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+                citizen: KARIM.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("report")
+            .into_inner()
+            .accesses;
+    let references: Vec<&str> = seen
+        .iter()
+        .map(|a| a.authorisation_reference.as_str())
+        .collect();
+    assert_eq!(references, vec!["PJ/2020/007"], "the disclosed one only");
+    // The supervisory commission sees both.
+    let all =
+        proto::audit_service_client::AuditServiceClient::new(t.channel("control-commission").await)
+            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+                citizen: KARIM.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("report")
+            .into_inner()
+            .accesses;
+    assert_eq!(all.len(), 2);
+    t.stop().await;
+}

@@ -26,6 +26,7 @@ fn authorisation(reference: &str, dataset: &str, purpose: &str, fields: &[&str])
         status: AuthorisationStatus::Active,
         version: 1,
         updated_at: datetime!(2024-03-01 0:00 UTC),
+        confidential_until: None,
     }
 }
 

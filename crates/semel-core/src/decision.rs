@@ -178,6 +178,7 @@ mod tests {
             status: AuthorisationStatus::Active,
             version: 1,
             updated_at: datetime!(2024-01-01 0:00 UTC),
+            confidential_until: None,
         }
     }
 

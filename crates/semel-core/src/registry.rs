@@ -116,6 +116,17 @@ pub struct Authorisation {
     pub version: u32,
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// For police or judicial investigations: lookups under this
+    /// authorisation stay out of the citizen's view until this day.
+    #[serde(default)]
+    pub confidential_until: Option<Date>,
+}
+
+impl Authorisation {
+    /// Whether its lookups are hidden from the citizen on `today`.
+    pub fn hidden_from_citizen(&self, today: Date) -> bool {
+        self.confidential_until.is_some_and(|d| today < d)
+    }
 }
 
 /// How a revoked certificate is recognised.

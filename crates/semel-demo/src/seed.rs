@@ -413,6 +413,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             },
             version: 1,
             updated_at: now,
+            confidential_until: None,
         })
         .collect()
 }

@@ -216,10 +216,22 @@ impl Rpc for AuditService {
                 .map(|o| o.name.clone())
                 .unwrap_or_default()
         };
+        // Lookups under a confidential authorisation (an investigation)
+        // reach the citizen's view on its disclosure date, not before.
+        let today = semel_core::brussels_today(time::OffsetDateTime::now_utc());
+        let citizen_sees = |r: &semel_core::AuditRecord| {
+            !own || caller.audits_everything()
+                || !r
+                    .authorisation
+                    .as_ref()
+                    .and_then(|a| snapshot.authorisations.get(a))
+                    .is_some_and(|a| a.hidden_from_citizen(today))
+        };
         let accesses = entries
             .iter()
             .map(|s| &s.entry.record)
             .filter(|r| r.operation == LOOKUP_OPERATION)
+            .filter(|r| citizen_sees(r))
             .map(|r| proto::CitizenAccess {
                 time: Some(timestamp_micros(r.time_micros)),
                 consumer_kbo: r.consumer.as_str().to_owned(),

@@ -194,6 +194,8 @@ pub struct NewAuthorisation {
     pub issuing_body: String,
     pub valid_from: String,
     pub valid_until: Option<String>,
+    /// Hidden from the citizen's view until this day (investigations).
+    pub confidential_until: Option<String>,
 }
 
 /// A new dataset for `semel admin dataset create`; each field is
@@ -428,6 +430,7 @@ impl Client {
                     status: 0,
                     version: 0,
                     updated_at: None,
+                    confidential_until: a.confidential_until.unwrap_or_default(),
                 }),
             })
             .await?

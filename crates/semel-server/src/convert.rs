@@ -274,7 +274,16 @@ pub fn authorisation_from_proto(
         status: _,
         version: _,
         updated_at: _,
+        confidential_until,
     } = p;
+    let confidential_until = if confidential_until.is_empty() {
+        None
+    } else {
+        Some(parse_date(
+            "authorisation.confidential_until",
+            &confidential_until,
+        )?)
+    };
     let fields: BTreeSet<FieldName> = fields
         .into_iter()
         .map(|f| name("authorisation.fields", FieldName::new(f)))
@@ -312,6 +321,7 @@ pub fn authorisation_from_proto(
         status: AuthorisationStatus::Active,
         version: 1,
         updated_at: now,
+        confidential_until,
     })
 }
 
@@ -332,6 +342,7 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
         } as i32,
         version: a.version,
         updated_at: Some(timestamp(a.updated_at)),
+        confidential_until: a.confidential_until.map(format_date).unwrap_or_default(),
     }
 }
 

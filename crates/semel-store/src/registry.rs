@@ -196,6 +196,7 @@ mod tests {
             status: AuthorisationStatus::Active,
             version: 1,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
+            confidential_until: None,
         };
         reg.put_authorisation(&a).expect("version 1");
         a.status = AuthorisationStatus::Suspended;

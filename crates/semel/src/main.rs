@@ -393,6 +393,9 @@ enum AuthorisationCommand {
         /// YYYY-MM-DD; open-ended when omitted.
         #[arg(long)]
         valid_until: Option<String>,
+        /// For investigations: lookups stay out of the citizen's view until this day (YYYY-MM-DD).
+        #[arg(long)]
+        confidential_until: Option<String>,
     },
     Suspend {
         reference: String,
@@ -697,6 +700,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     issuing_body,
                     valid_from,
                     valid_until,
+                    confidential_until,
                 }) => {
                     client
                         .create_authorisation(NewAuthorisation {
@@ -709,6 +713,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                             issuing_body,
                             valid_from,
                             valid_until,
+                            confidential_until,
                         })
                         .await
                 }
