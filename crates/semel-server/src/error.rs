@@ -87,7 +87,17 @@ impl ApiError {
         let metadata: HashMap<String, String> = self
             .metadata
             .into_iter()
-            .map(|(k, v)| (k.to_owned(), redact_national_numbers(&v).into_owned()))
+            .map(|(k, v)| {
+                // The request id is the broker's own UUID: masking a run of
+                // its digits that happens to pass the national-number check
+                // would only corrupt it.
+                let v = if k == "request_id" {
+                    v
+                } else {
+                    redact_national_numbers(&v).into_owned()
+                };
+                (k.to_owned(), v)
+            })
             .collect();
         let message = redact_national_numbers(&self.message).into_owned();
         let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
@@ -125,5 +135,30 @@ impl From<semel_store::StoreError> for ApiError {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_request_id_is_never_masked_but_other_metadata_is() {
+        // Its last digits pass the national-number check by chance.
+        let id = "01a20501-fb5d-758d-82a7-07960109825d";
+        let status = ApiError::denied("X", "no")
+            .with("request_id", id)
+            .with("citizen_hint", "93051822361")
+            .into_status();
+        let details = tonic_types::StatusExt::get_error_details(&status);
+        let info = details.error_info().expect("info");
+        assert_eq!(
+            info.metadata.get("request_id").map(String::as_str),
+            Some(id)
+        );
+        assert_ne!(
+            info.metadata.get("citizen_hint").map(String::as_str),
+            Some("93051822361")
+        );
     }
 }
