@@ -10,4 +10,3 @@ mod lookups;
 mod registry_and_identity;
 mod serve;
 mod standard;
-mod telemetry;

@@ -1,5 +1,13 @@
 //! OpenTelemetry: a lookup's spans reach an OTLP collector, linked in one
 //! trace, with no national number in any attribute.
+//!
+//! A test binary of its own: the tracing subscriber is process-wide state,
+//! and other tests running beside it on other threads would race it for
+//! the callsites' interest.
+
+#[allow(dead_code)]
+#[path = "../e2e/harness.rs"]
+mod harness;
 
 use std::sync::{Arc, Mutex};
 
@@ -66,7 +74,7 @@ async fn a_lookup_is_traced_to_the_collector_without_personal_data() {
             sample_ratio: 1.0,
         })
         .expect("exporter");
-    let _default = tracing_subscriber::registry().with(layer).set_default();
+    tracing_subscriber::registry().with(layer).init();
 
     let t = TestDemo::start().await;
     let mut c = t.lookup_client(ANDERLECHT).await;

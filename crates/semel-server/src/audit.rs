@@ -27,6 +27,12 @@ impl AuditService {
         AuditService { broker }
     }
 
+    /// The archive, when the period from `since` reaches into it.
+    fn archived_part(&self, since_micros: Option<i64>) -> Option<semel_store::ArchiveState> {
+        let a = self.broker.store().audit().archived();
+        (a.before > 0 && since_micros.is_none_or(|s| s <= a.until_micros)).then_some(a)
+    }
+
     async fn query(&self, query: AuditQuery) -> Result<Vec<StoredEntry>, ApiError> {
         let broker = self.broker.clone();
         tokio::task::spawn_blocking(move || broker.store().audit().query(&query))
@@ -146,11 +152,15 @@ impl Rpc for AuditService {
             before_sequence,
             limit,
         };
+        let since_micros = query.since_micros;
         let entries = self.query(query).await?;
         let next_page_token = next_page(&entries, limit);
+        let archived = self.archived_part(since_micros);
         Ok(Response::new(proto::ListAuditEntriesResponse {
             entries: entries.iter().map(audit_entry_to_proto).collect(),
             next_page_token,
+            archived_before_sequence: archived.map_or(0, |a| a.before),
+            archived_until: archived.map(|a| timestamp_micros(a.until_micros)),
         }))
     }
 
@@ -252,6 +262,9 @@ impl Rpc for AuditService {
         Ok(Response::new(proto::ListCitizenAccessesResponse {
             accesses,
             next_page_token,
+            archived_until: self
+                .archived_part(None)
+                .map(|a| timestamp_micros(a.until_micros)),
         }))
     }
 

@@ -55,6 +55,15 @@ pub struct AuditSection {
     /// ...or this many milliseconds when there are new entries (default 10000).
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_every_ms: u64,
+    /// Entries older than this many days move to archive files in
+    /// `<data_dir>/audit/archive/` (default 183, six months; 0 keeps
+    /// everything online).
+    #[serde(default = "default_online_days")]
+    pub online_days: u32,
+}
+
+fn default_online_days() -> u32 {
+    183
 }
 
 impl Default for AuditSection {
@@ -64,6 +73,7 @@ impl Default for AuditSection {
             origin: None,
             checkpoint_every_entries: default_checkpoint_entries(),
             checkpoint_every_ms: default_checkpoint_ms(),
+            online_days: default_online_days(),
         }
     }
 }

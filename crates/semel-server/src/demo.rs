@@ -234,6 +234,7 @@ impl Demo {
                 broker: broker.clone(),
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
+                online_window: None,
             },
             wait(rx),
         ));

@@ -31,6 +31,8 @@ use crate::tokens::{TokenSettings, TokenVerifier};
 /// Everything the broker needs, built and checked before any port is bound.
 pub struct Prepared {
     pub broker: Arc<Broker>,
+    /// Move audit entries older than this to the archive (none: keep all).
+    pub online_window: Option<Duration>,
     pub reloader: Arc<Reloader>,
     /// Check the files for changes this often (SIGHUP reloads at any time).
     pub reload_poll: Option<Duration>,
@@ -211,6 +213,8 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         broker,
         reloader,
         reload_poll: config.reload_poll(),
+        online_window: (config.audit.online_days > 0)
+            .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
 }
 
@@ -241,7 +245,9 @@ pub async fn serve_broker(
         broker,
         reloader,
         reload_poll,
+        online_window,
     } = prepared;
+    let archiving = online_window.map(|w| tokio::spawn(archive_old_entries(broker.clone(), w)));
     let tls = reloader.tls.clone();
     let reloading = reloader.watch(reload_poll);
     let addr = listener.local_addr().ok();
@@ -307,6 +313,9 @@ pub async fn serve_broker(
         .context("serve gRPC")?;
     watch.abort();
     reloading.abort();
+    if let Some(a) = archiving {
+        a.abort();
+    }
     broker
         .store()
         .audit()
@@ -346,6 +355,32 @@ pub async fn serve_metrics(
 const MAX_REQUEST: usize = 64 * 1024;
 /// The largest registry request (a dataset with many described fields).
 const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
+
+/// Moves audit entries older than `window` to the archive, at start and
+/// every hour.
+async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
+    let mut interval = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        interval.tick().await;
+        let cutoff = (OffsetDateTime::now_utc() - window).unix_timestamp_nanos() / 1000;
+        let b = broker.clone();
+        match tokio::task::spawn_blocking(move || b.store().audit().archive_before(cutoff as i64))
+            .await
+        {
+            Ok(Ok(Some(r))) => tracing::info!(
+                from = r.from,
+                to = r.to,
+                file = %r.file.display(),
+                "audit entries past the online window archived"
+            ),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "archiving audit entries failed; retrying in an hour")
+            }
+            Err(e) => tracing::error!(error = %e, "archiving task failed"),
+        }
+    }
+}
 
 /// The health service name of a registered source, e.g.
 /// `semel.source/0314595348`.

@@ -182,8 +182,32 @@ pub struct AuditLog {
     tree: Arc<RwLock<Tree>>,
     checkpoints_path: PathBuf,
     verifier_key: Option<String>,
+    /// Held for reading while entries are read; for writing while a prefix
+    /// of the log is released to the archive.
+    archive: RwLock<ArchiveState>,
+    dir: PathBuf,
     path: PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// How much of the log has moved to archive files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveState {
+    /// Entries `0..before` are in `audit/archive/`, no longer in the log.
+    pub before: u64,
+    /// The time of the newest archived entry (µs since the epoch).
+    pub until_micros: i64,
+    /// Where entry `before` starts in the log file.
+    pub offset: u64,
+}
+
+/// What one archiving run moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub from: u64,
+    /// The first entry left in the log.
+    pub to: u64,
+    pub file: PathBuf,
 }
 
 /// A checkpoint and its signed note.
@@ -230,7 +254,8 @@ impl AuditLog {
         }
         let index = Arc::new(PostingIndex::open(&dir.join("index"))?);
         let mut tree = Tree::open(&dir.join("tree"))?;
-        let head = recover(&mut log, &path, &ends, &index, &mut tree)?;
+        let archived = read_archive_state(dir)?;
+        let head = recover(&mut log, &path, &ends, &index, &mut tree, &archived)?;
         let tree = Arc::new(RwLock::new(tree));
         let checkpoints_path = dir.join("checkpoints");
         let stored = read_checkpoints(&checkpoints_path)?;
@@ -292,6 +317,8 @@ impl AuditLog {
             tree,
             checkpoints_path,
             verifier_key,
+            archive: RwLock::new(archived),
+            dir: dir.to_path_buf(),
             path,
             threads: Mutex::new(threads),
         })
@@ -366,9 +393,15 @@ impl AuditLog {
     pub fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StoreError> {
         let size = self.wait_indexed()?;
         let before = query.before_sequence.unwrap_or(u64::MAX).min(size);
+        let archived = self.archive.read().unwrap_or_else(|p| p.into_inner());
+        let first_live = archived.before;
         let mut out = Vec::new();
         let mut visit = |seq: u64| -> Result<bool, StoreError> {
-            let stored = self.read_sequence(seq)?;
+            if seq < first_live {
+                // Newest first: everything older is archived.
+                return Ok(false);
+            }
+            let stored = self.read_live(seq)?;
             let r = &stored.entry.record;
             if query
                 .since_micros
@@ -417,7 +450,7 @@ impl AuditLog {
             .or_else(|| query.dataset.as_deref().map(|d| text_key(DATASET, d)));
         match key {
             None => {
-                for seq in (0..before).rev() {
+                for seq in (first_live.min(before)..before).rev() {
                     if !visit(seq)? {
                         break;
                     }
@@ -492,8 +525,110 @@ impl AuditLog {
         semel_core::merkle::consistency_proof(&TreeReader(&tree), old, new)
     }
 
+    /// How much of the log is archived.
+    pub fn archived(&self) -> ArchiveState {
+        *self.archive.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves the entries made before `cutoff_micros` (a prefix of the log)
+    /// to an archive file in `audit/archive/`, with the checkpoints that
+    /// cover them, then releases their space in the log (a hole, so offsets
+    /// stay valid). The tree keeps their leaves: proofs and verification
+    /// span the archive and the log. Returns what moved, if anything.
+    pub fn archive_before(&self, cutoff_micros: i64) -> Result<Option<ArchiveReport>, StoreError> {
+        let size = self.wait_indexed()?;
+        let current = self.archived();
+        let mut to = current.before;
+        let mut until = current.until_micros;
+        let mut lines = Vec::new();
+        while to < size {
+            let stored = self.read_live(to)?;
+            if stored.entry.record.time_micros >= cutoff_micros {
+                break;
+            }
+            until = stored.entry.record.time_micros;
+            lines.push(crate::verify::entry_line(
+                &stored.entry,
+                &stored.entry.to_bytes(),
+            ));
+            to += 1;
+        }
+        if to == current.before {
+            return Ok(None);
+        }
+        let archive_dir = self.dir.join("archive");
+        std::fs::create_dir_all(&archive_dir)
+            .map_err(io_err(format!("create {}", archive_dir.display())))?;
+        let file = archive_dir.join(format!(
+            "entries-{:012}-{:012}.jsonl",
+            current.before,
+            to - 1
+        ));
+        let mut text = serde_json::json!({
+            "format": crate::verify::ARCHIVE_FORMAT,
+            "from": current.before,
+            "to": to - 1,
+        })
+        .to_string();
+        text.push('\n');
+        for line in lines {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        for c in read_checkpoints(&self.checkpoints_path)?
+            .iter()
+            .filter(|c| c.checkpoint.size > current.before && c.checkpoint.size <= to)
+        {
+            text.push_str(
+                &serde_json::json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note})
+                    .to_string(),
+            );
+            text.push('\n');
+        }
+        write_durably(&file, text.as_bytes())?;
+        // Only now that the archive is safe does the log let go.
+        let mut state = self.archive.write().unwrap_or_else(|p| p.into_inner());
+        let end = read_end(&self.ends, to - 1)?;
+        rustix::fs::fallocate(
+            &*self.log,
+            rustix::fs::FallocateFlags::PUNCH_HOLE | rustix::fs::FallocateFlags::KEEP_SIZE,
+            state.offset,
+            end - state.offset,
+        )
+        .map_err(|e| io_err("release archived entries from the audit log")(e.into()))?;
+        let next = ArchiveState {
+            before: to,
+            until_micros: until,
+            offset: end,
+        };
+        write_durably(
+            &self.dir.join("archived"),
+            serde_json::to_string(&next)
+                .map_err(|e| corrupt(&format!("encode the archive state: {e}")))?
+                .as_bytes(),
+        )?;
+        *state = next;
+        tracing::info!(from = current.before, to, file = %file.display(), "audit entries archived");
+        Ok(Some(ArchiveReport {
+            from: current.before,
+            to,
+            file,
+        }))
+    }
+
     /// Reads one entry by sequence.
     pub fn read_sequence(&self, seq: u64) -> Result<StoredEntry, StoreError> {
+        let archived = self.archive.read().unwrap_or_else(|p| p.into_inner());
+        if seq < archived.before {
+            return Err(StoreError::OutOfRange(format!(
+                "entry {seq} is archived: it is in the archive files, with its proofs"
+            )));
+        }
+        self.read_live(seq)
+    }
+
+    /// Reads an entry the caller knows is not archived.
+    fn read_live(&self, seq: u64) -> Result<StoredEntry, StoreError> {
         let (start, end) = if seq == 0 {
             (0, read_end(&self.ends, 0)?)
         } else {
@@ -536,9 +671,19 @@ impl AuditLog {
     pub fn verify_chain(&self) -> Result<ChainReport, StoreError> {
         let mut file = File::open(&self.path).map_err(io_err("open audit log"))?;
         let limit = lock(&self.shared.progress).durable.offset;
-        let mut head = ZERO_HASH;
-        let mut entries = 0u64;
-        scan(&mut file, 0, |frame_offset, payload| {
+        // Archived entries are checked with their archive (semel audit
+        // verify); the chain resumes at the first entry left in the log.
+        let archived = self.archived();
+        let mut head = if archived.before > 0 {
+            self.tree
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .leaf(archived.before - 1)?
+        } else {
+            ZERO_HASH
+        };
+        let mut entries = archived.before;
+        scan(&mut file, archived.offset, |frame_offset, payload| {
             if frame_offset >= limit {
                 return Ok(false);
             }
@@ -880,6 +1025,32 @@ impl Indexer {
     }
 }
 
+/// Writes a file whole and durably: a temporary file, fsync, rename,
+/// fsync of the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = File::create(&tmp).map_err(io_err(format!("create {}", tmp.display())))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io_err(format!("rename to {}", path.display())))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(format!("fsync {}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// The archive state in `audit/archived`; nothing archived when absent.
+pub(crate) fn read_archive_state(dir: &Path) -> Result<ArchiveState, StoreError> {
+    match std::fs::read(dir.join("archived")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| corrupt(&format!("audit/archived: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ArchiveState::default()),
+        Err(e) => Err(io_err("read audit/archived")(e)),
+    }
+}
+
 /// Reads the signed notes of `audit/checkpoints`, oldest first. A partial
 /// last record (an interrupted write) is ignored.
 pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, StoreError> {
@@ -1007,6 +1178,7 @@ fn recover(
     ends: &File,
     index: &PostingIndex,
     tree: &mut Tree,
+    archived: &ArchiveState,
 ) -> Result<Head, StoreError> {
     let log_len = log.metadata().map_err(io_err("stat audit log"))?.len();
     let truncated = |covered: u64| {
@@ -1026,7 +1198,23 @@ fn recover(
         offset: 0,
         hash: ZERO_HASH,
     };
-    if start_seq > 0 {
+    if start_seq <= archived.before && archived.before > 0 {
+        // The archived prefix is no longer in the log: start after it,
+        // linking to the last archived entry's hash, kept in the tree.
+        if in_tree < archived.before || known_ends < archived.before {
+            return Err(corrupt(&format!(
+                "entries before {} are archived, but the tree or the ends lost them; restore audit/tree and audit/ends from a backup",
+                archived.before
+            )));
+        }
+        head = Head {
+            next_sequence: archived.before,
+            offset: archived.offset,
+            hash: tree.leaf(archived.before - 1)?,
+        };
+        // Archived entries are not queried online: the index resumes after them.
+        index.skip_to(archived.before);
+    } else if start_seq > 0 {
         let start = if start_seq >= 2 {
             read_end(ends, start_seq - 2)?
         } else {

@@ -27,8 +27,8 @@ pub use keys::load_or_create_signing_key;
 use std::path::{Path, PathBuf};
 
 pub use audit::{
-    Appended, AuditError, AuditLog, AuditQuery, AuditStats, ChainReport, CheckpointSettings,
-    SignedCheckpoint, StoredEntry,
+    Appended, ArchiveReport, ArchiveState, AuditError, AuditLog, AuditQuery, AuditStats,
+    ChainReport, CheckpointSettings, SignedCheckpoint, StoredEntry,
 };
 pub use registry::Registry;
 

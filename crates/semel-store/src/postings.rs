@@ -175,6 +175,18 @@ impl PostingIndex {
 
     /// Adds entry `seq` (which must be the next one) under its keys; writes a
     /// segment when the memtable is full.
+    /// Skips entries that will never be indexed (archived before the
+    /// index saw them): the next one added is `seq`.
+    pub(crate) fn skip_to(&self, seq: u64) {
+        let mut m = self.memtable.lock().unwrap_or_else(|p| p.into_inner());
+        if seq > m.end {
+            if m.postings.is_empty() {
+                m.first = seq;
+            }
+            m.end = seq;
+        }
+    }
+
     pub(crate) fn add(&self, seq: u64, keys: &[Key]) -> Result<(), StoreError> {
         let mut m = self.memtable.lock().unwrap_or_else(|p| p.into_inner());
         if seq != m.end {

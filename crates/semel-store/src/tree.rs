@@ -125,6 +125,11 @@ impl Tree {
         Ok(&mut self.levels[k])
     }
 
+    /// Leaf `i`'s hash.
+    pub fn leaf(&self, i: u64) -> Result<Hash, StoreError> {
+        self.read(0, i)
+    }
+
     /// Leaves in the tree.
     pub fn size(&self) -> u64 {
         self.size

@@ -190,15 +190,31 @@ pub fn verify_dir(audit_dir: &Path, key: &NoteVerifier) -> Result<VerifyReport, 
         .map(|c| c.note)
         .collect();
     let mut verifier = LogVerifier::new(&notes, key)?;
+    // Archived entries first, from their files; the log resumes where the
+    // archive ends (the offset is the sum of the archived frames, computed
+    // here rather than trusted).
+    let mut start = 0u64;
+    for lines in archive_files(audit_dir)? {
+        push_lines(&mut verifier, &lines)?;
+        for v in lines.iter().filter(|v| v["type"] == "entry") {
+            let len = v["encoding"]
+                .as_str()
+                .and_then(b64::decode)
+                .map_or(0, |e| e.len());
+            start += (8 + len) as u64;
+        }
+    }
     let path = audit_dir.join("log");
     let mut file = File::open(&path)
         .map_err(|e| VerifyFailure::Input(format!("open {}: {e}", path.display())))?;
     let mut failure = None;
-    let damaged = scan(&mut file, 0, |_, payload| match verifier.push(payload) {
-        Ok(_) => Ok(true),
-        Err(f) => {
-            failure = Some(f);
-            Ok(false)
+    let damaged = scan(&mut file, start, |_, payload| {
+        match verifier.push(payload) {
+            Ok(_) => Ok(true),
+            Err(f) => {
+                failure = Some(f);
+                Ok(false)
+            }
         }
     })
     .map_err(|e| VerifyFailure::Input(e.to_string()))?;
@@ -241,6 +257,86 @@ pub enum ExportFormat {
     JsonLines,
     /// One row per entry, readable fields only, for spreadsheets.
     Csv,
+}
+
+/// The first line of an archive file.
+pub(crate) const ARCHIVE_FORMAT: &str = "semel-audit-archive/1";
+
+/// An entry's JSON Lines form: readable fields and canonical encoding.
+pub(crate) fn entry_line(entry: &AuditEntry, encoding: &[u8]) -> String {
+    let mut v = readable(entry);
+    v["type"] = json!("entry");
+    v["encoding"] = json!(b64::encode(encoding));
+    v.to_string()
+}
+
+/// The archive files of an audit directory, oldest first, as parsed lines.
+fn archive_files(audit_dir: &Path) -> Result<Vec<Vec<Value>>, VerifyFailure> {
+    let dir = audit_dir.join("archive");
+    let mut names: Vec<std::path::PathBuf> = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(VerifyFailure::Input(format!("read {}: {e}", dir.display()))),
+    };
+    names.sort();
+    let mut files = Vec::new();
+    for name in names {
+        let text = std::fs::read_to_string(&name)
+            .map_err(|e| VerifyFailure::Input(format!("read {}: {e}", name.display())))?;
+        let lines = text
+            .lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| {
+                    VerifyFailure::Input(format!(
+                        "{} line {}: not JSON: {e}",
+                        name.display(),
+                        i + 1
+                    ))
+                })
+            })
+            .collect::<Result<Vec<Value>, _>>()?;
+        files.push(lines);
+    }
+    Ok(files)
+}
+
+/// Pushes the entries of parsed JSON Lines into the verifier, checking
+/// that each readable field is its signed encoding's.
+fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<(), VerifyFailure> {
+    for v in lines.iter().filter(|v| v["type"] == "entry") {
+        let sequence = verifier.expected;
+        let encoding = v["encoding"]
+            .as_str()
+            .and_then(b64::decode)
+            .ok_or_else(|| VerifyFailure::Entry {
+                sequence,
+                why: "its encoding is missing or not base64".into(),
+            })?;
+        let entry = verifier.push(&encoding)?;
+        let mut shown = v.clone();
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("type");
+            o.remove("encoding");
+        }
+        let signed = readable(&entry);
+        if shown != signed {
+            let field = signed
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
+                .map_or("?".to_owned(), |(k, _)| k.clone());
+            return Err(VerifyFailure::Entry {
+                sequence,
+                why: format!(
+                    "its readable field {field} differs from its signed encoding: the export or archive was altered"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The readable fields of an entry.
@@ -332,16 +428,43 @@ pub fn export(
     let mut count = 0u64;
     let mut next = checkpoints.iter().peekable();
     let mut write_error = None;
-    scan(&mut file, 0, |offset, payload| {
+    let mut start = 0u64;
+    for lines in archive_files(audit_dir)? {
+        for v in lines.iter().filter(|v| v["type"] == "entry") {
+            let encoding = v["encoding"]
+                .as_str()
+                .and_then(b64::decode)
+                .unwrap_or_default();
+            start += (8 + encoding.len()) as u64;
+            let entry = AuditEntry::decode(&encoding)
+                .map_err(|e| VerifyFailure::Input(format!("an archived entry: {e}")))?;
+            let line = match format {
+                ExportFormat::JsonLines => entry_line(&entry, &encoding),
+                ExportFormat::Csv => {
+                    let v = readable(&entry);
+                    CSV_COLUMNS
+                        .iter()
+                        .map(|c| csv_cell(&v[*c]))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }
+            };
+            writeln!(out, "{line}").map_err(io)?;
+            count += 1;
+            if format == ExportFormat::JsonLines {
+                while let Some(c) = next.next_if(|c| c.checkpoint.size <= count) {
+                    let line =
+                        json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note});
+                    writeln!(out, "{line}").map_err(io)?;
+                }
+            }
+        }
+    }
+    scan(&mut file, start, |offset, payload| {
         let entry = AuditEntry::decode(payload)
             .map_err(|e| crate::StoreError::Corrupt(format!("entry at offset {offset}: {e}")))?;
         let line = match format {
-            ExportFormat::JsonLines => {
-                let mut v = readable(&entry);
-                v["type"] = json!("entry");
-                v["encoding"] = json!(b64::encode(payload));
-                v.to_string()
-            }
+            ExportFormat::JsonLines => entry_line(&entry, payload),
             ExportFormat::Csv => {
                 let v = readable(&entry);
                 CSV_COLUMNS
@@ -402,35 +525,7 @@ pub fn verify_export(
         .filter_map(|v| v["note"].as_str().map(str::to_owned))
         .collect();
     let mut verifier = LogVerifier::new(&notes, key)?;
-    for v in lines.iter().filter(|v| v["type"] == "entry") {
-        let sequence = verifier.expected;
-        let encoding = v["encoding"]
-            .as_str()
-            .and_then(b64::decode)
-            .ok_or_else(|| VerifyFailure::Entry {
-                sequence,
-                why: "its encoding is missing or not base64".into(),
-            })?;
-        let entry = verifier.push(&encoding)?;
-        let mut shown = v.clone();
-        if let Some(o) = shown.as_object_mut() {
-            o.remove("type");
-            o.remove("encoding");
-        }
-        let signed = readable(&entry);
-        if shown != signed {
-            let field = signed
-                .as_object()
-                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
-                .map_or("?".to_owned(), |(k, _)| k.clone());
-            return Err(VerifyFailure::Entry {
-                sequence,
-                why: format!(
-                    "its readable field {field} differs from its signed encoding: the export was altered"
-                ),
-            });
-        }
-    }
+    push_lines(&mut verifier, &lines)?;
     verifier.finish()
 }
 
@@ -704,5 +799,151 @@ mod tampering {
         let csv = String::from_utf8(csv).expect("utf8");
         assert_eq!(csv.lines().count(), 21);
         assert!(csv.starts_with("sequence,time_micros,operation"));
+    }
+}
+
+#[cfg(test)]
+mod archiving {
+    //! Old entries move to archive files; the log stays verifiable across
+    //! the archive and the live store, and queries say what is archived.
+
+    use super::*;
+    use crate::{AuditQuery, CheckpointSettings, Store, StoreError};
+    use semel_core::checkpoint::NoteSigner;
+
+    fn settings() -> CheckpointSettings {
+        CheckpointSettings {
+            signer: NoteSigner::new(
+                "semel.test/audit",
+                ed25519_dalek::SigningKey::from_bytes(&[6; 32]),
+            ),
+            every_entries: 5,
+            every: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    fn key() -> NoteVerifier {
+        NoteVerifier::parse(&settings().signer.verifier_key()).expect("key")
+    }
+
+    fn record(i: u64) -> semel_core::AuditRecord {
+        let mut r = semel_core::AuditRecord {
+            request_id: [i as u8; 16],
+            time_micros: 1_000_000 * i as i64,
+            operation: semel_core::LOOKUP_OPERATION.into(),
+            consumer: semel_core::Kbo::parse("0212345668").expect("kbo"),
+            end_user: Some("clerk".into()),
+            citizen: semel_core::Niss::parse("93051822361").ok(),
+            dataset: "national_register.residence".into(),
+            fields_requested: vec!["street".into()],
+            fields_returned: vec!["street".into()],
+            purpose: "RIS_ELIGIBILITY".into(),
+            authorisation: Some("BSC/2024/017".into()),
+            decision: AuditDecision::Allowed,
+            reason: None,
+            outcome: semel_core::Outcome::Answered,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+        };
+        r.consumer_reference = format!("case {i}");
+        r
+    }
+
+    #[test]
+    fn archived_entries_leave_the_log_and_everything_still_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        let store = Store::open_with(dir.path(), Some(settings())).expect("open");
+        for i in 0..20 {
+            rt.block_on(store.audit().append(record(i)))
+                .expect("append");
+        }
+        let log = store.audit();
+        let log_size = std::fs::metadata(dir.path().join("audit/log"))
+            .expect("stat")
+            .len();
+        let report = log
+            .archive_before(12_000_000)
+            .expect("archive")
+            .expect("moved");
+        assert_eq!((report.from, report.to), (0, 12));
+        assert!(
+            log.archive_before(12_000_000).expect("again").is_none(),
+            "nothing more to move"
+        );
+        // The space is released, the size kept.
+        let meta = std::fs::metadata(dir.path().join("audit/log")).expect("stat");
+        assert_eq!(meta.len(), log_size);
+        // Queries stop at the archive; archived entries are named as such.
+        let all = log
+            .query(&AuditQuery {
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .expect("query");
+        assert_eq!(all.len(), 8);
+        assert!(all.iter().all(|e| e.entry.sequence >= 12));
+        let by_citizen = log
+            .query(&AuditQuery {
+                citizen: semel_core::Niss::parse("93051822361").ok(),
+                limit: 100,
+                ..AuditQuery::default()
+            })
+            .expect("query");
+        assert_eq!(by_citizen.len(), 8);
+        assert!(matches!(
+            log.read_sequence(3),
+            Err(StoreError::OutOfRange(_))
+        ));
+        assert_eq!(log.archived().before, 12);
+        // Proofs still span the whole tree.
+        assert!(log.consistency_proof(5, 20).is_ok());
+        store.close().expect("close");
+
+        // The broker starts again after the archive and goes on.
+        let store = Store::open_with(dir.path(), Some(settings())).expect("reopen");
+        for i in 20..25 {
+            rt.block_on(store.audit().append(record(i)))
+                .expect("append");
+        }
+        assert_eq!(store.audit().verify_chain().expect("chain").entries, 25);
+        store.close().expect("close");
+        let audit = dir.path().join("audit");
+        let report = verify_dir(&audit, &key()).expect("verifies across archive and log");
+        assert_eq!(report.entries, 25);
+        let mut out = Vec::new();
+        export(
+            &audit,
+            ExportFormat::JsonLines,
+            None,
+            &mut out,
+            &mut |_, _| {},
+        )
+        .expect("export");
+        assert_eq!(
+            verify_export(&mut out.as_slice(), &key())
+                .expect("export verifies")
+                .entries,
+            25
+        );
+
+        // An archive file is as tamper-evident as the log.
+        let file = std::fs::read_dir(audit.join("archive"))
+            .expect("archive")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .next()
+            .expect("a file");
+        let text = std::fs::read_to_string(&file).expect("read");
+        std::fs::write(&file, text.replacen("case 4", "case 5", 1)).expect("write");
+        match verify_dir(&audit, &key()) {
+            Err(VerifyFailure::Entry { sequence, why }) => {
+                assert_eq!(sequence, 4, "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
