@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script compiled elsewhere (a copied target
+    // directory) must still find this checkout's proto/.
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = ["values", "registry", "lookup", "source", "audit"]
         .map(|f| root.join(format!("semel/v1/{f}.proto")));
     for f in &files {

@@ -246,40 +246,26 @@ async fn a_token_of_one_organisation_on_the_certificate_of_another_is_refused() 
 #[tokio::test]
 async fn a_consumer_cannot_call_an_admin_rpc_even_if_its_token_says_admin() {
     let t = TestDemo::start().await;
-    let mut reg = proto::registry_service_client::RegistryServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.token(ANDERLECHT, &[UserRole::Consumer]))
-            .await,
-    );
-    let err = reg
+    let schaerbeek = semel_demo::seed::org(SCHAERBEEK).expect("org").kbo;
+    // A clerk's token; then a token in which the commune's identity
+    // provider wrote "admin": the CPAS is not the operator, so the role is
+    // not granted.
+    for (role, reason) in [
+        (UserRole::Consumer, "ROLE_NOT_PERMITTED"),
+        (UserRole::Admin, "ORGANISATION_ROLE_MISSING"),
+    ] {
+        let err = proto::registry_service_client::RegistryServiceClient::new(
+            t.channel_as(ANDERLECHT, &t.token(ANDERLECHT, &[role]))
+                .await,
+        )
         .suspend_organisation(proto::SuspendOrganisationRequest {
-            kbo: semel_demo::seed::org(SCHAERBEEK)
-                .expect("org")
-                .kbo
-                .as_str()
-                .into(),
+            kbo: schaerbeek.as_str().into(),
             reason: "mischief".into(),
         })
         .await
         .expect_err("refused");
-    assert_error(&err, Code::PermissionDenied, "ROLE_NOT_PERMITTED");
-    // The commune's identity provider may write "admin" in a token; the
-    // CPAS is not the operator, so the role is not granted.
-    let mut reg = proto::registry_service_client::RegistryServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.token(ANDERLECHT, &[UserRole::Admin]))
-            .await,
-    );
-    let err = reg
-        .suspend_organisation(proto::SuspendOrganisationRequest {
-            kbo: semel_demo::seed::org(SCHAERBEEK)
-                .expect("org")
-                .kbo
-                .as_str()
-                .into(),
-            reason: "mischief".into(),
-        })
-        .await
-        .expect_err("refused");
-    assert_error(&err, Code::PermissionDenied, "ORGANISATION_ROLE_MISSING");
+        assert_error(&err, Code::PermissionDenied, reason);
+    }
     let entries = t.audit_entries().await;
     let last: Vec<_> = entries.iter().rev().take(2).collect();
     for e in last {

@@ -229,8 +229,20 @@ fn hex(bytes: &[u8]) -> String {
 /// Standard base64 with padding, as signed notes use.
 pub mod b64 {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const URL_ALPHABET: &[u8; 64] =
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
+    /// Standard base64 with padding, as signed notes use.
     pub fn encode(bytes: &[u8]) -> String {
+        encode_with(bytes, ALPHABET, true)
+    }
+
+    /// Unpadded base64url (RFC 4648 §5), as JOSE uses.
+    pub fn encode_url(bytes: &[u8]) -> String {
+        encode_with(bytes, URL_ALPHABET, false)
+    }
+
+    fn encode_with(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
         for chunk in bytes.chunks(3) {
             let b = [
@@ -241,8 +253,8 @@ pub mod b64 {
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
-                    out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-                } else {
+                    out.push(char::from(alphabet[(n >> (18 - 6 * i)) as usize & 63]));
+                } else if pad {
                     out.push('=');
                 }
             }

@@ -143,20 +143,7 @@ pub fn jwks(kid: &str, public_key: &[u8]) -> String {
 
 /// Unpadded base64url (RFC 4648 §5), as JOSE uses it.
 pub fn base64_url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-        }
-    }
-    out
+    semel_core::checkpoint::b64::encode_url(bytes)
 }
 
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), IssuerError> {

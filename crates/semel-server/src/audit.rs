@@ -6,11 +6,13 @@
 
 use std::sync::Arc;
 
-use semel_core::{AuditDecision, LOOKUP_OPERATION, Niss, ReasonCode, UserRole};
+use semel_core::{LOOKUP_OPERATION, Niss, ReasonCode, UserRole};
 use semel_store::{AuditQuery, StoredEntry};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{audit_entry_to_proto, micros, parse_kbo, timestamp_micros};
+use crate::convert::{
+    audit_entry_to_proto, decision_to_proto, micros, parse_kbo, timestamp_micros,
+};
 use crate::error::ApiError;
 use crate::proto::{self, audit_service_server::AuditService as Rpc};
 use crate::state::Broker;
@@ -252,10 +254,7 @@ impl Rpc for AuditService {
                 fields: r.fields_returned.clone(),
                 purpose: r.purpose.clone(),
                 authorisation_reference: r.authorisation.clone().unwrap_or_default(),
-                decision: match r.decision {
-                    AuditDecision::Allowed => proto::AuditDecision::Allowed,
-                    AuditDecision::Refused => proto::AuditDecision::Refused,
-                } as i32,
+                decision: decision_to_proto(r.decision),
                 reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
             })
             .collect();

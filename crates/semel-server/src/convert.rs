@@ -348,6 +348,14 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
 
 // ---- audit ----
 
+pub fn decision_to_proto(d: AuditDecision) -> i32 {
+    let d = match d {
+        AuditDecision::Allowed => proto::AuditDecision::Allowed,
+        AuditDecision::Refused => proto::AuditDecision::Refused,
+    };
+    d as i32
+}
+
 pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
     let AuditEntry {
         sequence,
@@ -365,10 +373,7 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         fields_returned: r.fields_returned.clone(),
         purpose: r.purpose.clone(),
         authorisation_reference: r.authorisation.clone().unwrap_or_default(),
-        decision: match r.decision {
-            AuditDecision::Allowed => proto::AuditDecision::Allowed,
-            AuditDecision::Refused => proto::AuditDecision::Refused,
-        } as i32,
+        decision: decision_to_proto(r.decision),
         reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
         outcome: match r.outcome {
             Outcome::Answered => proto::AuditOutcome::Answered,

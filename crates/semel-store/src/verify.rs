@@ -551,7 +551,7 @@ mod tampering {
         NoteVerifier::parse(&signer().verifier_key()).expect("key")
     }
 
-    fn record(i: u64) -> semel_core::AuditRecord {
+    pub(super) fn record(i: u64) -> semel_core::AuditRecord {
         semel_core::AuditRecord {
             request_id: [i as u8; 16],
             time_micros: 1_700_000_000_000_000 + i as i64,
@@ -827,25 +827,8 @@ mod archiving {
     }
 
     fn record(i: u64) -> semel_core::AuditRecord {
-        let mut r = semel_core::AuditRecord {
-            request_id: [i as u8; 16],
-            time_micros: 1_000_000 * i as i64,
-            operation: semel_core::LOOKUP_OPERATION.into(),
-            consumer: semel_core::Kbo::parse("0212345668").expect("kbo"),
-            end_user: Some("clerk".into()),
-            citizen: semel_core::Niss::parse("93051822361").ok(),
-            dataset: "national_register.residence".into(),
-            fields_requested: vec!["street".into()],
-            fields_returned: vec!["street".into()],
-            purpose: "RIS_ELIGIBILITY".into(),
-            authorisation: Some("BSC/2024/017".into()),
-            decision: AuditDecision::Allowed,
-            reason: None,
-            outcome: semel_core::Outcome::Answered,
-            source: None,
-            consumer_reference: String::new(),
-            reference_date: None,
-        };
+        let mut r = super::tampering::record(i);
+        r.time_micros = 1_000_000 * i as i64;
         r.consumer_reference = format!("case {i}");
         r
     }
