@@ -49,7 +49,7 @@ pub struct AuditSection {
     /// The log's name in its checkpoints; default
     /// `semel.brussels/audit/<operator enterprise number>`.
     pub origin: Option<String>,
-    /// Sign a checkpoint after this many new entries (default 1000)...
+    /// Sign a checkpoint after this many new entries (default 100000)...
     #[serde(default = "default_checkpoint_entries")]
     pub checkpoint_every_entries: u64,
     /// ...or this many milliseconds when there are new entries (default 10000).
@@ -79,7 +79,7 @@ impl Default for AuditSection {
 }
 
 fn default_checkpoint_entries() -> u64 {
-    1000
+    100_000
 }
 
 fn default_checkpoint_ms() -> u64 {

@@ -58,7 +58,7 @@ impl DemoOptions {
             metrics_listen: None,
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
-            checkpoint_every_entries: 1000,
+            checkpoint_every_entries: 100_000,
         }
     }
 }

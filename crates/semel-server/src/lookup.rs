@@ -75,7 +75,7 @@ impl proto::lookup_service_server::LookupService for LookupService {
             },
         };
         let broker = self.broker.clone();
-        let span = tracing::info_span!(
+        let span = tracing::debug_span!(
             "lookup",
             consumer = who.org.kbo.as_str(),
             request_id = tracing::field::Empty,
@@ -201,7 +201,7 @@ async fn lookup(
         .store()
         .audit()
         .append(record)
-        .instrument(tracing::info_span!("audit.append"))
+        .instrument(tracing::debug_span!("audit.append"))
         .await
     {
         // Fail closed: no answer leaves without its entry.
@@ -403,7 +403,7 @@ async fn process(
     if let Ok(v) = request_id.parse() {
         fetch.metadata_mut().insert("x-request-id", v);
     }
-    let source_span = tracing::info_span!("source.fetch", source = route.dataset.source.as_str());
+    let source_span = tracing::debug_span!("source.fetch", source = route.dataset.source.as_str());
     // The trace continues at the source (W3C traceparent), when traces are exported.
     for (k, v) in source_span.in_scope(crate::telemetry::trace_headers) {
         if let (Ok(k), Ok(v)) = (

@@ -924,7 +924,7 @@ impl Checkpointer {
     }
 
     /// Signs the tree as it is, after making its nodes durable.
-    fn sign(&mut self, tree: &Tree, shared: &Shared) -> Result<(), StoreError> {
+    fn sign(&mut self, tree: &mut Tree, shared: &Shared) -> Result<(), StoreError> {
         tree.sync()?;
         let size = tree.size();
         let checkpoint = Checkpoint {
@@ -1016,9 +1016,9 @@ impl Indexer {
         let Some(c) = self.checkpoints.as_mut() else {
             return;
         };
-        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        let mut tree = self.tree.write().unwrap_or_else(|p| p.into_inner());
         if c.due(tree.size(), closing)
-            && let Err(e) = c.sign(&tree, &self.shared)
+            && let Err(e) = c.sign(&mut tree, &self.shared)
         {
             tracing::error!(error = %e, "audit checkpoint not signed; retrying with the next entries");
         }

@@ -26,6 +26,8 @@ const NODE: u64 = 32;
 
 struct Level {
     file: File,
+    /// Written since the last sync.
+    dirty: bool,
     /// Nodes on disk.
     len: u64,
     /// Nodes appended since the last flush, following `len`.
@@ -118,6 +120,7 @@ impl Tree {
             }
             self.levels.push(Level {
                 file,
+                dirty: false,
                 len,
                 pending: Vec::new(),
             });
@@ -178,16 +181,20 @@ impl Tree {
             .map_err(io_err("write the audit tree"))?;
         level.len += level.pending.len() as u64 / NODE;
         level.pending.clear();
+        level.dirty = true;
         Ok(())
     }
 
-    /// Makes the written nodes durable.
-    pub fn sync(&self) -> Result<(), StoreError> {
-        for level in &self.levels {
+    /// Makes the written nodes durable. Only levels written since the last
+    /// sync are synced: level k changes every 2^k leaves, so most of the
+    /// upper levels are untouched between two checkpoints.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        for level in self.levels.iter_mut().filter(|l| l.dirty) {
             level
                 .file
                 .sync_data()
                 .map_err(io_err("fsync the audit tree"))?;
+            level.dirty = false;
         }
         Ok(())
     }

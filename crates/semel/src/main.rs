@@ -545,23 +545,32 @@ fn init_logging(
         }
         None => (None, None),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    match format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(ansi)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-    }
+    // Trace spans are at debug level: exported when a collector is set,
+    // never formatted into the logs, and free when neither wants them
+    // (their callsites stay disabled).
+    use tracing_subscriber::Layer;
+    type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let otel: Option<Boxed> = otel.map(|l| {
+        l.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("semel_server", tracing::Level::DEBUG),
+        )
+        .boxed()
+    });
+    let logs: Boxed = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    };
+    let layers: Vec<Boxed> = otel.into_iter().chain([logs]).collect();
+    tracing_subscriber::registry().with(layers).init();
     Ok(guard)
 }
 
