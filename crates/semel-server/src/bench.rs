@@ -514,7 +514,7 @@ pub async fn time_citizen_query(
         .tls_config(tls)?
         .connect()
         .await?;
-    let token = person_token(&addrs.pki_dir, "control-commission")?;
+    let token = person_token(&addrs.pki_dir, "operator")?;
     let mut client = proto::audit_service_client::AuditServiceClient::new(
         crate::client::with_token(channel, Some(&token))?,
     );

@@ -990,27 +990,32 @@ mod bench {
             refused_percent: args.refused_percent,
             requests: args.requests,
         };
-        let mut rounds: Vec<Vec<LoadReport>> = Vec::new();
-        for round in 0..args.rounds.max(1) {
-            let mut reports = Vec::new();
-            for t in &targets {
-                eprintln!(
-                    "round {}: driving {} for {}+{} s…",
-                    round + 1,
-                    t.name(),
-                    args.warmup,
-                    args.duration
-                );
-                reports.push(run_load(&addrs, *t, &opts).await?);
+        // Whatever happens while measuring, the server is stopped after.
+        let measured = async {
+            let mut rounds: Vec<Vec<LoadReport>> = Vec::new();
+            for round in 0..args.rounds.max(1) {
+                let mut reports = Vec::new();
+                for t in &targets {
+                    eprintln!(
+                        "round {}: driving {} for {}+{} s…",
+                        round + 1,
+                        t.name(),
+                        args.warmup,
+                        args.duration
+                    );
+                    reports.push(run_load(&addrs, *t, &opts).await?);
+                }
+                rounds.push(reports);
             }
-            rounds.push(reports);
+            let memory = memory_kib(pid);
+            let query = if addrs.preloaded_entries > 0 {
+                Some(time_citizen_query(&addrs, QUERY_CITIZEN, 20).await?)
+            } else {
+                None
+            };
+            anyhow::Ok((rounds, memory, query))
         }
-        let memory = memory_kib(pid);
-        let query = if addrs.preloaded_entries > 0 {
-            Some(time_citizen_query(&addrs, QUERY_CITIZEN, 20).await?)
-        } else {
-            None
-        };
+        .await;
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(pid.to_string())
@@ -1019,6 +1024,7 @@ mod bench {
         if temporary {
             let _ = std::fs::remove_dir_all(&dir);
         }
+        let (rounds, memory, query) = measured?;
         print(&args, &addrs, &rounds, memory, query);
         if !status.success() {
             eprintln!("warning: the bench server exited with {status}");
