@@ -340,6 +340,15 @@ pub async fn register_test_dataset(t: &TestDemo, name: &str, endpoint: &str) {
     })
     .await
     .expect("create dataset");
+    let _ = reg
+        .create_purpose(proto::CreatePurposeRequest {
+            purpose: Some(proto::Purpose {
+                code: "TEST".into(),
+                description: "Testing".into(),
+                legal_basis: "none: tests only".into(),
+            }),
+        })
+        .await;
     let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
     reg.create_authorisation(proto::CreateAuthorisationRequest {
         authorisation: Some(proto::Authorisation {

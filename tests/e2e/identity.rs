@@ -648,6 +648,15 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
     let ville = semel_demo::seed::org(VILLE).expect("org").kbo;
     let mut reg = t.registry().await;
     for (reference, until) in [("PJ/2026/001", "2099-12-31"), ("PJ/2020/007", "2021-01-01")] {
+        reg.create_purpose(proto::CreatePurposeRequest {
+            purpose: Some(proto::Purpose {
+                code: format!("INQUIRY_{}", &reference[3..7]),
+                description: "A judicial inquiry".into(),
+                legal_basis: "Code d'instruction criminelle, art. 46quater".into(),
+            }),
+        })
+        .await
+        .expect("purpose");
         reg.create_authorisation(proto::CreateAuthorisationRequest {
             authorisation: Some(proto::Authorisation {
                 reference: reference.into(),

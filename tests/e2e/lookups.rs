@@ -234,6 +234,12 @@ async fn bad_input_gets_a_clear_error_and_is_audited() {
             Some("purpose"),
         ),
         (
+            lookup(KARIM, RESIDENCE, &["street"], "CURIOSITY"),
+            Code::InvalidArgument,
+            "UNKNOWN_PURPOSE",
+            Some("purpose"),
+        ),
+        (
             proto::LookupRequest {
                 reference_date: "01/01/2020".into(),
                 ..lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY")
@@ -289,6 +295,7 @@ async fn bad_input_gets_a_clear_error_and_is_audited() {
         entries[..3].iter().all(|e| e.citizen.is_empty()),
         "a malformed number is not stored"
     );
+    assert_eq!(entries[7].reason, "UNKNOWN_PURPOSE");
     t.stop().await;
 }
 

@@ -261,6 +261,29 @@ async fn registry_changes_are_validated() {
         Code::AlreadyExists,
         "ALREADY_EXISTS",
     );
+    let mut unknown = auth("BSC/2026/901", &["sex"]);
+    if let Some(a) = unknown.authorisation.as_mut() {
+        a.purpose = "CURIOSITY".into();
+    }
+    assert_error(
+        &reg.create_authorisation(unknown)
+            .await
+            .expect_err("purpose"),
+        Code::FailedPrecondition,
+        "UNKNOWN_PURPOSE",
+    );
+    // The catalogue: the demo's purposes, with their legal basis.
+    let purposes = reg
+        .list_purposes(proto::ListPurposesRequest {})
+        .await
+        .expect("purposes")
+        .into_inner()
+        .purposes;
+    assert!(
+        purposes
+            .iter()
+            .any(|p| p.code == "RIS_ELIGIBILITY" && p.legal_basis.contains("26 mai 2002"))
+    );
     assert_error(
         &reg.create_authorisation(auth("BSC 2026", &["sex"]))
             .await

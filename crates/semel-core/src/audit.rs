@@ -53,6 +53,8 @@ pub enum ReasonCode {
     UnknownDataset,
     /// A requested field does not exist in the dataset.
     UnknownField,
+    /// The purpose is not in the catalogue.
+    UnknownPurpose,
     /// The person's role needs a registration the organisation lacks
     /// (e.g. the consumer role of an organisation not registered as one).
     OrganisationRoleMissing,
@@ -98,7 +100,8 @@ pub enum ReasonCode {
     SourceCircuitOpen,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 26] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 27] = [
+    (ReasonCode::UnknownPurpose, "UNKNOWN_PURPOSE"),
     (ReasonCode::QuotaExceeded, "QUOTA_EXCEEDED"),
     (ReasonCode::OtherOrganisation, "OTHER_ORGANISATION"),
     (

@@ -27,7 +27,7 @@ pub use names::{AuthorisationRef, DatasetName, FieldName, NameError, PurposeCode
 pub use niss::{Niss, NissError, NissKind, Sex, redact_national_numbers};
 pub use registry::{
     Authorisation, AuthorisationStatus, CertificateId, Dataset, FieldDefinition, FieldType,
-    Organisation, OrganisationStatus, RevokedCertificate, Role,
+    Organisation, OrganisationStatus, Purpose, RevokedCertificate, Role,
 };
 
 #[cfg(test)]

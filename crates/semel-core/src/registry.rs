@@ -129,6 +129,15 @@ impl Authorisation {
     }
 }
 
+/// A purpose of the catalogue: what a lookup is for, and the law that
+/// allows it. Authorisations and lookups name purposes by code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Purpose {
+    pub code: PurposeCode,
+    pub description: String,
+    pub legal_basis: String,
+}
+
 /// How a revoked certificate is recognised.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -128,6 +128,44 @@ impl DemoOrg {
     }
 }
 
+/// The demo purposes catalogue: every purpose a demo authorisation names.
+pub fn purposes() -> Vec<semel_core::Purpose> {
+    [
+        (
+            "RIS_ELIGIBILITY",
+            "Checking an applicant's right to the social integration income (RIS) and its amount",
+            "Loi du 26 mai 2002 concernant le droit à l'intégration sociale, art. 19",
+        ),
+        (
+            "SCHOOL_ENROLMENT",
+            "Checking that a pupil lives in the commune, for school enrolment priority",
+            "Décret du 24 juillet 1997 (missions de l'enseignement), art. 79",
+        ),
+        (
+            "SOCIAL_HOUSING",
+            "Checking a candidate tenant's income for social housing",
+            "Code bruxellois du Logement, art. 140",
+        ),
+        (
+            "ACTIVATION_FOLLOW_UP",
+            "Following up a jobseeker's activation path",
+            "Arrêté royal du 25 novembre 1991 (réglementation du chômage)",
+        ),
+        (
+            "ENERGY_ALLOWANCE",
+            "Granting the social energy allowance",
+            "Ordonnance du 19 juillet 2001 (marché de l'électricité), art. 20",
+        ),
+    ]
+    .into_iter()
+    .map(|(code, description, legal_basis)| semel_core::Purpose {
+        code: name(PurposeCode::new(code)),
+        description: description.to_owned(),
+        legal_basis: legal_basis.to_owned(),
+    })
+    .collect()
+}
+
 /// Names of the demo datasets.
 pub mod datasets {
     pub const IDENTITY: &str = "national_register.identity";

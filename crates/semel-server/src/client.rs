@@ -526,6 +526,42 @@ impl Client {
         Ok(json!({"accesses": accesses, "next_page_token": r.next_page_token}))
     }
 
+    pub async fn list_purposes(&self) -> CallResult {
+        let r = self
+            .registry()
+            .list_purposes(proto::ListPurposesRequest {})
+            .await?
+            .into_inner();
+        Ok(Json::Array(
+            r.purposes
+                .iter()
+                .map(|p| json!({"code": p.code, "description": p.description, "legal_basis": p.legal_basis}))
+                .collect(),
+        ))
+    }
+
+    pub async fn create_purpose(
+        &self,
+        code: String,
+        description: String,
+        legal_basis: String,
+    ) -> CallResult {
+        let r = self
+            .registry()
+            .create_purpose(proto::CreatePurposeRequest {
+                purpose: Some(proto::Purpose {
+                    code,
+                    description,
+                    legal_basis,
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.purpose
+            .map(|p| json!({"code": p.code, "description": p.description, "legal_basis": p.legal_basis}))
+            .unwrap_or(Json::Null))
+    }
+
     /// Revokes a client certificate by fingerprint or serial.
     pub async fn revoke_certificate(
         &self,

@@ -393,3 +393,26 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         encoding: Vec::new(),
     }
 }
+
+// ---- purposes ----
+
+pub fn purpose_from_proto(p: proto::Purpose) -> Result<semel_core::Purpose, ApiError> {
+    let proto::Purpose {
+        code,
+        description,
+        legal_basis,
+    } = p;
+    Ok(semel_core::Purpose {
+        code: name("purpose.code", PurposeCode::new(code))?,
+        description: text("purpose.description", description, 500)?,
+        legal_basis: text("purpose.legal_basis", legal_basis, 500)?,
+    })
+}
+
+pub fn purpose_to_proto(p: &semel_core::Purpose) -> proto::Purpose {
+    proto::Purpose {
+        code: p.code.to_string(),
+        description: p.description.clone(),
+        legal_basis: p.legal_basis.clone(),
+    }
+}

@@ -439,6 +439,9 @@ fn seed_registry(
     for d in seed::datasets(endpoint) {
         reg.put_dataset(&d)?;
     }
+    for p in seed::purposes() {
+        reg.put_purpose(&p)?;
+    }
     let existing: std::collections::BTreeSet<String> = reg
         .authorisations()?
         .into_iter()

@@ -314,6 +314,13 @@ async fn process(
     let fields = validate_fields(&msg.fields, &route)?;
     let purpose = PurposeCode::new(msg.purpose.clone())
         .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
+    if !snapshot.purposes.contains_key(purpose.as_str()) {
+        return Err(ApiError::invalid(
+            "purpose",
+            "UNKNOWN_PURPOSE",
+            format!("there is no purpose {purpose} in the catalogue; ListPurposes shows them"),
+        ));
+    }
     if !msg.reference_date.is_empty() {
         let date = parse_date("reference_date", &msg.reference_date)?;
         if date > today {

@@ -39,6 +39,8 @@ pub const RULES: &[Rule] = &[
     rule("semel.v1.RegistryService/SuspendAuthorisation", &[Admin]),
     rule("semel.v1.RegistryService/ReinstateAuthorisation", &[Admin]),
     rule("semel.v1.RegistryService/RevokeCertificate", &[Admin]),
+    rule("semel.v1.RegistryService/CreatePurpose", &[Admin]),
+    rule("semel.v1.RegistryService/ListPurposes", READERS),
     rule(
         "semel.v1.RegistryService/ListRevokedCertificates",
         &[Admin, Auditor],

@@ -268,6 +268,16 @@ impl Rpc for RegistryService {
             }
             None => return Err(unknown_org(&auth.consumer).into()),
         }
+        if !snapshot.purposes.contains_key(auth.purpose.as_str()) {
+            return Err(precondition(
+                "UNKNOWN_PURPOSE",
+                format!(
+                    "there is no purpose {} in the catalogue; add it with CreatePurpose first",
+                    auth.purpose
+                ),
+            )
+            .into());
+        }
         let route = snapshot.routes.get(&auth.dataset).ok_or_else(|| {
             ApiError::not_found(
                 "UNKNOWN_DATASET",
@@ -374,6 +384,38 @@ impl Rpc for RegistryService {
         tracing::info!(reference = %auth.reference, "authorisation reinstated");
         Ok(Response::new(proto::ReinstateAuthorisationResponse {
             authorisation: Some(authorisation_to_proto(&auth)),
+        }))
+    }
+
+    async fn create_purpose(
+        &self,
+        req: Request<proto::CreatePurposeRequest>,
+    ) -> Result<Response<proto::CreatePurposeResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let purpose = purpose_from_proto(required("purpose", req.into_inner().purpose)?)?;
+        let stored = self
+            .change(move |reg| {
+                if reg.purposes()?.iter().any(|p| p.code == purpose.code) {
+                    return Err(exists(&format!("purpose {}", purpose.code)));
+                }
+                reg.put_purpose(&purpose)?;
+                Ok(purpose)
+            })
+            .await?;
+        tracing::info!(purpose = %stored.code, "purpose added to the catalogue");
+        Ok(Response::new(proto::CreatePurposeResponse {
+            purpose: Some(purpose_to_proto(&stored)),
+        }))
+    }
+
+    async fn list_purposes(
+        &self,
+        req: Request<proto::ListPurposesRequest>,
+    ) -> Result<Response<proto::ListPurposesResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let snapshot = self.broker.snapshot();
+        Ok(Response::new(proto::ListPurposesResponse {
+            purposes: snapshot.purposes.values().map(purpose_to_proto).collect(),
         }))
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use semel_core::{
     AuditDecision, AuditRecord, Authorisation, CertificateId, Dataset, DatasetName, Kbo, Niss,
-    Organisation, OrganisationStatus, Outcome, ReasonCode, Role, RoleSet, UserRole,
+    Organisation, OrganisationStatus, Outcome, Purpose, ReasonCode, Role, RoleSet, UserRole,
 };
 use semel_store::Store;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub organisations: BTreeMap<Kbo, Arc<Organisation>>,
     pub routes: BTreeMap<DatasetName, Arc<Route>>,
     pub authorisations: BTreeMap<String, Authorisation>,
+    /// The purposes catalogue, by code.
+    pub purposes: BTreeMap<String, Purpose>,
     /// Dataset, then consumer: looked up with borrowed keys, no allocation.
     by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>>,
     /// Revoked certificates, by fingerprint or serial.
@@ -215,6 +217,11 @@ impl Broker {
                 .push(a.clone());
             authorisations.insert(a.reference.as_str().to_owned(), a);
         }
+        let purposes = reg
+            .purposes()?
+            .into_iter()
+            .map(|p| (p.code.as_str().to_owned(), p))
+            .collect();
         let revoked = reg
             .revoked_certificates()?
             .into_iter()
@@ -226,6 +233,7 @@ impl Broker {
             authorisations,
             by_dataset_consumer,
             revoked,
+            purposes,
         }));
         Ok(())
     }

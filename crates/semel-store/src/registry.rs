@@ -7,7 +7,7 @@
 use std::fs::File;
 use std::path::PathBuf;
 
-use semel_core::{Authorisation, Dataset, Kbo, Organisation, RevokedCertificate};
+use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCertificate};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -25,6 +25,8 @@ pub struct Registry {
     authorisation_history: sled::Tree,
     /// Revoked client certificates, keyed by [`semel_core::CertificateId::key`].
     revoked_certificates: sled::Tree,
+    /// The purposes catalogue, keyed by code.
+    purposes: sled::Tree,
 }
 
 impl Registry {
@@ -39,6 +41,7 @@ impl Registry {
             authorisations: tree("authorisations")?,
             authorisation_history: tree("authorisation_history")?,
             revoked_certificates: tree("revoked_certificates")?,
+            purposes: tree("purposes")?,
             db,
             db_path,
         })
@@ -62,6 +65,16 @@ impl Registry {
     pub fn put_dataset(&self, dataset: &Dataset) -> Result<(), StoreError> {
         put(&self.datasets, dataset.name.as_str().as_bytes(), dataset)?;
         self.sync()
+    }
+
+    /// Stores a purpose (insert or replace).
+    pub fn put_purpose(&self, purpose: &Purpose) -> Result<(), StoreError> {
+        put(&self.purposes, purpose.code.as_str().as_bytes(), purpose)?;
+        self.sync()
+    }
+
+    pub fn purposes(&self) -> Result<Vec<Purpose>, StoreError> {
+        all(&self.purposes)
     }
 
     pub fn datasets(&self) -> Result<Vec<Dataset>, StoreError> {

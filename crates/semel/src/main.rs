@@ -302,10 +302,29 @@ enum CertCommand {
 }
 
 #[derive(Subcommand)]
+enum PurposeCommand {
+    /// The purposes catalogue.
+    List,
+    /// Add a purpose; authorisations and lookups can then name it.
+    Create {
+        /// e.g. RIS_ELIGIBILITY
+        #[arg(long)]
+        code: String,
+        #[arg(long)]
+        description: String,
+        #[arg(long)]
+        legal_basis: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum AdminCommand {
     /// Client certificates.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The purposes catalogue.
+    #[command(subcommand)]
+    Purpose(PurposeCommand),
     /// Organisations.
     #[command(subcommand)]
     Org(OrgCommand),
@@ -664,6 +683,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     reason,
                 }) => client.revoke_certificate(fingerprint, serial, reason).await,
                 AdminCommand::Cert(CertCommand::List) => client.revoked_certificates().await,
+                AdminCommand::Purpose(PurposeCommand::List) => client.list_purposes().await,
+                AdminCommand::Purpose(PurposeCommand::Create {
+                    code,
+                    description,
+                    legal_basis,
+                }) => client.create_purpose(code, description, legal_basis).await,
                 AdminCommand::Org(OrgCommand::List) => client.list_organisations().await,
                 AdminCommand::Org(OrgCommand::Create { kbo, name, roles }) => {
                     client.create_organisation(kbo, name, &roles).await
