@@ -37,6 +37,20 @@ async fn lookup_with(t: &TestDemo, token: &str) -> Result<(), tonic::Status> {
         .map(drop)
 }
 
+/// The citizen's view of `citizen`, as the caller of `channel`.
+async fn accesses(
+    channel: semel_server::client::AuthChannel,
+    citizen: &str,
+) -> Result<Vec<proto::CitizenAccess>, tonic::Status> {
+    proto::audit_service_client::AuditServiceClient::new(channel)
+        .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+            citizen: citizen.into(),
+            ..Default::default()
+        })
+        .await
+        .map(|r| r.into_inner().accesses)
+}
+
 /// Signs `claims` as JSON with `key` under `header`.
 fn sign(header: &Header, claims: &serde_json::Value, key: &EncodingKey) -> String {
     jsonwebtoken::encode(header, claims, key).expect("sign")
@@ -335,17 +349,9 @@ async fn a_citizen_sees_who_consulted_them_and_no_one_else() {
         .expect_err("a citizen makes no lookups");
     assert_error(&err, Code::PermissionDenied, "ROLE_NOT_PERMITTED");
     // The supervisory commission's auditor reads anyone's report.
-    let mut commission =
-        proto::audit_service_client::AuditServiceClient::new(t.channel("control-commission").await);
-    let jan = commission
-        .list_citizen_accesses(proto::ListCitizenAccessesRequest {
-            citizen: JAN.into(),
-            ..Default::default()
-        })
+    let jan = accesses(t.channel("control-commission").await, JAN)
         .await
-        .expect("auditor")
-        .into_inner()
-        .accesses;
+        .expect("auditor");
     assert_eq!(jan.len(), 1);
     t.stop().await;
 }
@@ -689,32 +695,18 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
         expires_in: 600,
         not_before: None,
     });
-    let seen =
-        proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &karim).await)
-            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
-                citizen: KARIM.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("report")
-            .into_inner()
-            .accesses;
+    let seen = accesses(t.channel_as("irisbox", &karim).await, KARIM)
+        .await
+        .expect("report");
     let references: Vec<&str> = seen
         .iter()
         .map(|a| a.authorisation_reference.as_str())
         .collect();
     assert_eq!(references, vec!["PJ/2020/007"], "the disclosed one only");
     // The supervisory commission sees both.
-    let all =
-        proto::audit_service_client::AuditServiceClient::new(t.channel("control-commission").await)
-            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
-                citizen: KARIM.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("report")
-            .into_inner()
-            .accesses;
+    let all = accesses(t.channel("control-commission").await, KARIM)
+        .await
+        .expect("report");
     assert_eq!(all.len(), 2);
     t.stop().await;
 }
