@@ -78,13 +78,18 @@ impl DevIssuer {
         self.dir.join("issuer.jwks.json")
     }
 
-    /// Creates the key pair in `dir` if it is missing.
-    pub fn ensure(dir: &Path) -> Result<DevIssuer, IssuerError> {
-        let issuer = DevIssuer {
+    /// The development issuer whose key is in `dir` (not created).
+    pub fn at(dir: &Path) -> DevIssuer {
+        DevIssuer {
             dir: dir.to_path_buf(),
             issuer: DEV_ISSUER.to_owned(),
             kid: DEV_KID.to_owned(),
-        };
+        }
+    }
+
+    /// Creates the key pair in `dir` if it is missing.
+    pub fn ensure(dir: &Path) -> Result<DevIssuer, IssuerError> {
+        let issuer = DevIssuer::at(dir);
         if issuer.key_file().exists() && issuer.jwks_file().exists() {
             return Ok(issuer);
         }

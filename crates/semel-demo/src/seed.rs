@@ -107,12 +107,10 @@ impl DemoOrg {
     /// The roles its people get in demo tokens: every role its registration
     /// allows.
     pub fn user_roles(&self) -> Vec<semel_core::UserRole> {
-        semel_core::UserRole::ALL
-            .into_iter()
-            .filter(|r| {
-                r.organisation_role()
-                    .is_none_or(|needed| self.roles.contains(&needed))
-            })
+        let registered = self.roles.iter().copied().collect();
+        semel_core::RoleSet::of(&semel_core::UserRole::ALL)
+            .allowed_for(&registered)
+            .iter()
             .filter(|r| *r != semel_core::UserRole::Citizen)
             .collect()
     }

@@ -458,11 +458,7 @@ pub async fn run_load(
 /// A token of the demo issuer for a person of a demo organisation.
 fn person_token(pki_dir: &std::path::Path, slug: &str) -> anyhow::Result<String> {
     let org = seed::org(slug).with_context(|| format!("demo organisation {slug}"))?;
-    let issuer = semel_demo::issuer::DevIssuer {
-        dir: pki_dir.to_path_buf(),
-        issuer: semel_demo::issuer::DEV_ISSUER.to_owned(),
-        kid: semel_demo::issuer::DEV_KID.to_owned(),
-    };
+    let issuer = semel_demo::issuer::DevIssuer::at(pki_dir);
     Ok(issuer.mint(&semel_demo::issuer::TokenRequest {
         subject: &format!("bench@{slug}"),
         organisation: org.kbo,

@@ -24,7 +24,7 @@ use crate::demo_source::DemoSource;
 use crate::server::{self, Prepared, ReloadFiles, Reloader};
 use crate::state::{Broker, SourceSettings};
 use crate::tls::{self, TlsFiles};
-use crate::tokens::{IssuerSettings, TokenSettings, TokenVerifier};
+use crate::tokens::{IssuerSettings, TokenSettings};
 
 /// How to run the demo.
 #[derive(Debug, Clone)]
@@ -201,7 +201,7 @@ impl Demo {
                 }],
             },
         };
-        let source_tls = tls::client_tls(&pki.ca_cert(), &broker_files.cert, &broker_files.key)?;
+        let (server_tls, source_tls, tokens) = server::load_all(&files)?;
         let broker = Broker::new(
             Arc::new(store),
             SourceSettings {
@@ -209,9 +209,9 @@ impl Demo {
                 deadline: opts.source_deadline,
                 limits: opts.limits,
             },
-            TokenVerifier::load(&files.tokens)?,
+            tokens,
         )?;
-        let reloader = Reloader::new(files, broker.clone())?;
+        let reloader = Reloader::new(files, broker.clone(), server_tls);
         let listener = TcpListener::bind(opts.listen)
             .await
             .with_context(|| format!("bind the broker on {}", opts.listen))?;
@@ -371,15 +371,7 @@ pub fn client_config(data_dir: &Path, who: &str) -> anyhow::Result<ClientConfig>
             )
         })?;
     // A fresh token each time, so a demo left running for days still works.
-    let issuer = DevIssuer {
-        dir: manifest
-            .issuer_key
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-        issuer: manifest.issuer.clone(),
-        kid: semel_demo::issuer::DEV_KID.to_owned(),
-    };
+    let issuer = DevIssuer::at(manifest.issuer_key.parent().unwrap_or(Path::new(".")));
     let roles: Vec<semel_core::UserRole> = org
         .roles
         .iter()

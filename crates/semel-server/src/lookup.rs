@@ -411,13 +411,16 @@ async fn process(
         fetch.metadata_mut().insert("x-request-id", v);
     }
     let source_span = tracing::debug_span!("source.fetch", source = route.dataset.source.as_str());
-    // The trace continues at the source (W3C traceparent), when traces are exported.
-    for (k, v) in source_span.in_scope(crate::telemetry::trace_headers) {
-        if let (Ok(k), Ok(v)) = (
-            tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
-            v.parse(),
-        ) {
-            fetch.metadata_mut().insert(k, v);
+    // The trace continues at the source (W3C traceparent), when traces are
+    // exported; otherwise the span is disabled and nothing is done here.
+    if !source_span.is_disabled() {
+        for (k, v) in source_span.in_scope(crate::telemetry::trace_headers) {
+            if let (Ok(k), Ok(v)) = (
+                tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
+                v.parse(),
+            ) {
+                fetch.metadata_mut().insert(k, v);
+            }
         }
     }
     let deadline = broker.source_deadline();

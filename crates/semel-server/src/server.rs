@@ -74,16 +74,20 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    /// Loads everything once; fails if anything is unusable.
-    pub fn new(files: ReloadFiles, broker: Arc<Broker>) -> anyhow::Result<Arc<Reloader>> {
-        let (tls, _, _) = load_all(&files)?;
+    /// Watches `files`, whose current load is `tls` (the broker holds the
+    /// rest of it).
+    pub fn new(
+        files: ReloadFiles,
+        broker: Arc<Broker>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Arc<Reloader> {
         let stamps = Mutex::new(stamps(&files));
-        Ok(Arc::new(Reloader {
+        Arc::new(Reloader {
             files,
             broker,
             tls: Arc::new(ArcSwap::from(tls)),
             stamps,
-        }))
+        })
     }
 
     /// Reloads every file now.
@@ -164,13 +168,16 @@ fn stamps(files: &ReloadFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
         .collect()
 }
 
-type Loaded = (
+/// What [`load_all`] reads: the server TLS config, the client TLS config
+/// for sources, and the token verifier.
+pub type Loaded = (
     Arc<rustls::ServerConfig>,
     tonic::transport::ClientTlsConfig,
     TokenVerifier,
 );
 
-fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
+/// Loads every reloadable file; fails if anything is unusable.
+pub fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
     let tls = tls::server_config(&TlsFiles {
         cert: &files.cert,
         key: &files.key,
@@ -191,7 +198,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         sources_ca: config.sources_ca().to_path_buf(),
         tokens: config.token_settings()?,
     };
-    let (_, source_tls, tokens) = load_all(&files)?;
+    let (tls, source_tls, tokens) = load_all(&files)?;
     let dir = config.data_dir.clone();
     let checkpoints = config.checkpoint_settings()?;
     let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, Some(checkpoints)))
@@ -208,7 +215,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         },
         tokens,
     )?;
-    let reloader = Reloader::new(files, broker.clone())?;
+    let reloader = Reloader::new(files, broker.clone(), tls);
     Ok(Prepared {
         broker,
         reloader,

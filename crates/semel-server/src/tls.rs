@@ -50,12 +50,18 @@ impl PeerIdentity {
     pub fn from_certificate(der: Option<&CertificateDer<'_>>) -> Self {
         let certificate = der.map(|der| {
             let digest: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+            // Parsed once, for both the organisation and the serial.
+            let parsed = x509_parser::parse_x509_certificate(der.as_ref()).map(|(_, c)| c);
             PeerCertificate {
-                kbo: kbo_from_certificate(der),
+                kbo: parsed
+                    .as_ref()
+                    .map_err(|_| "the certificate cannot be parsed".to_owned())
+                    .and_then(kbo_from_certificate),
                 fingerprint: CertificateId::sha256_of(&digest),
-                serial: x509_parser::parse_x509_certificate(der.as_ref())
+                serial: parsed
+                    .as_ref()
                     .ok()
-                    .map(|(_, c)| CertificateId::serial_from_bytes(c.raw_serial())),
+                    .map(|c| CertificateId::serial_from_bytes(c.raw_serial())),
             }
         });
         PeerIdentity { certificate }
@@ -80,9 +86,9 @@ pub fn certificate_ids(path: &Path) -> anyhow::Result<(String, String)> {
 /// OID of organizationIdentifier (ETSI EN 319 412-1).
 const ORGANIZATION_IDENTIFIER: &str = "2.5.4.97";
 
-fn kbo_from_certificate(der: &CertificateDer<'_>) -> Result<Kbo, String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
-        .map_err(|_| "the certificate cannot be parsed".to_owned())?;
+fn kbo_from_certificate(
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+) -> Result<Kbo, String> {
     let value = cert
         .subject()
         .iter_attributes()

@@ -40,7 +40,7 @@ pub struct IssuerSettings {
 }
 
 /// The person a verified token names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EndUser {
     /// The token's `sub`: a person identifier at the organisation, or a
     /// citizen's national number.
@@ -52,6 +52,23 @@ pub struct EndUser {
     pub issuer: String,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+}
+
+/// A citizen's `sub` is their national number: `Debug` masks it, like
+/// `Niss` does, so no log of a caller can carry one.
+impl std::fmt::Debug for EndUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndUser")
+            .field(
+                "subject",
+                &semel_core::redact_national_numbers(&self.subject),
+            )
+            .field("organisation", &self.organisation)
+            .field("roles", &self.roles)
+            .field("issuer", &self.issuer)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl EndUser {

@@ -162,8 +162,13 @@ struct IndexItem {
     end: u64,
     /// The entry's leaf hash, for the Merkle tree.
     hash: Hash,
-    /// What the entry is found by.
-    keys: Vec<Key>,
+    /// What the entry is found by; the indexer derives the keys, off the
+    /// writer's path.
+    citizen: Option<Niss>,
+    consumer: Kbo,
+    end_user: Option<String>,
+    authorisation: Option<String>,
+    dataset: String,
 }
 
 /// A batch for the indexer, with the head after its last entry.
@@ -831,11 +836,17 @@ impl Writer {
             frames.extend_from_slice(&crc32fast::hash(&encoding).to_be_bytes());
             frames.extend_from_slice(&encoding);
             let end = head.offset + (HEADER + encoding.len()) as u64;
+            // The record is encoded: its texts move to the indexer as they are.
+            let r = entry.record;
             items.push(IndexItem {
                 sequence: entry.sequence,
                 end,
                 hash,
-                keys: keys(&entry.record),
+                citizen: r.citizen,
+                consumer: r.consumer,
+                end_user: r.end_user,
+                authorisation: r.authorisation,
+                dataset: r.dataset,
             });
             replies.push((
                 p.reply,
@@ -982,7 +993,16 @@ impl Indexer {
                     if done.is_ok() {
                         done = self
                             .index
-                            .add(item.sequence, &item.keys)
+                            .add(
+                                item.sequence,
+                                &keys(
+                                    item.citizen.as_ref(),
+                                    &item.consumer,
+                                    item.end_user.as_deref(),
+                                    item.authorisation.as_deref(),
+                                    &item.dataset,
+                                ),
+                            )
                             .and_then(|()| tree.push(item.hash))
                             .map_err(|e| e.to_string());
                     }
@@ -1087,22 +1107,38 @@ const DATASET: u8 = b'd';
 
 /// The keys an entry is indexed by: citizen, consumer, person,
 /// authorisation and dataset.
-fn keys(r: &AuditRecord) -> Vec<Key> {
+fn keys(
+    citizen: Option<&Niss>,
+    consumer: &Kbo,
+    end_user: Option<&str>,
+    authorisation: Option<&str>,
+    dataset: &str,
+) -> Vec<Key> {
     let mut k = Vec::with_capacity(5);
-    if let Some(n) = &r.citizen {
+    if let Some(n) = citizen {
         k.push(citizen_key(n));
     }
-    k.push(consumer_key(&r.consumer));
-    if let Some(u) = &r.end_user {
+    k.push(consumer_key(consumer));
+    if let Some(u) = end_user {
         k.push(text_key(USER, u));
     }
-    if let Some(a) = &r.authorisation {
+    if let Some(a) = authorisation {
         k.push(text_key(AUTHORISATION, a));
     }
-    if !r.dataset.is_empty() {
-        k.push(text_key(DATASET, &r.dataset));
+    if !dataset.is_empty() {
+        k.push(text_key(DATASET, dataset));
     }
     k
+}
+
+fn record_keys(r: &AuditRecord) -> Vec<Key> {
+    keys(
+        r.citizen.as_ref(),
+        &r.consumer,
+        r.end_user.as_deref(),
+        r.authorisation.as_deref(),
+        &r.dataset,
+    )
 }
 
 /// Checks a whole frame; returns its payload.
@@ -1255,7 +1291,7 @@ fn recover(
             new_ends.extend_from_slice(&end.to_be_bytes());
         }
         if entry.sequence >= covered {
-            index.add(entry.sequence, &keys(&entry.record))?;
+            index.add(entry.sequence, &record_keys(&entry.record))?;
             indexed += 1;
         }
         if entry.sequence >= in_tree {
@@ -1356,12 +1392,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::Store;
     use semel_core::{AuditDecision, Outcome};
 
-    fn record(i: u8, citizen: Option<&str>) -> AuditRecord {
+    /// A test entry: entry `i`, about `citizen` if given.
+    pub(crate) fn record(i: u8, citizen: Option<&str>) -> AuditRecord {
         AuditRecord {
             request_id: [i; 16],
             time_micros: 1_700_000_000_000_000 + i64::from(i),
@@ -1634,25 +1671,7 @@ mod proofs {
     }
 
     fn record(i: u64) -> AuditRecord {
-        AuditRecord {
-            request_id: [i as u8; 16],
-            time_micros: 1_700_000_000_000_000 + i as i64,
-            operation: semel_core::LOOKUP_OPERATION.into(),
-            consumer: Kbo::parse("0212345668").expect("kbo"),
-            end_user: Some(format!("clerk-{i}")),
-            citizen: None,
-            dataset: "national_register.residence".into(),
-            fields_requested: vec!["street".into()],
-            fields_returned: vec!["street".into()],
-            purpose: "RIS_ELIGIBILITY".into(),
-            authorisation: Some("BSC/2024/017".into()),
-            decision: semel_core::AuditDecision::Allowed,
-            reason: None,
-            outcome: semel_core::Outcome::Answered,
-            source: None,
-            consumer_reference: String::new(),
-            reference_date: None,
-        }
+        super::tests::record(i as u8, None)
     }
 
     #[tokio::test(flavor = "current_thread")]

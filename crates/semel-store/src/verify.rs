@@ -195,14 +195,7 @@ pub fn verify_dir(audit_dir: &Path, key: &NoteVerifier) -> Result<VerifyReport, 
     // here rather than trusted).
     let mut start = 0u64;
     for lines in archive_files(audit_dir)? {
-        push_lines(&mut verifier, &lines)?;
-        for v in lines.iter().filter(|v| v["type"] == "entry") {
-            let len = v["encoding"]
-                .as_str()
-                .and_then(b64::decode)
-                .map_or(0, |e| e.len());
-            start += (8 + len) as u64;
-        }
+        start += push_lines(&mut verifier, &lines)?;
     }
     let path = audit_dir.join("log");
     let mut file = File::open(&path)
@@ -246,6 +239,30 @@ pub fn origin_of(audit_dir: &Path) -> Result<Option<String>, crate::StoreError> 
     Ok(read_checkpoints(&audit_dir.join("checkpoints"))?
         .first()
         .map(|c| c.checkpoint.origin.clone()))
+}
+
+/// The verifier key of a store's own signing key, for an operator checking
+/// their own store: the key next to the data directory
+/// (`<data_dir>/audit-signing.key`, or the demo's `pki/`), named by the
+/// store's checkpoints. `None` when there is no such key or no checkpoint.
+/// Returns the key's path with it.
+pub fn own_verifier_key(
+    data_dir: &Path,
+) -> Result<Option<(std::path::PathBuf, String)>, crate::StoreError> {
+    let Some(path) = [
+        data_dir.join("audit-signing.key"),
+        data_dir.join("../pki/audit-signing.key"),
+    ]
+    .into_iter()
+    .find(|p| p.exists()) else {
+        return Ok(None);
+    };
+    let Some(origin) = origin_of(&data_dir.join("audit"))? else {
+        return Ok(None);
+    };
+    let key = crate::load_or_create_signing_key(&path)?;
+    let verifier = semel_core::checkpoint::NoteSigner::new(&origin, key).verifier_key();
+    Ok(Some((path, verifier)))
 }
 
 /// Export formats.
@@ -306,7 +323,9 @@ fn archive_files(audit_dir: &Path) -> Result<Vec<Vec<Value>>, VerifyFailure> {
 
 /// Pushes the entries of parsed JSON Lines into the verifier, checking
 /// that each readable field is its signed encoding's.
-fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<(), VerifyFailure> {
+/// Returns the bytes those entries took in the log (their frames).
+fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, VerifyFailure> {
+    let mut frames = 0u64;
     for v in lines.iter().filter(|v| v["type"] == "entry") {
         let sequence = verifier.expected;
         let encoding = v["encoding"]
@@ -317,6 +336,7 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<(), VerifyF
                 why: "its encoding is missing or not base64".into(),
             })?;
         let entry = verifier.push(&encoding)?;
+        frames += (FRAME_HEADER + encoding.len()) as u64;
         let mut shown = v.clone();
         if let Some(o) = shown.as_object_mut() {
             o.remove("type");
@@ -336,8 +356,11 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<(), VerifyF
             });
         }
     }
-    Ok(())
+    Ok(frames)
 }
+
+/// A log frame's header: u32 length, u32 CRC-32.
+const FRAME_HEADER: usize = 8;
 
 /// The readable fields of an entry.
 fn readable(e: &AuditEntry) -> Value {
@@ -435,58 +458,20 @@ pub fn export(
                 .as_str()
                 .and_then(b64::decode)
                 .unwrap_or_default();
-            start += (8 + encoding.len()) as u64;
+            start += (FRAME_HEADER + encoding.len()) as u64;
             let entry = AuditEntry::decode(&encoding)
                 .map_err(|e| VerifyFailure::Input(format!("an archived entry: {e}")))?;
-            let line = match format {
-                ExportFormat::JsonLines => entry_line(&entry, &encoding),
-                ExportFormat::Csv => {
-                    let v = readable(&entry);
-                    CSV_COLUMNS
-                        .iter()
-                        .map(|c| csv_cell(&v[*c]))
-                        .collect::<Vec<_>>()
-                        .join(",")
-                }
-            };
-            writeln!(out, "{line}").map_err(io)?;
             count += 1;
-            if format == ExportFormat::JsonLines {
-                while let Some(c) = next.next_if(|c| c.checkpoint.size <= count) {
-                    let line =
-                        json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note});
-                    writeln!(out, "{line}").map_err(io)?;
-                }
-            }
+            write_entry(out, format, &entry, &encoding, count, &mut next).map_err(io)?;
         }
     }
     scan(&mut file, start, |offset, payload| {
         let entry = AuditEntry::decode(payload)
             .map_err(|e| crate::StoreError::Corrupt(format!("entry at offset {offset}: {e}")))?;
-        let line = match format {
-            ExportFormat::JsonLines => entry_line(&entry, payload),
-            ExportFormat::Csv => {
-                let v = readable(&entry);
-                CSV_COLUMNS
-                    .iter()
-                    .map(|c| csv_cell(&v[*c]))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            }
-        };
-        if let Err(e) = writeln!(out, "{line}") {
+        count += 1;
+        if let Err(e) = write_entry(out, format, &entry, payload, count, &mut next) {
             write_error = Some(e);
             return Ok(false);
-        }
-        count += 1;
-        if format == ExportFormat::JsonLines {
-            while let Some(c) = next.next_if(|c| c.checkpoint.size <= count) {
-                let line = json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note});
-                if let Err(e) = writeln!(out, "{line}") {
-                    write_error = Some(e);
-                    return Ok(false);
-                }
-            }
         }
         progress(count, offset);
         Ok(true)
@@ -496,6 +481,33 @@ pub fn export(
         return Err(io(e));
     }
     Ok(count)
+}
+
+/// Writes entry number `count` and, in JSON Lines, the checkpoints it
+/// completes.
+fn write_entry<'a>(
+    out: &mut dyn Write,
+    format: ExportFormat,
+    entry: &AuditEntry,
+    encoding: &[u8],
+    count: u64,
+    checkpoints: &mut std::iter::Peekable<std::slice::Iter<'a, crate::SignedCheckpoint>>,
+) -> std::io::Result<()> {
+    match format {
+        ExportFormat::JsonLines => {
+            writeln!(out, "{}", entry_line(entry, encoding))?;
+            while let Some(c) = checkpoints.next_if(|c| c.checkpoint.size <= count) {
+                let line = json!({"type": "checkpoint", "size": c.checkpoint.size, "note": c.note});
+                writeln!(out, "{line}")?;
+            }
+        }
+        ExportFormat::Csv => {
+            let v = readable(entry);
+            let row: Vec<String> = CSV_COLUMNS.iter().map(|c| csv_cell(&v[*c])).collect();
+            writeln!(out, "{}", row.join(","))?;
+        }
+    }
+    Ok(())
 }
 
 /// Verifies a JSON Lines export with the broker's verifier key, and that
@@ -551,26 +563,9 @@ mod tampering {
         NoteVerifier::parse(&signer().verifier_key()).expect("key")
     }
 
+    /// A test entry about Karim.
     pub(super) fn record(i: u64) -> semel_core::AuditRecord {
-        semel_core::AuditRecord {
-            request_id: [i as u8; 16],
-            time_micros: 1_700_000_000_000_000 + i as i64,
-            operation: semel_core::LOOKUP_OPERATION.into(),
-            consumer: semel_core::Kbo::parse("0212345668").expect("kbo"),
-            end_user: Some(format!("clerk-{i}")),
-            citizen: semel_core::Niss::parse("93051822361").ok(),
-            dataset: "national_register.residence".into(),
-            fields_requested: vec!["street".into()],
-            fields_returned: vec!["street".into()],
-            purpose: "RIS_ELIGIBILITY".into(),
-            authorisation: Some("BSC/2024/017".into()),
-            decision: AuditDecision::Allowed,
-            reason: None,
-            outcome: semel_core::Outcome::Answered,
-            source: None,
-            consumer_reference: String::new(),
-            reference_date: None,
-        }
+        crate::audit::tests::record(i as u8, Some("93051822361"))
     }
 
     /// A closed store of 20 entries, checkpoints every 4.

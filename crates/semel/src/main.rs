@@ -1190,24 +1190,17 @@ fn verifier_key(
             let store = store.context(
                 "give the broker's verifier key with --verifier-key or --verifier-key-file, as the operator published it",
             )?;
-            let candidates = [
-                store.join("audit-signing.key"),
-                store.join("../pki/audit-signing.key"),
-            ];
-            let path = candidates.iter().find(|p| p.exists()).with_context(|| {
+            let (path, key) = semel_store::verify::own_verifier_key(store)?.with_context(|| {
                 format!(
-                    "no --verifier-key given and no signing key found next to {}; give the verifier key with --verifier-key",
+                    "no --verifier-key given, and no signing key and checkpoint found in {}; give the verifier key with --verifier-key",
                     store.display()
                 )
             })?;
-            let key = semel_store::load_or_create_signing_key(path)?;
-            let origin = semel_store::verify::origin_of(&store.join("audit"))?
-                .context("the store has no checkpoint yet; give the verifier key with --key")?;
             eprintln!(
                 "note: no --verifier-key given; trusting the broker's own signing key {} (an outside auditor passes the published key)",
                 path.display()
             );
-            semel_core::checkpoint::NoteSigner::new(&origin, key).verifier_key()
+            key
         }
     };
     semel_core::checkpoint::NoteVerifier::parse(&text)
@@ -1263,15 +1256,12 @@ fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Re
     let log_len = std::fs::metadata(audit.join("log"))
         .with_context(|| format!("{} holds no audit log", store.display()))?
         .len();
-    let key = [
-        store.join("audit-signing.key"),
-        store.join("../pki/audit-signing.key"),
-    ]
-    .into_iter()
-    .find(|p| p.exists())
-    .and_then(|p| semel_store::load_or_create_signing_key(&p).ok())
-    .zip(semel_store::verify::origin_of(&audit).ok().flatten())
-    .map(|(k, origin)| semel_core::checkpoint::NoteSigner::new(&origin, k).verifier_key());
+    // Written in the export's header for reference; auditors check with
+    // the key the operator published.
+    let key = semel_store::verify::own_verifier_key(store)
+        .ok()
+        .flatten()
+        .map(|(_, key)| key);
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(log_len),
         indicatif::ProgressDrawTarget::stderr(),

@@ -9,6 +9,19 @@ import grpc
 import semel_lookup as client
 
 
+def refused(call, code, reason):
+    """Asserts that `call` fails with this gRPC code and ErrorInfo reason;
+    returns the ErrorInfo metadata."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        got, metadata = client.error_info(e)
+        assert e.code() == code, e.code()
+        assert got == reason, got
+        return metadata
+    sys.exit(f"expected {code} / {reason}, but the call was answered")
+
+
 def main(data_dir):
     pb, pb_grpc = client.generate()
     stub = pb_grpc.LookupServiceStub(client.channel(data_dir, "cpas-anderlecht"))
@@ -16,22 +29,14 @@ def main(data_dir):
     assert answer["authorisation_reference"] == "BSC/2024/017", answer
     assert sorted(answer["fields"]) == ["nis_code", "street"], answer
     assert answer["fields"]["nis_code"] == "21001", answer
-    try:
-        client.lookup(stub, pb, "93051822361", "national_register.residence", ["street"], "SCHOOL_ENROLMENT")
-        sys.exit("a lookup for a purpose without authorisation was answered")
-    except grpc.RpcError as e:
-        reason, metadata = client.error_info(e)
-        assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e.code()
-        assert reason == "PURPOSE_NOT_ALLOWED", reason
-        assert metadata.get("request_id"), metadata
+    metadata = refused(lambda: client.lookup(stub, pb, "93051822361", "national_register.residence", ["street"],
+                                             "SCHOOL_ENROLMENT"),
+                       grpc.StatusCode.PERMISSION_DENIED, "PURPOSE_NOT_ALLOWED")
+    assert metadata.get("request_id"), metadata
     anonymous = pb_grpc.LookupServiceStub(client.channel(data_dir, "cpas-anderlecht", with_token=False))
-    try:
-        client.lookup(anonymous, pb, "93051822361", "national_register.residence", ["street"], "RIS_ELIGIBILITY")
-        sys.exit("a lookup without a token was answered")
-    except grpc.RpcError as e:
-        reason, _ = client.error_info(e)
-        assert e.code() == grpc.StatusCode.UNAUTHENTICATED, e.code()
-        assert reason == "TOKEN_MISSING", reason
+    refused(lambda: client.lookup(anonymous, pb, "93051822361", "national_register.residence", ["street"],
+                                  "RIS_ELIGIBILITY"),
+            grpc.StatusCode.UNAUTHENTICATED, "TOKEN_MISSING")
     print("python client: 3 passed, 0 failed")
 
 
