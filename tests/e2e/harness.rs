@@ -133,6 +133,43 @@ impl TestDemo {
         LookupServiceClient::new(self.channel(slug).await)
     }
 
+    pub async fn persons_client(
+        &self,
+        slug: &str,
+    ) -> proto::persons_service_client::PersonsServiceClient<AuthChannel> {
+        proto::persons_service_client::PersonsServiceClient::new(self.channel(slug).await)
+    }
+
+    pub async fn consent_client(
+        &self,
+        slug: &str,
+    ) -> proto::consent_service_client::ConsentServiceClient<AuthChannel> {
+        proto::consent_service_client::ConsentServiceClient::new(self.channel(slug).await)
+    }
+
+    /// Opens a provisional file of `slug` on `citizen` in `capacity`, from
+    /// the first of last month (so reference dates of this month are covered).
+    pub async fn open_file(&self, slug: &str, citizen: &str, capacity: &str) -> proto::PersonFile {
+        let today = time::OffsetDateTime::now_utc().date();
+        let begins = today.replace_day(1).expect("day") - time::Duration::days(31);
+        self.persons_client(slug)
+            .await
+            .register_file(proto::RegisterFileRequest {
+                file: Some(proto::PersonFile {
+                    citizen: citizen.into(),
+                    capacity: capacity.into(),
+                    phase: proto::FilePhase::Provisional as i32,
+                    begin_date: begins.to_string(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("register the file")
+            .into_inner()
+            .file
+            .expect("file")
+    }
+
     pub async fn registry(&self) -> RegistryServiceClient<AuthChannel> {
         RegistryServiceClient::new(self.channel(OPERATOR).await)
     }
@@ -202,6 +239,11 @@ pub fn lookup(
         purpose: purpose.into(),
         ..Default::default()
     }
+}
+
+/// A check `field OP value` (see `semel lookup --check`).
+pub fn check(text: &str) -> proto::Check {
+    semel_server::client::parse_check(text).expect("check")
 }
 
 /// The ErrorInfo of a status: (reason, domain, metadata).
@@ -281,7 +323,10 @@ impl proto::source_service_server::SourceService for TestSource {
 
 /// Starts a test source with the national register's certificate; returns
 /// its https address.
-pub async fn start_test_source(t: &TestDemo, source: TestSource) -> String {
+pub async fn start_test_source(
+    t: &TestDemo,
+    source: impl proto::source_service_server::SourceService,
+) -> String {
     let files = t.pki().files(
         semel_demo::seed::org("national-register")
             .expect("org")

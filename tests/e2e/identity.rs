@@ -680,6 +680,7 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
         .await
         .expect("authorisation");
     }
+    t.open_file(VILLE, KARIM, "SUSPECT").await;
     let mut c = t.lookup_client(VILLE).await;
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "INQUIRY_2026"))
         .await

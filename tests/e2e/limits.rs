@@ -37,6 +37,7 @@ async fn a_consumer_over_its_rate_is_refused_with_retry_information() {
         Some("RATE_LIMITED".to_owned())
     );
     // Another consumer has its own budget.
+    t.open_file(BRUXELLES_CPAS, KARIM, "RIS_APPLICANT").await;
     t.lookup_client(BRUXELLES_CPAS)
         .await
         .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
@@ -154,6 +155,7 @@ async fn a_consumer_over_its_daily_quota_is_refused_until_midnight() {
         t.audit_entries().await.last().map(|e| e.reason.clone()),
         Some("QUOTA_EXCEEDED".to_owned())
     );
+    t.open_file(BRUXELLES_CPAS, KARIM, "RIS_APPLICANT").await;
     t.lookup_client(BRUXELLES_CPAS)
         .await
         .lookup(req)

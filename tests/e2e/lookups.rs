@@ -116,7 +116,7 @@ async fn every_refusal_reason_is_reported_and_audited() {
         (
             SCHAERBEEK,
             RESIDENCE,
-            &["street", "nis_code"],
+            &["street"],
             "SCHOOL_ENROLMENT",
             "FIELD_NOT_ALLOWED",
             Some("BSC/2023/044"),
@@ -468,8 +468,12 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
     cpas.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("allowed");
+    t.open_file(SCHAERBEEK, KARIM, "PUPIL").await;
     commune
-        .lookup(lookup(KARIM, RESIDENCE, &["nis_code"], "SCHOOL_ENROLMENT"))
+        .lookup(proto::LookupRequest {
+            checks: vec![check("nis_code=21015")],
+            ..lookup(KARIM, RESIDENCE, &[], "SCHOOL_ENROLMENT")
+        })
         .await
         .expect("allowed");
     let now = std::time::SystemTime::now()
@@ -501,7 +505,8 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
             ..Default::default()
         })
         .await,
-        2
+        3,
+        "two lookups and the commune's file"
     );
     assert_eq!(
         count(proto::ListAuditEntriesRequest {
@@ -510,7 +515,7 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
             ..Default::default()
         })
         .await,
-        1
+        2
     );
     assert_eq!(
         count(proto::ListAuditEntriesRequest {
@@ -518,7 +523,7 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
             ..Default::default()
         })
         .await,
-        3
+        4
     );
     assert_eq!(
         count(proto::ListAuditEntriesRequest {
@@ -536,20 +541,20 @@ async fn the_audit_log_is_queried_by_citizen_consumer_and_period() {
         .await,
         0
     );
-    // Paging: two pages of one and two entries, newest first.
+    // Paging: two pages of three and one entries, newest first.
     let first = audit
         .list_audit_entries(proto::ListAuditEntriesRequest {
-            page_size: 2,
+            page_size: 3,
             ..Default::default()
         })
         .await
         .expect("page")
         .into_inner();
-    assert_eq!(first.entries.len(), 2);
+    assert_eq!(first.entries.len(), 3);
     assert_eq!(first.entries[0].consumer_kbo, schaerbeek);
     let second = audit
         .list_audit_entries(proto::ListAuditEntriesRequest {
-            page_size: 2,
+            page_size: 3,
             page_token: first.next_page_token,
             ..Default::default()
         })

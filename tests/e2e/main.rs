@@ -7,6 +7,7 @@ mod harness;
 mod identity;
 mod limits;
 mod lookups;
+mod only_once;
 mod registry_and_identity;
 mod serve;
 mod standard;

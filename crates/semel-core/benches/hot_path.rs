@@ -27,6 +27,9 @@ fn authorisation(reference: &str, dataset: &str, purpose: &str, fields: &[&str])
         version: 1,
         updated_at: datetime!(2024-03-01 0:00 UTC),
         confidential_until: None,
+        check_fields: BTreeSet::new(),
+        capacities: [CapacityCode::new("RIS_BENEFICIARY").expect("capacity")].into(),
+        consent_required: false,
     }
 }
 
@@ -76,12 +79,30 @@ fn decision(c: &mut Criterion) {
         .collect();
     let allowed = PurposeCode::new("RIS_ELIGIBILITY").expect("purpose");
     let refused = PurposeCode::new("ENERGY_ALLOWANCE").expect("purpose");
+    let files = [PersonFile {
+        id: "0193a0c4-7e1f-7000-8000-000000000001".into(),
+        consumer: Kbo::parse("0212345668").expect("kbo"),
+        citizen: Niss::parse("93051822361").expect("niss"),
+        capacity: CapacityCode::new("RIS_BENEFICIARY").expect("capacity"),
+        phase: FilePhase::Definitive,
+        begins: date!(2024 - 03 - 01),
+        ends: None,
+        consumer_reference: String::new(),
+        registered_by: "clerk".into(),
+        registered_at: datetime!(2024-03-01 0:00 UTC),
+        closed_at: None,
+    }];
     let q = |purpose| LookupQuestion {
         consumer: Kbo::parse("0212345668").expect("kbo"),
         dataset: &dataset,
         fields: &fields,
+        checks: &[],
         purpose,
         today: date!(2026 - 11 - 22),
+        date: date!(2026 - 11 - 22),
+        now: datetime!(2026-11-22 12:00 UTC),
+        files: &files,
+        consents: &[],
     };
     c.bench_function("decide_allow", |b| {
         b.iter(|| decide(black_box(&q(&allowed)), black_box(&auths)))
@@ -113,6 +134,10 @@ fn audit(c: &mut Criterion) {
             source: Kbo::parse("0314595348").ok(),
             consumer_reference: "RIS-2026-0042".into(),
             reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: "file 0193a0c4-7e1f-7000-8000-000000000001 (RIS_BENEFICIARY, definitive)"
+                .into(),
         },
     };
     let mut buf = Vec::with_capacity(512);

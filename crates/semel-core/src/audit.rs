@@ -5,12 +5,13 @@
 //! byte for byte, and never depends on a serialisation library's choices:
 //!
 //! ```text
-//! u8 version (2)
+//! u8 version (3)
 //! u64 sequence | [16] request id | i64 time (µs since the Unix epoch)
 //! str operation | [10] consumer KBO | opt str end user | opt [11] citizen
 //! str dataset | list fields requested | list fields returned | str purpose
 //! opt str authorisation | u8 decision | opt str reason | u8 outcome
 //! opt [10] source KBO | str consumer reference | opt str reference date
+//! opt [11] citizen as given | list checks | str detail
 //! [32] previous hash
 //! ```
 //!
@@ -21,8 +22,11 @@
 //!
 //! `operation` is the gRPC method the entry records, e.g.
 //! `semel.v1.LookupService/Lookup`: a lookup, or another call refused
-//! because of who made it. Version 1 (before `operation` existed, and only
-//! ever lookups) is still decoded.
+//! because of who made it. `citizen as given` is the number the caller
+//! named when it had been replaced by `citizen`; `checks` the fields tested
+//! (yes/no answers, whose results are not kept); `detail` the rule that
+//! allowed or refused, in words. Versions 1 (before `operation`) and 2
+//! (before the last three) are still decoded.
 
 use std::borrow::Cow;
 
@@ -98,9 +102,16 @@ pub enum ReasonCode {
     SourceBusy,
     /// The source failed repeatedly; lookups to it fail fast for a while.
     SourceCircuitOpen,
+    /// The register does not know the national number (a file for it is
+    /// refused).
+    CitizenUnknown,
+    /// The file, consent or record named does not exist (for this caller).
+    NotFound,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 27] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 29] = [
+    (ReasonCode::CitizenUnknown, "CITIZEN_UNKNOWN"),
+    (ReasonCode::NotFound, "NOT_FOUND"),
     (ReasonCode::UnknownPurpose, "UNKNOWN_PURPOSE"),
     (ReasonCode::QuotaExceeded, "QUOTA_EXCEEDED"),
     (ReasonCode::OtherOrganisation, "OTHER_ORGANISATION"),
@@ -136,14 +147,7 @@ const SIMPLE_CODES: [(ReasonCode, &str); 27] = [
     (ReasonCode::SourceError, "SOURCE_ERROR"),
 ];
 
-const REFUSALS: [RefusalReason; 6] = [
-    RefusalReason::NoAuthorisation,
-    RefusalReason::PurposeNotAllowed,
-    RefusalReason::FieldNotAllowed,
-    RefusalReason::AuthorisationNotYetValid,
-    RefusalReason::AuthorisationExpired,
-    RefusalReason::AuthorisationSuspended,
-];
+const REFUSALS: [RefusalReason; 8] = RefusalReason::ALL;
 
 impl ReasonCode {
     /// The stable code, e.g. `NO_AUTHORISATION`.
@@ -233,6 +237,13 @@ pub struct AuditRecord {
     pub consumer_reference: String,
     /// ISO date, when the lookup asked for one.
     pub reference_date: Option<String>,
+    /// The number the caller named, when it was replaced by `citizen`.
+    pub citizen_as_given: Option<Niss>,
+    /// The fields tested (yes/no answers); the answers are not kept.
+    pub checks: Vec<String>,
+    /// Which rule allowed or refused it: the file, the consent, the
+    /// capacity missing. Never a citizen's number or data.
+    pub detail: String,
 }
 
 /// An entry in its place in the log.
@@ -248,7 +259,7 @@ pub struct AuditEntry {
 #[error("audit entry encoding: {0}")]
 pub struct DecodeError(&'static str);
 
-const VERSION: u8 = 2;
+const VERSION: u8 = 3;
 
 /// The operation of a lookup entry.
 pub const LOOKUP_OPERATION: &str = "semel.v1.LookupService/Lookup";
@@ -283,6 +294,11 @@ impl AuditEntry {
         });
         put_str(out, &r.consumer_reference);
         put_opt(out, r.reference_date.as_deref(), put_str);
+        put_opt(out, r.citizen_as_given.as_ref(), |o, n| {
+            o.extend_from_slice(n.as_bytes())
+        });
+        put_list(out, &r.checks);
+        put_str(out, &r.detail);
         out.extend_from_slice(&self.previous_hash);
     }
 
@@ -298,7 +314,7 @@ impl AuditEntry {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != VERSION && version != 1 {
+        if !(1..=VERSION).contains(&version) {
             return Err(DecodeError("unknown version"));
         }
         let sequence = u64::from_be_bytes(r.array()?);
@@ -311,11 +327,7 @@ impl AuditEntry {
         };
         let consumer = r.kbo()?;
         let end_user = r.opt(|r| r.string())?;
-        let citizen = r.opt(|r| {
-            let d: [u8; 11] = r.array()?;
-            let s = std::str::from_utf8(&d).map_err(|_| DecodeError("citizen"))?;
-            Niss::parse(s).map_err(|_| DecodeError("citizen"))
-        })?;
+        let citizen = r.opt(Reader::niss)?;
         let dataset = r.string()?;
         let fields_requested = r.list()?;
         let fields_returned = r.list()?;
@@ -331,6 +343,11 @@ impl AuditEntry {
         let source = r.opt(|r| r.kbo())?;
         let consumer_reference = r.string()?;
         let reference_date = r.opt(|r| r.string())?;
+        let (citizen_as_given, checks, detail) = if version >= 3 {
+            (r.opt(Reader::niss)?, r.list()?, r.string()?)
+        } else {
+            (None, Vec::new(), String::new())
+        };
         let previous_hash = r.array()?;
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -356,6 +373,9 @@ impl AuditEntry {
                 source,
                 consumer_reference,
                 reference_date,
+                citizen_as_given,
+                checks,
+                detail,
             },
         })
     }
@@ -429,6 +449,12 @@ impl Reader<'_> {
         let n = self.u16()?;
         (0..n).map(|_| self.string()).collect()
     }
+    fn niss(&mut self) -> Result<Niss, DecodeError> {
+        let d: [u8; 11] = self.array()?;
+        let s = std::str::from_utf8(&d).map_err(|_| DecodeError("citizen"))?;
+        Niss::parse(s).map_err(|_| DecodeError("citizen"))
+    }
+
     fn kbo(&mut self) -> Result<Kbo, DecodeError> {
         let d: [u8; 10] = self.array()?;
         let s = std::str::from_utf8(&d).map_err(|_| DecodeError("enterprise number"))?;
@@ -472,6 +498,9 @@ mod tests {
                 source: Some(Kbo::parse("0314595348").expect("kbo")),
                 consumer_reference: "dossier 42".into(),
                 reference_date: Some("2025-01-01".into()),
+                citizen_as_given: Some(Niss::parse("98472899765").expect("niss")),
+                checks: vec!["nis_code".into()],
+                detail: "file f1 (RIS_APPLICANT, provisional)".into(),
             },
         }
     }
@@ -490,11 +519,21 @@ mod tests {
     }
 
     #[test]
-    fn version_1_entries_still_decode_as_lookups() {
-        let e = sample(3);
-        let v2 = e.to_bytes();
-        // Version 1 had no operation: drop its length-prefixed text, which
-        // follows version, sequence, request id and time.
+    fn older_versions_still_decode() {
+        // Version 2 had no citizen as given, checks or detail: entries
+        // without them, with those three encodings removed before the hash.
+        let mut e = sample(3);
+        e.record.citizen_as_given = None;
+        e.record.checks.clear();
+        e.record.detail.clear();
+        let v3 = e.to_bytes();
+        let tail = 1 + 2 + 2 + 32; // opt none, empty list, empty str, hash
+        let mut v2 = v3[..v3.len() - tail].to_vec();
+        v2.extend_from_slice(&v3[v3.len() - 32..]);
+        v2[0] = 2;
+        assert_eq!(AuditEntry::decode(&v2), Ok(e.clone()));
+        // Version 1 had no operation either: drop its length-prefixed text,
+        // which follows version, sequence, request id and time.
         let at = 1 + 8 + 16 + 8;
         let len = 2 + LOOKUP_OPERATION.len();
         let mut v1 = v2[..at].to_vec();

@@ -1,23 +1,45 @@
-//! The decision: may this consumer obtain these fields of this dataset, for
-//! this purpose, today? Deny by default.
+//! The decision: may this consumer obtain these fields of this dataset about
+//! this citizen, for this purpose, today? Deny by default.
+//!
+//! A lookup is allowed only by an authorisation that, all at once: names
+//! the consumer, the dataset and the purpose; is active and valid today;
+//! covers every field read and every field tested; finds an active file of
+//! the consumer on the citizen, in a capacity it names, covering the date
+//! concerned; and, when it requires consent, finds a valid consent of the
+//! citizen for the consumer, the purpose and the dataset.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 
-use time::Date;
+use time::{Date, OffsetDateTime};
 
+use crate::persons::{Consent, ConsentState, FilePhase, PersonFile};
 use crate::{
-    Authorisation, AuthorisationRef, AuthorisationStatus, DatasetName, FieldName, Kbo, PurposeCode,
+    Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode, DatasetName, FieldName,
+    Kbo, PurposeCode,
 };
 
-/// What a consumer asks for, already validated.
+/// What a consumer asks for, already validated, with what the persons
+/// directory and the consent register hold about the citizen.
 #[derive(Debug, Clone)]
 pub struct LookupQuestion<'a> {
     pub consumer: Kbo,
     pub dataset: &'a DatasetName,
+    /// The fields to read.
     pub fields: &'a [FieldName],
+    /// The fields to test (yes/no answers).
+    pub checks: &'a [FieldName],
     pub purpose: &'a PurposeCode,
     /// The day the lookup is made (the broker's local calendar day).
     pub today: Date,
+    /// The day the data are asked for: the reference date, or today.
+    pub date: Date,
+    /// The moment of the lookup, for consents.
+    pub now: OffsetDateTime,
+    /// The consumer's files on the citizen (under any of their numbers).
+    pub files: &'a [PersonFile],
+    /// The citizen's consents.
+    pub consents: &'a [Consent],
 }
 
 /// Why a lookup is refused by the rules. The codes are stable: they appear
@@ -36,9 +58,26 @@ pub enum RefusalReason {
     AuthorisationExpired,
     /// The authorisation is suspended.
     AuthorisationSuspended,
+    /// The consumer holds no active file on the citizen in a capacity the
+    /// authorisation names, covering the date concerned.
+    NoActiveFile,
+    /// The authorisation requires the citizen's consent, and none is valid.
+    ConsentMissing,
 }
 
 impl RefusalReason {
+    /// Every reason, for parsing codes.
+    pub const ALL: [RefusalReason; 8] = [
+        Self::NoAuthorisation,
+        Self::PurposeNotAllowed,
+        Self::FieldNotAllowed,
+        Self::AuthorisationNotYetValid,
+        Self::AuthorisationExpired,
+        Self::AuthorisationSuspended,
+        Self::NoActiveFile,
+        Self::ConsentMissing,
+    ];
+
     /// The stable reason code.
     pub fn code(self) -> &'static str {
         match self {
@@ -48,11 +87,28 @@ impl RefusalReason {
             Self::AuthorisationNotYetValid => "AUTHORISATION_NOT_YET_VALID",
             Self::AuthorisationExpired => "AUTHORISATION_EXPIRED",
             Self::AuthorisationSuspended => "AUTHORISATION_SUSPENDED",
+            Self::NoActiveFile => "NO_ACTIVE_FILE",
+            Self::ConsentMissing => "CONSENT_MISSING",
+        }
+    }
+
+    /// How close a refusal came to an allowance: the checks run in this
+    /// order, so a later one passed every earlier one.
+    fn rank(self) -> u8 {
+        match self {
+            Self::NoAuthorisation | Self::PurposeNotAllowed => 0,
+            Self::AuthorisationExpired => 1,
+            Self::AuthorisationNotYetValid => 2,
+            Self::AuthorisationSuspended => 3,
+            Self::FieldNotAllowed => 4,
+            Self::NoActiveFile => 5,
+            Self::ConsentMissing => 6,
         }
     }
 }
 
-/// A refusal, with what a consumer's developer or an auditor needs to see why.
+/// A refusal, with what a consumer's developer or an auditor needs to see
+/// which rule failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub reason: RefusalReason,
@@ -60,34 +116,140 @@ pub struct Refusal {
     pub authorisation: Option<AuthorisationRef>,
     /// For `FieldNotAllowed`: the requested fields it does not cover.
     pub fields_not_allowed: Vec<FieldName>,
+    /// For `NoActiveFile`: the capacities it accepts (empty: any).
+    pub capacities_required: Vec<CapacityCode>,
+    /// For `ConsentMissing`: the consent that came closest, and its state.
+    pub consent: Option<(String, ConsentState)>,
+    /// For `NoActiveFile`: the date a file had to cover.
+    pub date: Option<Date>,
+}
+
+impl Refusal {
+    fn new(reason: RefusalReason, authorisation: Option<&Authorisation>) -> Self {
+        Refusal {
+            reason,
+            authorisation: authorisation.map(|a| a.reference.clone()),
+            fields_not_allowed: Vec::new(),
+            capacities_required: Vec::new(),
+            consent: None,
+            date: None,
+        }
+    }
+
+    /// The rule that failed, in words a consumer's developer and an auditor
+    /// can act on. It names no citizen.
+    pub fn explain(&self, dataset: &DatasetName, purpose: &PurposeCode) -> String {
+        let auth = self
+            .authorisation
+            .as_ref()
+            .map(AuthorisationRef::as_str)
+            .unwrap_or_default();
+        let list = |items: &mut dyn Iterator<Item = &str>| items.collect::<Vec<_>>().join(", ");
+        match self.reason {
+            RefusalReason::NoAuthorisation => {
+                format!("no authorisation allows your organisation to obtain {dataset}")
+            }
+            RefusalReason::PurposeNotAllowed => format!(
+                "your organisation's authorisations for {dataset} do not cover purpose {purpose}"
+            ),
+            RefusalReason::FieldNotAllowed => format!(
+                "authorisation {auth} does not cover the fields {}; ask only for the fields it allows (fields it allows only to test must be asked as checks)",
+                list(&mut self.fields_not_allowed.iter().map(FieldName::as_str))
+            ),
+            RefusalReason::AuthorisationNotYetValid => {
+                format!("authorisation {auth} is not valid yet")
+            }
+            RefusalReason::AuthorisationExpired => format!("authorisation {auth} has expired"),
+            RefusalReason::AuthorisationSuspended => format!("authorisation {auth} is suspended"),
+            RefusalReason::NoActiveFile => {
+                let mut m = format!(
+                    "authorisation {auth} requires an active file of your organisation on this citizen in the persons directory"
+                );
+                if !self.capacities_required.is_empty() {
+                    let _ = write!(
+                        m,
+                        ", in capacity {}",
+                        self.capacities_required
+                            .iter()
+                            .map(CapacityCode::as_str)
+                            .collect::<Vec<_>>()
+                            .join(" or ")
+                    );
+                }
+                if let Some(d) = self.date {
+                    let _ = write!(m, ", covering {d}");
+                }
+                m.push_str("; register the file first (PersonsService.RegisterFile)");
+                m
+            }
+            RefusalReason::ConsentMissing => {
+                let mut m = format!(
+                    "authorisation {auth} requires the citizen's consent for purpose {purpose} and {dataset}"
+                );
+                match &self.consent {
+                    Some((id, ConsentState::Withdrawn)) => {
+                        let _ = write!(m, "; consent {id} was withdrawn");
+                    }
+                    Some((id, ConsentState::Expired)) => {
+                        let _ = write!(m, "; consent {id} has expired");
+                    }
+                    Some((id, ConsentState::NotYetGiven)) => {
+                        let _ = write!(m, "; consent {id} starts later");
+                    }
+                    Some((_, ConsentState::Valid)) | None => m.push_str("; none is on record"),
+                }
+                m
+            }
+        }
+    }
+}
+
+/// What allowed a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Allowance {
+    pub authorisation: AuthorisationRef,
+    /// Exactly the fields to forward and return: sorted, without repeats.
+    pub fields: Vec<FieldName>,
+    /// The fields to test, sorted, without repeats.
+    pub checks: Vec<FieldName>,
+    /// The file that allowed it: its id, capacity and phase.
+    pub file: (String, CapacityCode, FilePhase),
+    /// The consent that allowed it, when the authorisation requires one.
+    pub consent: Option<String>,
+}
+
+impl Allowance {
+    /// The rules that allowed it, for the audit entry. It names no citizen.
+    pub fn explain(&self) -> String {
+        let (id, capacity, phase) = &self.file;
+        let mut m = format!("file {id} ({capacity}, {})", phase.as_str());
+        if let Some(c) = &self.consent {
+            let _ = write!(m, "; consent {c}");
+        }
+        m
+    }
 }
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Allowed by this authorisation; forward exactly these fields.
-    Allow {
-        authorisation: AuthorisationRef,
-        fields: Vec<FieldName>,
-    },
+    Allow(Allowance),
     Deny(Refusal),
 }
 
 /// Decides a lookup against the authorisations of the registry.
 ///
 /// `authorisations` may hold any authorisations; only those for the
-/// question's consumer and dataset are considered. The lookup is allowed only
-/// when one of them, for the question's purpose, is active, valid today and
-/// covers every requested field. Otherwise the refusal names the most
-/// specific rule that failed: of the authorisations for this purpose, the one
-/// that came closest (fields missing, then suspended, not yet valid, expired).
+/// question's consumer and dataset are considered. Each is checked in
+/// order (purpose, status, validity, fields, file, consent); the first that
+/// passes them all allows. Otherwise the refusal is that of the
+/// authorisation that came furthest.
 pub fn decide<'a>(
     question: &LookupQuestion<'_>,
     authorisations: impl IntoIterator<Item = &'a Authorisation>,
 ) -> Decision {
     let mut any_for_dataset = false;
-    // The closest refusal so far, ranked by how near it came to an allowance.
-    let mut best: Option<(u8, Refusal)> = None;
+    let mut best: Option<Refusal> = None;
     for auth in authorisations {
         if auth.consumer != question.consumer || &auth.dataset != question.dataset {
             continue;
@@ -96,65 +258,122 @@ pub fn decide<'a>(
         if &auth.purpose != question.purpose {
             continue;
         }
-        let (rank, reason) = if auth.status == AuthorisationStatus::Suspended {
-            (2, RefusalReason::AuthorisationSuspended)
-        } else if question.today < auth.valid_from {
-            (1, RefusalReason::AuthorisationNotYetValid)
-        } else if auth.valid_until.is_some_and(|until| question.today > until) {
-            (0, RefusalReason::AuthorisationExpired)
-        } else {
-            let missing: Vec<FieldName> = question
-                .fields
-                .iter()
-                .filter(|f| !auth.fields.contains(*f))
-                .cloned()
-                .collect();
-            if missing.is_empty() {
-                let fields: BTreeSet<&FieldName> = question.fields.iter().collect();
-                return Decision::Allow {
-                    authorisation: auth.reference.clone(),
-                    fields: fields.into_iter().cloned().collect(),
-                };
+        match check(question, auth) {
+            Ok(allowance) => return Decision::Allow(allowance),
+            Err(refusal) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| b.reason.rank() < refusal.reason.rank())
+                {
+                    best = Some(refusal);
+                }
             }
-            let refusal = Refusal {
-                reason: RefusalReason::FieldNotAllowed,
-                authorisation: Some(auth.reference.clone()),
-                fields_not_allowed: missing,
-            };
-            if best.as_ref().is_none_or(|(r, _)| *r < 3) {
-                best = Some((3, refusal));
-            }
-            continue;
-        };
-        if best.as_ref().is_none_or(|(r, _)| *r < rank) {
-            best = Some((
-                rank,
-                Refusal {
-                    reason,
-                    authorisation: Some(auth.reference.clone()),
-                    fields_not_allowed: Vec::new(),
-                },
-            ));
         }
     }
-    let refusal = match best {
-        Some((_, refusal)) => refusal,
-        None => Refusal {
-            reason: if any_for_dataset {
+    Decision::Deny(best.unwrap_or_else(|| {
+        Refusal::new(
+            if any_for_dataset {
                 RefusalReason::PurposeNotAllowed
             } else {
                 RefusalReason::NoAuthorisation
             },
-            authorisation: None,
-            fields_not_allowed: Vec::new(),
-        },
+            None,
+        )
+    }))
+}
+
+/// Checks one authorisation for the question's consumer, dataset and purpose.
+fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refusal> {
+    let refuse = |reason| Refusal::new(reason, Some(auth));
+    if auth.status == AuthorisationStatus::Suspended {
+        return Err(refuse(RefusalReason::AuthorisationSuspended));
+    }
+    if q.today < auth.valid_from {
+        return Err(refuse(RefusalReason::AuthorisationNotYetValid));
+    }
+    if auth.valid_until.is_some_and(|until| q.today > until) {
+        return Err(refuse(RefusalReason::AuthorisationExpired));
+    }
+    let mut missing: Vec<FieldName> = q
+        .fields
+        .iter()
+        .filter(|f| !auth.fields.contains(*f))
+        .chain(q.checks.iter().filter(|f| !auth.may_check(f)))
+        .cloned()
+        .collect();
+    if !missing.is_empty() || (q.fields.is_empty() && q.checks.is_empty()) {
+        missing.sort();
+        missing.dedup();
+        return Err(Refusal {
+            fields_not_allowed: missing,
+            ..refuse(RefusalReason::FieldNotAllowed)
+        });
+    }
+    // The file must be open today and cover the date the data are asked for.
+    let file = q.files.iter().find(|f| {
+        f.consumer == q.consumer
+            && (auth.capacities.is_empty() || auth.capacities.contains(&f.capacity))
+            && f.covers(q.today)
+            && f.covers(q.date)
+    });
+    let Some(file) = file else {
+        return Err(Refusal {
+            capacities_required: auth.capacities.iter().cloned().collect(),
+            date: (q.date != q.today).then_some(q.date),
+            ..refuse(RefusalReason::NoActiveFile)
+        });
     };
-    Decision::Deny(refusal)
+    let consent = if auth.consent_required {
+        let mut closest: Option<(&Consent, ConsentState)> = None;
+        for c in q
+            .consents
+            .iter()
+            .filter(|c| c.concerns(q.consumer, q.purpose, q.dataset))
+        {
+            let state = c.state(q.now);
+            if state == ConsentState::Valid {
+                closest = Some((c, state));
+                break;
+            }
+            // Remember the most recently given one, to say why it fails.
+            if closest.is_none_or(|(b, _)| b.given_at < c.given_at) {
+                closest = Some((c, state));
+            }
+        }
+        match closest {
+            Some((c, ConsentState::Valid)) => Some(c.id.clone()),
+            other => {
+                return Err(Refusal {
+                    consent: other.map(|(c, s)| (c.id.clone(), s)),
+                    ..refuse(RefusalReason::ConsentMissing)
+                });
+            }
+        }
+    } else {
+        None
+    };
+    let sorted = |items: &[FieldName]| {
+        items
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    Ok(Allowance {
+        authorisation: auth.reference.clone(),
+        fields: sorted(q.fields),
+        checks: sorted(q.checks),
+        file: (file.id.clone(), file.capacity.clone(), file.phase),
+        consent,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Niss;
+    use crate::persons::ConsentChannel;
     use time::macros::{date, datetime};
 
     fn kbo(s: &str) -> Kbo {
@@ -179,6 +398,25 @@ mod tests {
             version: 1,
             updated_at: datetime!(2024-01-01 0:00 UTC),
             confidential_until: None,
+            check_fields: BTreeSet::new(),
+            capacities: BTreeSet::new(),
+            consent_required: false,
+        }
+    }
+
+    fn file(consumer: &str, capacity: &str) -> PersonFile {
+        PersonFile {
+            id: format!("file-{capacity}"),
+            consumer: kbo(consumer),
+            citizen: Niss::parse("93051822361").expect("niss"),
+            capacity: CapacityCode::new(capacity).expect("capacity"),
+            phase: FilePhase::Definitive,
+            begins: date!(2020 - 01 - 01),
+            ends: None,
+            consumer_reference: String::new(),
+            registered_by: "clerk".into(),
+            registered_at: datetime!(2020-01-01 0:00 UTC),
+            closed_at: None,
         }
     }
 
@@ -385,26 +623,29 @@ mod tests {
                 .map(|f| FieldName::new(*f).expect("f"))
                 .collect();
             let purpose = PurposeCode::new(case.purpose).expect("p");
+            let files = [
+                file(CPAS, "RIS_BENEFICIARY"),
+                file(OTHER, "RIS_BENEFICIARY"),
+            ];
             let q = LookupQuestion {
                 consumer: kbo(case.consumer),
                 dataset: &dataset,
                 fields: &fields,
+                checks: &[],
                 purpose: &purpose,
                 today: case.today,
+                date: case.today,
+                now: datetime!(2025-06-01 12:00 UTC),
+                files: &files,
+                consents: &[],
             };
             let got = decide(&q, &case.auths);
             match (&got, &case.want) {
-                (
-                    Decision::Allow {
-                        authorisation,
-                        fields: allowed,
-                    },
-                    Ok(r),
-                ) => {
-                    assert_eq!(authorisation.as_str(), *r, "{}", case.name);
+                (Decision::Allow(allowance), Ok(r)) => {
+                    assert_eq!(allowance.authorisation.as_str(), *r, "{}", case.name);
                     let mut want_fields = fields.clone();
                     want_fields.sort();
-                    assert_eq!(allowed, &want_fields, "{}", case.name);
+                    assert_eq!(allowance.fields, want_fields, "{}", case.name);
                 }
                 (Decision::Deny(refusal), Err((reason, r))) => {
                     assert_eq!(refusal.reason, *reason, "{}", case.name);
@@ -429,12 +670,18 @@ mod tests {
             FieldName::new("nis_code").expect("f"),
         ];
         let purpose = PurposeCode::new("RIS_ELIGIBILITY").expect("p");
+        let files = [file(CPAS, "RIS_BENEFICIARY")];
         let q = LookupQuestion {
             consumer: kbo(CPAS),
             dataset: &dataset,
             fields: &fields,
+            checks: &[],
             purpose: &purpose,
             today: date!(2025 - 01 - 01),
+            date: date!(2025 - 01 - 01),
+            now: datetime!(2025-01-01 12:00 UTC),
+            files: &files,
+            consents: &[],
         };
         match decide(&q, [&a]) {
             Decision::Deny(r) => assert_eq!(
@@ -442,6 +689,337 @@ mod tests {
                 vec![FieldName::new("nis_code").expect("f")]
             ),
             other => panic!("{other:?}"),
+        }
+    }
+
+    fn question<'a>(
+        fields: &'a [FieldName],
+        checks: &'a [FieldName],
+        dataset: &'a DatasetName,
+        purpose: &'a PurposeCode,
+        files: &'a [PersonFile],
+        consents: &'a [Consent],
+    ) -> LookupQuestion<'a> {
+        LookupQuestion {
+            consumer: kbo(CPAS),
+            dataset,
+            fields,
+            checks,
+            purpose,
+            today: date!(2026 - 11 - 22),
+            date: date!(2026 - 11 - 22),
+            now: datetime!(2026-11-22 12:00 UTC),
+            files,
+            consents,
+        }
+    }
+
+    fn names(items: &[&str]) -> Vec<FieldName> {
+        items
+            .iter()
+            .map(|f| FieldName::new(*f).expect("f"))
+            .collect()
+    }
+
+    #[test]
+    fn files_capacities_and_dates() {
+        let mut a = auth("BSC/2024/017", CPAS, "RIS_ELIGIBILITY", &["street"]);
+        a.capacities = [CapacityCode::new("RIS_APPLICANT").expect("c")].into();
+        let ds = DatasetName::new("national_register.residence").expect("ds");
+        let p = PurposeCode::new("RIS_ELIGIBILITY").expect("p");
+        let fields = names(&["street"]);
+        let decide_with = |a: &Authorisation, files: &[PersonFile], date: Date| {
+            let mut q = question(&fields, &[], &ds, &p, files, &[]);
+            q.date = date;
+            decide(&q, [a])
+        };
+        let deny = |files: &[PersonFile], date: Date| decide_with(&a, files, date);
+        let today = date!(2026 - 11 - 22);
+        // No file at all; a file in another capacity; another consumer's file.
+        for files in [
+            vec![],
+            vec![file(CPAS, "PUPIL")],
+            vec![file(OTHER, "RIS_APPLICANT")],
+        ] {
+            match deny(&files, today) {
+                Decision::Deny(r) => {
+                    assert_eq!(r.reason, RefusalReason::NoActiveFile);
+                    assert_eq!(r.capacities_required.len(), 1);
+                    let why = r.explain(&ds, &p);
+                    assert!(why.contains("RIS_APPLICANT"), "{why}");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        // A file that starts after the reference date, or closed yesterday.
+        let mut late = file(CPAS, "RIS_APPLICANT");
+        late.begins = date!(2026 - 11 - 15);
+        assert!(
+            matches!(deny(std::slice::from_ref(&late), date!(2026 - 11 - 01)),
+            Decision::Deny(r) if r.reason == RefusalReason::NoActiveFile && r.date.is_some())
+        );
+        assert!(matches!(
+            deny(std::slice::from_ref(&late), today),
+            Decision::Allow(_)
+        ));
+        let mut closed = file(CPAS, "RIS_APPLICANT");
+        closed.ends = Some(date!(2026 - 11 - 21));
+        assert!(matches!(
+            deny(&[closed], date!(2026 - 11 - 01)),
+            Decision::Deny(r) if r.reason == RefusalReason::NoActiveFile
+        ));
+        // Empty capacities: a file in any capacity.
+        let mut any = a.clone();
+        any.capacities.clear();
+        match decide_with(&any, &[file(CPAS, "PUPIL")], today) {
+            Decision::Allow(allowance) => {
+                assert_eq!(allowance.file.1.as_str(), "PUPIL");
+                assert!(allowance.explain().contains("PUPIL"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn consent(id: &str) -> Consent {
+        Consent {
+            id: id.into(),
+            citizen: Niss::parse("93051822361").expect("niss"),
+            consumer: Some(kbo(CPAS)),
+            purpose: PurposeCode::new("RIS_ELIGIBILITY").expect("p"),
+            datasets: BTreeSet::new(),
+            given_at: datetime!(2026-01-01 0:00 UTC),
+            channel: ConsentChannel::Portal,
+            registered_through: kbo(OTHER),
+            registered_by: String::new(),
+            evidence: String::new(),
+            expires_at: None,
+            withdrawn_at: None,
+        }
+    }
+
+    #[test]
+    fn consent_when_required() {
+        let mut a = auth("BSC/2024/017", CPAS, "RIS_ELIGIBILITY", &["street"]);
+        a.consent_required = true;
+        let ds = DatasetName::new("national_register.residence").expect("ds");
+        let p = PurposeCode::new("RIS_ELIGIBILITY").expect("p");
+        let fields = names(&["street"]);
+        let files = [file(CPAS, "RIS_APPLICANT")];
+        let run_with = |a: &Authorisation, consents: &[Consent]| {
+            decide(&question(&fields, &[], &ds, &p, &files, consents), [a])
+        };
+        let run = |consents: &[Consent]| run_with(&a, consents);
+        assert!(
+            matches!(run(&[]), Decision::Deny(r) if r.reason == RefusalReason::ConsentMissing && r.consent.is_none())
+        );
+        let mut withdrawn = consent("c-old");
+        withdrawn.withdrawn_at = Some(datetime!(2026-06-01 0:00 UTC));
+        match run(std::slice::from_ref(&withdrawn)) {
+            Decision::Deny(r) => {
+                assert_eq!(r.consent, Some(("c-old".into(), ConsentState::Withdrawn)));
+                assert!(r.explain(&ds, &p).contains("withdrawn"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Another consumer's consent, or another purpose's, does not count.
+        let mut other_consumer = consent("c-x");
+        other_consumer.consumer = Some(kbo(OTHER));
+        let mut other_purpose = consent("c-y");
+        other_purpose.purpose = PurposeCode::new("SOCIAL_HOUSING").expect("p");
+        assert!(matches!(
+            run(&[other_consumer, other_purpose]),
+            Decision::Deny(_)
+        ));
+        match run(&[withdrawn, consent("c-new")]) {
+            Decision::Allow(allowance) => assert_eq!(allowance.consent.as_deref(), Some("c-new")),
+            other => panic!("{other:?}"),
+        }
+        // Without the requirement, no consent is looked at.
+        let mut free = a.clone();
+        free.consent_required = false;
+        assert!(matches!(run_with(&free, &[]), Decision::Allow(x) if x.consent.is_none()));
+    }
+
+    #[test]
+    fn checks_need_check_or_read_permission() {
+        let mut a = auth("BSC/2023/044", CPAS, "SCHOOL_ENROLMENT", &[]);
+        a.check_fields = names(&["nis_code"]).into_iter().collect();
+        let ds = DatasetName::new("national_register.residence").expect("ds");
+        let p = PurposeCode::new("SCHOOL_ENROLMENT").expect("p");
+        let files = [file(CPAS, "PUPIL")];
+        let nis = names(&["nis_code"]);
+        let street = names(&["street"]);
+        // Testing nis_code is allowed; reading it is not.
+        assert!(matches!(
+            decide(&question(&[], &nis, &ds, &p, &files, &[]), [&a]),
+            Decision::Allow(x) if x.checks == nis && x.fields.is_empty()
+        ));
+        assert!(matches!(
+            decide(&question(&nis, &[], &ds, &p, &files, &[]), [&a]),
+            Decision::Deny(r) if r.reason == RefusalReason::FieldNotAllowed && r.fields_not_allowed == nis
+        ));
+        assert!(matches!(
+            decide(&question(&[], &street, &ds, &p, &files, &[]), [&a]),
+            Decision::Deny(r) if r.reason == RefusalReason::FieldNotAllowed
+        ));
+        // A field that may be read may also be tested.
+        a.fields = street.iter().cloned().collect();
+        assert!(matches!(
+            decide(&question(&[], &street, &ds, &p, &files, &[]), [&a]),
+            Decision::Allow(_)
+        ));
+    }
+
+    mod properties {
+        //! The decision against an independent statement of the rules, on
+        //! random registries, files, consents and questions.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        const FIELDS: [&str; 4] = ["a", "b", "c", "d"];
+        const CAPACITIES: [&str; 3] = ["RIS_APPLICANT", "RIS_BENEFICIARY", "PUPIL"];
+        const PURPOSES: [&str; 2] = ["RIS_ELIGIBILITY", "SCHOOL_ENROLMENT"];
+        const DATASETS: [&str; 2] = ["x.one", "x.two"];
+        const CONSUMERS: [&str; 2] = [CPAS, OTHER];
+
+        fn day(offset: i64) -> Date {
+            date!(2026 - 11 - 22) + time::Duration::days(offset)
+        }
+
+        fn subset<'a>(all: &'a [&'a str], mask: u8) -> impl Iterator<Item = &'a str> + 'a {
+            all.iter()
+                .enumerate()
+                .filter(move |(i, _)| mask & (1 << i) != 0)
+                .map(|(_, s)| *s)
+        }
+
+        prop_compose! {
+            fn arb_auth()(n in 0u32..1000, c in 0usize..2, d in 0usize..2, p in 0usize..2,
+                          f in 0u8..16, chk in 0u8..16, cap in 0u8..8, consent in any::<bool>(),
+                          suspended in prop::bool::weighted(0.2),
+                          from in -3i64..2, until in prop::option::of(-2i64..3)) -> Authorisation {
+                let mut a = auth(&format!("A/{n}"), CONSUMERS[c], PURPOSES[p], &subset(&FIELDS, f).collect::<Vec<_>>());
+                a.dataset = DatasetName::new(DATASETS[d]).expect("ds");
+                a.check_fields = subset(&FIELDS, chk).map(|x| FieldName::new(x).expect("f")).collect();
+                a.capacities = subset(&CAPACITIES, cap).map(|x| CapacityCode::new(x).expect("c")).collect();
+                a.consent_required = consent;
+                a.status = if suspended { AuthorisationStatus::Suspended } else { AuthorisationStatus::Active };
+                a.valid_from = day(from);
+                a.valid_until = until.map(day);
+                a
+            }
+        }
+
+        prop_compose! {
+            fn arb_file()(c in 0usize..2, cap in 0usize..3, begins in -40i64..3,
+                          ends in prop::option::of(-5i64..5)) -> PersonFile {
+                let mut f = file(CONSUMERS[c], CAPACITIES[cap]);
+                f.begins = day(begins);
+                f.ends = ends.map(day);
+                f
+            }
+        }
+
+        prop_compose! {
+            fn arb_consent()(n in 0u32..100, c in prop::option::of(0usize..2), p in 0usize..2,
+                             d in 0u8..4, given in -3i64..2, expires in prop::option::of(-2i64..3),
+                             withdrawn in prop::option::of(-2i64..3)) -> Consent {
+                let at = |o: i64| datetime!(2026-11-22 12:00 UTC) + time::Duration::hours(o);
+                let mut x = consent(&format!("c{n}"));
+                x.consumer = c.map(|i| kbo(CONSUMERS[i]));
+                x.purpose = PurposeCode::new(PURPOSES[p]).expect("p");
+                x.datasets = subset(&DATASETS, d).map(|s| DatasetName::new(s).expect("d")).collect();
+                x.given_at = at(given);
+                x.expires_at = expires.map(at);
+                x.withdrawn_at = withdrawn.map(at);
+                x
+            }
+        }
+
+        /// The rules, stated directly: does `a` allow the question?
+        fn allows(q: &LookupQuestion<'_>, a: &Authorisation) -> bool {
+            a.consumer == q.consumer
+                && &a.dataset == q.dataset
+                && &a.purpose == q.purpose
+                && a.status == AuthorisationStatus::Active
+                && a.valid_from <= q.today
+                && a.valid_until.is_none_or(|u| q.today <= u)
+                && !(q.fields.is_empty() && q.checks.is_empty())
+                && q.fields.iter().all(|f| a.fields.contains(f))
+                && q.checks
+                    .iter()
+                    .all(|f| a.fields.contains(f) || a.check_fields.contains(f))
+                && q.files.iter().any(|f| {
+                    f.consumer == q.consumer
+                        && (a.capacities.is_empty() || a.capacities.contains(&f.capacity))
+                        && f.begins <= q.today.min(q.date)
+                        && f.ends.is_none_or(|e| q.today.max(q.date) <= e)
+                })
+                && (!a.consent_required
+                    || q.consents.iter().any(|c| {
+                        c.consumer.is_none_or(|k| k == q.consumer)
+                            && &c.purpose == q.purpose
+                            && (c.datasets.is_empty() || c.datasets.contains(q.dataset))
+                            && c.given_at <= q.now
+                            && c.expires_at.is_none_or(|e| q.now < e)
+                            && c.withdrawn_at.is_none_or(|w| q.now < w)
+                    }))
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(4000))]
+            #[test]
+            fn decide_follows_the_rules(
+                auths in prop::collection::vec(arb_auth(), 0..5),
+                files in prop::collection::vec(arb_file(), 0..4),
+                consents in prop::collection::vec(arb_consent(), 0..4),
+                c in 0usize..2, d in 0usize..2, p in 0usize..2,
+                f in 0u8..16, chk in 0u8..16, back in 0i64..20,
+            ) {
+                let dataset = DatasetName::new(DATASETS[d]).expect("ds");
+                let purpose = PurposeCode::new(PURPOSES[p]).expect("p");
+                let fields: Vec<FieldName> = subset(&FIELDS, f).map(|x| FieldName::new(x).expect("f")).collect();
+                let checks: Vec<FieldName> = subset(&FIELDS, chk).map(|x| FieldName::new(x).expect("f")).collect();
+                let q = LookupQuestion {
+                    consumer: kbo(CONSUMERS[c]),
+                    dataset: &dataset,
+                    fields: &fields,
+                    checks: &checks,
+                    purpose: &purpose,
+                    today: day(0),
+                    date: day(-back),
+                    now: datetime!(2026-11-22 12:00 UTC),
+                    files: &files,
+                    consents: &consents,
+                };
+                let allowed_by: Vec<&Authorisation> = auths.iter().filter(|a| allows(&q, a)).collect();
+                match decide(&q, &auths) {
+                    Decision::Allow(x) => {
+                        // Never without a matching authorisation, file and consent.
+                        let a = allowed_by.iter().find(|a| a.reference == x.authorisation);
+                        prop_assert!(a.is_some(), "allowed by {} which does not allow", x.authorisation);
+                        let a = a.expect("checked");
+                        // Returned fields: a subset of the authorised ones, and exactly those asked.
+                        prop_assert!(x.fields.iter().all(|f| a.fields.contains(f)));
+                        prop_assert!(x.checks.iter().all(|f| a.may_check(f)));
+                        let asked: BTreeSet<&FieldName> = fields.iter().collect();
+                        prop_assert_eq!(x.fields.iter().collect::<BTreeSet<_>>(), asked);
+                        prop_assert!(files.iter().any(|f| f.id == x.file.0 && f.capacity == x.file.1
+                            && f.consumer == q.consumer && f.covers(q.today) && f.covers(q.date)));
+                        prop_assert_eq!(x.consent.is_some(), a.consent_required);
+                    }
+                    Decision::Deny(r) => {
+                        // Deny only when nothing allows.
+                        prop_assert!(allowed_by.is_empty(), "refused with {:?} though {} allows", r.reason, allowed_by[0].reference);
+                        // The refusal names an authorisation of this consumer and dataset, if any.
+                        if let Some(reference) = &r.authorisation {
+                            prop_assert!(auths.iter().any(|a| &a.reference == reference
+                                && a.consumer == q.consumer && &a.dataset == q.dataset && &a.purpose == q.purpose));
+                        }
+                    }
+                }
+            }
         }
     }
 }

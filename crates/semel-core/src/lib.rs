@@ -13,6 +13,7 @@ mod kbo;
 pub mod merkle;
 mod names;
 mod niss;
+pub mod persons;
 mod registry;
 
 pub use audit::{
@@ -20,11 +21,14 @@ pub use audit::{
     ReasonCode, ZERO_HASH, entry_hash,
 };
 pub use clock::{brussels_today, until_brussels_midnight};
-pub use decision::{Decision, LookupQuestion, Refusal, RefusalReason, decide};
+pub use decision::{Allowance, Decision, LookupQuestion, Refusal, RefusalReason, decide};
 pub use identity::{RoleSet, UserRole};
 pub use kbo::{Kbo, KboError};
-pub use names::{AuthorisationRef, DatasetName, FieldName, NameError, PurposeCode};
+pub use names::{AuthorisationRef, CapacityCode, DatasetName, FieldName, NameError, PurposeCode};
 pub use niss::{Niss, NissError, NissKind, Sex, redact_national_numbers};
+pub use persons::{
+    Consent, ConsentChannel, ConsentState, FilePhase, NumberReplacement, PersonFile,
+};
 pub use registry::{
     Authorisation, AuthorisationStatus, CertificateId, Dataset, FieldDefinition, FieldType,
     Organisation, OrganisationStatus, Purpose, RevokedCertificate, Role,
@@ -91,6 +95,9 @@ mod robustness {
                 source: None,
                 consumer_reference: String::new(),
                 reference_date: None,
+                citizen_as_given: Niss::parse("98472899765").ok(),
+                checks: vec!["nis_code".into()],
+                detail: "file f".into(),
             },
         };
         let good = entry.to_bytes();

@@ -85,6 +85,14 @@ name_type!(
     |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
 );
 name_type!(
+    /// A capacity code of the persons directory, such as `RIS_APPLICANT`:
+    /// why an institution holds a file on a person.
+    CapacityCode,
+    "a capacity code",
+    "upper-case letters, digits and '_'",
+    |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+);
+name_type!(
     /// An authorisation reference such as `BSC/2024/017`.
     AuthorisationRef,
     "an authorisation reference",

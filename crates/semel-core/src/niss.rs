@@ -301,6 +301,21 @@ impl fmt::Debug for Niss {
     }
 }
 
+/// Stored as its 11 digits (the persons directory, consents); never
+/// written to a log.
+impl serde::Serialize for Niss {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Niss {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Niss::parse(&s).map_err(|_| serde::de::Error::custom("not a valid national number"))
+    }
+}
+
 impl FromStr for Niss {
     type Err = NissError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
-use crate::{AuthorisationRef, DatasetName, FieldName, Kbo, PurposeCode};
+use crate::{AuthorisationRef, CapacityCode, DatasetName, FieldName, Kbo, PurposeCode};
 
 /// What an organisation does through the broker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -120,9 +120,26 @@ pub struct Authorisation {
     /// authorisation stay out of the citizen's view until this day.
     #[serde(default)]
     pub confidential_until: Option<Date>,
+    /// Fields the consumer may only test (a yes/no answer to a check such
+    /// as "is `nis_code` 21004?"), never read.
+    #[serde(default)]
+    pub check_fields: BTreeSet<FieldName>,
+    /// The capacities in which the consumer must hold an active file on the
+    /// citizen (persons directory). Empty: a file in any capacity. A file
+    /// is always required.
+    #[serde(default)]
+    pub capacities: BTreeSet<CapacityCode>,
+    /// Whether the citizen's consent must be on record.
+    #[serde(default)]
+    pub consent_required: bool,
 }
 
 impl Authorisation {
+    /// Whether `field` may be tested (read fields may be tested too).
+    pub fn may_check(&self, field: &FieldName) -> bool {
+        self.fields.contains(field) || self.check_fields.contains(field)
+    }
+
     /// Whether its lookups are hidden from the citizen on `today`.
     pub fn hidden_from_citizen(&self, today: Date) -> bool {
         self.confidential_until.is_some_and(|d| today < d)

@@ -5,8 +5,9 @@
 use std::collections::BTreeSet;
 
 use semel_core::{
-    Authorisation, AuthorisationRef, AuthorisationStatus, Dataset, DatasetName, FieldDefinition,
-    FieldName, FieldType, Kbo, Organisation, OrganisationStatus, PurposeCode, Role,
+    Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode, Dataset, DatasetName,
+    FieldDefinition, FieldName, FieldType, FilePhase, Kbo, Niss, Organisation, OrganisationStatus,
+    PersonFile, PurposeCode, Role,
 };
 use time::{Date, OffsetDateTime};
 
@@ -325,7 +326,32 @@ struct A<'a> {
     from: Date,
     until: Option<Date>,
     suspended: bool,
+    /// Fields that may only be tested (yes/no answers).
+    checks: &'a [&'a str],
+    /// Capacities of the persons directory it accepts (empty: any).
+    capacities: &'a [&'a str],
+    consent: bool,
 }
+
+/// Capacities of the demo persons directory.
+pub mod capacities {
+    /// Someone who applied for the social integration income.
+    pub const RIS_APPLICANT: &str = "RIS_APPLICANT";
+    /// Someone who receives it.
+    pub const RIS_BENEFICIARY: &str = "RIS_BENEFICIARY";
+    /// A member of an applicant's or beneficiary's household.
+    pub const RIS_COHABITANT: &str = "RIS_COHABITANT";
+    /// A child applying for a place in a commune's school.
+    pub const PUPIL: &str = "PUPIL";
+    /// A candidate tenant of social housing.
+    pub const HOUSING_CANDIDATE: &str = "HOUSING_CANDIDATE";
+}
+
+const RIS_CAPACITIES: &[&str] = &[
+    capacities::RIS_APPLICANT,
+    capacities::RIS_BENEFICIARY,
+    capacities::RIS_COHABITANT,
+];
 
 /// The demo authorisations: two CPAS for RIS eligibility, two communes for
 /// school enrolment, and three that show refusals (expired, not yet valid,
@@ -358,6 +384,9 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
         from: date(2024, 3, 1),
         until: Some(date(2029, 12, 31)),
         suspended: false,
+        checks: &[],
+        capacities: RIS_CAPACITIES,
+        consent: false,
     };
     let list = vec![
         ris("BSC/2024/017", "cpas-anderlecht", RESIDENCE, ADDRESS),
@@ -373,23 +402,29 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             reference: "BSC/2023/044",
             consumer: "commune-schaerbeek",
             dataset: RESIDENCE,
-            fields: &["postal_code", "municipality", "nis_code"],
+            fields: &[],
             purpose: "SCHOOL_ENROLMENT",
             legal_basis: SCHOOL_LEGAL_BASIS,
             from: date(2023, 9, 1),
             until: None,
             suspended: false,
+            checks: &["nis_code"],
+            capacities: &[capacities::PUPIL],
+            consent: false,
         },
         A {
             reference: "BSC/2023/045",
             consumer: "ville-bruxelles",
             dataset: RESIDENCE,
-            fields: &["postal_code", "municipality", "nis_code"],
+            fields: &[],
             purpose: "SCHOOL_ENROLMENT",
             legal_basis: SCHOOL_LEGAL_BASIS,
             from: date(2023, 9, 1),
             until: None,
             suspended: false,
+            checks: &["nis_code"],
+            capacities: &[capacities::PUPIL],
+            consent: false,
         },
         A {
             reference: "BSC/2019/101",
@@ -401,6 +436,9 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             from: date(2019, 6, 1),
             until: Some(date(2023, 12, 31)),
             suspended: false,
+            checks: &[],
+            capacities: &[],
+            consent: false,
         },
         A {
             reference: "BSC/2026/007",
@@ -412,6 +450,9 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             from: date(2030, 1, 1),
             until: None,
             suspended: false,
+            checks: &[],
+            capacities: &[],
+            consent: false,
         },
         A {
             reference: "BSC/2022/033",
@@ -423,6 +464,23 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             from: date(2022, 1, 1),
             until: None,
             suspended: true,
+            checks: &[],
+            capacities: &[],
+            consent: false,
+        },
+        A {
+            reference: "BSC/2026/012",
+            consumer: "cpas-bruxelles",
+            dataset: TAXABLE_INCOME,
+            fields: &[],
+            purpose: "SOCIAL_HOUSING",
+            legal_basis: "Code bruxellois du Logement, art. 31; consent of the candidate",
+            from: date(2025, 1, 1),
+            until: None,
+            suspended: false,
+            checks: &["income_years", "latest_taxable_income_cents"],
+            capacities: &[capacities::HOUSING_CANDIDATE],
+            consent: true,
         },
     ];
     list.into_iter()
@@ -450,6 +508,40 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             version: 1,
             updated_at: now,
             confidential_until: None,
+            check_fields: a.checks.iter().map(|f| name(FieldName::new(*f))).collect(),
+            capacities: a
+                .capacities
+                .iter()
+                .map(|c| name(CapacityCode::new(*c)))
+                .collect(),
+            consent_required: a.consent,
+        })
+        .collect()
+}
+
+/// The demo persons directory: CPAS d'Anderlecht holds a definitive file
+/// on every RIS beneficiary of the synthetic population (every person, in
+/// the demo, so load tests find files), from 1 March 2024. The other
+/// consumers hold none: demos and tests open them.
+pub fn files(people: &[Niss], now: OffsetDateTime) -> Vec<PersonFile> {
+    let Some(cpas) = org("cpas-anderlecht") else {
+        return Vec::new();
+    };
+    people
+        .iter()
+        .enumerate()
+        .map(|(i, n)| PersonFile {
+            id: format!("demo-anderlecht-{i:06}"),
+            consumer: cpas.kbo,
+            citizen: *n,
+            capacity: name(CapacityCode::new(capacities::RIS_BENEFICIARY)),
+            phase: FilePhase::Definitive,
+            begins: date(2024, 3, 1),
+            ends: None,
+            consumer_reference: format!("RIS-{i:06}"),
+            registered_by: "demo-seed".to_owned(),
+            registered_at: now,
+            closed_at: None,
         })
         .collect()
 }
@@ -469,7 +561,7 @@ mod tests {
                 .iter()
                 .find(|d| d.name == a.dataset)
                 .expect("dataset exists");
-            for f in &a.fields {
+            for f in a.fields.iter().chain(&a.check_fields) {
                 assert!(
                     d.field(f.as_str()).is_some(),
                     "{} allows unknown field {f}",

@@ -210,15 +210,34 @@ impl Rpc for AuditService {
                 .into());
         };
         let limit = page_limit(page_size)?;
-        let entries = self
-            .query(AuditQuery {
-                citizen: Some(citizen),
-                consumer,
-                before_sequence: page_start(&page_token)?,
-                limit,
-                ..AuditQuery::default()
-            })
-            .await?;
+        // Entries made under the numbers this one replaced belong to the
+        // same person.
+        let resolved = self
+            .broker
+            .store()
+            .persons()
+            .resolve(&citizen)
+            .map_err(ApiError::from)?;
+        let before_sequence = page_start(&page_token)?;
+        let mut entries = Vec::new();
+        let numbers: std::collections::BTreeSet<Niss> = std::iter::once(citizen)
+            .chain(resolved.numbers().copied())
+            .collect();
+        for n in numbers {
+            entries.extend(
+                self.query(AuditQuery {
+                    citizen: Some(n),
+                    consumer,
+                    before_sequence,
+                    limit,
+                    ..AuditQuery::default()
+                })
+                .await?,
+            );
+        }
+        entries.sort_by_key(|e| std::cmp::Reverse(e.entry.sequence));
+        entries.dedup_by_key(|e| e.entry.sequence);
+        entries.truncate(limit);
         let next_page_token = next_page(&entries, limit);
         let snapshot = self.broker.snapshot();
         let name = |k: &semel_core::Kbo| {
@@ -242,9 +261,9 @@ impl Rpc for AuditService {
         let accesses = entries
             .iter()
             .map(|s| &s.entry.record)
-            .filter(|r| r.operation == LOOKUP_OPERATION)
-            .filter(|r| citizen_sees(r))
-            .map(|r| proto::CitizenAccess {
+            .filter_map(|r| citizen_action(&r.operation).map(|action| (r, action)))
+            .filter(|(r, _)| citizen_sees(r))
+            .map(|(r, action)| proto::CitizenAccess {
                 time: Some(timestamp_micros(r.time_micros)),
                 consumer_kbo: r.consumer.as_str().to_owned(),
                 consumer_name: name(&r.consumer),
@@ -256,6 +275,8 @@ impl Rpc for AuditService {
                 authorisation_reference: r.authorisation.clone().unwrap_or_default(),
                 decision: decision_to_proto(r.decision),
                 reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+                checked_fields: r.checks.clone(),
+                action: action.to_owned(),
             })
             .collect();
         Ok(Response::new(proto::ListCitizenAccessesResponse {
@@ -359,4 +380,18 @@ impl Rpc for AuditService {
             proof: proof.iter().map(|h| h.to_vec()).collect(),
         }))
     }
+}
+
+/// What a citizen is shown an entry as: consultations of their data and
+/// changes to their consents. Other operations are not shown: an auditor's
+/// query is not about them, and files in the persons directory stay out of
+/// view (a file opened for an investigation must not warn its subject;
+/// lookups under it follow their authorisation's disclosure date).
+fn citizen_action(operation: &str) -> Option<&'static str> {
+    Some(match operation {
+        LOOKUP_OPERATION => "lookup",
+        "semel.v1.ConsentService/GiveConsent" => "consent given",
+        "semel.v1.ConsentService/WithdrawConsent" => "consent withdrawn",
+        _ => return None,
+    })
 }

@@ -190,6 +190,9 @@ fn synthetic_record(citizens: &[Niss], consumers: &[Kbo], x: u64) -> AuditRecord
         source: None,
         consumer_reference: String::new(),
         reference_date: None,
+        citizen_as_given: None,
+        checks: Vec::new(),
+        detail: String::new(),
     }
 }
 
@@ -201,6 +204,19 @@ struct NullForwarder {
 
 #[tonic::async_trait]
 impl proto::lookup_service_server::LookupService for NullForwarder {
+    type LookupBatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::LookupBatchResponse, Status>> + Send>,
+    >;
+
+    async fn lookup_batch(
+        &self,
+        _request: Request<tonic::Streaming<proto::LookupBatchRequest>>,
+    ) -> Result<Response<Self::LookupBatchStream>, Status> {
+        Err(Status::unimplemented(
+            "the null forwarder forwards single lookups only",
+        ))
+    }
+
     async fn lookup(
         &self,
         request: Request<proto::LookupRequest>,

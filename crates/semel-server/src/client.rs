@@ -162,6 +162,77 @@ pub struct LookupArgs {
     pub purpose: String,
     pub reference_date: Option<String>,
     pub consumer_reference: Option<String>,
+    /// Yes/no checks, see [`parse_check`].
+    pub checks: Vec<proto::Check>,
+}
+
+/// Parses a check written `field OP value`, or for a list of records
+/// `field[key_field=key].value_field OP value`, where OP is one of
+/// `=`, `!=`, `<`, `<=`, `>`, `>=`; e.g. `nis_code=21004` or
+/// `income_years[income_year=2024].taxable_income_cents<2000000`. A value
+/// that reads as a whole number is an int, `YYYY-MM-DD` a date,
+/// `true`/`false` a bool, anything else a string.
+pub fn parse_check(text: &str) -> anyhow::Result<proto::Check> {
+    use proto::CheckOperator::*;
+    let (at, op, len) = ["!=", "<=", ">=", "=", "<", ">"]
+        .iter()
+        .filter_map(|op| {
+            // The first operator outside the element's brackets.
+            let outside = text.find(']').map_or(0, |i| i + 1);
+            text[outside..]
+                .find(op)
+                .map(|i| (outside + i, *op, op.len()))
+        })
+        .min_by_key(|(i, _, len)| (*i, std::cmp::Reverse(*len)))
+        .ok_or_else(|| anyhow::anyhow!("check {text:?}: no operator (=, !=, <, <=, >, >=)"))?;
+    let operator = match op {
+        "=" => Equals,
+        "!=" => NotEquals,
+        "<" => LessThan,
+        "<=" => LessOrEqual,
+        ">" => GreaterThan,
+        _ => GreaterOrEqual,
+    };
+    let (lhs, value) = (&text[..at], &text[at + len..]);
+    let (field, element) = match lhs.split_once('[') {
+        None => (lhs.to_owned(), None),
+        Some((field, rest)) => {
+            let (selector, value_field) = rest.split_once("].").ok_or_else(|| {
+                anyhow::anyhow!("check {text:?}: write field[key_field=key].value_field")
+            })?;
+            let (key_field, key) = selector.split_once('=').ok_or_else(|| {
+                anyhow::anyhow!("check {text:?}: write field[key_field=key].value_field")
+            })?;
+            (
+                field.to_owned(),
+                Some(proto::ElementSelector {
+                    key_field: key_field.to_owned(),
+                    key: Some(check_value(key)),
+                    value_field: value_field.to_owned(),
+                }),
+            )
+        }
+    };
+    Ok(proto::Check {
+        field,
+        operator: operator as i32,
+        operand: Some(check_value(value)),
+        element,
+    })
+}
+
+fn check_value(text: &str) -> proto::Value {
+    use proto::value::Kind;
+    let kind = if let Ok(i) = text.parse::<i64>() {
+        Kind::IntValue(i)
+    } else if let Ok(b) = text.parse::<bool>() {
+        Kind::BoolValue(b)
+    } else if crate::convert::parse_date("check", text).is_ok() {
+        Kind::DateValue(text.to_owned())
+    } else {
+        Kind::StringValue(text.to_owned())
+    };
+    proto::Value { kind: Some(kind) }
 }
 
 /// Filters of `semel audit list`.
@@ -189,6 +260,11 @@ pub struct NewAuthorisation {
     pub consumer: String,
     pub dataset: String,
     pub fields: Vec<String>,
+    /// Fields that may only be tested.
+    pub check_fields: Vec<String>,
+    /// Capacities it accepts (empty: any).
+    pub capacities: Vec<String>,
+    pub consent_required: bool,
     pub purpose: String,
     pub legal_basis: String,
     pub issuing_body: String,
@@ -281,6 +357,7 @@ impl Client {
                 purpose: args.purpose,
                 reference_date: args.reference_date.unwrap_or_default(),
                 consumer_reference: args.consumer_reference.unwrap_or_default(),
+                checks: args.checks,
             })
             .await?
             .into_inner();
@@ -294,6 +371,12 @@ impl Client {
             "authorisation_reference": r.authorisation_reference,
             "source_kbo": r.source_kbo,
             "fields": sorted(fields),
+            "checks": r.checks.iter().map(|c| json!({
+                "field": c.field,
+                "answer": proto::CheckAnswer::try_from(c.answer).map_or("UNKNOWN", |a| {
+                    a.as_str_name().trim_start_matches("CHECK_ANSWER_")
+                }),
+            })).collect::<Vec<_>>(),
         }))
     }
 
@@ -431,6 +514,9 @@ impl Client {
                     version: 0,
                     updated_at: None,
                     confidential_until: a.confidential_until.unwrap_or_default(),
+                    check_fields: a.check_fields,
+                    capacities: a.capacities,
+                    consent_required: a.consent_required,
                 }),
             })
             .await?

@@ -155,6 +155,8 @@ pub struct LimitsSection {
     /// Lookups each consumer may make per calendar day (Brussels time);
     /// unlimited when absent.
     pub consumer_lookups_per_day: Option<u64>,
+    /// Items of one LookupBatch call in flight at once (default 16).
+    pub batch_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +195,16 @@ pub struct SourcesSection {
     /// How long an open circuit fails fast, in milliseconds (default 5000).
     #[serde(default = "default_breaker_cooldown_ms")]
     pub breaker_cooldown_ms: u64,
+    /// The dataset whose source is the register of persons: it is asked
+    /// whether a national number exists before a file is opened on it, and
+    /// its organisation may record replaced numbers (default
+    /// `national_register.identity`).
+    #[serde(default = "default_register_dataset")]
+    pub register_dataset: String,
+}
+
+fn default_register_dataset() -> String {
+    "national_register.identity".to_owned()
 }
 
 fn default_max_in_flight() -> usize {
@@ -219,6 +231,7 @@ impl Default for SourcesSection {
             max_in_flight: default_max_in_flight(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
+            register_dataset: default_register_dataset(),
         }
     }
 }
@@ -484,6 +497,7 @@ impl Config {
             source_max_in_flight: self.sources.max_in_flight,
             breaker_failures: self.sources.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.sources.breaker_cooldown_ms),
+            batch_in_flight: self.limits.batch_in_flight.unwrap_or(16),
         }
     }
 

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use semel_core::{
-    AuditDecision, AuditEntry, Authorisation, AuthorisationRef, AuthorisationStatus, Dataset,
-    DatasetName, FieldDefinition, FieldName, FieldType, Kbo, Organisation, OrganisationStatus,
-    Outcome, PurposeCode, Role,
+    AuditDecision, AuditEntry, Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode,
+    Dataset, DatasetName, FieldDefinition, FieldName, FieldType, Kbo, Organisation,
+    OrganisationStatus, Outcome, PurposeCode, Role,
 };
 use semel_store::StoredEntry;
 use time::format_description::BorrowedFormatItem;
@@ -275,6 +275,9 @@ pub fn authorisation_from_proto(
         version: _,
         updated_at: _,
         confidential_until,
+        check_fields,
+        capacities,
+        consent_required,
     } = p;
     let confidential_until = if confidential_until.is_empty() {
         None
@@ -288,13 +291,21 @@ pub fn authorisation_from_proto(
         .into_iter()
         .map(|f| name("authorisation.fields", FieldName::new(f)))
         .collect::<Result<_, _>>()?;
-    if fields.is_empty() {
+    let check_fields: BTreeSet<FieldName> = check_fields
+        .into_iter()
+        .map(|f| name("authorisation.check_fields", FieldName::new(f)))
+        .collect::<Result<_, _>>()?;
+    if fields.is_empty() && check_fields.is_empty() {
         return Err(ApiError::invalid(
             "authorisation.fields",
             "INVALID_ARGUMENT",
-            "an authorisation allows at least one field",
+            "an authorisation allows at least one field, to read or to check",
         ));
     }
+    let capacities: BTreeSet<CapacityCode> = capacities
+        .into_iter()
+        .map(|c| name("authorisation.capacities", CapacityCode::new(c)))
+        .collect::<Result<_, _>>()?;
     let valid_from = parse_date("authorisation.valid_from", &valid_from)?;
     let valid_until = if valid_until.is_empty() {
         None
@@ -322,6 +333,9 @@ pub fn authorisation_from_proto(
         version: 1,
         updated_at: now,
         confidential_until,
+        check_fields,
+        capacities,
+        consent_required,
     })
 }
 
@@ -343,6 +357,9 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
         version: a.version,
         updated_at: Some(timestamp(a.updated_at)),
         confidential_until: a.confidential_until.map(format_date).unwrap_or_default(),
+        check_fields: a.check_fields.iter().map(ToString::to_string).collect(),
+        capacities: a.capacities.iter().map(ToString::to_string).collect(),
+        consent_required: a.consent_required,
     }
 }
 
@@ -391,6 +408,12 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         entry_hash: s.hash.to_vec(),
         operation: r.operation.to_string(),
         encoding: Vec::new(),
+        citizen_as_given: r
+            .citizen_as_given
+            .map(|n| n.as_str().to_owned())
+            .unwrap_or_default(),
+        checks: r.checks.clone(),
+        detail: r.detail.clone(),
     }
 }
 

@@ -184,6 +184,7 @@ impl Demo {
         seed_registry(&store, &orgs, |slug| {
             endpoints.get(slug).cloned().unwrap_or_default()
         })?;
+        seed_files(&store, &population)?;
 
         let broker_files = pki.files("broker");
         let files = ReloadFiles {
@@ -208,6 +209,9 @@ impl Demo {
                 tls: source_tls,
                 deadline: opts.source_deadline,
                 limits: opts.limits,
+                register_dataset: semel_core::DatasetName::new(
+                    semel_demo::seed::datasets::IDENTITY,
+                )?,
             },
             tokens,
         )?;
@@ -443,6 +447,24 @@ fn seed_registry(
         if !existing.contains(a.reference.as_str()) {
             reg.put_authorisation(&a)?;
         }
+    }
+    Ok(())
+}
+
+/// Opens the demo persons directory's files, the first time only: files
+/// closed in a demo stay closed across restarts.
+fn seed_files(store: &Store, population: &Population) -> anyhow::Result<()> {
+    let people: Vec<semel_core::Niss> = population.people.iter().map(|p| p.niss).collect();
+    let files = seed::files(&people, OffsetDateTime::now_utc());
+    let Some(first) = files.first() else {
+        return Ok(());
+    };
+    let persons = store.persons();
+    if persons
+        .file(&first.consumer, &first.citizen, &first.id)?
+        .is_none()
+    {
+        persons.put_files(&files)?;
     }
     Ok(())
 }

@@ -90,6 +90,11 @@ impl proto::source_service_server::SourceService for DemoSource {
             .population
             .person(&citizen)
             .ok_or_else(|| Status::not_found("no data about this person"))?;
+        // No field: the broker asks only whether the person is known (to
+        // the National Register or, for a BIS number, the BIS register).
+        if msg.fields.is_empty() {
+            return Ok(Response::new(FetchResponse::default()));
+        }
         let all = match msg.dataset.as_str() {
             ds::IDENTITY => identity(person)?,
             ds::RESIDENCE => residence(person, on)?,

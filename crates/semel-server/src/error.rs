@@ -111,6 +111,22 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The error as one item of a LookupBatch stream.
+    pub fn to_item_error(&self) -> crate::proto::LookupError {
+        crate::proto::LookupError {
+            code: self.code as i32,
+            message: redact_national_numbers(&self.message).into_owned(),
+            reason: self.reason.to_owned(),
+            metadata: self
+                .metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         e.into_status()

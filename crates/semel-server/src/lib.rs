@@ -7,6 +7,7 @@
 
 mod audit;
 pub mod bench;
+mod checks;
 pub mod client;
 pub mod config;
 mod convert;
@@ -17,6 +18,7 @@ pub mod limits;
 mod lookup;
 pub mod metrics;
 pub mod permissions;
+mod persons;
 pub mod proto;
 pub mod reference;
 mod registry;

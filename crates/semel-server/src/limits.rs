@@ -25,6 +25,8 @@ pub struct LimitSettings {
     /// Lookups each consumer may make per calendar day (Brussels time);
     /// `None` is unlimited.
     pub consumer_daily_quota: Option<u64>,
+    /// Items of one LookupBatch call in flight at once.
+    pub batch_in_flight: usize,
 }
 
 impl Default for LimitSettings {
@@ -36,6 +38,7 @@ impl Default for LimitSettings {
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),
             consumer_daily_quota: None,
+            batch_in_flight: 16,
         }
     }
 }

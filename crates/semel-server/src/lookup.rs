@@ -46,6 +46,32 @@ impl LookupService {
 
 #[tonic::async_trait]
 impl proto::lookup_service_server::LookupService for LookupService {
+    type LookupBatchStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<proto::LookupBatchResponse, Status>> + Send>,
+    >;
+
+    async fn lookup_batch(
+        &self,
+        request: Request<tonic::Streaming<proto::LookupBatchRequest>>,
+    ) -> Result<Response<Self::LookupBatchStream>, Status> {
+        // The caller is identified once, for the whole stream; a batch
+        // refused for who made it gets one audit entry.
+        let caller = self.broker.admit(&request).await?;
+        let in_flight = self.broker.limits().batch_in_flight.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
+        let broker = self.broker.clone();
+        let items = request.into_inner();
+        // The driver runs on its own task: items already read are decided,
+        // forwarded and audited even if the consumer goes away.
+        tokio::spawn(
+            batch(broker, caller, items, in_flight, tx)
+                .instrument(tracing::debug_span!("lookup_batch")),
+        );
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn lookup(
         &self,
         request: Request<LookupRequest>,
@@ -100,6 +126,84 @@ impl proto::lookup_service_server::LookupService for LookupService {
     }
 }
 
+/// Runs a batch: at most `in_flight` items at once, each a whole lookup.
+async fn batch(
+    broker: Arc<Broker>,
+    caller: crate::state::Caller,
+    items: tonic::Streaming<proto::LookupBatchRequest>,
+    in_flight: usize,
+    tx: tokio::sync::mpsc::Sender<Result<proto::LookupBatchResponse, Status>>,
+) {
+    use futures::StreamExt;
+    let broken = tx.clone();
+    let results = items
+        .enumerate()
+        .map(|(index, item)| {
+            let broker = broker.clone();
+            let caller = caller.clone();
+            let broken = broken.clone();
+            async move {
+                let msg = match item {
+                    Ok(msg) => msg.item.unwrap_or_default(),
+                    Err(status) => {
+                        // The stream itself failed: no more items.
+                        let _ = broken.send(Err(status)).await;
+                        return None;
+                    }
+                };
+                let received = OffsetDateTime::now_utc();
+                let consumer_reference = msg.consumer_reference.clone();
+                // A token that expired during the batch stops covering items.
+                let expired = caller.user.expires_at
+                    < u64::try_from(received.unix_timestamp()).unwrap_or(0);
+                let who = Who {
+                    org: caller.org.clone(),
+                    user: Some(caller.user.clone()),
+                    denied: expired.then(|| {
+                        Box::new(Denied {
+                            error: ApiError::unauthenticated(
+                                "TOKEN_EXPIRED",
+                                "the token expired during the batch; send the remaining items with a fresh token",
+                            ),
+                            reason: ReasonCode::TokenExpired,
+                            org: Some(caller.org.clone()),
+                            user: None,
+                            operation: caller.rule.method,
+                        })
+                    }),
+                };
+                // Each item on its own task, like a Lookup: it finishes and
+                // is audited whatever happens to the stream.
+                let task = tokio::spawn(
+                    async move { lookup(&broker, who, msg, received).await }
+                        .instrument(tracing::Span::current()),
+                );
+                let result = task.await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "batch item task failed");
+                    Err(ApiError::internal(
+                        "the lookup failed inside the broker; it was not answered",
+                    ))
+                });
+                Some(proto::LookupBatchResponse {
+                    index: index as u64,
+                    consumer_reference,
+                    result: Some(match result {
+                        Ok(response) => proto::lookup_batch_response::Result::Response(response),
+                        Err(e) => proto::lookup_batch_response::Result::Error(e.to_item_error()),
+                    }),
+                })
+            }
+        })
+        .buffer_unordered(in_flight);
+    let mut results = std::pin::pin!(results);
+    while let Some(result) = results.next().await {
+        let Some(result) = result else { continue };
+        // A consumer that went away gets no more results, but the items in
+        // flight still finish and are audited.
+        let _ = tx.send(Ok(result)).await;
+    }
+}
+
 /// Who made the lookup, and whether they were refused for that.
 struct Who {
     org: Arc<Organisation>,
@@ -120,6 +224,12 @@ struct Trace {
     dataset: Option<DatasetName>,
     fields_returned: Vec<String>,
     reference_date: Option<String>,
+    /// The number the consumer named, when it was replaced.
+    citizen_as_given: Option<Niss>,
+    /// The fields tested.
+    checks: Vec<String>,
+    /// The rule that allowed or refused.
+    detail: String,
 }
 
 async fn lookup(
@@ -140,6 +250,9 @@ async fn lookup(
         dataset: None,
         fields_returned: Vec::new(),
         reference_date: None,
+        citizen_as_given: None,
+        checks: Vec::new(),
+        detail: String::new(),
     };
     let Who { org, user, denied } = who;
     let result = match denied {
@@ -179,6 +292,17 @@ async fn lookup(
         source: trace.source,
         consumer_reference: bounded(&msg.consumer_reference, MAX_REFERENCE),
         reference_date: trace.reference_date,
+        citizen_as_given: trace.citizen_as_given,
+        checks: if trace.checks.is_empty() {
+            msg.checks
+                .iter()
+                .take(crate::checks::MAX_CHECKS)
+                .map(|c| bounded(&c.field, 64))
+                .collect()
+        } else {
+            trace.checks
+        },
+        detail: trace.detail,
     };
     let decision = record.decision;
     let reason = record.reason.map(ReasonCode::as_str);
@@ -297,9 +421,16 @@ async fn process(
             )
         });
     }
-    let citizen = Niss::parse(&msg.citizen)
+    let given = Niss::parse(&msg.citizen)
         .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
+    trace.citizen = Some(given);
+    // A replaced number is looked up as the number in force; the entry
+    // keeps both.
+    let persons = broker.store().persons();
+    let resolved = persons.resolve(&given).map_err(store_error)?;
+    let citizen = resolved.current;
     trace.citizen = Some(citizen);
+    trace.citizen_as_given = resolved.given;
     let dataset = DatasetName::new(msg.dataset.clone())
         .map_err(|e| ApiError::invalid("dataset", "INVALID_ARGUMENT", format!("dataset: {e}")))?;
     let snapshot = broker.snapshot();
@@ -311,7 +442,9 @@ async fn process(
         .with("dataset", dataset.to_string())
     })?;
     trace.dataset = Some(dataset.clone());
-    let fields = validate_fields(&msg.fields, &route)?;
+    let fields = validate_fields(&msg.fields, !msg.checks.is_empty(), &route)?;
+    let checks = crate::checks::validate(msg.checks.clone(), &route.dataset)?;
+    let check_fields: Vec<FieldName> = checks.iter().map(|c| c.field.clone()).collect();
     let purpose = PurposeCode::new(msg.purpose.clone())
         .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
     if !snapshot.purposes.contains_key(purpose.as_str()) {
@@ -339,6 +472,10 @@ async fn process(
         }
         trace.reference_date = Some(format_date(date));
     }
+    let date = match &trace.reference_date {
+        Some(_) => parse_date("reference_date", &msg.reference_date)?,
+        None => today,
+    };
     if msg.consumer_reference.chars().count() > MAX_REFERENCE
         || msg.consumer_reference.chars().any(char::is_control)
     {
@@ -349,26 +486,54 @@ async fn process(
         ));
     }
 
+    let authorisations = snapshot.authorisations_for(org.kbo, &dataset);
+    // The persons directory and consents are read only when an
+    // authorisation could use them.
+    let files = if authorisations.iter().any(|a| a.purpose == purpose) {
+        persons.files_of(&org.kbo, &resolved).map_err(store_error)?
+    } else {
+        Vec::new()
+    };
+    let consents = if authorisations
+        .iter()
+        .any(|a| a.purpose == purpose && a.consent_required)
+    {
+        persons.consents_of(&resolved).map_err(store_error)?
+    } else {
+        Vec::new()
+    };
     let question = LookupQuestion {
         consumer: org.kbo,
         dataset: &dataset,
         fields: &fields,
+        checks: &check_fields,
         purpose: &purpose,
         today,
+        date,
+        now: received,
+        files: &files,
+        consents: &consents,
     };
-    let (authorisation, allowed) =
-        match semel_core::decide(&question, snapshot.authorisations_for(org.kbo, &dataset)) {
-            Decision::Allow {
-                authorisation,
-                fields,
-            } => (authorisation, fields),
-            Decision::Deny(refusal) => {
-                trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
-                trace.reason = Some(ReasonCode::Refused(refusal.reason));
-                return Err(refusal_error(&refusal, &dataset, &purpose));
-            }
-        };
+    let allowance = match semel_core::decide(&question, authorisations) {
+        Decision::Allow(allowance) => allowance,
+        Decision::Deny(refusal) => {
+            trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
+            trace.reason = Some(ReasonCode::Refused(refusal.reason));
+            trace.detail = refusal.explain(&dataset, &purpose);
+            return Err(refusal_error(&refusal, trace.detail.clone()));
+        }
+    };
     drop(snapshot);
+    trace.detail = allowance.explain();
+    trace.checks = allowance.checks.iter().map(ToString::to_string).collect();
+    let authorisation = allowance.authorisation;
+    let allowed = allowance.fields;
+    // The source is asked for the fields read and the fields tested.
+    let forwarded: BTreeSet<&str> = allowed
+        .iter()
+        .chain(&allowance.checks)
+        .map(FieldName::as_str)
+        .collect();
     trace.decision = AuditDecision::Allowed;
     trace.authorisation = Some(authorisation.to_string());
     trace.source = Some(route.dataset.source);
@@ -401,7 +566,7 @@ async fn process(
         request_id: request_id.clone(),
         dataset: dataset.to_string(),
         citizen: citizen.as_str().to_owned(),
-        fields: allowed.iter().map(ToString::to_string).collect(),
+        fields: forwarded.iter().map(|f| (*f).to_owned()).collect(),
         reference_date: trace.reference_date.clone().unwrap_or_default(),
         consumer_kbo: org.kbo.as_str().to_owned(),
         purpose: purpose.to_string(),
@@ -465,13 +630,18 @@ async fn process(
     route
         .guard
         .record(pass, reachable, std::time::Instant::now());
-    let answer = answer?;
-    let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
-    let fields: std::collections::HashMap<String, proto::Value> = answer
-        .fields
-        .into_iter()
-        .filter(|(k, _)| allowed.contains(k.as_str()))
+    let mut answer = answer?;
+    // Checks are answered from the values, which then go no further.
+    let check_results = checks
+        .iter()
+        .map(|c| proto::CheckResult {
+            field: c.field.to_string(),
+            answer: c.answer(answer.fields.get(c.field.as_str())) as i32,
+        })
         .collect();
+    let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
+    answer.fields.retain(|k, _| allowed.contains(k.as_str()));
+    let fields = answer.fields;
     let mut returned: Vec<String> = fields.keys().cloned().collect();
     returned.sort();
     trace.fields_returned = returned;
@@ -480,15 +650,30 @@ async fn process(
         authorisation_reference: authorisation.to_string(),
         source_kbo: route.dataset.source.as_str().to_owned(),
         fields,
+        checks: check_results,
     })
 }
 
-fn validate_fields(requested: &[String], route: &Route) -> Result<Vec<FieldName>, ApiError> {
-    if requested.is_empty() {
+/// The error for a store failure on the lookup path.
+fn store_error(e: semel_store::StoreError) -> ApiError {
+    tracing::error!(error = %e, "persons directory unavailable");
+    ApiError::retryable(
+        Code::Unavailable,
+        "STORE_UNAVAILABLE",
+        "the broker cannot read its persons directory right now; try again later",
+    )
+}
+
+fn validate_fields(
+    requested: &[String],
+    has_checks: bool,
+    route: &Route,
+) -> Result<Vec<FieldName>, ApiError> {
+    if requested.is_empty() && !has_checks {
         return Err(ApiError::invalid(
             "fields",
             "INVALID_ARGUMENT",
-            "name at least one field; ask only for what the purpose needs",
+            "name at least one field or one check; ask only for what the purpose needs",
         ));
     }
     if requested.len() > MAX_FIELDS {
@@ -517,44 +702,45 @@ fn validate_fields(requested: &[String], route: &Route) -> Result<Vec<FieldName>
     Ok(out)
 }
 
-fn refusal_error(refusal: &Refusal, dataset: &DatasetName, purpose: &PurposeCode) -> ApiError {
-    use semel_core::RefusalReason::*;
-    let auth = refusal
-        .authorisation
-        .as_ref()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let message = match refusal.reason {
-        NoAuthorisation => format!("no authorisation allows your organisation to obtain {dataset}"),
-        PurposeNotAllowed => format!(
-            "your organisation's authorisations for {dataset} do not cover purpose {purpose}"
-        ),
-        FieldNotAllowed => format!(
-            "authorisation {auth} does not cover the fields {}; ask only for the fields it allows",
-            refusal
-                .fields_not_allowed
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        AuthorisationNotYetValid => format!("authorisation {auth} is not valid yet"),
-        AuthorisationExpired => format!("authorisation {auth} has expired"),
-        AuthorisationSuspended => format!("authorisation {auth} is suspended"),
-    };
+fn refusal_error(refusal: &Refusal, message: String) -> ApiError {
+    let join = |items: Vec<&str>| items.join(",");
     let mut e = ApiError::denied(refusal.reason.code(), message);
-    if !auth.is_empty() {
-        e = e.with("authorisation_reference", auth);
+    if let Some(a) = &refusal.authorisation {
+        e = e.with("authorisation_reference", a.to_string());
     }
     if !refusal.fields_not_allowed.is_empty() {
         e = e.with(
             "fields_not_allowed",
-            refusal
-                .fields_not_allowed
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(","),
+            join(
+                refusal
+                    .fields_not_allowed
+                    .iter()
+                    .map(FieldName::as_str)
+                    .collect(),
+            ),
+        );
+    }
+    if refusal.reason == semel_core::RefusalReason::NoActiveFile {
+        e = e.with(
+            "capacities_required",
+            join(
+                refusal
+                    .capacities_required
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect(),
+            ),
+        );
+    }
+    if let Some((id, state)) = &refusal.consent {
+        e = e.with("consent_id", id.clone()).with(
+            "consent_state",
+            match state {
+                semel_core::ConsentState::Withdrawn => "withdrawn",
+                semel_core::ConsentState::Expired => "expired",
+                semel_core::ConsentState::NotYetGiven => "not_yet_given",
+                semel_core::ConsentState::Valid => "valid",
+            },
         );
     }
     e

@@ -25,6 +25,23 @@ const READERS: &[UserRole] = &[Admin, Consumer, Source, Auditor];
 /// The matrix.
 pub const RULES: &[Rule] = &[
     rule("semel.v1.LookupService/Lookup", &[Consumer]),
+    rule("semel.v1.LookupService/LookupBatch", &[Consumer]),
+    rule("semel.v1.PersonsService/RegisterFile", &[Consumer]),
+    rule("semel.v1.PersonsService/CloseFile", &[Consumer]),
+    rule("semel.v1.PersonsService/ListFiles", &[Consumer]),
+    rule(
+        "semel.v1.PersonsService/ReplaceNationalNumber",
+        &[Admin, Source],
+    ),
+    rule("semel.v1.ConsentService/GiveConsent", &[Consumer, Citizen]),
+    rule(
+        "semel.v1.ConsentService/WithdrawConsent",
+        &[Consumer, Citizen],
+    ),
+    rule(
+        "semel.v1.ConsentService/ListConsents",
+        &[Consumer, Citizen, Auditor],
+    ),
     rule("semel.v1.RegistryService/CreateOrganisation", &[Admin]),
     rule("semel.v1.RegistryService/GetOrganisation", READERS),
     rule("semel.v1.RegistryService/ListOrganisations", READERS),

@@ -287,6 +287,7 @@ impl Rpc for RegistryService {
         if let Some(f) = auth
             .fields
             .iter()
+            .chain(&auth.check_fields)
             .find(|f| route.dataset.field(f.as_str()).is_none())
         {
             return Err(ApiError::invalid(

@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::lookup::LookupService;
 use crate::proto::source_service_server::{SourceService, SourceServiceServer};
 use crate::proto::{
-    audit_service_server::AuditServiceServer, lookup_service_server::LookupServiceServer,
+    audit_service_server::AuditServiceServer, consent_service_server::ConsentServiceServer,
+    lookup_service_server::LookupServiceServer, persons_service_server::PersonsServiceServer,
     registry_service_server::RegistryServiceServer,
 };
 use crate::registry::RegistryService;
@@ -212,6 +213,8 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             tls: source_tls,
             deadline: config.source_deadline(),
             limits: config.limit_settings(),
+            register_dataset: semel_core::DatasetName::new(config.sources.register_dataset.clone())
+                .context("sources.register_dataset")?,
         },
         tokens,
     )?;
@@ -310,6 +313,14 @@ pub async fn serve_broker(
         )
         .add_service(
             AuditServiceServer::new(AuditService::new(broker.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            PersonsServiceServer::new(crate::persons::PersonsService::new(broker.clone()))
+                .max_decoding_message_size(MAX_REQUEST),
+        )
+        .add_service(
+            ConsentServiceServer::new(crate::persons::ConsentService::new(broker.clone()))
                 .max_decoding_message_size(MAX_REQUEST),
         )
         .add_service(health_service)

@@ -72,6 +72,8 @@ pub struct SourceSettings {
     /// How long a source may take to answer one lookup.
     pub deadline: Duration,
     pub limits: LimitSettings,
+    /// The dataset whose source is the register of persons.
+    pub register_dataset: DatasetName,
 }
 
 /// The caller of an RPC, once the certificate, the token and the
@@ -162,6 +164,14 @@ impl Broker {
 
     pub fn source_deadline(&self) -> Duration {
         self.sources.deadline
+    }
+
+    pub fn limits(&self) -> &LimitSettings {
+        &self.sources.limits
+    }
+
+    pub fn register_dataset(&self) -> &DatasetName {
+        &self.sources.register_dataset
     }
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
@@ -467,6 +477,9 @@ impl Broker {
             source: None,
             consumer_reference: String::new(),
             reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: error.message.clone(),
         };
         if let Err(e) = self.store.audit().append(record).await {
             tracing::error!(error = %e, "refused call not recorded: audit log unavailable");
@@ -498,6 +511,50 @@ impl Broker {
             operation: caller.rule.method,
         };
         self.record_refusal(denied, citizen).await
+    }
+
+    /// A blank audit entry for the caller's call: allowed, nothing forwarded.
+    pub fn audit_record(&self, caller: &Caller, request_id: uuid::Uuid) -> AuditRecord {
+        AuditRecord {
+            request_id: *request_id.as_bytes(),
+            time_micros: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
+            operation: caller.rule.method.into(),
+            consumer: caller.org.kbo,
+            end_user: Some(caller.user.subject.clone()),
+            citizen: None,
+            dataset: String::new(),
+            fields_requested: Vec::new(),
+            fields_returned: Vec::new(),
+            purpose: String::new(),
+            authorisation: None,
+            decision: AuditDecision::Allowed,
+            reason: None,
+            outcome: Outcome::NotForwarded,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: String::new(),
+        }
+    }
+
+    /// Appends an entry and waits until it is durable: a change is not
+    /// acknowledged without its entry.
+    pub async fn append_durably(&self, record: AuditRecord) -> Result<(), ApiError> {
+        self.store
+            .audit()
+            .append(record)
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "call refused: audit entry not durable");
+                ApiError::retryable(
+                    tonic::Code::Unavailable,
+                    "AUDIT_UNAVAILABLE",
+                    "the broker cannot record changes right now, so it makes none; try again later",
+                )
+            })
     }
 
     /// The token verifier in use.

@@ -165,6 +165,8 @@ struct IndexItem {
     /// What the entry is found by; the indexer derives the keys, off the
     /// writer's path.
     citizen: Option<Niss>,
+    /// The number the caller named, when it had been replaced.
+    citizen_as_given: Option<Niss>,
     consumer: Kbo,
     end_user: Option<String>,
     authorisation: Option<String>,
@@ -421,7 +423,9 @@ impl AuditLog {
                 return Ok(true);
             }
             if !(query.until_micros.is_some_and(|u| r.time_micros >= u)
-                || query.citizen.is_some_and(|c| Some(c) != r.citizen)
+                || query
+                    .citizen
+                    .is_some_and(|c| Some(c) != r.citizen && Some(c) != r.citizen_as_given)
                 || query.consumer.is_some_and(|c| c != r.consumer)
                 || query
                     .end_user
@@ -843,6 +847,7 @@ impl Writer {
                 end,
                 hash,
                 citizen: r.citizen,
+                citizen_as_given: r.citizen_as_given,
                 consumer: r.consumer,
                 end_user: r.end_user,
                 authorisation: r.authorisation,
@@ -996,7 +1001,7 @@ impl Indexer {
                             .add(
                                 item.sequence,
                                 &keys(
-                                    item.citizen.as_ref(),
+                                    [item.citizen.as_ref(), item.citizen_as_given.as_ref()],
                                     &item.consumer,
                                     item.end_user.as_deref(),
                                     item.authorisation.as_deref(),
@@ -1108,14 +1113,14 @@ const DATASET: u8 = b'd';
 /// The keys an entry is indexed by: citizen, consumer, person,
 /// authorisation and dataset.
 fn keys(
-    citizen: Option<&Niss>,
+    citizens: [Option<&Niss>; 2],
     consumer: &Kbo,
     end_user: Option<&str>,
     authorisation: Option<&str>,
     dataset: &str,
 ) -> Vec<Key> {
-    let mut k = Vec::with_capacity(5);
-    if let Some(n) = citizen {
+    let mut k = Vec::with_capacity(6);
+    for n in citizens.into_iter().flatten() {
         k.push(citizen_key(n));
     }
     k.push(consumer_key(consumer));
@@ -1133,7 +1138,7 @@ fn keys(
 
 fn record_keys(r: &AuditRecord) -> Vec<Key> {
     keys(
-        r.citizen.as_ref(),
+        [r.citizen.as_ref(), r.citizen_as_given.as_ref()],
         &r.consumer,
         r.end_user.as_deref(),
         r.authorisation.as_deref(),
@@ -1422,6 +1427,9 @@ pub(crate) mod tests {
             source: None,
             consumer_reference: String::new(),
             reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: String::new(),
         }
     }
 

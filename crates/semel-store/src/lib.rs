@@ -5,7 +5,7 @@
 //! Layout of a data directory:
 //!
 //! ```text
-//! <data-dir>/db/            sled: the registry
+//! <data-dir>/db/            sled: the registry, persons directory and consents
 //! <data-dir>/audit/log      the audit log: framed, hash-chained entries
 //! <data-dir>/audit/ends     where each entry ends (rebuilt from the log)
 //! <data-dir>/audit/index/   entries by citizen and consumer (rebuilt from the log)
@@ -17,6 +17,7 @@
 
 mod audit;
 mod keys;
+mod persons;
 mod postings;
 mod registry;
 pub mod tree;
@@ -30,6 +31,7 @@ pub use audit::{
     Appended, ArchiveReport, ArchiveState, AuditError, AuditLog, AuditQuery, AuditStats,
     ChainReport, CheckpointSettings, SignedCheckpoint, StoredEntry,
 };
+pub use persons::{Persons, Resolved};
 pub use registry::Registry;
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
@@ -71,6 +73,7 @@ pub(crate) fn sled_err(context: impl Into<String>) -> impl FnOnce(sled::Error) -
 /// The embedded store of one broker: a sled database and the audit log.
 pub struct Store {
     registry: Registry,
+    persons: Persons,
     audit: AuditLog,
 }
 
@@ -97,12 +100,22 @@ impl Store {
                 db_path.display()
             )))?;
         let registry = Registry::open(db.clone(), db_path)?;
+        let persons = Persons::open(&db, registry.clone())?;
         let audit = AuditLog::open(&dir.join("audit"), checkpoints)?;
-        Ok(Store { registry, audit })
+        Ok(Store {
+            registry,
+            persons,
+            audit,
+        })
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// The persons directory, consents and replaced numbers.
+    pub fn persons(&self) -> &Persons {
+        &self.persons
     }
 
     pub fn audit(&self) -> &AuditLog {

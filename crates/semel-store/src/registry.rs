@@ -154,10 +154,13 @@ impl Registry {
     }
 }
 
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Corrupt(format!("encode registry record: {e}")))
+}
+
 fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), StoreError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|e| StoreError::Corrupt(format!("encode registry record: {e}")))?;
-    tree.insert(key, bytes)
+    tree.insert(key, encode(value)?)
         .map_err(sled_err("write registry"))?;
     Ok(())
 }
@@ -178,7 +181,7 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
         .collect()
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt(format!("decode registry record: {e}")))
 }
@@ -210,6 +213,9 @@ mod tests {
             version: 1,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
             confidential_until: None,
+            check_fields: Default::default(),
+            capacities: Default::default(),
+            consent_required: false,
         };
         reg.put_authorisation(&a).expect("version 1");
         a.status = AuthorisationStatus::Suspended;

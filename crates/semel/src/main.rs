@@ -90,8 +90,13 @@ enum Command {
         #[arg(long)]
         dataset: String,
         /// Comma-separated field names.
-        #[arg(long, value_delimiter = ',', required = true)]
+        #[arg(long, value_delimiter = ',', required_unless_present = "check")]
         fields: Vec<String>,
+        /// A yes/no check instead of a value, e.g. `nis_code=21004` or
+        /// `income_years[income_year=2024].taxable_income_cents<2000000`
+        /// (operators = != < <= > >=); repeatable.
+        #[arg(long)]
+        check: Vec<String>,
         /// Purpose code, e.g. RIS_ELIGIBILITY.
         #[arg(long)]
         purpose: String,
@@ -391,31 +396,7 @@ enum AuthorisationCommand {
         #[arg(long)]
         dataset: Option<String>,
     },
-    Create {
-        #[arg(long)]
-        reference: String,
-        #[arg(long)]
-        consumer: String,
-        #[arg(long)]
-        dataset: String,
-        #[arg(long, value_delimiter = ',', required = true)]
-        fields: Vec<String>,
-        #[arg(long)]
-        purpose: String,
-        #[arg(long)]
-        legal_basis: String,
-        #[arg(long)]
-        issuing_body: String,
-        /// YYYY-MM-DD
-        #[arg(long)]
-        valid_from: String,
-        /// YYYY-MM-DD; open-ended when omitted.
-        #[arg(long)]
-        valid_until: Option<String>,
-        /// For investigations: lookups stay out of the citizen's view until this day (YYYY-MM-DD).
-        #[arg(long)]
-        confidential_until: Option<String>,
-    },
+    Create(Box<NewAuthorisationArgs>),
     Suspend {
         reference: String,
         #[arg(long, default_value = "")]
@@ -424,6 +405,43 @@ enum AuthorisationCommand {
     Reinstate {
         reference: String,
     },
+}
+
+#[derive(clap::Args)]
+struct NewAuthorisationArgs {
+    #[arg(long)]
+    reference: String,
+    #[arg(long)]
+    consumer: String,
+    #[arg(long)]
+    dataset: String,
+    /// Fields that may be read.
+    #[arg(long, value_delimiter = ',')]
+    fields: Vec<String>,
+    /// Fields that may only be tested (yes/no checks).
+    #[arg(long, value_delimiter = ',')]
+    check_fields: Vec<String>,
+    /// Capacities of the persons directory it accepts (default: any).
+    #[arg(long, value_delimiter = ',')]
+    capacities: Vec<String>,
+    /// Lookups need the citizen's consent.
+    #[arg(long)]
+    consent_required: bool,
+    #[arg(long)]
+    purpose: String,
+    #[arg(long)]
+    legal_basis: String,
+    #[arg(long)]
+    issuing_body: String,
+    /// YYYY-MM-DD
+    #[arg(long)]
+    valid_from: String,
+    /// YYYY-MM-DD; open-ended when omitted.
+    #[arg(long)]
+    valid_until: Option<String>,
+    /// For investigations: lookups stay out of the citizen's view until this day (YYYY-MM-DD).
+    #[arg(long)]
+    confidential_until: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -662,7 +680,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             purpose,
             reference_date,
             reference,
+            check,
         } => {
+            let checks = check
+                .iter()
+                .map(|c| semel_server::client::parse_check(c))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let client = connect(&conn, None).await?;
             let args = LookupArgs {
                 citizen,
@@ -671,6 +694,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 purpose,
                 reference_date,
                 consumer_reference: reference,
+                checks,
             };
             Ok(report(conn.json, client.lookup(args).await, print_lookup))
         }
@@ -724,24 +748,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 AdminCommand::Authorisation(AuthorisationCommand::List { consumer, dataset }) => {
                     client.list_authorisations(consumer, dataset).await
                 }
-                AdminCommand::Authorisation(AuthorisationCommand::Create {
-                    reference,
-                    consumer,
-                    dataset,
-                    fields,
-                    purpose,
-                    legal_basis,
-                    issuing_body,
-                    valid_from,
-                    valid_until,
-                    confidential_until,
-                }) => {
+                AdminCommand::Authorisation(AuthorisationCommand::Create(args)) => {
+                    let NewAuthorisationArgs {
+                        reference,
+                        consumer,
+                        dataset,
+                        fields,
+                        purpose,
+                        legal_basis,
+                        issuing_body,
+                        valid_from,
+                        valid_until,
+                        confidential_until,
+                        check_fields,
+                        capacities,
+                        consent_required,
+                    } = *args;
                     client
                         .create_authorisation(NewAuthorisation {
                             reference,
                             consumer,
                             dataset,
                             fields,
+                            check_fields,
+                            capacities,
+                            consent_required,
                             purpose,
                             legal_basis,
                             issuing_body,
@@ -1423,6 +1454,15 @@ fn print_lookup(v: &Json) {
                 }
                 other => println!("  {k:width$}  {other}"),
             }
+        }
+    }
+    if let Some(checks) = v["checks"].as_array() {
+        for c in checks {
+            println!(
+                "  check {}: {}",
+                c["field"].as_str().unwrap_or(""),
+                c["answer"].as_str().unwrap_or("")
+            );
         }
     }
 }

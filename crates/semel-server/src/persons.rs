@@ -1,0 +1,742 @@
+//! `PersonsService` and `ConsentService`: the persons directory, replaced
+//! national numbers and consents.
+//!
+//! Every call that changes a file, a consent or a number is recorded in the
+//! audit log, allowed or refused, like a lookup: the change is stored, its
+//! entry made durable, and only then is the answer sent. If the entry
+//! cannot be written the change is undone and the call fails.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use semel_core::{
+    AuditDecision, CapacityCode, Consent, ConsentChannel, DatasetName, FilePhase, Kbo, Niss,
+    NumberReplacement, Outcome, PersonFile, PurposeCode, ReasonCode, UserRole, brussels_today,
+};
+use semel_store::Resolved;
+use time::OffsetDateTime;
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::{format_date, parse_date, parse_kbo, timestamp};
+use crate::error::ApiError;
+use crate::proto::{self, FetchRequest};
+use crate::state::{Broker, Caller};
+
+/// The longest consumer reference or evidence reference.
+const MAX_REFERENCE: usize = 64;
+const MAX_EVIDENCE: usize = 128;
+
+pub struct PersonsService {
+    broker: Arc<Broker>,
+}
+
+impl PersonsService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        PersonsService { broker }
+    }
+}
+
+pub struct ConsentService {
+    broker: Arc<Broker>,
+}
+
+impl ConsentService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        ConsentService { broker }
+    }
+}
+
+/// What a change call learnt, for its audit entry.
+#[derive(Default)]
+struct Change {
+    citizen: Option<Niss>,
+    citizen_as_given: Option<Niss>,
+    purpose: String,
+    dataset: String,
+    source: Option<Kbo>,
+    reference: String,
+    detail: String,
+    reason: Option<ReasonCode>,
+}
+
+/// Runs a change and records it, allowed or refused. `undo` reverts the
+/// stored change when its entry cannot be made durable.
+async fn audited<T>(
+    broker: &Broker,
+    caller: &Caller,
+    run: impl AsyncFnOnce(&mut Change) -> Result<(T, Box<dyn FnOnce() + Send>), ApiError>,
+) -> Result<(T, String), ApiError> {
+    let request_id = uuid::Uuid::now_v7();
+    let mut change = Change::default();
+    let result = run(&mut change).await;
+    let mut record = broker.audit_record(caller, request_id);
+    record.citizen = change.citizen;
+    record.citizen_as_given = change.citizen_as_given;
+    record.purpose = change.purpose;
+    record.dataset = change.dataset;
+    record.source = change.source;
+    record.consumer_reference = change.reference;
+    match &result {
+        Ok(_) => record.detail = change.detail,
+        Err(e) => {
+            record.decision = AuditDecision::Refused;
+            record.reason = change.reason.or_else(|| {
+                ReasonCode::parse(e.reason)
+                    .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument))
+            });
+            record.detail = e.message.clone();
+        }
+    }
+    if record.decision == AuditDecision::Allowed {
+        record.outcome = Outcome::Answered;
+    }
+    let appended = broker.append_durably(record).await;
+    let request_id = request_id.to_string();
+    match (result, appended) {
+        (Ok((value, _)), Ok(())) => Ok((value, request_id)),
+        (Ok((_, undo)), Err(e)) => {
+            undo();
+            Err(e.with("request_id", request_id))
+        }
+        (Err(e), _) => Err(e.with("request_id", request_id)),
+    }
+}
+
+fn parse_citizen(field: &'static str, s: &str) -> Result<Niss, ApiError> {
+    Niss::parse(s).map_err(|e| ApiError::invalid(field, "INVALID_CITIZEN", format!("{field}: {e}")))
+}
+
+fn printable(field: &'static str, s: &str, max: usize) -> Result<String, ApiError> {
+    if s.chars().count() > max || s.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "INVALID_ARGUMENT",
+            format!("{field} must be at most {max} printable characters"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+impl Broker {
+    fn resolve(&self, citizen: &Niss) -> Result<Resolved, ApiError> {
+        Ok(self.store().persons().resolve(citizen)?)
+    }
+
+    /// Asks the register whether it knows a national number: a Fetch of its
+    /// dataset with no field.
+    async fn register_knows(&self, citizen: &Niss, change: &mut Change) -> Result<(), ApiError> {
+        let dataset = self.register_dataset().clone();
+        let route = self.snapshot().routes.get(&dataset).cloned().ok_or_else(|| {
+            ApiError::new(
+                Code::FailedPrecondition,
+                "REGISTER_UNAVAILABLE",
+                format!(
+                    "the register dataset {dataset} is not published on this broker, so no number can be checked; ask the operator"
+                ),
+            )
+        })?;
+        change.source = Some(route.dataset.source);
+        let mut client = route.client.clone();
+        let call = client.fetch(FetchRequest {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            dataset: dataset.to_string(),
+            citizen: citizen.as_str().to_owned(),
+            fields: Vec::new(),
+            reference_date: String::new(),
+            consumer_kbo: String::new(),
+            purpose: "PERSONS_DIRECTORY".to_owned(),
+            authorisation_reference: String::new(),
+        });
+        let deadline = self.source_deadline();
+        match tokio::time::timeout(deadline, call).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) if status.code() == Code::NotFound => {
+                change.reason = Some(ReasonCode::CitizenUnknown);
+                Err(ApiError::not_found(
+                    "CITIZEN_UNKNOWN",
+                    "the register does not know this national number; check it, or register the person first",
+                ))
+            }
+            Ok(Err(status)) => Err(ApiError::retryable(
+                Code::Unavailable,
+                "SOURCE_UNAVAILABLE",
+                format!(
+                    "the register cannot be asked right now ({:?}); try again later",
+                    status.code()
+                ),
+            )),
+            Err(_) => Err(ApiError::retryable(
+                Code::DeadlineExceeded,
+                "SOURCE_TIMEOUT",
+                format!(
+                    "the register did not answer within {} ms; try again later",
+                    deadline.as_millis()
+                ),
+            )),
+        }
+    }
+}
+
+fn phase_from_proto(p: i32) -> Result<FilePhase, ApiError> {
+    match proto::FilePhase::try_from(p) {
+        Ok(proto::FilePhase::Provisional) => Ok(FilePhase::Provisional),
+        Ok(proto::FilePhase::Definitive) => Ok(FilePhase::Definitive),
+        _ => Err(ApiError::invalid(
+            "file.phase",
+            "INVALID_ARGUMENT",
+            "say whether the file is provisional or definitive",
+        )),
+    }
+}
+
+fn file_to_proto(f: &PersonFile) -> proto::PersonFile {
+    proto::PersonFile {
+        id: f.id.clone(),
+        consumer_kbo: f.consumer.as_str().to_owned(),
+        citizen: f.citizen.as_str().to_owned(),
+        capacity: f.capacity.to_string(),
+        phase: match f.phase {
+            FilePhase::Provisional => proto::FilePhase::Provisional,
+            FilePhase::Definitive => proto::FilePhase::Definitive,
+        } as i32,
+        begin_date: format_date(f.begins),
+        end_date: f.ends.map(format_date).unwrap_or_default(),
+        consumer_reference: f.consumer_reference.clone(),
+        registered_by: f.registered_by.clone(),
+        registered_at: Some(timestamp(f.registered_at)),
+        closed_at: f.closed_at.map(timestamp),
+    }
+}
+
+fn file_detail(f: &PersonFile) -> String {
+    format!(
+        "file {} ({}, {}) from {}{}",
+        f.id,
+        f.capacity,
+        f.phase.as_str(),
+        format_date(f.begins),
+        f.ends
+            .map(|e| format!(" to {}", format_date(e)))
+            .unwrap_or_default()
+    )
+}
+
+#[tonic::async_trait]
+impl proto::persons_service_server::PersonsService for PersonsService {
+    async fn register_file(
+        &self,
+        req: Request<proto::RegisterFileRequest>,
+    ) -> Result<Response<proto::RegisterFileResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let file = req.into_inner().file.unwrap_or_default();
+        let (file, request_id) = audited(broker, &caller, async |change: &mut Change| {
+            let given = parse_citizen("file.citizen", &file.citizen)?;
+            change.citizen = Some(given);
+            let resolved = broker.resolve(&given)?;
+            change.citizen = Some(resolved.current);
+            change.citizen_as_given = resolved.given;
+            change.reference = printable(
+                "file.consumer_reference",
+                &file.consumer_reference,
+                MAX_REFERENCE,
+            )?;
+            let capacity = CapacityCode::new(file.capacity.clone()).map_err(|e| {
+                ApiError::invalid(
+                    "file.capacity",
+                    "INVALID_ARGUMENT",
+                    format!("file.capacity: {e}"),
+                )
+            })?;
+            let phase = phase_from_proto(file.phase)?;
+            let now = OffsetDateTime::now_utc();
+            let today = brussels_today(now);
+            let begins = if file.begin_date.is_empty() {
+                today
+            } else {
+                parse_date("file.begin_date", &file.begin_date)?
+            };
+            let ends = if file.end_date.is_empty() {
+                None
+            } else {
+                Some(parse_date("file.end_date", &file.end_date)?)
+            };
+            if ends.is_some_and(|e| e < begins) {
+                return Err(ApiError::invalid(
+                    "file.end_date",
+                    "INVALID_ARGUMENT",
+                    "end_date is before begin_date",
+                ));
+            }
+            broker.register_knows(&resolved.current, change).await?;
+            let stored = PersonFile {
+                id: uuid::Uuid::now_v7().to_string(),
+                consumer: caller.org.kbo,
+                citizen: resolved.current,
+                capacity,
+                phase,
+                begins,
+                ends,
+                consumer_reference: change.reference.clone(),
+                registered_by: caller.user.subject.clone(),
+                registered_at: now,
+                closed_at: None,
+            };
+            let persons = broker.store().persons().clone();
+            persons.put_file(&stored)?;
+            change.detail = file_detail(&stored);
+            let undo = {
+                let f = stored.clone();
+                Box::new(move || {
+                    let _ = persons.delete_file(&f);
+                }) as Box<dyn FnOnce() + Send>
+            };
+            Ok((stored, undo))
+        })
+        .await?;
+        Ok(Response::new(proto::RegisterFileResponse {
+            file: Some(file_to_proto(&file)),
+            request_id,
+        }))
+    }
+
+    async fn close_file(
+        &self,
+        req: Request<proto::CloseFileRequest>,
+    ) -> Result<Response<proto::CloseFileResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let msg = req.into_inner();
+        let (file, request_id) = audited(broker, &caller, async |change: &mut Change| {
+            let given = parse_citizen("citizen", &msg.citizen)?;
+            change.citizen = Some(given);
+            let resolved = broker.resolve(&given)?;
+            change.citizen = Some(resolved.current);
+            change.citizen_as_given = resolved.given;
+            let persons = broker.store().persons().clone();
+            let mut found = None;
+            for n in resolved.numbers() {
+                if let Some(f) = persons.file(&caller.org.kbo, n, &msg.file_id)? {
+                    found = Some(f);
+                    break;
+                }
+            }
+            let Some(before) = found else {
+                change.reason = Some(ReasonCode::NotFound);
+                return Err(ApiError::not_found(
+                    "FILE_NOT_FOUND",
+                    "your organisation has no file with this id on this citizen; ListFiles shows them",
+                ));
+            };
+            let now = OffsetDateTime::now_utc();
+            let end = if msg.end_date.is_empty() {
+                brussels_today(now)
+            } else {
+                parse_date("end_date", &msg.end_date)?
+            };
+            if end < before.begins {
+                return Err(ApiError::invalid(
+                    "end_date",
+                    "INVALID_ARGUMENT",
+                    format!(
+                        "the file begins on {}; it cannot end before",
+                        format_date(before.begins)
+                    ),
+                ));
+            }
+            let mut after = before.clone();
+            after.ends = Some(before.ends.map_or(end, |e| e.min(end)));
+            after.closed_at = Some(now);
+            persons.put_file(&after)?;
+            change.reference = after.consumer_reference.clone();
+            change.detail = file_detail(&after);
+            let undo = Box::new(move || {
+                let _ = persons.put_file(&before);
+            }) as Box<dyn FnOnce() + Send>;
+            Ok((after, undo))
+        })
+        .await?;
+        Ok(Response::new(proto::CloseFileResponse {
+            file: Some(file_to_proto(&file)),
+            request_id,
+        }))
+    }
+
+    async fn list_files(
+        &self,
+        req: Request<proto::ListFilesRequest>,
+    ) -> Result<Response<proto::ListFilesResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
+        let resolved = self.broker.resolve(&citizen)?;
+        let mut files = self
+            .broker
+            .store()
+            .persons()
+            .files_of(&caller.org.kbo, &resolved)
+            .map_err(ApiError::from)?;
+        files.sort_by_key(|f| std::cmp::Reverse(f.registered_at));
+        Ok(Response::new(proto::ListFilesResponse {
+            files: files.iter().map(file_to_proto).collect(),
+        }))
+    }
+
+    async fn replace_national_number(
+        &self,
+        req: Request<proto::ReplaceNationalNumberRequest>,
+    ) -> Result<Response<proto::ReplaceNationalNumberResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let msg = req.into_inner();
+        let ((), request_id) = audited(broker, &caller, async |change: &mut Change| {
+            // Only the operator, or the organisation that publishes the
+            // register, may say that a number changed.
+            let register = broker
+                .snapshot()
+                .routes
+                .get(broker.register_dataset())
+                .map(|r| r.dataset.source);
+            if !caller.has(UserRole::Admin) && register != Some(caller.org.kbo) {
+                change.reason = Some(ReasonCode::OtherOrganisation);
+                return Err(ApiError::denied(
+                    "OTHER_ORGANISATION",
+                    "only the register's organisation (or the operator) records replaced numbers",
+                ));
+            }
+            let old = parse_citizen("old_number", &msg.old_number)?;
+            let new = parse_citizen("new_number", &msg.new_number)?;
+            change.citizen = Some(new);
+            change.citizen_as_given = Some(old);
+            let now = OffsetDateTime::now_utc();
+            let replaced_on = if msg.replaced_on.is_empty() {
+                brussels_today(now)
+            } else {
+                parse_date("replaced_on", &msg.replaced_on)?
+            };
+            broker
+                .store()
+                .persons()
+                .replace(&NumberReplacement {
+                    old,
+                    new,
+                    replaced_on,
+                    registered_by: caller.org.kbo,
+                    registered_at: now,
+                })
+                .map_err(|e| match e {
+                    semel_store::StoreError::Conflict(m) => {
+                        ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
+                    }
+                    other => other.into(),
+                })?;
+            change.detail = format!("number replaced on {}", format_date(replaced_on));
+            // A replacement is not undone: the register's word stands, and
+            // the entry's absence is reported to the caller, who retries
+            // (the same replacement again is accepted).
+            Ok(((), Box::new(|| {}) as Box<dyn FnOnce() + Send>))
+        })
+        .await?;
+        Ok(Response::new(proto::ReplaceNationalNumberResponse {
+            request_id,
+        }))
+    }
+}
+
+fn channel_to_proto(c: ConsentChannel) -> i32 {
+    let channel = match c {
+        ConsentChannel::Portal => proto::ConsentChannel::Portal,
+        ConsentChannel::Counter => proto::ConsentChannel::Counter,
+    };
+    channel as i32
+}
+
+fn consent_to_proto(c: &Consent) -> proto::Consent {
+    proto::Consent {
+        id: c.id.clone(),
+        citizen: c.citizen.as_str().to_owned(),
+        consumer_kbo: c
+            .consumer
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        purpose: c.purpose.to_string(),
+        datasets: c.datasets.iter().map(ToString::to_string).collect(),
+        given_at: Some(timestamp(c.given_at)),
+        channel: channel_to_proto(c.channel),
+        registered_through_kbo: c.registered_through.as_str().to_owned(),
+        registered_by: c.registered_by.clone(),
+        evidence: c.evidence.clone(),
+        expires_at: c.expires_at.map(timestamp),
+        withdrawn_at: c.withdrawn_at.map(timestamp),
+    }
+}
+
+fn consent_detail(c: &Consent) -> String {
+    format!(
+        "consent {} to {} for {} ({}) via {}",
+        c.id,
+        c.consumer
+            .map_or("any consumer".to_owned(), |k| k.as_str().to_owned()),
+        c.purpose,
+        if c.datasets.is_empty() {
+            "every dataset".to_owned()
+        } else {
+            c.datasets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        c.channel.as_str()
+    )
+}
+
+/// A citizen acts on their own consents only.
+fn own_citizen(caller: &Caller, citizen: &Resolved, change: &mut Change) -> Result<(), ApiError> {
+    let own = caller
+        .user
+        .citizen()
+        .is_some_and(|c| citizen.numbers().any(|n| *n == c) || citizen.given == Some(c));
+    if own {
+        return Ok(());
+    }
+    change.reason = Some(ReasonCode::CitizenMismatch);
+    Err(ApiError::denied(
+        "CITIZEN_MISMATCH",
+        "a citizen can only manage their own consents",
+    ))
+}
+
+#[tonic::async_trait]
+impl proto::consent_service_server::ConsentService for ConsentService {
+    async fn give_consent(
+        &self,
+        req: Request<proto::GiveConsentRequest>,
+    ) -> Result<Response<proto::GiveConsentResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let c = req.into_inner().consent.unwrap_or_default();
+        let (consent, request_id) = audited(broker, &caller, async |change: &mut Change| {
+            let given = parse_citizen("consent.citizen", &c.citizen)?;
+            change.citizen = Some(given);
+            let resolved = broker.resolve(&given)?;
+            change.citizen = Some(resolved.current);
+            change.citizen_as_given = resolved.given;
+            change.purpose = c.purpose.chars().take(64).collect();
+            let portal = caller.has(UserRole::Citizen);
+            if portal {
+                own_citizen(&caller, &resolved, change)?;
+            }
+            let purpose = PurposeCode::new(c.purpose.clone()).map_err(|e| {
+                ApiError::invalid("consent.purpose", "INVALID_ARGUMENT", format!("consent.purpose: {e}"))
+            })?;
+            let snapshot = broker.snapshot();
+            if !snapshot.purposes.contains_key(purpose.as_str()) {
+                return Err(ApiError::invalid(
+                    "consent.purpose",
+                    "UNKNOWN_PURPOSE",
+                    format!("there is no purpose {purpose} in the catalogue; ListPurposes shows them"),
+                ));
+            }
+            let mut datasets = BTreeSet::new();
+            for d in &c.datasets {
+                let name = DatasetName::new(d.clone()).map_err(|e| {
+                    ApiError::invalid("consent.datasets", "INVALID_ARGUMENT", format!("consent.datasets: {e}"))
+                })?;
+                if !snapshot.routes.contains_key(&name) {
+                    return Err(ApiError::not_found(
+                        "UNKNOWN_DATASET",
+                        format!("there is no dataset named {name}; ListDatasets shows the published ones"),
+                    ));
+                }
+                datasets.insert(name);
+            }
+            drop(snapshot);
+            change.dataset = datasets
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
+            let consumer = if c.consumer_kbo.is_empty() {
+                None
+            } else {
+                Some(parse_kbo("consent.consumer_kbo", &c.consumer_kbo)?)
+            };
+            let evidence = printable("consent.evidence", c.evidence.trim(), MAX_EVIDENCE)?;
+            let (channel, consumer, registered_by) = if portal {
+                (ConsentChannel::Portal, consumer, String::new())
+            } else {
+                // At a counter: given to the organisation registering it,
+                // with the evidence it keeps.
+                if consumer.is_some_and(|k| k != caller.org.kbo) {
+                    change.reason = Some(ReasonCode::OtherOrganisation);
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "at a counter, a consent is registered for your own organisation only",
+                    ));
+                }
+                if evidence.is_empty() {
+                    return Err(ApiError::invalid(
+                        "consent.evidence",
+                        "EVIDENCE_REQUIRED",
+                        "a consent given at a counter needs the reference of its evidence (the signed form you keep)",
+                    ));
+                }
+                (
+                    ConsentChannel::Counter,
+                    Some(caller.org.kbo),
+                    caller.user.subject.clone(),
+                )
+            };
+            let now = OffsetDateTime::now_utc();
+            let expires_at = c
+                .expires_at
+                .map(|t| {
+                    OffsetDateTime::from_unix_timestamp(t.seconds)
+                        .map_err(|_| ApiError::invalid("consent.expires_at", "INVALID_ARGUMENT", "expires_at is out of range"))
+                })
+                .transpose()?;
+            if expires_at.is_some_and(|e| e <= now) {
+                return Err(ApiError::invalid(
+                    "consent.expires_at",
+                    "INVALID_ARGUMENT",
+                    "expires_at lies in the past",
+                ));
+            }
+            let consent = Consent {
+                id: uuid::Uuid::now_v7().to_string(),
+                citizen: resolved.current,
+                consumer,
+                purpose,
+                datasets,
+                given_at: now,
+                channel,
+                registered_through: caller.org.kbo,
+                registered_by,
+                evidence,
+                expires_at,
+                withdrawn_at: None,
+            };
+            let persons = broker.store().persons().clone();
+            persons.put_consent(&consent)?;
+            change.detail = consent_detail(&consent);
+            let undo = {
+                let c = consent.clone();
+                Box::new(move || {
+                    let _ = persons.delete_consent(&c);
+                }) as Box<dyn FnOnce() + Send>
+            };
+            Ok((consent, undo))
+        })
+        .await?;
+        Ok(Response::new(proto::GiveConsentResponse {
+            consent: Some(consent_to_proto(&consent)),
+            request_id,
+        }))
+    }
+
+    async fn withdraw_consent(
+        &self,
+        req: Request<proto::WithdrawConsentRequest>,
+    ) -> Result<Response<proto::WithdrawConsentResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let msg = req.into_inner();
+        let (consent, request_id) = audited(broker, &caller, async |change: &mut Change| {
+            let given = parse_citizen("citizen", &msg.citizen)?;
+            change.citizen = Some(given);
+            let resolved = broker.resolve(&given)?;
+            change.citizen = Some(resolved.current);
+            change.citizen_as_given = resolved.given;
+            if caller.has(UserRole::Citizen) {
+                own_citizen(&caller, &resolved, change)?;
+            }
+            let persons = broker.store().persons().clone();
+            let found = persons
+                .consents_of(&resolved)?
+                .into_iter()
+                .find(|c| c.id == msg.consent_id);
+            let Some(before) = found else {
+                change.reason = Some(ReasonCode::NotFound);
+                return Err(ApiError::not_found(
+                    "CONSENT_NOT_FOUND",
+                    "there is no consent with this id for this citizen; ListConsents shows them",
+                ));
+            };
+            change.purpose = before.purpose.to_string();
+            // An agent withdraws only consents given to, or registered by,
+            // their own organisation.
+            if !caller.has(UserRole::Citizen)
+                && before.registered_through != caller.org.kbo
+                && before.consumer != Some(caller.org.kbo)
+            {
+                change.reason = Some(ReasonCode::OtherOrganisation);
+                return Err(ApiError::denied(
+                    "OTHER_ORGANISATION",
+                    "this consent was neither given to nor registered by your organisation",
+                ));
+            }
+            let mut after = before.clone();
+            if after.withdrawn_at.is_none() {
+                after.withdrawn_at = Some(OffsetDateTime::now_utc());
+                persons.put_consent(&after)?;
+            }
+            change.detail = format!("{} withdrawn", consent_detail(&after));
+            let undo = Box::new(move || {
+                let _ = persons.put_consent(&before);
+            }) as Box<dyn FnOnce() + Send>;
+            Ok((after, undo))
+        })
+        .await?;
+        Ok(Response::new(proto::WithdrawConsentResponse {
+            consent: Some(consent_to_proto(&consent)),
+            request_id,
+        }))
+    }
+
+    async fn list_consents(
+        &self,
+        req: Request<proto::ListConsentsRequest>,
+    ) -> Result<Response<proto::ListConsentsResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
+        let resolved = self.broker.resolve(&citizen)?;
+        let own = caller
+            .user
+            .citizen()
+            .is_some_and(|c| resolved.numbers().any(|n| *n == c));
+        // A citizen sees their own; an auditor of a supervisory body all;
+        // a consumer (or another auditor) those that concern its organisation.
+        let everything = own || caller.audits_everything();
+        if caller.has(UserRole::Citizen)
+            && !own
+            && !caller.has(UserRole::Consumer)
+            && !caller.has(UserRole::Auditor)
+        {
+            let error = ApiError::denied(
+                "CITIZEN_MISMATCH",
+                "a citizen can only see their own consents",
+            );
+            return Err(self
+                .broker
+                .refuse(&caller, error, ReasonCode::CitizenMismatch, None)
+                .await
+                .into());
+        }
+        let org = caller.org.kbo;
+        let mut consents: Vec<Consent> = self
+            .broker
+            .store()
+            .persons()
+            .consents_of(&resolved)
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|c| {
+                everything || c.consumer.is_none_or(|k| k == org) || c.registered_through == org
+            })
+            .collect();
+        consents.sort_by_key(|c| std::cmp::Reverse(c.given_at));
+        Ok(Response::new(proto::ListConsentsResponse {
+            consents: consents.iter().map(consent_to_proto).collect(),
+        }))
+    }
+}
