@@ -274,6 +274,30 @@ pub struct NewAuthorisation {
     pub confidential_until: Option<String>,
 }
 
+/// A new file for `semel files register`.
+#[derive(Debug, Clone, Default)]
+pub struct NewFile {
+    pub citizen: String,
+    pub capacity: String,
+    /// `provisional` or `definitive`.
+    pub phase: String,
+    pub begin_date: Option<String>,
+    pub end_date: Option<String>,
+    pub reference: Option<String>,
+}
+
+/// A new consent for `semel consent give`.
+#[derive(Debug, Clone, Default)]
+pub struct NewConsent {
+    pub citizen: String,
+    pub consumer: Option<String>,
+    pub purpose: String,
+    pub datasets: Vec<String>,
+    pub evidence: Option<String>,
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+}
+
 /// A new dataset for `semel admin dataset create`; each field is
 /// `name:type:description`.
 #[derive(Debug, Clone, Default)]
@@ -602,6 +626,8 @@ impl Client {
                     "source_name": a.source_name,
                     "dataset": a.dataset,
                     "fields": a.fields,
+                    "checked_fields": a.checked_fields,
+                    "action": a.action,
                     "purpose": a.purpose,
                     "authorisation": a.authorisation_reference,
                     "decision": if a.decision == proto::AuditDecision::Allowed as i32 { "allowed" } else { "refused" },
@@ -610,6 +636,130 @@ impl Client {
             })
             .collect();
         Ok(json!({"accesses": accesses, "next_page_token": r.next_page_token}))
+    }
+
+    fn persons(&self) -> proto::persons_service_client::PersonsServiceClient<AuthChannel> {
+        proto::persons_service_client::PersonsServiceClient::new(self.channel.clone())
+    }
+
+    fn consents(&self) -> proto::consent_service_client::ConsentServiceClient<AuthChannel> {
+        proto::consent_service_client::ConsentServiceClient::new(self.channel.clone())
+    }
+
+    /// Opens a file of the caller's organisation on a citizen.
+    pub async fn register_file(&self, f: NewFile) -> CallResult {
+        let phase = match f.phase.as_str() {
+            "provisional" => proto::FilePhase::Provisional,
+            "definitive" => proto::FilePhase::Definitive,
+            other => {
+                return Err(usage(format!(
+                    "{other}: the phase is provisional or definitive"
+                )));
+            }
+        };
+        let r = self
+            .persons()
+            .register_file(proto::RegisterFileRequest {
+                file: Some(proto::PersonFile {
+                    citizen: f.citizen,
+                    capacity: f.capacity,
+                    phase: phase as i32,
+                    begin_date: f.begin_date.unwrap_or_default(),
+                    end_date: f.end_date.unwrap_or_default(),
+                    consumer_reference: f.reference.unwrap_or_default(),
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.file.as_ref().map(file_json).unwrap_or(Json::Null))
+    }
+
+    /// Closes a file of the caller's organisation.
+    pub async fn close_file(
+        &self,
+        citizen: String,
+        file_id: String,
+        end_date: Option<String>,
+    ) -> CallResult {
+        let r = self
+            .persons()
+            .close_file(proto::CloseFileRequest {
+                citizen,
+                file_id,
+                end_date: end_date.unwrap_or_default(),
+            })
+            .await?
+            .into_inner();
+        Ok(r.file.as_ref().map(file_json).unwrap_or(Json::Null))
+    }
+
+    /// The caller's organisation's files on a citizen.
+    pub async fn list_files(&self, citizen: String) -> CallResult {
+        let r = self
+            .persons()
+            .list_files(proto::ListFilesRequest { citizen })
+            .await?
+            .into_inner();
+        Ok(Json::Array(r.files.iter().map(file_json).collect()))
+    }
+
+    /// Records a replaced national number (the register, or the operator).
+    pub async fn replace_number(&self, old: String, new: String) -> CallResult {
+        let r = self
+            .persons()
+            .replace_national_number(proto::ReplaceNationalNumberRequest {
+                old_number: old,
+                new_number: new,
+                replaced_on: String::new(),
+            })
+            .await?
+            .into_inner();
+        Ok(json!({ "request_id": r.request_id }))
+    }
+
+    /// Records a consent: on a portal (citizen role) or at a counter.
+    pub async fn give_consent(&self, c: NewConsent) -> CallResult {
+        let expires_at = c.expires_at.as_deref().map(parse_time).transpose()?;
+        let r = self
+            .consents()
+            .give_consent(proto::GiveConsentRequest {
+                consent: Some(proto::Consent {
+                    citizen: c.citizen,
+                    consumer_kbo: c.consumer.unwrap_or_default(),
+                    purpose: c.purpose,
+                    datasets: c.datasets,
+                    evidence: c.evidence.unwrap_or_default(),
+                    expires_at,
+                    ..Default::default()
+                }),
+            })
+            .await?
+            .into_inner();
+        Ok(r.consent.as_ref().map(consent_json).unwrap_or(Json::Null))
+    }
+
+    /// Withdraws a consent.
+    pub async fn withdraw_consent(&self, citizen: String, consent_id: String) -> CallResult {
+        let r = self
+            .consents()
+            .withdraw_consent(proto::WithdrawConsentRequest {
+                citizen,
+                consent_id,
+            })
+            .await?
+            .into_inner();
+        Ok(r.consent.as_ref().map(consent_json).unwrap_or(Json::Null))
+    }
+
+    /// A citizen's consents, as the caller may see them.
+    pub async fn list_consents(&self, citizen: String) -> CallResult {
+        let r = self
+            .consents()
+            .list_consents(proto::ListConsentsRequest { citizen })
+            .await?
+            .into_inner();
+        Ok(Json::Array(r.consents.iter().map(consent_json).collect()))
     }
 
     pub async fn list_purposes(&self) -> CallResult {
@@ -737,6 +887,36 @@ fn enum_name(name: Option<&str>, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
+fn file_json(f: &proto::PersonFile) -> Json {
+    json!({
+        "id": f.id,
+        "consumer_kbo": f.consumer_kbo,
+        "citizen": f.citizen,
+        "capacity": f.capacity,
+        "phase": enum_name(proto::FilePhase::try_from(f.phase).ok().map(|p| p.as_str_name()), "FILE_PHASE_"),
+        "begin_date": f.begin_date,
+        "end_date": f.end_date,
+        "consumer_reference": f.consumer_reference,
+        "registered_by": f.registered_by,
+    })
+}
+
+fn consent_json(c: &proto::Consent) -> Json {
+    json!({
+        "id": c.id,
+        "citizen": c.citizen,
+        "consumer_kbo": c.consumer_kbo,
+        "purpose": c.purpose,
+        "datasets": c.datasets,
+        "channel": enum_name(proto::ConsentChannel::try_from(c.channel).ok().map(|p| p.as_str_name()), "CONSENT_CHANNEL_"),
+        "registered_through_kbo": c.registered_through_kbo,
+        "evidence": c.evidence,
+        "given_at": c.given_at.as_ref().map(timestamp_text),
+        "expires_at": c.expires_at.as_ref().map(timestamp_text),
+        "withdrawn_at": c.withdrawn_at.as_ref().map(timestamp_text),
+    })
+}
+
 fn org_json(o: &proto::Organisation) -> Json {
     json!({
         "kbo": o.kbo,
@@ -823,4 +1003,45 @@ fn audit_json(e: &proto::AuditEntry) -> Json {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod check_syntax_tests {
+    use super::*;
+    use proto::value::Kind;
+
+    #[test]
+    fn checks_parse_with_their_operator_and_element() {
+        let c = parse_check("nis_code=21015").expect("check");
+        assert_eq!(
+            (c.field.as_str(), c.operator),
+            ("nis_code", proto::CheckOperator::Equals as i32)
+        );
+        let c = parse_check("income_years[income_year=2024].taxable_income_cents<=2500000")
+            .expect("check");
+        assert_eq!(c.field, "income_years");
+        assert_eq!(c.operator, proto::CheckOperator::LessOrEqual as i32);
+        let e = c.element.expect("element");
+        assert_eq!(
+            (e.key_field.as_str(), e.value_field.as_str()),
+            ("income_year", "taxable_income_cents")
+        );
+        assert_eq!(e.key.and_then(|v| v.kind), Some(Kind::IntValue(2024)));
+        assert_eq!(
+            c.operand.and_then(|v| v.kind),
+            Some(Kind::IntValue(2_500_000))
+        );
+        let c = parse_check("birth_date>=2010-01-01").expect("check");
+        assert_eq!(c.operator, proto::CheckOperator::GreaterOrEqual as i32);
+        assert_eq!(
+            c.operand.and_then(|v| v.kind),
+            Some(Kind::DateValue("2010-01-01".into()))
+        );
+        assert_eq!(
+            parse_check("sex!=M").map(|c| c.operator).ok(),
+            Some(proto::CheckOperator::NotEquals as i32)
+        );
+        assert!(parse_check("nis_code").is_err());
+        assert!(parse_check("income_years[income_year].x<3").is_err());
+    }
 }

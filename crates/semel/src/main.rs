@@ -9,7 +9,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use semel_server::client::{
-    AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation, NewDataset,
+    AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation, NewConsent,
+    NewDataset, NewFile,
 };
 use semel_server::{Config, Demo, DemoOptions};
 use serde_json::Value as Json;
@@ -106,6 +107,20 @@ enum Command {
         /// Your own reference (case number), kept in the audit entry.
         #[arg(long)]
         reference: Option<String>,
+    },
+    /// Open, close and list your organisation's files on citizens (persons directory).
+    Files {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: FilesCommand,
+    },
+    /// Give, withdraw and list citizens' consents (at a counter, or as the citizen on a portal).
+    Consent {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: ConsentCommand,
     },
     /// Manage organisations, datasets and authorisations (operator).
     Admin {
@@ -407,6 +422,86 @@ enum AuthorisationCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum FilesCommand {
+    /// Open a file on a citizen; the register must know the number.
+    Register {
+        #[arg(long)]
+        citizen: String,
+        /// Capacity code, e.g. RIS_APPLICANT, RIS_COHABITANT, PUPIL.
+        #[arg(long)]
+        capacity: String,
+        /// provisional (examining a request) or definitive.
+        #[arg(long, default_value = "provisional")]
+        phase: String,
+        /// First day covered (YYYY-MM-DD); today when omitted.
+        #[arg(long)]
+        begin_date: Option<String>,
+        /// Last day covered (YYYY-MM-DD); open-ended when omitted.
+        #[arg(long)]
+        end_date: Option<String>,
+        /// Your own file number.
+        #[arg(long)]
+        reference: Option<String>,
+    },
+    /// Close a file: it covers no day after --end-date (today when omitted).
+    Close {
+        #[arg(long)]
+        citizen: String,
+        #[arg(long)]
+        id: String,
+        #[arg(long)]
+        end_date: Option<String>,
+    },
+    /// Your organisation's files on a citizen.
+    List {
+        #[arg(long)]
+        citizen: String,
+    },
+    /// Record that the register replaced a national number (the register or the operator).
+    Replace {
+        #[arg(long)]
+        old: String,
+        #[arg(long)]
+        new: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsentCommand {
+    /// Record a consent. At a counter, --evidence (the signed form's reference) is required.
+    Give {
+        #[arg(long)]
+        citizen: String,
+        /// Purpose code, e.g. SOCIAL_HOUSING.
+        #[arg(long)]
+        purpose: String,
+        /// The consumer it is given to (enterprise number); on a portal, any consumer when omitted.
+        #[arg(long)]
+        consumer: Option<String>,
+        /// Datasets covered; every dataset for the purpose when omitted.
+        #[arg(long, value_delimiter = ',')]
+        datasets: Vec<String>,
+        #[arg(long)]
+        evidence: Option<String>,
+        /// When it ends (RFC 3339); until withdrawn when omitted.
+        #[arg(long)]
+        expires_at: Option<String>,
+    },
+    /// Withdraw a consent; the next lookup that needs it is refused.
+    Withdraw {
+        #[arg(long)]
+        citizen: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// A citizen's consents, as you may see them.
+    List {
+        #[arg(long)]
+        citizen: String,
+    },
+}
+
 #[derive(clap::Args)]
 struct NewAuthorisationArgs {
     #[arg(long)]
@@ -697,6 +792,67 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 checks,
             };
             Ok(report(conn.json, client.lookup(args).await, print_lookup))
+        }
+        Command::Files { conn, command } => {
+            let client = connect(&conn, None).await?;
+            let result = match command {
+                FilesCommand::Register {
+                    citizen,
+                    capacity,
+                    phase,
+                    begin_date,
+                    end_date,
+                    reference,
+                } => {
+                    client
+                        .register_file(NewFile {
+                            citizen,
+                            capacity,
+                            phase,
+                            begin_date,
+                            end_date,
+                            reference,
+                        })
+                        .await
+                }
+                FilesCommand::Close {
+                    citizen,
+                    id,
+                    end_date,
+                } => client.close_file(citizen, id, end_date).await,
+                FilesCommand::List { citizen } => client.list_files(citizen).await,
+                FilesCommand::Replace { old, new } => client.replace_number(old, new).await,
+            };
+            Ok(report(conn.json, result, print_value))
+        }
+        Command::Consent { conn, command } => {
+            let client = connect(&conn, None).await?;
+            let result = match command {
+                ConsentCommand::Give {
+                    citizen,
+                    purpose,
+                    consumer,
+                    datasets,
+                    evidence,
+                    expires_at,
+                } => {
+                    client
+                        .give_consent(NewConsent {
+                            citizen,
+                            consumer,
+                            purpose,
+                            datasets,
+                            evidence,
+                            expires_at,
+                        })
+                        .await
+                }
+                ConsentCommand::Withdraw { citizen, id } => {
+                    client.withdraw_consent(citizen, id).await
+                }
+                ConsentCommand::List { citizen } => client.list_consents(citizen).await,
+            };
+            Ok(report(conn.json, result, print_value))
         }
         Command::Admin { conn, command } => {
             let client = connect(&conn, Some("operator")).await?;
@@ -1500,10 +1656,35 @@ fn print_audit(v: &Json) {
                 .as_array()
                 .map(|f| f.iter().filter_map(Json::as_str).collect())
                 .unwrap_or_default();
-            let what = if s("decision") == "allowed" {
+            let checked: Vec<&str> = a["checked_fields"]
+                .as_array()
+                .map(|f| f.iter().filter_map(Json::as_str).collect())
+                .unwrap_or_default();
+            let what = if s("action").starts_with("consent") {
                 format!(
-                    "received {} from {} ({})",
-                    fields.join(", "),
+                    "registered: {} ({}{})",
+                    s("action"),
+                    if s("dataset").is_empty() {
+                        "every dataset".to_owned()
+                    } else {
+                        s("dataset")
+                    },
+                    if s("decision") == "allowed" {
+                        String::new()
+                    } else {
+                        format!(", refused: {}", s("reason"))
+                    }
+                )
+            } else if s("decision") == "allowed" {
+                let mut got = fields.join(", ");
+                if !checked.is_empty() {
+                    if !got.is_empty() {
+                        got.push_str(", and ");
+                    }
+                    got.push_str(&format!("a yes/no answer about {}", checked.join(", ")));
+                }
+                format!(
+                    "received {got} from {} ({})",
                     s("source_name"),
                     s("dataset")
                 )
