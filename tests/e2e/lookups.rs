@@ -598,5 +598,13 @@ async fn a_national_number_hidden_in_a_name_is_masked_in_the_error() {
         metadata.values().all(|v| !v.contains(KARIM)),
         "{metadata:?}"
     );
+    // The audit entry says why, masked the same way.
+    let entry = t.audit_entries().await.pop().expect("entry");
+    assert!(
+        entry.detail.contains("<national number>"),
+        "{}",
+        entry.detail
+    );
+    assert!(!entry.detail.contains(KARIM));
     t.stop().await;
 }

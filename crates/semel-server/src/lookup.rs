@@ -263,11 +263,16 @@ async fn lookup(
         }
         None => process(broker, &org, &msg, request_id, received, &mut trace).await,
     };
-    if let Err(e) = &result
-        && trace.reason.is_none()
-    {
-        trace.reason = ReasonCode::parse(e.reason)
-            .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument));
+    if let Err(e) = &result {
+        if trace.reason.is_none() {
+            trace.reason = ReasonCode::parse(e.reason)
+                .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument));
+        }
+        // Every refusal or failure says why in the entry; messages may
+        // repeat what the consumer sent, so never with a number in it.
+        if trace.detail.is_empty() {
+            trace.detail = semel_core::redact_national_numbers(&e.message).into_owned();
+        }
     }
     let record = AuditRecord {
         request_id: *request_id.as_bytes(),

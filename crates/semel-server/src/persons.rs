@@ -84,7 +84,8 @@ async fn audited<T>(
                 ReasonCode::parse(e.reason)
                     .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument))
             });
-            record.detail = e.message.clone();
+            // Messages may repeat what the caller sent: never a number.
+            record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
         }
     }
     if record.decision == AuditDecision::Allowed {

@@ -479,7 +479,7 @@ impl Broker {
             reference_date: None,
             citizen_as_given: None,
             checks: Vec::new(),
-            detail: error.message.clone(),
+            detail: semel_core::redact_national_numbers(&error.message).into_owned(),
         };
         if let Err(e) = self.store.audit().append(record).await {
             tracing::error!(error = %e, "refused call not recorded: audit log unavailable");
