@@ -655,3 +655,48 @@ async fn a_batch_streams_each_item_on_its_own_with_bounded_concurrency() {
     assert!((1..=4).contains(&most), "at most 4 in flight, saw {most}");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_stops_covering_items_once_the_organisation_is_suspended() {
+    let t = TestDemo::start().await;
+    let (tx, rx) = tokio::sync::mpsc::channel::<proto::LookupBatchRequest>(4);
+    let item = |n: &str| proto::LookupBatchRequest {
+        item: Some(lookup(n, RESIDENCE, &["street"], "RIS_ELIGIBILITY")),
+    };
+    let mut results = t
+        .lookup_client(ANDERLECHT)
+        .await
+        .lookup_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("batch")
+        .into_inner();
+    tx.send(item(KARIM)).await.expect("send");
+    let first = results.message().await.expect("stream").expect("first");
+    assert!(matches!(
+        first.result,
+        Some(proto::lookup_batch_response::Result::Response(_))
+    ));
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    t.registry()
+        .await
+        .suspend_organisation(proto::SuspendOrganisationRequest {
+            kbo: anderlecht.as_str().into(),
+            reason: "under review".into(),
+        })
+        .await
+        .expect("suspend");
+    tx.send(item(JAN)).await.expect("send");
+    drop(tx);
+    let second = results.message().await.expect("stream").expect("second");
+    match second.result {
+        Some(proto::lookup_batch_response::Result::Error(e)) => {
+            assert_eq!(e.reason, "ORGANISATION_SUSPENDED");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(results.message().await.expect("end").is_none());
+    let entry = t.audit_entries().await.pop().expect("entry");
+    assert_eq!(entry.reason, "ORGANISATION_SUSPENDED");
+    assert_eq!(entry.citizen, JAN);
+    t.stop().await;
+}

@@ -153,21 +153,43 @@ async fn batch(
                 };
                 let received = OffsetDateTime::now_utc();
                 let consumer_reference = msg.consumer_reference.clone();
-                // A token that expired during the batch stops covering items.
+                // A token that expires, or an organisation suspended, during
+                // the batch stops covering the items that follow.
                 let expired = caller.user.expires_at
                     < u64::try_from(received.unix_timestamp()).unwrap_or(0);
+                let suspended = broker
+                    .snapshot()
+                    .organisations
+                    .get(&caller.org.kbo)
+                    .is_none_or(|o| o.status == semel_core::OrganisationStatus::Suspended);
+                let refusal = if suspended {
+                    Some((
+                        ApiError::denied(
+                            "ORGANISATION_SUSPENDED",
+                            "your organisation was suspended during the batch; contact the operator",
+                        ),
+                        ReasonCode::OrganisationSuspended,
+                    ))
+                } else if expired {
+                    Some((
+                        ApiError::unauthenticated(
+                            "TOKEN_EXPIRED",
+                            "the token expired during the batch; send the remaining items with a fresh token",
+                        ),
+                        ReasonCode::TokenExpired,
+                    ))
+                } else {
+                    None
+                };
                 let who = Who {
                     org: caller.org.clone(),
                     user: Some(caller.user.clone()),
-                    denied: expired.then(|| {
+                    denied: refusal.map(|(error, reason)| {
                         Box::new(Denied {
-                            error: ApiError::unauthenticated(
-                                "TOKEN_EXPIRED",
-                                "the token expired during the batch; send the remaining items with a fresh token",
-                            ),
-                            reason: ReasonCode::TokenExpired,
+                            error,
+                            reason,
                             org: Some(caller.org.clone()),
-                            user: None,
+                            user: (!expired).then(|| caller.user.clone()),
                             operation: caller.rule.method,
                         })
                     }),
