@@ -459,28 +459,16 @@ impl Broker {
             return error;
         };
         let request_id = uuid::Uuid::now_v7();
-        let record = AuditRecord {
-            request_id: *request_id.as_bytes(),
-            time_micros: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
-            operation: operation.into(),
-            consumer: org.kbo,
-            end_user: user.map(|u| u.subject.clone()),
-            citizen,
-            dataset: String::new(),
-            fields_requested: Vec::new(),
-            fields_returned: Vec::new(),
-            purpose: String::new(),
-            authorisation: None,
-            decision: AuditDecision::Refused,
-            reason: Some(reason),
-            outcome: Outcome::NotForwarded,
-            source: None,
-            consumer_reference: String::new(),
-            reference_date: None,
-            citizen_as_given: None,
-            checks: Vec::new(),
-            detail: semel_core::redact_national_numbers(&error.message).into_owned(),
-        };
+        let mut record = blank_record(
+            request_id,
+            operation,
+            org.kbo,
+            user.map(|u| u.subject.clone()),
+        );
+        record.citizen = citizen;
+        record.decision = AuditDecision::Refused;
+        record.reason = Some(reason);
+        record.detail = semel_core::redact_national_numbers(&error.message).into_owned();
         if let Err(e) = self.store.audit().append(record).await {
             tracing::error!(error = %e, "refused call not recorded: audit log unavailable");
         }
@@ -515,28 +503,12 @@ impl Broker {
 
     /// A blank audit entry for the caller's call: allowed, nothing forwarded.
     pub fn audit_record(&self, caller: &Caller, request_id: uuid::Uuid) -> AuditRecord {
-        AuditRecord {
-            request_id: *request_id.as_bytes(),
-            time_micros: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
-            operation: caller.rule.method.into(),
-            consumer: caller.org.kbo,
-            end_user: Some(caller.user.subject.clone()),
-            citizen: None,
-            dataset: String::new(),
-            fields_requested: Vec::new(),
-            fields_returned: Vec::new(),
-            purpose: String::new(),
-            authorisation: None,
-            decision: AuditDecision::Allowed,
-            reason: None,
-            outcome: Outcome::NotForwarded,
-            source: None,
-            consumer_reference: String::new(),
-            reference_date: None,
-            citizen_as_given: None,
-            checks: Vec::new(),
-            detail: String::new(),
-        }
+        blank_record(
+            request_id,
+            caller.rule.method,
+            caller.org.kbo,
+            Some(caller.user.subject.clone()),
+        )
     }
 
     /// Appends an entry and waits until it is durable: a change is not
@@ -565,6 +537,38 @@ impl Broker {
     /// Swaps in new issuer keys; calls in flight keep the old ones.
     pub fn set_tokens(&self, tokens: Arc<TokenVerifier>) {
         self.tokens.store(tokens);
+    }
+}
+
+/// An entry for a call other than a lookup, made now: allowed, about
+/// nobody, nothing forwarded, until the caller says otherwise.
+fn blank_record(
+    request_id: uuid::Uuid,
+    operation: &'static str,
+    organisation: semel_core::Kbo,
+    end_user: Option<String>,
+) -> AuditRecord {
+    AuditRecord {
+        request_id: *request_id.as_bytes(),
+        time_micros: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64,
+        operation: operation.into(),
+        consumer: organisation,
+        end_user,
+        citizen: None,
+        dataset: String::new(),
+        fields_requested: Vec::new(),
+        fields_returned: Vec::new(),
+        purpose: String::new(),
+        authorisation: None,
+        decision: AuditDecision::Allowed,
+        reason: None,
+        outcome: Outcome::NotForwarded,
+        source: None,
+        consumer_reference: String::new(),
+        reference_date: None,
+        citizen_as_given: None,
+        checks: Vec::new(),
+        detail: String::new(),
     }
 }
 
