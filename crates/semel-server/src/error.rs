@@ -127,6 +127,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The reason code its audit entry records: the stable code when it is
+    /// one, else the kind of error.
+    pub fn reason_code(&self) -> Option<semel_core::ReasonCode> {
+        use semel_core::ReasonCode;
+        ReasonCode::parse(self.reason).or(match self.code {
+            Code::InvalidArgument => Some(ReasonCode::InvalidArgument),
+            Code::NotFound => Some(ReasonCode::NotFound),
+            _ => None,
+        })
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         e.into_status()
@@ -143,7 +156,9 @@ impl From<semel_store::StoreError> for ApiError {
                 ApiError::new(Code::OutOfRange, "OUT_OF_RANGE", m)
             }
             e => {
-                tracing::error!(error = %e, "storage failure");
+                // A damaged record's decoding error may quote its content.
+                let error = redact_national_numbers(&e.to_string()).into_owned();
+                tracing::error!(%error, "storage failure");
                 ApiError::retryable(
                     Code::Unavailable,
                     "STORAGE_UNAVAILABLE",

@@ -287,8 +287,7 @@ async fn lookup(
     };
     if let Err(e) = &result {
         if trace.reason.is_none() {
-            trace.reason = ReasonCode::parse(e.reason)
-                .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument));
+            trace.reason = e.reason_code();
         }
         // Every refusal or failure says why in the entry; messages may
         // repeat what the consumer sent, so never with a number in it.
@@ -454,7 +453,7 @@ async fn process(
     // A replaced number is looked up as the number in force; the entry
     // keeps both.
     let persons = broker.store().persons();
-    let resolved = persons.resolve(&given).map_err(store_error)?;
+    let resolved = persons.resolve(&given)?;
     let citizen = resolved.current;
     trace.citizen = Some(citizen);
     trace.citizen_as_given = resolved.given;
@@ -481,8 +480,10 @@ async fn process(
             format!("there is no purpose {purpose} in the catalogue; ListPurposes shows them"),
         ));
     }
+    // The day the data are asked for: the reference date, or today.
+    let mut date = today;
     if !msg.reference_date.is_empty() {
-        let date = parse_date("reference_date", &msg.reference_date)?;
+        date = parse_date("reference_date", &msg.reference_date)?;
         if date > today {
             return Err(ApiError::invalid(
                 "reference_date",
@@ -499,10 +500,6 @@ async fn process(
         }
         trace.reference_date = Some(format_date(date));
     }
-    let date = match &trace.reference_date {
-        Some(_) => parse_date("reference_date", &msg.reference_date)?,
-        None => today,
-    };
     if msg.consumer_reference.chars().count() > MAX_REFERENCE
         || msg.consumer_reference.chars().any(char::is_control)
     {
@@ -517,7 +514,7 @@ async fn process(
     // The persons directory and consents are read only when an
     // authorisation could use them.
     let files = if authorisations.iter().any(|a| a.purpose == purpose) {
-        persons.files_of(&org.kbo, &resolved).map_err(store_error)?
+        persons.files_of(&org.kbo, &resolved)?
     } else {
         Vec::new()
     };
@@ -525,7 +522,7 @@ async fn process(
         .iter()
         .any(|a| a.purpose == purpose && a.consent_required)
     {
-        persons.consents_of(&resolved).map_err(store_error)?
+        persons.consents_of(&resolved)?
     } else {
         Vec::new()
     };
@@ -679,16 +676,6 @@ async fn process(
         fields,
         checks: check_results,
     })
-}
-
-/// The error for a store failure on the lookup path.
-fn store_error(e: semel_store::StoreError) -> ApiError {
-    tracing::error!(error = %e, "persons directory unavailable");
-    ApiError::retryable(
-        Code::Unavailable,
-        "STORE_UNAVAILABLE",
-        "the broker cannot read its persons directory right now; try again later",
-    )
 }
 
 fn validate_fields(

@@ -56,7 +56,6 @@ struct Change {
     source: Option<Kbo>,
     reference: String,
     detail: String,
-    reason: Option<ReasonCode>,
 }
 
 /// Runs a change and records it, allowed or refused. `undo` reverts the
@@ -80,10 +79,7 @@ async fn audited<T>(
         Ok(_) => record.detail = change.detail,
         Err(e) => {
             record.decision = AuditDecision::Refused;
-            record.reason = change.reason.or_else(|| {
-                ReasonCode::parse(e.reason)
-                    .or((e.code == Code::InvalidArgument).then_some(ReasonCode::InvalidArgument))
-            });
+            record.reason = e.reason_code();
             // Messages may repeat what the caller sent: never a number.
             record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
         }
@@ -151,13 +147,10 @@ impl Broker {
         let deadline = self.source_deadline();
         match tokio::time::timeout(deadline, call).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(status)) if status.code() == Code::NotFound => {
-                change.reason = Some(ReasonCode::CitizenUnknown);
-                Err(ApiError::not_found(
-                    "CITIZEN_UNKNOWN",
-                    "the register does not know this national number; check it, or register the person first",
-                ))
-            }
+            Ok(Err(status)) if status.code() == Code::NotFound => Err(ApiError::not_found(
+                "CITIZEN_UNKNOWN",
+                "the register does not know this national number; check it, or register the person first",
+            )),
             Ok(Err(status)) => Err(ApiError::retryable(
                 Code::Unavailable,
                 "SOURCE_UNAVAILABLE",
@@ -323,7 +316,6 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 }
             }
             let Some(before) = found else {
-                change.reason = Some(ReasonCode::NotFound);
                 return Err(ApiError::not_found(
                     "FILE_NOT_FOUND",
                     "your organisation has no file with this id on this citizen; ListFiles shows them",
@@ -398,7 +390,6 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 .get(broker.register_dataset())
                 .map(|r| r.dataset.source);
             if !caller.has(UserRole::Admin) && register != Some(caller.org.kbo) {
-                change.reason = Some(ReasonCode::OtherOrganisation);
                 return Err(ApiError::denied(
                     "OTHER_ORGANISATION",
                     "only the register's organisation (or the operator) records replaced numbers",
@@ -491,16 +482,19 @@ fn consent_detail(c: &Consent) -> String {
     )
 }
 
-/// A citizen acts on their own consents only.
-fn own_citizen(caller: &Caller, citizen: &Resolved, change: &mut Change) -> Result<(), ApiError> {
-    let own = caller
+/// Whether the caller is this citizen (under any of their numbers).
+fn is_own(caller: &Caller, citizen: &Resolved) -> bool {
+    caller
         .user
         .citizen()
-        .is_some_and(|c| citizen.numbers().any(|n| *n == c) || citizen.given == Some(c));
-    if own {
+        .is_some_and(|c| citizen.numbers().any(|n| *n == c) || citizen.given == Some(c))
+}
+
+/// A citizen acts on their own consents only.
+fn own_citizen(caller: &Caller, citizen: &Resolved) -> Result<(), ApiError> {
+    if is_own(caller, citizen) {
         return Ok(());
     }
-    change.reason = Some(ReasonCode::CitizenMismatch);
     Err(ApiError::denied(
         "CITIZEN_MISMATCH",
         "a citizen can only manage their own consents",
@@ -525,7 +519,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             change.purpose = c.purpose.chars().take(64).collect();
             let portal = caller.has(UserRole::Citizen);
             if portal {
-                own_citizen(&caller, &resolved, change)?;
+                own_citizen(&caller, &resolved)?;
             }
             let purpose = PurposeCode::new(c.purpose.clone()).map_err(|e| {
                 ApiError::invalid("consent.purpose", "INVALID_ARGUMENT", format!("consent.purpose: {e}"))
@@ -569,7 +563,6 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 // At a counter: given to the organisation registering it,
                 // with the evidence it keeps.
                 if consumer.is_some_and(|k| k != caller.org.kbo) {
-                    change.reason = Some(ReasonCode::OtherOrganisation);
                     return Err(ApiError::denied(
                         "OTHER_ORGANISATION",
                         "at a counter, a consent is registered for your own organisation only",
@@ -649,7 +642,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
             if caller.has(UserRole::Citizen) {
-                own_citizen(&caller, &resolved, change)?;
+                own_citizen(&caller, &resolved)?;
             }
             let persons = broker.store().persons().clone();
             let found = persons
@@ -657,7 +650,6 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 .into_iter()
                 .find(|c| c.id == msg.consent_id);
             let Some(before) = found else {
-                change.reason = Some(ReasonCode::NotFound);
                 return Err(ApiError::not_found(
                     "CONSENT_NOT_FOUND",
                     "there is no consent with this id for this citizen; ListConsents shows them",
@@ -670,7 +662,6 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 && before.registered_through != caller.org.kbo
                 && before.consumer != Some(caller.org.kbo)
             {
-                change.reason = Some(ReasonCode::OtherOrganisation);
                 return Err(ApiError::denied(
                     "OTHER_ORGANISATION",
                     "this consent was neither given to nor registered by your organisation",
@@ -701,10 +692,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let caller = self.broker.admit(&req).await?;
         let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
         let resolved = self.broker.resolve(&citizen)?;
-        let own = caller
-            .user
-            .citizen()
-            .is_some_and(|c| resolved.numbers().any(|n| *n == c));
+        let own = is_own(&caller, &resolved);
         // A citizen sees their own; an auditor of a supervisory body all;
         // a consumer (or another auditor) those that concern its organisation.
         let everything = own || caller.audits_everything();
