@@ -43,6 +43,10 @@ pub struct BenchAddrs {
     pub preloaded_entries: u64,
     /// Time to open the store (recovering the log) and start the broker.
     pub startup_ms: f64,
+    /// The broker's metrics endpoint (`host:port`), read for the audit
+    /// log's syncs.
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 /// Options of `semel bench-server`.
@@ -73,6 +77,8 @@ pub async fn run_bench_server(
     demo_opts.listen = ([127, 0, 0, 1], 0).into();
     demo_opts.seed = opts.seed;
     demo_opts.population = opts.population;
+    // The audit log's syncs are read from the metrics endpoint.
+    demo_opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     let demo = Demo::start(demo_opts).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
 
@@ -120,6 +126,7 @@ pub async fn run_bench_server(
         population: opts.population,
         preloaded_entries: preloaded,
         startup_ms,
+        metrics: demo.metrics_addr.map(|a| a.to_string()),
     };
     let tmp = ready_file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&addrs)?)?;
@@ -277,6 +284,8 @@ pub struct LoadOptions {
     /// Stop after this many measured requests instead of after `duration`
     /// (for instruction counts, which need a fixed amount of work).
     pub requests: Option<u64>,
+    /// The server process, whose CPU time is counted while measuring.
+    pub server_pid: Option<u32>,
 }
 
 /// The result of one load run.
@@ -295,6 +304,15 @@ pub struct LoadReport {
     pub p99_us: u64,
     pub p999_us: u64,
     pub max_us: u64,
+    /// CPU time of the server process (user + system) per measured request,
+    /// in microseconds: the broker or null forwarder *and* the source. More
+    /// stable than throughput on a shared machine.
+    pub server_cpu_us: Option<f64>,
+    /// CPU time of the generator (this process) per measured request.
+    pub generator_cpu_us: Option<f64>,
+    /// Audit log syncs while measuring (Semel only), and their mean time.
+    pub audit_syncs: Option<u64>,
+    pub audit_sync_mean_us: Option<f64>,
 }
 
 /// Drives `target` with a closed loop: `concurrency` workers over
@@ -431,6 +449,14 @@ pub async fn run_load(
     tokio::time::sleep(opts.warmup).await;
     recording.store(true, Ordering::Relaxed);
     let started = Instant::now();
+    let cpu_at_start = (
+        opts.server_pid.and_then(cpu_seconds),
+        cpu_seconds(std::process::id()),
+    );
+    let syncs_at_start = match (target, &addrs.metrics) {
+        (Target::Semel, Some(m)) => audit_syncs(m).await,
+        _ => None,
+    };
     if opts.requests.is_none() {
         tokio::time::sleep(opts.duration).await;
         recording.store(false, Ordering::Relaxed);
@@ -443,6 +469,16 @@ pub async fn run_load(
         results.push(w.await?);
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_at_end = (
+        opts.server_pid.and_then(cpu_seconds),
+        cpu_seconds(std::process::id()),
+    );
+    let syncs = match (syncs_at_start, &addrs.metrics) {
+        (Some(start), Some(m)) => audit_syncs(m)
+            .await
+            .map(|end| (end.0.saturating_sub(start.0), end.1 - start.1)),
+        _ => None,
+    };
     for (lat, e, r) in results {
         all.extend(lat);
         errors += e;
@@ -468,7 +504,54 @@ pub async fn run_load(
         p99_us: pct(0.99),
         p999_us: pct(0.999),
         max_us: all.last().map_or(0, |m| u64::from(*m)),
+        server_cpu_us: per_request(cpu_at_start.0, cpu_at_end.0, all.len()),
+        generator_cpu_us: per_request(cpu_at_start.1, cpu_at_end.1, all.len()),
+        audit_syncs: syncs.map(|s| s.0),
+        audit_sync_mean_us: syncs.and_then(|(n, secs)| (n > 0).then(|| secs * 1e6 / n as f64)),
     })
+}
+
+/// The audit log's syncs so far and the seconds they took, from the
+/// broker's metrics endpoint (plain HTTP, one GET).
+async fn audit_syncs(addr: &str) -> Option<(u64, f64)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    Some((
+        value("semel_audit_syncs_total")? as u64,
+        value("semel_audit_sync_seconds_total")?,
+    ))
+}
+
+/// CPU microseconds per request between two readings.
+fn per_request(start: Option<f64>, end: Option<f64>, requests: usize) -> Option<f64> {
+    let (start, end) = (start?, end?);
+    (requests > 0).then(|| (end - start) * 1e6 / requests as f64)
+}
+
+/// User + system CPU time of a process so far, in seconds (Linux
+/// `/proc/<pid>/stat`; `None` elsewhere). The kernel reports it in
+/// USER_HZ ticks, 100 per second on Linux.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses: fields are counted
+    // from the last ')'. utime and stime are fields 14 and 15, so the 12th
+    // and 13th after the name.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 /// A token of the demo issuer for a person of a demo organisation.

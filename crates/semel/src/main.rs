@@ -1201,6 +1201,8 @@ mod bench {
             duration: Duration::from_secs_f64(args.duration),
             refused_percent: args.refused_percent,
             requests: args.requests,
+            // Under a wrapper (valgrind, perf) the pid is the wrapper's.
+            server_pid: args.server_wrapper.is_none().then_some(pid),
         };
         // Whatever happens while measuring, the server is stopped after.
         let measured = async {
@@ -1256,6 +1258,20 @@ mod bench {
         }
     }
 
+    /// Semel's server CPU per request relative to the null forwarder's.
+    fn cpu_ratio(reports: &[LoadReport]) -> Option<f64> {
+        let find = |name: &str| {
+            reports
+                .iter()
+                .find(|r| r.target == name)
+                .and_then(|r| r.server_cpu_us)
+        };
+        match (find("semel"), find("null forwarder")) {
+            (Some(s), Some(n)) if n > 0.0 => Some(s / n),
+            _ => None,
+        }
+    }
+
     fn median(mut v: Vec<f64>) -> Option<f64> {
         v.sort_by(f64::total_cmp);
         let n = v.len();
@@ -1288,6 +1304,7 @@ mod bench {
                 "rounds": rounds,
                 "semel_vs_null_per_round": per_round.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
                 "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
+                "semel_vs_null_server_cpu": median(rounds.iter().filter_map(|r| cpu_ratio(r)).collect()),
                 "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
                 "audit_entries_at_start": addrs.preloaded_entries,
                 "broker_startup_ms": addrs.startup_ms,
@@ -1301,7 +1318,7 @@ mod bench {
             args.concurrency, args.connections, args.refused_percent, args.duration
         );
         println!(
-            "{:<15} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
+            "{:<15} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
             "target",
             "requests",
             "req/s",
@@ -1311,11 +1328,14 @@ mod bench {
             "p999 µs",
             "max µs",
             "errors",
-            "refused"
+            "refused",
+            "srv CPU",
+            "gen CPU"
         );
+        let cpu = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.0} µs"));
         for r in &reports {
             println!(
-                "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8}",
+                "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
                 r.target,
                 r.requests,
                 r.throughput,
@@ -1325,7 +1345,25 @@ mod bench {
                 r.p999_us,
                 r.max_us,
                 r.errors,
-                r.refused
+                r.refused,
+                cpu(r.server_cpu_us),
+                cpu(r.generator_cpu_us)
+            );
+        }
+        for r in reports
+            .iter()
+            .filter(|r| r.audit_syncs.is_some_and(|s| s > 0))
+        {
+            if let (Some(syncs), Some(mean)) = (r.audit_syncs, r.audit_sync_mean_us) {
+                println!(
+                    "semel audit log: {syncs} syncs while measuring, {:.1} entries per sync, {mean:.0} µs per write + sync",
+                    r.requests as f64 / syncs as f64
+                );
+            }
+        }
+        if reports.iter().any(|r| r.server_cpu_us.is_some()) {
+            println!(
+                "(srv CPU: the server process's CPU time per request, broker or null forwarder and source together; gen CPU: the generator's)"
             );
         }
         if per_round.len() > 1 {
@@ -1341,6 +1379,13 @@ mod bench {
         if let Some((t, p)) = ratios {
             let what = if per_round.len() > 1 { ", median" } else { "" };
             println!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
+        }
+        let cpu_ratios: Vec<f64> = rounds.iter().filter_map(|r| cpu_ratio(r)).collect();
+        if let Some(c) = median(cpu_ratios) {
+            println!(
+                "semel / null forwarder, server CPU per request{}: {c:.2}×",
+                if per_round.len() > 1 { ", median" } else { "" }
+            );
         }
         if let Some((peak, now)) = memory {
             println!(
