@@ -181,7 +181,7 @@ struct IndexJob {
 
 /// The audit log of one broker.
 pub struct AuditLog {
-    tx: Mutex<Option<mpsc::Sender<Pending>>>,
+    queue: Arc<Queue>,
     shared: Arc<Shared>,
     log: Arc<File>,
     ends: Arc<File>,
@@ -280,7 +280,7 @@ impl AuditLog {
             indexed_changed: Condvar::new(),
             stats: Counters::default(),
         });
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::default());
         let (index_tx, index_rx) = mpsc::channel();
         let writer = Writer {
             log: log.clone(),
@@ -312,11 +312,14 @@ impl AuditLog {
                 .map_err(io_err(format!("start the {name} thread")))
         };
         let threads = vec![
-            spawn("audit-writer", Box::new(move || writer.run(rx)))?,
+            spawn("audit-writer", {
+                let queue = queue.clone();
+                Box::new(move || writer.run(&queue))
+            })?,
             spawn("audit-indexer", Box::new(move || indexer.run(index_rx)))?,
         ];
         Ok(AuditLog {
-            tx: Mutex::new(Some(tx)),
+            queue,
             shared,
             log,
             ends,
@@ -342,15 +345,7 @@ impl AuditLog {
             .stats
             .submitted
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let sent = self
-            .tx
-            .lock()
-            .ok()
-            .and_then(|tx| {
-                tx.as_ref()
-                    .map(|tx| tx.send(Pending { record, reply }).is_ok())
-            })
-            .unwrap_or(false);
+        let sent = self.queue.push(Pending { record, reply });
         async move {
             if !sent {
                 return Err(AuditError::Closed);
@@ -740,9 +735,7 @@ impl AuditLog {
     /// Stops accepting entries, lets the writer make the accepted ones
     /// durable and the indexer index them, and waits for both.
     pub fn close(&self) -> Result<(), StoreError> {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
+        self.queue.close();
         let threads: Vec<_> = self
             .threads
             .lock()
@@ -777,27 +770,105 @@ struct Writer {
     index_tx: mpsc::Sender<IndexJob>,
 }
 
+/// The entries waiting for the writer.
+///
+/// Appenders only push; the writer takes the whole queue at once. An
+/// appender wakes the writer only when the writer waits for it: for a first
+/// entry when idle, or for the `LINGER_ENOUGH`th while lingering. Entries
+/// that arrive while the writer writes and syncs wake nobody. (A channel
+/// would wake the writer for every entry during its linger, a futex call
+/// and a context switch each.)
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    writer: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    entries: Vec<Pending>,
+    closed: bool,
+    /// What the writer is waiting for, if it waits.
+    waiting: WriterWait,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum WriterWait {
+    /// Writing or syncing: it takes the queue when done.
+    #[default]
+    No,
+    /// Any entry.
+    First,
+    /// `LINGER_ENOUGH` entries, or the end of its linger.
+    Company,
+}
+
+impl Queue {
+    /// Queues an entry; false once the log is closed.
+    fn push(&self, entry: Pending) -> bool {
+        let mut q = lock(&self.state);
+        if q.closed {
+            return false;
+        }
+        q.entries.push(entry);
+        let wake = match q.waiting {
+            WriterWait::No => false,
+            WriterWait::First => true,
+            WriterWait::Company => q.entries.len() == LINGER_ENOUGH,
+        };
+        if wake {
+            q.waiting = WriterWait::No;
+            drop(q);
+            self.writer.notify_one();
+        }
+        true
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.writer.notify_one();
+    }
+
+    /// The next batch (swapped into `batch`, which must be empty): waits for
+    /// a first entry, then up to `LINGER` for company. `false` once the log
+    /// is closed and everything queued has been taken.
+    fn next_batch(&self, batch: &mut Vec<Pending>) -> bool {
+        let mut q = lock(&self.state);
+        while q.entries.is_empty() {
+            if q.closed {
+                return false;
+            }
+            q.waiting = WriterWait::First;
+            q = self.writer.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        let deadline = std::time::Instant::now() + LINGER;
+        while q.entries.len() < LINGER_ENOUGH && !q.closed {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q.waiting = WriterWait::Company;
+            q = self
+                .writer
+                .wait_timeout(q, deadline - now)
+                .map_or_else(|p| p.into_inner().0, |(q, _)| q);
+        }
+        q.waiting = WriterWait::No;
+        std::mem::swap(&mut q.entries, batch);
+        true
+    }
+}
+
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<Pending>) {
+    fn run(mut self, queue: &Queue) {
         let mut frames = Vec::with_capacity(1 << 16);
         let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-        while let Ok(first) = rx.recv() {
-            batch.push(first);
-            let deadline = std::time::Instant::now() + LINGER;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(p) => batch.push(p),
-                    Err(_) => {
-                        let now = std::time::Instant::now();
-                        if batch.len() >= LINGER_ENOUGH || now >= deadline {
-                            break;
-                        }
-                        match rx.recv_timeout(deadline - now) {
-                            Ok(p) => batch.push(p),
-                            Err(_) => break,
-                        }
-                    }
-                }
+        while queue.next_batch(&mut batch) {
+            // A batch larger than the writer takes at once (a burst after a
+            // slow sync) is written in parts, each under its own sync.
+            while batch.len() > MAX_BATCH {
+                let mut part: Vec<Pending> = batch.drain(..MAX_BATCH).collect();
+                self.write_batch(&mut part, &mut frames);
             }
             self.write_batch(&mut batch, &mut frames);
         }
