@@ -458,7 +458,7 @@ impl Broker {
             );
             return error;
         };
-        let request_id = uuid::Uuid::now_v7();
+        let request_id = new_request_id();
         let mut record = blank_record(
             request_id,
             operation,
@@ -580,4 +580,57 @@ fn bearer<T>(request: &tonic::Request<T>) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| token.trim())
         .filter(|t| !t.is_empty())
+}
+
+/// A new request id: a UUIDv7 (the time in milliseconds, so ids sort by
+/// time) whose 74 other bits come from a per-thread SipHash keyed once from
+/// the operating system's randomness. `Uuid::now_v7` would take a global
+/// lock and make a `getrandom` system call for every lookup.
+pub fn new_request_id() -> uuid::Uuid {
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static IDS: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) =
+            (std::collections::hash_map::RandomState::new(), std::cell::Cell::new(0));
+    }
+    let random = IDS.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(1));
+        let half = |lane: u64| {
+            let mut h = keys.build_hasher();
+            h.write_u64(n);
+            h.write_u64(lane);
+            h.finish()
+        };
+        let mut bytes = [0u8; 10];
+        bytes[..8].copy_from_slice(&half(0).to_le_bytes());
+        bytes[8..].copy_from_slice(&half(1).to_le_bytes()[..2]);
+        bytes
+    });
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid()
+}
+
+#[cfg(test)]
+mod request_id_tests {
+    #[test]
+    fn request_ids_are_v7_distinct_and_ordered_by_time() {
+        let ids: Vec<uuid::Uuid> = (0..10_000).map(|_| super::new_request_id()).collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_millis() as u64;
+        let (secs, nanos) = ids[0].get_timestamp().expect("timestamp").to_unix();
+        let first = secs * 1000 + u64::from(nanos) / 1_000_000;
+        assert!(first <= now && now - first < 60_000);
+        // Another thread draws from its own keys.
+        let other = std::thread::spawn(super::new_request_id)
+            .join()
+            .expect("thread");
+        assert!(!distinct.contains(&other));
+    }
 }

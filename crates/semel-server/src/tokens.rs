@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 
 use anyhow::Context;
 use jsonwebtoken::errors::ErrorKind;
@@ -146,7 +146,9 @@ pub struct TokenVerifier {
     audience: String,
     leeway: u64,
     issuers: HashMap<String, Issuer>,
-    cache: Mutex<HashMap<Box<str>, Arc<EndUser>>>,
+    /// Read on every call, written once per new token: a read-write lock,
+    /// so concurrent lookups do not queue behind one another.
+    cache: RwLock<HashMap<Box<str>, Arc<EndUser>>>,
 }
 
 /// The claims Semel reads. `exp`, `iss`, `aud` and `sub` are required and
@@ -193,7 +195,7 @@ impl TokenVerifier {
             audience: settings.audience.clone(),
             leeway: settings.leeway_s,
             issuers,
-            cache: Mutex::new(HashMap::new()),
+            cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -204,18 +206,24 @@ impl TokenVerifier {
     /// Verifies a token (without the `Bearer ` prefix).
     pub fn verify(&self, token: &str) -> Result<Arc<EndUser>, TokenError> {
         let now = jsonwebtoken::get_current_timestamp();
-        {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(user) = cache.get(token) {
-                if now <= user.expires_at.saturating_add(self.leeway) {
-                    return Ok(user.clone());
-                }
-                cache.remove(token);
-                return Err(TokenError::Expired);
+        let cached = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+            .cloned();
+        if let Some(user) = cached {
+            if now <= user.expires_at.saturating_add(self.leeway) {
+                return Ok(user);
             }
+            self.cache
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(token);
+            return Err(TokenError::Expired);
         }
         let user = Arc::new(self.verify_uncached(token)?);
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.retain(|_, u| now <= u.expires_at.saturating_add(self.leeway));
             if cache.len() >= CACHE_CAPACITY {
