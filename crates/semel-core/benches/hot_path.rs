@@ -157,5 +157,22 @@ fn audit(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, identifiers, decision, audit);
+/// The Merkle append in memory: the leaf folded into the frontier of
+/// perfect subtrees (one node hash per trailing 1 bit of the size, two on
+/// average), as the verifier does for every entry.
+fn merkle(c: &mut Criterion) {
+    c.bench_function("merkle_node_hash", |b| {
+        b.iter(|| semel_core::merkle::node_hash(black_box(&[1; 32]), black_box(&[2; 32])))
+    });
+    let mut range = semel_core::merkle::CompactRange::new();
+    let mut leaf = [0u8; 32];
+    c.bench_function("merkle_append_compact", |b| {
+        b.iter(|| {
+            leaf[..8].copy_from_slice(&range.size().to_be_bytes());
+            range.push(black_box(leaf));
+        })
+    });
+}
+
+criterion_group!(benches, identifiers, decision, audit, merkle);
 criterion_main!(benches);
