@@ -52,6 +52,11 @@ const MAX_BATCH: usize = 4096;
 /// 0.2 ms more latency when the broker is idle.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(200);
 const LINGER_ENOUGH: usize = 32;
+/// Recovery writes rebuilt tree nodes and entry ends every so many entries.
+#[cfg(not(test))]
+const RECOVERY_CHUNK: u64 = 65_536;
+#[cfg(test)]
+const RECOVERY_CHUNK: u64 = 4;
 
 /// Why an entry could not be recorded. The lookup that asked must then be
 /// refused: no answer leaves without its entry.
@@ -1352,6 +1357,8 @@ fn recover(
         };
     }
     let mut new_ends = Vec::new();
+    // Where `new_ends` goes in the ends file.
+    let mut ends_at = known_ends;
     let mut indexed = 0u64;
     let damaged = scan(log, head.offset, |offset, payload| {
         let entry = AuditEntry::decode(payload)
@@ -1372,6 +1379,15 @@ fn recover(
         }
         if entry.sequence >= in_tree {
             tree.push(entry_hash(payload))?;
+        }
+        // A long tail (a tree or ends file rebuilt from scratch) is written
+        // as it goes, so memory stays flat whatever the log's size.
+        if (entry.sequence + 1).is_multiple_of(RECOVERY_CHUNK) {
+            tree.flush()?;
+            ends.write_all_at(&new_ends, ends_at * 8)
+                .map_err(io_err("rebuild audit ends"))?;
+            ends_at += new_ends.len() as u64 / 8;
+            new_ends.clear();
         }
         head = Head {
             next_sequence: entry.sequence + 1,
@@ -1414,8 +1430,8 @@ fn recover(
         return Err(truncated(head.offset));
     }
     tree.flush()?;
-    // Entries from `known_ends` on were pushed to `new_ends`, in order.
-    ends.write_all_at(&new_ends, known_ends * 8)
+    // Entries from `ends_at` on were pushed to `new_ends`, in order.
+    ends.write_all_at(&new_ends, ends_at * 8)
         .and_then(|()| ends.set_len(head.next_sequence * 8))
         .map_err(io_err("rebuild audit ends"))?;
     if indexed > 0 {
@@ -1585,11 +1601,28 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         append_n(&store, 12).await;
+        let proof = store.audit().inclusion_proof(5, 12).expect("proof").1;
         store.close().expect("close");
         std::fs::remove_dir_all(dir.path().join("audit/index")).expect("remove index");
+        std::fs::remove_dir_all(dir.path().join("audit/tree")).expect("remove tree");
         std::fs::remove_file(dir.path().join("audit/ends")).expect("remove ends");
+        // Rebuilt in chunks of RECOVERY_CHUNK entries (4 under test).
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.audit().head().0, 12);
+        assert_eq!(
+            store.audit().inclusion_proof(5, 12).expect("proof").1,
+            proof
+        );
+        assert_eq!(
+            store
+                .audit()
+                .inclusion_proof(11, 12)
+                .expect("proof")
+                .0
+                .entry
+                .sequence,
+            11
+        );
         let all = store
             .audit()
             .query(&AuditQuery {
