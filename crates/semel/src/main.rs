@@ -1148,6 +1148,8 @@ mod bench {
             }
             None => Command::new(&exe),
         };
+        // Its own process group, stopped as one when the run ends.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = command
             .args(["bench-server", "--data-dir"])
             .arg(&dir)
@@ -1221,7 +1223,12 @@ mod bench {
                 }
                 rounds.push(reports);
             }
-            let memory = memory_kib(pid);
+            // Under a wrapper the pid is the wrapper's, not the server's.
+            let memory = args
+                .server_wrapper
+                .is_none()
+                .then(|| memory_kib(pid))
+                .flatten();
             let query = if addrs.preloaded_entries > 0 {
                 Some(time_citizen_query(&addrs, QUERY_CITIZEN, 20).await?)
             } else {
@@ -1230,9 +1237,12 @@ mod bench {
             anyhow::Ok((rounds, memory, query))
         }
         .await;
+        // The whole process group: a wrapper (`/usr/bin/time`, `perf`) may
+        // not pass the signal on to the server it started.
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(pid.to_string())
+            .arg("--")
+            .arg(format!("-{pid}"))
             .status();
         let status = child.wait()?;
         if temporary {
