@@ -305,8 +305,9 @@ pub struct LoadReport {
     pub p999_us: u64,
     pub max_us: u64,
     /// CPU time of the server process (user + system) per measured request,
-    /// in microseconds: the broker or null forwarder *and* the source. More
-    /// stable than throughput on a shared machine.
+    /// in microseconds: the broker or null forwarder *and* the source. It
+    /// drifts with the machine's speed too, but not with how the generator
+    /// and the server share the cores.
     pub server_cpu_us: Option<f64>,
     /// CPU time of the generator (this process) per measured request.
     pub generator_cpu_us: Option<f64>,

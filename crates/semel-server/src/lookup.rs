@@ -260,7 +260,7 @@ async fn lookup(
     msg: LookupRequest,
     received: OffsetDateTime,
 ) -> Result<LookupResponse, ApiError> {
-    let request_id = crate::state::new_request_id();
+    let request_id = crate::state::new_id();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
     let mut trace = Trace {
         citizen: None,

@@ -65,7 +65,7 @@ async fn audited<T>(
     caller: &Caller,
     run: impl AsyncFnOnce(&mut Change) -> Result<(T, Box<dyn FnOnce() + Send>), ApiError>,
 ) -> Result<(T, String), ApiError> {
-    let request_id = crate::state::new_request_id();
+    let request_id = crate::state::new_id();
     let mut change = Change::default();
     let result = run(&mut change).await;
     let mut record = broker.audit_record(caller, request_id);
@@ -135,7 +135,7 @@ impl Broker {
         change.source = Some(route.dataset.source);
         let mut client = route.client.clone();
         let call = client.fetch(FetchRequest {
-            request_id: crate::state::new_request_id().to_string(),
+            request_id: crate::state::new_id().to_string(),
             dataset: dataset.to_string(),
             citizen: citizen.as_str().to_owned(),
             fields: Vec::new(),
@@ -264,7 +264,7 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             }
             broker.register_knows(&resolved.current, change).await?;
             let stored = PersonFile {
-                id: crate::state::new_request_id().to_string(),
+                id: crate::state::new_id().to_string(),
                 consumer: caller.org.kbo,
                 citizen: resolved.current,
                 capacity,
@@ -597,7 +597,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 ));
             }
             let consent = Consent {
-                id: crate::state::new_request_id().to_string(),
+                id: crate::state::new_id().to_string(),
                 citizen: resolved.current,
                 consumer,
                 purpose,

@@ -458,7 +458,7 @@ impl Broker {
             );
             return error;
         };
-        let request_id = new_request_id();
+        let request_id = new_id();
         let mut record = blank_record(
             request_id,
             operation,
@@ -582,11 +582,12 @@ fn bearer<T>(request: &tonic::Request<T>) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// A new request id: a UUIDv7 (the time in milliseconds, so ids sort by
-/// time) whose 74 other bits come from a per-thread SipHash keyed once from
-/// the operating system's randomness. `Uuid::now_v7` would take a global
-/// lock and make a `getrandom` system call for every lookup.
-pub fn new_request_id() -> uuid::Uuid {
+/// A new id, for a request, a file or a consent: a UUIDv7 (the time in
+/// milliseconds, so ids sort by time) whose 74 other bits come from a
+/// per-thread SipHash keyed once from the operating system's randomness.
+/// `Uuid::now_v7` would take a global lock and make a `getrandom` system
+/// call for every lookup.
+pub fn new_id() -> uuid::Uuid {
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
         static IDS: (std::collections::hash_map::RandomState, std::cell::Cell<u64>) =
@@ -613,10 +614,10 @@ pub fn new_request_id() -> uuid::Uuid {
 }
 
 #[cfg(test)]
-mod request_id_tests {
+mod id_tests {
     #[test]
-    fn request_ids_are_v7_distinct_and_ordered_by_time() {
-        let ids: Vec<uuid::Uuid> = (0..10_000).map(|_| super::new_request_id()).collect();
+    fn ids_are_v7_distinct_and_ordered_by_time() {
+        let ids: Vec<uuid::Uuid> = (0..10_000).map(|_| super::new_id()).collect();
         assert!(ids.iter().all(|id| id.get_version_num() == 7));
         let distinct: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(distinct.len(), ids.len());
@@ -628,9 +629,7 @@ mod request_id_tests {
         let first = secs * 1000 + u64::from(nanos) / 1_000_000;
         assert!(first <= now && now - first < 60_000);
         // Another thread draws from its own keys.
-        let other = std::thread::spawn(super::new_request_id)
-            .join()
-            .expect("thread");
+        let other = std::thread::spawn(super::new_id).join().expect("thread");
         assert!(!distinct.contains(&other));
     }
 }

@@ -4,7 +4,7 @@
 
 use std::hint::black_box;
 
-use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group, criterion_main};
 use semel_store::tree::Tree;
 
 fn leaf(i: u64) -> [u8; 32] {
@@ -36,17 +36,13 @@ fn merkle_append(c: &mut Criterion) {
     // One group commit's worth (ten entries, as measured at concurrency
     // 64), written to the level files; syncs happen only at checkpoints.
     c.bench_function("merkle_append_batch_of_10_with_write", |b| {
-        b.iter_batched(
-            || (),
-            |()| {
-                for _ in 0..10 {
-                    tree.push(leaf(next)).expect("push");
-                    next += 1;
-                }
-                tree.flush().expect("flush");
-            },
-            BatchSize::SmallInput,
-        )
+        b.iter(|| {
+            for _ in 0..10 {
+                tree.push(leaf(next)).expect("push");
+                next += 1;
+            }
+            tree.flush().expect("flush");
+        })
     });
 }
 

@@ -1170,6 +1170,9 @@ mod bench {
             .spawn()
             .context("start semel bench-server")?;
         let pid = child.id();
+        // Under a wrapper (valgrind, perf) the pid is the wrapper's: its CPU
+        // time and memory are not the server's.
+        let server_pid = args.server_wrapper.is_none().then_some(pid);
         let waited = Instant::now();
         if args.preload_audit > 0 {
             eprintln!(
@@ -1203,8 +1206,7 @@ mod bench {
             duration: Duration::from_secs_f64(args.duration),
             refused_percent: args.refused_percent,
             requests: args.requests,
-            // Under a wrapper (valgrind, perf) the pid is the wrapper's.
-            server_pid: args.server_wrapper.is_none().then_some(pid),
+            server_pid,
         };
         // Whatever happens while measuring, the server is stopped after.
         let measured = async {
@@ -1223,12 +1225,7 @@ mod bench {
                 }
                 rounds.push(reports);
             }
-            // Under a wrapper the pid is the wrapper's, not the server's.
-            let memory = args
-                .server_wrapper
-                .is_none()
-                .then(|| memory_kib(pid))
-                .flatten();
+            let memory = server_pid.and_then(memory_kib);
             let query = if addrs.preloaded_entries > 0 {
                 Some(time_citizen_query(&addrs, QUERY_CITIZEN, 20).await?)
             } else {
@@ -1256,30 +1253,28 @@ mod bench {
         Ok(ExitCode::SUCCESS)
     }
 
+    /// Semel's and the null forwarder's reports of one round.
+    fn semel_and_null(reports: &[LoadReport]) -> Option<(&LoadReport, &LoadReport)> {
+        let find = |name: &str| reports.iter().find(|r| r.target == name);
+        find("semel").zip(find("null forwarder"))
+    }
+
     /// Semel's throughput and p99 relative to the null forwarder in one round.
     fn ratio(reports: &[LoadReport]) -> Option<(f64, f64)> {
-        let find = |name: &str| reports.iter().find(|r| r.target == name);
-        match (find("semel"), find("null forwarder")) {
-            (Some(s), Some(n)) if n.throughput > 0.0 && n.p99_us > 0 => Some((
+        let (s, n) = semel_and_null(reports)?;
+        (n.throughput > 0.0 && n.p99_us > 0).then(|| {
+            (
                 s.throughput / n.throughput,
                 s.p99_us as f64 / n.p99_us as f64,
-            )),
-            _ => None,
-        }
+            )
+        })
     }
 
     /// Semel's server CPU per request relative to the null forwarder's.
     fn cpu_ratio(reports: &[LoadReport]) -> Option<f64> {
-        let find = |name: &str| {
-            reports
-                .iter()
-                .find(|r| r.target == name)
-                .and_then(|r| r.server_cpu_us)
-        };
-        match (find("semel"), find("null forwarder")) {
-            (Some(s), Some(n)) if n > 0.0 => Some(s / n),
-            _ => None,
-        }
+        let (s, n) = semel_and_null(reports)?;
+        let (s, n) = (s.server_cpu_us?, n.server_cpu_us?);
+        (n > 0.0).then(|| s / n)
     }
 
     fn median(mut v: Vec<f64>) -> Option<f64> {
@@ -1305,6 +1300,7 @@ mod bench {
         let per_round: Vec<(f64, f64)> = rounds.iter().filter_map(|r| ratio(r)).collect();
         let ratios = median(per_round.iter().map(|r| r.0).collect())
             .zip(median(per_round.iter().map(|r| r.1).collect()));
+        let cpu = median(rounds.iter().filter_map(|r| cpu_ratio(r)).collect());
         let reports: Vec<&LoadReport> = rounds.iter().flatten().collect();
         if args.json {
             let v = serde_json::json!({
@@ -1314,7 +1310,7 @@ mod bench {
                 "rounds": rounds,
                 "semel_vs_null_per_round": per_round.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
                 "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
-                "semel_vs_null_server_cpu": median(rounds.iter().filter_map(|r| cpu_ratio(r)).collect()),
+                "semel_vs_null_server_cpu": cpu,
                 "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
                 "audit_entries_at_start": addrs.preloaded_entries,
                 "broker_startup_ms": addrs.startup_ms,
@@ -1342,7 +1338,7 @@ mod bench {
             "srv CPU",
             "gen CPU"
         );
-        let cpu = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.0} µs"));
+        let micros = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.0} µs"));
         for r in &reports {
             println!(
                 "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
@@ -1356,8 +1352,8 @@ mod bench {
                 r.max_us,
                 r.errors,
                 r.refused,
-                cpu(r.server_cpu_us),
-                cpu(r.generator_cpu_us)
+                micros(r.server_cpu_us),
+                micros(r.generator_cpu_us)
             );
         }
         for r in reports
@@ -1390,8 +1386,7 @@ mod bench {
             let what = if per_round.len() > 1 { ", median" } else { "" };
             println!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
         }
-        let cpu_ratios: Vec<f64> = rounds.iter().filter_map(|r| cpu_ratio(r)).collect();
-        if let Some(c) = median(cpu_ratios) {
+        if let Some(c) = cpu {
             println!(
                 "semel / null forwarder, server CPU per request{}: {c:.2}×",
                 if per_round.len() > 1 { ", median" } else { "" }
