@@ -179,6 +179,7 @@ async fn auditors_query_by_person_authorisation_dataset_and_decision_combined() 
         audience: semel_demo::issuer::DEV_AUDIENCE,
         expires_in: 600,
         not_before: None,
+        bound_to: None,
     };
     let mut anna = proto::lookup_service_client::LookupServiceClient::new(
         t.channel_as(ANDERLECHT, &t.mint(&as_person("anna"))).await,

@@ -28,22 +28,35 @@ async fn state_survives_a_restart() {
         })
         .await
         .expect("suspend");
-    let before = t.audit_entries().await;
-    assert_eq!(before.len(), 4);
+    // Four lookups and the suspension; the query's own entry follows them.
+    let before = t.all_audit_entries().await;
+    assert_eq!(before.len(), 5);
+    assert_eq!(
+        before[4].operation,
+        "semel.v1.RegistryService/SuspendAuthorisation"
+    );
+    let head = t
+        .audit()
+        .await
+        .get_audit_head(proto::GetAuditHeadRequest {})
+        .await
+        .expect("head")
+        .into_inner();
+    assert_eq!(head.size, 6);
     drop(c);
     let dir = t.stop().await;
 
-    // The log on disk, read directly: four entries, chained.
+    // The log on disk, read directly: every entry, chained.
     {
         let store = semel_store::Store::open(&dir.path().join("store")).expect("open store");
         let report = store.audit().verify_chain().expect("chain verifies");
-        assert_eq!(report.entries, 4);
-        assert_eq!(report.head.to_vec(), before[3].entry_hash);
+        assert_eq!(report.entries, head.size);
+        assert_eq!(report.head.to_vec(), head.head_hash);
         store.close().expect("close");
     }
 
     let t = TestDemo::start_in(dir, Duration::from_millis(400)).await;
-    assert_eq!(t.audit_size().await, 4);
+    assert_eq!(t.audit_size().await, head.size);
     let a = t
         .registry()
         .await
@@ -64,13 +77,13 @@ async fn state_survives_a_restart() {
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("allowed after restart");
-    let after = t.audit_entries().await;
-    assert_eq!(after.len(), 5);
+    let after = t.all_audit_entries().await;
+    assert_eq!(after.len(), 7);
     assert_eq!(
-        after[4].previous_hash, before[3].entry_hash,
+        after[6].previous_hash, head.head_hash,
         "the chain continues across the restart"
     );
-    assert_eq!(after[..4], before[..]);
+    assert_eq!(after[..5], before[..]);
     t.stop().await;
 }
 

@@ -102,6 +102,7 @@ impl TestDemo {
             audience: DEV_AUDIENCE,
             expires_in: 600,
             not_before: None,
+            bound_to: None,
         })
     }
 
@@ -188,8 +189,17 @@ impl TestDemo {
             .size
     }
 
-    /// Every audit entry, oldest first.
+    /// Every audit entry but the auditors' own reads of the log (each
+    /// query is recorded too, after it ran), oldest first.
     pub async fn audit_entries(&self) -> Vec<proto::AuditEntry> {
+        let mut all = self.all_audit_entries().await;
+        all.retain(|e| !is_audit_read(e));
+        all
+    }
+
+    /// Every audit entry, oldest first (this query's own entry is appended
+    /// after it ran, so it is not among them).
+    pub async fn all_audit_entries(&self) -> Vec<proto::AuditEntry> {
         let mut client = self.audit().await;
         let mut out = Vec::new();
         let mut token = String::new();
@@ -224,6 +234,11 @@ impl TestDemo {
             })
             .expect("issue")
     }
+}
+
+/// Whether an entry records an auditor's or a citizen's read of the log.
+pub fn is_audit_read(e: &proto::AuditEntry) -> bool {
+    e.operation.starts_with("semel.v1.AuditService/")
 }
 
 pub fn lookup(

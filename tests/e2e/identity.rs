@@ -26,6 +26,7 @@ fn clerk<'a>(expires_in: i64) -> TokenRequest<'a> {
         audience: DEV_AUDIENCE,
         expires_in,
         not_before: None,
+        bound_to: None,
     }
 }
 
@@ -128,6 +129,7 @@ async fn forged_expired_and_misdirected_tokens_are_refused() {
         "not yet valid",
         t.mint(&TokenRequest {
             not_before: Some(3600),
+            bound_to: None,
             expires_in: 7200,
             ..clerk(0)
         }),
@@ -309,6 +311,7 @@ async fn a_citizen_sees_who_consulted_them_and_no_one_else() {
         audience: DEV_AUDIENCE,
         expires_in: 600,
         not_before: None,
+        bound_to: None,
     });
     let mut audit =
         proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &karim).await);
@@ -338,7 +341,7 @@ async fn a_citizen_sees_who_consulted_them_and_no_one_else() {
         .await
         .expect_err("another citizen");
     assert_error(&err, Code::PermissionDenied, "CITIZEN_MISMATCH");
-    let e = t.audit_entries().await.pop().expect("entry");
+    let e = t.all_audit_entries().await.pop().expect("entry");
     assert_eq!(e.reason, "CITIZEN_MISMATCH");
     assert_eq!(e.operation, "semel.v1.AuditService/ListCitizenAccesses");
     // A citizen token must name a national number; a portal's citizen
@@ -362,8 +365,8 @@ async fn a_revoked_certificate_is_refused_from_its_next_call_on() {
     let mut c = t.lookup_client(ANDERLECHT).await;
     c.lookup(karim_residence()).await.expect("allowed");
     let files = t.demo().client(ANDERLECHT).expect("files");
-    let (fingerprint, serial) =
-        semel_server::tls::certificate_ids(&files.cert).expect("certificate ids");
+    let ids = semel_server::tls::certificate_ids(&files.cert).expect("certificate ids");
+    let (fingerprint, serial) = (ids.fingerprint, ids.serial);
     let mut reg = t.registry().await;
     let revoked = reg
         .revoke_certificate(proto::RevokeCertificateRequest {
@@ -382,12 +385,45 @@ async fn a_revoked_certificate_is_refused_from_its_next_call_on() {
     assert_error(&err, Code::Unauthenticated, "CERTIFICATE_REVOKED");
     let e = t.audit_entries().await.pop().expect("entry");
     assert_eq!(e.reason, "CERTIFICATE_REVOKED");
-    // A certificate revoked by serial number likewise.
+    // A certificate revoked by serial number likewise; serials are unique
+    // per issuer only, so the issuer is named, and another issuer's
+    // certificate with that serial is not touched.
     let schaerbeek = t.demo().client(SCHAERBEEK).expect("files");
-    let (_, serial_s) = semel_server::tls::certificate_ids(&schaerbeek.cert).expect("ids");
-    assert_ne!(serial, serial_s);
+    let ids_s = semel_server::tls::certificate_ids(&schaerbeek.cert).expect("ids");
+    assert_ne!(serial, ids_s.serial);
+    let err = reg
+        .revoke_certificate(proto::RevokeCertificateRequest {
+            serial_number: ids_s.serial.clone(),
+            reason: "key compromised".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a serial without its issuer");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
     reg.revoke_certificate(proto::RevokeCertificateRequest {
-        serial_number: serial_s,
+        serial_number: ids_s.serial.clone(),
+        issuer_name_sha256: "00".repeat(32),
+        reason: "another CA's certificate".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("revoke another issuer's serial");
+    t.lookup_client(SCHAERBEEK)
+        .await
+        .lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .map(drop)
+        .or_else(|s| {
+            if s.code() == Code::PermissionDenied {
+                Ok(())
+            } else {
+                Err(s)
+            }
+        })
+        .expect("the same serial from another issuer does not revoke this certificate");
+    reg.revoke_certificate(proto::RevokeCertificateRequest {
+        serial_number: ids_s.serial,
+        issuer_name_sha256: ids_s.issuer_name_sha256,
         reason: "key compromised".into(),
         ..Default::default()
     })
@@ -406,13 +442,14 @@ async fn a_revoked_certificate_is_refused_from_its_next_call_on() {
         .expect("list")
         .into_inner()
         .revoked;
-    assert_eq!(list.len(), 2);
+    assert_eq!(list.len(), 3);
     // Bad input is named.
     let err = reg
         .revoke_certificate(proto::RevokeCertificateRequest {
             sha256_fingerprint: "abc".into(),
             serial_number: "01".into(),
             reason: "x".into(),
+            issuer_name_sha256: String::new(),
         })
         .await
         .expect_err("both");
@@ -480,6 +517,7 @@ async fn every_rpc_with_every_role_follows_the_permission_matrix() {
             audience: DEV_AUDIENCE,
             expires_in: 600,
             not_before: None,
+            bound_to: None,
         });
         let authed = with_token(channel.clone(), Some(&token)).expect("token");
         for rule in semel_server::permissions::RULES {
@@ -674,6 +712,7 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
                 issuing_body: "Juge d'instruction".into(),
                 valid_from: "2020-01-01".into(),
                 confidential_until: until.into(),
+                capacities: vec!["SUSPECT".into()],
                 ..Default::default()
             }),
         })
@@ -695,6 +734,7 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
         audience: DEV_AUDIENCE,
         expires_in: 600,
         not_before: None,
+        bound_to: None,
     });
     let seen = accesses(t.channel_as("irisbox", &karim).await, KARIM)
         .await
@@ -709,5 +749,91 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
         .await
         .expect("report");
     assert_eq!(all.len(), 2);
+
+    // Refusals made before any authorisation was chosen do not tip off the
+    // subject either: an unknown field, a dataset the inquiry does not
+    // cover, a forged token, each with the inquiry's purpose.
+    c.lookup(lookup(KARIM, RESIDENCE, &["no_such_field"], "INQUIRY_2026"))
+        .await
+        .expect_err("unknown field");
+    c.lookup(lookup(KARIM, UNEMPLOYMENT, &["entitled"], "INQUIRY_2026"))
+        .await
+        .expect_err("no authorisation");
+    LookupServiceClient::new(t.channel_as(VILLE, "not-a-token").await)
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "INQUIRY_2026"))
+        .await
+        .expect_err("forged token");
+    let seen = accesses(t.channel_as("irisbox", &karim).await, KARIM)
+        .await
+        .expect("report");
+    let references: Vec<&str> = seen
+        .iter()
+        .map(|a| a.authorisation_reference.as_str())
+        .collect();
+    assert_eq!(references, vec!["PJ/2020/007"], "no refusal tips Karim off");
+    assert!(seen.iter().all(|a| !a.purpose.contains("2026")), "{seen:?}");
+
+    // A citizen whose only entries are hidden sees an empty page and no
+    // page token (which would be a hidden entry's sequence number).
+    t.open_file(VILLE, JAN, "SUSPECT").await;
+    c.lookup(lookup(JAN, RESIDENCE, &["street"], "INQUIRY_2026"))
+        .await
+        .expect("the inquiry on Jan");
+    c.lookup(lookup(JAN, RESIDENCE, &["bogus"], "INQUIRY_2026"))
+        .await
+        .expect_err("unknown field");
+    let jan = t.mint(&TokenRequest {
+        subject: JAN,
+        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
+        roles: &[UserRole::Citizen],
+        audience: DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+        bound_to: None,
+    });
+    let page =
+        proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &jan).await)
+            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+                citizen: JAN.into(),
+                page_size: 1,
+                ..Default::default()
+            })
+            .await
+            .expect("Jan's view")
+            .into_inner();
+    assert!(page.accesses.is_empty(), "{:?}", page.accesses);
+    assert_eq!(page.next_page_token, "");
+    // Karim's view, a page at a time: one visible entry, then nothing.
+    let mut portal =
+        proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &karim).await);
+    let first = portal
+        .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+            citizen: KARIM.into(),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("page 1")
+        .into_inner();
+    assert_eq!(first.accesses.len(), 1);
+    assert_eq!(first.accesses[0].authorisation_reference, "PJ/2020/007");
+    let hidden: Vec<String> = t
+        .audit_entries()
+        .await
+        .iter()
+        .filter(|e| e.citizen == KARIM && e.authorisation_reference != "PJ/2020/007")
+        .map(|e| e.sequence.to_string())
+        .collect();
+    assert!(!hidden.contains(&first.next_page_token));
+    let second = portal
+        .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+            citizen: KARIM.into(),
+            page_size: 1,
+            page_token: first.next_page_token,
+        })
+        .await
+        .expect("page 2")
+        .into_inner();
+    assert!(second.accesses.is_empty(), "{:?}", second.accesses);
     t.stop().await;
 }

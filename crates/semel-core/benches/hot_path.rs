@@ -28,6 +28,7 @@ fn authorisation(reference: &str, dataset: &str, purpose: &str, fields: &[&str])
         updated_at: datetime!(2024-03-01 0:00 UTC),
         confidential_until: None,
         check_fields: BTreeSet::new(),
+        checks: Vec::new(),
         capacities: [CapacityCode::new("RIS_BENEFICIARY").expect("capacity")].into(),
         consent_required: false,
     }

@@ -107,9 +107,35 @@ pub enum ReasonCode {
     CitizenUnknown,
     /// The file, consent or record named does not exist (for this caller).
     NotFound,
+    /// The consumer asked as many different yes/no questions about this
+    /// citizen's field today as it may.
+    CheckLimitReached,
+    /// The client certificate has expired (during a long-lived connection).
+    CertificateExpired,
+    /// A consent registered by an agent after the citizen withdrew theirs.
+    ConsentWithdrawnByCitizen,
+    /// A file's begin date lies further back than its capacity allows.
+    BackdateTooFar,
+    /// A file names a capacity that no authorisation names.
+    UnknownCapacity,
+    /// The token is bound (`cnf`) to another certificate than the one the
+    /// call came with.
+    TokenCertificateMismatch,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 29] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 35] = [
+    (
+        ReasonCode::TokenCertificateMismatch,
+        "TOKEN_CERTIFICATE_MISMATCH",
+    ),
+    (ReasonCode::CheckLimitReached, "CHECK_LIMIT_REACHED"),
+    (ReasonCode::CertificateExpired, "CERTIFICATE_EXPIRED"),
+    (
+        ReasonCode::ConsentWithdrawnByCitizen,
+        "CONSENT_WITHDRAWN_BY_CITIZEN",
+    ),
+    (ReasonCode::BackdateTooFar, "BACKDATE_TOO_FAR"),
+    (ReasonCode::UnknownCapacity, "UNKNOWN_CAPACITY"),
     (ReasonCode::CitizenUnknown, "CITIZEN_UNKNOWN"),
     (ReasonCode::NotFound, "NOT_FOUND"),
     (ReasonCode::UnknownPurpose, "UNKNOWN_PURPOSE"),
@@ -147,7 +173,7 @@ const SIMPLE_CODES: [(ReasonCode, &str); 29] = [
     (ReasonCode::SourceError, "SOURCE_ERROR"),
 ];
 
-const REFUSALS: [RefusalReason; 8] = RefusalReason::ALL;
+const REFUSALS: [RefusalReason; 9] = RefusalReason::ALL;
 
 impl ReasonCode {
     /// The stable code, e.g. `NO_AUTHORISATION`.

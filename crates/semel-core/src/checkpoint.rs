@@ -263,12 +263,21 @@ pub mod b64 {
     }
 
     pub fn decode(text: &str) -> Option<Vec<u8>> {
+        decode_with(text, ALPHABET)
+    }
+
+    /// Unpadded (or padded) base64url, as JOSE uses.
+    pub fn decode_url(text: &str) -> Option<Vec<u8>> {
+        decode_with(text, URL_ALPHABET)
+    }
+
+    fn decode_with(text: &str, alphabet: &[u8; 64]) -> Option<Vec<u8>> {
         let text = text.trim_end_matches('=');
         let mut out = Vec::with_capacity(text.len() * 3 / 4);
         let mut acc = 0u32;
         let mut bits = 0;
         for c in text.bytes() {
-            let v = ALPHABET.iter().position(|a| *a == c)? as u32;
+            let v = alphabet.iter().position(|a| *a == c)? as u32;
             acc = (acc << 6) | v;
             bits += 6;
             if bits >= 8 {

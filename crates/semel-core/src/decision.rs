@@ -13,7 +13,8 @@ use std::fmt::Write as _;
 
 use time::{Date, OffsetDateTime};
 
-use crate::persons::{Consent, ConsentState, FilePhase, PersonFile};
+use crate::check::{CheckRule, Question};
+use crate::persons::{Consent, ConsentChannel, ConsentState, FilePhase, PersonFile};
 use crate::{
     Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode, DatasetName, FieldName,
     Kbo, PurposeCode,
@@ -27,8 +28,8 @@ pub struct LookupQuestion<'a> {
     pub dataset: &'a DatasetName,
     /// The fields to read.
     pub fields: &'a [FieldName],
-    /// The fields to test (yes/no answers).
-    pub checks: &'a [FieldName],
+    /// The questions asked (yes/no answers).
+    pub checks: &'a [Question],
     pub purpose: &'a PurposeCode,
     /// The day the lookup is made (the broker's local calendar day).
     pub today: Date,
@@ -52,6 +53,8 @@ pub enum RefusalReason {
     PurposeNotAllowed,
     /// The authorisation for this purpose does not cover every requested field.
     FieldNotAllowed,
+    /// The authorisation for this purpose does not name every question asked.
+    CheckNotAllowed,
     /// The authorisation's validity has not started.
     AuthorisationNotYetValid,
     /// The authorisation's validity has ended.
@@ -67,10 +70,11 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, for parsing codes.
-    pub const ALL: [RefusalReason; 8] = [
+    pub const ALL: [RefusalReason; 9] = [
         Self::NoAuthorisation,
         Self::PurposeNotAllowed,
         Self::FieldNotAllowed,
+        Self::CheckNotAllowed,
         Self::AuthorisationNotYetValid,
         Self::AuthorisationExpired,
         Self::AuthorisationSuspended,
@@ -84,6 +88,7 @@ impl RefusalReason {
             Self::NoAuthorisation => "NO_AUTHORISATION",
             Self::PurposeNotAllowed => "PURPOSE_NOT_ALLOWED",
             Self::FieldNotAllowed => "FIELD_NOT_ALLOWED",
+            Self::CheckNotAllowed => "CHECK_NOT_ALLOWED",
             Self::AuthorisationNotYetValid => "AUTHORISATION_NOT_YET_VALID",
             Self::AuthorisationExpired => "AUTHORISATION_EXPIRED",
             Self::AuthorisationSuspended => "AUTHORISATION_SUSPENDED",
@@ -100,7 +105,7 @@ impl RefusalReason {
             Self::AuthorisationExpired => 1,
             Self::AuthorisationNotYetValid => 2,
             Self::AuthorisationSuspended => 3,
-            Self::FieldNotAllowed => 4,
+            Self::FieldNotAllowed | Self::CheckNotAllowed => 4,
             Self::NoActiveFile => 5,
             Self::ConsentMissing => 6,
         }
@@ -116,10 +121,17 @@ pub struct Refusal {
     pub authorisation: Option<AuthorisationRef>,
     /// For `FieldNotAllowed`: the requested fields it does not cover.
     pub fields_not_allowed: Vec<FieldName>,
+    /// For `CheckNotAllowed`: the questions asked that it does not name,
+    /// and those it names.
+    pub checks: Option<Box<ChecksRefused>>,
     /// For `NoActiveFile`: the capacities it accepts (empty: any).
     pub capacities_required: Vec<CapacityCode>,
     /// For `ConsentMissing`: the consent that came closest, and its state.
     pub consent: Option<(String, ConsentState)>,
+    /// For `ConsentMissing`: the citizen withdrew their consent, and only
+    /// the citizen can give it again (an agent's registration does not
+    /// outweigh the withdrawal).
+    pub withdrawn_by_citizen: bool,
     /// For `NoActiveFile`: the date a file had to cover.
     pub date: Option<Date>,
 }
@@ -130,8 +142,10 @@ impl Refusal {
             reason,
             authorisation: authorisation.map(|a| a.reference.clone()),
             fields_not_allowed: Vec::new(),
+            checks: None,
             capacities_required: Vec::new(),
             consent: None,
+            withdrawn_by_citizen: false,
             date: None,
         }
     }
@@ -156,6 +170,18 @@ impl Refusal {
                 "authorisation {auth} does not cover the fields {}; ask only for the fields it allows (fields it allows only to test must be asked as checks)",
                 list(&mut self.fields_not_allowed.iter().map(FieldName::as_str))
             ),
+            RefusalReason::CheckNotAllowed => {
+                let (asked, allowed) = self
+                    .checks
+                    .as_deref()
+                    .map_or((String::new(), String::new()), |c| {
+                        (c.asked.join("; "), c.allowed.join("; "))
+                    });
+                format!(
+                    "authorisation {auth} does not allow the questions {asked}; it allows {}",
+                    if allowed.is_empty() { "none" } else { &allowed }
+                )
+            }
             RefusalReason::AuthorisationNotYetValid => {
                 format!("authorisation {auth} is not valid yet")
             }
@@ -198,10 +224,24 @@ impl Refusal {
                     }
                     Some((_, ConsentState::Valid)) | None => m.push_str("; none is on record"),
                 }
+                if self.withdrawn_by_citizen {
+                    m.push_str(
+                        "; the citizen withdrew their consent, so only the citizen can give it again (on a citizen portal)",
+                    );
+                }
                 m
             }
         }
     }
+}
+
+/// The questions a refusal is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChecksRefused {
+    /// Asked and not named by the authorisation, in words.
+    pub asked: Vec<String>,
+    /// Named by the authorisation, in words.
+    pub allowed: Vec<String>,
 }
 
 /// What allowed a lookup.
@@ -210,8 +250,8 @@ pub struct Allowance {
     pub authorisation: AuthorisationRef,
     /// Exactly the fields to forward and return: sorted, without repeats.
     pub fields: Vec<FieldName>,
-    /// The fields to test, sorted, without repeats.
-    pub checks: Vec<FieldName>,
+    /// The questions to answer, in the order asked, without repeats.
+    pub checks: Vec<Question>,
     /// The file that allowed it: its id, capacity and phase.
     pub file: (String, CapacityCode, FilePhase),
     /// The consent that allowed it, when the authorisation requires one.
@@ -298,7 +338,6 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
         .fields
         .iter()
         .filter(|f| !auth.fields.contains(*f))
-        .chain(q.checks.iter().filter(|f| !auth.may_check(f)))
         .cloned()
         .collect();
     if !missing.is_empty() || (q.fields.is_empty() && q.checks.is_empty()) {
@@ -309,12 +348,34 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
             ..refuse(RefusalReason::FieldNotAllowed)
         });
     }
-    // The file must be open today and cover the date the data are asked for.
+    let not_named: Vec<String> = q
+        .checks
+        .iter()
+        .filter(|c| !auth.may_ask(c))
+        .map(Question::describe)
+        .collect();
+    if !not_named.is_empty() {
+        let mut allowed: Vec<String> = auth.checks.iter().map(CheckRule::describe).collect();
+        allowed.extend(
+            auth.check_fields
+                .iter()
+                .map(|f| format!("{f} = … or {f} != …")),
+        );
+        return Err(Refusal {
+            checks: Some(Box::new(ChecksRefused {
+                asked: not_named,
+                allowed,
+            })),
+            ..refuse(RefusalReason::CheckNotAllowed)
+        });
+    }
+    // The file must be open now and cover the date the data are asked for.
     let file = q.files.iter().find(|f| {
         f.consumer == q.consumer
             && (auth.capacities.is_empty() || auth.capacities.contains(&f.capacity))
             && f.covers(q.today)
             && f.covers(q.date)
+            && f.open_at(q.now)
     });
     let Some(file) = file else {
         return Err(Refusal {
@@ -324,16 +385,28 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
         });
     };
     let consent = if auth.consent_required {
+        let concerning = || {
+            q.consents
+                .iter()
+                .filter(|c| c.concerns(q.consumer, q.purpose, q.dataset))
+        };
+        // The citizen's own withdrawal wins over any consent given before
+        // it, and over any an agent registers after it: only the citizen
+        // can give it again.
+        let withdrawn = concerning()
+            .filter_map(|c| c.withdrawn_by_citizen(q.now).map(|w| (w, c)))
+            .max_by_key(|(w, _)| *w);
         let mut closest: Option<(&Consent, ConsentState)> = None;
-        for c in q
-            .consents
-            .iter()
-            .filter(|c| c.concerns(q.consumer, q.purpose, q.dataset))
-        {
+        for c in concerning() {
             let state = c.state(q.now);
-            if state == ConsentState::Valid {
+            let outweighed = withdrawn
+                .is_some_and(|(w, _)| c.channel != ConsentChannel::Portal || c.given_at <= w);
+            if state == ConsentState::Valid && !outweighed {
                 closest = Some((c, state));
                 break;
+            }
+            if state == ConsentState::Valid {
+                continue;
             }
             // Remember the most recently given one, to say why it fails.
             if closest.is_none_or(|(b, _)| b.given_at < c.given_at) {
@@ -343,8 +416,13 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
         match closest {
             Some((c, ConsentState::Valid)) => Some(c.id.clone()),
             other => {
+                let consent = match (other, withdrawn) {
+                    (None, Some((_, w))) => Some((w.id.clone(), ConsentState::Withdrawn)),
+                    (other, _) => other.map(|(c, s)| (c.id.clone(), s)),
+                };
                 return Err(Refusal {
-                    consent: other.map(|(c, s)| (c.id.clone(), s)),
+                    consent,
+                    withdrawn_by_citizen: withdrawn.is_some(),
                     ..refuse(RefusalReason::ConsentMissing)
                 });
             }
@@ -363,7 +441,12 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
     Ok(Allowance {
         authorisation: auth.reference.clone(),
         fields: sorted(q.fields),
-        checks: sorted(q.checks),
+        checks: q.checks.iter().fold(Vec::new(), |mut out, c| {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+            out
+        }),
         file: (file.id.clone(), file.capacity.clone(), file.phase),
         consent,
     })
@@ -399,6 +482,7 @@ mod tests {
             updated_at: datetime!(2024-01-01 0:00 UTC),
             confidential_until: None,
             check_fields: BTreeSet::new(),
+            checks: Vec::new(),
             capacities: BTreeSet::new(),
             consent_required: false,
         }
@@ -694,7 +778,7 @@ mod tests {
 
     fn question<'a>(
         fields: &'a [FieldName],
-        checks: &'a [FieldName],
+        checks: &'a [Question],
         dataset: &'a DatasetName,
         purpose: &'a PurposeCode,
         files: &'a [PersonFile],
@@ -712,6 +796,19 @@ mod tests {
             files,
             consents,
         }
+    }
+
+    /// Equality questions on these fields.
+    fn asks(items: &[&str]) -> Vec<Question> {
+        items
+            .iter()
+            .map(|f| Question {
+                field: FieldName::new(*f).expect("f"),
+                element: None,
+                op: crate::CheckOp::Equals,
+                operand: crate::Operand::Int(1),
+            })
+            .collect()
     }
 
     fn names(items: &[&str]) -> Vec<FieldName> {
@@ -794,7 +891,56 @@ mod tests {
             evidence: String::new(),
             expires_at: None,
             withdrawn_at: None,
+            withdrawn_through: None,
         }
+    }
+
+    #[test]
+    fn an_agent_cannot_outweigh_the_citizens_withdrawal() {
+        let mut a = auth("BSC/2026/012", CPAS, "RIS_ELIGIBILITY", &["street"]);
+        a.consent_required = true;
+        let ds = DatasetName::new("national_register.residence").expect("ds");
+        let p = PurposeCode::new("RIS_ELIGIBILITY").expect("p");
+        let fields = names(&["street"]);
+        let files = [file(CPAS, "RIS_APPLICANT")];
+        let run =
+            |consents: &[Consent]| decide(&question(&fields, &[], &ds, &p, &files, consents), [&a]);
+        let mut portal = consent("c-portal");
+        portal.withdrawn_at = Some(datetime!(2026-06-01 0:00 UTC));
+        portal.withdrawn_through = Some(ConsentChannel::Portal);
+        let mut counter = consent("c-counter");
+        counter.channel = ConsentChannel::Counter;
+        counter.given_at = datetime!(2026-07-01 0:00 UTC);
+        // The consumer's own counter registration after the withdrawal.
+        match run(&[portal.clone(), counter.clone()]) {
+            Decision::Deny(r) => {
+                assert_eq!(r.reason, RefusalReason::ConsentMissing);
+                assert!(r.withdrawn_by_citizen);
+                assert!(r.explain(&ds, &p).contains("only the citizen"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // A counter consent given before the withdrawal does not survive it.
+        counter.given_at = datetime!(2026-05-01 0:00 UTC);
+        assert!(matches!(
+            run(&[portal.clone(), counter.clone()]),
+            Decision::Deny(_)
+        ));
+        // Withdrawn by the agent (not the citizen): the later counter consent counts.
+        let mut by_agent = portal.clone();
+        by_agent.withdrawn_through = Some(ConsentChannel::Counter);
+        counter.given_at = datetime!(2026-07-01 0:00 UTC);
+        assert!(matches!(
+            run(&[by_agent, counter.clone()]),
+            Decision::Allow(_)
+        ));
+        // The citizen gives it again on the portal: allowed.
+        let mut again = consent("c-again");
+        again.given_at = datetime!(2026-08-01 0:00 UTC);
+        assert!(matches!(
+            run(&[portal, counter, again]),
+            Decision::Allow(x) if x.consent.as_deref() == Some("c-again")
+        ));
     }
 
     #[test]
@@ -830,7 +976,10 @@ mod tests {
             run(&[other_consumer, other_purpose]),
             Decision::Deny(_)
         ));
-        match run(&[withdrawn, consent("c-new")]) {
+        // Given again on the portal after the withdrawal.
+        let mut again = consent("c-new");
+        again.given_at = datetime!(2026-07-01 0:00 UTC);
+        match run(&[withdrawn, again]) {
             Decision::Allow(allowance) => assert_eq!(allowance.consent.as_deref(), Some("c-new")),
             other => panic!("{other:?}"),
         }
@@ -848,26 +997,82 @@ mod tests {
         let p = PurposeCode::new("SCHOOL_ENROLMENT").expect("p");
         let files = [file(CPAS, "PUPIL")];
         let nis = names(&["nis_code"]);
+        let ask_nis = asks(&["nis_code"]);
         let street = names(&["street"]);
+        let ask_street = asks(&["street"]);
         // Testing nis_code is allowed; reading it is not.
         assert!(matches!(
-            decide(&question(&[], &nis, &ds, &p, &files, &[]), [&a]),
-            Decision::Allow(x) if x.checks == nis && x.fields.is_empty()
+            decide(&question(&[], &ask_nis, &ds, &p, &files, &[]), [&a]),
+            Decision::Allow(x) if x.checks == ask_nis && x.fields.is_empty()
         ));
         assert!(matches!(
             decide(&question(&nis, &[], &ds, &p, &files, &[]), [&a]),
             Decision::Deny(r) if r.reason == RefusalReason::FieldNotAllowed && r.fields_not_allowed == nis
         ));
         assert!(matches!(
-            decide(&question(&[], &street, &ds, &p, &files, &[]), [&a]),
-            Decision::Deny(r) if r.reason == RefusalReason::FieldNotAllowed
+            decide(&question(&[], &ask_street, &ds, &p, &files, &[]), [&a]),
+            Decision::Deny(r) if r.reason == RefusalReason::CheckNotAllowed
         ));
+        // check_fields allow equality only: an ordered question would find
+        // the value by bisection.
+        let mut below = ask_nis.clone();
+        below[0].op = crate::CheckOp::LessThan;
+        match decide(&question(&[], &below, &ds, &p, &files, &[]), [&a]) {
+            Decision::Deny(r) => {
+                assert_eq!(r.reason, RefusalReason::CheckNotAllowed);
+                assert_eq!(
+                    r.checks.as_ref().map(|c| c.asked.clone()),
+                    Some(vec!["nis_code < 1".to_owned()])
+                );
+                assert!(r.explain(&ds, &p).contains("nis_code = …"));
+            }
+            other => panic!("{other:?}"),
+        }
         // A field that may be read may also be tested.
         a.fields = street.iter().cloned().collect();
         assert!(matches!(
-            decide(&question(&[], &street, &ds, &p, &files, &[]), [&a]),
+            decide(&question(&[], &ask_street, &ds, &p, &files, &[]), [&a]),
             Decision::Allow(_)
         ));
+    }
+
+    #[test]
+    fn named_questions_allow_exactly_their_threshold() {
+        let mut a = auth("BSC/2026/012", CPAS, "SCHOOL_ENROLMENT", &[]);
+        a.checks = vec![crate::CheckRule {
+            name: "INCOME_BELOW_CEILING".into(),
+            field: FieldName::new("income").expect("f"),
+            element: None,
+            op: crate::CheckOp::LessThan,
+            operand: Some(crate::Operand::Int(2_500_000)),
+        }];
+        let ds = DatasetName::new("national_register.residence").expect("ds");
+        let p = PurposeCode::new("SCHOOL_ENROLMENT").expect("p");
+        let files = [file(CPAS, "PUPIL")];
+        let below = |cents: i64| {
+            vec![Question {
+                field: FieldName::new("income").expect("f"),
+                element: None,
+                op: crate::CheckOp::LessThan,
+                operand: crate::Operand::Int(cents),
+            }]
+        };
+        let at_ceiling = below(2_500_000);
+        assert!(matches!(
+            decide(&question(&[], &at_ceiling, &ds, &p, &files, &[]), [&a]),
+            Decision::Allow(_)
+        ));
+        let bisecting = below(1_250_000);
+        match decide(&question(&[], &bisecting, &ds, &p, &files, &[]), [&a]) {
+            Decision::Deny(r) => {
+                assert_eq!(r.reason, RefusalReason::CheckNotAllowed);
+                assert!(
+                    r.explain(&ds, &p)
+                        .contains("INCOME_BELOW_CEILING (income < 2500000)")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     mod properties {
@@ -924,7 +1129,8 @@ mod tests {
         prop_compose! {
             fn arb_consent()(n in 0u32..100, c in prop::option::of(0usize..2), p in 0usize..2,
                              d in 0u8..4, given in -3i64..2, expires in prop::option::of(-2i64..3),
-                             withdrawn in prop::option::of(-2i64..3)) -> Consent {
+                             withdrawn in prop::option::of(-2i64..3),
+                             portal in any::<bool>(), by_citizen in any::<bool>()) -> Consent {
                 let at = |o: i64| datetime!(2026-11-22 12:00 UTC) + time::Duration::hours(o);
                 let mut x = consent(&format!("c{n}"));
                 x.consumer = c.map(|i| kbo(CONSUMERS[i]));
@@ -933,6 +1139,8 @@ mod tests {
                 x.given_at = at(given);
                 x.expires_at = expires.map(at);
                 x.withdrawn_at = withdrawn.map(at);
+                x.channel = if portal { ConsentChannel::Portal } else { ConsentChannel::Counter };
+                x.withdrawn_through = Some(if by_citizen { ConsentChannel::Portal } else { ConsentChannel::Counter });
                 x
             }
         }
@@ -949,22 +1157,38 @@ mod tests {
                 && q.fields.iter().all(|f| a.fields.contains(f))
                 && q.checks
                     .iter()
-                    .all(|f| a.fields.contains(f) || a.check_fields.contains(f))
+                    .all(|c| a.fields.contains(&c.field) || a.check_fields.contains(&c.field))
                 && q.files.iter().any(|f| {
                     f.consumer == q.consumer
                         && (a.capacities.is_empty() || a.capacities.contains(&f.capacity))
                         && f.begins <= q.today.min(q.date)
                         && f.ends.is_none_or(|e| q.today.max(q.date) <= e)
+                        && f.open_at(q.now)
                 })
-                && (!a.consent_required
-                    || q.consents.iter().any(|c| {
+                && (!a.consent_required || {
+                    let concerns = |c: &&Consent| {
                         c.consumer.is_none_or(|k| k == q.consumer)
                             && &c.purpose == q.purpose
                             && (c.datasets.is_empty() || c.datasets.contains(q.dataset))
-                            && c.given_at <= q.now
+                    };
+                    // The latest withdrawal by the citizen, already made.
+                    let withdrawn = q
+                        .consents
+                        .iter()
+                        .filter(concerns)
+                        .filter(|c| c.withdrawn_through != Some(ConsentChannel::Counter))
+                        .filter_map(|c| c.withdrawn_at)
+                        .filter(|w| *w <= q.now)
+                        .max();
+                    q.consents.iter().filter(concerns).any(|c| {
+                        c.given_at <= q.now
                             && c.expires_at.is_none_or(|e| q.now < e)
                             && c.withdrawn_at.is_none_or(|w| q.now < w)
-                    }))
+                            && withdrawn.is_none_or(|w| {
+                                c.channel == ConsentChannel::Portal && c.given_at > w
+                            })
+                    })
+                })
         }
 
         proptest! {
@@ -980,7 +1204,7 @@ mod tests {
                 let dataset = DatasetName::new(DATASETS[d]).expect("ds");
                 let purpose = PurposeCode::new(PURPOSES[p]).expect("p");
                 let fields: Vec<FieldName> = subset(&FIELDS, f).map(|x| FieldName::new(x).expect("f")).collect();
-                let checks: Vec<FieldName> = subset(&FIELDS, chk).map(|x| FieldName::new(x).expect("f")).collect();
+                let checks: Vec<Question> = asks(&subset(&FIELDS, chk).collect::<Vec<_>>());
                 let q = LookupQuestion {
                     consumer: kbo(CONSUMERS[c]),
                     dataset: &dataset,
@@ -1002,7 +1226,7 @@ mod tests {
                         let a = a.expect("checked");
                         // Returned fields: a subset of the authorised ones, and exactly those asked.
                         prop_assert!(x.fields.iter().all(|f| a.fields.contains(f)));
-                        prop_assert!(x.checks.iter().all(|f| a.may_check(f)));
+                        prop_assert!(x.checks.iter().all(|c| a.may_ask(c)));
                         let asked: BTreeSet<&FieldName> = fields.iter().collect();
                         prop_assert_eq!(x.fields.iter().collect::<BTreeSet<_>>(), asked);
                         prop_assert!(files.iter().any(|f| f.id == x.file.0 && f.capacity == x.file.1

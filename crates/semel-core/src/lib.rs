@@ -5,6 +5,7 @@
 //! in `.ci/run` holds that absence.
 
 mod audit;
+mod check;
 pub mod checkpoint;
 mod clock;
 mod decision;
@@ -20,6 +21,7 @@ pub use audit::{
     AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, LOOKUP_OPERATION, MAX_TEXT, Outcome,
     ReasonCode, ZERO_HASH, entry_hash,
 };
+pub use check::{CheckOp, CheckRule, ElementPath, Operand, Question};
 pub use clock::{brussels_today, until_brussels_midnight};
 pub use decision::{Allowance, Decision, LookupQuestion, Refusal, RefusalReason, decide};
 pub use identity::{RoleSet, UserRole};

@@ -61,6 +61,18 @@ impl PersonFile {
     pub fn covers(&self, date: Date) -> bool {
         self.begins <= date && self.ends.is_none_or(|end| date <= end)
     }
+
+    /// Whether the file still holds at `now`: a file closed to end on the
+    /// day it was closed (or earlier) stops at the moment it was closed, not
+    /// at midnight. A file closed to end on a later day holds until then.
+    pub fn open_at(&self, now: OffsetDateTime) -> bool {
+        self.closed_at.is_none_or(|closed| {
+            now < closed
+                || self
+                    .ends
+                    .is_some_and(|end| end > crate::brussels_today(closed))
+        })
+    }
 }
 
 /// How a consent was given.
@@ -109,6 +121,11 @@ pub struct Consent {
     pub expires_at: Option<OffsetDateTime>,
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub withdrawn_at: Option<OffsetDateTime>,
+    /// How it was withdrawn: by the citizen (portal) or by an agent
+    /// (counter). Records from before this was kept have none, and count as
+    /// the citizen's: the protective reading.
+    #[serde(default)]
+    pub withdrawn_through: Option<ConsentChannel>,
 }
 
 /// Why a consent does not hold at a given moment.
@@ -126,6 +143,13 @@ impl Consent {
         self.consumer.is_none_or(|c| c == consumer)
             && &self.purpose == purpose
             && (self.datasets.is_empty() || self.datasets.contains(dataset))
+    }
+
+    /// Whether the citizen withdrew it, at or before `now`.
+    pub fn withdrawn_by_citizen(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.withdrawn_at
+            .filter(|w| *w <= now)
+            .filter(|_| self.withdrawn_through != Some(ConsentChannel::Counter))
     }
 
     /// Its state at `now`.
@@ -175,6 +199,7 @@ mod tests {
             evidence: String::new(),
             expires_at: Some(datetime!(2027-01-01 0:00 UTC)),
             withdrawn_at: None,
+            withdrawn_through: None,
         }
     }
 
@@ -233,5 +258,15 @@ mod tests {
         assert!(f.covers(date!(2026 - 11 - 01)));
         assert!(f.covers(date!(2026 - 11 - 30)));
         assert!(!f.covers(date!(2026 - 12 - 01)));
+        assert!(f.open_at(datetime!(2026-11-20 9:00 UTC)));
+        // Closed on the 20th to end that day: over from that moment.
+        let mut closed = f.clone();
+        closed.ends = Some(date!(2026 - 11 - 20));
+        closed.closed_at = Some(datetime!(2026-11-20 10:00 UTC));
+        assert!(closed.open_at(datetime!(2026-11-20 9:59 UTC)));
+        assert!(!closed.open_at(datetime!(2026-11-20 10:00 UTC)));
+        // Closed on the 20th to end on the 25th: holds until then.
+        closed.ends = Some(date!(2026 - 11 - 25));
+        assert!(closed.open_at(datetime!(2026-11-21 10:00 UTC)));
     }
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
+use crate::check::{CheckRule, Question};
 use crate::{AuthorisationRef, CapacityCode, DatasetName, FieldName, Kbo, PurposeCode};
 
 /// What an organisation does through the broker.
@@ -120,10 +121,16 @@ pub struct Authorisation {
     /// authorisation stay out of the citizen's view until this day.
     #[serde(default)]
     pub confidential_until: Option<Date>,
-    /// Fields the consumer may only test (a yes/no answer to a check such
-    /// as "is `nis_code` 21004?"), never read.
+    /// Scalar fields the consumer may test for equality with a value it
+    /// gives (EQUALS, NOT_EQUALS; a yes/no answer to "is `nis_code`
+    /// 21004?"), never read. The broker bounds how many different values one
+    /// consumer tries on one citizen.
     #[serde(default)]
     pub check_fields: BTreeSet<FieldName>,
+    /// The questions the authorisation names: field, element, operator and
+    /// threshold ("income of the year below 25,000 euros?").
+    #[serde(default)]
+    pub checks: Vec<CheckRule>,
     /// The capacities in which the consumer must hold an active file on the
     /// citizen (persons directory). Empty: a file in any capacity. A file
     /// is always required.
@@ -135,9 +142,13 @@ pub struct Authorisation {
 }
 
 impl Authorisation {
-    /// Whether `field` may be tested (read fields may be tested too).
-    pub fn may_check(&self, field: &FieldName) -> bool {
-        self.fields.contains(field) || self.check_fields.contains(field)
+    /// Whether the question may be asked: anything about a field that may
+    /// be read; equality on a scalar field of `check_fields`; otherwise
+    /// exactly a question the authorisation names.
+    pub fn may_ask(&self, q: &Question) -> bool {
+        self.fields.contains(&q.field)
+            || (self.check_fields.contains(&q.field) && q.element.is_none() && !q.op.is_ordered())
+            || self.checks.iter().any(|r| r.allows(q))
     }
 
     /// Whether its lookups are hidden from the citizen on `today`.
@@ -161,9 +172,14 @@ pub struct Purpose {
 pub enum CertificateId {
     /// SHA-256 of the DER encoding: 64 lowercase hex digits.
     Sha256(String),
-    /// Serial number: lowercase hex without leading zeros. It matches that
-    /// serial from any trusted CA.
+    /// Serial number: lowercase hex without leading zeros. Recorded before
+    /// revocations named the issuer, it matches that serial from any
+    /// trusted CA (the safe reading of an old record).
     Serial(String),
+    /// Serial number from one issuer: the SHA-256 of the DER encoding of the
+    /// issuer's name (64 lowercase hex digits) and the serial as above.
+    /// Serials are unique per issuer only.
+    IssuedSerial { issuer: String, serial: String },
 }
 
 impl CertificateId {
@@ -190,11 +206,37 @@ impl CertificateId {
         Ok(CertificateId::Serial(trimmed.to_owned()))
     }
 
+    /// Parses a serial number and its issuer's name hash, given as hex.
+    pub fn issued_serial(issuer: &str, serial: &str) -> Result<Self, String> {
+        let CertificateId::Serial(serial) = Self::serial(serial)? else {
+            return Err("not a serial".into());
+        };
+        let issuer =
+            normalise_hex(issuer).map_err(|e| format!("the issuer name's SHA-256: {e}"))?;
+        if issuer.len() != 64 {
+            return Err(format!(
+                "the issuer name's SHA-256 has 64 hex digits, this one has {}",
+                issuer.len()
+            ));
+        }
+        Ok(CertificateId::IssuedSerial { issuer, serial })
+    }
+
     /// The serial of a certificate, from its big-endian bytes.
     pub fn serial_from_bytes(bytes: &[u8]) -> Self {
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let trimmed = hex.trim_start_matches('0');
-        CertificateId::Serial(if trimmed.is_empty() { "0" } else { trimmed }.to_owned())
+        CertificateId::Serial(serial_hex(bytes))
+    }
+
+    /// The serial of a certificate with its issuer: the serial's bytes and
+    /// the SHA-256 of the issuer name's DER encoding.
+    pub fn issued_serial_from(issuer_name_sha256: &[u8; 32], serial: &[u8]) -> Self {
+        CertificateId::IssuedSerial {
+            issuer: issuer_name_sha256
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
+            serial: serial_hex(serial),
+        }
     }
 
     /// The fingerprint of a certificate's DER encoding.
@@ -207,8 +249,16 @@ impl CertificateId {
         match self {
             CertificateId::Sha256(h) => format!("sha256:{h}"),
             CertificateId::Serial(h) => format!("serial:{h}"),
+            CertificateId::IssuedSerial { issuer, serial } => format!("serial:{issuer}:{serial}"),
         }
     }
+}
+
+/// A serial's big-endian bytes as lowercase hex without leading zeros.
+fn serial_hex(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let trimmed = hex.trim_start_matches('0');
+    if trimmed.is_empty() { "0" } else { trimmed }.to_owned()
 }
 
 fn normalise_hex(text: &str) -> Result<String, String> {

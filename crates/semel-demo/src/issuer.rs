@@ -54,6 +54,9 @@ pub struct TokenRequest<'a> {
     pub expires_in: i64,
     /// Seconds from now until it becomes valid, when set.
     pub not_before: Option<i64>,
+    /// The SHA-256 of the certificate the token is bound to (RFC 8705
+    /// `cnf.x5t#S256`), when it is.
+    pub bound_to: Option<[u8; 32]>,
 }
 
 #[derive(Serialize)]
@@ -67,6 +70,8 @@ struct Claims<'a> {
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     nbf: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Confirmation>,
 }
 
 impl DevIssuer {
@@ -124,6 +129,12 @@ impl DevIssuer {
     }
 }
 
+#[derive(Serialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: String,
+}
+
 fn claims<'a>(issuer: &'a str, req: &'a TokenRequest<'a>) -> Claims<'a> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Claims {
@@ -135,6 +146,9 @@ fn claims<'a>(issuer: &'a str, req: &'a TokenRequest<'a>) -> Claims<'a> {
         iat: now,
         exp: now + req.expires_in,
         nbf: req.not_before.map(|s| now + s),
+        cnf: req.bound_to.map(|b| Confirmation {
+            x5t_s256: semel_core::checkpoint::b64::encode_url(&b),
+        }),
     }
 }
 
@@ -199,6 +213,7 @@ mod tests {
                 audience: DEV_AUDIENCE,
                 expires_in: 60,
                 not_before: None,
+                bound_to: None,
             })
             .expect("mint");
         let header = jsonwebtoken::decode_header(&token).expect("header");

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use semel_core::{
-    Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode, Dataset, DatasetName,
-    FieldDefinition, FieldName, FieldType, FilePhase, Kbo, Niss, Organisation, OrganisationStatus,
-    PersonFile, PurposeCode, Role,
+    Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode, CheckOp, CheckRule,
+    Dataset, DatasetName, ElementPath, FieldDefinition, FieldName, FieldType, FilePhase, Kbo, Niss,
+    Operand, Organisation, OrganisationStatus, PersonFile, PurposeCode, Role,
 };
 use time::{Date, OffsetDateTime};
 
@@ -408,7 +408,8 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             from: date(2023, 9, 1),
             until: None,
             suspended: false,
-            checks: &["nis_code"],
+            // Asked as the named question RESIDES_IN_SCHAERBEEK below.
+            checks: &[],
             capacities: &[capacities::PUPIL],
             consent: false,
         },
@@ -478,7 +479,8 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             from: date(2025, 1, 1),
             until: None,
             suspended: false,
-            checks: &["income_years", "latest_taxable_income_cents"],
+            // Asked as the named questions below.
+            checks: &[],
             capacities: &[capacities::HOUSING_CANDIDATE],
             consent: true,
         },
@@ -509,6 +511,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             updated_at: now,
             confidential_until: None,
             check_fields: a.checks.iter().map(|f| name(FieldName::new(*f))).collect(),
+            checks: questions(a.reference),
             capacities: a
                 .capacities
                 .iter()
@@ -518,6 +521,48 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
         })
         .collect()
 }
+
+/// The yes/no questions the demo authorisations name: the commune of
+/// Schaerbeek asks whether a pupil lives in Schaerbeek; CPAS de Bruxelles
+/// whether a social-housing candidate's income (of a year, or the latest)
+/// lies below the ceiling. (The Ville de Bruxelles asks its residence
+/// question through `check_fields`: equality with a commune it names,
+/// bounded per citizen.)
+fn questions(reference: &str) -> Vec<CheckRule> {
+    let field = |f: &str| name(FieldName::new(f));
+    match reference {
+        "BSC/2023/044" => vec![CheckRule {
+            name: "RESIDES_IN_SCHAERBEEK".into(),
+            field: field("nis_code"),
+            element: None,
+            op: CheckOp::Equals,
+            operand: Some(Operand::Text("21015".into())),
+        }],
+        "BSC/2026/012" => vec![
+            CheckRule {
+                name: "INCOME_BELOW_HOUSING_CEILING".into(),
+                field: field("income_years"),
+                element: Some(ElementPath {
+                    key_field: field("income_year"),
+                    value_field: field("taxable_income_cents"),
+                }),
+                op: CheckOp::LessThan,
+                operand: Some(Operand::Int(HOUSING_CEILING_CENTS)),
+            },
+            CheckRule {
+                name: "LATEST_INCOME_BELOW_HOUSING_CEILING".into(),
+                field: field("latest_taxable_income_cents"),
+                element: None,
+                op: CheckOp::LessThan,
+                operand: Some(Operand::Int(HOUSING_CEILING_CENTS)),
+            },
+        ],
+        _ => Vec::new(),
+    }
+}
+
+/// The demo's social-housing income ceiling, in cents (25,000 euros).
+pub const HOUSING_CEILING_CENTS: i64 = 2_500_000;
 
 /// The demo persons directory: CPAS d'Anderlecht holds a definitive file
 /// on every RIS beneficiary of the synthetic population (every person, in
@@ -561,7 +606,15 @@ mod tests {
                 .iter()
                 .find(|d| d.name == a.dataset)
                 .expect("dataset exists");
-            for f in a.fields.iter().chain(&a.check_fields) {
+            for r in &a.checks {
+                assert_eq!(r.problem(), None, "{}", a.reference);
+            }
+            for f in a
+                .fields
+                .iter()
+                .chain(&a.check_fields)
+                .chain(a.checks.iter().map(|r| &r.field))
+            {
                 assert!(
                     d.field(f.as_str()).is_some(),
                     "{} allows unknown field {f}",

@@ -10,6 +10,7 @@ use semel_core::{LOOKUP_OPERATION, Niss, ReasonCode, UserRole};
 use semel_store::{AuditQuery, StoredEntry};
 use tonic::{Request, Response, Status};
 
+use crate::audited::{Change, nothing_to_undo};
 use crate::convert::{
     audit_entry_to_proto, decision_to_proto, micros, parse_kbo, timestamp_micros,
 };
@@ -41,6 +42,165 @@ impl AuditService {
             .await
             .map_err(|e| ApiError::internal(format!("audit query failed: {e}")))?
             .map_err(ApiError::from)
+    }
+}
+
+impl AuditService {
+    /// One page of a citizen's entries that `visible` keeps, newest first,
+    /// and the token of the next page. Pages are counted in visible entries
+    /// and the token is always a visible entry's sequence: hidden entries
+    /// leave no trace in either.
+    async fn visible_page(
+        &self,
+        numbers: &std::collections::BTreeSet<Niss>,
+        consumer: Option<semel_core::Kbo>,
+        before_sequence: Option<u64>,
+        limit: usize,
+        visible: impl Fn(&semel_core::AuditRecord) -> bool,
+    ) -> Result<(Vec<StoredEntry>, String), ApiError> {
+        let batch = limit.max(100);
+        let mut cursor = before_sequence;
+        let mut out = Vec::new();
+        loop {
+            let mut merged = Vec::new();
+            // Below the last entry of a full batch, a number's entries may
+            // be missing from this round: stop there, and go on from it.
+            let mut floor: Option<u64> = None;
+            for n in numbers {
+                let part = self
+                    .query(AuditQuery {
+                        citizen: Some(*n),
+                        consumer,
+                        before_sequence: cursor,
+                        limit: batch,
+                        ..AuditQuery::default()
+                    })
+                    .await?;
+                if part.len() == batch
+                    && let Some(last) = part.last()
+                {
+                    floor = Some(floor.map_or(last.entry.sequence, |f| f.max(last.entry.sequence)));
+                }
+                merged.extend(part);
+            }
+            merged.sort_by_key(|e| std::cmp::Reverse(e.entry.sequence));
+            merged.dedup_by_key(|e| e.entry.sequence);
+            if merged.is_empty() {
+                return Ok((out, String::new()));
+            }
+            for e in merged {
+                if floor.is_some_and(|f| e.entry.sequence < f) {
+                    break;
+                }
+                cursor = Some(e.entry.sequence);
+                if visible(&e.entry.record) {
+                    let sequence = e.entry.sequence;
+                    out.push(e);
+                    if out.len() == limit {
+                        let next = if sequence > 0 {
+                            sequence.to_string()
+                        } else {
+                            String::new()
+                        };
+                        return Ok((out, next));
+                    }
+                }
+            }
+            if floor.is_none() {
+                return Ok((out, String::new()));
+            }
+        }
+    }
+}
+
+/// Whether the citizen sees this entry in their view now.
+///
+/// A caller whose identity was not established (token or certificate
+/// refused) is not shown: the view says who consulted the citizen, and
+/// that caller's "who" is unproven. An investigation stays out of view until
+/// its disclosure date, judged by what the entry is about and not only by
+/// the authorisation it was decided under. An entry decided under an
+/// authorisation follows that authorisation. A refusal made before any
+/// authorisation was chosen (an unknown field, a bad reference date, a
+/// purpose not allowed) follows its purpose: hidden while the organisation
+/// holds a confidential authorisation for that purpose; when the purpose is
+/// not one the catalogue knows, its dataset (or, unknown too, any
+/// confidential authorisation of the organisation) decides.
+fn citizen_may_see(
+    r: &semel_core::AuditRecord,
+    snapshot: &crate::state::Snapshot,
+    today: time::Date,
+) -> bool {
+    use semel_core::ReasonCode as R;
+    if matches!(
+        r.reason,
+        Some(
+            R::CertificateRevoked
+                | R::CertificateExpired
+                | R::TokenMissing
+                | R::TokenMalformed
+                | R::TokenExpired
+                | R::TokenNotYetValid
+                | R::TokenAudience
+                | R::TokenUntrustedIssuer
+                | R::TokenSignature
+                | R::TokenOrganisationMismatch
+        )
+    ) {
+        return false;
+    }
+    if let Some(reference) = &r.authorisation {
+        return !snapshot
+            .authorisations
+            .get(reference)
+            .is_some_and(|a| a.hidden_from_citizen(today));
+    }
+    let known_purpose = snapshot.purposes.contains_key(&r.purpose);
+    let known_dataset = snapshot.routes.keys().any(|d| d.as_str() == r.dataset);
+    !snapshot.authorisations.values().any(|a| {
+        a.consumer == r.consumer
+            && a.hidden_from_citizen(today)
+            && if known_purpose {
+                a.purpose.as_str() == r.purpose
+            } else {
+                !known_dataset || a.dataset.as_str() == r.dataset
+            }
+    })
+}
+
+/// An auditor's query in words, for its own audit entry. The citizen is in
+/// the entry's own field, never here.
+fn describe_query(q: &AuditQuery) -> String {
+    let mut parts = Vec::new();
+    if q.citizen.is_some() {
+        parts.push("citizen".to_owned());
+    }
+    if let Some(c) = q.consumer {
+        parts.push(format!("consumer {c}"));
+    }
+    if let Some(u) = &q.end_user {
+        parts.push(format!("person {}", semel_core::redact_national_numbers(u)));
+    }
+    if let Some(a) = &q.authorisation {
+        parts.push(format!("authorisation {a}"));
+    }
+    if let Some(d) = &q.dataset {
+        parts.push(format!("dataset {d}"));
+    }
+    if let Some(d) = q.decision {
+        parts.push(format!("decision {d:?}").to_lowercase());
+    }
+    if q.since_micros.is_some() || q.until_micros.is_some() {
+        parts.push(format!(
+            "period {}..{}",
+            q.since_micros.map(|m| m.to_string()).unwrap_or_default(),
+            q.until_micros.map(|m| m.to_string()).unwrap_or_default()
+        ));
+    }
+    if parts.is_empty() {
+        "audit log read, no filter".to_owned()
+    } else {
+        format!("audit log read by {}", parts.join(", "))
     }
 }
 
@@ -155,7 +315,21 @@ impl Rpc for AuditService {
             limit,
         };
         let since_micros = query.since_micros;
-        let entries = self.query(query).await?;
+        // An auditor reading the log reads personal data: the query itself
+        // is recorded (who asked, about whom, with which filters) before
+        // the answer leaves.
+        let (entries, _) = self
+            .broker
+            .audited(&caller, async |change: &mut Change| {
+                change.citizen = query.citizen;
+                change.dataset = query.dataset.clone().unwrap_or_default();
+                change.authorisation = query.authorisation.clone();
+                let described = describe_query(&query);
+                let entries = self.query(query).await?;
+                change.detail = format!("{described}: {} entries read", entries.len());
+                Ok((entries, nothing_to_undo()))
+            })
+            .await?;
         let next_page_token = next_page(&entries, limit);
         let archived = self.archived_part(since_micros);
         Ok(Response::new(proto::ListAuditEntriesResponse {
@@ -210,35 +384,42 @@ impl Rpc for AuditService {
                 .into());
         };
         let limit = page_limit(page_size)?;
-        // Entries made under the numbers this one replaced belong to the
-        // same person.
-        let resolved = self
-            .broker
-            .store()
-            .persons()
-            .resolve(&citizen)
-            .map_err(ApiError::from)?;
         let before_sequence = page_start(&page_token)?;
-        let mut entries = Vec::new();
-        let numbers: std::collections::BTreeSet<Niss> = std::iter::once(citizen)
-            .chain(resolved.numbers().copied())
-            .collect();
-        for n in numbers {
-            entries.extend(
-                self.query(AuditQuery {
-                    citizen: Some(n),
-                    consumer,
-                    before_sequence,
-                    limit,
-                    ..AuditQuery::default()
-                })
-                .await?,
-            );
-        }
-        entries.sort_by_key(|e| std::cmp::Reverse(e.entry.sequence));
-        entries.dedup_by_key(|e| e.entry.sequence);
-        entries.truncate(limit);
-        let next_page_token = next_page(&entries, limit);
+        let scan = async |change: &mut Change| {
+            change.citizen = Some(citizen);
+            // Entries made under the numbers this one replaced belong to the
+            // same person.
+            let resolved = self
+                .broker
+                .store()
+                .persons()
+                .resolve(&citizen)
+                .map_err(ApiError::from)?;
+            let numbers: std::collections::BTreeSet<Niss> = std::iter::once(citizen)
+                .chain(resolved.numbers().copied())
+                .collect();
+            let snapshot = self.broker.snapshot();
+            let today = semel_core::brussels_today(time::OffsetDateTime::now_utc());
+            // The citizen sees what concerns them; an auditor everything in
+            // their scope.
+            let filtered = own && !caller.audits_everything();
+            let visible = |r: &semel_core::AuditRecord| {
+                citizen_action(&r.operation).is_some()
+                    && (!filtered || citizen_may_see(r, &snapshot, today))
+            };
+            let page = self
+                .visible_page(&numbers, consumer, before_sequence, limit, visible)
+                .await?;
+            change.detail = format!("citizen's accesses read: {} entries", page.0.len());
+            Ok((page, nothing_to_undo()))
+        };
+        // The citizen reading their own accesses is not recorded; an
+        // auditor reading a citizen's is.
+        let (entries, next_page_token) = if own {
+            scan(&mut Change::default()).await?.0
+        } else {
+            self.broker.audited(&caller, scan).await?.0
+        };
         let snapshot = self.broker.snapshot();
         let name = |k: &semel_core::Kbo| {
             snapshot
@@ -247,22 +428,10 @@ impl Rpc for AuditService {
                 .map(|o| o.name.clone())
                 .unwrap_or_default()
         };
-        // Lookups under a confidential authorisation (an investigation)
-        // reach the citizen's view on its disclosure date, not before.
-        let today = semel_core::brussels_today(time::OffsetDateTime::now_utc());
-        let citizen_sees = |r: &semel_core::AuditRecord| {
-            !own || caller.audits_everything()
-                || !r
-                    .authorisation
-                    .as_ref()
-                    .and_then(|a| snapshot.authorisations.get(a))
-                    .is_some_and(|a| a.hidden_from_citizen(today))
-        };
         let accesses = entries
             .iter()
             .map(|s| &s.entry.record)
             .filter_map(|r| citizen_action(&r.operation).map(|action| (r, action)))
-            .filter(|(r, _)| citizen_sees(r))
             .map(|(r, action)| proto::CitizenAccess {
                 time: Some(timestamp_micros(r.time_micros)),
                 consumer_kbo: r.consumer.as_str().to_owned(),
@@ -275,7 +444,17 @@ impl Rpc for AuditService {
                 authorisation_reference: r.authorisation.clone().unwrap_or_default(),
                 decision: decision_to_proto(r.decision),
                 reason: r.reason.map(|c| c.as_str().to_owned()).unwrap_or_default(),
-                checked_fields: r.checks.clone(),
+                // What was asked about (the data category), not the
+                // question's operand or its answer.
+                checked_fields: {
+                    let mut f: Vec<String> = r
+                        .checks
+                        .iter()
+                        .map(|c| semel_core::Question::field_of(c).to_owned())
+                        .collect();
+                    f.dedup();
+                    f
+                },
                 action: action.to_owned(),
             })
             .collect();
@@ -331,23 +510,28 @@ impl Rpc for AuditService {
             n => n,
         };
         let broker = self.broker.clone();
-        let (stored, proof) = tokio::task::spawn_blocking(move || {
-            broker.store().audit().inclusion_proof(sequence, size)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("inclusion proof failed: {e}")))?
-        .map_err(ApiError::from)?;
-        if !caller.audits_everything() && stored.entry.record.consumer != caller.org.kbo {
-            let error = ApiError::denied(
-                "OTHER_ORGANISATION",
-                "your auditors prove your own organisation's entries only",
-            );
-            return Err(self
-                .broker
-                .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
+        // The proof returns the entry, national number included: a read of
+        // personal data, recorded before it leaves.
+        let ((stored, proof), _) = self
+            .broker
+            .audited(&caller, async |change: &mut Change| {
+                change.detail = format!("inclusion proof of entry {sequence} in tree size {size}");
+                let (stored, proof) = tokio::task::spawn_blocking(move || {
+                    broker.store().audit().inclusion_proof(sequence, size)
+                })
                 .await
-                .into());
-        }
+                .map_err(|e| ApiError::internal(format!("inclusion proof failed: {e}")))?
+                .map_err(ApiError::from)?;
+                change.citizen = stored.entry.record.citizen;
+                if !caller.audits_everything() && stored.entry.record.consumer != caller.org.kbo {
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "your auditors prove your own organisation's entries only",
+                    ));
+                }
+                Ok(((stored, proof), nothing_to_undo()))
+            })
+            .await?;
         let mut entry = audit_entry_to_proto(&stored);
         entry.encoding = stored.entry.to_bytes();
         Ok(Response::new(proto::GetInclusionProofResponse {

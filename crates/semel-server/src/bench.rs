@@ -566,6 +566,7 @@ fn person_token(pki_dir: &std::path::Path, slug: &str) -> anyhow::Result<String>
         audience: semel_demo::issuer::DEV_AUDIENCE,
         expires_in: 24 * 3600,
         not_before: None,
+        bound_to: None,
     })?)
 }
 

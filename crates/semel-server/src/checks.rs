@@ -5,7 +5,7 @@
 
 use std::cmp::Ordering;
 
-use semel_core::{Dataset, FieldName, FieldType};
+use semel_core::{CheckOp, Dataset, ElementPath, FieldName, FieldType, Operand, Question};
 
 use crate::error::ApiError;
 use crate::proto::{self, CheckAnswer, CheckOperator, value::Kind};
@@ -13,89 +13,140 @@ use crate::proto::{self, CheckAnswer, CheckOperator, value::Kind};
 /// The most checks one lookup may ask.
 pub const MAX_CHECKS: usize = 16;
 
-/// A check, validated against the dataset.
-#[derive(Debug, Clone)]
-pub struct Check {
-    /// The field fetched from the source (and authorised for checks).
-    pub field: FieldName,
-    pub operator: CheckOperator,
-    pub operand: Operand,
-    pub element: Option<Element>,
-}
-
-/// Which record of a list field is tested, and which of its fields.
-#[derive(Debug, Clone)]
-pub struct Element {
-    pub key_field: String,
-    pub key: Operand,
-    pub value_field: String,
-}
-
-/// A comparable value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Operand {
-    Text(String),
-    Int(i64),
-    Bool(bool),
-    Date(String),
-}
-
-impl Operand {
-    fn from_proto(field: &'static str, v: Option<proto::Value>) -> Result<Self, ApiError> {
-        let bad = |m: &str| ApiError::invalid(field, "INVALID_CHECK", m.to_owned());
-        match v.and_then(|v| v.kind) {
-            Some(Kind::StringValue(s)) => Ok(Operand::Text(s)),
-            Some(Kind::IntValue(i)) => Ok(Operand::Int(i)),
-            Some(Kind::BoolValue(b)) => Ok(Operand::Bool(b)),
-            Some(Kind::DateValue(d)) => {
-                crate::convert::parse_date(field, &d)?;
-                Ok(Operand::Date(d))
-            }
-            Some(_) => Err(bad(
-                "a check compares with a string, int, bool or date value, not a record or a list",
-            )),
-            None => Err(bad("the check has no value to compare with")),
+/// Reads an operand sent by a client (`field` names it in errors).
+pub fn operand_from_proto(
+    field: &'static str,
+    v: Option<proto::Value>,
+) -> Result<Operand, ApiError> {
+    let bad = |m: &str| ApiError::invalid(field, "INVALID_CHECK", m.to_owned());
+    match v.and_then(|v| v.kind) {
+        Some(Kind::StringValue(s)) => Ok(Operand::Text(s)),
+        Some(Kind::IntValue(i)) => Ok(Operand::Int(i)),
+        Some(Kind::BoolValue(b)) => Ok(Operand::Bool(b)),
+        Some(Kind::DateValue(d)) => {
+            crate::convert::parse_date(field, &d)?;
+            Ok(Operand::Date(d))
         }
-    }
-
-    fn of(v: &proto::Value) -> Option<Self> {
-        match v.kind.as_ref()? {
-            Kind::StringValue(s) => Some(Operand::Text(s.clone())),
-            Kind::IntValue(i) => Some(Operand::Int(*i)),
-            Kind::BoolValue(b) => Some(Operand::Bool(*b)),
-            Kind::DateValue(d) => Some(Operand::Date(d.clone())),
-            _ => None,
-        }
-    }
-
-    fn type_name(&self) -> &'static str {
-        match self {
-            Operand::Text(_) => "string",
-            Operand::Int(_) => "int",
-            Operand::Bool(_) => "bool",
-            Operand::Date(_) => "date",
-        }
-    }
-
-    /// Compares two values of the same type; `None` across types.
-    fn compare(&self, other: &Operand) -> Option<Ordering> {
-        match (self, other) {
-            (Operand::Text(a), Operand::Text(b)) => Some(a.cmp(b)),
-            (Operand::Int(a), Operand::Int(b)) => Some(a.cmp(b)),
-            (Operand::Bool(a), Operand::Bool(b)) => Some(a.cmp(b)),
-            // ISO 8601 dates order as text.
-            (Operand::Date(a), Operand::Date(b)) => Some(a.cmp(b)),
-            _ => None,
-        }
+        Some(_) => Err(bad(
+            "a check compares with a string, int, bool or date value, not a record or a list",
+        )),
+        None => Err(bad("the check has no value to compare with")),
     }
 }
 
-fn ordered(op: CheckOperator) -> bool {
-    !matches!(op, CheckOperator::Equals | CheckOperator::NotEquals)
+/// The operand as a protobuf value (for authorisations' named questions).
+pub fn operand_to_proto(o: &Operand) -> proto::Value {
+    proto::Value {
+        kind: Some(match o {
+            Operand::Text(s) => Kind::StringValue(s.clone()),
+            Operand::Int(i) => Kind::IntValue(*i),
+            Operand::Bool(b) => Kind::BoolValue(*b),
+            Operand::Date(d) => Kind::DateValue(d.clone()),
+        }),
+    }
+}
+
+fn scalar(v: &proto::Value) -> Option<Operand> {
+    match v.kind.as_ref()? {
+        Kind::StringValue(s) => Some(Operand::Text(s.clone())),
+        Kind::IntValue(i) => Some(Operand::Int(*i)),
+        Kind::BoolValue(b) => Some(Operand::Bool(*b)),
+        Kind::DateValue(d) => Some(Operand::Date(d.clone())),
+        _ => None,
+    }
+}
+
+/// The core operator of a protobuf one.
+pub fn op_from_proto(op: i32) -> Option<CheckOp> {
+    Some(match CheckOperator::try_from(op).ok()? {
+        CheckOperator::Unspecified => return None,
+        CheckOperator::Equals => CheckOp::Equals,
+        CheckOperator::NotEquals => CheckOp::NotEquals,
+        CheckOperator::LessThan => CheckOp::LessThan,
+        CheckOperator::LessOrEqual => CheckOp::LessOrEqual,
+        CheckOperator::GreaterThan => CheckOp::GreaterThan,
+        CheckOperator::GreaterOrEqual => CheckOp::GreaterOrEqual,
+    })
+}
+
+pub fn op_to_proto(op: CheckOp) -> CheckOperator {
+    match op {
+        CheckOp::Equals => CheckOperator::Equals,
+        CheckOp::NotEquals => CheckOperator::NotEquals,
+        CheckOp::LessThan => CheckOperator::LessThan,
+        CheckOp::LessOrEqual => CheckOperator::LessOrEqual,
+        CheckOp::GreaterThan => CheckOperator::GreaterThan,
+        CheckOp::GreaterOrEqual => CheckOperator::GreaterOrEqual,
+    }
+}
+
+/// Whether a scalar field of this type can hold the operand, after a code
+/// such as a NIS code (text that reads as a number) is read as text.
+fn fit(t: FieldType, operand: Operand) -> Result<Operand, Operand> {
+    match (t, operand) {
+        (FieldType::String, Operand::Int(i)) => Ok(Operand::Text(i.to_string())),
+        (FieldType::String, o @ Operand::Text(_))
+        | (FieldType::Int, o @ Operand::Int(_))
+        | (FieldType::Bool, o @ Operand::Bool(_))
+        | (FieldType::Date, o @ Operand::Date(_)) => Ok(o),
+        (_, o) => Err(o),
+    }
+}
+
+/// Validates a question's shape against the dataset: the field exists, a
+/// list names its element, a scalar does not, and the operand fits. The
+/// element's own fields are not described by the dataset, so they are
+/// matched against the authorisation's named questions in `decide()`.
+pub fn question(
+    dataset: &Dataset,
+    field: FieldName,
+    element: Option<(ElementPath, Operand)>,
+    op: CheckOp,
+    operand: Operand,
+) -> Result<Question, ApiError> {
+    let bad = |m: String| ApiError::invalid("checks", "INVALID_CHECK", m);
+    let def = dataset.field(field.as_str()).ok_or_else(|| {
+        ApiError::invalid(
+            "checks",
+            "UNKNOWN_FIELD",
+            format!("dataset {} has no field {field}", dataset.name),
+        )
+        .with("field", field.to_string())
+    })?;
+    let operand = match (def.field_type, &element) {
+        (FieldType::List, Some(_)) => operand,
+        (FieldType::List, None) => {
+            return Err(bad(format!(
+                "{field} is a list: say which element is tested (element.key_field, element.key, element.value_field)"
+            )));
+        }
+        (FieldType::Record, _) => {
+            return Err(bad(format!("{field} is a record; it cannot be checked")));
+        }
+        (_, Some(_)) => return Err(bad(format!("{field} is not a list: leave element out"))),
+        (t, None) => fit(t, operand).map_err(|o| {
+            bad(format!(
+                "{field} cannot be compared with a {} value",
+                o.type_name()
+            ))
+        })?,
+    };
+    if op.is_ordered() && !operand.is_ordered() {
+        return Err(bad(format!(
+            "a {} value compares for equality only (EQUALS, NOT_EQUALS)",
+            operand.type_name()
+        )));
+    }
+    Ok(Question {
+        field,
+        element,
+        op,
+        operand,
+    })
 }
 
 /// Validates a lookup's checks against the dataset's fields.
-pub fn validate(checks: Vec<proto::Check>, dataset: &Dataset) -> Result<Vec<Check>, ApiError> {
+pub fn validate(checks: Vec<proto::Check>, dataset: &Dataset) -> Result<Vec<Question>, ApiError> {
     if checks.len() > MAX_CHECKS {
         return Err(ApiError::invalid(
             "checks",
@@ -112,119 +163,80 @@ pub fn validate(checks: Vec<proto::Check>, dataset: &Dataset) -> Result<Vec<Chec
                 operand,
                 element,
             } = c;
-            let bad = |m: String| ApiError::invalid("checks", "INVALID_CHECK", m);
-            let name = FieldName::new(field)
-                .map_err(|e| ApiError::invalid("checks", "INVALID_ARGUMENT", format!("checks: {e}")))?;
-            let def = dataset.field(name.as_str()).ok_or_else(|| {
+            let name = FieldName::new(field).map_err(|e| {
+                ApiError::invalid("checks", "INVALID_ARGUMENT", format!("checks: {e}"))
+            })?;
+            let op = op_from_proto(operator).ok_or_else(|| {
                 ApiError::invalid(
                     "checks",
-                    "UNKNOWN_FIELD",
-                    format!("dataset {} has no field {name}", dataset.name),
+                    "INVALID_CHECK",
+                    format!("the check on {name} names no known operator"),
                 )
-                .with("field", name.to_string())
             })?;
-            let operator = match CheckOperator::try_from(operator) {
-                Ok(CheckOperator::Unspecified) | Err(_) => {
-                    return Err(bad(format!("the check on {name} names no known operator")));
-                }
-                Ok(op) => op,
-            };
-            let mut operand = Operand::from_proto("checks", operand)?;
-            // A code such as a NIS code is text that reads as a number.
-            if let (FieldType::String, Operand::Int(i)) = (def.field_type, &operand) {
-                operand = Operand::Text(i.to_string());
-            }
-            let element = match (def.field_type, element) {
-                (FieldType::List, Some(e)) => {
-                    let key = Operand::from_proto("checks", e.key)?;
-                    for f in [&e.key_field, &e.value_field] {
-                        FieldName::new(f.clone()).map_err(|err| {
-                            bad(format!("the element of the check on {name}: {err}"))
-                        })?;
-                    }
-                    Some(Element {
-                        key_field: e.key_field,
+            let operand = operand_from_proto("checks", operand)?;
+            let element = element
+                .map(|e| {
+                    let path = |f: String| {
+                        FieldName::new(f).map_err(|err| {
+                            ApiError::invalid(
+                                "checks",
+                                "INVALID_CHECK",
+                                format!("the element of the check on {name}: {err}"),
+                            )
+                        })
+                    };
+                    let key = operand_from_proto("checks", e.key)?;
+                    Ok::<_, ApiError>((
+                        ElementPath {
+                            key_field: path(e.key_field)?,
+                            value_field: path(e.value_field)?,
+                        },
                         key,
-                        value_field: e.value_field,
-                    })
-                }
-                (FieldType::List, None) => {
-                    return Err(bad(format!(
-                        "{name} is a list: say which element is tested (element.key_field, element.key, element.value_field)"
-                    )));
-                }
-                (FieldType::Record, _) => {
-                    return Err(bad(format!("{name} is a record; it cannot be checked")));
-                }
-                (_, Some(_)) => {
-                    return Err(bad(format!(
-                        "{name} is not a list: leave element out"
-                    )));
-                }
-                (t, None) => {
-                    let fits = matches!(
-                        (t, &operand),
-                        (FieldType::String, Operand::Text(_))
-                            | (FieldType::Int, Operand::Int(_))
-                            | (FieldType::Bool, Operand::Bool(_))
-                            | (FieldType::Date, Operand::Date(_))
-                    );
-                    if !fits {
-                        return Err(bad(format!(
-                            "{name} cannot be compared with a {} value",
-                            operand.type_name()
-                        )));
-                    }
-                    None
-                }
-            };
-            if ordered(operator) && matches!(operand, Operand::Text(_) | Operand::Bool(_)) {
-                return Err(bad(format!(
-                    "a {} value compares for equality only (EQUALS, NOT_EQUALS)",
-                    operand.type_name()
-                )));
-            }
-            Ok(Check {
-                field: name,
-                operator,
-                operand,
-                element,
-            })
+                    ))
+                })
+                .transpose()?;
+            question(dataset, name, element, op, operand)
         })
         .collect()
 }
 
-impl Check {
-    /// The answer, from the source's value of the field.
-    pub fn answer(&self, value: Option<&proto::Value>) -> CheckAnswer {
-        let value = match (&self.element, value) {
-            (_, None) => return CheckAnswer::Unknown,
-            (None, Some(v)) => Operand::of(v),
-            (Some(e), Some(v)) => element_value(e, v),
-        };
-        let Some(ordering) = value.as_ref().and_then(|v| v.compare(&self.operand)) else {
-            return CheckAnswer::Unknown;
-        };
-        let yes = match self.operator {
-            CheckOperator::Equals => ordering == Ordering::Equal,
-            CheckOperator::NotEquals => ordering != Ordering::Equal,
-            CheckOperator::LessThan => ordering == Ordering::Less,
-            CheckOperator::LessOrEqual => ordering != Ordering::Greater,
-            CheckOperator::GreaterThan => ordering == Ordering::Greater,
-            CheckOperator::GreaterOrEqual => ordering != Ordering::Less,
-            CheckOperator::Unspecified => return CheckAnswer::Unknown,
-        };
-        if yes {
-            CheckAnswer::Yes
-        } else {
-            CheckAnswer::No
-        }
+/// The answer to a question, from the source's value of the field.
+pub fn answer(q: &Question, value: Option<&proto::Value>) -> CheckAnswer {
+    let value = match (&q.element, value) {
+        (_, None) => return CheckAnswer::Unknown,
+        (None, Some(v)) => scalar(v),
+        (Some((path, key)), Some(v)) => element_value(path, key, v),
+    };
+    let Some(ordering) = value.as_ref().and_then(|v| v.compare(&q.operand)) else {
+        return CheckAnswer::Unknown;
+    };
+    let yes = match q.op {
+        CheckOp::Equals => ordering == Ordering::Equal,
+        CheckOp::NotEquals => ordering != Ordering::Equal,
+        CheckOp::LessThan => ordering == Ordering::Less,
+        CheckOp::LessOrEqual => ordering != Ordering::Greater,
+        CheckOp::GreaterThan => ordering == Ordering::Greater,
+        CheckOp::GreaterOrEqual => ordering != Ordering::Less,
+    };
+    if yes {
+        CheckAnswer::Yes
+    } else {
+        CheckAnswer::No
+    }
+}
+
+/// The answer as the audit entry records it.
+pub fn answer_word(a: CheckAnswer) -> &'static str {
+    match a {
+        CheckAnswer::Yes => "YES",
+        CheckAnswer::No => "NO",
+        CheckAnswer::Unknown | CheckAnswer::Unspecified => "UNKNOWN",
     }
 }
 
 /// The `value_field` of the first record of a list whose `key_field` equals
 /// the key.
-fn element_value(e: &Element, list: &proto::Value) -> Option<Operand> {
+fn element_value(path: &ElementPath, key: &Operand, list: &proto::Value) -> Option<Operand> {
     let Some(Kind::ListValue(list)) = &list.kind else {
         return None;
     };
@@ -232,9 +244,17 @@ fn element_value(e: &Element, list: &proto::Value) -> Option<Operand> {
         let Some(Kind::RecordValue(record)) = &item.kind else {
             return None;
         };
-        let key = record.fields.get(&e.key_field).and_then(Operand::of)?;
-        (key == e.key)
-            .then(|| record.fields.get(&e.value_field).and_then(Operand::of))
+        let k = record
+            .fields
+            .get(path.key_field.as_str())
+            .and_then(scalar)?;
+        (&k == key)
+            .then(|| {
+                record
+                    .fields
+                    .get(path.value_field.as_str())
+                    .and_then(scalar)
+            })
             .flatten()
     })
 }
@@ -266,18 +286,22 @@ mod tests {
         }
     }
 
+    fn f(s: &str) -> FieldName {
+        FieldName::new(s).expect("field")
+    }
+
     #[test]
     fn scalar_and_element_answers() {
-        let nis = Check {
-            field: FieldName::new("nis_code").expect("f"),
-            operator: CheckOperator::Equals,
-            operand: Operand::Text("21004".into()),
+        let nis = Question {
+            field: f("nis_code"),
             element: None,
+            op: CheckOp::Equals,
+            operand: Operand::Text("21004".into()),
         };
-        assert_eq!(nis.answer(Some(&text("21004"))), CheckAnswer::Yes);
-        assert_eq!(nis.answer(Some(&text("21015"))), CheckAnswer::No);
-        assert_eq!(nis.answer(None), CheckAnswer::Unknown);
-        assert_eq!(nis.answer(Some(&int(21004))), CheckAnswer::Unknown);
+        assert_eq!(answer(&nis, Some(&text("21004"))), CheckAnswer::Yes);
+        assert_eq!(answer(&nis, Some(&text("21015"))), CheckAnswer::No);
+        assert_eq!(answer(&nis, None), CheckAnswer::Unknown);
+        assert_eq!(answer(&nis, Some(&int(21004))), CheckAnswer::Unknown);
 
         let years = proto::Value {
             kind: Some(Kind::ListValue(proto::ValueList {
@@ -293,24 +317,32 @@ mod tests {
                 ],
             })),
         };
-        let below = |year: i64, cents: i64| Check {
-            field: FieldName::new("income_years").expect("f"),
-            operator: CheckOperator::LessThan,
+        let below = |year: i64, cents: i64| Question {
+            field: f("income_years"),
+            element: Some((
+                ElementPath {
+                    key_field: f("income_year"),
+                    value_field: f("taxable_income_cents"),
+                },
+                Operand::Int(year),
+            )),
+            op: CheckOp::LessThan,
             operand: Operand::Int(cents),
-            element: Some(Element {
-                key_field: "income_year".into(),
-                key: Operand::Int(year),
-                value_field: "taxable_income_cents".into(),
-            }),
         };
         assert_eq!(
-            below(2024, 2_000_000).answer(Some(&years)),
+            answer(&below(2024, 2_000_000), Some(&years)),
             CheckAnswer::Yes
         );
-        assert_eq!(below(2023, 2_000_000).answer(Some(&years)), CheckAnswer::No);
-        assert_eq!(below(2024, 1_500_000).answer(Some(&years)), CheckAnswer::No);
         assert_eq!(
-            below(2019, 2_000_000).answer(Some(&years)),
+            answer(&below(2023, 2_000_000), Some(&years)),
+            CheckAnswer::No
+        );
+        assert_eq!(
+            answer(&below(2024, 1_500_000), Some(&years)),
+            CheckAnswer::No
+        );
+        assert_eq!(
+            answer(&below(2019, 2_000_000), Some(&years)),
             CheckAnswer::Unknown
         );
     }

@@ -172,6 +172,62 @@ pub struct LookupArgs {
 /// `income_years[income_year=2024].taxable_income_cents<2000000`. A value
 /// that reads as a whole number is an int, `YYYY-MM-DD` a date,
 /// `true`/`false` a bool, anything else a string.
+/// Parses a named question of an authorisation, `NAME: check`, where the
+/// check is written as for `--check` and `*` stands for what the consumer
+/// gives (an element's key, or the value of an equality):
+/// `INCOME_BELOW_CEILING: income_years[income_year=*].taxable_income_cents<2500000`.
+pub fn parse_question(text: &str) -> anyhow::Result<proto::CheckRule> {
+    let (name, expression) = text
+        .split_once(':')
+        .ok_or_else(|| anyhow::anyhow!("question {text:?}: write NAME: check"))?;
+    let check = parse_check(expression.trim())?;
+    let given = |v: &Option<proto::Value>| matches!(v.as_ref().and_then(|v| v.kind.as_ref()), Some(proto::value::Kind::StringValue(s)) if s == "*");
+    let (key_field, value_field) = check
+        .element
+        .as_ref()
+        .map_or((String::new(), String::new()), |e| {
+            (e.key_field.clone(), e.value_field.clone())
+        });
+    Ok(proto::CheckRule {
+        name: name.trim().to_owned(),
+        field: check.field,
+        element_key_field: key_field,
+        element_value_field: value_field,
+        operator: check.operator,
+        operand: if given(&check.operand) {
+            None
+        } else {
+            check.operand
+        },
+    })
+}
+
+/// A named question in the form `parse_question` reads.
+fn question_text(r: &proto::CheckRule) -> String {
+    let value = |v: &Option<proto::Value>| match v.as_ref().and_then(|v| v.kind.as_ref()) {
+        None => "*".to_owned(),
+        Some(proto::value::Kind::StringValue(s)) => s.clone(),
+        Some(proto::value::Kind::IntValue(i)) => i.to_string(),
+        Some(proto::value::Kind::BoolValue(b)) => b.to_string(),
+        Some(proto::value::Kind::DateValue(d)) => d.clone(),
+        Some(_) => "?".to_owned(),
+    };
+    let op = match proto::CheckOperator::try_from(r.operator) {
+        Ok(proto::CheckOperator::Equals) => "=",
+        Ok(proto::CheckOperator::NotEquals) => "!=",
+        Ok(proto::CheckOperator::LessThan) => "<",
+        Ok(proto::CheckOperator::LessOrEqual) => "<=",
+        Ok(proto::CheckOperator::GreaterThan) => ">",
+        Ok(proto::CheckOperator::GreaterOrEqual) => ">=",
+        _ => "?",
+    };
+    let mut lhs = r.field.clone();
+    if !r.element_key_field.is_empty() {
+        lhs = format!("{lhs}[{}=*].{}", r.element_key_field, r.element_value_field);
+    }
+    format!("{}: {lhs}{op}{}", r.name, value(&r.operand))
+}
+
 pub fn parse_check(text: &str) -> anyhow::Result<proto::Check> {
     use proto::CheckOperator::*;
     let (at, op, len) = ["!=", "<=", ">=", "=", "<", ">"]
@@ -260,8 +316,10 @@ pub struct NewAuthorisation {
     pub consumer: String,
     pub dataset: String,
     pub fields: Vec<String>,
-    /// Fields that may only be tested.
+    /// Fields that may only be tested for equality.
     pub check_fields: Vec<String>,
+    /// Named questions, `NAME: check` (see [`parse_question`]).
+    pub questions: Vec<String>,
     /// Capacities it accepts (empty: any).
     pub capacities: Vec<String>,
     pub consent_required: bool,
@@ -541,6 +599,12 @@ impl Client {
                     check_fields: a.check_fields,
                     capacities: a.capacities,
                     consent_required: a.consent_required,
+                    checks: a
+                        .questions
+                        .iter()
+                        .map(|q| parse_question(q))
+                        .collect::<anyhow::Result<Vec<_>>>()
+                        .map_err(|e| usage(format!("{e:#}")))?,
                 }),
             })
             .await?
@@ -718,6 +782,19 @@ impl Client {
         Ok(json!({ "request_id": r.request_id }))
     }
 
+    /// Takes back a replacement (the register, or the operator).
+    pub async fn undo_replacement(&self, old: String, reason: String) -> CallResult {
+        let r = self
+            .persons()
+            .undo_number_replacement(proto::UndoNumberReplacementRequest {
+                old_number: old,
+                reason,
+            })
+            .await?
+            .into_inner();
+        Ok(json!({ "new_number": r.new_number, "request_id": r.request_id }))
+    }
+
     /// Records a consent: on a portal (citizen role) or at a counter.
     pub async fn give_consent(&self, c: NewConsent) -> CallResult {
         let expires_at = c.expires_at.as_deref().map(parse_time).transpose()?;
@@ -803,6 +880,7 @@ impl Client {
         &self,
         sha256_fingerprint: Option<String>,
         serial_number: Option<String>,
+        issuer_name_sha256: Option<String>,
         reason: String,
     ) -> CallResult {
         let r = self
@@ -811,6 +889,7 @@ impl Client {
                 sha256_fingerprint: sha256_fingerprint.unwrap_or_default(),
                 serial_number: serial_number.unwrap_or_default(),
                 reason,
+                issuer_name_sha256: issuer_name_sha256.unwrap_or_default(),
             })
             .await?
             .into_inner();
@@ -855,6 +934,7 @@ fn revoked_json(r: &proto::RevokedCertificate) -> Json {
     json!({
         "sha256_fingerprint": r.sha256_fingerprint,
         "serial_number": r.serial_number,
+        "issuer_name_sha256": r.issuer_name_sha256,
         "reason": r.reason,
         "revoked_at": r.revoked_at.as_ref().map(timestamp_text),
     })
@@ -950,6 +1030,12 @@ fn auth_json(a: &proto::Authorisation) -> Json {
         "valid_until": a.valid_until,
         "status": enum_name(proto::AuthorisationStatus::try_from(a.status).ok().map(|s| s.as_str_name()), "AUTHORISATION_STATUS_"),
         "version": a.version,
+        "updated_at": a.updated_at.as_ref().map(timestamp_text).unwrap_or_default(),
+        "check_fields": a.check_fields,
+        "questions": a.checks.iter().map(question_text).collect::<Vec<_>>(),
+        "capacities": a.capacities,
+        "consent_required": a.consent_required,
+        "confidential_until": a.confidential_until,
     })
 }
 

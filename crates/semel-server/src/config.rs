@@ -38,6 +38,34 @@ pub struct Config {
     /// Signed checkpoints of the audit log.
     #[serde(default)]
     pub audit: AuditSection,
+    /// The persons directory's rules for files.
+    #[serde(default)]
+    pub persons: PersonsSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonsSection {
+    /// How many days before its registration a file may begin (default 92):
+    /// a file backdated further would open old data to the consumer.
+    #[serde(default = "default_backdate_days")]
+    pub max_backdate_days: u32,
+    /// The same, per capacity (e.g. `RIS_APPLICANT = 31`).
+    #[serde(default)]
+    pub max_backdate_days_by_capacity: std::collections::BTreeMap<String, u32>,
+}
+
+impl Default for PersonsSection {
+    fn default() -> Self {
+        PersonsSection {
+            max_backdate_days: default_backdate_days(),
+            max_backdate_days_by_capacity: Default::default(),
+        }
+    }
+}
+
+fn default_backdate_days() -> u32 {
+    92
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,8 +183,15 @@ pub struct LimitsSection {
     /// Lookups each consumer may make per calendar day (Brussels time);
     /// unlimited when absent.
     pub consumer_lookups_per_day: Option<u64>,
-    /// Items of one LookupBatch call in flight at once (default 16).
+    /// Items of one LookupBatch call in flight at once (default 16, at most 1024).
     pub batch_in_flight: Option<usize>,
+    /// Different yes/no questions one consumer may ask about one citizen's
+    /// field per day (default 4).
+    pub distinct_checks_per_citizen: Option<usize>,
+    /// Refused calls per second recorded one by one per organisation
+    /// (default 5, burst ten times that); the rest are recorded as counted
+    /// summaries.
+    pub refusals_per_second: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -354,6 +389,29 @@ impl Config {
             self.limits.consumer_lookups_per_day != Some(0),
             "limits.consumer_lookups_per_day: must be at least 1 (leave it out for no quota)"
         );
+        if let Some(n) = self.limits.batch_in_flight {
+            anyhow::ensure!(
+                (1..=1024).contains(&n),
+                "limits.batch_in_flight: must lie between 1 and 1024, got {n}"
+            );
+        }
+        if let Some(n) = self.limits.distinct_checks_per_citizen {
+            anyhow::ensure!(
+                (1..=64).contains(&n),
+                "limits.distinct_checks_per_citizen: must lie between 1 and 64, got {n}"
+            );
+        }
+        if let Some(r) = self.limits.refusals_per_second {
+            anyhow::ensure!(
+                r > 0.0 && r.is_finite(),
+                "limits.refusals_per_second: must be a positive number, got {r}"
+            );
+        }
+        for capacity in self.persons.max_backdate_days_by_capacity.keys() {
+            semel_core::CapacityCode::new(capacity.clone()).map_err(|e| {
+                anyhow::anyhow!("persons.max_backdate_days_by_capacity: {capacity}: {e}")
+            })?;
+        }
         anyhow::ensure!(
             self.sources.max_in_flight >= 1,
             "sources.max_in_flight: must be at least 1"
@@ -498,6 +556,15 @@ impl Config {
             breaker_failures: self.sources.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.sources.breaker_cooldown_ms),
             batch_in_flight: self.limits.batch_in_flight.unwrap_or(16),
+            distinct_checks_per_citizen: self.limits.distinct_checks_per_citizen.unwrap_or(4),
+            refusals_per_second: self.limits.refusals_per_second.unwrap_or(5.0),
+        }
+    }
+
+    pub fn persons_settings(&self) -> crate::state::PersonsSettings {
+        crate::state::PersonsSettings {
+            max_backdate_days: self.persons.max_backdate_days,
+            max_backdate_days_by_capacity: self.persons.max_backdate_days_by_capacity.clone(),
         }
     }
 

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use semel_core::{
     AuditDecision, AuditEntry, Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode,
-    Dataset, DatasetName, FieldDefinition, FieldName, FieldType, Kbo, Organisation,
-    OrganisationStatus, Outcome, PurposeCode, Role,
+    CheckRule, Dataset, DatasetName, ElementPath, FieldDefinition, FieldName, FieldType, Kbo,
+    Organisation, OrganisationStatus, Outcome, PurposeCode, Role,
 };
 use semel_store::StoredEntry;
 use time::format_description::BorrowedFormatItem;
@@ -278,6 +278,7 @@ pub fn authorisation_from_proto(
         check_fields,
         capacities,
         consent_required,
+        checks,
     } = p;
     let confidential_until = if confidential_until.is_empty() {
         None
@@ -295,7 +296,11 @@ pub fn authorisation_from_proto(
         .into_iter()
         .map(|f| name("authorisation.check_fields", FieldName::new(f)))
         .collect::<Result<_, _>>()?;
-    if fields.is_empty() && check_fields.is_empty() {
+    let checks = checks
+        .into_iter()
+        .map(check_rule_from_proto)
+        .collect::<Result<Vec<_>, _>>()?;
+    if fields.is_empty() && check_fields.is_empty() && checks.is_empty() {
         return Err(ApiError::invalid(
             "authorisation.fields",
             "INVALID_ARGUMENT",
@@ -334,9 +339,68 @@ pub fn authorisation_from_proto(
         updated_at: now,
         confidential_until,
         check_fields,
+        checks,
         capacities,
         consent_required,
     })
+}
+
+fn check_rule_from_proto(r: proto::CheckRule) -> Result<CheckRule, ApiError> {
+    let proto::CheckRule {
+        name: rule_name,
+        field,
+        element_key_field,
+        element_value_field,
+        operator,
+        operand,
+    } = r;
+    let bad = |m: String| ApiError::invalid("authorisation.checks", "INVALID_CHECK", m);
+    let field = name("authorisation.checks", FieldName::new(field))?;
+    let element = match (element_key_field.is_empty(), element_value_field.is_empty()) {
+        (true, true) => None,
+        (false, false) => Some(ElementPath {
+            key_field: name("authorisation.checks", FieldName::new(element_key_field))?,
+            value_field: name("authorisation.checks", FieldName::new(element_value_field))?,
+        }),
+        _ => {
+            return Err(bad(format!(
+                "the question on {field} names the element's key field or value field, not both"
+            )));
+        }
+    };
+    let op = crate::checks::op_from_proto(operator)
+        .ok_or_else(|| bad(format!("the question on {field} names no known operator")))?;
+    let operand = operand
+        .map(|v| crate::checks::operand_from_proto("authorisation.checks", Some(v)))
+        .transpose()?;
+    let rule = CheckRule {
+        name: text("authorisation.checks", rule_name, 100)?,
+        field,
+        element,
+        op,
+        operand,
+    };
+    if let Some(problem) = rule.problem() {
+        return Err(bad(problem));
+    }
+    Ok(rule)
+}
+
+fn check_rule_to_proto(r: &CheckRule) -> proto::CheckRule {
+    let (key, value) = r
+        .element
+        .as_ref()
+        .map_or((String::new(), String::new()), |e| {
+            (e.key_field.to_string(), e.value_field.to_string())
+        });
+    proto::CheckRule {
+        name: r.name.clone(),
+        field: r.field.to_string(),
+        element_key_field: key,
+        element_value_field: value,
+        operator: crate::checks::op_to_proto(r.op) as i32,
+        operand: r.operand.as_ref().map(crate::checks::operand_to_proto),
+    }
 }
 
 pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
@@ -360,6 +424,7 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
         check_fields: a.check_fields.iter().map(ToString::to_string).collect(),
         capacities: a.capacities.iter().map(ToString::to_string).collect(),
         consent_required: a.consent_required,
+        checks: a.checks.iter().map(check_rule_to_proto).collect(),
     }
 }
 

@@ -212,6 +212,7 @@ impl Demo {
                 register_dataset: semel_core::DatasetName::new(
                     semel_demo::seed::datasets::IDENTITY,
                 )?,
+                persons: crate::state::PersonsSettings::default(),
             },
             tokens,
         )?;
@@ -258,6 +259,7 @@ impl Demo {
                 audience: DEV_AUDIENCE,
                 expires_in: DEMO_TOKEN_SECONDS,
                 not_before: None,
+                bound_to: None,
             })?;
             std::fs::write(&token, jwt).with_context(|| format!("write {}", token.display()))?;
             organisations.push(ManifestOrg {
@@ -279,6 +281,7 @@ impl Demo {
             audience: DEV_AUDIENCE,
             expires_in: DEMO_TOKEN_SECONDS,
             not_before: None,
+            bound_to: None,
         })?;
         std::fs::write(&citizen_token, jwt)
             .with_context(|| format!("write {}", citizen_token.display()))?;
@@ -389,6 +392,7 @@ pub fn client_config(data_dir: &Path, who: &str) -> anyhow::Result<ClientConfig>
         audience: &manifest.audience,
         expires_in: 3600,
         not_before: None,
+        bound_to: None,
     })?;
     Ok(ClientConfig {
         broker: manifest.broker,

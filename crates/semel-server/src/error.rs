@@ -84,21 +84,7 @@ impl ApiError {
     /// field name); anything shaped like a national number is masked here,
     /// whatever the caller put in it.
     pub fn into_status(self) -> Status {
-        let metadata: HashMap<String, String> = self
-            .metadata
-            .into_iter()
-            .map(|(k, v)| {
-                // The request id is the broker's own UUID: masking a run of
-                // its digits that happens to pass the national-number check
-                // would only corrupt it.
-                let v = if k == "request_id" {
-                    v
-                } else {
-                    redact_national_numbers(&v).into_owned()
-                };
-                (k.to_owned(), v)
-            })
-            .collect();
+        let metadata: HashMap<String, String> = self.masked_metadata();
         let message = redact_national_numbers(&self.message).into_owned();
         let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
         if let Some(field) = self.field {
@@ -112,17 +98,33 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The error as one item of a LookupBatch stream.
+    /// The metadata a client receives: anything shaped like a national
+    /// number masked, whatever the caller put in it.
+    fn masked_metadata<C: FromIterator<(String, String)>>(&self) -> C {
+        self.metadata
+            .iter()
+            .map(|(k, v)| {
+                // The request id is the broker's own UUID: masking a run of
+                // its digits that happens to pass the national-number check
+                // would only corrupt it.
+                let v = if *k == "request_id" {
+                    v.clone()
+                } else {
+                    redact_national_numbers(v).into_owned()
+                };
+                ((*k).to_owned(), v)
+            })
+            .collect()
+    }
+
+    /// The error as one item of a LookupBatch stream, masked as
+    /// [`ApiError::into_status`] masks.
     pub fn to_item_error(&self) -> crate::proto::LookupError {
         crate::proto::LookupError {
             code: self.code as i32,
             message: redact_national_numbers(&self.message).into_owned(),
             reason: self.reason.to_owned(),
-            metadata: self
-                .metadata
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                .collect(),
+            metadata: self.masked_metadata(),
         }
     }
 }
@@ -190,6 +192,24 @@ mod request_id_tests {
         assert_ne!(
             info.metadata.get("citizen_hint").map(String::as_str),
             Some("93051822361")
+        );
+    }
+
+    #[test]
+    fn batch_item_errors_are_masked_like_statuses() {
+        let item = ApiError::denied("X", "about 93051822361")
+            .with("request_id", "01a20501-fb5d-758d-82a7-07960109825d")
+            .with("field", "93.05.18-223.61")
+            .to_item_error();
+        assert!(!item.message.contains("93051822361"));
+        assert!(
+            !item.metadata["field"].contains("223"),
+            "{:?}",
+            item.metadata
+        );
+        assert_eq!(
+            item.metadata["request_id"],
+            "01a20501-fb5d-758d-82a7-07960109825d"
         );
     }
 }

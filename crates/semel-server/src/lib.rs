@@ -6,6 +6,7 @@
 //! `tonic::Status` only in [`error::ApiError::into_status`].
 
 mod audit;
+pub mod audited;
 pub mod bench;
 mod checks;
 pub mod client;

@@ -27,6 +27,13 @@ pub struct LimitSettings {
     pub consumer_daily_quota: Option<u64>,
     /// Items of one LookupBatch call in flight at once.
     pub batch_in_flight: usize,
+    /// Different yes/no questions one consumer may ask about one citizen's
+    /// field per calendar day (asking the same one again is free).
+    pub distinct_checks_per_citizen: usize,
+    /// Refused calls per second an organisation may have recorded one by
+    /// one (with a burst of ten times that); beyond, they are counted and
+    /// recorded as one summary entry.
+    pub refusals_per_second: f64,
 }
 
 impl Default for LimitSettings {
@@ -39,6 +46,8 @@ impl Default for LimitSettings {
             breaker_cooldown: Duration::from_secs(5),
             consumer_daily_quota: None,
             batch_in_flight: 16,
+            distinct_checks_per_citizen: 4,
+            refusals_per_second: 5.0,
         }
     }
 }
@@ -284,5 +293,181 @@ mod tests {
         assert_eq!(g.enter(t0).err(), Some(SourceRefusal::Busy));
         g.record(a, true, t0);
         assert!(g.enter(t0).is_ok(), "a slot is free again");
+    }
+}
+
+/// Bounds the different yes/no questions one consumer asks about one
+/// citizen's field in a day, so that equality cannot enumerate a value and
+/// element keys cannot sweep a history. Keys are keyed hashes: the map
+/// holds no national number. Counts live in memory, per broker; every
+/// question is in the audit log whatever this allows.
+pub struct QuestionLimiter {
+    per_key: usize,
+    hasher: std::collections::hash_map::RandomState,
+    asked: Mutex<AskedToday>,
+}
+
+/// The day counted, and for each (consumer, citizen, field) key the
+/// questions asked that day.
+type AskedToday = (Option<time::Date>, HashMap<u64, Vec<u64>>);
+
+/// Keys tracked at most in one day; beyond, new (consumer, citizen, field)
+/// keys are refused rather than forgotten (fail closed).
+const QUESTION_KEYS: usize = 262_144;
+
+impl QuestionLimiter {
+    pub fn new(settings: &LimitSettings) -> Self {
+        QuestionLimiter {
+            per_key: settings.distinct_checks_per_citizen.max(1),
+            hasher: std::collections::hash_map::RandomState::new(),
+            asked: Mutex::new((None, HashMap::new())),
+        }
+    }
+
+    fn hash(&self, parts: impl std::hash::Hash) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(parts)
+    }
+
+    /// Records the questions, or says which field has had its share of
+    /// different questions today (nothing is recorded then).
+    pub fn admit(
+        &self,
+        consumer: Kbo,
+        citizen: &semel_core::Niss,
+        questions: &[semel_core::Question],
+        today: time::Date,
+    ) -> Result<(), semel_core::FieldName> {
+        if questions.is_empty() {
+            return Ok(());
+        }
+        let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
+        let (day, map) = &mut *asked;
+        if *day != Some(today) {
+            *day = Some(today);
+            map.clear();
+        }
+        let keyed: Vec<(u64, u64)> = questions
+            .iter()
+            .map(|q| {
+                (
+                    self.hash((consumer.as_str(), citizen.as_str(), q.field.as_str())),
+                    self.hash(q),
+                )
+            })
+            .collect();
+        // Check every question before recording any.
+        let mut pending: HashMap<u64, Vec<u64>> = HashMap::new();
+        for ((key, question), q) in keyed.iter().zip(questions) {
+            let known = map.get(key).map_or(&[][..], Vec::as_slice);
+            let new = pending.entry(*key).or_default();
+            if known.contains(question) || new.contains(question) {
+                continue;
+            }
+            if known.len() + new.len() >= self.per_key
+                || (!map.contains_key(key) && map.len() >= QUESTION_KEYS)
+            {
+                return Err(q.field.clone());
+            }
+            new.push(*question);
+        }
+        for (key, new) in pending {
+            map.entry(key).or_default().extend(new);
+        }
+        Ok(())
+    }
+
+    pub fn per_key(&self) -> usize {
+        self.per_key
+    }
+}
+
+/// What an organisation's refused calls beyond its budget leave behind:
+/// how many, for which reasons, between which times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flood {
+    pub count: u64,
+    pub first_micros: i64,
+    pub last_micros: i64,
+    pub reasons: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// A token bucket per organisation for refused calls, so that a revoked
+/// certificate or a caller without a token cannot fill the disk (and
+/// citizens' views) with entries: within the budget each refusal is an
+/// entry; beyond it, refusals are counted and recorded as one summary.
+pub struct RefusalBudget {
+    rate: f64,
+    burst: f64,
+    state: Mutex<HashMap<Kbo, (Bucket, Flood)>>,
+}
+
+impl RefusalBudget {
+    pub fn new(settings: &LimitSettings) -> Self {
+        let rate = settings.refusals_per_second.max(0.01);
+        RefusalBudget {
+            rate,
+            burst: (rate * 10.0).max(1.0),
+            state: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether this refusal gets its own entry. When it does not, it is
+    /// counted in the organisation's flood.
+    pub fn admit(&self, org: Kbo, now: Instant, reason: &'static str, at_micros: i64) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (b, flood) = state.entry(org).or_insert_with(|| {
+            (
+                Bucket {
+                    tokens: self.burst,
+                    last: now,
+                },
+                Flood::default(),
+            )
+        });
+        b.tokens = (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * self.rate)
+            .min(self.burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            return true;
+        }
+        if flood.count == 0 {
+            flood.first_micros = at_micros;
+        }
+        flood.count += 1;
+        flood.last_micros = at_micros;
+        *flood.reasons.entry(reason).or_default() += 1;
+        false
+    }
+
+    /// Takes the floods counted so far, to be recorded.
+    pub fn take_floods(&self) -> Vec<(Kbo, Flood)> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::new();
+        for (org, (_, flood)) in state.iter_mut() {
+            if flood.count > 0 {
+                out.push((*org, std::mem::take(flood)));
+            }
+        }
+        out
+    }
+
+    /// Puts back floods that could not be recorded.
+    pub fn restore(&self, floods: Vec<(Kbo, Flood)>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        for (org, f) in floods {
+            if let Some((_, flood)) = state.get_mut(&org) {
+                if flood.count == 0 {
+                    flood.first_micros = f.first_micros;
+                }
+                flood.count += f.count;
+                flood.first_micros = flood.first_micros.min(f.first_micros);
+                flood.last_micros = flood.last_micros.max(f.last_micros);
+                for (r, n) in f.reasons {
+                    *flood.reasons.entry(r).or_default() += n;
+                }
+            }
+        }
     }
 }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use semel_core::{
     AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LOOKUP_OPERATION, LookupQuestion,
-    Niss, Organisation, Outcome, PurposeCode, ReasonCode, Refusal, brussels_today,
+    Niss, Organisation, Outcome, PurposeCode, Question, ReasonCode, Refusal, brussels_today,
 };
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
@@ -57,14 +57,23 @@ impl proto::lookup_service_server::LookupService for LookupService {
         // The caller is identified once, for the whole stream; a batch
         // refused for who made it gets one audit entry.
         let caller = self.broker.admit(&request).await?;
-        let in_flight = self.broker.limits().batch_in_flight.max(1);
+        let in_flight = self.broker.limits().batch_in_flight.clamp(1, 1024);
         let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
         let broker = self.broker.clone();
+        // What identified the call is kept, to re-check for every item.
+        let credentials = {
+            let c = crate::state::Credentials::of(&request);
+            Held {
+                peer: c.peer.cloned(),
+                token: c.token.map(str::to_owned),
+                rule: c.rule,
+            }
+        };
         let items = request.into_inner();
         // The driver runs on its own task: items already read are decided,
         // forwarded and audited even if the consumer goes away.
         tokio::spawn(
-            batch(broker, caller, items, in_flight, tx)
+            batch(broker, caller, credentials, items, in_flight, tx)
                 .instrument(tracing::debug_span!("lookup_batch")),
         );
         Ok(Response::new(Box::pin(
@@ -126,21 +135,31 @@ impl proto::lookup_service_server::LookupService for LookupService {
     }
 }
 
+/// A stream's credentials, owned.
+struct Held {
+    peer: Option<Arc<crate::tls::PeerIdentity>>,
+    token: Option<String>,
+    rule: Option<&'static crate::permissions::Rule>,
+}
+
 /// Runs a batch: at most `in_flight` items at once, each a whole lookup.
 async fn batch(
     broker: Arc<Broker>,
     caller: crate::state::Caller,
+    credentials: Held,
     items: tonic::Streaming<proto::LookupBatchRequest>,
     in_flight: usize,
     tx: tokio::sync::mpsc::Sender<Result<proto::LookupBatchResponse, Status>>,
 ) {
     use futures::StreamExt;
     let broken = tx.clone();
+    let credentials = Arc::new(credentials);
     let results = items
         .enumerate()
         .map(|(index, item)| {
             let broker = broker.clone();
             let caller = caller.clone();
+            let credentials = credentials.clone();
             let broken = broken.clone();
             async move {
                 let msg = match item {
@@ -153,46 +172,25 @@ async fn batch(
                 };
                 let received = OffsetDateTime::now_utc();
                 let consumer_reference = msg.consumer_reference.clone();
-                // A token that expires, or an organisation suspended, during
-                // the batch stops covering the items that follow.
-                let expired = caller.user.expires_at
-                    < u64::try_from(received.unix_timestamp()).unwrap_or(0);
-                let suspended = broker
-                    .snapshot()
-                    .organisations
-                    .get(&caller.org.kbo)
-                    .is_none_or(|o| o.status == semel_core::OrganisationStatus::Suspended);
-                let refusal = if suspended {
-                    Some((
-                        ApiError::denied(
-                            "ORGANISATION_SUSPENDED",
-                            "your organisation was suspended during the batch; contact the operator",
-                        ),
-                        ReasonCode::OrganisationSuspended,
-                    ))
-                } else if expired {
-                    Some((
-                        ApiError::unauthenticated(
-                            "TOKEN_EXPIRED",
-                            "the token expired during the batch; send the remaining items with a fresh token",
-                        ),
-                        ReasonCode::TokenExpired,
-                    ))
-                } else {
-                    None
-                };
-                let who = Who {
-                    org: caller.org.clone(),
-                    user: Some(caller.user.clone()),
-                    denied: refusal.map(|(error, reason)| {
-                        Box::new(Denied {
-                            error,
-                            reason,
-                            org: Some(caller.org.clone()),
-                            user: (!expired).then(|| caller.user.clone()),
-                            operation: caller.rule.method,
-                        })
-                    }),
+                // Every item is authorised again, exactly as a Lookup is: a
+                // certificate revoked or expired, an issuer's key withdrawn,
+                // a token expired or an organisation suspended during the
+                // batch stops covering the items that follow.
+                let who = match broker.authorize_parts(&crate::state::Credentials {
+                    peer: credentials.peer.as_ref(),
+                    token: credentials.token.as_deref(),
+                    rule: credentials.rule,
+                }) {
+                    Ok(now) => Who {
+                        org: now.org,
+                        user: Some(now.user),
+                        denied: None,
+                    },
+                    Err(denied) => Who {
+                        org: denied.org.clone().unwrap_or_else(|| caller.org.clone()),
+                        user: denied.user.clone(),
+                        denied: Some(denied),
+                    },
                 };
                 // Each item on its own task, like a Lookup: it finishes and
                 // is audited whatever happens to the stream.
@@ -277,6 +275,13 @@ async fn lookup(
         detail: String::new(),
     };
     let Who { org, user, denied } = who;
+    // A refused identity is recorded within the organisation's budget of
+    // refusals; beyond it, counted into one summary entry.
+    if let Some(d) = &denied
+        && !broker.refusal_recorded_alone(org.kbo, d.error.reason)
+    {
+        return Err(d.error.clone().with("audit", "summarised"));
+    }
     let result = match denied {
         Some(denied) => {
             trace.citizen = Niss::parse(&msg.citizen).ok();
@@ -302,28 +307,32 @@ async fn lookup(
         consumer: org.kbo,
         end_user: user.map(|u| u.subject.clone()),
         citizen: trace.citizen,
-        dataset: bounded(&msg.dataset, 128),
+        dataset: recorded_name(&msg.dataset, |s| DatasetName::new(s).is_ok()),
         fields_requested: msg
             .fields
             .iter()
             .take(MAX_FIELDS)
-            .map(|f| bounded(f, 64))
+            .map(|f| recorded_name(f, |s| FieldName::new(s).is_ok()))
             .collect(),
         fields_returned: trace.fields_returned,
-        purpose: bounded(&msg.purpose, 64),
+        purpose: recorded_name(&msg.purpose, |s| PurposeCode::new(s).is_ok()),
         authorisation: trace.authorisation,
         decision: trace.decision,
         reason: trace.reason,
         outcome: trace.outcome,
         source: trace.source,
-        consumer_reference: bounded(&msg.consumer_reference, MAX_REFERENCE),
+        consumer_reference: semel_core::redact_national_numbers(&bounded(
+            &msg.consumer_reference.replace(char::is_control, " "),
+            MAX_REFERENCE,
+        ))
+        .into_owned(),
         reference_date: trace.reference_date,
         citizen_as_given: trace.citizen_as_given,
         checks: if trace.checks.is_empty() {
             msg.checks
                 .iter()
                 .take(crate::checks::MAX_CHECKS)
-                .map(|c| bounded(&c.field, 64))
+                .map(|c| recorded_name(&c.field, |s| FieldName::new(s).is_ok()))
                 .collect()
         } else {
             trace.checks
@@ -470,7 +479,8 @@ async fn process(
     trace.dataset = Some(dataset.clone());
     let fields = validate_fields(&msg.fields, !msg.checks.is_empty(), &route)?;
     let checks = crate::checks::validate(msg.checks.clone(), &route.dataset)?;
-    let check_fields: Vec<FieldName> = checks.iter().map(|c| c.field.clone()).collect();
+    // Every question asked is recorded, allowed or refused.
+    trace.checks = checks.iter().map(Question::describe).collect();
     let purpose = PurposeCode::new(msg.purpose.clone())
         .map_err(|e| ApiError::invalid("purpose", "INVALID_ARGUMENT", format!("purpose: {e}")))?;
     if !snapshot.purposes.contains_key(purpose.as_str()) {
@@ -530,7 +540,7 @@ async fn process(
         consumer: org.kbo,
         dataset: &dataset,
         fields: &fields,
-        checks: &check_fields,
+        checks: &checks,
         purpose: &purpose,
         today,
         date,
@@ -548,15 +558,35 @@ async fn process(
         }
     };
     drop(snapshot);
+    trace.authorisation = Some(allowance.authorisation.to_string());
+    // Different questions about one citizen are bounded: enumeration and
+    // sweeps stop here, whatever the authorisation allows.
+    if let Err(field) = broker
+        .questions
+        .admit(org.kbo, &citizen, &allowance.checks, today)
+    {
+        let wait =
+            semel_core::until_brussels_midnight(received).max(std::time::Duration::from_secs(1));
+        return Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                Code::ResourceExhausted,
+                "CHECK_LIMIT_REACHED",
+                format!(
+                    "your organisation asked {} different questions about this citizen's {field} today, as many as it may; the same questions may be asked again, new ones tomorrow",
+                    broker.questions.per_key()
+                ),
+            )
+        });
+    }
     trace.detail = allowance.explain();
-    trace.checks = allowance.checks.iter().map(ToString::to_string).collect();
     let authorisation = allowance.authorisation;
     let allowed = allowance.fields;
     // The source is asked for the fields read and the fields tested.
     let forwarded: BTreeSet<&str> = allowed
         .iter()
-        .chain(&allowance.checks)
         .map(FieldName::as_str)
+        .chain(allowance.checks.iter().map(|q| q.field.as_str()))
         .collect();
     trace.decision = AuditDecision::Allowed;
     trace.authorisation = Some(authorisation.to_string());
@@ -656,11 +686,25 @@ async fn process(
         .record(pass, reachable, std::time::Instant::now());
     let mut answer = answer?;
     // Checks are answered from the values, which then go no further.
+    let answer_of = |q: &Question| crate::checks::answer(q, answer.fields.get(q.field.as_str()));
     let check_results = checks
         .iter()
-        .map(|c| proto::CheckResult {
-            field: c.field.to_string(),
-            answer: c.answer(answer.fields.get(c.field.as_str())) as i32,
+        .map(|q| proto::CheckResult {
+            field: q.field.to_string(),
+            answer: answer_of(q) as i32,
+        })
+        .collect();
+    // The entry keeps each question with its answer: an auditor sees exactly
+    // what the consumer learnt.
+    trace.checks = allowance
+        .checks
+        .iter()
+        .map(|q| {
+            format!(
+                "{}: {}",
+                q.describe(),
+                crate::checks::answer_word(answer_of(q))
+            )
         })
         .collect();
     let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
@@ -733,6 +777,9 @@ fn refusal_error(refusal: &Refusal, message: String) -> ApiError {
                     .collect(),
             ),
         );
+    }
+    if let Some(c) = &refusal.checks {
+        e = e.with("checks_not_allowed", c.asked.join("; "));
     }
     if refusal.reason == semel_core::RefusalReason::NoActiveFile {
         e = e.with(
@@ -821,6 +868,28 @@ fn outcome_label(outcome: Outcome) -> &'static str {
         Outcome::SourceError | Outcome::NotForwarded => "error",
     }
 }
+
+/// What an entry keeps of a name the caller sent: the name when it is well
+/// formed (and holds nothing shaped like a national number), else a
+/// placeholder. Raw caller text would otherwise stay in the log forever and
+/// reach citizens' views and spreadsheets.
+fn recorded_name(s: &str, valid: impl Fn(&str) -> bool) -> String {
+    if s.is_empty() {
+        String::new()
+    } else if valid(s)
+        && matches!(
+            semel_core::redact_national_numbers(s),
+            std::borrow::Cow::Borrowed(_)
+        )
+    {
+        s.to_owned()
+    } else {
+        INVALID_NAME.to_owned()
+    }
+}
+
+/// What an entry shows for a name that was not well formed.
+const INVALID_NAME: &str = "(not a valid name)";
 
 fn bounded(s: &str, max: usize) -> String {
     s.chars().take(max).collect()

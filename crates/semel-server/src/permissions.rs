@@ -33,6 +33,10 @@ pub const RULES: &[Rule] = &[
         "semel.v1.PersonsService/ReplaceNationalNumber",
         &[Admin, Source],
     ),
+    rule(
+        "semel.v1.PersonsService/UndoNumberReplacement",
+        &[Admin, Source],
+    ),
     rule("semel.v1.ConsentService/GiveConsent", &[Consumer, Citizen]),
     rule(
         "semel.v1.ConsentService/WithdrawConsent",

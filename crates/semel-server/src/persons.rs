@@ -10,13 +10,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use semel_core::{
-    AuditDecision, CapacityCode, Consent, ConsentChannel, DatasetName, FilePhase, Kbo, Niss,
-    NumberReplacement, Outcome, PersonFile, PurposeCode, ReasonCode, UserRole, brussels_today,
+    CapacityCode, Consent, ConsentChannel, DatasetName, FilePhase, Niss, NumberReplacement,
+    PersonFile, PurposeCode, UserRole, brussels_today,
 };
 use semel_store::Resolved;
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
+use crate::audited::{Change, Undo, nothing_to_undo};
 use crate::convert::{format_date, parse_date, parse_kbo, timestamp};
 use crate::error::ApiError;
 use crate::proto::{self, FetchRequest};
@@ -46,57 +47,15 @@ impl ConsentService {
     }
 }
 
-/// What a change call learnt, for its audit entry.
-#[derive(Default)]
-struct Change {
-    citizen: Option<Niss>,
-    citizen_as_given: Option<Niss>,
-    purpose: String,
-    dataset: String,
-    source: Option<Kbo>,
-    reference: String,
-    detail: String,
-}
-
-/// Runs a change and records it, allowed or refused. `undo` reverts the
-/// stored change when its entry cannot be made durable.
-async fn audited<T>(
-    broker: &Broker,
-    caller: &Caller,
-    run: impl AsyncFnOnce(&mut Change) -> Result<(T, Box<dyn FnOnce() + Send>), ApiError>,
-) -> Result<(T, String), ApiError> {
-    let request_id = crate::state::new_id();
-    let mut change = Change::default();
-    let result = run(&mut change).await;
-    let mut record = broker.audit_record(caller, request_id);
-    record.citizen = change.citizen;
-    record.citizen_as_given = change.citizen_as_given;
-    record.purpose = change.purpose;
-    record.dataset = change.dataset;
-    record.source = change.source;
-    record.consumer_reference = change.reference;
-    match &result {
-        Ok(_) => record.detail = change.detail,
-        Err(e) => {
-            record.decision = AuditDecision::Refused;
-            record.reason = e.reason_code();
-            // Messages may repeat what the caller sent: never a number.
-            record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
-        }
-    }
-    if record.decision == AuditDecision::Allowed {
-        record.outcome = Outcome::Answered;
-    }
-    let appended = broker.append_durably(record).await;
-    let request_id = request_id.to_string();
-    match (result, appended) {
-        (Ok((value, _)), Ok(())) => Ok((value, request_id)),
-        (Ok((_, undo)), Err(e)) => {
-            undo();
-            Err(e.with("request_id", request_id))
-        }
-        (Err(e), _) => Err(e.with("request_id", request_id)),
-    }
+/// Runs a blocking store write off the async workers: a write is made
+/// durable with `fsync`, and a burst of them must not stall lookups.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, semel_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("store write failed: {e}")))?
+        .map_err(ApiError::from)
 }
 
 fn parse_citizen(field: &'static str, s: &str) -> Result<Niss, ApiError> {
@@ -224,7 +183,7 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         let caller = self.broker.admit(&req).await?;
         let broker = &self.broker;
         let file = req.into_inner().file.unwrap_or_default();
-        let (file, request_id) = audited(broker, &caller, async |change: &mut Change| {
+        let (file, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("file.citizen", &file.citizen)?;
             change.citizen = Some(given);
             let resolved = broker.resolve(&given)?;
@@ -243,6 +202,16 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 )
             })?;
             let phase = phase_from_proto(file.phase)?;
+            // A capacity is one that an authorisation names (the knowledge
+            // directory): a made-up capacity would open nothing, and is a
+            // mistake or a probe.
+            if !broker.snapshot().capacities.contains(&capacity) {
+                return Err(ApiError::invalid(
+                    "file.capacity",
+                    "UNKNOWN_CAPACITY",
+                    format!("no authorisation names the capacity {capacity}; use one of the capacities your authorisations require (ListAuthorisations)"),
+                ));
+            }
             let now = OffsetDateTime::now_utc();
             let today = brussels_today(now);
             let begins = if file.begin_date.is_empty() {
@@ -250,6 +219,16 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             } else {
                 parse_date("file.begin_date", &file.begin_date)?
             };
+            // A file opens the citizen's data from its begin date: backdated
+            // without limit, it would open any past.
+            let max_days = broker.persons_settings().max_backdate(capacity.as_str());
+            if begins < today - time::Duration::days(i64::from(max_days)) {
+                return Err(ApiError::invalid(
+                    "file.begin_date",
+                    "BACKDATE_TOO_FAR",
+                    format!("a file in capacity {capacity} may begin at most {max_days} days before today"),
+                ));
+            }
             let ends = if file.end_date.is_empty() {
                 None
             } else {
@@ -277,13 +256,16 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 closed_at: None,
             };
             let persons = broker.store().persons().clone();
-            persons.put_file(&stored)?;
+            {
+                let (persons, f) = (persons.clone(), stored.clone());
+                blocking(move || persons.put_file(&f)).await?;
+            }
             change.detail = file_detail(&stored);
             let undo = {
                 let f = stored.clone();
                 Box::new(move || {
                     let _ = persons.delete_file(&f);
-                }) as Box<dyn FnOnce() + Send>
+                }) as Undo
             };
             Ok((stored, undo))
         })
@@ -301,7 +283,7 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         let caller = self.broker.admit(&req).await?;
         let broker = &self.broker;
         let msg = req.into_inner();
-        let (file, request_id) = audited(broker, &caller, async |change: &mut Change| {
+        let (file, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("citizen", &msg.citizen)?;
             change.citizen = Some(given);
             let resolved = broker.resolve(&given)?;
@@ -340,12 +322,15 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             let mut after = before.clone();
             after.ends = Some(before.ends.map_or(end, |e| e.min(end)));
             after.closed_at = Some(now);
-            persons.put_file(&after)?;
+            {
+                let (persons, f) = (persons.clone(), after.clone());
+                blocking(move || persons.put_file(&f)).await?;
+            }
             change.reference = after.consumer_reference.clone();
             change.detail = file_detail(&after);
             let undo = Box::new(move || {
                 let _ = persons.put_file(&before);
-            }) as Box<dyn FnOnce() + Send>;
+            }) as Undo;
             Ok((after, undo))
         })
         .await?;
@@ -381,57 +366,116 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         let caller = self.broker.admit(&req).await?;
         let broker = &self.broker;
         let msg = req.into_inner();
-        let ((), request_id) = audited(broker, &caller, async |change: &mut Change| {
-            // Only the operator, or the organisation that publishes the
-            // register, may say that a number changed.
-            let register = broker
-                .snapshot()
-                .routes
-                .get(broker.register_dataset())
-                .map(|r| r.dataset.source);
-            if !caller.has(UserRole::Admin) && register != Some(caller.org.kbo) {
-                return Err(ApiError::denied(
-                    "OTHER_ORGANISATION",
-                    "only the register's organisation (or the operator) records replaced numbers",
-                ));
-            }
-            let old = parse_citizen("old_number", &msg.old_number)?;
-            let new = parse_citizen("new_number", &msg.new_number)?;
-            change.citizen = Some(new);
-            change.citizen_as_given = Some(old);
-            let now = OffsetDateTime::now_utc();
-            let replaced_on = if msg.replaced_on.is_empty() {
-                brussels_today(now)
-            } else {
-                parse_date("replaced_on", &msg.replaced_on)?
-            };
-            broker
-                .store()
-                .persons()
-                .replace(&NumberReplacement {
-                    old,
-                    new,
-                    replaced_on,
-                    registered_by: caller.org.kbo,
-                    registered_at: now,
-                })
-                .map_err(|e| match e {
-                    semel_store::StoreError::Conflict(m) => {
-                        ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
-                    }
-                    other => other.into(),
-                })?;
-            change.detail = format!("number replaced on {}", format_date(replaced_on));
-            // A replacement is not undone: the register's word stands, and
-            // the entry's absence is reported to the caller, who retries
-            // (the same replacement again is accepted).
-            Ok(((), Box::new(|| {}) as Box<dyn FnOnce() + Send>))
-        })
-        .await?;
+        let ((), request_id) = broker
+            .audited(&caller, async |change: &mut Change| {
+                speaks_for_the_register(broker, &caller)?;
+                let old = parse_citizen("old_number", &msg.old_number)?;
+                let new = parse_citizen("new_number", &msg.new_number)?;
+                change.citizen = Some(new);
+                change.citizen_as_given = Some(old);
+                let now = OffsetDateTime::now_utc();
+                let replaced_on = if msg.replaced_on.is_empty() {
+                    brussels_today(now)
+                } else {
+                    parse_date("replaced_on", &msg.replaced_on)?
+                };
+                broker
+                    .store()
+                    .persons()
+                    .replace(&NumberReplacement {
+                        old,
+                        new,
+                        replaced_on,
+                        registered_by: caller.org.kbo,
+                        registered_at: now,
+                    })
+                    .map_err(|e| match e {
+                        semel_store::StoreError::Conflict(m) => {
+                            ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
+                        }
+                        other => other.into(),
+                    })?;
+                change.detail = format!("number replaced on {}", format_date(replaced_on));
+                // A replacement is not undone: the register's word stands, and
+                // the entry's absence is reported to the caller, who retries
+                // (the same replacement again is accepted).
+                Ok(((), nothing_to_undo()))
+            })
+            .await?;
         Ok(Response::new(proto::ReplaceNationalNumberResponse {
             request_id,
         }))
     }
+
+    async fn undo_number_replacement(
+        &self,
+        req: Request<proto::UndoNumberReplacementRequest>,
+    ) -> Result<Response<proto::UndoNumberReplacementResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let broker = &self.broker;
+        let msg = req.into_inner();
+        let (removed, request_id) = broker
+            .audited(&caller, async |change: &mut Change| {
+                speaks_for_the_register(broker, &caller)?;
+                let old = parse_citizen("old_number", &msg.old_number)?;
+                change.citizen_as_given = Some(old);
+                let reason = msg.reason.trim().to_owned();
+                if reason.is_empty()
+                    || reason.chars().count() > 256
+                    || reason.chars().any(char::is_control)
+                {
+                    return Err(ApiError::invalid(
+                        "reason",
+                        "INVALID_ARGUMENT",
+                        "reason is required: 1 to 256 printable characters",
+                    ));
+                }
+                let persons = broker.store().persons().clone();
+                let undone = {
+                    let persons = persons.clone();
+                    blocking(move || persons.unreplace(&old)).await?
+                };
+                let Some(removed) = undone else {
+                    return Err(ApiError::not_found(
+                        "NOT_FOUND",
+                        "this number was not replaced by another; nothing to undo",
+                    ));
+                };
+                change.citizen = Some(removed.new);
+                change.detail = format!(
+                    "replacement of {} taken back: {}",
+                    format_date(removed.replaced_on),
+                    semel_core::redact_national_numbers(&reason)
+                );
+                let again = removed.clone();
+                let undo = Box::new(move || {
+                    let _ = persons.replace(&again);
+                }) as Undo;
+                Ok((removed, undo))
+            })
+            .await?;
+        Ok(Response::new(proto::UndoNumberReplacementResponse {
+            new_number: removed.new.as_str().to_owned(),
+            request_id,
+        }))
+    }
+}
+
+/// Only the operator, or the organisation that publishes the register, may
+/// say that a number changed (or take that back).
+fn speaks_for_the_register(broker: &Broker, caller: &Caller) -> Result<(), ApiError> {
+    let register = broker
+        .snapshot()
+        .routes
+        .get(broker.register_dataset())
+        .map(|r| r.dataset.source);
+    if !caller.has(UserRole::Admin) && register != Some(caller.org.kbo) {
+        return Err(ApiError::denied(
+            "OTHER_ORGANISATION",
+            "only the register's organisation (or the operator) records replaced numbers",
+        ));
+    }
+    Ok(())
 }
 
 fn channel_to_proto(c: ConsentChannel) -> i32 {
@@ -510,7 +554,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let caller = self.broker.admit(&req).await?;
         let broker = &self.broker;
         let c = req.into_inner().consent.unwrap_or_default();
-        let (consent, request_id) = audited(broker, &caller, async |change: &mut Change| {
+        let (consent, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("consent.citizen", &c.citizen)?;
             change.citizen = Some(given);
             let resolved = broker.resolve(&given)?;
@@ -575,6 +619,36 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                         "a consent given at a counter needs the reference of its evidence (the signed form you keep)",
                     ));
                 }
+                // The citizen's withdrawal stands until the citizen gives
+                // consent again: an agent cannot register it back.
+                let org = caller.org.kbo;
+                let overlaps = |d: &BTreeSet<DatasetName>| {
+                    d.is_empty() || datasets.is_empty() || d.iter().any(|x| datasets.contains(x))
+                };
+                let now = OffsetDateTime::now_utc();
+                let existing = broker.store().persons().consents_of(&resolved)?;
+                let concerns = |x: &&Consent| {
+                    x.consumer.is_none_or(|k| k == org) && x.purpose == purpose && overlaps(&x.datasets)
+                };
+                let withdrawn = existing
+                    .iter()
+                    .filter(concerns)
+                    .filter_map(|x| x.withdrawn_by_citizen(now))
+                    .max();
+                if let Some(w) = withdrawn {
+                    let given_again = existing.iter().filter(concerns).any(|x| {
+                        x.channel == ConsentChannel::Portal
+                            && x.given_at > w
+                            && x.state(now) == semel_core::ConsentState::Valid
+                    });
+                    if !given_again {
+                        return Err(ApiError::new(
+                            Code::FailedPrecondition,
+                            "CONSENT_WITHDRAWN_BY_CITIZEN",
+                            "the citizen withdrew this consent; only the citizen can give it again (on a citizen portal)",
+                        ));
+                    }
+                }
                 (
                     ConsentChannel::Counter,
                     Some(caller.org.kbo),
@@ -609,15 +683,19 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 evidence,
                 expires_at,
                 withdrawn_at: None,
+                withdrawn_through: None,
             };
             let persons = broker.store().persons().clone();
-            persons.put_consent(&consent)?;
+            {
+                let (persons, c) = (persons.clone(), consent.clone());
+                blocking(move || persons.put_consent(&c)).await?;
+            }
             change.detail = consent_detail(&consent);
             let undo = {
                 let c = consent.clone();
                 Box::new(move || {
                     let _ = persons.delete_consent(&c);
-                }) as Box<dyn FnOnce() + Send>
+                }) as Undo
             };
             Ok((consent, undo))
         })
@@ -635,7 +713,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let caller = self.broker.admit(&req).await?;
         let broker = &self.broker;
         let msg = req.into_inner();
-        let (consent, request_id) = audited(broker, &caller, async |change: &mut Change| {
+        let (consent, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("citizen", &msg.citizen)?;
             change.citizen = Some(given);
             let resolved = broker.resolve(&given)?;
@@ -670,12 +748,20 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             let mut after = before.clone();
             if after.withdrawn_at.is_none() {
                 after.withdrawn_at = Some(OffsetDateTime::now_utc());
-                persons.put_consent(&after)?;
+                // The citizen's own withdrawal outweighs any consent an
+                // agent registers later; an agent's does not.
+                after.withdrawn_through = Some(if caller.has(UserRole::Citizen) {
+                    ConsentChannel::Portal
+                } else {
+                    ConsentChannel::Counter
+                });
+                let (persons, c) = (persons.clone(), after.clone());
+                blocking(move || persons.put_consent(&c)).await?;
             }
             change.detail = format!("{} withdrawn", consent_detail(&after));
             let undo = Box::new(move || {
                 let _ = persons.put_consent(&before);
-            }) as Box<dyn FnOnce() + Send>;
+            }) as Undo;
             Ok((after, undo))
         })
         .await?;
@@ -690,40 +776,72 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         req: Request<proto::ListConsentsRequest>,
     ) -> Result<Response<proto::ListConsentsResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
-        let resolved = self.broker.resolve(&citizen)?;
-        let own = is_own(&caller, &resolved);
-        // A citizen sees their own; an auditor of a supervisory body all;
-        // a consumer (or another auditor) those that concern its organisation.
-        let everything = own || caller.audits_everything();
-        if caller.has(UserRole::Citizen)
-            && !own
-            && !caller.has(UserRole::Consumer)
-            && !caller.has(UserRole::Auditor)
-        {
-            let error = ApiError::denied(
-                "CITIZEN_MISMATCH",
-                "a citizen can only see their own consents",
-            );
-            return Err(self
-                .broker
-                .refuse(&caller, error, ReasonCode::CitizenMismatch, None)
-                .await
-                .into());
-        }
-        let org = caller.org.kbo;
-        let mut consents: Vec<Consent> = self
-            .broker
-            .store()
-            .persons()
-            .consents_of(&resolved)
-            .map_err(ApiError::from)?
-            .into_iter()
-            .filter(|c| {
-                everything || c.consumer.is_none_or(|k| k == org) || c.registered_through == org
-            })
-            .collect();
-        consents.sort_by_key(|c| std::cmp::Reverse(c.given_at));
+        let broker = &self.broker;
+        let given = req.into_inner().citizen;
+        // Reading a citizen's consents is reading personal data: recorded,
+        // unless the citizen reads their own.
+        let read = async |change: &mut Change| {
+            let citizen = parse_citizen("citizen", &given)?;
+            change.citizen = Some(citizen);
+            let resolved = broker.resolve(&citizen)?;
+            change.citizen = Some(resolved.current);
+            change.citizen_as_given = resolved.given;
+            let org = caller.org.kbo;
+            let own = is_own(&caller, &resolved);
+            let persons = broker.store().persons().clone();
+            // Who sees which: the citizen all of theirs; a supervisory
+            // auditor all; a consumer with an active file on the citizen those
+            // given to it (or to any consumer) or registered at its counter;
+            // another organisation's auditor those given to or registered by
+            // its organisation.
+            let scope: Box<dyn Fn(&Consent) -> bool + Send> = if own || caller.audits_everything() {
+                Box::new(|_| true)
+            } else if caller.has(UserRole::Consumer) && {
+                let r = resolved.clone();
+                let p = persons.clone();
+                let now = OffsetDateTime::now_utc();
+                let today = brussels_today(now);
+                blocking(move || p.files_of(&org, &r))
+                    .await?
+                    .iter()
+                    .any(|f| f.covers(today) && f.open_at(now))
+            } {
+                Box::new(move |c| {
+                    c.consumer.is_none_or(|k| k == org) || c.registered_through == org
+                })
+            } else if caller.has(UserRole::Auditor) {
+                Box::new(move |c| c.consumer == Some(org) || c.registered_through == org)
+            } else if caller.has(UserRole::Consumer) {
+                return Err(ApiError::denied(
+                    "NO_ACTIVE_FILE",
+                    "your organisation holds no active file on this citizen; register the file first (PersonsService.RegisterFile)",
+                ));
+            } else {
+                return Err(ApiError::denied(
+                    "CITIZEN_MISMATCH",
+                    "a citizen can only see their own consents",
+                ));
+            };
+            let r = resolved.clone();
+            let mut consents: Vec<Consent> = blocking(move || persons.consents_of(&r))
+                .await?
+                .into_iter()
+                .filter(|c| scope(c))
+                .collect();
+            consents.sort_by_key(|c| std::cmp::Reverse(c.given_at));
+            change.detail = format!("{} consents listed", consents.len());
+            Ok((consents, nothing_to_undo()))
+        };
+        let own_read = caller.has(UserRole::Citizen)
+            && parse_citizen("citizen", &given)
+                .ok()
+                .and_then(|c| broker.resolve(&c).ok())
+                .is_some_and(|r| is_own(&caller, &r));
+        let consents = if own_read {
+            read(&mut Change::default()).await?.0
+        } else {
+            broker.audited(&caller, read).await?.0
+        };
         Ok(Response::new(proto::ListConsentsResponse {
             consents: consents.iter().map(consent_to_proto).collect(),
         }))

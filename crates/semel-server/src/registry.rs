@@ -6,12 +6,13 @@
 use std::sync::Arc;
 
 use semel_core::{
-    AuthorisationStatus, CertificateId, Kbo, OrganisationStatus, ReasonCode, RevokedCertificate,
-    Role, UserRole,
+    AuthorisationStatus, CertificateId, Kbo, OrganisationStatus, RevokedCertificate, Role, UserRole,
 };
+use semel_store::RegistryUndo;
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
+use crate::audited::{Change, Undo, nothing_to_undo};
 use crate::convert::*;
 use crate::error::ApiError;
 use crate::proto::{self, registry_service_server::RegistryService as Rpc};
@@ -26,20 +27,34 @@ impl RegistryService {
         RegistryService { broker }
     }
 
-    /// Runs a registry change under the admin lock, then reloads the snapshot.
-    async fn change<T: Send + 'static>(
+    /// Applies a registry write and reloads the snapshot. The caller holds
+    /// the admin lock, through the audit entry's append, so the undo (used
+    /// when the entry cannot be made durable) finds the record as it left it.
+    async fn apply<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&semel_store::Registry) -> Result<T, ApiError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let _guard = self.broker.admin.lock().await;
+        f: impl FnOnce(&semel_store::Registry) -> Result<(T, Option<RegistryUndo>), ApiError>
+        + Send
+        + 'static,
+    ) -> Result<(T, Undo), ApiError> {
         let broker = self.broker.clone();
-        tokio::task::spawn_blocking(move || {
+        let (out, undo) = tokio::task::spawn_blocking(move || {
             let out = f(broker.store().registry())?;
             broker.reload()?;
-            Ok(out)
+            Ok::<_, ApiError>(out)
         })
         .await
-        .map_err(|e| ApiError::internal(format!("registry change failed: {e}")))?
+        .map_err(|e| ApiError::internal(format!("registry change failed: {e}")))??;
+        let broker = self.broker.clone();
+        let undo: Undo = match undo {
+            None => nothing_to_undo(),
+            Some(u) => Box::new(move || {
+                if let Err(e) = broker.store().registry().undo(&u) {
+                    tracing::error!(error = %e, "a registry change whose audit entry failed could not be undone");
+                }
+                let _ = broker.reload();
+            }),
+        };
+        Ok((out, undo))
     }
 }
 
@@ -79,18 +94,29 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreateOrganisationRequest>,
     ) -> Result<Response<proto::CreateOrganisationResponse>, Status> {
-        self.broker.admit(&req).await?;
-        let org = organisation_from_proto(
-            required("organisation", req.into_inner().organisation)?,
-            OffsetDateTime::now_utc(),
-        )?;
-        let stored = self
-            .change(move |reg| {
-                if reg.organisation(&org.kbo)?.is_some() {
-                    return Err(exists(&format!("organisation {}", org.kbo)));
-                }
-                reg.put_organisation(&org)?;
-                Ok(org)
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let org = organisation_from_proto(
+                    required("organisation", req.into_inner().organisation)?,
+                    OffsetDateTime::now_utc(),
+                )?;
+                c.detail = format!(
+                    "organisation {} ({}) registered with roles {}",
+                    org.kbo,
+                    org.name,
+                    roles_text(&org.roles)
+                );
+                self.apply(move |reg| {
+                    if reg.organisation(&org.kbo)?.is_some() {
+                        return Err(exists(&format!("organisation {}", org.kbo)));
+                    }
+                    reg.put_organisation(&org)?;
+                    Ok((org.clone(), Some(RegistryUndo::Organisation(org.kbo, None))))
+                })
+                .await
             })
             .await?;
         tracing::info!(kbo = stored.kbo.as_str(), "organisation registered");
@@ -134,12 +160,17 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::SuspendOrganisationRequest>,
     ) -> Result<Response<proto::SuspendOrganisationResponse>, Status> {
-        self.broker.admit(&req).await?;
+        let caller = self.broker.admit(&req).await?;
         let msg = req.into_inner();
-        let kbo = parse_kbo("kbo", &msg.kbo)?;
         let org = self
-            .set_org_status(kbo, OrganisationStatus::Suspended)
+            .set_org_status(
+                &caller,
+                &msg.kbo,
+                OrganisationStatus::Suspended,
+                &msg.reason,
+            )
             .await?;
+        let kbo = org.kbo;
         tracing::warn!(kbo = kbo.as_str(), reason = %semel_core::redact_national_numbers(&msg.reason), "organisation suspended");
         Ok(Response::new(proto::SuspendOrganisationResponse {
             organisation: Some(organisation_to_proto(&org)),
@@ -150,9 +181,11 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ReinstateOrganisationRequest>,
     ) -> Result<Response<proto::ReinstateOrganisationResponse>, Status> {
-        self.broker.admit(&req).await?;
-        let kbo = parse_kbo("kbo", &req.get_ref().kbo)?;
-        let org = self.set_org_status(kbo, OrganisationStatus::Active).await?;
+        let caller = self.broker.admit(&req).await?;
+        let org = self
+            .set_org_status(&caller, &req.get_ref().kbo, OrganisationStatus::Active, "")
+            .await?;
+        let kbo = org.kbo;
         tracing::info!(kbo = kbo.as_str(), "organisation reinstated");
         Ok(Response::new(proto::ReinstateOrganisationResponse {
             organisation: Some(organisation_to_proto(&org)),
@@ -164,41 +197,67 @@ impl Rpc for RegistryService {
         req: Request<proto::CreateDatasetRequest>,
     ) -> Result<Response<proto::CreateDatasetResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let dataset = dataset_from_proto(required("dataset", req.into_inner().dataset)?)?;
-        if !caller.has(UserRole::Admin) && dataset.source != caller.org.kbo {
-            let error = ApiError::denied(
-                "OTHER_ORGANISATION",
-                "a source registers its own datasets only: source_kbo must be your organisation",
-            );
-            return Err(self
-                .broker
-                .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
-                .await
-                .into());
-        }
-        let snapshot = self.broker.snapshot();
-        match snapshot.organisations.get(&dataset.source) {
-            Some(o) if o.roles.contains(&Role::Source) => {}
-            Some(_) => {
-                return Err(precondition(
-                    "NOT_A_SOURCE",
-                    format!(
-                        "organisation {} is not registered as a source",
-                        dataset.source
-                    ),
-                )
-                .into());
-            }
-            None => return Err(unknown_org(&dataset.source).into()),
-        }
-        drop(snapshot);
-        let stored = self
-            .change(move |reg| {
-                if reg.datasets()?.iter().any(|d| d.name == dataset.name) {
-                    return Err(exists(&format!("dataset {}", dataset.name)));
+        let _guard = self.broker.admin.lock().await;
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let dataset = dataset_from_proto(required("dataset", req.into_inner().dataset)?)?;
+                c.dataset = dataset.name.to_string();
+                c.source = Some(dataset.source);
+                if !caller.has(UserRole::Admin) && dataset.source != caller.org.kbo {
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "a source registers its own datasets only: source_kbo must be your organisation",
+                    ));
                 }
-                reg.put_dataset(&dataset)?;
-                Ok(dataset)
+                // The register's dataset carries the right to replace
+                // national numbers: only the operator publishes it.
+                if &dataset.name == self.broker.register_dataset() && !caller.has(UserRole::Admin) {
+                    return Err(ApiError::denied(
+                        "REGISTER_DATASET_RESERVED",
+                        format!(
+                            "{} is the register of persons on this broker; only the operator publishes it",
+                            dataset.name
+                        ),
+                    ));
+                }
+                {
+                    let snapshot = self.broker.snapshot();
+                    match snapshot.organisations.get(&dataset.source) {
+                        Some(o) if o.roles.contains(&Role::Source) => {}
+                        Some(_) => {
+                            return Err(precondition(
+                                "NOT_A_SOURCE",
+                                format!(
+                                    "organisation {} is not registered as a source",
+                                    dataset.source
+                                ),
+                            ));
+                        }
+                        None => return Err(unknown_org(&dataset.source)),
+                    }
+                }
+                c.detail = format!(
+                    "dataset {} of {} registered: fields {}; endpoint {}",
+                    dataset.name,
+                    dataset.source,
+                    dataset
+                        .fields
+                        .iter()
+                        .map(|f| f.name.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    dataset.endpoint
+                );
+                self.apply(move |reg| {
+                    if reg.datasets()?.iter().any(|d| d.name == dataset.name) {
+                        return Err(exists(&format!("dataset {}", dataset.name)));
+                    }
+                    reg.put_dataset(&dataset)?;
+                    let undo = RegistryUndo::Dataset(dataset.name.clone(), None);
+                    Ok((dataset, Some(undo)))
+                })
+                .await
             })
             .await?;
         tracing::info!(dataset = %stored.name, "dataset registered");
@@ -248,67 +307,33 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreateAuthorisationRequest>,
     ) -> Result<Response<proto::CreateAuthorisationResponse>, Status> {
-        self.broker.admit(&req).await?;
-        let auth = authorisation_from_proto(
-            required("authorisation", req.into_inner().authorisation)?,
-            OffsetDateTime::now_utc(),
-        )?;
-        let snapshot = self.broker.snapshot();
-        match snapshot.organisations.get(&auth.consumer) {
-            Some(o) if o.roles.contains(&Role::Consumer) => {}
-            Some(_) => {
-                return Err(precondition(
-                    "NOT_A_CONSUMER",
-                    format!(
-                        "organisation {} is not registered as a consumer",
-                        auth.consumer
-                    ),
-                )
-                .into());
-            }
-            None => return Err(unknown_org(&auth.consumer).into()),
-        }
-        if !snapshot.purposes.contains_key(auth.purpose.as_str()) {
-            return Err(precondition(
-                "UNKNOWN_PURPOSE",
-                format!(
-                    "there is no purpose {} in the catalogue; add it with CreatePurpose first",
-                    auth.purpose
-                ),
-            )
-            .into());
-        }
-        let route = snapshot.routes.get(&auth.dataset).ok_or_else(|| {
-            ApiError::not_found(
-                "UNKNOWN_DATASET",
-                format!("there is no dataset named {}", auth.dataset),
-            )
-        })?;
-        if let Some(f) = auth
-            .fields
-            .iter()
-            .chain(&auth.check_fields)
-            .find(|f| route.dataset.field(f.as_str()).is_none())
-        {
-            return Err(ApiError::invalid(
-                "authorisation.fields",
-                "UNKNOWN_FIELD",
-                format!("dataset {} has no field {f}", auth.dataset),
-            )
-            .into());
-        }
-        drop(snapshot);
-        let stored = self
-            .change(move |reg| {
-                if reg
-                    .authorisations()?
-                    .iter()
-                    .any(|a| a.reference == auth.reference)
-                {
-                    return Err(exists(&format!("authorisation {}", auth.reference)));
-                }
-                reg.put_authorisation(&auth)?;
-                Ok(auth)
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let auth = authorisation_from_proto(
+                    required("authorisation", req.into_inner().authorisation)?,
+                    OffsetDateTime::now_utc(),
+                )?;
+                c.authorisation = Some(auth.reference.to_string());
+                c.dataset = auth.dataset.to_string();
+                c.purpose = auth.purpose.to_string();
+                check_authorisation(&self.broker.snapshot(), &auth)?;
+                c.detail = format!("authorisation recorded: {}", authorisation_text(&auth));
+                self.apply(move |reg| {
+                    if reg
+                        .authorisations()?
+                        .iter()
+                        .any(|a| a.reference == auth.reference)
+                    {
+                        return Err(exists(&format!("authorisation {}", auth.reference)));
+                    }
+                    reg.put_authorisation(&auth)?;
+                    let undo = RegistryUndo::Authorisation(Box::new(auth.clone()), None);
+                    Ok((auth, Some(undo)))
+                })
+                .await
             })
             .await?;
         tracing::info!(reference = %stored.reference, "authorisation recorded");
@@ -363,10 +388,15 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::SuspendAuthorisationRequest>,
     ) -> Result<Response<proto::SuspendAuthorisationResponse>, Status> {
-        self.broker.admit(&req).await?;
+        let caller = self.broker.admit(&req).await?;
         let msg = req.into_inner();
         let auth = self
-            .set_auth_status(msg.reference.clone(), AuthorisationStatus::Suspended)
+            .set_auth_status(
+                &caller,
+                msg.reference.clone(),
+                AuthorisationStatus::Suspended,
+                &msg.reason,
+            )
             .await?;
         tracing::warn!(reference = %auth.reference, reason = %semel_core::redact_national_numbers(&msg.reason), "authorisation suspended");
         Ok(Response::new(proto::SuspendAuthorisationResponse {
@@ -378,9 +408,14 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::ReinstateAuthorisationRequest>,
     ) -> Result<Response<proto::ReinstateAuthorisationResponse>, Status> {
-        self.broker.admit(&req).await?;
+        let caller = self.broker.admit(&req).await?;
         let auth = self
-            .set_auth_status(req.into_inner().reference, AuthorisationStatus::Active)
+            .set_auth_status(
+                &caller,
+                req.into_inner().reference,
+                AuthorisationStatus::Active,
+                "",
+            )
             .await?;
         tracing::info!(reference = %auth.reference, "authorisation reinstated");
         Ok(Response::new(proto::ReinstateAuthorisationResponse {
@@ -392,15 +427,26 @@ impl Rpc for RegistryService {
         &self,
         req: Request<proto::CreatePurposeRequest>,
     ) -> Result<Response<proto::CreatePurposeResponse>, Status> {
-        self.broker.admit(&req).await?;
-        let purpose = purpose_from_proto(required("purpose", req.into_inner().purpose)?)?;
-        let stored = self
-            .change(move |reg| {
-                if reg.purposes()?.iter().any(|p| p.code == purpose.code) {
-                    return Err(exists(&format!("purpose {}", purpose.code)));
-                }
-                reg.put_purpose(&purpose)?;
-                Ok(purpose)
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let purpose = purpose_from_proto(required("purpose", req.into_inner().purpose)?)?;
+                c.purpose = purpose.code.to_string();
+                c.detail = format!(
+                    "purpose {} added: {} (legal basis: {})",
+                    purpose.code, purpose.description, purpose.legal_basis
+                );
+                self.apply(move |reg| {
+                    if reg.purposes()?.iter().any(|p| p.code == purpose.code) {
+                        return Err(exists(&format!("purpose {}", purpose.code)));
+                    }
+                    reg.put_purpose(&purpose)?;
+                    let undo = RegistryUndo::Purpose(purpose.code.clone(), None);
+                    Ok((purpose, Some(undo)))
+                })
+                .await
             })
             .await?;
         tracing::info!(purpose = %stored.code, "purpose added to the catalogue");
@@ -425,51 +471,27 @@ impl Rpc for RegistryService {
         req: Request<proto::RevokeCertificateRequest>,
     ) -> Result<Response<proto::RevokeCertificateResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let proto::RevokeCertificateRequest {
-            sha256_fingerprint,
-            serial_number,
-            reason,
-        } = req.into_inner();
-        let id = match (sha256_fingerprint.is_empty(), serial_number.is_empty()) {
-            (false, true) => CertificateId::sha256(&sha256_fingerprint).map_err(|e| {
-                ApiError::invalid(
-                    "sha256_fingerprint",
-                    "INVALID_ARGUMENT",
-                    format!("sha256_fingerprint: {e}"),
-                )
-            })?,
-            (true, false) => CertificateId::serial(&serial_number).map_err(|e| {
-                ApiError::invalid(
-                    "serial_number",
-                    "INVALID_ARGUMENT",
-                    format!("serial_number: {e}"),
-                )
-            })?,
-            _ => {
-                return Err(ApiError::invalid(
-                    "sha256_fingerprint",
-                    "INVALID_ARGUMENT",
-                    "give exactly one of sha256_fingerprint and serial_number",
-                )
-                .into());
-            }
-        };
-        let reason = reason.trim().to_owned();
-        if reason.is_empty() || reason.chars().count() > 256 {
-            return Err(ApiError::invalid(
-                "reason",
-                "INVALID_ARGUMENT",
-                "reason is required, at most 256 characters",
-            )
-            .into());
-        }
-        let revoked = RevokedCertificate {
-            id,
-            reason: semel_core::redact_national_numbers(&reason).into_owned(),
-            revoked_at: OffsetDateTime::now_utc(),
-        };
-        let stored = self
-            .change(move |reg| Ok(reg.revoke_certificate(&revoked)?))
+        let _guard = self.broker.admin.lock().await;
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let revoked = revocation_from_proto(req.into_inner())?;
+                c.detail = format!(
+                    "certificate {} revoked: {}",
+                    revoked.id.key(),
+                    revoked.reason
+                );
+                self.apply(move |reg| {
+                    let existed = reg
+                        .revoked_certificates()?
+                        .iter()
+                        .any(|r| r.id == revoked.id);
+                    let stored = reg.revoke_certificate(&revoked)?;
+                    let undo = (!existed).then(|| RegistryUndo::Revocation(stored.id.clone()));
+                    Ok((stored, undo))
+                })
+                .await
+            })
             .await?;
         tracing::warn!(certificate = %stored.id.key(), by = caller.org.kbo.as_str(), "certificate revoked");
         Ok(Response::new(proto::RevokeCertificateResponse {
@@ -514,50 +536,285 @@ fn visible(
 impl RegistryService {
     async fn set_org_status(
         &self,
-        kbo: Kbo,
+        caller: &crate::state::Caller,
+        kbo: &str,
         status: OrganisationStatus,
+        reason: &str,
     ) -> Result<semel_core::Organisation, ApiError> {
-        self.change(move |reg| {
-            let mut org = reg.organisation(&kbo)?.ok_or_else(|| unknown_org(&kbo))?;
-            org.status = status;
-            reg.put_organisation(&org)?;
-            Ok(org)
-        })
-        .await
+        let _guard = self.broker.admin.lock().await;
+        let reason = semel_core::redact_national_numbers(reason.trim()).into_owned();
+        self.broker
+            .audited(caller, async |c: &mut Change| {
+                let kbo = parse_kbo("kbo", kbo)?;
+                c.detail = format!(
+                    "organisation {kbo} {}{}",
+                    match status {
+                        OrganisationStatus::Suspended => "suspended",
+                        OrganisationStatus::Active => "reinstated",
+                    },
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {reason}")
+                    }
+                );
+                self.apply(move |reg| {
+                    let before = reg.organisation(&kbo)?.ok_or_else(|| unknown_org(&kbo))?;
+                    let mut org = before.clone();
+                    org.status = status;
+                    reg.put_organisation(&org)?;
+                    Ok((org, Some(RegistryUndo::Organisation(kbo, Some(before)))))
+                })
+                .await
+            })
+            .await
+            .map(|(org, _)| org)
     }
 
     async fn set_auth_status(
         &self,
+        caller: &crate::state::Caller,
         reference: String,
         status: AuthorisationStatus,
+        reason: &str,
     ) -> Result<semel_core::Authorisation, ApiError> {
-        self.change(move |reg| {
-            let mut auth = reg
-                .authorisations()?
-                .into_iter()
-                .find(|a| a.reference.as_str() == reference)
-                .ok_or_else(|| unknown_authorisation(&reference))?;
-            if auth.status == status {
-                return Ok(auth);
-            }
-            auth.status = status;
-            auth.version += 1;
-            auth.updated_at = OffsetDateTime::now_utc();
-            reg.put_authorisation(&auth)?;
-            Ok(auth)
-        })
-        .await
+        let _guard = self.broker.admin.lock().await;
+        let reason = semel_core::redact_national_numbers(reason.trim()).into_owned();
+        self.broker
+            .audited(caller, async |c: &mut Change| {
+                c.authorisation = Some(reference.chars().take(64).collect());
+                let word = match status {
+                    AuthorisationStatus::Suspended => "suspended",
+                    AuthorisationStatus::Active => "reinstated",
+                };
+                c.detail = if reason.is_empty() {
+                    format!("authorisation {word}")
+                } else {
+                    format!("authorisation {word}: {reason}")
+                };
+                self.apply(move |reg| {
+                    let before = reg
+                        .authorisations()?
+                        .into_iter()
+                        .find(|a| a.reference.as_str() == reference)
+                        .ok_or_else(|| unknown_authorisation(&reference))?;
+                    if before.status == status {
+                        return Ok((before, None));
+                    }
+                    let mut auth = before.clone();
+                    auth.status = status;
+                    auth.version += 1;
+                    auth.updated_at = OffsetDateTime::now_utc();
+                    reg.put_authorisation(&auth)?;
+                    let undo =
+                        RegistryUndo::Authorisation(Box::new(auth.clone()), Some(Box::new(before)));
+                    Ok((auth, Some(undo)))
+                })
+                .await
+            })
+            .await
+            .map(|(auth, _)| auth)
     }
 }
 
+/// Checks an authorisation against the registry: its consumer, purpose,
+/// dataset, fields and questions must exist.
+fn check_authorisation(
+    snapshot: &crate::state::Snapshot,
+    auth: &semel_core::Authorisation,
+) -> Result<(), ApiError> {
+    match snapshot.organisations.get(&auth.consumer) {
+        Some(o) if o.roles.contains(&Role::Consumer) => {}
+        Some(_) => {
+            return Err(precondition(
+                "NOT_A_CONSUMER",
+                format!(
+                    "organisation {} is not registered as a consumer",
+                    auth.consumer
+                ),
+            ));
+        }
+        None => return Err(unknown_org(&auth.consumer)),
+    }
+    if !snapshot.purposes.contains_key(auth.purpose.as_str()) {
+        return Err(precondition(
+            "UNKNOWN_PURPOSE",
+            format!(
+                "there is no purpose {} in the catalogue; add it with CreatePurpose first",
+                auth.purpose
+            ),
+        ));
+    }
+    let route = snapshot.routes.get(&auth.dataset).ok_or_else(|| {
+        ApiError::not_found(
+            "UNKNOWN_DATASET",
+            format!("there is no dataset named {}", auth.dataset),
+        )
+    })?;
+    if let Some(f) = auth
+        .fields
+        .iter()
+        .chain(&auth.check_fields)
+        .chain(auth.checks.iter().map(|r| &r.field))
+        .find(|f| route.dataset.field(f.as_str()).is_none())
+    {
+        return Err(ApiError::invalid(
+            "authorisation.fields",
+            "UNKNOWN_FIELD",
+            format!("dataset {} has no field {f}", auth.dataset),
+        ));
+    }
+    for f in &auth.check_fields {
+        if route.dataset.field(f.as_str()).is_some_and(|d| {
+            matches!(
+                d.field_type,
+                semel_core::FieldType::List | semel_core::FieldType::Record
+            )
+        }) {
+            return Err(ApiError::invalid(
+                "authorisation.check_fields",
+                "INVALID_CHECK",
+                format!(
+                    "{f} is a list or a record: name the question about it in checks, with its element"
+                ),
+            ));
+        }
+    }
+    // Each named question must be one the dataset can answer: its operand
+    // of the field's type, an element for a list and none for a scalar.
+    for r in &auth.checks {
+        let operand = r
+            .operand
+            .clone()
+            .unwrap_or(semel_core::Operand::Text(String::new()));
+        let key = semel_core::Operand::Text(String::new());
+        crate::checks::question(
+            &route.dataset,
+            r.field.clone(),
+            r.element.clone().map(|e| (e, key)),
+            if r.operand.is_some() {
+                r.op
+            } else {
+                semel_core::CheckOp::Equals
+            },
+            operand,
+        )
+        .map_err(|e| {
+            ApiError::invalid(
+                "authorisation.checks",
+                "INVALID_CHECK",
+                format!("question {}: {}", r.name, e.message),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// An authorisation in words, for its audit entry.
+fn authorisation_text(a: &semel_core::Authorisation) -> String {
+    let list = |i: &mut dyn Iterator<Item = String>| i.collect::<Vec<_>>().join(", ");
+    format!(
+        "{} v{} for {} on {} ({}), purpose {}, legal basis {}, fields [{}], check fields [{}], questions [{}], capacities [{}], consent {}, valid {} to {}{}",
+        a.reference,
+        a.version,
+        a.consumer,
+        a.dataset,
+        a.issuing_body,
+        a.purpose,
+        a.legal_basis,
+        list(&mut a.fields.iter().map(ToString::to_string)),
+        list(&mut a.check_fields.iter().map(ToString::to_string)),
+        list(&mut a.checks.iter().map(semel_core::CheckRule::describe)),
+        list(&mut a.capacities.iter().map(ToString::to_string)),
+        if a.consent_required {
+            "required"
+        } else {
+            "not required"
+        },
+        a.valid_from,
+        a.valid_until
+            .map_or_else(|| "open end".to_owned(), |d| d.to_string()),
+        a.confidential_until
+            .map(|d| format!(", confidential until {d}"))
+            .unwrap_or_default()
+    )
+}
+
+fn roles_text(roles: &std::collections::BTreeSet<Role>) -> String {
+    roles
+        .iter()
+        .map(|r| format!("{r:?}").to_lowercase())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn revocation_from_proto(
+    r: proto::RevokeCertificateRequest,
+) -> Result<RevokedCertificate, ApiError> {
+    let proto::RevokeCertificateRequest {
+        sha256_fingerprint,
+        serial_number,
+        reason,
+        issuer_name_sha256,
+    } = r;
+    let id = match (sha256_fingerprint.is_empty(), serial_number.is_empty()) {
+        (false, true) => CertificateId::sha256(&sha256_fingerprint).map_err(|e| {
+            ApiError::invalid(
+                "sha256_fingerprint",
+                "INVALID_ARGUMENT",
+                format!("sha256_fingerprint: {e}"),
+            )
+        })?,
+        (true, false) if issuer_name_sha256.trim().is_empty() => {
+            return Err(ApiError::invalid(
+                "issuer_name_sha256",
+                "INVALID_ARGUMENT",
+                "a serial number is unique per issuer only: give issuer_name_sha256 too (semel pki fingerprint prints it)",
+            ));
+        }
+        (true, false) => CertificateId::issued_serial(&issuer_name_sha256, &serial_number)
+            .map_err(|e| {
+                ApiError::invalid(
+                    "serial_number",
+                    "INVALID_ARGUMENT",
+                    format!("serial_number: {e}"),
+                )
+            })?,
+        _ => {
+            return Err(ApiError::invalid(
+                "sha256_fingerprint",
+                "INVALID_ARGUMENT",
+                "give exactly one of sha256_fingerprint and serial_number",
+            ));
+        }
+    };
+    let reason = reason.trim().to_owned();
+    if reason.is_empty() || reason.chars().count() > 256 {
+        return Err(ApiError::invalid(
+            "reason",
+            "INVALID_ARGUMENT",
+            "reason is required, at most 256 characters",
+        ));
+    }
+    Ok(RevokedCertificate {
+        id,
+        reason: semel_core::redact_national_numbers(&reason).into_owned(),
+        revoked_at: OffsetDateTime::now_utc(),
+    })
+}
+
 fn revoked_to_proto(r: &RevokedCertificate) -> proto::RevokedCertificate {
-    let (sha256_fingerprint, serial_number) = match &r.id {
-        CertificateId::Sha256(h) => (h.clone(), String::new()),
-        CertificateId::Serial(h) => (String::new(), h.clone()),
+    let (sha256_fingerprint, serial_number, issuer_name_sha256) = match &r.id {
+        CertificateId::Sha256(h) => (h.clone(), String::new(), String::new()),
+        CertificateId::Serial(h) => (String::new(), h.clone(), String::new()),
+        CertificateId::IssuedSerial { issuer, serial } => {
+            (String::new(), serial.clone(), issuer.clone())
+        }
     };
     proto::RevokedCertificate {
         sha256_fingerprint,
         serial_number,
+        issuer_name_sha256,
         reason: r.reason.clone(),
         revoked_at: Some(timestamp_micros(
             (r.revoked_at.unix_timestamp_nanos() / 1000) as i64,

@@ -215,6 +215,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             limits: config.limit_settings(),
             register_dataset: semel_core::DatasetName::new(config.sources.register_dataset.clone())
                 .context("sources.register_dataset")?,
+            persons: config.persons_settings(),
         },
         tokens,
     )?;
@@ -279,6 +280,7 @@ pub async fn serve_broker(
         .set_serving::<AuditServiceServer<AuditService>>()
         .await;
     let watch = tokio::spawn(watch_health(broker.clone(), health.clone()));
+    let summarising = tokio::spawn(summarise_refusals(broker.clone()));
     // Both reflection versions: older tools speak only v1alpha.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -330,6 +332,8 @@ pub async fn serve_broker(
         .await
         .context("serve gRPC")?;
     watch.abort();
+    summarising.abort();
+    broker.record_refusal_floods().await;
     reloading.abort();
     if let Some(a) = archiving {
         a.abort();
@@ -397,6 +401,17 @@ async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
             }
             Err(e) => tracing::error!(error = %e, "archiving task failed"),
         }
+    }
+}
+
+/// Records refused calls counted beyond organisations' budgets as summary
+/// entries, every ten seconds.
+async fn summarise_refusals(broker: Arc<Broker>) {
+    let mut interval = tokio::time::interval(Duration::from_secs(10));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        broker.record_refusal_floods().await;
     }
 }
 

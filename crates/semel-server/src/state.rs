@@ -16,7 +16,7 @@ use semel_store::Store;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ApiError;
-use crate::limits::{ConsumerLimits, LimitSettings, SourceGuard};
+use crate::limits::{ConsumerLimits, LimitSettings, QuestionLimiter, RefusalBudget, SourceGuard};
 use crate::permissions::{Rpc, Rule};
 use crate::proto::source_service_client::SourceServiceClient;
 use crate::tls::{PeerCertificate, PeerIdentity};
@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub authorisations: BTreeMap<String, Authorisation>,
     /// The purposes catalogue, by code.
     pub purposes: BTreeMap<String, Purpose>,
+    /// The capacities some authorisation names: those a file may have.
+    pub capacities: std::collections::BTreeSet<semel_core::CapacityCode>,
     /// Dataset, then consumer: looked up with borrowed keys, no allocation.
     by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>>,
     /// Revoked certificates, by fingerprint or serial.
@@ -55,13 +57,17 @@ impl Snapshot {
     }
 
     /// Whether a certificate has been revoked, by fingerprint or serial.
+    /// An intermediate CA revoked by fingerprint refuses every certificate
+    /// whose presented chain holds it.
     pub fn is_revoked(&self, cert: &PeerCertificate) -> bool {
         !self.revoked.is_empty()
             && (self.revoked.contains(&cert.fingerprint)
+                || cert.issuers.iter().any(|i| self.revoked.contains(i))
                 || cert
                     .serial
-                    .as_ref()
-                    .is_some_and(|s| self.revoked.contains(s)))
+                    .iter()
+                    .chain(&cert.legacy_serial)
+                    .any(|s| self.revoked.contains(s)))
     }
 }
 
@@ -74,6 +80,35 @@ pub struct SourceSettings {
     pub limits: LimitSettings,
     /// The dataset whose source is the register of persons.
     pub register_dataset: DatasetName,
+    pub persons: PersonsSettings,
+}
+
+/// The persons directory's rules for files.
+#[derive(Debug, Clone)]
+pub struct PersonsSettings {
+    /// How many days before its registration a file may begin.
+    pub max_backdate_days: u32,
+    /// The same, per capacity.
+    pub max_backdate_days_by_capacity: BTreeMap<String, u32>,
+}
+
+impl Default for PersonsSettings {
+    fn default() -> Self {
+        PersonsSettings {
+            max_backdate_days: 92,
+            max_backdate_days_by_capacity: BTreeMap::new(),
+        }
+    }
+}
+
+impl PersonsSettings {
+    /// How far back a file in this capacity may begin, in days.
+    pub fn max_backdate(&self, capacity: &str) -> u32 {
+        self.max_backdate_days_by_capacity
+            .get(capacity)
+            .copied()
+            .unwrap_or(self.max_backdate_days)
+    }
 }
 
 /// The caller of an RPC, once the certificate, the token and the
@@ -127,8 +162,17 @@ pub struct Broker {
     channels: Mutex<HashMap<String, Channel>>,
     guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
     pub(crate) consumer_limits: ConsumerLimits,
+    /// Different yes/no questions per consumer, citizen and field per day.
+    pub(crate) questions: QuestionLimiter,
+    /// Refused calls recorded one by one per organisation; the rest summarised.
+    pub(crate) refusals: RefusalBudget,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Serialises snapshot rebuilds: a rebuild reads the whole registry and
+    /// stores what it read, so two at once (a registry change and a
+    /// certificate reload) could store the older reading last and undo a
+    /// change the API had confirmed.
+    rebuild: Mutex<()>,
     pub metrics: Arc<crate::metrics::Metrics>,
     tokens: ArcSwap<TokenVerifier>,
 }
@@ -140,6 +184,8 @@ impl Broker {
         tokens: TokenVerifier,
     ) -> anyhow::Result<Arc<Self>> {
         let consumer_limits = ConsumerLimits::new(&sources.limits);
+        let questions = QuestionLimiter::new(&sources.limits);
+        let refusals = RefusalBudget::new(&sources.limits);
         let broker = Arc::new(Broker {
             store,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -148,7 +194,10 @@ impl Broker {
             channels: Mutex::new(HashMap::new()),
             guards: Mutex::new(HashMap::new()),
             consumer_limits,
+            questions,
+            refusals,
             admin: tokio::sync::Mutex::new(()),
+            rebuild: Mutex::new(()),
             metrics: Arc::default(),
             tokens: ArcSwap::from_pointee(tokens),
         });
@@ -170,6 +219,10 @@ impl Broker {
         &self.sources.limits
     }
 
+    pub fn persons_settings(&self) -> &PersonsSettings {
+        &self.sources.persons
+    }
+
     pub fn register_dataset(&self) -> &DatasetName {
         &self.sources.register_dataset
     }
@@ -181,12 +234,15 @@ impl Broker {
     /// Rebuilds the snapshot from the store. Channels to sources are kept
     /// across reloads when their endpoint did not change.
     pub fn reload(&self) -> Result<(), ApiError> {
+        let _rebuilding = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
         let reg = self.store.registry();
         let organisations = reg
             .organisations()?
             .into_iter()
             .map(|o| (o.kbo, Arc::new(o)))
             .collect();
+        #[cfg(test)]
+        rebuild_tests::after_reading();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let mut routes = BTreeMap::new();
         for dataset in reg.datasets()? {
@@ -216,6 +272,7 @@ impl Broker {
             );
         }
         let mut authorisations = BTreeMap::new();
+        let mut capacities = std::collections::BTreeSet::new();
         let mut by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>> =
             HashMap::new();
         for a in reg.authorisations()? {
@@ -225,6 +282,7 @@ impl Broker {
                 .entry(a.consumer)
                 .or_default()
                 .push(a.clone());
+            capacities.extend(a.capacities.iter().cloned());
             authorisations.insert(a.reference.as_str().to_owned(), a);
         }
         let purposes = reg
@@ -244,6 +302,7 @@ impl Broker {
             by_dataset_consumer,
             revoked,
             purposes,
+            capacities,
         }));
         Ok(())
     }
@@ -288,7 +347,15 @@ impl Broker {
     /// the permission matrix says whether their roles may call this RPC.
     /// This is the only place a caller's identity is made.
     pub fn authorize<T>(&self, request: &tonic::Request<T>) -> Result<Caller, Box<Denied>> {
-        let rule = request.extensions().get::<Rpc>().and_then(|r| r.0);
+        self.authorize_parts(&Credentials::of(request))
+    }
+
+    /// [`Broker::authorize`] from the parts of a call kept aside: a stream
+    /// re-checks them for every item, so a certificate revoked, a key
+    /// withdrawn, a token expired or an organisation suspended during the
+    /// stream stops covering the items that follow.
+    pub fn authorize_parts(&self, credentials: &Credentials<'_>) -> Result<Caller, Box<Denied>> {
+        let rule = credentials.rule;
         let operation = rule.map_or("unknown", |r| r.method);
         let deny = |error: ApiError,
                     reason,
@@ -302,7 +369,7 @@ impl Broker {
                 operation,
             })
         };
-        let peer = request.extensions().get::<Arc<PeerIdentity>>();
+        let peer = credentials.peer;
         let Some(cert) = peer.and_then(|p| p.certificate.as_ref()) else {
             return Err(deny(
                 ApiError::unauthenticated(
@@ -349,6 +416,17 @@ impl Broker {
                 None,
             ));
         };
+        if cert.expired_at(std::time::SystemTime::now()) {
+            return Err(deny(
+                ApiError::unauthenticated(
+                    "CERTIFICATE_EXPIRED",
+                    "this certificate has expired; connect again with your organisation's new certificate",
+                ),
+                ReasonCode::CertificateExpired,
+                Some(org),
+                None,
+            ));
+        }
         if org.status == OrganisationStatus::Suspended {
             return Err(deny(
                 ApiError::denied(
@@ -361,9 +439,10 @@ impl Broker {
             ));
         }
         let tokens = self.tokens.load();
-        let user = bearer(request)
+        let user = credentials
+            .token
             .ok_or(TokenError::Missing)
-            .and_then(|t| tokens.verify(t))
+            .and_then(|t| tokens.verify(t, cert.sha256))
             .map_err(|e| {
                 deny(
                     ApiError::unauthenticated(e.reason().as_str(), e.message(tokens.audience())),
@@ -440,6 +519,65 @@ impl Broker {
         }
     }
 
+    /// Whether a refusal of `org`'s gets its own audit entry: within the
+    /// organisation's budget of refusals it does; beyond it, it is counted
+    /// and recorded later as part of one summary entry, so that a flood of
+    /// refused calls (a revoked certificate, a caller without a token) cannot
+    /// fill the disk or citizens' views.
+    pub fn refusal_recorded_alone(&self, org: Kbo, reason: &'static str) -> bool {
+        let now = time::OffsetDateTime::now_utc();
+        self.refusals.admit(
+            org,
+            std::time::Instant::now(),
+            reason,
+            (now.unix_timestamp_nanos() / 1000) as i64,
+        )
+    }
+
+    /// Records the refusals counted beyond organisations' budgets, one
+    /// summary entry per organisation: how many, why, from when to when.
+    pub async fn record_refusal_floods(&self) {
+        let floods = self.refusals.take_floods();
+        let mut failed = Vec::new();
+        for (org, flood) in floods {
+            let mut record = blank_record(new_id(), REFUSALS_SUMMARY_OPERATION, org, None);
+            record.time_micros = flood.last_micros;
+            record.decision = AuditDecision::Refused;
+            let top = flood
+                .reasons
+                .iter()
+                .max_by_key(|(_, n)| **n)
+                .map(|(r, _)| *r);
+            record.reason = top.and_then(ReasonCode::parse);
+            record.detail = format!(
+                "{} refused calls not recorded one by one (over {} per second) between {} and {} (µs since the epoch): {}",
+                flood.count,
+                self.sources.limits.refusals_per_second,
+                flood.first_micros,
+                flood.last_micros,
+                flood
+                    .reasons
+                    .iter()
+                    .map(|(r, n)| format!("{r} ×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            if let Err(e) = self.store.audit().append(record).await {
+                tracing::error!(error = %e, "refusal summary not recorded: audit log unavailable");
+                failed.push((org, flood));
+            } else {
+                tracing::warn!(
+                    organisation = org.as_str(),
+                    refused = flood.count,
+                    "refused calls summarised in the audit log"
+                );
+            }
+        }
+        if !failed.is_empty() {
+            self.refusals.restore(failed);
+        }
+    }
+
     /// Records a refused call (when its organisation is known) and returns
     /// the error to send.
     pub async fn record_refusal(&self, denied: Denied, citizen: Option<Niss>) -> ApiError {
@@ -458,6 +596,9 @@ impl Broker {
             );
             return error;
         };
+        if !self.refusal_recorded_alone(org.kbo, error.reason) {
+            return error.with("audit", "summarised");
+        }
         let request_id = new_id();
         let mut record = blank_record(
             request_id,
@@ -540,6 +681,10 @@ impl Broker {
     }
 }
 
+/// The operation of an entry that summarises refused calls beyond an
+/// organisation's budget.
+pub const REFUSALS_SUMMARY_OPERATION: &str = "semel.broker/RefusedCallsSummary";
+
 /// An entry for a call other than a lookup, made now: allowed, about
 /// nobody, nothing forwarded, until the caller says otherwise.
 fn blank_record(
@@ -569,6 +714,25 @@ fn blank_record(
         citizen_as_given: None,
         checks: Vec::new(),
         detail: String::new(),
+    }
+}
+
+/// What identifies a call: the connection's certificate, the end user's
+/// token and the RPC. Kept by a stream to re-check every item.
+#[derive(Clone, Copy)]
+pub struct Credentials<'a> {
+    pub peer: Option<&'a Arc<PeerIdentity>>,
+    pub token: Option<&'a str>,
+    pub rule: Option<&'static Rule>,
+}
+
+impl<'a> Credentials<'a> {
+    pub fn of<T>(request: &'a tonic::Request<T>) -> Self {
+        Credentials {
+            peer: request.extensions().get::<Arc<PeerIdentity>>(),
+            token: bearer(request),
+            rule: request.extensions().get::<Rpc>().and_then(|r| r.0),
+        }
     }
 }
 
@@ -631,5 +795,91 @@ mod id_tests {
         // Another thread draws from its own keys.
         let other = std::thread::spawn(super::new_id).join().expect("thread");
         assert!(!distinct.contains(&other));
+    }
+}
+
+#[cfg(test)]
+mod rebuild_tests {
+    //! Two snapshot rebuilds at once (a registry change and a certificate
+    //! reload) must not store the older reading last.
+
+    use super::*;
+    use std::sync::mpsc;
+
+    type Hook = Box<dyn Fn() + Send>;
+    static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
+
+    /// Called by `reload` between reading the registry and storing it.
+    pub(super) fn after_reading() {
+        if let Some(hook) = HOOK.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            hook();
+        }
+    }
+
+    #[test]
+    fn a_rebuild_never_stores_an_older_reading_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let kbo = Kbo::parse("0566988259").expect("kbo");
+        let org = |status| Organisation {
+            kbo,
+            name: "CPAS".into(),
+            roles: [Role::Consumer].into(),
+            status,
+            created_at: time::OffsetDateTime::UNIX_EPOCH,
+        };
+        store
+            .registry()
+            .put_organisation(&org(OrganisationStatus::Active))
+            .expect("org");
+        let tokens = TokenVerifier::load(&crate::tokens::TokenSettings {
+            audience: "semel".into(),
+            leeway_s: 30,
+            issuers: Vec::new(),
+        })
+        .expect("tokens");
+        let broker = Broker::new(
+            store.clone(),
+            SourceSettings {
+                tls: ClientTlsConfig::new(),
+                deadline: Duration::from_secs(1),
+                limits: LimitSettings::default(),
+                register_dataset: DatasetName::new("x.register").expect("name"),
+                persons: PersonsSettings::default(),
+            },
+            tokens,
+        )
+        .expect("broker");
+        // Rebuild A reads the registry (organisation active), then waits for
+        // B, up to a moment; B suspends the organisation and rebuilds.
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let (read_tx, read_rx) = mpsc::channel::<()>();
+        *HOOK.lock().expect("hook") = Some(Box::new(move || {
+            let _ = read_tx.send(());
+            let _ = done_rx.recv_timeout(Duration::from_millis(500));
+        }));
+        let a = {
+            let broker = broker.clone();
+            std::thread::spawn(move || broker.reload().map_err(|e| e.message))
+        };
+        read_rx.recv().expect("A has read");
+        store
+            .registry()
+            .put_organisation(&org(OrganisationStatus::Suspended))
+            .expect("suspend");
+        let b = {
+            let broker = broker.clone();
+            std::thread::spawn(move || broker.reload().map_err(|e| e.message))
+        };
+        // B finishes (or, serialised, waits for A); then A may go on.
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = done_tx.send(());
+        a.join().expect("A").expect("A reloads");
+        b.join().expect("B").expect("B reloads");
+        assert_eq!(
+            broker.snapshot().organisations[&kbo].status,
+            OrganisationStatus::Suspended,
+            "the suspension the API confirmed was undone by an older rebuild"
+        );
     }
 }

@@ -41,11 +41,51 @@ pub struct PeerCertificate {
     pub kbo: Result<Kbo, String>,
     /// SHA-256 of the DER encoding, as revocations name it.
     pub fingerprint: CertificateId,
-    /// The serial number, as revocations name it.
+    /// The serial number with its issuer, as revocations name it.
     pub serial: Option<CertificateId>,
+    /// The serial number alone, as revocations recorded before issuers were
+    /// named it.
+    pub legacy_serial: Option<CertificateId>,
+    /// SHA-256 of the DER encoding, as bytes (a token bound to the
+    /// certificate names it in `cnf.x5t#S256`).
+    pub sha256: [u8; 32],
+    /// The end of its validity, in seconds since the Unix epoch: a
+    /// connection may outlive its certificate, calls may not.
+    pub not_after: i64,
+    /// SHA-256 fingerprints of the certificates above it that the client
+    /// presented (intermediate CAs): revoking one refuses every certificate
+    /// it issued.
+    pub issuers: Vec<CertificateId>,
+}
+
+impl PeerCertificate {
+    /// Whether the certificate has expired at `now`.
+    pub fn expired_at(&self, now: std::time::SystemTime) -> bool {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        now > self.not_after
+    }
 }
 
 impl PeerIdentity {
+    /// Reads the identity from the chain rustls verified: the end-entity
+    /// certificate first, then the intermediates the client sent.
+    pub fn from_chain(chain: Option<&[CertificateDer<'_>]>) -> Self {
+        let mut peer = Self::from_certificate(chain.and_then(|c| c.first()));
+        if let (Some(cert), Some(chain)) = (peer.certificate.as_mut(), chain) {
+            cert.issuers = chain
+                .iter()
+                .skip(1)
+                .map(|der| {
+                    let digest: [u8; 32] = sha2::Sha256::digest(der.as_ref()).into();
+                    CertificateId::sha256_of(&digest)
+                })
+                .collect();
+        }
+        peer
+    }
+
     /// Reads the identity from the end-entity certificate rustls verified.
     pub fn from_certificate(der: Option<&CertificateDer<'_>>) -> Self {
         let certificate = der.map(|der| {
@@ -58,29 +98,53 @@ impl PeerIdentity {
                     .map_err(|_| "the certificate cannot be parsed".to_owned())
                     .and_then(kbo_from_certificate),
                 fingerprint: CertificateId::sha256_of(&digest),
-                serial: parsed
+                serial: parsed.as_ref().ok().map(|c| {
+                    let issuer: [u8; 32] = sha2::Sha256::digest(c.issuer().as_raw()).into();
+                    CertificateId::issued_serial_from(&issuer, c.raw_serial())
+                }),
+                legacy_serial: parsed
                     .as_ref()
                     .ok()
                     .map(|c| CertificateId::serial_from_bytes(c.raw_serial())),
+                sha256: digest,
+                // Unparseable (rustls verified it, so this does not happen):
+                // treat as expired, the safe side.
+                not_after: parsed
+                    .as_ref()
+                    .map_or(i64::MIN, |c| c.validity().not_after.timestamp()),
+                issuers: Vec::new(),
             }
         });
         PeerIdentity { certificate }
     }
 }
 
-/// The SHA-256 fingerprint and serial number of the first certificate in a
-/// PEM file, as revocations name them.
-pub fn certificate_ids(path: &Path) -> anyhow::Result<(String, String)> {
+/// How revocations name a certificate: its SHA-256 fingerprint, its serial
+/// number and the SHA-256 of its issuer's name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateIds {
+    pub fingerprint: String,
+    pub serial: String,
+    pub issuer_name_sha256: String,
+}
+
+/// The identifiers of the first certificate in a PEM file.
+pub fn certificate_ids(path: &Path) -> anyhow::Result<CertificateIds> {
     let certs = load_certs(path)?;
     let peer = PeerIdentity::from_certificate(certs.first());
     let cert = peer.certificate.context("no certificate")?;
-    let text = |id: &CertificateId| match id {
-        CertificateId::Sha256(h) | CertificateId::Serial(h) => h.clone(),
+    let (serial, issuer_name_sha256) = match cert.serial {
+        Some(CertificateId::IssuedSerial { issuer, serial }) => (serial, issuer),
+        _ => anyhow::bail!("the certificate cannot be parsed"),
     };
-    Ok((
-        text(&cert.fingerprint),
-        cert.serial.as_ref().map(text).unwrap_or_default(),
-    ))
+    let CertificateId::Sha256(fingerprint) = cert.fingerprint else {
+        anyhow::bail!("no fingerprint");
+    };
+    Ok(CertificateIds {
+        fingerprint,
+        serial,
+        issuer_name_sha256,
+    })
 }
 
 /// OID of organizationIdentifier (ETSI EN 319 412-1).
@@ -234,9 +298,7 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let peer = PeerIdentity::from_certificate(
-                            tls.get_ref().1.peer_certificates().and_then(|c| c.first()),
-                        );
+                        let peer = PeerIdentity::from_chain(tls.get_ref().1.peer_certificates());
                         let _ = tx
                             .send(Ok(TlsConn {
                                 inner: tls,

@@ -52,6 +52,9 @@ pub struct EndUser {
     pub issuer: String,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// The certificate the token is bound to (`cnf.x5t#S256`, RFC 8705),
+    /// when it is.
+    pub bound_to: Option<[u8; 32]>,
 }
 
 /// A citizen's `sub` is their national number: `Debug` masks it, like
@@ -67,6 +70,7 @@ impl std::fmt::Debug for EndUser {
             .field("roles", &self.roles)
             .field("issuer", &self.issuer)
             .field("expires_at", &self.expires_at)
+            .field("bound", &self.bound_to.is_some())
             .finish()
     }
 }
@@ -94,6 +98,8 @@ pub enum TokenError {
     UntrustedIssuer,
     IssuerNotForOrganisation,
     Signature,
+    /// Bound to another certificate than the call's.
+    WrongCertificate,
 }
 
 impl TokenError {
@@ -108,6 +114,7 @@ impl TokenError {
                 ReasonCode::TokenUntrustedIssuer
             }
             TokenError::Signature => ReasonCode::TokenSignature,
+            TokenError::WrongCertificate => ReasonCode::TokenCertificateMismatch,
         }
     }
 
@@ -121,6 +128,7 @@ impl TokenError {
             TokenError::UntrustedIssuer => "the token's issuer is not one this broker trusts; ask the operator to register your identity provider".into(),
             TokenError::IssuerNotForOrganisation => "the token's issuer is not trusted to speak for the organisation it names".into(),
             TokenError::Signature => "the token's signature does not verify with its issuer's published keys".into(),
+            TokenError::WrongCertificate => "the token is bound to another certificate than the one this connection presents (cnf x5t#S256); send it over the connection it was issued for".into(),
         }
     }
 }
@@ -148,7 +156,17 @@ pub struct TokenVerifier {
     issuers: HashMap<String, Issuer>,
     /// Read on every call, written once per new token: a read-write lock,
     /// so concurrent lookups do not queue behind one another.
-    cache: RwLock<HashMap<Box<str>, Arc<EndUser>>>,
+    /// Keyed by the token and the certificate it came with: a token proven
+    /// over one connection is not taken on trust over another.
+    cache: RwLock<Cache>,
+}
+
+/// Verified tokens, by the SHA-256 of the certificate they came with, then
+/// by the token (looked up with a borrowed `&str`: no allocation per call).
+#[derive(Default)]
+struct Cache {
+    by_certificate: HashMap<[u8; 32], HashMap<Box<str>, Arc<EndUser>>>,
+    len: usize,
 }
 
 /// The claims Semel reads. `exp`, `iss`, `aud` and `sub` are required and
@@ -162,6 +180,14 @@ struct Claims {
     roles: Vec<String>,
     iss: String,
     exp: u64,
+    /// Confirmation of a certificate-bound token (RFC 8705).
+    cnf: Option<Confirmation>,
+}
+
+#[derive(Deserialize)]
+struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -195,7 +221,7 @@ impl TokenVerifier {
             audience: settings.audience.clone(),
             leeway: settings.leeway_s,
             issuers,
-            cache: RwLock::new(HashMap::new()),
+            cache: RwLock::new(Cache::default()),
         })
     }
 
@@ -203,34 +229,55 @@ impl TokenVerifier {
         &self.audience
     }
 
-    /// Verifies a token (without the `Bearer ` prefix).
-    pub fn verify(&self, token: &str) -> Result<Arc<EndUser>, TokenError> {
+    /// Verifies a token (without the `Bearer ` prefix) that came with the
+    /// certificate whose SHA-256 is `certificate`.
+    pub fn verify(&self, token: &str, certificate: [u8; 32]) -> Result<Arc<EndUser>, TokenError> {
         let now = jsonwebtoken::get_current_timestamp();
         let cached = self
             .cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .get(token)
+            .by_certificate
+            .get(&certificate)
+            .and_then(|tokens| tokens.get(token))
             .cloned();
         if let Some(user) = cached {
             if now <= user.expires_at.saturating_add(self.leeway) {
                 return Ok(user);
             }
-            self.cache
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(token);
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(tokens) = cache.by_certificate.get_mut(&certificate)
+                && tokens.remove(token).is_some()
+            {
+                cache.len -= 1;
+            }
             return Err(TokenError::Expired);
         }
         let user = Arc::new(self.verify_uncached(token)?);
+        if user.bound_to.is_some_and(|b| b != certificate) {
+            return Err(TokenError::WrongCertificate);
+        }
         let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
-        if cache.len() >= CACHE_CAPACITY {
-            cache.retain(|_, u| now <= u.expires_at.saturating_add(self.leeway));
-            if cache.len() >= CACHE_CAPACITY {
-                cache.clear();
+        if cache.len >= CACHE_CAPACITY {
+            let live = |u: &Arc<EndUser>| now <= u.expires_at.saturating_add(self.leeway);
+            for tokens in cache.by_certificate.values_mut() {
+                tokens.retain(|_, u| live(u));
+            }
+            cache.by_certificate.retain(|_, tokens| !tokens.is_empty());
+            cache.len = cache.by_certificate.values().map(HashMap::len).sum();
+            if cache.len >= CACHE_CAPACITY {
+                *cache = Cache::default();
             }
         }
-        cache.insert(token.into(), user.clone());
+        if cache
+            .by_certificate
+            .entry(certificate)
+            .or_default()
+            .insert(token.into(), user.clone())
+            .is_none()
+        {
+            cache.len += 1;
+        }
         Ok(user)
     }
 
@@ -315,12 +362,23 @@ impl TokenVerifier {
                 "a citizen's sub must be their national number",
             ));
         }
+        let bound_to = match claims.cnf.and_then(|c| c.x5t_s256) {
+            None => None,
+            Some(t) => Some(
+                semel_core::checkpoint::b64::decode_url(&t)
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or(TokenError::Malformed(
+                        "its cnf x5t#S256 is not the base64url SHA-256 of a certificate",
+                    ))?,
+            ),
+        };
         Ok(EndUser {
             subject: claims.sub,
             organisation,
             roles,
             issuer: claims.iss,
             expires_at: claims.exp,
+            bound_to,
         })
     }
 }
@@ -444,6 +502,47 @@ mod tests {
     }
 
     #[test]
+    fn a_token_is_taken_only_with_the_certificate_it_is_bound_to() {
+        use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let issuer = DevIssuer::ensure(dir.path()).expect("issuer");
+        let v = TokenVerifier::load(&TokenSettings {
+            audience: DEV_AUDIENCE.into(),
+            leeway_s: 30,
+            issuers: vec![IssuerSettings {
+                issuer: issuer.issuer.clone(),
+                jwks: issuer.jwks_file(),
+                organisations: Vec::new(),
+            }],
+        })
+        .expect("verifier");
+        let mint = |bound_to| {
+            issuer
+                .mint(&TokenRequest {
+                    subject: "clerk-1",
+                    organisation: Kbo::parse("0212345668").expect("kbo"),
+                    roles: &[UserRole::Consumer],
+                    audience: DEV_AUDIENCE,
+                    expires_in: 600,
+                    not_before: None,
+                    bound_to,
+                })
+                .expect("mint")
+        };
+        let (mine, other) = ([1u8; 32], [2u8; 32]);
+        let bound = mint(Some(mine));
+        assert_eq!(v.verify(&bound, other), Err(TokenError::WrongCertificate));
+        assert!(v.verify(&bound, mine).is_ok());
+        // Cached for its certificate only: over another, it is checked again.
+        assert_eq!(v.verify(&bound, other), Err(TokenError::WrongCertificate));
+        assert!(v.verify(&bound, mine).is_ok());
+        // An unbound token is verified per certificate too, and accepted.
+        let free = mint(None);
+        assert!(v.verify(&free, mine).is_ok());
+        assert!(v.verify(&free, other).is_ok());
+    }
+
+    #[test]
     fn garbage_is_refused_without_a_panic() {
         let ed = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"a","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
         let v = load(ed).expect("load");
@@ -455,7 +554,7 @@ mod tests {
             "eyJhbGciOiJFZERTQSJ9.e30.",
             "Bearer x",
         ] {
-            assert!(v.verify(token).is_err(), "{token:?}");
+            assert!(v.verify(token, [0; 32]).is_err(), "{token:?}");
         }
     }
 }

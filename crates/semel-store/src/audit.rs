@@ -442,21 +442,36 @@ impl AuditLog {
             }
             Ok(out.len() < query.limit)
         };
-        // The most selective index the query can use; the other filters
-        // are checked on each candidate.
-        let key: Option<Key> = query
-            .citizen
-            .as_ref()
-            .map(citizen_key)
-            .or_else(|| query.end_user.as_deref().map(|u| text_key(USER, u)))
-            .or_else(|| {
-                query
-                    .authorisation
-                    .as_deref()
-                    .map(|a| text_key(AUTHORISATION, a))
-            })
-            .or_else(|| query.consumer.as_ref().map(consumer_key))
-            .or_else(|| query.dataset.as_deref().map(|d| text_key(DATASET, d)));
+        // The most selective index the query can use: of the keys it names,
+        // the one with the fewest postings (counted, not guessed: an
+        // organisation's auditor always filters by consumer, and a busy
+        // authorisation or dataset may hold far more entries than the
+        // organisation). The other filters are checked on each candidate.
+        let candidates: Vec<Key> = [
+            query.citizen.as_ref().map(citizen_key),
+            query.end_user.as_deref().map(|u| text_key(USER, u)),
+            query
+                .authorisation
+                .as_deref()
+                .map(|a| text_key(AUTHORISATION, a)),
+            query.consumer.as_ref().map(consumer_key),
+            query.dataset.as_deref().map(|d| text_key(DATASET, d)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let key: Option<Key> = if candidates.len() > 1 {
+            let mut best: Option<(u64, Key)> = None;
+            for k in candidates {
+                let n = self.index.count(&k, before)?;
+                if best.is_none_or(|(b, _)| n < b) {
+                    best = Some((n, k));
+                }
+            }
+            best.map(|(_, k)| k)
+        } else {
+            candidates.into_iter().next()
+        };
         match key {
             None => {
                 for seq in (first_live.min(before)..before).rev() {

@@ -32,7 +32,7 @@ pub use audit::{
     ChainReport, CheckpointSettings, SignedCheckpoint, StoredEntry,
 };
 pub use persons::{Persons, Resolved};
-pub use registry::Registry;
+pub use registry::{Registry, RegistryUndo};
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
 /// `Corrupt` means the data on disk is not what Semel wrote.

@@ -199,6 +199,24 @@ impl Persons {
         Ok(r.clone())
     }
 
+    /// Takes back a replacement (a wrong one would merge two people): the
+    /// old number stands on its own again. Returns what was removed.
+    pub fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StoreError> {
+        let Some(r) = self.replacement(old)? else {
+            return Ok(None);
+        };
+        let mut link = r.new.as_bytes().to_vec();
+        link.extend_from_slice(r.old.as_bytes());
+        self.replaced_by
+            .remove(link)
+            .map_err(sled_err("remove replacement"))?;
+        self.replacements
+            .remove(r.old.as_bytes())
+            .map_err(sled_err("remove replacement"))?;
+        self.registry.sync()?;
+        Ok(Some(r))
+    }
+
     fn replacement(&self, old: &Niss) -> Result<Option<NumberReplacement>, StoreError> {
         self.replacements
             .get(old.as_bytes())

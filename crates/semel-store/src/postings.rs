@@ -245,6 +245,22 @@ impl PostingIndex {
         Ok(())
     }
 
+    /// How many sequences `key` holds below `before`: two binary searches
+    /// per segment, no posting read.
+    pub(crate) fn count(&self, key: &Key, before: u64) -> Result<u64, StoreError> {
+        let mut n = {
+            let m = self.memtable.lock().unwrap_or_else(|p| p.into_inner());
+            m.postings
+                .get(key)
+                .map_or(0, |v| v.iter().filter(|s| **s < before).count() as u64)
+        };
+        let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+        for seg in segments.iter().filter(|s| s.first < before) {
+            n += seg.lower_bound(key, before)? - seg.lower_bound(key, 0)?;
+        }
+        Ok(n)
+    }
+
     /// Calls `f` with every sequence under `key` below `before`, newest
     /// first, until it returns false.
     pub(crate) fn postings(
@@ -342,6 +358,14 @@ mod tests {
         );
         assert_eq!(collect(&ix, &key(1000), u64::MAX).len() as u64, n);
         assert!(collect(&ix, &key(99), u64::MAX).is_empty());
+        // Counts agree with the postings, across segments and the memtable.
+        for (k, before) in [(3, u64::MAX), (3, before), (1000, u64::MAX), (99, u64::MAX)] {
+            assert_eq!(
+                ix.count(&key(k), before).expect("count"),
+                collect(&ix, &key(k), before).len() as u64,
+                "key {k} before {before}"
+            );
+        }
         assert!(ix.add(n + 1, &[key(1)]).is_err(), "out of order");
         drop(ix);
 

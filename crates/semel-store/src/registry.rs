@@ -140,6 +140,41 @@ impl Registry {
         all(&self.revoked_certificates)
     }
 
+    /// Takes back a registry write whose audit entry could not be made
+    /// durable: the record is put back as it was (or removed, if it did not
+    /// exist). Nothing else may have changed it meanwhile: registry changes
+    /// are serialised by the broker and the entry is appended under the same
+    /// lock.
+    pub fn undo(&self, undo: &RegistryUndo) -> Result<(), StoreError> {
+        match undo {
+            RegistryUndo::Organisation(kbo, before) => {
+                restore(&self.organisations, kbo.as_bytes(), before.as_ref())?
+            }
+            RegistryUndo::Dataset(name, before) => {
+                restore(&self.datasets, name.as_str().as_bytes(), before.as_ref())?
+            }
+            RegistryUndo::Purpose(code, before) => {
+                restore(&self.purposes, code.as_str().as_bytes(), before.as_ref())?
+            }
+            RegistryUndo::Revocation(id) => {
+                self.revoked_certificates
+                    .remove(id.key().as_bytes())
+                    .map_err(sled_err("undo a revocation"))?;
+            }
+            RegistryUndo::Authorisation(after, before) => {
+                let key = after.reference.as_str().as_bytes();
+                let mut hkey = key.to_vec();
+                hkey.push(0);
+                hkey.extend_from_slice(&after.version.to_be_bytes());
+                self.authorisation_history
+                    .remove(hkey)
+                    .map_err(sled_err("undo an authorisation version"))?;
+                restore(&self.authorisations, key, before.as_ref())?;
+            }
+        }
+        self.sync()
+    }
+
     /// Makes every registry write durable: sled's flush writes its log with
     /// `sync_file_range`, so the data file is then `fsync`ed as well.
     pub fn sync(&self) -> Result<(), StoreError> {
@@ -151,6 +186,32 @@ impl Registry {
                 .map_err(io_err(format!("fsync {}", data.display())))?;
         }
         Ok(())
+    }
+}
+
+/// A registry record as it was before a change, to put back.
+#[derive(Debug, Clone)]
+pub enum RegistryUndo {
+    Organisation(Kbo, Option<Organisation>),
+    Dataset(semel_core::DatasetName, Option<Dataset>),
+    Purpose(semel_core::PurposeCode, Option<Purpose>),
+    /// A revocation that did not exist before.
+    Revocation(semel_core::CertificateId),
+    /// The version written, and the one before it.
+    Authorisation(Box<Authorisation>, Option<Box<Authorisation>>),
+}
+
+fn restore<T: Serialize>(
+    tree: &sled::Tree,
+    key: &[u8],
+    before: Option<&T>,
+) -> Result<(), StoreError> {
+    match before {
+        Some(v) => put(tree, key, v),
+        None => tree
+            .remove(key)
+            .map(|_| ())
+            .map_err(sled_err("undo a registry write")),
     }
 }
 
@@ -214,6 +275,7 @@ mod tests {
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
             confidential_until: None,
             check_fields: Default::default(),
+            checks: Vec::new(),
             capacities: Default::default(),
             consent_required: false,
         };

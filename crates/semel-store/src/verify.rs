@@ -342,7 +342,16 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, Verify
             o.remove("type");
             o.remove("encoding");
         }
-        let signed = readable(&entry);
+        let mut signed = readable(&entry);
+        // Exports made before a field was shown lack it: absent is not
+        // altered (the signed encoding holds it anyway); a different value is.
+        if let (Some(sig), Some(sh)) = (signed.as_object_mut(), shown.as_object()) {
+            for k in ADDED_LATER {
+                if !sh.contains_key(k) {
+                    sig.remove(k);
+                }
+            }
+        }
         if shown != signed {
             let field = signed
                 .as_object()
@@ -358,6 +367,9 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, Verify
     }
     Ok(frames)
 }
+
+/// Readable fields that exports made by older versions do not carry.
+const ADDED_LATER: [&str; 2] = ["checks", "detail"];
 
 /// A log frame's header: u32 length, u32 CRC-32.
 const FRAME_HEADER: usize = 8;
@@ -382,10 +394,12 @@ fn readable(e: &AuditEntry) -> Value {
         "source_kbo": r.source.map(|k| k.as_str().to_owned()),
         "consumer_reference": r.consumer_reference,
         "reference_date": r.reference_date,
+        "checks": r.checks,
+        "detail": r.detail,
     })
 }
 
-const CSV_COLUMNS: [&str; 13] = [
+const CSV_COLUMNS: [&str; 15] = [
     "sequence",
     "time_micros",
     "operation",
@@ -399,18 +413,28 @@ const CSV_COLUMNS: [&str; 13] = [
     "decision",
     "reason",
     "source_kbo",
+    "checks",
+    "detail",
 ];
 
 fn csv_cell(v: &Value) -> String {
     let text = match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
+        // Several questions each hold spaces: a list reads as "a; b".
         Value::Array(a) => a
             .iter()
             .filter_map(Value::as_str)
             .collect::<Vec<_>>()
-            .join(" "),
+            .join("; "),
         other => other.to_string(),
+    };
+    // A cell a spreadsheet would read as a formula (a purpose sent as
+    // `=HYPERLINK(…)`) is kept as text.
+    let text = if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}")
+    } else {
+        text
     };
     if text.contains([',', '"', '\n']) {
         format!("\"{}\"", text.replace('"', "\"\""))
@@ -794,6 +818,28 @@ mod tampering {
         let csv = String::from_utf8(csv).expect("utf8");
         assert_eq!(csv.lines().count(), 21);
         assert!(csv.starts_with("sequence,time_micros,operation"));
+        assert!(
+            csv.lines()
+                .next()
+                .is_some_and(|h| h.ends_with(",checks,detail"))
+        );
+    }
+
+    #[test]
+    fn csv_cells_never_read_as_formulas() {
+        for (v, cell) in [
+            (
+                json!("=HYPERLINK(\"http://x\")"),
+                "\"'=HYPERLINK(\"\"http://x\"\")\"",
+            ),
+            (json!("+1"), "'+1"),
+            (json!("-2"), "'-2"),
+            (json!("@SUM(A1)"), "'@SUM(A1)"),
+            (json!("RIS_ELIGIBILITY"), "RIS_ELIGIBILITY"),
+            (json!(["a < 1: YES", "b = 2: NO"]), "a < 1: YES; b = 2: NO"),
+        ] {
+            assert_eq!(csv_cell(&v), cell, "{v}");
+        }
     }
 }
 

@@ -311,9 +311,13 @@ enum CertCommand {
         /// SHA-256 fingerprint (hex), as `semel pki fingerprint` prints it.
         #[arg(long, conflicts_with = "serial", required_unless_present = "serial")]
         fingerprint: Option<String>,
-        /// Serial number (hex).
-        #[arg(long)]
+        /// Serial number (hex), with --issuer-name-sha256: serials are unique per issuer only.
+        #[arg(long, requires = "issuer_name_sha256")]
         serial: Option<String>,
+        /// SHA-256 of the certificate's issuer name (hex), as `semel pki fingerprint` prints it.
+        #[arg(long, requires = "serial")]
+        issuer_name_sha256: Option<String>,
+        /// Why, for the record (e.g. "key compromised").
         #[arg(long)]
         reason: String,
     },
@@ -460,10 +464,21 @@ enum FilesCommand {
     },
     /// Record that the register replaced a national number (the register or the operator).
     Replace {
+        /// The number replaced (e.g. a BIS number).
         #[arg(long)]
         old: String,
+        /// The number in force from now on.
         #[arg(long)]
         new: String,
+    },
+    /// Take back a replacement recorded by mistake: the old number stands on its own again.
+    Unreplace {
+        /// The number that was replaced.
+        #[arg(long)]
+        old: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: String,
     },
 }
 
@@ -513,9 +528,14 @@ struct NewAuthorisationArgs {
     /// Fields that may be read.
     #[arg(long, value_delimiter = ',')]
     fields: Vec<String>,
-    /// Fields that may only be tested (yes/no checks).
+    /// Scalar fields that may only be tested for equality with a value the consumer gives.
     #[arg(long, value_delimiter = ',')]
     check_fields: Vec<String>,
+    /// A yes/no question it allows, `NAME: check` with `*` for what the consumer gives, e.g.
+    /// 'INCOME_BELOW_CEILING: income_years[income_year=*].taxable_income_cents<2500000'
+    /// (repeat for several).
+    #[arg(long = "question")]
+    questions: Vec<String>,
     /// Capacities of the persons directory it accepts (default: any).
     #[arg(long, value_delimiter = ',')]
     capacities: Vec<String>,
@@ -822,6 +842,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 } => client.close_file(citizen, id, end_date).await,
                 FilesCommand::List { citizen } => client.list_files(citizen).await,
                 FilesCommand::Replace { old, new } => client.replace_number(old, new).await,
+                FilesCommand::Unreplace { old, reason } => {
+                    client.undo_replacement(old, reason).await
+                }
             };
             Ok(report(conn.json, result, print_value))
         }
@@ -860,8 +883,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 AdminCommand::Cert(CertCommand::Revoke {
                     fingerprint,
                     serial,
+                    issuer_name_sha256,
                     reason,
-                }) => client.revoke_certificate(fingerprint, serial, reason).await,
+                }) => {
+                    client
+                        .revoke_certificate(fingerprint, serial, issuer_name_sha256, reason)
+                        .await
+                }
                 AdminCommand::Cert(CertCommand::List) => client.revoked_certificates().await,
                 AdminCommand::Purpose(PurposeCommand::List) => client.list_purposes().await,
                 AdminCommand::Purpose(PurposeCommand::Create {
@@ -917,6 +945,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         valid_until,
                         confidential_until,
                         check_fields,
+                        questions,
                         capacities,
                         consent_required,
                     } = *args;
@@ -927,6 +956,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                             dataset,
                             fields,
                             check_fields,
+                            questions,
                             capacities,
                             consent_required,
                             purpose,
@@ -983,6 +1013,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 audience: &audience,
                 expires_in: ttl,
                 not_before: None,
+                bound_to: None,
             })?;
             println!("{token}");
             Ok(ExitCode::SUCCESS)
@@ -1571,8 +1602,11 @@ fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
             );
         }
         PkiCommand::Fingerprint { cert } => {
-            let (fingerprint, serial) = semel_server::tls::certificate_ids(&cert)?;
-            println!("sha256 fingerprint: {fingerprint}\nserial number: {serial}");
+            let ids = semel_server::tls::certificate_ids(&cert)?;
+            println!(
+                "sha256 fingerprint: {}\nserial number: {}\nissuer name sha256: {}",
+                ids.fingerprint, ids.serial, ids.issuer_name_sha256
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -132,6 +132,7 @@ async fn sighup_reloads_the_certificate_and_the_issuer_keys() {
                 audience: DEV_AUDIENCE,
                 expires_in: 600,
                 not_before: None,
+                bound_to: None,
             })
             .expect("mint")
     };

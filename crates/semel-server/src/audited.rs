@@ -1,0 +1,81 @@
+//! Calls other than lookups that change the rules or read personal data:
+//! each is recorded in the audit log, allowed or refused, before it is
+//! answered. A change is stored, its entry made durable, and only then is
+//! the answer sent; if the entry cannot be written the change is undone and
+//! the call fails. A read is answered only once its entry is durable.
+
+use semel_core::{AuditDecision, Kbo, Niss, Outcome};
+
+use crate::error::ApiError;
+use crate::state::{Broker, Caller};
+
+/// What to do to take a change back when its entry cannot be written.
+pub type Undo = Box<dyn FnOnce() + Send>;
+
+/// The undo of a read, or of a change that stands whatever happens (a
+/// number replaced by the register).
+pub fn nothing_to_undo() -> Undo {
+    Box::new(|| {})
+}
+
+/// What a call learnt, for its audit entry.
+#[derive(Default)]
+pub struct Change {
+    pub citizen: Option<Niss>,
+    pub citizen_as_given: Option<Niss>,
+    pub purpose: String,
+    pub dataset: String,
+    pub source: Option<Kbo>,
+    pub authorisation: Option<String>,
+    pub reference: String,
+    /// What was done, in words: the rule changed (before and after), the
+    /// query run. Never a citizen's number.
+    pub detail: String,
+}
+
+impl Broker {
+    /// Runs a call and records it, allowed or refused. `undo` reverts the
+    /// stored change when its entry cannot be made durable. Returns the
+    /// value and the request id of the entry.
+    pub async fn audited<T>(
+        &self,
+        caller: &Caller,
+        run: impl AsyncFnOnce(&mut Change) -> Result<(T, Undo), ApiError>,
+    ) -> Result<(T, String), ApiError> {
+        let request_id = crate::state::new_id();
+        let mut change = Change::default();
+        let result = run(&mut change).await;
+        let mut record = self.audit_record(caller, request_id);
+        record.citizen = change.citizen;
+        record.citizen_as_given = change.citizen_as_given;
+        record.purpose = change.purpose;
+        record.dataset = change.dataset;
+        record.source = change.source;
+        record.authorisation = change.authorisation;
+        record.consumer_reference =
+            semel_core::redact_national_numbers(&change.reference).into_owned();
+        match &result {
+            Ok(_) => {
+                record.detail = semel_core::redact_national_numbers(&change.detail).into_owned();
+                record.outcome = Outcome::Answered;
+            }
+            Err(e) => {
+                record.decision = AuditDecision::Refused;
+                record.reason = e.reason_code();
+                // Messages may repeat what the caller sent: never a number.
+                record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
+            }
+        }
+        let appended = self.append_durably(record).await;
+        let request_id = request_id.to_string();
+        match (result, appended) {
+            (Ok((value, _)), Ok(())) => Ok((value, request_id)),
+            (Ok((_, undo)), Err(e)) => {
+                // The undo writes to the store: off the async workers.
+                let _ = tokio::task::spawn_blocking(undo).await;
+                Err(e.with("request_id", request_id))
+            }
+            (Err(e), _) => Err(e.with("request_id", request_id)),
+        }
+    }
+}
