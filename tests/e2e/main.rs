@@ -5,6 +5,7 @@ mod audit_proofs;
 mod durability;
 mod harness;
 mod identity;
+mod insiders;
 mod limits;
 mod lookups;
 mod only_once;
