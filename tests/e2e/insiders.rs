@@ -634,3 +634,42 @@ async fn a_wrong_replacement_is_undone_and_the_register_is_the_operators() {
     assert_error(&err, Code::PermissionDenied, "REGISTER_DATASET_RESERVED");
     t.stop().await;
 }
+
+/// Finding 14: a connection may outlive its certificate; its calls may not.
+#[tokio::test]
+async fn a_certificate_that_expires_during_a_connection_stops_its_calls() {
+    let t = TestDemo::start().await;
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    let files = t
+        .pki()
+        .issue_until(
+            &semel_demo::pki::Subject {
+                file_stem: "short-lived",
+                kbo: anderlecht,
+                name: "CPAS d'Anderlecht",
+            },
+            time::OffsetDateTime::now_utc() + time::Duration::seconds(2),
+        )
+        .expect("issue");
+    let channel = t
+        .channel_with(Some((&files.cert, &files.key)), &t.pki().ca_cert())
+        .await
+        .expect("connect while valid");
+    let token = t.token(ANDERLECHT, &[UserRole::Consumer]);
+    let mut c = LookupServiceClient::new(
+        semel_server::client::with_token(channel, Some(&token)).expect("token"),
+    );
+    c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("valid for now");
+    // Certificates are valid to the second: wait until this one has ended.
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
+    let err = c
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("expired on the open connection");
+    assert_error(&err, Code::Unauthenticated, "CERTIFICATE_EXPIRED");
+    let e = last_of(&t, semel_core::LOOKUP_OPERATION).await;
+    assert_eq!(e.reason, "CERTIFICATE_EXPIRED");
+    t.stop().await;
+}

@@ -101,18 +101,28 @@ impl DevPki {
         write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
         let issuer = Issuer::new(ca, ca_key);
         for s in subjects {
-            issue(&pki, &issuer, s, now)?;
+            issue(&pki, &issuer, s, now, now + Duration::days(825))?;
         }
         Ok(pki)
     }
 
     /// Issues one more certificate with the existing CA (`ca.crt`, `ca.key`).
     pub fn issue(&self, subject: &Subject<'_>) -> Result<CertFiles, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        self.issue_until(subject, now + Duration::days(825))
+    }
+
+    /// Issues a certificate valid until `not_after` (tests of expiry).
+    pub fn issue_until(
+        &self,
+        subject: &Subject<'_>,
+        not_after: OffsetDateTime,
+    ) -> Result<CertFiles, PkiError> {
         let read =
             |p: PathBuf| fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source });
         let key = KeyPair::from_pem(&read(self.dir.join("ca.key"))?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(self.ca_cert())?, key)?;
-        issue(self, &issuer, subject, OffsetDateTime::now_utc())
+        issue(self, &issuer, subject, OffsetDateTime::now_utc(), not_after)
     }
 }
 
@@ -121,6 +131,7 @@ fn issue(
     issuer: &Issuer<'_, KeyPair>,
     s: &Subject<'_>,
     now: OffsetDateTime,
+    not_after: OffsetDateTime,
 ) -> Result<CertFiles, PkiError> {
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::default();
@@ -146,7 +157,7 @@ fn issue(
     serial[0] &= 0x7f;
     p.serial_number = Some(SerialNumber::from_slice(&serial));
     p.not_before = now - Duration::days(1);
-    p.not_after = now + Duration::days(825);
+    p.not_after = not_after;
     let cert = p.signed_by(&key, issuer)?;
     let files = pki.files(s.file_stem);
     write(&files.cert, &cert.pem())?;

@@ -647,6 +647,36 @@ mod tests {
                 .expect_err("too small")
         );
         assert!(err.contains("sources.deadline_ms"), "{err}");
+        // Limits out of range are named, before anything is built with them
+        // (a huge batch_in_flight made the channel allocation panic).
+        for (key, value, named) in [
+            (
+                "SEMEL_LIMITS__BATCH_IN_FLIGHT",
+                "18446744073709551615",
+                "limits.batch_in_flight",
+            ),
+            (
+                "SEMEL_LIMITS__BATCH_IN_FLIGHT",
+                "0",
+                "limits.batch_in_flight",
+            ),
+            (
+                "SEMEL_LIMITS__DISTINCT_CHECKS_PER_CITIZEN",
+                "0",
+                "limits.distinct_checks_per_citizen",
+            ),
+            (
+                "SEMEL_LIMITS__REFUSALS_PER_SECOND",
+                "-1",
+                "limits.refusals_per_second",
+            ),
+        ] {
+            let err = format!(
+                "{:#}",
+                Config::load_with_env(&path, env(&[(key, value)])).expect_err(key)
+            );
+            assert!(err.contains(named), "{key}={value}: {err}");
+        }
     }
 
     #[test]

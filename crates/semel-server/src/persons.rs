@@ -345,15 +345,25 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         req: Request<proto::ListFilesRequest>,
     ) -> Result<Response<proto::ListFilesResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
-        let resolved = self.broker.resolve(&citizen)?;
-        let mut files = self
-            .broker
-            .store()
-            .persons()
-            .files_of(&caller.org.kbo, &resolved)
-            .map_err(ApiError::from)?;
-        files.sort_by_key(|f| std::cmp::Reverse(f.registered_at));
+        let broker = &self.broker;
+        // Which files an organisation holds on a citizen is personal data:
+        // reading it is recorded like any read.
+        let (files, _) = broker
+            .audited(&caller, async |change: &mut Change| {
+                let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
+                change.citizen = Some(citizen);
+                let resolved = broker.resolve(&citizen)?;
+                change.citizen = Some(resolved.current);
+                change.citizen_as_given = resolved.given;
+                let mut files = broker
+                    .store()
+                    .persons()
+                    .files_of(&caller.org.kbo, &resolved)?;
+                files.sort_by_key(|f| std::cmp::Reverse(f.registered_at));
+                change.detail = format!("{} files listed", files.len());
+                Ok((files, nothing_to_undo()))
+            })
+            .await?;
         Ok(Response::new(proto::ListFilesResponse {
             files: files.iter().map(file_to_proto).collect(),
         }))
@@ -379,16 +389,17 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 } else {
                     parse_date("replaced_on", &msg.replaced_on)?
                 };
-                broker
-                    .store()
-                    .persons()
-                    .replace(&NumberReplacement {
-                        old,
-                        new,
-                        replaced_on,
-                        registered_by: caller.org.kbo,
-                        registered_at: now,
-                    })
+                let replacement = NumberReplacement {
+                    old,
+                    new,
+                    replaced_on,
+                    registered_by: caller.org.kbo,
+                    registered_at: now,
+                };
+                let persons = broker.store().persons().clone();
+                tokio::task::spawn_blocking(move || persons.replace(&replacement))
+                    .await
+                    .map_err(|e| ApiError::internal(format!("store write failed: {e}")))?
                     .map_err(|e| match e {
                         semel_store::StoreError::Conflict(m) => {
                             ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)

@@ -143,13 +143,24 @@ impl Reloader {
             };
             #[cfg(not(unix))]
             let hup = std::future::pending::<()>();
-            let result = tokio::select! {
+            // Reloading reads files and the registry: off the async workers.
+            let forced = tokio::select! {
                 () = hup => {
                     tracing::info!("SIGHUP: reloading certificates and keys");
-                    self.reload().map(|()| true)
+                    true
                 }
-                _ = tick.tick(), if poll.is_some() => self.reload_if_changed(),
+                _ = tick.tick(), if poll.is_some() => false,
             };
+            let me = self.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                if forced {
+                    me.reload().map(|()| true)
+                } else {
+                    me.reload_if_changed()
+                }
+            })
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("reload task failed: {e}")));
             if let Err(e) = result {
                 tracing::error!(error = %format!("{e:#}"), "reload failed; the running certificates and keys stay in use");
             }

@@ -883,3 +883,46 @@ mod rebuild_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod revocation_tests {
+    use super::*;
+
+    fn cert(issuers: Vec<CertificateId>) -> PeerCertificate {
+        PeerCertificate {
+            kbo: Kbo::parse("0212345668").map_err(|e| e.to_string()),
+            fingerprint: CertificateId::sha256_of(&[1; 32]),
+            serial: Some(CertificateId::issued_serial_from(&[7; 32], &[0x1f, 0xab])),
+            legacy_serial: Some(CertificateId::serial_from_bytes(&[0x1f, 0xab])),
+            sha256: [1; 32],
+            not_after: i64::MAX,
+            issuers,
+        }
+    }
+
+    fn revoking(ids: &[CertificateId]) -> Snapshot {
+        Snapshot {
+            revoked: ids.iter().cloned().collect(),
+            ..Snapshot::default()
+        }
+    }
+
+    #[test]
+    fn revocations_reach_intermediates_and_serials_stay_with_their_issuer() {
+        let intermediate = CertificateId::sha256_of(&[9; 32]);
+        let leaf = cert(vec![intermediate.clone()]);
+        assert!(!revoking(&[]).is_revoked(&leaf));
+        assert!(revoking(&[CertificateId::sha256_of(&[1; 32])]).is_revoked(&leaf));
+        // An intermediate CA revoked by fingerprint: every certificate
+        // presented with it is refused.
+        assert!(revoking(&[intermediate]).is_revoked(&leaf));
+        // A serial from its issuer; the same serial from another issuer is
+        // another certificate.
+        let own = CertificateId::issued_serial(&"07".repeat(32), "1f:ab").expect("id");
+        let other = CertificateId::issued_serial(&"08".repeat(32), "1fab").expect("id");
+        assert!(revoking(&[own]).is_revoked(&leaf));
+        assert!(!revoking(&[other]).is_revoked(&leaf));
+        // A serial recorded without its issuer (older versions) still holds.
+        assert!(revoking(&[CertificateId::serial("1fab").expect("id")]).is_revoked(&leaf));
+    }
+}
