@@ -106,6 +106,62 @@ impl TestDemo {
         })
     }
 
+    /// A citizen's token, issued for the IRISbox portal: `sub` is their
+    /// national number.
+    pub fn citizen_token(&self, niss: &str) -> String {
+        self.mint(&TokenRequest {
+            subject: niss,
+            organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
+            roles: &[UserRole::Citizen],
+            audience: DEV_AUDIENCE,
+            expires_in: 600,
+            not_before: None,
+            bound_to: None,
+        })
+    }
+
+    /// A citizen's own channel, through the IRISbox portal.
+    pub async fn citizen_channel(&self, niss: &str) -> AuthChannel {
+        let token = self.citizen_token(niss);
+        self.channel_as("irisbox", &token).await
+    }
+
+    /// A LookupBatch of CPAS Anderlecht: Karim's residence, answered; then
+    /// `between` runs; then Jan's, whose result is returned.
+    pub async fn batch_second_item_after(
+        &self,
+        between: impl AsyncFnOnce(),
+    ) -> proto::LookupBatchResponse {
+        let (tx, rx) = tokio::sync::mpsc::channel::<proto::LookupBatchRequest>(4);
+        let item = |n: &str| proto::LookupBatchRequest {
+            item: Some(lookup(
+                n,
+                semel_demo::seed::datasets::RESIDENCE,
+                &["street"],
+                "RIS_ELIGIBILITY",
+            )),
+        };
+        let mut results = self
+            .lookup_client(ANDERLECHT)
+            .await
+            .lookup_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("batch")
+            .into_inner();
+        tx.send(item(KARIM)).await.expect("send");
+        let first = results.message().await.expect("stream").expect("first");
+        assert!(matches!(
+            first.result,
+            Some(proto::lookup_batch_response::Result::Response(_))
+        ));
+        between().await;
+        tx.send(item(JAN)).await.expect("send");
+        drop(tx);
+        let second = results.message().await.expect("stream").expect("second");
+        assert!(results.message().await.expect("end").is_none());
+        second
+    }
+
     pub fn mint(&self, req: &TokenRequest<'_>) -> String {
         self.issuer().mint(req).expect("mint")
     }

@@ -303,16 +303,7 @@ async fn a_citizen_sees_who_consulted_them_and_no_one_else() {
     c.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("allowed");
-    let portal = semel_demo::seed::org("irisbox").expect("portal").kbo;
-    let karim = t.mint(&TokenRequest {
-        subject: KARIM,
-        organisation: portal,
-        roles: &[UserRole::Citizen],
-        audience: DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    });
+    let karim = t.citizen_token(KARIM);
     let mut audit =
         proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &karim).await);
     let mine = audit
@@ -727,15 +718,7 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "INQUIRY_2020"))
         .await
         .expect("the old inquiry");
-    let karim = t.mint(&TokenRequest {
-        subject: KARIM,
-        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
-        roles: &[UserRole::Citizen],
-        audience: DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    });
+    let karim = t.citizen_token(KARIM);
     let seen = accesses(t.channel_as("irisbox", &karim).await, KARIM)
         .await
         .expect("report");
@@ -782,15 +765,7 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
     c.lookup(lookup(JAN, RESIDENCE, &["bogus"], "INQUIRY_2026"))
         .await
         .expect_err("unknown field");
-    let jan = t.mint(&TokenRequest {
-        subject: JAN,
-        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
-        roles: &[UserRole::Citizen],
-        audience: DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    });
+    let jan = t.citizen_token(JAN);
     let page =
         proto::audit_service_client::AuditServiceClient::new(t.channel_as("irisbox", &jan).await)
             .list_citizen_accesses(proto::ListCitizenAccessesRequest {

@@ -5,27 +5,12 @@
 //! still governs, and caller text that cannot poison the record.
 
 use semel_core::UserRole;
-use semel_demo::issuer::{DEV_AUDIENCE, TokenRequest};
 use semel_demo::seed::datasets::*;
 use semel_server::proto::lookup_service_client::LookupServiceClient;
 use semel_server::proto::{self, CheckAnswer};
 use tonic::Code;
 
 use crate::harness::*;
-
-/// A citizen's own channel, through the IRISbox portal.
-async fn citizen_channel(t: &TestDemo, niss: &str) -> semel_server::client::AuthChannel {
-    let token = t.mint(&TokenRequest {
-        subject: niss,
-        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
-        roles: &[UserRole::Citizen],
-        audience: DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    });
-    t.channel_as("irisbox", &token).await
-}
 
 fn kbo(slug: &str) -> String {
     semel_demo::seed::org(slug)
@@ -61,7 +46,7 @@ async fn yes_no_questions_cannot_be_turned_into_the_value() {
     t.open_file(BRUXELLES_CPAS, KARIM, "HOUSING_CANDIDATE")
         .await;
     semel_server::proto::consent_service_client::ConsentServiceClient::new(
-        citizen_channel(&t, KARIM).await,
+        t.citizen_channel(KARIM).await,
     )
     .give_consent(proto::GiveConsentRequest {
         consent: Some(proto::Consent {
@@ -305,7 +290,7 @@ async fn rule_changes_and_reads_of_the_log_are_in_the_log() {
     assert_eq!(e.citizen, KARIM);
     // The citizen reading their own accesses is not recorded.
     let before = t.audit_size().await;
-    proto::audit_service_client::AuditServiceClient::new(citizen_channel(&t, KARIM).await)
+    proto::audit_service_client::AuditServiceClient::new(t.citizen_channel(KARIM).await)
         .list_citizen_accesses(proto::ListCitizenAccessesRequest {
             citizen: KARIM.into(),
             ..Default::default()
@@ -322,7 +307,7 @@ async fn rule_changes_and_reads_of_the_log_are_in_the_log() {
 async fn consents_are_listed_only_by_those_they_concern_and_recorded() {
     let t = TestDemo::start().await;
     let mut portal =
-        proto::consent_service_client::ConsentServiceClient::new(citizen_channel(&t, KARIM).await);
+        proto::consent_service_client::ConsentServiceClient::new(t.citizen_channel(KARIM).await);
     // Karim consents to every consumer, for social housing.
     portal
         .give_consent(proto::GiveConsentRequest {
@@ -440,37 +425,21 @@ async fn files_cannot_be_backdated_made_up_or_kept_open_after_closing() {
 #[tokio::test]
 async fn a_batch_stops_covering_items_once_its_certificate_is_revoked() {
     let t = TestDemo::start().await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<proto::LookupBatchRequest>(4);
-    let item = |n: &str| proto::LookupBatchRequest {
-        item: Some(lookup(n, RESIDENCE, &["street"], "RIS_ELIGIBILITY")),
-    };
-    let mut results = t
-        .lookup_client(ANDERLECHT)
-        .await
-        .lookup_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("batch")
-        .into_inner();
-    tx.send(item(KARIM)).await.expect("send");
-    let first = results.message().await.expect("stream").expect("first");
-    assert!(matches!(
-        first.result,
-        Some(proto::lookup_batch_response::Result::Response(_))
-    ));
-    let files = t.demo().client(ANDERLECHT).expect("files");
-    let ids = semel_server::tls::certificate_ids(&files.cert).expect("ids");
-    t.registry()
-        .await
-        .revoke_certificate(proto::RevokeCertificateRequest {
-            sha256_fingerprint: ids.fingerprint,
-            reason: "laptop stolen".into(),
-            ..Default::default()
+    let second = t
+        .batch_second_item_after(async || {
+            let files = t.demo().client(ANDERLECHT).expect("files");
+            let ids = semel_server::tls::certificate_ids(&files.cert).expect("ids");
+            t.registry()
+                .await
+                .revoke_certificate(proto::RevokeCertificateRequest {
+                    sha256_fingerprint: ids.fingerprint,
+                    reason: "laptop stolen".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("revoke");
         })
-        .await
-        .expect("revoke");
-    tx.send(item(JAN)).await.expect("send");
-    drop(tx);
-    let second = results.message().await.expect("stream").expect("second");
+        .await;
     match second.result {
         Some(proto::lookup_batch_response::Result::Error(e)) => {
             assert_eq!(e.reason, "CERTIFICATE_REVOKED");
@@ -506,7 +475,7 @@ async fn a_flood_of_refused_calls_is_summarised_not_written_one_by_one() {
     );
     assert_eq!(summarised, 200 - written);
     // Jan does not see calls whose caller was never established.
-    let seen = proto::audit_service_client::AuditServiceClient::new(citizen_channel(&t, JAN).await)
+    let seen = proto::audit_service_client::AuditServiceClient::new(t.citizen_channel(JAN).await)
         .list_citizen_accesses(proto::ListCitizenAccessesRequest {
             citizen: JAN.into(),
             ..Default::default()

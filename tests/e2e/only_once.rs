@@ -6,8 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use semel_core::UserRole;
-use semel_demo::issuer::{DEV_AUDIENCE, TokenRequest};
 use semel_demo::seed::datasets::*;
 use semel_server::proto::{self, CheckAnswer};
 use tonic::Code;
@@ -15,20 +13,6 @@ use tonic::Code;
 use crate::harness::*;
 
 const ADAM: &str = "17073003384";
-
-/// A citizen's own channel, through the IRISbox portal.
-async fn citizen_channel(t: &TestDemo, niss: &str) -> semel_server::client::AuthChannel {
-    let token = t.mint(&TokenRequest {
-        subject: niss,
-        organisation: semel_demo::seed::org("irisbox").expect("portal").kbo,
-        roles: &[UserRole::Citizen],
-        audience: DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    });
-    t.channel_as("irisbox", &token).await
-}
 
 /// The newest audit entry about a citizen, other than auditors' reads.
 async fn last_entry_about(t: &TestDemo, niss: &str) -> proto::AuditEntry {
@@ -288,7 +272,7 @@ async fn a_clerk_looking_up_a_neighbour_is_refused_and_it_shows() {
         entry.detail
     );
     assert!(!entry.detail.contains(JAN));
-    let seen = proto::audit_service_client::AuditServiceClient::new(citizen_channel(&t, JAN).await)
+    let seen = proto::audit_service_client::AuditServiceClient::new(t.citizen_channel(JAN).await)
         .list_citizen_accesses(proto::ListCitizenAccessesRequest {
             citizen: JAN.into(),
             ..Default::default()
@@ -331,7 +315,7 @@ async fn a_withdrawn_consent_stops_the_next_lookup() {
     );
 
     let mut portal =
-        proto::consent_service_client::ConsentServiceClient::new(citizen_channel(&t, KARIM).await);
+        proto::consent_service_client::ConsentServiceClient::new(t.citizen_channel(KARIM).await);
     let cpas_kbo = semel_demo::seed::org(BRUXELLES_CPAS).expect("org").kbo;
     let consent = portal
         .give_consent(proto::GiveConsentRequest {
@@ -378,16 +362,15 @@ async fn a_withdrawn_consent_stops_the_next_lookup() {
     assert_eq!(meta["consent_id"], consent.id);
     assert_eq!(meta["consent_state"], "withdrawn");
     // The citizen sees giving and withdrawing, and the lookups.
-    let seen =
-        proto::audit_service_client::AuditServiceClient::new(citizen_channel(&t, KARIM).await)
-            .list_citizen_accesses(proto::ListCitizenAccessesRequest {
-                citizen: KARIM.into(),
-                ..Default::default()
-            })
-            .await
-            .expect("view")
-            .into_inner()
-            .accesses;
+    let seen = proto::audit_service_client::AuditServiceClient::new(t.citizen_channel(KARIM).await)
+        .list_citizen_accesses(proto::ListCitizenAccessesRequest {
+            citizen: KARIM.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("view")
+        .into_inner()
+        .accesses;
     let actions: Vec<&str> = seen.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(
         actions,
@@ -714,42 +697,25 @@ async fn a_batch_streams_each_item_on_its_own_with_bounded_concurrency() {
 #[tokio::test]
 async fn a_batch_stops_covering_items_once_the_organisation_is_suspended() {
     let t = TestDemo::start().await;
-    let (tx, rx) = tokio::sync::mpsc::channel::<proto::LookupBatchRequest>(4);
-    let item = |n: &str| proto::LookupBatchRequest {
-        item: Some(lookup(n, RESIDENCE, &["street"], "RIS_ELIGIBILITY")),
-    };
-    let mut results = t
-        .lookup_client(ANDERLECHT)
-        .await
-        .lookup_batch(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("batch")
-        .into_inner();
-    tx.send(item(KARIM)).await.expect("send");
-    let first = results.message().await.expect("stream").expect("first");
-    assert!(matches!(
-        first.result,
-        Some(proto::lookup_batch_response::Result::Response(_))
-    ));
-    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
-    t.registry()
-        .await
-        .suspend_organisation(proto::SuspendOrganisationRequest {
-            kbo: anderlecht.as_str().into(),
-            reason: "under review".into(),
+    let second = t
+        .batch_second_item_after(async || {
+            let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+            t.registry()
+                .await
+                .suspend_organisation(proto::SuspendOrganisationRequest {
+                    kbo: anderlecht.as_str().into(),
+                    reason: "under review".into(),
+                })
+                .await
+                .expect("suspend");
         })
-        .await
-        .expect("suspend");
-    tx.send(item(JAN)).await.expect("send");
-    drop(tx);
-    let second = results.message().await.expect("stream").expect("second");
+        .await;
     match second.result {
         Some(proto::lookup_batch_response::Result::Error(e)) => {
             assert_eq!(e.reason, "ORGANISATION_SUSPENDED");
         }
         other => panic!("{other:?}"),
     }
-    assert!(results.message().await.expect("end").is_none());
     let entry = t.audit_entries().await.pop().expect("entry");
     assert_eq!(entry.reason, "ORGANISATION_SUSPENDED");
     assert_eq!(entry.citizen, JAN);

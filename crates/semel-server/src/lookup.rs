@@ -443,18 +443,13 @@ async fn process(
     }
     let today = brussels_today(received);
     if let Err(quota) = broker.consumer_limits.take_quota(org.kbo, today) {
-        let wait =
-            semel_core::until_brussels_midnight(received).max(std::time::Duration::from_secs(1));
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                Code::ResourceExhausted,
-                "QUOTA_EXCEEDED",
-                format!(
-                    "your organisation made its {quota} lookups for today; the quota starts again at midnight (Brussels time)"
-                ),
-            )
-        });
+        return Err(until_midnight(
+            received,
+            "QUOTA_EXCEEDED",
+            format!(
+                "your organisation made its {quota} lookups for today; the quota starts again at midnight (Brussels time)"
+            ),
+        ));
     }
     let given = Niss::parse(&msg.citizen)
         .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
@@ -565,19 +560,14 @@ async fn process(
         .questions
         .admit(org.kbo, &citizen, &allowance.checks, today)
     {
-        let wait =
-            semel_core::until_brussels_midnight(received).max(std::time::Duration::from_secs(1));
-        return Err(ApiError {
-            retry_after: Some(wait),
-            ..ApiError::new(
-                Code::ResourceExhausted,
-                "CHECK_LIMIT_REACHED",
-                format!(
-                    "your organisation asked {} different questions about this citizen's {field} today, as many as it may; the same questions may be asked again, new ones tomorrow",
-                    broker.questions.per_key()
-                ),
-            )
-        });
+        return Err(until_midnight(
+            received,
+            "CHECK_LIMIT_REACHED",
+            format!(
+                "your organisation asked {} different questions about this citizen's {field} today, as many as it may; the same questions may be asked again, new ones tomorrow",
+                broker.questions.per_key()
+            ),
+        ));
     }
     trace.detail = allowance.explain();
     let authorisation = allowance.authorisation;
@@ -720,6 +710,17 @@ async fn process(
         fields,
         checks: check_results,
     })
+}
+
+/// A daily allowance used up: RESOURCE_EXHAUSTED, to retry after midnight
+/// in Brussels.
+fn until_midnight(received: OffsetDateTime, reason: &'static str, message: String) -> ApiError {
+    ApiError {
+        retry_after: Some(
+            semel_core::until_brussels_midnight(received).max(std::time::Duration::from_secs(1)),
+        ),
+        ..ApiError::new(Code::ResourceExhausted, reason, message)
+    }
 }
 
 fn validate_fields(
