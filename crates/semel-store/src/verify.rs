@@ -805,6 +805,38 @@ mod tampering {
             }
             other => panic!("{other:?}"),
         }
+        // An export made before entries showed their questions and detail
+        // lacks those fields: it still verifies. A changed question does not.
+        let edit_line = |f: &dyn Fn(&mut serde_json::Map<String, Value>)| {
+            text.lines()
+                .enumerate()
+                .map(|(i, l)| {
+                    let mut v: Value = serde_json::from_str(l).expect("json");
+                    if i == 4
+                        && let Some(o) = v.as_object_mut()
+                    {
+                        f(o);
+                    }
+                    v.to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let older = edit_line(&|o| {
+            o.remove("checks");
+            o.remove("detail");
+        });
+        verify_export(&mut older.as_bytes(), &key()).expect("an older export verifies");
+        let asked = edit_line(&|o| {
+            o.insert("checks".into(), json!(["nis_code = \"21015\": YES"]));
+        });
+        match verify_export(&mut asked.as_bytes(), &key()) {
+            Err(VerifyFailure::Entry { sequence, why }) => {
+                assert_eq!(sequence, 3);
+                assert!(why.contains("checks"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
         // CSV is for reading.
         let mut csv = Vec::new();
         export(
