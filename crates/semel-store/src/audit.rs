@@ -267,10 +267,22 @@ impl AuditLog {
         let index = Arc::new(PostingIndex::open(&dir.join("index"))?);
         let mut tree = Tree::open(&dir.join("tree"))?;
         let archived = read_archive_state(dir)?;
-        let head = recover(&mut log, &path, &ends, &index, &mut tree, &archived)?;
-        let tree = Arc::new(RwLock::new(tree));
         let checkpoints_path = dir.join("checkpoints");
         let stored = read_checkpoints(&checkpoints_path)?;
+        // Entries a signed checkpoint covers were acknowledged: recovery may
+        // never zero them as a torn write.
+        let signed = stored.last().map_or(0, |c| c.checkpoint.size);
+        let head = recover(&mut log, &path, &ends, &index, &mut tree, &archived, signed)?;
+        check_start(
+            &log,
+            &ends,
+            &tree,
+            head,
+            &archived,
+            stored.last(),
+            checkpoints.as_ref(),
+        )?;
+        let tree = Arc::new(RwLock::new(tree));
         let verifier_key = checkpoints.as_ref().map(|c| c.signer.verifier_key());
         let log = Arc::new(log);
         let ends = Arc::new(ends);
@@ -305,6 +317,7 @@ impl AuditLog {
             shared: shared.clone(),
             checkpoints: checkpoints.map(|settings| Checkpointer {
                 last_size: stored.last().map_or(0, |c| c.checkpoint.size),
+                last_root: stored.last().map(|c| c.checkpoint.root),
                 last_time: std::time::Instant::now(),
                 file: checkpoint_file,
                 settings,
@@ -1019,6 +1032,8 @@ struct Checkpointer {
     settings: CheckpointSettings,
     file: File,
     last_size: u64,
+    /// The root the last checkpoint signed, at `last_size`.
+    last_root: Option<Hash>,
     last_time: std::time::Instant,
 }
 
@@ -1030,9 +1045,19 @@ impl Checkpointer {
                 || self.last_time.elapsed() >= self.settings.every)
     }
 
-    /// Signs the tree as it is, after making its nodes durable.
+    /// Signs the tree as it is, after making its nodes durable, and only if
+    /// it still reproduces the root signed before: a new checkpoint is
+    /// always consistent with the previous one.
     fn sign(&mut self, tree: &mut Tree, shared: &Shared) -> Result<(), StoreError> {
         tree.sync()?;
+        if let Some(signed) = self.last_root
+            && semel_core::merkle::root(&TreeReader(tree), self.last_size)? != signed
+        {
+            return Err(StoreError::Corrupt(format!(
+                "audit log: the tree no longer reproduces the root signed at size {}; no checkpoint is signed over it",
+                self.last_size
+            )));
+        }
         let size = tree.size();
         let checkpoint = Checkpoint {
             origin: self.settings.signer.name().to_owned(),
@@ -1047,6 +1072,7 @@ impl Checkpointer {
             .and_then(|()| self.file.sync_data())
             .map_err(io_err("write an audit checkpoint"))?;
         self.last_size = size;
+        self.last_root = Some(checkpoint.root);
         self.last_time = std::time::Instant::now();
         *lock(&shared.checkpoint) = Some(SignedCheckpoint { checkpoint, note });
         Ok(())
@@ -1136,7 +1162,15 @@ impl Indexer {
         if c.due(tree.size(), closing)
             && let Err(e) = c.sign(&mut tree, &self.shared)
         {
-            tracing::error!(error = %e, "audit checkpoint not signed; retrying with the next entries");
+            if let StoreError::Corrupt(why) = &e {
+                // The log no longer agrees with what it signed: fail closed,
+                // as after a failed write; no lookup is answered until the
+                // operator has looked.
+                tracing::error!(error = %why, "audit log inconsistent with its signed checkpoints; refusing lookups");
+                lock(&self.shared.progress).failed = Some(why.clone());
+            } else {
+                tracing::error!(error = %e, "audit checkpoint not signed; retrying with the next entries");
+            }
         }
     }
 }
@@ -1311,14 +1345,9 @@ fn recover(
     index: &PostingIndex,
     tree: &mut Tree,
     archived: &ArchiveState,
+    signed: u64,
 ) -> Result<Head, StoreError> {
     let log_len = log.metadata().map_err(io_err("stat audit log"))?.len();
-    let truncated = |covered: u64| {
-        corrupt(&format!(
-            "the index covers {covered} bytes but {} holds only {log_len}: the log was truncated",
-            path.display()
-        ))
-    };
     let known_ends = ends.metadata().map_err(io_err("stat audit ends"))?.len() / 8;
     let covered = index.covered();
     let in_tree = tree.size();
@@ -1353,8 +1382,18 @@ fn recover(
             0
         };
         let end = read_end(ends, start_seq - 1)?;
-        if end > log_len || end <= start {
-            return Err(truncated(end));
+        if end > log_len {
+            return Err(corrupt(&format!(
+                "entry {} ends at byte {end} by audit/ends, but {} holds only {log_len} bytes: the log was cut short",
+                start_seq - 1,
+                path.display()
+            )));
+        }
+        if end <= start {
+            return Err(corrupt(&format!(
+                "audit/ends is damaged at entry {} (it ends at byte {end}, before it starts at {start}); delete audit/ends to rebuild it from the log",
+                start_seq - 1
+            )));
         }
         let mut buf = vec![0u8; usize::try_from(end - start).map_err(|_| corrupt("entry length"))?];
         log.read_exact_at(&mut buf, start)
@@ -1421,6 +1460,16 @@ fn recover(
         log.read_to_end(&mut rest)
             .map_err(io_err("read audit log"))?;
         match tail_kind(&rest) {
+            // An entry a signed checkpoint covers, or that the ends, the
+            // index or the tree hold, was acknowledged: it is never a torn
+            // write, whatever its bytes look like, and nothing is zeroed.
+            _ if head.next_sequence < signed.max(known_ends).max(covered).max(in_tree) => {
+                return Err(corrupt(&format!(
+                    "entry {} at offset {bad} is damaged or cut short, but it was acknowledged (the newest signed checkpoint covers {signed} entries; audit/ends, the index or the tree know {}): the log was altered",
+                    head.next_sequence,
+                    known_ends.max(covered).max(in_tree)
+                )));
+            }
             Tail::Zeros => {}
             Tail::Torn(n) => {
                 tracing::warn!(
@@ -1441,8 +1490,16 @@ fn recover(
             }
         }
     }
-    if head.next_sequence < known_ends.max(covered).max(in_tree) {
-        return Err(truncated(head.offset));
+    let known = known_ends.max(covered).max(in_tree);
+    if head.next_sequence < known {
+        return Err(corrupt(&format!(
+            "entries {} to {} are missing: {} holds {} entries ({} bytes), but audit/ends, the index or the tree know {known}; entries were removed from the end of the log",
+            head.next_sequence,
+            known - 1,
+            path.display(),
+            head.next_sequence,
+            head.offset
+        )));
     }
     tree.flush()?;
     // Entries from `ends_at` on were pushed to `new_ends`, in order.
@@ -1456,6 +1513,94 @@ fn recover(
         );
     }
     Ok(head)
+}
+
+/// Proves, at start, that the log, its tree and the newest signed
+/// checkpoint agree: the checkpoint is this broker's (its signature, with
+/// the broker's key), the log still holds every entry it covers, the tree
+/// reproduces its root, and every entry from the last one it covers to the
+/// end of the log is the tree's leaf and links to the one before. The cost
+/// is O(log n) for the root and O(entries since the checkpoint) for the
+/// tail, whatever the log's size. Entries deeper in the log are checked by
+/// `semel audit verify` (and a changed one there moves the tree's root away
+/// from the checkpoints, once the tree is rebuilt).
+fn check_start(
+    log: &File,
+    ends: &File,
+    tree: &Tree,
+    head: Head,
+    archived: &ArchiveState,
+    newest: Option<&SignedCheckpoint>,
+    settings: Option<&CheckpointSettings>,
+) -> Result<(), StoreError> {
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    let n = newest.checkpoint.size;
+    if let Some(settings) = settings {
+        let verifier = semel_core::checkpoint::NoteVerifier::parse(&settings.signer.verifier_key())
+            .map_err(|e| corrupt(&format!("this broker's verifier key: {e}")))?;
+        match verifier.verify(&newest.note) {
+            Ok(c) if c == newest.checkpoint => {}
+            Ok(_) => {
+                return Err(corrupt(&format!(
+                    "the newest checkpoint (size {n}) does not say what its signed note says"
+                )));
+            }
+            Err(e) => {
+                return Err(corrupt(&format!(
+                    "the newest checkpoint (size {n}) does not verify with this broker's key ({e}): the checkpoints were altered, or the signing key changed"
+                )));
+            }
+        }
+    }
+    if head.next_sequence < n {
+        return Err(corrupt(&format!(
+            "the newest signed checkpoint covers {n} entries, but the log holds {}: acknowledged entries were removed",
+            head.next_sequence
+        )));
+    }
+    let root = semel_core::merkle::root(&TreeReader(tree), n)?;
+    if root != newest.checkpoint.root {
+        return Err(corrupt(&format!(
+            "the tree's root over the first {n} entries is not the one the newest checkpoint signed: entries or the tree were altered; `semel audit verify --store` names the first entry that differs"
+        )));
+    }
+    // The tail, from the last entry the checkpoint covers.
+    let first = n.saturating_sub(1).max(archived.before);
+    for seq in first..head.next_sequence {
+        let start = if seq == 0 {
+            0
+        } else {
+            read_end(ends, seq - 1)?
+        };
+        let end = read_end(ends, seq)?;
+        let mut buf = vec![
+            0u8;
+            usize::try_from(end.saturating_sub(start))
+                .map_err(|_| corrupt("entry length"))?
+        ];
+        log.read_exact_at(&mut buf, start)
+            .map_err(io_err("read audit log"))?;
+        let payload = check_frame(&buf)
+            .ok_or_else(|| corrupt(&format!("frame of entry {seq} at offset {start}")))?;
+        if entry_hash(payload) != tree.leaf(seq)? {
+            return Err(corrupt(&format!(
+                "entry {seq} is not the entry the tree (and the checkpoints signed over it) recorded: it was altered"
+            )));
+        }
+        if seq > 0 {
+            let entry =
+                AuditEntry::decode(payload).map_err(|e| corrupt(&format!("entry {seq}: {e}")))?;
+            if entry.previous_hash != tree.leaf(seq - 1)? {
+                return Err(corrupt(&format!(
+                    "entry {seq} does not link to entry {} in the hash chain",
+                    seq - 1
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) enum Tail {
@@ -1767,10 +1912,24 @@ pub(crate) mod tests {
             .expect("open");
         f.set_len(end / 2).expect("truncate");
         drop(f);
+        let log = std::fs::read(dir.path().join("audit/log")).expect("read");
         let err = Store::open(dir.path())
             .err()
             .expect("a truncated log must stop the start");
-        assert!(err.to_string().contains("truncated"), "{err}");
+        let err = err.to_string();
+        assert!(
+            err.contains("cut short") || err.contains("removed"),
+            "{err}"
+        );
+        assert!(
+            err.contains("entry 3") || err.contains("entries 3 to 5"),
+            "names the first entry lost: {err}"
+        );
+        // Nothing was zeroed: the evidence stays as it was found.
+        assert_eq!(
+            std::fs::read(dir.path().join("audit/log")).expect("read"),
+            log
+        );
     }
 }
 
@@ -1890,5 +2049,175 @@ mod proofs {
                 c.checkpoint.root.as_slice()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod at_rest {
+    //! A stopped broker's log, altered on disk: the start refuses, naming
+    //! what differs, and never zeroes an acknowledged entry.
+
+    use super::*;
+    use crate::Store;
+    use semel_core::checkpoint::NoteSigner;
+
+    fn settings() -> CheckpointSettings {
+        CheckpointSettings {
+            signer: NoteSigner::new(
+                "semel.test/audit",
+                ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+            ),
+            every_entries: 1000,
+            every: std::time::Duration::from_secs(3600),
+        }
+    }
+
+    /// A cleanly stopped log of `n` entries: its closing checkpoint covers
+    /// them all.
+    async fn stopped_log(n: u8) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_with(dir.path(), Some(settings())).expect("open");
+        for i in 0..n {
+            store
+                .audit()
+                .append(super::tests::record(i, None))
+                .await
+                .expect("append");
+        }
+        store.close().expect("close");
+        dir
+    }
+
+    fn open(dir: &tempfile::TempDir) -> Result<Store, String> {
+        Store::open_with(dir.path(), Some(settings())).map_err(|e| e.to_string())
+    }
+
+    /// Rewrites entry `seq` with `change` applied, checksum recomputed (a
+    /// careful forger's edit).
+    fn forge(dir: &tempfile::TempDir, seq: u64, change: impl FnOnce(&mut AuditEntry)) {
+        let audit = dir.path().join("audit");
+        let ends = File::open(audit.join("ends")).expect("ends");
+        let start = if seq == 0 {
+            0
+        } else {
+            read_end(&ends, seq - 1).expect("end")
+        };
+        let end = read_end(&ends, seq).expect("end");
+        let log = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(audit.join("log"))
+            .expect("log");
+        let mut buf = vec![0u8; (end - start) as usize];
+        log.read_exact_at(&mut buf, start).expect("read");
+        let mut entry = AuditEntry::decode(&buf[HEADER..]).expect("decode");
+        change(&mut entry);
+        let payload = entry.to_bytes();
+        assert_eq!(payload.len(), buf.len() - HEADER, "same length");
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        log.write_all_at(&frame, start).expect("write");
+    }
+
+    fn another_consumer(e: &mut AuditEntry) {
+        e.record.consumer = Kbo::parse("1006872569").expect("kbo");
+    }
+
+    #[tokio::test]
+    async fn a_forged_last_entry_is_refused_at_start() {
+        let dir = stopped_log(12).await;
+        forge(&dir, 11, another_consumer);
+        let err = open(&dir).err().expect("refused");
+        assert!(err.contains("entry 11"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_forged_entry_with_its_checkpoint_removed_is_still_refused() {
+        // Two checkpoints: at 6 entries (a restart) and at 12 (the close).
+        let dir = stopped_log(6).await;
+        let store = open(&dir).expect("reopen");
+        for i in 6..12 {
+            store
+                .audit()
+                .append(super::tests::record(i, None))
+                .await
+                .expect("append");
+        }
+        store.close().expect("close");
+        let path = dir.path().join("audit/checkpoints");
+        let all = read_checkpoints(&path).expect("checkpoints");
+        assert_eq!(
+            all.iter().map(|c| c.checkpoint.size).collect::<Vec<_>>(),
+            vec![6, 12]
+        );
+        // The forger removes the last checkpoint and alters an entry only
+        // it covered: the entries since the remaining checkpoint are checked
+        // against the tree.
+        let first = &all[0].note;
+        let mut kept = (first.len() as u32).to_be_bytes().to_vec();
+        kept.extend_from_slice(first.as_bytes());
+        std::fs::write(&path, kept).expect("keep the first");
+        forge(&dir, 9, another_consumer);
+        let err = open(&dir).err().expect("refused");
+        assert!(err.contains("entry 9"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_altered_checkpoint_is_refused_at_start() {
+        let dir = stopped_log(5).await;
+        let path = dir.path().join("audit/checkpoints");
+        let mut bytes = std::fs::read(&path).expect("read");
+        // The signature is the last line: flip a character of it.
+        let at = bytes.len() - 6;
+        bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+        std::fs::write(&path, &bytes).expect("write");
+        let err = open(&dir).err().expect("refused");
+        assert!(err.contains("does not verify"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_cut_log_with_its_derived_files_deleted_is_refused_not_zeroed() {
+        let dir = stopped_log(8).await;
+        let audit = dir.path().join("audit");
+        let log_path = audit.join("log");
+        let len = std::fs::metadata(&log_path).expect("stat").len();
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&log_path)
+            .expect("open");
+        f.set_len(len - 5).expect("cut");
+        drop(f);
+        std::fs::remove_file(audit.join("ends")).expect("ends");
+        std::fs::remove_dir_all(audit.join("index")).expect("index");
+        std::fs::remove_dir_all(audit.join("tree")).expect("tree");
+        let before = std::fs::read(&log_path).expect("read");
+        let err = open(&dir).err().expect("refused");
+        assert!(err.contains("entry 7"), "{err}");
+        assert!(err.contains("acknowledged"), "{err}");
+        assert_eq!(
+            std::fs::read(&log_path).expect("read"),
+            before,
+            "nothing zeroed"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_untouched_log_starts_and_a_torn_unacknowledged_write_is_still_zeroed() {
+        let dir = stopped_log(6).await;
+        let store = open(&dir).expect("an untouched log starts");
+        store.close().expect("close");
+        // A partial frame after the last entry: a write nobody was told had
+        // succeeded.
+        let log_path = dir.path().join("audit/log");
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .expect("open");
+        f.write_all(&[0, 0, 1, 0, 9, 9]).expect("append");
+        drop(f);
+        let store = open(&dir).expect("starts, zeroing the torn write");
+        assert_eq!(store.audit().head().0, 6);
+        store.close().expect("close");
     }
 }
