@@ -112,9 +112,13 @@ async fn a_full_disk_fails_closed_no_answer_without_its_entry() {
         !err.message().contains("Rue"),
         "no data leaves with the refusal"
     );
-    // Every later lookup is refused too, until an operator restarts.
-    let err = c.lookup(req).await.expect_err("still refused");
-    assert_error(&err, Code::Unavailable, "AUDIT_UNAVAILABLE");
+    // Every later lookup is refused too, until an operator restarts; each
+    // is counted (the log says it once, not once per refusal).
+    for _ in 0..20 {
+        let err = c.lookup(req.clone()).await.expect_err("still refused");
+        assert_error(&err, Code::Unavailable, "AUDIT_UNAVAILABLE");
+    }
+    assert_eq!(t.demo().broker.metrics.audit_unavailable.get(), 21);
     assert_eq!(t.audit_size().await, before, "nothing half-written");
     // The health check tells load balancers.
     let channel = t

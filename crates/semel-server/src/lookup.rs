@@ -364,7 +364,7 @@ async fn lookup(
         .await
     {
         // Fail closed: no answer leaves without its entry.
-        tracing::error!(error = %e, request_id = %request_id, "lookup refused: audit entry not durable");
+        broker.audit_unavailable(&e);
         return Err(ApiError::retryable(
             Code::Unavailable,
             "AUDIT_UNAVAILABLE",

@@ -46,6 +46,8 @@ pub struct Metrics {
     audit_queued: Gauge,
     audit_syncs: Counter,
     audit_sync_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Calls refused because their entry could not be made durable.
+    pub audit_unavailable: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,7 +110,14 @@ impl Default for Metrics {
             "Time spent writing and syncing the audit log",
             audit_sync_seconds.clone(),
         );
+        let audit_unavailable = Counter::default();
+        registry.register(
+            "audit_unavailable_refusals",
+            "Calls refused because their audit entry could not be made durable",
+            audit_unavailable.clone(),
+        );
         Metrics {
+            audit_unavailable,
             registry,
             lookups,
             lookup_seconds,

@@ -173,6 +173,8 @@ pub struct Broker {
     /// certificate reload) could store the older reading last and undo a
     /// change the API had confirmed.
     rebuild: Mutex<()>,
+    /// Whether the audit log's unavailability has been logged.
+    audit_unavailable_said: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
     tokens: ArcSwap<TokenVerifier>,
 }
@@ -198,6 +200,7 @@ impl Broker {
             refusals,
             admin: tokio::sync::Mutex::new(()),
             rebuild: Mutex::new(()),
+            audit_unavailable_said: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::default(),
             tokens: ArcSwap::from_pointee(tokens),
         });
@@ -563,7 +566,7 @@ impl Broker {
                     .join(", ")
             );
             if let Err(e) = self.store.audit().append(record).await {
-                tracing::error!(error = %e, "refusal summary not recorded: audit log unavailable");
+                self.audit_unavailable(&e);
                 failed.push((org, flood));
             } else {
                 tracing::warn!(
@@ -611,7 +614,7 @@ impl Broker {
         record.reason = Some(reason);
         record.detail = semel_core::redact_national_numbers(&error.message).into_owned();
         if let Err(e) = self.store.audit().append(record).await {
-            tracing::error!(error = %e, "refused call not recorded: audit log unavailable");
+            self.audit_unavailable(&e);
         }
         tracing::info!(
             request_id = %request_id,
@@ -661,13 +664,31 @@ impl Broker {
             .await
             .map(|_| ())
             .map_err(|e| {
-                tracing::error!(error = %e, "call refused: audit entry not durable");
+                self.audit_unavailable(&e);
                 ApiError::retryable(
                     tonic::Code::Unavailable,
                     "AUDIT_UNAVAILABLE",
                     "the broker cannot record changes right now, so it makes none; try again later",
                 )
             })
+    }
+
+    /// Counts a call refused because its entry could not be made durable,
+    /// and says so in the log once: the log refuses every append from its
+    /// first failure until a restart, and a line per refused call (tens of
+    /// thousands a second) would only add to the pressure on a disk that is
+    /// often the same one.
+    pub fn audit_unavailable(&self, error: &semel_store::AuditError) {
+        self.metrics.audit_unavailable.inc();
+        if !self
+            .audit_unavailable_said
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(
+                error = %error,
+                "audit log unavailable: every call is refused until it is fixed and the broker restarted; semel_audit_unavailable_refusals_total counts them"
+            );
+        }
     }
 
     /// The token verifier in use.
