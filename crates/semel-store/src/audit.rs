@@ -282,6 +282,7 @@ impl AuditLog {
             stored.last(),
             checkpoints.as_ref(),
         )?;
+        index.compact_in_background();
         let tree = Arc::new(RwLock::new(tree));
         let verifier_key = checkpoints.as_ref().map(|c| c.signer.verifier_key());
         let log = Arc::new(log);
@@ -1138,6 +1139,7 @@ impl Indexer {
                     .write_all_at(&ends, first_seq * 8)
                     .map_err(|e| format!("write audit ends: {e}"))
             });
+            self.index.compact_in_background();
             let mut p = lock(&self.shared.progress);
             match done {
                 Ok(()) => p.indexed = head.next_sequence,

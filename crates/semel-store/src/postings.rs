@@ -35,8 +35,16 @@ use semel_core::{Kbo, Niss};
 
 use crate::{StoreError, io_err};
 
-/// Entries per segment.
+/// Entries per segment written from the memtable.
+#[cfg(not(test))]
 pub(crate) const FLUSH_EVERY: u64 = 1 << 16;
+#[cfg(test)]
+pub(crate) const FLUSH_EVERY: u64 = 1 << 8;
+
+/// Segments of one size merged into one: the number of segments (and of
+/// open files) grows with the logarithm of the log's size, base 16, and a
+/// query's binary searches with it.
+const MERGE_FAN_IN: usize = 16;
 
 const MAGIC: &[u8; 8] = b"SEMELIX1";
 const HEADER: u64 = 32;
@@ -75,6 +83,21 @@ struct Segment {
     end: u64,
     records: u64,
     file: File,
+    path: PathBuf,
+}
+
+impl Segment {
+    /// Its size class: 0 for a segment written from the memtable, k for one
+    /// that merged MERGE_FAN_IN segments of class k-1.
+    fn tier(&self) -> u32 {
+        let mut tier = 0;
+        let mut n = (self.end - self.first) / FLUSH_EVERY;
+        while n >= MERGE_FAN_IN as u64 {
+            n /= MERGE_FAN_IN as u64;
+            tier += 1;
+        }
+        tier
+    }
 }
 
 impl Segment {
@@ -117,6 +140,8 @@ pub(crate) struct PostingIndex {
     dir: PathBuf,
     segments: RwLock<Vec<Segment>>,
     memtable: Mutex<Memtable>,
+    /// Whether a merge runs in the background.
+    compacting: std::sync::atomic::AtomicBool,
 }
 
 impl PostingIndex {
@@ -143,7 +168,9 @@ impl PostingIndex {
                 }
             }
         }
-        found.sort_by_key(|(s, _)| s.first);
+        // A merge interrupted before it removed its inputs leaves both: the
+        // merged segment (longest from its first entry) is kept.
+        found.sort_by_key(|(s, _)| (s.first, std::cmp::Reverse(s.end)));
         let mut segments = Vec::new();
         let mut covered = 0;
         for (s, path) in found {
@@ -162,6 +189,7 @@ impl PostingIndex {
                 end: covered,
                 ..Memtable::default()
             }),
+            compacting: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -245,6 +273,85 @@ impl PostingIndex {
         Ok(())
     }
 
+    /// Merges runs of MERGE_FAN_IN contiguous segments of the same size
+    /// class into one, until none is left: a streaming merge of sorted
+    /// files, written and synced under a temporary name, then named, then
+    /// swapped in for its inputs, which are removed. Queries see either the
+    /// inputs or the merged segment, never a mix.
+    pub(crate) fn compact(&self) -> Result<(), StoreError> {
+        loop {
+            let run: Vec<(PathBuf, u64, u64)> = {
+                let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+                let Some(start) = merge_run(&segments) else {
+                    return Ok(());
+                };
+                segments[start..start + MERGE_FAN_IN]
+                    .iter()
+                    .map(|s| (s.path.clone(), s.first, s.end))
+                    .collect()
+            };
+            let (first, end) = (run[0].1, run[run.len() - 1].2);
+            let name = format!("seg-{first:020}-{end:020}");
+            let tmp = self.dir.join(format!("{name}.tmp"));
+            let path = self.dir.join(&name);
+            merge_files(&run, first, end, &tmp)?;
+            std::fs::rename(&tmp, &path).map_err(io_err(format!("name {}", path.display())))?;
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(format!("fsync {}", self.dir.display())))?;
+            let merged = open_segment(&path).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "audit index: {} unreadable after merging",
+                    path.display()
+                ))
+            })?;
+            {
+                let mut segments = self.segments.write().unwrap_or_else(|p| p.into_inner());
+                let at = segments
+                    .iter()
+                    .position(|s| s.first == first)
+                    .ok_or_else(|| {
+                        StoreError::Corrupt("audit index: merged run vanished".into())
+                    })?;
+                segments.splice(at..at + run.len(), [merged]);
+            }
+            for (input, _, _) in &run {
+                let _ = std::fs::remove_file(input);
+            }
+        }
+    }
+
+    /// Starts merging on a thread of its own when a run of segments is due
+    /// (and no merge runs yet): indexing and queries go on meanwhile.
+    pub(crate) fn compact_in_background(self: &std::sync::Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        let due = {
+            let segments = self.segments.read().unwrap_or_else(|p| p.into_inner());
+            merge_run(&segments).is_some()
+        };
+        if !due || self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let index = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("audit-index-merge".into())
+            .spawn(move || {
+                if let Err(e) = index.compact() {
+                    tracing::error!(error = %e, "merging audit index segments failed; the index stays as it was");
+                }
+                index.compacting.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.compacting.store(false, Ordering::Release);
+        }
+    }
+
+    /// Segment files: what the index keeps open.
+    #[cfg(test)]
+    pub(crate) fn segment_count(&self) -> usize {
+        self.segments.read().map(|s| s.len()).unwrap_or(0)
+    }
+
     /// How many sequences `key` holds below `before`: two binary searches
     /// per segment, no posting read.
     pub(crate) fn count(&self, key: &Key, before: u64) -> Result<u64, StoreError> {
@@ -298,6 +405,96 @@ impl PostingIndex {
     }
 }
 
+/// Where a run of MERGE_FAN_IN contiguous segments of one size class
+/// starts, the smallest class first.
+fn merge_run(segments: &[Segment]) -> Option<usize> {
+    let mut best: Option<(u32, usize)> = None;
+    let mut i = 0;
+    while i + MERGE_FAN_IN <= segments.len() {
+        let tier = segments[i].tier();
+        if segments[i..i + MERGE_FAN_IN]
+            .iter()
+            .all(|s| s.tier() == tier)
+        {
+            if best.is_none_or(|(t, _)| tier < t) {
+                best = Some((tier, i));
+            }
+            i += MERGE_FAN_IN;
+        } else {
+            i += 1;
+        }
+    }
+    best.map(|(_, i)| i)
+}
+
+/// Writes the merge of sorted segment files to `out`, synced.
+fn merge_files(
+    run: &[(PathBuf, u64, u64)],
+    first: u64,
+    end: u64,
+    out: &Path,
+) -> Result<(), StoreError> {
+    use std::io::{BufReader, BufWriter, Read};
+    let mut inputs = Vec::with_capacity(run.len());
+    let mut total = 0u64;
+    for (path, _, _) in run {
+        let mut r = BufReader::with_capacity(
+            64 * 1024,
+            File::open(path).map_err(io_err(format!("open {}", path.display())))?,
+        );
+        let mut h = [0u8; HEADER as usize];
+        r.read_exact(&mut h)
+            .map_err(io_err(format!("read {}", path.display())))?;
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&h[24..32]);
+        let records = u64::from_be_bytes(n);
+        total += records;
+        inputs.push((r, records));
+    }
+    let read = |r: &mut BufReader<File>| -> Result<(Key, u64), StoreError> {
+        let mut b = [0u8; RECORD as usize];
+        r.read_exact(&mut b)
+            .map_err(io_err("read an audit index segment"))?;
+        let mut key = [0u8; 12];
+        key.copy_from_slice(&b[..12]);
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[12..]);
+        Ok((key, u64::from_be_bytes(seq)))
+    };
+    // The next record of each input, smallest first.
+    let mut heads = std::collections::BinaryHeap::new();
+    for (i, (r, left)) in inputs.iter_mut().enumerate() {
+        if *left > 0 {
+            *left -= 1;
+            heads.push(std::cmp::Reverse((read(r)?, i)));
+        }
+    }
+    let file = File::create(out).map_err(io_err(format!("create {}", out.display())))?;
+    let mut w = BufWriter::with_capacity(256 * 1024, file);
+    let write = |w: &mut BufWriter<File>, bytes: &[u8]| {
+        w.write_all(bytes)
+            .map_err(io_err(format!("write {}", out.display())))
+    };
+    write(&mut w, MAGIC)?;
+    write(&mut w, &first.to_be_bytes())?;
+    write(&mut w, &end.to_be_bytes())?;
+    write(&mut w, &total.to_be_bytes())?;
+    while let Some(std::cmp::Reverse(((key, seq), i))) = heads.pop() {
+        write(&mut w, &key)?;
+        write(&mut w, &seq.to_be_bytes())?;
+        let (r, left) = &mut inputs[i];
+        if *left > 0 {
+            *left -= 1;
+            heads.push(std::cmp::Reverse((read(r)?, i)));
+        }
+    }
+    let file = w
+        .into_inner()
+        .map_err(|e| StoreError::Corrupt(format!("write {}: {e}", out.display())))?;
+    file.sync_all()
+        .map_err(io_err(format!("fsync {}", out.display())))
+}
+
 fn open_segment(path: &Path) -> Option<Segment> {
     let file = OpenOptions::new().read(true).open(path).ok()?;
     let mut h = [0u8; HEADER as usize];
@@ -313,6 +510,7 @@ fn open_segment(path: &Path) -> Option<Segment> {
         end,
         records,
         file,
+        path: path.to_path_buf(),
     })
 }
 
@@ -335,6 +533,52 @@ mod tests {
         })
         .expect("postings");
         out
+    }
+
+    #[test]
+    fn segments_merge_so_files_grow_with_the_logarithm_of_the_log() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ix = PostingIndex::open(dir.path()).expect("open");
+        // 17 × 16 segments of the smallest class, and a few entries more.
+        let n = FLUSH_EVERY * 17 * 16 + 10;
+        for seq in 0..n {
+            ix.add(seq, &[key(seq % 5), key(1000)]).expect("add");
+        }
+        assert_eq!(ix.segment_count(), 17 * 16);
+        let before: Vec<Vec<u64>> = [0, 3, 1000, 99]
+            .iter()
+            .map(|k| collect(&ix, &key(*k), u64::MAX))
+            .collect();
+        ix.compact().expect("compact");
+        // 272 segments: 17 of the next class, then one of the class above
+        // and one left: two files.
+        assert_eq!(ix.segment_count(), 2);
+        for (k, want) in [0, 3, 1000, 99].iter().zip(&before) {
+            assert_eq!(&collect(&ix, &key(*k), u64::MAX), want, "key {k}");
+            assert_eq!(
+                ix.count(&key(*k), u64::MAX).expect("count"),
+                want.len() as u64
+            );
+        }
+        let mid = FLUSH_EVERY * 100 + 3;
+        assert_eq!(
+            collect(&ix, &key(3), mid),
+            before[1]
+                .iter()
+                .copied()
+                .filter(|s| *s < mid)
+                .collect::<Vec<_>>()
+        );
+        drop(ix);
+        // The inputs are gone; the merged segments are read back.
+        let files = std::fs::read_dir(dir.path()).expect("list").count();
+        assert_eq!(files, 2);
+        let ix = PostingIndex::open(dir.path()).expect("reopen");
+        assert_eq!(ix.covered(), FLUSH_EVERY * 17 * 16);
+        assert_eq!(
+            collect(&ix, &key(1000), u64::MAX).len() as u64,
+            FLUSH_EVERY * 17 * 16
+        );
     }
 
     #[test]
