@@ -22,6 +22,8 @@ use crate::Hash;
 
 /// The signature type byte of Ed25519 in signed notes.
 const ED25519: u8 = 0x01;
+/// The signature type byte of Ed25519 cosignatures (c2sp.org/tlog-cosignature).
+const COSIGNATURE_V1: u8 = 0x04;
 
 /// A checkpoint's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,33 +144,8 @@ pub struct NoteVerifier {
 impl NoteVerifier {
     /// Parses `name+hash+base64(0x01 || public key)`.
     pub fn parse(text: &str) -> Result<NoteVerifier, CheckpointError> {
-        let mut parts = text.trim().splitn(3, '+');
-        let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(CheckpointError::BadKey("expected name+hash+key"));
-        };
-        let typed = b64::decode(key).ok_or(CheckpointError::BadKey("the key is not base64"))?;
-        let (&kind, public) = typed
-            .split_first()
-            .ok_or(CheckpointError::BadKey("the key is empty"))?;
-        if kind != ED25519 {
-            return Err(CheckpointError::BadKey("only Ed25519 keys are supported"));
-        }
-        let public: [u8; 32] = public
-            .try_into()
-            .map_err(|_| CheckpointError::BadKey("an Ed25519 key has 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&public)
-            .map_err(|_| CheckpointError::BadKey("not an Ed25519 point"))?;
-        let expected = key_hash(name, &public);
-        if hex(&expected) != hash.to_ascii_lowercase() {
-            return Err(CheckpointError::BadKey(
-                "the key hash does not match the key",
-            ));
-        }
-        Ok(NoteVerifier {
-            name: name.to_owned(),
-            hash: expected,
-            key,
-        })
+        let (name, hash, key) = parse_vkey(text, ED25519)?;
+        Ok(NoteVerifier { name, hash, key })
     }
 
     pub fn name(&self) -> &str {
@@ -178,26 +155,11 @@ impl NoteVerifier {
     /// Checks a signed note and returns its checkpoint. Signatures by other
     /// keys are ignored, as the signed-note format intends.
     pub fn verify(&self, note: &str) -> Result<Checkpoint, CheckpointError> {
-        let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed(
-            "no empty line before the signatures",
-        ))?;
-        let body = format!("{body}\n");
-        for line in signatures.lines() {
-            let Some(rest) = line.strip_prefix("\u{2014} ") else {
-                return Err(CheckpointError::Malformed(
-                    "a signature line does not start with an em dash",
-                ));
-            };
-            let Some((name, blob)) = rest.rsplit_once(' ') else {
-                return Err(CheckpointError::Malformed(
-                    "a signature line has no signature",
-                ));
-            };
+        let (body, lines) = split_note(note)?;
+        for (name, blob) in lines {
             if name != self.name {
                 continue;
             }
-            let blob = b64::decode(blob)
-                .ok_or(CheckpointError::Malformed("the signature is not base64"))?;
             if blob.len() != 4 + 64 || blob[..4] != self.hash {
                 continue;
             }
@@ -213,13 +175,285 @@ impl NoteVerifier {
 }
 
 fn key_hash(name: &str, public: &[u8; 32]) -> [u8; 4] {
+    typed_key_hash(name, ED25519, public)
+}
+
+fn typed_key_hash(name: &str, kind: u8, public: &[u8; 32]) -> [u8; 4] {
     let mut h = Sha256::new();
     h.update(name.as_bytes());
     h.update(b"\n");
-    h.update([ED25519]);
+    h.update([kind]);
     h.update(public);
     let d = h.finalize();
     [d[0], d[1], d[2], d[3]]
+}
+
+/// Parses a verifier key `name+hash+base64(kind || Ed25519 public key)`.
+fn parse_vkey(text: &str, kind: u8) -> Result<(String, [u8; 4], VerifyingKey), CheckpointError> {
+    let mut parts = text.trim().splitn(3, '+');
+    let (Some(name), Some(hash), Some(key)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(CheckpointError::BadKey("expected name+hash+key"));
+    };
+    let typed = b64::decode(key).ok_or(CheckpointError::BadKey("the key is not base64"))?;
+    let (&found, public) = typed
+        .split_first()
+        .ok_or(CheckpointError::BadKey("the key is empty"))?;
+    if found != kind {
+        return Err(CheckpointError::BadKey(if kind == COSIGNATURE_V1 {
+            "not a cosignature/v1 (Ed25519) witness key"
+        } else {
+            "only Ed25519 keys are supported"
+        }));
+    }
+    let public: [u8; 32] = public
+        .try_into()
+        .map_err(|_| CheckpointError::BadKey("an Ed25519 key has 32 bytes"))?;
+    let key = VerifyingKey::from_bytes(&public)
+        .map_err(|_| CheckpointError::BadKey("not an Ed25519 point"))?;
+    let expected = typed_key_hash(name, kind, &public);
+    if hex(&expected) != hash.to_ascii_lowercase() {
+        return Err(CheckpointError::BadKey(
+            "the key hash does not match the key",
+        ));
+    }
+    Ok((name.to_owned(), expected, key))
+}
+
+/// The signature lines of a note, as (name, decoded blob), and its body
+/// (newline included).
+fn split_note(note: &str) -> Result<(String, Vec<(&str, Vec<u8>)>), CheckpointError> {
+    let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed(
+        "no empty line before the signatures",
+    ))?;
+    let mut lines = Vec::new();
+    for line in signatures.lines() {
+        let rest = line
+            .strip_prefix("\u{2014} ")
+            .ok_or(CheckpointError::Malformed(
+                "a signature line does not start with an em dash",
+            ))?;
+        let (name, blob) = rest.rsplit_once(' ').ok_or(CheckpointError::Malformed(
+            "a signature line has no signature",
+        ))?;
+        let blob =
+            b64::decode(blob).ok_or(CheckpointError::Malformed("the signature is not base64"))?;
+        lines.push((name, blob));
+    }
+    Ok((format!("{body}\n"), lines))
+}
+
+/// A witness's key: it cosigns checkpoints it has checked are consistent
+/// with every one it cosigned before (c2sp.org/tlog-cosignature, Ed25519).
+pub struct Cosigner {
+    name: String,
+    key: SigningKey,
+}
+
+impl std::fmt::Debug for Cosigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cosigner")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cosigner {
+    pub fn new(name: &str, key: SigningKey) -> Self {
+        Cosigner {
+            name: name.to_owned(),
+            key,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The witness's verifier key, `name+hash+base64(0x04 || public key)`.
+    pub fn verifier_key(&self) -> String {
+        let public = self.key.verifying_key().to_bytes();
+        let mut typed = vec![COSIGNATURE_V1];
+        typed.extend_from_slice(&public);
+        format!(
+            "{}+{}+{}",
+            self.name,
+            hex(&typed_key_hash(&self.name, COSIGNATURE_V1, &public)),
+            b64::encode(&typed)
+        )
+    }
+
+    /// The cosignature line of a checkpoint, made at `time` (seconds since
+    /// the epoch), newline included.
+    pub fn cosign(&self, checkpoint: &Checkpoint, time: u64) -> String {
+        let message = cosigned_message(&checkpoint.body(), time);
+        let signature = self.key.sign(message.as_bytes()).to_bytes();
+        let mut blob = typed_key_hash(
+            &self.name,
+            COSIGNATURE_V1,
+            &self.key.verifying_key().to_bytes(),
+        )
+        .to_vec();
+        blob.extend_from_slice(&time.to_be_bytes());
+        blob.extend_from_slice(&signature);
+        format!("\u{2014} {} {}\n", self.name, b64::encode(&blob))
+    }
+}
+
+fn cosigned_message(body: &str, time: u64) -> String {
+    format!("cosignature/v1\ntime {time}\n{body}")
+}
+
+/// A witness's verifier key, parsed: checks its cosignatures.
+#[derive(Debug, Clone)]
+pub struct CosignatureVerifier {
+    name: String,
+    hash: [u8; 4],
+    key: VerifyingKey,
+}
+
+impl CosignatureVerifier {
+    /// Parses `name+hash+base64(0x04 || public key)`.
+    pub fn parse(text: &str) -> Result<CosignatureVerifier, CheckpointError> {
+        let (name, hash, key) = parse_vkey(text, COSIGNATURE_V1)?;
+        Ok(CosignatureVerifier { name, hash, key })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The time of this witness's cosignature on the note, once checked.
+    /// Other signature lines are ignored.
+    pub fn verify(&self, note: &str) -> Result<u64, CheckpointError> {
+        let (body, lines) = split_note(note)?;
+        for (name, blob) in lines {
+            if name != self.name || blob.len() != 4 + 8 + 64 || blob[..4] != self.hash {
+                continue;
+            }
+            let mut time = [0u8; 8];
+            time.copy_from_slice(&blob[4..12]);
+            let time = u64::from_be_bytes(time);
+            let signature = Signature::from_slice(&blob[12..])
+                .map_err(|_| CheckpointError::Malformed("the signature has the wrong length"))?;
+            return match self
+                .key
+                .verify(cosigned_message(&body, time).as_bytes(), &signature)
+            {
+                Ok(()) => Ok(time),
+                Err(_) => Err(CheckpointError::BadSignature(self.name.clone())),
+            };
+        }
+        Err(CheckpointError::NotSigned(self.name.clone()))
+    }
+}
+
+/// What a witness answers to `add-checkpoint` (c2sp.org/tlog-witness),
+/// short of cosigning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WitnessRefusal {
+    /// 400: malformed, or the old size exceeds the checkpoint's.
+    BadRequest(String),
+    /// 404: the witness does not follow this log.
+    UnknownLog,
+    /// 403: no signature by the log's key verifies.
+    Forbidden,
+    /// 409: the old size is not the last one the witness cosigned (given),
+    /// or the same size with another root (a fork).
+    Conflict(u64),
+    /// 422: the consistency proof does not verify.
+    BadProof,
+}
+
+/// An `add-checkpoint` request, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddCheckpoint {
+    pub old: u64,
+    pub proof: Vec<Hash>,
+    /// The signed note, as sent.
+    pub note: String,
+}
+
+impl AddCheckpoint {
+    /// The request body: `old N`, proof lines, an empty line, the note.
+    pub fn body(&self) -> String {
+        let mut out = format!("old {}\n", self.old);
+        for h in &self.proof {
+            out.push_str(&b64::encode(h));
+            out.push('\n');
+        }
+        out.push('\n');
+        out.push_str(&self.note);
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<AddCheckpoint, WitnessRefusal> {
+        let bad = |m: &str| WitnessRefusal::BadRequest(m.to_owned());
+        let (head, note) = text
+            .split_once("\n\n")
+            .ok_or_else(|| bad("no empty line before the checkpoint"))?;
+        let mut lines = head.split('\n');
+        let old = lines
+            .next()
+            .and_then(|l| l.strip_prefix("old "))
+            .filter(|n| *n == "0" || !n.starts_with('0'))
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or_else(|| bad("the first line is not `old <size>`"))?;
+        let proof = lines
+            .map(|l| {
+                b64::decode(l)
+                    .and_then(|b| <Hash>::try_from(b.as_slice()).ok())
+                    .ok_or_else(|| bad("a proof line is not a base64 hash"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if proof.len() > 63 {
+            return Err(bad("more than 63 proof lines"));
+        }
+        Ok(AddCheckpoint {
+            old,
+            proof,
+            note: note.to_owned(),
+        })
+    }
+}
+
+/// A witness's decision on a checkpoint it has verified the log's signature
+/// of, given the last one it cosigned for that log: cosign only a checkpoint
+/// proven consistent with it (never a rollback, never a fork).
+pub fn witness_decide(
+    last: Option<&Checkpoint>,
+    old: u64,
+    proof: &[Hash],
+    new: &Checkpoint,
+) -> Result<(), WitnessRefusal> {
+    if old > new.size {
+        return Err(WitnessRefusal::BadRequest(format!(
+            "old size {old} exceeds the checkpoint's size {}",
+            new.size
+        )));
+    }
+    let current = last.map_or(0, |c| c.size);
+    if old != current {
+        return Err(WitnessRefusal::Conflict(current));
+    }
+    match last {
+        None => {
+            if !proof.is_empty() {
+                return Err(WitnessRefusal::BadProof);
+            }
+        }
+        Some(last) if last.size == new.size => {
+            if last.root != new.root || !proof.is_empty() {
+                return Err(WitnessRefusal::Conflict(current));
+            }
+        }
+        Some(last) => {
+            if !crate::merkle::verify_consistency(last.size, new.size, &last.root, &new.root, proof)
+            {
+                return Err(WitnessRefusal::BadProof);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -329,5 +563,116 @@ mod tests {
         assert_eq!(b64::encode(b"fo"), "Zm8=");
         assert_eq!(b64::decode("Zm8="), Some(b"fo".to_vec()));
         assert_eq!(b64::decode("Zm*="), None);
+    }
+
+    fn witness() -> Cosigner {
+        Cosigner::new("witness.test/w1", SigningKey::from_bytes(&[9; 32]))
+    }
+
+    fn tree(leaves: u64) -> (Checkpoint, Vec<Hash>) {
+        let hashes: Vec<Hash> = (0..leaves).map(|i| [i as u8; 32]).collect();
+        let mut range = crate::merkle::CompactRange::new();
+        for h in &hashes {
+            range.push(*h);
+        }
+        (
+            Checkpoint {
+                origin: "semel.test/audit".into(),
+                size: leaves,
+                root: range.root(),
+            },
+            hashes,
+        )
+    }
+
+    #[test]
+    fn a_cosignature_verifies_with_its_witness_key_only() {
+        let (c, _) = tree(5);
+        let note = signer().sign(&c);
+        let w = witness();
+        let cosigned = format!("{note}{}", w.cosign(&c, 1_700_000_000));
+        let v = CosignatureVerifier::parse(&w.verifier_key()).expect("vkey");
+        assert_eq!(v.verify(&cosigned), Ok(1_700_000_000));
+        // The log's own signature still verifies on the cosigned note.
+        let log = NoteVerifier::parse(&signer().verifier_key()).expect("log key");
+        assert_eq!(log.verify(&cosigned), Ok(c.clone()));
+        // Not cosigned; cosigned by another witness; a changed checkpoint.
+        assert!(matches!(
+            v.verify(&note),
+            Err(CheckpointError::NotSigned(_))
+        ));
+        let other = Cosigner::new("witness.test/w1", SigningKey::from_bytes(&[8; 32]));
+        assert!(v.verify(&format!("{note}{}", other.cosign(&c, 1))).is_err());
+        let forged = cosigned.replacen("\n5\n", "\n6\n", 1);
+        assert!(v.verify(&forged).is_err());
+        // A log key is not a witness key, and the other way round.
+        assert!(CosignatureVerifier::parse(&signer().verifier_key()).is_err());
+        assert!(NoteVerifier::parse(&w.verifier_key()).is_err());
+    }
+
+    #[test]
+    fn an_add_checkpoint_body_round_trips() {
+        let req = AddCheckpoint {
+            old: 3,
+            proof: vec![[1; 32], [2; 32]],
+            note: signer().sign(&tree(5).0),
+        };
+        assert_eq!(AddCheckpoint::parse(&req.body()), Ok(req.clone()));
+        assert!(AddCheckpoint::parse("old 03\n\nx").is_err());
+        assert!(AddCheckpoint::parse("new 3\n\nx").is_err());
+        assert!(AddCheckpoint::parse("old 3\nnot a hash\n\nx").is_err());
+    }
+
+    #[test]
+    fn a_witness_cosigns_growth_and_refuses_rollback_forks_and_bad_proofs() {
+        struct Leaves(Vec<Hash>);
+        impl crate::merkle::Subtrees for Leaves {
+            type Error = std::convert::Infallible;
+            fn subtree(&self, start: u64, end: u64) -> Result<Hash, Self::Error> {
+                let mut range = crate::merkle::CompactRange::new();
+                for h in &self.0[start as usize..end as usize] {
+                    range.push(*h);
+                }
+                Ok(range.root())
+            }
+        }
+        let (c3, _) = tree(3);
+        let (c7, leaves) = tree(7);
+        let proof = crate::merkle::consistency_proof(&Leaves(leaves), 3, 7).expect("proof");
+        // First sight: old 0, no proof.
+        assert_eq!(witness_decide(None, 0, &[], &c3), Ok(()));
+        assert_eq!(
+            witness_decide(None, 3, &proof, &c7),
+            Err(WitnessRefusal::Conflict(0)),
+            "the client must learn the witness's size"
+        );
+        // Growth with a valid proof.
+        assert_eq!(witness_decide(Some(&c3), 3, &proof, &c7), Ok(()));
+        assert_eq!(
+            witness_decide(Some(&c3), 3, &proof[1..], &c7),
+            Err(WitnessRefusal::BadProof)
+        );
+        // Rollback: a smaller checkpoint after a larger one.
+        assert_eq!(
+            witness_decide(Some(&c7), 3, &[], &c3),
+            Err(WitnessRefusal::Conflict(7))
+        );
+        assert!(matches!(
+            witness_decide(Some(&c7), 7, &[], &c3),
+            Err(WitnessRefusal::BadRequest(_))
+        ));
+        // A fork: the same size, another root.
+        let mut fork = c7.clone();
+        fork.root = [0xee; 32];
+        assert_eq!(
+            witness_decide(Some(&c7), 7, &[], &fork),
+            Err(WitnessRefusal::Conflict(7))
+        );
+        assert_eq!(witness_decide(Some(&c7), 7, &[], &c7), Ok(()));
+        // A checkpoint inconsistent with the one cosigned (entries rewritten).
+        assert_eq!(
+            witness_decide(Some(&c3), 3, &proof, &fork),
+            Err(WitnessRefusal::BadProof)
+        );
     }
 }
