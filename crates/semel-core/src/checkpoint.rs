@@ -219,9 +219,11 @@ fn parse_vkey(text: &str, kind: u8) -> Result<(String, [u8; 4], VerifyingKey), C
     Ok((name.to_owned(), expected, key))
 }
 
-/// The signature lines of a note, as (name, decoded blob), and its body
-/// (newline included).
-fn split_note(note: &str) -> Result<(String, Vec<(&str, Vec<u8>)>), CheckpointError> {
+/// A signature line: the key's name and the decoded signature blob.
+type SignatureLine<'a> = (&'a str, Vec<u8>);
+
+/// The body of a note (newline included) and its signature lines.
+fn split_note(note: &str) -> Result<(String, Vec<SignatureLine<'_>>), CheckpointError> {
     let (body, signatures) = note.split_once("\n\n").ok_or(CheckpointError::Malformed(
         "no empty line before the signatures",
     ))?;
