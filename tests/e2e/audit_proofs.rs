@@ -272,3 +272,109 @@ async fn auditors_query_by_person_authorisation_dataset_and_decision_combined() 
     assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
     t.stop().await;
 }
+
+/// The demo's witness cosigns each new checkpoint; it refuses a rollback
+/// and a fork, even signed with the log's own key.
+#[tokio::test]
+async fn a_witness_cosigns_checkpoints_and_refuses_rollback_and_forks() {
+    use semel_core::checkpoint::{AddCheckpoint, Checkpoint, CosignatureVerifier, NoteSigner};
+    use semel_server::witness::{Submitted, submit};
+    let t = start().await;
+    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(t.dir.path().join(semel_server::demo::MANIFEST)).expect("manifest"),
+    )
+    .expect("json");
+    let witness = CosignatureVerifier::parse(&manifest.witness_key).expect("witness key");
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    for _ in 0..6 {
+        c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("lookup");
+    }
+    let mut auditor = t.audit().await;
+    let mut cosigned = None;
+    for _ in 0..200 {
+        let r = auditor
+            .get_latest_checkpoint(proto::GetLatestCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if let Some(note) = r.checkpoint.map(|c| c.signed_note)
+            && witness.verify(&note).is_ok()
+        {
+            cosigned = Some((note, r.verifier_key));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (note, log_key) = cosigned.expect("a checkpoint cosigned by the demo witness");
+    // The log's own signature is still on the note.
+    let checkpoint = NoteVerifier::parse(&log_key)
+        .expect("log key")
+        .verify(&note)
+        .expect("the log's signature");
+    let size = checkpoint.size;
+    // A rollback: an older, smaller checkpoint of the same log.
+    let signer = NoteSigner::new(
+        &checkpoint.origin,
+        semel_store::load_or_create_signing_key(&t.pki().dir.join("audit-signing.key"))
+            .expect("the log's key"),
+    );
+    let older = Checkpoint {
+        origin: checkpoint.origin.clone(),
+        size: size - 1,
+        root: t
+            .demo()
+            .broker
+            .store()
+            .audit()
+            .root(size - 1)
+            .expect("root"),
+    };
+    for old in [size, size - 1, 0] {
+        let answer = submit(
+            &manifest.witness,
+            &AddCheckpoint {
+                old,
+                proof: Vec::new(),
+                note: signer.sign(&older),
+            },
+        )
+        .await
+        .expect("the witness answers");
+        assert!(
+            !matches!(answer, Submitted::Cosigned(_)),
+            "rollback from {old} cosigned: {answer:?}"
+        );
+    }
+    // A fork: the same size, another root, signed with the log's own key
+    // (an operator rewriting history has it).
+    let fork = Checkpoint {
+        root: [0x42; 32],
+        ..checkpoint.clone()
+    };
+    let answer = submit(
+        &manifest.witness,
+        &AddCheckpoint {
+            old: size,
+            proof: Vec::new(),
+            note: signer.sign(&fork),
+        },
+    )
+    .await
+    .expect("the witness answers");
+    assert_eq!(answer, Submitted::Conflict(size));
+    // The same checkpoint again is fine.
+    let again = submit(
+        &manifest.witness,
+        &AddCheckpoint {
+            old: size,
+            proof: Vec::new(),
+            note: signer.sign(&checkpoint),
+        },
+    )
+    .await
+    .expect("the witness answers");
+    assert!(matches!(again, Submitted::Cosigned(_)), "{again:?}");
+    t.stop().await;
+}

@@ -473,12 +473,17 @@ impl Rpc for AuditService {
     ) -> Result<Response<proto::GetLatestCheckpointResponse>, Status> {
         self.broker.admit(&req).await?;
         let log = self.broker.store().audit();
+        // The newest checkpoint with its witnesses' cosignatures, once they
+        // have cosigned it (the note's log signature comes first either way).
+        let cosigned = log.cosigned();
         Ok(Response::new(proto::GetLatestCheckpointResponse {
             checkpoint: log.latest_checkpoint().map(|c| proto::Checkpoint {
                 origin: c.checkpoint.origin,
                 tree_size: c.checkpoint.size,
                 root_hash: c.checkpoint.root.to_vec(),
-                signed_note: c.note,
+                signed_note: cosigned
+                    .filter(|n| n.starts_with(&c.note))
+                    .unwrap_or(c.note),
             }),
             verifier_key: log.verifier_key().unwrap_or_default().to_owned(),
         }))

@@ -88,6 +88,19 @@ pub struct AuditSection {
     /// everything online).
     #[serde(default = "default_online_days")]
     pub online_days: u32,
+    /// Witnesses that cosign each new checkpoint (c2sp.org/tlog-witness).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSection {
+    /// Its submission prefix, e.g. `http://witness.commission.brussels:8701`.
+    pub url: String,
+    /// Its verifier key (`name+hash+base64`, type 0x04), as its operator
+    /// published it.
+    pub key: String,
 }
 
 fn default_online_days() -> u32 {
@@ -101,6 +114,7 @@ impl Default for AuditSection {
             origin: None,
             checkpoint_every_entries: default_checkpoint_entries(),
             checkpoint_every_ms: default_checkpoint_ms(),
+            witnesses: Vec::new(),
             online_days: default_online_days(),
         }
     }
@@ -521,6 +535,27 @@ impl Config {
             every_entries: self.audit.checkpoint_every_entries,
             every: Duration::from_millis(self.audit.checkpoint_every_ms),
         })
+    }
+
+    /// The witnesses to submit checkpoints to.
+    pub fn witnesses(&self) -> anyhow::Result<Vec<crate::witness::WitnessTarget>> {
+        self.audit
+            .witnesses
+            .iter()
+            .map(|w| {
+                anyhow::ensure!(
+                    w.url.starts_with("http://") || w.url.starts_with("https://"),
+                    "audit.witnesses: {} is not an http:// or https:// URL",
+                    w.url
+                );
+                let key = semel_core::checkpoint::CosignatureVerifier::parse(&w.key)
+                    .map_err(|e| anyhow::anyhow!("audit.witnesses: {}: {e}", w.url))?;
+                Ok(crate::witness::WitnessTarget {
+                    url: w.url.clone(),
+                    key,
+                })
+            })
+            .collect()
     }
 
     /// Where traces go, if anywhere.

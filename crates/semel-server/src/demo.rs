@@ -96,6 +96,11 @@ pub struct DemoManifest {
     /// A citizen's token (through the demo citizen portal), to try the
     /// citizen's view.
     pub citizen_token: PathBuf,
+    /// The demo witness's address and verifier key (cosignatures).
+    #[serde(default)]
+    pub witness: String,
+    #[serde(default)]
+    pub witness_key: String,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -117,6 +122,9 @@ const DEMO_TOKEN_SECONDS: i64 = 24 * 3600;
 pub const DEMO_CITIZEN: &str = "93051822361";
 
 pub const MANIFEST: &str = "demo.json";
+
+/// The demo witness's name, as a supervisory body would name its own.
+pub const DEMO_WITNESS: &str = "witness.semel-demo.invalid/commission";
 
 impl Demo {
     /// Starts the demo sources and the broker; returns once all listen.
@@ -172,10 +180,29 @@ impl Demo {
         let signing_key =
             semel_store::load_or_create_signing_key(&pki.dir.join("audit-signing.key"))
                 .context("the demo's checkpoint signing key")?;
+        let signer = semel_core::checkpoint::NoteSigner::new(DEMO_ORIGIN, signing_key);
+        // A witness, as the supervisory commission would run one: it follows
+        // the log's key and cosigns each checkpoint it can prove consistent.
+        let witness = Arc::new(crate::witness::Witness::open(
+            &data_dir.join("witness"),
+            DEMO_WITNESS,
+            &[signer.verifier_key()],
+        )?);
+        let witness_key = witness.verifier_key();
+        let witness_listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("bind the demo witness")?;
+        let witness_url = format!("http://{}", witness_listener.local_addr()?);
+        {
+            let served = crate::witness::serve_witness(witness_listener, witness, wait(rx.clone()));
+            source_tasks.push(tokio::spawn(async move {
+                served.await.context("serve the demo witness")
+            }));
+        }
         let store = Store::open_with(
             &data_dir.join("store"),
             Some(semel_store::CheckpointSettings {
-                signer: semel_core::checkpoint::NoteSigner::new(DEMO_ORIGIN, signing_key),
+                signer,
                 every_entries: opts.checkpoint_every_entries,
                 every: Duration::from_secs(10),
             }),
@@ -240,6 +267,11 @@ impl Demo {
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
                 online_window: None,
+                witnesses: vec![crate::witness::WitnessTarget {
+                    url: witness_url.clone(),
+                    key: semel_core::checkpoint::CosignatureVerifier::parse(&witness_key)
+                        .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
+                }],
             },
             wait(rx),
         ));
@@ -301,6 +333,8 @@ impl Demo {
             audience: DEV_AUDIENCE.to_owned(),
             organisations,
             citizen_token,
+            witness: witness_url,
+            witness_key,
         };
         std::fs::write(
             data_dir.join(MANIFEST),

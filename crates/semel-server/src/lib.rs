@@ -28,6 +28,7 @@ pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
+pub mod witness;
 
 pub use config::Config;
 pub use demo::{Demo, DemoOptions};

@@ -37,6 +37,8 @@ pub struct Prepared {
     pub reloader: Arc<Reloader>,
     /// Check the files for changes this often (SIGHUP reloads at any time).
     pub reload_poll: Option<Duration>,
+    /// Witnesses that cosign each new checkpoint.
+    pub witnesses: Vec<crate::witness::WitnessTarget>,
 }
 
 /// The files the broker can reload while it runs: its certificate and key,
@@ -235,6 +237,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         broker,
         reloader,
         reload_poll: config.reload_poll(),
+        witnesses: config.witnesses()?,
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
@@ -268,7 +271,10 @@ pub async fn serve_broker(
         reloader,
         reload_poll,
         online_window,
+        witnesses,
     } = prepared;
+    let witnessing = (!witnesses.is_empty())
+        .then(|| tokio::spawn(submit_checkpoints(broker.clone(), witnesses.clone())));
     let archiving = online_window.map(|w| tokio::spawn(archive_old_entries(broker.clone(), w)));
     let tls = reloader.tls.clone();
     let reloading = reloader.watch(reload_poll);
@@ -344,6 +350,9 @@ pub async fn serve_broker(
         .context("serve gRPC")?;
     watch.abort();
     summarising.abort();
+    if let Some(w) = witnessing {
+        w.abort();
+    }
     broker.record_refusal_floods().await;
     reloading.abort();
     if let Some(a) = archiving {
@@ -411,6 +420,114 @@ async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
                 tracing::error!(error = %e, "archiving audit entries failed; retrying in an hour")
             }
             Err(e) => tracing::error!(error = %e, "archiving task failed"),
+        }
+    }
+}
+
+/// Submits every new signed checkpoint to the witnesses, each from the last
+/// size it cosigned (learnt from a 409 the first time), with a consistency
+/// proof; keeps the cosignatures that verify with the witnesses' keys on
+/// the newest checkpoint. A witness that has cosigned more than this log
+/// holds, or refuses the proof, sees a log that was rolled back or
+/// rewritten: that is said loudly.
+async fn submit_checkpoints(broker: Arc<Broker>, witnesses: Vec<crate::witness::WitnessTarget>) {
+    use crate::witness::Submitted;
+    use semel_core::checkpoint::AddCheckpoint;
+    let mut known: Vec<u64> = vec![0; witnesses.len()];
+    let mut done = 0u64;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(latest) = broker.store().audit().latest_checkpoint() else {
+            continue;
+        };
+        let size = latest.checkpoint.size;
+        if size <= done {
+            continue;
+        }
+        let mut cosigned = latest.note.clone();
+        let mut all = true;
+        for (i, w) in witnesses.iter().enumerate() {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let old = known[i];
+                if old > size {
+                    tracing::error!(witness = %w.url, cosigned = old, newest = size, "the witness has cosigned more entries than this log's newest checkpoint: the log was rolled back");
+                    all = false;
+                    break;
+                }
+                let proof = if old == 0 || old == size {
+                    Ok(Vec::new())
+                } else {
+                    let b = broker.clone();
+                    tokio::task::spawn_blocking(move || {
+                        b.store().audit().consistency_proof(old, size)
+                    })
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")))
+                };
+                let req = match proof {
+                    Ok(proof) => AddCheckpoint {
+                        old,
+                        proof,
+                        note: latest.note.clone(),
+                    },
+                    Err(e) => {
+                        tracing::warn!(error = %e, "no consistency proof for a witness; retrying");
+                        all = false;
+                        break;
+                    }
+                };
+                match crate::witness::submit(&w.url, &req).await {
+                    Ok(Submitted::Cosigned(lines)) => {
+                        let candidate = format!("{}{lines}", latest.note);
+                        if w.key.verify(&candidate).is_ok() {
+                            cosigned.push_str(&lines);
+                            known[i] = size;
+                        } else {
+                            tracing::warn!(witness = %w.url, "a witness answered with a cosignature that does not verify with its key");
+                            all = false;
+                        }
+                        break;
+                    }
+                    Ok(Submitted::Conflict(at)) if attempt == 1 => known[i] = at,
+                    Ok(Submitted::Conflict(at)) => {
+                        tracing::error!(witness = %w.url, cosigned = at, newest = size, "a witness refuses this checkpoint: it has cosigned another at this size (a fork)");
+                        all = false;
+                        break;
+                    }
+                    Ok(Submitted::Refused(422, _)) => {
+                        tracing::error!(witness = %w.url, from = old, to = size, "a witness refuses the consistency proof: this log is not an extension of what it cosigned");
+                        all = false;
+                        break;
+                    }
+                    Ok(Submitted::Refused(status, body)) => {
+                        tracing::warn!(witness = %w.url, status, answer = %body.trim(), "a witness refused a checkpoint; retrying");
+                        all = false;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(witness = %w.url, error = %format!("{e:#}"), "a witness cannot be reached; retrying");
+                        all = false;
+                        break;
+                    }
+                }
+            }
+        }
+        if cosigned != latest.note {
+            let b = broker.clone();
+            let note = cosigned.clone();
+            match tokio::task::spawn_blocking(move || b.store().audit().set_cosigned(&note)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cosigned checkpoint not kept"),
+                Err(e) => tracing::error!(error = %e, "cosigned checkpoint not kept"),
+            }
+        }
+        if all {
+            done = size;
         }
     }
 }

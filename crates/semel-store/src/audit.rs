@@ -194,6 +194,9 @@ pub struct AuditLog {
     tree: Arc<RwLock<Tree>>,
     checkpoints_path: PathBuf,
     verifier_key: Option<String>,
+    /// The newest checkpoint with its witnesses' cosignatures, as a note
+    /// (`audit/cosigned`, written whole).
+    cosigned: Mutex<Option<String>>,
     /// Held for reading while entries are read; for writing while a prefix
     /// of the log is released to the archive.
     archive: RwLock<ArchiveState>,
@@ -346,6 +349,7 @@ impl AuditLog {
             tree,
             checkpoints_path,
             verifier_key,
+            cosigned: Mutex::new(std::fs::read_to_string(dir.join("cosigned")).ok()),
             archive: RwLock::new(archived),
             dir: dir.to_path_buf(),
             path,
@@ -508,6 +512,20 @@ impl AuditLog {
     /// The newest signed checkpoint.
     pub fn latest_checkpoint(&self) -> Option<SignedCheckpoint> {
         lock(&self.shared.checkpoint).clone()
+    }
+
+    /// A checkpoint's note with its witnesses' cosignature lines added, once
+    /// the broker has checked them: kept (durably) as the newest cosigned
+    /// checkpoint.
+    pub fn set_cosigned(&self, note: &str) -> Result<(), StoreError> {
+        write_durably(&self.dir.join("cosigned"), note.as_bytes())?;
+        *lock(&self.cosigned) = Some(note.to_owned());
+        Ok(())
+    }
+
+    /// The newest cosigned checkpoint's note, if any.
+    pub fn cosigned(&self) -> Option<String> {
+        lock(&self.cosigned).clone()
     }
 
     /// Every signed checkpoint, oldest first.

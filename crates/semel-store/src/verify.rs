@@ -29,6 +29,53 @@ pub struct VerifyReport {
     pub last_checkpoint: Option<u64>,
     /// The root of all the entries.
     pub root: Hash,
+    /// Trusted checkpoints (what auditors saw) the log reached and
+    /// reproduced.
+    pub trusted: usize,
+}
+
+/// What an auditor brings to a verification: checkpoints seen before (from
+/// the API, a witness, a previous audit) and the witnesses whose
+/// cosignatures they must carry.
+#[derive(Debug, Default)]
+pub struct TrustPolicy {
+    /// Signed notes, cosignature lines included.
+    pub trusted: Vec<String>,
+    pub witnesses: Vec<semel_core::checkpoint::CosignatureVerifier>,
+    /// How many of `witnesses` must have cosigned each trusted checkpoint.
+    pub quorum: usize,
+}
+
+impl TrustPolicy {
+    /// The trusted checkpoints, each checked: signed by the log's key and
+    /// cosigned by at least `quorum` of the witnesses.
+    fn checkpoints(&self, key: &NoteVerifier) -> Result<Vec<Checkpoint>, VerifyFailure> {
+        self.trusted
+            .iter()
+            .map(|note| {
+                let size = first_number(note);
+                let c = key.verify(note).map_err(|e| VerifyFailure::Checkpoint {
+                    size,
+                    why: format!("the trusted checkpoint is not the log's: {e}"),
+                })?;
+                let cosigned = self
+                    .witnesses
+                    .iter()
+                    .filter(|w| w.verify(note).is_ok())
+                    .count();
+                if cosigned < self.quorum {
+                    return Err(VerifyFailure::Checkpoint {
+                        size,
+                        why: format!(
+                            "the trusted checkpoint carries {cosigned} valid cosignatures of the {} witnesses required",
+                            self.quorum
+                        ),
+                    });
+                }
+                Ok(c)
+            })
+            .collect()
+    }
 }
 
 /// Where the log stops being what was signed.
@@ -44,6 +91,8 @@ pub enum VerifyFailure {
 
 /// Recomputes the chain and the tree entry by entry.
 pub struct LogVerifier {
+    /// Trusted checkpoints among `checkpoints`.
+    trusted: usize,
     checkpoints: Vec<Checkpoint>,
     next_checkpoint: usize,
     /// A checkpoint reached, with the root the entries gave at its size:
@@ -59,6 +108,17 @@ impl LogVerifier {
     /// Checks every note's signature with `key`, and that the checkpoints
     /// grow.
     pub fn new(notes: &[String], key: &NoteVerifier) -> Result<LogVerifier, VerifyFailure> {
+        Self::trusting(notes, key, &[])
+    }
+
+    /// Like [`LogVerifier::new`], and the log must also reach and reproduce
+    /// each of `trusted` (checkpoints an auditor saw), whether or not the
+    /// log still holds them: removing checkpoints cannot hide a change.
+    pub fn trusting(
+        notes: &[String],
+        key: &NoteVerifier,
+        trusted: &[Checkpoint],
+    ) -> Result<LogVerifier, VerifyFailure> {
         let mut checkpoints: Vec<Checkpoint> = Vec::new();
         for note in notes {
             let c = key.verify(note).map_err(|e| VerifyFailure::Checkpoint {
@@ -78,7 +138,23 @@ impl LogVerifier {
             }
             checkpoints.push(c);
         }
+        for t in trusted {
+            match checkpoints.iter().find(|c| c.size == t.size) {
+                Some(c) if c.root == t.root => {}
+                Some(_) => {
+                    return Err(VerifyFailure::Checkpoint {
+                        size: t.size,
+                        why: "the log's own checkpoint at this size has another root than the trusted one: the log shows auditors different histories".into(),
+                    });
+                }
+                None => {
+                    let at = checkpoints.partition_point(|c| c.size < t.size);
+                    checkpoints.insert(at, t.clone());
+                }
+            }
+        }
         Ok(LogVerifier {
+            trusted: trusted.len(),
             checkpoints,
             next_checkpoint: 0,
             reached: None,
@@ -171,6 +247,7 @@ impl LogVerifier {
             checkpoints: self.checkpoints.len(),
             last_checkpoint: self.checkpoints.last().map(|c| c.size),
             root: self.range.root(),
+            trusted: self.trusted,
         })
     }
 }
@@ -184,12 +261,21 @@ fn first_number(note: &str) -> u64 {
 
 /// Verifies a store's audit directory (`<data_dir>/audit`).
 pub fn verify_dir(audit_dir: &Path, key: &NoteVerifier) -> Result<VerifyReport, VerifyFailure> {
+    verify_dir_trusting(audit_dir, key, &TrustPolicy::default())
+}
+
+/// [`verify_dir`], against what auditors saw.
+pub fn verify_dir_trusting(
+    audit_dir: &Path,
+    key: &NoteVerifier,
+    policy: &TrustPolicy,
+) -> Result<VerifyReport, VerifyFailure> {
     let notes: Vec<String> = read_checkpoints(&audit_dir.join("checkpoints"))
         .map_err(|e| VerifyFailure::Input(e.to_string()))?
         .into_iter()
         .map(|c| c.note)
         .collect();
-    let mut verifier = LogVerifier::new(&notes, key)?;
+    let mut verifier = LogVerifier::trusting(&notes, key, &policy.checkpoints(key)?)?;
     // Archived entries first, from their files; the log resumes where the
     // archive ends (the offset is the sum of the archived frames, computed
     // here rather than trusted).
@@ -248,6 +334,7 @@ pub fn origin_of(audit_dir: &Path) -> Result<Option<String>, crate::StoreError> 
 /// Returns the key's path with it.
 pub fn own_verifier_key(
     data_dir: &Path,
+    origin_hint: Option<&str>,
 ) -> Result<Option<(std::path::PathBuf, String)>, crate::StoreError> {
     let Some(path) = [
         data_dir.join("audit-signing.key"),
@@ -257,9 +344,12 @@ pub fn own_verifier_key(
     .find(|p| p.exists()) else {
         return Ok(None);
     };
-    let Some(origin) = origin_of(&data_dir.join("audit"))? else {
-        return Ok(None);
-    };
+    // The log's name: its checkpoints', or else the hint's (a trusted
+    // checkpoint); with neither, no checkpoint will be checked with the key,
+    // which then only needs to be well formed.
+    let origin = origin_of(&data_dir.join("audit"))?
+        .or_else(|| origin_hint.map(str::to_owned))
+        .unwrap_or_else(|| "semel.brussels/audit/unsigned".to_owned());
     let key = crate::load_or_create_signing_key(&path)?;
     let verifier = semel_core::checkpoint::NoteSigner::new(&origin, key).verifier_key();
     Ok(Some((path, verifier)))
@@ -540,6 +630,15 @@ pub fn verify_export(
     input: &mut dyn BufRead,
     key: &NoteVerifier,
 ) -> Result<VerifyReport, VerifyFailure> {
+    verify_export_trusting(input, key, &TrustPolicy::default())
+}
+
+/// [`verify_export`], against what auditors saw.
+pub fn verify_export_trusting(
+    input: &mut dyn BufRead,
+    key: &NoteVerifier,
+    policy: &TrustPolicy,
+) -> Result<VerifyReport, VerifyFailure> {
     let mut lines = Vec::new();
     for (i, line) in input.lines().enumerate() {
         let line = line.map_err(|e| VerifyFailure::Input(format!("read the export: {e}")))?;
@@ -560,7 +659,7 @@ pub fn verify_export(
         .filter(|v| v["type"] == "checkpoint")
         .filter_map(|v| v["note"].as_str().map(str::to_owned))
         .collect();
-    let mut verifier = LogVerifier::new(&notes, key)?;
+    let mut verifier = LogVerifier::trusting(&notes, key, &policy.checkpoints(key)?)?;
     push_lines(&mut verifier, &lines)?;
     verifier.finish()
 }
@@ -763,6 +862,97 @@ mod tampering {
                 // The first checkpoint beyond the 15 entries left.
                 assert!(size > 15, "{why}");
                 assert!(why.contains("ends after 15"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn stripped_checkpoints_hide_nothing_from_an_auditor_who_kept_one() {
+        use semel_core::checkpoint::{CosignatureVerifier, Cosigner};
+        let dir = log();
+        let mut out = Vec::new();
+        export(
+            &dir.path().join("audit"),
+            ExportFormat::JsonLines,
+            Some(&signer().verifier_key()),
+            &mut out,
+            &mut |_, _| {},
+        )
+        .expect("export");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        // What an auditor kept: the newest checkpoint, cosigned by a witness.
+        let newest = lines
+            .iter()
+            .rev()
+            .find(|v| v["type"] == "checkpoint")
+            .and_then(|v| v["note"].as_str())
+            .expect("a checkpoint")
+            .to_owned();
+        let checkpoint = key().verify(&newest).expect("the log's note");
+        assert_eq!(checkpoint.size, 20);
+        let witness = Cosigner::new(
+            "witness.test/w1",
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        );
+        let cosigned = format!("{newest}{}", witness.cosign(&checkpoint, 1_700_000_000));
+        let trusting = |notes: Vec<String>, quorum: usize| TrustPolicy {
+            trusted: notes,
+            witnesses: vec![CosignatureVerifier::parse(&witness.verifier_key()).expect("vkey")],
+            quorum,
+        };
+        // The operator removes the last three entries and every checkpoint.
+        let cut: String = lines
+            .iter()
+            .filter(|v| v["type"] != "checkpoint")
+            .filter(|v| v["type"] != "entry" || v["sequence"].as_u64().is_some_and(|s| s < 17))
+            .map(|v| format!("{v}\n"))
+            .collect();
+        let alone = verify_export(&mut cut.as_bytes(), &key()).expect("nothing to compare with");
+        assert_eq!(alone.entries, 17);
+        assert_eq!(alone.last_checkpoint, None, "and it says so: no checkpoint");
+        match verify_export_trusting(
+            &mut cut.as_bytes(),
+            &key(),
+            &trusting(vec![cosigned.clone()], 1),
+        ) {
+            Err(VerifyFailure::Checkpoint { size, why }) => {
+                assert_eq!(size, 20);
+                assert!(why.contains("ends after 17"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The untouched export reaches the trusted checkpoint.
+        let r = verify_export_trusting(
+            &mut text.as_bytes(),
+            &key(),
+            &trusting(vec![cosigned.clone()], 1),
+        )
+        .expect("verifies");
+        assert_eq!(r.trusted, 1);
+        // A trusted checkpoint without the required cosignature is refused.
+        match verify_export_trusting(
+            &mut text.as_bytes(),
+            &key(),
+            &trusting(vec![newest.clone()], 1),
+        ) {
+            Err(VerifyFailure::Checkpoint { why, .. }) => {
+                assert!(why.contains("cosignatures"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // A split view: the log signed another root at the trusted size.
+        let other = signer().sign(&semel_core::checkpoint::Checkpoint {
+            root: [9; 32],
+            ..checkpoint.clone()
+        });
+        match verify_export_trusting(&mut text.as_bytes(), &key(), &trusting(vec![other], 0)) {
+            Err(VerifyFailure::Checkpoint { why, .. }) => {
+                assert!(why.contains("different histories"), "{why}")
             }
             other => panic!("{other:?}"),
         }

@@ -192,6 +192,38 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Run a witness of audit logs (c2sp.org/tlog-witness): it cosigns each checkpoint it can
+    /// prove consistent with the last one it saw, and refuses rollbacks and forks.
+    #[command(subcommand)]
+    Witness(WitnessCommand),
+}
+
+#[derive(Subcommand)]
+enum WitnessCommand {
+    /// Serve POST /add-checkpoint until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on (plain HTTP: cosignatures carry their own integrity).
+        #[arg(long, default_value = "127.0.0.1:8701")]
+        listen: std::net::SocketAddr,
+        /// The witness's directory: its key (witness.key, created if missing) and state.json.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The witness's name, e.g. witness.commission.brussels/w1.
+        #[arg(long)]
+        name: String,
+        /// The verifier key of a log it follows (name+hash+key), as its operator published it; repeatable.
+        #[arg(long = "log", required = true)]
+        logs: Vec<String>,
+    },
+    /// Print the witness's verifier key, for brokers (audit.witnesses) and auditors (--witness-key).
+    Key {
+        /// The witness's directory (its key is created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// The witness's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 /// How to reach the broker: a demo data directory and an organisation, or
@@ -608,6 +640,19 @@ enum AuditCommand {
         /// A file holding the verifier key.
         #[arg(long)]
         verifier_key_file: Option<PathBuf>,
+        /// A checkpoint an auditor saw (a signed note, as `semel audit checkpoint` prints it, with
+        /// its witnesses' cosignatures): the log must reach it and reproduce its root; repeatable.
+        #[arg(long = "trusted-checkpoint")]
+        trusted: Vec<PathBuf>,
+        /// A witness's verifier key whose cosignature the trusted checkpoints must carry; repeatable.
+        #[arg(long = "witness-key")]
+        witness_keys: Vec<String>,
+        /// How many of the --witness-key witnesses must have cosigned (default: all of them).
+        #[arg(long)]
+        witness_quorum: Option<usize>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Export a store's whole audit log, with its signed checkpoints, for auditors.
     Export {
@@ -1075,8 +1120,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     export,
                     verifier_key,
                     verifier_key_file,
+                    trusted,
+                    witness_keys,
+                    witness_quorum,
+                    json,
                 },
-        } => audit_verify(store, export, verifier_key, verifier_key_file),
+        } => audit_verify(VerifyArgs {
+            store,
+            export,
+            key: verifier_key,
+            key_file: verifier_key_file,
+            trusted,
+            witness_keys,
+            witness_quorum,
+            json,
+        }),
+        Command::Witness(command) => witness(command).await,
         Command::Audit {
             conn: _,
             command:
@@ -1449,6 +1508,7 @@ fn verifier_key(
     key: Option<String>,
     key_file: Option<PathBuf>,
     store: Option<&Path>,
+    origin_hint: Option<&str>,
 ) -> anyhow::Result<semel_core::checkpoint::NoteVerifier> {
     let text = match (key, key_file) {
         (Some(k), _) => k,
@@ -1458,12 +1518,13 @@ fn verifier_key(
             let store = store.context(
                 "give the broker's verifier key with --verifier-key or --verifier-key-file, as the operator published it",
             )?;
-            let (path, key) = semel_store::verify::own_verifier_key(store)?.with_context(|| {
-                format!(
-                    "no --verifier-key given, and no signing key and checkpoint found in {}; give the verifier key with --verifier-key",
-                    store.display()
-                )
-            })?;
+            let (path, key) = semel_store::verify::own_verifier_key(store, origin_hint)?
+                .with_context(|| {
+                    format!(
+                        "no --verifier-key given, and no signing key found in {}; give the verifier key with --verifier-key",
+                        store.display()
+                    )
+                })?;
             eprintln!(
                 "note: no --verifier-key given; trusting the broker's own signing key {} (an outside auditor passes the published key)",
                 path.display()
@@ -1475,42 +1536,145 @@ fn verifier_key(
         .map_err(|e| anyhow::anyhow!("the verifier key: {e}"))
 }
 
-fn audit_verify(
+struct VerifyArgs {
     store: Option<PathBuf>,
     export: Option<PathBuf>,
     key: Option<String>,
     key_file: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
-    let verifier = verifier_key(key, key_file, store.as_deref())?;
+    trusted: Vec<PathBuf>,
+    witness_keys: Vec<String>,
+    witness_quorum: Option<usize>,
+    json: bool,
+}
+
+fn audit_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let VerifyArgs {
+        store,
+        export,
+        key,
+        key_file,
+        trusted,
+        witness_keys,
+        witness_quorum,
+        json,
+    } = args;
+    let trusted_notes = trusted
+        .iter()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("read the trusted checkpoint {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The log's name, for the broker's own key when none is given: the
+    // store's checkpoints, or else the trusted checkpoint's.
+    let origin_hint = trusted_notes
+        .first()
+        .and_then(|n| n.split('\n').next())
+        .map(str::to_owned);
+    let verifier = verifier_key(key, key_file, store.as_deref(), origin_hint.as_deref())?;
+    let witnesses = witness_keys
+        .iter()
+        .map(|k| {
+            semel_core::checkpoint::CosignatureVerifier::parse(k)
+                .map_err(|e| anyhow::anyhow!("--witness-key {k}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quorum = witness_quorum.unwrap_or(witnesses.len());
+    anyhow::ensure!(
+        quorum <= witnesses.len(),
+        "--witness-quorum {quorum}: only {} --witness-key given",
+        witnesses.len()
+    );
+    let policy = semel_store::verify::TrustPolicy {
+        trusted: trusted_notes,
+        witnesses,
+        quorum,
+    };
     let result = match (&store, &export) {
-        (Some(dir), _) => semel_store::verify::verify_dir(&dir.join("audit"), &verifier),
+        (Some(dir), _) => {
+            semel_store::verify::verify_dir_trusting(&dir.join("audit"), &verifier, &policy)
+        }
         (None, Some(file)) => {
             let f = std::fs::File::open(file)
                 .with_context(|| format!("open the export {}", file.display()))?;
-            semel_store::verify::verify_export(&mut std::io::BufReader::new(f), &verifier)
+            semel_store::verify::verify_export_trusting(
+                &mut std::io::BufReader::new(f),
+                &verifier,
+                &policy,
+            )
         }
         (None, None) => anyhow::bail!("give --store or --export"),
     };
+    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
     match result {
         Ok(r) => {
-            println!(
-                "verified: {} entries, hash chain and Merkle tree intact, {} signed checkpoints (newest covers {} entries), root {}",
-                r.entries,
-                r.checkpoints,
-                r.last_checkpoint
-                    .map_or_else(|| "none".to_owned(), |s| s.to_string()),
-                r.root
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
-            );
+            let unsigned = r.entries - r.last_checkpoint.unwrap_or(0);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "verified": true,
+                        "entries": r.entries,
+                        "checkpoints": r.checkpoints,
+                        "newest_checkpoint": r.last_checkpoint,
+                        "trusted_checkpoints": r.trusted,
+                        "entries_after_newest_checkpoint": unsigned,
+                        "root": hex(&r.root),
+                    })
+                );
+            } else {
+                println!(
+                    "verified: {} entries, hash chain and Merkle tree intact, {} signed checkpoints (newest covers {} entries), {} trusted checkpoints reached, root {}",
+                    r.entries,
+                    r.checkpoints,
+                    r.last_checkpoint
+                        .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                    r.trusted,
+                    hex(&r.root)
+                );
+                if unsigned > 0 {
+                    println!(
+                        "note: the last {unsigned} entries are covered by no signed checkpoint yet: nothing proves they were not changed; check them again once a checkpoint covers them"
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("NOT VERIFIED: {e}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"verified": false, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("NOT VERIFIED: {e}");
+            }
             Ok(ExitCode::from(4))
         }
     }
+}
+
+async fn witness(command: WitnessCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        WitnessCommand::Key { dir, name } => {
+            let w = semel_server::witness::Witness::open(&dir, &name, &[])?;
+            println!("{}", w.verifier_key());
+        }
+        WitnessCommand::Serve {
+            listen,
+            dir,
+            name,
+            logs,
+        } => {
+            let w = std::sync::Arc::new(semel_server::witness::Witness::open(&dir, &name, &logs)?);
+            eprintln!("witness {name}: key {}", w.verifier_key());
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("bind {listen}"))?;
+            semel_server::witness::serve_witness(listener, w, shutdown_signal()).await?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Result<ExitCode> {
@@ -1526,9 +1690,15 @@ fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Re
         .len();
     // Written in the export's header for reference; auditors check with
     // the key the operator published.
-    let key = semel_store::verify::own_verifier_key(store)
+    // (Only once a checkpoint names the log: before, there is no key to name.)
+    let key = semel_store::verify::origin_of(&audit)
         .ok()
         .flatten()
+        .and_then(|_| {
+            semel_store::verify::own_verifier_key(store, None)
+                .ok()
+                .flatten()
+        })
         .map(|(_, key)| key);
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(log_len),
