@@ -19,6 +19,7 @@ async fn no_client_certificate_is_unauthenticated() {
         .await
         .expect_err("refused");
     assert_error(&err, Code::Unauthenticated, "CLIENT_CERTIFICATE_REQUIRED");
+    assert!(error_info(&err).2.contains_key("request_id"), "{err:?}");
     assert_eq!(t.audit_size().await, 0, "an unknown caller leaves no entry");
     t.stop().await;
 }

@@ -121,9 +121,15 @@ pub enum ReasonCode {
     /// The token is bound (`cnf`) to another certificate than the one the
     /// call came with.
     TokenCertificateMismatch,
+    /// The source refused the request under its own rules.
+    SourceRefused,
+    /// The source found the request invalid.
+    SourceRejectedRequest,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 35] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 37] = [
+    (ReasonCode::SourceRefused, "SOURCE_REFUSED"),
+    (ReasonCode::SourceRejectedRequest, "SOURCE_REJECTED_REQUEST"),
     (
         ReasonCode::TokenCertificateMismatch,
         "TOKEN_CERTIFICATE_MISMATCH",
@@ -185,6 +191,12 @@ impl ReasonCode {
                 .find(|(c, _)| *c == other)
                 .map_or("UNKNOWN", |(_, s)| s),
         }
+    }
+
+    /// Every stable code other than the refusals of `decide()`
+    /// ([`RefusalReason::ALL`] has those).
+    pub fn all_codes() -> impl Iterator<Item = &'static str> {
+        SIMPLE_CODES.iter().map(|(_, s)| *s)
     }
 
     /// Parses a stable code.

@@ -62,7 +62,13 @@ pub struct Niss([u8; 11]);
 
 impl Niss {
     /// Parses a bare (`93051822361`) or formatted (`93.05.18-223.61`) number.
+    /// Whitespace around it (spaces, tabs, line ends, no-break and zero-width
+    /// spaces, a byte-order mark), which forms and spreadsheets add, is
+    /// ignored: it cannot change which number is meant. Anything else that
+    /// is not one of the two layouts is refused with the reason.
     pub fn parse(input: &str) -> Result<Self, NissError> {
+        let input =
+            input.trim_matches(|c: char| c.is_whitespace() || matches!(c, '\u{200b}' | '\u{feff}'));
         let bytes = input.as_bytes();
         let digits: [u8; 11] = match bytes.len() {
             11 => {
@@ -390,6 +396,24 @@ mod tests {
     }
 
     #[test]
+    fn surrounding_whitespace_is_ignored() {
+        for input in [
+            " 93051822361",
+            "93051822361 ",
+            "\t93.05.18-223.61\r\n",
+            "\u{a0}93051822361\u{a0}",
+            "\u{feff}93051822361",
+            "93051822361\u{200b}",
+        ] {
+            assert_eq!(
+                Niss::parse(input).map(|n| n.as_str().to_owned()),
+                Ok("93051822361".to_owned()),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
     fn formatted_input_is_accepted_and_displayed() {
         let n = Niss::parse("93.05.18-223.61").expect("formatted");
         assert_eq!(n.as_str(), "93051822361");
@@ -407,6 +431,9 @@ mod tests {
             ("93 05 18 223 61", NissError::Format),
             ("93-05-18.223.61", NissError::Format),
             ("93051822362", NissError::CheckDigits),
+            // Whitespace inside the number is not surrounding whitespace.
+            ("930518 22361", NissError::Length(12)),
+            (" 93051822362 ", NissError::CheckDigits),
             ("93051822360", NissError::CheckDigits),
             // 2017 number checked with the 19xx rule only would fail; with 1900 digits it must fail.
             ("17073003331", NissError::CheckDigits),

@@ -682,20 +682,35 @@ impl Client {
             .accesses
             .iter()
             .map(|a| {
+                let proto::CitizenAccess {
+                    time,
+                    consumer_kbo,
+                    consumer_name,
+                    source_kbo,
+                    source_name,
+                    dataset,
+                    fields,
+                    purpose,
+                    authorisation_reference,
+                    decision,
+                    reason,
+                    checked_fields,
+                    action,
+                } = a;
                 json!({
-                    "time": a.time.as_ref().map(timestamp_text),
-                    "consumer_kbo": a.consumer_kbo,
-                    "consumer_name": a.consumer_name,
-                    "source_kbo": a.source_kbo,
-                    "source_name": a.source_name,
-                    "dataset": a.dataset,
-                    "fields": a.fields,
-                    "checked_fields": a.checked_fields,
-                    "action": a.action,
-                    "purpose": a.purpose,
-                    "authorisation": a.authorisation_reference,
-                    "decision": if a.decision == proto::AuditDecision::Allowed as i32 { "allowed" } else { "refused" },
-                    "reason": a.reason,
+                    "time": time.as_ref().map(timestamp_text),
+                    "consumer_kbo": consumer_kbo,
+                    "consumer_name": consumer_name,
+                    "source_kbo": source_kbo,
+                    "source_name": source_name,
+                    "dataset": dataset,
+                    "fields": fields,
+                    "checked_fields": checked_fields,
+                    "action": action,
+                    "purpose": purpose,
+                    "authorisation": authorisation_reference,
+                    "decision": enum_name(proto::AuditDecision::try_from(*decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
+                    "reason": reason,
                 })
             })
             .collect();
@@ -736,7 +751,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.file.as_ref().map(file_json).unwrap_or(Json::Null))
+        Ok(with_request_id(
+            r.file.as_ref().map(file_json).unwrap_or(Json::Null),
+            r.request_id,
+        ))
     }
 
     /// Closes a file of the caller's organisation.
@@ -755,7 +773,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.file.as_ref().map(file_json).unwrap_or(Json::Null))
+        Ok(with_request_id(
+            r.file.as_ref().map(file_json).unwrap_or(Json::Null),
+            r.request_id,
+        ))
     }
 
     /// The caller's organisation's files on a citizen.
@@ -813,7 +834,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.consent.as_ref().map(consent_json).unwrap_or(Json::Null))
+        Ok(with_request_id(
+            r.consent.as_ref().map(consent_json).unwrap_or(Json::Null),
+            r.request_id,
+        ))
     }
 
     /// Withdraws a consent.
@@ -826,7 +850,10 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.consent.as_ref().map(consent_json).unwrap_or(Json::Null))
+        Ok(with_request_id(
+            r.consent.as_ref().map(consent_json).unwrap_or(Json::Null),
+            r.request_id,
+        ))
     }
 
     /// A citizen's consents, as the caller may see them.
@@ -845,12 +872,7 @@ impl Client {
             .list_purposes(proto::ListPurposesRequest {})
             .await?
             .into_inner();
-        Ok(Json::Array(
-            r.purposes
-                .iter()
-                .map(|p| json!({"code": p.code, "description": p.description, "legal_basis": p.legal_basis}))
-                .collect(),
-        ))
+        Ok(Json::Array(r.purposes.iter().map(purpose_json).collect()))
     }
 
     pub async fn create_purpose(
@@ -870,9 +892,7 @@ impl Client {
             })
             .await?
             .into_inner();
-        Ok(r.purpose
-            .map(|p| json!({"code": p.code, "description": p.description, "legal_basis": p.legal_basis}))
-            .unwrap_or(Json::Null))
+        Ok(r.purpose.as_ref().map(purpose_json).unwrap_or(Json::Null))
     }
 
     /// Revokes a client certificate by fingerprint or serial.
@@ -914,6 +934,7 @@ impl Client {
             .into_inner();
         Ok(json!({
             "verifier_key": r.verifier_key,
+            "origin": r.checkpoint.as_ref().map(|c| c.origin.clone()),
             "tree_size": r.checkpoint.as_ref().map(|c| c.tree_size),
             "root_hash": r.checkpoint.as_ref().map(|c| hex(&c.root_hash)),
             "signed_note": r.checkpoint.as_ref().map(|c| c.signed_note.clone()),
@@ -930,14 +951,42 @@ impl Client {
     }
 }
 
+// The JSON the command line prints is the whole answer: each message is
+// destructured without `..`, so a field added to the proto is a compile
+// error here rather than a field `--json` silently leaves out.
+
 fn revoked_json(r: &proto::RevokedCertificate) -> Json {
+    let proto::RevokedCertificate {
+        sha256_fingerprint,
+        serial_number,
+        reason,
+        revoked_at,
+        issuer_name_sha256,
+    } = r;
     json!({
-        "sha256_fingerprint": r.sha256_fingerprint,
-        "serial_number": r.serial_number,
-        "issuer_name_sha256": r.issuer_name_sha256,
-        "reason": r.reason,
-        "revoked_at": r.revoked_at.as_ref().map(timestamp_text),
+        "sha256_fingerprint": sha256_fingerprint,
+        "serial_number": serial_number,
+        "issuer_name_sha256": issuer_name_sha256,
+        "reason": reason,
+        "revoked_at": revoked_at.as_ref().map(timestamp_text),
     })
+}
+
+fn purpose_json(p: &proto::Purpose) -> Json {
+    let proto::Purpose {
+        code,
+        description,
+        legal_basis,
+    } = p;
+    json!({"code": code, "description": description, "legal_basis": legal_basis})
+}
+
+/// An answer's object with the call's request id beside its fields.
+fn with_request_id(mut v: Json, request_id: String) -> Json {
+    if let Json::Object(m) = &mut v {
+        m.insert("request_id".into(), Json::String(request_id));
+    }
+    v
 }
 
 fn sorted(m: serde_json::Map<String, Json>) -> Json {
@@ -968,74 +1017,152 @@ fn enum_name(name: Option<&str>, prefix: &str) -> String {
 }
 
 fn file_json(f: &proto::PersonFile) -> Json {
+    let proto::PersonFile {
+        id,
+        consumer_kbo,
+        citizen,
+        capacity,
+        phase,
+        begin_date,
+        end_date,
+        consumer_reference,
+        registered_by,
+        registered_at,
+        closed_at,
+    } = f;
     json!({
-        "id": f.id,
-        "consumer_kbo": f.consumer_kbo,
-        "citizen": f.citizen,
-        "capacity": f.capacity,
-        "phase": enum_name(proto::FilePhase::try_from(f.phase).ok().map(|p| p.as_str_name()), "FILE_PHASE_"),
-        "begin_date": f.begin_date,
-        "end_date": f.end_date,
-        "consumer_reference": f.consumer_reference,
-        "registered_by": f.registered_by,
+        "id": id,
+        "consumer_kbo": consumer_kbo,
+        "citizen": citizen,
+        "capacity": capacity,
+        "phase": enum_name(proto::FilePhase::try_from(*phase).ok().map(|p| p.as_str_name()), "FILE_PHASE_"),
+        "begin_date": begin_date,
+        "end_date": end_date,
+        "consumer_reference": consumer_reference,
+        "registered_by": registered_by,
+        "registered_at": registered_at.as_ref().map(timestamp_text),
+        "closed_at": closed_at.as_ref().map(timestamp_text),
     })
 }
 
 fn consent_json(c: &proto::Consent) -> Json {
+    let proto::Consent {
+        id,
+        citizen,
+        consumer_kbo,
+        purpose,
+        datasets,
+        given_at,
+        channel,
+        registered_through_kbo,
+        registered_by,
+        evidence,
+        expires_at,
+        withdrawn_at,
+    } = c;
     json!({
-        "id": c.id,
-        "citizen": c.citizen,
-        "consumer_kbo": c.consumer_kbo,
-        "purpose": c.purpose,
-        "datasets": c.datasets,
-        "channel": enum_name(proto::ConsentChannel::try_from(c.channel).ok().map(|p| p.as_str_name()), "CONSENT_CHANNEL_"),
-        "registered_through_kbo": c.registered_through_kbo,
-        "evidence": c.evidence,
-        "given_at": c.given_at.as_ref().map(timestamp_text),
-        "expires_at": c.expires_at.as_ref().map(timestamp_text),
-        "withdrawn_at": c.withdrawn_at.as_ref().map(timestamp_text),
+        "id": id,
+        "citizen": citizen,
+        "consumer_kbo": consumer_kbo,
+        "purpose": purpose,
+        "datasets": datasets,
+        "channel": enum_name(proto::ConsentChannel::try_from(*channel).ok().map(|p| p.as_str_name()), "CONSENT_CHANNEL_"),
+        "registered_through_kbo": registered_through_kbo,
+        "registered_by": registered_by,
+        "evidence": evidence,
+        "given_at": given_at.as_ref().map(timestamp_text),
+        "expires_at": expires_at.as_ref().map(timestamp_text),
+        "withdrawn_at": withdrawn_at.as_ref().map(timestamp_text),
     })
 }
 
 fn org_json(o: &proto::Organisation) -> Json {
+    let proto::Organisation {
+        kbo,
+        name,
+        roles,
+        status,
+        created_at,
+    } = o;
     json!({
-        "kbo": o.kbo,
-        "name": o.name,
-        "roles": o.roles.iter().map(|r| enum_name(proto::OrganisationRole::try_from(*r).ok().map(|r| r.as_str_name()), "ORGANISATION_ROLE_")).collect::<Vec<_>>(),
-        "status": enum_name(proto::OrganisationStatus::try_from(o.status).ok().map(|s| s.as_str_name()), "ORGANISATION_STATUS_"),
+        "kbo": kbo,
+        "name": name,
+        "roles": roles.iter().map(|r| enum_name(proto::OrganisationRole::try_from(*r).ok().map(|r| r.as_str_name()), "ORGANISATION_ROLE_")).collect::<Vec<_>>(),
+        "status": enum_name(proto::OrganisationStatus::try_from(*status).ok().map(|s| s.as_str_name()), "ORGANISATION_STATUS_"),
+        "created_at": created_at.as_ref().map(timestamp_text),
+    })
+}
+
+fn field_json(f: &proto::FieldDefinition) -> Json {
+    let proto::FieldDefinition {
+        name,
+        description,
+        r#type,
+    } = f;
+    json!({
+        "name": name,
+        "type": enum_name(proto::FieldType::try_from(*r#type).ok().map(|t| t.as_str_name()), "FIELD_TYPE_"),
+        "description": description,
     })
 }
 
 fn dataset_json(d: &proto::Dataset) -> Json {
+    let proto::Dataset {
+        name,
+        source_kbo,
+        description,
+        fields,
+        endpoint,
+        keeps_history,
+    } = d;
     json!({
-        "name": d.name,
-        "source_kbo": d.source_kbo,
-        "description": d.description,
-        "endpoint": d.endpoint,
-        "keeps_history": d.keeps_history,
-        "fields": d.fields.iter().map(|f| json!({"name": f.name, "description": f.description})).collect::<Vec<_>>(),
+        "name": name,
+        "source_kbo": source_kbo,
+        "description": description,
+        "endpoint": endpoint,
+        "keeps_history": keeps_history,
+        "fields": fields.iter().map(field_json).collect::<Vec<_>>(),
     })
 }
 
 fn auth_json(a: &proto::Authorisation) -> Json {
+    let proto::Authorisation {
+        reference,
+        consumer_kbo,
+        dataset,
+        fields,
+        purpose,
+        legal_basis,
+        issuing_body,
+        valid_from,
+        valid_until,
+        status,
+        version,
+        updated_at,
+        confidential_until,
+        check_fields,
+        capacities,
+        consent_required,
+        checks,
+    } = a;
     json!({
-        "reference": a.reference,
-        "consumer_kbo": a.consumer_kbo,
-        "dataset": a.dataset,
-        "fields": a.fields,
-        "purpose": a.purpose,
-        "legal_basis": a.legal_basis,
-        "issuing_body": a.issuing_body,
-        "valid_from": a.valid_from,
-        "valid_until": a.valid_until,
-        "status": enum_name(proto::AuthorisationStatus::try_from(a.status).ok().map(|s| s.as_str_name()), "AUTHORISATION_STATUS_"),
-        "version": a.version,
-        "updated_at": a.updated_at.as_ref().map(timestamp_text).unwrap_or_default(),
-        "check_fields": a.check_fields,
-        "questions": a.checks.iter().map(question_text).collect::<Vec<_>>(),
-        "capacities": a.capacities,
-        "consent_required": a.consent_required,
-        "confidential_until": a.confidential_until,
+        "reference": reference,
+        "consumer_kbo": consumer_kbo,
+        "dataset": dataset,
+        "fields": fields,
+        "purpose": purpose,
+        "legal_basis": legal_basis,
+        "issuing_body": issuing_body,
+        "valid_from": valid_from,
+        "valid_until": valid_until,
+        "status": enum_name(proto::AuthorisationStatus::try_from(*status).ok().map(|s| s.as_str_name()), "AUTHORISATION_STATUS_"),
+        "version": version,
+        "updated_at": updated_at.as_ref().map(timestamp_text),
+        "check_fields": check_fields,
+        "questions": checks.iter().map(question_text).collect::<Vec<_>>(),
+        "capacities": capacities,
+        "consent_required": consent_required,
+        "confidential_until": confidential_until,
     })
 }
 
@@ -1064,26 +1191,57 @@ fn timestamp_text(t: &prost_types::Timestamp) -> String {
 }
 
 fn audit_json(e: &proto::AuditEntry) -> Json {
-    let time = e.time.as_ref().map(timestamp_text).unwrap_or_default();
+    let proto::AuditEntry {
+        sequence,
+        request_id,
+        time,
+        consumer_kbo,
+        citizen,
+        dataset,
+        fields_requested,
+        fields_returned,
+        purpose,
+        authorisation_reference,
+        decision,
+        reason,
+        outcome,
+        source_kbo,
+        consumer_reference,
+        reference_date,
+        end_user,
+        previous_hash,
+        entry_hash,
+        operation,
+        encoding,
+        citizen_as_given,
+        checks,
+        detail,
+    } = e;
     json!({
-        "sequence": e.sequence,
-        "request_id": e.request_id,
-        "time": time,
-        "operation": e.operation,
-        "consumer_kbo": e.consumer_kbo,
-        "end_user": e.end_user,
-        "citizen": e.citizen,
-        "dataset": e.dataset,
-        "fields_requested": e.fields_requested,
-        "fields_returned": e.fields_returned,
-        "purpose": e.purpose,
-        "authorisation_reference": e.authorisation_reference,
-        "decision": enum_name(proto::AuditDecision::try_from(e.decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
-        "reason": e.reason,
-        "outcome": enum_name(proto::AuditOutcome::try_from(e.outcome).ok().map(|s| s.as_str_name()), "AUDIT_OUTCOME_"),
-        "source_kbo": e.source_kbo,
-        "consumer_reference": e.consumer_reference,
-        "entry_hash": hex(&e.entry_hash),
+        "sequence": sequence,
+        "request_id": request_id,
+        "time": time.as_ref().map(timestamp_text).unwrap_or_default(),
+        "operation": operation,
+        "consumer_kbo": consumer_kbo,
+        "end_user": end_user,
+        "citizen": citizen,
+        "citizen_as_given": citizen_as_given,
+        "dataset": dataset,
+        "fields_requested": fields_requested,
+        "fields_returned": fields_returned,
+        "checks": checks,
+        "purpose": purpose,
+        "authorisation_reference": authorisation_reference,
+        "reference_date": reference_date,
+        "decision": enum_name(proto::AuditDecision::try_from(*decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
+        "reason": reason,
+        "detail": detail,
+        "outcome": enum_name(proto::AuditOutcome::try_from(*outcome).ok().map(|s| s.as_str_name()), "AUDIT_OUTCOME_"),
+        "source_kbo": source_kbo,
+        "consumer_reference": consumer_reference,
+        "previous_hash": hex(previous_hash),
+        "entry_hash": hex(entry_hash),
+        "encoding": hex(encoding),
     })
 }
 
@@ -1129,5 +1287,44 @@ mod check_syntax_tests {
         );
         assert!(parse_check("nis_code").is_err());
         assert!(parse_check("income_years[income_year].x<3").is_err());
+    }
+
+    #[test]
+    fn answers_keep_every_field_the_api_returns() {
+        let d = dataset_json(&proto::Dataset {
+            name: "x.y".into(),
+            fields: vec![proto::FieldDefinition {
+                name: "age".into(),
+                description: "in years".into(),
+                r#type: proto::FieldType::Int as i32,
+            }],
+            ..Default::default()
+        });
+        assert_eq!(d["fields"][0]["type"], "int", "{d}");
+        let a = auth_json(&proto::Authorisation {
+            reference: "BSC/1".into(),
+            check_fields: vec!["nis_code".into()],
+            capacities: vec!["RIS_APPLICANT".into()],
+            consent_required: true,
+            version: 3,
+            updated_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(a["check_fields"][0], "nis_code", "{a}");
+        assert_eq!(a["capacities"][0], "RIS_APPLICANT", "{a}");
+        assert_eq!(a["consent_required"], true, "{a}");
+        assert_eq!(a["version"], 3, "{a}");
+        assert_eq!(a["updated_at"], "1970-01-01T00:00:00Z", "{a}");
+        let o = org_json(&proto::Organisation {
+            created_at: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            ..Default::default()
+        });
+        assert_eq!(o["created_at"], "1970-01-01T00:00:00Z", "{o}");
     }
 }

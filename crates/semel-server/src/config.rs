@@ -285,6 +285,17 @@ impl Default for SourcesSection {
     }
 }
 
+/// The environment variables `semel`'s command line reads itself (its
+/// options' `env` and the log filter). They share the `SEMEL_` prefix with
+/// the configuration's overrides, so these names are kept out of them; the
+/// binary's tests check that every variable its options read is listed.
+pub const COMMAND_LINE_VARIABLES: &[&str] = &[
+    "SEMEL_LOG",
+    "SEMEL_LOG_FORMAT",
+    "SEMEL_DEMO_DIR",
+    "SEMEL_TOKEN_FILE",
+];
+
 impl Config {
     /// Reads, resolves (relative paths are relative to the file) and checks.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
@@ -296,7 +307,7 @@ impl Config {
     /// `SEMEL_SOURCES__DEADLINE_MS`) replaces that key of the file, before
     /// any check. A value is read as TOML if it parses as a number or a
     /// boolean, as text otherwise. The command line's own variables
-    /// (`SEMEL_LOG`, `SEMEL_LOG_FORMAT`, `SEMEL_DEMO_DIR`) are skipped.
+    /// ([`COMMAND_LINE_VARIABLES`]) are not overrides and are skipped.
     pub fn load_with_env(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
@@ -310,7 +321,7 @@ impl Config {
             let Some(key) = name.strip_prefix("SEMEL_") else {
                 continue;
             };
-            if matches!(key, "LOG" | "LOG_FORMAT" | "DEMO_DIR") {
+            if COMMAND_LINE_VARIABLES.contains(&name.as_str()) {
                 continue;
             }
             let path: Vec<String> = key.split("__").map(str::to_lowercase).collect();
@@ -661,6 +672,7 @@ mod tests {
                 ("SEMEL_SOURCES__DEADLINE_MS", "250"),
                 ("SEMEL_LIMITS__CONSUMER_LOOKUPS_PER_SECOND", "50.5"),
                 ("SEMEL_LOG", "debug"),
+                ("SEMEL_TOKEN_FILE", "/run/secrets/token"),
                 ("PATH", "/bin"),
             ]),
         )

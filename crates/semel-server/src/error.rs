@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use semel_core::redact_national_numbers;
+use tonic::codegen::http;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -30,6 +31,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            crate::reasons::is_listed(reason),
+            "reason {reason} is not in reasons::REASONS (the documented list)"
+        );
         ApiError {
             code,
             reason,
@@ -171,6 +176,40 @@ impl From<semel_store::StoreError> for ApiError {
     }
 }
 
+/// A tower layer for the errors tonic makes itself, before any handler
+/// runs, which carry no `ErrorInfo` (so no reason and no request id): a
+/// request larger than the service's limit is refused by the codec with a
+/// bare `OUT_OF_RANGE`. It becomes `REQUEST_TOO_LARGE`, like every other
+/// error. Such refusals come as trailers-only responses (the status in the
+/// headers), which is where this looks.
+pub fn codec_errors_layer() -> tower::util::MapResponseLayer<
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+> {
+    tower::util::MapResponseLayer::new(with_error_info)
+}
+
+fn with_error_info(resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let headers = resp.headers();
+    let code = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from_i32);
+    if code != Some(Code::OutOfRange) || headers.contains_key("grpc-status-details-bin") {
+        return resp;
+    }
+    let request_id = crate::state::new_id();
+    tracing::info!(request_id = %request_id, "request refused: larger than the limit");
+    ApiError::new(
+        Code::OutOfRange,
+        "REQUEST_TOO_LARGE",
+        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry); send a smaller one",
+    )
+    .with("request_id", request_id.to_string())
+    .into_status()
+    .into_http()
+}
+
 #[cfg(test)]
 mod request_id_tests {
     use super::*;
@@ -179,7 +218,7 @@ mod request_id_tests {
     fn a_request_id_is_never_masked_but_other_metadata_is() {
         // Its last digits pass the national-number check by chance.
         let id = "01a20501-fb5d-758d-82a7-07960109825d";
-        let status = ApiError::denied("X", "no")
+        let status = ApiError::denied("NO_AUTHORISATION", "no")
             .with("request_id", id)
             .with("citizen_hint", "93051822361")
             .into_status();
@@ -197,7 +236,7 @@ mod request_id_tests {
 
     #[test]
     fn batch_item_errors_are_masked_like_statuses() {
-        let item = ApiError::denied("X", "about 93051822361")
+        let item = ApiError::denied("NO_AUTHORISATION", "about 93051822361")
             .with("request_id", "01a20501-fb5d-758d-82a7-07960109825d")
             .with("field", "93.05.18-223.61")
             .to_item_error();

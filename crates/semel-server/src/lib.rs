@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod permissions;
 mod persons;
 pub mod proto;
+pub mod reasons;
 pub mod reference;
 mod registry;
 pub mod server;

@@ -808,6 +808,52 @@ fn refusal_error(refusal: &Refusal, message: String) -> ApiError {
     e
 }
 
+/// What a source's error means for the consumer. A source's own refusal
+/// (it does not accept the request, or finds it invalid) is final: telling
+/// the consumer to retry would send it round in circles. Only failures a
+/// later call may not meet are retryable.
+fn source_failure(code: Code) -> (Outcome, Code, &'static str, bool) {
+    match code {
+        Code::NotFound => (Outcome::NoData, Code::NotFound, "SUBJECT_NOT_FOUND", false),
+        Code::DeadlineExceeded | Code::Cancelled => (
+            Outcome::SourceTimeout,
+            Code::DeadlineExceeded,
+            "SOURCE_TIMEOUT",
+            true,
+        ),
+        Code::Unavailable => (
+            Outcome::SourceUnavailable,
+            Code::Unavailable,
+            "SOURCE_UNAVAILABLE",
+            true,
+        ),
+        Code::PermissionDenied | Code::Unauthenticated => (
+            Outcome::SourceError,
+            Code::PermissionDenied,
+            "SOURCE_REFUSED",
+            false,
+        ),
+        Code::InvalidArgument | Code::OutOfRange | Code::FailedPrecondition => (
+            Outcome::SourceError,
+            Code::FailedPrecondition,
+            "SOURCE_REJECTED_REQUEST",
+            false,
+        ),
+        Code::ResourceExhausted => (
+            Outcome::SourceError,
+            Code::ResourceExhausted,
+            "SOURCE_BUSY",
+            true,
+        ),
+        _ => (
+            Outcome::SourceError,
+            Code::Unavailable,
+            "SOURCE_ERROR",
+            true,
+        ),
+    }
+}
+
 fn source_error(
     status: Status,
     route: &Route,
@@ -816,46 +862,37 @@ fn source_error(
 ) -> ApiError {
     let ds = &route.dataset.name;
     let source = route.dataset.source.as_str().to_owned();
-    let (outcome, err) = match status.code() {
-        Code::NotFound => (
-            Outcome::NoData,
-            ApiError::not_found(
-                "SUBJECT_NOT_FOUND",
-                format!("the source of {ds} holds no data about this citizen"),
-            ),
+    let (outcome, code, reason, retryable) = source_failure(status.code());
+    let message = match reason {
+        "SUBJECT_NOT_FOUND" => format!("the source of {ds} holds no data about this citizen"),
+        "SOURCE_TIMEOUT" => format!(
+            "the source of {ds} did not answer within {} ms; try again later",
+            deadline.as_millis()
         ),
-        Code::DeadlineExceeded | Code::Cancelled => (
-            Outcome::SourceTimeout,
-            ApiError::retryable(
-                Code::DeadlineExceeded,
-                "SOURCE_TIMEOUT",
-                format!(
-                    "the source of {ds} did not answer within {} ms; try again later",
-                    deadline.as_millis()
-                ),
-            ),
+        "SOURCE_UNAVAILABLE" => format!("the source of {ds} cannot be reached; try again later"),
+        // The source's own words help the consumer (or the operator) see
+        // what it objects to; national numbers in them are masked when the
+        // error becomes a Status.
+        "SOURCE_REFUSED" => format!(
+            "the source of {ds} refused this request under its own rules ({}); retrying will not help: ask the operator or the source",
+            bounded(status.message(), 200)
         ),
-        Code::Unavailable => (
-            Outcome::SourceUnavailable,
-            ApiError::retryable(
-                Code::Unavailable,
-                "SOURCE_UNAVAILABLE",
-                format!("the source of {ds} cannot be reached; try again later"),
-            ),
+        "SOURCE_REJECTED_REQUEST" => format!(
+            "the source of {ds} does not accept this request ({}); retrying the same request will not help",
+            bounded(status.message(), 200)
         ),
-        _ => {
-            tracing::warn!(dataset = %ds, source = %source, code = ?status.code(), "source answered with an error");
-            (
-                Outcome::SourceError,
-                ApiError::retryable(
-                    Code::Unavailable,
-                    "SOURCE_ERROR",
-                    format!("the source of {ds} answered with an error; try again later"),
-                ),
-            )
-        }
+        "SOURCE_BUSY" => format!("the source of {ds} is overloaded; retry shortly"),
+        _ => format!("the source of {ds} answered with an error; try again later"),
     };
+    if outcome == Outcome::SourceError {
+        tracing::warn!(dataset = %ds, source = %source, code = ?status.code(), "source answered with an error");
+    }
     trace.outcome = outcome;
+    let err = if retryable {
+        ApiError::retryable(code, reason, message)
+    } else {
+        ApiError::new(code, reason, message)
+    };
     err.with("source_kbo", source)
 }
 
@@ -894,4 +931,37 @@ const INVALID_NAME: &str = "(not a valid name)";
 
 fn bounded(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sources_refusal_is_final_and_its_failures_retryable() {
+        for (code, reason, retryable) in [
+            (Code::PermissionDenied, "SOURCE_REFUSED", false),
+            (Code::Unauthenticated, "SOURCE_REFUSED", false),
+            (Code::InvalidArgument, "SOURCE_REJECTED_REQUEST", false),
+            (Code::FailedPrecondition, "SOURCE_REJECTED_REQUEST", false),
+            (Code::NotFound, "SUBJECT_NOT_FOUND", false),
+            (Code::Unavailable, "SOURCE_UNAVAILABLE", true),
+            (Code::DeadlineExceeded, "SOURCE_TIMEOUT", true),
+            (Code::ResourceExhausted, "SOURCE_BUSY", true),
+            (Code::Internal, "SOURCE_ERROR", true),
+        ] {
+            let (_, sent, r, retry) = source_failure(code);
+            assert_eq!((r, retry), (reason, retryable), "{code:?}");
+            // A client retries on UNAVAILABLE: never for a final answer.
+            assert_eq!(
+                sent == Code::Unavailable,
+                retryable && sent != Code::DeadlineExceeded && sent != Code::ResourceExhausted,
+                "{code:?}"
+            );
+            assert!(
+                semel_core::ReasonCode::parse(r).is_some(),
+                "{r} is recorded in the audit log"
+            );
+        }
+    }
 }

@@ -364,6 +364,13 @@ impl Broker {
                     reason,
                     org: Option<&Arc<Organisation>>,
                     user: Option<&Arc<EndUser>>| {
+            // A caller nobody can be attributed to gets no audit entry,
+            // but its refusal still carries a request id, so that an
+            // operator can find the log line the caller quotes.
+            let error = match org {
+                None => error.with("request_id", new_id().to_string()),
+                Some(_) => error,
+            };
             Box::new(Denied {
                 error,
                 reason,
@@ -591,7 +598,9 @@ impl Broker {
             user,
             operation,
         } = denied;
+        let request_id = new_id();
         let Some(org) = org else {
+            // `authorize_parts` gave it its request id.
             tracing::info!(
                 operation,
                 reason = error.reason,
@@ -600,9 +609,10 @@ impl Broker {
             return error;
         };
         if !self.refusal_recorded_alone(org.kbo, error.reason) {
-            return error.with("audit", "summarised");
+            return error
+                .with("audit", "summarised")
+                .with("request_id", request_id.to_string());
         }
-        let request_id = new_id();
         let mut record = blank_record(
             request_id,
             operation,

@@ -15,6 +15,9 @@ use semel_server::client::{
 use semel_server::{Config, Demo, DemoOptions};
 use serde_json::Value as Json;
 
+mod output;
+use output::{Exit, out, outln};
+
 /// mimalloc instead of the system allocator: under load glibc's malloc and
 /// free were about a tenth of the broker's CPU (see docs/benchmarks.md).
 #[global_allocator]
@@ -74,6 +77,7 @@ enum Command {
     },
     /// Run the broker alone, from a configuration file.
     Serve {
+        /// The configuration file (TOML; deploy/semel.example.toml documents every key).
         #[arg(long)]
         config: PathBuf,
         /// Check the configuration and exit, without binding any port.
@@ -180,15 +184,18 @@ enum Command {
         /// Seconds until it expires.
         #[arg(long, default_value_t = 3600)]
         ttl: i64,
+        /// The token's `aud`: the broker's tokens.audience.
         #[arg(long, default_value = "semel")]
         audience: String,
     },
     /// Print a shell completion script, e.g. `semel completions bash > /etc/bash_completion.d/semel`.
-    Completions { shell: clap_complete::Shell },
-    /// Read the audit log (operator).
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Read the audit log: from a running broker (list, head, checkpoint, accesses), or a
+    /// store's files offline (verify, export).
     Audit {
-        #[command(flatten)]
-        conn: Conn,
         #[command(subcommand)]
         command: AuditCommand,
     },
@@ -287,6 +294,7 @@ struct BenchArgs {
     /// Keep the system's data here (reused across runs, e.g. a preloaded log); a temporary directory by default.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// At least this many synthetic people.
     #[arg(long, default_value_t = 10_000)]
     population: usize,
     /// Repeat the targets, interleaved, this many times; the ratios are
@@ -309,12 +317,14 @@ struct BenchArgs {
 enum PkiCommand {
     /// Create a development CA in DIR (ca.crt, ca.key) if there is none.
     Init {
+        /// The development PKI directory.
         #[arg(long, default_value = "semel-data/pki")]
         dir: PathBuf,
     },
     /// Issue a certificate for an organisation, signed by the CA in DIR:
     /// writes <stem>.crt and <stem>.key, with organizationIdentifier NTRBE-<KBO>.
     Issue {
+        /// The development PKI directory.
         #[arg(long, default_value = "semel-data/pki")]
         dir: PathBuf,
         /// Enterprise number of the organisation.
@@ -329,11 +339,15 @@ enum PkiCommand {
     },
     /// Create the development token issuer in DIR (issuer.key, issuer.jwks.json) if there is none.
     Issuer {
+        /// The development PKI directory.
         #[arg(long, default_value = "semel-data/pki")]
         dir: PathBuf,
     },
     /// Print a certificate's SHA-256 fingerprint and serial, as revocations name them.
-    Fingerprint { cert: PathBuf },
+    Fingerprint {
+        /// The certificate (PEM).
+        cert: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,8 +380,10 @@ enum PurposeCommand {
         /// e.g. RIS_ELIGIBILITY
         #[arg(long)]
         code: String,
+        /// What the purpose is, in a sentence.
         #[arg(long)]
         description: String,
+        /// The law or decision that allows it.
         #[arg(long)]
         legal_basis: String,
     },
@@ -394,28 +410,40 @@ enum AdminCommand {
 
 #[derive(Subcommand)]
 enum OrgCommand {
+    /// Registered organisations.
     List,
+    /// Register an organisation, with the roles it plays.
     Create {
+        /// Its enterprise number (KBO/BCE), e.g. 0212344876.
         #[arg(long)]
         kbo: String,
+        /// Its name.
         #[arg(long)]
         name: String,
-        /// source, consumer, operator, auditor and/or citizen_portal, comma-separated.
+        /// Comma-separated organisation roles: source, consumer, operator (the organisation
+        /// running the broker; its people act with tokens carrying the user role `admin`),
+        /// auditor (a supervisory body), citizen_portal.
         #[arg(long, value_delimiter = ',', required = true)]
         roles: Vec<String>,
     },
+    /// Suspend an organisation: every call it makes is refused until it is reinstated.
     Suspend {
+        /// Its enterprise number.
         kbo: String,
+        /// Why, for the record.
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Lift an organisation's suspension.
     Reinstate {
+        /// Its enterprise number.
         kbo: String,
     },
 }
 
 #[derive(Subcommand)]
 enum DatasetCommand {
+    /// Registered datasets, with their fields and types.
     List,
     /// Register a dataset published by a source organisation.
     Create {
@@ -425,6 +453,7 @@ enum DatasetCommand {
         /// Enterprise number of the source.
         #[arg(long)]
         source: String,
+        /// What the dataset holds, in a sentence.
         #[arg(long)]
         description: String,
         /// The source's SourceService address, https://host:port
@@ -441,19 +470,28 @@ enum DatasetCommand {
 
 #[derive(Subcommand)]
 enum AuthorisationCommand {
+    /// Authorisations, all or for one consumer or dataset.
     List {
+        /// Only this consumer's (enterprise number).
         #[arg(long)]
         consumer: Option<String>,
+        /// Only for this dataset.
         #[arg(long)]
         dataset: Option<String>,
     },
+    /// Record an authorisation (a sectoral committee's or a law's) that lets a consumer read a dataset for a purpose.
     Create(Box<NewAuthorisationArgs>),
+    /// Suspend an authorisation: lookups under it are refused until it is reinstated.
     Suspend {
+        /// Its reference, e.g. BSC/2024/017.
         reference: String,
+        /// Why, for the record.
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Lift an authorisation's suspension.
     Reinstate {
+        /// Its reference.
         reference: String,
     },
 }
@@ -462,6 +500,7 @@ enum AuthorisationCommand {
 enum FilesCommand {
     /// Open a file on a citizen; the register must know the number.
     Register {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
         /// Capacity code, e.g. RIS_APPLICANT, RIS_COHABITANT, PUPIL.
@@ -482,15 +521,19 @@ enum FilesCommand {
     },
     /// Close a file: it covers no day after --end-date (today when omitted).
     Close {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
+        /// The file's id, as `files register` or `files list` print it.
         #[arg(long)]
         id: String,
+        /// Last day covered (YYYY-MM-DD); today when omitted.
         #[arg(long)]
         end_date: Option<String>,
     },
     /// Your organisation's files on a citizen.
     List {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
     },
@@ -518,6 +561,7 @@ enum FilesCommand {
 enum ConsentCommand {
     /// Record a consent. At a counter, --evidence (the signed form's reference) is required.
     Give {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
         /// Purpose code, e.g. SOCIAL_HOUSING.
@@ -529,6 +573,7 @@ enum ConsentCommand {
         /// Datasets covered; every dataset for the purpose when omitted.
         #[arg(long, value_delimiter = ',')]
         datasets: Vec<String>,
+        /// The reference of the signed consent form (required at a counter).
         #[arg(long)]
         evidence: Option<String>,
         /// When it ends (RFC 3339); until withdrawn when omitted.
@@ -537,13 +582,16 @@ enum ConsentCommand {
     },
     /// Withdraw a consent; the next lookup that needs it is refused.
     Withdraw {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
+        /// The consent's id, as `consent list` prints it.
         #[arg(long)]
         id: String,
     },
     /// A citizen's consents, as you may see them.
     List {
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
     },
@@ -551,10 +599,13 @@ enum ConsentCommand {
 
 #[derive(clap::Args)]
 struct NewAuthorisationArgs {
+    /// The authorisation's reference, e.g. BSC/2024/017 (letters, digits, / - . _).
     #[arg(long)]
     reference: String,
+    /// The consumer it authorises (enterprise number).
     #[arg(long)]
     consumer: String,
+    /// The dataset it opens, e.g. national_register.residence.
     #[arg(long)]
     dataset: String,
     /// Fields that may be read.
@@ -574,10 +625,13 @@ struct NewAuthorisationArgs {
     /// Lookups need the citizen's consent.
     #[arg(long)]
     consent_required: bool,
+    /// The purpose code it is for (from the purposes catalogue).
     #[arg(long)]
     purpose: String,
+    /// The law or decision it rests on.
     #[arg(long)]
     legal_basis: String,
+    /// Who granted it, e.g. "Brussels Sectoral Committee".
     #[arg(long)]
     issuing_body: String,
     /// YYYY-MM-DD
@@ -595,6 +649,9 @@ struct NewAuthorisationArgs {
 enum AuditCommand {
     /// Entries, newest first.
     List {
+        #[command(flatten)]
+        conn: Conn,
+        /// Entries about this citizen (national or BIS number).
         #[arg(long)]
         citizen: Option<String>,
         /// Consumer enterprise number.
@@ -606,6 +663,7 @@ enum AuditCommand {
         /// An authorisation reference, e.g. BSC/2024/017.
         #[arg(long)]
         authorisation: Option<String>,
+        /// Entries about this dataset.
         #[arg(long)]
         dataset: Option<String>,
         /// allowed or refused.
@@ -617,15 +675,23 @@ enum AuditCommand {
         /// Before this time (RFC 3339).
         #[arg(long)]
         until: Option<String>,
+        /// At most this many entries.
         #[arg(long, default_value_t = 20)]
         limit: i32,
+        /// Continue a listing where the previous page ended (it prints the token).
         #[arg(long)]
         page_token: Option<String>,
     },
     /// Number of entries and hash of the last one.
-    Head,
+    Head {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// The newest signed checkpoint (C2SP signed note) and the broker's verifier key.
-    Checkpoint,
+    Checkpoint {
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Verify a store's audit log or an export offline: sequence, hash chain, Merkle tree and every signed checkpoint; names the first entry that does not match. Exit 0 only if all holds.
     Verify {
         /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
@@ -668,8 +734,12 @@ enum AuditCommand {
     },
     /// Who consulted a citizen's data (as the citizen, or an auditor).
     Accesses {
+        #[command(flatten)]
+        conn: Conn,
+        /// The citizen's national or BIS number.
         #[arg(long)]
         citizen: String,
+        /// At most this many accesses.
         #[arg(long, default_value_t = 20)]
         limit: i32,
     },
@@ -684,7 +754,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return Exit::Failed.into();
         }
     };
     // Traces, when asked for: the broker's configuration, or the demo's flag.
@@ -710,15 +780,18 @@ fn main() -> ExitCode {
             Ok(guard) => guard,
             Err(e) => {
                 eprintln!("error: {e:#}");
-                return ExitCode::FAILURE;
+                return Exit::Failed.into();
             }
         }
     };
     match runtime.block_on(run(cli.command)) {
         Ok(code) => code,
+        // The reader went away (`semel audit list | head -1`): what it
+        // wanted it has; end quietly, as `ls | head` does.
+        Err(e) if output::is_closed_output(&e) => Exit::Done.into(),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            Exit::Failed.into()
         }
     }
 }
@@ -790,9 +863,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ..DemoOptions::new(data_dir)
             };
             let demo = Demo::start(opts).await?;
-            print_demo_banner(&demo);
+            // The broker runs whether or not anyone reads the banner.
+            if let Err(e) = print_demo_banner(&demo) {
+                tracing::warn!(error = %e, "print the demo banner");
+            }
             demo.run_until(shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Done.into())
         }
         Command::Serve {
             config,
@@ -800,8 +876,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let config = Config::load(&config)?;
             if check_config {
-                println!("configuration is valid");
-                return Ok(ExitCode::SUCCESS);
+                outln!("configuration is valid");
+                return Ok(Exit::Done.into());
             }
             let prepared = semel_server::server::prepare(&config).await?;
             let metrics_listener = match config.metrics_listen {
@@ -830,7 +906,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             if let Some(m) = metrics {
                 m.await.context("metrics task")??;
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Done.into())
         }
         Command::Lookup {
             conn,
@@ -856,10 +932,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 consumer_reference: reference,
                 checks,
             };
-            Ok(report(conn.json, client.lookup(args).await, print_lookup))
+            report(conn.json, client.lookup(args).await, print_lookup)
         }
         Command::Files { conn, command } => {
             let client = connect(&conn, None).await?;
+            let columns: &[&str] = &[
+                "id",
+                "capacity",
+                "phase",
+                "begin_date",
+                "end_date",
+                "consumer_reference",
+                "closed_at",
+            ];
             let result = match command {
                 FilesCommand::Register {
                     citizen,
@@ -891,10 +976,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     client.undo_replacement(old, reason).await
                 }
             };
-            Ok(report(conn.json, result, print_value))
+            report(conn.json, result, |v| print_value(v, columns))
         }
         Command::Consent { conn, command } => {
             let client = connect(&conn, None).await?;
+            let columns: &[&str] = &[
+                "id",
+                "consumer_kbo",
+                "purpose",
+                "datasets",
+                "channel",
+                "given_at",
+                "expires_at",
+                "withdrawn_at",
+            ];
             let result = match command {
                 ConsentCommand::Give {
                     citizen,
@@ -920,10 +1015,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
                 ConsentCommand::List { citizen } => client.list_consents(citizen).await,
             };
-            Ok(report(conn.json, result, print_value))
+            report(conn.json, result, |v| print_value(v, columns))
         }
         Command::Admin { conn, command } => {
             let client = connect(&conn, Some("operator")).await?;
+            let columns = admin_columns(&command);
             let result = match command {
                 AdminCommand::Cert(CertCommand::Revoke {
                     fingerprint,
@@ -1027,7 +1123,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                         .await
                 }
             };
-            Ok(report(conn.json, result, print_value))
+            report(conn.json, result, |v| print_value(v, columns))
         }
         Command::Bench(args) => bench::run(args).await,
         Command::Pki(command) => dev_pki(command),
@@ -1060,8 +1156,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 not_before: None,
                 bound_to: None,
             })?;
-            println!("{token}");
-            Ok(ExitCode::SUCCESS)
+            outln!("{token}");
+            Ok(Exit::Done.into())
         }
         Command::Health {
             broker,
@@ -1077,12 +1173,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 }
             };
             let status = semel_server::client::check_health(&broker, &ca, &service).await?;
-            println!("{status}");
+            outln!("{status}");
             Ok(if status == "SERVING" {
-                ExitCode::SUCCESS
+                Exit::Done
             } else {
-                ExitCode::from(1)
-            })
+                Exit::Failed
+            }
+            .into())
         }
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
@@ -1093,7 +1190,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
                     Err(e).context("write the completion script")
                 }
-                _ => Ok(ExitCode::SUCCESS),
+                _ => Ok(Exit::Done.into()),
             }
         }
         Command::BenchServer {
@@ -1110,10 +1207,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 preload_audit,
             };
             semel_server::bench::run_bench_server(opts, &ready_file, shutdown_signal()).await?;
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Done.into())
         }
         Command::Audit {
-            conn: _,
             command:
                 AuditCommand::Verify {
                     store,
@@ -1137,7 +1233,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }),
         Command::Witness(command) => witness(command).await,
         Command::Audit {
-            conn: _,
             command:
                 AuditCommand::Export {
                     store,
@@ -1145,48 +1240,66 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     format,
                 },
         } => audit_export(&store, output.as_deref(), &format),
-        Command::Audit { conn, command } => {
-            let client = connect(&conn, Some("operator")).await?;
-            let result = match command {
-                AuditCommand::List {
-                    citizen,
-                    consumer,
-                    person,
-                    authorisation,
-                    dataset,
-                    decision,
-                    since,
-                    until,
-                    limit,
-                    page_token,
-                } => {
-                    client
-                        .audit_list(AuditFilter {
-                            citizen,
-                            consumer,
-                            end_user: person,
-                            authorisation,
-                            dataset,
-                            decision,
-                            since,
-                            until,
-                            limit,
-                            page_token,
-                        })
-                        .await
-                }
-                AuditCommand::Head => client.audit_head().await,
-                AuditCommand::Checkpoint => client.latest_checkpoint().await,
-                AuditCommand::Verify { .. } | AuditCommand::Export { .. } => {
-                    unreachable!("handled above")
-                }
-                AuditCommand::Accesses { citizen, limit } => {
-                    client.citizen_accesses(citizen, limit).await
-                }
-            };
-            Ok(report(conn.json, result, print_audit))
-        }
+        Command::Audit { command } => audit_remote(command).await,
     }
+}
+
+/// The audit commands that ask a running broker.
+async fn audit_remote(command: AuditCommand) -> anyhow::Result<ExitCode> {
+    let (conn, call) = match command {
+        AuditCommand::List {
+            conn,
+            citizen,
+            consumer,
+            person,
+            authorisation,
+            dataset,
+            decision,
+            since,
+            until,
+            limit,
+            page_token,
+        } => (
+            conn,
+            AuditCall::List(AuditFilter {
+                citizen,
+                consumer,
+                end_user: person,
+                authorisation,
+                dataset,
+                decision,
+                since,
+                until,
+                limit,
+                page_token,
+            }),
+        ),
+        AuditCommand::Head { conn } => (conn, AuditCall::Head),
+        AuditCommand::Checkpoint { conn } => (conn, AuditCall::Checkpoint),
+        AuditCommand::Accesses {
+            conn,
+            citizen,
+            limit,
+        } => (conn, AuditCall::Accesses(citizen, limit)),
+        AuditCommand::Verify { .. } | AuditCommand::Export { .. } => {
+            unreachable!("read from files, not asked of a broker")
+        }
+    };
+    let client = connect(&conn, Some("operator")).await?;
+    let result = match call {
+        AuditCall::List(filter) => client.audit_list(filter).await,
+        AuditCall::Head => client.audit_head().await,
+        AuditCall::Checkpoint => client.latest_checkpoint().await,
+        AuditCall::Accesses(citizen, limit) => client.citizen_accesses(citizen, limit).await,
+    };
+    report(conn.json, result, print_audit)
+}
+
+enum AuditCall {
+    List(AuditFilter),
+    Head,
+    Checkpoint,
+    Accesses(String, i32),
 }
 
 mod bench {
@@ -1196,6 +1309,7 @@ mod bench {
     use std::process::{Command, ExitCode, Stdio};
     use std::time::{Duration, Instant};
 
+    use crate::output::{Exit, outln};
     use anyhow::Context;
     use semel_server::bench::{
         BenchAddrs, LoadOptions, LoadReport, Target, memory_kib, run_load, time_citizen_query,
@@ -1336,11 +1450,11 @@ mod bench {
             let _ = std::fs::remove_dir_all(&dir);
         }
         let (rounds, memory, query) = measured?;
-        print(&args, &addrs, &rounds, memory, query);
+        print(&args, &addrs, &rounds, memory, query)?;
         if !status.success() {
             eprintln!("warning: the bench server exited with {status}");
         }
-        Ok(ExitCode::SUCCESS)
+        Ok(Exit::Done.into())
     }
 
     /// Semel's and the null forwarder's reports of one round.
@@ -1386,7 +1500,7 @@ mod bench {
         rounds: &[Vec<LoadReport>],
         memory: Option<(u64, u64)>,
         query: Option<(Duration, usize)>,
-    ) {
+    ) -> anyhow::Result<()> {
         let per_round: Vec<(f64, f64)> = rounds.iter().filter_map(|r| ratio(r)).collect();
         let ratios = median(per_round.iter().map(|r| r.0).collect())
             .zip(median(per_round.iter().map(|r| r.1).collect()));
@@ -1406,14 +1520,17 @@ mod bench {
                 "broker_startup_ms": addrs.startup_ms,
                 "citizen_query": query.map(|(d, n)| serde_json::json!({"best_ms": d.as_secs_f64() * 1000.0, "entries": n})),
             });
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
-            return;
+            outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            return Ok(());
         }
-        println!(
+        outln!(
             "\nconcurrency {} over {} connections, {}% refused, {:.0} s per target\n",
-            args.concurrency, args.connections, args.refused_percent, args.duration
+            args.concurrency,
+            args.connections,
+            args.refused_percent,
+            args.duration
         );
-        println!(
+        outln!(
             "{:<15} {:>10} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
             "target",
             "requests",
@@ -1430,7 +1547,7 @@ mod bench {
         );
         let micros = |c: Option<f64>| c.map_or_else(|| "-".to_owned(), |c| format!("{c:.0} µs"));
         for r in &reports {
-            println!(
+            outln!(
                 "{:<15} {:>10} {:>9.0} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7} {:>8} {:>9} {:>9}",
                 r.target,
                 r.requests,
@@ -1451,14 +1568,14 @@ mod bench {
             .filter(|r| r.audit_syncs.is_some_and(|s| s > 0))
         {
             if let (Some(syncs), Some(mean)) = (r.audit_syncs, r.audit_sync_mean_us) {
-                println!(
+                outln!(
                     "semel audit log: {syncs} syncs while measuring, {:.1} entries per sync, {mean:.0} µs per write + sync",
                     r.requests as f64 / syncs as f64
                 );
             }
         }
         if reports.iter().any(|r| r.server_cpu_us.is_some()) {
-            println!(
+            outln!(
                 "(srv CPU: the server process's CPU time per request, broker or null forwarder and source together; gen CPU: the generator's)"
             );
         }
@@ -1467,38 +1584,40 @@ mod bench {
                 .iter()
                 .map(|(t, p)| format!("{t:.2}×/{p:.2}×"))
                 .collect();
-            println!(
+            outln!(
                 "\nsemel / null forwarder per round (throughput/p99): {}",
                 list.join("  ")
             );
         }
         if let Some((t, p)) = ratios {
             let what = if per_round.len() > 1 { ", median" } else { "" };
-            println!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
+            outln!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
         }
         if let Some(c) = cpu {
-            println!(
+            outln!(
                 "semel / null forwarder, server CPU per request{}: {c:.2}×",
                 if per_round.len() > 1 { ", median" } else { "" }
             );
         }
         if let Some((peak, now)) = memory {
-            println!(
+            outln!(
                 "server process (broker + sources + null forwarder) resident memory: peak {} MiB, now {} MiB",
                 peak / 1024,
                 now / 1024
             );
         }
-        println!(
+        outln!(
             "audit entries when the broker started: {}, broker start {:.0} ms",
-            addrs.preloaded_entries, addrs.startup_ms
+            addrs.preloaded_entries,
+            addrs.startup_ms
         );
         if let Some((d, n)) = query {
-            println!(
+            outln!(
                 "auditor's query by citizen (best of 20): {:.2} ms, {n} entries",
                 d.as_secs_f64() * 1000.0
             );
         }
+        Ok(())
     }
 }
 
@@ -1610,7 +1729,7 @@ fn audit_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         Ok(r) => {
             let unsigned = r.entries - r.last_checkpoint.unwrap_or(0);
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({
                         "verified": true,
@@ -1623,7 +1742,7 @@ fn audit_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     })
                 );
             } else {
-                println!(
+                outln!(
                     "verified: {} entries, hash chain and Merkle tree intact, {} signed checkpoints (newest covers {} entries), {} trusted checkpoints reached, root {}",
                     r.entries,
                     r.checkpoints,
@@ -1633,23 +1752,23 @@ fn audit_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     hex(&r.root)
                 );
                 if unsigned > 0 {
-                    println!(
+                    outln!(
                         "note: the last {unsigned} entries are covered by no signed checkpoint yet: nothing proves they were not changed; check them again once a checkpoint covers them"
                     );
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(Exit::Done.into())
         }
         Err(e) => {
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::json!({"verified": false, "error": e.to_string()})
                 );
             } else {
                 eprintln!("NOT VERIFIED: {e}");
             }
-            Ok(ExitCode::from(4))
+            Ok(Exit::NotVerified.into())
         }
     }
 }
@@ -1658,7 +1777,7 @@ async fn witness(command: WitnessCommand) -> anyhow::Result<ExitCode> {
     match command {
         WitnessCommand::Key { dir, name } => {
             let w = semel_server::witness::Witness::open(&dir, &name, &[])?;
-            println!("{}", w.verifier_key());
+            outln!("{}", w.verifier_key());
         }
         WitnessCommand::Serve {
             listen,
@@ -1732,7 +1851,7 @@ fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Re
     out.flush().context("write the export")?;
     bar.finish_and_clear();
     eprintln!("exported {n} entries");
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }
 
 fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
@@ -1740,7 +1859,7 @@ fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
     match command {
         PkiCommand::Init { dir } => {
             let pki = DevPki::ensure(&dir, &[])?;
-            println!("CA: {}", pki.ca_cert().display());
+            outln!("CA: {}", pki.ca_cert().display());
         }
         PkiCommand::Issue {
             dir,
@@ -1756,7 +1875,7 @@ fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
                 kbo,
                 name: &name,
             })?;
-            println!(
+            outln!(
                 "certificate: {}\nkey: {}",
                 files.cert.display(),
                 files.key.display()
@@ -1764,7 +1883,7 @@ fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
         }
         PkiCommand::Issuer { dir } => {
             let issuer = semel_demo::issuer::DevIssuer::ensure(&dir)?;
-            println!(
+            outln!(
                 "issuer: {}\nprivate key: {}\npublic keys (JWKS, for [[tokens.issuers]]): {}",
                 issuer.issuer,
                 issuer.key_file().display(),
@@ -1773,13 +1892,15 @@ fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
         }
         PkiCommand::Fingerprint { cert } => {
             let ids = semel_server::tls::certificate_ids(&cert)?;
-            println!(
+            outln!(
                 "sha256 fingerprint: {}\nserial number: {}\nissuer name sha256: {}",
-                ids.fingerprint, ids.serial, ids.issuer_name_sha256
+                ids.fingerprint,
+                ids.serial,
+                ids.issuer_name_sha256
             );
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Exit::Done.into())
 }
 
 async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Client> {
@@ -1815,22 +1936,27 @@ async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Clien
     Client::connect(&config).await
 }
 
-fn report(json: bool, result: Result<Json, CallError>, text: fn(&Json)) -> ExitCode {
+/// Prints an answer (or the broker's error) and says how the command ends:
+/// `--json` prints the whole answer, or the error's code, reason, message
+/// and request id, on stdout; otherwise `text` renders it for people and
+/// errors go to stderr.
+fn report(
+    json: bool,
+    result: Result<Json, CallError>,
+    text: impl FnOnce(&Json) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
     match result {
         Ok(v) => {
             if json {
-                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                text(&v);
+                text(&v)?;
             }
-            ExitCode::SUCCESS
+            Ok(Exit::Done.into())
         }
         Err(e) => {
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&e.to_json()).unwrap_or_default()
-                );
+                outln!("{}", serde_json::to_string_pretty(&e.to_json())?);
             } else {
                 let label = match e.code.as_str() {
                     "PermissionDenied" | "Unauthenticated" => "refused",
@@ -1839,13 +1965,51 @@ fn report(json: bool, result: Result<Json, CallError>, text: fn(&Json)) -> ExitC
                 };
                 eprintln!("{label}: {e}");
             }
-            ExitCode::from(3)
+            Ok(Exit::Refused.into())
         }
     }
 }
 
-fn print_lookup(v: &Json) {
-    println!(
+/// The columns of the tables `semel admin` prints (`--json` has every field).
+fn admin_columns(command: &AdminCommand) -> &'static [&'static str] {
+    match command {
+        AdminCommand::Cert(_) => &[
+            "sha256_fingerprint",
+            "serial_number",
+            "revoked_at",
+            "reason",
+        ],
+        AdminCommand::Purpose(_) => &["code", "legal_basis", "description"],
+        AdminCommand::Org(_) => &["kbo", "name", "roles", "status", "created_at"],
+        AdminCommand::Dataset(_) => &["name", "source_kbo", "keeps_history", "endpoint", "fields"],
+        AdminCommand::Authorisation(_) => &[
+            "reference",
+            "consumer_kbo",
+            "dataset",
+            "purpose",
+            "status",
+            "version",
+            "valid_from",
+            "valid_until",
+            "consent_required",
+            "capacities",
+            "fields",
+            "check_fields",
+        ],
+    }
+}
+
+/// A list as a table of `columns`, or an object field by field.
+fn print_value(v: &Json, columns: &[&str]) -> anyhow::Result<()> {
+    match v {
+        Json::Array(items) => out!("{}", output::table(items, columns)),
+        other => out!("{}", output::record(other)),
+    }
+    Ok(())
+}
+
+fn print_lookup(v: &Json) -> anyhow::Result<()> {
+    outln!(
         "allowed by {} · source {} · request {}",
         v["authorisation_reference"].as_str().unwrap_or(""),
         v["source_kbo"].as_str().unwrap_or(""),
@@ -1855,54 +2019,41 @@ fn print_lookup(v: &Json) {
         let width = fields.keys().map(String::len).max().unwrap_or(0);
         for (k, val) in fields {
             match val {
-                Json::String(s) => println!("  {k:width$}  {s}"),
+                Json::String(s) => outln!("  {k:width$}  {s}"),
                 Json::Array(items) if items.iter().all(Json::is_object) => {
-                    println!("  {k:width$}");
+                    outln!("  {k:width$}");
                     for item in items {
-                        println!("    - {item}");
+                        outln!("    - {item}");
                     }
                 }
-                other => println!("  {k:width$}  {other}"),
+                other => outln!("  {k:width$}  {other}"),
             }
         }
     }
     if let Some(checks) = v["checks"].as_array() {
         for c in checks {
-            println!(
+            outln!(
                 "  check {}: {}",
                 c["field"].as_str().unwrap_or(""),
                 c["answer"].as_str().unwrap_or("")
             );
         }
     }
+    Ok(())
 }
 
-fn print_value(v: &Json) {
-    match v {
-        Json::Array(items) => {
-            for item in items {
-                println!("{item}");
-            }
-        }
-        other => println!(
-            "{}",
-            serde_json::to_string_pretty(other).unwrap_or_default()
-        ),
-    }
-}
-
-fn print_audit(v: &Json) {
+fn print_audit(v: &Json) -> anyhow::Result<()> {
     if let Some(key) = v["verifier_key"].as_str() {
         match v["signed_note"].as_str() {
-            Some(note) => print!("{note}"),
-            None => println!("no checkpoint signed yet"),
+            Some(note) => out!("{note}"),
+            None => outln!("no checkpoint signed yet"),
         }
-        println!("\nverifier key: {key}");
-        return;
+        outln!("\nverifier key: {key}");
+        return Ok(());
     }
     if let Some(accesses) = v["accesses"].as_array() {
         if accesses.is_empty() {
-            println!("no one consulted this citizen's data");
+            outln!("no one consulted this citizen's data");
         }
         for a in accesses {
             let s = |k: &str| a[k].as_str().unwrap_or("").to_owned();
@@ -1945,7 +2096,7 @@ fn print_audit(v: &Json) {
             } else {
                 format!("was refused {} ({})", s("dataset"), s("reason"))
             };
-            println!(
+            outln!(
                 "{} {} ({}) {what}, purpose {}",
                 s("time"),
                 s("consumer_name"),
@@ -1953,11 +2104,11 @@ fn print_audit(v: &Json) {
                 s("purpose")
             );
         }
-        return;
+        return Ok(());
     }
     let Some(entries) = v["entries"].as_array() else {
-        println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-        return;
+        outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+        return Ok(());
     };
     for e in entries {
         let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
@@ -1971,7 +2122,7 @@ fn print_audit(v: &Json) {
             (u, "semel.v1.LookupService/Lookup") => format!(" ({u})"),
             (u, op) => format!(" ({}) {op}", if u.is_empty() { "-" } else { u }),
         };
-        println!(
+        outln!(
             "#{} {} consumer {}{by} citizen {} {} [{}] purpose {} auth {} → {} {}",
             e["sequence"],
             s("time"),
@@ -1997,11 +2148,12 @@ fn print_audit(v: &Json) {
         );
     }
     if let Some(t) = v["next_page_token"].as_str().filter(|t| !t.is_empty()) {
-        println!("(more: --page-token {t})");
+        outln!("(more: --page-token {t})");
     }
+    Ok(())
 }
 
-fn print_demo_banner(demo: &Demo) {
+fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
     let exe = std::env::current_exe().ok();
     let cwd = std::env::current_dir().ok();
     let semel = match (&exe, &cwd) {
@@ -2018,7 +2170,7 @@ fn print_demo_banner(demo: &Demo) {
         _ => format!(" --data-dir {dd}"),
     };
     let s = semel.display();
-    println!(
+    outln!(
         "\nSemel demo broker listening on https://{addr} (mutual TLS)\n\
          \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation, issuer.key/issuer.jwks.json)\n  tokens           {dd}/tokens (<organisation>.jwt, citizen.jwt; valid for a day)\n  population       {people} synthetic people in {households} households\n\
          \nTry, in another terminal:\n\
@@ -2031,9 +2183,9 @@ fn print_demo_banner(demo: &Demo) {
          \n  # an expired authorisation (refused: AUTHORISATION_EXPIRED)\
          \n  {s} lookup{flag} --as ville-bruxelles --citizen 85073003328 --dataset spf_finances.taxable_income --fields latest_taxable_income_cents --purpose SOCIAL_HOUSING\
          \n  # what the audit log recorded about that citizen\
-         \n  {s} audit{flag} list --citizen 93051822361\
+         \n  {s} audit list{flag} --citizen 93051822361\
          \n  # ...and what the citizen sees of it, through the citizen portal\
-         \n  {s} audit{flag} accesses --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
+         \n  {s} audit accesses{flag} --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
          \n  {s} admin{flag} authorisation list\n\
          \nStop with Ctrl-C; the state survives a restart.{metrics}\n",
         addr = demo.broker_addr,
@@ -2044,6 +2196,7 @@ fn print_demo_banner(demo: &Demo) {
         people = demo.population.people.len(),
         households = demo.population.households.len(),
     );
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -2081,5 +2234,97 @@ mod tests {
         // Catches clashing flags (e.g. a subcommand's --key against the
         // global --key) before a user does.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_and_option_says_what_it_is_for() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") || arg.is_hide_set() {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut command = <super::Cli as clap::CommandFactory>::command();
+        command.build();
+        let mut missing = Vec::new();
+        walk(&command, "semel", &mut missing);
+        assert!(missing.is_empty(), "no help text:\n{}", missing.join("\n"));
+    }
+
+    #[test]
+    fn offline_audit_commands_offer_no_connection_options() {
+        let command = <super::Cli as clap::CommandFactory>::command();
+        let audit = command.find_subcommand("audit").expect("audit");
+        for offline in ["verify", "export"] {
+            let sub = audit.find_subcommand(offline).expect(offline);
+            let ids: Vec<&str> = sub.get_arguments().map(|a| a.get_id().as_str()).collect();
+            for conn in ["broker", "as_org", "token_file", "cert"] {
+                assert!(!ids.contains(&conn), "audit {offline} offers --{conn}");
+            }
+        }
+        let list = audit.find_subcommand("list").expect("list");
+        assert!(list.get_arguments().any(|a| a.get_id() == "broker"));
+    }
+
+    #[test]
+    fn the_command_lines_variables_are_not_configuration_overrides() {
+        fn walk(cmd: &clap::Command, found: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                if let Some(env) = arg.get_env() {
+                    found.push(env.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, found);
+            }
+        }
+        let mut found = Vec::new();
+        walk(&<super::Cli as clap::CommandFactory>::command(), &mut found);
+        assert!(!found.is_empty());
+        for name in found {
+            assert!(
+                semel_server::config::COMMAND_LINE_VARIABLES.contains(&name.as_str()),
+                "{name} is read by the command line: add it to COMMAND_LINE_VARIABLES, or `semel serve` takes it for a configuration key"
+            );
+        }
+    }
+
+    #[test]
+    fn the_exit_codes_are_the_documented_ones() {
+        let guide = include_str!("../../../docs/operator-guide.md");
+        let section = guide
+            .split("## The command line: output and exit codes")
+            .nth(1)
+            .expect("the operator guide has the exit codes section");
+        let documented: Vec<u8> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| code |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()
+                    .and_then(|c| c.trim().parse().ok())
+                    .expect("a code")
+            })
+            .collect();
+        let code: Vec<u8> = super::Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(documented, code);
     }
 }

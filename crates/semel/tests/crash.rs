@@ -12,12 +12,18 @@ use std::time::{Duration, Instant};
 
 use semel_server::client::{AuditFilter, Client, LookupArgs};
 
+/// Starts `semel demo` on ports of its own (port 0 for the broker and the
+/// metrics), so a demo a user runs on the default ports is no obstacle. Its
+/// stderr goes to `demo.log`, which [`connect`] shows if it stops.
 fn start(dir: &Path) -> Child {
     let _ = std::fs::remove_file(dir.join("demo.json"));
+    let log = std::fs::File::create(dir.join("demo.log")).expect("create demo.log");
     Command::new(env!("CARGO_BIN_EXE_semel"))
         .args([
             "demo",
             "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
             "127.0.0.1:0",
             "--population",
             "2000",
@@ -27,12 +33,13 @@ fn start(dir: &Path) -> Child {
         .env("SEMEL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .expect("start semel demo")
 }
 
-async fn connect(dir: &Path, who: &str) -> Client {
+/// Waits for the demo to answer; fails with its log if it stopped.
+async fn connect(child: &mut Child, dir: &Path, who: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if dir.join("demo.json").exists()
@@ -40,6 +47,12 @@ async fn connect(dir: &Path, who: &str) -> Client {
             && let Ok(client) = Client::connect(&config).await
         {
             return client;
+        }
+        if let Some(status) = child.try_wait().expect("check the demo") {
+            panic!(
+                "semel demo stopped ({status}):\n{}",
+                std::fs::read_to_string(dir.join("demo.log")).unwrap_or_default()
+            );
         }
         assert!(Instant::now() < deadline, "the demo did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -82,7 +95,7 @@ async fn audited_request_ids(client: &Client) -> Vec<String> {
 async fn sigkill_during_lookups_loses_no_answered_entry() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut child = start(dir.path());
-    let consumer = connect(dir.path(), "cpas-anderlecht").await;
+    let consumer = connect(&mut child, dir.path(), "cpas-anderlecht").await;
     let answered: Arc<Mutex<Vec<String>>> = Arc::default();
     let citizens = ["93051822361", "85073003328", "17073003384", "05110200252"];
     let mut workers = Vec::new();
@@ -119,7 +132,7 @@ async fn sigkill_during_lookups_loses_no_answered_entry() {
 
     // Start again on the same data directory.
     let mut child = start(dir.path());
-    let operator = connect(dir.path(), "operator").await;
+    let operator = connect(&mut child, dir.path(), "operator").await;
     let audited: HashSet<String> = audited_request_ids(&operator).await.into_iter().collect();
     let missing = answered.difference(&audited).count();
     assert_eq!(missing, 0, "{missing} answered lookups have no audit entry");
@@ -136,7 +149,7 @@ async fn sigkill_during_lookups_loses_no_answered_entry() {
     );
     assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
     // Lookups continue after the restart.
-    let consumer = connect(dir.path(), "cpas-anderlecht").await;
+    let consumer = connect(&mut child, dir.path(), "cpas-anderlecht").await;
     consumer
         .lookup(lookup("93051822361"))
         .await

@@ -111,10 +111,10 @@ async fn sighup_reloads_the_certificate_and_the_issuer_keys() {
         .env("SEMEL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("serve.log"))
         .spawn()
         .expect("start semel serve");
-    let child = Killed(child);
+    let mut child = Killed(child);
     let files = pki.files(&stem);
     let client = ClientConfig {
         broker: format!("https://127.0.0.1:{port}"),
@@ -139,6 +139,12 @@ async fn sighup_reloads_the_certificate_and_the_issuer_keys() {
     let old_token = mint(&issuer);
     let deadline = Instant::now() + Duration::from_secs(60);
     while head_with(&client, &old_token).await.is_err() {
+        if let Some(status) = child.0.try_wait().expect("check the broker") {
+            panic!(
+                "semel serve stopped ({status}):\n{}",
+                std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+            );
+        }
         assert!(Instant::now() < deadline, "the broker did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
