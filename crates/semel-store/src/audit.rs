@@ -322,7 +322,7 @@ impl AuditLog {
             checkpoints: checkpoints.map(|settings| Checkpointer {
                 last_size: stored.last().map_or(0, |c| c.checkpoint.size),
                 last_root: stored.last().map(|c| c.checkpoint.root),
-                last_time: std::time::Instant::now(),
+                first_unsigned: None,
                 file: checkpoint_file,
                 settings,
             }),
@@ -1053,15 +1053,33 @@ struct Checkpointer {
     last_size: u64,
     /// The root the last checkpoint signed, at `last_size`.
     last_root: Option<Hash>,
-    last_time: std::time::Instant,
+    /// When the oldest entry no checkpoint covers yet was indexed: the
+    /// time cadence runs from it, so an entry waits at most `every` for a
+    /// signature, whether it is the first of the log or of a quiet hour.
+    first_unsigned: Option<std::time::Instant>,
 }
 
 impl Checkpointer {
-    fn due(&self, size: u64, closing: bool) -> bool {
-        size > self.last_size
-            && (closing
-                || size - self.last_size >= self.settings.every_entries
-                || self.last_time.elapsed() >= self.settings.every)
+    fn due(&mut self, size: u64, closing: bool) -> bool {
+        if size <= self.last_size {
+            return false;
+        }
+        let since = *self
+            .first_unsigned
+            .get_or_insert_with(std::time::Instant::now);
+        closing
+            || size - self.last_size >= self.settings.every_entries
+            || since.elapsed() >= self.settings.every
+    }
+
+    /// How long the indexer may wait for entries before a checkpoint is due.
+    fn wait(&self) -> std::time::Duration {
+        self.first_unsigned.map_or(self.settings.every, |since| {
+            self.settings
+                .every
+                .saturating_sub(since.elapsed())
+                .max(std::time::Duration::from_millis(1))
+        })
     }
 
     /// Signs the tree as it is, after making its nodes durable, and only if
@@ -1092,7 +1110,7 @@ impl Checkpointer {
             .map_err(io_err("write an audit checkpoint"))?;
         self.last_size = size;
         self.last_root = Some(checkpoint.root);
-        self.last_time = std::time::Instant::now();
+        self.first_unsigned = None;
         *lock(&shared.checkpoint) = Some(SignedCheckpoint { checkpoint, note });
         Ok(())
     }
@@ -1101,11 +1119,11 @@ impl Checkpointer {
 impl Indexer {
     fn run(mut self, rx: mpsc::Receiver<IndexJob>) {
         let mut ends = Vec::with_capacity(1 << 15);
-        let tick = self
-            .checkpoints
-            .as_ref()
-            .map_or(std::time::Duration::from_secs(3600), |c| c.settings.every);
         loop {
+            let tick = self
+                .checkpoints
+                .as_ref()
+                .map_or(std::time::Duration::from_secs(3600), Checkpointer::wait);
             let first = match rx.recv_timeout(tick) {
                 Ok(job) => job,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -2238,6 +2256,55 @@ mod at_rest {
         drop(f);
         let store = open(&dir).expect("starts, zeroing the torn write");
         assert_eq!(store.audit().head().0, 6);
+        store.close().expect("close");
+    }
+}
+
+#[cfg(test)]
+mod cadence {
+    use super::*;
+    use crate::Store;
+    use semel_core::checkpoint::NoteSigner;
+
+    #[tokio::test]
+    async fn an_entry_is_signed_as_long_after_it_as_the_configuration_says() {
+        let every = std::time::Duration::from_millis(400);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open_with(
+            dir.path(),
+            Some(CheckpointSettings {
+                signer: NoteSigner::new(
+                    "semel.test/audit",
+                    ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+                ),
+                every_entries: 1000,
+                every,
+            }),
+        )
+        .expect("open");
+        // A quiet start: the clock runs from the first unsigned entry, not
+        // from the opening.
+        std::thread::sleep(every / 2);
+        let appended = std::time::Instant::now();
+        store
+            .audit()
+            .append(super::tests::record(0, None))
+            .await
+            .expect("append");
+        let deadline = appended + every * 10;
+        while store.audit().latest_checkpoint().is_none() {
+            assert!(std::time::Instant::now() < deadline, "never signed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let waited = appended.elapsed();
+        assert!(
+            waited >= every,
+            "signed {waited:?} after the entry, before the configured {every:?}"
+        );
+        assert_eq!(
+            store.audit().latest_checkpoint().map(|c| c.checkpoint.size),
+            Some(1)
+        );
         store.close().expect("close");
     }
 }
