@@ -150,7 +150,42 @@ async fn an_oversized_request_is_refused_and_the_broker_carries_on() {
     // Refused by the codec, before any handler: with ErrorInfo and a
     // request id all the same.
     assert_error(&err, Code::OutOfRange, "REQUEST_TOO_LARGE");
-    assert!(error_info(&err).2.contains_key("request_id"), "{err:?}");
+    let request_id = error_info(&err).2["request_id"].clone();
+    // A lookup that reached the broker is recorded, even unreadable.
+    let e = t.audit_entries().await.pop().expect("an entry");
+    assert_eq!(e.request_id, request_id);
+    assert_eq!(e.operation, semel_core::LOOKUP_OPERATION);
+    assert_eq!(
+        e.decision,
+        semel_server::proto::AuditDecision::Refused as i32
+    );
+    assert_eq!(
+        e.consumer_kbo,
+        semel_demo::seed::org(ANDERLECHT).expect("org").kbo.as_str()
+    );
+    // A body that is not a LookupRequest at all (field 1, the citizen, as
+    // bytes that are not UTF-8): bad input, answered and recorded as such.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NotALookup {
+        #[prost(bytes = "vec", tag = "1")]
+        citizen: Vec<u8>,
+    }
+    let mut grpc = tonic::client::Grpc::new(t.channel(ANDERLECHT).await);
+    grpc.ready().await.expect("ready");
+    let err = grpc
+        .unary::<_, semel_server::proto::LookupResponse, _>(
+            tonic::Request::new(NotALookup {
+                citizen: vec![0xff, 0xfe, 0xfd],
+            }),
+            tonic::codegen::http::uri::PathAndQuery::from_static("/semel.v1.LookupService/Lookup"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .expect_err("undecodable");
+    assert_error(&err, Code::InvalidArgument, "MALFORMED_REQUEST");
+    let e = t.audit_entries().await.pop().expect("an entry");
+    assert_eq!(e.request_id, error_info(&err).2["request_id"]);
+    assert_eq!(e.operation, semel_core::LOOKUP_OPERATION);
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("the next lookup is answered");

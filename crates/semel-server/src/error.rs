@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 
 use semel_core::redact_national_numbers;
-use tonic::codegen::http;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
@@ -174,40 +173,6 @@ impl From<semel_store::StoreError> for ApiError {
             }
         }
     }
-}
-
-/// A tower layer for the errors tonic makes itself, before any handler
-/// runs, which carry no `ErrorInfo` (so no reason and no request id): a
-/// request larger than the service's limit is refused by the codec with a
-/// bare `OUT_OF_RANGE`. It becomes `REQUEST_TOO_LARGE`, like every other
-/// error. Such refusals come as trailers-only responses (the status in the
-/// headers), which is where this looks.
-pub fn codec_errors_layer() -> tower::util::MapResponseLayer<
-    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
-> {
-    tower::util::MapResponseLayer::new(with_error_info)
-}
-
-fn with_error_info(resp: http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body> {
-    let headers = resp.headers();
-    let code = headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from_i32);
-    if code != Some(Code::OutOfRange) || headers.contains_key("grpc-status-details-bin") {
-        return resp;
-    }
-    let request_id = crate::state::new_id();
-    tracing::info!(request_id = %request_id, "request refused: larger than the limit");
-    ApiError::new(
-        Code::OutOfRange,
-        "REQUEST_TOO_LARGE",
-        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry); send a smaller one",
-    )
-    .with("request_id", request_id.to_string())
-    .into_status()
-    .into_http()
 }
 
 #[cfg(test)]

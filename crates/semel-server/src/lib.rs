@@ -10,6 +10,7 @@ pub mod audited;
 pub mod bench;
 mod checks;
 pub mod client;
+pub mod codec;
 pub mod config;
 mod convert;
 pub mod demo;

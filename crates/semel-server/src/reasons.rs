@@ -200,6 +200,11 @@ pub const REASONS: &[Reasons] = &[
         "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry); send a smaller one",
     ),
     row(
+        "INVALID_ARGUMENT",
+        &["MALFORMED_REQUEST"],
+        "the request body is not a valid protobuf message of the RPC: regenerate the client from the published contract",
+    ),
+    row(
         "PERMISSION_DENIED",
         &["ROLE_NOT_PERMITTED"],
         "the person's token lacks a role this call needs (metadata `required_roles`)",

@@ -322,7 +322,9 @@ pub async fn serve_broker(
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .layer(crate::permissions::layer())
-        .layer(crate::error::codec_errors_layer())
+        .layer(crate::codec::CodecErrorsLayer {
+            broker: broker.clone(),
+        })
         .add_service(
             LookupServiceServer::new(LookupService::new(broker.clone()))
                 .max_decoding_message_size(MAX_REQUEST),

@@ -769,7 +769,11 @@ impl<'a> Credentials<'a> {
 
 /// The token of a request's `authorization: Bearer ...` metadata.
 fn bearer<T>(request: &tonic::Request<T>) -> Option<&str> {
-    let value = request.metadata().get("authorization")?.to_str().ok()?;
+    bearer_token(request.metadata().get("authorization")?.to_str().ok()?)
+}
+
+/// The token of an `authorization: Bearer ...` value.
+pub(crate) fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
