@@ -1572,6 +1572,18 @@ fn check_start(
     settings: Option<&CheckpointSettings>,
 ) -> Result<(), StoreError> {
     let Some(newest) = newest else {
+        // A broker that signs checkpoints and has none: a new log, or one
+        // whose checkpoints were removed. Every entry is checked against the
+        // tree then (a new log is short; a stripped one deserves it).
+        if settings.is_some() && head.next_sequence > 0 {
+            if head.next_sequence > 100_000 {
+                tracing::warn!(
+                    entries = head.next_sequence,
+                    "the audit log has entries but no signed checkpoint: checking every entry against its tree"
+                );
+            }
+            check_tail(log, ends, tree, head, archived.before)?;
+        }
         return Ok(());
     };
     let n = newest.checkpoint.size;
@@ -1605,7 +1617,24 @@ fn check_start(
         )));
     }
     // The tail, from the last entry the checkpoint covers.
-    let first = n.saturating_sub(1).max(archived.before);
+    check_tail(
+        log,
+        ends,
+        tree,
+        head,
+        n.saturating_sub(1).max(archived.before),
+    )
+}
+
+/// Checks that the entries from `first` on are the tree's leaves and link
+/// to one another.
+fn check_tail(
+    log: &File,
+    ends: &File,
+    tree: &Tree,
+    head: Head,
+    first: u64,
+) -> Result<(), StoreError> {
     for seq in first..head.next_sequence {
         let start = if seq == 0 {
             0
