@@ -70,7 +70,13 @@ pub async fn run_bench_server(
     let store_dir = opts.data_dir.join("store");
     let mut preloaded = 0;
     if opts.preload_audit > 0 {
-        preloaded = preload_audit(&store_dir, opts.preload_audit, opts.seed).await?;
+        preloaded = preload_audit(
+            &store_dir,
+            &opts.data_dir.join("pki").join("audit-signing.key"),
+            opts.preload_audit,
+            opts.seed,
+        )
+        .await?;
     }
     let started = Instant::now();
     let mut demo_opts = DemoOptions::new(&opts.data_dir);
@@ -139,8 +145,26 @@ pub async fn run_bench_server(
 
 /// Appends synthetic entries, as many appenders at once as a busy broker
 /// would have, so the log and its indexes look like months of traffic.
-async fn preload_audit(store_dir: &Path, target: u64, seed: u64) -> anyhow::Result<u64> {
-    let store = Arc::new(Store::open(store_dir)?);
+async fn preload_audit(
+    store_dir: &Path,
+    signing_key: &Path,
+    target: u64,
+    seed: u64,
+) -> anyhow::Result<u64> {
+    // Signed as the demo signs, so the log has the checkpoints a broker's
+    // log of that size would have (and the start checks what it would).
+    if let Some(dir) = signing_key.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let key = semel_store::load_or_create_signing_key(signing_key)?;
+    let store = Arc::new(Store::open_with(
+        store_dir,
+        Some(semel_store::CheckpointSettings {
+            signer: semel_core::checkpoint::NoteSigner::new(crate::demo::DEMO_ORIGIN, key),
+            every_entries: 100_000,
+            every: std::time::Duration::from_secs(10),
+        }),
+    )?);
     let have = store.audit().head().0;
     if have < target {
         let population = Population::generate(seed, 10_000);
