@@ -1680,8 +1680,14 @@ fn audit_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let trusted_notes = trusted
         .iter()
         .map(|p| {
-            std::fs::read_to_string(p)
-                .with_context(|| format!("read the trusted checkpoint {}", p.display()))
+            let note = std::fs::read_to_string(p)
+                .with_context(|| format!("read the trusted checkpoint {}", p.display()))?;
+            anyhow::ensure!(
+                note.contains("\n\n\u{2014} "),
+                "{} holds no signed checkpoint (a note: origin, size, root, an empty line, signatures); save the signed_note of `semel audit checkpoint --json`",
+                p.display()
+            );
+            Ok(note)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     // The log's name, for the broker's own key when none is given: the
