@@ -1,0 +1,214 @@
+//! Semel's PostgreSQL store, in progress (issue 16; the design is
+//! `docs/storage-postgresql.md`). What exists: versioned schema migrations,
+//! applied at start and refused when the database is newer than the binary,
+//! and the audit log's sequencing, which any number of brokers share: each
+//! batch of entries takes its places in the chain in one short transaction
+//! under the single `audit_head` row lock, and is durable (committed, with
+//! `synchronous_commit` on) before its callers are answered. Not yet wired
+//! to the broker: the storage port comes first.
+//!
+//! This is the only crate that knows the PostgreSQL client.
+
+pub mod testing;
+
+use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
+
+/// The migrations, in order; the position is the version.
+const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_audit_log.sql")];
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL: {0}")]
+    Database(#[from] tokio_postgres::Error),
+    #[error(
+        "the database's schema is at version {found}, newer than this binary's {supported}: run the newer binary, or restore"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("the database holds a damaged value: {0}")]
+    Corrupt(String),
+}
+
+/// A connection of one broker to the audit log on PostgreSQL.
+pub struct PgAudit {
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PgAudit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgAudit").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgAudit {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// An entry's place in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placed {
+    pub sequence: u64,
+    pub hash: Hash,
+}
+
+impl PgAudit {
+    /// Connects (a `postgresql://` URL or key-value string), with every
+    /// commit waiting for durability, and applies the migrations this
+    /// binary knows.
+    pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        client.batch_execute("SET synchronous_commit = on").await?;
+        let audit = PgAudit { client, connection };
+        audit.migrate().await?;
+        Ok(audit)
+    }
+
+    /// Applies the migrations not applied yet, each in its transaction;
+    /// refuses a schema newer than this binary. Brokers starting at once
+    /// serialise on an advisory lock.
+    async fn migrate(&self) -> Result<(), PgError> {
+        self.client
+            .batch_execute(
+                "SELECT pg_advisory_lock(495891105132); \
+                 CREATE TABLE IF NOT EXISTS schema_migrations ( \
+                     version bigint PRIMARY KEY, \
+                     applied_at timestamptz NOT NULL DEFAULT now())",
+            )
+            .await?;
+        let result = self.apply_migrations().await;
+        self.client
+            .batch_execute("SELECT pg_advisory_unlock(495891105132)")
+            .await?;
+        result
+    }
+
+    async fn apply_migrations(&self) -> Result<(), PgError> {
+        let found: i64 = self
+            .client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(PgError::SchemaTooNew { found, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i as i64 + 1;
+            self.client
+                .batch_execute(&format!(
+                    "BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;"
+                ))
+                .await?;
+            tracing::info!(version, "PostgreSQL schema migrated");
+        }
+        Ok(())
+    }
+
+    /// Gives a batch of records their places in the chain and makes them
+    /// durable, in one transaction: the head row is locked (the only row
+    /// brokers contend for), the entries are encoded and chained here, all
+    /// inserted in one statement, and the head moved on. When this returns
+    /// Ok, every entry is committed; when it fails, none has a place.
+    pub async fn append(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
+        let tx = self.client.transaction().await?;
+        let head = tx
+            .query_one(
+                "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0 FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let mut next = u64::try_from(head.get::<_, i64>(0))
+            .map_err(|_| PgError::Corrupt("a negative next sequence".into()))?;
+        let mut previous: Hash = head
+            .get::<_, Vec<u8>>(1)
+            .try_into()
+            .map_err(|_| PgError::Corrupt("the last hash is not 32 bytes".into()))?;
+        let n = records.len();
+        let (mut sequences, mut encodings, mut citizens, mut consumers, mut times) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut placed = Vec::with_capacity(n);
+        for record in records {
+            citizens.push(record.citizen.map(|c| c.as_str().to_owned()));
+            consumers.push(record.consumer.as_str().to_owned());
+            times.push(record.time_micros);
+            let entry = AuditEntry {
+                sequence: next,
+                previous_hash: previous,
+                record,
+            };
+            let encoding = entry.to_bytes();
+            previous = entry_hash(&encoding);
+            placed.push(Placed {
+                sequence: next,
+                hash: previous,
+            });
+            sequences.push(next as i64);
+            encodings.push(encoding);
+            next += 1;
+        }
+        tx.execute(
+            "INSERT INTO audit_entries (sequence, encoding, citizen, consumer, time_micros) \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::bigint[])",
+            &[&sequences, &encodings, &citizens, &consumers, &times],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE audit_head SET next_sequence = $1, last_hash = $2 WHERE id = 0",
+            &[&(next as i64), &previous.to_vec()],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(placed)
+    }
+
+    /// Entries in the log.
+    pub async fn size(&self) -> Result<u64, PgError> {
+        let n: i64 = self
+            .client
+            .query_one("SELECT next_sequence FROM audit_head WHERE id = 0", &[])
+            .await?
+            .get(0);
+        u64::try_from(n).map_err(|_| PgError::Corrupt("a negative size".into()))
+    }
+
+    /// The canonical encodings of entries `from..to`, in order.
+    pub async fn encodings(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, PgError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT sequence, encoding FROM audit_entries \
+                 WHERE sequence >= $1 AND sequence < $2 ORDER BY sequence",
+                &[&(from as i64), &(to as i64)],
+            )
+            .await?;
+        let mut expected = from as i64;
+        rows.into_iter()
+            .map(|r| {
+                let seq: i64 = r.get(0);
+                if seq != expected {
+                    return Err(PgError::Corrupt(format!(
+                        "entry {expected} is missing (found {seq})"
+                    )));
+                }
+                expected += 1;
+                Ok(r.get(1))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,256 @@
+//! A PostgreSQL database for tests: the one `SEMEL_TEST_DATABASE_URL` names
+//! (a fresh database is created in it for each test), or else a throwaway
+//! cluster of their own (initdb and pg_ctl from the newest version's lib
+//! directory, on a free port, in a temporary directory), stopped when the
+//! test ends. Where neither is possible, tests say loudly that they were
+//! skipped; with `SEMEL_REQUIRE_POSTGRES=1` (as `.ci/run` sets) that is a
+//! failure instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A database for one test.
+#[derive(Debug)]
+pub struct TestDatabase {
+    pub url: String,
+    cluster: Option<Cluster>,
+    /// On a shared server: its URL and the database to drop at the end.
+    shared: Option<(String, String)>,
+}
+
+#[derive(Debug)]
+struct Cluster {
+    pg_ctl: PathBuf,
+    dir: PathBuf,
+    as_postgres: bool,
+    _tmp: tempfile_dir::Dir,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop (std only: this module is
+    /// used by tests of other crates too).
+    #[derive(Debug)]
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl TestDatabase {
+    /// A fresh database, or `None` (said on stderr) when PostgreSQL is not
+    /// to be had here. Panics instead when `SEMEL_REQUIRE_POSTGRES=1`.
+    pub async fn start(test: &str) -> Option<TestDatabase> {
+        let found = match std::env::var("SEMEL_TEST_DATABASE_URL") {
+            Ok(base) => fresh_database(&base, test)
+                .await
+                .map(|(url, name)| TestDatabase {
+                    url,
+                    cluster: None,
+                    shared: Some((base, name)),
+                }),
+            Err(_) => throwaway_cluster(test).await,
+        };
+        match found {
+            Ok(db) => Some(db),
+            Err(why) => {
+                if std::env::var("SEMEL_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!("{test}: PostgreSQL is required (SEMEL_REQUIRE_POSTGRES=1) but {why}");
+                }
+                eprintln!(
+                    "SKIPPED {test}: no PostgreSQL ({why}); set SEMEL_TEST_DATABASE_URL or install PostgreSQL"
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        if let Some((base, name)) = self.shared.take() {
+            // On a thread of its own: drop may run inside a runtime.
+            let _ = std::thread::spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return;
+                };
+                rt.block_on(async {
+                    if let Ok((client, connection)) =
+                        tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                    {
+                        let task = tokio::spawn(connection);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                        task.abort();
+                    }
+                });
+            })
+            .join();
+        }
+        if let Some(c) = &self.cluster {
+            let mut cmd = c.command(&c.pg_ctl);
+            cmd.args(["stop", "-m", "immediate", "-w", "-D"])
+                .arg(&c.dir);
+            let _ = cmd.output();
+        }
+    }
+}
+
+impl Cluster {
+    /// Runs a PostgreSQL tool, as the `postgres` user when we are root
+    /// (initdb and postgres refuse to run as root).
+    fn command(&self, tool: &Path) -> Command {
+        command(tool, self.as_postgres)
+    }
+}
+
+fn command(tool: &Path, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(tool);
+        c
+    } else {
+        Command::new(tool)
+    }
+}
+
+async fn fresh_database(base: &str, test: &str) -> Result<(String, String), String> {
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot connect to SEMEL_TEST_DATABASE_URL: {e}"))?;
+    let task = tokio::spawn(connection);
+    let name = format!(
+        "semel_test_{}_{}_{}",
+        test.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(20)
+            .collect::<String>()
+            .to_lowercase(),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .map_err(|e| format!("cannot create a test database: {e}"))?;
+    drop(client);
+    task.abort();
+    // Replace the database of the base URL (its last path segment, if any).
+    let url = match base.rsplit_once('/') {
+        Some((prefix, last)) if !last.contains('@') && prefix.contains("://") => {
+            let params = last
+                .split_once('?')
+                .map(|(_, q)| format!("?{q}"))
+                .unwrap_or_default();
+            format!("{prefix}/{name}{params}")
+        }
+        _ => format!("{} dbname={name}", base.trim()),
+    };
+    Ok((url, name))
+}
+
+async fn throwaway_cluster(test: &str) -> Result<TestDatabase, String> {
+    let bin = newest_bin_dir().ok_or("no initdb in /usr/lib/postgresql/*/bin")?;
+    let as_postgres = is_root();
+    let tmp = std::env::temp_dir().join(format!(
+        "semel-pg-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let guard = tempfile_dir::Dir(tmp.clone());
+    if as_postgres {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err("cannot give the cluster's directory to the postgres user".into());
+        }
+    }
+    let data = tmp.join("data");
+    let out = command(&bin.join("initdb"), as_postgres)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("run initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let port = free_port().ok_or("no free port")?;
+    let out = command(&bin.join("pg_ctl"), as_postgres)
+        .args(["start", "-w", "-l"])
+        .arg(tmp.join("log"))
+        .arg("-D")
+        .arg(&data)
+        .arg("-o")
+        .arg(format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c synchronous_commit=on",
+            tmp.display()
+        ))
+        .output()
+        .map_err(|e| format!("run pg_ctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "pg_ctl start failed: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(tmp.join("log")).unwrap_or_default()
+        ));
+    }
+    let cluster = Cluster {
+        pg_ctl: bin.join("pg_ctl"),
+        dir: data,
+        as_postgres,
+        _tmp: guard,
+    };
+    let base = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let (url, _) = fresh_database(&base, test).await?;
+    Ok(TestDatabase {
+        url,
+        cluster: Some(cluster),
+        shared: None,
+    })
+}
+
+fn newest_bin_dir() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let v: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    versions.pop().map(|(_, bin)| bin)
+}
+
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()
+        .map(|a| a.port())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .ok()
+        .is_some_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -1,0 +1,121 @@
+//! The audit log's sequencing on PostgreSQL, shared by several brokers:
+//! dense sequences, one unbroken chain, durable before the answer, and a
+//! schema newer than the binary refused.
+
+use semel_core::{AuditDecision, AuditRecord, Kbo, Niss, Outcome};
+use semel_postgres::{PgAudit, PgError, testing::TestDatabase};
+
+fn record(i: u64) -> AuditRecord {
+    AuditRecord {
+        request_id: [(i % 251) as u8; 16],
+        time_micros: 1_700_000_000_000_000 + i as i64,
+        operation: semel_core::LOOKUP_OPERATION.into(),
+        consumer: Kbo::parse(if i.is_multiple_of(2) {
+            "0566988259"
+        } else {
+            "0314595348"
+        })
+        .expect("kbo"),
+        end_user: Some(format!("clerk-{i}")),
+        citizen: Niss::parse("93051822361").ok(),
+        dataset: "national_register.residence".into(),
+        fields_requested: vec!["street".into()],
+        fields_returned: vec!["street".into()],
+        purpose: "RIS_ELIGIBILITY".into(),
+        authorisation: Some("BSC/2024/017".into()),
+        decision: AuditDecision::Allowed,
+        reason: None,
+        outcome: Outcome::Answered,
+        source: None,
+        consumer_reference: String::new(),
+        reference_date: None,
+        citizen_as_given: None,
+        checks: Vec::new(),
+        detail: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn brokers_sharing_a_database_make_one_dense_unbroken_chain() {
+    let Some(db) = TestDatabase::start("sequencing").await else {
+        return;
+    };
+    // Four brokers, each appending batches at once.
+    let mut tasks = Vec::new();
+    for broker in 0..4u64 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut audit = PgAudit::connect(&url).await.expect("connect");
+            let mut placed = Vec::new();
+            for batch in 0..25u64 {
+                let records = (0..8)
+                    .map(|i| record(broker * 1000 + batch * 10 + i))
+                    .collect();
+                placed.extend(audit.append(records).await.expect("append"));
+            }
+            placed
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    let audit = PgAudit::connect(&db.url).await.expect("connect");
+    let size = audit.size().await.expect("size");
+    assert_eq!(size, 4 * 25 * 8);
+    // Every place was given once.
+    let mut sequences: Vec<u64> = all.iter().map(|p| p.sequence).collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (0..size).collect::<Vec<_>>());
+    // The chain and the tree verify with the embedded store's verifier, and
+    // each answer's hash is its entry's.
+    let encodings = audit.encodings(0, size).await.expect("read");
+    let key = semel_core::checkpoint::NoteVerifier::parse(
+        &semel_core::checkpoint::NoteSigner::new("semel.test/audit", ed25519_dalek_key())
+            .verifier_key(),
+    )
+    .expect("key");
+    let mut verifier = semel_store::verify::LogVerifier::new(&[], &key).expect("verifier");
+    for e in &encodings {
+        verifier.push(e).expect("the chain holds");
+    }
+    assert_eq!(verifier.finish().expect("verifies").entries, size);
+    for p in &all {
+        assert_eq!(
+            semel_core::entry_hash(&encodings[p.sequence as usize]),
+            p.hash,
+            "entry {}",
+            p.sequence
+        );
+    }
+}
+
+fn ed25519_dalek_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[5; 32])
+}
+
+#[tokio::test]
+async fn a_schema_newer_than_the_binary_is_refused() {
+    let Some(db) = TestDatabase::start("schema").await else {
+        return;
+    };
+    let audit = PgAudit::connect(&db.url)
+        .await
+        .expect("connect and migrate");
+    drop(audit);
+    // Migrating again is a no-op.
+    let audit = PgAudit::connect(&db.url).await.expect("again");
+    drop(audit);
+    let (client, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+        .batch_execute("INSERT INTO schema_migrations (version) VALUES (999)")
+        .await
+        .expect("a future version");
+    match PgAudit::connect(&db.url).await {
+        Err(PgError::SchemaTooNew { found, .. }) => assert_eq!(found, 999),
+        other => panic!("{other:?}"),
+    }
+}
