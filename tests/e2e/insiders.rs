@@ -234,7 +234,13 @@ async fn rule_changes_and_reads_of_the_log_are_in_the_log() {
     .await
     .expect("revoke");
     let e = last_of(&t, "semel.v1.RegistryService/RevokeCertificate").await;
-    assert!(e.detail.contains(&ids.fingerprint), "{}", e.detail);
+    let paired: Vec<String> = ids
+        .fingerprint
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    assert!(e.detail.contains(&paired.join(":")), "{}", e.detail);
 
     // Reads: the supervisory auditor reading Karim's history, proving an
     // entry (which returns its national number), reading his accesses.

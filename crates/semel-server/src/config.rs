@@ -294,6 +294,10 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "SEMEL_LOG_FORMAT",
     "SEMEL_DEMO_DIR",
     "SEMEL_TOKEN_FILE",
+    // The tests' PostgreSQL (crates/semel-postgres/src/testing.rs), set
+    // around tests that start `semel serve`.
+    "SEMEL_TEST_DATABASE_URL",
+    "SEMEL_REQUIRE_POSTGRES",
 ];
 
 impl Config {

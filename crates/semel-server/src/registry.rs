@@ -476,9 +476,11 @@ impl Rpc for RegistryService {
             .broker
             .audited(&caller, async |c: &mut Change| {
                 let revoked = revocation_from_proto(req.into_inner())?;
+                // Hex in pairs: a long run of digits in a fingerprint would
+                // be masked as a national number.
                 c.detail = format!(
                     "certificate {} revoked: {}",
-                    revoked.id.key(),
+                    colon_pairs(&revoked.id.key()),
                     revoked.reason
                 );
                 self.apply(move |reg| {
@@ -738,6 +740,17 @@ fn authorisation_text(a: &semel_core::Authorisation) -> String {
             .map(|d| format!(", confidential until {d}"))
             .unwrap_or_default()
     )
+}
+
+/// `sha256:abcd…` as `sha256:ab:cd:…`.
+fn colon_pairs(key: &str) -> String {
+    let (kind, hex) = key.split_once(':').unwrap_or(("", key));
+    let pairs: Vec<String> = hex
+        .as_bytes()
+        .chunks(2)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .collect();
+    format!("{kind}:{}", pairs.join(":"))
 }
 
 fn roles_text(roles: &std::collections::BTreeSet<Role>) -> String {

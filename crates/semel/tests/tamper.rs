@@ -19,12 +19,12 @@ fn semel() -> Command {
     c
 }
 
-/// Starts `semel demo` on `dir` and says whether it came up (and stops
-/// it), or the error it stopped with.
-async fn starts(dir: &Path) -> Result<(), String> {
+/// Starts `semel demo` on `dir`, on ports of its own, its stderr in
+/// `demo.log`; `demo.json` appears once it serves.
+fn spawn_demo(dir: &Path) -> std::process::Child {
     let _ = std::fs::remove_file(dir.join("demo.json"));
     let log = std::fs::File::create(dir.join("demo.log")).expect("log");
-    let mut child = semel()
+    semel()
         .args([
             "demo",
             "--listen",
@@ -38,7 +38,13 @@ async fn starts(dir: &Path) -> Result<(), String> {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .expect("start semel demo");
+        .expect("start semel demo")
+}
+
+/// Starts `semel demo` on `dir` and says whether it came up (and stops
+/// it), or the error it stopped with.
+async fn starts(dir: &Path) -> Result<(), String> {
+    let mut child = spawn_demo(dir);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if dir.join("demo.json").exists() {
@@ -84,22 +90,7 @@ fn verifies(dir: &Path, extra: &[&str]) -> Result<(), String> {
 /// checkpoint covers every entry).
 async fn stopped_demo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
-    let log = std::fs::File::create(dir.path().join("demo.log")).expect("log");
-    let mut child = semel()
-        .args([
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--population",
-            "2000",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start semel demo");
+    let mut child = spawn_demo(dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
         if dir.path().join("demo.json").exists()
