@@ -111,6 +111,86 @@ async fn reflection_lists_the_services_in_both_versions() {
 }
 
 #[tokio::test]
+async fn reflection_lists_what_is_served_and_answers_each_request() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let t = TestDemo::start().await;
+    let channel = t
+        .channel_with(None, &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    let mut client = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    // One stream, as grpcurl and buf curl use it: a list, an unknown
+    // symbol, then the error details' descriptors.
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "semel.v1.NoSuchThing".into(),
+            )),
+            ask(MessageRequest::FileContainingSymbol(
+                "google.rpc.ErrorInfo".into(),
+            )),
+            ask(MessageRequest::FileContainingSymbol(
+                "google.rpc.RetryInfo".into(),
+            )),
+        ]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let mut answers = Vec::new();
+    for _ in 0..4 {
+        let response = stream
+            .message()
+            .await
+            .expect("the stream goes on")
+            .expect("a response");
+        answers.push(response.message_response);
+    }
+    let mut answers = answers.into_iter().flatten();
+    let Some(MessageResponse::ListServicesResponse(list)) = answers.next() else {
+        panic!("a list of services")
+    };
+    let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "semel.v1.AuditService",
+            "semel.v1.ConsentService",
+            "semel.v1.LookupService",
+            "semel.v1.PersonsService",
+            "semel.v1.RegistryService",
+        ],
+        "only what the broker serves (no SourceService)"
+    );
+    let Some(MessageResponse::ErrorResponse(e)) = answers.next() else {
+        panic!("an error response for the unknown symbol")
+    };
+    assert_eq!(e.error_code, Code::NotFound as i32);
+    for _ in 0..2 {
+        let Some(MessageResponse::FileDescriptorResponse(f)) = answers.next() else {
+            panic!("google.rpc.* descriptors")
+        };
+        let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+            f.file_descriptor_proto[0].as_slice(),
+        )
+        .expect("a file descriptor");
+        assert_eq!(file.name(), "google/rpc/error_details.proto");
+    }
+    t.stop().await;
+}
+
+#[tokio::test]
 async fn retryable_errors_say_when_to_retry() {
     let t = TestDemo::start_in(
         tempfile::tempdir().expect("tempdir"),
