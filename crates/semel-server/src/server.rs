@@ -594,8 +594,9 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
                 .set_not_serving::<LookupServiceServer<LookupService>>()
                 .await;
         }
-        // A source is serving unless the circuit of one of its endpoints is open.
-        let now = std::time::Instant::now();
+        // A source is serving unless the circuit of one of its endpoints
+        // opened and no call has succeeded since (the cooldown's end alone
+        // proves nothing).
         let mut current: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
         let snapshot = broker.snapshot();
         for org in snapshot.organisations.values() {
@@ -604,7 +605,7 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
             }
         }
         for route in snapshot.routes.values() {
-            if route.guard.is_open(now) {
+            if !route.guard.is_serving() {
                 current.insert(route.dataset.source, false);
             }
         }
