@@ -329,6 +329,15 @@ pub async fn serve_broker(
     };
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(crate::metrics::RpcMetricsLayer::new(
+            broker.metrics.clone(),
+            crate::permissions::RULES.iter().map(|r| r.method).chain([
+                "grpc.health.v1.Health/Check",
+                "grpc.health.v1.Health/Watch",
+                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ]),
+        ))
         .layer(crate::permissions::layer())
         .layer(crate::error::codec_errors_layer())
         .add_service(
