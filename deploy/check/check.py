@@ -63,6 +63,8 @@ def kubernetes():
     for probe in ["startupProbe", "readinessProbe", "livenessProbe"]:
         command = container.get(probe, {}).get("exec", {}).get("command", [])
         check(command[:2] == ["semel", "health"], f"{probe} asks grpc.health.v1 with `semel health`")
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    check(bool(env.get("SEMEL_SERVER_NAME")), "the probes know the certificate's DNS name (SEMEL_SERVER_NAME)")
     check(docs["Deployment"]["spec"]["strategy"]["type"] == "Recreate", "one writer: the Deployment is replaced, not rolled")
     return docs["ConfigMap"]["data"]["semel.toml"]
 

@@ -11,6 +11,7 @@ mod clock;
 mod decision;
 mod identity;
 mod kbo;
+pub mod keyfile;
 pub mod merkle;
 mod names;
 mod niss;

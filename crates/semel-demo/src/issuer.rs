@@ -7,7 +7,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rcgen::{KeyPair, PKCS_ED25519};
 use semel_core::{Kbo, UserRole};
 use serde::Serialize;
 
@@ -27,13 +26,14 @@ pub enum IssuerError {
         source: std::io::Error,
     },
     #[error("generate the issuer key: {0}")]
-    Key(#[from] rcgen::Error),
+    Key(String),
     #[error("sign a token: {0}")]
     Jwt(#[from] jsonwebtoken::errors::Error),
 }
 
 /// The development issuer whose files are in a directory: `issuer.key`
-/// (PKCS#8 PEM) and `issuer.jwks.json` (the public key).
+/// (PKCS#8 PEM, RFC 8410: `openssl pkey` reads it) and `issuer.jwks.json`
+/// (the public key).
 #[derive(Debug, Clone)]
 pub struct DevIssuer {
     pub dir: PathBuf,
@@ -102,11 +102,17 @@ impl DevIssuer {
             path: dir.to_path_buf(),
             source,
         })?;
-        let key = KeyPair::generate_for(&PKCS_ED25519)?;
-        write(&issuer.key_file(), &key.serialize_pem(), true)?;
+        let mut seed = [0u8; 32];
+        getrandom::fill(&mut seed).map_err(|e| IssuerError::Key(e.to_string()))?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        write(
+            &issuer.key_file(),
+            &semel_core::keyfile::ed25519_to_pem(&key),
+            true,
+        )?;
         write(
             &issuer.jwks_file(),
-            &jwks(&issuer.kid, key.public_key_raw()),
+            &jwks(&issuer.kid, key.verifying_key().as_bytes()),
             false,
         )?;
         Ok(issuer)

@@ -101,7 +101,14 @@ impl DevPki {
         write(&dir.join("ca.key"), &ca_key.serialize_pem())?;
         let issuer = Issuer::new(ca, ca_key);
         for s in subjects {
-            issue(&pki, &issuer, s, now, now + Duration::days(825))?;
+            issue(
+                &pki,
+                &issuer,
+                s,
+                now,
+                now + Duration::days(825),
+                local_names()?,
+            )?;
         }
         Ok(pki)
     }
@@ -118,12 +125,55 @@ impl DevPki {
         subject: &Subject<'_>,
         not_after: OffsetDateTime,
     ) -> Result<CertFiles, PkiError> {
+        self.issue_with(subject, not_after, None)
+    }
+
+    /// Issues a certificate that names only these DNS names, as a
+    /// production certificate does: no `localhost`, no IP address. Probes
+    /// of such a broker must say which name they expect.
+    pub fn issue_for_names(
+        &self,
+        subject: &Subject<'_>,
+        dns_names: &[String],
+    ) -> Result<CertFiles, PkiError> {
+        let not_after = OffsetDateTime::now_utc() + Duration::days(825);
+        self.issue_with(subject, not_after, Some(dns_names))
+    }
+
+    fn issue_with(
+        &self,
+        subject: &Subject<'_>,
+        not_after: OffsetDateTime,
+        dns_names: Option<&[String]>,
+    ) -> Result<CertFiles, PkiError> {
         let read =
             |p: PathBuf| fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source });
         let key = KeyPair::from_pem(&read(self.dir.join("ca.key"))?)?;
         let issuer = Issuer::from_ca_cert_pem(&read(self.ca_cert())?, key)?;
-        issue(self, &issuer, subject, OffsetDateTime::now_utc(), not_after)
+        let names = match dns_names {
+            Some(names) => names
+                .iter()
+                .map(|n| Ok(SanType::DnsName(n.clone().try_into()?)))
+                .collect::<Result<Vec<_>, rcgen::Error>>()?,
+            None => local_names()?,
+        };
+        issue(
+            self,
+            &issuer,
+            subject,
+            OffsetDateTime::now_utc(),
+            not_after,
+            names,
+        )
     }
+}
+
+/// The names of a development certificate: `localhost` and 127.0.0.1.
+fn local_names() -> Result<Vec<SanType>, rcgen::Error> {
+    Ok(vec![
+        SanType::DnsName("localhost".try_into()?),
+        SanType::IpAddress([127, 0, 0, 1].into()),
+    ])
 }
 
 fn issue(
@@ -132,14 +182,12 @@ fn issue(
     s: &Subject<'_>,
     now: OffsetDateTime,
     not_after: OffsetDateTime,
+    names: Vec<SanType>,
 ) -> Result<CertFiles, PkiError> {
     let key = KeyPair::generate()?;
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(s.name, Some(s.kbo));
-    p.subject_alt_names = vec![
-        SanType::DnsName("localhost".try_into()?),
-        SanType::IpAddress([127, 0, 0, 1].into()),
-    ];
+    p.subject_alt_names = names;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ClientAuth,

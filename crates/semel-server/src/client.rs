@@ -116,16 +116,22 @@ impl From<tonic::Status> for CallError {
 }
 
 /// Asks a broker's `grpc.health.v1` for `service` ("" is the whole broker)
-/// over TLS, without a client certificate, as probes do. Returns the status
-/// name, e.g. `SERVING`.
+/// over TLS, without a client certificate, as probes do. `server_name` is
+/// the name the certificate must carry when it is not the host in `broker`
+/// (a probe connects to 127.0.0.1, a production certificate names the
+/// broker's DNS name only). Returns the status name, e.g. `SERVING`.
 pub async fn check_health(
     broker: &str,
     ca: &std::path::Path,
+    server_name: Option<&str>,
     service: &str,
 ) -> anyhow::Result<String> {
     let ca = std::fs::read(ca).with_context(|| format!("read {}", ca.display()))?;
-    let tls = tonic::transport::ClientTlsConfig::new()
+    let mut tls = tonic::transport::ClientTlsConfig::new()
         .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if let Some(name) = server_name {
+        tls = tls.domain_name(name);
+    }
     let channel = Endpoint::from_shared(broker.to_owned())
         .with_context(|| format!("broker address {broker}"))?
         .tls_config(tls)

@@ -294,6 +294,7 @@ pub const COMMAND_LINE_VARIABLES: &[&str] = &[
     "SEMEL_LOG_FORMAT",
     "SEMEL_DEMO_DIR",
     "SEMEL_TOKEN_FILE",
+    "SEMEL_SERVER_NAME",
     // The tests' PostgreSQL (crates/semel-postgres/src/testing.rs), set
     // around tests that start `semel serve`.
     "SEMEL_TEST_DATABASE_URL",
@@ -306,13 +307,29 @@ impl Config {
         Self::load_with_env(path, std::env::vars())
     }
 
+    /// Reads and resolves, without [`Config::check`]: for
+    /// `semel serve --check-config`, which reports every problem at once.
+    pub fn read(path: &Path) -> anyhow::Result<Config> {
+        Self::read_with_env(path, std::env::vars())
+    }
+
+    /// [`Config::read_with_env`], then [`Config::check`].
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let config = Self::read_with_env(path, env)?;
+        config.check()?;
+        Ok(config)
+    }
+
     /// Like [`Config::load`], with the environment given: each
     /// `SEMEL_<KEY>` or `SEMEL_<SECTION>__<KEY>` (e.g. `SEMEL_LISTEN`,
     /// `SEMEL_SOURCES__DEADLINE_MS`) replaces that key of the file, before
     /// any check. A value is read as TOML if it parses as a number or a
     /// boolean, as text otherwise. The command line's own variables
     /// ([`COMMAND_LINE_VARIABLES`]) are not overrides and are skipped.
-    pub fn load_with_env(
+    pub fn read_with_env(
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> anyhow::Result<Config> {
@@ -385,120 +402,233 @@ impl Config {
                 issuer.jwks = base.join(&issuer.jwks);
             }
         }
-        config.check()?;
         Ok(config)
     }
 
-    /// Checks values that parsing cannot.
+    /// Checks values that parsing cannot, and that the files exist; fails
+    /// with every problem found, not only the first.
     pub fn check(&self) -> anyhow::Result<()> {
-        self.operator_kbo()?;
-        anyhow::ensure!(
-            !self.operator.name.trim().is_empty(),
-            "operator.name: must not be empty"
-        );
-        anyhow::ensure!(
-            (10..=120_000).contains(&self.sources.deadline_ms),
-            "sources.deadline_ms: must lie between 10 and 120000, got {}",
-            self.sources.deadline_ms
-        );
-        for (key, p) in [
-            ("tls.cert", &self.tls.cert),
-            ("tls.key", &self.tls.key),
-            ("tls.client_ca", &self.tls.client_ca),
-        ] {
-            anyhow::ensure!(p.is_file(), "{key}: {} is not a readable file", p.display());
-        }
-        if let Some(r) = self.limits.consumer_lookups_per_second {
-            anyhow::ensure!(
-                r > 0.0 && r.is_finite(),
-                "limits.consumer_lookups_per_second: must be a positive number, got {r}"
-            );
-        }
-        anyhow::ensure!(
-            self.limits.consumer_lookups_per_day != Some(0),
-            "limits.consumer_lookups_per_day: must be at least 1 (leave it out for no quota)"
-        );
-        if let Some(n) = self.limits.batch_in_flight {
-            anyhow::ensure!(
-                (1..=1024).contains(&n),
-                "limits.batch_in_flight: must lie between 1 and 1024, got {n}"
-            );
-        }
-        if let Some(n) = self.limits.distinct_checks_per_citizen {
-            anyhow::ensure!(
-                (1..=64).contains(&n),
-                "limits.distinct_checks_per_citizen: must lie between 1 and 64, got {n}"
-            );
-        }
-        if let Some(r) = self.limits.refusals_per_second {
-            anyhow::ensure!(
-                r > 0.0 && r.is_finite(),
-                "limits.refusals_per_second: must be a positive number, got {r}"
-            );
-        }
-        for capacity in self.persons.max_backdate_days_by_capacity.keys() {
-            semel_core::CapacityCode::new(capacity.clone()).map_err(|e| {
-                anyhow::anyhow!("persons.max_backdate_days_by_capacity: {capacity}: {e}")
-            })?;
-        }
-        anyhow::ensure!(
-            self.sources.max_in_flight >= 1,
-            "sources.max_in_flight: must be at least 1"
-        );
-        anyhow::ensure!(
-            self.sources.breaker_failures >= 1,
-            "sources.breaker_failures: must be at least 1"
-        );
-        if let Some(ca) = &self.sources.ca {
-            anyhow::ensure!(
-                ca.is_file(),
-                "sources.ca: {} is not a readable file",
-                ca.display()
-            );
-        }
-        anyhow::ensure!(
-            !self.tokens.audience.trim().is_empty(),
-            "tokens.audience: must not be empty"
-        );
-        anyhow::ensure!(
-            self.tokens.leeway_s <= 300,
-            "tokens.leeway_s: at most 300 seconds, got {}",
-            self.tokens.leeway_s
-        );
-        anyhow::ensure!(
-            !self.tokens.issuers.is_empty(),
-            "tokens.issuers: configure at least one trusted issuer ([[tokens.issuers]]); without one no call can be authorised"
-        );
-        anyhow::ensure!(
-            self.audit.checkpoint_every_entries >= 1,
-            "audit.checkpoint_every_entries: must be at least 1"
-        );
-        anyhow::ensure!(
-            self.audit.checkpoint_every_ms >= 100,
-            "audit.checkpoint_every_ms: must be at least 100"
-        );
-        let origin = self.audit_origin()?;
-        anyhow::ensure!(
-            !origin.is_empty() && !origin.contains(char::is_whitespace) && !origin.contains('+'),
-            "audit.origin: must be a name without spaces or '+', got {origin:?}"
-        );
-        if let Some(t) = &self.telemetry {
-            anyhow::ensure!(
-                t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"),
-                "telemetry.otlp_endpoint: must be an http:// or https:// URL, got {:?}",
-                t.otlp_endpoint
-            );
-            anyhow::ensure!(
-                (0.0..=1.0).contains(&t.sample_ratio),
-                "telemetry.sample_ratio: must lie between 0 and 1, got {}",
-                t.sample_ratio
-            );
-        }
-        crate::tokens::TokenVerifier::load(&self.token_settings()?)
-            .map_err(|e| anyhow::anyhow!("tokens.issuers: {e:#}"))?;
+        let problems = self.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
         Ok(())
     }
 
+    /// Every problem with the values (ranges, names) and the files' presence,
+    /// each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut ensure = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        if let Err(e) = self.operator_kbo() {
+            ensure(false, e.to_string());
+        }
+        ensure(
+            !self.operator.name.trim().is_empty(),
+            "operator.name: must not be empty".into(),
+        );
+        ensure(
+            (10..=120_000).contains(&self.sources.deadline_ms),
+            format!(
+                "sources.deadline_ms: must lie between 10 and 120000, got {}",
+                self.sources.deadline_ms
+            ),
+        );
+        let mut files = vec![
+            ("tls.cert", &self.tls.cert),
+            ("tls.key", &self.tls.key),
+            ("tls.client_ca", &self.tls.client_ca),
+        ];
+        if let Some(ca) = &self.sources.ca {
+            files.push(("sources.ca", ca));
+        }
+        for (key, p) in files {
+            ensure(
+                p.is_file(),
+                format!("{key}: {} is not a readable file", p.display()),
+            );
+        }
+        for (i, issuer) in self.tokens.issuers.iter().enumerate() {
+            ensure(
+                issuer.jwks.is_file(),
+                format!(
+                    "tokens.issuers[{i}].jwks: {} is not a readable file",
+                    issuer.jwks.display()
+                ),
+            );
+        }
+        if let Some(r) = self.limits.consumer_lookups_per_second {
+            ensure(
+                r > 0.0 && r.is_finite(),
+                format!("limits.consumer_lookups_per_second: must be a positive number, got {r}"),
+            );
+        }
+        if let Some(b) = self.limits.consumer_burst {
+            ensure(
+                (0.0..=1e9).contains(&b),
+                format!(
+                    "limits.consumer_burst: must lie between 0 and 1000000000 lookups, got {b}"
+                ),
+            );
+        }
+        ensure(
+            self.limits.consumer_lookups_per_day != Some(0),
+            "limits.consumer_lookups_per_day: must be at least 1 (leave it out for no quota)"
+                .into(),
+        );
+        if let Some(n) = self.limits.batch_in_flight {
+            ensure(
+                (1..=1024).contains(&n),
+                format!("limits.batch_in_flight: must lie between 1 and 1024, got {n}"),
+            );
+        }
+        if let Some(n) = self.limits.distinct_checks_per_citizen {
+            ensure(
+                (1..=64).contains(&n),
+                format!("limits.distinct_checks_per_citizen: must lie between 1 and 64, got {n}"),
+            );
+        }
+        if let Some(r) = self.limits.refusals_per_second {
+            ensure(
+                r > 0.0 && r.is_finite(),
+                format!("limits.refusals_per_second: must be a positive number, got {r}"),
+            );
+        }
+        for capacity in self.persons.max_backdate_days_by_capacity.keys() {
+            if let Err(e) = semel_core::CapacityCode::new(capacity.clone()) {
+                ensure(
+                    false,
+                    format!("persons.max_backdate_days_by_capacity: {capacity}: {e}"),
+                );
+            }
+        }
+        ensure(
+            (1..=1_000_000).contains(&self.sources.max_in_flight),
+            format!(
+                "sources.max_in_flight: must lie between 1 and 1000000, got {}",
+                self.sources.max_in_flight
+            ),
+        );
+        ensure(
+            self.sources.breaker_failures >= 1,
+            "sources.breaker_failures: must be at least 1".into(),
+        );
+        ensure(
+            (1..=3_600_000).contains(&self.sources.breaker_cooldown_ms),
+            format!(
+                "sources.breaker_cooldown_ms: must lie between 1 and 3600000, got {}",
+                self.sources.breaker_cooldown_ms
+            ),
+        );
+        if let Err(e) = semel_core::DatasetName::new(self.sources.register_dataset.clone()) {
+            ensure(false, format!("sources.register_dataset: {e}"));
+        }
+        ensure(
+            !self.tokens.audience.trim().is_empty(),
+            "tokens.audience: must not be empty".into(),
+        );
+        ensure(
+            self.tokens.leeway_s <= 300,
+            format!(
+                "tokens.leeway_s: at most 300 seconds, got {}",
+                self.tokens.leeway_s
+            ),
+        );
+        ensure(
+            !self.tokens.issuers.is_empty(),
+            "tokens.issuers: configure at least one trusted issuer ([[tokens.issuers]]); without one no call can be authorised".into(),
+        );
+        if let Err(e) = self.token_settings() {
+            ensure(false, format!("{e:#}"));
+        }
+        ensure(
+            self.audit.checkpoint_every_entries >= 1,
+            "audit.checkpoint_every_entries: must be at least 1".into(),
+        );
+        ensure(
+            self.audit.checkpoint_every_ms >= 100,
+            "audit.checkpoint_every_ms: must be at least 100".into(),
+        );
+        if let Ok(origin) = self.audit_origin() {
+            ensure(
+                !origin.is_empty()
+                    && !origin.contains(char::is_whitespace)
+                    && !origin.contains('+'),
+                format!("audit.origin: must be a name without spaces or '+', got {origin:?}"),
+            );
+        }
+        if let Err(e) = self.witnesses() {
+            ensure(false, format!("{e:#}"));
+        }
+        if let Some(t) = &self.telemetry {
+            ensure(
+                t.otlp_endpoint.starts_with("http://") || t.otlp_endpoint.starts_with("https://"),
+                format!(
+                    "telemetry.otlp_endpoint: must be an http:// or https:// URL, got {:?}",
+                    t.otlp_endpoint
+                ),
+            );
+            ensure(
+                (0.0..=1.0).contains(&t.sample_ratio),
+                format!(
+                    "telemetry.sample_ratio: must lie between 0 and 1, got {}",
+                    t.sample_ratio
+                ),
+            );
+        }
+        problems
+    }
+
+    /// Every problem with the files' contents: each certificate, key, CA
+    /// bundle and JWKS is loaded as `serve` will load it (a key file that
+    /// holds a certificate fails here), and the audit signing key is read
+    /// if it exists. `semel serve --check-config` reports these with
+    /// [`Config::problems`].
+    pub fn file_problems(&self) -> Vec<String> {
+        use crate::tls;
+        let mut problems = Vec::new();
+        let certs = |key: &str, p: &Path, problems: &mut Vec<String>| {
+            tls::load_certs(p)
+                .map_err(|e| problems.push(format!("{key}: {e:#}")))
+                .is_ok()
+        };
+        let cert_ok = certs("tls.cert", &self.tls.cert, &mut problems);
+        let key_ok = tls::load_private_key(&self.tls.key)
+            .map_err(|e| problems.push(format!("tls.key: {e:#}")))
+            .is_ok();
+        let ca_ok = certs("tls.client_ca", &self.tls.client_ca, &mut problems);
+        if let Some(ca) = &self.sources.ca {
+            certs("sources.ca", ca, &mut problems);
+        }
+        if cert_ok && key_ok && ca_ok {
+            // The key must be the certificate's.
+            if let Err(e) = tls::server_config(&tls::TlsFiles {
+                cert: &self.tls.cert,
+                key: &self.tls.key,
+                client_ca: &self.tls.client_ca,
+            }) {
+                problems.push(format!("tls: {e:#}"));
+            }
+        }
+        if let Ok(settings) = self.token_settings() {
+            for (i, issuer) in settings.issuers.iter().enumerate() {
+                let one = crate::tokens::TokenSettings {
+                    issuers: vec![issuer.clone()],
+                    ..settings.clone()
+                };
+                if let Err(e) = crate::tokens::TokenVerifier::load(&one) {
+                    problems.push(format!("tokens.issuers[{i}]: {e:#}"));
+                }
+            }
+        }
+        let key = self.audit_signing_key();
+        if let Err(e) = semel_store::read_signing_key(&key) {
+            problems.push(format!("audit.signing_key: {e}"));
+        }
+        problems
+    }
     /// The token settings, with enterprise numbers parsed.
     pub fn token_settings(&self) -> anyhow::Result<crate::tokens::TokenSettings> {
         let mut issuers = Vec::new();
@@ -720,6 +850,16 @@ mod tests {
                 "SEMEL_LIMITS__REFUSALS_PER_SECOND",
                 "-1",
                 "limits.refusals_per_second",
+            ),
+            (
+                "SEMEL_LIMITS__CONSUMER_BURST",
+                "-1",
+                "limits.consumer_burst",
+            ),
+            (
+                "SEMEL_SOURCES__BREAKER_COOLDOWN_MS",
+                "0",
+                "sources.breaker_cooldown_ms",
             ),
         ] {
             let err = format!(

@@ -24,6 +24,7 @@ mod persons;
 pub mod proto;
 pub mod reasons;
 pub mod reference;
+pub mod reflection;
 mod registry;
 pub mod server;
 pub mod state;

@@ -196,10 +196,13 @@ impl SourceGuard {
         }
     }
 
-    /// Whether the circuit is open (lookups fail fast) at `now`.
-    pub fn is_open(&self, now: Instant) -> bool {
+    /// Whether the source is known to work: not since its circuit opened,
+    /// until a call (the probe after the cooldown, or any) succeeds. The end
+    /// of the cooldown only lets a probe through; it says nothing of the
+    /// source, so its health stays NOT_SERVING.
+    pub fn is_serving(&self) -> bool {
         let b = self.breaker.lock().unwrap_or_else(|p| p.into_inner());
-        b.open_until.is_some_and(|until| now < until || b.probing)
+        b.open_until.is_none()
     }
 
     /// Records how the source did: `reachable` is false when it could not
@@ -279,6 +282,31 @@ mod tests {
         );
         g.record(probe, true, later);
         assert!(g.enter(later).is_ok(), "closed again after a good probe");
+    }
+
+    #[test]
+    fn a_source_is_not_serving_from_the_circuit_opening_until_a_call_succeeds() {
+        let g = SourceGuard::new(&LimitSettings {
+            breaker_failures: 1,
+            breaker_cooldown: Duration::from_secs(5),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        assert!(g.is_serving());
+        let pass = g.enter(t0).expect("closed");
+        g.record(pass, false, t0);
+        assert!(!g.is_serving(), "open");
+        // The cooldown is over, nothing has reached the source: still unknown.
+        let later = t0 + Duration::from_secs(6);
+        assert!(!g.is_serving(), "after the cooldown, before any probe");
+        let probe = g.enter(later).expect("the probe");
+        assert!(!g.is_serving(), "while the probe is in flight");
+        g.record(probe, false, later);
+        assert!(!g.is_serving(), "the probe failed");
+        let much_later = later + Duration::from_secs(6);
+        let probe = g.enter(much_later).expect("the next probe");
+        g.record(probe, true, much_later);
+        assert!(g.is_serving(), "a call succeeded");
     }
 
     #[test]

@@ -382,9 +382,12 @@ async fn lookup(
         .get_or_create(&LookupLabels {
             consumer: org.kbo.as_str().to_owned(),
             dataset: dataset_label.clone(),
-            decision: match decision {
-                AuditDecision::Allowed => "allowed",
-                AuditDecision::Refused => "refused",
+            // Allowed but not answered (the source failed, the answer was
+            // unusable) is not counted as allowed: it did not happen.
+            decision: match (decision, answered) {
+                (AuditDecision::Allowed, true) => "allowed",
+                (AuditDecision::Allowed, false) => "failed",
+                (AuditDecision::Refused, _) => "refused",
             },
             reason: reason.unwrap_or(if answered { "" } else { "OTHER" }),
         })

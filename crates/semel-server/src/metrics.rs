@@ -1,8 +1,13 @@
 //! Prometheus metrics, served over plain HTTP on their own port.
 //!
-//! Labels carry enterprise numbers, dataset names, decisions and reason
-//! codes: never a national number. A dataset name a consumer made up is
-//! counted as `unknown`, so no client can grow the number of series.
+//! Labels carry enterprise numbers, dataset names, decisions, reason codes
+//! and RPC names: never a national number. A dataset name a consumer made up
+//! is counted as `unknown`, and so is a method the broker does not serve, so
+//! no client can grow the number of series.
+//!
+//! The format follows the scrape's `Accept` header: OpenMetrics 1.0 when it
+//! asks for `application/openmetrics-text` (Prometheus does), the Prometheus
+//! text format 0.0.4 otherwise (`curl`, `promtool check metrics`).
 
 use std::sync::Arc;
 
@@ -14,6 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use semel_store::AuditStats;
+use tonic::codegen::http;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
@@ -35,9 +41,25 @@ pub struct DatasetLabel {
     pub dataset: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    /// `semel.v1.LookupService/Lookup`, or `unknown` for a method not served.
+    pub method: &'static str,
+    /// The gRPC status code's name, e.g. `OK`, `PERMISSION_DENIED`.
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// Calls by RPC and the gRPC code they ended with.
+    pub rpcs: Family<RpcLabels, Counter>,
+    process: ProcessMetrics,
     pub lookups: Family<LookupLabels, Counter>,
     pub lookup_seconds: Family<DatasetLabel, Histogram>,
     pub source_calls: Family<SourceLabels, Counter>,
@@ -57,7 +79,22 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("semel");
+        let mut root = Registry::default();
+        let process = ProcessMetrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("semel");
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running version of Semel", build);
+        let rpcs = Family::<RpcLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls by method and the status code they ended with",
+            rpcs.clone(),
+        );
         let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "lookups",
@@ -118,7 +155,9 @@ impl Default for Metrics {
         );
         Metrics {
             audit_unavailable,
-            registry,
+            registry: root,
+            rpcs,
+            process,
             lookups,
             lookup_seconds,
             source_calls,
@@ -131,9 +170,45 @@ impl Default for Metrics {
     }
 }
 
+/// The exposition formats a scrape may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `text/plain; version=0.0.4`.
+    Prometheus,
+    /// `application/openmetrics-text; version=1.0.0`.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The format for a request's `Accept` header: OpenMetrics only when
+    /// asked for, since every Prometheus-compatible reader takes 0.0.4.
+    pub fn negotiate(accept: Option<&str>) -> Format {
+        match accept {
+            Some(a)
+                if a.split(',').any(|part| {
+                    let mut params = part.split(';').map(str::trim);
+                    let media = params.next().unwrap_or("");
+                    media.eq_ignore_ascii_case("application/openmetrics-text")
+                        && !params.any(|p| p.replace(' ', "") == "q=0")
+                }) =>
+            {
+                Format::OpenMetrics
+            }
+            _ => Format::Prometheus,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
 impl Metrics {
-    /// The text exposition, with the audit log's counters as they are now.
-    pub fn render(&self, audit: AuditStats) -> String {
+    /// The exposition in `format`, with the audit log's counters as they are now.
+    pub fn render(&self, audit: AuditStats, format: Format) -> String {
         self.audit_entries.set(audit.entries as i64);
         self.audit_queued.set(audit.queued as i64);
         // Counters only go up: add what happened since the last scrape.
@@ -143,11 +218,328 @@ impl Metrics {
         if seconds > 0.0 {
             self.audit_sync_seconds.inc_by(seconds);
         }
+        self.process.update();
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();
         }
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Prometheus => to_prometheus_text(&out),
+        }
+    }
+}
+
+/// Rewrites OpenMetrics text (as prometheus-client encodes it) into the
+/// Prometheus text format 0.0.4: a counter's family takes its samples'
+/// `_total` name, `# UNIT` and `# EOF` go, `unknown` becomes `untyped`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        let rewritten = if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            // 0.0.4 escapes only backslashes and newlines in help text.
+            let help = help.replace("\\\"", "\"");
+            if counters.contains(name) {
+                format!("# HELP {name}_total {help}")
+            } else {
+                format!("# HELP {name} {help}")
+            }
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            match rest.split_once(' ') {
+                Some((name, "counter")) => format!("# TYPE {name}_total counter"),
+                Some((name, "unknown")) => format!("# TYPE {name} untyped"),
+                Some((name, "info" | "stateset")) => format!("# TYPE {name} gauge"),
+                Some((name, "gaugehistogram")) => format!("# TYPE {name} histogram"),
+                _ => line.to_owned(),
+            }
+        } else if line.starts_with('#') {
+            continue;
+        } else {
+            // Exemplars (` # {...}`) are OpenMetrics only.
+            match line.split_once(" # ") {
+                Some((sample, _)) => sample.to_owned(),
+                None => line.to_owned(),
+            }
+        };
+        out.push_str(&rewritten);
+        out.push('\n');
+    }
+    out
+}
+
+/// The process metrics every Prometheus client library exports, read from
+/// `/proc/self` at each scrape (absent on systems without it).
+struct ProcessMetrics {
+    cpu_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    resident_bytes: Gauge,
+    virtual_bytes: Gauge,
+    open_fds: Gauge,
+    max_fds: Gauge,
+    start_time_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> ProcessMetrics {
+        let m = ProcessMetrics {
+            cpu_seconds: Default::default(),
+            resident_bytes: Default::default(),
+            virtual_bytes: Default::default(),
+            open_fds: Default::default(),
+            max_fds: Default::default(),
+            start_time_seconds: Default::default(),
+        };
+        registry.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            m.cpu_seconds.clone(),
+        );
+        registry.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            m.resident_bytes.clone(),
+        );
+        registry.register(
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            m.virtual_bytes.clone(),
+        );
+        registry.register(
+            "process_open_fds",
+            "Number of open file descriptors",
+            m.open_fds.clone(),
+        );
+        registry.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            m.max_fds.clone(),
+        );
+        registry.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            m.start_time_seconds.clone(),
+        );
+        m
+    }
+
+    fn update(&self) {
+        // /proc/self/stat: fields after the command's closing parenthesis;
+        // utime and stime are the 12th and 13th, starttime the 20th, vsize
+        // the 21st and rss (pages) the 22nd. Times are in USER_HZ, which
+        // Linux fixes at 100 for this interface.
+        const TICKS: f64 = 100.0;
+        const PAGE: i64 = 4096;
+        let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+            return;
+        };
+        let Some((_, rest)) = stat.rsplit_once(") ") else {
+            return;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+        if let (Some(u), Some(s)) = (num(11), num(12)) {
+            let cpu = (u + s) as f64 / TICKS - self.cpu_seconds.get();
+            if cpu > 0.0 {
+                self.cpu_seconds.inc_by(cpu);
+            }
+        }
+        if let Some(v) = num(20) {
+            self.virtual_bytes.set(v as i64);
+        }
+        if let Some(pages) = num(21) {
+            self.resident_bytes.set(pages as i64 * PAGE);
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        });
+        if let (Some(boot), Some(start)) = (boot, num(19)) {
+            self.start_time_seconds
+                .set(boot as f64 + start as f64 / TICKS);
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            self.open_fds.set(fds.count() as i64);
+        }
+        if let Some(max) = std::fs::read_to_string("/proc/self/limits")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("Max open files"))
+                    .and_then(|l| l.split_whitespace().nth(3)?.parse::<i64>().ok())
+            })
+        {
+            self.max_fds.set(max);
+        }
+    }
+}
+
+/// The gRPC status code's name for `grpc-status`.
+fn code_name(status: Option<&http::HeaderValue>) -> &'static str {
+    let code = status
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(tonic::Code::from_i32);
+    match code {
+        None => "UNKNOWN",
+        Some(tonic::Code::Ok) => "OK",
+        Some(tonic::Code::Cancelled) => "CANCELLED",
+        Some(tonic::Code::Unknown) => "UNKNOWN",
+        Some(tonic::Code::InvalidArgument) => "INVALID_ARGUMENT",
+        Some(tonic::Code::DeadlineExceeded) => "DEADLINE_EXCEEDED",
+        Some(tonic::Code::NotFound) => "NOT_FOUND",
+        Some(tonic::Code::AlreadyExists) => "ALREADY_EXISTS",
+        Some(tonic::Code::PermissionDenied) => "PERMISSION_DENIED",
+        Some(tonic::Code::ResourceExhausted) => "RESOURCE_EXHAUSTED",
+        Some(tonic::Code::FailedPrecondition) => "FAILED_PRECONDITION",
+        Some(tonic::Code::Aborted) => "ABORTED",
+        Some(tonic::Code::OutOfRange) => "OUT_OF_RANGE",
+        Some(tonic::Code::Unimplemented) => "UNIMPLEMENTED",
+        Some(tonic::Code::Internal) => "INTERNAL",
+        Some(tonic::Code::Unavailable) => "UNAVAILABLE",
+        Some(tonic::Code::DataLoss) => "DATA_LOSS",
+        Some(tonic::Code::Unauthenticated) => "UNAUTHENTICATED",
+    }
+}
+
+/// Counts every gRPC call by method and final status code: the code comes
+/// from the response headers (an error before any message) or from the
+/// trailers, read as the body ends; a call whose body is dropped before it
+/// ends counts as `CANCELLED`.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    metrics: Arc<Metrics>,
+    /// The methods served, as `package.Service/Method`.
+    methods: Arc<std::collections::HashSet<&'static str>>,
+}
+
+impl RpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>, methods: impl IntoIterator<Item = &'static str>) -> Self {
+        RpcMetricsLayer {
+            metrics,
+            methods: Arc::new(methods.into_iter().collect()),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    layer: RpcMetricsLayer,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for RpcMetrics<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, S::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let path = req.uri().path().trim_start_matches('/');
+        let method = self.layer.methods.get(path).copied().unwrap_or("unknown");
+        let metrics = self.layer.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let resp = fut.await?;
+            if let Some(status) = resp.headers().get("grpc-status") {
+                let code = code_name(Some(status));
+                metrics
+                    .rpcs
+                    .get_or_create(&RpcLabels { method, code })
+                    .inc();
+                return Ok(resp);
+            }
+            Ok(resp.map(|body| {
+                tonic::body::Body::new(CountedBody {
+                    inner: body,
+                    count: Some((metrics, method)),
+                })
+            }))
+        })
+    }
+}
+
+/// A response body that counts its call when its trailers pass.
+struct CountedBody {
+    inner: tonic::body::Body,
+    count: Option<(Arc<Metrics>, &'static str)>,
+}
+
+impl CountedBody {
+    fn count(&mut self, code: &'static str) {
+        if let Some((metrics, method)) = self.count.take() {
+            metrics
+                .rpcs
+                .get_or_create(&RpcLabels { method, code })
+                .inc();
+        }
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        self.count("CANCELLED");
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = <tonic::body::Body as http_body::Body>::Data;
+    type Error = <tonic::body::Body as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = code_name(trailers.get("grpc-status"));
+                    self.count(code);
+                }
+            }
+            std::task::Poll::Ready(Some(Err(_))) => self.count("INTERNAL"),
+            std::task::Poll::Ready(None) => self.count("UNKNOWN"),
+            std::task::Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -161,16 +553,18 @@ pub async fn serve(
     let audit = Arc::new(audit);
     let app = axum::Router::new().route(
         "/metrics",
-        axum::routing::get(move || {
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
             let audit = audit.clone();
             async move {
+                let format = Format::negotiate(
+                    headers
+                        .get(axum::http::header::ACCEPT)
+                        .and_then(|v| v.to_str().ok()),
+                );
                 (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    metrics.render(audit()),
+                    [(axum::http::header::CONTENT_TYPE, format.content_type())],
+                    metrics.render(audit(), format),
                 )
             }
         }),
@@ -178,4 +572,132 @@ pub async fn serve(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks text against the Prometheus 0.0.4 format as `promtool check
+    /// metrics` reads it: every sample belongs to the family its `# TYPE`
+    /// line names (histograms: `_bucket`, `_sum`, `_count`), counters are
+    /// named `_total`, each family is typed once, and no OpenMetrics-only
+    /// line is left.
+    fn check_prometheus_text(text: &str) -> Result<usize, String> {
+        let mut families = std::collections::HashSet::new();
+        let mut current: Option<(String, String)> = None;
+        let mut samples = 0;
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').ok_or(format!("bad TYPE: {line}"))?;
+                if !["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind) {
+                    return Err(format!("type {kind} is not 0.0.4: {line}"));
+                }
+                if kind == "counter" && !name.ends_with("_total") {
+                    return Err(format!("counter without _total: {line}"));
+                }
+                if !families.insert(name.to_owned()) {
+                    return Err(format!("{name} typed twice"));
+                }
+                current = Some((name.to_owned(), kind.to_owned()));
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                let name = rest.split(' ').next().unwrap_or("");
+                if families.contains(name) {
+                    return Err(format!("HELP after TYPE for {name}"));
+                }
+            } else if line.starts_with('#') {
+                return Err(format!("not a 0.0.4 line: {line}"));
+            } else if !line.is_empty() {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                let (family, kind) = current.as_ref().ok_or(format!("untyped: {line}"))?;
+                let fits = name == family
+                    || (kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|s| name.strip_suffix(s) == Some(family.as_str())));
+                if !fits {
+                    return Err(format!("{name} outside its family {family}"));
+                }
+                let value = line.rsplit(' ').next().unwrap_or("");
+                value
+                    .parse::<f64>()
+                    .map_err(|_| format!("bad value: {line}"))?;
+                samples += 1;
+            }
+        }
+        Ok(samples)
+    }
+
+    const STATS: AuditStats = AuditStats {
+        entries: 3,
+        queued: 0,
+        syncs: 2,
+        sync_micros: 1500,
+    };
+
+    fn sample_metrics() -> Metrics {
+        let m = Metrics::default();
+        m.lookups
+            .get_or_create(&LookupLabels {
+                consumer: "0212345668".into(),
+                dataset: "national_register.residence".into(),
+                decision: "allowed",
+                reason: "",
+            })
+            .inc();
+        m.lookup_seconds
+            .get_or_create(&DatasetLabel {
+                dataset: "national_register.residence".into(),
+            })
+            .observe(0.002);
+        m.rpcs
+            .get_or_create(&RpcLabels {
+                method: "semel.v1.LookupService/Lookup",
+                code: "OK",
+            })
+            .inc();
+        m
+    }
+
+    #[test]
+    fn the_prometheus_text_format_is_served_unless_openmetrics_is_asked_for() {
+        assert_eq!(Format::negotiate(None), Format::Prometheus);
+        assert_eq!(Format::negotiate(Some("*/*")), Format::Prometheus);
+        assert_eq!(
+            Format::negotiate(Some("text/plain;version=0.0.4;q=0.3,*/*;q=0.2")),
+            Format::Prometheus
+        );
+        // What Prometheus sends.
+        assert_eq!(
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+            )),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            Format::negotiate(Some("application/openmetrics-text; q=0, text/plain")),
+            Format::Prometheus
+        );
+
+        let m = sample_metrics();
+        let text = m.render(STATS, Format::Prometheus);
+        let samples = check_prometheus_text(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(samples > 10, "{text}");
+        for line in [
+            "# TYPE semel_lookups_total counter",
+            "# TYPE semel_grpc_server_handled_total counter",
+            "semel_grpc_server_handled_total{method=\"semel.v1.LookupService/Lookup\",code=\"OK\"} 1",
+            "semel_build_info{version=\"",
+            "# TYPE process_cpu_seconds_total counter",
+            "process_resident_memory_bytes ",
+            "process_open_fds ",
+            "process_start_time_seconds ",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        // The same registry in OpenMetrics is not valid 0.0.4: the check can fail.
+        let om = m.render(STATS, Format::OpenMetrics);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(check_prometheus_text(&om).is_err());
+    }
 }

@@ -298,16 +298,24 @@ pub async fn serve_broker(
         .await;
     let watch = tokio::spawn(watch_health(broker.clone(), health.clone()));
     let summarising = tokio::spawn(summarise_refusals(broker.clone()));
-    // Both reflection versions: older tools speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1().context("build reflection (v1)")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("build reflection (v1alpha)")?;
+    // Both reflection versions: older tools speak only v1alpha. Only the
+    // services served are listed; google.rpc.* lets clients decode errors.
+    let reflection = Arc::new(crate::reflection::ReflectionIndex::new(
+        &[
+            crate::proto::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_types::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ],
+        &SERVED_SERVICES,
+    )?);
+    let reflection_v1 = crate::reflection::v1::ServerReflectionServer::new(
+        crate::reflection::v1::Reflection(reflection.clone()),
+    );
+    let reflection_v1alpha = crate::reflection::v1alpha::ServerReflectionServer::new(
+        crate::reflection::v1alpha::Reflection(reflection),
+    );
 
     let draining = health.clone();
     let shutdown = async move {
@@ -321,6 +329,15 @@ pub async fn serve_broker(
     };
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(crate::metrics::RpcMetricsLayer::new(
+            broker.metrics.clone(),
+            crate::permissions::RULES.iter().map(|r| r.method).chain([
+                "grpc.health.v1.Health/Check",
+                "grpc.health.v1.Health/Watch",
+                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            ]),
+        ))
         .layer(crate::permissions::layer())
         .layer(crate::codec::CodecErrorsLayer {
             broker: broker.clone(),
@@ -398,6 +415,23 @@ pub async fn serve_metrics(
 
 /// The largest lookup or audit request the broker reads.
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// The services the broker serves, as reflection lists them
+/// (`semel.v1.SourceService` is the sources' to serve, not the broker's).
+pub const SERVED_SERVICES: [&str; 8] = {
+    use tonic::server::NamedService as N;
+    [
+        <LookupServiceServer<LookupService> as N>::NAME,
+        <RegistryServiceServer<RegistryService> as N>::NAME,
+        <AuditServiceServer<AuditService> as N>::NAME,
+        <PersonsServiceServer<crate::persons::PersonsService> as N>::NAME,
+        <ConsentServiceServer<crate::persons::ConsentService> as N>::NAME,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ]
+};
+
 /// The largest registry request (a dataset with many described fields).
 const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
 
@@ -571,8 +605,9 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
                 .set_not_serving::<LookupServiceServer<LookupService>>()
                 .await;
         }
-        // A source is serving unless the circuit of one of its endpoints is open.
-        let now = std::time::Instant::now();
+        // A source is serving unless the circuit of one of its endpoints
+        // opened and no call has succeeded since (the cooldown's end alone
+        // proves nothing).
         let mut current: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
         let snapshot = broker.snapshot();
         for org in snapshot.organisations.values() {
@@ -581,7 +616,7 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
             }
         }
         for route in snapshot.routes.values() {
-            if route.guard.is_open(now) {
+            if !route.guard.is_serving() {
                 current.insert(route.dataset.source, false);
             }
         }

@@ -234,8 +234,7 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// certificate that does not verify fails the handshake.
 pub fn server_config(files: &TlsFiles<'_>) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = load_certs(files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(files.key)
-        .with_context(|| format!("read private key {}", files.key.display()))?;
+    let key = load_private_key(files.key)?;
     let mut roots = RootCertStore::empty();
     for ca in load_certs(files.client_ca)? {
         roots
@@ -256,7 +255,19 @@ pub fn server_config(files: &TlsFiles<'_>) -> anyhow::Result<Arc<ServerConfig>> 
     Ok(Arc::new(config))
 }
 
-fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn load_private_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => anyhow::anyhow!(
+            "{} holds no private key (PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\")",
+            path.display()
+        ),
+        e => anyhow::Error::new(e).context(format!("read private key {}", path.display())),
+    })
+}
+
+/// The certificates in a PEM file; at least one.
+pub(crate) fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("read certificates {}", path.display()))?
         .collect::<Result<Vec<_>, _>>()

@@ -23,7 +23,7 @@ mod registry;
 pub mod tree;
 pub mod verify;
 
-pub use keys::load_or_create_signing_key;
+pub use keys::{load_or_create_signing_key, read_signing_key};
 
 use std::path::{Path, PathBuf};
 

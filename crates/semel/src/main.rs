@@ -80,9 +80,15 @@ enum Command {
         /// The configuration file (TOML; deploy/semel.example.toml documents every key).
         #[arg(long)]
         config: PathBuf,
-        /// Check the configuration and exit, without binding any port.
+        /// Check the configuration and exit, without binding any port: every
+        /// value, and every certificate, key, CA bundle and JWKS it names is
+        /// loaded; all problems are reported.
         #[arg(long)]
         check_config: bool,
+        /// With --check-config: print the result as JSON
+        /// ({"valid": …, "problems": […]}).
+        #[arg(long, requires = "check_config")]
+        json: bool,
     },
     /// Look up data about a citizen, as a consumer organisation.
     Lookup {
@@ -160,13 +166,26 @@ enum Command {
         /// A service name such as semel.v1.LookupService; the whole broker by default.
         #[arg(long, default_value = "")]
         service: String,
+        /// The name the broker's certificate must carry, when it is not the
+        /// host in --broker: a production certificate names its DNS name
+        /// only, so a probe of https://127.0.0.1:50051 gives that name here.
+        #[arg(long, env = "SEMEL_SERVER_NAME")]
+        server_name: Option<String>,
         /// The demo's data directory, when --broker and --ca are not given.
         #[arg(long, default_value = "semel-data", env = "SEMEL_DEMO_DIR")]
         data_dir: PathBuf,
+        /// Print JSON ({"broker", "service", "status", "error"}) instead of the status.
+        #[arg(long)]
+        json: bool,
     },
     /// Development PKI: a CA and organisation certificates (never for production).
-    #[command(subcommand)]
-    Pki(PkiCommand),
+    Pki {
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
     /// Mint a test token with the development issuer's key (never for production).
     Token {
         /// The development PKI directory holding issuer.key (created if missing).
@@ -187,6 +206,9 @@ enum Command {
         /// The token's `aud`: the broker's tokens.audience.
         #[arg(long, default_value = "semel")]
         audience: String,
+        /// Print JSON (the token with its claims) instead of the token alone.
+        #[arg(long)]
+        json: bool,
     },
     /// Print a shell completion script, e.g. `semel completions bash > /etc/bash_completion.d/semel`.
     Completions {
@@ -336,6 +358,10 @@ enum PkiCommand {
         /// File name stem; the enterprise number by default.
         #[arg(long)]
         stem: Option<String>,
+        /// A DNS name the certificate names (repeatable); then it names only
+        /// these, like a production certificate (no localhost, no 127.0.0.1).
+        #[arg(long = "dns-name")]
+        dns_names: Vec<String>,
     },
     /// Create the development token issuer in DIR (issuer.key, issuer.jwks.json) if there is none.
     Issuer {
@@ -873,12 +899,12 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Serve {
             config,
             check_config,
+            json,
         } => {
-            let config = Config::load(&config)?;
             if check_config {
-                outln!("configuration is valid");
-                return Ok(Exit::Done.into());
+                return check_configuration(&config, json);
             }
+            let config = Config::load(&config)?;
             let prepared = semel_server::server::prepare(&config).await?;
             let metrics_listener = match config.metrics_listen {
                 Some(addr) => Some(
@@ -1126,7 +1152,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             report(conn.json, result, |v| print_value(v, columns))
         }
         Command::Bench(args) => bench::run(args).await,
-        Command::Pki(command) => dev_pki(command),
+        Command::Pki { json, command } => dev_pki(command, json),
         Command::Token {
             dir,
             sub,
@@ -1134,6 +1160,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             roles,
             ttl,
             audience,
+            json,
         } => {
             let org = semel_core::Kbo::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
             let roles = roles
@@ -1156,7 +1183,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 not_before: None,
                 bound_to: None,
             })?;
-            outln!("{token}");
+            if json {
+                let v = serde_json::json!({
+                    "token": token,
+                    "issuer": issuer.issuer,
+                    "sub": sub,
+                    "org": org.as_str(),
+                    "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                    "audience": audience,
+                    "expires_in_s": ttl,
+                });
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                outln!("{token}");
+            }
             Ok(Exit::Done.into())
         }
         Command::Health {
@@ -1164,6 +1204,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ca,
             service,
             data_dir,
+            server_name,
+            json,
         } => {
             let (broker, ca) = match (broker, ca) {
                 (Some(b), Some(c)) => (b, c),
@@ -1172,8 +1214,31 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     (b.unwrap_or(demo.broker), c.unwrap_or(demo.ca))
                 }
             };
-            let status = semel_server::client::check_health(&broker, &ca, &service).await?;
-            outln!("{status}");
+            let checked = semel_server::client::check_health(
+                &broker,
+                &ca,
+                server_name.as_deref().filter(|n| !n.is_empty()),
+                &service,
+            )
+            .await;
+            let status = if json {
+                let (status, error) = match &checked {
+                    Ok(s) => (Some(s.clone()), None),
+                    Err(e) => (None, Some(format!("{e:#}"))),
+                };
+                let v = serde_json::json!({
+                    "broker": broker,
+                    "service": service,
+                    "status": status,
+                    "error": error,
+                });
+                outln!("{}", serde_json::to_string_pretty(&v)?);
+                status.unwrap_or_default()
+            } else {
+                let status = checked?;
+                outln!("{status}");
+                status
+            };
             Ok(if status == "SERVING" {
                 Exit::Done
             } else {
@@ -1860,50 +1925,74 @@ fn audit_export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Re
     Ok(Exit::Done.into())
 }
 
-fn dev_pki(command: PkiCommand) -> anyhow::Result<ExitCode> {
+fn dev_pki(command: PkiCommand, json: bool) -> anyhow::Result<ExitCode> {
     use semel_demo::pki::{DevPki, Subject};
-    match command {
+    let path = |p: &Path| p.display().to_string();
+    // Each subcommand's result, as (JSON key, text label, value).
+    let fields: Vec<(&str, &str, String)> = match command {
         PkiCommand::Init { dir } => {
             let pki = DevPki::ensure(&dir, &[])?;
-            outln!("CA: {}", pki.ca_cert().display());
+            vec![("ca", "CA", path(&pki.ca_cert()))]
         }
         PkiCommand::Issue {
             dir,
             kbo,
             name,
             stem,
+            dns_names,
         } => {
             let kbo = semel_core::Kbo::parse(&kbo).map_err(|e| anyhow::anyhow!("--kbo: {e}"))?;
             let pki = DevPki::ensure(&dir, &[])?;
             let stem = stem.unwrap_or_else(|| kbo.as_str().to_owned());
-            let files = pki.issue(&Subject {
+            let subject = Subject {
                 file_stem: &stem,
                 kbo,
                 name: &name,
-            })?;
-            outln!(
-                "certificate: {}\nkey: {}",
-                files.cert.display(),
-                files.key.display()
-            );
+            };
+            let files = if dns_names.is_empty() {
+                pki.issue(&subject)?
+            } else {
+                pki.issue_for_names(&subject, &dns_names)?
+            };
+            vec![
+                ("certificate", "certificate", path(&files.cert)),
+                ("key", "key", path(&files.key)),
+            ]
         }
         PkiCommand::Issuer { dir } => {
             let issuer = semel_demo::issuer::DevIssuer::ensure(&dir)?;
-            outln!(
-                "issuer: {}\nprivate key: {}\npublic keys (JWKS, for [[tokens.issuers]]): {}",
-                issuer.issuer,
-                issuer.key_file().display(),
-                issuer.jwks_file().display()
-            );
+            vec![
+                ("issuer", "issuer", issuer.issuer.clone()),
+                ("private_key", "private key", path(&issuer.key_file())),
+                (
+                    "jwks",
+                    "public keys (JWKS, for [[tokens.issuers]])",
+                    path(&issuer.jwks_file()),
+                ),
+            ]
         }
         PkiCommand::Fingerprint { cert } => {
             let ids = semel_server::tls::certificate_ids(&cert)?;
-            outln!(
-                "sha256 fingerprint: {}\nserial number: {}\nissuer name sha256: {}",
-                ids.fingerprint,
-                ids.serial,
-                ids.issuer_name_sha256
-            );
+            vec![
+                ("sha256_fingerprint", "sha256 fingerprint", ids.fingerprint),
+                ("serial", "serial number", ids.serial),
+                (
+                    "issuer_name_sha256",
+                    "issuer name sha256",
+                    ids.issuer_name_sha256,
+                ),
+            ]
+        }
+    };
+    if json {
+        let v: serde_json::Map<String, Json> = fields
+            .into_iter()
+            .map(|(k, _, v)| (k.to_owned(), Json::String(v)))
+            .collect();
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for (_, label, value) in fields {
+            outln!("{label}: {value}");
         }
     }
     Ok(Exit::Done.into())
@@ -1946,6 +2035,41 @@ async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<Clien
 /// `--json` prints the whole answer, or the error's code, reason, message
 /// and request id, on stdout; otherwise `text` renders it for people and
 /// errors go to stderr.
+/// `semel serve --check-config`: every problem with the values and the
+/// files, at once.
+fn check_configuration(path: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    let problems = match Config::read(path) {
+        Ok(config) => {
+            let mut problems = config.problems();
+            problems.extend(config.file_problems());
+            problems
+        }
+        // A file that does not parse has nothing more to check.
+        Err(e) => vec![format!("{e:#}")],
+    };
+    if json {
+        let v = serde_json::json!({
+            "config": path.display().to_string(),
+            "valid": problems.is_empty(),
+            "problems": problems,
+        });
+        outln!("{}", serde_json::to_string_pretty(&v)?);
+    } else if problems.is_empty() {
+        outln!("configuration is valid");
+    } else {
+        for p in &problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("{} problem(s) in {}", problems.len(), path.display());
+    }
+    Ok(if problems.is_empty() {
+        Exit::Done
+    } else {
+        Exit::Failed
+    }
+    .into())
+}
+
 fn report(
     json: bool,
     result: Result<Json, CallError>,

@@ -201,3 +201,360 @@ fn serve_accepts_the_command_lines_own_variables() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A configuration for `semel serve` with a fresh development PKI in `dir`.
+fn serve_config(dir: &Path, extra: &str) -> std::path::PathBuf {
+    let pki = semel_demo::pki::DevPki::ensure(
+        &dir.join("pki"),
+        &[semel_demo::pki::Subject {
+            file_stem: "broker",
+            kbo: semel_core::Kbo::parse("0087654346").expect("kbo"),
+            name: "Broker",
+        }],
+    )
+    .expect("pki");
+    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki.dir).expect("issuer");
+    let config = dir.join("semel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"data\"\n[tls]\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\nclient_ca = \"pki/ca.crt\"\n[operator]\nkbo = \"0087654346\"\nname = \"Operator\"\n{extra}\n[tokens]\n[[tokens.issuers]]\nissuer = \"{}\"\njwks = \"pki/issuer.jwks.json\"\n",
+            issuer.issuer
+        ),
+    )
+    .expect("config");
+    config
+}
+
+#[test]
+fn check_config_loads_every_file_and_reports_every_problem() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serve_config(dir.path(), "");
+    let check = |json: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_semel"));
+        c.args(["serve", "--check-config", "--config"]).arg(&config);
+        if json {
+            c.arg("--json");
+        }
+        c.output().expect("run semel")
+    };
+    let out = check(true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{v}");
+
+    // Three problems at once: a key file that holds a certificate (it
+    // exists, so only loading it finds out), a JWKS that is not one, and a
+    // negative burst.
+    let pki = dir.path().join("pki");
+    std::fs::copy(pki.join("broker.crt"), pki.join("broker.key")).expect("copy");
+    std::fs::write(pki.join("issuer.jwks.json"), "{\"keys\": 3}").expect("write");
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("[tokens]", "[limits]\nconsumer_burst = -1\n[tokens]"),
+    )
+    .expect("write");
+    let out = check(false);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for named in ["tls.key", "tokens.issuers[0]", "limits.consumer_burst"] {
+        assert!(stderr.contains(named), "{named} not reported: {stderr}");
+    }
+    let out = check(true);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["valid"], false, "{v}");
+    assert_eq!(v["problems"].as_array().map(Vec::len), Some(3), "{v}");
+}
+
+/// The probe commands of the deployment kit: every JSON array naming
+/// `semel health` in the Dockerfile, the compose file and the Kubernetes
+/// manifests, with Docker's leading `CMD` dropped.
+fn kit_probes() -> Vec<(String, Vec<String>)> {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let mut probes = Vec::new();
+    for file in [
+        "Dockerfile",
+        "compose/docker-compose.yml",
+        "kubernetes/deployment.yaml",
+    ] {
+        let text = std::fs::read_to_string(deploy.join(file)).expect("read the kit");
+        for line in text.lines().filter(|l| l.contains(r#""semel", "health""#)) {
+            let (Some(a), Some(b)) = (line.find('['), line.rfind(']')) else {
+                continue;
+            };
+            let mut args: Vec<String> = serde_json::from_str(&line[a..=b]).expect("a JSON array");
+            if args.first().is_some_and(|a| a == "CMD") {
+                args.remove(0);
+            }
+            probes.push((file.to_owned(), args));
+        }
+    }
+    probes
+}
+
+#[test]
+fn the_kits_probes_work_with_a_certificate_that_names_only_its_dns_name() {
+    const NAME: &str = "semel.example.brussels";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serve_config(dir.path(), "");
+    // A production-style certificate: the broker's DNS name, no IP address.
+    let pki = semel_demo::pki::DevPki {
+        dir: dir.path().join("pki"),
+    };
+    pki.issue_for_names(
+        &semel_demo::pki::Subject {
+            file_stem: "broker",
+            kbo: semel_core::Kbo::parse("0087654346").expect("kbo"),
+            name: "Broker",
+        },
+        &[NAME.to_owned()],
+    )
+    .expect("issue");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(
+        &config,
+        text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+    )
+    .expect("write");
+    let child = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("SEMEL_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("serve.log")).expect("serve.log"))
+        .spawn()
+        .expect("start semel serve");
+    let mut broker = Demo {
+        child,
+        dir: tempfile::tempdir().expect("tempdir"),
+    };
+    // Each probe as the kit writes it, pointed at this broker; the kit's
+    // containers set SEMEL_SERVER_NAME to the certificate's name.
+    let run = |args: &[String], server_name: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_semel"));
+        for a in &args[1..] {
+            c.arg(if a.ends_with("ca.crt") {
+                pki.ca_cert().display().to_string()
+            } else {
+                a.replace(":50051", &format!(":{port}"))
+            });
+        }
+        match server_name {
+            Some(name) => c.env("SEMEL_SERVER_NAME", name),
+            None => c.env_remove("SEMEL_SERVER_NAME"),
+        };
+        c.stdin(Stdio::null()).output().expect("run the probe")
+    };
+    let probes = kit_probes();
+    assert!(probes.len() >= 5, "{probes:?}");
+    let (_, first) = &probes[0];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !run(first, Some(NAME)).status.success() {
+        if let Some(status) = broker.child.try_wait().expect("check the broker") {
+            panic!(
+                "semel serve stopped ({status}):\n{}",
+                std::fs::read_to_string(dir.path().join("serve.log")).unwrap_or_default()
+            );
+        }
+        assert!(Instant::now() < deadline, "the broker did not come up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (file, args) in &probes {
+        assert_eq!(args[..2], ["semel", "health"], "{file}");
+        let out = run(args, Some(NAME));
+        assert!(
+            out.status.success(),
+            "{file}: {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["health", "--json", "--server-name", NAME, "--ca"])
+        .arg(pki.ca_cert())
+        .args(["--broker", &format!("https://127.0.0.1:{port}")])
+        .output()
+        .expect("run semel health");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["status"], "SERVING", "{v}");
+    // Without the name the certificate is refused for 127.0.0.1: what the
+    // probes did before.
+    let out = run(first, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("connect to the broker"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn key_files_semel_writes_are_standard_pkcs8() {
+    use rustls::pki_types::PrivatePkcs8KeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let issuer = semel_demo::issuer::DevIssuer::ensure(&dir.path().join("pki")).expect("issuer");
+    let audit = dir.path().join("audit-signing.key");
+    semel_store::load_or_create_signing_key(&audit).expect("audit key");
+    semel_server::witness::Witness::open(&dir.path().join("witness"), "witness.example", &[])
+        .expect("witness");
+    let files = [
+        issuer.key_file(),
+        audit,
+        dir.path().join("witness/witness.key"),
+    ];
+    for file in &files {
+        // Byte for byte RFC 8410: version 0, id-Ed25519, the 32-byte seed.
+        let der = PrivatePkcs8KeyDer::from_pem_file(file).expect("a PRIVATE KEY PEM");
+        let der = der.secret_pkcs8_der();
+        assert_eq!(der.len(), 48, "{}", file.display());
+        assert_eq!(
+            der[..16],
+            semel_core::keyfile::RFC8410_PREFIX,
+            "{}",
+            file.display()
+        );
+    }
+    match Command::new("openssl").arg("version").output() {
+        Ok(v) if v.status.success() => {
+            for file in &files {
+                let out = Command::new("openssl")
+                    .args(["pkey", "-noout", "-text", "-in"])
+                    .arg(file)
+                    .output()
+                    .expect("run openssl");
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    out.status.success() && text.contains("ED25519 Private-Key"),
+                    "openssl pkey {}: {}{}",
+                    file.display(),
+                    text,
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        _ => eprintln!(
+            "\n!!! SKIPPED: openssl is not installed; key files checked byte by byte only !!!\n"
+        ),
+    }
+    let python = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output();
+    if python.is_ok_and(|o| o.status.success()) {
+        for file in &files {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import sys\nfrom cryptography.hazmat.primitives.serialization import load_pem_private_key\nfrom cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey\nk = load_pem_private_key(open(sys.argv[1], 'rb').read(), None)\nassert isinstance(k, Ed25519PrivateKey)",
+                ])
+                .arg(file)
+                .output()
+                .expect("run python3");
+            assert!(
+                out.status.success(),
+                "python cryptography {}: {}",
+                file.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    } else {
+        eprintln!("\n!!! SKIPPED: Python cryptography is not installed !!!\n");
+    }
+}
+
+#[test]
+fn pki_token_and_health_print_json_for_scripts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = dir.path().join("pki");
+    let json = |args: &[&str]| -> (Option<i32>, serde_json::Value) {
+        let out = semel(dir.path(), args);
+        let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{args:?}: not JSON ({e}): {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        (out.status.code(), v)
+    };
+    let dir_arg = pki.to_str().expect("utf-8");
+    let (code, v) = json(&["pki", "init", "--dir", dir_arg, "--json"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        v["ca"].as_str().is_some_and(|p| p.ends_with("ca.crt")),
+        "{v}"
+    );
+    let (_, v) = json(&[
+        "pki",
+        "issue",
+        "--json",
+        "--dir",
+        dir_arg,
+        "--kbo",
+        "0087654346",
+        "--name",
+        "B",
+    ]);
+    let cert = v["certificate"].as_str().expect("certificate").to_owned();
+    assert!(
+        v["key"].as_str().is_some_and(|p| p.ends_with(".key")),
+        "{v}"
+    );
+    let (_, v) = json(&["pki", "fingerprint", "--json", &cert]);
+    assert_eq!(
+        v["sha256_fingerprint"].as_str().map(str::len),
+        Some(64),
+        "{v}"
+    );
+    assert!(
+        v["serial"].is_string() && v["issuer_name_sha256"].is_string(),
+        "{v}"
+    );
+    let (_, v) = json(&["pki", "issuer", "--dir", dir_arg, "--json"]);
+    assert!(v["jwks"].is_string() && v["private_key"].is_string(), "{v}");
+    let (_, v) = json(&[
+        "token",
+        "--dir",
+        dir_arg,
+        "--sub",
+        "clerk-1",
+        "--org",
+        "0087654346",
+        "--roles",
+        "consumer",
+        "--json",
+    ]);
+    assert_eq!(
+        v["token"].as_str().map(|t| t.split('.').count()),
+        Some(3),
+        "{v}"
+    );
+    assert_eq!(v["roles"], serde_json::json!(["consumer"]), "{v}");
+    // Nobody listens on a port just released: still JSON, with the error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a port")
+        .port();
+    let (code, v) = json(&[
+        "health",
+        "--json",
+        "--broker",
+        &format!("https://127.0.0.1:{port}"),
+        "--ca",
+        &format!("{dir_arg}/ca.crt"),
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(v["status"].is_null() && v["error"].is_string(), "{v}");
+}
