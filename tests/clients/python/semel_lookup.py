@@ -38,6 +38,13 @@ def generate():
     return lookup_pb2, lookup_pb2_grpc
 
 
+def module(name):
+    """Another generated module of semel.v1 (after `generate()`), e.g.
+    "source_pb2_grpc"."""
+    import importlib
+    return importlib.import_module(f"semel.v1.{name}")
+
+
 def channel(data_dir, who, with_token=True):
     """A mutual-TLS channel to the demo broker, as a person of the demo
     organisation `who`: the organisation's certificate identifies the
