@@ -31,6 +31,7 @@ pub enum PgError {
 
 /// A connection of one broker to the audit log on PostgreSQL.
 pub struct PgAudit {
+    url: String,
     client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
 }
@@ -47,6 +48,18 @@ impl Drop for PgAudit {
     }
 }
 
+/// A connection whose commits wait for durability, driven on its own task.
+async fn open(url: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    client.batch_execute("SET synchronous_commit = on").await?;
+    Ok((client, connection))
+}
+
 /// An entry's place in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
@@ -59,16 +72,28 @@ impl PgAudit {
     /// commit waiting for durability, and applies the migrations this
     /// binary knows.
     pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-        let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
-            }
-        });
-        client.batch_execute("SET synchronous_commit = on").await?;
-        let audit = PgAudit { client, connection };
+        let (client, connection) = open(url).await?;
+        let audit = PgAudit {
+            url: url.to_owned(),
+            client,
+            connection,
+        };
         audit.migrate().await?;
         Ok(audit)
+    }
+
+    /// Connects again when the connection was lost (the database restarted,
+    /// a failover): the broker recovers without a restart. A transaction
+    /// that failed with the connection left nothing behind.
+    async fn reconnect_if_lost(&mut self) -> Result<(), PgError> {
+        if self.client.is_closed() {
+            let (client, connection) = open(&self.url).await?;
+            self.connection.abort();
+            self.client = client;
+            self.connection = connection;
+            tracing::info!("PostgreSQL connection re-established");
+        }
+        Ok(())
     }
 
     /// Applies the migrations not applied yet, each in its transaction;
@@ -121,6 +146,7 @@ impl PgAudit {
     /// inserted in one statement, and the head moved on. When this returns
     /// Ok, every entry is committed; when it fails, none has a place.
     pub async fn append(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
+        self.reconnect_if_lost().await?;
         let tx = self.client.transaction().await?;
         let head = tx
             .query_one(

@@ -119,3 +119,49 @@ async fn a_schema_newer_than_the_binary_is_refused() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_lost_connection_fails_closed_and_the_broker_recovers_without_a_restart() {
+    let Some(db) = TestDatabase::start("reconnect").await else {
+        return;
+    };
+    let mut audit = PgAudit::connect(&db.url).await.expect("connect");
+    audit
+        .append(vec![record(0), record(1)])
+        .await
+        .expect("append");
+    // The database drops the broker's connection (a restart, a failover).
+    let (admin, connection) = tokio_postgres::connect(&db.url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    admin
+        .batch_execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+        )
+        .await
+        .expect("terminate");
+    // The next appends: failures answer nothing; once the connection is
+    // back, appends go on, and the log has no gap and no half batch.
+    let mut failed = 0;
+    let mut appended = 2u64;
+    for i in 2..12u64 {
+        match audit.append(vec![record(i)]).await {
+            Ok(placed) => {
+                assert_eq!(placed[0].sequence, appended);
+                appended += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    assert!(
+        failed <= 1,
+        "{failed} appends failed after the connection came back"
+    );
+    assert_eq!(audit.size().await.expect("size"), appended);
+    assert_eq!(
+        audit.encodings(0, appended).await.expect("read").len() as u64,
+        appended
+    );
+}
