@@ -4,17 +4,25 @@
 //! and the audit log's sequencing, which any number of brokers share: each
 //! batch of entries takes its places in the chain in one short transaction
 //! under the single `audit_head` row lock, and is durable (committed, with
-//! `synchronous_commit` on) before its callers are answered. Not yet wired
-//! to the broker: the storage port comes first.
+//! `synchronous_commit` on) before its callers are answered; the Merkle
+//! tree, extended by one broker at a time under the integration lock, with
+//! signed checkpoints and inclusion and consistency proofs (`tree.rs`). Not
+//! yet wired to the broker: the storage port comes first.
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
 pub mod testing;
+mod tree;
+
+pub use tree::{Integrated, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
 
 /// The migrations, in order; the position is the version.
-const MIGRATIONS: &[&str] = &[include_str!("../migrations/0001_audit_log.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../migrations/0001_audit_log.sql"),
+    include_str!("../migrations/0002_audit_tree.sql"),
+];
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +35,10 @@ pub enum PgError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the database holds a damaged value: {0}")]
     Corrupt(String),
+    #[error("the tree holds {integrated} entries, not yet {asked}: ask again after integration")]
+    NotIntegrated { asked: u64, integrated: u64 },
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// A connection of one broker to the audit log on PostgreSQL.

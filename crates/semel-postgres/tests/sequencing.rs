@@ -2,38 +2,10 @@
 //! dense sequences, one unbroken chain, durable before the answer, and a
 //! schema newer than the binary refused.
 
-use semel_core::{AuditDecision, AuditRecord, Kbo, Niss, Outcome};
-use semel_postgres::{PgAudit, PgError, testing::TestDatabase};
+mod common;
 
-fn record(i: u64) -> AuditRecord {
-    AuditRecord {
-        request_id: [(i % 251) as u8; 16],
-        time_micros: 1_700_000_000_000_000 + i as i64,
-        operation: semel_core::LOOKUP_OPERATION.into(),
-        consumer: Kbo::parse(if i.is_multiple_of(2) {
-            "0566988259"
-        } else {
-            "0314595348"
-        })
-        .expect("kbo"),
-        end_user: Some(format!("clerk-{i}")),
-        citizen: Niss::parse("93051822361").ok(),
-        dataset: "national_register.residence".into(),
-        fields_requested: vec!["street".into()],
-        fields_returned: vec!["street".into()],
-        purpose: "RIS_ELIGIBILITY".into(),
-        authorisation: Some("BSC/2024/017".into()),
-        decision: AuditDecision::Allowed,
-        reason: None,
-        outcome: Outcome::Answered,
-        source: None,
-        consumer_reference: String::new(),
-        reference_date: None,
-        citizen_as_given: None,
-        checks: Vec::new(),
-        detail: String::new(),
-    }
-}
+use common::record;
+use semel_postgres::{PgAudit, PgError, testing::TestDatabase};
 
 #[tokio::test]
 async fn brokers_sharing_a_database_make_one_dense_unbroken_chain() {
