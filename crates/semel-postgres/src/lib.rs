@@ -6,14 +6,18 @@
 //! under the single `audit_head` row lock, and is durable (committed, with
 //! `synchronous_commit` on) before its callers are answered; the Merkle
 //! tree, extended by one broker at a time under the integration lock, with
-//! signed checkpoints and inclusion and consistency proofs (`tree.rs`). Not
-//! yet wired to the broker: the storage port comes first.
+//! signed checkpoints and inclusion and consistency proofs (`tree.rs`); the
+//! registry, whose changes reach every broker through NOTIFY with polling
+//! as the fallback (`registry.rs`). Not yet wired to the broker: the
+//! storage port comes first.
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+mod registry;
 pub mod testing;
 mod tree;
 
+pub use registry::{PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
@@ -22,6 +26,7 @@ use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_audit_log.sql"),
     include_str!("../migrations/0002_audit_tree.sql"),
+    include_str!("../migrations/0003_registry.sql"),
 ];
 
 /// Why the store failed.
@@ -39,6 +44,8 @@ pub enum PgError {
     NotIntegrated { asked: u64, integrated: u64 },
     #[error("{0}")]
     OutOfRange(String),
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// A connection of one broker to the audit log on PostgreSQL.
@@ -62,7 +69,11 @@ impl Drop for PgAudit {
 
 /// A connection whose commits wait for durability, driven on its own task.
 async fn open(url: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+    let mut config: tokio_postgres::Config = url.parse()?;
+    if config.get_application_name().is_none() {
+        config.application_name("semel broker");
+    }
+    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     let connection = tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::warn!(error = %e, "PostgreSQL connection closed");
@@ -70,6 +81,49 @@ async fn open(url: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHan
     });
     client.batch_execute("SET synchronous_commit = on").await?;
     Ok((client, connection))
+}
+
+/// Applies the migrations not applied yet, each in its transaction;
+/// refuses a schema newer than this binary. Brokers starting at once
+/// serialise on an advisory lock.
+async fn migrate(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    client
+        .batch_execute(
+            "SELECT pg_advisory_lock(495891105132); \
+             CREATE TABLE IF NOT EXISTS schema_migrations ( \
+                 version bigint PRIMARY KEY, \
+                 applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    let result = apply_migrations(client).await;
+    client
+        .batch_execute("SELECT pg_advisory_unlock(495891105132)")
+        .await?;
+    result
+}
+
+async fn apply_migrations(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let found: i64 = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(PgError::SchemaTooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let version = i as i64 + 1;
+        client
+            .batch_execute(&format!(
+                "BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;"
+            ))
+            .await?;
+        tracing::info!(version, "PostgreSQL schema migrated");
+    }
+    Ok(())
 }
 
 /// An entry's place in the log.
@@ -90,7 +144,7 @@ impl PgAudit {
             client,
             connection,
         };
-        audit.migrate().await?;
+        migrate(&audit.client).await?;
         Ok(audit)
     }
 
@@ -104,50 +158,6 @@ impl PgAudit {
             self.client = client;
             self.connection = connection;
             tracing::info!("PostgreSQL connection re-established");
-        }
-        Ok(())
-    }
-
-    /// Applies the migrations not applied yet, each in its transaction;
-    /// refuses a schema newer than this binary. Brokers starting at once
-    /// serialise on an advisory lock.
-    async fn migrate(&self) -> Result<(), PgError> {
-        self.client
-            .batch_execute(
-                "SELECT pg_advisory_lock(495891105132); \
-                 CREATE TABLE IF NOT EXISTS schema_migrations ( \
-                     version bigint PRIMARY KEY, \
-                     applied_at timestamptz NOT NULL DEFAULT now())",
-            )
-            .await?;
-        let result = self.apply_migrations().await;
-        self.client
-            .batch_execute("SELECT pg_advisory_unlock(495891105132)")
-            .await?;
-        result
-    }
-
-    async fn apply_migrations(&self) -> Result<(), PgError> {
-        let found: i64 = self
-            .client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
-        let supported = MIGRATIONS.len() as i64;
-        if found > supported {
-            return Err(PgError::SchemaTooNew { found, supported });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            let version = i as i64 + 1;
-            self.client
-                .batch_execute(&format!(
-                    "BEGIN; {sql}; INSERT INTO schema_migrations (version) VALUES ({version}); COMMIT;"
-                ))
-                .await?;
-            tracing::info!(version, "PostgreSQL schema migrated");
         }
         Ok(())
     }

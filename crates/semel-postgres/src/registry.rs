@@ -1,0 +1,388 @@
+//! The registry on PostgreSQL, shared by every broker: each change is one
+//! transaction that writes the record, bumps `registry_version` and sends
+//! `NOTIFY semel_registry`; every broker [`RegistryWatch`]es the version
+//! (LISTEN, with polling as the fallback) and reloads its snapshot when it
+//! moves.
+//!
+//! The bound: a change committed through one broker is seen by every other
+//! broker's watch at once through NOTIFY, and at the latest one poll
+//! interval later when a notification is lost (or one poll interval plus a
+//! reconnection when the watch's connection was lost).
+
+use std::time::Duration;
+
+use semel_core::{Authorisation, Dataset, Organisation, Purpose, RevokedCertificate};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use crate::{PgError, migrate, open};
+
+const CHANNEL: &str = "semel_registry";
+
+/// One broker's connection to the registry.
+pub struct PgRegistry {
+    url: String,
+    client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for PgRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgRegistry").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgRegistry {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String, PgError> {
+    serde_json::to_string(value).map_err(|e| PgError::Corrupt(format!("encode a record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(text: &str) -> Result<T, PgError> {
+    serde_json::from_str(text).map_err(|e| PgError::Corrupt(format!("a registry record: {e}")))
+}
+
+/// Bumps the registry's version and tells every listening broker; both
+/// take effect only when the change's transaction commits.
+async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, PgError> {
+    let version: i64 = tx
+        .query_one(
+            "UPDATE registry_version SET version = version + 1 WHERE id = 0 RETURNING version",
+            &[],
+        )
+        .await?
+        .get(0);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&CHANNEL, &version.to_string()],
+    )
+    .await?;
+    u64::try_from(version).map_err(|_| PgError::Corrupt("a negative registry version".into()))
+}
+
+impl PgRegistry {
+    /// Connects and applies the migrations this binary knows.
+    pub async fn connect(url: &str) -> Result<PgRegistry, PgError> {
+        let (client, connection) = open(url).await?;
+        migrate(&client).await?;
+        Ok(PgRegistry {
+            url: url.to_owned(),
+            client,
+            connection,
+        })
+    }
+
+    async fn reconnect_if_lost(&mut self) -> Result<(), PgError> {
+        if self.client.is_closed() {
+            let (client, connection) = open(&self.url).await?;
+            self.connection.abort();
+            self.client = client;
+            self.connection = connection;
+        }
+        Ok(())
+    }
+
+    /// The registry's version: it moves with every change.
+    pub async fn version(&self) -> Result<u64, PgError> {
+        let v: i64 = self
+            .client
+            .query_one("SELECT version FROM registry_version WHERE id = 0", &[])
+            .await?
+            .get(0);
+        u64::try_from(v).map_err(|_| PgError::Corrupt("a negative registry version".into()))
+    }
+
+    /// Inserts or replaces one record; returns the registry's new version.
+    async fn put<T: Serialize>(
+        &mut self,
+        kind: &str,
+        key: &str,
+        value: &T,
+    ) -> Result<u64, PgError> {
+        self.reconnect_if_lost().await?;
+        let value = encode(value)?;
+        let tx = self.client.transaction().await?;
+        tx.execute(
+            "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
+             ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&kind, &key, &value],
+        )
+        .await?;
+        let version = bump(&tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn all<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, PgError> {
+        self.client
+            .query(
+                "SELECT value::text FROM registry_records WHERE kind = $1 ORDER BY key",
+                &[&kind],
+            )
+            .await?
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect()
+    }
+
+    /// Stores an organisation (insert or replace): a suspension, for one.
+    pub async fn put_organisation(&mut self, org: &Organisation) -> Result<u64, PgError> {
+        self.put("organisation", org.kbo.as_str(), org).await
+    }
+
+    pub async fn organisations(&self) -> Result<Vec<Organisation>, PgError> {
+        self.all("organisation").await
+    }
+
+    pub async fn put_dataset(&mut self, dataset: &Dataset) -> Result<u64, PgError> {
+        self.put("dataset", dataset.name.as_str(), dataset).await
+    }
+
+    pub async fn datasets(&self) -> Result<Vec<Dataset>, PgError> {
+        self.all("dataset").await
+    }
+
+    pub async fn put_purpose(&mut self, purpose: &Purpose) -> Result<u64, PgError> {
+        self.put("purpose", purpose.code.as_str(), purpose).await
+    }
+
+    pub async fn purposes(&self) -> Result<Vec<Purpose>, PgError> {
+        self.all("purpose").await
+    }
+
+    /// Stores a new version of an authorisation. The version must follow
+    /// the stored one, so two changes made at once through two brokers
+    /// cannot silently overwrite each other: the second gets
+    /// [`PgError::Conflict`].
+    pub async fn put_authorisation(&mut self, auth: &Authorisation) -> Result<u64, PgError> {
+        self.reconnect_if_lost().await?;
+        let value = encode(auth)?;
+        let reference = auth.reference.as_str();
+        let tx = self.client.transaction().await?;
+        let current: Option<Authorisation> = tx
+            .query_opt(
+                "SELECT value::text FROM registry_records \
+                 WHERE kind = 'authorisation' AND key = $1 FOR UPDATE",
+                &[&reference],
+            )
+            .await?
+            .map(|r| decode(r.get(0)))
+            .transpose()?;
+        let expected = current.as_ref().map_or(1, |c| c.version + 1);
+        let conflict = || {
+            PgError::Conflict(format!(
+                "authorisation {reference} is at version {}, cannot store version {}",
+                expected - 1,
+                auth.version
+            ))
+        };
+        if auth.version != expected {
+            return Err(conflict());
+        }
+        // A first version written at once by two brokers: the history's
+        // primary key lets one through.
+        let inserted = tx
+            .execute(
+                "INSERT INTO registry_authorisation_history (reference, version, value) \
+                 VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
+                &[&reference, &(auth.version as i32), &value],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(conflict());
+        }
+        tx.execute(
+            "INSERT INTO registry_records (kind, key, value) VALUES ('authorisation', $1, $2::text::jsonb) \
+             ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
+            &[&reference, &value],
+        )
+        .await?;
+        let version = bump(&tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    pub async fn authorisations(&self) -> Result<Vec<Authorisation>, PgError> {
+        self.all("authorisation").await
+    }
+
+    /// Every stored version of one authorisation, oldest first.
+    pub async fn authorisation_history(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<Authorisation>, PgError> {
+        self.client
+            .query(
+                "SELECT value::text FROM registry_authorisation_history \
+                 WHERE reference = $1 ORDER BY version",
+                &[&reference],
+            )
+            .await?
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect()
+    }
+
+    /// Records a revocation; revoking again keeps the first record, which
+    /// is returned.
+    pub async fn revoke_certificate(
+        &mut self,
+        revoked: &RevokedCertificate,
+    ) -> Result<RevokedCertificate, PgError> {
+        self.reconnect_if_lost().await?;
+        let key = revoked.id.key();
+        let value = encode(revoked)?;
+        let tx = self.client.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO registry_records (kind, key, value) \
+                 VALUES ('revoked_certificate', $1, $2::text::jsonb) ON CONFLICT DO NOTHING",
+                &[&key, &value],
+            )
+            .await?;
+        if inserted == 0 {
+            let existing = tx
+                .query_one(
+                    "SELECT value::text FROM registry_records \
+                     WHERE kind = 'revoked_certificate' AND key = $1",
+                    &[&key],
+                )
+                .await?;
+            return decode(existing.get(0));
+        }
+        bump(&tx).await?;
+        tx.commit().await?;
+        Ok(revoked.clone())
+    }
+
+    pub async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, PgError> {
+        self.all("revoked_certificate").await
+    }
+}
+
+/// A broker's view of the registry's version, kept current by a task of
+/// its own: LISTEN on a dedicated connection, a poll every `poll` as the
+/// fallback for lost notifications, and a new connection when that one is
+/// lost (reading the version at once, so nothing missed meanwhile is lost).
+#[derive(Debug)]
+pub struct RegistryWatch {
+    receiver: watch::Receiver<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RegistryWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RegistryWatch {
+    /// Starts watching; the first version is read before this returns.
+    pub async fn start(url: &str, poll: Duration) -> Result<RegistryWatch, PgError> {
+        let first = listen(url).await?;
+        let version = read_version(&first.0).await?;
+        let (sender, receiver) = watch::channel(version);
+        let url = url.to_owned();
+        let task = tokio::spawn(async move {
+            let mut current = Some(first);
+            loop {
+                let (client, notified) = match current.take() {
+                    Some(c) => c,
+                    None => match listen(&url).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registry watch: PostgreSQL unreachable, retrying");
+                            tokio::time::sleep(poll).await;
+                            continue;
+                        }
+                    },
+                };
+                if let Err(e) = follow(&client, notified, poll, &sender).await {
+                    tracing::warn!(error = %e, "registry watch: connection lost, reconnecting");
+                }
+                if sender.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(RegistryWatch { receiver, task })
+    }
+
+    /// The version last seen.
+    pub fn version(&self) -> u64 {
+        *self.receiver.borrow()
+    }
+
+    /// A receiver that wakes when the version moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.receiver.clone()
+    }
+}
+
+async fn read_version(client: &tokio_postgres::Client) -> Result<u64, PgError> {
+    let v: i64 = client
+        .query_one("SELECT version FROM registry_version WHERE id = 0", &[])
+        .await?
+        .get(0);
+    u64::try_from(v).map_err(|_| PgError::Corrupt("a negative registry version".into()))
+}
+
+/// A connection listening on the registry channel, and a receiver woken by
+/// each notification (closed when the connection ends).
+async fn listen(
+    url: &str,
+) -> Result<(tokio_postgres::Client, tokio::sync::mpsc::Receiver<()>), PgError> {
+    let mut config: tokio_postgres::Config = url.parse()?;
+    // Named, so that an operator looking at pg_stat_activity knows it.
+    config.application_name("semel registry watch");
+    let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+    let (wake, notified) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(tokio_postgres::AsyncMessage::Notification(_)) => {
+                    // One pending wake is enough: the version is read anew.
+                    let _ = wake.try_send(());
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, notified))
+}
+
+/// Reads the version at each notification and each poll, until the
+/// connection fails.
+async fn follow(
+    client: &tokio_postgres::Client,
+    mut notified: tokio::sync::mpsc::Receiver<()>,
+    poll: Duration,
+    sender: &watch::Sender<u64>,
+) -> Result<(), PgError> {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let version = read_version(client).await?;
+        sender.send_if_modified(|v| {
+            let moved = *v != version;
+            *v = version;
+            moved
+        });
+        if sender.is_closed() {
+            return Ok(());
+        }
+        tokio::select! {
+            woke = notified.recv() => if woke.is_none() {
+                return Err(PgError::Corrupt("the listening connection ended".into()));
+            },
+            _ = tick.tick() => {}
+        }
+    }
+}
