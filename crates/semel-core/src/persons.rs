@@ -180,6 +180,29 @@ pub struct NumberReplacement {
     pub registered_at: OffsetDateTime,
 }
 
+/// How many replacements are followed before giving up (a loop would be a
+/// register error); former numbers are bounded by four times as many.
+pub const MAX_REPLACEMENT_CHAIN: usize = 8;
+
+/// A national number, resolved through its replacements.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    /// The number in force.
+    pub current: Niss,
+    /// The number as given, when it was replaced.
+    pub given: Option<Niss>,
+    /// Every number the current one replaced (directly or not): files and
+    /// consents registered under them still count.
+    pub former: Vec<Niss>,
+}
+
+impl Resolved {
+    /// The current number, then the former ones.
+    pub fn numbers(&self) -> impl Iterator<Item = &Niss> {
+        std::iter::once(&self.current).chain(self.former.iter())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

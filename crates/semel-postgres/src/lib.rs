@@ -13,10 +13,12 @@
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+mod persons;
 mod registry;
 pub mod testing;
 mod tree;
 
+pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
 
@@ -27,12 +29,13 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_audit_log.sql"),
     include_str!("../migrations/0002_audit_tree.sql"),
     include_str!("../migrations/0003_registry.sql"),
+    include_str!("../migrations/0004_persons.sql"),
 ];
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", describe(.0))]
     Database(#[from] tokio_postgres::Error),
     #[error(
         "the database's schema is at version {found}, newer than this binary's {supported}: run the newer binary, or restore"
@@ -48,11 +51,18 @@ pub enum PgError {
     Conflict(String),
 }
 
+/// The client's error with the server's message and SQLSTATE, which its
+/// own Display leaves out ("db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
 /// A connection of one broker to the audit log on PostgreSQL.
 pub struct PgAudit {
-    url: String,
-    client: tokio_postgres::Client,
-    connection: tokio::task::JoinHandle<()>,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for PgAudit {
@@ -61,26 +71,51 @@ impl std::fmt::Debug for PgAudit {
     }
 }
 
-impl Drop for PgAudit {
+/// A connection whose commits wait for durability, driven on its own task,
+/// and opened again when it was lost (the database restarted, a failover):
+/// the broker recovers without a restart. A transaction that failed with
+/// the connection left nothing behind.
+pub(crate) struct Conn {
+    url: String,
+    pub(crate) client: tokio_postgres::Client,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Conn {
     fn drop(&mut self) {
         self.connection.abort();
     }
 }
 
-/// A connection whose commits wait for durability, driven on its own task.
-async fn open(url: &str) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), PgError> {
-    let mut config: tokio_postgres::Config = url.parse()?;
-    if config.get_application_name().is_none() {
-        config.application_name("semel broker");
-    }
-    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-    let connection = tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "PostgreSQL connection closed");
+impl Conn {
+    pub(crate) async fn open(url: &str) -> Result<Conn, PgError> {
+        let mut config: tokio_postgres::Config = url.parse()?;
+        if config.get_application_name().is_none() {
+            config.application_name("semel broker");
         }
-    });
-    client.batch_execute("SET synchronous_commit = on").await?;
-    Ok((client, connection))
+        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let connection = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            }
+        });
+        client.batch_execute("SET synchronous_commit = on").await?;
+        Ok(Conn {
+            url: url.to_owned(),
+            client,
+            connection,
+        })
+    }
+
+    /// The client, connected again first if the connection was lost.
+    pub(crate) async fn client(&mut self) -> Result<&mut tokio_postgres::Client, PgError> {
+        if self.client.is_closed() {
+            let fresh = Conn::open(&self.url).await?;
+            *self = fresh;
+            tracing::info!("PostgreSQL connection re-established");
+        }
+        Ok(&mut self.client)
+    }
 }
 
 /// Applies the migrations not applied yet, each in its transaction;
@@ -138,28 +173,9 @@ impl PgAudit {
     /// commit waiting for durability, and applies the migrations this
     /// binary knows.
     pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
-        let (client, connection) = open(url).await?;
-        let audit = PgAudit {
-            url: url.to_owned(),
-            client,
-            connection,
-        };
-        migrate(&audit.client).await?;
-        Ok(audit)
-    }
-
-    /// Connects again when the connection was lost (the database restarted,
-    /// a failover): the broker recovers without a restart. A transaction
-    /// that failed with the connection left nothing behind.
-    async fn reconnect_if_lost(&mut self) -> Result<(), PgError> {
-        if self.client.is_closed() {
-            let (client, connection) = open(&self.url).await?;
-            self.connection.abort();
-            self.client = client;
-            self.connection = connection;
-            tracing::info!("PostgreSQL connection re-established");
-        }
-        Ok(())
+        let conn = Conn::open(url).await?;
+        migrate(&conn.client).await?;
+        Ok(PgAudit { conn })
     }
 
     /// Gives a batch of records their places in the chain and makes them
@@ -168,8 +184,7 @@ impl PgAudit {
     /// inserted in one statement, and the head moved on. When this returns
     /// Ok, every entry is committed; when it fails, none has a place.
     pub async fn append(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
-        self.reconnect_if_lost().await?;
-        let tx = self.client.transaction().await?;
+        let tx = self.conn.client().await?.transaction().await?;
         let head = tx
             .query_one(
                 "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0 FOR UPDATE",
@@ -228,6 +243,7 @@ impl PgAudit {
     /// Entries in the log.
     pub async fn size(&self) -> Result<u64, PgError> {
         let n: i64 = self
+            .conn
             .client
             .query_one("SELECT next_sequence FROM audit_head WHERE id = 0", &[])
             .await?
@@ -238,6 +254,7 @@ impl PgAudit {
     /// The canonical encodings of entries `from..to`, in order.
     pub async fn encodings(&self, from: u64, to: u64) -> Result<Vec<Vec<u8>>, PgError> {
         let rows = self
+            .conn
             .client
             .query(
                 "SELECT sequence, encoding FROM audit_entries \

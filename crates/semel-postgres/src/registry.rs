@@ -16,15 +16,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::{PgError, migrate, open};
+use crate::{Conn, PgError, migrate};
 
 const CHANNEL: &str = "semel_registry";
 
 /// One broker's connection to the registry.
 pub struct PgRegistry {
-    url: String,
-    client: tokio_postgres::Client,
-    connection: tokio::task::JoinHandle<()>,
+    conn: Conn,
 }
 
 impl std::fmt::Debug for PgRegistry {
@@ -33,17 +31,11 @@ impl std::fmt::Debug for PgRegistry {
     }
 }
 
-impl Drop for PgRegistry {
-    fn drop(&mut self) {
-        self.connection.abort();
-    }
-}
-
-fn encode<T: Serialize>(value: &T) -> Result<String, PgError> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<String, PgError> {
     serde_json::to_string(value).map_err(|e| PgError::Corrupt(format!("encode a record: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(text: &str) -> Result<T, PgError> {
+pub(crate) fn decode<T: DeserializeOwned>(text: &str) -> Result<T, PgError> {
     serde_json::from_str(text).map_err(|e| PgError::Corrupt(format!("a registry record: {e}")))
 }
 
@@ -68,28 +60,15 @@ async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, PgError> {
 impl PgRegistry {
     /// Connects and applies the migrations this binary knows.
     pub async fn connect(url: &str) -> Result<PgRegistry, PgError> {
-        let (client, connection) = open(url).await?;
-        migrate(&client).await?;
-        Ok(PgRegistry {
-            url: url.to_owned(),
-            client,
-            connection,
-        })
-    }
-
-    async fn reconnect_if_lost(&mut self) -> Result<(), PgError> {
-        if self.client.is_closed() {
-            let (client, connection) = open(&self.url).await?;
-            self.connection.abort();
-            self.client = client;
-            self.connection = connection;
-        }
-        Ok(())
+        let conn = Conn::open(url).await?;
+        migrate(&conn.client).await?;
+        Ok(PgRegistry { conn })
     }
 
     /// The registry's version: it moves with every change.
     pub async fn version(&self) -> Result<u64, PgError> {
         let v: i64 = self
+            .conn
             .client
             .query_one("SELECT version FROM registry_version WHERE id = 0", &[])
             .await?
@@ -104,9 +83,8 @@ impl PgRegistry {
         key: &str,
         value: &T,
     ) -> Result<u64, PgError> {
-        self.reconnect_if_lost().await?;
         let value = encode(value)?;
-        let tx = self.client.transaction().await?;
+        let tx = self.conn.client().await?.transaction().await?;
         tx.execute(
             "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
              ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
@@ -119,7 +97,8 @@ impl PgRegistry {
     }
 
     async fn all<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, PgError> {
-        self.client
+        self.conn
+            .client
             .query(
                 "SELECT value::text FROM registry_records WHERE kind = $1 ORDER BY key",
                 &[&kind],
@@ -160,10 +139,9 @@ impl PgRegistry {
     /// cannot silently overwrite each other: the second gets
     /// [`PgError::Conflict`].
     pub async fn put_authorisation(&mut self, auth: &Authorisation) -> Result<u64, PgError> {
-        self.reconnect_if_lost().await?;
         let value = encode(auth)?;
         let reference = auth.reference.as_str();
-        let tx = self.client.transaction().await?;
+        let tx = self.conn.client().await?.transaction().await?;
         let current: Option<Authorisation> = tx
             .query_opt(
                 "SELECT value::text FROM registry_records \
@@ -216,7 +194,8 @@ impl PgRegistry {
         &self,
         reference: &str,
     ) -> Result<Vec<Authorisation>, PgError> {
-        self.client
+        self.conn
+            .client
             .query(
                 "SELECT value::text FROM registry_authorisation_history \
                  WHERE reference = $1 ORDER BY version",
@@ -234,10 +213,9 @@ impl PgRegistry {
         &mut self,
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, PgError> {
-        self.reconnect_if_lost().await?;
         let key = revoked.id.key();
         let value = encode(revoked)?;
-        let tx = self.client.transaction().await?;
+        let tx = self.conn.client().await?.transaction().await?;
         let inserted = tx
             .execute(
                 "INSERT INTO registry_records (kind, key, value) \

@@ -158,6 +158,7 @@ impl PgAudit {
     /// The tree's integrated size and root.
     pub async fn tree_head(&self) -> Result<TreeHead, PgError> {
         let row = self
+            .conn
             .client
             .query_one("SELECT size, root FROM audit_tree_state WHERE id = 0", &[])
             .await?;
@@ -178,8 +179,7 @@ impl PgAudit {
         max_entries: u64,
         signer: &NoteSigner,
     ) -> Result<Integrated, PgError> {
-        self.reconnect_if_lost().await?;
-        let tx = self.client.transaction().await?;
+        let tx = self.conn.client().await?.transaction().await?;
         let locked: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&INTEGRATION_LOCK])
             .await?
@@ -294,6 +294,7 @@ impl PgAudit {
     /// The latest signed checkpoint's note, if any.
     pub async fn latest_checkpoint(&self) -> Result<Option<String>, PgError> {
         Ok(self
+            .conn
             .client
             .query_opt(
                 "SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
@@ -350,7 +351,7 @@ impl PgAudit {
         for (start, end) in asked.0.into_inner() {
             perfect_nodes(start, end, &mut wanted);
         }
-        Self::nodes(&self.client, &wanted).await
+        Self::nodes(&self.conn.client, &wanted).await
     }
 }
 

@@ -31,8 +31,9 @@ pub use audit::{
     Appended, ArchiveReport, ArchiveState, AuditError, AuditLog, AuditQuery, AuditStats,
     ChainReport, CheckpointSettings, SignedCheckpoint, StoredEntry,
 };
-pub use persons::{Persons, Resolved};
+pub use persons::Persons;
 pub use registry::{Registry, RegistryUndo};
+pub use semel_core::persons::Resolved;
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
 /// `Corrupt` means the data on disk is not what Semel wrote.
@@ -58,6 +59,18 @@ pub enum StoreError {
     /// beyond its end, an entry beyond a checkpoint.
     #[error("{0}")]
     OutOfRange(String),
+}
+
+impl From<StoreError> for semel_storage::StorageError {
+    fn from(e: StoreError) -> Self {
+        use semel_storage::StorageError as S;
+        match e {
+            StoreError::Conflict(m) => S::Conflict(m),
+            StoreError::Corrupt(m) => S::Corrupt(m),
+            StoreError::OutOfRange(m) => S::Conflict(m),
+            e @ (StoreError::Io { .. } | StoreError::Sled { .. }) => S::Unavailable(e.to_string()),
+        }
+    }
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {

@@ -13,14 +13,11 @@
 //!
 //! Every write is made durable (sled flush and fsync) before it returns.
 
+use semel_core::persons::{MAX_REPLACEMENT_CHAIN as MAX_CHAIN, Resolved};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 
 use crate::registry::{decode, encode};
 use crate::{Registry, StoreError, sled_err};
-
-/// How many replacements are followed before giving up (a loop would be a
-/// register error).
-const MAX_CHAIN: usize = 8;
 
 /// The persons directory and consents.
 #[derive(Clone)]
@@ -30,25 +27,6 @@ pub struct Persons {
     consents: sled::Tree,
     replacements: sled::Tree,
     replaced_by: sled::Tree,
-}
-
-/// A national number, resolved through its replacements.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    /// The number in force.
-    pub current: Niss,
-    /// The number as given, when it was replaced.
-    pub given: Option<Niss>,
-    /// Every number the current one replaced (directly or not): files and
-    /// consents registered under them still count.
-    pub former: Vec<Niss>,
-}
-
-impl Resolved {
-    /// The current number, then the former ones.
-    pub fn numbers(&self) -> impl Iterator<Item = &Niss> {
-        std::iter::once(&self.current).chain(self.former.iter())
-    }
 }
 
 fn file_key(consumer: &Kbo, citizen: &Niss, id: &str) -> Vec<u8> {
@@ -255,6 +233,69 @@ impl Persons {
             given: (current != *given).then_some(*given),
             former,
         })
+    }
+}
+
+/// The embedded store behind the storage port (sled is synchronous and
+/// fast: each call completes before the future is first polled).
+#[async_trait::async_trait]
+impl semel_storage::PersonsStore for Persons {
+    async fn put_files(&self, files: &[PersonFile]) -> Result<(), semel_storage::StorageError> {
+        Ok(Persons::put_files(self, files)?)
+    }
+
+    async fn delete_file(&self, file: &PersonFile) -> Result<(), semel_storage::StorageError> {
+        Ok(Persons::delete_file(self, file)?)
+    }
+
+    async fn file(
+        &self,
+        consumer: &Kbo,
+        citizen: &Niss,
+        id: &str,
+    ) -> Result<Option<PersonFile>, semel_storage::StorageError> {
+        Ok(Persons::file(self, consumer, citizen, id)?)
+    }
+
+    async fn files_of(
+        &self,
+        consumer: &Kbo,
+        citizen: &Resolved,
+    ) -> Result<Vec<PersonFile>, semel_storage::StorageError> {
+        Ok(Persons::files_of(self, consumer, citizen)?)
+    }
+
+    async fn put_consent(&self, consent: &Consent) -> Result<(), semel_storage::StorageError> {
+        Ok(Persons::put_consent(self, consent)?)
+    }
+
+    async fn delete_consent(&self, consent: &Consent) -> Result<(), semel_storage::StorageError> {
+        Ok(Persons::delete_consent(self, consent)?)
+    }
+
+    async fn consents_of(
+        &self,
+        citizen: &Resolved,
+    ) -> Result<Vec<Consent>, semel_storage::StorageError> {
+        Ok(Persons::consents_of(self, citizen)?)
+    }
+
+    async fn replace(
+        &self,
+        r: &NumberReplacement,
+    ) -> Result<NumberReplacement, semel_storage::StorageError> {
+        Ok(Persons::replace(self, r)?)
+    }
+
+    async fn unreplace(
+        &self,
+        old: &Niss,
+    ) -> Result<Option<NumberReplacement>, semel_storage::StorageError> {
+        Ok(Persons::unreplace(self, old)?)
+    }
+
+    async fn resolve(&self, given: &Niss) -> Result<Resolved, semel_storage::StorageError> {
+        Ok(Persons::resolve(self, given)?)
     }
 }
 

@@ -1,0 +1,287 @@
+//! The persons directory, consents and number replacements on PostgreSQL,
+//! behind the storage port ([`semel_storage::PersonsStore`]); the same
+//! rules as the embedded store, held by the conformance suite.
+//!
+//! Replacements serialise on a table lock (they are rare, and a loop check
+//! must see every other replacement made at the same time).
+
+use semel_core::persons::{MAX_REPLACEMENT_CHAIN, Resolved};
+use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
+use semel_storage::{PersonsStore, StorageError};
+use tokio::sync::Mutex;
+
+use crate::registry::{decode, encode};
+use crate::{Conn, PgError, migrate};
+
+/// One broker's connection to the persons directory.
+pub struct PgPersons {
+    conn: Mutex<Conn>,
+}
+
+impl std::fmt::Debug for PgPersons {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgPersons").finish_non_exhaustive()
+    }
+}
+
+impl From<PgError> for StorageError {
+    fn from(e: PgError) -> Self {
+        match e {
+            PgError::Conflict(m) => StorageError::Conflict(m),
+            PgError::Corrupt(m) => StorageError::Corrupt(m),
+            e => StorageError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+fn parse_niss(s: &str) -> Result<Niss, PgError> {
+    Niss::parse(s).map_err(|_| PgError::Corrupt("a stored national number is malformed".into()))
+}
+
+fn numbers(citizen: &Resolved) -> Vec<String> {
+    citizen.numbers().map(|n| n.as_str().to_owned()).collect()
+}
+
+impl PgPersons {
+    /// Connects and applies the migrations this binary knows.
+    pub async fn connect(url: &str) -> Result<PgPersons, PgError> {
+        let conn = Conn::open(url).await?;
+        migrate(&conn.client).await?;
+        Ok(PgPersons {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    async fn replacement(
+        client: &impl tokio_postgres::GenericClient,
+        old: &Niss,
+    ) -> Result<Option<NumberReplacement>, PgError> {
+        client
+            .query_opt(
+                "SELECT value::text FROM number_replacements WHERE old = $1",
+                &[&old.as_str()],
+            )
+            .await?
+            .map(|r| decode(r.get(0)))
+            .transpose()
+    }
+
+    async fn resolve_with(
+        client: &impl tokio_postgres::GenericClient,
+        given: &Niss,
+    ) -> Result<Resolved, PgError> {
+        let mut current = *given;
+        for _ in 0..MAX_REPLACEMENT_CHAIN {
+            match Self::replacement(client, &current).await? {
+                Some(r) => current = r.new,
+                None => break,
+            }
+        }
+        let mut former: Vec<Niss> = Vec::new();
+        let mut frontier = vec![current.as_str().to_owned()];
+        while !frontier.is_empty() && former.len() < MAX_REPLACEMENT_CHAIN * 4 {
+            let rows = client
+                .query(
+                    "SELECT old FROM number_replacements WHERE new = ANY($1) ORDER BY old",
+                    &[&frontier],
+                )
+                .await?;
+            frontier.clear();
+            for r in rows {
+                let old = parse_niss(r.get(0))?;
+                if old != current
+                    && !former.contains(&old)
+                    && former.len() < MAX_REPLACEMENT_CHAIN * 4
+                {
+                    former.push(old);
+                    frontier.push(old.as_str().to_owned());
+                }
+            }
+        }
+        Ok(Resolved {
+            current,
+            given: (current != *given).then_some(*given),
+            former,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PersonsStore for PgPersons {
+    async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock().await;
+        let client = conn.client().await?;
+        let (mut consumers, mut citizens, mut ids, mut values) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for f in files {
+            consumers.push(f.consumer.as_str().to_owned());
+            citizens.push(f.citizen.as_str().to_owned());
+            ids.push(f.id.clone());
+            values.push(encode(f)?);
+        }
+        client
+            .execute(
+                "INSERT INTO person_files (consumer, citizen, id, value) \
+                 SELECT c, n, i, v::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(c, n, i, v) \
+                 ON CONFLICT (consumer, citizen, id) DO UPDATE SET value = EXCLUDED.value",
+                &[&consumers, &citizens, &ids, &values],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock().await;
+        conn.client()
+            .await?
+            .execute(
+                "DELETE FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
+                &[&file.consumer.as_str(), &file.citizen.as_str(), &file.id],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn file(
+        &self,
+        consumer: &Kbo,
+        citizen: &Niss,
+        id: &str,
+    ) -> Result<Option<PersonFile>, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let row = conn
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
+                &[&consumer.as_str(), &citizen.as_str(), &id],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(row.map(|r| decode(r.get(0))).transpose()?)
+    }
+
+    async fn files_of(
+        &self,
+        consumer: &Kbo,
+        citizen: &Resolved,
+    ) -> Result<Vec<PersonFile>, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let rows = conn
+            .client()
+            .await?
+            .query(
+                "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = ANY($2) \
+                 ORDER BY citizen, id",
+                &[&consumer.as_str(), &numbers(citizen)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock().await;
+        conn.client()
+            .await?
+            .execute(
+                "INSERT INTO consents (citizen, id, value) VALUES ($1, $2, $3::text::jsonb) \
+                 ON CONFLICT (citizen, id) DO UPDATE SET value = EXCLUDED.value",
+                &[&consent.citizen.as_str(), &consent.id, &encode(consent)?],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn delete_consent(&self, consent: &Consent) -> Result<(), StorageError> {
+        let mut conn = self.conn.lock().await;
+        conn.client()
+            .await?
+            .execute(
+                "DELETE FROM consents WHERE citizen = $1 AND id = $2",
+                &[&consent.citizen.as_str(), &consent.id],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn consents_of(&self, citizen: &Resolved) -> Result<Vec<Consent>, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let rows = conn
+            .client()
+            .await?
+            .query(
+                "SELECT value::text FROM consents WHERE citizen = ANY($1) ORDER BY citizen, id",
+                &[&numbers(citizen)],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
+        if r.old == r.new {
+            return Err(StorageError::Conflict(
+                "a number cannot replace itself".into(),
+            ));
+        }
+        let mut conn = self.conn.lock().await;
+        let client = conn.client().await?;
+        let tx = client.transaction().await.map_err(PgError::from)?;
+        tx.batch_execute("LOCK TABLE number_replacements IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(PgError::from)?;
+        if let Some(existing) = Self::replacement(&tx, &r.old).await? {
+            if existing.new == r.new {
+                return Ok(existing);
+            }
+            return Err(StorageError::Conflict(
+                "this number was already replaced by another one".into(),
+            ));
+        }
+        if Self::resolve_with(&tx, &r.new).await?.current == r.old {
+            return Err(StorageError::Conflict(
+                "the new number already leads to the old one; this replacement would make a loop"
+                    .into(),
+            ));
+        }
+        tx.execute(
+            "INSERT INTO number_replacements (old, new, value) VALUES ($1, $2, $3::text::jsonb)",
+            &[&r.old.as_str(), &r.new.as_str(), &encode(r)?],
+        )
+        .await
+        .map_err(PgError::from)?;
+        tx.commit().await.map_err(PgError::from)?;
+        Ok(r.clone())
+    }
+
+    async fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let row = conn
+            .client()
+            .await?
+            .query_opt(
+                "DELETE FROM number_replacements WHERE old = $1 RETURNING value::text",
+                &[&old.as_str()],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(row.map(|r| decode(r.get(0))).transpose()?)
+    }
+
+    async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let client = conn.client().await?;
+        Ok(Self::resolve_with(&*client, given).await?)
+    }
+}

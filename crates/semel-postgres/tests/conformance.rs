@@ -1,0 +1,17 @@
+//! The storage port's conformance suite, on PostgreSQL (the same cases the
+//! embedded store passes in `crates/semel-store/tests/conformance.rs`).
+
+use semel_postgres::{PgPersons, testing::TestDatabase};
+use semel_storage::PersonsStore;
+use semel_storage::conformance::Subject;
+
+async fn fresh() -> Option<Subject<dyn PersonsStore>> {
+    let db = TestDatabase::start("conformance").await?;
+    let store = PgPersons::connect(&db.url).await.expect("connect");
+    Some(Subject {
+        store: Box::new(store),
+        keep: Box::new(db),
+    })
+}
+
+semel_storage::persons_conformance!(fresh());

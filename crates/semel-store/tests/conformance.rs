@@ -1,0 +1,15 @@
+//! The storage port's conformance suite, on the embedded store.
+
+use semel_storage::PersonsStore;
+use semel_storage::conformance::Subject;
+
+async fn fresh() -> Option<Subject<dyn PersonsStore>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = semel_store::Store::open(dir.path()).expect("open");
+    Some(Subject {
+        store: Box::new(store.persons().clone()),
+        keep: Box::new((store, dir)),
+    })
+}
+
+semel_storage::persons_conformance!(fresh());
