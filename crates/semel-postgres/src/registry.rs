@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use semel_core::{Authorisation, Dataset, Organisation, Purpose, RevokedCertificate};
+use semel_storage::StorageError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -22,7 +23,7 @@ const CHANNEL: &str = "semel_registry";
 
 /// One broker's connection to the registry.
 pub struct PgRegistry {
-    conn: Conn,
+    conn: tokio::sync::Mutex<Conn>,
 }
 
 impl std::fmt::Debug for PgRegistry {
@@ -62,14 +63,19 @@ impl PgRegistry {
     pub async fn connect(url: &str) -> Result<PgRegistry, PgError> {
         let conn = Conn::open(url).await?;
         migrate(&conn.client).await?;
-        Ok(PgRegistry { conn })
+        Ok(PgRegistry {
+            conn: tokio::sync::Mutex::new(conn),
+        })
     }
 
     /// The registry's version: it moves with every change.
     pub async fn version(&self) -> Result<u64, PgError> {
         let v: i64 = self
             .conn
-            .client
+            .lock()
+            .await
+            .client()
+            .await?
             .query_one("SELECT version FROM registry_version WHERE id = 0", &[])
             .await?
             .get(0);
@@ -77,14 +83,10 @@ impl PgRegistry {
     }
 
     /// Inserts or replaces one record; returns the registry's new version.
-    async fn put<T: Serialize>(
-        &mut self,
-        kind: &str,
-        key: &str,
-        value: &T,
-    ) -> Result<u64, PgError> {
+    async fn put<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<u64, PgError> {
         let value = encode(value)?;
-        let tx = self.conn.client().await?.transaction().await?;
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
         tx.execute(
             "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
              ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
@@ -98,9 +100,12 @@ impl PgRegistry {
 
     async fn all<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, PgError> {
         self.conn
-            .client
+            .lock()
+            .await
+            .client()
+            .await?
             .query(
-                "SELECT value::text FROM registry_records WHERE kind = $1 ORDER BY key",
+                "SELECT value::text FROM registry_records WHERE kind = $1 ORDER BY key COLLATE \"C\"",
                 &[&kind],
             )
             .await?
@@ -110,7 +115,7 @@ impl PgRegistry {
     }
 
     /// Stores an organisation (insert or replace): a suspension, for one.
-    pub async fn put_organisation(&mut self, org: &Organisation) -> Result<u64, PgError> {
+    pub async fn put_organisation(&self, org: &Organisation) -> Result<u64, PgError> {
         self.put("organisation", org.kbo.as_str(), org).await
     }
 
@@ -118,7 +123,7 @@ impl PgRegistry {
         self.all("organisation").await
     }
 
-    pub async fn put_dataset(&mut self, dataset: &Dataset) -> Result<u64, PgError> {
+    pub async fn put_dataset(&self, dataset: &Dataset) -> Result<u64, PgError> {
         self.put("dataset", dataset.name.as_str(), dataset).await
     }
 
@@ -126,7 +131,7 @@ impl PgRegistry {
         self.all("dataset").await
     }
 
-    pub async fn put_purpose(&mut self, purpose: &Purpose) -> Result<u64, PgError> {
+    pub async fn put_purpose(&self, purpose: &Purpose) -> Result<u64, PgError> {
         self.put("purpose", purpose.code.as_str(), purpose).await
     }
 
@@ -138,10 +143,11 @@ impl PgRegistry {
     /// the stored one, so two changes made at once through two brokers
     /// cannot silently overwrite each other: the second gets
     /// [`PgError::Conflict`].
-    pub async fn put_authorisation(&mut self, auth: &Authorisation) -> Result<u64, PgError> {
+    pub async fn put_authorisation(&self, auth: &Authorisation) -> Result<u64, PgError> {
         let value = encode(auth)?;
         let reference = auth.reference.as_str();
-        let tx = self.conn.client().await?.transaction().await?;
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
         let current: Option<Authorisation> = tx
             .query_opt(
                 "SELECT value::text FROM registry_records \
@@ -195,7 +201,10 @@ impl PgRegistry {
         reference: &str,
     ) -> Result<Vec<Authorisation>, PgError> {
         self.conn
-            .client
+            .lock()
+            .await
+            .client()
+            .await?
             .query(
                 "SELECT value::text FROM registry_authorisation_history \
                  WHERE reference = $1 ORDER BY version",
@@ -210,12 +219,13 @@ impl PgRegistry {
     /// Records a revocation; revoking again keeps the first record, which
     /// is returned.
     pub async fn revoke_certificate(
-        &mut self,
+        &self,
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, PgError> {
         let key = revoked.id.key();
         let value = encode(revoked)?;
-        let tx = self.conn.client().await?.transaction().await?;
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
         let inserted = tx
             .execute(
                 "INSERT INTO registry_records (kind, key, value) \
@@ -240,6 +250,64 @@ impl PgRegistry {
 
     pub async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, PgError> {
         self.all("revoked_certificate").await
+    }
+}
+
+/// Key order is byte order (`COLLATE "C"`), as the embedded store lists.
+#[async_trait::async_trait]
+impl semel_storage::RegistryStore for PgRegistry {
+    async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError> {
+        PgRegistry::put_organisation(self, org).await?;
+        Ok(())
+    }
+
+    async fn organisations(&self) -> Result<Vec<Organisation>, StorageError> {
+        Ok(PgRegistry::organisations(self).await?)
+    }
+
+    async fn put_dataset(&self, dataset: &Dataset) -> Result<(), StorageError> {
+        PgRegistry::put_dataset(self, dataset).await?;
+        Ok(())
+    }
+
+    async fn datasets(&self) -> Result<Vec<Dataset>, StorageError> {
+        Ok(PgRegistry::datasets(self).await?)
+    }
+
+    async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
+        PgRegistry::put_purpose(self, purpose).await?;
+        Ok(())
+    }
+
+    async fn purposes(&self) -> Result<Vec<Purpose>, StorageError> {
+        Ok(PgRegistry::purposes(self).await?)
+    }
+
+    async fn put_authorisation(&self, auth: &Authorisation) -> Result<(), StorageError> {
+        PgRegistry::put_authorisation(self, auth).await?;
+        Ok(())
+    }
+
+    async fn authorisations(&self) -> Result<Vec<Authorisation>, StorageError> {
+        Ok(PgRegistry::authorisations(self).await?)
+    }
+
+    async fn authorisation_history(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<Authorisation>, StorageError> {
+        Ok(PgRegistry::authorisation_history(self, reference).await?)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        revoked: &RevokedCertificate,
+    ) -> Result<RevokedCertificate, StorageError> {
+        Ok(PgRegistry::revoke_certificate(self, revoked).await?)
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError> {
+        Ok(PgRegistry::revoked_certificates(self).await?)
     }
 }
 

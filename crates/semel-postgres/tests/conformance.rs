@@ -15,3 +15,16 @@ async fn fresh() -> Option<Subject<dyn PersonsStore>> {
 }
 
 semel_storage::persons_conformance!(fresh());
+
+async fn fresh_registry() -> Option<Subject<dyn semel_storage::RegistryStore>> {
+    let db = TestDatabase::start("conformance").await?;
+    let store = semel_postgres::PgRegistry::connect(&db.url)
+        .await
+        .expect("connect");
+    Some(Subject {
+        store: Box::new(store),
+        keep: Box::new(db),
+    })
+}
+
+semel_storage::registry_conformance!(fresh_registry());

@@ -62,8 +62,8 @@ async fn records_round_trip_and_concurrent_versions_conflict() {
     let Some(db) = TestDatabase::start("registry").await else {
         return;
     };
-    let mut a = PgRegistry::connect(&db.url).await.expect("broker a");
-    let mut b = PgRegistry::connect(&db.url).await.expect("broker b");
+    let a = PgRegistry::connect(&db.url).await.expect("broker a");
+    let b = PgRegistry::connect(&db.url).await.expect("broker b");
     let v0 = a.version().await.expect("version");
     a.put_organisation(&organisation(OrganisationStatus::Active))
         .await
@@ -127,7 +127,7 @@ async fn a_suspension_through_one_broker_reaches_the_others_watch() {
     let Some(db) = TestDatabase::start("registrywatch").await else {
         return;
     };
-    let mut a = PgRegistry::connect(&db.url).await.expect("broker a");
+    let a = PgRegistry::connect(&db.url).await.expect("broker a");
     let b = PgRegistry::connect(&db.url).await.expect("broker b");
     // Broker B polls only every 30 s here: what it sees within seconds
     // came by NOTIFY.

@@ -14,13 +14,47 @@ use semel_core::{
 };
 use time::macros::{date, datetime};
 
-use crate::{PersonsStore, StorageError};
+use crate::{PersonsStore, RegistryStore, StorageError};
 
 /// A store under test, with whatever must live as long as it (a temporary
 /// directory, a test database).
 pub struct Subject<S: ?Sized> {
     pub store: Box<S>,
     pub keep: Box<dyn std::any::Any + Send>,
+}
+
+/// Runs every registry case against stores made by `$make` (an expression
+/// of type `impl Future<Output = Option<Subject<dyn RegistryStore>>>`,
+/// evaluated once per case). Needs `tokio` with `macros` and `rt`.
+#[macro_export]
+macro_rules! registry_conformance {
+    ($make:expr) => {
+        mod registry_conformance {
+            use super::*;
+            $crate::conformance_cases!(registry, $make;
+                an_empty_registry_lists_nothing,
+                records_are_inserted_or_replaced_and_listed_in_key_order,
+                authorisation_versions_follow_each_other,
+                a_second_revocation_keeps_the_first,
+            );
+        }
+    };
+}
+
+/// One `#[tokio::test]` per case of a module of this suite.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! conformance_cases {
+    ($module:ident, $make:expr; $($case:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                let Some(subject) = $make.await else { return };
+                $crate::conformance::$module::$case(&*subject.store).await;
+                drop(subject);
+            }
+        )*
+    };
 }
 
 /// Runs every persons case against stores made by `$make` (an expression
@@ -31,7 +65,7 @@ macro_rules! persons_conformance {
     ($make:expr) => {
         mod persons_conformance {
             use super::*;
-            $crate::persons_conformance!(@cases $make;
+            $crate::conformance_cases!(persons, $make;
                 replacements_resolve_both_ways_and_refuse_loops,
                 chains_are_followed_to_the_number_in_force,
                 a_replacement_taken_back_separates_the_numbers_again,
@@ -39,16 +73,6 @@ macro_rules! persons_conformance {
                 consents_round_trip_and_count_under_former_numbers,
             );
         }
-    };
-    (@cases $make:expr; $($case:ident,)*) => {
-        $(
-            #[tokio::test]
-            async fn $case() {
-                let Some(subject) = $make.await else { return };
-                $crate::conformance::persons::$case(&*subject.store).await;
-                drop(subject);
-            }
-        )*
     };
 }
 
@@ -311,5 +335,220 @@ pub mod persons {
     fn sorted_consents(mut v: Vec<Consent>) -> Vec<Consent> {
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
+    }
+}
+
+/// The cases on the registry.
+pub mod registry {
+    use super::*;
+    use semel_core::{
+        Authorisation, AuthorisationRef, AuthorisationStatus, CertificateId, Dataset, DatasetName,
+        FieldDefinition, FieldName, FieldType, Organisation, OrganisationStatus, Purpose,
+        RevokedCertificate, Role,
+    };
+
+    fn organisation(number: &str, status: OrganisationStatus) -> Organisation {
+        Organisation {
+            kbo: kbo(number),
+            name: format!("organisation {number}"),
+            roles: [Role::Consumer].into_iter().collect(),
+            status,
+            created_at: datetime!(2026-01-01 0:00 UTC),
+        }
+    }
+
+    fn dataset(name: &str, description: &str) -> Dataset {
+        Dataset {
+            name: DatasetName::new(name).expect("dataset"),
+            source: kbo("0314595348"),
+            description: description.into(),
+            fields: vec![FieldDefinition {
+                name: FieldName::new("street").expect("field"),
+                description: "street".into(),
+                field_type: FieldType::String,
+            }],
+            endpoint: "https://127.0.0.1:7001".into(),
+            keeps_history: false,
+        }
+    }
+
+    fn purpose(code: &str) -> Purpose {
+        Purpose {
+            code: PurposeCode::new(code).expect("purpose"),
+            description: "a purpose".into(),
+            legal_basis: "a law".into(),
+        }
+    }
+
+    fn authorisation(reference: &str, version: u32, status: AuthorisationStatus) -> Authorisation {
+        Authorisation {
+            reference: AuthorisationRef::new(reference).expect("reference"),
+            consumer: kbo("0566988259"),
+            dataset: DatasetName::new("national_register.residence").expect("dataset"),
+            fields: [FieldName::new("street").expect("field")]
+                .into_iter()
+                .collect(),
+            purpose: PurposeCode::new("RIS_ELIGIBILITY").expect("purpose"),
+            legal_basis: "test".into(),
+            issuing_body: "test".into(),
+            valid_from: date!(2026 - 01 - 01),
+            valid_until: None,
+            status,
+            version,
+            updated_at: datetime!(2026-01-01 0:00 UTC),
+            confidential_until: None,
+            check_fields: Default::default(),
+            checks: Vec::new(),
+            capacities: Default::default(),
+            consent_required: false,
+        }
+    }
+
+    pub async fn an_empty_registry_lists_nothing(store: &dyn RegistryStore) {
+        assert!(store.organisations().await.expect("read").is_empty());
+        assert!(store.datasets().await.expect("read").is_empty());
+        assert!(store.purposes().await.expect("read").is_empty());
+        assert!(store.authorisations().await.expect("read").is_empty());
+        assert!(
+            store
+                .authorisation_history("BSC/2024/017")
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        assert!(store.revoked_certificates().await.expect("read").is_empty());
+    }
+
+    pub async fn records_are_inserted_or_replaced_and_listed_in_key_order(
+        store: &dyn RegistryStore,
+    ) {
+        let (a, b) = ("0566988259", "0314595348");
+        store
+            .put_organisation(&organisation(a, OrganisationStatus::Active))
+            .await
+            .expect("put");
+        store
+            .put_organisation(&organisation(b, OrganisationStatus::Active))
+            .await
+            .expect("put");
+        store
+            .put_organisation(&organisation(a, OrganisationStatus::Suspended))
+            .await
+            .expect("suspend");
+        assert_eq!(
+            store.organisations().await.expect("read"),
+            vec![
+                organisation(b, OrganisationStatus::Active),
+                organisation(a, OrganisationStatus::Suspended)
+            ]
+        );
+        // Byte order, not a locale's (which would skip punctuation):
+        // '-' < '.' < '_' < letters.
+        for (name, d) in [
+            ("ab", "v1"),
+            ("a_a", "v1"),
+            ("a.b", "v1"),
+            ("ab", "v2"),
+            ("a-c", "v1"),
+        ] {
+            store.put_dataset(&dataset(name, d)).await.expect("put");
+        }
+        assert_eq!(
+            store.datasets().await.expect("read"),
+            vec![
+                dataset("a-c", "v1"),
+                dataset("a.b", "v1"),
+                dataset("a_a", "v1"),
+                dataset("ab", "v2"),
+            ]
+        );
+        for code in ["SOCIAL_HOUSING", "RIS_ELIGIBILITY", "SOCIAL_HOUSING"] {
+            store.put_purpose(&purpose(code)).await.expect("put");
+        }
+        assert_eq!(
+            store.purposes().await.expect("read"),
+            vec![purpose("RIS_ELIGIBILITY"), purpose("SOCIAL_HOUSING")]
+        );
+    }
+
+    pub async fn authorisation_versions_follow_each_other(store: &dyn RegistryStore) {
+        use AuthorisationStatus::{Active, Suspended};
+        let r = "BSC/2024/017";
+        conflict(
+            store.put_authorisation(&authorisation(r, 2, Active)).await,
+            "a first version that is not 1",
+        );
+        store
+            .put_authorisation(&authorisation(r, 1, Active))
+            .await
+            .expect("version 1");
+        conflict(
+            store
+                .put_authorisation(&authorisation(r, 1, Suspended))
+                .await,
+            "version 1 again",
+        );
+        store
+            .put_authorisation(&authorisation(r, 2, Suspended))
+            .await
+            .expect("version 2");
+        conflict(
+            store.put_authorisation(&authorisation(r, 4, Active)).await,
+            "a skipped version",
+        );
+        store
+            .put_authorisation(&authorisation("BSC/2025/001", 1, Active))
+            .await
+            .expect("another authorisation");
+        assert_eq!(
+            store.authorisations().await.expect("read"),
+            vec![
+                authorisation(r, 2, Suspended),
+                authorisation("BSC/2025/001", 1, Active)
+            ]
+        );
+        assert_eq!(
+            store.authorisation_history(r).await.expect("history"),
+            vec![authorisation(r, 1, Active), authorisation(r, 2, Suspended)]
+        );
+        assert_eq!(
+            store
+                .authorisation_history("BSC/2024/01")
+                .await
+                .expect("history"),
+            vec![],
+            "a prefix of a reference is not the reference"
+        );
+    }
+
+    pub async fn a_second_revocation_keeps_the_first(store: &dyn RegistryStore) {
+        let first = RevokedCertificate {
+            id: CertificateId::Sha256("ab".repeat(32)),
+            reason: "key compromise".into(),
+            revoked_at: datetime!(2026-02-01 0:00 UTC),
+        };
+        assert_eq!(
+            store.revoke_certificate(&first).await.expect("revoke"),
+            first
+        );
+        let again = RevokedCertificate {
+            reason: "again".into(),
+            revoked_at: datetime!(2026-03-01 0:00 UTC),
+            ..first.clone()
+        };
+        assert_eq!(
+            store.revoke_certificate(&again).await.expect("again"),
+            first
+        );
+        let other = RevokedCertificate {
+            id: CertificateId::Serial("1f".into()),
+            ..first.clone()
+        };
+        store.revoke_certificate(&other).await.expect("another");
+        let mut all = store.revoked_certificates().await.expect("read");
+        all.sort_by_key(|r| r.id.key());
+        let mut expected = vec![first, other];
+        expected.sort_by_key(|r| r.id.key());
+        assert_eq!(all, expected);
     }
 }

@@ -3,15 +3,18 @@
 //! `semel-store`, PostgreSQL in `semel-postgres`), and the conformance
 //! suite ([`conformance`]) that holds them to it.
 //!
-//! Built so far: the persons directory, consents and number replacements
-//! ([`PersonsStore`]). The registry and the audit log follow (issue 16;
-//! `docs/storage-postgresql.md`).
+//! Built so far: the registry ([`RegistryStore`]) and the persons
+//! directory, consents and number replacements ([`PersonsStore`]). The
+//! audit log follows (issue 16; `docs/storage-postgresql.md`).
 
 pub mod conformance;
 
 use async_trait::async_trait;
 use semel_core::persons::Resolved;
-use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
+use semel_core::{
+    Authorisation, Consent, Dataset, Kbo, Niss, NumberReplacement, Organisation, PersonFile,
+    Purpose, RevokedCertificate,
+};
 
 /// Why storage failed, the same for every implementation.
 #[derive(Debug, thiserror::Error)]
@@ -79,4 +82,43 @@ pub trait PersonsStore: Send + Sync {
     /// [`semel_core::persons::MAX_REPLACEMENT_CHAIN`] steps), and finds the
     /// numbers that one replaced.
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError>;
+}
+
+/// The registry: organisations, datasets, purposes, authorisations (with
+/// every version) and revoked certificates. Lists come in key order (bytes
+/// of the KBO number, name, code or reference). Every write is durable
+/// when it returns.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
+    /// Stores an organisation (insert or replace: a suspension, for one).
+    async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError>;
+    async fn organisations(&self) -> Result<Vec<Organisation>, StorageError>;
+
+    /// Stores a dataset (insert or replace).
+    async fn put_dataset(&self, dataset: &Dataset) -> Result<(), StorageError>;
+    async fn datasets(&self) -> Result<Vec<Dataset>, StorageError>;
+
+    /// Stores a purpose (insert or replace).
+    async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError>;
+    async fn purposes(&self) -> Result<Vec<Purpose>, StorageError>;
+
+    /// Stores a new version of an authorisation; the version must follow
+    /// the stored one ([`StorageError::Conflict`] otherwise), so two changes
+    /// made at once cannot silently overwrite each other.
+    async fn put_authorisation(&self, auth: &Authorisation) -> Result<(), StorageError>;
+    /// The current version of every authorisation.
+    async fn authorisations(&self) -> Result<Vec<Authorisation>, StorageError>;
+    /// Every stored version of one authorisation, oldest first.
+    async fn authorisation_history(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<Authorisation>, StorageError>;
+
+    /// Records a revocation; revoking again keeps the first record, which
+    /// is returned.
+    async fn revoke_certificate(
+        &self,
+        revoked: &RevokedCertificate,
+    ) -> Result<RevokedCertificate, StorageError>;
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError>;
 }

@@ -11,6 +11,8 @@ use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCert
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use semel_storage::StorageError;
+
 use crate::{StoreError, io_err, sled_err};
 
 /// The registry trees.
@@ -245,6 +247,61 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Corrupt(format!("decode registry record: {e}")))
+}
+
+/// The embedded registry behind the storage port (sled is synchronous and
+/// fast: each call completes before the future is first polled).
+#[async_trait::async_trait]
+impl semel_storage::RegistryStore for Registry {
+    async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError> {
+        Ok(Registry::put_organisation(self, org)?)
+    }
+
+    async fn organisations(&self) -> Result<Vec<Organisation>, StorageError> {
+        Ok(Registry::organisations(self)?)
+    }
+
+    async fn put_dataset(&self, dataset: &Dataset) -> Result<(), StorageError> {
+        Ok(Registry::put_dataset(self, dataset)?)
+    }
+
+    async fn datasets(&self) -> Result<Vec<Dataset>, StorageError> {
+        Ok(Registry::datasets(self)?)
+    }
+
+    async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
+        Ok(Registry::put_purpose(self, purpose)?)
+    }
+
+    async fn purposes(&self) -> Result<Vec<Purpose>, StorageError> {
+        Ok(Registry::purposes(self)?)
+    }
+
+    async fn put_authorisation(&self, auth: &Authorisation) -> Result<(), StorageError> {
+        Ok(Registry::put_authorisation(self, auth)?)
+    }
+
+    async fn authorisations(&self) -> Result<Vec<Authorisation>, StorageError> {
+        Ok(Registry::authorisations(self)?)
+    }
+
+    async fn authorisation_history(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<Authorisation>, StorageError> {
+        Ok(Registry::authorisation_history(self, reference)?)
+    }
+
+    async fn revoke_certificate(
+        &self,
+        revoked: &RevokedCertificate,
+    ) -> Result<RevokedCertificate, StorageError> {
+        Ok(Registry::revoke_certificate(self, revoked)?)
+    }
+
+    async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError> {
+        Ok(Registry::revoked_certificates(self)?)
+    }
 }
 
 #[cfg(test)]

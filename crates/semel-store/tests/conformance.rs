@@ -13,3 +13,14 @@ async fn fresh() -> Option<Subject<dyn PersonsStore>> {
 }
 
 semel_storage::persons_conformance!(fresh());
+
+async fn fresh_registry() -> Option<Subject<dyn semel_storage::RegistryStore>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = semel_store::Store::open(dir.path()).expect("open");
+    Some(Subject {
+        store: Box::new(store.registry().clone()),
+        keep: Box::new((store, dir)),
+    })
+}
+
+semel_storage::registry_conformance!(fresh_registry());
