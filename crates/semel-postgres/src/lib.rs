@@ -13,11 +13,13 @@
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+mod log;
 mod persons;
 mod registry;
 pub mod testing;
 mod tree;
 
+pub use log::PgAuditLog;
 pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
@@ -238,6 +240,25 @@ impl PgAudit {
         .await?;
         tx.commit().await?;
         Ok(placed)
+    }
+
+    /// The number of entries in the log and the hash of the last one.
+    pub async fn head(&self) -> Result<(u64, Hash), PgError> {
+        let row = self
+            .conn
+            .client
+            .query_one(
+                "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0",
+                &[],
+            )
+            .await?;
+        let size = u64::try_from(row.get::<_, i64>(0))
+            .map_err(|_| PgError::Corrupt("a negative size".into()))?;
+        let hash = row
+            .get::<_, Vec<u8>>(1)
+            .try_into()
+            .map_err(|_| PgError::Corrupt("the last hash is not 32 bytes".into()))?;
+        Ok((size, hash))
     }
 
     /// Entries in the log.

@@ -291,6 +291,15 @@ impl PgAudit {
         })
     }
 
+    /// The root of the tree of the first `size` entries (integrated).
+    pub async fn root(&self, size: u64) -> Result<Hash, PgError> {
+        self.integrated(size).await?;
+        let parts = peaks(size);
+        Self::nodes(&self.conn.client, &parts)
+            .await?
+            .combine(&parts)
+    }
+
     /// The latest signed checkpoint's note, if any.
     pub async fn latest_checkpoint(&self) -> Result<Option<String>, PgError> {
         Ok(self
@@ -334,9 +343,9 @@ impl PgAudit {
     /// The consistency proof from the tree of `old` entries to the tree of
     /// `new` (RFC 6962), read in one query.
     pub async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, PgError> {
-        if old > new {
+        if old == 0 || old > new {
             return Err(PgError::OutOfRange(format!(
-                "a tree of {old} cannot grow into one of {new}"
+                "no consistency proof from {old} to {new} entries: the first size must be between 1 and the second"
             )));
         }
         self.integrated(new).await?;

@@ -28,3 +28,21 @@ async fn fresh_registry() -> Option<Subject<dyn semel_storage::RegistryStore>> {
 }
 
 semel_storage::registry_conformance!(fresh_registry());
+
+async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
+    let db = TestDatabase::start("conformance").await?;
+    let signer = semel_core::checkpoint::NoteSigner::new(
+        "semel.test/audit",
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+    );
+    let store =
+        semel_postgres::PgAuditLog::start(&db.url, signer, std::time::Duration::from_millis(20))
+            .await
+            .expect("start");
+    Some(Subject {
+        store: Box::new(store),
+        keep: Box::new(db),
+    })
+}
+
+semel_storage::audit_conformance!(fresh_audit());

@@ -14,7 +14,7 @@ use semel_core::{
 };
 use time::macros::{date, datetime};
 
-use crate::{PersonsStore, RegistryStore, StorageError};
+use crate::{AuditStore, PersonsStore, RegistryStore, StorageError};
 
 /// A store under test, with whatever must live as long as it (a temporary
 /// directory, a test database).
@@ -36,6 +36,23 @@ macro_rules! registry_conformance {
                 records_are_inserted_or_replaced_and_listed_in_key_order,
                 authorisation_versions_follow_each_other,
                 a_second_revocation_keeps_the_first,
+            );
+        }
+    };
+}
+
+/// Runs every audit case against stores made by `$make` (an expression of
+/// type `impl Future<Output = Option<Subject<dyn AuditStore>>>`, evaluated
+/// once per case). Needs `tokio` with `macros` and `rt`.
+#[macro_export]
+macro_rules! audit_conformance {
+    ($make:expr) => {
+        mod audit_conformance {
+            use super::*;
+            $crate::conformance_cases!(audit, $make;
+                appends_are_dense_chained_and_durable,
+                proofs_verify_against_the_root,
+                requests_beyond_the_log_are_out_of_range,
             );
         }
     };
@@ -550,5 +567,137 @@ pub mod registry {
         let mut expected = vec![first, other];
         expected.sort_by_key(|r| r.id.key());
         assert_eq!(all, expected);
+    }
+}
+
+/// The cases on the audit log.
+pub mod audit {
+    use super::*;
+    use semel_core::merkle::{CompactRange, verify_consistency, verify_inclusion};
+    use semel_core::{
+        AuditDecision, AuditEntry, AuditRecord, Hash, Outcome, ZERO_HASH, entry_hash,
+    };
+
+    fn record(i: u64) -> AuditRecord {
+        AuditRecord {
+            request_id: [(i % 251) as u8; 16],
+            time_micros: 1_767_225_600_000_000 + i as i64,
+            operation: semel_core::LOOKUP_OPERATION.into(),
+            consumer: kbo(if i.is_multiple_of(2) {
+                "0566988259"
+            } else {
+                "0314595348"
+            }),
+            end_user: Some(format!("clerk-{i}")),
+            citizen: Some(niss("93051822361")),
+            dataset: "national_register.residence".into(),
+            fields_requested: vec!["street".into()],
+            fields_returned: if i.is_multiple_of(3) {
+                vec![]
+            } else {
+                vec!["street".into()]
+            },
+            purpose: "RIS_ELIGIBILITY".into(),
+            authorisation: Some("BSC/2024/017".into()),
+            decision: if i.is_multiple_of(3) {
+                AuditDecision::Refused
+            } else {
+                AuditDecision::Allowed
+            },
+            reason: None,
+            outcome: Outcome::Answered,
+            source: None,
+            consumer_reference: String::new(),
+            reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: String::new(),
+        }
+    }
+
+    async fn fill(store: &dyn AuditStore, n: u64) -> Vec<Hash> {
+        let mut hashes = Vec::new();
+        for i in 0..n {
+            let a = store.append(record(i)).await.expect("append");
+            assert_eq!(a.sequence, i, "dense sequences");
+            hashes.push(a.hash);
+        }
+        hashes
+    }
+
+    fn out_of_range<T: std::fmt::Debug>(r: Result<T, StorageError>, what: &str) {
+        assert!(
+            matches!(r, Err(StorageError::OutOfRange(_))),
+            "{what}: expected out of range, got {r:?}"
+        );
+    }
+
+    pub async fn appends_are_dense_chained_and_durable(store: &dyn AuditStore) {
+        assert_eq!(store.head().await.expect("head"), (0, ZERO_HASH));
+        let hashes = fill(store, 10).await;
+        assert_eq!(
+            store.head().await.expect("head"),
+            (10, *hashes.last().expect("ten"))
+        );
+        let mut previous = ZERO_HASH;
+        for (i, hash) in hashes.iter().enumerate() {
+            let bytes = store.entry(i as u64).await.expect("read");
+            assert_eq!(entry_hash(&bytes), *hash, "entry {i}'s hash");
+            let entry = AuditEntry::decode(&bytes).expect("decodes");
+            assert_eq!(entry.sequence, i as u64);
+            assert_eq!(entry.previous_hash, previous, "entry {i} chains");
+            assert_eq!(entry.record, record(i as u64), "entry {i} as recorded");
+            previous = *hash;
+        }
+    }
+
+    pub async fn proofs_verify_against_the_root(store: &dyn AuditStore) {
+        let leaves = fill(store, 13).await;
+        let mut roots = Vec::new();
+        let mut range = CompactRange::new();
+        for leaf in &leaves {
+            range.push(*leaf);
+            roots.push(range.root());
+        }
+        let root = |size: u64| roots[size as usize - 1];
+        for size in [1, 2, 5, 8, 13] {
+            assert_eq!(
+                store.root(size).await.expect("root"),
+                root(size),
+                "root of {size}"
+            );
+            for index in 0..size {
+                let proof = store.inclusion_proof(index, size).await.expect("proof");
+                assert!(
+                    verify_inclusion(&leaves[index as usize], index, size, &proof, &root(size)),
+                    "entry {index} in {size}"
+                );
+            }
+        }
+        for old in 1..=13 {
+            let proof = store.consistency_proof(old, 13).await.expect("proof");
+            assert!(
+                verify_consistency(old, 13, &root(old), &root(13), &proof),
+                "{old} → 13"
+            );
+        }
+    }
+
+    pub async fn requests_beyond_the_log_are_out_of_range(store: &dyn AuditStore) {
+        out_of_range(store.entry(0).await, "an entry of an empty log");
+        fill(store, 4).await;
+        out_of_range(store.entry(4).await, "the entry past the head");
+        out_of_range(store.root(5).await, "a root past the head");
+        out_of_range(
+            store.inclusion_proof(4, 4).await,
+            "an entry outside its tree",
+        );
+        out_of_range(store.inclusion_proof(1, 5).await, "a tree past the head");
+        out_of_range(store.consistency_proof(0, 4).await, "from the empty tree");
+        out_of_range(store.consistency_proof(3, 2).await, "a shrinking tree");
+        out_of_range(
+            store.consistency_proof(2, 5).await,
+            "to a tree past the head",
+        );
     }
 }

@@ -3,17 +3,18 @@
 //! `semel-store`, PostgreSQL in `semel-postgres`), and the conformance
 //! suite ([`conformance`]) that holds them to it.
 //!
-//! Built so far: the registry ([`RegistryStore`]) and the persons
-//! directory, consents and number replacements ([`PersonsStore`]). The
-//! audit log follows (issue 16; `docs/storage-postgresql.md`).
+//! Built so far: the registry ([`RegistryStore`]), the persons directory,
+//! consents and number replacements ([`PersonsStore`]), and the audit
+//! log's append, head, entries and proofs ([`AuditStore`]); its queries,
+//! checkpoints and archive follow (issue 16; `docs/storage-postgresql.md`).
 
 pub mod conformance;
 
 use async_trait::async_trait;
 use semel_core::persons::Resolved;
 use semel_core::{
-    Authorisation, Consent, Dataset, Kbo, Niss, NumberReplacement, Organisation, PersonFile,
-    Purpose, RevokedCertificate,
+    AuditRecord, Authorisation, Consent, Dataset, Hash, Kbo, Niss, NumberReplacement, Organisation,
+    PersonFile, Purpose, RevokedCertificate,
 };
 
 /// Why storage failed, the same for every implementation.
@@ -30,6 +31,10 @@ pub enum StorageError {
     /// be assumed written (fail closed).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// A request for something storage does not hold (yet): a tree size
+    /// beyond the log's end, an entry past the head.
+    #[error("{0}")]
+    OutOfRange(String),
 }
 
 /// The persons directory, the consent register and replaced national
@@ -121,4 +126,42 @@ pub trait RegistryStore: Send + Sync {
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, StorageError>;
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError>;
+}
+
+/// Where an appended entry landed in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub sequence: u64,
+    /// The entry's leaf hash, which the next entry chains to.
+    pub hash: Hash,
+}
+
+/// The audit log: a hash chain of canonical entries under an RFC 6962
+/// tree. Appends are durable when they return (nothing is answered before
+/// its entry is), sequences are dense, and entries appended at once may
+/// share one write.
+#[async_trait]
+pub trait AuditStore: Send + Sync {
+    /// Records an entry; returns once it is durable. On
+    /// [`StorageError::Unavailable`] the entry has no place and the caller
+    /// must refuse (fail closed).
+    async fn append(&self, record: AuditRecord) -> Result<Appended, StorageError>;
+
+    /// The number of durable entries and the hash of the last one (zeros
+    /// for an empty log).
+    async fn head(&self) -> Result<(u64, Hash), StorageError>;
+
+    /// The canonical encoding of one entry, as hashed and verified.
+    async fn entry(&self, sequence: u64) -> Result<Vec<u8>, StorageError>;
+
+    /// The root of the tree of the first `size` entries; waits for the
+    /// tree to hold them when they are durable.
+    async fn root(&self, size: u64) -> Result<Hash, StorageError>;
+
+    /// The inclusion proof of entry `sequence` in the tree of `size`.
+    async fn inclusion_proof(&self, sequence: u64, size: u64) -> Result<Vec<Hash>, StorageError>;
+
+    /// The proof that the tree of `old` entries (at least 1) is a prefix
+    /// of the tree of `new`.
+    async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError>;
 }

@@ -672,8 +672,15 @@ impl AuditLog {
         }))
     }
 
-    /// Reads one entry by sequence.
+    /// Reads one entry by sequence. An entry that is durable but not yet
+    /// indexed is waited for (its end offset is the indexer's to write).
     pub fn read_sequence(&self, seq: u64) -> Result<StoredEntry, StoreError> {
+        let size = self.wait_indexed()?;
+        if seq >= size {
+            return Err(StoreError::OutOfRange(format!(
+                "the log holds {size} entries, not entry {seq}"
+            )));
+        }
         let archived = self.archive.read().unwrap_or_else(|p| p.into_inner());
         if seq < archived.before {
             return Err(StoreError::OutOfRange(format!(

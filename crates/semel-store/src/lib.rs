@@ -18,6 +18,7 @@
 mod audit;
 mod keys;
 mod persons;
+mod port;
 mod postings;
 mod registry;
 pub mod tree;
@@ -67,7 +68,7 @@ impl From<StoreError> for semel_storage::StorageError {
         match e {
             StoreError::Conflict(m) => S::Conflict(m),
             StoreError::Corrupt(m) => S::Corrupt(m),
-            StoreError::OutOfRange(m) => S::Conflict(m),
+            StoreError::OutOfRange(m) => S::OutOfRange(m),
             e @ (StoreError::Io { .. } | StoreError::Sled { .. }) => S::Unavailable(e.to_string()),
         }
     }
@@ -104,14 +105,31 @@ impl Store {
     ) -> Result<Self, StoreError> {
         let db_path: PathBuf = dir.join("db");
         std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(1000))
-            .open()
-            .map_err(sled_err(format!(
-                "open sled database {}",
-                db_path.display()
-            )))?;
+        // sled's lock outlives a closed database by as long as its
+        // background flusher takes to notice: a store reopened at once in
+        // the same process (tests, a restart in place) waits for it, up to
+        // two seconds. Another process holding it still fails the start.
+        let mut attempts = 0;
+        let db = loop {
+            match sled::Config::new()
+                .path(&db_path)
+                .flush_every_ms(Some(1000))
+                .open()
+            {
+                Err(sled::Error::Io(e))
+                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 40 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => {
+                    break other.map_err(sled_err(format!(
+                        "open sled database {}",
+                        db_path.display()
+                    )))?;
+                }
+            }
+        };
         let registry = Registry::open(db.clone(), db_path)?;
         let persons = Persons::open(&db, registry.clone())?;
         let audit = AuditLog::open(&dir.join("audit"), checkpoints)?;

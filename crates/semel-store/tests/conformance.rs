@@ -24,3 +24,14 @@ async fn fresh_registry() -> Option<Subject<dyn semel_storage::RegistryStore>> {
 }
 
 semel_storage::registry_conformance!(fresh_registry());
+
+async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = semel_store::Store::open(dir.path()).expect("open");
+    Some(Subject {
+        store: Box::new(store),
+        keep: Box::new(dir),
+    })
+}
+
+semel_storage::audit_conformance!(fresh_audit());
