@@ -255,7 +255,7 @@ async fn rpcs_are_traced_to_the_collector_as_the_conventions_say_without_persona
     // append is inside it too.
     let fetch = spans
         .iter()
-        .find(|s| s.name == "semel.v1.SourceService/Fetch" && s.trace_id == allowed.trace_id)
+        .find(|s| s.kind == SpanKind::Client as i32 && s.trace_id == allowed.trace_id)
         .unwrap_or_else(|| panic!("no source call in the lookup's trace: {:?}", names()));
     assert_eq!(fetch.kind, SpanKind::Client as i32);
     assert_eq!(fetch.parent_span_id, allowed.span_id);
@@ -271,6 +271,13 @@ async fn rpcs_are_traced_to_the_collector_as_the_conventions_say_without_persona
     );
     assert!(attribute(fetch, "server.address").is_some());
     assert!(attribute(fetch, "server.port").is_some());
+    // The (demo) source's own server span continues the trace from there.
+    assert!(
+        server("semel.v1.SourceService/Fetch")
+            .iter()
+            .any(|s| s.trace_id == fetch.trace_id && s.parent_span_id == fetch.span_id),
+        "the source's span is not the child of the broker's call"
+    );
     let append = spans
         .iter()
         .find(|s| s.name == "audit.append" && s.trace_id == allowed.trace_id)

@@ -653,6 +653,11 @@ pub async fn serve_source<S: SourceService>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     Server::builder()
+        // A source that traces joins the broker's trace: the demo sources
+        // show what an authentic source's side of a lookup looks like.
+        .layer(crate::telemetry::RpcSpanLayer::new([
+            "semel.v1.SourceService/Fetch",
+        ]))
         .add_service(source)
         .serve_with_incoming_shutdown(
             tls::incoming(listener, Arc::new(ArcSwap::from(tls))),
