@@ -110,14 +110,7 @@ impl proto::lookup_service_server::LookupService for LookupService {
             },
         };
         let broker = self.broker.clone();
-        let span = tracing::debug_span!(
-            "lookup",
-            consumer = who.org.kbo.as_str(),
-            request_id = tracing::field::Empty,
-            dataset = tracing::field::Empty,
-            decision = tracing::field::Empty,
-            reason = tracing::field::Empty,
-        );
+        let span = lookup_span(&who.org);
         let task = tokio::spawn(
             async move { lookup(&broker, who, request.into_inner(), received).await }
                 .instrument(span),
@@ -133,6 +126,19 @@ impl proto::lookup_service_server::LookupService for LookupService {
             }
         }
     }
+}
+
+/// The span of one lookup (a `Lookup` call or an item of a batch), inside
+/// the call's server span: disabled, and free, when no trace is exported.
+fn lookup_span(org: &Organisation) -> tracing::Span {
+    tracing::debug_span!(
+        "lookup",
+        consumer = org.kbo.as_str(),
+        request_id = tracing::field::Empty,
+        dataset = tracing::field::Empty,
+        decision = tracing::field::Empty,
+        reason = tracing::field::Empty,
+    )
 }
 
 /// A stream's credentials, owned.
@@ -193,10 +199,11 @@ async fn batch(
                     },
                 };
                 // Each item on its own task, like a Lookup: it finishes and
-                // is audited whatever happens to the stream.
+                // is audited whatever happens to the stream. Its span is a
+                // lookup's, inside the batch's.
+                let span = lookup_span(&who.org);
                 let task = tokio::spawn(
-                    async move { lookup(&broker, who, msg, received).await }
-                        .instrument(tracing::Span::current()),
+                    async move { lookup(&broker, who, msg, received).await }.instrument(span),
                 );
                 let result = task.await.unwrap_or_else(|e| {
                     tracing::error!(error = %e, "batch item task failed");
@@ -356,6 +363,10 @@ async fn lookup(
     if let Some(r) = record.reason {
         span.record("reason", r.as_str());
     }
+    // A refusal or a failure marks the span, with its reason code.
+    if let Err(e) = &result {
+        crate::telemetry::set_error(&span, reason.unwrap_or(e.reason));
+    }
     if let Err(e) = broker
         .store()
         .audit()
@@ -365,6 +376,7 @@ async fn lookup(
     {
         // Fail closed: no answer leaves without its entry.
         broker.audit_unavailable(&e);
+        crate::telemetry::set_error(&span, "AUDIT_UNAVAILABLE");
         return Err(ApiError::retryable(
             Code::Unavailable,
             "AUDIT_UNAVAILABLE",
@@ -622,10 +634,32 @@ async fn process(
     if let Ok(v) = request_id.parse() {
         fetch.metadata_mut().insert("x-request-id", v);
     }
-    let source_span = tracing::debug_span!("source.fetch", source = route.dataset.source.as_str());
+    // The CLIENT span of the call to the source, named and described as the
+    // OpenTelemetry conventions say for a gRPC call.
+    let source_span = tracing::debug_span!(
+        "source.fetch",
+        otel.name = "semel.v1.SourceService/Fetch",
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = "semel.v1.SourceService",
+        rpc.method = "Fetch",
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        source = route.dataset.source.as_str(),
+    );
     // The trace continues at the source (W3C traceparent), when traces are
     // exported; otherwise the span is disabled and nothing is done here.
     if !source_span.is_disabled() {
+        // The endpoint is the operator's registration, not caller text.
+        if let Ok(uri) = route.dataset.endpoint.parse::<tonic::codegen::http::Uri>() {
+            if let Some(host) = uri.host() {
+                source_span.record("server.address", host);
+            }
+            if let Some(port) = uri.port_u16() {
+                source_span.record("server.port", i64::from(port));
+            }
+        }
         for (k, v) in source_span.in_scope(crate::telemetry::trace_headers) {
             if let (Ok(k), Ok(v)) = (
                 tonic::metadata::AsciiMetadataKey::from_bytes(k.as_bytes()),
@@ -642,12 +676,25 @@ async fn process(
     // timeout resets the HTTP/2 stream, so the source stops working on it.
     let called = std::time::Instant::now();
     let answer = match tokio::time::timeout(deadline, client.fetch(fetch))
-        .instrument(source_span)
+        .instrument(source_span.clone())
         .await
     {
         Ok(r) => r,
         Err(_) => Err(Status::deadline_exceeded("source deadline")),
     };
+    if !source_span.is_disabled() {
+        match &answer {
+            Ok(_) => {
+                source_span.record("rpc.grpc.status_code", 0_i64);
+            }
+            // The source's code, and the reason the consumer is given.
+            Err(status) => crate::telemetry::fail(
+                &source_span,
+                status.code(),
+                Some(source_failure(status.code()).2),
+            ),
+        }
+    }
     let answer = answer
         .map(tonic::Response::into_inner)
         .map_err(|status| source_error(status, &route, deadline, trace));

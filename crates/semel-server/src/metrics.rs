@@ -383,30 +383,12 @@ impl ProcessMetrics {
 
 /// The gRPC status code's name for `grpc-status`.
 fn code_name(status: Option<&http::HeaderValue>) -> &'static str {
-    let code = status
+    status
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
-        .map(tonic::Code::from_i32);
-    match code {
-        None => "UNKNOWN",
-        Some(tonic::Code::Ok) => "OK",
-        Some(tonic::Code::Cancelled) => "CANCELLED",
-        Some(tonic::Code::Unknown) => "UNKNOWN",
-        Some(tonic::Code::InvalidArgument) => "INVALID_ARGUMENT",
-        Some(tonic::Code::DeadlineExceeded) => "DEADLINE_EXCEEDED",
-        Some(tonic::Code::NotFound) => "NOT_FOUND",
-        Some(tonic::Code::AlreadyExists) => "ALREADY_EXISTS",
-        Some(tonic::Code::PermissionDenied) => "PERMISSION_DENIED",
-        Some(tonic::Code::ResourceExhausted) => "RESOURCE_EXHAUSTED",
-        Some(tonic::Code::FailedPrecondition) => "FAILED_PRECONDITION",
-        Some(tonic::Code::Aborted) => "ABORTED",
-        Some(tonic::Code::OutOfRange) => "OUT_OF_RANGE",
-        Some(tonic::Code::Unimplemented) => "UNIMPLEMENTED",
-        Some(tonic::Code::Internal) => "INTERNAL",
-        Some(tonic::Code::Unavailable) => "UNAVAILABLE",
-        Some(tonic::Code::DataLoss) => "DATA_LOSS",
-        Some(tonic::Code::Unauthenticated) => "UNAUTHENTICATED",
-    }
+        .map_or("UNKNOWN", |c| {
+            crate::telemetry::code_name(tonic::Code::from_i32(c))
+        })
 }
 
 /// Counts every gRPC call by method and final status code: the code comes

@@ -327,16 +327,21 @@ pub async fn serve_broker(
             .set_not_serving::<LookupServiceServer<LookupService>>()
             .await;
     };
+    // The methods served: the only method names metrics and spans show.
+    let methods = crate::permissions::RULES.iter().map(|r| r.method).chain([
+        "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ]);
     Server::builder()
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        // Outermost: the server span covers everything else, refusals by
+        // the permission layer and the codec included.
+        .layer(crate::telemetry::RpcSpanLayer::new(methods.clone()))
         .layer(crate::metrics::RpcMetricsLayer::new(
             broker.metrics.clone(),
-            crate::permissions::RULES.iter().map(|r| r.method).chain([
-                "grpc.health.v1.Health/Check",
-                "grpc.health.v1.Health/Watch",
-                "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-                "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-            ]),
+            methods,
         ))
         .layer(crate::permissions::layer())
         .layer(crate::codec::CodecErrorsLayer {
@@ -648,6 +653,11 @@ pub async fn serve_source<S: SourceService>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     Server::builder()
+        // A source that traces joins the broker's trace: the demo sources
+        // show what an authentic source's side of a lookup looks like.
+        .layer(crate::telemetry::RpcSpanLayer::new([
+            "semel.v1.SourceService/Fetch",
+        ]))
         .add_service(source)
         .serve_with_incoming_shutdown(
             tls::incoming(listener, Arc::new(ArcSwap::from(tls))),

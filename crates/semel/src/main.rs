@@ -847,11 +847,8 @@ fn init_logging(
     use tracing_subscriber::Layer;
     type Boxed = Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync>;
     let otel: Option<Boxed> = otel.map(|l| {
-        l.with_filter(
-            tracing_subscriber::filter::Targets::new()
-                .with_target("semel_server", tracing::Level::DEBUG),
-        )
-        .boxed()
+        l.with_filter(semel_server::telemetry::export_filter())
+            .boxed()
     });
     let logs: Boxed = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
