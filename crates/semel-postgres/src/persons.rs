@@ -53,6 +53,40 @@ impl PgPersons {
         })
     }
 
+    /// Runs one statement on the (reconnected if need be) connection.
+    async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StorageError> {
+        let mut conn = self.conn.lock().await;
+        Ok(conn
+            .client()
+            .await?
+            .execute(sql, params)
+            .await
+            .map_err(PgError::from)?)
+    }
+
+    /// Runs a query whose first column is a JSON value, and decodes each.
+    async fn values<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<T>, StorageError> {
+        let mut conn = self.conn.lock().await;
+        let rows = conn
+            .client()
+            .await?
+            .query(sql, params)
+            .await
+            .map_err(PgError::from)?;
+        Ok(rows
+            .iter()
+            .map(|r| decode(r.get(0)))
+            .collect::<Result<_, _>>()?)
+    }
+
     async fn replacement(
         client: &impl tokio_postgres::GenericClient,
         old: &Niss,
@@ -110,8 +144,6 @@ impl PgPersons {
 #[async_trait::async_trait]
 impl PersonsStore for PgPersons {
     async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
-        let mut conn = self.conn.lock().await;
-        let client = conn.client().await?;
         let (mut consumers, mut citizens, mut ids, mut values) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for f in files {
@@ -120,28 +152,22 @@ impl PersonsStore for PgPersons {
             ids.push(f.id.clone());
             values.push(encode(f)?);
         }
-        client
-            .execute(
-                "INSERT INTO person_files (consumer, citizen, id, value) \
-                 SELECT c, n, i, v::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(c, n, i, v) \
-                 ON CONFLICT (consumer, citizen, id) DO UPDATE SET value = EXCLUDED.value",
-                &[&consumers, &citizens, &ids, &values],
-            )
-            .await
-            .map_err(PgError::from)?;
+        self.execute(
+            "INSERT INTO person_files (consumer, citizen, id, value) \
+             SELECT c, n, i, v::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(c, n, i, v) \
+             ON CONFLICT (consumer, citizen, id) DO UPDATE SET value = EXCLUDED.value",
+            &[&consumers, &citizens, &ids, &values],
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
-        let mut conn = self.conn.lock().await;
-        conn.client()
-            .await?
-            .execute(
-                "DELETE FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
-                &[&file.consumer.as_str(), &file.citizen.as_str(), &file.id],
-            )
-            .await
-            .map_err(PgError::from)?;
+        self.execute(
+            "DELETE FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
+            &[&file.consumer.as_str(), &file.citizen.as_str(), &file.id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -151,17 +177,13 @@ impl PersonsStore for PgPersons {
         citizen: &Niss,
         id: &str,
     ) -> Result<Option<PersonFile>, StorageError> {
-        let mut conn = self.conn.lock().await;
-        let row = conn
-            .client()
-            .await?
-            .query_opt(
+        Ok(self
+            .values(
                 "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
                 &[&consumer.as_str(), &citizen.as_str(), &id],
             )
-            .await
-            .map_err(PgError::from)?;
-        Ok(row.map(|r| decode(r.get(0))).transpose()?)
+            .await?
+            .pop())
     }
 
     async fn files_of(
@@ -169,65 +191,39 @@ impl PersonsStore for PgPersons {
         consumer: &Kbo,
         citizen: &Resolved,
     ) -> Result<Vec<PersonFile>, StorageError> {
-        let mut conn = self.conn.lock().await;
-        let rows = conn
-            .client()
-            .await?
-            .query(
-                "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = ANY($2) \
-                 ORDER BY citizen, id",
-                &[&consumer.as_str(), &numbers(citizen)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        Ok(rows
-            .iter()
-            .map(|r| decode(r.get(0)))
-            .collect::<Result<_, _>>()?)
+        self.values(
+            "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = ANY($2) \
+             ORDER BY citizen, id",
+            &[&consumer.as_str(), &numbers(citizen)],
+        )
+        .await
     }
 
     async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let mut conn = self.conn.lock().await;
-        conn.client()
-            .await?
-            .execute(
-                "INSERT INTO consents (citizen, id, value) VALUES ($1, $2, $3::text::jsonb) \
-                 ON CONFLICT (citizen, id) DO UPDATE SET value = EXCLUDED.value",
-                &[&consent.citizen.as_str(), &consent.id, &encode(consent)?],
-            )
-            .await
-            .map_err(PgError::from)?;
+        self.execute(
+            "INSERT INTO consents (citizen, id, value) VALUES ($1, $2, $3::text::jsonb) \
+             ON CONFLICT (citizen, id) DO UPDATE SET value = EXCLUDED.value",
+            &[&consent.citizen.as_str(), &consent.id, &encode(consent)?],
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let mut conn = self.conn.lock().await;
-        conn.client()
-            .await?
-            .execute(
-                "DELETE FROM consents WHERE citizen = $1 AND id = $2",
-                &[&consent.citizen.as_str(), &consent.id],
-            )
-            .await
-            .map_err(PgError::from)?;
+        self.execute(
+            "DELETE FROM consents WHERE citizen = $1 AND id = $2",
+            &[&consent.citizen.as_str(), &consent.id],
+        )
+        .await?;
         Ok(())
     }
 
     async fn consents_of(&self, citizen: &Resolved) -> Result<Vec<Consent>, StorageError> {
-        let mut conn = self.conn.lock().await;
-        let rows = conn
-            .client()
-            .await?
-            .query(
-                "SELECT value::text FROM consents WHERE citizen = ANY($1) ORDER BY citizen, id",
-                &[&numbers(citizen)],
-            )
-            .await
-            .map_err(PgError::from)?;
-        Ok(rows
-            .iter()
-            .map(|r| decode(r.get(0)))
-            .collect::<Result<_, _>>()?)
+        self.values(
+            "SELECT value::text FROM consents WHERE citizen = ANY($1) ORDER BY citizen, id",
+            &[&numbers(citizen)],
+        )
+        .await
     }
 
     async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
@@ -267,17 +263,13 @@ impl PersonsStore for PgPersons {
     }
 
     async fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
-        let mut conn = self.conn.lock().await;
-        let row = conn
-            .client()
-            .await?
-            .query_opt(
+        Ok(self
+            .values(
                 "DELETE FROM number_replacements WHERE old = $1 RETURNING value::text",
                 &[&old.as_str()],
             )
-            .await
-            .map_err(PgError::from)?;
-        Ok(row.map(|r| decode(r.get(0))).transpose()?)
+            .await?
+            .pop())
     }
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {

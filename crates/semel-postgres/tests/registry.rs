@@ -6,45 +6,17 @@
 
 use std::time::Duration;
 
-use semel_core::{
-    Authorisation, AuthorisationRef, AuthorisationStatus, CertificateId, DatasetName, FieldName,
-    Kbo, Organisation, OrganisationStatus, PurposeCode, RevokedCertificate, Role,
-};
+use semel_core::{AuthorisationStatus, CertificateId, OrganisationStatus, RevokedCertificate};
 use semel_postgres::{PgError, PgRegistry, RegistryWatch, testing::TestDatabase};
+use semel_storage::conformance::registry;
 use tokio::sync::watch;
 
-fn organisation(status: OrganisationStatus) -> Organisation {
-    Organisation {
-        kbo: Kbo::parse("0566988259").expect("kbo"),
-        name: "CPAS d'Ixelles".into(),
-        roles: [Role::Consumer].into_iter().collect(),
-        status,
-        created_at: time::OffsetDateTime::UNIX_EPOCH,
-    }
+fn organisation(status: OrganisationStatus) -> semel_core::Organisation {
+    registry::organisation("0566988259", status)
 }
 
-fn authorisation(version: u32, status: AuthorisationStatus) -> Authorisation {
-    Authorisation {
-        reference: AuthorisationRef::new("BSC/2024/017").expect("ref"),
-        consumer: Kbo::parse("0566988259").expect("kbo"),
-        dataset: DatasetName::new("national_register.residence").expect("dataset"),
-        fields: [FieldName::new("street").expect("field")]
-            .into_iter()
-            .collect(),
-        purpose: PurposeCode::new("RIS_ELIGIBILITY").expect("purpose"),
-        legal_basis: "test".into(),
-        issuing_body: "test".into(),
-        valid_from: time::Date::MIN,
-        valid_until: None,
-        status,
-        version,
-        updated_at: time::OffsetDateTime::UNIX_EPOCH,
-        confidential_until: None,
-        check_fields: Default::default(),
-        checks: Vec::new(),
-        capacities: Default::default(),
-        consent_required: false,
-    }
+fn authorisation(version: u32, status: AuthorisationStatus) -> semel_core::Authorisation {
+    registry::authorisation("BSC/2024/017", version, status)
 }
 
 /// Waits until the watched version reaches `at_least`, or fails after

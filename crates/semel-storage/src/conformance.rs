@@ -364,7 +364,8 @@ pub mod registry {
         RevokedCertificate, Role,
     };
 
-    fn organisation(number: &str, status: OrganisationStatus) -> Organisation {
+    /// A test organisation (also used by implementations' own tests).
+    pub fn organisation(number: &str, status: OrganisationStatus) -> Organisation {
         Organisation {
             kbo: kbo(number),
             name: format!("organisation {number}"),
@@ -397,7 +398,12 @@ pub mod registry {
         }
     }
 
-    fn authorisation(reference: &str, version: u32, status: AuthorisationStatus) -> Authorisation {
+    /// A test authorisation (also used by implementations' own tests).
+    pub fn authorisation(
+        reference: &str,
+        version: u32,
+        status: AuthorisationStatus,
+    ) -> Authorisation {
         Authorisation {
             reference: AuthorisationRef::new(reference).expect("reference"),
             consumer: kbo("0566988259"),
