@@ -184,6 +184,10 @@ pub struct NumberReplacement {
 /// register error); former numbers are bounded by four times as many.
 pub const MAX_REPLACEMENT_CHAIN: usize = 8;
 
+/// How far the loop check of a new replacement follows a chain before it
+/// calls the register damaged: far beyond any real chain, but finite.
+pub const MAX_REPLACEMENT_WALK: usize = 10_000;
+
 /// A national number, resolved through its replacements.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {

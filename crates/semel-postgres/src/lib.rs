@@ -133,10 +133,17 @@ async fn migrate(client: &tokio_postgres::Client) -> Result<(), PgError> {
         )
         .await?;
     let result = apply_migrations(client).await;
-    client
+    if result.is_err() {
+        // A failed migration leaves its transaction aborted: end it, so the
+        // unlock runs and the migration's own error is the one reported.
+        let _ = client.batch_execute("ROLLBACK").await;
+    }
+    let unlocked = client
         .batch_execute("SELECT pg_advisory_unlock(495891105132)")
-        .await?;
-    result
+        .await;
+    result?;
+    unlocked?;
+    Ok(())
 }
 
 async fn apply_migrations(client: &tokio_postgres::Client) -> Result<(), PgError> {
@@ -238,8 +245,36 @@ impl PgAudit {
             &[&(next as i64), &previous.to_vec()],
         )
         .await?;
-        tx.commit().await?;
+        if let Err(e) = tx.commit().await {
+            // The connection may have dropped after the commit reached the
+            // server: then the batch has its places, and its callers must
+            // be answered. Its last entry, read once connected again, says
+            // (its hash chains the whole batch); if it cannot
+            // be asked, the callers refuse (an entry without an answer is
+            // safe; an answer without an entry is not).
+            if let Ok(client) = self.conn.client().await
+                && let Ok(Some(row)) = client
+                    .query_opt(
+                        "SELECT encoding FROM audit_entries WHERE sequence = $1",
+                        &[&(next as i64 - 1)],
+                    )
+                    .await
+                && entry_hash(row.get::<_, &[u8]>(0)) == previous
+            {
+                tracing::warn!(
+                    "an audit batch's commit was answered by a lost connection, but it is committed"
+                );
+                return Ok(placed);
+            }
+            return Err(e.into());
+        }
         Ok(placed)
+    }
+
+    /// Connects again if the connection was lost: reads (which take
+    /// `&self`) call this first through their owner.
+    pub(crate) async fn reconnect_if_lost(&mut self) -> Result<(), PgError> {
+        self.conn.client().await.map(|_| ())
     }
 
     /// The number of entries in the log and the hash of the last one.

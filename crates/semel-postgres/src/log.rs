@@ -4,13 +4,12 @@
 //! integrator task that extends the tree and signs checkpoints whenever it
 //! holds the integration lock, and reads on a connection of their own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use semel_core::checkpoint::NoteSigner;
 use semel_core::{AuditRecord, Hash};
 use semel_storage::{Appended, AuditStore, StorageError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, MutexGuard, mpsc, oneshot};
 
 use crate::{Integrated, PgAudit, PgError, Placed};
 
@@ -28,7 +27,8 @@ struct Pending {
 /// One broker's audit log on PostgreSQL.
 pub struct PgAuditLog {
     queue: mpsc::UnboundedSender<Pending>,
-    reader: Arc<PgAudit>,
+    /// Reads, on a connection that reconnects when lost.
+    reader: Mutex<PgAudit>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -58,7 +58,7 @@ impl PgAuditLog {
     ) -> Result<PgAuditLog, PgError> {
         let mut writer = PgAudit::connect(url).await?;
         let mut integrator = PgAudit::connect(url).await?;
-        let reader = Arc::new(PgAudit::connect(url).await?);
+        let reader = Mutex::new(PgAudit::connect(url).await?);
         let (queue, mut rx) = mpsc::unbounded_channel::<Pending>();
         let write = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
@@ -109,16 +109,23 @@ impl PgAuditLog {
         })
     }
 
+    /// The read connection, connected again first if it was lost.
+    async fn reader(&self) -> Result<MutexGuard<'_, PgAudit>, StorageError> {
+        let mut reader = self.reader.lock().await;
+        reader.reconnect_if_lost().await?;
+        Ok(reader)
+    }
+
     /// Waits until the tree holds `size` entries, if they are durable.
     async fn integrated(&self, size: u64) -> Result<(), StorageError> {
-        let (durable, _) = self.reader.head().await?;
+        let (durable, _) = self.reader().await?.head().await?;
         if size > durable {
             return Err(StorageError::OutOfRange(format!(
                 "the log holds {durable} entries, not {size}"
             )));
         }
         let deadline = tokio::time::Instant::now() + INTEGRATION_WAIT;
-        while self.reader.tree_head().await?.size < size {
+        while self.reader().await?.tree_head().await?.size < size {
             if tokio::time::Instant::now() > deadline {
                 return Err(StorageError::Unavailable(
                     "the audit tree has not caught up with the log: is an integrator running?"
@@ -151,24 +158,28 @@ impl AuditStore for PgAuditLog {
     }
 
     async fn head(&self) -> Result<(u64, Hash), StorageError> {
-        Ok(self.reader.head().await?)
+        Ok(self.reader().await?.head().await?)
     }
 
     async fn entry(&self, sequence: u64) -> Result<Vec<u8>, StorageError> {
-        let (size, _) = self.reader.head().await?;
+        let (size, _) = self.reader().await?.head().await?;
         if sequence >= size {
             return Err(StorageError::OutOfRange(format!(
                 "the log holds {size} entries, not entry {sequence}"
             )));
         }
-        let mut one = self.reader.encodings(sequence, sequence + 1).await?;
+        let mut one = self
+            .reader()
+            .await?
+            .encodings(sequence, sequence + 1)
+            .await?;
         one.pop()
             .ok_or_else(|| StorageError::Corrupt(format!("entry {sequence} is missing")))
     }
 
     async fn root(&self, size: u64) -> Result<Hash, StorageError> {
         self.integrated(size).await?;
-        Ok(self.reader.root(size).await?)
+        Ok(self.reader().await?.root(size).await?)
     }
 
     async fn inclusion_proof(&self, sequence: u64, size: u64) -> Result<Vec<Hash>, StorageError> {
@@ -178,7 +189,7 @@ impl AuditStore for PgAuditLog {
             )));
         }
         self.integrated(size).await?;
-        Ok(self.reader.inclusion_proof(sequence, size).await?)
+        Ok(self.reader().await?.inclusion_proof(sequence, size).await?)
     }
 
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError> {
@@ -188,6 +199,6 @@ impl AuditStore for PgAuditLog {
             )));
         }
         self.integrated(new).await?;
-        Ok(self.reader.consistency_proof(old, new).await?)
+        Ok(self.reader().await?.consistency_proof(old, new).await?)
     }
 }

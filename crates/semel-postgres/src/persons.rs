@@ -5,7 +5,7 @@
 //! Replacements serialise on a table lock (they are rare, and a loop check
 //! must see every other replacement made at the same time).
 
-use semel_core::persons::{MAX_REPLACEMENT_CHAIN, Resolved};
+use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 use semel_storage::{PersonsStore, StorageError};
 use tokio::sync::Mutex;
@@ -99,6 +99,28 @@ impl PgPersons {
             .await?
             .map(|r| decode(r.get(0)))
             .transpose()
+    }
+
+    /// Whether following replacements from `from` reaches `target`, however
+    /// long the chain (the loop check; resolving stops after a few steps).
+    async fn leads_to(
+        client: &impl tokio_postgres::GenericClient,
+        from: &Niss,
+        target: &Niss,
+    ) -> Result<bool, PgError> {
+        let mut current = *from;
+        for _ in 0..MAX_REPLACEMENT_WALK {
+            if current == *target {
+                return Ok(true);
+            }
+            match Self::replacement(client, &current).await? {
+                Some(r) => current = r.new,
+                None => return Ok(false),
+            }
+        }
+        Err(PgError::Corrupt(
+            "a chain of number replacements does not end".into(),
+        ))
     }
 
     async fn resolve_with(
@@ -246,7 +268,7 @@ impl PersonsStore for PgPersons {
                 "this number was already replaced by another one".into(),
             ));
         }
-        if Self::resolve_with(&tx, &r.new).await?.current == r.old {
+        if Self::leads_to(&tx, &r.new, &r.old).await? {
             return Err(StorageError::Conflict(
                 "the new number already leads to the old one; this replacement would make a loop"
                     .into(),

@@ -21,6 +21,10 @@ use crate::{Conn, PgError, migrate};
 
 const CHANNEL: &str = "semel_registry";
 
+/// How long the watch waits for its connection or a read before it treats
+/// the connection as lost.
+const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// One broker's connection to the registry.
 pub struct PgRegistry {
     conn: tokio::sync::Mutex<Conn>,
@@ -386,6 +390,10 @@ async fn listen(
     let mut config: tokio_postgres::Config = url.parse()?;
     // Named, so that an operator looking at pg_stat_activity knows it.
     config.application_name("semel registry watch");
+    // A half-open connection (a primary gone without closing it) must not
+    // hold the watch for the operating system's minutes.
+    config.connect_timeout(WATCH_TIMEOUT);
+    config.keepalives_idle(WATCH_TIMEOUT);
     let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
     let (wake, notified) = tokio::sync::mpsc::channel(1);
     tokio::spawn(async move {
@@ -415,7 +423,11 @@ async fn follow(
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let version = read_version(client).await?;
+        // A read that does not come back within the bound counts as a lost
+        // connection: the watch reconnects rather than waiting.
+        let version = tokio::time::timeout(WATCH_TIMEOUT, read_version(client))
+            .await
+            .map_err(|_| PgError::Corrupt("the registry version read timed out".into()))??;
         sender.send_if_modified(|v| {
             let moved = *v != version;
             *v = version;

@@ -86,6 +86,7 @@ macro_rules! persons_conformance {
                 replacements_resolve_both_ways_and_refuse_loops,
                 chains_are_followed_to_the_number_in_force,
                 a_replacement_taken_back_separates_the_numbers_again,
+                a_loop_longer_than_resolution_follows_is_still_refused,
                 files_round_trip_and_count_under_former_numbers,
                 consents_round_trip_and_count_under_former_numbers,
             );
@@ -208,6 +209,26 @@ pub mod persons {
         assert_eq!(r.former, sorted(vec![a, b]));
         assert_eq!(resolved(store, c).await.former, sorted(vec![a, b]));
         assert_eq!(resolved(store, b).await.current, c);
+    }
+
+    /// The `i`th of a series of valid national numbers (born 30 July 1985).
+    fn numbered(i: u64) -> Niss {
+        let base = 850_730_001 + i;
+        niss(&format!("{base}{:02}", 97 - base % 97))
+    }
+
+    pub async fn a_loop_longer_than_resolution_follows_is_still_refused(store: &dyn PersonsStore) {
+        let chain: Vec<Niss> = (0..12).map(numbered).collect();
+        for pair in chain.windows(2) {
+            store
+                .replace(&replacement(pair[0], pair[1]))
+                .await
+                .expect("a link of the chain");
+        }
+        conflict(
+            store.replace(&replacement(chain[11], chain[0])).await,
+            "closing a loop of twelve numbers",
+        );
     }
 
     pub async fn a_replacement_taken_back_separates_the_numbers_again(store: &dyn PersonsStore) {

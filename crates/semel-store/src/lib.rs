@@ -116,8 +116,9 @@ impl Store {
                 .flush_every_ms(Some(1000))
                 .open()
             {
+                // sled reports its lock as an `Other` I/O error with this text.
                 Err(sled::Error::Io(e))
-                    if e.kind() == std::io::ErrorKind::WouldBlock && attempts < 40 =>
+                    if e.to_string().contains("could not acquire lock") && attempts < 40 =>
                 {
                     attempts += 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -158,5 +159,19 @@ impl Store {
     pub fn close(self) -> Result<(), StoreError> {
         self.audit.close()?;
         self.registry.sync()
+    }
+}
+
+#[cfg(test)]
+mod reopen_tests {
+    /// A store closed and opened again at once, as a restart in place or a
+    /// test does, opens: sled's lock is waited for.
+    #[test]
+    fn a_store_reopened_at_once_in_the_same_process_opens() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for _ in 0..20 {
+            let store = crate::Store::open(dir.path()).expect("opens again at once");
+            store.close().expect("close");
+        }
     }
 }

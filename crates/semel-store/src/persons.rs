@@ -13,7 +13,9 @@
 //!
 //! Every write is made durable (sled flush and fsync) before it returns.
 
-use semel_core::persons::{MAX_REPLACEMENT_CHAIN as MAX_CHAIN, Resolved};
+use semel_core::persons::{
+    MAX_REPLACEMENT_CHAIN as MAX_CHAIN, MAX_REPLACEMENT_WALK as MAX_WALK, Resolved,
+};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 
 use crate::registry::{decode, encode};
@@ -159,7 +161,7 @@ impl Persons {
                 "this number was already replaced by another one".into(),
             ));
         }
-        if self.resolve(&r.new)?.current == r.old {
+        if self.leads_to(&r.new, &r.old)? {
             return Err(StoreError::Conflict(
                 "the new number already leads to the old one; this replacement would make a loop"
                     .into(),
@@ -193,6 +195,25 @@ impl Persons {
             .map_err(sled_err("remove replacement"))?;
         self.registry.sync()?;
         Ok(Some(r))
+    }
+
+    /// Whether following replacements from `from` reaches `target`, however
+    /// long the chain (the loop check: resolving stops after a few steps).
+    /// The graph has no loop (this check keeps it so), so the walk ends.
+    fn leads_to(&self, from: &Niss, target: &Niss) -> Result<bool, StoreError> {
+        let mut current = *from;
+        for _ in 0..MAX_WALK {
+            if current == *target {
+                return Ok(true);
+            }
+            match self.replacement(&current)? {
+                Some(r) => current = r.new,
+                None => return Ok(false),
+            }
+        }
+        Err(StoreError::Corrupt(
+            "a chain of number replacements does not end".into(),
+        ))
     }
 
     fn replacement(&self, old: &Niss) -> Result<Option<NumberReplacement>, StoreError> {
