@@ -79,6 +79,10 @@ impl std::fmt::Debug for PgAudit {
 /// the connection left nothing behind.
 pub(crate) struct Conn {
     url: String,
+    /// Set when a statement failed: the connection may be dying without
+    /// the client knowing yet (a terminated backend answers with an error
+    /// first), so the next use opens a new one rather than fail again.
+    pub(crate) suspect: bool,
     pub(crate) client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
 }
@@ -104,6 +108,7 @@ impl Conn {
         client.batch_execute("SET synchronous_commit = on").await?;
         Ok(Conn {
             url: url.to_owned(),
+            suspect: false,
             client,
             connection,
         })
@@ -111,7 +116,7 @@ impl Conn {
 
     /// The client, connected again first if the connection was lost.
     pub(crate) async fn client(&mut self) -> Result<&mut tokio_postgres::Client, PgError> {
-        if self.client.is_closed() {
+        if self.suspect || self.client.is_closed() {
             let fresh = Conn::open(&self.url).await?;
             *self = fresh;
             tracing::info!("PostgreSQL connection re-established");
@@ -193,6 +198,12 @@ impl PgAudit {
     /// inserted in one statement, and the head moved on. When this returns
     /// Ok, every entry is committed; when it fails, none has a place.
     pub async fn append(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
+        let result = self.append_batch(records).await;
+        self.conn.suspect = result.is_err();
+        result
+    }
+
+    async fn append_batch(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
         let tx = self.conn.client().await?.transaction().await?;
         let head = tx
             .query_one(
@@ -246,6 +257,7 @@ impl PgAudit {
         )
         .await?;
         if let Err(e) = tx.commit().await {
+            self.conn.suspect = true;
             // The connection may have dropped after the commit reached the
             // server: then the batch has its places, and its callers must
             // be answered. Its last entry, read once connected again, says

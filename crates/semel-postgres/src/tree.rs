@@ -179,6 +179,16 @@ impl PgAudit {
         max_entries: u64,
         signer: &NoteSigner,
     ) -> Result<Integrated, PgError> {
+        let result = self.integrate_round(max_entries, signer).await;
+        self.conn.suspect = result.is_err();
+        result
+    }
+
+    async fn integrate_round(
+        &mut self,
+        max_entries: u64,
+        signer: &NoteSigner,
+    ) -> Result<Integrated, PgError> {
         let tx = self.conn.client().await?.transaction().await?;
         let locked: bool = tx
             .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&INTEGRATION_LOCK])
