@@ -326,9 +326,10 @@ async fn a_witness_cosigns_checkpoints_and_refuses_rollback_and_forks() {
         root: t
             .demo()
             .broker
-            .store()
-            .audit()
+            .storage()
+            .audit
             .root(size - 1)
+            .await
             .expect("root"),
     };
     for old in [size, size - 1, 0] {

@@ -102,7 +102,12 @@ async fn a_full_disk_fails_closed_no_answer_without_its_entry() {
         .await
         .expect("allowed while the disk is fine");
     let before = t.audit_size().await;
-    t.demo().broker.store().audit().inject_write_failure();
+    t.demo()
+        .embedded
+        .as_ref()
+        .expect("the demo runs on the embedded store")
+        .audit()
+        .inject_write_failure();
     let err = c
         .lookup(req.clone())
         .await

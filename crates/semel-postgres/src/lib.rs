@@ -15,6 +15,7 @@
 
 mod log;
 mod persons;
+mod query;
 mod registry;
 pub mod testing;
 mod tree;
@@ -32,6 +33,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0002_audit_tree.sql"),
     include_str!("../migrations/0003_registry.sql"),
     include_str!("../migrations/0004_persons.sql"),
+    include_str!("../migrations/0005_audit_queries.sql"),
 ];
 
 /// Why the store failed.
@@ -226,8 +228,10 @@ impl PgAudit {
             Vec::with_capacity(n),
         );
         let mut placed = Vec::with_capacity(n);
+        let mut as_given = Vec::with_capacity(n);
         for record in records {
             citizens.push(record.citizen.map(|c| c.as_str().to_owned()));
+            as_given.push(record.citizen_as_given.map(|c| c.as_str().to_owned()));
             consumers.push(record.consumer.as_str().to_owned());
             times.push(record.time_micros);
             let entry = AuditEntry {
@@ -246,9 +250,9 @@ impl PgAudit {
             next += 1;
         }
         tx.execute(
-            "INSERT INTO audit_entries (sequence, encoding, citizen, consumer, time_micros) \
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::bigint[])",
-            &[&sequences, &encodings, &citizens, &consumers, &times],
+            "INSERT INTO audit_entries (sequence, encoding, citizen, consumer, time_micros, citizen_as_given) \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
+            &[&sequences, &encodings, &citizens, &consumers, &times, &as_given],
         )
         .await?;
         tx.execute(

@@ -8,7 +8,13 @@ use std::time::Duration;
 
 use semel_core::checkpoint::NoteSigner;
 use semel_core::{AuditRecord, Hash};
-use semel_storage::{Appended, AuditStore, StorageError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use semel_storage::{
+    Appended, ArchiveReport, ArchiveState, AuditQuery, AuditStats, AuditStore, SignedCheckpoint,
+    StorageError, StoredEntry,
+};
 use tokio::sync::{Mutex, MutexGuard, mpsc, oneshot};
 
 use crate::{Integrated, PgAudit, PgError, Placed};
@@ -24,9 +30,24 @@ struct Pending {
     reply: oneshot::Sender<Result<Placed, String>>,
 }
 
+/// What the writer has done, for metrics and health.
+#[derive(Default)]
+struct Counters {
+    submitted: AtomicU64,
+    answered: AtomicU64,
+    /// The durable size after this broker's last batch.
+    entries: AtomicU64,
+    commits: AtomicU64,
+    commit_micros: AtomicU64,
+    /// Why the last batch failed, until one succeeds.
+    failure: std::sync::Mutex<Option<String>>,
+}
+
 /// One broker's audit log on PostgreSQL.
 pub struct PgAuditLog {
     queue: mpsc::UnboundedSender<Pending>,
+    counters: Arc<Counters>,
+    verifier_key: String,
     /// Reads, on a connection that reconnects when lost.
     reader: Mutex<PgAudit>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -58,8 +79,13 @@ impl PgAuditLog {
     ) -> Result<PgAuditLog, PgError> {
         let mut writer = PgAudit::connect(url).await?;
         let mut integrator = PgAudit::connect(url).await?;
-        let reader = Mutex::new(PgAudit::connect(url).await?);
+        let reader = PgAudit::connect(url).await?;
+        let counters = Arc::new(Counters::default());
+        counters.entries.store(reader.head().await?.0, Relaxed);
+        let reader = Mutex::new(reader);
+        let verifier_key = signer.verifier_key();
         let (queue, mut rx) = mpsc::unbounded_channel::<Pending>();
+        let c = counters.clone();
         let write = tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -71,8 +97,19 @@ impl PgAuditLog {
                 }
                 let (records, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.record, p.reply)).unzip();
-                match writer.append(records).await {
+                let n = replies.len() as u64;
+                let started = std::time::Instant::now();
+                let result = writer.append(records).await;
+                c.commits.fetch_add(1, Relaxed);
+                c.commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+                c.answered.fetch_add(n, Relaxed);
+                match result {
                     Ok(placed) => {
+                        if let Some(last) = placed.last() {
+                            c.entries.store(last.sequence + 1, Relaxed);
+                        }
+                        *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         for (reply, p) in replies.into_iter().zip(placed) {
                             let _ = reply.send(Ok(p));
                         }
@@ -82,6 +119,7 @@ impl PgAuditLog {
                         // is told, and refuses.
                         let why = e.to_string();
                         tracing::error!(error = %why, "audit batch not recorded");
+                        *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
                         for reply in replies {
                             let _ = reply.send(Err(why.clone()));
                         }
@@ -104,6 +142,8 @@ impl PgAuditLog {
         });
         Ok(PgAuditLog {
             queue,
+            counters,
+            verifier_key,
             reader,
             tasks: vec![write, integrate],
         })
@@ -142,6 +182,7 @@ impl PgAuditLog {
 impl AuditStore for PgAuditLog {
     async fn append(&self, record: AuditRecord) -> Result<Appended, StorageError> {
         let (reply, rx) = oneshot::channel();
+        self.counters.submitted.fetch_add(1, Relaxed);
         self.queue
             .send(Pending { record, reply })
             .map_err(|_| StorageError::Unavailable("the audit writer has stopped".into()))?;
@@ -200,5 +241,72 @@ impl AuditStore for PgAuditLog {
         }
         self.integrated(new).await?;
         Ok(self.reader().await?.consistency_proof(old, new).await?)
+    }
+
+    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError> {
+        Ok(self.reader().await?.query(query).await?)
+    }
+
+    async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
+        match self.reader().await?.latest_checkpoint().await? {
+            Some(note) => Ok(Some(crate::query::signed(note)?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError> {
+        Ok(self.reader().await?.checkpoints().await?)
+    }
+
+    async fn set_cosigned(&self, note: &str) -> Result<(), StorageError> {
+        Ok(self.reader().await?.set_cosigned(note).await?)
+    }
+
+    async fn cosigned(&self) -> Result<Option<String>, StorageError> {
+        Ok(self.reader().await?.cosigned().await?)
+    }
+
+    fn verifier_key(&self) -> Option<String> {
+        Some(self.verifier_key.clone())
+    }
+
+    fn stats(&self) -> AuditStats {
+        let c = &self.counters;
+        AuditStats {
+            entries: c.entries.load(Relaxed),
+            queued: c
+                .submitted
+                .load(Relaxed)
+                .saturating_sub(c.answered.load(Relaxed)),
+            syncs: c.commits.load(Relaxed),
+            sync_micros: c.commit_micros.load(Relaxed),
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.counters
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn archived(&self) -> ArchiveState {
+        ArchiveState::default()
+    }
+
+    async fn archive_before(
+        &self,
+        _cutoff_micros: i64,
+    ) -> Result<Option<ArchiveReport>, StorageError> {
+        Err(StorageError::Unsupported(
+            "archiving is not built for the PostgreSQL store yet: its entries stay in audit_entries (docs/storage-postgresql.md)".into(),
+        ))
+    }
+
+    async fn close(&self) -> Result<(), StorageError> {
+        // Every append is answered only once committed: nothing accepted
+        // is left to write.
+        Ok(())
     }
 }

@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use semel_core::{Authorisation, Dataset, Organisation, Purpose, RevokedCertificate};
-use semel_storage::StorageError;
+use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCertificate};
+use semel_storage::{RegistryUndo, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -255,6 +255,79 @@ impl PgRegistry {
     pub async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, PgError> {
         self.all("revoked_certificate").await
     }
+
+    /// One organisation, by KBO number.
+    pub async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, PgError> {
+        self.conn
+            .lock()
+            .await
+            .client()
+            .await?
+            .query_opt(
+                "SELECT value::text FROM registry_records WHERE kind = 'organisation' AND key = $1",
+                &[&kbo.as_str()],
+            )
+            .await?
+            .map(|r| decode(r.get(0)))
+            .transpose()
+    }
+
+    /// Takes back a change whose audit entry failed, in one transaction
+    /// that moves the version (so every broker reloads).
+    pub async fn undo(&self, undo: &RegistryUndo) -> Result<u64, PgError> {
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
+        let (kind, key, before) = match undo {
+            RegistryUndo::Organisation(kbo, b) => (
+                "organisation",
+                kbo.as_str().to_owned(),
+                b.as_ref().map(encode).transpose()?,
+            ),
+            RegistryUndo::Dataset(name, b) => (
+                "dataset",
+                name.as_str().to_owned(),
+                b.as_ref().map(encode).transpose()?,
+            ),
+            RegistryUndo::Purpose(code, b) => (
+                "purpose",
+                code.as_str().to_owned(),
+                b.as_ref().map(encode).transpose()?,
+            ),
+            RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
+            RegistryUndo::Authorisation(after, b) => {
+                tx.execute(
+                    "DELETE FROM registry_authorisation_history WHERE reference = $1 AND version = $2",
+                    &[&after.reference.as_str(), &(after.version as i32)],
+                )
+                .await?;
+                (
+                    "authorisation",
+                    after.reference.as_str().to_owned(),
+                    b.as_deref().map(encode).transpose()?,
+                )
+            }
+        };
+        match before {
+            Some(value) => {
+                tx.execute(
+                    "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
+                     ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
+                    &[&kind, &key, &value],
+                )
+                .await?;
+            }
+            None => {
+                tx.execute(
+                    "DELETE FROM registry_records WHERE kind = $1 AND key = $2",
+                    &[&kind, &key],
+                )
+                .await?;
+            }
+        }
+        let version = bump(&tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
 }
 
 /// Key order is byte order (`COLLATE "C"`), as the embedded store lists.
@@ -308,6 +381,15 @@ impl semel_storage::RegistryStore for PgRegistry {
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, StorageError> {
         Ok(PgRegistry::revoke_certificate(self, revoked).await?)
+    }
+
+    async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError> {
+        Ok(PgRegistry::organisation(self, kbo).await?)
+    }
+
+    async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError> {
+        PgRegistry::undo(self, undo).await?;
+        Ok(())
     }
 
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError> {

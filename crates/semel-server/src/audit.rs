@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use semel_core::{LOOKUP_OPERATION, Niss, ReasonCode, UserRole};
-use semel_store::{AuditQuery, StoredEntry};
+use semel_storage::{AuditQuery, StoredEntry};
 use tonic::{Request, Response, Status};
 
 use crate::audited::{Change, nothing_to_undo};
@@ -31,17 +31,13 @@ impl AuditService {
     }
 
     /// The archive, when the period from `since` reaches into it.
-    fn archived_part(&self, since_micros: Option<i64>) -> Option<semel_store::ArchiveState> {
-        let a = self.broker.store().audit().archived();
+    fn archived_part(&self, since_micros: Option<i64>) -> Option<semel_storage::ArchiveState> {
+        let a = self.broker.storage().audit.archived();
         (a.before > 0 && since_micros.is_none_or(|s| s <= a.until_micros)).then_some(a)
     }
 
     async fn query(&self, query: AuditQuery) -> Result<Vec<StoredEntry>, ApiError> {
-        let broker = self.broker.clone();
-        tokio::task::spawn_blocking(move || broker.store().audit().query(&query))
-            .await
-            .map_err(|e| ApiError::internal(format!("audit query failed: {e}")))?
-            .map_err(ApiError::from)
+        Ok(self.broker.storage().audit.query(&query).await?)
     }
 }
 
@@ -345,7 +341,13 @@ impl Rpc for AuditService {
         req: Request<proto::GetAuditHeadRequest>,
     ) -> Result<Response<proto::GetAuditHeadResponse>, Status> {
         self.broker.admit(&req).await?;
-        let (size, head) = self.broker.store().audit().head();
+        let (size, head) = self
+            .broker
+            .storage()
+            .audit
+            .head()
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::GetAuditHeadResponse {
             size,
             head_hash: head.to_vec(),
@@ -391,9 +393,10 @@ impl Rpc for AuditService {
             // same person.
             let resolved = self
                 .broker
-                .store()
-                .persons()
+                .storage()
+                .persons
                 .resolve(&citizen)
+                .await
                 .map_err(ApiError::from)?;
             let numbers: std::collections::BTreeSet<Niss> = std::iter::once(citizen)
                 .chain(resolved.numbers().copied())
@@ -472,12 +475,13 @@ impl Rpc for AuditService {
         req: Request<proto::GetLatestCheckpointRequest>,
     ) -> Result<Response<proto::GetLatestCheckpointResponse>, Status> {
         self.broker.admit(&req).await?;
-        let log = self.broker.store().audit();
+        let log = &self.broker.storage().audit;
         // The newest checkpoint with its witnesses' cosignatures, once they
         // have cosigned it (the note's log signature comes first either way).
-        let cosigned = log.cosigned();
+        let cosigned = log.cosigned().await.map_err(ApiError::from)?;
+        let latest = log.latest_checkpoint().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::GetLatestCheckpointResponse {
-            checkpoint: log.latest_checkpoint().map(|c| proto::Checkpoint {
+            checkpoint: latest.map(|c| proto::Checkpoint {
                 origin: c.checkpoint.origin,
                 tree_size: c.checkpoint.size,
                 root_hash: c.checkpoint.root.to_vec(),
@@ -485,7 +489,7 @@ impl Rpc for AuditService {
                     .filter(|n| n.starts_with(&c.note))
                     .unwrap_or(c.note),
             }),
-            verifier_key: log.verifier_key().unwrap_or_default().to_owned(),
+            verifier_key: log.verifier_key().unwrap_or_default(),
         }))
     }
 
@@ -501,9 +505,11 @@ impl Rpc for AuditService {
         let size = match tree_size {
             0 => self
                 .broker
-                .store()
-                .audit()
+                .storage()
+                .audit
                 .latest_checkpoint()
+                .await
+                .map_err(ApiError::from)?
                 .map(|c| c.checkpoint.size)
                 .ok_or_else(|| {
                     ApiError::new(
@@ -521,12 +527,17 @@ impl Rpc for AuditService {
             .broker
             .audited(&caller, async |change: &mut Change| {
                 change.detail = format!("inclusion proof of entry {sequence} in tree size {size}");
-                let (stored, proof) = tokio::task::spawn_blocking(move || {
-                    broker.store().audit().inclusion_proof(sequence, size)
-                })
-                .await
-                .map_err(|e| ApiError::internal(format!("inclusion proof failed: {e}")))?
-                .map_err(ApiError::from)?;
+                let log = &broker.storage().audit;
+                let proof = log.inclusion_proof(sequence, size).await?;
+                let encoding = log.entry(sequence).await?;
+                let stored = StoredEntry {
+                    entry: semel_core::AuditEntry::decode(&encoding).map_err(|e| {
+                        ApiError::from(semel_storage::StorageError::Corrupt(format!(
+                            "audit entry {sequence}: {e}"
+                        )))
+                    })?,
+                    hash: semel_core::entry_hash(&encoding),
+                };
                 change.citizen = stored.entry.record.citizen;
                 if !caller.audits_everything() && stored.entry.record.consumer != caller.org.kbo {
                     return Err(ApiError::denied(
@@ -555,16 +566,13 @@ impl Rpc for AuditService {
             first_tree_size,
             second_tree_size,
         } = req.into_inner();
-        let broker = self.broker.clone();
-        let proof = tokio::task::spawn_blocking(move || {
-            broker
-                .store()
-                .audit()
-                .consistency_proof(first_tree_size, second_tree_size)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("consistency proof failed: {e}")))?
-        .map_err(ApiError::from)?;
+        let proof = self
+            .broker
+            .storage()
+            .audit
+            .consistency_proof(first_tree_size, second_tree_size)
+            .await
+            .map_err(ApiError::from)?;
         Ok(Response::new(proto::GetConsistencyProofResponse {
             proof: proof.iter().map(|h| h.to_vec()).collect(),
         }))

@@ -9,13 +9,14 @@ use semel_core::{AuditDecision, Kbo, Niss, Outcome};
 use crate::error::ApiError;
 use crate::state::{Broker, Caller};
 
-/// What to do to take a change back when its entry cannot be written.
-pub type Undo = Box<dyn FnOnce() + Send>;
+/// What to do to take a change back when its entry cannot be written: a
+/// future, which does nothing unless it is awaited.
+pub type Undo = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The undo of a read, or of a change that stands whatever happens (a
 /// number replaced by the register).
 pub fn nothing_to_undo() -> Undo {
-    Box::new(|| {})
+    Box::pin(async {})
 }
 
 /// What a call learnt, for its audit entry.
@@ -71,8 +72,7 @@ impl Broker {
         match (result, appended) {
             (Ok((value, _)), Ok(())) => Ok((value, request_id)),
             (Ok((_, undo)), Err(e)) => {
-                // The undo writes to the store: off the async workers.
-                let _ = tokio::task::spawn_blocking(undo).await;
+                undo.await;
                 Err(e.with("request_id", request_id))
             }
             (Err(e), _) => Err(e.with("request_id", request_id)),

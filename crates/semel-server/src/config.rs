@@ -41,6 +41,41 @@ pub struct Config {
     /// The persons directory's rules for files.
     #[serde(default)]
     pub persons: PersonsSection,
+    /// Where the registry, the persons directory and the audit log live:
+    /// the embedded store in `data_dir` unless a PostgreSQL URL is given.
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// The store. Without `url`, the embedded store (sled and the audit log
+/// file in `data_dir`) for one broker; with a `postgresql://` URL, the
+/// PostgreSQL store any number of brokers share (docs/storage-postgresql.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// `postgresql://user@host:port/database`. Keep a password out of the
+    /// file: `SEMEL_STORE__URL` in the environment replaces this key.
+    pub url: Option<String>,
+    /// How often a broker reads the registry's version when no change was
+    /// announced to it (NOTIFY lost with a dropped connection): the bound
+    /// on how late another broker's registry change takes effect here.
+    #[serde(default)]
+    pub registry_poll_ms: Option<u64>,
+}
+
+/// The registry poll when none is configured.
+pub const DEFAULT_REGISTRY_POLL: Duration = Duration::from_secs(1);
+
+impl StoreSection {
+    /// The PostgreSQL URL, when the store is PostgreSQL.
+    pub fn postgresql(&self) -> Option<&str> {
+        self.url.as_deref().filter(|u| !u.trim().is_empty())
+    }
+
+    pub fn registry_poll(&self) -> Duration {
+        self.registry_poll_ms
+            .map_or(DEFAULT_REGISTRY_POLL, Duration::from_millis)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -429,6 +464,19 @@ impl Config {
             !self.operator.name.trim().is_empty(),
             "operator.name: must not be empty".into(),
         );
+        if let Some(url) = self.store.postgresql() {
+            ensure(
+                url.starts_with("postgresql://") || url.starts_with("postgres://"),
+                "store.url: must be a postgresql:// URL (leave it out for the embedded store)"
+                    .into(),
+            );
+        }
+        ensure(
+            self.store
+                .registry_poll_ms
+                .is_none_or(|ms| (50..=60_000).contains(&ms)),
+            "store.registry_poll_ms: must lie between 50 and 60000".into(),
+        );
         ensure(
             (10..=120_000).contains(&self.sources.deadline_ms),
             format!(
@@ -672,14 +720,24 @@ impl Config {
 
     /// Checkpoint settings, with the signing key loaded (or created).
     pub fn checkpoint_settings(&self) -> anyhow::Result<semel_store::CheckpointSettings> {
-        let path = self.audit_signing_key();
-        let key = semel_store::load_or_create_signing_key(&path)
-            .with_context(|| format!("audit.signing_key {}", path.display()))?;
         Ok(semel_store::CheckpointSettings {
-            signer: semel_core::checkpoint::NoteSigner::new(&self.audit_origin()?, key),
+            signer: self.checkpoint_signer()?,
             every_entries: self.audit.checkpoint_every_entries,
             every: Duration::from_millis(self.audit.checkpoint_every_ms),
         })
+    }
+
+    /// The key that signs the log's checkpoints, created at its path if
+    /// missing. Brokers sharing a PostgreSQL store share this key (one log,
+    /// one identity).
+    pub fn checkpoint_signer(&self) -> anyhow::Result<semel_core::checkpoint::NoteSigner> {
+        let path = self.audit_signing_key();
+        let key = semel_store::load_or_create_signing_key(&path)
+            .with_context(|| format!("audit.signing_key {}", path.display()))?;
+        Ok(semel_core::checkpoint::NoteSigner::new(
+            &self.audit_origin()?,
+            key,
+        ))
     }
 
     /// The witnesses to submit checkpoints to.

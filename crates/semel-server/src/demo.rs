@@ -12,7 +12,7 @@ use semel_demo::Population;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
 use semel_demo::seed::{self, DemoOrg};
-use semel_store::Store;
+use semel_storage::Storage;
 use serde::Serialize;
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -42,6 +42,10 @@ pub struct DemoOptions {
     pub reload_poll: Option<Duration>,
     /// Sign an audit checkpoint after this many entries (or 10 s).
     pub checkpoint_every_entries: u64,
+    /// A PostgreSQL URL: run the demo on that store rather than the
+    /// embedded one, and write a configuration with which `semel serve`
+    /// runs a second broker on it.
+    pub postgresql: Option<String>,
 }
 
 /// The demo audit log's name in its checkpoints.
@@ -59,6 +63,7 @@ impl DemoOptions {
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
+            postgresql: None,
         }
     }
 }
@@ -75,8 +80,10 @@ pub struct Demo {
     pub metrics_addr: Option<SocketAddr>,
     /// Reloads the broker's certificate, CA bundle and issuer keys.
     pub reloader: Arc<Reloader>,
-    /// The broker itself (its store, for tests that look behind the API).
+    /// The broker itself (its storage, for tests that look behind the API).
     pub broker: Arc<Broker>,
+    /// The embedded store, when the demo runs on it (tests inject faults).
+    pub embedded: Option<Arc<semel_store::Store>>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -199,19 +206,33 @@ impl Demo {
                 served.await.context("serve the demo witness")
             }));
         }
-        let store = Store::open_with(
-            &data_dir.join("store"),
-            Some(semel_store::CheckpointSettings {
-                signer,
-                every_entries: opts.checkpoint_every_entries,
-                every: Duration::from_secs(10),
-            }),
-        )
-        .context("open the demo store")?;
-        seed_registry(&store, &orgs, |slug| {
+        let opened = match &opts.postgresql {
+            None => {
+                crate::stores::open_embedded(
+                    data_dir.join("store"),
+                    semel_store::CheckpointSettings {
+                        signer,
+                        every_entries: opts.checkpoint_every_entries,
+                        every: Duration::from_secs(10),
+                    },
+                )
+                .await?
+            }
+            Some(url) => {
+                crate::stores::open_postgresql(
+                    url,
+                    signer,
+                    Duration::from_secs(1),
+                    crate::config::DEFAULT_REGISTRY_POLL,
+                )
+                .await?
+            }
+        };
+        seed_registry(&opened.storage, &orgs, |slug| {
             endpoints.get(slug).cloned().unwrap_or_default()
-        })?;
-        seed_files(&store, &population)?;
+        })
+        .await?;
+        seed_files(&opened.storage, &population).await?;
 
         let broker_files = pki.files("broker");
         let files = ReloadFiles {
@@ -230,8 +251,9 @@ impl Demo {
             },
         };
         let (server_tls, source_tls, tokens) = server::load_all(&files)?;
+        let embedded = opened.embedded.clone();
         let broker = Broker::new(
-            Arc::new(store),
+            opened.storage,
             SourceSettings {
                 tls: source_tls,
                 deadline: opts.source_deadline,
@@ -242,7 +264,13 @@ impl Demo {
                 persons: crate::state::PersonsSettings::default(),
             },
             tokens,
-        )?;
+        )
+        .await?;
+        let background = opened
+            .changes
+            .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
+            .into_iter()
+            .collect();
         let reloader = Reloader::new(files, broker.clone(), server_tls);
         let listener = TcpListener::bind(opts.listen)
             .await
@@ -264,6 +292,7 @@ impl Demo {
             listener,
             Prepared {
                 broker: broker.clone(),
+                background,
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
                 online_window: None,
@@ -350,6 +379,7 @@ impl Demo {
             metrics_addr,
             reloader,
             broker,
+            embedded,
             shutdown,
             broker_task,
             source_tasks,
@@ -458,32 +488,33 @@ fn dev_pki(dir: &Path, orgs: &[DemoOrg], operator: &DemoOrg) -> anyhow::Result<D
 
 /// Registers the demo organisations and authorisations if missing, and
 /// (re)points the demo datasets at the sources' current addresses.
-fn seed_registry(
-    store: &Store,
+async fn seed_registry(
+    storage: &Storage,
     orgs: &[DemoOrg],
     endpoint: impl Fn(&str) -> String,
 ) -> anyhow::Result<()> {
     let now = OffsetDateTime::now_utc();
-    let reg = store.registry();
+    let reg = &storage.registry;
     for o in orgs {
-        if reg.organisation(&o.kbo)?.is_none() {
-            reg.put_organisation(&o.to_organisation(now))?;
+        if reg.organisation(&o.kbo).await?.is_none() {
+            reg.put_organisation(&o.to_organisation(now)).await?;
         }
     }
     for d in seed::datasets(endpoint) {
-        reg.put_dataset(&d)?;
+        reg.put_dataset(&d).await?;
     }
     for p in seed::purposes() {
-        reg.put_purpose(&p)?;
+        reg.put_purpose(&p).await?;
     }
     let existing: std::collections::BTreeSet<String> = reg
-        .authorisations()?
+        .authorisations()
+        .await?
         .into_iter()
         .map(|a| a.reference.to_string())
         .collect();
     for a in seed::authorisations(now) {
         if !existing.contains(a.reference.as_str()) {
-            reg.put_authorisation(&a)?;
+            reg.put_authorisation(&a).await?;
         }
     }
     Ok(())
@@ -491,18 +522,19 @@ fn seed_registry(
 
 /// Opens the demo persons directory's files, the first time only: files
 /// closed in a demo stay closed across restarts.
-fn seed_files(store: &Store, population: &Population) -> anyhow::Result<()> {
+async fn seed_files(storage: &Storage, population: &Population) -> anyhow::Result<()> {
     let people: Vec<semel_core::Niss> = population.people.iter().map(|p| p.niss).collect();
     let files = seed::files(&people, OffsetDateTime::now_utc());
     let Some(first) = files.first() else {
         return Ok(());
     };
-    let persons = store.persons();
+    let persons = &storage.persons;
     if persons
-        .file(&first.consumer, &first.citizen, &first.id)?
+        .file(&first.consumer, &first.citizen, &first.id)
+        .await?
         .is_none()
     {
-        persons.put_files(&files)?;
+        persons.put_files(&files).await?;
     }
     Ok(())
 }

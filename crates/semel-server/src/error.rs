@@ -152,15 +152,15 @@ impl From<ApiError> for Status {
     }
 }
 
-impl From<semel_store::StoreError> for ApiError {
-    fn from(e: semel_store::StoreError) -> Self {
-        // Store errors are logged where they are handled (here), since the
-        // client only gets a generic message.
+impl From<semel_storage::StorageError> for ApiError {
+    fn from(e: semel_storage::StorageError) -> Self {
+        use semel_storage::StorageError as E;
+        // Storage errors are logged where they are handled (here), since
+        // the client only gets a generic message.
         match e {
-            semel_store::StoreError::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
-            semel_store::StoreError::OutOfRange(m) => {
-                ApiError::new(Code::OutOfRange, "OUT_OF_RANGE", m)
-            }
+            E::Conflict(m) => ApiError::new(Code::Aborted, "CONFLICT", m),
+            E::OutOfRange(m) => ApiError::new(Code::OutOfRange, "OUT_OF_RANGE", m),
+            E::Unsupported(m) => ApiError::new(Code::Unimplemented, "NOT_SUPPORTED_BY_STORE", m),
             e => {
                 // A damaged record's decoding error may quote its content.
                 let error = redact_national_numbers(&e.to_string()).into_owned();
@@ -172,6 +172,12 @@ impl From<semel_store::StoreError> for ApiError {
                 )
             }
         }
+    }
+}
+
+impl From<semel_store::StoreError> for ApiError {
+    fn from(e: semel_store::StoreError) -> Self {
+        semel_storage::StorageError::from(e).into()
     }
 }
 

@@ -28,6 +28,7 @@ pub mod reflection;
 mod registry;
 pub mod server;
 pub mod state;
+pub mod stores;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;

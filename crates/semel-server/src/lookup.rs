@@ -368,8 +368,8 @@ async fn lookup(
         crate::telemetry::set_error(&span, reason.unwrap_or(e.reason));
     }
     if let Err(e) = broker
-        .store()
-        .audit()
+        .storage()
+        .audit
         .append(record)
         .instrument(tracing::debug_span!("audit.append"))
         .await
@@ -471,8 +471,8 @@ async fn process(
     trace.citizen = Some(given);
     // A replaced number is looked up as the number in force; the entry
     // keeps both.
-    let persons = broker.store().persons();
-    let resolved = persons.resolve(&given)?;
+    let persons = &broker.storage().persons;
+    let resolved = persons.resolve(&given).await?;
     let citizen = resolved.current;
     trace.citizen = Some(citizen);
     trace.citizen_as_given = resolved.given;
@@ -534,7 +534,7 @@ async fn process(
     // The persons directory and consents are read only when an
     // authorisation could use them.
     let files = if authorisations.iter().any(|a| a.purpose == purpose) {
-        persons.files_of(&org.kbo, &resolved)?
+        persons.files_of(&org.kbo, &resolved).await?
     } else {
         Vec::new()
     };
@@ -542,7 +542,7 @@ async fn process(
         .iter()
         .any(|a| a.purpose == purpose && a.consent_required)
     {
-        persons.consents_of(&resolved)?
+        persons.consents_of(&resolved).await?
     } else {
         Vec::new()
     };

@@ -47,17 +47,6 @@ impl ConsentService {
     }
 }
 
-/// Runs a blocking store write off the async workers: a write is made
-/// durable with `fsync`, and a burst of them must not stall lookups.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, semel_store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("store write failed: {e}")))?
-        .map_err(ApiError::from)
-}
-
 fn parse_citizen(field: &'static str, s: &str) -> Result<Niss, ApiError> {
     Niss::parse(s).map_err(|e| ApiError::invalid(field, "INVALID_CITIZEN", format!("{field}: {e}")))
 }
@@ -74,8 +63,8 @@ fn printable(field: &'static str, s: &str, max: usize) -> Result<String, ApiErro
 }
 
 impl Broker {
-    fn resolve(&self, citizen: &Niss) -> Result<Resolved, ApiError> {
-        Ok(self.store().persons().resolve(citizen)?)
+    async fn resolve(&self, citizen: &Niss) -> Result<Resolved, ApiError> {
+        Ok(self.storage().persons.resolve(citizen).await?)
     }
 
     /// Asks the register whether it knows a national number: a Fetch of its
@@ -186,7 +175,7 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         let (file, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("file.citizen", &file.citizen)?;
             change.citizen = Some(given);
-            let resolved = broker.resolve(&given)?;
+            let resolved = broker.resolve(&given).await?;
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
             change.reference = printable(
@@ -255,16 +244,16 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 registered_at: now,
                 closed_at: None,
             };
-            let persons = broker.store().persons().clone();
+            let persons = broker.storage().persons.clone();
             {
                 let (persons, f) = (persons.clone(), stored.clone());
-                blocking(move || persons.put_file(&f)).await?;
+                persons.put_files(std::slice::from_ref(&f)).await?;
             }
             change.detail = file_detail(&stored);
             let undo = {
                 let f = stored.clone();
-                Box::new(move || {
-                    let _ = persons.delete_file(&f);
+                Box::pin(async move {
+                    let _ = persons.delete_file(&f).await;
                 }) as Undo
             };
             Ok((stored, undo))
@@ -286,13 +275,13 @@ impl proto::persons_service_server::PersonsService for PersonsService {
         let (file, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("citizen", &msg.citizen)?;
             change.citizen = Some(given);
-            let resolved = broker.resolve(&given)?;
+            let resolved = broker.resolve(&given).await?;
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
-            let persons = broker.store().persons().clone();
+            let persons = broker.storage().persons.clone();
             let mut found = None;
             for n in resolved.numbers() {
-                if let Some(f) = persons.file(&caller.org.kbo, n, &msg.file_id)? {
+                if let Some(f) = persons.file(&caller.org.kbo, n, &msg.file_id).await? {
                     found = Some(f);
                     break;
                 }
@@ -324,12 +313,12 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             after.closed_at = Some(now);
             {
                 let (persons, f) = (persons.clone(), after.clone());
-                blocking(move || persons.put_file(&f)).await?;
+                persons.put_files(std::slice::from_ref(&f)).await?;
             }
             change.reference = after.consumer_reference.clone();
             change.detail = file_detail(&after);
-            let undo = Box::new(move || {
-                let _ = persons.put_file(&before);
+            let undo = Box::pin(async move {
+                let _ = persons.put_files(std::slice::from_ref(&before)).await;
             }) as Undo;
             Ok((after, undo))
         })
@@ -352,13 +341,14 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             .audited(&caller, async |change: &mut Change| {
                 let citizen = parse_citizen("citizen", &req.get_ref().citizen)?;
                 change.citizen = Some(citizen);
-                let resolved = broker.resolve(&citizen)?;
+                let resolved = broker.resolve(&citizen).await?;
                 change.citizen = Some(resolved.current);
                 change.citizen_as_given = resolved.given;
                 let mut files = broker
-                    .store()
-                    .persons()
-                    .files_of(&caller.org.kbo, &resolved)?;
+                    .storage()
+                    .persons
+                    .files_of(&caller.org.kbo, &resolved)
+                    .await?;
                 files.sort_by_key(|f| std::cmp::Reverse(f.registered_at));
                 change.detail = format!("{} files listed", files.len());
                 Ok((files, nothing_to_undo()))
@@ -396,16 +386,13 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                     registered_by: caller.org.kbo,
                     registered_at: now,
                 };
-                let persons = broker.store().persons().clone();
-                tokio::task::spawn_blocking(move || persons.replace(&replacement))
-                    .await
-                    .map_err(|e| ApiError::internal(format!("store write failed: {e}")))?
-                    .map_err(|e| match e {
-                        semel_store::StoreError::Conflict(m) => {
-                            ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
-                        }
-                        other => other.into(),
-                    })?;
+                let persons = broker.storage().persons.clone();
+                persons.replace(&replacement).await.map_err(|e| match e {
+                    semel_storage::StorageError::Conflict(m) => {
+                        ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
+                    }
+                    other => other.into(),
+                })?;
                 change.detail = format!("number replaced on {}", format_date(replaced_on));
                 // A replacement is not undone: the register's word stands, and
                 // the entry's absence is reported to the caller, who retries
@@ -441,10 +428,10 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                         "reason is required: 1 to 256 printable characters",
                     ));
                 }
-                let persons = broker.store().persons().clone();
+                let persons = broker.storage().persons.clone();
                 let undone = {
                     let persons = persons.clone();
-                    blocking(move || persons.unreplace(&old)).await?
+                    persons.unreplace(&old).await?
                 };
                 let Some(removed) = undone else {
                     return Err(ApiError::not_found(
@@ -459,8 +446,8 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                     semel_core::redact_national_numbers(&reason)
                 );
                 let again = removed.clone();
-                let undo = Box::new(move || {
-                    let _ = persons.replace(&again);
+                let undo = Box::pin(async move {
+                    let _ = persons.replace(&again).await;
                 }) as Undo;
                 Ok((removed, undo))
             })
@@ -568,7 +555,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let (consent, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("consent.citizen", &c.citizen)?;
             change.citizen = Some(given);
-            let resolved = broker.resolve(&given)?;
+            let resolved = broker.resolve(&given).await?;
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
             change.purpose = c.purpose.chars().take(64).collect();
@@ -637,7 +624,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                     d.is_empty() || datasets.is_empty() || d.iter().any(|x| datasets.contains(x))
                 };
                 let now = OffsetDateTime::now_utc();
-                let existing = broker.store().persons().consents_of(&resolved)?;
+                let existing = broker.storage().persons.consents_of(&resolved).await?;
                 let concerns = |x: &&Consent| {
                     x.consumer.is_none_or(|k| k == org) && x.purpose == purpose && overlaps(&x.datasets)
                 };
@@ -696,16 +683,16 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 withdrawn_at: None,
                 withdrawn_through: None,
             };
-            let persons = broker.store().persons().clone();
+            let persons = broker.storage().persons.clone();
             {
                 let (persons, c) = (persons.clone(), consent.clone());
-                blocking(move || persons.put_consent(&c)).await?;
+                persons.put_consent(&c).await?;
             }
             change.detail = consent_detail(&consent);
             let undo = {
                 let c = consent.clone();
-                Box::new(move || {
-                    let _ = persons.delete_consent(&c);
+                Box::pin(async move {
+                    let _ = persons.delete_consent(&c).await;
                 }) as Undo
             };
             Ok((consent, undo))
@@ -727,15 +714,15 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let (consent, request_id) = broker.audited(&caller, async |change: &mut Change| {
             let given = parse_citizen("citizen", &msg.citizen)?;
             change.citizen = Some(given);
-            let resolved = broker.resolve(&given)?;
+            let resolved = broker.resolve(&given).await?;
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
             if caller.has(UserRole::Citizen) {
                 own_citizen(&caller, &resolved)?;
             }
-            let persons = broker.store().persons().clone();
+            let persons = broker.storage().persons.clone();
             let found = persons
-                .consents_of(&resolved)?
+                .consents_of(&resolved).await?
                 .into_iter()
                 .find(|c| c.id == msg.consent_id);
             let Some(before) = found else {
@@ -767,11 +754,11 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                     ConsentChannel::Counter
                 });
                 let (persons, c) = (persons.clone(), after.clone());
-                blocking(move || persons.put_consent(&c)).await?;
+                persons.put_consent(&c).await?;
             }
             change.detail = format!("{} withdrawn", consent_detail(&after));
-            let undo = Box::new(move || {
-                let _ = persons.put_consent(&before);
+            let undo = Box::pin(async move {
+                let _ = persons.put_consent(&before).await;
             }) as Undo;
             Ok((after, undo))
         })
@@ -794,12 +781,12 @@ impl proto::consent_service_server::ConsentService for ConsentService {
         let read = async |change: &mut Change| {
             let citizen = parse_citizen("citizen", &given)?;
             change.citizen = Some(citizen);
-            let resolved = broker.resolve(&citizen)?;
+            let resolved = broker.resolve(&citizen).await?;
             change.citizen = Some(resolved.current);
             change.citizen_as_given = resolved.given;
             let org = caller.org.kbo;
             let own = is_own(&caller, &resolved);
-            let persons = broker.store().persons().clone();
+            let persons = broker.storage().persons.clone();
             // Who sees which: the citizen all of theirs; a supervisory
             // auditor all; a consumer with an active file on the citizen those
             // given to it (or to any consumer) or registered at its counter;
@@ -812,7 +799,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 let p = persons.clone();
                 let now = OffsetDateTime::now_utc();
                 let today = brussels_today(now);
-                blocking(move || p.files_of(&org, &r))
+                p.files_of(&org, &r)
                     .await?
                     .iter()
                     .any(|f| f.covers(today) && f.open_at(now))
@@ -834,7 +821,8 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 ));
             };
             let r = resolved.clone();
-            let mut consents: Vec<Consent> = blocking(move || persons.consents_of(&r))
+            let mut consents: Vec<Consent> = persons
+                .consents_of(&r)
                 .await?
                 .into_iter()
                 .filter(|c| scope(c))
@@ -844,10 +832,10 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             Ok((consents, nothing_to_undo()))
         };
         let own_read = caller.has(UserRole::Citizen)
-            && parse_citizen("citizen", &given)
-                .ok()
-                .and_then(|c| broker.resolve(&c).ok())
-                .is_some_and(|r| is_own(&caller, &r));
+            && match parse_citizen("citizen", &given) {
+                Ok(c) => broker.resolve(&c).await.is_ok_and(|r| is_own(&caller, &r)),
+                Err(_) => false,
+            };
         let consents = if own_read {
             read(&mut Change::default()).await?.0
         } else {

@@ -290,6 +290,11 @@ pub const REASONS: &[Reasons] = &[
         "the broker cannot record the call or read its storage, so it answers none; retry later",
     ),
     row(
+        "UNIMPLEMENTED",
+        &["NOT_SUPPORTED_BY_STORE"],
+        "the broker's store does not do this (yet): archiving on PostgreSQL; the message says what instead",
+    ),
+    row(
         "RESOURCE_EXHAUSTED",
         &["RATE_LIMITED"],
         "your organisation is over its rate of lookups; retry after the `RetryInfo` delay",

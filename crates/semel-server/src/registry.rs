@@ -8,7 +8,7 @@ use std::sync::Arc;
 use semel_core::{
     AuthorisationStatus, CertificateId, Kbo, OrganisationStatus, RevokedCertificate, Role, UserRole,
 };
-use semel_store::RegistryUndo;
+use semel_storage::{RegistryStore, RegistryUndo};
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
@@ -30,28 +30,24 @@ impl RegistryService {
     /// Applies a registry write and reloads the snapshot. The caller holds
     /// the admin lock, through the audit entry's append, so the undo (used
     /// when the entry cannot be made durable) finds the record as it left it.
-    async fn apply<T: Send + 'static>(
+    async fn apply<T: Send + 'static, F>(
         &self,
-        f: impl FnOnce(&semel_store::Registry) -> Result<(T, Option<RegistryUndo>), ApiError>
-        + Send
-        + 'static,
-    ) -> Result<(T, Undo), ApiError> {
-        let broker = self.broker.clone();
-        let (out, undo) = tokio::task::spawn_blocking(move || {
-            let out = f(broker.store().registry())?;
-            broker.reload()?;
-            Ok::<_, ApiError>(out)
-        })
-        .await
-        .map_err(|e| ApiError::internal(format!("registry change failed: {e}")))??;
+        f: impl FnOnce(Arc<dyn RegistryStore>) -> F,
+    ) -> Result<(T, Undo), ApiError>
+    where
+        F: Future<Output = Result<(T, Option<RegistryUndo>), ApiError>> + Send,
+    {
+        let registry = self.broker.storage().registry.clone();
+        let (out, undo) = f(registry.clone()).await?;
+        self.broker.reload().await?;
         let broker = self.broker.clone();
         let undo: Undo = match undo {
             None => nothing_to_undo(),
-            Some(u) => Box::new(move || {
-                if let Err(e) = broker.store().registry().undo(&u) {
+            Some(u) => Box::pin(async move {
+                if let Err(e) = registry.undo(&u).await {
                     tracing::error!(error = %e, "a registry change whose audit entry failed could not be undone");
                 }
-                let _ = broker.reload();
+                let _ = broker.reload().await;
             }),
         };
         Ok((out, undo))
@@ -109,11 +105,11 @@ impl Rpc for RegistryService {
                     org.name,
                     roles_text(&org.roles)
                 );
-                self.apply(move |reg| {
-                    if reg.organisation(&org.kbo)?.is_some() {
+                self.apply(move |reg| async move {
+                    if reg.organisation(&org.kbo).await?.is_some() {
                         return Err(exists(&format!("organisation {}", org.kbo)));
                     }
-                    reg.put_organisation(&org)?;
+                    reg.put_organisation(&org).await?;
                     Ok((org.clone(), Some(RegistryUndo::Organisation(org.kbo, None))))
                 })
                 .await
@@ -249,11 +245,11 @@ impl Rpc for RegistryService {
                         .join(", "),
                     dataset.endpoint
                 );
-                self.apply(move |reg| {
-                    if reg.datasets()?.iter().any(|d| d.name == dataset.name) {
+                self.apply(move |reg| async move {
+                    if reg.datasets().await?.iter().any(|d| d.name == dataset.name) {
                         return Err(exists(&format!("dataset {}", dataset.name)));
                     }
-                    reg.put_dataset(&dataset)?;
+                    reg.put_dataset(&dataset).await?;
                     let undo = RegistryUndo::Dataset(dataset.name.clone(), None);
                     Ok((dataset, Some(undo)))
                 })
@@ -321,15 +317,16 @@ impl Rpc for RegistryService {
                 c.purpose = auth.purpose.to_string();
                 check_authorisation(&self.broker.snapshot(), &auth)?;
                 c.detail = format!("authorisation recorded: {}", authorisation_text(&auth));
-                self.apply(move |reg| {
+                self.apply(move |reg| async move {
                     if reg
-                        .authorisations()?
+                        .authorisations()
+                        .await?
                         .iter()
                         .any(|a| a.reference == auth.reference)
                     {
                         return Err(exists(&format!("authorisation {}", auth.reference)));
                     }
-                    reg.put_authorisation(&auth)?;
+                    reg.put_authorisation(&auth).await?;
                     let undo = RegistryUndo::Authorisation(Box::new(auth.clone()), None);
                     Ok((auth, Some(undo)))
                 })
@@ -438,11 +435,11 @@ impl Rpc for RegistryService {
                     "purpose {} added: {} (legal basis: {})",
                     purpose.code, purpose.description, purpose.legal_basis
                 );
-                self.apply(move |reg| {
-                    if reg.purposes()?.iter().any(|p| p.code == purpose.code) {
+                self.apply(move |reg| async move {
+                    if reg.purposes().await?.iter().any(|p| p.code == purpose.code) {
                         return Err(exists(&format!("purpose {}", purpose.code)));
                     }
-                    reg.put_purpose(&purpose)?;
+                    reg.put_purpose(&purpose).await?;
                     let undo = RegistryUndo::Purpose(purpose.code.clone(), None);
                     Ok((purpose, Some(undo)))
                 })
@@ -483,12 +480,13 @@ impl Rpc for RegistryService {
                     colon_pairs(&revoked.id.key()),
                     revoked.reason
                 );
-                self.apply(move |reg| {
+                self.apply(move |reg| async move {
                     let existed = reg
-                        .revoked_certificates()?
+                        .revoked_certificates()
+                        .await?
                         .iter()
                         .any(|r| r.id == revoked.id);
-                    let stored = reg.revoke_certificate(&revoked)?;
+                    let stored = reg.revoke_certificate(&revoked).await?;
                     let undo = (!existed).then(|| RegistryUndo::Revocation(stored.id.clone()));
                     Ok((stored, undo))
                 })
@@ -506,12 +504,13 @@ impl Rpc for RegistryService {
         req: Request<proto::ListRevokedCertificatesRequest>,
     ) -> Result<Response<proto::ListRevokedCertificatesResponse>, Status> {
         self.broker.admit(&req).await?;
-        let broker = self.broker.clone();
-        let mut revoked =
-            tokio::task::spawn_blocking(move || broker.store().registry().revoked_certificates())
-                .await
-                .map_err(|e| ApiError::internal(format!("read revocations failed: {e}")))?
-                .map_err(ApiError::from)?;
+        let mut revoked = self
+            .broker
+            .storage()
+            .registry
+            .revoked_certificates()
+            .await
+            .map_err(ApiError::from)?;
         revoked.sort_by_key(|r| std::cmp::Reverse(r.revoked_at));
         Ok(Response::new(proto::ListRevokedCertificatesResponse {
             revoked: revoked.iter().map(revoked_to_proto).collect(),
@@ -560,11 +559,14 @@ impl RegistryService {
                         format!(": {reason}")
                     }
                 );
-                self.apply(move |reg| {
-                    let before = reg.organisation(&kbo)?.ok_or_else(|| unknown_org(&kbo))?;
+                self.apply(move |reg| async move {
+                    let before = reg
+                        .organisation(&kbo)
+                        .await?
+                        .ok_or_else(|| unknown_org(&kbo))?;
                     let mut org = before.clone();
                     org.status = status;
-                    reg.put_organisation(&org)?;
+                    reg.put_organisation(&org).await?;
                     Ok((org, Some(RegistryUndo::Organisation(kbo, Some(before)))))
                 })
                 .await
@@ -594,9 +596,10 @@ impl RegistryService {
                 } else {
                     format!("authorisation {word}: {reason}")
                 };
-                self.apply(move |reg| {
+                self.apply(move |reg| async move {
                     let before = reg
-                        .authorisations()?
+                        .authorisations()
+                        .await?
                         .into_iter()
                         .find(|a| a.reference.as_str() == reference)
                         .ok_or_else(|| unknown_authorisation(&reference))?;
@@ -607,7 +610,7 @@ impl RegistryService {
                     auth.status = status;
                     auth.version += 1;
                     auth.updated_at = OffsetDateTime::now_utc();
-                    reg.put_authorisation(&auth)?;
+                    reg.put_authorisation(&auth).await?;
                     let undo =
                         RegistryUndo::Authorisation(Box::new(auth.clone()), Some(Box::new(before)));
                     Ok((auth, Some(undo)))

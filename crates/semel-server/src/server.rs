@@ -9,8 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use anyhow::Context;
-use semel_core::{Kbo, Organisation, OrganisationStatus, Role};
-use semel_store::Store;
+use semel_core::{Kbo, Role};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
@@ -32,6 +31,9 @@ use crate::tokens::{TokenSettings, TokenVerifier};
 /// Everything the broker needs, built and checked before any port is bound.
 pub struct Prepared {
     pub broker: Arc<Broker>,
+    /// Tasks that live as long as the broker serves (following registry
+    /// changes made through other brokers); aborted when it stops.
+    pub background: Vec<tokio::task::JoinHandle<()>>,
     /// Move audit entries older than this to the archive (none: keep all).
     pub online_window: Option<Duration>,
     pub reloader: Arc<Reloader>,
@@ -213,15 +215,29 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tokens: config.token_settings()?,
     };
     let (tls, source_tls, tokens) = load_all(&files)?;
-    let dir = config.data_dir.clone();
-    let checkpoints = config.checkpoint_settings()?;
-    let store = tokio::task::spawn_blocking(move || Store::open_with(&dir, Some(checkpoints)))
-        .await
-        .context("open the store")?
-        .with_context(|| format!("open the store in {}", config.data_dir.display()))?;
-    ensure_operator(&store, config.operator_kbo()?, &config.operator.name)?;
+    let opened = match config.store.postgresql() {
+        None => {
+            crate::stores::open_embedded(config.data_dir.clone(), config.checkpoint_settings()?)
+                .await?
+        }
+        Some(url) => {
+            crate::stores::open_postgresql(
+                url,
+                config.checkpoint_signer()?,
+                Duration::from_millis(config.audit.checkpoint_every_ms),
+                config.store.registry_poll(),
+            )
+            .await?
+        }
+    };
+    crate::stores::ensure_operator(
+        &opened.storage,
+        config.operator_kbo()?,
+        &config.operator.name,
+    )
+    .await?;
     let broker = Broker::new(
-        Arc::new(store),
+        opened.storage,
         SourceSettings {
             tls: source_tls,
             deadline: config.source_deadline(),
@@ -231,31 +247,23 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             persons: config.persons_settings(),
         },
         tokens,
-    )?;
+    )
+    .await?;
+    let background = opened
+        .changes
+        .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
+        .into_iter()
+        .collect();
     let reloader = Reloader::new(files, broker.clone(), tls);
     Ok(Prepared {
         broker,
+        background,
         reloader,
         reload_poll: config.reload_poll(),
         witnesses: config.witnesses()?,
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
-}
-
-/// Registers the operator organisation if it is missing.
-pub fn ensure_operator(store: &Store, kbo: Kbo, name: &str) -> anyhow::Result<()> {
-    if store.registry().organisation(&kbo)?.is_none() {
-        store.registry().put_organisation(&Organisation {
-            kbo,
-            name: name.to_owned(),
-            roles: [Role::Operator].into_iter().collect(),
-            status: OrganisationStatus::Active,
-            created_at: OffsetDateTime::now_utc(),
-        })?;
-        tracing::info!(kbo = kbo.as_str(), "operator organisation registered");
-    }
-    Ok(())
 }
 
 /// Serves the broker's gRPC services on `listener` until `shutdown`
@@ -268,6 +276,7 @@ pub async fn serve_broker(
 ) -> anyhow::Result<()> {
     let Prepared {
         broker,
+        background,
         reloader,
         reload_poll,
         online_window,
@@ -380,19 +389,18 @@ pub async fn serve_broker(
     }
     broker.record_refusal_floods().await;
     reloading.abort();
+    for task in background {
+        task.abort();
+    }
     if let Some(a) = archiving {
         a.abort();
     }
     broker
-        .store()
-        .audit()
+        .storage()
+        .audit
         .close()
+        .await
         .context("close the audit log")?;
-    broker
-        .store()
-        .registry()
-        .sync()
-        .context("sync the registry")?;
     tracing::info!("broker stopped; audit log closed");
     Ok(())
 }
@@ -411,7 +419,7 @@ pub async fn serve_metrics(
     crate::metrics::serve(
         listener,
         metrics,
-        move || broker.store().audit().stats(),
+        move || broker.storage().audit.stats(),
         shutdown,
     )
     .await
@@ -447,21 +455,21 @@ async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
     loop {
         interval.tick().await;
         let cutoff = (OffsetDateTime::now_utc() - window).unix_timestamp_nanos() / 1000;
-        let b = broker.clone();
-        match tokio::task::spawn_blocking(move || b.store().audit().archive_before(cutoff as i64))
-            .await
-        {
-            Ok(Ok(Some(r))) => tracing::info!(
+        match broker.storage().audit.archive_before(cutoff as i64).await {
+            Ok(Some(r)) => tracing::info!(
                 from = r.from,
                 to = r.to,
                 file = %r.file.display(),
                 "audit entries past the online window archived"
             ),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
+            Ok(None) => {}
+            Err(semel_storage::StorageError::Unsupported(why)) => {
+                tracing::warn!(reason = %why, "audit.online_days is set but this store does not archive");
+                return;
+            }
+            Err(e) => {
                 tracing::error!(error = %e, "archiving audit entries failed; retrying in an hour")
             }
-            Err(e) => tracing::error!(error = %e, "archiving task failed"),
         }
     }
 }
@@ -481,7 +489,7 @@ async fn submit_checkpoints(broker: Arc<Broker>, witnesses: Vec<crate::witness::
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(latest) = broker.store().audit().latest_checkpoint() else {
+        let Ok(Some(latest)) = broker.storage().audit.latest_checkpoint().await else {
             continue;
         };
         let size = latest.checkpoint.size;
@@ -503,13 +511,12 @@ async fn submit_checkpoints(broker: Arc<Broker>, witnesses: Vec<crate::witness::
                 let proof = if old == 0 || old == size {
                     Ok(Vec::new())
                 } else {
-                    let b = broker.clone();
-                    tokio::task::spawn_blocking(move || {
-                        b.store().audit().consistency_proof(old, size)
-                    })
-                    .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))
-                    .and_then(|r| r.map_err(|e| anyhow::anyhow!("{e}")))
+                    broker
+                        .storage()
+                        .audit
+                        .consistency_proof(old, size)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))
                 };
                 let req = match proof {
                     Ok(proof) => AddCheckpoint {
@@ -559,14 +566,10 @@ async fn submit_checkpoints(broker: Arc<Broker>, witnesses: Vec<crate::witness::
                 }
             }
         }
-        if cosigned != latest.note {
-            let b = broker.clone();
-            let note = cosigned.clone();
-            match tokio::task::spawn_blocking(move || b.store().audit().set_cosigned(&note)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cosigned checkpoint not kept"),
-                Err(e) => tracing::error!(error = %e, "cosigned checkpoint not kept"),
-            }
+        if cosigned != latest.note
+            && let Err(e) = broker.storage().audit.set_cosigned(&cosigned).await
+        {
+            tracing::error!(error = %e, "cosigned checkpoint not kept");
         }
         if all {
             done = size;
@@ -592,23 +595,37 @@ pub fn source_health_name(kbo: &Kbo) -> String {
 }
 
 /// Keeps `grpc.health.v1` current, every second: lookups are NOT_SERVING
-/// once the audit log has failed closed (and stay so), and each registered
-/// source is NOT_SERVING while its circuit is open.
+/// while the audit log refuses entries (the embedded log, once failed
+/// closed, until a restart; PostgreSQL until it can be reached again), and
+/// each registered source is NOT_SERVING while its circuit is open.
 async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::HealthReporter) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut audit_failed = false;
     let mut known: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
     loop {
         interval.tick().await;
-        if !audit_failed && let Some(why) = broker.store().audit().failure() {
-            audit_failed = true;
-            tracing::error!(reason = %why, "audit log failed: lookups reported NOT_SERVING");
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health
-                .set_not_serving::<LookupServiceServer<LookupService>>()
-                .await;
+        match broker.storage().audit.failure() {
+            Some(why) if !audit_failed => {
+                audit_failed = true;
+                tracing::error!(reason = %why, "audit log failed: lookups reported NOT_SERVING");
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<LookupServiceServer<LookupService>>()
+                    .await;
+            }
+            None if audit_failed => {
+                audit_failed = false;
+                tracing::info!("audit log records again: lookups reported SERVING");
+                health
+                    .set_service_status("", tonic_health::ServingStatus::Serving)
+                    .await;
+                health
+                    .set_serving::<LookupServiceServer<LookupService>>()
+                    .await;
+            }
+            _ => {}
         }
         // A source is serving unless the circuit of one of its endpoints
         // opened and no call has succeeded since (the cooldown's end alone

@@ -1,4 +1,4 @@
-//! The broker's state: the store, and an immutable snapshot of the registry
+//! The broker's state: its storage, and an immutable snapshot of the registry
 //! that every call reads without touching the disk. A registry change builds
 //! a new snapshot and swaps it in atomically, so a suspension takes effect
 //! on the very next call.
@@ -12,7 +12,7 @@ use semel_core::{
     AuditDecision, AuditRecord, Authorisation, CertificateId, Dataset, DatasetName, Kbo, Niss,
     Organisation, OrganisationStatus, Outcome, Purpose, ReasonCode, Role, RoleSet, UserRole,
 };
-use semel_store::Store;
+use semel_storage::{Storage, StorageError};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::error::ApiError;
@@ -151,9 +151,18 @@ pub struct Denied {
     pub operation: &'static str,
 }
 
+/// The registry as read from storage, before it becomes a [`Snapshot`].
+struct RegistryData {
+    organisations: Vec<Organisation>,
+    datasets: Vec<Dataset>,
+    authorisations: Vec<Authorisation>,
+    purposes: Vec<Purpose>,
+    revoked: Vec<CertificateId>,
+}
+
 /// The broker.
 pub struct Broker {
-    store: Arc<Store>,
+    storage: Storage,
     snapshot: ArcSwap<Snapshot>,
     sources: SourceSettings,
     /// The client TLS config for sources (the broker's certificate); it
@@ -168,11 +177,15 @@ pub struct Broker {
     pub(crate) refusals: RefusalBudget,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
-    /// Serialises snapshot rebuilds: a rebuild reads the whole registry and
-    /// stores what it read, so two at once (a registry change and a
-    /// certificate reload) could store the older reading last and undo a
-    /// change the API had confirmed.
-    rebuild: Mutex<()>,
+    /// Snapshot rebuilds in order: each reading of the registry takes a
+    /// ticket before it reads, and is installed only if no later reading
+    /// was installed first. Two at once (a registry change here and one
+    /// announced by another broker) could otherwise store the older reading
+    /// last and undo a change the API had confirmed.
+    readings: std::sync::atomic::AtomicU64,
+    /// The ticket of the reading the snapshot was built from; held while a
+    /// snapshot is built and swapped in.
+    installed: Mutex<u64>,
     /// Whether the audit log's unavailability has been logged.
     audit_unavailable_said: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -180,8 +193,8 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(
-        store: Arc<Store>,
+    pub async fn new(
+        storage: Storage,
         sources: SourceSettings,
         tokens: TokenVerifier,
     ) -> anyhow::Result<Arc<Self>> {
@@ -189,7 +202,7 @@ impl Broker {
         let questions = QuestionLimiter::new(&sources.limits);
         let refusals = RefusalBudget::new(&sources.limits);
         let broker = Arc::new(Broker {
-            store,
+            storage,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
             source_tls: Mutex::new(sources.tls.clone()),
             sources,
@@ -199,19 +212,22 @@ impl Broker {
             questions,
             refusals,
             admin: tokio::sync::Mutex::new(()),
-            rebuild: Mutex::new(()),
+            readings: std::sync::atomic::AtomicU64::new(0),
+            installed: Mutex::new(0),
             audit_unavailable_said: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::default(),
             tokens: ArcSwap::from_pointee(tokens),
         });
         broker
             .reload()
+            .await
             .map_err(|e| anyhow::anyhow!("load the registry: {}", e.message))?;
         Ok(broker)
     }
 
-    pub fn store(&self) -> &Store {
-        &self.store
+    /// The broker's storage, behind the port.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
     }
 
     pub fn source_deadline(&self) -> Duration {
@@ -234,21 +250,49 @@ impl Broker {
         self.snapshot.load()
     }
 
-    /// Rebuilds the snapshot from the store. Channels to sources are kept
+    /// Rebuilds the snapshot from storage. Channels to sources are kept
     /// across reloads when their endpoint did not change.
-    pub fn reload(&self) -> Result<(), ApiError> {
-        let _rebuilding = self.rebuild.lock().unwrap_or_else(|p| p.into_inner());
-        let reg = self.store.registry();
-        let organisations = reg
-            .organisations()?
+    pub async fn reload(&self) -> Result<(), ApiError> {
+        let ticket = self
+            .readings
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        let reg = &self.storage.registry;
+        let data = RegistryData {
+            organisations: reg.organisations().await?,
+            datasets: reg.datasets().await?,
+            authorisations: reg.authorisations().await?,
+            purposes: reg.purposes().await?,
+            revoked: reg
+                .revoked_certificates()
+                .await?
+                .into_iter()
+                .map(|r| r.id)
+                .collect(),
+        };
+        #[cfg(test)]
+        rebuild_tests::after_reading().await;
+        let mut installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
+        if ticket < *installed {
+            // A later reading is in place already.
+            return Ok(());
+        }
+        self.install(data)?;
+        *installed = ticket;
+        Ok(())
+    }
+
+    /// Builds a snapshot from a reading and swaps it in; the caller holds
+    /// `installed`.
+    fn install(&self, data: RegistryData) -> Result<(), ApiError> {
+        let organisations = data
+            .organisations
             .into_iter()
             .map(|o| (o.kbo, Arc::new(o)))
             .collect();
-        #[cfg(test)]
-        rebuild_tests::after_reading();
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let mut routes = BTreeMap::new();
-        for dataset in reg.datasets()? {
+        for dataset in data.datasets {
             let channel = match channels.get(&dataset.endpoint) {
                 Some(c) => c.clone(),
                 None => {
@@ -278,7 +322,7 @@ impl Broker {
         let mut capacities = std::collections::BTreeSet::new();
         let mut by_dataset_consumer: HashMap<DatasetName, HashMap<Kbo, Vec<Authorisation>>> =
             HashMap::new();
-        for a in reg.authorisations()? {
+        for a in data.authorisations {
             by_dataset_consumer
                 .entry(a.dataset.clone())
                 .or_default()
@@ -288,22 +332,17 @@ impl Broker {
             capacities.extend(a.capacities.iter().cloned());
             authorisations.insert(a.reference.as_str().to_owned(), a);
         }
-        let purposes = reg
-            .purposes()?
+        let purposes = data
+            .purposes
             .into_iter()
             .map(|p| (p.code.as_str().to_owned(), p))
-            .collect();
-        let revoked = reg
-            .revoked_certificates()?
-            .into_iter()
-            .map(|r| r.id)
             .collect();
         self.snapshot.store(Arc::new(Snapshot {
             organisations,
             routes,
             authorisations,
             by_dataset_consumer,
-            revoked,
+            revoked: data.revoked.into_iter().collect(),
             purposes,
             capacities,
         }));
@@ -311,14 +350,27 @@ impl Broker {
     }
 
     /// Uses a new client certificate towards sources: channels are made
-    /// anew; lookups in flight finish on the old ones.
+    /// anew; lookups in flight finish on the old ones. The registry is the
+    /// snapshot's: only the channels change.
     pub fn set_source_tls(&self, tls: ClientTlsConfig) -> Result<(), ApiError> {
         *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+        let _installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
         self.channels
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.reload()
+        let current = self.snapshot.load_full();
+        self.install(RegistryData {
+            organisations: current
+                .organisations
+                .values()
+                .map(|o| (**o).clone())
+                .collect(),
+            datasets: current.routes.values().map(|r| r.dataset.clone()).collect(),
+            authorisations: current.authorisations.values().cloned().collect(),
+            purposes: current.purposes.values().cloned().collect(),
+            revoked: current.revoked.iter().cloned().collect(),
+        })
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
@@ -572,7 +624,7 @@ impl Broker {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            if let Err(e) = self.store.audit().append(record).await {
+            if let Err(e) = self.storage.audit.append(record).await {
                 self.audit_unavailable(&e);
                 failed.push((org, flood));
             } else {
@@ -623,7 +675,7 @@ impl Broker {
         record.decision = AuditDecision::Refused;
         record.reason = Some(reason);
         record.detail = semel_core::redact_national_numbers(&error.message).into_owned();
-        if let Err(e) = self.store.audit().append(record).await {
+        if let Err(e) = self.storage.audit.append(record).await {
             self.audit_unavailable(&e);
         }
         tracing::info!(
@@ -668,8 +720,8 @@ impl Broker {
     /// Appends an entry and waits until it is durable: a change is not
     /// acknowledged without its entry.
     pub async fn append_durably(&self, record: AuditRecord) -> Result<(), ApiError> {
-        self.store
-            .audit()
+        self.storage
+            .audit
             .append(record)
             .await
             .map(|_| ())
@@ -684,11 +736,12 @@ impl Broker {
     }
 
     /// Counts a call refused because its entry could not be made durable,
-    /// and says so in the log once: the log refuses every append from its
-    /// first failure until a restart, and a line per refused call (tens of
-    /// thousands a second) would only add to the pressure on a disk that is
-    /// often the same one.
-    pub fn audit_unavailable(&self, error: &semel_store::AuditError) {
+    /// and says so in the log once: the embedded log refuses every append
+    /// from its first failure until a restart (PostgreSQL's until it can be
+    /// reached again), and a line per refused call (tens of thousands a
+    /// second) would only add to the pressure on a disk that is often the
+    /// same one.
+    pub fn audit_unavailable(&self, error: &StorageError) {
         self.metrics.audit_unavailable.inc();
         if !self
             .audit_unavailable_said
@@ -696,7 +749,7 @@ impl Broker {
         {
             tracing::error!(
                 error = %error,
-                "audit log unavailable: every call is refused until it is fixed and the broker restarted; semel_audit_unavailable_refusals_total counts them"
+                "audit log unavailable: every call is refused until it can record again (the embedded store: fixed and the broker restarted; PostgreSQL: reachable again); semel_audit_unavailable_refusals_total counts them"
             );
         }
     }
@@ -835,26 +888,27 @@ mod id_tests {
 
 #[cfg(test)]
 mod rebuild_tests {
-    //! Two snapshot rebuilds at once (a registry change and a certificate
-    //! reload) must not store the older reading last.
+    //! Two snapshot rebuilds at once (a registry change here and one
+    //! announced by another broker) must not store the older reading last.
 
     use super::*;
-    use std::sync::mpsc;
+    use tokio::sync::oneshot;
 
-    type Hook = Box<dyn Fn() + Send>;
+    type Hook = Box<dyn FnOnce() -> oneshot::Receiver<()> + Send>;
     static HOOK: Mutex<Option<Hook>> = Mutex::new(None);
 
     /// Called by `reload` between reading the registry and storing it.
-    pub(super) fn after_reading() {
-        if let Some(hook) = HOOK.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            hook();
+    pub(super) async fn after_reading() {
+        let hook = HOOK.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(hook) = hook {
+            let _ = tokio::time::timeout(Duration::from_millis(500), hook()).await;
         }
     }
 
-    #[test]
-    fn a_rebuild_never_stores_an_older_reading_last() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rebuild_never_stores_an_older_reading_last() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path()).expect("store"));
+        let store = Arc::new(semel_store::Store::open(dir.path()).expect("store"));
         let kbo = Kbo::parse("0566988259").expect("kbo");
         let org = |status| Organisation {
             kbo,
@@ -874,7 +928,7 @@ mod rebuild_tests {
         })
         .expect("tokens");
         let broker = Broker::new(
-            store.clone(),
+            semel_store::storage(store.clone()),
             SourceSettings {
                 tls: ClientTlsConfig::new(),
                 deadline: Duration::from_secs(1),
@@ -884,33 +938,28 @@ mod rebuild_tests {
             },
             tokens,
         )
+        .await
         .expect("broker");
-        // Rebuild A reads the registry (organisation active), then waits for
-        // B, up to a moment; B suspends the organisation and rebuilds.
-        let (done_tx, done_rx) = mpsc::channel::<()>();
-        let (read_tx, read_rx) = mpsc::channel::<()>();
+        // Rebuild A reads the registry (organisation active), then waits
+        // until B, which reads after the suspension, has finished.
+        let (read_tx, read_rx) = oneshot::channel::<()>();
+        let (go_tx, go_rx) = oneshot::channel::<()>();
         *HOOK.lock().expect("hook") = Some(Box::new(move || {
             let _ = read_tx.send(());
-            let _ = done_rx.recv_timeout(Duration::from_millis(500));
+            go_rx
         }));
         let a = {
             let broker = broker.clone();
-            std::thread::spawn(move || broker.reload().map_err(|e| e.message))
+            tokio::spawn(async move { broker.reload().await.map_err(|e| e.message) })
         };
-        read_rx.recv().expect("A has read");
+        read_rx.await.expect("A has read");
         store
             .registry()
             .put_organisation(&org(OrganisationStatus::Suspended))
             .expect("suspend");
-        let b = {
-            let broker = broker.clone();
-            std::thread::spawn(move || broker.reload().map_err(|e| e.message))
-        };
-        // B finishes (or, serialised, waits for A); then A may go on.
-        std::thread::sleep(Duration::from_millis(100));
-        let _ = done_tx.send(());
-        a.join().expect("A").expect("A reloads");
-        b.join().expect("B").expect("B reloads");
+        broker.reload().await.expect("B reloads");
+        let _ = go_tx.send(());
+        a.await.expect("A").expect("A reloads");
         assert_eq!(
             broker.snapshot().organisations[&kbo].status,
             OrganisationStatus::Suspended,

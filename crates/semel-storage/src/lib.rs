@@ -3,12 +3,20 @@
 //! `semel-store`, PostgreSQL in `semel-postgres`), and the conformance
 //! suite ([`conformance`]) that holds them to it.
 //!
-//! Built so far: the registry ([`RegistryStore`]), the persons directory,
-//! consents and number replacements ([`PersonsStore`]), and the audit
-//! log's append, head, entries and proofs ([`AuditStore`]); its queries,
-//! checkpoints and archive follow (issue 16; `docs/storage-postgresql.md`).
+//! The port: the registry ([`RegistryStore`]), the persons directory,
+//! consents and number replacements ([`PersonsStore`]), and the audit log
+//! with its tree, proofs, queries, checkpoints and archive ([`AuditStore`]);
+//! [`Storage`] holds one of each, as a broker sees them.
 
+mod audit;
 pub mod conformance;
+
+pub use audit::{
+    ArchiveReport, ArchiveState, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS, SignedCheckpoint,
+    StoredEntry,
+};
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use semel_core::persons::Resolved;
@@ -35,6 +43,32 @@ pub enum StorageError {
     /// beyond the log's end, an entry past the head.
     #[error("{0}")]
     OutOfRange(String),
+    /// This store does not do that (yet): the archive on PostgreSQL, for
+    /// one. The caller answers UNIMPLEMENTED.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Everything a broker stores, seen through the port: the broker holds
+/// this and never names an engine.
+#[derive(Clone)]
+pub struct Storage {
+    pub registry: Arc<dyn RegistryStore>,
+    pub persons: Arc<dyn PersonsStore>,
+    pub audit: Arc<dyn AuditStore>,
+}
+
+/// A registry record as it was before a change, to put back when the
+/// change's audit entry cannot be made durable.
+#[derive(Debug, Clone)]
+pub enum RegistryUndo {
+    Organisation(Kbo, Option<Organisation>),
+    Dataset(semel_core::DatasetName, Option<Dataset>),
+    Purpose(semel_core::PurposeCode, Option<Purpose>),
+    /// A revocation that did not exist before.
+    Revocation(semel_core::CertificateId),
+    /// The version written, and the one before it.
+    Authorisation(Box<Authorisation>, Option<Box<Authorisation>>),
 }
 
 /// The persons directory, the consent register and replaced national
@@ -97,6 +131,7 @@ pub trait PersonsStore: Send + Sync {
 pub trait RegistryStore: Send + Sync {
     /// Stores an organisation (insert or replace: a suspension, for one).
     async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError>;
+    async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError>;
     async fn organisations(&self) -> Result<Vec<Organisation>, StorageError>;
 
     /// Stores a dataset (insert or replace).
@@ -126,6 +161,13 @@ pub trait RegistryStore: Send + Sync {
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, StorageError>;
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError>;
+
+    /// Takes back a change whose audit entry could not be made durable:
+    /// the record is put back as it was (or removed if it did not exist).
+    /// The broker serialises its registry changes and appends the entry
+    /// under the same lock, so nothing else changed the record meanwhile
+    /// on this broker.
+    async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError>;
 }
 
 /// Where an appended entry landed in the log.
@@ -164,4 +206,39 @@ pub trait AuditStore: Send + Sync {
     /// The proof that the tree of `old` entries (at least 1) is a prefix
     /// of the tree of `new`.
     async fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StorageError>;
+
+    /// Entries matching `query`, newest first, at most `query.limit`. Sees
+    /// every entry durable when it was called (a caller sees its own
+    /// lookups); archived entries are not searched.
+    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError>;
+
+    /// The newest signed checkpoint, if any.
+    async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError>;
+    /// Every signed checkpoint kept, oldest first.
+    async fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError>;
+    /// Keeps a checkpoint's note with its witnesses' cosignatures (checked
+    /// by the caller) as the newest cosigned checkpoint.
+    async fn set_cosigned(&self, note: &str) -> Result<(), StorageError>;
+    /// The newest cosigned checkpoint's note.
+    async fn cosigned(&self) -> Result<Option<String>, StorageError>;
+    /// The key that verifies this log's checkpoints (`name+hash+key`).
+    fn verifier_key(&self) -> Option<String>;
+
+    /// What this broker's writer has done; cheap, for metrics.
+    fn stats(&self) -> AuditStats;
+    /// Why the log cannot take entries now, if it cannot (for health).
+    fn failure(&self) -> Option<String>;
+
+    /// How much of the log is archived.
+    fn archived(&self) -> ArchiveState;
+    /// Moves entries older than the cutoff (µs since the epoch) out of the
+    /// live log; `None` when there was nothing to move.
+    async fn archive_before(
+        &self,
+        cutoff_micros: i64,
+    ) -> Result<Option<ArchiveReport>, StorageError>;
+
+    /// Stops taking entries once every accepted one is durable, and makes
+    /// the rest of the store durable too; called once, at shutdown.
+    async fn close(&self) -> Result<(), StorageError>;
 }

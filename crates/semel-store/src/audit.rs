@@ -31,6 +31,10 @@ use std::thread::JoinHandle;
 
 use semel_core::checkpoint::{Checkpoint, NoteSigner};
 use semel_core::{AuditEntry, AuditRecord, Hash, Kbo, Niss, ZERO_HASH, entry_hash};
+use semel_storage::{
+    ArchiveReport, ArchiveState, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS, SignedCheckpoint,
+    StoredEntry,
+};
 use tokio::sync::oneshot;
 
 use crate::postings::{Key, PostingIndex, citizen_key, consumer_key, text_key};
@@ -40,9 +44,6 @@ use crate::{StoreError, io_err};
 const HEADER: usize = 8;
 /// A frame larger than this is damage, not an entry.
 const MAX_FRAME: usize = 1 << 20;
-/// The longest a lookup can take between arriving (its entry's time) and
-/// being appended: far above the largest source deadline (120 s).
-const MAX_APPEND_DELAY_MICROS: i64 = 10 * 60 * 1_000_000;
 /// The most entries written under one sync.
 const MAX_BATCH: usize = 4096;
 /// Group commit: a batch smaller than `LINGER_ENOUGH` waits up to `LINGER`
@@ -73,31 +74,6 @@ pub enum AuditError {
 pub struct Appended {
     pub sequence: u64,
     pub hash: Hash,
-}
-
-/// An entry read back from the log, with its hash.
-#[derive(Debug, Clone)]
-pub struct StoredEntry {
-    pub entry: AuditEntry,
-    pub hash: Hash,
-}
-
-/// A query over the log. Filters that are set must all match.
-#[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
-    pub citizen: Option<Niss>,
-    pub consumer: Option<Kbo>,
-    /// The person (the token's `sub`).
-    pub end_user: Option<String>,
-    /// The authorisation reference.
-    pub authorisation: Option<String>,
-    pub dataset: Option<String>,
-    pub decision: Option<semel_core::AuditDecision>,
-    pub since_micros: Option<i64>,
-    pub until_micros: Option<i64>,
-    /// Only entries with a sequence below this (for paging, newest first).
-    pub before_sequence: Option<u64>,
-    pub limit: usize,
 }
 
 /// The result of re-reading the whole log.
@@ -149,18 +125,6 @@ struct Counters {
     sync_micros: std::sync::atomic::AtomicU64,
 }
 
-/// What the audit log has done since it opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditStats {
-    /// Entries durable in the log (all time).
-    pub entries: u64,
-    /// Entries waiting for the writer or its sync.
-    pub queued: u64,
-    /// Syncs since opening, and the time they took.
-    pub syncs: u64,
-    pub sync_micros: u64,
-}
-
 /// What the indexer needs of one durable entry.
 struct IndexItem {
     sequence: u64,
@@ -203,34 +167,6 @@ pub struct AuditLog {
     dir: PathBuf,
     path: PathBuf,
     threads: Mutex<Vec<JoinHandle<()>>>,
-}
-
-/// How much of the log has moved to archive files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ArchiveState {
-    /// Entries `0..before` are in `audit/archive/`, no longer in the log.
-    pub before: u64,
-    /// The time of the newest archived entry (µs since the epoch).
-    pub until_micros: i64,
-    /// Where entry `before` starts in the log file.
-    pub offset: u64,
-}
-
-/// What one archiving run moved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArchiveReport {
-    pub from: u64,
-    /// The first entry left in the log.
-    pub to: u64,
-    pub file: PathBuf,
-}
-
-/// A checkpoint and its signed note.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignedCheckpoint {
-    pub checkpoint: Checkpoint,
-    /// The C2SP signed note, as served and exported.
-    pub note: String,
 }
 
 /// How the log signs checkpoints.

@@ -28,13 +28,15 @@ pub use keys::{load_or_create_signing_key, read_signing_key};
 
 use std::path::{Path, PathBuf};
 
-pub use audit::{
-    Appended, ArchiveReport, ArchiveState, AuditError, AuditLog, AuditQuery, AuditStats,
-    ChainReport, CheckpointSettings, SignedCheckpoint, StoredEntry,
-};
+pub use audit::{Appended, AuditError, AuditLog, ChainReport, CheckpointSettings};
 pub use persons::Persons;
-pub use registry::{Registry, RegistryUndo};
+pub use port::{EmbeddedAudit, storage};
+pub use registry::Registry;
 pub use semel_core::persons::Resolved;
+pub use semel_storage::{
+    ArchiveReport, ArchiveState, AuditQuery, AuditStats, RegistryUndo, SignedCheckpoint,
+    StoredEntry,
+};
 
 /// A storage failure. `Io` and `Sled` leave the outcome of a write unknown;
 /// `Corrupt` means the data on disk is not what Semel wrote.
@@ -72,6 +74,20 @@ impl From<StoreError> for semel_storage::StorageError {
             e @ (StoreError::Io { .. } | StoreError::Sled { .. }) => S::Unavailable(e.to_string()),
         }
     }
+}
+
+/// Runs a synchronous store call on tokio's blocking threads (when there
+/// is a runtime), so an `fsync` never holds up a worker.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, semel_storage::StorageError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => rt.spawn_blocking(f).await.map_err(|e| {
+            semel_storage::StorageError::Unavailable(format!("a storage task failed: {e}"))
+        })?,
+        Err(_) => f(),
+    }
+    .map_err(Into::into)
 }
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> StoreError {

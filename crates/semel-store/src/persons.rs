@@ -257,16 +257,20 @@ impl Persons {
     }
 }
 
-/// The embedded store behind the storage port (sled is synchronous and
-/// fast: each call completes before the future is first polled).
+/// The embedded store behind the storage port. Reads are answered at once
+/// (sled reads are fast, mostly from its cache, and the lookup path must
+/// not hop threads for them); writes, which `fsync`, run on tokio's
+/// blocking threads.
 #[async_trait::async_trait]
 impl semel_storage::PersonsStore for Persons {
     async fn put_files(&self, files: &[PersonFile]) -> Result<(), semel_storage::StorageError> {
-        Ok(Persons::put_files(self, files)?)
+        let (p, files) = (self.clone(), files.to_vec());
+        crate::blocking(move || p.put_files(&files)).await
     }
 
     async fn delete_file(&self, file: &PersonFile) -> Result<(), semel_storage::StorageError> {
-        Ok(Persons::delete_file(self, file)?)
+        let (p, file) = (self.clone(), file.clone());
+        crate::blocking(move || p.delete_file(&file)).await
     }
 
     async fn file(
@@ -287,11 +291,13 @@ impl semel_storage::PersonsStore for Persons {
     }
 
     async fn put_consent(&self, consent: &Consent) -> Result<(), semel_storage::StorageError> {
-        Ok(Persons::put_consent(self, consent)?)
+        let (p, consent) = (self.clone(), consent.clone());
+        crate::blocking(move || p.put_consent(&consent)).await
     }
 
     async fn delete_consent(&self, consent: &Consent) -> Result<(), semel_storage::StorageError> {
-        Ok(Persons::delete_consent(self, consent)?)
+        let (p, consent) = (self.clone(), consent.clone());
+        crate::blocking(move || p.delete_consent(&consent)).await
     }
 
     async fn consents_of(
@@ -305,14 +311,16 @@ impl semel_storage::PersonsStore for Persons {
         &self,
         r: &NumberReplacement,
     ) -> Result<NumberReplacement, semel_storage::StorageError> {
-        Ok(Persons::replace(self, r)?)
+        let (p, r) = (self.clone(), r.clone());
+        crate::blocking(move || p.replace(&r)).await
     }
 
     async fn unreplace(
         &self,
         old: &Niss,
     ) -> Result<Option<NumberReplacement>, semel_storage::StorageError> {
-        Ok(Persons::unreplace(self, old)?)
+        let (p, old) = (self.clone(), *old);
+        crate::blocking(move || p.unreplace(&old)).await
     }
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, semel_storage::StorageError> {

@@ -11,7 +11,7 @@ use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCert
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use semel_storage::StorageError;
+use semel_storage::{RegistryUndo, StorageError};
 
 use crate::{StoreError, io_err, sled_err};
 
@@ -191,18 +191,6 @@ impl Registry {
     }
 }
 
-/// A registry record as it was before a change, to put back.
-#[derive(Debug, Clone)]
-pub enum RegistryUndo {
-    Organisation(Kbo, Option<Organisation>),
-    Dataset(semel_core::DatasetName, Option<Dataset>),
-    Purpose(semel_core::PurposeCode, Option<Purpose>),
-    /// A revocation that did not exist before.
-    Revocation(semel_core::CertificateId),
-    /// The version written, and the one before it.
-    Authorisation(Box<Authorisation>, Option<Box<Authorisation>>),
-}
-
 fn restore<T: Serialize>(
     tree: &sled::Tree,
     key: &[u8],
@@ -249,12 +237,17 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError>
         .map_err(|e| StoreError::Corrupt(format!("decode registry record: {e}")))
 }
 
-/// The embedded registry behind the storage port (sled is synchronous and
-/// fast: each call completes before the future is first polled).
+/// The embedded registry behind the storage port: reads at once, writes
+/// (which `fsync`) on tokio's blocking threads.
 #[async_trait::async_trait]
 impl semel_storage::RegistryStore for Registry {
     async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError> {
-        Ok(Registry::put_organisation(self, org)?)
+        let (r, org) = (self.clone(), org.clone());
+        crate::blocking(move || r.put_organisation(&org)).await
+    }
+
+    async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError> {
+        Ok(Registry::organisation(self, kbo)?)
     }
 
     async fn organisations(&self) -> Result<Vec<Organisation>, StorageError> {
@@ -262,7 +255,8 @@ impl semel_storage::RegistryStore for Registry {
     }
 
     async fn put_dataset(&self, dataset: &Dataset) -> Result<(), StorageError> {
-        Ok(Registry::put_dataset(self, dataset)?)
+        let (r, dataset) = (self.clone(), dataset.clone());
+        crate::blocking(move || r.put_dataset(&dataset)).await
     }
 
     async fn datasets(&self) -> Result<Vec<Dataset>, StorageError> {
@@ -270,7 +264,8 @@ impl semel_storage::RegistryStore for Registry {
     }
 
     async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
-        Ok(Registry::put_purpose(self, purpose)?)
+        let (r, purpose) = (self.clone(), purpose.clone());
+        crate::blocking(move || r.put_purpose(&purpose)).await
     }
 
     async fn purposes(&self) -> Result<Vec<Purpose>, StorageError> {
@@ -278,7 +273,8 @@ impl semel_storage::RegistryStore for Registry {
     }
 
     async fn put_authorisation(&self, auth: &Authorisation) -> Result<(), StorageError> {
-        Ok(Registry::put_authorisation(self, auth)?)
+        let (r, auth) = (self.clone(), auth.clone());
+        crate::blocking(move || r.put_authorisation(&auth)).await
     }
 
     async fn authorisations(&self) -> Result<Vec<Authorisation>, StorageError> {
@@ -296,11 +292,17 @@ impl semel_storage::RegistryStore for Registry {
         &self,
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, StorageError> {
-        Ok(Registry::revoke_certificate(self, revoked)?)
+        let (r, revoked) = (self.clone(), revoked.clone());
+        crate::blocking(move || r.revoke_certificate(&revoked)).await
     }
 
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError> {
         Ok(Registry::revoked_certificates(self)?)
+    }
+
+    async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError> {
+        let (r, undo) = (self.clone(), undo.clone());
+        crate::blocking(move || r.undo(&undo)).await
     }
 }
 

@@ -29,7 +29,7 @@ async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = semel_store::Store::open(dir.path()).expect("open");
     Some(Subject {
-        store: Box::new(store),
+        store: Box::new(semel_store::EmbeddedAudit(std::sync::Arc::new(store))),
         keep: Box::new(dir),
     })
 }

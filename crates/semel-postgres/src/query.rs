@@ -1,0 +1,133 @@
+//! Audit queries and kept checkpoints on PostgreSQL. Queries read newest
+//! first by sequence through the citizen or consumer index when the query
+//! names one (the indexes an auditor's and a citizen's queries use), and
+//! check every other filter on the decoded entry, as the embedded store
+//! does: the columns only find entries, the encoding is the truth.
+
+use semel_core::checkpoint::Checkpoint;
+use semel_core::{AuditEntry, entry_hash};
+use semel_storage::{AuditQuery, SignedCheckpoint, StoredEntry};
+use tokio_postgres::types::ToSql;
+
+use crate::{PgAudit, PgError};
+
+/// Rows read per round trip while filtering.
+const PAGE: i64 = 512;
+
+impl PgAudit {
+    /// Entries matching `query`, newest first, at most `query.limit`.
+    pub async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, PgError> {
+        let mut out = Vec::new();
+        if query.limit == 0 {
+            return Ok(out);
+        }
+        let citizen = query.citizen.map(|c| c.as_str().to_owned());
+        let consumer = query.consumer.map(|c| c.as_str().to_owned());
+        let mut before = query
+            .before_sequence
+            .unwrap_or(u64::MAX)
+            .min(i64::MAX as u64) as i64;
+        loop {
+            let mut sql =
+                String::from("SELECT sequence, encoding FROM audit_entries WHERE sequence < $1");
+            let mut params: Vec<&(dyn ToSql + Sync)> = vec![&before];
+            if let Some(c) = &citizen {
+                params.push(c);
+                sql += &format!(
+                    " AND (citizen = ${n} OR citizen_as_given = ${n})",
+                    n = params.len()
+                );
+            }
+            if let Some(k) = &consumer {
+                params.push(k);
+                sql += &format!(" AND consumer = ${}", params.len());
+            }
+            sql += &format!(" ORDER BY sequence DESC LIMIT {PAGE}");
+            let rows = self.conn.client.query(sql.as_str(), &params).await?;
+            let read = rows.len() as i64;
+            for row in rows {
+                let sequence: i64 = row.get(0);
+                let encoding: &[u8] = row.get(1);
+                let entry = AuditEntry::decode(encoding).map_err(|e| {
+                    PgError::Corrupt(format!("audit entry {sequence} cannot be decoded: {e}"))
+                })?;
+                if entry.sequence != sequence as u64 {
+                    return Err(PgError::Corrupt(format!(
+                        "the row of entry {sequence} holds entry {}",
+                        entry.sequence
+                    )));
+                }
+                before = sequence;
+                if query.past_since(&entry.record) {
+                    return Ok(out);
+                }
+                if query.matches(&entry.record) {
+                    out.push(StoredEntry {
+                        hash: entry_hash(encoding),
+                        entry,
+                    });
+                    if out.len() >= query.limit {
+                        return Ok(out);
+                    }
+                }
+            }
+            if read < PAGE {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Every signed checkpoint, oldest first.
+    pub async fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, PgError> {
+        let rows = self
+            .conn
+            .client
+            .query("SELECT note FROM audit_checkpoints ORDER BY size", &[])
+            .await?;
+        rows.into_iter().map(|r| signed(r.get(0))).collect()
+    }
+
+    /// Keeps a checkpoint's cosigned note with the checkpoint it cosigns.
+    pub async fn set_cosigned(&self, note: &str) -> Result<(), PgError> {
+        let size = signed(note.to_owned())?.checkpoint.size;
+        let n = self
+            .conn
+            .client
+            .execute(
+                "UPDATE audit_checkpoints SET cosigned = $2 WHERE size = $1",
+                &[&(size as i64), &note],
+            )
+            .await?;
+        if n == 0 {
+            return Err(PgError::OutOfRange(format!(
+                "no checkpoint of size {size} was signed here"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The newest cosigned note.
+    pub async fn cosigned(&self) -> Result<Option<String>, PgError> {
+        Ok(self
+            .conn
+            .client
+            .query_opt(
+                "SELECT cosigned FROM audit_checkpoints WHERE cosigned IS NOT NULL \
+                 ORDER BY size DESC LIMIT 1",
+                &[],
+            )
+            .await?
+            .map(|r| r.get(0)))
+    }
+}
+
+/// A kept note with its checkpoint read from the body.
+pub(crate) fn signed(note: String) -> Result<SignedCheckpoint, PgError> {
+    let body = note
+        .split_once("\n\n")
+        .map(|(b, _)| format!("{b}\n"))
+        .ok_or_else(|| PgError::Corrupt("a kept checkpoint has no signature".into()))?;
+    let checkpoint = Checkpoint::parse_body(&body)
+        .map_err(|e| PgError::Corrupt(format!("a kept checkpoint: {e}")))?;
+    Ok(SignedCheckpoint { checkpoint, note })
+}

@@ -1,0 +1,124 @@
+//! The store a broker runs on, assembled from its configuration: the
+//! embedded store in its data directory, or the PostgreSQL store that any
+//! number of brokers share. Everything past this module sees only the
+//! storage port ([`semel_storage::Storage`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use semel_core::checkpoint::NoteSigner;
+use semel_core::{Kbo, Organisation, OrganisationStatus, Role};
+use semel_storage::Storage;
+use time::OffsetDateTime;
+
+use crate::state::Broker;
+
+/// An opened store.
+pub struct Opened {
+    pub storage: Storage,
+    /// Registry changes made through other brokers (PostgreSQL): the broker
+    /// follows them with [`follow_registry`].
+    pub changes: Option<semel_postgres::RegistryWatch>,
+    /// The embedded store itself, when it is the store.
+    pub embedded: Option<Arc<semel_store::Store>>,
+}
+
+/// Opens the embedded store in `dir` (recovering its audit log if needed).
+pub async fn open_embedded(
+    dir: std::path::PathBuf,
+    checkpoints: semel_store::CheckpointSettings,
+) -> anyhow::Result<Opened> {
+    let shown = dir.display().to_string();
+    let store =
+        tokio::task::spawn_blocking(move || semel_store::Store::open_with(&dir, Some(checkpoints)))
+            .await
+            .context("open the store")?
+            .with_context(|| format!("open the store in {shown}"))?;
+    let store = Arc::new(store);
+    Ok(Opened {
+        storage: semel_store::storage(store.clone()),
+        changes: None,
+        embedded: Some(store),
+    })
+}
+
+/// Connects to the PostgreSQL store at `url`, applying its migrations: the
+/// audit log (its writer, and the integrator that extends the tree and
+/// signs a checkpoint at most every `checkpoint_every` whenever this broker
+/// holds the integration lock), the registry with its change feed (polled
+/// every `registry_poll` besides NOTIFY), and the persons directory.
+pub async fn open_postgresql(
+    url: &str,
+    signer: NoteSigner,
+    checkpoint_every: Duration,
+    registry_poll: Duration,
+) -> anyhow::Result<Opened> {
+    let registry = semel_postgres::PgRegistry::connect(url)
+        .await
+        .context("connect to the PostgreSQL store (registry)")?;
+    let persons = semel_postgres::PgPersons::connect(url)
+        .await
+        .context("connect to the PostgreSQL store (persons directory)")?;
+    let audit = semel_postgres::PgAuditLog::start(url, signer, checkpoint_every)
+        .await
+        .context("connect to the PostgreSQL store (audit log)")?;
+    let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
+        .await
+        .context("follow the PostgreSQL store's registry changes")?;
+    Ok(Opened {
+        storage: Storage {
+            registry: Arc::new(registry),
+            persons: Arc::new(persons),
+            audit: Arc::new(audit),
+        },
+        changes: Some(changes),
+        embedded: None,
+    })
+}
+
+/// Reloads the broker's registry snapshot whenever the registry's version
+/// moves (a change made through any broker), until aborted.
+pub fn follow_registry(
+    broker: Arc<Broker>,
+    changes: semel_postgres::RegistryWatch,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // The feed runs as long as this task holds it.
+        let changes = changes;
+        let mut versions = changes.subscribe();
+        loop {
+            if versions.changed().await.is_err() {
+                tracing::error!(
+                    "the registry change feed stopped: registry changes made through other brokers no longer reach this one"
+                );
+                return;
+            }
+            let version = *versions.borrow_and_update();
+            match broker.reload().await {
+                Ok(()) => tracing::debug!(version, "registry reloaded"),
+                Err(e) => {
+                    tracing::warn!(version, error = %e.message, "registry reload failed; retrying at the next change or poll")
+                }
+            }
+        }
+    })
+}
+
+/// Registers the operator organisation if it is missing.
+pub async fn ensure_operator(storage: &Storage, kbo: Kbo, name: &str) -> anyhow::Result<()> {
+    if storage.registry.organisation(&kbo).await?.is_none() {
+        storage
+            .registry
+            .put_organisation(&Organisation {
+                kbo,
+                name: name.to_owned(),
+                roles: [Role::Operator].into_iter().collect(),
+                status: OrganisationStatus::Active,
+                created_at: OffsetDateTime::now_utc(),
+            })
+            .await?;
+        tracing::info!(kbo = kbo.as_str(), "operator organisation registered");
+    }
+    Ok(())
+}

@@ -1,0 +1,107 @@
+//! The audit log's values as every implementation of [`crate::AuditStore`]
+//! hands them over: entries read back, queries, statistics, checkpoints
+//! and the archive's state.
+
+use semel_core::checkpoint::Checkpoint;
+use semel_core::{AuditDecision, AuditEntry, Hash, Kbo, Niss};
+
+/// The longest a lookup can take between arriving (its entry's time) and
+/// being appended: far above the largest source deadline (120 s). Entries
+/// follow the sequence in time to within this, so a newest-first query
+/// with a lower time bound stops this far past it.
+pub const MAX_APPEND_DELAY_MICROS: i64 = 10 * 60 * 1_000_000;
+
+/// An entry read back from the log, with its hash.
+#[derive(Debug, Clone)]
+pub struct StoredEntry {
+    pub entry: AuditEntry,
+    pub hash: Hash,
+}
+
+/// A query over the log. Filters that are set must all match.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub citizen: Option<Niss>,
+    pub consumer: Option<Kbo>,
+    /// The person (the token's `sub`).
+    pub end_user: Option<String>,
+    /// The authorisation reference.
+    pub authorisation: Option<String>,
+    pub dataset: Option<String>,
+    pub decision: Option<AuditDecision>,
+    pub since_micros: Option<i64>,
+    pub until_micros: Option<i64>,
+    /// Only entries with a sequence below this (for paging, newest first).
+    pub before_sequence: Option<u64>,
+    pub limit: usize,
+}
+
+impl AuditQuery {
+    /// Whether an entry matches every filter but the sequence bound. The
+    /// citizen matches the number recorded or the one the caller named.
+    pub fn matches(&self, r: &semel_core::AuditRecord) -> bool {
+        !(self.since_micros.is_some_and(|s| r.time_micros < s)
+            || self.until_micros.is_some_and(|u| r.time_micros >= u)
+            || self
+                .citizen
+                .is_some_and(|c| Some(c) != r.citizen && Some(c) != r.citizen_as_given)
+            || self.consumer.is_some_and(|c| c != r.consumer)
+            || self
+                .end_user
+                .as_ref()
+                .is_some_and(|u| Some(u) != r.end_user.as_ref())
+            || self
+                .authorisation
+                .as_ref()
+                .is_some_and(|a| Some(a) != r.authorisation.as_ref())
+            || self.dataset.as_ref().is_some_and(|d| *d != r.dataset)
+            || self.decision.is_some_and(|d| d != r.decision))
+    }
+
+    /// Whether, reading newest first, an entry this old means nothing
+    /// older can match.
+    pub fn past_since(&self, r: &semel_core::AuditRecord) -> bool {
+        self.since_micros
+            .is_some_and(|s| r.time_micros < s.saturating_sub(MAX_APPEND_DELAY_MICROS))
+    }
+}
+
+/// What the audit log has done since this broker opened it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AuditStats {
+    /// Entries durable in the log (all time).
+    pub entries: u64,
+    /// Entries waiting for the writer or its sync.
+    pub queued: u64,
+    /// Syncs (or commits) since opening, and the time they took.
+    pub syncs: u64,
+    pub sync_micros: u64,
+}
+
+/// How much of the log has moved to archive files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ArchiveState {
+    /// Entries `0..before` are archived, no longer in the live log.
+    pub before: u64,
+    /// The time of the newest archived entry (µs since the epoch).
+    pub until_micros: i64,
+    /// Where entry `before` starts in the log file (embedded store).
+    pub offset: u64,
+}
+
+/// What one archiving run moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveReport {
+    pub from: u64,
+    /// The first entry left in the log.
+    pub to: u64,
+    pub file: std::path::PathBuf,
+}
+
+/// A checkpoint and its signed note.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedCheckpoint {
+    pub checkpoint: Checkpoint,
+    /// The C2SP signed note, as served and exported.
+    pub note: String,
+}
