@@ -1,8 +1,9 @@
 //! Semel's gRPC edge: the services, the caller's identity from mutual TLS,
 //! the lookup path, clients of the sources, and the demo sources.
 //!
-//! This is the only crate that knows tonic and prost: protobuf messages are
-//! converted to `semel_core` types in [`convert`], and errors become
+//! This crate and `semel-proto` (the generated code, re-exported here as
+//! [`proto`]) are the only ones that know tonic and prost: protobuf messages
+//! are converted to `semel_core` types in [`convert`], and errors become
 //! `tonic::Status` only in [`error::ApiError::into_status`].
 
 mod audit;
@@ -21,7 +22,6 @@ mod lookup;
 pub mod metrics;
 pub mod permissions;
 mod persons;
-pub mod proto;
 pub mod reasons;
 pub mod reference;
 pub mod reflection;
@@ -35,3 +35,5 @@ pub mod witness;
 
 pub use config::Config;
 pub use demo::{Demo, DemoOptions};
+/// The generated code of `semel.v1`, which this crate serves.
+pub use semel_proto as proto;
