@@ -1,16 +1,16 @@
 //! Semel's gRPC edge: the services, the caller's identity from mutual TLS,
 //! the lookup path, clients of the sources, and the demo sources.
 //!
-//! This crate and `semel-proto` (the generated code, re-exported here as
-//! [`proto`]) are the only ones that know tonic and prost: protobuf messages
-//! are converted to `semel_core` types in [`convert`], and errors become
-//! `tonic::Status` only in [`error::ApiError::into_status`].
+//! This crate, `semel-proto` (the generated code, re-exported here as
+//! [`proto`]) and `semel-client` are the only ones that know tonic and
+//! prost: protobuf messages are converted to `semel_core` types in
+//! [`convert`], and errors become `tonic::Status` only in
+//! [`error::ApiError::into_status`].
 
 mod audit;
 pub mod audited;
 pub mod bench;
 mod checks;
-pub mod client;
 pub mod codec;
 pub mod config;
 mod convert;

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use semel_server::client::{
+use semel_client::{
     AuditFilter, CallError, Client, ClientConfig, LookupArgs, NewAuthorisation, NewConsent,
     NewDataset, NewFile,
 };
@@ -943,7 +943,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let checks = check
                 .iter()
-                .map(|c| semel_server::client::parse_check(c))
+                .map(|c| semel_client::parse_check(c))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let client = connect(&conn, None).await?;
             let args = LookupArgs {
@@ -1211,7 +1211,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     (b.unwrap_or(demo.broker), c.unwrap_or(demo.ca))
                 }
             };
-            let checked = semel_server::client::check_health(
+            let checked = semel_client::check_health(
                 &broker,
                 &ca,
                 server_name.as_deref().filter(|n| !n.is_empty()),
