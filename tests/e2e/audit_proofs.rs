@@ -27,7 +27,7 @@ async fn start() -> TestDemo {
 
 /// Waits for a checkpoint covering at least `size` entries.
 async fn checkpoint_of(
-    auditor: &mut AuditServiceClient<semel_server::client::AuthChannel>,
+    auditor: &mut AuditServiceClient<semel_client::AuthChannel>,
     size: u64,
 ) -> (proto::Checkpoint, String) {
     for _ in 0..100 {

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use semel_client::{AuthChannel, with_token};
 use semel_core::UserRole;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
-use semel_server::client::{AuthChannel, with_token};
 use semel_server::proto::{
     self, audit_service_client::AuditServiceClient, lookup_service_client::LookupServiceClient,
     registry_service_client::RegistryServiceClient,
@@ -314,7 +314,7 @@ pub fn lookup(
 
 /// A check `field OP value` (see `semel lookup --check`).
 pub fn check(text: &str) -> proto::Check {
-    semel_server::client::parse_check(text).expect("check")
+    semel_client::parse_check(text).expect("check")
 }
 
 /// The ErrorInfo of a status: (reason, domain, metadata).

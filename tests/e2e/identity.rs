@@ -4,10 +4,10 @@
 //! organisation is in the audit log.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use semel_client::with_token;
 use semel_core::UserRole;
 use semel_demo::issuer::{DEV_AUDIENCE, DEV_ISSUER, DevIssuer, TokenRequest, base64_url};
 use semel_demo::seed::datasets::*;
-use semel_server::client::with_token;
 use semel_server::proto::{self, lookup_service_client::LookupServiceClient};
 use tonic::Code;
 
@@ -40,7 +40,7 @@ async fn lookup_with(t: &TestDemo, token: &str) -> Result<(), tonic::Status> {
 
 /// The citizen's view of `citizen`, as the caller of `channel`.
 async fn accesses(
-    channel: semel_server::client::AuthChannel,
+    channel: semel_client::AuthChannel,
     citizen: &str,
 ) -> Result<Vec<proto::CitizenAccess>, tonic::Status> {
     proto::audit_service_client::AuditServiceClient::new(channel)

@@ -631,9 +631,8 @@ async fn a_certificate_that_expires_during_a_connection_stops_its_calls() {
         .await
         .expect("connect while valid");
     let token = t.token(ANDERLECHT, &[UserRole::Consumer]);
-    let mut c = LookupServiceClient::new(
-        semel_server::client::with_token(channel, Some(&token)).expect("token"),
-    );
+    let mut c =
+        LookupServiceClient::new(semel_client::with_token(channel, Some(&token)).expect("token"));
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("valid for now");

@@ -70,7 +70,7 @@ async fn the_broker_runs_from_a_config_file_and_registers_its_operator() {
                 .connect()
                 .await
                 .expect("connect");
-            semel_server::client::with_token(channel, Some(&token)).expect("token")
+            semel_client::with_token(channel, Some(&token)).expect("token")
         }
     };
     let mut reg =

@@ -384,19 +384,19 @@ async fn the_health_client_reports_serving() {
     let broker = format!("https://{}", t.demo().broker_addr);
     let ca = t.pki().ca_cert();
     assert_eq!(
-        semel_server::client::check_health(&broker, &ca, None, "")
+        semel_client::check_health(&broker, &ca, None, "")
             .await
             .expect("health"),
         "SERVING"
     );
     assert_eq!(
-        semel_server::client::check_health(&broker, &ca, None, "semel.v1.LookupService")
+        semel_client::check_health(&broker, &ca, None, "semel.v1.LookupService")
             .await
             .expect("health"),
         "SERVING"
     );
     assert!(
-        semel_server::client::check_health(&broker, &ca, None, "no.such.Service")
+        semel_client::check_health(&broker, &ca, None, "no.such.Service")
             .await
             .is_err()
     );

@@ -388,7 +388,7 @@ pub async fn run_load(
     let mut workers = Vec::new();
     for w in 0..opts.concurrency {
         let channel = channels[w % channels.len()].clone();
-        let authed = crate::client::with_token(channel.clone(), Some(&token))?;
+        let authed = semel_client::with_token(channel.clone(), Some(&token))?;
         let citizens = citizens.clone();
         let recording = recording.clone();
         let stop = stop.clone();
@@ -637,7 +637,7 @@ pub async fn time_citizen_query(
         .await?;
     let token = person_token(&addrs.pki_dir, "operator")?;
     let mut client = proto::audit_service_client::AuditServiceClient::new(
-        crate::client::with_token(channel, Some(&token))?,
+        semel_client::with_token(channel, Some(&token))?,
     );
     let mut best = Duration::MAX;
     let mut found = 0;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use semel_client::ClientConfig;
 use semel_demo::Population;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
@@ -19,7 +20,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::client::ClientConfig;
 use crate::demo_source::DemoSource;
 use crate::server::{self, Prepared, ReloadFiles, Reloader};
 use crate::state::{Broker, SourceSettings};

@@ -1,15 +1,16 @@
 //! Semel's gRPC edge: the services, the caller's identity from mutual TLS,
 //! the lookup path, clients of the sources, and the demo sources.
 //!
-//! This is the only crate that knows tonic and prost: protobuf messages are
-//! converted to `semel_core` types in [`convert`], and errors become
-//! `tonic::Status` only in [`error::ApiError::into_status`].
+//! This crate, `semel-proto` (the generated code, re-exported here as
+//! [`proto`]) and `semel-client` are the only ones that know tonic and
+//! prost: protobuf messages are converted to `semel_core` types in
+//! [`convert`], and errors become `tonic::Status` only in
+//! [`error::ApiError::into_status`].
 
 mod audit;
 pub mod audited;
 pub mod bench;
 mod checks;
-pub mod client;
 pub mod codec;
 pub mod config;
 mod convert;
@@ -21,7 +22,6 @@ mod lookup;
 pub mod metrics;
 pub mod permissions;
 mod persons;
-pub mod proto;
 pub mod reasons;
 pub mod reference;
 pub mod reflection;
@@ -36,3 +36,5 @@ pub mod witness;
 
 pub use config::Config;
 pub use demo::{Demo, DemoOptions};
+/// The generated code of `semel.v1`, which this crate serves.
+pub use semel_proto as proto;

@@ -214,4 +214,28 @@ mod tests {
         codes.dedup();
         assert_eq!(codes, [0, 1, 2, 3, 4]);
     }
+
+    #[test]
+    fn the_exit_codes_are_the_documented_ones() {
+        let guide = include_str!("../../../docs/operator-guide.md");
+        let section = guide
+            .split("## The command line: output and exit codes")
+            .nth(1)
+            .expect("the operator guide has the exit codes section");
+        let documented: Vec<u8> = section
+            .lines()
+            .skip_while(|l| !l.starts_with("| code |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()
+                    .and_then(|c| c.trim().parse().ok())
+                    .expect("a code")
+            })
+            .collect();
+        let code: Vec<u8> = Exit::ALL.iter().map(|e| e.code()).collect();
+        assert_eq!(documented, code);
+    }
 }

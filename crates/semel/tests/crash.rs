@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use semel_server::client::{AuditFilter, Client, LookupArgs};
+use semel_client::{AuditFilter, Client, LookupArgs};
 
 /// Starts `semel demo` on ports of its own (port 0 for the broker and the
 /// metrics), so a demo a user runs on the default ports is no obstacle. Its

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
+use semel_client::{Client, ClientConfig};
 use semel_core::UserRole;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
-use semel_server::client::{Client, ClientConfig};
 
 struct Killed(Child);
 

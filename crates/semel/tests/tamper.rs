@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use semel_client::{Client, LookupArgs};
 use semel_core::AuditEntry;
-use semel_server::client::{Client, LookupArgs};
 
 const ENTRIES: usize = 12;
 

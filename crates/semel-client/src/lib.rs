@@ -1,18 +1,22 @@
 //! A client of the broker for the command line: it speaks gRPC here and
 //! hands the binary plain JSON values and [`CallError`]s, so the binary
 //! never sees tonic or prost.
+//!
+//! It is built on the generated code (`semel-proto`), not on the server, so
+//! it depends on no storage engine (`.ci/layering` holds that).
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
+use semel_proto::{self as proto, value::Kind};
 use serde_json::{Value as Json, json};
-use tonic::transport::{Channel, Endpoint};
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
-
-use crate::proto::{self, value::Kind};
 
 /// Where the broker is and which files identify the caller.
 #[derive(Debug, Clone)]
@@ -283,13 +287,16 @@ pub fn parse_check(text: &str) -> anyhow::Result<proto::Check> {
     })
 }
 
+/// A date as the broker reads one (`semel_server::convert::DATE_FORMAT`).
+const DATE_FORMAT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
+
 fn check_value(text: &str) -> proto::Value {
     use proto::value::Kind;
     let kind = if let Ok(i) = text.parse::<i64>() {
         Kind::IntValue(i)
     } else if let Ok(b) = text.parse::<bool>() {
         Kind::BoolValue(b)
-    } else if crate::convert::parse_date("check", text).is_ok() {
+    } else if time::Date::parse(text, DATE_FORMAT).is_ok() {
         Kind::DateValue(text.to_owned())
     } else {
         Kind::StringValue(text.to_owned())
@@ -415,7 +422,10 @@ fn field_definition(spec: &str) -> Result<proto::FieldDefinition, CallError> {
 
 impl Client {
     pub async fn connect(config: &ClientConfig) -> anyhow::Result<Client> {
-        let tls = crate::tls::client_tls(&config.ca, &config.cert, &config.key)?;
+        let read = |p: &Path| std::fs::read(p).with_context(|| format!("read {}", p.display()));
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&config.ca)?))
+            .identity(Identity::from_pem(read(&config.cert)?, read(&config.key)?));
         let channel = Endpoint::from_shared(config.broker.clone())
             .with_context(|| format!("broker address {}", config.broker))?
             .tls_config(tls)

@@ -1,0 +1,225 @@
+//! `semel audit verify` and `semel audit export`: a store's audit log, or
+//! an export, read from its files, with no broker running.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use crate::output::{Exit, outln};
+
+/// The verifier key to check checkpoints with: the one given, or (for an
+/// operator checking their own store) the one of the broker's signing key.
+fn verifier_key(
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    store: Option<&Path>,
+    origin_hint: Option<&str>,
+) -> anyhow::Result<semel_core::checkpoint::NoteVerifier> {
+    let text = match (key, key_file) {
+        (Some(k), _) => k,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("read the verifier key {}", f.display()))?,
+        (None, None) => {
+            let store = store.context(
+                "give the broker's verifier key with --verifier-key or --verifier-key-file, as the operator published it",
+            )?;
+            let (path, key) = semel_store::verify::own_verifier_key(store, origin_hint)?
+                .with_context(|| {
+                    format!(
+                        "no --verifier-key given, and no signing key found in {}; give the verifier key with --verifier-key",
+                        store.display()
+                    )
+                })?;
+            eprintln!(
+                "note: no --verifier-key given; trusting the broker's own signing key {} (an outside auditor passes the published key)",
+                path.display()
+            );
+            key
+        }
+    };
+    semel_core::checkpoint::NoteVerifier::parse(&text)
+        .map_err(|e| anyhow::anyhow!("the verifier key: {e}"))
+}
+
+pub struct VerifyArgs {
+    pub store: Option<PathBuf>,
+    pub export: Option<PathBuf>,
+    pub key: Option<String>,
+    pub key_file: Option<PathBuf>,
+    pub trusted: Vec<PathBuf>,
+    pub witness_keys: Vec<String>,
+    pub witness_quorum: Option<usize>,
+    pub json: bool,
+}
+
+pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let VerifyArgs {
+        store,
+        export,
+        key,
+        key_file,
+        trusted,
+        witness_keys,
+        witness_quorum,
+        json,
+    } = args;
+    let trusted_notes = trusted
+        .iter()
+        .map(|p| {
+            let note = std::fs::read_to_string(p)
+                .with_context(|| format!("read the trusted checkpoint {}", p.display()))?;
+            anyhow::ensure!(
+                note.contains("\n\n\u{2014} "),
+                "{} holds no signed checkpoint (a note: origin, size, root, an empty line, signatures); save the signed_note of `semel audit checkpoint --json`",
+                p.display()
+            );
+            Ok(note)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The log's name, for the broker's own key when none is given: the
+    // store's checkpoints, or else the trusted checkpoint's.
+    let origin_hint = trusted_notes
+        .first()
+        .and_then(|n| n.split('\n').next())
+        .map(str::to_owned);
+    let verifier = verifier_key(key, key_file, store.as_deref(), origin_hint.as_deref())?;
+    let witnesses = witness_keys
+        .iter()
+        .map(|k| {
+            semel_core::checkpoint::CosignatureVerifier::parse(k)
+                .map_err(|e| anyhow::anyhow!("--witness-key {k}: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let quorum = witness_quorum.unwrap_or(witnesses.len());
+    anyhow::ensure!(
+        quorum <= witnesses.len(),
+        "--witness-quorum {quorum}: only {} --witness-key given",
+        witnesses.len()
+    );
+    let policy = semel_store::verify::TrustPolicy {
+        trusted: trusted_notes,
+        witnesses,
+        quorum,
+    };
+    let result = match (&store, &export) {
+        (Some(dir), _) => {
+            semel_store::verify::verify_dir_trusting(&dir.join("audit"), &verifier, &policy)
+        }
+        (None, Some(file)) => {
+            let f = std::fs::File::open(file)
+                .with_context(|| format!("open the export {}", file.display()))?;
+            semel_store::verify::verify_export_trusting(
+                &mut std::io::BufReader::new(f),
+                &verifier,
+                &policy,
+            )
+        }
+        (None, None) => anyhow::bail!("give --store or --export"),
+    };
+    let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match result {
+        Ok(r) => {
+            let unsigned = r.entries - r.last_checkpoint.unwrap_or(0);
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({
+                        "verified": true,
+                        "entries": r.entries,
+                        "checkpoints": r.checkpoints,
+                        "newest_checkpoint": r.last_checkpoint,
+                        "trusted_checkpoints": r.trusted,
+                        "entries_after_newest_checkpoint": unsigned,
+                        "root": hex(&r.root),
+                    })
+                );
+            } else {
+                outln!(
+                    "verified: {} entries, hash chain and Merkle tree intact, {} signed checkpoints (newest covers {} entries), {} trusted checkpoints reached, root {}",
+                    r.entries,
+                    r.checkpoints,
+                    r.last_checkpoint
+                        .map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                    r.trusted,
+                    hex(&r.root)
+                );
+                if unsigned > 0 {
+                    outln!(
+                        "note: the last {unsigned} entries are covered by no signed checkpoint yet: nothing proves they were not changed; check them again once a checkpoint covers them"
+                    );
+                }
+            }
+            Ok(Exit::Done.into())
+        }
+        Err(e) => {
+            if json {
+                outln!(
+                    "{}",
+                    serde_json::json!({"verified": false, "error": e.to_string()})
+                );
+            } else {
+                eprintln!("NOT VERIFIED: {e}");
+            }
+            Ok(Exit::NotVerified.into())
+        }
+    }
+}
+
+pub fn export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let format = match format {
+        "jsonl" => semel_store::verify::ExportFormat::JsonLines,
+        "csv" => semel_store::verify::ExportFormat::Csv,
+        other => anyhow::bail!("--format {other}: use jsonl or csv"),
+    };
+    let audit = store.join("audit");
+    let log_len = std::fs::metadata(audit.join("log"))
+        .with_context(|| format!("{} holds no audit log", store.display()))?
+        .len();
+    // Written in the export's header for reference; auditors check with
+    // the key the operator published.
+    // (Only once a checkpoint names the log: before, there is no key to name.)
+    let key = semel_store::verify::origin_of(&audit)
+        .ok()
+        .flatten()
+        .and_then(|_| {
+            semel_store::verify::own_verifier_key(store, None)
+                .ok()
+                .flatten()
+        })
+        .map(|(_, key)| key);
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(log_len),
+        indicatif::ProgressDrawTarget::stderr(),
+    );
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {msg} ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut out: Box<dyn Write> = match output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let n = semel_store::verify::export(
+        &audit,
+        format,
+        key.as_deref(),
+        &mut out,
+        &mut |done, offset| {
+            if done % 4096 == 0 {
+                bar.set_position(offset);
+                bar.set_message(format!("{done} entries"));
+            }
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    out.flush().context("write the export")?;
+    bar.finish_and_clear();
+    eprintln!("exported {n} entries");
+    Ok(Exit::Done.into())
+}

@@ -1,0 +1,108 @@
+//! `semel demo`: the broker with the demo sources and registry on the
+//! embedded store, and the banner that says how to try it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use semel_server::{Demo, DemoOptions};
+
+use crate::output::{Exit, outln};
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Where the store, the development PKI and demo.json live.
+    #[arg(long, default_value = "semel-data")]
+    pub data_dir: PathBuf,
+    /// The broker's address.
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Seed of the synthetic population.
+    #[arg(long, default_value_t = 20_170_717)]
+    pub seed: u64,
+    /// At least this many synthetic people.
+    #[arg(long, default_value_t = 10_000)]
+    pub population: usize,
+    /// Where to serve Prometheus metrics (plain HTTP, /metrics).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_listen: SocketAddr,
+    /// Serve no metrics.
+    #[arg(long)]
+    pub no_metrics: bool,
+    /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let DemoArgs {
+        data_dir,
+        listen,
+        seed,
+        population,
+        metrics_listen,
+        no_metrics,
+        otlp_endpoint: _,
+    } = args;
+    let opts = DemoOptions {
+        listen,
+        seed,
+        population,
+        metrics_listen: (!no_metrics).then_some(metrics_listen),
+        ..DemoOptions::new(data_dir)
+    };
+    let demo = Demo::start(opts).await?;
+    // The broker runs whether or not anyone reads the banner.
+    if let Err(e) = print_demo_banner(&demo) {
+        tracing::warn!(error = %e, "print the demo banner");
+    }
+    demo.run_until(crate::shutdown_signal()).await?;
+    Ok(Exit::Done.into())
+}
+
+fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().ok();
+    let cwd = std::env::current_dir().ok();
+    let semel = match (&exe, &cwd) {
+        (Some(e), Some(c)) => e
+            .strip_prefix(c)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| e.clone()),
+        (Some(e), None) => e.clone(),
+        _ => PathBuf::from("semel"),
+    };
+    let dd = demo.data_dir.display();
+    let flag = match &cwd {
+        Some(c) if demo.data_dir == c.join("semel-data") => String::new(),
+        _ => format!(" --data-dir {dd}"),
+    };
+    let s = semel.display();
+    outln!(
+        "\nSemel demo broker listening on https://{addr} (mutual TLS)\n\
+         \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation, issuer.key/issuer.jwks.json)\n  tokens           {dd}/tokens (<organisation>.jwt, citizen.jwt; valid for a day)\n  population       {people} synthetic people in {households} households\n\
+         \nTry, in another terminal:\n\
+         \n  # a CPAS checks an RIS applicant's residence (allowed)\
+         \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93.05.18-223.61 --dataset national_register.residence --fields street,house_number,postal_code,municipality --purpose RIS_ELIGIBILITY\
+         \n  # ...and the household composition\
+         \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93051822361 --dataset national_register.household --fields household_size,members --purpose RIS_ELIGIBILITY\
+         \n  # a commune asks for more than school enrolment allows (refused: FIELD_NOT_ALLOWED)\
+         \n  {s} lookup{flag} --as commune-schaerbeek --citizen 93051822361 --dataset national_register.residence --fields street,nis_code --purpose SCHOOL_ENROLMENT\
+         \n  # an expired authorisation (refused: AUTHORISATION_EXPIRED)\
+         \n  {s} lookup{flag} --as ville-bruxelles --citizen 85073003328 --dataset spf_finances.taxable_income --fields latest_taxable_income_cents --purpose SOCIAL_HOUSING\
+         \n  # what the audit log recorded about that citizen\
+         \n  {s} audit list{flag} --citizen 93051822361\
+         \n  # ...and what the citizen sees of it, through the citizen portal\
+         \n  {s} audit accesses{flag} --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
+         \n  {s} admin{flag} authorisation list\n\
+         \nStop with Ctrl-C; the state survives a restart.{metrics}\n",
+        addr = demo.broker_addr,
+        metrics = demo
+            .metrics_addr
+            .map(|a| format!(" Metrics: http://{a}/metrics"))
+            .unwrap_or_default(),
+        people = demo.population.people.len(),
+        households = demo.population.households.len(),
+    );
+    Ok(())
+}
