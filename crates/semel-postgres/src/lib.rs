@@ -36,6 +36,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0005_audit_queries.sql"),
 ];
 
+/// How long connecting may take, and how long a silent connection is
+/// trusted before keepalives probe it.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
@@ -101,13 +105,23 @@ impl Conn {
         if config.get_application_name().is_none() {
             config.application_name("semel broker");
         }
+        // A primary that vanishes without closing its connections (a
+        // failover, a cut network) must not hold a broker for minutes:
+        // connecting and idle connections give up after seconds, unless
+        // the URL says otherwise.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        config.keepalives_idle(CONNECT_TIMEOUT);
         let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
         let connection = tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::warn!(error = %e, "PostgreSQL connection closed");
             }
         });
-        client.batch_execute("SET synchronous_commit = on").await?;
+        client
+            .batch_execute("SET synchronous_commit = on; SET client_min_messages = warning")
+            .await?;
         Ok(Conn {
             url: url.to_owned(),
             suspect: false,

@@ -22,6 +22,9 @@ use crate::{Integrated, PgAudit, PgError, Placed};
 /// The most entries one sequencing transaction takes.
 const MAX_BATCH: usize = 4096;
 
+/// The most entries one integration round takes into the tree.
+const INTEGRATE_MAX: u64 = 100_000;
+
 /// How long a proof waits for the integrator to reach a durable size.
 const INTEGRATION_WAIT: Duration = Duration::from_secs(10);
 
@@ -48,6 +51,8 @@ pub struct PgAuditLog {
     queue: mpsc::UnboundedSender<Pending>,
     counters: Arc<Counters>,
     verifier_key: String,
+    /// How long a proof waits for the tree to reach a durable size.
+    integration_wait: Duration,
     /// Reads, on a connection that reconnects when lost.
     reader: Mutex<PgAudit>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -128,13 +133,19 @@ impl PgAuditLog {
             }
         });
         let integrate = tokio::spawn(async move {
+            // One round (and one checkpoint) per `integrate_every`, unless
+            // the round was full: then the backlog is worked off at once.
+            let mut integrated = 0u64;
             loop {
-                match integrator.integrate(100_000, &signer).await {
-                    Ok(Integrated::Done {
-                        checkpoint: Some(_),
-                        ..
-                    }) => continue,
-                    Ok(_) => {}
+                match integrator.integrate(INTEGRATE_MAX, &signer).await {
+                    Ok(Integrated::Done { head, .. }) => {
+                        let grew = head.size.saturating_sub(integrated);
+                        integrated = head.size;
+                        if grew >= INTEGRATE_MAX {
+                            continue;
+                        }
+                    }
+                    Ok(Integrated::Busy) => {}
                     Err(e) => tracing::warn!(error = %e, "audit integration failed; retrying"),
                 }
                 tokio::time::sleep(integrate_every).await;
@@ -144,6 +155,7 @@ impl PgAuditLog {
             queue,
             counters,
             verifier_key,
+            integration_wait: INTEGRATION_WAIT.max(integrate_every * 3),
             reader,
             tasks: vec![write, integrate],
         })
@@ -164,7 +176,7 @@ impl PgAuditLog {
                 "the log holds {durable} entries, not {size}"
             )));
         }
-        let deadline = tokio::time::Instant::now() + INTEGRATION_WAIT;
+        let deadline = tokio::time::Instant::now() + self.integration_wait;
         while self.reader().await?.tree_head().await?.size < size {
             if tokio::time::Instant::now() > deadline {
                 return Err(StorageError::Unavailable(

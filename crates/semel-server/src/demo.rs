@@ -84,6 +84,9 @@ pub struct Demo {
     pub broker: Arc<Broker>,
     /// The embedded store, when the demo runs on it (tests inject faults).
     pub embedded: Option<Arc<semel_store::Store>>,
+    /// On PostgreSQL: the configuration with which `semel serve` runs a
+    /// second broker on the same database, and that broker's address.
+    pub second_broker: Option<(PathBuf, SocketAddr)>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -276,6 +279,17 @@ impl Demo {
             .await
             .with_context(|| format!("bind the broker on {}", opts.listen))?;
         let broker_addr = listener.local_addr()?;
+        let second_broker = match &opts.postgresql {
+            None => None,
+            Some(url) => Some(write_second_broker_config(
+                &data_dir,
+                url,
+                broker_addr,
+                &pki,
+                &issuer,
+                &operator,
+            )?),
+        };
         let mut metrics_addr = None;
         if let Some(addr) = opts.metrics_listen {
             let listener = TcpListener::bind(addr)
@@ -380,6 +394,7 @@ impl Demo {
             reloader,
             broker,
             embedded,
+            second_broker,
             shutdown,
             broker_task,
             source_tasks,
@@ -537,6 +552,52 @@ async fn seed_files(storage: &Storage, population: &Population) -> anyhow::Resul
         persons.put_files(&files).await?;
     }
     Ok(())
+}
+
+/// Writes the configuration of a second broker on the demo's PostgreSQL
+/// database: the same certificates, issuer and checkpoint key (one log,
+/// one identity), its own ports and data directory.
+fn write_second_broker_config(
+    data_dir: &Path,
+    url: &str,
+    first: SocketAddr,
+    pki: &DevPki,
+    issuer: &DevIssuer,
+    operator: &DemoOrg,
+) -> anyhow::Result<(PathBuf, SocketAddr)> {
+    let listen = SocketAddr::new(first.ip(), first.port().wrapping_add(1).max(1));
+    let broker = pki.files("broker");
+    let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
+    let text = format!(
+        "# A second broker on the demo's PostgreSQL database, written by `semel demo --store`.\n\
+         # Start it with: semel serve --config {config}\n\
+         listen = \"{listen}\"\n\
+         data_dir = {dir}\n\
+         \n[store]\nurl = {url}\n\
+         \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
+         \n[sources]\nca = {ca}\nregister_dataset = \"{register}\"\n\
+         \n[operator]\nkbo = \"{kbo}\"\nname = {name}\n\
+         \n[audit]\nsigning_key = {signing}\norigin = \"{origin}\"\ncheckpoint_every_ms = 1000\n\
+         \n[tokens]\naudience = \"{audience}\"\n\
+         \n[[tokens.issuers]]\nissuer = {iss}\njwks = {jwks}\n",
+        config = data_dir.join("second-broker.toml").display(),
+        dir = quoted(&data_dir.join("second-broker")),
+        url = toml::Value::String(url.to_owned()),
+        cert = quoted(&broker.cert),
+        key = quoted(&broker.key),
+        ca = quoted(&pki.ca_cert()),
+        register = semel_demo::seed::datasets::IDENTITY,
+        kbo = operator.kbo.as_str(),
+        name = toml::Value::String(operator.name.to_owned()),
+        signing = quoted(&pki.dir.join("audit-signing.key")),
+        origin = DEMO_ORIGIN,
+        audience = DEV_AUDIENCE,
+        iss = toml::Value::String(issuer.issuer.clone()),
+        jwks = quoted(&issuer.jwks_file()),
+    );
+    let path = data_dir.join("second-broker.toml");
+    std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+    Ok((path, listen))
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

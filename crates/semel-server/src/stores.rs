@@ -60,6 +60,28 @@ pub async fn open_postgresql(
     let persons = semel_postgres::PgPersons::connect(url)
         .await
         .context("connect to the PostgreSQL store (persons directory)")?;
+    // One log, one identity: a broker whose key did not sign the log's
+    // checkpoints (a key created anew on this machine, another origin)
+    // must not start signing a second history into the same tables.
+    let verifier = semel_core::checkpoint::NoteVerifier::parse(&signer.verifier_key())
+        .map_err(|e| anyhow::anyhow!("the checkpoint key: {e}"))?;
+    let probe = semel_postgres::PgAudit::connect(url)
+        .await
+        .context("connect to the PostgreSQL store (audit log)")?;
+    if let Some(note) = probe
+        .latest_checkpoint()
+        .await
+        .context("read the PostgreSQL store's latest checkpoint")?
+    {
+        verifier.verify(&note).map_err(|e| {
+            anyhow::anyhow!(
+                "this broker's checkpoint key ({}) did not sign the PostgreSQL store's checkpoints ({e}): \
+                 every broker on one database must use the same audit.signing_key and origin",
+                verifier.name()
+            )
+        })?;
+    }
+    drop(probe);
     let audit = semel_postgres::PgAuditLog::start(url, signer, checkpoint_every)
         .await
         .context("connect to the PostgreSQL store (audit log)")?;

@@ -1,5 +1,6 @@
 //! `semel demo`: the broker with the demo sources and registry on the
-//! embedded store, and the banner that says how to try it.
+//! embedded store (or PostgreSQL with `--store`), and the banner that says
+//! how to try it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +34,11 @@ pub struct DemoArgs {
     /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// Run on this PostgreSQL database (postgresql://user@host:port/db)
+    /// instead of the embedded store; a configuration for a second broker
+    /// on it is written to <data-dir>/second-broker.toml.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
@@ -44,12 +50,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         metrics_listen,
         no_metrics,
         otlp_endpoint: _,
+        store,
     } = args;
+    if let Some(url) = &store {
+        anyhow::ensure!(
+            url.starts_with("postgresql://") || url.starts_with("postgres://"),
+            "--store: give a postgresql:// URL (leave it out for the embedded store)"
+        );
+    }
     let opts = DemoOptions {
         listen,
         seed,
         population,
         metrics_listen: (!no_metrics).then_some(metrics_listen),
+        postgresql: store,
         ..DemoOptions::new(data_dir)
     };
     let demo = Demo::start(opts).await?;
@@ -80,7 +94,7 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
     let s = semel.display();
     outln!(
         "\nSemel demo broker listening on https://{addr} (mutual TLS)\n\
-         \n  data directory   {dd}\n  audit log        {dd}/store/audit/log\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation, issuer.key/issuer.jwks.json)\n  tokens           {dd}/tokens (<organisation>.jwt, citizen.jwt; valid for a day)\n  population       {people} synthetic people in {households} households\n\
+         \n  data directory   {dd}\n  audit log        {log}\n  development PKI  {dd}/pki (ca.crt, broker.crt, <enterprise number>.crt/.key per organisation, issuer.key/issuer.jwks.json)\n  tokens           {dd}/tokens (<organisation>.jwt, citizen.jwt; valid for a day)\n  population       {people} synthetic people in {households} households\n\
          \nTry, in another terminal:\n\
          \n  # a CPAS checks an RIS applicant's residence (allowed)\
          \n  {s} lookup{flag} --as cpas-anderlecht --citizen 93.05.18-223.61 --dataset national_register.residence --fields street,house_number,postal_code,municipality --purpose RIS_ELIGIBILITY\
@@ -95,8 +109,21 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
          \n  # ...and what the citizen sees of it, through the citizen portal\
          \n  {s} audit accesses{flag} --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
          \n  {s} admin{flag} authorisation list\n\
-         \nStop with Ctrl-C; the state survives a restart.{metrics}\n",
+         \nStop with Ctrl-C; the state survives a restart.{metrics}{second}\n",
         addr = demo.broker_addr,
+        log = if demo.embedded.is_some() {
+            format!("{dd}/store/audit/log")
+        } else {
+            "PostgreSQL (table audit_entries)".to_owned()
+        },
+        second = demo
+            .second_broker
+            .as_ref()
+            .map(|(config, addr)| format!(
+                "\n\nA second broker on the same PostgreSQL database, in another terminal (listens on {addr}):\n\n  {s} serve --config {}\n\nLookups through either broker land in the one audit log; a suspension made through one takes effect on the other within a second.",
+                config.display()
+            ))
+            .unwrap_or_default(),
         metrics = demo
             .metrics_addr
             .map(|a| format!(" Metrics: http://{a}/metrics"))
