@@ -15,13 +15,12 @@ use crate::harness::*;
 
 async fn start() -> TestDemo {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = semel_server::DemoOptions::new(dir.path());
-    opts.listen = ([127, 0, 0, 1], 0).into();
-    opts.population = 2_000;
+    let (mut opts, db) = demo_options(dir.path()).await;
     opts.checkpoint_every_entries = 5;
     TestDemo {
         demo: Some(semel_server::Demo::start(opts).await.expect("start")),
         dir,
+        db,
     }
 }
 

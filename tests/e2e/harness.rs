@@ -28,6 +28,48 @@ pub const JAN: &str = "85073003328";
 pub struct TestDemo {
     pub demo: Option<Demo>,
     pub dir: tempfile::TempDir,
+    /// The demo's PostgreSQL database, when the suite runs on PostgreSQL
+    /// (dropped after the demo, which is declared first).
+    pub db: Option<semel_postgres::testing::TestDatabase>,
+}
+
+/// Whether this run of the suite is on PostgreSQL: the same tests are
+/// built twice, as `e2e` (the embedded store) and `e2e_postgresql`.
+pub fn on_postgresql() -> bool {
+    env!("CARGO_CRATE_NAME") == "e2e_postgresql"
+}
+
+/// The demo's options for a test: port 0, a small population, and on
+/// PostgreSQL a fresh database of the test's own.
+pub async fn demo_options(
+    dir: &std::path::Path,
+) -> (DemoOptions, Option<semel_postgres::testing::TestDatabase>) {
+    let mut opts = DemoOptions::new(dir);
+    opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.population = 2_000;
+    let mut db = None;
+    if on_postgresql() {
+        let found = semel_postgres::testing::TestDatabase::start("e2e").await;
+        // Without PostgreSQL (and without SEMEL_REQUIRE_POSTGRES) the
+        // suite cannot run on it: say so once per test, loudly.
+        let found = found.unwrap_or_else(|| {
+            panic!("the e2e_postgresql suite needs PostgreSQL; see the skip message above")
+        });
+        opts.postgresql = Some(found.url.clone());
+        db = Some(found);
+    }
+    (opts, db)
+}
+
+/// Ends a test that holds only on the embedded store (a fault injected
+/// into its file, a restart on the same data directory): on PostgreSQL it
+/// says so and returns true.
+pub fn embedded_only(what: &str) -> bool {
+    if on_postgresql() {
+        eprintln!("embedded store only, not run on PostgreSQL: {what}");
+        return true;
+    }
+    false
 }
 
 impl TestDemo {
@@ -40,14 +82,13 @@ impl TestDemo {
     }
 
     pub async fn start_in(dir: tempfile::TempDir, source_deadline: Duration) -> TestDemo {
-        let mut opts = DemoOptions::new(dir.path());
-        opts.listen = ([127, 0, 0, 1], 0).into();
-        opts.population = 2_000;
+        let (mut opts, db) = demo_options(dir.path()).await;
         opts.source_deadline = source_deadline;
         let demo = Demo::start(opts).await.expect("start the demo");
         TestDemo {
             demo: Some(demo),
             dir,
+            db,
         }
     }
 
@@ -58,6 +99,15 @@ impl TestDemo {
     pub async fn stop(mut self) -> tempfile::TempDir {
         if let Some(d) = self.demo.take() {
             d.stop().await.expect("stop the demo");
+        }
+        // The database goes once the broker on it has stopped.
+        if let Some(db) = self.db.take() {
+            assert!(on_postgresql(), "a database is made only on PostgreSQL");
+            assert!(
+                self.dir.path().join("second-broker.toml").exists(),
+                "the demo ran on {}",
+                db.url
+            );
         }
         self.dir
     }
@@ -497,14 +547,13 @@ impl TestDemo {
         source_deadline: Duration,
     ) -> TestDemo {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut opts = DemoOptions::new(dir.path());
-        opts.listen = ([127, 0, 0, 1], 0).into();
-        opts.population = 2_000;
+        let (mut opts, db) = demo_options(dir.path()).await;
         opts.source_deadline = source_deadline;
         opts.limits = limits;
         TestDemo {
             demo: Some(Demo::start(opts).await.expect("start the demo")),
             dir,
+            db,
         }
     }
 }

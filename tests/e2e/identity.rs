@@ -633,13 +633,12 @@ async fn issuer_keys_and_the_ca_bundle_rotate_without_a_restart_or_a_dropped_cal
 #[tokio::test]
 async fn a_changed_key_file_is_picked_up_without_a_signal() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = semel_server::DemoOptions::new(dir.path());
-    opts.listen = ([127, 0, 0, 1], 0).into();
-    opts.population = 2_000;
+    let (mut opts, db) = demo_options(dir.path()).await;
     opts.reload_poll = Some(std::time::Duration::from_millis(100));
     let t = TestDemo {
         demo: Some(semel_server::Demo::start(opts).await.expect("start")),
         dir,
+        db,
     };
     let fresh_dir = tempfile::tempdir().expect("tempdir");
     let fresh = DevIssuer::ensure(fresh_dir.path()).expect("new key");

@@ -493,6 +493,9 @@ async fn a_flood_of_refused_calls_is_summarised_not_written_one_by_one() {
     assert!(seen.is_empty(), "{seen:?}");
     // At the latest when the broker stops, the rest is one summary entry.
     let dir = t.stop().await;
+    if embedded_only("the stopped broker's log read from its data directory") {
+        return;
+    }
     let store = semel_store::Store::open(&dir.path().join("store")).expect("store");
     let summaries = store
         .audit()

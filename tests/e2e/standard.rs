@@ -275,13 +275,12 @@ async fn an_oversized_request_is_refused_and_the_broker_carries_on() {
 #[tokio::test]
 async fn metrics_count_lookups_without_personal_data() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = semel_server::DemoOptions::new(dir.path());
-    opts.listen = ([127, 0, 0, 1], 0).into();
-    opts.population = 2_000;
+    let (mut opts, db) = demo_options(dir.path()).await;
     opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     let t = TestDemo {
         demo: Some(semel_server::Demo::start(opts).await.expect("start")),
         dir,
+        db,
     };
     let mut c = t.lookup_client(ANDERLECHT).await;
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))

@@ -1,8 +1,10 @@
-//! A PostgreSQL database for tests: the one `SEMEL_TEST_DATABASE_URL` names
-//! (a fresh database is created in it for each test), or else a throwaway
-//! cluster of their own (initdb and pg_ctl from the newest version's lib
-//! directory, on a free port, in a temporary directory), stopped when the
-//! test ends. Where neither is possible, tests say loudly that they were
+//! A PostgreSQL database for tests: a fresh database for each test, in the
+//! server `SEMEL_TEST_DATABASE_URL` names, or else in a throwaway cluster
+//! (initdb and pg_ctl from the newest version's lib directory, on a free
+//! port, in a temporary directory) that the test process starts once and
+//! that a watchdog stops when the process ends. A test that restarts
+//! PostgreSQL gets a cluster of its own ([`TestDatabase::own_cluster`]).
+//! Where none of this is possible, tests say loudly that they were
 //! skipped; with `SEMEL_REQUIRE_POSTGRES=1` (as `.ci/run` sets) that is a
 //! failure instead.
 
@@ -42,7 +44,11 @@ impl TestDatabase {
     /// A fresh database, or `None` (said on stderr) when PostgreSQL is not
     /// to be had here. Panics instead when `SEMEL_REQUIRE_POSTGRES=1`.
     pub async fn start(test: &str) -> Option<TestDatabase> {
-        let found = match std::env::var("SEMEL_TEST_DATABASE_URL") {
+        let base = match std::env::var("SEMEL_TEST_DATABASE_URL") {
+            Ok(base) => Ok(base),
+            Err(_) => shared_cluster(),
+        };
+        let found = match base {
             Ok(base) => fresh_database(&base, test)
                 .await
                 .map(|(url, name)| TestDatabase {
@@ -50,8 +56,43 @@ impl TestDatabase {
                     cluster: None,
                     shared: Some((base, name)),
                 }),
-            Err(_) => throwaway_cluster(test).await,
+            Err(why) => Err(why),
         };
+        Self::found(test, found)
+    }
+
+    /// A database in a throwaway cluster of its own, which the test may
+    /// restart ([`TestDatabase::restart`]); stopped when dropped.
+    pub async fn own_cluster(test: &str) -> Option<TestDatabase> {
+        let found = throwaway_cluster(test).await;
+        Self::found(test, found)
+    }
+
+    /// Restarts the test's own cluster (a database restart under load):
+    /// every connection is dropped, and the server is back when this
+    /// returns.
+    pub fn restart(&self) -> Result<(), String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("only a cluster of the test's own can be restarted")?;
+        let out = c
+            .command(&c.pg_ctl)
+            .args(["restart", "-m", "fast", "-w", "-D"])
+            .arg(&c.dir)
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl restart failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn found(test: &str, found: Result<TestDatabase, String>) -> Option<TestDatabase> {
         match found {
             Ok(db) => Some(db),
             Err(why) => {
@@ -164,7 +205,49 @@ async fn fresh_database(base: &str, test: &str) -> Result<(String, String), Stri
     Ok((url, name))
 }
 
+/// The URL of this test process's throwaway cluster, started the first
+/// time it is asked for. A watchdog (a shell waiting for this process to
+/// end) stops the cluster and removes its directory, since statics are
+/// never dropped.
+fn shared_cluster() -> Result<String, String> {
+    static SHARED: std::sync::OnceLock<Result<String, String>> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            let (cluster, port) = start_cluster()?;
+            let stop = format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {runas}{pg_ctl} stop -m immediate -D {data} >/dev/null 2>&1; rm -rf {tmp}",
+                pid = std::process::id(),
+                runas = if cluster.as_postgres { "runuser -u postgres -- " } else { "" },
+                pg_ctl = cluster.pg_ctl.display(),
+                data = cluster.dir.display(),
+                tmp = cluster._tmp.0.display(),
+            );
+            Command::new("sh")
+                .args(["-c", &stop])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .map_err(|e| format!("start the cluster's watchdog: {e}"))?;
+            // The watchdog removes the directory; the cluster is left running.
+            std::mem::forget(cluster);
+            Ok(format!("postgresql://postgres@127.0.0.1:{port}/postgres"))
+        })
+        .clone()
+}
+
 async fn throwaway_cluster(test: &str) -> Result<TestDatabase, String> {
+    let (cluster, port) = start_cluster()?;
+    let base = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+    let (url, _) = fresh_database(&base, test).await?;
+    Ok(TestDatabase {
+        url,
+        cluster: Some(cluster),
+        shared: None,
+    })
+}
+
+fn start_cluster() -> Result<(Cluster, u16), String> {
     let bin = newest_bin_dir().ok_or("no initdb in /usr/lib/postgresql/*/bin")?;
     let as_postgres = is_root();
     let tmp = std::env::temp_dir().join(format!(
@@ -218,19 +301,15 @@ async fn throwaway_cluster(test: &str) -> Result<TestDatabase, String> {
             std::fs::read_to_string(tmp.join("log")).unwrap_or_default()
         ));
     }
-    let cluster = Cluster {
-        pg_ctl: bin.join("pg_ctl"),
-        dir: data,
-        as_postgres,
-        _tmp: guard,
-    };
-    let base = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
-    let (url, _) = fresh_database(&base, test).await?;
-    Ok(TestDatabase {
-        url,
-        cluster: Some(cluster),
-        shared: None,
-    })
+    Ok((
+        Cluster {
+            pg_ctl: bin.join("pg_ctl"),
+            dir: data,
+            as_postgres,
+            _tmp: guard,
+        },
+        port,
+    ))
 }
 
 fn newest_bin_dir() -> Option<PathBuf> {

@@ -14,7 +14,7 @@ use semel_core::{
 };
 use time::macros::{date, datetime};
 
-use crate::{AuditStore, PersonsStore, RegistryStore, StorageError};
+use crate::{AuditStore, PersonsStore, RegistryStore, RegistryUndo, StorageError};
 
 /// A store under test, with whatever must live as long as it (a temporary
 /// directory, a test database).
@@ -36,6 +36,7 @@ macro_rules! registry_conformance {
                 records_are_inserted_or_replaced_and_listed_in_key_order,
                 authorisation_versions_follow_each_other,
                 a_second_revocation_keeps_the_first,
+                changes_are_undone_to_what_was_stored,
             );
         }
     };
@@ -53,6 +54,8 @@ macro_rules! audit_conformance {
                 appends_are_dense_chained_and_durable,
                 proofs_verify_against_the_root,
                 requests_beyond_the_log_are_out_of_range,
+                queries_find_entries_newest_first_by_every_filter,
+                checkpoints_are_signed_kept_and_cosigned,
             );
         }
     };
@@ -92,6 +95,45 @@ macro_rules! persons_conformance {
             );
         }
     };
+}
+
+/// Waits without holding up the runtime, whichever it is (the port knows
+/// none): a thread sleeps and wakes the task.
+async fn pause(d: std::time::Duration) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    struct Pause {
+        done: Arc<AtomicBool>,
+        started: bool,
+        d: std::time::Duration,
+    }
+    impl std::future::Future for Pause {
+        type Output = ();
+        fn poll(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<()> {
+            if self.done.load(Ordering::Acquire) {
+                return std::task::Poll::Ready(());
+            }
+            if !self.started {
+                self.started = true;
+                let (done, waker, d) = (self.done.clone(), cx.waker().clone(), self.d);
+                std::thread::spawn(move || {
+                    std::thread::sleep(d);
+                    done.store(true, Ordering::Release);
+                    waker.wake();
+                });
+            }
+            std::task::Poll::Pending
+        }
+    }
+    Pause {
+        done: Arc::default(),
+        started: false,
+        d,
+    }
+    .await;
 }
 
 fn niss(s: &str) -> Niss {
@@ -595,6 +637,54 @@ pub mod registry {
         expected.sort_by_key(|r| r.id.key());
         assert_eq!(all, expected);
     }
+
+    pub async fn changes_are_undone_to_what_was_stored(store: &dyn RegistryStore) {
+        let active = organisation("0566988259", OrganisationStatus::Active);
+        store.put_organisation(&active).await.expect("put");
+        let suspended = organisation("0566988259", OrganisationStatus::Suspended);
+        store.put_organisation(&suspended).await.expect("put");
+        store
+            .undo(&RegistryUndo::Organisation(
+                active.kbo,
+                Some(active.clone()),
+            ))
+            .await
+            .expect("undo a change");
+        assert_eq!(
+            store.organisation(&active.kbo).await.expect("read"),
+            Some(active.clone())
+        );
+        store
+            .undo(&RegistryUndo::Organisation(active.kbo, None))
+            .await
+            .expect("undo a creation");
+        assert_eq!(store.organisation(&active.kbo).await.expect("read"), None);
+        let v1 = authorisation("BSC/2024/001", 1, AuthorisationStatus::Active);
+        store.put_authorisation(&v1).await.expect("v1");
+        let v2 = authorisation("BSC/2024/001", 2, AuthorisationStatus::Active);
+        store.put_authorisation(&v2).await.expect("v2");
+        store
+            .undo(&RegistryUndo::Authorisation(
+                Box::new(v2.clone()),
+                Some(Box::new(v1.clone())),
+            ))
+            .await
+            .expect("undo a version");
+        assert_eq!(
+            store.authorisations().await.expect("list"),
+            vec![v1.clone()]
+        );
+        assert_eq!(
+            store
+                .authorisation_history("BSC/2024/001")
+                .await
+                .expect("history"),
+            vec![v1.clone()],
+            "the undone version leaves the history"
+        );
+        // The version can be written again.
+        store.put_authorisation(&v2).await.expect("v2 again");
+    }
 }
 
 /// The cases on the audit log.
@@ -726,5 +816,136 @@ pub mod audit {
             store.consistency_proof(2, 5).await,
             "to a tree past the head",
         );
+    }
+
+    fn sequences(found: &[crate::StoredEntry]) -> Vec<u64> {
+        found.iter().map(|e| e.entry.sequence).collect()
+    }
+
+    pub async fn queries_find_entries_newest_first_by_every_filter(store: &dyn AuditStore) {
+        let hashes = fill(store, 12).await;
+        // Entry 7 was made under a number since replaced.
+        let mut replaced = record(12);
+        replaced.citizen = Some(niss("85073003328"));
+        replaced.citizen_as_given = Some(niss("17073003384"));
+        store.append(replaced).await.expect("append");
+        let all = |q: crate::AuditQuery| crate::AuditQuery { limit: 100, ..q };
+        let found = store
+            .query(&all(crate::AuditQuery::default()))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&found), (0..13).rev().collect::<Vec<_>>());
+        assert_eq!(found[12].hash, hashes[0], "hashes as appended");
+        let by_consumer = store
+            .query(&all(crate::AuditQuery {
+                consumer: Some(kbo("0566988259")),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&by_consumer), vec![12, 10, 8, 6, 4, 2, 0]);
+        let refused_of_consumer = store
+            .query(&all(crate::AuditQuery {
+                consumer: Some(kbo("0566988259")),
+                decision: Some(AuditDecision::Refused),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&refused_of_consumer), vec![12, 6, 0]);
+        let by_user = store
+            .query(&all(crate::AuditQuery {
+                end_user: Some("clerk-5".into()),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&by_user), vec![5]);
+        for number in ["85073003328", "17073003384"] {
+            let by_citizen = store
+                .query(&all(crate::AuditQuery {
+                    citizen: Some(niss(number)),
+                    ..Default::default()
+                }))
+                .await
+                .expect("query");
+            assert_eq!(
+                sequences(&by_citizen),
+                vec![12],
+                "found under the number in force and the one given"
+            );
+        }
+        let page = store
+            .query(&crate::AuditQuery {
+                citizen: Some(niss("93051822361")),
+                before_sequence: Some(9),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(sequences(&page), vec![8, 7, 6], "a page before a sequence");
+        let period = store
+            .query(&all(crate::AuditQuery {
+                since_micros: Some(1_767_225_600_000_000 + 3),
+                until_micros: Some(1_767_225_600_000_000 + 6),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(
+            sequences(&period),
+            vec![5, 4, 3],
+            "since inclusive, until exclusive"
+        );
+        let none = store
+            .query(&all(crate::AuditQuery {
+                dataset: Some("onem.unemployment".into()),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert!(none.is_empty());
+    }
+
+    pub async fn checkpoints_are_signed_kept_and_cosigned(store: &dyn AuditStore) {
+        fill(store, 5).await;
+        let Some(key) = store.verifier_key() else {
+            // A log configured without signing keeps no checkpoints.
+            assert!(store.latest_checkpoint().await.expect("latest").is_none());
+            return;
+        };
+        let verifier = semel_core::checkpoint::NoteVerifier::parse(&key).expect("the key parses");
+        // Each store signs on its own schedule: wait for one covering all.
+        let mut latest = None;
+        for _ in 0..300 {
+            if let Some(c) = store.latest_checkpoint().await.expect("latest")
+                && c.checkpoint.size == 5
+            {
+                latest = Some(c);
+                break;
+            }
+            pause(std::time::Duration::from_millis(20)).await;
+        }
+        let latest = latest.expect("a checkpoint covering the five entries is signed");
+        assert_eq!(
+            verifier.verify(&latest.note).expect("it verifies"),
+            latest.checkpoint
+        );
+        assert_eq!(latest.checkpoint.root, store.root(5).await.expect("root"));
+        let kept = store.checkpoints().await.expect("checkpoints");
+        assert_eq!(kept.last(), Some(&latest), "the newest is kept, last");
+        assert!(
+            kept.windows(2)
+                .all(|w| w[0].checkpoint.size < w[1].checkpoint.size),
+            "kept oldest first, growing"
+        );
+        assert_eq!(store.cosigned().await.expect("cosigned"), None);
+        let cosigned = format!("{}— witness.example AAAA\n", latest.note);
+        store
+            .set_cosigned(&cosigned)
+            .await
+            .expect("keep the cosigned note");
+        assert_eq!(store.cosigned().await.expect("cosigned"), Some(cosigned));
     }
 }

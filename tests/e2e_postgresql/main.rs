@@ -1,0 +1,27 @@
+//! The end-to-end suite (tests/e2e) again, with every demo on a fresh
+//! PostgreSQL database of its own instead of the embedded store: the same
+//! files, built as a second test binary (`harness::on_postgresql`). Tests
+//! that hold only on the embedded store say so and end early.
+
+#[path = "../e2e/audit_proofs.rs"]
+mod audit_proofs;
+#[path = "../e2e/durability.rs"]
+mod durability;
+#[path = "../e2e/harness.rs"]
+mod harness;
+#[path = "../e2e/identity.rs"]
+mod identity;
+#[path = "../e2e/insiders.rs"]
+mod insiders;
+#[path = "../e2e/limits.rs"]
+mod limits;
+#[path = "../e2e/lookups.rs"]
+mod lookups;
+#[path = "../e2e/only_once.rs"]
+mod only_once;
+#[path = "../e2e/registry_and_identity.rs"]
+mod registry_and_identity;
+#[path = "../e2e/serve.rs"]
+mod serve;
+#[path = "../e2e/standard.rs"]
+mod standard;
