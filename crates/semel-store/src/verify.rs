@@ -549,19 +549,7 @@ pub fn export(
     let path = audit_dir.join("log");
     let mut file = File::open(&path)
         .map_err(|e| VerifyFailure::Input(format!("open {}: {e}", path.display())))?;
-    match format {
-        ExportFormat::JsonLines => writeln!(
-            out,
-            "{}",
-            json!({
-                "format": "semel-audit-export/1",
-                "origin": checkpoints.first().map(|c| c.checkpoint.origin.clone()),
-                "verifier_key": verifier_key,
-            })
-        )
-        .map_err(io)?,
-        ExportFormat::Csv => writeln!(out, "{}", CSV_COLUMNS.join(",")).map_err(io)?,
-    }
+    write_header(out, format, &checkpoints, verifier_key).map_err(io)?;
     let mut count = 0u64;
     let mut next = checkpoints.iter().peekable();
     let mut write_error = None;
@@ -599,6 +587,54 @@ pub fn export(
 
 /// Writes entry number `count` and, in JSON Lines, the checkpoints it
 /// completes.
+fn write_header(
+    out: &mut dyn Write,
+    format: ExportFormat,
+    checkpoints: &[crate::SignedCheckpoint],
+    verifier_key: Option<&str>,
+) -> std::io::Result<()> {
+    match format {
+        ExportFormat::JsonLines => writeln!(
+            out,
+            "{}",
+            json!({
+                "format": "semel-audit-export/1",
+                "origin": checkpoints.first().map(|c| c.checkpoint.origin.clone()),
+                "verifier_key": verifier_key,
+            })
+        ),
+        ExportFormat::Csv => writeln!(out, "{}", CSV_COLUMNS.join(",")),
+    }
+}
+
+/// Writes an export, in the same format as [`export`], of a log read
+/// elsewhere (the PostgreSQL store): its kept checkpoints, and its entries'
+/// encodings in order, batch by batch from `next` until it gives none.
+pub fn export_entries(
+    checkpoints: &[crate::SignedCheckpoint],
+    next: &mut dyn FnMut() -> Result<Vec<Vec<u8>>, VerifyFailure>,
+    format: ExportFormat,
+    verifier_key: Option<&str>,
+    out: &mut dyn Write,
+) -> Result<u64, VerifyFailure> {
+    let io = |e: std::io::Error| VerifyFailure::Input(format!("write the export: {e}"));
+    write_header(out, format, checkpoints, verifier_key).map_err(io)?;
+    let mut pending = checkpoints.iter().peekable();
+    let mut count = 0u64;
+    loop {
+        let batch = next()?;
+        if batch.is_empty() {
+            return Ok(count);
+        }
+        for encoding in batch {
+            let entry = AuditEntry::decode(&encoding)
+                .map_err(|e| VerifyFailure::Input(format!("entry {count}: {e}")))?;
+            count += 1;
+            write_entry(out, format, &entry, &encoding, count, &mut pending).map_err(io)?;
+        }
+    }
+}
+
 fn write_entry<'a>(
     out: &mut dyn Write,
     format: ExportFormat,

@@ -64,11 +64,15 @@ pub enum AuditCommand {
     /// Verify a store's audit log or an export offline: sequence, hash chain, Merkle tree and every signed checkpoint; names the first entry that does not match. Exit 0 only if all holds.
     Verify {
         /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
-        #[arg(long, conflicts_with = "export", required_unless_present = "export")]
+        #[arg(long, conflicts_with_all = ["export", "database"], required_unless_present_any = ["export", "database"])]
         store: Option<PathBuf>,
         /// A JSON Lines export made with `semel audit export`.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "database")]
         export: Option<PathBuf>,
+        /// The PostgreSQL store's URL (store.url in semel.toml): its log is exported and the
+        /// export verified, as an auditor's copy would be.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// The broker's verifier key (name+hash+key), as the operator published it.
         #[arg(long, conflicts_with = "verifier_key_file")]
         verifier_key: Option<String>,
@@ -92,8 +96,15 @@ pub enum AuditCommand {
     /// Export a store's whole audit log, with its signed checkpoints, for auditors.
     Export {
         /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
-        #[arg(long)]
-        store: PathBuf,
+        #[arg(
+            long,
+            conflicts_with = "database",
+            required_unless_present = "database"
+        )]
+        store: Option<PathBuf>,
+        /// The PostgreSQL store's URL (store.url in semel.toml), instead of a data directory.
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
         /// Where to write; standard output when omitted.
         #[arg(long)]
         output: Option<PathBuf>,
@@ -119,27 +130,37 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
         AuditCommand::Verify {
             store,
             export,
+            database,
             verifier_key,
             verifier_key_file,
             trusted,
             witness_keys,
             witness_quorum,
             json,
-        } => offline::verify(offline::VerifyArgs {
-            store,
-            export,
-            key: verifier_key,
-            key_file: verifier_key_file,
-            trusted,
-            witness_keys,
-            witness_quorum,
-            json,
-        }),
+        } => {
+            offline::verify(offline::VerifyArgs {
+                store,
+                export,
+                database,
+                key: verifier_key,
+                key_file: verifier_key_file,
+                trusted,
+                witness_keys,
+                witness_quorum,
+                json,
+            })
+            .await
+        }
         AuditCommand::Export {
             store,
+            database,
             output,
             format,
-        } => offline::export(&store, output.as_deref(), &format),
+        } => match (store, database) {
+            (Some(store), _) => offline::export(&store, output.as_deref(), &format),
+            (None, Some(url)) => offline::export_database(url, output, format).await,
+            (None, None) => anyhow::bail!("give --store or --database"),
+        },
         command => remote(command).await,
     }
 }

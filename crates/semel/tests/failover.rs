@@ -316,6 +316,20 @@ async fn two_brokers_on_postgresql_one_killed_under_load() {
         report.checkpoints
     );
 
+    // The auditors' tool agrees, on the same log read from PostgreSQL.
+    let verify = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["audit", "verify", "--database", &db.url, "--verifier-key"])
+        .arg(signer.verifier_key())
+        .output()
+        .expect("semel audit verify --database");
+    let out = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    assert!(out.starts_with("verified: "), "{out}");
+
     // Lookups still go through A.
     a_consumer
         .lookup(lookup("93051822361"))

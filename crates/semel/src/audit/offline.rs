@@ -45,6 +45,7 @@ fn verifier_key(
 pub struct VerifyArgs {
     pub store: Option<PathBuf>,
     pub export: Option<PathBuf>,
+    pub database: Option<String>,
     pub key: Option<String>,
     pub key_file: Option<PathBuf>,
     pub trusted: Vec<PathBuf>,
@@ -53,10 +54,11 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let VerifyArgs {
         store,
-        export,
+        mut export,
+        database,
         key,
         key_file,
         trusted,
@@ -83,6 +85,28 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .first()
         .and_then(|n| n.split('\n').next())
         .map(str::to_owned);
+    // The PostgreSQL store is verified as its export: the same file an
+    // auditor would be handed, checked by the same code.
+    let _exported = match database {
+        Some(url) => {
+            anyhow::ensure!(
+                key.is_some() || key_file.is_some(),
+                "with --database, give the broker's verifier key (--verifier-key or --verifier-key-file), as the operator published it"
+            );
+            let file = Removed(std::env::temp_dir().join(format!(
+                "semel-audit-{}-{}.jsonl",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            )));
+            let n = write_database_export(url, Some(file.0.clone()), "jsonl".into()).await?;
+            eprintln!("read {n} entries from the PostgreSQL store");
+            export = Some(file.0.clone());
+            Some(file)
+        }
+        None => None,
+    };
     let verifier = verifier_key(key, key_file, store.as_deref(), origin_hint.as_deref())?;
     let witnesses = witness_keys
         .iter()
@@ -164,6 +188,75 @@ pub fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(Exit::NotVerified.into())
         }
     }
+}
+
+/// A file removed when dropped.
+struct Removed(PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// `semel audit export --database`: the PostgreSQL store's log, in the
+/// same format as a data directory's.
+pub async fn export_database(
+    url: String,
+    output: Option<PathBuf>,
+    format: String,
+) -> anyhow::Result<ExitCode> {
+    let n = write_database_export(url, output, format).await?;
+    eprintln!("exported {n} entries");
+    Ok(Exit::Done.into())
+}
+
+async fn write_database_export(
+    url: String,
+    output: Option<PathBuf>,
+    format: String,
+) -> anyhow::Result<u64> {
+    use std::io::Write;
+    let format = match format.as_str() {
+        "jsonl" => semel_store::verify::ExportFormat::JsonLines,
+        "csv" => semel_store::verify::ExportFormat::Csv,
+        other => anyhow::bail!("--format {other}: use jsonl or csv"),
+    };
+    let pg = semel_postgres::PgAudit::connect(&url)
+        .await
+        .context("connect to the PostgreSQL store")?;
+    let checkpoints = pg.checkpoints().await.context("read the checkpoints")?;
+    // Entries up to the head as it is now; later ones wait for the next
+    // export.
+    let (size, _) = pg.head().await.context("read the log's head")?;
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut out: Box<dyn Write> = match &output {
+            Some(p) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+            )),
+            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        };
+        let mut from = 0u64;
+        let mut next = || {
+            let to = (from + 10_000).min(size);
+            if from >= to {
+                return Ok(Vec::new());
+            }
+            let batch = rt.block_on(pg.encodings(from, to)).map_err(|e| {
+                semel_store::verify::VerifyFailure::Input(format!("read entries {from}..{to}: {e}"))
+            })?;
+            from = to;
+            Ok(batch)
+        };
+        let n =
+            semel_store::verify::export_entries(&checkpoints, &mut next, format, None, &mut out)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        out.flush().context("write the export")?;
+        Ok(n)
+    })
+    .await
+    .context("the export task")?
 }
 
 pub fn export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Result<ExitCode> {
