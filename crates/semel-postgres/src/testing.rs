@@ -78,7 +78,11 @@ impl TestDatabase {
             .ok_or("only a cluster of the test's own can be restarted")?;
         let out = c
             .command(&c.pg_ctl)
-            .args(["restart", "-m", "fast", "-w", "-D"])
+            .args(["restart", "-m", "fast", "-w", "-l"])
+            // The server's output goes to the log, not to pipes this call
+            // would wait on for as long as the server runs.
+            .arg(c._tmp.0.join("log"))
+            .arg("-D")
             .arg(&c.dir)
             .output()
             .map_err(|e| format!("run pg_ctl: {e}"))?;

@@ -341,3 +341,122 @@ async fn two_brokers_on_postgresql_one_killed_under_load() {
         .status();
     let _ = a.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgresql_restarted_under_load_fails_closed_and_the_broker_recovers() {
+    let Some(db) = TestDatabase::own_cluster("restart").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut a = spawn(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--population",
+            "2000",
+            "--store",
+            &db.url,
+            "--data-dir",
+            d.to_str().expect("utf-8 path"),
+        ],
+        d,
+        "a.log",
+        &[],
+    );
+    let consumer = connect(&mut a, d, "a.log", "cpas-anderlecht", None).await;
+    let answered: Arc<Mutex<Vec<String>>> = Arc::default();
+    let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
+    let restarted = Arc::new(AtomicBool::new(false));
+    let after_restart: Arc<Mutex<usize>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..8usize {
+        let client = consumer.clone();
+        let (answered, refusals, restarted, after, stop) = (
+            answered.clone(),
+            refusals.clone(),
+            restarted.clone(),
+            after_restart.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let citizens = ["93051822361", "85073003328"];
+            let mut i = w;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let was_restarted = restarted.load(Ordering::Relaxed);
+                match client.lookup(lookup(citizens[i % 2])).await {
+                    Ok(v) => {
+                        answered
+                            .lock()
+                            .expect("lock")
+                            .push(v["request_id"].as_str().expect("id").to_owned());
+                        if was_restarted {
+                            *after.lock().expect("lock") += 1;
+                        }
+                    }
+                    Err(e) => {
+                        refusals.lock().expect("lock").push(format!("{e:#}"));
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    while answered.lock().expect("lock").len() < 200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("restart: restarting PostgreSQL");
+    db.restart().expect("restart PostgreSQL");
+    eprintln!("restart: PostgreSQL restarted");
+    restarted.store(true, Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while *after_restart.lock().expect("lock") < 200 {
+        assert!(
+            Instant::now() < deadline,
+            "lookups did not resume after PostgreSQL restarted; refusals: {:?}",
+            refusals
+                .lock()
+                .expect("lock")
+                .iter()
+                .rev()
+                .take(3)
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("restart: lookups resumed");
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.expect("worker");
+    }
+    // While it was down, calls were refused as unavailable, nothing else.
+    for r in refusals.lock().expect("lock").iter() {
+        assert!(
+            r.contains("UNAVAILABLE"),
+            "a call refused otherwise than UNAVAILABLE: {r}"
+        );
+    }
+    let answered = answered.lock().expect("lock").clone();
+    let operator = connect(&mut a, d, "a.log", "operator", None).await;
+    let audited = audited(&operator).await;
+    let missing = answered
+        .iter()
+        .filter(|id| !audited.contains_key(*id))
+        .count();
+    assert_eq!(missing, 0, "{missing} answered lookups have no entry");
+    assert_eq!(audited.values().filter(|n| **n > 1).count(), 0);
+    eprintln!(
+        "restart: {} lookups answered, {} refused while PostgreSQL restarted, all answered have one entry",
+        answered.len(),
+        refusals.lock().expect("lock").len()
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(a.id().to_string())
+        .status();
+    let _ = a.wait();
+}
