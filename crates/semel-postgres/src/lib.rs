@@ -363,3 +363,19 @@ impl PgAudit {
             .collect()
     }
 }
+
+/// Transactions committed in the URL's database so far, as PostgreSQL's
+/// statistics count them (each statement outside a transaction is one);
+/// backends report theirs at most once a second. For benchmarks.
+pub async fn transactions(url: &str) -> Result<u64, PgError> {
+    let conn = Conn::open(url).await?;
+    let n: i64 = conn
+        .client
+        .query_one(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(u64::try_from(n).unwrap_or(0))
+}

@@ -22,6 +22,10 @@ use crate::{Integrated, PgAudit, PgError, Placed};
 /// The most entries one sequencing transaction takes.
 const MAX_BATCH: usize = 4096;
 
+/// How often an idle writer whose last batch failed checks whether
+/// PostgreSQL answers again.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
 /// The most entries one integration round takes into the tree.
 const INTEGRATE_MAX: u64 = 100_000;
 
@@ -92,7 +96,31 @@ impl PgAuditLog {
         let (queue, mut rx) = mpsc::unbounded_channel::<Pending>();
         let c = counters.clone();
         let write = tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
+            loop {
+                let first = match tokio::time::timeout(PROBE_EVERY, rx.recv()).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Idle after a failure: whether PostgreSQL is back
+                        // decides health, and a broker reported unready
+                        // gets no appends that could say so.
+                        let failed = c
+                            .failure
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_some();
+                        if failed
+                            && writer.reconnect_if_lost().await.is_ok()
+                            && writer.head().await.is_ok()
+                        {
+                            tracing::info!(
+                                "PostgreSQL answers again: audit entries can be recorded"
+                            );
+                            *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        }
+                        continue;
+                    }
+                };
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match rx.try_recv() {

@@ -19,6 +19,33 @@ pub fn nothing_to_undo() -> Undo {
     Box::pin(async {})
 }
 
+/// Runs an undo until it succeeds: its store may be failing for the same
+/// reason the entry was (PostgreSQL unreachable), and a change without its
+/// entry must not stay. Gives up, loudly, after ten minutes.
+pub async fn retry_undo<F, Fut, E>(what: &str, mut undo: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match undo().await {
+            Ok(()) => return,
+            Err(e) if started.elapsed() > std::time::Duration::from_secs(600) => {
+                tracing::error!(error = %e, what, "a change whose audit entry failed could not be undone: it stands without its entry; an operator must take it back");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, what, "a change whose audit entry failed is not undone yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 /// What a call learnt, for its audit entry.
 #[derive(Default)]
 pub struct Change {
@@ -72,7 +99,9 @@ impl Broker {
         match (result, appended) {
             (Ok((value, _)), Ok(())) => Ok((value, request_id)),
             (Ok((_, undo)), Err(e)) => {
-                undo.await;
+                // On a task of its own: a caller who gives up (a deadline,
+                // a reset stream) drops this handler, not the undo.
+                let _ = tokio::spawn(undo).await;
                 Err(e.with("request_id", request_id))
             }
             (Err(e), _) => Err(e.with("request_id", request_id)),

@@ -47,6 +47,15 @@ pub struct BenchAddrs {
     /// log's syncs.
     #[serde(default)]
     pub metrics: Option<String>,
+    /// A second broker, on the PostgreSQL store, with the same PKI and
+    /// its own demo sources (`semel bench --store`).
+    #[serde(default)]
+    pub broker_postgresql: Option<String>,
+    #[serde(default)]
+    pub metrics_postgresql: Option<String>,
+    /// The PostgreSQL URL, for counting its transactions while measuring.
+    #[serde(default)]
+    pub postgresql: Option<String>,
 }
 
 /// Options of `semel bench-server`.
@@ -58,6 +67,8 @@ pub struct BenchServerOptions {
     /// Append this many synthetic entries to the audit log before starting
     /// (skipped if the log already holds at least that many).
     pub preload_audit: u64,
+    /// Also run a broker on this PostgreSQL database.
+    pub postgresql: Option<String>,
 }
 
 /// Runs the system under test until `shutdown`; writes the addresses to
@@ -123,7 +134,40 @@ pub async fn run_bench_server(
             ),
     );
 
+    // The same system on PostgreSQL: a second demo with the same PKI (so
+    // the generator's certificates and tokens serve for both), its own
+    // sources, witness and database.
+    let pg_demo = match &opts.postgresql {
+        None => None,
+        Some(url) => {
+            let dir = opts.data_dir.join("postgresql");
+            std::fs::create_dir_all(&dir)?;
+            let pki = dir.join("pki");
+            if !pki.exists() {
+                std::os::unix::fs::symlink(&demo.pki.dir, &pki)
+                    .context("share the PKI with the PostgreSQL broker")?;
+            }
+            let mut o = DemoOptions::new(&dir);
+            o.listen = ([127, 0, 0, 1], 0).into();
+            o.seed = opts.seed;
+            o.population = opts.population;
+            o.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+            o.postgresql = Some(url.clone());
+            Some(
+                Demo::start(o)
+                    .await
+                    .context("start the broker on PostgreSQL")?,
+            )
+        }
+    };
     let addrs = BenchAddrs {
+        broker_postgresql: pg_demo
+            .as_ref()
+            .map(|d| format!("https://{}", d.broker_addr)),
+        metrics_postgresql: pg_demo
+            .as_ref()
+            .and_then(|d| d.metrics_addr.map(|a| a.to_string())),
+        postgresql: opts.postgresql.clone(),
         broker: format!("https://{}", demo.broker_addr),
         null_forwarder: format!("https://{null_addr}"),
         source,
@@ -137,7 +181,13 @@ pub async fn run_bench_server(
     let tmp = ready_file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&addrs)?)?;
     std::fs::rename(&tmp, ready_file)?;
-    demo.run_until(shutdown).await?;
+    match pg_demo {
+        None => demo.run_until(shutdown).await?,
+        Some(pg) => {
+            demo.run_until(shutdown).await?;
+            pg.stop().await?;
+        }
+    }
     let _ = stop_null.send(());
     null_task.await??;
     Ok(())
@@ -283,6 +333,8 @@ pub enum Target {
     NullForwarder,
     /// Semel.
     Semel,
+    /// Semel on the PostgreSQL store.
+    SemelPostgres,
 }
 
 impl Target {
@@ -291,7 +343,13 @@ impl Target {
             Target::Direct => "direct source",
             Target::NullForwarder => "null forwarder",
             Target::Semel => "semel",
+            Target::SemelPostgres => "semel postgresql",
         }
+    }
+
+    /// Whether this is Semel, which refuses some lookups.
+    pub fn is_semel(self) -> bool {
+        matches!(self, Target::Semel | Target::SemelPostgres)
     }
 }
 
@@ -336,7 +394,12 @@ pub struct LoadReport {
     /// CPU time of the generator (this process) per measured request.
     pub generator_cpu_us: Option<f64>,
     /// Audit log syncs while measuring (Semel only), and their mean time.
+    /// On PostgreSQL a sync is a sequencing transaction's commit.
     pub audit_syncs: Option<u64>,
+    /// Transactions PostgreSQL committed in the database while measuring
+    /// (each statement outside a transaction is one): its round trips, give
+    /// or take the statements of a transaction.
+    pub postgresql_transactions: Option<u64>,
     pub audit_sync_mean_us: Option<f64>,
 }
 
@@ -361,6 +424,13 @@ pub async fn run_load(
         Target::Direct => (&addrs.source, "broker".to_owned()),
         Target::NullForwarder => (&addrs.null_forwarder, consumer_stem()?),
         Target::Semel => (&addrs.broker, consumer_stem()?),
+        Target::SemelPostgres => (
+            addrs
+                .broker_postgresql
+                .as_ref()
+                .context("no broker on PostgreSQL: give semel bench --store")?,
+            consumer_stem()?,
+        ),
     };
     let ca = addrs.pki_dir.join("ca.crt");
     let tls = tls::client_tls(
@@ -457,10 +527,10 @@ pub async fn run_load(
                 }
                 lat.push(micros);
                 match outcome {
-                    Ok(()) if !(refuse && target == Target::Semel) => {}
+                    Ok(()) if !(refuse && target.is_semel()) => {}
                     Err(s)
                         if refuse
-                            && target == Target::Semel
+                            && target.is_semel()
                             && s.code() == tonic::Code::PermissionDenied =>
                     {
                         refused += 1
@@ -478,8 +548,17 @@ pub async fn run_load(
         opts.server_pid.and_then(cpu_seconds),
         cpu_seconds(std::process::id()),
     );
-    let syncs_at_start = match (target, &addrs.metrics) {
-        (Target::Semel, Some(m)) => audit_syncs(m).await,
+    let metrics = match target {
+        Target::Semel => addrs.metrics.as_ref(),
+        Target::SemelPostgres => addrs.metrics_postgresql.as_ref(),
+        _ => None,
+    };
+    let syncs_at_start = match metrics {
+        Some(m) => audit_syncs(m).await,
+        None => None,
+    };
+    let pg_at_start = match (target, &addrs.postgresql) {
+        (Target::SemelPostgres, Some(url)) => semel_postgres::transactions(url).await.ok(),
         _ => None,
     };
     if opts.requests.is_none() {
@@ -498,7 +577,14 @@ pub async fn run_load(
         opts.server_pid.and_then(cpu_seconds),
         cpu_seconds(std::process::id()),
     );
-    let syncs = match (syncs_at_start, &addrs.metrics) {
+    let pg_transactions = match (pg_at_start, &addrs.postgresql) {
+        (Some(start), Some(url)) => semel_postgres::transactions(url)
+            .await
+            .ok()
+            .map(|end| end.saturating_sub(start)),
+        _ => None,
+    };
+    let syncs = match (syncs_at_start, metrics) {
         (Some(start), Some(m)) => audit_syncs(m)
             .await
             .map(|end| (end.0.saturating_sub(start.0), end.1 - start.1)),
@@ -532,6 +618,7 @@ pub async fn run_load(
         server_cpu_us: per_request(cpu_at_start.0, cpu_at_end.0, all.len()),
         generator_cpu_us: per_request(cpu_at_start.1, cpu_at_end.1, all.len()),
         audit_syncs: syncs.map(|s| s.0),
+        postgresql_transactions: pg_transactions,
         audit_sync_mean_us: syncs.and_then(|(n, secs)| (n > 0).then(|| secs * 1e6 / n as f64)),
     })
 }

@@ -253,7 +253,11 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             let undo = {
                 let f = stored.clone();
                 Box::pin(async move {
-                    let _ = persons.delete_file(&f).await;
+                    crate::audited::retry_undo("delete_file", || {
+                        let (p, a) = (persons.clone(), f.clone());
+                        async move { p.delete_file(&a).await }
+                    })
+                    .await;
                 }) as Undo
             };
             Ok((stored, undo))
@@ -318,7 +322,11 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             change.reference = after.consumer_reference.clone();
             change.detail = file_detail(&after);
             let undo = Box::pin(async move {
-                let _ = persons.put_files(std::slice::from_ref(&before)).await;
+                crate::audited::retry_undo("put_files", || {
+                    let (p, a) = (persons.clone(), before.clone());
+                    async move { p.put_files(std::slice::from_ref(&a)).await }
+                })
+                .await;
             }) as Undo;
             Ok((after, undo))
         })
@@ -447,7 +455,11 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 );
                 let again = removed.clone();
                 let undo = Box::pin(async move {
-                    let _ = persons.replace(&again).await;
+                    crate::audited::retry_undo("replace", || {
+                        let (p, a) = (persons.clone(), again.clone());
+                        async move { p.replace(&a).await.map(|_| ()) }
+                    })
+                    .await;
                 }) as Undo;
                 Ok((removed, undo))
             })
@@ -692,7 +704,11 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             let undo = {
                 let c = consent.clone();
                 Box::pin(async move {
-                    let _ = persons.delete_consent(&c).await;
+                    crate::audited::retry_undo("delete_consent", || {
+                        let (p, a) = (persons.clone(), c.clone());
+                        async move { p.delete_consent(&a).await }
+                    })
+                    .await;
                 }) as Undo
             };
             Ok((consent, undo))
@@ -758,7 +774,11 @@ impl proto::consent_service_server::ConsentService for ConsentService {
             }
             change.detail = format!("{} withdrawn", consent_detail(&after));
             let undo = Box::pin(async move {
-                let _ = persons.put_consent(&before).await;
+                crate::audited::retry_undo("put_consent", || {
+                    let (p, a) = (persons.clone(), before.clone());
+                    async move { p.put_consent(&a).await }
+                })
+                .await;
             }) as Undo;
             Ok((after, undo))
         })

@@ -39,14 +39,30 @@ impl RegistryService {
     {
         let registry = self.broker.storage().registry.clone();
         let (out, undo) = f(registry.clone()).await?;
-        self.broker.reload().await?;
+        // The change is stored: from here on the undo must not be lost, so
+        // a failed reload is retried rather than reported as a failure.
+        if let Err(e) = self.broker.reload().await {
+            tracing::warn!(error = %e.message, "registry reload after a change failed; retrying");
+            let broker = self.broker.clone();
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if broker.reload().await.is_ok() {
+                        return;
+                    }
+                }
+                tracing::error!("the registry could not be reloaded after a change");
+            });
+        }
         let broker = self.broker.clone();
         let undo: Undo = match undo {
             None => nothing_to_undo(),
             Some(u) => Box::pin(async move {
-                if let Err(e) = registry.undo(&u).await {
-                    tracing::error!(error = %e, "a registry change whose audit entry failed could not be undone");
-                }
+                crate::audited::retry_undo("registry change", || {
+                    let (registry, u) = (registry.clone(), u.clone());
+                    async move { registry.undo(&u).await }
+                })
+                .await;
                 let _ = broker.reload().await;
             }),
         };

@@ -117,10 +117,21 @@ pub fn follow_registry(
                 return;
             }
             let version = *versions.borrow_and_update();
-            match broker.reload().await {
-                Ok(()) => tracing::debug!(version, "registry reloaded"),
-                Err(e) => {
-                    tracing::warn!(version, error = %e.message, "registry reload failed; retrying at the next change or poll")
+            // Until a reading succeeds: a change announced once (a
+            // revocation) must not be missed because the first reading
+            // after it failed.
+            let mut wait = Duration::from_millis(100);
+            loop {
+                match broker.reload().await {
+                    Ok(()) => {
+                        tracing::debug!(version, "registry reloaded");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(version, error = %e.message, "registry reload failed; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
         }

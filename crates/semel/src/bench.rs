@@ -32,9 +32,13 @@ pub struct BenchArgs {
     /// Share of lookups Semel must refuse, in percent.
     #[arg(long, default_value_t = 10)]
     pub refused_percent: u64,
-    /// Which targets, in order: direct, null, semel.
+    /// Which targets, in order: direct, null, semel, semel-pg (Semel on PostgreSQL, with --store).
     #[arg(long, value_delimiter = ',', default_value = "direct,null,semel")]
     pub targets: Vec<String>,
+    /// Also run Semel on this PostgreSQL database (postgresql://…; its tables are created if
+    /// missing) and drive it as the target semel-pg, after semel unless --targets says otherwise.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Fill the audit log with this many entries before starting the broker.
     #[arg(long, default_value_t = 0)]
     pub preload_audit: u64,
@@ -72,6 +76,8 @@ pub struct BenchServerArgs {
     pub population: usize,
     #[arg(long, default_value_t = 0)]
     pub preload_audit: u64,
+    #[arg(long)]
+    pub store: Option<String>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -82,9 +88,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "direct" => Ok(Target::Direct),
             "null" => Ok(Target::NullForwarder),
             "semel" => Ok(Target::Semel),
-            other => anyhow::bail!("unknown target {other}; use direct, null or semel"),
+            "semel-pg" => Ok(Target::SemelPostgres),
+            other => anyhow::bail!("unknown target {other}; use direct, null, semel or semel-pg"),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut targets = targets;
+    if args.store.is_some() && !targets.contains(&Target::SemelPostgres) {
+        targets.push(Target::SemelPostgres);
+    }
+    anyhow::ensure!(
+        args.store.is_some() || !targets.contains(&Target::SemelPostgres),
+        "the target semel-pg needs --store postgresql://…"
+    );
     let (dir, temporary) = match &args.data_dir {
         Some(d) => (d.clone(), false),
         None => (
@@ -126,6 +141,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "--preload-audit",
             &args.preload_audit.to_string(),
         ])
+        .args(args.store.iter().flat_map(|u| ["--store", u.as_str()]))
         .env("SEMEL_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -239,6 +255,19 @@ fn cpu_ratio(reports: &[LoadReport]) -> Option<f64> {
     (n > 0.0).then(|| s / n)
 }
 
+/// Semel on PostgreSQL relative to Semel on the embedded store in one
+/// round: throughput, p99.
+fn postgresql_ratio(reports: &[LoadReport]) -> Option<(f64, f64)> {
+    let find = |name: &str| reports.iter().find(|r| r.target == name);
+    let (p, e) = find("semel postgresql").zip(find("semel"))?;
+    (e.throughput > 0.0 && e.p99_us > 0).then(|| {
+        (
+            p.throughput / e.throughput,
+            p.p99_us as f64 / e.p99_us as f64,
+        )
+    })
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -263,6 +292,9 @@ fn print(
     let ratios = median(per_round.iter().map(|r| r.0).collect())
         .zip(median(per_round.iter().map(|r| r.1).collect()));
     let cpu = median(rounds.iter().filter_map(|r| cpu_ratio(r)).collect());
+    let pg_rounds: Vec<(f64, f64)> = rounds.iter().filter_map(|r| postgresql_ratio(r)).collect();
+    let pg = median(pg_rounds.iter().map(|r| r.0).collect())
+        .zip(median(pg_rounds.iter().map(|r| r.1).collect()));
     let reports: Vec<&LoadReport> = rounds.iter().flatten().collect();
     if args.json {
         let v = serde_json::json!({
@@ -273,6 +305,8 @@ fn print(
             "semel_vs_null_per_round": per_round.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
             "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
             "semel_vs_null_server_cpu": cpu,
+            "postgresql_vs_embedded_per_round": pg_rounds.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
+            "postgresql_vs_embedded": pg.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
             "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
             "audit_entries_at_start": addrs.preloaded_entries,
             "broker_startup_ms": addrs.startup_ms,
@@ -326,9 +360,22 @@ fn print(
         .filter(|r| r.audit_syncs.is_some_and(|s| s > 0))
     {
         if let (Some(syncs), Some(mean)) = (r.audit_syncs, r.audit_sync_mean_us) {
+            if r.target == "semel postgresql" {
+                outln!(
+                    "semel postgresql audit log: {syncs} sequencing transactions while measuring, {:.1} entries per transaction, {mean:.0} µs per transaction",
+                    r.requests as f64 / syncs as f64
+                );
+            } else {
+                outln!(
+                    "semel audit log: {syncs} syncs while measuring, {:.1} entries per sync, {mean:.0} µs per write + sync",
+                    r.requests as f64 / syncs as f64
+                );
+            }
+        }
+        if let Some(t) = r.postgresql_transactions {
             outln!(
-                "semel audit log: {syncs} syncs while measuring, {:.1} entries per sync, {mean:.0} µs per write + sync",
-                r.requests as f64 / syncs as f64
+                "semel postgresql: {t} PostgreSQL transactions while measuring (its statistics, reported by backends once a second): {:.2} per lookup",
+                t as f64 / r.requests.max(1) as f64
             );
         }
     }
@@ -350,6 +397,20 @@ fn print(
     if let Some((t, p)) = ratios {
         let what = if per_round.len() > 1 { ", median" } else { "" };
         outln!("semel / null forwarder{what}: throughput {t:.2}×, p99 {p:.2}×");
+    }
+    if pg_rounds.len() > 1 {
+        let list: Vec<String> = pg_rounds
+            .iter()
+            .map(|(t, p)| format!("{t:.2}×/{p:.2}×"))
+            .collect();
+        outln!(
+            "semel postgresql / semel per round (throughput/p99): {}",
+            list.join("  ")
+        );
+    }
+    if let Some((t, p)) = pg {
+        let what = if pg_rounds.len() > 1 { ", median" } else { "" };
+        outln!("semel postgresql / semel (embedded){what}: throughput {t:.2}×, p99 {p:.2}×");
     }
     if let Some(c) = cpu {
         outln!(
@@ -387,12 +448,14 @@ pub async fn serve(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
         seed,
         population,
         preload_audit,
+        store,
     } = args;
     let opts = BenchServerOptions {
         data_dir,
         seed,
         population,
         preload_audit,
+        postgresql: store,
     };
     run_bench_server(opts, &ready_file, crate::shutdown_signal()).await?;
     Ok(Exit::Done.into())

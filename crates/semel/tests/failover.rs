@@ -434,6 +434,10 @@ async fn postgresql_restarted_under_load_fails_closed_and_the_broker_recovers() 
         w.await.expect("worker");
     }
     // While it was down, calls were refused as unavailable, nothing else.
+    assert!(
+        !refusals.lock().expect("lock").is_empty(),
+        "no call was refused while PostgreSQL restarted: the restart was not under load"
+    );
     for r in refusals.lock().expect("lock").iter() {
         assert!(
             r.contains("UNAVAILABLE"),
@@ -449,6 +453,30 @@ async fn postgresql_restarted_under_load_fails_closed_and_the_broker_recovers() 
         .count();
     assert_eq!(missing, 0, "{missing} answered lookups have no entry");
     assert_eq!(audited.values().filter(|n| **n > 1).count(), 0);
+    // The broker reports itself serving again, without a restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = Command::new(env!("CARGO_BIN_EXE_semel"))
+            .args([
+                "health",
+                "--service",
+                "semel.v1.LookupService",
+                "--data-dir",
+            ])
+            .arg(d)
+            .output()
+            .expect("semel health");
+        if String::from_utf8_lossy(&health.stdout).trim() == "SERVING" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lookups not reported SERVING again: {}{}",
+            String::from_utf8_lossy(&health.stdout),
+            String::from_utf8_lossy(&health.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     eprintln!(
         "restart: {} lookups answered, {} refused while PostgreSQL restarted, all answered have one entry",
         answered.len(),

@@ -57,7 +57,7 @@ pub struct VerifyArgs {
 pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let VerifyArgs {
         store,
-        mut export,
+        export,
         database,
         key,
         key_file,
@@ -85,28 +85,15 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .first()
         .and_then(|n| n.split('\n').next())
         .map(str::to_owned);
-    // The PostgreSQL store is verified as its export: the same file an
-    // auditor would be handed, checked by the same code.
-    let _exported = match database {
-        Some(url) => {
-            anyhow::ensure!(
-                key.is_some() || key_file.is_some(),
-                "with --database, give the broker's verifier key (--verifier-key or --verifier-key-file), as the operator published it"
-            );
-            let file = Removed(std::env::temp_dir().join(format!(
-                "semel-audit-{}-{}.jsonl",
-                std::process::id(),
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos())
-            )));
-            let n = write_database_export(url, Some(file.0.clone()), "jsonl".into()).await?;
-            eprintln!("read {n} entries from the PostgreSQL store");
-            export = Some(file.0.clone());
-            Some(file)
-        }
-        None => None,
-    };
+    // The PostgreSQL store is verified as its export, streamed (never
+    // written to disk: it holds national numbers) into the same check an
+    // auditor runs on an export file.
+    if database.is_some() {
+        anyhow::ensure!(
+            key.is_some() || key_file.is_some(),
+            "with --database, give the broker's verifier key (--verifier-key or --verifier-key-file), as the operator published it"
+        );
+    }
     let verifier = verifier_key(key, key_file, store.as_deref(), origin_hint.as_deref())?;
     let witnesses = witness_keys
         .iter()
@@ -127,6 +114,24 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         quorum,
     };
     let result = match (&store, &export) {
+        (None, None) if database.is_some() => {
+            let url = database.clone().unwrap_or_default();
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+            let exporting =
+                tokio::spawn(write_database_export(url, Export::To(tx), "jsonl".into()));
+            let verifying = tokio::task::spawn_blocking(move || {
+                let mut input = std::io::BufReader::new(Pipe {
+                    rx,
+                    chunk: Vec::new(),
+                    at: 0,
+                });
+                semel_store::verify::verify_export_trusting(&mut input, &verifier, &policy)
+            });
+            let result = verifying.await.context("the verification task")?;
+            let n = exporting.await.context("the export task")??;
+            eprintln!("read {n} entries from the PostgreSQL store");
+            result
+        }
         (Some(dir), _) => {
             semel_store::verify::verify_dir_trusting(&dir.join("audit"), &verifier, &policy)
         }
@@ -139,7 +144,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 &policy,
             )
         }
-        (None, None) => anyhow::bail!("give --store or --export"),
+        (None, None) => anyhow::bail!("give --store, --export or --database"),
     };
     let hex = |h: &[u8]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
     match result {
@@ -190,15 +195,6 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// A file removed when dropped.
-struct Removed(PathBuf);
-
-impl Drop for Removed {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
 /// `semel audit export --database`: the PostgreSQL store's log, in the
 /// same format as a data directory's.
 pub async fn export_database(
@@ -206,16 +202,60 @@ pub async fn export_database(
     output: Option<PathBuf>,
     format: String,
 ) -> anyhow::Result<ExitCode> {
-    let n = write_database_export(url, output, format).await?;
+    let n = write_database_export(url, Export::File(output), format).await?;
     eprintln!("exported {n} entries");
     Ok(Exit::Done.into())
 }
 
-async fn write_database_export(
-    url: String,
-    output: Option<PathBuf>,
-    format: String,
-) -> anyhow::Result<u64> {
+/// Where a database export goes.
+enum Export {
+    /// A file, or standard output.
+    File(Option<PathBuf>),
+    /// A verifier reading it as it is written.
+    To(std::sync::mpsc::SyncSender<Vec<u8>>),
+}
+
+/// The writing end of an in-memory pipe.
+struct Sender(std::sync::mpsc::SyncSender<Vec<u8>>);
+
+impl std::io::Write for Sender {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.send(buf.to_vec()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the verifier stopped")
+        })?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading end: chunks as they come, the end when the writer is gone.
+struct Pipe {
+    rx: std::sync::mpsc::Receiver<Vec<u8>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl std::io::Read for Pipe {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(c) => {
+                    self.chunk = c;
+                    self.at = 0;
+                }
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.at);
+        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+async fn write_database_export(url: String, to: Export, format: String) -> anyhow::Result<u64> {
     use std::io::Write;
     let format = match format.as_str() {
         "jsonl" => semel_store::verify::ExportFormat::JsonLines,
@@ -231,11 +271,12 @@ async fn write_database_export(
     let (size, _) = pg.head().await.context("read the log's head")?;
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        let mut out: Box<dyn Write> = match &output {
-            Some(p) => Box::new(std::io::BufWriter::new(
-                std::fs::File::create(p).with_context(|| format!("create {}", p.display()))?,
+        let mut out: Box<dyn Write> = match to {
+            Export::File(Some(p)) => Box::new(std::io::BufWriter::new(
+                std::fs::File::create(&p).with_context(|| format!("create {}", p.display()))?,
             )),
-            None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            Export::File(None) => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+            Export::To(tx) => Box::new(std::io::BufWriter::with_capacity(1 << 16, Sender(tx))),
         };
         let mut from = 0u64;
         let mut next = || {
