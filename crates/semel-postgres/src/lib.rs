@@ -71,6 +71,11 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// A connection of one broker to the audit log on PostgreSQL.
 pub struct PgAudit {
     conn: Conn,
+    /// Where this connection's last append left the head: the next batch
+    /// is chained to it without reading the head first (checked by the
+    /// statement that moves it; another broker's append in between makes
+    /// the statement change nothing, and the head is read again).
+    head: Option<(u64, Hash)>,
 }
 
 impl std::fmt::Debug for PgAudit {
@@ -141,6 +146,42 @@ impl Conn {
     }
 }
 
+/// A few connections, for reads many lookups make at once (a lookup's
+/// persons reads): a call takes a free one, or waits its turn on one.
+pub(crate) struct Pool {
+    conns: Vec<tokio::sync::Mutex<Conn>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    pub(crate) async fn open(url: &str, size: usize) -> Result<Pool, PgError> {
+        let mut conns = Vec::with_capacity(size.max(1));
+        for _ in 0..size.max(1) {
+            conns.push(tokio::sync::Mutex::new(Conn::open(url).await?));
+        }
+        Ok(Pool {
+            conns,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+
+    /// The first connection of the pool, for migrations.
+    pub(crate) async fn first(&self) -> tokio::sync::MutexGuard<'_, Conn> {
+        self.conns[0].lock().await
+    }
+
+    pub(crate) async fn get(&self) -> tokio::sync::MutexGuard<'_, Conn> {
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % n;
+        for i in 0..n {
+            if let Ok(conn) = self.conns[(start + i) % n].try_lock() {
+                return conn;
+            }
+        }
+        self.conns[start].lock().await
+    }
+}
+
 /// Applies the migrations not applied yet, each in its transaction;
 /// refuses a schema newer than this binary. Brokers starting at once
 /// serialise on an advisory lock.
@@ -205,7 +246,7 @@ impl PgAudit {
     pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
         let conn = Conn::open(url).await?;
         migrate(&conn.client).await?;
-        Ok(PgAudit { conn })
+        Ok(PgAudit { conn, head: None })
     }
 
     /// Gives a batch of records their places in the chain and makes them
@@ -220,85 +261,140 @@ impl PgAudit {
     }
 
     async fn append_batch(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
-        let tx = self.conn.client().await?.transaction().await?;
-        let head = tx
-            .query_one(
-                "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0 FOR UPDATE",
-                &[],
-            )
-            .await?;
-        let mut next = u64::try_from(head.get::<_, i64>(0))
-            .map_err(|_| PgError::Corrupt("a negative next sequence".into()))?;
-        let mut previous: Hash = head
-            .get::<_, Vec<u8>>(1)
-            .try_into()
-            .map_err(|_| PgError::Corrupt("the last hash is not 32 bytes".into()))?;
+        // One statement, so one round trip and its own transaction: the
+        // head moves from where this batch was chained only if it is still
+        // there (a data-modifying CTE; the row lock makes a concurrent
+        // broker's statement wait, then find the head moved), and the
+        // entries are inserted only if it moved. Durable when it returns
+        // (synchronous_commit on).
+        const APPEND: &str = "WITH moved AS ( \
+                 UPDATE audit_head SET next_sequence = $6, last_hash = $7 \
+                 WHERE id = 0 AND next_sequence = $8 AND last_hash = $9 RETURNING 1) \
+             INSERT INTO audit_entries (sequence, encoding, citizen, consumer, time_micros, citizen_as_given) \
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $10::text[]) \
+             WHERE EXISTS (SELECT 1 FROM moved)";
         let n = records.len();
-        let (mut sequences, mut encodings, mut citizens, mut consumers, mut times) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut placed = Vec::with_capacity(n);
+        let mut citizens = Vec::with_capacity(n);
+        let mut consumers = Vec::with_capacity(n);
+        let mut times = Vec::with_capacity(n);
         let mut as_given = Vec::with_capacity(n);
-        for record in records {
+        for record in &records {
             citizens.push(record.citizen.map(|c| c.as_str().to_owned()));
             as_given.push(record.citizen_as_given.map(|c| c.as_str().to_owned()));
             consumers.push(record.consumer.as_str().to_owned());
             times.push(record.time_micros);
-            let entry = AuditEntry {
-                sequence: next,
-                previous_hash: previous,
-                record,
+        }
+        let mut records = records;
+        for _ in 0..1000 {
+            let (start, start_hash) = match self.head {
+                Some(h) => h,
+                None => self.read_head().await?,
             };
-            let encoding = entry.to_bytes();
-            previous = entry_hash(&encoding);
-            placed.push(Placed {
-                sequence: next,
-                hash: previous,
-            });
-            sequences.push(next as i64);
-            encodings.push(encoding);
-            next += 1;
-        }
-        tx.execute(
-            "INSERT INTO audit_entries (sequence, encoding, citizen, consumer, time_micros, citizen_as_given) \
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::text[], $5::bigint[], $6::text[])",
-            &[&sequences, &encodings, &citizens, &consumers, &times, &as_given],
-        )
-        .await?;
-        tx.execute(
-            "UPDATE audit_head SET next_sequence = $1, last_hash = $2 WHERE id = 0",
-            &[&(next as i64), &previous.to_vec()],
-        )
-        .await?;
-        if let Err(e) = tx.commit().await {
-            self.conn.suspect = true;
-            // The connection may have dropped after the commit reached the
-            // server: then the batch has its places, and its callers must
-            // be answered. Its last entry, read once connected again, says
-            // (its hash chains the whole batch); if it cannot
-            // be asked, the callers refuse (an entry without an answer is
-            // safe; an answer without an entry is not).
-            if let Ok(client) = self.conn.client().await
-                && let Ok(Some(row)) = client
-                    .query_opt(
-                        "SELECT encoding FROM audit_entries WHERE sequence = $1",
-                        &[&(next as i64 - 1)],
-                    )
-                    .await
-                && entry_hash(row.get::<_, &[u8]>(0)) == previous
-            {
-                tracing::warn!(
-                    "an audit batch's commit was answered by a lost connection, but it is committed"
-                );
-                return Ok(placed);
+            let mut next = start;
+            let mut previous = start_hash;
+            let mut sequences = Vec::with_capacity(n);
+            let mut encodings = Vec::with_capacity(n);
+            let mut placed = Vec::with_capacity(n);
+            let mut entries = Vec::with_capacity(n);
+            for record in records {
+                let entry = AuditEntry {
+                    sequence: next,
+                    previous_hash: previous,
+                    record,
+                };
+                let encoding = entry.to_bytes();
+                previous = entry_hash(&encoding);
+                placed.push(Placed {
+                    sequence: next,
+                    hash: previous,
+                });
+                sequences.push(next as i64);
+                encodings.push(encoding);
+                entries.push(entry.record);
+                next += 1;
             }
-            return Err(e.into());
+            let result = self
+                .conn
+                .client()
+                .await?
+                .execute(
+                    APPEND,
+                    &[
+                        &sequences,
+                        &encodings,
+                        &citizens,
+                        &consumers,
+                        &times,
+                        &(next as i64),
+                        &previous.to_vec(),
+                        &(start as i64),
+                        &start_hash.to_vec(),
+                        &as_given,
+                    ],
+                )
+                .await;
+            match result {
+                Ok(inserted) if inserted as usize == n => {
+                    self.head = Some((next, previous));
+                    return Ok(placed);
+                }
+                Ok(_) => {
+                    // Another broker appended since: chain to the head as
+                    // it is now.
+                    self.head = None;
+                    records = entries;
+                }
+                Err(e) => {
+                    self.head = None;
+                    self.conn.suspect = true;
+                    // The connection may have dropped after the commit
+                    // reached the server: then the batch has its places,
+                    // and its callers must be answered. Its last entry,
+                    // read once connected again, says (its hash chains the
+                    // whole batch); if it cannot be asked, the callers
+                    // refuse (an entry without an answer is safe; an answer
+                    // without an entry is not).
+                    if let Ok(client) = self.conn.client().await
+                        && let Ok(Some(row)) = client
+                            .query_opt(
+                                "SELECT encoding FROM audit_entries WHERE sequence = $1",
+                                &[&(next as i64 - 1)],
+                            )
+                            .await
+                        && entry_hash(row.get::<_, &[u8]>(0)) == previous
+                    {
+                        tracing::warn!(
+                            "an audit batch's commit was answered by a lost connection, but it is committed"
+                        );
+                        return Ok(placed);
+                    }
+                    return Err(e.into());
+                }
+            }
         }
-        Ok(placed)
+        Err(PgError::Conflict(
+            "the audit head kept moving under this broker's batch".into(),
+        ))
+    }
+
+    /// The head as stored: where the next entry goes and what it links to.
+    async fn read_head(&mut self) -> Result<(u64, Hash), PgError> {
+        let head = self
+            .conn
+            .client()
+            .await?
+            .query_one(
+                "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0",
+                &[],
+            )
+            .await?;
+        let next = u64::try_from(head.get::<_, i64>(0))
+            .map_err(|_| PgError::Corrupt("a negative next sequence".into()))?;
+        let hash: Hash = head
+            .get::<_, Vec<u8>>(1)
+            .try_into()
+            .map_err(|_| PgError::Corrupt("the last hash is not 32 bytes".into()))?;
+        Ok((next, hash))
     }
 
     /// Connects again if the connection was lost: reads (which take

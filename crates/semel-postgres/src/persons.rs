@@ -5,17 +5,20 @@
 //! Replacements serialise on a table lock (they are rare, and a loop check
 //! must see every other replacement made at the same time).
 
+use crate::registry::{decode, encode};
+use crate::{PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 use semel_storage::{PersonsStore, StorageError};
-use tokio::sync::Mutex;
 
-use crate::registry::{decode, encode};
-use crate::{Conn, PgError, migrate};
+/// Connections to the persons directory per broker: every lookup reads it
+/// (a number's resolution, the consumer's files, consents), so lookups must
+/// not queue behind one connection.
+const CONNECTIONS: usize = 4;
 
-/// One broker's connection to the persons directory.
+/// One broker's connections to the persons directory.
 pub struct PgPersons {
-    conn: Mutex<Conn>,
+    pool: Pool,
 }
 
 impl std::fmt::Debug for PgPersons {
@@ -46,11 +49,9 @@ fn numbers(citizen: &Resolved) -> Vec<String> {
 impl PgPersons {
     /// Connects and applies the migrations this binary knows.
     pub async fn connect(url: &str) -> Result<PgPersons, PgError> {
-        let conn = Conn::open(url).await?;
-        migrate(&conn.client).await?;
-        Ok(PgPersons {
-            conn: Mutex::new(conn),
-        })
+        let pool = Pool::open(url, CONNECTIONS).await?;
+        migrate(&pool.first().await.client).await?;
+        Ok(PgPersons { pool })
     }
 
     /// Runs one statement on the (reconnected if need be) connection.
@@ -59,13 +60,12 @@ impl PgPersons {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<u64, StorageError> {
-        let mut conn = self.conn.lock().await;
-        Ok(conn
-            .client()
-            .await?
-            .execute(sql, params)
-            .await
-            .map_err(PgError::from)?)
+        let mut conn = self.pool.get().await;
+        let result = conn.client().await?.execute(sql, params).await;
+        // A failed statement may be the first sign of a dying connection:
+        // the next use opens a new one.
+        conn.suspect = result.is_err();
+        Ok(result.map_err(PgError::from)?)
     }
 
     /// Runs a query whose first column is a JSON value, and decodes each.
@@ -74,13 +74,10 @@ impl PgPersons {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<T>, StorageError> {
-        let mut conn = self.conn.lock().await;
-        let rows = conn
-            .client()
-            .await?
-            .query(sql, params)
-            .await
-            .map_err(PgError::from)?;
+        let mut conn = self.pool.get().await;
+        let result = conn.client().await?.query(sql, params).await;
+        conn.suspect = result.is_err();
+        let rows = result.map_err(PgError::from)?;
         Ok(rows
             .iter()
             .map(|r| decode(r.get(0)))
@@ -254,7 +251,7 @@ impl PersonsStore for PgPersons {
                 "a number cannot replace itself".into(),
             ));
         }
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.pool.get().await;
         let client = conn.client().await?;
         let tx = client.transaction().await.map_err(PgError::from)?;
         tx.batch_execute("LOCK TABLE number_replacements IN SHARE ROW EXCLUSIVE MODE")
@@ -295,7 +292,7 @@ impl PersonsStore for PgPersons {
     }
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
-        let mut conn = self.conn.lock().await;
+        let mut conn = self.pool.get().await;
         let client = conn.client().await?;
         Ok(Self::resolve_with(&*client, given).await?)
     }
