@@ -32,6 +32,27 @@ fn spawn(args: &[&str], dir: &Path, log: &str, env: &[(&str, String)]) -> Child 
     cmd.spawn().expect("start semel")
 }
 
+/// `semel demo` on the database at `url`, its log in `a.log`.
+fn demo_on(url: &str, dir: &Path) -> Child {
+    spawn(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--no-metrics",
+            "--population",
+            "2000",
+            "--store",
+            url,
+            "--data-dir",
+            dir.to_str().expect("utf-8 path"),
+        ],
+        dir,
+        "a.log",
+        &[],
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
@@ -115,23 +136,7 @@ async fn two_brokers_on_postgresql_one_killed_under_load() {
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let mut a = spawn(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--population",
-            "2000",
-            "--store",
-            &db.url,
-            "--data-dir",
-            d.to_str().expect("utf-8 path"),
-        ],
-        d,
-        "a.log",
-        &[],
-    );
+    let mut a = demo_on(&db.url, d);
     let a_consumer = connect(&mut a, d, "a.log", "cpas-anderlecht", None).await;
     let b_port = free_port();
     let b_url = format!("https://127.0.0.1:{b_port}");
@@ -349,23 +354,7 @@ async fn postgresql_restarted_under_load_fails_closed_and_the_broker_recovers() 
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let mut a = spawn(
-        &[
-            "demo",
-            "--listen",
-            "127.0.0.1:0",
-            "--no-metrics",
-            "--population",
-            "2000",
-            "--store",
-            &db.url,
-            "--data-dir",
-            d.to_str().expect("utf-8 path"),
-        ],
-        d,
-        "a.log",
-        &[],
-    );
+    let mut a = demo_on(&db.url, d);
     let consumer = connect(&mut a, d, "a.log", "cpas-anderlecht", None).await;
     let answered: Arc<Mutex<Vec<String>>> = Arc::default();
     let refusals: Arc<Mutex<Vec<String>>> = Arc::default();
