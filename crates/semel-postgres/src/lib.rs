@@ -249,6 +249,34 @@ impl PgAudit {
         Ok(PgAudit { conn, head: None })
     }
 
+    /// Connects to read only (an auditor's export or verification): no
+    /// migration is applied, the session is read-only, and a schema this
+    /// binary does not know exactly is refused.
+    pub async fn connect_read_only(url: &str) -> Result<PgAudit, PgError> {
+        let conn = Conn::open(url).await?;
+        conn.client
+            .batch_execute("SET default_transaction_read_only = on")
+            .await?;
+        let found: i64 = conn
+            .client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .get(0);
+        let supported = MIGRATIONS.len() as i64;
+        if found > supported {
+            return Err(PgError::SchemaTooNew { found, supported });
+        }
+        if found < supported {
+            return Err(PgError::Corrupt(format!(
+                "the database's schema is at version {found}, this tool reads version {supported}: use the brokers' version of semel"
+            )));
+        }
+        Ok(PgAudit { conn, head: None })
+    }
+
     /// Gives a batch of records their places in the chain and makes them
     /// durable, in one transaction: the head row is locked (the only row
     /// brokers contend for), the entries are encoded and chained here, all

@@ -384,6 +384,7 @@ async fn lookup(
         )
         .with("request_id", request_id.to_string()));
     }
+    broker.audit_recorded();
     let dataset_label = trace
         .dataset
         .as_ref()

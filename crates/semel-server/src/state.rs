@@ -724,7 +724,7 @@ impl Broker {
             .audit
             .append(record)
             .await
-            .map(|_| ())
+            .map(|_| self.audit_recorded())
             .map_err(|e| {
                 self.audit_unavailable(&e);
                 ApiError::retryable(
@@ -751,6 +751,19 @@ impl Broker {
                 error = %error,
                 "audit log unavailable: every call is refused until it can record again (the embedded store: fixed and the broker restarted; PostgreSQL: reachable again); semel_audit_unavailable_refusals_total counts them"
             );
+        }
+    }
+
+    /// Notes that the audit log records again, so that its next failure is
+    /// said in the log again (PostgreSQL recovers without a restart).
+    pub fn audit_recorded(&self) {
+        if self
+            .audit_unavailable_said
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.audit_unavailable_said
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("audit log records again");
         }
     }
 

@@ -262,7 +262,7 @@ async fn write_database_export(url: String, to: Export, format: String) -> anyho
         "csv" => semel_store::verify::ExportFormat::Csv,
         other => anyhow::bail!("--format {other}: use jsonl or csv"),
     };
-    let pg = semel_postgres::PgAudit::connect(&url)
+    let pg = semel_postgres::PgAudit::connect_read_only(&url)
         .await
         .context("connect to the PostgreSQL store")?;
     let checkpoints = pg.checkpoints().await.context("read the checkpoints")?;
