@@ -120,36 +120,42 @@ impl PgPersons {
         ))
     }
 
+    /// A number's resolution in one round trip (every lookup asks it): the
+    /// replacements followed forward to the number in force (at most
+    /// `MAX_REPLACEMENT_CHAIN` steps), then back to every number it
+    /// replaced, level by level, each level in number order, at most
+    /// `4 × MAX_REPLACEMENT_CHAIN` of them.
     async fn resolve_with(
         client: &impl tokio_postgres::GenericClient,
         given: &Niss,
     ) -> Result<Resolved, PgError> {
-        let mut current = *given;
-        for _ in 0..MAX_REPLACEMENT_CHAIN {
-            match Self::replacement(client, &current).await? {
-                Some(r) => current = r.new,
-                None => break,
-            }
-        }
+        let chain = MAX_REPLACEMENT_CHAIN as i32;
+        let formers = (MAX_REPLACEMENT_CHAIN * 4) as i64;
+        let row = client
+            .query_one(
+                "WITH RECURSIVE fwd(n, depth) AS ( \
+                     SELECT $1::text, 0 \
+                     UNION ALL \
+                     SELECT r.new, f.depth + 1 FROM number_replacements r JOIN fwd f ON r.old = f.n \
+                     WHERE f.depth < $2), \
+                 cur AS (SELECT n FROM fwd ORDER BY depth DESC LIMIT 1), \
+                 bwd(n, depth) AS ( \
+                     SELECT n, 0 FROM cur \
+                     UNION ALL \
+                     SELECT r.old, b.depth + 1 FROM number_replacements r JOIN bwd b ON r.new = b.n \
+                     WHERE b.depth < $3) \
+                 SELECT (SELECT n FROM cur), \
+                        array(SELECT n FROM bwd WHERE depth > 0 AND n <> (SELECT n FROM cur) \
+                              ORDER BY depth, n LIMIT $4)",
+                &[&given.as_str(), &chain, &(formers as i32), &formers],
+            )
+            .await?;
+        let current = parse_niss(row.get(0))?;
         let mut former: Vec<Niss> = Vec::new();
-        let mut frontier = vec![current.as_str().to_owned()];
-        while !frontier.is_empty() && former.len() < MAX_REPLACEMENT_CHAIN * 4 {
-            let rows = client
-                .query(
-                    "SELECT old FROM number_replacements WHERE new = ANY($1) ORDER BY old",
-                    &[&frontier],
-                )
-                .await?;
-            frontier.clear();
-            for r in rows {
-                let old = parse_niss(r.get(0))?;
-                if old != current
-                    && !former.contains(&old)
-                    && former.len() < MAX_REPLACEMENT_CHAIN * 4
-                {
-                    former.push(old);
-                    frontier.push(old.as_str().to_owned());
-                }
+        for n in row.get::<_, Vec<String>>(1) {
+            let n = parse_niss(&n)?;
+            if !former.contains(&n) {
+                former.push(n);
             }
         }
         Ok(Resolved {
