@@ -295,6 +295,22 @@ impl PgRegistry {
             ),
             RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
             RegistryUndo::Authorisation(after, b) => {
+                // Only the version this change wrote is taken back: a later
+                // one, written through another broker, stands on it.
+                let current: Option<i32> = tx
+                    .query_opt(
+                        "SELECT (value->>'version')::int FROM registry_records \
+                         WHERE kind = 'authorisation' AND key = $1 FOR UPDATE",
+                        &[&after.reference.as_str()],
+                    )
+                    .await?
+                    .map(|r| r.get(0));
+                if current != Some(after.version as i32) {
+                    return Err(PgError::Conflict(format!(
+                        "authorisation {} has moved past version {}: the change is not undone",
+                        after.reference, after.version
+                    )));
+                }
                 tx.execute(
                     "DELETE FROM registry_authorisation_history WHERE reference = $1 AND version = $2",
                     &[&after.reference.as_str(), &(after.version as i32)],

@@ -21,18 +21,24 @@ pub fn nothing_to_undo() -> Undo {
 
 /// Runs an undo until it succeeds: its store may be failing for the same
 /// reason the entry was (PostgreSQL unreachable), and a change without its
-/// entry must not stay. Gives up, loudly, after ten minutes.
-pub async fn retry_undo<F, Fut, E>(what: &str, mut undo: F)
+/// entry must not stay. Gives up, loudly, after ten minutes, or at once
+/// when a later change stands on this one.
+pub async fn retry_undo<F, Fut>(what: &str, mut undo: F)
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    Fut: Future<Output = Result<(), semel_storage::StorageError>>,
 {
     let started = std::time::Instant::now();
     let mut wait = std::time::Duration::from_millis(100);
     loop {
         match undo().await {
             Ok(()) => return,
+            Err(e @ semel_storage::StorageError::Conflict(_)) => {
+                // The record moved on (a later change, through another
+                // broker): taking this one back would undo that one too.
+                tracing::error!(error = %e, what, "a change whose audit entry failed was not undone: a later change stands on it; an operator must review it");
+                return;
+            }
             Err(e) if started.elapsed() > std::time::Duration::from_secs(600) => {
                 tracing::error!(error = %e, what, "a change whose audit entry failed could not be undone: it stands without its entry; an operator must take it back");
                 return;

@@ -684,6 +684,32 @@ pub mod registry {
         );
         // The version can be written again.
         store.put_authorisation(&v2).await.expect("v2 again");
+        // A version written since (through another broker) stands: the
+        // undo of the one before it is refused, and nothing changes.
+        let v3 = authorisation("BSC/2024/001", 3, AuthorisationStatus::Active);
+        store.put_authorisation(&v3).await.expect("v3");
+        let refused = store
+            .undo(&RegistryUndo::Authorisation(
+                Box::new(v2.clone()),
+                Some(Box::new(v1.clone())),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "an undo under a later version: {refused:?}"
+        );
+        assert_eq!(
+            store.authorisations().await.expect("list"),
+            vec![v3.clone()]
+        );
+        assert_eq!(
+            store
+                .authorisation_history("BSC/2024/001")
+                .await
+                .expect("history")
+                .len(),
+            3
+        );
     }
 }
 

@@ -165,6 +165,15 @@ impl Registry {
             }
             RegistryUndo::Authorisation(after, before) => {
                 let key = after.reference.as_str().as_bytes();
+                // Only the version this change wrote is taken back: a later
+                // one stands on it (its history would break without it).
+                let current: Option<Authorisation> = get(&self.authorisations, key)?;
+                if current.as_ref().map(|c| c.version) != Some(after.version) {
+                    return Err(StoreError::Conflict(format!(
+                        "authorisation {} has moved past version {}: the change is not undone",
+                        after.reference, after.version
+                    )));
+                }
                 let mut hkey = key.to_vec();
                 hkey.push(0);
                 hkey.extend_from_slice(&after.version.to_be_bytes());
