@@ -30,20 +30,27 @@ where
 {
     let started = std::time::Instant::now();
     let mut wait = std::time::Duration::from_millis(100);
+    // A storage error may quote what it failed on: never a number in a log.
+    let said = |e: &semel_storage::StorageError| {
+        semel_core::redact_national_numbers(&e.to_string()).into_owned()
+    };
     loop {
         match undo().await {
             Ok(()) => return,
-            Err(e @ semel_storage::StorageError::Conflict(_)) => {
+            Err(ref e @ semel_storage::StorageError::Conflict(_)) => {
+                let e = said(e);
                 // The record moved on (a later change, through another
                 // broker): taking this one back would undo that one too.
                 tracing::error!(error = %e, what, "a change whose audit entry failed was not undone: a later change stands on it; an operator must review it");
                 return;
             }
             Err(e) if started.elapsed() > std::time::Duration::from_secs(600) => {
+                let e = said(&e);
                 tracing::error!(error = %e, what, "a change whose audit entry failed could not be undone: it stands without its entry; an operator must take it back");
                 return;
             }
             Err(e) => {
+                let e = said(&e);
                 tracing::warn!(error = %e, what, "a change whose audit entry failed is not undone yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(5));

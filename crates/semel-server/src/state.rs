@@ -748,7 +748,7 @@ impl Broker {
             .swap(true, std::sync::atomic::Ordering::Relaxed)
         {
             tracing::error!(
-                error = %error,
+                error = %semel_core::redact_national_numbers(&error.to_string()),
                 "audit log unavailable: every call is refused until it can record again (the embedded store: fixed and the broker restarted; PostgreSQL: reachable again); semel_audit_unavailable_refusals_total counts them"
             );
         }
