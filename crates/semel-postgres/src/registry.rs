@@ -102,6 +102,27 @@ impl PgRegistry {
         Ok(version)
     }
 
+    /// Inserts a record whose key must be free (across every broker: the
+    /// primary key decides); returns the registry's new version.
+    async fn insert<T: Serialize>(&self, kind: &str, key: &str, value: &T) -> Result<u64, PgError> {
+        let value = encode(value)?;
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
+                 ON CONFLICT (kind, key) DO NOTHING",
+                &[&kind, &key, &value],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(PgError::Conflict(format!("{kind} {key} already exists")));
+        }
+        let version = bump(&tx).await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
     async fn all<T: DeserializeOwned>(&self, kind: &str) -> Result<Vec<T>, PgError> {
         self.conn
             .lock()
@@ -401,6 +422,23 @@ impl semel_storage::RegistryStore for PgRegistry {
 
     async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError> {
         Ok(PgRegistry::organisation(self, kbo).await?)
+    }
+
+    async fn insert_organisation(&self, org: &Organisation) -> Result<(), StorageError> {
+        self.insert("organisation", org.kbo.as_str(), org).await?;
+        Ok(())
+    }
+
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<(), StorageError> {
+        self.insert("dataset", dataset.name.as_str(), dataset)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
+        self.insert("purpose", purpose.code.as_str(), purpose)
+            .await?;
+        Ok(())
     }
 
     async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError> {

@@ -78,6 +78,15 @@ fn exists(what: &str) -> ApiError {
     )
 }
 
+/// A creation refused because the key is taken (checked by the store, so
+/// two brokers creating at once cannot both succeed).
+fn taken(e: semel_storage::StorageError, what: &str) -> ApiError {
+    match e {
+        semel_storage::StorageError::Conflict(_) => exists(what),
+        e => e.into(),
+    }
+}
+
 fn precondition(reason: &'static str, message: String) -> ApiError {
     ApiError::new(Code::FailedPrecondition, reason, message)
 }
@@ -122,10 +131,9 @@ impl Rpc for RegistryService {
                     roles_text(&org.roles)
                 );
                 self.apply(move |reg| async move {
-                    if reg.organisation(&org.kbo).await?.is_some() {
-                        return Err(exists(&format!("organisation {}", org.kbo)));
-                    }
-                    reg.put_organisation(&org).await?;
+                    reg.insert_organisation(&org)
+                        .await
+                        .map_err(|e| taken(e, &format!("organisation {}", org.kbo)))?;
                     Ok((org.clone(), Some(RegistryUndo::Organisation(org.kbo, None))))
                 })
                 .await
@@ -262,10 +270,9 @@ impl Rpc for RegistryService {
                     dataset.endpoint
                 );
                 self.apply(move |reg| async move {
-                    if reg.datasets().await?.iter().any(|d| d.name == dataset.name) {
-                        return Err(exists(&format!("dataset {}", dataset.name)));
-                    }
-                    reg.put_dataset(&dataset).await?;
+                    reg.insert_dataset(&dataset)
+                        .await
+                        .map_err(|e| taken(e, &format!("dataset {}", dataset.name)))?;
                     let undo = RegistryUndo::Dataset(dataset.name.clone(), None);
                     Ok((dataset, Some(undo)))
                 })
@@ -452,10 +459,9 @@ impl Rpc for RegistryService {
                     purpose.code, purpose.description, purpose.legal_basis
                 );
                 self.apply(move |reg| async move {
-                    if reg.purposes().await?.iter().any(|p| p.code == purpose.code) {
-                        return Err(exists(&format!("purpose {}", purpose.code)));
-                    }
-                    reg.put_purpose(&purpose).await?;
+                    reg.insert_purpose(&purpose)
+                        .await
+                        .map_err(|e| taken(e, &format!("purpose {}", purpose.code)))?;
                     let undo = RegistryUndo::Purpose(purpose.code.clone(), None);
                     Ok((purpose, Some(undo)))
                 })

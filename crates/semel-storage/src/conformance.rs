@@ -37,6 +37,7 @@ macro_rules! registry_conformance {
                 authorisation_versions_follow_each_other,
                 a_second_revocation_keeps_the_first,
                 changes_are_undone_to_what_was_stored,
+                creations_refuse_a_key_taken,
             );
         }
     };
@@ -636,6 +637,40 @@ pub mod registry {
         let mut expected = vec![first, other];
         expected.sort_by_key(|r| r.id.key());
         assert_eq!(all, expected);
+    }
+
+    pub async fn creations_refuse_a_key_taken(store: &dyn RegistryStore) {
+        let first = organisation("0566988259", OrganisationStatus::Active);
+        store.insert_organisation(&first).await.expect("created");
+        let again = organisation("0566988259", OrganisationStatus::Suspended);
+        let refused = store.insert_organisation(&again).await;
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "a second creation: {refused:?}"
+        );
+        assert_eq!(
+            store.organisation(&first.kbo).await.expect("read"),
+            Some(first),
+            "the first stands"
+        );
+        let d = dataset("national_register.residence", "first");
+        store.insert_dataset(&d).await.expect("created");
+        let refused = store
+            .insert_dataset(&dataset("national_register.residence", "second"))
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.datasets().await.expect("list"), vec![d]);
+        let p = purpose("RIS_ELIGIBILITY");
+        store.insert_purpose(&p).await.expect("created");
+        let refused = store.insert_purpose(&p).await;
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "{refused:?}"
+        );
+        assert_eq!(store.purposes().await.expect("list"), vec![p]);
     }
 
     pub async fn changes_are_undone_to_what_was_stored(store: &dyn RegistryStore) {

@@ -131,15 +131,22 @@ pub trait PersonsStore: Send + Sync {
 pub trait RegistryStore: Send + Sync {
     /// Stores an organisation (insert or replace: a suspension, for one).
     async fn put_organisation(&self, org: &Organisation) -> Result<(), StorageError>;
+    /// Stores a new organisation; [`StorageError::Conflict`] if one with
+    /// its number exists (created at once through another broker, say).
+    async fn insert_organisation(&self, org: &Organisation) -> Result<(), StorageError>;
     async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError>;
     async fn organisations(&self) -> Result<Vec<Organisation>, StorageError>;
 
     /// Stores a dataset (insert or replace).
     async fn put_dataset(&self, dataset: &Dataset) -> Result<(), StorageError>;
+    /// Stores a new dataset; [`StorageError::Conflict`] if its name is taken.
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<(), StorageError>;
     async fn datasets(&self) -> Result<Vec<Dataset>, StorageError>;
 
     /// Stores a purpose (insert or replace).
     async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError>;
+    /// Stores a new purpose; [`StorageError::Conflict`] if its code is taken.
+    async fn insert_purpose(&self, purpose: &Purpose) -> Result<(), StorageError>;
     async fn purposes(&self) -> Result<Vec<Purpose>, StorageError>;
 
     /// Stores a new version of an authorisation; the version must follow

@@ -55,6 +55,39 @@ impl Registry {
         self.sync()
     }
 
+    /// Stores a new organisation; a conflict if its number is taken.
+    pub fn insert_organisation(&self, org: &Organisation) -> Result<(), StoreError> {
+        insert(
+            &self.organisations,
+            org.kbo.as_bytes(),
+            org,
+            &format!("organisation {}", org.kbo),
+        )?;
+        self.sync()
+    }
+
+    /// Stores a new dataset; a conflict if its name is taken.
+    pub fn insert_dataset(&self, dataset: &Dataset) -> Result<(), StoreError> {
+        insert(
+            &self.datasets,
+            dataset.name.as_str().as_bytes(),
+            dataset,
+            &format!("dataset {}", dataset.name),
+        )?;
+        self.sync()
+    }
+
+    /// Stores a new purpose; a conflict if its code is taken.
+    pub fn insert_purpose(&self, purpose: &Purpose) -> Result<(), StoreError> {
+        insert(
+            &self.purposes,
+            purpose.code.as_str().as_bytes(),
+            purpose,
+            &format!("purpose {}", purpose.code),
+        )?;
+        self.sync()
+    }
+
     pub fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StoreError> {
         get(&self.organisations, kbo.as_bytes())
     }
@@ -225,6 +258,22 @@ fn put<T: Serialize>(tree: &sled::Tree, key: &[u8], value: &T) -> Result<(), Sto
     Ok(())
 }
 
+/// Inserts a record whose key must be free.
+fn insert<T: Serialize>(
+    tree: &sled::Tree,
+    key: &[u8],
+    value: &T,
+    what: &str,
+) -> Result<(), StoreError> {
+    match tree
+        .compare_and_swap(key, None as Option<&[u8]>, Some(encode(value)?))
+        .map_err(sled_err("write registry"))?
+    {
+        Ok(()) => Ok(()),
+        Err(_) => Err(StoreError::Conflict(format!("{what} already exists"))),
+    }
+}
+
 fn get<T: DeserializeOwned>(tree: &sled::Tree, key: &[u8]) -> Result<Option<T>, StoreError> {
     tree.get(key)
         .map_err(sled_err("read registry"))?
@@ -257,6 +306,21 @@ impl semel_storage::RegistryStore for Registry {
 
     async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, StorageError> {
         Ok(Registry::organisation(self, kbo)?)
+    }
+
+    async fn insert_organisation(&self, org: &Organisation) -> Result<(), StorageError> {
+        let (r, org) = (self.clone(), org.clone());
+        crate::blocking(move || r.insert_organisation(&org)).await
+    }
+
+    async fn insert_dataset(&self, dataset: &Dataset) -> Result<(), StorageError> {
+        let (r, dataset) = (self.clone(), dataset.clone());
+        crate::blocking(move || r.insert_dataset(&dataset)).await
+    }
+
+    async fn insert_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
+        let (r, purpose) = (self.clone(), purpose.clone());
+        crate::blocking(move || r.insert_purpose(&purpose)).await
     }
 
     async fn organisations(&self) -> Result<Vec<Organisation>, StorageError> {
