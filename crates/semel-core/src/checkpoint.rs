@@ -57,6 +57,13 @@ impl Checkpoint {
         )
     }
 
+    /// The checkpoint a signed note carries, read from its body; the
+    /// signatures are not checked (a verifier does that).
+    pub fn of_note(note: &str) -> Result<Checkpoint, CheckpointError> {
+        let (body, _) = split_note(note)?;
+        Checkpoint::parse_body(&body)
+    }
+
     /// Parses a body.
     pub fn parse_body(body: &str) -> Result<Checkpoint, CheckpointError> {
         let mut lines = body.split('\n');

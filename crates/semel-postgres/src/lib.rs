@@ -208,14 +208,19 @@ async fn migrate(client: &tokio_postgres::Client) -> Result<(), PgError> {
     Ok(())
 }
 
-async fn apply_migrations(client: &tokio_postgres::Client) -> Result<(), PgError> {
-    let found: i64 = client
+/// The schema version the database is at (0: none applied).
+async fn schema_version(client: &tokio_postgres::Client) -> Result<i64, PgError> {
+    Ok(client
         .query_one(
             "SELECT coalesce(max(version), 0) FROM schema_migrations",
             &[],
         )
         .await?
-        .get(0);
+        .get(0))
+}
+
+async fn apply_migrations(client: &tokio_postgres::Client) -> Result<(), PgError> {
+    let found = schema_version(client).await?;
     let supported = MIGRATIONS.len() as i64;
     if found > supported {
         return Err(PgError::SchemaTooNew { found, supported });
@@ -257,14 +262,7 @@ impl PgAudit {
         conn.client
             .batch_execute("SET default_transaction_read_only = on")
             .await?;
-        let found: i64 = conn
-            .client
-            .query_one(
-                "SELECT coalesce(max(version), 0) FROM schema_migrations",
-                &[],
-            )
-            .await?
-            .get(0);
+        let found = schema_version(&conn.client).await?;
         let supported = MIGRATIONS.len() as i64;
         if found > supported {
             return Err(PgError::SchemaTooNew { found, supported });
@@ -405,24 +403,10 @@ impl PgAudit {
         ))
     }
 
-    /// The head as stored: where the next entry goes and what it links to.
+    /// The head as stored, on a connection opened again if it was lost.
     async fn read_head(&mut self) -> Result<(u64, Hash), PgError> {
-        let head = self
-            .conn
-            .client()
-            .await?
-            .query_one(
-                "SELECT next_sequence, last_hash FROM audit_head WHERE id = 0",
-                &[],
-            )
-            .await?;
-        let next = u64::try_from(head.get::<_, i64>(0))
-            .map_err(|_| PgError::Corrupt("a negative next sequence".into()))?;
-        let hash: Hash = head
-            .get::<_, Vec<u8>>(1)
-            .try_into()
-            .map_err(|_| PgError::Corrupt("the last hash is not 32 bytes".into()))?;
-        Ok((next, hash))
+        self.reconnect_if_lost().await?;
+        self.head().await
     }
 
     /// Connects again if the connection was lost: reads (which take

@@ -123,11 +123,7 @@ impl PgAudit {
 
 /// A kept note with its checkpoint read from the body.
 pub(crate) fn signed(note: String) -> Result<SignedCheckpoint, PgError> {
-    let body = note
-        .split_once("\n\n")
-        .map(|(b, _)| format!("{b}\n"))
-        .ok_or_else(|| PgError::Corrupt("a kept checkpoint has no signature".into()))?;
-    let checkpoint = Checkpoint::parse_body(&body)
+    let checkpoint = Checkpoint::of_note(&note)
         .map_err(|e| PgError::Corrupt(format!("a kept checkpoint: {e}")))?;
     Ok(SignedCheckpoint { checkpoint, note })
 }

@@ -1199,11 +1199,7 @@ pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, Sto
         };
         let note = String::from_utf8(note.to_vec())
             .map_err(|_| corrupt("an audit checkpoint is not UTF-8"))?;
-        let body = note
-            .split_once("\n\n")
-            .map(|(b, _)| format!("{b}\n"))
-            .ok_or_else(|| corrupt("an audit checkpoint has no signature"))?;
-        let checkpoint = Checkpoint::parse_body(&body)
+        let checkpoint = Checkpoint::of_note(&note)
             .map_err(|e| corrupt(&format!("an audit checkpoint: {e}")))?;
         out.push(SignedCheckpoint { checkpoint, note });
         rest = &rest[4 + len..];
