@@ -34,6 +34,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0003_registry.sql"),
     include_str!("../migrations/0004_persons.sql"),
     include_str!("../migrations/0005_audit_queries.sql"),
+    include_str!("../migrations/0006_persons_feed.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

@@ -9,16 +9,28 @@ use crate::registry::{decode, encode};
 use crate::{PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
-use semel_storage::{PersonsStore, StorageError};
+use semel_storage::{PersonsChange, PersonsChanges, PersonsStore, StorageError};
 
 /// Connections to the persons directory per broker: every lookup reads it
 /// (a number's resolution, the consumer's files, consents), so lookups must
 /// not queue behind one connection.
 const CONNECTIONS: usize = 4;
 
+/// The most changes one read of the feed lists; a reader further behind
+/// is told to forget everything instead.
+const FEED_PAGE: i64 = 10_000;
+
+/// How long the feed keeps a change: a broker that could not read it for
+/// longer forgets everything it holds when it reads it again.
+const FEED_KEPT: &str = "1 hour";
+
+/// One read of the feed in this many prunes it.
+const PRUNE_EVERY: u64 = 600;
+
 /// One broker's connections to the persons directory.
 pub struct PgPersons {
     pool: Pool,
+    feed_reads: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for PgPersons {
@@ -51,7 +63,10 @@ impl PgPersons {
     pub async fn connect(url: &str) -> Result<PgPersons, PgError> {
         let pool = Pool::open(url, CONNECTIONS).await?;
         migrate(&pool.first().await.client).await?;
-        Ok(PgPersons { pool })
+        Ok(PgPersons {
+            pool,
+            feed_reads: Default::default(),
+        })
     }
 
     /// Runs one statement on the (reconnected if need be) connection.
@@ -301,5 +316,60 @@ impl PersonsStore for PgPersons {
         let mut conn = self.pool.get().await;
         let client = conn.client().await?;
         Ok(Self::resolve_with(&*client, given).await?)
+    }
+
+    async fn changes_since(&self, after: u64) -> Result<PersonsChanges, StorageError> {
+        let reads = self
+            .feed_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if reads % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            self.execute(
+                &format!("DELETE FROM persons_changes WHERE at < now() - interval '{FEED_KEPT}'"),
+                &[],
+            )
+            .await?;
+        }
+        let Ok(from) = i64::try_from(after) else {
+            return Err(StorageError::OutOfRange(format!(
+                "no position {after} in the persons feed"
+            )));
+        };
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .query_one(
+                "SELECT (SELECT position FROM persons_feed_head WHERE id = 0), \
+                        array(SELECT citizen FROM persons_changes WHERE position > $1 \
+                              ORDER BY position LIMIT $2)",
+                &[&from, &FEED_PAGE],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        let row = result.map_err(PgError::from)?;
+        let head: i64 = row.get(0);
+        let citizens: Vec<String> = row.get(1);
+        let head = u64::try_from(head)
+            .map_err(|_| PgError::Corrupt("a negative persons feed position".into()))?;
+        // Positions are dense: every one after `after` up to the head is
+        // listed, or some were pruned (or not listed) and the reader must
+        // forget everything.
+        let complete = head >= after && citizens.len() as u64 == head - after;
+        let changes = if complete {
+            citizens
+                .iter()
+                .map(|c| match c.as_str() {
+                    "*" => Ok(PersonsChange::Replacements),
+                    n => parse_niss(n).map(PersonsChange::Citizen),
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(PersonsChanges {
+            head,
+            changes,
+            complete,
+        })
     }
 }

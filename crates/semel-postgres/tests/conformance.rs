@@ -16,6 +16,29 @@ async fn fresh() -> Option<Subject<dyn PersonsStore>> {
 
 semel_storage::persons_conformance!(fresh());
 
+/// The same persons cases through the cache each broker puts in front of
+/// the store, following the store's change feed.
+mod cached {
+    use super::*;
+
+    async fn fresh_cached() -> Option<Subject<dyn PersonsStore>> {
+        let db = TestDatabase::start("conformance").await?;
+        let store = PgPersons::connect(&db.url).await.expect("connect");
+        let cached = semel_storage::CachedPersons::new(std::sync::Arc::new(store), 1_000, true);
+        let poll = std::time::Duration::from_millis(10);
+        let follow = tokio::spawn(cached.clone().follow(poll, poll * 50));
+        while !cached.fresh() {
+            tokio::time::sleep(poll).await;
+        }
+        Some(Subject {
+            store: Box::new(cached),
+            keep: Box::new((db, follow.abort_handle())),
+        })
+    }
+
+    semel_storage::persons_conformance!(fresh_cached());
+}
+
 async fn fresh_registry() -> Option<Subject<dyn semel_storage::RegistryStore>> {
     let db = TestDatabase::start("conformance").await?;
     let store = semel_postgres::PgRegistry::connect(&db.url)

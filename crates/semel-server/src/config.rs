@@ -61,10 +61,19 @@ pub struct StoreSection {
     /// on how late another broker's registry change takes effect here.
     #[serde(default)]
     pub registry_poll_ms: Option<u64>,
+    /// How often a broker reads the persons directory's change feed: a
+    /// file closed or a consent withdrawn through another broker stops
+    /// counting here within this interval. Memory stops answering after
+    /// five intervals without a successful read.
+    #[serde(default)]
+    pub persons_poll_ms: Option<u64>,
 }
 
 /// The registry poll when none is configured.
 pub const DEFAULT_REGISTRY_POLL: Duration = Duration::from_secs(1);
+
+/// The persons feed's poll when none is configured.
+pub const DEFAULT_PERSONS_POLL: Duration = Duration::from_millis(100);
 
 impl StoreSection {
     /// The PostgreSQL URL, when the store is PostgreSQL.
@@ -75,6 +84,11 @@ impl StoreSection {
     pub fn registry_poll(&self) -> Duration {
         self.registry_poll_ms
             .map_or(DEFAULT_REGISTRY_POLL, Duration::from_millis)
+    }
+
+    pub fn persons_poll(&self) -> Duration {
+        self.persons_poll_ms
+            .map_or(DEFAULT_PERSONS_POLL, Duration::from_millis)
     }
 }
 
@@ -476,6 +490,12 @@ impl Config {
                 .registry_poll_ms
                 .is_none_or(|ms| (50..=60_000).contains(&ms)),
             "store.registry_poll_ms: must lie between 50 and 60000".into(),
+        );
+        ensure(
+            self.store
+                .persons_poll_ms
+                .is_none_or(|ms| (10..=10_000).contains(&ms)),
+            "store.persons_poll_ms: must lie between 10 and 10000".into(),
         );
         ensure(
             (10..=120_000).contains(&self.sources.deadline_ms),

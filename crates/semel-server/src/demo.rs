@@ -227,6 +227,7 @@ impl Demo {
                     signer,
                     Duration::from_secs(1),
                     crate::config::DEFAULT_REGISTRY_POLL,
+                    crate::config::DEFAULT_PERSONS_POLL,
                 )
                 .await?
             }
@@ -273,6 +274,7 @@ impl Demo {
             .changes
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
             .into_iter()
+            .chain(opened.persons_feed)
             .collect();
         let reloader = Reloader::new(files, broker.clone(), server_tls);
         let listener = TcpListener::bind(opts.listen)

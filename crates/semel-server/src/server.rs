@@ -226,6 +226,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 config.checkpoint_signer()?,
                 Duration::from_millis(config.audit.checkpoint_every_ms),
                 config.store.registry_poll(),
+                config.store.persons_poll(),
             )
             .await?
         }
@@ -253,6 +254,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         .changes
         .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
         .into_iter()
+        .chain(opened.persons_feed)
         .collect();
     let reloader = Reloader::new(files, broker.clone(), tls);
     Ok(Prepared {

@@ -22,6 +22,18 @@ pub struct Opened {
     pub changes: Option<semel_postgres::RegistryWatch>,
     /// The embedded store itself, when it is the store.
     pub embedded: Option<Arc<semel_store::Store>>,
+    /// The task following the persons directory's change feed
+    /// (PostgreSQL), so that memory drops what other brokers change.
+    pub persons_feed: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The persons directory answered from memory (see
+/// [`semel_storage::CachedPersons`]).
+fn cached(
+    persons: Arc<dyn semel_storage::PersonsStore>,
+    shared: bool,
+) -> semel_storage::CachedPersons {
+    semel_storage::CachedPersons::new(persons, semel_storage::PERSONS_CACHE_CAPACITY, shared)
 }
 
 /// Opens the embedded store in `dir` (recovering its audit log if needed).
@@ -36,10 +48,14 @@ pub async fn open_embedded(
             .context("open the store")?
             .with_context(|| format!("open the store in {shown}"))?;
     let store = Arc::new(store);
+    let mut storage = semel_store::storage(store.clone());
+    // One writer: every change passes through the cache.
+    storage.persons = Arc::new(cached(storage.persons, false));
     Ok(Opened {
-        storage: semel_store::storage(store.clone()),
+        storage,
         changes: None,
         embedded: Some(store),
+        persons_feed: None,
     })
 }
 
@@ -47,12 +63,14 @@ pub async fn open_embedded(
 /// audit log (its writer, and the integrator that extends the tree and
 /// signs a checkpoint at most every `checkpoint_every` whenever this broker
 /// holds the integration lock), the registry with its change feed (polled
-/// every `registry_poll` besides NOTIFY), and the persons directory.
+/// every `registry_poll` besides NOTIFY), and the persons directory,
+/// answered from memory and its change feed read every `persons_poll`.
 pub async fn open_postgresql(
     url: &str,
     signer: NoteSigner,
     checkpoint_every: Duration,
     registry_poll: Duration,
+    persons_poll: Duration,
 ) -> anyhow::Result<Opened> {
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
@@ -88,6 +106,8 @@ pub async fn open_postgresql(
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
         .await
         .context("follow the PostgreSQL store's registry changes")?;
+    let persons = cached(Arc::new(persons), true);
+    let persons_feed = tokio::spawn(persons.clone().follow(persons_poll, persons_poll * 5));
     Ok(Opened {
         storage: Storage {
             registry: Arc::new(registry),
@@ -96,6 +116,7 @@ pub async fn open_postgresql(
         },
         changes: Some(changes),
         embedded: None,
+        persons_feed: Some(persons_feed),
     })
 }
 

@@ -137,15 +137,15 @@ async fn pause(d: std::time::Duration) {
     .await;
 }
 
-fn niss(s: &str) -> Niss {
+pub fn niss(s: &str) -> Niss {
     Niss::parse(s).expect("a valid test number")
 }
 
-fn kbo(s: &str) -> Kbo {
+pub fn kbo(s: &str) -> Kbo {
     Kbo::parse(s).expect("a valid test enterprise number")
 }
 
-fn replacement(old: Niss, new: Niss) -> NumberReplacement {
+pub fn replacement(old: Niss, new: Niss) -> NumberReplacement {
     NumberReplacement {
         old,
         new,
@@ -155,7 +155,7 @@ fn replacement(old: Niss, new: Niss) -> NumberReplacement {
     }
 }
 
-fn file(id: &str, consumer: Kbo, citizen: Niss) -> PersonFile {
+pub fn file(id: &str, consumer: Kbo, citizen: Niss) -> PersonFile {
     PersonFile {
         id: id.into(),
         consumer,
@@ -171,7 +171,7 @@ fn file(id: &str, consumer: Kbo, citizen: Niss) -> PersonFile {
     }
 }
 
-fn consent(id: &str, citizen: Niss) -> Consent {
+pub fn consent(id: &str, citizen: Niss) -> Consent {
     Consent {
         id: id.into(),
         citizen,

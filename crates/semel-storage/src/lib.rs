@@ -9,7 +9,10 @@
 //! [`Storage`] holds one of each, as a broker sees them.
 
 mod audit;
+mod cache;
 pub mod conformance;
+
+pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
 
 pub use audit::{
     ArchiveReport, ArchiveState, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS, SignedCheckpoint,
@@ -121,6 +124,38 @@ pub trait PersonsStore: Send + Sync {
     /// [`semel_core::persons::MAX_REPLACEMENT_CHAIN`] steps), and finds the
     /// numbers that one replaced.
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError>;
+
+    /// For a persons directory that several brokers write: what changed
+    /// after position `after` of its change feed, in commit order, and the
+    /// feed's head. [`StorageError::Unsupported`] for a store with one
+    /// writer (the embedded store), whose changes all pass through it.
+    async fn changes_since(&self, _after: u64) -> Result<PersonsChanges, StorageError> {
+        Err(StorageError::Unsupported(
+            "this persons directory has one writer and keeps no change feed".into(),
+        ))
+    }
+}
+
+/// What changed in a shared persons directory (see
+/// [`PersonsStore::changes_since`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PersonsChanges {
+    /// The feed's position after these changes.
+    pub head: u64,
+    /// Every change after the position asked for, when `complete`.
+    pub changes: Vec<PersonsChange>,
+    /// False when the changes could not all be listed (pruned from the
+    /// feed, or too many): a reader must forget everything it holds.
+    pub complete: bool,
+}
+
+/// One change of a shared persons directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PersonsChange {
+    /// A file or consent under this number changed.
+    Citizen(Niss),
+    /// A number replacement was made or taken back: resolutions changed.
+    Replacements,
 }
 
 /// The registry: organisations, datasets, purposes, authorisations (with

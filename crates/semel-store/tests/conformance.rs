@@ -46,3 +46,22 @@ async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
 }
 
 semel_storage::audit_conformance!(fresh_audit());
+
+/// The same persons cases through the cache the broker puts in front of
+/// the store (`semel_storage::CachedPersons`): memory must answer exactly
+/// as the store would.
+mod cached {
+    use super::*;
+
+    async fn fresh_cached() -> Option<Subject<dyn PersonsStore>> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = semel_store::Store::open(dir.path()).expect("open");
+        let inner: std::sync::Arc<dyn PersonsStore> = std::sync::Arc::new(store.persons().clone());
+        Some(Subject {
+            store: Box::new(semel_storage::CachedPersons::new(inner, 1_000, false)),
+            keep: Box::new((store, dir)),
+        })
+    }
+
+    semel_storage::persons_conformance!(fresh_cached());
+}

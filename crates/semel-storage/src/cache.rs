@@ -1,0 +1,657 @@
+//! The persons directory answered from memory: [`CachedPersons`] wraps any
+//! [`PersonsStore`] and keeps what lookups read (a number's resolution, a
+//! consumer's files on a number, a number's consents), so that a lookup on
+//! a citizen seen before reads no storage at all.
+//!
+//! What holds it true:
+//! - Every write through the wrapper drops what it changes before it
+//!   returns, so this broker's next read sees the write.
+//! - A store that other brokers also write ([`PersonsStore::changes_since`]
+//!   answers) is followed by [`CachedPersons::follow`]: every change any
+//!   broker commits appears in the store's feed, in commit order, and is
+//!   dropped here within one poll interval. While the feed cannot be read
+//!   for longer than its staleness bound, or when changes were lost (pruned
+//!   before they were read), nothing is answered from memory: reads go to
+//!   the store until the feed has been caught up.
+//! - A read that raced a change is never kept: each part of the cache has
+//!   an epoch, moved by every drop, and a value read from the store is kept
+//!   only if its part's epoch did not move while it was read.
+//! - Memory is bounded: a part that grows past its share of the capacity
+//!   is emptied (and fills again from the store).
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use semel_core::persons::Resolved;
+use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
+
+use crate::{PersonsChange, PersonsStore, StorageError};
+
+/// Parts the cache is split into, so lookups on different citizens do not
+/// wait for each other.
+const PARTS: usize = 16;
+
+/// Citizens kept in memory by default (across all parts).
+pub const DEFAULT_CAPACITY: usize = 200_000;
+
+/// What one citizen's number has in memory.
+#[derive(Default)]
+struct Known {
+    /// Per consumer, its files under this number (possibly none).
+    files: HashMap<Kbo, Arc<[PersonFile]>>,
+    /// The consents under this number, once read.
+    consents: Option<Arc<[Consent]>>,
+}
+
+#[derive(Default)]
+struct Part {
+    epoch: u64,
+    numbers: HashMap<Niss, Known>,
+    /// Resolutions of numbers hashed to this part; all are dropped when
+    /// any replacement changes.
+    resolved: HashMap<Niss, Resolved>,
+}
+
+/// The persons directory, answered from memory where it can be. Clones
+/// share one memory.
+#[derive(Clone)]
+pub struct CachedPersons(Arc<Cache>);
+
+impl std::ops::Deref for CachedPersons {
+    type Target = Cache;
+    fn deref(&self) -> &Cache {
+        &self.0
+    }
+}
+
+/// What a [`CachedPersons`] holds.
+pub struct Cache {
+    inner: Arc<dyn PersonsStore>,
+    parts: Vec<Mutex<Part>>,
+    hasher: std::collections::hash_map::RandomState,
+    per_part: usize,
+    /// Until when memory may answer, in microseconds since `base`: always
+    /// for a store with no other writer; for a shared store, until the
+    /// staleness bound after the start of the last successful read of its
+    /// feed.
+    fresh_until: AtomicU64,
+    base: Instant,
+    /// The feed position up to which changes were applied.
+    applied: AtomicU64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("fresh", &self.fresh())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How many reads the cache answered and how many went to the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl CachedPersons {
+    /// Wraps `inner`, keeping at most about `capacity` numbers in memory.
+    /// `shared`: other brokers write the same store, so memory answers
+    /// only once [`CachedPersons::follow`] has read the feed.
+    pub fn new(inner: Arc<dyn PersonsStore>, capacity: usize, shared: bool) -> CachedPersons {
+        CachedPersons(Arc::new(Cache {
+            inner,
+            parts: (0..PARTS).map(|_| Mutex::new(Part::default())).collect(),
+            hasher: Default::default(),
+            per_part: (capacity / PARTS).max(1),
+            fresh_until: AtomicU64::new(if shared { 0 } else { u64::MAX }),
+            base: Instant::now(),
+            applied: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }))
+    }
+
+    /// Follows a shared store's change feed every `poll`, for as long as
+    /// the task runs. Memory answers only until `stale_after` past the
+    /// start of the last successful read of the feed; past that (the feed
+    /// cannot be read, or a read hangs), every read goes to the store.
+    /// Returns only if the store keeps no feed.
+    pub async fn follow(self, poll: Duration, stale_after: Duration) {
+        loop {
+            let started = self.base.elapsed();
+            match tokio::time::timeout(stale_after, self.catch_up()).await {
+                Ok(Ok(())) => {
+                    let until = (started + stale_after).as_micros() as u64;
+                    self.fresh_until.store(until, Ordering::Release);
+                }
+                Ok(Err(StorageError::Unsupported(_))) => return,
+                Ok(Err(_)) | Err(_) => {
+                    // Memory stops answering when its bound runs out: the
+                    // deadline already set says when.
+                }
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+}
+
+impl Cache {
+    pub fn stats(&self) -> CacheStats {
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    fn part_of(&self, n: &Niss) -> &Mutex<Part> {
+        &self.parts[(self.hasher.hash_one(n) as usize) % PARTS]
+    }
+
+    fn lock(part: &Mutex<Part>) -> MutexGuard<'_, Part> {
+        part.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether memory may answer now.
+    pub fn fresh(&self) -> bool {
+        (self.base.elapsed().as_micros() as u64) < self.fresh_until.load(Ordering::Acquire)
+    }
+
+    /// Drops what memory holds on a number.
+    fn forget(&self, n: &Niss) {
+        let mut part = Self::lock(self.part_of(n));
+        part.epoch += 1;
+        part.numbers.remove(n);
+        part.resolved.remove(n);
+    }
+
+    /// Drops every resolution (a replacement changed).
+    fn forget_resolutions(&self) {
+        for part in &self.parts {
+            let mut part = Self::lock(part);
+            part.epoch += 1;
+            part.resolved.clear();
+        }
+    }
+
+    /// Drops everything.
+    fn forget_all(&self) {
+        for part in &self.parts {
+            let mut part = Self::lock(part);
+            part.epoch += 1;
+            part.numbers.clear();
+            part.resolved.clear();
+        }
+    }
+
+    fn epoch(&self, n: &Niss) -> u64 {
+        Self::lock(self.part_of(n)).epoch
+    }
+
+    /// Keeps a value read from the store at `epoch`, unless the part moved
+    /// since (the value may predate a change) or memory may not answer.
+    fn keep(&self, n: &Niss, epoch: u64, put: impl FnOnce(&mut Part)) {
+        if !self.fresh() {
+            return;
+        }
+        let mut part = Self::lock(self.part_of(n));
+        if part.epoch != epoch {
+            return;
+        }
+        if part.numbers.len() + part.resolved.len() >= self.per_part {
+            part.numbers.clear();
+            part.resolved.clear();
+        }
+        put(&mut part);
+    }
+
+    fn hit(&self) {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn miss(&self) {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// One number's files of one consumer.
+    async fn files_under(
+        &self,
+        consumer: &Kbo,
+        n: &Niss,
+    ) -> Result<Arc<[PersonFile]>, StorageError> {
+        if self.fresh() {
+            let part = Self::lock(self.part_of(n));
+            if let Some(files) = part.numbers.get(n).and_then(|k| k.files.get(consumer)) {
+                self.hit();
+                return Ok(files.clone());
+            }
+        }
+        self.miss();
+        let epoch = self.epoch(n);
+        let files: Arc<[PersonFile]> = self.inner.files_of(consumer, &alone(n)).await?.into();
+        self.keep(n, epoch, |part| {
+            part.numbers
+                .entry(*n)
+                .or_default()
+                .files
+                .insert(*consumer, files.clone());
+        });
+        Ok(files)
+    }
+
+    /// One number's consents.
+    async fn consents_under(&self, n: &Niss) -> Result<Arc<[Consent]>, StorageError> {
+        if self.fresh() {
+            let part = Self::lock(self.part_of(n));
+            if let Some(consents) = part.numbers.get(n).and_then(|k| k.consents.clone()) {
+                self.hit();
+                return Ok(consents);
+            }
+        }
+        self.miss();
+        let epoch = self.epoch(n);
+        let consents: Arc<[Consent]> = self.inner.consents_of(&alone(n)).await?.into();
+        self.keep(n, epoch, |part| {
+            part.numbers.entry(*n).or_default().consents = Some(consents.clone());
+        });
+        Ok(consents)
+    }
+
+    /// Applies the shared store's changes since the last read of its
+    /// feed.
+    async fn catch_up(&self) -> Result<(), StorageError> {
+        let after = self.applied.load(Ordering::Acquire);
+        let changes = self.inner.changes_since(after).await?;
+        if changes.complete {
+            for change in &changes.changes {
+                match change {
+                    PersonsChange::Citizen(n) => self.forget(n),
+                    PersonsChange::Replacements => self.forget_resolutions(),
+                }
+            }
+        } else {
+            // Changes were lost to this broker (pruned from the feed, or
+            // too many to list): nothing in memory can be trusted.
+            self.forget_all();
+        }
+        self.applied.store(changes.head, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// A number on its own, as the store's per-citizen reads take it.
+fn alone(n: &Niss) -> Resolved {
+    Resolved {
+        current: *n,
+        given: None,
+        former: Vec::new(),
+    }
+}
+
+#[async_trait]
+impl PersonsStore for CachedPersons {
+    async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
+        let result = self.inner.put_files(files).await;
+        // Dropped whatever the outcome: a write that failed may still have
+        // reached the store.
+        for f in files {
+            self.forget(&f.citizen);
+        }
+        result
+    }
+
+    async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
+        let result = self.inner.delete_file(file).await;
+        self.forget(&file.citizen);
+        result
+    }
+
+    async fn file(
+        &self,
+        consumer: &Kbo,
+        citizen: &Niss,
+        id: &str,
+    ) -> Result<Option<PersonFile>, StorageError> {
+        self.inner.file(consumer, citizen, id).await
+    }
+
+    async fn files_of(
+        &self,
+        consumer: &Kbo,
+        citizen: &Resolved,
+    ) -> Result<Vec<PersonFile>, StorageError> {
+        let mut out = Vec::new();
+        for n in citizen.numbers() {
+            out.extend(self.files_under(consumer, n).await?.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
+        let result = self.inner.put_consent(consent).await;
+        self.forget(&consent.citizen);
+        result
+    }
+
+    async fn delete_consent(&self, consent: &Consent) -> Result<(), StorageError> {
+        let result = self.inner.delete_consent(consent).await;
+        self.forget(&consent.citizen);
+        result
+    }
+
+    async fn consents_of(&self, citizen: &Resolved) -> Result<Vec<Consent>, StorageError> {
+        let mut out = Vec::new();
+        for n in citizen.numbers() {
+            out.extend(self.consents_under(n).await?.iter().cloned());
+        }
+        Ok(out)
+    }
+
+    async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
+        let result = self.inner.replace(r).await;
+        self.forget_resolutions();
+        result
+    }
+
+    async fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
+        let result = self.inner.unreplace(old).await;
+        self.forget_resolutions();
+        result
+    }
+
+    async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
+        if self.fresh() {
+            let part = Cache::lock(self.part_of(given));
+            if let Some(r) = part.resolved.get(given) {
+                self.hit();
+                return Ok(r.clone());
+            }
+        }
+        self.miss();
+        let epoch = self.epoch(given);
+        let resolved = self.inner.resolve(given).await?;
+        self.keep(given, epoch, |part| {
+            part.resolved.insert(*given, resolved.clone());
+        });
+        Ok(resolved)
+    }
+
+    async fn changes_since(&self, after: u64) -> Result<crate::PersonsChanges, StorageError> {
+        self.inner.changes_since(after).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{file, kbo, niss};
+    use std::sync::atomic::AtomicBool;
+
+    /// A store in memory that counts its reads, can hold a read until told,
+    /// and keeps a change feed that can be made to fail.
+    #[derive(Default)]
+    struct Fake {
+        files: Mutex<Vec<PersonFile>>,
+        reads: AtomicU64,
+        hold: Mutex<Option<Arc<tokio::sync::Notify>>>,
+        feed: Mutex<Vec<PersonsChange>>,
+        feed_fails: AtomicBool,
+        feed_incomplete: AtomicBool,
+    }
+
+    impl Fake {
+        fn reads(&self) -> u64 {
+            self.reads.load(Ordering::SeqCst)
+        }
+        /// A change made by another broker: stored, and in the feed.
+        fn change_elsewhere(&self, f: PersonFile) {
+            let n = f.citizen;
+            self.files.lock().expect("files").push(f);
+            self.feed
+                .lock()
+                .expect("feed")
+                .push(PersonsChange::Citizen(n));
+        }
+    }
+
+    #[async_trait]
+    impl PersonsStore for Fake {
+        async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
+            self.files.lock().expect("files").extend_from_slice(files);
+            Ok(())
+        }
+        async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
+            self.files
+                .lock()
+                .expect("files")
+                .retain(|f| f.id != file.id);
+            Ok(())
+        }
+        async fn file(
+            &self,
+            _: &Kbo,
+            _: &Niss,
+            _: &str,
+        ) -> Result<Option<PersonFile>, StorageError> {
+            Ok(None)
+        }
+        async fn files_of(
+            &self,
+            consumer: &Kbo,
+            citizen: &Resolved,
+        ) -> Result<Vec<PersonFile>, StorageError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let found: Vec<PersonFile> = self
+                .files
+                .lock()
+                .expect("files")
+                .iter()
+                .filter(|f| f.consumer == *consumer && citizen.numbers().any(|n| *n == f.citizen))
+                .cloned()
+                .collect();
+            let hold = self.hold.lock().expect("hold").take();
+            if let Some(gate) = hold {
+                gate.notified().await;
+            }
+            Ok(found)
+        }
+        async fn put_consent(&self, _: &Consent) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn delete_consent(&self, _: &Consent) -> Result<(), StorageError> {
+            Ok(())
+        }
+        async fn consents_of(&self, _: &Resolved) -> Result<Vec<Consent>, StorageError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+        async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
+            Ok(r.clone())
+        }
+        async fn unreplace(&self, _: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
+            Ok(None)
+        }
+        async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(alone(given))
+        }
+        async fn changes_since(&self, after: u64) -> Result<crate::PersonsChanges, StorageError> {
+            if self.feed_fails.load(Ordering::SeqCst) {
+                return Err(StorageError::Unavailable("down".into()));
+            }
+            let feed = self.feed.lock().expect("feed");
+            let complete = !self.feed_incomplete.load(Ordering::SeqCst);
+            Ok(crate::PersonsChanges {
+                head: feed.len() as u64,
+                changes: if complete {
+                    feed[after as usize..].to_vec()
+                } else {
+                    Vec::new()
+                },
+                complete,
+            })
+        }
+    }
+
+    fn subject(shared: bool) -> (Arc<Fake>, CachedPersons) {
+        let fake = Arc::new(Fake::default());
+        let cached = CachedPersons::new(fake.clone(), 1_000, shared);
+        (fake, cached)
+    }
+
+    const CONSUMER: &str = "0566988259";
+    const CITIZEN: &str = "85073003328";
+
+    async fn count(cached: &CachedPersons) -> usize {
+        cached
+            .files_of(&kbo(CONSUMER), &alone(&niss(CITIZEN)))
+            .await
+            .expect("files")
+            .len()
+    }
+
+    #[tokio::test]
+    async fn a_citizen_read_again_is_answered_from_memory() {
+        let (fake, cached) = subject(false);
+        assert_eq!(count(&cached).await, 0);
+        assert_eq!(count(&cached).await, 0);
+        cached.resolve(&niss(CITIZEN)).await.expect("resolve");
+        cached.resolve(&niss(CITIZEN)).await.expect("resolve");
+        assert_eq!(fake.reads(), 2, "one read of the files, one resolution");
+        assert_eq!(cached.stats(), CacheStats { hits: 2, misses: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_write_through_the_cache_is_seen_at_once() {
+        let (_, cached) = subject(false);
+        assert_eq!(count(&cached).await, 0);
+        let f = file("f1", kbo(CONSUMER), niss(CITIZEN));
+        cached
+            .put_files(std::slice::from_ref(&f))
+            .await
+            .expect("put");
+        assert_eq!(count(&cached).await, 1);
+        cached.delete_file(&f).await.expect("delete");
+        assert_eq!(count(&cached).await, 0);
+    }
+
+    #[tokio::test]
+    async fn a_read_that_raced_a_change_is_not_kept() {
+        let (fake, cached) = subject(false);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *fake.hold.lock().expect("hold") = Some(gate.clone());
+        // The read takes what the store held before the write...
+        let reader = {
+            let cached = cached.clone();
+            tokio::spawn(async move { count(&cached).await })
+        };
+        while fake.reads() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...the write lands while the read is on its way...
+        let f = file("f1", kbo(CONSUMER), niss(CITIZEN));
+        cached
+            .put_files(std::slice::from_ref(&f))
+            .await
+            .expect("put");
+        gate.notify_one();
+        assert_eq!(
+            reader.await.expect("reader"),
+            0,
+            "the read predates the write"
+        );
+        // ...and what it read is not kept: the next read sees the write.
+        assert_eq!(count(&cached).await, 1);
+    }
+
+    #[tokio::test]
+    async fn a_shared_store_answers_from_memory_only_while_its_feed_is_read() {
+        let (fake, cached) = subject(true);
+        // Not followed yet: every read goes to the store.
+        count(&cached).await;
+        count(&cached).await;
+        assert_eq!(fake.reads(), 2);
+        let poll = Duration::from_millis(5);
+        let follow = tokio::spawn(cached.clone().follow(poll, Duration::from_millis(100)));
+        while !cached.fresh() {
+            tokio::time::sleep(poll).await;
+        }
+        count(&cached).await;
+        count(&cached).await;
+        assert_eq!(fake.reads(), 3, "followed: one more read, then memory");
+        // Another broker opens a file: the feed names the citizen, and
+        // memory drops it within a poll or two.
+        fake.change_elsewhere(file("f2", kbo(CONSUMER), niss(CITIZEN)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&cached).await == 0 {
+            assert!(Instant::now() < deadline, "the change never reached memory");
+            tokio::time::sleep(poll).await;
+        }
+        // The feed cannot be read: once its bound runs out, memory stops
+        // answering and every read goes to the store.
+        fake.feed_fails.store(true, Ordering::SeqCst);
+        while cached.fresh() {
+            tokio::time::sleep(poll).await;
+        }
+        let before = fake.reads();
+        count(&cached).await;
+        assert_eq!(fake.reads(), before + 1);
+        follow.abort();
+    }
+
+    #[tokio::test]
+    async fn changes_lost_from_the_feed_forget_everything() {
+        let (fake, cached) = subject(true);
+        let poll = Duration::from_millis(5);
+        let follow = tokio::spawn(cached.clone().follow(poll, Duration::from_secs(5)));
+        while !cached.fresh() {
+            tokio::time::sleep(poll).await;
+        }
+        assert_eq!(count(&cached).await, 0);
+        // A change the feed no longer lists (pruned while unread).
+        fake.feed_incomplete.store(true, Ordering::SeqCst);
+        fake.files
+            .lock()
+            .expect("files")
+            .push(file("f3", kbo(CONSUMER), niss(CITIZEN)));
+        fake.feed
+            .lock()
+            .expect("feed")
+            .push(PersonsChange::Citizen(niss("93051822361")));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&cached).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "memory kept what it could not trust"
+            );
+            tokio::time::sleep(poll).await;
+        }
+        follow.abort();
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded() {
+        let fake: Arc<Fake> = Arc::new(Fake::default());
+        let cached = CachedPersons::new(fake.clone(), PARTS * 2, false);
+        for n in ["85073003328", "93051822361", "98472899765"] {
+            for c in ["0566988259", "0314595348"] {
+                cached
+                    .files_of(&kbo(c), &alone(&niss(n)))
+                    .await
+                    .expect("files");
+                cached.resolve(&niss(n)).await.expect("resolve");
+            }
+        }
+        for part in &cached.parts {
+            let part = Cache::lock(part);
+            assert!(part.numbers.len() + part.resolved.len() <= 2);
+        }
+    }
+}
