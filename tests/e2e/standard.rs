@@ -369,6 +369,11 @@ async fn metrics_count_lookups_without_personal_data() {
         "a client's made-up name never becomes a label"
     );
     assert!(has("semel_audit_entries "), "{body}");
+    // The persons directory in memory reports how often it answered, and
+    // that it may.
+    assert!(has("semel_persons_memory_hits_total "), "{body}");
+    assert!(has("semel_persons_memory_misses_total "), "{body}");
+    assert!(has("semel_persons_memory_fresh 1"), "{body}");
     assert!(has("semel_source_calls_total{source="), "{body}");
     assert!(has("semel_lookup_duration_seconds_bucket"), "{body}");
     for n in [KARIM, JAN] {

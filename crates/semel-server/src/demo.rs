@@ -270,6 +270,7 @@ impl Demo {
             tokens,
         )
         .await?;
+        broker.metrics.watch_persons(opened.persons.clone());
         let background = opened
             .changes
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))

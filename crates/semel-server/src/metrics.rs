@@ -70,6 +70,11 @@ pub struct Metrics {
     audit_sync_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Calls refused because their entry could not be made durable.
     pub audit_unavailable: Counter,
+    persons_hits: Counter,
+    persons_misses: Counter,
+    persons_fresh: Gauge,
+    /// The persons directory in memory, whose counters each scrape reads.
+    persons: std::sync::OnceLock<semel_storage::CachedPersons>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -153,7 +158,29 @@ impl Default for Metrics {
             "Calls refused because their audit entry could not be made durable",
             audit_unavailable.clone(),
         );
+        let persons_hits = Counter::default();
+        registry.register(
+            "persons_memory_hits",
+            "Reads of the persons directory (resolutions, files, consents) answered from memory",
+            persons_hits.clone(),
+        );
+        let persons_misses = Counter::default();
+        registry.register(
+            "persons_memory_misses",
+            "Reads of the persons directory that went to the store",
+            persons_misses.clone(),
+        );
+        let persons_fresh = Gauge::default();
+        registry.register(
+            "persons_memory_fresh",
+            "1 while memory may answer persons reads; 0 while the store's change feed could not be read in time (every read then goes to the store)",
+            persons_fresh.clone(),
+        );
         Metrics {
+            persons_hits,
+            persons_misses,
+            persons_fresh,
+            persons: std::sync::OnceLock::new(),
             audit_unavailable,
             registry: root,
             rpcs,
@@ -207,6 +234,11 @@ impl Format {
 }
 
 impl Metrics {
+    /// Reports the persons directory in memory from now on.
+    pub fn watch_persons(&self, persons: semel_storage::CachedPersons) {
+        let _ = self.persons.set(persons);
+    }
+
     /// The exposition in `format`, with the audit log's counters as they are now.
     pub fn render(&self, audit: AuditStats, format: Format) -> String {
         self.audit_entries.set(audit.entries as i64);
@@ -217,6 +249,14 @@ impl Metrics {
         let seconds = audit.sync_micros as f64 / 1e6 - self.audit_sync_seconds.get();
         if seconds > 0.0 {
             self.audit_sync_seconds.inc_by(seconds);
+        }
+        if let Some(persons) = self.persons.get() {
+            let stats = persons.stats();
+            self.persons_hits
+                .inc_by(stats.hits.saturating_sub(self.persons_hits.get()));
+            self.persons_misses
+                .inc_by(stats.misses.saturating_sub(self.persons_misses.get()));
+            self.persons_fresh.set(i64::from(persons.fresh()));
         }
         self.process.update();
         let mut out = String::new();

@@ -250,6 +250,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tokens,
     )
     .await?;
+    broker.metrics.watch_persons(opened.persons.clone());
     let background = opened
         .changes
         .map(|changes| crate::stores::follow_registry(broker.clone(), changes))

@@ -25,6 +25,9 @@ pub struct Opened {
     /// The task following the persons directory's change feed
     /// (PostgreSQL), so that memory drops what other brokers change.
     pub persons_feed: Option<tokio::task::JoinHandle<()>>,
+    /// The persons directory in memory (the same as `storage.persons`),
+    /// for its metrics.
+    pub persons: semel_storage::CachedPersons,
 }
 
 /// The persons directory answered from memory (see
@@ -50,12 +53,14 @@ pub async fn open_embedded(
     let store = Arc::new(store);
     let mut storage = semel_store::storage(store.clone());
     // One writer: every change passes through the cache.
-    storage.persons = Arc::new(cached(storage.persons, false));
+    let persons = cached(storage.persons, false);
+    storage.persons = Arc::new(persons.clone());
     Ok(Opened {
         storage,
         changes: None,
         embedded: Some(store),
         persons_feed: None,
+        persons,
     })
 }
 
@@ -111,12 +116,13 @@ pub async fn open_postgresql(
     Ok(Opened {
         storage: Storage {
             registry: Arc::new(registry),
-            persons: Arc::new(persons),
+            persons: Arc::new(persons.clone()),
             audit: Arc::new(audit),
         },
         changes: Some(changes),
         embedded: None,
         persons_feed: Some(persons_feed),
+        persons,
     })
 }
 
