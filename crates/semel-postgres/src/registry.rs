@@ -62,6 +62,31 @@ async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, PgError> {
     u64::try_from(version).map_err(|_| PgError::Corrupt("a negative registry version".into()))
 }
 
+/// Refuses an undo unless the record (locked until the transaction ends)
+/// is still the one the change wrote: a change made since, through another
+/// broker, stands.
+async fn still<T: DeserializeOwned + PartialEq>(
+    tx: &tokio_postgres::Transaction<'_>,
+    kind: &str,
+    key: &str,
+    written: &T,
+) -> Result<(), PgError> {
+    let current: Option<T> = tx
+        .query_opt(
+            "SELECT value::text FROM registry_records WHERE kind = $1 AND key = $2 FOR UPDATE",
+            &[&kind, &key],
+        )
+        .await?
+        .map(|r| decode(r.get(0)))
+        .transpose()?;
+    if current.as_ref() != Some(written) {
+        return Err(PgError::Conflict(format!(
+            "{kind} {key} has changed since: the change is not undone"
+        )));
+    }
+    Ok(())
+}
+
 impl PgRegistry {
     /// Connects and applies the migrations this binary knows.
     pub async fn connect(url: &str) -> Result<PgRegistry, PgError> {
@@ -299,21 +324,21 @@ impl PgRegistry {
         let mut conn = self.conn.lock().await;
         let tx = conn.client().await?.transaction().await?;
         let (kind, key, before) = match undo {
-            RegistryUndo::Organisation(kbo, b) => (
-                "organisation",
-                kbo.as_str().to_owned(),
-                b.as_ref().map(encode).transpose()?,
-            ),
-            RegistryUndo::Dataset(name, b) => (
-                "dataset",
-                name.as_str().to_owned(),
-                b.as_ref().map(encode).transpose()?,
-            ),
-            RegistryUndo::Purpose(code, b) => (
-                "purpose",
-                code.as_str().to_owned(),
-                b.as_ref().map(encode).transpose()?,
-            ),
+            RegistryUndo::Organisation(written, b) => {
+                let key = written.kbo.as_str().to_owned();
+                still(&tx, "organisation", &key, &**written).await?;
+                ("organisation", key, b.as_deref().map(encode).transpose()?)
+            }
+            RegistryUndo::Dataset(written, b) => {
+                let key = written.name.as_str().to_owned();
+                still(&tx, "dataset", &key, &**written).await?;
+                ("dataset", key, b.as_deref().map(encode).transpose()?)
+            }
+            RegistryUndo::Purpose(written, b) => {
+                let key = written.code.as_str().to_owned();
+                still(&tx, "purpose", &key, &**written).await?;
+                ("purpose", key, b.as_deref().map(encode).transpose()?)
+            }
             RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
             RegistryUndo::Authorisation(after, b) => {
                 // Only the version this change wrote is taken back: a later

@@ -134,7 +134,8 @@ impl Rpc for RegistryService {
                     reg.insert_organisation(&org)
                         .await
                         .map_err(|e| taken(e, &format!("organisation {}", org.kbo)))?;
-                    Ok((org.clone(), Some(RegistryUndo::Organisation(org.kbo, None))))
+                    let undo = RegistryUndo::Organisation(Box::new(org.clone()), None);
+                    Ok((org, Some(undo)))
                 })
                 .await
             })
@@ -273,7 +274,7 @@ impl Rpc for RegistryService {
                     reg.insert_dataset(&dataset)
                         .await
                         .map_err(|e| taken(e, &format!("dataset {}", dataset.name)))?;
-                    let undo = RegistryUndo::Dataset(dataset.name.clone(), None);
+                    let undo = RegistryUndo::Dataset(Box::new(dataset.clone()), None);
                     Ok((dataset, Some(undo)))
                 })
                 .await
@@ -462,7 +463,7 @@ impl Rpc for RegistryService {
                     reg.insert_purpose(&purpose)
                         .await
                         .map_err(|e| taken(e, &format!("purpose {}", purpose.code)))?;
-                    let undo = RegistryUndo::Purpose(purpose.code.clone(), None);
+                    let undo = RegistryUndo::Purpose(Box::new(purpose.clone()), None);
                     Ok((purpose, Some(undo)))
                 })
                 .await
@@ -589,7 +590,9 @@ impl RegistryService {
                     let mut org = before.clone();
                     org.status = status;
                     reg.put_organisation(&org).await?;
-                    Ok((org, Some(RegistryUndo::Organisation(kbo, Some(before)))))
+                    let undo =
+                        RegistryUndo::Organisation(Box::new(org.clone()), Some(Box::new(before)));
+                    Ok((org, Some(undo)))
                 })
                 .await
             })

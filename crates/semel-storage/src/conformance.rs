@@ -680,8 +680,8 @@ pub mod registry {
         store.put_organisation(&suspended).await.expect("put");
         store
             .undo(&RegistryUndo::Organisation(
-                active.kbo,
-                Some(active.clone()),
+                Box::new(suspended.clone()),
+                Some(Box::new(active.clone())),
             ))
             .await
             .expect("undo a change");
@@ -689,8 +689,24 @@ pub mod registry {
             store.organisation(&active.kbo).await.expect("read"),
             Some(active.clone())
         );
+        // A change made since (through another broker) stands: the undo
+        // of the one before it is refused, and nothing changes.
+        let refused = store
+            .undo(&RegistryUndo::Organisation(
+                Box::new(suspended.clone()),
+                Some(Box::new(active.clone())),
+            ))
+            .await;
+        assert!(
+            matches!(refused, Err(StorageError::Conflict(_))),
+            "an undo of a record changed since: {refused:?}"
+        );
+        assert_eq!(
+            store.organisation(&active.kbo).await.expect("read"),
+            Some(active.clone())
+        );
         store
-            .undo(&RegistryUndo::Organisation(active.kbo, None))
+            .undo(&RegistryUndo::Organisation(Box::new(active.clone()), None))
             .await
             .expect("undo a creation");
         assert_eq!(store.organisation(&active.kbo).await.expect("read"), None);

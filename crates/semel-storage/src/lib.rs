@@ -61,13 +61,16 @@ pub struct Storage {
     pub audit: Arc<dyn AuditStore>,
 }
 
-/// A registry record as it was before a change, to put back when the
-/// change's audit entry cannot be made durable.
+/// A registry record as a change wrote it and as it was before, to put
+/// back when the change's audit entry cannot be made durable. The record is
+/// put back only while it is still the one written: a change made since
+/// (through another broker) stands, and the undo is refused.
 #[derive(Debug, Clone)]
 pub enum RegistryUndo {
-    Organisation(Kbo, Option<Organisation>),
-    Dataset(semel_core::DatasetName, Option<Dataset>),
-    Purpose(semel_core::PurposeCode, Option<Purpose>),
+    /// The organisation written, and the one before it (`None`: created).
+    Organisation(Box<Organisation>, Option<Box<Organisation>>),
+    Dataset(Box<Dataset>, Option<Box<Dataset>>),
+    Purpose(Box<Purpose>, Option<Box<Purpose>>),
     /// A revocation that did not exist before.
     Revocation(semel_core::CertificateId),
     /// The version written, and the one before it.

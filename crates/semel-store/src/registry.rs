@@ -182,15 +182,27 @@ impl Registry {
     /// lock.
     pub fn undo(&self, undo: &RegistryUndo) -> Result<(), StoreError> {
         match undo {
-            RegistryUndo::Organisation(kbo, before) => {
-                restore(&self.organisations, kbo.as_bytes(), before.as_ref())?
-            }
-            RegistryUndo::Dataset(name, before) => {
-                restore(&self.datasets, name.as_str().as_bytes(), before.as_ref())?
-            }
-            RegistryUndo::Purpose(code, before) => {
-                restore(&self.purposes, code.as_str().as_bytes(), before.as_ref())?
-            }
+            RegistryUndo::Organisation(written, before) => restore(
+                &self.organisations,
+                written.kbo.as_bytes(),
+                &**written,
+                before.as_deref(),
+                &format!("organisation {}", written.kbo),
+            )?,
+            RegistryUndo::Dataset(written, before) => restore(
+                &self.datasets,
+                written.name.as_str().as_bytes(),
+                &**written,
+                before.as_deref(),
+                &format!("dataset {}", written.name),
+            )?,
+            RegistryUndo::Purpose(written, before) => restore(
+                &self.purposes,
+                written.code.as_str().as_bytes(),
+                &**written,
+                before.as_deref(),
+                &format!("purpose {}", written.code),
+            )?,
             RegistryUndo::Revocation(id) => {
                 self.revoked_certificates
                     .remove(id.key().as_bytes())
@@ -213,7 +225,7 @@ impl Registry {
                 self.authorisation_history
                     .remove(hkey)
                     .map_err(sled_err("undo an authorisation version"))?;
-                restore(&self.authorisations, key, before.as_ref())?;
+                put_back(&self.authorisations, key, before.as_deref())?;
             }
         }
         self.sync()
@@ -233,7 +245,25 @@ impl Registry {
     }
 }
 
-fn restore<T: Serialize>(
+/// Puts a record back as it was, if it is still the one `written`.
+fn restore<T: Serialize + serde::de::DeserializeOwned + PartialEq>(
+    tree: &sled::Tree,
+    key: &[u8],
+    written: &T,
+    before: Option<&T>,
+    what: &str,
+) -> Result<(), StoreError> {
+    let current: Option<T> = get(tree, key)?;
+    if current.as_ref() != Some(written) {
+        return Err(StoreError::Conflict(format!(
+            "{what} has changed since: the change is not undone"
+        )));
+    }
+    put_back(tree, key, before)
+}
+
+/// Puts a record back as it was (removes it if it did not exist).
+fn put_back<T: Serialize>(
     tree: &sled::Tree,
     key: &[u8],
     before: Option<&T>,
