@@ -17,6 +17,7 @@ CREATE TABLE persons_changes (
     citizen  text        NOT NULL,
     at       timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX persons_changes_at ON persons_changes (at);
 
 -- The next position, for one changed number.
 CREATE FUNCTION semel_persons_feed(c text) RETURNS void LANGUAGE plpgsql AS $$
@@ -59,3 +60,20 @@ CREATE TRIGGER consents_changed AFTER INSERT OR UPDATE OR DELETE ON consents
     FOR EACH ROW EXECUTE FUNCTION semel_citizen_changed();
 CREATE TRIGGER number_replacements_changed AFTER INSERT OR UPDATE OR DELETE ON number_replacements
     FOR EACH ROW EXECUTE FUNCTION semel_replacements_changed();
+
+-- A table emptied at once (TRUNCATE fires no row trigger): the head moves
+-- with no change listed, and every reader, finding a position missing,
+-- forgets everything.
+CREATE FUNCTION semel_persons_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE persons_feed_head SET position = position + 1 WHERE id = 0;
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER person_files_truncated AFTER TRUNCATE ON person_files
+    FOR EACH STATEMENT EXECUTE FUNCTION semel_persons_truncated();
+CREATE TRIGGER consents_truncated AFTER TRUNCATE ON consents
+    FOR EACH STATEMENT EXECUTE FUNCTION semel_persons_truncated();
+CREATE TRIGGER number_replacements_truncated AFTER TRUNCATE ON number_replacements
+    FOR EACH STATEMENT EXECUTE FUNCTION semel_persons_truncated();

@@ -6,7 +6,7 @@
 //! must see every other replacement made at the same time).
 
 use crate::registry::{decode, encode};
-use crate::{PgError, Pool, migrate};
+use crate::{Conn, PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 use semel_storage::{PersonsChange, PersonsChanges, PersonsStore, StorageError};
@@ -24,13 +24,22 @@ const FEED_PAGE: i64 = 10_000;
 /// longer forgets everything it holds when it reads it again.
 const FEED_KEPT: &str = "1 hour";
 
-/// One read of the feed in this many prunes it.
-const PRUNE_EVERY: u64 = 600;
+/// How often a broker prunes the feed of changes older than `FEED_KEPT`.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// One broker's connections to the persons directory.
+/// One broker's connections to the persons directory: a pool for reads
+/// and writes, and one connection of its own for the change feed, so that
+/// reading the feed never queues behind lookups.
 pub struct PgPersons {
     pool: Pool,
-    feed_reads: std::sync::atomic::AtomicU64,
+    feed: tokio::sync::Mutex<Conn>,
+    pruning: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgPersons {
+    fn drop(&mut self) {
+        self.pruning.abort();
+    }
 }
 
 impl std::fmt::Debug for PgPersons {
@@ -63,9 +72,35 @@ impl PgPersons {
     pub async fn connect(url: &str) -> Result<PgPersons, PgError> {
         let pool = Pool::open(url, CONNECTIONS).await?;
         migrate(&pool.first().await.client).await?;
+        let feed = tokio::sync::Mutex::new(Conn::open(url).await?);
+        let url = url.to_owned();
+        // Pruning runs on its own, off the feed's reads; a failure only
+        // waits for the next round.
+        let pruning = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PRUNE_EVERY).await;
+                let pruned = async {
+                    let conn = Conn::open(&url).await?;
+                    conn.client
+                        .execute(
+                            &format!(
+                                "DELETE FROM persons_changes WHERE at < now() - interval '{FEED_KEPT}'"
+                            ),
+                            &[],
+                        )
+                        .await
+                        .map_err(PgError::from)
+                }
+                .await;
+                if let Err(e) = pruned {
+                    tracing::debug!(error = %e, "pruning the persons change feed failed; retrying later");
+                }
+            }
+        });
         Ok(PgPersons {
             pool,
-            feed_reads: Default::default(),
+            feed,
+            pruning,
         })
     }
 
@@ -318,23 +353,17 @@ impl PersonsStore for PgPersons {
         Ok(Self::resolve_with(&*client, given).await?)
     }
 
+    fn keeps_feed(&self) -> bool {
+        true
+    }
+
     async fn changes_since(&self, after: u64) -> Result<PersonsChanges, StorageError> {
-        let reads = self
-            .feed_reads
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if reads % PRUNE_EVERY == PRUNE_EVERY - 1 {
-            self.execute(
-                &format!("DELETE FROM persons_changes WHERE at < now() - interval '{FEED_KEPT}'"),
-                &[],
-            )
-            .await?;
-        }
         let Ok(from) = i64::try_from(after) else {
             return Err(StorageError::OutOfRange(format!(
                 "no position {after} in the persons feed"
             )));
         };
-        let mut conn = self.pool.get().await;
+        let mut conn = self.feed.lock().await;
         let result = conn
             .client()
             .await?
@@ -347,25 +376,32 @@ impl PersonsStore for PgPersons {
             .await;
         conn.suspect = result.is_err();
         let row = result.map_err(PgError::from)?;
-        let head: i64 = row.get(0);
-        let citizens: Vec<String> = row.get(1);
-        let head = u64::try_from(head)
-            .map_err(|_| PgError::Corrupt("a negative persons feed position".into()))?;
+        drop(conn);
+        let head: Option<i64> = row.try_get(0).map_err(PgError::from)?;
+        let citizens: Vec<String> = row.try_get(1).map_err(PgError::from)?;
+        let head = head
+            .and_then(|h| u64::try_from(h).ok())
+            .ok_or_else(|| PgError::Corrupt("the persons feed has no head".into()))?;
         // Positions are dense: every one after `after` up to the head is
         // listed, or some were pruned (or not listed) and the reader must
-        // forget everything.
-        let complete = head >= after && citizens.len() as u64 == head - after;
-        let changes = if complete {
-            citizens
-                .iter()
-                .map(|c| match c.as_str() {
-                    "*" => Ok(PersonsChange::Replacements),
-                    n => parse_niss(n).map(PersonsChange::Citizen),
-                })
-                .collect::<Result<_, _>>()?
-        } else {
-            Vec::new()
-        };
+        // forget everything. A row it cannot read counts as not listed.
+        let mut complete = head >= after && citizens.len() as u64 == head - after;
+        let mut changes = Vec::new();
+        if complete {
+            for c in &citizens {
+                match c.as_str() {
+                    "*" => changes.push(PersonsChange::Replacements),
+                    n => match Niss::parse(n) {
+                        Ok(n) => changes.push(PersonsChange::Citizen(n)),
+                        Err(_) => {
+                            complete = false;
+                            changes.clear();
+                            break;
+                        }
+                    },
+                }
+            }
+        }
         Ok(PersonsChanges {
             head,
             changes,

@@ -24,12 +24,16 @@ mod cached {
     async fn fresh_cached() -> Option<Subject<dyn PersonsStore>> {
         let db = TestDatabase::start("conformance").await?;
         let store = PgPersons::connect(&db.url).await.expect("connect");
-        let cached = semel_storage::CachedPersons::new(std::sync::Arc::new(store), 1_000, true);
+        let cached = semel_storage::CachedPersons::new(std::sync::Arc::new(store), 1_000);
         let poll = std::time::Duration::from_millis(10);
         let follow = tokio::spawn(cached.clone().follow(poll, poll * 50));
-        while !cached.fresh() {
-            tokio::time::sleep(poll).await;
-        }
+        tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while !cached.fresh() {
+                tokio::time::sleep(poll).await;
+            }
+        })
+        .await
+        .expect("memory never became fresh: the feed was not read");
         Some(Subject {
             store: Box::new(cached),
             keep: Box::new((db, follow.abort_handle())),

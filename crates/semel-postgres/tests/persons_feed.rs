@@ -16,11 +16,15 @@ const POLL: Duration = Duration::from_millis(20);
 /// feed.
 async fn broker(url: &str) -> (CachedPersons, tokio::task::JoinHandle<()>) {
     let store = PgPersons::connect(url).await.expect("connect");
-    let cached = CachedPersons::new(Arc::new(store), 10_000, true);
+    let cached = CachedPersons::new(Arc::new(store), 10_000);
     let follow = tokio::spawn(cached.clone().follow(POLL, POLL * 50));
-    while !cached.fresh() {
-        tokio::time::sleep(POLL).await;
-    }
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !cached.fresh() {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await
+    .expect("memory never became fresh: the feed was not read");
     (cached, follow)
 }
 
@@ -145,6 +149,78 @@ async fn a_change_through_one_broker_reaches_the_other_brokers_memory() {
         async move { b.consents_of(&r).await.expect("consents").len() == 1 }
     })
     .await;
+    // ...and its withdrawal (taken back) too.
+    a.delete_consent(&consent).await.expect("withdraw");
+    eventually("a consent taken back through A", || {
+        let b = b.clone();
+        let r = r.clone();
+        async move { b.consents_of(&r).await.expect("consents").is_empty() }
+    })
+    .await;
     follow_a.abort();
     follow_b.abort();
+}
+
+async fn raw(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test]
+async fn positions_follow_commit_order_and_truncation_is_noticed() {
+    let Some(db) = TestDatabase::start("persons_feed").await else {
+        return;
+    };
+    let store = PgPersons::connect(&db.url).await.expect("connect");
+    let start = store.changes_since(0).await.expect("feed").head;
+    let (mut first, second) = (raw(&db.url).await, raw(&db.url).await);
+    let insert = "INSERT INTO person_files (consumer, citizen, id, value) VALUES ('0566988259', $1, $2, '{}')";
+    // The first writer's transaction takes its position and stays open...
+    let tx = first.transaction().await.expect("begin");
+    tx.execute(insert, &[&"85073003328", &"t1"])
+        .await
+        .expect("first write");
+    // ...so a second writer waits for it rather than take a position that
+    // could become visible before the first one's.
+    let waiting = tokio::spawn(async move {
+        second
+            .execute(insert, &[&"93051822361", &"t2"])
+            .await
+            .expect("second write");
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second writer did not wait for the first"
+    );
+    let seen = store.changes_since(start).await.expect("feed");
+    assert_eq!(
+        (seen.head, seen.changes.len()),
+        (start, 0),
+        "nothing committed yet"
+    );
+    tx.commit().await.expect("commit");
+    waiting.await.expect("second");
+    let seen = store.changes_since(start).await.expect("feed");
+    assert!(seen.complete);
+    assert_eq!(
+        seen.changes,
+        vec![
+            PersonsChange::Citizen(niss("85073003328")),
+            PersonsChange::Citizen(niss("93051822361")),
+        ],
+        "positions in commit order"
+    );
+    // A table emptied at once lists no change but moves the head: a reader
+    // is told to forget everything.
+    raw(&db.url)
+        .await
+        .batch_execute("TRUNCATE person_files")
+        .await
+        .expect("truncate");
+    let after = store.changes_since(seen.head).await.expect("feed");
+    assert!(!after.complete, "a truncation must not go unnoticed");
 }

@@ -32,11 +32,8 @@ pub struct Opened {
 
 /// The persons directory answered from memory (see
 /// [`semel_storage::CachedPersons`]).
-fn cached(
-    persons: Arc<dyn semel_storage::PersonsStore>,
-    shared: bool,
-) -> semel_storage::CachedPersons {
-    semel_storage::CachedPersons::new(persons, semel_storage::PERSONS_CACHE_CAPACITY, shared)
+fn cached(persons: Arc<dyn semel_storage::PersonsStore>) -> semel_storage::CachedPersons {
+    semel_storage::CachedPersons::new(persons, semel_storage::PERSONS_CACHE_CAPACITY)
 }
 
 /// Opens the embedded store in `dir` (recovering its audit log if needed).
@@ -53,7 +50,7 @@ pub async fn open_embedded(
     let store = Arc::new(store);
     let mut storage = semel_store::storage(store.clone());
     // One writer: every change passes through the cache.
-    let persons = cached(storage.persons, false);
+    let persons = cached(storage.persons);
     storage.persons = Arc::new(persons.clone());
     Ok(Opened {
         storage,
@@ -111,7 +108,7 @@ pub async fn open_postgresql(
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
         .await
         .context("follow the PostgreSQL store's registry changes")?;
-    let persons = cached(Arc::new(persons), true);
+    let persons = cached(Arc::new(persons));
     let persons_feed = tokio::spawn(persons.clone().follow(persons_poll, persons_poll * 5));
     Ok(Opened {
         storage: Storage {

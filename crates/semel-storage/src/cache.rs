@@ -102,10 +102,12 @@ pub struct CacheStats {
 }
 
 impl CachedPersons {
-    /// Wraps `inner`, keeping at most about `capacity` numbers in memory.
-    /// `shared`: other brokers write the same store, so memory answers
-    /// only once [`CachedPersons::follow`] has read the feed.
-    pub fn new(inner: Arc<dyn PersonsStore>, capacity: usize, shared: bool) -> CachedPersons {
+    /// Wraps `inner`, keeping at most about `capacity` entries (a number's
+    /// files and consents, or a resolution) in memory. A store that other
+    /// brokers also write ([`PersonsStore::keeps_feed`]) is answered from
+    /// memory only while [`CachedPersons::follow`] reads its feed.
+    pub fn new(inner: Arc<dyn PersonsStore>, capacity: usize) -> CachedPersons {
+        let shared = inner.keeps_feed();
         CachedPersons(Arc::new(Cache {
             inner,
             parts: (0..PARTS).map(|_| Mutex::new(Part::default())).collect(),
@@ -125,17 +127,37 @@ impl CachedPersons {
     /// cannot be read, or a read hangs), every read goes to the store.
     /// Returns only if the store keeps no feed.
     pub async fn follow(self, poll: Duration, stale_after: Duration) {
+        // After a failed read, the store may not be the one read before (a
+        // failover to a standby, a restore): its positions may have been
+        // reused, so the next successful read forgets everything.
+        let mut lost = false;
         loop {
             let started = self.base.elapsed();
-            match tokio::time::timeout(stale_after, self.catch_up()).await {
+            match tokio::time::timeout(stale_after, self.catch_up(lost)).await {
                 Ok(Ok(())) => {
+                    if lost {
+                        tracing::info!(
+                            "the persons directory's change feed is read again: memory answers lookups"
+                        );
+                    }
+                    lost = false;
                     let until = (started + stale_after).as_micros() as u64;
                     self.fresh_until.store(until, Ordering::Release);
                 }
                 Ok(Err(StorageError::Unsupported(_))) => return,
-                Ok(Err(_)) | Err(_) => {
-                    // Memory stops answering when its bound runs out: the
-                    // deadline already set says when.
+                Ok(Err(e)) => {
+                    if !lost {
+                        tracing::warn!(error = %semel_core::redact_national_numbers(&e.to_string()), "the persons directory's change feed cannot be read; lookups read the store once memory's bound runs out");
+                    }
+                    lost = true;
+                }
+                Err(_) => {
+                    if !lost {
+                        tracing::warn!(
+                            "reading the persons directory's change feed timed out; lookups read the store once memory's bound runs out"
+                        );
+                    }
+                    lost = true;
                 }
             }
             tokio::time::sleep(poll).await;
@@ -266,10 +288,10 @@ impl Cache {
 
     /// Applies the shared store's changes since the last read of its
     /// feed.
-    async fn catch_up(&self) -> Result<(), StorageError> {
+    async fn catch_up(&self, forget_all: bool) -> Result<(), StorageError> {
         let after = self.applied.load(Ordering::Acquire);
         let changes = self.inner.changes_since(after).await?;
-        if changes.complete {
+        if changes.complete && !forget_all {
             for change in &changes.changes {
                 match change {
                     PersonsChange::Citizen(n) => self.forget(n),
@@ -277,13 +299,25 @@ impl Cache {
                 }
             }
         } else {
-            // Changes were lost to this broker (pruned from the feed, or
-            // too many to list): nothing in memory can be trusted.
+            // Changes were lost to this broker (pruned from the feed, too
+            // many to list, or a store that may not be the one read
+            // before): nothing in memory can be trusted.
             self.forget_all();
         }
         self.applied.store(changes.head, Ordering::Release);
         Ok(())
     }
+}
+
+/// Runs a write, and what memory must forget after it, on a task of their
+/// own: a caller that gives up halfway (a deadline passed, a stream reset)
+/// cannot leave the write done and memory not told.
+async fn detached<T: Send + 'static>(
+    write: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::spawn(write)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("a persons directory write stopped: {e}")))?
 }
 
 /// A number on its own, as the store's per-citizen reads take it.
@@ -298,19 +332,27 @@ fn alone(n: &Niss) -> Resolved {
 #[async_trait]
 impl PersonsStore for CachedPersons {
     async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
-        let result = self.inner.put_files(files).await;
-        // Dropped whatever the outcome: a write that failed may still have
-        // reached the store.
-        for f in files {
-            self.forget(&f.citizen);
-        }
-        result
+        let (this, files) = (self.clone(), files.to_vec());
+        detached(async move {
+            let result = this.inner.put_files(&files).await;
+            // Forgotten whatever the outcome: a write that failed may
+            // still have reached the store.
+            for f in &files {
+                this.forget(&f.citizen);
+            }
+            result
+        })
+        .await
     }
 
     async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
-        let result = self.inner.delete_file(file).await;
-        self.forget(&file.citizen);
-        result
+        let (this, file) = (self.clone(), file.clone());
+        detached(async move {
+            let result = this.inner.delete_file(&file).await;
+            this.forget(&file.citizen);
+            result
+        })
+        .await
     }
 
     async fn file(
@@ -335,15 +377,23 @@ impl PersonsStore for CachedPersons {
     }
 
     async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let result = self.inner.put_consent(consent).await;
-        self.forget(&consent.citizen);
-        result
+        let (this, consent) = (self.clone(), consent.clone());
+        detached(async move {
+            let result = this.inner.put_consent(&consent).await;
+            this.forget(&consent.citizen);
+            result
+        })
+        .await
     }
 
     async fn delete_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let result = self.inner.delete_consent(consent).await;
-        self.forget(&consent.citizen);
-        result
+        let (this, consent) = (self.clone(), consent.clone());
+        detached(async move {
+            let result = this.inner.delete_consent(&consent).await;
+            this.forget(&consent.citizen);
+            result
+        })
+        .await
     }
 
     async fn consents_of(&self, citizen: &Resolved) -> Result<Vec<Consent>, StorageError> {
@@ -355,15 +405,23 @@ impl PersonsStore for CachedPersons {
     }
 
     async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
-        let result = self.inner.replace(r).await;
-        self.forget_resolutions();
-        result
+        let (this, r) = (self.clone(), r.clone());
+        detached(async move {
+            let result = this.inner.replace(&r).await;
+            this.forget_resolutions();
+            result
+        })
+        .await
     }
 
     async fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
-        let result = self.inner.unreplace(old).await;
-        self.forget_resolutions();
-        result
+        let (this, old) = (self.clone(), *old);
+        detached(async move {
+            let result = this.inner.unreplace(&old).await;
+            this.forget_resolutions();
+            result
+        })
+        .await
     }
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
@@ -386,6 +444,10 @@ impl PersonsStore for CachedPersons {
     async fn changes_since(&self, after: u64) -> Result<crate::PersonsChanges, StorageError> {
         self.inner.changes_since(after).await
     }
+
+    fn keeps_feed(&self) -> bool {
+        self.inner.keeps_feed()
+    }
 }
 
 #[cfg(test)]
@@ -404,6 +466,9 @@ mod tests {
         feed: Mutex<Vec<PersonsChange>>,
         feed_fails: AtomicBool,
         feed_incomplete: AtomicBool,
+        shared: bool,
+        /// Holds a write's reply (after the write landed) until told.
+        hold_write: Mutex<Option<Arc<tokio::sync::Notify>>>,
     }
 
     impl Fake {
@@ -425,6 +490,10 @@ mod tests {
     impl PersonsStore for Fake {
         async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
             self.files.lock().expect("files").extend_from_slice(files);
+            let hold = self.hold_write.lock().expect("hold").take();
+            if let Some(gate) = hold {
+                gate.notified().await;
+            }
             Ok(())
         }
         async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
@@ -482,6 +551,9 @@ mod tests {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Ok(alone(given))
         }
+        fn keeps_feed(&self) -> bool {
+            self.shared
+        }
         async fn changes_since(&self, after: u64) -> Result<crate::PersonsChanges, StorageError> {
             if self.feed_fails.load(Ordering::SeqCst) {
                 return Err(StorageError::Unavailable("down".into()));
@@ -501,8 +573,11 @@ mod tests {
     }
 
     fn subject(shared: bool) -> (Arc<Fake>, CachedPersons) {
-        let fake = Arc::new(Fake::default());
-        let cached = CachedPersons::new(fake.clone(), 1_000, shared);
+        let fake = Arc::new(Fake {
+            shared,
+            ..Fake::default()
+        });
+        let cached = CachedPersons::new(fake.clone(), 1_000);
         (fake, cached)
     }
 
@@ -639,7 +714,9 @@ mod tests {
     #[tokio::test]
     async fn memory_is_bounded() {
         let fake: Arc<Fake> = Arc::new(Fake::default());
-        let cached = CachedPersons::new(fake.clone(), PARTS * 2, false);
+        // One entry per part: each number brings its files and its
+        // resolution to one part, so without the bound a part holds two.
+        let cached = CachedPersons::new(fake.clone(), PARTS);
         for n in ["85073003328", "93051822361", "98472899765"] {
             for c in ["0566988259", "0314595348"] {
                 cached
@@ -651,7 +728,64 @@ mod tests {
         }
         for part in &cached.parts {
             let part = Cache::lock(part);
-            assert!(part.numbers.len() + part.resolved.len() <= 2);
+            assert!(part.numbers.len() + part.resolved.len() <= 1);
         }
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_gave_up_is_still_forgotten() {
+        let (fake, cached) = subject(false);
+        assert_eq!(count(&cached).await, 0);
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *fake.hold_write.lock().expect("hold") = Some(gate.clone());
+        // The write lands, its reply is late, and the caller gives up (a
+        // deadline, a reset stream): its future is dropped.
+        let f = file("f1", kbo(CONSUMER), niss(CITIZEN));
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(50),
+            cached.put_files(std::slice::from_ref(&f)),
+        )
+        .await;
+        assert!(gave_up.is_err());
+        gate.notify_one();
+        // The write's own task still tells memory.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&cached).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "memory kept what the write changed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_read_of_the_feed_memory_starts_again() {
+        let (fake, cached) = subject(true);
+        let poll = Duration::from_millis(5);
+        let follow = tokio::spawn(cached.clone().follow(poll, Duration::from_secs(5)));
+        while !cached.fresh() {
+            tokio::time::sleep(poll).await;
+        }
+        assert_eq!(count(&cached).await, 0);
+        // The store fails over to a standby that lost a change, and the
+        // positions it reuses look complete: nothing in the feed names the
+        // citizen whose file now differs.
+        fake.feed_fails.store(true, Ordering::SeqCst);
+        tokio::time::sleep(poll * 4).await;
+        fake.files
+            .lock()
+            .expect("files")
+            .push(file("f4", kbo(CONSUMER), niss(CITIZEN)));
+        fake.feed_fails.store(false, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while count(&cached).await == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "memory kept what it read before the failure"
+            );
+            tokio::time::sleep(poll).await;
+        }
+        follow.abort();
     }
 }

@@ -9,7 +9,7 @@
 //! [`Storage`] holds one of each, as a broker sees them.
 
 mod audit;
-mod cache;
+pub mod cache;
 pub mod conformance;
 
 pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
@@ -136,6 +136,12 @@ pub trait PersonsStore: Send + Sync {
         Err(StorageError::Unsupported(
             "this persons directory has one writer and keeps no change feed".into(),
         ))
+    }
+
+    /// Whether other brokers write this store too, so that it keeps a
+    /// change feed ([`PersonsStore::changes_since`]).
+    fn keeps_feed(&self) -> bool {
+        false
     }
 }
 

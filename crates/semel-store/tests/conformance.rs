@@ -58,7 +58,7 @@ mod cached {
         let store = semel_store::Store::open(dir.path()).expect("open");
         let inner: std::sync::Arc<dyn PersonsStore> = std::sync::Arc::new(store.persons().clone());
         Some(Subject {
-            store: Box::new(semel_storage::CachedPersons::new(inner, 1_000, false)),
+            store: Box::new(semel_storage::CachedPersons::new(inner, 1_000)),
             keep: Box::new((store, dir)),
         })
     }
