@@ -1,0 +1,340 @@
+//! The HTTP/JSON face: HTTP/1.1 over the broker's mutual TLS, for back
+//! offices that do not speak gRPC. A call is transcoded (`transcode`) into
+//! the RPC's protobuf message and made in process on the very services and
+//! layers the gRPC server runs (`server::with_layers`): the same identity
+//! (the connection's certificate as the `Arc<PeerIdentity>` extension, the
+//! `Authorization: Bearer` token), the same permission rule, decision,
+//! audit entry, metrics and span (`traceparent` is passed on). The answer
+//! is transcoded back to JSON; an error becomes the JSON of its
+//! `google.rpc.Status`, with the same `ErrorInfo`, under the HTTP status of
+//! its gRPC code. `GET /openapi.json` serves the OpenAPI document of the
+//! same routes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::transport::server::Connected;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::server::Layered;
+use crate::state::Broker;
+use crate::tls::PeerIdentity;
+use crate::transcode::{HttpApi, Route, Routed};
+
+/// The largest body the face reads for one message (JSON is larger than
+/// the protobuf the gRPC face limits to 64 KiB), and for a batch.
+pub const MAX_BODY: usize = 256 * 1024;
+pub const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
+
+/// The header that carries the request id, as the body's `requestId` or
+/// the error's `ErrorInfo` does.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Everything a call needs: the routes, the layered services, the document.
+pub struct HttpFace {
+    api: HttpApi,
+    service: Layered<tonic::service::Routes>,
+    broker: Arc<Broker>,
+    openapi: Bytes,
+}
+
+impl HttpFace {
+    pub fn new(
+        broker: Arc<Broker>,
+        service: Layered<tonic::service::Routes>,
+    ) -> anyhow::Result<Arc<HttpFace>> {
+        let api = HttpApi::load().context("read the contract's HTTP rules")?;
+        let openapi = Bytes::from(crate::openapi::render(&api));
+        Ok(Arc::new(HttpFace {
+            api,
+            service,
+            broker,
+            openapi,
+        }))
+    }
+
+    /// Answers one HTTP request from a peer.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Arc<PeerIdentity>,
+    ) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let routed = self.api.route(&parts.method, &path);
+        let (route, params) = match routed {
+            Routed::Found(route, params) => (route, params),
+            // Nothing but the RPCs (which refuse and record a caller
+            // without a certificate themselves) answers without one.
+            _ if peer.certificate.is_none() => {
+                return self.error(
+                    ApiError::unauthenticated(
+                        "CLIENT_CERTIFICATE_REQUIRED",
+                        "present your organisation's client certificate (mutual TLS)",
+                    )
+                    .into_status(),
+                );
+            }
+            _ if parts.method == Method::GET && path == "/openapi.json" => {
+                return Response::builder()
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Full::new(self.openapi.clone()))
+                    .unwrap_or_default();
+            }
+            Routed::WrongMethod(allowed) => {
+                let mut resp = self.error(
+                    ApiError::new(
+                        tonic::Code::Unimplemented,
+                        "METHOD_NOT_ALLOWED",
+                        format!(
+                            "{} is not served on this path; it takes {}",
+                            parts.method,
+                            allowed
+                                .iter()
+                                .map(Method::as_str)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                    .into_status(),
+                );
+                let allow = allowed
+                    .iter()
+                    .map(Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(v) = HeaderValue::from_str(&allow) {
+                    resp.headers_mut().insert(ALLOW, v);
+                }
+                return resp;
+            }
+            Routed::NotFound => {
+                return self.error(
+                    ApiError::not_found(
+                        "NO_SUCH_ROUTE",
+                        "no operation is served on this path; /openapi.json lists them",
+                    )
+                    .into_status(),
+                );
+            }
+        };
+        let authorization = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let limit = if route.streams_in() {
+            MAX_BATCH_BODY
+        } else {
+            MAX_BODY
+        };
+        let refuse = async |error: ApiError| {
+            let error = crate::codec::refuse_unreadable(
+                &self.broker,
+                Some(&peer),
+                authorization.as_deref(),
+                Some(route.rule),
+                error,
+            )
+            .await;
+            self.error(error.into_status())
+        };
+        let bytes = match Limited::new(body, limit).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return refuse(ApiError::new(
+                    tonic::Code::OutOfRange,
+                    "REQUEST_TOO_LARGE",
+                    format!(
+                        "the request is larger than the broker accepts ({} KiB); send a smaller one",
+                        limit / 1024
+                    ),
+                ))
+                .await;
+            }
+            Err(_) => {
+                return refuse(ApiError::invalid(
+                    "request",
+                    "MALFORMED_REQUEST",
+                    "the request body could not be read",
+                ))
+                .await;
+            }
+        };
+        if !bytes.is_empty() && !is_json(parts.headers.get(CONTENT_TYPE)) {
+            return refuse(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as Content-Type: application/json",
+            ))
+            .await;
+        }
+        let frames = match self.api.request(route, params, parts.uri.query(), &bytes) {
+            Ok(f) => f,
+            Err(why) => {
+                return refuse(ApiError::invalid("request", "MALFORMED_JSON", why)).await;
+            }
+        };
+        self.call(
+            route,
+            &parts.headers,
+            authorization.as_deref(),
+            peer.clone(),
+            frames,
+        )
+        .await
+    }
+
+    /// Makes the call on the layered services, as the gRPC server would.
+    async fn call(
+        &self,
+        route: &Route,
+        headers: &hyper::HeaderMap,
+        authorization: Option<&str>,
+        peer: Arc<PeerIdentity>,
+        frames: Bytes,
+    ) -> Response<Full<Bytes>> {
+        let mut req = tonic::codegen::http::Request::post(route.grpc_path.as_str())
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers");
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers.get(name) {
+                req = req.header(name, v);
+            }
+        }
+        let Ok(mut req) = req.body(tonic::body::Body::new(Full::new(frames))) else {
+            return self.error(ApiError::internal("the call could not be built").into_status());
+        };
+        req.extensions_mut().insert(peer);
+        let Ok(resp) = self.service.clone().oneshot(req).await;
+        let (parts, body) = resp.into_parts();
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return self.error(status);
+        }
+        let collected = match body.collect().await {
+            Ok(c) => c,
+            Err(e) => return self.error(e),
+        };
+        if let Some(status) = collected
+            .trailers()
+            .and_then(tonic::Status::from_header_map)
+            && status.code() != tonic::Code::Ok
+        {
+            return self.error(status);
+        }
+        match self.api.response(route, collected.to_bytes()) {
+            Ok((json, request_id)) => {
+                let mut resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(CONTENT_TYPE, "application/json");
+                if let Some(id) = request_id {
+                    resp = resp.header(REQUEST_ID, id);
+                }
+                resp.body(Full::new(Bytes::from(json))).unwrap_or_default()
+            }
+            Err(why) => {
+                tracing::error!(rpc = route.rule.method, error = %why, "an answer could not be transcoded to JSON");
+                self.error(
+                    ApiError::internal("the answer could not be transcoded to JSON").into_status(),
+                )
+            }
+        }
+    }
+
+    /// An error as HTTP: the status of its code (or reason), the JSON of
+    /// its `google.rpc.Status`, the request id in a header.
+    fn error(&self, status: tonic::Status) -> Response<Full<Bytes>> {
+        use tonic_types::StatusExt;
+        let info = status.get_details_error_info();
+        let code =
+            crate::transcode::http_status(status.code(), info.as_ref().map(|i| i.reason.as_str()));
+        let mut resp = Response::builder()
+            .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(id) = info.as_ref().and_then(|i| i.metadata.get("request_id")) {
+            resp = resp.header(REQUEST_ID, id.as_str());
+        }
+        resp.body(Full::new(Bytes::from(self.api.status_json(&status))))
+            .unwrap_or_default()
+    }
+}
+
+fn is_json(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json") || v.to_ascii_lowercase().ends_with("+json")
+        })
+}
+
+/// How long a client may take to send a request's headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the face on `listener` (mutual TLS with the broker's reloadable
+/// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    face: Arc<HttpFace>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(addr = %addr, "HTTP/JSON face listening (mutual TLS)");
+    }
+    let mut incoming =
+        crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let conn = tokio::select! {
+            conn = incoming.next() => conn,
+            () = &mut shutdown => break,
+        };
+        let Some(Ok(conn)) = conn else {
+            break;
+        };
+        let peer = conn.connect_info();
+        let face = face.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let face = face.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(face.handle(req, peer).await) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+        let served = graceful.watch(served);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "HTTP/JSON connection ended");
+            }
+        });
+    }
+    drop(incoming);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("HTTP/JSON calls still in flight after 30 s; closing their connections");
+        }
+    }
+    Ok(())
+}
