@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
@@ -150,9 +150,9 @@ impl HttpFace {
             .await;
             self.error(error.into_status())
         };
-        let bytes = match Limited::new(body, limit).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+        let bytes = match read_body(body, limit).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
                 return refuse(ApiError::new(
                     tonic::Code::OutOfRange,
                     "REQUEST_TOO_LARGE",
@@ -163,7 +163,7 @@ impl HttpFace {
                 ))
                 .await;
             }
-            Err(_) => {
+            Err(()) => {
                 return refuse(ApiError::invalid(
                     "request",
                     "MALFORMED_REQUEST",
@@ -275,6 +275,30 @@ impl HttpFace {
     }
 }
 
+/// The body, or `None` when it is larger than `limit`. A body too large is
+/// still read (and dropped) up to [`DRAIN`], so that the client, which may
+/// still be sending, reads the refusal rather than a reset connection.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN {
+            break;
+        }
+    }
+    Ok((seen <= limit).then(|| Bytes::from(kept)))
+}
+
+/// How much of a body too large is read before the connection is closed.
+const DRAIN: usize = 16 * 1024 * 1024;
+
 fn is_json(value: Option<&HeaderValue>) -> bool {
     value
         .and_then(|v| v.to_str().ok())
@@ -285,8 +309,12 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
         })
 }
 
-/// How long a client may take to send a request's headers.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's headers, counted from
+/// the end of the previous answer on a kept-alive connection: an idle
+/// connection is closed after it. Longer than common client pools' idle
+/// times, so that a client rarely sends a request on a connection being
+/// closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
 
 /// Serves the face on `listener` (mutual TLS with the broker's reloadable
 /// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
