@@ -357,3 +357,27 @@ pub fn client_tls(
             read(key)?,
         )))
 }
+
+/// A rustls client config for HTTPS with a client certificate (the HTTP/JSON
+/// face's clients: the load generator, tests): trust `ca`, present
+/// `cert`/`key`, speak HTTP/1.1.
+pub fn https_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .with_context(|| format!("add CA from {}", ca.display()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("choose TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)
+        .with_context(|| format!("use certificate {}", cert.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
