@@ -2,114 +2,15 @@
 //! rules and audit as the gRPC face, errors as `google.rpc.Status` JSON
 //! under the right HTTP status, and clear 4xx answers for bad input.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use semel_core::UserRole;
 use semel_demo::issuer::{DEV_AUDIENCE, TokenRequest};
-use semel_server::Demo;
 use serde_json::{Value, json};
 
 use crate::harness::*;
 
 async fn start() -> TestDemo {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (mut opts, db) = demo_options(dir.path()).await;
-    opts.source_deadline = Duration::from_millis(400);
-    opts.http_listen = Some(([127, 0, 0, 1], 0).into());
-    let demo = Demo::start(opts).await.expect("start the demo");
-    TestDemo {
-        demo: Some(demo),
-        dir,
-        db,
-    }
-}
-
-/// One HTTP/1.1 call over mutual TLS: (status, headers, body).
-struct Answer {
-    status: u16,
-    request_id: Option<String>,
-    body: Value,
-    raw: Bytes,
-}
-
-/// Calls the face with an organisation's certificate (or none) and a
-/// token (or none).
-async fn call(
-    t: &TestDemo,
-    slug: Option<&str>,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<&[u8]>,
-) -> Answer {
-    let addr = t.demo().http_addr.expect("HTTP/JSON served");
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(t.pki().ca_cert()).expect("ca") {
-        roots.add(c.expect("ca cert")).expect("add ca");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots);
-    let mut config = match slug {
-        Some(slug) => {
-            let c = t.demo().client(slug).expect("client files");
-            let chain = CertificateDer::pem_file_iter(&c.cert)
-                .expect("cert")
-                .collect::<Result<Vec<_>, _>>()
-                .expect("certs");
-            let key = PrivateKeyDer::from_pem_file(&c.key).expect("key");
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("client auth")
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
-        .await
-        .expect("tls handshake");
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .expect("http handshake");
-    tokio::spawn(conn);
-    let mut req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "127.0.0.1");
-    if let Some(token) = token {
-        req = req.header("authorization", format!("Bearer {token}"));
-    }
-    if body.is_some() {
-        req = req.header("content-type", "application/json");
-    }
-    let req = req
-        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
-        .expect("request");
-    let resp = sender.send_request(req).await.expect("answer");
-    let status = resp.status().as_u16();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let raw = resp.into_body().collect().await.expect("body").to_bytes();
-    let body = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-    Answer {
-        status,
-        request_id,
-        body,
-        raw,
-    }
+    // Every test demo serves the HTTP/JSON face too.
+    TestDemo::start().await
 }
 
 fn consumer_token(t: &TestDemo, slug: &str) -> String {
@@ -171,7 +72,7 @@ fn residence(citizen: &str) -> Vec<u8> {
 async fn a_lookup_over_http_answers_and_is_audited_like_one_over_grpc() {
     let t = start().await;
     let token = consumer_token(&t, ANDERLECHT);
-    let http = call(
+    let http = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&token),
@@ -241,7 +142,7 @@ async fn a_lookup_over_http_answers_and_is_audited_like_one_over_grpc() {
     assert_eq!(over_http.end_user, format!("demo-user@{ANDERLECHT}"));
 
     // A refusal is the same refusal, audited the same way.
-    let refused = call(
+    let refused = http_call(
         &t,
         Some(BRUXELLES_CPAS),
         Some(&consumer_token(&t, BRUXELLES_CPAS)),
@@ -268,7 +169,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     let consumer = consumer_token(&t, BRUXELLES_CPAS);
 
     // Files: register, list (the number in the body, never in the URL), close.
-    let file = call(
+    let file = http_call(
         &t,
         Some(BRUXELLES_CPAS),
         Some(&consumer),
@@ -283,7 +184,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
         .expect("file id")
         .to_owned();
     assert!(file.request_id.is_some());
-    let listed = call(
+    let listed = http_call(
         &t,
         Some(BRUXELLES_CPAS),
         Some(&consumer),
@@ -304,7 +205,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
             .is_some_and(|f| f.iter().any(|f| f["id"] == file_id.as_str()))
     );
     // The lookup the file opens.
-    let allowed = call(
+    let allowed = http_call(
         &t,
         Some(BRUXELLES_CPAS),
         Some(&consumer),
@@ -319,7 +220,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
         "{}",
         String::from_utf8_lossy(&allowed.raw)
     );
-    let closed = call(
+    let closed = http_call(
         &t,
         Some(BRUXELLES_CPAS),
         Some(&consumer),
@@ -337,7 +238,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
 
     // Consents, as the citizen on the portal.
     let citizen = t.citizen_token(KARIM);
-    let given = call(
+    let given = http_call(
         &t,
         Some("irisbox"),
         Some(&citizen),
@@ -352,7 +253,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     .await;
     assert_eq!(given.status, 200, "{}", String::from_utf8_lossy(&given.raw));
     let consent_id = given.body["consent"]["id"].as_str().expect("id").to_owned();
-    let consents = call(
+    let consents = http_call(
         &t,
         Some("irisbox"),
         Some(&citizen),
@@ -367,7 +268,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
         "{}",
         String::from_utf8_lossy(&consents.raw)
     );
-    let withdrawn = call(
+    let withdrawn = http_call(
         &t,
         Some("irisbox"),
         Some(&citizen),
@@ -385,7 +286,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     assert!(withdrawn.body["consent"]["withdrawnAt"].is_string());
 
     // The citizen's view.
-    let accesses = call(
+    let accesses = http_call(
         &t,
         Some("irisbox"),
         Some(&citizen),
@@ -407,7 +308,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     );
 
     // Batch lookups: an array in, an array out.
-    let batch = call(
+    let batch = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&consumer_token(&t, ANDERLECHT)),
@@ -430,7 +331,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     assert!(items.iter().any(|i| i["error"]["reason"].is_string()));
 
     // The auditor's reads: the entries, the head, checkpoints and proofs.
-    let entries = call(
+    let entries = http_call(
         &t,
         Some(OPERATOR),
         Some(&auditor),
@@ -453,7 +354,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
         .as_str()
         .expect("64-bit integers are strings")
         .to_owned();
-    let head = call(
+    let head = http_call(
         &t,
         Some(OPERATOR),
         Some(&auditor),
@@ -464,7 +365,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     .await;
     assert_eq!(head.status, 200, "{}", String::from_utf8_lossy(&head.raw));
     let size = head.body["size"].as_str().expect("size").to_owned();
-    let proof = call(
+    let proof = http_call(
         &t,
         Some(OPERATOR),
         Some(&auditor),
@@ -474,7 +375,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     )
     .await;
     assert_eq!(proof.status, 200, "{}", String::from_utf8_lossy(&proof.raw));
-    let consistency = call(
+    let consistency = http_call(
         &t,
         Some(OPERATOR),
         Some(&auditor),
@@ -489,7 +390,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
         "{}",
         String::from_utf8_lossy(&consistency.raw)
     );
-    let checkpoint = call(
+    let checkpoint = http_call(
         &t,
         Some(OPERATOR),
         Some(&auditor),
@@ -506,7 +407,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     );
 
     // Registry reads, with a path field holding slashes.
-    let authorisation = call(
+    let authorisation = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&consumer_token(&t, ANDERLECHT)),
@@ -527,7 +428,7 @@ async fn every_kind_of_operation_is_reachable_over_http() {
     );
 
     // The OpenAPI document, served.
-    let doc = call(&t, Some(ANDERLECHT), None, "GET", "/openapi.json", None).await;
+    let doc = http_call(&t, Some(ANDERLECHT), None, "GET", "/openapi.json", None).await;
     assert_eq!(doc.status, 200);
     assert_eq!(doc.body["openapi"], "3.1.0");
     t.stop().await;
@@ -541,7 +442,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
         let token = token.clone();
         let t = &t;
         async move {
-            call(
+            http_call(
                 t,
                 Some(ANDERLECHT),
                 Some(&token),
@@ -592,7 +493,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     );
 
     // Identity: no certificate, no token, an expired token.
-    let no_cert = call(
+    let no_cert = http_call(
         &t,
         None,
         Some(&token),
@@ -602,9 +503,9 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     )
     .await;
     assert_refused(&no_cert, 401, "CLIENT_CERTIFICATE_REQUIRED");
-    let no_cert_doc = call(&t, None, None, "GET", "/openapi.json", None).await;
+    let no_cert_doc = http_call(&t, None, None, "GET", "/openapi.json", None).await;
     assert_refused(&no_cert_doc, 401, "CLIENT_CERTIFICATE_REQUIRED");
-    let no_token = call(
+    let no_token = http_call(
         &t,
         Some(ANDERLECHT),
         None,
@@ -629,7 +530,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
         not_before: None,
         bound_to: None,
     });
-    let expired = call(
+    let expired = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&expired),
@@ -646,7 +547,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     );
     // The permission matrix, unchanged: a consumer reads no audit log.
     let clerk = t.token(ANDERLECHT, &[UserRole::Consumer]);
-    let denied = call(
+    let denied = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&clerk),
@@ -658,7 +559,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     assert_refused(&denied, 403, "ROLE_NOT_PERMITTED");
 
     // Routes: unknown, wrong method, wrong media type, query where none goes.
-    let none = call(
+    let none = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&token),
@@ -668,7 +569,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     )
     .await;
     assert_refused(&none, 404, "NO_SUCH_ROUTE");
-    let wrong = call(
+    let wrong = http_call(
         &t,
         Some(ANDERLECHT),
         Some(&token),
@@ -678,7 +579,7 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     )
     .await;
     assert_refused(&wrong, 405, "METHOD_NOT_ALLOWED");
-    let query = call(
+    let query = http_call(
         &t,
         Some(OPERATOR),
         Some(&t.token(OPERATOR, &[UserRole::Auditor])),

@@ -489,6 +489,15 @@ impl Config {
                 .is_none_or(|ms| (50..=60_000).contains(&ms)),
             "store.registry_poll_ms: must lie between 50 and 60000".into(),
         );
+        if let Some(http) = &self.http {
+            ensure(
+                http.listen != self.listen && Some(http.listen) != self.metrics_listen,
+                format!(
+                    "http.listen: {} is already the gRPC or the metrics port",
+                    http.listen
+                ),
+            );
+        }
         ensure(
             (10..=120_000).contains(&self.sources.deadline_ms),
             format!(

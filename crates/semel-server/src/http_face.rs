@@ -205,7 +205,24 @@ impl HttpFace {
         peer: Arc<PeerIdentity>,
         frames: Bytes,
     ) -> Response<Full<Bytes>> {
-        let mut req = tonic::codegen::http::Request::post(route.grpc_path.as_str())
+        // The authority the client named, as a gRPC call carries it (the
+        // span's server.address).
+        let uri = headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+            .and_then(|a| {
+                format!("https://{a}{}", route.grpc_path)
+                    .parse::<hyper::Uri>()
+                    .ok()
+            })
+            .unwrap_or_else(|| hyper::Uri::from_static("/"));
+        let uri = if uri.path() == "/" {
+            route.grpc_path.parse().unwrap_or(uri)
+        } else {
+            uri
+        };
+        let mut req = tonic::codegen::http::Request::post(uri)
             .header(CONTENT_TYPE, "application/grpc")
             .header("te", "trailers");
         if let Some(a) = authorization {
