@@ -183,6 +183,9 @@ impl HttpFace {
         let frames = match self.api.request(route, params, parts.uri.query(), &bytes) {
             Ok(f) => f,
             Err(why) => {
+                // Whatever the client put where a name goes, no national
+                // number goes back or into a log.
+                let why = semel_core::redact_national_numbers(&why).into_owned();
                 return refuse(ApiError::invalid("request", "MALFORMED_JSON", why)).await;
             }
         };
