@@ -590,7 +590,17 @@ pub async fn http_call_with(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Answer {
-    use http_body_util::{BodyExt, Full};
+    let mut sender = http_connect(t, slug).await;
+    http_send(&mut sender, token, method, path, body, headers).await
+}
+
+/// An HTTP/1.1 connection to the face with a demo organisation's
+/// certificate (or none).
+pub async fn http_connect(
+    t: &TestDemo,
+    slug: Option<&str>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+    use http_body_util::Full;
     use hyper::body::Bytes;
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -624,11 +634,26 @@ pub async fn http_call_with(
         .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
         .await
         .expect("tls handshake");
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tls))
             .await
             .expect("http handshake");
     tokio::spawn(conn);
+    sender
+}
+
+/// One request on a connection.
+pub async fn http_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    sender.ready().await.expect("the connection stays usable");
     let mut req = hyper::Request::builder()
         .method(method)
         .uri(path)

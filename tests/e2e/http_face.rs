@@ -591,3 +591,29 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     assert_refused(&query, 400, "MALFORMED_JSON");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_connection_stays_usable_after_a_refused_request_with_a_body() {
+    let t = start().await;
+    let token = consumer_token(&t, ANDERLECHT);
+    let mut conn = http_connect(&t, Some(ANDERLECHT)).await;
+    // Refusals before any RPC (no such path, no such method) read the body
+    // and keep the connection: a client's pool reuses it.
+    let body = residence(KARIM);
+    for (method, path, status) in [
+        ("PUT", "/v1/lookups", 405),
+        ("POST", "/v1/nothing", 404),
+        ("POST", "/v1/lookups", 200),
+        ("QUERY", "/v1/lookups", 405),
+        ("POST", "/v1/lookups", 200),
+    ] {
+        let a = http_send(&mut conn, Some(&token), method, path, Some(&body), &[]).await;
+        assert_eq!(
+            a.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&a.raw)
+        );
+    }
+    t.stop().await;
+}

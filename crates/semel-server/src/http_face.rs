@@ -75,58 +75,12 @@ impl HttpFace {
         let routed = self.api.route(&parts.method, &path);
         let (route, params) = match routed {
             Routed::Found(route, params) => (route, params),
-            // Nothing but the RPCs (which refuse and record a caller
-            // without a certificate themselves) answers without one.
-            _ if peer.certificate.is_none() => {
-                return self.error(
-                    ApiError::unauthenticated(
-                        "CLIENT_CERTIFICATE_REQUIRED",
-                        "present your organisation's client certificate (mutual TLS)",
-                    )
-                    .into_status(),
-                );
-            }
-            _ if parts.method == Method::GET && path == "/openapi.json" => {
-                return Response::builder()
-                    .header(CONTENT_TYPE, "application/json")
-                    .body(Full::new(self.openapi.clone()))
-                    .unwrap_or_default();
-            }
-            Routed::WrongMethod(allowed) => {
-                let mut resp = self.error(
-                    ApiError::new(
-                        tonic::Code::Unimplemented,
-                        "METHOD_NOT_ALLOWED",
-                        format!(
-                            "{} is not served on this path; it takes {}",
-                            parts.method,
-                            allowed
-                                .iter()
-                                .map(Method::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ),
-                    )
-                    .into_status(),
-                );
-                let allow = allowed
-                    .iter()
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                if let Ok(v) = HeaderValue::from_str(&allow) {
-                    resp.headers_mut().insert(ALLOW, v);
-                }
-                return resp;
-            }
-            Routed::NotFound => {
-                return self.error(
-                    ApiError::not_found(
-                        "NO_SUCH_ROUTE",
-                        "no operation is served on this path; /openapi.json lists them",
-                    )
-                    .into_status(),
-                );
+            other => {
+                // Read before answering, even what is not served: a body
+                // left unread on a kept-alive connection would be taken for
+                // the next request.
+                let _ = read_body(body, MAX_BODY).await;
+                return self.unrouted(other, &parts.method, &path, &peer);
             }
         };
         let authorization = parts
@@ -197,6 +151,63 @@ impl HttpFace {
             frames,
         )
         .await
+    }
+
+    /// The answer to a request no operation is served for: without a
+    /// certificate, 401 whatever the path; `/openapi.json`; else 405 or 404.
+    fn unrouted(
+        &self,
+        routed: Routed<'_>,
+        method: &Method,
+        path: &str,
+        peer: &PeerIdentity,
+    ) -> Response<Full<Bytes>> {
+        let allowed = match routed {
+            // Nothing but the RPCs (which refuse and record a caller
+            // without a certificate themselves) answers without one.
+            _ if peer.certificate.is_none() => {
+                return self.error(
+                    ApiError::unauthenticated(
+                        "CLIENT_CERTIFICATE_REQUIRED",
+                        "present your organisation's client certificate (mutual TLS)",
+                    )
+                    .into_status(),
+                );
+            }
+            _ if *method == Method::GET && path == "/openapi.json" => {
+                return Response::builder()
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Full::new(self.openapi.clone()))
+                    .unwrap_or_default();
+            }
+            Routed::WrongMethod(allowed) => allowed,
+            Routed::Found(..) | Routed::NotFound => {
+                return self.error(
+                    ApiError::not_found(
+                        "NO_SUCH_ROUTE",
+                        "no operation is served on this path; /openapi.json lists them",
+                    )
+                    .into_status(),
+                );
+            }
+        };
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resp = self.error(
+            ApiError::new(
+                tonic::Code::Unimplemented,
+                "METHOD_NOT_ALLOWED",
+                format!("{method} is not served on this path; it takes {allow}"),
+            )
+            .into_status(),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
+        resp
     }
 
     /// Makes the call on the layered services, as the gRPC server would.
@@ -369,7 +380,13 @@ pub async fn serve(
         let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(conn), service);
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(Closing {
+                    inner: Some(conn),
+                    shut: false,
+                }),
+                service,
+            );
         let served = graceful.watch(served);
         tokio::spawn(async move {
             if let Err(e) = served.await {
@@ -385,4 +402,91 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// A connection hyper may drop without shutting it down: after a request it
+/// cannot parse, it writes its 400 and lets go. Closed then, with the rest
+/// of the request unread, the socket would send a reset, and the client
+/// would lose the 400. So a connection dropped that way is closed cleanly
+/// (TLS close_notify) and what the client still sends is read and
+/// discarded, for a second at most.
+struct Closing {
+    inner: Option<crate::tls::TlsConn>,
+    shut: bool,
+}
+
+impl tokio::io::AsyncRead for Closing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Closing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_write(cx, buf),
+            None => std::task::Poll::Ready(Ok(0)),
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let done = match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_shutdown(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        };
+        if done.is_ready() {
+            self.shut = true;
+        }
+        done
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if self.shut {
+            return;
+        }
+        let (Some(mut conn), Ok(runtime)) =
+            (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = conn.shutdown().await;
+                let mut buf = [0u8; 8192];
+                let mut read = 0usize;
+                while read < DRAIN {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }

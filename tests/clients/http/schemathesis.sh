@@ -6,8 +6,8 @@
 # any answer that does not match the document.
 # Usage: schemathesis.sh DEMO_DIR VENV_BIN
 set -euo pipefail
-demo_dir=$1
-bin=$2
+demo_dir=$(cd "$1" && pwd)
+bin=$(cd "$2" && pwd)
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../../.." && pwd)
 "$bin/python" "$here/fetch_openapi.py" "$demo_dir" "$demo_dir/openapi.json"
@@ -21,10 +21,12 @@ m = json.load(open(sys.argv[1]))
 o = next(o for o in m["organisations"] if o["slug"] == sys.argv[2])
 print(o["cert"], o["key"], o["token"])' "$demo_dir/demo.json" "$slug")"
     echo "schemathesis as $slug"
-    "$bin/schemathesis" run "$demo_dir/openapi.json" --url "$url" \
+    # From the demo's directory: schemathesis keeps its cache in the
+    # working directory.
+    (cd "$demo_dir" && "$bin/schemathesis" run "$demo_dir/openapi.json" --url "$url" \
         --tls-verify "$ca" --request-cert "$cert" --request-cert-key "$key" \
         -H "Authorization: Bearer $(cat "$token")" \
         --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
         --max-examples "${SEMEL_SCHEMATHESIS_EXAMPLES:-30}" --workers 2 --seed 19 \
-        --suppress-health-check all
+        --suppress-health-check all)
 done
