@@ -12,12 +12,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    let fds = protox::compile(&files, [&root])?;
+    for f in ["annotations", "http"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.join(format!("google/api/{f}.proto")).display()
+        );
+    }
+    let mut compiler = protox::Compiler::new([&root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    // Encoded by protox itself, which keeps extension options: the HTTP/JSON
+    // face reads the `google.api.http` rules from this set.
     std::fs::write(
         out.join("semel_descriptor.bin"),
-        prost::Message::encode_to_vec(&fds),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let fds = compiler.file_descriptor_set();
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

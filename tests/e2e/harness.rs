@@ -46,6 +46,7 @@ pub async fn demo_options(
 ) -> (DemoOptions, Option<semel_postgres::testing::TestDatabase>) {
     let mut opts = DemoOptions::new(dir);
     opts.listen = ([127, 0, 0, 1], 0).into();
+    opts.http_listen = Some(([127, 0, 0, 1], 0).into());
     opts.population = 2_000;
     let mut db = None;
     if on_postgresql() {
@@ -555,5 +556,133 @@ impl TestDemo {
             dir,
             db,
         }
+    }
+}
+
+/// One HTTP/1.1 call over mutual TLS: (status, headers, body).
+pub struct Answer {
+    pub status: u16,
+    pub request_id: Option<String>,
+    pub body: serde_json::Value,
+    pub raw: hyper::body::Bytes,
+}
+
+/// Calls the face with an organisation's certificate (or none) and a
+/// token (or none).
+pub async fn http_call(
+    t: &TestDemo,
+    slug: Option<&str>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+) -> Answer {
+    http_call_with(t, slug, token, method, path, body, &[]).await
+}
+
+/// [`http_call`] with more headers.
+pub async fn http_call_with(
+    t: &TestDemo,
+    slug: Option<&str>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut sender = http_connect(t, slug).await;
+    http_send(&mut sender, token, method, path, body, headers).await
+}
+
+/// An HTTP/1.1 connection to the face with a demo organisation's
+/// certificate (or none).
+pub async fn http_connect(
+    t: &TestDemo,
+    slug: Option<&str>,
+) -> hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let addr = t.demo().http_addr.expect("HTTP/JSON served");
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(t.pki().ca_cert()).expect("ca") {
+        roots.add(c.expect("ca cert")).expect("add ca");
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots);
+    let mut config = match slug {
+        Some(slug) => {
+            let c = t.demo().client(slug).expect("client files");
+            let chain = CertificateDer::pem_file_iter(&c.cert)
+                .expect("cert")
+                .collect::<Result<Vec<_>, _>>()
+                .expect("certs");
+            let key = PrivateKeyDer::from_pem_file(&c.key).expect("key");
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("client auth")
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
+        .await
+        .expect("tls handshake");
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("http handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// One request on a connection.
+pub async fn http_send(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    sender.ready().await.expect("the connection stays usable");
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "127.0.0.1");
+    if let Some(token) = token {
+        req = req.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::copy_from_slice(body.unwrap_or_default())))
+        .expect("request");
+    let resp = sender.send_request(req).await.expect("answer");
+    let status = resp.status().as_u16();
+    let request_id = resp
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let raw = resp.into_body().collect().await.expect("body").to_bytes();
+    let body = serde_json::from_slice(&raw).unwrap_or(serde_json::Value::Null);
+    Answer {
+        status,
+        request_id,
+        body,
+        raw,
     }
 }

@@ -4,6 +4,7 @@
 mod audit_proofs;
 mod durability;
 mod harness;
+mod http_face;
 mod identity;
 mod insiders;
 mod limits;

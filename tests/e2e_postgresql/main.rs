@@ -9,6 +9,8 @@ mod audit_proofs;
 mod durability;
 #[path = "../e2e/harness.rs"]
 mod harness;
+#[path = "../e2e/http_face.rs"]
+mod http_face;
 #[path = "../e2e/identity.rs"]
 mod identity;
 #[path = "../e2e/insiders.rs"]

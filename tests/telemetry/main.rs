@@ -71,6 +71,8 @@ fn error_status(span: &Span) -> Option<String> {
 /// The consumer's own span, as its tracing library would send it.
 const CONSUMER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CONSUMER_SPAN: &str = "00f067aa0ba902b7";
+const HTTP_TRACE: &str = "5cf92f3577b34da6a3ce929d0e0e4737";
+const HTTP_SPAN: &str = "11f067aa0ba902b8";
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -119,6 +121,21 @@ async fn rpcs_are_traced_to_the_collector_as_the_conventions_say_without_persona
     c.lookup(lookup(KARIM, RESIDENCE, &["street"], "SCHOOL_ENROLMENT"))
         .await
         .expect_err("refused");
+    // Over HTTP/JSON, the back office's traceparent is honoured the same way.
+    let org = semel_demo::seed::org(ANDERLECHT).expect("org");
+    let over_http = http_call_with(
+        &t,
+        Some(ANDERLECHT),
+        Some(&t.token(ANDERLECHT, &org.user_roles())),
+        "POST",
+        "/v1/lookups",
+        Some(
+            br#"{"citizen":"93051822361","dataset":"national_register.residence","fields":["street"],"purpose":"RIS_ELIGIBILITY"}"#,
+        ),
+        &[("traceparent", &format!("00-{HTTP_TRACE}-{HTTP_SPAN}-01"))],
+    )
+    .await;
+    assert_eq!(over_http.status, 200);
     // A source that is down: the call to it fails.
     let port = unused_port();
     register_test_dataset(&t, "test.down", &format!("https://127.0.0.1:{port}")).await;
@@ -192,9 +209,16 @@ async fn rpcs_are_traced_to_the_collector_as_the_conventions_say_without_persona
     }
     assert_eq!(
         server("semel.v1.LookupService/Lookup").len(),
-        3,
+        4,
         "{:?}",
         names()
+    );
+    // The HTTP/JSON call's server span continues the back office's trace.
+    assert!(
+        server("semel.v1.LookupService/Lookup")
+            .iter()
+            .any(|s| hex(&s.trace_id) == HTTP_TRACE && hex(&s.parent_span_id) == HTTP_SPAN),
+        "the HTTP/JSON lookup's span does not continue its traceparent"
     );
 
     // The batch's items are lookups inside the stream's span, which ends
@@ -224,7 +248,7 @@ async fn rpcs_are_traced_to_the_collector_as_the_conventions_say_without_persona
         .iter()
         .filter(|s| s.name == "lookup" && !items.iter().any(|i| i.span_id == s.span_id))
         .collect();
-    assert_eq!(lookups.len(), 3, "{:?}", names());
+    assert_eq!(lookups.len(), 4, "{:?}", names());
     // Each lookup's span is a child of its call's server span.
     let call_of = |s: &Span| -> &Span {
         let parent = by_id(&s.parent_span_id).expect("the lookup's parent");

@@ -43,6 +43,9 @@ pub struct BenchAddrs {
     pub preloaded_entries: u64,
     /// Time to open the store (recovering the log) and start the broker.
     pub startup_ms: f64,
+    /// The broker's HTTP/JSON face (`host:port`).
+    #[serde(default)]
+    pub http: Option<String>,
     /// The broker's metrics endpoint (`host:port`), read for the audit
     /// log's syncs.
     #[serde(default)]
@@ -96,6 +99,7 @@ pub async fn run_bench_server(
     demo_opts.population = opts.population;
     // The audit log's syncs are read from the metrics endpoint.
     demo_opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
+    demo_opts.http_listen = Some(([127, 0, 0, 1], 0).into());
     let demo = Demo::start(demo_opts).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
 
@@ -177,6 +181,7 @@ pub async fn run_bench_server(
         preloaded_entries: preloaded,
         startup_ms,
         metrics: demo.metrics_addr.map(|a| a.to_string()),
+        http: demo.http_addr.map(|a| a.to_string()),
     };
     let tmp = ready_file.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec_pretty(&addrs)?)?;
@@ -333,6 +338,8 @@ pub enum Target {
     NullForwarder,
     /// Semel.
     Semel,
+    /// Semel's HTTP/JSON face (HTTP/1.1, one connection per worker).
+    SemelHttp,
     /// Semel on the PostgreSQL store.
     SemelPostgres,
 }
@@ -343,13 +350,17 @@ impl Target {
             Target::Direct => "direct source",
             Target::NullForwarder => "null forwarder",
             Target::Semel => "semel",
+            Target::SemelHttp => "semel http",
             Target::SemelPostgres => "semel postgresql",
         }
     }
 
     /// Whether this is Semel, which refuses some lookups.
     pub fn is_semel(self) -> bool {
-        matches!(self, Target::Semel | Target::SemelPostgres)
+        matches!(
+            self,
+            Target::Semel | Target::SemelHttp | Target::SemelPostgres
+        )
     }
 }
 
@@ -424,6 +435,8 @@ pub async fn run_load(
         Target::Direct => (&addrs.source, "broker".to_owned()),
         Target::NullForwarder => (&addrs.null_forwarder, consumer_stem()?),
         Target::Semel => (&addrs.broker, consumer_stem()?),
+        // The gRPC address: the channels below are made but not used.
+        Target::SemelHttp => (&addrs.broker, consumer_stem()?),
         Target::SemelPostgres => (
             addrs
                 .broker_postgresql
@@ -455,8 +468,33 @@ pub async fn run_load(
     let budget = Arc::new(std::sync::atomic::AtomicU64::new(
         opts.requests.unwrap_or(u64::MAX),
     ));
+    // HTTP/1.1 has no multiplexing: one connection per worker, as an
+    // HTTP client's pool would hold.
+    let http = match target {
+        Target::SemelHttp => {
+            let addr = addrs
+                .http
+                .clone()
+                .context("the bench server serves no HTTP/JSON face")?;
+            let config = tls::https_client_config(
+                &ca,
+                &addrs.pki_dir.join(format!("{who}.crt")),
+                &addrs.pki_dir.join(format!("{who}.key")),
+            )?;
+            let mut senders = Vec::new();
+            for _ in 0..opts.concurrency {
+                senders.push(Some(http_connection(&addr, config.clone()).await?));
+            }
+            senders
+        }
+        _ => Vec::new(),
+    };
+    let mut http = http.into_iter();
+    let bearer = format!("Bearer {token}");
     let mut workers = Vec::new();
     for w in 0..opts.concurrency {
+        let mut http = http.next().flatten();
+        let bearer = bearer.clone();
         let channel = channels[w % channels.len()].clone();
         let authed = semel_client::with_token(channel.clone(), Some(&token))?;
         let citizens = citizens.clone();
@@ -510,6 +548,12 @@ pub async fn run_load(
                         })
                         .await
                         .map(|_| ()),
+                    Target::SemelHttp => match http.as_mut() {
+                        Some(sender) => {
+                            http_lookup(sender, &bearer, &citizen, &fields, purpose).await
+                        }
+                        None => Err(Status::internal("no HTTP connection")),
+                    },
                     _ => lookup
                         .lookup(proto::LookupRequest {
                             citizen,
@@ -621,6 +665,73 @@ pub async fn run_load(
         postgresql_transactions: pg_transactions,
         audit_sync_mean_us: syncs.and_then(|(n, secs)| (n > 0).then(|| secs * 1e6 / n as f64)),
     })
+}
+
+/// An HTTP/1.1 connection to the HTTP/JSON face, over mutual TLS.
+async fn http_connection(
+    addr: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> anyhow::Result<hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>>
+{
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1")?.to_owned(),
+            tcp,
+        )
+        .await
+        .context("TLS handshake with the HTTP/JSON face")?;
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// One lookup over the HTTP/JSON face; a refusal is the status of its HTTP
+/// status's code (403: PERMISSION_DENIED).
+async fn http_lookup(
+    sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Full<hyper::body::Bytes>>,
+    bearer: &str,
+    citizen: &str,
+    fields: &[String],
+    purpose: &str,
+) -> Result<(), Status> {
+    use http_body_util::BodyExt;
+    let body = serde_json::json!({
+        "citizen": citizen,
+        "dataset": datasets::RESIDENCE,
+        "fields": fields,
+        "purpose": purpose,
+    });
+    let req = hyper::Request::post("/v1/lookups")
+        .header(hyper::header::HOST, "127.0.0.1")
+        .header(hyper::header::AUTHORIZATION, bearer)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            serde_json::to_vec(&body).unwrap_or_default(),
+        )))
+        .map_err(|e| Status::internal(e.to_string()))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let status = resp.status();
+    resp.into_body()
+        .collect()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    match status.as_u16() {
+        200 => Ok(()),
+        403 => Err(Status::permission_denied("refused")),
+        other => Err(Status::unknown(format!("HTTP {other}"))),
+    }
 }
 
 /// The audit log's syncs so far and the seconds they took, from the

@@ -75,24 +75,36 @@ where
             let Some(refusal) = refused_by_the_codec(&resp) else {
                 return Ok(resp);
             };
-            let credentials = Credentials {
-                peer: peer.as_ref(),
-                token: authorization
-                    .as_ref()
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(crate::state::bearer_token),
-                rule,
-            };
-            let error = match broker.authorize_parts(&credentials) {
-                Ok(caller) => {
-                    broker
-                        .refuse(&caller, refusal, ReasonCode::InvalidArgument, None)
-                        .await
-                }
-                Err(denied) => broker.record_refusal(*denied, None).await,
-            };
+            let token = authorization.as_ref().and_then(|v| v.to_str().ok());
+            let error = refuse_unreadable(&broker, peer.as_ref(), token, rule, refusal).await;
             Ok(error.into_status().into_http())
         })
+    }
+}
+
+/// Refuses a request that could not be read (too large, or not the RPC's
+/// message, in protobuf or in JSON): attributed to the caller and audited
+/// like any refusal when the caller is established, else recorded as the
+/// identity refusal it is. `authorization` is the header's value.
+pub async fn refuse_unreadable(
+    broker: &Broker,
+    peer: Option<&Arc<PeerIdentity>>,
+    authorization: Option<&str>,
+    rule: Option<&'static crate::permissions::Rule>,
+    refusal: ApiError,
+) -> ApiError {
+    let credentials = Credentials {
+        peer,
+        token: authorization.and_then(crate::state::bearer_token),
+        rule,
+    };
+    match broker.authorize_parts(&credentials) {
+        Ok(caller) => {
+            broker
+                .refuse(&caller, refusal, ReasonCode::InvalidArgument, None)
+                .await
+        }
+        Err(denied) => broker.record_refusal(*denied, None).await,
     }
 }
 

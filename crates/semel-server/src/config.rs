@@ -45,6 +45,18 @@ pub struct Config {
     /// the embedded store in `data_dir` unless a PostgreSQL URL is given.
     #[serde(default)]
     pub store: StoreSection,
+    /// The HTTP/JSON face; none when absent.
+    pub http: Option<HttpSection>,
+}
+
+/// The HTTP/JSON face (docs/integration-guide.md, "HTTP/JSON"): the same
+/// operations, identity, rules and audit as the gRPC port, on a port of its
+/// own. It speaks HTTPS with mutual TLS only, with the `[tls]` files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSection {
+    /// Address of the HTTP/JSON port.
+    pub listen: SocketAddr,
 }
 
 /// The store. Without `url`, the embedded store (sled and the audit log
@@ -491,6 +503,15 @@ impl Config {
                 .is_none_or(|ms| (50..=60_000).contains(&ms)),
             "store.registry_poll_ms: must lie between 50 and 60000".into(),
         );
+        if let Some(http) = &self.http {
+            ensure(
+                http.listen != self.listen && Some(http.listen) != self.metrics_listen,
+                format!(
+                    "http.listen: {} is already the gRPC or the metrics port",
+                    http.listen
+                ),
+            );
+        }
         ensure(
             self.store
                 .persons_poll_ms

@@ -37,6 +37,8 @@ pub struct DemoOptions {
     pub source_deadline: Duration,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where to serve the HTTP/JSON face, if anywhere.
+    pub http_listen: Option<SocketAddr>,
     pub limits: crate::limits::LimitSettings,
     /// How often certificate and key files are checked for changes.
     pub reload_poll: Option<Duration>,
@@ -60,6 +62,7 @@ impl DemoOptions {
             population: 10_000,
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
+            http_listen: None,
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
@@ -78,6 +81,8 @@ pub struct Demo {
     pub source_endpoints: std::collections::BTreeMap<String, String>,
     /// Where the metrics are served, if they are.
     pub metrics_addr: Option<SocketAddr>,
+    /// Where the HTTP/JSON face is served, if it is.
+    pub http_addr: Option<SocketAddr>,
     /// Reloads the broker's certificate, CA bundle and issuer keys.
     pub reloader: Arc<Reloader>,
     /// The broker itself (its storage, for tests that look behind the API).
@@ -106,6 +111,9 @@ pub struct DemoManifest {
     /// A citizen's token (through the demo citizen portal), to try the
     /// citizen's view.
     pub citizen_token: PathBuf,
+    /// The HTTP/JSON face's address (`https://…`), when it is served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
     /// The demo witness's address and verifier key (cosignatures).
     #[serde(default)]
     pub witness: String,
@@ -305,8 +313,21 @@ impl Demo {
                 wait(rx.clone()),
             )));
         }
-        let broker_task = tokio::spawn(server::serve_broker(
+        let http_listener = match opts.http_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("bind the HTTP/JSON port {addr}"))?,
+            ),
+            None => None,
+        };
+        let http_addr = match &http_listener {
+            Some(l) => Some(l.local_addr()?),
+            None => None,
+        };
+        let broker_task = tokio::spawn(server::serve_broker_with_http(
             listener,
+            http_listener,
             Prepared {
                 broker: broker.clone(),
                 background,
@@ -379,6 +400,14 @@ impl Demo {
             audience: DEV_AUDIENCE.to_owned(),
             organisations,
             citizen_token,
+            http: http_addr.map(|a| {
+                let a = if a.ip().is_unspecified() {
+                    SocketAddr::from(([127, 0, 0, 1], a.port()))
+                } else {
+                    a
+                };
+                format!("https://{a}")
+            }),
             witness: witness_url,
             witness_key,
         };
@@ -394,6 +423,7 @@ impl Demo {
             data_dir,
             source_endpoints: endpoints,
             metrics_addr,
+            http_addr,
             reloader,
             broker,
             embedded,

@@ -197,12 +197,32 @@ pub const REASONS: &[Reasons] = &[
     row(
         "OUT_OF_RANGE",
         &["REQUEST_TOO_LARGE"],
-        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry); send a smaller one",
+        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry; over HTTP/JSON 256 KiB of JSON, 4 MiB for a batch, HTTP 413); send a smaller one",
     ),
     row(
         "INVALID_ARGUMENT",
         &["MALFORMED_REQUEST"],
         "the request body is not a valid protobuf message of the RPC: regenerate the client from the published contract",
+    ),
+    row(
+        "INVALID_ARGUMENT",
+        &["MALFORMED_JSON"],
+        "(HTTP/JSON) the body, a path or a query parameter is not the operation's JSON: not JSON, an unknown field, a wrong type; the message names it (see /openapi.json)",
+    ),
+    row(
+        "INVALID_ARGUMENT",
+        &["UNSUPPORTED_MEDIA_TYPE"],
+        "(HTTP/JSON, HTTP 415) send the body as `Content-Type: application/json`",
+    ),
+    row(
+        "NOT_FOUND",
+        &["NO_SUCH_ROUTE"],
+        "(HTTP/JSON) no operation is served on this path; `/openapi.json` lists them",
+    ),
+    row(
+        "UNIMPLEMENTED",
+        &["METHOD_NOT_ALLOWED"],
+        "(HTTP/JSON, HTTP 405) the path takes another HTTP method (the `Allow` header names it)",
     ),
     row(
         "PERMISSION_DENIED",

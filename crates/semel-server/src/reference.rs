@@ -19,7 +19,8 @@ pub fn render() -> String {
          do not edit by hand. Every call needs mutual TLS and a person's token (see the \
          [integration guide](integration-guide.md)); who may call what is in \
          [permissions.md](permissions.md). Errors carry a `google.rpc.ErrorInfo` with domain \
-         `semel.brussels`.\n",
+         `semel.brussels`. The HTTP/JSON column is each RPC's `google.api.http` rule: the \
+         [HTTP/JSON face](integration-guide.md#httpjson) serves it ([openapi.json](openapi.json)).\n",
     );
     let mut files: Vec<&FileDescriptorProto> = set
         .file
@@ -27,8 +28,22 @@ pub fn render() -> String {
         .filter(|f| f.package() == "semel.v1")
         .collect();
     files.sort_by_key(|f| order(f.name()));
+    // The HTTP/JSON route of each RPC, from its google.api.http rule.
+    let routes: HashMap<String, String> = crate::transcode::HttpApi::load()
+        .map(|api| {
+            api.routes
+                .iter()
+                .map(|r| {
+                    (
+                        r.rule.method.to_owned(),
+                        format!("`{} {}`", r.verb, r.template.text),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     for file in files {
-        render_file(&mut out, file);
+        render_file(&mut out, file, &routes);
     }
     out
 }
@@ -40,7 +55,7 @@ fn order(name: &str) -> usize {
         .unwrap_or(99)
 }
 
-fn render_file(out: &mut String, file: &FileDescriptorProto) {
+fn render_file(out: &mut String, file: &FileDescriptorProto, routes: &HashMap<String, String>) {
     let comments: HashMap<Vec<i32>, String> = file
         .source_code_info
         .as_ref()
@@ -59,14 +74,22 @@ fn render_file(out: &mut String, file: &FileDescriptorProto) {
     for (si, service) in file.service.iter().enumerate() {
         let _ = write!(
             out,
-            "\n### service `{}`\n\n{}\n\n| RPC | request → response | what it does |\n|---|---|---|\n",
+            "\n### service `{}`\n\n{}\n\n| RPC | HTTP/JSON | request → response | what it does |\n|---|---|---|---|\n",
             service.name(),
             comment(&[6, si as i32])
         );
         for (mi, m) in service.method.iter().enumerate() {
+            let route = routes
+                .get(&format!(
+                    "{}.{}/{}",
+                    file.package(),
+                    service.name(),
+                    m.name()
+                ))
+                .map_or("—", String::as_str);
             let _ = writeln!(
                 out,
-                "| `{}` | `{}` → `{}` | {} |",
+                "| `{}` | {route} | `{}` → `{}` | {} |",
                 m.name(),
                 short(m.input_type()),
                 short(m.output_type()),

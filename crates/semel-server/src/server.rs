@@ -277,6 +277,18 @@ pub async fn serve_broker(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    serve_broker_with_http(listener, None, prepared, shutdown).await
+}
+
+/// [`serve_broker`], with the HTTP/JSON face on its own listener when
+/// `http` is given: it stops taking calls when `shutdown` resolves, and the
+/// broker waits for its calls in flight before closing the audit log.
+pub async fn serve_broker_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    prepared: Prepared,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let Prepared {
         broker,
         background,
@@ -330,8 +342,10 @@ pub async fn serve_broker(
     );
 
     let draining = health.clone();
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        let _ = stopping.send(true);
         draining
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
@@ -339,52 +353,47 @@ pub async fn serve_broker(
             .set_not_serving::<LookupServiceServer<LookupService>>()
             .await;
     };
-    // The methods served: the only method names metrics and spans show.
-    let methods = crate::permissions::RULES.iter().map(|r| r.method).chain([
-        "grpc.health.v1.Health/Check",
-        "grpc.health.v1.Health/Watch",
-        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    ]);
-    Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        // Outermost: the server span covers everything else, refusals by
-        // the permission layer and the codec included.
-        .layer(crate::telemetry::RpcSpanLayer::new(methods.clone()))
-        .layer(crate::metrics::RpcMetricsLayer::new(
-            broker.metrics.clone(),
-            methods,
-        ))
-        .layer(crate::permissions::layer())
-        .layer(crate::codec::CodecErrorsLayer {
-            broker: broker.clone(),
-        })
-        .add_service(
-            LookupServiceServer::new(LookupService::new(broker.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            RegistryServiceServer::new(RegistryService::new(broker.clone()))
-                .max_decoding_message_size(MAX_REGISTRY_REQUEST),
-        )
-        .add_service(
-            AuditServiceServer::new(AuditService::new(broker.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            PersonsServiceServer::new(crate::persons::PersonsService::new(broker.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
-        .add_service(
-            ConsentServiceServer::new(crate::persons::ConsentService::new(broker.clone()))
-                .max_decoding_message_size(MAX_REQUEST),
-        )
+    let routes = broker_routes(&broker)
         .add_service(health_service)
         .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
-        .await
-        .context("serve gRPC")?;
+        .add_service(reflection_v1alpha);
+    let layered = broker.clone();
+    let grpc = Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(tower::layer::layer_fn(move |routes| {
+            with_layers(&layered, routes)
+        }))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown);
+    // The HTTP/JSON face calls the same services through the same layers,
+    // in process: one lookup path, two faces.
+    let http_face = match http {
+        Some(http) => {
+            let face = crate::http_face::HttpFace::new(
+                broker.clone(),
+                with_layers(&broker, broker_routes(&broker)),
+            )?;
+            let mut stopped = stopped;
+            Some(tokio::spawn(crate::http_face::serve(
+                http,
+                tls,
+                face,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
+    let served = grpc.await.context("serve gRPC");
+    if let Some(face) = http_face {
+        match face.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the HTTP/JSON face failed"),
+            Err(e) => tracing::error!(error = %e, "the HTTP/JSON face's task failed"),
+        }
+    }
+    served?;
     watch.abort();
     summarising.abort();
     if let Some(w) = witnessing {
@@ -429,8 +438,69 @@ pub async fn serve_metrics(
     .context("serve metrics")
 }
 
+/// The methods served: the only method names metrics and spans show.
+fn served_methods() -> impl Iterator<Item = &'static str> + Clone {
+    crate::permissions::RULES.iter().map(|r| r.method).chain([
+        "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch",
+        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ])
+}
+
+/// The broker's own services (not health nor reflection), as one router:
+/// the gRPC server serves them, and the HTTP/JSON face calls them.
+pub fn broker_routes(broker: &Arc<Broker>) -> tonic::service::Routes {
+    tonic::service::Routes::new(
+        LookupServiceServer::new(LookupService::new(broker.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
+        RegistryServiceServer::new(RegistryService::new(broker.clone()))
+            .max_decoding_message_size(MAX_REGISTRY_REQUEST),
+    )
+    .add_service(
+        AuditServiceServer::new(AuditService::new(broker.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
+        PersonsServiceServer::new(crate::persons::PersonsService::new(broker.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+    .add_service(
+        ConsentServiceServer::new(crate::persons::ConsentService::new(broker.clone()))
+            .max_decoding_message_size(MAX_REQUEST),
+    )
+}
+
+type Tagging = fn(
+    tonic::codegen::http::Request<tonic::body::Body>,
+) -> tonic::codegen::http::Request<tonic::body::Body>;
+
+/// A service with the layers every call to the broker goes through,
+/// whichever face it came in by.
+pub type Layered<S> = crate::telemetry::RpcSpans<
+    crate::metrics::RpcMetrics<tower::util::MapRequest<crate::codec::CodecErrors<S>, Tagging>>,
+>;
+
+/// Wraps `routes` in the layers, outermost first: the server span covers
+/// everything else, refusals by the permission layer and the codec
+/// included; metrics; the permission rule's tag; codec refusals.
+pub fn with_layers<S>(broker: &Arc<Broker>, routes: S) -> Layered<S> {
+    use tower::Layer;
+    let tagged = crate::permissions::layer::<tonic::body::Body>().layer(
+        crate::codec::CodecErrorsLayer {
+            broker: broker.clone(),
+        }
+        .layer(routes),
+    );
+    let metered = crate::metrics::RpcMetricsLayer::new(broker.metrics.clone(), served_methods())
+        .layer(tagged);
+    crate::telemetry::RpcSpanLayer::new(served_methods()).layer(metered)
+}
+
 /// The largest lookup or audit request the broker reads.
-const MAX_REQUEST: usize = 64 * 1024;
+pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 
 /// The services the broker serves, as reflection lists them
 /// (`semel.v1.SourceService` is the sources' to serve, not the broker's).
@@ -449,7 +519,7 @@ pub const SERVED_SERVICES: [&str; 8] = {
 };
 
 /// The largest registry request (a dataset with many described fields).
-const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
+pub(crate) const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
 
 /// Moves audit entries older than `window` to the archive, at start and
 /// every hour.

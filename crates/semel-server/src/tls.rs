@@ -289,6 +289,16 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    incoming_with_alpn(listener, config, None)
+}
+
+/// [`incoming`], offering `alpn` instead of the config's protocols (the
+/// HTTP/JSON face speaks HTTP/1.1 with the same certificates and CAs).
+pub fn incoming_with_alpn(
+    listener: TcpListener,
+    config: Arc<ArcSwap<ServerConfig>>,
+    alpn: Option<Vec<Vec<u8>>>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
     tokio::spawn(async move {
         loop {
@@ -304,7 +314,14 @@ pub fn incoming(
                 () = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let acceptor = TlsAcceptor::from(config.load_full());
+            let acceptor = TlsAcceptor::from(match &alpn {
+                None => config.load_full(),
+                Some(alpn) => {
+                    let mut c = ServerConfig::clone(&config.load_full());
+                    c.alpn_protocols = alpn.clone();
+                    Arc::new(c)
+                }
+            });
             let tx = tx.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -339,4 +356,28 @@ pub fn client_tls(
             read(cert)?,
             read(key)?,
         )))
+}
+
+/// A rustls client config for HTTPS with a client certificate (the HTTP/JSON
+/// face's clients: the load generator, tests): trust `ca`, present
+/// `cert`/`key`, speak HTTP/1.1.
+pub fn https_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .with_context(|| format!("add CA from {}", ca.display()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("choose TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)
+        .with_context(|| format!("use certificate {}", cert.display()))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
 }

@@ -32,8 +32,13 @@ pub struct BenchArgs {
     /// Share of lookups Semel must refuse, in percent.
     #[arg(long, default_value_t = 10)]
     pub refused_percent: u64,
-    /// Which targets, in order: direct, null, semel, semel-pg (Semel on PostgreSQL, with --store).
-    #[arg(long, value_delimiter = ',', default_value = "direct,null,semel")]
+    /// Which targets, in order: direct, null, semel, semel-http (Semel's HTTP/JSON face, one
+    /// HTTP/1.1 connection per worker), semel-pg (Semel on PostgreSQL, with --store).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,null,semel,semel-http"
+    )]
     pub targets: Vec<String>,
     /// Also run Semel on this PostgreSQL database (postgresql://…; its tables are created if
     /// missing) and drive it as the target semel-pg, after semel unless --targets says otherwise.
@@ -88,6 +93,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "direct" => Ok(Target::Direct),
             "null" => Ok(Target::NullForwarder),
             "semel" => Ok(Target::Semel),
+            "semel-http" => Ok(Target::SemelHttp),
             "semel-pg" => Ok(Target::SemelPostgres),
             other => anyhow::bail!("unknown target {other}; use direct, null, semel or semel-pg"),
         })
@@ -268,6 +274,19 @@ fn postgresql_ratio(reports: &[LoadReport]) -> Option<(f64, f64)> {
     })
 }
 
+/// Semel's HTTP/JSON face relative to its gRPC face in one round:
+/// throughput, p99.
+fn http_ratio(reports: &[LoadReport]) -> Option<(f64, f64)> {
+    let find = |name: &str| reports.iter().find(|r| r.target == name);
+    let (h, g) = find("semel http").zip(find("semel"))?;
+    (g.throughput > 0.0 && g.p99_us > 0).then(|| {
+        (
+            h.throughput / g.throughput,
+            h.p99_us as f64 / g.p99_us as f64,
+        )
+    })
+}
+
 fn median(mut v: Vec<f64>) -> Option<f64> {
     v.sort_by(f64::total_cmp);
     let n = v.len();
@@ -295,6 +314,9 @@ fn print(
     let pg_rounds: Vec<(f64, f64)> = rounds.iter().filter_map(|r| postgresql_ratio(r)).collect();
     let pg = median(pg_rounds.iter().map(|r| r.0).collect())
         .zip(median(pg_rounds.iter().map(|r| r.1).collect()));
+    let http_rounds: Vec<(f64, f64)> = rounds.iter().filter_map(|r| http_ratio(r)).collect();
+    let http = median(http_rounds.iter().map(|r| r.0).collect())
+        .zip(median(http_rounds.iter().map(|r| r.1).collect()));
     let reports: Vec<&LoadReport> = rounds.iter().flatten().collect();
     if args.json {
         let v = serde_json::json!({
@@ -305,6 +327,8 @@ fn print(
             "semel_vs_null_per_round": per_round.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
             "semel_vs_null": ratios.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
             "semel_vs_null_server_cpu": cpu,
+            "http_vs_grpc_per_round": http_rounds.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
+            "http_vs_grpc": http.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
             "postgresql_vs_embedded_per_round": pg_rounds.iter().map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})).collect::<Vec<_>>(),
             "postgresql_vs_embedded": pg.map(|(t, p)| serde_json::json!({"throughput": t, "p99": p})),
             "server_memory_kib": memory.map(|(peak, now)| serde_json::json!({"peak": peak, "current": now})),
@@ -407,6 +431,14 @@ fn print(
             "semel postgresql / semel per round (throughput/p99): {}",
             list.join("  ")
         );
+    }
+    if let Some((t, p)) = http {
+        let what = if http_rounds.len() > 1 {
+            ", median"
+        } else {
+            ""
+        };
+        outln!("semel http / semel (gRPC){what}: throughput {t:.2}×, p99 {p:.2}×");
     }
     if let Some((t, p)) = pg {
         let what = if pg_rounds.len() > 1 { ", median" } else { "" };

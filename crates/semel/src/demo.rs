@@ -31,6 +31,12 @@ pub struct DemoArgs {
     /// Serve no metrics.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Where to serve the HTTP/JSON face (HTTPS, mutual TLS; OpenAPI at /openapi.json).
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    pub http_listen: SocketAddr,
+    /// Serve no HTTP/JSON face.
+    #[arg(long)]
+    pub no_http: bool,
     /// Export trace spans to this OpenTelemetry collector (OTLP/gRPC), e.g. http://127.0.0.1:4317.
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
@@ -49,6 +55,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         population,
         metrics_listen,
         no_metrics,
+        http_listen,
+        no_http,
         otlp_endpoint: _,
         store,
     } = args;
@@ -63,6 +71,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         seed,
         population,
         metrics_listen: (!no_metrics).then_some(metrics_listen),
+        http_listen: (!no_http).then_some(http_listen),
         postgresql: store,
         ..DemoOptions::new(data_dir)
     };
@@ -109,7 +118,7 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
          \n  # ...and what the citizen sees of it, through the citizen portal\
          \n  {s} audit accesses{flag} --as irisbox --token-file {dd}/tokens/citizen.jwt --citizen 93051822361\
          \n  {s} admin{flag} authorisation list\n\
-         \nStop with Ctrl-C; the state survives a restart.{metrics}{second}\n",
+         \nStop with Ctrl-C; the state survives a restart.{metrics}{http}{second}\n",
         addr = demo.broker_addr,
         log = if demo.embedded.is_some() {
             format!("{dd}/store/audit/log")
@@ -124,6 +133,7 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
                 config.display()
             ))
             .unwrap_or_default(),
+        http = http_banner(demo).unwrap_or_default(),
         metrics = demo
             .metrics_addr
             .map(|a| format!(" Metrics: http://{a}/metrics"))
@@ -132,4 +142,26 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
         households = demo.population.households.len(),
     );
     Ok(())
+}
+
+/// The HTTP/JSON face's lines of the banner: its address and a lookup with
+/// `curl`, the demo's certificate and a token.
+fn http_banner(demo: &Demo) -> Option<String> {
+    let addr = demo.http_addr?;
+    let addr = if addr.ip().is_unspecified() {
+        SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    };
+    let client = demo.client("cpas-anderlecht").ok()?;
+    let dd = demo.data_dir.display();
+    Some(format!(
+        "\n\nHTTP/JSON on https://{addr} (mutual TLS; OpenAPI at /openapi.json). The first lookup above, with curl:\n\
+         \n  curl --cacert {ca} --cert {cert} --key {key} \\\
+         \n    -H \"Authorization: Bearer $(cat {dd}/tokens/cpas-anderlecht.jwt)\" -H 'Content-Type: application/json' \\\
+         \n    https://{addr}/v1/lookups -d '{{\"citizen\": \"93051822361\", \"dataset\": \"national_register.residence\", \"fields\": [\"street\", \"municipality\"], \"purpose\": \"RIS_ELIGIBILITY\"}}'",
+        ca = client.ca.display(),
+        cert = client.cert.display(),
+        key = client.key.display(),
+    ))
 }

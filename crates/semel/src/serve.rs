@@ -48,6 +48,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("bind {}", config.listen))?;
+    let http_listener = match &config.http {
+        Some(http) => Some(
+            tokio::net::TcpListener::bind(http.listen)
+                .await
+                .with_context(|| format!("bind the HTTP/JSON port {}", http.listen))?,
+        ),
+        None => None,
+    };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics = metrics_listener.map(|l| {
         tokio::spawn(semel_server::server::serve_metrics(
@@ -58,7 +66,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         ))
     });
-    semel_server::server::serve_broker(listener, prepared, crate::shutdown_signal()).await?;
+    semel_server::server::serve_broker_with_http(
+        listener,
+        http_listener,
+        prepared,
+        crate::shutdown_signal(),
+    )
+    .await?;
     let _ = stop_metrics.send(());
     if let Some(m) = metrics {
         m.await.context("metrics task")??;

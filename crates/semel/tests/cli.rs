@@ -27,6 +27,8 @@ fn demo() -> Demo {
             "demo",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--population",

@@ -23,6 +23,8 @@ fn start(dir: &Path) -> Child {
             "demo",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--metrics-listen",
             "127.0.0.1:0",
             "--population",

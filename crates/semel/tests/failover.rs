@@ -39,6 +39,8 @@ fn demo_on(url: &str, dir: &Path) -> Child {
             "demo",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--no-metrics",
             "--population",
             "2000",

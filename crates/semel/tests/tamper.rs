@@ -29,6 +29,8 @@ fn spawn_demo(dir: &Path) -> std::process::Child {
             "demo",
             "--listen",
             "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
             "--no-metrics",
             "--population",
             "2000",

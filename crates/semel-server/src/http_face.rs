@@ -1,0 +1,492 @@
+//! The HTTP/JSON face: HTTP/1.1 over the broker's mutual TLS, for back
+//! offices that do not speak gRPC. A call is transcoded (`transcode`) into
+//! the RPC's protobuf message and made in process on the very services and
+//! layers the gRPC server runs (`server::with_layers`): the same identity
+//! (the connection's certificate as the `Arc<PeerIdentity>` extension, the
+//! `Authorization: Bearer` token), the same permission rule, decision,
+//! audit entry, metrics and span (`traceparent` is passed on). The answer
+//! is transcoded back to JSON; an error becomes the JSON of its
+//! `google.rpc.Status`, with the same `ErrorInfo`, under the HTTP status of
+//! its gRPC code. `GET /openapi.json` serves the OpenAPI document of the
+//! same routes.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
+use tonic::transport::server::Connected;
+use tower::ServiceExt;
+
+use crate::error::ApiError;
+use crate::server::Layered;
+use crate::state::Broker;
+use crate::tls::PeerIdentity;
+use crate::transcode::{HttpApi, Route, Routed};
+
+/// The largest body the face reads for one message (JSON is larger than
+/// the protobuf the gRPC face limits to 64 KiB), and for a batch.
+pub const MAX_BODY: usize = 256 * 1024;
+pub const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
+
+/// The header that carries the request id, as the body's `requestId` or
+/// the error's `ErrorInfo` does.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Everything a call needs: the routes, the layered services, the document.
+pub struct HttpFace {
+    api: HttpApi,
+    service: Layered<tonic::service::Routes>,
+    broker: Arc<Broker>,
+    openapi: Bytes,
+}
+
+impl HttpFace {
+    pub fn new(
+        broker: Arc<Broker>,
+        service: Layered<tonic::service::Routes>,
+    ) -> anyhow::Result<Arc<HttpFace>> {
+        let api = HttpApi::load().context("read the contract's HTTP rules")?;
+        let openapi = Bytes::from(crate::openapi::render(&api));
+        Ok(Arc::new(HttpFace {
+            api,
+            service,
+            broker,
+            openapi,
+        }))
+    }
+
+    /// Answers one HTTP request from a peer.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Arc<PeerIdentity>,
+    ) -> Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let path = parts.uri.path().to_owned();
+        let routed = self.api.route(&parts.method, &path);
+        let (route, params) = match routed {
+            Routed::Found(route, params) => (route, params),
+            other => {
+                // Read before answering, even what is not served: a body
+                // left unread on a kept-alive connection would be taken for
+                // the next request.
+                let _ = read_body(body, MAX_BODY).await;
+                return self.unrouted(other, &parts.method, &path, &peer);
+            }
+        };
+        let authorization = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let limit = if route.streams_in() {
+            MAX_BATCH_BODY
+        } else {
+            MAX_BODY
+        };
+        let refuse = async |error: ApiError| {
+            let error = crate::codec::refuse_unreadable(
+                &self.broker,
+                Some(&peer),
+                authorization.as_deref(),
+                Some(route.rule),
+                error,
+            )
+            .await;
+            self.error(error.into_status())
+        };
+        let bytes = match read_body(body, limit).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                return refuse(ApiError::new(
+                    tonic::Code::OutOfRange,
+                    "REQUEST_TOO_LARGE",
+                    format!(
+                        "the request is larger than the broker accepts ({} KiB); send a smaller one",
+                        limit / 1024
+                    ),
+                ))
+                .await;
+            }
+            Err(()) => {
+                return refuse(ApiError::invalid(
+                    "request",
+                    "MALFORMED_REQUEST",
+                    "the request body could not be read",
+                ))
+                .await;
+            }
+        };
+        if !bytes.is_empty() && !is_json(parts.headers.get(CONTENT_TYPE)) {
+            return refuse(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "send the body as Content-Type: application/json",
+            ))
+            .await;
+        }
+        let frames = match self.api.request(route, params, parts.uri.query(), &bytes) {
+            Ok(f) => f,
+            Err(why) => {
+                // Whatever the client put where a name goes, no national
+                // number goes back or into a log.
+                let why = semel_core::redact_national_numbers(&why).into_owned();
+                return refuse(ApiError::invalid("request", "MALFORMED_JSON", why)).await;
+            }
+        };
+        self.call(
+            route,
+            &parts.headers,
+            authorization.as_deref(),
+            peer.clone(),
+            frames,
+        )
+        .await
+    }
+
+    /// The answer to a request no operation is served for: without a
+    /// certificate, 401 whatever the path; `/openapi.json`; else 405 or 404.
+    fn unrouted(
+        &self,
+        routed: Routed<'_>,
+        method: &Method,
+        path: &str,
+        peer: &PeerIdentity,
+    ) -> Response<Full<Bytes>> {
+        let allowed = match routed {
+            // Nothing but the RPCs (which refuse and record a caller
+            // without a certificate themselves) answers without one.
+            _ if peer.certificate.is_none() => {
+                return self.error(
+                    ApiError::unauthenticated(
+                        "CLIENT_CERTIFICATE_REQUIRED",
+                        "present your organisation's client certificate (mutual TLS)",
+                    )
+                    .into_status(),
+                );
+            }
+            _ if *method == Method::GET && path == "/openapi.json" => {
+                return Response::builder()
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(Full::new(self.openapi.clone()))
+                    .unwrap_or_default();
+            }
+            Routed::WrongMethod(allowed) => allowed,
+            Routed::Found(..) | Routed::NotFound => {
+                return self.error(
+                    ApiError::not_found(
+                        "NO_SUCH_ROUTE",
+                        "no operation is served on this path; /openapi.json lists them",
+                    )
+                    .into_status(),
+                );
+            }
+        };
+        let allow = allowed
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut resp = self.error(
+            ApiError::new(
+                tonic::Code::Unimplemented,
+                "METHOD_NOT_ALLOWED",
+                format!("{method} is not served on this path; it takes {allow}"),
+            )
+            .into_status(),
+        );
+        if let Ok(v) = HeaderValue::from_str(&allow) {
+            resp.headers_mut().insert(ALLOW, v);
+        }
+        resp
+    }
+
+    /// Makes the call on the layered services, as the gRPC server would.
+    async fn call(
+        &self,
+        route: &Route,
+        headers: &hyper::HeaderMap,
+        authorization: Option<&str>,
+        peer: Arc<PeerIdentity>,
+        frames: Bytes,
+    ) -> Response<Full<Bytes>> {
+        // The authority the client named, as a gRPC call carries it (the
+        // span's server.address).
+        let uri = headers
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(|h| h.parse::<hyper::http::uri::Authority>().ok())
+            .and_then(|a| {
+                format!("https://{a}{}", route.grpc_path)
+                    .parse::<hyper::Uri>()
+                    .ok()
+            })
+            .unwrap_or_else(|| hyper::Uri::from_static("/"));
+        let uri = if uri.path() == "/" {
+            route.grpc_path.parse().unwrap_or(uri)
+        } else {
+            uri
+        };
+        let mut req = tonic::codegen::http::Request::post(uri)
+            .header(CONTENT_TYPE, "application/grpc")
+            .header("te", "trailers");
+        if let Some(a) = authorization {
+            req = req.header(AUTHORIZATION, a);
+        }
+        for name in ["traceparent", "tracestate"] {
+            if let Some(v) = headers.get(name) {
+                req = req.header(name, v);
+            }
+        }
+        let Ok(mut req) = req.body(tonic::body::Body::new(Full::new(frames))) else {
+            return self.error(ApiError::internal("the call could not be built").into_status());
+        };
+        req.extensions_mut().insert(peer);
+        let Ok(resp) = self.service.clone().oneshot(req).await;
+        let (parts, body) = resp.into_parts();
+        if let Some(status) = tonic::Status::from_header_map(&parts.headers)
+            && status.code() != tonic::Code::Ok
+        {
+            return self.error(status);
+        }
+        let collected = match body.collect().await {
+            Ok(c) => c,
+            Err(e) => return self.error(e),
+        };
+        if let Some(status) = collected
+            .trailers()
+            .and_then(tonic::Status::from_header_map)
+            && status.code() != tonic::Code::Ok
+        {
+            return self.error(status);
+        }
+        match self.api.response(route, collected.to_bytes()) {
+            Ok((json, request_id)) => {
+                let mut resp = Response::builder()
+                    .status(StatusCode::OK)
+                    .header(CONTENT_TYPE, "application/json");
+                if let Some(id) = request_id {
+                    resp = resp.header(REQUEST_ID, id);
+                }
+                resp.body(Full::new(Bytes::from(json))).unwrap_or_default()
+            }
+            Err(why) => {
+                tracing::error!(rpc = route.rule.method, error = %why, "an answer could not be transcoded to JSON");
+                self.error(
+                    ApiError::internal("the answer could not be transcoded to JSON").into_status(),
+                )
+            }
+        }
+    }
+
+    /// An error as HTTP: the status of its code (or reason), the JSON of
+    /// its `google.rpc.Status`, the request id in a header.
+    fn error(&self, status: tonic::Status) -> Response<Full<Bytes>> {
+        use tonic_types::StatusExt;
+        let info = status.get_details_error_info();
+        let code =
+            crate::transcode::http_status(status.code(), info.as_ref().map(|i| i.reason.as_str()));
+        let mut resp = Response::builder()
+            .status(StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+            .header(CONTENT_TYPE, "application/json");
+        if let Some(id) = info.as_ref().and_then(|i| i.metadata.get("request_id")) {
+            resp = resp.header(REQUEST_ID, id.as_str());
+        }
+        resp.body(Full::new(Bytes::from(self.api.status_json(&status))))
+            .unwrap_or_default()
+    }
+}
+
+/// The body, or `None` when it is larger than `limit`. A body too large is
+/// still read (and dropped) up to [`DRAIN`], so that the client, which may
+/// still be sending, reads the refusal rather than a reset connection.
+async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()> {
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| ())?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        seen = seen.saturating_add(data.len());
+        if seen <= limit {
+            kept.extend_from_slice(&data);
+        } else if seen > DRAIN {
+            break;
+        }
+    }
+    Ok((seen <= limit).then(|| Bytes::from(kept)))
+}
+
+/// How much of a body too large is read before the connection is closed.
+const DRAIN: usize = 16 * 1024 * 1024;
+
+fn is_json(value: Option<&HeaderValue>) -> bool {
+    value
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            let v = v.trim();
+            v.eq_ignore_ascii_case("application/json") || v.to_ascii_lowercase().ends_with("+json")
+        })
+}
+
+/// How long a client may take to send a request's headers, counted from
+/// the end of the previous answer on a kept-alive connection: an idle
+/// connection is closed after it. Longer than common client pools' idle
+/// times, so that a client rarely sends a request on a connection being
+/// closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
+
+/// Serves the face on `listener` (mutual TLS with the broker's reloadable
+/// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    face: Arc<HttpFace>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(addr = %addr, "HTTP/JSON face listening (mutual TLS)");
+    }
+    let mut incoming =
+        crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let conn = tokio::select! {
+            conn = incoming.next() => conn,
+            () = &mut shutdown => break,
+        };
+        let Some(Ok(conn)) = conn else {
+            break;
+        };
+        let peer = conn.connect_info();
+        let face = face.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let face = face.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(face.handle(req, peer).await) }
+        });
+        let served = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(Closing {
+                    inner: Some(conn),
+                    shut: false,
+                }),
+                service,
+            );
+        let served = graceful.watch(served);
+        tokio::spawn(async move {
+            if let Err(e) = served.await {
+                tracing::debug!(error = %e, "HTTP/JSON connection ended");
+            }
+        });
+    }
+    drop(incoming);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("HTTP/JSON calls still in flight after 30 s; closing their connections");
+        }
+    }
+    Ok(())
+}
+
+/// A connection hyper may drop without shutting it down: after a request it
+/// cannot parse, it writes its 400 and lets go. Closed then, with the rest
+/// of the request unread, the socket would send a reset, and the client
+/// would lose the 400. So a connection dropped that way is closed cleanly
+/// (TLS close_notify) and what the client still sends is read and
+/// discarded, for a second at most.
+struct Closing {
+    inner: Option<crate::tls::TlsConn>,
+    shut: bool,
+}
+
+impl tokio::io::AsyncRead for Closing {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_read(cx, buf),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Closing {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_write(cx, buf),
+            None => std::task::Poll::Ready(Ok(0)),
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_flush(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let done = match self.inner.as_mut() {
+            Some(c) => std::pin::Pin::new(c).poll_shutdown(cx),
+            None => std::task::Poll::Ready(Ok(())),
+        };
+        if done.is_ready() {
+            self.shut = true;
+        }
+        done
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if self.shut {
+            return;
+        }
+        let (Some(mut conn), Ok(runtime)) =
+            (self.inner.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                let _ = conn.shutdown().await;
+                let mut buf = [0u8; 8192];
+                let mut read = 0usize;
+                while read < DRAIN {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => read += n,
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}

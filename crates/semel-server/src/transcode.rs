@@ -1,0 +1,690 @@
+//! The HTTP/JSON face's mapping, read from the contract: each RPC's
+//! `google.api.http` rule (AIP-127) gives its route, and the canonical
+//! proto3 JSON mapping (prost-reflect) turns a request into the RPC's
+//! protobuf message and its answer back into JSON. Nothing here is written
+//! per RPC: a new RPC with a rule is on the HTTP face, with its JSON, the
+//! day it is in `proto/`, so the two faces cannot drift.
+//!
+//! Client-streaming and server-streaming RPCs (`LookupBatch`) take a JSON
+//! array of their request messages and answer a JSON array of their
+//! responses, once every item is done.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use prost::bytes::{Buf, Bytes};
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
+    MethodDescriptor, SerializeOptions,
+};
+use serde_json::{Map, Value};
+use tonic::codegen::http::Method;
+
+use crate::permissions::Rule;
+
+/// The routes of the HTTP/JSON face and the descriptors behind them.
+pub struct HttpApi {
+    pool: DescriptorPool,
+    pub routes: Vec<Route>,
+}
+
+/// One RPC's HTTP binding.
+pub struct Route {
+    pub verb: Method,
+    pub template: Template,
+    pub body: BodyRule,
+    pub method: MethodDescriptor,
+    /// `/package.Service/Method`, the gRPC path the call is made on.
+    pub grpc_path: String,
+    pub rule: &'static Rule,
+}
+
+impl Route {
+    /// Whether the RPC takes (and answers) a stream of messages: its JSON
+    /// is an array.
+    pub fn streams_in(&self) -> bool {
+        self.method.is_client_streaming()
+    }
+    pub fn streams_out(&self) -> bool {
+        self.method.is_server_streaming()
+    }
+}
+
+/// Where the request message comes from besides the path.
+pub enum BodyRule {
+    /// No body: the other fields are query parameters.
+    None,
+    /// `body: "*"`: the whole message (but the path's fields).
+    Whole,
+    /// `body: "field"`: that field's message.
+    Field(FieldDescriptor),
+}
+
+/// A path template: `/v1/files/{file_id}:close`.
+pub struct Template {
+    pub text: String,
+    segments: Vec<Segment>,
+    verb: Option<String>,
+}
+
+enum Segment {
+    Literal(String),
+    /// A field: one segment, or (`{name=**}`) every segment left.
+    Field {
+        name: String,
+        rest: bool,
+    },
+}
+
+/// What a request's method and path lead to.
+pub enum Routed<'a> {
+    Found(&'a Route, Vec<(String, String)>),
+    /// The path exists, with other methods.
+    WrongMethod(Vec<Method>),
+    NotFound,
+}
+
+impl HttpApi {
+    /// Reads every rule of the contract. Fails on a rule this face cannot
+    /// serve (a test keeps the contract servable).
+    pub fn load() -> anyhow::Result<HttpApi> {
+        let pool = pool()?;
+        let http = pool
+            .get_extension_by_name("google.api.http")
+            .ok_or_else(|| anyhow::anyhow!("the contract has no google.api.http extension"))?;
+        let mut routes = Vec::new();
+        for service in pool.services() {
+            if service.package_name() != "semel.v1" {
+                continue;
+            }
+            for method in service.methods() {
+                let options = method.options();
+                if !options.has_extension(&http) {
+                    continue;
+                }
+                let value = options.get_extension(&http);
+                let Some(rule) = value.as_message() else {
+                    continue;
+                };
+                let grpc = format!("{}/{}", service.full_name(), method.name());
+                let rpc = crate::permissions::for_path(&format!("/{grpc}")).ok_or_else(|| {
+                    anyhow::anyhow!("{grpc} has an HTTP rule but no permission row")
+                })?;
+                let (verb, path) = ["get", "put", "post", "delete", "patch"]
+                    .into_iter()
+                    .find(|v| rule.has_field_by_name(v))
+                    .and_then(|v| {
+                        let path = rule.get_field_by_name(v)?.as_str()?.to_owned();
+                        Some((Method::from_bytes(v.to_uppercase().as_bytes()).ok()?, path))
+                    })
+                    .ok_or_else(|| anyhow::anyhow!("{grpc}: the HTTP rule names no method"))?;
+                let body = rule
+                    .get_field_by_name("body")
+                    .and_then(|b| b.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let input = method.input();
+                let body = match body.as_str() {
+                    "" => BodyRule::None,
+                    "*" => BodyRule::Whole,
+                    field => BodyRule::Field(input.get_field_by_name(field).ok_or_else(|| {
+                        anyhow::anyhow!("{grpc}: the body names no field {field:?}")
+                    })?),
+                };
+                let template = Template::parse(&path)
+                    .map_err(|e| anyhow::anyhow!("{grpc}: path {path:?}: {e}"))?;
+                for name in template.fields() {
+                    let field = input.get_field_by_name(name).ok_or_else(|| {
+                        anyhow::anyhow!("{grpc}: the path names no field {name:?}")
+                    })?;
+                    anyhow::ensure!(
+                        !field.is_list()
+                            && !field.is_map()
+                            && !matches!(field.kind(), Kind::Message(_)),
+                        "{grpc}: path field {name:?} must be a scalar"
+                    );
+                }
+                if method.is_client_streaming() {
+                    anyhow::ensure!(
+                        matches!(body, BodyRule::Whole) && template.fields().next().is_none(),
+                        "{grpc}: a streaming RPC takes its messages in the body (body \"*\", no path fields)"
+                    );
+                }
+                routes.push(Route {
+                    verb,
+                    template,
+                    body,
+                    grpc_path: format!("/{grpc}"),
+                    method,
+                    rule: rpc,
+                });
+            }
+        }
+        Ok(HttpApi { pool, routes })
+    }
+
+    /// The descriptors: the contract, with `google.rpc` for errors.
+    pub fn pool(&self) -> &DescriptorPool {
+        &self.pool
+    }
+
+    /// The route of a request.
+    pub fn route(&self, method: &Method, path: &str) -> Routed<'_> {
+        let mut allowed = Vec::new();
+        for route in &self.routes {
+            if let Some(params) = route.template.matches(path) {
+                if route.verb == *method {
+                    return Routed::Found(route, params);
+                }
+                allowed.push(route.verb.clone());
+            }
+        }
+        if allowed.is_empty() {
+            Routed::NotFound
+        } else {
+            Routed::WrongMethod(allowed)
+        }
+    }
+
+    /// The request's protobuf encoding, as gRPC frames: from the body, the
+    /// path's fields and the query's. The error says what is wrong, for a
+    /// person (national numbers masked).
+    pub fn request(
+        &self,
+        route: &Route,
+        params: Vec<(String, String)>,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Bytes, String> {
+        let input = route.method.input();
+        let blank = body.iter().all(u8::is_ascii_whitespace);
+        let parsed: Option<Value> = if blank {
+            None
+        } else {
+            Some(
+                serde_json::from_slice(body)
+                    .map_err(|e| format!("the body is not valid JSON: {e}"))?,
+            )
+        };
+        let query = query.filter(|q| !q.is_empty());
+        if route.streams_in() {
+            if query.is_some() {
+                return Err("this operation takes no query parameters".into());
+            }
+            let items = match parsed {
+                Some(Value::Array(items)) => items,
+                None => Vec::new(),
+                Some(_) => return Err("the body must be a JSON array of requests".into()),
+            };
+            let mut frames = Vec::new();
+            for (i, item) in items.into_iter().enumerate() {
+                if !item.is_object() {
+                    return Err(format!("item {i}: must be a JSON object"));
+                }
+                let message = decode(&input, item).map_err(|e| format!("item {i}: {e}"))?;
+                frame(&mut frames, &message);
+            }
+            return Ok(frames.into());
+        }
+        let mut object = match (&route.body, parsed) {
+            (BodyRule::None, Some(_)) => {
+                return Err("this operation takes no body; its fields are query parameters".into());
+            }
+            (_, None) => Map::new(),
+            (BodyRule::Whole, Some(Value::Object(o))) => o,
+            (BodyRule::Whole, Some(_)) => return Err("the body must be a JSON object".into()),
+            (BodyRule::Field(f), Some(v)) => {
+                let mut o = Map::new();
+                o.insert(f.json_name().to_owned(), v);
+                o
+            }
+        };
+        for (name, value) in params {
+            let field = input
+                .get_field_by_name(&name)
+                .ok_or_else(|| format!("no field {name}"))?;
+            object.remove(field.name());
+            object.insert(field.json_name().to_owned(), scalar(&field, value)?);
+        }
+        if let Some(query) = query {
+            if !matches!(route.body, BodyRule::None) {
+                return Err(
+                    "this operation takes its fields in the body, not as query parameters".into(),
+                );
+            }
+            for (key, value) in parse_query(query) {
+                let field = input
+                    .get_field_by_name(&key)
+                    .or_else(|| input.get_field_by_json_name(&key))
+                    .filter(|f| !f.is_map() && !is_plain_message(f))
+                    .ok_or_else(|| format!("unknown query parameter {key:?}"))?;
+                let value = scalar(&field, value)?;
+                let key = field.json_name().to_owned();
+                if field.is_list() {
+                    match object
+                        .entry(key.clone())
+                        .or_insert_with(|| Value::Array(Vec::new()))
+                    {
+                        Value::Array(a) => a.push(value),
+                        _ => return Err(format!("query parameter {key:?} given twice")),
+                    }
+                } else if object.insert(key.clone(), value).is_some() {
+                    return Err(format!("query parameter {key:?} given twice"));
+                }
+            }
+        }
+        let message = decode(&input, Value::Object(object))?;
+        let mut frames = Vec::new();
+        frame(&mut frames, &message);
+        Ok(frames.into())
+    }
+
+    /// The JSON of an answer's gRPC frames, and the request id it carries
+    /// (a `request_id` field), if any.
+    pub fn response(
+        &self,
+        route: &Route,
+        mut frames: Bytes,
+    ) -> Result<(Vec<u8>, Option<String>), String> {
+        let output = route.method.output();
+        let mut messages = Vec::new();
+        while frames.has_remaining() {
+            if frames.remaining() < 5 {
+                return Err("a truncated gRPC frame".into());
+            }
+            let compressed = frames.get_u8();
+            let len = frames.get_u32() as usize;
+            if compressed != 0 || frames.remaining() < len {
+                return Err("an unreadable gRPC frame".into());
+            }
+            let message = DynamicMessage::decode(output.clone(), frames.split_to(len))
+                .map_err(|e| format!("an undecodable answer: {e}"))?;
+            messages.push(message);
+        }
+        let request_id = match messages.as_slice() {
+            [one] => one
+                .get_field_by_name("request_id")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|id| !id.is_empty()),
+            _ => None,
+        };
+        let json = if route.streams_out() {
+            let values = messages
+                .iter()
+                .map(to_json)
+                .collect::<Result<Vec<_>, _>>()?;
+            serde_json::to_vec(&values)
+        } else {
+            let message = messages
+                .pop()
+                .unwrap_or_else(|| DynamicMessage::new(output));
+            serde_json::to_vec(&to_json(&message)?)
+        }
+        .map_err(|e| e.to_string())?;
+        Ok((json, request_id))
+    }
+
+    /// A status as the JSON of `google.rpc.Status`: its code, message and
+    /// details (`ErrorInfo` with the reason and request id, `BadRequest`,
+    /// `RetryInfo`) in the canonical mapping, each with its `@type`.
+    pub fn status_json(&self, status: &tonic::Status) -> Vec<u8> {
+        let details = self
+            .pool
+            .get_message_by_name("google.rpc.Status")
+            .filter(|_| !status.details().is_empty())
+            .and_then(|desc| DynamicMessage::decode(desc, status.details()).ok())
+            .and_then(|m| to_json(&m).ok());
+        let value = details.unwrap_or_else(|| {
+            serde_json::json!({
+                "code": status.code() as i32,
+                "message": status.message(),
+            })
+        });
+        serde_json::to_vec(&value).unwrap_or_default()
+    }
+}
+
+fn is_plain_message(f: &FieldDescriptor) -> bool {
+    // Timestamps read from one string; other messages have no query form.
+    matches!(f.kind(), Kind::Message(m) if m.full_name() != "google.protobuf.Timestamp")
+}
+
+fn decode(desc: &MessageDescriptor, value: Value) -> Result<DynamicMessage, String> {
+    DynamicMessage::deserialize_with_options(desc.clone(), value, &DeserializeOptions::new())
+        .map_err(|e| semel_core::redact_national_numbers(&e.to_string()).into_owned())
+}
+
+fn to_json(message: &DynamicMessage) -> Result<Value, String> {
+    message
+        .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
+        .map_err(|e| e.to_string())
+}
+
+fn frame(out: &mut Vec<u8>, message: &DynamicMessage) {
+    let encoded = message.encode_to_vec();
+    out.push(0);
+    out.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    out.extend_from_slice(&encoded);
+}
+
+/// A path or query value as the JSON the canonical mapping reads for the
+/// field: strings for everything (numbers, enums and timestamps read from
+/// strings) but booleans.
+fn scalar(field: &FieldDescriptor, raw: String) -> Result<Value, String> {
+    match field.kind() {
+        Kind::Bool => match raw.as_str() {
+            "true" => Ok(Value::Bool(true)),
+            "false" => Ok(Value::Bool(false)),
+            _ => Err(format!("{}: expected true or false", field.json_name())),
+        },
+        _ => Ok(Value::String(raw)),
+    }
+}
+
+/// `a=1&b=x%20y` as pairs, percent-decoded (`+` is a space).
+pub fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (
+                percent_decode(&k.replace('+', " ")),
+                percent_decode(&v.replace('+', " ")),
+            )
+        })
+        .collect()
+}
+
+/// Percent-decoding; a malformed escape stays as it is.
+pub fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Template, String> {
+        let path = text.strip_prefix('/').ok_or("must start with /")?;
+        // The verb follows the last colon outside braces.
+        let mut depth = 0;
+        let mut colon = None;
+        for (i, c) in path.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' => depth -= 1,
+                ':' if depth == 0 => colon = Some(i),
+                _ => {}
+            }
+        }
+        let (path, verb) = match colon {
+            Some(i) => (&path[..i], Some(path[i + 1..].to_owned())),
+            None => (path, None),
+        };
+        let mut segments = Vec::new();
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                let (name, pattern) = inner.split_once('=').unwrap_or((inner, "*"));
+                let rest = match pattern {
+                    "*" => false,
+                    "**" if i + 1 == parts.len() => true,
+                    other => return Err(format!("unsupported pattern {other:?}")),
+                };
+                segments.push(Segment::Field {
+                    name: name.to_owned(),
+                    rest,
+                });
+            } else if part.is_empty() || part.contains(['{', '}', '*']) {
+                return Err(format!("unsupported segment {part:?}"));
+            } else {
+                segments.push(Segment::Literal((*part).to_owned()));
+            }
+        }
+        Ok(Template {
+            text: text.to_owned(),
+            segments,
+            verb,
+        })
+    }
+
+    /// The fields the path binds.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Field { name, .. } => Some(name.as_str()),
+            Segment::Literal(_) => None,
+        })
+    }
+
+    /// The template as an OpenAPI path: `{name=**}` becomes `{name}`.
+    pub fn openapi_path(&self) -> String {
+        let mut out = String::new();
+        for s in &self.segments {
+            out.push('/');
+            match s {
+                Segment::Literal(l) => out.push_str(l),
+                Segment::Field { name, .. } => {
+                    out.push('{');
+                    out.push_str(name);
+                    out.push('}');
+                }
+            }
+        }
+        if let Some(v) = &self.verb {
+            out.push(':');
+            out.push_str(v);
+        }
+        out
+    }
+
+    /// The path's fields if `path` matches, percent-decoded.
+    fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
+        let mut path = path.strip_prefix('/')?;
+        if let Some(verb) = &self.verb {
+            path = path.strip_suffix(verb.as_str())?.strip_suffix(':')?;
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        let mut params = Vec::new();
+        let mut i = 0;
+        for s in &self.segments {
+            match s {
+                Segment::Literal(l) => {
+                    if parts.get(i) != Some(&l.as_str()) {
+                        return None;
+                    }
+                    i += 1;
+                }
+                Segment::Field { name, rest: false } => {
+                    let part = parts.get(i).filter(|p| !p.is_empty())?;
+                    params.push((name.clone(), percent_decode(part)));
+                    i += 1;
+                }
+                Segment::Field { name, rest: true } => {
+                    let tail = parts.get(i..).filter(|t| !t.is_empty())?;
+                    if tail.iter().any(|p| p.is_empty()) {
+                        return None;
+                    }
+                    let value: Vec<String> = tail.iter().map(|p| percent_decode(p)).collect();
+                    params.push((name.clone(), value.join("/")));
+                    i = parts.len();
+                }
+            }
+        }
+        (i == parts.len()).then_some(params)
+    }
+}
+
+/// The contract's descriptors (with their options, so the HTTP rules are
+/// there) and `google.rpc`'s, for errors.
+fn pool() -> anyhow::Result<DescriptorPool> {
+    let mut pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)?;
+    // google.rpc's files import these well-known types.
+    let known = DescriptorPool::global();
+    for name in [
+        "google/protobuf/any.proto",
+        "google/protobuf/duration.proto",
+    ] {
+        if pool.get_file_by_name(name).is_none()
+            && let Some(file) = known.get_file_by_name(name)
+        {
+            pool.add_file_descriptor_proto(file.file_descriptor_proto().clone())?;
+        }
+    }
+    let rpc = prost_types::FileDescriptorSet::decode(tonic_types::pb::FILE_DESCRIPTOR_SET)?;
+    pool.add_file_descriptor_protos(rpc.file)?;
+    Ok(pool)
+}
+
+/// The HTTP status of a gRPC code (as Google's APIs and grpc-gateway map
+/// them), with the few reasons that have a more precise one.
+pub fn http_status(code: tonic::Code, reason: Option<&str>) -> u16 {
+    use tonic::Code::*;
+    match reason {
+        Some("REQUEST_TOO_LARGE") => return 413,
+        Some("METHOD_NOT_ALLOWED") => return 405,
+        Some("UNSUPPORTED_MEDIA_TYPE") => return 415,
+        _ => {}
+    }
+    match code {
+        Ok => 200,
+        Cancelled => 499,
+        Unknown | Internal | DataLoss => 500,
+        InvalidArgument | FailedPrecondition | OutOfRange => 400,
+        DeadlineExceeded => 504,
+        NotFound => 404,
+        AlreadyExists | Aborted => 409,
+        PermissionDenied => 403,
+        Unauthenticated => 401,
+        ResourceExhausted => 429,
+        Unimplemented => 501,
+        Unavailable => 503,
+    }
+}
+
+/// Every HTTP route, by path then method, for the OpenAPI document.
+pub fn by_path(api: &HttpApi) -> BTreeMap<String, Vec<&Route>> {
+    let mut out: BTreeMap<String, Vec<&Route>> = BTreeMap::new();
+    for r in &api.routes {
+        out.entry(r.template.openapi_path()).or_default().push(r);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api() -> HttpApi {
+        HttpApi::load().expect("the contract's HTTP rules load")
+    }
+
+    #[test]
+    fn every_consumer_citizen_and_auditor_rpc_has_a_route() {
+        let api = api();
+        for rule in crate::permissions::RULES {
+            let theirs = rule.roles.iter().any(|r| {
+                matches!(
+                    r,
+                    semel_core::UserRole::Consumer
+                        | semel_core::UserRole::Citizen
+                        | semel_core::UserRole::Auditor
+                )
+            });
+            let routed = api.routes.iter().any(|r| r.rule.method == rule.method);
+            assert!(!theirs || routed, "{} has no HTTP rule", rule.method);
+        }
+    }
+
+    #[test]
+    fn paths_route_to_their_rpc_with_their_fields() {
+        let api = api();
+        let Routed::Found(r, params) = api.route(&Method::POST, "/v1/files/abc%2Fd:close") else {
+            panic!("no route")
+        };
+        assert_eq!(r.grpc_path, "/semel.v1.PersonsService/CloseFile");
+        assert_eq!(params, vec![("file_id".to_owned(), "abc/d".to_owned())]);
+        let Routed::Found(r, params) = api.route(&Method::GET, "/v1/authorisations/BSC/2024/017")
+        else {
+            panic!("no route")
+        };
+        assert_eq!(r.grpc_path, "/semel.v1.RegistryService/GetAuthorisation");
+        assert_eq!(params[0].1, "BSC/2024/017");
+        assert!(matches!(
+            api.route(&Method::GET, "/v1/lookups"),
+            Routed::WrongMethod(_)
+        ));
+        assert!(matches!(
+            api.route(&Method::POST, "/v1/lookups:nothing"),
+            Routed::NotFound
+        ));
+        assert!(matches!(
+            api.route(&Method::GET, "/v1/files/:close"),
+            Routed::NotFound
+        ));
+    }
+
+    #[test]
+    fn json_becomes_the_rpcs_message_and_bad_json_is_named() {
+        let api = api();
+        let Routed::Found(r, params) = api.route(&Method::POST, "/v1/lookups") else {
+            panic!()
+        };
+        let body = br#"{"citizen":"93051822361","dataset":"d","fields":["a"],"checks":[{"field":"x","operator":"CHECK_OPERATOR_EQUALS","operand":{"intValue":"3"}}]}"#;
+        let frames = api.request(r, params.clone(), None, body).expect("valid");
+        let msg = crate::proto::LookupRequest::decode(&frames[5..]).expect("decodes");
+        assert_eq!(msg.citizen, "93051822361");
+        assert_eq!(msg.checks[0].operator, 1);
+        for (bad, says) in [
+            (&b"{"[..], "not valid JSON"),
+            (br#"{"nope":1}"#, "nope"),
+            (br#"{"fields":"a"}"#, "invalid type"),
+            (br#"{"citizen":93051822361}"#, "invalid type"),
+            (br#"[1]"#, "JSON object"),
+        ] {
+            let e = api
+                .request(r, params.clone(), None, bad)
+                .expect_err("refused");
+            assert!(e.contains(says), "{e}");
+            assert!(!e.contains("93051822361"), "{e}");
+        }
+        let Routed::Found(r, params) = api.route(&Method::GET, "/v1/audit/consistencyProof") else {
+            panic!()
+        };
+        let frames = api
+            .request(r, params, Some("firstTreeSize=2&second_tree_size=5"), b"")
+            .expect("valid");
+        let msg = crate::proto::GetConsistencyProofRequest::decode(&frames[5..]).expect("decodes");
+        assert_eq!((msg.first_tree_size, msg.second_tree_size), (2, 5));
+    }
+
+    #[test]
+    fn errors_are_google_rpc_status_json_with_their_details() {
+        let api = api();
+        let status = crate::error::ApiError::denied("NO_ACTIVE_FILE", "no file")
+            .with("request_id", "r-1")
+            .into_status();
+        let json: Value = serde_json::from_slice(&api.status_json(&status)).expect("json");
+        assert_eq!(json["code"], 7);
+        assert_eq!(json["message"], "no file");
+        assert_eq!(
+            json["details"][0]["@type"],
+            "type.googleapis.com/google.rpc.ErrorInfo"
+        );
+        assert_eq!(json["details"][0]["reason"], "NO_ACTIVE_FILE");
+        assert_eq!(json["details"][0]["metadata"]["request_id"], "r-1");
+        assert_eq!(http_status(status.code(), Some("NO_ACTIVE_FILE")), 403);
+    }
+}
