@@ -309,15 +309,41 @@ impl Cache {
     }
 }
 
-/// Runs a write, and what memory must forget after it, on a task of their
-/// own: a caller that gives up halfway (a deadline passed, a stream reset)
-/// cannot leave the write done and memory not told.
-async fn detached<T: Send + 'static>(
-    write: impl std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
-) -> Result<T, StorageError> {
-    tokio::spawn(write)
+/// What memory forgets after a write.
+enum Forget {
+    /// What it holds on these numbers.
+    Citizens(Vec<Niss>),
+    /// Every resolution (a replacement changed).
+    Resolutions,
+}
+
+impl CachedPersons {
+    /// Runs a write on the store, and then forgets what it changed, on a
+    /// task of their own: a caller that gives up halfway (a deadline
+    /// passed, a stream reset) cannot leave the write done and memory not
+    /// told. Forgotten whatever the outcome: a write that failed may still
+    /// have reached the store.
+    async fn write<T, Fut>(
+        &self,
+        changed: Forget,
+        write: impl FnOnce(Arc<dyn PersonsStore>) -> Fut + Send + 'static,
+    ) -> Result<T, StorageError>
+    where
+        T: Send + 'static,
+        Fut: std::future::Future<Output = Result<T, StorageError>> + Send + 'static,
+    {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = write(this.inner.clone()).await;
+            match &changed {
+                Forget::Citizens(numbers) => numbers.iter().for_each(|n| this.forget(n)),
+                Forget::Resolutions => this.forget_resolutions(),
+            }
+            result
+        })
         .await
         .map_err(|e| StorageError::Unavailable(format!("a persons directory write stopped: {e}")))?
+    }
 }
 
 /// A number on its own, as the store's per-citizen reads take it.
@@ -332,27 +358,17 @@ fn alone(n: &Niss) -> Resolved {
 #[async_trait]
 impl PersonsStore for CachedPersons {
     async fn put_files(&self, files: &[PersonFile]) -> Result<(), StorageError> {
-        let (this, files) = (self.clone(), files.to_vec());
-        detached(async move {
-            let result = this.inner.put_files(&files).await;
-            // Forgotten whatever the outcome: a write that failed may
-            // still have reached the store.
-            for f in &files {
-                this.forget(&f.citizen);
-            }
-            result
-        })
-        .await
+        let changed = Forget::Citizens(files.iter().map(|f| f.citizen).collect());
+        let files = files.to_vec();
+        self.write(changed, move |s| async move { s.put_files(&files).await })
+            .await
     }
 
     async fn delete_file(&self, file: &PersonFile) -> Result<(), StorageError> {
-        let (this, file) = (self.clone(), file.clone());
-        detached(async move {
-            let result = this.inner.delete_file(&file).await;
-            this.forget(&file.citizen);
-            result
-        })
-        .await
+        let file = file.clone();
+        let changed = Forget::Citizens(vec![file.citizen]);
+        self.write(changed, move |s| async move { s.delete_file(&file).await })
+            .await
     }
 
     async fn file(
@@ -377,22 +393,22 @@ impl PersonsStore for CachedPersons {
     }
 
     async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let (this, consent) = (self.clone(), consent.clone());
-        detached(async move {
-            let result = this.inner.put_consent(&consent).await;
-            this.forget(&consent.citizen);
-            result
-        })
+        let consent = consent.clone();
+        let changed = Forget::Citizens(vec![consent.citizen]);
+        self.write(
+            changed,
+            move |s| async move { s.put_consent(&consent).await },
+        )
         .await
     }
 
     async fn delete_consent(&self, consent: &Consent) -> Result<(), StorageError> {
-        let (this, consent) = (self.clone(), consent.clone());
-        detached(async move {
-            let result = this.inner.delete_consent(&consent).await;
-            this.forget(&consent.citizen);
-            result
-        })
+        let consent = consent.clone();
+        let changed = Forget::Citizens(vec![consent.citizen]);
+        self.write(
+            changed,
+            move |s| async move { s.delete_consent(&consent).await },
+        )
         .await
     }
 
@@ -405,21 +421,18 @@ impl PersonsStore for CachedPersons {
     }
 
     async fn replace(&self, r: &NumberReplacement) -> Result<NumberReplacement, StorageError> {
-        let (this, r) = (self.clone(), r.clone());
-        detached(async move {
-            let result = this.inner.replace(&r).await;
-            this.forget_resolutions();
-            result
-        })
+        let r = r.clone();
+        self.write(
+            Forget::Resolutions,
+            move |s| async move { s.replace(&r).await },
+        )
         .await
     }
 
     async fn unreplace(&self, old: &Niss) -> Result<Option<NumberReplacement>, StorageError> {
-        let (this, old) = (self.clone(), *old);
-        detached(async move {
-            let result = this.inner.unreplace(&old).await;
-            this.forget_resolutions();
-            result
+        let old = *old;
+        self.write(Forget::Resolutions, move |s| async move {
+            s.unreplace(&old).await
         })
         .await
     }
