@@ -617,3 +617,55 @@ async fn a_connection_stays_usable_after_a_refused_request_with_a_body() {
     }
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_too_large_is_refused_whole_before_any_item_is_looked_up() {
+    let t = start().await;
+    let token = consumer_token(&t, ANDERLECHT);
+    let batch = |items: Vec<Value>| {
+        let token = token.clone();
+        let t = &t;
+        async move {
+            http_call(
+                t,
+                Some(ANDERLECHT),
+                Some(&token),
+                "POST",
+                "/v1/lookups:batch",
+                Some(Value::Array(items).to_string().as_bytes()),
+            )
+            .await
+        }
+    };
+    let good =
+        || json!({ "item": serde_json::from_slice::<Value>(&residence(KARIM)).expect("json") });
+    let before = t.audit_entries().await.len();
+    // One item larger than the gRPC face takes, after two good ones: the
+    // whole batch is refused, and neither good item is looked up (nor
+    // audited as answered with its answer never sent).
+    let mut oversized = good();
+    oversized["item"]["consumerReference"] = json!("x".repeat(70_000));
+    let refused = batch(vec![good(), good(), oversized]).await;
+    assert_refused(&refused, 413, "REQUEST_TOO_LARGE");
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("item 2")),
+        "{}",
+        String::from_utf8_lossy(&refused.raw)
+    );
+    // More items than a batch over HTTP/JSON takes.
+    let many = batch(vec![json!({}); 1001]).await;
+    assert_refused(&many, 413, "REQUEST_TOO_LARGE");
+    let entries = t.audit_entries().await;
+    assert!(
+        entries[before..]
+            .iter()
+            .all(|e| e.decision != semel_server::proto::AuditDecision::Allowed as i32),
+        "no item of a refused batch was looked up"
+    );
+    // The largest batch taken is answered.
+    let most = batch(vec![good(); 3]).await;
+    assert_eq!(most.status, 200, "{}", String::from_utf8_lossy(&most.raw));
+    t.stop().await;
+}

@@ -73,6 +73,21 @@ impl HttpFace {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let routed = self.api.route(&parts.method, &path);
+        // Without a certificate nothing is served: refused before the body
+        // is read or parsed (an unidentified client costs the broker no
+        // memory), and the connection is closed.
+        if peer.certificate.is_none() {
+            let mut resp = self.error(
+                ApiError::unauthenticated(
+                    "CLIENT_CERTIFICATE_REQUIRED",
+                    "present your organisation's client certificate (mutual TLS)",
+                )
+                .into_status(),
+            );
+            resp.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
         let (route, params) = match routed {
             Routed::Found(route, params) => (route, params),
             other => {
@@ -104,7 +119,21 @@ impl HttpFace {
             .await;
             self.error(error.into_status())
         };
-        let bytes = match read_body(body, limit).await {
+        // A body sent too slowly holds a connection and a task: it has a
+        // time to arrive in.
+        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(body, limit)).await;
+        let Ok(read) = read else {
+            return refuse(ApiError::new(
+                tonic::Code::DeadlineExceeded,
+                "REQUEST_TIMEOUT",
+                format!(
+                    "the request body did not arrive within {} s; send it at once",
+                    BODY_TIMEOUT.as_secs()
+                ),
+            ))
+            .await;
+        };
+        let bytes = match read {
             Ok(Some(b)) => b,
             Ok(None) => {
                 return refuse(ApiError::new(
@@ -134,9 +163,20 @@ impl HttpFace {
             ))
             .await;
         }
-        let frames = match self.api.request(route, params, parts.uri.query(), &bytes) {
+        let frames = match self
+            .api
+            .request_within(route, params, parts.uri.query(), &bytes)
+        {
             Ok(f) => f,
-            Err(why) => {
+            Err(crate::transcode::Unreadable::TooLarge(why)) => {
+                return refuse(ApiError::new(
+                    tonic::Code::OutOfRange,
+                    "REQUEST_TOO_LARGE",
+                    why,
+                ))
+                .await;
+            }
+            Err(crate::transcode::Unreadable::Malformed(why)) => {
                 // Whatever the client put where a name goes, no national
                 // number goes back or into a log.
                 let why = semel_core::redact_national_numbers(&why).into_owned();
@@ -178,7 +218,7 @@ impl HttpFace {
                 return Response::builder()
                     .header(CONTENT_TYPE, "application/json")
                     .body(Full::new(self.openapi.clone()))
-                    .unwrap_or_default();
+                    .unwrap_or_else(|_| failed());
             }
             Routed::WrongMethod(allowed) => allowed,
             Routed::Found(..) | Routed::NotFound => {
@@ -277,7 +317,8 @@ impl HttpFace {
                 if let Some(id) = request_id {
                     resp = resp.header(REQUEST_ID, id);
                 }
-                resp.body(Full::new(Bytes::from(json))).unwrap_or_default()
+                resp.body(Full::new(Bytes::from(json)))
+                    .unwrap_or_else(|_| failed())
             }
             Err(why) => {
                 tracing::error!(rpc = route.rule.method, error = %why, "an answer could not be transcoded to JSON");
@@ -302,9 +343,27 @@ impl HttpFace {
             resp = resp.header(REQUEST_ID, id.as_str());
         }
         resp.body(Full::new(Bytes::from(self.api.status_json(&status))))
-            .unwrap_or_default()
+            .unwrap_or_else(|_| failed())
     }
 }
+
+/// The answer when an answer could not be built: never an empty success.
+fn failed() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(
+        br#"{"code":13,"message":"the broker could not build its answer","details":[]}"#,
+    )));
+    *resp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// How long a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most HTTP/JSON connections served at once; more wait to be
+/// accepted.
+const MAX_CONNECTIONS: usize = 4096;
 
 /// The body, or `None` when it is larger than `limit`. A body too large is
 /// still read (and dropped) up to [`DRAIN`], so that the client, which may
@@ -361,8 +420,16 @@ pub async fn serve(
     let mut incoming =
         crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
+        // A connection is accepted only with a slot free: connections
+        // (slow ones included) cannot grow without bound.
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
         let conn = tokio::select! {
             conn = incoming.next() => conn,
             () = &mut shutdown => break,
@@ -392,6 +459,7 @@ pub async fn serve(
             if let Err(e) = served.await {
                 tracing::debug!(error = %e, "HTTP/JSON connection ended");
             }
+            drop(slot);
         });
     }
     drop(incoming);

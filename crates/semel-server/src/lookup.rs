@@ -160,6 +160,15 @@ async fn batch(
     use futures::StreamExt;
     let broken = tx.clone();
     let credentials = Arc::new(credentials);
+    // The stream ends at its first error (an item that cannot be read, a
+    // stream broken): no item is read past it.
+    let items = futures::stream::unfold(Some(items), |items| async move {
+        let mut items = items?;
+        match items.next().await? {
+            Ok(item) => Some((Ok(item), Some(items))),
+            Err(status) => Some((Err(status), None)),
+        }
+    });
     let results = items
         .enumerate()
         .map(|(index, item)| {

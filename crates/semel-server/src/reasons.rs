@@ -197,7 +197,12 @@ pub const REASONS: &[Reasons] = &[
     row(
         "OUT_OF_RANGE",
         &["REQUEST_TOO_LARGE"],
-        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry; over HTTP/JSON 256 KiB of JSON, 4 MiB for a batch, HTTP 413); send a smaller one",
+        "the request is larger than the broker accepts (64 KiB; 1 MiB for the registry; over HTTP/JSON 256 KiB of JSON, 4 MiB and 1000 items for a batch, each item 64 KiB as protobuf, HTTP 413); send a smaller one",
+    ),
+    row(
+        "DEADLINE_EXCEEDED",
+        &["REQUEST_TIMEOUT"],
+        "(HTTP/JSON, HTTP 408) the request body did not arrive within 30 s; send it at once",
     ),
     row(
         "INVALID_ARGUMENT",

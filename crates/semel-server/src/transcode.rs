@@ -195,6 +195,22 @@ impl HttpApi {
         query: Option<&str>,
         body: &[u8],
     ) -> Result<Bytes, String> {
+        self.request_within(route, params, query, body)
+            .map_err(|e| match e {
+                Unreadable::Malformed(m) | Unreadable::TooLarge(m) => m,
+            })
+    }
+
+    /// As [`HttpApi::request`], telling a request too large (a batch of
+    /// more than [`MAX_BATCH_ITEMS`], an item larger than the gRPC face
+    /// takes) from one malformed, before any item is processed.
+    pub fn request_within(
+        &self,
+        route: &Route,
+        params: Vec<(String, String)>,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Bytes, Unreadable> {
         let input = route.method.input();
         let blank = body.iter().all(u8::is_ascii_whitespace);
         let parsed: Option<Value> = if blank {
@@ -215,12 +231,26 @@ impl HttpApi {
                 None => Vec::new(),
                 Some(_) => return Err("the body must be a JSON array of requests".into()),
             };
+            // The answer is built in memory: a batch is bounded here, and
+            // every item is refused before any is looked up.
+            if items.len() > MAX_BATCH_ITEMS {
+                return Err(Unreadable::TooLarge(format!(
+                    "a batch over HTTP/JSON takes at most {MAX_BATCH_ITEMS} items, not {}; send several, or stream them over gRPC",
+                    items.len()
+                )));
+            }
             let mut frames = Vec::new();
             for (i, item) in items.into_iter().enumerate() {
                 if !item.is_object() {
-                    return Err(format!("item {i}: must be a JSON object"));
+                    return Err(format!("item {i}: must be a JSON object").into());
                 }
                 let message = decode(&input, item).map_err(|e| format!("item {i}: {e}"))?;
+                if message.encoded_len() > crate::server::MAX_REQUEST {
+                    return Err(Unreadable::TooLarge(format!(
+                        "item {i} is larger than the broker accepts ({} KiB as protobuf)",
+                        crate::server::MAX_REQUEST / 1024
+                    )));
+                }
                 frame(&mut frames, &message);
             }
             return Ok(frames.into());
@@ -265,10 +295,10 @@ impl HttpApi {
                         .or_insert_with(|| Value::Array(Vec::new()))
                     {
                         Value::Array(a) => a.push(value),
-                        _ => return Err(format!("query parameter {key:?} given twice")),
+                        _ => return Err(format!("query parameter {key:?} given twice").into()),
                     }
                 } else if object.insert(key.clone(), value).is_some() {
-                    return Err(format!("query parameter {key:?} given twice"));
+                    return Err(format!("query parameter {key:?} given twice").into());
                 }
             }
         }
@@ -357,6 +387,29 @@ fn to_json(message: &DynamicMessage) -> Result<Value, String> {
     message
         .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
         .map_err(|e| e.to_string())
+}
+
+/// The most items one HTTP/JSON batch takes (its answer is built in
+/// memory; the gRPC face streams any number with backpressure).
+pub const MAX_BATCH_ITEMS: usize = 1000;
+
+/// Why a request could not be transcoded.
+#[derive(Debug)]
+pub enum Unreadable {
+    Malformed(String),
+    TooLarge(String),
+}
+
+impl From<String> for Unreadable {
+    fn from(m: String) -> Self {
+        Unreadable::Malformed(m)
+    }
+}
+
+impl From<&str> for Unreadable {
+    fn from(m: &str) -> Self {
+        Unreadable::Malformed(m.to_owned())
+    }
 }
 
 fn frame(out: &mut Vec<u8>, message: &DynamicMessage) {
@@ -554,6 +607,7 @@ pub fn http_status(code: tonic::Code, reason: Option<&str>) -> u16 {
     use tonic::Code::*;
     match reason {
         Some("REQUEST_TOO_LARGE") => return 413,
+        Some("REQUEST_TIMEOUT") => return 408,
         Some("METHOD_NOT_ALLOWED") => return 405,
         Some("UNSUPPORTED_MEDIA_TYPE") => return 415,
         _ => {}
