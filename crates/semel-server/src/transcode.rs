@@ -217,8 +217,9 @@ impl HttpApi {
             None
         } else {
             Some(
-                serde_json::from_slice(body)
-                    .map_err(|e| format!("the body is not valid JSON: {e}"))?,
+                serde_json::from_slice::<Strict>(body)
+                    .map_err(|e| format!("the body is not valid JSON: {e}"))?
+                    .0,
             )
         };
         let query = query.filter(|q| !q.is_empty());
@@ -379,14 +380,114 @@ fn is_plain_message(f: &FieldDescriptor) -> bool {
 }
 
 fn decode(desc: &MessageDescriptor, value: Value) -> Result<DynamicMessage, String> {
+    once_each(desc, &value)?;
     DynamicMessage::deserialize_with_options(desc.clone(), value, &DeserializeOptions::new())
         .map_err(|e| semel_core::redact_national_numbers(&e.to_string()).into_owned())
+}
+
+/// Refuses a field given under both its names (`consumer_reference` and
+/// `consumerReference`), at every level: which one would count is not for
+/// the reader to guess.
+fn once_each(desc: &MessageDescriptor, value: &Value) -> Result<(), String> {
+    let Value::Object(object) = value else {
+        return Ok(());
+    };
+    let mut seen = std::collections::HashSet::new();
+    for (key, v) in object {
+        let field = desc
+            .get_field_by_json_name(key)
+            .or_else(|| desc.get_field_by_name(key));
+        let Some(field) = field else { continue };
+        if !seen.insert(field.number()) {
+            return Err(format!(
+                "the field {} is given twice (as {} and {})",
+                field.name(),
+                field.name(),
+                field.json_name()
+            ));
+        }
+        if let Kind::Message(inner) = field.kind() {
+            match v {
+                Value::Array(items) => {
+                    for item in items {
+                        once_each(&inner, item)?;
+                    }
+                }
+                v => once_each(&inner, v)?,
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_json(message: &DynamicMessage) -> Result<Value, String> {
     message
         .serialize_with_options(serde_json::value::Serializer, &SerializeOptions::new())
         .map_err(|e| e.to_string())
+}
+
+/// JSON read as a [`Value`], refusing an object that names a key twice:
+/// a proxy or a log reading the first `citizen` must not see another
+/// citizen than the one looked up (serde_json keeps the last).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let Strict(v) = map.next_value()?;
+            if out.insert(key.clone(), v).is_some() {
+                return Err(serde::de::Error::custom(format!(
+                    "the key {key:?} is given twice"
+                )));
+            }
+        }
+        Ok(Value::Object(out))
+    }
 }
 
 /// The most items one HTTP/JSON batch takes (its answer is built in
@@ -707,6 +808,14 @@ mod tests {
             (br#"{"fields":"a"}"#, "invalid type"),
             (br#"{"citizen":93051822361}"#, "invalid type"),
             (br#"[1]"#, "JSON object"),
+            (
+                br#"{"citizen":"93051822361","citizen":"85073003328"}"#,
+                "given twice",
+            ),
+            (
+                br#"{"consumer_reference":"a","consumerReference":"b"}"#,
+                "given twice",
+            ),
         ] {
             let e = api
                 .request(r, params.clone(), None, bad)
