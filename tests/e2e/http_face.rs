@@ -505,6 +505,27 @@ async fn bad_requests_get_clear_4xx_answers_never_500() {
     assert_refused(&no_cert, 401, "CLIENT_CERTIFICATE_REQUIRED");
     let no_cert_doc = http_call(&t, None, None, "GET", "/openapi.json", None).await;
     assert_refused(&no_cert_doc, 401, "CLIENT_CERTIFICATE_REQUIRED");
+    // The document and the answers that call no RPC need an organisation
+    // in good standing too, not just a certificate.
+    let kbo = semel_demo::seed::org(ANDERLECHT)
+        .expect("org")
+        .kbo
+        .as_str()
+        .to_owned();
+    let mut reg = t.registry().await;
+    reg.suspend_organisation(semel_server::proto::SuspendOrganisationRequest {
+        kbo: kbo.clone(),
+        reason: "security incident".into(),
+    })
+    .await
+    .expect("suspend");
+    let suspended = http_call(&t, Some(ANDERLECHT), None, "GET", "/openapi.json", None).await;
+    assert_refused(&suspended, 403, "ORGANISATION_SUSPENDED");
+    let suspended = http_call(&t, Some(ANDERLECHT), None, "GET", "/v1/nowhere", None).await;
+    assert_refused(&suspended, 403, "ORGANISATION_SUSPENDED");
+    reg.reinstate_organisation(semel_server::proto::ReinstateOrganisationRequest { kbo })
+        .await
+        .expect("reinstate");
     let no_token = http_call(
         &t,
         Some(ANDERLECHT),

@@ -200,20 +200,16 @@ impl HttpFace {
         routed: Routed<'_>,
         method: &Method,
         path: &str,
-        peer: &PeerIdentity,
+        peer: &Arc<PeerIdentity>,
     ) -> Response<Full<Bytes>> {
+        // Nothing but the RPCs (which check and record callers
+        // themselves) answers a certificate that identifies no registered
+        // organisation in good standing: missing, revoked, expired,
+        // unregistered or suspended.
+        if let Err(denied) = self.broker.certified(Some(peer), "http") {
+            return self.error(denied.error.into_status());
+        }
         let allowed = match routed {
-            // Nothing but the RPCs (which refuse and record a caller
-            // without a certificate themselves) answers without one.
-            _ if peer.certificate.is_none() => {
-                return self.error(
-                    ApiError::unauthenticated(
-                        "CLIENT_CERTIFICATE_REQUIRED",
-                        "present your organisation's client certificate (mutual TLS)",
-                    )
-                    .into_status(),
-                );
-            }
             _ if *method == Method::GET && path == "/openapi.json" => {
                 return Response::builder()
                     .header(CONTENT_TYPE, "application/json")

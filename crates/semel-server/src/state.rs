@@ -409,29 +409,21 @@ impl Broker {
     /// re-checks them for every item, so a certificate revoked, a key
     /// withdrawn, a token expired or an organisation suspended during the
     /// stream stops covering the items that follow.
-    pub fn authorize_parts(&self, credentials: &Credentials<'_>) -> Result<Caller, Box<Denied>> {
-        let rule = credentials.rule;
-        let operation = rule.map_or("unknown", |r| r.method);
+    /// The organisation a connection's certificate identifies: present,
+    /// naming an organisation, not revoked, registered, not expired and
+    /// the organisation not suspended. What every call checks first (and
+    /// the HTTP/JSON face's own answers, which call no RPC).
+    pub fn certified<'p>(
+        &self,
+        peer: Option<&'p Arc<PeerIdentity>>,
+        operation: &'static str,
+    ) -> Result<(Arc<Organisation>, &'p crate::tls::PeerCertificate), Box<Denied>> {
         let deny = |error: ApiError,
                     reason,
                     org: Option<&Arc<Organisation>>,
                     user: Option<&Arc<EndUser>>| {
-            // A caller nobody can be attributed to gets no audit entry,
-            // but its refusal still carries a request id, so that an
-            // operator can find the log line the caller quotes.
-            let error = match org {
-                None => error.with("request_id", new_id().to_string()),
-                Some(_) => error,
-            };
-            Box::new(Denied {
-                error,
-                reason,
-                org: org.cloned(),
-                user: user.cloned(),
-                operation,
-            })
+            denied(error, reason, org, user, operation)
         };
-        let peer = credentials.peer;
         let Some(cert) = peer.and_then(|p| p.certificate.as_ref()) else {
             return Err(deny(
                 ApiError::unauthenticated(
@@ -500,6 +492,20 @@ impl Broker {
                 None,
             ));
         }
+        Ok((org.clone(), cert))
+    }
+
+    pub fn authorize_parts(&self, credentials: &Credentials<'_>) -> Result<Caller, Box<Denied>> {
+        let rule = credentials.rule;
+        let operation = rule.map_or("unknown", |r| r.method);
+        let deny = |error: ApiError,
+                    reason,
+                    org: Option<&Arc<Organisation>>,
+                    user: Option<&Arc<EndUser>>| {
+            denied(error, reason, org, user, operation)
+        };
+        let (org, cert) = self.certified(credentials.peer, operation)?;
+        let org = &org;
         let tokens = self.tokens.load();
         let user = credentials
             .token
@@ -852,6 +858,29 @@ pub(crate) fn bearer_token(value: &str) -> Option<&str> {
 /// per-thread SipHash keyed once from the operating system's randomness.
 /// `Uuid::now_v7` would take a global lock and make a `getrandom` system
 /// call for every lookup.
+/// A refusal for who made a call. A caller nobody can be attributed to
+/// gets no audit entry, but its refusal still carries a request id, so that
+/// an operator can find the log line the caller quotes.
+fn denied(
+    error: ApiError,
+    reason: ReasonCode,
+    org: Option<&Arc<Organisation>>,
+    user: Option<&Arc<EndUser>>,
+    operation: &'static str,
+) -> Box<Denied> {
+    let error = match org {
+        None => error.with("request_id", new_id().to_string()),
+        Some(_) => error,
+    };
+    Box::new(Denied {
+        error,
+        reason,
+        org: org.cloned(),
+        user: user.cloned(),
+        operation,
+    })
+}
+
 pub fn new_id() -> uuid::Uuid {
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
