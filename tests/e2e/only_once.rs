@@ -721,3 +721,53 @@ async fn a_batch_stops_covering_items_once_the_organisation_is_suspended() {
     assert_eq!(entry.citizen, JAN);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_ends_at_an_item_it_cannot_read() {
+    let t = TestDemo::start().await;
+    let item = |reference: String| proto::LookupBatchRequest {
+        item: Some(proto::LookupRequest {
+            consumer_reference: reference,
+            ..lookup(
+                KARIM,
+                semel_demo::seed::datasets::RESIDENCE,
+                &["street"],
+                "RIS_ELIGIBILITY",
+            )
+        }),
+    };
+    // A good item, then one larger than the broker reads, then another:
+    // the stream ends with the refusal, and nothing after it is read.
+    let items = vec![
+        item("first".into()),
+        item("x".repeat(70_000)),
+        item("after".into()),
+    ];
+    let mut results = t
+        .lookup_client(ANDERLECHT)
+        .await
+        .lookup_batch(tokio_stream::iter(items))
+        .await
+        .expect("batch")
+        .into_inner();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut answered = Vec::new();
+        loop {
+            match results.message().await {
+                Ok(Some(r)) => answered.push(r.consumer_reference),
+                Ok(None) => return (answered, None),
+                Err(status) => return (answered, Some(status)),
+            }
+        }
+    })
+    .await
+    .expect("the batch never ended");
+    let (answered, error) = ended;
+    assert!(
+        !answered.iter().any(|r| r == "after"),
+        "an item after the unreadable one was looked up"
+    );
+    let error = error.expect("the stream ends with the refusal");
+    assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
+    t.stop().await;
+}
