@@ -163,10 +163,7 @@ impl HttpFace {
             ))
             .await;
         }
-        let frames = match self
-            .api
-            .request_within(route, params, parts.uri.query(), &bytes)
-        {
+        let frames = match self.api.request(route, params, parts.uri.query(), &bytes) {
             Ok(f) => f,
             Err(crate::transcode::Unreadable::TooLarge(why)) => {
                 return refuse(ApiError::new(

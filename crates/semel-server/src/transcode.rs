@@ -187,24 +187,10 @@ impl HttpApi {
 
     /// The request's protobuf encoding, as gRPC frames: from the body, the
     /// path's fields and the query's. The error says what is wrong, for a
-    /// person (national numbers masked).
+    /// person (national numbers masked), and tells a request too large (a
+    /// batch of more than [`MAX_BATCH_ITEMS`], an item larger than the gRPC
+    /// face takes) from one malformed, before any item is processed.
     pub fn request(
-        &self,
-        route: &Route,
-        params: Vec<(String, String)>,
-        query: Option<&str>,
-        body: &[u8],
-    ) -> Result<Bytes, String> {
-        self.request_within(route, params, query, body)
-            .map_err(|e| match e {
-                Unreadable::Malformed(m) | Unreadable::TooLarge(m) => m,
-            })
-    }
-
-    /// As [`HttpApi::request`], telling a request too large (a batch of
-    /// more than [`MAX_BATCH_ITEMS`], an item larger than the gRPC face
-    /// takes) from one malformed, before any item is processed.
-    pub fn request_within(
         &self,
         route: &Route,
         params: Vec<(String, String)>,
@@ -499,6 +485,15 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub enum Unreadable {
     Malformed(String),
     TooLarge(String),
+}
+
+impl Unreadable {
+    /// What is wrong, for a person.
+    pub fn message(&self) -> &str {
+        match self {
+            Unreadable::Malformed(m) | Unreadable::TooLarge(m) => m,
+        }
+    }
 }
 
 impl From<String> for Unreadable {
@@ -820,6 +815,7 @@ mod tests {
             let e = api
                 .request(r, params.clone(), None, bad)
                 .expect_err("refused");
+            let e = e.message();
             assert!(e.contains(says), "{e}");
             assert!(!e.contains("93051822361"), "{e}");
         }
