@@ -177,9 +177,7 @@ async fn fresh_database(base: &str, test: &str) -> Result<(String, String), Stri
             .collect::<String>()
             .to_lowercase(),
         std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
+        unique()
     );
     // A locale's collation where PostgreSQL has ICU (as production
     // databases often do): code that needs byte order must ask for it, and
@@ -254,14 +252,9 @@ async fn throwaway_cluster(test: &str) -> Result<TestDatabase, String> {
 fn start_cluster() -> Result<(Cluster, u16), String> {
     let bin = newest_bin_dir().ok_or("no initdb in /usr/lib/postgresql/*/bin")?;
     let as_postgres = is_root();
-    let tmp = std::env::temp_dir().join(format!(
-        "semel-pg-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
+    let tmp = std::env::temp_dir().join(format!("semel-pg-{}-{}", std::process::id(), unique()));
+    // create_dir, not create_dir_all: a directory already there is an error.
+    std::fs::create_dir(&tmp).map_err(|e| format!("create {}: {e}", tmp.display()))?;
     let guard = tempfile_dir::Dir(tmp.clone());
     if as_postgres {
         let ok = Command::new("chown")
@@ -314,6 +307,19 @@ fn start_cluster() -> Result<(Cluster, u16), String> {
         },
         port,
     ))
+}
+
+/// A number no other call in this process gets: tests run on parallel
+/// threads, and two of them can read the same clock time (it happened in
+/// CI: two clusters in one directory), so a counter decides, and the clock
+/// only keeps names apart across processes reusing a pid.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("{n}_{t}")
 }
 
 fn newest_bin_dir() -> Option<PathBuf> {
