@@ -31,6 +31,7 @@ fn authorisation(reference: &str, dataset: &str, purpose: &str, fields: &[&str])
         checks: Vec::new(),
         capacities: [CapacityCode::new("RIS_BENEFICIARY").expect("capacity")].into(),
         consent_required: false,
+        receives_mutations: false,
     }
 }
 

@@ -369,6 +369,39 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
             ..refuse(RefusalReason::CheckNotAllowed)
         });
     }
+    let (file, consent) = file_and_consent(q, auth)?;
+    let sorted = |items: &[FieldName]| {
+        items
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    Ok(Allowance {
+        authorisation: auth.reference.clone(),
+        fields: sorted(q.fields),
+        checks: q.checks.iter().fold(Vec::new(), |mut out, c| {
+            if !out.contains(c) {
+                out.push(c.clone());
+            }
+            out
+        }),
+        file: (file.id.clone(), file.capacity.clone(), file.phase),
+        consent,
+    })
+}
+
+/// The file and, where the authorisation requires one, the consent that an
+/// authorisation needs for the question's consumer and citizen: a file open
+/// now, covering today and the question's date, in a capacity the
+/// authorisation names; a valid consent not outweighed by the citizen's
+/// own withdrawal. Lookups and mutations apply the same rule.
+pub(crate) fn file_and_consent<'q>(
+    q: &LookupQuestion<'q>,
+    auth: &Authorisation,
+) -> Result<(&'q PersonFile, Option<String>), Refusal> {
+    let refuse = |reason| Refusal::new(reason, Some(auth));
     // The file must be open now and cover the date the data are asked for.
     let file = q.files.iter().find(|f| {
         f.consumer == q.consumer
@@ -430,26 +463,7 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
     } else {
         None
     };
-    let sorted = |items: &[FieldName]| {
-        items
-            .iter()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .cloned()
-            .collect()
-    };
-    Ok(Allowance {
-        authorisation: auth.reference.clone(),
-        fields: sorted(q.fields),
-        checks: q.checks.iter().fold(Vec::new(), |mut out, c| {
-            if !out.contains(c) {
-                out.push(c.clone());
-            }
-            out
-        }),
-        file: (file.id.clone(), file.capacity.clone(), file.phase),
-        consent,
-    })
+    Ok((file, consent))
 }
 
 #[cfg(test)]
@@ -485,6 +499,7 @@ mod tests {
             checks: Vec::new(),
             capacities: BTreeSet::new(),
             consent_required: false,
+            receives_mutations: false,
         }
     }
 

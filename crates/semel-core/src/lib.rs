@@ -13,6 +13,7 @@ mod identity;
 mod kbo;
 pub mod keyfile;
 pub mod merkle;
+pub mod mutation;
 mod names;
 mod niss;
 pub mod persons;

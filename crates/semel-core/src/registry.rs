@@ -139,6 +139,10 @@ pub struct Authorisation {
     /// Whether the citizen's consent must be on record.
     #[serde(default)]
     pub consent_required: bool,
+    /// Whether the consumer is told of the dataset's changes (mutations)
+    /// about citizens it holds a file on, under the same rules as a lookup.
+    #[serde(default)]
+    pub receives_mutations: bool,
 }
 
 impl Authorisation {

@@ -14,6 +14,7 @@
 //! This is the only crate that knows the PostgreSQL client.
 
 mod log;
+mod mutations;
 mod persons;
 mod query;
 mod registry;
@@ -21,6 +22,7 @@ pub mod testing;
 mod tree;
 
 pub use log::PgAuditLog;
+pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
@@ -35,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0004_persons.sql"),
     include_str!("../migrations/0005_audit_queries.sql"),
     include_str!("../migrations/0006_persons_feed.sql"),
+    include_str!("../migrations/0007_mutations.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

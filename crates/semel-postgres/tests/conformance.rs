@@ -73,3 +73,16 @@ async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
 }
 
 semel_storage::audit_conformance!(fresh_audit());
+
+async fn fresh_mutations() -> Option<Subject<dyn semel_storage::MutationStore>> {
+    let db = TestDatabase::start("conformance").await?;
+    let store = semel_postgres::PgMutations::connect(&db.url)
+        .await
+        .expect("connect");
+    Some(Subject {
+        store: Box::new(store),
+        keep: Box::new(db),
+    })
+}
+
+semel_storage::mutations_conformance!(fresh_mutations());

@@ -5,12 +5,16 @@
 //!
 //! The port: the registry ([`RegistryStore`]), the persons directory,
 //! consents and number replacements ([`PersonsStore`]), and the audit log
-//! with its tree, proofs, queries, checkpoints and archive ([`AuditStore`]);
+//! with its tree, proofs, queries, checkpoints and archive ([`AuditStore`]),
+//! and the mutation queues ([`MutationStore`]);
 //! [`Storage`] holds one of each, as a broker sees them.
 
 mod audit;
 pub mod cache;
 pub mod conformance;
+mod mutations;
+
+pub use mutations::{Accepted, MutationStore, QueueState, Queued, Routed};
 
 pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
 
@@ -59,6 +63,7 @@ pub struct Storage {
     pub registry: Arc<dyn RegistryStore>,
     pub persons: Arc<dyn PersonsStore>,
     pub audit: Arc<dyn AuditStore>,
+    pub mutations: Arc<dyn MutationStore>,
 }
 
 /// A registry record as a change wrote it and as it was before, to put

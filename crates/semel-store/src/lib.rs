@@ -17,6 +17,7 @@
 
 mod audit;
 mod keys;
+mod mutations;
 mod persons;
 mod port;
 mod postings;
@@ -29,6 +30,7 @@ pub use keys::{load_or_create_signing_key, read_signing_key};
 use std::path::{Path, PathBuf};
 
 pub use audit::{Appended, AuditError, AuditLog, ChainReport, CheckpointSettings};
+pub use mutations::Mutations;
 pub use persons::Persons;
 pub use port::{EmbeddedAudit, storage};
 pub use registry::Registry;
@@ -104,6 +106,7 @@ pub(crate) fn sled_err(context: impl Into<String>) -> impl FnOnce(sled::Error) -
 pub struct Store {
     registry: Registry,
     persons: Persons,
+    mutations: Mutations,
     audit: AuditLog,
 }
 
@@ -149,10 +152,12 @@ impl Store {
         };
         let registry = Registry::open(db.clone(), db_path)?;
         let persons = Persons::open(&db, registry.clone())?;
+        let mutations = Mutations::open(&db, registry.clone())?;
         let audit = AuditLog::open(&dir.join("audit"), checkpoints)?;
         Ok(Store {
             registry,
             persons,
+            mutations,
             audit,
         })
     }
@@ -164,6 +169,11 @@ impl Store {
     /// The persons directory, consents and replaced numbers.
     pub fn persons(&self) -> &Persons {
         &self.persons
+    }
+
+    /// The mutation queues.
+    pub fn mutations(&self) -> &Mutations {
+        &self.mutations
     }
 
     pub fn audit(&self) -> &AuditLog {

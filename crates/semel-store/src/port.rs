@@ -27,6 +27,7 @@ pub fn storage(store: Arc<Store>) -> Storage {
     Storage {
         registry: Arc::new(store.registry().clone()),
         persons: Arc::new(store.persons().clone()),
+        mutations: Arc::new(store.mutations().clone()),
         audit: Arc::new(EmbeddedAudit(store)),
     }
 }

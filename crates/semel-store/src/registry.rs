@@ -440,6 +440,7 @@ mod tests {
             checks: Vec::new(),
             capacities: Default::default(),
             consent_required: false,
+            receives_mutations: false,
         };
         reg.put_authorisation(&a).expect("version 1");
         a.status = AuthorisationStatus::Suspended;

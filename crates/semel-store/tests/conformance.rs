@@ -47,6 +47,17 @@ async fn fresh_audit() -> Option<Subject<dyn semel_storage::AuditStore>> {
 
 semel_storage::audit_conformance!(fresh_audit());
 
+async fn fresh_mutations() -> Option<Subject<dyn semel_storage::MutationStore>> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = semel_store::Store::open(dir.path()).expect("open");
+    Some(Subject {
+        store: Box::new(store.mutations().clone()),
+        keep: Box::new((store, dir)),
+    })
+}
+
+semel_storage::mutations_conformance!(fresh_mutations());
+
 /// The same persons cases through the cache the broker puts in front of
 /// the store (`semel_storage::CachedPersons`): memory must answer exactly
 /// as the store would.

@@ -1,0 +1,322 @@
+//! The mutation queues on PostgreSQL, behind the storage port
+//! ([`semel_storage::MutationStore`]); the same rules as the embedded
+//! store, held by the conformance suite.
+//!
+//! A published change is one transaction: its event id (the primary key
+//! makes a second publication, through any broker, a duplicate), then for
+//! each consumer routed, in enterprise-number order (so that two
+//! publications cannot deadlock), the next position of its queue under the
+//! cursor row's lock, and the queue entry. Positions are dense per consumer
+//! and in commit order.
+
+use async_trait::async_trait;
+use semel_core::Kbo;
+use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, StorageError};
+
+use crate::{PgError, Pool, migrate};
+
+/// Connections per broker: publications, deliveries and acknowledgements.
+const CONNECTIONS: usize = 2;
+
+/// One broker's connections to the mutation queues.
+pub struct PgMutations {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PgMutations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgMutations").finish_non_exhaustive()
+    }
+}
+
+fn state(row: &tokio_postgres::Row) -> QueueState {
+    QueueState {
+        head: row.get::<_, i64>(0) as u64,
+        delivered: row.get::<_, i64>(1) as u64,
+        acknowledged: row.get::<_, i64>(2) as u64,
+        lost_through: row.get::<_, i64>(3) as u64,
+    }
+}
+
+impl PgMutations {
+    /// Connects and applies the migrations this binary knows.
+    pub async fn connect(url: &str) -> Result<PgMutations, PgError> {
+        let pool = Pool::open(url, CONNECTIONS).await?;
+        migrate(&pool.first().await.client).await?;
+        Ok(PgMutations { pool })
+    }
+
+    async fn accept_tx(
+        &self,
+        source: &Kbo,
+        event_id: &str,
+        accepted_micros: i64,
+        routed: &[Routed],
+    ) -> Result<Accepted, PgError> {
+        let mut conn = self.pool.get().await;
+        let result = async {
+            let client = conn.client().await?;
+            let tx = client.transaction().await?;
+            let inserted = tx
+                .execute(
+                    "INSERT INTO mutation_events (source, event_id, accepted_micros) VALUES ($1, $2, $3) \
+                     ON CONFLICT DO NOTHING",
+                    &[&source.as_str(), &event_id, &accepted_micros],
+                )
+                .await?;
+            if inserted == 0 {
+                tx.rollback().await?;
+                return Ok(Accepted::Duplicate);
+            }
+            let mut sorted: Vec<&Routed> = routed.iter().collect();
+            sorted.sort_by_key(|r| r.consumer);
+            for r in sorted {
+                let head: i64 = tx
+                    .query_one(
+                        "INSERT INTO mutation_cursors (consumer, head) VALUES ($1, 1) \
+                         ON CONFLICT (consumer) DO UPDATE SET head = mutation_cursors.head + 1 \
+                         RETURNING head",
+                        &[&r.consumer.as_str()],
+                    )
+                    .await?
+                    .get(0);
+                tx.execute(
+                    "INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_id, payload) \
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &r.consumer.as_str(),
+                        &head,
+                        &accepted_micros,
+                        &source.as_str(),
+                        &event_id,
+                        &r.payload,
+                    ],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            Ok(Accepted::New)
+        }
+        .await;
+        conn.suspect = result.is_err();
+        result
+    }
+
+    async fn retract_tx(&self, source: &Kbo, event_id: &str) -> Result<(), PgError> {
+        let mut conn = self.pool.get().await;
+        let result = async {
+            let client = conn.client().await?;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "SELECT q.consumer, q.position, c.delivered, c.head FROM mutation_queue q \
+                     JOIN mutation_cursors c ON c.consumer = q.consumer \
+                     WHERE q.source = $1 AND q.event_id = $2 ORDER BY q.consumer FOR UPDATE OF c",
+                    &[&source.as_str(), &event_id],
+                )
+                .await?;
+            for row in &rows {
+                let (consumer, position, delivered, head): (String, i64, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2), row.get(3));
+                if delivered >= position {
+                    return Err(PgError::Conflict(
+                        "the change was delivered already: it stands".into(),
+                    ));
+                }
+                tx.execute(
+                    "DELETE FROM mutation_queue WHERE consumer = $1 AND position = $2",
+                    &[&consumer, &position],
+                )
+                .await?;
+                if head == position {
+                    tx.execute(
+                        "UPDATE mutation_cursors SET head = head - 1 WHERE consumer = $1",
+                        &[&consumer],
+                    )
+                    .await?;
+                }
+            }
+            tx.execute(
+                "DELETE FROM mutation_events WHERE source = $1 AND event_id = $2",
+                &[&source.as_str(), &event_id],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        .await;
+        conn.suspect = result.is_err() && !matches!(result, Err(PgError::Conflict(_)));
+        result
+    }
+
+    async fn acknowledge_tx(&self, consumer: &Kbo, position: u64) -> Result<QueueState, PgError> {
+        let mut conn = self.pool.get().await;
+        let result = async {
+            let client = conn.client().await?;
+            let tx = client.transaction().await?;
+            let row = tx
+                .query_opt(
+                    "SELECT head, delivered, acknowledged, lost_through FROM mutation_cursors \
+                     WHERE consumer = $1 FOR UPDATE",
+                    &[&consumer.as_str()],
+                )
+                .await?;
+            let mut s = row.as_ref().map(state).unwrap_or_default();
+            if position > s.delivered {
+                return Err(PgError::OutOfRange(format!(
+                    "position {position} was not delivered yet (delivered up to {})",
+                    s.delivered
+                )));
+            }
+            if position > s.acknowledged {
+                s.acknowledged = position;
+                tx.execute(
+                    "UPDATE mutation_cursors SET acknowledged = $2 WHERE consumer = $1",
+                    &[&consumer.as_str(), &(position as i64)],
+                )
+                .await?;
+            }
+            tx.execute(
+                "DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2",
+                &[&consumer.as_str(), &(s.acknowledged as i64)],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(s)
+        }
+        .await;
+        conn.suspect = result.is_err() && !matches!(result, Err(PgError::OutOfRange(_)));
+        result
+    }
+
+    async fn expire_tx(&self, before_micros: i64) -> Result<u64, PgError> {
+        let mut conn = self.pool.get().await;
+        let result = async {
+            let client = conn.client().await?;
+            let tx = client.transaction().await?;
+            let rows = tx
+                .query(
+                    "WITH gone AS (DELETE FROM mutation_queue WHERE accepted_micros < $1 \
+                                   RETURNING consumer, position) \
+                     SELECT consumer, max(position), count(*) FROM gone GROUP BY consumer ORDER BY consumer",
+                    &[&before_micros],
+                )
+                .await?;
+            let mut dropped = 0u64;
+            for row in &rows {
+                let (consumer, through, count): (String, i64, i64) =
+                    (row.get(0), row.get(1), row.get(2));
+                dropped += count as u64;
+                tx.execute(
+                    "UPDATE mutation_cursors SET lost_through = greatest(lost_through, $2) \
+                     WHERE consumer = $1 AND acknowledged < $2",
+                    &[&consumer, &through],
+                )
+                .await?;
+            }
+            tx.execute(
+                "DELETE FROM mutation_events WHERE accepted_micros < $1",
+                &[&before_micros],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(dropped)
+        }
+        .await;
+        conn.suspect = result.is_err();
+        result
+    }
+}
+
+#[async_trait]
+impl MutationStore for PgMutations {
+    async fn accept(
+        &self,
+        source: &Kbo,
+        event_id: &str,
+        accepted_micros: i64,
+        routed: &[Routed],
+    ) -> Result<Accepted, StorageError> {
+        Ok(self
+            .accept_tx(source, event_id, accepted_micros, routed)
+            .await?)
+    }
+
+    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError> {
+        Ok(self.retract_tx(source, event_id).await?)
+    }
+
+    async fn pending(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StorageError> {
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .query(
+                "SELECT position, accepted_micros, payload FROM mutation_queue \
+                 WHERE consumer = $1 AND position > $2 ORDER BY position LIMIT $3",
+                &[&consumer.as_str(), &(after.min(i64::MAX as u64) as i64), &(limit as i64)],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        Ok(result
+            .map_err(PgError::from)?
+            .iter()
+            .map(|r| Queued {
+                position: r.get::<_, i64>(0) as u64,
+                accepted_micros: r.get(1),
+                payload: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn delivered(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .execute(
+                "UPDATE mutation_cursors SET delivered = greatest(delivered, least($2, head)) \
+                 WHERE consumer = $1",
+                &[&consumer.as_str(), &(position.min(i64::MAX as u64) as i64)],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        result.map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn acknowledge(
+        &self,
+        consumer: &Kbo,
+        position: u64,
+    ) -> Result<QueueState, StorageError> {
+        Ok(self.acknowledge_tx(consumer, position.min(i64::MAX as u64)).await?)
+    }
+
+    async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError> {
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .query_opt(
+                "SELECT head, delivered, acknowledged, lost_through FROM mutation_cursors WHERE consumer = $1",
+                &[&consumer.as_str()],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        Ok(result
+            .map_err(PgError::from)?
+            .as_ref()
+            .map(state)
+            .unwrap_or_default())
+    }
+
+    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError> {
+        Ok(self.expire_tx(before_micros).await?)
+    }
+}

@@ -1,0 +1,96 @@
+//! The mutation queues: changes published by sources, held per consumer
+//! until acknowledged.
+
+use async_trait::async_trait;
+use semel_core::Kbo;
+
+use crate::StorageError;
+
+/// A change routed to one consumer: the consumer and what it receives, an
+/// encoding the broker makes (the fields it may read, with their values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routed {
+    pub consumer: Kbo,
+    pub payload: Vec<u8>,
+}
+
+/// What storing a published change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored, and queued for each consumer routed.
+    New,
+    /// The source had published this event id before: nothing was stored.
+    Duplicate,
+}
+
+/// A change in a consumer's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Queued {
+    /// Its position in the queue: dense, from 1, in the order changes were
+    /// accepted.
+    pub position: u64,
+    /// When it was accepted (microseconds since the Unix epoch).
+    pub accepted_micros: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Where a consumer's queue stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// The last position queued (0: none yet).
+    pub head: u64,
+    /// The last position delivered at least once.
+    pub delivered: u64,
+    /// The last position acknowledged.
+    pub acknowledged: u64,
+    /// The last position dropped unacknowledged because it outlived the
+    /// retention period (0: none). Positions up to it are gone.
+    pub lost_through: u64,
+}
+
+/// Changes published by sources and the consumers' queues. A payload of
+/// citizen data stays only until its consumer acknowledges it or the
+/// retention period ends. Every write is durable when it returns.
+#[async_trait]
+pub trait MutationStore: Send + Sync {
+    /// Stores a change published by `source` under its event id and queues
+    /// it for each consumer routed, all at once; a change with an event id
+    /// the source used before stores nothing ([`Accepted::Duplicate`]).
+    async fn accept(
+        &self,
+        source: &Kbo,
+        event_id: &str,
+        accepted_micros: i64,
+        routed: &[Routed],
+    ) -> Result<Accepted, StorageError>;
+
+    /// Takes back a change whose audit entry could not be made durable:
+    /// its event id and the queue entries it made, while none was
+    /// delivered.
+    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError>;
+
+    /// Up to `limit` changes of a consumer's queue after `after`, in order.
+    async fn pending(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StorageError>;
+
+    /// Records that the consumer was sent every change up to `position`.
+    async fn delivered(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError>;
+
+    /// Acknowledges every change up to `position`: they are dropped.
+    /// [`StorageError::OutOfRange`] beyond what was delivered. An
+    /// acknowledgement below the last one changes nothing.
+    async fn acknowledge(&self, consumer: &Kbo, position: u64)
+    -> Result<QueueState, StorageError>;
+
+    /// Where a consumer's queue stands.
+    async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError>;
+
+    /// Drops every queued change accepted before `before_micros`, recording
+    /// what each consumer lost; and forgets event ids as old. Returns how
+    /// many queue entries were dropped.
+    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError>;
+}

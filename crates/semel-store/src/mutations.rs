@@ -1,0 +1,344 @@
+//! The mutation queues in sled, next to the registry:
+//!
+//! ```text
+//! mutation_events   source KBO (10) | event id        → accepted µs (8) | (consumer (10) | position (8))*
+//! mutation_queue    consumer KBO (10) | position (8)  → accepted µs (8) | payload
+//! mutation_cursors  consumer KBO (10)                 → head | delivered | acknowledged | lost_through (8 each)
+//! ```
+//!
+//! A change and its queue entries are written in one sled transaction
+//! across the three trees, then made durable (flush and fsync) before
+//! `accept` returns. Acknowledged entries are removed: a payload of citizen
+//! data stays only until its consumer has it.
+
+use async_trait::async_trait;
+use semel_core::Kbo;
+use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, StorageError};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+
+use crate::{Registry, StoreError, blocking, sled_err};
+
+/// The mutation queues.
+#[derive(Clone)]
+pub struct Mutations {
+    registry: Registry,
+    events: sled::Tree,
+    queue: sled::Tree,
+    cursors: sled::Tree,
+}
+
+fn event_key(source: &Kbo, event_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(10 + event_id.len());
+    k.extend_from_slice(source.as_bytes());
+    k.extend_from_slice(event_id.as_bytes());
+    k
+}
+
+fn queue_key(consumer: &Kbo, position: u64) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[..10].copy_from_slice(consumer.as_bytes());
+    k[10..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[i..i + 8]);
+    u64::from_be_bytes(a)
+}
+
+fn decode_state(b: Option<&[u8]>) -> Result<QueueState, StoreError> {
+    match b {
+        None => Ok(QueueState::default()),
+        Some(b) if b.len() == 32 => Ok(QueueState {
+            head: u64_at(b, 0),
+            delivered: u64_at(b, 8),
+            acknowledged: u64_at(b, 16),
+            lost_through: u64_at(b, 24),
+        }),
+        Some(_) => Err(StoreError::Corrupt(
+            "a mutation queue cursor has the wrong length".into(),
+        )),
+    }
+}
+
+fn encode_state(s: &QueueState) -> [u8; 32] {
+    let mut b = [0u8; 32];
+    b[..8].copy_from_slice(&s.head.to_be_bytes());
+    b[8..16].copy_from_slice(&s.delivered.to_be_bytes());
+    b[16..24].copy_from_slice(&s.acknowledged.to_be_bytes());
+    b[24..].copy_from_slice(&s.lost_through.to_be_bytes());
+    b
+}
+
+fn tx_err(context: &'static str) -> impl Fn(TransactionError<StoreError>) -> StoreError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => sled_err(context)(e),
+    }
+}
+
+impl Mutations {
+    pub(crate) fn open(db: &sled::Db, registry: Registry) -> Result<Self, StoreError> {
+        let tree = |name: &str| {
+            db.open_tree(name)
+                .map_err(sled_err(format!("open tree {name}")))
+        };
+        Ok(Mutations {
+            events: tree("mutation_events")?,
+            queue: tree("mutation_queue")?,
+            cursors: tree("mutation_cursors")?,
+            registry,
+        })
+    }
+
+    fn accept_now(
+        &self,
+        source: &Kbo,
+        event_id: &str,
+        accepted_micros: i64,
+        routed: &[Routed],
+    ) -> Result<Accepted, StoreError> {
+        let key = event_key(source, event_id);
+        let accepted = (&self.events, &self.queue, &self.cursors)
+            .transaction(|(events, queue, cursors)| {
+                if events.get(&key)?.is_some() {
+                    return Ok(Accepted::Duplicate);
+                }
+                let mut record = accepted_micros.to_be_bytes().to_vec();
+                for r in routed {
+                    let mut state = decode_state(cursors.get(r.consumer.as_bytes())?.as_deref())
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    state.head += 1;
+                    let mut value = Vec::with_capacity(8 + r.payload.len());
+                    value.extend_from_slice(&accepted_micros.to_be_bytes());
+                    value.extend_from_slice(&r.payload);
+                    queue.insert(&queue_key(&r.consumer, state.head)[..], value)?;
+                    cursors.insert(r.consumer.as_bytes(), &encode_state(&state)[..])?;
+                    record.extend_from_slice(r.consumer.as_bytes());
+                    record.extend_from_slice(&state.head.to_be_bytes());
+                }
+                events.insert(key.as_slice(), record)?;
+                Ok(Accepted::New)
+            })
+            .map_err(tx_err("store a published change"))?;
+        if accepted == Accepted::New {
+            self.registry.sync()?;
+        }
+        Ok(accepted)
+    }
+
+    fn retract_now(&self, source: &Kbo, event_id: &str) -> Result<(), StoreError> {
+        let key = event_key(source, event_id);
+        (&self.events, &self.queue, &self.cursors)
+            .transaction(|(events, queue, cursors)| {
+                let Some(record) = events.get(&key)? else {
+                    return Ok(());
+                };
+                for chunk in record[8..].chunks_exact(18) {
+                    let consumer = Kbo::parse(std::str::from_utf8(&chunk[..10]).unwrap_or(""))
+                        .map_err(|_| {
+                            ConflictableTransactionError::Abort(StoreError::Corrupt(
+                                "a mutation record names no valid consumer".into(),
+                            ))
+                        })?;
+                    let position = u64_at(chunk, 10);
+                    let mut state = decode_state(cursors.get(consumer.as_bytes())?.as_deref())
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if state.delivered >= position {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
+                            "the change was delivered already: it stands".into(),
+                        )));
+                    }
+                    queue.remove(&queue_key(&consumer, position)[..])?;
+                    // Only the last position can be given back; an earlier
+                    // one stays a hole, skipped by readers.
+                    if state.head == position {
+                        state.head -= 1;
+                        cursors.insert(consumer.as_bytes(), &encode_state(&state)[..])?;
+                    }
+                }
+                events.remove(key.as_slice())?;
+                Ok(())
+            })
+            .map_err(tx_err("take back a published change"))?;
+        self.registry.sync()
+    }
+
+    fn pending_now(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StoreError> {
+        let from = queue_key(consumer, after.saturating_add(1));
+        let to = queue_key(consumer, u64::MAX);
+        let mut out = Vec::new();
+        for item in self.queue.range(from..=to).take(limit) {
+            let (k, v) = item.map_err(sled_err("read a mutation queue"))?;
+            if v.len() < 8 {
+                return Err(StoreError::Corrupt("a queued change is truncated".into()));
+            }
+            out.push(Queued {
+                position: u64_at(&k, 10),
+                accepted_micros: u64_at(&v, 0) as i64,
+                payload: v[8..].to_vec(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn update_cursor(
+        &self,
+        consumer: &Kbo,
+        change: impl Fn(&mut QueueState) -> Result<(), StoreError>,
+    ) -> Result<QueueState, StoreError> {
+        let state = self
+            .cursors
+            .transaction(|cursors| {
+                let mut state = decode_state(cursors.get(consumer.as_bytes())?.as_deref())
+                    .map_err(ConflictableTransactionError::Abort)?;
+                change(&mut state).map_err(ConflictableTransactionError::Abort)?;
+                cursors.insert(consumer.as_bytes(), &encode_state(&state)[..])?;
+                Ok(state)
+            })
+            .map_err(tx_err("update a mutation queue cursor"))?;
+        Ok(state)
+    }
+
+    fn acknowledge_now(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StoreError> {
+        let state = self.update_cursor(consumer, |s| {
+            if position > s.delivered {
+                return Err(StoreError::OutOfRange(format!(
+                    "position {position} was not delivered yet (delivered up to {})",
+                    s.delivered
+                )));
+            }
+            s.acknowledged = s.acknowledged.max(position);
+            Ok(())
+        })?;
+        let mut batch = sled::Batch::default();
+        for k in self
+            .queue
+            .range(queue_key(consumer, 0)..=queue_key(consumer, state.acknowledged))
+            .keys()
+        {
+            batch.remove(k.map_err(sled_err("read a mutation queue"))?);
+        }
+        self.queue
+            .apply_batch(batch)
+            .map_err(sled_err("drop acknowledged changes"))?;
+        self.registry.sync()?;
+        Ok(state)
+    }
+
+    fn expire_now(&self, before_micros: i64) -> Result<u64, StoreError> {
+        let mut dropped = 0u64;
+        let mut lost: std::collections::BTreeMap<Kbo, u64> = Default::default();
+        let mut batch = sled::Batch::default();
+        for item in self.queue.iter() {
+            let (k, v) = item.map_err(sled_err("read a mutation queue"))?;
+            if v.len() >= 8 && (u64_at(&v, 0) as i64) < before_micros {
+                let consumer = Kbo::parse(std::str::from_utf8(&k[..10]).unwrap_or(""))
+                    .map_err(|_| StoreError::Corrupt("a queue key names no consumer".into()))?;
+                let position = u64_at(&k, 10);
+                let e = lost.entry(consumer).or_default();
+                *e = (*e).max(position);
+                batch.remove(k);
+                dropped += 1;
+            }
+        }
+        self.queue
+            .apply_batch(batch)
+            .map_err(sled_err("drop expired changes"))?;
+        for (consumer, through) in lost {
+            self.update_cursor(&consumer, |s| {
+                if through > s.acknowledged {
+                    s.lost_through = s.lost_through.max(through);
+                }
+                Ok(())
+            })?;
+        }
+        let mut batch = sled::Batch::default();
+        for item in self.events.iter() {
+            let (k, v) = item.map_err(sled_err("read published changes"))?;
+            if v.len() >= 8 && (u64_at(&v, 0) as i64) < before_micros {
+                batch.remove(k);
+            }
+        }
+        self.events
+            .apply_batch(batch)
+            .map_err(sled_err("forget old event ids"))?;
+        self.registry.sync()?;
+        Ok(dropped)
+    }
+}
+
+#[async_trait]
+impl MutationStore for Mutations {
+    async fn accept(
+        &self,
+        source: &Kbo,
+        event_id: &str,
+        accepted_micros: i64,
+        routed: &[Routed],
+    ) -> Result<Accepted, StorageError> {
+        let (m, source, id, routed) = (
+            self.clone(),
+            *source,
+            event_id.to_owned(),
+            routed.to_vec(),
+        );
+        blocking(move || m.accept_now(&source, &id, accepted_micros, &routed)).await
+    }
+
+    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError> {
+        let (m, source, id) = (self.clone(), *source, event_id.to_owned());
+        blocking(move || m.retract_now(&source, &id)).await
+    }
+
+    async fn pending(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Queued>, StorageError> {
+        let (m, consumer) = (self.clone(), *consumer);
+        blocking(move || m.pending_now(&consumer, after, limit)).await
+    }
+
+    async fn delivered(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+        let (m, consumer) = (self.clone(), *consumer);
+        blocking(move || {
+            m.update_cursor(&consumer, |s| {
+                s.delivered = s.delivered.max(position.min(s.head));
+                Ok(())
+            })?;
+            m.registry.sync()
+        })
+        .await
+    }
+
+    async fn acknowledge(
+        &self,
+        consumer: &Kbo,
+        position: u64,
+    ) -> Result<QueueState, StorageError> {
+        let (m, consumer) = (self.clone(), *consumer);
+        blocking(move || m.acknowledge_now(&consumer, position)).await
+    }
+
+    async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError> {
+        let raw = self
+            .cursors
+            .get(consumer.as_bytes())
+            .map_err(|e| StorageError::Unavailable(format!("read a mutation queue cursor: {e}")))?;
+        Ok(decode_state(raw.as_deref())?)
+    }
+
+    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError> {
+        let m = self.clone();
+        blocking(move || m.expire_now(before_micros)).await
+    }
+}
