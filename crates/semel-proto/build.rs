@@ -7,8 +7,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read at run time: a build script compiled elsewhere (a copied target
     // directory) must still find this checkout's proto/.
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["values", "registry", "lookup", "source", "audit", "persons", "mutations"]
-        .map(|f| root.join(format!("semel/v1/{f}.proto")));
+    let files = [
+        "values",
+        "registry",
+        "lookup",
+        "source",
+        "audit",
+        "persons",
+        "mutations",
+    ]
+    .map(|f| root.join(format!("semel/v1/{f}.proto")));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

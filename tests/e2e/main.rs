@@ -9,6 +9,7 @@ mod identity;
 mod insiders;
 mod limits;
 mod lookups;
+mod mutations;
 mod only_once;
 mod registry_and_identity;
 mod serve;

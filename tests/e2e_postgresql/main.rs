@@ -19,6 +19,8 @@ mod insiders;
 mod limits;
 #[path = "../e2e/lookups.rs"]
 mod lookups;
+#[path = "../e2e/mutations.rs"]
+mod mutations;
 #[path = "../e2e/only_once.rs"]
 mod only_once;
 #[path = "../e2e/registry_and_identity.rs"]

@@ -5,7 +5,7 @@
 //! It is built on the generated code (`semel-proto`), not on the server, so
 //! it depends on no storage engine (`.ci/layering` holds that).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -336,6 +336,8 @@ pub struct NewAuthorisation {
     /// Capacities it accepts (empty: any).
     pub capacities: Vec<String>,
     pub consent_required: bool,
+    /// Whether the consumer is told of the dataset's changes.
+    pub receives_mutations: bool,
     pub purpose: String,
     pub legal_basis: String,
     pub issuing_body: String,
@@ -343,6 +345,38 @@ pub struct NewAuthorisation {
     pub valid_until: Option<String>,
     /// Hidden from the citizen's view until this day (investigations).
     pub confidential_until: Option<String>,
+}
+
+/// A change for `semel source publish`.
+#[derive(Debug, Clone, Default)]
+pub struct NewMutation {
+    /// Your own id of the event; publishing it again stores nothing new.
+    pub event_id: String,
+    pub dataset: String,
+    pub citizen: String,
+    /// `created`, `changed` or `ended`.
+    pub kind: String,
+    /// YYYY-MM-DD
+    pub effective_date: String,
+    /// `name=value`, typed by the dataset's definition of the field.
+    pub fields: Vec<String>,
+}
+
+/// A subscription to the caller's changes (`semel subscribe`).
+pub struct Subscription {
+    stream: tonic::Streaming<proto::SubscribeResponse>,
+}
+
+impl Subscription {
+    /// The next change (or notice of changes lost), as JSON; `None` when
+    /// the broker ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Json>, CallError> {
+        Ok(self.stream.message().await?.map(|r| match r.item {
+            Some(proto::subscribe_response::Item::Event(e)) => mutation_event_json(&e),
+            Some(proto::subscribe_response::Item::Lost(l)) => lost_json(&l),
+            None => Json::Null,
+        }))
+    }
 }
 
 /// A new file for `semel files register`.
@@ -615,6 +649,7 @@ impl Client {
                     check_fields: a.check_fields,
                     capacities: a.capacities,
                     consent_required: a.consent_required,
+                    receives_mutations: a.receives_mutations,
                     checks: a
                         .questions
                         .iter()
@@ -739,6 +774,148 @@ impl Client {
 
     fn consents(&self) -> proto::consent_service_client::ConsentServiceClient<AuthChannel> {
         proto::consent_service_client::ConsentServiceClient::new(self.channel.clone())
+    }
+
+    fn mutations(&self) -> proto::mutation_service_client::MutationServiceClient<AuthChannel> {
+        proto::mutation_service_client::MutationServiceClient::new(self.channel.clone())
+    }
+
+    /// Publishes changes of the caller's datasets (a source). Field values
+    /// are typed by the dataset's definition, read from the registry.
+    pub async fn publish_mutations(&self, changes: Vec<NewMutation>) -> CallResult {
+        let mut datasets: BTreeMap<String, proto::Dataset> = BTreeMap::new();
+        let mut mutations = Vec::with_capacity(changes.len());
+        for c in changes {
+            if !datasets.contains_key(&c.dataset) {
+                let d = self
+                    .registry()
+                    .get_dataset(proto::GetDatasetRequest {
+                        name: c.dataset.clone(),
+                    })
+                    .await?
+                    .into_inner()
+                    .dataset
+                    .unwrap_or_default();
+                datasets.insert(c.dataset.clone(), d);
+            }
+            let dataset = &datasets[&c.dataset];
+            let kind = match c.kind.as_str() {
+                "created" => proto::MutationKind::Created,
+                "changed" => proto::MutationKind::Changed,
+                "ended" => proto::MutationKind::Ended,
+                other => {
+                    return Err(usage(format!(
+                        "{other}: a change is created, changed or ended"
+                    )));
+                }
+            };
+            let mut fields = HashMap::new();
+            for f in &c.fields {
+                let (name, text) = f
+                    .split_once('=')
+                    .ok_or_else(|| usage(format!("{f}: write a field as name=value")))?;
+                let def = dataset
+                    .fields
+                    .iter()
+                    .find(|d| d.name == name)
+                    .ok_or_else(|| {
+                        usage(format!(
+                            "{} has no field {name}; its fields are {}",
+                            c.dataset,
+                            dataset
+                                .fields
+                                .iter()
+                                .map(|d| d.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ))
+                    })?;
+                let value = match proto::FieldType::try_from(def.r#type) {
+                    Ok(proto::FieldType::String) => Kind::StringValue(text.to_owned()),
+                    Ok(proto::FieldType::Date) => Kind::DateValue(text.to_owned()),
+                    Ok(proto::FieldType::Int) => Kind::IntValue(
+                        text.parse()
+                            .map_err(|_| usage(format!("{name}: {text} is not a whole number")))?,
+                    ),
+                    Ok(proto::FieldType::Bool) => {
+                        Kind::BoolValue(text.parse().map_err(|_| {
+                            usage(format!("{name}: write true or false, not {text}"))
+                        })?)
+                    }
+                    _ => {
+                        return Err(usage(format!(
+                            "{name} holds records or lists: publish it through the API"
+                        )));
+                    }
+                };
+                fields.insert(name.to_owned(), proto::Value { kind: Some(value) });
+            }
+            mutations.push(proto::Mutation {
+                source_event_id: c.event_id,
+                dataset: c.dataset,
+                citizen: c.citizen,
+                kind: kind as i32,
+                effective_date: c.effective_date,
+                fields,
+            });
+        }
+        let r = self
+            .mutations()
+            .publish_mutations(proto::PublishMutationsRequest { mutations })
+            .await?
+            .into_inner();
+        Ok(Json::Array(
+            r.results
+                .iter()
+                .map(|p| {
+                    json!({
+                        "source_event_id": p.source_event_id,
+                        "duplicate": p.duplicate,
+                        "consumers": p.consumers,
+                        "request_id": p.request_id,
+                    })
+                })
+                .collect(),
+        ))
+    }
+
+    /// Subscribes to the caller's changes after `after` (0: after the last
+    /// acknowledged one).
+    pub async fn subscribe(&self, after: u64) -> Result<Subscription, CallError> {
+        let stream = self
+            .mutations()
+            .subscribe(proto::SubscribeRequest { after })
+            .await?
+            .into_inner();
+        Ok(Subscription { stream })
+    }
+
+    /// The caller's changes after `after`, waiting up to `wait_seconds`.
+    pub async fn pull_mutations(&self, after: u64, max: i32, wait_seconds: i32) -> CallResult {
+        let r = self
+            .mutations()
+            .pull_mutations(proto::PullMutationsRequest {
+                after,
+                max_events: max,
+                wait_seconds,
+            })
+            .await?
+            .into_inner();
+        Ok(json!({
+            "events": r.events.iter().map(mutation_event_json).collect::<Vec<_>>(),
+            "lost": r.lost.as_ref().map(lost_json),
+            "acknowledged": r.acknowledged,
+        }))
+    }
+
+    /// Acknowledges the caller's changes up to `position`.
+    pub async fn acknowledge_mutations(&self, position: u64) -> CallResult {
+        let r = self
+            .mutations()
+            .acknowledge_mutations(proto::AcknowledgeMutationsRequest { position })
+            .await?
+            .into_inner();
+        Ok(json!({"acknowledged": r.acknowledged, "pending": r.pending}))
     }
 
     /// Opens a file of the caller's organisation on a citizen.
@@ -1032,6 +1209,41 @@ fn enum_name(name: Option<&str>, prefix: &str) -> String {
         .unwrap_or_default()
 }
 
+fn mutation_event_json(e: &proto::MutationEvent) -> Json {
+    let proto::MutationEvent {
+        position,
+        source_kbo,
+        source_event_id,
+        dataset,
+        citizen,
+        kind,
+        effective_date,
+        fields,
+        checked_fields,
+        authorisation_reference,
+        file_id,
+        published_at,
+    } = e;
+    json!({
+        "position": position,
+        "source_kbo": source_kbo,
+        "source_event_id": source_event_id,
+        "dataset": dataset,
+        "citizen": citizen,
+        "kind": enum_name(proto::MutationKind::try_from(*kind).ok().map(|k| k.as_str_name()), "MUTATION_KIND_"),
+        "effective_date": effective_date,
+        "fields": sorted(fields.iter().map(|(k, v)| (k.clone(), value_json(v))).collect()),
+        "checked_fields": checked_fields,
+        "authorisation_reference": authorisation_reference,
+        "file_id": file_id,
+        "published_at": published_at.as_ref().map(timestamp_text),
+    })
+}
+
+fn lost_json(l: &proto::MutationsLost) -> Json {
+    json!({"lost": {"first_position": l.first_position, "last_position": l.last_position}})
+}
+
 fn file_json(f: &proto::PersonFile) -> Json {
     let proto::PersonFile {
         id,
@@ -1160,6 +1372,7 @@ fn auth_json(a: &proto::Authorisation) -> Json {
         capacities,
         consent_required,
         checks,
+        receives_mutations,
     } = a;
     json!({
         "reference": reference,
@@ -1178,6 +1391,7 @@ fn auth_json(a: &proto::Authorisation) -> Json {
         "questions": checks.iter().map(question_text).collect::<Vec<_>>(),
         "capacities": capacities,
         "consent_required": consent_required,
+        "receives_mutations": receives_mutations,
         "confidential_until": confidential_until,
     })
 }

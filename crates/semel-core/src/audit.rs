@@ -51,6 +51,10 @@ pub enum ReasonCode {
     Refused(RefusalReason),
     /// The citizen is not a valid national or BIS number.
     InvalidCitizen,
+    /// A change published for a dataset the caller is not the source of.
+    NotDatasetSource,
+    /// An acknowledgement of changes not delivered yet.
+    NotDelivered,
     /// Another field of the request is malformed.
     InvalidArgument,
     /// The dataset does not exist.
@@ -127,7 +131,9 @@ pub enum ReasonCode {
     SourceRejectedRequest,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 37] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 39] = [
+    (ReasonCode::NotDatasetSource, "NOT_DATASET_SOURCE"),
+    (ReasonCode::NotDelivered, "NOT_DELIVERED"),
     (ReasonCode::SourceRefused, "SOURCE_REFUSED"),
     (ReasonCode::SourceRejectedRequest, "SOURCE_REJECTED_REQUEST"),
     (

@@ -183,22 +183,25 @@ mod tests {
     const NOW: OffsetDateTime = datetime!(2026-12-01 10:00 UTC);
 
     fn kbo(s: &str) -> Kbo {
-        Kbo::parse(s).unwrap()
+        Kbo::parse(s).expect("valid")
     }
     fn names(items: &[&str]) -> BTreeSet<FieldName> {
-        items.iter().map(|f| FieldName::new(*f).unwrap()).collect()
+        items
+            .iter()
+            .map(|f| FieldName::new(*f).expect("valid"))
+            .collect()
     }
     fn citizen() -> Niss {
-        Niss::parse("85073003328").unwrap()
+        Niss::parse("85073003328").expect("valid")
     }
 
     fn auth(reference: &str, consumer: &str, fields: &[&str]) -> Authorisation {
         Authorisation {
-            reference: AuthorisationRef::new(reference).unwrap(),
+            reference: AuthorisationRef::new(reference).expect("valid"),
             consumer: kbo(consumer),
-            dataset: DatasetName::new("residence").unwrap(),
+            dataset: DatasetName::new("residence").expect("valid"),
             fields: names(fields),
-            purpose: PurposeCode::new("SOCIAL_AID").unwrap(),
+            purpose: PurposeCode::new("SOCIAL_AID").expect("valid"),
             legal_basis: "law".into(),
             issuing_body: "body".into(),
             valid_from: date!(2026 - 01 - 01),
@@ -220,7 +223,7 @@ mod tests {
             id: format!("file-{consumer}-{capacity}"),
             consumer: kbo(consumer),
             citizen: citizen(),
-            capacity: CapacityCode::new(capacity).unwrap(),
+            capacity: CapacityCode::new(capacity).expect("valid"),
             phase: FilePhase::Definitive,
             begins: date!(2026 - 01 - 01),
             ends: None,
@@ -236,8 +239,8 @@ mod tests {
             id: "consent-1".into(),
             citizen: citizen(),
             consumer: Some(kbo(consumer)),
-            purpose: PurposeCode::new("SOCIAL_AID").unwrap(),
-            datasets: [DatasetName::new("residence").unwrap()].into(),
+            purpose: PurposeCode::new("SOCIAL_AID").expect("valid"),
+            datasets: [DatasetName::new("residence").expect("valid")].into(),
             given_at: datetime!(2026-02-01 09:00 UTC),
             channel: ConsentChannel::Portal,
             registered_through: kbo(CPAS),
@@ -257,7 +260,12 @@ mod tests {
         changed: &'static [&'static str],
         effective: Date,
         /// (consumer, authorisation, fields received, fields only tested)
-        told: Vec<(&'static str, &'static str, &'static [&'static str], &'static [&'static str])>,
+        told: Vec<(
+            &'static str,
+            &'static str,
+            &'static [&'static str],
+            &'static [&'static str],
+        )>,
     }
 
     fn case(name: &'static str) -> Case {
@@ -318,7 +326,7 @@ mod tests {
         cases.push(c);
 
         let mut c = case("an authorisation for another dataset tells nothing");
-        c.auths[0].dataset = DatasetName::new("income").unwrap();
+        c.auths[0].dataset = DatasetName::new("income").expect("valid");
         c.told.clear();
         cases.push(c);
 
@@ -346,12 +354,12 @@ mod tests {
         cases.push(c);
 
         let mut c = case("the capacity the authorisation requires is needed");
-        c.auths[0].capacities = [CapacityCode::new("RIS_APPLICANT").unwrap()].into();
+        c.auths[0].capacities = [CapacityCode::new("RIS_APPLICANT").expect("valid")].into();
         c.told.clear();
         cases.push(c);
 
         let mut c = case("a file in the required capacity is enough");
-        c.auths[0].capacities = [CapacityCode::new("RIS_BENEFICIARY").unwrap()].into();
+        c.auths[0].capacities = [CapacityCode::new("RIS_BENEFICIARY").expect("valid")].into();
         cases.push(c);
 
         let mut c = case("a consent the authorisation requires must be on record");
@@ -393,7 +401,7 @@ mod tests {
         cases.push(c);
 
         for c in cases {
-            let dataset = DatasetName::new("residence").unwrap();
+            let dataset = DatasetName::new("residence").expect("valid");
             let changed = names(c.changed);
             let facts = MutationFacts {
                 dataset: &dataset,
@@ -411,7 +419,10 @@ mod tests {
                         r.consumer.as_str().to_owned(),
                         r.authorisation.to_string(),
                         r.fields.iter().map(ToString::to_string).collect::<Vec<_>>(),
-                        r.checked.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        r.checked
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>(),
                     )
                 })
                 .collect();

@@ -331,6 +331,8 @@ struct A<'a> {
     /// Capacities of the persons directory it accepts (empty: any).
     capacities: &'a [&'a str],
     consent: bool,
+    /// Whether the consumer is told of the dataset's changes.
+    mutations: bool,
 }
 
 /// Capacities of the demo persons directory.
@@ -387,6 +389,9 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
         checks: &[],
         capacities: RIS_CAPACITIES,
         consent: false,
+        // A CPAS learns of moves, household changes, deaths and benefit
+        // periods of its beneficiaries; income comes once a year, asked.
+        mutations: dataset != TAXABLE_INCOME,
     };
     let list = vec![
         ris("BSC/2024/017", "cpas-anderlecht", RESIDENCE, ADDRESS),
@@ -412,6 +417,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &[],
             capacities: &[capacities::PUPIL],
             consent: false,
+            mutations: true,
         },
         A {
             reference: "BSC/2023/045",
@@ -426,6 +432,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &["nis_code"],
             capacities: &[capacities::PUPIL],
             consent: false,
+            mutations: true,
         },
         A {
             reference: "BSC/2019/101",
@@ -440,6 +447,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &[],
             capacities: &[],
             consent: false,
+            mutations: false,
         },
         A {
             reference: "BSC/2026/007",
@@ -454,6 +462,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &[],
             capacities: &[],
             consent: false,
+            mutations: false,
         },
         A {
             reference: "BSC/2022/033",
@@ -468,6 +477,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &[],
             capacities: &[],
             consent: false,
+            mutations: false,
         },
         A {
             reference: "BSC/2026/012",
@@ -483,6 +493,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
             checks: &[],
             capacities: &[capacities::HOUSING_CANDIDATE],
             consent: true,
+            mutations: false,
         },
     ];
     list.into_iter()
@@ -518,6 +529,7 @@ pub fn authorisations(now: OffsetDateTime) -> Vec<Authorisation> {
                 .map(|c| name(CapacityCode::new(*c)))
                 .collect(),
             consent_required: a.consent,
+            receives_mutations: a.mutations,
         })
         .collect()
 }

@@ -259,7 +259,11 @@ impl MutationStore for PgMutations {
             .query(
                 "SELECT position, accepted_micros, payload FROM mutation_queue \
                  WHERE consumer = $1 AND position > $2 ORDER BY position LIMIT $3",
-                &[&consumer.as_str(), &(after.min(i64::MAX as u64) as i64), &(limit as i64)],
+                &[
+                    &consumer.as_str(),
+                    &(after.min(i64::MAX as u64) as i64),
+                    &(limit as i64),
+                ],
             )
             .await;
         conn.suspect = result.is_err();
@@ -290,12 +294,10 @@ impl MutationStore for PgMutations {
         Ok(())
     }
 
-    async fn acknowledge(
-        &self,
-        consumer: &Kbo,
-        position: u64,
-    ) -> Result<QueueState, StorageError> {
-        Ok(self.acknowledge_tx(consumer, position.min(i64::MAX as u64)).await?)
+    async fn acknowledge(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StorageError> {
+        Ok(self
+            .acknowledge_tx(consumer, position.min(i64::MAX as u64))
+            .await?)
     }
 
     async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError> {

@@ -589,6 +589,10 @@ fn citizen_action(operation: &str) -> Option<&'static str> {
         LOOKUP_OPERATION => "lookup",
         "semel.v1.ConsentService/GiveConsent" => "consent given",
         "semel.v1.ConsentService/WithdrawConsent" => "consent withdrawn",
+        // A change the source published, as each consumer was told of it.
+        semel_core::mutation::DELIVER_OPERATION | semel_core::mutation::PULL_OPERATION => {
+            "told of a change"
+        }
         _ => return None,
     })
 }

@@ -47,6 +47,32 @@ pub struct Config {
     pub store: StoreSection,
     /// The HTTP/JSON face; none when absent.
     pub http: Option<HttpSection>,
+    /// The mutation queues.
+    #[serde(default)]
+    pub mutations: MutationsSection,
+}
+
+/// The mutation queues: how long a change waits for its consumer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MutationsSection {
+    /// How long a change a consumer has not acknowledged is kept, in hours
+    /// (default 168, a week; 1 to 8760). Older ones are dropped, and the
+    /// consumer is told which positions it lost.
+    #[serde(default = "default_retention_hours")]
+    pub retention_hours: u64,
+}
+
+impl Default for MutationsSection {
+    fn default() -> Self {
+        MutationsSection {
+            retention_hours: default_retention_hours(),
+        }
+    }
+}
+
+fn default_retention_hours() -> u64 {
+    168
 }
 
 /// The HTTP/JSON face (docs/integration-guide.md, "HTTP/JSON"): the same
@@ -513,6 +539,13 @@ impl Config {
             );
         }
         ensure(
+            (1..=8760).contains(&self.mutations.retention_hours),
+            format!(
+                "mutations.retention_hours: must lie between 1 and 8760, got {}",
+                self.mutations.retention_hours
+            ),
+        );
+        ensure(
             self.store
                 .persons_poll_ms
                 .is_none_or(|ms| (10..=10_000).contains(&ms)),
@@ -844,6 +877,12 @@ impl Config {
         crate::state::PersonsSettings {
             max_backdate_days: self.persons.max_backdate_days,
             max_backdate_days_by_capacity: self.persons.max_backdate_days_by_capacity.clone(),
+        }
+    }
+
+    pub fn mutation_settings(&self) -> crate::state::MutationSettings {
+        crate::state::MutationSettings {
+            retention: std::time::Duration::from_secs(self.mutations.retention_hours * 3600),
         }
     }
 

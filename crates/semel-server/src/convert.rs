@@ -279,6 +279,7 @@ pub fn authorisation_from_proto(
         capacities,
         consent_required,
         checks,
+        receives_mutations,
     } = p;
     let confidential_until = if confidential_until.is_empty() {
         None
@@ -342,6 +343,7 @@ pub fn authorisation_from_proto(
         checks,
         capacities,
         consent_required,
+        receives_mutations,
     })
 }
 
@@ -425,6 +427,7 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
         capacities: a.capacities.iter().map(ToString::to_string).collect(),
         consent_required: a.consent_required,
         checks: a.checks.iter().map(check_rule_to_proto).collect(),
+        receives_mutations: a.receives_mutations,
     }
 }
 

@@ -274,6 +274,7 @@ impl Demo {
                     semel_demo::seed::datasets::IDENTITY,
                 )?,
                 persons: crate::state::PersonsSettings::default(),
+                mutations: Default::default(),
             },
             tokens,
         )
@@ -284,6 +285,7 @@ impl Demo {
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
             .into_iter()
             .chain(opened.persons_feed)
+            .chain(std::iter::once(broker.expire_mutations()))
             .collect();
         let reloader = Reloader::new(files, broker.clone(), server_tls);
         let listener = TcpListener::bind(opts.listen)

@@ -21,6 +21,7 @@ pub mod http_face;
 pub mod limits;
 mod lookup;
 pub mod metrics;
+mod mutations;
 pub mod openapi;
 pub mod permissions;
 mod persons;

@@ -81,6 +81,10 @@ pub const RULES: &[Rule] = &[
         "semel.v1.AuditService/GetConsistencyProof",
         &[Admin, Auditor],
     ),
+    rule("semel.v1.MutationService/PublishMutations", &[Source]),
+    rule("semel.v1.MutationService/Subscribe", &[Consumer]),
+    rule("semel.v1.MutationService/PullMutations", &[Consumer]),
+    rule("semel.v1.MutationService/AcknowledgeMutations", &[Consumer]),
 ];
 
 const fn rule(method: &'static str, roles: &'static [UserRole]) -> Rule {

@@ -145,6 +145,16 @@ pub const REASONS: &[Reasons] = &[
         "(`CreateDataset`) the register of persons is published by the operator only",
     ),
     row(
+        "PERMISSION_DENIED",
+        &["NOT_DATASET_SOURCE"],
+        "(`PublishMutations`) only a dataset's source publishes its changes; check the dataset name, or publish through the organisation that is its source",
+    ),
+    row(
+        "OUT_OF_RANGE",
+        &["NOT_DELIVERED"],
+        "(`AcknowledgeMutations`) acknowledge only positions you received; the message says up to where changes were delivered",
+    ),
+    row(
         "NOT_FOUND",
         &["CITIZEN_UNKNOWN"],
         "(`RegisterFile`) the register does not know the number",
@@ -313,6 +323,11 @@ pub const REASONS: &[Reasons] = &[
         "UNAVAILABLE",
         &["AUDIT_UNAVAILABLE", "STORAGE_UNAVAILABLE"],
         "the broker cannot record the call or read its storage, so it answers none; retry later",
+    ),
+    row(
+        "UNAVAILABLE",
+        &["SHUTTING_DOWN"],
+        "(`Subscribe`) the broker is shutting down; subscribe again: delivery resumes after your last acknowledgement",
     ),
     row(
         "UNIMPLEMENTED",

@@ -246,6 +246,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             register_dataset: semel_core::DatasetName::new(config.sources.register_dataset.clone())
                 .context("sources.register_dataset")?,
             persons: config.persons_settings(),
+            mutations: config.mutation_settings(),
         },
         tokens,
     )
@@ -256,6 +257,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
         .into_iter()
         .chain(opened.persons_feed)
+        .chain(std::iter::once(broker.expire_mutations()))
         .collect();
     let reloader = Reloader::new(files, broker.clone(), tls);
     Ok(Prepared {
@@ -343,9 +345,11 @@ pub async fn serve_broker_with_http(
 
     let draining = health.clone();
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let closing = broker.clone();
     let shutdown = async move {
         shutdown.await;
         let _ = stopping.send(true);
+        closing.begin_shutdown();
         draining
             .set_service_status("", tonic_health::ServingStatus::NotServing)
             .await;
@@ -471,6 +475,12 @@ pub fn broker_routes(broker: &Arc<Broker>) -> tonic::service::Routes {
         ConsentServiceServer::new(crate::persons::ConsentService::new(broker.clone()))
             .max_decoding_message_size(MAX_REQUEST),
     )
+    .add_service(
+        crate::proto::mutation_service_server::MutationServiceServer::new(
+            crate::mutations::MutationService::new(broker.clone()),
+        )
+        .max_decoding_message_size(MAX_PUBLISH_REQUEST),
+    )
 }
 
 type Tagging = fn(
@@ -504,7 +514,7 @@ pub(crate) const MAX_REQUEST: usize = 64 * 1024;
 
 /// The services the broker serves, as reflection lists them
 /// (`semel.v1.SourceService` is the sources' to serve, not the broker's).
-pub const SERVED_SERVICES: [&str; 8] = {
+pub const SERVED_SERVICES: [&str; 9] = {
     use tonic::server::NamedService as N;
     [
         <LookupServiceServer<LookupService> as N>::NAME,
@@ -512,11 +522,17 @@ pub const SERVED_SERVICES: [&str; 8] = {
         <AuditServiceServer<AuditService> as N>::NAME,
         <PersonsServiceServer<crate::persons::PersonsService> as N>::NAME,
         <ConsentServiceServer<crate::persons::ConsentService> as N>::NAME,
+        <crate::proto::mutation_service_server::MutationServiceServer<
+            crate::mutations::MutationService,
+        > as N>::NAME,
         "grpc.health.v1.Health",
         "grpc.reflection.v1.ServerReflection",
         "grpc.reflection.v1alpha.ServerReflection",
     ]
 };
+
+/// The largest publication of changes (up to a thousand, with values).
+pub(crate) const MAX_PUBLISH_REQUEST: usize = 4 * 1024 * 1024;
 
 /// The largest registry request (a dataset with many described fields).
 pub(crate) const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;

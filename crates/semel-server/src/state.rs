@@ -81,6 +81,22 @@ pub struct SourceSettings {
     /// The dataset whose source is the register of persons.
     pub register_dataset: DatasetName,
     pub persons: PersonsSettings,
+    pub mutations: MutationSettings,
+}
+
+/// The mutation queues' settings.
+#[derive(Debug, Clone)]
+pub struct MutationSettings {
+    /// How long a change not acknowledged is kept.
+    pub retention: Duration,
+}
+
+impl Default for MutationSettings {
+    fn default() -> Self {
+        MutationSettings {
+            retention: Duration::from_secs(168 * 3600),
+        }
+    }
 }
 
 /// The persons directory's rules for files.
@@ -190,6 +206,13 @@ pub struct Broker {
     audit_unavailable_said: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
     tokens: ArcSwap<TokenVerifier>,
+    /// Moves on at every change this broker queues for consumers: wakes
+    /// its subscriptions (those of other brokers poll the store).
+    pub(crate) mutations_queued: tokio::sync::watch::Sender<u64>,
+    /// Set when the broker begins to shut down: subscriptions end (their
+    /// consumers resume from their last acknowledgement elsewhere), so
+    /// the server's drain does not wait on streams that never end.
+    pub(crate) closing: tokio::sync::watch::Sender<bool>,
 }
 
 impl Broker {
@@ -217,6 +240,8 @@ impl Broker {
             audit_unavailable_said: std::sync::atomic::AtomicBool::new(false),
             metrics: Arc::default(),
             tokens: ArcSwap::from_pointee(tokens),
+            mutations_queued: tokio::sync::watch::Sender::new(0),
+            closing: tokio::sync::watch::Sender::new(false),
         });
         broker
             .reload()
@@ -236,6 +261,15 @@ impl Broker {
 
     pub fn limits(&self) -> &LimitSettings {
         &self.sources.limits
+    }
+
+    /// Ends the subscriptions to changes: the broker is shutting down.
+    pub fn begin_shutdown(&self) {
+        self.closing.send_replace(true);
+    }
+
+    pub fn mutation_settings(&self) -> &MutationSettings {
+        &self.sources.mutations
     }
 
     pub fn persons_settings(&self) -> &PersonsSettings {
@@ -977,6 +1011,7 @@ mod rebuild_tests {
                 limits: LimitSettings::default(),
                 register_dataset: DatasetName::new("x.register").expect("name"),
                 persons: PersonsSettings::default(),
+                mutations: Default::default(),
             },
             tokens,
         )

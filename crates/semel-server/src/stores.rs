@@ -80,6 +80,9 @@ pub async fn open_postgresql(
     let persons = semel_postgres::PgPersons::connect(url)
         .await
         .context("connect to the PostgreSQL store (persons directory)")?;
+    let mutations = semel_postgres::PgMutations::connect(url)
+        .await
+        .context("connect to the PostgreSQL store (mutation queues)")?;
     // One log, one identity: a broker whose key did not sign the log's
     // checkpoints (a key created anew on this machine, another origin)
     // must not start signing a second history into the same tables.
@@ -115,6 +118,7 @@ pub async fn open_postgresql(
             registry: Arc::new(registry),
             persons: Arc::new(persons.clone()),
             audit: Arc::new(audit),
+            mutations: Arc::new(mutations),
         },
         changes: Some(changes),
         embedded: None,

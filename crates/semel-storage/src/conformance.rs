@@ -1069,33 +1069,47 @@ pub mod mutations {
     ) {
         let source = kbo(SOURCE);
         assert_eq!(
-            store.queue_state(&kbo(CPAS)).await.unwrap(),
+            store
+                .queue_state(&kbo(CPAS))
+                .await
+                .expect("the store answers"),
             QueueState::default()
         );
         let a = store
-            .accept(&source, "e1", 1_000, &[routed(CPAS, b"one"), routed(OTHER, b"uno")])
+            .accept(
+                &source,
+                "e1",
+                1_000,
+                &[routed(CPAS, b"one"), routed(OTHER, b"uno")],
+            )
             .await
-            .unwrap();
+            .expect("the store answers");
         assert_eq!(a, Accepted::New);
         let again = store
             .accept(&source, "e1", 2_000, &[routed(CPAS, b"changed")])
             .await
-            .unwrap();
+            .expect("the store answers");
         assert_eq!(again, Accepted::Duplicate, "an event id is accepted once");
         // Another source may use the same id.
         assert_eq!(
             store
                 .accept(&kbo(OTHER), "e1", 2_500, &[routed(CPAS, b"other source")])
                 .await
-                .unwrap(),
+                .expect("the store answers"),
             Accepted::New
         );
         store
             .accept(&source, "e2", 3_000, &[routed(CPAS, b"two")])
             .await
-            .unwrap();
-        store.accept(&source, "e3", 4_000, &[]).await.unwrap();
-        let q = store.pending(&kbo(CPAS), 0, 10).await.unwrap();
+            .expect("the store answers");
+        store
+            .accept(&source, "e3", 4_000, &[])
+            .await
+            .expect("the store answers");
+        let q = store
+            .pending(&kbo(CPAS), 0, 10)
+            .await
+            .expect("the store answers");
         let got: Vec<(u64, i64, &[u8])> = q
             .iter()
             .map(|e| (e.position, e.accepted_micros, e.payload.as_slice()))
@@ -1108,12 +1122,38 @@ pub mod mutations {
                 (3, 3_000, &b"two"[..])
             ]
         );
-        assert_eq!(store.pending(&kbo(CPAS), 1, 1).await.unwrap()[0].position, 2);
-        assert!(store.pending(&kbo(CPAS), 3, 10).await.unwrap().is_empty());
-        let other = store.pending(&kbo(OTHER), 0, 10).await.unwrap();
+        assert_eq!(
+            store
+                .pending(&kbo(CPAS), 1, 1)
+                .await
+                .expect("the store answers")[0]
+                .position,
+            2
+        );
+        assert!(
+            store
+                .pending(&kbo(CPAS), 3, 10)
+                .await
+                .expect("the store answers")
+                .is_empty()
+        );
+        let other = store
+            .pending(&kbo(OTHER), 0, 10)
+            .await
+            .expect("the store answers");
         assert_eq!(other.len(), 1);
-        assert_eq!((other[0].position, other[0].payload.as_slice()), (1, &b"uno"[..]));
-        assert_eq!(store.queue_state(&kbo(CPAS)).await.unwrap().head, 3);
+        assert_eq!(
+            (other[0].position, other[0].payload.as_slice()),
+            (1, &b"uno"[..])
+        );
+        assert_eq!(
+            store
+                .queue_state(&kbo(CPAS))
+                .await
+                .expect("the store answers")
+                .head,
+            3
+        );
     }
 
     pub async fn acknowledgements_drop_what_was_delivered_and_no_more(store: &dyn MutationStore) {
@@ -1122,36 +1162,73 @@ pub mod mutations {
             store
                 .accept(&source, id, i as i64, &[routed(CPAS, id.as_bytes())])
                 .await
-                .unwrap();
+                .expect("the store answers");
         }
         match store.acknowledge(&cpas, 1).await {
             Err(StorageError::OutOfRange(_)) => {}
             other => panic!("an acknowledgement beyond delivery must be refused: {other:?}"),
         }
-        store.delivered(&cpas, 2).await.unwrap();
+        store.delivered(&cpas, 2).await.expect("the store answers");
         // Delivery cannot run past the head.
-        store.delivered(&cpas, 99).await.unwrap();
-        assert_eq!(store.queue_state(&cpas).await.unwrap().delivered, 3);
-        let s = store.acknowledge(&cpas, 2).await.unwrap();
+        store.delivered(&cpas, 99).await.expect("the store answers");
+        assert_eq!(
+            store
+                .queue_state(&cpas)
+                .await
+                .expect("the store answers")
+                .delivered,
+            3
+        );
+        let s = store
+            .acknowledge(&cpas, 2)
+            .await
+            .expect("the store answers");
         assert_eq!((s.head, s.delivered, s.acknowledged), (3, 3, 2));
         let left: Vec<u64> = store
             .pending(&cpas, 0, 10)
             .await
-            .unwrap()
+            .expect("the store answers")
             .iter()
             .map(|e| e.position)
             .collect();
         assert_eq!(left, vec![3], "acknowledged changes are dropped");
         // An older acknowledgement changes nothing.
-        assert_eq!(store.acknowledge(&cpas, 1).await.unwrap().acknowledged, 2);
-        assert_eq!(store.acknowledge(&cpas, 3).await.unwrap().acknowledged, 3);
-        assert!(store.pending(&cpas, 0, 10).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .acknowledge(&cpas, 1)
+                .await
+                .expect("the store answers")
+                .acknowledged,
+            2
+        );
+        assert_eq!(
+            store
+                .acknowledge(&cpas, 3)
+                .await
+                .expect("the store answers")
+                .acknowledged,
+            3
+        );
+        assert!(
+            store
+                .pending(&cpas, 0, 10)
+                .await
+                .expect("the store answers")
+                .is_empty()
+        );
         // Positions go on after the queue emptied.
         store
             .accept(&source, "d", 9, &[routed(CPAS, b"d")])
             .await
-            .unwrap();
-        assert_eq!(store.pending(&cpas, 0, 10).await.unwrap()[0].position, 4);
+            .expect("the store answers");
+        assert_eq!(
+            store
+                .pending(&cpas, 0, 10)
+                .await
+                .expect("the store answers")[0]
+                .position,
+            4
+        );
     }
 
     pub async fn a_retracted_change_leaves_no_trace_until_delivered(store: &dyn MutationStore) {
@@ -1159,19 +1236,35 @@ pub mod mutations {
         store
             .accept(&source, "x", 1, &[routed(CPAS, b"x")])
             .await
-            .unwrap();
-        store.retract(&source, "x").await.unwrap();
-        assert!(store.pending(&cpas, 0, 10).await.unwrap().is_empty());
-        assert_eq!(store.queue_state(&cpas).await.unwrap().head, 0);
+            .expect("the store answers");
+        store
+            .retract(&source, "x")
+            .await
+            .expect("the store answers");
+        assert!(
+            store
+                .pending(&cpas, 0, 10)
+                .await
+                .expect("the store answers")
+                .is_empty()
+        );
+        assert_eq!(
+            store
+                .queue_state(&cpas)
+                .await
+                .expect("the store answers")
+                .head,
+            0
+        );
         // The id is free again: the source's retry is a new change.
         assert_eq!(
             store
                 .accept(&source, "x", 2, &[routed(CPAS, b"x2")])
                 .await
-                .unwrap(),
+                .expect("the store answers"),
             Accepted::New
         );
-        store.delivered(&cpas, 1).await.unwrap();
+        store.delivered(&cpas, 1).await.expect("the store answers");
         assert!(
             matches!(
                 store.retract(&source, "x").await,
@@ -1179,34 +1272,72 @@ pub mod mutations {
             ),
             "a delivered change cannot be taken back"
         );
-        assert_eq!(store.pending(&cpas, 0, 10).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .pending(&cpas, 0, 10)
+                .await
+                .expect("the store answers")
+                .len(),
+            1
+        );
         // Retracting what was never stored does nothing.
-        store.retract(&source, "never").await.unwrap();
+        store
+            .retract(&source, "never")
+            .await
+            .expect("the store answers");
     }
 
     pub async fn expired_changes_are_reported_lost(store: &dyn MutationStore) {
         let (source, cpas, other) = (kbo(SOURCE), kbo(CPAS), kbo(OTHER));
         for (t, id) in [(10, "old1"), (20, "old2"), (30, "new")] {
             store
-                .accept(&source, id, t, &[routed(CPAS, id.as_bytes()), routed(OTHER, b"o")])
+                .accept(
+                    &source,
+                    id,
+                    t,
+                    &[routed(CPAS, id.as_bytes()), routed(OTHER, b"o")],
+                )
                 .await
-                .unwrap();
+                .expect("the store answers");
         }
-        store.delivered(&other, 2).await.unwrap();
-        store.acknowledge(&other, 2).await.unwrap();
-        assert_eq!(store.expire(25).await.unwrap(), 2);
-        let s = store.queue_state(&cpas).await.unwrap();
+        store.delivered(&other, 2).await.expect("the store answers");
+        store
+            .acknowledge(&other, 2)
+            .await
+            .expect("the store answers");
+        assert_eq!(store.expire(25).await.expect("the store answers"), 2);
+        let s = store.queue_state(&cpas).await.expect("the store answers");
         assert_eq!((s.head, s.lost_through), (3, 2));
-        assert_eq!(store.pending(&cpas, 0, 10).await.unwrap()[0].position, 3);
+        assert_eq!(
+            store
+                .pending(&cpas, 0, 10)
+                .await
+                .expect("the store answers")[0]
+                .position,
+            3
+        );
         // What was acknowledged was not lost.
-        assert_eq!(store.queue_state(&other).await.unwrap().lost_through, 0);
+        assert_eq!(
+            store
+                .queue_state(&other)
+                .await
+                .expect("the store answers")
+                .lost_through,
+            0
+        );
         // An expired event id may be published again.
         assert_eq!(
-            store.accept(&source, "old1", 40, &[]).await.unwrap(),
+            store
+                .accept(&source, "old1", 40, &[])
+                .await
+                .expect("the store answers"),
             Accepted::New
         );
         assert_eq!(
-            store.accept(&source, "new", 40, &[]).await.unwrap(),
+            store
+                .accept(&source, "new", 40, &[])
+                .await
+                .expect("the store answers"),
             Accepted::Duplicate
         );
     }

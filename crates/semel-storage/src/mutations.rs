@@ -83,8 +83,7 @@ pub trait MutationStore: Send + Sync {
     /// Acknowledges every change up to `position`: they are dropped.
     /// [`StorageError::OutOfRange`] beyond what was delivered. An
     /// acknowledgement below the last one changes nothing.
-    async fn acknowledge(&self, consumer: &Kbo, position: u64)
-    -> Result<QueueState, StorageError>;
+    async fn acknowledge(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StorageError>;
 
     /// Where a consumer's queue stands.
     async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError>;

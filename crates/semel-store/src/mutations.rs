@@ -284,12 +284,7 @@ impl MutationStore for Mutations {
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError> {
-        let (m, source, id, routed) = (
-            self.clone(),
-            *source,
-            event_id.to_owned(),
-            routed.to_vec(),
-        );
+        let (m, source, id, routed) = (self.clone(), *source, event_id.to_owned(), routed.to_vec());
         blocking(move || m.accept_now(&source, &id, accepted_micros, &routed)).await
     }
 
@@ -320,11 +315,7 @@ impl MutationStore for Mutations {
         .await
     }
 
-    async fn acknowledge(
-        &self,
-        consumer: &Kbo,
-        position: u64,
-    ) -> Result<QueueState, StorageError> {
+    async fn acknowledge(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StorageError> {
         let (m, consumer) = (self.clone(), *consumer);
         blocking(move || m.acknowledge_now(&consumer, position)).await
     }

@@ -182,6 +182,10 @@ pub struct NewAuthorisationArgs {
     /// Lookups need the citizen's consent.
     #[arg(long)]
     consent_required: bool,
+    /// The consumer is told of the dataset's changes (mutations) about the
+    /// citizens it holds a file on.
+    #[arg(long)]
+    receives_mutations: bool,
     /// The purpose code it is for (from the purposes catalogue).
     #[arg(long)]
     purpose: String,
@@ -274,6 +278,7 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
                 questions,
                 capacities,
                 consent_required,
+                receives_mutations,
             } = *args;
             client
                 .create_authorisation(NewAuthorisation {
@@ -285,6 +290,7 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
                     questions,
                     capacities,
                     consent_required,
+                    receives_mutations,
                     purpose,
                     legal_basis,
                     issuing_body,

@@ -9,7 +9,9 @@ use clap::{Parser, Subcommand};
 
 use crate::conn::Conn;
 use crate::output::Exit;
-use crate::{admin, audit, bench, demo, health, lookup, persons, pki, serve, token, witness};
+use crate::{
+    admin, audit, bench, demo, health, lookup, mutations, persons, pki, serve, token, witness,
+};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +61,16 @@ pub enum Command {
         #[command(subcommand)]
         command: persons::ConsentCommand,
     },
+    /// Publish changes of your datasets, as an authentic source (mutations).
+    Source {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: mutations::SourceCommand,
+    },
+    /// Receive, as a consumer, the changes about citizens you hold files on, as they are
+    /// published; each is acknowledged once printed.
+    Subscribe(mutations::SubscribeArgs),
     /// Manage organisations, datasets and authorisations (operator).
     Admin {
         #[command(flatten)]

@@ -18,6 +18,7 @@ mod conn;
 mod demo;
 mod health;
 mod lookup;
+mod mutations;
 mod output;
 mod persons;
 mod pki;
@@ -136,6 +137,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lookup(args) => lookup::run(args).await,
         Command::Files { conn, command } => persons::files(conn, command).await,
         Command::Consent { conn, command } => persons::consent(conn, command).await,
+        Command::Source { conn, command } => mutations::source(conn, command).await,
+        Command::Subscribe(args) => mutations::subscribe(args).await,
         Command::Admin { conn, command } => admin::run(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchServer(args) => bench::serve(args).await,
