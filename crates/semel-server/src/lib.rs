@@ -10,6 +10,7 @@
 mod audit;
 pub mod audited;
 pub mod bench;
+pub mod bench_fanout;
 mod checks;
 pub mod codec;
 pub mod config;

@@ -492,3 +492,84 @@ pub async fn serve(args: BenchServerArgs) -> anyhow::Result<ExitCode> {
     run_bench_server(opts, &ready_file, crate::shutdown_signal()).await?;
     Ok(Exit::Done.into())
 }
+
+/// `semel bench-mutations`: the fan-out of published changes.
+#[derive(clap::Args)]
+pub struct BenchMutationsArgs {
+    /// Consumers subscribed, each holding a file on every person.
+    #[arg(long, default_value_t = 38)]
+    pub consumers: usize,
+    /// People in the synthetic population.
+    #[arg(long, default_value_t = 10_000)]
+    pub population: usize,
+    /// Concurrent publishing connections of the source.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Changes per publication.
+    #[arg(long, default_value_t = 10)]
+    pub batch: usize,
+    /// Seconds of warm-up, not measured.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Seconds measured.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Run the broker on this PostgreSQL database (created if missing) instead of the
+    /// embedded store.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(args.consumers >= 1, "--consumers: at least 1");
+    anyhow::ensure!(
+        (1..=1000).contains(&args.batch),
+        "--batch: between 1 and 1000"
+    );
+    let dir = std::env::temp_dir().join(format!("semel-bench-mutations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let report =
+        semel_server::bench_fanout::run_fanout(semel_server::bench_fanout::FanoutOptions {
+            consumers: args.consumers,
+            population: args.population,
+            publishers: args.publishers.max(1),
+            batch: args.batch,
+            warmup: std::time::Duration::from_secs_f64(args.warmup),
+            duration: std::time::Duration::from_secs_f64(args.duration),
+            postgresql: args.store.clone(),
+            data_dir: dir.clone(),
+        })
+        .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let r = report?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "store {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call · {:.1} s",
+            r.store, r.consumers, r.population, r.publishers, r.batch, r.seconds
+        );
+        println!(
+            "changes accepted  {:>9.0}/s ({} changes)",
+            r.changes_per_s, r.changes
+        );
+        println!(
+            "deliveries        {:>9.0}/s ({} deliveries)",
+            r.deliveries_per_s, r.deliveries
+        );
+        println!(
+            "publish → delivery  p50 {:.1} ms · p90 {:.1} ms · p99 {:.1} ms · max {:.1} ms",
+            r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms
+        );
+        println!("missing deliveries  {}", r.missing);
+    }
+    Ok(if r.missing == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

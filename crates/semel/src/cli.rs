@@ -80,6 +80,8 @@ pub enum Command {
     },
     /// Measure Semel against a direct call to the source and a null forwarder, in one run.
     Bench(bench::BenchArgs),
+    /// Measure the fan-out of published changes to many subscribed consumers.
+    BenchMutations(bench::BenchMutationsArgs),
     /// The system `semel bench` measures (started by it; not for direct use).
     #[command(hide = true)]
     BenchServer(bench::BenchServerArgs),

@@ -141,6 +141,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Subscribe(args) => mutations::subscribe(args).await,
         Command::Admin { conn, command } => admin::run(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchMutations(args) => bench::run_mutations(args).await,
         Command::BenchServer(args) => bench::serve(args).await,
         Command::Health(args) => health::run(args).await,
         Command::Pki { json, command } => pki::run(command, json),
