@@ -871,7 +871,6 @@ impl Client {
                     json!({
                         "source_event_id": p.source_event_id,
                         "duplicate": p.duplicate,
-                        "consumers": p.consumers,
                         "request_id": p.request_id,
                     })
                 })
@@ -905,6 +904,7 @@ impl Client {
             "events": r.events.iter().map(mutation_event_json).collect::<Vec<_>>(),
             "lost": r.lost.as_ref().map(lost_json),
             "acknowledged": r.acknowledged,
+            "last_position": r.last_position,
         }))
     }
 

@@ -3,7 +3,8 @@
 //! store, held by the conformance suite.
 //!
 //! A published change is one transaction: its event id (the primary key
-//! makes a second publication, through any broker, a duplicate), then for
+//! makes a second publication, through any broker, a duplicate; ids are
+//! kept longer than the queue), then for
 //! each consumer routed, in enterprise-number order (so that two
 //! publications cannot deadlock), the next position of its queue under the
 //! cursor row's lock, and the queue entry. Positions are dense per consumer
@@ -16,7 +17,7 @@ use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, Storage
 use crate::{PgError, Pool, migrate};
 
 /// Connections per broker: publications, deliveries and acknowledgements.
-const CONNECTIONS: usize = 2;
+const CONNECTIONS: usize = 4;
 
 /// One broker's connections to the mutation queues.
 pub struct PgMutations {
@@ -102,53 +103,6 @@ impl PgMutations {
         result
     }
 
-    async fn retract_tx(&self, source: &Kbo, event_id: &str) -> Result<(), PgError> {
-        let mut conn = self.pool.get().await;
-        let result = async {
-            let client = conn.client().await?;
-            let tx = client.transaction().await?;
-            let rows = tx
-                .query(
-                    "SELECT q.consumer, q.position, c.delivered, c.head FROM mutation_queue q \
-                     JOIN mutation_cursors c ON c.consumer = q.consumer \
-                     WHERE q.source = $1 AND q.event_id = $2 ORDER BY q.consumer FOR UPDATE OF c",
-                    &[&source.as_str(), &event_id],
-                )
-                .await?;
-            for row in &rows {
-                let (consumer, position, delivered, head): (String, i64, i64, i64) =
-                    (row.get(0), row.get(1), row.get(2), row.get(3));
-                if delivered >= position {
-                    return Err(PgError::Conflict(
-                        "the change was delivered already: it stands".into(),
-                    ));
-                }
-                tx.execute(
-                    "DELETE FROM mutation_queue WHERE consumer = $1 AND position = $2",
-                    &[&consumer, &position],
-                )
-                .await?;
-                if head == position {
-                    tx.execute(
-                        "UPDATE mutation_cursors SET head = head - 1 WHERE consumer = $1",
-                        &[&consumer],
-                    )
-                    .await?;
-                }
-            }
-            tx.execute(
-                "DELETE FROM mutation_events WHERE source = $1 AND event_id = $2",
-                &[&source.as_str(), &event_id],
-            )
-            .await?;
-            tx.commit().await?;
-            Ok(())
-        }
-        .await;
-        conn.suspect = result.is_err() && !matches!(result, Err(PgError::Conflict(_)));
-        result
-    }
-
     async fn acknowledge_tx(&self, consumer: &Kbo, position: u64) -> Result<QueueState, PgError> {
         let mut conn = self.pool.get().await;
         let result = async {
@@ -189,37 +143,51 @@ impl PgMutations {
         result
     }
 
-    async fn expire_tx(&self, before_micros: i64) -> Result<u64, PgError> {
+    async fn expire_tx(&self, before_micros: i64, ids_before_micros: i64) -> Result<u64, PgError> {
         let mut conn = self.pool.get().await;
         let result = async {
             let client = conn.client().await?;
-            let tx = client.transaction().await?;
-            let rows = tx
+            // Per consumer, the last position accepted before the horizon:
+            // the prefix up to it goes, with the record of what was lost, in
+            // one transaction that takes the cursor row first (as
+            // acknowledgements do: no lock cycle between them).
+            let horizons = client
                 .query(
-                    "WITH gone AS (DELETE FROM mutation_queue WHERE accepted_micros < $1 \
-                                   RETURNING consumer, position) \
-                     SELECT consumer, max(position), count(*) FROM gone GROUP BY consumer ORDER BY consumer",
+                    "SELECT consumer, max(position) FROM mutation_queue WHERE accepted_micros < $1 \
+                     GROUP BY consumer ORDER BY consumer",
                     &[&before_micros],
                 )
                 .await?;
             let mut dropped = 0u64;
-            for row in &rows {
-                let (consumer, through, count): (String, i64, i64) =
-                    (row.get(0), row.get(1), row.get(2));
-                dropped += count as u64;
+            for row in &horizons {
+                let (consumer, last): (String, i64) = (row.get(0), row.get(1));
+                let tx = client.transaction().await?;
                 tx.execute(
-                    "UPDATE mutation_cursors SET lost_through = greatest(lost_through, $2) \
-                     WHERE consumer = $1 AND acknowledged < $2",
-                    &[&consumer, &through],
+                    "SELECT 1 FROM mutation_cursors WHERE consumer = $1 FOR UPDATE",
+                    &[&consumer],
                 )
                 .await?;
+                let gone = tx
+                    .execute(
+                        "DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2",
+                        &[&consumer, &last],
+                    )
+                    .await?;
+                tx.execute(
+                    "UPDATE mutation_cursors SET lost_through = greatest(lost_through, $2), \
+                     delivered = greatest(delivered, $2) WHERE consumer = $1 AND acknowledged < $2",
+                    &[&consumer, &last],
+                )
+                .await?;
+                tx.commit().await?;
+                dropped += gone;
             }
-            tx.execute(
-                "DELETE FROM mutation_events WHERE accepted_micros < $1",
-                &[&before_micros],
-            )
-            .await?;
-            tx.commit().await?;
+            client
+                .execute(
+                    "DELETE FROM mutation_events WHERE accepted_micros < $1",
+                    &[&ids_before_micros],
+                )
+                .await?;
             Ok(dropped)
         }
         .await;
@@ -242,8 +210,33 @@ impl MutationStore for PgMutations {
             .await?)
     }
 
-    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError> {
-        Ok(self.retract_tx(source, event_id).await?)
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError> {
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM mutation_events WHERE source = $1 AND event_id = $2",
+                &[&source.as_str(), &event_id],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        Ok(result.map_err(PgError::from)?.is_some())
+    }
+
+    async fn withhold(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+        let mut conn = self.pool.get().await;
+        let result = conn
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM mutation_queue WHERE consumer = $1 AND position = $2",
+                &[&consumer.as_str(), &(position.min(i64::MAX as u64) as i64)],
+            )
+            .await;
+        conn.suspect = result.is_err();
+        result.map_err(PgError::from)?;
+        Ok(())
     }
 
     async fn pending(
@@ -318,7 +311,11 @@ impl MutationStore for PgMutations {
             .unwrap_or_default())
     }
 
-    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError> {
-        Ok(self.expire_tx(before_micros).await?)
+    async fn expire(
+        &self,
+        before_micros: i64,
+        ids_before_micros: i64,
+    ) -> Result<u64, StorageError> {
+        Ok(self.expire_tx(before_micros, ids_before_micros).await?)
     }
 }

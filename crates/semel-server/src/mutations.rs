@@ -28,7 +28,7 @@ use semel_storage::{Accepted, QueueState, Queued, Routed, StorageError};
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
-use crate::audited::{Change, Undo, nothing_to_undo};
+use crate::audited::{Change, Undo};
 use crate::convert::{format_date, parse_date, timestamp_micros};
 use crate::error::ApiError;
 use crate::proto;
@@ -44,6 +44,11 @@ const PAGE: usize = 100;
 const MAX_PULL: usize = 1000;
 /// The longest a pull waits for a first change.
 const MAX_WAIT_S: i32 = 30;
+/// How long a source's event ids are remembered (a retry within it is a
+/// duplicate), at least: longer than any queue keeps the change itself.
+const EVENT_IDS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);
+/// The most subscriptions one organisation holds open on one broker.
+const MAX_SUBSCRIPTIONS: usize = 4;
 /// How often a subscription looks at its queue without being woken: the
 /// bound on how late a change published through another broker arrives.
 const POLL: Duration = Duration::from_millis(250);
@@ -142,6 +147,14 @@ fn check(
         parse_date("mutations.effective_date", &m.effective_date)
             .map_err(|e| say("mutations.effective_date", "INVALID_DATE", e.message))?
     };
+    let today = brussels_today(OffsetDateTime::now_utc());
+    if effective.year() < 1900 || effective > today.saturating_add(time::Duration::days(3653)) {
+        return Err(say(
+            "mutations.effective_date",
+            "INVALID_DATE",
+            "effective_date must lie between 1900 and ten years from now".into(),
+        ));
+    }
     let mut changed = BTreeSet::new();
     for name in m.fields.keys() {
         match dataset.field(name) {
@@ -185,22 +198,15 @@ fn check(
 }
 
 impl Broker {
-    /// Routes one checked change, stores it with its queue entries and
-    /// says what was done (for the audit entry).
-    async fn publish_one(
+    /// Routes one checked change: what each consumer concerned receives.
+    async fn route_change(
         &self,
         caller: &Caller,
-        c: Checked,
-        change: &mut Change,
-    ) -> Result<(proto::PublishedMutation, Undo), ApiError> {
-        change.citizen = Some(c.citizen);
-        change.dataset = c.dataset.to_string();
-        change.source = Some(caller.org.kbo);
-        change.reference = c.event_id.clone();
+        c: &Checked,
+        resolved: &semel_store::Resolved,
+        now: OffsetDateTime,
+    ) -> Result<(Vec<semel_core::mutation::Route>, Vec<Routed>), ApiError> {
         let persons = &self.storage().persons;
-        let resolved = persons.resolve(&c.citizen).await?;
-        change.citizen = Some(resolved.current);
-        change.citizen_as_given = resolved.given;
         let snapshot = self.snapshot();
         let candidates: Vec<&semel_core::Authorisation> = snapshot
             .authorisations
@@ -210,14 +216,13 @@ impl Broker {
         let consumers: BTreeSet<Kbo> = candidates.iter().map(|a| a.consumer).collect();
         let mut files = Vec::new();
         for consumer in &consumers {
-            files.extend(persons.files_of(consumer, &resolved).await?);
+            files.extend(persons.files_of(consumer, resolved).await?);
         }
         let consents = if candidates.iter().any(|a| a.consent_required) {
-            persons.consents_of(&resolved).await?
+            persons.consents_of(resolved).await?
         } else {
             Vec::new()
         };
-        let now = OffsetDateTime::now_utc();
         let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
         let routes = route(
             &MutationFacts {
@@ -231,94 +236,150 @@ impl Broker {
             },
             candidates.iter().copied(),
         );
-        let mut routed = Vec::with_capacity(routes.len());
-        for r in &routes {
-            let event = proto::MutationEvent {
-                position: 0,
-                source_kbo: caller.org.kbo.as_str().to_owned(),
-                source_event_id: c.event_id.clone(),
-                dataset: c.dataset.to_string(),
-                citizen: resolved.current.as_str().to_owned(),
-                kind: match c.kind {
-                    MutationKind::Created => proto::MutationKind::Created,
-                    MutationKind::Changed => proto::MutationKind::Changed,
-                    MutationKind::Ended => proto::MutationKind::Ended,
-                } as i32,
-                effective_date: format_date(c.effective),
-                fields: c
-                    .fields
-                    .iter()
-                    .filter(|(k, _)| r.fields.iter().any(|f| f.as_str() == k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-                checked_fields: r.checked.iter().map(ToString::to_string).collect(),
-                authorisation_reference: r.authorisation.to_string(),
-                file_id: r.file.clone(),
-                published_at: Some(timestamp_micros(now_micros)),
-            };
-            routed.push(Routed {
-                consumer: r.consumer,
-                payload: event.encode_to_vec(),
-            });
+        let routed = routes
+            .iter()
+            .map(|r| {
+                let event = proto::MutationEvent {
+                    position: 0,
+                    source_kbo: caller.org.kbo.as_str().to_owned(),
+                    source_event_id: c.event_id.clone(),
+                    dataset: c.dataset.to_string(),
+                    citizen: resolved.current.as_str().to_owned(),
+                    kind: match c.kind {
+                        MutationKind::Created => proto::MutationKind::Created,
+                        MutationKind::Changed => proto::MutationKind::Changed,
+                        MutationKind::Ended => proto::MutationKind::Ended,
+                    } as i32,
+                    effective_date: format_date(c.effective),
+                    fields: c
+                        .fields
+                        .iter()
+                        .filter(|(k, _)| r.fields.iter().any(|f| f.as_str() == k.as_str()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    checked_fields: r.checked.iter().map(ToString::to_string).collect(),
+                    authorisation_reference: r.authorisation.to_string(),
+                    file_id: r.file.clone(),
+                    published_at: Some(timestamp_micros(now_micros)),
+                };
+                Routed {
+                    consumer: r.consumer,
+                    payload: event.encode_to_vec(),
+                }
+            })
+            .collect();
+        Ok((routes, routed))
+    }
+
+    /// Publishes one checked change. Its audit entry is made durable
+    /// first, then the change is stored and queued: a change is never
+    /// readable by a consumer before the entry that says it was accepted.
+    /// If storing fails after the entry, a second entry says so.
+    async fn publish_one(
+        &self,
+        caller: &Caller,
+        c: Checked,
+    ) -> Result<proto::PublishedMutation, ApiError> {
+        let request_id = crate::state::new_id();
+        let mut record = self.audit_record(caller, request_id);
+        record.citizen = Some(c.citizen);
+        record.dataset = c.dataset.to_string();
+        record.source = Some(caller.org.kbo);
+        record.consumer_reference = semel_core::redact_national_numbers(&c.event_id).into_owned();
+        record.reference_date = Some(format_date(c.effective));
+        record.fields_requested = c.changed.iter().map(ToString::to_string).collect();
+        let event = semel_core::redact_national_numbers(&c.event_id).into_owned();
+        let store = &self.storage().mutations;
+        let now = OffsetDateTime::now_utc();
+        let prepared = async {
+            let resolved = self.storage().persons.resolve(&c.citizen).await?;
+            if store.known(&caller.org.kbo, &c.event_id).await? {
+                return Ok((resolved, None));
+            }
+            let routed = self.route_change(caller, &c, &resolved, now).await?;
+            Ok::<_, ApiError>((resolved, Some(routed)))
         }
-        let accepted = self
-            .storage()
-            .mutations
-            .accept(&caller.org.kbo, &c.event_id, now_micros, &routed)
-            .await?;
-        let fields: Vec<String> = c.changed.iter().map(ToString::to_string).collect();
-        change.fields = fields.clone();
+        .await;
+        let id = request_id.to_string();
+        let answer = |duplicate| proto::PublishedMutation {
+            source_event_id: c.event_id.clone(),
+            duplicate,
+            request_id: id.clone(),
+        };
+        let (resolved, routed) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                record.decision = AuditDecision::Refused;
+                record.reason = e.reason_code();
+                record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
+                self.append_durably(record).await?;
+                return Err(e.with("request_id", id));
+            }
+        };
+        record.citizen = Some(resolved.current);
+        record.citizen_as_given = resolved.given;
+        record.outcome = Outcome::Answered;
+        let Some((routes, routed)) = routed else {
+            record.detail =
+                format!("change {event} published again: already stored, nothing queued");
+            self.append_durably(record).await?;
+            return Ok(answer(true));
+        };
         let told: Vec<String> = routes
             .iter()
             .map(|r| format!("{} under {}", r.consumer.as_str(), r.authorisation))
             .collect();
-        let (duplicate, undo): (bool, Undo) = match accepted {
-            Accepted::Duplicate => {
-                change.detail = format!(
-                    "change {} published again: already stored, nothing queued",
-                    c.event_id
-                );
-                (true, nothing_to_undo())
-            }
-            Accepted::New => {
-                change.detail = format!(
-                    "change {} ({}, effective {}) of fields [{}] queued for {} consumer(s){}{}",
-                    c.event_id,
-                    c.kind.as_str(),
-                    format_date(c.effective),
-                    fields.join(", "),
-                    routes.len(),
-                    if told.is_empty() { "" } else { ": " },
-                    told.join("; ")
-                );
-                let store = self.storage().mutations.clone();
-                let (source, id) = (caller.org.kbo, c.event_id.clone());
-                (
-                    false,
-                    Box::pin(async move {
-                        crate::audited::retry_undo("a published change", || {
-                            let (store, id) = (store.clone(), id.clone());
-                            async move { store.retract(&source, &id).await }
-                        })
-                        .await;
-                    }),
-                )
-            }
+        record.detail = format!(
+            "change {event} ({}, effective {}) queued for {} consumer(s){}{}",
+            c.kind.as_str(),
+            format_date(c.effective),
+            routes.len(),
+            if told.is_empty() { "" } else { ": " },
+            told.join("; ")
+        );
+        let second = |detail: String| {
+            let mut r = record.clone();
+            r.request_id = *crate::state::new_id().as_bytes();
+            r.detail = detail;
+            r
         };
-        Ok((
-            proto::PublishedMutation {
-                source_event_id: c.event_id,
-                duplicate,
-                consumers: if duplicate { 0 } else { routes.len() as u32 },
-                request_id: String::new(),
-            },
-            undo,
-        ))
+        self.append_durably(record.clone()).await?;
+        let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
+        match store
+            .accept(&caller.org.kbo, &c.event_id, now_micros, &routed)
+            .await
+        {
+            Ok(Accepted::New) => Ok(answer(false)),
+            Ok(Accepted::Duplicate) => {
+                // Published at the same moment through another broker: that
+                // publication stored it.
+                let _ = self
+                    .append_durably(second(format!(
+                        "change {event} was stored by a publication made at the same time: this one queued nothing"
+                    )))
+                    .await;
+                Ok(answer(true))
+            }
+            Err(e) => {
+                let e = ApiError::from(e);
+                let mut r = second(format!(
+                    "change {event} could not be stored: nothing was queued ({})",
+                    semel_core::redact_national_numbers(&e.message)
+                ));
+                r.decision = AuditDecision::Refused;
+                r.reason = e.reason_code();
+                r.outcome = Outcome::NotForwarded;
+                let _ = self.append_durably(r).await;
+                Err(e.with("request_id", id))
+            }
+        }
     }
 
-    /// Records one change delivered to `caller` and returns it to send; or
-    /// records why it is not delivered (its authorisation no longer
-    /// allows it) and returns `None`.
+    /// Records one change delivered to `caller` and returns it to send,
+    /// as its authorisation allows it now: the fields it may still read
+    /// (a narrowed authorisation narrows what was queued), through a file
+    /// still open. Or, when the authorisation or the file no longer allows
+    /// it, records why, drops it from the queue and returns `None`.
     async fn deliver_one(
         &self,
         caller: &Caller,
@@ -331,35 +392,25 @@ impl Broker {
         })?;
         event.position = queued.position;
         let mut record = self.audit_record(caller, crate::state::new_id());
-        record.citizen = Niss::parse(&event.citizen).ok();
+        let citizen = Niss::parse(&event.citizen).ok();
+        record.citizen = citizen;
         record.dataset = event.dataset.clone();
         record.source = Kbo::parse(&event.source_kbo).ok();
         record.authorisation = Some(event.authorisation_reference.clone());
-        record.consumer_reference = event.source_event_id.clone();
+        let event_id = semel_core::redact_national_numbers(&event.source_event_id).into_owned();
+        record.consumer_reference = event_id.clone();
         record.reference_date = Some(event.effective_date.clone());
-        let mut fields: Vec<String> = event.fields.keys().cloned().collect();
-        fields.sort();
         let kind = kind_from_proto(event.kind).map_or("changed", MutationKind::as_str);
         record.detail = format!(
-            "change {} of {} ({kind}, effective {}) delivered at position {}{}",
-            event.source_event_id,
-            event.source_kbo,
-            event.effective_date,
-            queued.position,
-            if event.checked_fields.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; fields it may only test changed: {}",
-                    event.checked_fields.join(", ")
-                )
-            }
+            "change {event_id} of {} ({kind}, effective {}) at position {}",
+            event.source_kbo, event.effective_date, queued.position,
         );
+        let now = OffsetDateTime::now_utc();
+        let today = brussels_today(now);
         let snapshot = self.snapshot();
-        let today = brussels_today(OffsetDateTime::now_utc());
         let auth = snapshot.authorisations.get(&event.authorisation_reference);
         record.purpose = auth.map(|a| a.purpose.to_string()).unwrap_or_default();
-        let refusal = match auth {
+        let mut refusal = match auth {
             None => Some(RefusalReason::NoAuthorisation),
             Some(a) if a.consumer != caller.org.kbo || !a.receives_mutations => {
                 Some(RefusalReason::NoAuthorisation)
@@ -367,20 +418,70 @@ impl Broker {
             Some(a) if a.status == AuthorisationStatus::Suspended => {
                 Some(RefusalReason::AuthorisationSuspended)
             }
+            Some(a) if today < a.valid_from => Some(RefusalReason::AuthorisationNotYetValid),
             Some(a) if a.valid_until.is_some_and(|u| today > u) => {
                 Some(RefusalReason::AuthorisationExpired)
             }
             Some(_) => None,
         };
+        // The file that made the consumer concerned must still hold.
+        if refusal.is_none()
+            && let Some(citizen) = citizen
+        {
+            let resolved = self.storage().persons.resolve(&citizen).await?;
+            let files = self
+                .storage()
+                .persons
+                .files_of(&caller.org.kbo, &resolved)
+                .await?;
+            if !files
+                .iter()
+                .any(|f| f.id == event.file_id && f.open_at(now) && f.covers(today))
+            {
+                refusal = Some(RefusalReason::NoActiveFile);
+            }
+        }
         if let Some(reason) = refusal {
             record.decision = AuditDecision::Refused;
             record.reason = Some(ReasonCode::Refused(reason));
             record.outcome = Outcome::NotForwarded;
             record
                 .detail
-                .push_str(": not sent, the authorisation no longer allows it");
+                .push_str(": not sent, its authorisation or file no longer allows it; dropped");
             self.append_durably(record).await?;
+            self.storage()
+                .mutations
+                .withhold(&caller.org.kbo, queued.position)
+                .await?;
             return Ok(None);
+        }
+        if let Some(a) = auth {
+            // What the authorisation allows today: fields it may no longer
+            // read become, at most, fields it may test.
+            let mut checked: BTreeSet<String> = event.checked_fields.iter().cloned().collect();
+            event.fields.retain(|name, _| {
+                let readable = a.fields.iter().any(|f| f.as_str() == name);
+                if !readable
+                    && (a.check_fields.iter().any(|f| f.as_str() == name)
+                        || a.checks.iter().any(|r| r.field.as_str() == name))
+                {
+                    checked.insert(name.clone());
+                }
+                readable
+            });
+            checked.retain(|name| {
+                a.check_fields.iter().any(|f| f.as_str() == name)
+                    || a.checks.iter().any(|r| r.field.as_str() == name)
+            });
+            event.checked_fields = checked.into_iter().collect();
+        }
+        let mut fields: Vec<String> = event.fields.keys().cloned().collect();
+        fields.sort();
+        if !event.checked_fields.is_empty() {
+            record.detail.push_str(&format!(
+                "; fields it may only test changed: {}",
+                event.checked_fields.join(", ")
+            ));
         }
         record.fields_requested = fields.clone();
         record.fields_returned = fields;
@@ -391,7 +492,9 @@ impl Broker {
 
     /// Reads the caller's queue after `after`: the changes to send (each
     /// recorded), the notice of changes lost, and the last position looked
-    /// at.
+    /// at. The queue is read before its state: positions only expire as a
+    /// prefix, recorded with the deletion, so a state read after the queue
+    /// tells of every position the read skipped.
     async fn next_changes(
         &self,
         caller: &Caller,
@@ -400,6 +503,7 @@ impl Broker {
     ) -> Result<(Vec<proto::MutationEvent>, Option<proto::MutationsLost>, u64), ApiError> {
         let store = &self.storage().mutations;
         let consumer = caller.org.kbo;
+        let queued = store.pending(&consumer, after, limit).await?;
         let state = store.queue_state(&consumer).await?;
         let mut position = after;
         let mut lost = None;
@@ -410,22 +514,23 @@ impl Broker {
             });
             position = state.lost_through;
         }
-        let queued = store.pending(&consumer, position, limit).await?;
         let mut events = Vec::with_capacity(queued.len());
-        for q in &queued {
+        let skip_through = position;
+        for q in queued.iter().filter(|q| q.position > skip_through) {
             if let Some(e) = self.deliver_one(caller, q).await? {
                 events.push(e);
             }
             position = q.position;
         }
-        if !queued.is_empty() {
+        if position > after {
             store.delivered(&consumer, position).await?;
         }
         Ok((events, lost, position))
     }
 
     /// Drops changes not acknowledged within the retention period, every
-    /// minute, until aborted.
+    /// minute, until aborted; event ids are remembered for
+    /// [`EVENT_IDS_KEPT`] at least.
     pub(crate) fn expire_mutations(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let broker = self.clone();
         tokio::spawn(async move {
@@ -433,9 +538,11 @@ impl Broker {
             loop {
                 tick.tick().await;
                 let retention = broker.mutation_settings().retention;
-                let before = OffsetDateTime::now_utc() - retention;
-                let before = (before.unix_timestamp_nanos() / 1000) as i64;
-                match broker.storage().mutations.expire(before).await {
+                let now = OffsetDateTime::now_utc();
+                let micros = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
+                let before = micros(now - retention);
+                let ids_before = micros(now - retention.max(EVENT_IDS_KEPT));
+                match broker.storage().mutations.expire(before, ids_before).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(
                         dropped = n,
@@ -470,6 +577,47 @@ fn start_after(after: u64, state: &QueueState) -> u64 {
 
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>;
+
+/// One of an organisation's subscriptions on this broker, given back when
+/// the subscription ends.
+struct Slot {
+    broker: Arc<Broker>,
+    org: Kbo,
+}
+
+impl Slot {
+    fn take(broker: &Arc<Broker>, org: Kbo) -> Option<Slot> {
+        let mut open = broker
+            .subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(org).or_insert(0);
+        if *n >= MAX_SUBSCRIPTIONS {
+            return None;
+        }
+        *n += 1;
+        Some(Slot {
+            broker: broker.clone(),
+            org,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .broker
+            .subscriptions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.org);
+            }
+        }
+    }
+}
 
 /// A subscription's credentials, owned: checked again before each change.
 struct Held {
@@ -533,13 +681,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
         };
         let mut results = Vec::with_capacity(checked.len());
         for c in checked {
-            let (mut published, request_id) = broker
-                .audited(&caller, async |change: &mut Change| {
-                    broker.publish_one(&caller, c, change).await
-                })
-                .await?;
-            published.request_id = request_id;
-            results.push(published);
+            results.push(broker.publish_one(&caller, c).await?);
         }
         broker
             .mutations_queued
@@ -564,6 +706,17 @@ impl proto::mutation_service_server::MutationService for MutationService {
         };
         let after = req.into_inner().after;
         let broker = self.broker.clone();
+        // A few subscriptions per organisation: each reads the queue, and
+        // more would only send the same changes again.
+        let slot = Slot::take(&broker, caller.org.kbo).ok_or_else(|| {
+            ApiError::retryable(
+                Code::ResourceExhausted,
+                "SUBSCRIPTIONS_EXCEEDED",
+                format!(
+                    "your organisation holds {MAX_SUBSCRIPTIONS} subscriptions on this broker already; close one, or read with PullMutations"
+                ),
+            )
+        })?;
         let state = broker
             .storage()
             .mutations
@@ -573,11 +726,25 @@ impl proto::mutation_service_server::MutationService for MutationService {
         let mut position = start_after(after, &state);
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<proto::SubscribeResponse, Status>>(16);
         tokio::spawn(async move {
+            let _slot = slot;
             let mut woken = broker.mutations_queued.subscribe();
             let mut closing = broker.closing.subscribe();
+            // Sends one item, unless the broker begins to shut down or the
+            // consumer went away first.
+            macro_rules! send {
+                ($item:expr) => {
+                    tokio::select! {
+                        sent = tx.send($item) => if sent.is_err() { return },
+                        _ = closing.changed() => {
+                            let _ = tx.try_send(Err(shutting_down().into()));
+                            return;
+                        }
+                    }
+                };
+            }
             loop {
                 if *closing.borrow_and_update() {
-                    let _ = tx.send(Err(shutting_down().into())).await;
+                    let _ = tx.try_send(Err(shutting_down().into()));
                     return;
                 }
                 // Checked again before each round, as a batch's items are: a
@@ -591,42 +758,30 @@ impl proto::mutation_service_server::MutationService for MutationService {
                     Ok(c) => c,
                     Err(denied) => {
                         let e = broker.record_refusal(*denied, None).await;
-                        let _ = tx.send(Err(e.into())).await;
+                        send!(Err(e.into()));
                         return;
                     }
                 };
                 woken.borrow_and_update();
-                let round = broker.next_changes(&caller, position, PAGE).await;
-                let (events, lost, last) = match round {
+                let (events, lost, last) = match broker.next_changes(&caller, position, PAGE).await
+                {
                     Ok(r) => r,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                        send!(Err(e.into()));
                         return;
                     }
                 };
-                let read_any = last != position || lost.is_some();
+                let read_any = last != position;
                 position = last;
                 if let Some(lost) = lost {
                     let item = proto::subscribe_response::Item::Lost(lost);
-                    if tx
-                        .send(Ok(proto::SubscribeResponse { item: Some(item) }))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
+                    send!(Ok(proto::SubscribeResponse { item: Some(item) }));
                 }
                 for e in events {
+                    // What the consumer is not sent stays unacknowledged and
+                    // comes again when it returns.
                     let item = proto::subscribe_response::Item::Event(e);
-                    if tx
-                        .send(Ok(proto::SubscribeResponse { item: Some(item) }))
-                        .await
-                        .is_err()
-                    {
-                        // The consumer went away: what it was not sent stays
-                        // unacknowledged and comes again when it returns.
-                        return;
-                    }
+                    send!(Ok(proto::SubscribeResponse { item: Some(item) }));
                 }
                 if read_any {
                     continue;
@@ -677,14 +832,17 @@ impl proto::mutation_service_server::MutationService for MutationService {
             .queue_state(&caller.org.kbo)
             .await
             .map_err(ApiError::from)?;
-        let after = start_after(r.after, &state);
+        let mut after = start_after(r.after, &state);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(r.wait_seconds as u64);
         let mut woken = broker.mutations_queued.subscribe();
         let mut closing = broker.closing.subscribe();
         loop {
             woken.borrow_and_update();
             let closing_now = *closing.borrow_and_update();
-            let (events, lost, _) = broker.next_changes(&caller, after, limit).await?;
+            let (events, lost, last) = broker.next_changes(&caller, after, limit).await?;
+            // Changes withheld (their authorisation no longer allows them)
+            // are behind us: the next round reads after them.
+            after = last;
             if !events.is_empty()
                 || lost.is_some()
                 || closing_now
@@ -699,6 +857,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
                     events,
                     lost,
                     acknowledged,
+                    last_position: last,
                 }));
             }
             tokio::select! {

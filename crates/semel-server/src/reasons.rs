@@ -325,6 +325,11 @@ pub const REASONS: &[Reasons] = &[
         "the broker cannot record the call or read its storage, so it answers none; retry later",
     ),
     row(
+        "RESOURCE_EXHAUSTED",
+        &["SUBSCRIPTIONS_EXCEEDED"],
+        "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`",
+    ),
+    row(
         "UNAVAILABLE",
         &["SHUTTING_DOWN"],
         "(`Subscribe`) the broker is shutting down; subscribe again: delivery resumes after your last acknowledgement",

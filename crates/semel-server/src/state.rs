@@ -213,6 +213,8 @@ pub struct Broker {
     /// consumers resume from their last acknowledgement elsewhere), so
     /// the server's drain does not wait on streams that never end.
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
+    /// Subscriptions to changes open on this broker, per organisation.
+    pub(crate) subscriptions: std::sync::Mutex<HashMap<Kbo, usize>>,
 }
 
 impl Broker {
@@ -242,6 +244,7 @@ impl Broker {
             tokens: ArcSwap::from_pointee(tokens),
             mutations_queued: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
+            subscriptions: std::sync::Mutex::default(),
         });
         broker
             .reload()

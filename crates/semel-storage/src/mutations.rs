@@ -64,10 +64,13 @@ pub trait MutationStore: Send + Sync {
         routed: &[Routed],
     ) -> Result<Accepted, StorageError>;
 
-    /// Takes back a change whose audit entry could not be made durable:
-    /// its event id and the queue entries it made, while none was
-    /// delivered.
-    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError>;
+    /// Whether the source published this event id (within the ids'
+    /// retention).
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError>;
+
+    /// Drops one change from a consumer's queue without delivering it (its
+    /// authorisation no longer allows it); the position stays a hole.
+    async fn withhold(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError>;
 
     /// Up to `limit` changes of a consumer's queue after `after`, in order.
     async fn pending(
@@ -88,8 +91,12 @@ pub trait MutationStore: Send + Sync {
     /// Where a consumer's queue stands.
     async fn queue_state(&self, consumer: &Kbo) -> Result<QueueState, StorageError>;
 
-    /// Drops every queued change accepted before `before_micros`, recording
-    /// what each consumer lost; and forgets event ids as old. Returns how
-    /// many queue entries were dropped.
-    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError>;
+    /// Drops, per consumer, the changes up to the last one accepted before
+    /// `before_micros` (a prefix of its queue: a reader is never told it
+    /// lost a position while an earlier one is still there), recording
+    /// what it lost in the same write; and forgets event ids accepted
+    /// before `ids_before_micros`. Returns how many queue entries were
+    /// dropped.
+    async fn expire(&self, before_micros: i64, ids_before_micros: i64)
+    -> Result<u64, StorageError>;
 }

@@ -1,7 +1,7 @@
 //! The mutation queues in sled, next to the registry:
 //!
 //! ```text
-//! mutation_events   source KBO (10) | event id        → accepted µs (8) | (consumer (10) | position (8))*
+//! mutation_events   source KBO (10) | event id        → accepted µs (8) | (consumer (10) | position (8))*  (kept longer than the queue: ids are remembered)
 //! mutation_queue    consumer KBO (10) | position (8)  → accepted µs (8) | payload
 //! mutation_cursors  consumer KBO (10)                 → head | delivered | acknowledged | lost_through (8 each)
 //! ```
@@ -129,40 +129,10 @@ impl Mutations {
         Ok(accepted)
     }
 
-    fn retract_now(&self, source: &Kbo, event_id: &str) -> Result<(), StoreError> {
-        let key = event_key(source, event_id);
-        (&self.events, &self.queue, &self.cursors)
-            .transaction(|(events, queue, cursors)| {
-                let Some(record) = events.get(&key)? else {
-                    return Ok(());
-                };
-                for chunk in record[8..].chunks_exact(18) {
-                    let consumer = Kbo::parse(std::str::from_utf8(&chunk[..10]).unwrap_or(""))
-                        .map_err(|_| {
-                            ConflictableTransactionError::Abort(StoreError::Corrupt(
-                                "a mutation record names no valid consumer".into(),
-                            ))
-                        })?;
-                    let position = u64_at(chunk, 10);
-                    let mut state = decode_state(cursors.get(consumer.as_bytes())?.as_deref())
-                        .map_err(ConflictableTransactionError::Abort)?;
-                    if state.delivered >= position {
-                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict(
-                            "the change was delivered already: it stands".into(),
-                        )));
-                    }
-                    queue.remove(&queue_key(&consumer, position)[..])?;
-                    // Only the last position can be given back; an earlier
-                    // one stays a hole, skipped by readers.
-                    if state.head == position {
-                        state.head -= 1;
-                        cursors.insert(consumer.as_bytes(), &encode_state(&state)[..])?;
-                    }
-                }
-                events.remove(key.as_slice())?;
-                Ok(())
-            })
-            .map_err(tx_err("take back a published change"))?;
+    fn withhold_now(&self, consumer: &Kbo, position: u64) -> Result<(), StoreError> {
+        self.queue
+            .remove(&queue_key(consumer, position)[..])
+            .map_err(sled_err("drop a withheld change"))?;
         self.registry.sync()
     }
 
@@ -233,37 +203,50 @@ impl Mutations {
         Ok(state)
     }
 
-    fn expire_now(&self, before_micros: i64) -> Result<u64, StoreError> {
-        let mut dropped = 0u64;
-        let mut lost: std::collections::BTreeMap<Kbo, u64> = Default::default();
-        let mut batch = sled::Batch::default();
+    fn expire_now(&self, before_micros: i64, ids_before_micros: i64) -> Result<u64, StoreError> {
+        // Per consumer, the last position accepted before the horizon: the
+        // prefix up to it goes (a later position accepted earlier, by a
+        // publication racing another, goes with it).
+        let mut through: std::collections::BTreeMap<Kbo, u64> = Default::default();
         for item in self.queue.iter() {
             let (k, v) = item.map_err(sled_err("read a mutation queue"))?;
             if v.len() >= 8 && (u64_at(&v, 0) as i64) < before_micros {
                 let consumer = Kbo::parse(std::str::from_utf8(&k[..10]).unwrap_or(""))
                     .map_err(|_| StoreError::Corrupt("a queue key names no consumer".into()))?;
-                let position = u64_at(&k, 10);
-                let e = lost.entry(consumer).or_default();
-                *e = (*e).max(position);
-                batch.remove(k);
-                dropped += 1;
+                let e = through.entry(consumer).or_default();
+                *e = (*e).max(u64_at(&k, 10));
             }
         }
-        self.queue
-            .apply_batch(batch)
-            .map_err(sled_err("drop expired changes"))?;
-        for (consumer, through) in lost {
-            self.update_cursor(&consumer, |s| {
-                if through > s.acknowledged {
-                    s.lost_through = s.lost_through.max(through);
-                }
-                Ok(())
-            })?;
+        let mut dropped = 0u64;
+        for (consumer, last) in through {
+            let keys: Vec<sled::IVec> = self
+                .queue
+                .range(queue_key(&consumer, 0)..=queue_key(&consumer, last))
+                .keys()
+                .collect::<Result<_, _>>()
+                .map_err(sled_err("read a mutation queue"))?;
+            // The entries and what the consumer lost, in one write.
+            (&self.queue, &self.cursors)
+                .transaction(|(queue, cursors)| {
+                    for k in &keys {
+                        queue.remove(k)?;
+                    }
+                    let mut state = decode_state(cursors.get(consumer.as_bytes())?.as_deref())
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    if last > state.acknowledged {
+                        state.lost_through = state.lost_through.max(last);
+                        state.delivered = state.delivered.max(last);
+                    }
+                    cursors.insert(consumer.as_bytes(), &encode_state(&state)[..])?;
+                    Ok(())
+                })
+                .map_err(tx_err("drop expired changes"))?;
+            dropped += keys.len() as u64;
         }
         let mut batch = sled::Batch::default();
         for item in self.events.iter() {
             let (k, v) = item.map_err(sled_err("read published changes"))?;
-            if v.len() >= 8 && (u64_at(&v, 0) as i64) < before_micros {
+            if v.len() >= 8 && (u64_at(&v, 0) as i64) < ids_before_micros {
                 batch.remove(k);
             }
         }
@@ -288,9 +271,15 @@ impl MutationStore for Mutations {
         blocking(move || m.accept_now(&source, &id, accepted_micros, &routed)).await
     }
 
-    async fn retract(&self, source: &Kbo, event_id: &str) -> Result<(), StorageError> {
-        let (m, source, id) = (self.clone(), *source, event_id.to_owned());
-        blocking(move || m.retract_now(&source, &id)).await
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError> {
+        self.events
+            .contains_key(event_key(source, event_id))
+            .map_err(|e| StorageError::Unavailable(format!("read published changes: {e}")))
+    }
+
+    async fn withhold(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+        let (m, consumer) = (self.clone(), *consumer);
+        blocking(move || m.withhold_now(&consumer, position)).await
     }
 
     async fn pending(
@@ -328,8 +317,12 @@ impl MutationStore for Mutations {
         Ok(decode_state(raw.as_deref())?)
     }
 
-    async fn expire(&self, before_micros: i64) -> Result<u64, StorageError> {
+    async fn expire(
+        &self,
+        before_micros: i64,
+        ids_before_micros: i64,
+    ) -> Result<u64, StorageError> {
         let m = self.clone();
-        blocking(move || m.expire_now(before_micros)).await
+        blocking(move || m.expire_now(before_micros, ids_before_micros)).await
     }
 }
