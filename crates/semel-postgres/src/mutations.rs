@@ -17,7 +17,7 @@ use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, Storage
 use crate::{PgError, Pool, migrate};
 
 /// Connections per broker: publications, deliveries and acknowledgements.
-const CONNECTIONS: usize = 4;
+const CONNECTIONS: usize = 8;
 
 /// One broker's connections to the mutation queues.
 pub struct PgMutations {
@@ -71,27 +71,21 @@ impl PgMutations {
             }
             let mut sorted: Vec<&Routed> = routed.iter().collect();
             sorted.sort_by_key(|r| r.consumer);
-            for r in sorted {
-                let head: i64 = tx
-                    .query_one(
-                        "INSERT INTO mutation_cursors (consumer, head) VALUES ($1, 1) \
-                         ON CONFLICT (consumer) DO UPDATE SET head = mutation_cursors.head + 1 \
-                         RETURNING head",
-                        &[&r.consumer.as_str()],
-                    )
-                    .await?
-                    .get(0);
+            let consumers: Vec<&str> = sorted.iter().map(|r| r.consumer.as_str()).collect();
+            let payloads: Vec<&[u8]> = sorted.iter().map(|r| r.payload.as_slice()).collect();
+            if !consumers.is_empty() {
+                // One statement: each cursor's next position (its row
+                // locked, in enterprise-number order), and the entries.
                 tx.execute(
-                    "INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_id, payload) \
-                     VALUES ($1, $2, $3, $4, $5, $6)",
-                    &[
-                        &r.consumer.as_str(),
-                        &head,
-                        &accepted_micros,
-                        &source.as_str(),
-                        &event_id,
-                        &r.payload,
-                    ],
+                    "WITH c AS ( \
+                         INSERT INTO mutation_cursors (consumer, head) \
+                         SELECT consumer, 1 FROM unnest($1::text[]) WITH ORDINALITY AS u(consumer, n) ORDER BY n \
+                         ON CONFLICT (consumer) DO UPDATE SET head = mutation_cursors.head + 1 \
+                         RETURNING consumer, head) \
+                     INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_id, payload) \
+                     SELECT c.consumer, c.head, $2, $3, $4, p.payload \
+                     FROM c JOIN unnest($1::text[], $5::bytea[]) AS p(consumer, payload) ON p.consumer = c.consumer",
+                    &[&consumers, &accepted_micros, &source.as_str(), &event_id, &payloads],
                 )
                 .await?;
             }

@@ -38,6 +38,10 @@ pub struct FanoutOptions {
     pub postgresql: Option<String>,
     /// The demo's data directory (a fresh one).
     pub data_dir: std::path::PathBuf,
+    /// Publish at this many changes per second in all (an open loop, to
+    /// measure latency at a given load); as fast as answers come when
+    /// `None` (a closed loop, to measure the most the broker takes).
+    pub rate: Option<f64>,
 }
 
 /// What it measured.
@@ -48,6 +52,8 @@ pub struct FanoutReport {
     pub population: usize,
     pub publishers: usize,
     pub batch: usize,
+    /// The publication rate asked for, when open-loop.
+    pub rate: Option<f64>,
     pub seconds: f64,
     /// Changes accepted (answered) while measuring.
     pub changes: u64,
@@ -282,6 +288,10 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
         let files = demo.pki.files(register.kbo.as_str());
         let mut client =
             MutationServiceClient::new(channel(demo, &files.cert, &files.key, &token).await?);
+        // Open loop: each publisher's calls on a fixed schedule.
+        let every = opts.rate.map(|r| {
+            Duration::from_secs_f64(opts.publishers as f64 * opts.batch as f64 / r.max(0.001))
+        });
         let (people, stop, measuring, accepted, published_measured, batch) = (
             people.clone(),
             stop.clone(),
@@ -293,7 +303,12 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
         publishers.push(tokio::spawn(async move {
             let mut seq = 0u64;
             let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ (w as u64 + 1);
+            let mut next = tokio::time::Instant::now();
             while !stop.load(Ordering::Relaxed) {
+                if let Some(every) = every {
+                    tokio::time::sleep_until(next).await;
+                    next += every;
+                }
                 let measured = measuring.load(Ordering::Relaxed);
                 let sent = now_micros();
                 let mutations = (0..batch)
@@ -392,6 +407,7 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
         population: opts.population,
         publishers: opts.publishers,
         batch: opts.batch,
+        rate: opts.rate,
         seconds,
         changes,
         changes_per_s: changes as f64 / seconds,

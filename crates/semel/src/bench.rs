@@ -518,6 +518,10 @@ pub struct BenchMutationsArgs {
     /// embedded store.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
+    /// Publish this many changes per second in all (open loop: latency at that load);
+    /// default: as fast as the broker answers (closed loop: the most it takes).
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -542,6 +546,7 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
             duration: std::time::Duration::from_secs_f64(args.duration),
             postgresql: args.store.clone(),
             data_dir: dir.clone(),
+            rate: args.rate,
         })
         .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -550,8 +555,16 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "store {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call · {:.1} s",
-            r.store, r.consumers, r.population, r.publishers, r.batch, r.seconds
+            "store {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call{} · {:.1} s",
+            r.store,
+            r.consumers,
+            r.population,
+            r.publishers,
+            r.batch,
+            r.rate
+                .map(|r| format!(" · {r:.0} changes/s asked"))
+                .unwrap_or_default(),
+            r.seconds
         );
         println!(
             "changes accepted  {:>9.0}/s ({} changes)",
