@@ -168,6 +168,7 @@ async fn reflection_lists_what_is_served_and_answers_each_request() {
             "semel.v1.AuditService",
             "semel.v1.ConsentService",
             "semel.v1.LookupService",
+            "semel.v1.MutationService",
             "semel.v1.PersonsService",
             "semel.v1.RegistryService",
         ],

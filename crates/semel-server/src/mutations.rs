@@ -36,6 +36,8 @@ use crate::state::{Broker, Caller, Credentials};
 
 /// The most changes in one publication.
 pub const MAX_PUBLISH: usize = 1000;
+/// The largest change (protobuf encoding), values included.
+const MAX_CHANGE_BYTES: usize = 64 * 1024;
 /// The longest source event id.
 const MAX_EVENT_ID: usize = 64;
 /// Changes read from a queue at once.
@@ -93,6 +95,18 @@ fn check(
     let say = |field: &'static str, reason: &'static str, what: String| {
         ApiError::invalid(field, reason, format!("mutations[{at}]: {what}"))
     };
+    // Each consumer's queue holds a copy until it acknowledges: one change
+    // is bounded, whatever the request's size.
+    if m.encoded_len() > MAX_CHANGE_BYTES {
+        return Err(ApiError::new(
+            Code::OutOfRange,
+            "REQUEST_TOO_LARGE",
+            format!(
+                "mutations[{at}] is {} bytes; a change carries at most {MAX_CHANGE_BYTES} bytes of new values",
+                m.encoded_len()
+            ),
+        ));
+    }
     let id = m.source_event_id;
     if id.is_empty() || id.chars().count() > MAX_EVENT_ID || id.chars().any(char::is_control) {
         return Err(say(
