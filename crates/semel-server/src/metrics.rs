@@ -29,6 +29,16 @@ pub struct LookupLabels {
     pub reason: &'static str,
 }
 
+/// A published change's or a delivery's labels: registered names only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MutationLabels {
+    /// The publishing source, or the receiving consumer (enterprise number).
+    pub organisation: String,
+    pub dataset: String,
+    /// `queued`, `duplicate` (publications); `delivered`, `withheld` (deliveries).
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
@@ -73,6 +83,10 @@ pub struct Metrics {
     persons_hits: Counter,
     persons_misses: Counter,
     persons_fresh: Gauge,
+    /// Changes published, by source, dataset and outcome.
+    pub mutations_published: Family<MutationLabels, Counter>,
+    /// Changes delivered (or withheld), by consumer, dataset and outcome.
+    pub mutations_delivered: Family<MutationLabels, Counter>,
     /// The persons directory in memory, whose counters each scrape reads.
     persons: std::sync::OnceLock<semel_storage::CachedPersons>,
 }
@@ -176,7 +190,21 @@ impl Default for Metrics {
             "1 while memory may answer persons reads; 0 while the store's change feed could not be read in time (every read then goes to the store)",
             persons_fresh.clone(),
         );
+        let mutations_published = Family::<MutationLabels, Counter>::default();
+        registry.register(
+            "mutations_published",
+            "Changes published by sources, by source, dataset and outcome (queued, duplicate)",
+            mutations_published.clone(),
+        );
+        let mutations_delivered = Family::<MutationLabels, Counter>::default();
+        registry.register(
+            "mutations_delivered",
+            "Changes sent to consumers (delivered) or dropped because the authorisation or file no longer allowed them (withheld), by consumer and dataset",
+            mutations_delivered.clone(),
+        );
         Metrics {
+            mutations_published,
+            mutations_delivered,
             persons_hits,
             persons_misses,
             persons_fresh,

@@ -359,12 +359,26 @@ impl Broker {
         };
         self.append_durably(record.clone()).await?;
         let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
+        let count = |outcome| {
+            self.metrics
+                .mutations_published
+                .get_or_create(&crate::metrics::MutationLabels {
+                    organisation: caller.org.kbo.as_str().to_owned(),
+                    dataset: c.dataset.to_string(),
+                    outcome,
+                })
+                .inc();
+        };
         match store
             .accept(&caller.org.kbo, &c.event_id, now_micros, &routed)
             .await
         {
-            Ok(Accepted::New) => Ok(answer(false)),
+            Ok(Accepted::New) => {
+                count("queued");
+                Ok(answer(false))
+            }
             Ok(Accepted::Duplicate) => {
+                count("duplicate");
                 // Published at the same moment through another broker: that
                 // publication stored it.
                 let _ = self
@@ -467,6 +481,7 @@ impl Broker {
                 .mutations
                 .withhold(&caller.org.kbo, queued.position)
                 .await?;
+            self.count_delivery(caller, &event.dataset, "withheld");
             return Ok(None);
         }
         if let Some(a) = auth {
@@ -501,7 +516,26 @@ impl Broker {
         record.fields_returned = fields;
         record.outcome = Outcome::Answered;
         self.append_durably(record).await?;
+        self.count_delivery(caller, &event.dataset, "delivered");
         Ok(Some(event))
+    }
+
+    /// Counts a delivery under a dataset name that is registered (a
+    /// payload is the broker's own, but a label must never carry anything
+    /// else).
+    fn count_delivery(&self, caller: &Caller, dataset: &str, outcome: &'static str) {
+        let dataset = DatasetName::new(dataset.to_owned())
+            .ok()
+            .filter(|d| self.snapshot().routes.contains_key(d))
+            .map_or_else(|| "unknown".to_owned(), |d| d.to_string());
+        self.metrics
+            .mutations_delivered
+            .get_or_create(&crate::metrics::MutationLabels {
+                organisation: caller.org.kbo.as_str().to_owned(),
+                dataset,
+                outcome,
+            })
+            .inc();
     }
 
     /// Reads the caller's queue after `after`: the changes to send (each
