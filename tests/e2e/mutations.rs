@@ -385,9 +385,23 @@ async fn bad_publications_and_acknowledgements_are_refused_with_their_reason() {
     // Every refusal is recorded.
     assert!(t.audit_size().await >= before + 8);
 
+    // An id used again for another change is refused, not taken for a
+    // duplicate (the change would be lost).
+    publish(&t, vec![a_move("once", KARIM)])
+        .await
+        .expect("published");
+    let mut other = a_move("once", KARIM);
+    other.fields.insert("street".into(), text("Rue Wayez 14"));
+    let err = publish(&t, vec![other]).await.expect_err("the id is taken");
+    assert_error(&err, Code::AlreadyExists, "EVENT_ID_REUSED");
+    let same = publish(&t, vec![a_move("once", KARIM)])
+        .await
+        .expect("the same change again");
+    assert!(same[0].duplicate);
+
     let err = mutations(&t, ANDERLECHT)
         .await
-        .acknowledge_mutations(proto::AcknowledgeMutationsRequest { position: 5 })
+        .acknowledge_mutations(proto::AcknowledgeMutationsRequest { position: 50 })
         .await
         .expect_err("nothing delivered");
     assert_error(&err, Code::OutOfRange, "NOT_DELIVERED");

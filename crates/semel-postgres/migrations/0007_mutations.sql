@@ -3,6 +3,9 @@
 CREATE TABLE mutation_events (
     source text NOT NULL,
     event_id text NOT NULL,
+    -- SHA-256 of the change as published: the same id again is the same
+    -- change only with the same digest.
+    digest bytea NOT NULL,
     accepted_micros bigint NOT NULL,
     PRIMARY KEY (source, event_id)
 );

@@ -51,6 +51,7 @@ impl PgMutations {
         &self,
         source: &Kbo,
         event_id: &str,
+        digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, PgError> {
@@ -60,9 +61,9 @@ impl PgMutations {
             let tx = client.transaction().await?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO mutation_events (source, event_id, accepted_micros) VALUES ($1, $2, $3) \
-                     ON CONFLICT DO NOTHING",
-                    &[&source.as_str(), &event_id, &accepted_micros],
+                    "INSERT INTO mutation_events (source, event_id, digest, accepted_micros) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&source.as_str(), &event_id, &digest.as_slice(), &accepted_micros],
                 )
                 .await?;
             if inserted == 0 {
@@ -196,26 +197,35 @@ impl MutationStore for PgMutations {
         &self,
         source: &Kbo,
         event_id: &str,
+        digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError> {
         Ok(self
-            .accept_tx(source, event_id, accepted_micros, routed)
+            .accept_tx(source, event_id, digest, accepted_micros, routed)
             .await?)
     }
 
-    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError> {
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<Option<[u8; 32]>, StorageError> {
         let mut conn = self.pool.get().await;
         let result = conn
             .client()
             .await?
             .query_opt(
-                "SELECT 1 FROM mutation_events WHERE source = $1 AND event_id = $2",
+                "SELECT digest FROM mutation_events WHERE source = $1 AND event_id = $2",
                 &[&source.as_str(), &event_id],
             )
             .await;
         conn.suspect = result.is_err();
-        Ok(result.map_err(PgError::from)?.is_some())
+        match result.map_err(PgError::from)? {
+            None => Ok(None),
+            Some(row) => {
+                let d: Vec<u8> = row.get(0);
+                Ok(Some(d.try_into().map_err(|_| {
+                    StorageError::Corrupt("a published change's digest is malformed".into())
+                })?))
+            }
+        }
     }
 
     async fn withhold(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {

@@ -85,6 +85,67 @@ struct Checked {
     changed: BTreeSet<FieldName>,
 }
 
+impl Checked {
+    /// SHA-256 of the change as published (its fields in name order, their
+    /// values canonically: records by key): the same event id is the same
+    /// change only with the same digest.
+    fn digest(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut text = |s: &str| {
+            h.update((s.len() as u64).to_be_bytes());
+            h.update(s.as_bytes());
+        };
+        text(self.dataset.as_str());
+        text(self.citizen.as_str());
+        text(self.kind.as_str());
+        text(&format_date(self.effective));
+        for (name, value) in &self.fields {
+            text(name);
+            canonical(value, &mut text);
+        }
+        h.finalize().into()
+    }
+}
+
+/// A value, canonically (a record's fields sorted by name), to a digest.
+fn canonical(v: &proto::Value, out: &mut impl FnMut(&str)) {
+    use proto::value::Kind;
+    match &v.kind {
+        None => out("n"),
+        Some(Kind::StringValue(s)) => {
+            out("s");
+            out(s)
+        }
+        Some(Kind::IntValue(i)) => {
+            out("i");
+            out(&i.to_string())
+        }
+        Some(Kind::BoolValue(b)) => out(if *b { "t" } else { "f" }),
+        Some(Kind::DateValue(d)) => {
+            out("d");
+            out(d)
+        }
+        Some(Kind::RecordValue(r)) => {
+            out("r");
+            let mut keys: Vec<&String> = r.fields.keys().collect();
+            keys.sort();
+            out(&keys.len().to_string());
+            for k in keys {
+                out(k);
+                canonical(&r.fields[k], out);
+            }
+        }
+        Some(Kind::ListValue(l)) => {
+            out("l");
+            out(&l.values.len().to_string());
+            for item in &l.values {
+                canonical(item, out);
+            }
+        }
+    }
+}
+
 /// Checks one change of a publication; `at` names it in messages.
 fn check(
     broker: &Broker,
@@ -305,10 +366,22 @@ impl Broker {
         let event = semel_core::redact_national_numbers(&c.event_id).into_owned();
         let store = &self.storage().mutations;
         let now = OffsetDateTime::now_utc();
+        let digest = c.digest();
         let prepared = async {
             let resolved = self.storage().persons.resolve(&c.citizen).await?;
-            if store.known(&caller.org.kbo, &c.event_id).await? {
-                return Ok((resolved, None));
+            match store.known(&caller.org.kbo, &c.event_id).await? {
+                Some(stored) if stored == digest => return Ok((resolved, None)),
+                Some(_) => {
+                    return Err(ApiError::new(
+                        Code::AlreadyExists,
+                        "EVENT_ID_REUSED",
+                        format!(
+                            "event id {:?} was published before for a different change; give each change its own id",
+                            c.event_id
+                        ),
+                    ));
+                }
+                None => {}
             }
             let routed = self.route_change(caller, &c, &resolved, now).await?;
             Ok::<_, ApiError>((resolved, Some(routed)))
@@ -370,7 +443,7 @@ impl Broker {
                 .inc();
         };
         match store
-            .accept(&caller.org.kbo, &c.event_id, now_micros, &routed)
+            .accept(&caller.org.kbo, &c.event_id, &digest, now_micros, &routed)
             .await
         {
             Ok(Accepted::New) => {

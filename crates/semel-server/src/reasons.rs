@@ -186,6 +186,11 @@ pub const REASONS: &[Reasons] = &[
     ),
     row(
         "ALREADY_EXISTS",
+        &["EVENT_ID_REUSED"],
+        "(`PublishMutations`) the event id was published before for a different change: give each change its own id (an identical change published again is a duplicate, not an error)",
+    ),
+    row(
+        "ALREADY_EXISTS",
         &["ALREADY_EXISTS"],
         "(registry) something with that name or reference exists; choose another or read it",
     ),

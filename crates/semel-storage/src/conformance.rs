@@ -1062,6 +1062,7 @@ pub mod mutations {
     }
 
     const SOURCE: &str = "0207373429";
+    const DIGEST: [u8; 32] = [7; 32];
     const CPAS: &str = "0566988259";
     const OTHER: &str = "0316381039";
 
@@ -1080,6 +1081,7 @@ pub mod mutations {
             .accept(
                 &source,
                 "e1",
+                &DIGEST,
                 1_000,
                 &[routed(CPAS, b"one"), routed(OTHER, b"uno")],
             )
@@ -1087,24 +1089,30 @@ pub mod mutations {
             .expect("the store answers");
         assert_eq!(a, Accepted::New);
         let again = store
-            .accept(&source, "e1", 2_000, &[routed(CPAS, b"changed")])
+            .accept(&source, "e1", &DIGEST, 2_000, &[routed(CPAS, b"changed")])
             .await
             .expect("the store answers");
         assert_eq!(again, Accepted::Duplicate, "an event id is accepted once");
         // Another source may use the same id.
         assert_eq!(
             store
-                .accept(&kbo(OTHER), "e1", 2_500, &[routed(CPAS, b"other source")])
+                .accept(
+                    &kbo(OTHER),
+                    "e1",
+                    &DIGEST,
+                    2_500,
+                    &[routed(CPAS, b"other source")]
+                )
                 .await
                 .expect("the store answers"),
             Accepted::New
         );
         store
-            .accept(&source, "e2", 3_000, &[routed(CPAS, b"two")])
+            .accept(&source, "e2", &DIGEST, 3_000, &[routed(CPAS, b"two")])
             .await
             .expect("the store answers");
         store
-            .accept(&source, "e3", 4_000, &[])
+            .accept(&source, "e3", &DIGEST, 4_000, &[])
             .await
             .expect("the store answers");
         let q = store
@@ -1161,7 +1169,13 @@ pub mod mutations {
         let (source, cpas) = (kbo(SOURCE), kbo(CPAS));
         for (i, id) in ["a", "b", "c"].iter().enumerate() {
             store
-                .accept(&source, id, i as i64, &[routed(CPAS, id.as_bytes())])
+                .accept(
+                    &source,
+                    id,
+                    &DIGEST,
+                    i as i64,
+                    &[routed(CPAS, id.as_bytes())],
+                )
                 .await
                 .expect("the store answers");
         }
@@ -1219,7 +1233,7 @@ pub mod mutations {
         );
         // Positions go on after the queue emptied.
         store
-            .accept(&source, "d", 9, &[routed(CPAS, b"d")])
+            .accept(&source, "d", &DIGEST, 9, &[routed(CPAS, b"d")])
             .await
             .expect("the store answers");
         assert_eq!(
@@ -1234,19 +1248,27 @@ pub mod mutations {
 
     pub async fn a_withheld_change_leaves_a_hole_and_ids_are_known(store: &dyn MutationStore) {
         let (source, cpas) = (kbo(SOURCE), kbo(CPAS));
-        assert!(!store.known(&source, "x").await.expect("the store answers"));
+        assert_eq!(
+            store.known(&source, "x").await.expect("the store answers"),
+            None
+        );
         for id in ["x", "y"] {
             store
-                .accept(&source, id, 1, &[routed(CPAS, id.as_bytes())])
+                .accept(&source, id, &DIGEST, 1, &[routed(CPAS, id.as_bytes())])
                 .await
                 .expect("the store answers");
         }
-        assert!(store.known(&source, "x").await.expect("the store answers"));
-        assert!(
-            !store
+        assert_eq!(
+            store.known(&source, "x").await.expect("the store answers"),
+            Some(DIGEST),
+            "the digest comes back"
+        );
+        assert_eq!(
+            store
                 .known(&kbo(OTHER), "x")
                 .await
-                .expect("the store answers")
+                .expect("the store answers"),
+            None
         );
         store.withhold(&cpas, 1).await.expect("the store answers");
         let left: Vec<u64> = store
@@ -1259,7 +1281,7 @@ pub mod mutations {
         assert_eq!(left, vec![2], "the hole is skipped");
         // The next change takes the next position, never the hole's.
         store
-            .accept(&source, "z", 2, &[routed(CPAS, b"z")])
+            .accept(&source, "z", &DIGEST, 2, &[routed(CPAS, b"z")])
             .await
             .expect("the store answers");
         assert_eq!(
@@ -1276,7 +1298,9 @@ pub mod mutations {
         let source = kbo(SOURCE);
         let ids: Vec<String> = (0..16).map(|i| format!("c{i}")).collect();
         let routed = [routed(CPAS, b"c"), routed(OTHER, b"c")];
-        let all = ids.iter().map(|id| store.accept(&source, id, 5, &routed));
+        let all = ids
+            .iter()
+            .map(|id| store.accept(&source, id, &DIGEST, 5, &routed));
         for a in futures_join_all(all).await {
             assert_eq!(a.expect("the store answers"), Accepted::New);
         }
@@ -1327,6 +1351,7 @@ pub mod mutations {
                 .accept(
                     &source,
                     id,
+                    &DIGEST,
                     t,
                     &[routed(CPAS, id.as_bytes()), routed(OTHER, b"o")],
                 )
@@ -1365,28 +1390,14 @@ pub mod mutations {
             0
         );
         // Event ids are forgotten on their own horizon only.
-        assert!(
-            store
-                .known(&source, "old1")
-                .await
-                .expect("the store answers")
-        );
+        let known = async |id: &str| store.known(&source, id).await.expect("the store answers");
+        assert!(known("old1").await.is_some());
         store.expire(15, 25).await.expect("the store answers");
-        assert!(
-            !store
-                .known(&source, "old1")
-                .await
-                .expect("the store answers")
-        );
-        assert!(
-            store
-                .known(&source, "new")
-                .await
-                .expect("the store answers")
-        );
+        assert!(known("old1").await.is_none());
+        assert!(known("new").await.is_some());
         assert_eq!(
             store
-                .accept(&source, "old1", 40, &[])
+                .accept(&source, "old1", &DIGEST, 40, &[])
                 .await
                 .expect("the store answers"),
             Accepted::New

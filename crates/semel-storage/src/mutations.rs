@@ -53,20 +53,23 @@ pub struct QueueState {
 /// retention period ends. Every write is durable when it returns.
 #[async_trait]
 pub trait MutationStore: Send + Sync {
-    /// Stores a change published by `source` under its event id and queues
+    /// Stores a change published by `source` under its event id (with the
+    /// digest of its content) and queues
     /// it for each consumer routed, all at once; a change with an event id
     /// the source used before stores nothing ([`Accepted::Duplicate`]).
     async fn accept(
         &self,
         source: &Kbo,
         event_id: &str,
+        digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError>;
 
-    /// Whether the source published this event id (within the ids'
-    /// retention).
-    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError>;
+    /// The digest of the change the source published under this event id
+    /// (within the ids' retention), if it did: a second publication of the
+    /// same id is the same change only if its digest is the same.
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<Option<[u8; 32]>, StorageError>;
 
     /// Drops one change from a consumer's queue without delivering it (its
     /// authorisation no longer allows it); the position stays a hole.

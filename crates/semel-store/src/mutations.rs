@@ -1,7 +1,7 @@
 //! The mutation queues in sled, next to the registry:
 //!
 //! ```text
-//! mutation_events   source KBO (10) | event id        → accepted µs (8) | (consumer (10) | position (8))*  (kept longer than the queue: ids are remembered)
+//! mutation_events   source KBO (10) | event id        → accepted µs (8) | digest (32)  (kept longer than the queue: ids are remembered)
 //! mutation_queue    consumer KBO (10) | position (8)  → accepted µs (8) | payload
 //! mutation_cursors  consumer KBO (10)                 → head | delivered | acknowledged | lost_through (8 each)
 //! ```
@@ -97,6 +97,7 @@ impl Mutations {
         &self,
         source: &Kbo,
         event_id: &str,
+        digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StoreError> {
@@ -107,6 +108,7 @@ impl Mutations {
                     return Ok(Accepted::Duplicate);
                 }
                 let mut record = accepted_micros.to_be_bytes().to_vec();
+                record.extend_from_slice(digest);
                 for r in routed {
                     let mut state = decode_state(cursors.get(r.consumer.as_bytes())?.as_deref())
                         .map_err(ConflictableTransactionError::Abort)?;
@@ -116,8 +118,6 @@ impl Mutations {
                     value.extend_from_slice(&r.payload);
                     queue.insert(&queue_key(&r.consumer, state.head)[..], value)?;
                     cursors.insert(r.consumer.as_bytes(), &encode_state(&state)[..])?;
-                    record.extend_from_slice(r.consumer.as_bytes());
-                    record.extend_from_slice(&state.head.to_be_bytes());
                 }
                 events.insert(key.as_slice(), record)?;
                 Ok(Accepted::New)
@@ -264,17 +264,36 @@ impl MutationStore for Mutations {
         &self,
         source: &Kbo,
         event_id: &str,
+        digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError> {
-        let (m, source, id, routed) = (self.clone(), *source, event_id.to_owned(), routed.to_vec());
-        blocking(move || m.accept_now(&source, &id, accepted_micros, &routed)).await
+        let (m, source, id, digest, routed) = (
+            self.clone(),
+            *source,
+            event_id.to_owned(),
+            *digest,
+            routed.to_vec(),
+        );
+        blocking(move || m.accept_now(&source, &id, &digest, accepted_micros, &routed)).await
     }
 
-    async fn known(&self, source: &Kbo, event_id: &str) -> Result<bool, StorageError> {
-        self.events
-            .contains_key(event_key(source, event_id))
-            .map_err(|e| StorageError::Unavailable(format!("read published changes: {e}")))
+    async fn known(&self, source: &Kbo, event_id: &str) -> Result<Option<[u8; 32]>, StorageError> {
+        let value = self
+            .events
+            .get(event_key(source, event_id))
+            .map_err(|e| StorageError::Unavailable(format!("read published changes: {e}")))?;
+        match value {
+            None => Ok(None),
+            Some(v) if v.len() >= 40 => {
+                let mut d = [0u8; 32];
+                d.copy_from_slice(&v[8..40]);
+                Ok(Some(d))
+            }
+            Some(_) => Err(StorageError::Corrupt(
+                "a published change's record is truncated".into(),
+            )),
+        }
     }
 
     async fn withhold(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
