@@ -166,6 +166,37 @@ pub fn route<'a>(
     best.into_values().collect()
 }
 
+/// Whether an authorisation still lets its consumer be told of a change it
+/// was routed earlier, at delivery: the lookup's file-and-consent rule for
+/// today (a file open now in a capacity it names, the citizen's consent
+/// where it requires one). Returns the file (the one that makes the
+/// consumer concerned now, which may have replaced the one at routing) and
+/// the consent; or the reason it no longer does.
+pub fn still_told(
+    auth: &Authorisation,
+    dataset: &DatasetName,
+    files: &[PersonFile],
+    consents: &[Consent],
+    today: Date,
+    now: OffsetDateTime,
+) -> Result<(String, Option<String>), crate::RefusalReason> {
+    let question = LookupQuestion {
+        consumer: auth.consumer,
+        dataset,
+        fields: &[],
+        checks: &[],
+        purpose: &auth.purpose,
+        today,
+        date: today,
+        now,
+        files,
+        consents,
+    };
+    file_and_consent(&question, auth)
+        .map(|(file, consent)| (file.id.clone(), consent))
+        .map_err(|r| r.reason)
+}
+
 fn may_test(auth: &Authorisation, field: &FieldName) -> bool {
     auth.check_fields.contains(field) || auth.checks.iter().any(|r| &r.field == field)
 }

@@ -525,21 +525,23 @@ impl Broker {
             }
             Some(_) => None,
         };
-        // The file that made the consumer concerned must still hold.
+        // The lookup's rule again, for today: a file open now in a capacity
+        // the authorisation names (it may have replaced the one at routing),
+        // the citizen's consent where it requires one.
         if refusal.is_none()
-            && let Some(citizen) = citizen
+            && let (Some(citizen), Some(a)) = (citizen, auth)
         {
-            let resolved = self.storage().persons.resolve(&citizen).await?;
-            let files = self
-                .storage()
-                .persons
-                .files_of(&caller.org.kbo, &resolved)
-                .await?;
-            if !files
-                .iter()
-                .any(|f| f.id == event.file_id && f.open_at(now) && f.covers(today))
-            {
-                refusal = Some(RefusalReason::NoActiveFile);
+            let persons = &self.storage().persons;
+            let resolved = persons.resolve(&citizen).await?;
+            let files = persons.files_of(&caller.org.kbo, &resolved).await?;
+            let consents = if a.consent_required {
+                persons.consents_of(&resolved).await?
+            } else {
+                Vec::new()
+            };
+            match semel_core::mutation::still_told(a, &a.dataset, &files, &consents, today, now) {
+                Ok((file, _consent)) => event.file_id = file,
+                Err(reason) => refusal = Some(reason),
             }
         }
         if let Some(reason) = refusal {
@@ -611,49 +613,72 @@ impl Broker {
             .inc();
     }
 
-    /// Reads the caller's queue after `after`: the changes to send (each
-    /// recorded), the notice of changes lost, and the last position looked
-    /// at. The queue is read before its state: positions only expire as a
-    /// prefix, recorded with the deletion, so a state read after the queue
-    /// tells of every position the read skipped.
+    /// Reads the caller's queue after `after`: the changes to deliver (each
+    /// through [`Broker::deliver_one`], then sent at once), the notice of
+    /// changes lost, and the last position read. `pending` need not read
+    /// a snapshot (sled's scan may see an expiry half-way): the state is
+    /// read after the queue unless the read is contiguous from `after`,
+    /// and positions expire as a prefix recorded with the deletion, so a
+    /// state read after the queue tells of every position a read skipped.
     async fn next_changes(
         &self,
         caller: &Caller,
         after: u64,
         limit: usize,
-    ) -> Result<(Vec<proto::MutationEvent>, Option<proto::MutationsLost>, u64), ApiError> {
+    ) -> Result<(Vec<Queued>, Option<proto::MutationsLost>, u64), ApiError> {
         let store = &self.storage().mutations;
         let consumer = caller.org.kbo;
         let queued = store.pending(&consumer, after, limit).await?;
-        // The next position there: nothing before it can have expired
-        // (expiry drops a prefix), so the state need not be read.
-        let contiguous = queued.first().is_some_and(|q| q.position == after + 1);
+        let contiguous =
+            !queued.is_empty() && queued.iter().zip(after + 1..).all(|(q, p)| q.position == p);
         let lost_through = if contiguous {
             0
         } else {
             store.queue_state(&consumer).await?.lost_through
         };
-        let mut position = after;
         let mut lost = None;
-        if lost_through > position {
+        let mut skip_through = after;
+        if lost_through > after {
             lost = Some(proto::MutationsLost {
-                first_position: position + 1,
+                first_position: after + 1,
                 last_position: lost_through,
             });
-            position = lost_through;
+            skip_through = lost_through;
         }
-        let mut events = Vec::with_capacity(queued.len());
-        let skip_through = position;
-        for q in queued.iter().filter(|q| q.position > skip_through) {
-            if let Some(e) = self.deliver_one(caller, q).await? {
+        let queued: Vec<Queued> = queued
+            .into_iter()
+            .filter(|q| q.position > skip_through)
+            .collect();
+        let last = queued.last().map_or(skip_through, |q| q.position);
+        Ok((queued, lost, last))
+    }
+
+    /// Delivers a page read by [`Broker::next_changes`]: each change
+    /// recorded (at once, so that the entries share syncs), then the page
+    /// marked delivered up to `last`; returns the changes to send, in
+    /// order.
+    async fn deliver_page(
+        &self,
+        caller: &Caller,
+        queued: &[Queued],
+        after: u64,
+        last: u64,
+    ) -> Result<Vec<proto::MutationEvent>, ApiError> {
+        let delivered =
+            futures::future::join_all(queued.iter().map(|q| self.deliver_one(caller, q))).await;
+        let mut events = Vec::with_capacity(delivered.len());
+        for d in delivered {
+            if let Some(e) = d? {
                 events.push(e);
             }
-            position = q.position;
         }
-        if position > after {
-            store.delivered(&consumer, position).await?;
+        if last > after {
+            self.storage()
+                .mutations
+                .delivered(&caller.org.kbo, last)
+                .await?;
         }
-        Ok((events, lost, position))
+        Ok(events)
     }
 
     /// Drops changes not acknowledged within the retention period, every
@@ -695,12 +720,25 @@ fn shutting_down() -> ApiError {
     )
 }
 
-fn start_after(after: u64, state: &QueueState) -> u64 {
-    if after == 0 {
+/// Where a read starts: after `after`, or after the last acknowledged
+/// position; a position not queued yet is refused (the changes up to it
+/// would be skipped unseen).
+fn start_after(after: u64, state: &QueueState) -> Result<u64, ApiError> {
+    if after > state.head {
+        return Err(ApiError::new(
+            Code::OutOfRange,
+            "OUT_OF_RANGE",
+            format!(
+                "after: position {after} is beyond your queue's last ({}); give 0 to resume after your last acknowledgement",
+                state.head
+            ),
+        ));
+    }
+    Ok(if after == 0 {
         state.acknowledged
     } else {
         after
-    }
+    })
 }
 
 type EventStream =
@@ -851,7 +889,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
             .queue_state(&caller.org.kbo)
             .await
             .map_err(ApiError::from)?;
-        let mut position = start_after(after, &state);
+        let mut position = start_after(after, &state)?;
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<proto::SubscribeResponse, Status>>(16);
         tokio::spawn(async move {
             let _slot = slot;
@@ -864,7 +902,6 @@ impl proto::mutation_service_server::MutationService for MutationService {
                     tokio::select! {
                         sent = tx.send($item) => if sent.is_err() { return },
                         _ = closing.changed() => {
-                            let _ = tx.try_send(Err(shutting_down().into()));
                             return;
                         }
                     }
@@ -872,7 +909,6 @@ impl proto::mutation_service_server::MutationService for MutationService {
             }
             loop {
                 if *closing.borrow_and_update() {
-                    let _ = tx.try_send(Err(shutting_down().into()));
                     return;
                 }
                 // Checked again before each round, as a batch's items are: a
@@ -891,7 +927,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
                     }
                 };
                 woken.borrow_and_update();
-                let (events, lost, last) = match broker.next_changes(&caller, position, PAGE).await
+                let (queued, lost, last) = match broker.next_changes(&caller, position, PAGE).await
                 {
                     Ok(r) => r,
                     Err(e) => {
@@ -900,17 +936,27 @@ impl proto::mutation_service_server::MutationService for MutationService {
                     }
                 };
                 let read_any = last != position;
-                position = last;
                 if let Some(lost) = lost {
                     let item = proto::subscribe_response::Item::Lost(lost);
                     send!(Ok(proto::SubscribeResponse { item: Some(item) }));
                 }
+                // Every change of the page is recorded (the entries share
+                // syncs), the page marked delivered (so that the consumer may
+                // acknowledge what it gets at once), then sent in order.
+                let events = match broker.deliver_page(&caller, &queued, position, last).await {
+                    Ok(events) => events,
+                    Err(e) => {
+                        send!(Err(e.into()));
+                        return;
+                    }
+                };
                 for e in events {
-                    // What the consumer is not sent stays unacknowledged and
-                    // comes again when it returns.
+                    // What the consumer does not acknowledge comes again
+                    // when it returns.
                     let item = proto::subscribe_response::Item::Event(e);
                     send!(Ok(proto::SubscribeResponse { item: Some(item) }));
                 }
+                position = last;
                 if read_any {
                     continue;
                 }
@@ -922,9 +968,22 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        // The response ends when the broker begins to shut down, whatever
+        // is buffered and however slowly the consumer reads, with a status
+        // that says to subscribe again; a drain never waits on it.
+        use futures::StreamExt as _;
+        let mut until = self.broker.closing.subscribe();
+        let mut after_close = self.broker.closing.subscribe();
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .take_until(async move {
+                let _ = until.wait_for(|closing| *closing).await;
+            })
+            .chain(
+                futures::stream::once(async move { *after_close.borrow_and_update() }).filter_map(
+                    |closing| async move { closing.then(|| Err(shutting_down().into())) },
+                ),
+            );
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn pull_mutations(
@@ -960,14 +1019,15 @@ impl proto::mutation_service_server::MutationService for MutationService {
             .queue_state(&caller.org.kbo)
             .await
             .map_err(ApiError::from)?;
-        let mut after = start_after(r.after, &state);
+        let mut after = start_after(r.after, &state)?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(r.wait_seconds as u64);
         let mut woken = broker.mutations_queued.subscribe();
         let mut closing = broker.closing.subscribe();
         loop {
             woken.borrow_and_update();
             let closing_now = *closing.borrow_and_update();
-            let (events, lost, last) = broker.next_changes(&caller, after, limit).await?;
+            let (queued, lost, last) = broker.next_changes(&caller, after, limit).await?;
+            let events = broker.deliver_page(&caller, &queued, after, last).await?;
             // Changes withheld (their authorisation no longer allows them)
             // are behind us: the next round reads after them.
             after = last;

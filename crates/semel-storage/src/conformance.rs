@@ -1297,23 +1297,36 @@ pub mod mutations {
     pub async fn changes_published_at_once_get_dense_positions(store: &dyn MutationStore) {
         let source = kbo(SOURCE);
         let ids: Vec<String> = (0..16).map(|i| format!("c{i}")).collect();
-        let routed = [routed(CPAS, b"c"), routed(OTHER, b"c")];
+        // Each consumer its own payload, given in either order.
+        let routes: Vec<Vec<Routed>> = (0..16)
+            .map(|i| {
+                let both = vec![routed(CPAS, b"for cpas"), routed(OTHER, b"for other")];
+                if i % 2 == 0 {
+                    both
+                } else {
+                    both.into_iter().rev().collect()
+                }
+            })
+            .collect();
         let all = ids
             .iter()
-            .map(|id| store.accept(&source, id, &DIGEST, 5, &routed));
+            .zip(&routes)
+            .map(|(id, routed)| store.accept(&source, id, &DIGEST, 5, routed));
         for a in futures_join_all(all).await {
             assert_eq!(a.expect("the store answers"), Accepted::New);
         }
-        for consumer in [CPAS, OTHER] {
-            let mut positions: Vec<u64> = store
+        for (consumer, payload) in [(CPAS, &b"for cpas"[..]), (OTHER, &b"for other"[..])] {
+            let queued = store
                 .pending(&kbo(consumer), 0, 100)
                 .await
-                .expect("the store answers")
-                .iter()
-                .map(|e| e.position)
-                .collect();
+                .expect("the store answers");
+            let mut positions: Vec<u64> = queued.iter().map(|e| e.position).collect();
             positions.sort_unstable();
             assert_eq!(positions, (1..=16).collect::<Vec<u64>>(), "{consumer}");
+            assert!(
+                queued.iter().all(|e| e.payload == payload),
+                "each consumer gets its own payload"
+            );
         }
     }
 

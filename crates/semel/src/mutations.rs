@@ -64,10 +64,7 @@ pub async fn source(conn: Conn, command: SourceCommand) -> anyhow::Result<ExitCo
         }])
         .await;
     report(conn.json, result, |v| {
-        print_value(
-            v,
-            &["source_event_id", "duplicate", "consumers", "request_id"],
-        )
+        print_value(v, &["source_event_id", "duplicate", "request_id"])
     })
 }
 
