@@ -654,7 +654,7 @@ impl Broker {
     }
 
     /// Delivers a page read by [`Broker::next_changes`]: each change
-    /// recorded (at once, so that the entries share syncs), then the page
+    /// recorded, then the page
     /// marked delivered up to `last`; returns the changes to send, in
     /// order.
     async fn deliver_page(
@@ -664,11 +664,12 @@ impl Broker {
         after: u64,
         last: u64,
     ) -> Result<Vec<proto::MutationEvent>, ApiError> {
-        let delivered =
-            futures::future::join_all(queued.iter().map(|q| self.deliver_one(caller, q))).await;
-        let mut events = Vec::with_capacity(delivered.len());
-        for d in delivered {
-            if let Some(e) = d? {
+        // One after the other: a subscriber's entries then join the group
+        // commits of everything else, and publications are not queued
+        // behind a page's hundred entries at once.
+        let mut events = Vec::with_capacity(queued.len());
+        for q in queued {
+            if let Some(e) = self.deliver_one(caller, q).await? {
                 events.push(e);
             }
         }
