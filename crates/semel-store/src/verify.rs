@@ -745,6 +745,20 @@ mod tampering {
         for i in 0..20 {
             rt.block_on(store.audit().append(record(i)))
                 .expect("append");
+            // The checkpointer runs on its own thread: wait for each
+            // checkpoint due, so that the log holds one per four entries
+            // however loaded the machine (a test saw two under load).
+            if (i + 1) % 4 == 0 {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+                while store
+                    .audit()
+                    .latest_checkpoint()
+                    .is_none_or(|c| c.checkpoint.size < i + 1)
+                {
+                    assert!(std::time::Instant::now() < deadline, "no checkpoint signed");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
         }
         store.close().expect("close");
         dir
