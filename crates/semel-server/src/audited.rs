@@ -69,8 +69,6 @@ pub struct Change {
     pub source: Option<Kbo>,
     pub authorisation: Option<String>,
     pub reference: String,
-    /// The fields the call concerns (the fields a change published).
-    pub fields: Vec<String>,
     /// What was done, in words: the rule changed (before and after), the
     /// query run. Never a citizen's number.
     pub detail: String,
@@ -95,7 +93,6 @@ impl Broker {
         record.dataset = change.dataset;
         record.source = change.source;
         record.authorisation = change.authorisation;
-        record.fields_requested = change.fields;
         record.consumer_reference =
             semel_core::redact_national_numbers(&change.reference).into_owned();
         match &result {
