@@ -54,10 +54,13 @@ async fn sigkill_during_delivery_loses_no_published_change_and_leaves_no_gap() {
             while let Ok(Some(e)) = s.next().await {
                 let position = e["position"].as_u64().expect("position");
                 let id = e["source_event_id"].as_str().expect("id").to_owned();
+                // Recorded when received: the kill may come while the
+                // acknowledgement is on its way, after the broker made it
+                // durable and before the answer arrives.
+                acknowledged.lock().expect("lock").push((position, id));
                 if consumer.acknowledge_mutations(position).await.is_err() {
                     return;
                 }
-                acknowledged.lock().expect("lock").push((position, id));
             }
         })
     };
