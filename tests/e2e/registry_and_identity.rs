@@ -324,3 +324,155 @@ async fn registry_changes_are_validated() {
     assert_error(&err, Code::NotFound, "UNKNOWN_DATASET");
     t.stop().await;
 }
+
+/// "What may I call?": a consumer reads its own catalogue, a source sees who
+/// may call its datasets, nobody else's but for those who read the whole
+/// registry.
+#[tokio::test]
+async fn the_catalogue_says_what_an_organisation_may_call_and_who_calls_it() {
+    let t = TestDemo::start().await;
+    let catalogue = |slug: &'static str, kbo: &str| {
+        let kbo = kbo.to_owned();
+        let t = &t;
+        async move {
+            RegistryServiceClient::new(t.channel(slug).await)
+                .get_catalogue(proto::GetCatalogueRequest { kbo })
+                .await
+        }
+    };
+    let kbo_of = |slug| {
+        semel_demo::seed::org(slug)
+            .expect("org")
+            .kbo
+            .as_str()
+            .to_owned()
+    };
+
+    let own = catalogue(ANDERLECHT, "").await.expect("own").into_inner();
+    assert_eq!(own.kbo, kbo_of(ANDERLECHT));
+    assert!(own.called_by.is_empty(), "a CPAS is no source");
+    let refs: Vec<&str> = own
+        .may_call
+        .iter()
+        .map(|e| e.authorisation_reference.as_str())
+        .collect();
+    for r in [
+        "BSC/2024/017",
+        "BSC/2024/018",
+        "BSC/2024/019",
+        "BSC/2024/020",
+        "BSC/2024/021",
+    ] {
+        assert!(refs.contains(&r), "{r} in {refs:?}");
+    }
+    assert!(own.may_call.iter().all(|e| e.consumer_kbo == own.kbo));
+    // Ordered by dataset, then purpose.
+    let order: Vec<(&str, &str)> = own
+        .may_call
+        .iter()
+        .map(|e| (e.dataset.as_str(), e.purpose.as_str()))
+        .collect();
+    assert!(order.is_sorted(), "{order:?}");
+    let residence = own
+        .may_call
+        .iter()
+        .find(|e| e.dataset == RESIDENCE)
+        .expect("residence");
+    let fields: Vec<(&str, i32)> = residence
+        .fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.r#type))
+        .collect();
+    assert!(
+        fields.contains(&("resident_since", proto::FieldType::Date as i32)),
+        "{fields:?}"
+    );
+    assert!(
+        fields.iter().all(|(n, _)| *n != "members"),
+        "only the authorised fields"
+    );
+    assert_eq!(residence.source_kbo, kbo_of("national-register"));
+    assert!(!residence.source_name.is_empty() && !residence.purpose_description.is_empty());
+    assert_eq!(residence.purpose, "RIS_ELIGIBILITY");
+    assert!(
+        residence.legal_basis.contains("2002"),
+        "{}",
+        residence.legal_basis
+    );
+    assert!(residence.capacities.contains(&"RIS_APPLICANT".to_owned()));
+    assert!(!residence.consent_required);
+    assert_eq!(residence.state, proto::CatalogueState::InForce as i32);
+
+    // The register sees every consumer of its datasets, suspended ones
+    // with their state, and may not read a consumer's catalogue.
+    let register = catalogue("national-register", "")
+        .await
+        .expect("source")
+        .into_inner();
+    let suspended = register
+        .called_by
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2022/033")
+        .expect("the suspended authorisation on identity");
+    assert_eq!(suspended.state, proto::CatalogueState::Suspended as i32);
+    assert_eq!(suspended.consumer_kbo, kbo_of(BRUXELLES_CPAS));
+    assert!(
+        register
+            .called_by
+            .iter()
+            .any(|e| e.consumer_kbo == kbo_of(ANDERLECHT))
+    );
+    assert!(
+        register
+            .called_by
+            .iter()
+            .all(|e| e.source_kbo == kbo_of("national-register"))
+    );
+    let other = catalogue("national-register", &kbo_of(ANDERLECHT))
+        .await
+        .expect_err("not its own");
+    assert_error(&other, Code::PermissionDenied, "OTHER_ORGANISATION");
+
+    // The finance ministry's expired authorisation shows as expired to the
+    // operator, who may read any catalogue.
+    let ville = catalogue(OPERATOR, &kbo_of(VILLE))
+        .await
+        .expect("operator")
+        .into_inner();
+    let expired = ville
+        .may_call
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2019/101")
+        .expect("expired authorisation");
+    assert_eq!(expired.state, proto::CatalogueState::Expired as i32);
+    // And the supervisory body's auditors too.
+    catalogue("control-commission", &kbo_of(ANDERLECHT))
+        .await
+        .expect("auditors read every catalogue");
+
+    // A suspension shows at once.
+    t.registry()
+        .await
+        .suspend_authorisation(proto::SuspendAuthorisationRequest {
+            reference: "BSC/2024/017".into(),
+            reason: "catalogue test".into(),
+        })
+        .await
+        .expect("suspend");
+    let after = catalogue(ANDERLECHT, "").await.expect("own").into_inner();
+    let e = after
+        .may_call
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2024/017")
+        .expect("still listed");
+    assert_eq!(e.state, proto::CatalogueState::Suspended as i32);
+
+    // Bad input.
+    let malformed = catalogue(OPERATOR, "0123").await.expect_err("malformed");
+    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    let unknown = catalogue(OPERATOR, "0999999724")
+        .await
+        .expect_err("unknown");
+    assert_error(&unknown, Code::NotFound, "UNKNOWN_ORGANISATION");
+    t.stop().await;
+}

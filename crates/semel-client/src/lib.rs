@@ -1059,6 +1059,23 @@ impl Client {
         Ok(Json::Array(r.consents.iter().map(consent_json).collect()))
     }
 
+    /// What an organisation may call and, as a source, who may call it
+    /// (`kbo` empty: the caller's own organisation).
+    pub async fn catalogue(&self, kbo: String) -> CallResult {
+        let r = self
+            .registry()
+            .get_catalogue(proto::GetCatalogueRequest { kbo })
+            .await?
+            .into_inner();
+        Ok(json!({
+            "kbo": r.kbo,
+            "name": r.name,
+            "as_of": r.as_of,
+            "may_call": r.may_call.iter().map(catalogue_entry_json).collect::<Vec<_>>(),
+            "called_by": r.called_by.iter().map(catalogue_entry_json).collect::<Vec<_>>(),
+        }))
+    }
+
     pub async fn list_purposes(&self) -> CallResult {
         let r = self
             .registry()
@@ -1350,6 +1367,57 @@ fn dataset_json(d: &proto::Dataset) -> Json {
         "endpoint": endpoint,
         "keeps_history": keeps_history,
         "fields": fields.iter().map(field_json).collect::<Vec<_>>(),
+    })
+}
+
+fn catalogue_entry_json(e: &proto::CatalogueEntry) -> Json {
+    let proto::CatalogueEntry {
+        dataset,
+        dataset_description,
+        source_kbo,
+        source_name,
+        consumer_kbo,
+        consumer_name,
+        authorisation_reference,
+        authorisation_version,
+        fields,
+        check_fields,
+        checks,
+        purpose,
+        purpose_description,
+        capacities,
+        consent_required,
+        valid_from,
+        valid_until,
+        legal_basis,
+        issuing_body,
+        receives_mutations,
+        keeps_history,
+        state,
+    } = e;
+    json!({
+        "dataset": dataset,
+        "dataset_description": dataset_description,
+        "source_kbo": source_kbo,
+        "source_name": source_name,
+        "consumer_kbo": consumer_kbo,
+        "consumer_name": consumer_name,
+        "authorisation": authorisation_reference,
+        "version": authorisation_version,
+        "fields": fields.iter().map(field_json).collect::<Vec<_>>(),
+        "check_fields": check_fields.iter().map(field_json).collect::<Vec<_>>(),
+        "questions": checks.iter().map(question_text).collect::<Vec<_>>(),
+        "purpose": purpose,
+        "purpose_description": purpose_description,
+        "capacities": capacities,
+        "consent_required": consent_required,
+        "valid_from": valid_from,
+        "valid_until": valid_until,
+        "legal_basis": legal_basis,
+        "issuing_body": issuing_body,
+        "receives_mutations": receives_mutations,
+        "keeps_history": keeps_history,
+        "state": enum_name(proto::CatalogueState::try_from(*state).ok().map(|s| s.as_str_name()), "CATALOGUE_STATE_"),
     })
 }
 

@@ -5,6 +5,7 @@
 //! in `.ci/run` holds that absence.
 
 mod audit;
+pub mod catalogue;
 mod check;
 pub mod checkpoint;
 mod clock;

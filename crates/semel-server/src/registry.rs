@@ -486,6 +486,49 @@ impl Rpc for RegistryService {
         }))
     }
 
+    async fn get_catalogue(
+        &self,
+        req: Request<proto::GetCatalogueRequest>,
+    ) -> Result<Response<proto::GetCatalogueResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let msg = req.into_inner();
+        let kbo = if msg.kbo.trim().is_empty() {
+            caller.org.kbo
+        } else {
+            parse_kbo("kbo", &msg.kbo)?
+        };
+        // Another organisation's catalogue names every consumer of its
+        // datasets: for those who may read the whole registry.
+        if kbo != caller.org.kbo && !caller.has(UserRole::Admin) && !caller.audits_everything() {
+            return Err(ApiError::denied(
+                "OTHER_ORGANISATION",
+                "you may read your own organisation's catalogue only; leave kbo empty",
+            )
+            .into_status());
+        }
+        let snapshot = self.broker.snapshot();
+        let org = snapshot
+            .organisations
+            .get(&kbo)
+            .ok_or_else(|| unknown_org(&kbo))?;
+        let today = semel_core::brussels_today(time::OffsetDateTime::now_utc());
+        let catalogue = semel_core::catalogue::catalogue(
+            kbo,
+            snapshot.authorisations.values(),
+            |name| snapshot.routes.get(name).map(|r| &r.dataset),
+            |k| snapshot.organisations.get(k).map(AsRef::as_ref),
+            today,
+        );
+        let entry = |e: &semel_core::catalogue::Entry<'_>| catalogue_entry_to_proto(e, &snapshot);
+        Ok(Response::new(proto::GetCatalogueResponse {
+            kbo: kbo.as_str().to_owned(),
+            name: org.name.clone(),
+            as_of: crate::convert::format_date(today),
+            may_call: catalogue.may_call.iter().map(entry).collect(),
+            called_by: catalogue.called_by.iter().map(entry).collect(),
+        }))
+    }
+
     async fn revoke_certificate(
         &self,
         req: Request<proto::RevokeCertificateRequest>,
@@ -538,6 +581,76 @@ impl Rpc for RegistryService {
         Ok(Response::new(proto::ListRevokedCertificatesResponse {
             revoked: revoked.iter().map(revoked_to_proto).collect(),
         }))
+    }
+}
+
+/// One catalogue entry, with the names and descriptions the registry has.
+fn catalogue_entry_to_proto(
+    e: &semel_core::catalogue::Entry<'_>,
+    snapshot: &crate::state::Snapshot,
+) -> proto::CatalogueEntry {
+    use semel_core::catalogue::Standing;
+    let a = authorisation_to_proto(e.authorisation);
+    let name_of = |k: &Kbo| {
+        snapshot
+            .organisations
+            .get(k)
+            .map(|o| o.name.clone())
+            .unwrap_or_default()
+    };
+    let dataset = e.dataset.map(dataset_to_proto);
+    let fields = |picked: &[&semel_core::FieldDefinition]| {
+        let names: Vec<&str> = picked.iter().map(|f| f.name.as_str()).collect();
+        dataset
+            .as_ref()
+            .map(|d| {
+                d.fields
+                    .iter()
+                    .filter(|f| names.contains(&f.name.as_str()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    proto::CatalogueEntry {
+        dataset: a.dataset.clone(),
+        dataset_description: dataset
+            .as_ref()
+            .map(|d| d.description.clone())
+            .unwrap_or_default(),
+        source_kbo: e
+            .dataset
+            .map(|d| d.source.as_str().to_owned())
+            .unwrap_or_default(),
+        source_name: e.dataset.map(|d| name_of(&d.source)).unwrap_or_default(),
+        consumer_kbo: a.consumer_kbo.clone(),
+        consumer_name: name_of(&e.authorisation.consumer),
+        authorisation_reference: a.reference,
+        authorisation_version: a.version,
+        fields: fields(&e.fields),
+        check_fields: fields(&e.check_fields),
+        checks: a.checks,
+        purpose_description: snapshot
+            .purposes
+            .get(&a.purpose)
+            .map(|p| p.description.clone())
+            .unwrap_or_default(),
+        purpose: a.purpose,
+        capacities: a.capacities,
+        consent_required: a.consent_required,
+        valid_from: a.valid_from,
+        valid_until: a.valid_until,
+        legal_basis: a.legal_basis,
+        issuing_body: a.issuing_body,
+        receives_mutations: a.receives_mutations,
+        keeps_history: e.dataset.is_some_and(|d| d.keeps_history),
+        state: match e.standing {
+            Standing::InForce => proto::CatalogueState::InForce,
+            Standing::NotYetValid => proto::CatalogueState::NotYetValid,
+            Standing::Expired => proto::CatalogueState::Expired,
+            Standing::Suspended => proto::CatalogueState::Suspended,
+            Standing::ConsumerSuspended => proto::CatalogueState::ConsumerSuspended,
+        } as i32,
     }
 }
 

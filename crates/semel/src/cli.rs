@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use crate::conn::Conn;
 use crate::output::Exit;
 use crate::{
-    admin, audit, bench, demo, health, lookup, mutations, persons, pki, serve, token, witness,
+    admin, audit, bench, catalogue, demo, health, lookup, mutations, persons, pki, serve, token,
+    witness,
 };
 
 #[derive(Parser)]
@@ -71,6 +72,9 @@ pub enum Command {
     /// Receive, as a consumer, the changes about citizens you hold files on, as they are
     /// published; each is acknowledged once printed.
     Subscribe(mutations::SubscribeArgs),
+    /// What your organisation may call (datasets, fields, purposes, conditions) and, as a
+    /// source, who may call its datasets for what.
+    Catalogue(catalogue::CatalogueArgs),
     /// Manage organisations, datasets and authorisations (operator).
     Admin {
         #[command(flatten)]

@@ -13,6 +13,7 @@ use semel_server::Config;
 mod admin;
 mod audit;
 mod bench;
+mod catalogue;
 mod cli;
 mod conn;
 mod demo;
@@ -139,6 +140,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Consent { conn, command } => persons::consent(conn, command).await,
         Command::Source { conn, command } => mutations::source(conn, command).await,
         Command::Subscribe(args) => mutations::subscribe(args).await,
+        Command::Catalogue(args) => catalogue::run(args).await,
         Command::Admin { conn, command } => admin::run(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchMutations(args) => bench::run_mutations(args).await,
