@@ -432,6 +432,73 @@ async fn the_catalogue_says_what_an_organisation_may_call_and_who_calls_it() {
         .await
         .expect_err("not its own");
     assert_error(&other, Code::PermissionDenied, "OTHER_ORGANISATION");
+    // Nor may a consumer read the register's (every consumer of its
+    // datasets), nor a consumer's own auditor; each attempt is audited.
+    let fishing = catalogue(ANDERLECHT, &kbo_of("national-register"))
+        .await
+        .expect_err("not its own");
+    assert_error(&fishing, Code::PermissionDenied, "OTHER_ORGANISATION");
+    let auditor = t.token(ANDERLECHT, &[semel_core::UserRole::Auditor]);
+    let denied = RegistryServiceClient::new(t.channel_as(ANDERLECHT, &auditor).await)
+        .get_catalogue(proto::GetCatalogueRequest {
+            kbo: kbo_of("national-register"),
+        })
+        .await
+        .expect_err("a consumer's auditor reads its own catalogue only");
+    assert_error(&denied, Code::PermissionDenied, "OTHER_ORGANISATION");
+    let refusals = t
+        .audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| {
+            e.operation == "semel.v1.RegistryService/GetCatalogue"
+                && e.reason == "OTHER_ORGANISATION"
+        })
+        .count();
+    assert_eq!(
+        refusals, 3,
+        "every refused catalogue read is in the audit log"
+    );
+    // Its own number, formatted or padded, is its own.
+    for own_number in ["0212.345.668", " 0212345668 "] {
+        let same = catalogue(ANDERLECHT, own_number)
+            .await
+            .expect("own, formatted")
+            .into_inner();
+        assert_eq!(same.kbo, kbo_of(ANDERLECHT));
+    }
+
+    // Checks only: no value to read, one field to test, named questions;
+    // and an authorisation that starts later.
+    let ville = catalogue(OPERATOR, &kbo_of(VILLE))
+        .await
+        .expect("operator")
+        .into_inner();
+    let school = ville
+        .may_call
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2023/045")
+        .expect("school enrolment");
+    assert!(school.fields.is_empty(), "{:?}", school.fields);
+    let tested: Vec<(&str, i32)> = school
+        .check_fields
+        .iter()
+        .map(|f| (f.name.as_str(), f.r#type))
+        .collect();
+    assert_eq!(tested, [("nis_code", proto::FieldType::String as i32)]);
+    let schaerbeek = catalogue(SCHAERBEEK, "").await.expect("own").into_inner();
+    let questions = schaerbeek
+        .may_call
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2023/044")
+        .expect("Schaerbeek's school enrolment");
+    assert!(!questions.checks.is_empty(), "its named question");
+    let later = schaerbeek
+        .may_call
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2026/007")
+        .expect("not yet valid");
+    assert_eq!(later.state, proto::CatalogueState::NotYetValid as i32);
 
     // The finance ministry's expired authorisation shows as expired to the
     // operator, who may read any catalogue.
@@ -467,9 +534,36 @@ async fn the_catalogue_says_what_an_organisation_may_call_and_who_calls_it() {
         .expect("still listed");
     assert_eq!(e.state, proto::CatalogueState::Suspended as i32);
 
+    // A suspended consumer: the source sees it cannot call.
+    t.registry()
+        .await
+        .suspend_organisation(proto::SuspendOrganisationRequest {
+            kbo: kbo_of(BRUXELLES_CPAS),
+            reason: "catalogue test".into(),
+        })
+        .await
+        .expect("suspend the consumer");
+    let register = catalogue("national-register", "")
+        .await
+        .expect("source")
+        .into_inner();
+    let cut_off = register
+        .called_by
+        .iter()
+        .find(|e| e.authorisation_reference == "BSC/2025/003")
+        .expect("CPAS de Bruxelles on residence");
+    assert_eq!(
+        cut_off.state,
+        proto::CatalogueState::ConsumerSuspended as i32
+    );
+
     // Bad input.
     let malformed = catalogue(OPERATOR, "0123").await.expect_err("malformed");
-    assert_eq!(malformed.code(), Code::InvalidArgument, "{malformed:?}");
+    assert_error(
+        &malformed,
+        Code::InvalidArgument,
+        "INVALID_ENTERPRISE_NUMBER",
+    );
     let unknown = catalogue(OPERATOR, "0999999724")
         .await
         .expect_err("unknown");

@@ -1394,6 +1394,7 @@ fn catalogue_entry_json(e: &proto::CatalogueEntry) -> Json {
         receives_mutations,
         keeps_history,
         state,
+        confidential_until,
     } = e;
     json!({
         "dataset": dataset,
@@ -1402,8 +1403,8 @@ fn catalogue_entry_json(e: &proto::CatalogueEntry) -> Json {
         "source_name": source_name,
         "consumer_kbo": consumer_kbo,
         "consumer_name": consumer_name,
-        "authorisation": authorisation_reference,
-        "version": authorisation_version,
+        "authorisation_reference": authorisation_reference,
+        "authorisation_version": authorisation_version,
         "fields": fields.iter().map(field_json).collect::<Vec<_>>(),
         "check_fields": check_fields.iter().map(field_json).collect::<Vec<_>>(),
         "questions": checks.iter().map(question_text).collect::<Vec<_>>(),
@@ -1418,6 +1419,7 @@ fn catalogue_entry_json(e: &proto::CatalogueEntry) -> Json {
         "receives_mutations": receives_mutations,
         "keeps_history": keeps_history,
         "state": enum_name(proto::CatalogueState::try_from(*state).ok().map(|s| s.as_str_name()), "CATALOGUE_STATE_"),
+        "confidential_until": confidential_until,
     })
 }
 

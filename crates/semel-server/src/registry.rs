@@ -492,19 +492,30 @@ impl Rpc for RegistryService {
     ) -> Result<Response<proto::GetCatalogueResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
         let msg = req.into_inner();
-        let kbo = if msg.kbo.trim().is_empty() {
+        let given = msg.kbo.trim();
+        let kbo = if given.is_empty() {
             caller.org.kbo
         } else {
-            parse_kbo("kbo", &msg.kbo)?
+            parse_kbo("kbo", given)?
         };
         // Another organisation's catalogue names every consumer of its
-        // datasets: for those who may read the whole registry.
+        // datasets: for those who may read the whole registry. A refusal
+        // is audited, like every refusal for who asked.
         if kbo != caller.org.kbo && !caller.has(UserRole::Admin) && !caller.audits_everything() {
-            return Err(ApiError::denied(
+            let error = ApiError::denied(
                 "OTHER_ORGANISATION",
                 "you may read your own organisation's catalogue only; leave kbo empty",
-            )
-            .into_status());
+            );
+            return Err(self
+                .broker
+                .refuse(
+                    &caller,
+                    error,
+                    semel_core::ReasonCode::OtherOrganisation,
+                    None,
+                )
+                .await
+                .into_status());
         }
         let snapshot = self.broker.snapshot();
         let org = snapshot
@@ -643,6 +654,7 @@ fn catalogue_entry_to_proto(
         legal_basis: a.legal_basis,
         issuing_body: a.issuing_body,
         receives_mutations: a.receives_mutations,
+        confidential_until: a.confidential_until,
         keeps_history: e.dataset.is_some_and(|d| d.keeps_history),
         state: match e.standing {
             Standing::InForce => proto::CatalogueState::InForce,

@@ -45,6 +45,7 @@ const MAY_CALL: &[&str] = &[
     "valid",
     "fields",
     "check_fields",
+    "questions",
     "capacities",
     "consent_required",
     "legal_basis",
@@ -59,6 +60,7 @@ const CALLED_BY: &[&str] = &[
     "valid",
     "fields",
     "check_fields",
+    "questions",
 ];
 
 /// The entries as table rows: fields with their types, validity as a span.
@@ -86,6 +88,7 @@ fn rows(entries: &Json) -> Vec<Json> {
             es.iter()
                 .map(|e| {
                     let mut row = e.clone();
+                    row["authorisation"] = e["authorisation_reference"].clone();
                     row["fields"] = json!(typed(&e["fields"]));
                     row["check_fields"] = json!(typed(&e["check_fields"]));
                     row["source"] = json!(format!(
@@ -98,6 +101,10 @@ fn rows(entries: &Json) -> Vec<Json> {
                         e["consumer_kbo"].as_str().unwrap_or_default(),
                         e["consumer_name"].as_str().unwrap_or_default()
                     ));
+                    if e["capacities"].as_array().is_none_or(Vec::is_empty) {
+                        // No capacity named: a file in any capacity.
+                        row["capacities"] = json!("any");
+                    }
                     let until = e["valid_until"].as_str().unwrap_or_default();
                     row["valid"] = json!(format!(
                         "{} to {}",
