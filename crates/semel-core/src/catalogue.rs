@@ -300,6 +300,52 @@ mod tests {
             );
             change(&mut a);
             assert_eq!(Standing::of(&a, *consumer, *day), *want, "{name}");
+            // And decide() agrees, for a lookup the authorisation covers
+            // (the consumer's suspension is refused before decide() runs).
+            if *want != Standing::ConsumerSuspended {
+                assert_eq!(decided(&a, *day), *want, "{name}: decide()");
+            }
+        }
+    }
+
+    /// What `decide()` makes of a lookup for the authorisation's fields,
+    /// with a file in the right capacity, on `day`.
+    fn decided(a: &Authorisation, day: Date) -> Standing {
+        use crate::{Decision, FilePhase, LookupQuestion, Niss, RefusalReason};
+        let file = crate::PersonFile {
+            id: "file".into(),
+            consumer: a.consumer,
+            citizen: Niss::parse("93051822361").expect("niss"),
+            capacity: CapacityCode::new("RIS_APPLICANT").expect("capacity"),
+            phase: FilePhase::Definitive,
+            begins: date!(1900 - 01 - 01),
+            ends: None,
+            consumer_reference: String::new(),
+            registered_by: "clerk".into(),
+            registered_at: datetime!(2020-01-01 0:00 UTC),
+            closed_at: None,
+        };
+        let fields: Vec<FieldName> = a.fields.iter().cloned().collect();
+        let question = LookupQuestion {
+            consumer: a.consumer,
+            dataset: &a.dataset,
+            fields: &fields,
+            checks: &[],
+            purpose: &a.purpose,
+            today: day,
+            date: day,
+            now: day.midnight().assume_utc(),
+            files: std::slice::from_ref(&file),
+            consents: &[],
+        };
+        match crate::decide(&question, [a]) {
+            Decision::Allow(_) => Standing::InForce,
+            Decision::Deny(r) => match r.reason {
+                RefusalReason::AuthorisationSuspended => Standing::Suspended,
+                RefusalReason::AuthorisationNotYetValid => Standing::NotYetValid,
+                RefusalReason::AuthorisationExpired => Standing::Expired,
+                other => panic!("refused for {other:?}"),
+            },
         }
     }
 
