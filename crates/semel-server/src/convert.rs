@@ -241,17 +241,17 @@ pub fn dataset_to_proto(d: &Dataset) -> proto::Dataset {
         name: d.name.to_string(),
         source_kbo: d.source.as_str().to_owned(),
         description: d.description.clone(),
-        fields: d
-            .fields
-            .iter()
-            .map(|f| proto::FieldDefinition {
-                name: f.name.to_string(),
-                description: f.description.clone(),
-                r#type: field_type_to_proto(f.field_type),
-            })
-            .collect(),
+        fields: d.fields.iter().map(field_to_proto).collect(),
         endpoint: d.endpoint.clone(),
         keeps_history: d.keeps_history,
+    }
+}
+
+pub fn field_to_proto(f: &semel_core::FieldDefinition) -> proto::FieldDefinition {
+    proto::FieldDefinition {
+        name: f.name.to_string(),
+        description: f.description.clone(),
+        r#type: field_type_to_proto(f.field_type),
     }
 }
 

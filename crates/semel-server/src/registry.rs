@@ -609,26 +609,12 @@ fn catalogue_entry_to_proto(
             .map(|o| o.name.clone())
             .unwrap_or_default()
     };
-    let dataset = e.dataset.map(dataset_to_proto);
     let fields = |picked: &[&semel_core::FieldDefinition]| {
-        let names: Vec<&str> = picked.iter().map(|f| f.name.as_str()).collect();
-        dataset
-            .as_ref()
-            .map(|d| {
-                d.fields
-                    .iter()
-                    .filter(|f| names.contains(&f.name.as_str()))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+        picked.iter().map(|f| field_to_proto(f)).collect()
     };
     proto::CatalogueEntry {
         dataset: a.dataset.clone(),
-        dataset_description: dataset
-            .as_ref()
-            .map(|d| d.description.clone())
-            .unwrap_or_default(),
+        dataset_description: e.dataset.map(|d| d.description.clone()).unwrap_or_default(),
         source_kbo: e
             .dataset
             .map(|d| d.source.as_str().to_owned())
