@@ -11,8 +11,8 @@
 use time::Date;
 
 use crate::{
-    Authorisation, AuthorisationStatus, Dataset, DatasetName, FieldDefinition, Kbo, Organisation,
-    OrganisationStatus,
+    Authorisation, Dataset, DatasetName, FieldDefinition, Kbo, Organisation, OrganisationStatus,
+    RefusalReason,
 };
 
 /// Whether an authorisation can allow lookups today.
@@ -35,15 +35,14 @@ impl Standing {
     /// authorisation's own, then its validity, as `decide()` reads them.
     pub fn of(auth: &Authorisation, consumer: Option<&Organisation>, today: Date) -> Standing {
         if consumer.is_some_and(|c| c.status == OrganisationStatus::Suspended) {
-            Standing::ConsumerSuspended
-        } else if auth.status == AuthorisationStatus::Suspended {
-            Standing::Suspended
-        } else if today < auth.valid_from {
-            Standing::NotYetValid
-        } else if auth.valid_until.is_some_and(|until| today > until) {
-            Standing::Expired
-        } else {
-            Standing::InForce
+            return Standing::ConsumerSuspended;
+        }
+        match crate::decision::in_force(auth, today) {
+            Ok(()) => Standing::InForce,
+            Err(RefusalReason::AuthorisationSuspended) => Standing::Suspended,
+            Err(RefusalReason::AuthorisationNotYetValid) => Standing::NotYetValid,
+            // `in_force` refuses for nothing else.
+            Err(_) => Standing::Expired,
         }
     }
 }
@@ -140,7 +139,10 @@ mod tests {
     use time::macros::{date, datetime};
 
     use super::*;
-    use crate::{AuthorisationRef, CapacityCode, FieldName, FieldType, PurposeCode, Role};
+    use crate::{
+        AuthorisationRef, AuthorisationStatus, CapacityCode, FieldName, FieldType, PurposeCode,
+        Role,
+    };
 
     const CPAS: &str = "0212345668";
     const NR: &str = "0362247191";

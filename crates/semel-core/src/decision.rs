@@ -323,17 +323,25 @@ pub fn decide<'a>(
 }
 
 /// Checks one authorisation for the question's consumer, dataset and purpose.
+/// Whether an authorisation can allow anything on `today`: not if it is
+/// suspended, then not before its first day or after its last, in that
+/// order (the catalogue states the same).
+pub(crate) fn in_force(auth: &Authorisation, today: Date) -> Result<(), RefusalReason> {
+    if auth.status == AuthorisationStatus::Suspended {
+        return Err(RefusalReason::AuthorisationSuspended);
+    }
+    if today < auth.valid_from {
+        return Err(RefusalReason::AuthorisationNotYetValid);
+    }
+    if auth.valid_until.is_some_and(|until| today > until) {
+        return Err(RefusalReason::AuthorisationExpired);
+    }
+    Ok(())
+}
+
 fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refusal> {
     let refuse = |reason| Refusal::new(reason, Some(auth));
-    if auth.status == AuthorisationStatus::Suspended {
-        return Err(refuse(RefusalReason::AuthorisationSuspended));
-    }
-    if q.today < auth.valid_from {
-        return Err(refuse(RefusalReason::AuthorisationNotYetValid));
-    }
-    if auth.valid_until.is_some_and(|until| q.today > until) {
-        return Err(refuse(RefusalReason::AuthorisationExpired));
-    }
+    in_force(auth, q.today).map_err(refuse)?;
     let mut missing: Vec<FieldName> = q
         .fields
         .iter()
