@@ -322,6 +322,27 @@ pub struct AuditFilter {
     pub page_token: Option<String>,
 }
 
+/// What an amendment changes; `None` keeps the current value. Lists given
+/// replace the current ones (an empty list empties it).
+#[derive(Debug, Default)]
+pub struct AuthorisationPatch {
+    pub fields: Option<Vec<String>>,
+    pub check_fields: Option<Vec<String>>,
+    /// Named questions, `NAME: check` (see [`parse_question`]).
+    pub questions: Option<Vec<String>>,
+    pub capacities: Option<Vec<String>>,
+    pub consent_required: Option<bool>,
+    pub receives_mutations: Option<bool>,
+    pub purpose: Option<String>,
+    pub legal_basis: Option<String>,
+    pub issuing_body: Option<String>,
+    pub valid_from: Option<String>,
+    /// Empty: open-ended.
+    pub valid_until: Option<String>,
+    /// Empty: not confidential.
+    pub confidential_until: Option<String>,
+}
+
 /// A new authorisation for `semel admin authorisation create`.
 #[derive(Debug, Clone, Default)]
 pub struct NewAuthorisation {
@@ -415,6 +436,17 @@ pub struct NewDataset {
     pub keeps_history: bool,
 }
 
+/// What `semel admin dataset amend` changes; `None` keeps the value.
+#[derive(Debug, Default)]
+pub struct DatasetPatch {
+    pub description: Option<String>,
+    pub endpoint: Option<String>,
+    pub keeps_history: Option<bool>,
+    /// `name:type:description`; a field of that name is replaced.
+    pub add_fields: Vec<String>,
+    pub remove_fields: Vec<String>,
+}
+
 type CallResult = Result<Json, CallError>;
 
 fn usage(message: String) -> CallError {
@@ -424,6 +456,23 @@ fn usage(message: String) -> CallError {
         reason: None,
         metadata: BTreeMap::new(),
     }
+}
+
+fn organisation_roles(roles: &[String]) -> Result<Vec<i32>, CallError> {
+    roles
+        .iter()
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| match r.trim() {
+            "source" => Ok(proto::OrganisationRole::Source as i32),
+            "consumer" => Ok(proto::OrganisationRole::Consumer as i32),
+            "operator" => Ok(proto::OrganisationRole::Operator as i32),
+            "auditor" => Ok(proto::OrganisationRole::Auditor as i32),
+            "citizen_portal" => Ok(proto::OrganisationRole::CitizenPortal as i32),
+            other => Err(usage(format!(
+                "unknown role {other}; use source, consumer, operator, auditor or citizen_portal"
+            ))),
+        })
+        .collect()
 }
 
 fn field_definition(spec: &str) -> Result<proto::FieldDefinition, CallError> {
@@ -527,19 +576,7 @@ impl Client {
         name: String,
         roles: &[String],
     ) -> CallResult {
-        let roles = roles
-            .iter()
-            .map(|r| match r.as_str() {
-                "source" => Ok(proto::OrganisationRole::Source as i32),
-                "consumer" => Ok(proto::OrganisationRole::Consumer as i32),
-                "operator" => Ok(proto::OrganisationRole::Operator as i32),
-                "auditor" => Ok(proto::OrganisationRole::Auditor as i32),
-                "citizen_portal" => Ok(proto::OrganisationRole::CitizenPortal as i32),
-                other => Err(usage(format!(
-                    "unknown role {other}; use source, consumer, operator, auditor or citizen_portal"
-                ))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let roles = organisation_roles(roles)?;
         let r = self
             .registry()
             .create_organisation(proto::CreateOrganisationRequest {
@@ -585,6 +622,94 @@ impl Client {
             .await?
             .into_inner();
         Ok(Json::Array(r.datasets.iter().map(dataset_json).collect()))
+    }
+
+    /// Amends an organisation: a new name, new roles (`None` keeps them).
+    pub async fn amend_organisation(
+        &self,
+        kbo: String,
+        name: Option<String>,
+        roles: Option<Vec<String>>,
+        reason: String,
+    ) -> CallResult {
+        let mut o = self
+            .registry()
+            .get_organisation(proto::GetOrganisationRequest { kbo: kbo.clone() })
+            .await?
+            .into_inner()
+            .organisation
+            .ok_or_else(|| usage(format!("the broker returned no organisation {kbo}")))?;
+        if let Some(n) = name {
+            o.name = n;
+        }
+        if let Some(r) = roles {
+            o.roles = organisation_roles(&r)?;
+        }
+        let r = self
+            .registry()
+            .amend_organisation(proto::AmendOrganisationRequest {
+                organisation: Some(o),
+                reason,
+            })
+            .await?
+            .into_inner();
+        Ok(r.organisation.as_ref().map(org_json).unwrap_or(Json::Null))
+    }
+
+    /// Amends a dataset: fields added (`name:type:description`, replacing a
+    /// field of the same name) or removed, a new endpoint, description or
+    /// history flag (`None` keeps it).
+    pub async fn amend_dataset(
+        &self,
+        name: String,
+        patch: DatasetPatch,
+        reason: String,
+    ) -> CallResult {
+        let mut d = self
+            .registry()
+            .get_dataset(proto::GetDatasetRequest { name: name.clone() })
+            .await?
+            .into_inner()
+            .dataset
+            .ok_or_else(|| usage(format!("the broker returned no dataset {name}")))?;
+        let DatasetPatch {
+            description,
+            endpoint,
+            keeps_history,
+            add_fields,
+            remove_fields,
+        } = patch;
+        if let Some(v) = description {
+            d.description = v;
+        }
+        if let Some(v) = endpoint {
+            d.endpoint = v;
+        }
+        if let Some(v) = keeps_history {
+            d.keeps_history = v;
+        }
+        for f in &remove_fields {
+            if !d.fields.iter().any(|x| &x.name == f) {
+                return Err(usage(format!("dataset {name} has no field {f} to remove")));
+            }
+            d.fields.retain(|x| &x.name != f);
+        }
+        for spec in &add_fields {
+            let f = field_definition(spec)?;
+            match d.fields.iter_mut().find(|x| x.name == f.name) {
+                Some(x) => *x = f,
+                None => d.fields.push(f),
+            }
+        }
+        let r = self
+            .registry()
+            .amend_dataset(proto::AmendDatasetRequest {
+                dataset: Some(d),
+                reason,
+            })
+            .await?
+            .into_inner();
+        Ok(r.dataset.as_ref().map(dataset_json).unwrap_or(Json::Null))
     }
 
     pub async fn create_dataset(&self, d: NewDataset) -> CallResult {
@@ -664,6 +789,121 @@ impl Client {
             .as_ref()
             .map(auth_json)
             .unwrap_or(Json::Null))
+    }
+
+    /// Amends an authorisation: reads the current version, applies the
+    /// patch, and asks for a new version based on `expected_version` (by
+    /// default the version just read). The answer holds the new version and
+    /// the one it replaced.
+    pub async fn amend_authorisation(
+        &self,
+        reference: String,
+        expected_version: Option<u32>,
+        patch: AuthorisationPatch,
+        reason: String,
+    ) -> CallResult {
+        let mut a = self
+            .registry()
+            .get_authorisation(proto::GetAuthorisationRequest {
+                reference: reference.clone(),
+            })
+            .await?
+            .into_inner()
+            .authorisation
+            .ok_or_else(|| usage(format!("the broker returned no authorisation {reference}")))?;
+        let expected_version = expected_version.unwrap_or(a.version);
+        let list = |v: Vec<String>| -> Vec<String> {
+            v.into_iter().filter(|s| !s.trim().is_empty()).collect()
+        };
+        let AuthorisationPatch {
+            fields,
+            check_fields,
+            questions,
+            capacities,
+            consent_required,
+            receives_mutations,
+            purpose,
+            legal_basis,
+            issuing_body,
+            valid_from,
+            valid_until,
+            confidential_until,
+        } = patch;
+        if let Some(v) = fields {
+            a.fields = list(v);
+        }
+        if let Some(v) = check_fields {
+            a.check_fields = list(v);
+        }
+        if let Some(v) = questions {
+            a.checks = list(v)
+                .iter()
+                .map(|q| parse_question(q))
+                .collect::<anyhow::Result<Vec<_>>>()
+                .map_err(|e| usage(format!("{e:#}")))?;
+        }
+        if let Some(v) = capacities {
+            a.capacities = list(v);
+        }
+        if let Some(v) = consent_required {
+            a.consent_required = v;
+        }
+        if let Some(v) = receives_mutations {
+            a.receives_mutations = v;
+        }
+        for (to, from) in [
+            (&mut a.purpose, purpose),
+            (&mut a.legal_basis, legal_basis),
+            (&mut a.issuing_body, issuing_body),
+            (&mut a.valid_from, valid_from),
+            (&mut a.valid_until, valid_until),
+            (&mut a.confidential_until, confidential_until),
+        ] {
+            if let Some(v) = from {
+                *to = v.trim().to_owned();
+            }
+        }
+        let r = self
+            .registry()
+            .amend_authorisation(proto::AmendAuthorisationRequest {
+                authorisation: Some(a),
+                expected_version,
+                reason,
+            })
+            .await?
+            .into_inner();
+        let mut out = r
+            .authorisation
+            .as_ref()
+            .map(auth_json)
+            .unwrap_or(Json::Null);
+        if let (Json::Object(o), Some(p)) = (&mut out, &r.previous) {
+            o.insert("previous_version".into(), json!(p.version));
+        }
+        Ok(out)
+    }
+
+    /// Revokes an authorisation for good.
+    pub async fn revoke_authorisation(&self, reference: String, reason: String) -> CallResult {
+        let r = self
+            .registry()
+            .revoke_authorisation(proto::RevokeAuthorisationRequest { reference, reason })
+            .await?
+            .into_inner();
+        Ok(r.authorisation
+            .as_ref()
+            .map(auth_json)
+            .unwrap_or(Json::Null))
+    }
+
+    /// Every version of an authorisation, oldest first.
+    pub async fn authorisation_versions(&self, reference: String) -> CallResult {
+        let r = self
+            .registry()
+            .list_authorisation_versions(proto::ListAuthorisationVersionsRequest { reference })
+            .await?
+            .into_inner();
+        Ok(Json::Array(r.versions.iter().map(auth_json).collect()))
     }
 
     pub async fn set_authorisation_suspended(
@@ -1516,6 +1756,7 @@ fn audit_json(e: &proto::AuditEntry) -> Json {
         citizen_as_given,
         checks,
         detail,
+        authorisation_version,
     } = e;
     json!({
         "sequence": sequence,
@@ -1532,6 +1773,7 @@ fn audit_json(e: &proto::AuditEntry) -> Json {
         "checks": checks,
         "purpose": purpose,
         "authorisation_reference": authorisation_reference,
+        "authorisation_version": authorisation_version,
         "reference_date": reference_date,
         "decision": enum_name(proto::AuditDecision::try_from(*decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
         "reason": reason,

@@ -130,6 +130,7 @@ fn audit(c: &mut Criterion) {
             fields_returned: vec!["municipality".into(), "postal_code".into(), "street".into()],
             purpose: "RIS_ELIGIBILITY".into(),
             authorisation: Some("BSC/2024/017".into()),
+            authorisation_version: None,
             decision: AuditDecision::Allowed,
             reason: None,
             outcome: Outcome::Answered,

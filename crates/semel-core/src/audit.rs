@@ -5,13 +5,14 @@
 //! byte for byte, and never depends on a serialisation library's choices:
 //!
 //! ```text
-//! u8 version (3)
+//! u8 version (4)
 //! u64 sequence | [16] request id | i64 time (µs since the Unix epoch)
 //! str operation | [10] consumer KBO | opt str end user | opt [11] citizen
 //! str dataset | list fields requested | list fields returned | str purpose
 //! opt str authorisation | u8 decision | opt str reason | u8 outcome
 //! opt [10] source KBO | str consumer reference | opt str reference date
 //! opt [11] citizen as given | list checks | str detail
+//! opt u32 authorisation version
 //! [32] previous hash
 //! ```
 //!
@@ -25,8 +26,11 @@
 //! because of who made it. `citizen as given` is the number the caller
 //! named when it had been replaced by `citizen`; `checks` the fields tested
 //! (yes/no answers, whose results are not kept); `detail` the rule that
-//! allowed or refused, in words. Versions 1 (before `operation`) and 2
-//! (before the last three) are still decoded.
+//! allowed or refused, in words; `authorisation version` the version of
+//! the authorisation it was decided under (or, for a registry change, the
+//! version it made). Versions 1 (before `operation`), 2 (before citizen as
+//! given, checks and detail) and 3 (before the authorisation version) are
+//! still decoded.
 
 use std::borrow::Cow;
 
@@ -185,7 +189,7 @@ const SIMPLE_CODES: [(ReasonCode, &str); 39] = [
     (ReasonCode::SourceError, "SOURCE_ERROR"),
 ];
 
-const REFUSALS: [RefusalReason; 9] = RefusalReason::ALL;
+const REFUSALS: [RefusalReason; 10] = RefusalReason::ALL;
 
 impl ReasonCode {
     /// The stable code, e.g. `NO_AUTHORISATION`.
@@ -274,6 +278,8 @@ pub struct AuditRecord {
     pub fields_returned: Vec<String>,
     pub purpose: String,
     pub authorisation: Option<String>,
+    /// The version of `authorisation` the call was decided under.
+    pub authorisation_version: Option<u32>,
     pub decision: AuditDecision,
     pub reason: Option<ReasonCode>,
     pub outcome: Outcome,
@@ -303,7 +309,7 @@ pub struct AuditEntry {
 #[error("audit entry encoding: {0}")]
 pub struct DecodeError(&'static str);
 
-const VERSION: u8 = 3;
+const VERSION: u8 = 4;
 
 /// The operation of a lookup entry.
 pub const LOOKUP_OPERATION: &str = "semel.v1.LookupService/Lookup";
@@ -343,6 +349,9 @@ impl AuditEntry {
         });
         put_list(out, &r.checks);
         put_str(out, &r.detail);
+        put_opt(out, r.authorisation_version, |o, v| {
+            o.extend_from_slice(&v.to_be_bytes())
+        });
         out.extend_from_slice(&self.previous_hash);
     }
 
@@ -392,6 +401,11 @@ impl AuditEntry {
         } else {
             (None, Vec::new(), String::new())
         };
+        let authorisation_version = if version >= 4 {
+            r.opt(|r| Ok(u32::from_be_bytes(r.array()?)))?
+        } else {
+            None
+        };
         let previous_hash = r.array()?;
         if !r.0.is_empty() {
             return Err(DecodeError("trailing bytes"));
@@ -411,6 +425,7 @@ impl AuditEntry {
                 fields_returned,
                 purpose,
                 authorisation,
+                authorisation_version,
                 decision,
                 reason,
                 outcome,
@@ -536,6 +551,7 @@ mod tests {
                 fields_returned: vec!["street".into()],
                 purpose: "RIS_ELIGIBILITY".into(),
                 authorisation: Some("BSC/2024/017".into()),
+                authorisation_version: Some(3),
                 decision: AuditDecision::Allowed,
                 reason: None,
                 outcome: Outcome::Answered,
@@ -564,16 +580,23 @@ mod tests {
 
     #[test]
     fn older_versions_still_decode() {
-        // Version 2 had no citizen as given, checks or detail: entries
-        // without them, with those three encodings removed before the hash.
+        // Version 3 had no authorisation version: an entry without one,
+        // its absent option removed before the hash.
         let mut e = sample(3);
+        e.record.authorisation_version = None;
+        let v4 = e.to_bytes();
+        let mut v3 = v4[..v4.len() - 33].to_vec();
+        v3.extend_from_slice(&v4[v4.len() - 32..]);
+        v3[0] = 3;
+        assert_eq!(AuditEntry::decode(&v3), Ok(e.clone()));
+        // Version 2 had no citizen as given, checks or detail either.
         e.record.citizen_as_given = None;
         e.record.checks.clear();
         e.record.detail.clear();
-        let v3 = e.to_bytes();
-        let tail = 1 + 2 + 2 + 32; // opt none, empty list, empty str, hash
-        let mut v2 = v3[..v3.len() - tail].to_vec();
-        v2.extend_from_slice(&v3[v3.len() - 32..]);
+        let v4 = e.to_bytes();
+        let tail = 1 + 2 + 2 + 1 + 32; // opt none, empty list, empty str, opt none, hash
+        let mut v2 = v4[..v4.len() - tail].to_vec();
+        v2.extend_from_slice(&v4[v4.len() - 32..]);
         v2[0] = 2;
         assert_eq!(AuditEntry::decode(&v2), Ok(e.clone()));
         // Version 1 had no operation either: drop its length-prefixed text,

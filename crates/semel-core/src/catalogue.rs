@@ -82,6 +82,11 @@ pub fn catalogue<'a>(
 ) -> Catalogue<'a> {
     let mut out = Catalogue::default();
     for auth in authorisations {
+        // A revoked authorisation opens nothing and never will again: it is
+        // history (its versions stay readable), not a standing.
+        if auth.status == crate::AuthorisationStatus::Revoked {
+            continue;
+        }
         let ds = dataset(&auth.dataset);
         let theirs = auth.consumer == org;
         let ours = ds.is_some_and(|d| d.source == org);
@@ -425,6 +430,14 @@ mod tests {
 
         let nobody = catalogue(kbo("0999999724"), &auths, find_ds, find_org, today);
         assert!(nobody.may_call.is_empty() && nobody.called_by.is_empty());
+
+        // A revoked authorisation leaves both sides' catalogues.
+        let mut revoked = auths.clone();
+        revoked[1].status = crate::AuthorisationStatus::Revoked;
+        let cpas = catalogue(kbo(CPAS), &revoked, find_ds, find_org, today);
+        assert_eq!(refs(&cpas.may_call), ["BSC/2024/040", "BSC/2024/020"]);
+        let nr = catalogue(kbo(NR), &revoked, find_ds, find_org, today);
+        assert_eq!(refs(&nr.called_by), ["BSC/2024/020", "BSC/2024/030"]);
     }
 
     #[test]

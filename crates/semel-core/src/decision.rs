@@ -61,6 +61,8 @@ pub enum RefusalReason {
     AuthorisationExpired,
     /// The authorisation is suspended.
     AuthorisationSuspended,
+    /// The authorisation was revoked: it ended for good.
+    AuthorisationRevoked,
     /// The consumer holds no active file on the citizen in a capacity the
     /// authorisation names, covering the date concerned.
     NoActiveFile,
@@ -70,7 +72,7 @@ pub enum RefusalReason {
 
 impl RefusalReason {
     /// Every reason, for parsing codes.
-    pub const ALL: [RefusalReason; 9] = [
+    pub const ALL: [RefusalReason; 10] = [
         Self::NoAuthorisation,
         Self::PurposeNotAllowed,
         Self::FieldNotAllowed,
@@ -78,6 +80,7 @@ impl RefusalReason {
         Self::AuthorisationNotYetValid,
         Self::AuthorisationExpired,
         Self::AuthorisationSuspended,
+        Self::AuthorisationRevoked,
         Self::NoActiveFile,
         Self::ConsentMissing,
     ];
@@ -92,6 +95,7 @@ impl RefusalReason {
             Self::AuthorisationNotYetValid => "AUTHORISATION_NOT_YET_VALID",
             Self::AuthorisationExpired => "AUTHORISATION_EXPIRED",
             Self::AuthorisationSuspended => "AUTHORISATION_SUSPENDED",
+            Self::AuthorisationRevoked => "AUTHORISATION_REVOKED",
             Self::NoActiveFile => "NO_ACTIVE_FILE",
             Self::ConsentMissing => "CONSENT_MISSING",
         }
@@ -104,6 +108,7 @@ impl RefusalReason {
             Self::NoAuthorisation | Self::PurposeNotAllowed => 0,
             Self::AuthorisationExpired => 1,
             Self::AuthorisationNotYetValid => 2,
+            Self::AuthorisationRevoked => 3,
             Self::AuthorisationSuspended => 3,
             Self::FieldNotAllowed | Self::CheckNotAllowed => 4,
             Self::NoActiveFile => 5,
@@ -119,6 +124,8 @@ pub struct Refusal {
     pub reason: RefusalReason,
     /// The authorisation that came closest to allowing the lookup, if any.
     pub authorisation: Option<AuthorisationRef>,
+    /// Its version.
+    pub authorisation_version: Option<u32>,
     /// For `FieldNotAllowed`: the requested fields it does not cover.
     pub fields_not_allowed: Vec<FieldName>,
     /// For `CheckNotAllowed`: the questions asked that it does not name,
@@ -127,7 +134,7 @@ pub struct Refusal {
     /// For `NoActiveFile`: the capacities it accepts (empty: any).
     pub capacities_required: Vec<CapacityCode>,
     /// For `ConsentMissing`: the consent that came closest, and its state.
-    pub consent: Option<(String, ConsentState)>,
+    pub consent: Option<Box<(String, ConsentState)>>,
     /// For `ConsentMissing`: the citizen withdrew their consent, and only
     /// the citizen can give it again (an agent's registration does not
     /// outweigh the withdrawal).
@@ -141,6 +148,7 @@ impl Refusal {
         Refusal {
             reason,
             authorisation: authorisation.map(|a| a.reference.clone()),
+            authorisation_version: authorisation.map(|a| a.version),
             fields_not_allowed: Vec::new(),
             checks: None,
             capacities_required: Vec::new(),
@@ -187,6 +195,9 @@ impl Refusal {
             }
             RefusalReason::AuthorisationExpired => format!("authorisation {auth} has expired"),
             RefusalReason::AuthorisationSuspended => format!("authorisation {auth} is suspended"),
+            RefusalReason::AuthorisationRevoked => {
+                format!("authorisation {auth} was revoked; it allows nothing any more")
+            }
             RefusalReason::NoActiveFile => {
                 let mut m = format!(
                     "authorisation {auth} requires an active file of your organisation on this citizen in the persons directory"
@@ -212,7 +223,7 @@ impl Refusal {
                 let mut m = format!(
                     "authorisation {auth} requires the citizen's consent for purpose {purpose} and {dataset}"
                 );
-                match &self.consent {
+                match self.consent.as_deref() {
                     Some((id, ConsentState::Withdrawn)) => {
                         let _ = write!(m, "; consent {id} was withdrawn");
                     }
@@ -248,6 +259,8 @@ pub struct ChecksRefused {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allowance {
     pub authorisation: AuthorisationRef,
+    /// The version of the authorisation that allowed it.
+    pub authorisation_version: u32,
     /// Exactly the fields to forward and return: sorted, without repeats.
     pub fields: Vec<FieldName>,
     /// The questions to answer, in the order asked, without repeats.
@@ -324,11 +337,13 @@ pub fn decide<'a>(
 
 /// Checks one authorisation for the question's consumer, dataset and purpose.
 /// Whether an authorisation can allow anything on `today`: not if it is
-/// suspended, then not before its first day or after its last, in that
-/// order (the catalogue states the same).
+/// revoked or suspended, then not before its first day or after its last,
+/// in that order (the catalogue states the same).
 pub(crate) fn in_force(auth: &Authorisation, today: Date) -> Result<(), RefusalReason> {
-    if auth.status == AuthorisationStatus::Suspended {
-        return Err(RefusalReason::AuthorisationSuspended);
+    match auth.status {
+        AuthorisationStatus::Revoked => return Err(RefusalReason::AuthorisationRevoked),
+        AuthorisationStatus::Suspended => return Err(RefusalReason::AuthorisationSuspended),
+        AuthorisationStatus::Active => {}
     }
     if today < auth.valid_from {
         return Err(RefusalReason::AuthorisationNotYetValid);
@@ -388,6 +403,7 @@ fn check(q: &LookupQuestion<'_>, auth: &Authorisation) -> Result<Allowance, Refu
     };
     Ok(Allowance {
         authorisation: auth.reference.clone(),
+        authorisation_version: auth.version,
         fields: sorted(q.fields),
         checks: q.checks.iter().fold(Vec::new(), |mut out, c| {
             if !out.contains(c) {
@@ -460,7 +476,8 @@ pub(crate) fn file_and_consent<'q>(
                 let consent = match (other, withdrawn) {
                     (None, Some((_, w))) => Some((w.id.clone(), ConsentState::Withdrawn)),
                     (other, _) => other.map(|(c, s)| (c.id.clone(), s)),
-                };
+                }
+                .map(Box::new);
                 return Err(Refusal {
                     consent,
                     withdrawn_by_citizen: withdrawn.is_some(),
@@ -685,6 +702,20 @@ mod tests {
                 fields: &["street"],
                 today,
                 want: Err((RefusalReason::AuthorisationSuspended, Some("BSC/2024/017"))),
+            },
+            Case {
+                name: "revoked, even within its validity",
+                auths: vec![{
+                    let mut a = base();
+                    a.status = AuthorisationStatus::Revoked;
+                    a
+                }],
+                consumer: CPAS,
+                dataset: "national_register.residence",
+                purpose: "RIS_ELIGIBILITY",
+                fields: &["street"],
+                today,
+                want: Err((RefusalReason::AuthorisationRevoked, Some("BSC/2024/017"))),
             },
             Case {
                 name: "a second, active authorisation allows despite a suspended one",
@@ -985,7 +1016,10 @@ mod tests {
         withdrawn.withdrawn_at = Some(datetime!(2026-06-01 0:00 UTC));
         match run(std::slice::from_ref(&withdrawn)) {
             Decision::Deny(r) => {
-                assert_eq!(r.consent, Some(("c-old".into(), ConsentState::Withdrawn)));
+                assert_eq!(
+                    r.consent.as_deref(),
+                    Some(&("c-old".into(), ConsentState::Withdrawn))
+                );
                 assert!(r.explain(&ds, &p).contains("withdrawn"));
             }
             other => panic!("{other:?}"),

@@ -94,6 +94,7 @@ mod robustness {
                 fields_returned: vec![],
                 purpose: "P".into(),
                 authorisation: None,
+                authorisation_version: None,
                 decision: AuditDecision::Refused,
                 reason: None,
                 outcome: Outcome::NotForwarded,

@@ -97,6 +97,9 @@ impl Dataset {
 pub enum AuthorisationStatus {
     Active,
     Suspended,
+    /// Ended for good: it allows nothing and cannot be reinstated or
+    /// amended. Its versions stay readable.
+    Revoked,
 }
 
 /// An authorisation (deliberation) issued by an authorising body.
@@ -153,6 +156,13 @@ impl Authorisation {
         self.fields.contains(&q.field)
             || (self.check_fields.contains(&q.field) && q.element.is_none() && !q.op.is_ordered())
             || self.checks.iter().any(|r| r.allows(q))
+    }
+
+    /// Whether it can allow anything on `today`: not when revoked or
+    /// suspended, nor outside its validity (the first reason, in that
+    /// order). Lookups, deliveries of changes and the catalogue all ask this.
+    pub fn in_force(&self, today: Date) -> Result<(), crate::RefusalReason> {
+        crate::decision::in_force(self, today)
     }
 
     /// Whether its lookups are hidden from the citizen on `today`.

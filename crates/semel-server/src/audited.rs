@@ -68,6 +68,8 @@ pub struct Change {
     pub dataset: String,
     pub source: Option<Kbo>,
     pub authorisation: Option<String>,
+    /// The version of `authorisation` decided under, or made.
+    pub authorisation_version: Option<u32>,
     pub reference: String,
     /// What was done, in words: the rule changed (before and after), the
     /// query run. Never a citizen's number.
@@ -93,6 +95,7 @@ impl Broker {
         record.dataset = change.dataset;
         record.source = change.source;
         record.authorisation = change.authorisation;
+        record.authorisation_version = change.authorisation_version;
         record.consumer_reference =
             semel_core::redact_national_numbers(&change.reference).into_owned();
         match &result {

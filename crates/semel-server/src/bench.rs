@@ -270,6 +270,7 @@ fn synthetic_record(citizens: &[Niss], consumers: &[Kbo], x: u64) -> AuditRecord
         fields_returned: vec!["postal_code".into(), "street".into()],
         purpose: "RIS_ELIGIBILITY".into(),
         authorisation: Some("BSC/2024/017".into()),
+        authorisation_version: None,
         decision: AuditDecision::Allowed,
         reason: None,
         outcome: Outcome::Answered,

@@ -419,6 +419,7 @@ pub fn authorisation_to_proto(a: &Authorisation) -> proto::Authorisation {
         status: match a.status {
             AuthorisationStatus::Active => proto::AuthorisationStatus::Active,
             AuthorisationStatus::Suspended => proto::AuthorisationStatus::Suspended,
+            AuthorisationStatus::Revoked => proto::AuthorisationStatus::Revoked,
         } as i32,
         version: a.version,
         updated_at: Some(timestamp(a.updated_at)),
@@ -482,6 +483,7 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
             .unwrap_or_default(),
         checks: r.checks.clone(),
         detail: r.detail.clone(),
+        authorisation_version: r.authorisation_version.unwrap_or(0),
     }
 }
 

@@ -251,6 +251,7 @@ struct Who {
 struct Trace {
     citizen: Option<Niss>,
     authorisation: Option<String>,
+    authorisation_version: Option<u32>,
     decision: AuditDecision,
     reason: Option<ReasonCode>,
     outcome: Outcome,
@@ -279,6 +280,7 @@ async fn lookup(
     let mut trace = Trace {
         citizen: None,
         authorisation: None,
+        authorisation_version: None,
         decision: AuditDecision::Refused,
         reason: None,
         outcome: Outcome::NotForwarded,
@@ -333,6 +335,7 @@ async fn lookup(
         fields_returned: trace.fields_returned,
         purpose: recorded_name(&msg.purpose, |s| PurposeCode::new(s).is_ok()),
         authorisation: trace.authorisation,
+        authorisation_version: trace.authorisation_version,
         decision: trace.decision,
         reason: trace.reason,
         outcome: trace.outcome,
@@ -572,6 +575,7 @@ async fn process(
         Decision::Allow(allowance) => allowance,
         Decision::Deny(refusal) => {
             trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
+            trace.authorisation_version = refusal.authorisation_version;
             trace.reason = Some(ReasonCode::Refused(refusal.reason));
             trace.detail = refusal.explain(&dataset, &purpose);
             return Err(refusal_error(&refusal, trace.detail.clone()));
@@ -579,6 +583,7 @@ async fn process(
     };
     drop(snapshot);
     trace.authorisation = Some(allowance.authorisation.to_string());
+    trace.authorisation_version = Some(allowance.authorisation_version);
     // Different questions about one citizen are bounded: enumeration and
     // sweeps stop here, whatever the authorisation allows.
     if let Err(field) = broker
@@ -854,7 +859,7 @@ fn refusal_error(refusal: &Refusal, message: String) -> ApiError {
             ),
         );
     }
-    if let Some((id, state)) = &refusal.consent {
+    if let Some((id, state)) = refusal.consent.as_deref() {
         e = e.with("consent_id", id.clone()).with(
             "consent_state",
             match state {

@@ -21,8 +21,8 @@ use std::time::Duration;
 use prost::Message as _;
 use semel_core::mutation::{MutationFacts, MutationKind, route};
 use semel_core::{
-    AuditDecision, AuthorisationStatus, DatasetName, FieldName, Kbo, Niss, Outcome, ReasonCode,
-    RefusalReason, brussels_today,
+    AuditDecision, DatasetName, FieldName, Kbo, Niss, Outcome, ReasonCode, RefusalReason,
+    brussels_today,
 };
 use semel_storage::{Accepted, QueueState, Queued, Routed, StorageError};
 use time::OffsetDateTime;
@@ -511,19 +511,13 @@ impl Broker {
         let snapshot = self.snapshot();
         let auth = snapshot.authorisations.get(&event.authorisation_reference);
         record.purpose = auth.map(|a| a.purpose.to_string()).unwrap_or_default();
+        record.authorisation_version = auth.map(|a| a.version);
         let mut refusal = match auth {
             None => Some(RefusalReason::NoAuthorisation),
             Some(a) if a.consumer != caller.org.kbo || !a.receives_mutations => {
                 Some(RefusalReason::NoAuthorisation)
             }
-            Some(a) if a.status == AuthorisationStatus::Suspended => {
-                Some(RefusalReason::AuthorisationSuspended)
-            }
-            Some(a) if today < a.valid_from => Some(RefusalReason::AuthorisationNotYetValid),
-            Some(a) if a.valid_until.is_some_and(|u| today > u) => {
-                Some(RefusalReason::AuthorisationExpired)
-            }
-            Some(_) => None,
+            Some(a) => a.in_force(today).err(),
         };
         // The lookup's rule again, for today: a file open now in a capacity
         // the authorisation names (it may have replaced the one at routing),

@@ -96,6 +96,7 @@ pub const REASONS: &[Reasons] = &[
             "AUTHORISATION_NOT_YET_VALID",
             "AUTHORISATION_EXPIRED",
             "AUTHORISATION_SUSPENDED",
+            "AUTHORISATION_REVOKED",
         ],
         "see metadata `authorisation_reference`; contact the authorising body",
     ),
@@ -193,6 +194,21 @@ pub const REASONS: &[Reasons] = &[
         "ALREADY_EXISTS",
         &["ALREADY_EXISTS"],
         "(registry) something with that name or reference exists; choose another or read it",
+    ),
+    row(
+        "FAILED_PRECONDITION",
+        &["AUTHORISATION_ENDED"],
+        "(`AmendAuthorisation`, `SuspendAuthorisation`, `ReinstateAuthorisation`) the authorisation was revoked for good; its versions stay readable, a new deliberation is a new authorisation under its own reference",
+    ),
+    row(
+        "INVALID_ARGUMENT",
+        &["IMMUTABLE_FIELD"],
+        "(`AmendAuthorisation`, `AmendDataset`) an authorisation's consumer and dataset, and a dataset's source, never change: another is a new one, recorded with `CreateAuthorisation` or `CreateDataset`",
+    ),
+    row(
+        "FAILED_PRECONDITION",
+        &["FIELD_IN_USE", "ROLE_IN_USE"],
+        "(`AmendDataset`, `AmendOrganisation`) authorisations still name the field, or the organisation still uses the role (its authorisations, its datasets); the message names them: amend or revoke those first",
     ),
     row(
         "ABORTED",

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 
 use semel_core::{
-    AuthorisationStatus, CertificateId, Kbo, OrganisationStatus, RevokedCertificate, Role, UserRole,
+    AuthorisationStatus, CertificateId, Kbo, Organisation, OrganisationStatus, RevokedCertificate,
+    Role, UserRole,
 };
 use semel_storage::{RegistryStore, RegistryUndo};
 use time::OffsetDateTime;
@@ -143,6 +144,83 @@ impl Rpc for RegistryService {
         tracing::info!(kbo = stored.kbo.as_str(), "organisation registered");
         Ok(Response::new(proto::CreateOrganisationResponse {
             organisation: Some(organisation_to_proto(&stored)),
+        }))
+    }
+
+    async fn amend_organisation(
+        &self,
+        req: Request<proto::AmendOrganisationRequest>,
+    ) -> Result<Response<proto::AmendOrganisationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let ((before, after), _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let proposed = organisation_from_proto(
+                    required("organisation", msg.organisation)?,
+                    OffsetDateTime::now_utc(),
+                )?;
+                let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
+                let own = caller.org.kbo;
+                let (pair, undo) = self
+                    .apply(move |reg| async move {
+                        let before = reg
+                            .organisation(&proposed.kbo)
+                            .await?
+                            .ok_or_else(|| unknown_org(&proposed.kbo))?;
+                        let after = Organisation {
+                            status: before.status,
+                            created_at: before.created_at,
+                            ..proposed
+                        };
+                        for dropped in before.roles.difference(&after.roles) {
+                            role_still_used(&*reg, &before, *dropped, own).await?;
+                        }
+                        if after == before {
+                            return Ok(((before.clone(), before), None));
+                        }
+                        reg.put_organisation(&after).await?;
+                        let undo = RegistryUndo::Organisation(
+                            Box::new(after.clone()),
+                            Some(Box::new(before.clone())),
+                        );
+                        Ok(((before, after), Some(undo)))
+                    })
+                    .await?;
+                let (before, after) = &pair;
+                let mut changes = Vec::new();
+                if before.name != after.name {
+                    changes.push(format!("name {} → {}", before.name, after.name));
+                }
+                if before.roles != after.roles {
+                    changes.push(format!(
+                        "roles [{}] → [{}]",
+                        roles_text(&before.roles),
+                        roles_text(&after.roles)
+                    ));
+                }
+                c.detail = format!(
+                    "organisation {} amended{}: {}",
+                    after.kbo,
+                    if reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({reason})")
+                    },
+                    if changes.is_empty() {
+                        "nothing to amend".to_owned()
+                    } else {
+                        changes.join("; ")
+                    }
+                );
+                Ok((pair, undo))
+            })
+            .await?;
+        tracing::info!(kbo = after.kbo.as_str(), "organisation amended");
+        Ok(Response::new(proto::AmendOrganisationResponse {
+            organisation: Some(organisation_to_proto(&after)),
+            previous: Some(organisation_to_proto(&before)),
         }))
     }
 
@@ -286,6 +364,133 @@ impl Rpc for RegistryService {
         }))
     }
 
+    async fn amend_dataset(
+        &self,
+        req: Request<proto::AmendDatasetRequest>,
+    ) -> Result<Response<proto::AmendDatasetResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let admin = caller.has(UserRole::Admin);
+        let ((before, after), _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let proposed = dataset_from_proto(required("dataset", msg.dataset)?)?;
+                c.dataset = proposed.name.to_string();
+                c.source = Some(proposed.source);
+                let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
+                let snapshot = self.broker.snapshot();
+                let before = snapshot
+                    .routes
+                    .get(&proposed.name)
+                    .map(|r| r.dataset.clone())
+                    .ok_or_else(|| {
+                        ApiError::not_found(
+                            "UNKNOWN_DATASET",
+                            format!("there is no dataset named {}", proposed.name),
+                        )
+                    })?;
+                if !admin && before.source != caller.org.kbo {
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "a source amends its own datasets only",
+                    ));
+                }
+                if !admin && &before.name == self.broker.register_dataset() {
+                    return Err(ApiError::denied(
+                        "REGISTER_DATASET_RESERVED",
+                        format!(
+                            "{} is the register of persons on this broker; only the operator amends it",
+                            before.name
+                        ),
+                    ));
+                }
+                if proposed.source != before.source {
+                    return Err(ApiError::invalid(
+                        "dataset.source_kbo",
+                        "IMMUTABLE_FIELD",
+                        format!(
+                            "dataset {} is published by {}; another source publishes another dataset",
+                            before.name, before.source
+                        ),
+                    ));
+                }
+                let changes = dataset_changes(&before, &proposed);
+                // What consumers receive changes only when a field goes or
+                // changes type: that is the operator's to decide, and never
+                // under an authorisation that still names the field.
+                let altered: Vec<&semel_core::FieldName> = before
+                    .fields
+                    .iter()
+                    .filter(|f| {
+                        proposed
+                            .field(f.name.as_str())
+                            .is_none_or(|n| n.field_type != f.field_type)
+                    })
+                    .map(|f| &f.name)
+                    .collect();
+                if !altered.is_empty() && !admin {
+                    return Err(ApiError::denied(
+                        "ROLE_NOT_PERMITTED",
+                        format!(
+                            "removing or retyping fields ({}) changes what consumers receive: ask the operator",
+                            altered.iter().map(|f| f.as_str()).collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
+                }
+                for f in &altered {
+                    let users: Vec<&str> = snapshot
+                        .authorisations
+                        .values()
+                        .filter(|a| {
+                            a.dataset == before.name
+                                && a.status != AuthorisationStatus::Revoked
+                                && (a.fields.contains(*f)
+                                    || a.check_fields.contains(*f)
+                                    || a.checks.iter().any(|r| &r.field == *f))
+                        })
+                        .map(|a| a.reference.as_str())
+                        .collect();
+                    if !users.is_empty() {
+                        return Err(precondition(
+                            "FIELD_IN_USE",
+                            format!(
+                                "field {f} of {} is named by authorisations {}: amend or revoke them first",
+                                before.name,
+                                users.join(", ")
+                            ),
+                        ));
+                    }
+                }
+                drop(snapshot);
+                c.detail = format!(
+                    "dataset {} amended{}: {}",
+                    before.name,
+                    if reason.is_empty() { String::new() } else { format!(" ({reason})") },
+                    if changes.is_empty() { "nothing to amend".to_owned() } else { changes.join("; ") }
+                );
+                let unchanged = changes.is_empty();
+                self.apply(move |reg| async move {
+                    if unchanged {
+                        return Ok(((before.clone(), before), None));
+                    }
+                    reg.put_dataset(&proposed).await?;
+                    let undo = RegistryUndo::Dataset(
+                        Box::new(proposed.clone()),
+                        Some(Box::new(before.clone())),
+                    );
+                    Ok(((before, proposed), Some(undo)))
+                })
+                .await
+            })
+            .await?;
+        tracing::info!(dataset = %after.name, "dataset amended");
+        Ok(Response::new(proto::AmendDatasetResponse {
+            dataset: Some(dataset_to_proto(&after)),
+            previous: Some(dataset_to_proto(&before)),
+        }))
+    }
+
     async fn get_dataset(
         &self,
         req: Request<proto::GetDatasetRequest>,
@@ -341,20 +546,23 @@ impl Rpc for RegistryService {
                 c.purpose = auth.purpose.to_string();
                 check_authorisation(&self.broker.snapshot(), &auth)?;
                 c.detail = format!("authorisation recorded: {}", authorisation_text(&auth));
-                self.apply(move |reg| async move {
-                    if reg
-                        .authorisations()
-                        .await?
-                        .iter()
-                        .any(|a| a.reference == auth.reference)
-                    {
-                        return Err(exists(&format!("authorisation {}", auth.reference)));
-                    }
-                    reg.put_authorisation(&auth).await?;
-                    let undo = RegistryUndo::Authorisation(Box::new(auth.clone()), None);
-                    Ok((auth, Some(undo)))
-                })
-                .await
+                let stored = self
+                    .apply(move |reg| async move {
+                        if reg
+                            .authorisations()
+                            .await?
+                            .iter()
+                            .any(|a| a.reference == auth.reference)
+                        {
+                            return Err(exists(&format!("authorisation {}", auth.reference)));
+                        }
+                        reg.put_authorisation(&auth).await?;
+                        let undo = RegistryUndo::Authorisation(Box::new(auth.clone()), None);
+                        Ok((auth, Some(undo)))
+                    })
+                    .await;
+                c.authorisation_version = stored.as_ref().ok().map(|(a, _)| a.version);
+                stored
             })
             .await?;
         tracing::info!(reference = %stored.reference, "authorisation recorded");
@@ -441,6 +649,158 @@ impl Rpc for RegistryService {
         tracing::info!(reference = %auth.reference, "authorisation reinstated");
         Ok(Response::new(proto::ReinstateAuthorisationResponse {
             authorisation: Some(authorisation_to_proto(&auth)),
+        }))
+    }
+
+    async fn amend_authorisation(
+        &self,
+        req: Request<proto::AmendAuthorisationRequest>,
+    ) -> Result<Response<proto::AmendAuthorisationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let ((before, after), _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let proposed =
+                    authorisation_from_proto(required("authorisation", msg.authorisation)?, now)?;
+                c.authorisation = Some(proposed.reference.to_string());
+                c.dataset = proposed.dataset.to_string();
+                c.purpose = proposed.purpose.to_string();
+                let expected = msg.expected_version;
+                if expected == 0 {
+                    return Err(ApiError::invalid(
+                        "expected_version",
+                        "INVALID_ARGUMENT",
+                        "expected_version is required: the version you amend, as GetAuthorisation shows it",
+                    ));
+                }
+                check_authorisation(&self.broker.snapshot(), &proposed)?;
+                let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
+                let (pair, undo) = self
+                    .apply(move |reg| async move {
+                        let before = current_authorisation(&*reg, proposed.reference.as_str()).await?;
+                        if before.status == AuthorisationStatus::Revoked {
+                            return Err(ended(&before));
+                        }
+                        for (field, was, is) in [
+                            ("authorisation.consumer_kbo", before.consumer.to_string(), proposed.consumer.to_string()),
+                            ("authorisation.dataset", before.dataset.to_string(), proposed.dataset.to_string()),
+                        ] {
+                            if was != is {
+                                return Err(ApiError::invalid(
+                                    field,
+                                    "IMMUTABLE_FIELD",
+                                    format!(
+                                        "authorisation {} is for {was}, not {is}; for another, record a new authorisation",
+                                        before.reference
+                                    ),
+                                ));
+                            }
+                        }
+                        if before.version != expected {
+                            return Err(ApiError::new(
+                                Code::Aborted,
+                                "CONFLICT",
+                                format!(
+                                    "authorisation {} is at version {}, not {expected}: read it again and amend the current version",
+                                    before.reference, before.version
+                                ),
+                            ));
+                        }
+                        let after = semel_core::Authorisation {
+                            status: before.status,
+                            version: before.version + 1,
+                            updated_at: now,
+                            ..proposed
+                        };
+                        // The same content again changes nothing: applying
+                        // a reviewed file twice makes no second version.
+                        if same_content(&before, &after) {
+                            return Ok(((before.clone(), before), None));
+                        }
+                        reg.put_authorisation(&after).await?;
+                        let undo = RegistryUndo::Authorisation(
+                            Box::new(after.clone()),
+                            Some(Box::new(before.clone())),
+                        );
+                        Ok(((before, after), Some(undo)))
+                    })
+                    .await?;
+                let (before, after) = &pair;
+                c.authorisation_version = Some(after.version);
+                c.detail = if before.version == after.version {
+                    format!("authorisation amended: v{} unchanged, nothing to amend", after.version)
+                } else {
+                    format!(
+                        "authorisation amended v{} → v{}{}: {}",
+                        before.version,
+                        after.version,
+                        if reason.is_empty() { String::new() } else { format!(" ({reason})") },
+                        amendment_text(before, after)
+                    )
+                };
+                Ok((pair, undo))
+            })
+            .await?;
+        tracing::info!(reference = %after.reference, version = after.version, "authorisation amended");
+        Ok(Response::new(proto::AmendAuthorisationResponse {
+            authorisation: Some(authorisation_to_proto(&after)),
+            previous: Some(authorisation_to_proto(&before)),
+        }))
+    }
+
+    async fn revoke_authorisation(
+        &self,
+        req: Request<proto::RevokeAuthorisationRequest>,
+    ) -> Result<Response<proto::RevokeAuthorisationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let msg = req.into_inner();
+        if msg.reason.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "reason",
+                "INVALID_ARGUMENT",
+                "a revocation is final: say why, for the record (e.g. the deliberation that ends it)",
+            )
+            .into());
+        }
+        let auth = self
+            .set_auth_status(
+                &caller,
+                msg.reference.clone(),
+                AuthorisationStatus::Revoked,
+                &msg.reason,
+            )
+            .await?;
+        tracing::warn!(reference = %auth.reference, version = auth.version, "authorisation revoked");
+        Ok(Response::new(proto::RevokeAuthorisationResponse {
+            authorisation: Some(authorisation_to_proto(&auth)),
+        }))
+    }
+
+    async fn list_authorisation_versions(
+        &self,
+        req: Request<proto::ListAuthorisationVersionsRequest>,
+    ) -> Result<Response<proto::ListAuthorisationVersionsResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let snapshot = self.broker.snapshot();
+        let reference = req.get_ref().reference.trim();
+        // Whoever may see the authorisation may see its history.
+        snapshot
+            .authorisations
+            .get(reference)
+            .filter(|a| visible(&caller, a, &snapshot))
+            .ok_or_else(|| unknown_authorisation(reference))?;
+        let versions = self
+            .broker
+            .storage()
+            .registry
+            .authorisation_history(reference)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(Response::new(proto::ListAuthorisationVersionsResponse {
+            versions: versions.iter().map(authorisation_to_proto).collect(),
         }))
     }
 
@@ -726,36 +1086,222 @@ impl RegistryService {
                 let word = match status {
                     AuthorisationStatus::Suspended => "suspended",
                     AuthorisationStatus::Active => "reinstated",
+                    AuthorisationStatus::Revoked => "revoked",
                 };
                 c.detail = if reason.is_empty() {
                     format!("authorisation {word}")
                 } else {
                     format!("authorisation {word}: {reason}")
                 };
-                self.apply(move |reg| async move {
-                    let before = reg
-                        .authorisations()
-                        .await?
-                        .into_iter()
-                        .find(|a| a.reference.as_str() == reference)
-                        .ok_or_else(|| unknown_authorisation(&reference))?;
-                    if before.status == status {
-                        return Ok((before, None));
-                    }
-                    let mut auth = before.clone();
-                    auth.status = status;
-                    auth.version += 1;
-                    auth.updated_at = OffsetDateTime::now_utc();
-                    reg.put_authorisation(&auth).await?;
-                    let undo =
-                        RegistryUndo::Authorisation(Box::new(auth.clone()), Some(Box::new(before)));
-                    Ok((auth, Some(undo)))
-                })
-                .await
+                let (auth, undo) = self
+                    .apply(move |reg| async move {
+                        let before = current_authorisation(&*reg, &reference).await?;
+                        if before.status == status {
+                            return Ok((before, None));
+                        }
+                        if before.status == AuthorisationStatus::Revoked {
+                            return Err(ended(&before));
+                        }
+                        let mut auth = before.clone();
+                        auth.status = status;
+                        auth.version += 1;
+                        auth.updated_at = OffsetDateTime::now_utc();
+                        reg.put_authorisation(&auth).await?;
+                        let undo = RegistryUndo::Authorisation(
+                            Box::new(auth.clone()),
+                            Some(Box::new(before)),
+                        );
+                        Ok((auth, Some(undo)))
+                    })
+                    .await?;
+                c.authorisation_version = Some(auth.version);
+                Ok((auth, undo))
             })
             .await
             .map(|(auth, _)| auth)
     }
+}
+
+/// The stored (current) version of an authorisation, read from the store
+/// rather than the snapshot: another broker may have changed it.
+async fn current_authorisation(
+    reg: &dyn RegistryStore,
+    reference: &str,
+) -> Result<semel_core::Authorisation, ApiError> {
+    reg.authorisations()
+        .await?
+        .into_iter()
+        .find(|a| a.reference.as_str() == reference)
+        .ok_or_else(|| unknown_authorisation(reference))
+}
+
+fn ended(a: &semel_core::Authorisation) -> ApiError {
+    precondition(
+        "AUTHORISATION_ENDED",
+        format!(
+            "authorisation {} was revoked at version {}: it can no longer change; a new deliberation is a new authorisation",
+            a.reference, a.version
+        ),
+    )
+}
+
+/// What an amendment changed, attribute by attribute, for its audit entry:
+/// `fields [a, b] → [a]; valid until open end → 2027-12-31`. Both versions
+/// stay in the registry's history; this says where to look.
+fn amendment_text(before: &semel_core::Authorisation, after: &semel_core::Authorisation) -> String {
+    fn list<T: std::fmt::Display>(i: impl IntoIterator<Item = T>) -> String {
+        let v: Vec<String> = i.into_iter().map(|x| x.to_string()).collect();
+        format!("[{}]", v.join(", "))
+    }
+    let date =
+        |d: Option<time::Date>, none: &str| d.map_or_else(|| none.to_owned(), |d| d.to_string());
+    let attributes = |a: &semel_core::Authorisation| {
+        [
+            ("fields", list(&a.fields)),
+            ("check fields", list(&a.check_fields)),
+            (
+                "questions",
+                list(a.checks.iter().map(semel_core::CheckRule::describe)),
+            ),
+            ("capacities", list(&a.capacities)),
+            ("purpose", a.purpose.to_string()),
+            ("legal basis", a.legal_basis.clone()),
+            ("issuing body", a.issuing_body.clone()),
+            ("valid from", a.valid_from.to_string()),
+            ("valid until", date(a.valid_until, "open end")),
+            (
+                "confidential until",
+                date(a.confidential_until, "not confidential"),
+            ),
+            ("consent required", a.consent_required.to_string()),
+            ("receives mutations", a.receives_mutations.to_string()),
+        ]
+    };
+    let changes: Vec<String> = attributes(before)
+        .into_iter()
+        .zip(attributes(after))
+        .filter(|((_, b), (_, a))| b != a)
+        .map(|((name, b), (_, a))| format!("{name} {b} → {a}"))
+        .collect();
+    changes.join("; ")
+}
+
+/// What an amendment of a dataset changes, in words.
+fn dataset_changes(before: &semel_core::Dataset, after: &semel_core::Dataset) -> Vec<String> {
+    let mut out = Vec::new();
+    if before.endpoint != after.endpoint {
+        out.push(format!("endpoint {} → {}", before.endpoint, after.endpoint));
+    }
+    if before.description != after.description {
+        out.push("description changed".to_owned());
+    }
+    if before.keeps_history != after.keeps_history {
+        out.push(format!(
+            "keeps history {} → {}",
+            before.keeps_history, after.keeps_history
+        ));
+    }
+    let names = |d: &semel_core::Dataset, other: &semel_core::Dataset| -> Vec<String> {
+        d.fields
+            .iter()
+            .filter(|f| other.field(f.name.as_str()).is_none())
+            .map(|f| f.name.to_string())
+            .collect()
+    };
+    let added = names(after, before);
+    if !added.is_empty() {
+        out.push(format!("fields added [{}]", added.join(", ")));
+    }
+    let removed = names(before, after);
+    if !removed.is_empty() {
+        out.push(format!("fields removed [{}]", removed.join(", ")));
+    }
+    for f in &before.fields {
+        if let Some(n) = after.field(f.name.as_str()) {
+            if n.field_type != f.field_type {
+                out.push(format!(
+                    "field {} {:?} → {:?}",
+                    f.name, f.field_type, n.field_type
+                ));
+            } else if n.description != f.description {
+                out.push(format!("field {} described anew", f.name));
+            }
+        }
+    }
+    let order =
+        |d: &semel_core::Dataset| d.fields.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+    if out.is_empty() && order(before) != order(after) {
+        out.push("fields reordered".to_owned());
+    }
+    out
+}
+
+/// Refuses to drop a role an organisation still uses: a consumer's
+/// authorisations (not revoked), a source's datasets, or the operator role
+/// of the administrator's own organisation (which would lock it out).
+async fn role_still_used(
+    reg: &dyn RegistryStore,
+    org: &Organisation,
+    role: Role,
+    own: Kbo,
+) -> Result<(), ApiError> {
+    let in_use = |what: String| {
+        precondition(
+            "ROLE_IN_USE",
+            format!(
+                "organisation {} cannot stop being a {}: {what}",
+                org.kbo,
+                format!("{role:?}").to_lowercase()
+            ),
+        )
+    };
+    match role {
+        Role::Consumer => {
+            let held: Vec<String> = reg
+                .authorisations()
+                .await?
+                .into_iter()
+                .filter(|a| a.consumer == org.kbo && a.status != AuthorisationStatus::Revoked)
+                .map(|a| a.reference.to_string())
+                .collect();
+            if !held.is_empty() {
+                return Err(in_use(format!(
+                    "it holds authorisations {}; revoke them first",
+                    held.join(", ")
+                )));
+            }
+        }
+        Role::Source => {
+            let published: Vec<String> = reg
+                .datasets()
+                .await?
+                .into_iter()
+                .filter(|d| d.source == org.kbo)
+                .map(|d| d.name.to_string())
+                .collect();
+            if !published.is_empty() {
+                return Err(in_use(format!("it publishes {}", published.join(", "))));
+            }
+        }
+        Role::Operator if org.kbo == own => {
+            return Err(in_use(
+                "it is your own organisation, and its administrators would lose the registry"
+                    .to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Whether two versions say the same thing (version and time aside).
+fn same_content(a: &semel_core::Authorisation, b: &semel_core::Authorisation) -> bool {
+    let strip = |x: &semel_core::Authorisation| semel_core::Authorisation {
+        version: 0,
+        updated_at: OffsetDateTime::UNIX_EPOCH,
+        ..x.clone()
+    };
+    strip(a) == strip(b)
 }
 
 /// Checks an authorisation against the registry: its consumer, purpose,

@@ -845,6 +845,7 @@ fn blank_record(
         fields_returned: Vec::new(),
         purpose: String::new(),
         authorisation: None,
+        authorisation_version: None,
         decision: AuditDecision::Allowed,
         reason: None,
         outcome: Outcome::NotForwarded,

@@ -813,6 +813,7 @@ pub mod audit {
             },
             purpose: "RIS_ELIGIBILITY".into(),
             authorisation: Some("BSC/2024/017".into()),
+            authorisation_version: None,
             decision: if i.is_multiple_of(3) {
                 AuditDecision::Refused
             } else {

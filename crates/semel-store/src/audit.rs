@@ -1674,6 +1674,7 @@ pub(crate) mod tests {
             fields_returned: vec![],
             purpose: "RIS_ELIGIBILITY".into(),
             authorisation: None,
+            authorisation_version: None,
             decision: AuditDecision::Refused,
             reason: None,
             outcome: Outcome::NotForwarded,

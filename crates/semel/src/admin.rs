@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use semel_client::{NewAuthorisation, NewDataset};
+use semel_client::{AuthorisationPatch, DatasetPatch, NewAuthorisation, NewDataset};
 
 use crate::conn::{Conn, connect, print_value, report};
 
@@ -97,6 +97,20 @@ pub enum OrgCommand {
         /// Its enterprise number.
         kbo: String,
     },
+    /// Amend an organisation: its name, its roles (a role still in use cannot be dropped).
+    Amend {
+        /// Its enterprise number.
+        kbo: String,
+        /// Its new legal name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Its roles, all of them (comma-separated, as for create).
+        #[arg(long, value_delimiter = ',')]
+        roles: Option<Vec<String>>,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -123,6 +137,30 @@ pub enum DatasetCommand {
         /// The source answers for past reference dates.
         #[arg(long)]
         keeps_history: bool,
+    },
+    /// Amend a dataset: move its endpoint, describe it, add fields (its source may), remove
+    /// or retype fields (the operator may, for fields no authorisation names).
+    Amend {
+        /// e.g. national_register.residence
+        name: String,
+        /// The source's new SourceService address, https://host:port
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// A new description.
+        #[arg(long)]
+        description: Option<String>,
+        /// Whether the source answers for past reference dates.
+        #[arg(long)]
+        keeps_history: Option<bool>,
+        /// A field to add (or replace), as name:type:description. Repeat for each.
+        #[arg(long = "add-field")]
+        add_fields: Vec<String>,
+        /// A field to remove. Repeat for each.
+        #[arg(long = "remove-field")]
+        remove_fields: Vec<String>,
+        /// Why, for the record.
+        #[arg(long, default_value = "")]
+        reason: String,
     },
 }
 
@@ -152,6 +190,72 @@ pub enum AuthorisationCommand {
         /// Its reference.
         reference: String,
     },
+    /// Amend an authorisation (an amended deliberation): a new version under
+    /// the same reference, with what you give changed and the rest kept.
+    /// Lookups follow it at once; earlier versions stay readable.
+    Amend(Box<AmendAuthorisationArgs>),
+    /// Revoke an authorisation for good: a last version that allows nothing.
+    Revoke {
+        /// Its reference.
+        reference: String,
+        /// Why, for the record (required: a revocation is final).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Every version of an authorisation, oldest first: what was allowed on any day.
+    Versions {
+        /// Its reference.
+        reference: String,
+    },
+}
+
+#[derive(clap::Args)]
+pub struct AmendAuthorisationArgs {
+    /// Its reference, e.g. BSC/2024/017.
+    reference: String,
+    /// The version you reviewed and amend (default: the current one). If it
+    /// changed meanwhile, nothing is amended.
+    #[arg(long)]
+    version: Option<u32>,
+    /// Why, for the record (e.g. the amending deliberation).
+    #[arg(long, default_value = "")]
+    reason: String,
+    /// Fields that may be read (replaces the list; "" empties it).
+    #[arg(long, value_delimiter = ',')]
+    fields: Option<Vec<String>>,
+    /// Scalar fields that may only be tested for equality (replaces the list).
+    #[arg(long, value_delimiter = ',')]
+    check_fields: Option<Vec<String>>,
+    /// A yes/no question it allows, `NAME: check` (repeat; replaces the list).
+    #[arg(long = "question")]
+    questions: Option<Vec<String>>,
+    /// Capacities it accepts (replaces the list; "" means any).
+    #[arg(long, value_delimiter = ',')]
+    capacities: Option<Vec<String>>,
+    /// Whether lookups need the citizen's consent.
+    #[arg(long)]
+    consent_required: Option<bool>,
+    /// Whether the consumer is told of the dataset's changes.
+    #[arg(long)]
+    receives_mutations: Option<bool>,
+    /// The purpose code.
+    #[arg(long)]
+    purpose: Option<String>,
+    /// The law or decision it rests on.
+    #[arg(long)]
+    legal_basis: Option<String>,
+    /// Who granted it.
+    #[arg(long)]
+    issuing_body: Option<String>,
+    /// YYYY-MM-DD
+    #[arg(long)]
+    valid_from: Option<String>,
+    /// YYYY-MM-DD; "" makes it open-ended.
+    #[arg(long)]
+    valid_until: Option<String>,
+    /// YYYY-MM-DD; "" makes it not confidential.
+    #[arg(long)]
+    confidential_until: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -234,6 +338,35 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
         AdminCommand::Org(OrgCommand::Suspend { kbo, reason }) => {
             client.set_organisation_suspended(kbo, true, reason).await
         }
+        AdminCommand::Org(OrgCommand::Amend {
+            kbo,
+            name,
+            roles,
+            reason,
+        }) => client.amend_organisation(kbo, name, roles, reason).await,
+        AdminCommand::Dataset(DatasetCommand::Amend {
+            name,
+            endpoint,
+            description,
+            keeps_history,
+            add_fields,
+            remove_fields,
+            reason,
+        }) => {
+            client
+                .amend_dataset(
+                    name,
+                    DatasetPatch {
+                        description,
+                        endpoint,
+                        keeps_history,
+                        add_fields,
+                        remove_fields,
+                    },
+                    reason,
+                )
+                .await
+        }
         AdminCommand::Org(OrgCommand::Reinstate { kbo }) => {
             client
                 .set_organisation_suspended(kbo, false, String::new())
@@ -309,6 +442,52 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
             client
                 .set_authorisation_suspended(reference, false, String::new())
                 .await
+        }
+        AdminCommand::Authorisation(AuthorisationCommand::Amend(args)) => {
+            let AmendAuthorisationArgs {
+                reference,
+                version,
+                reason,
+                fields,
+                check_fields,
+                questions,
+                capacities,
+                consent_required,
+                receives_mutations,
+                purpose,
+                legal_basis,
+                issuing_body,
+                valid_from,
+                valid_until,
+                confidential_until,
+            } = *args;
+            client
+                .amend_authorisation(
+                    reference,
+                    version,
+                    AuthorisationPatch {
+                        fields,
+                        check_fields,
+                        questions,
+                        capacities,
+                        consent_required,
+                        receives_mutations,
+                        purpose,
+                        legal_basis,
+                        issuing_body,
+                        valid_from,
+                        valid_until,
+                        confidential_until,
+                    },
+                    reason,
+                )
+                .await
+        }
+        AdminCommand::Authorisation(AuthorisationCommand::Revoke { reference, reason }) => {
+            client.revoke_authorisation(reference, reason).await
+        }
+        AdminCommand::Authorisation(AuthorisationCommand::Versions { reference }) => {
+            client.authorisation_versions(reference).await
         }
     };
     report(conn.json, result, |v| print_value(v, columns))

@@ -319,10 +319,13 @@ fn print_audit(v: &Json) -> anyhow::Result<()> {
                     .join(","))
                 .unwrap_or_default(),
             s("purpose"),
-            if s("authorisation_reference").is_empty() {
-                "-".to_owned()
-            } else {
-                s("authorisation_reference")
+            match (
+                s("authorisation_reference").as_str(),
+                e["authorisation_version"].as_u64().unwrap_or(0),
+            ) {
+                ("", _) => "-".to_owned(),
+                (r, 0) => r.to_owned(),
+                (r, v) => format!("{r} v{v}"),
             },
             s("decision"),
             outcome

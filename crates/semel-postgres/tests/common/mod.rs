@@ -21,6 +21,7 @@ pub fn record(i: u64) -> AuditRecord {
         fields_returned: vec!["street".into()],
         purpose: "RIS_ELIGIBILITY".into(),
         authorisation: Some("BSC/2024/017".into()),
+        authorisation_version: None,
         decision: AuditDecision::Allowed,
         reason: None,
         outcome: Outcome::Answered,
