@@ -817,3 +817,56 @@ async fn an_investigation_stays_out_of_the_citizens_view_until_its_disclosure_da
     assert!(second.accesses.is_empty(), "{:?}", second.accesses);
     t.stop().await;
 }
+
+/// Confidentiality is not retroactive: an amendment that makes an
+/// authorisation confidential hides the lookups made under it from then on,
+/// not those the citizen could already see; ending it discloses them all.
+#[tokio::test]
+async fn an_amendment_making_an_authorisation_confidential_hides_nothing_already_visible() {
+    const REF: &str = "BSC/2024/017";
+    let t = TestDemo::start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let street = lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY");
+    c.lookup(street.clone()).await.expect("under v1");
+    let karim = t.citizen_token(KARIM);
+    let seen = || async {
+        accesses(t.channel_as("irisbox", &karim).await, KARIM)
+            .await
+            .expect("report")
+            .iter()
+            .filter(|a| a.authorisation_reference == REF)
+            .count()
+    };
+    assert_eq!(seen().await, 1);
+    let mut reg = t.registry().await;
+    let mut a = reg
+        .get_authorisation(proto::GetAuthorisationRequest {
+            reference: REF.into(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .authorisation
+        .expect("auth");
+    let amend = |a: proto::Authorisation, v| proto::AmendAuthorisationRequest {
+        authorisation: Some(a),
+        expected_version: v,
+        reason: String::new(),
+    };
+    a.confidential_until = "2099-12-31".into();
+    reg.amend_authorisation(amend(a.clone(), 1))
+        .await
+        .expect("confidential from v2");
+    c.lookup(street).await.expect("under v2");
+    assert_eq!(
+        seen().await,
+        1,
+        "the v1 lookup stays in view, the v2 one not"
+    );
+    a.confidential_until = String::new();
+    reg.amend_authorisation(amend(a, 2))
+        .await
+        .expect("disclosed in v3");
+    assert_eq!(seen().await, 2, "both in view once disclosed");
+    t.stop().await;
+}

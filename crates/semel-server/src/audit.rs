@@ -122,9 +122,16 @@ impl AuditService {
 /// holds a confidential authorisation for that purpose; when the purpose is
 /// not one the catalogue knows, its dataset (or, unknown too, any
 /// confidential authorisation of the organisation) decides.
+///
+/// Confidentiality is not retroactive: an entry decided under a version
+/// that was not confidential stays in view when a later amendment makes the
+/// authorisation confidential (`confidential` holds the versions that were).
+/// The disclosure date is today's version's, so a prolonged or shortened
+/// investigation moves it for every entry made under it.
 fn citizen_may_see(
     r: &semel_core::AuditRecord,
     snapshot: &crate::state::Snapshot,
+    confidential: &std::collections::HashSet<(String, u32)>,
     today: time::Date,
 ) -> bool {
     use semel_core::ReasonCode as R;
@@ -146,10 +153,11 @@ fn citizen_may_see(
         return false;
     }
     if let Some(reference) = &r.authorisation {
-        return !snapshot
-            .authorisations
-            .get(reference)
-            .is_some_and(|a| a.hidden_from_citizen(today));
+        return !snapshot.authorisations.get(reference).is_some_and(|a| {
+            a.hidden_from_citizen(today)
+                && r.authorisation_version
+                    .is_none_or(|v| confidential.contains(&(reference.clone(), v)))
+        });
     }
     let known_purpose = snapshot.purposes.contains_key(&r.purpose);
     let known_dataset = snapshot.routes.keys().any(|d| d.as_str() == r.dataset);
@@ -406,9 +414,33 @@ impl Rpc for AuditService {
             // The citizen sees what concerns them; an auditor everything in
             // their scope.
             let filtered = own && !caller.audits_everything();
+            // The versions that were confidential, of the authorisations
+            // confidential today (few: investigations).
+            let mut confidential = std::collections::HashSet::new();
+            if filtered {
+                for a in snapshot
+                    .authorisations
+                    .values()
+                    .filter(|a| a.hidden_from_citizen(today))
+                {
+                    let history = self
+                        .broker
+                        .storage()
+                        .registry
+                        .authorisation_history(a.reference.as_str())
+                        .await
+                        .map_err(ApiError::from)?;
+                    confidential.extend(
+                        history
+                            .into_iter()
+                            .filter(|v| v.confidential_until.is_some())
+                            .map(|v| (v.reference.to_string(), v.version)),
+                    );
+                }
+            }
             let visible = |r: &semel_core::AuditRecord| {
                 citizen_action(&r.operation).is_some()
-                    && (!filtered || citizen_may_see(r, &snapshot, today))
+                    && (!filtered || citizen_may_see(r, &snapshot, &confidential, today))
             };
             let page = self
                 .visible_page(&numbers, consumer, before_sequence, limit, visible)
