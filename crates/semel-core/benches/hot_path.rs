@@ -116,6 +116,7 @@ fn decision(c: &mut Criterion) {
 
 fn audit(c: &mut Criterion) {
     let entry = AuditEntry {
+        format: semel_core::FORMAT,
         sequence: 1_234_567,
         previous_hash: [7; 32],
         record: AuditRecord {

@@ -302,6 +302,10 @@ pub struct AuditEntry {
     pub sequence: u64,
     pub previous_hash: Hash,
     pub record: AuditRecord,
+    /// The encoding's version: [`FORMAT`] for a new entry, the one it was
+    /// written in for a decoded one, so that encoding it again gives back
+    /// exactly the bytes that were hashed (an archive, a proof).
+    pub format: u8,
 }
 
 /// Why bytes are not a valid entry encoding.
@@ -309,7 +313,8 @@ pub struct AuditEntry {
 #[error("audit entry encoding: {0}")]
 pub struct DecodeError(&'static str);
 
-const VERSION: u8 = 4;
+/// The encoding's version new entries are written in.
+pub const FORMAT: u8 = 4;
 
 /// The operation of a lookup entry.
 pub const LOOKUP_OPERATION: &str = "semel.v1.LookupService/Lookup";
@@ -318,11 +323,16 @@ impl AuditEntry {
     /// Appends the canonical encoding to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
         let r = &self.record;
-        out.push(VERSION);
+        let format = self.format;
+        out.push(format);
         out.extend_from_slice(&self.sequence.to_be_bytes());
         out.extend_from_slice(&r.request_id);
         out.extend_from_slice(&r.time_micros.to_be_bytes());
-        put_str(out, &r.operation);
+        // Older formats lack what came later (see the module's comment):
+        // an entry decoded from one encodes back to the same bytes.
+        if format >= 2 {
+            put_str(out, &r.operation);
+        }
         out.extend_from_slice(r.consumer.as_bytes());
         put_opt(out, r.end_user.as_deref(), put_str);
         put_opt(out, r.citizen.as_ref(), |o, n| {
@@ -344,14 +354,18 @@ impl AuditEntry {
         });
         put_str(out, &r.consumer_reference);
         put_opt(out, r.reference_date.as_deref(), put_str);
-        put_opt(out, r.citizen_as_given.as_ref(), |o, n| {
-            o.extend_from_slice(n.as_bytes())
-        });
-        put_list(out, &r.checks);
-        put_str(out, &r.detail);
-        put_opt(out, r.authorisation_version, |o, v| {
-            o.extend_from_slice(&v.to_be_bytes())
-        });
+        if format >= 3 {
+            put_opt(out, r.citizen_as_given.as_ref(), |o, n| {
+                o.extend_from_slice(n.as_bytes())
+            });
+            put_list(out, &r.checks);
+            put_str(out, &r.detail);
+        }
+        if format >= 4 {
+            put_opt(out, r.authorisation_version, |o, v| {
+                o.extend_from_slice(&v.to_be_bytes())
+            });
+        }
         out.extend_from_slice(&self.previous_hash);
     }
 
@@ -367,7 +381,7 @@ impl AuditEntry {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if !(1..=VERSION).contains(&version) {
+        if !(1..=FORMAT).contains(&version) {
             return Err(DecodeError("unknown version"));
         }
         let sequence = u64::from_be_bytes(r.array()?);
@@ -411,6 +425,7 @@ impl AuditEntry {
             return Err(DecodeError("trailing bytes"));
         }
         Ok(AuditEntry {
+            format: version,
             sequence,
             previous_hash,
             record: AuditRecord {
@@ -537,6 +552,7 @@ mod tests {
 
     pub(crate) fn sample(sequence: u64) -> AuditEntry {
         AuditEntry {
+            format: FORMAT,
             sequence,
             previous_hash: [7; 32],
             record: AuditRecord {
@@ -588,7 +604,16 @@ mod tests {
         let mut v3 = v4[..v4.len() - 33].to_vec();
         v3.extend_from_slice(&v4[v4.len() - 32..]);
         v3[0] = 3;
-        assert_eq!(AuditEntry::decode(&v3), Ok(e.clone()));
+        let old = AuditEntry::decode(&v3).expect("v3");
+        assert_eq!(
+            old,
+            AuditEntry {
+                format: 3,
+                ..e.clone()
+            }
+        );
+        // It encodes back to the very bytes that were hashed.
+        assert_eq!(old.to_bytes(), v3);
         // Version 2 had no citizen as given, checks or detail either.
         e.record.citizen_as_given = None;
         e.record.checks.clear();
@@ -598,7 +623,15 @@ mod tests {
         let mut v2 = v4[..v4.len() - tail].to_vec();
         v2.extend_from_slice(&v4[v4.len() - 32..]);
         v2[0] = 2;
-        assert_eq!(AuditEntry::decode(&v2), Ok(e.clone()));
+        let old = AuditEntry::decode(&v2).expect("v2");
+        assert_eq!(
+            old,
+            AuditEntry {
+                format: 2,
+                ..e.clone()
+            }
+        );
+        assert_eq!(old.to_bytes(), v2);
         // Version 1 had no operation either: drop its length-prefixed text,
         // which follows version, sequence, request id and time.
         let at = 1 + 8 + 16 + 8;
@@ -606,7 +639,9 @@ mod tests {
         let mut v1 = v2[..at].to_vec();
         v1[0] = 1;
         v1.extend_from_slice(&v2[at + len..]);
-        assert_eq!(AuditEntry::decode(&v1), Ok(e));
+        let old = AuditEntry::decode(&v1).expect("v1");
+        assert_eq!(old, AuditEntry { format: 1, ..e });
+        assert_eq!(old.to_bytes(), v1);
     }
 
     #[test]

@@ -21,8 +21,8 @@ pub mod persons;
 mod registry;
 
 pub use audit::{
-    AuditDecision, AuditEntry, AuditRecord, DecodeError, Hash, LOOKUP_OPERATION, MAX_TEXT, Outcome,
-    ReasonCode, ZERO_HASH, entry_hash,
+    AuditDecision, AuditEntry, AuditRecord, DecodeError, FORMAT, Hash, LOOKUP_OPERATION, MAX_TEXT,
+    Outcome, ReasonCode, ZERO_HASH, entry_hash,
 };
 pub use check::{CheckOp, CheckRule, ElementPath, Operand, Question};
 pub use clock::{brussels_today, until_brussels_midnight};
@@ -80,6 +80,7 @@ mod robustness {
     fn audit_decoding_never_panics_on_damaged_bytes() {
         let mut rng = Rng(0xA0D1);
         let entry = AuditEntry {
+            format: crate::FORMAT,
             sequence: 3,
             previous_hash: ZERO_HASH,
             record: AuditRecord {

@@ -328,6 +328,7 @@ impl PgAudit {
             let mut entries = Vec::with_capacity(n);
             for record in records {
                 let entry = AuditEntry {
+                    format: semel_core::FORMAT,
                     sequence: next,
                     previous_hash: previous,
                     record,

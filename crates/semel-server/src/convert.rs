@@ -226,6 +226,20 @@ pub fn dataset_from_proto(p: proto::Dataset) -> Result<Dataset, ApiError> {
             "the source endpoint must be an https:// address (sources are called over mutual TLS)",
         ));
     }
+    // An address the broker cannot dial would fail every reload of the
+    // registry, on every broker: refused here, where it is given.
+    let usable = endpoint.len() <= 500
+        && endpoint
+            .parse::<tonic::codegen::http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
+        && tonic::transport::Endpoint::from_shared(endpoint.clone()).is_ok();
+    if !usable {
+        return Err(ApiError::invalid(
+            "dataset.endpoint",
+            "INVALID_ENDPOINT",
+            "the source endpoint is not a valid address: write https://host:port",
+        ));
+    }
     Ok(Dataset {
         name: name("dataset.name", DatasetName::new(ds_name))?,
         source: parse_kbo("dataset.source_kbo", &source_kbo)?,
@@ -447,6 +461,7 @@ pub fn audit_entry_to_proto(s: &StoredEntry) -> proto::AuditEntry {
         sequence,
         previous_hash,
         record: r,
+        format: _,
     } = &s.entry;
     proto::AuditEntry {
         sequence: *sequence,

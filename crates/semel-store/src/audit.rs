@@ -895,6 +895,7 @@ impl Writer {
         let mut encoding = Vec::with_capacity(512);
         for p in batch.drain(..) {
             let entry = AuditEntry {
+                format: semel_core::FORMAT,
                 sequence: head.next_sequence,
                 previous_hash: head.hash,
                 record: p.record,

@@ -459,7 +459,7 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, Verify
 }
 
 /// Readable fields that exports made by older versions do not carry.
-const ADDED_LATER: [&str; 2] = ["checks", "detail"];
+const ADDED_LATER: [&str; 3] = ["checks", "detail", "authorisation_version"];
 
 /// A log frame's header: u32 length, u32 CRC-32.
 const FRAME_HEADER: usize = 8;
@@ -479,6 +479,7 @@ fn readable(e: &AuditEntry) -> Value {
         "fields_returned": r.fields_returned,
         "purpose": r.purpose,
         "authorisation": r.authorisation,
+        "authorisation_version": r.authorisation_version,
         "decision": match r.decision { AuditDecision::Allowed => "allowed", AuditDecision::Refused => "refused" },
         "reason": r.reason.map(|c| c.as_str()),
         "source_kbo": r.source.map(|k| k.as_str().to_owned()),
@@ -489,7 +490,7 @@ fn readable(e: &AuditEntry) -> Value {
     })
 }
 
-const CSV_COLUMNS: [&str; 15] = [
+const CSV_COLUMNS: [&str; 16] = [
     "sequence",
     "time_micros",
     "operation",
@@ -500,6 +501,7 @@ const CSV_COLUMNS: [&str; 15] = [
     "fields_returned",
     "purpose",
     "authorisation",
+    "authorisation_version",
     "decision",
     "reason",
     "source_kbo",
@@ -1065,6 +1067,7 @@ mod tampering {
         let older = edit_line(&|o| {
             o.remove("checks");
             o.remove("detail");
+            o.remove("authorisation_version");
         });
         verify_export(&mut older.as_bytes(), &key()).expect("an older export verifies");
         let asked = edit_line(&|o| {
