@@ -5,6 +5,8 @@
 //! It is built on the generated code (`semel-proto`), not on the server, so
 //! it depends on no storage engine (`.ci/layering` holds that).
 
+pub mod registry_files;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -213,9 +215,19 @@ pub fn parse_question(text: &str) -> anyhow::Result<proto::CheckRule> {
 }
 
 /// A named question in the form `parse_question` reads.
-fn question_text(r: &proto::CheckRule) -> String {
+pub(crate) fn question_text(r: &proto::CheckRule) -> String {
     let value = |v: &Option<proto::Value>| match v.as_ref().and_then(|v| v.kind.as_ref()) {
         None => "*".to_owned(),
+        // Text that would read back as something else is quoted.
+        Some(proto::value::Kind::StringValue(s))
+            if s == "*"
+                || !matches!(
+                    check_value(s).kind,
+                    Some(proto::value::Kind::StringValue(_))
+                ) =>
+        {
+            format!("\"{s}\"")
+        }
         Some(proto::value::Kind::StringValue(s)) => s.clone(),
         Some(proto::value::Kind::IntValue(i)) => i.to_string(),
         Some(proto::value::Kind::BoolValue(b)) => b.to_string(),
@@ -292,7 +304,14 @@ const DATE_FORMAT: &[BorrowedFormatItem<'static>] = format_description!("[year]-
 
 fn check_value(text: &str) -> proto::Value {
     use proto::value::Kind;
-    let kind = if let Ok(i) = text.parse::<i64>() {
+    // "21015" in quotes is text, not a number.
+    let quoted = text
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|_| text.len() >= 2);
+    let kind = if let Some(t) = quoted {
+        Kind::StringValue(t.to_owned())
+    } else if let Ok(i) = text.parse::<i64>() {
         Kind::IntValue(i)
     } else if let Ok(b) = text.parse::<bool>() {
         Kind::BoolValue(b)
@@ -559,6 +578,134 @@ impl Client {
                 }),
             })).collect::<Vec<_>>(),
         }))
+    }
+
+    /// Writes the whole registry into `dir` as reviewed files (one per
+    /// kind, see [`registry_files`]).
+    pub async fn registry_export(&self, dir: &std::path::Path) -> CallResult {
+        let mut reg = self.registry();
+        let organisations = reg
+            .list_organisations(proto::ListOrganisationsRequest {})
+            .await?
+            .into_inner()
+            .organisations;
+        let purposes = reg
+            .list_purposes(proto::ListPurposesRequest {})
+            .await?
+            .into_inner()
+            .purposes;
+        let datasets = reg
+            .list_datasets(proto::ListDatasetsRequest {})
+            .await?
+            .into_inner()
+            .datasets;
+        let authorisations = reg
+            .list_authorisations(proto::ListAuthorisationsRequest::default())
+            .await?
+            .into_inner()
+            .authorisations;
+        let files = registry_files::export(&organisations, &purposes, &datasets, &authorisations)
+            .map_err(|e| usage(format!("{e:#}")))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| usage(format!("create {}: {e}", dir.display())))?;
+        let mut written = Vec::new();
+        for (name, text) in files {
+            let path = dir.join(name);
+            std::fs::write(&path, text)
+                .map_err(|e| usage(format!("write {}: {e}", path.display())))?;
+            written.push(path.display().to_string());
+        }
+        Ok(json!({
+            "files": written,
+            "organisations": organisations.len(),
+            "purposes": purposes.len(),
+            "datasets": datasets.len(),
+            "authorisations": authorisations.len(),
+        }))
+    }
+
+    /// Applies the registry described by the files of `dir` (or, with
+    /// `dry_run`, only plans it). The broker's every objection comes back
+    /// located by file and line.
+    pub async fn registry_apply(
+        &self,
+        dir: &std::path::Path,
+        dry_run: bool,
+        reason: String,
+    ) -> CallResult {
+        let read = registry_files::read_dir(dir).map_err(|errors| CallError {
+            code: "InvalidArgument".into(),
+            message: format!(
+                "{} error{} in the files, nothing was sent:\n  {}",
+                errors.len(),
+                if errors.len() == 1 { "" } else { "s" },
+                errors.join("\n  ")
+            ),
+            reason: Some("REGISTRY_FILES_INVALID".into()),
+            metadata: BTreeMap::new(),
+        })?;
+        let mut request = read.request.clone();
+        request.dry_run = dry_run;
+        request.reason = reason;
+        let r = match self.registry().apply_registry(request).await {
+            Ok(r) => r.into_inner(),
+            Err(status) => {
+                let violations: Vec<String> = status
+                    .get_error_details()
+                    .bad_request()
+                    .map(|b| {
+                        b.field_violations
+                            .iter()
+                            .map(|v| {
+                                let at = read
+                                    .locate_with(&v.field, &v.description)
+                                    .unwrap_or_else(|| v.field.clone());
+                                format!("{at}: {} ({})", v.description, v.field)
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let mut e = CallError::from(status);
+                if !violations.is_empty() {
+                    e.message = format!(
+                        "{} rule{} broken, nothing was applied:\n  {}",
+                        violations.len(),
+                        if violations.len() == 1 { "" } else { "s" },
+                        violations.join("\n  ")
+                    );
+                }
+                return Err(e);
+            }
+        };
+        let action = |a: i32| {
+            proto::PlannedAction::try_from(a)
+                .map(|a| {
+                    a.as_str_name()
+                        .trim_start_matches("PLANNED_ACTION_")
+                        .to_lowercase()
+                })
+                .unwrap_or_default()
+        };
+        let changes: Vec<Json> = r
+            .changes
+            .iter()
+            .map(|c| {
+                let list = match c.kind.as_str() {
+                    "organisation" => "organisations",
+                    "purpose" => "purposes",
+                    "dataset" => "datasets",
+                    _ => "authorisations",
+                };
+                json!({
+                    "action": action(c.action),
+                    "kind": c.kind,
+                    "key": c.key,
+                    "at": read.locate(&format!("{list}[{}]", c.index)).unwrap_or_default(),
+                    "detail": c.detail,
+                })
+            })
+            .collect();
+        Ok(json!({ "applied": r.applied, "changes": changes }))
     }
 
     pub async fn list_organisations(&self) -> CallResult {

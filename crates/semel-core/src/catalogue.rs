@@ -41,6 +41,9 @@ impl Standing {
             Ok(()) => Standing::InForce,
             Err(RefusalReason::AuthorisationSuspended) => Standing::Suspended,
             Err(RefusalReason::AuthorisationNotYetValid) => Standing::NotYetValid,
+            // `catalogue()` leaves revoked ones out; were one asked about,
+            // it can no more be used than an expired one.
+            Err(RefusalReason::AuthorisationRevoked) => Standing::Expired,
             // `in_force` refuses for nothing else.
             Err(_) => Standing::Expired,
         }

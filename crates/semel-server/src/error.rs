@@ -26,6 +26,10 @@ pub struct ApiError {
     pub metadata: Vec<(&'static str, String)>,
     /// When retrying helps: how long to wait first (`google.rpc.RetryInfo`).
     pub retry_after: Option<std::time::Duration>,
+    /// Every field at fault, with what is wrong with it, when a request
+    /// has several (`BadRequest` field violations, e.g.
+    /// `authorisations[3].fields`).
+    pub violations: Box<[(String, String)]>,
 }
 
 impl ApiError {
@@ -41,6 +45,7 @@ impl ApiError {
             field: None,
             metadata: Vec::new(),
             retry_after: None,
+            violations: Box::default(),
         }
     }
 
@@ -93,6 +98,9 @@ impl ApiError {
         let mut details = ErrorDetails::with_error_info(self.reason, DOMAIN, metadata);
         if let Some(field) = self.field {
             details.add_bad_request_violation(field, message.clone());
+        }
+        for (field, what) in self.violations.into_vec() {
+            details.add_bad_request_violation(field, redact_national_numbers(&what).into_owned());
         }
         if let Some(delay) = self.retry_after {
             details.set_retry_info(Some(delay));

@@ -71,6 +71,7 @@ pub const RULES: &[Rule] = &[
     rule("semel.v1.RegistryService/CreatePurpose", &[Admin]),
     rule("semel.v1.RegistryService/ListPurposes", READERS),
     rule("semel.v1.RegistryService/GetCatalogue", READERS),
+    rule("semel.v1.RegistryService/ApplyRegistry", &[Admin]),
     rule(
         "semel.v1.RegistryService/ListRevokedCertificates",
         &[Admin, Auditor],

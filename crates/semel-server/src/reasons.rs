@@ -206,6 +206,11 @@ pub const REASONS: &[Reasons] = &[
         "(`AmendAuthorisation`, `AmendDataset`) an authorisation's consumer and dataset, and a dataset's source, never change: another is a new one, recorded with `CreateAuthorisation` or `CreateDataset`",
     ),
     row(
+        "INVALID_ARGUMENT",
+        &["REGISTRY_INVALID"],
+        "(`ApplyRegistry`) the registry described breaks rules; each `BadRequest` violation names the item (`authorisations[3].fields`) and the rule (`UNKNOWN_FIELD: …`), and `semel registry apply` shows them by file and line; nothing was applied",
+    ),
+    row(
         "FAILED_PRECONDITION",
         &["FIELD_IN_USE", "ROLE_IN_USE"],
         "(`AmendDataset`, `AmendOrganisation`) authorisations still name the field, or the organisation still uses the role (its authorisations, its datasets); the message names them: amend or revoke those first",

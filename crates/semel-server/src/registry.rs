@@ -19,6 +19,8 @@ use crate::error::ApiError;
 use crate::proto::{self, registry_service_server::RegistryService as Rpc};
 use crate::state::Broker;
 
+mod apply;
+
 pub struct RegistryService {
     broker: Arc<Broker>,
 }
@@ -377,7 +379,6 @@ impl Rpc for RegistryService {
             .audited(&caller, async |c: &mut Change| {
                 let proposed = dataset_from_proto(required("dataset", msg.dataset)?)?;
                 c.dataset = proposed.name.to_string();
-                c.source = Some(proposed.source);
                 let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
                 let snapshot = self.broker.snapshot();
                 let before = snapshot
@@ -390,6 +391,7 @@ impl Rpc for RegistryService {
                             format!("there is no dataset named {}", proposed.name),
                         )
                     })?;
+                c.source = Some(before.source);
                 if !admin && before.source != caller.org.kbo {
                     return Err(ApiError::denied(
                         "OTHER_ORGANISATION",
@@ -471,6 +473,24 @@ impl Rpc for RegistryService {
                 );
                 let unchanged = changes.is_empty();
                 self.apply(move |reg| async move {
+                    // Checked against this broker's snapshot: the store must
+                    // still hold what was checked (another broker may have
+                    // changed it since).
+                    let stored = reg
+                        .datasets()
+                        .await?
+                        .into_iter()
+                        .find(|d| d.name == before.name);
+                    if stored.as_ref() != Some(&before) {
+                        return Err(ApiError::new(
+                            Code::Aborted,
+                            "CONFLICT",
+                            format!(
+                                "dataset {} changed meanwhile (through another broker): read it again and amend it as it is now",
+                                before.name
+                            ),
+                        ));
+                    }
                     if unchanged {
                         return Ok(((before.clone(), before), None));
                     }
@@ -652,6 +672,75 @@ impl Rpc for RegistryService {
         }))
     }
 
+    async fn apply_registry(
+        &self,
+        req: Request<proto::ApplyRegistryRequest>,
+    ) -> Result<Response<proto::ApplyRegistryResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let registry = self.broker.storage().registry.clone();
+        if msg.dry_run {
+            let current = apply::Current::read(&*registry).await?;
+            let plan = apply::plan(&current, &msg, caller.org.kbo, now)?;
+            return Ok(Response::new(proto::ApplyRegistryResponse {
+                changes: plan.changes,
+                applied: false,
+            }));
+        }
+        let apply_id = format!("apply {}", crate::state::new_id());
+        let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
+        let (changes, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                c.reference = apply_id.clone();
+                let current = apply::Current::read(&*registry).await?;
+                let plan = apply::plan(&current, &msg, caller.org.kbo, now)?;
+                // Each change's entry is durable before anything is stored.
+                for (i, w) in &plan.writes {
+                    let mut record = self.broker.audit_record(&caller, crate::state::new_id());
+                    apply::record_change(&mut record, &plan.changes[*i], w, &apply_id);
+                    self.broker.append_durably(record).await?;
+                }
+                let undos = apply::write(&*registry, &plan.writes).await.map_err(|e| {
+                    ApiError {
+                        message: format!("{}; nothing was applied", e.message),
+                        ..e
+                    }
+                })?;
+                if let Err(e) = self.broker.reload().await {
+                    tracing::warn!(error = %e.message, "registry reload after an apply failed; it is retried by the next change or poll");
+                }
+                let count = |a: proto::PlannedAction| {
+                    plan.changes.iter().filter(|c| c.action == a as i32).count()
+                };
+                c.detail = format!(
+                    "registry applied{}: {} created, {} amended, {} suspended, {} reinstated, {} revoked, {} unchanged",
+                    if reason.is_empty() { String::new() } else { format!(" ({reason})") },
+                    count(proto::PlannedAction::Create),
+                    count(proto::PlannedAction::Amend),
+                    count(proto::PlannedAction::Suspend),
+                    count(proto::PlannedAction::Reinstate),
+                    count(proto::PlannedAction::Revoke),
+                    count(proto::PlannedAction::Unchanged),
+                );
+                let broker = self.broker.clone();
+                let registry = registry.clone();
+                let undo: Undo = Box::pin(async move {
+                    apply::undo_all(&*registry, undos).await;
+                    let _ = broker.reload().await;
+                });
+                Ok((plan.changes, undo))
+            })
+            .await?;
+        tracing::info!(changes = changes.len(), "registry applied");
+        Ok(Response::new(proto::ApplyRegistryResponse {
+            changes,
+            applied: true,
+        }))
+    }
+
     async fn amend_authorisation(
         &self,
         req: Request<proto::AmendAuthorisationRequest>,
@@ -757,14 +846,6 @@ impl Rpc for RegistryService {
     ) -> Result<Response<proto::RevokeAuthorisationResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
         let msg = req.into_inner();
-        if msg.reason.trim().is_empty() {
-            return Err(ApiError::invalid(
-                "reason",
-                "INVALID_ARGUMENT",
-                "a revocation is final: say why, for the record (e.g. the deliberation that ends it)",
-            )
-            .into());
-        }
         let auth = self
             .set_auth_status(
                 &caller,
@@ -1080,6 +1161,7 @@ impl RegistryService {
     ) -> Result<semel_core::Authorisation, ApiError> {
         let _guard = self.broker.admin.lock().await;
         let reason = semel_core::redact_national_numbers(reason.trim()).into_owned();
+        let c_started = OffsetDateTime::now_utc();
         self.broker
             .audited(caller, async |c: &mut Change| {
                 c.authorisation = Some(reference.chars().take(64).collect());
@@ -1093,6 +1175,13 @@ impl RegistryService {
                 } else {
                     format!("authorisation {word}: {reason}")
                 };
+                if status == AuthorisationStatus::Revoked && reason.is_empty() {
+                    return Err(ApiError::invalid(
+                        "reason",
+                        "INVALID_ARGUMENT",
+                        "a revocation is final: say why, for the record (e.g. the deliberation that ends it)",
+                    ));
+                }
                 let (auth, undo) = self
                     .apply(move |reg| async move {
                         let before = current_authorisation(&*reg, &reference).await?;
@@ -1115,6 +1204,16 @@ impl RegistryService {
                     })
                     .await?;
                 c.authorisation_version = Some(auth.version);
+                if auth.status == status && auth.updated_at < c_started {
+                    c.detail = format!(
+                        "authorisation already {} at v{}; nothing changed",
+                        match status {
+                            AuthorisationStatus::Active => "active",
+                            _ => word,
+                        },
+                        auth.version
+                    );
+                }
                 Ok((auth, undo))
             })
             .await
@@ -1310,7 +1409,23 @@ fn check_authorisation(
     snapshot: &crate::state::Snapshot,
     auth: &semel_core::Authorisation,
 ) -> Result<(), ApiError> {
-    match snapshot.organisations.get(&auth.consumer) {
+    check_authorisation_in(
+        snapshot.organisations.get(&auth.consumer).map(|o| &**o),
+        snapshot.purposes.contains_key(auth.purpose.as_str()),
+        snapshot.routes.get(&auth.dataset).map(|r| &r.dataset),
+        auth,
+    )
+}
+
+/// Checks an authorisation against its consumer, whether its purpose is in
+/// the catalogue, and its dataset, as they are or as they will be.
+pub(crate) fn check_authorisation_in(
+    consumer: Option<&Organisation>,
+    purpose_known: bool,
+    dataset: Option<&semel_core::Dataset>,
+    auth: &semel_core::Authorisation,
+) -> Result<(), ApiError> {
+    match consumer {
         Some(o) if o.roles.contains(&Role::Consumer) => {}
         Some(_) => {
             return Err(precondition(
@@ -1323,7 +1438,7 @@ fn check_authorisation(
         }
         None => return Err(unknown_org(&auth.consumer)),
     }
-    if !snapshot.purposes.contains_key(auth.purpose.as_str()) {
+    if !purpose_known {
         return Err(precondition(
             "UNKNOWN_PURPOSE",
             format!(
@@ -1332,7 +1447,7 @@ fn check_authorisation(
             ),
         ));
     }
-    let route = snapshot.routes.get(&auth.dataset).ok_or_else(|| {
+    let dataset = dataset.ok_or_else(|| {
         ApiError::not_found(
             "UNKNOWN_DATASET",
             format!("there is no dataset named {}", auth.dataset),
@@ -1343,7 +1458,7 @@ fn check_authorisation(
         .iter()
         .chain(&auth.check_fields)
         .chain(auth.checks.iter().map(|r| &r.field))
-        .find(|f| route.dataset.field(f.as_str()).is_none())
+        .find(|f| dataset.field(f.as_str()).is_none())
     {
         return Err(ApiError::invalid(
             "authorisation.fields",
@@ -1352,7 +1467,7 @@ fn check_authorisation(
         ));
     }
     for f in &auth.check_fields {
-        if route.dataset.field(f.as_str()).is_some_and(|d| {
+        if dataset.field(f.as_str()).is_some_and(|d| {
             matches!(
                 d.field_type,
                 semel_core::FieldType::List | semel_core::FieldType::Record
@@ -1376,7 +1491,7 @@ fn check_authorisation(
             .unwrap_or(semel_core::Operand::Text(String::new()));
         let key = semel_core::Operand::Text(String::new());
         crate::checks::question(
-            &route.dataset,
+            dataset,
             r.field.clone(),
             r.element.clone().map(|e| (e, key)),
             if r.operand.is_some() {

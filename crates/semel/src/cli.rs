@@ -82,6 +82,13 @@ pub enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// The registry as reviewed files: export it, plan (--dry-run) and apply changes (operator).
+    Registry {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: crate::registry::RegistryCommand,
+    },
     /// Measure Semel against a direct call to the source and a null forwarder, in one run.
     Bench(bench::BenchArgs),
     /// Measure the fan-out of published changes to many subscribed consumers.

@@ -23,6 +23,7 @@ mod mutations;
 mod output;
 mod persons;
 mod pki;
+mod registry;
 mod serve;
 mod token;
 mod witness;
@@ -142,6 +143,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Subscribe(args) => mutations::subscribe(args).await,
         Command::Catalogue(args) => catalogue::run(args).await,
         Command::Admin { conn, command } => admin::run(conn, command).await,
+        Command::Registry { conn, command } => registry::run(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchMutations(args) => bench::run_mutations(args).await,
         Command::BenchServer(args) => bench::serve(args).await,

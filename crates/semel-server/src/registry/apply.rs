@@ -1,0 +1,699 @@
+//! `ApplyRegistry`: the registry described in full (the reviewed files of
+//! `semel registry apply`), planned against the registry as stored and
+//! applied all or nothing.
+//!
+//! The plan is made from the store, not the snapshot (another broker may
+//! have changed it), under the admin lock. Every rule a single change obeys
+//! is checked against the registry as it will be, and every broken rule is
+//! reported at once, each named by its item (`authorisations[3].fields`).
+//! Each change's audit entry is made durable before anything is stored; a
+//! failure while storing undoes what was stored, and the call's own entry
+//! (the last of the apply) then says so: an apply's changes stand exactly
+//! when that last entry says it was applied.
+
+use std::collections::BTreeMap;
+
+use semel_core::{
+    Authorisation, AuthorisationStatus, Dataset, Kbo, Organisation, OrganisationStatus, Purpose,
+    Role,
+};
+use semel_storage::{RegistryStore, RegistryUndo, StorageError};
+use time::OffsetDateTime;
+
+use super::{amendment_text, check_authorisation_in, dataset_changes, roles_text, same_content};
+use crate::convert::*;
+use crate::error::ApiError;
+use crate::proto::{self, PlannedAction};
+
+/// The registry as stored.
+pub(super) struct Current {
+    orgs: BTreeMap<Kbo, Organisation>,
+    purposes: BTreeMap<String, Purpose>,
+    datasets: BTreeMap<String, Dataset>,
+    auths: BTreeMap<String, Authorisation>,
+}
+
+impl Current {
+    pub(super) async fn read(reg: &dyn RegistryStore) -> Result<Current, ApiError> {
+        Ok(Current {
+            orgs: reg
+                .organisations()
+                .await?
+                .into_iter()
+                .map(|o| (o.kbo, o))
+                .collect(),
+            purposes: reg
+                .purposes()
+                .await?
+                .into_iter()
+                .map(|p| (p.code.to_string(), p))
+                .collect(),
+            datasets: reg
+                .datasets()
+                .await?
+                .into_iter()
+                .map(|d| (d.name.to_string(), d))
+                .collect(),
+            auths: reg
+                .authorisations()
+                .await?
+                .into_iter()
+                .map(|a| (a.reference.to_string(), a))
+                .collect(),
+        })
+    }
+}
+
+/// One write of the plan, with what it replaces (`None`: it is new).
+#[derive(Clone)]
+#[allow(clippy::large_enum_variant)] // a few per apply, never in a hot path
+pub(super) enum Write {
+    Organisation(Organisation, Option<Organisation>),
+    Purpose(Purpose, Option<Purpose>),
+    Dataset(Dataset, Option<Dataset>),
+    Authorisation(Authorisation, Option<Authorisation>),
+}
+
+pub(super) struct Plan {
+    /// Every item, in the order applied.
+    pub changes: Vec<proto::PlannedChange>,
+    /// The writes, each with the index of its change.
+    pub writes: Vec<(usize, Write)>,
+}
+
+/// Collects every broken rule, each named by its item.
+#[derive(Default)]
+struct Violations(Vec<(String, String)>);
+
+impl Violations {
+    /// `e` about item `i` of `list` (e.g. `authorisations`), whose own
+    /// field names start with `singular` (`authorisation.fields`).
+    fn push(&mut self, list: &str, singular: &str, i: usize, e: ApiError) {
+        // A rule about what an item names, said without a field: the field
+        // that names it.
+        let named = match e.reason {
+            "UNKNOWN_PURPOSE" => Some("purpose"),
+            "UNKNOWN_DATASET" => Some("dataset"),
+            "NOT_A_CONSUMER" | "UNKNOWN_ORGANISATION" if list == "authorisations" => {
+                Some("consumer_kbo")
+            }
+            _ => None,
+        };
+        let field = match (e.field, named) {
+            (Some(f), _) => match f.strip_prefix(singular) {
+                Some(rest) => format!("{list}[{i}]{rest}"),
+                None => format!("{list}[{i}].{f}"),
+            },
+            (None, Some(f)) => format!("{list}[{i}].{f}"),
+            (None, None) => format!("{list}[{i}]"),
+        };
+        self.0.push((field, format!("{}: {}", e.reason, e.message)));
+    }
+
+    fn say(&mut self, list: &str, i: usize, field: &str, reason: &str, message: String) {
+        let at = if field.is_empty() {
+            format!("{list}[{i}]")
+        } else {
+            format!("{list}[{i}].{field}")
+        };
+        self.0.push((at, format!("{reason}: {message}")));
+    }
+}
+
+fn change(
+    kind: &str,
+    key: String,
+    index: usize,
+    action: PlannedAction,
+    detail: String,
+) -> proto::PlannedChange {
+    proto::PlannedChange {
+        kind: kind.to_owned(),
+        key,
+        index: index as u32,
+        action: action as i32,
+        detail,
+    }
+}
+
+fn status_word(s: AuthorisationStatus) -> &'static str {
+    match s {
+        AuthorisationStatus::Active => "active",
+        AuthorisationStatus::Suspended => "suspended",
+        AuthorisationStatus::Revoked => "revoked",
+    }
+}
+
+/// Plans a request against the registry as stored: every item's action,
+/// or every broken rule at once.
+pub(super) fn plan(
+    current: &Current,
+    req: &proto::ApplyRegistryRequest,
+    own: Kbo,
+    now: OffsetDateTime,
+) -> Result<Plan, ApiError> {
+    let mut v = Violations::default();
+
+    // What the request describes, converted; a malformed item is named
+    // and left out of the rest of the checks.
+    let mut orgs: Vec<(usize, Organisation)> = Vec::new();
+    for (i, p) in req.organisations.iter().enumerate() {
+        let suspended = p.status == proto::OrganisationStatus::Suspended as i32;
+        match organisation_from_proto(p.clone(), now) {
+            Ok(mut o) => {
+                if suspended {
+                    o.status = OrganisationStatus::Suspended;
+                }
+                orgs.push((i, o));
+            }
+            Err(e) => v.push("organisations", "organisation", i, e),
+        }
+    }
+    let mut purposes: Vec<(usize, Purpose)> = Vec::new();
+    for (i, p) in req.purposes.iter().enumerate() {
+        match purpose_from_proto(p.clone()) {
+            Ok(p) => purposes.push((i, p)),
+            Err(e) => v.push("purposes", "purpose", i, e),
+        }
+    }
+    let mut datasets: Vec<(usize, Dataset)> = Vec::new();
+    for (i, p) in req.datasets.iter().enumerate() {
+        match dataset_from_proto(p.clone()) {
+            Ok(d) => datasets.push((i, d)),
+            Err(e) => v.push("datasets", "dataset", i, e),
+        }
+    }
+    let mut auths: Vec<(usize, Authorisation)> = Vec::new();
+    for (i, p) in req.authorisations.iter().enumerate() {
+        let status = match proto::AuthorisationStatus::try_from(p.status) {
+            Ok(proto::AuthorisationStatus::Suspended) => AuthorisationStatus::Suspended,
+            Ok(proto::AuthorisationStatus::Revoked) => AuthorisationStatus::Revoked,
+            _ => AuthorisationStatus::Active,
+        };
+        match authorisation_from_proto(p.clone(), now) {
+            Ok(mut a) => {
+                a.status = status;
+                auths.push((i, a));
+            }
+            Err(e) => v.push("authorisations", "authorisation", i, e),
+        }
+    }
+
+    // Each key once.
+    fn once<T>(v: &mut Violations, list: &str, items: &[(usize, T)], key: impl Fn(&T) -> String) {
+        let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, item) in items {
+            if let Some(first) = seen.insert(key(item), *i) {
+                v.say(
+                    list,
+                    *i,
+                    "",
+                    "INVALID_ARGUMENT",
+                    format!("{} is described twice: also {list}[{first}]", key(item)),
+                );
+            }
+        }
+    }
+    once(&mut v, "organisations", &orgs, |o| o.kbo.to_string());
+    once(&mut v, "purposes", &purposes, |p| p.code.to_string());
+    once(&mut v, "datasets", &datasets, |d| d.name.to_string());
+    once(&mut v, "authorisations", &auths, |a| {
+        a.reference.to_string()
+    });
+
+    // The registry as it will be.
+    let mut will_orgs = current.orgs.clone();
+    for (_, o) in &orgs {
+        let mut o = o.clone();
+        if let Some(c) = current.orgs.get(&o.kbo) {
+            o.created_at = c.created_at;
+        }
+        will_orgs.insert(o.kbo, o);
+    }
+    let mut will_purposes = current.purposes.clone();
+    for (_, p) in &purposes {
+        will_purposes.insert(p.code.to_string(), p.clone());
+    }
+    let mut will_datasets = current.datasets.clone();
+    for (_, d) in &datasets {
+        will_datasets.insert(d.name.to_string(), d.clone());
+    }
+    let mut will_auths = current.auths.clone();
+    for (_, a) in &auths {
+        will_auths.insert(a.reference.to_string(), a.clone());
+    }
+    let live = |a: &&Authorisation| a.status != AuthorisationStatus::Revoked;
+
+    let mut changes = Vec::new();
+    let mut writes = Vec::new();
+
+    for (i, o) in &orgs {
+        let before = current.orgs.get(&o.kbo);
+        if let Some(b) = before {
+            for dropped in b.roles.difference(&o.roles) {
+                let why = match dropped {
+                    Role::Consumer => {
+                        let held: Vec<&str> = will_auths
+                            .values()
+                            .filter(live)
+                            .filter(|a| a.consumer == o.kbo)
+                            .map(|a| a.reference.as_str())
+                            .collect();
+                        (!held.is_empty())
+                            .then(|| format!("it holds authorisations {}", held.join(", ")))
+                    }
+                    Role::Source => {
+                        let published: Vec<&str> = will_datasets
+                            .values()
+                            .filter(|d| d.source == o.kbo)
+                            .map(|d| d.name.as_str())
+                            .collect();
+                        (!published.is_empty())
+                            .then(|| format!("it publishes {}", published.join(", ")))
+                    }
+                    Role::Operator if o.kbo == own => Some(
+                        "it is your own organisation, and its administrators would lose the registry"
+                            .to_owned(),
+                    ),
+                    _ => None,
+                };
+                if let Some(why) = why {
+                    v.say(
+                        "organisations",
+                        *i,
+                        "roles",
+                        "ROLE_IN_USE",
+                        format!(
+                            "organisation {} cannot stop being a {}: {why}",
+                            o.kbo,
+                            format!("{dropped:?}").to_lowercase()
+                        ),
+                    );
+                }
+            }
+        }
+        if o.kbo == own && o.status == OrganisationStatus::Suspended {
+            v.say(
+                "organisations",
+                *i,
+                "status",
+                "INVALID_ARGUMENT",
+                "you would suspend your own organisation, and lose the registry".to_owned(),
+            );
+        }
+        let after = Organisation {
+            created_at: before.map_or(o.created_at, |b| b.created_at),
+            ..o.clone()
+        };
+        let (action, detail) = match before {
+            None => (
+                PlannedAction::Create,
+                format!("{} with roles {}", o.name, roles_text(&o.roles)),
+            ),
+            Some(b) => {
+                let mut what = Vec::new();
+                if b.name != o.name {
+                    what.push(format!("name {} → {}", b.name, o.name));
+                }
+                if b.roles != o.roles {
+                    what.push(format!(
+                        "roles [{}] → [{}]",
+                        roles_text(&b.roles),
+                        roles_text(&o.roles)
+                    ));
+                }
+                let status = b.status != o.status;
+                if status {
+                    what.push(format!("status {:?} → {:?}", b.status, o.status).to_lowercase());
+                }
+                let action = if what.is_empty() {
+                    PlannedAction::Unchanged
+                } else if what.len() > 1 || !status {
+                    PlannedAction::Amend
+                } else if o.status == OrganisationStatus::Suspended {
+                    PlannedAction::Suspend
+                } else {
+                    PlannedAction::Reinstate
+                };
+                (action, what.join("; "))
+            }
+        };
+        if action != PlannedAction::Unchanged {
+            writes.push((changes.len(), Write::Organisation(after, before.cloned())));
+        }
+        changes.push(change(
+            "organisation",
+            o.kbo.to_string(),
+            *i,
+            action,
+            detail,
+        ));
+    }
+
+    for (i, p) in &purposes {
+        let before = current.purposes.get(p.code.as_str());
+        let (action, detail) = match before {
+            None => (PlannedAction::Create, p.description.clone()),
+            Some(b) if b == p => (PlannedAction::Unchanged, String::new()),
+            Some(b) => {
+                let mut what = Vec::new();
+                if b.description != p.description {
+                    what.push("description changed".to_owned());
+                }
+                if b.legal_basis != p.legal_basis {
+                    what.push(format!("legal basis {} → {}", b.legal_basis, p.legal_basis));
+                }
+                (PlannedAction::Amend, what.join("; "))
+            }
+        };
+        if action != PlannedAction::Unchanged {
+            writes.push((changes.len(), Write::Purpose(p.clone(), before.cloned())));
+        }
+        changes.push(change("purpose", p.code.to_string(), *i, action, detail));
+    }
+
+    for (i, d) in &datasets {
+        match will_orgs.get(&d.source) {
+            Some(o) if o.roles.contains(&Role::Source) => {}
+            Some(_) => v.say(
+                "datasets",
+                *i,
+                "source_kbo",
+                "NOT_A_SOURCE",
+                format!("organisation {} is not registered as a source", d.source),
+            ),
+            None => v.say(
+                "datasets",
+                *i,
+                "source_kbo",
+                "UNKNOWN_ORGANISATION",
+                format!("no organisation {} is registered or described", d.source),
+            ),
+        }
+        let before = current.datasets.get(d.name.as_str());
+        if let Some(b) = before {
+            if b.source != d.source {
+                v.say(
+                    "datasets",
+                    *i,
+                    "source_kbo",
+                    "IMMUTABLE_FIELD",
+                    format!(
+                        "dataset {} is published by {}; another source publishes another dataset",
+                        b.name, b.source
+                    ),
+                );
+            }
+            for f in b.fields.iter().filter(|f| {
+                d.field(f.name.as_str())
+                    .is_none_or(|n| n.field_type != f.field_type)
+            }) {
+                let users: Vec<&str> = will_auths
+                    .values()
+                    .filter(live)
+                    .filter(|a| {
+                        a.dataset == d.name
+                            && (a.fields.contains(&f.name)
+                                || a.check_fields.contains(&f.name)
+                                || a.checks.iter().any(|r| r.field == f.name))
+                    })
+                    .map(|a| a.reference.as_str())
+                    .collect();
+                if !users.is_empty() {
+                    v.say(
+                        "datasets",
+                        *i,
+                        "fields",
+                        "FIELD_IN_USE",
+                        format!(
+                            "field {} of {} is named by authorisations {}",
+                            f.name,
+                            d.name,
+                            users.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        let (action, detail) = match before {
+            None => (
+                PlannedAction::Create,
+                format!(
+                    "of {}, fields {}, endpoint {}",
+                    d.source,
+                    d.fields
+                        .iter()
+                        .map(|f| f.name.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    d.endpoint
+                ),
+            ),
+            Some(b) if b == d => (PlannedAction::Unchanged, String::new()),
+            Some(b) => (PlannedAction::Amend, dataset_changes(b, d).join("; ")),
+        };
+        if action != PlannedAction::Unchanged {
+            writes.push((changes.len(), Write::Dataset(d.clone(), before.cloned())));
+        }
+        changes.push(change("dataset", d.name.to_string(), *i, action, detail));
+    }
+
+    for (i, a) in &auths {
+        let before = current.auths.get(a.reference.as_str());
+        if let Some(b) = before {
+            for (field, was, is) in [
+                (
+                    "consumer_kbo",
+                    b.consumer.to_string(),
+                    a.consumer.to_string(),
+                ),
+                ("dataset", b.dataset.to_string(), a.dataset.to_string()),
+            ] {
+                if was != is {
+                    v.say(
+                        "authorisations",
+                        *i,
+                        field,
+                        "IMMUTABLE_FIELD",
+                        format!(
+                            "authorisation {} is for {was}, not {is}; for another, describe a new authorisation",
+                            b.reference
+                        ),
+                    );
+                }
+            }
+        }
+        if let Err(e) = check_authorisation_in(
+            will_orgs.get(&a.consumer),
+            will_purposes.contains_key(a.purpose.as_str()),
+            will_datasets.get(a.dataset.as_str()),
+            a,
+        ) {
+            v.push("authorisations", "authorisation", *i, e);
+        }
+        let (action, after) = match before {
+            None => {
+                if a.status == AuthorisationStatus::Revoked {
+                    v.say(
+                        "authorisations",
+                        *i,
+                        "status",
+                        "INVALID_ARGUMENT",
+                        format!("authorisation {} is new: it cannot be revoked", a.reference),
+                    );
+                }
+                (PlannedAction::Create, a.clone())
+            }
+            Some(b) => {
+                let after = Authorisation {
+                    version: b.version + 1,
+                    updated_at: now,
+                    ..a.clone()
+                };
+                let content_same = same_content(
+                    b,
+                    &Authorisation {
+                        status: b.status,
+                        ..after.clone()
+                    },
+                );
+                let action = if content_same && b.status == a.status {
+                    PlannedAction::Unchanged
+                } else if b.status == AuthorisationStatus::Revoked {
+                    v.say(
+                        "authorisations",
+                        *i,
+                        "",
+                        "AUTHORISATION_ENDED",
+                        format!(
+                            "authorisation {} was revoked at version {}: it can no longer change",
+                            b.reference, b.version
+                        ),
+                    );
+                    PlannedAction::Unchanged
+                } else if !content_same {
+                    PlannedAction::Amend
+                } else {
+                    match a.status {
+                        AuthorisationStatus::Active => PlannedAction::Reinstate,
+                        AuthorisationStatus::Suspended => PlannedAction::Suspend,
+                        AuthorisationStatus::Revoked => PlannedAction::Revoke,
+                    }
+                };
+                (action, after)
+            }
+        };
+        let detail = match (action, before) {
+            (PlannedAction::Create, _) => format!(
+                "v1 for {} on {}, purpose {}, fields [{}]",
+                a.consumer,
+                a.dataset,
+                a.purpose,
+                a.fields
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            (PlannedAction::Unchanged, _) | (_, None) => String::new(),
+            (_, Some(b)) => {
+                let mut what = vec![format!("v{} → v{}", b.version, after.version)];
+                let amended = amendment_text(b, &after);
+                if !amended.is_empty() {
+                    what.push(amended);
+                }
+                if b.status != after.status {
+                    what.push(format!(
+                        "status {} → {}",
+                        status_word(b.status),
+                        status_word(after.status)
+                    ));
+                }
+                what.join("; ")
+            }
+        };
+        if action != PlannedAction::Unchanged {
+            writes.push((changes.len(), Write::Authorisation(after, before.cloned())));
+        }
+        changes.push(change(
+            "authorisation",
+            a.reference.to_string(),
+            *i,
+            action,
+            detail,
+        ));
+    }
+
+    if v.0.is_empty() {
+        return Ok(Plan { changes, writes });
+    }
+    let n = v.0.len();
+    let first = v.0[0].clone();
+    Err(ApiError {
+        violations: v.0.into_boxed_slice(),
+        ..ApiError::new(
+            tonic::Code::InvalidArgument,
+            "REGISTRY_INVALID",
+            format!(
+                "the registry described breaks {n} rule{}, nothing was applied; first: {}: {}",
+                if n == 1 { "" } else { "s" },
+                first.0,
+                first.1
+            ),
+        )
+    })
+}
+
+/// Stores the writes in order. On a failure, what was stored is undone
+/// (last first) before the error is returned. Returns the undos of all.
+pub(super) async fn write(
+    reg: &dyn RegistryStore,
+    writes: &[(usize, Write)],
+) -> Result<Vec<RegistryUndo>, ApiError> {
+    let mut undos: Vec<RegistryUndo> = Vec::new();
+    for (_, w) in writes {
+        let stored: Result<RegistryUndo, StorageError> = async {
+            Ok(match w {
+                Write::Organisation(o, None) => {
+                    reg.insert_organisation(o).await?;
+                    RegistryUndo::Organisation(Box::new(o.clone()), None)
+                }
+                Write::Organisation(o, Some(b)) => {
+                    reg.put_organisation(o).await?;
+                    RegistryUndo::Organisation(Box::new(o.clone()), Some(Box::new(b.clone())))
+                }
+                Write::Purpose(p, None) => {
+                    reg.insert_purpose(p).await?;
+                    RegistryUndo::Purpose(Box::new(p.clone()), None)
+                }
+                Write::Purpose(p, Some(b)) => {
+                    reg.put_purpose(p).await?;
+                    RegistryUndo::Purpose(Box::new(p.clone()), Some(Box::new(b.clone())))
+                }
+                Write::Dataset(d, None) => {
+                    reg.insert_dataset(d).await?;
+                    RegistryUndo::Dataset(Box::new(d.clone()), None)
+                }
+                Write::Dataset(d, Some(b)) => {
+                    reg.put_dataset(d).await?;
+                    RegistryUndo::Dataset(Box::new(d.clone()), Some(Box::new(b.clone())))
+                }
+                Write::Authorisation(a, b) => {
+                    reg.put_authorisation(a).await?;
+                    RegistryUndo::Authorisation(Box::new(a.clone()), b.clone().map(Box::new))
+                }
+            })
+        }
+        .await;
+        match stored {
+            Ok(u) => undos.push(u),
+            Err(e) => {
+                undo_all(reg, undos).await;
+                return Err(ApiError::from(e));
+            }
+        }
+    }
+    Ok(undos)
+}
+
+/// Takes back stored writes, last first.
+pub(super) async fn undo_all(reg: &dyn RegistryStore, undos: Vec<RegistryUndo>) {
+    for u in undos.into_iter().rev() {
+        crate::audited::retry_undo("registry apply", || reg.undo(&u)).await;
+    }
+}
+
+/// The audit entry of one planned change, before it is stored.
+pub(super) fn record_change(
+    record: &mut semel_core::AuditRecord,
+    change: &proto::PlannedChange,
+    write: &Write,
+    apply: &str,
+) {
+    record.consumer_reference = apply.to_owned();
+    let action = PlannedAction::try_from(change.action)
+        .map(|a| {
+            a.as_str_name()
+                .trim_start_matches("PLANNED_ACTION_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    record.detail = format!(
+        "{} {} {action} by {apply}: {}",
+        change.kind, change.key, change.detail
+    );
+    match write {
+        Write::Organisation(..) => {}
+        Write::Purpose(p, _) => record.purpose = p.code.to_string(),
+        Write::Dataset(d, _) => {
+            record.dataset = d.name.to_string();
+            record.source = Some(d.source);
+        }
+        Write::Authorisation(a, _) => {
+            record.dataset = a.dataset.to_string();
+            record.purpose = a.purpose.to_string();
+            record.authorisation = Some(a.reference.to_string());
+            record.authorisation_version = Some(a.version);
+        }
+    }
+}
