@@ -1345,3 +1345,203 @@ async fn the_shipped_demo_registry_files_describe_the_demo() {
     assert_eq!(read.request.datasets.len(), live.len());
     t.stop().await;
 }
+
+/// A consumer applies for an authorisation; nothing is allowed until the
+/// supervisory body approves; only that body decides; the parties see the
+/// application; a rejection gives reasons; each step is in the log.
+#[tokio::test]
+async fn an_authorisation_is_applied_for_and_decided_by_the_supervisory_body() {
+    let t = TestDemo::start().await;
+    let apply = |reference: &str| proto::ApplyForAuthorisationRequest {
+        authorisation: Some(proto::Authorisation {
+            reference: reference.into(),
+            dataset: RESIDENCE.into(),
+            fields: vec!["municipality".into()],
+            purpose: "SOCIAL_HOUSING".into(),
+            legal_basis: "Code bruxellois du Logement, art. 31".into(),
+            issuing_body: "Brussels Supervisory Commission".into(),
+            valid_from: "2026-01-01".into(),
+            ..Default::default()
+        }),
+        justification: "social housing files need the municipality".into(),
+    };
+    let mut cpas = RegistryServiceClient::new(t.channel(ANDERLECHT).await);
+    let application = cpas
+        .apply_for_authorisation(apply("BSC/2026/201"))
+        .await
+        .expect("applied")
+        .into_inner()
+        .application
+        .expect("application");
+    assert_eq!(application.state, proto::ApplicationState::Pending as i32);
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    assert_eq!(application.applicant_kbo, anderlecht.as_str());
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let housing = lookup(KARIM, RESIDENCE, &["municipality"], "SOCIAL_HOUSING");
+    assert!(
+        c.lookup(housing.clone()).await.is_err(),
+        "nothing is allowed before approval"
+    );
+
+    // The parties see it; others do not.
+    let seen = |slug: &'static str| {
+        let t = &t;
+        async move {
+            RegistryServiceClient::new(t.channel(slug).await)
+                .list_authorisation_applications(
+                    proto::ListAuthorisationApplicationsRequest::default(),
+                )
+                .await
+                .expect("list")
+                .into_inner()
+                .applications
+                .len()
+        }
+    };
+    assert_eq!(seen("national-register").await, 1, "the dataset's source");
+    assert_eq!(seen(SCHAERBEEK).await, 0, "another consumer");
+    assert_eq!(seen("control-commission").await, 1, "the supervisory body");
+
+    // Only the supervisory body decides.
+    let approve = |id: &str| proto::DecideAuthorisationApplicationRequest {
+        id: id.into(),
+        approve: true,
+        amended: None,
+        note: "proportionate".into(),
+    };
+    for (slug, roles, reason) in [
+        (
+            ANDERLECHT,
+            &[semel_core::UserRole::Consumer][..],
+            "ROLE_NOT_PERMITTED",
+        ),
+        (
+            OPERATOR,
+            &[semel_core::UserRole::Admin][..],
+            "ROLE_NOT_PERMITTED",
+        ),
+        (
+            OPERATOR,
+            &[semel_core::UserRole::Auditor][..],
+            "NOT_SUPERVISORY_BODY",
+        ),
+    ] {
+        let token = t.token(slug, roles);
+        assert_error(
+            &RegistryServiceClient::new(t.channel_as(slug, &token).await)
+                .decide_authorisation_application(approve(&application.id))
+                .await
+                .expect_err("not the supervisory body"),
+            Code::PermissionDenied,
+            reason,
+        );
+    }
+    let dpo = t.token(ANDERLECHT, &[semel_core::UserRole::Auditor]);
+    assert_error(
+        &RegistryServiceClient::new(t.channel_as(ANDERLECHT, &dpo).await)
+            .decide_authorisation_application(approve(&application.id))
+            .await
+            .expect_err("the applicant's own auditor"),
+        Code::PermissionDenied,
+        "NOT_SUPERVISORY_BODY",
+    );
+    let mut body = RegistryServiceClient::new(t.channel("control-commission").await);
+    let decided = body
+        .decide_authorisation_application(approve(&application.id))
+        .await
+        .expect("approved")
+        .into_inner();
+    let auth = decided.authorisation.expect("recorded");
+    assert_eq!((auth.reference.as_str(), auth.version), ("BSC/2026/201", 1));
+    let app = decided.application.expect("application");
+    assert_eq!(
+        (app.state, app.approved_version),
+        (proto::ApplicationState::Approved as i32, 1)
+    );
+    c.lookup(housing).await.expect("allowed once approved");
+    assert_error(
+        &body
+            .decide_authorisation_application(approve(&application.id))
+            .await
+            .expect_err("decided already"),
+        Code::FailedPrecondition,
+        "APPLICATION_DECIDED",
+    );
+
+    // A rejection gives its reasons, and records nothing.
+    let second = cpas
+        .apply_for_authorisation(apply("BSC/2026/202"))
+        .await
+        .expect("applied")
+        .into_inner()
+        .application
+        .expect("application");
+    let mut reject = approve(&second.id);
+    reject.approve = false;
+    reject.note = String::new();
+    assert_error(
+        &body
+            .decide_authorisation_application(reject.clone())
+            .await
+            .expect_err("no reasons"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    reject.note = "covered by BSC/2026/201".into();
+    let rejected = body
+        .decide_authorisation_application(reject)
+        .await
+        .expect("rejected")
+        .into_inner();
+    assert!(rejected.authorisation.is_none());
+    let err = t
+        .registry()
+        .await
+        .get_authorisation(proto::GetAuthorisationRequest {
+            reference: "BSC/2026/202".into(),
+        })
+        .await
+        .expect_err("nothing recorded");
+    assert_error(&err, Code::NotFound, "UNKNOWN_AUTHORISATION");
+
+    // An application for another organisation is refused.
+    let mut other = apply("BSC/2026/203");
+    other.authorisation.as_mut().expect("auth").consumer_kbo = semel_demo::seed::org(SCHAERBEEK)
+        .expect("org")
+        .kbo
+        .as_str()
+        .into();
+    assert_error(
+        &cpas
+            .apply_for_authorisation(other)
+            .await
+            .expect_err("for another"),
+        Code::PermissionDenied,
+        "OTHER_ORGANISATION",
+    );
+    // Each step is in the log.
+    let entries = t.audit_entries().await;
+    let ops = |op: &str| {
+        entries
+            .iter()
+            .filter(|e| e.operation == format!("semel.v1.RegistryService/{op}"))
+            .count()
+    };
+    assert_eq!(ops("ApplyForAuthorisation"), 3);
+    assert!(ops("DecideAuthorisationApplication") >= 6);
+    let approval = entries
+        .iter()
+        .find(|e| {
+            e.operation == "semel.v1.RegistryService/DecideAuthorisationApplication"
+                && e.decision == proto::AuditDecision::Allowed as i32
+        })
+        .expect("approval entry");
+    assert_eq!(
+        (
+            approval.authorisation_reference.as_str(),
+            approval.authorisation_version
+        ),
+        ("BSC/2026/201", 1)
+    );
+    t.stop().await;
+}

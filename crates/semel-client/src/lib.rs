@@ -900,6 +900,69 @@ impl Client {
         ))
     }
 
+    /// Applies, as a consumer, for an authorisation (the consumer is the
+    /// caller's organisation when `a.consumer` is empty).
+    pub async fn apply_for_authorisation(
+        &self,
+        a: NewAuthorisation,
+        justification: String,
+    ) -> CallResult {
+        let authorisation = new_authorisation_proto(a)?;
+        let r = self
+            .registry()
+            .apply_for_authorisation(proto::ApplyForAuthorisationRequest {
+                authorisation: Some(authorisation),
+                justification,
+            })
+            .await?
+            .into_inner();
+        Ok(r.application
+            .as_ref()
+            .map(application_json)
+            .unwrap_or(Json::Null))
+    }
+
+    /// Applications for authorisations the caller may see, newest first.
+    pub async fn authorisation_applications(&self, pending_only: bool) -> CallResult {
+        let r = self
+            .registry()
+            .list_authorisation_applications(proto::ListAuthorisationApplicationsRequest {
+                state: if pending_only {
+                    proto::ApplicationState::Pending as i32
+                } else {
+                    0
+                },
+            })
+            .await?
+            .into_inner();
+        Ok(Json::Array(
+            r.applications.iter().map(application_json).collect(),
+        ))
+    }
+
+    /// Approves (as asked) or rejects an application, as the supervisory body.
+    pub async fn decide_application(&self, id: String, approve: bool, note: String) -> CallResult {
+        let r = self
+            .registry()
+            .decide_authorisation_application(proto::DecideAuthorisationApplicationRequest {
+                id,
+                approve,
+                amended: None,
+                note,
+            })
+            .await?
+            .into_inner();
+        let mut out = r
+            .application
+            .as_ref()
+            .map(application_json)
+            .unwrap_or(Json::Null);
+        if let (Json::Object(o), Some(a)) = (&mut out, &r.authorisation) {
+            o.insert("authorisation".into(), auth_json(a));
+        }
+        Ok(out)
+    }
+
     pub async fn create_authorisation(&self, a: NewAuthorisation) -> CallResult {
         let r = self
             .registry()
@@ -1807,6 +1870,56 @@ fn catalogue_entry_json(e: &proto::CatalogueEntry) -> Json {
         "keeps_history": keeps_history,
         "state": enum_name(proto::CatalogueState::try_from(*state).ok().map(|s| s.as_str_name()), "CATALOGUE_STATE_"),
         "confidential_until": confidential_until,
+    })
+}
+
+fn new_authorisation_proto(a: NewAuthorisation) -> Result<proto::Authorisation, CallError> {
+    Ok(proto::Authorisation {
+        reference: a.reference,
+        consumer_kbo: a.consumer,
+        dataset: a.dataset,
+        fields: a.fields,
+        purpose: a.purpose,
+        legal_basis: a.legal_basis,
+        issuing_body: a.issuing_body,
+        valid_from: a.valid_from,
+        valid_until: a.valid_until.unwrap_or_default(),
+        status: 0,
+        version: 0,
+        updated_at: None,
+        confidential_until: a.confidential_until.unwrap_or_default(),
+        check_fields: a.check_fields,
+        capacities: a.capacities,
+        consent_required: a.consent_required,
+        receives_mutations: a.receives_mutations,
+        checks: a
+            .questions
+            .iter()
+            .map(|q| parse_question(q))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .map_err(|e| usage(format!("{e:#}")))?,
+    })
+}
+
+fn application_json(a: &proto::AuthorisationApplication) -> Json {
+    let p = a.proposed.as_ref();
+    json!({
+        "id": a.id,
+        "state": enum_name(proto::ApplicationState::try_from(a.state).ok().map(|s| s.as_str_name()), "APPLICATION_STATE_"),
+        "reference": p.map(|p| p.reference.clone()).unwrap_or_default(),
+        "applicant_kbo": a.applicant_kbo,
+        "applied_by": a.applied_by,
+        "applied_at": a.applied_at.as_ref().map(timestamp_text).unwrap_or_default(),
+        "dataset": p.map(|p| p.dataset.clone()).unwrap_or_default(),
+        "fields": p.map(|p| p.fields.clone()).unwrap_or_default(),
+        "purpose": p.map(|p| p.purpose.clone()).unwrap_or_default(),
+        "justification": a.justification,
+        "decided_by_kbo": a.decided_by_kbo,
+        "decided_by": a.decided_by,
+        "decided_at": a.decided_at.as_ref().map(timestamp_text).unwrap_or_default(),
+        "decision_note": a.decision_note,
+        "approved_version": a.approved_version,
+        "proposed": p.map(auth_json).unwrap_or(Json::Null),
     })
 }
 

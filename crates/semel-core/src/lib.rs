@@ -35,8 +35,9 @@ pub use persons::{
     Consent, ConsentChannel, ConsentState, FilePhase, NumberReplacement, PersonFile,
 };
 pub use registry::{
-    Authorisation, AuthorisationStatus, CertificateId, Dataset, FieldDefinition, FieldType,
-    Organisation, OrganisationStatus, Purpose, RevokedCertificate, Role,
+    ApplicationState, Authorisation, AuthorisationApplication, AuthorisationStatus, CertificateId,
+    Dataset, FieldDefinition, FieldType, Organisation, OrganisationStatus, Purpose,
+    RevokedCertificate, Role,
 };
 
 #[cfg(test)]

@@ -171,6 +171,47 @@ impl Authorisation {
     }
 }
 
+/// Where an application for an authorisation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApplicationState {
+    /// Waiting for the supervisory body.
+    Pending,
+    /// Approved: the authorisation (a new one, or a new version) is recorded.
+    Approved,
+    /// Rejected; nothing was recorded.
+    Rejected,
+}
+
+/// A consumer's application for an authorisation, or for an amendment of
+/// one it holds, decided by the supervisory body. Only an approved one
+/// becomes an authorisation version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorisationApplication {
+    pub id: String,
+    /// The authorisation as it would read if approved as asked.
+    pub proposed: Authorisation,
+    /// Why the consumer needs it, in its own words.
+    pub justification: String,
+    pub applicant: Kbo,
+    /// The person who applied (the token's `sub`).
+    pub applied_by: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub applied_at: OffsetDateTime,
+    pub state: ApplicationState,
+    pub decided_by: Option<Kbo>,
+    pub decided_by_person: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    /// The supervisory body's reasons, given to the parties.
+    #[serde(default)]
+    pub decision_note: String,
+    /// The authorisation version an approval recorded (the proposal as
+    /// approved, amended or not).
+    #[serde(default)]
+    pub approved_version: Option<u32>,
+}
+
 /// A purpose of the catalogue: what a lookup is for, and the law that
 /// allows it. Authorisations and lookups name purposes by code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,6 +189,17 @@ impl PgRegistry {
         self.all("purpose").await
     }
 
+    pub async fn put_application(
+        &self,
+        application: &semel_core::AuthorisationApplication,
+    ) -> Result<u64, PgError> {
+        self.put("application", &application.id, application).await
+    }
+
+    pub async fn applications(&self) -> Result<Vec<semel_core::AuthorisationApplication>, PgError> {
+        self.all("application").await
+    }
+
     /// Stores a new version of an authorisation. The version must follow
     /// the stored one, so two changes made at once through two brokers
     /// cannot silently overwrite each other: the second gets
@@ -339,6 +350,11 @@ impl PgRegistry {
                 still(&tx, "purpose", &key, &**written).await?;
                 ("purpose", key, b.as_deref().map(encode).transpose()?)
             }
+            RegistryUndo::Application(written, b) => {
+                let key = written.id.clone();
+                still(&tx, "application", &key, &**written).await?;
+                ("application", key, b.as_deref().map(encode).transpose()?)
+            }
             RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
             RegistryUndo::Authorisation(after, b) => {
                 // Only the version this change wrote is taken back: a later
@@ -416,6 +432,20 @@ impl semel_storage::RegistryStore for PgRegistry {
     async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {
         PgRegistry::put_purpose(self, purpose).await?;
         Ok(())
+    }
+
+    async fn put_application(
+        &self,
+        application: &semel_core::AuthorisationApplication,
+    ) -> Result<(), StorageError> {
+        PgRegistry::put_application(self, application).await?;
+        Ok(())
+    }
+
+    async fn applications(
+        &self,
+    ) -> Result<Vec<semel_core::AuthorisationApplication>, StorageError> {
+        Ok(PgRegistry::applications(self).await?)
     }
 
     async fn purposes(&self) -> Result<Vec<Purpose>, StorageError> {

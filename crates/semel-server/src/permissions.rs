@@ -73,6 +73,18 @@ pub const RULES: &[Rule] = &[
     rule("semel.v1.RegistryService/GetCatalogue", READERS),
     rule("semel.v1.RegistryService/ApplyRegistry", &[Admin]),
     rule(
+        "semel.v1.RegistryService/ApplyForAuthorisation",
+        &[Consumer],
+    ),
+    rule(
+        "semel.v1.RegistryService/ListAuthorisationApplications",
+        READERS,
+    ),
+    rule(
+        "semel.v1.RegistryService/DecideAuthorisationApplication",
+        &[Auditor],
+    ),
+    rule(
         "semel.v1.RegistryService/ListRevokedCertificates",
         &[Admin, Auditor],
     ),

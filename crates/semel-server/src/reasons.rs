@@ -206,6 +206,21 @@ pub const REASONS: &[Reasons] = &[
         "(`AmendAuthorisation`, `AmendDataset`) an authorisation's consumer and dataset, and a dataset's source, never change: another is a new one, recorded with `CreateAuthorisation` or `CreateDataset`",
     ),
     row(
+        "PERMISSION_DENIED",
+        &["NOT_SUPERVISORY_BODY"],
+        "(`DecideAuthorisationApplication`) only a person with the auditor role of a supervisory body (an organisation registered with the auditor role) decides on applications",
+    ),
+    row(
+        "NOT_FOUND",
+        &["UNKNOWN_APPLICATION"],
+        "(`DecideAuthorisationApplication`) no application has that id; `ListAuthorisationApplications` shows them",
+    ),
+    row(
+        "FAILED_PRECONDITION",
+        &["APPLICATION_DECIDED"],
+        "(`DecideAuthorisationApplication`) the application was already approved or rejected; a new need is a new application",
+    ),
+    row(
         "INVALID_ARGUMENT",
         &["REGISTRY_INVALID"],
         "(`ApplyRegistry`) the registry described breaks rules; each `BadRequest` violation names the item (`authorisations[3].fields`) and the rule (`UNKNOWN_FIELD: …`), and `semel registry apply` shows them by file and line; nothing was applied",

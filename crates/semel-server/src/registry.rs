@@ -672,6 +672,293 @@ impl Rpc for RegistryService {
         }))
     }
 
+    async fn apply_for_authorisation(
+        &self,
+        req: Request<proto::ApplyForAuthorisationRequest>,
+    ) -> Result<Response<proto::ApplyForAuthorisationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let (application, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                let mut asked = required("authorisation", msg.authorisation)?;
+                if asked.consumer_kbo.is_empty() {
+                    asked.consumer_kbo = caller.org.kbo.as_str().to_owned();
+                }
+                let proposed = authorisation_from_proto(asked, now)?;
+                c.authorisation = Some(proposed.reference.to_string());
+                c.dataset = proposed.dataset.to_string();
+                c.purpose = proposed.purpose.to_string();
+                if proposed.consumer != caller.org.kbo {
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "an organisation applies for itself: authorisation.consumer_kbo must be your organisation",
+                    ));
+                }
+                let justification = msg.justification.trim();
+                if justification.is_empty() || justification.len() > 4000 {
+                    return Err(ApiError::invalid(
+                        "justification",
+                        "INVALID_ARGUMENT",
+                        "say why your organisation needs this (at most 4000 bytes): the supervisory body decides on it",
+                    ));
+                }
+                {
+                    let snapshot = self.broker.snapshot();
+                    check_authorisation(&snapshot, &proposed)?;
+                    if let Some(current) = snapshot.authorisations.get(proposed.reference.as_str()) {
+                        if current.consumer != proposed.consumer || current.dataset != proposed.dataset {
+                            return Err(ApiError::invalid(
+                                "authorisation.reference",
+                                "IMMUTABLE_FIELD",
+                                format!(
+                                    "authorisation {} is another organisation's or another dataset's: choose a new reference",
+                                    current.reference
+                                ),
+                            ));
+                        }
+                        if current.status == AuthorisationStatus::Revoked {
+                            return Err(ended(current));
+                        }
+                    }
+                }
+                let application = semel_core::AuthorisationApplication {
+                    id: crate::state::new_id().to_string(),
+                    proposed,
+                    justification: semel_core::redact_national_numbers(justification).into_owned(),
+                    applicant: caller.org.kbo,
+                    applied_by: caller.user.subject.clone(),
+                    applied_at: now,
+                    state: semel_core::ApplicationState::Pending,
+                    decided_by: None,
+                    decided_by_person: None,
+                    decided_at: None,
+                    decision_note: String::new(),
+                    approved_version: None,
+                };
+                c.reference = format!("application {}", application.id);
+                c.detail = format!(
+                    "application {} for authorisation {}",
+                    application.id,
+                    authorisation_text(&application.proposed)
+                );
+                self.apply(move |reg| async move {
+                    reg.put_application(&application).await?;
+                    let undo = RegistryUndo::Application(Box::new(application.clone()), None);
+                    Ok((application, Some(undo)))
+                })
+                .await
+            })
+            .await?;
+        tracing::info!(application = %application.id, "authorisation applied for");
+        Ok(Response::new(proto::ApplyForAuthorisationResponse {
+            application: Some(application_to_proto(&application)),
+        }))
+    }
+
+    async fn list_authorisation_applications(
+        &self,
+        req: Request<proto::ListAuthorisationApplicationsRequest>,
+    ) -> Result<Response<proto::ListAuthorisationApplicationsResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let state = req.get_ref().state;
+        let all = caller.has(UserRole::Admin) || caller.audits_everything();
+        let snapshot = self.broker.snapshot();
+        let mut applications: Vec<semel_core::AuthorisationApplication> = self
+            .broker
+            .storage()
+            .registry
+            .applications()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|a| {
+                all || a.applicant == caller.org.kbo
+                    || snapshot
+                        .routes
+                        .get(&a.proposed.dataset)
+                        .is_some_and(|r| r.dataset.source == caller.org.kbo)
+            })
+            .filter(|a| state == 0 || application_state_to_proto(a.state) as i32 == state)
+            .collect();
+        applications.sort_by_key(|a| std::cmp::Reverse(a.applied_at));
+        Ok(Response::new(
+            proto::ListAuthorisationApplicationsResponse {
+                applications: applications.iter().map(application_to_proto).collect(),
+            },
+        ))
+    }
+
+    async fn decide_authorisation_application(
+        &self,
+        req: Request<proto::DecideAuthorisationApplicationRequest>,
+    ) -> Result<Response<proto::DecideAuthorisationApplicationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let ((application, authorisation), _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                c.reference = format!("application {}", msg.id.chars().take(64).collect::<String>());
+                // Only the supervisory body decides: not the operator, who
+                // runs the network, nor the parties.
+                if !caller.org.roles.contains(&Role::Auditor) {
+                    return Err(ApiError::denied(
+                        "NOT_SUPERVISORY_BODY",
+                        "only a supervisory body (an organisation registered with the auditor role) decides on applications",
+                    ));
+                }
+                let note = semel_core::redact_national_numbers(msg.note.trim()).into_owned();
+                if !msg.approve && note.is_empty() {
+                    return Err(ApiError::invalid(
+                        "note",
+                        "INVALID_ARGUMENT",
+                        "a rejection gives its reasons, for the applicant",
+                    ));
+                }
+                let registry = self.broker.storage().registry.clone();
+                let before = registry
+                    .applications()
+                    .await?
+                    .into_iter()
+                    .find(|a| a.id == msg.id)
+                    .ok_or_else(|| {
+                        ApiError::not_found(
+                            "UNKNOWN_APPLICATION",
+                            format!("no application {} is on record", msg.id),
+                        )
+                    })?;
+                c.authorisation = Some(before.proposed.reference.to_string());
+                c.dataset = before.proposed.dataset.to_string();
+                c.purpose = before.proposed.purpose.to_string();
+                if before.state != semel_core::ApplicationState::Pending {
+                    return Err(precondition(
+                        "APPLICATION_DECIDED",
+                        format!("application {} was already decided", before.id),
+                    ));
+                }
+                // What is approved: the proposal, or the body's amendment of
+                // it (same reference and consumer).
+                let approved = match (msg.approve, msg.amended) {
+                    (false, _) => None,
+                    (true, None) => Some(before.proposed.clone()),
+                    (true, Some(p)) => {
+                        let a = authorisation_from_proto(p, now)?;
+                        if a.reference != before.proposed.reference || a.consumer != before.applicant {
+                            return Err(ApiError::invalid(
+                                "amended",
+                                "IMMUTABLE_FIELD",
+                                "an amended approval keeps the application's reference and consumer",
+                            ));
+                        }
+                        Some(a)
+                    }
+                };
+                if let Some(a) = &approved {
+                    check_authorisation(&self.broker.snapshot(), a)?;
+                }
+                let caller_kbo = caller.org.kbo;
+                let person = caller.user.subject.clone();
+                let (pair, undo) = self
+                    .apply(move |reg| async move {
+                        let mut undos = Vec::new();
+                        let recorded = match approved {
+                            None => None,
+                            Some(proposed) => {
+                                let current = reg
+                                    .authorisations()
+                                    .await?
+                                    .into_iter()
+                                    .find(|a| a.reference == proposed.reference);
+                                if let Some(cur) = &current {
+                                    if cur.status == AuthorisationStatus::Revoked {
+                                        return Err(ended(cur));
+                                    }
+                                    if cur.consumer != proposed.consumer || cur.dataset != proposed.dataset {
+                                        return Err(ApiError::invalid(
+                                            "amended",
+                                            "IMMUTABLE_FIELD",
+                                            format!("authorisation {} is for another consumer or dataset", cur.reference),
+                                        ));
+                                    }
+                                }
+                                let auth = semel_core::Authorisation {
+                                    version: current.as_ref().map_or(1, |c| c.version + 1),
+                                    status: current.as_ref().map_or(AuthorisationStatus::Active, |c| c.status),
+                                    updated_at: now,
+                                    ..proposed
+                                };
+                                reg.put_authorisation(&auth).await?;
+                                undos.push(RegistryUndo::Authorisation(
+                                    Box::new(auth.clone()),
+                                    current.map(Box::new),
+                                ));
+                                Some(auth)
+                            }
+                        };
+                        let decided = semel_core::AuthorisationApplication {
+                            state: if recorded.is_some() {
+                                semel_core::ApplicationState::Approved
+                            } else {
+                                semel_core::ApplicationState::Rejected
+                            },
+                            decided_by: Some(caller_kbo),
+                            decided_by_person: Some(person),
+                            decided_at: Some(now),
+                            decision_note: note,
+                            approved_version: recorded.as_ref().map(|a| a.version),
+                            ..before.clone()
+                        };
+                        if let Err(e) = reg.put_application(&decided).await {
+                            // The authorisation must not stand without its
+                            // application's decision.
+                            for u in undos.into_iter().rev() {
+                                let _ = reg.undo(&u).await;
+                            }
+                            return Err(e.into());
+                        }
+                        // `apply` takes back one record; the other is taken
+                        // back here when the entry fails.
+                        let undo = RegistryUndo::Application(
+                            Box::new(decided.clone()),
+                            Some(Box::new(before)),
+                        );
+                        Ok(((decided, recorded, undos), Some(undo)))
+                    })
+                    .await?;
+                let (decided, recorded, auth_undos) = pair;
+                c.authorisation_version = recorded.as_ref().map(|a| a.version);
+                c.detail = match &recorded {
+                    Some(a) => format!(
+                        "application {} approved{}: {}",
+                        decided.id,
+                        if decided.decision_note.is_empty() { String::new() } else { format!(" ({})", decided.decision_note) },
+                        authorisation_text(a)
+                    ),
+                    None => format!("application {} rejected: {}", decided.id, decided.decision_note),
+                };
+                let registry2 = self.broker.storage().registry.clone();
+                let undo: Undo = Box::pin(async move {
+                    undo.await;
+                    for u in auth_undos.into_iter().rev() {
+                        crate::audited::retry_undo("an approved authorisation", || registry2.undo(&u)).await;
+                    }
+                });
+                Ok(((decided, recorded), undo))
+            })
+            .await?;
+        tracing::info!(application = %application.id, approved = authorisation.is_some(), "application decided");
+        Ok(Response::new(
+            proto::DecideAuthorisationApplicationResponse {
+                application: Some(application_to_proto(&application)),
+                authorisation: authorisation.as_ref().map(authorisation_to_proto),
+            },
+        ))
+    }
+
     async fn apply_registry(
         &self,
         req: Request<proto::ApplyRegistryRequest>,
@@ -1632,5 +1919,35 @@ fn revoked_to_proto(r: &RevokedCertificate) -> proto::RevokedCertificate {
         revoked_at: Some(timestamp_micros(
             (r.revoked_at.unix_timestamp_nanos() / 1000) as i64,
         )),
+    }
+}
+
+fn application_state_to_proto(s: semel_core::ApplicationState) -> proto::ApplicationState {
+    match s {
+        semel_core::ApplicationState::Pending => proto::ApplicationState::Pending,
+        semel_core::ApplicationState::Approved => proto::ApplicationState::Approved,
+        semel_core::ApplicationState::Rejected => proto::ApplicationState::Rejected,
+    }
+}
+
+fn application_to_proto(
+    a: &semel_core::AuthorisationApplication,
+) -> proto::AuthorisationApplication {
+    proto::AuthorisationApplication {
+        id: a.id.clone(),
+        proposed: Some(authorisation_to_proto(&a.proposed)),
+        justification: a.justification.clone(),
+        applicant_kbo: a.applicant.as_str().to_owned(),
+        applied_by: a.applied_by.clone(),
+        applied_at: Some(timestamp(a.applied_at)),
+        state: application_state_to_proto(a.state) as i32,
+        decided_by_kbo: a
+            .decided_by
+            .map(|k| k.as_str().to_owned())
+            .unwrap_or_default(),
+        decided_by: a.decided_by_person.clone().unwrap_or_default(),
+        decided_at: a.decided_at.map(timestamp),
+        decision_note: a.decision_note.clone(),
+        approved_version: a.approved_version.unwrap_or(0),
     }
 }

@@ -38,6 +38,7 @@ macro_rules! registry_conformance {
                 a_second_revocation_keeps_the_first,
                 changes_are_undone_to_what_was_stored,
                 creations_refuse_a_key_taken,
+                applications_are_kept_decided_and_undone,
             );
         }
     };
@@ -509,6 +510,58 @@ pub mod registry {
             consent_required: false,
             receives_mutations: false,
         }
+    }
+
+    pub async fn applications_are_kept_decided_and_undone(store: &dyn RegistryStore) {
+        use semel_core::{ApplicationState, AuthorisationApplication};
+        assert!(store.applications().await.expect("read").is_empty());
+        let pending = |id: &str| AuthorisationApplication {
+            id: id.into(),
+            proposed: authorisation("BSC/2026/201", 1, AuthorisationStatus::Active),
+            justification: "debt mediation files".into(),
+            applicant: kbo("0566988259"),
+            applied_by: "clerk-1".into(),
+            applied_at: datetime!(2026-03-01 9:00 UTC),
+            state: ApplicationState::Pending,
+            decided_by: None,
+            decided_by_person: None,
+            decided_at: None,
+            decision_note: String::new(),
+            approved_version: None,
+        };
+        let (a, b) = (pending("01b-second"), pending("01a-first"));
+        store.put_application(&a).await.expect("put");
+        store.put_application(&b).await.expect("put");
+        assert_eq!(
+            store.applications().await.expect("read"),
+            [b.clone(), a.clone()],
+            "by id"
+        );
+        let decided = AuthorisationApplication {
+            state: ApplicationState::Approved,
+            decided_by: Some(kbo("0314595348")),
+            decided_by_person: Some("commissioner".into()),
+            decided_at: Some(datetime!(2026-03-02 9:00 UTC)),
+            decision_note: "as asked".into(),
+            approved_version: Some(1),
+            ..a.clone()
+        };
+        store.put_application(&decided).await.expect("decide");
+        assert_eq!(store.applications().await.expect("read")[1], decided);
+        // A decision whose entry failed is taken back to pending; an
+        // application whose entry failed disappears.
+        store
+            .undo(&RegistryUndo::Application(
+                Box::new(decided.clone()),
+                Some(Box::new(a.clone())),
+            ))
+            .await
+            .expect("undo the decision");
+        store
+            .undo(&RegistryUndo::Application(Box::new(b.clone()), None))
+            .await
+            .expect("undo the application");
+        assert_eq!(store.applications().await.expect("read"), [a]);
     }
 
     pub async fn an_empty_registry_lists_nothing(store: &dyn RegistryStore) {

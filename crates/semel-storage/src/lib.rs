@@ -80,6 +80,11 @@ pub enum RegistryUndo {
     Revocation(semel_core::CertificateId),
     /// The version written, and the one before it.
     Authorisation(Box<Authorisation>, Option<Box<Authorisation>>),
+    /// An application for an authorisation, as written and as it was.
+    Application(
+        Box<semel_core::AuthorisationApplication>,
+        Option<Box<semel_core::AuthorisationApplication>>,
+    ),
 }
 
 /// The persons directory, the consent register and replaced national
@@ -209,6 +214,16 @@ pub trait RegistryStore: Send + Sync {
         &self,
         reference: &str,
     ) -> Result<Vec<Authorisation>, StorageError>;
+
+    /// Stores an application for an authorisation (insert or replace, by
+    /// id).
+    async fn put_application(
+        &self,
+        application: &semel_core::AuthorisationApplication,
+    ) -> Result<(), StorageError>;
+    /// Every application, by id.
+    async fn applications(&self)
+    -> Result<Vec<semel_core::AuthorisationApplication>, StorageError>;
 
     /// Records a revocation; revoking again keeps the first record, which
     /// is returned.

@@ -29,6 +29,8 @@ pub struct Registry {
     revoked_certificates: sled::Tree,
     /// The purposes catalogue, keyed by code.
     purposes: sled::Tree,
+    /// Applications for authorisations, keyed by id.
+    applications: sled::Tree,
 }
 
 impl Registry {
@@ -44,6 +46,7 @@ impl Registry {
             authorisation_history: tree("authorisation_history")?,
             revoked_certificates: tree("revoked_certificates")?,
             purposes: tree("purposes")?,
+            applications: tree("authorisation_applications")?,
             db,
             db_path,
         })
@@ -100,6 +103,19 @@ impl Registry {
     pub fn put_dataset(&self, dataset: &Dataset) -> Result<(), StoreError> {
         put(&self.datasets, dataset.name.as_str().as_bytes(), dataset)?;
         self.sync()
+    }
+
+    /// Stores an application (insert or replace).
+    pub fn put_application(
+        &self,
+        application: &semel_core::AuthorisationApplication,
+    ) -> Result<(), StoreError> {
+        put(&self.applications, application.id.as_bytes(), application)?;
+        self.sync()
+    }
+
+    pub fn applications(&self) -> Result<Vec<semel_core::AuthorisationApplication>, StoreError> {
+        all(&self.applications)
     }
 
     /// Stores a purpose (insert or replace).
@@ -202,6 +218,13 @@ impl Registry {
                 &**written,
                 before.as_deref(),
                 &format!("purpose {}", written.code),
+            )?,
+            RegistryUndo::Application(written, before) => restore(
+                &self.applications,
+                written.id.as_bytes(),
+                &**written,
+                before.as_deref(),
+                &format!("application {}", written.id),
             )?,
             RegistryUndo::Revocation(id) => {
                 self.revoked_certificates
@@ -364,6 +387,20 @@ impl semel_storage::RegistryStore for Registry {
 
     async fn datasets(&self) -> Result<Vec<Dataset>, StorageError> {
         Ok(Registry::datasets(self)?)
+    }
+
+    async fn put_application(
+        &self,
+        application: &semel_core::AuthorisationApplication,
+    ) -> Result<(), StorageError> {
+        let (r, a) = (self.clone(), application.clone());
+        crate::blocking(move || r.put_application(&a)).await
+    }
+
+    async fn applications(
+        &self,
+    ) -> Result<Vec<semel_core::AuthorisationApplication>, StorageError> {
+        Ok(Registry::applications(self)?)
     }
 
     async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {

@@ -82,6 +82,13 @@ pub enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Apply for an authorisation (consumer); approve or reject applications (supervisory body).
+    Applications {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: crate::applications::ApplicationsCommand,
+    },
     /// The registry as reviewed files: export it, plan (--dry-run) and apply changes (operator).
     Registry {
         #[command(flatten)]

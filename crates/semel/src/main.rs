@@ -11,6 +11,7 @@ use clap::Parser;
 use semel_server::Config;
 
 mod admin;
+mod applications;
 mod audit;
 mod bench;
 mod catalogue;
@@ -144,6 +145,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Catalogue(args) => catalogue::run(args).await,
         Command::Admin { conn, command } => admin::run(conn, command).await,
         Command::Registry { conn, command } => registry::run(conn, command).await,
+        Command::Applications { conn, command } => applications::run(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchMutations(args) => bench::run_mutations(args).await,
         Command::BenchServer(args) => bench::serve(args).await,
