@@ -1221,6 +1221,26 @@ async fn the_registry_round_trips_through_reviewed_files() {
         .into_inner();
     assert!(again.changes.iter().all(|c| c.action == unchanged));
 
+    // Files written before an emergency suspension do not lift it: their
+    // authorisation is an older version than the stored one.
+    reg.suspend_authorisation(proto::SuspendAuthorisationRequest {
+        reference: "BSC/2024/017".into(),
+        reason: "incident".into(),
+    })
+    .await
+    .expect("suspend");
+    let stale = reg
+        .apply_registry(apply(&read, true))
+        .await
+        .expect_err("the files are older than the registry");
+    assert_error(&stale, Code::InvalidArgument, "REGISTRY_INVALID");
+    assert!(stale.message().contains("CONFLICT"), "{}", stale.message());
+    reg.reinstate_authorisation(proto::ReinstateAuthorisationRequest {
+        reference: "BSC/2024/017".into(),
+    })
+    .await
+    .expect("reinstate");
+
     // Broken rules: every one at once, each locatable, nothing applied.
     let mut broken = edited.replace(
         "purpose = \"DEBT_MEDIATION\"",
@@ -1251,7 +1271,9 @@ async fn the_registry_round_trips_through_reviewed_files() {
             .map(|v| read.locate_with(&v.field, &v.description).expect("located"))
             .collect()
     };
-    assert_eq!(violations.len(), 2, "{violations:?}");
+    // The unknown field, the unknown purpose, and BSC/2024/017 changed
+    // since these files were written.
+    assert_eq!(violations.len(), 3, "{violations:?}");
     let line_of = |needle: &str| {
         broken
             .lines()
@@ -1543,5 +1565,134 @@ async fn an_authorisation_is_applied_for_and_decided_by_the_supervisory_body() {
         ),
         ("BSC/2026/201", 1)
     );
+    t.stop().await;
+}
+
+/// An administration not registered yet applies for membership with its
+/// certificate alone; only the operator's approval registers it.
+#[tokio::test]
+async fn an_administration_applies_for_membership_and_the_operator_decides() {
+    let t = TestDemo::start().await;
+    let kbo = "0999999823";
+    let files = t.issue("newcomer", kbo, "OCMW Nieuwkomer");
+    let channel = t
+        .channel_with(Some((&files.cert, &files.key)), &t.pki().ca_cert())
+        .await
+        .expect("connect");
+    let mut newcomer = RegistryServiceClient::new(channel.clone());
+    let ask = |roles: Vec<proto::OrganisationRole>| proto::ApplyForMembershipRequest {
+        name: "OCMW Nieuwkomer".into(),
+        roles: roles.into_iter().map(|r| r as i32).collect(),
+        contact: "ict@ocmw-nieuwkomer.example".into(),
+        note: "consumer of residence data for social integration files".into(),
+    };
+    // Not before registration: a lookup is refused.
+    let err = proto::lookup_service_client::LookupServiceClient::new(channel.clone())
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("not a member");
+    assert_error(&err, Code::Unauthenticated, "ORGANISATION_NOT_REGISTERED");
+    assert_error(
+        &newcomer
+            .apply_for_membership(ask(vec![proto::OrganisationRole::Operator]))
+            .await
+            .expect_err("the operator role is not asked for"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let application = newcomer
+        .apply_for_membership(ask(vec![proto::OrganisationRole::Consumer]))
+        .await
+        .expect("applied with a certificate alone")
+        .into_inner()
+        .application
+        .expect("application");
+    assert_eq!(
+        (application.kbo.as_str(), application.state),
+        (kbo, proto::ApplicationState::Pending as i32)
+    );
+    assert!(application.certificate.starts_with("sha256:"));
+    assert_error(
+        &newcomer
+            .apply_for_membership(ask(vec![proto::OrganisationRole::Consumer]))
+            .await
+            .expect_err("one pending application"),
+        Code::AlreadyExists,
+        "ALREADY_EXISTS",
+    );
+    // A member does not apply.
+    assert_error(
+        &RegistryServiceClient::new(t.channel(ANDERLECHT).await)
+            .apply_for_membership(ask(vec![proto::OrganisationRole::Consumer]))
+            .await
+            .expect_err("registered already"),
+        Code::PermissionDenied,
+        "ROLE_NOT_PERMITTED",
+    );
+
+    // The operator decides.
+    let mut operator = t.registry().await;
+    let pending = operator
+        .list_membership_applications(proto::ListMembershipApplicationsRequest {
+            state: proto::ApplicationState::Pending as i32,
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .applications;
+    assert_eq!(pending.len(), 1);
+    assert_error(
+        &operator
+            .decide_membership_application(proto::DecideMembershipApplicationRequest {
+                id: application.id.clone(),
+                approve: false,
+                roles: vec![],
+                note: String::new(),
+            })
+            .await
+            .expect_err("a rejection gives reasons"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    let decided = operator
+        .decide_membership_application(proto::DecideMembershipApplicationRequest {
+            id: application.id.clone(),
+            approve: true,
+            roles: vec![],
+            note: "KBO checked".into(),
+        })
+        .await
+        .expect("approved")
+        .into_inner();
+    let org = decided.organisation.expect("registered");
+    assert_eq!(
+        (org.kbo.as_str(), org.roles.as_slice()),
+        (kbo, &[proto::OrganisationRole::Consumer as i32][..])
+    );
+    // Now a member: its people call with their tokens.
+    let token = t.mint(&semel_demo::issuer::TokenRequest {
+        subject: "clerk@nieuwkomer",
+        organisation: semel_core::Kbo::parse(kbo).expect("kbo"),
+        roles: &[semel_core::UserRole::Consumer],
+        audience: semel_demo::issuer::DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+        bound_to: None,
+    });
+    let catalogue =
+        RegistryServiceClient::new(semel_client::with_token(channel, Some(&token)).expect("token"))
+            .get_catalogue(proto::GetCatalogueRequest::default())
+            .await
+            .expect("a member reads its catalogue")
+            .into_inner();
+    assert_eq!(catalogue.kbo, kbo);
+    assert!(catalogue.may_call.is_empty(), "no authorisation yet");
+    let entry = t
+        .audit_entries()
+        .await
+        .into_iter()
+        .find(|e| e.operation == "semel.v1.RegistryService/ApplyForMembership")
+        .expect("the application is in the log");
+    assert_eq!(entry.consumer_kbo, kbo);
     t.stop().await;
 }

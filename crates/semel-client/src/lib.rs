@@ -608,6 +608,21 @@ impl Client {
             .map_err(|e| usage(format!("{e:#}")))?;
         std::fs::create_dir_all(dir)
             .map_err(|e| usage(format!("create {}: {e}", dir.display())))?;
+        // Other *.toml files would be read with these by `apply`: every
+        // item twice.
+        let others: Vec<String> = std::fs::read_dir(dir)
+            .map_err(|e| usage(format!("read {}: {e}", dir.display())))?
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".toml") && !registry_files::FILES.contains(&n.as_str()))
+            .collect();
+        if !others.is_empty() {
+            return Err(usage(format!(
+                "{} holds other registry files ({}): `apply` would read them with the export; export into an empty directory",
+                dir.display(),
+                others.join(", ")
+            )));
+        }
         let mut written = Vec::new();
         for (name, text) in files {
             let path = dir.join(name);
@@ -919,6 +934,76 @@ impl Client {
         Ok(r.application
             .as_ref()
             .map(application_json)
+            .unwrap_or(Json::Null))
+    }
+
+    /// Applies for membership with the connection's certificate (no token
+    /// needed).
+    pub async fn apply_for_membership(
+        &self,
+        name: String,
+        roles: &[String],
+        contact: String,
+        note: String,
+    ) -> CallResult {
+        let roles = organisation_roles(roles)?;
+        let r = self
+            .registry()
+            .apply_for_membership(proto::ApplyForMembershipRequest {
+                name,
+                roles,
+                contact,
+                note,
+            })
+            .await?
+            .into_inner();
+        Ok(r.application
+            .as_ref()
+            .map(membership_json)
+            .unwrap_or(Json::Null))
+    }
+
+    /// Applications for membership (the operator's administrators).
+    pub async fn membership_applications(&self, pending_only: bool) -> CallResult {
+        let r = self
+            .registry()
+            .list_membership_applications(proto::ListMembershipApplicationsRequest {
+                state: if pending_only {
+                    proto::ApplicationState::Pending as i32
+                } else {
+                    0
+                },
+            })
+            .await?
+            .into_inner();
+        Ok(Json::Array(
+            r.applications.iter().map(membership_json).collect(),
+        ))
+    }
+
+    /// Approves (with the roles asked, or `roles`) or rejects an
+    /// application for membership.
+    pub async fn decide_membership(
+        &self,
+        id: String,
+        approve: bool,
+        roles: &[String],
+        note: String,
+    ) -> CallResult {
+        let roles = organisation_roles(roles)?;
+        let r = self
+            .registry()
+            .decide_membership_application(proto::DecideMembershipApplicationRequest {
+                id,
+                approve,
+                roles,
+                note,
+            })
+            .await?
+            .into_inner();
+        Ok(r.application
+            .as_ref()
+            .map(membership_json)
             .unwrap_or(Json::Null))
     }
 
@@ -1898,6 +1983,31 @@ fn new_authorisation_proto(a: NewAuthorisation) -> Result<proto::Authorisation, 
             .map(|q| parse_question(q))
             .collect::<anyhow::Result<Vec<_>>>()
             .map_err(|e| usage(format!("{e:#}")))?,
+    })
+}
+
+fn membership_json(a: &proto::MembershipApplication) -> Json {
+    let role = |r: &i32| {
+        enum_name(
+            proto::OrganisationRole::try_from(*r)
+                .ok()
+                .map(|s| s.as_str_name()),
+            "ORGANISATION_ROLE_",
+        )
+    };
+    json!({
+        "id": a.id,
+        "state": enum_name(proto::ApplicationState::try_from(a.state).ok().map(|s| s.as_str_name()), "APPLICATION_STATE_"),
+        "kbo": a.kbo,
+        "name": a.name,
+        "roles": a.roles.iter().map(role).collect::<Vec<_>>(),
+        "contact": a.contact,
+        "note": a.note,
+        "certificate": a.certificate,
+        "applied_at": a.applied_at.as_ref().map(timestamp_text).unwrap_or_default(),
+        "decided_by": a.decided_by,
+        "decided_at": a.decided_at.as_ref().map(timestamp_text).unwrap_or_default(),
+        "decision_note": a.decision_note,
     })
 }
 

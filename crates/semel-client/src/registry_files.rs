@@ -39,7 +39,7 @@ struct Organisation {
     kbo: String,
     name: String,
     roles: Vec<String>,
-    /// `suspended`; absent: active.
+    /// `suspended` or `active`; absent: as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<String>,
 }
@@ -105,6 +105,11 @@ struct Authorisation {
     /// `suspended` or `revoked`; absent: active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<String>,
+    /// The version these lines were exported from: applying them over a
+    /// later version is refused (it would undo what changed since).
+    /// Absent: not checked (a new authorisation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
 }
 
 const FIELD_TYPES: [(&str, proto::FieldType); 6] = [
@@ -245,6 +250,7 @@ pub fn export(
                                 }
                                 _ => None,
                             },
+                            version: (a.version > 0).then_some(a.version),
                         },
                     )
                 })
@@ -253,10 +259,10 @@ pub fn export(
         },
     ];
     let heads = [
-        "# Organisations: enterprise number (KBO/BCE), legal name, roles (source, consumer,\n# operator, auditor, citizen_portal); status = \"suspended\" suspends.\n",
+        "# Organisations: enterprise number (KBO/BCE), legal name, roles (source, consumer,\n# operator, auditor, citizen_portal); status = \"suspended\" suspends, \"active\" reinstates,\n# absent keeps the status as it is.\n",
         "# Purposes: what a lookup is for, and the law that allows it.\n",
         "# Datasets: their source, endpoint and fields (type: string, int, bool, date, record, list).\n",
-        "# Authorisations: who may read which fields of which dataset, for what, on which basis.\n# Changing one makes a new version; status = \"suspended\" or \"revoked\" ends it (revoked: for good).\n",
+        "# Authorisations: who may read which fields of which dataset, for what, on which basis.\n# Changing one makes a new version; status = \"suspended\" or \"revoked\" ends it (revoked: for good).\n# `version` is the version exported: a change over a later one is refused; export again after an apply.\n",
     ];
     let mut out = Vec::new();
     for ((name, file), head) in FILES.into_iter().zip(files).zip(heads) {
@@ -363,7 +369,8 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                 })
                 .collect();
             let status = match o.status.as_deref() {
-                None | Some("active") => proto::OrganisationStatus::Active,
+                None => proto::OrganisationStatus::Unspecified,
+                Some("active") => proto::OrganisationStatus::Active,
                 Some("suspended") => proto::OrganisationStatus::Suspended,
                 Some(other) => {
                     bad(
@@ -465,7 +472,7 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                 valid_from: a.valid_from,
                 valid_until: a.valid_until.unwrap_or_default(),
                 status: status as i32,
-                version: 0,
+                version: a.version.unwrap_or(0),
                 updated_at: None,
                 confidential_until: a.confidential_until.unwrap_or_default(),
                 check_fields: a.check_fields,
@@ -629,10 +636,11 @@ mod tests {
         let owned: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
         let d = dir_with(&owned);
         let read = read_dir(d.path()).expect("read");
-        assert_eq!(read.request.organisations, orgs);
-        let mut want = auths.to_vec();
-        want[0].version = 0;
-        assert_eq!(read.request.authorisations, want);
+        // An active organisation's status is left out: as it is.
+        let mut want_orgs = orgs.to_vec();
+        want_orgs[0].status = proto::OrganisationStatus::Unspecified as i32;
+        assert_eq!(read.request.organisations, want_orgs);
+        assert_eq!(read.request.authorisations, auths);
         // The second authorisation's valid_until, by its line.
         let text = &files[3].1;
         let line = text

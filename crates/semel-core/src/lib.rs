@@ -36,8 +36,8 @@ pub use persons::{
 };
 pub use registry::{
     ApplicationState, Authorisation, AuthorisationApplication, AuthorisationStatus, CertificateId,
-    Dataset, FieldDefinition, FieldType, Organisation, OrganisationStatus, Purpose,
-    RevokedCertificate, Role,
+    Dataset, FieldDefinition, FieldType, MembershipApplication, Organisation, OrganisationStatus,
+    Purpose, RevokedCertificate, Role,
 };
 
 #[cfg(test)]

@@ -212,6 +212,34 @@ pub struct AuthorisationApplication {
     pub approved_version: Option<u32>,
 }
 
+/// An administration's application for membership, made with its own
+/// certificate before it is registered, decided by the operator. Only an
+/// approved one registers the organisation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipApplication {
+    pub id: String,
+    /// The enterprise number its certificate names.
+    pub kbo: Kbo,
+    /// Its legal name, as it gives it.
+    pub name: String,
+    /// The roles it asks for.
+    pub roles: BTreeSet<Role>,
+    /// Who to contact (a functional mailbox, a telephone number).
+    pub contact: String,
+    /// What else the operator needs: its endpoints, its datasets, why.
+    pub note: String,
+    /// The certificate it applied with (`sha256:…`).
+    pub certificate: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub applied_at: OffsetDateTime,
+    pub state: ApplicationState,
+    pub decided_by_person: Option<String>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub decision_note: String,
+}
+
 /// A purpose of the catalogue: what a lookup is for, and the law that
 /// allows it. Authorisations and lookups name purposes by code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

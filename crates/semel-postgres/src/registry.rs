@@ -200,6 +200,17 @@ impl PgRegistry {
         self.all("application").await
     }
 
+    pub async fn put_membership(
+        &self,
+        application: &semel_core::MembershipApplication,
+    ) -> Result<u64, PgError> {
+        self.put("membership", &application.id, application).await
+    }
+
+    pub async fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, PgError> {
+        self.all("membership").await
+    }
+
     /// Stores a new version of an authorisation. The version must follow
     /// the stored one, so two changes made at once through two brokers
     /// cannot silently overwrite each other: the second gets
@@ -350,6 +361,11 @@ impl PgRegistry {
                 still(&tx, "purpose", &key, &**written).await?;
                 ("purpose", key, b.as_deref().map(encode).transpose()?)
             }
+            RegistryUndo::Membership(written, b) => {
+                let key = written.id.clone();
+                still(&tx, "membership", &key, &**written).await?;
+                ("membership", key, b.as_deref().map(encode).transpose()?)
+            }
             RegistryUndo::Application(written, b) => {
                 let key = written.id.clone();
                 still(&tx, "application", &key, &**written).await?;
@@ -446,6 +462,18 @@ impl semel_storage::RegistryStore for PgRegistry {
         &self,
     ) -> Result<Vec<semel_core::AuthorisationApplication>, StorageError> {
         Ok(PgRegistry::applications(self).await?)
+    }
+
+    async fn put_membership(
+        &self,
+        application: &semel_core::MembershipApplication,
+    ) -> Result<(), StorageError> {
+        PgRegistry::put_membership(self, application).await?;
+        Ok(())
+    }
+
+    async fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, StorageError> {
+        Ok(PgRegistry::memberships(self).await?)
     }
 
     async fn purposes(&self) -> Result<Vec<Purpose>, StorageError> {

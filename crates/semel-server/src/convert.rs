@@ -62,7 +62,7 @@ fn name<T>(field: &'static str, r: Result<T, semel_core::NameError>) -> Result<T
     r.map_err(|e| ApiError::invalid(field, "INVALID_ARGUMENT", format!("{field}: {e}")))
 }
 
-fn text(field: &'static str, s: String, max: usize) -> Result<String, ApiError> {
+pub(crate) fn text(field: &'static str, s: String, max: usize) -> Result<String, ApiError> {
     let t = s.trim();
     if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
         return Err(ApiError::invalid(
@@ -76,7 +76,7 @@ fn text(field: &'static str, s: String, max: usize) -> Result<String, ApiError> 
 
 // ---- organisations ----
 
-fn role_from_proto(r: i32) -> Result<Role, ApiError> {
+pub(crate) fn role_from_proto(r: i32) -> Result<Role, ApiError> {
     match proto::OrganisationRole::try_from(r) {
         Ok(proto::OrganisationRole::Source) => Ok(Role::Source),
         Ok(proto::OrganisationRole::Consumer) => Ok(Role::Consumer),
@@ -91,7 +91,7 @@ fn role_from_proto(r: i32) -> Result<Role, ApiError> {
     }
 }
 
-fn role_to_proto(r: Role) -> i32 {
+pub(crate) fn role_to_proto(r: Role) -> i32 {
     (match r {
         Role::Source => proto::OrganisationRole::Source,
         Role::Consumer => proto::OrganisationRole::Consumer,

@@ -72,6 +72,17 @@ pub const RULES: &[Rule] = &[
     rule("semel.v1.RegistryService/ListPurposes", READERS),
     rule("semel.v1.RegistryService/GetCatalogue", READERS),
     rule("semel.v1.RegistryService/ApplyRegistry", &[Admin]),
+    // For organisations not registered yet, by certificate alone (see the
+    // handler): no role of a registered one may call it.
+    rule("semel.v1.RegistryService/ApplyForMembership", &[]),
+    rule(
+        "semel.v1.RegistryService/ListMembershipApplications",
+        &[Admin],
+    ),
+    rule(
+        "semel.v1.RegistryService/DecideMembershipApplication",
+        &[Admin],
+    ),
     rule(
         "semel.v1.RegistryService/ApplyForAuthorisation",
         &[Consumer],

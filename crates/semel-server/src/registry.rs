@@ -44,19 +44,7 @@ impl RegistryService {
         let (out, undo) = f(registry.clone()).await?;
         // The change is stored: from here on the undo must not be lost, so
         // a failed reload is retried rather than reported as a failure.
-        if let Err(e) = self.broker.reload().await {
-            tracing::warn!(error = %e.message, "registry reload after a change failed; retrying");
-            let broker = self.broker.clone();
-            tokio::spawn(async move {
-                for _ in 0..60 {
-                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-                    if broker.reload().await.is_ok() {
-                        return;
-                    }
-                }
-                tracing::error!("the registry could not be reloaded after a change");
-            });
-        }
+        self.reload_or_retry().await;
         let broker = self.broker.clone();
         let undo: Undo = match undo {
             None => nothing_to_undo(),
@@ -70,6 +58,26 @@ impl RegistryService {
             }),
         };
         Ok((out, undo))
+    }
+}
+
+impl RegistryService {
+    /// Reloads the snapshot after a stored change; a failure is retried in
+    /// the background (the change stands, and must take effect).
+    async fn reload_or_retry(&self) {
+        if let Err(e) = self.broker.reload().await {
+            tracing::warn!(error = %e.message, "registry reload after a change failed; retrying");
+            let broker = self.broker.clone();
+            tokio::spawn(async move {
+                for _ in 0..60 {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    if broker.reload().await.is_ok() {
+                        return;
+                    }
+                }
+                tracing::error!("the registry could not be reloaded after a change");
+            });
+        }
     }
 }
 
@@ -672,6 +680,290 @@ impl Rpc for RegistryService {
         }))
     }
 
+    async fn apply_for_membership(
+        &self,
+        req: Request<proto::ApplyForMembershipRequest>,
+    ) -> Result<Response<proto::ApplyForMembershipResponse>, Status> {
+        const OPERATION: &str = "semel.v1.RegistryService/ApplyForMembership";
+        let now = OffsetDateTime::now_utc();
+        let peer = crate::state::Credentials::of(&req).peer.cloned();
+        let Some(cert) = peer.as_ref().and_then(|p| p.certificate.as_ref()) else {
+            return Err(ApiError::unauthenticated(
+                "CLIENT_CERTIFICATE_REQUIRED",
+                "apply with your organisation's certificate (mutual TLS), from a CA this broker trusts",
+            )
+            .into());
+        };
+        let kbo = cert.kbo.clone().map_err(|why| {
+            ApiError::unauthenticated(
+                "CERTIFICATE_WITHOUT_ORGANISATION",
+                format!("{why}; use a certificate whose subject carries organizationIdentifier NTRBE-<enterprise number>"),
+            )
+        })?;
+        let registered = {
+            let snapshot = self.broker.snapshot();
+            if snapshot.is_revoked(cert) {
+                return Err(ApiError::unauthenticated(
+                    "CERTIFICATE_REVOKED",
+                    "this certificate has been revoked",
+                )
+                .into());
+            }
+            snapshot.organisations.contains_key(&kbo)
+        };
+        if registered {
+            // A member is refused as the matrix says, and audited.
+            self.broker.admit(&req).await?;
+            return Err(exists(&format!("organisation {kbo}")).into());
+        }
+        if cert.expired_at(std::time::SystemTime::now()) {
+            return Err(ApiError::unauthenticated(
+                "CERTIFICATE_EXPIRED",
+                "this certificate has expired; apply with your organisation's new certificate",
+            )
+            .into());
+        }
+        let msg = req.into_inner();
+        let name = text("name", msg.name, 200)?;
+        let contact = text("contact", msg.contact, 200)?;
+        let note = if msg.note.trim().is_empty() {
+            String::new()
+        } else {
+            text("note", msg.note, 2000)?
+        };
+        if name.trim().is_empty() || contact.trim().is_empty() {
+            return Err(ApiError::invalid(
+                "name",
+                "INVALID_ARGUMENT",
+                "give your organisation's legal name and a contact",
+            )
+            .into());
+        }
+        let roles = msg
+            .roles
+            .into_iter()
+            .map(role_from_proto)
+            .collect::<Result<std::collections::BTreeSet<Role>, _>>()?;
+        if roles.is_empty()
+            || roles
+                .iter()
+                .any(|r| matches!(r, Role::Operator | Role::Auditor))
+        {
+            return Err(ApiError::invalid(
+                "roles",
+                "INVALID_ARGUMENT",
+                "ask for source, consumer and/or citizen_portal; the operator and supervisory roles are granted by the operator only",
+            )
+            .into());
+        }
+        let _guard = self.broker.admin.lock().await;
+        let registry = self.broker.storage().registry.clone();
+        if let Some(p) = registry
+            .memberships()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .find(|m| m.kbo == kbo && m.state == semel_core::ApplicationState::Pending)
+        {
+            return Err(ApiError::new(
+                Code::AlreadyExists,
+                "ALREADY_EXISTS",
+                format!(
+                    "your application {} is pending; the operator will decide on it",
+                    p.id
+                ),
+            )
+            .into());
+        }
+        let application = semel_core::MembershipApplication {
+            id: crate::state::new_id().to_string(),
+            kbo,
+            name,
+            roles,
+            contact: semel_core::redact_national_numbers(&contact).into_owned(),
+            note: semel_core::redact_national_numbers(&note).into_owned(),
+            certificate: cert.fingerprint.key(),
+            applied_at: now,
+            state: semel_core::ApplicationState::Pending,
+            decided_by_person: None,
+            decided_at: None,
+            decision_note: String::new(),
+        };
+        registry
+            .put_membership(&application)
+            .await
+            .map_err(ApiError::from)?;
+        // Its entry, durable before the answer; the application is taken
+        // back if the entry cannot be written.
+        let mut record = crate::state::blank_record(crate::state::new_id(), OPERATION, kbo, None);
+        record.outcome = semel_core::Outcome::Answered;
+        record.consumer_reference = format!("membership {}", application.id);
+        record.detail = semel_core::redact_national_numbers(&format!(
+            "membership applied for: {} ({}), roles {}, certificate {}",
+            application.name,
+            application.kbo,
+            roles_text(&application.roles),
+            application.certificate
+        ))
+        .into_owned();
+        if let Err(e) = self.broker.append_durably(record).await {
+            let undo = RegistryUndo::Membership(Box::new(application.clone()), None);
+            crate::audited::retry_undo("a membership application", || registry.undo(&undo)).await;
+            return Err(e.into());
+        }
+        tracing::info!(kbo = kbo.as_str(), "membership applied for");
+        Ok(Response::new(proto::ApplyForMembershipResponse {
+            application: Some(membership_to_proto(&application)),
+        }))
+    }
+
+    async fn list_membership_applications(
+        &self,
+        req: Request<proto::ListMembershipApplicationsRequest>,
+    ) -> Result<Response<proto::ListMembershipApplicationsResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let state = req.get_ref().state;
+        let mut all: Vec<semel_core::MembershipApplication> = self
+            .broker
+            .storage()
+            .registry
+            .memberships()
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .filter(|a| state == 0 || application_state_to_proto(a.state) as i32 == state)
+            .collect();
+        all.sort_by_key(|a| std::cmp::Reverse(a.applied_at));
+        Ok(Response::new(proto::ListMembershipApplicationsResponse {
+            applications: all.iter().map(membership_to_proto).collect(),
+        }))
+    }
+
+    async fn decide_membership_application(
+        &self,
+        req: Request<proto::DecideMembershipApplicationRequest>,
+    ) -> Result<Response<proto::DecideMembershipApplicationResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let now = OffsetDateTime::now_utc();
+        let ((application, organisation), _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                c.reference = format!("membership {}", msg.id.chars().take(64).collect::<String>());
+                let note = semel_core::redact_national_numbers(msg.note.trim()).into_owned();
+                if !msg.approve && note.is_empty() {
+                    return Err(ApiError::invalid(
+                        "note",
+                        "INVALID_ARGUMENT",
+                        "a rejection gives its reasons, for the applicant",
+                    ));
+                }
+                let roles = msg
+                    .roles
+                    .iter()
+                    .map(|r| role_from_proto(*r))
+                    .collect::<Result<std::collections::BTreeSet<Role>, _>>()?;
+                let person = caller.user.subject.clone();
+                let (out, undo) = self
+                    .apply(move |reg| async move {
+                        let before = reg
+                            .memberships()
+                            .await?
+                            .into_iter()
+                            .find(|a| a.id == msg.id)
+                            .ok_or_else(|| {
+                                ApiError::not_found(
+                                    "UNKNOWN_APPLICATION",
+                                    format!("no application {} is on record", msg.id),
+                                )
+                            })?;
+                        if before.state != semel_core::ApplicationState::Pending {
+                            return Err(precondition(
+                                "APPLICATION_DECIDED",
+                                format!("application {} was already decided", before.id),
+                            ));
+                        }
+                        let organisation = msg.approve.then(|| Organisation {
+                            kbo: before.kbo,
+                            name: before.name.clone(),
+                            roles: if roles.is_empty() {
+                                before.roles.clone()
+                            } else {
+                                roles
+                            },
+                            status: OrganisationStatus::Active,
+                            created_at: now,
+                        });
+                        if let Some(org) = &organisation {
+                            reg.insert_organisation(org)
+                                .await
+                                .map_err(|e| taken(e, &format!("organisation {}", org.kbo)))?;
+                        }
+                        let decided = semel_core::MembershipApplication {
+                            state: if msg.approve {
+                                semel_core::ApplicationState::Approved
+                            } else {
+                                semel_core::ApplicationState::Rejected
+                            },
+                            decided_by_person: Some(person),
+                            decided_at: Some(now),
+                            decision_note: note,
+                            ..before.clone()
+                        };
+                        if let Err(e) = reg.put_membership(&decided).await {
+                            if let Some(org) = &organisation {
+                                let _ = reg
+                                    .undo(&RegistryUndo::Organisation(Box::new(org.clone()), None))
+                                    .await;
+                            }
+                            return Err(e.into());
+                        }
+                        let undo = RegistryUndo::Membership(
+                            Box::new(decided.clone()),
+                            Some(Box::new(before)),
+                        );
+                        Ok(((decided, organisation), Some(undo)))
+                    })
+                    .await?;
+                let (decided, organisation) = &out;
+                c.detail = match organisation {
+                    Some(o) => format!(
+                        "membership {} approved: organisation {} ({}) registered with roles {}",
+                        decided.id,
+                        o.kbo,
+                        o.name,
+                        roles_text(&o.roles)
+                    ),
+                    None => format!(
+                        "membership {} of {} rejected: {}",
+                        decided.id, decided.kbo, decided.decision_note
+                    ),
+                };
+                // The organisation must not stand without the decision's
+                // entry either.
+                let registry = self.broker.storage().registry.clone();
+                let org = organisation.clone();
+                let broker = self.broker.clone();
+                let undo: Undo = Box::pin(async move {
+                    undo.await;
+                    if let Some(org) = org {
+                        let u = RegistryUndo::Organisation(Box::new(org), None);
+                        crate::audited::retry_undo("an approved membership", || registry.undo(&u))
+                            .await;
+                        let _ = broker.reload().await;
+                    }
+                });
+                Ok((out, undo))
+            })
+            .await?;
+        tracing::info!(application = %application.id, approved = organisation.is_some(), "membership decided");
+        Ok(Response::new(proto::DecideMembershipApplicationResponse {
+            application: Some(membership_to_proto(&application)),
+            organisation: organisation.as_ref().map(organisation_to_proto),
+        }))
+    }
+
     async fn apply_for_authorisation(
         &self,
         req: Request<proto::ApplyForAuthorisationRequest>,
@@ -724,6 +1016,15 @@ impl Rpc for RegistryService {
                         }
                     }
                 }
+                // The version it amends (0: a new one), so that an approval
+                // over a later version is refused rather than undoing it.
+                let mut proposed = proposed;
+                proposed.version = self
+                    .broker
+                    .snapshot()
+                    .authorisations
+                    .get(proposed.reference.as_str())
+                    .map_or(0, |a| a.version);
                 let application = semel_core::AuthorisationApplication {
                     id: crate::state::new_id().to_string(),
                     proposed,
@@ -786,7 +1087,19 @@ impl Rpc for RegistryService {
         applications.sort_by_key(|a| std::cmp::Reverse(a.applied_at));
         Ok(Response::new(
             proto::ListAuthorisationApplicationsResponse {
-                applications: applications.iter().map(application_to_proto).collect(),
+                applications: applications
+                    .iter()
+                    .map(|a| {
+                        let mut p = application_to_proto(a);
+                        // A source sees what is asked of its data, not
+                        // who the applicant's or the body's people are.
+                        if !all && a.applicant != caller.org.kbo {
+                            p.applied_by.clear();
+                            p.decided_by.clear();
+                        }
+                        p
+                    })
+                    .collect(),
             },
         ))
     }
@@ -834,6 +1147,12 @@ impl Rpc for RegistryService {
                 c.authorisation = Some(before.proposed.reference.to_string());
                 c.dataset = before.proposed.dataset.to_string();
                 c.purpose = before.proposed.purpose.to_string();
+                if before.applicant == caller.org.kbo || caller.org.roles.contains(&Role::Operator) {
+                    return Err(ApiError::denied(
+                        "NOT_SUPERVISORY_BODY",
+                        "an organisation does not decide on its own applications, nor does the operator: the supervisory body does",
+                    ));
+                }
                 if before.state != semel_core::ApplicationState::Pending {
                     return Err(precondition(
                         "APPLICATION_DECIDED",
@@ -873,6 +1192,17 @@ impl Rpc for RegistryService {
                                     .await?
                                     .into_iter()
                                     .find(|a| a.reference == proposed.reference);
+                                let based_on = before.proposed.version;
+                                if current.as_ref().map_or(0, |c| c.version) != based_on {
+                                    return Err(ApiError::new(
+                                        Code::Aborted,
+                                        "CONFLICT",
+                                        format!(
+                                            "authorisation {} changed since the application (it amended version {based_on}): the applicant applies again against the current version",
+                                            proposed.reference
+                                        ),
+                                    ));
+                                }
                                 if let Some(cur) = &current {
                                     if cur.status == AuthorisationStatus::Revoked {
                                         return Err(ended(cur));
@@ -987,7 +1317,7 @@ impl Rpc for RegistryService {
                 // Each change's entry is durable before anything is stored.
                 for (i, w) in &plan.writes {
                     let mut record = self.broker.audit_record(&caller, crate::state::new_id());
-                    apply::record_change(&mut record, &plan.changes[*i], w, &apply_id);
+                    apply::record_change(&mut record, &plan.changes[*i], w, &apply_id, &reason);
                     self.broker.append_durably(record).await?;
                 }
                 let undos = apply::write(&*registry, &plan.writes).await.map_err(|e| {
@@ -996,9 +1326,7 @@ impl Rpc for RegistryService {
                         ..e
                     }
                 })?;
-                if let Err(e) = self.broker.reload().await {
-                    tracing::warn!(error = %e.message, "registry reload after an apply failed; it is retried by the next change or poll");
-                }
+                self.reload_or_retry().await;
                 let count = |a: proto::PlannedAction| {
                     plan.changes.iter().filter(|c| c.action == a as i32).count()
                 };
@@ -1949,5 +2277,22 @@ fn application_to_proto(
         decided_at: a.decided_at.map(timestamp),
         decision_note: a.decision_note.clone(),
         approved_version: a.approved_version.unwrap_or(0),
+    }
+}
+
+fn membership_to_proto(a: &semel_core::MembershipApplication) -> proto::MembershipApplication {
+    proto::MembershipApplication {
+        id: a.id.clone(),
+        kbo: a.kbo.as_str().to_owned(),
+        name: a.name.clone(),
+        roles: a.roles.iter().map(|r| role_to_proto(*r)).collect(),
+        contact: a.contact.clone(),
+        note: a.note.clone(),
+        certificate: a.certificate.clone(),
+        applied_at: Some(timestamp(a.applied_at)),
+        state: application_state_to_proto(a.state) as i32,
+        decided_by: a.decided_by_person.clone().unwrap_or_default(),
+        decided_at: a.decided_at.map(timestamp),
+        decision_note: a.decision_note.clone(),
     }
 }

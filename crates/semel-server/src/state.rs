@@ -827,7 +827,7 @@ pub const REFUSALS_SUMMARY_OPERATION: &str = "semel.broker/RefusedCallsSummary";
 
 /// An entry for a call other than a lookup, made now: allowed, about
 /// nobody, nothing forwarded, until the caller says otherwise.
-fn blank_record(
+pub(crate) fn blank_record(
     request_id: uuid::Uuid,
     operation: &'static str,
     organisation: semel_core::Kbo,

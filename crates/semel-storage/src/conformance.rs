@@ -562,6 +562,43 @@ pub mod registry {
             .await
             .expect("undo the application");
         assert_eq!(store.applications().await.expect("read"), [a]);
+
+        // Applications for membership: kept, decided, undone alike.
+        assert!(store.memberships().await.expect("read").is_empty());
+        let m = semel_core::MembershipApplication {
+            id: "01c-member".into(),
+            kbo: kbo("0999999724"),
+            name: "OCMW Test".into(),
+            roles: [semel_core::Role::Consumer].into_iter().collect(),
+            contact: "ict@ocmw.example".into(),
+            note: String::new(),
+            certificate: "sha256:00".into(),
+            applied_at: datetime!(2026-03-01 9:00 UTC),
+            state: ApplicationState::Pending,
+            decided_by_person: None,
+            decided_at: None,
+            decision_note: String::new(),
+        };
+        store.put_membership(&m).await.expect("put");
+        let approved = semel_core::MembershipApplication {
+            state: ApplicationState::Approved,
+            decided_by_person: Some("operator".into()),
+            decided_at: Some(datetime!(2026-03-02 9:00 UTC)),
+            ..m.clone()
+        };
+        store.put_membership(&approved).await.expect("decide");
+        assert_eq!(
+            store.memberships().await.expect("read"),
+            std::slice::from_ref(&approved)
+        );
+        store
+            .undo(&RegistryUndo::Membership(
+                Box::new(approved),
+                Some(Box::new(m.clone())),
+            ))
+            .await
+            .expect("undo");
+        assert_eq!(store.memberships().await.expect("read"), [m]);
     }
 
     pub async fn an_empty_registry_lists_nothing(store: &dyn RegistryStore) {

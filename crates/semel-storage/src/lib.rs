@@ -80,6 +80,11 @@ pub enum RegistryUndo {
     Revocation(semel_core::CertificateId),
     /// The version written, and the one before it.
     Authorisation(Box<Authorisation>, Option<Box<Authorisation>>),
+    /// An application for membership, as written and as it was.
+    Membership(
+        Box<semel_core::MembershipApplication>,
+        Option<Box<semel_core::MembershipApplication>>,
+    ),
     /// An application for an authorisation, as written and as it was.
     Application(
         Box<semel_core::AuthorisationApplication>,
@@ -224,6 +229,14 @@ pub trait RegistryStore: Send + Sync {
     /// Every application, by id.
     async fn applications(&self)
     -> Result<Vec<semel_core::AuthorisationApplication>, StorageError>;
+
+    /// Stores an application for membership (insert or replace, by id).
+    async fn put_membership(
+        &self,
+        application: &semel_core::MembershipApplication,
+    ) -> Result<(), StorageError>;
+    /// Every application for membership, by id.
+    async fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, StorageError>;
 
     /// Records a revocation; revoking again keeps the first record, which
     /// is returned.

@@ -31,6 +31,8 @@ pub struct Registry {
     purposes: sled::Tree,
     /// Applications for authorisations, keyed by id.
     applications: sled::Tree,
+    /// Applications for membership, keyed by id.
+    memberships: sled::Tree,
 }
 
 impl Registry {
@@ -47,6 +49,7 @@ impl Registry {
             revoked_certificates: tree("revoked_certificates")?,
             purposes: tree("purposes")?,
             applications: tree("authorisation_applications")?,
+            memberships: tree("membership_applications")?,
             db,
             db_path,
         })
@@ -116,6 +119,19 @@ impl Registry {
 
     pub fn applications(&self) -> Result<Vec<semel_core::AuthorisationApplication>, StoreError> {
         all(&self.applications)
+    }
+
+    /// Stores an application for membership (insert or replace).
+    pub fn put_membership(
+        &self,
+        application: &semel_core::MembershipApplication,
+    ) -> Result<(), StoreError> {
+        put(&self.memberships, application.id.as_bytes(), application)?;
+        self.sync()
+    }
+
+    pub fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, StoreError> {
+        all(&self.memberships)
     }
 
     /// Stores a purpose (insert or replace).
@@ -218,6 +234,13 @@ impl Registry {
                 &**written,
                 before.as_deref(),
                 &format!("purpose {}", written.code),
+            )?,
+            RegistryUndo::Membership(written, before) => restore(
+                &self.memberships,
+                written.id.as_bytes(),
+                &**written,
+                before.as_deref(),
+                &format!("membership application {}", written.id),
             )?,
             RegistryUndo::Application(written, before) => restore(
                 &self.applications,
@@ -401,6 +424,18 @@ impl semel_storage::RegistryStore for Registry {
         &self,
     ) -> Result<Vec<semel_core::AuthorisationApplication>, StorageError> {
         Ok(Registry::applications(self)?)
+    }
+
+    async fn put_membership(
+        &self,
+        application: &semel_core::MembershipApplication,
+    ) -> Result<(), StorageError> {
+        let (r, a) = (self.clone(), application.clone());
+        crate::blocking(move || r.put_membership(&a)).await
+    }
+
+    async fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, StorageError> {
+        Ok(Registry::memberships(self)?)
     }
 
     async fn put_purpose(&self, purpose: &Purpose) -> Result<(), StorageError> {

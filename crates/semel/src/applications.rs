@@ -38,6 +38,89 @@ pub enum ApplicationsCommand {
     },
 }
 
+#[derive(Subcommand)]
+pub enum MembershipCommand {
+    /// Apply for membership with your organisation's certificate (no token needed): your
+    /// organisation is not registered yet.
+    Apply {
+        /// Your legal name.
+        #[arg(long)]
+        name: String,
+        /// Roles asked for, comma-separated: source, consumer, citizen_portal.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Who to contact.
+        #[arg(long)]
+        contact: String,
+        /// Endpoints, datasets, why.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Applications for membership (operator), newest first.
+    List {
+        /// Only those waiting for a decision.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve an application: registers the organisation (operator).
+    Approve {
+        /// The application's id.
+        id: String,
+        /// The roles granted (default: those asked).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// The reasons.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Reject an application, with reasons (operator).
+    Reject {
+        /// The application's id.
+        id: String,
+        /// The reasons, for the applicant (required).
+        #[arg(long)]
+        note: String,
+    },
+}
+
+pub async fn run_membership(conn: Conn, command: MembershipCommand) -> anyhow::Result<ExitCode> {
+    let client = connect(&conn, None).await?;
+    let (result, columns): (_, &[&str]) = match command {
+        MembershipCommand::Apply {
+            name,
+            roles,
+            contact,
+            note,
+        } => (
+            client
+                .apply_for_membership(name, &roles, contact, note)
+                .await,
+            &[],
+        ),
+        MembershipCommand::List { pending } => (
+            client.membership_applications(pending).await,
+            &[
+                "id",
+                "state",
+                "kbo",
+                "name",
+                "roles",
+                "contact",
+                "applied_at",
+                "decided_by",
+                "decision_note",
+            ],
+        ),
+        MembershipCommand::Approve { id, roles, note } => {
+            (client.decide_membership(id, true, &roles, note).await, &[])
+        }
+        MembershipCommand::Reject { id, note } => {
+            (client.decide_membership(id, false, &[], note).await, &[])
+        }
+    };
+    report(conn.json, result, |v| print_value(v, columns))
+}
+
 #[derive(clap::Args)]
 pub struct SubmitArgs {
     /// The reference asked for, e.g. BSC/2026/201 (or one your organisation holds, to amend it).

@@ -82,6 +82,14 @@ pub enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    /// Apply for membership (an administration not registered yet, by its certificate); approve
+    /// or reject applications (operator).
+    Membership {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        command: crate::applications::MembershipCommand,
+    },
     /// Apply for an authorisation (consumer); approve or reject applications (supervisory body).
     Applications {
         #[command(flatten)]

@@ -146,6 +146,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Admin { conn, command } => admin::run(conn, command).await,
         Command::Registry { conn, command } => registry::run(conn, command).await,
         Command::Applications { conn, command } => applications::run(conn, command).await,
+        Command::Membership { conn, command } => applications::run_membership(conn, command).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchMutations(args) => bench::run_mutations(args).await,
         Command::BenchServer(args) => bench::serve(args).await,

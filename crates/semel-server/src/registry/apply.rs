@@ -158,12 +158,18 @@ pub(super) fn plan(
     // and left out of the rest of the checks.
     let mut orgs: Vec<(usize, Organisation)> = Vec::new();
     for (i, p) in req.organisations.iter().enumerate() {
-        let suspended = p.status == proto::OrganisationStatus::Suspended as i32;
+        // A status left out keeps the stored one: files written before an
+        // emergency suspension do not lift it.
+        let status = match proto::OrganisationStatus::try_from(p.status) {
+            Ok(proto::OrganisationStatus::Suspended) => Some(OrganisationStatus::Suspended),
+            Ok(proto::OrganisationStatus::Active) => Some(OrganisationStatus::Active),
+            _ => None,
+        };
         match organisation_from_proto(p.clone(), now) {
             Ok(mut o) => {
-                if suspended {
-                    o.status = OrganisationStatus::Suspended;
-                }
+                o.status = status
+                    .or_else(|| current.orgs.get(&o.kbo).map(|c| c.status))
+                    .unwrap_or(OrganisationStatus::Active);
                 orgs.push((i, o));
             }
             Err(e) => v.push("organisations", "organisation", i, e),
@@ -184,6 +190,8 @@ pub(super) fn plan(
         }
     }
     let mut auths: Vec<(usize, Authorisation)> = Vec::new();
+    // The version each authorisation was written from (0: not said).
+    let mut bases: Vec<u32> = Vec::new();
     for (i, p) in req.authorisations.iter().enumerate() {
         let status = match proto::AuthorisationStatus::try_from(p.status) {
             Ok(proto::AuthorisationStatus::Suspended) => AuthorisationStatus::Suspended,
@@ -194,6 +202,7 @@ pub(super) fn plan(
             Ok(mut a) => {
                 a.status = status;
                 auths.push((i, a));
+                bases.push(p.version);
             }
             Err(e) => v.push("authorisations", "authorisation", i, e),
         }
@@ -373,7 +382,9 @@ pub(super) fn plan(
     }
 
     for (i, d) in &datasets {
+        let unchanged = current.datasets.get(d.name.as_str()) == Some(d);
         match will_orgs.get(&d.source) {
+            _ if unchanged => {}
             Some(o) if o.roles.contains(&Role::Source) => {}
             Some(_) => v.say(
                 "datasets",
@@ -458,7 +469,7 @@ pub(super) fn plan(
         changes.push(change("dataset", d.name.to_string(), *i, action, detail));
     }
 
-    for (i, a) in &auths {
+    for (auth_position, (i, a)) in auths.iter().enumerate() {
         let before = current.auths.get(a.reference.as_str());
         if let Some(b) = before {
             for (field, was, is) in [
@@ -482,14 +493,6 @@ pub(super) fn plan(
                     );
                 }
             }
-        }
-        if let Err(e) = check_authorisation_in(
-            will_orgs.get(&a.consumer),
-            will_purposes.contains_key(a.purpose.as_str()),
-            will_datasets.get(a.dataset.as_str()),
-            a,
-        ) {
-            v.push("authorisations", "authorisation", *i, e);
         }
         let (action, after) = match before {
             None => {
@@ -543,6 +546,49 @@ pub(super) fn plan(
                 (action, after)
             }
         };
+        // What does not change is not judged again: a revoked authorisation
+        // whose field or consumer role has since gone stays history.
+        if action != PlannedAction::Unchanged {
+            if let Err(e) = check_authorisation_in(
+                will_orgs.get(&a.consumer),
+                will_purposes.contains_key(a.purpose.as_str()),
+                will_datasets.get(a.dataset.as_str()),
+                a,
+            ) {
+                v.push("authorisations", "authorisation", *i, e);
+            }
+            // Written from an older version than the stored one: applying
+            // would undo what changed since (an emergency suspension, an
+            // approved application, a single amendment).
+            let base = bases[auth_position];
+            if let Some(b) = before
+                && base != 0
+                && base != b.version
+            {
+                v.say(
+                    "authorisations",
+                    *i,
+                    "",
+                    "CONFLICT",
+                    format!(
+                        "authorisation {} is at version {}; these files describe version {}: export again (or merge what changed, see `semel admin authorisation versions {}`)",
+                        b.reference, b.version, base, b.reference
+                    ),
+                );
+            }
+            if action == PlannedAction::Revoke && req.reason.trim().is_empty() {
+                v.say(
+                    "authorisations",
+                    *i,
+                    "status",
+                    "INVALID_ARGUMENT",
+                    format!(
+                        "revoking {} is final: give the apply a reason (--reason)",
+                        a.reference
+                    ),
+                );
+            }
+        }
         let detail = match (action, before) {
             (PlannedAction::Create, _) => format!(
                 "v1 for {} on {}, purpose {}, fields [{}]",
@@ -669,8 +715,14 @@ pub(super) fn record_change(
     change: &proto::PlannedChange,
     write: &Write,
     apply: &str,
+    reason: &str,
 ) {
     record.consumer_reference = apply.to_owned();
+    let apply = if reason.is_empty() {
+        apply.to_owned()
+    } else {
+        format!("{apply} ({reason})")
+    };
     let action = PlannedAction::try_from(change.action)
         .map(|a| {
             a.as_str_name()
@@ -678,10 +730,11 @@ pub(super) fn record_change(
                 .to_lowercase()
         })
         .unwrap_or_default();
-    record.detail = format!(
+    record.detail = semel_core::redact_national_numbers(&format!(
         "{} {} {action} by {apply}: {}",
         change.kind, change.key, change.detail
-    );
+    ))
+    .into_owned();
     match write {
         Write::Organisation(..) => {}
         Write::Purpose(p, _) => record.purpose = p.code.to_string(),
