@@ -503,6 +503,7 @@ pub async fn register_test_dataset(t: &TestDemo, name: &str, endpoint: &str) {
             fields: vec![field("a"), field("b"), field("c")],
             endpoint: endpoint.into(),
             keeps_history: false,
+            withdrawn: false,
         }),
     })
     .await

@@ -605,6 +605,7 @@ async fn a_wrong_replacement_is_undone_and_the_register_is_the_operators() {
                     }],
                     endpoint: "https://127.0.0.1:1".into(),
                     keeps_history: false,
+                    withdrawn: false,
                 }),
             })
             .await

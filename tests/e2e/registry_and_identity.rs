@@ -1398,6 +1398,14 @@ async fn an_authorisation_is_applied_for_and_decided_by_the_supervisory_body() {
     assert_eq!(application.state, proto::ApplicationState::Pending as i32);
     let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
     assert_eq!(application.applicant_kbo, anderlecht.as_str());
+    assert_error(
+        &cpas
+            .apply_for_authorisation(apply("BSC/2026/201"))
+            .await
+            .expect_err("one pending application per reference"),
+        Code::AlreadyExists,
+        "ALREADY_EXISTS",
+    );
     let mut c = t.lookup_client(ANDERLECHT).await;
     let housing = lookup(KARIM, RESIDENCE, &["municipality"], "SOCIAL_HOUSING");
     assert!(
@@ -1549,7 +1557,7 @@ async fn an_authorisation_is_applied_for_and_decided_by_the_supervisory_body() {
             .filter(|e| e.operation == format!("semel.v1.RegistryService/{op}"))
             .count()
     };
-    assert_eq!(ops("ApplyForAuthorisation"), 3);
+    assert_eq!(ops("ApplyForAuthorisation"), 4, "two accepted, two refused");
     assert!(ops("DecideAuthorisationApplication") >= 6);
     let approval = entries
         .iter()
@@ -1694,5 +1702,115 @@ async fn an_administration_applies_for_membership_and_the_operator_decides() {
         .find(|e| e.operation == "semel.v1.RegistryService/ApplyForMembership")
         .expect("the application is in the log");
     assert_eq!(entry.consumer_kbo, kbo);
+    t.stop().await;
+}
+
+/// A dataset withdrawn by its source is an ending, not a deletion: lookups
+/// and changes of it are refused from then on, it cannot change any more,
+/// and the catalogues of those authorised mark it.
+#[tokio::test]
+async fn a_withdrawn_dataset_serves_nothing_and_stays_on_record() {
+    let t = TestDemo::start().await;
+    let mut source = RegistryServiceClient::new(t.channel("national-register").await);
+    let withdraw = |reason: &str| proto::WithdrawDatasetRequest {
+        name: RESIDENCE.into(),
+        reason: reason.into(),
+    };
+    assert_error(
+        &source
+            .withdraw_dataset(withdraw(" "))
+            .await
+            .expect_err("no reason"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_error(
+        &RegistryServiceClient::new(t.channel("spf-finances").await)
+            .withdraw_dataset(withdraw("not mine"))
+            .await
+            .expect_err("another source's"),
+        Code::PermissionDenied,
+        "OTHER_ORGANISATION",
+    );
+    let d = source
+        .withdraw_dataset(withdraw("replaced by national_register.address"))
+        .await
+        .expect("withdrawn")
+        .into_inner()
+        .dataset
+        .expect("dataset");
+    assert!(d.withdrawn);
+    let err = t
+        .lookup_client(ANDERLECHT)
+        .await
+        .lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect_err("withdrawn");
+    assert_error(&err, Code::FailedPrecondition, "DATASET_WITHDRAWN");
+    let entry = t.audit_entries().await.pop().expect("entry");
+    assert_eq!(entry.reason, "DATASET_WITHDRAWN", "the refusal is recorded");
+    let err = proto::mutation_service_client::MutationServiceClient::new(
+        t.channel("national-register").await,
+    )
+    .publish_mutations(proto::PublishMutationsRequest {
+        mutations: vec![proto::Mutation {
+            source_event_id: "after-withdrawal".into(),
+            dataset: RESIDENCE.into(),
+            citizen: KARIM.into(),
+            kind: proto::MutationKind::Changed as i32,
+            effective_date: time::OffsetDateTime::now_utc().date().to_string(),
+            fields: [(
+                "street".to_owned(),
+                proto::Value {
+                    kind: Some(proto::value::Kind::StringValue("Rue Wayez".into())),
+                },
+            )]
+            .into_iter()
+            .collect(),
+        }],
+    })
+    .await
+    .expect_err("no changes of a withdrawn dataset");
+    assert_error(&err, Code::FailedPrecondition, "DATASET_WITHDRAWN");
+    assert_error(
+        &source
+            .amend_dataset(proto::AmendDatasetRequest {
+                dataset: Some(d.clone()),
+                reason: String::new(),
+            })
+            .await
+            .expect_err("final"),
+        Code::FailedPrecondition,
+        "DATASET_WITHDRAWN",
+    );
+    // Still on record, and marked in the catalogue.
+    let got = source
+        .get_dataset(proto::GetDatasetRequest {
+            name: RESIDENCE.into(),
+        })
+        .await
+        .expect("still readable")
+        .into_inner()
+        .dataset
+        .expect("dataset");
+    assert!(got.withdrawn);
+    let catalogue = RegistryServiceClient::new(t.channel(ANDERLECHT).await)
+        .get_catalogue(proto::GetCatalogueRequest::default())
+        .await
+        .expect("catalogue")
+        .into_inner();
+    let residence: Vec<i32> = catalogue
+        .may_call
+        .iter()
+        .filter(|e| e.dataset == RESIDENCE)
+        .map(|e| e.state)
+        .collect();
+    assert!(!residence.is_empty());
+    assert!(
+        residence
+            .iter()
+            .all(|s| *s == proto::CatalogueState::DatasetWithdrawn as i32),
+        "{residence:?}"
+    );
     t.stop().await;
 }

@@ -786,6 +786,16 @@ impl Client {
         Ok(Json::Array(r.datasets.iter().map(dataset_json).collect()))
     }
 
+    /// Withdraws a dataset for good.
+    pub async fn withdraw_dataset(&self, name: String, reason: String) -> CallResult {
+        let r = self
+            .registry()
+            .withdraw_dataset(proto::WithdrawDatasetRequest { name, reason })
+            .await?
+            .into_inner();
+        Ok(r.dataset.as_ref().map(dataset_json).unwrap_or(Json::Null))
+    }
+
     /// Amends an organisation: a new name, new roles (`None` keeps them).
     pub async fn amend_organisation(
         &self,
@@ -890,6 +900,7 @@ impl Client {
                     fields,
                     endpoint: d.endpoint,
                     keeps_history: d.keeps_history,
+                    withdrawn: false,
                 }),
             })
             .await?
@@ -968,11 +979,7 @@ impl Client {
         let r = self
             .registry()
             .list_membership_applications(proto::ListMembershipApplicationsRequest {
-                state: if pending_only {
-                    proto::ApplicationState::Pending as i32
-                } else {
-                    0
-                },
+                state: pending_filter(pending_only),
             })
             .await?
             .into_inner();
@@ -1012,11 +1019,7 @@ impl Client {
         let r = self
             .registry()
             .list_authorisation_applications(proto::ListAuthorisationApplicationsRequest {
-                state: if pending_only {
-                    proto::ApplicationState::Pending as i32
-                } else {
-                    0
-                },
+                state: pending_filter(pending_only),
             })
             .await?
             .into_inner();
@@ -1894,6 +1897,7 @@ fn dataset_json(d: &proto::Dataset) -> Json {
         fields,
         endpoint,
         keeps_history,
+        withdrawn,
     } = d;
     json!({
         "name": name,
@@ -1901,6 +1905,7 @@ fn dataset_json(d: &proto::Dataset) -> Json {
         "description": description,
         "endpoint": endpoint,
         "keeps_history": keeps_history,
+        "withdrawn": withdrawn,
         "fields": fields.iter().map(field_json).collect::<Vec<_>>(),
     })
 }
@@ -1984,6 +1989,15 @@ fn new_authorisation_proto(a: NewAuthorisation) -> Result<proto::Authorisation, 
             .collect::<anyhow::Result<Vec<_>>>()
             .map_err(|e| usage(format!("{e:#}")))?,
     })
+}
+
+/// The state filter of the applications' lists.
+fn pending_filter(pending_only: bool) -> i32 {
+    if pending_only {
+        proto::ApplicationState::Pending as i32
+    } else {
+        0
+    }
 }
 
 fn membership_json(a: &proto::MembershipApplication) -> Json {

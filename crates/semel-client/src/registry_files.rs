@@ -61,6 +61,9 @@ struct Dataset {
     endpoint: String,
     #[serde(default)]
     keeps_history: bool,
+    /// `withdrawn`; absent: published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<String>,
     fields: Vec<Field>,
 }
 
@@ -199,6 +202,7 @@ pub fn export(
                             description: d.description.clone(),
                             endpoint: d.endpoint.clone(),
                             keeps_history: d.keeps_history,
+                            status: d.withdrawn.then(|| "withdrawn".to_owned()),
                             fields: d
                                 .fields
                                 .iter()
@@ -423,7 +427,19 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                     }
                 })
                 .collect();
+            let withdrawn = match d.status.as_deref() {
+                None | Some("published") => false,
+                Some("withdrawn") => true,
+                Some(other) => {
+                    bad(
+                        span.clone(),
+                        format!("unknown status {other:?}; use withdrawn, or leave it out"),
+                    );
+                    false
+                }
+            };
             read.request.datasets.push(proto::Dataset {
+                withdrawn,
                 name: d.name,
                 source_kbo: d.source,
                 description: d.description,

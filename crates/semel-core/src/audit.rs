@@ -63,6 +63,8 @@ pub enum ReasonCode {
     InvalidArgument,
     /// The dataset does not exist.
     UnknownDataset,
+    /// The dataset was withdrawn by its source.
+    DatasetWithdrawn,
     /// A requested field does not exist in the dataset.
     UnknownField,
     /// The purpose is not in the catalogue.
@@ -135,7 +137,7 @@ pub enum ReasonCode {
     SourceRejectedRequest,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 39] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 40] = [
     (ReasonCode::NotDatasetSource, "NOT_DATASET_SOURCE"),
     (ReasonCode::NotDelivered, "NOT_DELIVERED"),
     (ReasonCode::SourceRefused, "SOURCE_REFUSED"),
@@ -182,6 +184,7 @@ const SIMPLE_CODES: [(ReasonCode, &str); 39] = [
     (ReasonCode::InvalidCitizen, "INVALID_CITIZEN"),
     (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
     (ReasonCode::UnknownDataset, "UNKNOWN_DATASET"),
+    (ReasonCode::DatasetWithdrawn, "DATASET_WITHDRAWN"),
     (ReasonCode::UnknownField, "UNKNOWN_FIELD"),
     (ReasonCode::SubjectNotFound, "SUBJECT_NOT_FOUND"),
     (ReasonCode::SourceUnavailable, "SOURCE_UNAVAILABLE"),

@@ -27,6 +27,8 @@ pub enum Standing {
     Suspended,
     /// The consumer is suspended: every call it makes is refused.
     ConsumerSuspended,
+    /// The dataset was withdrawn by its source.
+    DatasetWithdrawn,
 }
 
 impl Standing {
@@ -110,7 +112,11 @@ pub fn catalogue<'a>(
             dataset: ds,
             fields: pick(&auth.fields),
             check_fields: pick(&auth.check_fields),
-            standing: Standing::of(auth, organisation(&auth.consumer), today),
+            standing: if ds.is_some_and(|d| d.withdrawn) {
+                Standing::DatasetWithdrawn
+            } else {
+                Standing::of(auth, organisation(&auth.consumer), today)
+            },
         };
         if theirs {
             out.may_call.push(entry.clone());
@@ -170,6 +176,7 @@ mod tests {
 
     fn dataset(name: &str, source: &str) -> Dataset {
         Dataset {
+            withdrawn: false,
             name: DatasetName::new(name).expect("dataset"),
             source: kbo(source),
             description: String::new(),

@@ -82,6 +82,10 @@ pub struct Dataset {
     /// The source's `SourceService` address, e.g. `https://127.0.0.1:7001`.
     pub endpoint: String,
     pub keeps_history: bool,
+    /// Withdrawn for good: no lookup or change is served any more; it
+    /// stays in the registry (nothing is deleted).
+    #[serde(default)]
+    pub withdrawn: bool,
 }
 
 impl Dataset {

@@ -203,6 +203,7 @@ pub fn datasets(endpoint: impl Fn(&str) -> String) -> Vec<Dataset> {
               description: &str,
               history: bool,
               f: Vec<FieldDefinition>| Dataset {
+        withdrawn: false,
         name: name(DatasetName::new(n)),
         source: source.unwrap_or_else(|| panic!("demo source {slug} missing")),
         description: description.to_owned(),

@@ -187,6 +187,7 @@ pub fn dataset_from_proto(p: proto::Dataset) -> Result<Dataset, ApiError> {
         fields,
         endpoint,
         keeps_history,
+        withdrawn,
     } = p;
     let mut seen = BTreeSet::new();
     let fields = fields
@@ -247,6 +248,7 @@ pub fn dataset_from_proto(p: proto::Dataset) -> Result<Dataset, ApiError> {
         fields,
         endpoint,
         keeps_history,
+        withdrawn,
     })
 }
 
@@ -258,6 +260,7 @@ pub fn dataset_to_proto(d: &Dataset) -> proto::Dataset {
         fields: d.fields.iter().map(field_to_proto).collect(),
         endpoint: d.endpoint.clone(),
         keeps_history: d.keeps_history,
+        withdrawn: d.withdrawn,
     }
 }
 

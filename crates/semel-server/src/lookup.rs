@@ -500,6 +500,13 @@ async fn process(
         .with("dataset", dataset.to_string())
     })?;
     trace.dataset = Some(dataset.clone());
+    if route.dataset.withdrawn {
+        return Err(ApiError::new(
+            Code::FailedPrecondition,
+            "DATASET_WITHDRAWN",
+            format!("dataset {dataset} was withdrawn by its source; it serves no lookup any more"),
+        ));
+    }
     let fields = validate_fields(&msg.fields, !msg.checks.is_empty(), &route)?;
     let checks = crate::checks::validate(msg.checks.clone(), &route.dataset)?;
     // Every question asked is recorded, allowed or refused.

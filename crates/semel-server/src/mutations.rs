@@ -198,6 +198,13 @@ fn check(
                 ),
             )
         })?;
+    if dataset.withdrawn {
+        return Err(ApiError::new(
+            Code::FailedPrecondition,
+            "DATASET_WITHDRAWN",
+            format!("mutations[{at}]: dataset {} was withdrawn", dataset.name),
+        ));
+    }
     if dataset.source != caller.org.kbo {
         return Err(ApiError::new(
             Code::PermissionDenied,

@@ -54,6 +54,7 @@ pub const RULES: &[Rule] = &[
     rule("semel.v1.RegistryService/AmendOrganisation", &[Admin]),
     rule("semel.v1.RegistryService/CreateDataset", &[Admin, Source]),
     rule("semel.v1.RegistryService/AmendDataset", &[Admin, Source]),
+    rule("semel.v1.RegistryService/WithdrawDataset", &[Admin, Source]),
     rule("semel.v1.RegistryService/GetDataset", READERS),
     rule("semel.v1.RegistryService/ListDatasets", READERS),
     rule("semel.v1.RegistryService/CreateAuthorisation", &[Admin]),

@@ -197,6 +197,11 @@ pub const REASONS: &[Reasons] = &[
     ),
     row(
         "FAILED_PRECONDITION",
+        &["DATASET_WITHDRAWN"],
+        "the dataset was withdrawn by its source: it serves no lookup or change any more, and cannot be amended; the catalogue marks it",
+    ),
+    row(
+        "FAILED_PRECONDITION",
         &["AUTHORISATION_ENDED"],
         "(`AmendAuthorisation`, `SuspendAuthorisation`, `ReinstateAuthorisation`) the authorisation was revoked for good; its versions stay readable, a new deliberation is a new authorisation under its own reference",
     ),

@@ -310,7 +310,8 @@ impl Rpc for RegistryService {
         let (stored, _) = self
             .broker
             .audited(&caller, async |c: &mut Change| {
-                let dataset = dataset_from_proto(required("dataset", req.into_inner().dataset)?)?;
+                let mut dataset = dataset_from_proto(required("dataset", req.into_inner().dataset)?)?;
+                dataset.withdrawn = false;
                 c.dataset = dataset.name.to_string();
                 c.source = Some(dataset.source);
                 if !caller.has(UserRole::Admin) && dataset.source != caller.org.kbo {
@@ -385,7 +386,9 @@ impl Rpc for RegistryService {
         let ((before, after), _) = self
             .broker
             .audited(&caller, async |c: &mut Change| {
-                let proposed = dataset_from_proto(required("dataset", msg.dataset)?)?;
+                let mut proposed = dataset_from_proto(required("dataset", msg.dataset)?)?;
+                // Withdrawing is WithdrawDataset's, and final.
+                proposed.withdrawn = false;
                 c.dataset = proposed.name.to_string();
                 let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
                 let snapshot = self.broker.snapshot();
@@ -400,6 +403,9 @@ impl Rpc for RegistryService {
                         )
                     })?;
                 c.source = Some(before.source);
+                if before.withdrawn {
+                    return Err(withdrawn(&before.name));
+                }
                 if !admin && before.source != caller.org.kbo {
                     return Err(ApiError::denied(
                         "OTHER_ORGANISATION",
@@ -516,6 +522,89 @@ impl Rpc for RegistryService {
         Ok(Response::new(proto::AmendDatasetResponse {
             dataset: Some(dataset_to_proto(&after)),
             previous: Some(dataset_to_proto(&before)),
+        }))
+    }
+
+    async fn withdraw_dataset(
+        &self,
+        req: Request<proto::WithdrawDatasetRequest>,
+    ) -> Result<Response<proto::WithdrawDatasetResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let _guard = self.broker.admin.lock().await;
+        let msg = req.into_inner();
+        let admin = caller.has(UserRole::Admin);
+        let (stored, _) = self
+            .broker
+            .audited(&caller, async |c: &mut Change| {
+                c.dataset = msg.name.chars().take(128).collect();
+                let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
+                let before = self
+                    .broker
+                    .snapshot()
+                    .routes
+                    .values()
+                    .find(|r| r.dataset.name.as_str() == msg.name)
+                    .map(|r| r.dataset.clone())
+                    .ok_or_else(|| {
+                        ApiError::not_found(
+                            "UNKNOWN_DATASET",
+                            format!("there is no dataset named {}", msg.name),
+                        )
+                    })?;
+                c.source = Some(before.source);
+                if !admin && before.source != caller.org.kbo {
+                    return Err(ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "a source withdraws its own datasets only",
+                    ));
+                }
+                if !admin && &before.name == self.broker.register_dataset() {
+                    return Err(ApiError::denied(
+                        "REGISTER_DATASET_RESERVED",
+                        format!("{} is the register of persons on this broker; only the operator withdraws it", before.name),
+                    ));
+                }
+                if reason.is_empty() {
+                    return Err(ApiError::invalid(
+                        "reason",
+                        "INVALID_ARGUMENT",
+                        "a withdrawal is final: say why, for the record",
+                    ));
+                }
+                c.detail = format!("dataset {} withdrawn: {reason}", before.name);
+                if before.withdrawn {
+                    c.detail = format!("dataset {} already withdrawn; nothing changed", before.name);
+                }
+                self.apply(move |reg| async move {
+                    let stored = reg
+                        .datasets()
+                        .await?
+                        .into_iter()
+                        .find(|d| d.name == before.name);
+                    if stored.as_ref() != Some(&before) {
+                        return Err(ApiError::new(
+                            Code::Aborted,
+                            "CONFLICT",
+                            format!("dataset {} changed meanwhile (through another broker): try again", before.name),
+                        ));
+                    }
+                    if before.withdrawn {
+                        return Ok((before, None));
+                    }
+                    let after = semel_core::Dataset {
+                        withdrawn: true,
+                        ..before.clone()
+                    };
+                    reg.put_dataset(&after).await?;
+                    let undo = RegistryUndo::Dataset(Box::new(after.clone()), Some(Box::new(before)));
+                    Ok((after, Some(undo)))
+                })
+                .await
+            })
+            .await?;
+        tracing::warn!(dataset = %stored.name, "dataset withdrawn");
+        Ok(Response::new(proto::WithdrawDatasetResponse {
+            dataset: Some(dataset_to_proto(&stored)),
         }))
     }
 
@@ -851,14 +940,7 @@ impl Rpc for RegistryService {
             .broker
             .audited(&caller, async |c: &mut Change| {
                 c.reference = format!("membership {}", msg.id.chars().take(64).collect::<String>());
-                let note = semel_core::redact_national_numbers(msg.note.trim()).into_owned();
-                if !msg.approve && note.is_empty() {
-                    return Err(ApiError::invalid(
-                        "note",
-                        "INVALID_ARGUMENT",
-                        "a rejection gives its reasons, for the applicant",
-                    ));
-                }
+                let note = decision_note(msg.approve, &msg.note)?;
                 let roles = msg
                     .roles
                     .iter()
@@ -872,17 +954,9 @@ impl Rpc for RegistryService {
                             .await?
                             .into_iter()
                             .find(|a| a.id == msg.id)
-                            .ok_or_else(|| {
-                                ApiError::not_found(
-                                    "UNKNOWN_APPLICATION",
-                                    format!("no application {} is on record", msg.id),
-                                )
-                            })?;
+                            .ok_or_else(|| unknown_application(&msg.id))?;
                         if before.state != semel_core::ApplicationState::Pending {
-                            return Err(precondition(
-                                "APPLICATION_DECIDED",
-                                format!("application {} was already decided", before.id),
-                            ));
+                            return Err(already_decided(&before.id));
                         }
                         let organisation = msg.approve.then(|| Organisation {
                             kbo: before.kbo,
@@ -1039,6 +1113,27 @@ impl Rpc for RegistryService {
                     decision_note: String::new(),
                     approved_version: None,
                 };
+                if let Some(p) = self
+                    .broker
+                    .storage()
+                    .registry
+                    .applications()
+                    .await?
+                    .into_iter()
+                    .find(|a| {
+                        a.state == semel_core::ApplicationState::Pending
+                            && a.proposed.reference == application.proposed.reference
+                    })
+                {
+                    return Err(ApiError::new(
+                        Code::AlreadyExists,
+                        "ALREADY_EXISTS",
+                        format!(
+                            "application {} for {} is pending: one at a time per reference",
+                            p.id, p.proposed.reference
+                        ),
+                    ));
+                }
                 c.reference = format!("application {}", application.id);
                 c.detail = format!(
                     "application {} for authorisation {}",
@@ -1124,26 +1219,14 @@ impl Rpc for RegistryService {
                         "only a supervisory body (an organisation registered with the auditor role) decides on applications",
                     ));
                 }
-                let note = semel_core::redact_national_numbers(msg.note.trim()).into_owned();
-                if !msg.approve && note.is_empty() {
-                    return Err(ApiError::invalid(
-                        "note",
-                        "INVALID_ARGUMENT",
-                        "a rejection gives its reasons, for the applicant",
-                    ));
-                }
+                let note = decision_note(msg.approve, &msg.note)?;
                 let registry = self.broker.storage().registry.clone();
                 let before = registry
                     .applications()
                     .await?
                     .into_iter()
                     .find(|a| a.id == msg.id)
-                    .ok_or_else(|| {
-                        ApiError::not_found(
-                            "UNKNOWN_APPLICATION",
-                            format!("no application {} is on record", msg.id),
-                        )
-                    })?;
+                    .ok_or_else(|| unknown_application(&msg.id))?;
                 c.authorisation = Some(before.proposed.reference.to_string());
                 c.dataset = before.proposed.dataset.to_string();
                 c.purpose = before.proposed.purpose.to_string();
@@ -1154,10 +1237,7 @@ impl Rpc for RegistryService {
                     ));
                 }
                 if before.state != semel_core::ApplicationState::Pending {
-                    return Err(precondition(
-                        "APPLICATION_DECIDED",
-                        format!("application {} was already decided", before.id),
-                    ));
+                    return Err(already_decided(&before.id));
                 }
                 // What is approved: the proposal, or the body's amendment of
                 // it (same reference and consumer).
@@ -1331,13 +1411,13 @@ impl Rpc for RegistryService {
                     plan.changes.iter().filter(|c| c.action == a as i32).count()
                 };
                 c.detail = format!(
-                    "registry applied{}: {} created, {} amended, {} suspended, {} reinstated, {} revoked, {} unchanged",
+                    "registry applied{}: {} created, {} amended, {} suspended, {} reinstated, {} revoked or withdrawn, {} unchanged",
                     if reason.is_empty() { String::new() } else { format!(" ({reason})") },
                     count(proto::PlannedAction::Create),
                     count(proto::PlannedAction::Amend),
                     count(proto::PlannedAction::Suspend),
                     count(proto::PlannedAction::Reinstate),
-                    count(proto::PlannedAction::Revoke),
+                    count(proto::PlannedAction::Revoke) + count(proto::PlannedAction::Withdraw),
                     count(proto::PlannedAction::Unchanged),
                 );
                 let broker = self.broker.clone();
@@ -1704,6 +1784,7 @@ fn catalogue_entry_to_proto(
             Standing::Expired => proto::CatalogueState::Expired,
             Standing::Suspended => proto::CatalogueState::Suspended,
             Standing::ConsumerSuspended => proto::CatalogueState::ConsumerSuspended,
+            Standing::DatasetWithdrawn => proto::CatalogueState::DatasetWithdrawn,
         } as i32,
     }
 }
@@ -1847,6 +1928,42 @@ async fn current_authorisation(
         .into_iter()
         .find(|a| a.reference.as_str() == reference)
         .ok_or_else(|| unknown_authorisation(reference))
+}
+
+/// The reasons of a decision on an application: required to reject.
+fn decision_note(approve: bool, note: &str) -> Result<String, ApiError> {
+    let note = semel_core::redact_national_numbers(note.trim()).into_owned();
+    if !approve && note.is_empty() {
+        return Err(ApiError::invalid(
+            "note",
+            "INVALID_ARGUMENT",
+            "a rejection gives its reasons, for the applicant",
+        ));
+    }
+    Ok(note)
+}
+
+fn unknown_application(id: &str) -> ApiError {
+    ApiError::not_found(
+        "UNKNOWN_APPLICATION",
+        format!("no application {id} is on record"),
+    )
+}
+
+fn already_decided(id: &str) -> ApiError {
+    precondition(
+        "APPLICATION_DECIDED",
+        format!("application {id} was already decided"),
+    )
+}
+
+fn withdrawn(name: &semel_core::DatasetName) -> ApiError {
+    precondition(
+        "DATASET_WITHDRAWN",
+        format!(
+            "dataset {name} was withdrawn: it can no longer change; a new publication is a new dataset"
+        ),
+    )
 }
 
 fn ended(a: &semel_core::Authorisation) -> ApiError {

@@ -461,6 +461,7 @@ pub mod registry {
 
     fn dataset(name: &str, description: &str) -> Dataset {
         Dataset {
+            withdrawn: false,
             name: DatasetName::new(name).expect("dataset"),
             source: kbo("0314595348"),
             description: description.into(),

@@ -162,6 +162,15 @@ pub enum DatasetCommand {
         #[arg(long, default_value = "")]
         reason: String,
     },
+    /// Withdraw a dataset for good (its source or the operator): it serves no lookup or change
+    /// any more, and stays on record.
+    Withdraw {
+        /// e.g. national_register.residence
+        name: String,
+        /// Why, for the record (required: a withdrawal is final).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -266,6 +275,14 @@ pub struct NewAuthorisationArgs {
     /// The consumer it authorises (enterprise number).
     #[arg(long)]
     consumer: String,
+    #[command(flatten)]
+    terms: AuthorisationTerms,
+}
+
+/// What an authorisation allows, as `authorisation create` and
+/// `applications submit` take it.
+#[derive(clap::Args)]
+pub struct AuthorisationTerms {
     /// The dataset it opens, e.g. national_register.residence.
     #[arg(long)]
     dataset: String,
@@ -308,6 +325,45 @@ pub struct NewAuthorisationArgs {
     /// For investigations: lookups stay out of the citizen's view until this day (YYYY-MM-DD).
     #[arg(long)]
     confidential_until: Option<String>,
+}
+
+impl AuthorisationTerms {
+    /// The authorisation for `consumer` under `reference` (an empty
+    /// consumer is the caller's organisation, for an application).
+    pub fn into_new(self, reference: String, consumer: String) -> NewAuthorisation {
+        let AuthorisationTerms {
+            dataset,
+            fields,
+            check_fields,
+            questions,
+            capacities,
+            consent_required,
+            receives_mutations,
+            purpose,
+            legal_basis,
+            issuing_body,
+            valid_from,
+            valid_until,
+            confidential_until,
+        } = self;
+        NewAuthorisation {
+            reference,
+            consumer,
+            dataset,
+            fields,
+            check_fields,
+            questions,
+            capacities,
+            consent_required,
+            receives_mutations,
+            purpose,
+            legal_basis,
+            issuing_body,
+            valid_from,
+            valid_until,
+            confidential_until,
+        }
+    }
 }
 
 pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> {
@@ -367,6 +423,9 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
                 )
                 .await
         }
+        AdminCommand::Dataset(DatasetCommand::Withdraw { name, reason }) => {
+            client.withdraw_dataset(name, reason).await
+        }
         AdminCommand::Org(OrgCommand::Reinstate { kbo }) => {
             client
                 .set_organisation_suspended(kbo, false, String::new())
@@ -399,38 +458,10 @@ pub async fn run(conn: Conn, command: AdminCommand) -> anyhow::Result<ExitCode> 
             let NewAuthorisationArgs {
                 reference,
                 consumer,
-                dataset,
-                fields,
-                purpose,
-                legal_basis,
-                issuing_body,
-                valid_from,
-                valid_until,
-                confidential_until,
-                check_fields,
-                questions,
-                capacities,
-                consent_required,
-                receives_mutations,
+                terms,
             } = *args;
             client
-                .create_authorisation(NewAuthorisation {
-                    reference,
-                    consumer,
-                    dataset,
-                    fields,
-                    check_fields,
-                    questions,
-                    capacities,
-                    consent_required,
-                    receives_mutations,
-                    purpose,
-                    legal_basis,
-                    issuing_body,
-                    valid_from,
-                    valid_until,
-                    confidential_until,
-                })
+                .create_authorisation(terms.into_new(reference, consumer))
                 .await
         }
         AdminCommand::Authorisation(AuthorisationCommand::Suspend { reference, reason }) => {

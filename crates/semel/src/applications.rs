@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
+use crate::admin::AuthorisationTerms;
 use clap::Subcommand;
-use semel_client::NewAuthorisation;
 
 use crate::conn::{Conn, connect, print_value, report};
 
@@ -126,42 +126,8 @@ pub struct SubmitArgs {
     /// The reference asked for, e.g. BSC/2026/201 (or one your organisation holds, to amend it).
     #[arg(long)]
     reference: String,
-    /// The dataset, e.g. national_register.residence.
-    #[arg(long)]
-    dataset: String,
-    /// Fields to read.
-    #[arg(long, value_delimiter = ',')]
-    fields: Vec<String>,
-    /// Scalar fields only to test for equality.
-    #[arg(long, value_delimiter = ',')]
-    check_fields: Vec<String>,
-    /// A yes/no question, `NAME: check` (repeat).
-    #[arg(long = "question")]
-    questions: Vec<String>,
-    /// Capacities your files will have (default: any).
-    #[arg(long, value_delimiter = ',')]
-    capacities: Vec<String>,
-    /// Lookups would need the citizen's consent.
-    #[arg(long)]
-    consent_required: bool,
-    /// Be told of the dataset's changes.
-    #[arg(long)]
-    receives_mutations: bool,
-    /// The purpose code.
-    #[arg(long)]
-    purpose: String,
-    /// The law it rests on.
-    #[arg(long)]
-    legal_basis: String,
-    /// The body asked, e.g. "Brussels Supervisory Commission".
-    #[arg(long)]
-    issuing_body: String,
-    /// YYYY-MM-DD
-    #[arg(long)]
-    valid_from: String,
-    /// YYYY-MM-DD; open-ended when omitted.
-    #[arg(long)]
-    valid_until: Option<String>,
+    #[command(flatten)]
+    terms: AuthorisationTerms,
     /// Why your organisation needs it.
     #[arg(long)]
     justification: String,
@@ -189,40 +155,13 @@ pub async fn run(conn: Conn, command: ApplicationsCommand) -> anyhow::Result<Exi
         ApplicationsCommand::Submit(args) => {
             let SubmitArgs {
                 reference,
-                dataset,
-                fields,
-                check_fields,
-                questions,
-                capacities,
-                consent_required,
-                receives_mutations,
-                purpose,
-                legal_basis,
-                issuing_body,
-                valid_from,
-                valid_until,
+                terms,
                 justification,
             } = *args;
             (
                 client
                     .apply_for_authorisation(
-                        NewAuthorisation {
-                            reference,
-                            consumer: String::new(),
-                            dataset,
-                            fields,
-                            check_fields,
-                            questions,
-                            capacities,
-                            consent_required,
-                            receives_mutations,
-                            purpose,
-                            legal_basis,
-                            issuing_body,
-                            valid_from,
-                            valid_until,
-                            confidential_until: None,
-                        },
+                        terms.into_new(reference, String::new()),
                         justification,
                     )
                     .await,

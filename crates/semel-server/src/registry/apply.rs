@@ -402,6 +402,39 @@ pub(super) fn plan(
             ),
         }
         let before = current.datasets.get(d.name.as_str());
+        if let Some(b) = before
+            && b.withdrawn
+            && b != d
+        {
+            v.say(
+                "datasets",
+                *i,
+                "",
+                "DATASET_WITHDRAWN",
+                format!("dataset {} was withdrawn: it can no longer change", b.name),
+            );
+        }
+        if before.is_none() && d.withdrawn {
+            v.say(
+                "datasets",
+                *i,
+                "status",
+                "INVALID_ARGUMENT",
+                format!("dataset {} is new: it cannot be withdrawn", d.name),
+            );
+        }
+        if d.withdrawn && before.is_some_and(|b| !b.withdrawn) && req.reason.trim().is_empty() {
+            v.say(
+                "datasets",
+                *i,
+                "status",
+                "INVALID_ARGUMENT",
+                format!(
+                    "withdrawing {} is final: give the apply a reason (--reason)",
+                    d.name
+                ),
+            );
+        }
         if let Some(b) = before {
             if b.source != d.source {
                 v.say(
@@ -461,6 +494,9 @@ pub(super) fn plan(
                 ),
             ),
             Some(b) if b == d => (PlannedAction::Unchanged, String::new()),
+            Some(b) if d.withdrawn && !b.withdrawn => {
+                (PlannedAction::Withdraw, dataset_changes(b, d).join("; "))
+            }
             Some(b) => (PlannedAction::Amend, dataset_changes(b, d).join("; ")),
         };
         if action != PlannedAction::Unchanged {
