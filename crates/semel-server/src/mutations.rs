@@ -545,13 +545,25 @@ impl Broker {
                 Err(reason) => refusal = Some(reason),
             }
         }
-        if let Some(reason) = refusal {
+        // A change of a dataset withdrawn since it was queued is not served.
+        let withdrawn = semel_core::DatasetName::new(event.dataset.clone())
+            .ok()
+            .and_then(|d| snapshot.routes.get(&d))
+            .is_some_and(|r| r.dataset.withdrawn);
+        if withdrawn || refusal.is_some() {
             record.decision = AuditDecision::Refused;
-            record.reason = Some(ReasonCode::Refused(reason));
             record.outcome = Outcome::NotForwarded;
-            record
-                .detail
-                .push_str(": not sent, its authorisation or file no longer allows it; dropped");
+            if let Some(reason) = refusal {
+                record.reason = Some(ReasonCode::Refused(reason));
+                record
+                    .detail
+                    .push_str(": not sent, its authorisation or file no longer allows it; dropped");
+            } else {
+                record.reason = Some(ReasonCode::DatasetWithdrawn);
+                record
+                    .detail
+                    .push_str(": not sent, its dataset was withdrawn; dropped");
+            }
             self.append_durably(record).await?;
             self.storage()
                 .mutations

@@ -71,7 +71,7 @@ impl Broker {
     /// dataset with no field.
     async fn register_knows(&self, citizen: &Niss, change: &mut Change) -> Result<(), ApiError> {
         let dataset = self.register_dataset().clone();
-        let route = self.snapshot().routes.get(&dataset).cloned().ok_or_else(|| {
+        let route = self.snapshot().routes.get(&dataset).filter(|r| !r.dataset.withdrawn).cloned().ok_or_else(|| {
             ApiError::new(
                 Code::FailedPrecondition,
                 "REGISTER_UNAVAILABLE",
@@ -478,6 +478,7 @@ fn speaks_for_the_register(broker: &Broker, caller: &Caller) -> Result<(), ApiEr
         .snapshot()
         .routes
         .get(broker.register_dataset())
+        .filter(|r| !r.dataset.withdrawn)
         .map(|r| r.dataset.source);
     if !caller.has(UserRole::Admin) && register != Some(caller.org.kbo) {
         return Err(ApiError::denied(

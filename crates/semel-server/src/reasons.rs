@@ -314,7 +314,7 @@ pub const REASONS: &[Reasons] = &[
             "CERTIFICATE_REVOKED",
             "CERTIFICATE_EXPIRED",
         ],
-        "present your organisation's (current) certificate, on a new connection; ask the operator to register you",
+        "present your organisation's (current) certificate, on a new connection; not registered yet: apply for membership (`ApplyForMembership`, `semel membership apply`)",
     ),
     row(
         "UNAUTHENTICATED",

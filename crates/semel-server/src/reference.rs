@@ -17,7 +17,8 @@ pub fn render() -> String {
         "# gRPC contract reference\n\n\
          Generated from [`proto/semel/v1`](../proto/semel/v1) and its comments (`crates/semel-server/src/reference.rs`); \
          do not edit by hand. Every call needs mutual TLS and a person's token (see the \
-         [integration guide](integration-guide.md)); who may call what is in \
+         [integration guide](integration-guide.md)), but ApplyForMembership, which an organisation \
+         not registered yet makes with its certificate alone; who may call what is in \
          [permissions.md](permissions.md). Errors carry a `google.rpc.ErrorInfo` with domain \
          `semel.brussels`. The HTTP/JSON column is each RPC's `google.api.http` rule: the \
          [HTTP/JSON face](integration-guide.md#httpjson) serves it ([openapi.json](openapi.json)).\n",

@@ -536,7 +536,6 @@ impl Rpc for RegistryService {
         let (stored, _) = self
             .broker
             .audited(&caller, async |c: &mut Change| {
-                c.dataset = msg.name.chars().take(128).collect();
                 let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
                 let before = self
                     .broker
@@ -551,6 +550,7 @@ impl Rpc for RegistryService {
                             format!("there is no dataset named {}", msg.name),
                         )
                     })?;
+                c.dataset = before.name.to_string();
                 c.source = Some(before.source);
                 if !admin && before.source != caller.org.kbo {
                     return Err(ApiError::denied(
@@ -789,21 +789,26 @@ impl Rpc for RegistryService {
                 format!("{why}; use a certificate whose subject carries organizationIdentifier NTRBE-<enterprise number>"),
             )
         })?;
-        let registered = {
+        let (registered, revoked) = {
             let snapshot = self.broker.snapshot();
-            if snapshot.is_revoked(cert) {
-                return Err(ApiError::unauthenticated(
-                    "CERTIFICATE_REVOKED",
-                    "this certificate has been revoked",
-                )
-                .into());
-            }
-            snapshot.organisations.contains_key(&kbo)
+            (
+                snapshot.organisations.contains_key(&kbo),
+                snapshot.is_revoked(cert),
+            )
         };
         if registered {
-            // A member is refused as the matrix says, and audited.
+            // A member is refused as the matrix says (its revoked or
+            // expired certificate, its missing token, or no role), and
+            // audited like any call of its.
             self.broker.admit(&req).await?;
             return Err(exists(&format!("organisation {kbo}")).into());
+        }
+        if revoked {
+            return Err(ApiError::unauthenticated(
+                "CERTIFICATE_REVOKED",
+                "this certificate has been revoked",
+            )
+            .into());
         }
         if cert.expired_at(std::time::SystemTime::now()) {
             return Err(ApiError::unauthenticated(
@@ -845,25 +850,30 @@ impl Rpc for RegistryService {
             )
             .into());
         }
-        let _guard = self.broker.admin.lock().await;
         let registry = self.broker.storage().registry.clone();
-        if let Some(p) = registry
-            .memberships()
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .find(|m| m.kbo == kbo && m.state == semel_core::ApplicationState::Pending)
-        {
-            return Err(ApiError::new(
-                Code::AlreadyExists,
-                "ALREADY_EXISTS",
-                format!(
-                    "your application {} is pending; the operator will decide on it",
-                    p.id
-                ),
-            )
-            .into());
-        }
+        let pending = async || -> Result<(), ApiError> {
+            match registry
+                .memberships()
+                .await?
+                .into_iter()
+                .find(|m| m.kbo == kbo && m.state == semel_core::ApplicationState::Pending)
+            {
+                Some(p) => Err(ApiError::new(
+                    Code::AlreadyExists,
+                    "ALREADY_EXISTS",
+                    format!(
+                        "your application {} is pending; the operator will decide on it",
+                        p.id
+                    ),
+                )),
+                None => Ok(()),
+            }
+        };
+        // Checked before the registry's lock too: a repeated application
+        // does not queue behind (or hold up) the operator's changes.
+        pending().await?;
+        let _guard = self.broker.admin.lock().await;
+        pending().await?;
         let application = semel_core::MembershipApplication {
             id: crate::state::new_id().to_string(),
             kbo,
@@ -1122,6 +1132,7 @@ impl Rpc for RegistryService {
                     .into_iter()
                     .find(|a| {
                         a.state == semel_core::ApplicationState::Pending
+                            && a.applicant == application.applicant
                             && a.proposed.reference == application.proposed.reference
                     })
                 {
@@ -1129,7 +1140,7 @@ impl Rpc for RegistryService {
                         Code::AlreadyExists,
                         "ALREADY_EXISTS",
                         format!(
-                            "application {} for {} is pending: one at a time per reference",
+                            "your application {} for {} is pending: one at a time per reference",
                             p.id, p.proposed.reference
                         ),
                     ));
@@ -2107,7 +2118,7 @@ async fn role_still_used(
                 .datasets()
                 .await?
                 .into_iter()
-                .filter(|d| d.source == org.kbo)
+                .filter(|d| d.source == org.kbo && !d.withdrawn)
                 .map(|d| d.name.to_string())
                 .collect();
             if !published.is_empty() {
@@ -2185,6 +2196,9 @@ pub(crate) fn check_authorisation_in(
             format!("there is no dataset named {}", auth.dataset),
         )
     })?;
+    if dataset.withdrawn {
+        return Err(withdrawn(&dataset.name));
+    }
     if let Some(f) = auth
         .fields
         .iter()

@@ -84,7 +84,13 @@ pub enum MembershipCommand {
 }
 
 pub async fn run_membership(conn: Conn, command: MembershipCommand) -> anyhow::Result<ExitCode> {
-    let client = connect(&conn, None).await?;
+    // Deciding is the operator's (the demo's by default); applying is the
+    // applicant's, with its own certificate.
+    let default = match command {
+        MembershipCommand::Apply { .. } => None,
+        _ => Some("operator"),
+    };
+    let client = connect(&conn, default).await?;
     let (result, columns): (_, &[&str]) = match command {
         MembershipCommand::Apply {
             name,

@@ -274,7 +274,7 @@ pub(super) fn plan(
                     Role::Source => {
                         let published: Vec<&str> = will_datasets
                             .values()
-                            .filter(|d| d.source == o.kbo)
+                            .filter(|d| d.source == o.kbo && !d.withdrawn)
                             .map(|d| d.name.as_str())
                             .collect();
                         (!published.is_empty())
@@ -598,17 +598,21 @@ pub(super) fn plan(
             // approved application, a single amendment).
             let base = bases[auth_position];
             if let Some(b) = before
-                && base != 0
                 && base != b.version
             {
+                let described = if base == 0 {
+                    "no version".to_owned()
+                } else {
+                    format!("version {base}")
+                };
                 v.say(
                     "authorisations",
                     *i,
-                    "",
+                    "version",
                     "CONFLICT",
                     format!(
-                        "authorisation {} is at version {}; these files describe version {}: export again (or merge what changed, see `semel admin authorisation versions {}`)",
-                        b.reference, b.version, base, b.reference
+                        "authorisation {} is at version {}; these files describe {described}: export again (or merge what changed, see `semel admin authorisation versions {}`)",
+                        b.reference, b.version, b.reference
                     ),
                 );
             }
