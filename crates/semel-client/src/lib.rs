@@ -1055,31 +1055,7 @@ impl Client {
         let r = self
             .registry()
             .create_authorisation(proto::CreateAuthorisationRequest {
-                authorisation: Some(proto::Authorisation {
-                    reference: a.reference,
-                    consumer_kbo: a.consumer,
-                    dataset: a.dataset,
-                    fields: a.fields,
-                    purpose: a.purpose,
-                    legal_basis: a.legal_basis,
-                    issuing_body: a.issuing_body,
-                    valid_from: a.valid_from,
-                    valid_until: a.valid_until.unwrap_or_default(),
-                    status: 0,
-                    version: 0,
-                    updated_at: None,
-                    confidential_until: a.confidential_until.unwrap_or_default(),
-                    check_fields: a.check_fields,
-                    capacities: a.capacities,
-                    consent_required: a.consent_required,
-                    receives_mutations: a.receives_mutations,
-                    checks: a
-                        .questions
-                        .iter()
-                        .map(|q| parse_question(q))
-                        .collect::<anyhow::Result<Vec<_>>>()
-                        .map_err(|e| usage(format!("{e:#}")))?,
-                }),
+                authorisation: Some(new_authorisation_proto(a)?),
             })
             .await?
             .into_inner();

@@ -296,6 +296,25 @@ pub struct Read {
     places: BTreeMap<&'static str, Vec<Place>>,
 }
 
+/// A `status` of the files: `None` when left out, else the value its word
+/// names, or what to say about an unknown word.
+fn status_word<T: Copy>(given: Option<&str>, words: &[(&str, T)]) -> Result<Option<T>, String> {
+    let Some(given) = given else {
+        return Ok(None);
+    };
+    words
+        .iter()
+        .find(|(w, _)| *w == given)
+        .map(|(_, v)| Some(*v))
+        .ok_or_else(|| {
+            let known: Vec<&str> = words.iter().map(|(w, _)| *w).collect();
+            format!(
+                "unknown status {given:?}; use {}, or leave it out",
+                known.join(" or ")
+            )
+        })
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
@@ -372,18 +391,18 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                     }
                 })
                 .collect();
-            let status = match o.status.as_deref() {
-                None => proto::OrganisationStatus::Unspecified,
-                Some("active") => proto::OrganisationStatus::Active,
-                Some("suspended") => proto::OrganisationStatus::Suspended,
-                Some(other) => {
-                    bad(
-                        span.clone(),
-                        format!("unknown status {other:?}; use suspended, or leave it out"),
-                    );
-                    proto::OrganisationStatus::Active
-                }
-            };
+            let status = status_word(
+                o.status.as_deref(),
+                &[
+                    ("active", proto::OrganisationStatus::Active),
+                    ("suspended", proto::OrganisationStatus::Suspended),
+                ],
+            )
+            .unwrap_or_else(|e| {
+                bad(span.clone(), e);
+                None
+            })
+            .unwrap_or(proto::OrganisationStatus::Unspecified);
             read.request.organisations.push(proto::Organisation {
                 kbo: o.kbo,
                 name: o.name,
@@ -427,17 +446,15 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                     }
                 })
                 .collect();
-            let withdrawn = match d.status.as_deref() {
-                None | Some("published") => false,
-                Some("withdrawn") => true,
-                Some(other) => {
-                    bad(
-                        span.clone(),
-                        format!("unknown status {other:?}; use withdrawn, or leave it out"),
-                    );
-                    false
-                }
-            };
+            let withdrawn = status_word(
+                d.status.as_deref(),
+                &[("published", false), ("withdrawn", true)],
+            )
+            .unwrap_or_else(|e| {
+                bad(span.clone(), e);
+                None
+            })
+            .unwrap_or(false);
             read.request.datasets.push(proto::Dataset {
                 withdrawn,
                 name: d.name,
@@ -463,20 +480,19 @@ pub fn read_dir(dir: &Path) -> Result<Read, Vec<String>> {
                     }
                 })
                 .collect();
-            let status = match a.status.as_deref() {
-                None | Some("active") => proto::AuthorisationStatus::Active,
-                Some("suspended") => proto::AuthorisationStatus::Suspended,
-                Some("revoked") => proto::AuthorisationStatus::Revoked,
-                Some(other) => {
-                    bad(
-                        span.clone(),
-                        format!(
-                            "unknown status {other:?}; use suspended or revoked, or leave it out"
-                        ),
-                    );
-                    proto::AuthorisationStatus::Active
-                }
-            };
+            let status = status_word(
+                a.status.as_deref(),
+                &[
+                    ("active", proto::AuthorisationStatus::Active),
+                    ("suspended", proto::AuthorisationStatus::Suspended),
+                    ("revoked", proto::AuthorisationStatus::Revoked),
+                ],
+            )
+            .unwrap_or_else(|e| {
+                bad(span.clone(), e);
+                None
+            })
+            .unwrap_or(proto::AuthorisationStatus::Active);
             read.request.authorisations.push(proto::Authorisation {
                 reference: a.reference,
                 consumer_kbo: a.consumer,

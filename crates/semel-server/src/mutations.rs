@@ -546,9 +546,9 @@ impl Broker {
             }
         }
         // A change of a dataset withdrawn since it was queued is not served.
-        let withdrawn = semel_core::DatasetName::new(event.dataset.clone())
-            .ok()
-            .and_then(|d| snapshot.routes.get(&d))
+        let withdrawn = snapshot
+            .routes
+            .get(event.dataset.as_str())
             .is_some_and(|r| r.dataset.withdrawn);
         if withdrawn || refusal.is_some() {
             record.decision = AuditDecision::Refused;
