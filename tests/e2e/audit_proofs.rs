@@ -378,3 +378,229 @@ async fn a_witness_cosigns_checkpoints_and_refuses_rollback_and_forks() {
     assert!(matches!(again, Submitted::Cosigned(_)), "{again:?}");
     t.stop().await;
 }
+
+/// Valid national numbers (born 15 June 1950) no organisation holds a
+/// file on.
+fn strangers(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let nine = format!("500615{:03}", 101 + 2 * i);
+            let check = 97 - nine.parse::<u64>().expect("digits") % 97;
+            format!("{nine}{check:02}")
+        })
+        .collect()
+}
+
+/// The overview the console draws: entries counted by day, consumer,
+/// dataset and operation, refusals by reason, and a person refused
+/// NO_ACTIVE_FILE for several citizens flagged; the reason filter; an
+/// organisation's own auditor counts its own entries only; the count is
+/// itself recorded.
+#[tokio::test]
+async fn auditors_count_entries_and_see_who_fishes_for_people() {
+    let t = TestDemo::start().await;
+    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
+    let as_person = |sub: &'static str| semel_demo::issuer::TokenRequest {
+        subject: sub,
+        organisation: anderlecht,
+        roles: &[semel_core::UserRole::Consumer],
+        audience: semel_demo::issuer::DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+        bound_to: None,
+    };
+    let mut anna = proto::lookup_service_client::LookupServiceClient::new(
+        t.channel_as(ANDERLECHT, &t.mint(&as_person("anna"))).await,
+    );
+    let mut bert = proto::lookup_service_client::LookupServiceClient::new(
+        t.channel_as(ANDERLECHT, &t.mint(&as_person("bert"))).await,
+    );
+    anna.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("allowed");
+    for n in strangers(3) {
+        let err = anna
+            .lookup(lookup(&n, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect_err("no file");
+        assert_error(&err, Code::PermissionDenied, "NO_ACTIVE_FILE");
+    }
+    bert.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+        .expect("allowed");
+    let mut auditor = AuditServiceClient::new(t.channel("control-commission").await);
+
+    // The reason filter.
+    let no_file = auditor
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            reason: "NO_ACTIVE_FILE".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("by reason")
+        .into_inner()
+        .entries;
+    assert_eq!(no_file.len(), 3);
+    assert!(
+        no_file
+            .iter()
+            .all(|e| e.reason == "NO_ACTIVE_FILE" && e.end_user == "anna")
+    );
+    let err = auditor
+        .list_audit_entries(proto::ListAuditEntriesRequest {
+            reason: "NOT_A_REASON".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown reason");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+
+    // Anna's entries, counted.
+    let anna_summary = auditor
+        .summarise_audit_entries(proto::SummariseAuditEntriesRequest {
+            end_user: "anna".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("summary")
+        .into_inner();
+    assert_eq!(
+        (
+            anna_summary.total,
+            anna_summary.allowed,
+            anna_summary.refused
+        ),
+        (4, 1, 3)
+    );
+    assert_eq!(anna_summary.reasons.len(), 1);
+    assert_eq!(
+        (
+            anna_summary.reasons[0].reason.as_str(),
+            anna_summary.reasons[0].count
+        ),
+        ("NO_ACTIVE_FILE", 3)
+    );
+    assert_eq!(anna_summary.days.len(), 1);
+    let day = &anna_summary.days[0];
+    assert_eq!(day.consumer_kbo, anderlecht.as_str());
+    assert_eq!(day.dataset, RESIDENCE);
+    assert_eq!(day.operation, semel_core::LOOKUP_OPERATION);
+    assert_eq!((day.allowed, day.refused), (1, 3));
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    assert_eq!(day.day, today);
+    assert!(!anna_summary.truncated);
+
+    // The whole log: Anna is flagged, Bert is not.
+    let all = auditor
+        .summarise_audit_entries(proto::SummariseAuditEntriesRequest::default())
+        .await
+        .expect("summary")
+        .into_inner();
+    let fishing: Vec<_> = all
+        .patterns
+        .iter()
+        .filter(|p| p.kind == "NO_ACTIVE_FILE_FISHING")
+        .collect();
+    assert_eq!(fishing.len(), 1, "{:?}", all.patterns);
+    assert_eq!(fishing[0].end_user, "anna");
+    assert_eq!(fishing[0].consumer_kbo, anderlecht.as_str());
+    assert_eq!((fishing[0].count, fishing[0].citizens), (3, 3));
+    assert!(all.patterns.iter().all(|p| p.end_user != "bert"));
+    assert!(all.total >= 5);
+
+    // The count was read like a search: recorded, with the query in words.
+    let recorded = t
+        .all_audit_entries()
+        .await
+        .into_iter()
+        .filter(|e| e.operation == "semel.v1.AuditService/SummariseAuditEntries")
+        .collect::<Vec<_>>();
+    assert_eq!(recorded.len(), 2);
+    assert!(
+        recorded
+            .iter()
+            .any(|e| e.detail.contains("person anna") && e.detail.contains("4 entries counted")),
+        "{recorded:?}"
+    );
+
+    // An organisation's own auditor counts its own organisation's entries.
+    let dpo = t.token(SCHAERBEEK, &[semel_core::UserRole::Auditor]);
+    let mut dpo = AuditServiceClient::new(t.channel_as(SCHAERBEEK, &dpo).await);
+    let own = dpo
+        .summarise_audit_entries(proto::SummariseAuditEntriesRequest::default())
+        .await
+        .expect("own summary")
+        .into_inner();
+    let schaerbeek = semel_demo::seed::org(SCHAERBEEK).expect("org").kbo;
+    assert!(
+        own.days
+            .iter()
+            .all(|d| d.consumer_kbo == schaerbeek.as_str())
+    );
+    assert!(own.patterns.iter().all(|p| p.end_user != "anna"));
+    let err = dpo
+        .summarise_audit_entries(proto::SummariseAuditEntriesRequest {
+            consumer_kbo: anderlecht.as_str().into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("another organisation");
+    assert_error(&err, Code::PermissionDenied, "OTHER_ORGANISATION");
+    t.stop().await;
+}
+
+/// The checkpoints' history, newest first and paged, each note verifying
+/// with the key that comes with them.
+#[tokio::test]
+async fn the_checkpoints_history_is_listed_newest_first() {
+    let t = start().await;
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    let mut auditor = AuditServiceClient::new(t.channel("control-commission").await);
+    for _ in 0..6 {
+        c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("allowed");
+    }
+    let (first, _) = checkpoint_of(&mut auditor, 5).await;
+    for _ in 0..6 {
+        c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("allowed");
+    }
+    checkpoint_of(&mut auditor, first.tree_size + 5).await;
+    let mut sizes = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = auditor
+            .list_checkpoints(proto::ListCheckpointsRequest {
+                page_size: 1,
+                page_token: token.clone(),
+            })
+            .await
+            .expect("checkpoints")
+            .into_inner();
+        let verifier = NoteVerifier::parse(&page.verifier_key).expect("key");
+        for cp in &page.checkpoints {
+            let signed = verifier.verify(&cp.signed_note).expect("signed");
+            assert_eq!(signed.size, cp.tree_size);
+            sizes.push(cp.tree_size);
+        }
+        assert!(page.checkpoints.len() <= 1);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert!(sizes.len() >= 2, "{sizes:?}");
+    assert!(sizes.windows(2).all(|w| w[0] > w[1]), "{sizes:?}");
+    assert!(sizes.contains(&first.tree_size));
+    let err = auditor
+        .list_checkpoints(proto::ListCheckpointsRequest {
+            page_size: 0,
+            page_token: "not-a-size".into(),
+        })
+        .await
+        .expect_err("bad token");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    t.stop().await;
+}

@@ -334,6 +334,8 @@ pub struct AuditFilter {
     pub dataset: Option<String>,
     /// "allowed" or "refused".
     pub decision: Option<String>,
+    /// A reason code, e.g. NO_ACTIVE_FILE.
+    pub reason: Option<String>,
     /// RFC 3339 times.
     pub since: Option<String>,
     pub until: Option<String>,
@@ -1215,6 +1217,7 @@ impl Client {
                 end_user: filter.end_user.unwrap_or_default(),
                 authorisation_reference: filter.authorisation.unwrap_or_default(),
                 dataset: filter.dataset.unwrap_or_default(),
+                reason: filter.reason.unwrap_or_default(),
                 decision: match filter.decision.as_deref() {
                     None => proto::AuditDecision::Unspecified,
                     Some("allowed") => proto::AuditDecision::Allowed,
@@ -1261,6 +1264,10 @@ impl Client {
                     reason,
                     checked_fields,
                     action,
+                    purpose_description,
+                    legal_basis,
+                    issuing_body,
+                    dataset_description,
                 } = a;
                 json!({
                     "time": time.as_ref().map(timestamp_text),
@@ -1273,6 +1280,10 @@ impl Client {
                     "checked_fields": checked_fields,
                     "action": action,
                     "purpose": purpose,
+                    "purpose_description": purpose_description,
+                    "legal_basis": legal_basis,
+                    "issuing_body": issuing_body,
+                    "dataset_description": dataset_description,
                     "authorisation": authorisation_reference,
                     "decision": enum_name(proto::AuditDecision::try_from(*decision).ok().map(|s| s.as_str_name()), "AUDIT_DECISION_"),
                     "reason": reason,

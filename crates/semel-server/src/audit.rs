@@ -16,7 +16,7 @@ use crate::convert::{
 };
 use crate::error::ApiError;
 use crate::proto::{self, audit_service_server::AuditService as Rpc};
-use crate::state::Broker;
+use crate::state::{Broker, Caller};
 
 const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
@@ -41,7 +41,242 @@ impl AuditService {
     }
 }
 
+/// The most entries one summary counts (the newest of those matching).
+const SUMMARY_LIMIT: usize = 200_000;
+/// One person refused NO_ACTIVE_FILE for this many citizens or more is
+/// looking for people their organisation has no file on.
+const FISHING_CITIZENS: usize = 3;
+/// One person refused this often or more, and more often than allowed.
+const MANY_REFUSALS: u64 = 10;
+
+/// What one person (or, without a token, one organisation) did.
+#[derive(Default)]
+struct Conduct {
+    total: u64,
+    refused: u64,
+    no_file: u64,
+    no_file_citizens: std::collections::HashSet<Niss>,
+    refused_citizens: std::collections::HashSet<Niss>,
+    first: i64,
+    last: i64,
+}
+
 impl AuditService {
+    /// Counts the entries a query matches, newest first, up to
+    /// [`SUMMARY_LIMIT`].
+    async fn summarise(
+        &self,
+        mut query: AuditQuery,
+    ) -> Result<proto::SummariseAuditEntriesResponse, ApiError> {
+        use std::collections::{BTreeMap, HashMap};
+        type Day = (String, String, String, String);
+        let mut days: BTreeMap<Day, (u64, u64)> = BTreeMap::new();
+        let mut reasons: HashMap<ReasonCode, u64> = HashMap::new();
+        let mut people: HashMap<(Option<String>, semel_core::Kbo), Conduct> = HashMap::new();
+        let mut out = proto::SummariseAuditEntriesResponse::default();
+        let page = 1000;
+        loop {
+            query.limit = page.min(SUMMARY_LIMIT - out.total as usize);
+            if query.limit == 0 {
+                out.truncated = true;
+                break;
+            }
+            let entries = self.query(query.clone()).await?;
+            for e in &entries {
+                let r = &e.entry.record;
+                out.total += 1;
+                let refused = r.decision == semel_core::AuditDecision::Refused;
+                let day = time::OffsetDateTime::from_unix_timestamp_nanos(
+                    i128::from(r.time_micros) * 1000,
+                )
+                .map(|t| t.date().to_string())
+                .unwrap_or_default();
+                let count = days
+                    .entry((
+                        day,
+                        r.consumer.as_str().to_owned(),
+                        r.dataset.clone(),
+                        r.operation.to_string(),
+                    ))
+                    .or_default();
+                let conduct = people
+                    .entry((r.end_user.clone(), r.consumer))
+                    .or_insert_with(|| Conduct {
+                        first: r.time_micros,
+                        ..Conduct::default()
+                    });
+                conduct.total += 1;
+                conduct.first = conduct.first.min(r.time_micros);
+                conduct.last = conduct.last.max(r.time_micros);
+                if refused {
+                    out.refused += 1;
+                    count.1 += 1;
+                    conduct.refused += 1;
+                    conduct.refused_citizens.extend(r.citizen);
+                    if let Some(reason) = r.reason {
+                        *reasons.entry(reason).or_default() += 1;
+                        if reason == ReasonCode::Refused(semel_core::RefusalReason::NoActiveFile) {
+                            conduct.no_file += 1;
+                            conduct.no_file_citizens.extend(r.citizen);
+                        }
+                    }
+                } else {
+                    out.allowed += 1;
+                    count.0 += 1;
+                }
+            }
+            match entries.last() {
+                Some(last) if entries.len() == query.limit && last.entry.sequence > 0 => {
+                    query.before_sequence = Some(last.entry.sequence);
+                }
+                _ => break,
+            }
+        }
+        out.days = days
+            .into_iter()
+            .rev()
+            .map(
+                |((day, consumer_kbo, dataset, operation), (allowed, refused))| {
+                    proto::AuditDayCount {
+                        day,
+                        consumer_kbo,
+                        dataset,
+                        allowed,
+                        refused,
+                        operation,
+                    }
+                },
+            )
+            .collect();
+        let mut reasons: Vec<_> = reasons.into_iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.as_str().cmp(b.0.as_str())));
+        out.reasons = reasons
+            .into_iter()
+            .map(|(reason, count)| proto::AuditReasonCount {
+                reason: reason.as_str().to_owned(),
+                count,
+            })
+            .collect();
+        for ((end_user, consumer), c) in people {
+            let pattern = |kind: &str, count: u64, citizens: usize| proto::AuditPattern {
+                kind: kind.to_owned(),
+                end_user: end_user.clone().unwrap_or_default(),
+                consumer_kbo: consumer.as_str().to_owned(),
+                count,
+                citizens: citizens as u64,
+                first: Some(timestamp_micros(c.first)),
+                last: Some(timestamp_micros(c.last)),
+            };
+            if c.no_file_citizens.len() >= FISHING_CITIZENS {
+                out.patterns.push(pattern(
+                    "NO_ACTIVE_FILE_FISHING",
+                    c.no_file,
+                    c.no_file_citizens.len(),
+                ));
+            }
+            if c.refused >= MANY_REFUSALS && c.refused * 2 > c.total {
+                out.patterns.push(pattern(
+                    "MANY_REFUSALS",
+                    c.refused,
+                    c.refused_citizens.len(),
+                ));
+            }
+        }
+        out.patterns.sort_by(|a, b| {
+            b.count
+                .cmp(&a.count)
+                .then_with(|| a.kind.cmp(&b.kind))
+                .then_with(|| a.end_user.cmp(&b.end_user))
+        });
+        Ok(out)
+    }
+}
+
+/// The filters ListAuditEntries and SummariseAuditEntries share.
+struct Filter {
+    citizen: String,
+    consumer_kbo: String,
+    since: Option<prost_types::Timestamp>,
+    until: Option<prost_types::Timestamp>,
+    end_user: String,
+    authorisation_reference: String,
+    dataset: String,
+    decision: i32,
+    reason: String,
+}
+
+impl AuditService {
+    /// The query a filter asks for, within what the caller may read: an
+    /// auditor of an organisation that does not audit everything reads its
+    /// own organisation's entries (asking for another's is refused, and
+    /// recorded).
+    async fn scoped_query(&self, caller: &Caller, f: Filter) -> Result<AuditQuery, ApiError> {
+        let text = |s: String| (!s.is_empty()).then_some(s);
+        let decision = match proto::AuditDecision::try_from(f.decision) {
+            Ok(proto::AuditDecision::Allowed) => Some(semel_core::AuditDecision::Allowed),
+            Ok(proto::AuditDecision::Refused) => Some(semel_core::AuditDecision::Refused),
+            Ok(proto::AuditDecision::Unspecified) => None,
+            Err(_) => {
+                return Err(ApiError::invalid(
+                    "decision",
+                    "INVALID_ARGUMENT",
+                    "decision must be AUDIT_DECISION_ALLOWED or AUDIT_DECISION_REFUSED",
+                ));
+            }
+        };
+        let reason = match f.reason.trim() {
+            "" => None,
+            r => Some(ReasonCode::parse(r).ok_or_else(|| {
+                ApiError::invalid(
+                    "reason",
+                    "INVALID_ARGUMENT",
+                    "reason must be a reason code of the integration guide's table, e.g. NO_ACTIVE_FILE",
+                )
+            })?),
+        };
+        let citizen = if f.citizen.is_empty() {
+            None
+        } else {
+            Some(Niss::parse(&f.citizen).map_err(|e| {
+                ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}"))
+            })?)
+        };
+        let mut consumer = if f.consumer_kbo.is_empty() {
+            None
+        } else {
+            Some(parse_kbo("consumer_kbo", &f.consumer_kbo)?)
+        };
+        if !caller.audits_everything() {
+            match consumer {
+                None => consumer = Some(caller.org.kbo),
+                Some(k) if k == caller.org.kbo => {}
+                Some(_) => {
+                    let error = ApiError::denied(
+                        "OTHER_ORGANISATION",
+                        "your auditors read your own organisation's entries; leave consumer_kbo empty or set it to your enterprise number",
+                    );
+                    return Err(self
+                        .broker
+                        .refuse(caller, error, ReasonCode::OtherOrganisation, None)
+                        .await);
+                }
+            }
+        }
+        Ok(AuditQuery {
+            citizen,
+            consumer,
+            end_user: text(f.end_user),
+            authorisation: text(f.authorisation_reference),
+            dataset: text(f.dataset),
+            decision,
+            reason,
+            since_micros: f.since.as_ref().map(micros),
+            until_micros: f.until.as_ref().map(micros),
+            before_sequence: None,
+            limit: 0,
+        })
+    }
+
     /// One page of a citizen's entries that `visible` keeps, newest first,
     /// and the token of the next page. Pages are counted in visible entries
     /// and the token is always a visible entry's sequence: hidden entries
@@ -194,6 +429,9 @@ fn describe_query(q: &AuditQuery) -> String {
     if let Some(d) = q.decision {
         parts.push(format!("decision {d:?}").to_lowercase());
     }
+    if let Some(r) = q.reason {
+        parts.push(format!("reason {}", r.as_str()));
+    }
     if q.since_micros.is_some() || q.until_micros.is_some() {
         parts.push(format!(
             "period {}..{}",
@@ -260,64 +498,24 @@ impl Rpc for AuditService {
             authorisation_reference,
             dataset,
             decision,
+            reason,
         } = req.into_inner();
-        let text = |s: String| (!s.is_empty()).then_some(s);
-        let decision = match proto::AuditDecision::try_from(decision) {
-            Ok(proto::AuditDecision::Allowed) => Some(semel_core::AuditDecision::Allowed),
-            Ok(proto::AuditDecision::Refused) => Some(semel_core::AuditDecision::Refused),
-            Ok(proto::AuditDecision::Unspecified) => None,
-            Err(_) => {
-                return Err(ApiError::invalid(
-                    "decision",
-                    "INVALID_ARGUMENT",
-                    "decision must be AUDIT_DECISION_ALLOWED or AUDIT_DECISION_REFUSED",
-                )
-                .into());
-            }
+        let filter = Filter {
+            citizen,
+            consumer_kbo,
+            since,
+            until,
+            end_user,
+            authorisation_reference,
+            dataset,
+            decision,
+            reason,
         };
-        let citizen = if citizen.is_empty() {
-            None
-        } else {
-            Some(Niss::parse(&citizen).map_err(|e| {
-                ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}"))
-            })?)
-        };
-        let mut consumer = if consumer_kbo.is_empty() {
-            None
-        } else {
-            Some(parse_kbo("consumer_kbo", &consumer_kbo)?)
-        };
-        if !caller.audits_everything() {
-            match consumer {
-                None => consumer = Some(caller.org.kbo),
-                Some(k) if k == caller.org.kbo => {}
-                Some(_) => {
-                    let error = ApiError::denied(
-                        "OTHER_ORGANISATION",
-                        "your auditors read your own organisation's entries; leave consumer_kbo empty or set it to your enterprise number",
-                    );
-                    return Err(self
-                        .broker
-                        .refuse(&caller, error, ReasonCode::OtherOrganisation, None)
-                        .await
-                        .into());
-                }
-            }
-        }
         let limit = page_limit(page_size)?;
         let before_sequence = page_start(&page_token)?;
-        let query = AuditQuery {
-            citizen,
-            consumer,
-            end_user: text(end_user),
-            authorisation: text(authorisation_reference),
-            dataset: text(dataset),
-            decision,
-            since_micros: since.as_ref().map(micros),
-            until_micros: until.as_ref().map(micros),
-            before_sequence,
-            limit,
-        };
+        let mut query = self.scoped_query(&caller, filter).await?;
+        query.before_sequence = before_sequence;
+        query.limit = limit;
         let since_micros = query.since_micros;
         // An auditor reading the log reads personal data: the query itself
         // is recorded (who asked, about whom, with which filters) before
@@ -491,6 +689,35 @@ impl Rpc for AuditService {
                     f
                 },
                 action: action.to_owned(),
+                purpose_description: snapshot
+                    .purposes
+                    .get(&r.purpose)
+                    .map(|p| p.description.clone())
+                    .unwrap_or_default(),
+                legal_basis: r
+                    .authorisation
+                    .as_ref()
+                    .and_then(|a| snapshot.authorisations.get(a))
+                    .map(|a| a.legal_basis.clone())
+                    .or_else(|| {
+                        snapshot
+                            .purposes
+                            .get(&r.purpose)
+                            .map(|p| p.legal_basis.clone())
+                    })
+                    .unwrap_or_default(),
+                dataset_description: snapshot
+                    .routes
+                    .iter()
+                    .find(|(d, _)| d.as_str() == r.dataset)
+                    .map(|(_, route)| route.dataset.description.clone())
+                    .unwrap_or_default(),
+                issuing_body: r
+                    .authorisation
+                    .as_ref()
+                    .and_then(|a| snapshot.authorisations.get(a))
+                    .map(|a| a.issuing_body.clone())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(proto::ListCitizenAccessesResponse {
@@ -586,6 +813,92 @@ impl Rpc for AuditService {
             entry: Some(entry),
             tree_size: size,
             proof: proof.iter().map(|h| h.to_vec()).collect(),
+        }))
+    }
+
+    async fn list_checkpoints(
+        &self,
+        req: Request<proto::ListCheckpointsRequest>,
+    ) -> Result<Response<proto::ListCheckpointsResponse>, Status> {
+        self.broker.admit(&req).await?;
+        let proto::ListCheckpointsRequest {
+            page_size,
+            page_token,
+        } = req.into_inner();
+        let limit = page_limit(page_size)?;
+        let below = page_start(&page_token)?.unwrap_or(u64::MAX);
+        let log = &self.broker.storage().audit;
+        let mut all = log.checkpoints().await.map_err(ApiError::from)?;
+        all.retain(|c| c.checkpoint.size < below);
+        all.sort_by_key(|c| std::cmp::Reverse(c.checkpoint.size));
+        all.dedup_by_key(|c| c.checkpoint.size);
+        let more = all.len() > limit;
+        all.truncate(limit);
+        let next_page_token = match all.last() {
+            Some(last) if more => last.checkpoint.size.to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(proto::ListCheckpointsResponse {
+            checkpoints: all
+                .into_iter()
+                .map(|c| proto::Checkpoint {
+                    origin: c.checkpoint.origin,
+                    tree_size: c.checkpoint.size,
+                    root_hash: c.checkpoint.root.to_vec(),
+                    signed_note: c.note,
+                })
+                .collect(),
+            next_page_token,
+            verifier_key: log.verifier_key().unwrap_or_default(),
+        }))
+    }
+
+    async fn summarise_audit_entries(
+        &self,
+        req: Request<proto::SummariseAuditEntriesRequest>,
+    ) -> Result<Response<proto::SummariseAuditEntriesResponse>, Status> {
+        let caller = self.broker.admit(&req).await?;
+        let proto::SummariseAuditEntriesRequest {
+            citizen,
+            consumer_kbo,
+            since,
+            until,
+            end_user,
+            authorisation_reference,
+            dataset,
+            decision,
+            reason,
+        } = req.into_inner();
+        let filter = Filter {
+            citizen,
+            consumer_kbo,
+            since,
+            until,
+            end_user,
+            authorisation_reference,
+            dataset,
+            decision,
+            reason,
+        };
+        let query = self.scoped_query(&caller, filter).await?;
+        let since_micros = query.since_micros;
+        // Counting entries reads them: recorded like a search.
+        let (summary, _) = self
+            .broker
+            .audited(&caller, async |change: &mut Change| {
+                change.citizen = query.citizen;
+                change.dataset = query.dataset.clone().unwrap_or_default();
+                change.authorisation = query.authorisation.clone();
+                let described = describe_query(&query);
+                let summary = self.summarise(query).await?;
+                change.detail = format!("{described}: {} entries counted", summary.total);
+                Ok((summary, nothing_to_undo()))
+            })
+            .await?;
+        let archived = self.archived_part(since_micros);
+        Ok(Response::new(proto::SummariseAuditEntriesResponse {
+            archived_until: archived.map(|a| timestamp_micros(a.until_micros)),
+            ..summary
         }))
     }
 

@@ -119,6 +119,10 @@ pub struct DemoManifest {
     pub witness: String,
     #[serde(default)]
     pub witness_key: String,
+    /// The log's verifier key, as an operator publishes it for auditors
+    /// (`semel audit verify --verifier-key`, the console's sign-in).
+    #[serde(default)]
+    pub verifier_key: String,
 }
 
 #[derive(Debug, Serialize, serde::Deserialize)]
@@ -207,6 +211,7 @@ impl Demo {
             &[signer.verifier_key()],
         )?);
         let witness_key = witness.verifier_key();
+        let verifier_key = signer.verifier_key();
         let witness_listener = TcpListener::bind(("127.0.0.1", 0))
             .await
             .context("bind the demo witness")?;
@@ -412,6 +417,7 @@ impl Demo {
             }),
             witness: witness_url,
             witness_key,
+            verifier_key,
         };
         std::fs::write(
             data_dir.join(MANIFEST),

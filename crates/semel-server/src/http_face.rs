@@ -73,6 +73,12 @@ impl HttpFace {
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_owned();
         let routed = self.api.route(&parts.method, &path);
+        // The console's files hold no data: served to anyone, as a web
+        // server serves a page; the calls they make are identified.
+        if path == crate::console::PREFIX || path.starts_with("/console/") {
+            let _ = read_body(body, MAX_BODY).await;
+            return crate::console::serve(&parts.method, &path);
+        }
         // Without a certificate nothing is served: refused before the body
         // is read or parsed (an unidentified client costs the broker no
         // memory), and the connection is closed.

@@ -14,6 +14,7 @@ pub mod bench_fanout;
 mod checks;
 pub mod codec;
 pub mod config;
+pub mod console;
 mod convert;
 pub mod demo;
 pub mod demo_source;

@@ -111,6 +111,8 @@ pub const RULES: &[Rule] = &[
         &[Admin, Auditor],
     ),
     rule("semel.v1.AuditService/GetInclusionProof", &[Auditor]),
+    rule("semel.v1.AuditService/ListCheckpoints", &[Admin, Auditor]),
+    rule("semel.v1.AuditService/SummariseAuditEntries", &[Auditor]),
     rule(
         "semel.v1.AuditService/GetConsistencyProof",
         &[Admin, Auditor],

@@ -29,6 +29,8 @@ pub struct AuditQuery {
     pub authorisation: Option<String>,
     pub dataset: Option<String>,
     pub decision: Option<AuditDecision>,
+    /// The reason code of a refusal or failure.
+    pub reason: Option<semel_core::ReasonCode>,
     pub since_micros: Option<i64>,
     pub until_micros: Option<i64>,
     /// Only entries with a sequence below this (for paging, newest first).
@@ -55,7 +57,8 @@ impl AuditQuery {
                 .as_ref()
                 .is_some_and(|a| Some(a) != r.authorisation.as_ref())
             || self.dataset.as_ref().is_some_and(|d| *d != r.dataset)
-            || self.decision.is_some_and(|d| d != r.decision))
+            || self.decision.is_some_and(|d| d != r.decision)
+            || self.reason.is_some_and(|c| Some(c) != r.reason))
     }
 
     /// Whether, reading newest first, an entry this old means nothing

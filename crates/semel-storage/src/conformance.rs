@@ -910,7 +910,14 @@ pub mod audit {
             } else {
                 AuditDecision::Allowed
             },
-            reason: None,
+            // Refusals: NO_ACTIVE_FILE every sixth, NO_AUTHORISATION between.
+            reason: i.is_multiple_of(3).then(|| {
+                semel_core::ReasonCode::Refused(if i.is_multiple_of(6) {
+                    semel_core::RefusalReason::NoActiveFile
+                } else {
+                    semel_core::RefusalReason::NoAuthorisation
+                })
+            }),
             outcome: Outcome::Answered,
             source: None,
             consumer_reference: String::new(),
@@ -1042,6 +1049,26 @@ pub mod audit {
             .await
             .expect("query");
         assert_eq!(sequences(&refused_of_consumer), vec![12, 6, 0]);
+        let no_file = semel_core::ReasonCode::Refused(semel_core::RefusalReason::NoActiveFile);
+        let by_reason = store
+            .query(&all(crate::AuditQuery {
+                reason: Some(no_file),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&by_reason), vec![12, 6, 0]);
+        let other_reason_of_consumer = store
+            .query(&all(crate::AuditQuery {
+                consumer: Some(kbo("0314595348")),
+                reason: Some(semel_core::ReasonCode::Refused(
+                    semel_core::RefusalReason::NoAuthorisation,
+                )),
+                ..Default::default()
+            }))
+            .await
+            .expect("query");
+        assert_eq!(sequences(&other_reason_of_consumer), vec![9, 3]);
         let by_user = store
             .query(&all(crate::AuditQuery {
                 end_user: Some("clerk-5".into()),

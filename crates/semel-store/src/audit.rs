@@ -376,22 +376,7 @@ impl AuditLog {
             if query.since_micros.is_some_and(|s| r.time_micros < s) {
                 return Ok(true);
             }
-            if !(query.until_micros.is_some_and(|u| r.time_micros >= u)
-                || query
-                    .citizen
-                    .is_some_and(|c| Some(c) != r.citizen && Some(c) != r.citizen_as_given)
-                || query.consumer.is_some_and(|c| c != r.consumer)
-                || query
-                    .end_user
-                    .as_ref()
-                    .is_some_and(|u| Some(u) != r.end_user.as_ref())
-                || query
-                    .authorisation
-                    .as_ref()
-                    .is_some_and(|a| Some(a) != r.authorisation.as_ref())
-                || query.dataset.as_ref().is_some_and(|d| *d != r.dataset)
-                || query.decision.is_some_and(|d| d != r.decision))
-            {
+            if query.matches(r) {
                 out.push(stored);
             }
             Ok(out.len() < query.limit)

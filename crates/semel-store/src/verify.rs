@@ -32,6 +32,9 @@ pub struct VerifyReport {
     /// Trusted checkpoints (what auditors saw) the log reached and
     /// reproduced.
     pub trusted: usize,
+    /// Set for an excerpt (some entries, each proven by its inclusion
+    /// proof in one signed checkpoint), not the whole log.
+    pub excerpt: bool,
 }
 
 /// What an auditor brings to a verification: checkpoints seen before (from
@@ -248,6 +251,7 @@ impl LogVerifier {
             last_checkpoint: self.checkpoints.last().map(|c| c.size),
             root: self.range.root(),
             trusted: self.trusted,
+            excerpt: false,
         })
     }
 }
@@ -686,9 +690,10 @@ pub fn verify_export_trusting(
     }
     match lines.first().and_then(|h| h["format"].as_str()) {
         Some("semel-audit-export/1") => {}
+        Some(EXCERPT_FORMAT) => return verify_excerpt(&lines, key),
         _ => {
             return Err(VerifyFailure::Input(
-                "not a Semel audit export (semel-audit-export/1)".into(),
+                "not a Semel audit export (semel-audit-export/1 or semel-audit-excerpt/1)".into(),
             ));
         }
     }
@@ -700,6 +705,97 @@ pub fn verify_export_trusting(
     let mut verifier = LogVerifier::trusting(&notes, key, &policy.checkpoints(key)?)?;
     push_lines(&mut verifier, &lines)?;
     verifier.finish()
+}
+
+/// The format of an excerpt: the entries a query matched (the web
+/// console's export), each with its inclusion proof in the tree of one
+/// signed checkpoint, named in the header.
+pub const EXCERPT_FORMAT: &str = "semel-audit-excerpt/1";
+
+/// Verifies an excerpt: the checkpoint's signature, then for each entry that
+/// its readable fields are those of its encoding and that the encoding is
+/// leaf `sequence` of the checkpoint's tree. Entries left out are not
+/// vouched for (an excerpt proves what it holds, not that it is complete).
+fn verify_excerpt(lines: &[Value], key: &NoteVerifier) -> Result<VerifyReport, VerifyFailure> {
+    let note = lines[0]["checkpoint"]
+        .as_str()
+        .ok_or_else(|| VerifyFailure::Input("the excerpt names no checkpoint".into()))?;
+    let checkpoint = key.verify(note).map_err(|e| VerifyFailure::Checkpoint {
+        size: first_number(note),
+        why: e.to_string(),
+    })?;
+    let mut entries = 0u64;
+    for (i, v) in lines.iter().enumerate().skip(1) {
+        let sequence = v["sequence"].as_u64().unwrap_or(u64::MAX);
+        let failure = |why: String| VerifyFailure::Entry { sequence, why };
+        if v["type"] != "entry" {
+            return Err(VerifyFailure::Input(format!(
+                "line {}: an excerpt holds entries only",
+                i + 1
+            )));
+        }
+        let encoding = v["encoding"]
+            .as_str()
+            .and_then(b64::decode)
+            .ok_or_else(|| failure("its encoding is missing or not base64".into()))?;
+        let entry = AuditEntry::decode(&encoding).map_err(|e| failure(e.to_string()))?;
+        let proof = v["proof"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .map(|h| {
+                        h.as_str()
+                            .and_then(b64::decode)
+                            .and_then(|b| <Hash>::try_from(b.as_slice()).ok())
+                    })
+                    .collect::<Option<Vec<Hash>>>()
+            })
+            .and_then(|p| p)
+            .ok_or_else(|| failure("its inclusion proof is missing or malformed".into()))?;
+        if entry.sequence != sequence {
+            return Err(failure(format!(
+                "its encoding is entry {}: the excerpt was altered",
+                entry.sequence
+            )));
+        }
+        if !semel_core::merkle::verify_inclusion(
+            &entry_hash(&encoding),
+            sequence,
+            checkpoint.size,
+            &proof,
+            &checkpoint.root,
+        ) {
+            return Err(failure(format!(
+                "its inclusion proof does not lead to the root of the signed checkpoint of {} entries: the entry or the proof was altered",
+                checkpoint.size
+            )));
+        }
+        let mut shown = v.clone();
+        if let Some(o) = shown.as_object_mut() {
+            o.remove("type");
+            o.remove("encoding");
+            o.remove("proof");
+        }
+        let signed = readable(&entry);
+        if shown != signed {
+            let field = signed
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
+                .map_or("?".to_owned(), |(k, _)| k.clone());
+            return Err(failure(format!(
+                "its readable field {field} differs from its signed encoding: the excerpt was altered"
+            )));
+        }
+        entries += 1;
+    }
+    Ok(VerifyReport {
+        entries,
+        checkpoints: 1,
+        last_checkpoint: Some(checkpoint.size),
+        root: checkpoint.root,
+        trusted: 0,
+        excerpt: true,
+    })
 }
 
 #[cfg(test)]
@@ -764,6 +860,76 @@ mod tampering {
         }
         store.close().expect("close");
         dir
+    }
+
+    /// An excerpt of some entries of `log()`, as the console writes one.
+    fn excerpt(sequences: &[u64]) -> Vec<Value> {
+        let dir = log();
+        let store = Store::open_with(dir.path(), None).expect("open");
+        let audit = store.audit();
+        let checkpoint = audit.latest_checkpoint().expect("checkpoint");
+        let mut lines = vec![json!({
+            "format": EXCERPT_FORMAT,
+            "checkpoint": checkpoint.note,
+        })];
+        for &seq in sequences {
+            let (stored, proof) = audit
+                .inclusion_proof(seq, checkpoint.checkpoint.size)
+                .expect("proof");
+            let encoding = stored.entry.to_bytes();
+            let mut v = readable(&stored.entry);
+            v["type"] = json!("entry");
+            v["encoding"] = json!(b64::encode(&encoding));
+            v["proof"] = json!(proof.iter().map(|h| b64::encode(h)).collect::<Vec<_>>());
+            lines.push(v);
+        }
+        store.close().expect("close");
+        lines
+    }
+
+    fn verify_lines(lines: &[Value]) -> Result<VerifyReport, VerifyFailure> {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        verify_export(&mut text.as_bytes(), &key())
+    }
+
+    #[test]
+    fn an_excerpt_proves_its_entries_and_refuses_any_change() {
+        let lines = excerpt(&[17, 3, 0]);
+        let report = verify_lines(&lines).expect("verifies");
+        assert!(report.excerpt);
+        assert_eq!((report.entries, report.last_checkpoint), (3, Some(20)));
+        // A readable field changed.
+        let mut altered = lines.clone();
+        altered[1]["purpose"] = json!("SOMETHING_ELSE");
+        let err = verify_lines(&altered).expect_err("altered field");
+        assert!(err.to_string().contains("purpose"), "{err}");
+        // A proof hash changed.
+        let mut altered = lines.clone();
+        let mut hash = altered[2]["proof"][0]
+            .as_str()
+            .and_then(b64::decode)
+            .expect("a proof hash");
+        hash[0] ^= 1;
+        altered[2]["proof"][0] = json!(b64::encode(&hash));
+        let err = verify_lines(&altered).expect_err("altered proof");
+        assert!(err.to_string().contains("inclusion proof"), "{err}");
+        // An entry given another place.
+        let mut altered = lines.clone();
+        altered[3]["sequence"] = json!(1);
+        assert!(verify_lines(&altered).is_err());
+        // A checkpoint signed by another key.
+        let mut altered = lines;
+        let other = NoteSigner::new(
+            "semel.test/audit",
+            ed25519_dalek::SigningKey::from_bytes(&[4; 32]),
+        );
+        altered[0]["checkpoint"] = json!(other.sign(&Checkpoint {
+            origin: "semel.test/audit".into(),
+            size: 20,
+            root: [0; 32],
+        }));
+        let err = verify_lines(&altered).expect_err("other key");
+        assert!(matches!(err, VerifyFailure::Checkpoint { .. }), "{err}");
     }
 
     /// The frames of the log: (offset, total length).

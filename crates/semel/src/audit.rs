@@ -14,6 +14,8 @@ use crate::output::{out, outln};
 
 mod offline;
 
+// Parsed once per run: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Entries, newest first.
@@ -38,6 +40,9 @@ pub enum AuditCommand {
         /// allowed or refused.
         #[arg(long)]
         decision: Option<String>,
+        /// A reason code, e.g. NO_ACTIVE_FILE.
+        #[arg(long)]
+        reason: Option<String>,
         /// From this time on (RFC 3339, e.g. 2026-11-01T00:00:00Z).
         #[arg(long)]
         since: Option<String>,
@@ -176,24 +181,26 @@ async fn remote(command: AuditCommand) -> anyhow::Result<ExitCode> {
             authorisation,
             dataset,
             decision,
+            reason,
             since,
             until,
             limit,
             page_token,
         } => (
             conn,
-            AuditCall::List(AuditFilter {
+            AuditCall::List(Box::new(AuditFilter {
                 citizen,
                 consumer,
                 end_user: person,
                 authorisation,
                 dataset,
                 decision,
+                reason,
                 since,
                 until,
                 limit,
                 page_token,
-            }),
+            })),
         ),
         AuditCommand::Head { conn } => (conn, AuditCall::Head),
         AuditCommand::Checkpoint { conn } => (conn, AuditCall::Checkpoint),
@@ -208,7 +215,7 @@ async fn remote(command: AuditCommand) -> anyhow::Result<ExitCode> {
     };
     let client = connect(&conn, Some("operator")).await?;
     let result = match call {
-        AuditCall::List(filter) => client.audit_list(filter).await,
+        AuditCall::List(filter) => client.audit_list(*filter).await,
         AuditCall::Head => client.audit_head().await,
         AuditCall::Checkpoint => client.latest_checkpoint().await,
         AuditCall::Accesses(citizen, limit) => client.citizen_accesses(citizen, limit).await,
@@ -217,7 +224,7 @@ async fn remote(command: AuditCommand) -> anyhow::Result<ExitCode> {
 }
 
 enum AuditCall {
-    List(AuditFilter),
+    List(Box<AuditFilter>),
     Head,
     Checkpoint,
     Accesses(String, i32),
