@@ -4,6 +4,11 @@
 
 const TOKEN = "semel.token";
 
+// The API is beside the console: `<root>/console/api.js` calls
+// `<root>/v1/...`, so that a portal serving the broker under a prefix of
+// its own address (`/semel/`) needs no change here.
+const ROOT = new URL("../", import.meta.url);
+
 export function token() {
   return sessionStorage.getItem(TOKEN) || "";
 }
@@ -42,7 +47,7 @@ export async function call(method, path, body) {
   if (body !== undefined) headers["Content-Type"] = "application/json";
   let resp;
   try {
-    resp = await fetch(path, {
+    resp = await fetch(new URL(path.replace(/^\//, ""), ROOT), {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),
