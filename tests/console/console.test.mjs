@@ -256,6 +256,18 @@ try {
   await page.waitForSelector('#view-search:not([hidden]) #search-results table');
   check((await page.inputValue('#q-person')) === clerk, 'a pattern opens its entries in the search');
 
+  // The period's end counts: nothing before yesterday's end was made today.
+  {
+    const d = new Date();
+    d.setUTCDate(d.getUTCDate() - 1);
+    await page.goto(`${base}/console/#/overview`);
+    await page.waitForSelector('#ov-patterns li');
+    await page.fill('#o-until', d.toISOString().slice(0, 10));
+    await page.click('#overview-form button[type=submit]');
+    await page.waitForFunction(() => /^0 entries/.test(document.getElementById('ov-total').textContent));
+    check(true, `an overview until yesterday counts nothing of today: ${await page.textContent('#ov-total')}`);
+  }
+
   // ---- languages
   await page.goto(`${base}/console/#/overview`);
   await page.selectOption('#lang', 'fr');
@@ -282,6 +294,21 @@ try {
   await page.waitForSelector('#view-overview:not([hidden])');
   check((await page.evaluate(() => document.activeElement.id)) === 'h-overview', 'Enter on a section opens it and focuses its heading');
   check((await page.getAttribute('nav a[href="#/overview"]', 'aria-current')) === 'page', 'the current section is marked for screen readers');
+  // ---- without the published key, nothing is called verified
+  await page.goto(`${base}/console/#/signin`);
+  await page.fill('#token', token(demoDir, 'control-commission'));
+  await page.fill('#vkey', '');
+  await page.click('#signin-form button[type=submit]');
+  await page.waitForSelector('#view-search:not([hidden])');
+  verdict = await untilVerdict(page, seq);
+  const unpinned = await page.textContent('#verdict');
+  check(verdict.includes('warn') && unpinned.startsWith('Not verified'), `with only the served key, an entry is not called verified: ${unpinned}`);
+  await shot(page, shots, '12-unpinned-key');
+  await page.goto(`${base}/console/#/checkpoints`);
+  await page.waitForSelector('#cp-list tbody tr');
+  const unpinnedSigs = await page.$$eval('#cp-list tbody tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
+  check(unpinnedSigs.every((w) => w.includes('unverified')), `checkpoints checked with the served key say so: ${unpinnedSigs[0]}`);
+
   check(errors.length === 0, `no script error in the console (${errors.join('; ')})`);
   await ctx.close();
 

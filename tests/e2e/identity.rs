@@ -853,7 +853,9 @@ async fn an_amendment_making_an_authorisation_confidential_hides_nothing_already
         expected_version: v,
         reason: String::new(),
     };
+    let original_basis = a.legal_basis.clone();
     a.confidential_until = "2099-12-31".into();
+    a.legal_basis = "Code d'instruction criminelle, art. 46quater".into();
     reg.amend_authorisation(amend(a.clone(), 1))
         .await
         .expect("confidential from v2");
@@ -863,10 +865,30 @@ async fn an_amendment_making_an_authorisation_confidential_hides_nothing_already
         1,
         "the v1 lookup stays in view, the v2 one not"
     );
+    // The access in view shows the law of the version it was decided
+    // under, not the investigation's.
+    let bases = || async {
+        accesses(t.channel_as("irisbox", &karim).await, KARIM)
+            .await
+            .expect("report")
+            .into_iter()
+            .filter(|a| a.authorisation_reference == REF)
+            .map(|a| a.legal_basis)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bases().await, vec![original_basis.clone()]);
     a.confidential_until = String::new();
     reg.amend_authorisation(amend(a, 2))
         .await
         .expect("disclosed in v3");
     assert_eq!(seen().await, 2, "both in view once disclosed");
+    assert_eq!(
+        bases().await,
+        vec![
+            "Code d'instruction criminelle, art. 46quater".to_owned(),
+            original_basis
+        ],
+        "newest first, each under its own version's law"
+    );
     t.stop().await;
 }

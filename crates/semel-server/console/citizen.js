@@ -5,7 +5,7 @@
 // removed at once), or typed in.
 
 import { call, claims, setToken, token, ApiError } from "./api.js";
-import { t, translate, language, setLanguage, formatTime } from "./i18n.js";
+import { t, translate, language, setLanguage, dropLangParameter, formatTime, reasonInWords } from "./i18n.js";
 
 const $ = (id) => document.getElementById(id);
 let next = "";
@@ -47,7 +47,7 @@ function access(a) {
   add("cz.law", [a.legalBasis, a.issuingBody, a.authorisationReference].filter(Boolean).join(" · "));
   add("cz.source", a.sourceKbo ? org(a.sourceName, a.sourceKbo) : "");
   item.append(dl);
-  if (a.decision === "AUDIT_DECISION_REFUSED") item.append(el("p", { text: t("cz.refused", a.reason) }));
+  if (a.decision === "AUDIT_DECISION_REFUSED") item.append(el("p", { text: t("cz.refused", reasonInWords(a.reason)) }));
   return item;
 }
 
@@ -83,6 +83,7 @@ function start() {
   $("lang").value = language();
   $("lang").addEventListener("change", () => {
     setLanguage($("lang").value);
+    dropLangParameter();
     translate();
     load(false);
   });

@@ -3,7 +3,7 @@
 // from the HTTP/JSON face; every proof is checked in this browser.
 
 import { call, claims, setToken, token, query, ApiError } from "./api.js";
-import { t, translate, language, setLanguage, formatTime, formatNumber } from "./i18n.js";
+import { t, translate, language, setLanguage, dropLangParameter, formatTime, formatNumber } from "./i18n.js";
 import {
   b64decode, b64encode, hex, leafHash, verifyInclusion, verifyConsistency,
   parseVerifierKey, verifyNote, decodeEntry, differences,
@@ -184,9 +184,9 @@ async function trustedCheckpoint() {
   const notes = [];
   notes.push(pinned ? t("v.keyPinned") : t("v.keyServed"));
   if (pinned && served && served.trim() !== pinned.trim()) notes.push(t("v.keyDiffers"));
-  if (!latest.checkpoint) return { checkpoint: null, notes, key };
+  if (!latest.checkpoint) return { checkpoint: null, notes, key, pinned: !!pinned };
   const checkpoint = await verifyNote(latest.checkpoint.signedNote, key);
-  return { checkpoint, notes, key, note: latest.checkpoint.signedNote };
+  return { checkpoint, notes, key, note: latest.checkpoint.signedNote, pinned: !!pinned };
 }
 
 async function proveEntry(sequence, checkpoint) {
@@ -208,8 +208,13 @@ async function proveEntry(sequence, checkpoint) {
   return result;
 }
 
-function step(ok, text) {
-  return el("li", { class: ok ? "ok" : "bad" }, el("span", { class: "mark", "aria-hidden": "true", text: ok ? "✓" : "✗" }), ` ${text}`);
+/** One check's line: passed, failed, or not reached (after a failure). */
+function step(state, text) {
+  const mark = { ok: "✓", bad: "✗", skipped: "–" }[state];
+  return el("li", { class: state },
+    el("span", { class: "mark", "aria-hidden": "true", text: mark }),
+    ` ${text} `,
+    el("span", { class: "sr-only", text: `(${t(`v.state.${state}`)})` }));
 }
 
 async function showEntry(sequence) {
@@ -227,7 +232,7 @@ async function showEntry(sequence) {
   } catch (e) {
     verdict.className = "verdict bad";
     verdict.textContent = t("v.failed", e.message);
-    $("steps").replaceChildren(step(false, t("v.step.note")));
+    $("steps").replaceChildren(step("bad", t("v.step.note")));
     return;
   }
   $("key-note").textContent = trusted.notes.join(" ");
@@ -245,16 +250,19 @@ async function showEntry(sequence) {
     showError(e instanceof ApiError ? e : null);
     return;
   }
-  const steps = [step(true, t("v.step.note"))];
-  const leafOk = result.failure !== t("v.badLeaf");
-  steps.push(step(leafOk, t("v.step.leaf")));
-  const pathOk = leafOk && result.failure !== t("v.badPath");
-  steps.push(step(pathOk, t("v.step.path", result.proof.length)));
-  steps.push(step(!result.failure, t("v.step.fields")));
-  $("steps").replaceChildren(...steps);
+  // The checks in order; after the first that fails, the rest are not
+  // reached.
+  const failedAt = result.failure === t("v.badLeaf") ? 1 : result.failure === t("v.badPath") ? 2 : result.failure ? 3 : 4;
+  const labels = [t("v.step.note"), t("v.step.leaf"), t("v.step.path", result.proof.length), t("v.step.fields")];
+  $("steps").replaceChildren(...labels.map((label, i) => step(i < failedAt ? "ok" : i === failedAt ? "bad" : "skipped", label)));
   if (result.failure) {
     verdict.className = "verdict bad";
     verdict.textContent = t("v.failed", result.failure);
+  } else if (!trusted.pinned) {
+    // Signed by the key the broker serves: the broker could have signed
+    // anything. Not a verification until the published key is given.
+    verdict.className = "verdict warn";
+    verdict.textContent = t("v.unpinned");
   } else {
     verdict.className = "verdict ok";
     verdict.textContent = t("v.ok", sequence, trusted.checkpoint.size.toString());
@@ -301,8 +309,13 @@ async function showAuthorisation(reference, version) {
   try {
     const r = await call("GET", `/v1/authorisationVersions/${encodeURIComponent(reference).replace(/%2F/g, "/")}`);
     const versions = r.versions || [];
-    const a = versions.find((v) => Number(v.version) === Number(version)) || versions[versions.length - 1];
-    if (!a) return;
+    const a = versions.find((v) => Number(v.version) === Number(version));
+    // From the registry, not part of the proof: said so.
+    dl.append(el("dt", { text: t("entry.authSource") }), el("dd", { text: t("entry.authNotProven") }));
+    if (!a) {
+      dl.append(el("dt", { text: t("f.authorisation") }), el("dd", { text: t("entry.versionUnknown", reference) }));
+      return;
+    }
     const rows = [
       ["f.authorisation", `${a.reference} v${a.version}`],
       ["col.purpose", a.purpose],
@@ -327,6 +340,7 @@ async function showCheckpoints() {
     const r = await call("GET", `/v1/audit/checkpoints${query({ pageSize: 100 })}`);
     const pinned = localStorage.getItem(VKEY);
     const key = await parseVerifierKey(pinned || r.verifierKey);
+    state.pinned = !!pinned;
     $("cp-key").textContent = `${pinned ? t("v.keyPinned") : t("v.keyServed")} ${key.text}`;
     const table = el("table", { class: "results" });
     table.append(el("thead", {}, el("tr", {},
@@ -339,16 +353,19 @@ async function showCheckpoints() {
       let ok = true;
       let cp = null;
       try {
+        // What is shown is what the signature covers; the served size and
+        // root must be the note's.
         cp = await verifyNote(c.signedNote, key);
-        ok = cp.size.toString() === String(c.treeSize);
+        ok = cp.size.toString() === String(c.treeSize) && hex(cp.root) === hex(b64decode(c.rootHash || ""));
       } catch {
         ok = false;
       }
       if (ok) verified.push(cp);
+      const word = !ok ? t("cp.sigBad") : pinned ? t("cp.sigOk") : t("cp.sigServed");
       body.append(el("tr", {},
-        el("td", { text: formatNumber(c.treeSize) }),
-        el("td", { class: "hash", text: hex(b64decode(c.rootHash || "")) }),
-        el("td", { class: ok ? "allowed" : "refused", text: ok ? t("cp.sigOk") : t("cp.sigBad") })));
+        el("td", { text: cp ? formatNumber(cp.size) : formatNumber(c.treeSize) }),
+        el("td", { class: "hash", text: cp ? hex(cp.root) : hex(b64decode(c.rootHash || "")) }),
+        el("td", { class: !ok ? "refused" : pinned ? "allowed" : "", text: word })));
     }
     table.append(body);
     $("cp-list").replaceChildren(table);
@@ -373,10 +390,12 @@ async function checkConsistency(ev) {
   try {
     const r = await call("GET", `/v1/audit/consistencyProof${query({ firstTreeSize: a.size.toString(), secondTreeSize: b.size.toString() })}`);
     const ok = await verifyConsistency(a.size, b.size, a.root, b.root, (r.proof || []).map(b64decode));
-    out.className = ok ? "verdict ok" : "verdict bad";
-    out.textContent = ok
-      ? t("cp.ok", formatNumber(a.size), formatNumber(b.size))
-      : t("cp.failed", formatNumber(a.size), formatNumber(b.size));
+    out.className = !ok ? "verdict bad" : state.pinned ? "verdict ok" : "verdict warn";
+    out.textContent = !ok
+      ? t("cp.failed", formatNumber(a.size), formatNumber(b.size))
+      : state.pinned
+        ? t("cp.ok", formatNumber(a.size), formatNumber(b.size))
+        : t("cp.unpinned", formatNumber(a.size), formatNumber(b.size));
   } catch (e) {
     out.className = "verdict bad";
     out.textContent = e.message;
@@ -463,9 +482,11 @@ async function exportJsonl() {
       query: state.filter,
     }) + "\n"];
     let done = 0;
+    let newer = 0;
     for await (const e of allEntries()) {
       const seq = BigInt(e.sequence || "0");
       if (seq >= trusted.checkpoint.size) {
+        newer += 1;
         progress(++done, total);
         continue;
       }
@@ -476,7 +497,9 @@ async function exportJsonl() {
     }
     const name = `semel-audit-${new Date().toISOString().slice(0, 10)}.jsonl`;
     download(name, lines, "application/jsonl");
-    $("export-status").textContent = t("export.done", formatNumber(lines.length - 1), name);
+    $("export-status").textContent = t("export.done", formatNumber(lines.length - 1), name) +
+      (newer ? ` ${t("export.newer", formatNumber(newer))}` : "") +
+      (trusted.pinned ? "" : ` ${t("v.keyServed")}`);
   } catch (e) {
     showError(e);
   }
@@ -608,8 +631,8 @@ async function overview(ev) {
   const since = $("o-since").value;
   const until = $("o-until").value;
   const body = {};
-  if (since) body.since = f.since || `${since}T00:00:00Z`;
-  if (until) body.until = f.until;
+  if (f.since) body.since = f.since;
+  if (f.until) body.until = f.until;
   const consumer = $("o-consumer").value.trim();
   if (consumer) body.consumerKbo = consumer;
   if (!since) {
@@ -702,6 +725,7 @@ function start() {
   $("lang").value = language();
   $("lang").addEventListener("change", () => {
     setLanguage($("lang").value);
+    dropLangParameter();
     translate();
     showWho();
     route();
@@ -714,20 +738,22 @@ function start() {
     $("main").focus();
   });
   $("signin-form").addEventListener("submit", signIn);
+  // Signing out forgets the token and everything shown: the page is
+  // loaded afresh.
   $("signout").addEventListener("click", () => {
     setToken("");
-    showWho();
     location.hash = "#/signin";
+    location.reload();
   });
   $("search-form").addEventListener("submit", search);
-  $("newer").addEventListener("click", () => {
-    state.page -= 1;
-    showPage().catch(showError);
-  });
-  $("older").addEventListener("click", () => {
-    state.page += 1;
-    showPage().catch(showError);
-  });
+  // After a page turn the focus goes to the count above the new page
+  // (the button pressed may have gone).
+  const turn = (by) => {
+    state.page += by;
+    showPage().then(() => $("search-count").focus()).catch(showError);
+  };
+  $("newer").addEventListener("click", () => turn(-1));
+  $("older").addEventListener("click", () => turn(1));
   $("export-csv").addEventListener("click", exportCsv);
   $("export-jsonl").addEventListener("click", exportJsonl);
   $("consistency-form").addEventListener("submit", checkConsistency);

@@ -108,7 +108,7 @@ const TEXT = {
     "cz.why": "Why",
     "cz.law": "Legal basis",
     "cz.source": "From",
-    "cz.refused": "The request was refused ({0}); no data was given.",
+    "cz.refused": "The request was refused: {0}. No data was given.",
     "cz.checked": "Only checked (yes or no): {0}",
     "cz.more": "Show older",
     "cz.hiddenNote": "Consultations for an investigation appear here from their disclosure date.",
@@ -132,6 +132,26 @@ const TEXT = {
     "fields": "Fields",
     "consent": "Consent required",
     "status": "Status",
+    "v.state.ok": "passed",
+    "v.state.bad": "failed",
+    "v.state.skipped": "not checked",
+    "v.unpinned": "Not verified: the proof holds only for the key the broker itself serves, which proves nothing. Sign in with the verifier key the operator published.",
+    "entry.authSource": "Source",
+    "entry.authNotProven": "the registry, as the broker holds it today (not part of the proof)",
+    "entry.versionUnknown": "{0}: the version it was decided under is not recorded in this entry or no longer known",
+    "cp.sigServed": "valid for the served key (unverified)",
+    "cp.unpinned": "The log of {0} entries is a prefix of the log of {1} for the key the broker serves; not verified until you give the published key.",
+    "export.newer": "{0} entries newer than the signed checkpoint were left out; export again in a few seconds to include them.",
+    "r.NO_ACTIVE_FILE": "the organisation has no file on you for this",
+    "r.NO_AUTHORISATION": "no authorisation allows it",
+    "r.PURPOSE_NOT_ALLOWED": "not allowed for this purpose",
+    "r.FIELD_NOT_ALLOWED": "it asked for data it may not have",
+    "r.CHECK_NOT_ALLOWED": "it asked a question it may not ask",
+    "r.CONSENT_MISSING": "your consent is needed and was not given",
+    "r.AUTHORISATION_EXPIRED": "its authorisation had expired",
+    "r.AUTHORISATION_NOT_YET_VALID": "its authorisation was not yet valid",
+    "r.AUTHORISATION_SUSPENDED": "its authorisation was suspended",
+    "r.AUTHORISATION_REVOKED": "its authorisation was revoked",
     loading: "Loading…",
   },
   fr: {
@@ -240,7 +260,7 @@ const TEXT = {
     "cz.why": "Pourquoi",
     "cz.law": "Base légale",
     "cz.source": "Auprès de",
-    "cz.refused": "La demande a été refusée ({0}) ; aucune donnée n'a été transmise.",
+    "cz.refused": "La demande a été refusée : {0}. Aucune donnée n'a été transmise.",
     "cz.checked": "Seulement vérifié (oui ou non) : {0}",
     "cz.more": "Afficher les plus anciennes",
     "cz.hiddenNote": "Les consultations faites pour une enquête apparaissent ici à partir de leur date de divulgation.",
@@ -264,6 +284,26 @@ const TEXT = {
     "fields": "Champs",
     "consent": "Consentement requis",
     "status": "Statut",
+    "v.state.ok": "réussie",
+    "v.state.bad": "échouée",
+    "v.state.skipped": "non vérifiée",
+    "v.unpinned": "Non vérifié : la preuve ne vaut que pour la clé que le broker sert lui-même, ce qui ne prouve rien. Connectez-vous avec la clé de vérification publiée par l'opérateur.",
+    "entry.authSource": "Source",
+    "entry.authNotProven": "le registre, tel que le broker le tient aujourd'hui (hors de la preuve)",
+    "entry.versionUnknown": "{0} : la version sous laquelle elle a été décidée n'est pas enregistrée dans cette entrée ou n'est plus connue",
+    "cp.sigServed": "valide pour la clé servie (non vérifiée)",
+    "cp.unpinned": "Le journal de {0} entrées est un préfixe du journal de {1} pour la clé servie par le broker ; non vérifié tant que vous ne donnez pas la clé publiée.",
+    "export.newer": "{0} entrées plus récentes que le point de contrôle signé ont été laissées de côté ; exportez à nouveau dans quelques secondes pour les inclure.",
+    "r.NO_ACTIVE_FILE": "l'organisation n'a pas de dossier vous concernant pour cela",
+    "r.NO_AUTHORISATION": "aucune autorisation ne le permet",
+    "r.PURPOSE_NOT_ALLOWED": "pas permis pour cette finalité",
+    "r.FIELD_NOT_ALLOWED": "elle a demandé des données auxquelles elle n'a pas droit",
+    "r.CHECK_NOT_ALLOWED": "elle a posé une question qu'elle ne peut pas poser",
+    "r.CONSENT_MISSING": "votre consentement est requis et n'a pas été donné",
+    "r.AUTHORISATION_EXPIRED": "son autorisation avait expiré",
+    "r.AUTHORISATION_NOT_YET_VALID": "son autorisation n'était pas encore valable",
+    "r.AUTHORISATION_SUSPENDED": "son autorisation était suspendue",
+    "r.AUTHORISATION_REVOKED": "son autorisation avait été révoquée",
     loading: "Chargement…",
   },
   nl: {
@@ -372,7 +412,7 @@ const TEXT = {
     "cz.why": "Waarom",
     "cz.law": "Rechtsgrond",
     "cz.source": "Bij",
-    "cz.refused": "De vraag werd geweigerd ({0}); er werden geen gegevens gegeven.",
+    "cz.refused": "De vraag werd geweigerd: {0}. Er werden geen gegevens gegeven.",
     "cz.checked": "Enkel gecontroleerd (ja of nee): {0}",
     "cz.more": "Oudere tonen",
     "cz.hiddenNote": "Raadplegingen voor een onderzoek verschijnen hier vanaf hun openbaarmakingsdatum.",
@@ -396,6 +436,26 @@ const TEXT = {
     "fields": "Velden",
     "consent": "Toestemming vereist",
     "status": "Status",
+    "v.state.ok": "geslaagd",
+    "v.state.bad": "mislukt",
+    "v.state.skipped": "niet gecontroleerd",
+    "v.unpinned": "Niet gecontroleerd: het bewijs geldt enkel voor de sleutel die de broker zelf aanbiedt, en dat bewijst niets. Meld u aan met de verificatiesleutel die de operator publiceerde.",
+    "entry.authSource": "Bron",
+    "entry.authNotProven": "het register zoals de broker het vandaag bijhoudt (geen deel van het bewijs)",
+    "entry.versionUnknown": "{0}: de versie waaronder beslist werd, staat niet in deze vermelding of is niet meer bekend",
+    "cp.sigServed": "geldig voor de aangeboden sleutel (niet gecontroleerd)",
+    "cp.unpinned": "Het logboek van {0} vermeldingen is een begin van het logboek van {1} voor de sleutel die de broker aanbiedt; niet gecontroleerd zolang u de gepubliceerde sleutel niet geeft.",
+    "export.newer": "{0} vermeldingen recenter dan het ondertekende controlepunt werden weggelaten; exporteer over enkele seconden opnieuw om ze op te nemen.",
+    "r.NO_ACTIVE_FILE": "de organisatie heeft hiervoor geen dossier over u",
+    "r.NO_AUTHORISATION": "geen enkele machtiging laat het toe",
+    "r.PURPOSE_NOT_ALLOWED": "niet toegestaan voor dit doel",
+    "r.FIELD_NOT_ALLOWED": "ze vroeg gegevens waarop ze geen recht heeft",
+    "r.CHECK_NOT_ALLOWED": "ze stelde een vraag die ze niet mag stellen",
+    "r.CONSENT_MISSING": "uw toestemming is vereist en werd niet gegeven",
+    "r.AUTHORISATION_EXPIRED": "haar machtiging was verlopen",
+    "r.AUTHORISATION_NOT_YET_VALID": "haar machtiging was nog niet geldig",
+    "r.AUTHORISATION_SUSPENDED": "haar machtiging was geschorst",
+    "r.AUTHORISATION_REVOKED": "haar machtiging was ingetrokken",
     loading: "Laden…",
   },
 };
@@ -414,6 +474,22 @@ export function language() {
 
 export function setLanguage(lang) {
   localStorage.setItem(KEY, lang);
+}
+
+/** A language chosen on the page wins over the address's `?lang=`. */
+export function dropLangParameter() {
+  const url = new URL(location.href);
+  if (url.searchParams.has("lang")) {
+    url.searchParams.delete("lang");
+    history.replaceState(null, "", url);
+  }
+}
+
+/** A refusal's reason in plain words, for citizens (the code otherwise). */
+export function reasonInWords(code) {
+  const key = `r.${code}`;
+  const words = t(key);
+  return words === key ? code : `${words} (${code})`;
 }
 
 export function t(key, ...args) {

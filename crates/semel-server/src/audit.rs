@@ -76,13 +76,15 @@ impl AuditService {
         let mut out = proto::SummariseAuditEntriesResponse::default();
         let page = 1000;
         loop {
-            query.limit = page.min(SUMMARY_LIMIT - out.total as usize);
-            if query.limit == 0 {
-                out.truncated = true;
-                break;
-            }
+            // One more than is left to count: finding it says there were
+            // more than a summary counts.
+            query.limit = page.min(SUMMARY_LIMIT + 1 - out.total as usize);
             let entries = self.query(query.clone()).await?;
             for e in &entries {
+                if out.total as usize == SUMMARY_LIMIT {
+                    out.truncated = true;
+                    break;
+                }
                 let r = &e.entry.record;
                 out.total += 1;
                 let refused = r.decision == semel_core::AuditDecision::Refused;
@@ -126,6 +128,7 @@ impl AuditService {
                 }
             }
             match entries.last() {
+                _ if out.truncated => break,
                 Some(last) if entries.len() == query.limit && last.entry.sequence > 0 => {
                     query.before_sequence = Some(last.entry.sequence);
                 }
@@ -654,6 +657,51 @@ impl Rpc for AuditService {
             self.broker.audited(&caller, scan).await?.0
         };
         let snapshot = self.broker.snapshot();
+        // The law an access rested on is that of the version it was decided
+        // under: a later amendment (an investigation's, say) neither
+        // rewrites it nor shows early what it says now.
+        let mut bases: std::collections::HashMap<(String, u32), (String, String)> =
+            std::collections::HashMap::new();
+        let references: std::collections::BTreeSet<&str> = entries
+            .iter()
+            .filter_map(|s| s.entry.record.authorisation.as_deref())
+            .collect();
+        for reference in references {
+            let history = self
+                .broker
+                .storage()
+                .registry
+                .authorisation_history(reference)
+                .await
+                .map_err(ApiError::from)?;
+            for v in history {
+                bases.insert(
+                    (v.reference.to_string(), v.version),
+                    (v.legal_basis, v.issuing_body),
+                );
+            }
+        }
+        let basis = |r: &semel_core::AuditRecord| -> (String, String) {
+            match (&r.authorisation, r.authorisation_version) {
+                (Some(a), Some(v)) => bases.get(&(a.clone(), v)).cloned().unwrap_or_default(),
+                // Entries made before versions were recorded: today's
+                // version, unless it is an investigation's.
+                (Some(a), None) => snapshot
+                    .authorisations
+                    .get(a)
+                    .filter(|a| a.confidential_until.is_none())
+                    .map(|a| (a.legal_basis.clone(), a.issuing_body.clone()))
+                    .unwrap_or_default(),
+                (None, _) => (
+                    snapshot
+                        .purposes
+                        .get(&r.purpose)
+                        .map(|p| p.legal_basis.clone())
+                        .unwrap_or_default(),
+                    String::new(),
+                ),
+            }
+        };
         let name = |k: &semel_core::Kbo| {
             snapshot
                 .organisations
@@ -694,30 +742,14 @@ impl Rpc for AuditService {
                     .get(&r.purpose)
                     .map(|p| p.description.clone())
                     .unwrap_or_default(),
-                legal_basis: r
-                    .authorisation
-                    .as_ref()
-                    .and_then(|a| snapshot.authorisations.get(a))
-                    .map(|a| a.legal_basis.clone())
-                    .or_else(|| {
-                        snapshot
-                            .purposes
-                            .get(&r.purpose)
-                            .map(|p| p.legal_basis.clone())
-                    })
-                    .unwrap_or_default(),
+                legal_basis: basis(r).0,
                 dataset_description: snapshot
                     .routes
                     .iter()
                     .find(|(d, _)| d.as_str() == r.dataset)
                     .map(|(_, route)| route.dataset.description.clone())
                     .unwrap_or_default(),
-                issuing_body: r
-                    .authorisation
-                    .as_ref()
-                    .and_then(|a| snapshot.authorisations.get(a))
-                    .map(|a| a.issuing_body.clone())
-                    .unwrap_or_default(),
+                issuing_body: basis(r).1,
             })
             .collect();
         Ok(Response::new(proto::ListCitizenAccessesResponse {
@@ -831,7 +863,9 @@ impl Rpc for AuditService {
         let mut all = log.checkpoints().await.map_err(ApiError::from)?;
         all.retain(|c| c.checkpoint.size < below);
         all.sort_by_key(|c| std::cmp::Reverse(c.checkpoint.size));
-        all.dedup_by_key(|c| c.checkpoint.size);
+        // Two checkpoints of one size with different roots are a split
+        // view: both are shown.
+        all.dedup_by(|a, b| a.checkpoint == b.checkpoint);
         let more = all.len() > limit;
         all.truncate(limit);
         let next_page_token = match all.last() {

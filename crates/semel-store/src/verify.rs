@@ -690,7 +690,7 @@ pub fn verify_export_trusting(
     }
     match lines.first().and_then(|h| h["format"].as_str()) {
         Some("semel-audit-export/1") => {}
-        Some(EXCERPT_FORMAT) => return verify_excerpt(&lines, key),
+        Some(EXCERPT_FORMAT) => return verify_excerpt(&lines, key, policy),
         _ => {
             return Err(VerifyFailure::Input(
                 "not a Semel audit export (semel-audit-export/1 or semel-audit-excerpt/1)".into(),
@@ -716,14 +716,43 @@ pub const EXCERPT_FORMAT: &str = "semel-audit-excerpt/1";
 /// its readable fields are those of its encoding and that the encoding is
 /// leaf `sequence` of the checkpoint's tree. Entries left out are not
 /// vouched for (an excerpt proves what it holds, not that it is complete).
-fn verify_excerpt(lines: &[Value], key: &NoteVerifier) -> Result<VerifyReport, VerifyFailure> {
+///
+/// An excerpt holds one checkpoint: it is checked against the witnesses
+/// (their quorum of cosignatures on it), but checkpoints an auditor kept
+/// (`--trusted`) need the whole log to be reached, so they are refused here
+/// rather than silently not checked.
+fn verify_excerpt(
+    lines: &[Value],
+    key: &NoteVerifier,
+    policy: &TrustPolicy,
+) -> Result<VerifyReport, VerifyFailure> {
+    if !policy.trusted.is_empty() {
+        return Err(VerifyFailure::Input(
+            "an excerpt proves its entries against its own checkpoint; checkpoints you kept (--trusted) are checked against a whole log (semel audit export)".into(),
+        ));
+    }
     let note = lines[0]["checkpoint"]
         .as_str()
         .ok_or_else(|| VerifyFailure::Input("the excerpt names no checkpoint".into()))?;
+    let size = first_number(note);
     let checkpoint = key.verify(note).map_err(|e| VerifyFailure::Checkpoint {
-        size: first_number(note),
+        size,
         why: e.to_string(),
     })?;
+    let cosigned = policy
+        .witnesses
+        .iter()
+        .filter(|w| w.verify(note).is_ok())
+        .count();
+    if cosigned < policy.quorum {
+        return Err(VerifyFailure::Checkpoint {
+            size,
+            why: format!(
+                "the excerpt's checkpoint carries {cosigned} valid cosignatures of the {} witnesses required",
+                policy.quorum
+            ),
+        });
+    }
     let mut entries = 0u64;
     for (i, v) in lines.iter().enumerate().skip(1) {
         let sequence = v["sequence"].as_u64().unwrap_or(u64::MAX);
@@ -930,6 +959,42 @@ mod tampering {
         }));
         let err = verify_lines(&altered).expect_err("other key");
         assert!(matches!(err, VerifyFailure::Checkpoint { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_excerpt_honours_the_witnesses_and_refuses_kept_checkpoints() {
+        use semel_core::checkpoint::{CosignatureVerifier, Cosigner};
+        let lines = excerpt(&[5]);
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        let witness = Cosigner::new(
+            "witness.test",
+            ed25519_dalek::SigningKey::from_bytes(&[9; 32]),
+        );
+        let policy = |quorum| TrustPolicy {
+            trusted: Vec::new(),
+            witnesses: vec![CosignatureVerifier::parse(&witness.verifier_key()).expect("vkey")],
+            quorum,
+        };
+        // Not cosigned: a quorum of one refuses it.
+        let err = verify_export_trusting(&mut text.as_bytes(), &key(), &policy(1))
+            .expect_err("no cosignature");
+        assert!(err.to_string().contains("cosignatures"), "{err}");
+        // Cosigned: accepted.
+        let note = lines[0]["checkpoint"].as_str().expect("note");
+        let cp = Checkpoint::of_note(note).expect("checkpoint");
+        let cosigned = format!("{note}{}", witness.cosign(&cp, 1_767_225_600));
+        let mut with = lines.clone();
+        with[0]["checkpoint"] = json!(cosigned);
+        let text: String = with.iter().map(|l| format!("{l}\n")).collect();
+        verify_export_trusting(&mut text.as_bytes(), &key(), &policy(1)).expect("cosigned");
+        // Checkpoints an auditor kept need the whole log.
+        let kept = TrustPolicy {
+            trusted: vec![note.to_owned()],
+            ..TrustPolicy::default()
+        };
+        let err = verify_export_trusting(&mut text.as_bytes(), &key(), &kept)
+            .expect_err("kept checkpoints");
+        assert!(err.to_string().contains("--trusted"), "{err}");
     }
 
     /// The frames of the log: (offset, total length).
