@@ -161,6 +161,7 @@ try {
   const allowedSeq = await page.$eval('#search-results tbody tr a', (a) => a.textContent);
   verdict = await untilVerdict(page, allowedSeq);
   check(verdict.includes('ok'), `allowed entry ${allowedSeq}: proof verified`);
+  check((await page.textContent('#key-note')).includes('only grew since this browser last verified'), `the log only grew since the last visit: ${await page.textContent('#key-note')}`);
   await page.waitForFunction(() => document.getElementById('entry-authorisation').textContent.length > 20);
   const auth = await page.textContent('#entry-authorisation');
   check(/Legal basis/.test(auth) && /v\d/.test(auth), `the authorisation it was decided under, with its legal basis: ${auth.slice(0, 120)}`);
@@ -191,6 +192,17 @@ try {
   verdict = await untilVerdict(page, seq);
   check(verdict.includes('bad') && (await page.textContent('#verdict')).includes('endUser'), `served fields that differ from the proven entry fail: ${await page.textContent('#verdict')}`);
   await page.unroute('**/inclusionProof*');
+  // ... and so does a log that is not the one this browser verified before
+  // (the browser remembers the newest checkpoint it verified, per key).
+  check((await page.evaluate(() => localStorage.getItem('semel.seen') || '')).includes('"size"'), 'the browser remembers the checkpoint it verified');
+  await page.evaluate((k) => {
+    const all = JSON.parse(localStorage.getItem('semel.seen') || '{}');
+    all[k] = { size: '3', root: '00'.repeat(32) };
+    localStorage.setItem('semel.seen', JSON.stringify(all));
+  }, m.verifier_key.trim());
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('bad') && (await page.textContent('#verdict')).includes('rewritten'), `a log inconsistent with what this browser saw before fails: ${await page.textContent('#verdict')}`);
+  await page.evaluate(() => localStorage.removeItem('semel.seen'));
 
   // ---- export: CSV and a verifiable JSON Lines excerpt
   await page.goto(`${base}/console/#/search`);

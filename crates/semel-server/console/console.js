@@ -5,7 +5,7 @@
 import { call, claims, setToken, token, query, ApiError } from "./api.js";
 import { t, translate, language, setLanguage, dropLangParameter, formatTime, formatNumber } from "./i18n.js";
 import {
-  b64decode, b64encode, hex, leafHash, verifyInclusion, verifyConsistency,
+  b64decode, b64encode, hex, unhex, leafHash, verifyInclusion, verifyConsistency,
   parseVerifierKey, verifyNote, decodeEntry, differences,
 } from "./verify.js";
 
@@ -13,6 +13,7 @@ const $ = (id) => document.getElementById(id);
 const PAGE = 50;
 const EXPORT_MAX = 10000;
 const VKEY = "semel.verifierKey";
+const SEEN = "semel.seen";
 
 const state = { filter: {}, pages: [""], page: 0, orgs: new Map(), total: null };
 
@@ -186,7 +187,38 @@ async function trustedCheckpoint() {
   if (pinned && served && served.trim() !== pinned.trim()) notes.push(t("v.keyDiffers"));
   if (!latest.checkpoint) return { checkpoint: null, notes, key, pinned: !!pinned };
   const checkpoint = await verifyNote(latest.checkpoint.signedNote, key);
+  if (pinned) {
+    const seen = await stillConsistent(key, checkpoint);
+    if (seen) notes.push(t("v.sinceSeen", formatNumber(seen.size)));
+  }
   return { checkpoint, notes, key, note: latest.checkpoint.signedNote, pinned: !!pinned };
+}
+
+/** Checks that the log only grew since the newest checkpoint this browser
+ * verified before (kept per verifier key), then remembers the new one: a
+ * log cut short or rewritten between two visits is caught here, with no
+ * trust in the broker. Throws when it was. */
+async function stillConsistent(key, checkpoint) {
+  const all = JSON.parse(localStorage.getItem(SEEN) || "{}");
+  const seen = all[key.text];
+  if (seen) {
+    const size = BigInt(seen.size);
+    const root = unhex(seen.root);
+    if (checkpoint.size < size) throw new Error(t("v.rollback", formatNumber(seen.size), formatNumber(checkpoint.size)));
+    let ok;
+    if (checkpoint.size === size) ok = hex(checkpoint.root) === seen.root;
+    else if (size === 0n) ok = true;
+    else {
+      const r = await call("GET", `/v1/audit/consistencyProof${query({ firstTreeSize: seen.size, secondTreeSize: checkpoint.size.toString() })}`);
+      ok = await verifyConsistency(size, checkpoint.size, root, checkpoint.root, (r.proof || []).map(b64decode));
+    }
+    if (!ok) throw new Error(t("v.rewritten", formatNumber(seen.size)));
+  }
+  if (!seen || checkpoint.size > BigInt(seen.size)) {
+    all[key.text] = { size: checkpoint.size.toString(), root: hex(checkpoint.root) };
+    localStorage.setItem(SEEN, JSON.stringify(all));
+  }
+  return seen;
 }
 
 async function proveEntry(sequence, checkpoint) {
@@ -334,21 +366,38 @@ async function showAuthorisation(reference, version) {
 
 // ---- checkpoints ---------------------------------------------------------
 
-async function showCheckpoints() {
+async function showCheckpoints(more = false) {
   showError(null);
   try {
-    const r = await call("GET", `/v1/audit/checkpoints${query({ pageSize: 100 })}`);
+    const r = await call("GET", `/v1/audit/checkpoints${query({ pageSize: 100, pageToken: more ? state.cpToken : "" })}`);
+    state.cpToken = r.nextPageToken || "";
+    $("cp-more").hidden = !state.cpToken;
     const pinned = localStorage.getItem(VKEY);
     const key = await parseVerifierKey(pinned || r.verifierKey);
     state.pinned = !!pinned;
-    $("cp-key").textContent = `${pinned ? t("v.keyPinned") : t("v.keyServed")} ${key.text}`;
-    const table = el("table", { class: "results" });
-    table.append(el("thead", {}, el("tr", {},
-      el("th", { scope: "col", text: t("cp.size") }),
-      el("th", { scope: "col", text: t("cp.root") }),
-      el("th", { scope: "col", text: t("cp.signature") }))));
-    const body = el("tbody");
-    const verified = [];
+    const notes = [`${pinned ? t("v.keyPinned") : t("v.keyServed")} ${key.text}`];
+    if (pinned && !more) {
+      try {
+        const trusted = await trustedCheckpoint();
+        notes.push(...trusted.notes.slice(1));
+      } catch (e) {
+        notes.push(t("v.failed", e.message));
+      }
+    }
+    $("cp-key").textContent = notes.join(" ");
+    let table = $("cp-list").querySelector("table");
+    if (!more || !table) {
+      table = el("table", { class: "results" });
+      table.append(el("caption", { class: "sr-only", text: t("cp.title") }));
+      table.append(el("thead", {}, el("tr", {},
+        el("th", { scope: "col", text: t("cp.size") }),
+        el("th", { scope: "col", text: t("cp.root") }),
+        el("th", { scope: "col", text: t("cp.signature") }))));
+      table.append(el("tbody"));
+      state.checkpoints = [];
+    }
+    const body = table.querySelector("tbody");
+    const verified = state.checkpoints;
     for (const c of r.checkpoints || []) {
       let ok = true;
       let cp = null;
@@ -367,9 +416,7 @@ async function showCheckpoints() {
         el("td", { class: "hash", text: cp ? hex(cp.root) : hex(b64decode(c.rootHash || "")) }),
         el("td", { class: !ok ? "refused" : pinned ? "allowed" : "", text: word })));
     }
-    table.append(body);
     $("cp-list").replaceChildren(table);
-    state.checkpoints = verified;
     for (const [id, pick] of [["cp-older", verified.length - 1], ["cp-newer", 0]]) {
       const select = $(id);
       select.replaceChildren(...verified.map((c, i) => el("option", { value: String(i), text: formatNumber(c.size) })));
@@ -757,6 +804,7 @@ function start() {
   $("export-csv").addEventListener("click", exportCsv);
   $("export-jsonl").addEventListener("click", exportJsonl);
   $("consistency-form").addEventListener("submit", checkConsistency);
+  $("cp-more").addEventListener("click", () => showCheckpoints(true));
   $("overview-form").addEventListener("submit", overview);
   window.addEventListener("hashchange", route);
   showWho();

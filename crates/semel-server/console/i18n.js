@@ -152,6 +152,10 @@ const TEXT = {
     "r.AUTHORISATION_NOT_YET_VALID": "its authorisation was not yet valid",
     "r.AUTHORISATION_SUSPENDED": "its authorisation was suspended",
     "r.AUTHORISATION_REVOKED": "its authorisation was revoked",
+    "v.sinceSeen": "The log only grew since this browser last verified it at {0} entries (consistency proof checked).",
+    "v.rollback": "the log had {0} entries when this browser last verified it, and now claims {1}: it was cut short",
+    "v.rewritten": "the log is not consistent with the {0} entries this browser verified before: it was rewritten",
+    "cp.more": "Older checkpoints",
     loading: "Loading…",
   },
   fr: {
@@ -304,6 +308,10 @@ const TEXT = {
     "r.AUTHORISATION_NOT_YET_VALID": "son autorisation n'était pas encore valable",
     "r.AUTHORISATION_SUSPENDED": "son autorisation était suspendue",
     "r.AUTHORISATION_REVOKED": "son autorisation avait été révoquée",
+    "v.sinceSeen": "Le journal n'a fait que croître depuis que ce navigateur l'a vérifié à {0} entrées (preuve de cohérence vérifiée).",
+    "v.rollback": "le journal comptait {0} entrées lors de la dernière vérification par ce navigateur et n'en annonce plus que {1} : il a été tronqué",
+    "v.rewritten": "le journal n'est pas cohérent avec les {0} entrées que ce navigateur a vérifiées auparavant : il a été réécrit",
+    "cp.more": "Points de contrôle plus anciens",
     loading: "Chargement…",
   },
   nl: {
@@ -456,6 +464,10 @@ const TEXT = {
     "r.AUTHORISATION_NOT_YET_VALID": "haar machtiging was nog niet geldig",
     "r.AUTHORISATION_SUSPENDED": "haar machtiging was geschorst",
     "r.AUTHORISATION_REVOKED": "haar machtiging was ingetrokken",
+    "v.sinceSeen": "Het logboek is enkel gegroeid sinds deze browser het controleerde bij {0} vermeldingen (consistentiebewijs gecontroleerd).",
+    "v.rollback": "het logboek telde {0} vermeldingen bij de laatste controle door deze browser en meldt er nu {1}: het werd ingekort",
+    "v.rewritten": "het logboek is niet consistent met de {0} vermeldingen die deze browser eerder controleerde: het werd herschreven",
+    "cp.more": "Oudere controlepunten",
     loading: "Laden…",
   },
 };

@@ -20,6 +20,10 @@ export function b64encode(bytes) {
   return btoa(bin);
 }
 
+export function unhex(text) {
+  return Uint8Array.from(text.match(/../g) || [], (h) => parseInt(h, 16));
+}
+
 export function hex(bytes) {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
