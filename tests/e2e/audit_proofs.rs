@@ -47,6 +47,23 @@ fn hash(bytes: &[u8]) -> [u8; 32] {
     bytes.try_into().expect("32 bytes")
 }
 
+/// A lookup client for a person of CPAS Anderlecht named `sub`.
+async fn clerk(
+    t: &TestDemo,
+    sub: &str,
+) -> proto::lookup_service_client::LookupServiceClient<semel_client::AuthChannel> {
+    let token = t.mint(&semel_demo::issuer::TokenRequest {
+        subject: sub,
+        organisation: semel_demo::seed::org(ANDERLECHT).expect("org").kbo,
+        roles: &[semel_core::UserRole::Consumer],
+        audience: semel_demo::issuer::DEV_AUDIENCE,
+        expires_in: 600,
+        not_before: None,
+        bound_to: None,
+    });
+    proto::lookup_service_client::LookupServiceClient::new(t.channel_as(ANDERLECHT, &token).await)
+}
+
 #[tokio::test]
 async fn checkpoints_and_proofs_verify_without_trusting_the_broker() {
     let t = start().await;
@@ -170,22 +187,8 @@ async fn checkpoints_and_proofs_verify_without_trusting_the_broker() {
 #[tokio::test]
 async fn auditors_query_by_person_authorisation_dataset_and_decision_combined() {
     let t = TestDemo::start().await;
-    let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
-    let as_person = |sub: &'static str| semel_demo::issuer::TokenRequest {
-        subject: sub,
-        organisation: anderlecht,
-        roles: &[semel_core::UserRole::Consumer],
-        audience: semel_demo::issuer::DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    };
-    let mut anna = proto::lookup_service_client::LookupServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.mint(&as_person("anna"))).await,
-    );
-    let mut bert = proto::lookup_service_client::LookupServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.mint(&as_person("bert"))).await,
-    );
+    let mut anna = clerk(&t, "anna").await;
+    let mut bert = clerk(&t, "bert").await;
     for _ in 0..3 {
         anna.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
             .await
@@ -400,21 +403,8 @@ fn strangers(n: usize) -> Vec<String> {
 async fn auditors_count_entries_and_see_who_fishes_for_people() {
     let t = TestDemo::start().await;
     let anderlecht = semel_demo::seed::org(ANDERLECHT).expect("org").kbo;
-    let as_person = |sub: &'static str| semel_demo::issuer::TokenRequest {
-        subject: sub,
-        organisation: anderlecht,
-        roles: &[semel_core::UserRole::Consumer],
-        audience: semel_demo::issuer::DEV_AUDIENCE,
-        expires_in: 600,
-        not_before: None,
-        bound_to: None,
-    };
-    let mut anna = proto::lookup_service_client::LookupServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.mint(&as_person("anna"))).await,
-    );
-    let mut bert = proto::lookup_service_client::LookupServiceClient::new(
-        t.channel_as(ANDERLECHT, &t.mint(&as_person("bert"))).await,
-    );
+    let mut anna = clerk(&t, "anna").await;
+    let mut bert = clerk(&t, "bert").await;
     anna.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
         .await
         .expect("allowed");

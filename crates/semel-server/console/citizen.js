@@ -4,31 +4,13 @@
 // in the address's fragment (#token=..., never sent to a server and
 // removed at once), or typed in.
 
-import { call, claims, setToken, token, ApiError } from "./api.js";
+import { call, claims, setToken, token } from "./api.js";
+import { $, el, showError, skipLink } from "./ui.js";
 import { t, translate, language, setLanguage, dropLangParameter, formatTime, reasonInWords } from "./i18n.js";
 
-const $ = (id) => document.getElementById(id);
 let next = "";
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "text") e.textContent = v;
-    else if (v) e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
 
-function showError(e) {
-  const box = $("error");
-  let text = e.message;
-  if (e instanceof ApiError && e.reason === "CLIENT_CERTIFICATE_REQUIRED") text = t("err.certificate");
-  else if (e instanceof ApiError && e.reason.startsWith("TOKEN_")) text = t("err.token", e.reason);
-  else if (e instanceof ApiError) text = t("err.generic", e.message, e.reason || e.status);
-  box.textContent = text;
-  box.hidden = false;
-}
 
 function org(name, kbo) {
   return name ? `${name} (${kbo})` : kbo;
@@ -92,12 +74,7 @@ function start() {
     setToken($("token").value);
     load(false);
   });
-  // The skip link moves the focus without touching the address (which
-  // names the section).
-  document.querySelector(".skip").addEventListener("click", (ev) => {
-    ev.preventDefault();
-    $("main").focus();
-  });
+  skipLink();
   $("more").addEventListener("click", () => load(true));
   if (token()) load(false);
   else $("signin-form").hidden = false;

@@ -3,13 +3,13 @@
 // from the HTTP/JSON face; every proof is checked in this browser.
 
 import { call, claims, setToken, token, query, ApiError } from "./api.js";
+import { $, el, showError, skipLink } from "./ui.js";
 import { t, translate, language, setLanguage, dropLangParameter, formatTime, formatNumber } from "./i18n.js";
 import {
   b64decode, b64encode, hex, unhex, leafHash, verifyInclusion, verifyConsistency,
   parseVerifierKey, verifyNote, decodeEntry, differences,
 } from "./verify.js";
 
-const $ = (id) => document.getElementById(id);
 const PAGE = 50;
 const EXPORT_MAX = 10000;
 const VKEY = "semel.verifierKey";
@@ -17,36 +17,12 @@ const SEEN = "semel.seen";
 
 const state = { filter: {}, pages: [""], page: 0, orgs: new Map(), total: null };
 
-function el(tag, attrs = {}, ...children) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "text") e.textContent = v;
-    else if (v !== undefined && v !== null && v !== false) e.setAttribute(k, v);
-  }
-  for (const c of children) e.append(c);
-  return e;
-}
 
 function orgName(kbo) {
   const name = state.orgs.get(kbo);
   return name ? `${name} (${kbo})` : kbo || "";
 }
 
-function showError(e) {
-  const box = $("error");
-  if (!e) {
-    box.hidden = true;
-    box.textContent = "";
-    return;
-  }
-  let text;
-  if (e instanceof ApiError && e.reason === "CLIENT_CERTIFICATE_REQUIRED") text = t("err.certificate");
-  else if (e instanceof ApiError && e.reason.startsWith("TOKEN_")) text = t("err.token", e.reason);
-  else if (e instanceof ApiError) text = t("err.generic", e.message, e.reason || e.status);
-  else text = e.message || String(e);
-  box.textContent = text;
-  box.hidden = false;
-}
 
 // ---- sign-in -------------------------------------------------------------
 
@@ -778,12 +754,7 @@ function start() {
     route();
     if (state.total !== null && !$("view-search").hidden) search();
   });
-  // The skip link moves the focus without touching the address (which
-  // names the section).
-  document.querySelector(".skip").addEventListener("click", (ev) => {
-    ev.preventDefault();
-    $("main").focus();
-  });
+  skipLink();
   $("signin-form").addEventListener("submit", signIn);
   // Signing out forgets the token and everything shown: the page is
   // loaded afresh.

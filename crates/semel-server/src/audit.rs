@@ -195,25 +195,18 @@ impl AuditService {
     }
 }
 
-/// The filters ListAuditEntries and SummariseAuditEntries share.
-struct Filter {
-    citizen: String,
-    consumer_kbo: String,
-    since: Option<prost_types::Timestamp>,
-    until: Option<prost_types::Timestamp>,
-    end_user: String,
-    authorisation_reference: String,
-    dataset: String,
-    decision: i32,
-    reason: String,
-}
-
 impl AuditService {
-    /// The query a filter asks for, within what the caller may read: an
+    /// The query the filters ask for (those of ListAuditEntries and
+    /// SummariseAuditEntries, as the latter's message carries them), within
+    /// what the caller may read: an
     /// auditor of an organisation that does not audit everything reads its
     /// own organisation's entries (asking for another's is refused, and
     /// recorded).
-    async fn scoped_query(&self, caller: &Caller, f: Filter) -> Result<AuditQuery, ApiError> {
+    async fn scoped_query(
+        &self,
+        caller: &Caller,
+        f: proto::SummariseAuditEntriesRequest,
+    ) -> Result<AuditQuery, ApiError> {
         let text = |s: String| (!s.is_empty()).then_some(s);
         let decision = match proto::AuditDecision::try_from(f.decision) {
             Ok(proto::AuditDecision::Allowed) => Some(semel_core::AuditDecision::Allowed),
@@ -490,32 +483,21 @@ impl Rpc for AuditService {
         req: Request<proto::ListAuditEntriesRequest>,
     ) -> Result<Response<proto::ListAuditEntriesResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let proto::ListAuditEntriesRequest {
-            citizen,
-            consumer_kbo,
-            since,
-            until,
-            page_size,
-            page_token,
-            end_user,
-            authorisation_reference,
-            dataset,
-            decision,
-            reason,
-        } = req.into_inner();
-        let filter = Filter {
-            citizen,
-            consumer_kbo,
-            since,
-            until,
-            end_user,
-            authorisation_reference,
-            dataset,
-            decision,
-            reason,
+        let mut r = req.into_inner();
+        let limit = page_limit(r.page_size)?;
+        let before_sequence = page_start(&std::mem::take(&mut r.page_token))?;
+        // The same filters as a summary's, read by one function.
+        let filter = proto::SummariseAuditEntriesRequest {
+            citizen: r.citizen,
+            consumer_kbo: r.consumer_kbo,
+            since: r.since,
+            until: r.until,
+            end_user: r.end_user,
+            authorisation_reference: r.authorisation_reference,
+            dataset: r.dataset,
+            decision: r.decision,
+            reason: r.reason,
         };
-        let limit = page_limit(page_size)?;
-        let before_sequence = page_start(&page_token)?;
         let mut query = self.scoped_query(&caller, filter).await?;
         query.before_sequence = before_sequence;
         query.limit = limit;
@@ -626,11 +608,8 @@ impl Rpc for AuditService {
                 {
                     let history = self
                         .broker
-                        .storage()
-                        .registry
                         .authorisation_history(a.reference.as_str())
-                        .await
-                        .map_err(ApiError::from)?;
+                        .await?;
                     confidential.extend(
                         history
                             .into_iter()
@@ -667,13 +646,7 @@ impl Rpc for AuditService {
             .filter_map(|s| s.entry.record.authorisation.as_deref())
             .collect();
         for reference in references {
-            let history = self
-                .broker
-                .storage()
-                .registry
-                .authorisation_history(reference)
-                .await
-                .map_err(ApiError::from)?;
+            let history = self.broker.authorisation_history(reference).await?;
             for v in history {
                 bases.insert(
                     (v.reference.to_string(), v.version),
@@ -892,29 +865,7 @@ impl Rpc for AuditService {
         req: Request<proto::SummariseAuditEntriesRequest>,
     ) -> Result<Response<proto::SummariseAuditEntriesResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
-        let proto::SummariseAuditEntriesRequest {
-            citizen,
-            consumer_kbo,
-            since,
-            until,
-            end_user,
-            authorisation_reference,
-            dataset,
-            decision,
-            reason,
-        } = req.into_inner();
-        let filter = Filter {
-            citizen,
-            consumer_kbo,
-            since,
-            until,
-            end_user,
-            authorisation_reference,
-            dataset,
-            decision,
-            reason,
-        };
-        let query = self.scoped_query(&caller, filter).await?;
+        let query = self.scoped_query(&caller, req.into_inner()).await?;
         let since_micros = query.since_micros;
         // Counting entries reads them: recorded like a search.
         let (summary, _) = self

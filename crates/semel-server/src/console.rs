@@ -41,6 +41,7 @@ const ASSETS: &[Asset] = &[
     asset!("index.html", HTML),
     asset!("citizen.html", HTML),
     asset!("api.js", JS),
+    asset!("ui.js", JS),
     asset!("verify.js", JS),
     asset!("i18n.js", JS),
     asset!("console.js", JS),

@@ -1579,13 +1579,7 @@ impl Rpc for RegistryService {
             .get(reference)
             .filter(|a| visible(&caller, a, &snapshot))
             .ok_or_else(|| unknown_authorisation(reference))?;
-        let versions = self
-            .broker
-            .storage()
-            .registry
-            .authorisation_history(reference)
-            .await
-            .map_err(ApiError::from)?;
+        let versions = self.broker.authorisation_history(reference).await?;
         Ok(Response::new(proto::ListAuthorisationVersionsResponse {
             versions: versions.iter().map(authorisation_to_proto).collect(),
         }))

@@ -258,6 +258,18 @@ impl Broker {
         &self.storage
     }
 
+    /// Every version of an authorisation, oldest first.
+    pub async fn authorisation_history(
+        &self,
+        reference: &str,
+    ) -> Result<Vec<semel_core::Authorisation>, crate::error::ApiError> {
+        Ok(self
+            .storage
+            .registry
+            .authorisation_history(reference)
+            .await?)
+    }
+
     pub fn source_deadline(&self) -> Duration {
         self.sources.deadline
     }

@@ -61,23 +61,29 @@ impl TrustPolicy {
                     size,
                     why: format!("the trusted checkpoint is not the log's: {e}"),
                 })?;
-                let cosigned = self
-                    .witnesses
-                    .iter()
-                    .filter(|w| w.verify(note).is_ok())
-                    .count();
-                if cosigned < self.quorum {
-                    return Err(VerifyFailure::Checkpoint {
-                        size,
-                        why: format!(
-                            "the trusted checkpoint carries {cosigned} valid cosignatures of the {} witnesses required",
-                            self.quorum
-                        ),
-                    });
-                }
+                self.cosigned(note, size, "the trusted checkpoint")?;
                 Ok(c)
             })
             .collect()
+    }
+
+    /// Whether a note carries the cosignatures of `quorum` witnesses.
+    fn cosigned(&self, note: &str, size: u64, what: &str) -> Result<(), VerifyFailure> {
+        let cosigned = self
+            .witnesses
+            .iter()
+            .filter(|w| w.verify(note).is_ok())
+            .count();
+        if cosigned < self.quorum {
+            return Err(VerifyFailure::Checkpoint {
+                size,
+                why: format!(
+                    "{what} carries {cosigned} valid cosignatures of the {} witnesses required",
+                    self.quorum
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -739,20 +745,7 @@ fn verify_excerpt(
         size,
         why: e.to_string(),
     })?;
-    let cosigned = policy
-        .witnesses
-        .iter()
-        .filter(|w| w.verify(note).is_ok())
-        .count();
-    if cosigned < policy.quorum {
-        return Err(VerifyFailure::Checkpoint {
-            size,
-            why: format!(
-                "the excerpt's checkpoint carries {cosigned} valid cosignatures of the {} witnesses required",
-                policy.quorum
-            ),
-        });
-    }
+    policy.cosigned(note, size, "the excerpt's checkpoint")?;
     let mut entries = 0u64;
     for (i, v) in lines.iter().enumerate().skip(1) {
         let sequence = v["sequence"].as_u64().unwrap_or(u64::MAX);
