@@ -5,8 +5,8 @@
 // removed at once), or typed in.
 
 import { call, claims, setToken, token } from "./api.js";
-import { $, el, showError, skipLink } from "./ui.js";
-import { t, translate, language, setLanguage, dropLangParameter, formatTime, reasonInWords } from "./i18n.js";
+import { $, el, showError, skipLink, languageSelector } from "./ui.js";
+import { t, formatTime, reasonInWords } from "./i18n.js";
 
 let next = "";
 
@@ -61,14 +61,7 @@ function start() {
     setToken(fragment.get("token"));
     history.replaceState(null, "", location.pathname + location.search);
   }
-  translate();
-  $("lang").value = language();
-  $("lang").addEventListener("change", () => {
-    setLanguage($("lang").value);
-    dropLangParameter();
-    translate();
-    load(false);
-  });
+  languageSelector(() => load(false));
   $("signin-form").addEventListener("submit", (ev) => {
     ev.preventDefault();
     setToken($("token").value);

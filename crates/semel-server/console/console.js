@@ -3,8 +3,8 @@
 // from the HTTP/JSON face; every proof is checked in this browser.
 
 import { call, claims, setToken, token, query, ApiError } from "./api.js";
-import { $, el, showError, skipLink } from "./ui.js";
-import { t, translate, language, setLanguage, dropLangParameter, formatTime, formatNumber } from "./i18n.js";
+import { $, el, showError, skipLink, languageSelector } from "./ui.js";
+import { t, formatTime, formatNumber } from "./i18n.js";
 import {
   b64decode, b64encode, hex, unhex, leafHash, verifyInclusion, verifyConsistency,
   parseVerifierKey, verifyNote, decodeEntry, differences,
@@ -744,12 +744,7 @@ async function route() {
 }
 
 function start() {
-  translate();
-  $("lang").value = language();
-  $("lang").addEventListener("change", () => {
-    setLanguage($("lang").value);
-    dropLangParameter();
-    translate();
+  languageSelector(() => {
     showWho();
     route();
     if (state.total !== null && !$("view-search").hidden) search();

@@ -2,7 +2,7 @@
 // HTML), errors in words, the skip link.
 
 import { ApiError } from "./api.js";
-import { t } from "./i18n.js";
+import { t, translate, language, setLanguage, dropLangParameter } from "./i18n.js";
 
 export const $ = (id) => document.getElementById(id);
 
@@ -40,5 +40,18 @@ export function skipLink() {
   document.querySelector(".skip").addEventListener("click", (ev) => {
     ev.preventDefault();
     $("main").focus();
+  });
+}
+
+/** Translates the page, and again whenever the reader picks a language
+ * (which wins over the address's `?lang=`); then `changed()`. */
+export function languageSelector(changed) {
+  translate();
+  $("lang").value = language();
+  $("lang").addEventListener("change", () => {
+    setLanguage($("lang").value);
+    dropLangParameter();
+    translate();
+    changed();
   });
 }

@@ -403,6 +403,16 @@ fn citizen_may_see(
     })
 }
 
+/// What an auditor's query records in its own audit entry: the citizen,
+/// dataset and authorisation it names in their fields; returns the rest in
+/// words for its detail.
+fn record_query(change: &mut Change, q: &AuditQuery) -> String {
+    change.citizen = q.citizen;
+    change.dataset = q.dataset.clone().unwrap_or_default();
+    change.authorisation = q.authorisation.clone();
+    describe_query(q)
+}
+
 /// An auditor's query in words, for its own audit entry. The citizen is in
 /// the entry's own field, never here.
 fn describe_query(q: &AuditQuery) -> String {
@@ -508,10 +518,7 @@ impl Rpc for AuditService {
         let (entries, _) = self
             .broker
             .audited(&caller, async |change: &mut Change| {
-                change.citizen = query.citizen;
-                change.dataset = query.dataset.clone().unwrap_or_default();
-                change.authorisation = query.authorisation.clone();
-                let described = describe_query(&query);
+                let described = record_query(change, &query);
                 let entries = self.query(query).await?;
                 change.detail = format!("{described}: {} entries read", entries.len());
                 Ok((entries, nothing_to_undo()))
@@ -871,10 +878,7 @@ impl Rpc for AuditService {
         let (summary, _) = self
             .broker
             .audited(&caller, async |change: &mut Change| {
-                change.citizen = query.citizen;
-                change.dataset = query.dataset.clone().unwrap_or_default();
-                change.authorisation = query.authorisation.clone();
-                let described = describe_query(&query);
+                let described = record_query(change, &query);
                 let summary = self.summarise(query).await?;
                 change.detail = format!("{described}: {} entries counted", summary.total);
                 Ok((summary, nothing_to_undo()))
