@@ -198,10 +198,9 @@ impl AuditService {
 impl AuditService {
     /// The query the filters ask for (those of ListAuditEntries and
     /// SummariseAuditEntries, as the latter's message carries them), within
-    /// what the caller may read: an
-    /// auditor of an organisation that does not audit everything reads its
-    /// own organisation's entries (asking for another's is refused, and
-    /// recorded).
+    /// what the caller may read: an auditor of an organisation that does not
+    /// audit everything reads its own organisation's entries (asking for
+    /// another's is refused, and recorded).
     async fn scoped_query(
         &self,
         caller: &Caller,

@@ -757,7 +757,10 @@ pub(super) fn record_change(
     apply: &str,
     reason: &str,
 ) {
-    record.consumer_reference = apply.to_owned();
+    // As the closing entry's (`audited` masks what looks like a national
+    // number in every reference): an apply id whose hex happens to hold
+    // eleven digits in a row reads the same in all its entries.
+    record.consumer_reference = semel_core::redact_national_numbers(apply).into_owned();
     let apply = if reason.is_empty() {
         apply.to_owned()
     } else {
@@ -788,5 +791,42 @@ pub(super) fn record_change(
             record.authorisation = Some(a.reference.to_string());
             record.authorisation_version = Some(a.version);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An apply's id is a UUID: its hex may hold eleven digits in a row,
+    /// which every reference in the log masks. Its change entries mask it
+    /// as its closing entry does, so they still name the same apply.
+    #[test]
+    fn change_entries_name_the_apply_as_its_closing_entry_does() {
+        let apply = "apply 01a23644-d83a-7574-940d-a20361230867";
+        let mut record = crate::state::blank_record(
+            uuid::Uuid::nil(),
+            "semel.v1.RegistryService/ApplyRegistry",
+            semel_core::Kbo::parse("0212345668").expect("kbo"),
+            None,
+        );
+        let purpose = Purpose {
+            code: semel_core::PurposeCode::new("DEBT_MEDIATION").expect("code"),
+            description: String::new(),
+            legal_basis: String::new(),
+        };
+        let change = proto::PlannedChange::default();
+        record_change(
+            &mut record,
+            &change,
+            &Write::Purpose(purpose, None),
+            apply,
+            "",
+        );
+        assert_eq!(
+            record.consumer_reference,
+            semel_core::redact_national_numbers(apply)
+        );
+        assert!(!record.consumer_reference.contains("20361230867"));
     }
 }
