@@ -340,6 +340,34 @@ try {
     await ctx.close();
   }
 
+  // ---- an organisation's own auditor (its DPO) sees its own entries only
+  {
+    const commune = org(demoDir, 'commune-schaerbeek');
+    const dpoJwt = execFileSync(semel, ['token', '--dir', join(demoDir, 'pki'), '--sub', 'dpo@commune-schaerbeek',
+      '--org', commune.kbo, '--roles', 'auditor'], { encoding: 'utf8' }).trim();
+    const ctx = await newContext(browser, demoDir, commune.kbo);
+    const page = await ctx.newPage();
+    await page.goto(`${base}/console/`);
+    await page.fill('#token', dpoJwt);
+    await page.fill('#vkey', m.verifier_key);
+    await page.click('#signin-form button[type=submit]');
+    await page.waitForSelector('#view-search:not([hidden])');
+    await page.fill('#q-consumer', cpas.kbo);
+    await page.click('#search-form button[type=submit]');
+    await page.waitForSelector('#error:not([hidden])');
+    check((await page.textContent('#error')).includes('OTHER_ORGANISATION'), `a DPO asking for another organisation's entries is refused: ${await page.textContent('#error')}`);
+    await page.fill('#q-consumer', '');
+    await page.click('#search-form button[type=submit]');
+    await page.waitForSelector('#search-results table');
+    const consumers = await page.$$eval('#search-results tbody tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
+    check(consumers.length > 0 && consumers.every((c) => c.includes(commune.kbo)), `a DPO's search shows its own organisation's entries only (${consumers.length} rows)`);
+    await page.goto(`${base}/console/#/overview`);
+    await page.waitForSelector('#ov-patterns li');
+    check(!(await page.textContent('#ov-patterns')).includes(clerk), "a DPO's overview shows nothing of another organisation's people");
+    await shot(page, shots, '13-dpo-own-entries');
+    await ctx.close();
+  }
+
   // ---- a browser without a certificate is told what is missing
   {
     const ctx = await newContext(browser, demoDir, null);

@@ -154,12 +154,17 @@ fn http_banner(demo: &Demo) -> Option<String> {
         addr
     };
     let client = demo.client("cpas-anderlecht").ok()?;
+    let auditor = demo.client("control-commission").ok()?;
     let dd = demo.data_dir.display();
     Some(format!(
         "\n\nHTTP/JSON on https://{addr} (mutual TLS; OpenAPI at /openapi.json). The first lookup above, with curl:\n\
          \n  curl --cacert {ca} --cert {cert} --key {key} \\\
          \n    -H \"Authorization: Bearer $(cat {dd}/tokens/cpas-anderlecht.jwt)\" -H 'Content-Type: application/json' \\\
-         \n    https://{addr}/v1/lookups -d '{{\"citizen\": \"93051822361\", \"dataset\": \"national_register.residence\", \"fields\": [\"street\", \"municipality\"], \"purpose\": \"RIS_ELIGIBILITY\"}}'",
+         \n    https://{addr}/v1/lookups -d '{{\"citizen\": \"93051822361\", \"dataset\": \"national_register.residence\", \"fields\": [\"street\", \"municipality\"], \"purpose\": \"RIS_ELIGIBILITY\"}}'\
+         \n\nThe web console for auditors: https://{addr}/console/ (give the browser {auditor_cert} and its key,\
+         \nthe supervisory body's, as a PKCS#12 file; sign in with {dd}/tokens/control-commission.jwt and the\
+         \nverifier_key of {dd}/demo.json). The citizen's page, as the portal serves it: https://{addr}/console/citizen.html",
+        auditor_cert = auditor.cert.display(),
         ca = client.ca.display(),
         cert = client.cert.display(),
         key = client.key.display(),
