@@ -284,6 +284,7 @@ async function showEntry(sequence) {
     ["col.consumer", orgName(p.consumerKbo)],
     ["col.person", p.endUser || ""],
     ["f.citizen", p.citizen || ""],
+    ["citizenAsGiven", p.citizenAsGiven || ""],
     ["col.dataset", p.dataset],
     ["fieldsRequested", p.fieldsRequested.join(", ")],
     ["fieldsReturned", p.fieldsReturned.join(", ")],
@@ -299,6 +300,8 @@ async function showEntry(sequence) {
     ["detail", p.detail],
     ["requestId", p.requestId],
     ["entryHash", hex(result.leaf)],
+    ["previousHash", hex(p.previousHash)],
+    ["format", String(p.format)],
   ];
   const dl = $("entry-fields");
   for (const [k, v] of rows) {

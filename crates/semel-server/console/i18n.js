@@ -156,6 +156,9 @@ const TEXT = {
     "v.rollback": "the log had {0} entries when this browser last verified it, and now claims {1}: it was cut short",
     "v.rewritten": "the log is not consistent with the {0} entries this browser verified before: it was rewritten",
     "cp.more": "Older checkpoints",
+    "citizenAsGiven": "Number as the caller gave it (since replaced)",
+    "previousHash": "Previous entry hash",
+    "format": "Encoding version",
     loading: "Loading…",
   },
   fr: {
@@ -312,6 +315,9 @@ const TEXT = {
     "v.rollback": "le journal comptait {0} entrées lors de la dernière vérification par ce navigateur et n'en annonce plus que {1} : il a été tronqué",
     "v.rewritten": "le journal n'est pas cohérent avec les {0} entrées que ce navigateur a vérifiées auparavant : il a été réécrit",
     "cp.more": "Points de contrôle plus anciens",
+    "citizenAsGiven": "Numéro tel que l'appelant l'a donné (remplacé depuis)",
+    "previousHash": "Empreinte de l'entrée précédente",
+    "format": "Version de l'encodage",
     loading: "Chargement…",
   },
   nl: {
@@ -468,6 +474,9 @@ const TEXT = {
     "v.rollback": "het logboek telde {0} vermeldingen bij de laatste controle door deze browser en meldt er nu {1}: het werd ingekort",
     "v.rewritten": "het logboek is niet consistent met de {0} vermeldingen die deze browser eerder controleerde: het werd herschreven",
     "cp.more": "Oudere controlepunten",
+    "citizenAsGiven": "Nummer zoals de oproeper het gaf (sindsdien vervangen)",
+    "previousHash": "Hash van de vorige vermelding",
+    "format": "Versie van de codering",
     loading: "Laden…",
   },
 };
