@@ -204,6 +204,18 @@ try {
   check(verdict.includes('bad') && (await page.textContent('#verdict')).includes('rewritten'), `a log inconsistent with what this browser saw before fails: ${await page.textContent('#verdict')}`);
   await page.evaluate(() => localStorage.removeItem('semel.seen'));
 
+  // The count is of what the pages show: the console's own reads, recorded
+  // with the citizen they name, come after it.
+  await page.goto(`${base}/console/#/search`);
+  await page.fill('#q-consumer', '');
+  await page.selectOption('#q-decision', '');
+  await page.fill('#q-citizen', karim);
+  await page.click('#search-form button[type=submit]');
+  await page.waitForSelector('#search-results table');
+  const counted = Number((await page.textContent('#search-count')).replace(/[^0-9]/g, ''));
+  const listed = (await page.$$('#search-results tbody tr')).length;
+  check(counted === listed, `the count (${counted}) is the number of entries listed (${listed})`);
+
   // ---- export: CSV and a verifiable JSON Lines excerpt
   await page.goto(`${base}/console/#/search`);
   await page.fill('#q-citizen', '');
@@ -276,7 +288,7 @@ try {
     await page.waitForSelector('#ov-patterns li');
     await page.fill('#o-until', d.toISOString().slice(0, 10));
     await page.click('#overview-form button[type=submit]');
-    await page.waitForFunction(() => /^0 entries/.test(document.getElementById('ov-total').textContent));
+    await page.waitForFunction(() => /^0 audit entries/.test(document.getElementById('ov-total').textContent));
     check(true, `an overview until yesterday counts nothing of today: ${await page.textContent('#ov-total')}`);
   }
 

@@ -479,6 +479,18 @@ async fn auditors_count_entries_and_see_who_fishes_for_people() {
     let today = time::OffsetDateTime::now_utc().date().to_string();
     assert_eq!(day.day, today);
     assert!(!anna_summary.truncated);
+    // As of a moment: only the entries below a sequence.
+    let newest_of_anna = no_file.iter().map(|e| e.sequence).max().expect("entries");
+    let before = auditor
+        .summarise_audit_entries(proto::SummariseAuditEntriesRequest {
+            end_user: "anna".into(),
+            before_sequence: newest_of_anna,
+            ..Default::default()
+        })
+        .await
+        .expect("summary as of")
+        .into_inner();
+    assert_eq!((before.total, before.refused), (3, 2));
 
     // The whole log: Anna is flagged, Bert is not.
     let all = auditor
@@ -505,7 +517,7 @@ async fn auditors_count_entries_and_see_who_fishes_for_people() {
         .into_iter()
         .filter(|e| e.operation == "semel.v1.AuditService/SummariseAuditEntries")
         .collect::<Vec<_>>();
-    assert_eq!(recorded.len(), 2);
+    assert_eq!(recorded.len(), 3);
     assert!(
         recorded
             .iter()

@@ -18,11 +18,12 @@ function org(name, kbo) {
 
 function access(a) {
   const item = el("li", { class: a.decision === "AUDIT_DECISION_REFUSED" ? "access refused" : "access" });
-  item.append(el("h2", { text: t("cz.line", org(a.consumerName, a.consumerKbo)) }));
+  const refused = a.decision === "AUDIT_DECISION_REFUSED";
+  item.append(el("h2", { text: t(refused ? "cz.lineRefused" : "cz.line", org(a.consumerName, a.consumerKbo)) }));
   const dl = el("dl", { class: "fields" });
   const add = (k, v) => v && dl.append(el("dt", { text: t(k) }), el("dd", { text: v }));
   add("cz.when", formatTime(a.time));
-  const what = [a.datasetDescription || a.dataset, (a.fields || []).join(", ")].filter(Boolean).join(": ");
+  const what = [(a.datasetDescription || a.dataset || "").replace(/\.$/, ""), (a.fields || []).join(", ")].filter(Boolean).join(": ");
   add("cz.what", what);
   if ((a.checkedFields || []).length) add("checks", t("cz.checked", a.checkedFields.join(", ")));
   add("cz.why", a.purposeDescription ? `${a.purposeDescription} (${a.purpose})` : a.purpose);

@@ -28,6 +28,7 @@ function orgName(kbo) {
 
 function showWho() {
   const c = claims();
+  $("signout").hidden = !c;
   $("who").textContent = c
     ? t("signin.done", c.sub, c.org || "", (c.roles || []).join(", "))
     : t("signin.none");
@@ -95,12 +96,17 @@ async function search(ev) {
   ev?.preventDefault();
   showError(null);
   state.filter = readFilter($("search-form"));
-  state.pages = [""];
   state.page = 0;
   state.total = null;
   $("search-count").textContent = t("loading");
+  $("search-results").replaceChildren();
   try {
-    const summary = await call("POST", "/v1/auditEntries:summarise", state.filter);
+    // The count and the pages are of the log as it stood at this moment:
+    // the console's own reads (recorded too) come after it.
+    const head = await call("GET", "/v1/audit/head");
+    const asOf = String(head.size || "0");
+    state.pages = [asOf === "0" ? "" : asOf];
+    const summary = await call("POST", "/v1/auditEntries:summarise", { ...state.filter, beforeSequence: asOf });
     state.total = Number(summary.total || 0);
     $("search-count").textContent = summary.truncated
       ? t("countTruncated", formatNumber(state.total))
@@ -247,6 +253,7 @@ async function showEntry(sequence) {
   if (!trusted.checkpoint || BigInt(sequence) >= trusted.checkpoint.size) {
     verdict.className = "verdict pending";
     verdict.textContent = t("v.notYet");
+    $("entry-fields").replaceChildren(el("dd", { text: t("entry.onceProven") }));
     return;
   }
   let result;
@@ -354,7 +361,8 @@ async function showCheckpoints(more = false) {
     const pinned = localStorage.getItem(VKEY);
     const key = await parseVerifierKey(pinned || r.verifierKey);
     state.pinned = !!pinned;
-    const notes = [`${pinned ? t("v.keyPinned") : t("v.keyServed")} ${key.text}`];
+    $("cp-vkey").textContent = key.text;
+    const notes = [pinned ? t("v.keyPinned") : t("v.keyServed")];
     if (pinned && !more) {
       try {
         const trusted = await trustedCheckpoint();

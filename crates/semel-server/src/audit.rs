@@ -267,7 +267,7 @@ impl AuditService {
             reason,
             since_micros: f.since.as_ref().map(micros),
             until_micros: f.until.as_ref().map(micros),
-            before_sequence: None,
+            before_sequence: (f.before_sequence > 0).then_some(f.before_sequence),
             limit: 0,
         })
     }
@@ -506,6 +506,7 @@ impl Rpc for AuditService {
             dataset: r.dataset,
             decision: r.decision,
             reason: r.reason,
+            before_sequence: 0,
         };
         let mut query = self.scoped_query(&caller, filter).await?;
         query.before_sequence = before_sequence;

@@ -157,6 +157,27 @@ mod tests {
         );
     }
 
+    /// The reason codes the search offers are codes the log records (the
+    /// filter refuses any other).
+    #[test]
+    fn the_search_offers_real_reason_codes() {
+        let page = std::str::from_utf8(include_bytes!("../console/index.html")).expect("UTF-8");
+        let list = &page[page.find("<datalist id=\"reasons\">").expect("datalist")..];
+        let list = &list[..list.find("</datalist>").expect("end")];
+        let codes: Vec<&str> = list
+            .split("<option value=\"")
+            .skip(1)
+            .map(|o| &o[..o.find('"').expect("quote")])
+            .collect();
+        assert!(codes.len() >= 10, "{codes:?}");
+        for code in codes {
+            assert!(
+                semel_core::ReasonCode::parse(code).is_some(),
+                "{code} is not a reason code"
+            );
+        }
+    }
+
     /// Every script a page loads, and every module a script imports, is
     /// one the console serves; and no page runs inline script (the policy
     /// would refuse it).
