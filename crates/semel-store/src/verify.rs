@@ -437,26 +437,9 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, Verify
             })?;
         let entry = verifier.push(&encoding)?;
         frames += (FRAME_HEADER + encoding.len()) as u64;
-        let mut shown = v.clone();
-        if let Some(o) = shown.as_object_mut() {
-            o.remove("type");
-            o.remove("encoding");
-        }
-        let mut signed = readable(&entry);
         // Exports made before a field was shown lack it: absent is not
         // altered (the signed encoding holds it anyway); a different value is.
-        if let (Some(sig), Some(sh)) = (signed.as_object_mut(), shown.as_object()) {
-            for k in ADDED_LATER {
-                if !sh.contains_key(k) {
-                    sig.remove(k);
-                }
-            }
-        }
-        if shown != signed {
-            let field = signed
-                .as_object()
-                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
-                .map_or("?".to_owned(), |(k, _)| k.clone());
+        if let Some(field) = altered_field(v, &entry, &["type", "encoding"], &ADDED_LATER) {
             return Err(VerifyFailure::Entry {
                 sequence,
                 why: format!(
@@ -466,6 +449,38 @@ fn push_lines(verifier: &mut LogVerifier, lines: &[Value]) -> Result<u64, Verify
         }
     }
     Ok(frames)
+}
+
+/// The readable field of a line that differs from its entry's signed
+/// encoding (`?` when the line adds a field of its own), if any. `envelope`
+/// names the line's keys that are not readable fields, `added_later` the
+/// fields an older writer may have left out.
+fn altered_field(
+    line: &Value,
+    entry: &AuditEntry,
+    envelope: &[&str],
+    added_later: &[&str],
+) -> Option<String> {
+    let mut shown = line.clone();
+    if let Some(o) = shown.as_object_mut() {
+        for k in envelope {
+            o.remove(*k);
+        }
+    }
+    let mut signed = readable(entry);
+    if let (Some(sig), Some(sh)) = (signed.as_object_mut(), shown.as_object()) {
+        for k in added_later {
+            if !sh.contains_key(*k) {
+                sig.remove(*k);
+            }
+        }
+    }
+    (shown != signed).then(|| {
+        signed
+            .as_object()
+            .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
+            .map_or("?".to_owned(), |(k, _)| k.clone())
+    })
 }
 
 /// Readable fields that exports made by older versions do not carry.
@@ -792,18 +807,7 @@ fn verify_excerpt(
                 checkpoint.size
             )));
         }
-        let mut shown = v.clone();
-        if let Some(o) = shown.as_object_mut() {
-            o.remove("type");
-            o.remove("encoding");
-            o.remove("proof");
-        }
-        let signed = readable(&entry);
-        if shown != signed {
-            let field = signed
-                .as_object()
-                .and_then(|o| o.iter().find(|(k, s)| shown.get(k.as_str()) != Some(s)))
-                .map_or("?".to_owned(), |(k, _)| k.clone());
+        if let Some(field) = altered_field(v, &entry, &["type", "encoding", "proof"], &[]) {
             return Err(failure(format!(
                 "its readable field {field} differs from its signed encoding: the excerpt was altered"
             )));
