@@ -1644,6 +1644,7 @@ async fn an_administration_applies_for_membership_and_the_operator_decides() {
     let pending = operator
         .list_membership_applications(proto::ListMembershipApplicationsRequest {
             state: proto::ApplicationState::Pending as i32,
+            ..Default::default()
         })
         .await
         .expect("list")

@@ -978,16 +978,25 @@ impl Client {
 
     /// Applications for membership (the operator's administrators).
     pub async fn membership_applications(&self, pending_only: bool) -> CallResult {
-        let r = self
-            .registry()
-            .list_membership_applications(proto::ListMembershipApplicationsRequest {
-                state: pending_filter(pending_only),
-            })
-            .await?
-            .into_inner();
-        Ok(Json::Array(
-            r.applications.iter().map(membership_json).collect(),
-        ))
+        // Every page, newest first.
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = self
+                .registry()
+                .list_membership_applications(proto::ListMembershipApplicationsRequest {
+                    state: pending_filter(pending_only),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            out.extend(r.applications.iter().map(membership_json));
+            if r.next_page_token.is_empty() {
+                return Ok(Json::Array(out));
+            }
+            page_token = r.next_page_token;
+        }
     }
 
     /// Approves (with the roles asked, or `roles`) or rejects an
@@ -1018,16 +1027,25 @@ impl Client {
 
     /// Applications for authorisations the caller may see, newest first.
     pub async fn authorisation_applications(&self, pending_only: bool) -> CallResult {
-        let r = self
-            .registry()
-            .list_authorisation_applications(proto::ListAuthorisationApplicationsRequest {
-                state: pending_filter(pending_only),
-            })
-            .await?
-            .into_inner();
-        Ok(Json::Array(
-            r.applications.iter().map(application_json).collect(),
-        ))
+        // Every page, newest first.
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let r = self
+                .registry()
+                .list_authorisation_applications(proto::ListAuthorisationApplicationsRequest {
+                    state: pending_filter(pending_only),
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            out.extend(r.applications.iter().map(application_json));
+            if r.next_page_token.is_empty() {
+                return Ok(Json::Array(out));
+            }
+            page_token = r.next_page_token;
+        }
     }
 
     /// Approves (as asked) or rejects an application, as the supervisory body.

@@ -48,6 +48,41 @@ pub const ZERO_HASH: Hash = [0; 32];
 /// is refused at the edge, so this only guards the encoding.
 pub const MAX_TEXT: usize = 256;
 
+/// Room for an entry's `detail`: what a change of the rules changed, in
+/// full. A detail is never cut: one that does not fit is refused before the
+/// change is made ([`AuditRecord::detail_fits`]), so an entry either states
+/// its change whole or the change does not happen.
+pub const MAX_DETAIL: usize = 16 * 1024;
+
+/// How much of one free text (a reason, a name, a legal basis, a note) a
+/// detail quotes: free text comes after the structured change and is
+/// bounded on its own ([`quote_free_text`]), so it can never push the change
+/// out of the entry.
+pub const MAX_QUOTED: usize = 512;
+
+/// Free text for a detail, bounded to [`MAX_QUOTED`] bytes at a character
+/// boundary, saying how much was left out; control characters become
+/// spaces. The structured change goes before it, never after.
+pub fn quote_free_text(text: &str) -> Cow<'_, str> {
+    let clean = if text.chars().any(char::is_control) {
+        Cow::Owned(text.replace(char::is_control, " "))
+    } else {
+        Cow::Borrowed(text)
+    };
+    if clean.len() <= MAX_QUOTED {
+        return clean;
+    }
+    let mut end = MAX_QUOTED;
+    while !clean.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!(
+        "{}… ({} more bytes)",
+        &clean[..end],
+        clean.len() - end
+    ))
+}
+
 /// Why a lookup was refused or failed, as recorded in the log and sent in
 /// `google.rpc.ErrorInfo`. The codes are stable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -135,9 +170,12 @@ pub enum ReasonCode {
     SourceRefused,
     /// The source found the request invalid.
     SourceRejectedRequest,
+    /// An organisation has as many applications pending as it may.
+    ApplicationsExceeded,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 40] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 41] = [
+    (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
     (ReasonCode::NotDatasetSource, "NOT_DATASET_SOURCE"),
     (ReasonCode::NotDelivered, "NOT_DELIVERED"),
     (ReasonCode::SourceRefused, "SOURCE_REFUSED"),
@@ -299,6 +337,14 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+impl AuditRecord {
+    /// Whether the detail fits its entry whole ([`MAX_DETAIL`]): a change
+    /// whose detail does not is refused, never recorded cut.
+    pub fn detail_fits(detail: &str) -> bool {
+        detail.len() <= MAX_DETAIL
+    }
+}
+
 /// An entry in its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditEntry {
@@ -362,7 +408,7 @@ impl AuditEntry {
                 o.extend_from_slice(n.as_bytes())
             });
             put_list(out, &r.checks);
-            put_str(out, &r.detail);
+            put_text(out, &r.detail, MAX_DETAIL);
         }
         if format >= 4 {
             put_opt(out, r.authorisation_version, |o, v| {
@@ -467,9 +513,14 @@ pub fn entry_hash(encoding: &[u8]) -> Hash {
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
-    // Texts are bounded at the edge; the cut here only keeps the length
-    // prefix honest, at a character boundary.
-    let mut end = s.len().min(MAX_TEXT);
+    put_text(out, s, MAX_TEXT);
+}
+
+fn put_text(out: &mut Vec<u8>, s: &str, max: usize) {
+    // Texts are bounded at the edge (a detail by `detail_fits`, before its
+    // change is made); the cut here only keeps the length prefix honest, at
+    // a character boundary.
+    let mut end = s.len().min(max);
     while !s.is_char_boundary(end) {
         end -= 1;
     }
@@ -582,6 +633,25 @@ mod tests {
                 detail: "file f1 (RIS_APPLICANT, provisional)".into(),
             },
         }
+    }
+
+    #[test]
+    fn a_long_detail_is_kept_whole_and_free_text_is_quoted_bounded() {
+        // A registry change's detail is longer than any request's text:
+        // it round-trips whole up to MAX_DETAIL.
+        let mut e = sample(7);
+        e.record.detail = "roles [consumer] → [consumer, auditor]; ".repeat(100);
+        assert!(e.record.detail.len() > MAX_TEXT);
+        assert!(AuditRecord::detail_fits(&e.record.detail));
+        let decoded = AuditEntry::decode(&e.to_bytes()).expect("decode");
+        assert_eq!(decoded.record.detail, e.record.detail);
+        assert!(!AuditRecord::detail_fits(&"x".repeat(MAX_DETAIL + 1)));
+        // Free text is quoted to its own bound, saying what was left out.
+        let long = "é".repeat(400);
+        let quoted = quote_free_text(&long);
+        assert!(quoted.len() < long.len());
+        assert!(quoted.ends_with("… (288 more bytes)"), "{quoted}");
+        assert_eq!(quote_free_text("short\nreason"), "short reason");
     }
 
     #[test]

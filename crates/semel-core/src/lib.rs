@@ -21,8 +21,8 @@ pub mod persons;
 mod registry;
 
 pub use audit::{
-    AuditDecision, AuditEntry, AuditRecord, DecodeError, FORMAT, Hash, LOOKUP_OPERATION, MAX_TEXT,
-    Outcome, ReasonCode, ZERO_HASH, entry_hash,
+    AuditDecision, AuditEntry, AuditRecord, DecodeError, FORMAT, Hash, LOOKUP_OPERATION,
+    MAX_DETAIL, MAX_QUOTED, MAX_TEXT, Outcome, ReasonCode, ZERO_HASH, entry_hash, quote_free_text,
 };
 pub use check::{CheckOp, CheckRule, ElementPath, Operand, Question};
 pub use clock::{brussels_today, until_brussels_midnight};

@@ -809,13 +809,17 @@ impl Rpc for AuditService {
                     })?,
                     hash: semel_core::entry_hash(&encoding),
                 };
-                change.citizen = stored.entry.record.citizen;
+                // Checked before anything of the entry goes into the call's
+                // own record: a refusal records what was asked (the
+                // sequence number), never what was refused, since the
+                // caller's own auditor reads the caller's entries.
                 if !caller.audits_everything() && stored.entry.record.consumer != caller.org.kbo {
                     return Err(ApiError::denied(
                         "OTHER_ORGANISATION",
                         "your auditors prove your own organisation's entries only",
                     ));
                 }
+                change.citizen = stored.entry.record.citizen;
                 Ok(((stored, proof), nothing_to_undo()))
             })
             .await?;

@@ -60,6 +60,12 @@ where
 }
 
 /// What a call learnt, for its audit entry.
+///
+/// A refused call's entry is attributed to the caller, whose own auditor
+/// reads it: fill it with what the caller asked, and with what was read
+/// from the store only once the caller is known to be allowed to read it
+/// (check, then record). A refusal records what was asked, never what was
+/// refused.
 #[derive(Default)]
 pub struct Change {
     pub citizen: Option<Niss>,
@@ -87,7 +93,23 @@ impl Broker {
     ) -> Result<(T, String), ApiError> {
         let request_id = crate::state::new_id();
         let mut change = Change::default();
-        let result = run(&mut change).await;
+        let mut result = run(&mut change).await;
+        // An entry states its change whole or the change does not stand:
+        // a detail that cannot hold it is an error, never a cut.
+        if result.is_ok() && !semel_core::AuditRecord::detail_fits(&change.detail) {
+            let size = change.detail.len();
+            if let Ok((_, undo)) = std::mem::replace(&mut result, Err(ApiError::internal(""))) {
+                let _ = tokio::spawn(undo).await;
+            }
+            result = Err(ApiError::new(
+                tonic::Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+                format!(
+                    "this change takes {size} bytes to state and an audit entry holds {}: nothing was changed; make it in smaller steps",
+                    semel_core::MAX_DETAIL
+                ),
+            ));
+        }
         let mut record = self.audit_record(caller, request_id);
         record.citizen = change.citizen;
         record.citizen_as_given = change.citizen_as_given;

@@ -42,5 +42,6 @@ pub mod witness;
 
 pub use config::Config;
 pub use demo::{Demo, DemoOptions};
+pub use registry::MAX_PENDING_APPLICATIONS;
 /// The generated code of `semel.v1`, which this crate serves.
 pub use semel_proto as proto;

@@ -748,9 +748,10 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                     "there is no consent with this id for this citizen; ListConsents shows them",
                 ));
             };
-            change.purpose = before.purpose.to_string();
             // An agent withdraws only consents given to, or registered by,
-            // their own organisation.
+            // their own organisation. Checked before the consent's purpose
+            // goes into the call's record: a refusal records what was asked,
+            // never what was refused.
             if !caller.has(UserRole::Citizen)
                 && before.registered_through != caller.org.kbo
                 && before.consumer != Some(caller.org.kbo)
@@ -760,6 +761,7 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                     "this consent was neither given to nor registered by your organisation",
                 ));
             }
+            change.purpose = before.purpose.to_string();
             let mut after = before.clone();
             if after.withdrawn_at.is_none() {
                 after.withdrawn_at = Some(OffsetDateTime::now_utc());

@@ -388,7 +388,12 @@ pub const REASONS: &[Reasons] = &[
     row(
         "RESOURCE_EXHAUSTED",
         &["RATE_LIMITED"],
-        "your organisation is over its rate of lookups; retry after the `RetryInfo` delay",
+        "your organisation is over its rate of lookups (or of applications for membership); retry after the `RetryInfo` delay",
+    ),
+    row(
+        "RESOURCE_EXHAUSTED",
+        &["APPLICATIONS_EXCEEDED"],
+        "(`ApplyForAuthorisation`) your organisation has as many applications pending as it may (50); wait for the supervisory body's decisions",
     ),
     row(
         "RESOURCE_EXHAUSTED",

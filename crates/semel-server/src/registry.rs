@@ -23,11 +23,66 @@ mod apply;
 
 pub struct RegistryService {
     broker: Arc<Broker>,
+    /// Applications for membership come from certificates of organisations
+    /// not registered yet, before any role is known: bounded per enterprise
+    /// number and in all, before anything is read from the store.
+    memberships: Arc<MembershipThrottle>,
+}
+
+/// The pace of applications for membership: per enterprise number, and for
+/// all unregistered applicants together.
+struct MembershipThrottle {
+    each: crate::limits::ConsumerLimits,
+    all: crate::limits::ConsumerLimits,
+}
+
+impl MembershipThrottle {
+    /// Three at once per enterprise number, then one a minute; twenty at
+    /// once from everyone, then one a second.
+    fn new() -> Self {
+        let settings = |rate: f64, burst: f64| crate::limits::LimitSettings {
+            consumer_rate: Some(rate),
+            consumer_burst: burst,
+            ..crate::limits::LimitSettings::default()
+        };
+        MembershipThrottle {
+            each: crate::limits::ConsumerLimits::new(&settings(1.0 / 60.0, 3.0)),
+            all: crate::limits::ConsumerLimits::new(&settings(1.0, 20.0)),
+        }
+    }
+
+    /// Admits one application of `kbo`, or says how long to wait.
+    fn admit(&self, kbo: Kbo) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        // Everyone's bucket is keyed by a number no organisation has.
+        let everyone = Kbo::parse("0000000097").unwrap_or(kbo);
+        let wait = match self.each.admit(kbo, now) {
+            Ok(()) => match self.all.admit(everyone, now) {
+                Ok(()) => return Ok(()),
+                Err(wait) => wait,
+            },
+            Err(wait) => wait,
+        };
+        Err(ApiError {
+            retry_after: Some(wait),
+            ..ApiError::new(
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
+                format!(
+                    "too many applications for membership; retry in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )
+        })
+    }
 }
 
 impl RegistryService {
     pub fn new(broker: Arc<Broker>) -> Self {
-        RegistryService { broker }
+        RegistryService {
+            broker,
+            memberships: Arc::new(MembershipThrottle::new()),
+        }
     }
 
     /// Applies a registry write and reloads the snapshot. The caller holds
@@ -136,10 +191,10 @@ impl Rpc for RegistryService {
                     OffsetDateTime::now_utc(),
                 )?;
                 c.detail = format!(
-                    "organisation {} ({}) registered with roles {}",
+                    "organisation {} registered with roles {}; name: {}",
                     org.kbo,
-                    org.name,
-                    roles_text(&org.roles)
+                    roles_text(&org.roles),
+                    quoted(&org.name)
                 );
                 self.apply(move |reg| async move {
                     reg.insert_organisation(&org)
@@ -200,9 +255,7 @@ impl Rpc for RegistryService {
                     .await?;
                 let (before, after) = &pair;
                 let mut changes = Vec::new();
-                if before.name != after.name {
-                    changes.push(format!("name {} → {}", before.name, after.name));
-                }
+                // The structured change first, free text after it.
                 if before.roles != after.roles {
                     changes.push(format!(
                         "roles [{}] → [{}]",
@@ -210,19 +263,22 @@ impl Rpc for RegistryService {
                         roles_text(&after.roles)
                     ));
                 }
+                if before.name != after.name {
+                    changes.push(format!(
+                        "name {} → {}",
+                        quoted(&before.name),
+                        quoted(&after.name)
+                    ));
+                }
                 c.detail = format!(
-                    "organisation {} amended{}: {}",
+                    "organisation {} amended: {}{}",
                     after.kbo,
-                    if reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" ({reason})")
-                    },
                     if changes.is_empty() {
                         "nothing to amend".to_owned()
                     } else {
                         changes.join("; ")
-                    }
+                    },
+                    because(&reason)
                 );
                 Ok((pair, undo))
             })
@@ -480,10 +536,10 @@ impl Rpc for RegistryService {
                 }
                 drop(snapshot);
                 c.detail = format!(
-                    "dataset {} amended{}: {}",
+                    "dataset {} amended: {}{}",
                     before.name,
-                    if reason.is_empty() { String::new() } else { format!(" ({reason})") },
-                    if changes.is_empty() { "nothing to amend".to_owned() } else { changes.join("; ") }
+                    if changes.is_empty() { "nothing to amend".to_owned() } else { changes.join("; ") },
+                    because(&reason)
                 );
                 let unchanged = changes.is_empty();
                 self.apply(move |reg| async move {
@@ -571,7 +627,7 @@ impl Rpc for RegistryService {
                         "a withdrawal is final: say why, for the record",
                     ));
                 }
-                c.detail = format!("dataset {} withdrawn: {reason}", before.name);
+                c.detail = format!("dataset {} withdrawn{}", before.name, because(&reason));
                 if before.withdrawn {
                     c.detail = format!("dataset {} already withdrawn; nothing changed", before.name);
                 }
@@ -817,6 +873,8 @@ impl Rpc for RegistryService {
             )
             .into());
         }
+        // Paced before anything is read: each call scans the applications.
+        self.memberships.admit(kbo)?;
         let msg = req.into_inner();
         let name = text("name", msg.name, 200)?;
         let contact = text("contact", msg.contact, 200)?;
@@ -898,11 +956,11 @@ impl Rpc for RegistryService {
         record.outcome = semel_core::Outcome::Answered;
         record.consumer_reference = format!("membership {}", application.id);
         record.detail = semel_core::redact_national_numbers(&format!(
-            "membership applied for: {} ({}), roles {}, certificate {}",
-            application.name,
+            "membership applied for: {}, roles {}, certificate {}; name: {}",
             application.kbo,
             roles_text(&application.roles),
-            application.certificate
+            application.certificate,
+            quoted(&application.name)
         ))
         .into_owned();
         if let Err(e) = self.broker.append_durably(record).await {
@@ -922,6 +980,7 @@ impl Rpc for RegistryService {
     ) -> Result<Response<proto::ListMembershipApplicationsResponse>, Status> {
         self.broker.admit(&req).await?;
         let state = req.get_ref().state;
+        let (limit, after) = application_page(req.get_ref().page_size, &req.get_ref().page_token)?;
         let mut all: Vec<semel_core::MembershipApplication> = self
             .broker
             .storage()
@@ -932,9 +991,10 @@ impl Rpc for RegistryService {
             .into_iter()
             .filter(|a| state == 0 || application_state_to_proto(a.state) as i32 == state)
             .collect();
-        all.sort_by_key(|a| std::cmp::Reverse(a.applied_at));
+        let next_page_token = page_of(&mut all, limit, after, |a| (a.applied_at, &a.id));
         Ok(Response::new(proto::ListMembershipApplicationsResponse {
             applications: all.iter().map(membership_to_proto).collect(),
+            next_page_token,
         }))
     }
 
@@ -1013,15 +1073,18 @@ impl Rpc for RegistryService {
                 let (decided, organisation) = &out;
                 c.detail = match organisation {
                     Some(o) => format!(
-                        "membership {} approved: organisation {} ({}) registered with roles {}",
+                        "membership {} approved: organisation {} registered with roles {}; name: {}{}",
                         decided.id,
                         o.kbo,
-                        o.name,
-                        roles_text(&o.roles)
+                        roles_text(&o.roles),
+                        quoted(&o.name),
+                        note_text(&decided.decision_note)
                     ),
                     None => format!(
-                        "membership {} of {} rejected: {}",
-                        decided.id, decided.kbo, decided.decision_note
+                        "membership {} of {} rejected{}",
+                        decided.id,
+                        decided.kbo,
+                        note_text(&decided.decision_note)
                     ),
                 };
                 // The organisation must not stand without the decision's
@@ -1123,18 +1186,34 @@ impl Rpc for RegistryService {
                     decision_note: String::new(),
                     approved_version: None,
                 };
-                if let Some(p) = self
+                let pending: Vec<semel_core::AuthorisationApplication> = self
                     .broker
                     .storage()
                     .registry
                     .applications()
                     .await?
                     .into_iter()
-                    .find(|a| {
+                    .filter(|a| {
                         a.state == semel_core::ApplicationState::Pending
                             && a.applicant == application.applicant
-                            && a.proposed.reference == application.proposed.reference
                     })
+                    .collect();
+                // An organisation's pending applications are bounded: each
+                // is kept, listed and read by the supervisory body, and a
+                // flood of them would bury the others'.
+                if pending.len() >= MAX_PENDING_APPLICATIONS {
+                    return Err(ApiError::new(
+                        Code::ResourceExhausted,
+                        "APPLICATIONS_EXCEEDED",
+                        format!(
+                            "your organisation has {} applications pending, as many as it may; wait for decisions on them",
+                            pending.len()
+                        ),
+                    ));
+                }
+                if let Some(p) = pending
+                    .into_iter()
+                    .find(|a| a.proposed.reference == application.proposed.reference)
                 {
                     return Err(ApiError::new(
                         Code::AlreadyExists,
@@ -1171,6 +1250,7 @@ impl Rpc for RegistryService {
     ) -> Result<Response<proto::ListAuthorisationApplicationsResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
         let state = req.get_ref().state;
+        let (limit, after) = application_page(req.get_ref().page_size, &req.get_ref().page_token)?;
         let all = caller.has(UserRole::Admin) || caller.audits_everything();
         let snapshot = self.broker.snapshot();
         let mut applications: Vec<semel_core::AuthorisationApplication> = self
@@ -1190,9 +1270,10 @@ impl Rpc for RegistryService {
             })
             .filter(|a| state == 0 || application_state_to_proto(a.state) as i32 == state)
             .collect();
-        applications.sort_by_key(|a| std::cmp::Reverse(a.applied_at));
+        let next_page_token = page_of(&mut applications, limit, after, |a| (a.applied_at, &a.id));
         Ok(Response::new(
             proto::ListAuthorisationApplicationsResponse {
+                next_page_token,
                 applications: applications
                     .iter()
                     .map(|a| {
@@ -1352,14 +1433,24 @@ impl Rpc for RegistryService {
                     .await?;
                 let (decided, recorded, auth_undos) = pair;
                 c.authorisation_version = recorded.as_ref().map(|a| a.version);
+                // What an approval grants is what was recorded, the body's
+                // amendment included: the entry names its dataset and purpose.
+                if let Some(a) = &recorded {
+                    c.dataset = a.dataset.to_string();
+                    c.purpose = a.purpose.to_string();
+                }
                 c.detail = match &recorded {
                     Some(a) => format!(
-                        "application {} approved{}: {}",
+                        "application {} approved: {}{}",
                         decided.id,
-                        if decided.decision_note.is_empty() { String::new() } else { format!(" ({})", decided.decision_note) },
-                        authorisation_text(a)
+                        authorisation_text(a),
+                        note_text(&decided.decision_note)
                     ),
-                    None => format!("application {} rejected: {}", decided.id, decided.decision_note),
+                    None => format!(
+                        "application {} rejected{}",
+                        decided.id,
+                        note_text(&decided.decision_note)
+                    ),
                 };
                 let registry2 = self.broker.storage().registry.clone();
                 let undo: Undo = Box::pin(async move {
@@ -1422,14 +1513,14 @@ impl Rpc for RegistryService {
                     plan.changes.iter().filter(|c| c.action == a as i32).count()
                 };
                 c.detail = format!(
-                    "registry applied{}: {} created, {} amended, {} suspended, {} reinstated, {} revoked or withdrawn, {} unchanged",
-                    if reason.is_empty() { String::new() } else { format!(" ({reason})") },
+                    "registry applied: {} created, {} amended, {} suspended, {} reinstated, {} revoked or withdrawn, {} unchanged{}",
                     count(proto::PlannedAction::Create),
                     count(proto::PlannedAction::Amend),
                     count(proto::PlannedAction::Suspend),
                     count(proto::PlannedAction::Reinstate),
                     count(proto::PlannedAction::Revoke) + count(proto::PlannedAction::Withdraw),
                     count(proto::PlannedAction::Unchanged),
+                    because(&reason)
                 );
                 let broker = self.broker.clone();
                 let registry = registry.clone();
@@ -1529,11 +1620,11 @@ impl Rpc for RegistryService {
                     format!("authorisation amended: v{} unchanged, nothing to amend", after.version)
                 } else {
                     format!(
-                        "authorisation amended v{} → v{}{}: {}",
+                        "authorisation amended v{} → v{}: {}{}",
                         before.version,
                         after.version,
-                        if reason.is_empty() { String::new() } else { format!(" ({reason})") },
-                        amendment_text(before, after)
+                        amendment_text(before, after),
+                        because(&reason)
                     )
                 };
                 Ok((pair, undo))
@@ -1597,8 +1688,10 @@ impl Rpc for RegistryService {
                 let purpose = purpose_from_proto(required("purpose", req.into_inner().purpose)?)?;
                 c.purpose = purpose.code.to_string();
                 c.detail = format!(
-                    "purpose {} added: {} (legal basis: {})",
-                    purpose.code, purpose.description, purpose.legal_basis
+                    "purpose {} added; description: {}; legal basis: {}",
+                    purpose.code,
+                    quoted(&purpose.description),
+                    quoted(&purpose.legal_basis)
                 );
                 self.apply(move |reg| async move {
                     reg.insert_purpose(&purpose)
@@ -1694,9 +1787,9 @@ impl Rpc for RegistryService {
                 // Hex in pairs: a long run of digits in a fingerprint would
                 // be masked as a national number.
                 c.detail = format!(
-                    "certificate {} revoked: {}",
+                    "certificate {} revoked{}",
                     colon_pairs(&revoked.id.key()),
-                    revoked.reason
+                    because(&revoked.reason)
                 );
                 self.apply(move |reg| async move {
                     let existed = reg
@@ -1829,11 +1922,7 @@ impl RegistryService {
                         OrganisationStatus::Suspended => "suspended",
                         OrganisationStatus::Active => "reinstated",
                     },
-                    if reason.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {reason}")
-                    }
+                    because(&reason)
                 );
                 self.apply(move |reg| async move {
                     let before = reg
@@ -1871,11 +1960,7 @@ impl RegistryService {
                     AuthorisationStatus::Active => "reinstated",
                     AuthorisationStatus::Revoked => "revoked",
                 };
-                c.detail = if reason.is_empty() {
-                    format!("authorisation {word}")
-                } else {
-                    format!("authorisation {word}: {reason}")
-                };
+                c.detail = format!("authorisation {word}{}", because(&reason));
                 if status == AuthorisationStatus::Revoked && reason.is_empty() {
                     return Err(ApiError::invalid(
                         "reason",
@@ -2001,8 +2086,6 @@ fn amendment_text(before: &semel_core::Authorisation, after: &semel_core::Author
             ),
             ("capacities", list(&a.capacities)),
             ("purpose", a.purpose.to_string()),
-            ("legal basis", a.legal_basis.clone()),
-            ("issuing body", a.issuing_body.clone()),
             ("valid from", a.valid_from.to_string()),
             ("valid until", date(a.valid_until, "open end")),
             (
@@ -2011,6 +2094,9 @@ fn amendment_text(before: &semel_core::Authorisation, after: &semel_core::Author
             ),
             ("consent required", a.consent_required.to_string()),
             ("receives mutations", a.receives_mutations.to_string()),
+            // Free text last, bounded: it never pushes the change out.
+            ("legal basis", quoted(&a.legal_basis).into_owned()),
+            ("issuing body", quoted(&a.issuing_body).into_owned()),
         ]
     };
     let changes: Vec<String> = attributes(before)
@@ -2256,14 +2342,12 @@ pub(crate) fn check_authorisation_in(
 fn authorisation_text(a: &semel_core::Authorisation) -> String {
     let list = |i: &mut dyn Iterator<Item = String>| i.collect::<Vec<_>>().join(", ");
     format!(
-        "{} v{} for {} on {} ({}), purpose {}, legal basis {}, fields [{}], check fields [{}], questions [{}], capacities [{}], consent {}, valid {} to {}{}",
+        "{} v{} for {} on {}, purpose {}, fields [{}], check fields [{}], questions [{}], capacities [{}], consent {}, valid {} to {}{}{}; legal basis: {}; issuing body: {}",
         a.reference,
         a.version,
         a.consumer,
         a.dataset,
-        a.issuing_body,
         a.purpose,
-        a.legal_basis,
         list(&mut a.fields.iter().map(ToString::to_string)),
         list(&mut a.check_fields.iter().map(ToString::to_string)),
         list(&mut a.checks.iter().map(semel_core::CheckRule::describe)),
@@ -2278,8 +2362,109 @@ fn authorisation_text(a: &semel_core::Authorisation) -> String {
             .map_or_else(|| "open end".to_owned(), |d| d.to_string()),
         a.confidential_until
             .map(|d| format!(", confidential until {d}"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        if a.receives_mutations {
+            ", receives changes"
+        } else {
+            ""
+        },
+        quoted(&a.legal_basis),
+        quoted(&a.issuing_body)
     )
+}
+
+/// The most applications for authorisations one organisation has pending.
+pub const MAX_PENDING_APPLICATIONS: usize = 50;
+
+/// The most applications listed at once, and by default.
+const MAX_APPLICATION_PAGE: usize = 1000;
+const DEFAULT_APPLICATION_PAGE: usize = 100;
+
+/// Where a page of applications starts: (time applied in microseconds, id)
+/// of the last one of the page before, as its token says.
+type PageAfter = Option<(i128, String)>;
+
+/// A page of applications' size and start, from a request.
+fn application_page(page_size: i32, page_token: &str) -> Result<(usize, PageAfter), ApiError> {
+    let limit = match page_size {
+        0 => DEFAULT_APPLICATION_PAGE,
+        n if n < 0 => {
+            return Err(ApiError::invalid(
+                "page_size",
+                "INVALID_ARGUMENT",
+                "page_size cannot be negative",
+            ));
+        }
+        n => (n as usize).min(MAX_APPLICATION_PAGE),
+    };
+    if page_token.is_empty() {
+        return Ok((limit, None));
+    }
+    let bad = || {
+        ApiError::invalid(
+            "page_token",
+            "INVALID_ARGUMENT",
+            "page_token must be copied from a previous response's next_page_token",
+        )
+    };
+    let (micros, id) = page_token.split_once('.').ok_or_else(bad)?;
+    let micros: i128 = micros.parse().map_err(|_| bad())?;
+    Ok((limit, Some((micros, id.to_owned()))))
+}
+
+/// Keeps one page of `items`, newest first (by time applied, then id),
+/// after `after`; returns the next page's token, empty after the last.
+fn page_of<T>(
+    items: &mut Vec<T>,
+    limit: usize,
+    after: PageAfter,
+    key: impl Fn(&T) -> (OffsetDateTime, &String),
+) -> String {
+    let micros = |t: OffsetDateTime| t.unix_timestamp_nanos() / 1000;
+    items.sort_by(|a, b| {
+        let (ta, ia) = key(a);
+        let (tb, ib) = key(b);
+        (micros(tb), ib).cmp(&(micros(ta), ia))
+    });
+    if let Some((t, id)) = after {
+        items.retain(|x| {
+            let (tx, ix) = key(x);
+            (micros(tx), ix) < (t, &id)
+        });
+    }
+    let more = items.len() > limit;
+    items.truncate(limit);
+    match items.last() {
+        Some(last) if more => {
+            let (t, id) = key(last);
+            format!("{}.{id}", micros(t))
+        }
+        _ => String::new(),
+    }
+}
+
+/// Free text (a name, a legal basis) as a detail quotes it: bounded on its
+/// own, so it never pushes the change out of the entry.
+fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    semel_core::quote_free_text(text)
+}
+
+/// A change's reason, after the change: `; reason: …`, bounded.
+fn because(reason: &str) -> String {
+    if reason.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; reason: {}", quoted(reason.trim()))
+    }
+}
+
+/// A decision's note, after the decision: `; note: …`, bounded.
+fn note_text(note: &str) -> String {
+    if note.trim().is_empty() {
+        String::new()
+    } else {
+        format!("; note: {}", quoted(note.trim()))
+    }
 }
 
 /// `sha256:abcd…` as `sha256:ab:cd:…`.

@@ -208,6 +208,10 @@ impl AuditLog {
         let archived = read_archive_state(dir)?;
         let checkpoints_path = dir.join("checkpoints");
         let stored = read_checkpoints(&checkpoints_path)?;
+        // A partial last record (a write the process did not finish) is
+        // cut off now: left there, the next checkpoint appended after it
+        // would be read as its continuation and be lost at a later start.
+        cut_torn_checkpoint(&checkpoints_path)?;
         // Entries a signed checkpoint covers were acknowledged: recovery may
         // never zero them as a torn write.
         let signed = stored.last().map_or(0, |c| c.checkpoint.size);
@@ -1171,9 +1175,37 @@ pub(crate) fn read_archive_state(dir: &Path) -> Result<ArchiveState, StoreError>
 /// Reads the signed notes of `audit/checkpoints`, oldest first. A partial
 /// last record (an interrupted write) is ignored.
 pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, StoreError> {
+    Ok(read_checkpoint_records(path)?.0)
+}
+
+/// Cuts a partial last record off `audit/checkpoints` (durably), so that
+/// what is appended next starts a record of its own.
+fn cut_torn_checkpoint(path: &Path) -> Result<(), StoreError> {
+    let (_, whole, len) = read_checkpoint_records(path)?;
+    if whole == len {
+        return Ok(());
+    }
+    tracing::warn!(
+        dropped_bytes = len - whole,
+        "the last audit checkpoint record was only partly written; cut off (its checkpoint is signed again)"
+    );
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(format!("open {}", path.display())))?;
+    f.set_len(whole as u64)
+        .and_then(|()| f.sync_all())
+        .map_err(io_err(format!("cut {}", path.display())))
+}
+
+/// The whole records of `audit/checkpoints`, the length they take, and the
+/// file's length.
+fn read_checkpoint_records(
+    path: &Path,
+) -> Result<(Vec<SignedCheckpoint>, usize, usize), StoreError> {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0, 0)),
         Err(e) => return Err(io_err(format!("read {}", path.display()))(e)),
     };
     let mut out = Vec::new();
@@ -1190,7 +1222,7 @@ pub(crate) fn read_checkpoints(path: &Path) -> Result<Vec<SignedCheckpoint>, Sto
         out.push(SignedCheckpoint { checkpoint, note });
         rest = &rest[4 + len..];
     }
-    Ok(out)
+    Ok((out, bytes.len() - rest.len(), bytes.len()))
 }
 
 /// Tags of the text keys.
@@ -2154,6 +2186,44 @@ mod at_rest {
         forge(&dir, 9, another_consumer);
         let err = open(&dir).err().expect("refused");
         assert!(err.contains("entry 9"), "{err}");
+    }
+
+    /// A checkpoint record torn by a crash is cut off at the next start, so
+    /// the checkpoints signed after it stay readable at the start after.
+    #[tokio::test]
+    async fn a_torn_last_checkpoint_record_is_cut_so_later_ones_stay_readable() {
+        let dir = stopped_log(6).await;
+        let path = dir.path().join("audit/checkpoints");
+        // Half of a record: its length, and a few bytes of its note.
+        let mut bytes = std::fs::read(&path).expect("read");
+        let whole = bytes.len();
+        bytes.extend_from_slice(&300u32.to_be_bytes());
+        bytes.extend_from_slice(b"semel.example/log\n12\n");
+        std::fs::write(&path, &bytes).expect("tear");
+        // The next start cuts it off, then more entries and a checkpoint.
+        let store = open(&dir).expect("reopen after the tear");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), whole as u64);
+        for i in 6..12 {
+            store
+                .audit()
+                .append(super::tests::record(i, None))
+                .await
+                .expect("append");
+        }
+        store.close().expect("close");
+        // The start after reads the later checkpoint.
+        let sizes: Vec<u64> = read_checkpoints(&path)
+            .expect("checkpoints")
+            .iter()
+            .map(|c| c.checkpoint.size)
+            .collect();
+        assert_eq!(sizes.last(), Some(&12), "{sizes:?}");
+        let store = open(&dir).expect("reopen");
+        assert_eq!(
+            store.audit().latest_checkpoint().map(|c| c.checkpoint.size),
+            Some(12)
+        );
+        store.close().expect("close");
     }
 
     #[tokio::test]

@@ -317,13 +317,14 @@ pub(super) fn plan(
         let (action, detail) = match before {
             None => (
                 PlannedAction::Create,
-                format!("{} with roles {}", o.name, roles_text(&o.roles)),
+                format!(
+                    "with roles {}; name: {}",
+                    roles_text(&o.roles),
+                    super::quoted(&o.name)
+                ),
             ),
             Some(b) => {
                 let mut what = Vec::new();
-                if b.name != o.name {
-                    what.push(format!("name {} → {}", b.name, o.name));
-                }
                 if b.roles != o.roles {
                     what.push(format!(
                         "roles [{}] → [{}]",
@@ -331,13 +332,23 @@ pub(super) fn plan(
                         roles_text(&o.roles)
                     ));
                 }
+                if b.name != o.name {
+                    what.push(format!(
+                        "name {} → {}",
+                        super::quoted(&b.name),
+                        super::quoted(&o.name)
+                    ));
+                }
                 let status = b.status != o.status;
                 if status {
                     what.push(format!("status {:?} → {:?}", b.status, o.status).to_lowercase());
                 }
+                // A status change is classed as its status action whatever
+                // else changes with it, so its rules (and its word in the
+                // log) are never lost in an amendment.
                 let action = if what.is_empty() {
                     PlannedAction::Unchanged
-                } else if what.len() > 1 || !status {
+                } else if !status {
                     PlannedAction::Amend
                 } else if o.status == OrganisationStatus::Suspended {
                     PlannedAction::Suspend
@@ -362,7 +373,14 @@ pub(super) fn plan(
     for (i, p) in &purposes {
         let before = current.purposes.get(p.code.as_str());
         let (action, detail) = match before {
-            None => (PlannedAction::Create, p.description.clone()),
+            None => (
+                PlannedAction::Create,
+                format!(
+                    "description: {}; legal basis: {}",
+                    super::quoted(&p.description),
+                    super::quoted(&p.legal_basis)
+                ),
+            ),
             Some(b) if b == p => (PlannedAction::Unchanged, String::new()),
             Some(b) => {
                 let mut what = Vec::new();
@@ -370,7 +388,11 @@ pub(super) fn plan(
                     what.push("description changed".to_owned());
                 }
                 if b.legal_basis != p.legal_basis {
-                    what.push(format!("legal basis {} → {}", b.legal_basis, p.legal_basis));
+                    what.push(format!(
+                        "legal basis {} → {}",
+                        super::quoted(&b.legal_basis),
+                        super::quoted(&p.legal_basis)
+                    ));
                 }
                 (PlannedAction::Amend, what.join("; "))
             }
@@ -556,6 +578,9 @@ pub(super) fn plan(
                         ..after.clone()
                     },
                 );
+                // A status change is classed as its status action whatever
+                // else changes with it: a revocation that also amends is a
+                // revocation (it needs its reason, and the log says so).
                 let action = if content_same && b.status == a.status {
                     PlannedAction::Unchanged
                 } else if b.status == AuthorisationStatus::Revoked {
@@ -570,7 +595,7 @@ pub(super) fn plan(
                         ),
                     );
                     PlannedAction::Unchanged
-                } else if !content_same {
+                } else if b.status == a.status {
                     PlannedAction::Amend
                 } else {
                     match a.status {
@@ -630,17 +655,7 @@ pub(super) fn plan(
             }
         }
         let detail = match (action, before) {
-            (PlannedAction::Create, _) => format!(
-                "v1 for {} on {}, purpose {}, fields [{}]",
-                a.consumer,
-                a.dataset,
-                a.purpose,
-                a.fields
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            (PlannedAction::Create, _) => super::authorisation_text(a),
             (PlannedAction::Unchanged, _) | (_, None) => String::new(),
             (_, Some(b)) => {
                 let mut what = vec![format!("v{} → v{}", b.version, after.version)];
@@ -761,11 +776,6 @@ pub(super) fn record_change(
     // number in every reference): an apply id whose hex happens to hold
     // eleven digits in a row reads the same in all its entries.
     record.consumer_reference = semel_core::redact_national_numbers(apply).into_owned();
-    let apply = if reason.is_empty() {
-        apply.to_owned()
-    } else {
-        format!("{apply} ({reason})")
-    };
     let action = PlannedAction::try_from(change.action)
         .map(|a| {
             a.as_str_name()
@@ -773,9 +783,14 @@ pub(super) fn record_change(
                 .to_lowercase()
         })
         .unwrap_or_default();
+    // The structured change first; the apply and its reason (free text,
+    // bounded) after it.
     record.detail = semel_core::redact_national_numbers(&format!(
-        "{} {} {action} by {apply}: {}",
-        change.kind, change.key, change.detail
+        "{} {} {action}: {}; by registry apply {apply}{}",
+        change.kind,
+        change.key,
+        change.detail,
+        super::because(reason)
     ))
     .into_owned();
     match write {
