@@ -41,18 +41,59 @@ pub const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
 /// the error's `ErrorInfo` does.
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The face's limits on connections and its timeouts (`[http]` in the
+/// configuration). Anyone who reaches the port can open a connection, with
+/// or without a certificate: these keep what one peer holds small, and what
+/// it holds for free short.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Connections open at once, TLS handshakes included.
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 address counts by
+    /// its /64).
+    pub max_connections_per_address: usize,
+    /// Of those, connections whose handshake showed no client certificate.
+    pub max_connections_per_address_without_certificate: usize,
+    /// Connections without a client certificate open at once in all: the
+    /// rest is kept for organisations.
+    pub max_connections_without_certificate: usize,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: Duration,
+    /// How long a client may take to send a request's headers, counted
+    /// from the connection's start or the end of the previous answer on a
+    /// kept-alive connection: an idle connection is closed after it.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            max_connections_per_address_without_certificate: 8,
+            max_connections_without_certificate: 1024,
+            body_timeout: Duration::from_secs(30),
+            // Longer than common client pools' idle times, so that a
+            // client rarely sends a request on a connection being closed.
+            header_timeout: Duration::from_secs(75),
+        }
+    }
+}
+
 /// Everything a call needs: the routes, the layered services, the document.
 pub struct HttpFace {
     api: HttpApi,
     service: Layered<tonic::service::Routes>,
     broker: Arc<Broker>,
     openapi: Bytes,
+    settings: HttpSettings,
 }
 
 impl HttpFace {
     pub fn new(
         broker: Arc<Broker>,
         service: Layered<tonic::service::Routes>,
+        settings: HttpSettings,
     ) -> anyhow::Result<Arc<HttpFace>> {
         let api = HttpApi::load().context("read the contract's HTTP rules")?;
         let openapi = Bytes::from(crate::openapi::render(&api));
@@ -61,6 +102,7 @@ impl HttpFace {
             service,
             broker,
             openapi,
+            settings,
         }))
     }
 
@@ -127,14 +169,14 @@ impl HttpFace {
         };
         // A body sent too slowly holds a connection and a task: it has a
         // time to arrive in.
-        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(body, limit)).await;
+        let read = tokio::time::timeout(self.settings.body_timeout, read_body(body, limit)).await;
         let Ok(read) = read else {
             return refuse(ApiError::new(
                 tonic::Code::DeadlineExceeded,
                 "REQUEST_TIMEOUT",
                 format!(
                     "the request body did not arrive within {} s; send it at once",
-                    BODY_TIMEOUT.as_secs()
+                    self.settings.body_timeout.as_secs_f64()
                 ),
             ))
             .await;
@@ -357,13 +399,6 @@ fn failed() -> Response<Full<Bytes>> {
     resp
 }
 
-/// How long a request's body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The most HTTP/JSON connections served at once; more wait to be
-/// accepted.
-const MAX_CONNECTIONS: usize = 4096;
-
 /// The body, or `None` when it is larger than `limit`. A body too large is
 /// still read (and dropped) up to [`DRAIN`], so that the client, which may
 /// still be sending, reads the refusal rather than a reset connection.
@@ -398,13 +433,6 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
         })
 }
 
-/// How long a client may take to send a request's headers, counted from
-/// the end of the previous answer on a kept-alive connection: an idle
-/// connection is closed after it. Longer than common client pools' idle
-/// times, so that a client rarely sends a request on a connection being
-/// closed.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
-
 /// Serves the face on `listener` (mutual TLS with the broker's reloadable
 /// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
 pub async fn serve(
@@ -419,7 +447,7 @@ pub async fn serve(
     let mut incoming =
         crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(face.settings.max_connections));
     tokio::pin!(shutdown);
     loop {
         // A connection is accepted only with a slot free: connections
@@ -437,6 +465,7 @@ pub async fn serve(
             break;
         };
         let peer = conn.connect_info();
+        let header_timeout = face.settings.header_timeout;
         let face = face.clone();
         let service = hyper::service::service_fn(move |req| {
             let face = face.clone();
@@ -445,7 +474,7 @@ pub async fn serve(
         });
         let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
+            .header_read_timeout(header_timeout)
             .serve_connection(
                 hyper_util::rt::TokioIo::new(Closing {
                     inner: Some(conn),
