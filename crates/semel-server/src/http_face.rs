@@ -18,8 +18,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -33,9 +33,16 @@ use crate::tls::PeerIdentity;
 use crate::transcode::{HttpApi, Route, Routed};
 
 /// The largest body the face reads for one message (JSON is larger than
-/// the protobuf the gRPC face limits to 64 KiB), and for a batch.
+/// the protobuf the gRPC face limits to 64 KiB), and for a batch (a
+/// thousand lookups of a few hundred bytes each, with room to spare).
 pub const MAX_BODY: usize = 256 * 1024;
 pub const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
+
+/// The largest body read (and dropped) for a request no operation is
+/// served for: enough for any request a client meant for an operation,
+/// so that its connection stays usable; a larger one is left unread and
+/// the connection closed.
+pub const UNSERVED_BODY: usize = 16 * 1024;
 
 /// The header that carries the request id, as the body's `requestId` or
 /// the error's `ErrorInfo` does.
@@ -116,10 +123,17 @@ impl HttpFace {
         let path = parts.uri.path().to_owned();
         let routed = self.api.route(&parts.method, &path);
         // The console's files hold no data: served to anyone, as a web
-        // server serves a page; the calls they make are identified.
+        // server serves a page; the calls they make are identified. No body
+        // is read for them (a browser sends none, and anyone could send one
+        // as slowly as they like): one announced is left unread, and the
+        // connection closed after the answer, since what is left of it
+        // would be taken for the next request.
         if path == crate::console::PREFIX || path.starts_with("/console/") {
-            let _ = read_body(body, MAX_BODY).await;
-            return crate::console::serve(&parts.method, &path);
+            let mut resp = crate::console::serve(&parts.method, &path);
+            if announces_body(&body) {
+                close_after(&mut resp);
+            }
+            return resp;
         }
         // Without a certificate nothing is served: refused before the body
         // is read or parsed (an unidentified client costs the broker no
@@ -139,11 +153,17 @@ impl HttpFace {
         let (route, params) = match routed {
             Routed::Found(route, params) => (route, params),
             other => {
-                // Read before answering, even what is not served: a body
-                // left unread on a kept-alive connection would be taken for
-                // the next request.
-                let _ = read_body(body, MAX_BODY).await;
-                return self.unrouted(other, &parts.method, &path, &peer);
+                // The answer needs no body. A small one is read and dropped
+                // (for the body's time at most), so that the client's
+                // connection stays usable for its next request; a larger or
+                // slower one is left, and the connection closed after the
+                // answer.
+                let drained = !announces_body(&body) || self.drop_small_body(body).await;
+                let mut resp = self.unrouted(other, &parts.method, &path, &peer);
+                if !drained {
+                    close_after(&mut resp);
+                }
+                return resp;
             }
         };
         let authorization = parts
@@ -168,10 +188,12 @@ impl HttpFace {
             self.error(error.into_status())
         };
         // A body sent too slowly holds a connection and a task: it has a
-        // time to arrive in.
-        let read = tokio::time::timeout(self.settings.body_timeout, read_body(body, limit)).await;
+        // time to arrive in, after which the rest is not read and the
+        // connection is closed.
+        let read =
+            tokio::time::timeout(self.settings.body_timeout, read_body(body, limit, DRAIN)).await;
         let Ok(read) = read else {
-            return refuse(ApiError::new(
+            let mut resp = refuse(ApiError::new(
                 tonic::Code::DeadlineExceeded,
                 "REQUEST_TIMEOUT",
                 format!(
@@ -180,6 +202,8 @@ impl HttpFace {
                 ),
             ))
             .await;
+            close_after(&mut resp);
+            return resp;
         };
         let bytes = match read {
             Ok(Some(b)) => b,
@@ -195,12 +219,14 @@ impl HttpFace {
                 .await;
             }
             Err(()) => {
-                return refuse(ApiError::invalid(
+                let mut resp = refuse(ApiError::invalid(
                     "request",
                     "MALFORMED_REQUEST",
                     "the request body could not be read",
                 ))
                 .await;
+                close_after(&mut resp);
+                return resp;
             }
         };
         if !bytes.is_empty() && !is_json(parts.headers.get(CONTENT_TYPE)) {
@@ -236,6 +262,20 @@ impl HttpFace {
             frames,
         )
         .await
+    }
+
+    /// Reads and drops a body no answer needs, if it is small
+    /// ([`UNSERVED_BODY`]) and arrives within the body timeout: whether it
+    /// was read whole.
+    async fn drop_small_body(&self, body: Incoming) -> bool {
+        if body.size_hint().lower() > UNSERVED_BODY as u64 {
+            return false;
+        }
+        let read = read_body(body, UNSERVED_BODY, UNSERVED_BODY);
+        matches!(
+            tokio::time::timeout(self.settings.body_timeout, read).await,
+            Ok(Ok(Some(_)))
+        )
     }
 
     /// The answer to a request no operation is served for: without a
@@ -399,10 +439,24 @@ fn failed() -> Response<Full<Bytes>> {
     resp
 }
 
+/// Whether a request announced a body (a length above zero, or chunks).
+fn announces_body(body: &Incoming) -> bool {
+    !body.is_end_stream()
+}
+
+/// Tells the client that the connection closes after this answer (hyper
+/// then closes it): what is left of a body not read would otherwise be
+/// taken for the next request.
+fn close_after(resp: &mut Response<Full<Bytes>>) {
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
 /// The body, or `None` when it is larger than `limit`. A body too large is
-/// still read (and dropped) up to [`DRAIN`], so that the client, which may
+/// still read (and dropped) up to `drain`, so that the client, which may
 /// still be sending, reads the refusal rather than a reset connection.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()> {
+/// Callers bound the time it takes.
+async fn read_body(mut body: Incoming, limit: usize, drain: usize) -> Result<Option<Bytes>, ()> {
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -413,14 +467,15 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()
         seen = seen.saturating_add(data.len());
         if seen <= limit {
             kept.extend_from_slice(&data);
-        } else if seen > DRAIN {
+        } else if seen > drain {
             break;
         }
     }
     Ok((seen <= limit).then(|| Bytes::from(kept)))
 }
 
-/// How much of a body too large is read before the connection is closed.
+/// How much of an operation's body too large is read before the
+/// connection is closed.
 const DRAIN: usize = 16 * 1024 * 1024;
 
 fn is_json(value: Option<&HeaderValue>) -> bool {
@@ -444,19 +499,21 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "HTTP/JSON face listening (mutual TLS)");
     }
-    let mut incoming =
-        crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
+    // Each connection holds a slot from its acceptance to its end; one over
+    // a cap (in all, per address, without a certificate) is closed at once
+    // rather than left waiting, so that waiting connections cannot pile up
+    // either.
+    let slots =
+        crate::http_connections::ConnectionSlots::new(&face.settings, face.broker.metrics.clone());
+    let mut incoming = crate::tls::incoming_admitted(
+        listener,
+        tls,
+        Some(vec![b"http/1.1".to_vec()]),
+        Some(Arc::new(slots)),
+    );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(face.settings.max_connections));
     tokio::pin!(shutdown);
     loop {
-        // A connection is accepted only with a slot free: connections
-        // (slow ones included) cannot grow without bound.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
         let conn = tokio::select! {
             conn = incoming.next() => conn,
             () = &mut shutdown => break,
@@ -472,6 +529,9 @@ pub async fn serve(
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(face.handle(req, peer).await) }
         });
+        // hyper starts the header timeout whenever it waits for a
+        // request's head: at the start, and after each answer on a
+        // kept-alive connection, so that it closes idle connections too.
         let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(header_timeout)
@@ -487,7 +547,6 @@ pub async fn serve(
             if let Err(e) = served.await {
                 tracing::debug!(error = %e, "HTTP/JSON connection ended");
             }
-            drop(slot);
         });
     }
     drop(incoming);
