@@ -1079,6 +1079,36 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:1234".parse().expect("addr"));
         assert_eq!(config.source_deadline(), Duration::from_millis(250));
         assert_eq!(config.limits.consumer_lookups_per_second, Some(50.5));
+        // The HTTP/JSON face's limits: the defaults when left out, as the
+        // example leaves them, and each key settable.
+        let http = config.http.as_ref().expect("the example serves HTTP/JSON");
+        let defaults = crate::http_face::HttpSettings::default();
+        let settings = http.settings();
+        assert_eq!(settings.max_connections, defaults.max_connections);
+        assert_eq!(
+            settings.max_connections_per_address_without_certificate,
+            defaults.max_connections_per_address_without_certificate
+        );
+        assert_eq!(settings.body_timeout, defaults.body_timeout);
+        assert_eq!(settings.header_timeout, defaults.header_timeout);
+        let config = Config::load_with_env(
+            &path,
+            env(&[
+                ("SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+                (
+                    "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                    "0",
+                ),
+                ("SEMEL_HTTP__BODY_TIMEOUT_MS", "1500"),
+                ("SEMEL_HTTP__HEADER_TIMEOUT_MS", "20000"),
+            ]),
+        )
+        .expect("loads");
+        let settings = config.http.as_ref().expect("http").settings();
+        assert_eq!(settings.max_connections_per_address, 16);
+        assert_eq!(settings.max_connections_per_address_without_certificate, 0);
+        assert_eq!(settings.body_timeout, Duration::from_millis(1500));
+        assert_eq!(settings.header_timeout, Duration::from_secs(20));
         let err = format!(
             "{:#}",
             Config::load_with_env(&path, env(&[("SEMEL_LISTEN_PORT", "1")])).expect_err("unknown")
@@ -1125,6 +1155,28 @@ mod tests {
                 "SEMEL_SOURCES__BREAKER_COOLDOWN_MS",
                 "0",
                 "sources.breaker_cooldown_ms",
+            ),
+            ("SEMEL_HTTP__MAX_CONNECTIONS", "0", "http.max_connections"),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS",
+                "5000",
+                "http.max_connections_per_address",
+            ),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                "65",
+                "http.max_connections_per_address_without_certificate",
+            ),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_WITHOUT_CERTIFICATE",
+                "5000",
+                "http.max_connections_without_certificate",
+            ),
+            ("SEMEL_HTTP__BODY_TIMEOUT_MS", "0", "http.body_timeout_ms"),
+            (
+                "SEMEL_HTTP__HEADER_TIMEOUT_MS",
+                "50",
+                "http.header_timeout_ms",
             ),
         ] {
             let err = format!(
