@@ -392,22 +392,29 @@ async fn connections_over_the_per_address_caps_are_closed_and_organisations_stil
     assert_eq!(refused("per_address_without_certificate"), 1);
 
     // Another address has slots of its own, up to the cap on connections
-    // without a certificate in all (4).
-    let mut elsewhere = connect_from(&t, None, Some("127.0.0.2"))
-        .await
-        .expect("handshake");
-    let answer = ask(&mut elsewhere, &get("/console/"))
-        .await
-        .expect("another address is served");
-    assert_eq!(answer.status, 200, "{answer:?}");
-    if let Some(mut conn) = connect_from(&t, None, Some("127.0.0.2")).await {
-        let _ = conn.write_all(get("/console/").as_bytes()).await;
-        assert!(
-            closed_within(&mut conn, PROMPTLY).await,
-            "a fifth connection without a certificate is kept"
-        );
+    // without a certificate in all (4). Linux routes all of 127/8 to the
+    // loopback interface; other systems may not.
+    let mut elsewhere = None;
+    if std::net::TcpListener::bind("127.0.0.2:0").is_ok() {
+        let mut conn = connect_from(&t, None, Some("127.0.0.2"))
+            .await
+            .expect("handshake");
+        let answer = ask(&mut conn, &get("/console/"))
+            .await
+            .expect("another address is served");
+        assert_eq!(answer.status, 200, "{answer:?}");
+        elsewhere = Some(conn);
+        if let Some(mut conn) = connect_from(&t, None, Some("127.0.0.2")).await {
+            let _ = conn.write_all(get("/console/").as_bytes()).await;
+            assert!(
+                closed_within(&mut conn, PROMPTLY).await,
+                "a fifth connection without a certificate is kept"
+            );
+        }
+        assert_eq!(refused("without_certificate"), 1);
+    } else {
+        eprintln!("127.0.0.2 is not a local address here: the cap in all is not tried");
     }
-    assert_eq!(refused("without_certificate"), 1);
 
     // An organisation from the first address is still served: a lookup and
     // the console, on connections of their own.
@@ -452,5 +459,6 @@ async fn connections_over_the_per_address_caps_are_closed_and_organisations_stil
     }
     let (answer, _conn) = freed.expect("a closed connection's slot is freed");
     assert_eq!(answer.status, 200, "{answer:?}");
+    drop(elsewhere);
     t.stop().await;
 }

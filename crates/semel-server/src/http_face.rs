@@ -9,6 +9,12 @@
 //! `google.rpc.Status`, with the same `ErrorInfo`, under the HTTP status of
 //! its gRPC code. `GET /openapi.json` serves the OpenAPI document of the
 //! same routes.
+//!
+//! Anyone who reaches the port may connect, with or without a certificate,
+//! so what one peer holds is bounded (`HttpSettings`): connections per
+//! address and without a certificate (`http_connections`), the time a
+//! request's headers and body may take, and the body read (none for the
+//! console's files, a little for paths no operation is served on).
 
 use std::convert::Infallible;
 use std::future::Future;
