@@ -462,3 +462,40 @@ async fn connections_over_the_per_address_caps_are_closed_and_organisations_stil
     drop(elsewhere);
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_peer_that_leaves_its_answers_unread_holds_no_connection() {
+    let t = start_with(short_timeouts()).await;
+    // A thousand requests for a 32 KiB file at once, and no answer read:
+    // far more than the sockets' buffers hold, so the broker's writes
+    // wait. Once they have waited for the body timeout without the client
+    // taking anything, the connection is closed.
+    let mut conn = connect(&t, None).await;
+    let requests = get("/console/console.js").repeat(1000);
+    conn.write_all(requests.as_bytes())
+        .await
+        .expect("send the requests");
+    conn.flush().await.expect("flush");
+    // The client that does not read: longer than the body timeout (0.5 s)
+    // and shorter than the header timeout (2 s), which would close the
+    // connection once every answer was sent.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut taken = 0usize;
+    let closed = tokio::time::timeout(PROMPTLY, async {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match conn.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => taken += n,
+            }
+        }
+    })
+    .await
+    .is_ok();
+    assert!(closed, "the connection stays open");
+    assert!(
+        taken < 1000 * 32 * 1024 / 2,
+        "every answer was sent ({taken} bytes): the broker waited for the client"
+    );
+    t.stop().await;
+}

@@ -100,7 +100,9 @@ pub struct HttpSection {
     #[serde(default = "default_http_max_connections_without_certificate")]
     pub max_connections_without_certificate: usize,
     /// How long a request's body may take to arrive, in milliseconds
-    /// (default 30000); a slower one is refused (408).
+    /// (default 30000); a slower one is refused (408). Also how long an
+    /// answer may wait for the client to take any of it, after which the
+    /// connection is closed.
     #[serde(default = "default_http_body_timeout_ms")]
     pub body_timeout_ms: u64,
     /// How long a client may take to send a request's headers, counted from

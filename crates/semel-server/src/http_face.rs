@@ -70,7 +70,8 @@ pub struct HttpSettings {
     /// Connections without a client certificate open at once in all: the
     /// rest is kept for organisations.
     pub max_connections_without_certificate: usize,
-    /// How long a request's body may take to arrive.
+    /// How long a request's body may take to arrive; also how long an
+    /// answer may wait for the client to take any of it.
     pub body_timeout: Duration,
     /// How long a client may take to send a request's headers, counted
     /// from the connection's start or the end of the previous answer on a
@@ -529,6 +530,7 @@ pub async fn serve(
         };
         let peer = conn.connect_info();
         let header_timeout = face.settings.header_timeout;
+        let write_timeout = face.settings.body_timeout;
         let face = face.clone();
         let service = hyper::service::service_fn(move |req| {
             let face = face.clone();
@@ -545,6 +547,8 @@ pub async fn serve(
                 hyper_util::rt::TokioIo::new(Closing {
                     inner: Some(conn),
                     shut: false,
+                    write_timeout,
+                    stalled: None,
                 }),
                 service,
             );
@@ -571,9 +575,43 @@ pub async fn serve(
 /// would lose the 400. So a connection dropped that way is closed cleanly
 /// (TLS close_notify) and what the client still sends is read and
 /// discarded, for a second at most.
+///
+/// It also bounds how long an answer waits for the client to take it: a
+/// client that sends requests and reads no answer would otherwise hold the
+/// connection for ever, hyper waiting on a full socket. A write that makes
+/// no progress for `write_timeout` fails, and the connection with it.
 struct Closing {
     inner: Option<crate::tls::TlsConn>,
     shut: bool,
+    write_timeout: Duration,
+    /// Since when a write has been waiting, if one is.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Closing {
+    /// A write's outcome, with the time it may wait without progress.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no part of the answer in time",
+            )));
+        }
+        std::task::Poll::Pending
+    }
 }
 
 impl tokio::io::AsyncRead for Closing {
@@ -595,28 +633,31 @@ impl tokio::io::AsyncWrite for Closing {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_write(cx, buf),
             None => std::task::Poll::Ready(Ok(0)),
-        }
+        };
+        self.unless_stalled(cx, polled)
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_flush(cx),
             None => std::task::Poll::Ready(Ok(())),
-        }
+        };
+        self.unless_stalled(cx, polled)
     }
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let done = match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_shutdown(cx),
             None => std::task::Poll::Ready(Ok(())),
         };
+        let done = self.unless_stalled(cx, polled);
         if done.is_ready() {
             self.shut = true;
         }
