@@ -8,6 +8,7 @@ mod http_face;
 mod identity;
 mod insiders;
 mod insiders_second;
+mod insiders_http;
 mod limits;
 mod lookups;
 mod mutations;

@@ -17,6 +17,8 @@ mod identity;
 mod insiders;
 #[path = "../e2e/insiders_second.rs"]
 mod insiders_second;
+#[path = "../e2e/insiders_http.rs"]
+mod insiders_http;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]

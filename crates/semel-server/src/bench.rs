@@ -100,6 +100,9 @@ pub async fn run_bench_server(
     // The audit log's syncs are read from the metrics endpoint.
     demo_opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     demo_opts.http_listen = Some(([127, 0, 0, 1], 0).into());
+    // The load generator holds one HTTP/1.1 connection per worker, all
+    // from one address: the cap per address is the face's whole.
+    demo_opts.http.max_connections_per_address = demo_opts.http.max_connections;
     let demo = Demo::start(demo_opts).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
 

@@ -83,6 +83,132 @@ fn default_retention_hours() -> u64 {
 pub struct HttpSection {
     /// Address of the HTTP/JSON port.
     pub listen: SocketAddr,
+    /// Connections open at once, handshakes included (default 4096); one
+    /// more is closed at once.
+    #[serde(default = "default_http_max_connections")]
+    pub max_connections: usize,
+    /// Connections open at once from one address (default 64; an IPv6
+    /// address counts by its /64, which one host commonly holds whole).
+    #[serde(default = "default_http_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Of those, connections without a client certificate (default 8): they
+    /// are served only the console's files and a 401.
+    #[serde(default = "default_http_max_connections_per_address_without_certificate")]
+    pub max_connections_per_address_without_certificate: usize,
+    /// Connections without a client certificate open at once from all
+    /// addresses (default 1024): the rest is kept for organisations.
+    #[serde(default = "default_http_max_connections_without_certificate")]
+    pub max_connections_without_certificate: usize,
+    /// How long a request's body may take to arrive, in milliseconds
+    /// (default 30000); a slower one is refused (408). Also how long an
+    /// answer may wait for the client to take any of it, after which the
+    /// connection is closed.
+    #[serde(default = "default_http_body_timeout_ms")]
+    pub body_timeout_ms: u64,
+    /// How long a client may take to send a request's headers, counted from
+    /// the connection's start or the end of the previous answer, in
+    /// milliseconds (default 75000): also how long an idle connection is
+    /// kept open.
+    #[serde(default = "default_http_header_timeout_ms")]
+    pub header_timeout_ms: u64,
+}
+
+fn default_http_max_connections() -> usize {
+    crate::http_face::HttpSettings::default().max_connections
+}
+
+fn default_http_max_connections_per_address() -> usize {
+    crate::http_face::HttpSettings::default().max_connections_per_address
+}
+
+fn default_http_max_connections_per_address_without_certificate() -> usize {
+    crate::http_face::HttpSettings::default().max_connections_per_address_without_certificate
+}
+
+fn default_http_max_connections_without_certificate() -> usize {
+    crate::http_face::HttpSettings::default().max_connections_without_certificate
+}
+
+fn default_http_body_timeout_ms() -> u64 {
+    crate::http_face::HttpSettings::default()
+        .body_timeout
+        .as_millis() as u64
+}
+
+fn default_http_header_timeout_ms() -> u64 {
+    crate::http_face::HttpSettings::default()
+        .header_timeout
+        .as_millis() as u64
+}
+
+impl HttpSection {
+    /// The face's limits and timeouts.
+    pub fn settings(&self) -> crate::http_face::HttpSettings {
+        crate::http_face::HttpSettings {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_connections_per_address_without_certificate: self
+                .max_connections_per_address_without_certificate,
+            max_connections_without_certificate: self.max_connections_without_certificate,
+            body_timeout: Duration::from_millis(self.body_timeout_ms),
+            header_timeout: Duration::from_millis(self.header_timeout_ms),
+        }
+    }
+
+    /// Every problem with the values, each naming its key.
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut ensure = |ok: bool, problem: String| {
+            if !ok {
+                problems.push(problem);
+            }
+        };
+        ensure(
+            (1..=1_000_000).contains(&self.max_connections),
+            format!(
+                "http.max_connections: must lie between 1 and 1000000, got {}",
+                self.max_connections
+            ),
+        );
+        ensure(
+            (1..=self.max_connections.max(1)).contains(&self.max_connections_per_address),
+            format!(
+                "http.max_connections_per_address: must lie between 1 and http.max_connections ({}), got {}",
+                self.max_connections, self.max_connections_per_address
+            ),
+        );
+        ensure(
+            self.max_connections_per_address_without_certificate
+                <= self.max_connections_per_address,
+            format!(
+                "http.max_connections_per_address_without_certificate: at most http.max_connections_per_address ({}), got {}",
+                self.max_connections_per_address,
+                self.max_connections_per_address_without_certificate
+            ),
+        );
+        ensure(
+            self.max_connections_without_certificate <= self.max_connections,
+            format!(
+                "http.max_connections_without_certificate: at most http.max_connections ({}), got {}",
+                self.max_connections, self.max_connections_without_certificate
+            ),
+        );
+        ensure(
+            (100..=600_000).contains(&self.body_timeout_ms),
+            format!(
+                "http.body_timeout_ms: must lie between 100 and 600000, got {}",
+                self.body_timeout_ms
+            ),
+        );
+        ensure(
+            (100..=3_600_000).contains(&self.header_timeout_ms),
+            format!(
+                "http.header_timeout_ms: must lie between 100 and 3600000, got {}",
+                self.header_timeout_ms
+            ),
+        );
+        problems
+    }
 }
 
 /// The store. Without `url`, the embedded store (sled and the audit log
@@ -537,6 +663,9 @@ impl Config {
                     http.listen
                 ),
             );
+            for problem in http.problems() {
+                ensure(false, problem);
+            }
         }
         ensure(
             (1..=8760).contains(&self.mutations.retention_hours),
@@ -952,6 +1081,36 @@ mod tests {
         assert_eq!(config.listen, "127.0.0.1:1234".parse().expect("addr"));
         assert_eq!(config.source_deadline(), Duration::from_millis(250));
         assert_eq!(config.limits.consumer_lookups_per_second, Some(50.5));
+        // The HTTP/JSON face's limits: the defaults when left out, as the
+        // example leaves them, and each key settable.
+        let http = config.http.as_ref().expect("the example serves HTTP/JSON");
+        let defaults = crate::http_face::HttpSettings::default();
+        let settings = http.settings();
+        assert_eq!(settings.max_connections, defaults.max_connections);
+        assert_eq!(
+            settings.max_connections_per_address_without_certificate,
+            defaults.max_connections_per_address_without_certificate
+        );
+        assert_eq!(settings.body_timeout, defaults.body_timeout);
+        assert_eq!(settings.header_timeout, defaults.header_timeout);
+        let config = Config::load_with_env(
+            &path,
+            env(&[
+                ("SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS", "16"),
+                (
+                    "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                    "0",
+                ),
+                ("SEMEL_HTTP__BODY_TIMEOUT_MS", "1500"),
+                ("SEMEL_HTTP__HEADER_TIMEOUT_MS", "20000"),
+            ]),
+        )
+        .expect("loads");
+        let settings = config.http.as_ref().expect("http").settings();
+        assert_eq!(settings.max_connections_per_address, 16);
+        assert_eq!(settings.max_connections_per_address_without_certificate, 0);
+        assert_eq!(settings.body_timeout, Duration::from_millis(1500));
+        assert_eq!(settings.header_timeout, Duration::from_secs(20));
         let err = format!(
             "{:#}",
             Config::load_with_env(&path, env(&[("SEMEL_LISTEN_PORT", "1")])).expect_err("unknown")
@@ -998,6 +1157,28 @@ mod tests {
                 "SEMEL_SOURCES__BREAKER_COOLDOWN_MS",
                 "0",
                 "sources.breaker_cooldown_ms",
+            ),
+            ("SEMEL_HTTP__MAX_CONNECTIONS", "0", "http.max_connections"),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS",
+                "5000",
+                "http.max_connections_per_address",
+            ),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                "65",
+                "http.max_connections_per_address_without_certificate",
+            ),
+            (
+                "SEMEL_HTTP__MAX_CONNECTIONS_WITHOUT_CERTIFICATE",
+                "5000",
+                "http.max_connections_without_certificate",
+            ),
+            ("SEMEL_HTTP__BODY_TIMEOUT_MS", "0", "http.body_timeout_ms"),
+            (
+                "SEMEL_HTTP__HEADER_TIMEOUT_MS",
+                "50",
+                "http.header_timeout_ms",
             ),
         ] {
             let err = format!(

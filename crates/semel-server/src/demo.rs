@@ -39,6 +39,8 @@ pub struct DemoOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// Where to serve the HTTP/JSON face, if anywhere.
     pub http_listen: Option<SocketAddr>,
+    /// The HTTP/JSON face's limits and timeouts.
+    pub http: crate::http_face::HttpSettings,
     pub limits: crate::limits::LimitSettings,
     /// How often certificate and key files are checked for changes.
     pub reload_poll: Option<Duration>,
@@ -63,6 +65,7 @@ impl DemoOptions {
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
             http_listen: None,
+            http: crate::http_face::HttpSettings::default(),
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
@@ -334,7 +337,7 @@ impl Demo {
         };
         let broker_task = tokio::spawn(server::serve_broker_with_http(
             listener,
-            http_listener,
+            http_listener.map(|l| (l, opts.http.clone())),
             Prepared {
                 broker: broker.clone(),
                 background,

@@ -9,6 +9,12 @@
 //! `google.rpc.Status`, with the same `ErrorInfo`, under the HTTP status of
 //! its gRPC code. `GET /openapi.json` serves the OpenAPI document of the
 //! same routes.
+//!
+//! Anyone who reaches the port may connect, with or without a certificate,
+//! so what one peer holds is bounded (`HttpSettings`): connections per
+//! address and without a certificate (`http_connections`), the time a
+//! request's headers and body may take, and the body read (none for the
+//! console's files, a little for paths no operation is served on).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,8 +24,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::body::{Body as _, Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -33,13 +39,60 @@ use crate::tls::PeerIdentity;
 use crate::transcode::{HttpApi, Route, Routed};
 
 /// The largest body the face reads for one message (JSON is larger than
-/// the protobuf the gRPC face limits to 64 KiB), and for a batch.
+/// the protobuf the gRPC face limits to 64 KiB), and for a batch (a
+/// thousand lookups of a few hundred bytes each, with room to spare).
 pub const MAX_BODY: usize = 256 * 1024;
 pub const MAX_BATCH_BODY: usize = 4 * 1024 * 1024;
+
+/// The largest body read (and dropped) for a request no operation is
+/// served for: enough for any request a client meant for an operation,
+/// so that its connection stays usable; a larger one is left unread and
+/// the connection closed.
+pub const UNSERVED_BODY: usize = 16 * 1024;
 
 /// The header that carries the request id, as the body's `requestId` or
 /// the error's `ErrorInfo` does.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// The face's limits on connections and its timeouts (`[http]` in the
+/// configuration). Anyone who reaches the port can open a connection, with
+/// or without a certificate: these keep what one peer holds small, and what
+/// it holds for free short.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Connections open at once, TLS handshakes included.
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 address counts by
+    /// its /64).
+    pub max_connections_per_address: usize,
+    /// Of those, connections whose handshake showed no client certificate.
+    pub max_connections_per_address_without_certificate: usize,
+    /// Connections without a client certificate open at once in all: the
+    /// rest is kept for organisations.
+    pub max_connections_without_certificate: usize,
+    /// How long a request's body may take to arrive; also how long an
+    /// answer may wait for the client to take any of it.
+    pub body_timeout: Duration,
+    /// How long a client may take to send a request's headers, counted
+    /// from the connection's start or the end of the previous answer on a
+    /// kept-alive connection: an idle connection is closed after it.
+    pub header_timeout: Duration,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            max_connections: 4096,
+            max_connections_per_address: 64,
+            max_connections_per_address_without_certificate: 8,
+            max_connections_without_certificate: 1024,
+            body_timeout: Duration::from_secs(30),
+            // Longer than common client pools' idle times, so that a
+            // client rarely sends a request on a connection being closed.
+            header_timeout: Duration::from_secs(75),
+        }
+    }
+}
 
 /// Everything a call needs: the routes, the layered services, the document.
 pub struct HttpFace {
@@ -47,12 +100,14 @@ pub struct HttpFace {
     service: Layered<tonic::service::Routes>,
     broker: Arc<Broker>,
     openapi: Bytes,
+    settings: HttpSettings,
 }
 
 impl HttpFace {
     pub fn new(
         broker: Arc<Broker>,
         service: Layered<tonic::service::Routes>,
+        settings: HttpSettings,
     ) -> anyhow::Result<Arc<HttpFace>> {
         let api = HttpApi::load().context("read the contract's HTTP rules")?;
         let openapi = Bytes::from(crate::openapi::render(&api));
@@ -61,6 +116,7 @@ impl HttpFace {
             service,
             broker,
             openapi,
+            settings,
         }))
     }
 
@@ -74,10 +130,17 @@ impl HttpFace {
         let path = parts.uri.path().to_owned();
         let routed = self.api.route(&parts.method, &path);
         // The console's files hold no data: served to anyone, as a web
-        // server serves a page; the calls they make are identified.
+        // server serves a page; the calls they make are identified. No body
+        // is read for them (a browser sends none, and anyone could send one
+        // as slowly as they like): one announced is left unread, and the
+        // connection closed after the answer, since what is left of it
+        // would be taken for the next request.
         if path == crate::console::PREFIX || path.starts_with("/console/") {
-            let _ = read_body(body, MAX_BODY).await;
-            return crate::console::serve(&parts.method, &path);
+            let mut resp = crate::console::serve(&parts.method, &path);
+            if announces_body(&body) {
+                close_after(&mut resp);
+            }
+            return resp;
         }
         // Without a certificate nothing is served: refused before the body
         // is read or parsed (an unidentified client costs the broker no
@@ -97,11 +160,17 @@ impl HttpFace {
         let (route, params) = match routed {
             Routed::Found(route, params) => (route, params),
             other => {
-                // Read before answering, even what is not served: a body
-                // left unread on a kept-alive connection would be taken for
-                // the next request.
-                let _ = read_body(body, MAX_BODY).await;
-                return self.unrouted(other, &parts.method, &path, &peer);
+                // The answer needs no body. A small one is read and dropped
+                // (for the body's time at most), so that the client's
+                // connection stays usable for its next request; a larger or
+                // slower one is left, and the connection closed after the
+                // answer.
+                let drained = !announces_body(&body) || self.drop_small_body(body).await;
+                let mut resp = self.unrouted(other, &parts.method, &path, &peer);
+                if !drained {
+                    close_after(&mut resp);
+                }
+                return resp;
             }
         };
         let authorization = parts
@@ -126,18 +195,22 @@ impl HttpFace {
             self.error(error.into_status())
         };
         // A body sent too slowly holds a connection and a task: it has a
-        // time to arrive in.
-        let read = tokio::time::timeout(BODY_TIMEOUT, read_body(body, limit)).await;
+        // time to arrive in, after which the rest is not read and the
+        // connection is closed.
+        let read =
+            tokio::time::timeout(self.settings.body_timeout, read_body(body, limit, DRAIN)).await;
         let Ok(read) = read else {
-            return refuse(ApiError::new(
+            let mut resp = refuse(ApiError::new(
                 tonic::Code::DeadlineExceeded,
                 "REQUEST_TIMEOUT",
                 format!(
                     "the request body did not arrive within {} s; send it at once",
-                    BODY_TIMEOUT.as_secs()
+                    self.settings.body_timeout.as_secs_f64()
                 ),
             ))
             .await;
+            close_after(&mut resp);
+            return resp;
         };
         let bytes = match read {
             Ok(Some(b)) => b,
@@ -153,12 +226,14 @@ impl HttpFace {
                 .await;
             }
             Err(()) => {
-                return refuse(ApiError::invalid(
+                let mut resp = refuse(ApiError::invalid(
                     "request",
                     "MALFORMED_REQUEST",
                     "the request body could not be read",
                 ))
                 .await;
+                close_after(&mut resp);
+                return resp;
             }
         };
         if !bytes.is_empty() && !is_json(parts.headers.get(CONTENT_TYPE)) {
@@ -194,6 +269,20 @@ impl HttpFace {
             frames,
         )
         .await
+    }
+
+    /// Reads and drops a body no answer needs, if it is small
+    /// ([`UNSERVED_BODY`]) and arrives within the body timeout: whether it
+    /// was read whole.
+    async fn drop_small_body(&self, body: Incoming) -> bool {
+        if body.size_hint().lower() > UNSERVED_BODY as u64 {
+            return false;
+        }
+        let read = read_body(body, UNSERVED_BODY, UNSERVED_BODY);
+        matches!(
+            tokio::time::timeout(self.settings.body_timeout, read).await,
+            Ok(Ok(Some(_)))
+        )
     }
 
     /// The answer to a request no operation is served for: without a
@@ -357,17 +446,24 @@ fn failed() -> Response<Full<Bytes>> {
     resp
 }
 
-/// How long a request's body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Whether a request announced a body (a length above zero, or chunks).
+fn announces_body(body: &Incoming) -> bool {
+    !body.is_end_stream()
+}
 
-/// The most HTTP/JSON connections served at once; more wait to be
-/// accepted.
-const MAX_CONNECTIONS: usize = 4096;
+/// Tells the client that the connection closes after this answer (hyper
+/// then closes it): what is left of a body not read would otherwise be
+/// taken for the next request.
+fn close_after(resp: &mut Response<Full<Bytes>>) {
+    resp.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+}
 
 /// The body, or `None` when it is larger than `limit`. A body too large is
-/// still read (and dropped) up to [`DRAIN`], so that the client, which may
+/// still read (and dropped) up to `drain`, so that the client, which may
 /// still be sending, reads the refusal rather than a reset connection.
-async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()> {
+/// Callers bound the time it takes.
+async fn read_body(mut body: Incoming, limit: usize, drain: usize) -> Result<Option<Bytes>, ()> {
     let mut kept = Vec::new();
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
@@ -378,14 +474,15 @@ async fn read_body(mut body: Incoming, limit: usize) -> Result<Option<Bytes>, ()
         seen = seen.saturating_add(data.len());
         if seen <= limit {
             kept.extend_from_slice(&data);
-        } else if seen > DRAIN {
+        } else if seen > drain {
             break;
         }
     }
     Ok((seen <= limit).then(|| Bytes::from(kept)))
 }
 
-/// How much of a body too large is read before the connection is closed.
+/// How much of an operation's body too large is read before the
+/// connection is closed.
 const DRAIN: usize = 16 * 1024 * 1024;
 
 fn is_json(value: Option<&HeaderValue>) -> bool {
@@ -398,13 +495,6 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
         })
 }
 
-/// How long a client may take to send a request's headers, counted from
-/// the end of the previous answer on a kept-alive connection: an idle
-/// connection is closed after it. Longer than common client pools' idle
-/// times, so that a client rarely sends a request on a connection being
-/// closed.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(75);
-
 /// Serves the face on `listener` (mutual TLS with the broker's reloadable
 /// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
 pub async fn serve(
@@ -416,19 +506,21 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(addr = %addr, "HTTP/JSON face listening (mutual TLS)");
     }
-    let mut incoming =
-        crate::tls::incoming_with_alpn(listener, tls, Some(vec![b"http/1.1".to_vec()]));
+    // Each connection holds a slot from its acceptance to its end; one over
+    // a cap (in all, per address, without a certificate) is closed at once
+    // rather than left waiting, so that waiting connections cannot pile up
+    // either.
+    let slots =
+        crate::http_connections::ConnectionSlots::new(&face.settings, face.broker.metrics.clone());
+    let mut incoming = crate::tls::incoming_admitted(
+        listener,
+        tls,
+        Some(vec![b"http/1.1".to_vec()]),
+        Some(Arc::new(slots)),
+    );
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::pin!(shutdown);
     loop {
-        // A connection is accepted only with a slot free: connections
-        // (slow ones included) cannot grow without bound.
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
         let conn = tokio::select! {
             conn = incoming.next() => conn,
             () = &mut shutdown => break,
@@ -437,19 +529,26 @@ pub async fn serve(
             break;
         };
         let peer = conn.connect_info();
+        let header_timeout = face.settings.header_timeout;
+        let write_timeout = face.settings.body_timeout;
         let face = face.clone();
         let service = hyper::service::service_fn(move |req| {
             let face = face.clone();
             let peer = peer.clone();
             async move { Ok::<_, Infallible>(face.handle(req, peer).await) }
         });
+        // hyper starts the header timeout whenever it waits for a
+        // request's head: at the start, and after each answer on a
+        // kept-alive connection, so that it closes idle connections too.
         let served = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
+            .header_read_timeout(header_timeout)
             .serve_connection(
                 hyper_util::rt::TokioIo::new(Closing {
                     inner: Some(conn),
                     shut: false,
+                    write_timeout,
+                    stalled: None,
                 }),
                 service,
             );
@@ -458,7 +557,6 @@ pub async fn serve(
             if let Err(e) = served.await {
                 tracing::debug!(error = %e, "HTTP/JSON connection ended");
             }
-            drop(slot);
         });
     }
     drop(incoming);
@@ -477,9 +575,43 @@ pub async fn serve(
 /// would lose the 400. So a connection dropped that way is closed cleanly
 /// (TLS close_notify) and what the client still sends is read and
 /// discarded, for a second at most.
+///
+/// It also bounds how long an answer waits for the client to take it: a
+/// client that sends requests and reads no answer would otherwise hold the
+/// connection for ever, hyper waiting on a full socket. A write that makes
+/// no progress for `write_timeout` fails, and the connection with it.
 struct Closing {
     inner: Option<crate::tls::TlsConn>,
     shut: bool,
+    write_timeout: Duration,
+    /// Since when a write has been waiting, if one is.
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Closing {
+    /// A write's outcome, with the time it may wait without progress.
+    fn unless_stalled<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        if stalled.as_mut().poll(cx).is_ready() {
+            self.stalled = None;
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no part of the answer in time",
+            )));
+        }
+        std::task::Poll::Pending
+    }
 }
 
 impl tokio::io::AsyncRead for Closing {
@@ -501,28 +633,31 @@ impl tokio::io::AsyncWrite for Closing {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_write(cx, buf),
             None => std::task::Poll::Ready(Ok(0)),
-        }
+        };
+        self.unless_stalled(cx, polled)
     }
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_flush(cx),
             None => std::task::Poll::Ready(Ok(())),
-        }
+        };
+        self.unless_stalled(cx, polled)
     }
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let done = match self.inner.as_mut() {
+        let polled = match self.inner.as_mut() {
             Some(c) => std::pin::Pin::new(c).poll_shutdown(cx),
             None => std::task::Poll::Ready(Ok(())),
         };
+        let done = self.unless_stalled(cx, polled);
         if done.is_ready() {
             self.shut = true;
         }

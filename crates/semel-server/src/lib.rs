@@ -19,6 +19,7 @@ mod convert;
 pub mod demo;
 pub mod demo_source;
 pub mod error;
+pub mod http_connections;
 pub mod http_face;
 pub mod limits;
 mod lookup;

@@ -59,6 +59,14 @@ pub struct RpcLabels {
     pub code: &'static str,
 }
 
+/// Why the HTTP/JSON face closed a connection at once.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedConnectionLabels {
+    /// `per_address`, `per_address_without_certificate`,
+    /// `without_certificate` or `total`: the cap it would have gone over.
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
@@ -87,6 +95,11 @@ pub struct Metrics {
     pub mutations_published: Family<MutationLabels, Counter>,
     /// Changes delivered (or withheld), by consumer, dataset and outcome.
     pub mutations_delivered: Family<MutationLabels, Counter>,
+    /// The HTTP/JSON face's connections open (TLS handshakes included).
+    pub http_connections: Gauge,
+    /// Connections the HTTP/JSON face closed at once, by the cap they
+    /// would have gone over.
+    pub http_connections_refused: Family<RefusedConnectionLabels, Counter>,
     /// The persons directory in memory, whose counters each scrape reads.
     persons: std::sync::OnceLock<semel_storage::CachedPersons>,
 }
@@ -202,7 +215,21 @@ impl Default for Metrics {
             "Changes sent to consumers (delivered) or dropped because the authorisation or file no longer allowed them (withheld), by consumer and dataset",
             mutations_delivered.clone(),
         );
+        let http_connections = Gauge::default();
+        registry.register(
+            "http_connections",
+            "Connections to the HTTP/JSON face open now, TLS handshakes included",
+            http_connections.clone(),
+        );
+        let http_connections_refused = Family::<RefusedConnectionLabels, Counter>::default();
+        registry.register(
+            "http_connections_refused",
+            "Connections the HTTP/JSON face closed at once, by the cap they would have gone over (per_address, per_address_without_certificate, without_certificate, total)",
+            http_connections_refused.clone(),
+        );
         Metrics {
+            http_connections,
+            http_connections_refused,
             mutations_published,
             mutations_delivered,
             persons_hits,

@@ -258,7 +258,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "DEADLINE_EXCEEDED",
         &["REQUEST_TIMEOUT"],
-        "(HTTP/JSON, HTTP 408) the request body did not arrive within 30 s; send it at once",
+        "(HTTP/JSON, HTTP 408) the request body did not arrive in time (30 s, or the operator's `[http] body_timeout_ms`), and the connection is closed; send the body at once",
     ),
     row(
         "INVALID_ARGUMENT",

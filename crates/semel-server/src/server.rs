@@ -287,7 +287,7 @@ pub async fn serve_broker(
 /// broker waits for its calls in flight before closing the audit log.
 pub async fn serve_broker_with_http(
     listener: TcpListener,
-    http: Option<TcpListener>,
+    http: Option<(TcpListener, crate::http_face::HttpSettings)>,
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -372,10 +372,11 @@ pub async fn serve_broker_with_http(
     // The HTTP/JSON face calls the same services through the same layers,
     // in process: one lookup path, two faces.
     let http_face = match http {
-        Some(http) => {
+        Some((http, settings)) => {
             let face = crate::http_face::HttpFace::new(
                 broker.clone(),
                 with_layers(&broker, broker_routes(&broker)),
+                settings,
             )?;
             let mut stopped = stopped;
             Some(tokio::spawn(crate::http_face::serve(

@@ -5,6 +5,7 @@
 //! The peer's identity is read from its verified certificate in exactly one
 //! place, [`PeerIdentity::from_certificate`], at the end of the handshake.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -170,6 +171,25 @@ fn kbo_from_certificate(
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     peer: Arc<PeerIdentity>,
+    /// What the accept loop's [`Admission`] gave the connection to hold
+    /// while it is open: released when it is dropped.
+    _slot: Option<Box<dyn AdmittedSlot>>,
+}
+
+/// Who may hold a connection, asked by the accept loop twice: when the
+/// TCP connection is accepted, by the peer's address (before the handshake
+/// costs anything), and when the handshake is done, by what it showed. A
+/// connection refused either time is closed at once.
+pub trait Admission: Send + Sync + 'static {
+    /// A connection from `addr` was accepted: the slot it holds while open,
+    /// or `None` to close it now.
+    fn admit(&self, addr: SocketAddr) -> Option<Box<dyn AdmittedSlot>>;
+}
+
+/// A connection's slot, held from its acceptance until it is dropped.
+pub trait AdmittedSlot: Send + Sync {
+    /// The handshake is done: whether the connection may go on as `peer`.
+    fn identified(&mut self, peer: &PeerIdentity) -> bool;
 }
 
 impl Connected for TlsConn {
@@ -289,15 +309,17 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
-    incoming_with_alpn(listener, config, None)
+    incoming_admitted(listener, config, None, None)
 }
 
 /// [`incoming`], offering `alpn` instead of the config's protocols (the
-/// HTTP/JSON face speaks HTTP/1.1 with the same certificates and CAs).
-pub fn incoming_with_alpn(
+/// HTTP/JSON face speaks HTTP/1.1 with the same certificates and CAs), and
+/// letting in only the connections `admission` admits.
+pub fn incoming_admitted(
     listener: TcpListener,
     config: Arc<ArcSwap<ServerConfig>>,
     alpn: Option<Vec<Vec<u8>>>,
+    admission: Option<Arc<dyn Admission>>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = mpsc::channel(128);
     tokio::spawn(async move {
@@ -313,6 +335,15 @@ pub fn incoming_with_alpn(
                 },
                 () = tx.closed() => return,
             };
+            let mut slot = match &admission {
+                None => None,
+                Some(admission) => match admission.admit(addr) {
+                    Some(slot) => Some(slot),
+                    // Closed before the handshake: it costs a refused
+                    // peer no more than the accept.
+                    None => continue,
+                },
+            };
             let _ = tcp.set_nodelay(true);
             let acceptor = TlsAcceptor::from(match &alpn {
                 None => config.load_full(),
@@ -327,10 +358,20 @@ pub fn incoming_with_alpn(
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let peer = PeerIdentity::from_chain(tls.get_ref().1.peer_certificates());
+                        if let Some(s) = slot.as_mut()
+                            && !s.identified(&peer)
+                        {
+                            // The slot first, then the connection: the
+                            // peer that sees it closed may connect again.
+                            drop(slot);
+                            drop(tls);
+                            return;
+                        }
                         let _ = tx
                             .send(Ok(TlsConn {
                                 inner: tls,
                                 peer: Arc::new(peer),
+                                _slot: slot,
                             }))
                             .await;
                     }

@@ -49,11 +49,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("bind {}", config.listen))?;
     let http_listener = match &config.http {
-        Some(http) => Some(
+        Some(http) => Some((
             tokio::net::TcpListener::bind(http.listen)
                 .await
                 .with_context(|| format!("bind the HTTP/JSON port {}", http.listen))?,
-        ),
+            http.settings(),
+        )),
         None => None,
     };
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

@@ -231,7 +231,11 @@ fn serve_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 #[test]
 fn check_config_loads_every_file_and_reports_every_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = serve_config(dir.path(), "");
+    // Every key of the HTTP/JSON face's section is accepted.
+    let config = serve_config(
+        dir.path(),
+        "[http]\nlisten = \"127.0.0.1:8443\"\nmax_connections = 2048\nmax_connections_per_address = 32\nmax_connections_per_address_without_certificate = 4\nmax_connections_without_certificate = 256\nbody_timeout_ms = 10000\nheader_timeout_ms = 60000\n",
+    );
     let check = |json: bool| {
         let mut c = Command::new(env!("CARGO_BIN_EXE_semel"));
         c.args(["serve", "--check-config", "--config"]).arg(&config);
