@@ -148,7 +148,7 @@ impl Mutations {
         let key = event_key(source, id_key);
         let accepted = (&self.events, &self.queue, &self.cursors)
             .transaction(|(events, queue, cursors)| {
-                if events.get(&key)?.is_some() {
+                if events.get(key)?.is_some() {
                     return Ok(Accepted::Duplicate);
                 }
                 let mut record = accepted_micros.to_be_bytes().to_vec();
