@@ -9,6 +9,7 @@ mod identity;
 mod insiders;
 mod insiders_second;
 mod insiders_http;
+mod insiders_mutations;
 mod limits;
 mod lookups;
 mod mutations;

@@ -127,12 +127,24 @@ async fn a_move_is_told_to_the_cpas_holding_a_file_and_to_nobody_else() {
         .collect();
     assert_eq!(published.len(), 2, "each publication is recorded");
     assert_eq!(published[0].citizen, KARIM);
+    // The source's entry says it was accepted; who was told is in an
+    // entry of the consumer's own.
     assert!(
-        published[0]
-            .detail
-            .contains("queued for 1 consumer(s): 0212345668 under BSC/2024/017"),
+        published[0].detail.ends_with("accepted"),
         "{}",
         published[0].detail
+    );
+    let queued: Vec<_> = entries
+        .iter()
+        .filter(|e| e.operation == semel_core::mutation::QUEUE_OPERATION)
+        .collect();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(
+        (
+            queued[0].consumer_kbo.as_str(),
+            queued[0].authorisation_reference.as_str()
+        ),
+        ("0212345668", "BSC/2024/017")
     );
     assert!(
         published[1].detail.contains("published again"),
@@ -214,9 +226,11 @@ async fn a_suspended_authorisation_or_a_closed_file_gets_nothing() {
         .expect("the publication is recorded");
     assert_eq!(routed.consumer_reference, "while-suspended");
     assert!(
-        routed.detail.contains("queued for 0 consumer(s)"),
-        "{}",
-        routed.detail
+        !t.audit_entries()
+            .await
+            .iter()
+            .any(|e| e.operation == semel_core::mutation::QUEUE_OPERATION),
+        "queued for nobody"
     );
     t.registry()
         .await

@@ -19,6 +19,8 @@ mod insiders;
 mod insiders_second;
 #[path = "../e2e/insiders_http.rs"]
 mod insiders_http;
+#[path = "../e2e/insiders_mutations.rs"]
+mod insiders_mutations;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]

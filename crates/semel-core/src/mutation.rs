@@ -50,6 +50,27 @@ pub const DELIVER_OPERATION: &str = "semel.v1.MutationService/Subscribe";
 /// consumer that pulls (the HTTP/JSON face).
 pub const PULL_OPERATION: &str = "semel.v1.MutationService/PullMutations";
 
+/// The operation of the audit entry recording a change queued for one
+/// consumer, attributed to that consumer: who is told of a change is in
+/// the log for the consumer's auditors and those of the whole log, never
+/// in an entry the source's auditors read.
+pub const QUEUE_OPERATION: &str = "semel.broker/QueueMutation";
+/// The operation of the audit entry recording, per consumer, the changes
+/// dropped unacknowledged when the retention period ended.
+pub const EXPIRE_OPERATION: &str = "semel.broker/ExpireMutations";
+
+/// The key under which a source's event id is remembered: SHA-256 of the
+/// source's enterprise number (ten digits, so the two parts cannot be
+/// confused) and the event id. The id itself is not kept: a source's own
+/// ids may carry a national number, and they are remembered for 400 days.
+pub fn event_key(source: &Kbo, event_id: &str) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(source.as_bytes());
+    h.update(event_id.as_bytes());
+    h.finalize().into()
+}
+
 /// A change as the router sees it: no values, only which fields changed.
 #[derive(Debug, Clone)]
 pub struct MutationFacts<'a> {
@@ -204,6 +225,19 @@ fn may_test(auth: &Authorisation, field: &FieldName) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_event_key_is_the_digest_of_the_source_and_the_id_and_holds_neither() {
+        let nr = kbo("0314595348");
+        let key = event_key(&nr, "nr-93051822361");
+        // What the PostgreSQL migration computes for ids stored before:
+        // sha256(source || event_id).
+        use sha2::{Digest, Sha256};
+        let expected: [u8; 32] = Sha256::digest(b"0314595348nr-93051822361").into();
+        assert_eq!(key, expected);
+        assert_ne!(key, event_key(&kbo(CPAS), "nr-93051822361"));
+        assert_ne!(key, event_key(&nr, "nr-93051822362"));
+    }
     use crate::persons::ConsentChannel;
     use crate::{CapacityCode, FilePhase, Niss, PurposeCode};
     use time::macros::{date, datetime};

@@ -39,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0006_persons_feed.sql"),
     include_str!("../migrations/0007_mutations.sql"),
     include_str!("../migrations/0008_applications.sql"),
+    include_str!("../migrations/0009_mutation_event_keys.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

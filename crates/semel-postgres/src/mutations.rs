@@ -2,9 +2,10 @@
 //! ([`semel_storage::MutationStore`]); the same rules as the embedded
 //! store, held by the conformance suite.
 //!
-//! A published change is one transaction: its event id (the primary key
-//! makes a second publication, through any broker, a duplicate; ids are
-//! kept longer than the queue), then for
+//! A published change is one transaction: its event id's key (the primary
+//! key makes a second publication, through any broker, a duplicate; keys
+//! are kept longer than the queue, and the id itself is never stored),
+//! then for
 //! each consumer routed, in enterprise-number order (so that two
 //! publications cannot deadlock), the next position of its queue under the
 //! cursor row's lock, and the queue entry. Positions are dense per consumer
@@ -12,7 +13,9 @@
 
 use async_trait::async_trait;
 use semel_core::Kbo;
-use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, StorageError};
+use semel_storage::{
+    Accepted, Acknowledged, Expired, MutationStore, QueueState, Queued, Routed, StorageError,
+};
 
 use crate::{PgError, Pool, migrate};
 
@@ -50,7 +53,7 @@ impl PgMutations {
     async fn accept_tx(
         &self,
         source: &Kbo,
-        event_id: &str,
+        event_key: &[u8; 32],
         digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
@@ -61,9 +64,14 @@ impl PgMutations {
             let tx = client.transaction().await?;
             let inserted = tx
                 .execute(
-                    "INSERT INTO mutation_events (source, event_id, digest, accepted_micros) \
+                    "INSERT INTO mutation_events (source, event_key, digest, accepted_micros) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&source.as_str(), &event_id, &digest.as_slice(), &accepted_micros],
+                    &[
+                        &source.as_str(),
+                        &event_key.as_slice(),
+                        &digest.as_slice(),
+                        &accepted_micros,
+                    ],
                 )
                 .await?;
             if inserted == 0 {
@@ -83,10 +91,16 @@ impl PgMutations {
                          SELECT consumer, 1 FROM unnest($1::text[]) WITH ORDINALITY AS u(consumer, n) ORDER BY n \
                          ON CONFLICT (consumer) DO UPDATE SET head = mutation_cursors.head + 1 \
                          RETURNING consumer, head) \
-                     INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_id, payload) \
+                     INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_key, payload) \
                      SELECT c.consumer, c.head, $2, $3, $4, p.payload \
                      FROM c JOIN unnest($1::text[], $5::bytea[]) AS p(consumer, payload) ON p.consumer = c.consumer",
-                    &[&consumers, &accepted_micros, &source.as_str(), &event_id, &payloads],
+                    &[
+                        &consumers,
+                        &accepted_micros,
+                        &source.as_str(),
+                        &event_key.as_slice(),
+                        &payloads,
+                    ],
                 )
                 .await?;
             }
@@ -98,7 +112,7 @@ impl PgMutations {
         result
     }
 
-    async fn acknowledge_tx(&self, consumer: &Kbo, position: u64) -> Result<QueueState, PgError> {
+    async fn acknowledge_tx(&self, consumer: &Kbo, position: u64) -> Result<Acknowledged, PgError> {
         let mut conn = self.pool.get().await;
         let result = async {
             let client = conn.client().await?;
@@ -111,6 +125,7 @@ impl PgMutations {
                 )
                 .await?;
             let mut s = row.as_ref().map(state).unwrap_or_default();
+            let previous = s.acknowledged;
             if position > s.delivered {
                 return Err(PgError::OutOfRange(format!(
                     "position {position} was not delivered yet (delivered up to {})",
@@ -125,20 +140,29 @@ impl PgMutations {
                 )
                 .await?;
             }
-            tx.execute(
-                "DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2",
-                &[&consumer.as_str(), &(s.acknowledged as i64)],
-            )
-            .await?;
+            let dropped = tx
+                .execute(
+                    "DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2",
+                    &[&consumer.as_str(), &(s.acknowledged as i64)],
+                )
+                .await?;
             tx.commit().await?;
-            Ok(s)
+            Ok(Acknowledged {
+                state: s,
+                previous,
+                dropped,
+            })
         }
         .await;
         conn.suspect = result.is_err() && !matches!(result, Err(PgError::OutOfRange(_)));
         result
     }
 
-    async fn expire_tx(&self, before_micros: i64, ids_before_micros: i64) -> Result<u64, PgError> {
+    async fn expire_tx(
+        &self,
+        before_micros: i64,
+        ids_before_micros: i64,
+    ) -> Result<Vec<Expired>, PgError> {
         let mut conn = self.pool.get().await;
         let result = async {
             let client = conn.client().await?;
@@ -153,7 +177,7 @@ impl PgMutations {
                     &[&before_micros],
                 )
                 .await?;
-            let mut dropped = 0u64;
+            let mut expired = Vec::new();
             for row in &horizons {
                 let (consumer, last): (String, i64) = (row.get(0), row.get(1));
                 let tx = client.transaction().await?;
@@ -163,8 +187,9 @@ impl PgMutations {
                 )
                 .await?;
                 let gone = tx
-                    .execute(
-                        "DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2",
+                    .query_one(
+                        "WITH gone AS (DELETE FROM mutation_queue WHERE consumer = $1 AND position <= $2 \
+                         RETURNING position) SELECT count(*), min(position) FROM gone",
                         &[&consumer, &last],
                     )
                     .await?;
@@ -175,7 +200,15 @@ impl PgMutations {
                 )
                 .await?;
                 tx.commit().await?;
-                dropped += gone;
+                let (dropped, first): (i64, Option<i64>) = (gone.get(0), gone.get(1));
+                if let (Some(first), Ok(consumer)) = (first, Kbo::parse(&consumer)) {
+                    expired.push(Expired {
+                        consumer,
+                        first: first as u64,
+                        last: last as u64,
+                        dropped: dropped as u64,
+                    });
+                }
             }
             client
                 .execute(
@@ -183,7 +216,7 @@ impl PgMutations {
                     &[&ids_before_micros],
                 )
                 .await?;
-            Ok(dropped)
+            Ok(expired)
         }
         .await;
         conn.suspect = result.is_err();
@@ -196,24 +229,28 @@ impl MutationStore for PgMutations {
     async fn accept(
         &self,
         source: &Kbo,
-        event_id: &str,
+        event_key: &[u8; 32],
         digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError> {
         Ok(self
-            .accept_tx(source, event_id, digest, accepted_micros, routed)
+            .accept_tx(source, event_key, digest, accepted_micros, routed)
             .await?)
     }
 
-    async fn known(&self, source: &Kbo, event_id: &str) -> Result<Option<[u8; 32]>, StorageError> {
+    async fn known(
+        &self,
+        source: &Kbo,
+        event_key: &[u8; 32],
+    ) -> Result<Option<[u8; 32]>, StorageError> {
         let mut conn = self.pool.get().await;
         let result = conn
             .client()
             .await?
             .query_opt(
-                "SELECT digest FROM mutation_events WHERE source = $1 AND event_id = $2",
-                &[&source.as_str(), &event_id],
+                "SELECT digest FROM mutation_events WHERE source = $1 AND event_key = $2",
+                &[&source.as_str(), &event_key.as_slice()],
             )
             .await;
         conn.suspect = result.is_err();
@@ -275,15 +312,24 @@ impl MutationStore for PgMutations {
             .collect())
     }
 
-    async fn delivered(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+    async fn delivered(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        through: u64,
+    ) -> Result<(), StorageError> {
         let mut conn = self.pool.get().await;
         let result = conn
             .client()
             .await?
             .execute(
-                "UPDATE mutation_cursors SET delivered = greatest(delivered, least($2, head)) \
-                 WHERE consumer = $1",
-                &[&consumer.as_str(), &(position.min(i64::MAX as u64) as i64)],
+                "UPDATE mutation_cursors SET delivered = greatest(delivered, least($3, head)) \
+                 WHERE consumer = $1 AND delivered >= $2",
+                &[
+                    &consumer.as_str(),
+                    &(after.min(i64::MAX as u64) as i64),
+                    &(through.min(i64::MAX as u64) as i64),
+                ],
             )
             .await;
         conn.suspect = result.is_err();
@@ -291,7 +337,11 @@ impl MutationStore for PgMutations {
         Ok(())
     }
 
-    async fn acknowledge(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StorageError> {
+    async fn acknowledge(
+        &self,
+        consumer: &Kbo,
+        position: u64,
+    ) -> Result<Acknowledged, StorageError> {
         Ok(self
             .acknowledge_tx(consumer, position.min(i64::MAX as u64))
             .await?)
@@ -319,7 +369,7 @@ impl MutationStore for PgMutations {
         &self,
         before_micros: i64,
         ids_before_micros: i64,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Vec<Expired>, StorageError> {
         Ok(self.expire_tx(before_micros, ids_before_micros).await?)
     }
 }

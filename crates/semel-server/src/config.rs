@@ -419,6 +419,11 @@ pub struct LimitsSection {
     /// (default 5, burst ten times that); the rest are recorded as counted
     /// summaries.
     pub refusals_per_second: Option<f64>,
+    /// Changes per second each source may publish (default 500).
+    pub source_publications_per_second: Option<f64>,
+    /// Changes a source may publish at once above that rate (default
+    /// 5000; at least 1000, one request of the largest size).
+    pub source_publication_burst: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -741,6 +746,23 @@ impl Config {
                 format!("limits.distinct_checks_per_citizen: must lie between 1 and 64, got {n}"),
             );
         }
+        if let Some(r) = self.limits.source_publications_per_second {
+            ensure(
+                r > 0.0 && r.is_finite(),
+                format!(
+                    "limits.source_publications_per_second: must be a positive number, got {r}"
+                ),
+            );
+        }
+        if let Some(b) = self.limits.source_publication_burst {
+            let least = crate::mutations::MAX_PUBLISH as f64;
+            ensure(
+                (least..=1e9).contains(&b),
+                format!(
+                    "limits.source_publication_burst: must lie between {least} (one request of the largest size) and 1000000000 changes, got {b}"
+                ),
+            );
+        }
         if let Some(r) = self.limits.refusals_per_second {
             ensure(
                 r > 0.0 && r.is_finite(),
@@ -999,6 +1021,14 @@ impl Config {
             batch_in_flight: self.limits.batch_in_flight.unwrap_or(16),
             distinct_checks_per_citizen: self.limits.distinct_checks_per_citizen.unwrap_or(4),
             refusals_per_second: self.limits.refusals_per_second.unwrap_or(5.0),
+            source_publications_per_second: self
+                .limits
+                .source_publications_per_second
+                .unwrap_or(crate::limits::DEFAULT_PUBLICATIONS_PER_SECOND),
+            source_publication_burst: self
+                .limits
+                .source_publication_burst
+                .unwrap_or(crate::limits::DEFAULT_PUBLICATION_BURST),
         }
     }
 

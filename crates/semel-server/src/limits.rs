@@ -34,6 +34,12 @@ pub struct LimitSettings {
     /// one (with a burst of ten times that); beyond, they are counted and
     /// recorded as one summary entry.
     pub refusals_per_second: f64,
+    /// Changes per second each source may publish: a source that floods
+    /// fills every consumer's queue and the audit log.
+    pub source_publications_per_second: f64,
+    /// Changes a source may publish at once above that rate (at least one
+    /// request of the largest size).
+    pub source_publication_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -48,9 +54,19 @@ impl Default for LimitSettings {
             batch_in_flight: 16,
             distinct_checks_per_citizen: 4,
             refusals_per_second: 5.0,
+            source_publications_per_second: DEFAULT_PUBLICATIONS_PER_SECOND,
+            source_publication_burst: DEFAULT_PUBLICATION_BURST,
         }
     }
 }
+
+/// Changes per second a source may publish unless configured: about five
+/// times what one broker stores (docs/benchmarks.md), so that no honest
+/// source meets it and a flooding one is held to it.
+pub const DEFAULT_PUBLICATIONS_PER_SECOND: f64 = 500.0;
+/// Changes a source may publish at once unless configured: five requests
+/// of the largest size.
+pub const DEFAULT_PUBLICATION_BURST: f64 = 5000.0;
 
 struct Bucket {
     tokens: f64,
@@ -68,6 +84,21 @@ pub struct ConsumerLimits {
 }
 
 impl ConsumerLimits {
+    /// The budget of changes each source may publish: a bucket per source
+    /// (of the same kind as a consumer's lookups), no daily quota.
+    pub fn publications(settings: &LimitSettings) -> Self {
+        ConsumerLimits {
+            rate: Some(settings.source_publications_per_second),
+            burst: settings
+                .source_publication_burst
+                .max(settings.source_publications_per_second)
+                .max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+            daily_quota: None,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
     pub fn new(settings: &LimitSettings) -> Self {
         let burst = settings
             .consumer_rate
@@ -103,7 +134,16 @@ impl ConsumerLimits {
 
     /// Takes one token for `consumer`, or says how long until one is there.
     pub fn admit(&self, consumer: Kbo, now: Instant) -> Result<(), Duration> {
+        self.admit_many(consumer, 1, now)
+    }
+
+    /// Takes `n` tokens for `org` at once (a publication's changes), or
+    /// none and says how long until they are there. More than the burst
+    /// are never there: the wait is then a full bucket's.
+    pub fn admit_many(&self, org: Kbo, n: usize, now: Instant) -> Result<(), Duration> {
         let Some(rate) = self.rate else { return Ok(()) };
+        let n = n as f64;
+        let consumer = org;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = buckets.entry(consumer).or_insert(Bucket {
             tokens: self.burst,
@@ -112,11 +152,13 @@ impl ConsumerLimits {
         b.tokens =
             (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(self.burst);
         b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if b.tokens >= n {
+            b.tokens -= n;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+            Err(Duration::from_secs_f64(
+                (n.min(self.burst) - b.tokens).max(0.0) / rate,
+            ))
         }
     }
 }
@@ -259,6 +301,22 @@ mod tests {
         );
         let unlimited = ConsumerLimits::new(&LimitSettings::default());
         assert!((0..10_000).all(|_| unlimited.admit(kbo(), t0).is_ok()));
+    }
+
+    #[test]
+    fn a_sources_publications_are_counted_by_the_change() {
+        let limits = ConsumerLimits::publications(&LimitSettings {
+            source_publications_per_second: 10.0,
+            source_publication_burst: 20.0,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        limits.admit_many(kbo(), 15, t0).expect("within the burst");
+        let wait = limits.admit_many(kbo(), 10, t0).expect_err("five left");
+        assert_eq!(wait, Duration::from_millis(500));
+        limits
+            .admit_many(kbo(), 10, t0 + Duration::from_millis(500))
+            .expect("refilled");
     }
 
     #[test]

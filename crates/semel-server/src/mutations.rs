@@ -21,8 +21,8 @@ use std::time::Duration;
 use prost::Message as _;
 use semel_core::mutation::{MutationFacts, MutationKind, route};
 use semel_core::{
-    AuditDecision, DatasetName, FieldName, Kbo, Niss, Outcome, ReasonCode, RefusalReason,
-    brussels_today,
+    AuditDecision, AuditRecord, DatasetName, FieldName, Kbo, Niss, Outcome, ReasonCode,
+    RefusalReason, brussels_today,
 };
 use semel_storage::{Accepted, QueueState, Queued, Routed, StorageError};
 use time::OffsetDateTime;
@@ -290,10 +290,19 @@ impl Broker {
     ) -> Result<(Vec<semel_core::mutation::Route>, Vec<Routed>), ApiError> {
         let persons = &self.storage().persons;
         let snapshot = self.snapshot();
+        // A suspended organisation's lookups are refused: its queue gets no
+        // citizen values either while it is suspended, and nothing of what
+        // it missed when it is reinstated.
+        let may_receive = |consumer: &Kbo| {
+            snapshot
+                .organisations
+                .get(consumer)
+                .is_some_and(|o| o.status != semel_core::OrganisationStatus::Suspended)
+        };
         let candidates: Vec<&semel_core::Authorisation> = snapshot
             .authorisations
             .values()
-            .filter(|a| a.dataset == c.dataset && a.receives_mutations)
+            .filter(|a| a.dataset == c.dataset && a.receives_mutations && may_receive(&a.consumer))
             .collect();
         let consumers: BTreeSet<Kbo> = candidates.iter().map(|a| a.consumer).collect();
         let mut files = Vec::new();
@@ -353,10 +362,17 @@ impl Broker {
         Ok((routes, routed))
     }
 
-    /// Publishes one checked change. Its audit entry is made durable
-    /// first, then the change is stored and queued: a change is never
-    /// readable by a consumer before the entry that says it was accepted.
-    /// If storing fails after the entry, a second entry says so.
+    /// Publishes one checked change. Its audit entries are made durable
+    /// first (sharing their syncs), then the change is stored and queued:
+    /// a change is never readable by a consumer before the entries that say
+    /// it was accepted and queued. The source's entry says only that the
+    /// change was accepted; who is told, and whether anyone is, is in one
+    /// entry per consumer, attributed to that consumer
+    /// ([`semel_core::mutation::QUEUE_OPERATION`]): the source's auditors
+    /// read their own organisation's entries, and a list (or a count) of
+    /// the consumers told would tell them which administrations hold a
+    /// file on the citizen. If storing fails after the entries, further
+    /// entries say so, to the same readers.
     async fn publish_one(
         &self,
         caller: &Caller,
@@ -374,9 +390,12 @@ impl Broker {
         let store = &self.storage().mutations;
         let now = OffsetDateTime::now_utc();
         let digest = c.digest();
+        // The id is remembered by its key only: a source's own ids may
+        // carry a national number, and they are kept 400 days.
+        let key = semel_core::mutation::event_key(&caller.org.kbo, &c.event_id);
         let prepared = async {
             let resolved = self.storage().persons.resolve(&c.citizen).await?;
-            match store.known(&caller.org.kbo, &c.event_id).await? {
+            match store.known(&caller.org.kbo, &key).await? {
                 Some(stored) if stored == digest => return Ok((resolved, None)),
                 Some(_) => {
                     return Err(ApiError::new(
@@ -419,25 +438,35 @@ impl Broker {
             self.append_durably(record).await?;
             return Ok(answer(true));
         };
-        let told: Vec<String> = routes
-            .iter()
-            .map(|r| format!("{} under {}", r.consumer.as_str(), r.authorisation))
-            .collect();
         record.detail = format!(
-            "change {event} ({}, effective {}) queued for {} consumer(s){}{}",
+            "change {event} ({}, effective {}) accepted",
             c.kind.as_str(),
             format_date(c.effective),
-            routes.len(),
-            if told.is_empty() { "" } else { ": " },
-            told.join("; ")
         );
-        let second = |detail: String| {
-            let mut r = record.clone();
+        let queued: Vec<AuditRecord> = routes
+            .iter()
+            .map(|r| self.queued_record(&record, r, &event, c.kind))
+            .collect();
+        // Entries that take back what the first ones said, if the change
+        // is not stored after all: each to the readers of the entry it
+        // corrects.
+        let second = |of: &AuditRecord, detail: &str| {
+            let mut r = of.clone();
             r.request_id = *crate::state::new_id().as_bytes();
-            r.detail = detail;
+            r.time_micros = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1000) as i64;
+            r.detail = format!("change {event} {detail}");
             r
         };
-        self.append_durably(record.clone()).await?;
+        let corrections = |detail: &str, queued_detail: &str| {
+            std::iter::once(second(&record, detail))
+                .chain(queued.iter().map(|q| second(q, queued_detail)))
+                .collect::<Vec<_>>()
+        };
+        // Appended together, the entries share their syncs. If some fail
+        // (the log is failing: it refuses every entry from then on), the
+        // change is not stored and the source is told to publish again.
+        self.append_all_durably(std::iter::once(record.clone()).chain(queued.iter().cloned()))
+            .await?;
         let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
         let count = |outcome| {
             self.metrics
@@ -450,7 +479,7 @@ impl Broker {
                 .inc();
         };
         match store
-            .accept(&caller.org.kbo, &c.event_id, &digest, now_micros, &routed)
+            .accept(&caller.org.kbo, &key, &digest, now_micros, &routed)
             .await
         {
             Ok(Accepted::New) => {
@@ -460,27 +489,98 @@ impl Broker {
             Ok(Accepted::Duplicate) => {
                 count("duplicate");
                 // Published at the same moment through another broker: that
-                // publication stored it.
+                // publication stored it (and queued it under its own
+                // entries).
                 let _ = self
-                    .append_durably(second(format!(
-                        "change {event} was stored by a publication made at the same time: this one queued nothing"
-                    )))
+                    .append_all_durably(corrections(
+                        "was stored by a publication made at the same time: this one queued nothing",
+                        "was not queued by this publication after all: a publication made at the same time queued it",
+                    ))
                     .await;
                 Ok(answer(true))
             }
             Err(e) => {
                 let e = ApiError::from(e);
-                let mut r = second(format!(
-                    "change {event} could not be stored: nothing was queued ({})",
-                    semel_core::redact_national_numbers(&e.message)
-                ));
-                r.decision = AuditDecision::Refused;
-                r.reason = e.reason_code();
-                r.outcome = Outcome::NotForwarded;
-                let _ = self.append_durably(r).await;
+                let why = semel_core::redact_national_numbers(&e.message).into_owned();
+                let mut entries = corrections(
+                    &format!("could not be stored: nothing was queued ({why})"),
+                    &format!("was not queued after all: it could not be stored ({why})"),
+                );
+                for r in &mut entries {
+                    r.decision = AuditDecision::Refused;
+                    r.reason = e.reason_code();
+                    r.outcome = Outcome::NotForwarded;
+                    r.fields_returned.clear();
+                }
+                let _ = self.append_all_durably(entries).await;
                 Err(e.with("request_id", id))
             }
         }
+    }
+
+    /// The entry saying that a change was queued for one consumer: its
+    /// own, whose auditors (and those of the whole log) read it; the
+    /// source's do not. It names the source, the citizen, the
+    /// authorisation (and its version) and the fields the consumer
+    /// receives, and carries no end user (no one of the consumer's acted).
+    fn queued_record(
+        &self,
+        publication: &AuditRecord,
+        r: &semel_core::mutation::Route,
+        event: &str,
+        kind: MutationKind,
+    ) -> AuditRecord {
+        let snapshot = self.snapshot();
+        let auth = snapshot.authorisations.get(r.authorisation.as_str());
+        let mut q = crate::state::blank_record(
+            crate::state::new_id(),
+            semel_core::mutation::QUEUE_OPERATION,
+            r.consumer,
+            None,
+        );
+        q.time_micros = publication.time_micros;
+        q.citizen = publication.citizen;
+        q.citizen_as_given = publication.citizen_as_given;
+        q.dataset = publication.dataset.clone();
+        q.source = publication.source;
+        q.consumer_reference = publication.consumer_reference.clone();
+        q.reference_date = publication.reference_date.clone();
+        q.authorisation = Some(r.authorisation.to_string());
+        q.authorisation_version = auth.map(|a| a.version);
+        q.purpose = auth.map(|a| a.purpose.to_string()).unwrap_or_default();
+        q.fields_requested = publication.fields_requested.clone();
+        q.fields_returned = r.fields.iter().map(ToString::to_string).collect();
+        q.outcome = Outcome::Answered;
+        let source = publication.source.as_ref().map_or("", |k| k.as_str());
+        q.detail = format!(
+            "change {event} of {source} ({}, effective {}) queued under {}, file {}",
+            kind.as_str(),
+            publication.reference_date.as_deref().unwrap_or(""),
+            r.authorisation,
+            semel_core::redact_national_numbers(&r.file),
+        );
+        if !r.checked.is_empty() {
+            q.detail.push_str(&format!(
+                "; fields it may only test changed: {}",
+                r.checked
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        q
+    }
+
+    /// Appends entries together (they share the log's syncs) and waits
+    /// until all are durable.
+    async fn append_all_durably(
+        &self,
+        records: impl IntoIterator<Item = AuditRecord>,
+    ) -> Result<(), ApiError> {
+        futures::future::try_join_all(records.into_iter().map(|r| self.append_durably(r)))
+            .await
+            .map(|_| ())
     }
 
     /// Records one change delivered to `caller` and returns it to send,
@@ -667,9 +767,11 @@ impl Broker {
     }
 
     /// Delivers a page read by [`Broker::next_changes`]: each change
-    /// recorded, then the page
-    /// marked delivered up to `last`; returns the changes to send, in
-    /// order.
+    /// recorded, then the page marked delivered up to `last` (if it was
+    /// read from where delivery stands: a page read ahead, after a
+    /// position the consumer was never sent, leaves the changes it skipped
+    /// unsent, and so not to be acknowledged); returns the changes to
+    /// send, in order.
     async fn deliver_page(
         &self,
         caller: &Caller,
@@ -689,7 +791,7 @@ impl Broker {
         if last > after {
             self.storage()
                 .mutations
-                .delivered(&caller.org.kbo, last)
+                .delivered(&caller.org.kbo, after, last)
                 .await?;
         }
         Ok(events)
@@ -704,24 +806,74 @@ impl Broker {
             let mut tick = tokio::time::interval(Duration::from_secs(60));
             loop {
                 tick.tick().await;
-                let retention = broker.mutation_settings().retention;
-                let now = OffsetDateTime::now_utc();
-                let micros = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
-                let before = micros(now - retention);
-                let ids_before = micros(now - retention.max(EVENT_IDS_KEPT));
-                match broker.storage().mutations.expire(before, ids_before).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::warn!(
-                        dropped = n,
-                        "changes not acknowledged within the retention period were dropped; their consumers are told"
-                    ),
-                    Err(e) => tracing::warn!(
-                        error = %semel_core::redact_national_numbers(&e.to_string()),
-                        "could not drop expired changes; trying again in a minute"
-                    ),
-                }
+                broker
+                    .expire_mutations_as_of(OffsetDateTime::now_utc())
+                    .await;
             }
         })
+    }
+
+    /// How many subscriptions and pulls wait for changes on this broker
+    /// (a test waits for its pull to be waiting).
+    pub fn waiting_for_changes(&self) -> usize {
+        self.mutations_queued.receiver_count()
+    }
+
+    /// One round of [`Broker::expire_mutations`], as of `now` (a test runs
+    /// it as of a later day): drops what outlived the retention period and
+    /// records, per consumer, what it lost.
+    pub async fn expire_mutations_as_of(&self, now: OffsetDateTime) {
+        let retention = self.mutation_settings().retention;
+        let micros = |t: OffsetDateTime| (t.unix_timestamp_nanos() / 1000) as i64;
+        let before = micros(now - retention);
+        let ids_before = micros(now - retention.max(EVENT_IDS_KEPT));
+        match self.storage().mutations.expire(before, ids_before).await {
+            Ok(expired) if expired.is_empty() => {}
+            Ok(expired) => {
+                tracing::warn!(
+                    dropped = expired.iter().map(|e| e.dropped).sum::<u64>(),
+                    consumers = expired.len(),
+                    "changes not acknowledged within the retention period were dropped; their consumers are told"
+                );
+                self.record_expiries(&expired, retention).await;
+            }
+            Err(e) => tracing::warn!(
+                error = %semel_core::redact_national_numbers(&e.to_string()),
+                "could not drop expired changes; trying again in a minute"
+            ),
+        }
+    }
+}
+
+impl Broker {
+    /// Records, per consumer, the changes dropped unacknowledged at the end
+    /// of the retention period: the organisation's auditors (and the whole
+    /// log's) see what it lost, and when. The changes are gone already (the
+    /// positions to drop are known only as they are dropped): an entry that
+    /// cannot be written is said in the broker's log.
+    async fn record_expiries(&self, expired: &[semel_storage::Expired], retention: Duration) {
+        let entries = expired.iter().map(|e| {
+            let mut r = crate::state::blank_record(
+                crate::state::new_id(),
+                semel_core::mutation::EXPIRE_OPERATION,
+                e.consumer,
+                None,
+            );
+            r.detail = format!(
+                "{} change(s) at positions {} to {} dropped unacknowledged: older than the retention period ({} hours)",
+                e.dropped,
+                e.first,
+                e.last,
+                retention.as_secs() / 3600
+            );
+            r
+        });
+        if self.append_all_durably(entries).await.is_err() {
+            tracing::error!(
+                consumers = expired.len(),
+                "changes dropped at the end of the retention period could not be recorded in the audit log"
+            );
+        }
     }
 }
 
@@ -799,11 +951,22 @@ impl Drop for Slot {
     }
 }
 
-/// A subscription's credentials, owned: checked again before each change.
+/// A subscription's (or a waiting pull's) credentials, owned: checked
+/// again before each round.
 struct Held {
     peer: Option<Arc<crate::tls::PeerIdentity>>,
     token: Option<String>,
     rule: Option<&'static crate::permissions::Rule>,
+}
+
+impl Held {
+    fn parts(&self) -> Credentials<'_> {
+        Credentials {
+            peer: self.peer.as_ref(),
+            token: self.token.as_deref(),
+            rule: self.rule,
+        }
+    }
 }
 
 #[tonic::async_trait]
@@ -859,6 +1022,30 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 });
             }
         };
+        // A source's budget of changes: a flood would fill every consumer's
+        // queue and the audit log. The whole request is admitted or none of
+        // it; the refusal is recorded (within the refusal budget).
+        if let Err(wait) = broker.publication_limits.admit_many(
+            caller.org.kbo,
+            checked.len(),
+            std::time::Instant::now(),
+        ) {
+            let error = ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    Code::ResourceExhausted,
+                    "PUBLICATION_RATE_LIMITED",
+                    format!(
+                        "your organisation exceeded its rate of published changes; nothing of this request was stored; publish it again in {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                )
+            };
+            return Err(broker
+                .refuse(&caller, error, ReasonCode::RateLimited, None)
+                .await
+                .into());
+        }
         let mut results = Vec::with_capacity(checked.len());
         for c in checked {
             results.push(broker.publish_one(&caller, c).await?);
@@ -928,11 +1115,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 // Checked again before each round, as a batch's items are: a
                 // revoked certificate, an expired token or a suspension ends
                 // the subscription.
-                let caller = match broker.authorize_parts(&Credentials {
-                    peer: credentials.peer.as_ref(),
-                    token: credentials.token.as_deref(),
-                    rule: credentials.rule,
-                }) {
+                let caller = match broker.authorize_parts(&credentials.parts()) {
                     Ok(c) => c,
                     Err(denied) => {
                         let e = broker.record_refusal(*denied, None).await;
@@ -1004,7 +1187,15 @@ impl proto::mutation_service_server::MutationService for MutationService {
         &self,
         req: Request<proto::PullMutationsRequest>,
     ) -> Result<Response<proto::PullMutationsResponse>, Status> {
-        let caller = self.broker.admit(&req).await?;
+        let mut caller = self.broker.admit(&req).await?;
+        let credentials = {
+            let c = Credentials::of(&req);
+            Held {
+                peer: c.peer.cloned(),
+                token: c.token.map(str::to_owned),
+                rule: c.rule,
+            }
+        };
         let r = req.into_inner();
         if r.max_events < 0 || r.max_events as usize > MAX_PULL {
             return Err(ApiError::invalid(
@@ -1037,7 +1228,18 @@ impl proto::mutation_service_server::MutationService for MutationService {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(r.wait_seconds as u64);
         let mut woken = broker.mutations_queued.subscribe();
         let mut closing = broker.closing.subscribe();
+        let mut first = true;
         loop {
+            // Checked again before each round but the first, as a
+            // subscription's are: a pull waits up to 30 seconds, and a
+            // certificate revoked, a token expired or an organisation
+            // suspended meanwhile must not be sent what comes.
+            if !std::mem::take(&mut first) {
+                caller = match broker.authorize_parts(&credentials.parts()) {
+                    Ok(c) => c,
+                    Err(denied) => return Err(broker.record_refusal(*denied, None).await.into()),
+                };
+            }
             woken.borrow_and_update();
             let closing_now = *closing.borrow_and_update();
             let (queued, lost, last) = broker.next_changes(&caller, after, limit).await?;
@@ -1077,27 +1279,49 @@ impl proto::mutation_service_server::MutationService for MutationService {
     ) -> Result<Response<proto::AcknowledgeMutationsResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
         let position = req.into_inner().position;
-        let state = match self
-            .broker
-            .storage()
-            .mutations
-            .acknowledge(&caller.org.kbo, position)
-            .await
-        {
-            Ok(s) => s,
-            Err(StorageError::OutOfRange(m)) => {
-                return Err(ApiError::new(
-                    Code::OutOfRange,
-                    "NOT_DELIVERED",
-                    format!("{m}: acknowledge only positions you received"),
-                )
-                .into());
-            }
-            Err(e) => return Err(ApiError::from(e).into()),
-        };
+        let broker = &self.broker;
+        // Recorded, allowed or refused: an acknowledgement drops changes
+        // from the organisation's queue for good, so the log says who
+        // dropped which. It stands if its entry cannot be written (the
+        // changes are gone, and the consumer has them); the call fails.
+        let (acked, _) = broker
+            .audited(&caller, async |change: &mut Change| {
+                let a = match broker
+                    .storage()
+                    .mutations
+                    .acknowledge(&caller.org.kbo, position)
+                    .await
+                {
+                    Ok(a) => a,
+                    Err(StorageError::OutOfRange(m)) => {
+                        return Err(ApiError::new(
+                            Code::OutOfRange,
+                            "NOT_DELIVERED",
+                            format!("{m}: acknowledge only positions you received"),
+                        ));
+                    }
+                    Err(e) => return Err(ApiError::from(e)),
+                };
+                change.detail = if a.state.acknowledged > a.previous {
+                    format!(
+                        "changes acknowledged through position {}: {} dropped from the queue (positions {} to {})",
+                        a.state.acknowledged,
+                        a.dropped,
+                        a.previous + 1,
+                        a.state.acknowledged
+                    )
+                } else {
+                    format!(
+                        "position {position} acknowledged again: nothing dropped (acknowledged through {})",
+                        a.state.acknowledged
+                    )
+                };
+                Ok((a.state, crate::audited::nothing_to_undo()))
+            })
+            .await?;
         Ok(Response::new(proto::AcknowledgeMutationsResponse {
-            acknowledged: state.acknowledged,
-            pending: state.head.saturating_sub(state.acknowledged),
+            acknowledged: acked.acknowledged,
+            pending: acked.head.saturating_sub(acked.acknowledged),
         }))
     }
 }

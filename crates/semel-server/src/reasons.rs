@@ -397,6 +397,11 @@ pub const REASONS: &[Reasons] = &[
     ),
     row(
         "RESOURCE_EXHAUSTED",
+        &["PUBLICATION_RATE_LIMITED"],
+        "(`PublishMutations`) your organisation is over its rate of published changes; nothing of the request was stored: publish it again, whole, after the `RetryInfo` delay",
+    ),
+    row(
+        "RESOURCE_EXHAUSTED",
         &["QUOTA_EXCEEDED"],
         "your organisation used up its lookups for today; the `RetryInfo` delay runs to midnight in Brussels",
     ),

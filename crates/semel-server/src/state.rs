@@ -187,6 +187,8 @@ pub struct Broker {
     channels: Mutex<HashMap<String, Channel>>,
     guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
     pub(crate) consumer_limits: ConsumerLimits,
+    /// Changes each source may publish: a bucket per source.
+    pub(crate) publication_limits: ConsumerLimits,
     /// Different yes/no questions per consumer, citizen and field per day.
     pub(crate) questions: QuestionLimiter,
     /// Refused calls recorded one by one per organisation; the rest summarised.
@@ -224,6 +226,7 @@ impl Broker {
         tokens: TokenVerifier,
     ) -> anyhow::Result<Arc<Self>> {
         let consumer_limits = ConsumerLimits::new(&sources.limits);
+        let publication_limits = ConsumerLimits::publications(&sources.limits);
         let questions = QuestionLimiter::new(&sources.limits);
         let refusals = RefusalBudget::new(&sources.limits);
         let broker = Arc::new(Broker {
@@ -234,6 +237,7 @@ impl Broker {
             channels: Mutex::new(HashMap::new()),
             guards: Mutex::new(HashMap::new()),
             consumer_limits,
+            publication_limits,
             questions,
             refusals,
             admin: tokio::sync::Mutex::new(()),

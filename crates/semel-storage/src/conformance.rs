@@ -113,6 +113,7 @@ macro_rules! mutations_conformance {
                 a_withheld_change_leaves_a_hole_and_ids_are_known,
                 changes_published_at_once_get_dense_positions,
                 expired_changes_are_reported_lost,
+                delivery_advances_only_contiguously,
             );
         }
     };
@@ -1171,13 +1172,18 @@ pub mod mutations {
     //! per event id, acknowledgements bounded by delivery, retention.
 
     use super::kbo;
-    use crate::{Accepted, MutationStore, QueueState, Routed, StorageError};
+    use crate::{Accepted, Expired, MutationStore, QueueState, Routed, StorageError};
 
     fn routed(consumer: &str, payload: &[u8]) -> Routed {
         Routed {
             consumer: kbo(consumer),
             payload: payload.to_vec(),
         }
+    }
+
+    /// The key of an event id (the store never sees the id itself).
+    fn key(id: &str) -> [u8; 32] {
+        semel_core::mutation::event_key(&kbo(SOURCE), id)
     }
 
     const SOURCE: &str = "0207373429";
@@ -1199,7 +1205,7 @@ pub mod mutations {
         let a = store
             .accept(
                 &source,
-                "e1",
+                &key("e1"),
                 &DIGEST,
                 1_000,
                 &[routed(CPAS, b"one"), routed(OTHER, b"uno")],
@@ -1208,7 +1214,13 @@ pub mod mutations {
             .expect("the store answers");
         assert_eq!(a, Accepted::New);
         let again = store
-            .accept(&source, "e1", &DIGEST, 2_000, &[routed(CPAS, b"changed")])
+            .accept(
+                &source,
+                &key("e1"),
+                &DIGEST,
+                2_000,
+                &[routed(CPAS, b"changed")],
+            )
             .await
             .expect("the store answers");
         assert_eq!(again, Accepted::Duplicate, "an event id is accepted once");
@@ -1217,7 +1229,7 @@ pub mod mutations {
             store
                 .accept(
                     &kbo(OTHER),
-                    "e1",
+                    &key("e1"),
                     &DIGEST,
                     2_500,
                     &[routed(CPAS, b"other source")]
@@ -1227,11 +1239,11 @@ pub mod mutations {
             Accepted::New
         );
         store
-            .accept(&source, "e2", &DIGEST, 3_000, &[routed(CPAS, b"two")])
+            .accept(&source, &key("e2"), &DIGEST, 3_000, &[routed(CPAS, b"two")])
             .await
             .expect("the store answers");
         store
-            .accept(&source, "e3", &DIGEST, 4_000, &[])
+            .accept(&source, &key("e3"), &DIGEST, 4_000, &[])
             .await
             .expect("the store answers");
         let q = store
@@ -1290,7 +1302,7 @@ pub mod mutations {
             store
                 .accept(
                     &source,
-                    id,
+                    &key(id),
                     &DIGEST,
                     i as i64,
                     &[routed(CPAS, id.as_bytes())],
@@ -1302,9 +1314,15 @@ pub mod mutations {
             Err(StorageError::OutOfRange(_)) => {}
             other => panic!("an acknowledgement beyond delivery must be refused: {other:?}"),
         }
-        store.delivered(&cpas, 2).await.expect("the store answers");
+        store
+            .delivered(&cpas, 0, 2)
+            .await
+            .expect("the store answers");
         // Delivery cannot run past the head.
-        store.delivered(&cpas, 99).await.expect("the store answers");
+        store
+            .delivered(&cpas, 2, 99)
+            .await
+            .expect("the store answers");
         assert_eq!(
             store
                 .queue_state(&cpas)
@@ -1313,11 +1331,13 @@ pub mod mutations {
                 .delivered,
             3
         );
-        let s = store
+        let a = store
             .acknowledge(&cpas, 2)
             .await
             .expect("the store answers");
+        let s = a.state;
         assert_eq!((s.head, s.delivered, s.acknowledged), (3, 3, 2));
+        assert_eq!((a.previous, a.dropped), (0, 2));
         let left: Vec<u64> = store
             .pending(&cpas, 0, 10)
             .await
@@ -1327,22 +1347,16 @@ pub mod mutations {
             .collect();
         assert_eq!(left, vec![3], "acknowledged changes are dropped");
         // An older acknowledgement changes nothing.
-        assert_eq!(
-            store
-                .acknowledge(&cpas, 1)
-                .await
-                .expect("the store answers")
-                .acknowledged,
-            2
-        );
-        assert_eq!(
-            store
-                .acknowledge(&cpas, 3)
-                .await
-                .expect("the store answers")
-                .acknowledged,
-            3
-        );
+        let a = store
+            .acknowledge(&cpas, 1)
+            .await
+            .expect("the store answers");
+        assert_eq!((a.state.acknowledged, a.previous, a.dropped), (2, 2, 0));
+        let a = store
+            .acknowledge(&cpas, 3)
+            .await
+            .expect("the store answers");
+        assert_eq!((a.state.acknowledged, a.previous, a.dropped), (3, 2, 1));
         assert!(
             store
                 .pending(&cpas, 0, 10)
@@ -1352,7 +1366,7 @@ pub mod mutations {
         );
         // Positions go on after the queue emptied.
         store
-            .accept(&source, "d", &DIGEST, 9, &[routed(CPAS, b"d")])
+            .accept(&source, &key("d"), &DIGEST, 9, &[routed(CPAS, b"d")])
             .await
             .expect("the store answers");
         assert_eq!(
@@ -1368,23 +1382,35 @@ pub mod mutations {
     pub async fn a_withheld_change_leaves_a_hole_and_ids_are_known(store: &dyn MutationStore) {
         let (source, cpas) = (kbo(SOURCE), kbo(CPAS));
         assert_eq!(
-            store.known(&source, "x").await.expect("the store answers"),
+            store
+                .known(&source, &key("x"))
+                .await
+                .expect("the store answers"),
             None
         );
         for id in ["x", "y"] {
             store
-                .accept(&source, id, &DIGEST, 1, &[routed(CPAS, id.as_bytes())])
+                .accept(
+                    &source,
+                    &key(id),
+                    &DIGEST,
+                    1,
+                    &[routed(CPAS, id.as_bytes())],
+                )
                 .await
                 .expect("the store answers");
         }
         assert_eq!(
-            store.known(&source, "x").await.expect("the store answers"),
+            store
+                .known(&source, &key("x"))
+                .await
+                .expect("the store answers"),
             Some(DIGEST),
             "the digest comes back"
         );
         assert_eq!(
             store
-                .known(&kbo(OTHER), "x")
+                .known(&kbo(OTHER), &key("x"))
                 .await
                 .expect("the store answers"),
             None
@@ -1400,7 +1426,7 @@ pub mod mutations {
         assert_eq!(left, vec![2], "the hole is skipped");
         // The next change takes the next position, never the hole's.
         store
-            .accept(&source, "z", &DIGEST, 2, &[routed(CPAS, b"z")])
+            .accept(&source, &key("z"), &DIGEST, 2, &[routed(CPAS, b"z")])
             .await
             .expect("the store answers");
         assert_eq!(
@@ -1427,10 +1453,11 @@ pub mod mutations {
                 }
             })
             .collect();
-        let all = ids
+        let keys: Vec<[u8; 32]> = ids.iter().map(|id| key(id)).collect();
+        let all = keys
             .iter()
             .zip(&routes)
-            .map(|(id, routed)| store.accept(&source, id, &DIGEST, 5, routed));
+            .map(|(k, routed)| store.accept(&source, k, &DIGEST, 5, routed));
         for a in futures_join_all(all).await {
             assert_eq!(a.expect("the store answers"), Accepted::New);
         }
@@ -1447,6 +1474,65 @@ pub mod mutations {
                 "each consumer gets its own payload"
             );
         }
+    }
+
+    /// A consumer that reads after a position it was never sent (a pull's
+    /// `after` ahead of its delivery) is not thereby sent what it skipped:
+    /// delivery moves only from where it stands, so that an
+    /// acknowledgement can never drop changes nobody was sent.
+    pub async fn delivery_advances_only_contiguously(store: &dyn MutationStore) {
+        let (source, cpas) = (kbo(SOURCE), kbo(CPAS));
+        for (i, id) in ["p", "q", "r", "s"].iter().enumerate() {
+            store
+                .accept(
+                    &source,
+                    &key(id),
+                    &DIGEST,
+                    i as i64,
+                    &[routed(CPAS, id.as_bytes())],
+                )
+                .await
+                .expect("the store answers");
+        }
+        let delivered = async || {
+            store
+                .queue_state(&cpas)
+                .await
+                .expect("the store answers")
+                .delivered
+        };
+        // A page read after 3 (positions 1 to 3 unseen) delivers nothing.
+        store
+            .delivered(&cpas, 3, 4)
+            .await
+            .expect("the store answers");
+        assert_eq!(delivered().await, 0, "a page read ahead delivers nothing");
+        match store.acknowledge(&cpas, 4).await {
+            Err(StorageError::OutOfRange(_)) => {}
+            other => panic!("changes never sent must not be acknowledged: {other:?}"),
+        }
+        // From the start, then on from where delivery stands.
+        store
+            .delivered(&cpas, 0, 2)
+            .await
+            .expect("the store answers");
+        assert_eq!(delivered().await, 2);
+        store
+            .delivered(&cpas, 2, 4)
+            .await
+            .expect("the store answers");
+        assert_eq!(delivered().await, 4);
+        // A page read again from before it moves nothing back.
+        store
+            .delivered(&cpas, 0, 1)
+            .await
+            .expect("the store answers");
+        assert_eq!(delivered().await, 4);
+        let a = store
+            .acknowledge(&cpas, 4)
+            .await
+            .expect("the store answers");
+        assert_eq!((a.state.acknowledged, a.dropped), (4, 4));
     }
 
     /// Polls every future until all are done (the port knows no runtime).
@@ -1482,7 +1568,7 @@ pub mod mutations {
             store
                 .accept(
                     &source,
-                    id,
+                    &key(id),
                     &DIGEST,
                     t,
                     &[routed(CPAS, id.as_bytes()), routed(OTHER, b"o")],
@@ -1490,12 +1576,24 @@ pub mod mutations {
                 .await
                 .expect("the store answers");
         }
-        store.delivered(&other, 2).await.expect("the store answers");
+        store
+            .delivered(&other, 0, 2)
+            .await
+            .expect("the store answers");
         store
             .acknowledge(&other, 2)
             .await
             .expect("the store answers");
-        assert_eq!(store.expire(15, 15).await.expect("the store answers"), 2);
+        assert_eq!(
+            store.expire(15, 15).await.expect("the store answers"),
+            vec![Expired {
+                consumer: cpas,
+                first: 1,
+                last: 2,
+                dropped: 2
+            }],
+            "what each consumer lost, and nothing of what was acknowledged"
+        );
         let s = store.queue_state(&cpas).await.expect("the store answers");
         assert_eq!((s.head, s.lost_through), (3, 2));
         assert_eq!(
@@ -1507,11 +1605,11 @@ pub mod mutations {
             3
         );
         // What was lost may be acknowledged, to move past the notice.
-        let s = store
+        let a = store
             .acknowledge(&cpas, 2)
             .await
             .expect("lost positions acknowledged");
-        assert_eq!(s.acknowledged, 2);
+        assert_eq!((a.state.acknowledged, a.dropped), (2, 0));
         // What was acknowledged was not lost.
         assert_eq!(
             store
@@ -1522,14 +1620,23 @@ pub mod mutations {
             0
         );
         // Event ids are forgotten on their own horizon only.
-        let known = async |id: &str| store.known(&source, id).await.expect("the store answers");
+        let known = async |id: &str| {
+            store
+                .known(&source, &key(id))
+                .await
+                .expect("the store answers")
+        };
         assert!(known("old1").await.is_some());
-        store.expire(15, 25).await.expect("the store answers");
+        assert_eq!(
+            store.expire(15, 25).await.expect("the store answers"),
+            vec![],
+            "nothing more to drop"
+        );
         assert!(known("old1").await.is_none());
         assert!(known("new").await.is_some());
         assert_eq!(
             store
-                .accept(&source, "old1", &DIGEST, 40, &[])
+                .accept(&source, &key("old1"), &DIGEST, 40, &[])
                 .await
                 .expect("the store answers"),
             Accepted::New

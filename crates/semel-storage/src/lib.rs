@@ -14,7 +14,7 @@ pub mod cache;
 pub mod conformance;
 mod mutations;
 
-pub use mutations::{Accepted, MutationStore, QueueState, Queued, Routed};
+pub use mutations::{Accepted, Acknowledged, Expired, MutationStore, QueueState, Queued, Routed};
 
 pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
 

@@ -1,7 +1,7 @@
 //! The mutation queues in sled, next to the registry:
 //!
 //! ```text
-//! mutation_events   source KBO (10) | event id        → accepted µs (8) | digest (32)  (kept longer than the queue: ids are remembered)
+//! mutation_event_keys  source KBO (10) | event key (32) → accepted µs (8) | digest (32)  (kept longer than the queue: ids are remembered, as keys)
 //! mutation_queue    consumer KBO (10) | position (8)  → accepted µs (8) | payload
 //! mutation_cursors  consumer KBO (10)                 → head | delivered | acknowledged | lost_through (8 each)
 //! ```
@@ -10,10 +10,17 @@
 //! across the three trees, then made durable (flush and fsync) before
 //! `accept` returns. Acknowledged entries are removed: a payload of citizen
 //! data stays only until its consumer has it.
+//!
+//! An event id is remembered by its key
+//! ([`semel_core::mutation::event_key`]), never as given: a source's id may
+//! carry a national number. Stores made before kept the ids themselves, in
+//! the tree `mutation_events`; opening one moves them to their keys, once.
 
 use async_trait::async_trait;
 use semel_core::Kbo;
-use semel_storage::{Accepted, MutationStore, QueueState, Queued, Routed, StorageError};
+use semel_storage::{
+    Accepted, Acknowledged, Expired, MutationStore, QueueState, Queued, Routed, StorageError,
+};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
@@ -28,10 +35,10 @@ pub struct Mutations {
     cursors: sled::Tree,
 }
 
-fn event_key(source: &Kbo, event_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(10 + event_id.len());
-    k.extend_from_slice(source.as_bytes());
-    k.extend_from_slice(event_id.as_bytes());
+fn event_key(source: &Kbo, key: &[u8; 32]) -> [u8; 42] {
+    let mut k = [0u8; 42];
+    k[..10].copy_from_slice(source.as_bytes());
+    k[10..].copy_from_slice(key);
     k
 }
 
@@ -85,26 +92,63 @@ impl Mutations {
             db.open_tree(name)
                 .map_err(sled_err(format!("open tree {name}")))
         };
+        let events = tree("mutation_event_keys")?;
+        Self::forget_raw_ids(db, &events)?;
         Ok(Mutations {
-            events: tree("mutation_events")?,
+            events,
             queue: tree("mutation_queue")?,
             cursors: tree("mutation_cursors")?,
             registry,
         })
     }
 
+    /// Moves the event ids a store made before kept as given (source KBO |
+    /// id → accepted µs | digest) to their keys, then drops them: a retry
+    /// of an id published before the upgrade is still a duplicate, and no
+    /// id is kept as given.
+    fn forget_raw_ids(db: &sled::Db, events: &sled::Tree) -> Result<(), StoreError> {
+        const OLD: &[u8] = b"mutation_events";
+        if !db.tree_names().iter().any(|n| n.as_ref() == OLD) {
+            return Ok(());
+        }
+        let old = db
+            .open_tree(OLD)
+            .map_err(sled_err("open tree mutation_events"))?;
+        let mut batch = sled::Batch::default();
+        for item in old.iter() {
+            let (k, v) = item.map_err(sled_err("read published changes"))?;
+            let source = std::str::from_utf8(&k[..k.len().min(10)])
+                .ok()
+                .and_then(|s| Kbo::parse(s).ok())
+                .ok_or_else(|| StoreError::Corrupt("a published change names no source".into()))?;
+            let id = String::from_utf8_lossy(&k[10..]);
+            let key = semel_core::mutation::event_key(&source, &id);
+            batch.insert(&event_key(&source, &key)[..], v);
+        }
+        events
+            .apply_batch(batch)
+            .map_err(sled_err("remember event ids by their keys"))?;
+        events
+            .flush()
+            .map_err(sled_err("remember event ids by their keys"))?;
+        db.drop_tree(OLD)
+            .map_err(sled_err("drop tree mutation_events"))?;
+        db.flush().map_err(sled_err("drop tree mutation_events"))?;
+        Ok(())
+    }
+
     fn accept_now(
         &self,
         source: &Kbo,
-        event_id: &str,
+        id_key: &[u8; 32],
         digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StoreError> {
-        let key = event_key(source, event_id);
+        let key = event_key(source, id_key);
         let accepted = (&self.events, &self.queue, &self.cursors)
             .transaction(|(events, queue, cursors)| {
-                if events.get(&key)?.is_some() {
+                if events.get(key)?.is_some() {
                     return Ok(Accepted::Duplicate);
                 }
                 let mut record = accepted_micros.to_be_bytes().to_vec();
@@ -177,8 +221,10 @@ impl Mutations {
         Ok(state)
     }
 
-    fn acknowledge_now(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StoreError> {
+    fn acknowledge_now(&self, consumer: &Kbo, position: u64) -> Result<Acknowledged, StoreError> {
+        let previous = std::sync::atomic::AtomicU64::new(0);
         let state = self.update_cursor(consumer, |s| {
+            previous.store(s.acknowledged, std::sync::atomic::Ordering::Relaxed);
             if position > s.delivered {
                 return Err(StoreError::OutOfRange(format!(
                     "position {position} was not delivered yet (delivered up to {})",
@@ -188,22 +234,40 @@ impl Mutations {
             s.acknowledged = s.acknowledged.max(position);
             Ok(())
         })?;
+        let previous = previous.into_inner();
+        // Changes between the last acknowledgement and this one (those up
+        // to it are gone already, unless a crash came between the cursor
+        // and the deletion: they go now too, and are counted by the call
+        // that acknowledged them).
         let mut batch = sled::Batch::default();
+        let mut dropped = 0u64;
         for k in self
             .queue
             .range(queue_key(consumer, 0)..=queue_key(consumer, state.acknowledged))
             .keys()
         {
-            batch.remove(k.map_err(sled_err("read a mutation queue"))?);
+            let k = k.map_err(sled_err("read a mutation queue"))?;
+            if u64_at(&k, 10) > previous {
+                dropped += 1;
+            }
+            batch.remove(k);
         }
         self.queue
             .apply_batch(batch)
             .map_err(sled_err("drop acknowledged changes"))?;
         self.registry.sync()?;
-        Ok(state)
+        Ok(Acknowledged {
+            state,
+            previous,
+            dropped,
+        })
     }
 
-    fn expire_now(&self, before_micros: i64, ids_before_micros: i64) -> Result<u64, StoreError> {
+    fn expire_now(
+        &self,
+        before_micros: i64,
+        ids_before_micros: i64,
+    ) -> Result<Vec<Expired>, StoreError> {
         // Per consumer, the last position accepted before the horizon: the
         // prefix up to it goes (a later position accepted earlier, by a
         // publication racing another, goes with it).
@@ -217,7 +281,7 @@ impl Mutations {
                 *e = (*e).max(u64_at(&k, 10));
             }
         }
-        let mut dropped = 0u64;
+        let mut expired = Vec::new();
         for (consumer, last) in through {
             let keys: Vec<sled::IVec> = self
                 .queue
@@ -241,7 +305,14 @@ impl Mutations {
                     Ok(())
                 })
                 .map_err(tx_err("drop expired changes"))?;
-            dropped += keys.len() as u64;
+            if let Some(first) = keys.first() {
+                expired.push(Expired {
+                    consumer,
+                    first: u64_at(first, 10),
+                    last,
+                    dropped: keys.len() as u64,
+                });
+            }
         }
         let mut batch = sled::Batch::default();
         for item in self.events.iter() {
@@ -254,7 +325,7 @@ impl Mutations {
             .apply_batch(batch)
             .map_err(sled_err("forget old event ids"))?;
         self.registry.sync()?;
-        Ok(dropped)
+        Ok(expired)
     }
 }
 
@@ -263,25 +334,20 @@ impl MutationStore for Mutations {
     async fn accept(
         &self,
         source: &Kbo,
-        event_id: &str,
+        event_key: &[u8; 32],
         digest: &[u8; 32],
         accepted_micros: i64,
         routed: &[Routed],
     ) -> Result<Accepted, StorageError> {
-        let (m, source, id, digest, routed) = (
-            self.clone(),
-            *source,
-            event_id.to_owned(),
-            *digest,
-            routed.to_vec(),
-        );
+        let (m, source, id, digest, routed) =
+            (self.clone(), *source, *event_key, *digest, routed.to_vec());
         blocking(move || m.accept_now(&source, &id, &digest, accepted_micros, &routed)).await
     }
 
-    async fn known(&self, source: &Kbo, event_id: &str) -> Result<Option<[u8; 32]>, StorageError> {
+    async fn known(&self, source: &Kbo, key: &[u8; 32]) -> Result<Option<[u8; 32]>, StorageError> {
         let value = self
             .events
-            .get(event_key(source, event_id))
+            .get(event_key(source, key))
             .map_err(|e| StorageError::Unavailable(format!("read published changes: {e}")))?;
         match value {
             None => Ok(None),
@@ -311,11 +377,18 @@ impl MutationStore for Mutations {
         blocking(move || m.pending_now(&consumer, after, limit)).await
     }
 
-    async fn delivered(&self, consumer: &Kbo, position: u64) -> Result<(), StorageError> {
+    async fn delivered(
+        &self,
+        consumer: &Kbo,
+        after: u64,
+        through: u64,
+    ) -> Result<(), StorageError> {
         let (m, consumer) = (self.clone(), *consumer);
         blocking(move || {
             m.update_cursor(&consumer, |s| {
-                s.delivered = s.delivered.max(position.min(s.head));
+                if after <= s.delivered {
+                    s.delivered = s.delivered.max(through.min(s.head));
+                }
                 Ok(())
             })?;
             m.registry.sync()
@@ -323,7 +396,11 @@ impl MutationStore for Mutations {
         .await
     }
 
-    async fn acknowledge(&self, consumer: &Kbo, position: u64) -> Result<QueueState, StorageError> {
+    async fn acknowledge(
+        &self,
+        consumer: &Kbo,
+        position: u64,
+    ) -> Result<Acknowledged, StorageError> {
         let (m, consumer) = (self.clone(), *consumer);
         blocking(move || m.acknowledge_now(&consumer, position)).await
     }
@@ -340,8 +417,66 @@ impl MutationStore for Mutations {
         &self,
         before_micros: i64,
         ids_before_micros: i64,
-    ) -> Result<u64, StorageError> {
+    ) -> Result<Vec<Expired>, StorageError> {
         let m = self.clone();
         blocking(move || m.expire_now(before_micros, ids_before_micros)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store made before event ids were remembered by their keys: the
+    /// ids kept as given (one carries a national number) are moved to their
+    /// keys when it is opened, so a retry is still a duplicate, and no tree
+    /// holds an id as given any more.
+    #[test]
+    fn event_ids_kept_as_given_are_moved_to_their_keys_on_opening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = sled::Config::new().temporary(true).open().expect("sled");
+        let source = Kbo::parse("0314595348").expect("kbo");
+        let id = "nr-93051822361-move";
+        let digest = [9u8; 32];
+        let mut old_key = source.as_bytes().to_vec();
+        old_key.extend_from_slice(id.as_bytes());
+        let mut value = 1_000i64.to_be_bytes().to_vec();
+        value.extend_from_slice(&digest);
+        db.open_tree("mutation_events")
+            .expect("tree")
+            .insert(old_key, value)
+            .expect("insert");
+        let registry = Registry::open(db.clone(), dir.path().join("db")).expect("registry");
+        let m = Mutations::open(&db, registry).expect("open");
+        let key = semel_core::mutation::event_key(&source, id);
+        let kept = m
+            .events
+            .get(event_key(&source, &key))
+            .expect("read")
+            .expect("remembered by its key");
+        assert_eq!(&kept[8..40], &digest[..]);
+        assert!(
+            !db.tree_names()
+                .iter()
+                .any(|n| n.as_ref() == b"mutation_events"),
+            "the tree of ids as given is dropped"
+        );
+        let number = b"93051822361";
+        for name in db.tree_names() {
+            let tree = db.open_tree(&name).expect("tree");
+            for item in tree.iter() {
+                let (k, v) = item.expect("read");
+                for bytes in [&k[..], &v[..]] {
+                    assert!(
+                        !bytes.windows(number.len()).any(|w| w == number),
+                        "tree {:?} holds the id as given",
+                        String::from_utf8_lossy(&name)
+                    );
+                }
+            }
+        }
+        // Opening again finds nothing more to move.
+        let registry = Registry::open(db.clone(), dir.path().join("db")).expect("registry");
+        Mutations::open(&db, registry).expect("open again");
     }
 }
