@@ -7,6 +7,7 @@ mod harness;
 mod http_face;
 mod identity;
 mod insiders;
+mod insiders_console;
 mod limits;
 mod lookups;
 mod mutations;

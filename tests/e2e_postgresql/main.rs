@@ -15,6 +15,8 @@ mod http_face;
 mod identity;
 #[path = "../e2e/insiders.rs"]
 mod insiders;
+#[path = "../e2e/insiders_console.rs"]
+mod insiders_console;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]

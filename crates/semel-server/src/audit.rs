@@ -404,11 +404,20 @@ fn citizen_may_see(
 
 /// What an auditor's query records in its own audit entry: the citizen,
 /// dataset and authorisation it names in their fields; returns the rest in
-/// words for its detail.
+/// words for its detail. The dataset and authorisation are the auditor's
+/// text, kept only when they are well-formed names (else `(not a valid
+/// name)`), as a refused lookup's are: the entry is shown in the console,
+/// which looks an entry's authorisation up by its reference.
 fn record_query(change: &mut Change, q: &AuditQuery) -> String {
+    use crate::lookup::recorded_name;
     change.citizen = q.citizen;
-    change.dataset = q.dataset.clone().unwrap_or_default();
-    change.authorisation = q.authorisation.clone();
+    change.dataset = recorded_name(q.dataset.as_deref().unwrap_or_default(), |s| {
+        semel_core::DatasetName::new(s).is_ok()
+    });
+    change.authorisation = q
+        .authorisation
+        .as_deref()
+        .map(|a| recorded_name(a, |s| semel_core::AuthorisationRef::new(s).is_ok()));
     describe_query(q)
 }
 
