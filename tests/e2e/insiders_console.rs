@@ -2,7 +2,9 @@
 //! put in the request paths the console sends, so a reference holding a
 //! dot segment (`../../v1/…`) would make an auditor who opens its entry
 //! send another audited read than the one they meant. No such reference is
-//! accepted, and none that a caller typed is recorded.
+//! accepted, and none that a caller typed is recorded. And the console
+//! calls nothing verified without the witnesses' cosignatures: the
+//! checkpoints it lists carry them.
 
 use semel_demo::seed::datasets::*;
 use semel_server::proto;
@@ -90,6 +92,77 @@ async fn an_audit_search_records_only_a_well_formed_reference() {
             .find(|e| e.operation == "semel.v1.AuditService/ListAuditEntries")
             .expect("the search is recorded");
         assert_eq!(entry.authorisation_reference, recorded, "{asked}");
+    }
+    t.stop().await;
+}
+
+/// An auditor who requires the witnesses' cosignatures (the console, with
+/// witness keys) finds the newest checkpoint they cosigned among the listed
+/// ones, cosignatures included, while the latest awaits them.
+#[tokio::test]
+async fn the_listed_checkpoints_carry_the_witnesses_cosignatures() {
+    use semel_core::checkpoint::{CosignatureVerifier, NoteVerifier};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut opts, db) = demo_options(dir.path()).await;
+    opts.checkpoint_every_entries = 5;
+    let t = TestDemo {
+        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        dir,
+        db,
+    };
+    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(t.dir.path().join(semel_server::demo::MANIFEST)).expect("manifest"),
+    )
+    .expect("json");
+    assert_eq!(manifest.witness_quorum, 1, "demo.json names the quorum");
+    let witness = CosignatureVerifier::parse(&manifest.witness_key).expect("witness key");
+    let log = NoteVerifier::parse(&manifest.verifier_key).expect("log key");
+    let mut c = t.lookup_client(ANDERLECHT).await;
+    for _ in 0..6 {
+        c.lookup(lookup(KARIM, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+            .await
+            .expect("lookup");
+    }
+    let mut auditor = t.audit().await;
+    let mut cosigned = None;
+    for _ in 0..200 {
+        let r = auditor
+            .get_latest_checkpoint(proto::GetLatestCheckpointRequest {})
+            .await
+            .expect("checkpoint")
+            .into_inner();
+        if let Some(c) = r
+            .checkpoint
+            .filter(|c| witness.verify(&c.signed_note).is_ok())
+        {
+            cosigned = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cosigned = cosigned.expect("a checkpoint cosigned by the demo witness");
+    let listed = auditor
+        .list_checkpoints(proto::ListCheckpointsRequest {
+            page_size: 100,
+            page_token: String::new(),
+        })
+        .await
+        .expect("checkpoints")
+        .into_inner()
+        .checkpoints;
+    let witnessed: Vec<_> = listed
+        .iter()
+        .filter(|c| witness.verify(&c.signed_note).is_ok())
+        .collect();
+    assert!(
+        witnessed.iter().any(|c| c.tree_size >= cosigned.tree_size),
+        "the newest cosigned checkpoint ({} entries) is listed with its cosignature: {:?}",
+        cosigned.tree_size,
+        listed.iter().map(|c| c.tree_size).collect::<Vec<_>>()
+    );
+    for c in &listed {
+        let signed = log.verify(&c.signed_note).expect("the log's signature");
+        assert_eq!(signed.size, c.tree_size);
     }
     t.stop().await;
 }
