@@ -1,14 +1,19 @@
 // The web console in a real browser (headless Chromium through Playwright),
 // against a fresh demo: sign in with the auditor organisation's client
 // certificate and a person's token, search, open an entry and see its
-// proof verified in the browser, tamper with a served proof and with
-// served fields and see verification fail, export (CSV, and JSON Lines
-// that `semel audit verify` checks), checkpoints and their consistency, the
+// proof verified in the browser only with the witness's cosignature (the
+// log's key alone, a witness that did not cosign or a forged cosignature:
+// not verified), tamper with a served proof and with served fields and see
+// verification fail, an entry whose authorisation reference would lead
+// elsewhere (no request leaves its route), export (CSV, and JSON Lines
+// that `semel audit verify` checks with the witness's key), checkpoints and
+// their cosignatures and consistency, the
 // overview and its unusual patterns, the three languages, the citizen's
 // page, a browser without a certificate; axe-core on every view.
 // Usage: node console.test.mjs DEMO_DIR SCREENSHOTS_DIR SEMEL_BINARY
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdtempSync } from 'node:fs';
 import { join } from 'node:path';
+import { tmpdir } from 'node:os';
 import { execFileSync } from 'node:child_process';
 import { launch, newContext, baseUrl, manifest, org, token, axe, shot, check, fail, log, summary } from './lib.mjs';
 
@@ -118,11 +123,38 @@ try {
   await page.waitForSelector('#view-signin:not([hidden])');
   await axeClean(page, 'sign-in');
   await shot(page, shots, '01-sign-in');
-  await page.fill('#token', token(demoDir, 'control-commission'));
-  await page.fill('#vkey', m.verifier_key);
-  await page.click('#signin-form button[type=submit]');
-  await page.waitForSelector('#view-search:not([hidden])');
+  check(typeof m.witness_key === 'string' && m.witness_key.includes('+') && m.witness_quorum === 1,
+    `demo.json publishes the witness's key and the quorum (${m.witness_quorum})`);
+  // First with the log's published key alone: every check runs, but the
+  // log's own signature does not make an entry verified (an operator
+  // holding the key could have rewritten and re-signed the log).
+  const signIn = async (witnessKeys, quorum = '') => {
+    await page.goto(`${base}/console/#/signin`);
+    await page.waitForSelector('#view-signin:not([hidden])');
+    await page.fill('#token', token(demoDir, 'control-commission'));
+    await page.fill('#vkey', m.verifier_key);
+    await page.fill('#wkeys', witnessKeys.join('\n'));
+    await page.fill('#quorum', quorum);
+    await page.click('#signin-form button[type=submit]');
+    await page.waitForSelector('#view-search:not([hidden])');
+  };
+  await signIn([]);
   check((await page.textContent('#who')).includes('Signed in as'), `signed in: ${await page.textContent('#who')}`);
+  await page.fill('#q-consumer', cpas.kbo);
+  await page.click('#search-form button[type=submit]');
+  await page.waitForSelector('#search-results table');
+  {
+    const first = await page.$eval('#search-results tbody tr:last-child a', (a) => a.textContent);
+    const v = await untilVerdict(page, first);
+    const text = await page.textContent('#verdict');
+    check(v.includes('warn') && text.startsWith('Not verified'), `with the log's key alone, an entry is not called verified: ${text}`);
+    const steps = await page.$$eval('#steps li', (lis) => lis.map((li) => li.className));
+    check(steps.length === 4 && steps.every((c) => c === 'ok'), `...though every check ran and passed (${steps.join(',')})`);
+    await shot(page, shots, '03a-log-key-alone');
+  }
+  // Then with the witness's key, as `semel audit verify --witness-key`.
+  await signIn([m.witness_key]);
+  await page.goto(`${base}/console/#/search`);
 
   // ---- search: the clerk's refusals, by consumer, decision and reason
   await page.fill('#q-consumer', cpas.kbo);
@@ -146,6 +178,7 @@ try {
   const fields = await page.textContent('#entry-fields');
   check(fields.includes('NO_ACTIVE_FILE') && fields.includes(clerk), 'the entry page shows the proven fields (reason, person)');
   check((await page.textContent('#key-note')).includes('published key you gave'), 'the checkpoint was checked with the published key, not the served one');
+  check((await page.textContent('#key-note')).includes('cosigned by witness.'), `...and is cosigned by the witness: ${await page.textContent('#key-note')}`);
   await axeClean(page, 'entry');
   await shot(page, shots, '03-entry-verified');
 
@@ -204,6 +237,95 @@ try {
   check(verdict.includes('bad') && (await page.textContent('#verdict')).includes('rewritten'), `a log inconsistent with what this browser saw before fails: ${await page.textContent('#verdict')}`);
   await page.evaluate(() => localStorage.removeItem('semel.seen'));
 
+  // ---- a forged cosignature fails; a witness that did not cosign does not
+  // make an entry verified.
+  const forgeCosignatures = async (route) => {
+    const resp = await route.fetch();
+    const json = await resp.json();
+    const forge = (note) => note.replace(/^(\u2014 witness\.\S+ )(\S+)$/gm, (_, head, b64) => {
+      const blob = Buffer.from(b64, 'base64');
+      blob[blob.length - 1] ^= 1;
+      return head + blob.toString('base64');
+    });
+    if (json.checkpoint) json.checkpoint.signedNote = forge(json.checkpoint.signedNote);
+    for (const c of json.checkpoints || []) c.signedNote = forge(c.signedNote);
+    await route.fulfill({ response: resp, json });
+  };
+  await page.route('**/v1/audit/checkpoints**', forgeCosignatures);
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('bad') && /cosignature by witness .* does not verify/.test(await page.textContent('#verdict')),
+    `a forged cosignature fails: ${await page.textContent('#verdict')}`);
+  await shot(page, shots, '05a-forged-cosignature');
+  await page.unroute('**/v1/audit/checkpoints**', forgeCosignatures);
+  const otherWitness = execFileSync(semel, ['witness', 'key', '--dir', mkdtempSync(join(tmpdir(), 'witness-')),
+    '--name', 'witness.semel-demo.invalid/other'], { encoding: 'utf8' }).trim();
+  await signIn([otherWitness]);
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('warn') && (await page.textContent('#verdict')).startsWith('Not verified: the checkpoint carries 0 valid cosignatures'),
+    `a witness that did not cosign does not make it verified: ${await page.textContent('#verdict')}`);
+  // Two witnesses, quorum two: the demo's alone is not enough; quorum one is.
+  await signIn([m.witness_key, otherWitness], '2');
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('warn') && (await page.textContent('#verdict')).includes('1 valid cosignatures of the 2'),
+    `one cosignature of a quorum of two is not verified: ${await page.textContent('#verdict')}`);
+  await signIn([m.witness_key, otherWitness], '1');
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('ok'), `one cosignature of a quorum of one is verified: ${await page.textContent('#verdict')}`);
+  await signIn([m.witness_key]);
+
+  // ---- an entry whose authorisation reference would lead the request
+  // elsewhere (`../../v1/datasets`): the console requests nothing outside
+  // the routes it means. The served entry is altered (so its proof fails,
+  // but its fields are still shown).
+  {
+    const evil = '../../v1/datasets';
+    await page.route('**/inclusionProof*', async (route) => {
+      const resp = await route.fetch();
+      const json = await resp.json();
+      const enc = Buffer.from(json.entry.encoding, 'base64');
+      const ref = Buffer.from(json.entry.authorisationReference);
+      const at = enc.indexOf(ref);
+      if (at >= 2 && enc.readUInt16BE(at - 2) === ref.length) {
+        const len = Buffer.alloc(2);
+        len.writeUInt16BE(evil.length);
+        json.entry.encoding = Buffer.concat([enc.subarray(0, at - 2), len, Buffer.from(evil), enc.subarray(at + ref.length)]).toString('base64');
+        json.entry.authorisationReference = evil;
+      }
+      await route.fulfill({ response: resp, json });
+    });
+    const requested = [];
+    const onRequest = (r) => requested.push(new URL(r.url()).pathname);
+    page.on('request', onRequest);
+    verdict = await untilVerdict(page, allowedSeq);
+    await page.waitForFunction(() => document.getElementById('entry-authorisation').textContent.length > 0);
+    page.off('request', onRequest);
+    await page.unroute('**/inclusionProof*');
+    const fieldsShown = await page.textContent('#entry-fields');
+    check(fieldsShown.includes(evil), `the altered entry, with reference ${evil}, is shown (${verdict})`);
+    const api = requested.filter((p) => p.startsWith('/v1/'));
+    const expected = /^\/v1\/(audit\/checkpoints(\/latest)?|audit\/consistencyProof|auditEntries\/\d+\/inclusionProof|organisations)$/;
+    check(api.length > 0 && api.every((p) => expected.test(p)), `the console requested only the routes it means: ${[...new Set(api)].join(' ')}`);
+    check(!api.includes('/v1/datasets'), 'the reference did not make the console read /v1/datasets');
+    check((await page.textContent('#entry-authorisation')).includes('not well formed'), `the reference is not looked up: ${await page.textContent('#entry-authorisation')}`);
+    // The path builder encodes each value as one segment and refuses dot
+    // segments; a path that would leave /v1/ is not requested.
+    const unit = await page.evaluate(async (evil) => {
+      const api = await import('/console/api.js');
+      const threw = (f) => { try { f(); return false; } catch { return true; } };
+      return {
+        encoded: api.path`/v1/authorisationVersions/${evil}`,
+        slashes: api.path`/v1/authorisationVersions/${'BSC/2024/017'}`,
+        dots: threw(() => api.path`/v1/auditEntries/${'..'}/inclusionProof`),
+        leaves: threw(() => api.apiUrl('/v1/authorisationVersions/../../datasets')),
+        refs: [evil, '..', 'BSC/./1', 'BSC/2024/017', 'CSSS.2024.01'].map(api.isReference),
+      };
+    }, evil);
+    check(unit.encoded === '/v1/authorisationVersions/..%2F..%2Fv1%2Fdatasets' && unit.slashes === '/v1/authorisationVersions/BSC%2F2024%2F017',
+      `a reference is one fully encoded path segment: ${unit.encoded}, ${unit.slashes}`);
+    check(unit.dots && unit.leaves, 'a dot segment, or a path leaving /v1/, is refused rather than requested');
+    check(JSON.stringify(unit.refs) === '[false,false,false,true,true]', `references with dot segments are not well formed (${unit.refs})`);
+  }
+
   // The count is of what the pages show: the console's own reads, recorded
   // with the citizen they name, come after it.
   await page.goto(`${base}/console/#/search`);
@@ -236,8 +358,10 @@ try {
   const jsonlPath = join(shots, 'export.jsonl');
   await download.saveAs(jsonlPath);
   await shot(page, shots, '06-export');
-  const out = execFileSync(semel, ['audit', 'verify', '--export', jsonlPath, '--verifier-key', m.verifier_key], { encoding: 'utf8' });
-  check(out.startsWith('verified: an excerpt of'), `semel audit verify accepts the browser's excerpt: ${out.split('\n')[0]}`);
+  const witnessArgs = ['--witness-key', m.witness_key, '--witness-quorum', String(m.witness_quorum)];
+  const out = execFileSync(semel, ['audit', 'verify', '--export', jsonlPath, '--verifier-key', m.verifier_key, ...witnessArgs], { encoding: 'utf8' });
+  check(out.startsWith('verified: an excerpt of'), `semel audit verify accepts the browser's excerpt with the witness's key and quorum: ${out.split('\n')[0]}`);
+  check(JSON.parse(readFileSync(jsonlPath, 'utf8').split('\n')[0]).checkpoint.includes('\u2014 witness.'), "the excerpt's checkpoint carries the witness's cosignature");
   const lines = readFileSync(jsonlPath, 'utf8').trim().split('\n');
   const altered = lines.map((l, i) => (i === 1 ? l.replace(/"purpose":"[^"]*"/, '"purpose":"SOMETHING_ELSE"') : l));
   writeFileSync(join(shots, 'export-altered.jsonl'), altered.join('\n') + '\n');
@@ -252,17 +376,42 @@ try {
   // ---- checkpoints and their consistency, verified in the browser
   // The broker signs a checkpoint every few seconds while the log grows
   // (the auditor's own reads are entries): wait for a second one.
+  // ...and for one of them, older than the one its witness cosigned last.
+  const checkConsistency = async () => {
+    await page.evaluate(() => {
+      const c = document.getElementById('consistency');
+      c.className = 'verdict';
+      c.textContent = '';
+    });
+    await page.click('#consistency-form button[type=submit]');
+    await page.waitForSelector('#consistency.ok, #consistency.bad, #consistency.warn');
+  };
+  let cosigs = [];
   for (let i = 0; i < 40; i++) {
     await page.goto(`${base}/console/#/search`);
     await page.goto(`${base}/console/#/checkpoints`);
     await page.waitForSelector('#cp-list tbody tr');
-    if ((await page.$$('#cp-list tbody tr')).length >= 2) break;
+    cosigs = await page.$$eval('#cp-list tbody tr td:nth-child(4)', (tds) => tds.map((td) => td.textContent));
+    const w = cosigs.indexOf('1 of 1 required');
+    if (cosigs.length >= 2 && w >= 0 && w < cosigs.length - 1) break;
     await page.waitForTimeout(1000);
   }
   const sigs = await page.$$eval('#cp-list tbody tr td:nth-child(3)', (tds) => tds.map((td) => td.textContent));
   check(sigs.length >= 2 && sigs.every((s) => s === 'valid'), `${sigs.length} checkpoints, every signature valid in the browser`);
-  await page.click('#consistency-form button[type=submit]');
-  await page.waitForSelector('#consistency.ok, #consistency.bad');
+  const witnessedAt = cosigs.indexOf('1 of 1 required');
+  check(witnessedAt >= 0 && cosigs.every((c) => /^[01] of 1 required$/.test(c)), `the checkpoint the witness cosigned last shows its cosignature: ${cosigs.slice(0, 4).join(' | ')}`);
+  // The older of two consistent checkpoints against a newer one that is
+  // not cosigned is not verified; against the witnessed one, it is.
+  const unwitnessedAt = cosigs.indexOf('0 of 1 required');
+  if (unwitnessedAt >= 0 && unwitnessedAt < cosigs.length - 1) {
+    await page.selectOption('#cp-newer', String(unwitnessedAt));
+    await page.selectOption('#cp-older', String(cosigs.length - 1));
+    await checkConsistency();
+    check((await page.getAttribute('#consistency', 'class')).includes('warn'), `consistent, but with an uncosigned newer checkpoint: not verified: ${await page.textContent('#consistency')}`);
+  }
+  await page.selectOption('#cp-newer', String(witnessedAt));
+  await page.selectOption('#cp-older', String(cosigs.length - 1));
+  await checkConsistency();
   check((await page.getAttribute('#consistency', 'class')).includes('ok'), `consistency verified: ${await page.textContent('#consistency')}`);
   await axeClean(page, 'checkpoints');
   await shot(page, shots, '07-checkpoints');

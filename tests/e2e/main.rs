@@ -10,6 +10,7 @@ mod insiders;
 mod insiders_second;
 mod insiders_http;
 mod insiders_mutations;
+mod insiders_console;
 mod limits;
 mod lookups;
 mod mutations;

@@ -21,6 +21,8 @@ mod insiders_second;
 mod insiders_http;
 #[path = "../e2e/insiders_mutations.rs"]
 mod insiders_mutations;
+#[path = "../e2e/insiders_console.rs"]
+mod insiders_console;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]

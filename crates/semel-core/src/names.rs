@@ -15,6 +15,9 @@ pub struct NameError {
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $allowed:literal, $valid:expr) => {
+        name_type!($(#[$doc])* $name, $what, $allowed, $valid, |_| true);
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $allowed:literal, $valid:expr, $whole:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
         #[serde(transparent)]
@@ -25,7 +28,8 @@ macro_rules! name_type {
             pub fn new(s: impl Into<String>) -> Result<Self, NameError> {
                 let s = s.into();
                 let valid: fn(u8) -> bool = $valid;
-                if s.is_empty() || s.len() > 64 || !s.bytes().all(valid) {
+                let whole: fn(&str) -> bool = $whole;
+                if s.is_empty() || s.len() > 64 || !s.bytes().all(valid) || !whole(&s) {
                     return Err(NameError { what: $what, allowed: $allowed });
                 }
                 Ok(Self(s))
@@ -93,11 +97,15 @@ name_type!(
     |b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
 );
 name_type!(
-    /// An authorisation reference such as `BSC/2024/017`.
+    /// An authorisation reference such as `BSC/2024/017`. Its `/`-separated
+    /// parts are never `.` or `..`: a reference is put in request paths
+    /// (`/v1/authorisationVersions/BSC/2024/017`), where a dot segment would
+    /// lead a browser or a proxy to another resource than the one named.
     AuthorisationRef,
     "an authorisation reference",
-    "letters, digits, '/', '.', '_' and '-'",
-    |b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-')
+    "letters, digits, '/', '.', '_' and '-', no part of it '.' or '..'",
+    |b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'),
+    |s| s.split('/').all(|part| part != "." && part != "..")
 );
 
 #[cfg(test)]
@@ -116,5 +124,31 @@ mod tests {
         assert!(PurposeCode::new("ris").is_err());
         assert!(AuthorisationRef::new("BSC/2024/017").is_ok());
         assert!(AuthorisationRef::new("BSC 2024").is_err());
+    }
+
+    #[test]
+    fn an_authorisation_reference_has_no_dot_segment() {
+        for ok in [
+            "BSC/2024/017",
+            "CSSS.2024.017",
+            "a..b/c",
+            ".hidden/x",
+            "x/..y",
+            "v1.2",
+        ] {
+            assert!(AuthorisationRef::new(ok).is_ok(), "{ok} is a reference");
+        }
+        for bad in [
+            ".",
+            "..",
+            "../../v1/organisations",
+            "BSC/../admin",
+            "BSC/2024/..",
+            "./BSC",
+            "BSC/./017",
+            "BSC/2024/.",
+        ] {
+            assert!(AuthorisationRef::new(bad).is_err(), "{bad} is refused");
+        }
     }
 }

@@ -41,13 +41,48 @@ export class ApiError extends Error {
   }
 }
 
+/** Whether text is a well-formed authorisation reference (as the broker
+ * checks them: letters, digits, '/', '.', '_' and '-', no part of it '.' or
+ * '..'). One read from the log is looked up only if it is. */
+export function isReference(text) {
+  return typeof text === "string" && /^[A-Za-z0-9/._-]{1,64}$/.test(text) &&
+    text.split("/").every((part) => part !== "." && part !== "..");
+}
+
+/** A request path from a template whose literal parts are the console's
+ * own and whose values (`${…}`) are not: each value becomes exactly one
+ * path segment, fully percent-encoded (a '/' in it included), and a value
+ * that is empty or a dot segment is refused rather than sent:
+ * path`/v1/authorisationVersions/${reference}`. */
+export function path(literals, ...values) {
+  let out = literals[0];
+  values.forEach((v, i) => {
+    const text = String(v);
+    if (text === "" || text === "." || text === "..") throw new Error(`not a path segment: "${text}"`);
+    out += encodeURIComponent(text) + literals[i + 1];
+  });
+  return out;
+}
+
+/** The URL of an API path, which must stay under `<root>/v1/`: a path
+ * that would lead elsewhere once resolved is refused, not requested. */
+export function apiUrl(path) {
+  const url = new URL(path.replace(/^\//, ""), ROOT);
+  const api = new URL("v1/", ROOT);
+  if (url.origin !== api.origin || !url.pathname.startsWith(api.pathname)) {
+    throw new Error(`not a path of the API: ${path}`);
+  }
+  return url;
+}
+
 export async function call(method, path, body) {
   const headers = {};
   if (token()) headers.Authorization = `Bearer ${token()}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  const url = apiUrl(path);
   let resp;
   try {
-    resp = await fetch(new URL(path.replace(/^\//, ""), ROOT), {
+    resp = await fetch(url, {
       method,
       headers,
       body: body === undefined ? undefined : JSON.stringify(body),

@@ -2,17 +2,19 @@
 // checkpoints and their consistency, export, overview. Every datum comes
 // from the HTTP/JSON face; every proof is checked in this browser.
 
-import { call, claims, setToken, token, query, ApiError } from "./api.js";
+import { call, claims, setToken, token, query, path, ApiError, isReference } from "./api.js";
 import { $, el, showError, skipLink, languageSelector } from "./ui.js";
 import { t, formatTime, formatNumber } from "./i18n.js";
 import {
   b64decode, b64encode, hex, unhex, leafHash, verifyInclusion, verifyConsistency,
-  parseVerifierKey, verifyNote, decodeEntry, differences,
+  parseVerifierKey, parseWitnessKey, verifyNote, cosignedBy, decodeEntry, differences,
 } from "./verify.js";
 
 const PAGE = 50;
 const EXPORT_MAX = 10000;
 const VKEY = "semel.verifierKey";
+const WKEYS = "semel.witnessKeys";
+const QUORUM = "semel.witnessQuorum";
 const SEEN = "semel.seen";
 
 const state = { filter: {}, pages: [""], page: 0, orgs: new Map(), total: null };
@@ -51,6 +53,32 @@ async function signIn(ev) {
     }
   } else {
     localStorage.removeItem(VKEY);
+  }
+  // The witnesses whose cosignatures a checkpoint must carry, and how many
+  // of them, as `semel audit verify --witness-key --witness-quorum` takes
+  // them: without them, the log's own key could have signed a rewritten
+  // log, and nothing is called verified.
+  const wkeys = $("wkeys").value.split("\n").map((l) => l.trim()).filter(Boolean);
+  for (const w of wkeys) {
+    try {
+      await parseWitnessKey(w);
+    } catch (e) {
+      showError(new Error(`${t("signin.wkeys")}: ${w.split("+")[0]}: ${e.message}`));
+      return;
+    }
+  }
+  const quorumText = $("quorum").value.trim();
+  const quorum = quorumText === "" ? wkeys.length : Number(quorumText);
+  if (wkeys.length && (!Number.isInteger(quorum) || quorum < 1 || quorum > wkeys.length)) {
+    showError(new Error(t("signin.quorumBad", wkeys.length)));
+    return;
+  }
+  if (wkeys.length) {
+    localStorage.setItem(WKEYS, wkeys.join("\n"));
+    localStorage.setItem(QUORUM, String(quorum));
+  } else {
+    localStorage.removeItem(WKEYS);
+    localStorage.removeItem(QUORUM);
   }
   showWho();
   // Signing in asks the broker once, so that a certificate or token it
@@ -157,23 +185,86 @@ async function showPage() {
 
 // ---- verification --------------------------------------------------------
 
-/** The checkpoint to prove against: the latest, its signature checked with
- * the published key the auditor gave (or, failing that, the served one). */
+/** The witnesses the auditor gave at sign-in, their keys imported, and
+ * the quorum of them a checkpoint must carry the cosignatures of. */
+async function witnessPolicy() {
+  const lines = (localStorage.getItem(WKEYS) || "").split("\n").filter(Boolean);
+  const keys = await Promise.all(lines.map(parseWitnessKey));
+  const quorum = Number(localStorage.getItem(QUORUM) || keys.length);
+  return { keys, quorum: Math.min(Math.max(quorum, 1), Math.max(keys.length, 1)) };
+}
+
+/** The checkpoint to prove against: the newest whose signature checks with
+ * the published key the auditor gave (or, failing that, the served one)
+ * and, when the auditor gave witnesses, that carries the cosignatures of
+ * their quorum. The log's own signature proves nothing against an
+ * operator holding its key, who could rewrite and re-sign the log: only
+ * witnesses, who cosign a checkpoint only if it extends what they cosigned
+ * before, make a checkpoint one to call verified (`verified`). */
 async function trustedCheckpoint() {
   const latest = await call("GET", "/v1/audit/checkpoints/latest");
   const pinned = localStorage.getItem(VKEY);
   const served = latest.verifierKey || "";
   const key = await parseVerifierKey(pinned || served);
+  const witnesses = await witnessPolicy();
   const notes = [];
   notes.push(pinned ? t("v.keyPinned") : t("v.keyServed"));
   if (pinned && served && served.trim() !== pinned.trim()) notes.push(t("v.keyDiffers"));
-  if (!latest.checkpoint) return { checkpoint: null, notes, key, pinned: !!pinned };
-  const checkpoint = await verifyNote(latest.checkpoint.signedNote, key);
+  const base = { checkpoint: null, notes, key, pinned: !!pinned, witnesses, cosigned: [], verified: false };
+  if (!latest.checkpoint) return base;
+  const latestNote = latest.checkpoint.signedNote;
+  const newest = await verifyNote(latestNote, key);
   if (pinned) {
-    const seen = await stillConsistent(key, checkpoint);
+    const seen = await stillConsistent(key, newest);
     if (seen) notes.push(t("v.sinceSeen", formatNumber(seen.size)));
   }
-  return { checkpoint, notes, key, note: latest.checkpoint.signedNote, pinned: !!pinned };
+  let [note, checkpoint] = [latestNote, newest];
+  let cosigned = await cosignedBy(note, witnesses.keys);
+  if (witnesses.keys.length && cosigned.length < witnesses.quorum) {
+    // The newest checkpoint is sent to the witnesses once it is signed:
+    // until they have cosigned it, the newest they did cosign is proven
+    // against (an entry newer than it shows a moment later).
+    const r = await call("GET", `/v1/audit/checkpoints${query({ pageSize: 10 })}`);
+    for (const c of r.checkpoints || []) {
+      if (c.signedNote === note) continue;
+      let older;
+      try {
+        older = await verifyNote(c.signedNote, key);
+      } catch {
+        continue; // signed with another key (before a rotation)
+      }
+      // A forged cosignature throws here: the checkpoint is not used.
+      const by = await cosignedBy(c.signedNote, witnesses.keys);
+      if (by.length >= witnesses.quorum) {
+        [note, checkpoint, cosigned] = [c.signedNote, older, by];
+        break;
+      }
+    }
+    // The latest must extend what the witnesses cosigned: a log rewritten
+    // since is said so, not merely proven against its older part.
+    if (checkpoint.size < newest.size && cosigned.length >= witnesses.quorum) {
+      const p = await call("GET", `/v1/audit/consistencyProof${query({ firstTreeSize: checkpoint.size.toString(), secondTreeSize: newest.size.toString() })}`);
+      const ok = checkpoint.size === 0n ||
+        (await verifyConsistency(checkpoint.size, newest.size, checkpoint.root, newest.root, (p.proof || []).map(b64decode)));
+      if (!ok) throw new Error(t("v.notExtension", formatNumber(checkpoint.size)));
+    }
+  }
+  const witnessed = witnesses.keys.length > 0 && cosigned.length >= witnesses.quorum;
+  if (witnesses.keys.length) {
+    notes.push(witnessed
+      ? t("v.cosigned", cosigned.join(", "), witnesses.quorum, witnesses.keys.length)
+      : t("v.notCosigned", cosigned.length, witnesses.quorum));
+  } else {
+    notes.push(t("v.noWitnesses"));
+  }
+  return { ...base, checkpoint, note, cosigned, witnessed, verified: !!pinned && witnessed };
+}
+
+/** Why a proof that holds is still not called verified. */
+function notVerified(trusted) {
+  if (!trusted.pinned) return t("v.unpinned");
+  if (!trusted.witnesses.keys.length) return t("v.unwitnessed");
+  return t("v.uncosigned", trusted.cosigned.length, trusted.witnesses.quorum);
 }
 
 /** Checks that the log only grew since the newest checkpoint this browser
@@ -204,7 +295,7 @@ async function stillConsistent(key, checkpoint) {
 }
 
 async function proveEntry(sequence, checkpoint) {
-  const r = await call("GET", `/v1/auditEntries/${sequence}/inclusionProof${query({ treeSize: checkpoint.size.toString() })}`);
+  const r = await call("GET", path`/v1/auditEntries/${sequence}/inclusionProof` + query({ treeSize: checkpoint.size.toString() }));
   const entry = r.entry || {};
   const encoding = b64decode(entry.encoding || "");
   const proof = (r.proof || []).map(b64decode);
@@ -273,11 +364,13 @@ async function showEntry(sequence) {
   if (result.failure) {
     verdict.className = "verdict bad";
     verdict.textContent = t("v.failed", result.failure);
-  } else if (!trusted.pinned) {
-    // Signed by the key the broker serves: the broker could have signed
-    // anything. Not a verification until the published key is given.
+  } else if (!trusted.verified) {
+    // Signed by the key the broker serves, or by the log's key alone: the
+    // broker, or an operator holding the key, could have signed anything.
+    // Not a verification until the published key and the quorum of the
+    // witnesses' cosignatures are there.
     verdict.className = "verdict warn";
-    verdict.textContent = t("v.unpinned");
+    verdict.textContent = notVerified(trusted);
   } else {
     verdict.className = "verdict ok";
     verdict.textContent = t("v.ok", sequence, trusted.checkpoint.size.toString());
@@ -324,8 +417,16 @@ async function showAuthorisation(reference, version) {
     dl.replaceChildren(el("dd", { text: t("entry.noAuthorisation") }));
     return;
   }
+  // The reference comes from the log: one that is not well formed (a dot
+  // segment would lead the request elsewhere) is shown, never looked up.
+  if (!isReference(reference)) {
+    dl.replaceChildren(el("dd", { text: t("entry.badReference") }));
+    return;
+  }
   try {
-    const r = await call("GET", `/v1/authorisationVersions/${encodeURIComponent(reference).replace(/%2F/g, "/")}`);
+    // The whole reference is one path segment (its slashes encoded), as
+    // the route `/v1/authorisationVersions/{reference=**}` reads it.
+    const r = await call("GET", path`/v1/authorisationVersions/${reference}`);
     const versions = r.versions || [];
     const a = versions.find((v) => Number(v.version) === Number(version));
     // From the registry, not part of the proof: said so.
@@ -360,7 +461,9 @@ async function showCheckpoints(more = false) {
     $("cp-more").hidden = !state.cpToken;
     const pinned = localStorage.getItem(VKEY);
     const key = await parseVerifierKey(pinned || r.verifierKey);
+    const witnesses = await witnessPolicy();
     state.pinned = !!pinned;
+    state.witnesses = witnesses;
     $("cp-vkey").textContent = key.text;
     const notes = [pinned ? t("v.keyPinned") : t("v.keyServed")];
     if (pinned && !more) {
@@ -379,7 +482,8 @@ async function showCheckpoints(more = false) {
       table.append(el("thead", {}, el("tr", {},
         el("th", { scope: "col", text: t("cp.size") }),
         el("th", { scope: "col", text: t("cp.root") }),
-        el("th", { scope: "col", text: t("cp.signature") }))));
+        el("th", { scope: "col", text: t("cp.signature") }),
+        el("th", { scope: "col", text: t("cp.witnesses") }))));
       table.append(el("tbody"));
       state.checkpoints = [];
     }
@@ -388,20 +492,26 @@ async function showCheckpoints(more = false) {
     for (const c of r.checkpoints || []) {
       let ok = true;
       let cp = null;
+      let by = null;
       try {
         // What is shown is what the signature covers; the served size and
         // root must be the note's.
         cp = await verifyNote(c.signedNote, key);
         ok = cp.size.toString() === String(c.treeSize) && hex(cp.root) === hex(b64decode(c.rootHash || ""));
+        by = await cosignedBy(c.signedNote, witnesses.keys).catch(() => null);
       } catch {
         ok = false;
       }
-      if (ok) verified.push(cp);
+      const witnessed = ok && by !== null && witnesses.keys.length > 0 && by.length >= witnesses.quorum;
+      if (ok) verified.push({ ...cp, witnessed });
       const word = !ok ? t("cp.sigBad") : pinned ? t("cp.sigOk") : t("cp.sigServed");
+      const cosigned = !ok ? "" : by === null ? t("cp.cosigBad")
+        : !witnesses.keys.length ? t("cp.noWitnesses") : t("cp.cosigned", by.length, witnesses.quorum);
       body.append(el("tr", {},
         el("td", { text: cp ? formatNumber(cp.size) : formatNumber(c.treeSize) }),
         el("td", { class: "hash", text: cp ? hex(cp.root) : hex(b64decode(c.rootHash || "")) }),
-        el("td", { class: !ok ? "refused" : pinned ? "allowed" : "", text: word })));
+        el("td", { class: !ok ? "refused" : pinned ? "allowed" : "", text: word }),
+        el("td", { class: by === null && ok ? "refused" : witnessed ? "allowed" : "", text: cosigned })));
     }
     $("cp-list").replaceChildren(table);
     for (const [id, pick] of [["cp-older", verified.length - 1], ["cp-newer", 0]]) {
@@ -424,12 +534,17 @@ async function checkConsistency(ev) {
   try {
     const r = await call("GET", `/v1/audit/consistencyProof${query({ firstTreeSize: a.size.toString(), secondTreeSize: b.size.toString() })}`);
     const ok = await verifyConsistency(a.size, b.size, a.root, b.root, (r.proof || []).map(b64decode));
-    out.className = !ok ? "verdict bad" : state.pinned ? "verdict ok" : "verdict warn";
+    // Consistent checkpoints the log's key alone signed could all be of a
+    // rewritten log: verified only when the newer one is witnessed.
+    const verified = state.pinned && b.witnessed;
+    out.className = !ok ? "verdict bad" : verified ? "verdict ok" : "verdict warn";
     out.textContent = !ok
       ? t("cp.failed", formatNumber(a.size), formatNumber(b.size))
-      : state.pinned
+      : verified
         ? t("cp.ok", formatNumber(a.size), formatNumber(b.size))
-        : t("cp.unpinned", formatNumber(a.size), formatNumber(b.size));
+        : state.pinned
+          ? t("cp.unwitnessed", formatNumber(a.size), formatNumber(b.size))
+          : t("cp.unpinned", formatNumber(a.size), formatNumber(b.size));
   } catch (e) {
     out.className = "verdict bad";
     out.textContent = e.message;
@@ -533,7 +648,7 @@ async function exportJsonl() {
     download(name, lines, "application/jsonl");
     $("export-status").textContent = t("export.done", formatNumber(lines.length - 1), name) +
       (newer ? ` ${t("export.newer", formatNumber(newer))}` : "") +
-      (trusted.pinned ? "" : ` ${t("v.keyServed")}`);
+      (trusted.verified ? "" : ` ${notVerified(trusted)}`);
   } catch (e) {
     showError(e);
   }
@@ -743,8 +858,17 @@ async function route() {
   showError(null);
   const heading = document.querySelector(`#view-${name} h1`);
   heading?.focus();
-  if (name === "signin") $("vkey").value = localStorage.getItem(VKEY) || "";
-  if (name === "entry" && arg) await showEntry(arg);
+  if (name === "signin") {
+    $("vkey").value = localStorage.getItem(VKEY) || "";
+    $("wkeys").value = localStorage.getItem(WKEYS) || "";
+    $("quorum").value = localStorage.getItem(WKEYS) ? localStorage.getItem(QUORUM) || "" : "";
+  }
+  // An entry's number is all digits: anything else in the address (which
+  // anyone can link to) is not put in a request.
+  if (name === "entry" && arg) {
+    if (/^[0-9]{1,20}$/.test(arg)) await showEntry(arg);
+    else showError(new Error(t("entry.badNumber")));
+  }
   if (name === "checkpoints") await showCheckpoints();
   if (name === "overview") await overview();
   if (name === "search" && state.pending) {

@@ -1,5 +1,6 @@
 // Checking the audit log in the browser, trusting nothing the broker says:
-// signed checkpoints (C2SP signed note, Ed25519), RFC 6962 / RFC 9162
+// signed checkpoints (C2SP signed note, Ed25519) and their witnesses'
+// cosignatures (C2SP tlog-cosignature), RFC 6962 / RFC 9162
 // inclusion and consistency proofs (SHA-256), and the canonical encoding of
 // an entry, decoded here so that what is shown is what was proven.
 // WebCrypto does the hashing and the signature checks.
@@ -121,36 +122,66 @@ export async function verifyConsistency(older, newer, oldRoot, newRoot, proof) {
   return s === 0n && equal(fr, oldRoot) && equal(sr, newRoot);
 }
 
-/** A verifier key `name+hash+base64(0x01 || Ed25519 public key)`, checked
- * (the hash must be that of the name and key) and imported. */
-export async function parseVerifierKey(text) {
+/** The signature type byte of Ed25519 in signed notes. */
+const ED25519 = 0x01;
+/** The type byte of Ed25519 witness cosignatures (c2sp.org/tlog-cosignature). */
+const COSIGNATURE_V1 = 0x04;
+
+/** A key `name+hash+base64(type || Ed25519 public key)`, checked (the hash
+ * must be that of the name, type and key) and imported. */
+async function parseKey(text, type) {
   const parts = text.trim().split("+");
   if (parts.length < 3) throw new Error("expected name+hash+key");
   const [name, hash] = parts;
   const typed = b64decode(parts.slice(2).join("+"));
-  if (typed[0] !== 0x01 || typed.length !== 33) throw new Error("not an Ed25519 verifier key");
+  if (typed[0] !== type || typed.length !== 33) {
+    throw new Error(type === COSIGNATURE_V1 ? "not a cosignature/v1 (Ed25519) witness key" : "not an Ed25519 verifier key");
+  }
   const pub = typed.slice(1);
-  const digest = await sha256(concat(enc.encode(name + "\n"), Uint8Array.of(1), pub));
+  const digest = await sha256(concat(enc.encode(name + "\n"), Uint8Array.of(type), pub));
   const id = digest.slice(0, 4);
   if (hex(id) !== hash.toLowerCase()) throw new Error("the key hash does not match the key");
   const key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
   return { name, id, key, text: text.trim() };
 }
 
-/** Checks a signed note with a verifier key; returns its checkpoint
- * {origin, size (BigInt), root}. Throws with the reason otherwise. */
-export async function verifyNote(note, vkey) {
+/** A verifier key `name+hash+base64(0x01 || Ed25519 public key)`, checked
+ * (the hash must be that of the name and key) and imported. */
+export function parseVerifierKey(text) {
+  return parseKey(text, ED25519);
+}
+
+/** A witness's verifier key `name+hash+base64(0x04 || Ed25519 public key)`,
+ * checked and imported, as `semel audit verify --witness-key` takes it. */
+export function parseWitnessKey(text) {
+  return parseKey(text, COSIGNATURE_V1);
+}
+
+/** A note's body (the text its signatures cover, newline included) and its
+ * signature lines, each {name, blob}. Throws when it is malformed. */
+function splitNote(note) {
   const cut = note.indexOf("\n\n");
   if (cut < 0) throw new Error("the note has no empty line before its signatures");
   const body = note.slice(0, cut + 1);
+  const lines = [];
   for (const line of note.slice(cut + 2).split("\n")) {
     if (line === "") continue;
     if (!line.startsWith("\u2014 ")) throw new Error("a signature line does not start with an em dash");
     const rest = line.slice(2);
     const space = rest.lastIndexOf(" ");
-    const name = rest.slice(0, space);
-    const blob = b64decode(rest.slice(space + 1));
-    if (name !== vkey.name || blob.length !== 68 || !equal(blob.slice(0, 4), vkey.id)) continue;
+    if (space < 0) throw new Error("a signature line has no signature");
+    lines.push({ name: rest.slice(0, space), blob: b64decode(rest.slice(space + 1)) });
+  }
+  return { body, lines };
+}
+
+/** Checks a signed note with a verifier key; returns its checkpoint
+ * {origin, size (BigInt), root}. Throws with the reason otherwise.
+ * Signatures by other keys are ignored, as the signed-note format intends. */
+export async function verifyNote(note, vkey) {
+  const { body, lines } = splitNote(note);
+  for (const { name, blob } of lines) {
+    if (name !== vkey.name || blob.length !== 4 + 64 || !equal(blob.slice(0, 4), vkey.id)) continue;
     const ok = await crypto.subtle.verify({ name: "Ed25519" }, vkey.key, blob.slice(4), enc.encode(body));
     if (!ok) throw new Error(`the signature by ${vkey.name} does not verify`);
     const [origin, size, root] = body.split("\n");
@@ -160,6 +191,35 @@ export async function verifyNote(note, vkey) {
     return { origin, size: BigInt(size), root: rootBytes };
   }
   throw new Error(`no signature by ${vkey.name}`);
+}
+
+/** The time (seconds since the epoch, BigInt) of a witness's cosignature
+ * on the note, once checked (c2sp.org/tlog-cosignature, cosignature/v1: an
+ * Ed25519 signature over "cosignature/v1\ntime <t>\n" and the note's body;
+ * the blob is the key hash, the time as 8 big-endian bytes, the
+ * signature), as `semel audit verify --witness-key` checks it. Null when
+ * the note carries no cosignature by this witness; throws when it carries
+ * one that does not verify. */
+export async function verifyCosignature(note, wkey) {
+  const { body, lines } = splitNote(note);
+  for (const { name, blob } of lines) {
+    if (name !== wkey.name || blob.length !== 4 + 8 + 64 || !equal(blob.slice(0, 4), wkey.id)) continue;
+    const time = new DataView(blob.buffer, blob.byteOffset + 4, 8).getBigUint64(0);
+    const message = enc.encode(`cosignature/v1\ntime ${time}\n${body}`);
+    const ok = await crypto.subtle.verify({ name: "Ed25519" }, wkey.key, blob.slice(12), message);
+    if (!ok) throw new Error(`the cosignature by witness ${wkey.name} does not verify`);
+    return time;
+  }
+  return null;
+}
+
+/** The names of the witnesses (of `wkeys`) whose cosignature on the note
+ * verifies. Throws when one the note carries does not verify: a forged
+ * cosignature is a forged checkpoint, not a missing one. */
+export async function cosignedBy(note, wkeys) {
+  const out = [];
+  for (const w of wkeys) if ((await verifyCosignature(note, w)) !== null) out.push(w.name);
+  return out;
 }
 
 const OUTCOMES = [

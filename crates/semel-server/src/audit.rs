@@ -404,11 +404,20 @@ fn citizen_may_see(
 
 /// What an auditor's query records in its own audit entry: the citizen,
 /// dataset and authorisation it names in their fields; returns the rest in
-/// words for its detail.
+/// words for its detail. The dataset and authorisation are the auditor's
+/// text, kept only when they are well-formed names (else `(not a valid
+/// name)`), as a refused lookup's are: the entry is shown in the console,
+/// which looks an entry's authorisation up by its reference.
 fn record_query(change: &mut Change, q: &AuditQuery) -> String {
+    use crate::lookup::recorded_name;
     change.citizen = q.citizen;
-    change.dataset = q.dataset.clone().unwrap_or_default();
-    change.authorisation = q.authorisation.clone();
+    change.dataset = recorded_name(q.dataset.as_deref().unwrap_or_default(), |s| {
+        semel_core::DatasetName::new(s).is_ok()
+    });
+    change.authorisation = q
+        .authorisation
+        .as_deref()
+        .map(|a| recorded_name(a, |s| semel_core::AuthorisationRef::new(s).is_ok()));
     describe_query(q)
 }
 
@@ -856,6 +865,10 @@ impl Rpc for AuditService {
             Some(last) if more => last.checkpoint.size.to_string(),
             _ => String::new(),
         };
+        // The newest checkpoint the witnesses cosigned carries their
+        // cosignatures here too: while they have not yet cosigned the
+        // latest, an auditor who requires them proves against that one.
+        let cosigned = log.cosigned().await.map_err(ApiError::from)?;
         Ok(Response::new(proto::ListCheckpointsResponse {
             checkpoints: all
                 .into_iter()
@@ -863,7 +876,11 @@ impl Rpc for AuditService {
                     origin: c.checkpoint.origin,
                     tree_size: c.checkpoint.size,
                     root_hash: c.checkpoint.root.to_vec(),
-                    signed_note: c.note,
+                    signed_note: cosigned
+                        .as_ref()
+                        .filter(|n| n.starts_with(&c.note))
+                        .cloned()
+                        .unwrap_or(c.note),
                 })
                 .collect(),
             next_page_token,

@@ -122,6 +122,11 @@ pub struct DemoManifest {
     pub witness: String,
     #[serde(default)]
     pub witness_key: String,
+    /// How many of the witnesses (`witness_key`: the demo runs one) must
+    /// have cosigned a checkpoint for an auditor to call it verified
+    /// (`semel audit verify --witness-quorum`, the console's sign-in).
+    #[serde(default)]
+    pub witness_quorum: usize,
     /// The log's verifier key, as an operator publishes it for auditors
     /// (`semel audit verify --verifier-key`, the console's sign-in).
     #[serde(default)]
@@ -420,6 +425,7 @@ impl Demo {
             }),
             witness: witness_url,
             witness_key,
+            witness_quorum: 1,
             verifier_key,
         };
         std::fs::write(

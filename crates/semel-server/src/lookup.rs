@@ -983,7 +983,7 @@ fn outcome_label(outcome: Outcome) -> &'static str {
 /// formed (and holds nothing shaped like a national number), else a
 /// placeholder. Raw caller text would otherwise stay in the log forever and
 /// reach citizens' views and spreadsheets.
-fn recorded_name(s: &str, valid: impl Fn(&str) -> bool) -> String {
+pub(crate) fn recorded_name(s: &str, valid: impl Fn(&str) -> bool) -> String {
     if s.is_empty() {
         String::new()
     } else if valid(s)

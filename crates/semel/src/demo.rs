@@ -155,6 +155,12 @@ fn http_banner(demo: &Demo) -> Option<String> {
     };
     let client = demo.client("cpas-anderlecht").ok()?;
     let auditor = demo.client("control-commission").ok()?;
+    // The keys an auditor signs in to the console with, as demo.json holds
+    // them (an operator publishes them; so does the witnesses' keeper).
+    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(demo.data_dir.join(semel_server::demo::MANIFEST)).ok()?,
+    )
+    .ok()?;
     let dd = demo.data_dir.display();
     Some(format!(
         "\n\nHTTP/JSON on https://{addr} (mutual TLS; OpenAPI at /openapi.json). The first lookup above, with curl:\n\
@@ -162,8 +168,15 @@ fn http_banner(demo: &Demo) -> Option<String> {
          \n    -H \"Authorization: Bearer $(cat {dd}/tokens/cpas-anderlecht.jwt)\" -H 'Content-Type: application/json' \\\
          \n    https://{addr}/v1/lookups -d '{{\"citizen\": \"93051822361\", \"dataset\": \"national_register.residence\", \"fields\": [\"street\", \"municipality\"], \"purpose\": \"RIS_ELIGIBILITY\"}}'\
          \n\nThe web console for auditors: https://{addr}/console/ (give the browser {auditor_cert} and its key,\
-         \nthe supervisory body's, as a PKCS#12 file; sign in with {dd}/tokens/control-commission.jwt and the\
-         \nverifier_key of {dd}/demo.json). The citizen's page, as the portal serves it: https://{addr}/console/citizen.html",
+         \nthe supervisory body's, as a PKCS#12 file; sign in with {dd}/tokens/control-commission.jwt, the\
+         \nlog's verifier key and the demo witness's key, quorum {quorum}: verifier_key, witness_key and\
+         \nwitness_quorum of {dd}/demo.json):\
+         \n  verifier key  {verifier_key}\
+         \n  witness key   {witness_key}\
+         \nThe citizen's page, as the portal serves it: https://{addr}/console/citizen.html",
+        verifier_key = manifest.verifier_key,
+        witness_key = manifest.witness_key,
+        quorum = manifest.witness_quorum,
         auditor_cert = auditor.cert.display(),
         ca = client.ca.display(),
         cert = client.cert.display(),
