@@ -112,6 +112,10 @@ impl Broker {
         }
         let mut record = self.audit_record(caller, request_id);
         record.citizen = change.citizen;
+        record.end_user = Some(crate::state::recorded_end_user(
+            &caller.user,
+            record.citizen,
+        ));
         record.citizen_as_given = change.citizen_as_given;
         record.purpose = change.purpose;
         record.dataset = change.dataset;
