@@ -75,6 +75,23 @@ async fn an_issuer_grants_only_the_roles_it_is_trusted_with() {
     let s = history(&t, JAN, &forged).await.expect_err("refused");
     assert_error(&s, Code::Unauthenticated, "TOKEN_UNTRUSTED_ISSUER");
     assert!(s.message().contains("citizen"), "{}", s.message());
+    // The attempt is in the log, against the portal whose certificate
+    // carried it, naming no one as its end user.
+    let all = t.all_audit_entries().await;
+    let refused = all
+        .iter()
+        .rev()
+        .find(|e| e.operation == "semel.v1.AuditService/ListCitizenAccesses")
+        .expect("the refused read is recorded");
+    assert_eq!(refused.reason, "TOKEN_UNTRUSTED_ISSUER");
+    assert_eq!(
+        refused.consumer_kbo,
+        semel_demo::seed::org("irisbox")
+            .expect("portal")
+            .kbo
+            .as_str()
+    );
+    assert_eq!(refused.end_user, "");
     // Refused whole, not trimmed: a clerk's token that also claims the
     // citizen role makes no lookup either.
     let both = t
