@@ -206,6 +206,10 @@ async fn a_citizens_read_of_their_history_is_logged_out_of_their_view() {
     .await
     .expect("consents");
     assert_eq!(t.audit_size().await, before + 1);
+    let listed = t.all_audit_entries().await.pop().expect("an entry");
+    assert_eq!(listed.operation, "semel.v1.ConsentService/ListConsents");
+    assert_eq!(listed.citizen, KARIM);
+    assert_eq!(listed.end_user, semel_server::state::CITIZEN_THEMSELVES);
     let third = history(&t, KARIM, &token).await.expect("read");
     assert_eq!(third.accesses, first.accesses);
     t.stop().await;

@@ -724,7 +724,7 @@ impl Broker {
             request_id,
             operation,
             org.kbo,
-            user.map(|u| recorded_end_user(&u, citizen)),
+            user.map(|u| recorded_end_user(&u, citizen, None)),
         );
         record.citizen = citizen;
         record.decision = AuditDecision::Refused;
@@ -838,11 +838,16 @@ impl Broker {
 /// entry's `citizen` field already holds).
 pub const CITIZEN_THEMSELVES: &str = "(the citizen)";
 
-/// The end user an entry about `citizen` records for `user`: the token's
-/// subject, but never a citizen's national number twice in one entry.
-pub(crate) fn recorded_end_user(user: &EndUser, citizen: Option<semel_core::Niss>) -> String {
+/// The end user an entry about `citizen` (given as `as_given`) records for
+/// `user`: the token's subject, but never a citizen's national number twice
+/// in one entry.
+pub(crate) fn recorded_end_user(
+    user: &EndUser,
+    citizen: Option<semel_core::Niss>,
+    as_given: Option<semel_core::Niss>,
+) -> String {
     match user.citizen() {
-        Some(own) if Some(own) == citizen => CITIZEN_THEMSELVES.to_owned(),
+        Some(own) if Some(own) == citizen || Some(own) == as_given => CITIZEN_THEMSELVES.to_owned(),
         _ => user.subject.clone(),
     }
 }
