@@ -138,9 +138,15 @@ impl TestDemo {
             .expect("connect")
     }
 
-    /// The demo's development issuer.
+    /// The demo's development issuer (of the organisations' staff).
     pub fn issuer(&self) -> DevIssuer {
         DevIssuer::ensure(&self.pki().dir).expect("issuer")
+    }
+
+    /// The demo's development citizen identity provider: the one issuer
+    /// the demo broker trusts with the citizen role.
+    pub fn citizen_issuer(&self) -> DevIssuer {
+        DevIssuer::ensure_citizen(&self.pki().dir).expect("citizen issuer")
     }
 
     /// A valid token for `demo-user@<slug>` with these roles.
@@ -213,8 +219,15 @@ impl TestDemo {
         second
     }
 
+    /// A token of the issuer the demo trusts with its roles: the citizen
+    /// identity provider for the citizen role, the staff's otherwise.
     pub fn mint(&self, req: &TokenRequest<'_>) -> String {
-        self.issuer().mint(req).expect("mint")
+        let issuer = if req.roles.contains(&UserRole::Citizen) {
+            self.citizen_issuer()
+        } else {
+            self.issuer()
+        };
+        issuer.mint(req).expect("mint")
     }
 
     pub async fn channel_with(

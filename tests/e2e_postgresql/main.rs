@@ -13,16 +13,18 @@ mod harness;
 mod http_face;
 #[path = "../e2e/identity.rs"]
 mod identity;
+#[path = "../e2e/identity_binding.rs"]
+mod identity_binding;
 #[path = "../e2e/insiders.rs"]
 mod insiders;
-#[path = "../e2e/insiders_second.rs"]
-mod insiders_second;
+#[path = "../e2e/insiders_console.rs"]
+mod insiders_console;
 #[path = "../e2e/insiders_http.rs"]
 mod insiders_http;
 #[path = "../e2e/insiders_mutations.rs"]
 mod insiders_mutations;
-#[path = "../e2e/insiders_console.rs"]
-mod insiders_console;
+#[path = "../e2e/insiders_second.rs"]
+mod insiders_second;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]

@@ -1,5 +1,10 @@
-//! A development identity provider: an Ed25519 key pair, its public JWKS,
-//! and tokens minted with it for any person, organisation and roles.
+//! Development identity providers: an Ed25519 key pair each, its public
+//! JWKS, and tokens minted with it for any person, organisation and roles.
+//! Two of them, as in production: the organisations' staff sign in with
+//! one (`DevIssuer::at`), citizens with the other (`DevIssuer::citizen_at`),
+//! whose tokens carry an authentication level (`acr`). The demo broker
+//! trusts the first for every role but the citizen's, the second for the
+//! citizen's alone.
 //!
 //! For development and tests only: the private key is written unencrypted.
 
@@ -16,6 +21,14 @@ pub const DEV_ISSUER: &str = "https://idp.semel-demo.invalid";
 pub const DEV_AUDIENCE: &str = "semel";
 /// The key id of the development issuer's key.
 pub const DEV_KID: &str = "semel-demo-1";
+/// The development citizen identity provider's `iss`.
+pub const DEV_CITIZEN_ISSUER: &str = "https://citizen-idp.semel-demo.invalid";
+/// The key id of the development citizen identity provider's key.
+pub const DEV_CITIZEN_KID: &str = "semel-demo-citizen-1";
+/// The authentication level the development citizen identity provider
+/// vouches for, and the demo broker requires of citizens' tokens: eIDAS
+/// high (an eID card or itsme).
+pub const DEV_CITIZEN_ACR: &str = "http://eidas.europa.eu/LoA/high";
 
 /// Why the issuer could not be made or used.
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +44,19 @@ pub enum IssuerError {
     Jwt(#[from] jsonwebtoken::errors::Error),
 }
 
-/// The development issuer whose files are in a directory: `issuer.key`
+/// A development issuer whose files are in a directory: `issuer.key`
 /// (PKCS#8 PEM, RFC 8410: `openssl pkey` reads it) and `issuer.jwks.json`
-/// (the public key).
+/// (the public key); the citizen identity provider's are
+/// `citizen-idp.key` and `citizen-idp.jwks.json`.
 #[derive(Debug, Clone)]
 pub struct DevIssuer {
     pub dir: PathBuf,
     pub issuer: String,
     pub kid: String,
+    /// The `acr` its tokens carry, when any.
+    pub acr: Option<String>,
+    /// Its files' name: `<stem>.key`, `<stem>.jwks.json`.
+    pub stem: &'static str,
 }
 
 /// What a minted token says.
@@ -69,6 +87,8 @@ struct Claims<'a> {
     iat: i64,
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    acr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     nbf: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cnf: Option<Confirmation>,
@@ -76,25 +96,53 @@ struct Claims<'a> {
 
 impl DevIssuer {
     pub fn key_file(&self) -> PathBuf {
-        self.dir.join("issuer.key")
+        self.dir.join(format!("{}.key", self.stem))
     }
 
     pub fn jwks_file(&self) -> PathBuf {
-        self.dir.join("issuer.jwks.json")
+        self.dir.join(format!("{}.jwks.json", self.stem))
     }
 
-    /// The development issuer whose key is in `dir` (not created).
+    /// The development issuer of organisations' staff whose key is in
+    /// `dir` (not created).
     pub fn at(dir: &Path) -> DevIssuer {
         DevIssuer {
             dir: dir.to_path_buf(),
             issuer: DEV_ISSUER.to_owned(),
             kid: DEV_KID.to_owned(),
+            acr: None,
+            stem: "issuer",
         }
     }
 
-    /// Creates the key pair in `dir` if it is missing.
+    /// The development citizen identity provider whose key is in `dir`
+    /// (not created): its tokens carry `DEV_CITIZEN_ACR`.
+    pub fn citizen_at(dir: &Path) -> DevIssuer {
+        DevIssuer {
+            dir: dir.to_path_buf(),
+            issuer: DEV_CITIZEN_ISSUER.to_owned(),
+            kid: DEV_CITIZEN_KID.to_owned(),
+            acr: Some(DEV_CITIZEN_ACR.to_owned()),
+            stem: "citizen-idp",
+        }
+    }
+
+    /// Creates the staff issuer's key pair in `dir` if it is missing.
     pub fn ensure(dir: &Path) -> Result<DevIssuer, IssuerError> {
-        let issuer = DevIssuer::at(dir);
+        DevIssuer::at(dir).created()
+    }
+
+    /// Creates the citizen identity provider's key pair in `dir` if it is
+    /// missing.
+    pub fn ensure_citizen(dir: &Path) -> Result<DevIssuer, IssuerError> {
+        DevIssuer::citizen_at(dir).created()
+    }
+
+    /// This issuer, its key pair created if it is missing.
+    fn created(self) -> Result<DevIssuer, IssuerError> {
+        let issuer = self;
+        let dir = issuer.dir.clone();
+        let dir = dir.as_path();
         if issuer.key_file().exists() && issuer.jwks_file().exists() {
             return Ok(issuer);
         }
@@ -129,7 +177,7 @@ impl DevIssuer {
         header.kid = Some(self.kid.clone());
         Ok(jsonwebtoken::encode(
             &header,
-            &claims(&self.issuer, req),
+            &claims(&self.issuer, self.acr.as_deref(), req),
             &key,
         )?)
     }
@@ -141,7 +189,7 @@ struct Confirmation {
     x5t_s256: String,
 }
 
-fn claims<'a>(issuer: &'a str, req: &'a TokenRequest<'a>) -> Claims<'a> {
+fn claims<'a>(issuer: &'a str, acr: Option<&'a str>, req: &'a TokenRequest<'a>) -> Claims<'a> {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     Claims {
         iss: issuer,
@@ -151,6 +199,7 @@ fn claims<'a>(issuer: &'a str, req: &'a TokenRequest<'a>) -> Claims<'a> {
         roles: req.roles.iter().map(|r| r.as_str()).collect(),
         iat: now,
         exp: now + req.expires_in,
+        acr,
         nbf: req.not_before.map(|s| now + s),
         cnf: req.bound_to.map(|b| Confirmation {
             x5t_s256: semel_core::checkpoint::b64::encode_url(&b),

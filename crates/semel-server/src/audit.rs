@@ -644,13 +644,12 @@ impl Rpc for AuditService {
             change.detail = format!("citizen's accesses read: {} entries", page.0.len());
             Ok((page, nothing_to_undo()))
         };
-        // The citizen reading their own accesses is not recorded; an
-        // auditor reading a citizen's is.
-        let (entries, next_page_token) = if own {
-            scan(&mut Change::default()).await?.0
-        } else {
-            self.broker.audited(&caller, scan).await?.0
-        };
+        // Recorded, whoever reads: an auditor reading a citizen's history,
+        // and the citizen reading their own (a token of theirs in other
+        // hands reads it too, and the log must show it). The entry is an
+        // AuditService operation, which `citizen_action` keeps out of the
+        // citizen's own view.
+        let (entries, next_page_token) = self.broker.audited(&caller, scan).await?.0;
         let snapshot = self.broker.snapshot();
         // The law an access rested on is that of the version it was decided
         // under: a later amendment (an investigation's, say) neither

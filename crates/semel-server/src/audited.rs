@@ -113,6 +113,11 @@ impl Broker {
         let mut record = self.audit_record(caller, request_id);
         record.citizen = change.citizen;
         record.citizen_as_given = change.citizen_as_given;
+        record.end_user = Some(crate::state::recorded_end_user(
+            &caller.user,
+            record.citizen,
+            record.citizen_as_given,
+        ));
         record.purpose = change.purpose;
         record.dataset = change.dataset;
         record.source = change.source;

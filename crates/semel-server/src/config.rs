@@ -389,6 +389,16 @@ pub struct IssuerSection {
     /// The enterprise numbers it may speak for; any when absent.
     #[serde(default)]
     pub organisations: Vec<String>,
+    /// The roles it may grant; absent: admin, consumer, source and auditor,
+    /// never citizen. A token claiming another role is refused.
+    pub roles: Option<Vec<String>>,
+    /// The authentication levels (`acr`) its tokens must carry one of;
+    /// required when `roles` lists citizen.
+    #[serde(default)]
+    pub required_acr: Vec<String>,
+    /// The longest its tokens may live, in seconds (default 43200, 12 h,
+    /// when it grants the citizen role; 86400 otherwise).
+    pub max_lifetime_s: Option<u64>,
 }
 
 fn default_audience() -> String {
@@ -914,10 +924,43 @@ impl Config {
                         .map_err(|e| anyhow::anyhow!("tokens.issuers[{i}].organisations: {k}: {e}"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let roles = match &s.roles {
+                None => crate::tokens::default_issuer_roles(),
+                Some(names) => names
+                    .iter()
+                    .map(|r| {
+                        semel_core::UserRole::parse(r).ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "tokens.issuers[{i}].roles: {r:?} is not one of admin, consumer, source, auditor, citizen"
+                            )
+                        })
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            // A citizen's token names a person by national number alone:
+            // only with a checked authentication level.
+            anyhow::ensure!(
+                !roles.contains(semel_core::UserRole::Citizen) || !s.required_acr.is_empty(),
+                "tokens.issuers[{i}]: an issuer that grants the citizen role needs required_acr, the authentication levels its citizens' tokens must carry (e.g. [\"http://eidas.europa.eu/LoA/high\"])"
+            );
+            anyhow::ensure!(
+                s.required_acr.iter().all(|a| !a.trim().is_empty()),
+                "tokens.issuers[{i}].required_acr: an empty level"
+            );
+            let max_lifetime_s = s
+                .max_lifetime_s
+                .unwrap_or_else(|| crate::tokens::IssuerSettings::default_max_lifetime_s(roles));
+            anyhow::ensure!(
+                (60..=7 * 24 * 3600).contains(&max_lifetime_s),
+                "tokens.issuers[{i}].max_lifetime_s: from 60 seconds to 7 days (604800), got {max_lifetime_s}"
+            );
             issuers.push(crate::tokens::IssuerSettings {
                 issuer: s.issuer.clone(),
                 jwks: s.jwks.clone(),
                 organisations,
+                roles,
+                required_acr: s.required_acr.clone(),
+                max_lifetime_s,
             });
         }
         Ok(crate::tokens::TokenSettings {
@@ -1217,6 +1260,62 @@ mod tests {
             );
             assert!(err.contains(named), "{key}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn an_issuer_grants_the_citizen_role_only_when_told_and_with_an_acr() {
+        let example = include_str!("../../../deploy/semel.example.toml");
+        let settings = |extra: &str| {
+            let text = example.replace(
+                "max_lifetime_s = 28800\n",
+                &format!("max_lifetime_s = 28800\n{extra}"),
+            );
+            toml::from_str::<Config>(&text)
+                .expect("parses")
+                .token_settings()
+        };
+        let default = settings("").expect("settings");
+        let issuer = &default.issuers[0];
+        assert_eq!(issuer.roles, crate::tokens::default_issuer_roles());
+        assert!(!issuer.roles.contains(semel_core::UserRole::Citizen));
+        assert!(issuer.required_acr.is_empty());
+        assert_eq!(issuer.max_lifetime_s, 28800);
+        let err = format!(
+            "{:#}",
+            settings("roles = [\"citizen\"]\n").expect_err("no acr")
+        );
+        assert!(err.contains("required_acr"), "{err}");
+        let err = format!(
+            "{:#}",
+            settings("roles = [\"mayor\"]\n").expect_err("unknown")
+        );
+        assert!(
+            err.contains("tokens.issuers[0].roles") && err.contains("mayor"),
+            "{err}"
+        );
+        let citizen =
+            settings("roles = [\"citizen\"]\nrequired_acr = [\"high\"]\n").expect("settings");
+        assert_eq!(citizen.issuers[0].required_acr, ["high"]);
+        // Without max_lifetime_s: 12 hours for citizens' tokens, 24 for others.
+        let text = example.replace("max_lifetime_s = 28800\n", "");
+        let config: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(
+            config.token_settings().expect("settings").issuers[0].max_lifetime_s,
+            24 * 3600
+        );
+        let text = example.replace(
+            "max_lifetime_s = 28800\n",
+            "roles = [\"citizen\"]\nrequired_acr = [\"high\"]\n",
+        );
+        let config: Config = toml::from_str(&text).expect("parses");
+        assert_eq!(
+            config.token_settings().expect("settings").issuers[0].max_lifetime_s,
+            12 * 3600
+        );
+        let text = example.replace("max_lifetime_s = 28800\n", "max_lifetime_s = 31536000\n");
+        let config: Config = toml::from_str(&text).expect("parses");
+        let err = format!("{:#}", config.token_settings().expect_err("a year"));
+        assert!(err.contains("max_lifetime_s"), "{err}");
     }
 
     #[test]

@@ -148,6 +148,9 @@ pub struct ManifestOrg {
 
 /// How long the tokens the demo writes stay valid.
 const DEMO_TOKEN_SECONDS: i64 = 24 * 3600;
+/// How long the citizen's token the demo writes stays valid: as long as
+/// the demo broker lets a citizen's token live.
+const DEMO_CITIZEN_TOKEN_SECONDS: i64 = crate::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S as i64;
 /// The citizen whose token the demo writes (Karim, of the primer).
 pub const DEMO_CITIZEN: &str = "93051822361";
 
@@ -167,6 +170,8 @@ impl Demo {
         let operator = seed::org("operator").context("demo operator missing")?;
         let pki = dev_pki(&data_dir.join("pki"), &orgs, &operator)?;
         let issuer = DevIssuer::ensure(&pki.dir).context("create the development issuer")?;
+        let citizen_idp = DevIssuer::ensure_citizen(&pki.dir)
+            .context("create the development citizen identity provider")?;
         let population = Arc::new(Population::generate(opts.seed, opts.population));
         let (shutdown, rx) = watch::channel(false);
 
@@ -268,11 +273,18 @@ impl Demo {
             tokens: TokenSettings {
                 audience: DEV_AUDIENCE.to_owned(),
                 leeway_s: 30,
-                issuers: vec![IssuerSettings {
-                    issuer: issuer.issuer.clone(),
-                    jwks: issuer.jwks_file(),
-                    organisations: Vec::new(),
-                }],
+                // As in production: the staff's identity provider may grant
+                // every role but the citizen's; the citizens' grants that
+                // one alone, at a checked level of assurance.
+                issuers: vec![
+                    IssuerSettings::new(issuer.issuer.clone(), issuer.jwks_file()),
+                    IssuerSettings {
+                        roles: semel_core::RoleSet::of(&[semel_core::UserRole::Citizen]),
+                        required_acr: vec![semel_demo::issuer::DEV_CITIZEN_ACR.to_owned()],
+                        max_lifetime_s: crate::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S,
+                        ..IssuerSettings::new(citizen_idp.issuer.clone(), citizen_idp.jwks_file())
+                    },
+                ],
             },
         };
         let (server_tls, source_tls, tokens) = server::load_all(&files)?;
@@ -388,12 +400,12 @@ impl Demo {
         }
         let portal = seed::org("irisbox").context("demo citizen portal missing")?;
         let citizen_token = tokens_dir.join("citizen.jwt");
-        let jwt = issuer.mint(&TokenRequest {
+        let jwt = citizen_idp.mint(&TokenRequest {
             subject: DEMO_CITIZEN,
             organisation: portal.kbo,
             roles: &[semel_core::UserRole::Citizen],
             audience: DEV_AUDIENCE,
-            expires_in: DEMO_TOKEN_SECONDS,
+            expires_in: DEMO_CITIZEN_TOKEN_SECONDS,
             not_before: None,
             bound_to: None,
         })?;

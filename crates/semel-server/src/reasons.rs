@@ -338,7 +338,7 @@ pub const REASONS: &[Reasons] = &[
             "TOKEN_UNTRUSTED_ISSUER",
             "TOKEN_SIGNATURE",
         ],
-        "the token is not for this broker, its issuer is not registered, or its signature does not verify with the issuer's published keys",
+        "the token is not for this broker, its issuer is not registered or not trusted for it (its organisation, a role it claims, its authentication level `acr`, its lifetime: the message says which), or its signature does not verify with the issuer's published keys",
     ),
     row(
         "UNAUTHENTICATED",

@@ -728,7 +728,7 @@ impl Broker {
             request_id,
             operation,
             org.kbo,
-            user.map(|u| u.subject.clone()),
+            user.map(|u| recorded_end_user(&u, citizen, None)),
         );
         record.citizen = citizen;
         record.decision = AuditDecision::Refused;
@@ -834,6 +834,25 @@ impl Broker {
     /// Swaps in new issuer keys; calls in flight keep the old ones.
     pub fn set_tokens(&self, tokens: Arc<TokenVerifier>) {
         self.tokens.store(tokens);
+    }
+}
+
+/// The end user an entry names when it is the citizen it is about, acting
+/// themselves (their token's `sub` is their national number, which the
+/// entry's `citizen` field already holds).
+pub const CITIZEN_THEMSELVES: &str = "(the citizen)";
+
+/// The end user an entry about `citizen` (given as `as_given`) records for
+/// `user`: the token's subject, but never a citizen's national number twice
+/// in one entry.
+pub(crate) fn recorded_end_user(
+    user: &EndUser,
+    citizen: Option<semel_core::Niss>,
+    as_given: Option<semel_core::Niss>,
+) -> String {
+    match user.citizen() {
+        Some(own) if Some(own) == citizen || Some(own) == as_given => CITIZEN_THEMSELVES.to_owned(),
+        _ => user.subject.clone(),
     }
 }
 

@@ -4,6 +4,13 @@
 //! algorithm pinned by the key: EdDSA (Ed25519) or ES256 (P-256), never
 //! `none`, never HMAC.
 //!
+//! Each issuer is bound by rules of its own: the roles it may grant (the
+//! citizen role only when listed, and then only with a required
+//! authentication level, `acr`), the organisations it may speak for, and
+//! how long its tokens may live. A token that breaks one is refused whole,
+//! never trimmed to what its issuer may say: a token claiming more than its
+//! issuer may grant is a misconfigured or compromised identity provider.
+//!
 //! A verified token is cached until it expires, so a back office that sends
 //! the same token on every call pays for one signature check, not one per
 //! lookup. Reloading the keys builds a new verifier with an empty cache.
@@ -37,6 +44,62 @@ pub struct IssuerSettings {
     pub jwks: PathBuf,
     /// The organisations it may speak for; any when empty.
     pub organisations: Vec<Kbo>,
+    /// The roles it may grant. A token claiming another is refused.
+    pub roles: RoleSet,
+    /// The authentication levels (`acr`) its tokens must carry one of;
+    /// none required when empty. Required whenever `roles` holds the
+    /// citizen role (`semel --check-config` says so).
+    pub required_acr: Vec<String>,
+    /// The longest a token of it may live, in seconds: `exp - iat`, and
+    /// `exp` from now.
+    pub max_lifetime_s: u64,
+}
+
+/// The roles an issuer configured without `roles` may grant: every role of
+/// an organisation's staff, not the citizen's. A citizen's token names a
+/// person by national number alone, so only an identity provider the
+/// operator names for it (and whose authentication level is checked) may
+/// issue one.
+pub fn default_issuer_roles() -> RoleSet {
+    RoleSet::of(&[
+        UserRole::Admin,
+        UserRole::Consumer,
+        UserRole::Source,
+        UserRole::Auditor,
+    ])
+}
+
+/// The longest a token may live by default, in seconds, when its issuer
+/// may grant the citizen role: 12 hours, a long portal session. A citizen's
+/// token opens that citizen's data and history to whoever holds it.
+pub const DEFAULT_CITIZEN_MAX_LIFETIME_S: u64 = 12 * 3600;
+/// The longest a token may live by default otherwise, in seconds: 24 hours,
+/// a working day with its margins (a back office's session).
+pub const DEFAULT_MAX_LIFETIME_S: u64 = 24 * 3600;
+
+impl IssuerSettings {
+    /// An issuer with the default rules: any organisation, the staff roles
+    /// (`default_issuer_roles`), no `acr` required, 24-hour tokens at most.
+    pub fn new(issuer: impl Into<String>, jwks: impl Into<PathBuf>) -> IssuerSettings {
+        IssuerSettings {
+            issuer: issuer.into(),
+            jwks: jwks.into(),
+            organisations: Vec::new(),
+            roles: default_issuer_roles(),
+            required_acr: Vec::new(),
+            max_lifetime_s: DEFAULT_MAX_LIFETIME_S,
+        }
+    }
+
+    /// The longest a token of an issuer granting `roles` may live, unless
+    /// configured.
+    pub fn default_max_lifetime_s(roles: RoleSet) -> u64 {
+        if roles.contains(UserRole::Citizen) {
+            DEFAULT_CITIZEN_MAX_LIFETIME_S
+        } else {
+            DEFAULT_MAX_LIFETIME_S
+        }
+    }
 }
 
 /// The person a verified token names.
@@ -97,6 +160,14 @@ pub enum TokenError {
     Audience,
     UntrustedIssuer,
     IssuerNotForOrganisation,
+    /// The token claims a role its issuer may not grant.
+    RoleNotGranted(UserRole),
+    /// The token carries none of the authentication levels its issuer's
+    /// tokens must carry.
+    Assurance,
+    /// The token lives longer than its issuer's tokens may (the maximum,
+    /// in seconds).
+    LifetimeTooLong(u64),
     Signature,
     /// Bound to another certificate than the call's.
     WrongCertificate,
@@ -110,9 +181,14 @@ impl TokenError {
             TokenError::Expired => ReasonCode::TokenExpired,
             TokenError::NotYetValid => ReasonCode::TokenNotYetValid,
             TokenError::Audience => ReasonCode::TokenAudience,
-            TokenError::UntrustedIssuer | TokenError::IssuerNotForOrganisation => {
-                ReasonCode::TokenUntrustedIssuer
-            }
+            // The issuer is not trusted for this token: not for its
+            // organisation, its roles, its authentication level or its
+            // lifetime. The message says which.
+            TokenError::UntrustedIssuer
+            | TokenError::IssuerNotForOrganisation
+            | TokenError::RoleNotGranted(_)
+            | TokenError::Assurance
+            | TokenError::LifetimeTooLong(_) => ReasonCode::TokenUntrustedIssuer,
             TokenError::Signature => ReasonCode::TokenSignature,
             TokenError::WrongCertificate => ReasonCode::TokenCertificateMismatch,
         }
@@ -127,6 +203,10 @@ impl TokenError {
             TokenError::Audience => format!("the token is not meant for this broker; its aud must include \"{audience}\""),
             TokenError::UntrustedIssuer => "the token's issuer is not one this broker trusts; ask the operator to register your identity provider".into(),
             TokenError::IssuerNotForOrganisation => "the token's issuer is not trusted to speak for the organisation it names".into(),
+            TokenError::RoleNotGranted(UserRole::Citizen) => "the token's issuer is not trusted to grant the role citizen; a citizen's token comes only from the citizen identity provider the operator names for it".into(),
+            TokenError::RoleNotGranted(role) => format!("the token's issuer is not trusted to grant the role {role}; ask the operator which roles your identity provider may grant"),
+            TokenError::Assurance => "the token does not carry the authentication level (acr) its issuer's tokens must carry; sign in again at the required level".into(),
+            TokenError::LifetimeTooLong(max) => format!("the token lives longer than its issuer's tokens may ({max} s from issue); get a shorter-lived token from your identity provider"),
             TokenError::Signature => "the token's signature does not verify with its issuer's published keys".into(),
             TokenError::WrongCertificate => "the token is bound to another certificate than the one this connection presents (cnf x5t#S256); send it over the connection it was issued for".into(),
         }
@@ -143,6 +223,9 @@ struct IssuerKey {
 
 struct Issuer {
     organisations: Vec<Kbo>,
+    roles: RoleSet,
+    required_acr: Vec<String>,
+    max_lifetime_s: u64,
     keys: Vec<IssuerKey>,
 }
 
@@ -180,6 +263,11 @@ struct Claims {
     roles: Vec<String>,
     iss: String,
     exp: u64,
+    /// When it was issued: bounds its lifetime with `exp`.
+    iat: Option<u64>,
+    /// The authentication context class (OpenID Connect): the level of
+    /// assurance the person signed in with.
+    acr: Option<String>,
     /// Confirmation of a certificate-bound token (RFC 8705).
     cnf: Option<Confirmation>,
 }
@@ -209,6 +297,9 @@ impl TokenVerifier {
                         s.issuer.clone(),
                         Issuer {
                             organisations: s.organisations.clone(),
+                            roles: s.roles,
+                            required_acr: s.required_acr.clone(),
+                            max_lifetime_s: s.max_lifetime_s,
                             keys,
                         },
                     )
@@ -357,6 +448,28 @@ impl TokenVerifier {
             .iter()
             .filter_map(|r| UserRole::parse(r))
             .collect();
+        if let Some(role) = roles.iter().find(|r| !issuer.roles.contains(*r)) {
+            return Err(TokenError::RoleNotGranted(role));
+        }
+        if !issuer.required_acr.is_empty()
+            && !claims
+                .acr
+                .as_ref()
+                .is_some_and(|a| issuer.required_acr.contains(a))
+        {
+            return Err(TokenError::Assurance);
+        }
+        // Both from its issue and from now: a token without `iat`, or with
+        // one set late, lives no longer than the maximum from now on.
+        let now = jsonwebtoken::get_current_timestamp();
+        let max = issuer.max_lifetime_s;
+        if claims
+            .iat
+            .is_some_and(|iat| claims.exp.saturating_sub(iat) > max)
+            || claims.exp.saturating_sub(now) > max.saturating_add(self.leeway)
+        {
+            return Err(TokenError::LifetimeTooLong(max));
+        }
         if roles.contains(UserRole::Citizen) && Niss::parse(&claims.sub).is_err() {
             return Err(TokenError::Malformed(
                 "a citizen's sub must be their national number",
@@ -465,11 +578,7 @@ mod tests {
         TokenVerifier::load(&TokenSettings {
             audience: "semel".into(),
             leeway_s: 30,
-            issuers: vec![IssuerSettings {
-                issuer: "https://idp.example".into(),
-                jwks: path,
-                organisations: Vec::new(),
-            }],
+            issuers: vec![IssuerSettings::new("https://idp.example", path)],
         })
     }
 
@@ -509,11 +618,10 @@ mod tests {
         let v = TokenVerifier::load(&TokenSettings {
             audience: DEV_AUDIENCE.into(),
             leeway_s: 30,
-            issuers: vec![IssuerSettings {
-                issuer: issuer.issuer.clone(),
-                jwks: issuer.jwks_file(),
-                organisations: Vec::new(),
-            }],
+            issuers: vec![IssuerSettings::new(
+                issuer.issuer.clone(),
+                issuer.jwks_file(),
+            )],
         })
         .expect("verifier");
         let mint = |bound_to| {
@@ -540,6 +648,91 @@ mod tests {
         let free = mint(None);
         assert!(v.verify(&free, mine).is_ok());
         assert!(v.verify(&free, other).is_ok());
+    }
+
+    #[test]
+    fn an_issuers_rules_bind_its_tokens() {
+        use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let staff = DevIssuer::ensure(dir.path()).expect("issuer");
+        let citizens = DevIssuer::ensure_citizen(dir.path()).expect("citizen issuer");
+        let v = TokenVerifier::load(&TokenSettings {
+            audience: DEV_AUDIENCE.into(),
+            leeway_s: 30,
+            issuers: vec![
+                IssuerSettings::new(staff.issuer.clone(), staff.jwks_file()),
+                IssuerSettings {
+                    roles: RoleSet::of(&[UserRole::Citizen]),
+                    required_acr: vec!["high".into()],
+                    max_lifetime_s: 3600,
+                    ..IssuerSettings::new(citizens.issuer.clone(), citizens.jwks_file())
+                },
+            ],
+        })
+        .expect("verifier");
+        let org = Kbo::parse("0212345668").expect("kbo");
+        let request = |roles, expires_in| TokenRequest {
+            subject: "93051822361",
+            organisation: org,
+            roles,
+            audience: DEV_AUDIENCE,
+            expires_in,
+            not_before: None,
+            bound_to: None,
+        };
+        let high = DevIssuer {
+            acr: Some("high".into()),
+            ..citizens.clone()
+        };
+        let low = DevIssuer {
+            acr: Some("low".into()),
+            ..citizens.clone()
+        };
+        let none = DevIssuer {
+            acr: None,
+            ..citizens.clone()
+        };
+        let verify = |issuer: &DevIssuer, roles, expires_in| {
+            v.verify(
+                &issuer.mint(&request(roles, expires_in)).expect("mint"),
+                [0; 32],
+            )
+            .map(|u| u.citizen().is_some())
+        };
+        let citizen: &[UserRole] = &[UserRole::Citizen];
+        let consumer: &[UserRole] = &[UserRole::Consumer];
+        // Roles: the default issuer grants no citizen role; the citizens'
+        // grants nothing else.
+        assert_eq!(
+            verify(&staff, citizen, 600),
+            Err(TokenError::RoleNotGranted(UserRole::Citizen))
+        );
+        assert_eq!(
+            verify(&high, consumer, 600),
+            Err(TokenError::RoleNotGranted(UserRole::Consumer))
+        );
+        assert_eq!(verify(&staff, consumer, 600), Ok(false));
+        // The level of assurance.
+        assert_eq!(verify(&none, citizen, 600), Err(TokenError::Assurance));
+        assert_eq!(verify(&low, citizen, 600), Err(TokenError::Assurance));
+        assert_eq!(verify(&high, citizen, 600), Ok(true));
+        // The lifetime: the issuer's maximum, the default one for staff.
+        assert_eq!(
+            verify(&high, citizen, 3601),
+            Err(TokenError::LifetimeTooLong(3600))
+        );
+        assert_eq!(verify(&high, citizen, 3600), Ok(true));
+        assert_eq!(
+            verify(&staff, consumer, DEFAULT_MAX_LIFETIME_S as i64 + 1),
+            Err(TokenError::LifetimeTooLong(DEFAULT_MAX_LIFETIME_S))
+        );
+        for e in [
+            TokenError::RoleNotGranted(UserRole::Citizen),
+            TokenError::Assurance,
+            TokenError::LifetimeTooLong(3600),
+        ] {
+            assert_eq!(e.reason(), ReasonCode::TokenUntrustedIssuer);
+        }
     }
 
     #[test]

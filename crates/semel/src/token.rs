@@ -1,5 +1,7 @@
-//! `semel token`: a test token minted with the development issuer's key.
-//! Never for production.
+//! `semel token`: a test token minted with a development issuer's key: the
+//! staff's issuer, or for the citizen role the citizen identity provider
+//! (whose tokens carry an authentication level, `acr`). Never for
+//! production.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -11,7 +13,8 @@ use crate::output::{Exit, outln};
 
 #[derive(Args)]
 pub struct TokenArgs {
-    /// The development PKI directory holding issuer.key (created if missing).
+    /// The development PKI directory holding issuer.key, and citizen-idp.key
+    /// for citizens' tokens (created if missing).
     #[arg(long, default_value = "semel-data/pki")]
     pub dir: PathBuf,
     /// The person: an identifier, or a citizen's national number.
@@ -20,9 +23,15 @@ pub struct TokenArgs {
     /// The enterprise number of the person's organisation.
     #[arg(long)]
     pub org: String,
-    /// Comma-separated: admin, consumer, source, auditor, citizen.
+    /// Comma-separated: admin, consumer, source, auditor; or citizen alone
+    /// (minted by the citizen identity provider).
     #[arg(long, value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
+    /// The token's `acr` (authentication level). Default: none for staff,
+    /// http://eidas.europa.eu/LoA/high for a citizen (what the demo broker
+    /// requires of citizens' tokens).
+    #[arg(long)]
+    pub acr: Option<String>,
     /// Seconds until it expires.
     #[arg(long, default_value_t = 3600)]
     pub ttl: i64,
@@ -42,6 +51,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
         roles,
         ttl,
         audience,
+        acr,
         json,
     } = args;
     let org = semel_core::Kbo::parse(&org).map_err(|e| anyhow::anyhow!("--org: {e}"))?;
@@ -53,7 +63,19 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let issuer = semel_demo::issuer::DevIssuer::ensure(&dir)?;
+    let citizen = roles.contains(&semel_core::UserRole::Citizen);
+    anyhow::ensure!(
+        !citizen || roles.len() == 1,
+        "--roles: the citizen role comes from the citizen identity provider alone; mint it without other roles"
+    );
+    let mut issuer = if citizen {
+        semel_demo::issuer::DevIssuer::ensure_citizen(&dir)?
+    } else {
+        semel_demo::issuer::DevIssuer::ensure(&dir)?
+    };
+    if acr.is_some() {
+        issuer.acr = acr;
+    }
     let token = issuer.mint(&semel_demo::issuer::TokenRequest {
         subject: &sub,
         organisation: org,
@@ -71,6 +93,7 @@ pub fn run(args: TokenArgs) -> anyhow::Result<ExitCode> {
             "org": org.as_str(),
             "roles": roles.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
             "audience": audience,
+            "acr": issuer.acr,
             "expires_in_s": ttl,
         });
         outln!("{}", serde_json::to_string_pretty(&v)?);

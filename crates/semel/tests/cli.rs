@@ -548,6 +548,48 @@ fn pki_token_and_health_print_json_for_scripts() {
         "{v}"
     );
     assert_eq!(v["roles"], serde_json::json!(["consumer"]), "{v}");
+    assert!(v["acr"].is_null(), "{v}");
+    // A citizen's token comes from the citizen identity provider, with its
+    // authentication level; the citizen role alone.
+    let citizen = |extra: &[&str]| {
+        let mut args = vec![
+            "token",
+            "--dir",
+            dir_arg,
+            "--sub",
+            "93051822361",
+            "--org",
+            "0087654346",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        json(&args)
+    };
+    let (_, v) = citizen(&["--roles", "citizen"]);
+    assert_eq!(v["issuer"], semel_demo::issuer::DEV_CITIZEN_ISSUER, "{v}");
+    assert_eq!(v["acr"], semel_demo::issuer::DEV_CITIZEN_ACR, "{v}");
+    let (_, v) = citizen(&["--roles", "citizen", "--acr", "eidas-substantial"]);
+    assert_eq!(v["acr"], "eidas-substantial", "{v}");
+    let out = semel(
+        dir.path(),
+        &[
+            "token",
+            "--dir",
+            dir_arg,
+            "--sub",
+            "93051822361",
+            "--org",
+            "0087654346",
+            "--roles",
+            "citizen,consumer",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("citizen identity provider"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Nobody listens on a port just released: still JSON, with the error.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
