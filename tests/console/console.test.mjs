@@ -271,6 +271,11 @@ try {
   await signIn([m.witness_key, otherWitness], '1');
   verdict = await untilVerdict(page, seq);
   check(verdict.includes('ok'), `one cosignature of a quorum of one is verified: ${await page.textContent('#verdict')}`);
+  // The same witness given twice is one witness: a quorum of two is not met.
+  await signIn([m.witness_key, m.witness_key], '2');
+  verdict = await untilVerdict(page, seq);
+  check(verdict.includes('warn') && (await page.textContent('#verdict')).includes('1 valid cosignatures of the 2'),
+    `one witness given twice does not make a quorum of two: ${await page.textContent('#verdict')}`);
   await signIn([m.witness_key]);
 
   // ---- an entry whose authorisation reference would lead the request

@@ -395,7 +395,7 @@ async fn a_source_over_its_budget_of_changes_is_refused_whole() {
         .rfind(|e| e.operation == semel_core::mutation::PUBLISH_OPERATION)
         .expect("recorded");
     assert_eq!(refused.decision, proto::AuditDecision::Refused as i32);
-    assert_eq!(refused.reason, "RATE_LIMITED");
+    assert_eq!(refused.reason, "PUBLICATION_RATE_LIMITED");
     // One more change fits what is left.
     publish(&t, vec![a_move("b5")]).await.expect("within it");
     t.stop().await;

@@ -486,3 +486,108 @@ async fn applications_are_bounded_paged_and_paced() {
     assert_error(&err, Code::ResourceExhausted, "RATE_LIMITED");
     t.stop().await;
 }
+
+/// Finding 2: a change too large for its entry to state whole is refused,
+/// through the RPC and through files alike, and nothing of it stays.
+#[tokio::test]
+async fn a_change_too_large_for_its_entry_is_refused_never_recorded_cut() {
+    use semel_client::registry_files;
+    let t = TestDemo::start().await;
+    let mut reg = t.registry().await;
+    let datasets = reg
+        .list_datasets(proto::ListDatasetsRequest {})
+        .await
+        .expect("datasets")
+        .into_inner()
+        .datasets;
+    let residence = datasets
+        .iter()
+        .find(|d| d.name == RESIDENCE)
+        .expect("residence")
+        .clone();
+    // A thousand fields of sixty-odd characters: more than an entry holds.
+    let huge = proto::Dataset {
+        name: "national_register.too_wide".into(),
+        description: "too wide to state in one entry".into(),
+        fields: (0..1000)
+            .map(|i| proto::FieldDefinition {
+                name: format!("{i:04}_{}", "f".repeat(58)),
+                description: "a field".into(),
+                r#type: proto::FieldType::String as i32,
+            })
+            .collect(),
+        keeps_history: false,
+        withdrawn: false,
+        ..residence.clone()
+    };
+    let before = t.audit_size().await;
+    let err = reg
+        .create_dataset(proto::CreateDatasetRequest {
+            dataset: Some(huge.clone()),
+        })
+        .await
+        .expect_err("too large to record whole");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ARGUMENT");
+    assert!(err.message().contains("smaller steps"), "{}", err.message());
+    let listed = reg
+        .list_datasets(proto::ListDatasetsRequest {})
+        .await
+        .expect("datasets")
+        .into_inner()
+        .datasets;
+    assert!(
+        listed.iter().all(|d| d.name != huge.name),
+        "the change was undone"
+    );
+    let refusal = t
+        .audit_entries()
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.operation == "semel.v1.RegistryService/CreateDataset")
+        .expect("the refusal's entry");
+    assert_eq!(refusal.decision, proto::AuditDecision::Refused as i32);
+    assert!(t.audit_size().await > before);
+
+    // Through files: refused in the plan, the dry run included.
+    let organisations = reg
+        .list_organisations(proto::ListOrganisationsRequest {})
+        .await
+        .expect("orgs")
+        .into_inner()
+        .organisations;
+    let purposes = reg
+        .list_purposes(proto::ListPurposesRequest {})
+        .await
+        .expect("purposes")
+        .into_inner()
+        .purposes;
+    let authorisations = reg
+        .list_authorisations(proto::ListAuthorisationsRequest::default())
+        .await
+        .expect("auths")
+        .into_inner()
+        .authorisations;
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, text) in
+        registry_files::export(&organisations, &purposes, &listed, &authorisations).expect("export")
+    {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    let mut request = registry_files::read_dir(dir.path()).expect("read").request;
+    request.datasets.push(huge);
+    for dry_run in [true, false] {
+        request.dry_run = dry_run;
+        let err = reg
+            .apply_registry(request.clone())
+            .await
+            .expect_err("too large to record whole");
+        assert_error(&err, Code::InvalidArgument, "REGISTRY_INVALID");
+        assert!(
+            err.message().contains("too large a change"),
+            "{}",
+            err.message()
+        );
+    }
+    t.stop().await;
+}

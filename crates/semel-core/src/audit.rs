@@ -52,7 +52,7 @@ pub const MAX_TEXT: usize = 256;
 /// full. A detail is never cut: one that does not fit is refused before the
 /// change is made ([`AuditRecord::detail_fits`]), so an entry either states
 /// its change whole or the change does not happen.
-pub const MAX_DETAIL: usize = 16 * 1024;
+pub const MAX_DETAIL: usize = 60 * 1024;
 
 /// How much of one free text (a reason, a name, a legal basis, a note) a
 /// detail quotes: free text comes after the structured change and is
@@ -172,10 +172,16 @@ pub enum ReasonCode {
     SourceRejectedRequest,
     /// An organisation has as many applications pending as it may.
     ApplicationsExceeded,
+    /// A source published more changes than its budget allows.
+    PublicationRateLimited,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 41] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 42] = [
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
+    (
+        ReasonCode::PublicationRateLimited,
+        "PUBLICATION_RATE_LIMITED",
+    ),
     (ReasonCode::NotDatasetSource, "NOT_DATASET_SOURCE"),
     (ReasonCode::NotDelivered, "NOT_DELIVERED"),
     (ReasonCode::SourceRefused, "SOURCE_REFUSED"),

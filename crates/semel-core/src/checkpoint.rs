@@ -327,6 +327,12 @@ impl CosignatureVerifier {
         Ok(CosignatureVerifier { name, hash, key })
     }
 
+    /// The witness's Ed25519 public key: the witness itself, whatever name
+    /// it was given under.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -189,9 +189,13 @@ async function showPage() {
  * the quorum of them a checkpoint must carry the cosignatures of. */
 async function witnessPolicy() {
   const lines = (localStorage.getItem(WKEYS) || "").split("\n").filter(Boolean);
-  const keys = await Promise.all(lines.map(parseWitnessKey));
+  const parsed = await Promise.all(lines.map(parseWitnessKey));
+  // The same witness given twice is one witness: a quorum counts witnesses.
+  const keys = parsed.filter((k, i) => parsed.findIndex((o) => o.pub === k.pub) === i);
   const quorum = Number(localStorage.getItem(QUORUM) || keys.length);
-  return { keys, quorum: Math.min(Math.max(quorum, 1), Math.max(keys.length, 1)) };
+  // Not lowered to the witnesses left: a quorum of two met by one witness
+  // given twice is not met.
+  return { keys, quorum: Math.max(quorum || 1, 1) };
 }
 
 /** The checkpoint to prove against: the newest whose signature checks with

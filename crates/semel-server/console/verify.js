@@ -142,7 +142,7 @@ async function parseKey(text, type) {
   const id = digest.slice(0, 4);
   if (hex(id) !== hash.toLowerCase()) throw new Error("the key hash does not match the key");
   const key = await crypto.subtle.importKey("raw", pub, { name: "Ed25519" }, false, ["verify"]);
-  return { name, id, key, text: text.trim() };
+  return { name, id, key, pub: hex(pub), text: text.trim() };
 }
 
 /** A verifier key `name+hash+base64(0x01 || Ed25519 public key)`, checked
@@ -218,7 +218,16 @@ export async function verifyCosignature(note, wkey) {
  * cosignature is a forged checkpoint, not a missing one. */
 export async function cosignedBy(note, wkeys) {
   const out = [];
-  for (const w of wkeys) if ((await verifyCosignature(note, w)) !== null) out.push(w.name);
+  // One witness counts once toward a quorum, however often its public key
+  // was given (under one name or several).
+  const counted = new Set();
+  for (const w of wkeys) {
+    if (counted.has(w.pub)) continue;
+    if ((await verifyCosignature(note, w)) !== null) {
+      counted.add(w.pub);
+      out.push(w.name);
+    }
+  }
   return out;
 }
 

@@ -96,8 +96,10 @@ impl Broker {
         let mut result = run(&mut change).await;
         // An entry states its change whole or the change does not stand:
         // a detail that cannot hold it is an error, never a cut.
-        if result.is_ok() && !semel_core::AuditRecord::detail_fits(&change.detail) {
-            let size = change.detail.len();
+        // Measured as it is written: masked numbers take more room.
+        let written = semel_core::redact_national_numbers(&change.detail).len();
+        if result.is_ok() && written > semel_core::MAX_DETAIL {
+            let size = written;
             if let Ok((_, undo)) = std::mem::replace(&mut result, Err(ApiError::internal(""))) {
                 let _ = tokio::spawn(undo).await;
             }

@@ -1042,7 +1042,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 )
             };
             return Err(broker
-                .refuse(&caller, error, ReasonCode::RateLimited, None)
+                .refuse(&caller, error, ReasonCode::PublicationRateLimited, None)
                 .await
                 .into());
         }

@@ -118,12 +118,16 @@ impl Store {
     }
 
     /// Like [`Store::open`], signing audit checkpoints as `checkpoints` says.
+    ///
+    /// The data directory is its owner's only (0700, tightened if it was
+    /// created wider): the log, the store and the keys under it hold
+    /// personal data and secrets, whatever mode the files themselves get.
     pub fn open_with(
         dir: &Path,
         checkpoints: Option<CheckpointSettings>,
     ) -> Result<Self, StoreError> {
         let db_path: PathBuf = dir.join("db");
-        std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+        private_dir(dir)?;
         // sled's lock outlives a closed database by as long as its
         // background flusher takes to notice: a store reopened at once in
         // the same process (tests, a restart in place) waits for it, up to
@@ -186,6 +190,32 @@ impl Store {
         self.audit.close()?;
         self.registry.sync()
     }
+}
+
+/// Creates `dir` (and its missing parents) readable by its owner only, or
+/// takes away the group's and others' access to it if it exists. A
+/// directory this process may not restrict (a volume owned by another
+/// user, shared through its group) is left as it is, with a warning.
+fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err(format!("create {}", dir.display())))?;
+    let meta = std::fs::metadata(dir).map_err(io_err(format!("read {}", dir.display())))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0
+        && let Err(e) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700))
+    {
+        tracing::warn!(
+            dir = %dir.display(),
+            mode = format!("{:o}", mode & 0o777),
+            error = %e,
+            "the data directory is readable by others and could not be restricted; restrict it (chmod 700)"
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

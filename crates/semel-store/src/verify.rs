@@ -69,11 +69,15 @@ impl TrustPolicy {
 
     /// Whether a note carries the cosignatures of `quorum` witnesses.
     fn cosigned(&self, note: &str, size: u64, what: &str) -> Result<(), VerifyFailure> {
+        // One witness counts once, however often its key was given (under
+        // one name or several).
         let cosigned = self
             .witnesses
             .iter()
             .filter(|w| w.verify(note).is_ok())
-            .count();
+            .map(|w| w.public_key())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         if cosigned < self.quorum {
             return Err(VerifyFailure::Checkpoint {
                 size,
@@ -984,6 +988,17 @@ mod tampering {
         with[0]["checkpoint"] = json!(cosigned);
         let text: String = with.iter().map(|l| format!("{l}\n")).collect();
         verify_export_trusting(&mut text.as_bytes(), &key(), &policy(1)).expect("cosigned");
+        // One witness given twice is one witness: a quorum of two is not met.
+        let twice = TrustPolicy {
+            witnesses: vec![
+                CosignatureVerifier::parse(&witness.verifier_key()).expect("vkey"),
+                CosignatureVerifier::parse(&witness.verifier_key()).expect("vkey"),
+            ],
+            ..policy(2)
+        };
+        let err = verify_export_trusting(&mut text.as_bytes(), &key(), &twice)
+            .expect_err("one witness twice");
+        assert!(err.to_string().contains("cosignatures"), "{err}");
         // Checkpoints an auditor kept need the whole log.
         let kept = TrustPolicy {
             trusted: vec![note.to_owned()],

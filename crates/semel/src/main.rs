@@ -38,6 +38,10 @@ use output::Exit;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Everything this process writes is its own: the audit log, the sled
+    // store, keys, tokens and certificates are created readable by their
+    // owner only (no window between writing a key and restricting it).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -79,6 +79,29 @@ fn the_command_line_serves_scripts_and_people() {
     let demo = demo();
     let dir = demo.dir.path();
 
+    // Everything the demo wrote (the audit log, the sled store, keys,
+    // tokens, certificates) is its owner's only (issue 35's ninth finding:
+    // the log and the tokens were world-readable).
+    let mut stack = vec![dir.to_path_buf()];
+    let mut seen = 0;
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read the data directory") {
+            let e = e.expect("entry");
+            let path = e.path();
+            if path.file_name().is_some_and(|n| n == "demo.log") {
+                continue; // the test's own file
+            }
+            use std::os::unix::fs::PermissionsExt;
+            let mode = e.metadata().expect("metadata").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {:o}", path.display(), mode & 0o777);
+            seen += 1;
+            if e.file_type().expect("type").is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    assert!(seen > 10, "only {seen} files were looked at");
+
     // A reader that is gone before anything is written (`| head -0`): the
     // command ends quietly, as `ls | head` does, not with a panic.
     for args in [

@@ -685,6 +685,27 @@ pub(super) fn plan(
         ));
     }
 
+    // Each change's entry states it whole: one too large for an entry is
+    // refused here, in the plan (and its dry run), never recorded cut.
+    // The room left for the entry's own words, the apply's id and reason.
+    for c in &changes {
+        let framing = c.kind.len() + c.key.len() + 64 + 2 * semel_core::MAX_QUOTED;
+        let written = semel_core::redact_national_numbers(&c.detail).len() + framing;
+        if written > semel_core::MAX_DETAIL {
+            v.say(
+                &format!("{}s", c.kind),
+                c.index as usize,
+                "",
+                "INVALID_ARGUMENT",
+                format!(
+                    "{} {} is too large a change for its audit entry to state whole ({written} bytes, at most {}): make it in smaller steps",
+                    c.kind,
+                    c.key,
+                    semel_core::MAX_DETAIL
+                ),
+            );
+        }
+    }
     if v.0.is_empty() {
         return Ok(Plan { changes, writes });
     }
