@@ -154,12 +154,29 @@ const ORGANIZATION_IDENTIFIER: &str = "2.5.4.97";
 fn kbo_from_certificate(
     cert: &x509_parser::certificate::X509Certificate<'_>,
 ) -> Result<Kbo, String> {
-    let value = cert
-        .subject()
-        .iter_attributes()
-        .find(|a| a.attr_type().to_id_string() == ORGANIZATION_IDENTIFIER)
-        .and_then(|a| a.as_str().ok())
-        .ok_or_else(|| "the certificate has no organizationIdentifier".to_owned())?;
+    kbo_from_subject(
+        cert.subject()
+            .iter_attributes()
+            .filter(|a| a.attr_type().to_id_string() == ORGANIZATION_IDENTIFIER)
+            .map(|a| a.as_str().ok()),
+    )
+}
+
+/// The enterprise number of a subject's organizationIdentifier values
+/// (`None`: one that is not a string). A subject naming several is refused:
+/// which one a relying party reads first is not something an identity may
+/// depend on.
+fn kbo_from_subject<'a>(mut values: impl Iterator<Item = Option<&'a str>>) -> Result<Kbo, String> {
+    let value = values
+        .next()
+        .ok_or_else(|| "the certificate has no organizationIdentifier".to_owned())?
+        .ok_or_else(|| "the certificate's organizationIdentifier is not a string".to_owned())?;
+    if values.next().is_some() {
+        return Err(
+            "the certificate names several organizationIdentifiers; an organisation's certificate names one"
+                .to_owned(),
+        );
+    }
     let digits = value
         .strip_prefix("NTRBE-")
         .ok_or_else(|| "the organizationIdentifier is not NTRBE-<enterprise number>".to_owned())?;
@@ -421,4 +438,25 @@ pub fn https_client_config(
         .with_context(|| format!("use certificate {}", cert.display()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kbo_from_subject;
+
+    #[test]
+    fn a_subject_names_one_organisation_or_none() {
+        assert_eq!(
+            kbo_from_subject([Some("NTRBE-0212345668")].into_iter()).map(|k| k.as_str().to_owned()),
+            Ok("0212345668".to_owned())
+        );
+        // Several organizationIdentifiers: refused, whichever comes first.
+        let err =
+            kbo_from_subject([Some("NTRBE-0212345668"), Some("NTRBE-0207300183")].into_iter())
+                .expect_err("several");
+        assert!(err.contains("several"), "{err}");
+        assert!(kbo_from_subject(std::iter::empty()).is_err());
+        assert!(kbo_from_subject([None].into_iter()).is_err());
+        assert!(kbo_from_subject([Some("BE-0212345668")].into_iter()).is_err());
+    }
 }

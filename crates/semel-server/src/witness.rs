@@ -254,6 +254,9 @@ pub enum Submitted {
     Refused(u16, String),
 }
 
+/// The largest answer read from a witness.
+const MAX_ANSWER: usize = 64 * 1024;
+
 /// Submits one `add-checkpoint` request.
 pub async fn submit(url: &str, req: &AddCheckpoint) -> anyhow::Result<Submitted> {
     use http_body_util::BodyExt;
@@ -271,10 +274,13 @@ pub async fn submit(url: &str, req: &AddCheckpoint) -> anyhow::Result<Submitted>
         .with_context(|| format!("{uri} did not answer within 10 s"))?
         .with_context(|| format!("reach {uri}"))?;
     let status = response.status().as_u16();
-    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+    // A witness answers a few signature lines: an answer larger than that
+    // is read no further (a witness that misbehaves cannot fill memory).
+    let limited = http_body_util::Limited::new(response.into_body(), MAX_ANSWER);
+    let body = tokio::time::timeout(Duration::from_secs(10), limited.collect())
         .await
         .with_context(|| format!("{uri}: the answer did not arrive within 10 s"))?
-        .with_context(|| format!("read the answer of {uri}"))?
+        .map_err(|e| anyhow::anyhow!("read the answer of {uri}: {e} (at most {MAX_ANSWER} bytes)"))?
         .to_bytes();
     let body = String::from_utf8_lossy(&body).into_owned();
     Ok(match status {
@@ -285,4 +291,34 @@ pub async fn submit(url: &str, req: &AddCheckpoint) -> anyhow::Result<Submitted>
         },
         _ => Submitted::Refused(status, body),
     })
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    /// A witness whose answer never ends is read no further than
+    /// `MAX_ANSWER`: the submission fails, memory stays bounded.
+    #[tokio::test]
+    async fn a_witness_answer_is_read_to_a_bound() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new().route(
+            "/add-checkpoint",
+            axum::routing::post(|| async { "x".repeat(4 * MAX_ANSWER) }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let req = AddCheckpoint {
+            old: 0,
+            proof: Vec::new(),
+            note: "semel.test/log\n1\nAAAA\n\n— semel.test/log AAAA\n".into(),
+        };
+        let err = submit(&format!("http://{addr}"), &req)
+            .await
+            .err()
+            .expect("an answer too large");
+        assert!(err.to_string().contains("at most"), "{err:#}");
+    }
 }
