@@ -317,8 +317,7 @@ mod answer_tests {
         };
         let err = submit(&format!("http://{addr}"), &req)
             .await
-            .err()
-            .expect("an answer too large");
+            .expect_err("an answer too large");
         assert!(err.to_string().contains("at most"), "{err:#}");
     }
 }
