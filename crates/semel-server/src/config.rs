@@ -218,8 +218,13 @@ impl HttpSection {
 #[serde(deny_unknown_fields)]
 pub struct StoreSection {
     /// `postgresql://user@host:port/database`. Keep a password out of the
-    /// file: `SEMEL_STORE__URL` in the environment replaces this key.
+    /// file: `url_file` names a file holding the URL (a mounted secret), or
+    /// `SEMEL_STORE__URL` in the environment replaces this key.
     pub url: Option<String>,
+    /// A file (readable by the broker only) whose first line is the URL,
+    /// password included; instead of `url`.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// How often a broker reads the registry's version when no change was
     /// announced to it (NOTIFY lost with a dropped connection): the bound
     /// on how late another broker's registry change takes effect here.
@@ -616,6 +621,27 @@ impl Config {
         }
         if let Some(ca) = config.sources.ca.as_mut().filter(|p| p.is_relative()) {
             *ca = base.join(&*ca);
+        }
+        if let Some(mut file) = config.store.url_file.take() {
+            if file.is_relative() {
+                file = base.join(&file);
+            }
+            anyhow::ensure!(
+                config.store.postgresql().is_none(),
+                "store.url and store.url_file both name the database: give one"
+            );
+            // Read once, here: the URL (and its password) then lives in
+            // memory only, never in the process's arguments or environment.
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("store.url_file: read {}", file.display()))?;
+            let url = text.lines().next().unwrap_or_default().trim().to_owned();
+            anyhow::ensure!(
+                !url.is_empty(),
+                "store.url_file: {} holds no URL on its first line",
+                file.display()
+            );
+            config.store.url = Some(url);
+            config.store.url_file = Some(file);
         }
         if let Some(k) = config
             .audit
@@ -1117,6 +1143,55 @@ mod tests {
         let config: Config = toml::from_str(text).expect("example parses");
         assert!(config.operator_kbo().is_ok());
         assert_eq!(config.source_deadline(), Duration::from_secs(5));
+    }
+
+    /// The database's URL, password included, from a file of its own (a
+    /// mounted secret), never in the configuration, the arguments or the
+    /// environment; not both ways at once.
+    #[test]
+    fn the_database_url_can_come_from_a_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("semel.toml");
+        let text = include_str!("../../../deploy/semel.example.toml");
+        for f in ["broker.crt", "broker.key", "clients-ca.crt"] {
+            std::fs::write(dir.path().join(f), "x").expect("write");
+        }
+        std::fs::write(dir.path().join("cpas-anderlecht.jwks.json"), TEST_JWKS).expect("write");
+        let text = text
+            .replace("/etc/semel/tls/", "")
+            .replace("/etc/semel/issuers/", "")
+            .replace("/var/lib/semel", "data");
+        std::fs::write(&path, &text).expect("write");
+        std::fs::write(
+            dir.path().join("database-url"),
+            "postgresql://semel:s3cret@db.example:5432/semel\n",
+        )
+        .expect("write");
+        let env = |pairs: &[(&str, &str)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect::<Vec<_>>()
+        };
+        let config =
+            Config::read_with_env(&path, env(&[("SEMEL_STORE__URL_FILE", "database-url")]))
+                .expect("reads");
+        assert_eq!(
+            config.store.postgresql(),
+            Some("postgresql://semel:s3cret@db.example:5432/semel")
+        );
+        let err = Config::read_with_env(
+            &path,
+            env(&[
+                ("SEMEL_STORE__URL_FILE", "database-url"),
+                ("SEMEL_STORE__URL", "postgresql://other/semel"),
+            ]),
+        )
+        .expect_err("both");
+        assert!(format!("{err:#}").contains("give one"), "{err:#}");
+        let err = Config::read_with_env(&path, env(&[("SEMEL_STORE__URL_FILE", "missing")]))
+            .expect_err("no such file");
+        assert!(format!("{err:#}").contains("store.url_file"), "{err:#}");
     }
 
     #[test]

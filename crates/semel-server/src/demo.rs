@@ -387,7 +387,7 @@ impl Demo {
                 not_before: None,
                 bound_to: None,
             })?;
-            std::fs::write(&token, jwt).with_context(|| format!("write {}", token.display()))?;
+            write_token(&token, &jwt)?;
             organisations.push(ManifestOrg {
                 slug: o.slug.to_owned(),
                 kbo: o.kbo.as_str().to_owned(),
@@ -409,8 +409,7 @@ impl Demo {
             not_before: None,
             bound_to: None,
         })?;
-        std::fs::write(&citizen_token, jwt)
-            .with_context(|| format!("write {}", citizen_token.display()))?;
+        write_token(&citizen_token, &jwt)?;
         // Clients on this machine reach a broker listening on all
         // interfaces through loopback, a name its certificate carries.
         let reachable = if broker_addr.ip().is_unspecified() {
@@ -664,4 +663,14 @@ fn write_second_broker_config(
 
 async fn wait(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Writes a demo token, and beside it (`.header`) the HTTP header that
+/// carries it, so that `curl -H @FILE` sends it without the token ever
+/// appearing in a command line (`ps`, the shell's history).
+fn write_token(path: &std::path::Path, jwt: &str) -> anyhow::Result<()> {
+    std::fs::write(path, jwt).with_context(|| format!("write {}", path.display()))?;
+    let header = path.with_extension("header");
+    std::fs::write(&header, format!("Authorization: Bearer {jwt}\n"))
+        .with_context(|| format!("write {}", header.display()))
 }

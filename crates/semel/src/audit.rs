@@ -23,7 +23,9 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: Conn,
         /// Entries about this citizen (national or BIS number).
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: Option<String>,
         /// Consumer enterprise number.
         #[arg(long)]
@@ -122,7 +124,9 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: Conn,
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// At most this many accesses.
         #[arg(long, default_value_t = 20)]

@@ -154,6 +154,30 @@ pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// A citizen's number given on the command line: as it is, or `-` to read
+/// it from standard input (its first line), or `@FILE` to read it from a
+/// file, so that it appears neither in the process list (`ps`) nor in the
+/// shell's history.
+pub fn citizen_arg(given: &str) -> Result<String, String> {
+    let read = |what: &str, text: std::io::Result<String>| {
+        text.map(|t| t.lines().next().unwrap_or_default().trim().to_owned())
+            .map_err(|e| format!("read the citizen's number from {what}: {e}"))
+    };
+    match given {
+        "-" => {
+            let mut line = String::new();
+            read(
+                "standard input",
+                std::io::stdin().read_line(&mut line).map(|_| line),
+            )
+        }
+        _ => match given.strip_prefix('@') {
+            Some(path) => read(path, std::fs::read_to_string(path)),
+            None => Ok(given.to_owned()),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -165,7 +165,7 @@ fn http_banner(demo: &Demo) -> Option<String> {
     Some(format!(
         "\n\nHTTP/JSON on https://{addr} (mutual TLS; OpenAPI at /openapi.json). The first lookup above, with curl:\n\
          \n  curl --cacert {ca} --cert {cert} --key {key} \\\
-         \n    -H \"Authorization: Bearer $(cat {dd}/tokens/cpas-anderlecht.jwt)\" -H 'Content-Type: application/json' \\\
+         \n    -H @{dd}/tokens/cpas-anderlecht.header -H 'Content-Type: application/json' \\\
          \n    https://{addr}/v1/lookups -d '{{\"citizen\": \"93051822361\", \"dataset\": \"national_register.residence\", \"fields\": [\"street\", \"municipality\"], \"purpose\": \"RIS_ELIGIBILITY\"}}'\
          \n\nThe web console for auditors: https://{addr}/console/ (give the browser {auditor_cert} and its key,\
          \nthe supervisory body's, as a PKCS#12 file; sign in with {dd}/tokens/control-commission.jwt, the\

@@ -14,7 +14,9 @@ pub struct LookupArgs {
     #[command(flatten)]
     pub conn: Conn,
     /// National or BIS number, bare or formatted (93.05.18-223.61).
-    #[arg(long)]
+    /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+    /// out of the process list and the shell's history.
+    #[arg(long, value_parser = crate::cli::citizen_arg)]
     pub citizen: String,
     /// e.g. national_register.residence
     #[arg(long)]

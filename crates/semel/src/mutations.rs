@@ -20,7 +20,9 @@ pub enum SourceCommand {
         #[arg(long)]
         dataset: String,
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// created, changed or ended.
         #[arg(long, default_value = "changed")]

@@ -14,7 +14,9 @@ pub enum FilesCommand {
     /// Open a file on a citizen; the register must know the number.
     Register {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// Capacity code, e.g. RIS_APPLICANT, RIS_COHABITANT, PUPIL.
         #[arg(long)]
@@ -35,7 +37,9 @@ pub enum FilesCommand {
     /// Close a file: it covers no day after --end-date (today when omitted).
     Close {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// The file's id, as `files register` or `files list` print it.
         #[arg(long)]
@@ -47,7 +51,9 @@ pub enum FilesCommand {
     /// Your organisation's files on a citizen.
     List {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
     },
     /// Record that the register replaced a national number (the register or the operator).
@@ -75,7 +81,9 @@ pub enum ConsentCommand {
     /// Record a consent. At a counter, --evidence (the signed form's reference) is required.
     Give {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// Purpose code, e.g. SOCIAL_HOUSING.
         #[arg(long)]
@@ -96,7 +104,9 @@ pub enum ConsentCommand {
     /// Withdraw a consent; the next lookup that needs it is refused.
     Withdraw {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
         /// The consent's id, as `consent list` prints it.
         #[arg(long)]
@@ -105,7 +115,9 @@ pub enum ConsentCommand {
     /// A citizen's consents, as you may see them.
     List {
         /// The citizen's national or BIS number.
-        #[arg(long)]
+        /// `-` reads it from standard input, `@FILE` from a file: either keeps it
+        /// out of the process list and the shell's history.
+        #[arg(long, value_parser = crate::cli::citizen_arg)]
         citizen: String,
     },
 }

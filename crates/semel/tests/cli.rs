@@ -180,6 +180,50 @@ fn the_command_line_serves_scripts_and_people() {
     assert_eq!(out.status.code(), Some(3));
     let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(err["error"]["reason"], "FIELD_NOT_ALLOWED", "{err}");
+    // The number kept out of the process list: from standard input (`-`)
+    // or a file (`@FILE`), the same call.
+    let same = |given: &str, stdin: &[u8]| {
+        let mut child = command(
+            dir,
+            &[
+                "lookup",
+                "--as",
+                "commune-schaerbeek",
+                "--citizen",
+                given,
+                "--dataset",
+                "national_register.residence",
+                "--fields",
+                "street,nis_code",
+                "--purpose",
+                "SCHOOL_ENROLMENT",
+                "--json",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run semel");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin)
+            .expect("write");
+        let out = child.wait_with_output().expect("wait");
+        assert_eq!(out.status.code(), Some(3), "{given}");
+        let err: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(
+            err["error"]["reason"], "FIELD_NOT_ALLOWED",
+            "{given}: {err}"
+        );
+    };
+    same("-", b"93051822361\n");
+    let file = dir.join("citizen.txt");
+    std::fs::write(&file, "93051822361\n").expect("write");
+    same(&format!("@{}", file.display()), b"");
     // A command line that does not parse: exit 2.
     assert_eq!(
         semel(dir, &["admin", "org", "list", "--no-such-option"])
