@@ -11,11 +11,30 @@ allows. Run by .ci/deploy-check, which installs the tools first.
   through `semel health`. The PostgreSQL set: several replicas, no
   persistent volume for the brokers, the database URL from a Secret, the
   audit signing key from a Secret, and the trial database marked as such.
+  Both sets, the network: a NetworkPolicy denies every pod of the
+  namespace everything both ways (Ingress and Egress, no rule); every
+  Deployment's and StatefulSet's pods are selected by a policy that allows
+  something; the brokers reach DNS (and, on PostgreSQL, the database on
+  5432) and no egress rule is open to everywhere; the metrics port is let in
+  only from chosen pods (no rule open to all addresses or all ports); the
+  PostgreSQL pods accept only broker pods, only on 5432; the metrics port
+  is in no LoadBalancer or NodePort Service and not in the main Service.
+  Every container: an image with a tag or digest, never :latest; requests
+  and limits of memory and ephemeral-storage.
 - docker-compose files: validated against the Compose specification's
   schema; the PostgreSQL one has a database with a health check, a volume
   and synchronous_commit on, and two brokers on it with their own ports.
+  No image is :latest. No broker (a service running `semel serve`) mounts a
+  file named ca.key or issuer.key: neither through a bind mount, nor in a
+  named volume, which the one-shot services that fill it are run for
+  (their scripts, with the semel binary and temporary directories for their
+  volumes, twice, as two `up`s would) to see what they leave there.
+- systemd unit: an IP firewall (IPAddressDeny=any, IPAddressAllow=),
+  MemoryMax= and TasksMax= (systemd-analyze itself is run by
+  .ci/deploy-check, where installed).
 - haproxy.cfg: balances TCP; `haproxy -c` where HAProxy is installed.
-- Dockerfile: multi-stage, ends as a non-root user, has a HEALTHCHECK.
+- Dockerfile: multi-stage, ends as a non-root user, has a HEALTHCHECK,
+  every base image (ARG defaults resolved) has a tag or digest, not latest.
 - Every Semel configuration in the kit (deploy/semel.example.toml, the
   ConfigMaps' semel.toml and the compose files' configurations) passes
   `semel serve --check-config`, with development certificates and keys put
@@ -112,6 +131,135 @@ def broker_pod(docs, where):
     return pod, container
 
 
+def selects(selector, labels):
+    """Whether a Kubernetes label selector selects these labels."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values", [])
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def selects_all(selector):
+    return not (selector or {}).get("matchLabels") and not (selector or {}).get("matchExpressions")
+
+
+def workloads(docs):
+    """(kind, name, pod labels, pod spec) of every Deployment and StatefulSet."""
+    return [(kind, name, doc["spec"]["template"]["metadata"].get("labels", {}), doc["spec"]["template"]["spec"])
+            for (kind, name), doc in docs.items() if kind in ("Deployment", "StatefulSet")]
+
+
+def rule_ports(rule, pod):
+    """The ports a rule lets through, as numbers (named ports resolved in the
+    pod); None for all ports."""
+    if not rule.get("ports"):
+        return None
+    named = {p.get("name"): p["containerPort"] for c in pod["containers"] for p in c.get("ports", [])}
+    return {named.get(p.get("port"), p.get("port")) for p in rule["ports"]}
+
+
+def open_peer(peer):
+    """A peer of a rule that is any address: an ipBlock of 0.0.0.0/0 or ::/0."""
+    cidr = peer.get("ipBlock", {}).get("cidr")
+    return cidr in ("0.0.0.0/0", "::/0")
+
+
+def chosen_pods(peer):
+    """A peer naming pods by label: a pod or namespace selector, none of them
+    empty (an empty one is every pod, or every namespace)."""
+    selectors = [peer[k] for k in ("podSelector", "namespaceSelector") if k in peer]
+    return bool(selectors) and "ipBlock" not in peer and not any(selects_all(x) for x in selectors)
+
+
+def network_policies(docs, where, database):
+    """Default-deny both ways, then each component's needs only."""
+    policies = [doc for (kind, _), doc in docs.items() if kind == "NetworkPolicy"]
+    deny = [p for p in policies
+            if selects_all(p["spec"].get("podSelector"))
+            and {"Ingress", "Egress"} <= set(p["spec"].get("policyTypes", []))
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    check(bool(deny), f"{where}: a NetworkPolicy denies every pod all ingress and egress (default-deny)")
+
+    def policies_for(labels, direction):
+        return [p for p in policies if selects(p["spec"].get("podSelector"), labels)
+                and direction in p["spec"].get("policyTypes", ["Ingress"] + (["Egress"] if p["spec"].get("egress") else []))]
+
+    for kind, name, labels, pod in workloads(docs):
+        allowing = [p for p in policies if selects(p["spec"].get("podSelector"), labels)
+                    and (p["spec"].get("ingress") or p["spec"].get("egress"))]
+        check(bool(allowing), f"{where}: {kind} {name}'s pods are selected by a NetworkPolicy that allows them something")
+
+    broker = docs[("Deployment", "semel")]
+    blabels = broker["spec"]["template"]["metadata"]["labels"]
+    bpod = broker["spec"]["template"]["spec"]
+    # Metrics: only from chosen pods.
+    metrics = {p["containerPort"] for c in bpod["containers"] for p in c.get("ports", []) if p.get("name") == "metrics"}
+    rules = [r for p in policies_for(blabels, "Ingress") for r in p["spec"].get("ingress", [])]
+    metric_rules = [r for r in rules if rule_ports(r, bpod) is None or rule_ports(r, bpod) & metrics]
+    check(bool(metrics) and bool(metric_rules) and all(
+        r.get("from") and all(chosen_pods(peer) for peer in r["from"])
+        for r in metric_rules),
+        f"{where}: the metrics port is let in only from chosen pods (non-empty namespace or pod selectors), by no rule open to all")
+    # Egress: DNS, the database, nothing open to everywhere.
+    egress = [r for p in policies_for(blabels, "Egress") for r in p["spec"].get("egress", [])]
+    check(all(r.get("to") and not any(open_peer(peer) for peer in r["to"]) for r in egress),
+          f"{where}: no egress rule of the brokers is open to every address")
+    check(any(rule_ports(r, bpod) and 53 in rule_ports(r, bpod) for r in egress), f"{where}: the brokers may ask DNS")
+    if database:
+        dkind, dname, dlabels, dpod = database
+        check(any(rule_ports(r, bpod) == {5432} and any("podSelector" in peer and selects(peer["podSelector"], dlabels)
+                                                       and "namespaceSelector" not in peer for peer in r.get("to", []))
+                  for r in egress),
+              f"{where}: the brokers may reach the database's pods on 5432")
+        drules = [r for p in policies_for(dlabels, "Ingress") for r in p["spec"].get("ingress", [])]
+        check(bool(drules) and all(
+            rule_ports(r, dpod) == {5432} and r.get("from") and all(
+                set(peer) == {"podSelector"} and chosen_pods(peer) and selects(peer["podSelector"], blabels)
+                for peer in r["from"])
+            for r in drules),
+            f"{where}: the {dkind} {dname} accepts only broker pods of its namespace, only on 5432")
+
+    # Services: the metrics port is in no Service open to the outside, nor
+    # in the main one.
+    for (kind, name), doc in docs.items():
+        if kind != "Service":
+            continue
+        ports = doc["spec"].get("ports", [])
+        exposes = any(p.get("targetPort") in ("metrics", *metrics) or p.get("port") in metrics
+                      or p.get("name") == "metrics" for p in ports)
+        if name == "semel":
+            check(not exposes, f"{where}: the main Service semel does not publish the metrics port")
+        elif exposes:
+            check(doc["spec"].get("type", "ClusterIP") not in ("LoadBalancer", "NodePort"),
+                  f"{where}: the Service {name} publishing the metrics port is neither LoadBalancer nor NodePort")
+
+
+def containers(docs, where):
+    """Images pinned to a release, resources bounded, ephemeral storage included."""
+    for kind, name, _, pod in workloads(docs):
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            what = f"{where}: {kind} {name}, container {c['name']}"
+            image = c.get("image", "")
+            tagged = "@sha256:" in image or ":" in image.rsplit("/", 1)[-1]
+            check(tagged and not image.split("@")[0].endswith(":latest"),
+                  f"{what}: the image ({image}) has a tag or digest, not latest")
+            resources = c.get("resources", {})
+            for bound in ("requests", "limits"):
+                missing = [r for r in ("memory", "ephemeral-storage") if r not in resources.get(bound, {})]
+                check(not missing, f"{what}: resources {bound} of memory and ephemeral-storage" +
+                      (f" (missing {', '.join(missing)})" if missing else ""))
+
+
 def configmap_toml(docs):
     return docs[("ConfigMap", "semel-config")]["data"]["semel.toml"]
 
@@ -128,6 +276,8 @@ def kubernetes():
     check(command[:2] == ["semel", "health"], f"{where}: livenessProbe asks grpc.health.v1 with `semel health`")
     check(docs[("Deployment", "semel")]["spec"]["strategy"]["type"] == "Recreate",
           f"{where}: one writer: the Deployment is replaced, not rolled")
+    network_policies(docs, where, None)
+    containers(docs, where)
     return configmap_toml(docs)
 
 
@@ -170,6 +320,10 @@ def kubernetes_postgresql():
     if database:
         args = database["spec"]["template"]["spec"]["containers"][0].get("args", [])
         check("synchronous_commit=on" in args, f"{where}: the trial database runs with synchronous_commit=on")
+    databases = [w for w in workloads(docs) if w[1] == "semel-postgresql"]
+    check(bool(databases), f"{where}: the trial database is in the set (its network policy is checked)")
+    network_policies(docs, where, databases[0] if databases else None)
+    containers(docs, where)
     return configmap_toml(docs)
 
 
@@ -183,6 +337,10 @@ def compose_file(schema, name):
     except jsonschema.ValidationError as e:
         check(False, f"{name}: {e.message} at {'.'.join(map(str, e.path))}")
     for service, spec in doc["services"].items():
+        image = str(spec.get("image", ""))
+        if image:
+            check(":" in image.rsplit("/", 1)[-1] and not image.split("@")[0].endswith(":latest"),
+                  f"{name}: {service}'s image ({image}) has a tag or digest, not latest")
         for volume in spec.get("volumes", []):
             source = volume.split(":")[0] if isinstance(volume, str) else volume.get("source", "")
             if source.startswith("."):
@@ -190,17 +348,102 @@ def compose_file(schema, name):
     return doc
 
 
-def compose(schema_path):
+def volume_mounts(spec):
+    """(source, target) of a compose service's volumes."""
+    mounts = []
+    for volume in spec.get("volumes", []):
+        if isinstance(volume, str):
+            parts = volume.split(":")
+            mounts.append((parts[0], parts[1] if len(parts) > 1 else parts[0]))
+        else:
+            mounts.append((volume.get("source", ""), volume["target"]))
+    return mounts
+
+
+FORBIDDEN_KEYS = ("ca.key", "issuer.key")
+
+
+def broker_keys(name, doc, semel):
+    """No broker (`semel serve`) mounts ca.key or issuer.key: bind mounts by
+    name; named volumes by running the one-shot services that fill them."""
+    services = doc["services"]
+    brokers = {s: spec for s, spec in services.items() if spec.get("command", [None])[0] == "serve"}
+    if not brokers:
+        print(f"skip: {name}: no broker service (`semel serve`) to check for CA or issuer keys")
+        return
+    named = set(doc.get("volumes", {}) or {})
+    for service, spec in brokers.items():
+        for source, _ in volume_mounts(spec):
+            if source in named:
+                continue
+            path = os.path.join(COMPOSE, source)
+            found = [f for f in ([os.path.basename(source)] if not os.path.isdir(path)
+                                 else [f for _, _, fs in os.walk(path) for f in fs]) if f in FORBIDDEN_KEYS]
+            check(not found, f"{name}: {service} mounts no ca.key or issuer.key from {source}")
+    # The named volumes the brokers mount, and the one-shot services (a
+    # shell script) that write into them: run those, each volume a
+    # temporary directory, with the semel binary on PATH.
+    shared = {source for spec in brokers.values() for source, _ in volume_mounts(spec) if source in named}
+    one_shots = {s: spec for s, spec in services.items() if s not in brokers
+                 and str(spec.get("restart", "")) == "no" and spec.get("entrypoint", [None])[0] == "/bin/sh"}
+    if not any(source in shared for spec in one_shots.values() for source, _ in volume_mounts(spec)):
+        check(False, f"{name}: the brokers' named volumes are filled by a one-shot service this check can run")
+        return
+    if shutil.which("openssl") is None:
+        print(f"skip: {name}: openssl is not installed here: the one-shot services are not run")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        bin_dir = os.path.join(tmp, "bin")
+        os.makedirs(bin_dir)
+        os.symlink(semel, os.path.join(bin_dir, "semel"))
+        volumes = {v: os.path.join(tmp, "volumes", v) for v in named}
+        for path in volumes.values():
+            os.makedirs(path)
+        for _ in range(2):
+            for service, spec in one_shots.items():
+                mounts = sorted(volume_mounts(spec), key=lambda m: -len(m[1]))
+                script = spec["command"][0] if isinstance(spec["command"], list) else spec["command"]
+                for source, target in mounts:
+                    real = volumes.get(source, os.path.join(COMPOSE, source))
+                    script = re.sub(re.escape(target) + r'(?=/|\s|$|")', real, script, flags=re.M)
+                cwd = spec.get("working_dir", "/")
+                for source, target in mounts:
+                    if cwd == target or cwd.startswith(target + "/"):
+                        cwd = volumes.get(source, "") + cwd[len(target):]
+                if not os.path.isdir(cwd):
+                    cwd = tmp
+                env = {"PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "HOME": tmp}
+                result = subprocess.run(["/bin/sh", "-ec", script], cwd=cwd, env=env, capture_output=True, text=True)
+                if result.returncode:
+                    check(False, f"{name}: the one-shot service {service} runs: {result.stderr.strip()}")
+                    return
+        check(True, f"{name}: the one-shot services ({', '.join(one_shots)}) ran twice")
+        for source in sorted(shared):
+            written = any(source in dict(volume_mounts(spec)) for spec in one_shots.values())
+            if written:
+                files = sorted(f for _, _, fs in os.walk(volumes[source]) for f in fs)
+                check(bool(files), f"{name}: the brokers' volume {source} holds {', '.join(files) or 'nothing'}")
+        for service, spec in brokers.items():
+            for source, target in volume_mounts(spec):
+                if source in volumes:
+                    found = sorted(f for _, _, fs in os.walk(volumes[source]) for f in fs if f in FORBIDDEN_KEYS)
+                    check(not found, f"{name}: {service} mounts no ca.key or issuer.key through the volume {source} ({target})" +
+                          (f": it holds {', '.join(found)}" if found else ""))
+
+
+def compose(schema_path, semel_binary):
     """The compose files; returns the broker configurations they mount, by name."""
     with open(schema_path) as f:
         schema = json.load(f)
     doc = compose_file(schema, "docker-compose.yml")
+    broker_keys("docker-compose.yml", doc, semel_binary)
     semel = doc["services"]["semel"]
     check(semel.get("cap_drop") == ["ALL"] and semel.get("read_only") is True, "the compose service is locked down")
     check(semel["command"][0] == "demo", "compose runs the broker with the demo sources")
 
     name = "docker-compose.postgresql.yml"
     doc = compose_file(schema, name)
+    broker_keys(name, doc, semel_binary)
     services = doc["services"]
     database = [s for s, spec in services.items() if str(spec.get("image", "")).startswith("postgres:15")]
     check(len(database) == 1, f"{name}: one PostgreSQL 15 service")
@@ -255,8 +498,34 @@ def dockerfile(hadolint):
     users = re.findall(r"^USER\s+(\S+)", text.split("AS runtime", 1)[-1], re.M)
     check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), "the image runs as a non-root user")
     check("HEALTHCHECK" in text, "the image has a health check")
+    defaults = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    for image in re.findall(r"^FROM\s+(\S+)", text, re.M):
+        resolved = re.sub(r"\$\{?(\w+)\}?", lambda m: defaults.get(m.group(1), ""), image)
+        check(bool(re.search(r":[\w.-]+$|@sha256:[0-9a-f]{64}$", resolved)) and not resolved.split("@")[0].endswith(":latest"),
+              f"the Dockerfile's base image {image} ({resolved}) has a tag or digest, not latest")
     result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "warning", path], capture_output=True, text=True)
     check(result.returncode == 0, "hadolint finds nothing at warning level" + (":\n" + result.stdout if result.stdout else ""))
+
+
+def systemd():
+    """The unit's IP firewall and resource bounds (systemd-analyze verify and
+    security run in .ci/deploy-check where installed)."""
+    path = os.path.join(ROOT, "deploy", "systemd", "semel.service")
+    settings = {}
+    section = None
+    for line in open(path):
+        line = line.strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif line and not line.startswith(("#", ";")) and "=" in line and section == "Service":
+            key, value = line.split("=", 1)
+            settings.setdefault(key.strip(), []).append(value.strip())
+    where = "deploy/systemd/semel.service"
+    check(settings.get("IPAddressDeny", [""])[-1] == "any", f"{where}: IPAddressDeny=any (an IP allow list)")
+    check(bool([v for v in settings.get("IPAddressAllow", []) if v]), f"{where}: IPAddressAllow= names what is allowed")
+    for key in ("MemoryMax", "TasksMax"):
+        value = settings.get(key, [""])[-1]
+        check(value not in ("", "infinity"), f"{where}: {key}= bounds the service" + (f" ({value})" if value else ""))
 
 
 def configurations(semel, configs):
@@ -300,8 +569,9 @@ def main():
     configs = {"deploy/semel.example.toml": open(os.path.join(ROOT, "deploy", "semel.example.toml")).read()}
     configs["deploy/kubernetes: the ConfigMap's semel.toml"] = kubernetes()
     configs["deploy/kubernetes/postgresql: the ConfigMap's semel.toml"] = kubernetes_postgresql()
-    configs.update(compose(args.compose_schema))
+    configs.update(compose(args.compose_schema, os.path.abspath(args.semel)))
     haproxy()
+    systemd()
     dockerfile(args.hadolint)
     configurations(os.path.abspath(args.semel), configs)
     print(f"deployment kit: {len(failures)} problem(s)")
