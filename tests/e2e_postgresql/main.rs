@@ -15,10 +15,10 @@ mod http_face;
 mod identity;
 #[path = "../e2e/insiders.rs"]
 mod insiders;
-#[path = "../e2e/insiders_second.rs"]
-mod insiders_second;
 #[path = "../e2e/insiders_http.rs"]
 mod insiders_http;
+#[path = "../e2e/insiders_second.rs"]
+mod insiders_second;
 #[path = "../e2e/limits.rs"]
 mod limits;
 #[path = "../e2e/lookups.rs"]
@@ -33,3 +33,5 @@ mod registry_and_identity;
 mod serve;
 #[path = "../e2e/standard.rs"]
 mod standard;
+#[path = "../e2e/transport_limits.rs"]
+mod transport_limits;

@@ -376,6 +376,11 @@ pub const REASONS: &[Reasons] = &[
         "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`",
     ),
     row(
+        "RESOURCE_EXHAUSTED",
+        &["STREAMS_EXCEEDED"],
+        "(gRPC port) the connection holds as many calls open as it may: `grpc.health.v1.Health/Watch` streams, or calls without a client certificate (also counted over all such connections); close one, or call with your certificate",
+    ),
+    row(
         "UNAVAILABLE",
         &["SHUTTING_DOWN"],
         "(`Subscribe`) the broker is shutting down; subscribe again: delivery resumes after your last acknowledgement",
