@@ -1314,6 +1314,44 @@ mod tests {
         );
         assert_eq!(settings.body_timeout, defaults.body_timeout);
         assert_eq!(settings.header_timeout, defaults.header_timeout);
+        assert_eq!(settings.max_handshakes, defaults.max_handshakes);
+        // The gRPC port's limits: the example names every key, commented
+        // out, so the defaults apply; each is settable.
+        let grpc = config.grpc.settings();
+        let defaults = crate::grpc_limits::GrpcSettings::default();
+        assert_eq!(grpc.max_concurrent_streams, defaults.max_concurrent_streams);
+        assert_eq!(
+            grpc.max_connections_without_certificate,
+            defaults.max_connections_without_certificate
+        );
+        assert_eq!(grpc.request_timeout, defaults.request_timeout);
+        let config = Config::load_with_env(
+            &path,
+            env(&[
+                ("SEMEL_GRPC__MAX_CONCURRENT_STREAMS", "64"),
+                ("SEMEL_GRPC__CONCURRENCY_LIMIT_PER_CONNECTION", "32"),
+                ("SEMEL_GRPC__MAX_HEALTH_WATCHES_PER_CONNECTION", "0"),
+                ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "30000"),
+            ]),
+        )
+        .expect("loads");
+        let grpc = config.grpc.settings();
+        assert_eq!(grpc.max_concurrent_streams, 64);
+        assert_eq!(grpc.concurrency_limit_per_connection, 32);
+        assert_eq!(grpc.max_health_watches_per_connection, 0);
+        assert_eq!(grpc.request_timeout, Duration::from_secs(30));
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(
+                &path,
+                env(&[
+                    ("SEMEL_SOURCES__DEADLINE_MS", "10000"),
+                    ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "10000"),
+                ]),
+            )
+            .expect_err("a unary call's timeout no longer than the sources' deadline")
+        );
+        assert!(err.contains("grpc.request_timeout_ms"), "{err}");
         let config = Config::load_with_env(
             &path,
             env(&[
@@ -1396,6 +1434,70 @@ mod tests {
                 "http.max_connections_without_certificate",
             ),
             ("SEMEL_HTTP__BODY_TIMEOUT_MS", "0", "http.body_timeout_ms"),
+            ("SEMEL_HTTP__MAX_HANDSHAKES", "0", "http.max_handshakes"),
+            ("SEMEL_GRPC__MAX_CONNECTIONS", "0", "grpc.max_connections"),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_PER_ADDRESS",
+                "5000",
+                "grpc.max_connections_per_address",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                "65",
+                "grpc.max_connections_per_address_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_WITHOUT_CERTIFICATE",
+                "5000",
+                "grpc.max_connections_without_certificate",
+            ),
+            ("SEMEL_GRPC__MAX_HANDSHAKES", "0", "grpc.max_handshakes"),
+            (
+                "SEMEL_GRPC__MAX_CONCURRENT_STREAMS",
+                "0",
+                "grpc.max_concurrent_streams",
+            ),
+            (
+                "SEMEL_GRPC__CONCURRENCY_LIMIT_PER_CONNECTION",
+                "257",
+                "grpc.concurrency_limit_per_connection",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CALLS_PER_CONNECTION_WITHOUT_CERTIFICATE",
+                "0",
+                "grpc.max_calls_per_connection_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CALLS_WITHOUT_CERTIFICATE",
+                "2",
+                "grpc.max_calls_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_HEALTH_WATCHES_PER_CONNECTION",
+                "300",
+                "grpc.max_health_watches_per_connection",
+            ),
+            (
+                "SEMEL_GRPC__MAX_HEALTH_WATCHES",
+                "-1",
+                "grpc.max_health_watches",
+            ),
+            (
+                "SEMEL_GRPC__REQUEST_TIMEOUT_MS",
+                "100",
+                "grpc.request_timeout_ms",
+            ),
+            (
+                "SEMEL_GRPC__KEEPALIVE_INTERVAL_MS",
+                "10",
+                "grpc.keepalive_interval_ms",
+            ),
+            (
+                "SEMEL_GRPC__KEEPALIVE_TIMEOUT_MS",
+                "0",
+                "grpc.keepalive_timeout_ms",
+            ),
+            ("SEMEL_GRPC__MAX_WATCHES", "1", "max_watches"),
             (
                 "SEMEL_HTTP__HEADER_TIMEOUT_MS",
                 "50",
