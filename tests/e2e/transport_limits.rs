@@ -3,13 +3,15 @@
 //! reaches the port holds only a few connections and a few calls, and
 //! twenty thousand `grpc.health.v1.Health/Watch` streams asked for on one
 //! connection cost the broker a handful, not hundreds of megabytes;
-//! organisations are answered meanwhile.
+//! organisations are answered meanwhile. A unary call has a timeout, which
+//! cuts no stream.
 
 use std::time::{Duration, Instant};
 
 use semel_demo::seed::datasets::RESIDENCE;
 use semel_server::grpc_limits::GrpcSettings;
 use semel_server::metrics::RefusedConnectionLabels;
+use semel_server::proto::{self, mutation_service_client::MutationServiceClient};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::health_client::HealthClient;
@@ -169,6 +171,20 @@ async fn an_outsider_without_a_certificate_holds_few_connections_and_streams_and
         .await
         .expect("an organisation's lookup is answered");
     assert!(answered.into_inner().fields.contains_key("street"));
+
+    // A unary call longer than the timeout is cut, and says so: a pull of
+    // changes that would wait two seconds for one.
+    let started = Instant::now();
+    let cut = MutationServiceClient::new(t.channel(SCHAERBEEK).await)
+        .pull_mutations(proto::PullMutationsRequest {
+            after: 0,
+            max_events: 0,
+            wait_seconds: 2,
+        })
+        .await
+        .expect_err("a call longer than the timeout is answered");
+    assert_error(&cut, Code::DeadlineExceeded, "CALL_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(2));
 
     // The request timeout cuts no stream: past it, every Watch stream has
     // its first status and is still open.

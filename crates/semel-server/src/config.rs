@@ -265,8 +265,9 @@ pub struct GrpcSection {
     /// 1024).
     pub max_health_watches: usize,
     /// How long a unary call may take, in milliseconds (default 150000;
-    /// more than `sources.deadline_ms`). A stream's answer starts at once:
-    /// the timeout covers only its request, never the stream.
+    /// more than `sources.deadline_ms` and than PullMutations' longest wait,
+    /// 30 s). A stream's answer starts at once: the timeout covers only its
+    /// request, never the stream.
     pub request_timeout_ms: u64,
     /// How often a silent connection is checked with an HTTP/2 PING, in
     /// milliseconds (default 30000).
@@ -404,12 +405,15 @@ impl GrpcSection {
             1_000_000,
             "",
         );
+        // A lookup waits for its source; PullMutations waits for changes.
         within(
             "request_timeout_ms",
             self.request_timeout_ms,
-            deadline_ms.saturating_add(1).max(1000),
+            deadline_ms
+                .max(crate::mutations::MAX_WAIT_MS)
+                .saturating_add(1),
             3_600_000,
-            " (more than sources.deadline_ms)",
+            " (more than sources.deadline_ms and PullMutations' longest wait)",
         );
         within(
             "keepalive_interval_ms",
@@ -1331,7 +1335,7 @@ mod tests {
                 ("SEMEL_GRPC__MAX_CONCURRENT_STREAMS", "64"),
                 ("SEMEL_GRPC__CONCURRENCY_LIMIT_PER_CONNECTION", "32"),
                 ("SEMEL_GRPC__MAX_HEALTH_WATCHES_PER_CONNECTION", "0"),
-                ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "30000"),
+                ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "60000"),
             ]),
         )
         .expect("loads");
@@ -1339,14 +1343,14 @@ mod tests {
         assert_eq!(grpc.max_concurrent_streams, 64);
         assert_eq!(grpc.concurrency_limit_per_connection, 32);
         assert_eq!(grpc.max_health_watches_per_connection, 0);
-        assert_eq!(grpc.request_timeout, Duration::from_secs(30));
+        assert_eq!(grpc.request_timeout, Duration::from_secs(60));
         let err = format!(
             "{:#}",
             Config::load_with_env(
                 &path,
                 env(&[
-                    ("SEMEL_SOURCES__DEADLINE_MS", "10000"),
-                    ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "10000"),
+                    ("SEMEL_SOURCES__DEADLINE_MS", "90000"),
+                    ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "90000"),
                 ]),
             )
             .expect_err("a unary call's timeout no longer than the sources' deadline")

@@ -60,9 +60,10 @@ pub struct GrpcSettings {
     /// `grpc.health.v1.Health/Watch` streams open at once in all.
     pub max_health_watches: usize,
     /// How long a unary call may take, from its request's first byte to its
-    /// answer (a client's shorter `grpc-timeout` wins). A streaming call's
-    /// answer starts at once, so the timeout covers only its request (the
-    /// first message for `Subscribe` and `Health/Watch`), never the stream.
+    /// answer (DEADLINE_EXCEEDED, `CALL_TIMEOUT`; a client's shorter
+    /// `grpc-timeout` wins). A streaming call's answer starts at once, so
+    /// the timeout covers only its request (the first message for
+    /// `Subscribe` and `Health/Watch`), never the stream.
     pub request_timeout: Duration,
     /// How often an HTTP/2 PING checks a connection that is silent.
     pub keepalive_interval: Duration,
@@ -267,17 +268,31 @@ impl Drop for CallSlot {
     }
 }
 
-/// [`CallSlots`] as a tower layer, outside every other layer of the gRPC
-/// port: a call over a cap costs no more than its refusal.
+/// [`CallSlots`] and the unary calls' timeout as a tower layer, outside
+/// every other layer of the gRPC port: a call over a cap costs no more than
+/// its refusal.
 #[derive(Clone)]
-pub struct CallSlotsLayer(pub CallSlots);
+pub struct CallSlotsLayer {
+    slots: CallSlots,
+    timeout: Duration,
+}
+
+impl CallSlotsLayer {
+    pub fn new(settings: &GrpcSettings, metrics: Arc<Metrics>) -> CallSlotsLayer {
+        CallSlotsLayer {
+            slots: CallSlots::new(settings, metrics),
+            timeout: settings.request_timeout,
+        }
+    }
+}
 
 impl<S> tower::Layer<S> for CallSlotsLayer {
     type Service = HoldingCalls<S>;
     fn layer(&self, inner: S) -> HoldingCalls<S> {
         HoldingCalls {
             inner,
-            slots: self.0.clone(),
+            slots: self.slots.clone(),
+            timeout: self.timeout,
         }
     }
 }
@@ -286,6 +301,7 @@ impl<S> tower::Layer<S> for CallSlotsLayer {
 pub struct HoldingCalls<S> {
     inner: S,
     slots: CallSlots,
+    timeout: Duration,
 }
 
 type Answer = http::Response<tonic::body::Body>;
@@ -297,7 +313,7 @@ const REFUSED_REQUEST: usize = 64 * 1024;
 /// a stream answered before its request ended is reset, and HTTP/2 closes
 /// a connection after a thousand such resets, so that a client refused
 /// often (a probe, an organisation's pool) would lose its calls in flight
-/// with it. The timeout of unary calls bounds the wait.
+/// with it. The timeout of calls bounds the wait.
 async fn refuse_after_request<B>(body: B)
 where
     B: Body + Send,
@@ -331,7 +347,8 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let peer = req.extensions().get::<Arc<PeerIdentity>>();
-        match self.slots.take(peer, req.uri().path()) {
+        let slot = match self.slots.take(peer, req.uri().path()) {
+            Ok(slot) => slot,
             Err(_) => {
                 let refusal = ApiError::new(
                     Code::ResourceExhausted,
@@ -341,27 +358,46 @@ where
                 )
                 .into_status()
                 .into_http();
-                Box::pin(async move {
-                    refuse_after_request(req.into_body()).await;
+                let timeout = self.timeout;
+                return Box::pin(async move {
+                    let _ =
+                        tokio::time::timeout(timeout, refuse_after_request(req.into_body())).await;
                     Ok(refusal)
-                })
+                });
             }
-            Ok(None) => Box::pin(self.inner.call(req)),
-            Ok(Some(slot)) => {
-                let answer = self.inner.call(req);
-                Box::pin(async move {
-                    let answer = answer.await?;
-                    // Held until the answer's last frame is sent, or the
-                    // stream is reset.
-                    Ok(answer.map(|body| {
-                        tonic::body::Body::new(Holding {
-                            inner: body,
-                            _slot: slot,
-                        })
-                    }))
-                })
-            }
-        }
+        };
+        let answer = self.inner.call(req);
+        let timeout = self.timeout;
+        Box::pin(async move {
+            // Until the answer starts: a unary call whole, a stream's
+            // request only (its answer starts once the handler returns the
+            // stream), so that Subscribe, LookupBatch and Health/Watch are
+            // never cut. A client's own shorter deadline is tonic's to keep.
+            let Ok(answer) = tokio::time::timeout(timeout, answer).await else {
+                return Ok(ApiError::new(
+                    Code::DeadlineExceeded,
+                    "CALL_TIMEOUT",
+                    format!(
+                        "the call took longer than the broker allows a call ({} s)",
+                        timeout.as_secs()
+                    ),
+                )
+                .into_status()
+                .into_http());
+            };
+            let answer = answer?;
+            Ok(match slot {
+                None => answer,
+                // Held until the answer's last frame is sent, or the stream
+                // is reset.
+                Some(slot) => answer.map(|body| {
+                    tonic::body::Body::new(Holding {
+                        inner: body,
+                        _slot: slot,
+                    })
+                }),
+            })
+        })
     }
 }
 

@@ -257,6 +257,11 @@ pub const REASONS: &[Reasons] = &[
     ),
     row(
         "DEADLINE_EXCEEDED",
+        &["CALL_TIMEOUT"],
+        "(gRPC port) a unary call took longer than the broker allows (150 s, or the operator's `[grpc] request_timeout_ms`), or a stream's first request did not arrive in that time; a lookup may be retried (it changes nothing), a change's outcome is unknown (read before retrying it); send a stream's request at once",
+    ),
+    row(
+        "DEADLINE_EXCEEDED",
         &["REQUEST_TIMEOUT"],
         "(HTTP/JSON, HTTP 408) the request body did not arrive in time (30 s, or the operator's `[http] body_timeout_ms`), and the connection is closed; send the body at once",
     ),

@@ -378,17 +378,18 @@ pub async fn serve_broker_with_http(
             refused: broker.metrics.grpc_connections_refused.clone(),
         },
     );
-    let calls = crate::grpc_limits::CallSlots::new(&limits, broker.metrics.clone());
-    // The timeout covers a call until its answer starts: a unary call whole,
-    // a stream's request only (tonic's timeout ends with the answer's
-    // headers), so Subscribe, LookupBatch and Health/Watch are never cut.
+    // The calls' timeout is `CallSlotsLayer`'s rather than tonic's, so
+    // that it is DEADLINE_EXCEEDED with a reason code (tonic's is
+    // CANCELLED, as for a client's own deadline).
     let grpc = Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
-        .timeout(limits.request_timeout)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(crate::grpc_limits::CallSlotsLayer(calls))
+        .layer(crate::grpc_limits::CallSlotsLayer::new(
+            &limits,
+            broker.metrics.clone(),
+        ))
         .layer(tower::layer::layer_fn(move |routes| {
             with_layers(&layered, routes)
         }))
