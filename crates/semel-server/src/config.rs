@@ -102,7 +102,7 @@ pub struct HttpSection {
     /// addresses (default 1024): the rest is kept for organisations.
     #[serde(default = "default_http_max_connections_without_certificate")]
     pub max_connections_without_certificate: usize,
-    /// TLS handshakes in progress at once (default 256).
+    /// TLS handshakes in progress at once (default 1024).
     #[serde(default = "default_http_max_handshakes")]
     pub max_handshakes: usize,
     /// How long a request's body may take to arrive, in milliseconds
@@ -245,7 +245,7 @@ pub struct GrpcSection {
     /// Connections without a client certificate from all addresses
     /// (default 256).
     pub max_connections_without_certificate: usize,
-    /// TLS handshakes in progress at once (default 256).
+    /// TLS handshakes in progress at once (default 1024).
     pub max_handshakes: usize,
     /// HTTP/2 streams one connection may have open at once (default 256).
     pub max_concurrent_streams: u32,

@@ -129,7 +129,10 @@ impl Admission for ConnectionSlots {
             }
             // A handshake in progress costs the broker its buffers and,
             // once the client speaks, a signature: however many addresses
-            // a peer has, only so many at once.
+            // a peer has, only so many at once. (Peers that leave theirs
+            // unfinished from many addresses fill it for the handshake's
+            // 10 s, as they would fill the cap in all: the default is kept
+            // high, and connections already open carry on.)
             if held.handshakes >= slots.caps.handshakes {
                 drop(held);
                 slots.refuse("handshakes");

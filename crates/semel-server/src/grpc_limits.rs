@@ -81,7 +81,7 @@ impl Default for GrpcSettings {
             max_connections_per_address: 64,
             max_connections_per_address_without_certificate: 8,
             max_connections_without_certificate: 256,
-            max_handshakes: 256,
+            max_handshakes: 1024,
             // The load generator runs 64 calls at once over one or a few
             // connections; an organisation's client pool does the like.
             max_concurrent_streams: 256,

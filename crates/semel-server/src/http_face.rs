@@ -101,7 +101,7 @@ impl Default for HttpSettings {
             max_connections_per_address: 64,
             max_connections_per_address_without_certificate: 8,
             max_connections_without_certificate: 1024,
-            max_handshakes: 256,
+            max_handshakes: 1024,
             body_timeout: Duration::from_secs(30),
             // Longer than common client pools' idle times, so that a
             // client rarely sends a request on a connection being closed.
