@@ -174,8 +174,9 @@ async fn an_outsider_without_a_certificate_holds_few_connections_and_streams_and
 
     // A unary call longer than the timeout is cut, and says so: a pull of
     // changes that would wait two seconds for one.
+    let mut pulling = MutationServiceClient::new(t.channel(SCHAERBEEK).await);
     let started = Instant::now();
-    let cut = MutationServiceClient::new(t.channel(SCHAERBEEK).await)
+    let cut = pulling
         .pull_mutations(proto::PullMutationsRequest {
             after: 0,
             max_events: 0,
