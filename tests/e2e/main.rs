@@ -19,3 +19,4 @@ mod only_once;
 mod registry_and_identity;
 mod serve;
 mod standard;
+mod transport_limits;

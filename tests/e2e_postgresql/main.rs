@@ -39,3 +39,5 @@ mod registry_and_identity;
 mod serve;
 #[path = "../e2e/standard.rs"]
 mod standard;
+#[path = "../e2e/transport_limits.rs"]
+mod transport_limits;

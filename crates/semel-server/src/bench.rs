@@ -103,6 +103,8 @@ pub async fn run_bench_server(
     // The load generator holds one HTTP/1.1 connection per worker, all
     // from one address: the cap per address is the face's whole.
     demo_opts.http.max_connections_per_address = demo_opts.http.max_connections;
+    // Likewise its gRPC connections (`--connections`), all from one address.
+    demo_opts.grpc.max_connections_per_address = demo_opts.grpc.max_connections;
     let demo = Demo::start(demo_opts).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
 

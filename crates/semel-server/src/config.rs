@@ -47,6 +47,9 @@ pub struct Config {
     pub store: StoreSection,
     /// The HTTP/JSON face; none when absent.
     pub http: Option<HttpSection>,
+    /// The gRPC port's limits on connections and calls, and its timeouts.
+    #[serde(default)]
+    pub grpc: GrpcSection,
     /// The mutation queues.
     #[serde(default)]
     pub mutations: MutationsSection,
@@ -99,6 +102,9 @@ pub struct HttpSection {
     /// addresses (default 1024): the rest is kept for organisations.
     #[serde(default = "default_http_max_connections_without_certificate")]
     pub max_connections_without_certificate: usize,
+    /// TLS handshakes in progress at once (default 1024).
+    #[serde(default = "default_http_max_handshakes")]
+    pub max_handshakes: usize,
     /// How long a request's body may take to arrive, in milliseconds
     /// (default 30000); a slower one is refused (408). Also how long an
     /// answer may wait for the client to take any of it, after which the
@@ -129,6 +135,10 @@ fn default_http_max_connections_without_certificate() -> usize {
     crate::http_face::HttpSettings::default().max_connections_without_certificate
 }
 
+fn default_http_max_handshakes() -> usize {
+    crate::http_face::HttpSettings::default().max_handshakes
+}
+
 fn default_http_body_timeout_ms() -> u64 {
     crate::http_face::HttpSettings::default()
         .body_timeout
@@ -150,6 +160,7 @@ impl HttpSection {
             max_connections_per_address_without_certificate: self
                 .max_connections_per_address_without_certificate,
             max_connections_without_certificate: self.max_connections_without_certificate,
+            max_handshakes: self.max_handshakes,
             body_timeout: Duration::from_millis(self.body_timeout_ms),
             header_timeout: Duration::from_millis(self.header_timeout_ms),
         }
@@ -194,6 +205,13 @@ impl HttpSection {
             ),
         );
         ensure(
+            (1..=self.max_connections.max(1)).contains(&self.max_handshakes),
+            format!(
+                "http.max_handshakes: must lie between 1 and http.max_connections ({}), got {}",
+                self.max_connections, self.max_handshakes
+            ),
+        );
+        ensure(
             (100..=600_000).contains(&self.body_timeout_ms),
             format!(
                 "http.body_timeout_ms: must lie between 100 and 600000, got {}",
@@ -206,6 +224,210 @@ impl HttpSection {
                 "http.header_timeout_ms: must lie between 100 and 3600000, got {}",
                 self.header_timeout_ms
             ),
+        );
+        problems
+    }
+}
+
+/// The gRPC port's limits (docs/operator-guide.md, "[grpc]"): anyone who
+/// reaches the port may connect, and call health and reflection without a
+/// certificate, so what one peer holds is bounded. Every key has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GrpcSection {
+    /// Connections open at once, handshakes included (default 4096).
+    pub max_connections: usize,
+    /// Connections open at once from one address (default 64; an IPv6
+    /// address counts by its /64).
+    pub max_connections_per_address: usize,
+    /// Of those, connections without a client certificate (default 8).
+    pub max_connections_per_address_without_certificate: usize,
+    /// Connections without a client certificate from all addresses
+    /// (default 256).
+    pub max_connections_without_certificate: usize,
+    /// TLS handshakes in progress at once (default 1024).
+    pub max_handshakes: usize,
+    /// HTTP/2 streams one connection may have open at once (default 256).
+    pub max_concurrent_streams: u32,
+    /// Calls one connection may have in progress before their answers
+    /// start; more wait their turn (default 128).
+    pub concurrency_limit_per_connection: usize,
+    /// Calls open at once on one connection without a client certificate
+    /// (default 16).
+    pub max_calls_per_connection_without_certificate: usize,
+    /// Calls open at once on all connections without a client certificate
+    /// (default 1024).
+    pub max_calls_without_certificate: usize,
+    /// `grpc.health.v1.Health/Watch` streams open at once on one connection
+    /// (default 8).
+    pub max_health_watches_per_connection: usize,
+    /// `grpc.health.v1.Health/Watch` streams open at once in all (default
+    /// 1024).
+    pub max_health_watches: usize,
+    /// How long a unary call may take, in milliseconds (default 150000;
+    /// more than `sources.deadline_ms` and than PullMutations' longest wait,
+    /// 30 s). A stream's answer starts at once: the timeout covers only its
+    /// request, never the stream.
+    pub request_timeout_ms: u64,
+    /// How often a silent connection is checked with an HTTP/2 PING, in
+    /// milliseconds (default 30000).
+    pub keepalive_interval_ms: u64,
+    /// How long the PING's answer may take before the connection is closed,
+    /// in milliseconds (default 20000).
+    pub keepalive_timeout_ms: u64,
+}
+
+impl Default for GrpcSection {
+    fn default() -> Self {
+        let d = crate::grpc_limits::GrpcSettings::default();
+        GrpcSection {
+            max_connections: d.max_connections,
+            max_connections_per_address: d.max_connections_per_address,
+            max_connections_per_address_without_certificate: d
+                .max_connections_per_address_without_certificate,
+            max_connections_without_certificate: d.max_connections_without_certificate,
+            max_handshakes: d.max_handshakes,
+            max_concurrent_streams: d.max_concurrent_streams,
+            concurrency_limit_per_connection: d.concurrency_limit_per_connection,
+            max_calls_per_connection_without_certificate: d
+                .max_calls_per_connection_without_certificate,
+            max_calls_without_certificate: d.max_calls_without_certificate,
+            max_health_watches_per_connection: d.max_health_watches_per_connection,
+            max_health_watches: d.max_health_watches,
+            request_timeout_ms: d.request_timeout.as_millis() as u64,
+            keepalive_interval_ms: d.keepalive_interval.as_millis() as u64,
+            keepalive_timeout_ms: d.keepalive_timeout.as_millis() as u64,
+        }
+    }
+}
+
+impl GrpcSection {
+    /// The port's limits and timeouts.
+    pub fn settings(&self) -> crate::grpc_limits::GrpcSettings {
+        crate::grpc_limits::GrpcSettings {
+            max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            max_connections_per_address_without_certificate: self
+                .max_connections_per_address_without_certificate,
+            max_connections_without_certificate: self.max_connections_without_certificate,
+            max_handshakes: self.max_handshakes,
+            max_concurrent_streams: self.max_concurrent_streams,
+            concurrency_limit_per_connection: self.concurrency_limit_per_connection,
+            max_calls_per_connection_without_certificate: self
+                .max_calls_per_connection_without_certificate,
+            max_calls_without_certificate: self.max_calls_without_certificate,
+            max_health_watches_per_connection: self.max_health_watches_per_connection,
+            max_health_watches: self.max_health_watches,
+            request_timeout: Duration::from_millis(self.request_timeout_ms),
+            keepalive_interval: Duration::from_millis(self.keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.keepalive_timeout_ms),
+        }
+    }
+
+    /// Every problem with the values, each naming its key; `deadline_ms` is
+    /// the sources' deadline, which a unary call's timeout must exceed.
+    fn problems(&self, deadline_ms: u64) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut within = |key: &str, value: u64, low: u64, high: u64, bound: &str| {
+            if !(low..=high).contains(&value) {
+                problems.push(format!(
+                    "grpc.{key}: must lie between {low} and {high}{bound}, got {value}"
+                ));
+            }
+        };
+        let streams = u64::from(self.max_concurrent_streams);
+        let connections = self.max_connections as u64;
+        let per_address = self.max_connections_per_address as u64;
+        let calls_per_connection = self.max_calls_per_connection_without_certificate as u64;
+        let watches_per_connection = self.max_health_watches_per_connection as u64;
+        within("max_connections", connections, 1, 1_000_000, "");
+        within(
+            "max_connections_per_address",
+            per_address,
+            1,
+            connections.max(1),
+            " (grpc.max_connections)",
+        );
+        within(
+            "max_connections_per_address_without_certificate",
+            self.max_connections_per_address_without_certificate as u64,
+            0,
+            per_address,
+            " (grpc.max_connections_per_address)",
+        );
+        within(
+            "max_connections_without_certificate",
+            self.max_connections_without_certificate as u64,
+            0,
+            connections,
+            " (grpc.max_connections)",
+        );
+        within(
+            "max_handshakes",
+            self.max_handshakes as u64,
+            1,
+            connections.max(1),
+            " (grpc.max_connections)",
+        );
+        within("max_concurrent_streams", streams, 1, 10_000, "");
+        within(
+            "concurrency_limit_per_connection",
+            self.concurrency_limit_per_connection as u64,
+            1,
+            streams.max(1),
+            " (grpc.max_concurrent_streams)",
+        );
+        within(
+            "max_calls_per_connection_without_certificate",
+            calls_per_connection,
+            1,
+            streams.max(1),
+            " (grpc.max_concurrent_streams)",
+        );
+        within(
+            "max_calls_without_certificate",
+            self.max_calls_without_certificate as u64,
+            calls_per_connection,
+            1_000_000,
+            "",
+        );
+        within(
+            "max_health_watches_per_connection",
+            watches_per_connection,
+            0,
+            streams,
+            " (grpc.max_concurrent_streams)",
+        );
+        within(
+            "max_health_watches",
+            self.max_health_watches as u64,
+            watches_per_connection,
+            1_000_000,
+            "",
+        );
+        // A lookup waits for its source; PullMutations waits for changes.
+        within(
+            "request_timeout_ms",
+            self.request_timeout_ms,
+            deadline_ms
+                .max(crate::mutations::MAX_WAIT_MS)
+                .saturating_add(1),
+            3_600_000,
+            " (more than sources.deadline_ms and PullMutations' longest wait)",
+        );
+        within(
+            "keepalive_interval_ms",
+            self.keepalive_interval_ms,
+            1000,
+            3_600_000,
+            "",
+        );
+        within(
+            "keepalive_timeout_ms",
+            self.keepalive_timeout_ms,
+            1000,
+            600_000,
+            "",
         );
         problems
     }
@@ -707,6 +929,9 @@ impl Config {
             for problem in http.problems() {
                 ensure(false, problem);
             }
+        }
+        for problem in self.grpc.problems(self.sources.deadline_ms) {
+            ensure(false, problem);
         }
         ensure(
             (1..=8760).contains(&self.mutations.retention_hours),
@@ -1241,6 +1466,44 @@ mod tests {
         );
         assert_eq!(settings.body_timeout, defaults.body_timeout);
         assert_eq!(settings.header_timeout, defaults.header_timeout);
+        assert_eq!(settings.max_handshakes, defaults.max_handshakes);
+        // The gRPC port's limits: the example names every key, commented
+        // out, so the defaults apply; each is settable.
+        let grpc = config.grpc.settings();
+        let defaults = crate::grpc_limits::GrpcSettings::default();
+        assert_eq!(grpc.max_concurrent_streams, defaults.max_concurrent_streams);
+        assert_eq!(
+            grpc.max_connections_without_certificate,
+            defaults.max_connections_without_certificate
+        );
+        assert_eq!(grpc.request_timeout, defaults.request_timeout);
+        let config = Config::load_with_env(
+            &path,
+            env(&[
+                ("SEMEL_GRPC__MAX_CONCURRENT_STREAMS", "64"),
+                ("SEMEL_GRPC__CONCURRENCY_LIMIT_PER_CONNECTION", "32"),
+                ("SEMEL_GRPC__MAX_HEALTH_WATCHES_PER_CONNECTION", "0"),
+                ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "60000"),
+            ]),
+        )
+        .expect("loads");
+        let grpc = config.grpc.settings();
+        assert_eq!(grpc.max_concurrent_streams, 64);
+        assert_eq!(grpc.concurrency_limit_per_connection, 32);
+        assert_eq!(grpc.max_health_watches_per_connection, 0);
+        assert_eq!(grpc.request_timeout, Duration::from_secs(60));
+        let err = format!(
+            "{:#}",
+            Config::load_with_env(
+                &path,
+                env(&[
+                    ("SEMEL_SOURCES__DEADLINE_MS", "90000"),
+                    ("SEMEL_GRPC__REQUEST_TIMEOUT_MS", "90000"),
+                ]),
+            )
+            .expect_err("a unary call's timeout no longer than the sources' deadline")
+        );
+        assert!(err.contains("grpc.request_timeout_ms"), "{err}");
         let config = Config::load_with_env(
             &path,
             env(&[
@@ -1323,6 +1586,70 @@ mod tests {
                 "http.max_connections_without_certificate",
             ),
             ("SEMEL_HTTP__BODY_TIMEOUT_MS", "0", "http.body_timeout_ms"),
+            ("SEMEL_HTTP__MAX_HANDSHAKES", "0", "http.max_handshakes"),
+            ("SEMEL_GRPC__MAX_CONNECTIONS", "0", "grpc.max_connections"),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_PER_ADDRESS",
+                "5000",
+                "grpc.max_connections_per_address",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_PER_ADDRESS_WITHOUT_CERTIFICATE",
+                "65",
+                "grpc.max_connections_per_address_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CONNECTIONS_WITHOUT_CERTIFICATE",
+                "5000",
+                "grpc.max_connections_without_certificate",
+            ),
+            ("SEMEL_GRPC__MAX_HANDSHAKES", "0", "grpc.max_handshakes"),
+            (
+                "SEMEL_GRPC__MAX_CONCURRENT_STREAMS",
+                "0",
+                "grpc.max_concurrent_streams",
+            ),
+            (
+                "SEMEL_GRPC__CONCURRENCY_LIMIT_PER_CONNECTION",
+                "257",
+                "grpc.concurrency_limit_per_connection",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CALLS_PER_CONNECTION_WITHOUT_CERTIFICATE",
+                "0",
+                "grpc.max_calls_per_connection_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_CALLS_WITHOUT_CERTIFICATE",
+                "2",
+                "grpc.max_calls_without_certificate",
+            ),
+            (
+                "SEMEL_GRPC__MAX_HEALTH_WATCHES_PER_CONNECTION",
+                "300",
+                "grpc.max_health_watches_per_connection",
+            ),
+            (
+                "SEMEL_GRPC__MAX_HEALTH_WATCHES",
+                "-1",
+                "grpc.max_health_watches",
+            ),
+            (
+                "SEMEL_GRPC__REQUEST_TIMEOUT_MS",
+                "100",
+                "grpc.request_timeout_ms",
+            ),
+            (
+                "SEMEL_GRPC__KEEPALIVE_INTERVAL_MS",
+                "10",
+                "grpc.keepalive_interval_ms",
+            ),
+            (
+                "SEMEL_GRPC__KEEPALIVE_TIMEOUT_MS",
+                "0",
+                "grpc.keepalive_timeout_ms",
+            ),
+            ("SEMEL_GRPC__MAX_WATCHES", "1", "max_watches"),
             (
                 "SEMEL_HTTP__HEADER_TIMEOUT_MS",
                 "50",

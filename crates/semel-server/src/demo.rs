@@ -41,6 +41,8 @@ pub struct DemoOptions {
     pub http_listen: Option<SocketAddr>,
     /// The HTTP/JSON face's limits and timeouts.
     pub http: crate::http_face::HttpSettings,
+    /// The gRPC port's limits and timeouts.
+    pub grpc: crate::grpc_limits::GrpcSettings,
     pub limits: crate::limits::LimitSettings,
     /// How often certificate and key files are checked for changes.
     pub reload_poll: Option<Duration>,
@@ -66,6 +68,7 @@ impl DemoOptions {
             metrics_listen: None,
             http_listen: None,
             http: crate::http_face::HttpSettings::default(),
+            grpc: crate::grpc_limits::GrpcSettings::default(),
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
@@ -366,6 +369,7 @@ impl Demo {
                     key: semel_core::checkpoint::CosignatureVerifier::parse(&witness_key)
                         .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
                 }],
+                grpc: opts.grpc.clone(),
             },
             wait(rx),
         ));

@@ -12,7 +12,7 @@
 //!
 //! Anyone who reaches the port may connect, with or without a certificate,
 //! so what one peer holds is bounded (`HttpSettings`): connections per
-//! address and without a certificate (`http_connections`), the time a
+//! address and without a certificate (`connection_slots`), the time a
 //! request's headers and body may take, and the body read (none for the
 //! console's files, a little for paths no operation is served on).
 
@@ -70,6 +70,8 @@ pub struct HttpSettings {
     /// Connections without a client certificate open at once in all: the
     /// rest is kept for organisations.
     pub max_connections_without_certificate: usize,
+    /// TLS handshakes in progress at once.
+    pub max_handshakes: usize,
     /// How long a request's body may take to arrive; also how long an
     /// answer may wait for the client to take any of it.
     pub body_timeout: Duration,
@@ -79,6 +81,19 @@ pub struct HttpSettings {
     pub header_timeout: Duration,
 }
 
+impl HttpSettings {
+    /// The caps on the face's connections.
+    pub fn caps(&self) -> crate::connection_slots::ConnectionCaps {
+        crate::connection_slots::ConnectionCaps {
+            max_connections: self.max_connections,
+            per_address: self.max_connections_per_address,
+            per_address_without_certificate: self.max_connections_per_address_without_certificate,
+            without_certificate: self.max_connections_without_certificate,
+            handshakes: self.max_handshakes,
+        }
+    }
+}
+
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
@@ -86,6 +101,7 @@ impl Default for HttpSettings {
             max_connections_per_address: 64,
             max_connections_per_address_without_certificate: 8,
             max_connections_without_certificate: 1024,
+            max_handshakes: 1024,
             body_timeout: Duration::from_secs(30),
             // Longer than common client pools' idle times, so that a
             // client rarely sends a request on a connection being closed.
@@ -510,8 +526,15 @@ pub async fn serve(
     // a cap (in all, per address, without a certificate) is closed at once
     // rather than left waiting, so that waiting connections cannot pile up
     // either.
-    let slots =
-        crate::http_connections::ConnectionSlots::new(&face.settings, face.broker.metrics.clone());
+    let metrics = &face.broker.metrics;
+    let slots = crate::connection_slots::ConnectionSlots::new(
+        face.settings.caps(),
+        crate::connection_slots::ConnectionMetrics {
+            face: "http",
+            open: metrics.http_connections.clone(),
+            refused: metrics.http_connections_refused.clone(),
+        },
+    );
     let mut incoming = crate::tls::incoming_admitted(
         listener,
         tls,

@@ -62,8 +62,11 @@ pub struct RpcLabels {
 /// Why the HTTP/JSON face closed a connection at once.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedConnectionLabels {
-    /// `per_address`, `per_address_without_certificate`,
-    /// `without_certificate` or `total`: the cap it would have gone over.
+    /// The cap it would have gone over: for a connection `per_address`,
+    /// `per_address_without_certificate`, `without_certificate`,
+    /// `handshakes` or `total`; for a gRPC call
+    /// `per_connection_without_certificate`, `without_certificate`,
+    /// `health_watches_per_connection` or `health_watches`.
     pub reason: &'static str,
 }
 
@@ -100,6 +103,16 @@ pub struct Metrics {
     /// Connections the HTTP/JSON face closed at once, by the cap they
     /// would have gone over.
     pub http_connections_refused: Family<RefusedConnectionLabels, Counter>,
+    /// The gRPC port's connections open (TLS handshakes included).
+    pub grpc_connections: Gauge,
+    /// Connections the gRPC port closed at once, by the cap they would
+    /// have gone over.
+    pub grpc_connections_refused: Family<RefusedConnectionLabels, Counter>,
+    /// Calls the gRPC port refused at once (RESOURCE_EXHAUSTED,
+    /// `STREAMS_EXCEEDED`), by the cap they would have gone over.
+    pub grpc_calls_refused: Family<RefusedConnectionLabels, Counter>,
+    /// `grpc.health.v1.Health/Watch` streams open.
+    pub grpc_health_watches: Gauge,
     /// The persons directory in memory, whose counters each scrape reads.
     persons: std::sync::OnceLock<semel_storage::CachedPersons>,
 }
@@ -224,10 +237,38 @@ impl Default for Metrics {
         let http_connections_refused = Family::<RefusedConnectionLabels, Counter>::default();
         registry.register(
             "http_connections_refused",
-            "Connections the HTTP/JSON face closed at once, by the cap they would have gone over (per_address, per_address_without_certificate, without_certificate, total)",
+            "Connections the HTTP/JSON face closed at once, by the cap they would have gone over (per_address, per_address_without_certificate, without_certificate, handshakes, total)",
             http_connections_refused.clone(),
         );
+        let grpc_connections = Gauge::default();
+        registry.register(
+            "grpc_connections",
+            "Connections to the gRPC port open now, TLS handshakes included",
+            grpc_connections.clone(),
+        );
+        let grpc_connections_refused = Family::<RefusedConnectionLabels, Counter>::default();
+        registry.register(
+            "grpc_connections_refused",
+            "Connections the gRPC port closed at once, by the cap they would have gone over (per_address, per_address_without_certificate, without_certificate, handshakes, total)",
+            grpc_connections_refused.clone(),
+        );
+        let grpc_calls_refused = Family::<RefusedConnectionLabels, Counter>::default();
+        registry.register(
+            "grpc_calls_refused",
+            "Calls the gRPC port refused at once with STREAMS_EXCEEDED, by the cap they would have gone over (per_connection_without_certificate, without_certificate, health_watches_per_connection, health_watches)",
+            grpc_calls_refused.clone(),
+        );
+        let grpc_health_watches = Gauge::default();
+        registry.register(
+            "grpc_health_watches",
+            "grpc.health.v1.Health/Watch streams open now",
+            grpc_health_watches.clone(),
+        );
         Metrics {
+            grpc_connections,
+            grpc_connections_refused,
+            grpc_calls_refused,
+            grpc_health_watches,
             http_connections,
             http_connections_refused,
             mutations_published,

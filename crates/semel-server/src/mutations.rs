@@ -46,6 +46,8 @@ const PAGE: usize = 100;
 const MAX_PULL: usize = 1000;
 /// The longest a pull waits for a first change.
 const MAX_WAIT_S: i32 = 30;
+/// The same, in milliseconds: a unary call's timeout must exceed it.
+pub(crate) const MAX_WAIT_MS: u64 = MAX_WAIT_S as u64 * 1000;
 /// How long a source's event ids are remembered (a retry within it is a
 /// duplicate), at least: longer than any queue keeps the change itself.
 const EVENT_IDS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);

@@ -257,6 +257,11 @@ pub const REASONS: &[Reasons] = &[
     ),
     row(
         "DEADLINE_EXCEEDED",
+        &["CALL_TIMEOUT"],
+        "(gRPC port) a unary call took longer than the broker allows (150 s, or the operator's `[grpc] request_timeout_ms`), or a stream's first request did not arrive in that time; a lookup may be retried (it changes nothing), a change's outcome is unknown (read before retrying it); send a stream's request at once",
+    ),
+    row(
+        "DEADLINE_EXCEEDED",
         &["REQUEST_TIMEOUT"],
         "(HTTP/JSON, HTTP 408) the request body did not arrive in time (30 s, or the operator's `[http] body_timeout_ms`), and the connection is closed; send the body at once",
     ),
@@ -374,6 +379,11 @@ pub const REASONS: &[Reasons] = &[
         "RESOURCE_EXHAUSTED",
         &["SUBSCRIPTIONS_EXCEEDED"],
         "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`",
+    ),
+    row(
+        "RESOURCE_EXHAUSTED",
+        &["STREAMS_EXCEEDED"],
+        "(gRPC port) the connection holds as many calls open as it may: `grpc.health.v1.Health/Watch` streams, or calls without a client certificate (also counted over all such connections); close one, or call with your certificate",
     ),
     row(
         "UNAVAILABLE",

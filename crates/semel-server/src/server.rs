@@ -41,6 +41,8 @@ pub struct Prepared {
     pub reload_poll: Option<Duration>,
     /// Witnesses that cosign each new checkpoint.
     pub witnesses: Vec<crate::witness::WitnessTarget>,
+    /// The gRPC port's limits on connections and calls, and its timeouts.
+    pub grpc: crate::grpc_limits::GrpcSettings,
 }
 
 /// The files the broker can reload while it runs: its certificate and key,
@@ -266,6 +268,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         reloader,
         reload_poll: config.reload_poll(),
         witnesses: config.witnesses()?,
+        grpc: config.grpc.settings(),
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
@@ -298,6 +301,7 @@ pub async fn serve_broker_with_http(
         reload_poll,
         online_window,
         witnesses,
+        grpc: limits,
     } = prepared;
     let witnessing = (!witnesses.is_empty())
         .then(|| tokio::spawn(submit_checkpoints(broker.clone(), witnesses.clone())));
@@ -362,13 +366,38 @@ pub async fn serve_broker_with_http(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
     let layered = broker.clone();
+    // Anyone who reaches the port may connect and call health and
+    // reflection: what a peer holds is bounded (`grpc_limits`), connections
+    // when they are accepted and identified, streams per connection by
+    // HTTP/2 itself, calls held open by `CallSlots` before any other layer.
+    let connections = crate::connection_slots::ConnectionSlots::new(
+        limits.caps(),
+        crate::connection_slots::ConnectionMetrics {
+            face: "grpc",
+            open: broker.metrics.grpc_connections.clone(),
+            refused: broker.metrics.grpc_connections_refused.clone(),
+        },
+    );
+    // The calls' timeout is `CallSlotsLayer`'s rather than tonic's, so
+    // that it is DEADLINE_EXCEEDED with a reason code (tonic's is
+    // CANCELLED, as for a client's own deadline).
     let grpc = Server::builder()
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .concurrency_limit_per_connection(limits.concurrency_limit_per_connection)
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .layer(crate::grpc_limits::CallSlotsLayer::new(
+            &limits,
+            broker.metrics.clone(),
+        ))
         .layer(tower::layer::layer_fn(move |routes| {
             with_layers(&layered, routes)
         }))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(tls::incoming(listener, tls.clone()), shutdown);
+        .serve_with_incoming_shutdown(
+            tls::incoming_admitted(listener, tls.clone(), None, Some(Arc::new(connections))),
+            shutdown,
+        );
     // The HTTP/JSON face calls the same services through the same layers,
     // in process: one lookup path, two faces.
     let http_face = match http {

@@ -1,37 +1,65 @@
-//! The HTTP/JSON face's connection slots: how many connections one
-//! address, the peers without a client certificate, and everyone together
-//! may hold at once. Anyone who reaches the port can open connections, so
-//! a peer's share is decided when its TCP connection is accepted (by its
-//! address) and again when its TLS handshake is done (by whether it showed
-//! a certificate); a connection over a cap is closed at once, counted in
-//! `semel_http_connections_refused_total` and logged at debug level
-//! without its address.
+//! The connection slots of the broker's two faces, the gRPC port and the
+//! HTTP/JSON face: how many connections one address, the peers without a
+//! client certificate, and everyone together may hold at once, and how many
+//! TLS handshakes may be in progress. Anyone who reaches a port can open
+//! connections, so a peer's share is decided when its TCP connection is
+//! accepted (by its address) and again when its TLS handshake is done (by
+//! whether it showed a certificate); a connection over a cap is closed at
+//! once, counted in the face's `…_connections_refused_total` metric and
+//! logged at debug level without its address.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::http_face::HttpSettings;
-use crate::metrics::{Metrics, RefusedConnectionLabels};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::RefusedConnectionLabels;
 use crate::tls::{Admission, AdmittedSlot, PeerIdentity};
+
+/// A face's caps on connections.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionCaps {
+    /// Connections open at once, TLS handshakes included.
+    pub max_connections: usize,
+    /// Connections open at once from one address (an IPv6 address counts by
+    /// its /64).
+    pub per_address: usize,
+    /// Of those, connections whose handshake showed no client certificate.
+    pub per_address_without_certificate: usize,
+    /// Connections without a client certificate open at once in all.
+    pub without_certificate: usize,
+    /// TLS handshakes in progress at once.
+    pub handshakes: usize,
+}
+
+/// Where a face counts its connections: those open, and those closed at
+/// once by the cap they would have gone over.
+#[derive(Clone)]
+pub struct ConnectionMetrics {
+    /// Which face, in the debug log of a refusal.
+    pub face: &'static str,
+    pub open: Gauge,
+    pub refused: Family<RefusedConnectionLabels, Counter>,
+}
 
 /// The slots of one face: its caps and what is held of them.
 #[derive(Clone)]
 pub struct ConnectionSlots(Arc<Slots>);
 
 struct Slots {
-    max_connections: usize,
-    per_address: usize,
-    per_address_without_certificate: usize,
-    without_certificate: usize,
+    caps: ConnectionCaps,
     held: Mutex<Held>,
-    metrics: Arc<Metrics>,
+    metrics: ConnectionMetrics,
 }
 
 #[derive(Default)]
 struct Held {
     total: usize,
     without_certificate: usize,
+    handshakes: usize,
     by_address: HashMap<IpAddr, ByAddress>,
 }
 
@@ -42,13 +70,9 @@ struct ByAddress {
 }
 
 impl ConnectionSlots {
-    pub fn new(settings: &HttpSettings, metrics: Arc<Metrics>) -> ConnectionSlots {
+    pub fn new(caps: ConnectionCaps, metrics: ConnectionMetrics) -> ConnectionSlots {
         ConnectionSlots(Arc::new(Slots {
-            max_connections: settings.max_connections,
-            per_address: settings.max_connections_per_address,
-            per_address_without_certificate: settings
-                .max_connections_per_address_without_certificate,
-            without_certificate: settings.max_connections_without_certificate,
+            caps,
             held: Mutex::default(),
             metrics,
         }))
@@ -64,13 +88,14 @@ impl Slots {
 
     fn refuse(&self, reason: &'static str) {
         self.metrics
-            .http_connections_refused
+            .refused
             .get_or_create(&RefusedConnectionLabels { reason })
             .inc();
         // No address: it may name a person's device.
         tracing::debug!(
+            face = self.metrics.face,
             cap = reason,
-            "HTTP/JSON connection closed at once: over the cap"
+            "connection closed at once: over the cap"
         );
     }
 }
@@ -97,24 +122,37 @@ impl Admission for ConnectionSlots {
         let address = address_key(addr.ip());
         {
             let mut held = slots.held();
-            if held.total >= slots.max_connections {
+            if held.total >= slots.caps.max_connections {
                 drop(held);
                 slots.refuse("total");
                 return None;
             }
+            // A handshake in progress costs the broker its buffers and,
+            // once the client speaks, a signature: however many addresses
+            // a peer has, only so many at once. (Peers that leave theirs
+            // unfinished from many addresses fill it for the handshake's
+            // 10 s, as they would fill the cap in all: the default is kept
+            // high, and connections already open carry on.)
+            if held.handshakes >= slots.caps.handshakes {
+                drop(held);
+                slots.refuse("handshakes");
+                return None;
+            }
             let mine = held.by_address.entry(address).or_default();
-            if mine.all >= slots.per_address {
+            if mine.all >= slots.caps.per_address {
                 drop(held);
                 slots.refuse("per_address");
                 return None;
             }
             mine.all += 1;
             held.total += 1;
+            held.handshakes += 1;
         }
-        slots.metrics.http_connections.inc();
+        slots.metrics.open.inc();
         Some(Box::new(Slot {
             slots: self.0.clone(),
             address,
+            handshaking: true,
             without_certificate: false,
         }))
     }
@@ -124,22 +162,33 @@ impl Admission for ConnectionSlots {
 struct Slot {
     slots: Arc<Slots>,
     address: IpAddr,
+    handshaking: bool,
     without_certificate: bool,
+}
+
+impl Slot {
+    /// The handshake is over, whatever its outcome.
+    fn handshake_over(&mut self, held: &mut Held) {
+        if std::mem::take(&mut self.handshaking) {
+            held.handshakes = held.handshakes.saturating_sub(1);
+        }
+    }
 }
 
 impl AdmittedSlot for Slot {
     fn identified(&mut self, peer: &PeerIdentity) -> bool {
+        let slots = self.slots.clone();
+        let mut held = slots.held();
+        self.handshake_over(&mut held);
         if peer.certificate.is_some() || self.without_certificate {
             return true;
         }
-        let slots = &self.slots;
         let refused = {
-            let mut held = slots.held();
             let total = held.without_certificate;
             let mine = held.by_address.entry(self.address).or_default();
-            if mine.without_certificate >= slots.per_address_without_certificate {
+            if mine.without_certificate >= slots.caps.per_address_without_certificate {
                 Some("per_address_without_certificate")
-            } else if total >= slots.without_certificate {
+            } else if total >= slots.caps.without_certificate {
                 Some("without_certificate")
             } else {
                 mine.without_certificate += 1;
@@ -147,6 +196,7 @@ impl AdmittedSlot for Slot {
                 None
             }
         };
+        drop(held);
         match refused {
             Some(reason) => {
                 slots.refuse(reason);
@@ -163,7 +213,9 @@ impl AdmittedSlot for Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         {
-            let mut held = self.slots.held();
+            let slots = self.slots.clone();
+            let mut held = slots.held();
+            self.handshake_over(&mut held);
             held.total = held.total.saturating_sub(1);
             if self.without_certificate {
                 held.without_certificate = held.without_certificate.saturating_sub(1);
@@ -178,7 +230,7 @@ impl Drop for Slot {
                 }
             }
         }
-        self.slots.metrics.http_connections.dec();
+        self.slots.metrics.open.dec();
     }
 }
 
@@ -186,16 +238,27 @@ impl Drop for Slot {
 mod tests {
     use super::*;
 
-    fn slots() -> (ConnectionSlots, Arc<Metrics>) {
+    use crate::metrics::Metrics;
+
+    fn slots_with(handshakes: usize) -> (ConnectionSlots, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::default());
-        let settings = HttpSettings {
+        let caps = ConnectionCaps {
             max_connections: 5,
-            max_connections_per_address: 3,
-            max_connections_per_address_without_certificate: 2,
-            max_connections_without_certificate: 3,
-            ..HttpSettings::default()
+            per_address: 3,
+            per_address_without_certificate: 2,
+            without_certificate: 3,
+            handshakes,
         };
-        (ConnectionSlots::new(&settings, metrics.clone()), metrics)
+        let counted = ConnectionMetrics {
+            face: "test",
+            open: metrics.http_connections.clone(),
+            refused: metrics.http_connections_refused.clone(),
+        };
+        (ConnectionSlots::new(caps, counted), metrics)
+    }
+
+    fn slots() -> (ConnectionSlots, Arc<Metrics>) {
+        slots_with(5)
     }
 
     fn at(ip: &str) -> SocketAddr {
@@ -272,5 +335,26 @@ mod tests {
             .collect();
         assert!(slots.admit(at("2001:db8:1:2:ffff::9")).is_none());
         assert!(slots.admit(at("2001:db8:1:3::1")).is_some());
+    }
+
+    #[test]
+    fn handshakes_in_progress_are_capped_and_an_ended_one_frees_its_place() {
+        let (slots, metrics) = slots_with(2);
+        let mut a = slots.admit(at("192.0.2.1")).expect("first handshake");
+        let b = slots.admit(at("192.0.2.2")).expect("second handshake");
+        assert!(slots.admit(at("192.0.2.3")).is_none());
+        assert_eq!(refused(&metrics, "handshakes"), 1);
+        // One handshake done, one failed: both places are free again, and
+        // the connection that goes on keeps its slot.
+        assert!(a.identified(&anonymous()));
+        drop(b);
+        let _c = slots.admit(at("192.0.2.3")).expect("a place freed");
+        let _d = slots.admit(at("192.0.2.4")).expect("the other place");
+        assert!(slots.admit(at("192.0.2.5")).is_none());
+        assert_eq!(refused(&metrics, "handshakes"), 2);
+        assert_eq!(slots.0.held().total, 3);
+        drop(a);
+        assert_eq!(slots.0.held().total, 2);
+        assert_eq!(slots.0.held().handshakes, 2);
     }
 }
