@@ -101,11 +101,15 @@ impl Reloader {
     pub fn reload(&self) -> anyhow::Result<()> {
         let now = stamps(&self.files);
         let (tls, source_tls, tokens) = load_all(&self.files)?;
-        self.tls.store(tls);
-        self.broker.set_tokens(Arc::new(tokens));
+        // All or nothing: the one step that can fail comes first (the
+        // sources' channels, rebuilt with the new configuration and put
+        // back as they were if one cannot be); only then are the server's
+        // TLS configuration and the token verifier swapped, which cannot.
         self.broker
             .set_source_tls(source_tls)
             .map_err(|e| anyhow::anyhow!("reconnect to sources: {}", e.message))?;
+        self.tls.store(tls);
+        self.broker.set_tokens(Arc::new(tokens));
         *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = now;
         tracing::info!("certificates, CA bundles and issuers' keys reloaded");
         Ok(())

@@ -406,14 +406,15 @@ impl Broker {
     /// anew; lookups in flight finish on the old ones. The registry is the
     /// snapshot's: only the channels change.
     pub fn set_source_tls(&self, tls: ClientTlsConfig) -> Result<(), ApiError> {
-        *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
+        let before = std::mem::replace(
+            &mut *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()),
+            tls,
+        );
         let _installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        let channels =
+            std::mem::take(&mut *self.channels.lock().unwrap_or_else(|p| p.into_inner()));
         let current = self.snapshot.load_full();
-        self.install(RegistryData {
+        let installed = self.install(RegistryData {
             organisations: current
                 .organisations
                 .values()
@@ -423,7 +424,15 @@ impl Broker {
             authorisations: current.authorisations.values().cloned().collect(),
             purposes: current.purposes.values().cloned().collect(),
             revoked: current.revoked.iter().cloned().collect(),
-        })
+        });
+        // A configuration that cannot reach a source is not half taken:
+        // the previous one and its channels stay (the snapshot was not
+        // swapped).
+        if installed.is_err() {
+            *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()) = before;
+            *self.channels.lock().unwrap_or_else(|p| p.into_inner()) = channels;
+        }
+        installed
     }
 
     fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
@@ -1081,6 +1090,76 @@ mod rebuild_tests {
             OrganisationStatus::Suspended,
             "the suspension the API confirmed was undone by an older rebuild"
         );
+    }
+}
+
+#[cfg(test)]
+mod source_tls_tests {
+    use super::*;
+
+    /// A sources' TLS configuration that cannot reach a source is not half
+    /// taken: the previous one stays, and a reload that brings it fails
+    /// before it swaps anything else (issue 35, finding 11).
+    #[tokio::test]
+    async fn a_source_configuration_that_cannot_be_used_leaves_the_previous_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(semel_store::Store::open(dir.path()).expect("store"));
+        let source = Kbo::parse("0314595348").expect("kbo");
+        store
+            .registry()
+            .put_organisation(&Organisation {
+                kbo: source,
+                name: "Source".into(),
+                roles: [Role::Source].into(),
+                status: OrganisationStatus::Active,
+                created_at: time::OffsetDateTime::UNIX_EPOCH,
+            })
+            .expect("org");
+        store
+            .registry()
+            .put_dataset(&semel_core::Dataset {
+                name: DatasetName::new("test.residence").expect("name"),
+                source,
+                description: "test".into(),
+                fields: Vec::new(),
+                endpoint: "https://source.invalid:7001".into(),
+                keeps_history: false,
+                withdrawn: false,
+            })
+            .expect("dataset");
+        let tokens = TokenVerifier::load(&crate::tokens::TokenSettings {
+            audience: "semel".into(),
+            leeway_s: 30,
+            issuers: Vec::new(),
+        })
+        .expect("tokens");
+        let broker = Broker::new(
+            semel_store::storage(store.clone()),
+            SourceSettings {
+                tls: ClientTlsConfig::new(),
+                deadline: Duration::from_secs(1),
+                limits: LimitSettings::default(),
+                register_dataset: DatasetName::new("x.register").expect("name"),
+                persons: PersonsSettings::default(),
+                mutations: Default::default(),
+            },
+            tokens,
+        )
+        .await
+        .expect("broker");
+        let config = |b: &Broker| format!("{:?}", b.source_tls.lock().expect("tls"));
+        let before = config(&broker);
+        let unusable =
+            ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(
+                "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+            ));
+        broker
+            .set_source_tls(unusable)
+            .expect_err("a CA that cannot be read reaches no source");
+        assert_eq!(config(&broker), before, "the previous configuration stays");
+        broker
+            .set_source_tls(ClientTlsConfig::new())
+            .expect("a usable one is taken");
     }
 }
 
