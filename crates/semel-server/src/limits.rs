@@ -75,12 +75,13 @@ impl Default for LimitSettings {
     }
 }
 
-/// Entries one audit query reads at most unless configured. Decoding an
-/// entry takes about a microsecond, so a call stays well under a second of
-/// one core (docs/benchmarks.md), while an organisation's own entries, a
-/// citizen's or a day's (each found through an index or a seek) fit in one
-/// call for all but the busiest. A filter no index serves goes on with the
-/// page token.
+/// Entries one audit query reads at most unless configured: a setting,
+/// not a constant, because what one call may cost depends on the machine.
+/// Reading an entry is decoding a few hundred bytes and comparing fields,
+/// so this many keep one call to a fraction of a second of one core, while
+/// a page of an organisation's own entries, a citizen's or a period's (each
+/// found through an index or a seek) is found in one call for all but the
+/// busiest. A filter no index serves goes on with the page token.
 pub const DEFAULT_AUDIT_SCAN_BUDGET: usize = 100_000;
 
 /// Changes per second a source may publish unless configured: about five
