@@ -1,6 +1,7 @@
 //! End-to-end tests: the real broker and demo sources, started in-process on
 //! port 0 with a temporary data directory, called over mutual TLS.
 
+mod audit_budget;
 mod audit_proofs;
 mod durability;
 mod harness;

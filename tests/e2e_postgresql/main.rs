@@ -3,6 +3,8 @@
 //! files, built as a second test binary (`harness::on_postgresql`). Tests
 //! that hold only on the embedded store say so and end early.
 
+#[path = "../e2e/audit_budget.rs"]
+mod audit_budget;
 #[path = "../e2e/audit_proofs.rs"]
 mod audit_proofs;
 #[path = "../e2e/durability.rs"]

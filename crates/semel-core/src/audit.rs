@@ -174,10 +174,13 @@ pub enum ReasonCode {
     ApplicationsExceeded,
     /// A source published more changes than its budget allows.
     PublicationRateLimited,
+    /// An organisation has as many audit calls in flight as it may.
+    AuditCallsExceeded,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 42] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 43] = [
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
+    (ReasonCode::AuditCallsExceeded, "AUDIT_CALLS_EXCEEDED"),
     (
         ReasonCode::PublicationRateLimited,
         "PUBLICATION_RATE_LIMITED",

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use semel_storage::{
-    Appended, ArchiveReport, ArchiveState, AuditQuery, AuditStats, AuditStore, SignedCheckpoint,
-    StorageError, StoredEntry,
+    Appended, ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, AuditStore,
+    SignedCheckpoint, StorageError,
 };
 use tokio::sync::{Mutex, MutexGuard, mpsc, oneshot};
 
@@ -283,8 +283,8 @@ impl AuditStore for PgAuditLog {
         Ok(self.reader().await?.consistency_proof(old, new).await?)
     }
 
-    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError> {
-        Ok(self.reader().await?.query(query).await?)
+    async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, StorageError> {
+        Ok(self.reader().await?.query_page(query).await?)
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError> {

@@ -6,7 +6,7 @@
 
 use semel_core::checkpoint::Checkpoint;
 use semel_core::{AuditEntry, entry_hash};
-use semel_storage::{AuditQuery, SignedCheckpoint, StoredEntry};
+use semel_storage::{AuditPage, AuditQuery, SignedCheckpoint, StoredEntry};
 use tokio_postgres::types::ToSql;
 
 use crate::{PgAudit, PgError};
@@ -17,7 +17,36 @@ const PAGE: i64 = 512;
 impl PgAudit {
     /// Entries matching `query`, newest first, at most `query.limit`.
     pub async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, PgError> {
-        let mut out = Vec::new();
+        Ok(self.query_page(query).await?.entries)
+    }
+
+    /// The time of an entry, read from its encoding (the columns only find
+    /// entries), with its sequence: the first entry at or after `sequence`.
+    async fn time_at(&self, sequence: i64) -> Result<Option<(i64, i64)>, PgError> {
+        let Some(row) = self
+            .conn
+            .client
+            .query_opt(
+                "SELECT sequence, encoding FROM audit_entries WHERE sequence >= $1 \
+                 ORDER BY sequence LIMIT 1",
+                &[&sequence],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let found: i64 = row.get(0);
+        let encoding: &[u8] = row.get(1);
+        let entry = AuditEntry::decode(encoding)
+            .map_err(|e| PgError::Corrupt(format!("audit entry {found} cannot be decoded: {e}")))?;
+        Ok(Some((found, entry.record.time_micros)))
+    }
+
+    /// [`Self::query`] within the query's scan limit, starting below the
+    /// newest entry that can match its `until`: found by bisection over the
+    /// sequence (the primary key), a few dozen lookups at most.
+    pub async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, PgError> {
+        let mut out = AuditPage::default();
         if query.limit == 0 {
             return Ok(out);
         }
@@ -27,7 +56,27 @@ impl PgAudit {
             .before_sequence
             .unwrap_or(u64::MAX)
             .min(i64::MAX as u64) as i64;
+        if let Some(t) = query.until_seek_time() {
+            let (mut low, mut high) = (0i64, before);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                match self.time_at(middle).await? {
+                    Some((found, time)) if found < high => {
+                        if time >= t {
+                            high = found;
+                        } else {
+                            low = found + 1;
+                        }
+                    }
+                    // Nothing from the middle up to the bound.
+                    _ => high = middle,
+                }
+            }
+            before = low;
+        }
+        let budget = query.scan_limit.unwrap_or(usize::MAX);
         loop {
+            let rows_wanted = (budget - out.examined).min(PAGE as usize) as i64;
             let mut sql =
                 String::from("SELECT sequence, encoding FROM audit_entries WHERE sequence < $1");
             let mut params: Vec<&(dyn ToSql + Sync)> = vec![&before];
@@ -42,7 +91,7 @@ impl PgAudit {
                 params.push(k);
                 sql += &format!(" AND consumer = ${}", params.len());
             }
-            sql += &format!(" ORDER BY sequence DESC LIMIT {PAGE}");
+            sql += &format!(" ORDER BY sequence DESC LIMIT {rows_wanted}");
             let rows = self.conn.client.query(sql.as_str(), &params).await?;
             let read = rows.len() as i64;
             for row in rows {
@@ -57,21 +106,28 @@ impl PgAudit {
                         entry.sequence
                     )));
                 }
+                out.examined += 1;
                 before = sequence;
                 if query.past_since(&entry.record) {
                     return Ok(out);
                 }
                 if query.matches(&entry.record) {
-                    out.push(StoredEntry {
+                    out.entries.push(StoredEntry {
                         hash: entry_hash(encoding),
                         entry,
                     });
-                    if out.len() >= query.limit {
+                    if out.entries.len() >= query.limit {
                         return Ok(out);
                     }
                 }
             }
-            if read < PAGE {
+            if read < rows_wanted {
+                return Ok(out);
+            }
+            if out.examined >= budget {
+                // The budget is spent with the page not full: go on below
+                // the last entry read (nowhere, when it was the first).
+                out.resume_before = (before > 0).then_some(before as u64);
                 return Ok(out);
             }
         }

@@ -147,13 +147,22 @@ async function search(ev) {
 }
 
 async function showPage() {
-  const r = await call("POST", "/v1/auditEntries:search", {
-    ...state.filter,
-    pageSize: PAGE,
-    pageToken: state.pages[state.page],
-  });
-  const entries = r.entries || [];
-  state.pages[state.page + 1] = r.nextPageToken || "";
+  // One call reads at most a budget of entries: a page it cut short
+  // carries a token to keep going. A few calls fill the page; past them,
+  // the page shows what was found and "older" goes on.
+  const entries = [];
+  let pageToken = state.pages[state.page];
+  for (let round = 0; round < 10; round++) {
+    const r = await call("POST", "/v1/auditEntries:search", {
+      ...state.filter,
+      pageSize: PAGE - entries.length,
+      pageToken,
+    });
+    entries.push(...(r.entries || []));
+    pageToken = r.nextPageToken || "";
+    if (!pageToken || entries.length >= PAGE) break;
+  }
+  state.pages[state.page + 1] = pageToken;
   const table = el("table", { class: "results" });
   table.append(el("caption", { class: "sr-only", text: $("search-count").textContent }));
   const head = el("tr");
@@ -797,6 +806,8 @@ async function overview(ev) {
   try {
     const s = await call("POST", "/v1/auditEntries:summarise", body);
     $("ov-total").textContent = t("ov.total", formatNumber(s.total || 0), formatNumber(s.allowed || 0), formatNumber(s.refused || 0));
+    // A summary reads at most a budget of entries: say when it stopped.
+    if (s.truncated) $("ov-total").textContent += ` ${t("countTruncated", formatNumber(s.total || 0))}`;
     const patterns = s.patterns || [];
     $("ov-patterns").replaceChildren(...(patterns.length ? patterns.map((p) => {
       const who = p.endUser || "—";

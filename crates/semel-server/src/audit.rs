@@ -39,6 +39,38 @@ impl AuditService {
     async fn query(&self, query: AuditQuery) -> Result<Vec<StoredEntry>, ApiError> {
         Ok(self.broker.storage().audit.query(&query).await?)
     }
+
+    async fn query_page(&self, query: AuditQuery) -> Result<semel_storage::AuditPage, ApiError> {
+        Ok(self.broker.storage().audit.query_page(&query).await?)
+    }
+
+    /// The entries one call may read: a filter no index serves reads the
+    /// log newest first, and without a bound one call would read all of it.
+    fn scan_budget(&self) -> usize {
+        self.broker.limits().audit_scan_budget.max(1)
+    }
+
+    /// One of the caller's organisation's places for audit calls, held for
+    /// the call: each may read a scan budget of entries, so an organisation
+    /// cannot take every core by calling many at once. Beyond, the call is
+    /// refused (and recorded, within the refusal budget).
+    async fn enter_call(&self, caller: &Caller) -> Result<crate::limits::AuditCall, ApiError> {
+        if let Some(call) = self.broker.audit_calls.enter(caller.org.kbo) {
+            return Ok(call);
+        }
+        let error = ApiError::retryable(
+            tonic::Code::ResourceExhausted,
+            "AUDIT_CALLS_EXCEEDED",
+            format!(
+                "your organisation has {} audit calls in flight already; wait for one to end, then retry",
+                self.broker.limits().audit_calls_in_flight.max(1)
+            ),
+        );
+        Err(self
+            .broker
+            .refuse(caller, error, ReasonCode::AuditCallsExceeded, None)
+            .await)
+    }
 }
 
 /// The most entries one summary counts (the newest of those matching).
@@ -63,7 +95,9 @@ struct Conduct {
 
 impl AuditService {
     /// Counts the entries a query matches, newest first, up to
-    /// [`SUMMARY_LIMIT`].
+    /// [`SUMMARY_LIMIT`] and within the scan budget: when either stops it,
+    /// the answer is `truncated` and says below which sequence the rest
+    /// lies.
     async fn summarise(
         &self,
         mut query: AuditQuery,
@@ -75,14 +109,20 @@ impl AuditService {
         let mut people: HashMap<(Option<String>, semel_core::Kbo), Conduct> = HashMap::new();
         let mut out = proto::SummariseAuditEntriesResponse::default();
         let page = 1000;
+        let budget = self.scan_budget();
+        let mut examined = 0;
         loop {
             // One more than is left to count: finding it says there were
             // more than a summary counts.
             query.limit = page.min(SUMMARY_LIMIT + 1 - out.total as usize);
-            let entries = self.query(query.clone()).await?;
+            query.scan_limit = Some(budget - examined);
+            let found = self.query_page(query.clone()).await?;
+            examined += found.examined;
+            let entries = found.entries;
             for e in &entries {
                 if out.total as usize == SUMMARY_LIMIT {
                     out.truncated = true;
+                    out.next_before_sequence = e.entry.sequence + 1;
                     break;
                 }
                 let r = &e.entry.record;
@@ -131,8 +171,20 @@ impl AuditService {
                 _ if out.truncated => break,
                 Some(last) if entries.len() == query.limit && last.entry.sequence > 0 => {
                     query.before_sequence = Some(last.entry.sequence);
+                    if examined >= budget {
+                        out.truncated = true;
+                        out.next_before_sequence = last.entry.sequence;
+                        break;
+                    }
                 }
-                _ => break,
+                _ => {
+                    // The budget ran out with older entries unread.
+                    if let Some(resume) = found.resume_before {
+                        out.truncated = true;
+                        out.next_before_sequence = resume;
+                    }
+                    break;
+                }
             }
         }
         out.days = days
@@ -269,6 +321,7 @@ impl AuditService {
             until_micros: f.until.as_ref().map(micros),
             before_sequence: (f.before_sequence > 0).then_some(f.before_sequence),
             limit: 0,
+            scan_limit: None,
         })
     }
 
@@ -501,6 +554,7 @@ impl Rpc for AuditService {
         req: Request<proto::ListAuditEntriesRequest>,
     ) -> Result<Response<proto::ListAuditEntriesResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
+        let _call = self.enter_call(&caller).await?;
         let mut r = req.into_inner();
         let limit = page_limit(r.page_size)?;
         let before_sequence = page_start(&std::mem::take(&mut r.page_token))?;
@@ -520,20 +574,28 @@ impl Rpc for AuditService {
         let mut query = self.scoped_query(&caller, filter).await?;
         query.before_sequence = before_sequence;
         query.limit = limit;
+        // At most a budget of entries read per page: a page cut short by it
+        // says where to go on, and a short page with a token means "keep
+        // going" (proto/semel/v1/audit.proto).
+        query.scan_limit = Some(self.scan_budget());
         let since_micros = query.since_micros;
         // An auditor reading the log reads personal data: the query itself
         // is recorded (who asked, about whom, with which filters) before
         // the answer leaves.
-        let (entries, _) = self
+        let (page, _) = self
             .broker
             .audited(&caller, async |change: &mut Change| {
                 let described = record_query(change, &query);
-                let entries = self.query(query).await?;
-                change.detail = format!("{described}: {} entries read", entries.len());
-                Ok((entries, nothing_to_undo()))
+                let page = self.query_page(query).await?;
+                change.detail = format!("{described}: {} entries read", page.entries.len());
+                Ok((page, nothing_to_undo()))
             })
             .await?;
-        let next_page_token = next_page(&entries, limit);
+        let entries = page.entries;
+        let next_page_token = match page.resume_before {
+            Some(resume) if entries.len() < limit => resume.to_string(),
+            _ => next_page(&entries, limit),
+        };
         let archived = self.archived_part(since_micros);
         Ok(Response::new(proto::ListAuditEntriesResponse {
             entries: entries.iter().map(audit_entry_to_proto).collect(),
@@ -591,6 +653,13 @@ impl Rpc for AuditService {
                 .refuse(&caller, error, ReasonCode::CitizenMismatch, None)
                 .await
                 .into());
+        };
+        // An auditor's reading counts among the organisation's audit calls;
+        // a citizen reading their own accesses does not.
+        let _call = if own {
+            None
+        } else {
+            Some(self.enter_call(&caller).await?)
         };
         let limit = page_limit(page_size)?;
         let before_sequence = page_start(&page_token)?;
@@ -892,6 +961,31 @@ impl Rpc for AuditService {
         req: Request<proto::SummariseAuditEntriesRequest>,
     ) -> Result<Response<proto::SummariseAuditEntriesResponse>, Status> {
         let caller = self.broker.admit(&req).await?;
+        // A summary reads up to a scan budget of entries: rationed per
+        // organisation, as lookups are, and counted among its audit calls.
+        if let Err(wait) = self
+            .broker
+            .audit_summaries
+            .admit(caller.org.kbo, std::time::Instant::now())
+        {
+            let error = ApiError {
+                retry_after: Some(wait),
+                ..ApiError::new(
+                    tonic::Code::ResourceExhausted,
+                    "RATE_LIMITED",
+                    format!(
+                        "your organisation asked for more summaries of the audit log than it may; retry in {} ms",
+                        wait.as_millis().max(1)
+                    ),
+                )
+            };
+            return Err(self
+                .broker
+                .refuse(&caller, error, ReasonCode::RateLimited, None)
+                .await
+                .into());
+        }
+        let _call = self.enter_call(&caller).await?;
         let query = self.scoped_query(&caller, req.into_inner()).await?;
         let since_micros = query.since_micros;
         // Counting entries reads them: recorded like a search.

@@ -661,6 +661,12 @@ pub struct LimitsSection {
     /// Changes a source may publish at once above that rate (default
     /// 5000; at least 1000, one request of the largest size).
     pub source_publication_burst: Option<f64>,
+    /// Entries one audit call reads at most (default 100,000, between
+    /// 1000 and 10,000,000): a ListAuditEntries page, a summary.
+    pub audit_scan_budget: Option<usize>,
+    /// Audit calls one organisation may have in flight at once (default 2,
+    /// between 1 and 64).
+    pub audit_calls_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1007,6 +1013,18 @@ impl Config {
                 format!("limits.distinct_checks_per_citizen: must lie between 1 and 64, got {n}"),
             );
         }
+        if let Some(n) = self.limits.audit_scan_budget {
+            ensure(
+                (1000..=10_000_000).contains(&n),
+                format!("limits.audit_scan_budget: must lie between 1000 and 10000000, got {n}"),
+            );
+        }
+        if let Some(n) = self.limits.audit_calls_in_flight {
+            ensure(
+                (1..=64).contains(&n),
+                format!("limits.audit_calls_in_flight: must lie between 1 and 64, got {n}"),
+            );
+        }
         if let Some(r) = self.limits.source_publications_per_second {
             ensure(
                 r > 0.0 && r.is_finite(),
@@ -1323,6 +1341,12 @@ impl Config {
                 .limits
                 .source_publication_burst
                 .unwrap_or(crate::limits::DEFAULT_PUBLICATION_BURST),
+            audit_scan_budget: self
+                .limits
+                .audit_scan_budget
+                .unwrap_or(crate::limits::DEFAULT_AUDIT_SCAN_BUDGET),
+            audit_calls_in_flight: self.limits.audit_calls_in_flight.unwrap_or(2),
+            ..crate::limits::LimitSettings::default()
         }
     }
 

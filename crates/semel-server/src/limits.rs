@@ -40,6 +40,17 @@ pub struct LimitSettings {
     /// Changes a source may publish at once above that rate (at least one
     /// request of the largest size).
     pub source_publication_burst: f64,
+    /// Entries one audit query reads at most: a ListAuditEntries page or a
+    /// SummariseAuditEntries call. A page cut short by it carries a token
+    /// to go on; a summary says where it stopped.
+    pub audit_scan_budget: usize,
+    /// Audit calls (ListAuditEntries, SummariseAuditEntries, an auditor's
+    /// ListCitizenAccesses) one organisation may have in flight at once.
+    pub audit_calls_in_flight: usize,
+    /// Summaries per second one organisation may ask for, and how many at
+    /// once above that rate.
+    pub audit_summaries_per_second: f64,
+    pub audit_summary_burst: f64,
 }
 
 impl Default for LimitSettings {
@@ -56,9 +67,22 @@ impl Default for LimitSettings {
             refusals_per_second: 5.0,
             source_publications_per_second: DEFAULT_PUBLICATIONS_PER_SECOND,
             source_publication_burst: DEFAULT_PUBLICATION_BURST,
+            audit_scan_budget: DEFAULT_AUDIT_SCAN_BUDGET,
+            audit_calls_in_flight: 2,
+            audit_summaries_per_second: 0.5,
+            audit_summary_burst: 10.0,
         }
     }
 }
+
+/// Entries one audit query reads at most unless configured: a setting,
+/// not a constant, because what one call may cost depends on the machine.
+/// Reading an entry is decoding a few hundred bytes and comparing fields,
+/// so this many keep one call to a fraction of a second of one core, while
+/// a page of an organisation's own entries, a citizen's or a period's (each
+/// found through an index or a seek) is found in one call for all but the
+/// busiest. A filter no index serves goes on with the page token.
+pub const DEFAULT_AUDIT_SCAN_BUDGET: usize = 100_000;
 
 /// Changes per second a source may publish unless configured: about five
 /// times what one broker stores (docs/benchmarks.md), so that no honest
@@ -92,6 +116,22 @@ impl ConsumerLimits {
             burst: settings
                 .source_publication_burst
                 .max(settings.source_publications_per_second)
+                .max(1.0),
+            buckets: Mutex::new(HashMap::new()),
+            daily_quota: None,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The summaries of the audit log each organisation may ask for: a
+    /// summary reads up to a scan budget of entries, so it is rationed as
+    /// lookups are.
+    pub fn audit_summaries(settings: &LimitSettings) -> Self {
+        ConsumerLimits {
+            rate: Some(settings.audit_summaries_per_second),
+            burst: settings
+                .audit_summary_burst
+                .max(settings.audit_summaries_per_second)
                 .max(1.0),
             buckets: Mutex::new(HashMap::new()),
             daily_quota: None,
@@ -159,6 +199,56 @@ impl ConsumerLimits {
             Err(Duration::from_secs_f64(
                 (n.min(self.burst) - b.tokens).max(0.0) / rate,
             ))
+        }
+    }
+}
+
+/// Audit calls in flight per organisation: each may read a scan budget
+/// of entries, so one organisation's auditors cannot take every core by
+/// calling many at once.
+pub struct AuditCalls {
+    most: usize,
+    open: Arc<Mutex<HashMap<Kbo, usize>>>,
+}
+
+/// One audit call of an organisation, given back when dropped.
+pub struct AuditCall {
+    org: Kbo,
+    open: Arc<Mutex<HashMap<Kbo, usize>>>,
+}
+
+impl AuditCalls {
+    pub fn new(settings: &LimitSettings) -> Self {
+        AuditCalls {
+            most: settings.audit_calls_in_flight.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more call of `org`, or `None` when it has as many
+    /// in flight as it may.
+    pub fn enter(&self, org: Kbo) -> Option<AuditCall> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(org).or_insert(0);
+        if *n >= self.most {
+            return None;
+        }
+        *n += 1;
+        Some(AuditCall {
+            org,
+            open: self.open.clone(),
+        })
+    }
+}
+
+impl Drop for AuditCall {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.org) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.org);
+            }
         }
     }
 }

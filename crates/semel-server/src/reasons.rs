@@ -398,7 +398,12 @@ pub const REASONS: &[Reasons] = &[
     row(
         "RESOURCE_EXHAUSTED",
         &["RATE_LIMITED"],
-        "your organisation is over its rate of lookups (or of applications for membership); retry after the `RetryInfo` delay",
+        "your organisation is over its rate of lookups (or of applications for membership, or of audit summaries); retry after the `RetryInfo` delay",
+    ),
+    row(
+        "RESOURCE_EXHAUSTED",
+        &["AUDIT_CALLS_EXCEEDED"],
+        "(`ListAuditEntries`, `SummariseAuditEntries`, an auditor's `ListCitizenAccesses`) your organisation has as many audit calls in flight as it may (2); wait for one to end, then retry",
     ),
     row(
         "RESOURCE_EXHAUSTED",

@@ -193,6 +193,9 @@ pub struct Broker {
     pub(crate) questions: QuestionLimiter,
     /// Refused calls recorded one by one per organisation; the rest summarised.
     pub(crate) refusals: RefusalBudget,
+    /// Audit calls in flight per organisation, and summaries per second.
+    pub(crate) audit_calls: crate::limits::AuditCalls,
+    pub(crate) audit_summaries: ConsumerLimits,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// Snapshot rebuilds in order: each reading of the registry takes a
@@ -229,6 +232,8 @@ impl Broker {
         let publication_limits = ConsumerLimits::publications(&sources.limits);
         let questions = QuestionLimiter::new(&sources.limits);
         let refusals = RefusalBudget::new(&sources.limits);
+        let audit_calls = crate::limits::AuditCalls::new(&sources.limits);
+        let audit_summaries = ConsumerLimits::audit_summaries(&sources.limits);
         let broker = Arc::new(Broker {
             storage,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -240,6 +245,8 @@ impl Broker {
             publication_limits,
             questions,
             refusals,
+            audit_calls,
+            audit_summaries,
             admin: tokio::sync::Mutex::new(()),
             readings: std::sync::atomic::AtomicU64::new(0),
             installed: Mutex::new(0),
@@ -280,6 +287,14 @@ impl Broker {
 
     pub fn limits(&self) -> &LimitSettings {
         &self.sources.limits
+    }
+
+    /// Takes one of an organisation's places for audit calls, as an audit
+    /// call in flight would, so that a test can hold them without racing
+    /// calls. Not for production use.
+    #[doc(hidden)]
+    pub fn hold_audit_call(&self, org: Kbo) -> Option<crate::limits::AuditCall> {
+        self.audit_calls.enter(org)
     }
 
     /// Ends the subscriptions to changes: the broker is shutting down.

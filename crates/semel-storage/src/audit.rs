@@ -36,6 +36,26 @@ pub struct AuditQuery {
     /// Only entries with a sequence below this (for paging, newest first).
     pub before_sequence: Option<u64>,
     pub limit: usize,
+    /// The most entries the query reads (decodes and checks) to fill its
+    /// page; `None` is no bound. A filter that no index serves (decision,
+    /// reason, period) reads the log newest first, so without a bound one
+    /// call may read all of it. When the bound is met before the page is
+    /// full, [`AuditPage::resume_before`] says where to go on.
+    pub scan_limit: Option<usize>,
+}
+
+/// What a query found, and how far it read.
+#[derive(Debug, Clone, Default)]
+pub struct AuditPage {
+    /// The entries that match, newest first, at most the query's limit.
+    pub entries: Vec<StoredEntry>,
+    /// Entries read (decoded and checked) to find them.
+    pub examined: usize,
+    /// Set when the scan limit was met before the page was full and older
+    /// entries remain unread: the sequence of the last entry read. The
+    /// same query with `before_sequence` set to it goes on where this one
+    /// stopped, so that followed to the end every match is found once.
+    pub resume_before: Option<u64>,
 }
 
 impl AuditQuery {
@@ -59,6 +79,18 @@ impl AuditQuery {
             || self.dataset.as_ref().is_some_and(|d| *d != r.dataset)
             || self.decision.is_some_and(|d| d != r.decision)
             || self.reason.is_some_and(|c| Some(c) != r.reason))
+    }
+
+    /// The time from which no entry at or after a sequence can match the
+    /// upper time bound: an entry at least [`MAX_APPEND_DELAY_MICROS`] past
+    /// `until` is followed only by entries at or past `until` (times follow
+    /// the sequence to within that delay). A query with `until` searches
+    /// for the first such entry (by bisection over the sequence) and reads
+    /// only what lies below it, instead of reading everything newer and
+    /// filtering it out.
+    pub fn until_seek_time(&self) -> Option<i64> {
+        self.until_micros
+            .map(|u| u.saturating_add(MAX_APPEND_DELAY_MICROS))
     }
 
     /// Whether, reading newest first, an entry this old means nothing

@@ -57,6 +57,7 @@ macro_rules! audit_conformance {
                 proofs_verify_against_the_root,
                 requests_beyond_the_log_are_out_of_range,
                 queries_find_entries_newest_first_by_every_filter,
+                a_query_reads_within_its_scan_limit_and_until_seeks,
                 checkpoints_are_signed_kept_and_cosigned,
             );
         }
@@ -1123,6 +1124,71 @@ pub mod audit {
             .await
             .expect("query");
         assert!(none.is_empty());
+    }
+
+    pub async fn a_query_reads_within_its_scan_limit_and_until_seeks(store: &dyn AuditStore) {
+        // Entries twenty minutes apart: further than the longest lookup.
+        const MINUTES_20: i64 = 20 * 60 * 1_000_000;
+        let base = record(0).time_micros;
+        for i in 0..40 {
+            let mut r = record(i);
+            r.time_micros = base + i as i64 * MINUTES_20;
+            store.append(r).await.expect("append");
+        }
+        // Refused NO_ACTIVE_FILE: every sixth entry (0, 6, …, 36). The
+        // reason has no index: the query reads the log newest first.
+        let no_file = semel_core::ReasonCode::Refused(semel_core::RefusalReason::NoActiveFile);
+        let mut query = crate::AuditQuery {
+            reason: Some(no_file),
+            limit: 100,
+            scan_limit: Some(10),
+            ..Default::default()
+        };
+        let first = store.query_page(&query).await.expect("query");
+        assert_eq!(first.examined, 10, "no more read than the limit");
+        assert_eq!(sequences(&first.entries), vec![36, 30]);
+        assert_eq!(first.resume_before, Some(30), "where to go on");
+        // Followed to the end, every match is found once.
+        let mut found = sequences(&first.entries);
+        let mut resume = first.resume_before;
+        let mut pages = 1;
+        while let Some(r) = resume {
+            query.before_sequence = Some(r);
+            let page = store.query_page(&query).await.expect("query");
+            assert!(page.examined <= 10, "no more read than the limit");
+            found.extend(sequences(&page.entries));
+            resume = page.resume_before;
+            pages += 1;
+            assert!(pages <= 5, "the pages end");
+        }
+        assert_eq!(found, vec![36, 30, 24, 18, 12, 6, 0]);
+        // A full page says nothing of where to go on: its last entry does.
+        let full = store
+            .query_page(&crate::AuditQuery {
+                reason: Some(no_file),
+                limit: 2,
+                scan_limit: Some(30),
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(sequences(&full.entries), vec![36, 30]);
+        assert_eq!(full.resume_before, None);
+        // `until` seeks: an upper bound at entry 4 finds entries 3..0
+        // reading those up to the longest lookup past it (entry 4), not the
+        // 35 newer, which would spend the limit on entries that cannot match.
+        let old = store
+            .query_page(&crate::AuditQuery {
+                until_micros: Some(base + 4 * MINUTES_20),
+                limit: 100,
+                scan_limit: Some(10),
+                ..Default::default()
+            })
+            .await
+            .expect("query");
+        assert_eq!(sequences(&old.entries), vec![3, 2, 1, 0]);
+        assert_eq!(old.resume_before, None, "all found within the limit");
+        assert_eq!(old.examined, 5, "entries 4..0 read");
     }
 
     pub async fn checkpoints_are_signed_kept_and_cosigned(store: &dyn AuditStore) {

@@ -19,8 +19,8 @@ pub use mutations::{Accepted, Acknowledged, Expired, MutationStore, QueueState, 
 pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
 
 pub use audit::{
-    ArchiveReport, ArchiveState, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS, SignedCheckpoint,
-    StoredEntry,
+    ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS,
+    SignedCheckpoint, StoredEntry,
 };
 
 use std::sync::Arc;
@@ -294,7 +294,15 @@ pub trait AuditStore: Send + Sync {
     /// Entries matching `query`, newest first, at most `query.limit`. Sees
     /// every entry durable when it was called (a caller sees its own
     /// lookups); archived entries are not searched.
-    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError>;
+    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError> {
+        Ok(self.query_page(query).await?.entries)
+    }
+
+    /// [`AuditStore::query`] within the query's scan limit: the page may be
+    /// short and say where to go on. A query with `until` starts at the
+    /// newest entry that can match it (found by bisection over the
+    /// sequence), not at the head of the log.
+    async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, StorageError>;
 
     /// The newest signed checkpoint, if any.
     async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError>;

@@ -32,8 +32,8 @@ use std::thread::JoinHandle;
 use semel_core::checkpoint::{Checkpoint, NoteSigner};
 use semel_core::{AuditEntry, AuditRecord, Hash, Kbo, Niss, ZERO_HASH, entry_hash};
 use semel_storage::{
-    ArchiveReport, ArchiveState, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS, SignedCheckpoint,
-    StoredEntry,
+    ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS,
+    SignedCheckpoint, StoredEntry,
 };
 use tokio::sync::oneshot;
 
@@ -356,17 +356,40 @@ impl AuditLog {
     /// own lookups. The cost follows the size of the answer when filtering
     /// by citizen or consumer, not the size of the log.
     pub fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StoreError> {
+        Ok(self.query_page(query)?.entries)
+    }
+
+    /// [`Self::query`] within the query's scan limit, starting below the
+    /// newest entry that can match its `until`.
+    pub fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, StoreError> {
         let size = self.wait_indexed()?;
-        let before = query.before_sequence.unwrap_or(u64::MAX).min(size);
         let archived = self.archive.read().unwrap_or_else(|p| p.into_inner());
         let first_live = archived.before;
-        let mut out = Vec::new();
+        let mut before = query.before_sequence.unwrap_or(u64::MAX).min(size);
+        // Entries are in sequence order and their times follow it to within
+        // the longest lookup: bisect for the first live entry that far past
+        // `until`; nothing from it on can match.
+        if let Some(t) = query.until_seek_time() {
+            let (mut low, mut high) = (first_live.min(before), before);
+            while low < high {
+                let middle = low + (high - low) / 2;
+                if self.read_live(middle)?.entry.record.time_micros >= t {
+                    high = middle;
+                } else {
+                    low = middle + 1;
+                }
+            }
+            before = low;
+        }
+        let budget = query.scan_limit.unwrap_or(usize::MAX);
+        let mut page = AuditPage::default();
         let mut visit = |seq: u64| -> Result<bool, StoreError> {
             if seq < first_live {
                 // Newest first: everything older is archived.
                 return Ok(false);
             }
             let stored = self.read_live(seq)?;
+            page.examined += 1;
             let r = &stored.entry.record;
             if query
                 .since_micros
@@ -377,13 +400,19 @@ impl AuditLog {
                 // within the longest lookup. Past that, nothing can match.
                 return Ok(false);
             }
-            if query.since_micros.is_some_and(|s| r.time_micros < s) {
-                return Ok(true);
-            }
             if query.matches(r) {
-                out.push(stored);
+                page.entries.push(stored);
             }
-            Ok(out.len() < query.limit)
+            if page.entries.len() >= query.limit {
+                return Ok(false);
+            }
+            if page.examined >= budget {
+                // The budget is spent with the page not full: say where to
+                // go on (nowhere, when this was the oldest live entry).
+                page.resume_before = (seq > first_live).then_some(seq);
+                return Ok(false);
+            }
+            Ok(true)
         };
         // The most selective index the query can use: of the keys it names,
         // the one with the fewest postings (counted, not guessed: an
@@ -425,7 +454,7 @@ impl AuditLog {
             }
             Some(key) => self.index.postings(&key, before, visit)?,
         }
-        Ok(out)
+        Ok(page)
     }
 
     /// The key that verifies this log's checkpoints (`name+hash+key`), when

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use semel_core::Hash;
 use semel_storage::{
-    Appended, ArchiveReport, ArchiveState, AuditQuery, AuditStats, AuditStore, SignedCheckpoint,
-    Storage, StorageError, StoredEntry,
+    Appended, ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, AuditStore,
+    SignedCheckpoint, Storage, StorageError,
 };
 
 use crate::Store;
@@ -70,9 +70,9 @@ impl AuditStore for EmbeddedAudit {
         blocking(move || s.audit().consistency_proof(old, new)).await
     }
 
-    async fn query(&self, query: &AuditQuery) -> Result<Vec<StoredEntry>, StorageError> {
+    async fn query_page(&self, query: &AuditQuery) -> Result<AuditPage, StorageError> {
         let (s, query) = (self.0.clone(), query.clone());
-        blocking(move || s.audit().query(&query)).await
+        blocking(move || s.audit().query_page(&query)).await
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
