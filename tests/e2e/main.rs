@@ -18,4 +18,5 @@ mod mutations;
 mod only_once;
 mod registry_and_identity;
 mod serve;
+mod source_binding;
 mod standard;

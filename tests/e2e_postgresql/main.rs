@@ -37,5 +37,7 @@ mod only_once;
 mod registry_and_identity;
 #[path = "../e2e/serve.rs"]
 mod serve;
+#[path = "../e2e/source_binding.rs"]
+mod source_binding;
 #[path = "../e2e/standard.rs"]
 mod standard;

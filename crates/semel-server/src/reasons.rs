@@ -416,6 +416,11 @@ pub const REASONS: &[Reasons] = &[
         "the source failed repeatedly; lookups to it fail fast until the `RetryInfo` delay passes",
     ),
     row(
+        "UNAVAILABLE",
+        &["SOURCE_NOT_AUTHENTIC"],
+        "the server at the dataset's endpoint presented a certificate that does not name the dataset's owner: nothing was sent to it; the operator must correct the endpoint or the source its certificate",
+    ),
+    row(
         "INTERNAL",
         &["INTERNAL"],
         "a fault in the broker; report it to the operator with the request id",

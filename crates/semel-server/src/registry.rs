@@ -403,6 +403,7 @@ impl Rpc for RegistryService {
                         None => return Err(unknown_org(&dataset.source)),
                     }
                 }
+                self.broker.check_endpoint(&dataset.endpoint).await?;
                 c.detail = format!(
                     "dataset {} of {} registered: fields {}; endpoint {}",
                     dataset.name,
@@ -486,6 +487,21 @@ impl Rpc for RegistryService {
                             before.name, before.source
                         ),
                     ));
+                }
+                // Where the citizens' numbers go is the operator's to
+                // approve: a source cannot move its dataset's lookups to
+                // another server on its own.
+                if proposed.endpoint != before.endpoint {
+                    if !admin {
+                        return Err(ApiError::denied(
+                            "ROLE_NOT_PERMITTED",
+                            format!(
+                                "changing the endpoint of {} (to {}) is the operator's to approve: ask the operator to amend it",
+                                before.name, proposed.endpoint
+                            ),
+                        ));
+                    }
+                    self.broker.check_endpoint(&proposed.endpoint).await?;
                 }
                 let changes = dataset_changes(&before, &proposed);
                 // What consumers receive changes only when a field goes or

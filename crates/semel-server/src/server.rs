@@ -188,7 +188,7 @@ fn stamps(files: &ReloadFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
 /// for sources, and the token verifier.
 pub type Loaded = (
     Arc<rustls::ServerConfig>,
-    tonic::transport::ClientTlsConfig,
+    Arc<rustls::ClientConfig>,
     TokenVerifier,
 );
 
@@ -199,7 +199,7 @@ pub fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
         key: &files.key,
         client_ca: &files.client_ca,
     })?;
-    let source_tls = tls::client_tls(&files.sources_ca, &files.cert, &files.key)?;
+    let source_tls = tls::source_client_config(&files.sources_ca, &files.cert, &files.key)?;
     let tokens = TokenVerifier::load(&files.tokens)?;
     Ok((tls, source_tls, tokens))
 }
@@ -241,6 +241,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         opened.storage,
         SourceSettings {
             tls: source_tls,
+            endpoints: Arc::new(crate::source_channel::EndpointPolicy::new(
+                &config.sources.allowed_endpoints,
+            )?),
             deadline: config.source_deadline(),
             limits: config.limit_settings(),
             register_dataset: semel_core::DatasetName::new(config.sources.register_dataset.clone())
@@ -306,6 +309,13 @@ pub async fn serve_broker_with_http(
     let reloading = reloader.watch(reload_poll);
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "broker listening (mutual TLS)");
+    // The broker never dials itself as a source.
+    for own in addr
+        .into_iter()
+        .chain(http.as_ref().and_then(|(l, _)| l.local_addr().ok()))
+    {
+        broker.endpoint_policy().add_own(own);
+    }
 
     // grpc.health.v1: overall ("") and per service. Lookups report
     // NOT_SERVING once the audit log refuses appends (the broker then

@@ -13,7 +13,7 @@ use semel_core::{
     Organisation, OrganisationStatus, Outcome, Purpose, ReasonCode, Role, RoleSet, UserRole,
 };
 use semel_storage::{Storage, StorageError};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ApiError;
 use crate::limits::{ConsumerLimits, LimitSettings, QuestionLimiter, RefusalBudget, SourceGuard};
@@ -74,7 +74,10 @@ impl Snapshot {
 /// Settings for calling sources.
 #[derive(Clone)]
 pub struct SourceSettings {
-    pub tls: ClientTlsConfig,
+    /// The client TLS config towards sources (trusting `sources.ca`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Where sources may be dialled (`sources.allowed_endpoints`).
+    pub endpoints: Arc<crate::source_channel::EndpointPolicy>,
     /// How long a source may take to answer one lookup.
     pub deadline: Duration,
     pub limits: LimitSettings,
@@ -183,8 +186,9 @@ pub struct Broker {
     sources: SourceSettings,
     /// The client TLS config for sources (the broker's certificate); it
     /// changes when certificates are reloaded.
-    source_tls: Mutex<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    source_tls: Mutex<Arc<rustls::ClientConfig>>,
+    /// By endpoint and the organisation the source must prove to be.
+    channels: Mutex<HashMap<(String, Kbo), Channel>>,
     guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
     pub(crate) consumer_limits: ConsumerLimits,
     /// Changes each source may publish: a bucket per source.
@@ -346,11 +350,12 @@ impl Broker {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let mut routes = BTreeMap::new();
         for dataset in data.datasets {
-            let channel = match channels.get(&dataset.endpoint) {
+            let key = (dataset.endpoint.clone(), dataset.source);
+            let channel = match channels.get(&key) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = self.channel(&dataset.endpoint)?;
-                    channels.insert(dataset.endpoint.clone(), c.clone());
+                    let c = self.channel(&dataset.endpoint, dataset.source)?;
+                    channels.insert(key, c.clone());
                     c
                 }
             };
@@ -405,7 +410,7 @@ impl Broker {
     /// Uses a new client certificate towards sources: channels are made
     /// anew; lookups in flight finish on the old ones. The registry is the
     /// snapshot's: only the channels change.
-    pub fn set_source_tls(&self, tls: ClientTlsConfig) -> Result<(), ApiError> {
+    pub fn set_source_tls(&self, tls: Arc<rustls::ClientConfig>) -> Result<(), ApiError> {
         *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()) = tls;
         let _installed = self.installed.lock().unwrap_or_else(|p| p.into_inner());
         self.channels
@@ -426,28 +431,38 @@ impl Broker {
         })
     }
 
-    fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
-        let bad = |e: tonic::transport::Error| {
-            ApiError::invalid(
-                "dataset.endpoint",
-                "INVALID_ENDPOINT",
-                format!("the source endpoint {endpoint} is not usable: {e}"),
-            )
-        };
-        Ok(Endpoint::from_shared(endpoint.to_owned())
-            .map_err(bad)?
-            .tls_config(
-                self.source_tls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            )
-            .map_err(bad)?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy())
+    /// A lazy channel to the source at `endpoint`, which must prove to be
+    /// `owner` before any request is sent over it.
+    fn channel(&self, endpoint: &str, owner: Kbo) -> Result<Channel, ApiError> {
+        let tls = self
+            .source_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::source_channel::channel(endpoint, owner, tls, self.sources.endpoints.clone())
+            .map_err(|m| ApiError::invalid("dataset.endpoint", "INVALID_ENDPOINT", m))
+    }
+
+    /// Where sources may be dialled.
+    pub fn endpoint_policy(&self) -> &crate::source_channel::EndpointPolicy {
+        &self.sources.endpoints
+    }
+
+    /// Refuses an endpoint that resolves to an address sources may not use
+    /// (loopback, link-local, private, unspecified, the broker's own) and
+    /// the operator did not allow.
+    pub async fn check_endpoint(&self, endpoint: &str) -> Result<(), ApiError> {
+        self.sources
+            .endpoints
+            .check_endpoint(endpoint)
+            .await
+            .map_err(|why| {
+                ApiError::invalid(
+                    "dataset.endpoint",
+                    "INVALID_ENDPOINT",
+                    format!("the source endpoint {endpoint} is refused: {why}"),
+                )
+            })
     }
 
     /// Identifies and authorises the caller: the connection's verified
@@ -1045,7 +1060,16 @@ mod rebuild_tests {
         let broker = Broker::new(
             semel_store::storage(store.clone()),
             SourceSettings {
-                tls: ClientTlsConfig::new(),
+                tls: Arc::new(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                ),
+                endpoints: Arc::default(),
                 deadline: Duration::from_secs(1),
                 limits: LimitSettings::default(),
                 register_dataset: DatasetName::new("x.register").expect("name"),
