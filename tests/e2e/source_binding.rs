@@ -150,6 +150,17 @@ async fn an_endpoint_on_a_private_or_loopback_address_is_refused_unless_allow_li
             err.message()
         );
     }
+    // A registry file is held to the same rule.
+    let err = operator
+        .apply_registry(proto::ApplyRegistryRequest {
+            datasets: vec![dataset("test.filed", "https://10.9.9.9:7001")],
+            reason: "a file".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("a file's dataset on a private address");
+    assert_error(&err, Code::InvalidArgument, "INVALID_ENDPOINT");
+    assert!(err.message().contains("test.filed"), "{}", err.message());
     operator
         .create_dataset(proto::CreateDatasetRequest {
             dataset: Some(dataset(

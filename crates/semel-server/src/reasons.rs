@@ -53,7 +53,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "INVALID_ARGUMENT",
         &["INVALID_ENDPOINT"],
-        "(`CreateDataset`) the endpoint must be an `https://host:port` address",
+        "(`CreateDataset`, `AmendDataset`) the endpoint must be an `https://host:port` address, not on a loopback, link-local, private or unspecified address nor the broker's own unless the operator allow-listed it (`sources.allowed_endpoints`)",
     ),
     row(
         "NOT_FOUND",
