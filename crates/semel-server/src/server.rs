@@ -215,6 +215,13 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tokens: config.token_settings()?,
     };
     let (tls, source_tls, tokens) = load_all(&files)?;
+    if config.sources.ca.is_none() {
+        // Sources are still bound to their dataset's owner, but a CA that
+        // issues only sources' server certificates narrows who can answer.
+        tracing::warn!(
+            "sources.ca is not set: sources' server certificates are checked against tls.client_ca; give the sources' CA its own file where it differs"
+        );
+    }
     let opened = match config.store.postgresql() {
         None => {
             crate::stores::open_embedded(config.data_dir.clone(), config.checkpoint_settings()?)
