@@ -456,18 +456,36 @@ impl proto::source_service_server::SourceService for TestSource {
     }
 }
 
-/// Starts a test source with the national register's certificate; returns
-/// its https address.
+/// The enterprise number of the test source [`register_test_dataset`]
+/// registers.
+pub const TEST_SOURCE_KBO: &str = "0999999922";
+
+/// Starts a test source with a certificate of the test source organisation
+/// ([`TEST_SOURCE_KBO`], the owner of the datasets [`register_test_dataset`]
+/// registers: the broker requires the source's certificate to name the
+/// dataset's owner); returns its https address.
 pub async fn start_test_source(
     t: &TestDemo,
     source: impl proto::source_service_server::SourceService,
 ) -> String {
-    let files = t.pki().files(
-        semel_demo::seed::org("national-register")
-            .expect("org")
-            .kbo
-            .as_str(),
-    );
+    start_test_source_as(t, TEST_SOURCE_KBO, source).await
+}
+
+/// Starts a test source whose server certificate names organisation `kbo`.
+pub async fn start_test_source_as(
+    t: &TestDemo,
+    kbo: &str,
+    source: impl proto::source_service_server::SourceService,
+) -> String {
+    let stem = format!("test-source-{kbo}");
+    let files = t
+        .pki()
+        .issue(&semel_demo::pki::Subject {
+            file_stem: &stem,
+            kbo: semel_core::Kbo::parse(kbo).expect("kbo"),
+            name: "Test source",
+        })
+        .expect("issue the test source's certificate");
     let tls = semel_server::tls::server_config(&semel_server::tls::TlsFiles {
         cert: &files.cert,
         key: &files.key,
@@ -492,7 +510,7 @@ pub async fn start_test_source(
 /// to get `a` and `b` for purpose TEST.
 pub async fn register_test_dataset(t: &TestDemo, name: &str, endpoint: &str) {
     let mut reg = t.registry().await;
-    let source_kbo = "0999999922";
+    let source_kbo = TEST_SOURCE_KBO;
     let _ = reg
         .create_organisation(proto::CreateOrganisationRequest {
             organisation: Some(proto::Organisation {

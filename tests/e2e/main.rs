@@ -19,5 +19,6 @@ mod mutations;
 mod only_once;
 mod registry_and_identity;
 mod serve;
+mod source_binding;
 mod standard;
 mod transport_limits;

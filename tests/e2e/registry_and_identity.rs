@@ -855,7 +855,8 @@ async fn datasets_and_organisations_are_amended_within_their_rules() {
         reason: "new data centre".into(),
     };
 
-    // The source adds a field and moves its endpoint: lookups go there.
+    // The source adds a field; the operator moves its endpoint (a
+    // source's own move waits for the operator): lookups go there.
     let mut moved = residence.clone();
     moved.endpoint = "https://127.0.0.1:9".into();
     moved.fields.push(proto::FieldDefinition {
@@ -863,10 +864,16 @@ async fn datasets_and_organisations_are_amended_within_their_rules() {
         description: "Floor of the dwelling".into(),
         r#type: proto::FieldType::String as i32,
     });
-    let r = source
+    let mut grown = residence.clone();
+    grown.fields = moved.fields.clone();
+    source
+        .amend_dataset(amend(grown))
+        .await
+        .expect("the source amends its own");
+    let r = operator
         .amend_dataset(amend(moved.clone()))
         .await
-        .expect("the source amends its own")
+        .expect("the operator moves the endpoint")
         .into_inner();
     assert_eq!(r.previous.expect("previous").endpoint, residence.endpoint);
     assert_eq!(
@@ -884,7 +891,7 @@ async fn datasets_and_organisations_are_amended_within_their_rules() {
     );
     let mut back = moved.clone();
     back.endpoint = residence.endpoint.clone();
-    source
+    operator
         .amend_dataset(amend(back.clone()))
         .await
         .expect("back");

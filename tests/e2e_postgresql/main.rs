@@ -39,6 +39,8 @@ mod only_once;
 mod registry_and_identity;
 #[path = "../e2e/serve.rs"]
 mod serve;
+#[path = "../e2e/source_binding.rs"]
+mod source_binding;
 #[path = "../e2e/standard.rs"]
 mod standard;
 #[path = "../e2e/transport_limits.rs"]

@@ -147,6 +147,9 @@ pub enum ReasonCode {
     SourceBusy,
     /// The source failed repeatedly; lookups to it fail fast for a while.
     SourceCircuitOpen,
+    /// The source's certificate does not name the dataset's owner: it was
+    /// sent nothing.
+    SourceNotAuthentic,
     /// The register does not know the national number (a file for it is
     /// refused).
     CitizenUnknown,
@@ -178,7 +181,7 @@ pub enum ReasonCode {
     AuditCallsExceeded,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 43] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 44] = [
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
     (ReasonCode::AuditCallsExceeded, "AUDIT_CALLS_EXCEEDED"),
     (
@@ -228,6 +231,7 @@ const SIMPLE_CODES: [(ReasonCode, &str); 43] = [
     (ReasonCode::RateLimited, "RATE_LIMITED"),
     (ReasonCode::SourceBusy, "SOURCE_BUSY"),
     (ReasonCode::SourceCircuitOpen, "SOURCE_CIRCUIT_OPEN"),
+    (ReasonCode::SourceNotAuthentic, "SOURCE_NOT_AUTHENTIC"),
     (ReasonCode::InvalidCitizen, "INVALID_CITIZEN"),
     (ReasonCode::InvalidArgument, "INVALID_ARGUMENT"),
     (ReasonCode::UnknownDataset, "UNKNOWN_DATASET"),

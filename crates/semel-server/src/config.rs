@@ -694,8 +694,15 @@ pub struct SourcesSection {
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
     /// CA bundle that sources' server certificates must chain to; by
-    /// default `tls.client_ca`.
+    /// default `tls.client_ca`. Whatever the CA, a source's certificate
+    /// must also name the dataset's owner (organizationIdentifier).
     pub ca: Option<PathBuf>,
+    /// Addresses or CIDR networks where sources may be although they are
+    /// loopback, link-local, private or unspecified (refused otherwise),
+    /// e.g. `["127.0.0.1"]` for a demo, `["10.20.0.0/16"]` for sources on
+    /// an internal network. The broker's own addresses stay refused.
+    #[serde(default)]
+    pub allowed_endpoints: Vec<String>,
     /// Lookups in flight to one source at most (default 1024).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -738,6 +745,7 @@ impl Default for SourcesSection {
         SourcesSection {
             deadline_ms: default_deadline_ms(),
             ca: None,
+            allowed_endpoints: Vec::new(),
             max_in_flight: default_max_in_flight(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
@@ -1153,6 +1161,10 @@ impl Config {
         let ca_ok = certs("tls.client_ca", &self.tls.client_ca, &mut problems);
         if let Some(ca) = &self.sources.ca {
             certs("sources.ca", ca, &mut problems);
+        }
+        if let Err(e) = crate::source_channel::EndpointPolicy::new(&self.sources.allowed_endpoints)
+        {
+            problems.push(format!("{e:#}"));
         }
         if cert_ok && key_ok && ca_ok {
             // The key must be the certificate's.

@@ -296,6 +296,11 @@ impl Demo {
             opened.storage,
             SourceSettings {
                 tls: source_tls,
+                // The demo's sources run on this machine: loopback is
+                // allowed explicitly, as an operator would.
+                endpoints: Arc::new(crate::source_channel::EndpointPolicy::new(&[
+                    "127.0.0.1".to_owned()
+                ])?),
                 deadline: opts.source_deadline,
                 limits: opts.limits,
                 register_dataset: semel_core::DatasetName::new(
@@ -320,6 +325,8 @@ impl Demo {
             .await
             .with_context(|| format!("bind the broker on {}", opts.listen))?;
         let broker_addr = listener.local_addr()?;
+        // Known before any call is served: no dataset may point at it.
+        broker.endpoint_policy().add_own(broker_addr);
         let second_broker = match &opts.postgresql {
             None => None,
             Some(url) => Some(write_second_broker_config(
@@ -640,7 +647,7 @@ fn write_second_broker_config(
          data_dir = {dir}\n\
          \n[store]\nurl = {url}\n\
          \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
-         \n[sources]\nca = {ca}\nregister_dataset = \"{register}\"\n\
+         \n[sources]\nca = {ca}\nregister_dataset = \"{register}\"\nallowed_endpoints = [\"127.0.0.1\"]\n\
          \n[operator]\nkbo = \"{kbo}\"\nname = {name}\n\
          \n[audit]\nsigning_key = {signing}\norigin = \"{origin}\"\ncheckpoint_every_ms = 1000\n\
          \n[tokens]\naudience = \"{audience}\"\n\

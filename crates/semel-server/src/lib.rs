@@ -34,6 +34,7 @@ pub mod reference;
 pub mod reflection;
 mod registry;
 pub mod server;
+pub mod source_channel;
 pub mod state;
 pub mod stores;
 pub mod telemetry;

@@ -934,6 +934,27 @@ fn source_error(
 ) -> ApiError {
     let ds = &route.dataset.name;
     let source = route.dataset.source.as_str().to_owned();
+    // The broker refused to send the request: the server at the endpoint
+    // is not the dataset's owner, or its address is not one for sources.
+    // Retrying will not help until the operator or the source acts.
+    if let Some(refusal) = crate::source_channel::refusal(&status) {
+        trace.outcome = Outcome::SourceUnavailable;
+        let err = match refusal {
+            crate::source_channel::Refusal::NotAuthentic(why) => ApiError::new(
+                Code::Unavailable,
+                "SOURCE_NOT_AUTHENTIC",
+                format!(
+                    "the source of {ds} was sent nothing: {why}; the operator has been told (the endpoint or the source's certificate must be corrected)"
+                ),
+            ),
+            crate::source_channel::Refusal::Forbidden(why) => ApiError::new(
+                Code::Unavailable,
+                "SOURCE_UNAVAILABLE",
+                format!("the source of {ds} was not called: {why}"),
+            ),
+        };
+        return err.with("source_kbo", source);
+    }
     let (outcome, code, reason, retryable) = source_failure(status.code());
     let message = match reason {
         "SUBJECT_NOT_FOUND" => format!("the source of {ds} holds no data about this citizen"),

@@ -53,7 +53,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "INVALID_ARGUMENT",
         &["INVALID_ENDPOINT"],
-        "(`CreateDataset`) the endpoint must be an `https://host:port` address",
+        "(`CreateDataset`, `AmendDataset`) the endpoint must be an `https://host:port` address, not on a loopback, link-local, private or unspecified address nor the broker's own unless the operator allow-listed it (`sources.allowed_endpoints`)",
     ),
     row(
         "NOT_FOUND",
@@ -429,6 +429,11 @@ pub const REASONS: &[Reasons] = &[
         "UNAVAILABLE",
         &["SOURCE_CIRCUIT_OPEN"],
         "the source failed repeatedly; lookups to it fail fast until the `RetryInfo` delay passes",
+    ),
+    row(
+        "UNAVAILABLE",
+        &["SOURCE_NOT_AUTHENTIC"],
+        "the server at the dataset's endpoint presented a certificate that does not name the dataset's owner: nothing was sent to it; the operator must correct the endpoint or the source its certificate",
     ),
     row(
         "INTERNAL",

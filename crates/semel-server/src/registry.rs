@@ -117,6 +117,25 @@ impl RegistryService {
 }
 
 impl RegistryService {
+    /// Refuses a file that registers a dataset, or moves one, to an address
+    /// sources may not use (as `CreateDataset` and `AmendDataset` do).
+    async fn check_planned_endpoints(&self, plan: &apply::Plan) -> Result<(), ApiError> {
+        for (_, w) in &plan.writes {
+            if let apply::Write::Dataset(d, before) = w
+                && before.as_ref().is_none_or(|b| b.endpoint != d.endpoint)
+            {
+                self.broker
+                    .check_endpoint(&d.endpoint)
+                    .await
+                    .map_err(|e| ApiError {
+                        message: format!("dataset {}: {}", d.name, e.message),
+                        ..e
+                    })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Reloads the snapshot after a stored change; a failure is retried in
     /// the background (the change stands, and must take effect).
     async fn reload_or_retry(&self) {
@@ -403,6 +422,7 @@ impl Rpc for RegistryService {
                         None => return Err(unknown_org(&dataset.source)),
                     }
                 }
+                self.broker.check_endpoint(&dataset.endpoint).await?;
                 c.detail = format!(
                     "dataset {} of {} registered: fields {}; endpoint {}",
                     dataset.name,
@@ -486,6 +506,21 @@ impl Rpc for RegistryService {
                             before.name, before.source
                         ),
                     ));
+                }
+                // Where the citizens' numbers go is the operator's to
+                // approve: a source cannot move its dataset's lookups to
+                // another server on its own.
+                if proposed.endpoint != before.endpoint {
+                    if !admin {
+                        return Err(ApiError::denied(
+                            "ROLE_NOT_PERMITTED",
+                            format!(
+                                "changing the endpoint of {} (to {}) is the operator's to approve: ask the operator to amend it",
+                                before.name, proposed.endpoint
+                            ),
+                        ));
+                    }
+                    self.broker.check_endpoint(&proposed.endpoint).await?;
                 }
                 let changes = dataset_changes(&before, &proposed);
                 // What consumers receive changes only when a field goes or
@@ -1483,6 +1518,7 @@ impl Rpc for RegistryService {
         if msg.dry_run {
             let current = apply::Current::read(&*registry).await?;
             let plan = apply::plan(&current, &msg, caller.org.kbo, now)?;
+            self.check_planned_endpoints(&plan).await?;
             return Ok(Response::new(proto::ApplyRegistryResponse {
                 changes: plan.changes,
                 applied: false,
@@ -1496,6 +1532,7 @@ impl Rpc for RegistryService {
                 c.reference = apply_id.clone();
                 let current = apply::Current::read(&*registry).await?;
                 let plan = apply::plan(&current, &msg, caller.org.kbo, now)?;
+                self.check_planned_endpoints(&plan).await?;
                 // Each change's entry is durable before anything is stored.
                 for (i, w) in &plan.writes {
                     let mut record = self.broker.audit_record(&caller, crate::state::new_id());

@@ -194,7 +194,7 @@ fn stamps(files: &ReloadFiles) -> Vec<Option<(std::time::SystemTime, u64)>> {
 /// for sources, and the token verifier.
 pub type Loaded = (
     Arc<rustls::ServerConfig>,
-    tonic::transport::ClientTlsConfig,
+    Arc<rustls::ClientConfig>,
     TokenVerifier,
 );
 
@@ -205,7 +205,7 @@ pub fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
         key: &files.key,
         client_ca: &files.client_ca,
     })?;
-    let source_tls = tls::client_tls(&files.sources_ca, &files.cert, &files.key)?;
+    let source_tls = tls::source_client_config(&files.sources_ca, &files.cert, &files.key)?;
     let tokens = TokenVerifier::load(&files.tokens)?;
     Ok((tls, source_tls, tokens))
 }
@@ -221,6 +221,13 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         tokens: config.token_settings()?,
     };
     let (tls, source_tls, tokens) = load_all(&files)?;
+    if config.sources.ca.is_none() {
+        // Sources are still bound to their dataset's owner, but a CA that
+        // issues only sources' server certificates narrows who can answer.
+        tracing::warn!(
+            "sources.ca is not set: sources' server certificates are checked against tls.client_ca; give the sources' CA its own file where it differs"
+        );
+    }
     let opened = match config.store.postgresql() {
         None => {
             crate::stores::open_embedded(config.data_dir.clone(), config.checkpoint_settings()?)
@@ -247,6 +254,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         opened.storage,
         SourceSettings {
             tls: source_tls,
+            endpoints: Arc::new(crate::source_channel::EndpointPolicy::new(
+                &config.sources.allowed_endpoints,
+            )?),
             deadline: config.source_deadline(),
             limits: config.limit_settings(),
             register_dataset: semel_core::DatasetName::new(config.sources.register_dataset.clone())
@@ -314,6 +324,13 @@ pub async fn serve_broker_with_http(
     let reloading = reloader.watch(reload_poll);
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "broker listening (mutual TLS)");
+    // The broker never dials itself as a source.
+    for own in addr
+        .into_iter()
+        .chain(http.as_ref().and_then(|(l, _)| l.local_addr().ok()))
+    {
+        broker.endpoint_policy().add_own(own);
+    }
 
     // grpc.health.v1: overall ("") and per service. Lookups report
     // NOT_SERVING once the audit log refuses appends (the broker then
@@ -805,4 +822,49 @@ pub async fn serve_source<S: SourceService>(
         )
         .await
         .context("serve demo source")
+}
+
+#[cfg(test)]
+mod reload_tests {
+    use super::*;
+
+    /// A reload reads and checks every file before it swaps anything: a
+    /// sources' CA that cannot be read fails the load, so the running TLS
+    /// configuration, token keys and source channels stay (issue 35,
+    /// finding 11; `Reloader::reload` swaps only after `load_all`, and the
+    /// sources' channels, the one step that can still fail, first).
+    #[test]
+    fn an_unreadable_sources_ca_fails_the_load_before_anything_is_swapped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kbo = semel_core::Kbo::parse("0212345668").expect("kbo");
+        let pki = semel_demo::pki::DevPki::ensure(
+            &dir.path().join("pki"),
+            &[semel_demo::pki::Subject {
+                file_stem: "broker",
+                kbo,
+                name: "Broker",
+            }],
+        )
+        .expect("pki");
+        let broker = pki.files("broker");
+        let bad_ca = dir.path().join("sources-ca.crt");
+        std::fs::write(
+            &bad_ca,
+            "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
+        )
+        .expect("write");
+        let files = |sources_ca: PathBuf| ReloadFiles {
+            cert: broker.cert.clone(),
+            key: broker.key.clone(),
+            client_ca: pki.ca_cert(),
+            sources_ca,
+            tokens: TokenSettings {
+                audience: "semel".into(),
+                leeway_s: 30,
+                issuers: Vec::new(),
+            },
+        };
+        assert!(load_all(&files(pki.ca_cert())).is_ok());
+        assert!(load_all(&files(bad_ca)).is_err());
+    }
 }

@@ -13,7 +13,7 @@ use semel_core::{
     Organisation, OrganisationStatus, Outcome, Purpose, ReasonCode, Role, RoleSet, UserRole,
 };
 use semel_storage::{Storage, StorageError};
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::Channel;
 
 use crate::error::ApiError;
 use crate::limits::{ConsumerLimits, LimitSettings, QuestionLimiter, RefusalBudget, SourceGuard};
@@ -74,7 +74,10 @@ impl Snapshot {
 /// Settings for calling sources.
 #[derive(Clone)]
 pub struct SourceSettings {
-    pub tls: ClientTlsConfig,
+    /// The client TLS config towards sources (trusting `sources.ca`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Where sources may be dialled (`sources.allowed_endpoints`).
+    pub endpoints: Arc<crate::source_channel::EndpointPolicy>,
     /// How long a source may take to answer one lookup.
     pub deadline: Duration,
     pub limits: LimitSettings,
@@ -183,8 +186,9 @@ pub struct Broker {
     sources: SourceSettings,
     /// The client TLS config for sources (the broker's certificate); it
     /// changes when certificates are reloaded.
-    source_tls: Mutex<ClientTlsConfig>,
-    channels: Mutex<HashMap<String, Channel>>,
+    source_tls: Mutex<Arc<rustls::ClientConfig>>,
+    /// By endpoint and the organisation the source must prove to be.
+    channels: Mutex<HashMap<(String, Kbo), Channel>>,
     guards: Mutex<HashMap<String, Arc<SourceGuard>>>,
     pub(crate) consumer_limits: ConsumerLimits,
     /// Changes each source may publish: a bucket per source.
@@ -361,11 +365,12 @@ impl Broker {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let mut routes = BTreeMap::new();
         for dataset in data.datasets {
-            let channel = match channels.get(&dataset.endpoint) {
+            let key = (dataset.endpoint.clone(), dataset.source);
+            let channel = match channels.get(&key) {
                 Some(c) => c.clone(),
                 None => {
-                    let c = self.channel(&dataset.endpoint)?;
-                    channels.insert(dataset.endpoint.clone(), c.clone());
+                    let c = self.channel(&dataset.endpoint, dataset.source)?;
+                    channels.insert(key, c.clone());
                     c
                 }
             };
@@ -420,7 +425,7 @@ impl Broker {
     /// Uses a new client certificate towards sources: channels are made
     /// anew; lookups in flight finish on the old ones. The registry is the
     /// snapshot's: only the channels change.
-    pub fn set_source_tls(&self, tls: ClientTlsConfig) -> Result<(), ApiError> {
+    pub fn set_source_tls(&self, tls: Arc<rustls::ClientConfig>) -> Result<(), ApiError> {
         let before = std::mem::replace(
             &mut *self.source_tls.lock().unwrap_or_else(|p| p.into_inner()),
             tls,
@@ -450,28 +455,38 @@ impl Broker {
         installed
     }
 
-    fn channel(&self, endpoint: &str) -> Result<Channel, ApiError> {
-        let bad = |e: tonic::transport::Error| {
-            ApiError::invalid(
-                "dataset.endpoint",
-                "INVALID_ENDPOINT",
-                format!("the source endpoint {endpoint} is not usable: {e}"),
-            )
-        };
-        Ok(Endpoint::from_shared(endpoint.to_owned())
-            .map_err(bad)?
-            .tls_config(
-                self.source_tls
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone(),
-            )
-            .map_err(bad)?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_while_idle(true)
-            .connect_lazy())
+    /// A lazy channel to the source at `endpoint`, which must prove to be
+    /// `owner` before any request is sent over it.
+    fn channel(&self, endpoint: &str, owner: Kbo) -> Result<Channel, ApiError> {
+        let tls = self
+            .source_tls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::source_channel::channel(endpoint, owner, tls, self.sources.endpoints.clone())
+            .map_err(|m| ApiError::invalid("dataset.endpoint", "INVALID_ENDPOINT", m))
+    }
+
+    /// Where sources may be dialled.
+    pub fn endpoint_policy(&self) -> &crate::source_channel::EndpointPolicy {
+        &self.sources.endpoints
+    }
+
+    /// Refuses an endpoint that resolves to an address sources may not use
+    /// (loopback, link-local, private, unspecified, the broker's own) and
+    /// the operator did not allow.
+    pub async fn check_endpoint(&self, endpoint: &str) -> Result<(), ApiError> {
+        self.sources
+            .endpoints
+            .check_endpoint(endpoint)
+            .await
+            .map_err(|why| {
+                ApiError::invalid(
+                    "dataset.endpoint",
+                    "INVALID_ENDPOINT",
+                    format!("the source endpoint {endpoint} is refused: {why}"),
+                )
+            })
     }
 
     /// Identifies and authorises the caller: the connection's verified
@@ -1069,7 +1084,16 @@ mod rebuild_tests {
         let broker = Broker::new(
             semel_store::storage(store.clone()),
             SourceSettings {
-                tls: ClientTlsConfig::new(),
+                tls: Arc::new(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::ring::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .expect("versions")
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                ),
+                endpoints: Arc::default(),
                 deadline: Duration::from_secs(1),
                 limits: LimitSettings::default(),
                 register_dataset: DatasetName::new("x.register").expect("name"),
@@ -1105,76 +1129,6 @@ mod rebuild_tests {
             OrganisationStatus::Suspended,
             "the suspension the API confirmed was undone by an older rebuild"
         );
-    }
-}
-
-#[cfg(test)]
-mod source_tls_tests {
-    use super::*;
-
-    /// A sources' TLS configuration that cannot reach a source is not half
-    /// taken: the previous one stays, and a reload that brings it fails
-    /// before it swaps anything else (issue 35, finding 11).
-    #[tokio::test]
-    async fn a_source_configuration_that_cannot_be_used_leaves_the_previous_one() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(semel_store::Store::open(dir.path()).expect("store"));
-        let source = Kbo::parse("0314595348").expect("kbo");
-        store
-            .registry()
-            .put_organisation(&Organisation {
-                kbo: source,
-                name: "Source".into(),
-                roles: [Role::Source].into(),
-                status: OrganisationStatus::Active,
-                created_at: time::OffsetDateTime::UNIX_EPOCH,
-            })
-            .expect("org");
-        store
-            .registry()
-            .put_dataset(&semel_core::Dataset {
-                name: DatasetName::new("test.residence").expect("name"),
-                source,
-                description: "test".into(),
-                fields: Vec::new(),
-                endpoint: "https://source.invalid:7001".into(),
-                keeps_history: false,
-                withdrawn: false,
-            })
-            .expect("dataset");
-        let tokens = TokenVerifier::load(&crate::tokens::TokenSettings {
-            audience: "semel".into(),
-            leeway_s: 30,
-            issuers: Vec::new(),
-        })
-        .expect("tokens");
-        let broker = Broker::new(
-            semel_store::storage(store.clone()),
-            SourceSettings {
-                tls: ClientTlsConfig::new(),
-                deadline: Duration::from_secs(1),
-                limits: LimitSettings::default(),
-                register_dataset: DatasetName::new("x.register").expect("name"),
-                persons: PersonsSettings::default(),
-                mutations: Default::default(),
-            },
-            tokens,
-        )
-        .await
-        .expect("broker");
-        let config = |b: &Broker| format!("{:?}", b.source_tls.lock().expect("tls"));
-        let before = config(&broker);
-        let unusable =
-            ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(
-                "-----BEGIN CERTIFICATE-----\nnot base64 at all!\n-----END CERTIFICATE-----\n",
-            ));
-        broker
-            .set_source_tls(unusable)
-            .expect_err("a CA that cannot be read reaches no source");
-        assert_eq!(config(&broker), before, "the previous configuration stays");
-        broker
-            .set_source_tls(ClientTlsConfig::new())
-            .expect("a usable one is taken");
     }
 }
 

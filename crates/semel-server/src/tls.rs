@@ -416,6 +416,40 @@ pub fn client_tls(
         )))
 }
 
+/// The organisation a source's server certificate names (its
+/// organizationIdentifier), read as clients' certificates are.
+pub fn kbo_of(der: Option<&CertificateDer<'_>>) -> Result<Kbo, String> {
+    PeerIdentity::from_certificate(der).certificate.map_or_else(
+        || Err("the source presented no certificate".to_owned()),
+        |c| c.kbo,
+    )
+}
+
+/// The rustls client config for calling sources: trust `ca` (the CA of the
+/// sources' server certificates), present the broker's `cert`/`key`, speak
+/// HTTP/2. Which organisation the source must be is checked per dataset,
+/// after the handshake (`source_channel`).
+pub fn source_client_config(
+    ca: &Path,
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let mut roots = RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots
+            .add(c)
+            .with_context(|| format!("add CA from {}", ca.display()))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .context("choose TLS versions")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)
+        .with_context(|| format!("use certificate {}", cert.display()))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// A rustls client config for HTTPS with a client certificate (the HTTP/JSON
 /// face's clients: the load generator, tests): trust `ca`, present
 /// `cert`/`key`, speak HTTP/1.1.

@@ -138,8 +138,8 @@ pub enum DatasetCommand {
         #[arg(long)]
         keeps_history: bool,
     },
-    /// Amend a dataset: move its endpoint, describe it, add fields (its source may), remove
-    /// or retype fields (the operator may, for fields no authorisation names).
+    /// Amend a dataset: describe it, add fields (its source may), move its endpoint, remove
+    /// or retype fields (the operator may; fields only when no authorisation names them).
     Amend {
         /// e.g. national_register.residence
         name: String,
