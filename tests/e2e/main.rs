@@ -17,5 +17,6 @@ mod lookups;
 mod mutations;
 mod only_once;
 mod registry_and_identity;
+mod rpc_limits;
 mod serve;
 mod standard;
