@@ -48,6 +48,11 @@ pub async fn demo_options(
     opts.listen = ([127, 0, 0, 1], 0).into();
     opts.http_listen = Some(([127, 0, 0, 1], 0).into());
     opts.population = 2_000;
+    // The suite calls the broker hundreds of times a second from a few
+    // organisations (every RPC with every role); the budgets per
+    // organisation are tested where a test sets them (limits.rs,
+    // rpc_limits.rs).
+    opts.limits = opts.limits.without_organisation_budgets();
     let mut db = None;
     if on_postgresql() {
         let found = semel_postgres::testing::TestDatabase::start("e2e").await;

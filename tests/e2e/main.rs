@@ -18,6 +18,7 @@ mod lookups;
 mod mutations;
 mod only_once;
 mod registry_and_identity;
+mod rpc_limits;
 mod serve;
 mod source_binding;
 mod standard;

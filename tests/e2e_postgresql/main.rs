@@ -37,6 +37,8 @@ mod mutations;
 mod only_once;
 #[path = "../e2e/registry_and_identity.rs"]
 mod registry_and_identity;
+#[path = "../e2e/rpc_limits.rs"]
+mod rpc_limits;
 #[path = "../e2e/serve.rs"]
 mod serve;
 #[path = "../e2e/source_binding.rs"]

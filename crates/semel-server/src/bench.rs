@@ -105,6 +105,9 @@ pub async fn run_bench_server(
     demo_opts.http.max_connections_per_address = demo_opts.http.max_connections;
     // Likewise its gRPC connections (`--connections`), all from one address.
     demo_opts.grpc.max_connections_per_address = demo_opts.grpc.max_connections;
+    // It measures what the broker takes from one consumer, not that
+    // consumer's budget of lookups.
+    demo_opts.limits = demo_opts.limits.without_organisation_budgets();
     let demo = Demo::start(demo_opts).await?;
     let startup_ms = started.elapsed().as_secs_f64() * 1000.0;
 

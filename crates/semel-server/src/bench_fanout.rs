@@ -89,6 +89,7 @@ pub async fn run_fanout(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
     // budget of changes (which a closed loop with large batches can reach).
     demo_opts.limits.source_publications_per_second = 1e9;
     demo_opts.limits.source_publication_burst = 1e9;
+    demo_opts.limits = demo_opts.limits.without_organisation_budgets();
     let demo = Demo::start(demo_opts).await?;
     let result = fanout(&demo, &opts).await;
     demo.stop().await?;

@@ -639,13 +639,12 @@ fn default_leeway_s() -> u64 {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsSection {
-    /// Lookups per second each consumer may make; unlimited when absent.
+    /// Lookups per second each consumer may make (default 200).
     pub consumer_lookups_per_second: Option<f64>,
-    /// Lookups a consumer may make at once above that rate (default: one
-    /// second's worth).
+    /// Lookups a consumer may make at once above that rate (default 1000).
     pub consumer_burst: Option<f64>,
-    /// Lookups each consumer may make per calendar day (Brussels time);
-    /// unlimited when absent.
+    /// Lookups each consumer may make per calendar day (Brussels time;
+    /// default 1000000).
     pub consumer_lookups_per_day: Option<u64>,
     /// Items of one LookupBatch call in flight at once (default 16, at most 1024).
     pub batch_in_flight: Option<usize>,
@@ -667,6 +666,15 @@ pub struct LimitsSection {
     /// Audit calls one organisation may have in flight at once (default 2,
     /// between 1 and 64).
     pub audit_calls_in_flight: Option<usize>,
+    /// Calls per second each organisation may make to every RPC but the
+    /// lookups (default 50).
+    pub calls_per_second: Option<f64>,
+    /// Such calls an organisation may make at once above that rate
+    /// (default 200).
+    pub call_burst: Option<f64>,
+    /// Such calls of one organisation handled at once (default 64, at most
+    /// 4096).
+    pub calls_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -1006,8 +1014,7 @@ impl Config {
         }
         ensure(
             self.limits.consumer_lookups_per_day != Some(0),
-            "limits.consumer_lookups_per_day: must be at least 1 (leave it out for no quota)"
-                .into(),
+            "limits.consumer_lookups_per_day: must be at least 1".into(),
         );
         if let Some(n) = self.limits.batch_in_flight {
             ensure(
@@ -1048,6 +1055,24 @@ impl Config {
                 format!(
                     "limits.source_publication_burst: must lie between {least} (one request of the largest size) and 1000000000 changes, got {b}"
                 ),
+            );
+        }
+        if let Some(r) = self.limits.calls_per_second {
+            ensure(
+                r > 0.0 && r.is_finite(),
+                format!("limits.calls_per_second: must be a positive number, got {r}"),
+            );
+        }
+        if let Some(b) = self.limits.call_burst {
+            ensure(
+                (1.0..=1e9).contains(&b),
+                format!("limits.call_burst: must lie between 1 and 1000000000 calls, got {b}"),
+            );
+        }
+        if let Some(n) = self.limits.calls_in_flight {
+            ensure(
+                (1..=4096).contains(&n),
+                format!("limits.calls_in_flight: must lie between 1 and 4096, got {n}"),
             );
         }
         if let Some(r) = self.limits.refusals_per_second {
@@ -1336,9 +1361,20 @@ impl Config {
 
     pub fn limit_settings(&self) -> crate::limits::LimitSettings {
         crate::limits::LimitSettings {
-            consumer_rate: self.limits.consumer_lookups_per_second,
-            consumer_burst: self.limits.consumer_burst.unwrap_or(0.0),
-            consumer_daily_quota: self.limits.consumer_lookups_per_day,
+            consumer_rate: Some(
+                self.limits
+                    .consumer_lookups_per_second
+                    .unwrap_or(crate::limits::DEFAULT_LOOKUPS_PER_SECOND),
+            ),
+            consumer_burst: self
+                .limits
+                .consumer_burst
+                .unwrap_or(crate::limits::DEFAULT_LOOKUP_BURST),
+            consumer_daily_quota: Some(
+                self.limits
+                    .consumer_lookups_per_day
+                    .unwrap_or(crate::limits::DEFAULT_LOOKUPS_PER_DAY),
+            ),
             source_max_in_flight: self.sources.max_in_flight,
             breaker_failures: self.sources.breaker_failures,
             breaker_cooldown: Duration::from_millis(self.sources.breaker_cooldown_ms),
@@ -1358,6 +1394,18 @@ impl Config {
                 .audit_scan_budget
                 .unwrap_or(crate::limits::DEFAULT_AUDIT_SCAN_BUDGET),
             audit_calls_in_flight: self.limits.audit_calls_in_flight.unwrap_or(2),
+            calls_per_second: self
+                .limits
+                .calls_per_second
+                .unwrap_or(crate::limits::DEFAULT_CALLS_PER_SECOND),
+            call_burst: self
+                .limits
+                .call_burst
+                .unwrap_or(crate::limits::DEFAULT_CALL_BURST),
+            calls_in_flight: self
+                .limits
+                .calls_in_flight
+                .unwrap_or(crate::limits::DEFAULT_CALLS_IN_FLIGHT),
             ..crate::limits::LimitSettings::default()
         }
     }
@@ -1599,6 +1647,17 @@ mod tests {
                 "SEMEL_LIMITS__CONSUMER_BURST",
                 "-1",
                 "limits.consumer_burst",
+            ),
+            (
+                "SEMEL_LIMITS__CALLS_PER_SECOND",
+                "0",
+                "limits.calls_per_second",
+            ),
+            ("SEMEL_LIMITS__CALL_BURST", "0.5", "limits.call_burst"),
+            (
+                "SEMEL_LIMITS__CALLS_IN_FLIGHT",
+                "0",
+                "limits.calls_in_flight",
             ),
             (
                 "SEMEL_SOURCES__BREAKER_COOLDOWN_MS",

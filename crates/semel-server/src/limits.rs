@@ -51,17 +51,24 @@ pub struct LimitSettings {
     /// once above that rate.
     pub audit_summaries_per_second: f64,
     pub audit_summary_burst: f64,
+    /// Calls per second each organisation may make to every RPC but the
+    /// lookups (which have their own rate above).
+    pub calls_per_second: f64,
+    /// Such calls an organisation may make at once above that rate.
+    pub call_burst: f64,
+    /// Such calls of one organisation being handled at once.
+    pub calls_in_flight: usize,
 }
 
 impl Default for LimitSettings {
     fn default() -> Self {
         LimitSettings {
-            consumer_rate: None,
-            consumer_burst: 0.0,
+            consumer_rate: Some(DEFAULT_LOOKUPS_PER_SECOND),
+            consumer_burst: DEFAULT_LOOKUP_BURST,
             source_max_in_flight: 1024,
             breaker_failures: 5,
             breaker_cooldown: Duration::from_secs(5),
-            consumer_daily_quota: None,
+            consumer_daily_quota: Some(DEFAULT_LOOKUPS_PER_DAY),
             batch_in_flight: 16,
             distinct_checks_per_citizen: 4,
             refusals_per_second: 5.0,
@@ -71,6 +78,9 @@ impl Default for LimitSettings {
             audit_calls_in_flight: 2,
             audit_summaries_per_second: 0.5,
             audit_summary_burst: 10.0,
+            calls_per_second: DEFAULT_CALLS_PER_SECOND,
+            call_burst: DEFAULT_CALL_BURST,
+            calls_in_flight: DEFAULT_CALLS_IN_FLIGHT,
         }
     }
 }
@@ -83,6 +93,39 @@ impl Default for LimitSettings {
 /// found through an index or a seek) is found in one call for all but the
 /// busiest. A filter no index serves goes on with the page token.
 pub const DEFAULT_AUDIT_SCAN_BUDGET: usize = 100_000;
+impl LimitSettings {
+    /// These settings without budgets per organisation, for lookups or
+    /// other calls: for the load generators and the test suite, which
+    /// measure or exercise the broker from one organisation, not the
+    /// budgets (tests of the budgets set them).
+    pub fn without_organisation_budgets(self) -> Self {
+        LimitSettings {
+            consumer_rate: None,
+            consumer_daily_quota: None,
+            calls_per_second: 1e9,
+            call_burst: 1e9,
+            calls_in_flight: 1 << 20,
+            ..self
+        }
+    }
+}
+
+/// Lookups per second each consumer may make unless configured: far more
+/// than an administration's case workers and batch jobs make, far fewer
+/// than one consumer needs to take a broker's capacity from the others.
+pub const DEFAULT_LOOKUPS_PER_SECOND: f64 = 200.0;
+/// Lookups a consumer may make at once above that rate unless configured.
+pub const DEFAULT_LOOKUP_BURST: f64 = 1000.0;
+/// Lookups each consumer may make per calendar day unless configured.
+pub const DEFAULT_LOOKUPS_PER_DAY: u64 = 1_000_000;
+/// Calls per second to the other RPCs each organisation may make unless
+/// configured: registering files, consents, reading the registry, pulling
+/// changes are a person's or a batch's pace, not a flood's.
+pub const DEFAULT_CALLS_PER_SECOND: f64 = 50.0;
+/// Such calls an organisation may make at once unless configured.
+pub const DEFAULT_CALL_BURST: f64 = 200.0;
+/// Such calls of one organisation handled at once unless configured.
+pub const DEFAULT_CALLS_IN_FLIGHT: usize = 64;
 
 /// Changes per second a source may publish unless configured: about five
 /// times what one broker stores (docs/benchmarks.md), so that no honest
@@ -253,6 +296,71 @@ impl Drop for AuditCall {
     }
 }
 
+/// Why a call (other than a lookup) is not handled right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallRefusal {
+    /// Over the organisation's rate: a token is there after this long.
+    Rate(Duration),
+    /// As many of the organisation's calls in flight as allowed.
+    InFlight(usize),
+}
+
+/// The budget of every RPC but the lookups, per organisation: a token
+/// bucket, and a cap on calls being handled at once, so that one
+/// organisation's script cannot take the broker's store, register or
+/// audit log from the others.
+pub struct CallLimits {
+    rate: ConsumerLimits,
+    in_flight: usize,
+    slots: Mutex<HashMap<Kbo, Arc<Semaphore>>>,
+}
+
+/// Held while one of an organisation's calls is handled.
+#[derive(Debug)]
+pub struct CallSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl CallLimits {
+    pub fn new(settings: &LimitSettings) -> Self {
+        let rate = settings.calls_per_second.max(0.01);
+        CallLimits {
+            rate: ConsumerLimits {
+                rate: Some(rate),
+                burst: settings.call_burst.max(rate).max(1.0),
+                buckets: Mutex::new(HashMap::new()),
+                daily_quota: None,
+                used: Mutex::new(HashMap::new()),
+            },
+            in_flight: settings.calls_in_flight.max(1),
+            slots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets one of `org`'s calls in, or says why not. Never waits. The
+    /// slot is checked first, so that a call refused for being one too
+    /// many at once does not spend a token.
+    pub fn enter(&self, org: Kbo, now: Instant) -> Result<CallSlot, CallRefusal> {
+        let permit = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            // Organisations with nothing in flight are forgotten now and
+            // then, so the map holds at most the busy ones and the last few.
+            if slots.len() > 1024 {
+                let cap = self.in_flight;
+                slots.retain(|_, s| s.available_permits() < cap);
+            }
+            slots
+                .entry(org)
+                .or_insert_with(|| Arc::new(Semaphore::new(self.in_flight)))
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| CallRefusal::InFlight(self.in_flight))?
+        };
+        self.rate.admit(org, now).map_err(CallRefusal::Rate)?;
+        Ok(CallSlot { _permit: permit })
+    }
+}
+
 /// Why a lookup is not forwarded to its source right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceRefusal {
@@ -389,7 +497,10 @@ mod tests {
                 .is_ok(),
             "buckets are per consumer"
         );
-        let unlimited = ConsumerLimits::new(&LimitSettings::default());
+        let unlimited = ConsumerLimits::new(&LimitSettings {
+            consumer_rate: None,
+            ..Default::default()
+        });
         assert!((0..10_000).all(|_| unlimited.admit(kbo(), t0).is_ok()));
     }
 
@@ -455,6 +566,35 @@ mod tests {
         let probe = g.enter(much_later).expect("the next probe");
         g.record(probe, true, much_later);
         assert!(g.is_serving(), "a call succeeded");
+    }
+
+    #[test]
+    fn an_organisations_calls_are_capped_in_rate_and_in_flight() {
+        let limits = CallLimits::new(&LimitSettings {
+            calls_per_second: 2.0,
+            call_burst: 3.0,
+            calls_in_flight: 2,
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let a = limits.enter(kbo(), t0).expect("first");
+        let b = limits.enter(kbo(), t0).expect("second");
+        assert_eq!(
+            limits.enter(kbo(), t0).err(),
+            Some(CallRefusal::InFlight(2)),
+            "two at once at most"
+        );
+        drop((a, b));
+        limits.enter(kbo(), t0).expect("third, a slot freed");
+        assert!(
+            matches!(limits.enter(kbo(), t0), Err(CallRefusal::Rate(w)) if w > Duration::ZERO),
+            "the burst is spent"
+        );
+        let other = Kbo::parse("0566988259").expect("kbo");
+        assert!(limits.enter(other, t0).is_ok(), "per organisation");
+        limits
+            .enter(kbo(), t0 + Duration::from_millis(500))
+            .expect("refilled");
     }
 
     #[test]

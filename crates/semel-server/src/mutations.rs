@@ -14,7 +14,7 @@
 //! authorisation is checked again at that moment: one suspended or ended
 //! since the change was routed delivers nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +53,10 @@ pub(crate) const MAX_WAIT_MS: u64 = MAX_WAIT_S as u64 * 1000;
 const EVENT_IDS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);
 /// The most subscriptions one organisation holds open on one broker.
 const MAX_SUBSCRIPTIONS: usize = 4;
+/// Pulls of changes one organisation may have in progress on one broker:
+/// each may wait 30 seconds and reads the queue at every change, so more
+/// would only hold the broker's connections and store for the same changes.
+const MAX_PULLS: usize = 4;
 /// How often a subscription looks at its queue without being woken: the
 /// bound on how late a change published through another broker arrives.
 const POLL: Duration = Duration::from_millis(250);
@@ -912,27 +916,49 @@ fn start_after(after: u64, state: &QueueState) -> Result<u64, ApiError> {
 type EventStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<proto::SubscribeResponse, Status>> + Send>>;
 
-/// One of an organisation's subscriptions on this broker, given back when
-/// the subscription ends.
+/// Which of an organisation's open reads a [`Slot`] counts.
+#[derive(Clone, Copy)]
+enum Reads {
+    Subscriptions,
+    Pulls,
+}
+
+impl Reads {
+    fn counts(self, broker: &Broker) -> &std::sync::Mutex<HashMap<Kbo, usize>> {
+        match self {
+            Reads::Subscriptions => &broker.subscriptions,
+            Reads::Pulls => &broker.pulls,
+        }
+    }
+}
+
+/// One of an organisation's subscriptions (or pulls) on this broker, given
+/// back when it ends.
 struct Slot {
     broker: Arc<Broker>,
     org: Kbo,
+    reads: Reads,
 }
 
 impl Slot {
-    fn take(broker: &Arc<Broker>, org: Kbo) -> Option<Slot> {
-        let mut open = broker
-            .subscriptions
+    fn take(broker: &Arc<Broker>, org: Kbo, reads: Reads) -> Option<Slot> {
+        let mut open = reads
+            .counts(broker)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let n = open.entry(org).or_insert(0);
-        if *n >= MAX_SUBSCRIPTIONS {
+        let most = match reads {
+            Reads::Subscriptions => MAX_SUBSCRIPTIONS,
+            Reads::Pulls => MAX_PULLS,
+        };
+        if *n >= most {
             return None;
         }
         *n += 1;
         Some(Slot {
             broker: broker.clone(),
             org,
+            reads,
         })
     }
 }
@@ -940,8 +966,8 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self
-            .broker
-            .subscriptions
+            .reads
+            .counts(&self.broker)
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(n) = open.get_mut(&self.org) {
@@ -1064,7 +1090,10 @@ impl proto::mutation_service_server::MutationService for MutationService {
         &self,
         req: Request<proto::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = self.broker.admit(&req).await?;
+        let mut caller = self.broker.admit(&req).await?;
+        // A subscription is bounded by its own cap below, for as long as it
+        // is open; it does not hold one of the slots for calls in flight.
+        caller.slot = None;
         let credentials = {
             let c = Credentials::of(&req);
             Held {
@@ -1077,7 +1106,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
         let broker = self.broker.clone();
         // A few subscriptions per organisation: each reads the queue, and
         // more would only send the same changes again.
-        let slot = Slot::take(&broker, caller.org.kbo).ok_or_else(|| {
+        let slot = Slot::take(&broker, caller.org.kbo, Reads::Subscriptions).ok_or_else(|| {
             ApiError::retryable(
                 Code::ResourceExhausted,
                 "SUBSCRIPTIONS_EXCEEDED",
@@ -1190,6 +1219,18 @@ impl proto::mutation_service_server::MutationService for MutationService {
         req: Request<proto::PullMutationsRequest>,
     ) -> Result<Response<proto::PullMutationsResponse>, Status> {
         let mut caller = self.broker.admit(&req).await?;
+        // The call's slot in flight is held to the end, whichever caller
+        // the rounds below check.
+        let _in_flight = caller.slot.take();
+        let _pull = Slot::take(&self.broker, caller.org.kbo, Reads::Pulls).ok_or_else(|| {
+            ApiError::retryable(
+                Code::ResourceExhausted,
+                "SUBSCRIPTIONS_EXCEEDED",
+                format!(
+                    "your organisation has {MAX_PULLS} pulls in progress on this broker already; wait for their answers, then pull again"
+                ),
+            )
+        })?;
         let credentials = {
             let c = Credentials::of(&req);
             Held {

@@ -20,6 +20,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::audited::{Change, Undo, nothing_to_undo};
 use crate::convert::{format_date, parse_date, parse_kbo, timestamp};
 use crate::error::ApiError;
+use crate::limits::SourceRefusal;
 use crate::proto::{self, FetchRequest};
 use crate::state::{Broker, Caller};
 
@@ -81,6 +82,32 @@ impl Broker {
             )
         })?;
         change.source = Some(route.dataset.source);
+        // The register is asked through its guard, as a lookup asks it: at
+        // its cap, or with its circuit open, it is not called, so that a
+        // burst of files cannot pile calls on a register in trouble.
+        let pass = route.guard.enter(std::time::Instant::now()).map_err(
+            |refusal| match refusal {
+                SourceRefusal::Busy => ApiError {
+                    retry_after: Some(std::time::Duration::from_millis(100)),
+                    ..ApiError::new(
+                        Code::ResourceExhausted,
+                        "SOURCE_BUSY",
+                        "the register has as many calls in flight as it may take; retry shortly",
+                    )
+                },
+                SourceRefusal::CircuitOpen(wait) => ApiError {
+                    retry_after: Some(wait),
+                    ..ApiError::new(
+                        Code::Unavailable,
+                        "SOURCE_CIRCUIT_OPEN",
+                        format!(
+                            "the register failed repeatedly; calls to it fail fast for {} ms",
+                            wait.as_millis()
+                        ),
+                    )
+                },
+            },
+        )?;
         let mut client = route.client.clone();
         let call = client.fetch(FetchRequest {
             request_id: crate::state::new_id().to_string(),
@@ -93,7 +120,21 @@ impl Broker {
             authorisation_reference: String::new(),
         });
         let deadline = self.source_deadline();
-        match tokio::time::timeout(deadline, call).await {
+        let answer = tokio::time::timeout(deadline, call).await;
+        // Unreachable or too slow counts against the register's circuit;
+        // an answer, even "unknown", is a register that works.
+        let reachable = match &answer {
+            Ok(Ok(_)) => true,
+            Ok(Err(status)) => !matches!(
+                status.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled
+            ),
+            Err(_) => false,
+        };
+        route
+            .guard
+            .record(pass, reachable, std::time::Instant::now());
+        match answer {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(status)) if status.code() == Code::NotFound => Err(ApiError::not_found(
                 "CITIZEN_UNKNOWN",

@@ -378,7 +378,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "RESOURCE_EXHAUSTED",
         &["SUBSCRIPTIONS_EXCEEDED"],
-        "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`",
+        "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`. (`PullMutations`) your organisation has as many pulls in progress on this broker as it may (4); wait for their answers, then pull again",
     ),
     row(
         "RESOURCE_EXHAUSTED",
@@ -398,7 +398,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "RESOURCE_EXHAUSTED",
         &["RATE_LIMITED"],
-        "your organisation is over its rate of lookups (or of applications for membership, or of audit summaries); retry after the `RetryInfo` delay",
+        "your organisation is over its rate of lookups, or of other calls, or has as many calls in progress as it may (or, for applications for membership and audit summaries, their pace); retry after the `RetryInfo` delay",
     ),
     row(
         "RESOURCE_EXHAUSTED",

@@ -16,7 +16,10 @@ use semel_storage::{Storage, StorageError};
 use tonic::transport::Channel;
 
 use crate::error::ApiError;
-use crate::limits::{ConsumerLimits, LimitSettings, QuestionLimiter, RefusalBudget, SourceGuard};
+use crate::limits::{
+    CallLimits, CallRefusal, CallSlot, ConsumerLimits, LimitSettings, QuestionLimiter,
+    RefusalBudget, SourceGuard,
+};
 use crate::permissions::{Rpc, Rule};
 use crate::proto::source_service_client::SourceServiceClient;
 use crate::tls::{PeerCertificate, PeerIdentity};
@@ -141,6 +144,9 @@ pub struct Caller {
     pub roles: RoleSet,
     /// The RPC being called.
     pub rule: &'static Rule,
+    /// The organisation's slot for this call, when [`Broker::admit`] let it
+    /// in: given back when the last copy of the caller is dropped.
+    pub slot: Option<Arc<CallSlot>>,
 }
 
 impl Caller {
@@ -200,6 +206,8 @@ pub struct Broker {
     /// Audit calls in flight per organisation, and summaries per second.
     pub(crate) audit_calls: crate::limits::AuditCalls,
     pub(crate) audit_summaries: ConsumerLimits,
+    /// Every RPC but the lookups: a budget and a cap in flight per organisation.
+    pub(crate) calls: CallLimits,
     /// Serialises registry changes, so read-modify-write cannot interleave.
     pub(crate) admin: tokio::sync::Mutex<()>,
     /// Snapshot rebuilds in order: each reading of the registry takes a
@@ -224,6 +232,8 @@ pub struct Broker {
     pub(crate) closing: tokio::sync::watch::Sender<bool>,
     /// Subscriptions to changes open on this broker, per organisation.
     pub(crate) subscriptions: std::sync::Mutex<HashMap<Kbo, usize>>,
+    /// Pulls of changes in progress on this broker, per organisation.
+    pub(crate) pulls: std::sync::Mutex<HashMap<Kbo, usize>>,
 }
 
 impl Broker {
@@ -238,6 +248,7 @@ impl Broker {
         let refusals = RefusalBudget::new(&sources.limits);
         let audit_calls = crate::limits::AuditCalls::new(&sources.limits);
         let audit_summaries = ConsumerLimits::audit_summaries(&sources.limits);
+        let calls = CallLimits::new(&sources.limits);
         let broker = Arc::new(Broker {
             storage,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -251,6 +262,7 @@ impl Broker {
             refusals,
             audit_calls,
             audit_summaries,
+            calls,
             admin: tokio::sync::Mutex::new(()),
             readings: std::sync::atomic::AtomicU64::new(0),
             installed: Mutex::new(0),
@@ -260,6 +272,7 @@ impl Broker {
             mutations_queued: tokio::sync::watch::Sender::new(0),
             closing: tokio::sync::watch::Sender::new(false),
             subscriptions: std::sync::Mutex::default(),
+            pulls: std::sync::Mutex::default(),
         });
         broker
             .reload()
@@ -667,15 +680,62 @@ impl Broker {
             user,
             roles,
             rule,
+            slot: None,
         })
     }
 
     /// Like [`Broker::authorize`], for RPCs other than lookups: a refusal
-    /// whose organisation is known is recorded in the audit log.
+    /// whose organisation is known is recorded in the audit log. The call
+    /// then counts against its organisation's budget of calls and takes one
+    /// of its slots in flight (held by the caller returned), on both faces:
+    /// a script that loops on ListFiles, GiveConsent or PullMutations is
+    /// held to its own budget and leaves the store to the others. Lookups
+    /// (LookupBatch's stream too) have their own rate and quota per item.
     pub async fn admit<T>(&self, request: &tonic::Request<T>) -> Result<Caller, ApiError> {
-        match self.authorize(request) {
-            Ok(caller) => Ok(caller),
-            Err(denied) => Err(self.record_refusal(*denied, None).await),
+        let mut caller = match self.authorize(request) {
+            Ok(caller) => caller,
+            Err(denied) => return Err(self.record_refusal(*denied, None).await),
+        };
+        if caller.rule.method.starts_with("semel.v1.LookupService/") {
+            return Ok(caller);
+        }
+        match self.calls.enter(caller.org.kbo, std::time::Instant::now()) {
+            Ok(slot) => {
+                caller.slot = Some(Arc::new(slot));
+                Ok(caller)
+            }
+            Err(CallRefusal::Rate(wait)) => {
+                let error = ApiError {
+                    retry_after: Some(wait),
+                    ..ApiError::new(
+                        tonic::Code::ResourceExhausted,
+                        "RATE_LIMITED",
+                        format!(
+                            "your organisation exceeded its rate of calls ({} per second); retry in {} ms",
+                            self.sources.limits.calls_per_second,
+                            wait.as_millis().max(1)
+                        ),
+                    )
+                };
+                Err(self
+                    .refuse(&caller, error, ReasonCode::RateLimited, None)
+                    .await)
+            }
+            Err(CallRefusal::InFlight(cap)) => {
+                let error = ApiError {
+                    retry_after: Some(Duration::from_millis(100)),
+                    ..ApiError::new(
+                        tonic::Code::ResourceExhausted,
+                        "RATE_LIMITED",
+                        format!(
+                            "your organisation has {cap} calls in progress on this broker already; wait for their answers, then retry"
+                        ),
+                    )
+                };
+                Err(self
+                    .refuse(&caller, error, ReasonCode::RateLimited, None)
+                    .await)
+            }
         }
     }
 
