@@ -198,6 +198,7 @@ impl Demo {
                 cert: &files.cert,
                 key: &files.key,
                 client_ca: &pki.ca_cert(),
+                client_crls: &[pki.crl()],
             })?;
             let listener = TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -272,7 +273,11 @@ impl Demo {
             cert: broker_files.cert.clone(),
             key: broker_files.key.clone(),
             client_ca: pki.ca_cert(),
+            // The development CA's revocation list (`semel pki revoke`),
+            // which `DevPki::ensure` always writes.
+            client_crls: vec![pki.crl()],
             sources_ca: pki.ca_cert(),
+            sources_crls: vec![pki.crl()],
             tokens: TokenSettings {
                 audience: DEV_AUDIENCE.to_owned(),
                 leeway_s: 30,
