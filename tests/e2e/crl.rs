@@ -55,6 +55,35 @@ async fn assert_revoked_at_handshake(t: &TestDemo, files: &CertFiles, what: &str
     );
 }
 
+/// A TLS connection to the HTTP/JSON face with this certificate, read
+/// from until the server speaks: `Err` with the alert when it refuses the
+/// certificate. (TLS 1.3 completes the client's side of the handshake
+/// before the server has checked the certificate: its verdict comes with
+/// the first read.)
+async fn http_handshake(t: &TestDemo, files: &CertFiles) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
+    let config =
+        semel_server::tls::https_client_config(&t.pki().ca_cert(), &files.cert, &files.key)
+            .expect("config");
+    let tcp = tokio::net::TcpStream::connect(t.demo().http_addr.expect("HTTP/JSON served"))
+        .await
+        .expect("connect");
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(
+            rustls::pki_types::ServerName::try_from("127.0.0.1").expect("name"),
+            tcp,
+        )
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let mut byte = [0u8; 1];
+    // A guard, not a synchronisation: the refusal arrives at once.
+    match tokio::time::timeout(Duration::from_secs(10), tls.read(&mut byte)).await {
+        Ok(Err(e)) => Err(format!("{e:?}")),
+        Ok(Ok(_)) => Ok(()),
+        Err(_) => Ok(()),
+    }
+}
+
 #[tokio::test]
 async fn a_client_certificate_in_the_loaded_crl_fails_the_handshake_and_another_of_its_ca_works() {
     let t = TestDemo::start().await;
@@ -71,6 +100,11 @@ async fn a_client_certificate_in_the_loaded_crl_fails_the_handshake_and_another_
     lookup_with_certificate(&t, &kept)
         .await
         .expect("another certificate of the same CA still works");
+    // The HTTP/JSON face shares the verifier: the same handshake fails.
+    let err = http_handshake(&t, &revoked)
+        .await
+        .expect_err("HTTP/JSON face");
+    assert!(err.contains("CertificateRevoked"), "{err}");
     // The broker's registry knows nothing of it: the CA's revocation is
     // enough, no operator had to act.
     t.stop().await;

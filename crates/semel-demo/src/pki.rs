@@ -199,7 +199,16 @@ impl DevPki {
         let now = OffsetDateTime::now_utc();
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
-        ca.distinguished_name = dn("Semel development CA", None);
+        // Each CA its own name: CRLs are matched to their CA by name, so two
+        // development CAs in one bundle (a CA rotation) must not share one.
+        let tag: String = ca_key
+            .public_key_raw()
+            .iter()
+            .skip(1)
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ca.distinguished_name = dn(&format!("Semel development CA {tag}"), None);
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
