@@ -651,8 +651,8 @@ fn write_second_broker_config(
          listen = \"{listen}\"\n\
          data_dir = {dir}\n\
          \n[store]\nurl = {url}\n\
-         \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
-         \n[sources]\nca = {ca}\nregister_dataset = \"{register}\"\nallowed_endpoints = [\"127.0.0.1\"]\n\
+         \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\nclient_crls = [{crl}]\n\
+         \n[sources]\nca = {ca}\ncrls = [{crl}]\nregister_dataset = \"{register}\"\nallowed_endpoints = [\"127.0.0.1\"]\n\
          \n[operator]\nkbo = \"{kbo}\"\nname = {name}\n\
          \n[audit]\nsigning_key = {signing}\norigin = \"{origin}\"\ncheckpoint_every_ms = 1000\n\
          \n[tokens]\naudience = \"{audience}\"\n\
@@ -663,6 +663,7 @@ fn write_second_broker_config(
         cert = quoted(&broker.cert),
         key = quoted(&broker.key),
         ca = quoted(&pki.ca_cert()),
+        crl = quoted(&pki.crl()),
         register = semel_demo::seed::datasets::IDENTITY,
         kbo = operator.kbo.as_str(),
         name = toml::Value::String(operator.name.to_owned()),
