@@ -495,6 +495,7 @@ pub async fn start_test_source_as(
         cert: &files.cert,
         key: &files.key,
         client_ca: &t.pki().ca_cert(),
+        client_crls: &[],
     })
     .expect("tls");
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))

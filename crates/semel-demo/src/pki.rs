@@ -9,8 +9,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use semel_core::Kbo;
 use time::{Duration, OffsetDateTime};
@@ -28,7 +29,14 @@ pub enum PkiError {
     },
     #[error("generate a certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
+
+/// How long the development CA's revocation list is valid: the broker
+/// refuses the CA's certificates once it has expired, and
+/// [`DevPki::ensure`] signs it again well before.
+pub const CRL_VALIDITY: Duration = Duration::days(90);
 
 /// File names of one certificate and its key.
 #[derive(Debug, Clone)]
@@ -57,6 +65,109 @@ impl DevPki {
         self.dir.join("ca.crt")
     }
 
+    /// The CA's certificate revocation list (PEM), which `tls.client_crls`
+    /// and `sources.crls` may name.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("ca.crl")
+    }
+
+    /// The serial numbers the CA has revoked (hex, one a line): the CRL is
+    /// signed again from this list.
+    fn revoked_serials(&self) -> PathBuf {
+        self.dir.join("ca.revoked")
+    }
+
+    /// Revokes the certificate of this CA with this serial number (its
+    /// DER bytes): the serial joins the CRL, which is signed again. Returns
+    /// the CRL's path; a broker that loads it refuses the certificate once
+    /// it reloads.
+    pub fn revoke(&self, serial: &[u8]) -> Result<PathBuf, PkiError> {
+        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let mut serials = self.read_revoked()?;
+        if !serials.contains(&hex) {
+            serials.push(hex);
+            write(&self.revoked_serials(), &(serials.join("\n") + "\n"))?;
+        }
+        self.sign_crl(OffsetDateTime::now_utc() + CRL_VALIDITY)
+    }
+
+    fn read_revoked(&self) -> Result<Vec<String>, PkiError> {
+        match fs::read_to_string(self.revoked_serials()) {
+            Ok(text) => Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(source) => Err(PkiError::Io {
+                path: self.revoked_serials(),
+                source,
+            }),
+        }
+    }
+
+    /// Signs the CRL again, listing every revoked serial, valid until
+    /// `next_update` (tests of an expired CRL pass a time in the past).
+    pub fn sign_crl(&self, next_update: OffsetDateTime) -> Result<PathBuf, PkiError> {
+        let read =
+            |p: PathBuf| fs::read_to_string(&p).map_err(|source| PkiError::Io { path: p, source });
+        let key = KeyPair::from_pem(&read(self.dir.join("ca.key"))?)?;
+        let issuer = Issuer::from_ca_cert_pem(&read(self.ca_cert())?, key)?;
+        let now = OffsetDateTime::now_utc();
+        let revoked_certs = self
+            .read_revoked()?
+            .iter()
+            .map(|hex| {
+                let bytes = (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| {
+                        PkiError::Invalid(format!(
+                            "{}: {hex:?} is not a hex serial number",
+                            self.revoked_serials().display()
+                        ))
+                    })?;
+                Ok(RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&bytes),
+                    revocation_time: now,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+            })
+            .collect::<Result<Vec<_>, PkiError>>()?;
+        // The CRL number must grow with each list: the time does.
+        let number = (now.unix_timestamp_nanos() as u64).to_be_bytes();
+        let this_update = (now - Duration::minutes(5)).min(next_update - Duration::seconds(1));
+        let crl = CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from_slice(&number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&issuer)?;
+        write(&self.crl(), &crl.pem()?)?;
+        Ok(self.crl())
+    }
+
+    /// Signs an empty CRL if there is none, and signs it again when it
+    /// is older than a third of its validity, so a demo that runs now and
+    /// then never meets an expired list.
+    fn ensure_crl(&self) -> Result<(), PkiError> {
+        let fresh = fs::metadata(self.crl())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < CRL_VALIDITY.unsigned_abs() / 3);
+        if !fresh {
+            self.sign_crl(OffsetDateTime::now_utc() + CRL_VALIDITY)?;
+        }
+        Ok(())
+    }
+
     /// The files of the certificate issued to `file_stem`.
     pub fn files(&self, file_stem: &str) -> CertFiles {
         CertFiles {
@@ -78,6 +189,7 @@ impl DevPki {
                 f.cert.exists() && f.key.exists()
             });
         if complete {
+            pki.ensure_crl()?;
             return Ok(pki);
         }
         fs::create_dir_all(dir).map_err(|source| PkiError::Io {
@@ -87,7 +199,16 @@ impl DevPki {
         let now = OffsetDateTime::now_utc();
         let ca_key = KeyPair::generate()?;
         let mut ca = CertificateParams::default();
-        ca.distinguished_name = dn("Semel development CA", None);
+        // Each CA its own name: CRLs are matched to their CA by name, so two
+        // development CAs in one bundle (a CA rotation) must not share one.
+        let tag: String = ca_key
+            .public_key_raw()
+            .iter()
+            .skip(1)
+            .take(4)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        ca.distinguished_name = dn(&format!("Semel development CA {tag}"), None);
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -110,6 +231,9 @@ impl DevPki {
                 local_names()?,
             )?;
         }
+        // A new CA revokes nothing yet: the old CA's list goes with it.
+        let _ = fs::remove_file(pki.revoked_serials());
+        pki.sign_crl(now + CRL_VALIDITY)?;
         Ok(pki)
     }
 

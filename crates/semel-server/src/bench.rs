@@ -118,6 +118,7 @@ pub async fn run_bench_server(
         cert: &broker_files.cert,
         key: &broker_files.key,
         client_ca: &demo.pki.ca_cert(),
+        client_crls: &[],
     })?;
     let source_tls = tls::client_tls(&demo.pki.ca_cert(), &broker_files.cert, &broker_files.key)?;
     let source = demo

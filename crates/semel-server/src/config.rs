@@ -686,6 +686,11 @@ pub struct TlsSection {
     pub key: PathBuf,
     /// CA bundle that organisations' client certificates must chain to.
     pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER files) of those CAs and
+    /// their intermediates: a client certificate one of them lists fails
+    /// the handshake. Reloaded with the CA bundle.
+    #[serde(default)]
+    pub client_crls: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -711,6 +716,11 @@ pub struct SourcesSection {
     /// an internal network. The broker's own addresses stay refused.
     #[serde(default)]
     pub allowed_endpoints: Vec<String>,
+    /// Certificate revocation lists (PEM or DER files) of the sources' CAs:
+    /// a source whose certificate one of them lists is not called.
+    /// Reloaded with the CA bundle.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
     /// Lookups in flight to one source at most (default 1024).
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
@@ -754,6 +764,7 @@ impl Default for SourcesSection {
             deadline_ms: default_deadline_ms(),
             ca: None,
             allowed_endpoints: Vec::new(),
+            crls: Vec::new(),
             max_in_flight: default_max_in_flight(),
             breaker_failures: default_breaker_failures(),
             breaker_cooldown_ms: default_breaker_cooldown_ms(),
@@ -865,6 +876,15 @@ impl Config {
         }
         if let Some(ca) = config.sources.ca.as_mut().filter(|p| p.is_relative()) {
             *ca = base.join(&*ca);
+        }
+        for p in config
+            .tls
+            .client_crls
+            .iter_mut()
+            .chain(config.sources.crls.iter_mut())
+            .filter(|p| p.is_relative())
+        {
+            *p = base.join(&*p);
         }
         if let Some(mut file) = config.store.url_file.take() {
             if file.is_relative() {
@@ -988,6 +1008,17 @@ impl Config {
                 p.is_file(),
                 format!("{key}: {} is not a readable file", p.display()),
             );
+        }
+        for (key, crls) in [
+            ("tls.client_crls", &self.tls.client_crls),
+            ("sources.crls", &self.sources.crls),
+        ] {
+            for (i, p) in crls.iter().enumerate() {
+                ensure(
+                    p.is_file(),
+                    format!("{key}[{i}]: {} is not a readable file", p.display()),
+                );
+            }
         }
         for (i, issuer) in self.tokens.issuers.iter().enumerate() {
             ensure(
@@ -1191,12 +1222,23 @@ impl Config {
         {
             problems.push(format!("{e:#}"));
         }
+        for (key, crls) in [
+            ("tls.client_crls", &self.tls.client_crls),
+            ("sources.crls", &self.sources.crls),
+        ] {
+            for (i, p) in crls.iter().enumerate() {
+                if let Err(e) = tls::load_crls(std::slice::from_ref(p)) {
+                    problems.push(format!("{key}[{i}]: {e:#}"));
+                }
+            }
+        }
         if cert_ok && key_ok && ca_ok {
             // The key must be the certificate's.
             if let Err(e) = tls::server_config(&tls::TlsFiles {
                 cert: &self.tls.cert,
                 key: &self.tls.key,
                 client_ca: &self.tls.client_ca,
+                client_crls: &[],
             }) {
                 problems.push(format!("tls: {e:#}"));
             }

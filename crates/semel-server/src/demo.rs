@@ -198,6 +198,7 @@ impl Demo {
                 cert: &files.cert,
                 key: &files.key,
                 client_ca: &pki.ca_cert(),
+                client_crls: &[pki.crl()],
             })?;
             let listener = TcpListener::bind(("127.0.0.1", 0))
                 .await
@@ -272,7 +273,11 @@ impl Demo {
             cert: broker_files.cert.clone(),
             key: broker_files.key.clone(),
             client_ca: pki.ca_cert(),
+            // The development CA's revocation list (`semel pki revoke`),
+            // which `DevPki::ensure` always writes.
+            client_crls: vec![pki.crl()],
             sources_ca: pki.ca_cert(),
+            sources_crls: vec![pki.crl()],
             tokens: TokenSettings {
                 audience: DEV_AUDIENCE.to_owned(),
                 leeway_s: 30,
@@ -646,8 +651,8 @@ fn write_second_broker_config(
          listen = \"{listen}\"\n\
          data_dir = {dir}\n\
          \n[store]\nurl = {url}\n\
-         \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
-         \n[sources]\nca = {ca}\nregister_dataset = \"{register}\"\nallowed_endpoints = [\"127.0.0.1\"]\n\
+         \n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\nclient_crls = [{crl}]\n\
+         \n[sources]\nca = {ca}\ncrls = [{crl}]\nregister_dataset = \"{register}\"\nallowed_endpoints = [\"127.0.0.1\"]\n\
          \n[operator]\nkbo = \"{kbo}\"\nname = {name}\n\
          \n[audit]\nsigning_key = {signing}\norigin = \"{origin}\"\ncheckpoint_every_ms = 1000\n\
          \n[tokens]\naudience = \"{audience}\"\n\
@@ -658,6 +663,7 @@ fn write_second_broker_config(
         cert = quoted(&broker.cert),
         key = quoted(&broker.key),
         ca = quoted(&pki.ca_cert()),
+        crl = quoted(&pki.crl()),
         register = semel_demo::seed::datasets::IDENTITY,
         kbo = operator.kbo.as_str(),
         name = toml::Value::String(operator.name.to_owned()),

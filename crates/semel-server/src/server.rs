@@ -46,13 +46,17 @@ pub struct Prepared {
 }
 
 /// The files the broker can reload while it runs: its certificate and key,
-/// the CA bundles, and the issuers' keys.
+/// the CA bundles with their revocation lists, and the issuers' keys.
 #[derive(Debug, Clone)]
 pub struct ReloadFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// CRLs of the client CAs (`tls.client_crls`).
+    pub client_crls: Vec<PathBuf>,
     pub sources_ca: PathBuf,
+    /// CRLs of the sources' CAs (`sources.crls`).
+    pub sources_crls: Vec<PathBuf>,
     pub tokens: TokenSettings,
 }
 
@@ -64,6 +68,8 @@ impl ReloadFiles {
             self.client_ca.as_path(),
             self.sources_ca.as_path(),
         ];
+        paths.extend(self.client_crls.iter().map(PathBuf::as_path));
+        paths.extend(self.sources_crls.iter().map(PathBuf::as_path));
         paths.extend(self.tokens.issuers.iter().map(|i| i.jwks.as_path()));
         paths
     }
@@ -111,7 +117,7 @@ impl Reloader {
         self.tls.store(tls);
         self.broker.set_tokens(Arc::new(tokens));
         *self.stamps.lock().unwrap_or_else(|p| p.into_inner()) = now;
-        tracing::info!("certificates, CA bundles and issuers' keys reloaded");
+        tracing::info!("certificates, CA bundles, revocation lists and issuers' keys reloaded");
         Ok(())
     }
 
@@ -204,8 +210,14 @@ pub fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
         cert: &files.cert,
         key: &files.key,
         client_ca: &files.client_ca,
+        client_crls: &files.client_crls,
     })?;
-    let source_tls = tls::source_client_config(&files.sources_ca, &files.cert, &files.key)?;
+    let source_tls = tls::source_client_config(
+        &files.sources_ca,
+        &files.sources_crls,
+        &files.cert,
+        &files.key,
+    )?;
     let tokens = TokenVerifier::load(&files.tokens)?;
     Ok((tls, source_tls, tokens))
 }
@@ -217,7 +229,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         cert: config.tls.cert.clone(),
         key: config.tls.key.clone(),
         client_ca: config.tls.client_ca.clone(),
+        client_crls: config.tls.client_crls.clone(),
         sources_ca: config.sources_ca().to_path_buf(),
+        sources_crls: config.sources.crls.clone(),
         tokens: config.token_settings()?,
     };
     let (tls, source_tls, tokens) = load_all(&files)?;
@@ -857,7 +871,9 @@ mod reload_tests {
             cert: broker.cert.clone(),
             key: broker.key.clone(),
             client_ca: pki.ca_cert(),
+            client_crls: Vec::new(),
             sources_ca,
+            sources_crls: Vec::new(),
             tokens: TokenSettings {
                 audience: "semel".into(),
                 leeway_s: 30,

@@ -6,7 +6,7 @@
 //! place, [`PeerIdentity::from_certificate`], at the end of the handshake.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +15,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use semel_core::{CertificateId, Kbo};
@@ -148,6 +148,16 @@ pub fn certificate_ids(path: &Path) -> anyhow::Result<CertificateIds> {
     })
 }
 
+/// The serial number of the first certificate in a PEM file, as its DER
+/// encoding holds it (what a CRL lists).
+pub fn certificate_serial(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let certs = load_certs(path)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs[0].as_ref()).map_err(|e| {
+        anyhow::anyhow!("{}: the certificate cannot be parsed: {e}", path.display())
+    })?;
+    Ok(cert.raw_serial().to_vec())
+}
+
 /// OID of organizationIdentifier (ETSI EN 319 412-1).
 const ORGANIZATION_IDENTIFIER: &str = "2.5.4.97";
 
@@ -259,6 +269,8 @@ pub struct TlsFiles<'a> {
     pub key: &'a Path,
     /// CA bundle that client certificates must chain to.
     pub client_ca: &'a Path,
+    /// Revocation lists of those CAs (and their intermediates).
+    pub client_crls: &'a [PathBuf],
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -266,19 +278,22 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// A server config: our certificate, and client certificates verified
-/// against the CA bundle. A client without a certificate completes the
-/// handshake, so it can be told clearly (UNAUTHENTICATED) what is missing; a
-/// certificate that does not verify fails the handshake.
+/// against the CA bundle and its revocation lists. A client without a
+/// certificate completes the handshake, so it can be told clearly
+/// (UNAUTHENTICATED) what is missing; a certificate that does not verify, or
+/// that its CA revoked, fails the handshake.
 pub fn server_config(files: &TlsFiles<'_>) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = load_certs(files.cert)?;
     let key = load_private_key(files.key)?;
-    let mut roots = RootCertStore::empty();
-    for ca in load_certs(files.client_ca)? {
-        roots
-            .add(ca)
-            .with_context(|| format!("add CA from {}", files.client_ca.display()))?;
-    }
+    let roots = load_roots(files.client_ca)?;
+    let crls = load_crls(files.client_crls)?;
+    // The revocation policy (see `load_crls`): a certificate whose issuer
+    // has no configured CRL is checked as before CRLs existed, one whose
+    // issuer's CRL has passed its nextUpdate is refused.
     let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .with_crls(crls)
+        .allow_unknown_revocation_status()
+        .enforce_revocation_expiration()
         .allow_unauthenticated()
         .build()
         .context("build the client certificate verifier")?;
@@ -290,6 +305,59 @@ pub fn server_config(files: &TlsFiles<'_>) -> anyhow::Result<Arc<ServerConfig>> 
         .with_context(|| format!("use certificate {}", files.cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The CA certificates of a PEM bundle, as trust anchors.
+fn load_roots(path: &Path) -> anyhow::Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for ca in load_certs(path)? {
+        roots
+            .add(ca)
+            .with_context(|| format!("add CA from {}", path.display()))?;
+    }
+    Ok(roots)
+}
+
+/// The certificate revocation lists in these files: each PEM (one or more
+/// `X509 CRL` blocks) or DER (one CRL), and each must hold at least one, so
+/// a truncated or misnamed file fails the load (and a reload keeps the
+/// running configuration) rather than silently checking nothing.
+///
+/// The policy the verifiers apply with them: a certificate is refused if a
+/// CRL of its issuer lists it (the whole chain is checked, so a revoked
+/// intermediate refuses what it issued); an issuer without a configured
+/// CRL is not checked (a bundle may hold CAs whose CRLs the operator does
+/// not fetch, and refusing them all would be an outage, not a policy); and
+/// a configured CRL past its nextUpdate refuses every certificate of its
+/// issuer: a stale list may miss the revocation that matters, and the
+/// operator's CRL refresh job failing must show, not pass silently.
+pub(crate) fn load_crls(
+    paths: &[PathBuf],
+) -> anyhow::Result<Vec<CertificateRevocationListDer<'static>>> {
+    let mut crls = Vec::new();
+    for path in paths {
+        let bytes = std::fs::read(path).with_context(|| format!("read CRL {}", path.display()))?;
+        let found = if bytes.windows(11).any(|w| w == b"-----BEGIN ") {
+            CertificateRevocationListDer::pem_slice_iter(&bytes)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parse CRL {}", path.display()))?
+        } else {
+            vec![CertificateRevocationListDer::from(bytes)]
+        };
+        anyhow::ensure!(
+            !found.is_empty(),
+            "{} holds no certificate revocation list (PEM \"X509 CRL\" or DER)",
+            path.display()
+        );
+        // Parsed here, so a damaged file names itself rather than the
+        // verifier it would have failed to build.
+        for crl in &found {
+            x509_parser::parse_x509_crl(crl.as_ref())
+                .map_err(|e| anyhow::anyhow!("{}: not a usable CRL: {e}", path.display()))?;
+        }
+        crls.extend(found);
+    }
+    Ok(crls)
 }
 
 /// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1).
@@ -426,24 +494,29 @@ pub fn kbo_of(der: Option<&CertificateDer<'_>>) -> Result<Kbo, String> {
 }
 
 /// The rustls client config for calling sources: trust `ca` (the CA of the
-/// sources' server certificates), present the broker's `cert`/`key`, speak
-/// HTTP/2. Which organisation the source must be is checked per dataset,
-/// after the handshake (`source_channel`).
+/// sources' server certificates) minus what `crls` revoke (with the policy
+/// of [`load_crls`]), present the broker's `cert`/`key`, speak HTTP/2.
+/// Which organisation the source must be is checked per dataset, after the
+/// handshake (`source_channel`).
 pub fn source_client_config(
     ca: &Path,
+    crls: &[PathBuf],
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots
-            .add(c)
-            .with_context(|| format!("add CA from {}", ca.display()))?;
-    }
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(load_roots(ca)?),
+        provider(),
+    )
+    .with_crls(load_crls(crls)?)
+    .allow_unknown_revocation_status()
+    .enforce_revocation_expiration()
+    .build()
+    .context("build the source certificate verifier")?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("choose TLS versions")?
-        .with_root_certificates(roots)
+        .with_webpki_verifier(verifier)
         .with_client_auth_cert(load_certs(cert)?, load_private_key(key)?)
         .with_context(|| format!("use certificate {}", cert.display()))?;
     config.alpn_protocols = vec![b"h2".to_vec()];
@@ -458,12 +531,7 @@ pub fn https_client_config(
     cert: &Path,
     key: &Path,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let mut roots = RootCertStore::empty();
-    for c in load_certs(ca)? {
-        roots
-            .add(c)
-            .with_context(|| format!("add CA from {}", ca.display()))?;
-    }
+    let roots = load_roots(ca)?;
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .context("choose TLS versions")?

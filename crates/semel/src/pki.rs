@@ -43,6 +43,18 @@ pub enum PkiCommand {
         #[arg(long, default_value = "semel-data/pki")]
         dir: PathBuf,
     },
+    /// Revoke a certificate the CA in DIR issued: its serial joins DIR/ca.crl, signed again.
+    /// A broker whose tls.client_crls (or sources.crls) names that file refuses the
+    /// certificate at the handshake once it reloads (SIGHUP). This is the CA's revocation;
+    /// `semel admin cert revoke` is the operator's own.
+    Revoke {
+        /// The development PKI directory.
+        #[arg(long, default_value = "semel-data/pki")]
+        dir: PathBuf,
+        /// The certificate to revoke (PEM).
+        #[arg(long)]
+        cert: PathBuf,
+    },
     /// Print a certificate's SHA-256 fingerprint and serial, as revocations name them.
     Fingerprint {
         /// The certificate (PEM).
@@ -94,6 +106,21 @@ pub fn run(command: PkiCommand, json: bool) -> anyhow::Result<ExitCode> {
                     "public keys (JWKS, for [[tokens.issuers]])",
                     path(&issuer.jwks_file()),
                 ),
+            ]
+        }
+        PkiCommand::Revoke { dir, cert } => {
+            anyhow::ensure!(
+                dir.join("ca.key").is_file(),
+                "{} holds no development CA (ca.key)",
+                dir.display()
+            );
+            let pki = DevPki { dir };
+            let serial = semel_server::tls::certificate_serial(&cert)?;
+            let crl = pki.revoke(&serial)?;
+            let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+            vec![
+                ("revoked_serial", "revoked serial", hex),
+                ("crl", "revocation list", path(&crl)),
             ]
         }
         PkiCommand::Fingerprint { cert } => {

@@ -296,6 +296,49 @@ fn serve_config(dir: &Path, extra: &str) -> std::path::PathBuf {
 }
 
 #[test]
+fn pki_revoke_writes_a_crl_that_check_config_reads() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = serve_config(dir.path(), "[sources]\ncrls = [\"pki/ca.crl\"]\n");
+    let pki = dir.path().join("pki");
+    let out = Command::new(env!("CARGO_BIN_EXE_semel"))
+        .args(["pki", "--json", "revoke", "--dir"])
+        .arg(&pki)
+        .arg("--cert")
+        .arg(pki.join("broker.crt"))
+        .output()
+        .expect("run semel");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["crl"], pki.join("ca.crl").display().to_string(), "{v}");
+    assert!(
+        v["revoked_serial"].as_str().is_some_and(|s| !s.is_empty()),
+        "{v}"
+    );
+    let check = || {
+        Command::new(env!("CARGO_BIN_EXE_semel"))
+            .args(["serve", "--check-config", "--config"])
+            .arg(&config)
+            .output()
+            .expect("run semel")
+    };
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(pki.join("ca.crl"), "-----BEGIN X509 CRL-----\nMIIB\n").expect("damage");
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sources.crls[0]"), "{stderr}");
+}
+
+#[test]
 fn check_config_loads_every_file_and_reports_every_problem() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Every key of the HTTP/JSON face's section is accepted.
