@@ -237,8 +237,12 @@ async fn register_file_is_refused_while_the_register_is_at_its_cap() {
     };
     let t = TestDemo::start_with(limits, Duration::from_secs(10)).await;
     let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let slow = start_test_source(
+    // The register is the national register's: its stand-in must hold that
+    // organisation's certificate (a source proves it owns its dataset).
+    let register = semel_demo::seed::org("national-register").expect("org").kbo;
+    let slow = start_test_source_as(
         &t,
+        register.as_str(),
         TestSource {
             delay: Duration::from_secs(8),
             extra: false,
