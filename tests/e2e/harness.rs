@@ -724,3 +724,41 @@ pub async fn http_send(
         raw,
     }
 }
+
+/// The demo's registry exported as reviewed files (`semel registry
+/// export`), into a temporary directory, as an operator starts an edit.
+pub async fn export_registry(t: &TestDemo) -> tempfile::TempDir {
+    let mut reg = t.registry().await;
+    let organisations = reg
+        .list_organisations(proto::ListOrganisationsRequest {})
+        .await
+        .expect("orgs")
+        .into_inner()
+        .organisations;
+    let purposes = reg
+        .list_purposes(proto::ListPurposesRequest {})
+        .await
+        .expect("purposes")
+        .into_inner()
+        .purposes;
+    let datasets = reg
+        .list_datasets(proto::ListDatasetsRequest {})
+        .await
+        .expect("datasets")
+        .into_inner()
+        .datasets;
+    let authorisations = reg
+        .list_authorisations(proto::ListAuthorisationsRequest::default())
+        .await
+        .expect("auths")
+        .into_inner()
+        .authorisations;
+    let dir = tempfile::tempdir().expect("dir");
+    for (name, text) in
+        semel_client::registry_files::export(&organisations, &purposes, &datasets, &authorisations)
+            .expect("export")
+    {
+        std::fs::write(dir.path().join(name), text).expect("write");
+    }
+    dir
+}

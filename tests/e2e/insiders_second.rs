@@ -257,37 +257,7 @@ async fn files_that_amend_and_revoke_at_once_are_a_revocation() {
     use semel_client::registry_files;
     let t = TestDemo::start().await;
     let mut reg = t.registry().await;
-    let organisations = reg
-        .list_organisations(proto::ListOrganisationsRequest {})
-        .await
-        .expect("orgs")
-        .into_inner()
-        .organisations;
-    let purposes = reg
-        .list_purposes(proto::ListPurposesRequest {})
-        .await
-        .expect("purposes")
-        .into_inner()
-        .purposes;
-    let datasets = reg
-        .list_datasets(proto::ListDatasetsRequest {})
-        .await
-        .expect("datasets")
-        .into_inner()
-        .datasets;
-    let authorisations = reg
-        .list_authorisations(proto::ListAuthorisationsRequest::default())
-        .await
-        .expect("auths")
-        .into_inner()
-        .authorisations;
-    let dir = tempfile::tempdir().expect("dir");
-    for (name, text) in
-        registry_files::export(&organisations, &purposes, &datasets, &authorisations)
-            .expect("export")
-    {
-        std::fs::write(dir.path().join(name), text).expect("write");
-    }
+    let dir = export_registry(&t).await;
     // BSC/2024/017 loses a field and is revoked, in one edit.
     let path = dir.path().join("authorisations.toml");
     let text = std::fs::read_to_string(&path).expect("read");
@@ -550,30 +520,7 @@ async fn a_change_too_large_for_its_entry_is_refused_never_recorded_cut() {
     assert!(t.audit_size().await > before);
 
     // Through files: refused in the plan, the dry run included.
-    let organisations = reg
-        .list_organisations(proto::ListOrganisationsRequest {})
-        .await
-        .expect("orgs")
-        .into_inner()
-        .organisations;
-    let purposes = reg
-        .list_purposes(proto::ListPurposesRequest {})
-        .await
-        .expect("purposes")
-        .into_inner()
-        .purposes;
-    let authorisations = reg
-        .list_authorisations(proto::ListAuthorisationsRequest::default())
-        .await
-        .expect("auths")
-        .into_inner()
-        .authorisations;
-    let dir = tempfile::tempdir().expect("dir");
-    for (name, text) in
-        registry_files::export(&organisations, &purposes, &listed, &authorisations).expect("export")
-    {
-        std::fs::write(dir.path().join(name), text).expect("write");
-    }
+    let dir = export_registry(&t).await;
     let mut request = registry_files::read_dir(dir.path()).expect("read").request;
     request.datasets.push(huge);
     for dry_run in [true, false] {
