@@ -1063,37 +1063,7 @@ async fn the_registry_round_trips_through_reviewed_files() {
     c.lookup(street.clone()).await.expect("allowed before");
 
     // Export.
-    let organisations = reg
-        .list_organisations(proto::ListOrganisationsRequest {})
-        .await
-        .expect("orgs")
-        .into_inner()
-        .organisations;
-    let purposes = reg
-        .list_purposes(proto::ListPurposesRequest {})
-        .await
-        .expect("purposes")
-        .into_inner()
-        .purposes;
-    let datasets = reg
-        .list_datasets(proto::ListDatasetsRequest {})
-        .await
-        .expect("datasets")
-        .into_inner()
-        .datasets;
-    let authorisations = reg
-        .list_authorisations(proto::ListAuthorisationsRequest::default())
-        .await
-        .expect("auths")
-        .into_inner()
-        .authorisations;
-    let dir = tempfile::tempdir().expect("dir");
-    for (name, text) in
-        registry_files::export(&organisations, &purposes, &datasets, &authorisations)
-            .expect("export")
-    {
-        std::fs::write(dir.path().join(name), text).expect("write");
-    }
+    let dir = export_registry(&t).await;
     let apply = |read: &registry_files::Read, dry_run: bool| {
         let mut r = read.request.clone();
         r.dry_run = dry_run;
