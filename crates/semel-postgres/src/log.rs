@@ -48,6 +48,27 @@ struct Counters {
     commit_micros: AtomicU64,
     /// Why the last batch failed, until one succeeds.
     failure: std::sync::Mutex<Option<String>>,
+    /// Why the log stopped taking entries for good (an integrity failure):
+    /// every batch is refused with it until the broker restarts.
+    halted: std::sync::Mutex<Option<String>>,
+}
+
+impl Counters {
+    fn halted(&self) -> Option<String> {
+        self.halted
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Stops the log taking entries until restart; the first reason stands.
+    fn halt(&self, why: String) {
+        let mut halted = self.halted.lock().unwrap_or_else(|p| p.into_inner());
+        if halted.is_none() {
+            tracing::error!(reason = %why, "the audit log stops taking entries until restart");
+            *halted = Some(why);
+        }
+    }
 }
 
 /// One broker's audit log on PostgreSQL.
@@ -131,6 +152,13 @@ impl PgAuditLog {
                 let (records, replies): (Vec<_>, Vec<_>) =
                     batch.into_iter().map(|p| (p.record, p.reply)).unzip();
                 let n = replies.len() as u64;
+                if let Some(why) = c.halted() {
+                    c.answered.fetch_add(n, Relaxed);
+                    for reply in replies {
+                        let _ = reply.send(Err(why.clone()));
+                    }
+                    continue;
+                }
                 let started = std::time::Instant::now();
                 let result = writer.append(records).await;
                 c.commits.fetch_add(1, Relaxed);
@@ -324,11 +352,17 @@ impl AuditStore for PgAuditLog {
     }
 
     fn failure(&self) -> Option<String> {
-        self.counters
-            .failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.counters.halted().or_else(|| {
+            self.counters
+                .failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
+    }
+
+    fn halt(&self, why: String) {
+        self.counters.halt(why)
     }
 
     fn archived(&self) -> ArchiveState {

@@ -29,6 +29,7 @@ mod mutations;
 pub mod openapi;
 pub mod permissions;
 mod persons;
+pub mod readiness;
 pub mod reasons;
 pub mod reference;
 pub mod reflection;

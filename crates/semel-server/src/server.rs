@@ -750,18 +750,24 @@ pub fn source_health_name(kbo: &Kbo) -> String {
 
 /// Keeps `grpc.health.v1` current, every second: lookups are NOT_SERVING
 /// while the audit log refuses entries (the embedded log, once failed
-/// closed, until a restart; PostgreSQL until it can be reached again), and
-/// each registered source is NOT_SERVING while its circuit is open.
+/// closed, until a restart; PostgreSQL until it can be reached again, or
+/// until a restart once it stopped for an integrity failure) or while one
+/// of the broker's readiness conditions holds, and each registered source
+/// is NOT_SERVING while its circuit is open.
 async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::HealthReporter) {
     let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut audit_failed = false;
+    let mut unready: Option<String> = None;
     let mut known: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
     loop {
         interval.tick().await;
-        match broker.storage().audit.failure() {
-            Some(why) if !audit_failed => {
-                audit_failed = true;
-                tracing::error!(reason = %why, "audit log failed: lookups reported NOT_SERVING");
+        let why = match (broker.storage().audit.failure(), broker.readiness.why()) {
+            (Some(audit), Some(other)) => Some(format!("audit log: {audit}; {other}")),
+            (Some(audit), None) => Some(format!("audit log: {audit}")),
+            (None, other) => other,
+        };
+        match (&why, &unready) {
+            (Some(why), None) => {
+                tracing::error!(reason = %why, "lookups reported NOT_SERVING");
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;
@@ -769,9 +775,8 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
                     .set_not_serving::<LookupServiceServer<LookupService>>()
                     .await;
             }
-            None if audit_failed => {
-                audit_failed = false;
-                tracing::info!("audit log records again: lookups reported SERVING");
+            (None, Some(_)) => {
+                tracing::info!("lookups reported SERVING again");
                 health
                     .set_service_status("", tonic_health::ServingStatus::Serving)
                     .await;
@@ -781,6 +786,7 @@ async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::Hea
             }
             _ => {}
         }
+        unready = why;
         // A source is serving unless the circuit of one of its endpoints
         // opened and no call has succeeded since (the cooldown's end alone
         // proves nothing).

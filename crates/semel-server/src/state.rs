@@ -234,6 +234,9 @@ pub struct Broker {
     pub(crate) subscriptions: std::sync::Mutex<HashMap<Kbo, usize>>,
     /// Pulls of changes in progress on this broker, per organisation.
     pub(crate) pulls: std::sync::Mutex<HashMap<Kbo, usize>>,
+    /// Why the broker should not be sent lookups now, besides its audit
+    /// log failing (health reports NOT_SERVING while any condition holds).
+    pub readiness: crate::readiness::Readiness,
 }
 
 impl Broker {
@@ -273,6 +276,7 @@ impl Broker {
             closing: tokio::sync::watch::Sender::new(false),
             subscriptions: std::sync::Mutex::default(),
             pulls: std::sync::Mutex::default(),
+            readiness: crate::readiness::Readiness::default(),
         });
         broker
             .reload()

@@ -321,6 +321,12 @@ pub trait AuditStore: Send + Sync {
     /// Why the log cannot take entries now, if it cannot (for health).
     fn failure(&self) -> Option<String>;
 
+    /// Stops taking entries until the broker restarts: an integrity
+    /// failure found outside the store (a witness that saw a longer or
+    /// another history, say). Every later append is refused with `why`, and
+    /// [`AuditStore::failure`] reports it; nothing clears it but a restart.
+    fn halt(&self, why: String);
+
     /// How much of the log is archived.
     fn archived(&self) -> ArchiveState;
     /// Moves entries older than the cutoff (µs since the epoch) out of the

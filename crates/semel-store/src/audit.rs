@@ -340,6 +340,17 @@ impl AuditLog {
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Fails the log closed from outside (an integrity failure found by
+    /// the broker): every later append is refused until restart.
+    pub fn halt(&self, why: String) {
+        let mut p = lock(&self.shared.progress);
+        if p.failed.is_none() {
+            p.failed = Some(why);
+        }
+        drop(p);
+        self.shared.indexed_changed.notify_all();
+    }
+
     /// Why the log refuses appends, once a write or sync has failed.
     pub fn failure(&self) -> Option<String> {
         lock(&self.shared.progress).failed.clone()

@@ -105,6 +105,10 @@ impl AuditStore for EmbeddedAudit {
         self.0.audit().failure()
     }
 
+    fn halt(&self, why: String) {
+        self.0.audit().halt(why)
+    }
+
     fn archived(&self) -> ArchiveState {
         self.0.audit().archived()
     }
