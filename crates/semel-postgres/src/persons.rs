@@ -190,7 +190,7 @@ impl PgPersons {
                     tracing::error!(
                         table,
                         audit_sequence = ?sequence,
-                        "a row was not honoured: {why}; the database holds a row no broker made as it stands (docs/operator-guide.md, unsealed rows)"
+                        "a row was not honoured: {why}; the database holds a row no broker made as it stands (docs/storage-postgresql.md, \"No rule without its entry\")"
                     );
                 }
             }
