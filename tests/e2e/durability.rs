@@ -31,11 +31,13 @@ async fn state_survives_a_restart() {
         })
         .await
         .expect("suspend");
-    // Four lookups and the suspension; the query's own entry follows them.
+    // The demo's seed, four lookups and the suspension; the query's own
+    // entry follows them.
     let before = t.all_audit_entries().await;
-    assert_eq!(before.len(), 5);
+    assert_eq!(before.len(), 6);
+    assert!(is_seed(&before[0]), "{:?}", before[0]);
     assert_eq!(
-        before[4].operation,
+        before[5].operation,
         "semel.v1.RegistryService/SuspendAuthorisation"
     );
     let head = t
@@ -45,7 +47,7 @@ async fn state_survives_a_restart() {
         .await
         .expect("head")
         .into_inner();
-    assert_eq!(head.size, 6);
+    assert_eq!(head.size, 7);
     drop(c);
     let dir = t.stop().await;
 
@@ -81,12 +83,12 @@ async fn state_survives_a_restart() {
         .await
         .expect("allowed after restart");
     let after = t.all_audit_entries().await;
-    assert_eq!(after.len(), 7);
+    assert_eq!(after.len(), 8);
     assert_eq!(
-        after[6].previous_hash, head.head_hash,
+        after[7].previous_hash, head.head_hash,
         "the chain continues across the restart"
     );
-    assert_eq!(after[..5], before[..]);
+    assert_eq!(after[..6], before[..]);
     t.stop().await;
 }
 

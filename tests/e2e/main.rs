@@ -20,6 +20,7 @@ mod mutations;
 mod only_once;
 mod registry_and_identity;
 mod rpc_limits;
+mod sealed_rows;
 mod serve;
 mod source_binding;
 mod standard;

@@ -41,6 +41,8 @@ mod only_once;
 mod registry_and_identity;
 #[path = "../e2e/rpc_limits.rs"]
 mod rpc_limits;
+#[path = "../e2e/sealed_rows.rs"]
+mod sealed_rows;
 #[path = "../e2e/serve.rs"]
 mod serve;
 #[path = "../e2e/source_binding.rs"]

@@ -130,6 +130,13 @@ impl NoteSigner {
         )
     }
 
+    /// The key that seals rows written by the brokers of this log (see
+    /// [`crate::seal`]): derived from the signing key, so every broker of
+    /// one log holds it and nobody without the signing key does.
+    pub fn row_sealer(&self) -> crate::seal::RowSealer {
+        crate::seal::RowSealer::derive(&self.key.to_bytes())
+    }
+
     /// The signed note of a checkpoint.
     pub fn sign(&self, checkpoint: &Checkpoint) -> String {
         let body = checkpoint.body();

@@ -19,6 +19,7 @@ mod names;
 mod niss;
 pub mod persons;
 mod registry;
+pub mod seal;
 
 pub use audit::{
     AuditDecision, AuditEntry, AuditRecord, DecodeError, FORMAT, Hash, LOOKUP_OPERATION,

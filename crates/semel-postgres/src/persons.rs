@@ -8,8 +8,10 @@
 use crate::registry::{decode, encode};
 use crate::{Conn, PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
-use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
-use semel_storage::{PersonsChange, PersonsChanges, PersonsStore, StorageError};
+use semel_core::seal::{EntryRef, RowSealer};
+use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile, entry_hash};
+use semel_storage::{Appended, PersonsChange, PersonsChanges, PersonsStore, StorageError};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Connections to the persons directory per broker: every lookup reads it
 /// (a number's resolution, the consumer's files, consents), so lookups must
@@ -34,7 +36,17 @@ pub struct PgPersons {
     pool: Pool,
     feed: tokio::sync::Mutex<Conn>,
     pruning: tokio::task::JoinHandle<()>,
+    /// Seals the rows this broker writes and checks every row read (no
+    /// rule without its entry); `None` honours rows as stored, for tests
+    /// of this crate that run no log. A broker always seals.
+    sealer: Option<RowSealer>,
+    /// Rows read and not honoured since start.
+    unsealed: AtomicU64,
 }
+
+/// A row read with what binds it to its entry: its value, the entry it
+/// names, its seal, and that entry's encoding as the log holds it.
+const SEALED_COLUMNS: &str = "r.value::text, r.audit_sequence, r.audit_hash, r.seal, e.encoding";
 
 impl Drop for PgPersons {
     fn drop(&mut self) {
@@ -101,7 +113,140 @@ impl PgPersons {
             pool,
             feed,
             pruning,
+            sealer: None,
+            unsealed: AtomicU64::new(0),
         })
+    }
+
+    /// Seals rows with `sealer` and honours only rows whose seal verifies
+    /// and whose entry is in the log as sealed.
+    pub fn sealed_by(mut self, sealer: RowSealer) -> PgPersons {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// Runs a query over `SEALED_COLUMNS` and keeps the rows honoured:
+    /// those whose value `belongs` where it was found (its key columns say
+    /// what its value says), and, when sealing, whose seal verifies over
+    /// the value, the table and the entry named, and whose entry is in the
+    /// log with the hash named. Every other row is counted and reported.
+    async fn honoured<T>(
+        &self,
+        table: &'static str,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        belongs: impl Fn(&T) -> bool,
+    ) -> Result<Vec<T>, StorageError>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize,
+    {
+        let mut conn = self.pool.get().await;
+        let result = conn.client().await?.query(sql, params).await;
+        conn.suspect = result.is_err();
+        let rows = result.map_err(PgError::from)?;
+        drop(conn);
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let value: T = decode(r.get(0))?;
+            let sequence: Option<i64> = r.get(1);
+            let why = if !belongs(&value) {
+                Some("its key columns do not say what its value says")
+            } else if let Some(sealer) = &self.sealer {
+                let hash: Option<Vec<u8>> = r.get(2);
+                let seal: Option<Vec<u8>> = r.get(3);
+                let encoding: Option<Vec<u8>> = r.get(4);
+                match (sequence, hash, seal, encoding) {
+                    (None, ..) | (_, None, ..) | (_, _, None, _) => {
+                        Some("it carries no seal (written outside a broker, or its entry failed)")
+                    }
+                    (Some(_), Some(_), Some(_), None) => {
+                        Some("the audit entry it names is missing")
+                    }
+                    (Some(sequence), Some(hash), Some(seal), Some(encoding)) => {
+                        let entry = <[u8; 32]>::try_from(hash.as_slice())
+                            .ok()
+                            .zip(u64::try_from(sequence).ok())
+                            .map(|(hash, sequence)| EntryRef { sequence, hash });
+                        match entry {
+                            None => Some("the audit entry it names is malformed"),
+                            Some(entry) if entry_hash(&encoding) != entry.hash => Some(
+                                "the audit entry it names differs from the one it was sealed with",
+                            ),
+                            Some(entry) => {
+                                let row = encode(&value)?;
+                                (!sealer.verifies(table, row.as_bytes(), &entry, &seal))
+                                    .then_some("its seal does not verify")
+                            }
+                        }
+                    }
+                }
+            } else {
+                None
+            };
+            match why {
+                None => out.push(value),
+                Some(why) => {
+                    self.unsealed.fetch_add(1, Relaxed);
+                    tracing::error!(
+                        table,
+                        audit_sequence = ?sequence,
+                        "a row was not honoured: {why}; the database holds a row no broker made as it stands (docs/storage-postgresql.md, \"No rule without its entry\")"
+                    );
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Seals rows of `table` as made by `entry`, where their value is
+    /// still the one given (keys and canonical values in the same order).
+    async fn seal_rows(
+        &self,
+        table: &'static str,
+        keys: &[Vec<String>],
+        values: Vec<String>,
+        entry: Appended,
+    ) -> Result<(), StorageError> {
+        let Some(sealer) = &self.sealer else {
+            return Ok(());
+        };
+        let at = EntryRef {
+            sequence: entry.sequence,
+            hash: entry.hash,
+        };
+        let seals: Vec<Vec<u8>> = values
+            .iter()
+            .map(|v| sealer.seal(table, v.as_bytes(), &at).to_vec())
+            .collect();
+        let sequence = i64::try_from(entry.sequence)
+            .map_err(|_| StorageError::OutOfRange("an audit sequence beyond i64".into()))?;
+        let hash = entry.hash.to_vec();
+        match table {
+            "person_files" => {
+                self.execute(
+                    "UPDATE person_files AS r SET audit_sequence = $5, audit_hash = $6, seal = t.s \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $7::bytea[]) AS t(c, n, i, v, s) \
+                     WHERE r.consumer = t.c AND r.citizen = t.n AND r.id = t.i AND r.value = t.v::jsonb",
+                    &[&keys[0], &keys[1], &keys[2], &values, &sequence, &hash, &seals],
+                )
+                .await?;
+            }
+            "consents" => {
+                self.execute(
+                    "UPDATE consents AS r SET audit_sequence = $4, audit_hash = $5, seal = t.s \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $6::bytea[]) AS t(n, i, v, s) \
+                     WHERE r.citizen = t.n AND r.id = t.i AND r.value = t.v::jsonb",
+                    &[&keys[0], &keys[1], &values, &sequence, &hash, &seals],
+                )
+                .await?;
+            }
+            other => {
+                return Err(StorageError::Unsupported(format!(
+                    "no sealed table {other}"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Runs one statement on the (reconnected if need be) connection.
@@ -230,7 +375,8 @@ impl PersonsStore for PgPersons {
         self.execute(
             "INSERT INTO person_files (consumer, citizen, id, value) \
              SELECT c, n, i, v::jsonb FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS t(c, n, i, v) \
-             ON CONFLICT (consumer, citizen, id) DO UPDATE SET value = EXCLUDED.value",
+             ON CONFLICT (consumer, citizen, id) DO UPDATE SET value = EXCLUDED.value, \
+                 audit_sequence = NULL, audit_hash = NULL, seal = NULL",
             &[&consumers, &citizens, &ids, &values],
         )
         .await?;
@@ -253,9 +399,15 @@ impl PersonsStore for PgPersons {
         id: &str,
     ) -> Result<Option<PersonFile>, StorageError> {
         Ok(self
-            .values(
-                "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = $2 AND id = $3",
+            .honoured(
+                "person_files",
+                &format!(
+                    "SELECT {SEALED_COLUMNS} FROM person_files r \
+                     LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                     WHERE r.consumer = $1 AND r.citizen = $2 AND r.id = $3"
+                ),
                 &[&consumer.as_str(), &citizen.as_str(), &id],
+                |f: &PersonFile| f.consumer == *consumer && f.citizen == *citizen && f.id == id,
             )
             .await?
             .pop())
@@ -266,10 +418,15 @@ impl PersonsStore for PgPersons {
         consumer: &Kbo,
         citizen: &Resolved,
     ) -> Result<Vec<PersonFile>, StorageError> {
-        self.values(
-            "SELECT value::text FROM person_files WHERE consumer = $1 AND citizen = ANY($2) \
-             ORDER BY citizen, id",
+        self.honoured(
+            "person_files",
+            &format!(
+                "SELECT {SEALED_COLUMNS} FROM person_files r \
+                 LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                 WHERE r.consumer = $1 AND r.citizen = ANY($2) ORDER BY r.citizen, r.id"
+            ),
             &[&consumer.as_str(), &numbers(citizen)],
+            |f: &PersonFile| f.consumer == *consumer && citizen.numbers().any(|n| *n == f.citizen),
         )
         .await
     }
@@ -277,7 +434,8 @@ impl PersonsStore for PgPersons {
     async fn put_consent(&self, consent: &Consent) -> Result<(), StorageError> {
         self.execute(
             "INSERT INTO consents (citizen, id, value) VALUES ($1, $2, $3::text::jsonb) \
-             ON CONFLICT (citizen, id) DO UPDATE SET value = EXCLUDED.value",
+             ON CONFLICT (citizen, id) DO UPDATE SET value = EXCLUDED.value, \
+                 audit_sequence = NULL, audit_hash = NULL, seal = NULL",
             &[&consent.citizen.as_str(), &consent.id, &encode(consent)?],
         )
         .await?;
@@ -294,9 +452,15 @@ impl PersonsStore for PgPersons {
     }
 
     async fn consents_of(&self, citizen: &Resolved) -> Result<Vec<Consent>, StorageError> {
-        self.values(
-            "SELECT value::text FROM consents WHERE citizen = ANY($1) ORDER BY citizen, id",
+        self.honoured(
+            "consents",
+            &format!(
+                "SELECT {SEALED_COLUMNS} FROM consents r \
+                 LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                 WHERE r.citizen = ANY($1) ORDER BY r.citizen, r.id"
+            ),
             &[&numbers(citizen)],
+            |c: &Consent| citizen.numbers().any(|n| *n == c.citizen),
         )
         .await
     }
@@ -355,6 +519,31 @@ impl PersonsStore for PgPersons {
 
     fn keeps_feed(&self) -> bool {
         true
+    }
+
+    async fn seal_files(&self, files: &[PersonFile], entry: Appended) -> Result<(), StorageError> {
+        let mut keys = vec![Vec::new(), Vec::new(), Vec::new()];
+        let mut values = Vec::with_capacity(files.len());
+        for f in files {
+            keys[0].push(f.consumer.as_str().to_owned());
+            keys[1].push(f.citizen.as_str().to_owned());
+            keys[2].push(f.id.clone());
+            values.push(encode(f)?);
+        }
+        self.seal_rows("person_files", &keys, values, entry).await
+    }
+
+    async fn seal_consent(&self, consent: &Consent, entry: Appended) -> Result<(), StorageError> {
+        let keys = vec![
+            vec![consent.citizen.as_str().to_owned()],
+            vec![consent.id.clone()],
+        ];
+        self.seal_rows("consents", &keys, vec![encode(consent)?], entry)
+            .await
+    }
+
+    fn unsealed(&self) -> u64 {
+        self.unsealed.load(Relaxed)
     }
 
     async fn changes_since(&self, after: u64) -> Result<PersonsChanges, StorageError> {

@@ -68,6 +68,34 @@ impl TestDatabase {
         Self::found(test, found)
     }
 
+    /// Runs SQL on the test's database as its administrator would (a
+    /// tamper test's statements); the rows of the last statement's result,
+    /// each column as text.
+    pub async fn sql(&self, statements: &str) -> Result<Vec<Vec<Option<String>>>, String> {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let driver = tokio::spawn(connection);
+        let result = client.simple_query(statements).await;
+        drop(client);
+        let _ = driver.await;
+        let messages = result.map_err(|e| match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        })?;
+        let mut rows = Vec::new();
+        for m in messages {
+            match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    rows.push((0..r.len()).map(|i| r.get(i).map(str::to_owned)).collect())
+                }
+                tokio_postgres::SimpleQueryMessage::CommandComplete(_) => {}
+                _ => {}
+            }
+        }
+        Ok(rows)
+    }
+
     /// Restarts the test's own cluster (a database restart under load):
     /// every connection is dropped, and the server is back when this
     /// returns.

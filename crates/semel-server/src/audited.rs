@@ -13,6 +13,41 @@ use crate::state::{Broker, Caller};
 /// future, which does nothing unless it is awaited.
 pub type Undo = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// What puts a stored change in force once its entry is durable: seals
+/// the rows it wrote with that entry (no rule without its entry; see
+/// `PersonsStore::seal_files`). Runs after the entry, never without it.
+/// Idempotent: it may run again while its store fails.
+pub type Seal = Box<
+    dyn Fn(
+            semel_storage::Appended,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<(), semel_storage::StorageError>> + Send>,
+        > + Send
+        + Sync,
+>;
+
+/// Seals files with the entry of the change that stored them.
+pub fn seal_files(
+    persons: std::sync::Arc<dyn semel_storage::PersonsStore>,
+    files: Vec<semel_core::PersonFile>,
+) -> Seal {
+    Box::new(move |at| {
+        let (persons, files) = (persons.clone(), files.clone());
+        Box::pin(async move { persons.seal_files(&files, at).await })
+    })
+}
+
+/// Seals a consent with the entry of the change that stored it.
+pub fn seal_consent(
+    persons: std::sync::Arc<dyn semel_storage::PersonsStore>,
+    consent: semel_core::Consent,
+) -> Seal {
+    Box::new(move |at| {
+        let (persons, consent) = (persons.clone(), consent.clone());
+        Box::pin(async move { persons.seal_consent(&consent, at).await })
+    })
+}
+
 /// The undo of a read, or of a change that stands whatever happens (a
 /// number replaced by the register).
 pub fn nothing_to_undo() -> Undo {
@@ -80,6 +115,8 @@ pub struct Change {
     /// What was done, in words: the rule changed (before and after), the
     /// query run. Never a citizen's number.
     pub detail: String,
+    /// Seals the rows the change stored with its entry, once durable.
+    pub seal: Option<Seal>,
 }
 
 impl Broker {
@@ -139,10 +176,30 @@ impl Broker {
                 record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
             }
         }
-        let appended = self.append_durably(record).await;
+        let appended = self.append_durably_at(record).await;
         let request_id = request_id.to_string();
         match (result, appended) {
-            (Ok((value, _)), Ok(())) => Ok((value, request_id)),
+            (Ok((value, _)), Ok(at)) => match change.seal.take() {
+                None => Ok((value, request_id)),
+                // On a task of its own, as an undo: a caller who gives up
+                // does not leave the change recorded and never sealed.
+                Some(seal) => match tokio::spawn(seal_with_retries(seal, at)).await {
+                    Ok(Ok(())) => Ok((value, request_id)),
+                    Ok(Err(e)) => {
+                        let error =
+                            semel_core::redact_national_numbers(&e.to_string()).into_owned();
+                        tracing::error!(%error, "a change was recorded but could not be sealed: it is not in force");
+                        Err(ApiError::retryable(
+                            tonic::Code::Unavailable,
+                            "STORAGE_UNAVAILABLE",
+                            "the change was recorded but the broker's storage failed before it took effect, so it is not in force; make it again",
+                        )
+                        .with("request_id", request_id))
+                    }
+                    Err(e) => Err(ApiError::internal(format!("sealing a change stopped: {e}"))
+                        .with("request_id", request_id)),
+                },
+            },
             (Ok((_, undo)), Err(e)) => {
                 // On a task of its own: a caller who gives up (a deadline,
                 // a reset stream) drops this handler, not the undo.
@@ -150,6 +207,30 @@ impl Broker {
                 Err(e.with("request_id", request_id))
             }
             (Err(e), _) => Err(e.with("request_id", request_id)),
+        }
+    }
+}
+
+/// Seals a change, trying again for a few seconds while its store fails
+/// (PostgreSQL reconnecting); the seal is idempotent.
+async fn seal_with_retries(
+    seal: Seal,
+    at: semel_storage::Appended,
+) -> Result<(), semel_storage::StorageError> {
+    let started = std::time::Instant::now();
+    let mut wait = std::time::Duration::from_millis(50);
+    loop {
+        match seal(at).await {
+            Ok(()) => return Ok(()),
+            Err(e @ semel_storage::StorageError::Unavailable(_))
+                if started.elapsed() < std::time::Duration::from_secs(10) =>
+            {
+                let error = semel_core::redact_national_numbers(&e.to_string()).into_owned();
+                tracing::warn!(%error, "sealing a recorded change failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -205,7 +205,13 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
         }
     }
     for chunk in files.chunks(50_000) {
-        demo.broker.storage().persons.put_files(chunk).await?;
+        crate::stores::seed_files(
+            demo.broker.storage(),
+            operator.kbo,
+            chunk,
+            "the mutation benchmark's subscribers",
+        )
+        .await?;
     }
     drop(files);
 

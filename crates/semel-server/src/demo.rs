@@ -266,7 +266,7 @@ impl Demo {
             endpoints.get(slug).cloned().unwrap_or_default()
         })
         .await?;
-        seed_files(&opened.storage, &population).await?;
+        seed_files(&opened.storage, operator.kbo, &population).await?;
 
         let broker_files = pki.files("broker");
         let files = ReloadFiles {
@@ -614,7 +614,11 @@ async fn seed_registry(
 
 /// Opens the demo persons directory's files, the first time only: files
 /// closed in a demo stay closed across restarts.
-async fn seed_files(storage: &Storage, population: &Population) -> anyhow::Result<()> {
+async fn seed_files(
+    storage: &Storage,
+    operator: semel_core::Kbo,
+    population: &Population,
+) -> anyhow::Result<()> {
     let people: Vec<semel_core::Niss> = population.people.iter().map(|p| p.niss).collect();
     let files = seed::files(&people, OffsetDateTime::now_utc());
     let Some(first) = files.first() else {
@@ -626,7 +630,8 @@ async fn seed_files(storage: &Storage, population: &Population) -> anyhow::Resul
         .await?
         .is_none()
     {
-        persons.put_files(&files).await?;
+        crate::stores::seed_files(storage, operator, &files, "the demo's persons directory")
+            .await?;
     }
     Ok(())
 }

@@ -94,6 +94,7 @@ pub struct Metrics {
     persons_hits: Counter,
     persons_misses: Counter,
     persons_fresh: Gauge,
+    persons_unsealed: Counter,
     /// Changes published, by source, dataset and outcome.
     pub mutations_published: Family<MutationLabels, Counter>,
     /// Changes delivered (or withheld), by consumer, dataset and outcome.
@@ -216,6 +217,12 @@ impl Default for Metrics {
             "1 while memory may answer persons reads; 0 while the store's change feed could not be read in time (every read then goes to the store)",
             persons_fresh.clone(),
         );
+        let persons_unsealed = Counter::default();
+        registry.register(
+            "persons_unsealed_rows",
+            "Files and consents read from the store and not honoured: no seal that verifies, or their audit entry is missing or differs (a row written by SQL; alert on any)",
+            persons_unsealed.clone(),
+        );
         let mutations_published = Family::<MutationLabels, Counter>::default();
         registry.register(
             "mutations_published",
@@ -276,6 +283,7 @@ impl Default for Metrics {
             persons_hits,
             persons_misses,
             persons_fresh,
+            persons_unsealed,
             persons: std::sync::OnceLock::new(),
             audit_unavailable,
             registry: root,
@@ -353,6 +361,10 @@ impl Metrics {
             self.persons_misses
                 .inc_by(stats.misses.saturating_sub(self.persons_misses.get()));
             self.persons_fresh.set(i64::from(persons.fresh()));
+            self.persons_unsealed.inc_by(
+                semel_storage::PersonsStore::unsealed(persons)
+                    .saturating_sub(self.persons_unsealed.get()),
+            );
         }
         self.process.update();
         let mut out = String::new();

@@ -291,6 +291,10 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                 persons.put_files(std::slice::from_ref(&f)).await?;
             }
             change.detail = file_detail(&stored);
+            change.seal = Some(crate::audited::seal_files(
+                persons.clone(),
+                vec![stored.clone()],
+            ));
             let undo = {
                 let f = stored.clone();
                 Box::pin(async move {
@@ -362,6 +366,12 @@ impl proto::persons_service_server::PersonsService for PersonsService {
             }
             change.reference = after.consumer_reference.clone();
             change.detail = file_detail(&after);
+            change.seal = Some(crate::audited::seal_files(
+                persons.clone(),
+                vec![after.clone()],
+            ));
+            // Put back unsealed if the entry fails: the file is then not
+            // honoured until made again (closed, failing closed).
             let undo = Box::pin(async move {
                 crate::audited::retry_undo("put_files", || {
                     let (p, a) = (persons.clone(), before.clone());
@@ -743,6 +753,10 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 persons.put_consent(&c).await?;
             }
             change.detail = consent_detail(&consent);
+            change.seal = Some(crate::audited::seal_consent(
+                persons.clone(),
+                consent.clone(),
+            ));
             let undo = {
                 let c = consent.clone();
                 Box::pin(async move {
@@ -815,7 +829,10 @@ impl proto::consent_service_server::ConsentService for ConsentService {
                 });
                 let (persons, c) = (persons.clone(), after.clone());
                 persons.put_consent(&c).await?;
+                change.seal = Some(crate::audited::seal_consent(persons.clone(), after.clone()));
             }
+            // Put back unsealed if the entry fails: the consent is then not
+            // honoured until given again (withdrawn, failing closed).
             change.detail = format!("{} withdrawn", consent_detail(&after));
             let undo = Box::pin(async move {
                 crate::audited::retry_undo("put_consent", || {

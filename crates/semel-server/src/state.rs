@@ -882,11 +882,19 @@ impl Broker {
     /// Appends an entry and waits until it is durable: a change is not
     /// acknowledged without its entry.
     pub async fn append_durably(&self, record: AuditRecord) -> Result<(), ApiError> {
+        self.append_durably_at(record).await.map(|_| ())
+    }
+
+    /// [`Broker::append_durably`], saying where the entry landed.
+    pub async fn append_durably_at(
+        &self,
+        record: AuditRecord,
+    ) -> Result<semel_storage::Appended, ApiError> {
         self.storage
             .audit
             .append(record)
             .await
-            .map(|_| self.audit_recorded())
+            .inspect(|_| self.audit_recorded())
             .map_err(|e| {
                 self.audit_unavailable(&e);
                 ApiError::retryable(

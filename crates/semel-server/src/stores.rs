@@ -77,9 +77,12 @@ pub async fn open_postgresql(
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
         .context("connect to the PostgreSQL store (registry)")?;
+    // Files and consents are sealed with the entry that made them, under a
+    // key the database never sees: a row written by SQL grants nothing.
     let persons = semel_postgres::PgPersons::connect(url)
         .await
-        .context("connect to the PostgreSQL store (persons directory)")?;
+        .context("connect to the PostgreSQL store (persons directory)")?
+        .sealed_by(signer.row_sealer());
     let mutations = semel_postgres::PgMutations::connect(url)
         .await
         .context("connect to the PostgreSQL store (mutation queues)")?;
@@ -164,6 +167,33 @@ pub fn follow_registry(
             }
         }
     })
+}
+
+/// Stores files written outside any call (the demo's and the benchmarks'
+/// seeds) under one audit entry of the operator's that says so, and seals
+/// them with it: no rule without its entry, on either store.
+pub async fn seed_files(
+    storage: &Storage,
+    operator: Kbo,
+    files: &[semel_core::PersonFile],
+    what: &str,
+) -> anyhow::Result<()> {
+    storage.persons.put_files(files).await?;
+    let mut record =
+        crate::state::blank_record(crate::state::new_id(), "semel.seed/Files", operator, None);
+    record.outcome = semel_core::Outcome::Answered;
+    record.detail = format!("{what}: {} files stored", files.len());
+    let at = storage
+        .audit
+        .append(record)
+        .await
+        .context("record the seeded files in the audit log")?;
+    storage
+        .persons
+        .seal_files(files, at)
+        .await
+        .context("seal the seeded files")?;
+    Ok(())
 }
 
 /// Registers the operator organisation if it is missing.

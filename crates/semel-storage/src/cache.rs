@@ -458,6 +458,36 @@ impl PersonsStore for CachedPersons {
         self.inner.changes_since(after).await
     }
 
+    async fn seal_files(
+        &self,
+        files: &[PersonFile],
+        entry: crate::Appended,
+    ) -> Result<(), StorageError> {
+        let changed = Forget::Citizens(files.iter().map(|f| f.citizen).collect());
+        let files = files.to_vec();
+        self.write(changed, move |s| async move {
+            s.seal_files(&files, entry).await
+        })
+        .await
+    }
+
+    async fn seal_consent(
+        &self,
+        consent: &Consent,
+        entry: crate::Appended,
+    ) -> Result<(), StorageError> {
+        let consent = consent.clone();
+        let changed = Forget::Citizens(vec![consent.citizen]);
+        self.write(changed, move |s| async move {
+            s.seal_consent(&consent, entry).await
+        })
+        .await
+    }
+
+    fn unsealed(&self) -> u64 {
+        self.inner.unsealed()
+    }
+
     fn keeps_feed(&self) -> bool {
         self.inner.keeps_feed()
     }

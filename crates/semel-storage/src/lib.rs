@@ -158,6 +158,33 @@ pub trait PersonsStore: Send + Sync {
     fn keeps_feed(&self) -> bool {
         false
     }
+
+    /// Seals files just stored as made by the audit entry `entry`, which
+    /// recorded their change (no rule without its entry): in a store that
+    /// others administer (PostgreSQL), a file is honoured only once sealed,
+    /// and only while its seal verifies and its entry is in the log (see
+    /// [`semel_core::seal`]). A file whose content changed since is left
+    /// as it is. Nothing to do where only the broker writes.
+    async fn seal_files(
+        &self,
+        _files: &[PersonFile],
+        _entry: Appended,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Seals a consent just stored, as [`PersonsStore::seal_files`].
+    async fn seal_consent(&self, _consent: &Consent, _entry: Appended) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    /// Rows read since start that were not honoured because their seal did
+    /// not verify or their entry is missing or differs: tampering, or a
+    /// change whose entry failed (for metrics; zero where nothing is
+    /// sealed).
+    fn unsealed(&self) -> u64 {
+        0
+    }
 }
 
 /// What changed in a shared persons directory (see

@@ -1,0 +1,163 @@
+//! No rule without its entry (issue 36): a file in the persons directory
+//! is honoured only when a broker wrote it after recording its change, and
+//! as it wrote it. On PostgreSQL, a database administrator's INSERT or
+//! UPDATE grants nothing; on the embedded store only the broker writes.
+
+use semel_demo::seed::datasets::*;
+use semel_server::proto;
+use tonic::Code;
+
+use crate::harness::*;
+
+/// A person of the demo's population on whom the CPAS of the City of
+/// Brussels holds no file (the demo opens none for it), one per `i`, and
+/// whom no other test reads.
+fn person(t: &TestDemo, i: usize) -> String {
+    t.demo().population.people[1_000 + i]
+        .niss
+        .as_str()
+        .to_owned()
+}
+
+fn cpas() -> String {
+    semel_demo::seed::org(BRUXELLES_CPAS)
+        .expect("the CPAS")
+        .kbo
+        .as_str()
+        .to_owned()
+}
+
+/// Whether a lookup of `citizen` by the CPAS's clerk passed the file
+/// check (answered, or refused for another reason).
+async fn passes_file_check(t: &TestDemo, citizen: &str) -> bool {
+    let mut clerk = t.lookup_client(BRUXELLES_CPAS).await;
+    match clerk
+        .lookup(lookup(citizen, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+    {
+        Ok(_) => true,
+        Err(e) => {
+            let (reason, _, _) = error_info(&e);
+            if reason == "NO_ACTIVE_FILE" {
+                assert_eq!(e.code(), Code::PermissionDenied);
+                false
+            } else {
+                true
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_written_by_sql_grants_nothing() {
+    let t = TestDemo::start().await;
+    // A file registered through the broker is honoured (both stores).
+    let genuine = person(&t, 0);
+    t.open_file(BRUXELLES_CPAS, &genuine, "RIS_APPLICANT").await;
+    assert!(
+        passes_file_check(&t, &genuine).await,
+        "a file registered through the broker opens lookups"
+    );
+    let Some(db) = t.db.as_ref() else {
+        eprintln!("PostgreSQL only from here: on the embedded store only the broker writes");
+        t.stop().await;
+        return;
+    };
+    let kbo = cpas();
+
+    // 1. A row inserted by SQL, a copy of the genuine one under another
+    //    citizen and id.
+    let forged = person(&t, 1);
+    db.sql(&format!(
+        "INSERT INTO person_files (consumer, citizen, id, value) \
+         SELECT consumer, '{forged}', 'forged-1', \
+                value || jsonb_build_object('citizen', '{forged}', 'id', 'forged-1') \
+         FROM person_files WHERE consumer = '{kbo}' AND citizen = '{genuine}'"
+    ))
+    .await
+    .expect("insert");
+    assert!(
+        !passes_file_check(&t, &forged).await,
+        "a file inserted by SQL opened a lookup"
+    );
+
+    // 2. The same, carrying the genuine row's entry and seal.
+    let copied = person(&t, 2);
+    db.sql(&format!(
+        "INSERT INTO person_files (consumer, citizen, id, value, audit_sequence, audit_hash, seal) \
+         SELECT consumer, '{copied}', 'forged-2', \
+                value || jsonb_build_object('citizen', '{copied}', 'id', 'forged-2'), \
+                audit_sequence, audit_hash, seal \
+         FROM person_files WHERE consumer = '{kbo}' AND citizen = '{genuine}'"
+    ))
+    .await
+    .expect("insert with a copied seal");
+    assert!(
+        !passes_file_check(&t, &copied).await,
+        "a file carrying another file's seal opened a lookup"
+    );
+
+    // 3. A genuine file that ended, edited by SQL to run on.
+    let ended = person(&t, 3);
+    let yesterday = time::OffsetDateTime::now_utc().date() - time::Duration::days(1);
+    let begins = yesterday - time::Duration::days(30);
+    t.persons_client(BRUXELLES_CPAS)
+        .await
+        .register_file(proto::RegisterFileRequest {
+            file: Some(proto::PersonFile {
+                citizen: ended.clone(),
+                capacity: "RIS_APPLICANT".into(),
+                phase: proto::FilePhase::Provisional as i32,
+                begin_date: begins.to_string(),
+                end_date: yesterday.to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("register an ended file");
+    let edited = db
+        .sql(&format!(
+            "UPDATE person_files SET value = value - 'ends' \
+             WHERE consumer = '{kbo}' AND citizen = '{ended}' RETURNING id"
+        ))
+        .await
+        .expect("update");
+    assert_eq!(edited.len(), 1, "the ended file is in the database");
+    assert!(
+        !passes_file_check(&t, &ended).await,
+        "a file whose end was removed by SQL opened a lookup"
+    );
+
+    // 4. A genuine file whose audit entry was rewritten.
+    let rewritten = person(&t, 4);
+    t.open_file(BRUXELLES_CPAS, &rewritten, "RIS_APPLICANT")
+        .await;
+    db.sql(&format!(
+        "UPDATE audit_entries SET encoding = encoding || '\\x00'::bytea \
+         WHERE sequence = (SELECT audit_sequence FROM person_files \
+                           WHERE consumer = '{kbo}' AND citizen = '{rewritten}')"
+    ))
+    .await
+    .expect("rewrite the entry");
+    assert!(
+        !passes_file_check(&t, &rewritten).await,
+        "a file whose audit entry was rewritten opened a lookup"
+    );
+
+    // The genuine file still opens lookups, and the broker counted what it
+    // refused to honour.
+    assert!(passes_file_check(&t, &genuine).await);
+    let metrics = t.demo().broker.metrics.render(
+        t.demo().broker.storage().audit.stats(),
+        semel_server::metrics::Format::Prometheus,
+    );
+    let unsealed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("semel_persons_unsealed_rows_total "))
+        .expect("the metric")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(unsealed >= 4.0, "{unsealed} rows counted as unsealed");
+    t.stop().await;
+}
