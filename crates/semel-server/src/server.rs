@@ -346,8 +346,10 @@ pub async fn serve_broker_with_http(
         // and the broker NOT_SERVING until the background rounds reach it.
         if let Ok(verdict) =
             tokio::time::timeout(WITNESS_START_WAIT, w.round(&*broker.storage().audit)).await
+            && apply_verdict(&broker, verdict)
         {
-            apply_verdict(&broker, verdict);
+            // Halted: nothing more to ask until an operator restarts.
+            witnessing = None;
         }
     }
     let witnessing = witnessing.map(|w| tokio::spawn(submit_checkpoints(broker.clone(), w)));

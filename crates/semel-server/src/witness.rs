@@ -472,7 +472,7 @@ pub enum Verdict {
 
 /// What the operator is told to do when witnesses saw more or another
 /// history than the log holds.
-pub const RECOVERY: &str = "restore the newest copy of the log, or replay the missing entries from the standby or an export (operator guide, \"The log is behind or forked from its witnesses\"); if they are lost for good, start a new log epoch with `semel audit new-epoch`";
+pub const RECOVERY: &str = "restore the newest copy of the log, or replay the missing entries from the standby or an export, then restart; if they are lost for good, start a new log under a new origin (operator guide, \"The log is behind or forked from its witnesses\")";
 
 /// The broker's side of witnessing: what each witness cosigned, and since
 /// when the log has gone unconfirmed or refused.
