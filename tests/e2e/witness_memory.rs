@@ -67,9 +67,12 @@ async fn wait_status(t: &TestDemo, want: ServingStatus) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!(
-        "lookups are {status}, not {want:?}; the log says {:?}, readiness {:?}",
+        "lookups are {status}, not {want:?}; the log says {:?}, readiness {:?}; newest checkpoint {}, the witness cosigned {}, head {:?}",
         t.demo().broker.storage().audit.failure(),
-        t.demo().broker.readiness.why()
+        t.demo().broker.readiness.why(),
+        latest_size(t).await,
+        t.demo().witness.cosigned_size(DEMO_ORIGIN),
+        t.demo().broker.storage().audit.head().await.map(|h| h.0),
     );
 }
 
@@ -84,13 +87,23 @@ async fn latest_size(t: &TestDemo) -> u64 {
         .map_or(0, |c| c.checkpoint.size)
 }
 
-/// Waits (in process: no call that would add an entry) until the witness
-/// has cosigned the newest checkpoint, larger than `above`; its size.
+/// Waits (in process: no call that would add an entry) until the newest
+/// checkpoint covers every entry, is larger than `above`, and the witness
+/// has cosigned it; its size.
 async fn cosigned_to_latest(t: &TestDemo, above: u64) -> u64 {
     for _ in 0..300 {
         let latest = latest_size(t).await;
+        let head = t
+            .demo()
+            .broker
+            .storage()
+            .audit
+            .head()
+            .await
+            .expect("head")
+            .0;
         let cosigned = t.demo().witness.cosigned_size(DEMO_ORIGIN);
-        if latest > above && cosigned == latest {
+        if latest > above && latest == head && cosigned == latest {
             return cosigned;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -194,7 +207,18 @@ async fn a_log_restored_from_an_older_copy_refuses_to_serve() {
     let url = db.as_ref().map(|d| d.url.clone());
     let t = start_on(tempfile::tempdir().expect("tempdir"), url.as_deref()).await;
     lookups(&t, 3).await;
-    let first = cosigned_to_latest(&t, 0).await;
+    cosigned_to_latest(&t, 0).await;
+    // What the backup will hold: every entry, some perhaps in no
+    // checkpoint yet (on PostgreSQL, integrated after a restart).
+    let held = t
+        .demo()
+        .broker
+        .storage()
+        .audit
+        .head()
+        .await
+        .expect("head")
+        .0;
     let dir = stop(t).await;
 
     // The backup, taken while the broker is stopped.
@@ -226,7 +250,7 @@ async fn a_log_restored_from_an_older_copy_refuses_to_serve() {
     let t = start_on(dir, url.as_deref()).await;
     wait_status(&t, ServingStatus::Serving).await;
     lookups(&t, 3).await;
-    let cosigned = cosigned_to_latest(&t, first).await;
+    let cosigned = cosigned_to_latest(&t, held).await;
     assert_eq!(t.demo().witness.inconsistent(), 0);
     let dir = stop(t).await;
 
@@ -337,6 +361,57 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     wait_status(&t, ServingStatus::Serving).await;
     lookups(&t, 1).await;
     assert_eq!(t.demo().witness.inconsistent(), 0);
+    stop(t).await;
+    drop(db);
+}
+
+/// A witness that cannot answer (here: it cannot record what it cosigns,
+/// and answers 500) is not evidence of tampering: the log does not halt.
+/// But a broker that starts does not serve before a quorum of witnesses has
+/// confirmed its log (a restore shows at start): NOT_SERVING, the
+/// readiness condition names the witness, and it serves as soon as the
+/// witness answers again.
+#[tokio::test]
+async fn a_broker_starts_not_serving_until_its_witnesses_confirm_the_log() {
+    let db = if on_postgresql() {
+        Some(
+            semel_postgres::testing::TestDatabase::start("witnessunreached")
+                .await
+                .expect("PostgreSQL"),
+        )
+    } else {
+        None
+    };
+    let url = db.as_ref().map(|d| d.url.clone());
+    let t = start_on(tempfile::tempdir().expect("tempdir"), url.as_deref()).await;
+    lookups(&t, 2).await;
+    cosigned_to_latest(&t, 0).await;
+    let dir = stop(t).await;
+    // The witness cannot write its state: it refuses to cosign (500).
+    let blocker = dir.path().join("witness").join("state.tmp");
+    std::fs::create_dir(&blocker).expect("block the witness's writes");
+    let t = start_on(dir, url.as_deref()).await;
+    wait_status(&t, ServingStatus::NotServing).await;
+    assert_eq!(
+        t.demo().broker.storage().audit.failure(),
+        None,
+        "an unreachable witness is not tampering"
+    );
+    let why = t
+        .demo()
+        .broker
+        .readiness
+        .why()
+        .expect("a readiness condition");
+    assert!(
+        why.starts_with("witnesses: 0 of the 1 witnesses (quorum 1) confirmed")
+            && why.contains("500"),
+        "{why}"
+    );
+    // The witness is back: the next round confirms the log.
+    std::fs::remove_dir(&blocker).expect("unblock");
+    wait_status(&t, ServingStatus::Serving).await;
+    lookups(&t, 1).await;
     stop(t).await;
     drop(db);
 }
