@@ -1535,6 +1535,35 @@ mod tests {
         assert!(err.contains("listen_port"), "{err}");
     }
 
+    /// `audit.witness_quorum` is between 1 and the number of witnesses,
+    /// and defaults to one of them.
+    #[test]
+    fn the_witness_quorum_is_checked() {
+        let text = include_str!("../../../deploy/semel.example.toml");
+        let mut config: Config = toml::from_str(text).expect("example parses");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let witness = semel_core::checkpoint::Cosigner::new(
+            "witness.test/w1",
+            semel_store::load_or_create_signing_key(&dir.path().join("w.key")).expect("key"),
+        );
+        config.audit.witnesses = vec![WitnessSection {
+            url: "http://127.0.0.1:8701".into(),
+            key: witness.verifier_key(),
+        }];
+        let settings = config.witness_settings().expect("the default quorum");
+        assert_eq!(settings.quorum, 1);
+        assert_eq!(settings.unconfirmed_bound, Duration::from_secs(600));
+        assert_eq!(settings.refusal_grace, Duration::ZERO);
+        for bad in [0, 2] {
+            config.audit.witness_quorum = bad;
+            let problems = config.problems().join("; ");
+            assert!(
+                problems.contains("audit.witness_quorum"),
+                "{bad}: {problems}"
+            );
+        }
+    }
+
     #[test]
     fn the_example_in_deploy_parses_and_names_a_valid_operator() {
         let text = include_str!("../../../deploy/semel.example.toml");
