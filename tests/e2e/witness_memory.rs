@@ -175,6 +175,30 @@ fn database_name(url: &str) -> &str {
     url.rsplit_once('/').expect("a database URL").1
 }
 
+/// Every WARN and ERROR event on this thread (the test's runtime, which
+/// runs the demo's broker tasks).
+#[derive(Clone, Default)]
+struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={v:?}", f.name()));
+            }
+        }
+        if *event.metadata().level() <= tracing::Level::WARN {
+            let mut fields = Fields(event.metadata().level().to_string());
+            event.record(&mut fields);
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(fields.0);
+        }
+    }
+}
+
 /// Rewrites what the demo's witness remembers of the log (as if it had
 /// cosigned another history): its size and root.
 fn witness_remembers(dir: &Path, size: u64, root: [u8; 32]) {
@@ -314,7 +338,13 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     let size = cosigned_to_latest(&t, 0).await;
     assert_eq!(t.demo().witness.inconsistent(), 0);
     let dir = stop(t).await;
-    // ... and a restart on that unchanged log is no incident.
+    // ... and a restart on that unchanged log is no incident: no warning
+    // from the broker, none from the witness.
+    let warnings = Warnings::default();
+    let capture = {
+        use tracing_subscriber::layer::SubscriberExt;
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()))
+    };
     let t = start_on(dir, url.as_deref()).await;
     wait_status(&t, ServingStatus::Serving).await;
     assert_eq!(latest_size(&t).await, size, "the log is unchanged");
@@ -327,6 +357,9 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     lookups(&t, 1).await;
     let size = cosigned_to_latest(&t, size).await;
     let dir = stop(t).await;
+    drop(capture);
+    let warnings = warnings.0.lock().expect("warnings").clone();
+    assert!(warnings.is_empty(), "{warnings:#?}");
     let state = std::fs::read(dir.path().join("witness").join("state.json")).expect("state");
 
     // The witness cosigned another checkpoint of the same size.

@@ -338,18 +338,24 @@ pub async fn serve_broker_with_http(
     let mut witnessing =
         (!witnesses.targets.is_empty()).then(|| crate::witness::Witnessing::new(witnesses));
     if let Some(w) = witnessing.as_mut() {
-        broker.readiness.set(
-            crate::witness::CONDITION,
-            Some("the log is not yet confirmed by its witnesses".into()),
-        );
-        // Bounded: a witness that does not answer leaves the condition set
-        // and the broker NOT_SERVING until the background rounds reach it.
-        if let Ok(verdict) =
-            tokio::time::timeout(WITNESS_START_WAIT, w.round(&*broker.storage().audit)).await
-            && apply_verdict(&broker, verdict)
-        {
-            // Halted: nothing more to ask until an operator restarts.
-            witnessing = None;
+        // Nothing is served until this round is done (the health service
+        // included), so a clean start sets no condition and says nothing.
+        // Bounded: witnesses that do not answer leave the broker NOT_SERVING
+        // until the background rounds reach them.
+        match tokio::time::timeout(WITNESS_START_WAIT, w.round(&*broker.storage().audit)).await {
+            Ok(verdict) => {
+                if apply_verdict(&broker, verdict) {
+                    // Halted: nothing more to ask until an operator restarts.
+                    witnessing = None;
+                }
+            }
+            Err(_) => broker.readiness.set(
+                crate::witness::CONDITION,
+                Some(format!(
+                    "the witnesses did not answer within {} s of the start; the log is not confirmed",
+                    WITNESS_START_WAIT.as_secs()
+                )),
+            ),
         }
     }
     let witnessing = witnessing.map(|w| tokio::spawn(submit_checkpoints(broker.clone(), w)));
