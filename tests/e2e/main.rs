@@ -25,3 +25,4 @@ mod serve;
 mod source_binding;
 mod standard;
 mod transport_limits;
+mod witness_memory;

@@ -51,3 +51,5 @@ mod source_binding;
 mod standard;
 #[path = "../e2e/transport_limits.rs"]
 mod transport_limits;
+#[path = "../e2e/witness_memory.rs"]
+mod witness_memory;

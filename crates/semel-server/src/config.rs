@@ -531,6 +531,29 @@ pub struct AuditSection {
     /// Witnesses that cosign each new checkpoint (c2sp.org/tlog-witness).
     #[serde(default)]
     pub witnesses: Vec<WitnessSection>,
+    /// How many witnesses must confirm that the log is consistent with
+    /// the newest checkpoint they cosigned, at start before the broker
+    /// serves and at each checkpoint (default 1). Any witness that saw more
+    /// or another history halts the log, whatever the quorum.
+    #[serde(default = "default_witness_quorum")]
+    pub witness_quorum: usize,
+    /// How long a running broker serves while fewer than the quorum of
+    /// witnesses can be reached (default 600000, ten minutes); then health
+    /// is NOT_SERVING until they confirm the log again.
+    #[serde(default = "default_witness_unreachable_ms")]
+    pub witness_unreachable_ms: u64,
+    /// How long witnesses may refuse the log's checkpoints before the log
+    /// halts (default 0: the first refusal halts it).
+    #[serde(default)]
+    pub witness_refusal_grace_ms: u64,
+}
+
+fn default_witness_quorum() -> usize {
+    1
+}
+
+fn default_witness_unreachable_ms() -> u64 {
+    600_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -555,6 +578,9 @@ impl Default for AuditSection {
             checkpoint_every_entries: default_checkpoint_entries(),
             checkpoint_every_ms: default_checkpoint_ms(),
             witnesses: Vec::new(),
+            witness_quorum: default_witness_quorum(),
+            witness_unreachable_ms: default_witness_unreachable_ms(),
+            witness_refusal_grace_ms: 0,
             online_days: default_online_days(),
         }
     }
@@ -1175,7 +1201,7 @@ impl Config {
                 format!("audit.origin: must be a name without spaces or '+', got {origin:?}"),
             );
         }
-        if let Err(e) = self.witnesses() {
+        if let Err(e) = self.witness_settings() {
             ensure(false, format!("{e:#}"));
         }
         if let Some(t) = &self.telemetry {
@@ -1377,6 +1403,27 @@ impl Config {
             .collect()
     }
 
+    /// The witnesses and how the log is held to what they cosigned.
+    pub fn witness_settings(&self) -> anyhow::Result<crate::witness::WitnessSettings> {
+        let targets = self.witnesses()?;
+        anyhow::ensure!(
+            targets.is_empty() || (1..=targets.len()).contains(&self.audit.witness_quorum),
+            "audit.witness_quorum: {} must be between 1 and the number of audit.witnesses ({})",
+            self.audit.witness_quorum,
+            targets.len()
+        );
+        Ok(crate::witness::WitnessSettings {
+            quorum: if targets.is_empty() {
+                0
+            } else {
+                self.audit.witness_quorum
+            },
+            targets,
+            unconfirmed_bound: Duration::from_millis(self.audit.witness_unreachable_ms),
+            refusal_grace: Duration::from_millis(self.audit.witness_refusal_grace_ms),
+        })
+    }
+
     /// Where traces go, if anywhere.
     pub fn telemetry_settings(&self) -> Option<crate::telemetry::TelemetrySettings> {
         self.telemetry
@@ -1486,6 +1533,35 @@ mod tests {
         .map(|e| e.to_string())
         .unwrap_or_default();
         assert!(err.contains("listen_port"), "{err}");
+    }
+
+    /// `audit.witness_quorum` is between 1 and the number of witnesses,
+    /// and defaults to one of them.
+    #[test]
+    fn the_witness_quorum_is_checked() {
+        let text = include_str!("../../../deploy/semel.example.toml");
+        let mut config: Config = toml::from_str(text).expect("example parses");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let witness = semel_core::checkpoint::Cosigner::new(
+            "witness.test/w1",
+            semel_store::load_or_create_signing_key(&dir.path().join("w.key")).expect("key"),
+        );
+        config.audit.witnesses = vec![WitnessSection {
+            url: "http://127.0.0.1:8701".into(),
+            key: witness.verifier_key(),
+        }];
+        let settings = config.witness_settings().expect("the default quorum");
+        assert_eq!(settings.quorum, 1);
+        assert_eq!(settings.unconfirmed_bound, Duration::from_secs(600));
+        assert_eq!(settings.refusal_grace, Duration::ZERO);
+        for bad in [0, 2] {
+            config.audit.witness_quorum = bad;
+            let problems = config.problems().join("; ");
+            assert!(
+                problems.contains("audit.witness_quorum"),
+                "{bad}: {problems}"
+            );
+        }
     }
 
     #[test]

@@ -98,6 +98,8 @@ pub struct Demo {
     /// On PostgreSQL: the configuration with which `semel serve` runs a
     /// second broker on the same database, and that broker's address.
     pub second_broker: Option<(PathBuf, SocketAddr)>,
+    /// The demo's witness (tests read what it cosigned and refused).
+    pub witness: Arc<crate::witness::Witness>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -234,7 +236,8 @@ impl Demo {
             .context("bind the demo witness")?;
         let witness_url = format!("http://{}", witness_listener.local_addr()?);
         {
-            let served = crate::witness::serve_witness(witness_listener, witness, wait(rx.clone()));
+            let served =
+                crate::witness::serve_witness(witness_listener, witness.clone(), wait(rx.clone()));
             source_tasks.push(tokio::spawn(async move {
                 served.await.context("serve the demo witness")
             }));
@@ -376,11 +379,13 @@ impl Demo {
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
                 online_window: None,
-                witnesses: vec![crate::witness::WitnessTarget {
-                    url: witness_url.clone(),
-                    key: semel_core::checkpoint::CosignatureVerifier::parse(&witness_key)
-                        .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
-                }],
+                witnesses: crate::witness::WitnessSettings::new(vec![
+                    crate::witness::WitnessTarget {
+                        url: witness_url.clone(),
+                        key: semel_core::checkpoint::CosignatureVerifier::parse(&witness_key)
+                            .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
+                    },
+                ]),
                 grpc: opts.grpc.clone(),
             },
             wait(rx),
@@ -472,6 +477,7 @@ impl Demo {
             broker,
             embedded,
             second_broker,
+            witness,
             shutdown,
             broker_task,
             source_tasks,

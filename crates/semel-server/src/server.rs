@@ -39,8 +39,9 @@ pub struct Prepared {
     pub reloader: Arc<Reloader>,
     /// Check the files for changes this often (SIGHUP reloads at any time).
     pub reload_poll: Option<Duration>,
-    /// Witnesses that cosign each new checkpoint.
-    pub witnesses: Vec<crate::witness::WitnessTarget>,
+    /// Witnesses that cosign each new checkpoint, and how the log is held
+    /// to what they cosigned.
+    pub witnesses: crate::witness::WitnessSettings,
     /// The gRPC port's limits on connections and calls, and its timeouts.
     pub grpc: crate::grpc_limits::GrpcSettings,
 }
@@ -295,7 +296,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         background,
         reloader,
         reload_poll: config.reload_poll(),
-        witnesses: config.witnesses()?,
+        witnesses: config.witness_settings()?,
         grpc: config.grpc.settings(),
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
@@ -331,8 +332,33 @@ pub async fn serve_broker_with_http(
         witnesses,
         grpc: limits,
     } = prepared;
-    let witnessing = (!witnesses.is_empty())
-        .then(|| tokio::spawn(submit_checkpoints(broker.clone(), witnesses.clone())));
+    // Before anything is served: the log must be consistent with what its
+    // witnesses cosigned (a restore from an older copy, a promoted standby
+    // that was behind, a rewritten history halt it here).
+    let mut witnessing =
+        (!witnesses.targets.is_empty()).then(|| crate::witness::Witnessing::new(witnesses));
+    if let Some(w) = witnessing.as_mut() {
+        // Nothing is served until this round is done (the health service
+        // included), so a clean start sets no condition and says nothing.
+        // Bounded: witnesses that do not answer leave the broker NOT_SERVING
+        // until the background rounds reach them.
+        match tokio::time::timeout(WITNESS_START_WAIT, w.round(&*broker.storage().audit)).await {
+            Ok(verdict) => {
+                if apply_verdict(&broker, verdict) {
+                    // Halted: nothing more to ask until an operator restarts.
+                    witnessing = None;
+                }
+            }
+            Err(_) => broker.readiness.set(
+                crate::witness::CONDITION,
+                Some(format!(
+                    "the witnesses did not answer within {} s of the start; the log is not confirmed",
+                    WITNESS_START_WAIT.as_secs()
+                )),
+            ),
+        }
+    }
+    let witnessing = witnessing.map(|w| tokio::spawn(submit_checkpoints(broker.clone(), w)));
     let archiving = online_window.map(|w| tokio::spawn(archive_old_entries(broker.clone(), w)));
     let tls = reloader.tls.clone();
     let reloading = reloader.watch(reload_poll);
@@ -352,9 +378,18 @@ pub async fn serve_broker_with_http(
     // load balancer drains the broker. Health and reflection need no client
     // certificate: probes and tools can call them.
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<LookupServiceServer<LookupService>>()
-        .await;
+    if broker.storage().audit.failure().is_some() || broker.readiness.why().is_some() {
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health
+            .set_not_serving::<LookupServiceServer<LookupService>>()
+            .await;
+    } else {
+        health
+            .set_serving::<LookupServiceServer<LookupService>>()
+            .await;
+    }
     health
         .set_serving::<RegistryServiceServer<RegistryService>>()
         .await;
@@ -628,105 +663,48 @@ async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
     }
 }
 
+/// How long a broker waits at start for its witnesses' first answers
+/// before it serves (NOT_SERVING until they confirm the log).
+const WITNESS_START_WAIT: Duration = Duration::from_secs(25);
+
+/// Acts on what the witnesses said: a refusal halts the log (every lookup
+/// refused, NOT_SERVING, until an operator has dealt with it and
+/// restarted); too few confirmations set the `witnesses` readiness
+/// condition; a quorum clears it. True once the log is halted.
+fn apply_verdict(broker: &Broker, verdict: crate::witness::Verdict) -> bool {
+    use crate::witness::{CONDITION, Verdict};
+    match verdict {
+        Verdict::Confirmed => {
+            broker.readiness.set(CONDITION, None);
+            false
+        }
+        Verdict::Unconfirmed(why) => {
+            broker.readiness.set(CONDITION, Some(why));
+            false
+        }
+        Verdict::Refused(why) => {
+            tracing::error!(reason = %why, "the audit log halts: it is not the history its witnesses cosigned");
+            broker.storage().audit.halt(why);
+            broker.readiness.set(CONDITION, None);
+            true
+        }
+    }
+}
+
 /// Submits every new signed checkpoint to the witnesses, each from the last
 /// size it cosigned (learnt from a 409 the first time), with a consistency
-/// proof; keeps the cosignatures that verify with the witnesses' keys on
-/// the newest checkpoint. A witness that has cosigned more than this log
-/// holds, or refuses the proof, sees a log that was rolled back or
-/// rewritten: that is said loudly.
-async fn submit_checkpoints(broker: Arc<Broker>, witnesses: Vec<crate::witness::WitnessTarget>) {
-    use crate::witness::Submitted;
-    use semel_core::checkpoint::AddCheckpoint;
-    let mut known: Vec<u64> = vec![0; witnesses.len()];
-    let mut done = 0u64;
+/// proof, and keeps the cosignatures that verify with the witnesses' keys
+/// on the newest checkpoint ([`crate::witness::Witnessing::round`]). A
+/// witness that cosigned more than this log holds, or another history,
+/// halts the log.
+async fn submit_checkpoints(broker: Arc<Broker>, mut witnessing: crate::witness::Witnessing) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Ok(Some(latest)) = broker.storage().audit.latest_checkpoint().await else {
-            continue;
-        };
-        let size = latest.checkpoint.size;
-        if size <= done {
-            continue;
-        }
-        let mut cosigned = latest.note.clone();
-        let mut all = true;
-        for (i, w) in witnesses.iter().enumerate() {
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                let old = known[i];
-                if old > size {
-                    tracing::error!(witness = %w.url, cosigned = old, newest = size, "the witness has cosigned more entries than this log's newest checkpoint: the log was rolled back");
-                    all = false;
-                    break;
-                }
-                let proof = if old == 0 || old == size {
-                    Ok(Vec::new())
-                } else {
-                    broker
-                        .storage()
-                        .audit
-                        .consistency_proof(old, size)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))
-                };
-                let req = match proof {
-                    Ok(proof) => AddCheckpoint {
-                        old,
-                        proof,
-                        note: latest.note.clone(),
-                    },
-                    Err(e) => {
-                        tracing::warn!(error = %e, "no consistency proof for a witness; retrying");
-                        all = false;
-                        break;
-                    }
-                };
-                match crate::witness::submit(&w.url, &req).await {
-                    Ok(Submitted::Cosigned(lines)) => {
-                        let candidate = format!("{}{lines}", latest.note);
-                        if w.key.verify(&candidate).is_ok() {
-                            cosigned.push_str(&lines);
-                            known[i] = size;
-                        } else {
-                            tracing::warn!(witness = %w.url, "a witness answered with a cosignature that does not verify with its key");
-                            all = false;
-                        }
-                        break;
-                    }
-                    Ok(Submitted::Conflict(at)) if attempt == 1 => known[i] = at,
-                    Ok(Submitted::Conflict(at)) => {
-                        tracing::error!(witness = %w.url, cosigned = at, newest = size, "a witness refuses this checkpoint: it has cosigned another at this size (a fork)");
-                        all = false;
-                        break;
-                    }
-                    Ok(Submitted::Refused(422, _)) => {
-                        tracing::error!(witness = %w.url, from = old, to = size, "a witness refuses the consistency proof: this log is not an extension of what it cosigned");
-                        all = false;
-                        break;
-                    }
-                    Ok(Submitted::Refused(status, body)) => {
-                        tracing::warn!(witness = %w.url, status, answer = %body.trim(), "a witness refused a checkpoint; retrying");
-                        all = false;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(witness = %w.url, error = %format!("{e:#}"), "a witness cannot be reached; retrying");
-                        all = false;
-                        break;
-                    }
-                }
-            }
-        }
-        if cosigned != latest.note
-            && let Err(e) = broker.storage().audit.set_cosigned(&cosigned).await
-        {
-            tracing::error!(error = %e, "cosigned checkpoint not kept");
-        }
-        if all {
-            done = size;
+        let verdict = witnessing.round(&*broker.storage().audit).await;
+        if apply_verdict(&broker, verdict) {
+            return;
         }
     }
 }

@@ -43,6 +43,9 @@ pub struct Witness {
     logs: HashMap<String, NoteVerifier>,
     state: Mutex<WitnessState>,
     state_path: PathBuf,
+    /// How many checkpoints it refused as inconsistent with what it
+    /// cosigned (evidence of a rewritten or rolled-back log).
+    inconsistent: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Witness {
@@ -77,7 +80,25 @@ impl Witness {
             logs: followed,
             state: Mutex::new(state),
             state_path,
+            inconsistent: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many checkpoints this witness refused since it opened because
+    /// they were inconsistent with what it cosigned (a fork, a failed
+    /// consistency proof): each is logged as a warning.
+    pub fn inconsistent(&self) -> u64 {
+        self.inconsistent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The size of the newest checkpoint of `origin` it cosigned (0: none).
+    pub fn cosigned_size(&self, origin: &str) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .logs
+            .get(origin)
+            .map_or(0, |s| s.size)
     }
 
     /// The witness's verifier key, for brokers and auditors.
@@ -126,12 +147,20 @@ impl Witness {
                 .unwrap_or([0; 32]),
         });
         if let Err(r) = witness_decide(last.as_ref(), req.old, &req.proof, &checkpoint) {
-            if matches!(r, WitnessRefusal::BadProof)
-                || (matches!(r, WitnessRefusal::Conflict(_))
-                    && last.as_ref().is_some_and(|l| l.size == checkpoint.size))
-            {
+            // A 409 to a client that offered another old size than the one
+            // cosigned is how the protocol tells a client what it does not
+            // know yet (every broker after a restart asks from 0): not
+            // evidence of anything. Evidence is a proof that fails, or the
+            // same size as cosigned, asked from it, with another root.
+            let forked = matches!(r, WitnessRefusal::Conflict(_))
+                && last
+                    .as_ref()
+                    .is_some_and(|l| l.size == req.old && l.size == checkpoint.size);
+            if matches!(r, WitnessRefusal::BadProof) || forked {
                 // Evidence of a log that rewrote its history: kept in the
                 // witness's log for its operator.
+                self.inconsistent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(
                     origin,
                     cosigned = last.as_ref().map_or(0, |l| l.size),
@@ -293,6 +322,307 @@ pub async fn submit(url: &str, req: &AddCheckpoint) -> anyhow::Result<Submitted>
     })
 }
 
+/// How the broker holds its log to what its witnesses cosigned
+/// (`audit.witness_quorum`, `audit.witness_unreachable_ms`,
+/// `audit.witness_refusal_grace_ms`).
+#[derive(Debug, Clone)]
+pub struct WitnessSettings {
+    pub targets: Vec<WitnessTarget>,
+    /// How many witnesses must confirm the log before the broker serves
+    /// (at start) and keeps serving (afterwards).
+    pub quorum: usize,
+    /// How long a running broker serves while fewer than `quorum`
+    /// witnesses confirm its newest checkpoint (none answering): then its
+    /// health is NOT_SERVING until they do.
+    pub unconfirmed_bound: Duration,
+    /// How long witnesses may refuse the log's checkpoints before the log
+    /// halts (zero: the first refusal halts it).
+    pub refusal_grace: Duration,
+}
+
+impl WitnessSettings {
+    /// No witnesses: nothing is asked.
+    pub fn none() -> WitnessSettings {
+        WitnessSettings {
+            targets: Vec::new(),
+            quorum: 0,
+            unconfirmed_bound: Duration::from_secs(600),
+            refusal_grace: Duration::ZERO,
+        }
+    }
+
+    /// These witnesses, with the defaults: one must confirm, ten minutes
+    /// unconfirmed before NOT_SERVING, the first refusal halts the log.
+    pub fn new(targets: Vec<WitnessTarget>) -> WitnessSettings {
+        WitnessSettings {
+            quorum: usize::from(!targets.is_empty()),
+            targets,
+            ..WitnessSettings::none()
+        }
+    }
+}
+
+/// What one witness said of the log's newest checkpoint.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reconciled {
+    /// It cosigned it: its cosignature lines.
+    Confirmed(String),
+    /// It cosigned a larger checkpoint than the log's newest: the log lost
+    /// entries it had signed (a restore, a standby that was behind).
+    Behind { witness: u64, log: u64 },
+    /// It cosigned another checkpoint of the same size: a fork.
+    Forked { size: u64 },
+    /// It refused the proof that the log extends what it cosigned: the
+    /// entries it saw were rewritten.
+    Inconsistent { witness: u64, log: u64 },
+    /// Another refusal (400, 403, 404): the status and the answer.
+    Refused(u16, String),
+    /// No usable answer (not reached, a 5xx, a cosignature that does not
+    /// verify, no proof to offer): not evidence of anything.
+    Unreachable(String),
+}
+
+/// Asks one witness to cosign `latest`, from the size it last cosigned
+/// (`known`, learnt from its 409 when it is not known yet, as the protocol
+/// intends), with a consistency proof: the answer shows whether the log is
+/// consistent with the newest checkpoint the witness cosigned for it.
+pub async fn reconcile(
+    audit: &dyn semel_storage::AuditStore,
+    target: &WitnessTarget,
+    known: &mut u64,
+    latest: &semel_storage::SignedCheckpoint,
+) -> Reconciled {
+    let size = latest.checkpoint.size;
+    for _ in 0..4 {
+        let old = *known;
+        if old > size {
+            return Reconciled::Behind {
+                witness: old,
+                log: size,
+            };
+        }
+        let proof = if old == 0 || old == size {
+            Vec::new()
+        } else {
+            match audit.consistency_proof(old, size).await {
+                Ok(p) => p,
+                Err(e) => {
+                    return Reconciled::Unreachable(format!(
+                        "no consistency proof from {old} to {size} entries: {e}"
+                    ));
+                }
+            }
+        };
+        let req = AddCheckpoint {
+            old,
+            proof,
+            note: latest.note.clone(),
+        };
+        match submit(&target.url, &req).await {
+            Ok(Submitted::Cosigned(lines)) => {
+                if target
+                    .key
+                    .verify(&format!("{}{lines}", latest.note))
+                    .is_ok()
+                {
+                    *known = size;
+                    return Reconciled::Confirmed(lines);
+                }
+                return Reconciled::Unreachable(
+                    "it answered with a cosignature that does not verify with its key".into(),
+                );
+            }
+            // Its size is the one offered, yet it refuses: the same size
+            // with another root.
+            Ok(Submitted::Conflict(at)) if at == old && at == size => {
+                return Reconciled::Forked { size };
+            }
+            Ok(Submitted::Conflict(at)) if at == old => {
+                return Reconciled::Refused(409, format!("{at}"));
+            }
+            Ok(Submitted::Conflict(at)) => *known = at,
+            Ok(Submitted::Refused(422, _)) => {
+                return Reconciled::Inconsistent {
+                    witness: old,
+                    log: size,
+                };
+            }
+            Ok(Submitted::Refused(status, body)) if status >= 500 || status == 429 => {
+                return Reconciled::Unreachable(format!("it answered {status}: {}", body.trim()));
+            }
+            Ok(Submitted::Refused(status, body)) => {
+                return Reconciled::Refused(status, body.trim().to_owned());
+            }
+            Err(e) => return Reconciled::Unreachable(format!("{e:#}")),
+        }
+    }
+    Reconciled::Unreachable("its size kept changing while it was asked".into())
+}
+
+/// What to do about the log after asking the witnesses.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A quorum confirmed the newest checkpoint (or there is none yet).
+    Confirmed,
+    /// Too few witnesses answered: why.
+    Unconfirmed(String),
+    /// Witnesses saw another history than this log's: what to say.
+    Refused(String),
+}
+
+/// What the operator is told to do when witnesses saw more or another
+/// history than the log holds.
+pub const RECOVERY: &str = "restore the newest copy of the log, or replay the missing entries from the standby or an export, then restart; if they are lost for good, start a new log under a new origin (operator guide, \"The log is behind or forked from its witnesses\")";
+
+/// The broker's side of witnessing: what each witness cosigned, and since
+/// when the log has gone unconfirmed or refused.
+#[derive(Debug)]
+pub struct Witnessing {
+    settings: WitnessSettings,
+    known: Vec<u64>,
+    /// The size each witness confirmed last (in this process).
+    confirmed: Vec<u64>,
+    /// Since when too few witnesses confirmed; `None` while a quorum does.
+    unconfirmed_since: Option<std::time::Instant>,
+    /// Since when witnesses refuse the log's checkpoints.
+    refused_since: Option<std::time::Instant>,
+    /// Whether a quorum has confirmed the log since the broker started.
+    started: bool,
+}
+
+/// The readiness condition witnessing sets.
+pub const CONDITION: &str = "witnesses";
+
+impl Witnessing {
+    pub fn new(settings: WitnessSettings) -> Witnessing {
+        let n = settings.targets.len();
+        Witnessing {
+            settings,
+            known: vec![0; n],
+            confirmed: vec![0; n],
+            unconfirmed_since: None,
+            refused_since: None,
+            started: false,
+        }
+    }
+
+    pub fn settings(&self) -> &WitnessSettings {
+        &self.settings
+    }
+
+    /// Asks every witness that has not confirmed the newest checkpoint yet
+    /// about it; keeps their cosignatures with it.
+    pub async fn round(&mut self, audit: &dyn semel_storage::AuditStore) -> Verdict {
+        let mut restarts = 0;
+        'again: loop {
+            let latest = match audit.latest_checkpoint().await {
+                Ok(Some(latest)) => latest,
+                // Nothing signed yet: nothing a witness could contradict.
+                // The first checkpoint is asked about within an interval.
+                Ok(None) => {
+                    self.started = true;
+                    return Verdict::Confirmed;
+                }
+                Err(e) => {
+                    return Verdict::Unconfirmed(format!(
+                        "the log's newest checkpoint cannot be read: {e}"
+                    ));
+                }
+            };
+            let size = latest.checkpoint.size;
+            let mut cosigned = latest.note.clone();
+            let mut confirmed = 0;
+            let mut refusals = Vec::new();
+            let mut unreachable = Vec::new();
+            for (i, w) in self.settings.targets.iter().enumerate() {
+                if self.confirmed[i] == size {
+                    confirmed += 1;
+                    continue;
+                }
+                match reconcile(audit, w, &mut self.known[i], &latest).await {
+                    Reconciled::Confirmed(lines) => {
+                        cosigned.push_str(&lines);
+                        self.confirmed[i] = size;
+                        confirmed += 1;
+                    }
+                    Reconciled::Behind { witness, log } => {
+                        // On a shared database another broker may have
+                        // signed a newer checkpoint meanwhile: ask again
+                        // about the newest before calling it a rollback.
+                        if restarts < 2
+                            && let Ok(Some(newer)) = audit.latest_checkpoint().await
+                            && newer.checkpoint.size > size
+                        {
+                            restarts += 1;
+                            continue 'again;
+                        }
+                        refusals.push(format!(
+                            "the audit log is behind what its witnesses cosigned: witness {url} cosigned a checkpoint of {witness} entries, this log's newest checkpoint holds {log}; entries {log} to {last} it signed are missing (a restore from an older copy, or a standby that was behind promoted); {RECOVERY}",
+                            url = w.url,
+                            last = witness - 1,
+                        ));
+                    }
+                    Reconciled::Forked { size } => refusals.push(format!(
+                        "the audit log forked from what its witnesses cosigned: witness {url} cosigned another checkpoint of {size} entries than this log's checkpoint of {size} entries (same size, another root): entries were rewritten or lost and replaced; {RECOVERY}",
+                        url = w.url,
+                    )),
+                    Reconciled::Inconsistent { witness, log } => refusals.push(format!(
+                        "the audit log forked from what its witnesses cosigned: witness {url} cosigned a checkpoint of {witness} entries and refuses the proof that this log's checkpoint of {log} entries extends it: entries it saw were rewritten, or lost and replaced; {RECOVERY}",
+                        url = w.url,
+                    )),
+                    Reconciled::Refused(status, answer) => refusals.push(format!(
+                        "witness {url} refuses the checkpoint of {size} entries ({status}: {answer}); check that it follows this log's key (audit.origin and the verifier key)",
+                        url = w.url,
+                    )),
+                    Reconciled::Unreachable(why) => {
+                        unreachable.push(format!("{}: {why}", w.url));
+                    }
+                }
+            }
+            if cosigned != latest.note
+                && let Err(e) = audit.set_cosigned(&cosigned).await
+            {
+                tracing::error!(error = %e, "cosigned checkpoint not kept");
+            }
+            let now = std::time::Instant::now();
+            if !refusals.is_empty() {
+                let since = *self.refused_since.get_or_insert(now);
+                let why = refusals.join("; ");
+                if now.duration_since(since) >= self.settings.refusal_grace {
+                    return Verdict::Refused(why);
+                }
+                tracing::error!(reason = %why, grace_ms = self.settings.refusal_grace.as_millis() as u64, "witnesses refuse the log's checkpoint; the log halts if they still do after the grace");
+            } else {
+                self.refused_since = None;
+            }
+            if confirmed >= self.settings.quorum && refusals.is_empty() {
+                self.started = true;
+                self.unconfirmed_since = None;
+                return Verdict::Confirmed;
+            }
+            let since = *self.unconfirmed_since.get_or_insert(now);
+            let why = format!(
+                "{confirmed} of the {} witnesses (quorum {}) confirmed the checkpoint of {size} entries{}{}",
+                self.settings.targets.len(),
+                self.settings.quorum,
+                if unreachable.is_empty() {
+                    ""
+                } else {
+                    "; not reached: "
+                },
+                unreachable.join("; "),
+            );
+            if !self.started || now.duration_since(since) >= self.settings.unconfirmed_bound {
+                return Verdict::Unconfirmed(why);
+            }
+            if since == now {
+                tracing::warn!(reason = %why, "witnesses not reached; the broker goes on serving within audit.witness_unreachable_ms");
+            }
+            return Verdict::Confirmed;
+        }
+    }
+}
+
 #[cfg(test)]
 mod answer_tests {
     use super::*;
@@ -319,5 +649,67 @@ mod answer_tests {
             .await
             .expect_err("an answer too large");
         assert!(err.to_string().contains("at most"), "{err:#}");
+    }
+}
+
+#[cfg(test)]
+mod witness_tests {
+    use super::*;
+    use semel_core::checkpoint::NoteSigner;
+
+    fn signer(dir: &Path) -> NoteSigner {
+        let key = semel_store::load_or_create_signing_key(&dir.join("log.key")).expect("key");
+        NoteSigner::new("semel.test/audit", key)
+    }
+
+    fn checkpoint(size: u64, root: u8) -> Checkpoint {
+        Checkpoint {
+            origin: "semel.test/audit".into(),
+            size,
+            root: [root; 32],
+        }
+    }
+
+    /// A broker that restarts asks from 0 and learns the witness's size
+    /// from its 409, as the protocol intends: that is no evidence of
+    /// anything, and the witness says nothing of it (the demo's witness
+    /// used to log "refused a checkpoint inconsistent … cosigned=98
+    /// offered=98" at every clean restart). The same size asked from it
+    /// with another root is a fork, and is said.
+    #[test]
+    fn a_restarting_broker_learning_the_size_is_not_called_a_fork() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = signer(dir.path());
+        let w = Witness::open(
+            &dir.path().join("w"),
+            "witness.test/w",
+            &[log.verifier_key()],
+        )
+        .expect("open");
+        let note = log.sign(&checkpoint(1, 1));
+        let ask = |old: u64, note: &str| {
+            w.add_checkpoint(
+                &AddCheckpoint {
+                    old,
+                    proof: Vec::new(),
+                    note: note.to_owned(),
+                }
+                .body(),
+            )
+        };
+        ask(0, &note).expect("first sight");
+        assert_eq!(w.cosigned_size("semel.test/audit"), 1);
+        // A restart: the same checkpoint, asked from 0.
+        let (status, body) = ask(0, &note).expect_err("the client must learn the size");
+        assert_eq!((status, body.trim()), (StatusCode::CONFLICT, "1"));
+        assert_eq!(w.inconsistent(), 0, "learning the size is not a fork");
+        // Asked again from the size learnt: the same root is cosigned again.
+        ask(1, &note).expect("the same checkpoint again");
+        assert_eq!(w.inconsistent(), 0);
+        // The same size with another root: a fork, refused and counted.
+        let fork = log.sign(&checkpoint(1, 2));
+        let (status, _) = ask(1, &fork).expect_err("a fork");
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(w.inconsistent(), 1);
     }
 }
