@@ -531,6 +531,16 @@ pub struct AuditSection {
     /// Witnesses that cosign each new checkpoint (c2sp.org/tlog-witness).
     #[serde(default)]
     pub witnesses: Vec<WitnessSection>,
+    /// PostgreSQL store: how many entries a second the background scrub
+    /// checks against their signed encoding (query columns, sequence, link,
+    /// tree leaf), over the whole log again and again; a row that is not
+    /// what was signed halts the log. Default 2000; 0 turns it off.
+    #[serde(default = "default_scrub_rate")]
+    pub scrub_entries_per_second: u64,
+}
+
+fn default_scrub_rate() -> u64 {
+    semel_postgres::DEFAULT_SCRUB_RATE
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -556,6 +566,7 @@ impl Default for AuditSection {
             checkpoint_every_ms: default_checkpoint_ms(),
             witnesses: Vec::new(),
             online_days: default_online_days(),
+            scrub_entries_per_second: default_scrub_rate(),
         }
     }
 }
