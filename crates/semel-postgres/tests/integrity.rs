@@ -139,51 +139,57 @@ async fn the_start_proof_refuses_a_log_altered_or_cut_behind_its_checkpoint() {
     assert_eq!((proof.checkpoint, proof.entries, proof.tail), (10, 14, 5));
 
     // Each alteration, undone after it is refused.
-    let cases: &[(&str, &str, &str)] = &[
+    let cases: &[(&str, &str, &str, &str)] = &[
         (
             "a query column of the tail",
+            "holds consumer other than",
             "UPDATE audit_entries SET consumer = '0212345668' WHERE sequence = 12",
             "UPDATE audit_entries SET consumer = '0566988259' WHERE sequence = 12",
         ),
         (
             "the checkpoint's last entry's payload",
+            "entry 9",
             "UPDATE audit_entries SET encoding = (SELECT encoding FROM audit_entries WHERE sequence = 8) WHERE sequence = 9; \
              CREATE TABLE saved AS SELECT 1",
             "DROP TABLE saved",
         ),
         (
             "an entry of the tail deleted",
+            "entry 11 is missing",
             "CREATE TABLE saved AS SELECT * FROM audit_entries WHERE sequence = 11; \
              DELETE FROM audit_entries WHERE sequence = 11",
             "INSERT INTO audit_entries SELECT * FROM saved; DROP TABLE saved",
         ),
         (
             "the tail deleted and the head wound back behind the checkpoint",
+            "acknowledged entries were removed",
             "CREATE TABLE saved AS SELECT * FROM audit_entries WHERE sequence >= 9; \
              CREATE TABLE saved_head AS SELECT * FROM audit_head; \
              DELETE FROM audit_entries WHERE sequence >= 9; \
              UPDATE audit_head SET next_sequence = 9, \
-                 last_hash = sha256((SELECT encoding FROM audit_entries WHERE sequence = 8))",
+                 last_hash = sha256('\\x00'::bytea || (SELECT encoding FROM audit_entries WHERE sequence = 8))",
             "INSERT INTO audit_entries SELECT * FROM saved; DROP TABLE saved; \
              UPDATE audit_head SET next_sequence = s.next_sequence, last_hash = s.last_hash \
                  FROM saved_head s; DROP TABLE saved_head",
         ),
         (
             "the head wound back with its rows left",
+            "holds entry 13 but the head says the log holds 13",
             "CREATE TABLE saved_head AS SELECT * FROM audit_head; \
              UPDATE audit_head SET next_sequence = 13, \
-                 last_hash = sha256((SELECT encoding FROM audit_entries WHERE sequence = 12))",
+                 last_hash = sha256('\\x00'::bytea || (SELECT encoding FROM audit_entries WHERE sequence = 12))",
             "UPDATE audit_head SET next_sequence = s.next_sequence, last_hash = s.last_hash \
                  FROM saved_head s; DROP TABLE saved_head",
         ),
     ];
     // The payload case needs the original encoding back.
     let original_9 = audit.encodings(9, 10).await.expect("read").remove(0);
-    for (what, tamper, undo) in cases {
+    for (what, found, tamper, undo) in cases {
         sql(&db.url, tamper).await;
         match audit.prove_start(&key).await {
             Err(PgError::Corrupt(why)) => {
                 assert!(why.contains("does not prove itself"), "{what}: {why}");
+                assert!(why.contains(found), "{what}: {why}");
                 assert!(why.contains("semel audit verify"), "{what}: {why}");
             }
             other => panic!("{what}: not refused: {other:?}"),
