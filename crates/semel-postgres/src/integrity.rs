@@ -124,6 +124,7 @@ impl PgAudit {
                             e.time_micros, t.hash \
                      FROM audit_entries e \
                      LEFT JOIN audit_tree t ON t.level = 0 AND t.index = e.sequence \
+                         AND t.index >= $1 AND t.index < $2 \
                      WHERE e.sequence >= $1 AND e.sequence < $2 ORDER BY e.sequence",
                     &[&(at as i64), &(end as i64)],
                 )

@@ -88,7 +88,9 @@ pub struct ScrubSettings {
 }
 
 /// The default scrub rate: a log of ten million entries is checked about
-/// every 80 minutes, at a cost of a few milliseconds of one core a second.
+/// every 80 minutes. Measured on the development machine, a page of 1,000
+/// rows costs PostgreSQL about 5 ms (its query, EXPLAIN ANALYZE) and the
+/// broker about 6 ms of CPU (a debug build): some 10 ms of each a second.
 pub const DEFAULT_SCRUB_RATE: u64 = 2000;
 
 impl Default for ScrubSettings {
