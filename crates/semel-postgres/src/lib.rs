@@ -13,6 +13,7 @@
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+pub mod integrity;
 mod log;
 mod mutations;
 mod persons;
@@ -21,7 +22,8 @@ mod registry;
 pub mod testing;
 mod tree;
 
-pub use log::PgAuditLog;
+pub use integrity::{RowColumns, StartProof, check_row};
+pub use log::{DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};

@@ -51,6 +51,11 @@ struct Counters {
     /// Why the log stopped taking entries for good (an integrity failure):
     /// every batch is refused with it until the broker restarts.
     halted: std::sync::Mutex<Option<String>>,
+    /// Entries the background scrub checked, whole passes over the log it
+    /// finished, and what it found (rows that are not what was signed).
+    scrubbed: AtomicU64,
+    scrub_passes: AtomicU64,
+    scrub_findings: AtomicU64,
 }
 
 impl Counters {
@@ -68,6 +73,85 @@ impl Counters {
             tracing::error!(reason = %why, "the audit log stops taking entries until restart");
             *halted = Some(why);
         }
+    }
+}
+
+/// The background scrub: the whole log, checked again and again at a
+/// bounded rate (each row's query columns against its signed encoding, its
+/// sequence, its link to the entry before and its leaf in the tree), so
+/// that a row altered in the database is found even when no one queries
+/// it. A finding halts the log ([`AuditStore::halt`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScrubSettings {
+    /// Entries checked per second at most; 0 turns the scrub off.
+    pub entries_per_second: u64,
+}
+
+/// The default scrub rate: a log of ten million entries is checked about
+/// every 80 minutes. Measured on the development machine, a page of 1,000
+/// rows costs PostgreSQL about 5 ms (its query, EXPLAIN ANALYZE) and the
+/// broker about 6 ms of CPU (a debug build): some 10 ms of each a second.
+pub const DEFAULT_SCRUB_RATE: u64 = 2000;
+
+impl Default for ScrubSettings {
+    fn default() -> Self {
+        ScrubSettings {
+            entries_per_second: DEFAULT_SCRUB_RATE,
+        }
+    }
+}
+
+/// How long the scrub rests at the end of a pass, or after an error.
+const SCRUB_REST: Duration = Duration::from_secs(1);
+
+/// Checks the log from its first entry to its head, again and again, at
+/// most `rate` entries a second; halts the log on a finding.
+async fn scrub(mut audit: PgAudit, rate: u64, c: Arc<Counters>) {
+    let step = rate.clamp(1, 1000);
+    let mut position = 0u64;
+    loop {
+        let size = match audit.head().await {
+            Ok((size, _)) => size,
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit scrub cannot read the head; retrying");
+                tokio::time::sleep(SCRUB_REST).await;
+                let _ = audit.reconnect_if_lost().await;
+                continue;
+            }
+        };
+        if position >= size {
+            if size > 0 {
+                c.scrub_passes.fetch_add(1, Relaxed);
+            }
+            position = 0;
+            tokio::time::sleep(SCRUB_REST).await;
+            continue;
+        }
+        let from = position;
+        let to = size.min(position + step);
+        let started = tokio::time::Instant::now();
+        match audit.scrub(position, to).await {
+            Ok(done) => {
+                position = to;
+                c.scrubbed.fetch_add(done.entries, Relaxed);
+            }
+            Err(PgError::Corrupt(why)) => {
+                c.scrub_findings.fetch_add(1, Relaxed);
+                c.halt(format!(
+                    "the audit scrub found a row that is not what was signed: {why}; the log takes no more entries until restart (run `semel audit verify --database`; docs/operator-guide.md)"
+                ));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the audit scrub cannot read the log; retrying");
+                audit.conn.suspect = true;
+                tokio::time::sleep(SCRUB_REST).await;
+                let _ = audit.reconnect_if_lost().await;
+                continue;
+            }
+        }
+        let budget = Duration::from_secs_f64((to - from) as f64 / rate as f64);
+        tokio::time::sleep_until(started + budget).await;
     }
 }
 
@@ -106,6 +190,17 @@ impl PgAuditLog {
         url: &str,
         signer: NoteSigner,
         integrate_every: Duration,
+    ) -> Result<PgAuditLog, PgError> {
+        Self::start_with(url, signer, integrate_every, ScrubSettings::default()).await
+    }
+
+    /// [`Self::start`], with the background scrub's settings (a fourth
+    /// connection, when it runs).
+    pub async fn start_with(
+        url: &str,
+        signer: NoteSigner,
+        integrate_every: Duration,
+        scrub_settings: ScrubSettings,
     ) -> Result<PgAuditLog, PgError> {
         let mut writer = PgAudit::connect(url).await?;
         let mut integrator = PgAudit::connect(url).await?;
@@ -207,13 +302,22 @@ impl PgAuditLog {
                 tokio::time::sleep(integrate_every).await;
             }
         });
+        let mut tasks = vec![write, integrate];
+        if scrub_settings.entries_per_second > 0 {
+            let scrubber = PgAudit::connect(url).await?;
+            tasks.push(tokio::spawn(scrub(
+                scrubber,
+                scrub_settings.entries_per_second,
+                counters.clone(),
+            )));
+        }
         Ok(PgAuditLog {
             queue,
             counters,
             verifier_key,
             integration_wait: INTEGRATION_WAIT.max(integrate_every * 3),
             reader,
-            tasks: vec![write, integrate],
+            tasks,
         })
     }
 
@@ -348,6 +452,9 @@ impl AuditStore for PgAuditLog {
                 .saturating_sub(c.answered.load(Relaxed)),
             syncs: c.commits.load(Relaxed),
             sync_micros: c.commit_micros.load(Relaxed),
+            scrubbed: c.scrubbed.load(Relaxed),
+            scrub_passes: c.scrub_passes.load(Relaxed),
+            scrub_findings: c.scrub_findings.load(Relaxed),
         }
     }
 

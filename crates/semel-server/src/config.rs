@@ -546,6 +546,16 @@ pub struct AuditSection {
     /// halts (default 0: the first refusal halts it).
     #[serde(default)]
     pub witness_refusal_grace_ms: u64,
+    /// PostgreSQL store: how many entries a second the background scrub
+    /// checks against their signed encoding (query columns, sequence, link,
+    /// tree leaf), over the whole log again and again; a row that is not
+    /// what was signed halts the log. Default 2000; 0 turns it off.
+    #[serde(default = "default_scrub_rate")]
+    pub scrub_entries_per_second: u64,
+}
+
+fn default_scrub_rate() -> u64 {
+    semel_postgres::DEFAULT_SCRUB_RATE
 }
 
 fn default_witness_quorum() -> usize {
@@ -582,6 +592,7 @@ impl Default for AuditSection {
             witness_unreachable_ms: default_witness_unreachable_ms(),
             witness_refusal_grace_ms: 0,
             online_days: default_online_days(),
+            scrub_entries_per_second: default_scrub_rate(),
         }
     }
 }

@@ -261,6 +261,7 @@ impl Demo {
                     Duration::from_secs(1),
                     crate::config::DEFAULT_REGISTRY_POLL,
                     crate::config::DEFAULT_PERSONS_POLL,
+                    semel_postgres::ScrubSettings::default(),
                 )
                 .await?
             }

@@ -89,6 +89,10 @@ pub struct Metrics {
     audit_queued: Gauge,
     audit_syncs: Counter,
     audit_sync_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// The background scrub of the audit log (PostgreSQL).
+    audit_scrubbed: Counter,
+    audit_scrub_passes: Counter,
+    audit_scrub_findings: Counter,
     /// Calls refused because their entry could not be made durable.
     pub audit_unavailable: Counter,
     persons_hits: Counter,
@@ -192,6 +196,24 @@ impl Default for Metrics {
             "audit_sync_seconds",
             "Time spent writing and syncing the audit log",
             audit_sync_seconds.clone(),
+        );
+        let audit_scrubbed = Counter::default();
+        registry.register(
+            "audit_scrub_entries",
+            "Audit entries the background scrub checked against their signed encoding (PostgreSQL)",
+            audit_scrubbed.clone(),
+        );
+        let audit_scrub_passes = Counter::default();
+        registry.register(
+            "audit_scrub_passes",
+            "Passes of the background scrub over the whole audit log",
+            audit_scrub_passes.clone(),
+        );
+        let audit_scrub_findings = Counter::default();
+        registry.register(
+            "audit_scrub_findings",
+            "Audit rows the scrub found not to be what was signed (each halts the log)",
+            audit_scrub_findings.clone(),
         );
         let audit_unavailable = Counter::default();
         registry.register(
@@ -297,6 +319,9 @@ impl Default for Metrics {
             audit_queued,
             audit_syncs,
             audit_sync_seconds,
+            audit_scrubbed,
+            audit_scrub_passes,
+            audit_scrub_findings,
         }
     }
 }
@@ -353,6 +378,13 @@ impl Metrics {
         let seconds = audit.sync_micros as f64 / 1e6 - self.audit_sync_seconds.get();
         if seconds > 0.0 {
             self.audit_sync_seconds.inc_by(seconds);
+        }
+        for (counter, total) in [
+            (&self.audit_scrubbed, audit.scrubbed),
+            (&self.audit_scrub_passes, audit.scrub_passes),
+            (&self.audit_scrub_findings, audit.scrub_findings),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
         }
         if let Some(persons) = self.persons.get() {
             let stats = persons.stats();
@@ -763,6 +795,9 @@ mod tests {
         queued: 0,
         syncs: 2,
         sync_micros: 1500,
+        scrubbed: 0,
+        scrub_passes: 0,
+        scrub_findings: 0,
     };
 
     fn sample_metrics() -> Metrics {

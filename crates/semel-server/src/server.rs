@@ -255,6 +255,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 Duration::from_millis(config.audit.checkpoint_every_ms),
                 config.store.registry_poll(),
                 config.store.persons_poll(),
+                semel_postgres::ScrubSettings {
+                    entries_per_second: config.audit.scrub_entries_per_second,
+                },
             )
             .await?
         }

@@ -73,6 +73,7 @@ pub async fn open_postgresql(
     checkpoint_every: Duration,
     registry_poll: Duration,
     persons_poll: Duration,
+    scrub: semel_postgres::ScrubSettings,
 ) -> anyhow::Result<Opened> {
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
@@ -86,29 +87,26 @@ pub async fn open_postgresql(
     let mutations = semel_postgres::PgMutations::connect(url)
         .await
         .context("connect to the PostgreSQL store (mutation queues)")?;
-    // One log, one identity: a broker whose key did not sign the log's
-    // checkpoints (a key created anew on this machine, another origin)
-    // must not start signing a second history into the same tables.
+    // One log, one identity, and a log that proves itself, as the embedded
+    // store's does at open: the newest checkpoint is this broker's key's,
+    // the tree gives its root, and the tail since it chains to the tree up
+    // to the head. A broker whose key did not sign the log's checkpoints
+    // (a key created anew on this machine, another origin) must not start
+    // signing a second history into the same tables.
     let verifier = semel_core::checkpoint::NoteVerifier::parse(&signer.verifier_key())
         .map_err(|e| anyhow::anyhow!("the checkpoint key: {e}"))?;
     let probe = semel_postgres::PgAudit::connect(url)
         .await
         .context("connect to the PostgreSQL store (audit log)")?;
-    if let Some(note) = probe
-        .latest_checkpoint()
-        .await
-        .context("read the PostgreSQL store's latest checkpoint")?
-    {
-        verifier.verify(&note).map_err(|e| {
-            anyhow::anyhow!(
-                "this broker's checkpoint key ({}) did not sign the PostgreSQL store's checkpoints ({e}): \
-                 every broker on one database must use the same audit.signing_key and origin",
-                verifier.name()
-            )
-        })?;
-    }
+    let proof = probe.prove_start(&verifier).await?;
+    tracing::info!(
+        entries = proof.entries,
+        checkpoint = proof.checkpoint,
+        tail = proof.tail,
+        "the audit log on PostgreSQL proves itself against its newest checkpoint"
+    );
     drop(probe);
-    let audit = semel_postgres::PgAuditLog::start(url, signer, checkpoint_every)
+    let audit = semel_postgres::PgAuditLog::start_with(url, signer, checkpoint_every, scrub)
         .await
         .context("connect to the PostgreSQL store (audit log)")?;
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)

@@ -111,6 +111,12 @@ pub struct AuditStats {
     /// Syncs (or commits) since opening, and the time they took.
     pub syncs: u64,
     pub sync_micros: u64,
+    /// Entries the background scrub checked since opening, passes over the
+    /// whole log it finished, and rows it found not to be what was signed
+    /// (each halts the log).
+    pub scrubbed: u64,
+    pub scrub_passes: u64,
+    pub scrub_findings: u64,
 }
 
 /// How much of the log has moved to archive files.

@@ -328,6 +328,7 @@ impl AuditLog {
             queued: submitted.saturating_sub(c.answered.load(Relaxed)),
             syncs: c.syncs.load(Relaxed),
             sync_micros: c.sync_micros.load(Relaxed),
+            ..AuditStats::default()
         }
     }
 

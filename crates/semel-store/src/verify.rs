@@ -98,8 +98,23 @@ pub enum VerifyFailure {
     Entry { sequence: u64, why: String },
     #[error("checkpoint of {size} entries: {why}")]
     Checkpoint { size: u64, why: String },
+    /// The input does not say what it should (a line that is not JSON, an
+    /// entry that cannot be decoded): an integrity failure, like the others.
     #[error("{0}")]
     Input(String),
+    /// The input could not be checked at all (a file missing or unreadable,
+    /// not an export, a check that does not apply to it): an operational
+    /// error, not a verdict on the log.
+    #[error("{0}")]
+    NotChecked(String),
+}
+
+impl VerifyFailure {
+    /// Whether this says the log or export is not what was signed (exit 4),
+    /// rather than that it could not be read (exit 1).
+    pub fn is_integrity(&self) -> bool {
+        !matches!(self, VerifyFailure::NotChecked(_))
+    }
 }
 
 /// Recomputes the chain and the tree entry by entry.
@@ -285,7 +300,10 @@ pub fn verify_dir_trusting(
     policy: &TrustPolicy,
 ) -> Result<VerifyReport, VerifyFailure> {
     let notes: Vec<String> = read_checkpoints(&audit_dir.join("checkpoints"))
-        .map_err(|e| VerifyFailure::Input(e.to_string()))?
+        .map_err(|e| match e {
+            crate::StoreError::Corrupt(m) => VerifyFailure::Input(m),
+            e => VerifyFailure::NotChecked(e.to_string()),
+        })?
         .into_iter()
         .map(|c| c.note)
         .collect();
@@ -299,7 +317,7 @@ pub fn verify_dir_trusting(
     }
     let path = audit_dir.join("log");
     let mut file = File::open(&path)
-        .map_err(|e| VerifyFailure::Input(format!("open {}: {e}", path.display())))?;
+        .map_err(|e| VerifyFailure::NotChecked(format!("open {}: {e}", path.display())))?;
     let mut failure = None;
     let damaged = scan(&mut file, start, |_, payload| {
         match verifier.push(payload) {
@@ -310,7 +328,10 @@ pub fn verify_dir_trusting(
             }
         }
     })
-    .map_err(|e| VerifyFailure::Input(e.to_string()))?;
+    .map_err(|e| match e {
+        crate::StoreError::Corrupt(m) => VerifyFailure::Input(m),
+        e => VerifyFailure::NotChecked(e.to_string()),
+    })?;
     if let Some(f) = failure {
         return Err(f);
     }
@@ -319,7 +340,7 @@ pub fn verify_dir_trusting(
         use std::io::{Read, Seek, SeekFrom};
         file.seek(SeekFrom::Start(offset))
             .and_then(|_| file.read_to_end(&mut rest))
-            .map_err(|e| VerifyFailure::Input(format!("read {}: {e}", path.display())))?;
+            .map_err(|e| VerifyFailure::NotChecked(format!("read {}: {e}", path.display())))?;
         // Zeros after the last frame are a crash's leftovers (the broker
         // zeroes a torn write at start); anything else is damage.
         if !matches!(tail_kind(&rest), Tail::Zeros) {
@@ -400,13 +421,18 @@ fn archive_files(audit_dir: &Path) -> Result<Vec<Vec<Value>>, VerifyFailure> {
             .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(VerifyFailure::Input(format!("read {}: {e}", dir.display()))),
+        Err(e) => {
+            return Err(VerifyFailure::NotChecked(format!(
+                "read {}: {e}",
+                dir.display()
+            )));
+        }
     };
     names.sort();
     let mut files = Vec::new();
     for name in names {
         let text = std::fs::read_to_string(&name)
-            .map_err(|e| VerifyFailure::Input(format!("read {}: {e}", name.display())))?;
+            .map_err(|e| VerifyFailure::NotChecked(format!("read {}: {e}", name.display())))?;
         let lines = text
             .lines()
             .enumerate()
@@ -708,7 +734,7 @@ pub fn verify_export_trusting(
 ) -> Result<VerifyReport, VerifyFailure> {
     let mut lines = Vec::new();
     for (i, line) in input.lines().enumerate() {
-        let line = line.map_err(|e| VerifyFailure::Input(format!("read the export: {e}")))?;
+        let line = line.map_err(|e| VerifyFailure::NotChecked(format!("read the export: {e}")))?;
         let v: Value = serde_json::from_str(&line)
             .map_err(|e| VerifyFailure::Input(format!("line {}: not JSON: {e}", i + 1)))?;
         lines.push(v);
@@ -717,7 +743,7 @@ pub fn verify_export_trusting(
         Some("semel-audit-export/1") => {}
         Some(EXCERPT_FORMAT) => return verify_excerpt(&lines, key, policy),
         _ => {
-            return Err(VerifyFailure::Input(
+            return Err(VerifyFailure::NotChecked(
                 "not a Semel audit export (semel-audit-export/1 or semel-audit-excerpt/1)".into(),
             ));
         }
@@ -752,7 +778,7 @@ fn verify_excerpt(
     policy: &TrustPolicy,
 ) -> Result<VerifyReport, VerifyFailure> {
     if !policy.trusted.is_empty() {
-        return Err(VerifyFailure::Input(
+        return Err(VerifyFailure::NotChecked(
             "an excerpt proves its entries against its own checkpoint; checkpoints you kept (--trusted) are checked against a whole log (semel audit export)".into(),
         ));
     }

@@ -68,7 +68,7 @@ pub enum AuditCommand {
         #[command(flatten)]
         conn: Conn,
     },
-    /// Verify a store's audit log or an export offline: sequence, hash chain, Merkle tree and every signed checkpoint; names the first entry that does not match. Exit 0 only if all holds.
+    /// Verify a store's audit log or an export offline: sequence, hash chain, Merkle tree and every signed checkpoint (and, with --database, every row's query columns); names the first entry that does not match. Exit 0 if all holds, 4 for any integrity failure (an entry missing, altered, reordered or forked, a column that disagrees), 1 only when the input cannot be read (no connection, no such file).
     Verify {
         /// The broker's data directory (data_dir in semel.toml; the demo's is semel-data/store).
         #[arg(long, conflicts_with_all = ["export", "database"], required_unless_present_any = ["export", "database"])]

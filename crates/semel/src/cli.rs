@@ -18,7 +18,11 @@ use crate::{
 #[command(
     name = "semel",
     version,
-    about = "Semel: an only-once data-exchange broker for Brussels administrations"
+    about = "Semel: an only-once data-exchange broker for Brussels administrations",
+    after_help = "Exit codes: 0 done (semel health: serving); 1 the command could not do its work \
+        (configuration, files, connection; semel health: not serving); 2 the command line is wrong; \
+        3 the broker answered with an error; 4 an integrity failure: semel audit verify found the \
+        log altered, or semel serve refused to start on an audit log that does not prove itself."
 )]
 pub struct Cli {
     /// Log format on stderr.

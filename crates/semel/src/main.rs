@@ -85,11 +85,31 @@ fn main() -> ExitCode {
         // The reader went away (`semel audit list | head -1`): what it
         // wanted it has; end quietly, as `ls | head` does.
         Err(e) if output::is_closed_output(&e) => Exit::Done.into(),
+        Err(e) if is_integrity_failure(&e) => {
+            eprintln!("error: {e:#}");
+            Exit::NotVerified.into()
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             Exit::Failed.into()
         }
     }
+}
+
+/// Whether an error is an integrity failure (a store holding what its
+/// brokers did not write: `semel serve` refusing a log that does not prove
+/// itself) rather than an operational one (a connection, a file): exit 4,
+/// not 1, so that tampering is told from trouble.
+pub(crate) fn is_integrity_failure(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<semel_postgres::PgError>(),
+            Some(semel_postgres::PgError::Corrupt(_))
+        ) || matches!(
+            c.downcast_ref::<semel_store::StoreError>(),
+            Some(semel_store::StoreError::Corrupt(_))
+        )
+    })
 }
 
 /// Logs on stderr and, when configured, trace export. The guard flushes

@@ -41,7 +41,11 @@ pub enum Exit {
     /// The broker answered with an error: a refusal or a failure, with its
     /// reason code (`--json` gives the code, reason, message and request id).
     Refused,
-    /// `semel audit verify`: the log or the export does not verify.
+    /// An integrity failure: `semel audit verify` found the log or the
+    /// export altered (an entry missing, altered, reordered, forked, a
+    /// query column that disagrees with its entry), or `semel serve` /
+    /// `semel demo` refused to start on a log that does not prove itself.
+    /// Never an operational error (those are [`Exit::Failed`]).
     NotVerified,
 }
 

@@ -716,3 +716,47 @@ fn pki_token_and_health_print_json_for_scripts() {
     assert_eq!(code, Some(1));
     assert!(v["status"].is_null() && v["error"].is_string(), "{v}");
 }
+
+/// `semel audit verify` tells tampering from trouble: a file that is not an
+/// export, or that is missing, cannot be checked (exit 1); an export whose
+/// line was damaged does not verify (exit 4).
+#[test]
+fn audit_verify_exits_1_for_trouble_and_4_for_tampering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = semel_core::checkpoint::NoteSigner::new(
+        "semel.test/audit",
+        semel_store::load_or_create_signing_key(&dir.path().join("signing.key")).expect("key"),
+    )
+    .verifier_key();
+    let verify = |file: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_semel"))
+            .args(["audit", "verify", "--verifier-key", &key, "--export"])
+            .arg(file)
+            .output()
+            .expect("run semel")
+    };
+    let missing = verify(&dir.path().join("missing.jsonl"));
+    assert_eq!(missing.status.code(), Some(1), "a missing file");
+    let other = dir.path().join("other.jsonl");
+    std::fs::write(&other, "{\"format\": \"something else\"}\n").expect("write");
+    let out = verify(&other);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "not an export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let damaged = dir.path().join("damaged.jsonl");
+    std::fs::write(
+        &damaged,
+        "{\"format\": \"semel-audit-export/1\"}\n{\"type\": \"entry\", \"sequ\n",
+    )
+    .expect("write");
+    let out = verify(&damaged);
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a damaged export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

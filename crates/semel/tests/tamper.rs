@@ -59,7 +59,10 @@ async fn starts(dir: &Path) -> Result<(), String> {
         }
         if let Some(status) = child.try_wait().expect("wait") {
             assert!(!status.success(), "the demo stopped without an error");
-            return Err(std::fs::read_to_string(dir.join("demo.log")).unwrap_or_default());
+            let log = std::fs::read_to_string(dir.join("demo.log")).unwrap_or_default();
+            // Tampering, not trouble: exit code 4, never 1.
+            assert_eq!(status.code(), Some(4), "a refused start exits 4: {log}");
+            return Err(log);
         }
         assert!(
             Instant::now() < deadline,
@@ -80,6 +83,12 @@ fn verifies(dir: &Path, extra: &[&str]) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
+        assert_eq!(
+            out.status.code(),
+            Some(4),
+            "a log that does not verify exits 4: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Err(format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

@@ -116,21 +116,55 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let result = match (&store, &export) {
         (None, None) if database.is_some() => {
             let url = database.clone().unwrap_or_default();
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
-            let exporting =
-                tokio::spawn(write_database_export(url, Export::To(tx), "jsonl".into()));
-            let verifying = tokio::task::spawn_blocking(move || {
-                let mut input = std::io::BufReader::new(Pipe {
-                    rx,
-                    chunk: Vec::new(),
-                    at: 0,
-                });
-                semel_store::verify::verify_export_trusting(&mut input, &verifier, &policy)
-            });
-            let result = verifying.await.context("the verification task")?;
-            let n = exporting.await.context("the export task")??;
-            eprintln!("read {n} entries from the PostgreSQL store");
-            result
+            // First the proof a broker makes at start (the head, the tree
+            // and the newest checkpoint agree, the tail chains to them),
+            // then the whole log, every row's query columns checked against
+            // its signed encoding as it is read.
+            let pg = semel_postgres::PgAudit::connect_read_only(&url)
+                .await
+                .context("connect to the PostgreSQL store")?;
+            let proved = match pg.prove(&verifier).await {
+                Ok(_) => Ok(()),
+                Err(semel_postgres::PgError::Corrupt(why)) => {
+                    Err(semel_store::verify::VerifyFailure::Input(why))
+                }
+                Err(e) => return Err(anyhow::Error::new(e).context("read the PostgreSQL store")),
+            };
+            drop(pg);
+            match proved {
+                Err(f) => Err(f),
+                Ok(()) => {
+                    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(64);
+                    let exporting = tokio::spawn(write_database_export(
+                        url,
+                        Export::To(tx),
+                        "jsonl".into(),
+                        true,
+                    ));
+                    let verifying = tokio::task::spawn_blocking(move || {
+                        let mut input = std::io::BufReader::new(Pipe {
+                            rx,
+                            chunk: Vec::new(),
+                            at: 0,
+                        });
+                        semel_store::verify::verify_export_trusting(&mut input, &verifier, &policy)
+                    });
+                    let result = verifying.await.context("the verification task")?;
+                    match exporting.await.context("the export task")? {
+                        Ok(n) => {
+                            eprintln!("read {n} entries from the PostgreSQL store");
+                            result
+                        }
+                        // A row that is not what was signed (missing,
+                        // altered, its columns disagreeing): tampering.
+                        Err(e) if crate::is_integrity_failure(&e) => {
+                            Err(semel_store::verify::VerifyFailure::Input(format!("{e:#}")))
+                        }
+                        // The database could not be read: trouble.
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
         }
         (Some(dir), _) => {
             semel_store::verify::verify_dir_trusting(&dir.join("audit"), &verifier, &policy)
@@ -206,6 +240,8 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(Exit::Done.into())
         }
+        // Not a verdict on the log: it could not be read (exit 1).
+        Err(e) if !e.is_integrity() => Err(anyhow::anyhow!("{e}")),
         Err(e) => {
             if json {
                 outln!(
@@ -227,7 +263,7 @@ pub async fn export_database(
     output: Option<PathBuf>,
     format: String,
 ) -> anyhow::Result<ExitCode> {
-    let n = write_database_export(url, Export::File(output), format).await?;
+    let n = write_database_export(url, Export::File(output), format, false).await?;
     eprintln!("exported {n} entries");
     Ok(Exit::Done.into())
 }
@@ -280,7 +316,16 @@ impl std::io::Read for Pipe {
     }
 }
 
-async fn write_database_export(url: String, to: Export, format: String) -> anyhow::Result<u64> {
+/// Writes the PostgreSQL store's log as an export; with `checked`, every
+/// row is checked first as the scrub checks it (its query columns, its
+/// link, its leaf), and a row that is not what was signed ends the export
+/// with a [`semel_postgres::PgError::Corrupt`].
+async fn write_database_export(
+    url: String,
+    to: Export,
+    format: String,
+    checked: bool,
+) -> anyhow::Result<u64> {
     use std::io::Write;
     let format = match format.as_str() {
         "jsonl" => semel_store::verify::ExportFormat::JsonLines,
@@ -304,20 +349,31 @@ async fn write_database_export(url: String, to: Export, format: String) -> anyho
             Export::To(tx) => Box::new(std::io::BufWriter::with_capacity(1 << 16, Sender(tx))),
         };
         let mut from = 0u64;
+        let mut failed: Option<(u64, u64, semel_postgres::PgError)> = None;
         let mut next = || {
             let to = (from + 10_000).min(size);
             if from >= to {
                 return Ok(Vec::new());
             }
-            let batch = rt.block_on(pg.encodings(from, to)).map_err(|e| {
-                semel_store::verify::VerifyFailure::Input(format!("read entries {from}..{to}: {e}"))
+            let read = if checked {
+                rt.block_on(pg.checked_encodings(from, to))
+            } else {
+                rt.block_on(pg.encodings(from, to))
+            };
+            let batch = read.map_err(|e| {
+                let why = format!("read entries {from}..{to}: {e}");
+                failed = Some((from, to, e));
+                semel_store::verify::VerifyFailure::Input(why)
             })?;
             from = to;
             Ok(batch)
         };
-        let n =
-            semel_store::verify::export_entries(&checkpoints, &mut next, format, None, &mut out)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let exported =
+            semel_store::verify::export_entries(&checkpoints, &mut next, format, None, &mut out);
+        if let Some((from, to, e)) = failed {
+            return Err(anyhow::Error::new(e).context(format!("read entries {from}..{to}")));
+        }
+        let n = exported.map_err(|e| anyhow::anyhow!("{e}"))?;
         out.flush().context("write the export")?;
         Ok(n)
     })
