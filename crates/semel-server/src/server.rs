@@ -254,6 +254,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 Duration::from_millis(config.audit.checkpoint_every_ms),
                 config.store.registry_poll(),
                 config.store.persons_poll(),
+                config.store.max_durability_wait(),
             )
             .await?
         }
