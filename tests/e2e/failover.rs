@@ -147,8 +147,7 @@ impl Load {
         for t in self.tasks {
             let _ = t.await;
         }
-        let ids = self.acknowledged.lock().expect("ids").clone();
-        ids
+        self.acknowledged.lock().expect("ids").clone()
     }
 }
 
