@@ -11,6 +11,9 @@ mod audit_proofs;
 mod crl;
 #[path = "../e2e/durability.rs"]
 mod durability;
+// The failover cases need a primary and a standby: PostgreSQL only.
+#[path = "../e2e/failover.rs"]
+mod failover;
 #[path = "../e2e/harness.rs"]
 mod harness;
 #[path = "../e2e/http_face.rs"]

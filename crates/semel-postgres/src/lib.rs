@@ -23,7 +23,7 @@ pub mod testing;
 mod tree;
 
 pub use integrity::{RowColumns, StartProof, check_row};
-pub use log::{DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
+pub use log::{DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};
@@ -66,6 +66,17 @@ pub enum PgError {
     OutOfRange(String),
     #[error("{0}")]
     Conflict(String),
+    /// A commit PostgreSQL did not confirm replicated (a cancelled or
+    /// terminated wait for synchronous replication, or an outcome learned
+    /// over a lost connection), not yet confirmed by a later transaction
+    /// that waited for the standby.
+    #[error("{0}")]
+    NotReplicated(String),
+    /// The database's log is shorter than, or differs from, what this
+    /// broker acknowledged: a promoted standby that was behind, a restored
+    /// backup. The log must not be extended.
+    #[error("{0}")]
+    RolledBack(String),
 }
 
 /// The client's error with the server's message and SQLSTATE, which its
@@ -85,6 +96,15 @@ pub struct PgAudit {
     /// statement that moves it; another broker's append in between makes
     /// the statement change nothing, and the head is read again).
     head: Option<(u64, Hash)>,
+    /// The last entry (sequence, hash) of a batch committed without the
+    /// server confirming it replicated: not to be acknowledged until
+    /// [`PgAudit::confirm`] says a later transaction that waited for the
+    /// standby saw it.
+    unconfirmed: Option<(u64, Hash)>,
+    /// The newest size this broker acknowledged, and the hash of the
+    /// entry before it: a database whose head is below it (a promoted
+    /// standby that was behind, a restored backup) is never extended.
+    acknowledged: Option<(u64, Hash)>,
 }
 
 impl std::fmt::Debug for PgAudit {
@@ -105,6 +125,22 @@ pub(crate) struct Conn {
     pub(crate) suspect: bool,
     pub(crate) client: tokio_postgres::Client,
     connection: tokio::task::JoinHandle<()>,
+    /// How many of this connection's commits the server reported as
+    /// perhaps not replicated (the WARNING "canceling wait for synchronous
+    /// replication ... might not have been replicated"): counted by the
+    /// task that drives the connection as the notice arrives, which is
+    /// before the statement's own answer reaches the client.
+    unreplicated: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Whether a notice says a commit may not have reached the synchronous
+/// standby: PostgreSQL committed locally after its wait was cancelled
+/// (`pg_cancel_backend`, a statement timeout) or the backend terminated.
+fn says_not_replicated(notice: &tokio_postgres::error::DbError) -> bool {
+    notice.message().contains("synchronous replication")
+        || notice
+            .detail()
+            .is_some_and(|d| d.contains("might not have been replicated"))
 }
 
 impl Drop for Conn {
@@ -127,10 +163,33 @@ impl Conn {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
         config.keepalives_idle(CONNECT_TIMEOUT);
-        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+        let (client, mut connection) = config.connect(tokio_postgres::NoTls).await?;
+        let unreplicated = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let seen = unreplicated.clone();
+        // Driven here rather than awaited, to see the server's notices:
+        // a commit's warning that it may not be replicated must reach the
+        // writer, not only the log.
         let connection = tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::warn!(error = %e, "PostgreSQL connection closed");
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                        if says_not_replicated(&notice) {
+                            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            tracing::warn!(
+                                notice = %notice.message(),
+                                "PostgreSQL committed without confirming synchronous replication: the commit is not acknowledged until a later transaction confirms it"
+                            );
+                        } else {
+                            tracing::info!(notice = %notice.message(), "PostgreSQL notice");
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "PostgreSQL connection closed");
+                        break;
+                    }
+                    None => break,
+                }
             }
         });
         client
@@ -141,7 +200,14 @@ impl Conn {
             suspect: false,
             client,
             connection,
+            unreplicated,
         })
+    }
+
+    /// How many commits on this connection the server reported as perhaps
+    /// not replicated so far.
+    pub(crate) fn unreplicated(&self) -> u64 {
+        self.unreplicated.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The client, connected again first if the connection was lost.
@@ -246,6 +312,114 @@ async fn apply_migrations(client: &tokio_postgres::Client) -> Result<(), PgError
     Ok(())
 }
 
+impl PgAudit {
+    fn on(conn: Conn) -> PgAudit {
+        PgAudit {
+            conn,
+            head: None,
+            unconfirmed: None,
+            acknowledged: None,
+        }
+    }
+
+    /// Whether the last append committed without the server confirming it
+    /// replicated: its callers must not be answered before
+    /// [`PgAudit::confirm`] succeeds.
+    pub fn unconfirmed(&self) -> bool {
+        self.unconfirmed.is_some()
+    }
+
+    /// Confirms the last append replicated: a small transaction that
+    /// writes (the head row, rewritten as it is: a transaction that only
+    /// takes an id writes no WAL before its commit record, and PostgreSQL
+    /// then neither flushes nor waits for the standby) and reads the
+    /// batch's last entry; its commit waits for the synchronous standby. WAL is replayed in order, so a
+    /// standby that confirmed this commit holds the batch too; and the
+    /// entry read in it says the batch is in the database that confirmed
+    /// (after a failover, the promoted one). `NotReplicated` while the
+    /// server still does not confirm, or the connection failed (the batch
+    /// stays unconfirmed: ask again); a batch no longer in the database is
+    /// an error that clears it (its callers are refused: nothing to
+    /// confirm).
+    pub async fn confirm(&mut self) -> Result<(), PgError> {
+        let Some((sequence, hash)) = self.unconfirmed else {
+            return Ok(());
+        };
+        self.conn.client().await?;
+        let before = self.conn.unreplicated();
+        let result = self
+            .conn
+            .client
+            .query_one(
+                "UPDATE audit_head SET next_sequence = next_sequence WHERE id = 0 \
+                 RETURNING (SELECT encoding FROM audit_entries WHERE sequence = $1)",
+                &[&(sequence as i64)],
+            )
+            .await;
+        let row = match result {
+            Ok(row) => row,
+            Err(e) => {
+                self.conn.suspect = true;
+                return Err(e.into());
+            }
+        };
+        if self.conn.unreplicated() != before {
+            return Err(PgError::NotReplicated(format!(
+                "audit entry {sequence} is committed but PostgreSQL does not confirm it reached the synchronous standby (its wait was cancelled): it is not acknowledged until a transaction that waits for the standby confirms it"
+            )));
+        }
+        self.unconfirmed = None;
+        match row.get::<_, Option<&[u8]>>(0) {
+            Some(encoding) if entry_hash(encoding) == hash => Ok(()),
+            _ => {
+                self.head = None;
+                Err(PgError::NotReplicated(format!(
+                    "audit entry {sequence}, committed without confirmed replication, is not in the database any more (a failover to a standby that never received it): its callers are refused"
+                )))
+            }
+        }
+    }
+
+    /// Records that the log up to `size` entries (the last one's hash
+    /// `hash`) was acknowledged to callers: a database whose head is
+    /// found below it is never extended.
+    pub fn acknowledge(&mut self, size: u64, hash: Hash) {
+        if self.acknowledged.is_none_or(|(s, _)| size > s) {
+            self.acknowledged = Some((size, hash));
+        }
+    }
+
+    /// Refuses a head below what this broker acknowledged, or at the same
+    /// size with another last entry.
+    fn check_head(&self, size: u64, hash: &Hash) -> Result<(), PgError> {
+        let Some((acked, acked_hash)) = self.acknowledged else {
+            return Ok(());
+        };
+        if size < acked || (size == acked && *hash != acked_hash) {
+            let what = if size < acked {
+                format!("holds {size} entries, but this broker acknowledged {acked}")
+            } else {
+                format!(
+                    "holds {size} entries, as many as this broker acknowledged, but its last entry differs"
+                )
+            };
+            return Err(PgError::RolledBack(format!(
+                "the PostgreSQL audit log {what}: acknowledged entries are missing (a promoted standby that was behind, or a restored backup). \
+                 The broker will not extend this log, which would reuse sequence numbers it answered for and sign a fork. \
+                 Restore the newest copy of the database or replay the missing entries (from the old primary, a standby or an export), then restart the brokers; \
+                 if the entries are lost for good, start a new log epoch (docs/operator-guide.md, \"The database lost acknowledged entries\")"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the head (connecting again if the connection was lost) and
+    /// refuses one below what this broker acknowledged.
+    pub async fn check_rollback(&mut self) -> Result<(), PgError> {
+        self.read_head().await.map(|_| ())
+    }
+}
+
 /// An entry's place in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placed {
@@ -260,7 +434,7 @@ impl PgAudit {
     pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
         let conn = Conn::open(url).await?;
         migrate(&conn.client).await?;
-        Ok(PgAudit { conn, head: None })
+        Ok(PgAudit::on(conn))
     }
 
     /// Connects to read only (an auditor's export or verification): no
@@ -281,7 +455,7 @@ impl PgAudit {
                 "the database's schema is at version {found}, this tool reads version {supported}: use the brokers' version of semel"
             )));
         }
-        Ok(PgAudit { conn, head: None })
+        Ok(PgAudit::on(conn))
     }
 
     /// Gives a batch of records their places in the chain and makes them
@@ -296,6 +470,7 @@ impl PgAudit {
     }
 
     async fn append_batch(&mut self, records: Vec<AuditRecord>) -> Result<Vec<Placed>, PgError> {
+        self.unconfirmed = None;
         // One statement, so one round trip and its own transaction: the
         // head moves from where this batch was chained only if it is still
         // there (a data-modifying CTE; the row lock makes a concurrent
@@ -349,10 +524,11 @@ impl PgAudit {
                 entries.push(entry.record);
                 next += 1;
             }
+            self.conn.client().await?;
+            let notices = self.conn.unreplicated();
             let result = self
                 .conn
-                .client()
-                .await?
+                .client
                 .execute(
                     APPEND,
                     &[
@@ -372,6 +548,12 @@ impl PgAudit {
             match result {
                 Ok(inserted) if inserted as usize == n => {
                     self.head = Some((next, previous));
+                    if self.conn.unreplicated() != notices {
+                        // Committed locally, its wait for the synchronous
+                        // standby cancelled: not acknowledged until
+                        // confirmed.
+                        self.unconfirmed = Some((next - 1, previous));
+                    }
                     return Ok(placed);
                 }
                 Ok(_) => {
@@ -400,8 +582,10 @@ impl PgAudit {
                         && entry_hash(row.get::<_, &[u8]>(0)) == previous
                     {
                         tracing::warn!(
-                            "an audit batch's commit was answered by a lost connection, but it is committed"
+                            "an audit batch's commit was answered by a lost connection, but it is committed: not acknowledged until a transaction that waits for the standby confirms it"
                         );
+                        // Whether it reached the standby is unknown.
+                        self.unconfirmed = Some((next - 1, previous));
                         return Ok(placed);
                     }
                     return Err(e.into());
@@ -416,7 +600,9 @@ impl PgAudit {
     /// The head as stored, on a connection opened again if it was lost.
     async fn read_head(&mut self) -> Result<(u64, Hash), PgError> {
         self.reconnect_if_lost().await?;
-        self.head().await
+        let (size, hash) = self.head().await?;
+        self.check_head(size, &hash)?;
+        Ok((size, hash))
     }
 
     /// Connects again if the connection was lost: reads (which take

@@ -32,6 +32,12 @@ const INTEGRATE_MAX: u64 = 100_000;
 /// How long a proof waits for the integrator to reach a durable size.
 const INTEGRATION_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a batch may wait to be durable (its commit waiting for the
+/// synchronous standby, or a later transaction confirming it reached the
+/// standby) before its callers are refused and health says NOT_SERVING,
+/// unless configured (`store.max_durability_wait_ms`).
+pub const DEFAULT_MAX_DURABILITY_WAIT: Duration = Duration::from_secs(5);
+
 struct Pending {
     record: AuditRecord,
     reply: oneshot::Sender<Result<Placed, String>>,
@@ -56,6 +62,12 @@ struct Counters {
     scrubbed: AtomicU64,
     scrub_passes: AtomicU64,
     scrub_findings: AtomicU64,
+    /// Why the writer's batch has waited past the durability bound (a
+    /// synchronous standby that does not confirm): appends are refused and
+    /// health is NOT_SERVING until the batch is confirmed or refused.
+    stalled: std::sync::Mutex<Option<String>>,
+    /// The durability bound, in milliseconds (0: the default).
+    max_durability_wait_ms: AtomicU64,
 }
 
 impl Counters {
@@ -64,6 +76,24 @@ impl Counters {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    fn stalled(&self) -> Option<String> {
+        self.stalled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set_stalled(&self, why: Option<String>) {
+        *self.stalled.lock().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    fn max_durability_wait(&self) -> Duration {
+        match self.max_durability_wait_ms.load(Relaxed) {
+            0 => DEFAULT_MAX_DURABILITY_WAIT,
+            ms => Duration::from_millis(ms),
+        }
     }
 
     /// Stops the log taking entries until restart; the first reason stands.
@@ -225,10 +255,18 @@ impl PgAuditLog {
                             .lock()
                             .unwrap_or_else(|p| p.into_inner())
                             .is_some();
-                        if failed
-                            && writer.reconnect_if_lost().await.is_ok()
-                            && writer.head().await.is_ok()
-                        {
+                        // Whether the database still holds what this broker
+                        // acknowledged (a failover to a standby that was
+                        // behind is found without waiting for an append).
+                        match writer.check_rollback().await {
+                            Err(PgError::RolledBack(why)) => {
+                                c.halt(why);
+                                continue;
+                            }
+                            Err(_) => continue,
+                            Ok(()) => {}
+                        }
+                        if failed {
                             tracing::info!(
                                 "PostgreSQL answers again: audit entries can be recorded"
                             );
@@ -255,7 +293,35 @@ impl PgAuditLog {
                     continue;
                 }
                 let started = std::time::Instant::now();
-                let result = writer.append(records).await;
+                let bound = c.max_durability_wait();
+                // The batch is answered only once durable where replication
+                // is configured: committed with the standby's confirmation,
+                // or confirmed by a later transaction that waited for it.
+                // Past the bound its callers are refused and health says
+                // why, while the writer goes on waiting (the commit cannot
+                // be taken back).
+                let mut replies = Some(replies);
+                let result = {
+                    let work = durable_append(&mut writer, records);
+                    tokio::pin!(work);
+                    tokio::select! {
+                        r = &mut work => r,
+                        () = tokio::time::sleep(bound) => {
+                            let why = format!(
+                                "an audit batch has waited more than {} ms to be durable (committed and confirmed by the synchronous standby): lookups are refused until PostgreSQL confirms it; is the standby running and connected (pg_stat_replication)?",
+                                bound.as_millis()
+                            );
+                            tracing::error!(reason = %why, "audit log stalled");
+                            c.set_stalled(Some(why.clone()));
+                            for reply in replies.take().into_iter().flatten() {
+                                let _ = reply.send(Err(why.clone()));
+                            }
+                            work.await
+                        }
+                    }
+                };
+                let late = replies.is_none();
+                c.set_stalled(None);
                 c.commits.fetch_add(1, Relaxed);
                 c.commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
@@ -264,10 +330,24 @@ impl PgAuditLog {
                     Ok(placed) => {
                         if let Some(last) = placed.last() {
                             c.entries.store(last.sequence + 1, Relaxed);
+                            if !late {
+                                writer.acknowledge(last.sequence + 1, last.hash);
+                            }
                         }
                         *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        for (reply, p) in replies.into_iter().zip(placed) {
+                        if late {
+                            tracing::info!(
+                                "the stalled audit batch is durable now; its callers were refused"
+                            );
+                        }
+                        for (reply, p) in replies.into_iter().flatten().zip(placed) {
                             let _ = reply.send(Ok(p));
+                        }
+                    }
+                    Err(PgError::RolledBack(why)) => {
+                        c.halt(why.clone());
+                        for reply in replies.into_iter().flatten() {
+                            let _ = reply.send(Err(why.clone()));
                         }
                     }
                     Err(e) => {
@@ -276,7 +356,7 @@ impl PgAuditLog {
                         let why = e.to_string();
                         tracing::error!(error = %why, "audit batch not recorded");
                         *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(why.clone());
-                        for reply in replies {
+                        for reply in replies.into_iter().flatten() {
                             let _ = reply.send(Err(why.clone()));
                         }
                     }
@@ -321,6 +401,15 @@ impl PgAuditLog {
         })
     }
 
+    /// How long a batch may wait to be durable (committed and confirmed by
+    /// the synchronous standby, where one is configured) before its callers
+    /// are refused and health says NOT_SERVING.
+    pub fn set_max_durability_wait(&self, bound: Duration) {
+        self.counters
+            .max_durability_wait_ms
+            .store(bound.as_millis().max(1) as u64, Relaxed);
+    }
+
     /// The read connection, connected again first if it was lost.
     async fn reader(&self) -> Result<MutexGuard<'_, PgAudit>, StorageError> {
         let mut reader = self.reader.lock().await;
@@ -350,9 +439,38 @@ impl PgAuditLog {
     }
 }
 
+/// Appends a batch and, when PostgreSQL did not confirm it replicated,
+/// confirms it by a later transaction that waits for the standby, asking
+/// again until it does or the batch is found gone (then its callers are
+/// refused).
+async fn durable_append(
+    writer: &mut PgAudit,
+    records: Vec<AuditRecord>,
+) -> Result<Vec<Placed>, PgError> {
+    let placed = writer.append(records).await?;
+    let mut pause = Duration::from_millis(20);
+    while writer.unconfirmed() {
+        match writer.confirm().await {
+            Ok(()) => break,
+            Err(e) if writer.unconfirmed() => {
+                tracing::warn!(error = %e, "an audit batch is not confirmed replicated yet; asking again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(PROBE_EVERY);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(placed)
+}
+
 #[async_trait::async_trait]
 impl AuditStore for PgAuditLog {
     async fn append(&self, record: AuditRecord) -> Result<Appended, StorageError> {
+        // A writer stalled past the durability bound, or halted, refuses at
+        // once rather than queue callers behind it.
+        if let Some(why) = self.counters.halted().or_else(|| self.counters.stalled()) {
+            return Err(StorageError::Unavailable(why));
+        }
         let (reply, rx) = oneshot::channel();
         self.counters.submitted.fetch_add(1, Relaxed);
         self.queue
@@ -459,13 +577,16 @@ impl AuditStore for PgAuditLog {
     }
 
     fn failure(&self) -> Option<String> {
-        self.counters.halted().or_else(|| {
-            self.counters
-                .failure
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone()
-        })
+        self.counters
+            .halted()
+            .or_else(|| self.counters.stalled())
+            .or_else(|| {
+                self.counters
+                    .failure
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+            })
     }
 
     fn halt(&self, why: String) {

@@ -278,6 +278,33 @@ async fn throwaway_cluster(test: &str) -> Result<TestDatabase, String> {
 }
 
 fn start_cluster() -> Result<(Cluster, u16), String> {
+    let (bin, as_postgres, tmp, guard) = cluster_dir()?;
+    let data = tmp.join("data");
+    let out = command(&bin.join("initdb"), as_postgres)
+        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
+        .arg(&data)
+        .output()
+        .map_err(|e| format!("run initdb: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "initdb failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let port = free_port().ok_or("no free port")?;
+    let cluster = Cluster {
+        pg_ctl: bin.join("pg_ctl"),
+        dir: data,
+        as_postgres,
+        _tmp: guard,
+    };
+    cluster.start(port)?;
+    Ok((cluster, port))
+}
+
+/// A temporary directory for a cluster, owned by the user PostgreSQL runs
+/// as, and the version's tools.
+fn cluster_dir() -> Result<(PathBuf, bool, PathBuf, tempfile_dir::Dir), String> {
     let bin = newest_bin_dir().ok_or("no initdb in /usr/lib/postgresql/*/bin")?;
     let as_postgres = is_root();
     let tmp = std::env::temp_dir().join(format!("semel-pg-{}-{}", std::process::id(), unique()));
@@ -294,47 +321,214 @@ fn start_cluster() -> Result<(Cluster, u16), String> {
             return Err("cannot give the cluster's directory to the postgres user".into());
         }
     }
-    let data = tmp.join("data");
-    let out = command(&bin.join("initdb"), as_postgres)
-        .args(["-A", "trust", "-U", "postgres", "-E", "UTF8", "-D"])
-        .arg(&data)
-        .output()
-        .map_err(|e| format!("run initdb: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "initdb failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    Ok((bin, as_postgres, tmp, guard))
+}
+
+impl Cluster {
+    /// Starts the server on `port`, waiting until it accepts connections.
+    fn start(&self, port: u16) -> Result<(), String> {
+        let tmp = &self._tmp.0;
+        let out = self
+            .command(&self.pg_ctl)
+            .args(["start", "-w", "-l"])
+            .arg(tmp.join("log"))
+            .arg("-D")
+            .arg(&self.dir)
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c synchronous_commit=on",
+                tmp.display()
+            ))
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(tmp.join("log")).unwrap_or_default()
+            ));
+        }
+        Ok(())
     }
-    let port = free_port().ok_or("no free port")?;
-    let out = command(&bin.join("pg_ctl"), as_postgres)
-        .args(["start", "-w", "-l"])
-        .arg(tmp.join("log"))
-        .arg("-D")
-        .arg(&data)
-        .arg("-o")
-        .arg(format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c synchronous_commit=on",
-            tmp.display()
-        ))
-        .output()
-        .map_err(|e| format!("run pg_ctl: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(tmp.join("log")).unwrap_or_default()
-        ));
+
+    /// `pg_ctl <args> -D <data>`.
+    fn ctl(&self, args: &[&str]) -> Result<(), String> {
+        let out = self
+            .command(&self.pg_ctl)
+            .args(args)
+            .arg("-D")
+            .arg(&self.dir)
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
-    Ok((
-        Cluster {
+}
+
+/// A primary and a standby streaming from it (`pg_basebackup`), each a
+/// throwaway cluster of the test's own, for failover tests: the primary
+/// can be killed, the standby stopped, started again and promoted. Both
+/// are stopped when dropped.
+#[derive(Debug)]
+pub struct Replicated {
+    /// The test's database (the same name on both), and the servers' ports.
+    pub database: String,
+    pub primary_port: u16,
+    pub standby_port: u16,
+    primary: Cluster,
+    standby: Cluster,
+}
+
+impl Replicated {
+    /// A primary with a fresh database and a standby streaming from it;
+    /// `synchronous`: every commit on the primary waits for the standby
+    /// (`synchronous_standby_names = '*'`, set on the primary only, so a
+    /// promoted standby does not wait for a standby of its own). `None`
+    /// (said on stderr) when PostgreSQL's tools are not to be had here;
+    /// panics instead when `SEMEL_REQUIRE_POSTGRES=1`.
+    pub async fn start(test: &str, synchronous: bool) -> Option<Replicated> {
+        let found = Self::try_start(test, synchronous).await;
+        match found {
+            Ok(r) => Some(r),
+            Err(why) => {
+                if std::env::var("SEMEL_REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!(
+                        "{test}: PostgreSQL clusters are required (SEMEL_REQUIRE_POSTGRES=1) but {why}"
+                    );
+                }
+                eprintln!(
+                    "SKIPPED {test}: cannot run a primary and a standby here ({why}); install PostgreSQL's server tools (initdb, pg_ctl, pg_basebackup)"
+                );
+                None
+            }
+        }
+    }
+
+    async fn try_start(test: &str, synchronous: bool) -> Result<Replicated, String> {
+        let (primary, primary_port) = start_cluster()?;
+        let base = format!("postgresql://postgres@127.0.0.1:{primary_port}/postgres");
+        let (_, database) = fresh_database(&base, test).await?;
+        let (bin, as_postgres, tmp, guard) = cluster_dir()?;
+        let data = tmp.join("data");
+        let out = command(&bin.join("pg_basebackup"), as_postgres)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-X",
+                "stream",
+                "-R",
+                "-c",
+                "fast",
+                "-p",
+            ])
+            .arg(primary_port.to_string())
+            .arg("-D")
+            .arg(&data)
+            .output()
+            .map_err(|e| format!("run pg_basebackup: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "pg_basebackup failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let standby = Cluster {
             pg_ctl: bin.join("pg_ctl"),
             dir: data,
             as_postgres,
             _tmp: guard,
-        },
-        port,
-    ))
+        };
+        let standby_port = free_port().ok_or("no free port")?;
+        standby.start(standby_port)?;
+        let r = Replicated {
+            database,
+            primary_port,
+            standby_port,
+            primary,
+            standby,
+        };
+        // Streaming, and (when asked) synchronous, before the test begins.
+        let client = connect(&base).await?;
+        if synchronous {
+            // One statement a call: ALTER SYSTEM runs outside a transaction.
+            for sql in [
+                "ALTER SYSTEM SET synchronous_standby_names = '*'",
+                "SELECT pg_reload_conf()",
+            ] {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|e| format!("configure the primary: {e}"))?;
+            }
+        }
+        let want = if synchronous { "sync" } else { "async" };
+        for _ in 0..200 {
+            let row = client
+                .query_opt(
+                    "SELECT sync_state FROM pg_stat_replication WHERE state = 'streaming'",
+                    &[],
+                )
+                .await
+                .map_err(|e| format!("read pg_stat_replication: {e}"))?;
+            if row.is_some_and(|r| r.get::<_, &str>(0) == want) {
+                return Ok(r);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        Err(format!("the standby is not streaming ({want}) after 10 s"))
+    }
+
+    /// A URL of the test's database on `port` (the primary's, the
+    /// standby's, or a forwarder's in front of them).
+    pub fn url(&self, port: u16) -> String {
+        format!("postgresql://postgres@127.0.0.1:{port}/{}", self.database)
+    }
+
+    /// Kills the primary as a crash would (`pg_ctl stop -m immediate`):
+    /// every connection drops, nothing more is written.
+    pub fn kill_primary(&self) -> Result<(), String> {
+        self.primary.ctl(&["stop", "-m", "immediate", "-w"])
+    }
+
+    /// Stops the standby (it receives nothing until started again).
+    pub fn stop_standby(&self) -> Result<(), String> {
+        self.standby.ctl(&["stop", "-m", "fast", "-w"])
+    }
+
+    /// Starts the stopped standby again.
+    pub fn start_standby(&self) -> Result<(), String> {
+        self.standby.start(self.standby_port)
+    }
+
+    /// Promotes the standby to primary, waiting until it takes writes.
+    pub fn promote_standby(&self) -> Result<(), String> {
+        self.standby.ctl(&["promote", "-w"])
+    }
+}
+
+impl Drop for Replicated {
+    fn drop(&mut self) {
+        let _ = self.primary.ctl(&["stop", "-m", "immediate", "-w"]);
+        let _ = self.standby.ctl(&["stop", "-m", "immediate", "-w"]);
+    }
+}
+
+/// A connection for the test's own statements, driven on its own task.
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client, String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("connect to {url}: {e}"))?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// A number no other call in this process gets: tests run on parallel

@@ -458,6 +458,13 @@ pub struct StoreSection {
     /// five intervals without a successful read.
     #[serde(default)]
     pub persons_poll_ms: Option<u64>,
+    /// How long an audit batch may wait to be durable (its commit waiting
+    /// for the synchronous standby, or a later transaction confirming it
+    /// reached the standby after PostgreSQL reported it perhaps not
+    /// replicated) before its callers are refused (AUDIT_UNAVAILABLE) and
+    /// health says NOT_SERVING. Default 5000.
+    #[serde(default)]
+    pub max_durability_wait_ms: Option<u64>,
 }
 
 /// The registry poll when none is configured.
@@ -480,6 +487,13 @@ impl StoreSection {
     pub fn persons_poll(&self) -> Duration {
         self.persons_poll_ms
             .map_or(DEFAULT_PERSONS_POLL, Duration::from_millis)
+    }
+
+    pub fn max_durability_wait(&self) -> Duration {
+        self.max_durability_wait_ms.map_or(
+            semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
+            Duration::from_millis,
+        )
     }
 }
 
@@ -1024,6 +1038,12 @@ impl Config {
                 .persons_poll_ms
                 .is_none_or(|ms| (10..=10_000).contains(&ms)),
             "store.persons_poll_ms: must lie between 10 and 10000".into(),
+        );
+        ensure(
+            self.store
+                .max_durability_wait_ms
+                .is_none_or(|ms| (100..=600_000).contains(&ms)),
+            "store.max_durability_wait_ms: must lie between 100 and 600000".into(),
         );
         ensure(
             (10..=120_000).contains(&self.sources.deadline_ms),

@@ -52,6 +52,9 @@ pub struct DemoOptions {
     /// embedded one, and write a configuration with which `semel serve`
     /// runs a second broker on it.
     pub postgresql: Option<String>,
+    /// On PostgreSQL: how long an audit batch may wait to be durable
+    /// (`store.max_durability_wait_ms`).
+    pub max_durability_wait: Duration,
 }
 
 /// The demo audit log's name in its checkpoints.
@@ -73,6 +76,7 @@ impl DemoOptions {
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
             postgresql: None,
+            max_durability_wait: semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
         }
     }
 }
@@ -262,6 +266,7 @@ impl Demo {
                     crate::config::DEFAULT_REGISTRY_POLL,
                     crate::config::DEFAULT_PERSONS_POLL,
                     semel_postgres::ScrubSettings::default(),
+                    opts.max_durability_wait,
                 )
                 .await?
             }

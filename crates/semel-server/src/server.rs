@@ -258,6 +258,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 semel_postgres::ScrubSettings {
                     entries_per_second: config.audit.scrub_entries_per_second,
                 },
+                config.store.max_durability_wait(),
             )
             .await?
         }

@@ -66,7 +66,9 @@ pub async fn open_embedded(
 /// signs a checkpoint at most every `checkpoint_every` whenever this broker
 /// holds the integration lock), the registry with its change feed (polled
 /// every `registry_poll` besides NOTIFY), and the persons directory,
-/// answered from memory and its change feed read every `persons_poll`.
+/// answered from memory and its change feed read every `persons_poll`. An
+/// audit batch not durable within `max_durability_wait` (a synchronous
+/// standby that does not confirm) is refused, and health says so.
 pub async fn open_postgresql(
     url: &str,
     signer: NoteSigner,
@@ -74,6 +76,7 @@ pub async fn open_postgresql(
     registry_poll: Duration,
     persons_poll: Duration,
     scrub: semel_postgres::ScrubSettings,
+    max_durability_wait: Duration,
 ) -> anyhow::Result<Opened> {
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
@@ -109,6 +112,7 @@ pub async fn open_postgresql(
     let audit = semel_postgres::PgAuditLog::start_with(url, signer, checkpoint_every, scrub)
         .await
         .context("connect to the PostgreSQL store (audit log)")?;
+    audit.set_max_durability_wait(max_durability_wait);
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
         .await
         .context("follow the PostgreSQL store's registry changes")?;
