@@ -16,6 +16,7 @@
 mod log;
 mod mutations;
 mod persons;
+mod probe;
 mod query;
 mod registry;
 pub mod testing;
@@ -24,7 +25,8 @@ mod tree;
 pub use log::PgAuditLog;
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
-pub use registry::{PgRegistry, RegistryWatch};
+pub use probe::{DatabaseProbe, PROBE_TIMEOUT};
+pub use registry::{Confirmation, PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};

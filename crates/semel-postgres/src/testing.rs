@@ -24,6 +24,8 @@ pub struct TestDatabase {
 struct Cluster {
     pg_ctl: PathBuf,
     dir: PathBuf,
+    /// The server's options (its port among them), for starting it again.
+    options: String,
     as_postgres: bool,
     _tmp: tempfile_dir::Dir,
 }
@@ -91,6 +93,56 @@ impl TestDatabase {
         } else {
             Err(format!(
                 "pg_ctl restart failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Stops the test's own cluster (fast shutdown: connections are
+    /// closed): the database is down until [`TestDatabase::start_again`].
+    pub fn stop(&self) -> Result<(), String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("only a cluster of the test's own can be stopped")?;
+        let out = c
+            .command(&c.pg_ctl)
+            .args(["stop", "-m", "fast", "-w", "-D"])
+            .arg(&c.dir)
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    /// Starts the test's own cluster again after [`TestDatabase::stop`],
+    /// on the same port: it accepts connections when this returns.
+    pub fn start_again(&self) -> Result<(), String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("only a cluster of the test's own can be started")?;
+        let out = c
+            .command(&c.pg_ctl)
+            .args(["start", "-w", "-l"])
+            .arg(c._tmp.0.join("log"))
+            .arg("-D")
+            .arg(&c.dir)
+            .arg("-o")
+            .arg(&c.options)
+            .output()
+            .map_err(|e| format!("run pg_ctl: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "pg_ctl start failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             ))
         }
@@ -279,16 +331,17 @@ fn start_cluster() -> Result<(Cluster, u16), String> {
         ));
     }
     let port = free_port().ok_or("no free port")?;
+    let options = format!(
+        "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c synchronous_commit=on",
+        tmp.display()
+    );
     let out = command(&bin.join("pg_ctl"), as_postgres)
         .args(["start", "-w", "-l"])
         .arg(tmp.join("log"))
         .arg("-D")
         .arg(&data)
         .arg("-o")
-        .arg(format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -k {} -c fsync=on -c synchronous_commit=on",
-            tmp.display()
-        ))
+        .arg(&options)
         .output()
         .map_err(|e| format!("run pg_ctl: {e}"))?;
     if !out.status.success() {
@@ -302,6 +355,7 @@ fn start_cluster() -> Result<(Cluster, u16), String> {
         Cluster {
             pg_ctl: bin.join("pg_ctl"),
             dir: data,
+            options,
             as_postgres,
             _tmp: guard,
         },

@@ -318,10 +318,19 @@ impl Demo {
         )
         .await?;
         broker.metrics.watch_persons(opened.persons.clone());
+        let mut watching = Vec::new();
+        if let Some(url) = &opts.postgresql {
+            // As `semel serve` on PostgreSQL: the snapshot decides only
+            // while confirmed; health asks the database.
+            broker.bound_registry_freshness(crate::config::DEFAULT_MAX_STALENESS);
+            watching.push(crate::stores::watch_registry_freshness(broker.clone()));
+            watching.push(crate::stores::probe_database(broker.clone(), url.clone()));
+        }
         let background = opened
             .changes
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
             .into_iter()
+            .chain(watching)
             .chain(opened.persons_feed)
             .chain(std::iter::once(broker.expire_mutations()))
             .collect();
@@ -332,17 +341,6 @@ impl Demo {
         let broker_addr = listener.local_addr()?;
         // Known before any call is served: no dataset may point at it.
         broker.endpoint_policy().add_own(broker_addr);
-        let second_broker = match &opts.postgresql {
-            None => None,
-            Some(url) => Some(write_second_broker_config(
-                &data_dir,
-                url,
-                broker_addr,
-                &pki,
-                &issuer,
-                &operator,
-            )?),
-        };
         let mut metrics_addr = None;
         if let Some(addr) = opts.metrics_listen {
             let listener = TcpListener::bind(addr)
@@ -366,6 +364,20 @@ impl Demo {
         let http_addr = match &http_listener {
             Some(l) => Some(l.local_addr()?),
             None => None,
+        };
+        // Written once every port of this broker is bound, on a port free
+        // now and none of them.
+        let second_broker = match &opts.postgresql {
+            None => None,
+            Some(url) => Some(write_second_broker_config(
+                &data_dir,
+                url,
+                broker_addr,
+                &[metrics_addr, http_addr],
+                &pki,
+                &issuer,
+                &operator,
+            )?),
         };
         let broker_task = tokio::spawn(server::serve_broker_with_http(
             listener,
@@ -638,11 +650,12 @@ fn write_second_broker_config(
     data_dir: &Path,
     url: &str,
     first: SocketAddr,
+    taken: &[Option<SocketAddr>],
     pki: &DevPki,
     issuer: &DevIssuer,
     operator: &DemoOrg,
 ) -> anyhow::Result<(PathBuf, SocketAddr)> {
-    let listen = SocketAddr::new(first.ip(), first.port().wrapping_add(1).max(1));
+    let listen = second_broker_port(first, taken)?;
     let broker = pki.files("broker");
     let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let text = format!(
@@ -676,6 +689,30 @@ fn write_second_broker_config(
     let path = data_dir.join("second-broker.toml");
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok((path, listen))
+}
+
+/// The second broker's address: the first free port after the first
+/// broker's (easy to remember) that none of the demo's listeners holds,
+/// else any free port. Free when the demo starts: the printed command
+/// works unless another program takes it meanwhile.
+fn second_broker_port(
+    first: SocketAddr,
+    taken: &[Option<SocketAddr>],
+) -> anyhow::Result<SocketAddr> {
+    let held = |port: u16| port == first.port() || taken.iter().flatten().any(|a| a.port() == port);
+    let free = |addr: SocketAddr| std::net::TcpListener::bind(addr).is_ok();
+    for offset in 1..=20u16 {
+        let Some(port) = first.port().checked_add(offset) else {
+            break;
+        };
+        let addr = SocketAddr::new(first.ip(), port);
+        if !held(port) && free(addr) {
+            return Ok(addr);
+        }
+    }
+    let any = std::net::TcpListener::bind(SocketAddr::new(first.ip(), 0))
+        .context("find a free port for the second broker")?;
+    Ok(any.local_addr()?)
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {
