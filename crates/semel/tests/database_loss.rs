@@ -6,7 +6,7 @@
 //! database stops says NOT_SERVING (it probes the database); a broker
 //! started before its database waits for it, NOT_SERVING, and serves once
 //! the database is up; the second broker the demo describes starts as
-//! printed.
+//! printed, and answers lookups when the demo's broker is killed.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -383,7 +383,7 @@ async fn a_broker_started_before_its_database_waits_for_it_then_serves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demos_second_broker_starts_as_printed() {
+async fn the_demos_second_broker_starts_as_printed_and_answers_when_the_first_is_killed() {
     let Some(db) = TestDatabase::start("secondprinted").await else {
         return;
     };
@@ -405,8 +405,18 @@ async fn the_demos_second_broker_starts_as_printed() {
         .lookup(lookup())
         .await
         .expect("a lookup through the second broker");
-    let _ = b.kill();
-    let _ = b.wait();
+
+    // Failover: the first broker killed, the demo sources (a process of
+    // their own) still answer the second.
     let _ = a.kill();
     let _ = a.wait();
+    for _ in 0..5 {
+        b_consumer
+            .lookup(lookup())
+            .await
+            .expect("a lookup through the second broker with the first one killed");
+    }
+    let _ = b.kill();
+    let _ = b.wait();
+    // Removing the data directory stops the demo sources.
 }
