@@ -18,20 +18,46 @@ use semel_postgres::testing::TestDatabase;
 /// The demo's registry freshness bound (`store.max_staleness_ms`'s default).
 const BOUND: Duration = Duration::from_secs(5);
 
-fn spawn(args: &[&str], dir: &Path, log: &str) -> Child {
+/// A process of the test's, killed when dropped (a failed assertion
+/// included): none outlives its test.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+fn spawn(args: &[&str], dir: &Path, log: &str) -> Proc {
     let log = std::fs::File::create(dir.join(log)).expect("create a log");
-    Command::new(env!("CARGO_BIN_EXE_semel"))
-        .args(args)
-        .env("SEMEL_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start semel")
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_semel"))
+            .args(args)
+            .env("SEMEL_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start semel"),
+    )
 }
 
 /// `semel demo` on the database at `url`, its log in `a.log`.
-fn demo_on(url: &str, dir: &Path, listen: &str, http: &str) -> Child {
+fn demo_on(url: &str, dir: &Path, listen: &str, http: &str) -> Proc {
     spawn(
         &[
             "demo",
@@ -53,7 +79,7 @@ fn demo_on(url: &str, dir: &Path, listen: &str, http: &str) -> Child {
 }
 
 /// `semel serve` with the configuration the demo wrote, as it prints it.
-fn second_broker(dir: &Path) -> (Child, String) {
+fn second_broker(dir: &Path) -> (Proc, String) {
     let config = dir.join("second-broker.toml");
     let text = std::fs::read_to_string(&config).expect("the demo wrote second-broker.toml");
     let listen = text
@@ -77,7 +103,7 @@ fn log(dir: &Path, name: &str) -> String {
 /// Connects as `who` to `broker` (the demo's broker when `None`); fails
 /// with the process's log if it stopped.
 async fn connect(
-    child: &mut Child,
+    child: &mut Proc,
     dir: &Path,
     name: &str,
     who: &str,
