@@ -179,9 +179,17 @@ pub enum ReasonCode {
     PublicationRateLimited,
     /// An organisation has as many audit calls in flight as it may.
     AuditCallsExceeded,
+    /// The broker's registry snapshot was not confirmed current by a read
+    /// of the database within its freshness bound: it decides nothing.
+    RegistryStale,
+    /// The broker's storage failed while it decided or answered (the call
+    /// was refused; the client got `STORAGE_UNAVAILABLE`).
+    StorageUnavailable,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 44] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 46] = [
+    (ReasonCode::RegistryStale, "REGISTRY_STALE"),
+    (ReasonCode::StorageUnavailable, "STORAGE_UNAVAILABLE"),
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
     (ReasonCode::AuditCallsExceeded, "AUDIT_CALLS_EXCEEDED"),
     (

@@ -17,6 +17,7 @@ pub mod integrity;
 mod log;
 mod mutations;
 mod persons;
+mod probe;
 mod query;
 mod registry;
 pub mod testing;
@@ -26,7 +27,8 @@ pub use integrity::{RowColumns, StartProof, check_row};
 pub use log::{DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
-pub use registry::{PgRegistry, RegistryWatch};
+pub use probe::{DatabaseProbe, PROBE_TIMEOUT};
+pub use registry::{Confirmation, PgRegistry, RegistryWatch};
 pub use tree::{Integrated, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};

@@ -541,7 +541,19 @@ impl semel_storage::RegistryStore for PgRegistry {
 #[derive(Debug)]
 pub struct RegistryWatch {
     receiver: watch::Receiver<u64>,
+    confirmations: watch::Receiver<Confirmation>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// One successful read of the registry's version: every change committed
+/// before `read_at` has a version no greater than `version`. A broker whose
+/// snapshot was read at or after that version is known current as of
+/// `read_at` (the freshness bound counts from there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirmation {
+    pub version: u64,
+    /// When the read began (a read that began earlier proves less).
+    pub read_at: std::time::Instant,
 }
 
 impl Drop for RegistryWatch {
@@ -554,8 +566,10 @@ impl RegistryWatch {
     /// Starts watching; the first version is read before this returns.
     pub async fn start(url: &str, poll: Duration) -> Result<RegistryWatch, PgError> {
         let first = listen(url).await?;
+        let read_at = std::time::Instant::now();
         let version = read_version(&first.0).await?;
         let (sender, receiver) = watch::channel(version);
+        let (confirmed, confirmations) = watch::channel(Confirmation { version, read_at });
         let url = url.to_owned();
         let task = tokio::spawn(async move {
             let mut current = Some(first);
@@ -571,7 +585,7 @@ impl RegistryWatch {
                         }
                     },
                 };
-                if let Err(e) = follow(&client, notified, poll, &sender).await {
+                if let Err(e) = follow(&client, notified, poll, &sender, &confirmed).await {
                     tracing::warn!(error = %e, "registry watch: connection lost, reconnecting");
                 }
                 if sender.is_closed() {
@@ -579,7 +593,18 @@ impl RegistryWatch {
                 }
             }
         });
-        Ok(RegistryWatch { receiver, task })
+        Ok(RegistryWatch {
+            receiver,
+            confirmations,
+            task,
+        })
+    }
+
+    /// A receiver woken by every successful read of the version (at each
+    /// notification and each poll), whether or not the version moved: what
+    /// proves a snapshot still current.
+    pub fn confirmations(&self) -> watch::Receiver<Confirmation> {
+        self.confirmations.clone()
     }
 
     /// The version last seen.
@@ -638,15 +663,18 @@ async fn follow(
     mut notified: tokio::sync::mpsc::Receiver<()>,
     poll: Duration,
     sender: &watch::Sender<u64>,
+    confirmed: &watch::Sender<Confirmation>,
 ) -> Result<(), PgError> {
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // A read that does not come back within the bound counts as a lost
         // connection: the watch reconnects rather than waiting.
+        let read_at = std::time::Instant::now();
         let version = tokio::time::timeout(WATCH_TIMEOUT, read_version(client))
             .await
             .map_err(|_| PgError::Corrupt("the registry version read timed out".into()))??;
+        confirmed.send_replace(Confirmation { version, read_at });
         sender.send_if_modified(|v| {
             let moved = *v != version;
             *v = version;

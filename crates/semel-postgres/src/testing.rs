@@ -124,6 +124,30 @@ impl TestDatabase {
         }
     }
 
+    /// Stops the test's own cluster (fast shutdown: connections are
+    /// closed): the database is down until [`TestDatabase::start_again`].
+    pub fn stop(&self) -> Result<(), String> {
+        self.cluster
+            .as_ref()
+            .ok_or("only a cluster of the test's own can be stopped")?
+            .ctl(&["stop", "-m", "fast", "-w"])
+    }
+
+    /// Starts the test's own cluster again after [`TestDatabase::stop`],
+    /// on the same port: it accepts connections when this returns.
+    pub fn start_again(&self) -> Result<(), String> {
+        let c = self
+            .cluster
+            .as_ref()
+            .ok_or("only a cluster of the test's own can be started")?;
+        let config: tokio_postgres::Config = self
+            .url
+            .parse()
+            .map_err(|e| format!("the test database's URL: {e}"))?;
+        let port = *config.get_ports().first().ok_or("no port in the URL")?;
+        c.start(port)
+    }
+
     fn found(test: &str, found: Result<TestDatabase, String>) -> Option<TestDatabase> {
         match found {
             Ok(db) => Some(db),

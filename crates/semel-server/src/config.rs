@@ -465,7 +465,19 @@ pub struct StoreSection {
     /// health says NOT_SERVING. Default 5000.
     #[serde(default)]
     pub max_durability_wait_ms: Option<u64>,
+    /// How long a broker on PostgreSQL answers from its registry snapshot
+    /// (organisations, authorisations, datasets, revoked certificates)
+    /// after a read of the database last confirmed it current (default
+    /// 5000). Beyond it every call is refused with `UNAVAILABLE` /
+    /// `REGISTRY_STALE` and health says NOT_SERVING until a read confirms
+    /// it again. Must exceed `registry_poll_ms` at least threefold. The
+    /// embedded store has one writer: its snapshot is always current.
+    #[serde(default)]
+    pub max_staleness_ms: Option<u64>,
 }
+
+/// The registry's freshness bound when none is configured.
+pub const DEFAULT_MAX_STALENESS: Duration = Duration::from_secs(5);
 
 /// The registry poll when none is configured.
 pub const DEFAULT_REGISTRY_POLL: Duration = Duration::from_secs(1);
@@ -494,6 +506,11 @@ impl StoreSection {
             semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
             Duration::from_millis,
         )
+    }
+
+    pub fn max_staleness(&self) -> Duration {
+        self.max_staleness_ms
+            .map_or(DEFAULT_MAX_STALENESS, Duration::from_millis)
     }
 }
 
@@ -1010,6 +1027,17 @@ impl Config {
                 .registry_poll_ms
                 .is_none_or(|ms| (50..=60_000).contains(&ms)),
             "store.registry_poll_ms: must lie between 50 and 60000".into(),
+        );
+        ensure(
+            self.store
+                .max_staleness_ms
+                .is_none_or(|ms| (500..=600_000).contains(&ms))
+                && self.store.max_staleness() >= self.store.registry_poll() * 3,
+            format!(
+                "store.max_staleness_ms: must lie between 500 and 600000 and be at least three registry polls ({} ms), got {}",
+                self.store.registry_poll().as_millis() * 3,
+                self.store.max_staleness().as_millis()
+            ),
         );
         if let Some(http) = &self.http {
             ensure(

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use semel_client::ClientConfig;
+use semel_core::Kbo;
 use semel_demo::Population;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
 use semel_demo::seed::{self, DemoOrg};
 use semel_storage::Storage;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -55,6 +56,10 @@ pub struct DemoOptions {
     /// On PostgreSQL: how long an audit batch may wait to be durable
     /// (`store.max_durability_wait_ms`).
     pub max_durability_wait: Duration,
+    /// Run the demo sources in a process of their own, started from this
+    /// executable (`semel demo-sources`), rather than in this one: they
+    /// then outlive this broker (failover to a second broker).
+    pub sources_process: Option<PathBuf>,
 }
 
 /// The demo audit log's name in its checkpoints.
@@ -77,6 +82,7 @@ impl DemoOptions {
             checkpoint_every_entries: 100_000,
             postgresql: None,
             max_durability_wait: semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
+            sources_process: None,
         }
     }
 }
@@ -184,42 +190,20 @@ impl Demo {
         let population = Arc::new(Population::generate(opts.seed, opts.population));
         let (shutdown, rx) = watch::channel(false);
 
-        // The sources, each on a free port with its own certificate.
+        // The sources, each on a free port with its own certificate: in
+        // this process, or (`sources_process`) in a process of their own
+        // that outlives this broker, so that a second broker goes on
+        // answering when this one is killed.
         let mut source_tasks = Vec::new();
-        let mut endpoints = std::collections::BTreeMap::new();
-        for (slug, source) in [
-            (
-                "national-register",
-                DemoSource::national_register(population.clone(), operator.kbo),
-            ),
-            (
-                "spf-finances",
-                DemoSource::spf_finances(population.clone(), operator.kbo),
-            ),
-            ("onem", DemoSource::onem(population.clone(), operator.kbo)),
-        ] {
-            let org = seed::org(slug).context("demo source missing")?;
-            let files = pki.files(org.kbo.as_str());
-            let tls = tls::server_config(&TlsFiles {
-                cert: &files.cert,
-                key: &files.key,
-                client_ca: &pki.ca_cert(),
-                client_crls: &[pki.crl()],
-            })?;
-            let listener = TcpListener::bind(("127.0.0.1", 0))
-                .await
-                .context("bind a demo source")?;
-            endpoints.insert(
-                slug.to_owned(),
-                format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
-            );
-            source_tasks.push(tokio::spawn(server::serve_source(
-                listener,
-                tls,
-                source.into_service(),
-                wait(rx.clone()),
-            )));
-        }
+        let endpoints = match &opts.sources_process {
+            Some(exe) => external_sources(exe, &data_dir, &opts).await?,
+            None => {
+                let (endpoints, tasks) =
+                    start_sources(&pki, &population, operator.kbo, &rx).await?;
+                source_tasks.extend(tasks);
+                endpoints
+            }
+        };
 
         // The registry: seeded once, with the sources' current addresses.
         let signing_key =
@@ -327,10 +311,19 @@ impl Demo {
         )
         .await?;
         broker.metrics.watch_persons(opened.persons.clone());
+        let mut watching = Vec::new();
+        if let Some(url) = &opts.postgresql {
+            // As `semel serve` on PostgreSQL: the snapshot decides only
+            // while confirmed; health asks the database.
+            broker.bound_registry_freshness(crate::config::DEFAULT_MAX_STALENESS);
+            watching.push(crate::stores::watch_registry_freshness(broker.clone()));
+            watching.push(crate::stores::probe_database(broker.clone(), url.clone()));
+        }
         let background = opened
             .changes
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
             .into_iter()
+            .chain(watching)
             .chain(opened.persons_feed)
             .chain(std::iter::once(broker.expire_mutations()))
             .collect();
@@ -341,17 +334,6 @@ impl Demo {
         let broker_addr = listener.local_addr()?;
         // Known before any call is served: no dataset may point at it.
         broker.endpoint_policy().add_own(broker_addr);
-        let second_broker = match &opts.postgresql {
-            None => None,
-            Some(url) => Some(write_second_broker_config(
-                &data_dir,
-                url,
-                broker_addr,
-                &pki,
-                &issuer,
-                &operator,
-            )?),
-        };
         let mut metrics_addr = None;
         if let Some(addr) = opts.metrics_listen {
             let listener = TcpListener::bind(addr)
@@ -375,6 +357,20 @@ impl Demo {
         let http_addr = match &http_listener {
             Some(l) => Some(l.local_addr()?),
             None => None,
+        };
+        // Written once every port of this broker is bound, on a port free
+        // now and none of them.
+        let second_broker = match &opts.postgresql {
+            None => None,
+            Some(url) => Some(write_second_broker_config(
+                &data_dir,
+                url,
+                broker_addr,
+                &[metrics_addr, http_addr],
+                &pki,
+                &issuer,
+                &operator,
+            )?),
         };
         let broker_task = tokio::spawn(server::serve_broker_with_http(
             listener,
@@ -590,6 +586,179 @@ fn dev_pki(dir: &Path, orgs: &[DemoOrg], operator: &DemoOrg) -> anyhow::Result<D
     DevPki::ensure(dir, &subjects).context("create the development PKI")
 }
 
+/// Starts the demo sources, each on a free port of loopback with its own
+/// certificate, until `rx` says stop; their endpoints by slug.
+async fn start_sources(
+    pki: &DevPki,
+    population: &Arc<Population>,
+    operator: Kbo,
+    rx: &watch::Receiver<bool>,
+) -> anyhow::Result<(
+    std::collections::BTreeMap<String, String>,
+    Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+)> {
+    let mut source_tasks = Vec::new();
+    let mut endpoints = std::collections::BTreeMap::new();
+    for (slug, source) in [
+        (
+            "national-register",
+            DemoSource::national_register(population.clone(), operator),
+        ),
+        (
+            "spf-finances",
+            DemoSource::spf_finances(population.clone(), operator),
+        ),
+        ("onem", DemoSource::onem(population.clone(), operator)),
+    ] {
+        let org = seed::org(slug).context("demo source missing")?;
+        let files = pki.files(org.kbo.as_str());
+        let tls = tls::server_config(&TlsFiles {
+            cert: &files.cert,
+            key: &files.key,
+            client_ca: &pki.ca_cert(),
+            client_crls: &[pki.crl()],
+        })?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .context("bind a demo source")?;
+        endpoints.insert(
+            slug.to_owned(),
+            format!("https://127.0.0.1:{}", listener.local_addr()?.port()),
+        );
+        source_tasks.push(tokio::spawn(server::serve_source(
+            listener,
+            tls,
+            source.into_service(),
+            wait(rx.clone()),
+        )));
+    }
+
+    Ok((endpoints, source_tasks))
+}
+
+/// The file in which a demo sources process (`semel demo-sources`) names
+/// its endpoints and its process id.
+pub const SOURCES_FILE: &str = "sources.json";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SourcesFile {
+    pid: u32,
+    endpoints: std::collections::BTreeMap<String, String>,
+}
+
+/// Serves the demo sources of the demo in `data_dir` (its PKI, its
+/// population) until `shutdown`, after writing their endpoints to
+/// [`SOURCES_FILE`]: `semel demo-sources`, which a demo on PostgreSQL
+/// starts so that its sources outlive either broker.
+pub async fn serve_sources(
+    data_dir: &Path,
+    seed: u64,
+    population: usize,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let orgs = seed::organisations();
+    let operator = seed::org("operator").context("demo operator missing")?;
+    let pki = dev_pki(&data_dir.join("pki"), &orgs, &operator)?;
+    let population = Arc::new(Population::generate(seed, population));
+    let (stop, rx) = watch::channel(false);
+    let (endpoints, tasks) = start_sources(&pki, &population, operator.kbo, &rx).await?;
+    let file = SourcesFile {
+        pid: std::process::id(),
+        endpoints,
+    };
+    let path = data_dir.join(SOURCES_FILE);
+    let partial = path.with_extension("json.partial");
+    std::fs::write(&partial, serde_json::to_vec_pretty(&file)?)
+        .with_context(|| format!("write {}", partial.display()))?;
+    std::fs::rename(&partial, &path).with_context(|| format!("write {}", path.display()))?;
+    tracing::info!(pid = file.pid, "demo sources serving: {:?}", file.endpoints);
+    // Also stops when its file is removed (the data directory deleted):
+    // no process outlives the demo it served for long.
+    let gone = async {
+        while path.exists() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = gone => tracing::info!("{} removed: the demo sources stop", path.display()),
+    }
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// The endpoints of the demo sources process named in [`SOURCES_FILE`]
+/// if it still answers, else of a new one started from `exe`
+/// (`semel demo-sources`), which lives on when this broker stops.
+async fn external_sources(
+    exe: &Path,
+    data_dir: &Path,
+    opts: &DemoOptions,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let path = data_dir.join(SOURCES_FILE);
+    let answering = |file: &SourcesFile| {
+        file.endpoints.values().all(|e| {
+            e.strip_prefix("https://")
+                .and_then(|a| a.parse::<SocketAddr>().ok())
+                .is_some_and(|a| {
+                    std::net::TcpStream::connect_timeout(&a, Duration::from_millis(500)).is_ok()
+                })
+        })
+    };
+    if let Some(file) = std::fs::read(&path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<SourcesFile>(&b).ok())
+        && !file.endpoints.is_empty()
+        && answering(&file)
+    {
+        tracing::info!(
+            pid = file.pid,
+            "the demo sources of a previous start still answer"
+        );
+        return Ok(file.endpoints);
+    }
+    let _ = std::fs::remove_file(&path);
+    let log = std::fs::File::create(data_dir.join("sources.log"))
+        .context("create the demo sources' log")?;
+    let mut child = std::process::Command::new(exe)
+        .arg("demo-sources")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--seed")
+        .arg(opts.seed.to_string())
+        .arg("--population")
+        .arg(opts.population.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("start the demo sources ({} demo-sources)", exe.display()))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Some(file) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<SourcesFile>(&b).ok())
+        {
+            return Ok(file.endpoints);
+        }
+        if let Some(status) = child.try_wait().context("check the demo sources")? {
+            anyhow::bail!(
+                "the demo sources stopped ({status}); see {}",
+                data_dir.join("sources.log").display()
+            );
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the demo sources did not start within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Registers the demo organisations and authorisations if missing, and
 /// (re)points the demo datasets at the sources' current addresses.
 async fn seed_registry(
@@ -655,11 +824,12 @@ fn write_second_broker_config(
     data_dir: &Path,
     url: &str,
     first: SocketAddr,
+    taken: &[Option<SocketAddr>],
     pki: &DevPki,
     issuer: &DevIssuer,
     operator: &DemoOrg,
 ) -> anyhow::Result<(PathBuf, SocketAddr)> {
-    let listen = SocketAddr::new(first.ip(), first.port().wrapping_add(1).max(1));
+    let listen = second_broker_port(first, taken)?;
     let broker = pki.files("broker");
     let quoted = |p: &Path| toml::Value::String(p.display().to_string()).to_string();
     let text = format!(
@@ -693,6 +863,30 @@ fn write_second_broker_config(
     let path = data_dir.join("second-broker.toml");
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok((path, listen))
+}
+
+/// The second broker's address: the first free port after the first
+/// broker's (easy to remember) that none of the demo's listeners holds,
+/// else any free port. Free when the demo starts: the printed command
+/// works unless another program takes it meanwhile.
+fn second_broker_port(
+    first: SocketAddr,
+    taken: &[Option<SocketAddr>],
+) -> anyhow::Result<SocketAddr> {
+    let held = |port: u16| port == first.port() || taken.iter().flatten().any(|a| a.port() == port);
+    let free = |addr: SocketAddr| std::net::TcpListener::bind(addr).is_ok();
+    for offset in 1..=20u16 {
+        let Some(port) = first.port().checked_add(offset) else {
+            break;
+        };
+        let addr = SocketAddr::new(first.ip(), port);
+        if !held(port) && free(addr) {
+            return Ok(addr);
+        }
+    }
+    let any = std::net::TcpListener::bind(SocketAddr::new(first.ip(), 0))
+        .context("find a free port for the second broker")?;
+    Ok(any.local_addr()?)
 }
 
 async fn wait(mut rx: watch::Receiver<bool>) {

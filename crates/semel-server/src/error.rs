@@ -190,6 +190,28 @@ impl From<semel_store::StoreError> for ApiError {
 }
 
 #[cfg(test)]
+mod storage_failure_tests {
+    use super::*;
+
+    /// A call refused because storage failed is recorded with the reason
+    /// its client gets, not with none.
+    #[test]
+    fn a_storage_failure_is_recorded_with_the_reason_the_client_gets() {
+        for e in [
+            semel_storage::StorageError::Unavailable("connection refused".into()),
+            semel_storage::StorageError::Corrupt("a damaged record".into()),
+        ] {
+            let api = ApiError::from(e);
+            assert_eq!(api.reason, "STORAGE_UNAVAILABLE");
+            assert_eq!(
+                api.reason_code().map(semel_core::ReasonCode::as_str),
+                Some(api.reason)
+            );
+        }
+    }
+}
+
+#[cfg(test)]
 mod request_id_tests {
     use super::*;
 

@@ -376,6 +376,11 @@ pub const REASONS: &[Reasons] = &[
         "the broker cannot record the call or read its storage, so it answers none; retry later",
     ),
     row(
+        "UNAVAILABLE",
+        &["REGISTRY_STALE"],
+        "(broker on PostgreSQL) the broker could not confirm within its bound (`store.max_staleness_ms`) that its copy of the registry is current, so it decides nothing; retry later or through another broker",
+    ),
+    row(
         "RESOURCE_EXHAUSTED",
         &["SUBSCRIPTIONS_EXCEEDED"],
         "(`Subscribe`) your organisation holds as many subscriptions on this broker as it may; close one (one is enough: each receives the same changes), or read with `PullMutations`. (`PullMutations`) your organisation has as many pulls in progress on this broker as it may (4); wait for their answers, then pull again",

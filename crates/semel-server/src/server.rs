@@ -226,15 +226,7 @@ pub fn load_all(files: &ReloadFiles) -> anyhow::Result<Loaded> {
 /// Builds the broker from its configuration: TLS, the store (recovering the
 /// audit log if needed) and the operator's registration.
 pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
-    let files = ReloadFiles {
-        cert: config.tls.cert.clone(),
-        key: config.tls.key.clone(),
-        client_ca: config.tls.client_ca.clone(),
-        client_crls: config.tls.client_crls.clone(),
-        sources_ca: config.sources_ca().to_path_buf(),
-        sources_crls: config.sources.crls.clone(),
-        tokens: config.token_settings()?,
-    };
+    let files = reload_files(config)?;
     let (tls, source_tls, tokens) = load_all(&files)?;
     if config.sources.ca.is_none() {
         // Sources are still bound to their dataset's owner, but a CA that
@@ -249,9 +241,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 .await?
         }
         Some(url) => {
-            crate::stores::open_postgresql(
+            crate::stores::open_postgresql_waiting(
                 url,
-                config.checkpoint_signer()?,
+                || config.checkpoint_signer(),
                 Duration::from_millis(config.audit.checkpoint_every_ms),
                 config.store.registry_poll(),
                 config.store.persons_poll(),
@@ -259,6 +251,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                     entries_per_second: config.audit.scrub_entries_per_second,
                 },
                 config.store.max_durability_wait(),
+                MAX_WAIT_FOR_DATABASE,
             )
             .await?
         }
@@ -287,10 +280,23 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     )
     .await?;
     broker.metrics.watch_persons(opened.persons.clone());
+    let mut watching = Vec::new();
+    if let Some(url) = config.store.postgresql() {
+        // Other brokers change the registry: the snapshot decides only
+        // while a read of the database confirms it; and health asks the
+        // database, busy or idle.
+        broker.bound_registry_freshness(config.store.max_staleness());
+        watching.push(crate::stores::watch_registry_freshness(broker.clone()));
+        watching.push(crate::stores::probe_database(
+            broker.clone(),
+            url.to_owned(),
+        ));
+    }
     let background = opened
         .changes
         .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
         .into_iter()
+        .chain(watching)
         .chain(opened.persons_feed)
         .chain(std::iter::once(broker.expire_mutations()))
         .collect();
@@ -305,6 +311,93 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
+}
+
+/// The longest wait between two attempts to reach a broker's database at
+/// start.
+pub const MAX_WAIT_FOR_DATABASE: Duration = Duration::from_secs(10);
+
+/// The files [`Reloader`] watches, as the configuration names them.
+fn reload_files(config: &Config) -> anyhow::Result<ReloadFiles> {
+    Ok(ReloadFiles {
+        cert: config.tls.cert.clone(),
+        key: config.tls.key.clone(),
+        client_ca: config.tls.client_ca.clone(),
+        client_crls: config.tls.client_crls.clone(),
+        sources_ca: config.sources_ca().to_path_buf(),
+        sources_crls: config.sources.crls.clone(),
+        tokens: config.token_settings()?,
+    })
+}
+
+/// The gRPC port's health while the broker prepares (waiting for its
+/// database, recovering its log): NOT_SERVING, overall and for lookups, so
+/// that a probe sees a live process that is not ready rather than a closed
+/// port. It answers on a copy of the broker's own listening socket; the
+/// broker's server takes over the socket when [`WaitingHealth::stop`] ends
+/// this one (a connection already made to it is closed; its client
+/// connects again).
+pub struct WaitingHealth {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WaitingHealth {
+    /// Answers NOT_SERVING on `listener` (with the configured TLS
+    /// certificate) until stopped.
+    pub fn start(listener: &TcpListener, config: &Config) -> anyhow::Result<WaitingHealth> {
+        use std::os::fd::AsFd;
+        let (tls, _, _) = load_all(&reload_files(config)?)?;
+        let copy = std::net::TcpListener::from(
+            listener
+                .as_fd()
+                .try_clone_to_owned()
+                .context("copy the listening socket")?,
+        );
+        copy.set_nonblocking(true)
+            .context("copy the listening socket")?;
+        let copy = TcpListener::from_std(copy).context("copy the listening socket")?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let (health, service) = tonic_health::server::health_reporter();
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<LookupServiceServer<LookupService>>()
+                .await;
+            let served = Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    tls::incoming_admitted(copy, Arc::new(ArcSwap::from(tls)), None, None),
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "the health endpoint for the broker's start failed");
+            }
+        });
+        Ok(WaitingHealth {
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Stops answering: the broker's own server takes the port over.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // A `Watch` stream would hold a graceful stop for ever.
+        if tokio::time::timeout(Duration::from_secs(1), &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+        }
+    }
 }
 
 /// Serves the broker's gRPC services on `listener` until `shutdown`

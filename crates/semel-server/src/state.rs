@@ -237,6 +237,35 @@ pub struct Broker {
     /// Why the broker should not be sent lookups now, besides its audit
     /// log failing (health reports NOT_SERVING while any condition holds).
     pub readiness: crate::readiness::Readiness,
+    /// How long the registry snapshot answers after a read of the
+    /// database last confirmed it ([`Broker::registry_fresh`]).
+    pub(crate) registry_freshness: RegistryFreshness,
+}
+
+/// Until when the registry snapshot may decide: one atomic, read by every
+/// call. A broker alone on its store (the embedded store: every change
+/// passes through it) is always fresh; a broker sharing a database is fresh
+/// only within its bound after the last read that confirmed the snapshot.
+pub(crate) struct RegistryFreshness {
+    base: std::time::Instant,
+    /// Microseconds after `base`; `u64::MAX`: always fresh.
+    until: std::sync::atomic::AtomicU64,
+    /// `None`: always fresh.
+    bound: Mutex<Option<Duration>>,
+}
+
+impl RegistryFreshness {
+    fn always() -> Self {
+        RegistryFreshness {
+            base: std::time::Instant::now(),
+            until: std::sync::atomic::AtomicU64::new(u64::MAX),
+            bound: Mutex::new(None),
+        }
+    }
+
+    fn micros(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_micros()).unwrap_or(u64::MAX)
+    }
 }
 
 impl Broker {
@@ -277,6 +306,7 @@ impl Broker {
             subscriptions: std::sync::Mutex::default(),
             pulls: std::sync::Mutex::default(),
             readiness: crate::readiness::Readiness::default(),
+            registry_freshness: RegistryFreshness::always(),
         });
         broker
             .reload()
@@ -337,6 +367,47 @@ impl Broker {
 
     pub fn snapshot(&self) -> arc_swap::Guard<Arc<Snapshot>> {
         self.snapshot.load()
+    }
+
+    /// Binds the registry snapshot's freshness to `max_staleness` after a
+    /// read of the database confirmed it ([`Broker::confirm_registry`]):
+    /// for a broker that shares its database with others. Until the first
+    /// confirmation, the snapshot is fresh for `max_staleness` from now
+    /// (it was read from the database just before).
+    pub fn bound_registry_freshness(&self, max_staleness: Duration) {
+        let f = &self.registry_freshness;
+        *f.bound.lock().unwrap_or_else(|p| p.into_inner()) = Some(max_staleness);
+        let until = f.micros(std::time::Instant::now() + max_staleness);
+        f.until.store(until, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A read of the database that began at `read_at` found the snapshot
+    /// current: it may decide until `read_at` plus the bound.
+    pub fn confirm_registry(&self, read_at: std::time::Instant) {
+        let f = &self.registry_freshness;
+        let Some(bound) = *f.bound.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
+        let until = f.micros(read_at + bound);
+        f.until
+            .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Whether the registry snapshot may decide now (one atomic load and
+    /// a clock read: on every call's path).
+    pub fn registry_fresh(&self) -> bool {
+        let f = &self.registry_freshness;
+        let until = f.until.load(std::sync::atomic::Ordering::Acquire);
+        until == u64::MAX || f.micros(std::time::Instant::now()) < until
+    }
+
+    /// How long the snapshot has gone unconfirmed past its bound, when it
+    /// has (for health and the log).
+    pub fn registry_stale_for(&self) -> Option<Duration> {
+        let f = &self.registry_freshness;
+        let until = f.until.load(std::sync::atomic::Ordering::Acquire);
+        let now = f.micros(std::time::Instant::now());
+        (until != u64::MAX && now >= until).then(|| Duration::from_micros(now - until))
     }
 
     /// Rebuilds the snapshot from storage. Channels to sources are kept
@@ -557,6 +628,20 @@ impl Broker {
         })?;
         let snapshot = self.snapshot();
         let org = snapshot.organisations.get(kbo);
+        // A snapshot not confirmed current decides nothing: a suspension
+        // or a revocation made through another broker may be missing.
+        if !self.registry_fresh() {
+            return Err(deny(
+                ApiError::retryable(
+                    tonic::Code::Unavailable,
+                    "REGISTRY_STALE",
+                    "this broker cannot confirm that its copy of the registry is current (its database is not answering it), so it decides nothing; try again later or through another broker",
+                ),
+                ReasonCode::RegistryStale,
+                org,
+                None,
+            ));
+        }
         if snapshot.is_revoked(cert) {
             return Err(deny(
                 ApiError::unauthenticated(

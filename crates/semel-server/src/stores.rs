@@ -132,8 +132,14 @@ pub async fn open_postgresql(
     })
 }
 
-/// Reloads the broker's registry snapshot whenever the registry's version
-/// moves (a change made through any broker), until aborted.
+/// Keeps the broker's registry snapshot current and says how current it
+/// is, until aborted: every read of the registry's version by the watch
+/// (at each NOTIFY and each poll) either finds the snapshot's version, and
+/// confirms the snapshot as of the read's start, or a newer one, and the
+/// snapshot is read again first (until a reading succeeds: a change
+/// announced once, a revocation, must not be missed because the first
+/// reading after it failed). A snapshot not confirmed within the broker's
+/// bound decides nothing ([`Broker::registry_fresh`]).
 pub fn follow_registry(
     broker: Arc<Broker>,
     changes: semel_postgres::RegistryWatch,
@@ -141,32 +147,162 @@ pub fn follow_registry(
     tokio::spawn(async move {
         // The feed runs as long as this task holds it.
         let changes = changes;
-        let mut versions = changes.subscribe();
+        let mut confirmations = changes.confirmations();
+        // The version the snapshot holds at least; unknown at first (the
+        // snapshot was read around the watch's first reading).
+        let mut loaded: Option<u64> = None;
         loop {
-            if versions.changed().await.is_err() {
+            let confirmation = *confirmations.borrow_and_update();
+            if loaded != Some(confirmation.version) {
+                let mut wait = Duration::from_millis(100);
+                loop {
+                    match broker.reload().await {
+                        Ok(()) => {
+                            tracing::debug!(version = confirmation.version, "registry reloaded");
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(version = confirmation.version, error = %e.message, "registry reload failed; retrying");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+                // Read after the version was: it holds that version's
+                // changes, and perhaps later ones.
+                loaded = Some(confirmation.version);
+            }
+            broker.confirm_registry(confirmation.read_at);
+            if confirmations.changed().await.is_err() {
                 tracing::error!(
                     "the registry change feed stopped: registry changes made through other brokers no longer reach this one"
                 );
                 return;
             }
-            let version = *versions.borrow_and_update();
-            // Until a reading succeeds: a change announced once (a
-            // revocation) must not be missed because the first reading
-            // after it failed.
-            let mut wait = Duration::from_millis(100);
-            loop {
-                match broker.reload().await {
-                    Ok(()) => {
-                        tracing::debug!(version, "registry reloaded");
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(version, error = %e.message, "registry reload failed; retrying");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
+        }
+    })
+}
+
+/// How often health conditions about the store are looked at.
+const HEALTH_EVERY: Duration = Duration::from_millis(250);
+
+/// Sets the readiness condition `registry` while the snapshot is past its
+/// freshness bound, and clears it when a read confirms it again, until
+/// aborted. Calls are refused by the snapshot's own check; this makes
+/// health say so.
+pub fn watch_registry_freshness(broker: Arc<Broker>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEALTH_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            broker.readiness.set(
+                "registry",
+                broker.registry_stale_for().map(|late| {
+                    format!(
+                        "the registry snapshot was not confirmed by a read of the database within its bound (store.max_staleness_ms), for {} ms past it; calls are refused with REGISTRY_STALE",
+                        late.as_millis()
+                    )
+                }),
+            );
+        }
+    })
+}
+
+/// Asks PostgreSQL a cheap question every second, busy or idle, and sets
+/// the readiness condition `database` while it does not answer, until
+/// aborted.
+pub fn probe_database(broker: Arc<Broker>, url: String) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut probe = semel_postgres::DatabaseProbe::new(&url);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let why = probe
+                .check()
+                .await
+                .err()
+                .map(|e| format!("PostgreSQL does not answer the broker's probe: {e}"));
+            broker.readiness.set("database", why);
+        }
+    })
+}
+
+/// [`open_postgresql`] until the database can be reached: a broker started
+/// before its database waits for it (one line in the log per attempt, the
+/// attempts further apart up to `max_wait`), rather than exiting and
+/// looping under its supervisor. A failure that retrying cannot mend (a
+/// schema newer than this binary, another log's key) ends it at once.
+pub async fn open_postgresql_waiting(
+    url: &str,
+    signer: impl Fn() -> anyhow::Result<NoteSigner>,
+    checkpoint_every: Duration,
+    registry_poll: Duration,
+    persons_poll: Duration,
+    scrub: semel_postgres::ScrubSettings,
+    max_durability_wait: Duration,
+    max_wait: Duration,
+) -> anyhow::Result<Opened> {
+    let mut wait = Duration::from_millis(250).min(max_wait);
+    let mut attempt = 1u32;
+    loop {
+        match open_postgresql(
+            url,
+            signer()?,
+            checkpoint_every,
+            registry_poll,
+            persons_poll,
+            scrub.clone(),
+            max_durability_wait,
+        )
+        .await
+        {
+            Ok(opened) => {
+                if attempt > 1 {
+                    tracing::info!(attempt, "PostgreSQL reached; the broker starts");
                 }
+                return Ok(opened);
             }
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(
+                    attempt,
+                    retry_in_ms = wait.as_millis() as u64,
+                    error = %format!("{e:#}"),
+                    "waiting for the PostgreSQL store (store.url) to accept connections; health says NOT_SERVING meanwhile"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(max_wait);
+                attempt = attempt.saturating_add(1);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Whether opening the store failed for want of a database to talk to (a
+/// connection refused, timed out or cut, the server starting or shutting
+/// down, connections not allowed yet), as opposed to what it said.
+fn unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        let Some(pg) = cause.downcast_ref::<semel_postgres::PgError>() else {
+            return cause.downcast_ref::<std::io::Error>().is_some();
+        };
+        let semel_postgres::PgError::Database(db) = pg else {
+            return false;
+        };
+        match db.as_db_error() {
+            // Class 08: connection exception; 57P03: cannot connect now
+            // (starting up); 57P01/57P02: shut down; 55000 with
+            // ALLOW_CONNECTIONS false is "database does not allow
+            // connections" (SQLSTATE 55000).
+            Some(d) => {
+                let code = d.code().code();
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "55000")
+            }
+            // No server answer at all: an I/O error, a timeout, a closed
+            // connection.
+            None => true,
         }
     })
 }

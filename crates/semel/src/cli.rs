@@ -48,6 +48,10 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the broker with the demo sources and registry on the embedded store.
     Demo(demo::DemoArgs),
+    /// Serve the demo sources alone (started by `semel demo --store`, so
+    /// that they outlive either broker): their endpoints go to
+    /// <data-dir>/sources.json.
+    DemoSources(demo::DemoSourcesArgs),
     /// Run the broker alone, from a configuration file.
     Serve(serve::ServeArgs),
     /// Look up data about a citizen, as a consumer organisation.

@@ -47,6 +47,30 @@ pub struct DemoArgs {
     pub store: Option<String>,
 }
 
+#[derive(Args)]
+pub struct DemoSourcesArgs {
+    /// The demo's data directory (its development PKI).
+    #[arg(long, default_value = "semel-data")]
+    pub data_dir: PathBuf,
+    /// Seed of the synthetic population (the demo's).
+    #[arg(long, default_value_t = 20_170_717)]
+    pub seed: u64,
+    /// At least this many synthetic people (the demo's).
+    #[arg(long, default_value_t = 10_000)]
+    pub population: usize,
+}
+
+pub async fn run_sources(args: DemoSourcesArgs) -> anyhow::Result<ExitCode> {
+    semel_server::demo::serve_sources(
+        &args.data_dir,
+        args.seed,
+        args.population,
+        crate::shutdown_signal(),
+    )
+    .await?;
+    Ok(Exit::Done.into())
+}
+
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let DemoArgs {
         data_dir,
@@ -72,6 +96,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         population,
         metrics_listen: (!no_metrics).then_some(metrics_listen),
         http_listen: (!no_http).then_some(http_listen),
+        // On PostgreSQL, the sources in a process of their own: they
+        // outlive either broker, so that failover can be shown.
+        sources_process: store.as_ref().and(std::env::current_exe().ok()),
         postgresql: store,
         ..DemoOptions::new(data_dir)
     };
@@ -129,7 +156,7 @@ fn print_demo_banner(demo: &Demo) -> anyhow::Result<()> {
             .second_broker
             .as_ref()
             .map(|(config, addr)| format!(
-                "\n\nA second broker on the same PostgreSQL database, in another terminal (listens on {addr}):\n\n  {s} serve --config {}\n\nLookups through either broker land in the one audit log; a suspension made through one takes effect on the other within a second.",
+                "\n\nA second broker on the same PostgreSQL database, in another terminal (listens on {addr}):\n\n  {s} serve --config {}\n\nLookups through either broker land in the one audit log; a suspension made through one takes effect on the other within a second. The demo sources run in a process of their own (pid in {dd}/sources.json): kill either broker and the other goes on answering.",
                 config.display()
             ))
             .unwrap_or_default(),

@@ -160,6 +160,7 @@ fn init_logging(
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Demo(args) => demo::run(args).await,
+        Command::DemoSources(args) => demo::run_sources(args).await,
         Command::Serve(args) => serve::run(args).await,
         Command::Lookup(args) => lookup::run(args).await,
         Command::Files { conn, command } => persons::files(conn, command).await,

@@ -36,7 +36,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return check_configuration(&config, json);
     }
     let config = Config::load(&config)?;
-    let prepared = semel_server::server::prepare(&config).await?;
+    // The gRPC port first: while the broker prepares (waits for its
+    // database), health answers NOT_SERVING there, so a supervisor sees a
+    // live process that is not ready yet.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("bind {}", config.listen))?;
+    let waiting = semel_server::server::WaitingHealth::start(&listener, &config)?;
+    let prepared = semel_server::server::prepare(&config).await;
+    waiting.stop().await;
+    let prepared = prepared?;
     let metrics_listener = match config.metrics_listen {
         Some(addr) => Some(
             tokio::net::TcpListener::bind(addr)
@@ -45,9 +54,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("bind {}", config.listen))?;
     let http_listener = match &config.http {
         Some(http) => Some((
             tokio::net::TcpListener::bind(http.listen)
