@@ -179,9 +179,16 @@ pub enum ReasonCode {
     PublicationRateLimited,
     /// An organisation has as many audit calls in flight as it may.
     AuditCallsExceeded,
+    /// A registry change lost a race: the record changed since it was read
+    /// (through another broker, perhaps); nothing was written.
+    Conflict,
+    /// A registry record with that name, or a pending application, exists.
+    AlreadyExists,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 44] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 46] = [
+    (ReasonCode::Conflict, "CONFLICT"),
+    (ReasonCode::AlreadyExists, "ALREADY_EXISTS"),
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
     (ReasonCode::AuditCallsExceeded, "AUDIT_CALLS_EXCEEDED"),
     (
