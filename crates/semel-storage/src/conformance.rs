@@ -813,8 +813,14 @@ pub mod registry {
         // Without it, all of it.
         let writes = &writes[..3];
         store.commit(writes).await.expect("commit");
-        assert_eq!(store.organisations().await.expect("read"), [org.clone()]);
-        assert_eq!(store.authorisations().await.expect("read"), [v1.clone()]);
+        assert_eq!(
+            store.organisations().await.expect("read"),
+            std::slice::from_ref(&org)
+        );
+        assert_eq!(
+            store.authorisations().await.expect("read"),
+            std::slice::from_ref(&v1)
+        );
         assert_eq!(store.datasets().await.expect("read").len(), 1);
         // An undo of all three, one of which moved since: none is undone.
         let suspended = Organisation {
@@ -832,7 +838,7 @@ pub mod registry {
         conflict(store.undo_all(&undos).await, "an undo over a later change");
         assert_eq!(
             store.organisations().await.expect("read"),
-            [suspended.clone()]
+            std::slice::from_ref(&suspended)
         );
         assert_eq!(store.authorisations().await.expect("read"), [v1]);
         assert_eq!(store.datasets().await.expect("read").len(), 1);
@@ -881,7 +887,10 @@ pub mod registry {
         );
         // Not by an upsert either.
         conflict(store.put_application(&second).await, "a second one put");
-        assert_eq!(store.applications().await.expect("read"), [first.clone()]);
+        assert_eq!(
+            store.applications().await.expect("read"),
+            std::slice::from_ref(&first)
+        );
         // Another reference, or another applicant: fine.
         store
             .commit(&[RegistryWrite::Application {

@@ -423,13 +423,7 @@ impl Registry {
             }
         };
         for undo in undos.iter().rev() {
-            let (tree, key, written, before, what): (
-                u8,
-                Vec<u8>,
-                Option<Vec<u8>>,
-                Option<Vec<u8>>,
-                String,
-            ) = match undo {
+            let (tree, key, written, before, what): UndoStep = match undo {
                 RegistryUndo::Organisation(w, b) => (
                     0,
                     w.kbo.as_bytes().to_vec(),
@@ -661,6 +655,10 @@ fn same_record(
         _ => false,
     })
 }
+
+/// One record an undo puts back: its tree, key, the record as written
+/// (compared), as it was (`None`: removed) and its name for messages.
+type UndoStep = (u8, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, String);
 
 /// Records a change will write, by tree number and key (`None`: removed).
 type Staged = std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>;
