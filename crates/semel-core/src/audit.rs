@@ -185,11 +185,18 @@ pub enum ReasonCode {
     /// The broker's storage failed while it decided or answered (the call
     /// was refused; the client got `STORAGE_UNAVAILABLE`).
     StorageUnavailable,
+    /// A registry change lost a race: the record changed since it was read
+    /// (through another broker, perhaps); nothing was written.
+    Conflict,
+    /// A registry record with that name, or a pending application, exists.
+    AlreadyExists,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 46] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 48] = [
     (ReasonCode::RegistryStale, "REGISTRY_STALE"),
     (ReasonCode::StorageUnavailable, "STORAGE_UNAVAILABLE"),
+    (ReasonCode::Conflict, "CONFLICT"),
+    (ReasonCode::AlreadyExists, "ALREADY_EXISTS"),
     (ReasonCode::ApplicationsExceeded, "APPLICATIONS_EXCEEDED"),
     (ReasonCode::AuditCallsExceeded, "AUDIT_CALLS_EXCEEDED"),
     (

@@ -45,6 +45,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0008_applications.sql"),
     include_str!("../migrations/0009_mutation_event_keys.sql"),
     include_str!("../migrations/0010_row_seals.sql"),
+    include_str!("../migrations/0011_registry_invariants.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

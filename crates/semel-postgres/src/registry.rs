@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCertificate};
-use semel_storage::{RegistryUndo, StorageError};
+use semel_storage::{RegistryUndo, RegistryWrite, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
@@ -121,7 +121,8 @@ impl PgRegistry {
              ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
             &[&kind, &key, &value],
         )
-        .await?;
+        .await
+        .map_err(unique_violation)?;
         let version = bump(&tx).await?;
         tx.commit().await?;
         Ok(version)
@@ -139,7 +140,8 @@ impl PgRegistry {
                  ON CONFLICT (kind, key) DO NOTHING",
                 &[&kind, &key, &value],
             )
-            .await?;
+            .await
+            .map_err(unique_violation)?;
         if inserted == 0 {
             return Err(PgError::Conflict(format!("{kind} {key} already exists")));
         }
@@ -343,85 +345,277 @@ impl PgRegistry {
     /// Takes back a change whose audit entry failed, in one transaction
     /// that moves the version (so every broker reloads).
     pub async fn undo(&self, undo: &RegistryUndo) -> Result<u64, PgError> {
+        self.undo_all(std::slice::from_ref(undo)).await
+    }
+
+    /// Takes back committed writes, last first, in one transaction.
+    pub async fn undo_all(&self, undos: &[RegistryUndo]) -> Result<u64, PgError> {
         let mut conn = self.conn.lock().await;
         let tx = conn.client().await?.transaction().await?;
-        let (kind, key, before) = match undo {
-            RegistryUndo::Organisation(written, b) => {
-                let key = written.kbo.as_str().to_owned();
-                still(&tx, "organisation", &key, &**written).await?;
-                ("organisation", key, b.as_deref().map(encode).transpose()?)
-            }
-            RegistryUndo::Dataset(written, b) => {
-                let key = written.name.as_str().to_owned();
-                still(&tx, "dataset", &key, &**written).await?;
-                ("dataset", key, b.as_deref().map(encode).transpose()?)
-            }
-            RegistryUndo::Purpose(written, b) => {
-                let key = written.code.as_str().to_owned();
-                still(&tx, "purpose", &key, &**written).await?;
-                ("purpose", key, b.as_deref().map(encode).transpose()?)
-            }
-            RegistryUndo::Membership(written, b) => {
-                let key = written.id.clone();
-                still(&tx, "membership", &key, &**written).await?;
-                ("membership", key, b.as_deref().map(encode).transpose()?)
-            }
-            RegistryUndo::Application(written, b) => {
-                let key = written.id.clone();
-                still(&tx, "application", &key, &**written).await?;
-                ("application", key, b.as_deref().map(encode).transpose()?)
-            }
-            RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
-            RegistryUndo::Authorisation(after, b) => {
-                // Only the version this change wrote is taken back: a later
-                // one, written through another broker, stands on it.
-                let current: Option<i32> = tx
-                    .query_opt(
-                        "SELECT (value->>'version')::int FROM registry_records \
-                         WHERE kind = 'authorisation' AND key = $1 FOR UPDATE",
-                        &[&after.reference.as_str()],
-                    )
-                    .await?
-                    .map(|r| r.get(0));
-                if current != Some(after.version as i32) {
-                    return Err(PgError::Conflict(format!(
-                        "authorisation {} has moved past version {}: the change is not undone",
-                        after.reference, after.version
-                    )));
-                }
-                tx.execute(
-                    "DELETE FROM registry_authorisation_history WHERE reference = $1 AND version = $2",
-                    &[&after.reference.as_str(), &(after.version as i32)],
-                )
-                .await?;
-                (
-                    "authorisation",
-                    after.reference.as_str().to_owned(),
-                    b.as_deref().map(encode).transpose()?,
-                )
-            }
-        };
-        match before {
-            Some(value) => {
-                tx.execute(
-                    "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
-                     ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
-                    &[&kind, &key, &value],
-                )
-                .await?;
-            }
-            None => {
-                tx.execute(
-                    "DELETE FROM registry_records WHERE kind = $1 AND key = $2",
-                    &[&kind, &key],
-                )
-                .await?;
-            }
+        for undo in undos.iter().rev() {
+            undo_in(&tx, undo).await?;
         }
         let version = bump(&tx).await?;
         tx.commit().await?;
         Ok(version)
     }
+
+    /// Writes a change all or nothing (see [`semel_storage::RegistryStore::commit`]):
+    /// one transaction, each record locked and compared with what the
+    /// change read, the rules on pending applications held by the
+    /// database's unique indexes (migration 0011). Other brokers see the
+    /// whole change or none of it, and reload on its NOTIFY.
+    pub async fn commit(&self, writes: &[RegistryWrite]) -> Result<u64, PgError> {
+        let mut conn = self.conn.lock().await;
+        let tx = conn.client().await?.transaction().await?;
+        for w in writes {
+            match w {
+                RegistryWrite::Organisation { after, before } => {
+                    swap(
+                        &tx,
+                        "organisation",
+                        after.kbo.as_str(),
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?
+                }
+                RegistryWrite::Dataset { after, before } => {
+                    swap(
+                        &tx,
+                        "dataset",
+                        after.name.as_str(),
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?
+                }
+                RegistryWrite::Purpose { after, before } => {
+                    swap(
+                        &tx,
+                        "purpose",
+                        after.code.as_str(),
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?
+                }
+                RegistryWrite::Application { after, before } => {
+                    swap(
+                        &tx,
+                        "application",
+                        &after.id,
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?
+                }
+                RegistryWrite::Membership { after, before } => {
+                    swap(
+                        &tx,
+                        "membership",
+                        &after.id,
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?
+                }
+                RegistryWrite::Authorisation { after, before } => {
+                    let expected = before.as_ref().map_or(1, |b| b.version + 1);
+                    if after.version != expected {
+                        return Err(PgError::Conflict(format!(
+                            "authorisation {}: version {} does not follow the version read ({}); nothing was written",
+                            after.reference,
+                            after.version,
+                            expected - 1
+                        )));
+                    }
+                    swap(
+                        &tx,
+                        "authorisation",
+                        after.reference.as_str(),
+                        &**after,
+                        before.as_deref(),
+                        &w.name(),
+                    )
+                    .await?;
+                    let inserted = tx
+                        .execute(
+                            "INSERT INTO registry_authorisation_history (reference, version, value) \
+                             VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
+                            &[&after.reference.as_str(), &(after.version as i32), &encode(&**after)?],
+                        )
+                        .await?;
+                    if inserted == 0 {
+                        return Err(conflict(&w.name()));
+                    }
+                }
+            }
+        }
+        let version = bump(&tx).await?;
+        tx.commit().await.map_err(unique_violation)?;
+        Ok(version)
+    }
+}
+
+fn conflict(what: &str) -> PgError {
+    match semel_storage::changed_since(what) {
+        StorageError::Conflict(m) => PgError::Conflict(m),
+        _ => unreachable!("changed_since is a conflict"),
+    }
+}
+
+/// A write refused by one of the registry's unique indexes (a second
+/// pending application) is a conflict, not an outage.
+fn unique_violation(e: tokio_postgres::Error) -> PgError {
+    let Some(db) = e.as_db_error() else {
+        return PgError::Database(e);
+    };
+    if *db.code() != tokio_postgres::error::SqlState::UNIQUE_VIOLATION {
+        return PgError::Database(e);
+    }
+    let message = match db.constraint() {
+        Some("registry_one_pending_application") => {
+            "an application for this reference by this applicant is already pending: one at a time per reference; nothing was written"
+        }
+        Some("registry_one_pending_membership") => {
+            "an application for membership of this enterprise number is already pending; nothing was written"
+        }
+        _ => "the change contradicts a record stored meanwhile; nothing was written",
+    };
+    PgError::Conflict(message.to_owned())
+}
+
+/// Writes `after` under `kind`/`key` only while the stored record is
+/// `before` (`None`: absent), locking it until the transaction ends.
+async fn swap<T: Serialize + DeserializeOwned + PartialEq>(
+    tx: &tokio_postgres::Transaction<'_>,
+    kind: &str,
+    key: &str,
+    after: &T,
+    before: Option<&T>,
+    what: &str,
+) -> Result<(), PgError> {
+    let value = encode(after)?;
+    match before {
+        None => {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
+                     ON CONFLICT (kind, key) DO NOTHING",
+                    &[&kind, &key, &value],
+                )
+                .await
+                .map_err(unique_violation)?;
+            if inserted == 0 {
+                return Err(conflict(what));
+            }
+        }
+        Some(before) => {
+            let current: Option<T> = tx
+                .query_opt(
+                    "SELECT value::text FROM registry_records WHERE kind = $1 AND key = $2 FOR UPDATE",
+                    &[&kind, &key],
+                )
+                .await?
+                .map(|r| decode(r.get(0)))
+                .transpose()?;
+            if current.as_ref() != Some(before) {
+                return Err(conflict(what));
+            }
+            tx.execute(
+                "UPDATE registry_records SET value = $3::text::jsonb WHERE kind = $1 AND key = $2",
+                &[&kind, &key, &value],
+            )
+            .await
+            .map_err(unique_violation)?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes back one write within a transaction.
+async fn undo_in(tx: &tokio_postgres::Transaction<'_>, undo: &RegistryUndo) -> Result<(), PgError> {
+    let (kind, key, before) = match undo {
+        RegistryUndo::Organisation(written, b) => {
+            let key = written.kbo.as_str().to_owned();
+            still(tx, "organisation", &key, &**written).await?;
+            ("organisation", key, b.as_deref().map(encode).transpose()?)
+        }
+        RegistryUndo::Dataset(written, b) => {
+            let key = written.name.as_str().to_owned();
+            still(tx, "dataset", &key, &**written).await?;
+            ("dataset", key, b.as_deref().map(encode).transpose()?)
+        }
+        RegistryUndo::Purpose(written, b) => {
+            let key = written.code.as_str().to_owned();
+            still(tx, "purpose", &key, &**written).await?;
+            ("purpose", key, b.as_deref().map(encode).transpose()?)
+        }
+        RegistryUndo::Membership(written, b) => {
+            let key = written.id.clone();
+            still(tx, "membership", &key, &**written).await?;
+            ("membership", key, b.as_deref().map(encode).transpose()?)
+        }
+        RegistryUndo::Application(written, b) => {
+            let key = written.id.clone();
+            still(tx, "application", &key, &**written).await?;
+            ("application", key, b.as_deref().map(encode).transpose()?)
+        }
+        RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
+        RegistryUndo::Authorisation(after, b) => {
+            // Only the version this change wrote is taken back: a later
+            // one, written through another broker, stands on it.
+            let current: Option<i32> = tx
+                .query_opt(
+                    "SELECT (value->>'version')::int FROM registry_records \
+                     WHERE kind = 'authorisation' AND key = $1 FOR UPDATE",
+                    &[&after.reference.as_str()],
+                )
+                .await?
+                .map(|r| r.get(0));
+            if current != Some(after.version as i32) {
+                return Err(PgError::Conflict(format!(
+                    "authorisation {} has moved past version {}: the change is not undone",
+                    after.reference, after.version
+                )));
+            }
+            tx.execute(
+                "DELETE FROM registry_authorisation_history WHERE reference = $1 AND version = $2",
+                &[&after.reference.as_str(), &(after.version as i32)],
+            )
+            .await?;
+            (
+                "authorisation",
+                after.reference.as_str().to_owned(),
+                b.as_deref().map(encode).transpose()?,
+            )
+        }
+    };
+    match before {
+        Some(value) => {
+            tx.execute(
+                "INSERT INTO registry_records (kind, key, value) VALUES ($1, $2, $3::text::jsonb) \
+                 ON CONFLICT (kind, key) DO UPDATE SET value = EXCLUDED.value",
+                &[&kind, &key, &value],
+            )
+            .await
+            .map_err(unique_violation)?;
+        }
+        None => {
+            tx.execute(
+                "DELETE FROM registry_records WHERE kind = $1 AND key = $2",
+                &[&kind, &key],
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Key order is byte order (`COLLATE "C"`), as the embedded store lists.
@@ -526,6 +720,16 @@ impl semel_storage::RegistryStore for PgRegistry {
 
     async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError> {
         PgRegistry::undo(self, undo).await?;
+        Ok(())
+    }
+
+    async fn undo_all(&self, undos: &[RegistryUndo]) -> Result<(), StorageError> {
+        PgRegistry::undo_all(self, undos).await?;
+        Ok(())
+    }
+
+    async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError> {
+        PgRegistry::commit(self, writes).await?;
         Ok(())
     }
 

@@ -238,7 +238,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "ABORTED",
         &["CONFLICT"],
-        "(registry) a concurrent change came first; read the current version and try again",
+        "(registry) a concurrent change came first, perhaps through another broker (the record changed since it was read, an application was decided or applied for at once); nothing was written: read the current record or version and try again if the change still applies",
     ),
     row(
         "FAILED_PRECONDITION",

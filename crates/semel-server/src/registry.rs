@@ -9,7 +9,7 @@ use semel_core::{
     AuthorisationStatus, CertificateId, Kbo, Organisation, OrganisationStatus, RevokedCertificate,
     Role, UserRole,
 };
-use semel_storage::{RegistryStore, RegistryUndo};
+use semel_storage::{RegistryStore, RegistryUndo, RegistryWrite};
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
@@ -264,7 +264,13 @@ impl Rpc for RegistryService {
                         if after == before {
                             return Ok(((before.clone(), before), None));
                         }
-                        reg.put_organisation(&after).await?;
+                        // Only over what was read: a suspension made meanwhile
+                        // through another broker is not undone by this.
+                        reg.commit(&[RegistryWrite::Organisation {
+                            after: Box::new(after.clone()),
+                            before: Some(Box::new(before.clone())),
+                        }])
+                        .await?;
                         let undo = RegistryUndo::Organisation(
                             Box::new(after.clone()),
                             Some(Box::new(before.clone())),
@@ -599,7 +605,11 @@ impl Rpc for RegistryService {
                     if unchanged {
                         return Ok(((before.clone(), before), None));
                     }
-                    reg.put_dataset(&proposed).await?;
+                    reg.commit(&[RegistryWrite::Dataset {
+                        after: Box::new(proposed.clone()),
+                        before: Some(Box::new(before.clone())),
+                    }])
+                    .await?;
                     let undo = RegistryUndo::Dataset(
                         Box::new(proposed.clone()),
                         Some(Box::new(before.clone())),
@@ -686,7 +696,11 @@ impl Rpc for RegistryService {
                         withdrawn: true,
                         ..before.clone()
                     };
-                    reg.put_dataset(&after).await?;
+                    reg.commit(&[RegistryWrite::Dataset {
+                        after: Box::new(after.clone()),
+                        before: Some(Box::new(before.clone())),
+                    }])
+                    .await?;
                     let undo = RegistryUndo::Dataset(Box::new(after.clone()), Some(Box::new(before)));
                     Ok((after, Some(undo)))
                 })
@@ -981,10 +995,28 @@ impl Rpc for RegistryService {
             decided_at: None,
             decision_note: String::new(),
         };
-        registry
-            .put_membership(&application)
+        // The store holds the rule across brokers: one pending application
+        // per enterprise number. A race lost to another broker is refused
+        // with CONFLICT, and the refusal is recorded.
+        if let Err(e) = registry
+            .commit(&[RegistryWrite::Membership {
+                after: Box::new(application.clone()),
+                before: None,
+            }])
             .await
-            .map_err(ApiError::from)?;
+        {
+            let e = ApiError::from(e);
+            if e.reason == "CONFLICT" {
+                let mut record =
+                    crate::state::blank_record(crate::state::new_id(), OPERATION, kbo, None);
+                record.decision = semel_core::AuditDecision::Refused;
+                record.reason = e.reason_code();
+                record.consumer_reference = format!("membership {}", application.id);
+                record.detail = semel_core::redact_national_numbers(&e.message).into_owned();
+                self.broker.append_durably(record).await?;
+            }
+            return Err(e.into());
+        }
         // Its entry, durable before the answer; the application is taken
         // back if the entry cannot be written.
         let mut record = crate::state::blank_record(crate::state::new_id(), OPERATION, kbo, None);
@@ -1074,11 +1106,6 @@ impl Rpc for RegistryService {
                             status: OrganisationStatus::Active,
                             created_at: now,
                         });
-                        if let Some(org) = &organisation {
-                            reg.insert_organisation(org)
-                                .await
-                                .map_err(|e| taken(e, &format!("organisation {}", org.kbo)))?;
-                        }
                         let decided = semel_core::MembershipApplication {
                             state: if msg.approve {
                                 semel_core::ApplicationState::Approved
@@ -1090,14 +1117,25 @@ impl Rpc for RegistryService {
                             decision_note: note,
                             ..before.clone()
                         };
-                        if let Err(e) = reg.put_membership(&decided).await {
-                            if let Some(org) = &organisation {
-                                let _ = reg
-                                    .undo(&RegistryUndo::Organisation(Box::new(org.clone()), None))
-                                    .await;
+                        // The decision and the organisation it registers, in
+                        // one commit over the application as read: approved
+                        // and rejected at once (through two brokers), one
+                        // stands.
+                        let mut writes = Vec::new();
+                        if let Some(org) = &organisation {
+                            if reg.organisation(&org.kbo).await?.is_some() {
+                                return Err(exists(&format!("organisation {}", org.kbo)));
                             }
-                            return Err(e.into());
+                            writes.push(RegistryWrite::Organisation {
+                                after: Box::new(org.clone()),
+                                before: None,
+                            });
                         }
+                        writes.push(RegistryWrite::Membership {
+                            after: Box::new(decided.clone()),
+                            before: Some(Box::new(before.clone())),
+                        });
+                        reg.commit(&writes).await?;
                         let undo = RegistryUndo::Membership(
                             Box::new(decided.clone()),
                             Some(Box::new(before)),
@@ -1266,7 +1304,13 @@ impl Rpc for RegistryService {
                     authorisation_text(&application.proposed)
                 );
                 self.apply(move |reg| async move {
-                    reg.put_application(&application).await?;
+                    // The store holds the rule across brokers: one pending
+                    // application per reference and applicant.
+                    reg.commit(&[RegistryWrite::Application {
+                        after: Box::new(application.clone()),
+                        before: None,
+                    }])
+                    .await?;
                     let undo = RegistryUndo::Application(Box::new(application.clone()), None);
                     Ok((application, Some(undo)))
                 })
@@ -1390,7 +1434,7 @@ impl Rpc for RegistryService {
                 let person = caller.user.subject.clone();
                 let (pair, undo) = self
                     .apply(move |reg| async move {
-                        let mut undos = Vec::new();
+                        let mut writes = Vec::new();
                         let recorded = match approved {
                             None => None,
                             Some(proposed) => {
@@ -1428,11 +1472,10 @@ impl Rpc for RegistryService {
                                     updated_at: now,
                                     ..proposed
                                 };
-                                reg.put_authorisation(&auth).await?;
-                                undos.push(RegistryUndo::Authorisation(
-                                    Box::new(auth.clone()),
-                                    current.map(Box::new),
-                                ));
+                                writes.push(RegistryWrite::Authorisation {
+                                    after: Box::new(auth.clone()),
+                                    before: current.map(Box::new),
+                                });
                                 Some(auth)
                             }
                         };
@@ -1449,14 +1492,18 @@ impl Rpc for RegistryService {
                             approved_version: recorded.as_ref().map(|a| a.version),
                             ..before.clone()
                         };
-                        if let Err(e) = reg.put_application(&decided).await {
-                            // The authorisation must not stand without its
-                            // application's decision.
-                            for u in undos.into_iter().rev() {
-                                let _ = reg.undo(&u).await;
-                            }
-                            return Err(e.into());
-                        }
+                        // The version and the decision in one commit over the
+                        // application as read: two decisions at once (through
+                        // two brokers), one stands.
+                        writes.push(RegistryWrite::Application {
+                            after: Box::new(decided.clone()),
+                            before: Some(Box::new(before.clone())),
+                        });
+                        reg.commit(&writes).await?;
+                        let undos: Vec<RegistryUndo> = writes[..writes.len() - 1]
+                            .iter()
+                            .map(RegistryWrite::undo)
+                            .collect();
                         // `apply` takes back one record; the other is taken
                         // back here when the entry fails.
                         let undo = RegistryUndo::Application(
@@ -1968,7 +2015,11 @@ impl RegistryService {
                         .ok_or_else(|| unknown_org(&kbo))?;
                     let mut org = before.clone();
                     org.status = status;
-                    reg.put_organisation(&org).await?;
+                    reg.commit(&[RegistryWrite::Organisation {
+                        after: Box::new(org.clone()),
+                        before: Some(Box::new(before.clone())),
+                    }])
+                    .await?;
                     let undo =
                         RegistryUndo::Organisation(Box::new(org.clone()), Some(Box::new(before)));
                     Ok((org, Some(undo)))

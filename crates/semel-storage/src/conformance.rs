@@ -14,7 +14,7 @@ use semel_core::{
 };
 use time::macros::{date, datetime};
 
-use crate::{AuditStore, PersonsStore, RegistryStore, RegistryUndo, StorageError};
+use crate::{AuditStore, PersonsStore, RegistryStore, RegistryUndo, RegistryWrite, StorageError};
 
 /// A store under test, with whatever must live as long as it (a temporary
 /// directory, a test database).
@@ -39,6 +39,10 @@ macro_rules! registry_conformance {
                 changes_are_undone_to_what_was_stored,
                 creations_refuse_a_key_taken,
                 applications_are_kept_decided_and_undone,
+                a_commit_writes_only_over_what_it_read,
+                a_commit_is_all_or_nothing_and_so_is_its_undo,
+                one_application_pending_per_reference_and_applicant,
+                one_membership_application_pending_per_enterprise_number,
             );
         }
     };
@@ -532,7 +536,10 @@ pub mod registry {
             decision_note: String::new(),
             approved_version: None,
         };
-        let (a, b) = (pending("01b-second"), pending("01a-first"));
+        let (a, mut b) = (pending("01b-second"), pending("01a-first"));
+        // One pending application per reference and applicant: the second
+        // is for another reference.
+        b.proposed.reference = AuthorisationRef::new("BSC/2026/202").expect("reference");
         store.put_application(&a).await.expect("put");
         store.put_application(&b).await.expect("put");
         assert_eq!(
@@ -602,6 +609,405 @@ pub mod registry {
             .await
             .expect("undo");
         assert_eq!(store.memberships().await.expect("read"), [m]);
+    }
+
+    fn application(id: &str, reference: &str) -> semel_core::AuthorisationApplication {
+        semel_core::AuthorisationApplication {
+            id: id.into(),
+            proposed: authorisation(reference, 1, AuthorisationStatus::Active),
+            justification: "debt mediation files".into(),
+            applicant: kbo("0566988259"),
+            applied_by: "clerk-1".into(),
+            applied_at: datetime!(2026-03-01 9:00 UTC),
+            state: semel_core::ApplicationState::Pending,
+            decided_by: None,
+            decided_by_person: None,
+            decided_at: None,
+            decision_note: String::new(),
+            approved_version: None,
+        }
+    }
+
+    fn membership(id: &str, number: &str) -> semel_core::MembershipApplication {
+        semel_core::MembershipApplication {
+            id: id.into(),
+            kbo: kbo(number),
+            name: "OCMW Test".into(),
+            roles: [semel_core::Role::Consumer].into_iter().collect(),
+            contact: "ict@ocmw.example".into(),
+            note: String::new(),
+            certificate: "sha256:00".into(),
+            applied_at: datetime!(2026-03-01 9:00 UTC),
+            state: semel_core::ApplicationState::Pending,
+            decided_by_person: None,
+            decided_at: None,
+            decision_note: String::new(),
+        }
+    }
+
+    fn conflict<T: std::fmt::Debug>(r: Result<T, StorageError>, what: &str) -> String {
+        match r {
+            Err(StorageError::Conflict(m)) => m,
+            other => panic!("{what}: expected a conflict, got {other:?}"),
+        }
+    }
+
+    /// An amendment names the record as it read it: one made over a change
+    /// stored meanwhile (a suspension through another broker) is refused,
+    /// and the suspension stands.
+    pub async fn a_commit_writes_only_over_what_it_read(store: &dyn RegistryStore) {
+        let active = organisation("0566988259", OrganisationStatus::Active);
+        store
+            .commit(&[RegistryWrite::Organisation {
+                after: Box::new(active.clone()),
+                before: None,
+            }])
+            .await
+            .expect("create");
+        // Creating it again: it exists.
+        conflict(
+            store
+                .commit(&[RegistryWrite::Organisation {
+                    after: Box::new(active.clone()),
+                    before: None,
+                }])
+                .await,
+            "a second creation",
+        );
+        let suspended = Organisation {
+            status: OrganisationStatus::Suspended,
+            ..active.clone()
+        };
+        store
+            .commit(&[RegistryWrite::Organisation {
+                after: Box::new(suspended.clone()),
+                before: Some(Box::new(active.clone())),
+            }])
+            .await
+            .expect("suspend");
+        // An amendment of the name, read before the suspension.
+        let renamed = Organisation {
+            name: "renamed".into(),
+            ..active.clone()
+        };
+        let message = conflict(
+            store
+                .commit(&[RegistryWrite::Organisation {
+                    after: Box::new(renamed),
+                    before: Some(Box::new(active.clone())),
+                }])
+                .await,
+            "an amendment over a suspension",
+        );
+        assert!(
+            message.contains(&format!("organisation {}", active.kbo)),
+            "{message}"
+        );
+        assert_eq!(
+            store.organisation(&active.kbo).await.expect("read"),
+            Some(suspended.clone()),
+            "the suspension stands"
+        );
+        // An authorisation's next version names the version it follows.
+        let v1 = authorisation("BSC/2026/301", 1, AuthorisationStatus::Active);
+        store
+            .commit(&[RegistryWrite::Authorisation {
+                after: Box::new(v1.clone()),
+                before: None,
+            }])
+            .await
+            .expect("version 1");
+        let v2 = |legal: &str| Authorisation {
+            version: 2,
+            legal_basis: legal.into(),
+            ..v1.clone()
+        };
+        store
+            .commit(&[RegistryWrite::Authorisation {
+                after: Box::new(v2("first")),
+                before: Some(Box::new(v1.clone())),
+            }])
+            .await
+            .expect("version 2");
+        conflict(
+            store
+                .commit(&[RegistryWrite::Authorisation {
+                    after: Box::new(v2("second")),
+                    before: Some(Box::new(v1.clone())),
+                }])
+                .await,
+            "a second version 2",
+        );
+        let history = store
+            .authorisation_history("BSC/2026/301")
+            .await
+            .expect("history");
+        assert_eq!(history.len(), 2);
+        assert_eq!(history[1].legal_basis, "first");
+        // Datasets and purposes alike.
+        let d = dataset("test.one", "one");
+        store
+            .commit(&[RegistryWrite::Dataset {
+                after: Box::new(d.clone()),
+                before: None,
+            }])
+            .await
+            .expect("dataset");
+        let stale = dataset("test.one", "stale");
+        conflict(
+            store
+                .commit(&[RegistryWrite::Dataset {
+                    after: Box::new(dataset("test.one", "two")),
+                    before: Some(Box::new(stale)),
+                }])
+                .await,
+            "a dataset amended over what it did not read",
+        );
+        assert_eq!(store.datasets().await.expect("read"), [d]);
+    }
+
+    /// A commit of several writes whose last is refused writes none of
+    /// them; an undo of several takes back all or none.
+    pub async fn a_commit_is_all_or_nothing_and_so_is_its_undo(store: &dyn RegistryStore) {
+        let taken = purpose("TAKEN");
+        store
+            .commit(&[RegistryWrite::Purpose {
+                after: Box::new(taken.clone()),
+                before: None,
+            }])
+            .await
+            .expect("purpose");
+        let org = organisation("0566988259", OrganisationStatus::Active);
+        let v1 = authorisation("BSC/2026/302", 1, AuthorisationStatus::Active);
+        let writes = vec![
+            RegistryWrite::Organisation {
+                after: Box::new(org.clone()),
+                before: None,
+            },
+            RegistryWrite::Authorisation {
+                after: Box::new(v1.clone()),
+                before: None,
+            },
+            RegistryWrite::Dataset {
+                after: Box::new(dataset("test.two", "two")),
+                before: None,
+            },
+            // Created meanwhile: the whole commit is refused.
+            RegistryWrite::Purpose {
+                after: Box::new(purpose("TAKEN")),
+                before: None,
+            },
+        ];
+        conflict(store.commit(&writes).await, "a commit with a stale write");
+        assert!(store.organisations().await.expect("read").is_empty());
+        assert!(store.authorisations().await.expect("read").is_empty());
+        assert!(
+            store
+                .authorisation_history("BSC/2026/302")
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        assert!(store.datasets().await.expect("read").is_empty());
+        assert_eq!(store.purposes().await.expect("read"), [taken]);
+        // Without it, all of it.
+        let writes = &writes[..3];
+        store.commit(writes).await.expect("commit");
+        assert_eq!(
+            store.organisations().await.expect("read"),
+            std::slice::from_ref(&org)
+        );
+        assert_eq!(
+            store.authorisations().await.expect("read"),
+            std::slice::from_ref(&v1)
+        );
+        assert_eq!(store.datasets().await.expect("read").len(), 1);
+        // An undo of all three, one of which moved since: none is undone.
+        let suspended = Organisation {
+            status: OrganisationStatus::Suspended,
+            ..org.clone()
+        };
+        store
+            .commit(&[RegistryWrite::Organisation {
+                after: Box::new(suspended.clone()),
+                before: Some(Box::new(org.clone())),
+            }])
+            .await
+            .expect("suspend");
+        let undos: Vec<RegistryUndo> = writes.iter().map(RegistryWrite::undo).collect();
+        conflict(store.undo_all(&undos).await, "an undo over a later change");
+        assert_eq!(
+            store.organisations().await.expect("read"),
+            std::slice::from_ref(&suspended)
+        );
+        assert_eq!(store.authorisations().await.expect("read"), [v1]);
+        assert_eq!(store.datasets().await.expect("read").len(), 1);
+        // Back to what was written: all of it is undone.
+        store
+            .commit(&[RegistryWrite::Organisation {
+                after: Box::new(org.clone()),
+                before: Some(Box::new(suspended)),
+            }])
+            .await
+            .expect("reinstate");
+        store.undo_all(&undos).await.expect("undo all");
+        assert!(store.organisations().await.expect("read").is_empty());
+        assert!(store.authorisations().await.expect("read").is_empty());
+        assert!(
+            store
+                .authorisation_history("BSC/2026/302")
+                .await
+                .expect("read")
+                .is_empty()
+        );
+        assert!(store.datasets().await.expect("read").is_empty());
+    }
+
+    /// Two pending applications of one applicant for one reference cannot
+    /// both be stored, however they are written; a decided one does not
+    /// count.
+    pub async fn one_application_pending_per_reference_and_applicant(store: &dyn RegistryStore) {
+        let first = application("01a", "BSC/2026/401");
+        store
+            .commit(&[RegistryWrite::Application {
+                after: Box::new(first.clone()),
+                before: None,
+            }])
+            .await
+            .expect("first");
+        let second = application("01b", "BSC/2026/401");
+        conflict(
+            store
+                .commit(&[RegistryWrite::Application {
+                    after: Box::new(second.clone()),
+                    before: None,
+                }])
+                .await,
+            "a second pending application",
+        );
+        // Not by an upsert either.
+        conflict(store.put_application(&second).await, "a second one put");
+        assert_eq!(
+            store.applications().await.expect("read"),
+            std::slice::from_ref(&first)
+        );
+        // Another reference, or another applicant: fine.
+        store
+            .commit(&[RegistryWrite::Application {
+                after: Box::new(application("01c", "BSC/2026/402")),
+                before: None,
+            }])
+            .await
+            .expect("another reference");
+        let mut other = application("01d", "BSC/2026/401");
+        other.applicant = kbo("0314595348");
+        store
+            .commit(&[RegistryWrite::Application {
+                after: Box::new(other),
+                before: None,
+            }])
+            .await
+            .expect("another applicant");
+        // Once the first is decided, a new one may be pending.
+        let rejected = semel_core::AuthorisationApplication {
+            state: semel_core::ApplicationState::Rejected,
+            ..first.clone()
+        };
+        store
+            .commit(&[
+                RegistryWrite::Application {
+                    after: Box::new(rejected.clone()),
+                    before: Some(Box::new(first.clone())),
+                },
+                RegistryWrite::Application {
+                    after: Box::new(second.clone()),
+                    before: None,
+                },
+            ])
+            .await
+            .expect("decided, then a new one");
+        // Two decisions made at once on one application: one stands.
+        let approved = semel_core::AuthorisationApplication {
+            state: semel_core::ApplicationState::Approved,
+            ..first.clone()
+        };
+        conflict(
+            store
+                .commit(&[RegistryWrite::Application {
+                    after: Box::new(approved),
+                    before: Some(Box::new(first.clone())),
+                }])
+                .await,
+            "a second decision",
+        );
+        let stored = store.applications().await.expect("read");
+        assert_eq!(stored.iter().find(|a| a.id == "01a"), Some(&rejected));
+        // Taking the decision back would make two pending: refused.
+        conflict(
+            store
+                .undo(&RegistryUndo::Application(
+                    Box::new(rejected),
+                    Some(Box::new(first)),
+                ))
+                .await,
+            "an undo that makes two pending",
+        );
+    }
+
+    /// One pending application for membership per enterprise number.
+    pub async fn one_membership_application_pending_per_enterprise_number(
+        store: &dyn RegistryStore,
+    ) {
+        let first = membership("01a", "0999999724");
+        store
+            .commit(&[RegistryWrite::Membership {
+                after: Box::new(first.clone()),
+                before: None,
+            }])
+            .await
+            .expect("first");
+        conflict(
+            store
+                .commit(&[RegistryWrite::Membership {
+                    after: Box::new(membership("01b", "0999999724")),
+                    before: None,
+                }])
+                .await,
+            "a second pending membership application",
+        );
+        conflict(
+            store.put_membership(&membership("01b", "0999999724")).await,
+            "a second one put",
+        );
+        store
+            .commit(&[RegistryWrite::Membership {
+                after: Box::new(membership("01c", "0566988259")),
+                before: None,
+            }])
+            .await
+            .expect("another number");
+        // Approved and rejected at once: one decision stands.
+        let decide = |state| semel_core::MembershipApplication {
+            state,
+            ..first.clone()
+        };
+        store
+            .commit(&[RegistryWrite::Membership {
+                after: Box::new(decide(semel_core::ApplicationState::Approved)),
+                before: Some(Box::new(first.clone())),
+            }])
+            .await
+            .expect("approve");
+        conflict(
+            store
+                .commit(&[RegistryWrite::Membership {
+                    after: Box::new(decide(semel_core::ApplicationState::Rejected)),
+                    before: Some(Box::new(first.clone())),
+                }])
+                .await,
+            "a rejection over an approval",
+        );
+        assert_eq!(store.memberships().await.expect("read").len(), 2);
     }
 
     pub async fn an_empty_registry_lists_nothing(store: &dyn RegistryStore) {

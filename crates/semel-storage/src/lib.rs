@@ -92,6 +92,106 @@ pub enum RegistryUndo {
     ),
 }
 
+/// One write of a registry change, naming the record as the change read
+/// it (`before`, `None`: absent). [`RegistryStore::commit`] writes `after`
+/// only while the store still holds `before` (compare-and-set), so a change
+/// made meanwhile through another broker is never silently undone.
+#[derive(Debug, Clone)]
+pub enum RegistryWrite {
+    Organisation {
+        after: Box<Organisation>,
+        before: Option<Box<Organisation>>,
+    },
+    Dataset {
+        after: Box<Dataset>,
+        before: Option<Box<Dataset>>,
+    },
+    Purpose {
+        after: Box<Purpose>,
+        before: Option<Box<Purpose>>,
+    },
+    /// A new version; it must follow `before`'s (1 for a new one).
+    Authorisation {
+        after: Box<Authorisation>,
+        before: Option<Box<Authorisation>>,
+    },
+    Application {
+        after: Box<semel_core::AuthorisationApplication>,
+        before: Option<Box<semel_core::AuthorisationApplication>>,
+    },
+    Membership {
+        after: Box<semel_core::MembershipApplication>,
+        before: Option<Box<semel_core::MembershipApplication>>,
+    },
+}
+
+impl RegistryWrite {
+    /// What takes this write back (while the record is still `after`).
+    pub fn undo(&self) -> RegistryUndo {
+        match self {
+            RegistryWrite::Organisation { after, before } => {
+                RegistryUndo::Organisation(after.clone(), before.clone())
+            }
+            RegistryWrite::Dataset { after, before } => {
+                RegistryUndo::Dataset(after.clone(), before.clone())
+            }
+            RegistryWrite::Purpose { after, before } => {
+                RegistryUndo::Purpose(after.clone(), before.clone())
+            }
+            RegistryWrite::Authorisation { after, before } => {
+                RegistryUndo::Authorisation(after.clone(), before.clone())
+            }
+            RegistryWrite::Application { after, before } => {
+                RegistryUndo::Application(after.clone(), before.clone())
+            }
+            RegistryWrite::Membership { after, before } => {
+                RegistryUndo::Membership(after.clone(), before.clone())
+            }
+        }
+    }
+
+    /// The record's kind and key, for messages (`organisation 0212345668`).
+    pub fn name(&self) -> String {
+        match self {
+            RegistryWrite::Organisation { after, .. } => format!("organisation {}", after.kbo),
+            RegistryWrite::Dataset { after, .. } => format!("dataset {}", after.name),
+            RegistryWrite::Purpose { after, .. } => format!("purpose {}", after.code),
+            RegistryWrite::Authorisation { after, .. } => {
+                format!("authorisation {}", after.reference)
+            }
+            RegistryWrite::Application { after, .. } => format!("application {}", after.id),
+            RegistryWrite::Membership { after, .. } => {
+                format!("membership application {}", after.id)
+            }
+        }
+    }
+}
+
+/// The message of a write refused because its record changed since it was
+/// read: the same words on every store.
+pub fn changed_since(what: &str) -> StorageError {
+    StorageError::Conflict(format!(
+        "{what} was changed by another change (through another broker, perhaps) since it was read: nothing was written; read it again and retry"
+    ))
+}
+
+/// The registry's rules on applications, checked by every store against
+/// the registry as a commit leaves it: one pending application per
+/// reference and applicant, one pending membership application per
+/// enterprise number.
+pub fn second_pending_application(reference: &str, applicant: &Kbo) -> StorageError {
+    StorageError::Conflict(format!(
+        "an application of {applicant} for {reference} is already pending: one at a time per reference; nothing was written"
+    ))
+}
+
+/// See [`second_pending_application`].
+pub fn second_pending_membership(kbo: &Kbo) -> StorageError {
+    StorageError::Conflict(format!(
+        "an application for membership of {kbo} is already pending; nothing was written"
+    ))
+}
+
 /// The persons directory, the consent register and replaced national
 /// numbers. Every write is durable when it returns.
 #[async_trait]
@@ -272,6 +372,18 @@ pub trait RegistryStore: Send + Sync {
         revoked: &RevokedCertificate,
     ) -> Result<RevokedCertificate, StorageError>;
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError>;
+
+    /// Writes a change all or nothing, in one transaction every other
+    /// broker sees whole or not at all: each write only while its record
+    /// is still as the change read it, and only if the registry it leaves
+    /// keeps the rules on applications. [`StorageError::Conflict`] (nothing
+    /// written) otherwise. Durable when it returns.
+    async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError>;
+
+    /// Takes back committed writes (given in the order written) all or
+    /// nothing, last first, each only while its record is still as
+    /// written; [`StorageError::Conflict`] (nothing taken back) otherwise.
+    async fn undo_all(&self, undos: &[RegistryUndo]) -> Result<(), StorageError>;
 
     /// Takes back a change whose audit entry could not be made durable:
     /// the record is put back as it was (or removed if it did not exist).

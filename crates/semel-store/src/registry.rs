@@ -11,7 +11,9 @@ use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCert
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use semel_storage::{RegistryUndo, StorageError};
+use semel_storage::{RegistryUndo, RegistryWrite, StorageError};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 use crate::{StoreError, io_err, sled_err};
 
@@ -33,6 +35,10 @@ pub struct Registry {
     applications: sled::Tree,
     /// Applications for membership, keyed by id.
     memberships: sled::Tree,
+    /// Serialises commits: each compares what it read and checks the rules
+    /// on applications before its one sled transaction (one process opens
+    /// the store: sled holds it exclusively).
+    writer: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl Registry {
@@ -50,6 +56,7 @@ impl Registry {
             purposes: tree("purposes")?,
             applications: tree("authorisation_applications")?,
             memberships: tree("membership_applications")?,
+            writer: Default::default(),
             db,
             db_path,
         })
@@ -113,8 +120,13 @@ impl Registry {
         &self,
         application: &semel_core::AuthorisationApplication,
     ) -> Result<(), StoreError> {
-        put(&self.applications, application.id.as_bytes(), application)?;
-        self.sync()
+        // Through a commit, so that the rules on applications hold.
+        let before: Option<semel_core::AuthorisationApplication> =
+            get(&self.applications, application.id.as_bytes())?;
+        self.commit(&[RegistryWrite::Application {
+            after: Box::new(application.clone()),
+            before: before.map(Box::new),
+        }])
     }
 
     pub fn applications(&self) -> Result<Vec<semel_core::AuthorisationApplication>, StoreError> {
@@ -126,8 +138,12 @@ impl Registry {
         &self,
         application: &semel_core::MembershipApplication,
     ) -> Result<(), StoreError> {
-        put(&self.memberships, application.id.as_bytes(), application)?;
-        self.sync()
+        let before: Option<semel_core::MembershipApplication> =
+            get(&self.memberships, application.id.as_bytes())?;
+        self.commit(&[RegistryWrite::Membership {
+            after: Box::new(application.clone()),
+            before: before.map(Box::new),
+        }])
     }
 
     pub fn memberships(&self) -> Result<Vec<semel_core::MembershipApplication>, StoreError> {
@@ -277,6 +293,325 @@ impl Registry {
         self.sync()
     }
 
+    /// Writes a change all or nothing: compared with what the change read
+    /// and checked against the rules on applications under the writer's
+    /// lock, then one sled transaction (atomic on a crash too), then made
+    /// durable.
+    pub fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // What each write replaces must be what is stored; the same record
+        // twice in one change compares with the earlier write.
+        let mut staged: std::collections::HashMap<(u8, Vec<u8>), Vec<u8>> = Default::default();
+        let mut ops: Vec<(u8, Vec<u8>, Vec<u8>)> = Vec::new();
+        for w in writes {
+            let (tree, key, after, before) = match w {
+                RegistryWrite::Organisation { after, before } => (
+                    0,
+                    after.kbo.as_bytes().to_vec(),
+                    encode(&**after)?,
+                    before.as_deref().map(encode).transpose()?,
+                ),
+                RegistryWrite::Dataset { after, before } => (
+                    1,
+                    after.name.as_str().as_bytes().to_vec(),
+                    encode(&**after)?,
+                    before.as_deref().map(encode).transpose()?,
+                ),
+                RegistryWrite::Purpose { after, before } => (
+                    2,
+                    after.code.as_str().as_bytes().to_vec(),
+                    encode(&**after)?,
+                    before.as_deref().map(encode).transpose()?,
+                ),
+                RegistryWrite::Authorisation { after, before } => {
+                    let expected = before.as_ref().map_or(1, |b| b.version + 1);
+                    if after.version != expected {
+                        return Err(StoreError::Conflict(format!(
+                            "authorisation {}: version {} does not follow the version read ({}); nothing was written",
+                            after.reference,
+                            after.version,
+                            expected - 1
+                        )));
+                    }
+                    let mut hkey = after.reference.as_str().as_bytes().to_vec();
+                    hkey.push(0);
+                    hkey.extend_from_slice(&after.version.to_be_bytes());
+                    if self
+                        .authorisation_history
+                        .contains_key(&hkey)
+                        .map_err(sled_err("read registry"))?
+                    {
+                        return Err(conflict(&w.name()));
+                    }
+                    ops.push((4, hkey, encode(&**after)?));
+                    (
+                        3,
+                        after.reference.as_str().as_bytes().to_vec(),
+                        encode(&**after)?,
+                        before.as_deref().map(encode).transpose()?,
+                    )
+                }
+                RegistryWrite::Application { after, before } => (
+                    5,
+                    after.id.as_bytes().to_vec(),
+                    encode(&**after)?,
+                    before.as_deref().map(encode).transpose()?,
+                ),
+                RegistryWrite::Membership { after, before } => (
+                    6,
+                    after.id.as_bytes().to_vec(),
+                    encode(&**after)?,
+                    before.as_deref().map(encode).transpose()?,
+                ),
+            };
+            let current = match staged.get(&(tree, key.clone())) {
+                Some(v) => Some(v.clone()),
+                None => self
+                    .tree(tree)
+                    .get(&key)
+                    .map_err(sled_err("read registry"))?
+                    .map(|v| v.to_vec()),
+            };
+            // Compared as records, not bytes: a record read back may be
+            // encoded anew.
+            if !same_record(w, current.as_deref(), before.as_deref())? {
+                return Err(conflict(&w.name()));
+            }
+            staged.insert((tree, key.clone()), after.clone());
+            ops.push((tree, key, after));
+        }
+        // The rules on applications, over the registry as it will be.
+        let staged: Staged = staged.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        self.check_rules(&staged)?;
+        let trees = self.trees();
+        let result: Result<(), TransactionError<()>> =
+            trees.as_slice().transaction(|t: &Vec<TransactionalTree>| {
+                for (tree, key, value) in &ops {
+                    t[*tree as usize].insert(key.as_slice(), value.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => sled_err("commit a registry change")(e),
+            TransactionError::Abort(()) => {
+                StoreError::Conflict("the registry change was aborted".into())
+            }
+        })?;
+        self.sync()
+    }
+
+    /// Takes back committed writes, last first, in one sled transaction,
+    /// each only while its record is still as written.
+    pub fn undo_all(&self, undos: &[RegistryUndo]) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        // Checked first (against what the later undos leave), then written
+        // together.
+        let mut ops: Vec<(u8, Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        let mut staged: std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>> =
+            Default::default();
+        let current = |staged: &std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>,
+                       tree: u8,
+                       key: &[u8]|
+         -> Result<Option<Vec<u8>>, StoreError> {
+            match staged.get(&(tree, key.to_vec())) {
+                Some(v) => Ok(v.clone()),
+                None => Ok(self
+                    .tree(tree)
+                    .get(key)
+                    .map_err(sled_err("read registry"))?
+                    .map(|v| v.to_vec())),
+            }
+        };
+        for undo in undos.iter().rev() {
+            let (tree, key, written, before, what): UndoStep = match undo {
+                RegistryUndo::Organisation(w, b) => (
+                    0,
+                    w.kbo.as_bytes().to_vec(),
+                    Some(encode(&**w)?),
+                    b.as_deref().map(encode).transpose()?,
+                    format!("organisation {}", w.kbo),
+                ),
+                RegistryUndo::Dataset(w, b) => (
+                    1,
+                    w.name.as_str().as_bytes().to_vec(),
+                    Some(encode(&**w)?),
+                    b.as_deref().map(encode).transpose()?,
+                    format!("dataset {}", w.name),
+                ),
+                RegistryUndo::Purpose(w, b) => (
+                    2,
+                    w.code.as_str().as_bytes().to_vec(),
+                    Some(encode(&**w)?),
+                    b.as_deref().map(encode).transpose()?,
+                    format!("purpose {}", w.code),
+                ),
+                RegistryUndo::Application(w, b) => (
+                    5,
+                    w.id.as_bytes().to_vec(),
+                    Some(encode(&**w)?),
+                    b.as_deref().map(encode).transpose()?,
+                    format!("application {}", w.id),
+                ),
+                RegistryUndo::Membership(w, b) => (
+                    6,
+                    w.id.as_bytes().to_vec(),
+                    Some(encode(&**w)?),
+                    b.as_deref().map(encode).transpose()?,
+                    format!("membership application {}", w.id),
+                ),
+                RegistryUndo::Revocation(id) => {
+                    (7, id.key().into_bytes(), None, None, String::new())
+                }
+                RegistryUndo::Authorisation(after, b) => {
+                    let key = after.reference.as_str().as_bytes().to_vec();
+                    let now: Option<Authorisation> =
+                        current(&staged, 3, &key)?.map(|v| decode(&v)).transpose()?;
+                    if now.map(|c| c.version) != Some(after.version) {
+                        return Err(StoreError::Conflict(format!(
+                            "authorisation {} has moved past version {}: the change is not undone",
+                            after.reference, after.version
+                        )));
+                    }
+                    let mut hkey = key.clone();
+                    hkey.push(0);
+                    hkey.extend_from_slice(&after.version.to_be_bytes());
+                    ops.push((4, hkey, None));
+                    (
+                        3,
+                        key,
+                        None,
+                        b.as_deref().map(encode).transpose()?,
+                        String::new(),
+                    )
+                }
+            };
+            if let Some(written) = &written {
+                let now = current(&staged, tree, &key)?;
+                let same = match now {
+                    Some(now) => {
+                        serde_json::from_slice::<serde_json::Value>(&now).ok()
+                            == serde_json::from_slice::<serde_json::Value>(written).ok()
+                    }
+                    None => false,
+                };
+                if !same {
+                    return Err(StoreError::Conflict(format!(
+                        "{what} has changed since: the change is not undone"
+                    )));
+                }
+            }
+            staged.insert((tree, key.clone()), before.clone());
+            ops.push((tree, key, before));
+        }
+        // Taking a decision back must not leave two applications pending.
+        self.check_rules(&staged)?;
+        let trees = self.trees();
+        let result: Result<(), TransactionError<()>> =
+            trees.as_slice().transaction(|t: &Vec<TransactionalTree>| {
+                for (tree, key, value) in &ops {
+                    match value {
+                        Some(v) => {
+                            t[*tree as usize].insert(key.as_slice(), v.as_slice())?;
+                        }
+                        None => {
+                            t[*tree as usize].remove(key.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        result.map_err(|e| match e {
+            TransactionError::Storage(e) => sled_err("undo a registry change")(e),
+            TransactionError::Abort(()) => {
+                StoreError::Conflict("the registry undo was aborted".into())
+            }
+        })?;
+        self.sync()
+    }
+
+    /// The rules on applications over the registry as `staged` (records to
+    /// be written, `None`: removed) leaves it: one pending application per
+    /// reference and applicant, one pending application for membership per
+    /// enterprise number.
+    fn check_rules(&self, staged: &Staged) -> Result<(), StoreError> {
+        if staged.keys().any(|(t, _)| *t == 5) {
+            let mut all: std::collections::BTreeMap<
+                Vec<u8>,
+                Option<semel_core::AuthorisationApplication>,
+            > = self
+                .applications()?
+                .into_iter()
+                .map(|a| (a.id.as_bytes().to_vec(), Some(a)))
+                .collect();
+            for ((tree, key), v) in staged {
+                if *tree == 5 {
+                    all.insert(key.clone(), v.as_deref().map(decode).transpose()?);
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for a in all
+                .values()
+                .flatten()
+                .filter(|a| a.state == semel_core::ApplicationState::Pending)
+            {
+                if !seen.insert((a.applicant, a.proposed.reference.as_str().to_owned())) {
+                    return Err(StoreError::Conflict(pending_message(
+                        semel_storage::second_pending_application(
+                            a.proposed.reference.as_str(),
+                            &a.applicant,
+                        ),
+                    )));
+                }
+            }
+        }
+        if staged.keys().any(|(t, _)| *t == 6) {
+            let mut all: std::collections::BTreeMap<
+                Vec<u8>,
+                Option<semel_core::MembershipApplication>,
+            > = self
+                .memberships()?
+                .into_iter()
+                .map(|a| (a.id.as_bytes().to_vec(), Some(a)))
+                .collect();
+            for ((tree, key), v) in staged {
+                if *tree == 6 {
+                    all.insert(key.clone(), v.as_deref().map(decode).transpose()?);
+                }
+            }
+            let mut seen = std::collections::HashSet::new();
+            for a in all
+                .values()
+                .flatten()
+                .filter(|a| a.state == semel_core::ApplicationState::Pending)
+            {
+                if !seen.insert(a.kbo) {
+                    return Err(StoreError::Conflict(pending_message(
+                        semel_storage::second_pending_membership(&a.kbo),
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The trees a commit writes, by the numbers `commit` uses.
+    fn trees(&self) -> Vec<&sled::Tree> {
+        vec![
+            &self.organisations,
+            &self.datasets,
+            &self.purposes,
+            &self.authorisations,
+            &self.authorisation_history,
+            &self.applications,
+            &self.memberships,
+            &self.revoked_certificates,
+        ]
+    }
+
+    fn tree(&self, n: u8) -> &sled::Tree {
+        self.trees()[n as usize]
+    }
+
     /// Makes every registry write durable: sled's flush writes its log with
     /// `sync_file_range`, so the data file is then `fsync`ed as well.
     pub fn sync(&self) -> Result<(), StoreError> {
@@ -290,6 +625,43 @@ impl Registry {
         Ok(())
     }
 }
+
+fn conflict(what: &str) -> StoreError {
+    StoreError::Conflict(pending_message(semel_storage::changed_since(what)))
+}
+
+fn pending_message(e: StorageError) -> String {
+    match e {
+        StorageError::Conflict(m) => m,
+        e => e.to_string(),
+    }
+}
+
+/// Whether the stored bytes hold the record `before` names (both absent,
+/// or the same record).
+fn same_record(
+    w: &RegistryWrite,
+    current: Option<&[u8]>,
+    before: Option<&[u8]>,
+) -> Result<bool, StoreError> {
+    let _ = w;
+    Ok(match (current, before) {
+        (None, None) => true,
+        (Some(c), Some(b)) => {
+            let c: serde_json::Value = decode(c)?;
+            let b: serde_json::Value = decode(b)?;
+            c == b
+        }
+        _ => false,
+    })
+}
+
+/// One record an undo puts back: its tree, key, the record as written
+/// (compared), as it was (`None`: removed) and its name for messages.
+type UndoStep = (u8, Vec<u8>, Option<Vec<u8>>, Option<Vec<u8>>, String);
+
+/// Records a change will write, by tree number and key (`None`: removed).
+type Staged = std::collections::HashMap<(u8, Vec<u8>), Option<Vec<u8>>>;
 
 /// Puts a record back as it was, if it is still the one `written`.
 fn restore<T: Serialize + serde::de::DeserializeOwned + PartialEq>(
@@ -477,7 +849,17 @@ impl semel_storage::RegistryStore for Registry {
 
     async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError> {
         let (r, undo) = (self.clone(), undo.clone());
-        crate::blocking(move || r.undo(&undo)).await
+        crate::blocking(move || r.undo_all(std::slice::from_ref(&undo))).await
+    }
+
+    async fn undo_all(&self, undos: &[RegistryUndo]) -> Result<(), StorageError> {
+        let (r, undos) = (self.clone(), undos.to_vec());
+        crate::blocking(move || r.undo_all(&undos)).await
+    }
+
+    async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError> {
+        let (r, writes) = (self.clone(), writes.to_vec());
+        crate::blocking(move || r.commit(&writes)).await
     }
 }
 

@@ -6,10 +6,13 @@
 //! have changed it), under the admin lock. Every rule a single change obeys
 //! is checked against the registry as it will be, and every broken rule is
 //! reported at once, each named by its item (`authorisations[3].fields`).
-//! Each change's audit entry is made durable before anything is stored; a
-//! failure while storing undoes what was stored, and the call's own entry
-//! (the last of the apply) then says so: an apply's changes stand exactly
-//! when that last entry says it was applied.
+//! Each change's audit entry is made durable before anything is stored;
+//! then every write is stored in one commit (all or nothing, for every
+//! broker), and the call's own entry (the last of the apply) says whether
+//! it was applied: an apply's changes stand exactly when that last entry
+//! says it was applied. A broker killed before the commit leaves the
+//! registry as it was and change entries with no closing entry (not
+//! applied).
 
 use std::collections::BTreeMap;
 
@@ -17,7 +20,7 @@ use semel_core::{
     Authorisation, AuthorisationStatus, Dataset, Kbo, Organisation, OrganisationStatus, Purpose,
     Role,
 };
-use semel_storage::{RegistryStore, RegistryUndo, StorageError};
+use semel_storage::{RegistryStore, RegistryUndo, RegistryWrite};
 use time::OffsetDateTime;
 
 use super::{amendment_text, check_authorisation_in, dataset_changes, roles_text, same_content};
@@ -726,63 +729,56 @@ pub(super) fn plan(
     })
 }
 
-/// Stores the writes in order. On a failure, what was stored is undone
-/// (last first) before the error is returned. Returns the undos of all.
+/// Stores the writes all or nothing: one commit (one transaction on
+/// PostgreSQL, which other brokers see whole or not at all; one sled
+/// transaction on the embedded store), each write only over the record the
+/// plan read. Returns what takes them all back.
 pub(super) async fn write(
     reg: &dyn RegistryStore,
     writes: &[(usize, Write)],
 ) -> Result<Vec<RegistryUndo>, ApiError> {
-    let mut undos: Vec<RegistryUndo> = Vec::new();
-    for (_, w) in writes {
-        let stored: Result<RegistryUndo, StorageError> = async {
-            Ok(match w {
-                Write::Organisation(o, None) => {
-                    reg.insert_organisation(o).await?;
-                    RegistryUndo::Organisation(Box::new(o.clone()), None)
-                }
-                Write::Organisation(o, Some(b)) => {
-                    reg.put_organisation(o).await?;
-                    RegistryUndo::Organisation(Box::new(o.clone()), Some(Box::new(b.clone())))
-                }
-                Write::Purpose(p, None) => {
-                    reg.insert_purpose(p).await?;
-                    RegistryUndo::Purpose(Box::new(p.clone()), None)
-                }
-                Write::Purpose(p, Some(b)) => {
-                    reg.put_purpose(p).await?;
-                    RegistryUndo::Purpose(Box::new(p.clone()), Some(Box::new(b.clone())))
-                }
-                Write::Dataset(d, None) => {
-                    reg.insert_dataset(d).await?;
-                    RegistryUndo::Dataset(Box::new(d.clone()), None)
-                }
-                Write::Dataset(d, Some(b)) => {
-                    reg.put_dataset(d).await?;
-                    RegistryUndo::Dataset(Box::new(d.clone()), Some(Box::new(b.clone())))
-                }
-                Write::Authorisation(a, b) => {
-                    reg.put_authorisation(a).await?;
-                    RegistryUndo::Authorisation(Box::new(a.clone()), b.clone().map(Box::new))
-                }
-            })
-        }
-        .await;
-        match stored {
-            Ok(u) => undos.push(u),
-            Err(e) => {
-                undo_all(reg, undos).await;
-                return Err(ApiError::from(e));
-            }
-        }
-    }
-    Ok(undos)
+    let writes: Vec<RegistryWrite> = writes
+        .iter()
+        .map(|(_, w)| match w {
+            Write::Organisation(o, b) => RegistryWrite::Organisation {
+                after: Box::new(o.clone()),
+                before: b.clone().map(Box::new),
+            },
+            Write::Purpose(p, b) => RegistryWrite::Purpose {
+                after: Box::new(p.clone()),
+                before: b.clone().map(Box::new),
+            },
+            Write::Dataset(d, b) => RegistryWrite::Dataset {
+                after: Box::new(d.clone()),
+                before: b.clone().map(Box::new),
+            },
+            Write::Authorisation(a, b) => RegistryWrite::Authorisation {
+                after: Box::new(a.clone()),
+                before: b.clone().map(Box::new),
+            },
+        })
+        .collect();
+    pause_for_tests().await;
+    reg.commit(&writes).await.map_err(ApiError::from)?;
+    Ok(writes.iter().map(RegistryWrite::undo).collect())
 }
 
-/// Takes back stored writes, last first.
-pub(super) async fn undo_all(reg: &dyn RegistryStore, undos: Vec<RegistryUndo>) {
-    for u in undos.into_iter().rev() {
-        crate::audited::retry_undo("registry apply", || reg.undo(&u)).await;
+/// For the test that kills a broker in the middle of an apply: with
+/// `TEST_SEMEL_APPLY_PAUSE_MS` set, an apply waits that long after its
+/// change entries are durable and before its commit, and says so on stderr.
+async fn pause_for_tests() {
+    if let Some(ms) = std::env::var("TEST_SEMEL_APPLY_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        eprintln!("semel test hook: registry apply paused before its commit");
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
+}
+
+/// Takes back a committed apply, all or nothing.
+pub(super) async fn undo_all(reg: &dyn RegistryStore, undos: Vec<RegistryUndo>) {
+    crate::audited::retry_undo("registry apply", || reg.undo_all(&undos)).await;
 }
 
 /// The audit entry of one planned change, before it is stored.
