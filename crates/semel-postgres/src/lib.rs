@@ -25,7 +25,7 @@ pub use log::PgAuditLog;
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use registry::{PgRegistry, RegistryWatch};
-pub use tree::{Integrated, TreeHead};
+pub use tree::{INTEGRATION_LOCK, Integrated, LockHolder, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
 
@@ -57,12 +57,29 @@ pub enum PgError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the database holds a damaged value: {0}")]
     Corrupt(String),
+    /// The database no longer agrees with the log's own evidence (an entry
+    /// altered, missing or out of chain, a query column that differs from
+    /// its entry, a tree or checkpoint moved back): nothing is signed over
+    /// it, and the broker's log halts.
+    #[error("audit log integrity: {0}")]
+    Integrity(String),
     #[error("the tree holds {integrated} entries, not yet {asked}: ask again after integration")]
     NotIntegrated { asked: u64, integrated: u64 },
     #[error("{0}")]
     OutOfRange(String),
     #[error("{0}")]
     Conflict(String),
+}
+
+impl PgError {
+    /// Whether a statement was cancelled by a time limit (a statement or
+    /// lock timeout), rather than failed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PgError::Database(e) if e.code().is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::QUERY_CANCELED
+                || *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+        }))
+    }
 }
 
 /// The client's error with the server's message and SQLSTATE, which its
@@ -82,6 +99,15 @@ pub struct PgAudit {
     /// statement that moves it; another broker's append in between makes
     /// the statement change nothing, and the head is read again).
     head: Option<(u64, Hash)>,
+    /// The newest tree head this connection signed or saw (integration):
+    /// a database whose tree or checkpoints fall behind it or disagree
+    /// with it was rolled back or rewritten.
+    seen: Option<tree::TreeHead>,
+    /// The last leaf this connection integrated: the next round's first
+    /// entry must chain to it, if no other broker integrated in between.
+    last_leaf: Option<(u64, Hash)>,
+    /// The time limits of this connection's integration transactions.
+    integration_limit: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for PgAudit {
@@ -257,7 +283,13 @@ impl PgAudit {
     pub async fn connect(url: &str) -> Result<PgAudit, PgError> {
         let conn = Conn::open(url).await?;
         migrate(&conn.client).await?;
-        Ok(PgAudit { conn, head: None })
+        Ok(PgAudit {
+            conn,
+            head: None,
+            seen: None,
+            last_leaf: None,
+            integration_limit: None,
+        })
     }
 
     /// Connects to read only (an auditor's export or verification): no
@@ -278,7 +310,13 @@ impl PgAudit {
                 "the database's schema is at version {found}, this tool reads version {supported}: use the brokers' version of semel"
             )));
         }
-        Ok(PgAudit { conn, head: None })
+        Ok(PgAudit {
+            conn,
+            head: None,
+            seen: None,
+            last_leaf: None,
+            integration_limit: None,
+        })
     }
 
     /// Gives a batch of records their places in the chain and makes them

@@ -32,6 +32,104 @@ const INTEGRATE_MAX: u64 = 100_000;
 /// How long a proof waits for the integrator to reach a durable size.
 const INTEGRATION_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a clean stop tries to sign its last checkpoint.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// An integrity failure halts the log, counted and said at ERROR (by
+/// `halt`); any other error is retried.
+fn report(counters: &Counters, e: PgError) {
+    match e {
+        PgError::Integrity(why) => counters.halt(format!("audit log integrity: {why}")),
+        e => tracing::warn!(error = %e, "audit integration failed; retrying"),
+    }
+}
+
+/// The integrator: one round (and one checkpoint) per `every`, unless the
+/// round was full (then the backlog is worked off at once); after each
+/// round, this broker's own entries the tree now covers are checked. An
+/// integrity failure halts the log and ends the loop: this broker signs
+/// nothing more until it restarts.
+async fn integrate_loop(
+    integrator: Arc<Mutex<PgAudit>>,
+    signer: Arc<NoteSigner>,
+    counters: Arc<Counters>,
+    every: Duration,
+) {
+    let mut integrated = 0u64;
+    let mut round = INTEGRATE_MAX;
+    loop {
+        if counters.halted().is_some() {
+            return;
+        }
+        let mut audit = integrator.lock().await;
+        let mut full = false;
+        let known = counters
+            .own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match audit.integrate_knowing(round, &signer, &known).await {
+            Ok(Integrated::Done { head, .. }) => {
+                let grew = head.size.saturating_sub(integrated);
+                integrated = head.size;
+                full = grew >= round;
+                round = INTEGRATE_MAX;
+                Ok(())
+            }
+            Ok(Integrated::Busy) => {
+                // Held by a frozen session, the lock is taken back after
+                // two intervals; held by an administrator's session, it
+                // is said (the checkpoint age and health say the rest).
+                match audit.free_stalled_integration_lock(every * 2).await {
+                    Ok(Some((holder, true))) => tracing::warn!(
+                        holder = %holder,
+                        "ended a session that held the audit integration lock idle in its transaction"
+                    ),
+                    Ok(Some((holder, false))) if holder.still_for > (every * 2).as_secs_f64() => {
+                        tracing::warn!(
+                            holder = %holder,
+                            "another session holds the audit integration lock: no checkpoint is signed until it lets go"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "who holds the audit integration lock"),
+                }
+                Ok(())
+            }
+            Err(e) if e.is_timeout() => {
+                // A round too large for the time limits: smaller ones.
+                round = (round / 2).max(1000);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(()) => {
+                let mut own =
+                    std::mem::take(&mut *counters.own.lock().unwrap_or_else(|p| p.into_inner()));
+                let checked = audit.check_own(&mut own).await.map(|_| ());
+                // Entries committed meanwhile were appended after these.
+                let mut kept = counters.own.lock().unwrap_or_else(|p| p.into_inner());
+                own.append(&mut kept);
+                *kept = own;
+                checked
+            }
+            e => e,
+        };
+        drop(audit);
+        if let Err(e) = outcome {
+            let integrity = matches!(e, PgError::Integrity(_));
+            report(&counters, e);
+            if integrity {
+                return;
+            }
+        }
+        if !full {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
 struct Pending {
     record: AuditRecord,
     reply: oneshot::Sender<Result<Placed, String>>,
@@ -51,6 +149,13 @@ struct Counters {
     /// Why the log stopped taking entries for good (an integrity failure):
     /// every batch is refused with it until the broker restarts.
     halted: std::sync::Mutex<Option<String>>,
+    /// Integrity failures found (by the integrator, or reported by the
+    /// broker through `halt`).
+    integrity_failures: AtomicU64,
+    /// This broker's committed entries (sequence, hash) that no tree head
+    /// it has read covers yet: once covered, each must be a leaf with that
+    /// hash, whichever broker integrated it.
+    own: std::sync::Mutex<Vec<(u64, Hash)>>,
 }
 
 impl Counters {
@@ -63,6 +168,7 @@ impl Counters {
 
     /// Stops the log taking entries until restart; the first reason stands.
     fn halt(&self, why: String) {
+        self.integrity_failures.fetch_add(1, Relaxed);
         let mut halted = self.halted.lock().unwrap_or_else(|p| p.into_inner());
         if halted.is_none() {
             tracing::error!(reason = %why, "the audit log stops taking entries until restart");
@@ -74,6 +180,10 @@ impl Counters {
 /// One broker's audit log on PostgreSQL.
 pub struct PgAuditLog {
     queue: mpsc::UnboundedSender<Pending>,
+    /// The integrator's connection and the key it signs with: the task's,
+    /// and `close`'s for the last checkpoint.
+    integrator: Arc<Mutex<PgAudit>>,
+    signer: Arc<NoteSigner>,
     counters: Arc<Counters>,
     verifier_key: String,
     /// How long a proof waits for the tree to reach a durable size.
@@ -170,6 +280,10 @@ impl PgAuditLog {
                         if let Some(last) = placed.last() {
                             c.entries.store(last.sequence + 1, Relaxed);
                         }
+                        c.own
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(placed.iter().map(|p| (p.sequence, p.hash)));
                         *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         for (reply, p) in replies.into_iter().zip(placed) {
                             let _ = reply.send(Ok(p));
@@ -188,27 +302,19 @@ impl PgAuditLog {
                 }
             }
         });
-        let integrate = tokio::spawn(async move {
-            // One round (and one checkpoint) per `integrate_every`, unless
-            // the round was full: then the backlog is worked off at once.
-            let mut integrated = 0u64;
-            loop {
-                match integrator.integrate(INTEGRATE_MAX, &signer).await {
-                    Ok(Integrated::Done { head, .. }) => {
-                        let grew = head.size.saturating_sub(integrated);
-                        integrated = head.size;
-                        if grew >= INTEGRATE_MAX {
-                            continue;
-                        }
-                    }
-                    Ok(Integrated::Busy) => {}
-                    Err(e) => tracing::warn!(error = %e, "audit integration failed; retrying"),
-                }
-                tokio::time::sleep(integrate_every).await;
-            }
-        });
+        integrator.set_integration_limits(integrate_every);
+        let integrator = Arc::new(Mutex::new(integrator));
+        let signer = Arc::new(signer);
+        let integrate = tokio::spawn(integrate_loop(
+            integrator.clone(),
+            signer.clone(),
+            counters.clone(),
+            integrate_every,
+        ));
         Ok(PgAuditLog {
             queue,
+            integrator,
+            signer,
             counters,
             verifier_key,
             integration_wait: INTEGRATION_WAIT.max(integrate_every * 3),
@@ -348,6 +454,7 @@ impl AuditStore for PgAuditLog {
                 .saturating_sub(c.answered.load(Relaxed)),
             syncs: c.commits.load(Relaxed),
             sync_micros: c.commit_micros.load(Relaxed),
+            integrity_failures: c.integrity_failures.load(Relaxed),
         }
     }
 
@@ -380,7 +487,43 @@ impl AuditStore for PgAuditLog {
 
     async fn close(&self) -> Result<(), StorageError> {
         // Every append is answered only once committed: nothing accepted
-        // is left to write.
-        Ok(())
+        // is left to write. A last checkpoint covers every entry, as on
+        // the embedded store, unless the log halted (nothing is signed
+        // over a database that failed a check) or another broker keeps
+        // the lock past the wait (it signs them).
+        if self.counters.halted().is_some() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        let mut integrator = self.integrator.lock().await;
+        loop {
+            let size = self.counters.entries.load(Relaxed);
+            match integrator.integrate(INTEGRATE_MAX, &self.signer).await {
+                Ok(Integrated::Done { head, .. }) if head.size >= size => {
+                    let mut own = std::mem::take(
+                        &mut *self.counters.own.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    if let Err(e) = integrator.check_own(&mut own).await {
+                        report(&self.counters, e);
+                    }
+                    tracing::info!(size = head.size, "last audit checkpoint signed");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e @ PgError::Integrity(_)) => {
+                    let why = e.to_string();
+                    report(&self.counters, e);
+                    return Err(StorageError::Corrupt(why));
+                }
+                Err(e) => tracing::warn!(error = %e, "the last audit checkpoint: retrying"),
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "the last audit checkpoint was not signed: another broker holds the integration lock; it signs these entries"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

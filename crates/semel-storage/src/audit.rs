@@ -111,6 +111,9 @@ pub struct AuditStats {
     /// Syncs (or commits) since opening, and the time they took.
     pub syncs: u64,
     pub sync_micros: u64,
+    /// Integrity failures found since opening (an entry, a query column,
+    /// a tree or a checkpoint that disagrees with what the log proves).
+    pub integrity_failures: u64,
 }
 
 /// How much of the log has moved to archive files.
