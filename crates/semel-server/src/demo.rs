@@ -48,11 +48,19 @@ pub struct DemoOptions {
     pub reload_poll: Option<Duration>,
     /// Sign an audit checkpoint after this many entries (or 10 s).
     pub checkpoint_every_entries: u64,
+    /// Report NOT_SERVING past this checkpoint age (default: five
+    /// checkpoint intervals).
+    pub checkpoint_age_limit: Option<Duration>,
     /// A PostgreSQL URL: run the demo on that store rather than the
     /// embedded one, and write a configuration with which `semel serve`
     /// runs a second broker on it.
     pub postgresql: Option<String>,
 }
+
+/// How often the demo signs checkpoints on the embedded store...
+const DEMO_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// ...and on PostgreSQL.
+const DEMO_PG_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The demo audit log's name in its checkpoints.
 pub const DEMO_ORIGIN: &str = "semel.brussels/audit/demo";
@@ -72,6 +80,7 @@ impl DemoOptions {
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
+            checkpoint_age_limit: None,
             postgresql: None,
         }
     }
@@ -246,7 +255,7 @@ impl Demo {
                     semel_store::CheckpointSettings {
                         signer,
                         every_entries: opts.checkpoint_every_entries,
-                        every: Duration::from_secs(10),
+                        every: DEMO_CHECKPOINT_EVERY,
                     },
                 )
                 .await?
@@ -255,7 +264,7 @@ impl Demo {
                 crate::stores::open_postgresql(
                     url,
                     signer,
-                    Duration::from_secs(1),
+                    DEMO_PG_CHECKPOINT_EVERY,
                     crate::config::DEFAULT_REGISTRY_POLL,
                     crate::config::DEFAULT_PERSONS_POLL,
                 )
@@ -382,6 +391,13 @@ impl Demo {
                         .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
                 }],
                 grpc: opts.grpc.clone(),
+                checkpoint_age_limit: opts.checkpoint_age_limit.unwrap_or(
+                    5 * if opts.postgresql.is_some() {
+                        DEMO_PG_CHECKPOINT_EVERY
+                    } else {
+                        DEMO_CHECKPOINT_EVERY
+                    },
+                ),
             },
             wait(rx),
         ));
