@@ -2,6 +2,7 @@
 //! port 0 with a temporary data directory, called over mutual TLS.
 
 mod audit_budget;
+mod audit_integrity;
 mod audit_proofs;
 mod crl;
 mod durability;

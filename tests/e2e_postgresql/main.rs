@@ -5,6 +5,8 @@
 
 #[path = "../e2e/audit_budget.rs"]
 mod audit_budget;
+#[path = "../e2e/audit_integrity.rs"]
+mod audit_integrity;
 #[path = "../e2e/audit_proofs.rs"]
 mod audit_proofs;
 #[path = "../e2e/crl.rs"]

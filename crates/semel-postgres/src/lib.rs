@@ -29,7 +29,7 @@ pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use probe::{DatabaseProbe, PROBE_TIMEOUT};
 pub use registry::{Confirmation, PgRegistry, RegistryWatch};
-pub use tree::{Integrated, TreeHead};
+pub use tree::{INTEGRATION_LOCK, Integrated, LockHolder, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};
 
@@ -63,6 +63,12 @@ pub enum PgError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("the database holds a damaged value: {0}")]
     Corrupt(String),
+    /// The database no longer agrees with the log's own evidence (an entry
+    /// altered, missing or out of chain, a query column that differs from
+    /// its entry, a tree or checkpoint moved back): nothing is signed over
+    /// it, and the broker's log halts.
+    #[error("audit log integrity: {0}")]
+    Integrity(String),
     #[error("the tree holds {integrated} entries, not yet {asked}: ask again after integration")]
     NotIntegrated { asked: u64, integrated: u64 },
     #[error("{0}")]
@@ -80,6 +86,17 @@ pub enum PgError {
     /// backup. The log must not be extended.
     #[error("{0}")]
     RolledBack(String),
+}
+
+impl PgError {
+    /// Whether a statement was cancelled by a time limit (a statement or
+    /// lock timeout), rather than failed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, PgError::Database(e) if e.code().is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::QUERY_CANCELED
+                || *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+        }))
+    }
 }
 
 /// The client's error with the server's message and SQLSTATE, which its
@@ -108,6 +125,15 @@ pub struct PgAudit {
     /// entry before it: a database whose head is below it (a promoted
     /// standby that was behind, a restored backup) is never extended.
     acknowledged: Option<(u64, Hash)>,
+    /// The newest tree head this connection signed or saw (integration):
+    /// a database whose tree or checkpoints fall behind it or disagree
+    /// with it was rolled back or rewritten.
+    seen: Option<tree::TreeHead>,
+    /// The last leaf this connection integrated: the next round's first
+    /// entry must chain to it, if no other broker integrated in between.
+    last_leaf: Option<(u64, Hash)>,
+    /// The time limits of this connection's integration transactions.
+    integration_limit: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for PgAudit {
@@ -322,6 +348,9 @@ impl PgAudit {
             head: None,
             unconfirmed: None,
             acknowledged: None,
+            seen: None,
+            last_leaf: None,
+            integration_limit: None,
         }
     }
 

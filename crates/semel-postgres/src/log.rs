@@ -38,6 +38,104 @@ const INTEGRATION_WAIT: Duration = Duration::from_secs(10);
 /// unless configured (`store.max_durability_wait_ms`).
 pub const DEFAULT_MAX_DURABILITY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a clean stop tries to sign its last checkpoint.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// An integrity failure halts the log, counted and said at ERROR (by
+/// `halt`); any other error is retried.
+fn report(counters: &Counters, e: PgError) {
+    match e {
+        PgError::Integrity(why) => counters.halt(format!("audit log integrity: {why}")),
+        e => tracing::warn!(error = %e, "audit integration failed; retrying"),
+    }
+}
+
+/// The integrator: one round (and one checkpoint) per `every`, unless the
+/// round was full (then the backlog is worked off at once); after each
+/// round, this broker's own entries the tree now covers are checked. An
+/// integrity failure halts the log and ends the loop: this broker signs
+/// nothing more until it restarts.
+async fn integrate_loop(
+    integrator: Arc<Mutex<PgAudit>>,
+    signer: Arc<NoteSigner>,
+    counters: Arc<Counters>,
+    every: Duration,
+) {
+    let mut integrated = 0u64;
+    let mut round = INTEGRATE_MAX;
+    loop {
+        if counters.halted().is_some() {
+            return;
+        }
+        let mut audit = integrator.lock().await;
+        let mut full = false;
+        let known = counters
+            .own
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match audit.integrate_knowing(round, &signer, &known).await {
+            Ok(Integrated::Done { head, .. }) => {
+                let grew = head.size.saturating_sub(integrated);
+                integrated = head.size;
+                full = grew >= round;
+                round = INTEGRATE_MAX;
+                Ok(())
+            }
+            Ok(Integrated::Busy) => {
+                // Held by a frozen session, the lock is taken back after
+                // two intervals; held by an administrator's session, it
+                // is said (the checkpoint age and health say the rest).
+                match audit.free_stalled_integration_lock(every * 2).await {
+                    Ok(Some((holder, true))) => tracing::warn!(
+                        holder = %holder,
+                        "ended a session that held the audit integration lock idle in its transaction"
+                    ),
+                    Ok(Some((holder, false))) if holder.still_for > (every * 2).as_secs_f64() => {
+                        tracing::warn!(
+                            holder = %holder,
+                            "another session holds the audit integration lock: no checkpoint is signed until it lets go"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "who holds the audit integration lock"),
+                }
+                Ok(())
+            }
+            Err(e) if e.is_timeout() => {
+                // A round too large for the time limits: smaller ones.
+                round = (round / 2).max(1000);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        };
+        let outcome = match outcome {
+            Ok(()) => {
+                let mut own =
+                    std::mem::take(&mut *counters.own.lock().unwrap_or_else(|p| p.into_inner()));
+                let checked = audit.check_own(&mut own).await.map(|_| ());
+                // Entries committed meanwhile were appended after these.
+                let mut kept = counters.own.lock().unwrap_or_else(|p| p.into_inner());
+                own.append(&mut kept);
+                *kept = own;
+                checked
+            }
+            e => e,
+        };
+        drop(audit);
+        if let Err(e) = outcome {
+            let integrity = matches!(e, PgError::Integrity(_));
+            report(&counters, e);
+            if integrity {
+                return;
+            }
+        }
+        if !full {
+            tokio::time::sleep(every).await;
+        }
+    }
+}
+
 struct Pending {
     record: AuditRecord,
     reply: oneshot::Sender<Result<Placed, String>>,
@@ -68,6 +166,13 @@ struct Counters {
     stalled: std::sync::Mutex<Option<String>>,
     /// The durability bound, in milliseconds (0: the default).
     max_durability_wait_ms: AtomicU64,
+    /// Integrity failures found (by the integrator, or reported by the
+    /// broker through `halt`).
+    integrity_failures: AtomicU64,
+    /// This broker's committed entries (sequence, hash) that no tree head
+    /// it has read covers yet: once covered, each must be a leaf with that
+    /// hash, whichever broker integrated it.
+    own: std::sync::Mutex<Vec<(u64, Hash)>>,
 }
 
 impl Counters {
@@ -98,6 +203,7 @@ impl Counters {
 
     /// Stops the log taking entries until restart; the first reason stands.
     fn halt(&self, why: String) {
+        self.integrity_failures.fetch_add(1, Relaxed);
         let mut halted = self.halted.lock().unwrap_or_else(|p| p.into_inner());
         if halted.is_none() {
             tracing::error!(reason = %why, "the audit log stops taking entries until restart");
@@ -188,6 +294,10 @@ async fn scrub(mut audit: PgAudit, rate: u64, c: Arc<Counters>) {
 /// One broker's audit log on PostgreSQL.
 pub struct PgAuditLog {
     queue: mpsc::UnboundedSender<Pending>,
+    /// The integrator's connection and the key it signs with: the task's,
+    /// and `close`'s for the last checkpoint.
+    integrator: Arc<Mutex<PgAudit>>,
+    signer: Arc<NoteSigner>,
     counters: Arc<Counters>,
     verifier_key: String,
     /// How long a proof waits for the tree to reach a durable size.
@@ -334,6 +444,10 @@ impl PgAuditLog {
                                 writer.acknowledge(last.sequence + 1, last.hash);
                             }
                         }
+                        c.own
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .extend(placed.iter().map(|p| (p.sequence, p.hash)));
                         *c.failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
                         if late {
                             tracing::info!(
@@ -363,25 +477,15 @@ impl PgAuditLog {
                 }
             }
         });
-        let integrate = tokio::spawn(async move {
-            // One round (and one checkpoint) per `integrate_every`, unless
-            // the round was full: then the backlog is worked off at once.
-            let mut integrated = 0u64;
-            loop {
-                match integrator.integrate(INTEGRATE_MAX, &signer).await {
-                    Ok(Integrated::Done { head, .. }) => {
-                        let grew = head.size.saturating_sub(integrated);
-                        integrated = head.size;
-                        if grew >= INTEGRATE_MAX {
-                            continue;
-                        }
-                    }
-                    Ok(Integrated::Busy) => {}
-                    Err(e) => tracing::warn!(error = %e, "audit integration failed; retrying"),
-                }
-                tokio::time::sleep(integrate_every).await;
-            }
-        });
+        integrator.set_integration_limits(integrate_every);
+        let integrator = Arc::new(Mutex::new(integrator));
+        let signer = Arc::new(signer);
+        let integrate = tokio::spawn(integrate_loop(
+            integrator.clone(),
+            signer.clone(),
+            counters.clone(),
+            integrate_every,
+        ));
         let mut tasks = vec![write, integrate];
         if scrub_settings.entries_per_second > 0 {
             let scrubber = PgAudit::connect(url).await?;
@@ -393,6 +497,8 @@ impl PgAuditLog {
         }
         Ok(PgAuditLog {
             queue,
+            integrator,
+            signer,
             counters,
             verifier_key,
             integration_wait: INTEGRATION_WAIT.max(integrate_every * 3),
@@ -573,6 +679,7 @@ impl AuditStore for PgAuditLog {
             scrubbed: c.scrubbed.load(Relaxed),
             scrub_passes: c.scrub_passes.load(Relaxed),
             scrub_findings: c.scrub_findings.load(Relaxed),
+            integrity_failures: c.integrity_failures.load(Relaxed),
         }
     }
 
@@ -608,7 +715,43 @@ impl AuditStore for PgAuditLog {
 
     async fn close(&self) -> Result<(), StorageError> {
         // Every append is answered only once committed: nothing accepted
-        // is left to write.
-        Ok(())
+        // is left to write. A last checkpoint covers every entry, as on
+        // the embedded store, unless the log halted (nothing is signed
+        // over a database that failed a check) or another broker keeps
+        // the lock past the wait (it signs them).
+        if self.counters.halted().is_some() {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        let mut integrator = self.integrator.lock().await;
+        loop {
+            let size = self.counters.entries.load(Relaxed);
+            match integrator.integrate(INTEGRATE_MAX, &self.signer).await {
+                Ok(Integrated::Done { head, .. }) if head.size >= size => {
+                    let mut own = std::mem::take(
+                        &mut *self.counters.own.lock().unwrap_or_else(|p| p.into_inner()),
+                    );
+                    if let Err(e) = integrator.check_own(&mut own).await {
+                        report(&self.counters, e);
+                    }
+                    tracing::info!(size = head.size, "last audit checkpoint signed");
+                    return Ok(());
+                }
+                Ok(_) => {}
+                Err(e @ PgError::Integrity(_)) => {
+                    let why = e.to_string();
+                    report(&self.counters, e);
+                    return Err(StorageError::Corrupt(why));
+                }
+                Err(e) => tracing::warn!(error = %e, "the last audit checkpoint: retrying"),
+            }
+            if tokio::time::Instant::now() > deadline {
+                tracing::warn!(
+                    "the last audit checkpoint was not signed: another broker holds the integration lock; it signs these entries"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }

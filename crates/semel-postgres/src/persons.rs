@@ -65,6 +65,7 @@ impl From<PgError> for StorageError {
         match e {
             PgError::Conflict(m) => StorageError::Conflict(m),
             PgError::Corrupt(m) => StorageError::Corrupt(m),
+            PgError::Integrity(m) => StorageError::Corrupt(m),
             PgError::OutOfRange(m) => StorageError::OutOfRange(m),
             e => StorageError::Unavailable(e.to_string()),
         }

@@ -554,6 +554,11 @@ pub struct AuditSection {
     /// ...or this many milliseconds when there are new entries (default 10000).
     #[serde(default = "default_checkpoint_ms")]
     pub checkpoint_every_ms: u64,
+    /// Report NOT_SERVING while the oldest entry no checkpoint covers is
+    /// older than this many milliseconds, by its recorded time (default:
+    /// five times `checkpoint_every_ms`; at least that interval).
+    #[serde(default)]
+    pub checkpoint_age_limit_ms: Option<u64>,
     /// Entries older than this many days move to archive files in
     /// `<data_dir>/audit/archive/` (default 183, six months; 0 keeps
     /// everything online).
@@ -618,6 +623,7 @@ impl Default for AuditSection {
             origin: None,
             checkpoint_every_entries: default_checkpoint_entries(),
             checkpoint_every_ms: default_checkpoint_ms(),
+            checkpoint_age_limit_ms: None,
             witnesses: Vec::new(),
             witness_quorum: default_witness_quorum(),
             witness_unreachable_ms: default_witness_unreachable_ms(),
@@ -1252,6 +1258,15 @@ impl Config {
             self.audit.checkpoint_every_ms >= 100,
             "audit.checkpoint_every_ms: must be at least 100".into(),
         );
+        if let Some(limit) = self.audit.checkpoint_age_limit_ms {
+            ensure(
+                limit >= self.audit.checkpoint_every_ms,
+                format!(
+                    "audit.checkpoint_age_limit_ms: must be at least audit.checkpoint_every_ms ({}), got {limit}",
+                    self.audit.checkpoint_every_ms
+                ),
+            );
+        }
         if let Ok(origin) = self.audit_origin() {
             ensure(
                 !origin.is_empty()
@@ -1431,6 +1446,16 @@ impl Config {
     /// The key that signs the log's checkpoints, created at its path if
     /// missing. Brokers sharing a PostgreSQL store share this key (one log,
     /// one identity).
+    /// How old the oldest unsigned audit entry may grow before the broker
+    /// reports NOT_SERVING.
+    pub fn checkpoint_age_limit(&self) -> Duration {
+        Duration::from_millis(
+            self.audit
+                .checkpoint_age_limit_ms
+                .unwrap_or(self.audit.checkpoint_every_ms.saturating_mul(5)),
+        )
+    }
+
     pub fn checkpoint_signer(&self) -> anyhow::Result<semel_core::checkpoint::NoteSigner> {
         let path = self.audit_signing_key();
         let key = semel_store::load_or_create_signing_key(&path)

@@ -49,6 +49,9 @@ pub struct DemoOptions {
     pub reload_poll: Option<Duration>,
     /// Sign an audit checkpoint after this many entries (or 10 s).
     pub checkpoint_every_entries: u64,
+    /// Report NOT_SERVING past this checkpoint age (default: five
+    /// checkpoint intervals).
+    pub checkpoint_age_limit: Option<Duration>,
     /// A PostgreSQL URL: run the demo on that store rather than the
     /// embedded one, and write a configuration with which `semel serve`
     /// runs a second broker on it.
@@ -61,6 +64,11 @@ pub struct DemoOptions {
     /// then outlive this broker (failover to a second broker).
     pub sources_process: Option<PathBuf>,
 }
+
+/// How often the demo signs checkpoints on the embedded store...
+const DEMO_CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
+/// ...and on PostgreSQL.
+const DEMO_PG_CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// The demo audit log's name in its checkpoints.
 pub const DEMO_ORIGIN: &str = "semel.brussels/audit/demo";
@@ -80,6 +88,7 @@ impl DemoOptions {
             limits: crate::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
+            checkpoint_age_limit: None,
             postgresql: None,
             max_durability_wait: semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
             sources_process: None,
@@ -237,7 +246,7 @@ impl Demo {
                     semel_store::CheckpointSettings {
                         signer,
                         every_entries: opts.checkpoint_every_entries,
-                        every: Duration::from_secs(10),
+                        every: DEMO_CHECKPOINT_EVERY,
                     },
                 )
                 .await?
@@ -246,11 +255,13 @@ impl Demo {
                 crate::stores::open_postgresql(
                     url,
                     signer,
-                    Duration::from_secs(1),
-                    crate::config::DEFAULT_REGISTRY_POLL,
-                    crate::config::DEFAULT_PERSONS_POLL,
-                    semel_postgres::ScrubSettings::default(),
-                    opts.max_durability_wait,
+                    crate::stores::PgSettings {
+                        checkpoint_every: DEMO_PG_CHECKPOINT_EVERY,
+                        registry_poll: crate::config::DEFAULT_REGISTRY_POLL,
+                        persons_poll: crate::config::DEFAULT_PERSONS_POLL,
+                        scrub: semel_postgres::ScrubSettings::default(),
+                        max_durability_wait: opts.max_durability_wait,
+                    },
                 )
                 .await?
             }
@@ -389,6 +400,13 @@ impl Demo {
                     },
                 ]),
                 grpc: opts.grpc.clone(),
+                checkpoint_age_limit: opts.checkpoint_age_limit.unwrap_or(
+                    5 * if opts.postgresql.is_some() {
+                        DEMO_PG_CHECKPOINT_EVERY
+                    } else {
+                        DEMO_CHECKPOINT_EVERY
+                    },
+                ),
             },
             wait(rx),
         ));

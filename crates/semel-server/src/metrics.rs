@@ -95,6 +95,8 @@ pub struct Metrics {
     audit_scrub_findings: Counter,
     /// Calls refused because their entry could not be made durable.
     pub audit_unavailable: Counter,
+    audit_integrity_failures: Counter,
+    audit_checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     persons_hits: Counter,
     persons_misses: Counter,
     persons_fresh: Gauge,
@@ -215,6 +217,18 @@ impl Default for Metrics {
             "Audit rows the scrub found not to be what was signed (each halts the log)",
             audit_scrub_findings.clone(),
         );
+        let audit_integrity_failures = Counter::default();
+        registry.register(
+            "audit_integrity_failures",
+            "Integrity failures the audit log found (an entry, a query column, a tree or a checkpoint the database altered); the log halts at the first",
+            audit_integrity_failures.clone(),
+        );
+        let audit_checkpoint_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "audit_checkpoint_age_seconds",
+            "How long the oldest audit entry no signed checkpoint covers has waited, by its recorded time (0: every entry is covered)",
+            audit_checkpoint_age.clone(),
+        );
         let audit_unavailable = Counter::default();
         registry.register(
             "audit_unavailable_refusals",
@@ -308,6 +322,8 @@ impl Default for Metrics {
             persons_unsealed,
             persons: std::sync::OnceLock::new(),
             audit_unavailable,
+            audit_integrity_failures,
+            audit_checkpoint_age,
             registry: root,
             rpcs,
             process,
@@ -368,8 +384,18 @@ impl Metrics {
         let _ = self.persons.set(persons);
     }
 
+    /// How long the oldest unsigned audit entry has waited, in seconds.
+    pub fn set_checkpoint_age(&self, seconds: f64) {
+        self.audit_checkpoint_age.set(seconds);
+    }
+
     /// The exposition in `format`, with the audit log's counters as they are now.
     pub fn render(&self, audit: AuditStats, format: Format) -> String {
+        self.audit_integrity_failures.inc_by(
+            audit
+                .integrity_failures
+                .saturating_sub(self.audit_integrity_failures.get()),
+        );
         self.audit_entries.set(audit.entries as i64);
         self.audit_queued.set(audit.queued as i64);
         // Counters only go up: add what happened since the last scrape.
@@ -798,6 +824,7 @@ mod tests {
         scrubbed: 0,
         scrub_passes: 0,
         scrub_findings: 0,
+        integrity_failures: 0,
     };
 
     fn sample_metrics() -> Metrics {

@@ -44,6 +44,9 @@ pub struct Prepared {
     pub witnesses: crate::witness::WitnessSettings,
     /// The gRPC port's limits on connections and calls, and its timeouts.
     pub grpc: crate::grpc_limits::GrpcSettings,
+    /// How old the oldest entry no checkpoint covers may grow before the
+    /// broker reports NOT_SERVING (`audit.checkpoint_age_limit_ms`).
+    pub checkpoint_age_limit: Duration,
 }
 
 /// The files the broker can reload while it runs: its certificate and key,
@@ -244,13 +247,15 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             crate::stores::open_postgresql_waiting(
                 url,
                 || config.checkpoint_signer(),
-                Duration::from_millis(config.audit.checkpoint_every_ms),
-                config.store.registry_poll(),
-                config.store.persons_poll(),
-                semel_postgres::ScrubSettings {
-                    entries_per_second: config.audit.scrub_entries_per_second,
+                crate::stores::PgSettings {
+                    checkpoint_every: Duration::from_millis(config.audit.checkpoint_every_ms),
+                    registry_poll: config.store.registry_poll(),
+                    persons_poll: config.store.persons_poll(),
+                    scrub: semel_postgres::ScrubSettings {
+                        entries_per_second: config.audit.scrub_entries_per_second,
+                    },
+                    max_durability_wait: config.store.max_durability_wait(),
                 },
-                config.store.max_durability_wait(),
                 MAX_WAIT_FOR_DATABASE,
             )
             .await?
@@ -308,6 +313,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         reload_poll: config.reload_poll(),
         witnesses: config.witness_settings()?,
         grpc: config.grpc.settings(),
+        checkpoint_age_limit: config.checkpoint_age_limit(),
         online_window: (config.audit.online_days > 0)
             .then(|| Duration::from_secs(u64::from(config.audit.online_days) * 86_400)),
     })
@@ -428,7 +434,9 @@ pub async fn serve_broker_with_http(
         online_window,
         witnesses,
         grpc: limits,
+        checkpoint_age_limit,
     } = prepared;
+    let checkpoint_age = tokio::spawn(watch_checkpoint_age(broker.clone(), checkpoint_age_limit));
     // Before anything is served: the log must be consistent with what its
     // witnesses cosigned (a restore from an older copy, a promoted standby
     // that was behind, a rewritten history halt it here).
@@ -596,6 +604,7 @@ pub async fn serve_broker_with_http(
     }
     served?;
     watch.abort();
+    checkpoint_age.abort();
     summarising.abort();
     if let Some(w) = witnessing {
         w.abort();
@@ -821,6 +830,45 @@ async fn summarise_refusals(broker: Arc<Broker>) {
 /// `semel.source/0314595348`.
 pub fn source_health_name(kbo: &Kbo) -> String {
     format!("semel.source/{}", kbo.as_str())
+}
+
+/// Keeps the checkpoint age current, every second: how long the oldest
+/// entry no signed checkpoint covers has waited, by its recorded time (read
+/// from the log, so a broker that restarts does not restart the count).
+/// Past `limit`, the broker reports NOT_SERVING (readiness condition
+/// `checkpoint`): entries are being answered that nobody has signed, be it
+/// because every broker is stopped from integrating (a session holding the
+/// integration lock) or because signing fails.
+async fn watch_checkpoint_age(broker: Arc<Broker>, limit: Duration) {
+    let mut interval = tokio::time::interval(Duration::from_secs(1));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        match broker.storage().audit.oldest_uncovered().await {
+            Ok(None) => {
+                broker.metrics.set_checkpoint_age(0.0);
+                broker.readiness.set("checkpoint", None);
+            }
+            Ok(Some((sequence, time_micros))) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_micros() as i64);
+                let age = Duration::from_micros(now.saturating_sub(time_micros).max(0) as u64);
+                broker.metrics.set_checkpoint_age(age.as_secs_f64());
+                broker.readiness.set(
+                    "checkpoint",
+                    (age > limit).then(|| {
+                        format!(
+                            "audit entry {sequence}, the oldest no signed checkpoint covers, is older than the {} s bound (audit.checkpoint_age_limit_ms): \
+                             checkpoints are not being signed; on PostgreSQL look for a session holding the integration lock (docs/operator-guide.md)",
+                            limit.as_secs()
+                        )
+                    }),
+                );
+            }
+            Err(e) => tracing::warn!(error = %e, "the checkpoint age could not be read"),
+        }
+    }
 }
 
 /// Keeps `grpc.health.v1` current, every second: lookups are NOT_SERVING

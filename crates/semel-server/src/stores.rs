@@ -61,6 +61,16 @@ pub async fn open_embedded(
     })
 }
 
+/// How a broker runs on PostgreSQL (see [`open_postgresql`]).
+#[derive(Debug, Clone, Copy)]
+pub struct PgSettings {
+    pub checkpoint_every: Duration,
+    pub registry_poll: Duration,
+    pub persons_poll: Duration,
+    pub scrub: semel_postgres::ScrubSettings,
+    pub max_durability_wait: Duration,
+}
+
 /// Connects to the PostgreSQL store at `url`, applying its migrations: the
 /// audit log (its writer, and the integrator that extends the tree and
 /// signs a checkpoint at most every `checkpoint_every` whenever this broker
@@ -72,12 +82,15 @@ pub async fn open_embedded(
 pub async fn open_postgresql(
     url: &str,
     signer: NoteSigner,
-    checkpoint_every: Duration,
-    registry_poll: Duration,
-    persons_poll: Duration,
-    scrub: semel_postgres::ScrubSettings,
-    max_durability_wait: Duration,
+    settings: PgSettings,
 ) -> anyhow::Result<Opened> {
+    let PgSettings {
+        checkpoint_every,
+        registry_poll,
+        persons_poll,
+        scrub,
+        max_durability_wait,
+    } = settings;
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
         .context("connect to the PostgreSQL store (registry)")?;
@@ -237,27 +250,13 @@ pub fn probe_database(broker: Arc<Broker>, url: String) -> tokio::task::JoinHand
 pub async fn open_postgresql_waiting(
     url: &str,
     signer: impl Fn() -> anyhow::Result<NoteSigner>,
-    checkpoint_every: Duration,
-    registry_poll: Duration,
-    persons_poll: Duration,
-    scrub: semel_postgres::ScrubSettings,
-    max_durability_wait: Duration,
+    settings: PgSettings,
     max_wait: Duration,
 ) -> anyhow::Result<Opened> {
     let mut wait = Duration::from_millis(250).min(max_wait);
     let mut attempt = 1u32;
     loop {
-        match open_postgresql(
-            url,
-            signer()?,
-            checkpoint_every,
-            registry_poll,
-            persons_poll,
-            scrub.clone(),
-            max_durability_wait,
-        )
-        .await
-        {
+        match open_postgresql(url, signer()?, settings).await {
             Ok(opened) => {
                 if attempt > 1 {
                     tracing::info!(attempt, "PostgreSQL reached; the broker starts");

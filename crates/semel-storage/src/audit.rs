@@ -117,6 +117,9 @@ pub struct AuditStats {
     pub scrubbed: u64,
     pub scrub_passes: u64,
     pub scrub_findings: u64,
+    /// Integrity failures found since opening (an entry, a query column,
+    /// a tree or a checkpoint that disagrees with what the log proves).
+    pub integrity_failures: u64,
 }
 
 /// How much of the log has moved to archive files.

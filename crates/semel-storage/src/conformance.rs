@@ -63,6 +63,7 @@ macro_rules! audit_conformance {
                 queries_find_entries_newest_first_by_every_filter,
                 a_query_reads_within_its_scan_limit_and_until_seeks,
                 checkpoints_are_signed_kept_and_cosigned,
+                the_oldest_unsigned_entry_is_read_from_the_log_and_a_clean_stop_signs_every_entry,
             );
         }
     };
@@ -1636,6 +1637,48 @@ pub mod audit {
             .await
             .expect("keep the cosigned note");
         assert_eq!(store.cosigned().await.expect("cosigned"), Some(cosigned));
+    }
+
+    pub async fn the_oldest_unsigned_entry_is_read_from_the_log_and_a_clean_stop_signs_every_entry(
+        store: &dyn AuditStore,
+    ) {
+        assert_eq!(store.oldest_uncovered().await.expect("read"), None);
+        fill(store, 3).await;
+        if store.verifier_key().is_none() {
+            return;
+        }
+        // Until a checkpoint covers them, the oldest unsigned entry is the
+        // one at the newest checkpoint's size, with its recorded time.
+        let mut covered = false;
+        for _ in 0..300 {
+            match store.oldest_uncovered().await.expect("read") {
+                Some((sequence, time)) => {
+                    assert!(sequence < 3, "{sequence}");
+                    assert_eq!(
+                        time,
+                        record(sequence).time_micros,
+                        "entry {sequence}'s time"
+                    );
+                }
+                None => {
+                    covered = true;
+                    break;
+                }
+            }
+            pause(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            covered,
+            "the three entries are signed on the store's schedule"
+        );
+        // A clean stop leaves nothing unsigned, whatever the schedule.
+        for i in 3..9 {
+            store.append(record(i)).await.expect("append");
+        }
+        store.close().await.expect("close");
+        let latest = store.latest_checkpoint().await.expect("latest");
+        assert_eq!(latest.map(|c| c.checkpoint.size), Some(9));
+        assert_eq!(store.oldest_uncovered().await.expect("read"), None);
     }
 }
 

@@ -455,6 +455,26 @@ pub trait AuditStore: Send + Sync {
     /// The key that verifies this log's checkpoints (`name+hash+key`).
     fn verifier_key(&self) -> Option<String>;
 
+    /// The oldest entry no signed checkpoint covers, as its sequence and
+    /// its recorded time (µs since the epoch): the entry at the newest
+    /// checkpoint's size. `None` when every durable entry is covered.
+    /// Read from the log itself, so that how long an entry has waited for
+    /// a signature does not restart with the process.
+    async fn oldest_uncovered(&self) -> Result<Option<(u64, i64)>, StorageError> {
+        let covered = self
+            .latest_checkpoint()
+            .await?
+            .map_or(0, |c| c.checkpoint.size);
+        let (size, _) = self.head().await?;
+        if size <= covered {
+            return Ok(None);
+        }
+        let encoding = self.entry(covered).await?;
+        let entry = semel_core::AuditEntry::decode(&encoding)
+            .map_err(|e| StorageError::Corrupt(format!("entry {covered}: {e}")))?;
+        Ok(Some((covered, entry.record.time_micros)))
+    }
+
     /// What this broker's writer has done; cheap, for metrics.
     fn stats(&self) -> AuditStats;
     /// Why the log cannot take entries now, if it cannot (for health).

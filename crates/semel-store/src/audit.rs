@@ -123,6 +123,7 @@ struct Counters {
     answered: std::sync::atomic::AtomicU64,
     syncs: std::sync::atomic::AtomicU64,
     sync_micros: std::sync::atomic::AtomicU64,
+    integrity_failures: std::sync::atomic::AtomicU64,
 }
 
 /// What the indexer needs of one durable entry.
@@ -249,6 +250,21 @@ impl AuditLog {
             head,
             index_tx,
         };
+        // How long the oldest entry no checkpoint covers has waited, read
+        // from the log (its recorded time), not from this process's start:
+        // a broker stopped without closing, again and again within the
+        // interval, still signs its entries once they are due.
+        let uncovered_since = if head.next_sequence > signed && signed >= archived.before {
+            match read_entry_at(&log, &ends, signed) {
+                Ok(e) => Some(instant_of(e.entry.record.time_micros)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the oldest unsigned audit entry could not be read; its checkpoint is timed from now");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let checkpoint_file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -260,9 +276,9 @@ impl AuditLog {
             tree: tree.clone(),
             shared: shared.clone(),
             checkpoints: checkpoints.map(|settings| Checkpointer {
-                last_size: stored.last().map_or(0, |c| c.checkpoint.size),
+                last_size: signed,
                 last_root: stored.last().map(|c| c.checkpoint.root),
-                first_unsigned: None,
+                first_unsigned: uncovered_since,
                 file: checkpoint_file,
                 settings,
             }),
@@ -328,6 +344,7 @@ impl AuditLog {
             queued: submitted.saturating_sub(c.answered.load(Relaxed)),
             syncs: c.syncs.load(Relaxed),
             sync_micros: c.sync_micros.load(Relaxed),
+            integrity_failures: c.integrity_failures.load(Relaxed),
             ..AuditStats::default()
         }
     }
@@ -344,6 +361,10 @@ impl AuditLog {
     /// Fails the log closed from outside (an integrity failure found by
     /// the broker): every later append is refused until restart.
     pub fn halt(&self, why: String) {
+        self.shared
+            .stats
+            .integrity_failures
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut p = lock(&self.shared.progress);
         if p.failed.is_none() {
             p.failed = Some(why);
@@ -658,41 +679,7 @@ impl AuditLog {
 
     /// Reads an entry the caller knows is not archived.
     fn read_live(&self, seq: u64) -> Result<StoredEntry, StoreError> {
-        let (start, end) = if seq == 0 {
-            (0, read_end(&self.ends, 0)?)
-        } else {
-            let mut b = [0u8; 16];
-            self.ends
-                .read_exact_at(&mut b, (seq - 1) * 8)
-                .map_err(io_err("read audit ends"))?;
-            (
-                u64::from_be_bytes(b[..8].try_into().map_err(|_| corrupt("ends"))?),
-                u64::from_be_bytes(b[8..].try_into().map_err(|_| corrupt("ends"))?),
-            )
-        };
-        let len =
-            usize::try_from(end.saturating_sub(start)).map_err(|_| corrupt("entry length"))?;
-        if len <= HEADER || len > HEADER + MAX_FRAME {
-            return Err(corrupt(&format!("entry {seq} has an impossible length")));
-        }
-        let mut buf = vec![0u8; len];
-        self.log
-            .read_exact_at(&mut buf, start)
-            .map_err(io_err("read audit log"))?;
-        let payload = check_frame(&buf)
-            .ok_or_else(|| corrupt(&format!("frame of entry {seq} at offset {start}")))?;
-        let entry = AuditEntry::decode(payload)
-            .map_err(|e| corrupt(&format!("entry {seq} at offset {start}: {e}")))?;
-        if entry.sequence != seq {
-            return Err(corrupt(&format!(
-                "entry at offset {start} carries sequence {} instead of {seq}",
-                entry.sequence
-            )));
-        }
-        Ok(StoredEntry {
-            hash: entry_hash(payload),
-            entry,
-        })
+        read_entry_at(&self.log, &self.ends, seq)
     }
 
     /// Re-reads the whole log, checking every frame, the sequence and the
@@ -1179,12 +1166,64 @@ impl Indexer {
                 // as after a failed write; no lookup is answered until the
                 // operator has looked.
                 tracing::error!(error = %why, "audit log inconsistent with its signed checkpoints; refusing lookups");
+                self.shared
+                    .stats
+                    .integrity_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 lock(&self.shared.progress).failed = Some(why.clone());
             } else {
                 tracing::error!(error = %e, "audit checkpoint not signed; retrying with the next entries");
             }
         }
     }
+}
+
+/// Reads a live entry from the log by its end offsets.
+fn read_entry_at(log: &File, ends: &File, seq: u64) -> Result<StoredEntry, StoreError> {
+    let (start, end) = if seq == 0 {
+        (0, read_end(ends, 0)?)
+    } else {
+        let mut b = [0u8; 16];
+        ends.read_exact_at(&mut b, (seq - 1) * 8)
+            .map_err(io_err("read audit ends"))?;
+        (
+            u64::from_be_bytes(b[..8].try_into().map_err(|_| corrupt("ends"))?),
+            u64::from_be_bytes(b[8..].try_into().map_err(|_| corrupt("ends"))?),
+        )
+    };
+    let len = usize::try_from(end.saturating_sub(start)).map_err(|_| corrupt("entry length"))?;
+    if len <= HEADER || len > HEADER + MAX_FRAME {
+        return Err(corrupt(&format!("entry {seq} has an impossible length")));
+    }
+    let mut buf = vec![0u8; len];
+    log.read_exact_at(&mut buf, start)
+        .map_err(io_err("read audit log"))?;
+    let payload = check_frame(&buf)
+        .ok_or_else(|| corrupt(&format!("frame of entry {seq} at offset {start}")))?;
+    let entry = AuditEntry::decode(payload)
+        .map_err(|e| corrupt(&format!("entry {seq} at offset {start}: {e}")))?;
+    if entry.sequence != seq {
+        return Err(corrupt(&format!(
+            "entry at offset {start} carries sequence {} instead of {seq}",
+            entry.sequence
+        )));
+    }
+    Ok(StoredEntry {
+        hash: entry_hash(payload),
+        entry,
+    })
+}
+
+/// The monotonic instant a recorded time (µs since the epoch) corresponds
+/// to, as far back as the clock allows.
+fn instant_of(time_micros: i64) -> std::time::Instant {
+    let now_micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64);
+    let age =
+        std::time::Duration::from_micros(now_micros.saturating_sub(time_micros).max(0) as u64);
+    let now = std::time::Instant::now();
+    now.checked_sub(age).unwrap_or(now)
 }
 
 /// Writes a file whole and durably: a temporary file, fsync, rename,
@@ -2331,6 +2370,56 @@ mod cadence {
     use super::*;
     use crate::Store;
     use semel_core::checkpoint::NoteSigner;
+
+    #[tokio::test]
+    async fn entries_left_unsigned_by_a_broker_that_never_closed_are_signed_when_they_are_due_by_their_time()
+     {
+        // A broker stopped without closing (killed) leaves entries no
+        // checkpoint covers. Their clock is their recorded time, not the
+        // next process's start: entries already older than the interval
+        // are signed at once, however soon that process is killed again.
+        let every = std::time::Duration::from_secs(60);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_micros() as i64;
+        {
+            // No signer: as a killed broker leaves it, nothing signed.
+            let store = Store::open_with(dir.path(), None).expect("open");
+            for i in 0..3 {
+                let mut r = super::tests::record(i, None);
+                r.time_micros = now - 2 * every.as_micros() as i64;
+                store.audit().append(r).await.expect("append");
+            }
+            store.close().expect("close");
+        }
+        let opened = std::time::Instant::now();
+        let store = Store::open_with(
+            dir.path(),
+            Some(CheckpointSettings {
+                signer: NoteSigner::new(
+                    "semel.test/audit",
+                    ed25519_dalek::SigningKey::from_bytes(&[5; 32]),
+                ),
+                every_entries: 1000,
+                every,
+            }),
+        )
+        .expect("open");
+        while store.audit().latest_checkpoint().is_none() {
+            assert!(
+                opened.elapsed() < every / 2,
+                "entries older than the interval waited for a new interval from the start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(
+            store.audit().latest_checkpoint().map(|c| c.checkpoint.size),
+            Some(3)
+        );
+        store.close().expect("close");
+    }
 
     #[tokio::test]
     async fn an_entry_is_signed_as_long_after_it_as_the_configuration_says() {
