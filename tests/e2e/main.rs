@@ -3,6 +3,7 @@
 
 mod audit_budget;
 mod audit_proofs;
+mod brokers;
 mod crl;
 mod durability;
 mod harness;

@@ -7,6 +7,8 @@
 mod audit_budget;
 #[path = "../e2e/audit_proofs.rs"]
 mod audit_proofs;
+#[path = "../e2e/brokers.rs"]
+mod brokers;
 #[path = "../e2e/crl.rs"]
 mod crl;
 #[path = "../e2e/durability.rs"]

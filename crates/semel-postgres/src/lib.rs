@@ -13,6 +13,7 @@
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+mod cluster;
 mod log;
 mod mutations;
 mod persons;
@@ -21,6 +22,7 @@ mod registry;
 pub mod testing;
 mod tree;
 
+pub use cluster::{Cluster, ClusterSettings, MUTATIONS_CHANNEL};
 pub use log::PgAuditLog;
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
@@ -40,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0007_mutations.sql"),
     include_str!("../migrations/0008_applications.sql"),
     include_str!("../migrations/0009_mutation_event_keys.sql"),
+    include_str!("../migrations/0010_brokers.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

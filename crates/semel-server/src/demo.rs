@@ -323,6 +323,11 @@ impl Demo {
             .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
             .into_iter()
             .chain(opened.persons_feed)
+            .chain(
+                opened
+                    .cluster
+                    .map(|cluster| crate::stores::follow_cluster(broker.clone(), cluster)),
+            )
             .chain(std::iter::once(broker.expire_mutations()))
             .collect();
         let reloader = Reloader::new(files, broker.clone(), server_tls);

@@ -57,9 +57,18 @@ const MAX_SUBSCRIPTIONS: usize = 4;
 /// each may wait 30 seconds and reads the queue at every change, so more
 /// would only hold the broker's connections and store for the same changes.
 const MAX_PULLS: usize = 4;
-/// How often a subscription looks at its queue without being woken: the
-/// bound on how late a change published through another broker arrives.
-const POLL: Duration = Duration::from_millis(250);
+/// Waits for the fallback poll, while this broker cannot hear changes
+/// queued through other brokers; for ever (until woken) while it can.
+async fn fallback_poll(broker: &Broker) {
+    if broker
+        .mutations_heard
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        std::future::pending::<()>().await
+    } else {
+        tokio::time::sleep(broker.mutation_settings().fallback_poll).await
+    }
+}
 
 pub struct MutationService {
     broker: Arc<Broker>,
@@ -1191,7 +1200,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 tokio::select! {
                     _ = woken.changed() => {}
                     _ = closing.changed() => {}
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = fallback_poll(&broker) => {}
                     _ = tx.closed() => return,
                 }
             }
@@ -1309,7 +1318,7 @@ impl proto::mutation_service_server::MutationService for MutationService {
             }
             tokio::select! {
                 _ = woken.changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = fallback_poll(broker) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = closing.changed() => {}
             }
