@@ -56,11 +56,12 @@ impl Drop for Cluster {
 }
 
 impl Cluster {
-    /// Connects, says this broker (`id`, unique per process) is alive and
+    /// Connects (applying the migrations this binary knows), says this broker (`id`, unique per process) is alive and
     /// counts the live brokers before returning, then follows on a task of
     /// its own.
     pub async fn start(url: &str, id: &str, settings: ClusterSettings) -> Result<Cluster, PgError> {
         let first = listen(url).await?;
+        crate::migrate(&first.0).await?;
         let live = heartbeat(&first.0, id, settings.live_within).await?;
         let (wakes_tx, wakes) = watch::channel(0u64);
         let (listening_tx, listening) = watch::channel(true);

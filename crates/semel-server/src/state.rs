@@ -241,6 +241,10 @@ pub struct Broker {
     /// subscriptions (its listener is up); while not, they poll every
     /// `MutationSettings::fallback_poll`.
     pub(crate) mutations_heard: std::sync::atomic::AtomicBool,
+    /// Set by `semel bench-mutations --second-broker-polls` only: changes
+    /// queued through other brokers are left to the fallback poll, as
+    /// before brokers listened for them, to measure the difference.
+    pub(crate) deaf_to_other_brokers: std::sync::atomic::AtomicBool,
     /// This broker's share of every organisation's limits.
     pub limit_share: crate::limits::Share,
     /// Set when the broker begins to shut down: subscriptions end (their
@@ -292,6 +296,7 @@ impl Broker {
             tokens: ArcSwap::from_pointee(tokens),
             mutations_queued: tokio::sync::watch::Sender::new(0),
             mutations_heard: std::sync::atomic::AtomicBool::new(false),
+            deaf_to_other_brokers: std::sync::atomic::AtomicBool::new(false),
             limit_share,
             closing: tokio::sync::watch::Sender::new(false),
             subscriptions: std::sync::Mutex::default(),

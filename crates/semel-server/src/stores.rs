@@ -190,7 +190,9 @@ pub fn follow_cluster(
         let mut listening = cluster.listening();
         let mut live = cluster.live();
         let poll = broker.mutation_settings().fallback_poll;
+        let deaf = || broker.deaf_to_other_brokers.load(Ordering::Relaxed);
         let heard = |up: bool| {
+            let up = up && !deaf();
             broker.mutations_heard.store(up, Ordering::Release);
             broker.metrics.mutations_listener_up.set(i64::from(up));
             if !up {
@@ -220,7 +222,9 @@ pub fn follow_cluster(
                     if r.is_err() {
                         return;
                     }
-                    broker.mutations_queued.send_modify(|n| *n = n.wrapping_add(1));
+                    if !deaf() {
+                        broker.mutations_queued.send_modify(|n| *n = n.wrapping_add(1));
+                    }
                 }
                 r = listening.changed() => {
                     if r.is_err() {

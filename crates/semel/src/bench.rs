@@ -522,6 +522,14 @@ pub struct BenchMutationsArgs {
     /// default: as fast as the broker answers (closed loop: the most it takes).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Subscribe through a second broker on the same database (PostgreSQL only): the
+    /// latency of a change published through one broker and delivered through another.
+    #[arg(long, requires = "store")]
+    pub second_broker: bool,
+    /// With --second-broker: that broker finds the changes by polling (every 250 ms)
+    /// instead of being notified, as brokers did before they listened (the baseline).
+    #[arg(long, requires = "second_broker")]
+    pub second_broker_polls: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -547,6 +555,8 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
             postgresql: args.store.clone(),
             data_dir: dir.clone(),
             rate: args.rate,
+            second_broker: args.second_broker,
+            second_broker_polls: args.second_broker_polls,
         })
         .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -555,8 +565,9 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "store {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call{} · {:.1} s",
+            "store {} · subscribed through {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call{} · {:.1} s",
             r.store,
+            r.subscribed_through,
             r.consumers,
             r.population,
             r.publishers,
