@@ -33,7 +33,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub refused_percent: u64,
     /// Which targets, in order: direct, null, semel, semel-http (Semel's HTTP/JSON face, one
-    /// HTTP/1.1 connection per worker), semel-pg (Semel on PostgreSQL, with --store).
+    /// HTTP/1.1 connection per worker), semel-pg (Semel on PostgreSQL, with --store), semel-pg2
+    /// (two brokers on that database, the connections spread over both).
     #[arg(
         long,
         value_delimiter = ',',
@@ -95,7 +96,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "semel" => Ok(Target::Semel),
             "semel-http" => Ok(Target::SemelHttp),
             "semel-pg" => Ok(Target::SemelPostgres),
-            other => anyhow::bail!("unknown target {other}; use direct, null, semel or semel-pg"),
+            "semel-pg2" => Ok(Target::SemelPostgresTwo),
+            other => anyhow::bail!(
+                "unknown target {other}; use direct, null, semel, semel-http, semel-pg or semel-pg2"
+            ),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut targets = targets;
@@ -103,8 +107,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         targets.push(Target::SemelPostgres);
     }
     anyhow::ensure!(
-        args.store.is_some() || !targets.contains(&Target::SemelPostgres),
-        "the target semel-pg needs --store postgresql://…"
+        args.store.is_some()
+            || !(targets.contains(&Target::SemelPostgres)
+                || targets.contains(&Target::SemelPostgresTwo)),
+        "the targets semel-pg and semel-pg2 need --store postgresql://…"
     );
     let (dir, temporary) = match &args.data_dir {
         Some(d) => (d.clone(), false),
