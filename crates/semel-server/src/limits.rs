@@ -534,6 +534,59 @@ mod tests {
     }
 
     #[test]
+    fn with_two_brokers_each_holds_half_of_every_limit() {
+        let share = Share::default();
+        let settings = LimitSettings {
+            consumer_rate: Some(10.0),
+            consumer_burst: 10.0,
+            consumer_daily_quota: Some(7),
+            distinct_checks_per_citizen: 4,
+            ..Default::default()
+        };
+        let limits = ConsumerLimits::new(&settings).shared(&share);
+        share.set_brokers(2);
+        let now = Instant::now();
+        let admitted = (0..20).filter(|_| limits.admit(kbo(), now).is_ok()).count();
+        assert_eq!(admitted, 5, "half the burst");
+        // Half the rate: one token per 200 ms.
+        assert!(
+            limits
+                .admit(kbo(), now + Duration::from_millis(150))
+                .is_err()
+        );
+        assert!(
+            limits
+                .admit(kbo(), now + Duration::from_millis(250))
+                .is_ok()
+        );
+        let today = time::macros::date!(2026 - 01 - 05);
+        let quota = (0..10)
+            .filter(|_| limits.take_quota(kbo(), today).is_ok())
+            .count();
+        assert_eq!(quota, 3, "half the daily quota, rounded down");
+        assert_eq!(
+            limits.take_quota(kbo(), today),
+            Err(7),
+            "the refusal names the organisation's quota"
+        );
+        // One broker again (the other died): the whole limit.
+        share.set_brokers(1);
+        assert_eq!(share.brokers(), 1);
+        let questions = QuestionLimiter::new(&settings).shared(&share);
+        share.set_brokers(5);
+        assert_eq!(
+            questions.per_key(),
+            4,
+            "the refusal names the organisation's budget"
+        );
+        assert_eq!(
+            share.of_count(4),
+            1,
+            "each broker allows one question at least"
+        );
+    }
+
+    #[test]
     fn the_bucket_allows_the_burst_then_the_rate() {
         let limits = ConsumerLimits::new(&LimitSettings {
             consumer_rate: Some(2.0),
