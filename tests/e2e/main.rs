@@ -4,6 +4,7 @@
 mod audit_budget;
 mod audit_integrity;
 mod audit_proofs;
+mod brokers;
 mod crl;
 mod durability;
 mod harness;

@@ -9,6 +9,8 @@ mod audit_budget;
 mod audit_integrity;
 #[path = "../e2e/audit_proofs.rs"]
 mod audit_proofs;
+#[path = "../e2e/brokers.rs"]
+mod brokers;
 #[path = "../e2e/crl.rs"]
 mod crl;
 #[path = "../e2e/durability.rs"]

@@ -13,6 +13,7 @@
 //!
 //! This is the only crate that knows the PostgreSQL client.
 
+mod cluster;
 pub mod integrity;
 mod log;
 mod mutations;
@@ -23,6 +24,7 @@ mod registry;
 pub mod testing;
 mod tree;
 
+pub use cluster::{Cluster, ClusterSettings, MUTATIONS_CHANNEL};
 pub use integrity::{RowColumns, StartProof, check_row};
 pub use log::{DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
 pub use mutations::PgMutations;
@@ -46,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0009_mutation_event_keys.sql"),
     include_str!("../migrations/0010_row_seals.sql"),
     include_str!("../migrations/0011_registry_invariants.sql"),
+    include_str!("../migrations/0012_brokers.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

@@ -9,7 +9,9 @@
 //! each consumer routed, in enterprise-number order (so that two
 //! publications cannot deadlock), the next position of its queue under the
 //! cursor row's lock, and the queue entry. Positions are dense per consumer
-//! and in commit order.
+//! and in commit order. The same transaction notifies
+//! [`crate::MUTATIONS_CHANNEL`], so that every broker's subscriptions wake
+//! when it commits (and none when it does not): see [`crate::Cluster`].
 
 use async_trait::async_trait;
 use semel_core::Kbo;
@@ -84,22 +86,28 @@ impl PgMutations {
             let payloads: Vec<&[u8]> = sorted.iter().map(|r| r.payload.as_slice()).collect();
             if !consumers.is_empty() {
                 // One statement: each cursor's next position (its row
-                // locked, in enterprise-number order), and the entries.
+                // locked, in enterprise-number order), the entries, and the
+                // notification that wakes every broker's subscriptions
+                // (delivered by PostgreSQL when, and only if, this
+                // transaction commits).
                 tx.execute(
                     "WITH c AS ( \
                          INSERT INTO mutation_cursors (consumer, head) \
                          SELECT consumer, 1 FROM unnest($1::text[]) WITH ORDINALITY AS u(consumer, n) ORDER BY n \
                          ON CONFLICT (consumer) DO UPDATE SET head = mutation_cursors.head + 1 \
-                         RETURNING consumer, head) \
+                         RETURNING consumer, head), \
+                     told AS (SELECT pg_notify($6, '') AS n) \
                      INSERT INTO mutation_queue (consumer, position, accepted_micros, source, event_key, payload) \
                      SELECT c.consumer, c.head, $2, $3, $4, p.payload \
-                     FROM c JOIN unnest($1::text[], $5::bytea[]) AS p(consumer, payload) ON p.consumer = c.consumer",
+                     FROM c JOIN unnest($1::text[], $5::bytea[]) AS p(consumer, payload) ON p.consumer = c.consumer \
+                     CROSS JOIN told",
                     &[
                         &consumers,
                         &accepted_micros,
                         &source.as_str(),
                         &event_key.as_slice(),
                         &payloads,
+                        &crate::MUTATIONS_CHANNEL,
                     ],
                 )
                 .await?;

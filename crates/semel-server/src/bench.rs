@@ -56,6 +56,11 @@ pub struct BenchAddrs {
     pub broker_postgresql: Option<String>,
     #[serde(default)]
     pub metrics_postgresql: Option<String>,
+    /// Another broker on the same PostgreSQL database (the demo's
+    /// `second-broker.toml`), for the target that spreads the load over
+    /// both.
+    #[serde(default)]
+    pub broker_postgresql_second: Option<String>,
     /// The PostgreSQL URL, for counting its transactions while measuring.
     #[serde(default)]
     pub postgresql: Option<String>,
@@ -166,6 +171,9 @@ pub async fn run_bench_server(
             o.population = opts.population;
             o.metrics_listen = Some(([127, 0, 0, 1], 0).into());
             o.postgresql = Some(url.clone());
+            // As the embedded broker: what the brokers take, not one
+            // consumer's budget (which two brokers would share).
+            o.limits = o.limits.without_organisation_budgets();
             Some(
                 Demo::start(o)
                     .await
@@ -173,7 +181,35 @@ pub async fn run_bench_server(
             )
         }
     };
+    // A second broker on the same database, in this process on a port of
+    // its own: the target semel-pg2 spreads its connections over both.
+    let pg_second = match pg_demo.as_ref().and_then(|d| d.second_broker.clone()) {
+        None => None,
+        Some((path, _)) => {
+            let mut config = crate::Config::load(&path)?;
+            config.limits.consumer_lookups_per_second = Some(1e9);
+            config.limits.consumer_burst = Some(1e9);
+            config.limits.consumer_lookups_per_day = Some(1 << 50);
+            config.limits.calls_per_second = Some(1e9);
+            config.limits.call_burst = Some(1e9);
+            config.limits.calls_in_flight = Some(1 << 20);
+            config.grpc.max_connections_per_address = config.grpc.max_connections;
+            let prepared = crate::server::prepare(&config)
+                .await
+                .context("prepare the second broker on PostgreSQL")?;
+            let listener = TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(crate::server::serve_broker(listener, prepared, async {
+                let _ = stopped.await;
+            }));
+            Some((addr, stop, task))
+        }
+    };
     let addrs = BenchAddrs {
+        broker_postgresql_second: pg_second
+            .as_ref()
+            .map(|(addr, _, _)| format!("https://{addr}")),
         broker_postgresql: pg_demo
             .as_ref()
             .map(|d| format!("https://{}", d.broker_addr)),
@@ -199,6 +235,10 @@ pub async fn run_bench_server(
         None => demo.run_until(shutdown).await?,
         Some(pg) => {
             demo.run_until(shutdown).await?;
+            if let Some((_, stop, task)) = pg_second {
+                let _ = stop.send(());
+                task.await??;
+            }
             pg.stop().await?;
         }
     }
@@ -352,6 +392,9 @@ pub enum Target {
     SemelHttp,
     /// Semel on the PostgreSQL store.
     SemelPostgres,
+    /// Two Semel brokers on one PostgreSQL database, the connections
+    /// spread over both.
+    SemelPostgresTwo,
 }
 
 impl Target {
@@ -362,6 +405,7 @@ impl Target {
             Target::Semel => "semel",
             Target::SemelHttp => "semel http",
             Target::SemelPostgres => "semel postgresql",
+            Target::SemelPostgresTwo => "semel postgresql, two brokers",
         }
     }
 
@@ -369,7 +413,7 @@ impl Target {
     pub fn is_semel(self) -> bool {
         matches!(
             self,
-            Target::Semel | Target::SemelHttp | Target::SemelPostgres
+            Target::Semel | Target::SemelHttp | Target::SemelPostgres | Target::SemelPostgresTwo
         )
     }
 }
@@ -447,13 +491,23 @@ pub async fn run_load(
         Target::Semel => (&addrs.broker, consumer_stem()?),
         // The gRPC address: the channels below are made but not used.
         Target::SemelHttp => (&addrs.broker, consumer_stem()?),
-        Target::SemelPostgres => (
+        Target::SemelPostgres | Target::SemelPostgresTwo => (
             addrs
                 .broker_postgresql
                 .as_ref()
                 .context("no broker on PostgreSQL: give semel bench --store")?,
             consumer_stem()?,
         ),
+    };
+    // Every other connection to the second broker, for two brokers.
+    let second = match target {
+        Target::SemelPostgresTwo => Some(
+            addrs
+                .broker_postgresql_second
+                .as_ref()
+                .context("no second broker on PostgreSQL: give semel bench --store")?,
+        ),
+        _ => None,
     };
     let ca = addrs.pki_dir.join("ca.crt");
     let tls = tls::client_tls(
@@ -464,7 +518,16 @@ pub async fn run_load(
     // The broker wants a person's token; the other targets ignore it.
     let token = person_token(&addrs.pki_dir, "cpas-anderlecht")?;
     let mut channels = Vec::new();
-    for _ in 0..opts.connections.max(1) {
+    let connections = if second.is_some() {
+        opts.connections.max(2)
+    } else {
+        opts.connections.max(1)
+    };
+    for i in 0..connections {
+        let url = match second {
+            Some(b) if i % 2 == 1 => b,
+            _ => url,
+        };
         let channel = Endpoint::from_shared(url.clone())?
             .tls_config(tls.clone())?
             .tcp_nodelay(true)
@@ -612,7 +675,9 @@ pub async fn run_load(
         None => None,
     };
     let pg_at_start = match (target, &addrs.postgresql) {
-        (Target::SemelPostgres, Some(url)) => semel_postgres::transactions(url).await.ok(),
+        (Target::SemelPostgres | Target::SemelPostgresTwo, Some(url)) => {
+            semel_postgres::transactions(url).await.ok()
+        }
         _ => None,
     };
     if opts.requests.is_none() {

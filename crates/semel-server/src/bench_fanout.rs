@@ -42,12 +42,24 @@ pub struct FanoutOptions {
     /// measure latency at a given load); as fast as answers come when
     /// `None` (a closed loop, to measure the most the broker takes).
     pub rate: Option<f64>,
+    /// Subscribe through a second broker on the same PostgreSQL database
+    /// (the demo's `second-broker.toml`, in this process on a port of its
+    /// own), while the sources publish through the first: the latency of a
+    /// change across brokers.
+    pub second_broker: bool,
+    /// With `second_broker`: that broker does not listen for the changes
+    /// the first queues and finds them by its fallback poll (every
+    /// 250 ms), as brokers did before they listened: the baseline.
+    pub second_broker_polls: bool,
 }
 
 /// What it measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutReport {
     pub store: &'static str,
+    /// Where the subscribers were: "the publishers' broker", "a second
+    /// broker (notified)", "a second broker (polling)".
+    pub subscribed_through: &'static str,
     pub consumers: usize,
     pub population: usize,
     pub publishers: usize,
@@ -91,13 +103,72 @@ pub async fn run_fanout(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
     demo_opts.limits.source_publication_burst = 1e9;
     demo_opts.limits = demo_opts.limits.without_organisation_budgets();
     let demo = Demo::start(demo_opts).await?;
-    let result = fanout(&demo, &opts).await;
+    let second = if opts.second_broker {
+        match second_broker(&demo, opts.second_broker_polls).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                demo.stop().await?;
+                return Err(e);
+            }
+        }
+    } else {
+        None
+    };
+    let result = fanout(&demo, second.as_ref(), &opts).await;
+    if let Some(second) = second {
+        let _ = second.stop.send(());
+        second.task.await.context("the second broker")??;
+    }
     demo.stop().await?;
     result
 }
 
+/// The demo's second broker, serving on a port of its own.
+struct Second {
+    broker: Arc<crate::state::Broker>,
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+async fn second_broker(demo: &Demo, polls: bool) -> anyhow::Result<Second> {
+    let (path, _) = demo
+        .second_broker
+        .clone()
+        .context("a second broker needs the PostgreSQL store (--store postgresql://…)")?;
+    let config = crate::Config::load(&path)?;
+    let prepared = crate::server::prepare(&config).await?;
+    let broker = prepared.broker.clone();
+    if polls {
+        broker.deaf_to_other_brokers.store(true, Ordering::Relaxed);
+        broker.mutations_heard.store(false, Ordering::Release);
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(crate::server::serve_broker(listener, prepared, async {
+        let _ = stopped.await;
+    }));
+    Ok(Second {
+        broker,
+        addr,
+        stop,
+        task,
+    })
+}
+
 async fn channel(
     demo: &Demo,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    token: &str,
+) -> anyhow::Result<semel_client::AuthChannel> {
+    channel_to(demo, demo.broker_addr, cert, key, token).await
+}
+
+async fn channel_to(
+    demo: &Demo,
+    addr: std::net::SocketAddr,
     cert: &std::path::Path,
     key: &std::path::Path,
     token: &str,
@@ -108,7 +179,7 @@ async fn channel(
             std::fs::read(cert)?,
             std::fs::read(key)?,
         ));
-    let channel = Endpoint::from_shared(format!("https://{}", demo.broker_addr))?
+    let channel = Endpoint::from_shared(format!("https://{addr}"))?
         .tls_config(tls)?
         .tcp_nodelay(true)
         .connect()
@@ -135,7 +206,12 @@ fn now_micros() -> u64 {
         .as_micros() as u64
 }
 
-async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutReport> {
+async fn fanout(
+    demo: &Demo,
+    second: Option<&Second>,
+    opts: &FanoutOptions,
+) -> anyhow::Result<FanoutReport> {
+    let subscribe_at = second.map_or(demo.broker_addr, |s| s.addr);
     use semel_demo::seed;
     let issuer = DevIssuer::ensure(&demo.pki.dir).context("the demo issuer")?;
     let operator = seed::org("operator").context("operator")?;
@@ -227,8 +303,9 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
             *kbo,
             UserRole::Consumer,
         )?;
-        let mut client =
-            MutationServiceClient::new(channel(demo, &certs.cert, &certs.key, &token).await?);
+        let mut client = MutationServiceClient::new(
+            channel_to(demo, subscribe_at, &certs.cert, &certs.key, &token).await?,
+        );
         let mut stream = client
             .subscribe(proto::SubscribeRequest { after: 0 })
             .await?
@@ -392,6 +469,9 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     demo.broker.begin_shutdown();
+    if let Some(second) = second {
+        second.broker.begin_shutdown();
+    }
     let mut latencies: Vec<u32> = Vec::new();
     for r in readers {
         let (mut l, _) = tokio::time::timeout(Duration::from_secs(30), r)
@@ -413,6 +493,11 @@ async fn fanout(demo: &Demo, opts: &FanoutOptions) -> anyhow::Result<FanoutRepor
             "postgresql"
         } else {
             "embedded"
+        },
+        subscribed_through: match second {
+            None => "the publishers' broker",
+            Some(_) if opts.second_broker_polls => "a second broker (polling)",
+            Some(_) => "a second broker (notified)",
         },
         consumers: subscribers.len(),
         population: opts.population,

@@ -64,12 +64,20 @@ pub struct MutationsSection {
     /// consumer is told which positions it lost.
     #[serde(default = "default_retention_hours")]
     pub retention_hours: u64,
+    /// How often, in milliseconds, a subscription or a pull reads its
+    /// queue when nothing woke it, while the broker cannot hear the changes
+    /// other brokers queue (PostgreSQL: its listener connection is down;
+    /// default 250, 50 to 600000). While the listener is up, a change
+    /// queued through any broker wakes them at once and there is no poll.
+    #[serde(default)]
+    pub fallback_poll_ms: Option<u64>,
 }
 
 impl Default for MutationsSection {
     fn default() -> Self {
         MutationsSection {
             retention_hours: default_retention_hours(),
+            fallback_poll_ms: None,
         }
     }
 }
@@ -1061,6 +1069,12 @@ impl Config {
             ensure(false, problem);
         }
         ensure(
+            self.mutations
+                .fallback_poll_ms
+                .is_none_or(|ms| (50..=600_000).contains(&ms)),
+            "mutations.fallback_poll_ms: must lie between 50 and 600000".into(),
+        );
+        ensure(
             (1..=8760).contains(&self.mutations.retention_hours),
             format!(
                 "mutations.retention_hours: must lie between 1 and 8760, got {}",
@@ -1593,6 +1607,10 @@ impl Config {
     pub fn mutation_settings(&self) -> crate::state::MutationSettings {
         crate::state::MutationSettings {
             retention: std::time::Duration::from_secs(self.mutations.retention_hours * 3600),
+            fallback_poll: self
+                .mutations
+                .fallback_poll_ms
+                .map_or(crate::state::DEFAULT_MUTATIONS_POLL, Duration::from_millis),
         }
     }
 

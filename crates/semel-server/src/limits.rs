@@ -140,6 +140,43 @@ struct Bucket {
     last: Instant,
 }
 
+/// How many brokers share each organisation's limits: every limit of an
+/// organisation (its rate and burst, its daily quota, its distinct checks)
+/// is held on each broker at this broker's share of it, the limit divided
+/// by the brokers alive on the same database (counted every second on
+/// PostgreSQL; always 1 on the embedded store), so that the organisation
+/// gets its limit in all, not once per broker.
+#[derive(Clone, Debug)]
+pub struct Share(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Default for Share {
+    fn default() -> Self {
+        Share(Arc::new(std::sync::atomic::AtomicUsize::new(1)))
+    }
+}
+
+impl Share {
+    /// The brokers sharing the limits (at least 1).
+    pub fn brokers(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::Relaxed).max(1)
+    }
+
+    /// Sets the brokers alive.
+    pub fn set_brokers(&self, n: usize) {
+        self.0.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// This broker's share of an amount (a rate, a burst).
+    fn of(&self, amount: f64) -> f64 {
+        amount / self.brokers() as f64
+    }
+
+    /// This broker's share of a count, at least 1 (never none of it).
+    fn of_count(&self, count: u64) -> u64 {
+        (count / self.brokers() as u64).max(1)
+    }
+}
+
 /// A token bucket per consumer, and a daily quota.
 pub struct ConsumerLimits {
     rate: Option<f64>,
@@ -148,6 +185,8 @@ pub struct ConsumerLimits {
     daily_quota: Option<u64>,
     /// Lookups counted today, per consumer.
     used: Mutex<HashMap<Kbo, (time::Date, u64)>>,
+    /// This broker's share of the limits above.
+    share: Share,
 }
 
 impl ConsumerLimits {
@@ -163,6 +202,7 @@ impl ConsumerLimits {
             buckets: Mutex::new(HashMap::new()),
             daily_quota: None,
             used: Mutex::new(HashMap::new()),
+            share: Share::default(),
         }
     }
 
@@ -179,6 +219,7 @@ impl ConsumerLimits {
             buckets: Mutex::new(HashMap::new()),
             daily_quota: None,
             used: Mutex::new(HashMap::new()),
+            share: Share::default(),
         }
     }
 
@@ -192,7 +233,14 @@ impl ConsumerLimits {
             buckets: Mutex::new(HashMap::new()),
             daily_quota: settings.consumer_daily_quota,
             used: Mutex::new(HashMap::new()),
+            share: Share::default(),
         }
+    }
+
+    /// These limits held at this broker's share of them.
+    pub fn shared(mut self, share: &Share) -> Self {
+        self.share = share.clone();
+        self
     }
 
     /// Counts one lookup against `consumer`'s quota for `today`, or says
@@ -202,13 +250,15 @@ impl ConsumerLimits {
         let Some(quota) = self.daily_quota else {
             return Ok(());
         };
+        // This broker's share; the refusal names the organisation's quota.
+        let share = self.share.of_count(quota);
         let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
         let (day, count) = used.entry(consumer).or_insert((today, 0));
         if *day != today {
             *day = today;
             *count = 0;
         }
-        if *count >= quota {
+        if *count >= share {
             return Err(quota);
         }
         *count += 1;
@@ -225,22 +275,25 @@ impl ConsumerLimits {
     /// are never there: the wait is then a full bucket's.
     pub fn admit_many(&self, org: Kbo, n: usize, now: Instant) -> Result<(), Duration> {
         let Some(rate) = self.rate else { return Ok(()) };
+        // This broker's share of the rate and of the burst (a burst of at
+        // least one call of `n`, as unshared).
+        let (rate, burst) = (self.share.of(rate), self.share.of(self.burst).max(1.0));
         let n = n as f64;
         let consumer = org;
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let b = buckets.entry(consumer).or_insert(Bucket {
-            tokens: self.burst,
+            tokens: burst,
             last: now,
         });
         b.tokens =
-            (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(self.burst);
+            (b.tokens + now.saturating_duration_since(b.last).as_secs_f64() * rate).min(burst);
         b.last = now;
         if b.tokens >= n {
             b.tokens -= n;
             Ok(())
         } else {
             Err(Duration::from_secs_f64(
-                (n.min(self.burst) - b.tokens).max(0.0) / rate,
+                (n.min(burst) - b.tokens).max(0.0) / rate,
             ))
         }
     }
@@ -322,6 +375,13 @@ pub struct CallSlot {
 }
 
 impl CallLimits {
+    /// These limits' rate held at this broker's share of it (the calls in
+    /// flight are this broker's own work, not shared).
+    pub fn shared(mut self, share: &Share) -> Self {
+        self.rate.share = share.clone();
+        self
+    }
+
     pub fn new(settings: &LimitSettings) -> Self {
         let rate = settings.calls_per_second.max(0.01);
         CallLimits {
@@ -331,6 +391,7 @@ impl CallLimits {
                 buckets: Mutex::new(HashMap::new()),
                 daily_quota: None,
                 used: Mutex::new(HashMap::new()),
+                share: Share::default(),
             },
             in_flight: settings.calls_in_flight.max(1),
             slots: Mutex::new(HashMap::new()),
@@ -470,6 +531,59 @@ mod tests {
 
     fn kbo() -> Kbo {
         Kbo::parse("0212345668").expect("kbo")
+    }
+
+    #[test]
+    fn with_two_brokers_each_holds_half_of_every_limit() {
+        let share = Share::default();
+        let settings = LimitSettings {
+            consumer_rate: Some(10.0),
+            consumer_burst: 10.0,
+            consumer_daily_quota: Some(7),
+            distinct_checks_per_citizen: 4,
+            ..Default::default()
+        };
+        let limits = ConsumerLimits::new(&settings).shared(&share);
+        share.set_brokers(2);
+        let now = Instant::now();
+        let admitted = (0..20).filter(|_| limits.admit(kbo(), now).is_ok()).count();
+        assert_eq!(admitted, 5, "half the burst");
+        // Half the rate: one token per 200 ms.
+        assert!(
+            limits
+                .admit(kbo(), now + Duration::from_millis(150))
+                .is_err()
+        );
+        assert!(
+            limits
+                .admit(kbo(), now + Duration::from_millis(250))
+                .is_ok()
+        );
+        let today = time::macros::date!(2026 - 01 - 05);
+        let quota = (0..10)
+            .filter(|_| limits.take_quota(kbo(), today).is_ok())
+            .count();
+        assert_eq!(quota, 3, "half the daily quota, rounded down");
+        assert_eq!(
+            limits.take_quota(kbo(), today),
+            Err(7),
+            "the refusal names the organisation's quota"
+        );
+        // One broker again (the other died): the whole limit.
+        share.set_brokers(1);
+        assert_eq!(share.brokers(), 1);
+        let questions = QuestionLimiter::new(&settings).shared(&share);
+        share.set_brokers(5);
+        assert_eq!(
+            questions.per_key(),
+            4,
+            "the refusal names the organisation's budget"
+        );
+        assert_eq!(
+            share.of_count(4),
+            1,
+            "each broker allows one question at least"
+        );
     }
 
     #[test]
@@ -619,6 +733,8 @@ mod tests {
 /// question is in the audit log whatever this allows.
 pub struct QuestionLimiter {
     per_key: usize,
+    /// This broker's share of `per_key`.
+    share: Share,
     hasher: std::collections::hash_map::RandomState,
     asked: Mutex<AskedToday>,
 }
@@ -635,9 +751,17 @@ impl QuestionLimiter {
     pub fn new(settings: &LimitSettings) -> Self {
         QuestionLimiter {
             per_key: settings.distinct_checks_per_citizen.max(1),
+            share: Share::default(),
             hasher: std::collections::hash_map::RandomState::new(),
             asked: Mutex::new((None, HashMap::new())),
         }
+    }
+
+    /// This budget held at this broker's share of it: with more brokers
+    /// than distinct checks, each still allows one.
+    pub fn shared(mut self, share: &Share) -> Self {
+        self.share = share.clone();
+        self
     }
 
     fn hash(&self, parts: impl std::hash::Hash) -> u64 {
@@ -657,6 +781,7 @@ impl QuestionLimiter {
         if questions.is_empty() {
             return Ok(());
         }
+        let per_key = self.share.of_count(self.per_key as u64) as usize;
         let mut asked = self.asked.lock().unwrap_or_else(|p| p.into_inner());
         let (day, map) = &mut *asked;
         if *day != Some(today) {
@@ -680,7 +805,7 @@ impl QuestionLimiter {
             if known.contains(question) || new.contains(question) {
                 continue;
             }
-            if known.len() + new.len() >= self.per_key
+            if known.len() + new.len() >= per_key
                 || (!map.contains_key(key) && map.len() >= QUESTION_KEYS)
             {
                 return Err(q.field.clone());
@@ -693,6 +818,8 @@ impl QuestionLimiter {
         Ok(())
     }
 
+    /// Different questions per consumer, citizen and field a day, across
+    /// the brokers (each holds its share of it).
     pub fn per_key(&self) -> usize {
         self.per_key
     }

@@ -120,6 +120,12 @@ pub struct Metrics {
     pub grpc_calls_refused: Family<RefusedConnectionLabels, Counter>,
     /// `grpc.health.v1.Health/Watch` streams open.
     pub grpc_health_watches: Gauge,
+    /// 1 while changes queued through other brokers wake this broker's
+    /// subscriptions (its PostgreSQL listener is up); 0 while they poll.
+    pub mutations_listener_up: Gauge,
+    /// Brokers alive on the store, this one included: each holds its
+    /// share (1/n) of every organisation's limits.
+    pub live_brokers: Gauge,
     /// The persons directory in memory, whose counters each scrape reads.
     persons: std::sync::OnceLock<semel_storage::CachedPersons>,
 }
@@ -307,7 +313,22 @@ impl Default for Metrics {
             "grpc.health.v1.Health/Watch streams open now",
             grpc_health_watches.clone(),
         );
+        let mutations_listener_up = Gauge::default();
+        registry.register(
+            "mutations_listener_up",
+            "1 while changes published through other brokers wake this broker's subscriptions at once (PostgreSQL LISTEN); 0 while they are found by polling (mutations.fallback_poll_ms)",
+            mutations_listener_up.clone(),
+        );
+        let live_brokers = Gauge::default();
+        registry.register(
+            "live_brokers",
+            "Brokers alive on this broker's store, itself included; each holds its share (1/n) of every organisation's limits",
+            live_brokers.clone(),
+        );
+        live_brokers.set(1);
         Metrics {
+            mutations_listener_up,
+            live_brokers,
             grpc_connections,
             grpc_connections_refused,
             grpc_calls_refused,

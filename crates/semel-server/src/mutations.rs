@@ -57,9 +57,34 @@ const MAX_SUBSCRIPTIONS: usize = 4;
 /// each may wait 30 seconds and reads the queue at every change, so more
 /// would only hold the broker's connections and store for the same changes.
 const MAX_PULLS: usize = 4;
-/// How often a subscription looks at its queue without being woken: the
-/// bound on how late a change published through another broker arrives.
-const POLL: Duration = Duration::from_millis(250);
+/// How often a waiting subscription or pull checks its caller again (a
+/// suspension, a revoked certificate, an expired token end it), in memory,
+/// without reading its queue.
+const RECHECK: Duration = Duration::from_millis(250);
+
+/// Waits until the caller's credentials no longer pass (checked every
+/// [`RECHECK`], in memory); for ever while they do.
+async fn until_refused(broker: &Broker, credentials: &Held) {
+    loop {
+        tokio::time::sleep(RECHECK).await;
+        if broker.authorize_parts(&credentials.parts()).is_err() {
+            return;
+        }
+    }
+}
+
+/// Waits for the fallback poll, while this broker cannot hear changes
+/// queued through other brokers; for ever (until woken) while it can.
+async fn fallback_poll(broker: &Broker) {
+    if broker
+        .mutations_heard
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        std::future::pending::<()>().await
+    } else {
+        tokio::time::sleep(broker.mutation_settings().fallback_poll).await
+    }
+}
 
 pub struct MutationService {
     broker: Arc<Broker>,
@@ -1188,10 +1213,15 @@ impl proto::mutation_service_server::MutationService for MutationService {
                 if read_any {
                     continue;
                 }
+                // Until a change is queued (through any broker), the
+                // broker closes, the fallback poll (while other brokers'
+                // changes cannot be heard), or the caller no longer passes
+                // (the next round refuses it).
                 tokio::select! {
                     _ = woken.changed() => {}
                     _ = closing.changed() => {}
-                    _ = tokio::time::sleep(POLL) => {}
+                    _ = fallback_poll(&broker) => {}
+                    _ = until_refused(&broker, &credentials) => {}
                     _ = tx.closed() => return,
                 }
             }
@@ -1309,7 +1339,8 @@ impl proto::mutation_service_server::MutationService for MutationService {
             }
             tokio::select! {
                 _ = woken.changed() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = fallback_poll(broker) => {}
+                _ = until_refused(broker, &credentials) => {}
                 _ = tokio::time::sleep_until(deadline) => {}
                 _ = closing.changed() => {}
             }

@@ -303,6 +303,11 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
         .into_iter()
         .chain(watching)
         .chain(opened.persons_feed)
+        .chain(
+            opened
+                .cluster
+                .map(|cluster| crate::stores::follow_cluster(broker.clone(), cluster)),
+        )
         .chain(std::iter::once(broker.expire_mutations()))
         .collect();
     let reloader = Reloader::new(files, broker.clone(), tls);

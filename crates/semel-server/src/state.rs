@@ -95,12 +95,21 @@ pub struct SourceSettings {
 pub struct MutationSettings {
     /// How long a change not acknowledged is kept.
     pub retention: Duration,
+    /// How often a subscription or a pull reads its queue without being
+    /// woken, while this broker cannot hear other brokers' changes (its
+    /// PostgreSQL listener is down, or the store has none): the bound on
+    /// how late a change published through another broker arrives then.
+    pub fallback_poll: Duration,
 }
+
+/// The fallback poll when none is configured.
+pub const DEFAULT_MUTATIONS_POLL: Duration = Duration::from_millis(250);
 
 impl Default for MutationSettings {
     fn default() -> Self {
         MutationSettings {
             retention: Duration::from_secs(168 * 3600),
+            fallback_poll: DEFAULT_MUTATIONS_POLL,
         }
     }
 }
@@ -223,9 +232,21 @@ pub struct Broker {
     audit_unavailable_said: std::sync::atomic::AtomicBool,
     pub metrics: Arc<crate::metrics::Metrics>,
     tokens: ArcSwap<TokenVerifier>,
-    /// Moves on at every change this broker queues for consumers: wakes
-    /// its subscriptions (those of other brokers poll the store).
+    /// Moves on at every change this broker queues for consumers, and at
+    /// every change another broker queues while this one listens for them
+    /// (PostgreSQL's NOTIFY, [`crate::stores::follow_cluster`]): wakes its
+    /// subscriptions and pulls.
     pub(crate) mutations_queued: tokio::sync::watch::Sender<u64>,
+    /// Whether changes queued through other brokers wake this one's
+    /// subscriptions (its listener is up); while not, they poll every
+    /// `MutationSettings::fallback_poll`.
+    pub(crate) mutations_heard: std::sync::atomic::AtomicBool,
+    /// Set by `semel bench-mutations --second-broker-polls` only: changes
+    /// queued through other brokers are left to the fallback poll, as
+    /// before brokers listened for them, to measure the difference.
+    pub(crate) deaf_to_other_brokers: std::sync::atomic::AtomicBool,
+    /// This broker's share of every organisation's limits.
+    pub limit_share: crate::limits::Share,
     /// Set when the broker begins to shut down: subscriptions end (their
     /// consumers resume from their last acknowledgement elsewhere), so
     /// the server's drain does not wait on streams that never end.
@@ -274,13 +295,14 @@ impl Broker {
         sources: SourceSettings,
         tokens: TokenVerifier,
     ) -> anyhow::Result<Arc<Self>> {
-        let consumer_limits = ConsumerLimits::new(&sources.limits);
-        let publication_limits = ConsumerLimits::publications(&sources.limits);
-        let questions = QuestionLimiter::new(&sources.limits);
+        let limit_share = crate::limits::Share::default();
+        let consumer_limits = ConsumerLimits::new(&sources.limits).shared(&limit_share);
+        let publication_limits = ConsumerLimits::publications(&sources.limits).shared(&limit_share);
+        let questions = QuestionLimiter::new(&sources.limits).shared(&limit_share);
         let refusals = RefusalBudget::new(&sources.limits);
         let audit_calls = crate::limits::AuditCalls::new(&sources.limits);
-        let audit_summaries = ConsumerLimits::audit_summaries(&sources.limits);
-        let calls = CallLimits::new(&sources.limits);
+        let audit_summaries = ConsumerLimits::audit_summaries(&sources.limits).shared(&limit_share);
+        let calls = CallLimits::new(&sources.limits).shared(&limit_share);
         let broker = Arc::new(Broker {
             storage,
             snapshot: ArcSwap::from_pointee(Snapshot::default()),
@@ -302,6 +324,9 @@ impl Broker {
             metrics: Arc::default(),
             tokens: ArcSwap::from_pointee(tokens),
             mutations_queued: tokio::sync::watch::Sender::new(0),
+            mutations_heard: std::sync::atomic::AtomicBool::new(false),
+            deaf_to_other_brokers: std::sync::atomic::AtomicBool::new(false),
+            limit_share,
             closing: tokio::sync::watch::Sender::new(false),
             subscriptions: std::sync::Mutex::default(),
             pulls: std::sync::Mutex::default(),

@@ -20,6 +20,10 @@ pub struct Opened {
     /// Registry changes made through other brokers (PostgreSQL): the broker
     /// follows them with [`follow_registry`].
     pub changes: Option<semel_postgres::RegistryWatch>,
+    /// The other brokers on the same database (PostgreSQL): the changes
+    /// they queue, and how many are alive; the broker follows them with
+    /// [`follow_cluster`].
+    pub cluster: Option<semel_postgres::Cluster>,
     /// The embedded store itself, when it is the store.
     pub embedded: Option<Arc<semel_store::Store>>,
     /// The task following the persons directory's change feed
@@ -55,6 +59,7 @@ pub async fn open_embedded(
     Ok(Opened {
         storage,
         changes: None,
+        cluster: None,
         embedded: Some(store),
         persons_feed: None,
         persons,
@@ -129,6 +134,10 @@ pub async fn open_postgresql(
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
         .await
         .context("follow the PostgreSQL store's registry changes")?;
+    let broker_id = format!("{}-{}", std::process::id(), crate::state::new_id());
+    let cluster = semel_postgres::Cluster::start(url, &broker_id, Default::default())
+        .await
+        .context("listen for the changes other brokers queue (PostgreSQL store)")?;
     let persons = cached(Arc::new(persons));
     let persons_feed = tokio::spawn(persons.clone().follow(persons_poll, persons_poll * 5));
     Ok(Opened {
@@ -139,6 +148,7 @@ pub async fn open_postgresql(
             mutations: Arc::new(mutations),
         },
         changes: Some(changes),
+        cluster: Some(cluster),
         embedded: None,
         persons_feed: Some(persons_feed),
         persons,
@@ -302,6 +312,73 @@ fn unreachable(e: &anyhow::Error) -> bool {
             // No server answer at all: an I/O error, a timeout, a closed
             // connection.
             None => true,
+        }
+    })
+}
+
+/// Follows the other brokers on the database, until aborted: a change
+/// they queue wakes this broker's subscriptions and pulls; while its
+/// listener is down they poll instead (and say so); and this broker holds
+/// its share of every organisation's limits, by the brokers alive.
+pub fn follow_cluster(
+    broker: Arc<Broker>,
+    cluster: semel_postgres::Cluster,
+) -> tokio::task::JoinHandle<()> {
+    use std::sync::atomic::Ordering;
+    tokio::spawn(async move {
+        let mut wakes = cluster.wakes();
+        let mut listening = cluster.listening();
+        let mut live = cluster.live();
+        let poll = broker.mutation_settings().fallback_poll;
+        let deaf = || broker.deaf_to_other_brokers.load(Ordering::Relaxed);
+        let heard = |up: bool| {
+            let up = up && !deaf();
+            broker.mutations_heard.store(up, Ordering::Release);
+            broker.metrics.mutations_listener_up.set(i64::from(up));
+            if !up {
+                tracing::warn!(
+                    poll_ms = poll.as_millis() as u64,
+                    "changes published through other brokers are found by polling until the mutation listener is back"
+                );
+            }
+            // Waiters read their queue again and take up (or drop) the poll.
+            broker
+                .mutations_queued
+                .send_modify(|n| *n = n.wrapping_add(1));
+        };
+        let alive = |n: usize| {
+            tracing::info!(
+                brokers = n,
+                "brokers alive on the store: each organisation's limits are shared among them"
+            );
+            broker.limit_share.set_brokers(n);
+            broker.metrics.live_brokers.set(n as i64);
+        };
+        heard(*listening.borrow_and_update());
+        alive(*live.borrow_and_update());
+        loop {
+            tokio::select! {
+                r = wakes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    if !deaf() {
+                        broker.mutations_queued.send_modify(|n| *n = n.wrapping_add(1));
+                    }
+                }
+                r = listening.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    heard(*listening.borrow_and_update());
+                }
+                r = live.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    alive(*live.borrow_and_update());
+                }
+            }
         }
     })
 }

@@ -33,7 +33,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     pub refused_percent: u64,
     /// Which targets, in order: direct, null, semel, semel-http (Semel's HTTP/JSON face, one
-    /// HTTP/1.1 connection per worker), semel-pg (Semel on PostgreSQL, with --store).
+    /// HTTP/1.1 connection per worker), semel-pg (Semel on PostgreSQL, with --store), semel-pg2
+    /// (two brokers on that database, the connections spread over both).
     #[arg(
         long,
         value_delimiter = ',',
@@ -95,7 +96,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "semel" => Ok(Target::Semel),
             "semel-http" => Ok(Target::SemelHttp),
             "semel-pg" => Ok(Target::SemelPostgres),
-            other => anyhow::bail!("unknown target {other}; use direct, null, semel or semel-pg"),
+            "semel-pg2" => Ok(Target::SemelPostgresTwo),
+            other => anyhow::bail!(
+                "unknown target {other}; use direct, null, semel, semel-http, semel-pg or semel-pg2"
+            ),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut targets = targets;
@@ -103,8 +107,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         targets.push(Target::SemelPostgres);
     }
     anyhow::ensure!(
-        args.store.is_some() || !targets.contains(&Target::SemelPostgres),
-        "the target semel-pg needs --store postgresql://…"
+        args.store.is_some()
+            || !(targets.contains(&Target::SemelPostgres)
+                || targets.contains(&Target::SemelPostgresTwo)),
+        "the targets semel-pg and semel-pg2 need --store postgresql://…"
     );
     let (dir, temporary) = match &args.data_dir {
         Some(d) => (d.clone(), false),
@@ -522,6 +528,14 @@ pub struct BenchMutationsArgs {
     /// default: as fast as the broker answers (closed loop: the most it takes).
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Subscribe through a second broker on the same database (PostgreSQL only): the
+    /// latency of a change published through one broker and delivered through another.
+    #[arg(long, requires = "store")]
+    pub second_broker: bool,
+    /// With --second-broker: that broker finds the changes by polling (every 250 ms)
+    /// instead of being notified, as brokers did before they listened (the baseline).
+    #[arg(long, requires = "second_broker")]
+    pub second_broker_polls: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
@@ -547,6 +561,8 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
             postgresql: args.store.clone(),
             data_dir: dir.clone(),
             rate: args.rate,
+            second_broker: args.second_broker,
+            second_broker_polls: args.second_broker_polls,
         })
         .await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -555,8 +571,9 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
-            "store {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call{} · {:.1} s",
+            "store {} · subscribed through {} · {} consumers with a file on each of {} people · {} publishers × {} changes per call{} · {:.1} s",
             r.store,
+            r.subscribed_through,
             r.consumers,
             r.population,
             r.publishers,
