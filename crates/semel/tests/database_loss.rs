@@ -183,16 +183,13 @@ fn admin(url: &str) -> (String, String) {
 }
 
 async fn sql(url: &str, statement: &str) {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+    let client = semel_postgres::testing::connect(url)
         .await
-        .expect("connect as the database's administrator");
-    let task = tokio::spawn(connection);
+        .unwrap_or_else(|e| panic!("connect as the database's administrator: {e}"));
     client
         .batch_execute(statement)
         .await
         .unwrap_or_else(|e| panic!("{statement}: {e}"));
-    drop(client);
-    task.abort();
 }
 
 fn free_port_pair() -> u16 {

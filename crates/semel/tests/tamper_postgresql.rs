@@ -101,14 +101,6 @@ fn verify(url: &str, key: &str) -> (i32, String) {
     )
 }
 
-async fn sql(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_administrator_cannot_hide_alter_or_cut_entries_unnoticed() {
     let Some(db) = TestDatabase::start("tamperpg").await else {
@@ -165,7 +157,9 @@ async fn a_database_administrator_cannot_hide_alter_or_cut_entries_unnoticed() {
     {}
     let n = pg.size().await.expect("size") as i64;
     assert!(n >= 12, "{n} entries");
-    let db_sql = sql(&db.url).await;
+    let db_sql = semel_postgres::testing::connect(&db.url)
+        .await
+        .expect("connect");
 
     let (code, out) = verify(&db.url, &verifier_key);
     assert_eq!(code, 0, "the untouched log verifies: {out}");
