@@ -128,20 +128,23 @@ async fn a_file_written_by_sql_grants_nothing() {
         "a file whose end was removed by SQL opened a lookup"
     );
 
-    // 4. A genuine file whose audit entry was rewritten.
-    let rewritten = person(&t, 4);
-    t.open_file(BRUXELLES_CPAS, &rewritten, "RIS_APPLICANT")
+    // 4. A genuine file pointed at another genuine entry (the audit log
+    //    itself untouched: an entry rewritten is the log's own defences'
+    //    to catch, see audit_integrity.rs).
+    let repointed = person(&t, 4);
+    t.open_file(BRUXELLES_CPAS, &repointed, "RIS_APPLICANT")
         .await;
     db.sql(&format!(
-        "UPDATE audit_entries SET encoding = encoding || '\\x00'::bytea \
-         WHERE sequence = (SELECT audit_sequence FROM person_files \
-                           WHERE consumer = '{kbo}' AND citizen = '{rewritten}')"
+        "UPDATE person_files AS r SET audit_sequence = g.audit_sequence, audit_hash = g.audit_hash \
+         FROM person_files AS g \
+         WHERE r.consumer = '{kbo}' AND r.citizen = '{repointed}' \
+           AND g.consumer = '{kbo}' AND g.citizen = '{genuine}'"
     ))
     .await
-    .expect("rewrite the entry");
+    .expect("point the file at another entry");
     assert!(
-        !passes_file_check(&t, &rewritten).await,
-        "a file whose audit entry was rewritten opened a lookup"
+        !passes_file_check(&t, &repointed).await,
+        "a file pointed at another file's audit entry opened a lookup"
     );
 
     // The genuine file still opens lookups, and the broker counted what it
