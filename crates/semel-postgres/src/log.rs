@@ -122,6 +122,9 @@ async fn integrate_loop(
             }
             e => e,
         };
+        if let Some(head) = audit.seen_head() {
+            counters.confirmed_tree.fetch_max(head.size, Relaxed);
+        }
         drop(audit);
         if let Err(e) = outcome {
             let integrity = matches!(e, PgError::Integrity(_));
@@ -173,6 +176,10 @@ struct Counters {
     /// it has read covers yet: once covered, each must be a leaf with that
     /// hash, whichever broker integrated it.
     own: std::sync::Mutex<Vec<(u64, Hash)>>,
+    /// The newest tree size this broker's integrator saw confirmed
+    /// replicated: checkpoints above it are not shown (to auditors, to
+    /// witnesses) yet, since a failover may forget them.
+    confirmed_tree: AtomicU64,
 }
 
 impl Counters {
@@ -644,14 +651,16 @@ impl AuditStore for PgAuditLog {
     }
 
     async fn latest_checkpoint(&self) -> Result<Option<SignedCheckpoint>, StorageError> {
-        match self.reader().await?.latest_checkpoint().await? {
+        let confirmed = self.counters.confirmed_tree.load(Relaxed);
+        match self.reader().await?.latest_checkpoint(confirmed).await? {
             Some(note) => Ok(Some(crate::query::signed(note)?)),
             None => Ok(None),
         }
     }
 
     async fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, StorageError> {
-        Ok(self.reader().await?.checkpoints().await?)
+        let confirmed = self.counters.confirmed_tree.load(Relaxed);
+        Ok(self.reader().await?.checkpoints(confirmed).await?)
     }
 
     async fn set_cosigned(&self, note: &str) -> Result<(), StorageError> {
@@ -733,6 +742,9 @@ impl AuditStore for PgAuditLog {
                     );
                     if let Err(e) = integrator.check_own(&mut own).await {
                         report(&self.counters, e);
+                    }
+                    if let Some(head) = integrator.seen_head() {
+                        self.counters.confirmed_tree.fetch_max(head.size, Relaxed);
                     }
                     tracing::info!(size = head.size, "last audit checkpoint signed");
                     return Ok(());

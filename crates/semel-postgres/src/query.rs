@@ -133,12 +133,16 @@ impl PgAudit {
         }
     }
 
-    /// Every signed checkpoint, oldest first.
-    pub async fn checkpoints(&self) -> Result<Vec<SignedCheckpoint>, PgError> {
+    /// The signed checkpoints of at most `size` entries (the newest tree
+    /// size confirmed replicated), oldest first.
+    pub async fn checkpoints(&self, size: u64) -> Result<Vec<SignedCheckpoint>, PgError> {
         let rows = self
             .conn
             .client
-            .query("SELECT note FROM audit_checkpoints ORDER BY size", &[])
+            .query(
+                "SELECT note FROM audit_checkpoints WHERE size <= $1 ORDER BY size",
+                &[&(size.min(i64::MAX as u64) as i64)],
+            )
             .await?;
         rows.into_iter().map(|r| signed(r.get(0))).collect()
     }

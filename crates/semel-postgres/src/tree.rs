@@ -191,12 +191,15 @@ fn check_row(row: &Row, expected: u64, previous: &Hash) -> Result<Hash, PgError>
     Ok(entry_hash(&row.encoding))
 }
 
-/// Checks a tree head and a checkpoint read from the database against
-/// the newest this broker signed or saw: neither may be smaller, and
-/// one of the same size must have the same root. The newest then
-/// becomes what is remembered.
-fn observe(remembered: &mut Option<TreeHead>, head: TreeHead, what: &str) -> Result<(), PgError> {
-    if let Some(seen) = *remembered {
+/// Checks a tree head or a checkpoint read from the database against
+/// the newest this broker signed or saw confirmed: neither may be
+/// smaller, and one of the same size must have the same root. What is
+/// read is remembered only once a transaction that waited for the
+/// synchronous standby confirms it (see [`PgAudit::integrate`]): a tree
+/// committed on the primary but never replicated is forgotten with it
+/// on a failover, and must not be held against the promoted database.
+fn check_against(remembered: Option<TreeHead>, head: TreeHead, what: &str) -> Result<(), PgError> {
+    if let Some(seen) = remembered {
         if head.size < seen.size {
             return Err(PgError::Integrity(format!(
                 "the {what} holds {} entries, fewer than the {} this broker signed or saw: \
@@ -211,12 +214,17 @@ fn observe(remembered: &mut Option<TreeHead>, head: TreeHead, what: &str) -> Res
                 head.size
             )));
         }
-        if head.size == seen.size {
-            return Ok(());
-        }
     }
-    *remembered = Some(head);
     Ok(())
+}
+
+/// The newer of what is remembered and `head` (checked by
+/// [`check_against`] first).
+fn newest(remembered: Option<TreeHead>, head: TreeHead) -> Option<TreeHead> {
+    match remembered {
+        Some(seen) if seen.size >= head.size => Some(seen),
+        _ => Some(head),
+    }
 }
 
 /// The settings that bound one integration transaction (see
@@ -361,11 +369,20 @@ impl PgAudit {
 
     /// Checks entries this broker committed against the tree once it
     /// covers them: each must be there with the hash it was committed
-    /// with. Returns the tree head read (checked as [`observe`]
-    /// does); `own` keeps the entries the tree does not cover yet.
+    /// with. Returns the tree head read (checked against the newest
+    /// remembered, see [`check_against`]); `own` keeps the entries the
+    /// tree does not cover yet. The head is read by a transaction that
+    /// rewrites the tree's state row as it is, so that its commit waits
+    /// for the synchronous standby: the head is remembered only when the
+    /// server confirms it replicated (WAL is replayed in order, so the
+    /// standby then holds the tree read too).
     pub async fn check_own(&mut self, own: &mut Vec<(u64, Hash)>) -> Result<TreeHead, PgError> {
-        let head = self.tree_head().await?;
-        observe(&mut self.seen, head, "tree")?;
+        let head = self.confirmed_tree_head().await?;
+        check_against(self.seen, head.0, "tree")?;
+        if head.1 {
+            self.seen = newest(self.seen, head.0);
+        }
+        let head = head.0;
         let covered: Vec<(u64, Hash)> = own
             .iter()
             .copied()
@@ -425,6 +442,36 @@ impl PgAudit {
         Ok(Nodes(map))
     }
 
+    /// The tree's integrated size and root, read in a transaction whose
+    /// commit waits for the synchronous standby, and whether the server
+    /// confirmed that commit replicated (no "canceling wait" warning).
+    async fn confirmed_tree_head(&mut self) -> Result<(TreeHead, bool), PgError> {
+        self.conn.client().await?;
+        let notices = self.conn.unreplicated();
+        let result = async {
+            let tx = self.conn.client.transaction().await?;
+            let row = tx
+                .query_one(
+                    "UPDATE audit_tree_state SET size = size WHERE id = 0 RETURNING size, root",
+                    &[],
+                )
+                .await?;
+            tx.commit().await?;
+            Ok::<_, PgError>(TreeHead {
+                size: to_u64(row.get(0), "the tree size")?,
+                root: hash_of(row.get(1), "the tree root")?,
+            })
+        }
+        .await;
+        match result {
+            Ok(head) => Ok((head, self.conn.unreplicated() == notices)),
+            Err(e) => {
+                self.conn.suspect = true;
+                Err(e)
+            }
+        }
+    }
+
     /// The tree's integrated size and root.
     pub async fn tree_head(&self) -> Result<TreeHead, PgError> {
         let row = self
@@ -468,6 +515,24 @@ impl PgAudit {
         result
     }
 
+    /// What a round commits is remembered (and its checkpoint returned,
+    /// to be shown and given to witnesses) only when the server confirms
+    /// the commit replicated: a round whose wait for the synchronous
+    /// standby was cancelled committed on the primary alone, and a
+    /// failover forgets it with the entries it covered, which are then
+    /// sequenced again. `NotReplicated` says so; the next round, once the
+    /// standby answers again, confirms the tree as it then stands.
+    fn confirmed(&mut self, notices: u64, head: TreeHead, what: &str) -> Result<(), PgError> {
+        if self.conn.unreplicated() != notices {
+            return Err(PgError::NotReplicated(format!(
+                "the audit {what} at size {} is committed but PostgreSQL does not confirm it reached the synchronous standby: it is not signed out or remembered until a later round confirms it",
+                head.size
+            )));
+        }
+        self.seen = newest(self.seen, head);
+        Ok(())
+    }
+
     async fn integrate_round(
         &mut self,
         max_entries: u64,
@@ -475,7 +540,9 @@ impl PgAudit {
         known: &[(u64, Hash)],
     ) -> Result<Integrated, PgError> {
         let limit = self.integration_limit;
-        let tx = self.conn.client().await?.transaction().await?;
+        self.conn.client().await?;
+        let notices = self.conn.unreplicated();
+        let tx = self.conn.client.transaction().await?;
         if let Some(every) = limit {
             // For this transaction only: whoever holds the lock and stops
             // answering loses it (see `set_integration_limits`).
@@ -545,14 +612,14 @@ impl PgAudit {
                 "the tree's stored root at size {from} is not the one its nodes give"
             )));
         }
-        observe(&mut self.seen, start, "tree")?;
+        check_against(self.seen, start, "tree")?;
         if last.is_none() && from > 0 {
             return Err(PgError::Integrity(format!(
                 "the tree holds {from} entries but no checkpoint is kept: the checkpoints were deleted"
             )));
         }
         if let Some(last) = last {
-            observe(&mut self.seen, last, "newest checkpoint")?;
+            check_against(self.seen, last, "newest checkpoint")?;
             if last.size < from {
                 return Err(PgError::Integrity(format!(
                     "the tree holds {from} entries but the newest checkpoint {}: \
@@ -632,7 +699,12 @@ impl PgAudit {
         let root = nodes.combine(&peaks(size))?;
         let head = TreeHead { size, root };
         if size == from {
+            // Written as it is, so that the commit waits for the standby
+            // and confirms the tree read (see `confirmed`).
+            tx.execute("UPDATE audit_tree_state SET size = size WHERE id = 0", &[])
+                .await?;
             tx.commit().await?;
+            self.confirmed(notices, head, "tree")?;
             return Ok(Integrated::Done {
                 head,
                 checkpoint: None,
@@ -669,7 +741,7 @@ impl PgAudit {
         )
         .await?;
         tx.commit().await?;
-        self.seen = Some(head);
+        self.confirmed(notices, head, "checkpoint")?;
         self.last_leaf = Some((size - 1, previous));
         Ok(Integrated::Done {
             head,
@@ -686,14 +758,15 @@ impl PgAudit {
             .combine(&parts)
     }
 
-    /// The latest signed checkpoint's note, if any.
-    pub async fn latest_checkpoint(&self) -> Result<Option<String>, PgError> {
+    /// The latest signed checkpoint's note of at most `size` entries (the
+    /// newest tree size confirmed replicated), if any.
+    pub async fn latest_checkpoint(&self, size: u64) -> Result<Option<String>, PgError> {
         Ok(self
             .conn
             .client
             .query_opt(
-                "SELECT note FROM audit_checkpoints ORDER BY size DESC LIMIT 1",
-                &[],
+                "SELECT note FROM audit_checkpoints WHERE size <= $1 ORDER BY size DESC LIMIT 1",
+                &[&(size.min(i64::MAX as u64) as i64)],
             )
             .await?
             .map(|r| r.get(0)))

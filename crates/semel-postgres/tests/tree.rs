@@ -89,7 +89,13 @@ async fn brokers_integrating_at_once_build_one_tree_with_verifiable_checkpoints_
     let verifier = NoteVerifier::parse(&signer().verifier_key()).expect("key");
     assert!(notes.len() > 3, "{} checkpoints", notes.len());
     let latest = verifier
-        .verify(&audit.latest_checkpoint().await.expect("read").expect("one"))
+        .verify(
+            &audit
+                .latest_checkpoint(u64::MAX)
+                .await
+                .expect("read")
+                .expect("one"),
+        )
         .expect("the latest verifies");
     assert_eq!(latest.size, size);
     for note in &notes {
@@ -168,7 +174,13 @@ async fn a_tree_that_no_longer_gives_the_signed_root_is_never_signed_over() {
     // Nothing was signed, and the failed round left the tree where it was.
     let latest = NoteVerifier::parse(&signer().verifier_key())
         .expect("key")
-        .verify(&audit.latest_checkpoint().await.expect("read").expect("one"))
+        .verify(
+            &audit
+                .latest_checkpoint(u64::MAX)
+                .await
+                .expect("read")
+                .expect("one"),
+        )
         .expect("verifies");
     assert_eq!(latest.size, 5);
     assert_eq!(audit.tree_head().await.expect("head").size, 5);

@@ -294,7 +294,7 @@ async fn two_brokers_on_postgresql_one_killed_under_load() {
     let verifier =
         semel_core::checkpoint::NoteVerifier::parse(&signer.verifier_key()).expect("verifier");
     let notes: Vec<String> = pg
-        .checkpoints()
+        .checkpoints(u64::MAX)
         .await
         .expect("checkpoints")
         .into_iter()

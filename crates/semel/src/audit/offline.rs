@@ -335,7 +335,10 @@ async fn write_database_export(
     let pg = semel_postgres::PgAudit::connect_read_only(&url)
         .await
         .context("connect to the PostgreSQL store")?;
-    let checkpoints = pg.checkpoints().await.context("read the checkpoints")?;
+    let checkpoints = pg
+        .checkpoints(u64::MAX)
+        .await
+        .context("read the checkpoints")?;
     // Entries up to the head as it is now; later ones wait for the next
     // export.
     let (size, _) = pg.head().await.context("read the log's head")?;
