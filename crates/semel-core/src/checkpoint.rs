@@ -166,6 +166,16 @@ impl NoteVerifier {
         &self.name
     }
 
+    /// The same public key under another name (another origin signed with
+    /// the same key: a log's earlier epoch).
+    pub fn renamed(&self, name: &str) -> NoteVerifier {
+        NoteVerifier {
+            name: name.to_owned(),
+            hash: key_hash(name, &self.key.to_bytes()),
+            key: self.key,
+        }
+    }
+
     /// Checks a signed note and returns its checkpoint. Signatures by other
     /// keys are ignored, as the signed-note format intends.
     pub fn verify(&self, note: &str) -> Result<Checkpoint, CheckpointError> {

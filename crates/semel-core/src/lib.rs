@@ -10,6 +10,7 @@ mod check;
 pub mod checkpoint;
 mod clock;
 mod decision;
+pub mod epoch;
 mod identity;
 mod kbo;
 pub mod keyfile;

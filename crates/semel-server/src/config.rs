@@ -1457,9 +1457,6 @@ impl Config {
         })
     }
 
-    /// The key that signs the log's checkpoints, created at its path if
-    /// missing. Brokers sharing a PostgreSQL store share this key (one log,
-    /// one identity).
     /// How old the oldest unsigned audit entry may grow before the broker
     /// reports NOT_SERVING.
     pub fn checkpoint_age_limit(&self) -> Duration {
@@ -1470,6 +1467,9 @@ impl Config {
         )
     }
 
+    /// The key that signs the log's checkpoints, created at its path if
+    /// missing. Brokers sharing a PostgreSQL store share this key (one log,
+    /// one identity).
     pub fn checkpoint_signer(&self) -> anyhow::Result<semel_core::checkpoint::NoteSigner> {
         let path = self.audit_signing_key();
         let key = semel_store::load_or_create_signing_key(&path)

@@ -410,6 +410,37 @@ pub async fn seed_files(
     Ok(())
 }
 
+/// Opens a new epoch of the audit log (see [`semel_core::epoch`]): its
+/// first entry, the operator's, states the previous origin's newest
+/// cosigned checkpoint and the entries lost. Only an empty log begins an
+/// epoch: the previous one is kept elsewhere, as evidence.
+pub async fn begin_epoch(
+    storage: &Storage,
+    operator: Kbo,
+    statement: &semel_core::epoch::EpochStatement,
+) -> anyhow::Result<u64> {
+    let (size, _) = storage.audit.head().await.context("read the log's head")?;
+    if size != 0 {
+        anyhow::bail!(
+            "the store's log holds {size} entries: a new epoch begins an empty log; keep this store as the previous epoch's evidence and point the configuration (data_dir, or store.url) at an empty one"
+        );
+    }
+    let mut record = crate::state::blank_record(
+        crate::state::new_id(),
+        semel_core::epoch::NEW_EPOCH_OPERATION,
+        operator,
+        None,
+    );
+    record.outcome = semel_core::Outcome::Answered;
+    record.detail = statement.to_detail();
+    let at = storage
+        .audit
+        .append(record)
+        .await
+        .context("record the new epoch's statement")?;
+    Ok(at.sequence)
+}
+
 /// Registers the operator organisation if it is missing.
 pub async fn ensure_operator(storage: &Storage, kbo: Kbo, name: &str) -> anyhow::Result<()> {
     if storage.registry.organisation(&kbo).await?.is_none() {

@@ -35,6 +35,19 @@ pub struct VerifyReport {
     /// Set for an excerpt (some entries, each proven by its inclusion
     /// proof in one signed checkpoint), not the whole log.
     pub excerpt: bool,
+    /// Where the log is a new epoch of an earlier one: the statement its
+    /// first entry makes (see [`semel_core::epoch`]), checked.
+    pub epoch: Option<EpochBoundary>,
+}
+
+/// The statement that opens a new epoch, as the verifier checked it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochBoundary {
+    pub statement: semel_core::epoch::EpochStatement,
+    /// Whether the previous checkpoint is signed by this log's key under
+    /// the previous origin (false: another key signed it; check it with
+    /// the previous verifier key).
+    pub same_key: bool,
 }
 
 /// What an auditor brings to a verification: checkpoints seen before (from
@@ -130,6 +143,8 @@ pub struct LogVerifier {
     expected: u64,
     previous: Hash,
     range: CompactRange,
+    key: NoteVerifier,
+    epoch: Option<EpochBoundary>,
 }
 
 impl LogVerifier {
@@ -189,6 +204,8 @@ impl LogVerifier {
             expected: 0,
             previous: ZERO_HASH,
             range: CompactRange::new(),
+            key: key.clone(),
+            epoch: None,
         })
     }
 
@@ -224,6 +241,9 @@ impl LogVerifier {
             });
         }
         self.check_reached()?;
+        if entry.record.operation == semel_core::epoch::NEW_EPOCH_OPERATION {
+            self.epoch = Some(self.epoch_boundary(&entry)?);
+        }
         let leaf = entry_hash(encoding);
         self.range.push(leaf);
         self.previous = leaf;
@@ -241,6 +261,36 @@ impl LogVerifier {
             self.next_checkpoint += 1;
         }
         Ok(entry)
+    }
+
+    /// Checks a new-epoch statement: only a log's first entry makes one,
+    /// about another origin, and it holds together (its note carries the
+    /// checkpoint it states; a note signed by this log's key verifies).
+    fn epoch_boundary(&self, entry: &AuditEntry) -> Result<EpochBoundary, VerifyFailure> {
+        let failure = |why: String| VerifyFailure::Entry {
+            sequence: entry.sequence,
+            why,
+        };
+        if entry.sequence != 0 {
+            return Err(failure(
+                "it states a new epoch, which only a log's first entry may: a log goes on under its origin or begins anew".into(),
+            ));
+        }
+        let statement = semel_core::epoch::EpochStatement::parse(&entry.record.detail)
+            .map_err(|e| failure(e.to_string()))?;
+        if statement.previous.origin == self.key.name() {
+            return Err(failure(format!(
+                "it states a new epoch after {}, this log's own origin: a new epoch has a new origin",
+                statement.previous.origin
+            )));
+        }
+        let same_key = statement
+            .signed_by_same_key(&self.key)
+            .map_err(|e| failure(e.to_string()))?;
+        Ok(EpochBoundary {
+            statement,
+            same_key,
+        })
     }
 
     fn check_reached(&mut self) -> Result<(), VerifyFailure> {
@@ -277,6 +327,7 @@ impl LogVerifier {
             root: self.range.root(),
             trusted: self.trusted,
             excerpt: false,
+            epoch: self.epoch,
         })
     }
 }
@@ -851,6 +902,7 @@ fn verify_excerpt(
         root: checkpoint.root,
         trusted: 0,
         excerpt: true,
+        epoch: None,
     })
 }
 
@@ -946,6 +998,84 @@ mod tampering {
     fn verify_lines(lines: &[Value]) -> Result<VerifyReport, VerifyFailure> {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
         verify_export(&mut text.as_bytes(), &key())
+    }
+
+    /// The encodings of `records`, chained from the start.
+    fn chained(records: Vec<semel_core::AuditRecord>) -> Vec<Vec<u8>> {
+        let mut previous = ZERO_HASH;
+        records
+            .into_iter()
+            .enumerate()
+            .map(|(i, record)| {
+                let bytes = AuditEntry {
+                    sequence: i as u64,
+                    previous_hash: previous,
+                    record,
+                    format: semel_core::FORMAT,
+                }
+                .to_bytes();
+                previous = entry_hash(&bytes);
+                bytes
+            })
+            .collect()
+    }
+
+    fn epoch_record(origin: &str, held: u64) -> semel_core::AuditRecord {
+        let note = NoteSigner::new(origin, ed25519_dalek::SigningKey::from_bytes(&[3; 32])).sign(
+            &Checkpoint {
+                origin: origin.into(),
+                size: 40,
+                root: [5; 32],
+            },
+        );
+        let mut r = record(0);
+        r.citizen = None;
+        r.operation = semel_core::epoch::NEW_EPOCH_OPERATION.into();
+        r.detail = semel_core::epoch::EpochStatement::new(&note, held)
+            .expect("statement")
+            .to_detail();
+        r
+    }
+
+    fn verify_encodings(encodings: &[Vec<u8>]) -> Result<VerifyReport, VerifyFailure> {
+        let mut v = LogVerifier::new(&[], &key())?;
+        for e in encodings {
+            v.push(e)?;
+        }
+        v.finish()
+    }
+
+    #[test]
+    fn a_new_epoch_is_stated_by_the_first_entry_only_and_about_another_origin() {
+        // The first entry: reported, with the previous checkpoint checked
+        // under this log's key.
+        let log = chained(vec![epoch_record("semel.test/audit/old", 31), record(1)]);
+        let report = verify_encodings(&log).expect("verifies");
+        let epoch = report.epoch.expect("an epoch");
+        assert_eq!(epoch.statement.lost(), 31..40);
+        assert!(epoch.same_key);
+        // Anywhere else: a failure, naming the entry.
+        let log = chained(vec![record(0), epoch_record("semel.test/audit/old", 31)]);
+        match verify_encodings(&log) {
+            Err(VerifyFailure::Entry { sequence: 1, why }) => {
+                assert!(why.contains("first entry"), "{why}")
+            }
+            other => panic!("an epoch statement in the middle of a log: {other:?}"),
+        }
+        // About this log's own origin: a fork dressed as an epoch.
+        let log = chained(vec![epoch_record("semel.test/audit", 31)]);
+        assert!(matches!(
+            verify_encodings(&log),
+            Err(VerifyFailure::Entry { sequence: 0, .. })
+        ));
+        // A statement that does not hold together.
+        let mut r = epoch_record("semel.test/audit/old", 31);
+        r.detail = r.detail.replace("previous size: 40", "previous size: 41");
+        let log = chained(vec![r]);
+        assert!(matches!(
+            verify_encodings(&log),
+            Err(VerifyFailure::Entry { sequence: 0, .. })
+        ));
     }
 
     #[test]

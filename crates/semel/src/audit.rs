@@ -119,6 +119,28 @@ pub enum AuditCommand {
         #[arg(long, default_value = "jsonl")]
         format: String,
     },
+    /// Begin a new epoch of the log, when entries its witnesses cosigned
+    /// are lost for good (the operator guide's incident procedure): on an
+    /// empty store, under a new audit.origin, the first entry states the
+    /// previous origin's newest cosigned checkpoint and the entries lost.
+    /// Run it with the broker stopped.
+    NewEpoch {
+        /// The broker's configuration file: its store (empty), its new audit.origin and its
+        /// signing key.
+        #[arg(long)]
+        config: PathBuf,
+        /// The previous origin's newest checkpoint its witnesses cosigned (the signed note, as
+        /// `semel audit checkpoint` printed it or the witness keeps it).
+        #[arg(long)]
+        previous_checkpoint: PathBuf,
+        /// How many of the previous log's entries the kept store still holds (`semel audit
+        /// verify` on it says): the entries from there to the checkpoint's size are lost.
+        #[arg(long)]
+        held: u64,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Who consulted a citizen's data (as the citizen, or an auditor).
     Accesses {
         #[command(flatten)]
@@ -170,6 +192,12 @@ pub async fn run(command: AuditCommand) -> anyhow::Result<ExitCode> {
             (None, Some(url)) => offline::export_database(url, output, format).await,
             (None, None) => anyhow::bail!("give --store or --database"),
         },
+        AuditCommand::NewEpoch {
+            config,
+            previous_checkpoint,
+            held,
+            json,
+        } => offline::new_epoch(&config, &previous_checkpoint, held, json).await,
         command => remote(command).await,
     }
 }
@@ -213,7 +241,9 @@ async fn remote(command: AuditCommand) -> anyhow::Result<ExitCode> {
             citizen,
             limit,
         } => (conn, AuditCall::Accesses(citizen, limit)),
-        AuditCommand::Verify { .. } | AuditCommand::Export { .. } => {
+        AuditCommand::Verify { .. }
+        | AuditCommand::Export { .. }
+        | AuditCommand::NewEpoch { .. } => {
             unreachable!("read from files, not asked of a broker")
         }
     };

@@ -368,3 +368,116 @@ async fn every_alteration_of_a_stopped_log_is_caught_at_start_by_verify_or_both(
     table.push("every checkpoint and the tree removed, the last entry forged: ByVerify with a kept checkpoint".into());
     eprintln!("{}", table.join("\n"));
 }
+
+/// A configuration for `semel audit new-epoch` on an empty store in `new`,
+/// with the demo's (in `old`) certificates and signing key, under `origin`.
+fn epoch_config(old: &Path, new: &Path, origin: &str) -> PathBuf {
+    let pki = old.join("pki");
+    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki).expect("issuer");
+    let q = |p: PathBuf| format!("{:?}", p.display().to_string());
+    let config = new.join("semel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {store}\n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
+             [operator]\nkbo = \"0087654346\"\nname = \"Operator\"\n\
+             [audit]\nsigning_key = {signing}\norigin = \"{origin}\"\n\
+             [tokens]\n[[tokens.issuers]]\nissuer = \"{issuer}\"\njwks = {jwks}\n",
+            store = q(new.join("store")),
+            cert = q(pki.join("broker.crt")),
+            key = q(pki.join("broker.key")),
+            ca = q(pki.join("ca.crt")),
+            signing = q(pki.join("audit-signing.key")),
+            issuer = issuer.issuer,
+            jwks = q(issuer.jwks_file()),
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Entries lost for good: `semel audit new-epoch` begins a new log under a
+/// new origin whose first entry states the previous origin's newest
+/// checkpoint and the entries lost, signed; `semel audit verify` checks
+/// and reports that boundary. It refuses a store that is not empty and an
+/// origin that is not new.
+#[tokio::test]
+async fn a_new_epoch_states_the_lost_range_and_verify_reports_it() {
+    let old = stopped_demo().await;
+    let size = entries(old.path()) as u64;
+    let note = notes(old.path()).pop().expect("a checkpoint");
+    assert!(note.contains(&format!("\n{size}\n")), "{note}");
+    let held = size - 3;
+    let new = tempfile::tempdir().expect("tempdir");
+    std::fs::write(new.path().join("previous.note"), &note).expect("note");
+    let new_epoch = |config: &Path| {
+        semel()
+            .args(["audit", "new-epoch", "--json", "--config"])
+            .arg(config)
+            .arg("--previous-checkpoint")
+            .arg(new.path().join("previous.note"))
+            .args(["--held", &held.to_string()])
+            .output()
+            .expect("semel audit new-epoch")
+    };
+    // The previous origin again: refused, nothing written.
+    let same = epoch_config(old.path(), new.path(), "semel.brussels/audit/demo");
+    let out = new_epoch(&same);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a new epoch has a new origin"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let config = epoch_config(old.path(), new.path(), "semel.brussels/audit/demo/epoch-2");
+    let out = new_epoch(&config);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(said["statement_entry"], 0);
+    assert_eq!(said["lost_from"], held);
+    assert_eq!(said["lost_to"], size);
+    assert_eq!(said["previous_signed_by_this_key"], true);
+    let key = said["verifier_key"].as_str().expect("key").to_owned();
+    assert!(
+        key.starts_with("semel.brussels/audit/demo/epoch-2+"),
+        "{key}"
+    );
+    // A second time: the store is not empty any more.
+    let out = new_epoch(&config);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("begins an empty log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The new log verifies under its own key, signed to its end, and says
+    // which entries of which log were lost.
+    let out = semel()
+        .args(["audit", "verify", "--json", "--store"])
+        .arg(new.path().join("store"))
+        .args(["--verifier-key", &key])
+        .output()
+        .expect("semel audit verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["entries"], 1);
+    assert_eq!(report["newest_checkpoint"], 1);
+    assert_eq!(
+        report["epoch"]["previous_origin"],
+        "semel.brussels/audit/demo"
+    );
+    assert_eq!(report["epoch"]["previous_size"], size);
+    assert_eq!(report["epoch"]["lost_from"], held);
+    assert_eq!(report["epoch"]["lost_to"], size);
+    // The previous log still verifies under its own key, up to what it holds.
+    assert_eq!(verifies(old.path(), &[]), Ok(()));
+}

@@ -209,6 +209,33 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 return Ok(Exit::Done.into());
             }
             let unsigned = r.entries - r.last_checkpoint.unwrap_or(0);
+            let epoch = r.epoch.as_ref().map(|e| {
+                let lost = e.statement.lost();
+                (
+                    serde_json::json!({
+                        "previous_origin": e.statement.previous.origin,
+                        "previous_size": e.statement.previous.size,
+                        "previous_root": hex(&e.statement.previous.root),
+                        "lost_from": lost.start,
+                        "lost_to": lost.end,
+                        "previous_signed_by_this_key": e.same_key,
+                    }),
+                    format!(
+                        "epoch: this log begins a new epoch after {} (its checkpoint of {} entries, root {}, {}); entries {} to {} of that log ({} entries) were lost and are not in either",
+                        e.statement.previous.origin,
+                        e.statement.previous.size,
+                        hex(&e.statement.previous.root),
+                        if e.same_key {
+                            "signed by this log's key"
+                        } else {
+                            "signed by another key: check it with that log's verifier key"
+                        },
+                        lost.start,
+                        lost.end - 1,
+                        lost.end - lost.start
+                    ),
+                )
+            });
             if json {
                 outln!(
                     "{}",
@@ -220,6 +247,7 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                         "trusted_checkpoints": r.trusted,
                         "entries_after_newest_checkpoint": unsigned,
                         "root": hex(&r.root),
+                        "epoch": epoch.as_ref().map(|e| &e.0),
                     })
                 );
             } else {
@@ -232,6 +260,9 @@ pub async fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     r.trusted,
                     hex(&r.root)
                 );
+                if let Some((_, said)) = &epoch {
+                    outln!("{said}");
+                }
                 if unsigned > 0 {
                     outln!(
                         "note: the last {unsigned} entries are covered by no signed checkpoint yet: nothing proves they were not changed; check them again once a checkpoint covers them"
@@ -439,5 +470,97 @@ pub fn export(store: &Path, output: Option<&Path>, format: &str) -> anyhow::Resu
     out.flush().context("write the export")?;
     bar.finish_and_clear();
     eprintln!("exported {n} entries");
+    Ok(Exit::Done.into())
+}
+
+/// `semel audit new-epoch`: the new log's first entry, on an empty store
+/// under a new origin, states the previous origin's newest cosigned
+/// checkpoint and the entries lost; a last checkpoint signs it.
+pub async fn new_epoch(
+    config: &Path,
+    previous: &Path,
+    held: u64,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let config = semel_server::Config::load(config)?;
+    let note = std::fs::read_to_string(previous)
+        .with_context(|| format!("read the previous checkpoint {}", previous.display()))?;
+    let statement = semel_core::epoch::EpochStatement::new(&note, held)?;
+    let signer = config.checkpoint_signer()?;
+    let origin = signer.name().to_owned();
+    if statement.previous.origin == origin {
+        anyhow::bail!(
+            "audit.origin is still {origin}, the previous log's: a new epoch has a new origin (e.g. {origin}/epoch-2); set it in the configuration"
+        );
+    }
+    let verifier_key = signer.verifier_key();
+    let verifier = semel_core::checkpoint::NoteVerifier::parse(&verifier_key)
+        .map_err(|e| anyhow::anyhow!("the checkpoint key: {e}"))?;
+    let same_key = statement.signed_by_same_key(&verifier)?;
+    let opened = match config.store.postgresql() {
+        None => {
+            semel_server::stores::open_embedded(
+                config.data_dir.clone(),
+                config.checkpoint_settings()?,
+            )
+            .await?
+        }
+        Some(url) => {
+            semel_server::stores::open_postgresql(
+                url,
+                signer,
+                semel_server::stores::PgSettings {
+                    checkpoint_every: std::time::Duration::from_millis(
+                        config.audit.checkpoint_every_ms,
+                    ),
+                    registry_poll: config.store.registry_poll(),
+                    persons_poll: config.store.persons_poll(),
+                    scrub: semel_postgres::ScrubSettings {
+                        entries_per_second: 0,
+                    },
+                    max_durability_wait: config.store.max_durability_wait(),
+                },
+            )
+            .await?
+        }
+    };
+    let storage = &opened.storage;
+    let begun =
+        semel_server::stores::begin_epoch(storage, config.operator_kbo()?, &statement).await;
+    // A last checkpoint signs the statement (or whatever was appended).
+    let closed = storage.audit.close().await;
+    let sequence = begun?;
+    closed.context("sign the new epoch's first checkpoint")?;
+    let lost = statement.lost();
+    if json {
+        outln!(
+            "{}",
+            serde_json::json!({
+                "origin": origin,
+                "verifier_key": verifier_key,
+                "statement_entry": sequence,
+                "previous_origin": statement.previous.origin,
+                "previous_size": statement.previous.size,
+                "lost_from": lost.start,
+                "lost_to": lost.end,
+                "previous_signed_by_this_key": same_key,
+            })
+        );
+    } else {
+        outln!(
+            "new epoch {origin}: entry {sequence} states that it follows {} (cosigned at {} entries) and that entries {} to {} ({} entries) were lost",
+            statement.previous.origin,
+            statement.previous.size,
+            lost.start,
+            lost.end - 1,
+            lost.end - lost.start
+        );
+        outln!("verifier key (give it to the witnesses and auditors): {verifier_key}");
+        if !same_key {
+            outln!(
+                "note: the previous checkpoint is not signed by this key: auditors check it with the previous verifier key"
+            );
+        }
+    }
     Ok(Exit::Done.into())
 }
