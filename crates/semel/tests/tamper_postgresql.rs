@@ -298,3 +298,111 @@ async fn a_database_administrator_cannot_hide_alter_or_cut_entries_unnoticed() {
     let (code, out) = verify("postgresql://postgres@127.0.0.1:1/none", &verifier_key);
     assert_eq!(code, 1, "an unreachable database: {out}");
 }
+
+/// On PostgreSQL as on the embedded store: `semel audit new-epoch` on an
+/// empty database, under a new origin, writes the statement as the log's
+/// first entry and signs it; `semel audit verify --database` reports the
+/// boundary; a second run finds the log not empty and writes nothing.
+#[tokio::test]
+async fn a_new_epoch_begins_on_an_empty_database() {
+    let Some(db) = TestDatabase::start("newepochpg").await else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = semel_demo::pki::DevPki::ensure(
+        &dir.path().join("pki"),
+        &[semel_demo::pki::Subject {
+            file_stem: "broker",
+            kbo: semel_core::Kbo::parse("0087654346").expect("kbo"),
+            name: "Broker",
+        }],
+    )
+    .expect("pki");
+    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki.dir).expect("issuer");
+    // The previous epoch's newest cosigned checkpoint, signed with the
+    // key the new epoch keeps.
+    let key = semel_store::load_or_create_signing_key(&pki.dir.join("audit-signing.key"))
+        .expect("signing key");
+    let previous = semel_core::checkpoint::NoteSigner::new("semel.test/audit/pg", key).sign(
+        &semel_core::checkpoint::Checkpoint {
+            origin: "semel.test/audit/pg".into(),
+            size: 500,
+            root: [7; 32],
+        },
+    );
+    std::fs::write(dir.path().join("previous.note"), previous).expect("note");
+    let config = dir.path().join("semel.toml");
+    let q = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data}\n[store]\nurl = {url:?}\n\
+             [tls]\ncert = {cert}\nkey = {tkey}\nclient_ca = {ca}\n\
+             [operator]\nkbo = \"0087654346\"\nname = \"Operator\"\n\
+             [audit]\nsigning_key = {signing}\norigin = \"semel.test/audit/pg/epoch-2\"\n\
+             [tokens]\n[[tokens.issuers]]\nissuer = \"{iss}\"\njwks = {jwks}\n",
+            data = q(dir.path().join("data")),
+            url = db.url,
+            cert = q(pki.dir.join("broker.crt")),
+            tkey = q(pki.dir.join("broker.key")),
+            ca = q(pki.ca_cert()),
+            signing = q(pki.dir.join("audit-signing.key")),
+            iss = issuer.issuer,
+            jwks = q(issuer.jwks_file()),
+        ),
+    )
+    .expect("config");
+    let new_epoch = || {
+        semel()
+            .args(["audit", "new-epoch", "--json", "--config"])
+            .arg(&config)
+            .arg("--previous-checkpoint")
+            .arg(dir.path().join("previous.note"))
+            .args(["--held", "480"])
+            .output()
+            .expect("semel audit new-epoch")
+    };
+    let out = new_epoch();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        (said["lost_from"].as_u64(), said["lost_to"].as_u64()),
+        (Some(480), Some(500))
+    );
+    let key = said["verifier_key"].as_str().expect("key").to_owned();
+    let out = new_epoch();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("begins an empty log"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = semel()
+        .args([
+            "audit",
+            "verify",
+            "--json",
+            "--database",
+            &db.url,
+            "--verifier-key",
+            &key,
+        ])
+        .output()
+        .expect("semel audit verify");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["entries"], 1);
+    assert_eq!(report["newest_checkpoint"], 1);
+    assert_eq!(report["epoch"]["previous_origin"], "semel.test/audit/pg");
+    assert_eq!(report["epoch"]["lost_from"], 480);
+    assert_eq!(report["epoch"]["previous_signed_by_this_key"], true);
+}
