@@ -64,6 +64,7 @@ macro_rules! audit_conformance {
                 a_query_reads_within_its_scan_limit_and_until_seeks,
                 checkpoints_are_signed_kept_and_cosigned,
                 the_oldest_unsigned_entry_is_read_from_the_log_and_a_clean_stop_signs_every_entry,
+                a_halted_log_refuses_every_append_until_restart_and_says_why,
             );
         }
     };
@@ -1637,6 +1638,32 @@ pub mod audit {
             .await
             .expect("keep the cosigned note");
         assert_eq!(store.cosigned().await.expect("cosigned"), Some(cosigned));
+    }
+
+    /// An integrity failure found outside the store (a witness that saw a
+    /// longer history) halts the log: every later append is refused with
+    /// the reason, nothing is written, and the reason stays (a second halt
+    /// does not replace the first).
+    pub async fn a_halted_log_refuses_every_append_until_restart_and_says_why(
+        store: &dyn AuditStore,
+    ) {
+        fill(store, 2).await;
+        assert_eq!(store.failure(), None);
+        store.halt("a witness cosigned 40 entries, the log holds 2".into());
+        store.halt("a second reason".into());
+        for i in 2..4 {
+            let refused = store
+                .append(record(i))
+                .await
+                .expect_err("a halted log refuses");
+            assert!(
+                refused.to_string().contains("cosigned 40 entries"),
+                "{refused}"
+            );
+        }
+        let why = store.failure().expect("the failure is reported");
+        assert!(why.contains("cosigned 40 entries"), "{why}");
+        assert_eq!(store.head().await.expect("head").0, 2, "nothing written");
     }
 
     pub async fn the_oldest_unsigned_entry_is_read_from_the_log_and_a_clean_stop_signs_every_entry(
