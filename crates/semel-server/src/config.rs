@@ -1467,6 +1467,19 @@ impl Config {
         )
     }
 
+    /// How a broker runs on PostgreSQL, from `[store]` and `[audit]`.
+    pub fn pg_settings(&self) -> crate::stores::PgSettings {
+        crate::stores::PgSettings {
+            checkpoint_every: Duration::from_millis(self.audit.checkpoint_every_ms),
+            registry_poll: self.store.registry_poll(),
+            persons_poll: self.store.persons_poll(),
+            scrub: semel_postgres::ScrubSettings {
+                entries_per_second: self.audit.scrub_entries_per_second,
+            },
+            max_durability_wait: self.store.max_durability_wait(),
+        }
+    }
+
     /// The key that signs the log's checkpoints, created at its path if
     /// missing. Brokers sharing a PostgreSQL store share this key (one log,
     /// one identity).

@@ -247,15 +247,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             crate::stores::open_postgresql_waiting(
                 url,
                 || config.checkpoint_signer(),
-                crate::stores::PgSettings {
-                    checkpoint_every: Duration::from_millis(config.audit.checkpoint_every_ms),
-                    registry_poll: config.store.registry_poll(),
-                    persons_poll: config.store.persons_poll(),
-                    scrub: semel_postgres::ScrubSettings {
-                        entries_per_second: config.audit.scrub_entries_per_second,
-                    },
-                    max_durability_wait: config.store.max_durability_wait(),
-                },
+                config.pg_settings(),
                 MAX_WAIT_FOR_DATABASE,
             )
             .await?

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use semel_client::{Client, LookupArgs};
 use semel_core::AuditEntry;
 
+mod demo_process;
+
 const ENTRIES: usize = 12;
 
 fn semel() -> Command {
@@ -372,28 +374,7 @@ async fn every_alteration_of_a_stopped_log_is_caught_at_start_by_verify_or_both(
 /// A configuration for `semel audit new-epoch` on an empty store in `new`,
 /// with the demo's (in `old`) certificates and signing key, under `origin`.
 fn epoch_config(old: &Path, new: &Path, origin: &str) -> PathBuf {
-    let pki = old.join("pki");
-    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki).expect("issuer");
-    let q = |p: PathBuf| format!("{:?}", p.display().to_string());
-    let config = new.join("semel.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {store}\n[tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
-             [operator]\nkbo = \"0087654346\"\nname = \"Operator\"\n\
-             [audit]\nsigning_key = {signing}\norigin = \"{origin}\"\n\
-             [tokens]\n[[tokens.issuers]]\nissuer = \"{issuer}\"\njwks = {jwks}\n",
-            store = q(new.join("store")),
-            cert = q(pki.join("broker.crt")),
-            key = q(pki.join("broker.key")),
-            ca = q(pki.join("ca.crt")),
-            signing = q(pki.join("audit-signing.key")),
-            issuer = issuer.issuer,
-            jwks = q(issuer.jwks_file()),
-        ),
-    )
-    .expect("config");
-    config
+    demo_process::broker_config(new, &old.join("pki"), &new.join("store"), origin, "")
 }
 
 /// Entries lost for good: `semel audit new-epoch` begins a new log under a

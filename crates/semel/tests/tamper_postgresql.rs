@@ -15,6 +15,8 @@ use semel_core::AuditEntry;
 use semel_postgres::testing::TestDatabase;
 use semel_postgres::{Integrated, PgAudit};
 
+mod demo_process;
+
 fn semel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_semel"));
     c.env("SEMEL_LOG", "warn").stdin(Stdio::null());
@@ -309,19 +311,16 @@ async fn a_new_epoch_begins_on_an_empty_database() {
         return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = semel_demo::pki::DevPki::ensure(
+    let config = demo_process::broker_config(
+        dir.path(),
         &dir.path().join("pki"),
-        &[semel_demo::pki::Subject {
-            file_stem: "broker",
-            kbo: semel_core::Kbo::parse("0087654346").expect("kbo"),
-            name: "Broker",
-        }],
-    )
-    .expect("pki");
-    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki.dir).expect("issuer");
+        &dir.path().join("data"),
+        "semel.test/audit/pg/epoch-2",
+        &format!("[store]\nurl = {:?}\n", db.url),
+    );
     // The previous epoch's newest cosigned checkpoint, signed with the
     // key the new epoch keeps.
-    let key = semel_store::load_or_create_signing_key(&pki.dir.join("audit-signing.key"))
+    let key = semel_store::load_or_create_signing_key(&dir.path().join("pki/audit-signing.key"))
         .expect("signing key");
     let previous = semel_core::checkpoint::NoteSigner::new("semel.test/audit/pg", key).sign(
         &semel_core::checkpoint::Checkpoint {
@@ -331,27 +330,6 @@ async fn a_new_epoch_begins_on_an_empty_database() {
         },
     );
     std::fs::write(dir.path().join("previous.note"), previous).expect("note");
-    let config = dir.path().join("semel.toml");
-    let q = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = {data}\n[store]\nurl = {url:?}\n\
-             [tls]\ncert = {cert}\nkey = {tkey}\nclient_ca = {ca}\n\
-             [operator]\nkbo = \"0087654346\"\nname = \"Operator\"\n\
-             [audit]\nsigning_key = {signing}\norigin = \"semel.test/audit/pg/epoch-2\"\n\
-             [tokens]\n[[tokens.issuers]]\nissuer = \"{iss}\"\njwks = {jwks}\n",
-            data = q(dir.path().join("data")),
-            url = db.url,
-            cert = q(pki.dir.join("broker.crt")),
-            tkey = q(pki.dir.join("broker.key")),
-            ca = q(pki.ca_cert()),
-            signing = q(pki.dir.join("audit-signing.key")),
-            iss = issuer.issuer,
-            jwks = q(issuer.jwks_file()),
-        ),
-    )
-    .expect("config");
     let new_epoch = || {
         semel()
             .args(["audit", "new-epoch", "--json", "--config"])

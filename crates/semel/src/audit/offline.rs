@@ -506,22 +506,10 @@ pub async fn new_epoch(
             .await?
         }
         Some(url) => {
-            semel_server::stores::open_postgresql(
-                url,
-                signer,
-                semel_server::stores::PgSettings {
-                    checkpoint_every: std::time::Duration::from_millis(
-                        config.audit.checkpoint_every_ms,
-                    ),
-                    registry_poll: config.store.registry_poll(),
-                    persons_poll: config.store.persons_poll(),
-                    scrub: semel_postgres::ScrubSettings {
-                        entries_per_second: 0,
-                    },
-                    max_durability_wait: config.store.max_durability_wait(),
-                },
-            )
-            .await?
+            // No scrub: the command writes one entry and stops.
+            let mut settings = config.pg_settings();
+            settings.scrub.entries_per_second = 0;
+            semel_server::stores::open_postgresql(url, signer, settings).await?
         }
     };
     let storage = &opened.storage;

@@ -1,5 +1,9 @@
-//! What the tests that kill the real binary share: starting `semel demo`
-//! on ports of its own, and waiting for it to answer.
+//! What the tests that run the real binary share: starting `semel demo`
+//! on ports of its own, waiting for it to answer, and writing a broker's
+//! configuration on a development PKI.
+
+// Not every test binary uses every helper.
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -54,4 +58,50 @@ pub async fn connect(child: &mut Child, dir: &Path, who: &str) -> Client {
         assert!(Instant::now() < deadline, "the demo did not come up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Writes `semel.toml` in `dir` for a broker on the development PKI in
+/// `pki` (created if missing: the broker's certificate, the CA, the token
+/// issuer and the audit signing key), its data in `data_dir`, under the
+/// audit origin `origin`; `extra` is more TOML (a `[store]` section, say).
+pub fn broker_config(
+    dir: &Path,
+    pki: &Path,
+    data_dir: &Path,
+    origin: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let kbo = semel_core::Kbo::parse("0087654346").expect("kbo");
+    let pki = semel_demo::pki::DevPki::ensure(
+        pki,
+        &[semel_demo::pki::Subject {
+            file_stem: "broker",
+            kbo,
+            name: "Broker",
+        }],
+    )
+    .expect("pki");
+    let issuer = semel_demo::issuer::DevIssuer::ensure(&pki.dir).expect("issuer");
+    let q = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+    let config = dir.join("semel.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = {data}\n{extra}\n\
+             [tls]\ncert = {cert}\nkey = {key}\nclient_ca = {ca}\n\
+             [operator]\nkbo = \"{kbo}\"\nname = \"Operator\"\n\
+             [audit]\nsigning_key = {signing}\norigin = \"{origin}\"\n\
+             [tokens]\n[[tokens.issuers]]\nissuer = \"{iss}\"\njwks = {jwks}\n",
+            data = q(data_dir.to_path_buf()),
+            cert = q(pki.dir.join("broker.crt")),
+            key = q(pki.dir.join("broker.key")),
+            ca = q(pki.ca_cert()),
+            kbo = kbo.as_str(),
+            signing = q(pki.dir.join("audit-signing.key")),
+            iss = issuer.issuer,
+            jwks = q(issuer.jwks_file()),
+        ),
+    )
+    .expect("config");
+    config
 }
