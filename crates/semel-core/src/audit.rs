@@ -190,9 +190,14 @@ pub enum ReasonCode {
     Conflict,
     /// A registry record with that name, or a pending application, exists.
     AlreadyExists,
+    /// An application (for an authorisation or for membership) was
+    /// already approved or rejected: this decision came second (perhaps
+    /// through another broker) and was not stored.
+    ApplicationDecided,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 48] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 49] = [
+    (ReasonCode::ApplicationDecided, "APPLICATION_DECIDED"),
     (ReasonCode::RegistryStale, "REGISTRY_STALE"),
     (ReasonCode::StorageUnavailable, "STORAGE_UNAVAILABLE"),
     (ReasonCode::Conflict, "CONFLICT"),

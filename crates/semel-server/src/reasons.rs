@@ -223,7 +223,7 @@ pub const REASONS: &[Reasons] = &[
     row(
         "FAILED_PRECONDITION",
         &["APPLICATION_DECIDED"],
-        "(`DecideAuthorisationApplication`) the application was already approved or rejected; a new need is a new application",
+        "(`DecideAuthorisationApplication`, `DecideMembershipApplication`) the application was already approved or rejected (by another administrator, perhaps through another broker: the refusal is in the audit log with this reason); a new need is a new application",
     ),
     row(
         "INVALID_ARGUMENT",

@@ -1,8 +1,10 @@
 //! Registry rules held by the database, not by one broker's memory (issue
 //! 30): two real brokers on one PostgreSQL database (`semel demo --store`,
 //! broker A, and `semel serve` with the second-broker configuration, broker
-//! B) race each rule, and exactly one of two racing changes wins; the
-//! other is refused with a reason, and the refusal is in the audit log. A
+//! B) race each rule (pending applications, an amendment against a
+//! suspension, two amendments of one version, two decisions on one
+//! application for membership), and exactly one of two racing changes wins;
+//! the other is refused with a reason, and the refusal is in the audit log. A
 //! registry-files apply is one transaction: another broker never sees part
 //! of it, and a broker killed (SIGKILL) in the middle of one leaves the
 //! registry as it was, with no entry saying it was applied.
@@ -334,6 +336,175 @@ async fn two_brokers_racing_each_registry_rule_one_wins() {
         })
         .count();
     assert_eq!(amendments_refused, 6, "each lost amendment is recorded");
+}
+
+/// A valid enterprise number not in the demo: `0999990<n>` with its check
+/// digits.
+fn newcomer_kbo(n: u64) -> String {
+    let first8 = 9_999_900 + n;
+    format!("{first8:08}{:02}", 97 - first8 % 97)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_deciding_one_membership_through_two_brokers_one_decision_stands() {
+    let Some(mut pair) = Pair::start(&[]).await else {
+        return;
+    };
+    let d = pair.dir.path().to_owned();
+    let (oa, ob) = pair.both("operator").await;
+    let pki = semel_demo::pki::DevPki { dir: d.join("pki") };
+    let a_url = semel_server::demo::client_config(&d, "operator")
+        .expect("operator config")
+        .broker;
+    // How each race was lost: CONFLICT when the store refused the second
+    // commit; APPLICATION_DECIDED or ALREADY_EXISTS (the organisation an
+    // approval registers) when the loser read the first decision.
+    let mut lost_by = std::collections::BTreeMap::<String, usize>::new();
+    for round in 0..8u64 {
+        // A newcomer applies with its certificate alone, through A.
+        let kbo = newcomer_kbo(round);
+        let stem = format!("newcomer-{round}");
+        let name = format!("OCMW Nieuwkomer {round}");
+        let files = pki
+            .issue(&semel_demo::pki::Subject {
+                file_stem: &stem,
+                kbo: semel_core::Kbo::parse(&kbo).expect("kbo"),
+                name: &name,
+            })
+            .expect("issue a certificate");
+        let newcomer = Client::connect(&semel_client::ClientConfig {
+            broker: a_url.clone(),
+            ca: pki.ca_cert(),
+            cert: files.cert,
+            key: files.key,
+            token: None,
+        })
+        .await
+        .expect("connect the newcomer");
+        let application = newcomer
+            .apply_for_membership(
+                name.clone(),
+                &["consumer".to_owned()],
+                "ict@nieuwkomer.example".into(),
+                String::new(),
+            )
+            .await
+            .expect("apply for membership");
+        let id = application["id"].as_str().expect("id").to_owned();
+        // Two operators decide it at once, one through each broker: even
+        // rounds approve against reject, odd rounds approve twice.
+        let b_approves = round % 2 == 1;
+        let (ra, rb) = tokio::join!(
+            oa.decide_membership(id.clone(), true, &[], "approved through A".into()),
+            ob.decide_membership(id.clone(), b_approves, &[], "decided through B".into()),
+        );
+        assert_eq!(
+            [&ra, &rb].iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: exactly one decision stands: {ra:?} / {rb:?}"
+        );
+        let loser = [&ra, &rb]
+            .into_iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("a loser");
+        assert!(
+            matches!(
+                reason(loser),
+                "CONFLICT" | "APPLICATION_DECIDED" | "ALREADY_EXISTS"
+            ),
+            "round {round}: {loser:?}"
+        );
+        *lost_by.entry(reason(loser).to_owned()).or_default() += 1;
+        // The stored decision is the winner's, and the organisation is
+        // registered exactly when the winner approved.
+        let a_won = ra.is_ok();
+        let approved = a_won || b_approves;
+        let stored = oa
+            .membership_applications(false)
+            .await
+            .expect("applications")
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|m| m["id"].as_str() == Some(id.as_str()))
+            .expect("the application")
+            .clone();
+        assert_eq!(
+            stored["state"].as_str().unwrap_or_default().to_lowercase(),
+            if approved { "approved" } else { "rejected" },
+            "round {round}: {stored}"
+        );
+        // Each broker serves the registry from its snapshot, which the
+        // other's change wakes: registered on both once it caught up.
+        for client in [&oa, &ob] {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let registered = client
+                    .list_organisations()
+                    .await
+                    .expect("organisations")
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .any(|o| o["kbo"].as_str() == Some(kbo.as_str()));
+                if registered == approved {
+                    break;
+                }
+                assert!(
+                    approved && Instant::now() < deadline,
+                    "round {round}: {kbo} registered: {registered}, approved: {approved}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!("membership decisions lost, by reason: {lost_by:?}");
+    // The log holds each decision that stood and each that was refused,
+    // with its reason.
+    let page = oa
+        .audit_list(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list the audit log");
+    let decisions: Vec<&serde_json::Value> = page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            e["operation"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("DecideMembershipApplication")
+        })
+        .collect();
+    let refused = |why: &str| {
+        decisions
+            .iter()
+            .filter(|e| e["decision"] == "refused" && e["reason"] == why)
+            .count()
+    };
+    assert_eq!(
+        decisions.len(),
+        16,
+        "both attempts of each race are recorded"
+    );
+    let said: Vec<(&serde_json::Value, &serde_json::Value)> = decisions
+        .iter()
+        .map(|e| (&e["decision"], &e["reason"]))
+        .collect();
+    for (why, n) in &lost_by {
+        assert_eq!(refused(why), *n, "{why}: {said:?}");
+    }
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(|e| e["decision"] == "allowed")
+            .count(),
+        8,
+        "{said:?}"
+    );
 }
 
 /// Exports the registry through `client` and adds 300 purposes to the
