@@ -194,9 +194,14 @@ pub enum ReasonCode {
     /// already approved or rejected: this decision came second (perhaps
     /// through another broker) and was not stored.
     ApplicationDecided,
+    /// A registry apply whose broker stopped (or lost the database) before
+    /// its commit: not applied. Recorded by the broker that settled it;
+    /// sent to the apply's caller when another broker settled it first.
+    ApplyInterrupted,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 49] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 50] = [
+    (ReasonCode::ApplyInterrupted, "APPLY_INTERRUPTED"),
     (ReasonCode::ApplicationDecided, "APPLICATION_DECIDED"),
     (ReasonCode::RegistryStale, "REGISTRY_STALE"),
     (ReasonCode::StorageUnavailable, "STORAGE_UNAVAILABLE"),

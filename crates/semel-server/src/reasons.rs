@@ -226,6 +226,11 @@ pub const REASONS: &[Reasons] = &[
         "(`DecideAuthorisationApplication`, `DecideMembershipApplication`) the application was already approved or rejected (by another administrator, perhaps through another broker: the refusal is in the audit log with this reason); a new need is a new application",
     ),
     row(
+        "ABORTED",
+        &["APPLY_INTERRUPTED"],
+        "(`ApplyRegistry`) the apply was settled as not applied before its commit: the broker applying it was found stopped (or cut off from the database) by another broker, which recorded so in the audit log; nothing was applied: apply the same files again",
+    ),
+    row(
         "INVALID_ARGUMENT",
         &["REGISTRY_INVALID"],
         "(`ApplyRegistry`) the registry described breaks rules; each `BadRequest` violation names the item (`authorisations[3].fields`) and the rule (`UNKNOWN_FIELD: …`), and `semel registry apply` shows them by file and line; nothing was applied",
