@@ -952,3 +952,52 @@ async fn on_the_embedded_store_a_broker_killed_after_the_commit_of_an_apply_rest
     let _ = a.kill();
     let _ = a.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_taken_for_stopped_cannot_commit_the_apply_it_was_making() {
+    // B pauses 5 s before its commit; it is frozen (SIGSTOP) meanwhile,
+    // long enough for A to take it for stopped and settle its apply.
+    let Some(mut pair) = Pair::start(&[("TEST_SEMEL_APPLY_PAUSE_MS", "5000".into())]).await else {
+        return;
+    };
+    let (oa, ob) = pair.both("operator").await;
+    let before = oa.list_purposes().await.expect("purposes");
+    let files = large_apply(&oa).await;
+    let path = files.path().to_owned();
+    let apply =
+        tokio::spawn(async move { ob.registry_apply(&path, false, "large apply".into()).await });
+    paused(&pair.dir.path().join("b.log")).await;
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pair.b.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let id = the_apply(&oa).await;
+    settled_as_not_applied(&oa, &id).await;
+    signal("-CONT");
+    // Woken, B's commit is refused: the apply was settled as not applied.
+    let refused = apply
+        .await
+        .expect("join")
+        .expect_err("the commit of a settled apply");
+    assert_eq!(reason(&refused), "APPLY_INTERRUPTED", "{refused:?}");
+    assert_eq!(oa.list_purposes().await.expect("purposes"), before);
+    // Both entries that close it say it was not applied; none says it was.
+    let closing = closing_of(&oa, &id).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closing = closing;
+    while closing.len() < 2 {
+        assert!(Instant::now() < deadline, "B's refusal is not recorded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        closing = closing_of(&oa, &id).await;
+    }
+    assert_eq!(closing.len(), 2, "{closing:?}");
+    for e in &closing {
+        assert_eq!(e["decision"], "refused", "{e}");
+        assert_eq!(e["reason"], "APPLY_INTERRUPTED", "{e}");
+    }
+    not_applied_says_the_log(&oa).await;
+}
