@@ -190,9 +190,19 @@ pub enum ReasonCode {
     Conflict,
     /// A registry record with that name, or a pending application, exists.
     AlreadyExists,
+    /// An application (for an authorisation or for membership) was
+    /// already approved or rejected: this decision came second (perhaps
+    /// through another broker) and was not stored.
+    ApplicationDecided,
+    /// A registry apply whose broker stopped (or lost the database) before
+    /// its commit: not applied. Recorded by the broker that settled it;
+    /// sent to the apply's caller when another broker settled it first.
+    ApplyInterrupted,
 }
 
-const SIMPLE_CODES: [(ReasonCode, &str); 48] = [
+const SIMPLE_CODES: [(ReasonCode, &str); 50] = [
+    (ReasonCode::ApplyInterrupted, "APPLY_INTERRUPTED"),
+    (ReasonCode::ApplicationDecided, "APPLICATION_DECIDED"),
     (ReasonCode::RegistryStale, "REGISTRY_STALE"),
     (ReasonCode::StorageUnavailable, "STORAGE_UNAVAILABLE"),
     (ReasonCode::Conflict, "CONFLICT"),

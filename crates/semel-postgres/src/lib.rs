@@ -49,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0010_row_seals.sql"),
     include_str!("../migrations/0011_registry_invariants.sql"),
     include_str!("../migrations/0012_brokers.sql"),
+    include_str!("../migrations/0013_registry_applies.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

@@ -28,6 +28,9 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// One broker's connection to the registry.
 pub struct PgRegistry {
     conn: tokio::sync::Mutex<Conn>,
+    /// The broker this connection works for: the owner of the applies it
+    /// opens (table `registry_applies`).
+    broker: String,
 }
 
 impl std::fmt::Debug for PgRegistry {
@@ -94,7 +97,16 @@ impl PgRegistry {
         migrate(&conn.client).await?;
         Ok(PgRegistry {
             conn: tokio::sync::Mutex::new(conn),
+            broker: format!("registry-{}", std::process::id()),
         })
+    }
+
+    /// Names the broker this connection works for (its id in table
+    /// `brokers`): the applies it opens are its own, settled by others
+    /// only once it is no longer alive there.
+    pub fn owned_by(mut self, broker: &str) -> Self {
+        broker.clone_into(&mut self.broker);
+        self
     }
 
     /// The registry's version: it moves with every change.
@@ -366,8 +378,34 @@ impl PgRegistry {
     /// database's unique indexes (migration 0011). Other brokers see the
     /// whole change or none of it, and reload on its NOTIFY.
     pub async fn commit(&self, writes: &[RegistryWrite]) -> Result<u64, PgError> {
+        self.commit_with(writes, None).await
+    }
+
+    /// [`PgRegistry::commit`], turning the marker of apply `apply.0`
+    /// committed (closing words `apply.1`) in the same transaction.
+    async fn commit_with(
+        &self,
+        writes: &[RegistryWrite],
+        apply: Option<(&str, &str)>,
+    ) -> Result<u64, PgError> {
         let mut conn = self.conn.lock().await;
         let tx = conn.client().await?.transaction().await?;
+        if let Some((id, closing)) = apply {
+            let marked = tx
+                .execute(
+                    "UPDATE registry_applies \
+                        SET committed = true, \
+                            value = value || jsonb_build_object('committed', true, 'closing', $2::text) \
+                      WHERE id = $1 AND NOT committed",
+                    &[&id, &closing],
+                )
+                .await?;
+            if marked == 0 {
+                return Err(PgError::Conflict(format!(
+                    "registry {id} was settled as not applied by another broker, which found this one stopped"
+                )));
+            }
+        }
         for w in writes {
             match w {
                 RegistryWrite::Organisation { after, before } => {
@@ -731,6 +769,82 @@ impl semel_storage::RegistryStore for PgRegistry {
     async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError> {
         PgRegistry::commit(self, writes).await?;
         Ok(())
+    }
+
+    async fn open_apply(&self, marker: &semel_storage::ApplyMarker) -> Result<(), StorageError> {
+        let marker = semel_storage::ApplyMarker {
+            broker: self.broker.clone(),
+            committed: false,
+            ..marker.clone()
+        };
+        let value = encode(&marker)?;
+        self.conn
+            .lock()
+            .await
+            .client()
+            .await?
+            .execute(
+                "INSERT INTO registry_applies (id, broker, value) VALUES ($1, $2, $3::text::jsonb)",
+                &[&marker.id, &marker.broker, &value],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(())
+    }
+
+    async fn commit_apply(
+        &self,
+        writes: &[RegistryWrite],
+        apply: &str,
+        closing: &str,
+    ) -> Result<(), StorageError> {
+        PgRegistry::commit_with(self, writes, Some((apply, closing))).await?;
+        Ok(())
+    }
+
+    async fn unsettled_applies(&self) -> Result<Vec<semel_storage::ApplyMarker>, StorageError> {
+        let live_within = crate::cluster::ClusterSettings::default()
+            .live_within
+            .as_secs_f64();
+        let rows = self
+            .conn
+            .lock()
+            .await
+            .client()
+            .await?
+            .query(
+                "SELECT value::text, committed FROM registry_applies a \
+                  WHERE a.broker = $1 \
+                     OR NOT EXISTS (SELECT 1 FROM brokers b WHERE b.id = a.broker \
+                                       AND b.seen_at >= now() - make_interval(secs => $2)) \
+                  ORDER BY opened_at, id",
+                &[&self.broker, &live_within],
+            )
+            .await
+            .map_err(PgError::from)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let mut marker: semel_storage::ApplyMarker = decode(row.get(0))?;
+            marker.committed = row.get(1);
+            out.push(marker);
+        }
+        Ok(out)
+    }
+
+    async fn close_apply(&self, apply: &str, committed: bool) -> Result<bool, StorageError> {
+        let removed = self
+            .conn
+            .lock()
+            .await
+            .client()
+            .await?
+            .execute(
+                "DELETE FROM registry_applies WHERE id = $1 AND committed = $2",
+                &[&apply, &committed],
+            )
+            .await
+            .map_err(PgError::from)?;
+        Ok(removed > 0)
     }
 
     async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, StorageError> {

@@ -57,8 +57,8 @@ pub fn nothing_to_undo() -> Undo {
 /// Runs an undo until it succeeds: its store may be failing for the same
 /// reason the entry was (PostgreSQL unreachable), and a change without its
 /// entry must not stay. Gives up, loudly, after ten minutes, or at once
-/// when a later change stands on this one.
-pub async fn retry_undo<F, Fut>(what: &str, mut undo: F)
+/// when a later change stands on this one. Says whether it was undone.
+pub async fn retry_undo<F, Fut>(what: &str, mut undo: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), semel_storage::StorageError>>,
@@ -71,18 +71,18 @@ where
     };
     loop {
         match undo().await {
-            Ok(()) => return,
+            Ok(()) => return true,
             Err(ref e @ semel_storage::StorageError::Conflict(_)) => {
                 let e = said(e);
                 // The record moved on (a later change, through another
                 // broker): taking this one back would undo that one too.
                 tracing::error!(error = %e, what, "a change whose audit entry failed was not undone: a later change stands on it; an operator must review it");
-                return;
+                return false;
             }
             Err(e) if started.elapsed() > std::time::Duration::from_secs(600) => {
                 let e = said(&e);
                 tracing::error!(error = %e, what, "a change whose audit entry failed could not be undone: it stands without its entry; an operator must take it back");
-                return;
+                return false;
             }
             Err(e) => {
                 let e = said(&e);

@@ -342,6 +342,8 @@ impl Demo {
                     .map(|cluster| crate::stores::follow_cluster(broker.clone(), cluster)),
             )
             .chain(std::iter::once(broker.expire_mutations()))
+            // Applies a stopped broker left unsettled, at start and after.
+            .chain(std::iter::once(broker.settle_applies_task()))
             .collect();
         let reloader = Reloader::new(files, broker.clone(), server_tls);
         let listener = TcpListener::bind(opts.listen)

@@ -223,7 +223,12 @@ pub const REASONS: &[Reasons] = &[
     row(
         "FAILED_PRECONDITION",
         &["APPLICATION_DECIDED"],
-        "(`DecideAuthorisationApplication`) the application was already approved or rejected; a new need is a new application",
+        "(`DecideAuthorisationApplication`, `DecideMembershipApplication`) the application was already approved or rejected (by another administrator, perhaps through another broker: the refusal is in the audit log with this reason); a new need is a new application",
+    ),
+    row(
+        "ABORTED",
+        &["APPLY_INTERRUPTED"],
+        "(`ApplyRegistry`) the apply was settled as not applied before its commit: the broker applying it was found stopped (or cut off from the database) by another broker, which recorded so in the audit log; nothing was applied: apply the same files again",
     ),
     row(
         "INVALID_ARGUMENT",

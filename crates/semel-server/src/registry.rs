@@ -1571,32 +1571,25 @@ impl Rpc for RegistryService {
                 applied: false,
             }));
         }
+        // An apply a broker left unsettled (stopped between its first
+        // change entry and its closing entry) is settled first.
+        if let Err(e) = self.broker.settle_applies_locked().await {
+            tracing::warn!(error = %e.message, "could not settle earlier registry applies");
+        }
         let apply_id = format!("apply {}", crate::state::new_id());
         let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
-        let (changes, _) = self
+        let opened = std::sync::atomic::AtomicBool::new(false);
+        let result = self
             .broker
             .audited(&caller, async |c: &mut Change| {
                 c.reference = apply_id.clone();
                 let current = apply::Current::read(&*registry).await?;
                 let plan = apply::plan(&current, &msg, caller.org.kbo, now)?;
                 self.check_planned_endpoints(&plan).await?;
-                // Each change's entry is durable before anything is stored.
-                for (i, w) in &plan.writes {
-                    let mut record = self.broker.audit_record(&caller, crate::state::new_id());
-                    apply::record_change(&mut record, &plan.changes[*i], w, &apply_id, &reason);
-                    self.broker.append_durably(record).await?;
-                }
-                let undos = apply::write(&*registry, &plan.writes).await.map_err(|e| {
-                    ApiError {
-                        message: format!("{}; nothing was applied", e.message),
-                        ..e
-                    }
-                })?;
-                self.reload_or_retry().await;
                 let count = |a: proto::PlannedAction| {
                     plan.changes.iter().filter(|c| c.action == a as i32).count()
                 };
-                c.detail = format!(
+                let closing = format!(
                     "registry applied: {} created, {} amended, {} suspended, {} reinstated, {} revoked or withdrawn, {} unchanged{}",
                     count(proto::PlannedAction::Create),
                     count(proto::PlannedAction::Amend),
@@ -1606,15 +1599,52 @@ impl Rpc for RegistryService {
                     count(proto::PlannedAction::Unchanged),
                     because(&reason)
                 );
+                // The apply's marker, before its first entry: a broker that
+                // stops from here on leaves it, and whoever settles it
+                // writes the closing entry this apply could not.
+                registry
+                    .open_apply(&semel_storage::ApplyMarker {
+                        id: apply_id.clone(),
+                        broker: String::new(),
+                        organisation: caller.org.kbo,
+                        end_user: crate::state::recorded_end_user(&caller.user, None, None),
+                        committed: false,
+                        closing: String::new(),
+                    })
+                    .await?;
+                opened.store(true, std::sync::atomic::Ordering::Relaxed);
+                // Each change's entry is durable before anything is stored.
+                for (i, w) in &plan.writes {
+                    let mut record = self.broker.audit_record(&caller, crate::state::new_id());
+                    apply::record_change(&mut record, &plan.changes[*i], w, &apply_id, &reason);
+                    self.broker.append_durably(record).await?;
+                }
+                // The writes and the marker turned committed, in one commit.
+                let undos = apply::write(&*registry, &plan.writes, &apply_id, &closing)
+                    .await
+                    .map_err(|e| ApiError {
+                        message: format!("{}; nothing was applied", e.message),
+                        ..e
+                    })?;
+                self.reload_or_retry().await;
+                c.detail = closing;
                 let broker = self.broker.clone();
                 let registry = registry.clone();
+                let apply = apply_id.clone();
                 let undo: Undo = Box::pin(async move {
-                    apply::undo_all(&*registry, undos).await;
+                    apply::undo_all(&*registry, undos, &apply).await;
                     let _ = broker.reload().await;
                 });
                 Ok((plan.changes, undo))
             })
-            .await?;
+            .await;
+        // The closing entry is durable (or the refusal's): the marker goes.
+        // A committed one taken back went with its undo; one whose undo
+        // failed stays, and the next settling records the apply as standing.
+        if opened.load(std::sync::atomic::Ordering::Relaxed) {
+            apply::close_marker(&*registry, &apply_id, result.is_ok()).await;
+        }
+        let (changes, _) = result?;
         tracing::info!(changes = changes.len(), "registry applied");
         Ok(Response::new(proto::ApplyRegistryResponse {
             changes,

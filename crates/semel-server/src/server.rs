@@ -301,6 +301,8 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
                 .map(|cluster| crate::stores::follow_cluster(broker.clone(), cluster)),
         )
         .chain(std::iter::once(broker.expire_mutations()))
+        // Applies a stopped broker left unsettled, at start and after.
+        .chain(std::iter::once(broker.settle_applies_task()))
         .collect();
     let reloader = Reloader::new(files, broker.clone(), tls);
     Ok(Prepared {

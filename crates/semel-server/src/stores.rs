@@ -96,9 +96,13 @@ pub async fn open_postgresql(
         scrub,
         max_durability_wait,
     } = settings;
+    // This broker's id among the brokers on the database (table
+    // `brokers`): the owner of the registry applies it opens.
+    let broker_id = format!("{}-{}", std::process::id(), crate::state::new_id());
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
-        .context("connect to the PostgreSQL store (registry)")?;
+        .context("connect to the PostgreSQL store (registry)")?
+        .owned_by(&broker_id);
     // Files and consents are sealed with the entry that made them, under a
     // key the database never sees: a row written by SQL grants nothing.
     let persons = semel_postgres::PgPersons::connect(url)
@@ -134,7 +138,6 @@ pub async fn open_postgresql(
     let changes = semel_postgres::RegistryWatch::start(url, registry_poll)
         .await
         .context("follow the PostgreSQL store's registry changes")?;
-    let broker_id = format!("{}-{}", std::process::id(), crate::state::new_id());
     let cluster = semel_postgres::Cluster::start(url, &broker_id, Default::default())
         .await
         .context("listen for the changes other brokers queue (PostgreSQL store)")?;

@@ -41,6 +41,7 @@ macro_rules! registry_conformance {
                 applications_are_kept_decided_and_undone,
                 a_commit_writes_only_over_what_it_read,
                 a_commit_is_all_or_nothing_and_so_is_its_undo,
+                an_apply_commits_with_its_marker_or_not_at_all,
                 one_application_pending_per_reference_and_applicant,
                 one_membership_application_pending_per_enterprise_number,
             );
@@ -863,6 +864,79 @@ pub mod registry {
                 .is_empty()
         );
         assert!(store.datasets().await.expect("read").is_empty());
+    }
+
+    /// A registry apply's writes are committed with its marker, turned
+    /// committed with its closing words, in one commit; an apply whose
+    /// marker was settled (removed) meanwhile commits nothing.
+    pub async fn an_apply_commits_with_its_marker_or_not_at_all(store: &dyn RegistryStore) {
+        let marker = |id: &str| crate::ApplyMarker {
+            id: id.to_owned(),
+            broker: String::new(),
+            organisation: kbo("0212345668"),
+            end_user: "admin@operator".to_owned(),
+            committed: false,
+            closing: String::new(),
+        };
+        let said = |markers: Vec<crate::ApplyMarker>| -> Vec<(String, bool, String)> {
+            markers
+                .into_iter()
+                .map(|m| (m.id, m.committed, m.closing))
+                .collect()
+        };
+        let write = |code: &str| {
+            vec![RegistryWrite::Purpose {
+                after: Box::new(purpose(code)),
+                before: None,
+            }]
+        };
+        // Opened, then committed with its writes.
+        store.open_apply(&marker("apply 1")).await.expect("open");
+        assert_eq!(
+            said(store.unsettled_applies().await.expect("markers")),
+            [("apply 1".to_owned(), false, String::new())]
+        );
+        store
+            .commit_apply(&write("ONE"), "apply 1", "registry applied: 1 created")
+            .await
+            .expect("commit");
+        assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
+        assert_eq!(
+            said(store.unsettled_applies().await.expect("markers")),
+            [(
+                "apply 1".to_owned(),
+                true,
+                "registry applied: 1 created".to_owned()
+            )]
+        );
+        // Committed once only.
+        conflict(
+            store.commit_apply(&write("TWO"), "apply 1", "again").await,
+            "a second commit of one apply",
+        );
+        assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
+        // Removed only as it is.
+        assert!(!store.close_apply("apply 1", false).await.expect("close"));
+        assert!(store.close_apply("apply 1", true).await.expect("close"));
+        assert!(store.unsettled_applies().await.expect("markers").is_empty());
+        // Settled as not applied before its commit: the commit is refused.
+        store.open_apply(&marker("apply 2")).await.expect("open");
+        assert!(store.close_apply("apply 2", false).await.expect("settle"));
+        conflict(
+            store.commit_apply(&write("THREE"), "apply 2", "late").await,
+            "the commit of an apply settled as not applied",
+        );
+        assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
+        // A stale write: neither the writes nor the marker change.
+        store.open_apply(&marker("apply 3")).await.expect("open");
+        conflict(
+            store.commit_apply(&write("ONE"), "apply 3", "stale").await,
+            "an apply over a record created meanwhile",
+        );
+        assert_eq!(
+            said(store.unsettled_applies().await.expect("markers")),
+            [("apply 3".to_owned(), false, String::new())]
+        );
     }
 
     /// Two pending applications of one applicant for one reference cannot

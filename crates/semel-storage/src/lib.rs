@@ -380,6 +380,35 @@ pub trait RegistryStore: Send + Sync {
     /// written) otherwise. Durable when it returns.
     async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError>;
 
+    /// Records that a registry apply is under way (its marker, not yet
+    /// committed), before its change entries are written: a broker that
+    /// stops before [`RegistryStore::commit_apply`] leaves the marker, and
+    /// [`RegistryStore::unsettled_applies`] finds it.
+    async fn open_apply(&self, marker: &ApplyMarker) -> Result<(), StorageError>;
+
+    /// [`RegistryStore::commit`], and in the same transaction the apply's
+    /// marker turned committed with the words of its closing entry: the
+    /// registry changes exactly when the marker says committed. Refused
+    /// with [`StorageError::Conflict`] (nothing written) if the marker is
+    /// gone or already committed (another broker settled the apply as not
+    /// applied, finding its broker stopped).
+    async fn commit_apply(
+        &self,
+        writes: &[RegistryWrite],
+        apply: &str,
+        closing: &str,
+    ) -> Result<(), StorageError>;
+
+    /// The markers of applies whose closing entry may be missing: those
+    /// of this broker (left by a broker that stopped, or not yet removed)
+    /// and, on a shared database, those of brokers no longer alive. The
+    /// caller settles them under the lock its own applies take.
+    async fn unsettled_applies(&self) -> Result<Vec<ApplyMarker>, StorageError>;
+
+    /// Removes an apply's marker if it is still `committed` as given;
+    /// `false` if it was not (another broker settled it first).
+    async fn close_apply(&self, apply: &str, committed: bool) -> Result<bool, StorageError>;
+
     /// Takes back committed writes (given in the order written) all or
     /// nothing, last first, each only while its record is still as
     /// written; [`StorageError::Conflict`] (nothing taken back) otherwise.
@@ -391,6 +420,26 @@ pub trait RegistryStore: Send + Sync {
     /// under the same lock, so nothing else changed the record meanwhile
     /// on this broker.
     async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError>;
+}
+
+/// A registry apply under way, stored beside the registry (issue 30): opened
+/// before the apply's change entries are written, turned committed in the
+/// registry's own transaction, removed once the closing entry is durable.
+/// A marker that outlives its broker says what the closing entry must say:
+/// not applied (still open) or applied (committed).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApplyMarker {
+    /// The apply's id, as its change entries name it (`apply <uuid>`).
+    pub id: String,
+    /// The broker that opened it (on the embedded store: the process).
+    pub broker: String,
+    /// The organisation and the person who applied, for the closing entry.
+    pub organisation: semel_core::Kbo,
+    pub end_user: String,
+    /// Whether the registry commit took place.
+    pub committed: bool,
+    /// The closing entry's words, once committed.
+    pub closing: String,
 }
 
 /// Where an appended entry landed in the log.

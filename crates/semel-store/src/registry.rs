@@ -35,6 +35,10 @@ pub struct Registry {
     applications: sled::Tree,
     /// Applications for membership, keyed by id.
     memberships: sled::Tree,
+    /// Registry applies under way ([`semel_storage::ApplyMarker`]), keyed
+    /// by id: opened before an apply's change entries, turned committed in
+    /// the apply's own sled transaction, removed after its closing entry.
+    applies: sled::Tree,
     /// Serialises commits: each compares what it read and checks the rules
     /// on applications before its one sled transaction (one process opens
     /// the store: sled holds it exclusively).
@@ -56,6 +60,7 @@ impl Registry {
             purposes: tree("purposes")?,
             applications: tree("authorisation_applications")?,
             memberships: tree("membership_applications")?,
+            applies: tree("registry_applies")?,
             writer: Default::default(),
             db,
             db_path,
@@ -298,6 +303,59 @@ impl Registry {
     /// lock, then one sled transaction (atomic on a crash too), then made
     /// durable.
     pub fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StoreError> {
+        self.commit_with(writes, None)
+    }
+
+    /// Records a registry apply under way (not committed).
+    pub fn open_apply(&self, marker: &semel_storage::ApplyMarker) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let marker = semel_storage::ApplyMarker {
+            committed: false,
+            ..marker.clone()
+        };
+        insert(&self.applies, marker.id.as_bytes(), &marker, &marker.id)?;
+        self.sync()
+    }
+
+    /// Every apply marker: one process opens the store, so every marker
+    /// found under the caller's apply lock was left by an apply that ended
+    /// (or by a process that stopped).
+    pub fn unsettled_applies(&self) -> Result<Vec<semel_storage::ApplyMarker>, StoreError> {
+        self.applies
+            .iter()
+            .values()
+            .map(|v| decode(&v.map_err(sled_err("read registry applies"))?))
+            .collect()
+    }
+
+    /// Removes an apply's marker if it is still `committed` as given.
+    pub fn close_apply(&self, apply: &str, committed: bool) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(v) = self
+            .applies
+            .get(apply.as_bytes())
+            .map_err(sled_err("read registry applies"))?
+        else {
+            return Ok(false);
+        };
+        let marker: semel_storage::ApplyMarker = decode(&v)?;
+        if marker.committed != committed {
+            return Ok(false);
+        }
+        self.applies
+            .remove(apply.as_bytes())
+            .map_err(sled_err("remove a registry apply"))?;
+        self.sync()?;
+        Ok(true)
+    }
+
+    /// [`Registry::commit`], turning the marker of apply `apply.0`
+    /// committed (closing words `apply.1`) in the same sled transaction.
+    pub fn commit_with(
+        &self,
+        writes: &[RegistryWrite],
+        apply: Option<(&str, &str)>,
+    ) -> Result<(), StoreError> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         // What each write replaces must be what is stored; the same record
         // twice in one change compares with the earlier write.
@@ -383,6 +441,25 @@ impl Registry {
         // The rules on applications, over the registry as it will be.
         let staged: Staged = staged.into_iter().map(|(k, v)| (k, Some(v))).collect();
         self.check_rules(&staged)?;
+        if let Some((id, closing)) = apply {
+            let open: Option<semel_storage::ApplyMarker> = self
+                .applies
+                .get(id.as_bytes())
+                .map_err(sled_err("read registry applies"))?
+                .map(|v| decode(&v))
+                .transpose()?;
+            let Some(marker) = open.filter(|m| !m.committed) else {
+                return Err(StoreError::Conflict(format!(
+                    "registry {id} was settled as not applied (its broker was found stopped)"
+                )));
+            };
+            let committed = semel_storage::ApplyMarker {
+                committed: true,
+                closing: closing.to_owned(),
+                ..marker
+            };
+            ops.push((8, id.as_bytes().to_vec(), encode(&committed)?));
+        }
         let trees = self.trees();
         let result: Result<(), TransactionError<()>> =
             trees.as_slice().transaction(|t: &Vec<TransactionalTree>| {
@@ -605,6 +682,7 @@ impl Registry {
             &self.applications,
             &self.memberships,
             &self.revoked_certificates,
+            &self.applies,
         ]
     }
 
@@ -860,6 +938,36 @@ impl semel_storage::RegistryStore for Registry {
     async fn commit(&self, writes: &[RegistryWrite]) -> Result<(), StorageError> {
         let (r, writes) = (self.clone(), writes.to_vec());
         crate::blocking(move || r.commit(&writes)).await
+    }
+
+    async fn open_apply(&self, marker: &semel_storage::ApplyMarker) -> Result<(), StorageError> {
+        let (r, marker) = (self.clone(), marker.clone());
+        crate::blocking(move || r.open_apply(&marker)).await
+    }
+
+    async fn commit_apply(
+        &self,
+        writes: &[RegistryWrite],
+        apply: &str,
+        closing: &str,
+    ) -> Result<(), StorageError> {
+        let (r, writes, apply, closing) = (
+            self.clone(),
+            writes.to_vec(),
+            apply.to_owned(),
+            closing.to_owned(),
+        );
+        crate::blocking(move || r.commit_with(&writes, Some((&apply, &closing)))).await
+    }
+
+    async fn unsettled_applies(&self) -> Result<Vec<semel_storage::ApplyMarker>, StorageError> {
+        let r = self.clone();
+        crate::blocking(move || r.unsettled_applies()).await
+    }
+
+    async fn close_apply(&self, apply: &str, committed: bool) -> Result<bool, StorageError> {
+        let (r, apply) = (self.clone(), apply.to_owned());
+        crate::blocking(move || r.close_apply(&apply, committed)).await
     }
 }
 

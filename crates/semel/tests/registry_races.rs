@@ -1,11 +1,16 @@
 //! Registry rules held by the database, not by one broker's memory (issue
 //! 30): two real brokers on one PostgreSQL database (`semel demo --store`,
 //! broker A, and `semel serve` with the second-broker configuration, broker
-//! B) race each rule, and exactly one of two racing changes wins; the
-//! other is refused with a reason, and the refusal is in the audit log. A
+//! B) race each rule (pending applications, an amendment against a
+//! suspension, two amendments of one version, two decisions on one
+//! application for membership), and exactly one of two racing changes wins;
+//! the other is refused with a reason, and the refusal is in the audit log. A
 //! registry-files apply is one transaction: another broker never sees part
-//! of it, and a broker killed (SIGKILL) in the middle of one leaves the
-//! registry as it was, with no entry saying it was applied.
+//! of it. A broker killed (SIGKILL) in the middle of one leaves the
+//! registry as it was (killed before the commit) or as the files describe
+//! it (after), and the apply closed by one entry saying which, written by
+//! the broker that settled it: the restarted one on the embedded store, a
+//! live one on PostgreSQL.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -124,6 +129,21 @@ impl Pair {
             dir,
             _db: db,
         })
+    }
+
+    /// Starts broker B again (after it was killed), on its port, with
+    /// `env` instead of the environment it started with.
+    fn restart_b(&mut self, env: &[(&str, String)]) {
+        let port = self.b_url.rsplit(':').next().expect("port").to_owned();
+        let mut all = vec![("SEMEL_LISTEN", format!("127.0.0.1:{port}"))];
+        all.extend(env.iter().cloned());
+        let config = self.dir.path().join("second-broker.toml");
+        self.b = spawn(
+            &["serve", "--config", config.to_str().expect("utf-8 path")],
+            self.dir.path(),
+            "b2.log",
+            &all,
+        );
     }
 
     async fn both(&mut self, who: &str) -> (Client, Client) {
@@ -336,6 +356,175 @@ async fn two_brokers_racing_each_registry_rule_one_wins() {
     assert_eq!(amendments_refused, 6, "each lost amendment is recorded");
 }
 
+/// A valid enterprise number not in the demo: `0999990<n>` with its check
+/// digits.
+fn newcomer_kbo(n: u64) -> String {
+    let first8 = 9_999_900 + n;
+    format!("{first8:08}{:02}", 97 - first8 % 97)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_deciding_one_membership_through_two_brokers_one_decision_stands() {
+    let Some(mut pair) = Pair::start(&[]).await else {
+        return;
+    };
+    let d = pair.dir.path().to_owned();
+    let (oa, ob) = pair.both("operator").await;
+    let pki = semel_demo::pki::DevPki { dir: d.join("pki") };
+    let a_url = semel_server::demo::client_config(&d, "operator")
+        .expect("operator config")
+        .broker;
+    // How each race was lost: CONFLICT when the store refused the second
+    // commit; APPLICATION_DECIDED or ALREADY_EXISTS (the organisation an
+    // approval registers) when the loser read the first decision.
+    let mut lost_by = std::collections::BTreeMap::<String, usize>::new();
+    for round in 0..8u64 {
+        // A newcomer applies with its certificate alone, through A.
+        let kbo = newcomer_kbo(round);
+        let stem = format!("newcomer-{round}");
+        let name = format!("OCMW Nieuwkomer {round}");
+        let files = pki
+            .issue(&semel_demo::pki::Subject {
+                file_stem: &stem,
+                kbo: semel_core::Kbo::parse(&kbo).expect("kbo"),
+                name: &name,
+            })
+            .expect("issue a certificate");
+        let newcomer = Client::connect(&semel_client::ClientConfig {
+            broker: a_url.clone(),
+            ca: pki.ca_cert(),
+            cert: files.cert,
+            key: files.key,
+            token: None,
+        })
+        .await
+        .expect("connect the newcomer");
+        let application = newcomer
+            .apply_for_membership(
+                name.clone(),
+                &["consumer".to_owned()],
+                "ict@nieuwkomer.example".into(),
+                String::new(),
+            )
+            .await
+            .expect("apply for membership");
+        let id = application["id"].as_str().expect("id").to_owned();
+        // Two operators decide it at once, one through each broker: even
+        // rounds approve against reject, odd rounds approve twice.
+        let b_approves = round % 2 == 1;
+        let (ra, rb) = tokio::join!(
+            oa.decide_membership(id.clone(), true, &[], "approved through A".into()),
+            ob.decide_membership(id.clone(), b_approves, &[], "decided through B".into()),
+        );
+        assert_eq!(
+            [&ra, &rb].iter().filter(|r| r.is_ok()).count(),
+            1,
+            "round {round}: exactly one decision stands: {ra:?} / {rb:?}"
+        );
+        let loser = [&ra, &rb]
+            .into_iter()
+            .find_map(|r| r.as_ref().err())
+            .expect("a loser");
+        assert!(
+            matches!(
+                reason(loser),
+                "CONFLICT" | "APPLICATION_DECIDED" | "ALREADY_EXISTS"
+            ),
+            "round {round}: {loser:?}"
+        );
+        *lost_by.entry(reason(loser).to_owned()).or_default() += 1;
+        // The stored decision is the winner's, and the organisation is
+        // registered exactly when the winner approved.
+        let a_won = ra.is_ok();
+        let approved = a_won || b_approves;
+        let stored = oa
+            .membership_applications(false)
+            .await
+            .expect("applications")
+            .as_array()
+            .expect("list")
+            .iter()
+            .find(|m| m["id"].as_str() == Some(id.as_str()))
+            .expect("the application")
+            .clone();
+        assert_eq!(
+            stored["state"].as_str().unwrap_or_default().to_lowercase(),
+            if approved { "approved" } else { "rejected" },
+            "round {round}: {stored}"
+        );
+        // Each broker serves the registry from its snapshot, which the
+        // other's change wakes: registered on both once it caught up.
+        for client in [&oa, &ob] {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                let registered = client
+                    .list_organisations()
+                    .await
+                    .expect("organisations")
+                    .as_array()
+                    .expect("list")
+                    .iter()
+                    .any(|o| o["kbo"].as_str() == Some(kbo.as_str()));
+                if registered == approved {
+                    break;
+                }
+                assert!(
+                    approved && Instant::now() < deadline,
+                    "round {round}: {kbo} registered: {registered}, approved: {approved}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    eprintln!("membership decisions lost, by reason: {lost_by:?}");
+    // The log holds each decision that stood and each that was refused,
+    // with its reason.
+    let page = oa
+        .audit_list(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("list the audit log");
+    let decisions: Vec<&serde_json::Value> = page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            e["operation"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("DecideMembershipApplication")
+        })
+        .collect();
+    let refused = |why: &str| {
+        decisions
+            .iter()
+            .filter(|e| e["decision"] == "refused" && e["reason"] == why)
+            .count()
+    };
+    assert_eq!(
+        decisions.len(),
+        16,
+        "both attempts of each race are recorded"
+    );
+    let said: Vec<(&serde_json::Value, &serde_json::Value)> = decisions
+        .iter()
+        .map(|e| (&e["decision"], &e["reason"]))
+        .collect();
+    for (why, n) in &lost_by {
+        assert_eq!(refused(why), *n, "{why}: {said:?}");
+    }
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(|e| e["decision"] == "allowed")
+            .count(),
+        8,
+        "{said:?}"
+    );
+}
+
 /// Exports the registry through `client` and adds 300 purposes to the
 /// files: a large apply.
 async fn large_apply(client: &Client) -> tempfile::TempDir {
@@ -354,10 +543,15 @@ async fn large_apply(client: &Client) -> tempfile::TempDir {
 /// Waits until the broker logging to `log` paused its apply before the
 /// commit.
 async fn paused(log: &Path) {
+    paused_at(log, "registry apply paused before its commit").await;
+}
+
+/// Waits until the broker logging to `log` says `what`.
+async fn paused_at(log: &Path, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !std::fs::read_to_string(log)
         .unwrap_or_default()
-        .contains("registry apply paused before its commit")
+        .contains(what)
     {
         assert!(
             Instant::now() < deadline,
@@ -395,6 +589,121 @@ async fn not_applied_says_the_log(client: &Client) {
             .starts_with("registry applied")),
         "no entry says the apply took effect"
     );
+}
+
+/// The apply a test made: the `apply <id>` its change entries name.
+async fn the_apply(client: &Client) -> String {
+    let page = client
+        .audit_list(AuditFilter {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("audit");
+    let named: std::collections::BTreeSet<String> = page["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("by registry apply")
+        })
+        .map(|e| {
+            e["consumer_reference"]
+                .as_str()
+                .expect("reference")
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(named.len(), 1, "one apply's change entries: {named:?}");
+    named.into_iter().next().expect("an apply")
+}
+
+/// The entries that close `apply` (its closing entry, or the entry that
+/// settled it), waiting up to a minute until there is one.
+async fn closing_of(client: &Client, apply: &str) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page = client
+            .audit_list(AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("audit");
+        let closing: Vec<serde_json::Value> = page["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter(|e| {
+                e["consumer_reference"].as_str() == Some(apply)
+                    && !e["detail"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("by registry apply")
+            })
+            .cloned()
+            .collect();
+        if !closing.is_empty() {
+            return closing;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no entry closes {apply}: the log does not say whether it was applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `apply` is closed by exactly one entry, which says it was not applied
+/// (refused, APPLY_INTERRUPTED), written by the broker that settled it.
+async fn settled_as_not_applied(client: &Client, apply: &str) {
+    let closing = closing_of(client, apply).await;
+    assert_eq!(closing.len(), 1, "{closing:?}");
+    let e = &closing[0];
+    assert_eq!(e["decision"], "refused", "{e}");
+    assert_eq!(e["reason"], "APPLY_INTERRUPTED", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("registry not applied: the broker applying it"),
+        "{e}"
+    );
+}
+
+/// `apply` is closed by exactly one entry, which says it was applied,
+/// written on settling after its broker stopped.
+async fn settled_as_applied(client: &Client, apply: &str) {
+    let closing = closing_of(client, apply).await;
+    assert_eq!(closing.len(), 1, "{closing:?}");
+    let e = &closing[0];
+    assert_eq!(e["decision"], "allowed", "{e}");
+    let detail = e["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("registry applied: 300 created")
+            && detail.contains("recorded on settling: the broker that applied it"),
+        "{e}"
+    );
+}
+
+/// How many purposes `client` lists; each observation must be the
+/// registry before the apply or after all of it.
+async fn purposes_seen(client: &Client, before: usize) -> usize {
+    let n = client
+        .list_purposes()
+        .await
+        .expect("purposes")
+        .as_array()
+        .expect("list")
+        .len();
+    assert!(
+        n == before || n == before + 300,
+        "a part of the apply is seen: {n} purposes, {before} before it"
+    );
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -451,6 +760,9 @@ async fn on_the_embedded_store_a_broker_killed_mid_apply_restarts_with_the_regis
     let operator = connect(&mut a, d, "a2.log", "operator", None).await;
     assert_eq!(operator.list_purposes().await.expect("purposes"), before);
     not_applied_says_the_log(&operator).await;
+    // The restarted broker found the apply unsettled and says so.
+    let apply = the_apply(&operator).await;
+    settled_as_not_applied(&operator, &apply).await;
     operator
         .registry_apply(files.path(), false, "large apply again".into())
         .await
@@ -495,8 +807,12 @@ async fn a_broker_killed_in_the_middle_of_an_apply_leaves_the_registry_as_it_was
         before,
         "the registry is as it was"
     );
-    // The log holds the change entries and no entry saying it was applied.
+    // The log holds the change entries and no entry saying it was applied;
+    // A, finding B no longer alive, settles the apply: not applied.
     not_applied_says_the_log(&oa).await;
+    let apply = the_apply(&oa).await;
+    settled_as_not_applied(&oa, &apply).await;
+    assert_eq!(oa.list_purposes().await.expect("purposes"), before);
     // The same files applied through A: all of it, at once.
     oa.registry_apply(files.path(), false, "large apply again".into())
         .await
@@ -506,4 +822,182 @@ async fn a_broker_killed_in_the_middle_of_an_apply_leaves_the_registry_as_it_was
         after.as_array().expect("list").len(),
         before.as_array().expect("list").len() + 300
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_killed_after_the_commit_of_an_apply_leaves_it_applied_and_the_log_says_so() {
+    let pause = [
+        ("TEST_SEMEL_APPLY_PAUSE_MS", "60000".to_owned()),
+        ("TEST_SEMEL_APPLY_PAUSE_AT", "after-commit".to_owned()),
+    ];
+    let Some(mut pair) = Pair::start(&pause).await else {
+        return;
+    };
+    let (oa, ob) = pair.both("operator").await;
+    let before = oa
+        .list_purposes()
+        .await
+        .expect("purposes")
+        .as_array()
+        .expect("list")
+        .len();
+    let files = large_apply(&oa).await;
+    let path = files.path().to_owned();
+    let apply =
+        tokio::spawn(async move { ob.registry_apply(&path, false, "large apply".into()).await });
+    // B has committed and waits before its closing entry: A sees all of the
+    // apply (once its NOTIFY arrives), never a part of it.
+    paused_at(
+        &pair.dir.path().join("b.log"),
+        "registry apply paused after its commit",
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while purposes_seen(&oa, before).await != before + 300 {
+        assert!(Instant::now() < deadline, "A never saw the committed apply");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pair.b.kill().expect("SIGKILL broker B");
+    pair.b.wait().expect("reap B");
+    assert!(
+        apply.await.expect("join").is_err(),
+        "the apply was not answered"
+    );
+    // A, finding B no longer alive, writes the closing entry B could not.
+    let apply = the_apply(&oa).await;
+    settled_as_applied(&oa, &apply).await;
+    assert_eq!(purposes_seen(&oa, before).await, before + 300);
+    // B started again serves the registry as the apply left it, and the
+    // apply keeps one closing entry.
+    pair.restart_b(&[]);
+    let d = pair.dir.path().to_owned();
+    let b_url = pair.b_url.clone();
+    let ob = connect(&mut pair.b, &d, "b2.log", "operator", Some(&b_url)).await;
+    assert_eq!(purposes_seen(&ob, before).await, before + 300);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settled_as_applied(&ob, &apply).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_embedded_store_a_broker_killed_after_the_commit_of_an_apply_restarts_with_it_applied()
+ {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let demo = |pause: bool| {
+        let _ = std::fs::remove_file(d.join("demo.json"));
+        let env: Vec<(&str, String)> = if pause {
+            vec![
+                ("TEST_SEMEL_APPLY_PAUSE_MS", "60000".into()),
+                ("TEST_SEMEL_APPLY_PAUSE_AT", "after-commit".into()),
+            ]
+        } else {
+            Vec::new()
+        };
+        spawn(
+            &[
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                "--no-metrics",
+                "--population",
+                "2000",
+                "--data-dir",
+                d.to_str().expect("utf-8 path"),
+            ],
+            d,
+            if pause { "a.log" } else { "a2.log" },
+            &env,
+        )
+    };
+    let mut a = demo(true);
+    let operator = connect(&mut a, d, "a.log", "operator", None).await;
+    let before = operator
+        .list_purposes()
+        .await
+        .expect("purposes")
+        .as_array()
+        .expect("list")
+        .len();
+    let files = large_apply(&operator).await;
+    let path = files.path().to_owned();
+    let apply = {
+        let operator = operator.clone();
+        tokio::spawn(async move {
+            operator
+                .registry_apply(&path, false, "large apply".into())
+                .await
+        })
+    };
+    paused_at(&d.join("a.log"), "registry apply paused after its commit").await;
+    // Another caller sees all of it or none of it.
+    let observer = connect(&mut a, d, "a.log", "operator", None).await;
+    purposes_seen(&observer, before).await;
+    a.kill().expect("SIGKILL the broker");
+    a.wait().expect("reap");
+    assert!(
+        apply.await.expect("join").is_err(),
+        "the apply was not answered"
+    );
+    // Started again on the same data directory: applied, and the log says
+    // so once.
+    let mut a = demo(false);
+    let operator = connect(&mut a, d, "a2.log", "operator", None).await;
+    assert_eq!(purposes_seen(&operator, before).await, before + 300);
+    let apply = the_apply(&operator).await;
+    settled_as_applied(&operator, &apply).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    settled_as_applied(&operator, &apply).await;
+    let _ = a.kill();
+    let _ = a.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_taken_for_stopped_cannot_commit_the_apply_it_was_making() {
+    // B pauses 5 s before its commit; it is frozen (SIGSTOP) meanwhile,
+    // long enough for A to take it for stopped and settle its apply.
+    let Some(mut pair) = Pair::start(&[("TEST_SEMEL_APPLY_PAUSE_MS", "5000".into())]).await else {
+        return;
+    };
+    let (oa, ob) = pair.both("operator").await;
+    let before = oa.list_purposes().await.expect("purposes");
+    let files = large_apply(&oa).await;
+    let path = files.path().to_owned();
+    let apply =
+        tokio::spawn(async move { ob.registry_apply(&path, false, "large apply".into()).await });
+    paused(&pair.dir.path().join("b.log")).await;
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &pair.b.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let id = the_apply(&oa).await;
+    settled_as_not_applied(&oa, &id).await;
+    signal("-CONT");
+    // Woken, B's commit is refused: the apply was settled as not applied.
+    let refused = apply
+        .await
+        .expect("join")
+        .expect_err("the commit of a settled apply");
+    assert_eq!(reason(&refused), "APPLY_INTERRUPTED", "{refused:?}");
+    assert_eq!(oa.list_purposes().await.expect("purposes"), before);
+    // Both entries that close it say it was not applied; none says it was.
+    let closing = closing_of(&oa, &id).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closing = closing;
+    while closing.len() < 2 {
+        assert!(Instant::now() < deadline, "B's refusal is not recorded");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        closing = closing_of(&oa, &id).await;
+    }
+    assert_eq!(closing.len(), 2, "{closing:?}");
+    for e in &closing {
+        assert_eq!(e["decision"], "refused", "{e}");
+        assert_eq!(e["reason"], "APPLY_INTERRUPTED", "{e}");
+    }
+    not_applied_says_the_log(&oa).await;
 }

@@ -732,10 +732,14 @@ pub(super) fn plan(
 /// Stores the writes all or nothing: one commit (one transaction on
 /// PostgreSQL, which other brokers see whole or not at all; one sled
 /// transaction on the embedded store), each write only over the record the
-/// plan read. Returns what takes them all back.
+/// plan read, and in the same commit the apply's marker turned committed
+/// with `closing`, the words of its closing entry. Returns what takes them
+/// all back.
 pub(super) async fn write(
     reg: &dyn RegistryStore,
     writes: &[(usize, Write)],
+    apply: &str,
+    closing: &str,
 ) -> Result<Vec<RegistryUndo>, ApiError> {
     let writes: Vec<RegistryWrite> = writes
         .iter()
@@ -758,27 +762,169 @@ pub(super) async fn write(
             },
         })
         .collect();
-    pause_for_tests().await;
-    reg.commit(&writes).await.map_err(ApiError::from)?;
+    pause_for_tests(PausePoint::BeforeCommit).await;
+    reg.commit_apply(&writes, apply, closing)
+        .await
+        .map_err(|e| match e {
+            // The marker was settled by another broker, which found this
+            // one stopped: said as such, not as a registry conflict.
+            semel_storage::StorageError::Conflict(m) if m.starts_with("registry apply ") => {
+                ApiError::new(
+                    tonic::Code::Aborted,
+                    "APPLY_INTERRUPTED",
+                    semel_core::redact_national_numbers(&m).into_owned(),
+                )
+            }
+            e => ApiError::from(e),
+        })?;
+    pause_for_tests(PausePoint::AfterCommit).await;
     Ok(writes.iter().map(RegistryWrite::undo).collect())
 }
 
-/// For the test that kills a broker in the middle of an apply: with
-/// `TEST_SEMEL_APPLY_PAUSE_MS` set, an apply waits that long after its
-/// change entries are durable and before its commit, and says so on stderr.
-async fn pause_for_tests() {
-    if let Some(ms) = std::env::var("TEST_SEMEL_APPLY_PAUSE_MS")
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PausePoint {
+    BeforeCommit,
+    AfterCommit,
+}
+
+/// For the tests that kill a broker in the middle of an apply: with
+/// `TEST_SEMEL_APPLY_PAUSE_MS` set, an apply waits that long at one point
+/// and says so on stderr: after its change entries are durable and before
+/// its commit, or, with `TEST_SEMEL_APPLY_PAUSE_AT=after-commit`, after its
+/// commit and before its closing entry.
+async fn pause_for_tests(at: PausePoint) {
+    let Some(ms) = std::env::var("TEST_SEMEL_APPLY_PAUSE_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-    {
-        eprintln!("semel test hook: registry apply paused before its commit");
-        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    else {
+        return;
+    };
+    let after = std::env::var("TEST_SEMEL_APPLY_PAUSE_AT").is_ok_and(|v| v == "after-commit");
+    let chosen = if after {
+        PausePoint::AfterCommit
+    } else {
+        PausePoint::BeforeCommit
+    };
+    if at != chosen {
+        return;
+    }
+    eprintln!(
+        "semel test hook: registry apply paused {}",
+        match at {
+            PausePoint::BeforeCommit => "before its commit",
+            PausePoint::AfterCommit => "after its commit, before its closing entry",
+        }
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+}
+
+/// Takes back a committed apply, all or nothing; its marker goes with it
+/// (the registry is as it was: the refusal entry says the rest). Left
+/// committed when the apply cannot be taken back (a later change stands on
+/// it): the apply stands, and the next settling says so in the log.
+pub(super) async fn undo_all(reg: &dyn RegistryStore, undos: Vec<RegistryUndo>, apply: &str) {
+    if crate::audited::retry_undo("registry apply", || reg.undo_all(&undos)).await {
+        close_marker(reg, apply, true).await;
     }
 }
 
-/// Takes back a committed apply, all or nothing.
-pub(super) async fn undo_all(reg: &dyn RegistryStore, undos: Vec<RegistryUndo>) {
-    crate::audited::retry_undo("registry apply", || reg.undo_all(&undos)).await;
+/// Removes an apply's marker once its closing entry is durable, trying
+/// again for a while (the database may be failing over); a marker left
+/// behind is settled later, with a second closing entry saying the same.
+pub(super) async fn close_marker(reg: &dyn RegistryStore, apply: &str, committed: bool) {
+    let mut wait = std::time::Duration::from_millis(100);
+    for _ in 0..20 {
+        match reg.close_apply(apply, committed).await {
+            Ok(_) => return,
+            Err(e) => {
+                let error = semel_core::redact_national_numbers(&e.to_string()).into_owned();
+                tracing::warn!(%error, "the marker of a registry apply is not removed yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::warn!(
+        "the marker of a registry apply was left behind: it will be settled again, and its closing entry written a second time"
+    );
+}
+
+/// The operation named by an apply's entries, the settling ones too.
+const APPLY_OPERATION: &str = "semel.v1.RegistryService/ApplyRegistry";
+
+impl crate::state::Broker {
+    /// Settles every apply whose closing entry may be missing (a broker
+    /// stopped between its first change entry and its closing entry): one
+    /// committed gets its closing entry (applied), one still open is first
+    /// removed (its broker can no longer commit it) and then recorded as
+    /// not applied. Takes the lock applies take, so none of this broker's
+    /// own is under way. Returns how many were settled.
+    pub async fn settle_applies(&self) -> Result<usize, ApiError> {
+        let _guard = self.admin.lock().await;
+        self.settle_applies_locked().await
+    }
+
+    /// [`crate::state::Broker::settle_applies`], the admin lock held.
+    pub(crate) async fn settle_applies_locked(&self) -> Result<usize, ApiError> {
+        let registry = self.storage().registry.clone();
+        let mut settled = 0;
+        for marker in registry.unsettled_applies().await? {
+            let mut record = crate::state::blank_record(
+                crate::state::new_id(),
+                APPLY_OPERATION,
+                marker.organisation,
+                Some(marker.end_user.clone()),
+            );
+            record.consumer_reference =
+                semel_core::redact_national_numbers(&marker.id).into_owned();
+            if marker.committed {
+                record.outcome = semel_core::Outcome::Answered;
+                record.detail = semel_core::redact_national_numbers(&format!(
+                    "{}; recorded on settling: the broker that applied it ({}) stopped after its commit, before this entry",
+                    marker.closing, marker.broker
+                ))
+                .into_owned();
+                self.append_durably(record).await?;
+                registry.close_apply(&marker.id, true).await?;
+            } else {
+                if !registry.close_apply(&marker.id, false).await? {
+                    // Committed or settled meanwhile: the next round sees.
+                    continue;
+                }
+                record.decision = semel_core::AuditDecision::Refused;
+                record.reason = Some(semel_core::ReasonCode::ApplyInterrupted);
+                record.detail = semel_core::redact_national_numbers(&format!(
+                    "registry not applied: the broker applying it ({}) stopped before its commit; the change entries of {} took no effect; apply the files again",
+                    marker.broker, marker.id
+                ))
+                .into_owned();
+                self.append_durably(record).await?;
+            }
+            settled += 1;
+            tracing::warn!(
+                committed = marker.committed,
+                "a registry apply whose broker stopped was settled in the audit log"
+            );
+        }
+        Ok(settled)
+    }
+
+    /// Settles applies at start and every few seconds after, until
+    /// aborted: on a shared database, the applies of a broker that stopped
+    /// are settled by the brokers still running.
+    pub(crate) fn settle_applies_task(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let broker = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = broker.settle_applies().await {
+                    tracing::warn!(error = %e.message, "could not settle registry applies; trying again");
+                }
+            }
+        })
+    }
 }
 
 /// The audit entry of one planned change, before it is stored.
