@@ -141,6 +141,106 @@ async fn a_publication_commits_with_all_its_entries_and_its_notification_or_not_
     );
 }
 
+/// Publications made at the same time share one transaction, one commit
+/// and one notification (issue 30, point 6: one commit each, serialised on
+/// the consumers' cursor rows and on the notification queue, held
+/// PostgreSQL to about 44 a second). While a publication waits (here on a
+/// cursor row an administrator holds), the twenty made meanwhile are all
+/// stored by the next commit; each consumer's positions stay dense and in
+/// order, and of two publications of one event id in the same batch one is
+/// new and the other a duplicate that queued nothing.
+#[tokio::test]
+async fn publications_made_at_once_share_one_commit() {
+    let Some(db) = TestDatabase::start("clusterbatch").await else {
+        return;
+    };
+    let store = std::sync::Arc::new(PgMutations::connect(&db.url).await.expect("store"));
+    let digest = [9u8; 32];
+    assert_eq!(
+        store
+            .accept(&kbo(SOURCE), &[1u8; 32], &digest, 1, &routed(&[FIRST]))
+            .await
+            .expect("the first publication"),
+        Accepted::New
+    );
+    let watcher = admin(&db.url).await;
+    // Which transaction wrote each queue entry.
+    watcher
+        .batch_execute(
+            "CREATE TABLE entry_tx (tx bigint NOT NULL); \
+             CREATE FUNCTION note_tx() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN INSERT INTO entry_tx VALUES (txid_current()); RETURN NEW; END $$; \
+             CREATE TRIGGER note_tx AFTER INSERT ON mutation_queue \
+             FOR EACH ROW EXECUTE FUNCTION note_tx();",
+        )
+        .await
+        .expect("note the transactions");
+    let mut holder = admin(&db.url).await;
+    let hold = holder.transaction().await.expect("begin");
+    hold.execute(
+        &format!("SELECT 1 FROM mutation_cursors WHERE consumer = '{FIRST}' FOR UPDATE"),
+        &[],
+    )
+    .await
+    .expect("hold the first consumer's cursor");
+    let publications: Vec<_> = (0..20u8)
+        .map(|i| {
+            let store = store.clone();
+            // The last two publish one event id.
+            let key = [10 + i.min(18); 32];
+            tokio::spawn(async move {
+                store
+                    .accept(&kbo(SOURCE), &key, &digest, 2, &routed(&[FIRST, SECOND]))
+                    .await
+            })
+        })
+        .collect();
+    // The first publication waits for the row; the others are made meanwhile.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while count(
+            &watcher,
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            == 0
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("a publication waits for the cursor row");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold.commit().await.expect("let go of the row");
+    let mut outcomes = Vec::new();
+    for p in publications {
+        outcomes.push(p.await.expect("join").expect("stored"));
+    }
+    assert_eq!(
+        outcomes.iter().filter(|a| **a == Accepted::New).count(),
+        19,
+        "one of the two publications of one event id is new: {outcomes:?}"
+    );
+    let transactions = count(&watcher, "SELECT count(DISTINCT tx) FROM entry_tx").await;
+    assert!(
+        (1..=2).contains(&transactions),
+        "the publications that waited, then all those made meanwhile, in one transaction: {transactions} transactions"
+    );
+    for (consumer, last) in [(FIRST, 20), (SECOND, 19)] {
+        let positions: Vec<i64> = watcher
+            .query(
+                "SELECT position FROM mutation_queue WHERE consumer = $1 ORDER BY position",
+                &[&consumer],
+            )
+            .await
+            .expect("positions")
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(positions, (1..=last).collect::<Vec<i64>>(), "dense, from 1");
+    }
+}
+
 /// Brokers count each other alive; a broker whose listener connection is
 /// lost says it is not listening (its subscriptions poll), connects again,
 /// and wakes its subscriptions once for what it may have missed; a broker

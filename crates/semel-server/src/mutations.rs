@@ -336,15 +336,23 @@ impl Broker {
             .filter(|a| a.dataset == c.dataset && a.receives_mutations && may_receive(&a.consumer))
             .collect();
         let consumers: BTreeSet<Kbo> = candidates.iter().map(|a| a.consumer).collect();
-        let mut files = Vec::new();
-        for consumer in &consumers {
-            files.extend(persons.files_of(consumer, resolved).await?);
-        }
-        let consents = if candidates.iter().any(|a| a.consent_required) {
-            persons.consents_of(resolved).await?
-        } else {
-            Vec::new()
+        // Each consumer's files, read at once rather than one after the
+        // other (a round trip each on PostgreSQL when not in memory: one
+        // after the other, 38 of them were most of a publication's time),
+        // with the consents.
+        let consents = async {
+            if candidates.iter().any(|a| a.consent_required) {
+                persons.consents_of(resolved).await
+            } else {
+                Ok(Vec::new())
+            }
         };
+        let (files, consents) = futures::future::try_join(
+            futures::future::try_join_all(consumers.iter().map(|c| persons.files_of(c, resolved))),
+            consents,
+        )
+        .await?;
+        let files: Vec<_> = files.into_iter().flatten().collect();
         let now_micros = (now.unix_timestamp_nanos() / 1000) as i64;
         let routes = route(
             &MutationFacts {
