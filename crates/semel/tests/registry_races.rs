@@ -275,14 +275,26 @@ async fn two_brokers_racing_each_registry_rule_one_wins() {
                 conflicts += 1;
             }
         }
-        let orgs = oa.list_organisations().await.expect("organisations");
-        let org = orgs
-            .as_array()
-            .expect("list")
-            .iter()
-            .find(|o| o["kbo"].as_str() == Some(anderlecht.as_str()))
-            .expect("anderlecht")
-            .clone();
+        // Broker A learns of a change made through B from the database
+        // (NOTIFY, or the poll): wait for the winner's change to reach it,
+        // a few seconds at most, before saying what stands.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let org = loop {
+            let orgs = oa.list_organisations().await.expect("organisations");
+            let org = orgs
+                .as_array()
+                .expect("list")
+                .iter()
+                .find(|o| o["kbo"].as_str() == Some(anderlecht.as_str()))
+                .expect("anderlecht")
+                .clone();
+            let reached = (suspended.is_err() || org["status"] == "suspended")
+                && (amended.is_err() || org["name"] == name.as_str());
+            if reached || std::time::Instant::now() > deadline {
+                break org;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
         if suspended.is_ok() {
             assert_eq!(
                 org["status"], "suspended",
