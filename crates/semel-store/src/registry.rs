@@ -611,62 +611,20 @@ impl Registry {
     /// reference and applicant, one pending application for membership per
     /// enterprise number.
     fn check_rules(&self, staged: &Staged) -> Result<(), StoreError> {
-        if staged.keys().any(|(t, _)| *t == 5) {
-            let mut all: std::collections::BTreeMap<
-                Vec<u8>,
-                Option<semel_core::AuthorisationApplication>,
-            > = self
-                .applications()?
-                .into_iter()
-                .map(|a| (a.id.as_bytes().to_vec(), Some(a)))
-                .collect();
-            for ((tree, key), v) in staged {
-                if *tree == 5 {
-                    all.insert(key.clone(), v.as_deref().map(decode).transpose()?);
-                }
-            }
-            let mut seen = std::collections::HashSet::new();
-            for a in all
-                .values()
-                .flatten()
-                .filter(|a| a.state == semel_core::ApplicationState::Pending)
-            {
-                if !seen.insert((a.applicant, a.proposed.reference.as_str().to_owned())) {
-                    return Err(StoreError::Conflict(pending_message(
-                        semel_storage::second_pending_application(
-                            a.proposed.reference.as_str(),
-                            &a.applicant,
-                        ),
-                    )));
-                }
-            }
+        if let Some(a) = second_pending(staged, 5, self.applications()?, |a| {
+            (a.applicant, a.proposed.reference.as_str().to_owned())
+        })? {
+            return Err(StoreError::Conflict(pending_message(
+                semel_storage::second_pending_application(
+                    a.proposed.reference.as_str(),
+                    &a.applicant,
+                ),
+            )));
         }
-        if staged.keys().any(|(t, _)| *t == 6) {
-            let mut all: std::collections::BTreeMap<
-                Vec<u8>,
-                Option<semel_core::MembershipApplication>,
-            > = self
-                .memberships()?
-                .into_iter()
-                .map(|a| (a.id.as_bytes().to_vec(), Some(a)))
-                .collect();
-            for ((tree, key), v) in staged {
-                if *tree == 6 {
-                    all.insert(key.clone(), v.as_deref().map(decode).transpose()?);
-                }
-            }
-            let mut seen = std::collections::HashSet::new();
-            for a in all
-                .values()
-                .flatten()
-                .filter(|a| a.state == semel_core::ApplicationState::Pending)
-            {
-                if !seen.insert(a.kbo) {
-                    return Err(StoreError::Conflict(pending_message(
-                        semel_storage::second_pending_membership(&a.kbo),
-                    )));
-                }
-            }
+        if let Some(a) = second_pending(staged, 6, self.memberships()?, |a| a.kbo)? {
+            return Err(StoreError::Conflict(pending_message(
+                semel_storage::second_pending_membership(&a.kbo),
+            )));
         }
         Ok(())
     }
@@ -814,6 +772,63 @@ fn all<T: DeserializeOwned>(tree: &sled::Tree) -> Result<Vec<T>, StoreError> {
             decode(&v)
         })
         .collect()
+}
+
+/// An application of tree `tree` the registry as `staged` leaves it would
+/// hold pending beside another with the same `rule` key (the second one
+/// found), when `staged` writes that tree: `stored` is the tree as it is.
+fn second_pending<A, K>(
+    staged: &Staged,
+    tree: u8,
+    stored: Vec<A>,
+    rule: impl Fn(&A) -> K,
+) -> Result<Option<A>, StoreError>
+where
+    A: Pending + DeserializeOwned,
+    K: Eq + std::hash::Hash,
+{
+    if !staged.keys().any(|(t, _)| *t == tree) {
+        return Ok(None);
+    }
+    let mut all: std::collections::BTreeMap<Vec<u8>, Option<A>> = stored
+        .into_iter()
+        .map(|a| (a.id().as_bytes().to_vec(), Some(a)))
+        .collect();
+    for ((t, key), v) in staged {
+        if *t == tree {
+            all.insert(key.clone(), v.as_deref().map(decode).transpose()?);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    Ok(all
+        .into_values()
+        .flatten()
+        .filter(|a| a.pending())
+        .find(|a| !seen.insert(rule(a))))
+}
+
+/// What [`second_pending`] needs of an application.
+trait Pending {
+    fn id(&self) -> &str;
+    fn pending(&self) -> bool;
+}
+
+impl Pending for semel_core::AuthorisationApplication {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn pending(&self) -> bool {
+        self.state == semel_core::ApplicationState::Pending
+    }
+}
+
+impl Pending for semel_core::MembershipApplication {
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn pending(&self) -> bool {
+        self.state == semel_core::ApplicationState::Pending
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
