@@ -21,6 +21,7 @@ mod persons;
 mod probe;
 mod query;
 mod registry;
+mod seals;
 pub mod testing;
 mod tree;
 
@@ -50,6 +51,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0011_registry_invariants.sql"),
     include_str!("../migrations/0012_brokers.sql"),
     include_str!("../migrations/0013_registry_applies.sql"),
+    include_str!("../migrations/0014_registry_seals.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

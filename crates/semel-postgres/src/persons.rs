@@ -8,8 +8,8 @@
 use crate::registry::{decode, encode};
 use crate::{Conn, PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
-use semel_core::seal::{EntryRef, RowSealer};
-use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile, entry_hash};
+use semel_core::seal::RowSealer;
+use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 use semel_storage::{Appended, PersonsChange, PersonsChanges, PersonsStore, StorageError};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -44,8 +44,9 @@ pub struct PgPersons {
     unsealed: AtomicU64,
 }
 
-/// A row read with what binds it to its entry: its value, the entry it
-/// names, its seal, and that entry's encoding as the log holds it.
+/// A row read with what binds it to its entry: its value, then
+/// [`crate::seals::COLUMNS`] (the entry it names, its seal, and that
+/// entry's encoding as the log holds it).
 const SEALED_COLUMNS: &str = "r.value::text, r.audit_sequence, r.audit_hash, r.seal, e.encoding";
 
 impl Drop for PgPersons {
@@ -149,38 +150,11 @@ impl PgPersons {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let value: T = decode(r.get(0))?;
-            let sequence: Option<i64> = r.get(1);
+            let sealed = crate::seals::Sealed::read(&r, 1);
             let why = if !belongs(&value) {
                 Some("its key columns do not say what its value says")
             } else if let Some(sealer) = &self.sealer {
-                let hash: Option<Vec<u8>> = r.get(2);
-                let seal: Option<Vec<u8>> = r.get(3);
-                let encoding: Option<Vec<u8>> = r.get(4);
-                match (sequence, hash, seal, encoding) {
-                    (None, ..) | (_, None, ..) | (_, _, None, _) => {
-                        Some("it carries no seal (written outside a broker, or its entry failed)")
-                    }
-                    (Some(_), Some(_), Some(_), None) => {
-                        Some("the audit entry it names is missing")
-                    }
-                    (Some(sequence), Some(hash), Some(seal), Some(encoding)) => {
-                        let entry = <[u8; 32]>::try_from(hash.as_slice())
-                            .ok()
-                            .zip(u64::try_from(sequence).ok())
-                            .map(|(hash, sequence)| EntryRef { sequence, hash });
-                        match entry {
-                            None => Some("the audit entry it names is malformed"),
-                            Some(entry) if entry_hash(&encoding) != entry.hash => Some(
-                                "the audit entry it names differs from the one it was sealed with",
-                            ),
-                            Some(entry) => {
-                                let row = encode(&value)?;
-                                (!sealer.verifies(table, row.as_bytes(), &entry, &seal))
-                                    .then_some("its seal does not verify")
-                            }
-                        }
-                    }
-                }
+                sealed.refusal(sealer, table, encode(&value)?.as_bytes())
             } else {
                 None
             };
@@ -188,11 +162,7 @@ impl PgPersons {
                 None => out.push(value),
                 Some(why) => {
                     self.unsealed.fetch_add(1, Relaxed);
-                    tracing::error!(
-                        table,
-                        audit_sequence = ?sequence,
-                        "a row was not honoured: {why}; the database holds a row no broker made as it stands (docs/storage-postgresql.md, \"No rule without its entry\")"
-                    );
+                    crate::seals::report(table, sealed.sequence, why);
                 }
             }
         }
@@ -211,10 +181,7 @@ impl PgPersons {
         let Some(sealer) = &self.sealer else {
             return Ok(());
         };
-        let at = EntryRef {
-            sequence: entry.sequence,
-            hash: entry.hash,
-        };
+        let at = crate::seals::entry(entry);
         let seals: Vec<Vec<u8>> = values
             .iter()
             .map(|v| sealer.seal(table, v.as_bytes(), &at).to_vec())

@@ -9,13 +9,16 @@
 //! interval later when a notification is lost (or one poll interval plus a
 //! reconnection when the watch's connection was lost).
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use semel_core::seal::RowSealer;
 use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCertificate};
-use semel_storage::{RegistryUndo, RegistryWrite, StorageError};
+use semel_storage::{Appended, OpenChange, RegistryUndo, RegistryWrite, Staged, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
+use tokio_postgres::GenericClient;
 
 use crate::{Conn, PgError, migrate};
 
@@ -28,10 +31,35 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// One broker's connection to the registry.
 pub struct PgRegistry {
     conn: tokio::sync::Mutex<Conn>,
+    /// Where a staged change opens a connection of its own.
+    url: String,
     /// The broker this connection works for: the owner of the applies it
     /// opens (table `registry_applies`).
     broker: String,
+    /// Seals the rules this broker writes and checks every rule read (no
+    /// rule without its entry); `None` honours rows as stored, for tests
+    /// of this crate that run no log. A broker always seals.
+    sealer: Option<RowSealer>,
+    /// Rules read and not honoured since start.
+    unsealed: AtomicU64,
 }
+
+/// The kinds of record that decide lookups, and so are sealed.
+const SEALED_KINDS: [&str; 4] = ["organisation", "dataset", "purpose", "authorisation"];
+
+/// What a seal of a record of `kind` is made over: its table and kind.
+fn sealed_table(kind: &str) -> String {
+    format!("registry_records/{kind}")
+}
+
+/// What a seal of an authorisation's version is made over.
+const HISTORY_TABLE: &str = "registry_authorisation_history";
+
+/// How long a staged change's transaction may wait for a lock, and stay
+/// open waiting for its entry, before PostgreSQL ends it (rolled back):
+/// one broker stalled mid-change holds the others back no longer.
+const STAGED_LOCK_TIMEOUT: &str = "10s";
+const STAGED_IDLE_TIMEOUT: &str = "30s";
 
 impl std::fmt::Debug for PgRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -49,7 +77,7 @@ pub(crate) fn decode<T: DeserializeOwned>(text: &str) -> Result<T, PgError> {
 
 /// Bumps the registry's version and tells every listening broker; both
 /// take effect only when the change's transaction commits.
-async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, PgError> {
+async fn bump(tx: &(impl GenericClient + Sync)) -> Result<u64, PgError> {
     let version: i64 = tx
         .query_one(
             "UPDATE registry_version SET version = version + 1 WHERE id = 0 RETURNING version",
@@ -69,7 +97,7 @@ async fn bump(tx: &tokio_postgres::Transaction<'_>) -> Result<u64, PgError> {
 /// is still the one the change wrote: a change made since, through another
 /// broker, stands.
 async fn still<T: DeserializeOwned + PartialEq>(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     kind: &str,
     key: &str,
     written: &T,
@@ -97,8 +125,18 @@ impl PgRegistry {
         migrate(&conn.client).await?;
         Ok(PgRegistry {
             conn: tokio::sync::Mutex::new(conn),
+            url: url.to_owned(),
             broker: format!("registry-{}", std::process::id()),
+            sealer: None,
+            unsealed: AtomicU64::new(0),
         })
+    }
+
+    /// Seals the rules this broker writes with `sealer`, and honours only
+    /// rules whose seal verifies and whose entry is in the log as sealed.
+    pub fn sealed_by(mut self, sealer: RowSealer) -> Self {
+        self.sealer = Some(sealer);
+        self
     }
 
     /// Names the broker this connection works for (its id in table
@@ -178,13 +216,86 @@ impl PgRegistry {
             .collect()
     }
 
+    /// The rules of one kind that are honoured: with a sealer, those whose
+    /// key column says what their value says, whose seal verifies over the
+    /// value, its kind and the entry named, and whose entry is in the log
+    /// with the hash named. Every other row is counted and reported, and
+    /// left out as if it did not exist. `only` narrows to one key.
+    async fn sealed<T: DeserializeOwned + Serialize>(
+        &self,
+        kind: &str,
+        only: Option<&str>,
+        key: fn(&T) -> &str,
+    ) -> Result<Vec<T>, PgError> {
+        let sql = format!(
+            "SELECT r.key, r.value::text, {} FROM registry_records r \
+               LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+              WHERE r.kind = $1 AND ($2::text IS NULL OR r.key = $2) \
+              ORDER BY r.key COLLATE \"C\"",
+            crate::seals::COLUMNS
+        );
+        let rows = self
+            .conn
+            .lock()
+            .await
+            .client()
+            .await?
+            .query(&sql, &[&kind, &only])
+            .await?;
+        self.honoured(&sealed_table(kind), rows, |r, v| {
+            r.get::<_, &str>(0) == key(v)
+        })
+    }
+
+    /// Keeps the rows (value in column 1, seal columns from 2) that are
+    /// honoured (see [`PgRegistry::sealed`]).
+    fn honoured<T: DeserializeOwned + Serialize>(
+        &self,
+        table: &str,
+        rows: Vec<tokio_postgres::Row>,
+        belongs: impl Fn(&tokio_postgres::Row, &T) -> bool,
+    ) -> Result<Vec<T>, PgError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let Some(sealer) = &self.sealer else {
+                out.push(decode(r.get(1))?);
+                continue;
+            };
+            let sealed = crate::seals::Sealed::read(&r, 2);
+            // A value no broker could have written is a row no broker
+            // sealed: left out as the others are.
+            let value: T = match decode(r.get(1)) {
+                Ok(value) => value,
+                Err(_) => {
+                    self.unsealed.fetch_add(1, Relaxed);
+                    crate::seals::report(table, sealed.sequence, "its value cannot be read");
+                    continue;
+                }
+            };
+            let why = if !belongs(&r, &value) {
+                Some("its key columns do not say what its value says")
+            } else {
+                sealed.refusal(sealer, table, encode(&value)?.as_bytes())
+            };
+            match why {
+                None => out.push(value),
+                Some(why) => {
+                    self.unsealed.fetch_add(1, Relaxed);
+                    crate::seals::report(table, sealed.sequence, why);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Stores an organisation (insert or replace): a suspension, for one.
     pub async fn put_organisation(&self, org: &Organisation) -> Result<u64, PgError> {
         self.put("organisation", org.kbo.as_str(), org).await
     }
 
     pub async fn organisations(&self) -> Result<Vec<Organisation>, PgError> {
-        self.all("organisation").await
+        self.sealed("organisation", None, |o: &Organisation| o.kbo.as_str())
+            .await
     }
 
     pub async fn put_dataset(&self, dataset: &Dataset) -> Result<u64, PgError> {
@@ -192,7 +303,8 @@ impl PgRegistry {
     }
 
     pub async fn datasets(&self) -> Result<Vec<Dataset>, PgError> {
-        self.all("dataset").await
+        self.sealed("dataset", None, |d: &Dataset| d.name.as_str())
+            .await
     }
 
     pub async fn put_purpose(&self, purpose: &Purpose) -> Result<u64, PgError> {
@@ -200,7 +312,8 @@ impl PgRegistry {
     }
 
     pub async fn purposes(&self) -> Result<Vec<Purpose>, PgError> {
-        self.all("purpose").await
+        self.sealed("purpose", None, |p: &Purpose| p.code.as_str())
+            .await
     }
 
     pub async fn put_application(
@@ -278,28 +391,35 @@ impl PgRegistry {
     }
 
     pub async fn authorisations(&self) -> Result<Vec<Authorisation>, PgError> {
-        self.all("authorisation").await
+        self.sealed("authorisation", None, |a: &Authorisation| {
+            a.reference.as_str()
+        })
+        .await
     }
 
-    /// Every stored version of one authorisation, oldest first.
+    /// Every stored version of one authorisation, oldest first (each
+    /// honoured as [`PgRegistry::sealed`] says).
     pub async fn authorisation_history(
         &self,
         reference: &str,
     ) -> Result<Vec<Authorisation>, PgError> {
-        self.conn
+        let sql = format!(
+            "SELECT r.reference, r.value::text, {}, r.version FROM registry_authorisation_history r \
+               LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+              WHERE r.reference = $1 ORDER BY r.version",
+            crate::seals::COLUMNS
+        );
+        let rows = self
+            .conn
             .lock()
             .await
             .client()
             .await?
-            .query(
-                "SELECT value::text FROM registry_authorisation_history \
-                 WHERE reference = $1 ORDER BY version",
-                &[&reference],
-            )
-            .await?
-            .iter()
-            .map(|r| decode(r.get(0)))
-            .collect()
+            .query(&sql, &[&reference])
+            .await?;
+        self.honoured(HISTORY_TABLE, rows, |r, a: &Authorisation| {
+            r.get::<_, &str>(0) == a.reference.as_str() && r.get::<_, i32>(6) == a.version as i32
+        })
     }
 
     /// Records a revocation; revoking again keeps the first record, which
@@ -338,20 +458,15 @@ impl PgRegistry {
         self.all("revoked_certificate").await
     }
 
-    /// One organisation, by KBO number.
+    /// One organisation, by KBO number (honoured as
+    /// [`PgRegistry::sealed`] says).
     pub async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, PgError> {
-        self.conn
-            .lock()
-            .await
-            .client()
+        Ok(self
+            .sealed("organisation", Some(kbo.as_str()), |o: &Organisation| {
+                o.kbo.as_str()
+            })
             .await?
-            .query_opt(
-                "SELECT value::text FROM registry_records WHERE kind = 'organisation' AND key = $1",
-                &[&kbo.as_str()],
-            )
-            .await?
-            .map(|r| decode(r.get(0)))
-            .transpose()
+            .pop())
     }
 
     /// Takes back a change whose audit entry failed, in one transaction
@@ -382,15 +497,16 @@ impl PgRegistry {
     }
 
     /// [`PgRegistry::commit`], turning the marker of apply `apply.0`
-    /// committed (closing words `apply.1`) in the same transaction.
+    /// committed (closing words `apply.1`) in the same transaction, and
+    /// sealing each write with its entry in `apply.2`.
     async fn commit_with(
         &self,
         writes: &[RegistryWrite],
-        apply: Option<(&str, &str)>,
+        apply: Option<(&str, &str, &[Appended])>,
     ) -> Result<u64, PgError> {
         let mut conn = self.conn.lock().await;
         let tx = conn.client().await?.transaction().await?;
-        if let Some((id, closing)) = apply {
+        if let Some((id, closing, _)) = apply {
             let marked = tx
                 .execute(
                     "UPDATE registry_applies \
@@ -406,99 +522,410 @@ impl PgRegistry {
                 )));
             }
         }
-        for w in writes {
-            match w {
-                RegistryWrite::Organisation { after, before } => {
-                    swap(
-                        &tx,
-                        "organisation",
-                        after.kbo.as_str(),
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?
-                }
-                RegistryWrite::Dataset { after, before } => {
-                    swap(
-                        &tx,
-                        "dataset",
-                        after.name.as_str(),
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?
-                }
-                RegistryWrite::Purpose { after, before } => {
-                    swap(
-                        &tx,
-                        "purpose",
-                        after.code.as_str(),
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?
-                }
-                RegistryWrite::Application { after, before } => {
-                    swap(
-                        &tx,
-                        "application",
-                        &after.id,
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?
-                }
-                RegistryWrite::Membership { after, before } => {
-                    swap(
-                        &tx,
-                        "membership",
-                        &after.id,
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?
-                }
-                RegistryWrite::Authorisation { after, before } => {
-                    let expected = before.as_ref().map_or(1, |b| b.version + 1);
-                    if after.version != expected {
-                        return Err(PgError::Conflict(format!(
-                            "authorisation {}: version {} does not follow the version read ({}); nothing was written",
-                            after.reference,
-                            after.version,
-                            expected - 1
-                        )));
-                    }
-                    swap(
-                        &tx,
-                        "authorisation",
-                        after.reference.as_str(),
-                        &**after,
-                        before.as_deref(),
-                        &w.name(),
-                    )
-                    .await?;
-                    let inserted = tx
-                        .execute(
-                            "INSERT INTO registry_authorisation_history (reference, version, value) \
-                             VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
-                            &[&after.reference.as_str(), &(after.version as i32), &encode(&**after)?],
-                        )
-                        .await?;
-                    if inserted == 0 {
-                        return Err(conflict(&w.name()));
-                    }
-                }
-            }
+        write_all(&tx, writes).await?;
+        if let Some((_, _, entries)) = apply {
+            seal_writes(&tx, self.sealer.as_ref(), writes, entries).await?;
         }
         let version = bump(&tx).await?;
         tx.commit().await.map_err(unique_violation)?;
         Ok(version)
     }
+
+    /// Writes a change in a transaction of its own, left open: in force
+    /// only once [`OpenChange::seal`] commits it with its entry.
+    async fn stage_open(&self, writes: &[RegistryWrite]) -> Result<PgOpenChange, PgError> {
+        let conn = Conn::open(&self.url).await?;
+        conn.client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{STAGED_LOCK_TIMEOUT}'; \
+                 SET LOCAL idle_in_transaction_session_timeout = '{STAGED_IDLE_TIMEOUT}'"
+            ))
+            .await?;
+        write_all(&conn.client, writes).await?;
+        Ok(PgOpenChange {
+            conn,
+            writes: writes.to_vec(),
+            adopted: Vec::new(),
+            sealer: self.sealer.clone(),
+        })
+    }
+
+    /// Rules written before seals were kept (schema version 14), adopted
+    /// once: if adoption is still due, a change left open that holds every
+    /// unsealed rule, with the words of the entry that records it (counts,
+    /// and a SHA-256 digest of the rows adopted). `None` when none is due.
+    /// Committed with that entry, the rows are sealed with it and the
+    /// adoption is no longer due.
+    pub async fn adoption(&self) -> Result<Option<(Box<dyn OpenChange>, String)>, PgError> {
+        use sha2::Digest;
+        let conn = Conn::open(&self.url).await?;
+        conn.client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = '{STAGED_LOCK_TIMEOUT}'; \
+                 SET LOCAL idle_in_transaction_session_timeout = '{STAGED_IDLE_TIMEOUT}'"
+            ))
+            .await?;
+        let due = conn
+            .client
+            .execute("DELETE FROM registry_adoption WHERE id = 0", &[])
+            .await?;
+        if due == 0 {
+            return Ok(None);
+        }
+        let kinds: Vec<&str> = SEALED_KINDS.to_vec();
+        let rows = conn
+            .client
+            .query(
+                "SELECT kind, key, value::text FROM registry_records \
+                  WHERE kind = ANY($1) AND seal IS NULL \
+                  ORDER BY kind, key COLLATE \"C\" FOR UPDATE",
+                &[&kinds],
+            )
+            .await?;
+        let versions = conn
+            .client
+            .query(
+                "SELECT reference, version, value::text FROM registry_authorisation_history \
+                  WHERE seal IS NULL ORDER BY reference COLLATE \"C\", version FOR UPDATE",
+                &[],
+            )
+            .await?;
+        let mut digest = sha2::Sha256::new();
+        let mut adopted = Vec::with_capacity(rows.len() + versions.len());
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for r in &rows {
+            let (kind, key, text): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+            let canonical = canonical(&kind, &text)?;
+            digest.update(format!("{kind}\t{key}\t{canonical}\n"));
+            *counts.entry(kind.clone()).or_default() += 1;
+            adopted.push(Adopted::Record {
+                kind,
+                key,
+                canonical,
+            });
+        }
+        for r in &versions {
+            let (reference, version, text): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+            let canonical = encode(&decode::<Authorisation>(&text)?)?;
+            digest.update(format!("version\t{reference}\t{version}\t{canonical}\n"));
+            adopted.push(Adopted::Version {
+                reference,
+                version,
+                canonical,
+            });
+        }
+        let count = |k: &str| counts.get(k).copied().unwrap_or(0);
+        let detail = format!(
+            "registry rules written before seals were kept, adopted as they stand: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions; sha256 of the rows adopted: {}",
+            count("organisation"),
+            count("dataset"),
+            count("purpose"),
+            count("authorisation"),
+            versions.len(),
+            hex(&digest.finalize())
+        );
+        Ok(Some((
+            Box::new(PgOpenChange {
+                conn,
+                writes: Vec::new(),
+                adopted,
+                sealer: self.sealer.clone(),
+            }),
+            detail,
+        )))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A record's canonical encoding (as a broker writes and seals it).
+fn canonical(kind: &str, text: &str) -> Result<String, PgError> {
+    match kind {
+        "organisation" => encode(&decode::<Organisation>(text)?),
+        "dataset" => encode(&decode::<Dataset>(text)?),
+        "purpose" => encode(&decode::<Purpose>(text)?),
+        "authorisation" => encode(&decode::<Authorisation>(text)?),
+        other => Err(PgError::Corrupt(format!("no sealed kind {other}"))),
+    }
+}
+
+/// A rule adopted as it stood (see [`PgRegistry::adoption`]).
+enum Adopted {
+    Record {
+        kind: String,
+        key: String,
+        canonical: String,
+    },
+    Version {
+        reference: String,
+        version: i32,
+        canonical: String,
+    },
+}
+
+/// A registry change written in a transaction still open, on a connection
+/// of its own (dropped: the connection closes and the change rolls back).
+struct PgOpenChange {
+    conn: Conn,
+    writes: Vec<RegistryWrite>,
+    adopted: Vec<Adopted>,
+    sealer: Option<RowSealer>,
+}
+
+#[async_trait::async_trait]
+impl OpenChange for PgOpenChange {
+    async fn seal(self: Box<Self>, entry: Appended) -> Result<(), StorageError> {
+        let client = &self.conn.client;
+        let entries = vec![entry; self.writes.len()];
+        seal_writes(client, self.sealer.as_ref(), &self.writes, &entries).await?;
+        if let Some(sealer) = &self.sealer {
+            let at = crate::seals::entry(entry);
+            let sequence = sequence_of(entry)?;
+            for a in &self.adopted {
+                match a {
+                    Adopted::Record {
+                        kind,
+                        key,
+                        canonical,
+                    } => {
+                        let seal = sealer.seal(&sealed_table(kind), canonical.as_bytes(), &at);
+                        set_record_seal(client, kind, key, sequence, &entry, &seal).await?;
+                    }
+                    Adopted::Version {
+                        reference,
+                        version,
+                        canonical,
+                    } => {
+                        let seal = sealer.seal(HISTORY_TABLE, canonical.as_bytes(), &at);
+                        set_version_seal(client, reference, *version, sequence, &entry, &seal)
+                            .await?;
+                    }
+                }
+            }
+        }
+        bump(client).await?;
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(unique_violation)?;
+        Ok(())
+    }
+}
+
+fn sequence_of(entry: Appended) -> Result<i64, PgError> {
+    i64::try_from(entry.sequence)
+        .map_err(|_| PgError::Corrupt("an audit sequence beyond i64".into()))
+}
+
+async fn set_record_seal(
+    c: &(impl GenericClient + Sync),
+    kind: &str,
+    key: &str,
+    sequence: i64,
+    entry: &Appended,
+    seal: &[u8; 32],
+) -> Result<(), PgError> {
+    c.execute(
+        "UPDATE registry_records SET audit_sequence = $3, audit_hash = $4, seal = $5 \
+          WHERE kind = $1 AND key = $2",
+        &[
+            &kind,
+            &key,
+            &sequence,
+            &entry.hash.as_slice(),
+            &seal.as_slice(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn set_version_seal(
+    c: &(impl GenericClient + Sync),
+    reference: &str,
+    version: i32,
+    sequence: i64,
+    entry: &Appended,
+    seal: &[u8; 32],
+) -> Result<(), PgError> {
+    c.execute(
+        "UPDATE registry_authorisation_history SET audit_sequence = $3, audit_hash = $4, seal = $5 \
+          WHERE reference = $1 AND version = $2",
+        &[
+            &reference,
+            &version,
+            &sequence,
+            &entry.hash.as_slice(),
+            &seal.as_slice(),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Seals each write of a sealed kind with its entry (`entries[i]` for
+/// `writes[i]`), where it was written in this transaction.
+async fn seal_writes(
+    c: &(impl GenericClient + Sync),
+    sealer: Option<&RowSealer>,
+    writes: &[RegistryWrite],
+    entries: &[Appended],
+) -> Result<(), PgError> {
+    let Some(sealer) = sealer else {
+        return Ok(());
+    };
+    if entries.len() != writes.len() {
+        return Err(PgError::Corrupt(format!(
+            "{} writes to seal with {} entries",
+            writes.len(),
+            entries.len()
+        )));
+    }
+    for (w, at) in writes.iter().zip(entries) {
+        let sequence = sequence_of(*at)?;
+        let entry = crate::seals::entry(*at);
+        let (kind, key, canonical) = match w {
+            RegistryWrite::Organisation { after, .. } => (
+                "organisation",
+                after.kbo.as_str().to_owned(),
+                encode(&**after)?,
+            ),
+            RegistryWrite::Dataset { after, .. } => {
+                ("dataset", after.name.as_str().to_owned(), encode(&**after)?)
+            }
+            RegistryWrite::Purpose { after, .. } => {
+                ("purpose", after.code.as_str().to_owned(), encode(&**after)?)
+            }
+            RegistryWrite::Authorisation { after, .. } => {
+                let canonical = encode(&**after)?;
+                let seal = sealer.seal(HISTORY_TABLE, canonical.as_bytes(), &entry);
+                set_version_seal(
+                    c,
+                    after.reference.as_str(),
+                    after.version as i32,
+                    sequence,
+                    at,
+                    &seal,
+                )
+                .await?;
+                (
+                    "authorisation",
+                    after.reference.as_str().to_owned(),
+                    canonical,
+                )
+            }
+            // Applications are requests, decided by an operator into
+            // rules: they decide no lookup and carry no seal.
+            RegistryWrite::Application { .. } | RegistryWrite::Membership { .. } => continue,
+        };
+        let seal = sealer.seal(&sealed_table(kind), canonical.as_bytes(), &entry);
+        set_record_seal(c, kind, &key, sequence, at, &seal).await?;
+    }
+    Ok(())
+}
+
+/// Writes each record only over what the change read (see
+/// [`semel_storage::RegistryStore::commit`]), within a transaction.
+async fn write_all(
+    tx: &(impl GenericClient + Sync),
+    writes: &[RegistryWrite],
+) -> Result<(), PgError> {
+    for w in writes {
+        match w {
+            RegistryWrite::Organisation { after, before } => {
+                swap(
+                    tx,
+                    "organisation",
+                    after.kbo.as_str(),
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?
+            }
+            RegistryWrite::Dataset { after, before } => {
+                swap(
+                    tx,
+                    "dataset",
+                    after.name.as_str(),
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?
+            }
+            RegistryWrite::Purpose { after, before } => {
+                swap(
+                    tx,
+                    "purpose",
+                    after.code.as_str(),
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?
+            }
+            RegistryWrite::Application { after, before } => {
+                swap(
+                    tx,
+                    "application",
+                    &after.id,
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?
+            }
+            RegistryWrite::Membership { after, before } => {
+                swap(
+                    tx,
+                    "membership",
+                    &after.id,
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?
+            }
+            RegistryWrite::Authorisation { after, before } => {
+                let expected = before.as_ref().map_or(1, |b| b.version + 1);
+                if after.version != expected {
+                    return Err(PgError::Conflict(format!(
+                        "authorisation {}: version {} does not follow the version read ({}); nothing was written",
+                        after.reference,
+                        after.version,
+                        expected - 1
+                    )));
+                }
+                swap(
+                    tx,
+                    "authorisation",
+                    after.reference.as_str(),
+                    &**after,
+                    before.as_deref(),
+                    &w.name(),
+                )
+                .await?;
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO registry_authorisation_history (reference, version, value) \
+                             VALUES ($1, $2, $3::text::jsonb) ON CONFLICT DO NOTHING",
+                        &[
+                            &after.reference.as_str(),
+                            &(after.version as i32),
+                            &encode(&**after)?,
+                        ],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Err(conflict(&w.name()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn conflict(what: &str) -> PgError {
@@ -532,7 +959,7 @@ fn unique_violation(e: tokio_postgres::Error) -> PgError {
 /// Writes `after` under `kind`/`key` only while the stored record is
 /// `before` (`None`: absent), locking it until the transaction ends.
 async fn swap<T: Serialize + DeserializeOwned + PartialEq>(
-    tx: &tokio_postgres::Transaction<'_>,
+    tx: &(impl GenericClient + Sync),
     kind: &str,
     key: &str,
     after: &T,
@@ -578,7 +1005,7 @@ async fn swap<T: Serialize + DeserializeOwned + PartialEq>(
 }
 
 /// Takes back one write within a transaction.
-async fn undo_in(tx: &tokio_postgres::Transaction<'_>, undo: &RegistryUndo) -> Result<(), PgError> {
+async fn undo_in(tx: &(impl GenericClient + Sync), undo: &RegistryUndo) -> Result<(), PgError> {
     let (kind, key, before) = match undo {
         RegistryUndo::Organisation(written, b) => {
             let key = written.kbo.as_str().to_owned();
@@ -771,6 +1198,18 @@ impl semel_storage::RegistryStore for PgRegistry {
         Ok(())
     }
 
+    async fn stage(&self, writes: &[RegistryWrite]) -> Result<Staged, StorageError> {
+        Ok(Staged::Open(Box::new(self.stage_open(writes).await?)))
+    }
+
+    fn unsealed(&self) -> u64 {
+        self.unsealed.load(Relaxed)
+    }
+
+    async fn adoption(&self) -> Result<Option<(Box<dyn OpenChange>, String)>, StorageError> {
+        Ok(PgRegistry::adoption(self).await?)
+    }
+
     async fn open_apply(&self, marker: &semel_storage::ApplyMarker) -> Result<(), StorageError> {
         let marker = semel_storage::ApplyMarker {
             broker: self.broker.clone(),
@@ -795,10 +1234,11 @@ impl semel_storage::RegistryStore for PgRegistry {
     async fn commit_apply(
         &self,
         writes: &[RegistryWrite],
+        entries: &[Appended],
         apply: &str,
         closing: &str,
     ) -> Result<(), StorageError> {
-        PgRegistry::commit_with(self, writes, Some((apply, closing))).await?;
+        PgRegistry::commit_with(self, writes, Some((apply, closing, entries))).await?;
         Ok(())
     }
 

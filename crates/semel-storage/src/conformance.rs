@@ -42,6 +42,7 @@ macro_rules! registry_conformance {
                 a_commit_writes_only_over_what_it_read,
                 a_commit_is_all_or_nothing_and_so_is_its_undo,
                 an_apply_commits_with_its_marker_or_not_at_all,
+                a_staged_change_is_in_force_once_sealed_and_never_if_dropped,
                 one_application_pending_per_reference_and_applicant,
                 one_membership_application_pending_per_enterprise_number,
             );
@@ -866,6 +867,73 @@ pub mod registry {
         assert!(store.datasets().await.expect("read").is_empty());
     }
 
+    /// The entry a test change is sealed with.
+    const AT: crate::Appended = crate::Appended {
+        sequence: 0,
+        hash: [0; 32],
+    };
+
+    /// A staged change is the change [`RegistryStore::commit`] makes, but
+    /// in force only once sealed with its entry: left open, no reader sees
+    /// it; dropped (its entry failed), it is as if never made; staged over
+    /// a record that moved, it is refused.
+    pub async fn a_staged_change_is_in_force_once_sealed_and_never_if_dropped(
+        store: &dyn RegistryStore,
+    ) {
+        let org = organisation("0566988259", OrganisationStatus::Active);
+        let create = [RegistryWrite::Organisation {
+            after: Box::new(org.clone()),
+            before: None,
+        }];
+        match store.stage(&create).await.expect("stage") {
+            crate::Staged::Committed(undos) => store.undo_all(&undos).await.expect("undo"),
+            crate::Staged::Open(open) => {
+                assert!(store.organisations().await.expect("read").is_empty());
+                assert_eq!(store.organisation(&org.kbo).await.expect("read"), None);
+                drop(open);
+            }
+        }
+        assert!(store.organisations().await.expect("read").is_empty());
+        match store.stage(&create).await.expect("stage again") {
+            crate::Staged::Committed(_) => {}
+            crate::Staged::Open(open) => {
+                assert!(store.organisations().await.expect("read").is_empty());
+                open.seal(AT).await.expect("seal");
+            }
+        }
+        assert_eq!(
+            store.organisations().await.expect("read"),
+            std::slice::from_ref(&org)
+        );
+        conflict(
+            store.stage(&create).await.map(|_| ()),
+            "a stage over a record created meanwhile",
+        );
+        let suspended = Organisation {
+            status: OrganisationStatus::Suspended,
+            ..org.clone()
+        };
+        let suspend = [RegistryWrite::Organisation {
+            after: Box::new(suspended.clone()),
+            before: Some(Box::new(org.clone())),
+        }];
+        match store.stage(&suspend).await.expect("stage a suspension") {
+            crate::Staged::Committed(_) => {}
+            crate::Staged::Open(open) => {
+                // The record as it was stays in force until the seal.
+                assert_eq!(
+                    store.organisation(&org.kbo).await.expect("read"),
+                    Some(org.clone())
+                );
+                open.seal(AT).await.expect("seal");
+            }
+        }
+        assert_eq!(
+            store.organisation(&org.kbo).await.expect("read"),
+            Some(suspended)
+        );
+    }
+
     /// A registry apply's writes are committed with its marker, turned
     /// committed with its closing words, in one commit; an apply whose
     /// marker was settled (removed) meanwhile commits nothing.
@@ -897,7 +965,12 @@ pub mod registry {
             [("apply 1".to_owned(), false, String::new())]
         );
         store
-            .commit_apply(&write("ONE"), "apply 1", "registry applied: 1 created")
+            .commit_apply(
+                &write("ONE"),
+                &[AT],
+                "apply 1",
+                "registry applied: 1 created",
+            )
             .await
             .expect("commit");
         assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
@@ -911,7 +984,9 @@ pub mod registry {
         );
         // Committed once only.
         conflict(
-            store.commit_apply(&write("TWO"), "apply 1", "again").await,
+            store
+                .commit_apply(&write("TWO"), &[AT], "apply 1", "again")
+                .await,
             "a second commit of one apply",
         );
         assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
@@ -923,14 +998,18 @@ pub mod registry {
         store.open_apply(&marker("apply 2")).await.expect("open");
         assert!(store.close_apply("apply 2", false).await.expect("settle"));
         conflict(
-            store.commit_apply(&write("THREE"), "apply 2", "late").await,
+            store
+                .commit_apply(&write("THREE"), &[AT], "apply 2", "late")
+                .await,
             "the commit of an apply settled as not applied",
         );
         assert_eq!(store.purposes().await.expect("read"), [purpose("ONE")]);
         // A stale write: neither the writes nor the marker change.
         store.open_apply(&marker("apply 3")).await.expect("open");
         conflict(
-            store.commit_apply(&write("ONE"), "apply 3", "stale").await,
+            store
+                .commit_apply(&write("ONE"), &[AT], "apply 3", "stale")
+                .await,
             "an apply over a record created meanwhile",
         );
         assert_eq!(

@@ -392,9 +392,14 @@ pub trait RegistryStore: Send + Sync {
     /// with [`StorageError::Conflict`] (nothing written) if the marker is
     /// gone or already committed (another broker settled the apply as not
     /// applied, finding its broker stopped).
+    ///
+    /// `entries` holds, for each write, the audit entry that recorded it,
+    /// durable before this is called: a store that seals its rows seals
+    /// each with its own entry in the same transaction.
     async fn commit_apply(
         &self,
         writes: &[RegistryWrite],
+        entries: &[Appended],
         apply: &str,
         closing: &str,
     ) -> Result<(), StorageError>;
@@ -414,12 +419,72 @@ pub trait RegistryStore: Send + Sync {
     /// written; [`StorageError::Conflict`] (nothing taken back) otherwise.
     async fn undo_all(&self, undos: &[RegistryUndo]) -> Result<(), StorageError>;
 
+    /// Stores a change the way [`RegistryStore::commit`] checks it, but in
+    /// force only once its audit entry is durable (no rule without its
+    /// entry). A store that others administer (PostgreSQL) keeps the writes
+    /// in a transaction still open, which no reader sees, and commits them
+    /// with each row sealed by that entry ([`Staged::Open`]); one where
+    /// only the broker writes commits at once and is taken back if the
+    /// entry fails ([`Staged::Committed`], the default).
+    async fn stage(&self, writes: &[RegistryWrite]) -> Result<Staged, StorageError> {
+        self.commit(writes).await?;
+        Ok(Staged::Committed(
+            writes.iter().map(RegistryWrite::undo).collect(),
+        ))
+    }
+
+    /// Rows read since start that were not honoured because their seal did
+    /// not verify or their entry is missing or differs (for metrics; zero
+    /// where nothing is sealed).
+    fn unsealed(&self) -> u64 {
+        0
+    }
+
+    /// Rules stored before this store sealed them, to adopt once, as they
+    /// stand: a change left open that seals them all with the entry that
+    /// records the adoption, and that entry's words (counts and a digest of
+    /// the rows). `None` when no adoption is due (always, where nothing is
+    /// sealed).
+    async fn adoption(&self) -> Result<Option<(Box<dyn OpenChange>, String)>, StorageError> {
+        Ok(None)
+    }
+
     /// Takes back a change whose audit entry could not be made durable:
     /// the record is put back as it was (or removed if it did not exist).
     /// The broker serialises its registry changes and appends the entry
     /// under the same lock, so nothing else changed the record meanwhile
     /// on this broker.
     async fn undo(&self, undo: &RegistryUndo) -> Result<(), StorageError>;
+}
+
+/// A registry change stored but not yet in force (see
+/// [`RegistryStore::stage`]).
+pub enum Staged {
+    /// Written and in force already; these take it back, last first, if
+    /// its entry cannot be made durable.
+    Committed(Vec<RegistryUndo>),
+    /// Written in a transaction still open: in force once sealed with its
+    /// entry, and never if dropped (the transaction rolls back).
+    Open(Box<dyn OpenChange>),
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Staged::Committed(u) => f.debug_tuple("Committed").field(u).finish(),
+            Staged::Open(_) => f.write_str("Open(..)"),
+        }
+    }
+}
+
+/// A registry change written in a transaction still open.
+#[async_trait]
+pub trait OpenChange: Send {
+    /// Seals every row the change wrote with `entry`, the audit entry that
+    /// recorded it (durable), and commits: the change is then in force on
+    /// every broker. An error leaves it not in force (rolled back, or its
+    /// commit's outcome unknown).
+    async fn seal(self: Box<Self>, entry: Appended) -> Result<(), StorageError>;
 }
 
 /// A registry apply under way, stored beside the registry (issue 30): opened

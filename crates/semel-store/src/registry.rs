@@ -960,9 +960,11 @@ impl semel_storage::RegistryStore for Registry {
         crate::blocking(move || r.open_apply(&marker)).await
     }
 
+    /// Nothing is sealed here: only this broker writes its files.
     async fn commit_apply(
         &self,
         writes: &[RegistryWrite],
+        _entries: &[semel_storage::Appended],
         apply: &str,
         closing: &str,
     ) -> Result<(), StorageError> {
