@@ -367,10 +367,10 @@ pub fn is_audit_read(e: &proto::AuditEntry) -> bool {
     e.operation.starts_with("semel.v1.AuditService/")
 }
 
-/// The entry under which the demo stored (and sealed) its persons
-/// directory's files, before any test ran.
+/// The entries under which the demo stored (and sealed) its registry and
+/// its persons directory's files, before any test ran.
 pub fn is_seed(e: &proto::AuditEntry) -> bool {
-    e.operation == "semel.seed/Files"
+    e.operation.starts_with("semel.seed/")
 }
 
 pub fn lookup(

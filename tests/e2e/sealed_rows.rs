@@ -164,3 +164,138 @@ async fn a_file_written_by_sql_grants_nothing() {
     assert!(unsealed >= 4.0, "{unsealed} rows counted as unsealed");
     t.stop().await;
 }
+
+/// The reason a lookup by the CPAS's clerk of `citizen`'s residence for
+/// `purpose` got (`None`: answered).
+async fn cpas_lookup(t: &TestDemo, citizen: &str, purpose: &str) -> Option<String> {
+    let mut clerk = t.lookup_client(BRUXELLES_CPAS).await;
+    match clerk
+        .lookup(lookup(citizen, RESIDENCE, &["street"], purpose))
+        .await
+    {
+        Ok(_) => None,
+        Err(e) => Some(error_info(&e).0),
+    }
+}
+
+/// Until `done` says yes of the CPAS's lookup's outcome, for up to 10 s
+/// (a change made by SQL reaches the brokers by the registry's NOTIFY).
+async fn until(
+    t: &TestDemo,
+    citizen: &str,
+    purpose: &str,
+    done: impl Fn(&Option<String>) -> bool,
+) -> Option<String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = cpas_lookup(t, citizen, purpose).await;
+        if done(&got) || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_rule_written_by_sql_grants_nothing() {
+    let t = TestDemo::start().await;
+    let citizen = person(&t, 10);
+    t.open_file(BRUXELLES_CPAS, &citizen, "RIS_APPLICANT").await;
+    // The genuine authorisation: the CPAS reads residence for RIS.
+    assert_eq!(cpas_lookup(&t, &citizen, "RIS_ELIGIBILITY").await, None);
+    // None for social housing.
+    let refused = cpas_lookup(&t, &citizen, "SOCIAL_HOUSING").await;
+    assert!(
+        matches!(
+            refused.as_deref(),
+            Some("PURPOSE_NOT_ALLOWED" | "NO_AUTHORISATION")
+        ),
+        "{refused:?}"
+    );
+    let Some(db) = t.db.as_ref() else {
+        eprintln!("PostgreSQL only from here: on the embedded store only the broker writes");
+        t.stop().await;
+        return;
+    };
+    let kbo = cpas();
+    let genuine = db
+        .sql(&format!(
+            "SELECT key FROM registry_records WHERE kind = 'authorisation' \
+               AND value->>'consumer' = '{kbo}' AND value->>'dataset' = '{RESIDENCE}' \
+               AND value->>'purpose' = 'RIS_ELIGIBILITY'"
+        ))
+        .await
+        .expect("the genuine authorisation");
+    let reference = genuine[0][0].clone().expect("a reference");
+    let announce = "UPDATE registry_version SET version = version + 1 WHERE id = 0; \
+                    SELECT pg_notify('semel_registry', 'sql')";
+
+    // 1. An authorisation inserted by SQL, a copy of the genuine one for
+    //    another purpose, its seal and entry copied too.
+    db.sql(&format!(
+        "INSERT INTO registry_records (kind, key, value, audit_sequence, audit_hash, seal) \
+         SELECT 'authorisation', 'FORGED/2026/1', \
+                value || jsonb_build_object('reference', 'FORGED/2026/1', 'purpose', 'SOCIAL_HOUSING'), \
+                audit_sequence, audit_hash, seal \
+         FROM registry_records WHERE kind = 'authorisation' AND key = '{reference}'; {announce}"
+    ))
+    .await
+    .expect("insert a forged authorisation");
+    // Given time to be read (the genuine rule's lookups go on meanwhile).
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(
+        cpas_lookup(&t, &citizen, "SOCIAL_HOUSING").await,
+        refused,
+        "an authorisation inserted by SQL opened a lookup"
+    );
+    assert_eq!(cpas_lookup(&t, &citizen, "RIS_ELIGIBILITY").await, None);
+
+    // 2. The genuine authorisation widened by SQL to another purpose: not
+    //    honoured at all, not even as it was.
+    db.sql(&format!(
+        "UPDATE registry_records SET value = value || jsonb_build_object('purpose', 'SOCIAL_HOUSING') \
+         WHERE kind = 'authorisation' AND key = '{reference}'; {announce}"
+    ))
+    .await
+    .expect("edit the genuine authorisation");
+    let edited = until(&t, &citizen, "RIS_ELIGIBILITY", |r| r.is_some()).await;
+    assert!(
+        matches!(
+            edited.as_deref(),
+            Some("PURPOSE_NOT_ALLOWED" | "NO_AUTHORISATION")
+        ),
+        "an authorisation edited by SQL is no longer honoured: {edited:?}"
+    );
+    assert!(
+        cpas_lookup(&t, &citizen, "SOCIAL_HOUSING").await.is_some(),
+        "an authorisation edited by SQL opened a lookup"
+    );
+
+    // 3. Put back as it was sealed, it is honoured again: the seal is over
+    //    what the row says.
+    db.sql(&format!(
+        "UPDATE registry_records SET value = value || jsonb_build_object('purpose', 'RIS_ELIGIBILITY') \
+         WHERE kind = 'authorisation' AND key = '{reference}'; {announce}"
+    ))
+    .await
+    .expect("put the authorisation back as sealed");
+    assert_eq!(
+        until(&t, &citizen, "RIS_ELIGIBILITY", |r| r.is_none()).await,
+        None,
+        "the authorisation as sealed is honoured again"
+    );
+
+    let metrics = t.demo().broker.metrics.render(
+        t.demo().broker.storage().audit.stats(),
+        semel_server::metrics::Format::Prometheus,
+    );
+    let unsealed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("semel_registry_unsealed_rows_total "))
+        .expect("the metric")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(unsealed >= 2.0, "{unsealed} rules counted as unsealed");
+    t.stop().await;
+}

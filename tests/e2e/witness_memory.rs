@@ -347,7 +347,13 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     };
     let t = start_on(dir, url.as_deref()).await;
     wait_status(&t, ServingStatus::Serving).await;
-    assert_eq!(latest_size(&t).await, size, "the log is unchanged");
+    // Unchanged but for the demo pointing its datasets at its sources'
+    // new addresses (one registry change, recorded like any).
+    let (head, _) = t.demo().broker.storage().audit.head().await.expect("head");
+    assert!(
+        head - size <= 1,
+        "the log is unchanged but for the demo's registry: {size} → {head}"
+    );
     assert_eq!(
         t.demo().witness.inconsistent(),
         0,
@@ -362,14 +368,19 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     assert!(warnings.is_empty(), "{warnings:#?}");
     let state = std::fs::read(dir.path().join("witness").join("state.json")).expect("state");
 
-    // The witness cosigned another checkpoint of the same size.
+    // The witness cosigned another checkpoint of the same size (the log
+    // may have grown by the demo's registry change at its start: then the
+    // witness refuses to see it extend the checkpoint it remembers).
     witness_remembers(dir.path(), size, [0xee; 32]);
     let t = start_on(dir, url.as_deref()).await;
     let why = halted(&t).await;
     assert!(
-        why.contains(&format!(
+        (why.contains(&format!(
             "cosigned another checkpoint of {size} entries than this log's checkpoint of {size} entries"
-        )) && why.contains("restore the newest copy"),
+        )) || why.contains(&format!(
+            "cosigned a checkpoint of {size} entries and refuses the proof that this log's checkpoint of {} entries extends it",
+            size + 1
+        ))) && why.contains("restore the newest copy"),
         "{why}"
     );
     assert_eq!(t.demo().witness.inconsistent(), 1, "the witness saw a fork");
@@ -380,9 +391,11 @@ async fn a_clean_restart_is_no_incident_and_a_fork_is_refused() {
     let t = start_on(dir, url.as_deref()).await;
     let why = halted(&t).await;
     assert!(
-        why.contains(&format!(
-            "cosigned a checkpoint of 2 entries and refuses the proof that this log's checkpoint of {size} entries extends it"
-        )),
+        // Of `size` entries, or a few more: each start of the demo records
+        // its registry pointed at its sources' new addresses.
+        why.contains(
+            "cosigned a checkpoint of 2 entries and refuses the proof that this log's checkpoint of "
+        ),
         "{why}"
     );
     let dir = stop(t).await;

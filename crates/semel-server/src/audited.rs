@@ -117,6 +117,11 @@ pub struct Change {
     pub detail: String,
     /// Seals the rows the change stored with its entry, once durable.
     pub seal: Option<Seal>,
+    /// A registry change written but not in force (see
+    /// `RegistryStore::stage`): sealed with the entry and committed once
+    /// the entry is durable, then the registry reloaded; rolled back
+    /// (dropped) otherwise.
+    pub registry: Option<Box<dyn semel_storage::OpenChange>>,
 }
 
 impl Broker {
@@ -178,6 +183,40 @@ impl Broker {
         }
         let appended = self.append_durably_at(record).await;
         let request_id = request_id.to_string();
+        let entry = match (&result, &appended) {
+            (Ok(_), Ok(at)) => Some(*at),
+            _ => None,
+        };
+        if let (Some(at), Some(open)) = (entry, change.registry.take()) {
+            // On a task of its own, as an undo: a caller who gives up does
+            // not leave the change recorded and never committed.
+            let sealed = tokio::spawn(open.seal(at)).await;
+            match sealed {
+                Ok(Ok(())) => {
+                    // In force on the next call; should this read fail,
+                    // the registry watch reloads on the change's NOTIFY.
+                    if let Err(e) = self.reload().await {
+                        tracing::warn!(error = %e.message, "registry reload after a change failed; the registry watch will reload it");
+                    }
+                }
+                Ok(Err(e)) => {
+                    let error = semel_core::redact_national_numbers(&e.to_string()).into_owned();
+                    tracing::error!(%error, "a registry change was recorded but its commit failed: it is not in force");
+                    return Err(ApiError::retryable(
+                        tonic::Code::Unavailable,
+                        "STORAGE_UNAVAILABLE",
+                        "the change was recorded but the broker's storage failed before it took effect, so it is not in force; read the registry and make it again",
+                    )
+                    .with("request_id", request_id));
+                }
+                Err(e) => {
+                    return Err(
+                        ApiError::internal(format!("committing a change stopped: {e}"))
+                            .with("request_id", request_id),
+                    );
+                }
+            }
+        }
         match (result, appended) {
             (Ok((value, _)), Ok(at)) => match change.seal.take() {
                 None => Ok((value, request_id)),

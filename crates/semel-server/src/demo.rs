@@ -266,7 +266,8 @@ impl Demo {
                 .await?
             }
         };
-        seed_registry(&opened.storage, &orgs, |slug| {
+        crate::stores::adopt_registry(&opened.storage, operator.kbo).await?;
+        seed_registry(&opened.storage, operator.kbo, &orgs, |slug| {
             endpoints.get(slug).cloned().unwrap_or_default()
         })
         .await?;
@@ -322,6 +323,9 @@ impl Demo {
         )
         .await?;
         broker.metrics.watch_persons(opened.persons.clone());
+        broker
+            .metrics
+            .watch_registry(broker.storage().registry.clone());
         let mut watching = Vec::new();
         if let Some(url) = &opts.postgresql {
             // As `semel serve` on PostgreSQL: the snapshot decides only
@@ -784,25 +788,47 @@ async fn external_sources(
     }
 }
 
-/// Registers the demo organisations and authorisations if missing, and
-/// (re)points the demo datasets at the sources' current addresses.
+/// Registers the demo organisations, purposes and authorisations if
+/// missing, and (re)points the demo datasets at the sources' current
+/// addresses: one change, recorded in the audit log by the operator (no
+/// rule without its entry), made only where something differs.
 async fn seed_registry(
     storage: &Storage,
+    operator: semel_core::Kbo,
     orgs: &[DemoOrg],
     endpoint: impl Fn(&str) -> String,
 ) -> anyhow::Result<()> {
+    use semel_storage::RegistryWrite;
     let now = OffsetDateTime::now_utc();
     let reg = &storage.registry;
+    let mut writes = Vec::new();
     for o in orgs {
         if reg.organisation(&o.kbo).await?.is_none() {
-            reg.put_organisation(&o.to_organisation(now)).await?;
+            writes.push(RegistryWrite::Organisation {
+                after: Box::new(o.to_organisation(now)),
+                before: None,
+            });
         }
     }
+    let datasets = reg.datasets().await?;
     for d in seed::datasets(endpoint) {
-        reg.put_dataset(&d).await?;
+        let before = datasets.iter().find(|s| s.name == d.name);
+        if before != Some(&d) {
+            writes.push(RegistryWrite::Dataset {
+                after: Box::new(d),
+                before: before.cloned().map(Box::new),
+            });
+        }
     }
+    let purposes = reg.purposes().await?;
     for p in seed::purposes() {
-        reg.put_purpose(&p).await?;
+        let before = purposes.iter().find(|s| s.code == p.code);
+        if before != Some(&p) {
+            writes.push(RegistryWrite::Purpose {
+                after: Box::new(p),
+                before: before.cloned().map(Box::new),
+            });
+        }
     }
     let existing: std::collections::BTreeSet<String> = reg
         .authorisations()
@@ -812,10 +838,32 @@ async fn seed_registry(
         .collect();
     for a in seed::authorisations(now) {
         if !existing.contains(a.reference.as_str()) {
-            reg.put_authorisation(&a).await?;
+            writes.push(RegistryWrite::Authorisation {
+                after: Box::new(a),
+                before: None,
+            });
         }
     }
-    Ok(())
+    let detail = format!(
+        "the demo's registry: {} records registered or pointed at the demo sources' addresses ({})",
+        writes.len(),
+        writes
+            .iter()
+            .map(RegistryWrite::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    // An entry states its change whole; the demo's names are short, but a
+    // detail that cannot hold them all says how many instead.
+    let detail = if detail.len() > semel_core::MAX_DETAIL {
+        format!(
+            "the demo's registry: {} records registered or pointed at the demo sources' addresses",
+            writes.len()
+        )
+    } else {
+        detail
+    };
+    crate::stores::record_registry(storage, operator, "semel.seed/Registry", &detail, &writes).await
 }
 
 /// Opens the demo persons directory's files, the first time only: files

@@ -101,6 +101,7 @@ pub struct Metrics {
     persons_misses: Counter,
     persons_fresh: Gauge,
     persons_unsealed: Counter,
+    registry_unsealed: Counter,
     /// Changes published, by source, dataset and outcome.
     pub mutations_published: Family<MutationLabels, Counter>,
     /// Changes delivered (or withheld), by consumer, dataset and outcome.
@@ -128,6 +129,8 @@ pub struct Metrics {
     pub live_brokers: Gauge,
     /// The persons directory in memory, whose counters each scrape reads.
     persons: std::sync::OnceLock<semel_storage::CachedPersons>,
+    /// The registry store, for its count of rules not honoured.
+    rules: std::sync::OnceLock<std::sync::Arc<dyn semel_storage::RegistryStore>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -265,6 +268,12 @@ impl Default for Metrics {
             "Files and consents read from the store and not honoured: no seal that verifies, or their audit entry is missing or differs (a row written by SQL; alert on any)",
             persons_unsealed.clone(),
         );
+        let registry_unsealed = Counter::default();
+        registry.register(
+            "registry_unsealed_rows",
+            "Organisations, datasets, purposes and authorisations read from the store and not honoured: no seal that verifies, or their audit entry is missing or differs (a rule written or edited by SQL; alert on any)",
+            registry_unsealed.clone(),
+        );
         let mutations_published = Family::<MutationLabels, Counter>::default();
         registry.register(
             "mutations_published",
@@ -341,7 +350,9 @@ impl Default for Metrics {
             persons_misses,
             persons_fresh,
             persons_unsealed,
+            registry_unsealed,
             persons: std::sync::OnceLock::new(),
+            rules: std::sync::OnceLock::new(),
             audit_unavailable,
             audit_integrity_failures,
             audit_checkpoint_age,
@@ -405,6 +416,11 @@ impl Metrics {
         let _ = self.persons.set(persons);
     }
 
+    /// Reports the registry store's count of rules not honoured.
+    pub fn watch_registry(&self, registry: std::sync::Arc<dyn semel_storage::RegistryStore>) {
+        let _ = self.rules.set(registry);
+    }
+
     /// How long the oldest unsigned audit entry has waited, in seconds.
     pub fn set_checkpoint_age(&self, seconds: f64) {
         self.audit_checkpoint_age.set(seconds);
@@ -443,6 +459,13 @@ impl Metrics {
             self.persons_unsealed.inc_by(
                 semel_storage::PersonsStore::unsealed(persons)
                     .saturating_sub(self.persons_unsealed.get()),
+            );
+        }
+        if let Some(rules) = self.rules.get() {
+            self.registry_unsealed.inc_by(
+                rules
+                    .unsealed()
+                    .saturating_sub(self.registry_unsealed.get()),
             );
         }
         self.process.update();

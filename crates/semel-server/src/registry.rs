@@ -9,7 +9,7 @@ use semel_core::{
     AuthorisationStatus, CertificateId, Kbo, Organisation, OrganisationStatus, RevokedCertificate,
     Role, UserRole,
 };
-use semel_storage::{RegistryStore, RegistryUndo, RegistryWrite};
+use semel_storage::{RegistryStore, RegistryUndo, RegistryWrite, Staged};
 use time::OffsetDateTime;
 use tonic::{Code, Request, Response, Status};
 
@@ -85,32 +85,42 @@ impl RegistryService {
         }
     }
 
-    /// Applies a registry write and reloads the snapshot. The caller holds
-    /// the admin lock, through the audit entry's append, so the undo (used
-    /// when the entry cannot be made durable) finds the record as it left it.
+    /// Applies a registry change made by `f`: staged (see
+    /// `RegistryStore::stage`), it is sealed and committed by the call's
+    /// entry once durable (`c.registry`); committed at once (the embedded
+    /// store), the snapshot is reloaded and the undo returned takes it
+    /// back when the entry cannot be made durable. The caller holds the
+    /// admin lock through the entry's append.
     async fn apply<T: Send + 'static, F>(
         &self,
+        c: &mut Change,
         f: impl FnOnce(Arc<dyn RegistryStore>) -> F,
     ) -> Result<(T, Undo), ApiError>
     where
-        F: Future<Output = Result<(T, Option<RegistryUndo>), ApiError>> + Send,
+        F: Future<Output = Result<(T, Option<Staged>), ApiError>> + Send,
     {
         let registry = self.broker.storage().registry.clone();
-        let (out, undo) = f(registry.clone()).await?;
-        // The change is stored: from here on the undo must not be lost, so
-        // a failed reload is retried rather than reported as a failure.
-        self.reload_or_retry().await;
-        let broker = self.broker.clone();
-        let undo: Undo = match undo {
+        let (out, staged) = f(registry.clone()).await?;
+        let undo: Undo = match staged {
             None => nothing_to_undo(),
-            Some(u) => Box::pin(async move {
-                crate::audited::retry_undo("registry change", || {
-                    let (registry, u) = (registry.clone(), u.clone());
-                    async move { registry.undo(&u).await }
+            Some(Staged::Open(open)) => {
+                c.registry = Some(open);
+                nothing_to_undo()
+            }
+            Some(Staged::Committed(undos)) => {
+                // The change is stored: from here on the undo must not be
+                // lost, so a failed reload is retried rather than reported.
+                self.reload_or_retry().await;
+                let broker = self.broker.clone();
+                Box::pin(async move {
+                    crate::audited::retry_undo("registry change", || {
+                        let (registry, undos) = (registry.clone(), undos.clone());
+                        async move { registry.undo_all(&undos).await }
+                    })
+                    .await;
+                    let _ = broker.reload().await;
                 })
-                .await;
-                let _ = broker.reload().await;
-            }),
+            }
         };
         Ok((out, undo))
     }
@@ -215,12 +225,15 @@ impl Rpc for RegistryService {
                     roles_text(&org.roles),
                     quoted(&org.name)
                 );
-                self.apply(move |reg| async move {
-                    reg.insert_organisation(&org)
+                self.apply(c, move |reg| async move {
+                    let staged = reg
+                        .stage(&[RegistryWrite::Organisation {
+                            after: Box::new(org.clone()),
+                            before: None,
+                        }])
                         .await
                         .map_err(|e| taken(e, &format!("organisation {}", org.kbo)))?;
-                    let undo = RegistryUndo::Organisation(Box::new(org.clone()), None);
-                    Ok((org, Some(undo)))
+                    Ok((org, Some(staged)))
                 })
                 .await
             })
@@ -248,7 +261,7 @@ impl Rpc for RegistryService {
                 let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
                 let own = caller.org.kbo;
                 let (pair, undo) = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         let before = reg
                             .organisation(&proposed.kbo)
                             .await?
@@ -266,16 +279,13 @@ impl Rpc for RegistryService {
                         }
                         // Only over what was read: a suspension made meanwhile
                         // through another broker is not undone by this.
-                        reg.commit(&[RegistryWrite::Organisation {
-                            after: Box::new(after.clone()),
-                            before: Some(Box::new(before.clone())),
-                        }])
-                        .await?;
-                        let undo = RegistryUndo::Organisation(
-                            Box::new(after.clone()),
-                            Some(Box::new(before.clone())),
-                        );
-                        Ok(((before, after), Some(undo)))
+                        let staged = reg
+                            .stage(&[RegistryWrite::Organisation {
+                                after: Box::new(after.clone()),
+                                before: Some(Box::new(before.clone())),
+                            }])
+                            .await?;
+                        Ok(((before, after), Some(staged)))
                     })
                     .await?;
                 let (before, after) = &pair;
@@ -441,12 +451,15 @@ impl Rpc for RegistryService {
                         .join(", "),
                     dataset.endpoint
                 );
-                self.apply(move |reg| async move {
-                    reg.insert_dataset(&dataset)
+                self.apply(c, move |reg| async move {
+                    let staged = reg
+                        .stage(&[RegistryWrite::Dataset {
+                            after: Box::new(dataset.clone()),
+                            before: None,
+                        }])
                         .await
                         .map_err(|e| taken(e, &format!("dataset {}", dataset.name)))?;
-                    let undo = RegistryUndo::Dataset(Box::new(dataset.clone()), None);
-                    Ok((dataset, Some(undo)))
+                    Ok((dataset, Some(staged)))
                 })
                 .await
             })
@@ -583,7 +596,7 @@ impl Rpc for RegistryService {
                     because(&reason)
                 );
                 let unchanged = changes.is_empty();
-                self.apply(move |reg| async move {
+                self.apply(c, move |reg| async move {
                     // Checked against this broker's snapshot: the store must
                     // still hold what was checked (another broker may have
                     // changed it since).
@@ -605,16 +618,13 @@ impl Rpc for RegistryService {
                     if unchanged {
                         return Ok(((before.clone(), before), None));
                     }
-                    reg.commit(&[RegistryWrite::Dataset {
-                        after: Box::new(proposed.clone()),
-                        before: Some(Box::new(before.clone())),
-                    }])
-                    .await?;
-                    let undo = RegistryUndo::Dataset(
-                        Box::new(proposed.clone()),
-                        Some(Box::new(before.clone())),
-                    );
-                    Ok(((before, proposed), Some(undo)))
+                    let staged = reg
+                        .stage(&[RegistryWrite::Dataset {
+                            after: Box::new(proposed.clone()),
+                            before: Some(Box::new(before.clone())),
+                        }])
+                        .await?;
+                    Ok(((before, proposed), Some(staged)))
                 })
                 .await
             })
@@ -676,7 +686,7 @@ impl Rpc for RegistryService {
                 if before.withdrawn {
                     c.detail = format!("dataset {} already withdrawn; nothing changed", before.name);
                 }
-                self.apply(move |reg| async move {
+                self.apply(c, move |reg| async move {
                     let stored = reg
                         .datasets()
                         .await?
@@ -696,13 +706,13 @@ impl Rpc for RegistryService {
                         withdrawn: true,
                         ..before.clone()
                     };
-                    reg.commit(&[RegistryWrite::Dataset {
-                        after: Box::new(after.clone()),
-                        before: Some(Box::new(before.clone())),
-                    }])
-                    .await?;
-                    let undo = RegistryUndo::Dataset(Box::new(after.clone()), Some(Box::new(before)));
-                    Ok((after, Some(undo)))
+                    let staged = reg
+                        .stage(&[RegistryWrite::Dataset {
+                            after: Box::new(after.clone()),
+                            before: Some(Box::new(before)),
+                        }])
+                        .await?;
+                    Ok((after, Some(staged)))
                 })
                 .await
             })
@@ -769,7 +779,7 @@ impl Rpc for RegistryService {
                 check_authorisation(&self.broker.snapshot(), &auth)?;
                 c.detail = format!("authorisation recorded: {}", authorisation_text(&auth));
                 let stored = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         if reg
                             .authorisations()
                             .await?
@@ -778,9 +788,13 @@ impl Rpc for RegistryService {
                         {
                             return Err(exists(&format!("authorisation {}", auth.reference)));
                         }
-                        reg.put_authorisation(&auth).await?;
-                        let undo = RegistryUndo::Authorisation(Box::new(auth.clone()), None);
-                        Ok((auth, Some(undo)))
+                        let staged = reg
+                            .stage(&[RegistryWrite::Authorisation {
+                                after: Box::new(auth.clone()),
+                                before: None,
+                            }])
+                            .await?;
+                        Ok((auth, Some(staged)))
                     })
                     .await;
                 c.authorisation_version = stored.as_ref().ok().map(|(a, _)| a.version);
@@ -1085,7 +1099,7 @@ impl Rpc for RegistryService {
                     .collect::<Result<std::collections::BTreeSet<Role>, _>>()?;
                 let person = caller.user.subject.clone();
                 let (out, undo) = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         let before = reg
                             .memberships()
                             .await?
@@ -1135,12 +1149,8 @@ impl Rpc for RegistryService {
                             after: Box::new(decided.clone()),
                             before: Some(Box::new(before.clone())),
                         });
-                        reg.commit(&writes).await?;
-                        let undo = RegistryUndo::Membership(
-                            Box::new(decided.clone()),
-                            Some(Box::new(before)),
-                        );
-                        Ok(((decided, organisation), Some(undo)))
+                        let staged = reg.stage(&writes).await?;
+                        Ok(((decided, organisation), Some(staged)))
                     })
                     .await?;
                 let (decided, organisation) = &out;
@@ -1160,20 +1170,8 @@ impl Rpc for RegistryService {
                         note_text(&decided.decision_note)
                     ),
                 };
-                // The organisation must not stand without the decision's
-                // entry either.
-                let registry = self.broker.storage().registry.clone();
-                let org = organisation.clone();
-                let broker = self.broker.clone();
-                let undo: Undo = Box::pin(async move {
-                    undo.await;
-                    if let Some(org) = org {
-                        let u = RegistryUndo::Organisation(Box::new(org), None);
-                        crate::audited::retry_undo("an approved membership", || registry.undo(&u))
-                            .await;
-                        let _ = broker.reload().await;
-                    }
-                });
+                // The organisation and the decision stand or fall together
+                // with the decision's entry (one staged change).
                 Ok((out, undo))
             })
             .await?;
@@ -1303,16 +1301,15 @@ impl Rpc for RegistryService {
                     application.id,
                     authorisation_text(&application.proposed)
                 );
-                self.apply(move |reg| async move {
+                self.apply(c, move |reg| async move {
                     // The store holds the rule across brokers: one pending
                     // application per reference and applicant.
-                    reg.commit(&[RegistryWrite::Application {
+                    let staged = reg.stage(&[RegistryWrite::Application {
                         after: Box::new(application.clone()),
                         before: None,
                     }])
                     .await?;
-                    let undo = RegistryUndo::Application(Box::new(application.clone()), None);
-                    Ok((application, Some(undo)))
+                    Ok((application, Some(staged)))
                 })
                 .await
             })
@@ -1433,7 +1430,7 @@ impl Rpc for RegistryService {
                 let caller_kbo = caller.org.kbo;
                 let person = caller.user.subject.clone();
                 let (pair, undo) = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         let mut writes = Vec::new();
                         let recorded = match approved {
                             None => None,
@@ -1499,21 +1496,11 @@ impl Rpc for RegistryService {
                             after: Box::new(decided.clone()),
                             before: Some(Box::new(before.clone())),
                         });
-                        reg.commit(&writes).await?;
-                        let undos: Vec<RegistryUndo> = writes[..writes.len() - 1]
-                            .iter()
-                            .map(RegistryWrite::undo)
-                            .collect();
-                        // `apply` takes back one record; the other is taken
-                        // back here when the entry fails.
-                        let undo = RegistryUndo::Application(
-                            Box::new(decided.clone()),
-                            Some(Box::new(before)),
-                        );
-                        Ok(((decided, recorded, undos), Some(undo)))
+                        let staged = reg.stage(&writes).await?;
+                        Ok(((decided, recorded), Some(staged)))
                     })
                     .await?;
-                let (decided, recorded, auth_undos) = pair;
+                let (decided, recorded) = pair;
                 c.authorisation_version = recorded.as_ref().map(|a| a.version);
                 // What an approval grants is what was recorded, the body's
                 // amendment included: the entry names its dataset and purpose.
@@ -1534,13 +1521,6 @@ impl Rpc for RegistryService {
                         note_text(&decided.decision_note)
                     ),
                 };
-                let registry2 = self.broker.storage().registry.clone();
-                let undo: Undo = Box::pin(async move {
-                    undo.await;
-                    for u in auth_undos.into_iter().rev() {
-                        crate::audited::retry_undo("an approved authorisation", || registry2.undo(&u)).await;
-                    }
-                });
                 Ok(((decided, recorded), undo))
             })
             .await?;
@@ -1613,14 +1593,16 @@ impl Rpc for RegistryService {
                     })
                     .await?;
                 opened.store(true, std::sync::atomic::Ordering::Relaxed);
-                // Each change's entry is durable before anything is stored.
+                // Each change's entry is durable before anything is stored,
+                // and seals what it recorded.
+                let mut entries = Vec::with_capacity(plan.writes.len());
                 for (i, w) in &plan.writes {
                     let mut record = self.broker.audit_record(&caller, crate::state::new_id());
                     apply::record_change(&mut record, &plan.changes[*i], w, &apply_id, &reason);
-                    self.broker.append_durably(record).await?;
+                    entries.push(self.broker.append_durably_at(record).await?);
                 }
                 // The writes and the marker turned committed, in one commit.
-                let undos = apply::write(&*registry, &plan.writes, &apply_id, &closing)
+                let undos = apply::write(&*registry, &plan.writes, &entries, &apply_id, &closing)
                     .await
                     .map_err(|e| ApiError {
                         message: format!("{}; nothing was applied", e.message),
@@ -1679,7 +1661,7 @@ impl Rpc for RegistryService {
                 check_authorisation(&self.broker.snapshot(), &proposed)?;
                 let reason = semel_core::redact_national_numbers(msg.reason.trim()).into_owned();
                 let (pair, undo) = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         let before = current_authorisation(&*reg, proposed.reference.as_str()).await?;
                         if before.status == AuthorisationStatus::Revoked {
                             return Err(ended(&before));
@@ -1720,12 +1702,13 @@ impl Rpc for RegistryService {
                         if same_content(&before, &after) {
                             return Ok(((before.clone(), before), None));
                         }
-                        reg.put_authorisation(&after).await?;
-                        let undo = RegistryUndo::Authorisation(
-                            Box::new(after.clone()),
-                            Some(Box::new(before.clone())),
-                        );
-                        Ok(((before, after), Some(undo)))
+                        let staged = reg
+                            .stage(&[RegistryWrite::Authorisation {
+                                after: Box::new(after.clone()),
+                                before: Some(Box::new(before.clone())),
+                            }])
+                            .await?;
+                        Ok(((before, after), Some(staged)))
                     })
                     .await?;
                 let (before, after) = &pair;
@@ -1807,12 +1790,15 @@ impl Rpc for RegistryService {
                     quoted(&purpose.description),
                     quoted(&purpose.legal_basis)
                 );
-                self.apply(move |reg| async move {
-                    reg.insert_purpose(&purpose)
+                self.apply(c, move |reg| async move {
+                    let staged = reg
+                        .stage(&[RegistryWrite::Purpose {
+                            after: Box::new(purpose.clone()),
+                            before: None,
+                        }])
                         .await
                         .map_err(|e| taken(e, &format!("purpose {}", purpose.code)))?;
-                    let undo = RegistryUndo::Purpose(Box::new(purpose.clone()), None);
-                    Ok((purpose, Some(undo)))
+                    Ok((purpose, Some(staged)))
                 })
                 .await
             })
@@ -1905,14 +1891,16 @@ impl Rpc for RegistryService {
                     colon_pairs(&revoked.id.key()),
                     because(&revoked.reason)
                 );
-                self.apply(move |reg| async move {
+                self.apply(c, move |reg| async move {
                     let existed = reg
                         .revoked_certificates()
                         .await?
                         .iter()
                         .any(|r| r.id == revoked.id);
                     let stored = reg.revoke_certificate(&revoked).await?;
-                    let undo = (!existed).then(|| RegistryUndo::Revocation(stored.id.clone()));
+                    let undo = (!existed).then(|| {
+                        Staged::Committed(vec![RegistryUndo::Revocation(stored.id.clone())])
+                    });
                     Ok((stored, undo))
                 })
                 .await
@@ -2038,21 +2026,20 @@ impl RegistryService {
                     },
                     because(&reason)
                 );
-                self.apply(move |reg| async move {
+                self.apply(c, move |reg| async move {
                     let before = reg
                         .organisation(&kbo)
                         .await?
                         .ok_or_else(|| unknown_org(&kbo))?;
                     let mut org = before.clone();
                     org.status = status;
-                    reg.commit(&[RegistryWrite::Organisation {
-                        after: Box::new(org.clone()),
-                        before: Some(Box::new(before.clone())),
-                    }])
-                    .await?;
-                    let undo =
-                        RegistryUndo::Organisation(Box::new(org.clone()), Some(Box::new(before)));
-                    Ok((org, Some(undo)))
+                    let staged = reg
+                        .stage(&[RegistryWrite::Organisation {
+                            after: Box::new(org.clone()),
+                            before: Some(Box::new(before)),
+                        }])
+                        .await?;
+                    Ok((org, Some(staged)))
                 })
                 .await
             })
@@ -2087,7 +2074,7 @@ impl RegistryService {
                     ));
                 }
                 let (auth, undo) = self
-                    .apply(move |reg| async move {
+                    .apply(c, move |reg| async move {
                         let before = current_authorisation(&*reg, &reference).await?;
                         if before.status == status {
                             return Ok((before, None));
@@ -2099,12 +2086,13 @@ impl RegistryService {
                         auth.status = status;
                         auth.version += 1;
                         auth.updated_at = OffsetDateTime::now_utc();
-                        reg.put_authorisation(&auth).await?;
-                        let undo = RegistryUndo::Authorisation(
-                            Box::new(auth.clone()),
-                            Some(Box::new(before)),
-                        );
-                        Ok((auth, Some(undo)))
+                        let staged = reg
+                            .stage(&[RegistryWrite::Authorisation {
+                                after: Box::new(auth.clone()),
+                                before: Some(Box::new(before)),
+                            }])
+                            .await?;
+                        Ok((auth, Some(staged)))
                     })
                     .await?;
                 c.authorisation_version = Some(auth.version);

@@ -253,6 +253,7 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
             .await?
         }
     };
+    crate::stores::adopt_registry(&opened.storage, config.operator_kbo()?).await?;
     crate::stores::ensure_operator(
         &opened.storage,
         config.operator_kbo()?,
@@ -277,6 +278,9 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
     )
     .await?;
     broker.metrics.watch_persons(opened.persons.clone());
+    broker
+        .metrics
+        .watch_registry(broker.storage().registry.clone());
     let mut watching = Vec::new();
     if let Some(url) = config.store.postgresql() {
         // Other brokers change the registry: the snapshot decides only

@@ -99,10 +99,12 @@ pub async fn open_postgresql(
     // This broker's id among the brokers on the database (table
     // `brokers`): the owner of the registry applies it opens.
     let broker_id = format!("{}-{}", std::process::id(), crate::state::new_id());
+    // Rules too are sealed with the entry that made them.
     let registry = semel_postgres::PgRegistry::connect(url)
         .await
         .context("connect to the PostgreSQL store (registry)")?
-        .owned_by(&broker_id);
+        .owned_by(&broker_id)
+        .sealed_by(signer.row_sealer());
     // Files and consents are sealed with the entry that made them, under a
     // key the database never sees: a row written by SQL grants nothing.
     let persons = semel_postgres::PgPersons::connect(url)
@@ -444,19 +446,108 @@ pub async fn begin_epoch(
     Ok(at.sequence)
 }
 
-/// Registers the operator organisation if it is missing.
+/// The operation of the entry that adopts rules stored before seals were
+/// kept (see `RegistryStore::adoption`).
+pub const ADOPT_REGISTRY_OPERATION: &str = "semel.seal/AdoptRegistry";
+
+/// Adopts, once, the rules a store holds from before it sealed them (a
+/// PostgreSQL database from before schema version 14): one entry, the
+/// operator's, counts them and gives their digest, and seals them.
+pub async fn adopt_registry(storage: &Storage, operator: Kbo) -> anyhow::Result<()> {
+    let Some((open, detail)) = storage
+        .registry
+        .adoption()
+        .await
+        .context("read the registry's rules stored before seals were kept")?
+    else {
+        return Ok(());
+    };
+    let mut record = crate::state::blank_record(
+        crate::state::new_id(),
+        ADOPT_REGISTRY_OPERATION,
+        operator,
+        None,
+    );
+    record.outcome = semel_core::Outcome::Answered;
+    record.detail = detail;
+    let at = storage
+        .audit
+        .append(record)
+        .await
+        .context("record the adoption of the registry's rules")?;
+    open.seal(at)
+        .await
+        .context("seal the registry's adopted rules")?;
+    tracing::warn!(
+        sequence = at.sequence,
+        "registry rules stored before seals were kept were adopted as they stood, under one audit entry"
+    );
+    Ok(())
+}
+
+/// Stores registry writes with the audit entry that records them, the
+/// operator's, under `operation` (no rule without its entry): staged, then
+/// in force once the entry is durable; never without it.
+pub async fn record_registry(
+    storage: &Storage,
+    operator: Kbo,
+    operation: &'static str,
+    detail: &str,
+    writes: &[semel_storage::RegistryWrite],
+) -> anyhow::Result<()> {
+    if writes.is_empty() {
+        return Ok(());
+    }
+    let staged = storage
+        .registry
+        .stage(writes)
+        .await
+        .context("store the registry change")?;
+    let mut record = crate::state::blank_record(crate::state::new_id(), operation, operator, None);
+    record.outcome = semel_core::Outcome::Answered;
+    record.detail = semel_core::redact_national_numbers(detail).into_owned();
+    match storage.audit.append(record).await {
+        Ok(at) => {
+            if let semel_storage::Staged::Open(open) = staged {
+                open.seal(at)
+                    .await
+                    .context("commit the registry change with its entry")?;
+            }
+            Ok(())
+        }
+        Err(e) => {
+            if let semel_storage::Staged::Committed(undos) = staged {
+                crate::audited::retry_undo("registry change", || storage.registry.undo_all(&undos))
+                    .await;
+            }
+            Err(e).context("record the registry change in the audit log")
+        }
+    }
+}
+
+/// Registers the operator organisation if it is missing, with its entry.
 pub async fn ensure_operator(storage: &Storage, kbo: Kbo, name: &str) -> anyhow::Result<()> {
     if storage.registry.organisation(&kbo).await?.is_none() {
-        storage
-            .registry
-            .put_organisation(&Organisation {
-                kbo,
-                name: name.to_owned(),
-                roles: [Role::Operator].into_iter().collect(),
-                status: OrganisationStatus::Active,
-                created_at: OffsetDateTime::now_utc(),
-            })
-            .await?;
+        let org = Organisation {
+            kbo,
+            name: name.to_owned(),
+            roles: [Role::Operator].into_iter().collect(),
+            status: OrganisationStatus::Active,
+            created_at: OffsetDateTime::now_utc(),
+        };
+        record_registry(
+            storage,
+            kbo,
+            "semel.seed/Operator",
+            &format!(
+                "operator organisation {kbo} registered from the broker's configuration; name: {name:?}"
+            ),
+            &[semel_storage::RegistryWrite::Organisation {
+                after: Box::new(org),
+                before: None,
+            }],
+        )
+        .await?;
         tracing::info!(kbo = kbo.as_str(), "operator organisation registered");
     }
     Ok(())

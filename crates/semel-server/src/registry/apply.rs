@@ -733,11 +733,13 @@ pub(super) fn plan(
 /// PostgreSQL, which other brokers see whole or not at all; one sled
 /// transaction on the embedded store), each write only over the record the
 /// plan read, and in the same commit the apply's marker turned committed
-/// with `closing`, the words of its closing entry. Returns what takes them
-/// all back.
+/// with `closing`, the words of its closing entry; each write sealed with
+/// its change's entry (`entries`, one per write, durable). Returns what
+/// takes them all back.
 pub(super) async fn write(
     reg: &dyn RegistryStore,
     writes: &[(usize, Write)],
+    entries: &[semel_storage::Appended],
     apply: &str,
     closing: &str,
 ) -> Result<Vec<RegistryUndo>, ApiError> {
@@ -763,7 +765,7 @@ pub(super) async fn write(
         })
         .collect();
     pause_for_tests(PausePoint::BeforeCommit).await;
-    reg.commit_apply(&writes, apply, closing)
+    reg.commit_apply(&writes, entries, apply, closing)
         .await
         .map_err(|e| match e {
             // The marker was settled by another broker, which found this
