@@ -9,8 +9,6 @@
 
 mod audit;
 pub mod audited;
-pub mod bench;
-pub mod bench_fanout;
 mod checks;
 pub mod codec;
 pub mod config;
