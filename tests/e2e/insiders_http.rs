@@ -25,7 +25,7 @@ async fn start_with(settings: HttpSettings) -> TestDemo {
     opts.http = settings;
     TestDemo {
         demo: Some(
-            semel_server::Demo::start(opts)
+            semel_demo_stack::Demo::start(opts)
                 .await
                 .expect("start the demo"),
         ),

@@ -20,7 +20,7 @@ use semel_demo::pki::Subject;
 use serde::Serialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use semel_server::demo::{Demo, DemoOptions};
+use semel_demo_stack::demo::{Demo, DemoOptions};
 use semel_server::proto::{self, mutation_service_client::MutationServiceClient};
 
 /// What `semel bench-mutations` runs.

@@ -24,7 +24,7 @@ use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
-use semel_server::demo::{Demo, DemoOptions};
+use semel_demo_stack::demo::{Demo, DemoOptions};
 use semel_server::proto::{
     self, lookup_service_server::LookupServiceServer, source_service_client::SourceServiceClient,
 };
@@ -268,7 +268,10 @@ async fn preload_audit(
     let store = Arc::new(Store::open_with(
         store_dir,
         Some(semel_store::CheckpointSettings {
-            signer: semel_core::checkpoint::NoteSigner::new(semel_server::demo::DEMO_ORIGIN, key),
+            signer: semel_core::checkpoint::NoteSigner::new(
+                semel_demo_stack::demo::DEMO_ORIGIN,
+                key,
+            ),
             every_entries: 100_000,
             every: std::time::Duration::from_secs(10),
         }),
