@@ -41,7 +41,7 @@ pub struct DemoOptions {
     /// Where to serve the HTTP/JSON face, if anywhere.
     pub http_listen: Option<SocketAddr>,
     /// The HTTP/JSON face's limits and timeouts.
-    pub http: semel_server::http_face::HttpSettings,
+    pub http: semel_server::http_settings::HttpSettings,
     /// The gRPC port's limits and timeouts.
     pub grpc: semel_server::grpc_limits::GrpcSettings,
     pub limits: semel_server::limits::LimitSettings,
@@ -83,7 +83,7 @@ impl DemoOptions {
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
             http_listen: None,
-            http: semel_server::http_face::HttpSettings::default(),
+            http: semel_server::http_settings::HttpSettings::default(),
             grpc: semel_server::grpc_limits::GrpcSettings::default(),
             limits: semel_server::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
@@ -398,9 +398,9 @@ impl Demo {
                 &operator,
             )?),
         };
-        let broker_task = tokio::spawn(server::serve_broker_with_http(
+        let broker_task = tokio::spawn(server::serve_broker_with_face(
             listener,
-            http_listener.map(|l| (l, opts.http.clone())),
+            http_listener.map(|l| semel_http::face(l, opts.http.clone())),
             Prepared {
                 broker: broker.clone(),
                 background,
