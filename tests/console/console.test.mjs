@@ -67,7 +67,7 @@ async function untilVerdict(page, seq) {
 
 // Every text the console uses exists in French, Dutch and English.
 {
-  const assets = new URL('../../crates/semel-server/console/', import.meta.url);
+  const assets = new URL('../../crates/semel-http/console/', import.meta.url);
   const { KEYS } = await import(new URL('i18n.js', assets));
   const used = new Set();
   for (const f of ['console.js', 'citizen.js', 'index.html', 'citizen.html']) {

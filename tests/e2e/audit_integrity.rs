@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use semel_demo::seed::datasets::RESIDENCE;
-use semel_server::Demo;
+use semel_demo_stack::Demo;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -22,7 +22,7 @@ fn postgresql_only(what: &str) -> bool {
 }
 
 /// The demo on PostgreSQL with `change` applied to its options.
-async fn start_with(change: impl FnOnce(&mut semel_server::DemoOptions)) -> TestDemo {
+async fn start_with(change: impl FnOnce(&mut semel_demo_stack::DemoOptions)) -> TestDemo {
     let dir = tempfile::tempdir().expect("tempdir");
     let (mut opts, db) = demo_options(dir.path()).await;
     change(&mut opts);

@@ -18,7 +18,7 @@ async fn start() -> TestDemo {
     let (mut opts, db) = demo_options(dir.path()).await;
     opts.checkpoint_every_entries = 5;
     TestDemo {
-        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        demo: Some(semel_demo_stack::Demo::start(opts).await.expect("start")),
         dir,
         db,
     }
@@ -81,7 +81,7 @@ async fn checkpoints_and_proofs_verify_without_trusting_the_broker() {
         (signed.size, signed.root.to_vec()),
         (first.tree_size, first.root_hash.clone())
     );
-    assert_eq!(signed.origin, semel_server::demo::DEMO_ORIGIN);
+    assert_eq!(signed.origin, semel_demo_stack::demo::DEMO_ORIGIN);
 
     for _ in 0..8 {
         c.lookup(lookup(JAN, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
@@ -282,8 +282,8 @@ async fn a_witness_cosigns_checkpoints_and_refuses_rollback_and_forks() {
     use semel_core::checkpoint::{AddCheckpoint, Checkpoint, CosignatureVerifier, NoteSigner};
     use semel_server::witness::{Submitted, submit};
     let t = start().await;
-    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
-        &std::fs::read(t.dir.path().join(semel_server::demo::MANIFEST)).expect("manifest"),
+    let manifest: semel_demo_stack::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(t.dir.path().join(semel_demo_stack::demo::MANIFEST)).expect("manifest"),
     )
     .expect("json");
     let witness = CosignatureVerifier::parse(&manifest.witness_key).expect("witness key");

@@ -155,14 +155,14 @@ impl Load {
 async fn demo_on(r: &Replicated, max_durability_wait: Duration) -> (TestDemo, Forwarder) {
     let forwarder = Forwarder::start(r.primary_port).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut opts = semel_server::DemoOptions::new(dir.path());
+    let mut opts = semel_demo_stack::DemoOptions::new(dir.path());
     opts.listen = ([127, 0, 0, 1], 0).into();
     opts.population = 500;
     opts.source_deadline = Duration::from_secs(5);
     opts.limits = opts.limits.without_organisation_budgets();
     opts.postgresql = Some(r.url(forwarder.port));
     opts.max_durability_wait = max_durability_wait;
-    let demo = semel_server::Demo::start(opts)
+    let demo = semel_demo_stack::Demo::start(opts)
         .await
         .expect("start the demo");
     let t = TestDemo {

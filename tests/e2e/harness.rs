@@ -8,11 +8,11 @@ use semel_client::{AuthChannel, with_token};
 use semel_core::UserRole;
 use semel_demo::issuer::{DEV_AUDIENCE, DevIssuer, TokenRequest};
 use semel_demo::pki::{DevPki, Subject};
+use semel_demo_stack::{Demo, DemoOptions};
 use semel_server::proto::{
     self, audit_service_client::AuditServiceClient, lookup_service_client::LookupServiceClient,
     registry_service_client::RegistryServiceClient,
 };
-use semel_server::{Demo, DemoOptions};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt;
 

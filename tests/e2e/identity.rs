@@ -639,7 +639,7 @@ async fn a_changed_key_file_is_picked_up_without_a_signal() {
     let (mut opts, db) = demo_options(dir.path()).await;
     opts.reload_poll = Some(std::time::Duration::from_millis(100));
     let t = TestDemo {
-        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        demo: Some(semel_demo_stack::Demo::start(opts).await.expect("start")),
         dir,
         db,
     };

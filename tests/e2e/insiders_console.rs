@@ -106,12 +106,12 @@ async fn the_listed_checkpoints_carry_the_witnesses_cosignatures() {
     let (mut opts, db) = demo_options(dir.path()).await;
     opts.checkpoint_every_entries = 5;
     let t = TestDemo {
-        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        demo: Some(semel_demo_stack::Demo::start(opts).await.expect("start")),
         dir,
         db,
     };
-    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
-        &std::fs::read(t.dir.path().join(semel_server::demo::MANIFEST)).expect("manifest"),
+    let manifest: semel_demo_stack::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(t.dir.path().join(semel_demo_stack::demo::MANIFEST)).expect("manifest"),
     )
     .expect("json");
     assert_eq!(manifest.witness_quorum, 1, "demo.json names the quorum");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use semel_server::http_face::HttpSettings;
+use semel_server::http_settings::HttpSettings;
 use semel_server::metrics::RefusedConnectionLabels;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -25,7 +25,7 @@ async fn start_with(settings: HttpSettings) -> TestDemo {
     opts.http = settings;
     TestDemo {
         demo: Some(
-            semel_server::Demo::start(opts)
+            semel_demo_stack::Demo::start(opts)
                 .await
                 .expect("start the demo"),
         ),

@@ -29,7 +29,7 @@ async fn start_checkpointing() -> TestDemo {
     let (mut opts, db) = demo_options(dir.path()).await;
     opts.checkpoint_every_entries = 5;
     TestDemo {
-        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        demo: Some(semel_demo_stack::Demo::start(opts).await.expect("start")),
         dir,
         db,
     }

@@ -279,7 +279,7 @@ async fn metrics_count_lookups_without_personal_data() {
     let (mut opts, db) = demo_options(dir.path()).await;
     opts.metrics_listen = Some(([127, 0, 0, 1], 0).into());
     let t = TestDemo {
-        demo: Some(semel_server::Demo::start(opts).await.expect("start")),
+        demo: Some(semel_demo_stack::Demo::start(opts).await.expect("start")),
         dir,
         db,
     };

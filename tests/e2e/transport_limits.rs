@@ -26,7 +26,7 @@ async fn start_with(grpc: GrpcSettings) -> TestDemo {
     opts.grpc = grpc;
     TestDemo {
         demo: Some(
-            semel_server::Demo::start(opts)
+            semel_demo_stack::Demo::start(opts)
                 .await
                 .expect("start the demo"),
         ),

@@ -8,8 +8,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use semel_demo::seed::datasets::*;
-use semel_server::demo::DEMO_ORIGIN;
-use semel_server::{Demo, DemoOptions};
+use semel_demo_stack::demo::DEMO_ORIGIN;
+use semel_demo_stack::{Demo, DemoOptions};
 use tonic::Code;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,

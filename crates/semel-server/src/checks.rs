@@ -7,44 +7,12 @@ use std::cmp::Ordering;
 
 use semel_core::{CheckOp, Dataset, ElementPath, FieldName, FieldType, Operand, Question};
 
+use crate::convert::{op_from_proto, operand_from_proto};
 use crate::error::ApiError;
-use crate::proto::{self, CheckAnswer, CheckOperator, value::Kind};
+use crate::proto::{self, CheckAnswer, value::Kind};
 
 /// The most checks one lookup may ask.
 pub const MAX_CHECKS: usize = 16;
-
-/// Reads an operand sent by a client (`field` names it in errors).
-pub fn operand_from_proto(
-    field: &'static str,
-    v: Option<proto::Value>,
-) -> Result<Operand, ApiError> {
-    let bad = |m: &str| ApiError::invalid(field, "INVALID_CHECK", m.to_owned());
-    match v.and_then(|v| v.kind) {
-        Some(Kind::StringValue(s)) => Ok(Operand::Text(s)),
-        Some(Kind::IntValue(i)) => Ok(Operand::Int(i)),
-        Some(Kind::BoolValue(b)) => Ok(Operand::Bool(b)),
-        Some(Kind::DateValue(d)) => {
-            crate::convert::parse_date(field, &d)?;
-            Ok(Operand::Date(d))
-        }
-        Some(_) => Err(bad(
-            "a check compares with a string, int, bool or date value, not a record or a list",
-        )),
-        None => Err(bad("the check has no value to compare with")),
-    }
-}
-
-/// The operand as a protobuf value (for authorisations' named questions).
-pub fn operand_to_proto(o: &Operand) -> proto::Value {
-    proto::Value {
-        kind: Some(match o {
-            Operand::Text(s) => Kind::StringValue(s.clone()),
-            Operand::Int(i) => Kind::IntValue(*i),
-            Operand::Bool(b) => Kind::BoolValue(*b),
-            Operand::Date(d) => Kind::DateValue(d.clone()),
-        }),
-    }
-}
 
 fn scalar(v: &proto::Value) -> Option<Operand> {
     match v.kind.as_ref()? {
@@ -53,30 +21,6 @@ fn scalar(v: &proto::Value) -> Option<Operand> {
         Kind::BoolValue(b) => Some(Operand::Bool(*b)),
         Kind::DateValue(d) => Some(Operand::Date(d.clone())),
         _ => None,
-    }
-}
-
-/// The core operator of a protobuf one.
-pub fn op_from_proto(op: i32) -> Option<CheckOp> {
-    Some(match CheckOperator::try_from(op).ok()? {
-        CheckOperator::Unspecified => return None,
-        CheckOperator::Equals => CheckOp::Equals,
-        CheckOperator::NotEquals => CheckOp::NotEquals,
-        CheckOperator::LessThan => CheckOp::LessThan,
-        CheckOperator::LessOrEqual => CheckOp::LessOrEqual,
-        CheckOperator::GreaterThan => CheckOp::GreaterThan,
-        CheckOperator::GreaterOrEqual => CheckOp::GreaterOrEqual,
-    })
-}
-
-pub fn op_to_proto(op: CheckOp) -> CheckOperator {
-    match op {
-        CheckOp::Equals => CheckOperator::Equals,
-        CheckOp::NotEquals => CheckOperator::NotEquals,
-        CheckOp::LessThan => CheckOperator::LessThan,
-        CheckOp::LessOrEqual => CheckOperator::LessOrEqual,
-        CheckOp::GreaterThan => CheckOperator::GreaterThan,
-        CheckOp::GreaterOrEqual => CheckOperator::GreaterOrEqual,
     }
 }
 

@@ -128,41 +128,41 @@ pub struct HttpSection {
 }
 
 fn default_http_max_connections() -> usize {
-    crate::http_face::HttpSettings::default().max_connections
+    crate::http_settings::HttpSettings::default().max_connections
 }
 
 fn default_http_max_connections_per_address() -> usize {
-    crate::http_face::HttpSettings::default().max_connections_per_address
+    crate::http_settings::HttpSettings::default().max_connections_per_address
 }
 
 fn default_http_max_connections_per_address_without_certificate() -> usize {
-    crate::http_face::HttpSettings::default().max_connections_per_address_without_certificate
+    crate::http_settings::HttpSettings::default().max_connections_per_address_without_certificate
 }
 
 fn default_http_max_connections_without_certificate() -> usize {
-    crate::http_face::HttpSettings::default().max_connections_without_certificate
+    crate::http_settings::HttpSettings::default().max_connections_without_certificate
 }
 
 fn default_http_max_handshakes() -> usize {
-    crate::http_face::HttpSettings::default().max_handshakes
+    crate::http_settings::HttpSettings::default().max_handshakes
 }
 
 fn default_http_body_timeout_ms() -> u64 {
-    crate::http_face::HttpSettings::default()
+    crate::http_settings::HttpSettings::default()
         .body_timeout
         .as_millis() as u64
 }
 
 fn default_http_header_timeout_ms() -> u64 {
-    crate::http_face::HttpSettings::default()
+    crate::http_settings::HttpSettings::default()
         .header_timeout
         .as_millis() as u64
 }
 
 impl HttpSection {
     /// The face's limits and timeouts.
-    pub fn settings(&self) -> crate::http_face::HttpSettings {
-        crate::http_face::HttpSettings {
+    pub fn settings(&self) -> crate::http_settings::HttpSettings {
+        crate::http_settings::HttpSettings {
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
             max_connections_per_address_without_certificate: self
@@ -1774,7 +1774,7 @@ mod tests {
         // The HTTP/JSON face's limits: the defaults when left out, as the
         // example leaves them, and each key settable.
         let http = config.http.as_ref().expect("the example serves HTTP/JSON");
-        let defaults = crate::http_face::HttpSettings::default();
+        let defaults = crate::http_settings::HttpSettings::default();
         let settings = http.settings();
         assert_eq!(settings.max_connections, defaults.max_connections);
         assert_eq!(

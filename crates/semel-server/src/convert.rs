@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 
 use semel_core::{
     AuditDecision, AuditEntry, Authorisation, AuthorisationRef, AuthorisationStatus, CapacityCode,
-    CheckRule, Dataset, DatasetName, ElementPath, FieldDefinition, FieldName, FieldType, Kbo,
-    Organisation, OrganisationStatus, Outcome, PurposeCode, Role,
+    CheckOp, CheckRule, Dataset, DatasetName, ElementPath, FieldDefinition, FieldName, FieldType,
+    Kbo, Operand, Organisation, OrganisationStatus, Outcome, PurposeCode, Role,
 };
 use semel_store::StoredEntry;
 use time::format_description::BorrowedFormatItem;
@@ -15,7 +15,7 @@ use time::macros::format_description;
 use time::{Date, OffsetDateTime};
 
 use crate::error::ApiError;
-use crate::proto;
+use crate::proto::{self, CheckOperator, value::Kind};
 
 pub const DATE_FORMAT: &[BorrowedFormatItem<'static>] = format_description!("[year]-[month]-[day]");
 
@@ -31,6 +31,63 @@ pub fn parse_date(field: &'static str, s: &str) -> Result<Date, ApiError> {
 
 pub fn format_date(d: Date) -> String {
     d.format(DATE_FORMAT).unwrap_or_default()
+}
+
+/// Reads an operand sent by a client (`field` names it in errors).
+pub fn operand_from_proto(
+    field: &'static str,
+    v: Option<proto::Value>,
+) -> Result<Operand, ApiError> {
+    let bad = |m: &str| ApiError::invalid(field, "INVALID_CHECK", m.to_owned());
+    match v.and_then(|v| v.kind) {
+        Some(Kind::StringValue(s)) => Ok(Operand::Text(s)),
+        Some(Kind::IntValue(i)) => Ok(Operand::Int(i)),
+        Some(Kind::BoolValue(b)) => Ok(Operand::Bool(b)),
+        Some(Kind::DateValue(d)) => {
+            parse_date(field, &d)?;
+            Ok(Operand::Date(d))
+        }
+        Some(_) => Err(bad(
+            "a check compares with a string, int, bool or date value, not a record or a list",
+        )),
+        None => Err(bad("the check has no value to compare with")),
+    }
+}
+
+/// The operand as a protobuf value (for authorisations' named questions).
+pub fn operand_to_proto(o: &Operand) -> proto::Value {
+    proto::Value {
+        kind: Some(match o {
+            Operand::Text(s) => Kind::StringValue(s.clone()),
+            Operand::Int(i) => Kind::IntValue(*i),
+            Operand::Bool(b) => Kind::BoolValue(*b),
+            Operand::Date(d) => Kind::DateValue(d.clone()),
+        }),
+    }
+}
+
+/// The core operator of a protobuf one.
+pub fn op_from_proto(op: i32) -> Option<CheckOp> {
+    Some(match CheckOperator::try_from(op).ok()? {
+        CheckOperator::Unspecified => return None,
+        CheckOperator::Equals => CheckOp::Equals,
+        CheckOperator::NotEquals => CheckOp::NotEquals,
+        CheckOperator::LessThan => CheckOp::LessThan,
+        CheckOperator::LessOrEqual => CheckOp::LessOrEqual,
+        CheckOperator::GreaterThan => CheckOp::GreaterThan,
+        CheckOperator::GreaterOrEqual => CheckOp::GreaterOrEqual,
+    })
+}
+
+pub fn op_to_proto(op: CheckOp) -> CheckOperator {
+    match op {
+        CheckOp::Equals => CheckOperator::Equals,
+        CheckOp::NotEquals => CheckOperator::NotEquals,
+        CheckOp::LessThan => CheckOperator::LessThan,
+        CheckOp::LessOrEqual => CheckOperator::LessOrEqual,
+        CheckOp::GreaterThan => CheckOperator::GreaterThan,
+        CheckOp::GreaterOrEqual => CheckOperator::GreaterOrEqual,
+    }
 }
 
 pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
@@ -387,10 +444,10 @@ fn check_rule_from_proto(r: proto::CheckRule) -> Result<CheckRule, ApiError> {
             )));
         }
     };
-    let op = crate::checks::op_from_proto(operator)
+    let op = op_from_proto(operator)
         .ok_or_else(|| bad(format!("the question on {field} names no known operator")))?;
     let operand = operand
-        .map(|v| crate::checks::operand_from_proto("authorisation.checks", Some(v)))
+        .map(|v| operand_from_proto("authorisation.checks", Some(v)))
         .transpose()?;
     let rule = CheckRule {
         name: text("authorisation.checks", rule_name, 100)?,
@@ -417,8 +474,8 @@ fn check_rule_to_proto(r: &CheckRule) -> proto::CheckRule {
         field: r.field.to_string(),
         element_key_field: key,
         element_value_field: value,
-        operator: crate::checks::op_to_proto(r.op) as i32,
-        operand: r.operand.as_ref().map(crate::checks::operand_to_proto),
+        operator: op_to_proto(r.op) as i32,
+        operand: r.operand.as_ref().map(operand_to_proto),
     }
 }
 

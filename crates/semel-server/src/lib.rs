@@ -1,5 +1,5 @@
 //! Semel's gRPC edge: the services, the caller's identity from mutual TLS,
-//! the lookup path, clients of the sources, and the demo sources.
+//! the lookup path and clients of the sources.
 //!
 //! This crate, `semel-proto` (the generated code, re-exported here as
 //! [`proto`]) and `semel-client` are the only ones that know tonic and
@@ -9,29 +9,22 @@
 
 mod audit;
 pub mod audited;
-pub mod bench;
-pub mod bench_fanout;
 mod checks;
 pub mod codec;
 pub mod config;
 pub mod connection_slots;
-pub mod console;
 mod convert;
-pub mod demo;
-pub mod demo_source;
 pub mod error;
 pub mod grpc_limits;
-pub mod http_face;
+pub mod http_settings;
 pub mod limits;
 mod lookup;
 pub mod metrics;
 mod mutations;
-pub mod openapi;
 pub mod permissions;
 mod persons;
 pub mod readiness;
 pub mod reasons;
-pub mod reference;
 pub mod reflection;
 mod registry;
 pub mod server;
@@ -41,11 +34,12 @@ pub mod stores;
 pub mod telemetry;
 pub mod tls;
 pub mod tokens;
-pub mod transcode;
 pub mod witness;
 
 pub use config::Config;
-pub use demo::{Demo, DemoOptions};
+/// The contract's date format (YYYY-MM-DD), for sources built outside this
+/// crate (the demo's) that read and write dates as the broker does.
+pub use convert::{format_date, parse_date};
 pub use registry::MAX_PENDING_APPLICATIONS;
 /// The generated code of `semel.v1`, which this crate serves.
 pub use semel_proto as proto;

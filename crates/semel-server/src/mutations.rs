@@ -839,7 +839,7 @@ impl Broker {
     /// Drops changes not acknowledged within the retention period, every
     /// minute, until aborted; event ids are remembered for
     /// [`EVENT_IDS_KEPT`] at least.
-    pub(crate) fn expire_mutations(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn expire_mutations(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let broker = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(60));

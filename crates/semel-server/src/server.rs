@@ -417,15 +417,49 @@ pub async fn serve_broker(
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    serve_broker_with_http(listener, None, prepared, shutdown).await
+    serve_broker_with_face(listener, None, prepared, shutdown).await
 }
 
-/// [`serve_broker`], with the HTTP/JSON face on its own listener when
-/// `http` is given: it stops taking calls when `shutdown` resolves, and the
-/// broker waits for its calls in flight before closing the audit log.
-pub async fn serve_broker_with_http(
+/// A future that ends when the face is to stop taking calls.
+pub type FaceShutdown = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A face's serving, until its shutdown and its calls in flight are done.
+pub type FaceServing = std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// What the broker hands a face other than gRPC: the broker, its services
+/// behind the very layers the gRPC server runs (`with_layers`), and the
+/// reloadable TLS configuration of its port.
+pub struct FaceParts {
+    pub broker: Arc<Broker>,
+    pub service: Layered<tonic::service::Routes>,
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+}
+
+/// Another face of the broker on a listener of its own (the HTTP/JSON
+/// face, `semel-http`, which the binary and the demo hand to
+/// [`serve_broker_with_face`]). It calls the services it is handed in
+/// process, so there is one lookup path however the broker is reached; and
+/// this crate serves it without knowing what it speaks.
+pub trait Face: Send {
+    /// Where it listens: the broker never dials itself as a source.
+    fn local_addr(&self) -> Option<std::net::SocketAddr>;
+    /// Builds the face on `parts` (an error here stops the broker before it
+    /// serves anything), and returns its serving: it stops taking calls when
+    /// `shutdown` ends and returns once its calls in flight are done.
+    fn start(
+        self: Box<Self>,
+        parts: FaceParts,
+        shutdown: FaceShutdown,
+    ) -> anyhow::Result<FaceServing>;
+}
+
+/// [`serve_broker`], with another face (the HTTP/JSON face) on its own
+/// listener when one is given: it stops taking calls when `shutdown`
+/// resolves, and the broker waits for its calls in flight before closing
+/// the audit log.
+pub async fn serve_broker_with_face(
     listener: TcpListener,
-    http: Option<(TcpListener, crate::http_face::HttpSettings)>,
+    face: Option<Box<dyn Face>>,
     prepared: Prepared,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -475,7 +509,7 @@ pub async fn serve_broker_with_http(
     // The broker never dials itself as a source.
     for own in addr
         .into_iter()
-        .chain(http.as_ref().and_then(|(l, _)| l.local_addr().ok()))
+        .chain(face.as_ref().and_then(|f| f.local_addr()))
     {
         broker.endpoint_policy().add_own(own);
     }
@@ -578,27 +612,26 @@ pub async fn serve_broker_with_http(
         );
     // The HTTP/JSON face calls the same services through the same layers,
     // in process: one lookup path, two faces.
-    let http_face = match http {
-        Some((http, settings)) => {
-            let face = crate::http_face::HttpFace::new(
-                broker.clone(),
-                with_layers(&broker, broker_routes(&broker)),
-                settings,
-            )?;
-            let mut stopped = stopped;
-            Some(tokio::spawn(crate::http_face::serve(
-                http,
+    let face = match face {
+        Some(face) => {
+            let parts = FaceParts {
+                broker: broker.clone(),
+                service: with_layers(&broker, broker_routes(&broker)),
                 tls,
-                face,
-                async move {
+            };
+            let mut stopped = stopped;
+            let serving = face.start(
+                parts,
+                Box::pin(async move {
                     let _ = stopped.wait_for(|s| *s).await;
-                },
-            )))
+                }),
+            )?;
+            Some(tokio::spawn(serving))
         }
         None => None,
     };
     let served = grpc.await.context("serve gRPC");
-    if let Some(face) = http_face {
+    if let Some(face) = face {
         match face.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "the HTTP/JSON face failed"),
@@ -719,7 +752,7 @@ pub fn with_layers<S>(broker: &Arc<Broker>, routes: S) -> Layered<S> {
 }
 
 /// The largest lookup or audit request the broker reads.
-pub(crate) const MAX_REQUEST: usize = 64 * 1024;
+pub const MAX_REQUEST: usize = 64 * 1024;
 
 /// The services the broker serves, as reflection lists them
 /// (`semel.v1.SourceService` is the sources' to serve, not the broker's).

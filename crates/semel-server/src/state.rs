@@ -378,6 +378,16 @@ impl Broker {
         self.closing.send_replace(true);
     }
 
+    /// For `semel bench-mutations --second-broker-polls` only: changes
+    /// queued through other brokers are left to the fallback poll, as
+    /// before brokers listened for them, to measure the difference.
+    pub fn poll_for_other_brokers_changes(&self) {
+        self.deaf_to_other_brokers
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.mutations_heard
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn mutation_settings(&self) -> &MutationSettings {
         &self.sources.mutations
     }

@@ -590,7 +590,7 @@ impl AuditLog {
                 break;
             }
             until = stored.entry.record.time_micros;
-            lines.push(crate::verify::entry_line(
+            lines.push(crate::entry_lines::entry_line(
                 &stored.entry,
                 &stored.entry.to_bytes(),
             ));
@@ -608,7 +608,7 @@ impl AuditLog {
             to - 1
         ));
         let mut text = serde_json::json!({
-            "format": crate::verify::ARCHIVE_FORMAT,
+            "format": crate::entry_lines::ARCHIVE_FORMAT,
             "from": current.before,
             "to": to - 1,
         })

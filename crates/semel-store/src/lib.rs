@@ -16,6 +16,7 @@
 //! never decides whether an entry survives.
 
 mod audit;
+mod entry_lines;
 mod keys;
 mod mutations;
 mod persons;

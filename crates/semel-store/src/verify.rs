@@ -14,10 +14,11 @@ use std::path::Path;
 
 use semel_core::checkpoint::{Checkpoint, NoteVerifier, b64};
 use semel_core::merkle::CompactRange;
-use semel_core::{AuditDecision, AuditEntry, Hash, ZERO_HASH, entry_hash};
+use semel_core::{AuditEntry, Hash, ZERO_HASH, entry_hash};
 use serde_json::{Value, json};
 
 use crate::audit::{Tail, read_checkpoints, scan, tail_kind};
+use crate::entry_lines::{entry_line, readable};
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -452,17 +453,6 @@ pub enum ExportFormat {
     Csv,
 }
 
-/// The first line of an archive file.
-pub(crate) const ARCHIVE_FORMAT: &str = "semel-audit-archive/1";
-
-/// An entry's JSON Lines form: readable fields and canonical encoding.
-pub(crate) fn entry_line(entry: &AuditEntry, encoding: &[u8]) -> String {
-    let mut v = readable(entry);
-    v["type"] = json!("entry");
-    v["encoding"] = json!(b64::encode(encoding));
-    v.to_string()
-}
-
 /// The archive files of an audit directory, oldest first, as parsed lines.
 fn archive_files(audit_dir: &Path) -> Result<Vec<Vec<Value>>, VerifyFailure> {
     let dir = audit_dir.join("archive");
@@ -569,32 +559,6 @@ const ADDED_LATER: [&str; 3] = ["checks", "detail", "authorisation_version"];
 
 /// A log frame's header: u32 length, u32 CRC-32.
 const FRAME_HEADER: usize = 8;
-
-/// The readable fields of an entry.
-fn readable(e: &AuditEntry) -> Value {
-    let r = &e.record;
-    json!({
-        "sequence": e.sequence,
-        "time_micros": r.time_micros,
-        "operation": r.operation,
-        "consumer_kbo": r.consumer.as_str(),
-        "end_user": r.end_user,
-        "citizen": r.citizen.map(|n| n.as_str().to_owned()),
-        "dataset": r.dataset,
-        "fields_requested": r.fields_requested,
-        "fields_returned": r.fields_returned,
-        "purpose": r.purpose,
-        "authorisation": r.authorisation,
-        "authorisation_version": r.authorisation_version,
-        "decision": match r.decision { AuditDecision::Allowed => "allowed", AuditDecision::Refused => "refused" },
-        "reason": r.reason.map(|c| c.as_str()),
-        "source_kbo": r.source.map(|k| k.as_str().to_owned()),
-        "consumer_reference": r.consumer_reference,
-        "reference_date": r.reference_date,
-        "checks": r.checks,
-        "detail": r.detail,
-    })
-}
 
 const CSV_COLUMNS: [&str; 16] = [
     "sequence",

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use semel_server::bench::{
+use semel_bench::load::{
     BenchAddrs, BenchServerOptions, LoadOptions, LoadReport, Target, memory_kib, run_bench_server,
     run_load, time_citizen_query,
 };
@@ -550,21 +550,20 @@ pub async fn run_mutations(args: BenchMutationsArgs) -> anyhow::Result<ExitCode>
     let dir = std::env::temp_dir().join(format!("semel-bench-mutations-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let report =
-        semel_server::bench_fanout::run_fanout(semel_server::bench_fanout::FanoutOptions {
-            consumers: args.consumers,
-            population: args.population,
-            publishers: args.publishers.max(1),
-            batch: args.batch,
-            warmup: std::time::Duration::from_secs_f64(args.warmup),
-            duration: std::time::Duration::from_secs_f64(args.duration),
-            postgresql: args.store.clone(),
-            data_dir: dir.clone(),
-            rate: args.rate,
-            second_broker: args.second_broker,
-            second_broker_polls: args.second_broker_polls,
-        })
-        .await;
+    let report = semel_bench::fanout::run_fanout(semel_bench::fanout::FanoutOptions {
+        consumers: args.consumers,
+        population: args.population,
+        publishers: args.publishers.max(1),
+        batch: args.batch,
+        warmup: std::time::Duration::from_secs_f64(args.warmup),
+        duration: std::time::Duration::from_secs_f64(args.duration),
+        postgresql: args.store.clone(),
+        data_dir: dir.clone(),
+        rate: args.rate,
+        second_broker: args.second_broker,
+        second_broker_polls: args.second_broker_polls,
+    })
+    .await;
     let _ = std::fs::remove_dir_all(&dir);
     let r = report?;
     if args.json {

@@ -65,7 +65,7 @@ pub async fn connect(conn: &Conn, default_org: Option<&str>) -> anyhow::Result<C
                 .as_deref()
                 .or(default_org)
                 .context("say which organisation you act as: --as cpas-anderlecht (or give --broker, --ca, --cert and --key)")?;
-            semel_server::demo::client_config(&conn.data_dir, who)?
+            semel_demo_stack::demo::client_config(&conn.data_dir, who)?
         }
     };
     let config = match &conn.token_file {

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
-use semel_server::{Demo, DemoOptions};
+use semel_demo_stack::{Demo, DemoOptions};
 
 use crate::output::{Exit, outln};
 
@@ -61,7 +61,7 @@ pub struct DemoSourcesArgs {
 }
 
 pub async fn run_sources(args: DemoSourcesArgs) -> anyhow::Result<ExitCode> {
-    semel_server::demo::serve_sources(
+    semel_demo_stack::demo::serve_sources(
         &args.data_dir,
         args.seed,
         args.population,
@@ -184,8 +184,8 @@ fn http_banner(demo: &Demo) -> Option<String> {
     let auditor = demo.client("control-commission").ok()?;
     // The keys an auditor signs in to the console with, as demo.json holds
     // them (an operator publishes them; so does the witnesses' keeper).
-    let manifest: semel_server::demo::DemoManifest = serde_json::from_slice(
-        &std::fs::read(demo.data_dir.join(semel_server::demo::MANIFEST)).ok()?,
+    let manifest: semel_demo_stack::demo::DemoManifest = serde_json::from_slice(
+        &std::fs::read(demo.data_dir.join(semel_demo_stack::demo::MANIFEST)).ok()?,
     )
     .ok()?;
     let dd = demo.data_dir.display();

@@ -44,7 +44,7 @@ pub async fn run(args: HealthArgs) -> anyhow::Result<ExitCode> {
     let (broker, ca) = match (broker, ca) {
         (Some(b), Some(c)) => (b, c),
         (b, c) => {
-            let demo = semel_server::demo::client_config(&data_dir, "operator")?;
+            let demo = semel_demo_stack::demo::client_config(&data_dir, "operator")?;
             (b.unwrap_or(demo.broker), c.unwrap_or(demo.ca))
         }
     };

@@ -54,8 +54,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let http_listener = match &config.http {
-        Some(http) => Some((
+    let http_face = match &config.http {
+        Some(http) => Some(semel_http::face(
             tokio::net::TcpListener::bind(http.listen)
                 .await
                 .with_context(|| format!("bind the HTTP/JSON port {}", http.listen))?,
@@ -73,9 +73,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         ))
     });
-    semel_server::server::serve_broker_with_http(
+    semel_server::server::serve_broker_with_face(
         listener,
-        http_listener,
+        http_face,
         prepared,
         crate::shutdown_signal(),
     )

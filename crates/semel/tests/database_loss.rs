@@ -112,7 +112,7 @@ async fn connect(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if dir.join("demo.json").exists()
-            && let Ok(mut config) = semel_server::demo::client_config(dir, who)
+            && let Ok(mut config) = semel_demo_stack::demo::client_config(dir, who)
         {
             if let Some(b) = broker {
                 config.broker = b.to_owned();

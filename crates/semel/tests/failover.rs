@@ -75,7 +75,7 @@ async fn connect(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if dir.join("demo.json").exists()
-            && let Ok(mut config) = semel_server::demo::client_config(dir, who)
+            && let Ok(mut config) = semel_demo_stack::demo::client_config(dir, who)
         {
             if let Some(b) = broker {
                 config.broker = b.to_owned();
@@ -290,7 +290,7 @@ async fn two_brokers_on_postgresql_one_killed_under_load() {
     let key = semel_store::read_signing_key(&d.join("pki").join("audit-signing.key"))
         .expect("read the key")
         .expect("the log's key");
-    let signer = semel_core::checkpoint::NoteSigner::new(semel_server::demo::DEMO_ORIGIN, key);
+    let signer = semel_core::checkpoint::NoteSigner::new(semel_demo_stack::demo::DEMO_ORIGIN, key);
     let verifier =
         semel_core::checkpoint::NoteVerifier::parse(&signer.verifier_key()).expect("verifier");
     let notes: Vec<String> = pg

@@ -55,7 +55,7 @@ async fn connect(
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         if dir.join("demo.json").exists()
-            && let Ok(mut config) = semel_server::demo::client_config(dir, who)
+            && let Ok(mut config) = semel_demo_stack::demo::client_config(dir, who)
         {
             if let Some(b) = broker {
                 config.broker = b.to_owned();
@@ -383,7 +383,7 @@ async fn two_operators_deciding_one_membership_through_two_brokers_one_decision_
     let d = pair.dir.path().to_owned();
     let (oa, ob) = pair.both("operator").await;
     let pki = semel_demo::pki::DevPki { dir: d.join("pki") };
-    let a_url = semel_server::demo::client_config(&d, "operator")
+    let a_url = semel_demo_stack::demo::client_config(&d, "operator")
         .expect("operator config")
         .broker;
     // How each race was lost: CONFLICT when the store refused the second

@@ -107,7 +107,7 @@ async fn stopped_demo() -> tempfile::TempDir {
     let deadline = Instant::now() + Duration::from_secs(60);
     let client = loop {
         if dir.path().join("demo.json").exists()
-            && let Ok(config) = semel_server::demo::client_config(dir.path(), "cpas-anderlecht")
+            && let Ok(config) = semel_demo_stack::demo::client_config(dir.path(), "cpas-anderlecht")
             && let Ok(client) = Client::connect(&config).await
         {
             break client;

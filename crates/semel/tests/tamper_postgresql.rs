@@ -114,7 +114,7 @@ async fn a_database_administrator_cannot_hide_alter_or_cut_entries_unnoticed() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let client = loop {
         if d.join("demo.json").exists()
-            && let Ok(config) = semel_server::demo::client_config(d, "cpas-anderlecht")
+            && let Ok(config) = semel_demo_stack::demo::client_config(d, "cpas-anderlecht")
             && let Ok(client) = Client::connect(&config).await
         {
             break client;
@@ -149,7 +149,7 @@ async fn a_database_administrator_cannot_hide_alter_or_cut_entries_unnoticed() {
     let key = semel_store::read_signing_key(&d.join("pki").join("audit-signing.key"))
         .expect("read the key")
         .expect("the log's key");
-    let signer = semel_core::checkpoint::NoteSigner::new(semel_server::demo::DEMO_ORIGIN, key);
+    let signer = semel_core::checkpoint::NoteSigner::new(semel_demo_stack::demo::DEMO_ORIGIN, key);
     let verifier_key = signer.verifier_key();
     let mut pg = PgAudit::connect(&db.url).await.expect("connect");
     while let Integrated::Done {

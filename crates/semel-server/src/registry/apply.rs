@@ -914,7 +914,7 @@ impl crate::state::Broker {
     /// Settles applies at start and every few seconds after, until
     /// aborted: on a shared database, the applies of a broker that stopped
     /// are settled by the brokers still running.
-    pub(crate) fn settle_applies_task(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
+    pub fn settle_applies_task(self: &std::sync::Arc<Self>) -> tokio::task::JoinHandle<()> {
         let broker = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));

@@ -44,7 +44,7 @@ pub async fn connect(child: &mut Child, dir: &Path, who: &str) -> Client {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if dir.join("demo.json").exists()
-            && let Ok(config) = semel_server::demo::client_config(dir, who)
+            && let Ok(config) = semel_demo_stack::demo::client_config(dir, who)
             && let Ok(client) = Client::connect(&config).await
         {
             return client;

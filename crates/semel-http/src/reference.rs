@@ -12,10 +12,11 @@ use prost_types::{FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet};
 
 /// The Markdown reference of every `semel.v1` file.
 pub fn render() -> String {
-    let set = FileDescriptorSet::decode(crate::proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
+    let set =
+        FileDescriptorSet::decode(semel_server::proto::FILE_DESCRIPTOR_SET).unwrap_or_default();
     let mut out = String::from(
         "# gRPC contract reference\n\n\
-         Generated from [`proto/semel/v1`](../proto/semel/v1) and its comments (`crates/semel-server/src/reference.rs`); \
+         Generated from [`proto/semel/v1`](../proto/semel/v1) and its comments (`crates/semel-http/src/reference.rs`); \
          do not edit by hand. Every call needs mutual TLS and a person's token (see the \
          [integration guide](integration-guide.md)), but ApplyForMembership, which an organisation \
          not registered yet makes with its certificate alone; who may call what is in \
@@ -192,7 +193,7 @@ mod tests {
         let current = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             current == rendered,
-            "docs/api-reference.md is out of date: run `SEMEL_WRITE_DOCS=1 cargo test -p semel-server reference`"
+            "docs/api-reference.md is out of date: run `SEMEL_WRITE_DOCS=1 cargo test -p semel-http reference`"
         );
         assert!(rendered.contains("### service `LookupService`"));
         assert!(rendered.contains("| `Lookup` |"));

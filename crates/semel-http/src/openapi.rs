@@ -368,7 +368,7 @@ mod tests {
         let current = std::fs::read(path).unwrap_or_default();
         assert!(
             current == rendered,
-            "docs/openapi.json is out of date: run `SEMEL_WRITE_DOCS=1 cargo test -p semel-server --lib reference openapi`"
+            "docs/openapi.json is out of date: run `SEMEL_WRITE_DOCS=1 cargo test -p semel-http --lib reference openapi`"
         );
         let doc: serde_json::Value = serde_json::from_slice(&rendered).expect("json");
         assert_eq!(doc["openapi"], "3.1.0");

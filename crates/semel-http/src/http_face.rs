@@ -32,11 +32,12 @@ use tokio_stream::StreamExt;
 use tonic::transport::server::Connected;
 use tower::ServiceExt;
 
-use crate::error::ApiError;
-use crate::server::Layered;
-use crate::state::Broker;
-use crate::tls::PeerIdentity;
 use crate::transcode::{HttpApi, Route, Routed};
+use semel_server::error::ApiError;
+pub use semel_server::http_settings::HttpSettings;
+use semel_server::server::{Face, FaceParts, FaceServing, FaceShutdown, Layered};
+use semel_server::state::Broker;
+use semel_server::tls::PeerIdentity;
 
 /// The largest body the face reads for one message (JSON is larger than
 /// the protobuf the gRPC face limits to 64 KiB), and for a batch (a
@@ -53,62 +54,6 @@ pub const UNSERVED_BODY: usize = 16 * 1024;
 /// The header that carries the request id, as the body's `requestId` or
 /// the error's `ErrorInfo` does.
 pub const REQUEST_ID: &str = "x-request-id";
-
-/// The face's limits on connections and its timeouts (`[http]` in the
-/// configuration). Anyone who reaches the port can open a connection, with
-/// or without a certificate: these keep what one peer holds small, and what
-/// it holds for free short.
-#[derive(Debug, Clone)]
-pub struct HttpSettings {
-    /// Connections open at once, TLS handshakes included.
-    pub max_connections: usize,
-    /// Connections open at once from one address (an IPv6 address counts by
-    /// its /64).
-    pub max_connections_per_address: usize,
-    /// Of those, connections whose handshake showed no client certificate.
-    pub max_connections_per_address_without_certificate: usize,
-    /// Connections without a client certificate open at once in all: the
-    /// rest is kept for organisations.
-    pub max_connections_without_certificate: usize,
-    /// TLS handshakes in progress at once.
-    pub max_handshakes: usize,
-    /// How long a request's body may take to arrive; also how long an
-    /// answer may wait for the client to take any of it.
-    pub body_timeout: Duration,
-    /// How long a client may take to send a request's headers, counted
-    /// from the connection's start or the end of the previous answer on a
-    /// kept-alive connection: an idle connection is closed after it.
-    pub header_timeout: Duration,
-}
-
-impl HttpSettings {
-    /// The caps on the face's connections.
-    pub fn caps(&self) -> crate::connection_slots::ConnectionCaps {
-        crate::connection_slots::ConnectionCaps {
-            max_connections: self.max_connections,
-            per_address: self.max_connections_per_address,
-            per_address_without_certificate: self.max_connections_per_address_without_certificate,
-            without_certificate: self.max_connections_without_certificate,
-            handshakes: self.max_handshakes,
-        }
-    }
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            max_connections: 4096,
-            max_connections_per_address: 64,
-            max_connections_per_address_without_certificate: 8,
-            max_connections_without_certificate: 1024,
-            max_handshakes: 1024,
-            body_timeout: Duration::from_secs(30),
-            // Longer than common client pools' idle times, so that a
-            // client rarely sends a request on a connection being closed.
-            header_timeout: Duration::from_secs(75),
-        }
-    }
-}
 
 /// Everything a call needs: the routes, the layered services, the document.
 pub struct HttpFace {
@@ -200,7 +145,7 @@ impl HttpFace {
             MAX_BODY
         };
         let refuse = async |error: ApiError| {
-            let error = crate::codec::refuse_unreadable(
+            let error = semel_server::codec::refuse_unreadable(
                 &self.broker,
                 Some(&peer),
                 authorization.as_deref(),
@@ -511,6 +456,39 @@ fn is_json(value: Option<&HeaderValue>) -> bool {
         })
 }
 
+/// The face on its listener, not serving yet: what the binary and the demo
+/// hand the broker ([`semel_server::server::serve_broker_with_face`]), which
+/// starts it with its layered services once they are built.
+pub struct HttpListener {
+    listener: TcpListener,
+    settings: HttpSettings,
+}
+
+/// The HTTP/JSON face on `listener`, with `settings`, for the broker to start.
+pub fn face(listener: TcpListener, settings: HttpSettings) -> Box<dyn Face> {
+    Box::new(HttpListener { listener, settings })
+}
+
+impl Face for HttpListener {
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    fn start(
+        self: Box<Self>,
+        parts: FaceParts,
+        shutdown: FaceShutdown,
+    ) -> anyhow::Result<FaceServing> {
+        let FaceParts {
+            broker,
+            service,
+            tls,
+        } = parts;
+        let face = HttpFace::new(broker, service, self.settings)?;
+        Ok(Box::pin(serve(self.listener, tls, face, shutdown)))
+    }
+}
+
 /// Serves the face on `listener` (mutual TLS with the broker's reloadable
 /// config, HTTP/1.1) until `shutdown`, then lets calls in flight finish.
 pub async fn serve(
@@ -527,15 +505,15 @@ pub async fn serve(
     // rather than left waiting, so that waiting connections cannot pile up
     // either.
     let metrics = &face.broker.metrics;
-    let slots = crate::connection_slots::ConnectionSlots::new(
+    let slots = semel_server::connection_slots::ConnectionSlots::new(
         face.settings.caps(),
-        crate::connection_slots::ConnectionMetrics {
+        semel_server::connection_slots::ConnectionMetrics {
             face: "http",
             open: metrics.http_connections.clone(),
             refused: metrics.http_connections_refused.clone(),
         },
     );
-    let mut incoming = crate::tls::incoming_admitted(
+    let mut incoming = semel_server::tls::incoming_admitted(
         listener,
         tls,
         Some(vec![b"http/1.1".to_vec()]),
@@ -604,7 +582,7 @@ pub async fn serve(
 /// connection for ever, hyper waiting on a full socket. A write that makes
 /// no progress for `write_timeout` fails, and the connection with it.
 struct Closing {
-    inner: Option<crate::tls::TlsConn>,
+    inner: Option<semel_server::tls::TlsConn>,
     shut: bool,
     write_timeout: Duration,
     /// Since when a write has been waiting, if one is.

@@ -22,10 +22,10 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::demo_source::DemoSource;
-use crate::server::{self, Prepared, ReloadFiles, Reloader};
-use crate::state::{Broker, SourceSettings};
-use crate::tls::{self, TlsFiles};
-use crate::tokens::{IssuerSettings, TokenSettings};
+use semel_server::server::{self, Prepared, ReloadFiles, Reloader};
+use semel_server::state::{Broker, SourceSettings};
+use semel_server::tls::{self, TlsFiles};
+use semel_server::tokens::{IssuerSettings, TokenSettings};
 
 /// How to run the demo.
 #[derive(Debug, Clone)]
@@ -41,10 +41,10 @@ pub struct DemoOptions {
     /// Where to serve the HTTP/JSON face, if anywhere.
     pub http_listen: Option<SocketAddr>,
     /// The HTTP/JSON face's limits and timeouts.
-    pub http: crate::http_face::HttpSettings,
+    pub http: semel_server::http_settings::HttpSettings,
     /// The gRPC port's limits and timeouts.
-    pub grpc: crate::grpc_limits::GrpcSettings,
-    pub limits: crate::limits::LimitSettings,
+    pub grpc: semel_server::grpc_limits::GrpcSettings,
+    pub limits: semel_server::limits::LimitSettings,
     /// How often certificate and key files are checked for changes.
     pub reload_poll: Option<Duration>,
     /// Sign an audit checkpoint after this many entries (or 10 s).
@@ -83,9 +83,9 @@ impl DemoOptions {
             source_deadline: Duration::from_secs(5),
             metrics_listen: None,
             http_listen: None,
-            http: crate::http_face::HttpSettings::default(),
-            grpc: crate::grpc_limits::GrpcSettings::default(),
-            limits: crate::limits::LimitSettings::default(),
+            http: semel_server::http_settings::HttpSettings::default(),
+            grpc: semel_server::grpc_limits::GrpcSettings::default(),
+            limits: semel_server::limits::LimitSettings::default(),
             reload_poll: Some(Duration::from_secs(5)),
             checkpoint_every_entries: 100_000,
             checkpoint_age_limit: None,
@@ -118,7 +118,7 @@ pub struct Demo {
     /// second broker on the same database, and that broker's address.
     pub second_broker: Option<(PathBuf, SocketAddr)>,
     /// The demo's witness (tests read what it cosigned and refused).
-    pub witness: Arc<crate::witness::Witness>,
+    pub witness: Arc<semel_server::witness::Witness>,
     shutdown: watch::Sender<bool>,
     broker_task: JoinHandle<anyhow::Result<()>>,
     source_tasks: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -174,7 +174,7 @@ pub struct ManifestOrg {
 const DEMO_TOKEN_SECONDS: i64 = 24 * 3600;
 /// How long the citizen's token the demo writes stays valid: as long as
 /// the demo broker lets a citizen's token live.
-const DEMO_CITIZEN_TOKEN_SECONDS: i64 = crate::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S as i64;
+const DEMO_CITIZEN_TOKEN_SECONDS: i64 = semel_server::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S as i64;
 /// The citizen whose token the demo writes (Karim, of the primer).
 pub const DEMO_CITIZEN: &str = "93051822361";
 
@@ -221,7 +221,7 @@ impl Demo {
         let signer = semel_core::checkpoint::NoteSigner::new(DEMO_ORIGIN, signing_key);
         // A witness, as the supervisory commission would run one: it follows
         // the log's key and cosigns each checkpoint it can prove consistent.
-        let witness = Arc::new(crate::witness::Witness::open(
+        let witness = Arc::new(semel_server::witness::Witness::open(
             &data_dir.join("witness"),
             DEMO_WITNESS,
             &[signer.verifier_key()],
@@ -233,15 +233,18 @@ impl Demo {
             .context("bind the demo witness")?;
         let witness_url = format!("http://{}", witness_listener.local_addr()?);
         {
-            let served =
-                crate::witness::serve_witness(witness_listener, witness.clone(), wait(rx.clone()));
+            let served = semel_server::witness::serve_witness(
+                witness_listener,
+                witness.clone(),
+                wait(rx.clone()),
+            );
             source_tasks.push(tokio::spawn(async move {
                 served.await.context("serve the demo witness")
             }));
         }
         let opened = match &opts.postgresql {
             None => {
-                crate::stores::open_embedded(
+                semel_server::stores::open_embedded(
                     data_dir.join("store"),
                     semel_store::CheckpointSettings {
                         signer,
@@ -252,13 +255,13 @@ impl Demo {
                 .await?
             }
             Some(url) => {
-                crate::stores::open_postgresql(
+                semel_server::stores::open_postgresql(
                     url,
                     signer,
-                    crate::stores::PgSettings {
+                    semel_server::stores::PgSettings {
                         checkpoint_every: DEMO_PG_CHECKPOINT_EVERY,
-                        registry_poll: crate::config::DEFAULT_REGISTRY_POLL,
-                        persons_poll: crate::config::DEFAULT_PERSONS_POLL,
+                        registry_poll: semel_server::config::DEFAULT_REGISTRY_POLL,
+                        persons_poll: semel_server::config::DEFAULT_PERSONS_POLL,
                         scrub: semel_postgres::ScrubSettings::default(),
                         max_durability_wait: opts.max_durability_wait,
                     },
@@ -294,7 +297,7 @@ impl Demo {
                     IssuerSettings {
                         roles: semel_core::RoleSet::of(&[semel_core::UserRole::Citizen]),
                         required_acr: vec![semel_demo::issuer::DEV_CITIZEN_ACR.to_owned()],
-                        max_lifetime_s: crate::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S,
+                        max_lifetime_s: semel_server::tokens::DEFAULT_CITIZEN_MAX_LIFETIME_S,
                         ..IssuerSettings::new(citizen_idp.issuer.clone(), citizen_idp.jwks_file())
                     },
                 ],
@@ -308,15 +311,15 @@ impl Demo {
                 tls: source_tls,
                 // The demo's sources run on this machine: loopback is
                 // allowed explicitly, as an operator would.
-                endpoints: Arc::new(crate::source_channel::EndpointPolicy::new(&[
-                    "127.0.0.1".to_owned()
+                endpoints: Arc::new(semel_server::source_channel::EndpointPolicy::new(&[
+                    "127.0.0.1".to_owned(),
                 ])?),
                 deadline: opts.source_deadline,
                 limits: opts.limits,
                 register_dataset: semel_core::DatasetName::new(
                     semel_demo::seed::datasets::IDENTITY,
                 )?,
-                persons: crate::state::PersonsSettings::default(),
+                persons: semel_server::state::PersonsSettings::default(),
                 mutations: Default::default(),
             },
             tokens,
@@ -330,20 +333,25 @@ impl Demo {
         if let Some(url) = &opts.postgresql {
             // As `semel serve` on PostgreSQL: the snapshot decides only
             // while confirmed; health asks the database.
-            broker.bound_registry_freshness(crate::config::DEFAULT_MAX_STALENESS);
-            watching.push(crate::stores::watch_registry_freshness(broker.clone()));
-            watching.push(crate::stores::probe_database(broker.clone(), url.clone()));
+            broker.bound_registry_freshness(semel_server::config::DEFAULT_MAX_STALENESS);
+            watching.push(semel_server::stores::watch_registry_freshness(
+                broker.clone(),
+            ));
+            watching.push(semel_server::stores::probe_database(
+                broker.clone(),
+                url.clone(),
+            ));
         }
         let background = opened
             .changes
-            .map(|changes| crate::stores::follow_registry(broker.clone(), changes))
+            .map(|changes| semel_server::stores::follow_registry(broker.clone(), changes))
             .into_iter()
             .chain(watching)
             .chain(opened.persons_feed)
             .chain(
                 opened
                     .cluster
-                    .map(|cluster| crate::stores::follow_cluster(broker.clone(), cluster)),
+                    .map(|cluster| semel_server::stores::follow_cluster(broker.clone(), cluster)),
             )
             .chain(std::iter::once(broker.expire_mutations()))
             // Applies a stopped broker left unsettled, at start and after.
@@ -394,17 +402,17 @@ impl Demo {
                 &operator,
             )?),
         };
-        let broker_task = tokio::spawn(server::serve_broker_with_http(
+        let broker_task = tokio::spawn(server::serve_broker_with_face(
             listener,
-            http_listener.map(|l| (l, opts.http.clone())),
+            http_listener.map(|l| semel_http::face(l, opts.http.clone())),
             Prepared {
                 broker: broker.clone(),
                 background,
                 reloader: reloader.clone(),
                 reload_poll: opts.reload_poll,
                 online_window: None,
-                witnesses: crate::witness::WitnessSettings::new(vec![
-                    crate::witness::WitnessTarget {
+                witnesses: semel_server::witness::WitnessSettings::new(vec![
+                    semel_server::witness::WitnessTarget {
                         url: witness_url.clone(),
                         key: semel_core::checkpoint::CosignatureVerifier::parse(&witness_key)
                             .map_err(|e| anyhow::anyhow!("the demo witness's key: {e}"))?,
@@ -884,7 +892,7 @@ async fn seed_files(
         .await?
         .is_none()
     {
-        crate::stores::seed_files(storage, operator, &files, "the demo's persons directory")
+        semel_server::stores::seed_files(storage, operator, &files, "the demo's persons directory")
             .await?;
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The web console for auditors and citizens: static pages, scripts and a
 //! style sheet, built into the binary (`include_bytes!` of
-//! `crates/semel-server/console/`) and served by the HTTP/JSON face under
+//! `crates/semel-http/console/`) and served by the HTTP/JSON face under
 //! `/console/`. There is no build step: the files are the plain HTML,
 //! JavaScript modules and CSS the browser runs. The console is a client of
 //! the HTTP/JSON face: every datum it shows comes from the same routes, with

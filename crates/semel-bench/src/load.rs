@@ -24,11 +24,11 @@ use tokio::net::TcpListener;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Request, Response, Status};
 
-use crate::demo::{Demo, DemoOptions};
-use crate::proto::{
+use semel_demo_stack::demo::{Demo, DemoOptions};
+use semel_server::proto::{
     self, lookup_service_server::LookupServiceServer, source_service_client::SourceServiceClient,
 };
-use crate::tls::{self, TlsFiles};
+use semel_server::tls::{self, TlsFiles};
 
 /// What `semel bench-server` writes once it listens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -186,7 +186,7 @@ pub async fn run_bench_server(
     let pg_second = match pg_demo.as_ref().and_then(|d| d.second_broker.clone()) {
         None => None,
         Some((path, _)) => {
-            let mut config = crate::Config::load(&path)?;
+            let mut config = semel_server::Config::load(&path)?;
             config.limits.consumer_lookups_per_second = Some(1e9);
             config.limits.consumer_burst = Some(1e9);
             config.limits.consumer_lookups_per_day = Some(1 << 50);
@@ -194,15 +194,19 @@ pub async fn run_bench_server(
             config.limits.call_burst = Some(1e9);
             config.limits.calls_in_flight = Some(1 << 20);
             config.grpc.max_connections_per_address = config.grpc.max_connections;
-            let prepared = crate::server::prepare(&config)
+            let prepared = semel_server::server::prepare(&config)
                 .await
                 .context("prepare the second broker on PostgreSQL")?;
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             let addr = listener.local_addr()?;
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(crate::server::serve_broker(listener, prepared, async {
-                let _ = stopped.await;
-            }));
+            let task = tokio::spawn(semel_server::server::serve_broker(
+                listener,
+                prepared,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
             Some((addr, stop, task))
         }
     };
@@ -264,7 +268,10 @@ async fn preload_audit(
     let store = Arc::new(Store::open_with(
         store_dir,
         Some(semel_store::CheckpointSettings {
-            signer: semel_core::checkpoint::NoteSigner::new(crate::demo::DEMO_ORIGIN, key),
+            signer: semel_core::checkpoint::NoteSigner::new(
+                semel_demo_stack::demo::DEMO_ORIGIN,
+                key,
+            ),
             every_entries: 100_000,
             every: std::time::Duration::from_secs(10),
         }),

@@ -20,7 +20,7 @@ use prost_reflect::{
 use serde_json::{Map, Value};
 use tonic::codegen::http::Method;
 
-use crate::permissions::Rule;
+use semel_server::permissions::Rule;
 
 /// The routes of the HTTP/JSON face and the descriptors behind them.
 pub struct HttpApi {
@@ -107,9 +107,10 @@ impl HttpApi {
                     continue;
                 };
                 let grpc = format!("{}/{}", service.full_name(), method.name());
-                let rpc = crate::permissions::for_path(&format!("/{grpc}")).ok_or_else(|| {
-                    anyhow::anyhow!("{grpc} has an HTTP rule but no permission row")
-                })?;
+                let rpc =
+                    semel_server::permissions::for_path(&format!("/{grpc}")).ok_or_else(|| {
+                        anyhow::anyhow!("{grpc} has an HTTP rule but no permission row")
+                    })?;
                 let (verb, path) = ["get", "put", "post", "delete", "patch"]
                     .into_iter()
                     .find(|v| rule.has_field_by_name(v))
@@ -232,10 +233,10 @@ impl HttpApi {
                     return Err(format!("item {i}: must be a JSON object").into());
                 }
                 let message = decode(&input, item).map_err(|e| format!("item {i}: {e}"))?;
-                if message.encoded_len() > crate::server::MAX_REQUEST {
+                if message.encoded_len() > semel_server::server::MAX_REQUEST {
                     return Err(Unreadable::TooLarge(format!(
                         "item {i} is larger than the broker accepts ({} KiB as protobuf)",
-                        crate::server::MAX_REQUEST / 1024
+                        semel_server::server::MAX_REQUEST / 1024
                     )));
                 }
                 frame(&mut frames, &message);
@@ -679,7 +680,7 @@ impl Template {
 /// The contract's descriptors (with their options, so the HTTP rules are
 /// there) and `google.rpc`'s, for errors.
 fn pool() -> anyhow::Result<DescriptorPool> {
-    let mut pool = DescriptorPool::decode(crate::proto::FILE_DESCRIPTOR_SET)?;
+    let mut pool = DescriptorPool::decode(semel_server::proto::FILE_DESCRIPTOR_SET)?;
     // google.rpc's files import these well-known types.
     let known = DescriptorPool::global();
     for name in [
@@ -744,7 +745,7 @@ mod tests {
     #[test]
     fn every_consumer_citizen_and_auditor_rpc_has_a_route() {
         let api = api();
-        for rule in crate::permissions::RULES {
+        for rule in semel_server::permissions::RULES {
             let theirs = rule.roles.iter().any(|r| {
                 matches!(
                     r,
@@ -806,7 +807,7 @@ mod tests {
         };
         let body = br#"{"citizen":"93051822361","dataset":"d","fields":["a"],"checks":[{"field":"x","operator":"CHECK_OPERATOR_EQUALS","operand":{"intValue":"3"}}]}"#;
         let frames = api.request(r, params.clone(), None, body).expect("valid");
-        let msg = crate::proto::LookupRequest::decode(&frames[5..]).expect("decodes");
+        let msg = semel_server::proto::LookupRequest::decode(&frames[5..]).expect("decodes");
         assert_eq!(msg.citizen, "93051822361");
         assert_eq!(msg.checks[0].operator, 1);
         for (bad, says) in [
@@ -837,14 +838,15 @@ mod tests {
         let frames = api
             .request(r, params, Some("firstTreeSize=2&second_tree_size=5"), b"")
             .expect("valid");
-        let msg = crate::proto::GetConsistencyProofRequest::decode(&frames[5..]).expect("decodes");
+        let msg =
+            semel_server::proto::GetConsistencyProofRequest::decode(&frames[5..]).expect("decodes");
         assert_eq!((msg.first_tree_size, msg.second_tree_size), (2, 5));
     }
 
     #[test]
     fn errors_are_google_rpc_status_json_with_their_details() {
         let api = api();
-        let status = crate::error::ApiError::denied("NO_ACTIVE_FILE", "no file")
+        let status = semel_server::error::ApiError::denied("NO_ACTIVE_FILE", "no file")
             .with("request_id", "r-1")
             .into_status();
         let json: Value = serde_json::from_slice(&api.status_json(&status)).expect("json");

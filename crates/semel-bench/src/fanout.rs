@@ -20,8 +20,8 @@ use semel_demo::pki::Subject;
 use serde::Serialize;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
-use crate::demo::{Demo, DemoOptions};
-use crate::proto::{self, mutation_service_client::MutationServiceClient};
+use semel_demo_stack::demo::{Demo, DemoOptions};
+use semel_server::proto::{self, mutation_service_client::MutationServiceClient};
 
 /// What `semel bench-mutations` runs.
 #[derive(Debug, Clone)]
@@ -125,7 +125,7 @@ pub async fn run_fanout(opts: FanoutOptions) -> anyhow::Result<FanoutReport> {
 
 /// The demo's second broker, serving on a port of its own.
 struct Second {
-    broker: Arc<crate::state::Broker>,
+    broker: Arc<semel_server::state::Broker>,
     addr: std::net::SocketAddr,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -136,19 +136,22 @@ async fn second_broker(demo: &Demo, polls: bool) -> anyhow::Result<Second> {
         .second_broker
         .clone()
         .context("a second broker needs the PostgreSQL store (--store postgresql://…)")?;
-    let config = crate::Config::load(&path)?;
-    let prepared = crate::server::prepare(&config).await?;
+    let config = semel_server::Config::load(&path)?;
+    let prepared = semel_server::server::prepare(&config).await?;
     let broker = prepared.broker.clone();
     if polls {
-        broker.deaf_to_other_brokers.store(true, Ordering::Relaxed);
-        broker.mutations_heard.store(false, Ordering::Release);
+        broker.poll_for_other_brokers_changes();
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(crate::server::serve_broker(listener, prepared, async {
-        let _ = stopped.await;
-    }));
+    let task = tokio::spawn(semel_server::server::serve_broker(
+        listener,
+        prepared,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     Ok(Second {
         broker,
         addr,
@@ -281,7 +284,7 @@ async fn fanout(
         }
     }
     for chunk in files.chunks(50_000) {
-        crate::stores::seed_files(
+        semel_server::stores::seed_files(
             demo.broker.storage(),
             operator.kbo,
             chunk,

@@ -12,9 +12,9 @@ use semel_demo::seed::datasets as ds;
 use time::{Date, OffsetDateTime};
 use tonic::{Request, Response, Status};
 
-use crate::convert::{format_date, parse_date};
-use crate::proto::{self, FetchRequest, FetchResponse, Value, value::Kind};
-use crate::tls::PeerIdentity;
+use semel_server::proto::{self, FetchRequest, FetchResponse, Value, value::Kind};
+use semel_server::tls::PeerIdentity;
+use semel_server::{format_date, parse_date};
 
 /// One demo source: the datasets it publishes over a shared population.
 #[derive(Clone)]
