@@ -269,7 +269,7 @@ impl Demo {
                 .await?
             }
         };
-        crate::stores::adopt_registry(&opened.storage, operator.kbo).await?;
+        semel_server::stores::adopt_registry(&opened.storage, operator.kbo).await?;
         seed_registry(&opened.storage, operator.kbo, &orgs, |slug| {
             endpoints.get(slug).cloned().unwrap_or_default()
         })
@@ -871,7 +871,14 @@ async fn seed_registry(
     } else {
         detail
     };
-    crate::stores::record_registry(storage, operator, "semel.seed/Registry", &detail, &writes).await
+    semel_server::stores::record_registry(
+        storage,
+        operator,
+        "semel.seed/Registry",
+        &detail,
+        &writes,
+    )
+    .await
 }
 
 /// Opens the demo persons directory's files, the first time only: files
