@@ -299,3 +299,43 @@ async fn a_rule_written_by_sql_grants_nothing() {
     assert!(unsealed >= 2.0, "{unsealed} rules counted as unsealed");
     t.stop().await;
 }
+
+#[tokio::test]
+async fn a_replacement_written_by_sql_grants_nothing() {
+    let t = TestDemo::start().await;
+    // The CPAS holds a file on one person, none on another.
+    let held = person(&t, 20);
+    let other = person(&t, 21);
+    t.open_file(BRUXELLES_CPAS, &held, "RIS_APPLICANT").await;
+    assert!(passes_file_check(&t, &held).await);
+    assert!(!passes_file_check(&t, &other).await);
+    let Some(db) = t.db.as_ref() else {
+        eprintln!("PostgreSQL only from here: on the embedded store only the broker writes");
+        t.stop().await;
+        return;
+    };
+    // A replacement inserted by SQL: the held person's number "replaced" by
+    // the other's, so that the file under the former would count for the
+    // latter.
+    let forged = semel_core::NumberReplacement {
+        old: semel_core::Niss::parse(&held).expect("niss"),
+        new: semel_core::Niss::parse(&other).expect("niss"),
+        replaced_on: time::OffsetDateTime::now_utc().date(),
+        registered_by: semel_core::Kbo::parse(&cpas()).expect("kbo"),
+        registered_at: time::OffsetDateTime::now_utc(),
+    };
+    let value = serde_json::to_string(&forged).expect("json");
+    db.sql(&format!(
+        "INSERT INTO number_replacements (old, new, value) VALUES ('{held}', '{other}', '{value}'::jsonb)"
+    ))
+    .await
+    .expect("insert a forged replacement");
+    // Given time to reach the brokers' memory (the change feed).
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        !passes_file_check(&t, &other).await,
+        "a replacement inserted by SQL made another person's file count"
+    );
+    assert!(passes_file_check(&t, &held).await);
+    t.stop().await;
+}

@@ -52,6 +52,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0012_brokers.sql"),
     include_str!("../migrations/0013_registry_applies.sql"),
     include_str!("../migrations/0014_registry_seals.sql"),
+    include_str!("../migrations/0015_replacement_seals.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

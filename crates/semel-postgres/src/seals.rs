@@ -20,6 +20,21 @@ pub(crate) struct Sealed {
 }
 
 impl Sealed {
+    /// The columns as read one by one (from arrays, say).
+    pub(crate) fn of(
+        sequence: Option<i64>,
+        hash: Option<Vec<u8>>,
+        seal: Option<Vec<u8>>,
+        encoding: Option<Vec<u8>>,
+    ) -> Sealed {
+        Sealed {
+            sequence,
+            hash,
+            seal,
+            encoding,
+        }
+    }
+
     pub(crate) fn read(row: &tokio_postgres::Row, first: usize) -> Sealed {
         Sealed {
             sequence: row.get(first),

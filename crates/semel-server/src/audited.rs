@@ -48,6 +48,17 @@ pub fn seal_consent(
     })
 }
 
+/// Seals a number replacement (as stored) with the entry that recorded it.
+pub fn seal_replacement(
+    persons: std::sync::Arc<dyn semel_storage::PersonsStore>,
+    replacement: semel_core::NumberReplacement,
+) -> Seal {
+    Box::new(move |at| {
+        let (persons, replacement) = (persons.clone(), replacement.clone());
+        Box::pin(async move { persons.seal_replacement(&replacement, at).await })
+    })
+}
+
 /// The undo of a read, or of a change that stands whatever happens (a
 /// number replaced by the register).
 pub fn nothing_to_undo() -> Undo {

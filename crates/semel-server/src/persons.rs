@@ -446,12 +446,15 @@ impl proto::persons_service_server::PersonsService for PersonsService {
                     registered_at: now,
                 };
                 let persons = broker.storage().persons.clone();
-                persons.replace(&replacement).await.map_err(|e| match e {
+                let stored = persons.replace(&replacement).await.map_err(|e| match e {
                     semel_storage::StorageError::Conflict(m) => {
                         ApiError::new(Code::FailedPrecondition, "REPLACEMENT_CONFLICT", m)
                     }
                     other => other.into(),
                 })?;
+                // Followed only once sealed with its entry (no rule without
+                // its entry): a replacement decides whose files count.
+                change.seal = Some(crate::audited::seal_replacement(persons, stored));
                 change.detail = format!("number replaced on {}", format_date(replaced_on));
                 // A replacement is not undone: the register's word stands, and
                 // the entry's absence is reported to the caller, who retries

@@ -484,6 +484,18 @@ impl PersonsStore for CachedPersons {
         .await
     }
 
+    async fn seal_replacement(
+        &self,
+        replacement: &NumberReplacement,
+        entry: crate::Appended,
+    ) -> Result<(), StorageError> {
+        let replacement = replacement.clone();
+        self.write(Forget::Resolutions, move |s| async move {
+            s.seal_replacement(&replacement, entry).await
+        })
+        .await
+    }
+
     fn unsealed(&self) -> u64 {
         self.inner.unsealed()
     }

@@ -278,6 +278,18 @@ pub trait PersonsStore: Send + Sync {
         Ok(())
     }
 
+    /// Seals a number replacement just stored (as [`PersonsStore::replace`]
+    /// returned it), as [`PersonsStore::seal_files`]: a replacement
+    /// decides whose files count for a number, so one written outside a
+    /// broker is not followed.
+    async fn seal_replacement(
+        &self,
+        _replacement: &NumberReplacement,
+        _entry: Appended,
+    ) -> Result<(), StorageError> {
+        Ok(())
+    }
+
     /// Rows read since start that were not honoured because their seal did
     /// not verify or their entry is missing or differs: tampering, or a
     /// change whose entry failed (for metrics; zero where nothing is
