@@ -102,12 +102,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         postgresql: store,
         ..DemoOptions::new(data_dir)
     };
+    // Taken over before the start: a SIGTERM during it is a clean stop.
+    let stop = crate::shutdown_signal();
     let demo = Demo::start(opts).await?;
     // The broker runs whether or not anyone reads the banner.
     if let Err(e) = print_demo_banner(&demo) {
         tracing::warn!(error = %e, "print the demo banner");
     }
-    demo.run_until(crate::shutdown_signal()).await?;
+    demo.run_until(stop).await?;
     Ok(Exit::Done.into())
 }
 

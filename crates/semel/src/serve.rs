@@ -36,6 +36,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         return check_configuration(&config, json);
     }
     let config = Config::load(&config)?;
+    // Taken over before the broker prepares: a SIGTERM while it waits for
+    // its database ends the wait; one after is a clean stop.
+    let mut stop = std::pin::pin!(crate::shutdown_signal());
     // The gRPC port first: while the broker prepares (waits for its
     // database), health answers NOT_SERVING there, so a supervisor sees a
     // live process that is not ready yet.
@@ -43,7 +46,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("bind {}", config.listen))?;
     let waiting = semel_server::server::WaitingHealth::start(&listener, &config)?;
-    let prepared = semel_server::server::prepare(&config).await;
+    let prepared = tokio::select! {
+        prepared = semel_server::server::prepare(&config) => prepared,
+        () = &mut stop => {
+            waiting.stop().await;
+            tracing::info!("stopped before the broker was ready");
+            return Ok(Exit::Done.into());
+        }
+    };
     waiting.stop().await;
     let prepared = prepared?;
     let metrics_listener = match config.metrics_listen {
@@ -73,13 +83,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             },
         ))
     });
-    semel_server::server::serve_broker_with_face(
-        listener,
-        http_face,
-        prepared,
-        crate::shutdown_signal(),
-    )
-    .await?;
+    semel_server::server::serve_broker_with_face(listener, http_face, prepared, stop).await?;
     let _ = stop_metrics.send(());
     if let Some(m) = metrics {
         m.await.context("metrics task")??;
