@@ -15,18 +15,20 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 use semel_core::{
-    AuditDecision, AuditRecord, DatasetName, Decision, FieldName, LOOKUP_OPERATION, LookupQuestion,
-    Niss, Organisation, Outcome, PurposeCode, Question, ReasonCode, Refusal, brussels_today,
+    Allowance, AuditDecision, AuditRecord, Authorisation, Consent, DatasetName, Decision,
+    FieldName, LOOKUP_OPERATION, LookupQuestion, Niss, Organisation, Outcome, PersonFile,
+    PurposeCode, Question, ReasonCode, Refusal, brussels_today,
 };
-use time::OffsetDateTime;
+use semel_store::Resolved;
+use time::{Date, OffsetDateTime};
 use tonic::{Code, Request, Response, Status};
 
 use crate::convert::{format_date, parse_date};
 use crate::error::ApiError;
-use crate::limits::SourceRefusal;
+use crate::limits::{Pass, SourceRefusal};
 use crate::metrics::{DatasetLabel, LookupLabels, SourceLabels};
-use crate::proto::{self, FetchRequest, LookupRequest, LookupResponse};
-use crate::state::{Broker, Denied, Route};
+use crate::proto::{self, FetchRequest, FetchResponse, LookupRequest, LookupResponse};
+use crate::state::{Broker, Denied, Route, Snapshot};
 use crate::tokens::EndUser;
 
 /// The most fields one lookup may name.
@@ -172,63 +174,14 @@ async fn batch(
     let results = items
         .enumerate()
         .map(|(index, item)| {
-            let broker = broker.clone();
-            let caller = caller.clone();
-            let credentials = credentials.clone();
-            let broken = broken.clone();
-            async move {
-                let msg = match item {
-                    Ok(msg) => msg.item.unwrap_or_default(),
-                    Err(status) => {
-                        // The stream itself failed: no more items.
-                        let _ = broken.send(Err(status)).await;
-                        return None;
-                    }
-                };
-                let received = OffsetDateTime::now_utc();
-                let consumer_reference = msg.consumer_reference.clone();
-                // Every item is authorised again, exactly as a Lookup is: a
-                // certificate revoked or expired, an issuer's key withdrawn,
-                // a token expired or an organisation suspended during the
-                // batch stops covering the items that follow.
-                let who = match broker.authorize_parts(&crate::state::Credentials {
-                    peer: credentials.peer.as_ref(),
-                    token: credentials.token.as_deref(),
-                    rule: credentials.rule,
-                }) {
-                    Ok(now) => Who {
-                        org: now.org,
-                        user: Some(now.user),
-                        denied: None,
-                    },
-                    Err(denied) => Who {
-                        org: denied.org.clone().unwrap_or_else(|| caller.org.clone()),
-                        user: denied.user.clone(),
-                        denied: Some(denied),
-                    },
-                };
-                // Each item on its own task, like a Lookup: it finishes and
-                // is audited whatever happens to the stream. Its span is a
-                // lookup's, inside the batch's.
-                let span = lookup_span(&who.org);
-                let task = tokio::spawn(
-                    async move { lookup(&broker, who, msg, received).await }.instrument(span),
-                );
-                let result = task.await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "batch item task failed");
-                    Err(ApiError::internal(
-                        "the lookup failed inside the broker; it was not answered",
-                    ))
-                });
-                Some(proto::LookupBatchResponse {
-                    index: index as u64,
-                    consumer_reference,
-                    result: Some(match result {
-                        Ok(response) => proto::lookup_batch_response::Result::Response(response),
-                        Err(e) => proto::lookup_batch_response::Result::Error(e.to_item_error()),
-                    }),
-                })
-            }
+            batch_item(
+                broker.clone(),
+                caller.clone(),
+                credentials.clone(),
+                broken.clone(),
+                index,
+                item,
+            )
         })
         .buffer_unordered(in_flight);
     let mut results = std::pin::pin!(results);
@@ -238,6 +191,68 @@ async fn batch(
         // flight still finish and are audited.
         let _ = tx.send(Ok(result)).await;
     }
+}
+
+/// One item of a batch, a whole lookup: its answer or its error, or
+/// nothing when the stream itself failed.
+async fn batch_item(
+    broker: Arc<Broker>,
+    caller: crate::state::Caller,
+    credentials: Arc<Held>,
+    broken: tokio::sync::mpsc::Sender<Result<proto::LookupBatchResponse, Status>>,
+    index: usize,
+    item: Result<proto::LookupBatchRequest, Status>,
+) -> Option<proto::LookupBatchResponse> {
+    let msg = match item {
+        Ok(msg) => msg.item.unwrap_or_default(),
+        Err(status) => {
+            // The stream itself failed: no more items.
+            let _ = broken.send(Err(status)).await;
+            return None;
+        }
+    };
+    let received = OffsetDateTime::now_utc();
+    let consumer_reference = msg.consumer_reference.clone();
+    // Every item is authorised again, exactly as a Lookup is: a
+    // certificate revoked or expired, an issuer's key withdrawn,
+    // a token expired or an organisation suspended during the
+    // batch stops covering the items that follow.
+    let who = match broker.authorize_parts(&crate::state::Credentials {
+        peer: credentials.peer.as_ref(),
+        token: credentials.token.as_deref(),
+        rule: credentials.rule,
+    }) {
+        Ok(now) => Who {
+            org: now.org,
+            user: Some(now.user),
+            denied: None,
+        },
+        Err(denied) => Who {
+            org: denied.org.clone().unwrap_or_else(|| caller.org.clone()),
+            user: denied.user.clone(),
+            denied: Some(denied),
+        },
+    };
+    // Each item on its own task, like a Lookup: it finishes and
+    // is audited whatever happens to the stream. Its span is a
+    // lookup's, inside the batch's.
+    let span = lookup_span(&who.org);
+    let task =
+        tokio::spawn(async move { lookup(&broker, who, msg, received).await }.instrument(span));
+    let result = task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "batch item task failed");
+        Err(ApiError::internal(
+            "the lookup failed inside the broker; it was not answered",
+        ))
+    });
+    Some(proto::LookupBatchResponse {
+        index: index as u64,
+        consumer_reference,
+        result: Some(match result {
+            Ok(response) => proto::lookup_batch_response::Result::Response(response),
+            Err(e) => proto::lookup_batch_response::Result::Error(e.to_item_error()),
+        }),
+    })
 }
 
 /// Who made the lookup, and whether they were refused for that.
@@ -277,21 +292,7 @@ async fn lookup(
 ) -> Result<LookupResponse, ApiError> {
     let request_id = crate::state::new_id();
     tracing::Span::current().record("request_id", tracing::field::display(request_id));
-    let mut trace = Trace {
-        citizen: None,
-        authorisation: None,
-        authorisation_version: None,
-        decision: AuditDecision::Refused,
-        reason: None,
-        outcome: Outcome::NotForwarded,
-        source: None,
-        dataset: None,
-        fields_returned: Vec::new(),
-        reference_date: None,
-        citizen_as_given: None,
-        checks: Vec::new(),
-        detail: String::new(),
-    };
+    let mut trace = Trace::new();
     let Who { org, user, denied } = who;
     // A refused identity is recorded within the organisation's budget of
     // refusals; beyond it, counted into one summary entry.
@@ -318,7 +319,67 @@ async fn lookup(
             trace.detail = semel_core::redact_national_numbers(&e.message).into_owned();
         }
     }
-    let record = AuditRecord {
+    let dataset = trace.dataset.take();
+    let record = audit_record(received, request_id, &org, user, &msg, trace);
+    let decision = record.decision;
+    let reason = record.reason.map(ReasonCode::as_str);
+    let answered = record.outcome == Outcome::Answered;
+    let span = tracing::Span::current();
+    mark_span(&span, &record, dataset.as_ref());
+    // A refusal or a failure marks the span, with its reason code.
+    if let Err(e) = &result {
+        crate::telemetry::set_error(&span, reason.unwrap_or(e.reason));
+    }
+    append_entry(broker, record, &span, request_id).await?;
+    let dataset_label = dataset
+        .as_ref()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    count_lookup(
+        broker,
+        &org,
+        &dataset_label,
+        decision,
+        reason,
+        answered,
+        received,
+    );
+    log_lookup(request_id, &org, &dataset_label, decision, reason, answered);
+    result.map_err(|e| e.with("request_id", request_id.to_string()))
+}
+
+impl Trace {
+    /// Nothing learnt yet: a lookup is refused and not forwarded until
+    /// the path says otherwise.
+    fn new() -> Self {
+        Trace {
+            citizen: None,
+            authorisation: None,
+            authorisation_version: None,
+            decision: AuditDecision::Refused,
+            reason: None,
+            outcome: Outcome::NotForwarded,
+            source: None,
+            dataset: None,
+            fields_returned: Vec::new(),
+            reference_date: None,
+            citizen_as_given: None,
+            checks: Vec::new(),
+            detail: String::new(),
+        }
+    }
+}
+
+/// The lookup's audit entry: what the path learnt, and of what the caller
+/// sent only what is well formed.
+fn audit_record(
+    received: OffsetDateTime,
+    request_id: uuid::Uuid,
+    org: &Organisation,
+    user: Option<Arc<EndUser>>,
+    msg: &LookupRequest,
+    trace: Trace,
+) -> AuditRecord {
+    AuditRecord {
         request_id: *request_id.as_bytes(),
         time_micros: (received.unix_timestamp_nanos() / 1000) as i64,
         operation: LOOKUP_OPERATION.into(),
@@ -357,12 +418,13 @@ async fn lookup(
             trace.checks
         },
         detail: trace.detail,
-    };
-    let decision = record.decision;
-    let reason = record.reason.map(ReasonCode::as_str);
-    let answered = record.outcome == Outcome::Answered;
-    let span = tracing::Span::current();
-    if let Some(d) = &trace.dataset {
+    }
+}
+
+/// The lookup's span gets its dataset (once known to exist), decision and
+/// reason.
+fn mark_span(span: &tracing::Span, record: &AuditRecord, dataset: Option<&DatasetName>) {
+    if let Some(d) = dataset {
         span.record("dataset", d.as_str());
     }
     span.record(
@@ -375,10 +437,16 @@ async fn lookup(
     if let Some(r) = record.reason {
         span.record("reason", r.as_str());
     }
-    // A refusal or a failure marks the span, with its reason code.
-    if let Err(e) = &result {
-        crate::telemetry::set_error(&span, reason.unwrap_or(e.reason));
-    }
+}
+
+/// Appends the lookup's entry and waits until it is durable; fails closed
+/// when it cannot be.
+async fn append_entry(
+    broker: &Broker,
+    record: AuditRecord,
+    span: &tracing::Span,
+    request_id: uuid::Uuid,
+) -> Result<(), ApiError> {
     if let Err(e) = broker
         .storage()
         .audit
@@ -388,7 +456,7 @@ async fn lookup(
     {
         // Fail closed: no answer leaves without its entry.
         broker.audit_unavailable(&e);
-        crate::telemetry::set_error(&span, "AUDIT_UNAVAILABLE");
+        crate::telemetry::set_error(span, "AUDIT_UNAVAILABLE");
         return Err(ApiError::retryable(
             Code::Unavailable,
             "AUDIT_UNAVAILABLE",
@@ -397,16 +465,49 @@ async fn lookup(
         .with("request_id", request_id.to_string()));
     }
     broker.audit_recorded();
-    let dataset_label = trace
-        .dataset
-        .as_ref()
-        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    Ok(())
+}
+
+/// Every lookup is in the audit log; the operator's log shows those that
+/// did not get an answer (and, at debug level, the others).
+fn log_lookup(
+    request_id: uuid::Uuid,
+    org: &Organisation,
+    dataset_label: &str,
+    decision: AuditDecision,
+    reason: Option<&'static str>,
+    answered: bool,
+) {
+    if answered {
+        tracing::debug!(request_id = %request_id, consumer = org.kbo.as_str(), dataset = %dataset_label, "lookup answered");
+    } else {
+        tracing::info!(
+            request_id = %request_id,
+            consumer = org.kbo.as_str(),
+            dataset = %dataset_label,
+            decision = ?decision,
+            reason = reason.unwrap_or(""),
+            "lookup not answered"
+        );
+    }
+}
+
+/// The metrics of one lookup, once its entry is recorded.
+fn count_lookup(
+    broker: &Broker,
+    org: &Organisation,
+    dataset_label: &str,
+    decision: AuditDecision,
+    reason: Option<&'static str>,
+    answered: bool,
+    received: OffsetDateTime,
+) {
     broker
         .metrics
         .lookups
         .get_or_create(&LookupLabels {
             consumer: org.kbo.as_str().to_owned(),
-            dataset: dataset_label.clone(),
+            dataset: dataset_label.to_owned(),
             // Allowed but not answered (the source failed, the answer was
             // unusable) is not counted as allowed: it did not happen.
             decision: match (decision, answered) {
@@ -421,30 +522,19 @@ async fn lookup(
         .metrics
         .lookup_seconds
         .get_or_create(&DatasetLabel {
-            dataset: dataset_label.clone(),
+            dataset: dataset_label.to_owned(),
         })
         .observe(
             (OffsetDateTime::now_utc() - received)
                 .unsigned_abs()
                 .as_secs_f64(),
         );
-    // Every lookup is in the audit log; the operator's log shows those that
-    // did not get an answer (and, at debug level, the others).
-    if answered {
-        tracing::debug!(request_id = %request_id, consumer = org.kbo.as_str(), dataset = %dataset_label, "lookup answered");
-    } else {
-        tracing::info!(
-            request_id = %request_id,
-            consumer = org.kbo.as_str(),
-            dataset = %dataset_label,
-            decision = ?decision,
-            reason = reason.unwrap_or(""),
-            "lookup not answered"
-        );
-    }
-    result.map_err(|e| e.with("request_id", request_id.to_string()))
 }
 
+/// The lookup's decision, step by step, in the order its checks are made:
+/// each step either passes what it learnt to the next or refuses with the
+/// reason the consumer is given, and notes in `trace` what the audit entry
+/// keeps.
 async fn process(
     broker: &Broker,
     org: &Organisation,
@@ -453,6 +543,67 @@ async fn process(
     received: OffsetDateTime,
     trace: &mut Trace,
 ) -> Result<LookupResponse, ApiError> {
+    let today = admit_consumer(broker, org, received)?;
+    let resolved = resolve_citizen(broker, msg, trace).await?;
+    let (snapshot, asked) = validate_request(broker, msg, today, trace)?;
+    let authorisations = snapshot.authorisations_for(org.kbo, &asked.dataset);
+    let (files, consents) =
+        read_files_and_consents(broker, org, &resolved, authorisations, &asked.purpose).await?;
+    let question = LookupQuestion {
+        consumer: org.kbo,
+        dataset: &asked.dataset,
+        fields: &asked.fields,
+        checks: &asked.checks,
+        purpose: &asked.purpose,
+        today,
+        date: asked.date,
+        now: received,
+        files: &files,
+        consents: &consents,
+    };
+    let allowance = find_authorisation(&question, authorisations, trace)?;
+    drop(snapshot);
+    trace.authorisation = Some(allowance.authorisation.to_string());
+    trace.authorisation_version = Some(allowance.authorisation_version);
+    bound_questions(broker, org, &resolved.current, &allowance, today, received)?;
+    trace.detail = allowance.explain();
+    trace.decision = AuditDecision::Allowed;
+    trace.authorisation = Some(allowance.authorisation.to_string());
+    trace.source = Some(asked.route.dataset.source);
+    let pass = enter_source(&asked.route, &asked.dataset)?;
+    let request_id = request_id.to_string();
+    let fetch = fetch_request(
+        org,
+        &asked,
+        &resolved.current,
+        &allowance,
+        &request_id,
+        trace,
+    );
+    let answer = forward_to_source(broker, &asked, fetch, pass, trace).await?;
+    Ok(filter_answer(answer, &asked, &allowance, request_id, trace))
+}
+
+/// What the consumer asked, each part validated against the registry.
+struct Asked {
+    dataset: DatasetName,
+    route: Arc<Route>,
+    /// The fields to read, without repeats.
+    fields: Vec<FieldName>,
+    /// The questions asked (yes/no answers).
+    checks: Vec<Question>,
+    purpose: PurposeCode,
+    /// The day the data are asked for: the reference date, or today.
+    date: Date,
+}
+
+/// The consumer's rate of lookups and its daily quota: today's date (in
+/// Brussels) when both leave room for this lookup.
+fn admit_consumer(
+    broker: &Broker,
+    org: &Organisation,
+    received: OffsetDateTime,
+) -> Result<Date, ApiError> {
     if let Err(wait) = broker
         .consumer_limits
         .admit(org.kbo, std::time::Instant::now())
@@ -479,26 +630,40 @@ async fn process(
             ),
         ));
     }
+    Ok(today)
+}
+
+/// The citizen: the number given, and the number in force when it was
+/// replaced.
+async fn resolve_citizen(
+    broker: &Broker,
+    msg: &LookupRequest,
+    trace: &mut Trace,
+) -> Result<Resolved, ApiError> {
     let given = Niss::parse(&msg.citizen)
         .map_err(|e| ApiError::invalid("citizen", "INVALID_CITIZEN", format!("citizen: {e}")))?;
     trace.citizen = Some(given);
     // A replaced number is looked up as the number in force; the entry
     // keeps both.
-    let persons = &broker.storage().persons;
-    let resolved = persons.resolve(&given).await?;
-    let citizen = resolved.current;
-    trace.citizen = Some(citizen);
+    let resolved = broker.storage().persons.resolve(&given).await?;
+    trace.citizen = Some(resolved.current);
     trace.citizen_as_given = resolved.given;
+    Ok(resolved)
+}
+
+/// The dataset, fields, checks, purpose, reference date and consumer
+/// reference of the request, in that order, against the registry snapshot
+/// it returns.
+fn validate_request(
+    broker: &Broker,
+    msg: &LookupRequest,
+    today: Date,
+    trace: &mut Trace,
+) -> Result<(arc_swap::Guard<Arc<Snapshot>>, Asked), ApiError> {
     let dataset = DatasetName::new(msg.dataset.clone())
         .map_err(|e| ApiError::invalid("dataset", "INVALID_ARGUMENT", format!("dataset: {e}")))?;
     let snapshot = broker.snapshot();
-    let route: Arc<Route> = snapshot.routes.get(&dataset).cloned().ok_or_else(|| {
-        ApiError::not_found(
-            "UNKNOWN_DATASET",
-            format!("there is no dataset named {dataset}; ListDatasets shows the published ones"),
-        )
-        .with("dataset", dataset.to_string())
-    })?;
+    let route = find_dataset(&snapshot, &dataset)?;
     trace.dataset = Some(dataset.clone());
     if route.dataset.withdrawn {
         return Err(ApiError::new(
@@ -520,82 +685,131 @@ async fn process(
             format!("there is no purpose {purpose} in the catalogue; ListPurposes shows them"),
         ));
     }
-    // The day the data are asked for: the reference date, or today.
-    let mut date = today;
-    if !msg.reference_date.is_empty() {
-        date = parse_date("reference_date", &msg.reference_date)?;
-        if date > today {
-            return Err(ApiError::invalid(
-                "reference_date",
-                "INVALID_ARGUMENT",
-                "reference_date lies in the future",
-            ));
-        }
-        if date != today && !route.dataset.keeps_history {
-            return Err(ApiError::invalid(
-                "reference_date",
-                "HISTORY_NOT_KEPT",
-                format!("the source of {dataset} keeps no history; leave reference_date empty"),
-            ));
-        }
-        trace.reference_date = Some(format_date(date));
+    let date = reference_date(msg, &dataset, &route, today, trace)?;
+    validate_consumer_reference(&msg.consumer_reference)?;
+    let asked = Asked {
+        dataset,
+        route,
+        fields,
+        checks,
+        purpose,
+        date,
+    };
+    Ok((snapshot, asked))
+}
+
+/// The published dataset of that name, with its source.
+fn find_dataset(snapshot: &Snapshot, dataset: &DatasetName) -> Result<Arc<Route>, ApiError> {
+    snapshot.routes.get(dataset).cloned().ok_or_else(|| {
+        ApiError::not_found(
+            "UNKNOWN_DATASET",
+            format!("there is no dataset named {dataset}; ListDatasets shows the published ones"),
+        )
+        .with("dataset", dataset.to_string())
+    })
+}
+
+/// The day the data are asked for: the reference date, or today.
+fn reference_date(
+    msg: &LookupRequest,
+    dataset: &DatasetName,
+    route: &Route,
+    today: Date,
+    trace: &mut Trace,
+) -> Result<Date, ApiError> {
+    if msg.reference_date.is_empty() {
+        return Ok(today);
     }
-    if msg.consumer_reference.chars().count() > MAX_REFERENCE
-        || msg.consumer_reference.chars().any(char::is_control)
-    {
+    let date = parse_date("reference_date", &msg.reference_date)?;
+    if date > today {
+        return Err(ApiError::invalid(
+            "reference_date",
+            "INVALID_ARGUMENT",
+            "reference_date lies in the future",
+        ));
+    }
+    if date != today && !route.dataset.keeps_history {
+        return Err(ApiError::invalid(
+            "reference_date",
+            "HISTORY_NOT_KEPT",
+            format!("the source of {dataset} keeps no history; leave reference_date empty"),
+        ));
+    }
+    trace.reference_date = Some(format_date(date));
+    Ok(date)
+}
+
+fn validate_consumer_reference(reference: &str) -> Result<(), ApiError> {
+    if reference.chars().count() > MAX_REFERENCE || reference.chars().any(char::is_control) {
         return Err(ApiError::invalid(
             "consumer_reference",
             "INVALID_ARGUMENT",
             format!("consumer_reference must be at most {MAX_REFERENCE} printable characters"),
         ));
     }
+    Ok(())
+}
 
-    let authorisations = snapshot.authorisations_for(org.kbo, &dataset);
+/// The consumer's files on the citizen and the citizen's consents, as far
+/// as the decision may need them.
+async fn read_files_and_consents(
+    broker: &Broker,
+    org: &Organisation,
+    resolved: &Resolved,
+    authorisations: &[Authorisation],
+    purpose: &PurposeCode,
+) -> Result<(Vec<PersonFile>, Vec<Consent>), ApiError> {
+    let persons = &broker.storage().persons;
     // The persons directory and consents are read only when an
     // authorisation could use them.
-    let files = if authorisations.iter().any(|a| a.purpose == purpose) {
-        persons.files_of(&org.kbo, &resolved).await?
+    let files = if authorisations.iter().any(|a| &a.purpose == purpose) {
+        persons.files_of(&org.kbo, resolved).await?
     } else {
         Vec::new()
     };
     let consents = if authorisations
         .iter()
-        .any(|a| a.purpose == purpose && a.consent_required)
+        .any(|a| &a.purpose == purpose && a.consent_required)
     {
-        persons.consents_of(&resolved).await?
+        persons.consents_of(resolved).await?
     } else {
         Vec::new()
     };
-    let question = LookupQuestion {
-        consumer: org.kbo,
-        dataset: &dataset,
-        fields: &fields,
-        checks: &checks,
-        purpose: &purpose,
-        today,
-        date,
-        now: received,
-        files: &files,
-        consents: &consents,
-    };
-    let allowance = match semel_core::decide(&question, authorisations) {
-        Decision::Allow(allowance) => allowance,
+    Ok((files, consents))
+}
+
+/// The authorisation that allows the question (file and consent checked
+/// by `decide()`), or the refusal of the one that came furthest.
+fn find_authorisation(
+    question: &LookupQuestion<'_>,
+    authorisations: &[Authorisation],
+    trace: &mut Trace,
+) -> Result<Allowance, ApiError> {
+    match semel_core::decide(question, authorisations) {
+        Decision::Allow(allowance) => Ok(allowance),
         Decision::Deny(refusal) => {
             trace.authorisation = refusal.authorisation.as_ref().map(ToString::to_string);
             trace.authorisation_version = refusal.authorisation_version;
             trace.reason = Some(ReasonCode::Refused(refusal.reason));
-            trace.detail = refusal.explain(&dataset, &purpose);
-            return Err(refusal_error(&refusal, trace.detail.clone()));
+            trace.detail = refusal.explain(question.dataset, question.purpose);
+            Err(refusal_error(&refusal, trace.detail.clone()))
         }
-    };
-    drop(snapshot);
-    trace.authorisation = Some(allowance.authorisation.to_string());
-    trace.authorisation_version = Some(allowance.authorisation_version);
-    // Different questions about one citizen are bounded: enumeration and
-    // sweeps stop here, whatever the authorisation allows.
+    }
+}
+
+/// Different questions about one citizen are bounded: enumeration and
+/// sweeps stop here, whatever the authorisation allows.
+fn bound_questions(
+    broker: &Broker,
+    org: &Organisation,
+    citizen: &Niss,
+    allowance: &Allowance,
+    today: Date,
+    received: OffsetDateTime,
+) -> Result<(), ApiError> {
     if let Err(field) = broker
         .questions
-        .admit(org.kbo, &citizen, &allowance.checks, today)
+        .admit(org.kbo, citizen, &allowance.checks, today)
     {
         return Err(until_midnight(
             received,
@@ -606,21 +820,13 @@ async fn process(
             ),
         ));
     }
-    trace.detail = allowance.explain();
-    let authorisation = allowance.authorisation;
-    let allowed = allowance.fields;
-    // The source is asked for the fields read and the fields tested.
-    let forwarded: BTreeSet<&str> = allowed
-        .iter()
-        .map(FieldName::as_str)
-        .chain(allowance.checks.iter().map(|q| q.field.as_str()))
-        .collect();
-    trace.decision = AuditDecision::Allowed;
-    trace.authorisation = Some(authorisation.to_string());
-    trace.source = Some(route.dataset.source);
-    // A source at its cap, or whose circuit is open, is not called: its
-    // trouble stays with the lookups that need it.
-    let pass = route.guard.enter(std::time::Instant::now()).map_err(|refusal| {
+    Ok(())
+}
+
+/// A source at its cap, or whose circuit is open, is not called: its
+/// trouble stays with the lookups that need it.
+fn enter_source(route: &Route, dataset: &DatasetName) -> Result<Pass, ApiError> {
+    route.guard.enter(std::time::Instant::now()).map_err(|refusal| {
         let e = match refusal {
             SourceRefusal::Busy => ApiError {
                 retry_after: Some(std::time::Duration::from_millis(100)),
@@ -640,24 +846,45 @@ async fn process(
             },
         };
         e.with("source_kbo", route.dataset.source.as_str())
-    })?;
+    })
+}
 
-    let request_id = request_id.to_string();
+/// The call to the source: the allowed fields and the fields tested, and
+/// what the source learns for its own log.
+fn fetch_request(
+    org: &Organisation,
+    asked: &Asked,
+    citizen: &Niss,
+    allowance: &Allowance,
+    request_id: &str,
+    trace: &Trace,
+) -> Request<FetchRequest> {
+    // The source is asked for the fields read and the fields tested.
+    let forwarded: BTreeSet<&str> = allowance
+        .fields
+        .iter()
+        .map(FieldName::as_str)
+        .chain(allowance.checks.iter().map(|q| q.field.as_str()))
+        .collect();
     let mut fetch = Request::new(FetchRequest {
-        request_id: request_id.clone(),
-        dataset: dataset.to_string(),
+        request_id: request_id.to_owned(),
+        dataset: asked.dataset.to_string(),
         citizen: citizen.as_str().to_owned(),
         fields: forwarded.iter().map(|f| (*f).to_owned()).collect(),
         reference_date: trace.reference_date.clone().unwrap_or_default(),
         consumer_kbo: org.kbo.as_str().to_owned(),
-        purpose: purpose.to_string(),
-        authorisation_reference: authorisation.to_string(),
+        purpose: asked.purpose.to_string(),
+        authorisation_reference: allowance.authorisation.to_string(),
     });
     if let Ok(v) = request_id.parse() {
         fetch.metadata_mut().insert("x-request-id", v);
     }
-    // The CLIENT span of the call to the source, named and described as the
-    // OpenTelemetry conventions say for a gRPC call.
+    fetch
+}
+
+/// The CLIENT span of the call to the source, named and described as the
+/// OpenTelemetry conventions say for a gRPC call.
+fn source_span(route: &Route, fetch: &mut Request<FetchRequest>) -> tracing::Span {
     let source_span = tracing::debug_span!(
         "source.fetch",
         otel.name = "semel.v1.SourceService/Fetch",
@@ -691,6 +918,21 @@ async fn process(
             }
         }
     }
+    source_span
+}
+
+/// Forwards the call to the source under the broker's deadline, and
+/// records what happened there: in the span, the metrics and the source's
+/// circuit breaker.
+async fn forward_to_source(
+    broker: &Broker,
+    asked: &Asked,
+    mut fetch: Request<FetchRequest>,
+    pass: Pass,
+    trace: &mut Trace,
+) -> Result<FetchResponse, ApiError> {
+    let route = &asked.route;
+    let source_span = source_span(route, &mut fetch);
     let deadline = broker.source_deadline();
     let mut client = route.client.clone();
     // The broker's timer is the deadline: it also covers a source that
@@ -719,26 +961,11 @@ async fn process(
     }
     let answer = answer
         .map(tonic::Response::into_inner)
-        .map_err(|status| source_error(status, &route, deadline, trace));
+        .map_err(|status| source_error(status, route, deadline, trace));
     if answer.is_ok() {
         trace.outcome = Outcome::Answered;
     }
-    broker
-        .metrics
-        .source_calls
-        .get_or_create(&SourceLabels {
-            source: route.dataset.source.as_str().to_owned(),
-            dataset: dataset.to_string(),
-            outcome: outcome_label(trace.outcome),
-        })
-        .inc();
-    broker
-        .metrics
-        .source_seconds
-        .get_or_create(&DatasetLabel {
-            dataset: dataset.to_string(),
-        })
-        .observe(called.elapsed().as_secs_f64());
+    record_source_call(broker, asked, trace.outcome, called);
     let reachable = !matches!(
         trace.outcome,
         Outcome::SourceUnavailable | Outcome::SourceTimeout
@@ -746,10 +973,47 @@ async fn process(
     route
         .guard
         .record(pass, reachable, std::time::Instant::now());
-    let mut answer = answer?;
+    answer
+}
+
+/// The metrics of one call to a source.
+fn record_source_call(
+    broker: &Broker,
+    asked: &Asked,
+    outcome: Outcome,
+    called: std::time::Instant,
+) {
+    broker
+        .metrics
+        .source_calls
+        .get_or_create(&SourceLabels {
+            source: asked.route.dataset.source.as_str().to_owned(),
+            dataset: asked.dataset.to_string(),
+            outcome: outcome_label(outcome),
+        })
+        .inc();
+    broker
+        .metrics
+        .source_seconds
+        .get_or_create(&DatasetLabel {
+            dataset: asked.dataset.to_string(),
+        })
+        .observe(called.elapsed().as_secs_f64());
+}
+
+/// The answer the consumer gets: the checks answered from the values, and
+/// of the values only the allowed fields.
+fn filter_answer(
+    mut answer: FetchResponse,
+    asked: &Asked,
+    allowance: &Allowance,
+    request_id: String,
+    trace: &mut Trace,
+) -> LookupResponse {
     // Checks are answered from the values, which then go no further.
     let answer_of = |q: &Question| crate::checks::answer(q, answer.fields.get(q.field.as_str()));
-    let check_results = checks
+    let check_results = asked
+        .checks
         .iter()
         .map(|q| proto::CheckResult {
             field: q.field.to_string(),
@@ -769,19 +1033,19 @@ async fn process(
             )
         })
         .collect();
-    let allowed: BTreeSet<&str> = allowed.iter().map(FieldName::as_str).collect();
+    let allowed: BTreeSet<&str> = allowance.fields.iter().map(FieldName::as_str).collect();
     answer.fields.retain(|k, _| allowed.contains(k.as_str()));
     let fields = answer.fields;
     let mut returned: Vec<String> = fields.keys().cloned().collect();
     returned.sort();
     trace.fields_returned = returned;
-    Ok(LookupResponse {
+    LookupResponse {
         request_id,
-        authorisation_reference: authorisation.to_string(),
-        source_kbo: route.dataset.source.as_str().to_owned(),
+        authorisation_reference: allowance.authorisation.to_string(),
+        source_kbo: asked.route.dataset.source.as_str().to_owned(),
         fields,
         checks: check_results,
-    })
+    }
 }
 
 /// A daily allowance used up: RESOURCE_EXHAUSTED, to retry after midnight

@@ -23,7 +23,11 @@ use semel_core::{
 use semel_storage::{RegistryStore, RegistryUndo, RegistryWrite};
 use time::OffsetDateTime;
 
-use super::{amendment_text, check_authorisation_in, dataset_changes, roles_text, same_content};
+use super::authorisations::{
+    amendment_text, authorisation_text, check_authorisation_in, same_content,
+};
+use super::datasets::dataset_changes;
+use super::roles_text;
 use crate::convert::*;
 use crate::error::ApiError;
 use crate::proto::{self, PlannedAction};
@@ -658,7 +662,7 @@ pub(super) fn plan(
             }
         }
         let detail = match (action, before) {
-            (PlannedAction::Create, _) => super::authorisation_text(a),
+            (PlannedAction::Create, _) => authorisation_text(a),
             (PlannedAction::Unchanged, _) | (_, None) => String::new(),
             (_, Some(b)) => {
                 let mut what = vec![format!("v{} → v{}", b.version, after.version)];
