@@ -221,12 +221,8 @@ impl PgRegistry {
     /// value, its kind and the entry named, and whose entry is in the log
     /// with the hash named. Every other row is counted and reported, and
     /// left out as if it did not exist. `only` narrows to one key.
-    async fn sealed<T: DeserializeOwned + Serialize>(
-        &self,
-        kind: &str,
-        only: Option<&str>,
-        key: fn(&T) -> &str,
-    ) -> Result<Vec<T>, PgError> {
+    async fn sealed<T: Record>(&self, only: Option<&str>) -> Result<Vec<T>, PgError> {
+        let kind = T::KIND;
         let sql = format!(
             "SELECT r.key, r.value::text, {} FROM registry_records r \
                LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
@@ -242,8 +238,8 @@ impl PgRegistry {
             .await?
             .query(&sql, &[&kind, &only])
             .await?;
-        self.honoured(&sealed_table(kind), rows, |r, v| {
-            r.get::<_, &str>(0) == key(v)
+        self.honoured(&sealed_table(kind), rows, |r, v: &T| {
+            r.get::<_, &str>(0) == v.key()
         })
     }
 
@@ -294,8 +290,7 @@ impl PgRegistry {
     }
 
     pub async fn organisations(&self) -> Result<Vec<Organisation>, PgError> {
-        self.sealed("organisation", None, |o: &Organisation| o.kbo.as_str())
-            .await
+        self.sealed(None).await
     }
 
     pub async fn put_dataset(&self, dataset: &Dataset) -> Result<u64, PgError> {
@@ -303,8 +298,7 @@ impl PgRegistry {
     }
 
     pub async fn datasets(&self) -> Result<Vec<Dataset>, PgError> {
-        self.sealed("dataset", None, |d: &Dataset| d.name.as_str())
-            .await
+        self.sealed(None).await
     }
 
     pub async fn put_purpose(&self, purpose: &Purpose) -> Result<u64, PgError> {
@@ -312,8 +306,7 @@ impl PgRegistry {
     }
 
     pub async fn purposes(&self) -> Result<Vec<Purpose>, PgError> {
-        self.sealed("purpose", None, |p: &Purpose| p.code.as_str())
-            .await
+        self.sealed(None).await
     }
 
     pub async fn put_application(
@@ -391,10 +384,7 @@ impl PgRegistry {
     }
 
     pub async fn authorisations(&self) -> Result<Vec<Authorisation>, PgError> {
-        self.sealed("authorisation", None, |a: &Authorisation| {
-            a.reference.as_str()
-        })
-        .await
+        self.sealed(None).await
     }
 
     /// Every stored version of one authorisation, oldest first (each
@@ -461,12 +451,7 @@ impl PgRegistry {
     /// One organisation, by KBO number (honoured as
     /// [`PgRegistry::sealed`] says).
     pub async fn organisation(&self, kbo: &Kbo) -> Result<Option<Organisation>, PgError> {
-        Ok(self
-            .sealed("organisation", Some(kbo.as_str()), |o: &Organisation| {
-                o.kbo.as_str()
-            })
-            .await?
-            .pop())
+        Ok(self.sealed(Some(kbo.as_str())).await?.pop())
     }
 
     /// Takes back a change whose audit entry failed, in one transaction
@@ -787,20 +772,12 @@ async fn seal_writes(
         let sequence = sequence_of(*at)?;
         let entry = crate::seals::entry(*at);
         let (kind, key, canonical) = match w {
-            RegistryWrite::Organisation { after, .. } => (
-                "organisation",
-                after.kbo.as_str().to_owned(),
-                encode(&**after)?,
-            ),
-            RegistryWrite::Dataset { after, .. } => {
-                ("dataset", after.name.as_str().to_owned(), encode(&**after)?)
-            }
-            RegistryWrite::Purpose { after, .. } => {
-                ("purpose", after.code.as_str().to_owned(), encode(&**after)?)
-            }
+            RegistryWrite::Organisation { after, .. } => sealed_parts(&**after)?,
+            RegistryWrite::Dataset { after, .. } => sealed_parts(&**after)?,
+            RegistryWrite::Purpose { after, .. } => sealed_parts(&**after)?,
             RegistryWrite::Authorisation { after, .. } => {
-                let canonical = encode(&**after)?;
-                let seal = sealer.seal(HISTORY_TABLE, canonical.as_bytes(), &entry);
+                let parts = sealed_parts(&**after)?;
+                let seal = sealer.seal(HISTORY_TABLE, parts.2.as_bytes(), &entry);
                 set_version_seal(
                     c,
                     after.reference.as_str(),
@@ -810,11 +787,7 @@ async fn seal_writes(
                     &seal,
                 )
                 .await?;
-                (
-                    "authorisation",
-                    after.reference.as_str().to_owned(),
-                    canonical,
-                )
+                parts
             }
             // Applications are requests, decided by an operator into
             // rules: they decide no lookup and carry no seal.
@@ -826,6 +799,69 @@ async fn seal_writes(
     Ok(())
 }
 
+/// A kind of registry record: its `kind` column and its key.
+trait Record: Serialize + DeserializeOwned + PartialEq + Sync {
+    const KIND: &'static str;
+    fn key(&self) -> &str;
+}
+
+impl Record for Organisation {
+    const KIND: &'static str = "organisation";
+    fn key(&self) -> &str {
+        self.kbo.as_str()
+    }
+}
+
+impl Record for Dataset {
+    const KIND: &'static str = "dataset";
+    fn key(&self) -> &str {
+        self.name.as_str()
+    }
+}
+
+impl Record for Purpose {
+    const KIND: &'static str = "purpose";
+    fn key(&self) -> &str {
+        self.code.as_str()
+    }
+}
+
+impl Record for Authorisation {
+    const KIND: &'static str = "authorisation";
+    fn key(&self) -> &str {
+        self.reference.as_str()
+    }
+}
+
+impl Record for semel_core::AuthorisationApplication {
+    const KIND: &'static str = "application";
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Record for semel_core::MembershipApplication {
+    const KIND: &'static str = "membership";
+    fn key(&self) -> &str {
+        &self.id
+    }
+}
+
+/// A record's kind, key and canonical encoding, as its seal covers it.
+fn sealed_parts<T: Record>(record: &T) -> Result<(&'static str, String, String), PgError> {
+    Ok((T::KIND, record.key().to_owned(), encode(record)?))
+}
+
+/// [`swap`] for a record of a known kind.
+async fn swap_record<T: Record>(
+    tx: &(impl GenericClient + Sync),
+    after: &T,
+    before: Option<&T>,
+    what: &str,
+) -> Result<(), PgError> {
+    swap(tx, T::KIND, after.key(), after, before, what).await
+}
+
 /// Writes each record only over what the change read (see
 /// [`semel_storage::RegistryStore::commit`]), within a transaction.
 async fn write_all(
@@ -833,61 +869,22 @@ async fn write_all(
     writes: &[RegistryWrite],
 ) -> Result<(), PgError> {
     for w in writes {
+        let what = w.name();
         match w {
             RegistryWrite::Organisation { after, before } => {
-                swap(
-                    tx,
-                    "organisation",
-                    after.kbo.as_str(),
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?
+                swap_record(tx, &**after, before.as_deref(), &what).await?
             }
             RegistryWrite::Dataset { after, before } => {
-                swap(
-                    tx,
-                    "dataset",
-                    after.name.as_str(),
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?
+                swap_record(tx, &**after, before.as_deref(), &what).await?
             }
             RegistryWrite::Purpose { after, before } => {
-                swap(
-                    tx,
-                    "purpose",
-                    after.code.as_str(),
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?
+                swap_record(tx, &**after, before.as_deref(), &what).await?
             }
             RegistryWrite::Application { after, before } => {
-                swap(
-                    tx,
-                    "application",
-                    &after.id,
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?
+                swap_record(tx, &**after, before.as_deref(), &what).await?
             }
             RegistryWrite::Membership { after, before } => {
-                swap(
-                    tx,
-                    "membership",
-                    &after.id,
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?
+                swap_record(tx, &**after, before.as_deref(), &what).await?
             }
             RegistryWrite::Authorisation { after, before } => {
                 let expected = before.as_ref().map_or(1, |b| b.version + 1);
@@ -899,15 +896,7 @@ async fn write_all(
                         expected - 1
                     )));
                 }
-                swap(
-                    tx,
-                    "authorisation",
-                    after.reference.as_str(),
-                    &**after,
-                    before.as_deref(),
-                    &w.name(),
-                )
-                .await?;
+                swap_record(tx, &**after, before.as_deref(), &what).await?;
                 let inserted = tx
                     .execute(
                         "INSERT INTO registry_authorisation_history (reference, version, value) \
