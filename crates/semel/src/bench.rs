@@ -520,8 +520,8 @@ pub struct BenchMutationsArgs {
     /// Seconds measured.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
-    /// Run the broker on this PostgreSQL database (created if missing) instead of the
-    /// embedded store.
+    /// Run the broker on this PostgreSQL database instead of the embedded store (the
+    /// database must exist: `createdb` it first; a fresh one per run).
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
     /// Publish this many changes per second in all (open loop: latency at that load);
