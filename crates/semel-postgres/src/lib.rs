@@ -27,11 +27,13 @@ mod tree;
 
 pub use cluster::{Cluster, ClusterSettings, MUTATIONS_CHANNEL};
 pub use integrity::{RowColumns, StartProof, check_row};
-pub use log::{DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE, PgAuditLog, ScrubSettings};
+pub use log::{PgAuditLog, ScrubSettings};
 pub use mutations::PgMutations;
 pub use persons::PgPersons;
 pub use probe::{DatabaseProbe, PROBE_TIMEOUT};
 pub use registry::{Confirmation, PgRegistry, RegistryWatch};
+/// Re-exported from the storage port, where the configuration reads them.
+pub use semel_storage::{DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE};
 pub use tree::{INTEGRATION_LOCK, Integrated, LockHolder, TreeHead};
 
 use semel_core::{AuditEntry, AuditRecord, Hash, entry_hash};

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use semel_storage::{
     Appended, ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, AuditStore,
-    SignedCheckpoint, StorageError,
+    DEFAULT_MAX_DURABILITY_WAIT, DEFAULT_SCRUB_RATE, SignedCheckpoint, StorageError,
 };
 use tokio::sync::{Mutex, MutexGuard, mpsc, oneshot};
 
@@ -31,12 +31,6 @@ const INTEGRATE_MAX: u64 = 100_000;
 
 /// How long a proof waits for the integrator to reach a durable size.
 const INTEGRATION_WAIT: Duration = Duration::from_secs(10);
-
-/// How long a batch may wait to be durable (its commit waiting for the
-/// synchronous standby, or a later transaction confirming it reached the
-/// standby) before its callers are refused and health says NOT_SERVING,
-/// unless configured (`store.max_durability_wait_ms`).
-pub const DEFAULT_MAX_DURABILITY_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a clean stop tries to sign its last checkpoint.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -229,12 +223,6 @@ pub struct ScrubSettings {
     /// Entries checked per second at most; 0 turns the scrub off.
     pub entries_per_second: u64,
 }
-
-/// The default scrub rate: a log of ten million entries is checked about
-/// every 80 minutes. Measured on the development machine, a page of 1,000
-/// rows costs PostgreSQL about 5 ms (its query, EXPLAIN ANALYZE) and the
-/// broker about 6 ms of CPU (a debug build): some 10 ms of each a second.
-pub const DEFAULT_SCRUB_RATE: u64 = 2000;
 
 impl Default for ScrubSettings {
     fn default() -> Self {

@@ -19,8 +19,8 @@ pub use mutations::{Accepted, Acknowledged, Expired, MutationStore, QueueState, 
 pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
 
 pub use audit::{
-    ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, MAX_APPEND_DELAY_MICROS,
-    SignedCheckpoint, StoredEntry,
+    ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, DEFAULT_MAX_DURABILITY_WAIT,
+    DEFAULT_SCRUB_RATE, MAX_APPEND_DELAY_MICROS, SignedCheckpoint, StoredEntry,
 };
 
 use std::sync::Arc;
