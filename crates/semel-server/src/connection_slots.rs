@@ -19,21 +19,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use crate::metrics::RefusedConnectionLabels;
 use crate::tls::{Admission, AdmittedSlot, PeerIdentity};
 
-/// A face's caps on connections.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionCaps {
-    /// Connections open at once, TLS handshakes included.
-    pub max_connections: usize,
-    /// Connections open at once from one address (an IPv6 address counts by
-    /// its /64).
-    pub per_address: usize,
-    /// Of those, connections whose handshake showed no client certificate.
-    pub per_address_without_certificate: usize,
-    /// Connections without a client certificate open at once in all.
-    pub without_certificate: usize,
-    /// TLS handshakes in progress at once.
-    pub handshakes: usize,
-}
+pub use semel_config::settings::ConnectionCaps;
 
 /// Where a face counts its connections: those open, and those closed at
 /// once by the cap they would have gone over.

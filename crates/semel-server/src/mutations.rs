@@ -41,7 +41,7 @@ use crate::proto;
 use crate::state::{Broker, Caller, Credentials};
 
 /// The most changes in one publication.
-pub const MAX_PUBLISH: usize = 1000;
+pub use semel_config::settings::MAX_PUBLISH;
 /// The largest change (protobuf encoding), values included.
 const MAX_CHANGE_BYTES: usize = 64 * 1024;
 /// The longest source event id.
@@ -51,9 +51,7 @@ const PAGE: usize = 100;
 /// The most changes one pull answers.
 const MAX_PULL: usize = 1000;
 /// The longest a pull waits for a first change.
-const MAX_WAIT_S: i32 = 30;
-/// The same, in milliseconds: a unary call's timeout must exceed it.
-pub(crate) const MAX_WAIT_MS: u64 = MAX_WAIT_S as u64 * 1000;
+use semel_config::settings::MAX_WAIT_S;
 /// How long a source's event ids are remembered (a retry within it is a
 /// duplicate), at least: longer than any queue keeps the change itself.
 const EVENT_IDS_KEPT: Duration = Duration::from_secs(400 * 24 * 3600);

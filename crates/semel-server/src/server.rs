@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 
 use crate::audit::AuditService;
-use crate::config::Config;
+use crate::config::{Config, ConfigExt as _};
 use crate::lookup::LookupService;
 use crate::proto::source_service_server::{SourceService, SourceServiceServer};
 use crate::proto::{

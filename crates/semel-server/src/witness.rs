@@ -17,8 +17,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::http::StatusCode;
 use semel_core::checkpoint::{
-    AddCheckpoint, Checkpoint, CosignatureVerifier, Cosigner, NoteVerifier, WitnessRefusal, b64,
-    witness_decide,
+    AddCheckpoint, Checkpoint, Cosigner, NoteVerifier, WitnessRefusal, b64, witness_decide,
 };
 use serde::{Deserialize, Serialize};
 
@@ -264,13 +263,7 @@ pub async fn serve_witness(
         .await
 }
 
-/// A witness the broker submits its checkpoints to.
-#[derive(Debug, Clone)]
-pub struct WitnessTarget {
-    /// The submission prefix, e.g. `http://witness.example:8701`.
-    pub url: String,
-    pub key: CosignatureVerifier,
-}
+pub use semel_config::settings::WitnessTarget;
 
 /// What a witness answered.
 #[derive(Debug, PartialEq, Eq)]
@@ -322,45 +315,7 @@ pub async fn submit(url: &str, req: &AddCheckpoint) -> anyhow::Result<Submitted>
     })
 }
 
-/// How the broker holds its log to what its witnesses cosigned
-/// (`audit.witness_quorum`, `audit.witness_unreachable_ms`,
-/// `audit.witness_refusal_grace_ms`).
-#[derive(Debug, Clone)]
-pub struct WitnessSettings {
-    pub targets: Vec<WitnessTarget>,
-    /// How many witnesses must confirm the log before the broker serves
-    /// (at start) and keeps serving (afterwards).
-    pub quorum: usize,
-    /// How long a running broker serves while fewer than `quorum`
-    /// witnesses confirm its newest checkpoint (none answering): then its
-    /// health is NOT_SERVING until they do.
-    pub unconfirmed_bound: Duration,
-    /// How long witnesses may refuse the log's checkpoints before the log
-    /// halts (zero: the first refusal halts it).
-    pub refusal_grace: Duration,
-}
-
-impl WitnessSettings {
-    /// No witnesses: nothing is asked.
-    pub fn none() -> WitnessSettings {
-        WitnessSettings {
-            targets: Vec::new(),
-            quorum: 0,
-            unconfirmed_bound: Duration::from_secs(600),
-            refusal_grace: Duration::ZERO,
-        }
-    }
-
-    /// These witnesses, with the defaults: one must confirm, ten minutes
-    /// unconfirmed before NOT_SERVING, the first refusal halts the log.
-    pub fn new(targets: Vec<WitnessTarget>) -> WitnessSettings {
-        WitnessSettings {
-            quorum: usize::from(!targets.is_empty()),
-            targets,
-            ..WitnessSettings::none()
-        }
-    }
-}
+pub use semel_config::settings::WitnessSettings;
 
 /// What one witness said of the log's newest checkpoint.
 #[derive(Debug, PartialEq, Eq)]

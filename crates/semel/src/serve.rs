@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use semel_server::Config;
+use semel_server::config::ConfigExt as _;
 
 use crate::output::{Exit, outln};
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
+use semel_server::config::ConfigExt as _;
 
 use crate::output::{Exit, outln};
 

@@ -30,8 +30,8 @@ fn default_backdate_days() -> u32 {
 }
 
 impl Config {
-    pub fn persons_settings(&self) -> crate::state::PersonsSettings {
-        crate::state::PersonsSettings {
+    pub fn persons_settings(&self) -> crate::settings::PersonsSettings {
+        crate::settings::PersonsSettings {
             max_backdate_days: self.persons.max_backdate_days,
             max_backdate_days_by_capacity: self.persons.max_backdate_days_by_capacity.clone(),
         }

@@ -48,21 +48,21 @@ pub struct LimitsSection {
 }
 
 impl Config {
-    pub fn limit_settings(&self) -> crate::limits::LimitSettings {
-        crate::limits::LimitSettings {
+    pub fn limit_settings(&self) -> crate::settings::LimitSettings {
+        crate::settings::LimitSettings {
             consumer_rate: Some(
                 self.limits
                     .consumer_lookups_per_second
-                    .unwrap_or(crate::limits::DEFAULT_LOOKUPS_PER_SECOND),
+                    .unwrap_or(crate::settings::DEFAULT_LOOKUPS_PER_SECOND),
             ),
             consumer_burst: self
                 .limits
                 .consumer_burst
-                .unwrap_or(crate::limits::DEFAULT_LOOKUP_BURST),
+                .unwrap_or(crate::settings::DEFAULT_LOOKUP_BURST),
             consumer_daily_quota: Some(
                 self.limits
                     .consumer_lookups_per_day
-                    .unwrap_or(crate::limits::DEFAULT_LOOKUPS_PER_DAY),
+                    .unwrap_or(crate::settings::DEFAULT_LOOKUPS_PER_DAY),
             ),
             source_max_in_flight: self.sources.max_in_flight,
             breaker_failures: self.sources.breaker_failures,
@@ -73,29 +73,29 @@ impl Config {
             source_publications_per_second: self
                 .limits
                 .source_publications_per_second
-                .unwrap_or(crate::limits::DEFAULT_PUBLICATIONS_PER_SECOND),
+                .unwrap_or(crate::settings::DEFAULT_PUBLICATIONS_PER_SECOND),
             source_publication_burst: self
                 .limits
                 .source_publication_burst
-                .unwrap_or(crate::limits::DEFAULT_PUBLICATION_BURST),
+                .unwrap_or(crate::settings::DEFAULT_PUBLICATION_BURST),
             audit_scan_budget: self
                 .limits
                 .audit_scan_budget
-                .unwrap_or(crate::limits::DEFAULT_AUDIT_SCAN_BUDGET),
+                .unwrap_or(crate::settings::DEFAULT_AUDIT_SCAN_BUDGET),
             audit_calls_in_flight: self.limits.audit_calls_in_flight.unwrap_or(2),
             calls_per_second: self
                 .limits
                 .calls_per_second
-                .unwrap_or(crate::limits::DEFAULT_CALLS_PER_SECOND),
+                .unwrap_or(crate::settings::DEFAULT_CALLS_PER_SECOND),
             call_burst: self
                 .limits
                 .call_burst
-                .unwrap_or(crate::limits::DEFAULT_CALL_BURST),
+                .unwrap_or(crate::settings::DEFAULT_CALL_BURST),
             calls_in_flight: self
                 .limits
                 .calls_in_flight
-                .unwrap_or(crate::limits::DEFAULT_CALLS_IN_FLIGHT),
-            ..crate::limits::LimitSettings::default()
+                .unwrap_or(crate::settings::DEFAULT_CALLS_IN_FLIGHT),
+            ..crate::settings::LimitSettings::default()
         }
     }
 }

@@ -23,12 +23,11 @@ fn unknown_keys_are_refused_by_name() {
 /// and defaults to one of them.
 #[test]
 fn the_witness_quorum_is_checked() {
-    let text = include_str!("../../../../deploy/semel.example.toml");
+    let text = include_str!("../../../deploy/semel.example.toml");
     let mut config: Config = toml::from_str(text).expect("example parses");
-    let dir = tempfile::tempdir().expect("tempdir");
     let witness = semel_core::checkpoint::Cosigner::new(
         "witness.test/w1",
-        semel_store::load_or_create_signing_key(&dir.path().join("w.key")).expect("key"),
+        ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
     );
     config.audit.witnesses = vec![WitnessSection {
         url: "http://127.0.0.1:8701".into(),
@@ -50,7 +49,7 @@ fn the_witness_quorum_is_checked() {
 
 #[test]
 fn the_example_in_deploy_parses_and_names_a_valid_operator() {
-    let text = include_str!("../../../../deploy/semel.example.toml");
+    let text = include_str!("../../../deploy/semel.example.toml");
     let config: Config = toml::from_str(text).expect("example parses");
     assert!(config.operator_kbo().is_ok());
     assert_eq!(config.source_deadline(), Duration::from_secs(5));
@@ -63,7 +62,7 @@ fn the_example_in_deploy_parses_and_names_a_valid_operator() {
 fn the_database_url_can_come_from_a_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("semel.toml");
-    let text = include_str!("../../../../deploy/semel.example.toml");
+    let text = include_str!("../../../deploy/semel.example.toml");
     for f in ["broker.crt", "broker.key", "clients-ca.crt"] {
         std::fs::write(dir.path().join(f), "x").expect("write");
     }
@@ -108,7 +107,7 @@ fn the_database_url_can_come_from_a_file() {
 fn the_environment_overrides_keys_and_unknown_names_are_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("semel.toml");
-    let text = include_str!("../../../../deploy/semel.example.toml");
+    let text = include_str!("../../../deploy/semel.example.toml");
     for f in ["broker.crt", "broker.key", "clients-ca.crt"] {
         std::fs::write(dir.path().join(f), "x").expect("write");
     }
@@ -142,7 +141,7 @@ fn the_environment_overrides_keys_and_unknown_names_are_refused() {
     // The HTTP/JSON face's limits: the defaults when left out, as the
     // example leaves them, and each key settable.
     let http = config.http.as_ref().expect("the example serves HTTP/JSON");
-    let defaults = crate::http_settings::HttpSettings::default();
+    let defaults = crate::settings::HttpSettings::default();
     let settings = http.settings();
     assert_eq!(settings.max_connections, defaults.max_connections);
     assert_eq!(
@@ -155,7 +154,7 @@ fn the_environment_overrides_keys_and_unknown_names_are_refused() {
     // The gRPC port's limits: the example names every key, commented
     // out, so the defaults apply; each is settable.
     let grpc = config.grpc.settings();
-    let defaults = crate::grpc_limits::GrpcSettings::default();
+    let defaults = crate::settings::GrpcSettings::default();
     assert_eq!(grpc.max_concurrent_streams, defaults.max_concurrent_streams);
     assert_eq!(
         grpc.max_connections_without_certificate,
@@ -362,7 +361,7 @@ fn the_environment_overrides_keys_and_unknown_names_are_refused() {
 
 #[test]
 fn an_issuer_grants_the_citizen_role_only_when_told_and_with_an_acr() {
-    let example = include_str!("../../../../deploy/semel.example.toml");
+    let example = include_str!("../../../deploy/semel.example.toml");
     let settings = |extra: &str| {
         let text = example.replace(
             "max_lifetime_s = 28800\n",
@@ -374,7 +373,7 @@ fn an_issuer_grants_the_citizen_role_only_when_told_and_with_an_acr() {
     };
     let default = settings("").expect("settings");
     let issuer = &default.issuers[0];
-    assert_eq!(issuer.roles, crate::tokens::default_issuer_roles());
+    assert_eq!(issuer.roles, crate::settings::default_issuer_roles());
     assert!(!issuer.roles.contains(semel_core::UserRole::Citizen));
     assert!(issuer.required_acr.is_empty());
     assert_eq!(issuer.max_lifetime_s, 28800);
@@ -421,7 +420,7 @@ fn a_bad_value_is_named() {
     let path = dir.path().join("semel.toml");
     std::fs::write(
         &path,
-        include_str!("../../../../deploy/semel.example.toml").replace("0087654346", "0087654347"),
+        include_str!("../../../deploy/semel.example.toml").replace("0087654346", "0087654347"),
     )
     .expect("write");
     // The enterprise number is checked before any file.

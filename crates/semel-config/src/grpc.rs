@@ -55,7 +55,7 @@ pub struct GrpcSection {
 
 impl Default for GrpcSection {
     fn default() -> Self {
-        let d = crate::grpc_limits::GrpcSettings::default();
+        let d = crate::settings::GrpcSettings::default();
         GrpcSection {
             max_connections: d.max_connections,
             max_connections_per_address: d.max_connections_per_address,
@@ -79,8 +79,8 @@ impl Default for GrpcSection {
 
 impl GrpcSection {
     /// The port's limits and timeouts.
-    pub fn settings(&self) -> crate::grpc_limits::GrpcSettings {
-        crate::grpc_limits::GrpcSettings {
+    pub fn settings(&self) -> crate::settings::GrpcSettings {
+        crate::settings::GrpcSettings {
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
             max_connections_per_address_without_certificate: self
@@ -186,7 +186,7 @@ impl GrpcSection {
             "request_timeout_ms",
             self.request_timeout_ms,
             deadline_ms
-                .max(crate::mutations::MAX_WAIT_MS)
+                .max(crate::settings::MAX_WAIT_MS)
                 .saturating_add(1),
             3_600_000,
             " (more than sources.deadline_ms and PullMutations' longest wait)",

@@ -1,8 +1,6 @@
 //! Checking a configuration before any port is bound: every problem with
 //! the values and the files, each naming its key.
 
-use std::path::Path;
-
 use super::Config;
 
 impl Config {
@@ -186,7 +184,7 @@ impl Config {
             );
         }
         if let Some(b) = self.limits.source_publication_burst {
-            let least = crate::mutations::MAX_PUBLISH as f64;
+            let least = crate::settings::MAX_PUBLISH as f64;
             ensure(
                 (least..=1e9).contains(&b),
                 format!(
@@ -308,70 +306,6 @@ impl Config {
                     t.sample_ratio
                 ),
             );
-        }
-        problems
-    }
-
-    /// Every problem with the files' contents: each certificate, key, CA
-    /// bundle and JWKS is loaded as `serve` will load it (a key file that
-    /// holds a certificate fails here), and the audit signing key is read
-    /// if it exists. `semel serve --check-config` reports these with
-    /// [`Config::problems`].
-    pub fn file_problems(&self) -> Vec<String> {
-        use crate::tls;
-        let mut problems = Vec::new();
-        let certs = |key: &str, p: &Path, problems: &mut Vec<String>| {
-            tls::load_certs(p)
-                .map_err(|e| problems.push(format!("{key}: {e:#}")))
-                .is_ok()
-        };
-        let cert_ok = certs("tls.cert", &self.tls.cert, &mut problems);
-        let key_ok = tls::load_private_key(&self.tls.key)
-            .map_err(|e| problems.push(format!("tls.key: {e:#}")))
-            .is_ok();
-        let ca_ok = certs("tls.client_ca", &self.tls.client_ca, &mut problems);
-        if let Some(ca) = &self.sources.ca {
-            certs("sources.ca", ca, &mut problems);
-        }
-        if let Err(e) = crate::source_channel::EndpointPolicy::new(&self.sources.allowed_endpoints)
-        {
-            problems.push(format!("{e:#}"));
-        }
-        for (key, crls) in [
-            ("tls.client_crls", &self.tls.client_crls),
-            ("sources.crls", &self.sources.crls),
-        ] {
-            for (i, p) in crls.iter().enumerate() {
-                if let Err(e) = tls::load_crls(std::slice::from_ref(p)) {
-                    problems.push(format!("{key}[{i}]: {e:#}"));
-                }
-            }
-        }
-        if cert_ok && key_ok && ca_ok {
-            // The key must be the certificate's.
-            if let Err(e) = tls::server_config(&tls::TlsFiles {
-                cert: &self.tls.cert,
-                key: &self.tls.key,
-                client_ca: &self.tls.client_ca,
-                client_crls: &[],
-            }) {
-                problems.push(format!("tls: {e:#}"));
-            }
-        }
-        if let Ok(settings) = self.token_settings() {
-            for (i, issuer) in settings.issuers.iter().enumerate() {
-                let one = crate::tokens::TokenSettings {
-                    issuers: vec![issuer.clone()],
-                    ..settings.clone()
-                };
-                if let Err(e) = crate::tokens::TokenVerifier::load(&one) {
-                    problems.push(format!("tokens.issuers[{i}]: {e:#}"));
-                }
-            }
-        }
-        let key = self.audit_signing_key();
-        if let Err(e) = semel_store::read_signing_key(&key) {
-            problems.push(format!("audit.signing_key: {e}"));
         }
         problems
     }

@@ -1,5 +1,11 @@
-//! The broker's configuration file (TOML). Unknown keys are refused, and
-//! every path is checked before any port is bound.
+//! The broker's configuration file (TOML): its sections, their defaults,
+//! the environment's overrides, and the checks run before start. Unknown
+//! keys are refused, and every path is checked before any port is bound.
+//!
+//! The sections become the plain settings of [`settings`], which the
+//! broker's parts (in `semel-server`) take; what needs the broker's own
+//! machinery (loading the TLS files and the signing key, the stores) is
+//! `semel_server::config::ConfigExt`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,6 +20,7 @@ mod limits;
 mod load;
 mod mutations;
 mod persons;
+pub mod settings;
 mod sources;
 mod store;
 mod telemetry;

@@ -47,41 +47,41 @@ pub struct HttpSection {
 }
 
 fn default_http_max_connections() -> usize {
-    crate::http_settings::HttpSettings::default().max_connections
+    crate::settings::HttpSettings::default().max_connections
 }
 
 fn default_http_max_connections_per_address() -> usize {
-    crate::http_settings::HttpSettings::default().max_connections_per_address
+    crate::settings::HttpSettings::default().max_connections_per_address
 }
 
 fn default_http_max_connections_per_address_without_certificate() -> usize {
-    crate::http_settings::HttpSettings::default().max_connections_per_address_without_certificate
+    crate::settings::HttpSettings::default().max_connections_per_address_without_certificate
 }
 
 fn default_http_max_connections_without_certificate() -> usize {
-    crate::http_settings::HttpSettings::default().max_connections_without_certificate
+    crate::settings::HttpSettings::default().max_connections_without_certificate
 }
 
 fn default_http_max_handshakes() -> usize {
-    crate::http_settings::HttpSettings::default().max_handshakes
+    crate::settings::HttpSettings::default().max_handshakes
 }
 
 fn default_http_body_timeout_ms() -> u64 {
-    crate::http_settings::HttpSettings::default()
+    crate::settings::HttpSettings::default()
         .body_timeout
         .as_millis() as u64
 }
 
 fn default_http_header_timeout_ms() -> u64 {
-    crate::http_settings::HttpSettings::default()
+    crate::settings::HttpSettings::default()
         .header_timeout
         .as_millis() as u64
 }
 
 impl HttpSection {
     /// The face's limits and timeouts.
-    pub fn settings(&self) -> crate::http_settings::HttpSettings {
-        crate::http_settings::HttpSettings {
+    pub fn settings(&self) -> crate::settings::HttpSettings {
+        crate::settings::HttpSettings {
             max_connections: self.max_connections,
             max_connections_per_address: self.max_connections_per_address,
             max_connections_per_address_without_certificate: self

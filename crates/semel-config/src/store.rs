@@ -6,8 +6,6 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::Config;
-
 /// The store. Without `url`, the embedded store (sled and the audit log
 /// file in `data_dir`) for one broker; with a `postgresql://` URL, the
 /// PostgreSQL store any number of brokers share (docs/storage-postgresql.md).
@@ -78,7 +76,7 @@ impl StoreSection {
 
     pub fn max_durability_wait(&self) -> Duration {
         self.max_durability_wait_ms.map_or(
-            semel_postgres::DEFAULT_MAX_DURABILITY_WAIT,
+            semel_storage::DEFAULT_MAX_DURABILITY_WAIT,
             Duration::from_millis,
         )
     }
@@ -86,20 +84,5 @@ impl StoreSection {
     pub fn max_staleness(&self) -> Duration {
         self.max_staleness_ms
             .map_or(DEFAULT_MAX_STALENESS, Duration::from_millis)
-    }
-}
-
-impl Config {
-    /// How a broker runs on PostgreSQL, from `[store]` and `[audit]`.
-    pub fn pg_settings(&self) -> crate::stores::PgSettings {
-        crate::stores::PgSettings {
-            checkpoint_every: Duration::from_millis(self.audit.checkpoint_every_ms),
-            registry_poll: self.store.registry_poll(),
-            persons_poll: self.store.persons_poll(),
-            scrub: semel_postgres::ScrubSettings {
-                entries_per_second: self.audit.scrub_entries_per_second,
-            },
-            max_durability_wait: self.store.max_durability_wait(),
-        }
     }
 }

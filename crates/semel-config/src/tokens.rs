@@ -52,7 +52,7 @@ fn default_leeway_s() -> u64 {
 
 impl Config {
     /// The token settings, with enterprise numbers parsed.
-    pub fn token_settings(&self) -> anyhow::Result<crate::tokens::TokenSettings> {
+    pub fn token_settings(&self) -> anyhow::Result<crate::settings::TokenSettings> {
         let mut issuers = Vec::new();
         for (i, s) in self.tokens.issuers.iter().enumerate() {
             let organisations = s
@@ -64,7 +64,7 @@ impl Config {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let roles = match &s.roles {
-                None => crate::tokens::default_issuer_roles(),
+                None => crate::settings::default_issuer_roles(),
                 Some(names) => names
                     .iter()
                     .map(|r| {
@@ -88,12 +88,12 @@ impl Config {
             );
             let max_lifetime_s = s
                 .max_lifetime_s
-                .unwrap_or_else(|| crate::tokens::IssuerSettings::default_max_lifetime_s(roles));
+                .unwrap_or_else(|| crate::settings::IssuerSettings::default_max_lifetime_s(roles));
             anyhow::ensure!(
                 (60..=7 * 24 * 3600).contains(&max_lifetime_s),
                 "tokens.issuers[{i}].max_lifetime_s: from 60 seconds to 7 days (604800), got {max_lifetime_s}"
             );
-            issuers.push(crate::tokens::IssuerSettings {
+            issuers.push(crate::settings::IssuerSettings {
                 issuer: s.issuer.clone(),
                 jwks: s.jwks.clone(),
                 organisations,
@@ -102,7 +102,7 @@ impl Config {
                 max_lifetime_s,
             });
         }
-        Ok(crate::tokens::TokenSettings {
+        Ok(crate::settings::TokenSettings {
             audience: self.tokens.audience.clone(),
             leeway_s: self.tokens.leeway_s,
             issuers,

@@ -39,13 +39,13 @@ fn default_retention_hours() -> u64 {
 }
 
 impl Config {
-    pub fn mutation_settings(&self) -> crate::state::MutationSettings {
-        crate::state::MutationSettings {
+    pub fn mutation_settings(&self) -> crate::settings::MutationSettings {
+        crate::settings::MutationSettings {
             retention: std::time::Duration::from_secs(self.mutations.retention_hours * 3600),
-            fallback_poll: self
-                .mutations
-                .fallback_poll_ms
-                .map_or(crate::state::DEFAULT_MUTATIONS_POLL, Duration::from_millis),
+            fallback_poll: self.mutations.fallback_poll_ms.map_or(
+                crate::settings::DEFAULT_MUTATIONS_POLL,
+                Duration::from_millis,
+            ),
         }
     }
 }

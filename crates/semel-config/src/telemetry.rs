@@ -27,10 +27,10 @@ fn default_sample_ratio() -> f64 {
 
 impl Config {
     /// Where traces go, if anywhere.
-    pub fn telemetry_settings(&self) -> Option<crate::telemetry::TelemetrySettings> {
+    pub fn telemetry_settings(&self) -> Option<crate::settings::TelemetrySettings> {
         self.telemetry
             .as_ref()
-            .map(|t| crate::telemetry::TelemetrySettings {
+            .map(|t| crate::settings::TelemetrySettings {
                 otlp_endpoint: t.otlp_endpoint.clone(),
                 service_name: t.service_name.clone(),
                 sample_ratio: t.sample_ratio,

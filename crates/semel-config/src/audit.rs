@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use serde::Deserialize;
 
 use super::Config;
@@ -61,7 +60,7 @@ pub struct AuditSection {
 }
 
 fn default_scrub_rate() -> u64 {
-    semel_postgres::DEFAULT_SCRUB_RATE
+    semel_storage::DEFAULT_SCRUB_RATE
 }
 
 fn default_witness_quorum() -> usize {
@@ -129,15 +128,6 @@ impl Config {
             .unwrap_or_else(|| self.data_dir.join("audit-signing.key"))
     }
 
-    /// Checkpoint settings, with the signing key loaded (or created).
-    pub fn checkpoint_settings(&self) -> anyhow::Result<semel_store::CheckpointSettings> {
-        Ok(semel_store::CheckpointSettings {
-            signer: self.checkpoint_signer()?,
-            every_entries: self.audit.checkpoint_every_entries,
-            every: Duration::from_millis(self.audit.checkpoint_every_ms),
-        })
-    }
-
     /// How old the oldest unsigned audit entry may grow before the broker
     /// reports NOT_SERVING.
     pub fn checkpoint_age_limit(&self) -> Duration {
@@ -148,21 +138,8 @@ impl Config {
         )
     }
 
-    /// The key that signs the log's checkpoints, created at its path if
-    /// missing. Brokers sharing a PostgreSQL store share this key (one log,
-    /// one identity).
-    pub fn checkpoint_signer(&self) -> anyhow::Result<semel_core::checkpoint::NoteSigner> {
-        let path = self.audit_signing_key();
-        let key = semel_store::load_or_create_signing_key(&path)
-            .with_context(|| format!("audit.signing_key {}", path.display()))?;
-        Ok(semel_core::checkpoint::NoteSigner::new(
-            &self.audit_origin()?,
-            key,
-        ))
-    }
-
     /// The witnesses to submit checkpoints to.
-    pub fn witnesses(&self) -> anyhow::Result<Vec<crate::witness::WitnessTarget>> {
+    pub fn witnesses(&self) -> anyhow::Result<Vec<crate::settings::WitnessTarget>> {
         self.audit
             .witnesses
             .iter()
@@ -174,7 +151,7 @@ impl Config {
                 );
                 let key = semel_core::checkpoint::CosignatureVerifier::parse(&w.key)
                     .map_err(|e| anyhow::anyhow!("audit.witnesses: {}: {e}", w.url))?;
-                Ok(crate::witness::WitnessTarget {
+                Ok(crate::settings::WitnessTarget {
                     url: w.url.clone(),
                     key,
                 })
@@ -183,7 +160,7 @@ impl Config {
     }
 
     /// The witnesses and how the log is held to what they cosigned.
-    pub fn witness_settings(&self) -> anyhow::Result<crate::witness::WitnessSettings> {
+    pub fn witness_settings(&self) -> anyhow::Result<crate::settings::WitnessSettings> {
         let targets = self.witnesses()?;
         anyhow::ensure!(
             targets.is_empty() || (1..=targets.len()).contains(&self.audit.witness_quorum),
@@ -191,7 +168,7 @@ impl Config {
             self.audit.witness_quorum,
             targets.len()
         );
-        Ok(crate::witness::WitnessSettings {
+        Ok(crate::settings::WitnessSettings {
             quorum: if targets.is_empty() {
                 0
             } else {
