@@ -143,7 +143,8 @@ impl PgPersons {
         T: serde::de::DeserializeOwned + serde::Serialize,
     {
         let mut conn = self.pool.get().await;
-        let result = conn.client().await?.query(sql, params).await;
+        let statement = conn.prepared(sql).await?;
+        let result = conn.client.query(&statement, params).await;
         conn.suspect = result.is_err();
         let rows = result.map_err(PgError::from)?;
         drop(conn);
@@ -302,39 +303,15 @@ impl PgPersons {
     /// resolves again, following only sealed replacements).
     async fn resolve_with(
         &self,
-        client: &impl tokio_postgres::GenericClient,
+        client: &tokio_postgres::Client,
+        statement: &tokio_postgres::Statement,
         given: &Niss,
     ) -> Result<Option<Resolved>, PgError> {
         let chain = MAX_REPLACEMENT_CHAIN as i32;
         let formers = (MAX_REPLACEMENT_CHAIN * 4) as i64;
         let row = client
             .query_one(
-                "WITH RECURSIVE fwd(n, depth, old) AS ( \
-                     SELECT $1::text, 0, NULL::text \
-                     UNION ALL \
-                     SELECT r.new, f.depth + 1, r.old FROM number_replacements r JOIN fwd f ON r.old = f.n \
-                     WHERE f.depth < $2), \
-                 cur AS (SELECT n FROM fwd ORDER BY depth DESC LIMIT 1), \
-                 bwd(n, depth) AS ( \
-                     SELECT n, 0 FROM cur \
-                     UNION ALL \
-                     SELECT r.old, b.depth + 1 FROM number_replacements r JOIN bwd b ON r.new = b.n \
-                     WHERE b.depth < $3), \
-                 followed AS (SELECT old FROM fwd WHERE old IS NOT NULL \
-                              UNION SELECT n FROM bwd WHERE depth > 0), \
-                 edges AS (SELECT r.old, r.value::text AS value, r.audit_sequence, r.audit_hash, \
-                                  r.seal, e.encoding \
-                             FROM number_replacements r JOIN followed f ON r.old = f.old \
-                             LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence) \
-                 SELECT (SELECT n FROM cur), \
-                        array(SELECT n FROM bwd WHERE depth > 0 AND n <> (SELECT n FROM cur) \
-                              ORDER BY depth, n LIMIT $4), \
-                        array(SELECT old FROM edges ORDER BY old), \
-                        array(SELECT value FROM edges ORDER BY old), \
-                        array(SELECT audit_sequence FROM edges ORDER BY old), \
-                        array(SELECT audit_hash FROM edges ORDER BY old), \
-                        array(SELECT seal FROM edges ORDER BY old), \
-                        array(SELECT encoding FROM edges ORDER BY old)",
+                statement,
                 &[&given.as_str(), &chain, &(formers as i32), &formers],
             )
             .await?;
@@ -450,6 +427,35 @@ impl PgPersons {
         })
     }
 }
+
+/// A number's resolution, with every replacement it followed, their seals
+/// and entries ([`PgPersons::resolve_with`]).
+const RESOLVE: &str = "WITH RECURSIVE fwd(n, depth, old) AS ( \
+         SELECT $1::text, 0, NULL::text \
+         UNION ALL \
+         SELECT r.new, f.depth + 1, r.old FROM number_replacements r JOIN fwd f ON r.old = f.n \
+         WHERE f.depth < $2), \
+     cur AS (SELECT n FROM fwd ORDER BY depth DESC LIMIT 1), \
+     bwd(n, depth) AS ( \
+         SELECT n, 0 FROM cur \
+         UNION ALL \
+         SELECT r.old, b.depth + 1 FROM number_replacements r JOIN bwd b ON r.new = b.n \
+         WHERE b.depth < $3), \
+     followed AS (SELECT old FROM fwd WHERE old IS NOT NULL \
+                  UNION SELECT n FROM bwd WHERE depth > 0), \
+     edges AS (SELECT r.old, r.value::text AS value, r.audit_sequence, r.audit_hash, \
+                      r.seal, e.encoding \
+                 FROM number_replacements r JOIN followed f ON r.old = f.old \
+                 LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence) \
+     SELECT (SELECT n FROM cur), \
+            array(SELECT n FROM bwd WHERE depth > 0 AND n <> (SELECT n FROM cur) \
+                  ORDER BY depth, n LIMIT $4), \
+            array(SELECT old FROM edges ORDER BY old), \
+            array(SELECT value FROM edges ORDER BY old), \
+            array(SELECT audit_sequence FROM edges ORDER BY old), \
+            array(SELECT audit_hash FROM edges ORDER BY old), \
+            array(SELECT seal FROM edges ORDER BY old), \
+            array(SELECT encoding FROM edges ORDER BY old)";
 
 /// What a replacement's seal is made over.
 const REPLACEMENTS: &str = "number_replacements";
@@ -606,8 +612,8 @@ impl PersonsStore for PgPersons {
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
         let mut conn = self.pool.get().await;
-        let client = conn.client().await?;
-        let resolved = self.resolve_with(&*client, given).await;
+        let statement = conn.prepared(RESOLVE).await?;
+        let resolved = self.resolve_with(&conn.client, &statement, given).await;
         conn.suspect = resolved.is_err();
         drop(conn);
         match resolved? {
