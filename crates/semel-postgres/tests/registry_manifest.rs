@@ -204,6 +204,12 @@ async fn a_rule_deleted_is_reported_and_a_manifest_altered_honours_nothing() {
     change(&reg, &mut log, 0, &first_writes())
         .await
         .expect("first");
+    db.sql("CREATE TABLE kept AS SELECT * FROM registry_records")
+        .await
+        .expect("keep a copy");
+    change(&reg, &mut log, 1, &suspensions()[..1])
+        .await
+        .expect("suspend the organisation");
     assert_eq!(reg.authorisations().await.expect("read").len(), 1);
 
     // A version deleted by SQL is reported, and counted.
@@ -233,18 +239,33 @@ async fn a_rule_deleted_is_reported_and_a_manifest_altered_honours_nothing() {
     .expect("a copy");
     assert_eq!(
         reg.organisations().await.expect("read"),
-        vec![organisation(OrganisationStatus::Active)]
+        vec![organisation(OrganisationStatus::Suspended)]
     );
     assert_eq!(RegistryStore::unsealed(&reg), 3);
     db.sql("DELETE FROM registry_records WHERE key = '0314595348'")
         .await
         .expect("remove the copy");
 
-    // The manifest edited (listing a rule under another entry): its seal
-    // no longer verifies, and nothing of the registry is honoured.
-    db.sql("UPDATE registry_manifest SET rules = replace(rules, ':0', ':1')")
-        .await
-        .expect("edit the manifest");
+    // The organisation put back as it was before its suspension, and the
+    // manifest edited to list it so: its seal no longer verifies, and
+    // nothing of the registry is honoured.
+    db.sql(
+        "UPDATE registry_records r SET value = k.value, audit_sequence = k.audit_sequence, \
+                audit_hash = k.audit_hash, seal = k.seal \
+           FROM kept k WHERE r.kind = k.kind AND r.key = k.key AND r.kind = 'organisation'; \
+         UPDATE registry_manifest \
+            SET rules = replace(rules, '\"0566988259\":1', '\"0566988259\":0')",
+    )
+    .await
+    .expect("edit the manifest");
+    assert_eq!(
+        db.sql("SELECT count(*) FROM registry_manifest WHERE rules LIKE '%\"0566988259\":0%'")
+            .await
+            .expect("read")[0][0]
+            .as_deref(),
+        Some("1"),
+        "the manifest lists the old entry"
+    );
     assert!(reg.organisations().await.expect("read").is_empty());
     assert_eq!(
         RegistryStore::organisation(&reg, &kbo())
@@ -257,7 +278,7 @@ async fn a_rule_deleted_is_reported_and_a_manifest_altered_honours_nothing() {
     let refused = change(
         &reg,
         &mut log,
-        1,
+        2,
         &suspensions()[..1], // the organisation's suspension
     )
     .await;
