@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 
 use semel_core::seal::RowSealer;
 use semel_storage::Appended;
@@ -27,40 +26,58 @@ use crate::PgError;
 /// What the manifest's seal is made over: its table.
 pub(crate) const TABLE: &str = "registry_manifest";
 
-/// Every sealed rule's identity and the sequence of the entry that sealed
+/// Every sealed rule's identity with the sequence of the entry that sealed
 /// it: records by kind and key, authorisation versions by reference and
-/// version. Stored as this JSON (its text, as sealed).
+/// version; and the registry's version (`generation`) when it was written,
+/// and when each rule was last set. Stored as this JSON (its text, as
+/// sealed).
+///
+/// Entries are not sealed in the order changes commit (two brokers'
+/// changes race), registry versions are (each change takes the version's
+/// row lock): a later manifest has a greater generation, and lists every
+/// rule an earlier one listed, either as it was or set at a greater
+/// generation.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Manifest {
-    pub records: BTreeMap<String, BTreeMap<String, i64>>,
-    pub versions: BTreeMap<String, BTreeMap<i32, i64>>,
+    pub generation: i64,
+    pub records: BTreeMap<String, BTreeMap<String, Listing>>,
+    pub versions: BTreeMap<String, BTreeMap<i32, Listing>>,
 }
 
+/// One rule listed: the sequence of the entry that sealed it, and the
+/// generation of the manifest that set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Listing(pub i64, pub i64);
+
 impl Manifest {
+    /// Lists a rule (of a change, stamped with its generation by
+    /// [`Manifest::merge`]).
     pub(crate) fn set_record(&mut self, kind: &str, key: &str, sequence: i64) {
         self.records
             .entry(kind.to_owned())
             .or_default()
-            .insert(key.to_owned(), sequence);
+            .insert(key.to_owned(), Listing(sequence, self.generation));
     }
 
     pub(crate) fn set_version(&mut self, reference: &str, version: i32, sequence: i64) {
         self.versions
             .entry(reference.to_owned())
             .or_default()
-            .insert(version, sequence);
+            .insert(version, Listing(sequence, self.generation));
     }
 
-    /// Sets every rule `other` lists.
-    pub(crate) fn merge(&mut self, other: &Manifest) {
+    /// Becomes the manifest of `generation`, with every rule `other`
+    /// lists set at it.
+    pub(crate) fn merge(&mut self, other: &Manifest, generation: i64) {
+        self.generation = generation;
         for (kind, keys) in &other.records {
-            for (key, sequence) in keys {
-                self.set_record(kind, key, *sequence);
+            for (key, listing) in keys {
+                self.set_record(kind, key, listing.0);
             }
         }
         for (reference, versions) in &other.versions {
-            for (version, sequence) in versions {
-                self.set_version(reference, *version, *sequence);
+            for (version, listing) in versions {
+                self.set_version(reference, *version, listing.0);
             }
         }
     }
@@ -73,22 +90,49 @@ impl Manifest {
         match only {
             Some(key) => keys
                 .get(key)
-                .map(|s| (key.to_owned(), *s))
+                .map(|s| (key.to_owned(), s.0))
                 .into_iter()
                 .collect(),
-            None => keys.clone(),
+            None => keys.iter().map(|(k, s)| (k.clone(), s.0)).collect(),
         }
     }
 
     /// The versions of one authorisation listed.
     pub(crate) fn versions_of(&self, reference: &str) -> BTreeMap<i32, i64> {
-        self.versions.get(reference).cloned().unwrap_or_default()
+        self.versions
+            .get(reference)
+            .map(|v| v.iter().map(|(n, s)| (*n, s.0)).collect())
+            .unwrap_or_default()
     }
 
     /// How many rules it lists, records and versions.
     pub(crate) fn len(&self) -> usize {
         self.records.values().map(BTreeMap::len).sum::<usize>()
             + self.versions.values().map(BTreeMap::len).sum::<usize>()
+    }
+
+    /// How many rules this manifest lists that `later` does not list as
+    /// they were, or set at a greater generation: none, for a manifest
+    /// later changes wrote (they set rules at their own generation, and
+    /// take none back).
+    fn rules_gone_back(&self, later: &Manifest) -> usize {
+        let kept = |was: &Listing, now: Option<&Listing>| {
+            now.is_some_and(|now| now == was || now.1 > was.1)
+        };
+        let records = self.records.iter().flat_map(|(kind, keys)| {
+            keys.iter().filter(move |(key, was)| {
+                !kept(was, later.records.get(kind).and_then(|k| k.get(*key)))
+            })
+        });
+        let versions = self.versions.iter().flat_map(|(reference, versions)| {
+            versions.iter().filter(move |(version, was)| {
+                !kept(
+                    was,
+                    later.versions.get(reference).and_then(|v| v.get(*version)),
+                )
+            })
+        });
+        records.count() + versions.count()
     }
 
     fn encode(&self) -> Result<String, PgError> {
@@ -128,45 +172,66 @@ struct Cached {
 /// What one broker's registry remembers of the manifest.
 #[derive(Default)]
 pub(crate) struct Memory {
-    /// The sequence of the newest manifest's entry loaded, plus one (0:
-    /// none loaded yet).
-    newest: AtomicU64,
+    /// The newest manifest loaded by a read of this broker's registry, and
+    /// the sequence of its entry.
+    loaded: std::sync::Mutex<Option<(u64, Arc<Manifest>)>>,
     cache: std::sync::Mutex<Option<Arc<Cached>>>,
 }
 
 impl Memory {
-    /// Reads the manifest and checks it against what this broker has
-    /// loaded before: a manifest sealed with an older entry than one
-    /// already loaded, or none where one was, is an error (the registry
-    /// rolled back while this broker runs), said at ERROR.
+    /// Reads the manifest and checks it against the newest this broker has
+    /// loaded: a manifest sealed with an older entry, none where one was,
+    /// or one that lists a rule under an older entry than that one did, or
+    /// not at all (no change takes a sealed rule back), is an error: the
+    /// registry rolled back while this broker runs, said at ERROR.
+    /// `remember`: this reading becomes the newest loaded (readings that
+    /// remember must come in the order of their snapshots: the registry's
+    /// reads, one at a time on its connection).
     pub(crate) async fn load(
         &self,
         c: &(impl GenericClient + Sync),
         sealer: &RowSealer,
+        remember: bool,
     ) -> Result<Read, PgError> {
         let read = self.read(c, sealer).await?;
-        let newest = self.newest.load(SeqCst);
-        let found = match &read {
-            Read::Absent => 0,
-            Read::Verified { sequence, .. } => sequence.saturating_add(1),
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        let (manifest, sequence) = match &read {
             // Not honoured at all: nothing to compare.
             Read::Refused { .. } => return Ok(read),
+            Read::Absent => match loaded.as_ref() {
+                None => return Ok(read),
+                Some((seen, _)) => {
+                    return Err(rolled_back(format!(
+                        "the registry's manifest is gone, where this broker loaded one sealed by audit entry {seen}"
+                    )));
+                }
+            },
+            Read::Verified { manifest, sequence } => (manifest, *sequence),
         };
-        if found < newest {
-            let loaded = newest - 1;
-            let message = match found {
-                0 => format!(
-                    "the registry's manifest is gone, where this broker loaded one sealed by audit entry {loaded}: the registry was rolled back (restored from an older copy?) while the broker ran; it is not honoured (docs/storage-postgresql.md, \"The registry's manifest\")"
-                ),
-                found => format!(
-                    "the registry's manifest is sealed by audit entry {}, older than entry {loaded} whose manifest this broker already loaded: the registry was rolled back (restored from an older copy?) while the broker ran; it is not honoured (docs/storage-postgresql.md, \"The registry's manifest\")",
-                    found - 1
-                ),
-            };
-            tracing::error!(table = TABLE, "{message}");
-            return Err(PgError::Integrity(message));
+        if let Some((seen, before)) = loaded.as_ref() {
+            if manifest.generation < before.generation {
+                return Err(rolled_back(format!(
+                    "the registry's manifest of registry version {} (sealed by audit entry {sequence}) is older than the one of version {} (entry {seen}) this broker already loaded",
+                    manifest.generation, before.generation
+                )));
+            }
+            if !Arc::ptr_eq(manifest, before) {
+                let back = before.rules_gone_back(manifest);
+                if back > 0 {
+                    return Err(rolled_back(format!(
+                        "the registry's manifest of registry version {} (sealed by audit entry {sequence}) lists {back} rules under an older entry than, or without, the one of version {} (entry {seen}) this broker already loaded",
+                        manifest.generation, before.generation
+                    )));
+                }
+            }
         }
-        self.newest.fetch_max(found, SeqCst);
+        if remember
+            && loaded
+                .as_ref()
+                .is_none_or(|(_, before)| manifest.generation >= before.generation)
+        {
+            *loaded = Some((sequence, manifest.clone()));
+        }
         Ok(read)
     }
 
@@ -248,6 +313,15 @@ impl Memory {
     }
 }
 
+/// The error of a manifest older than one loaded, said at ERROR.
+fn rolled_back(what: String) -> PgError {
+    let message = format!(
+        "{what}: the registry was rolled back (restored from an older copy?) while the broker ran; it is not honoured (docs/storage-postgresql.md, \"The registry's manifest\")"
+    );
+    tracing::error!(table = TABLE, "{message}");
+    PgError::Integrity(message)
+}
+
 /// Says, at ERROR, that the manifest is not honoured, and so no rule of
 /// `table` read (`rows` of them) is (never a value).
 pub(crate) fn report_refused(table: &str, rows: usize, sequence: Option<i64>, why: &str) {
@@ -285,17 +359,19 @@ pub(crate) async fn write(
 
 /// Rewrites the manifest for a change sealed with `at` that sealed the
 /// rules `set` lists: the manifest as it stands (verified, and not older
-/// than one this broker loaded) with those rules set. Called after
-/// `bump()`, which serialises changes. A manifest that does not verify
-/// refuses the change: no rule is honoured until an operator restores it.
+/// than one this broker loaded) with those rules set, at `generation`,
+/// the registry's version `bump()` gave the change (which serialises
+/// changes). A manifest that does not verify refuses the change: no rule
+/// is honoured until an operator restores it.
 pub(crate) async fn rewrite(
     c: &(impl GenericClient + Sync),
     sealer: &RowSealer,
     memory: &Memory,
     set: &Manifest,
     at: Appended,
+    generation: u64,
 ) -> Result<(), PgError> {
-    let mut manifest = match memory.load(c, sealer).await? {
+    let mut manifest = match memory.load(c, sealer, false).await? {
         Read::Verified { manifest, .. } => (*manifest).clone(),
         Read::Absent => Manifest::default(),
         Read::Refused { why, sequence } => {
@@ -305,6 +381,10 @@ pub(crate) async fn rewrite(
             )));
         }
     };
-    manifest.merge(set);
+    manifest.merge(set, generation_of(generation)?);
     write(c, sealer, &manifest, at).await
+}
+
+pub(crate) fn generation_of(version: u64) -> Result<i64, PgError> {
+    i64::try_from(version).map_err(|_| PgError::Corrupt("a registry version beyond i64".into()))
 }

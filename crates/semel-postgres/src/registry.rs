@@ -387,7 +387,7 @@ impl PgRegistry {
             .read_only(true)
             .start()
             .await?;
-        let manifest = self.manifest.load(&tx, sealer).await?;
+        let manifest = self.manifest.load(&tx, sealer, true).await?;
         let rows = tx.query(sql, params).await?;
         tx.commit().await?;
         let listed = match manifest {
@@ -708,7 +708,7 @@ impl PgRegistry {
             && let Some(at) = entries.iter().max_by_key(|e| e.sequence)
         {
             let set = listing(writes, entries)?;
-            crate::manifest::rewrite(&tx, sealer, &self.manifest, &set, *at).await?;
+            crate::manifest::rewrite(&tx, sealer, &self.manifest, &set, *at, version).await?;
         }
         tx.commit().await.map_err(unique_violation)?;
         Ok(version)
@@ -798,23 +798,34 @@ impl PgRegistry {
         let (listed, manifest_said) = match &self.sealer {
             None => (None, String::new()),
             Some(sealer) => {
-                let (listed, said) = match self.manifest.load(&conn.client, sealer).await? {
+                let anew = async || -> Result<AdoptionListing, PgError> {
+                    Ok(AdoptionListing {
+                        base: Default::default(),
+                        adopted: as_they_stand(&conn.client, sealer).await?,
+                    })
+                };
+                let (listing, said) = match self.manifest.load(&conn.client, sealer, false).await? {
                     crate::manifest::Read::Verified { manifest, .. } => (
-                        (*manifest).clone(),
+                        AdoptionListing {
+                            base: (*manifest).clone(),
+                            adopted: Default::default(),
+                        },
                         "kept as it stood, the rules adopted added".to_owned(),
                     ),
                     crate::manifest::Read::Absent => (
-                        as_they_stand(&conn.client, sealer).await?,
+                        anew().await?,
                         "written anew from the sealed rules as they stand (those whose seal verifies)"
                             .to_owned(),
                     ),
                     crate::manifest::Read::Refused { why, .. } => (
-                        as_they_stand(&conn.client, sealer).await?,
+                        anew().await?,
                         format!(
                             "not honoured ({why}), written anew from the sealed rules as they stand (those whose seal verifies)"
                         ),
                     ),
                 };
+                let mut listed = listing.base.clone();
+                listed.merge(&listing.adopted, 0);
                 let records = |kind: &str| listed.records.get(kind).map_or(0, |k| k.len());
                 let said = format!(
                     "; the registry's manifest {said}: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions listed before those adopted ({} rules)",
@@ -825,7 +836,7 @@ impl PgRegistry {
                     listed.versions.values().map(|v| v.len()).sum::<usize>(),
                     listed.len(),
                 );
-                (Some(listed), said)
+                (Some(listing), said)
             }
         };
         let mut digest = sha2::Sha256::new();
@@ -891,6 +902,14 @@ fn canonical(kind: &str, text: &str) -> Result<String, PgError> {
     }
 }
 
+/// What an adoption's manifest starts from: the manifest that verified
+/// (`base`, kept as it stood), or none and the sealed rules as they stand
+/// (`adopted`, listed at the adoption's generation).
+struct AdoptionListing {
+    base: crate::manifest::Manifest,
+    adopted: crate::manifest::Manifest,
+}
+
 /// A rule adopted as it stood (see [`PgRegistry::adoption`]).
 enum Adopted {
     Record {
@@ -913,7 +932,7 @@ struct PgOpenChange {
     adopted: Vec<Adopted>,
     /// An adoption's manifest, as listed before the rules it adopts
     /// (`None`: a change, which rewrites the manifest as it stands).
-    listed: Option<crate::manifest::Manifest>,
+    listed: Option<AdoptionListing>,
     sealer: Option<RowSealer>,
     manifest: std::sync::Arc<crate::manifest::Memory>,
 }
@@ -952,18 +971,21 @@ impl OpenChange for PgOpenChange {
                 }
             }
         }
-        bump(client).await?;
+        let version = bump(client).await?;
         // The manifest, under the version's lock (taken by `bump`, or by
         // the adoption already), sealed with the change's entry.
         if let Some(sealer) = &self.sealer {
             match &self.listed {
                 Some(listed) => {
-                    let mut m = listed.clone();
-                    m.merge(&set);
+                    let generation = crate::manifest::generation_of(version)?;
+                    let mut m = listed.base.clone();
+                    m.merge(&listed.adopted, generation);
+                    m.merge(&set, generation);
                     crate::manifest::write(client, sealer, &m, entry).await?;
                 }
                 None => {
-                    crate::manifest::rewrite(client, sealer, &self.manifest, &set, entry).await?
+                    crate::manifest::rewrite(client, sealer, &self.manifest, &set, entry, version)
+                        .await?
                 }
             }
         }

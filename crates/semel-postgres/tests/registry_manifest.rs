@@ -254,12 +254,12 @@ async fn a_rule_deleted_is_reported_and_a_manifest_altered_honours_nothing() {
                 audit_hash = k.audit_hash, seal = k.seal \
            FROM kept k WHERE r.kind = k.kind AND r.key = k.key AND r.kind = 'organisation'; \
          UPDATE registry_manifest \
-            SET rules = replace(rules, '\"0566988259\":1', '\"0566988259\":0')",
+            SET rules = replace(rules, '\"0566988259\":[1,', '\"0566988259\":[0,')",
     )
     .await
     .expect("edit the manifest");
     assert_eq!(
-        db.sql("SELECT count(*) FROM registry_manifest WHERE rules LIKE '%\"0566988259\":0%'")
+        db.sql("SELECT count(*) FROM registry_manifest WHERE rules LIKE '%\"0566988259\":[0,%'")
             .await
             .expect("read")[0][0]
             .as_deref(),
@@ -343,6 +343,35 @@ async fn a_registry_rolled_back_while_a_broker_runs_fails_its_next_load() {
         change(&reg, &mut log, 2, &suspensions()[..1])
             .await
             .is_err()
+    );
+    // A broker started after the restore knows no better (docs: what a
+    // database administrator can still do), and its change seals a
+    // manifest newer than the one loaded here, but one that lists rules
+    // under older entries: the running broker still refuses it.
+    let late = sealed_registry(&db).await;
+    assert_eq!(
+        late.organisations().await.expect("read"),
+        vec![organisation(OrganisationStatus::Active)]
+    );
+    change(
+        &late,
+        &mut log,
+        3,
+        &[RegistryWrite::Purpose {
+            after: Box::new(semel_core::Purpose {
+                code: semel_core::PurposeCode::new("RIS_ELIGIBILITY").expect("code"),
+                description: "d".into(),
+                legal_basis: "l".into(),
+            }),
+            before: None,
+        }],
+    )
+    .await
+    .expect("a change through the late broker");
+    let read = reg.authorisations().await;
+    assert!(
+        matches!(read, Err(PgError::Integrity(ref m)) if m.contains("under an older entry")),
+        "{read:?}"
     );
     // The manifest removed as well: still older than the one loaded.
     db.sql("DELETE FROM registry_manifest")
@@ -428,4 +457,52 @@ async fn a_database_without_a_manifest_adopts_one_once() {
     let again = sealed_registry(&db).await;
     assert!(again.adoption().await.expect("adoption").is_none());
     assert_eq!(again.organisations().await.expect("read").len(), 1);
+}
+
+#[tokio::test]
+async fn changes_committed_out_of_their_entries_order_are_no_rollback() {
+    let Some(db) = TestDatabase::start("manifest_race").await else {
+        return;
+    };
+    let reg = sealed_registry(&db).await;
+    let mut log = PgAudit::connect(&db.url).await.expect("log");
+    change(&reg, &mut log, 0, &first_writes())
+        .await
+        .expect("first");
+    assert_eq!(reg.organisations().await.expect("read").len(), 1);
+    // Two brokers' changes: the first to write its entry commits last.
+    let (a, b) = (sealed_registry(&db).await, sealed_registry(&db).await);
+    let Staged::Open(first) = a.stage(&suspensions()[..1]).await.expect("stage") else {
+        panic!("open");
+    };
+    let Staged::Open(second) = b
+        .stage(&[RegistryWrite::Purpose {
+            after: Box::new(semel_core::Purpose {
+                code: semel_core::PurposeCode::new("RIS_ELIGIBILITY").expect("code"),
+                description: "d".into(),
+                legal_basis: "l".into(),
+            }),
+            before: None,
+        }])
+        .await
+        .expect("stage")
+    else {
+        panic!("open");
+    };
+    let (older, newer) = (entry(&mut log, 1).await, entry(&mut log, 2).await);
+    second
+        .seal(newer)
+        .await
+        .expect("seal the newer entry's change");
+    assert_eq!(reg.purposes().await.expect("read").len(), 1);
+    first
+        .seal(older)
+        .await
+        .expect("seal the older entry's change");
+    assert_eq!(
+        reg.organisations().await.expect("read"),
+        vec![organisation(OrganisationStatus::Suspended)]
+    );
+    assert_eq!(reg.purposes().await.expect("read").len(), 1);
+    assert_eq!(RegistryStore::unsealed(&reg), 0);
 }
