@@ -16,6 +16,7 @@
 mod cluster;
 pub mod integrity;
 mod log;
+mod manifest;
 mod mutations;
 mod persons;
 mod probe;
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_registry_applies.sql"),
     include_str!("../migrations/0014_registry_seals.sql"),
     include_str!("../migrations/0015_replacement_seals.sql"),
+    include_str!("../migrations/0016_registry_manifest.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is
