@@ -16,6 +16,7 @@
 mod cluster;
 pub mod integrity;
 mod log;
+mod manifest;
 mod mutations;
 mod persons;
 mod probe;
@@ -55,6 +56,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0013_registry_applies.sql"),
     include_str!("../migrations/0014_registry_seals.sql"),
     include_str!("../migrations/0015_replacement_seals.sql"),
+    include_str!("../migrations/0016_registry_manifest.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is
@@ -169,6 +171,11 @@ pub(crate) struct Conn {
     /// task that drives the connection as the notice arrives, which is
     /// before the statement's own answer reaches the client.
     unreplicated: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The statements this connection prepared, by their text: the hot
+    /// ones (an append, a citizen's reads) are parsed and planned once per
+    /// connection, and each use is one round trip instead of two. Lost with
+    /// the connection (a new one prepares again).
+    prepared: std::collections::HashMap<String, tokio_postgres::Statement>,
 }
 
 /// Whether a notice says a commit may not have reached the synchronous
@@ -239,7 +246,30 @@ impl Conn {
             client,
             connection,
             unreplicated,
+            prepared: std::collections::HashMap::new(),
         })
+    }
+
+    /// `sql` prepared on this connection (reconnected first if it was
+    /// lost), once: later calls reuse it. Only for the fixed statements of
+    /// hot paths (the cache grows by one per distinct text).
+    pub(crate) async fn prepared(
+        &mut self,
+        sql: &str,
+    ) -> Result<tokio_postgres::Statement, PgError> {
+        self.client().await?;
+        if let Some(statement) = self.prepared.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = match self.client.prepare(sql).await {
+            Ok(statement) => statement,
+            Err(e) => {
+                self.suspect = true;
+                return Err(e.into());
+            }
+        };
+        self.prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
     }
 
     /// How many commits on this connection the server reported as perhaps
@@ -565,13 +595,13 @@ impl PgAudit {
                 entries.push(entry.record);
                 next += 1;
             }
-            self.conn.client().await?;
+            let append = self.conn.prepared(APPEND).await?;
             let notices = self.conn.unreplicated();
             let result = self
                 .conn
                 .client
                 .execute(
-                    APPEND,
+                    &append,
                     &[
                         &sequences,
                         &encodings,

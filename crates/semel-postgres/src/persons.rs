@@ -10,7 +10,9 @@ use crate::{Conn, PgError, Pool, migrate};
 use semel_core::persons::{MAX_REPLACEMENT_CHAIN, MAX_REPLACEMENT_WALK, Resolved};
 use semel_core::seal::RowSealer;
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
-use semel_storage::{Appended, PersonsChange, PersonsChanges, PersonsStore, StorageError};
+use semel_storage::{
+    Appended, DirectoryPage, PersonsChange, PersonsChanges, PersonsStore, StorageError,
+};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Connections to the persons directory per broker: every lookup reads it
@@ -142,16 +144,39 @@ impl PgPersons {
     where
         T: serde::de::DeserializeOwned + serde::Serialize,
     {
+        let rows = self.rows(sql, params).await?;
+        self.keep_honoured(table, rows, |_, v| belongs(v))
+    }
+
+    /// Runs a prepared query on a connection of the pool.
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StorageError> {
         let mut conn = self.pool.get().await;
-        let result = conn.client().await?.query(sql, params).await;
+        let statement = conn.prepared(sql).await?;
+        let result = conn.client.query(&statement, params).await;
         conn.suspect = result.is_err();
-        let rows = result.map_err(PgError::from)?;
-        drop(conn);
+        Ok(result.map_err(PgError::from)?)
+    }
+
+    /// The rows (value in column 0, `SEALED_COLUMNS` after it) that are
+    /// honoured (see [`PgPersons::honoured`]).
+    fn keep_honoured<T>(
+        &self,
+        table: &'static str,
+        rows: Vec<tokio_postgres::Row>,
+        belongs: impl Fn(&tokio_postgres::Row, &T) -> bool,
+    ) -> Result<Vec<T>, StorageError>
+    where
+        T: serde::de::DeserializeOwned + serde::Serialize,
+    {
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let value: T = decode(r.get(0))?;
             let sealed = crate::seals::Sealed::read(&r, 1);
-            let why = if !belongs(&value) {
+            let why = if !belongs(&r, &value) {
                 Some("its key columns do not say what its value says")
             } else if let Some(sealer) = &self.sealer {
                 sealed.refusal(sealer, table, encode(&value)?.as_bytes())
@@ -302,39 +327,15 @@ impl PgPersons {
     /// resolves again, following only sealed replacements).
     async fn resolve_with(
         &self,
-        client: &impl tokio_postgres::GenericClient,
+        client: &tokio_postgres::Client,
+        statement: &tokio_postgres::Statement,
         given: &Niss,
     ) -> Result<Option<Resolved>, PgError> {
         let chain = MAX_REPLACEMENT_CHAIN as i32;
         let formers = (MAX_REPLACEMENT_CHAIN * 4) as i64;
         let row = client
             .query_one(
-                "WITH RECURSIVE fwd(n, depth, old) AS ( \
-                     SELECT $1::text, 0, NULL::text \
-                     UNION ALL \
-                     SELECT r.new, f.depth + 1, r.old FROM number_replacements r JOIN fwd f ON r.old = f.n \
-                     WHERE f.depth < $2), \
-                 cur AS (SELECT n FROM fwd ORDER BY depth DESC LIMIT 1), \
-                 bwd(n, depth) AS ( \
-                     SELECT n, 0 FROM cur \
-                     UNION ALL \
-                     SELECT r.old, b.depth + 1 FROM number_replacements r JOIN bwd b ON r.new = b.n \
-                     WHERE b.depth < $3), \
-                 followed AS (SELECT old FROM fwd WHERE old IS NOT NULL \
-                              UNION SELECT n FROM bwd WHERE depth > 0), \
-                 edges AS (SELECT r.old, r.value::text AS value, r.audit_sequence, r.audit_hash, \
-                                  r.seal, e.encoding \
-                             FROM number_replacements r JOIN followed f ON r.old = f.old \
-                             LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence) \
-                 SELECT (SELECT n FROM cur), \
-                        array(SELECT n FROM bwd WHERE depth > 0 AND n <> (SELECT n FROM cur) \
-                              ORDER BY depth, n LIMIT $4), \
-                        array(SELECT old FROM edges ORDER BY old), \
-                        array(SELECT value FROM edges ORDER BY old), \
-                        array(SELECT audit_sequence FROM edges ORDER BY old), \
-                        array(SELECT audit_hash FROM edges ORDER BY old), \
-                        array(SELECT seal FROM edges ORDER BY old), \
-                        array(SELECT encoding FROM edges ORDER BY old)",
+                statement,
                 &[&given.as_str(), &chain, &(formers as i32), &formers],
             )
             .await?;
@@ -450,6 +451,35 @@ impl PgPersons {
         })
     }
 }
+
+/// A number's resolution, with every replacement it followed, their seals
+/// and entries ([`PgPersons::resolve_with`]).
+const RESOLVE: &str = "WITH RECURSIVE fwd(n, depth, old) AS ( \
+         SELECT $1::text, 0, NULL::text \
+         UNION ALL \
+         SELECT r.new, f.depth + 1, r.old FROM number_replacements r JOIN fwd f ON r.old = f.n \
+         WHERE f.depth < $2), \
+     cur AS (SELECT n FROM fwd ORDER BY depth DESC LIMIT 1), \
+     bwd(n, depth) AS ( \
+         SELECT n, 0 FROM cur \
+         UNION ALL \
+         SELECT r.old, b.depth + 1 FROM number_replacements r JOIN bwd b ON r.new = b.n \
+         WHERE b.depth < $3), \
+     followed AS (SELECT old FROM fwd WHERE old IS NOT NULL \
+                  UNION SELECT n FROM bwd WHERE depth > 0), \
+     edges AS (SELECT r.old, r.value::text AS value, r.audit_sequence, r.audit_hash, \
+                      r.seal, e.encoding \
+                 FROM number_replacements r JOIN followed f ON r.old = f.old \
+                 LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence) \
+     SELECT (SELECT n FROM cur), \
+            array(SELECT n FROM bwd WHERE depth > 0 AND n <> (SELECT n FROM cur) \
+                  ORDER BY depth, n LIMIT $4), \
+            array(SELECT old FROM edges ORDER BY old), \
+            array(SELECT value FROM edges ORDER BY old), \
+            array(SELECT audit_sequence FROM edges ORDER BY old), \
+            array(SELECT audit_hash FROM edges ORDER BY old), \
+            array(SELECT seal FROM edges ORDER BY old), \
+            array(SELECT encoding FROM edges ORDER BY old)";
 
 /// What a replacement's seal is made over.
 const REPLACEMENTS: &str = "number_replacements";
@@ -606,8 +636,8 @@ impl PersonsStore for PgPersons {
 
     async fn resolve(&self, given: &Niss) -> Result<Resolved, StorageError> {
         let mut conn = self.pool.get().await;
-        let client = conn.client().await?;
-        let resolved = self.resolve_with(&*client, given).await;
+        let statement = conn.prepared(RESOLVE).await?;
+        let resolved = self.resolve_with(&conn.client, &statement, given).await;
         conn.suspect = resolved.is_err();
         drop(conn);
         match resolved? {
@@ -618,6 +648,91 @@ impl PersonsStore for PgPersons {
 
     fn keeps_feed(&self) -> bool {
         true
+    }
+
+    async fn directory_page(
+        &self,
+        after: Option<&(Kbo, Niss)>,
+        limit: usize,
+    ) -> Result<DirectoryPage, StorageError> {
+        let limit = limit.max(1);
+        let (consumer, citizen) = after
+            .map(|(c, n)| (c.as_str(), n.as_str()))
+            .unwrap_or(("", ""));
+        let mut rows = self
+            .rows(
+                &format!(
+                    "SELECT {SEALED_COLUMNS}, r.consumer, r.citizen FROM person_files r \
+                       LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                      WHERE (r.consumer, r.citizen) > ($1, $2) \
+                      ORDER BY r.consumer, r.citizen, r.id LIMIT $3"
+                ),
+                &[&consumer, &citizen, &(limit as i64 + 1)],
+            )
+            .await?;
+        let pair = |r: &tokio_postgres::Row| (r.get::<_, String>(5), r.get::<_, String>(6));
+        // One row more than the page: when it is there, the pair it belongs
+        // to may not be whole in this page, and is read by the next (or,
+        // when that pair alone is over the page, left out).
+        let next = if rows.len() > limit {
+            let last = pair(&rows[limit]);
+            let cut = rows.iter().position(|r| pair(r) == last).unwrap_or(0);
+            let next = if cut == 0 { last } else { pair(&rows[cut - 1]) };
+            rows.truncate(cut);
+            let consumer = Kbo::parse(&next.0)
+                .map_err(|_| PgError::Corrupt("a stored enterprise number is malformed".into()))?;
+            Some((consumer, parse_niss(&next.1)?))
+        } else {
+            None
+        };
+        let files: Vec<PersonFile> =
+            self.keep_honoured("person_files", rows, |r, f: &PersonFile| {
+                let (consumer, citizen) = pair(r);
+                f.consumer.as_str() == consumer && f.citizen.as_str() == citizen
+            })?;
+        let mut numbers: Vec<String> = files
+            .iter()
+            .map(|f| f.citizen.as_str().to_owned())
+            .collect();
+        numbers.sort_unstable();
+        numbers.dedup();
+        let consents = self
+            .honoured(
+                "consents",
+                &format!(
+                    "SELECT {SEALED_COLUMNS} FROM consents r \
+                     LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                     WHERE r.citizen = ANY($1) ORDER BY r.citizen, r.id"
+                ),
+                &[&numbers],
+                |c: &Consent| {
+                    numbers
+                        .binary_search(&c.citizen.as_str().to_owned())
+                        .is_ok()
+                },
+            )
+            .await?;
+        let mut replaced = Vec::new();
+        for r in self
+            .rows(
+                "SELECT old, new FROM number_replacements WHERE old = ANY($1) OR new = ANY($1)",
+                &[&numbers],
+            )
+            .await?
+        {
+            for column in [0, 1] {
+                // Unparseable numbers name no number of this page.
+                if let Ok(n) = Niss::parse(r.get::<_, &str>(column)) {
+                    replaced.push(n);
+                }
+            }
+        }
+        Ok(DirectoryPage {
+            files,
+            consents,
+            replaced,
+            next,
+        })
     }
 
     async fn seal_files(&self, files: &[PersonFile], entry: Appended) -> Result<(), StorageError> {

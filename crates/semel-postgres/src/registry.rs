@@ -42,6 +42,9 @@ pub struct PgRegistry {
     sealer: Option<RowSealer>,
     /// Rules read and not honoured since start.
     unsealed: AtomicU64,
+    /// The newest registry manifest loaded (see [`crate::manifest`]),
+    /// shared with the changes this broker stages.
+    manifest: std::sync::Arc<crate::manifest::Memory>,
 }
 
 /// The kinds of record that decide lookups, and so are sealed.
@@ -54,6 +57,124 @@ fn sealed_table(kind: &str) -> String {
 
 /// What a seal of an authorisation's version is made over.
 const HISTORY_TABLE: &str = "registry_authorisation_history";
+
+/// What the registry's manifest lists of the rows a read returns (see
+/// [`crate::manifest`]).
+enum Listed<K> {
+    /// No sealer: rows are honoured as stored.
+    Unchecked,
+    /// The rules listed, by their identity, with the entry each must name.
+    Rules(std::collections::BTreeMap<K, i64>),
+    /// The manifest is not honoured, nor then is any rule.
+    Nothing {
+        why: &'static str,
+        sequence: Option<i64>,
+    },
+}
+
+/// The rules `writes` seal (`entries[i]` for `writes[i]`), as the manifest
+/// lists them.
+fn listing(
+    writes: &[RegistryWrite],
+    entries: &[Appended],
+) -> Result<crate::manifest::Manifest, PgError> {
+    let mut m = crate::manifest::Manifest::default();
+    for (w, at) in writes.iter().zip(entries) {
+        let sequence = sequence_of(*at)?;
+        match w {
+            RegistryWrite::Organisation { after, .. } => list(&mut m, &**after, sequence),
+            RegistryWrite::Dataset { after, .. } => list(&mut m, &**after, sequence),
+            RegistryWrite::Purpose { after, .. } => list(&mut m, &**after, sequence),
+            RegistryWrite::Authorisation { after, .. } => {
+                list(&mut m, &**after, sequence);
+                m.set_version(after.reference.as_str(), after.version as i32, sequence);
+            }
+            RegistryWrite::Application { .. } | RegistryWrite::Membership { .. } => {}
+        }
+    }
+    Ok(m)
+}
+
+fn list<T: Record>(m: &mut crate::manifest::Manifest, record: &T, sequence: i64) {
+    m.set_record(T::KIND, record.key(), sequence);
+}
+
+/// The sealed rules as they stand, each listed with its entry if its seal
+/// verifies and that entry is in the log as sealed: what an adoption lists
+/// where no manifest is honoured (an upgrade from schema version 15, or an
+/// operator's restoration).
+async fn as_they_stand(
+    c: &(impl GenericClient + Sync),
+    sealer: &RowSealer,
+) -> Result<crate::manifest::Manifest, PgError> {
+    let mut m = crate::manifest::Manifest::default();
+    let kinds: Vec<&str> = SEALED_KINDS.to_vec();
+    let rows = c
+        .query(
+            &format!(
+                "SELECT r.kind, r.key, r.value::text, {} FROM registry_records r \
+                   LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                  WHERE r.kind = ANY($1) AND r.seal IS NOT NULL",
+                crate::seals::COLUMNS
+            ),
+            &[&kinds],
+        )
+        .await?;
+    for r in &rows {
+        let (kind, key, text): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let parts = match kind.as_str() {
+            "organisation" => key_and_canonical::<Organisation>(&text),
+            "dataset" => key_and_canonical::<Dataset>(&text),
+            "purpose" => key_and_canonical::<Purpose>(&text),
+            _ => key_and_canonical::<Authorisation>(&text),
+        };
+        let sealed = crate::seals::Sealed::read(r, 3);
+        if let (Some((k, canonical)), Some(sequence)) = (parts, sealed.sequence)
+            && k == key
+            && sealed
+                .refusal(sealer, &sealed_table(&kind), canonical.as_bytes())
+                .is_none()
+        {
+            m.set_record(&kind, &key, sequence);
+        }
+    }
+    let versions = c
+        .query(
+            &format!(
+                "SELECT r.reference, r.version, r.value::text, {} \
+                   FROM registry_authorisation_history r \
+                   LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+                  WHERE r.seal IS NOT NULL",
+                crate::seals::COLUMNS
+            ),
+            &[],
+        )
+        .await?;
+    for r in &versions {
+        let (reference, version, text): (String, i32, String) = (r.get(0), r.get(1), r.get(2));
+        let Ok(a) = decode::<Authorisation>(&text) else {
+            continue;
+        };
+        let sealed = crate::seals::Sealed::read(r, 3);
+        if let Some(sequence) = sealed.sequence
+            && a.reference.as_str() == reference
+            && a.version as i32 == version
+            && sealed
+                .refusal(sealer, HISTORY_TABLE, encode(&a)?.as_bytes())
+                .is_none()
+        {
+            m.set_version(&reference, version, sequence);
+        }
+    }
+    Ok(m)
+}
+
+/// A stored record's key (as its value says) and canonical encoding, if
+/// it can be read.
+fn key_and_canonical<T: Record>(text: &str) -> Option<(String, String)> {
+    let value: T = decode(text).ok()?;
+    Some((value.key().to_owned(), encode(&value).ok()?))
+}
 
 /// How long a staged change's transaction may wait for a lock, and stay
 /// open waiting for its entry, before PostgreSQL ends it (rolled back):
@@ -129,6 +250,7 @@ impl PgRegistry {
             broker: format!("registry-{}", std::process::id()),
             sealer: None,
             unsealed: AtomicU64::new(0),
+            manifest: Default::default(),
         })
     }
 
@@ -218,9 +340,12 @@ impl PgRegistry {
 
     /// The rules of one kind that are honoured: with a sealer, those whose
     /// key column says what their value says, whose seal verifies over the
-    /// value, its kind and the entry named, and whose entry is in the log
-    /// with the hash named. Every other row is counted and reported, and
-    /// left out as if it did not exist. `only` narrows to one key.
+    /// value, its kind and the entry named, whose entry is in the log with
+    /// the hash named, and whose entry is the one the registry's manifest
+    /// lists for them (read in the same transaction, and verified as
+    /// rows are: see [`crate::manifest`]). Every other row is counted and
+    /// reported, and left out as if it did not exist; a rule the manifest
+    /// lists and the table lacks is reported too. `only` narrows to one key.
     async fn sealed<T: Record>(&self, only: Option<&str>) -> Result<Vec<T>, PgError> {
         let kind = T::KIND;
         let sql = format!(
@@ -230,34 +355,80 @@ impl PgRegistry {
               ORDER BY r.key COLLATE \"C\"",
             crate::seals::COLUMNS
         );
-        let rows = self
-            .conn
-            .lock()
-            .await
-            .client()
-            .await?
-            .query(&sql, &[&kind, &only])
+        let (rows, listed) = self
+            .read_listed(&sql, &[&kind, &only], |m| m.records_of(kind, only))
             .await?;
-        self.honoured(&sealed_table(kind), rows, |r, v: &T| {
-            r.get::<_, &str>(0) == v.key()
-        })
+        self.honoured(
+            &sealed_table(kind),
+            rows,
+            |r| r.get::<_, String>(0),
+            |r, v: &T| r.get::<_, &str>(0) == v.key(),
+            listed,
+        )
+    }
+
+    /// Runs `sql` and, with a sealer, reads the registry's manifest in the
+    /// same transaction (one snapshot), giving what it lists for the rows
+    /// read (`of`).
+    async fn read_listed<K: Ord>(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        of: impl FnOnce(&crate::manifest::Manifest) -> std::collections::BTreeMap<K, i64>,
+    ) -> Result<(Vec<tokio_postgres::Row>, Listed<K>), PgError> {
+        let mut conn = self.conn.lock().await;
+        let client = conn.client().await?;
+        let Some(sealer) = &self.sealer else {
+            return Ok((client.query(sql, params).await?, Listed::Unchecked));
+        };
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let manifest = self.manifest.load(&tx, sealer, true).await?;
+        let rows = tx.query(sql, params).await?;
+        tx.commit().await?;
+        let listed = match manifest {
+            crate::manifest::Read::Absent => Listed::Rules(Default::default()),
+            crate::manifest::Read::Verified { manifest, .. } => Listed::Rules(of(&manifest)),
+            crate::manifest::Read::Refused { why, sequence } => Listed::Nothing { why, sequence },
+        };
+        Ok((rows, listed))
     }
 
     /// Keeps the rows (value in column 1, seal columns from 2) that are
-    /// honoured (see [`PgRegistry::sealed`]).
-    fn honoured<T: DeserializeOwned + Serialize>(
+    /// honoured (see [`PgRegistry::sealed`]): `ident` names a row as the
+    /// manifest does, `listed` is what the manifest lists of the rows read.
+    fn honoured<T: DeserializeOwned + Serialize, K: Ord>(
         &self,
         table: &str,
         rows: Vec<tokio_postgres::Row>,
+        ident: impl Fn(&tokio_postgres::Row) -> K,
         belongs: impl Fn(&tokio_postgres::Row, &T) -> bool,
+        listed: Listed<K>,
     ) -> Result<Vec<T>, PgError> {
         let mut out = Vec::with_capacity(rows.len());
+        let mut listed = match listed {
+            Listed::Unchecked => None,
+            Listed::Rules(rules) => Some(rules),
+            Listed::Nothing { why, sequence } => {
+                // Fail closed: no rule of the registry is honoured.
+                if !rows.is_empty() {
+                    self.unsealed.fetch_add(rows.len() as u64, Relaxed);
+                    crate::manifest::report_refused(table, rows.len(), sequence, why);
+                }
+                return Ok(Vec::new());
+            }
+        };
         for r in rows {
             let Some(sealer) = &self.sealer else {
                 out.push(decode(r.get(1))?);
                 continue;
             };
             let sealed = crate::seals::Sealed::read(&r, 2);
+            let expected = listed.as_mut().and_then(|l| l.remove(&ident(&r)));
             // A value no broker could have written is a row no broker
             // sealed: left out as the others are.
             let value: T = match decode(r.get(1)) {
@@ -273,6 +444,14 @@ impl PgRegistry {
             } else {
                 sealed.refusal(sealer, table, encode(&value)?.as_bytes())
             };
+            let why = why.or(match (&listed, expected) {
+                (None, _) => None,
+                (Some(_), Some(s)) if Some(s) == sealed.sequence => None,
+                (Some(_), Some(_)) => Some(
+                    "the registry's manifest lists another entry for it (an older sealed row put back?)",
+                ),
+                (Some(_), None) => Some("the registry's manifest does not list it"),
+            });
             match why {
                 None => out.push(value),
                 Some(why) => {
@@ -280,6 +459,15 @@ impl PgRegistry {
                     crate::seals::report(table, sealed.sequence, why);
                 }
             }
+        }
+        // Listed and not read: deleted by SQL.
+        for sequence in listed.into_iter().flat_map(|l| l.into_values()) {
+            self.unsealed.fetch_add(1, Relaxed);
+            crate::seals::report(
+                table,
+                Some(sequence),
+                "a rule the registry's manifest lists is missing (deleted by SQL?)",
+            );
         }
         Ok(out)
     }
@@ -399,17 +587,19 @@ impl PgRegistry {
               WHERE r.reference = $1 ORDER BY r.version",
             crate::seals::COLUMNS
         );
-        let rows = self
-            .conn
-            .lock()
-            .await
-            .client()
-            .await?
-            .query(&sql, &[&reference])
+        let (rows, listed) = self
+            .read_listed(&sql, &[&reference], |m| m.versions_of(reference))
             .await?;
-        self.honoured(HISTORY_TABLE, rows, |r, a: &Authorisation| {
-            r.get::<_, &str>(0) == a.reference.as_str() && r.get::<_, i32>(6) == a.version as i32
-        })
+        self.honoured(
+            HISTORY_TABLE,
+            rows,
+            |r| r.get::<_, i32>(6),
+            |r, a: &Authorisation| {
+                r.get::<_, &str>(0) == a.reference.as_str()
+                    && r.get::<_, i32>(6) == a.version as i32
+            },
+            listed,
+        )
     }
 
     /// Records a revocation; revoking again keeps the first record, which
@@ -512,6 +702,14 @@ impl PgRegistry {
             seal_writes(&tx, self.sealer.as_ref(), writes, entries).await?;
         }
         let version = bump(&tx).await?;
+        // The manifest, under the version's lock, sealed with the
+        // change's newest entry.
+        if let (Some(sealer), Some((_, _, entries))) = (&self.sealer, apply)
+            && let Some(at) = entries.iter().max_by_key(|e| e.sequence)
+        {
+            let set = listing(writes, entries)?;
+            crate::manifest::rewrite(&tx, sealer, &self.manifest, &set, *at, version).await?;
+        }
         tx.commit().await.map_err(unique_violation)?;
         Ok(version)
     }
@@ -531,7 +729,9 @@ impl PgRegistry {
             conn,
             writes: writes.to_vec(),
             adopted: Vec::new(),
+            listed: None,
             sealer: self.sealer.clone(),
+            manifest: self.manifest.clone(),
         })
     }
 
@@ -550,31 +750,95 @@ impl PgRegistry {
                  SET LOCAL idle_in_transaction_session_timeout = '{STAGED_IDLE_TIMEOUT}'"
             ))
             .await?;
-        let due = conn
+        let due: Option<bool> = conn
             .client
-            .execute("DELETE FROM registry_adoption WHERE id = 0", &[])
-            .await?;
-        if due == 0 {
-            return Ok(None);
-        }
-        let kinds: Vec<&str> = SEALED_KINDS.to_vec();
-        let rows = conn
-            .client
-            .query(
-                "SELECT kind, key, value::text FROM registry_records \
-                  WHERE kind = ANY($1) AND seal IS NULL \
-                  ORDER BY kind, key COLLATE \"C\" FOR UPDATE",
-                &[&kinds],
+            .query_opt(
+                "DELETE FROM registry_adoption WHERE id = 0 RETURNING manifest_only",
+                &[],
             )
-            .await?;
-        let versions = conn
-            .client
-            .query(
-                "SELECT reference, version, value::text FROM registry_authorisation_history \
-                  WHERE seal IS NULL ORDER BY reference COLLATE \"C\", version FOR UPDATE",
+            .await?
+            .map(|r| r.get(0));
+        let Some(manifest_only) = due else {
+            return Ok(None);
+        };
+        let kinds: Vec<&str> = SEALED_KINDS.to_vec();
+        // Only listing the sealed rules in the manifest (an upgrade from
+        // schema version 15): rows without a seal are not adopted.
+        let (rows, versions) = if manifest_only {
+            (Vec::new(), Vec::new())
+        } else {
+            let rows = conn
+                .client
+                .query(
+                    "SELECT kind, key, value::text FROM registry_records \
+                      WHERE kind = ANY($1) AND seal IS NULL \
+                      ORDER BY kind, key COLLATE \"C\" FOR UPDATE",
+                    &[&kinds],
+                )
+                .await?;
+            let versions = conn
+                .client
+                .query(
+                    "SELECT reference, version, value::text FROM registry_authorisation_history \
+                      WHERE seal IS NULL ORDER BY reference COLLATE \"C\", version FOR UPDATE",
+                    &[],
+                )
+                .await?;
+            (rows, versions)
+        };
+        // Every other change waits for this one from here (each takes the
+        // version's row last, as here): the manifest listed below is the
+        // one the adoption seals.
+        conn.client
+            .execute(
+                "SELECT version FROM registry_version WHERE id = 0 FOR UPDATE",
                 &[],
             )
             .await?;
+        let (listed, manifest_said) = match &self.sealer {
+            None => (None, String::new()),
+            Some(sealer) => {
+                let anew = async || -> Result<AdoptionListing, PgError> {
+                    Ok(AdoptionListing {
+                        base: Default::default(),
+                        adopted: as_they_stand(&conn.client, sealer).await?,
+                    })
+                };
+                let (listing, said) = match self.manifest.load(&conn.client, sealer, false).await? {
+                    crate::manifest::Read::Verified { manifest, .. } => (
+                        AdoptionListing {
+                            base: (*manifest).clone(),
+                            adopted: Default::default(),
+                        },
+                        "kept as it stood, the rules adopted added".to_owned(),
+                    ),
+                    crate::manifest::Read::Absent => (
+                        anew().await?,
+                        "written anew from the sealed rules as they stand (those whose seal verifies)"
+                            .to_owned(),
+                    ),
+                    crate::manifest::Read::Refused { why, .. } => (
+                        anew().await?,
+                        format!(
+                            "not honoured ({why}), written anew from the sealed rules as they stand (those whose seal verifies)"
+                        ),
+                    ),
+                };
+                let mut listed = listing.base.clone();
+                listed.merge(&listing.adopted, 0);
+                let records = |kind: &str| listed.records.get(kind).map_or(0, |k| k.len());
+                let said = format!(
+                    "; the registry's manifest {said}: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions listed before those adopted ({} rules)",
+                    records("organisation"),
+                    records("dataset"),
+                    records("purpose"),
+                    records("authorisation"),
+                    listed.versions.values().map(|v| v.len()).sum::<usize>(),
+                    listed.len(),
+                );
+                (Some(listing), said)
+            }
+        };
         let mut digest = sha2::Sha256::new();
         let mut adopted = Vec::with_capacity(rows.len() + versions.len());
         let mut counts = std::collections::BTreeMap::<String, usize>::new();
@@ -601,7 +865,7 @@ impl PgRegistry {
         }
         let count = |k: &str| counts.get(k).copied().unwrap_or(0);
         let detail = format!(
-            "registry rules written before seals were kept, adopted as they stand: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions; sha256 of the rows adopted: {}",
+            "registry rules written before seals were kept, adopted as they stand: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions; sha256 of the rows adopted: {}{manifest_said}",
             count("organisation"),
             count("dataset"),
             count("purpose"),
@@ -614,7 +878,9 @@ impl PgRegistry {
                 conn,
                 writes: Vec::new(),
                 adopted,
+                listed,
                 sealer: self.sealer.clone(),
+                manifest: self.manifest.clone(),
             }),
             detail,
         )))
@@ -634,6 +900,14 @@ fn canonical(kind: &str, text: &str) -> Result<String, PgError> {
         "authorisation" => encode(&decode::<Authorisation>(text)?),
         other => Err(PgError::Corrupt(format!("no sealed kind {other}"))),
     }
+}
+
+/// What an adoption's manifest starts from: the manifest that verified
+/// (`base`, kept as it stood), or none and the sealed rules as they stand
+/// (`adopted`, listed at the adoption's generation).
+struct AdoptionListing {
+    base: crate::manifest::Manifest,
+    adopted: crate::manifest::Manifest,
 }
 
 /// A rule adopted as it stood (see [`PgRegistry::adoption`]).
@@ -656,7 +930,11 @@ struct PgOpenChange {
     conn: Conn,
     writes: Vec<RegistryWrite>,
     adopted: Vec<Adopted>,
+    /// An adoption's manifest, as listed before the rules it adopts
+    /// (`None`: a change, which rewrites the manifest as it stands).
+    listed: Option<AdoptionListing>,
     sealer: Option<RowSealer>,
+    manifest: std::sync::Arc<crate::manifest::Memory>,
 }
 
 #[async_trait::async_trait]
@@ -665,6 +943,7 @@ impl OpenChange for PgOpenChange {
         let client = &self.conn.client;
         let entries = vec![entry; self.writes.len()];
         seal_writes(client, self.sealer.as_ref(), &self.writes, &entries).await?;
+        let mut set = listing(&self.writes, &entries)?;
         if let Some(sealer) = &self.sealer {
             let at = crate::seals::entry(entry);
             let sequence = sequence_of(entry)?;
@@ -677,6 +956,7 @@ impl OpenChange for PgOpenChange {
                     } => {
                         let seal = sealer.seal(&sealed_table(kind), canonical.as_bytes(), &at);
                         set_record_seal(client, kind, key, sequence, &entry, &seal).await?;
+                        set.set_record(kind, key, sequence);
                     }
                     Adopted::Version {
                         reference,
@@ -686,11 +966,29 @@ impl OpenChange for PgOpenChange {
                         let seal = sealer.seal(HISTORY_TABLE, canonical.as_bytes(), &at);
                         set_version_seal(client, reference, *version, sequence, &entry, &seal)
                             .await?;
+                        set.set_version(reference, *version, sequence);
                     }
                 }
             }
         }
-        bump(client).await?;
+        let version = bump(client).await?;
+        // The manifest, under the version's lock (taken by `bump`, or by
+        // the adoption already), sealed with the change's entry.
+        if let Some(sealer) = &self.sealer {
+            match &self.listed {
+                Some(listed) => {
+                    let generation = crate::manifest::generation_of(version)?;
+                    let mut m = listed.base.clone();
+                    m.merge(&listed.adopted, generation);
+                    m.merge(&set, generation);
+                    crate::manifest::write(client, sealer, &m, entry).await?;
+                }
+                None => {
+                    crate::manifest::rewrite(client, sealer, &self.manifest, &set, entry, version)
+                        .await?
+                }
+            }
+        }
         client
             .batch_execute("COMMIT")
             .await

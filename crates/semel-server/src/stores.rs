@@ -144,7 +144,18 @@ pub async fn open_postgresql(
         .await
         .context("listen for the changes other brokers queue (PostgreSQL store)")?;
     let persons = cached(Arc::new(persons));
-    let persons_feed = tokio::spawn(persons.clone().follow(persons_poll, persons_poll * 5));
+    // Memory follows the other brokers' changes, and is warmed once it may
+    // answer: a citizen's first lookup after a start (a restart, a
+    // failover) then reads no storage.
+    let persons_feed = tokio::spawn({
+        let persons = persons.clone();
+        async move {
+            tokio::join!(
+                persons.clone().follow(persons_poll, persons_poll * 5),
+                persons.warm_at_start()
+            );
+        }
+    });
     Ok(Opened {
         storage: Storage {
             registry: Arc::new(registry),

@@ -18,6 +18,9 @@
 //!   only if its part's epoch did not move while it was read.
 //! - Memory is bounded: a part that grows past its share of the capacity
 //!   is emptied (and fills again from the store).
+//! - Memory may be warmed at start ([`CachedPersons::warm`]) from the
+//!   store's directory, page by page, under the same epochs: a page read
+//!   while a part moved is not kept there.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -29,7 +32,7 @@ use async_trait::async_trait;
 use semel_core::persons::Resolved;
 use semel_core::{Consent, Kbo, Niss, NumberReplacement, PersonFile};
 
-use crate::{PersonsChange, PersonsStore, StorageError};
+use crate::{DirectoryPage, PersonsChange, PersonsStore, StorageError};
 
 /// Parts the cache is split into, so lookups on different citizens do not
 /// wait for each other.
@@ -92,6 +95,24 @@ impl std::fmt::Debug for Cache {
             .field("fresh", &self.fresh())
             .finish_non_exhaustive()
     }
+}
+
+/// Files read per page when memory is warmed at start.
+pub const WARM_PAGE: usize = 1_000;
+
+/// How long warming at start waits for memory to be allowed to answer (a
+/// shared store's feed read once) before it gives up.
+const WARM_WAIT: Duration = Duration::from_secs(60);
+
+/// What warming memory kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Warmed {
+    /// Numbers whose files and consents memory now holds (counted once
+    /// for each consumer with files under it).
+    pub numbers: u64,
+    /// Numbers read but not kept: their part moved while they were read,
+    /// or it is full.
+    pub skipped: u64,
 }
 
 /// How many reads the cache answered and how many went to the store.
@@ -163,6 +184,117 @@ impl CachedPersons {
             tokio::time::sleep(poll).await;
         }
     }
+
+    /// Warms memory once memory may answer (for a shared store, once its
+    /// feed was read), then says what it kept; for a store that is not
+    /// warmed ([`PersonsStore::directory_page`]), does nothing. A failure
+    /// is said and left: lookups read the store as they would have.
+    pub async fn warm_at_start(self) {
+        let waited = Instant::now();
+        while !self.fresh() {
+            if waited.elapsed() > WARM_WAIT {
+                tracing::warn!(
+                    "the persons directory was not warmed: its change feed could not be read"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        match self.warm(WARM_PAGE).await {
+            Ok(Warmed {
+                numbers: 0,
+                skipped: 0,
+            }) => {}
+            Ok(w) => tracing::info!(
+                numbers = w.numbers,
+                skipped = w.skipped,
+                ms = started.elapsed().as_millis() as u64,
+                "the persons directory is warmed: a citizen's first lookup reads no storage"
+            ),
+            Err(e) => tracing::warn!(
+                error = %semel_core::redact_national_numbers(&e.to_string()),
+                "the persons directory could not be warmed; lookups read the store until memory fills"
+            ),
+        }
+    }
+
+    /// Fills memory from the store's directory ([`PersonsStore::directory_page`]),
+    /// about `page` files at a time, until the store has no more or
+    /// memory's share of each part is full. For each number read, memory
+    /// keeps each consumer's files and the number's consents, and its
+    /// resolution when no replacement names it, unless its part moved
+    /// while the page was read (what it read may predate a change) or
+    /// memory may not answer.
+    pub async fn warm(&self, page: usize) -> Result<Warmed, StorageError> {
+        let mut warmed = Warmed::default();
+        let mut after: Option<(Kbo, Niss)> = None;
+        loop {
+            let epochs: Vec<u64> = self.parts.iter().map(|p| Cache::lock(p).epoch).collect();
+            let read = match self.inner.directory_page(after.as_ref(), page.max(1)).await {
+                Err(StorageError::Unsupported(_)) => return Ok(warmed),
+                read => read?,
+            };
+            let next = read.next;
+            if self.keep_page(read, &epochs, &mut warmed) {
+                return Ok(warmed);
+            }
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(warmed),
+            }
+        }
+    }
+}
+
+impl Cache {
+    fn part_index(&self, n: &Niss) -> usize {
+        (self.hasher.hash_one(n) as usize) % PARTS
+    }
+
+    /// Keeps a page read when the parts stood at `epochs`; true when
+    /// every part is full.
+    fn keep_page(&self, page: DirectoryPage, epochs: &[u64], warmed: &mut Warmed) -> bool {
+        let mut files: HashMap<Niss, HashMap<Kbo, Vec<PersonFile>>> = HashMap::new();
+        for f in page.files {
+            files
+                .entry(f.citizen)
+                .or_default()
+                .entry(f.consumer)
+                .or_default()
+                .push(f);
+        }
+        let mut consents: HashMap<Niss, Vec<Consent>> = HashMap::new();
+        for c in page.consents {
+            consents.entry(c.citizen).or_default().push(c);
+        }
+        let mut full = [false; PARTS];
+        for (n, by_consumer) in files {
+            let i = self.part_index(&n);
+            let mut part = Self::lock(&self.parts[i]);
+            if !self.fresh() || part.epoch != epochs[i] {
+                warmed.skipped += 1;
+                continue;
+            }
+            if !part.numbers.contains_key(&n)
+                && part.numbers.len() + part.resolved.len() + 2 > self.per_part
+            {
+                full[i] = true;
+                warmed.skipped += 1;
+                continue;
+            }
+            let known = part.numbers.entry(n).or_default();
+            for (consumer, files) in by_consumer {
+                known.files.insert(consumer, files.into());
+            }
+            known.consents = Some(consents.remove(&n).unwrap_or_default().into());
+            if !page.replaced.contains(&n) {
+                part.resolved.insert(n, alone(&n));
+            }
+            warmed.numbers += 1;
+        }
+        full.iter().all(|f| *f)
+    }
 }
 
 impl Cache {
@@ -174,7 +306,7 @@ impl Cache {
     }
 
     fn part_of(&self, n: &Niss) -> &Mutex<Part> {
-        &self.parts[(self.hasher.hash_one(n) as usize) % PARTS]
+        &self.parts[self.part_index(n)]
     }
 
     fn lock(part: &Mutex<Part>) -> MutexGuard<'_, Part> {
@@ -609,6 +741,24 @@ mod tests {
         fn keeps_feed(&self) -> bool {
             self.shared
         }
+        /// The whole directory as one page (held like a read, when told).
+        async fn directory_page(
+            &self,
+            _: Option<&(Kbo, Niss)>,
+            _: usize,
+        ) -> Result<crate::DirectoryPage, StorageError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let mut files = self.files.lock().expect("files").clone();
+            files.sort_by_key(|f| (f.consumer, f.citizen));
+            let hold = self.hold.lock().expect("hold").take();
+            if let Some(gate) = hold {
+                gate.notified().await;
+            }
+            Ok(crate::DirectoryPage {
+                files,
+                ..Default::default()
+            })
+        }
         async fn changes_since(&self, after: u64) -> Result<crate::PersonsChanges, StorageError> {
             if self.feed_fails.load(Ordering::SeqCst) {
                 return Err(StorageError::Unavailable("down".into()));
@@ -656,6 +806,77 @@ mod tests {
         cached.resolve(&niss(CITIZEN)).await.expect("resolve");
         assert_eq!(fake.reads(), 2, "one read of the files, one resolution");
         assert_eq!(cached.stats(), CacheStats { hits: 2, misses: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_warmed_citizen_is_answered_from_memory_at_the_first_lookup() {
+        let (fake, cached) = subject(false);
+        fake.files
+            .lock()
+            .expect("files")
+            .push(file("f1", kbo(CONSUMER), niss(CITIZEN)));
+        let warmed = cached.warm(WARM_PAGE).await.expect("warm");
+        assert_eq!(
+            warmed,
+            Warmed {
+                numbers: 1,
+                skipped: 0
+            }
+        );
+        let reads = fake.reads();
+        assert_eq!(count(&cached).await, 1);
+        let resolved = cached.resolve(&niss(CITIZEN)).await.expect("resolve");
+        assert_eq!(resolved, alone(&niss(CITIZEN)));
+        assert!(
+            cached
+                .consents_of(&resolved)
+                .await
+                .expect("consents")
+                .is_empty()
+        );
+        assert_eq!(
+            fake.reads(),
+            reads,
+            "files, resolution and consents from memory"
+        );
+        assert_eq!(cached.stats(), CacheStats { hits: 3, misses: 0 });
+    }
+
+    #[tokio::test]
+    async fn a_page_read_while_its_citizen_changed_is_not_kept() {
+        let (fake, cached) = subject(false);
+        fake.files
+            .lock()
+            .expect("files")
+            .push(file("f1", kbo(CONSUMER), niss(CITIZEN)));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        *fake.hold.lock().expect("hold") = Some(gate.clone());
+        let warming = tokio::spawn({
+            let cached = cached.clone();
+            async move { cached.warm(WARM_PAGE).await }
+        });
+        while fake.reads() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The page was read; a second file is written before it is kept.
+        cached
+            .put_files(&[file("f2", kbo(CONSUMER), niss(CITIZEN))])
+            .await
+            .expect("put");
+        gate.notify_one();
+        let warmed = warming.await.expect("task").expect("warm");
+        assert_eq!(
+            warmed,
+            Warmed {
+                numbers: 0,
+                skipped: 1
+            }
+        );
+        assert_eq!(
+            count(&cached).await,
+            2,
+            "read from the store, with the new file"
+        );
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@ mod mutations;
 
 pub use mutations::{Accepted, Acknowledged, Expired, MutationStore, QueueState, Queued, Routed};
 
-pub use cache::{CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY};
+pub use cache::{
+    CacheStats, CachedPersons, DEFAULT_CAPACITY as PERSONS_CACHE_CAPACITY, WARM_PAGE, Warmed,
+};
 
 pub use audit::{
     ArchiveReport, ArchiveState, AuditPage, AuditQuery, AuditStats, DEFAULT_MAX_DURABILITY_WAIT,
@@ -259,6 +261,25 @@ pub trait PersonsStore: Send + Sync {
         false
     }
 
+    /// The directory's files a page at a time, in (consumer, number)
+    /// order, for warming a broker's memory at start
+    /// ([`crate::cache::CachedPersons::warm`]): the files after the pair
+    /// `after` (about `limit` of them, every file of each pair given), the
+    /// consents under their numbers, and which of their numbers a number
+    /// replacement names (their resolution is left to a lookup); only what
+    /// the store honours. [`StorageError::Unsupported`] for a store whose
+    /// reads are local and cheap (the embedded store), which has nothing to
+    /// gain from it.
+    async fn directory_page(
+        &self,
+        _after: Option<&(Kbo, Niss)>,
+        _limit: usize,
+    ) -> Result<DirectoryPage, StorageError> {
+        Err(StorageError::Unsupported(
+            "this persons directory is read locally and is not warmed".into(),
+        ))
+    }
+
     /// Seals files just stored as made by the audit entry `entry`, which
     /// recorded their change (no rule without its entry): in a store that
     /// others administer (PostgreSQL), a file is honoured only once sealed,
@@ -297,6 +318,21 @@ pub trait PersonsStore: Send + Sync {
     fn unsealed(&self) -> u64 {
         0
     }
+}
+
+/// A page of the persons directory (see [`PersonsStore::directory_page`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryPage {
+    /// Files in (consumer, number) order: every file of each (consumer,
+    /// number) pair that appears.
+    pub files: Vec<PersonFile>,
+    /// Every consent under the numbers of `files`.
+    pub consents: Vec<Consent>,
+    /// The numbers of `files` that a number replacement names (as the old
+    /// number or the new one).
+    pub replaced: Vec<Niss>,
+    /// Where the next page starts; `None` after the last.
+    pub next: Option<(Kbo, Niss)>,
 }
 
 /// What changed in a shared persons directory (see
