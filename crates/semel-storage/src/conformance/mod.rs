@@ -1,5 +1,5 @@
 //! The conformance suite: the same cases, run against every implementation
-//! of the port. An implementation's tests call [`persons_conformance!`]
+//! of the port. An implementation's tests call [`persons_conformance!`](crate::persons_conformance)
 //! with an expression that makes a fresh, empty store (or `None` when the
 //! store cannot run here, as PostgreSQL's tests say loudly).
 //!
