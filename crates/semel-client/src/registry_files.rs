@@ -236,7 +236,7 @@ pub fn export(
                             purpose: a.purpose.clone(),
                             fields: a.fields.clone(),
                             check_fields: a.check_fields.clone(),
-                            questions: a.checks.iter().map(crate::question_text).collect(),
+                            questions: a.checks.iter().map(crate::checks::question_text).collect(),
                             capacities: a.capacities.clone(),
                             consent_required: a.consent_required,
                             receives_mutations: a.receives_mutations,

@@ -1,6 +1,6 @@
 //! An audit entry as a line of JSON: its readable fields and its canonical
 //! encoding. The archive (written by the log, `audit.rs`) and the export
-//! (written and checked by `verify.rs`) share this form, so an archive file
+//! (written and checked by `verify/`) share this form, so an archive file
 //! is checked as an export is.
 
 use semel_core::checkpoint::b64;
