@@ -48,6 +48,22 @@ pub enum Target {
 }
 
 impl Target {
+    /// Every target, with the name `semel bench --targets` knows it by.
+    pub const ALL: [(&'static str, Target); 6] = [
+        ("direct", Target::Direct),
+        ("null", Target::NullForwarder),
+        ("semel", Target::Semel),
+        ("semel-http", Target::SemelHttp),
+        ("semel-pg", Target::SemelPostgres),
+        ("semel-pg2", Target::SemelPostgresTwo),
+    ];
+
+    /// Whether the target runs Semel on the PostgreSQL store (and so needs
+    /// `--store`).
+    pub fn needs_store(self) -> bool {
+        matches!(self, Target::SemelPostgres | Target::SemelPostgresTwo)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Target::Direct => "direct source",
@@ -65,6 +81,22 @@ impl Target {
             self,
             Target::Semel | Target::SemelHttp | Target::SemelPostgres | Target::SemelPostgresTwo
         )
+    }
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+
+    /// A target by its `--targets` name.
+    fn from_str(name: &str) -> Result<Target, String> {
+        Target::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let known: Vec<&str> = Target::ALL.iter().map(|(n, _)| *n).collect();
+                format!("unknown target {name}; use {}", known.join(", "))
+            })
     }
 }
 

@@ -90,26 +90,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let targets = args
         .targets
         .iter()
-        .map(|t| match t.as_str() {
-            "direct" => Ok(Target::Direct),
-            "null" => Ok(Target::NullForwarder),
-            "semel" => Ok(Target::Semel),
-            "semel-http" => Ok(Target::SemelHttp),
-            "semel-pg" => Ok(Target::SemelPostgres),
-            "semel-pg2" => Ok(Target::SemelPostgresTwo),
-            other => anyhow::bail!(
-                "unknown target {other}; use direct, null, semel, semel-http, semel-pg or semel-pg2"
-            ),
-        })
+        .map(|t| t.parse::<Target>().map_err(anyhow::Error::msg))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let mut targets = targets;
     if args.store.is_some() && !targets.contains(&Target::SemelPostgres) {
         targets.push(Target::SemelPostgres);
     }
     anyhow::ensure!(
-        args.store.is_some()
-            || !(targets.contains(&Target::SemelPostgres)
-                || targets.contains(&Target::SemelPostgresTwo)),
+        args.store.is_some() || !targets.iter().any(|t| t.needs_store()),
         "the targets semel-pg and semel-pg2 need --store postgresql://…"
     );
     let (dir, temporary) = match &args.data_dir {
