@@ -339,3 +339,92 @@ async fn a_replacement_written_by_sql_grants_nothing() {
     assert!(passes_file_check(&t, &held).await);
     t.stop().await;
 }
+
+/// Whether a call with the CPAS's certificate is refused as revoked.
+async fn cpas_revoked(t: &TestDemo) -> bool {
+    let citizen = person(t, 30);
+    let mut clerk = t.lookup_client(BRUXELLES_CPAS).await;
+    match clerk
+        .lookup(lookup(&citizen, RESIDENCE, &["street"], "RIS_ELIGIBILITY"))
+        .await
+    {
+        Ok(_) => false,
+        Err(e) => {
+            let revoked = error_info(&e).0 == "CERTIFICATE_REVOKED";
+            if revoked {
+                assert_eq!(e.code(), Code::Unauthenticated);
+            }
+            revoked
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_deleted_by_sql_still_refuses_its_certificate() {
+    let t = TestDemo::start().await;
+    assert!(!cpas_revoked(&t).await, "not revoked yet");
+    let files = t.demo().client(BRUXELLES_CPAS).expect("files");
+    let fingerprint = semel_server::tls::certificate_ids(&files.cert)
+        .expect("certificate ids")
+        .fingerprint;
+    let mut reg = t.registry().await;
+    reg.revoke_certificate(proto::RevokeCertificateRequest {
+        sha256_fingerprint: fingerprint.clone(),
+        reason: "laptop stolen".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("revoke");
+    assert!(cpas_revoked(&t).await, "revoked through the broker");
+    let Some(db) = t.db.as_ref() else {
+        eprintln!("PostgreSQL only from here: on the embedded store only the broker writes");
+        t.stop().await;
+        return;
+    };
+    // The revocation deleted by a database administrator, and the brokers
+    // told to reload.
+    let deleted = db
+        .sql(&format!(
+            "DELETE FROM registry_records WHERE kind = 'revoked_certificate' \
+               AND key = 'sha256:{fingerprint}' RETURNING key"
+        ))
+        .await
+        .expect("delete the revocation");
+    assert_eq!(deleted.len(), 1, "the revocation was in the database");
+    db.sql(
+        "UPDATE registry_version SET version = version + 1 WHERE id = 0; \
+         SELECT pg_notify('semel_registry', 'sql')",
+    )
+    .await
+    .expect("announce");
+    // Given time to be read.
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert!(
+        cpas_revoked(&t).await,
+        "a revocation deleted by SQL re-admitted its certificate"
+    );
+    // The operator still sees it, and the broker counted what it found.
+    let listed = reg
+        .list_revoked_certificates(proto::ListRevokedCertificatesRequest {})
+        .await
+        .expect("list")
+        .into_inner()
+        .revoked;
+    assert!(
+        listed.iter().any(|r| r.sha256_fingerprint == fingerprint),
+        "{listed:?}"
+    );
+    let metrics = t.demo().broker.metrics.render(
+        t.demo().broker.storage().audit.stats(),
+        semel_server::metrics::Format::Prometheus,
+    );
+    let unsealed: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("semel_registry_unsealed_rows_total "))
+        .expect("the metric")
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(unsealed >= 1.0, "{unsealed} rules counted as unsealed");
+    t.stop().await;
+}

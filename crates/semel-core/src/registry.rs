@@ -339,6 +339,18 @@ impl CertificateId {
             CertificateId::IssuedSerial { issuer, serial } => format!("serial:{issuer}:{serial}"),
         }
     }
+
+    /// The id a storage key names ([`CertificateId::key`] read back), or
+    /// `None` if `key` is not one that method writes.
+    pub fn from_key(key: &str) -> Option<Self> {
+        let id = match key.split(':').collect::<Vec<_>>().as_slice() {
+            ["sha256", hex] => CertificateId::sha256(hex).ok()?,
+            ["serial", hex] => CertificateId::serial(hex).ok()?,
+            ["serial", issuer, serial] => CertificateId::issued_serial(issuer, serial).ok()?,
+            _ => return None,
+        };
+        (id.key() == key).then_some(id)
+    }
 }
 
 /// A serial's big-endian bytes as lowercase hex without leading zeros.
@@ -393,5 +405,30 @@ mod certificate_tests {
             CertificateId::sha256(&fp).map(|c| c.key()),
             Ok(format!("sha256:{}", "ab".repeat(32)))
         );
+    }
+
+    #[test]
+    fn a_key_names_its_id_again() {
+        for id in [
+            CertificateId::Sha256("ab".repeat(32)),
+            CertificateId::Serial("1fab".into()),
+            CertificateId::IssuedSerial {
+                issuer: "cd".repeat(32),
+                serial: "0".into(),
+            },
+        ] {
+            assert_eq!(CertificateId::from_key(&id.key()), Some(id));
+        }
+        for not_a_key in [
+            "",
+            "sha256:ab",
+            "serial:001f",
+            "serial:XY",
+            "md5:ab",
+            "serial:ab:1f",
+            "sha256:ab:cd",
+        ] {
+            assert_eq!(CertificateId::from_key(not_a_key), None, "{not_a_key}");
+        }
     }
 }

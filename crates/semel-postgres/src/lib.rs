@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0014_registry_seals.sql"),
     include_str!("../migrations/0015_replacement_seals.sql"),
     include_str!("../migrations/0016_registry_manifest.sql"),
+    include_str!("../migrations/0017_sealed_revocations.sql"),
 ];
 
 /// How long connecting may take, and how long a silent connection is

@@ -9,11 +9,14 @@
 //! interval later when a notification is lost (or one poll interval plus a
 //! reconnection when the watch's connection was lost).
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use semel_core::seal::RowSealer;
-use semel_core::{Authorisation, Dataset, Kbo, Organisation, Purpose, RevokedCertificate};
+use semel_core::{
+    Authorisation, CertificateId, Dataset, Kbo, Organisation, Purpose, RevokedCertificate,
+};
 use semel_storage::{Appended, OpenChange, RegistryUndo, RegistryWrite, Staged, StorageError};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,8 +50,14 @@ pub struct PgRegistry {
     manifest: std::sync::Arc<crate::manifest::Memory>,
 }
 
-/// The kinds of record that decide lookups, and so are sealed.
+/// The kinds of record that decide lookups, and so are sealed (besides
+/// revocations: [`REVOCATION`]).
 const SEALED_KINDS: [&str; 4] = ["organisation", "dataset", "purpose", "authorisation"];
+
+/// The kind of a certificate's revocation: sealed and listed in the
+/// registry's manifest like the rules, but read failing closed (see
+/// [`PgRegistry::revoked_certificates`]).
+const REVOCATION: &str = "revoked_certificate";
 
 /// What a seal of a record of `kind` is made over: its table and kind.
 fn sealed_table(kind: &str) -> String {
@@ -89,6 +98,7 @@ fn listing(
                 list(&mut m, &**after, sequence);
                 m.set_version(after.reference.as_str(), after.version as i32, sequence);
             }
+            RegistryWrite::Revocation { after } => list(&mut m, &**after, sequence),
             RegistryWrite::Application { .. } | RegistryWrite::Membership { .. } => {}
         }
     }
@@ -96,7 +106,7 @@ fn listing(
 }
 
 fn list<T: Record>(m: &mut crate::manifest::Manifest, record: &T, sequence: i64) {
-    m.set_record(T::KIND, record.key(), sequence);
+    m.set_record(T::KIND, &record.key(), sequence);
 }
 
 /// The sealed rules as they stand, each listed with its entry if its seal
@@ -108,7 +118,8 @@ async fn as_they_stand(
     sealer: &RowSealer,
 ) -> Result<crate::manifest::Manifest, PgError> {
     let mut m = crate::manifest::Manifest::default();
-    let kinds: Vec<&str> = SEALED_KINDS.to_vec();
+    let mut kinds: Vec<&str> = SEALED_KINDS.to_vec();
+    kinds.push(REVOCATION);
     let rows = c
         .query(
             &format!(
@@ -126,7 +137,8 @@ async fn as_they_stand(
             "organisation" => key_and_canonical::<Organisation>(&text),
             "dataset" => key_and_canonical::<Dataset>(&text),
             "purpose" => key_and_canonical::<Purpose>(&text),
-            _ => key_and_canonical::<Authorisation>(&text),
+            "authorisation" => key_and_canonical::<Authorisation>(&text),
+            _ => key_and_canonical::<RevokedCertificate>(&text),
         };
         let sealed = crate::seals::Sealed::read(r, 3);
         if let (Some((k, canonical)), Some(sequence)) = (parts, sealed.sequence)
@@ -173,7 +185,7 @@ async fn as_they_stand(
 /// it can be read.
 fn key_and_canonical<T: Record>(text: &str) -> Option<(String, String)> {
     let value: T = decode(text).ok()?;
-    Some((value.key().to_owned(), encode(&value).ok()?))
+    Some((value.key().into_owned(), encode(&value).ok()?))
 }
 
 /// How long a staged change's transaction may wait for a lock, and stay
@@ -634,8 +646,107 @@ impl PgRegistry {
         Ok(revoked.clone())
     }
 
+    /// Every certificate revoked, failing closed. With a sealer, a
+    /// revocation row is honoured as stored when it is sealed and listed
+    /// as a rule is (see [`PgRegistry::sealed`]); every other row is
+    /// reported at ERROR and counted, but the certificate it names stays
+    /// revoked (a row a broker did not write can only refuse a
+    /// certificate). And every revocation the registry's manifest lists
+    /// whose row is missing, or not honoured, is revoked still, with a
+    /// record that says so (its reason and time are in the audit entry the
+    /// manifest names): a database administrator who deletes a revocation
+    /// does not re-admit its certificate. In key order.
     pub async fn revoked_certificates(&self) -> Result<Vec<RevokedCertificate>, PgError> {
-        self.all("revoked_certificate").await
+        let sql = format!(
+            "SELECT r.key, r.value::text, {} FROM registry_records r \
+               LEFT JOIN audit_entries e ON e.sequence = r.audit_sequence \
+              WHERE r.kind = $1 ORDER BY r.key COLLATE \"C\"",
+            crate::seals::COLUMNS
+        );
+        let (rows, listed) = self
+            .read_listed(&sql, &[&REVOCATION], |m| m.records_of(REVOCATION, None))
+            .await?;
+        let table = sealed_table(REVOCATION);
+        let (sealer, mut listed) = match (&self.sealer, listed) {
+            (Some(sealer), Listed::Rules(rules)) => (sealer, Some(rules)),
+            (Some(sealer), Listed::Nothing { why, sequence }) => {
+                // No revocation is honoured as stored; each still revokes.
+                if !rows.is_empty() {
+                    self.unsealed.fetch_add(rows.len() as u64, Relaxed);
+                    crate::manifest::report_refused(&table, rows.len(), sequence, why);
+                }
+                (sealer, None)
+            }
+            (None, _) | (_, Listed::Unchecked) => {
+                return rows.iter().map(|r| decode(r.get(1))).collect();
+            }
+        };
+        let mut out = std::collections::BTreeMap::<String, RevokedCertificate>::new();
+        for r in &rows {
+            let key: String = r.get(0);
+            let sealed = crate::seals::Sealed::read(r, 2);
+            let expected = listed.as_mut().and_then(|l| l.remove(&key));
+            let value = decode::<RevokedCertificate>(r.get(1)).ok();
+            let why = match &value {
+                None => Some("its value cannot be read"),
+                Some(v) if v.id.key() != key => {
+                    Some("its key columns do not say what its value says")
+                }
+                Some(v) => sealed.refusal(sealer, &table, encode(v)?.as_bytes()),
+            };
+            let why = why.or(match (&listed, expected) {
+                (None, _) => Some("the registry's manifest is not honoured"),
+                (Some(_), Some(s)) if Some(s) == sealed.sequence => None,
+                (Some(_), Some(_)) => Some(
+                    "the registry's manifest lists another entry for it (an older sealed row put back?)",
+                ),
+                (Some(_), None) => Some("the registry's manifest does not list it"),
+            });
+            let Some(why) = why else {
+                if let Some(v) = value {
+                    out.insert(key, v);
+                }
+                continue;
+            };
+            if listed.is_some() {
+                self.unsealed.fetch_add(1, Relaxed);
+                report_revocation(&table, sealed.sequence, why);
+            }
+            // Fail closed: the certificate the manifest lists under this
+            // key, and the one the row names, stay revoked.
+            if let Some(s) = expected
+                && let Some(listed) = still_revoked(&key, s, "its row is not honoured")
+            {
+                out.insert(key.clone(), listed);
+            }
+            match value {
+                Some(v) => {
+                    out.entry(v.id.key()).or_insert(v);
+                }
+                None => {
+                    if let Some(id) = CertificateId::from_key(&key) {
+                        out.entry(key).or_insert(RevokedCertificate {
+                            id,
+                            reason: "its row in the registry cannot be read".into(),
+                            revoked_at: time::OffsetDateTime::UNIX_EPOCH,
+                        });
+                    }
+                }
+            }
+        }
+        // Listed and not read: deleted by SQL. Still revoked.
+        for (key, sequence) in listed.into_iter().flatten() {
+            self.unsealed.fetch_add(1, Relaxed);
+            report_revocation(
+                &table,
+                Some(sequence),
+                "a revocation the registry's manifest lists is missing (deleted by SQL?)",
+            );
+            if let Some(listed) = still_revoked(&key, sequence, "its row is missing") {
+                out.insert(key, listed);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     /// One organisation, by KBO number (honoured as
@@ -750,41 +861,51 @@ impl PgRegistry {
                  SET LOCAL idle_in_transaction_session_timeout = '{STAGED_IDLE_TIMEOUT}'"
             ))
             .await?;
-        let due: Option<bool> = conn
+        let due: Option<(bool, bool)> = conn
             .client
             .query_opt(
-                "DELETE FROM registry_adoption WHERE id = 0 RETURNING manifest_only",
+                "DELETE FROM registry_adoption WHERE id = 0 RETURNING manifest_only, revocations",
                 &[],
             )
             .await?
-            .map(|r| r.get(0));
-        let Some(manifest_only) = due else {
+            .map(|r| (r.get(0), r.get(1)));
+        let Some((manifest_only, revocations)) = due else {
             return Ok(None);
         };
-        let kinds: Vec<&str> = SEALED_KINDS.to_vec();
         // Only listing the sealed rules in the manifest (an upgrade from
-        // schema version 15): rows without a seal are not adopted.
-        let (rows, versions) = if manifest_only {
-            (Vec::new(), Vec::new())
+        // schema version 15): rules without a seal are not adopted.
+        // Revocations without one are adopted when the adoption says so
+        // (an upgrade from schema version 16 or before: they were never
+        // sealed).
+        let mut kinds: Vec<&str> = Vec::new();
+        if !manifest_only {
+            kinds.extend(SEALED_KINDS);
+        }
+        if revocations {
+            kinds.push(REVOCATION);
+        }
+        let rows = if kinds.is_empty() {
+            Vec::new()
         } else {
-            let rows = conn
-                .client
+            conn.client
                 .query(
                     "SELECT kind, key, value::text FROM registry_records \
                       WHERE kind = ANY($1) AND seal IS NULL \
                       ORDER BY kind, key COLLATE \"C\" FOR UPDATE",
                     &[&kinds],
                 )
-                .await?;
-            let versions = conn
-                .client
+                .await?
+        };
+        let versions = if manifest_only {
+            Vec::new()
+        } else {
+            conn.client
                 .query(
                     "SELECT reference, version, value::text FROM registry_authorisation_history \
                       WHERE seal IS NULL ORDER BY reference COLLATE \"C\", version FOR UPDATE",
                     &[],
                 )
-                .await?;
-            (rows, versions)
+                .await?
         };
         // Every other change waits for this one from here (each takes the
         // version's row last, as here): the manifest listed below is the
@@ -828,7 +949,8 @@ impl PgRegistry {
                 listed.merge(&listing.adopted, 0);
                 let records = |kind: &str| listed.records.get(kind).map_or(0, |k| k.len());
                 let said = format!(
-                    "; the registry's manifest {said}: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions listed before those adopted ({} rules)",
+                    "; the registry's manifest {said}: {} certificate revocations, {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions listed before those adopted ({} rules)",
+                    records(REVOCATION),
                     records("organisation"),
                     records("dataset"),
                     records("purpose"),
@@ -865,7 +987,8 @@ impl PgRegistry {
         }
         let count = |k: &str| counts.get(k).copied().unwrap_or(0);
         let detail = format!(
-            "registry rules written before seals were kept, adopted as they stand: {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions; sha256 of the rows adopted: {}{manifest_said}",
+            "registry rules written before seals were kept, adopted as they stand: {} certificate revocations, {} organisations, {} datasets, {} purposes, {} authorisations, {} authorisation versions; sha256 of the rows adopted: {}{manifest_said}",
+            count(REVOCATION),
             count("organisation"),
             count("dataset"),
             count("purpose"),
@@ -887,6 +1010,38 @@ impl PgRegistry {
     }
 }
 
+/// The revocation the registry's manifest lists under `key`, sealed by
+/// audit entry `sequence`, whose row is not honoured (`state`): the
+/// certificate stays revoked, its reason and time are those of that entry.
+fn still_revoked(key: &str, sequence: i64, state: &str) -> Option<RevokedCertificate> {
+    let Some(id) = CertificateId::from_key(key) else {
+        // Sealed by a broker, so one it wrote: not this one.
+        report_revocation(
+            &sealed_table(REVOCATION),
+            Some(sequence),
+            "the registry's manifest lists a key that names no certificate",
+        );
+        return None;
+    };
+    Some(RevokedCertificate {
+        id,
+        reason: format!(
+            "listed in the registry's manifest; {state}: see audit entry {sequence} for its reason and time"
+        ),
+        revoked_at: time::OffsetDateTime::UNIX_EPOCH,
+    })
+}
+
+/// Says, at ERROR, that a revocation row was not honoured as stored, and
+/// that the certificate it names stays revoked (never its value).
+fn report_revocation(table: &str, sequence: Option<i64>, why: &str) {
+    tracing::error!(
+        table,
+        audit_sequence = ?sequence,
+        "a certificate revocation was not honoured as stored: {why}; the certificate stays revoked (fail closed): the database holds a revocation no broker made as it stands, or lacks one a broker made (docs/storage-postgresql.md, \"The registry's manifest\")"
+    );
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -898,6 +1053,7 @@ fn canonical(kind: &str, text: &str) -> Result<String, PgError> {
         "dataset" => encode(&decode::<Dataset>(text)?),
         "purpose" => encode(&decode::<Purpose>(text)?),
         "authorisation" => encode(&decode::<Authorisation>(text)?),
+        REVOCATION => encode(&decode::<RevokedCertificate>(text)?),
         other => Err(PgError::Corrupt(format!("no sealed kind {other}"))),
     }
 }
@@ -1087,6 +1243,7 @@ async fn seal_writes(
                 .await?;
                 parts
             }
+            RegistryWrite::Revocation { after } => sealed_parts(&**after)?,
             // Applications are requests, decided by an operator into
             // rules: they decide no lookup and carry no seal.
             RegistryWrite::Application { .. } | RegistryWrite::Membership { .. } => continue,
@@ -1100,54 +1257,62 @@ async fn seal_writes(
 /// A kind of registry record: its `kind` column and its key.
 trait Record: Serialize + DeserializeOwned + PartialEq + Sync {
     const KIND: &'static str;
-    fn key(&self) -> &str;
+    fn key(&self) -> Cow<'_, str>;
 }
 
 impl Record for Organisation {
     const KIND: &'static str = "organisation";
-    fn key(&self) -> &str {
-        self.kbo.as_str()
+    fn key(&self) -> Cow<'_, str> {
+        self.kbo.as_str().into()
     }
 }
 
 impl Record for Dataset {
     const KIND: &'static str = "dataset";
-    fn key(&self) -> &str {
-        self.name.as_str()
+    fn key(&self) -> Cow<'_, str> {
+        self.name.as_str().into()
     }
 }
 
 impl Record for Purpose {
     const KIND: &'static str = "purpose";
-    fn key(&self) -> &str {
-        self.code.as_str()
+    fn key(&self) -> Cow<'_, str> {
+        self.code.as_str().into()
     }
 }
 
 impl Record for Authorisation {
     const KIND: &'static str = "authorisation";
-    fn key(&self) -> &str {
-        self.reference.as_str()
+    fn key(&self) -> Cow<'_, str> {
+        self.reference.as_str().into()
     }
 }
 
 impl Record for semel_core::AuthorisationApplication {
     const KIND: &'static str = "application";
-    fn key(&self) -> &str {
-        &self.id
+    fn key(&self) -> Cow<'_, str> {
+        self.id.as_str().into()
     }
 }
 
 impl Record for semel_core::MembershipApplication {
     const KIND: &'static str = "membership";
-    fn key(&self) -> &str {
-        &self.id
+    fn key(&self) -> Cow<'_, str> {
+        self.id.as_str().into()
+    }
+}
+
+/// A revocation is keyed by its certificate's id ([`CertificateId::key`]).
+impl Record for RevokedCertificate {
+    const KIND: &'static str = REVOCATION;
+    fn key(&self) -> Cow<'_, str> {
+        self.id.key().into()
     }
 }
 
 /// A record's kind, key and canonical encoding, as its seal covers it.
 fn sealed_parts<T: Record>(record: &T) -> Result<(&'static str, String, String), PgError> {
-    Ok((T::KIND, record.key().to_owned(), encode(record)?))
+    Ok((T::KIND, record.key().into_owned(), encode(record)?))
 }
 
 /// [`swap`] for a record of a known kind.
@@ -1157,7 +1322,7 @@ async fn swap_record<T: Record>(
     before: Option<&T>,
     what: &str,
 ) -> Result<(), PgError> {
-    swap(tx, T::KIND, after.key(), after, before, what).await
+    swap(tx, T::KIND, &after.key(), after, before, what).await
 }
 
 /// Writes each record only over what the change read (see
@@ -1184,6 +1349,8 @@ async fn write_all(
             RegistryWrite::Membership { after, before } => {
                 swap_record(tx, &**after, before.as_deref(), &what).await?
             }
+            // Only while the certificate is not revoked yet.
+            RegistryWrite::Revocation { after } => swap_record(tx, &**after, None, &what).await?,
             RegistryWrite::Authorisation { after, before } => {
                 let expected = before.as_ref().map_or(1, |b| b.version + 1);
                 if after.version != expected {
@@ -1319,7 +1486,7 @@ async fn undo_in(tx: &(impl GenericClient + Sync), undo: &RegistryUndo) -> Resul
             still(tx, "application", &key, &**written).await?;
             ("application", key, b.as_deref().map(encode).transpose()?)
         }
-        RegistryUndo::Revocation(id) => ("revoked_certificate", id.key(), None),
+        RegistryUndo::Revocation(id) => (REVOCATION, id.key(), None),
         RegistryUndo::Authorisation(after, b) => {
             // Only the version this change wrote is taken back: a later
             // one, written through another broker, stands on it.

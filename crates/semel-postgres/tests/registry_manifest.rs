@@ -399,11 +399,13 @@ async fn a_database_without_a_manifest_adopts_one_once() {
         .await
         .expect("suspend the authorisation");
     // The database as schema version 15 left it: sealed rules, no
-    // manifest; and a purpose inserted by SQL, with no seal.
+    // manifest (nor what version 17 added); and a purpose inserted by SQL,
+    // with no seal.
     db.sql(
         "DROP TABLE registry_manifest; \
          ALTER TABLE registry_adoption DROP COLUMN manifest_only; \
-         DELETE FROM schema_migrations WHERE version = 16; \
+         ALTER TABLE registry_adoption DROP COLUMN revocations; \
+         DELETE FROM schema_migrations WHERE version >= 16; \
          INSERT INTO registry_records (kind, key, value) VALUES ('purpose', 'FORGED', \
            '{\"code\": \"FORGED\", \"description\": \"forged\", \"legal_basis\": \"none\"}')",
     )

@@ -125,6 +125,10 @@ pub enum RegistryWrite {
         after: Box<semel_core::MembershipApplication>,
         before: Option<Box<semel_core::MembershipApplication>>,
     },
+    /// A certificate revoked: a new revocation, written only while the
+    /// certificate is not revoked yet (a revocation is never changed, and
+    /// revoking again keeps the first record: the caller writes nothing).
+    Revocation { after: Box<RevokedCertificate> },
 }
 
 impl RegistryWrite {
@@ -149,6 +153,7 @@ impl RegistryWrite {
             RegistryWrite::Membership { after, before } => {
                 RegistryUndo::Membership(after.clone(), before.clone())
             }
+            RegistryWrite::Revocation { after } => RegistryUndo::Revocation(after.id.clone()),
         }
     }
 
@@ -165,6 +170,7 @@ impl RegistryWrite {
             RegistryWrite::Membership { after, .. } => {
                 format!("membership application {}", after.id)
             }
+            RegistryWrite::Revocation { after } => format!("certificate {}", after.id.key()),
         }
     }
 }

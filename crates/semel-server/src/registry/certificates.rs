@@ -107,16 +107,37 @@ impl RegistryService {
                     because(&revoked.reason)
                 );
                 self.apply(c, move |reg| async move {
-                    let existed = reg
-                        .revoked_certificates()
-                        .await?
-                        .iter()
-                        .any(|r| r.id == revoked.id);
-                    let stored = reg.revoke_certificate(&revoked).await?;
-                    let undo = (!existed).then(|| {
-                        Staged::Committed(vec![RegistryUndo::Revocation(stored.id.clone())])
-                    });
-                    Ok((stored, undo))
+                    // Revoking again keeps the first record, and writes
+                    // nothing.
+                    let first = async |reg: &dyn RegistryStore| -> Result<_, ApiError> {
+                        Ok(reg
+                            .revoked_certificates()
+                            .await?
+                            .into_iter()
+                            .find(|r| r.id == revoked.id))
+                    };
+                    if let Some(stored) = first(&*reg).await? {
+                        return Ok((stored, None));
+                    }
+                    // Staged like any rule: in force once its entry is
+                    // durable, sealed with it where the store seals.
+                    match reg
+                        .stage(&[RegistryWrite::Revocation {
+                            after: Box::new(revoked.clone()),
+                        }])
+                        .await
+                    {
+                        Ok(staged) => Ok((revoked, Some(staged))),
+                        // Revoked meanwhile through another broker: that
+                        // first record stands.
+                        Err(semel_storage::StorageError::Conflict(m)) => {
+                            match first(&*reg).await? {
+                                Some(stored) => Ok((stored, None)),
+                                None => Err(semel_storage::StorageError::Conflict(m).into()),
+                            }
+                        }
+                        Err(e) => Err(e.into()),
+                    }
                 })
                 .await
             })

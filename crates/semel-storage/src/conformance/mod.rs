@@ -48,6 +48,7 @@ macro_rules! registry_conformance {
                 a_commit_is_all_or_nothing_and_so_is_its_undo,
                 an_apply_commits_with_its_marker_or_not_at_all,
                 a_staged_change_is_in_force_once_sealed_and_never_if_dropped,
+                a_revocation_is_staged_like_any_change,
                 one_application_pending_per_reference_and_applicant,
                 one_membership_application_pending_per_enterprise_number,
             );

@@ -206,6 +206,10 @@ impl Registry {
                     encode(&**after)?,
                     before.as_deref().map(encode).transpose()?,
                 ),
+                // Only while the certificate is not revoked yet.
+                RegistryWrite::Revocation { after } => {
+                    (7, after.id.key().into_bytes(), encode(&**after)?, None)
+                }
             };
             let current = match staged.get(&(tree, key.clone())) {
                 Some(v) => Some(v.clone()),

@@ -364,3 +364,94 @@ pub async fn an_apply_commits_with_its_marker_or_not_at_all(store: &dyn Registry
         [("apply 3".to_owned(), false, String::new())]
     );
 }
+
+/// A revocation is a registry change like the others: staged, it is in
+/// force once sealed with its entry and never if dropped; it is written
+/// only while the certificate is not revoked yet (a second one is
+/// refused, the first record stands), and an undo takes it back.
+pub async fn a_revocation_is_staged_like_any_change(store: &dyn RegistryStore) {
+    let first = RevokedCertificate {
+        id: CertificateId::Sha256("cd".repeat(32)),
+        reason: "key compromise".into(),
+        revoked_at: datetime!(2026-02-01 0:00 UTC),
+    };
+    let revoke = [RegistryWrite::Revocation {
+        after: Box::new(first.clone()),
+    }];
+    match store.stage(&revoke).await.expect("stage") {
+        crate::Staged::Committed(undos) => store.undo_all(&undos).await.expect("undo"),
+        crate::Staged::Open(open) => {
+            assert!(
+                store.revoked_certificates().await.expect("read").is_empty(),
+                "a revocation staged is not in force before its seal"
+            );
+            drop(open);
+        }
+    }
+    assert!(store.revoked_certificates().await.expect("read").is_empty());
+    match store.stage(&revoke).await.expect("stage again") {
+        crate::Staged::Committed(_) => {}
+        crate::Staged::Open(open) => open.seal(AT).await.expect("seal"),
+    }
+    assert_eq!(
+        store.revoked_certificates().await.expect("read"),
+        std::slice::from_ref(&first)
+    );
+    // Revoked already: a second revocation is refused, the first stands.
+    let again = RevokedCertificate {
+        reason: "again".into(),
+        revoked_at: datetime!(2026-03-01 0:00 UTC),
+        ..first.clone()
+    };
+    conflict(
+        store
+            .stage(&[RegistryWrite::Revocation {
+                after: Box::new(again.clone()),
+            }])
+            .await
+            .map(|_| ()),
+        "a second revocation of one certificate",
+    );
+    conflict(
+        store
+            .commit(&[RegistryWrite::Revocation {
+                after: Box::new(again),
+            }])
+            .await,
+        "a second revocation committed",
+    );
+    assert_eq!(
+        store.revoked_certificates().await.expect("read"),
+        std::slice::from_ref(&first)
+    );
+    // Another certificate, committed with another change at once, and
+    // taken back with it.
+    let other = RevokedCertificate {
+        id: CertificateId::Serial("1f".into()),
+        ..first.clone()
+    };
+    let writes = [
+        RegistryWrite::Revocation {
+            after: Box::new(other.clone()),
+        },
+        RegistryWrite::Organisation {
+            after: Box::new(organisation("0566988259", OrganisationStatus::Active)),
+            before: None,
+        },
+    ];
+    store.commit(&writes).await.expect("commit");
+    let mut all = store.revoked_certificates().await.expect("read");
+    all.sort_by_key(|r| r.id.key());
+    let mut expected = vec![first.clone(), other];
+    expected.sort_by_key(|r| r.id.key());
+    assert_eq!(all, expected);
+    store
+        .undo_all(&writes.iter().map(RegistryWrite::undo).collect::<Vec<_>>())
+        .await
+        .expect("undo");
+    assert_eq!(
+        store.revoked_certificates().await.expect("read"),
+        std::slice::from_ref(&first)
+    );
+    assert!(store.organisations().await.expect("read").is_empty());
+}

@@ -17,6 +17,7 @@ pub use applications::{
 };
 pub use commits::{
     a_commit_is_all_or_nothing_and_so_is_its_undo, a_commit_writes_only_over_what_it_read,
+    a_revocation_is_staged_like_any_change,
     a_staged_change_is_in_force_once_sealed_and_never_if_dropped,
     an_apply_commits_with_its_marker_or_not_at_all,
 };
