@@ -44,8 +44,14 @@ mod lookups;
 mod mutations;
 #[path = "../e2e/only_once.rs"]
 mod only_once;
+#[path = "../e2e/registry_amendments.rs"]
+mod registry_amendments;
 #[path = "../e2e/registry_and_identity.rs"]
 mod registry_and_identity;
+#[path = "../e2e/registry_applications.rs"]
+mod registry_applications;
+#[path = "../e2e/registry_files.rs"]
+mod registry_files;
 #[path = "../e2e/rpc_limits.rs"]
 mod rpc_limits;
 #[path = "../e2e/sealed_rows.rs"]
