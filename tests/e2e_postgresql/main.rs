@@ -11,6 +11,8 @@ mod audit_integrity;
 mod audit_proofs;
 #[path = "../e2e/brokers.rs"]
 mod brokers;
+#[path = "../e2e/citizen_view.rs"]
+mod citizen_view;
 #[path = "../e2e/crl.rs"]
 mod crl;
 #[path = "../e2e/durability.rs"]
@@ -26,6 +28,8 @@ mod http_face;
 mod identity;
 #[path = "../e2e/identity_binding.rs"]
 mod identity_binding;
+#[path = "../e2e/identity_keys.rs"]
+mod identity_keys;
 #[path = "../e2e/insiders.rs"]
 mod insiders;
 #[path = "../e2e/insiders_console.rs"]
