@@ -11,6 +11,8 @@ mod audit_integrity;
 mod audit_proofs;
 #[path = "../e2e/brokers.rs"]
 mod brokers;
+#[path = "../e2e/citizen_view.rs"]
+mod citizen_view;
 #[path = "../e2e/crl.rs"]
 mod crl;
 #[path = "../e2e/durability.rs"]
@@ -26,6 +28,8 @@ mod http_face;
 mod identity;
 #[path = "../e2e/identity_binding.rs"]
 mod identity_binding;
+#[path = "../e2e/identity_keys.rs"]
+mod identity_keys;
 #[path = "../e2e/insiders.rs"]
 mod insiders;
 #[path = "../e2e/insiders_console.rs"]
@@ -44,8 +48,14 @@ mod lookups;
 mod mutations;
 #[path = "../e2e/only_once.rs"]
 mod only_once;
+#[path = "../e2e/registry_amendments.rs"]
+mod registry_amendments;
 #[path = "../e2e/registry_and_identity.rs"]
 mod registry_and_identity;
+#[path = "../e2e/registry_applications.rs"]
+mod registry_applications;
+#[path = "../e2e/registry_files.rs"]
+mod registry_files;
 #[path = "../e2e/rpc_limits.rs"]
 mod rpc_limits;
 #[path = "../e2e/sealed_rows.rs"]

@@ -1,5 +1,9 @@
 //! Running the broker and the demo sources: each takes an already bound
 //! listener and a shutdown future, so tests bind port 0 and never sleep.
+//!
+//! The router and its layers are in `routes`, the health service in
+//! `health`, the work done in the background while serving in `tasks`, and
+//! the files reloaded while running in `reload`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,23 +12,27 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use anyhow::Context;
-use semel_core::{Kbo, Role};
-use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tonic::transport::Server;
 
+mod health;
 mod reload;
+mod routes;
+mod tasks;
 
+pub use health::{WaitingHealth, source_health_name};
+use health::{watch_checkpoint_age, watch_health};
 use reload::reload_files;
 pub use reload::{Loaded, ReloadFiles, Reloader, load_all};
+pub use routes::{Layered, MAX_REQUEST, SERVED_SERVICES, broker_routes, with_layers};
+use tasks::{apply_verdict, archive_old_entries, submit_checkpoints, summarise_refusals};
 
 use crate::audit::AuditService;
 use crate::config::{Config, ConfigExt as _};
 use crate::lookup::LookupService;
 use crate::proto::source_service_server::{SourceService, SourceServiceServer};
 use crate::proto::{
-    audit_service_server::AuditServiceServer, consent_service_server::ConsentServiceServer,
-    lookup_service_server::LookupServiceServer, persons_service_server::PersonsServiceServer,
+    audit_service_server::AuditServiceServer, lookup_service_server::LookupServiceServer,
     registry_service_server::RegistryServiceServer,
 };
 use crate::registry::RegistryService;
@@ -151,76 +159,6 @@ pub async fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 /// The longest wait between two attempts to reach a broker's database at
 /// start.
 pub const MAX_WAIT_FOR_DATABASE: Duration = Duration::from_secs(10);
-
-/// The gRPC port's health while the broker prepares (waiting for its
-/// database, recovering its log): NOT_SERVING, overall and for lookups, so
-/// that a probe sees a live process that is not ready rather than a closed
-/// port. It answers on a copy of the broker's own listening socket; the
-/// broker's server takes over the socket when [`WaitingHealth::stop`] ends
-/// this one (a connection already made to it is closed; its client
-/// connects again).
-pub struct WaitingHealth {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl WaitingHealth {
-    /// Answers NOT_SERVING on `listener` (with the configured TLS
-    /// certificate) until stopped.
-    pub fn start(listener: &TcpListener, config: &Config) -> anyhow::Result<WaitingHealth> {
-        use std::os::fd::AsFd;
-        let (tls, _, _) = load_all(&reload_files(config)?)?;
-        let copy = std::net::TcpListener::from(
-            listener
-                .as_fd()
-                .try_clone_to_owned()
-                .context("copy the listening socket")?,
-        );
-        copy.set_nonblocking(true)
-            .context("copy the listening socket")?;
-        let copy = TcpListener::from_std(copy).context("copy the listening socket")?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let (health, service) = tonic_health::server::health_reporter();
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            health
-                .set_not_serving::<LookupServiceServer<LookupService>>()
-                .await;
-            let served = Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(
-                    tls::incoming_admitted(copy, Arc::new(ArcSwap::from(tls)), None, None),
-                    async {
-                        let _ = stopped.await;
-                    },
-                )
-                .await;
-            if let Err(e) = served {
-                tracing::warn!(error = %e, "the health endpoint for the broker's start failed");
-            }
-        });
-        Ok(WaitingHealth {
-            stop: Some(stop),
-            task,
-        })
-    }
-
-    /// Stops answering: the broker's own server takes the port over.
-    pub async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // A `Watch` stream would hold a graceful stop for ever.
-        if tokio::time::timeout(Duration::from_secs(1), &mut self.task)
-            .await
-            .is_err()
-        {
-            self.task.abort();
-        }
-    }
-}
 
 /// Serves the broker's gRPC services on `listener` until `shutdown`
 /// resolves, then lets calls in flight finish and closes the audit log
@@ -497,302 +435,9 @@ pub async fn serve_metrics(
     .context("serve metrics")
 }
 
-/// The methods served: the only method names metrics and spans show.
-fn served_methods() -> impl Iterator<Item = &'static str> + Clone {
-    crate::permissions::RULES.iter().map(|r| r.method).chain([
-        "grpc.health.v1.Health/Check",
-        "grpc.health.v1.Health/Watch",
-        "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-    ])
-}
-
-/// The broker's own services (not health nor reflection), as one router:
-/// the gRPC server serves them, and the HTTP/JSON face calls them.
-pub fn broker_routes(broker: &Arc<Broker>) -> tonic::service::Routes {
-    tonic::service::Routes::new(
-        LookupServiceServer::new(LookupService::new(broker.clone()))
-            .max_decoding_message_size(MAX_REQUEST),
-    )
-    .add_service(
-        RegistryServiceServer::new(RegistryService::new(broker.clone()))
-            .max_decoding_message_size(MAX_REGISTRY_REQUEST),
-    )
-    .add_service(
-        AuditServiceServer::new(AuditService::new(broker.clone()))
-            .max_decoding_message_size(MAX_REQUEST),
-    )
-    .add_service(
-        PersonsServiceServer::new(crate::persons::PersonsService::new(broker.clone()))
-            .max_decoding_message_size(MAX_REQUEST),
-    )
-    .add_service(
-        ConsentServiceServer::new(crate::persons::ConsentService::new(broker.clone()))
-            .max_decoding_message_size(MAX_REQUEST),
-    )
-    .add_service(
-        crate::proto::mutation_service_server::MutationServiceServer::new(
-            crate::mutations::MutationService::new(broker.clone()),
-        )
-        .max_decoding_message_size(MAX_PUBLISH_REQUEST),
-    )
-}
-
-type Tagging = fn(
-    tonic::codegen::http::Request<tonic::body::Body>,
-) -> tonic::codegen::http::Request<tonic::body::Body>;
-
-/// A service with the layers every call to the broker goes through,
-/// whichever face it came in by.
-pub type Layered<S> = crate::telemetry::RpcSpans<
-    crate::metrics::RpcMetrics<tower::util::MapRequest<crate::codec::CodecErrors<S>, Tagging>>,
->;
-
-/// Wraps `routes` in the layers, outermost first: the server span covers
-/// everything else, refusals by the permission layer and the codec
-/// included; metrics; the permission rule's tag; codec refusals.
-pub fn with_layers<S>(broker: &Arc<Broker>, routes: S) -> Layered<S> {
-    use tower::Layer;
-    let tagged = crate::permissions::layer::<tonic::body::Body>().layer(
-        crate::codec::CodecErrorsLayer {
-            broker: broker.clone(),
-        }
-        .layer(routes),
-    );
-    let metered = crate::metrics::RpcMetricsLayer::new(broker.metrics.clone(), served_methods())
-        .layer(tagged);
-    crate::telemetry::RpcSpanLayer::new(served_methods()).layer(metered)
-}
-
-/// The largest lookup or audit request the broker reads.
-pub const MAX_REQUEST: usize = 64 * 1024;
-
-/// The services the broker serves, as reflection lists them
-/// (`semel.v1.SourceService` is the sources' to serve, not the broker's).
-pub const SERVED_SERVICES: [&str; 9] = {
-    use tonic::server::NamedService as N;
-    [
-        <LookupServiceServer<LookupService> as N>::NAME,
-        <RegistryServiceServer<RegistryService> as N>::NAME,
-        <AuditServiceServer<AuditService> as N>::NAME,
-        <PersonsServiceServer<crate::persons::PersonsService> as N>::NAME,
-        <ConsentServiceServer<crate::persons::ConsentService> as N>::NAME,
-        <crate::proto::mutation_service_server::MutationServiceServer<
-            crate::mutations::MutationService,
-        > as N>::NAME,
-        "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection",
-        "grpc.reflection.v1alpha.ServerReflection",
-    ]
-};
-
-/// The largest publication of changes (up to a thousand, with values).
-pub(crate) const MAX_PUBLISH_REQUEST: usize = 4 * 1024 * 1024;
-
-/// The largest registry request (a dataset with many described fields).
-pub(crate) const MAX_REGISTRY_REQUEST: usize = 1024 * 1024;
-
-/// Moves audit entries older than `window` to the archive, at start and
-/// every hour.
-async fn archive_old_entries(broker: Arc<Broker>, window: Duration) {
-    let mut interval = tokio::time::interval(Duration::from_secs(3600));
-    loop {
-        interval.tick().await;
-        let cutoff = (OffsetDateTime::now_utc() - window).unix_timestamp_nanos() / 1000;
-        match broker.storage().audit.archive_before(cutoff as i64).await {
-            Ok(Some(r)) => tracing::info!(
-                from = r.from,
-                to = r.to,
-                file = %r.file.display(),
-                "audit entries past the online window archived"
-            ),
-            Ok(None) => {}
-            Err(semel_storage::StorageError::Unsupported(why)) => {
-                tracing::warn!(reason = %why, "audit.online_days is set but this store does not archive");
-                return;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "archiving audit entries failed; retrying in an hour")
-            }
-        }
-    }
-}
-
 /// How long a broker waits at start for its witnesses' first answers
 /// before it serves (NOT_SERVING until they confirm the log).
 const WITNESS_START_WAIT: Duration = Duration::from_secs(25);
-
-/// Acts on what the witnesses said: a refusal halts the log (every lookup
-/// refused, NOT_SERVING, until an operator has dealt with it and
-/// restarted); too few confirmations set the `witnesses` readiness
-/// condition; a quorum clears it. True once the log is halted.
-fn apply_verdict(broker: &Broker, verdict: crate::witness::Verdict) -> bool {
-    use crate::witness::{CONDITION, Verdict};
-    match verdict {
-        Verdict::Confirmed => {
-            broker.readiness.set(CONDITION, None);
-            false
-        }
-        Verdict::Unconfirmed(why) => {
-            broker.readiness.set(CONDITION, Some(why));
-            false
-        }
-        Verdict::Refused(why) => {
-            tracing::error!(reason = %why, "the audit log halts: it is not the history its witnesses cosigned");
-            broker.storage().audit.halt(why);
-            broker.readiness.set(CONDITION, None);
-            true
-        }
-    }
-}
-
-/// Submits every new signed checkpoint to the witnesses, each from the last
-/// size it cosigned (learnt from a 409 the first time), with a consistency
-/// proof, and keeps the cosignatures that verify with the witnesses' keys
-/// on the newest checkpoint ([`crate::witness::Witnessing::round`]). A
-/// witness that cosigned more than this log holds, or another history,
-/// halts the log.
-async fn submit_checkpoints(broker: Arc<Broker>, mut witnessing: crate::witness::Witnessing) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let verdict = witnessing.round(&*broker.storage().audit).await;
-        if apply_verdict(&broker, verdict) {
-            return;
-        }
-    }
-}
-
-/// Records refused calls counted beyond organisations' budgets as summary
-/// entries, every ten seconds.
-async fn summarise_refusals(broker: Arc<Broker>) {
-    let mut interval = tokio::time::interval(Duration::from_secs(10));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        broker.record_refusal_floods().await;
-    }
-}
-
-/// The health service name of a registered source, e.g.
-/// `semel.source/0314595348`.
-pub fn source_health_name(kbo: &Kbo) -> String {
-    format!("semel.source/{}", kbo.as_str())
-}
-
-/// Keeps the checkpoint age current, every second: how long the oldest
-/// entry no signed checkpoint covers has waited, by its recorded time (read
-/// from the log, so a broker that restarts does not restart the count).
-/// Past `limit`, the broker reports NOT_SERVING (readiness condition
-/// `checkpoint`): entries are being answered that nobody has signed, be it
-/// because every broker is stopped from integrating (a session holding the
-/// integration lock) or because signing fails.
-async fn watch_checkpoint_age(broker: Arc<Broker>, limit: Duration) {
-    let mut interval = tokio::time::interval(Duration::from_secs(1));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        interval.tick().await;
-        match broker.storage().audit.oldest_uncovered().await {
-            Ok(None) => {
-                broker.metrics.set_checkpoint_age(0.0);
-                broker.readiness.set("checkpoint", None);
-            }
-            Ok(Some((sequence, time_micros))) => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_micros() as i64);
-                let age = Duration::from_micros(now.saturating_sub(time_micros).max(0) as u64);
-                broker.metrics.set_checkpoint_age(age.as_secs_f64());
-                broker.readiness.set(
-                    "checkpoint",
-                    (age > limit).then(|| {
-                        format!(
-                            "audit entry {sequence}, the oldest no signed checkpoint covers, is older than the {} s bound (audit.checkpoint_age_limit_ms): \
-                             checkpoints are not being signed; on PostgreSQL look for a session holding the integration lock (docs/operator-guide.md)",
-                            limit.as_secs()
-                        )
-                    }),
-                );
-            }
-            Err(e) => tracing::warn!(error = %e, "the checkpoint age could not be read"),
-        }
-    }
-}
-
-/// Keeps `grpc.health.v1` current, every second: lookups are NOT_SERVING
-/// while the audit log refuses entries (the embedded log, once failed
-/// closed, until a restart; PostgreSQL until it can be reached again, or
-/// until a restart once it stopped for an integrity failure) or while one
-/// of the broker's readiness conditions holds, and each registered source
-/// is NOT_SERVING while its circuit is open.
-async fn watch_health(broker: Arc<Broker>, mut health: tonic_health::server::HealthReporter) {
-    let mut interval = tokio::time::interval(std::time::Duration::from_secs(1));
-    let mut unready: Option<String> = None;
-    let mut known: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
-    loop {
-        interval.tick().await;
-        let why = match (broker.storage().audit.failure(), broker.readiness.why()) {
-            (Some(audit), Some(other)) => Some(format!("audit log: {audit}; {other}")),
-            (Some(audit), None) => Some(format!("audit log: {audit}")),
-            (None, other) => other,
-        };
-        match (&why, &unready) {
-            (Some(why), None) => {
-                tracing::error!(reason = %why, "lookups reported NOT_SERVING");
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
-                health
-                    .set_not_serving::<LookupServiceServer<LookupService>>()
-                    .await;
-            }
-            (None, Some(_)) => {
-                tracing::info!("lookups reported SERVING again");
-                health
-                    .set_service_status("", tonic_health::ServingStatus::Serving)
-                    .await;
-                health
-                    .set_serving::<LookupServiceServer<LookupService>>()
-                    .await;
-            }
-            _ => {}
-        }
-        unready = why;
-        // A source is serving unless the circuit of one of its endpoints
-        // opened and no call has succeeded since (the cooldown's end alone
-        // proves nothing).
-        let mut current: std::collections::HashMap<Kbo, bool> = std::collections::HashMap::new();
-        let snapshot = broker.snapshot();
-        for org in snapshot.organisations.values() {
-            if org.roles.contains(&Role::Source) {
-                current.insert(org.kbo, true);
-            }
-        }
-        for route in snapshot.routes.values() {
-            if !route.guard.is_serving() {
-                current.insert(route.dataset.source, false);
-            }
-        }
-        drop(snapshot);
-        for (kbo, serving) in &current {
-            if known.get(kbo) != Some(serving) {
-                let status = if *serving {
-                    tonic_health::ServingStatus::Serving
-                } else {
-                    tonic_health::ServingStatus::NotServing
-                };
-                health
-                    .set_service_status(source_health_name(kbo), status)
-                    .await;
-            }
-        }
-        for gone in known.keys().filter(|k| !current.contains_key(k)) {
-            health.clear_service_status(&source_health_name(gone)).await;
-        }
-        known = current;
-    }
-}
 
 /// Serves one source (a demo source, or a test double).
 pub async fn serve_source<S: SourceService>(
