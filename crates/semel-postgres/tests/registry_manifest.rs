@@ -7,48 +7,14 @@
 
 mod common;
 
-use common::record;
-use semel_core::seal::RowSealer;
+use common::{change, entry, sealed_registry};
 use semel_core::{AuthorisationStatus, Kbo, Organisation, OrganisationStatus};
-use semel_postgres::{PgAudit, PgError, PgRegistry, testing::TestDatabase};
+use semel_postgres::{PgAudit, PgError, testing::TestDatabase};
 use semel_storage::conformance::registry;
-use semel_storage::{Appended, RegistryStore, RegistryWrite, Staged};
+use semel_storage::{RegistryStore, RegistryWrite, Staged};
 
 const KBO: &str = "0566988259";
 const REFERENCE: &str = "BSC/2026/001";
-
-fn sealer() -> RowSealer {
-    RowSealer::derive(&[42; 32])
-}
-
-async fn sealed_registry(db: &TestDatabase) -> PgRegistry {
-    PgRegistry::connect(&db.url)
-        .await
-        .expect("registry")
-        .sealed_by(sealer())
-}
-
-/// Appends one entry to the log, as a broker records a change.
-async fn entry(log: &mut PgAudit, i: u64) -> Appended {
-    let placed = log.append(vec![record(i)]).await.expect("append");
-    Appended {
-        sequence: placed[0].sequence,
-        hash: placed[0].hash,
-    }
-}
-
-/// Stages `writes`, records them, and seals them with their entry.
-async fn change(
-    reg: &PgRegistry,
-    log: &mut PgAudit,
-    i: u64,
-    writes: &[RegistryWrite],
-) -> Result<(), semel_storage::StorageError> {
-    let Staged::Open(open) = reg.stage(writes).await? else {
-        panic!("PostgreSQL stages in an open transaction");
-    };
-    open.seal(entry(log, i).await).await
-}
 
 fn organisation(status: OrganisationStatus) -> Organisation {
     registry::organisation(KBO, status)

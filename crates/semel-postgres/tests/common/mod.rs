@@ -1,6 +1,9 @@
 //! What the PostgreSQL store's tests share.
 
+use semel_core::seal::RowSealer;
 use semel_core::{AuditDecision, AuditRecord, Kbo, Niss, Outcome};
+use semel_postgres::{PgAudit, PgRegistry, testing::TestDatabase};
+use semel_storage::{Appended, RegistryStore, RegistryWrite, Staged, StorageError};
 
 /// The `i`th test record: one citizen, two consumers alternating.
 pub fn record(i: u64) -> AuditRecord {
@@ -32,4 +35,43 @@ pub fn record(i: u64) -> AuditRecord {
         checks: Vec::new(),
         detail: String::new(),
     }
+}
+
+/// What the tests' brokers seal rows with.
+#[allow(dead_code)] // not every test binary seals
+pub fn sealer() -> RowSealer {
+    RowSealer::derive(&[42; 32])
+}
+
+/// A registry that seals with [`sealer`].
+#[allow(dead_code)]
+pub async fn sealed_registry(db: &TestDatabase) -> PgRegistry {
+    PgRegistry::connect(&db.url)
+        .await
+        .expect("registry")
+        .sealed_by(sealer())
+}
+
+/// Appends one entry to the log, as a broker records a change.
+#[allow(dead_code)]
+pub async fn entry(log: &mut PgAudit, i: u64) -> Appended {
+    let placed = log.append(vec![record(i)]).await.expect("append");
+    Appended {
+        sequence: placed[0].sequence,
+        hash: placed[0].hash,
+    }
+}
+
+/// Stages `writes`, records them, and seals them with their entry.
+#[allow(dead_code)]
+pub async fn change(
+    reg: &PgRegistry,
+    log: &mut PgAudit,
+    i: u64,
+    writes: &[RegistryWrite],
+) -> Result<(), StorageError> {
+    let Staged::Open(open) = reg.stage(writes).await? else {
+        panic!("PostgreSQL stages in an open transaction");
+    };
+    open.seal(entry(log, i).await).await
 }
